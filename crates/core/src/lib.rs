@@ -1,0 +1,19 @@
+//! Tessera's domain types, shared by every other crate.
+//!
+//! This crate has no I/O and no async runtime: it holds what a reading *is* ([`Reading`]),
+//! who it belongs to ([`MotorId`], [`SiteId`]), how it looks as Arrow columns
+//! ([`telemetry_schema`]), which readings are acceptable ([`ValidationRules`]), and how motors
+//! are spread over shards ([`shard_of`]). Everything here is pure and cheap to test.
+#![deny(missing_docs)]
+
+mod ids;
+mod reading;
+mod schema;
+mod shard;
+mod validate;
+
+pub use ids::{IdError, MotorId, SiteId, MAX_ID_BYTES};
+pub use reading::{Channel, Reading, ReadingFingerprint};
+pub use schema::{telemetry_schema, TelemetryColumn};
+pub use shard::shard_of;
+pub use validate::{PhysicalRange, RejectReason, ValidationRules};

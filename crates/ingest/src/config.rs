@@ -1,0 +1,170 @@
+//! Ingest configuration. Defaults suit one node of a plant; every field can be set from the
+//! server's layered config (see `deploy/tessera.example.toml`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tessera_core::ValidationRules;
+
+use crate::{IngestError, Result};
+
+/// How a topic's messages are encoded when they carry no `content-type` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// One protobuf `MotorReading` per message.
+    ProtobufReading,
+    /// One protobuf `MotorReadingBatch` per message.
+    ProtobufBatch,
+    /// JSON: an object (one reading), an array or `{"readings": [...]}` (a batch).
+    Json,
+}
+
+/// One topic to consume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// The topic's name.
+    pub name: String,
+    /// The encoding of messages without a `content-type` header.
+    #[serde(default = "default_encoding")]
+    pub encoding: Encoding,
+}
+
+fn default_encoding() -> Encoding {
+    Encoding::ProtobufReading
+}
+
+/// Everything the ingest needs to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Kafka bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Consumer group id; all ingest nodes of a site share it.
+    pub group_id: String,
+    /// Topics to consume.
+    pub topics: Vec<TopicConfig>,
+    /// Where rejected messages go, with their original bytes and the reason in headers.
+    pub dead_letter_topic: String,
+    /// Number of motor shards; a motor's shard is `xxh3_64(motor_id) % shards`.
+    pub shards: u32,
+    /// A shard's batch is flushed when it holds this many rows...
+    pub batch_max_rows: usize,
+    /// ...or when its oldest row has waited this long.
+    #[serde(with = "humantime_serde")]
+    pub batch_max_age: Duration,
+    /// Messages handed from the consumer thread to the decoder at a time.
+    pub chunk_max_messages: usize,
+    /// Chunks waiting for the decoder before the consumer pauses its partitions. Together
+    /// with the chunk size and the batch size this bounds the ingest's memory.
+    pub max_chunks_in_flight: usize,
+    /// How often committable offsets are committed.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// On rebalance or shutdown, how long to wait for downstream to acknowledge what was
+    /// handed on before committing what is committable and letting go.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Largest accepted message, in bytes.
+    pub max_message_bytes: usize,
+    /// Most readings in one batch message.
+    pub max_readings_per_message: usize,
+    /// Value and event-time rules.
+    pub validation: ValidationRules,
+    /// Extra librdkafka settings for the consumer and the dead-letter producer (TLS, SASL,
+    /// `auto.offset.reset`, ...). They override Tessera's own choices.
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "tessera-ingest".into(),
+            topics: vec![TopicConfig { name: "telemetry".into(), encoding: default_encoding() }],
+            dead_letter_topic: "telemetry-dead-letter".into(),
+            shards: 8,
+            batch_max_rows: 8192,
+            batch_max_age: Duration::from_millis(200),
+            chunk_max_messages: 2048,
+            max_chunks_in_flight: 8,
+            commit_interval: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(10),
+            max_message_bytes: 1 << 20,
+            max_readings_per_message: 10_000,
+            validation: ValidationRules::default(),
+            kafka: BTreeMap::new(),
+        }
+    }
+}
+
+impl IngestConfig {
+    /// Checks the configuration; the error names the offending field.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |field: &str, why: &str| Err(IngestError::Config(format!("{field}: {why}")));
+        if self.brokers.trim().is_empty() {
+            return fail("brokers", "must not be empty");
+        }
+        if self.group_id.trim().is_empty() {
+            return fail("group_id", "must not be empty");
+        }
+        if self.topics.is_empty() {
+            return fail("topics", "must name at least one topic");
+        }
+        if let Some(i) = self.topics.iter().position(|t| t.name.trim().is_empty()) {
+            return fail(&format!("topics[{i}].name"), "must not be empty");
+        }
+        if self.dead_letter_topic.trim().is_empty() {
+            return fail("dead_letter_topic", "must not be empty");
+        }
+        if self.topics.iter().any(|t| t.name == self.dead_letter_topic) {
+            return fail("dead_letter_topic", "must differ from every consumed topic");
+        }
+        if self.shards == 0 {
+            return fail("shards", "must be at least 1");
+        }
+        if self.batch_max_rows == 0 {
+            return fail("batch_max_rows", "must be at least 1");
+        }
+        if self.batch_max_age.is_zero() {
+            return fail("batch_max_age", "must be longer than 0");
+        }
+        if self.chunk_max_messages == 0 {
+            return fail("chunk_max_messages", "must be at least 1");
+        }
+        if self.max_chunks_in_flight == 0 {
+            return fail("max_chunks_in_flight", "must be at least 1");
+        }
+        if self.commit_interval.is_zero() {
+            return fail("commit_interval", "must be longer than 0");
+        }
+        if self.max_message_bytes == 0 {
+            return fail("max_message_bytes", "must be at least 1");
+        }
+        if self.max_readings_per_message == 0 {
+            return fail("max_readings_per_message", "must be at least 1");
+        }
+        self.validation
+            .validate()
+            .map_err(|why| IngestError::Config(format!("validation.{why}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_errors_name_fields() {
+        IngestConfig::default().validate().unwrap();
+        let c = IngestConfig { shards: 0, ..Default::default() };
+        assert_eq!(c.validate().unwrap_err().to_string(), "invalid ingest config: shards: must be at least 1");
+        let c = IngestConfig { dead_letter_topic: "telemetry".into(), ..Default::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("dead_letter_topic"));
+        let mut c = IngestConfig::default();
+        c.validation.max_past_ms = -1;
+        assert!(c.validate().unwrap_err().to_string().contains("validation.max_past_ms"));
+    }
+}

@@ -1,0 +1,32 @@
+//! The ingest's error type.
+
+use rdkafka::error::KafkaError;
+
+/// Result with [`IngestError`].
+pub type Result<T, E = IngestError> = std::result::Result<T, E>;
+
+/// What can stop the ingest.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The configuration is unusable; the message names the field.
+    #[error("invalid ingest config: {0}")]
+    Config(String),
+    /// The Kafka client failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// A rejected message could not be written to the dead-letter topic. The ingest stops
+    /// rather than commit past a message it could neither process nor park.
+    #[error("dead-letter topic {topic}: {reason}")]
+    DeadLetter {
+        /// The dead-letter topic.
+        topic: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The receiver of the batches is gone.
+    #[error("the downstream batch receiver was dropped")]
+    DownstreamClosed,
+    /// An ingest thread panicked or could not be started.
+    #[error("ingest thread: {0}")]
+    Thread(String),
+}

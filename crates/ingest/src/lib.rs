@@ -1,0 +1,38 @@
+//! Kafka ingest: from telemetry messages on Kafka to per-motor-shard Arrow batches.
+//!
+//! The path of one message, and the module that owns each step:
+//!
+//! ```text
+//! Kafka ─► consumer thread (pipeline) ─ copies messages into chunks ─► decoder thread (pipeline)
+//!            pauses partitions when          │ decode (decode): protobuf or JSON, one reading or a batch
+//!            the decoder is behind           │ validate (tessera_core::ValidationRules)
+//!                                            │ invalid ─► dead-letter topic with reason headers (dead_letter)
+//!                                            ▼
+//!                                   shard = hash(motor_id) ─► Arrow builder per shard (batch)
+//!                                            │ flushed by row count or age
+//!                                            ▼
+//!                                   ShardBatch on a bounded channel ─► downstream acks it
+//!                                            │
+//!            offsets of fully acked chunks are committed (offsets) ◄─┘
+//! ```
+//!
+//! Guarantee: at-least-once. An offset is committed only once every reading of every message
+//! up to it has been acknowledged downstream or delivered to the dead-letter topic.
+#![deny(missing_docs)]
+
+mod batch;
+mod config;
+mod dead_letter;
+mod decode;
+mod error;
+mod metrics;
+mod offsets;
+mod pipeline;
+
+pub use batch::{batch_checksum, readings_from_batch, ShardBuilder, ShardedBatcher};
+pub use config::{Encoding, IngestConfig, TopicConfig};
+pub use dead_letter::headers as dead_letter_headers;
+pub use decode::{decode_message, DecodedMessage, MessageLimits};
+pub use error::{IngestError, Result};
+pub use metrics::{IngestMetrics, IngestStats};
+pub use pipeline::{BatchAck, Ingest, ShardBatch};

@@ -1,0 +1,86 @@
+//! Counters of what the ingest did, readable while it runs.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use tessera_core::RejectReason;
+
+/// Live counters, shared with the pipeline's threads.
+#[derive(Debug, Default)]
+pub struct IngestMetrics {
+    pub(crate) messages: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+    pub(crate) readings_accepted: AtomicU64,
+    pub(crate) readings_rejected: AtomicU64,
+    pub(crate) rejected_by_reason: [AtomicU64; RejectReason::CODES.len()],
+    pub(crate) dead_letters_sent: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) rows: AtomicU64,
+    pub(crate) commits: AtomicU64,
+    pub(crate) commit_errors: AtomicU64,
+    pub(crate) rebalances: AtomicU64,
+    pub(crate) pauses: AtomicU64,
+    pub(crate) consumer_errors: AtomicU64,
+}
+
+/// A snapshot of [`IngestMetrics`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestStats {
+    /// Kafka messages consumed.
+    pub messages: u64,
+    /// Payload bytes consumed.
+    pub bytes: u64,
+    /// Readings that passed validation and went into batches.
+    pub readings_accepted: u64,
+    /// Readings (or whole messages) rejected.
+    pub readings_rejected: u64,
+    /// Rejections per [`RejectReason::code`], only the non-zero ones.
+    pub rejected_by_reason: Vec<(&'static str, u64)>,
+    /// Messages the broker confirmed on the dead-letter topic.
+    pub dead_letters_sent: u64,
+    /// Shard batches handed downstream.
+    pub batches: u64,
+    /// Rows in those batches.
+    pub rows: u64,
+    /// Offset commits issued.
+    pub commits: u64,
+    /// Offset commits that failed.
+    pub commit_errors: u64,
+    /// Rebalance events (assign and revoke).
+    pub rebalances: u64,
+    /// Times the consumer paused its partitions because downstream was behind.
+    pub pauses: u64,
+    /// Errors the consumer reported (they are retried by librdkafka).
+    pub consumer_errors: u64,
+}
+
+impl IngestMetrics {
+    pub(crate) fn reject(&self, reason: &RejectReason) {
+        self.readings_rejected.fetch_add(1, Relaxed);
+        let i = RejectReason::CODES.iter().position(|c| *c == reason.code()).expect("codes are listed");
+        self.rejected_by_reason[i].fetch_add(1, Relaxed);
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> IngestStats {
+        IngestStats {
+            messages: self.messages.load(Relaxed),
+            bytes: self.bytes.load(Relaxed),
+            readings_accepted: self.readings_accepted.load(Relaxed),
+            readings_rejected: self.readings_rejected.load(Relaxed),
+            rejected_by_reason: RejectReason::CODES
+                .iter()
+                .zip(&self.rejected_by_reason)
+                .map(|(code, n)| (*code, n.load(Relaxed)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            dead_letters_sent: self.dead_letters_sent.load(Relaxed),
+            batches: self.batches.load(Relaxed),
+            rows: self.rows.load(Relaxed),
+            commits: self.commits.load(Relaxed),
+            commit_errors: self.commit_errors.load(Relaxed),
+            rebalances: self.rebalances.load(Relaxed),
+            pauses: self.pauses.load(Relaxed),
+            consumer_errors: self.consumer_errors.load(Relaxed),
+        }
+    }
+}

@@ -1,0 +1,590 @@
+//! The running ingest: a consumer thread and a decoder thread joined by a bounded channel of
+//! message chunks, with backpressure, commits and rebalance handling.
+//!
+//! Consumer thread: polls Kafka, copies each message into the open chunk (one arena per
+//! chunk, no allocation per message), ships full or lingering chunks to the decoder, and
+//! pauses its partitions while the decoder's queue is full. It commits what the
+//! [`OffsetTracker`] allows, every `commit_interval`, and synchronously when partitions are
+//! revoked or the ingest stops — after handing everything on and waiting (up to
+//! `drain_timeout`) for downstream to acknowledge it.
+//!
+//! Decoder thread: decodes and validates each message, dead-letters what is invalid, shards
+//! readings by motor into Arrow builders, and sends full or aged batches downstream on the
+//! caller's bounded channel (blocking when it is full: that is the backpressure).
+
+use std::ops::Range;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arrow_array::RecordBatch;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::{ClientConfig, ClientContext, Message, Offset};
+
+use crate::batch::{FlushedBatch, ShardedBatcher};
+use crate::dead_letter::{DeadLetterWriter, Rejected};
+use crate::decode::{decode_message, MessageLimits};
+use crate::metrics::IngestMetrics;
+use crate::offsets::{OffsetTracker, TopicPartition};
+use crate::{IngestConfig, IngestError, IngestStats, Result};
+
+/// One shard's batch of readings, handed downstream. Call [`ack`](Self::ack) once it is
+/// safely processed: only then can the Kafka offsets behind its rows be committed.
+#[derive(Debug)]
+pub struct ShardBatch {
+    /// The motor shard (`xxh3_64(motor_id) % shards`) of every row.
+    pub shard: u32,
+    /// The readings, in [`tessera_core::telemetry_schema`]; a motor's rows are in the order
+    /// they were consumed.
+    pub batch: RecordBatch,
+    /// The acknowledgement to give once the batch is handled.
+    pub ack: BatchAck,
+}
+
+impl ShardBatch {
+    /// Acknowledges the batch and returns its rows.
+    pub fn ack(self) -> RecordBatch {
+        self.ack.ack();
+        self.batch
+    }
+}
+
+/// The acknowledgement of one [`ShardBatch`]. Dropping it unacknowledged keeps the batch's
+/// offsets uncommitted (they will be consumed again after a restart or rebalance).
+#[derive(Debug)]
+pub struct BatchAck {
+    chunks: Vec<u64>,
+    tracker: Arc<OffsetTracker>,
+    done: bool,
+}
+
+impl BatchAck {
+    /// Marks the batch as handled.
+    pub fn ack(mut self) {
+        self.tracker.release(&self.chunks);
+        self.done = true;
+    }
+}
+
+impl Drop for BatchAck {
+    fn drop(&mut self) {
+        if !self.done && !std::thread::panicking() {
+            tracing::warn!("a shard batch was dropped unacknowledged; its offsets stay uncommitted");
+        }
+    }
+}
+
+/// A running ingest.
+pub struct Ingest {
+    stop: Arc<AtomicBool>,
+    metrics: Arc<IngestMetrics>,
+    consumer: JoinHandle<Result<()>>,
+    decoder: JoinHandle<Result<()>>,
+}
+
+impl Ingest {
+    /// Validates the config, connects, subscribes and starts the two threads. Batches go to
+    /// `out`; its capacity is the number of batches downstream may fall behind by.
+    pub fn start(config: IngestConfig, out: SyncSender<ShardBatch>) -> Result<Ingest> {
+        config.validate()?;
+        let metrics = Arc::new(IngestMetrics::default());
+        let tracker = Arc::new(OffsetTracker::default());
+        let dead_letters = DeadLetterWriter::new(&config, tracker.clone(), metrics.clone())?;
+        let (work_tx, work_rx) = sync_channel(config.max_chunks_in_flight);
+        let topics: Vec<String> = config.topics.iter().map(|t| t.name.clone()).collect();
+        let shared = Arc::new(Shared {
+            chunk_linger: (config.batch_max_age / 10).clamp(Duration::from_millis(1), Duration::from_millis(50)),
+            config: config.clone(),
+            tracker: tracker.clone(),
+            metrics: metrics.clone(),
+            work_tx: Mutex::new(Some(work_tx)),
+            open: Mutex::new(OpenChunk::default()),
+            unsent: Mutex::new(None),
+            paused: AtomicBool::new(false),
+            topics: topics.clone(),
+        });
+
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.brokers)
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("enable.partition.eof", "false")
+            .set("queued.max.messages.kbytes", "16384");
+        for (k, v) in &config.kafka {
+            client.set(k, v);
+        }
+        let consumer: BaseConsumer<IngestContext> =
+            client.create_with_context(IngestContext { shared: shared.clone() })?;
+        let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topic_refs)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let decoder = Decoder {
+            batcher: ShardedBatcher::new(config.shards, config.batch_max_rows, config.batch_max_age),
+            limits: MessageLimits {
+                max_message_bytes: config.max_message_bytes,
+                max_readings_per_message: config.max_readings_per_message,
+            },
+            config,
+            tracker,
+            metrics: metrics.clone(),
+            dead_letters,
+            out,
+            topics,
+        };
+        let decoder = spawn("tessera-decode", move || decoder.run(work_rx))?;
+        let consumer = {
+            let (stop, shared) = (stop.clone(), shared);
+            spawn("tessera-consume", move || run_consumer(consumer, &shared, &stop))?
+        };
+        Ok(Ingest { stop, metrics, consumer, decoder })
+    }
+
+    /// The live counters.
+    pub fn metrics(&self) -> &Arc<IngestMetrics> {
+        &self.metrics
+    }
+
+    /// True once a thread has ended (after [`stop`](Self::stop) or on an error).
+    pub fn is_finished(&self) -> bool {
+        self.consumer.is_finished() || self.decoder.is_finished()
+    }
+
+    /// Stops gracefully: hands on what was consumed, waits up to `drain_timeout` for it to be
+    /// acknowledged, commits, leaves the group. Returns the final counters, or the error that
+    /// stopped the ingest.
+    pub fn stop(self) -> Result<IngestStats> {
+        self.stop.store(true, Ordering::SeqCst);
+        let consumed = join(self.consumer);
+        let decoded = join(self.decoder);
+        consumed.and(decoded)?;
+        Ok(self.metrics.snapshot())
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<JoinHandle<Result<()>>> {
+    std::thread::Builder::new().name(name.into()).spawn(f).map_err(|e| IngestError::Thread(e.to_string()))
+}
+
+fn join(handle: JoinHandle<Result<()>>) -> Result<()> {
+    handle.join().map_err(|_| IngestError::Thread("an ingest thread panicked".into()))?
+}
+
+enum Work {
+    Chunk(Chunk),
+    /// Flush every shard's open batch now.
+    Drain,
+}
+
+/// Messages copied out of Kafka, ready for decoding.
+#[derive(Default)]
+struct Chunk {
+    id: u64,
+    data: Vec<u8>,
+    messages: Vec<MessageMeta>,
+    headers: Vec<(Range<usize>, Option<Range<usize>>)>,
+}
+
+struct MessageMeta {
+    topic: usize,
+    partition: i32,
+    offset: i64,
+    key: Option<Range<usize>>,
+    payload: Range<usize>,
+    headers: Range<usize>,
+    content_type: Option<Range<usize>>,
+}
+
+/// The chunk being filled by the consumer thread.
+#[derive(Default)]
+struct OpenChunk {
+    chunk: Chunk,
+    last_offsets: Vec<((usize, i32), i64)>,
+    opened_at: Option<Instant>,
+}
+
+impl OpenChunk {
+    fn push(&mut self, m: &BorrowedMessage<'_>, topic: usize) {
+        let c = &mut self.chunk;
+        let mut put = |bytes: &[u8]| {
+            let start = c.data.len();
+            c.data.extend_from_slice(bytes);
+            start..c.data.len()
+        };
+        let key = m.key().map(&mut put);
+        let payload = put(m.payload().unwrap_or_default());
+        let header_start = c.headers.len();
+        let mut content_type = None;
+        if let Some(headers) = m.headers() {
+            for h in headers.iter() {
+                let name = put(h.key.as_bytes());
+                let value = h.value.map(&mut put);
+                if h.key.eq_ignore_ascii_case("content-type") {
+                    content_type = value.clone();
+                }
+                c.headers.push((name, value));
+            }
+        }
+        c.messages.push(MessageMeta {
+            topic,
+            partition: m.partition(),
+            offset: m.offset(),
+            key,
+            payload,
+            headers: header_start..c.headers.len(),
+            content_type,
+        });
+        let tp = (topic, m.partition());
+        match self.last_offsets.iter_mut().find(|(k, _)| *k == tp) {
+            Some((_, last)) => *last = (*last).max(m.offset()),
+            None => self.last_offsets.push((tp, m.offset())),
+        }
+        self.opened_at.get_or_insert_with(Instant::now);
+    }
+}
+
+/// State shared by the consumer loop and the rebalance callbacks (which run inside `poll`,
+/// on the consumer thread).
+struct Shared {
+    config: IngestConfig,
+    topics: Vec<String>,
+    tracker: Arc<OffsetTracker>,
+    metrics: Arc<IngestMetrics>,
+    work_tx: Mutex<Option<SyncSender<Work>>>,
+    open: Mutex<OpenChunk>,
+    /// A sealed chunk the decoder had no room for yet.
+    unsent: Mutex<Option<Chunk>>,
+    paused: AtomicBool,
+    chunk_linger: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Seals the open chunk if it is full or old enough (or `force`), and tries to hand the
+    /// sealed chunk to the decoder. Returns false if the decoder had no room.
+    fn ship(&self, force: bool) -> bool {
+        {
+            let mut unsent = lock(&self.unsent);
+            if unsent.is_none() {
+                let mut open = lock(&self.open);
+                let due = open.chunk.messages.len() >= self.config.chunk_max_messages
+                    || open.opened_at.is_some_and(|t| t.elapsed() >= self.chunk_linger);
+                if open.chunk.messages.is_empty() || !(force || due) {
+                    return true;
+                }
+                let open = std::mem::take(&mut *open);
+                let offsets = open.last_offsets.into_iter().map(|((t, p), o)| ((self.topics[t].clone(), p), o)).collect();
+                let mut chunk = open.chunk;
+                chunk.id = self.tracker.open_chunk(offsets);
+                *unsent = Some(chunk);
+            }
+        }
+        self.send_unsent()
+    }
+
+    fn send_unsent(&self) -> bool {
+        let mut unsent = lock(&self.unsent);
+        let Some(chunk) = unsent.take() else { return true };
+        let work_tx = lock(&self.work_tx);
+        let Some(tx) = work_tx.as_ref() else { return true };
+        match tx.try_send(Work::Chunk(chunk)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(Work::Chunk(chunk))) => {
+                *unsent = Some(chunk);
+                false
+            }
+            Err(_) => true, // the decoder is gone; its error is reported by stop()
+        }
+    }
+
+    /// Sends a work item, waiting at most until `deadline`.
+    fn send_until(&self, mut work: Work, deadline: Instant) -> bool {
+        let work_tx = lock(&self.work_tx);
+        let Some(tx) = work_tx.as_ref() else { return false };
+        loop {
+            match tx.try_send(work) {
+                Ok(()) => return true,
+                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                    work = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Hands everything consumed so far to the decoder, has it flush its shards, waits for
+    /// downstream to acknowledge, and commits synchronously. Used on revoke and on stop.
+    fn hand_over_and_commit(&self, consumer: &BaseConsumer<IngestContext>) {
+        let deadline = Instant::now() + self.config.drain_timeout;
+        if self.ship(true) || self.wait_to_send_unsent(deadline) {
+            self.send_until(Work::Drain, deadline);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !self.tracker.wait_idle(left) {
+            tracing::warn!("drain timed out; uncommitted readings will be consumed again (duplicates)");
+        }
+        if !consumer.assignment_lost() {
+            self.commit(consumer, CommitMode::Sync);
+        }
+    }
+
+    fn wait_to_send_unsent(&self, deadline: Instant) -> bool {
+        while Instant::now() < deadline {
+            if self.send_unsent() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    fn commit(&self, consumer: &BaseConsumer<IngestContext>, mode: CommitMode) {
+        let offsets = self.tracker.take_committable();
+        if offsets.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &offsets {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+                tracing::warn!(error = %e, "bad offset to commit");
+            }
+        }
+        self.metrics.commits.fetch_add(1, Relaxed);
+        if let Err(e) = consumer.commit(&tpl, mode) {
+            self.metrics.commit_errors.fetch_add(1, Relaxed);
+            tracing::warn!(error = %e, "offset commit failed; it will be retried with later offsets");
+        }
+    }
+
+    fn set_paused(&self, consumer: &BaseConsumer<IngestContext>, paused: bool) {
+        if self.paused.swap(paused, Ordering::SeqCst) == paused {
+            return;
+        }
+        let Ok(assignment) = consumer.assignment() else { return };
+        let result = if paused {
+            self.metrics.pauses.fetch_add(1, Relaxed);
+            consumer.pause(&assignment)
+        } else {
+            consumer.resume(&assignment)
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, paused, "pause/resume failed");
+        }
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+}
+
+struct IngestContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for IngestContext {}
+
+impl ConsumerContext for IngestContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let s = &self.shared;
+        s.metrics.rebalances.fetch_add(1, Relaxed);
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let revoked = partitions_of(tpl);
+                tracing::info!(partitions = revoked.len(), "partitions revoked: handing over and committing");
+                s.hand_over_and_commit(consumer);
+                s.tracker.revoke(&revoked);
+            }
+            Rebalance::Assign(tpl) => {
+                let assigned = partitions_of(tpl);
+                tracing::info!(partitions = assigned.len(), "partitions assigned");
+                s.tracker.assign(&assigned);
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // Newly assigned partitions start unpaused; pause them too while the decoder is full.
+        if let Rebalance::Assign(tpl) = rebalance
+            && self.shared.paused.load(Ordering::SeqCst)
+            && let Err(e) = consumer.pause(tpl)
+        {
+            tracing::warn!(error = %e, "pausing newly assigned partitions");
+        }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            self.shared.metrics.commit_errors.fetch_add(1, Relaxed);
+            tracing::warn!(error = %e, "asynchronous offset commit failed");
+        }
+    }
+}
+
+fn run_consumer(consumer: BaseConsumer<IngestContext>, s: &Shared, stop: &AtomicBool) -> Result<()> {
+    let mut last_commit = Instant::now();
+    let result = loop {
+        if stop.load(Ordering::Relaxed) {
+            break Ok(());
+        }
+        match consumer.poll(Duration::from_millis(20)) {
+            Some(Ok(m)) => {
+                s.metrics.messages.fetch_add(1, Relaxed);
+                s.metrics.bytes.fetch_add(m.payload_len() as u64, Relaxed);
+                let topic = s.topics.iter().position(|t| t == m.topic()).unwrap_or(0);
+                lock(&s.open).push(&m, topic);
+            }
+            Some(Err(e)) => {
+                s.metrics.consumer_errors.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "consumer error");
+            }
+            None => {}
+        }
+        let shipped = s.ship(false);
+        s.set_paused(&consumer, !shipped);
+        if last_commit.elapsed() >= s.config.commit_interval {
+            last_commit = Instant::now();
+            if let Some(why) = s.tracker.failure() {
+                break Err(IngestError::DeadLetter { topic: s.config.dead_letter_topic.clone(), reason: why });
+            }
+            s.commit(&consumer, CommitMode::Async);
+        }
+    };
+    if result.is_ok() {
+        s.hand_over_and_commit(&consumer);
+    }
+    // Closing the consumer may call the revoke callback again: with the decoder's queue gone
+    // it only commits what is already committable.
+    lock(&s.work_tx).take();
+    drop(consumer);
+    result
+}
+
+struct Decoder {
+    config: IngestConfig,
+    topics: Vec<String>,
+    limits: MessageLimits,
+    batcher: ShardedBatcher,
+    tracker: Arc<OffsetTracker>,
+    metrics: Arc<IngestMetrics>,
+    dead_letters: DeadLetterWriter,
+    out: SyncSender<ShardBatch>,
+}
+
+impl Decoder {
+    fn run(mut self, work: Receiver<Work>) -> Result<()> {
+        let tick = (self.config.batch_max_age / 4).max(Duration::from_millis(1));
+        let result = loop {
+            let step = match work.recv_timeout(tick) {
+                Ok(Work::Chunk(chunk)) => self.process(&chunk),
+                Ok(Work::Drain) => self.emit_all(),
+                Err(RecvTimeoutError::Timeout) => Ok(()),
+                Err(RecvTimeoutError::Disconnected) => break self.emit_all(),
+            };
+            if let Err(e) = step.and_then(|()| self.emit_aged()) {
+                break Err(e);
+            }
+        };
+        if let Err(e) = &result {
+            self.tracker.fail(e.to_string());
+        }
+        self.dead_letters.flush(self.config.drain_timeout);
+        result
+    }
+
+    fn process(&mut self, chunk: &Chunk) -> Result<()> {
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now = Instant::now();
+        let bytes = |r: &Range<usize>| &chunk.data[r.clone()];
+        for m in &chunk.messages {
+            let topic = &self.config.topics[m.topic];
+            let decoded = decode_message(
+                bytes(&m.payload),
+                m.content_type.as_ref().map(bytes),
+                topic.encoding,
+                self.limits,
+                &self.config.validation,
+                now_ms,
+            );
+            let (readings, reason_code, detail, indices) = match decoded {
+                Ok(d) if d.rejected.is_empty() => (d.readings, None, String::new(), None),
+                Ok(d) => {
+                    d.rejected.iter().for_each(|(_, r)| self.metrics.reject(r));
+                    let detail =
+                        d.rejected.iter().map(|(i, r)| format!("reading {i}: {r}")).collect::<Vec<_>>().join("\n");
+                    let indices = d.rejected.iter().map(|(i, _)| i.to_string()).collect::<Vec<_>>().join(",");
+                    (d.readings, Some(d.rejected[0].1.code()), detail, Some(indices))
+                }
+                Err(reason) => {
+                    self.metrics.reject(&reason);
+                    (Vec::new(), Some(reason.code()), reason.to_string(), None)
+                }
+            };
+            self.metrics.readings_accepted.fetch_add(readings.len() as u64, Relaxed);
+            for reading in &readings {
+                let pushed = self.batcher.push(reading, chunk.id, now);
+                if let Some(tag) = pushed.new_tag {
+                    self.tracker.hold(tag);
+                }
+                if let Some(flushed) = pushed.flushed {
+                    self.emit(flushed)?;
+                }
+            }
+            if let Some(reason_code) = reason_code {
+                let headers = chunk.headers[m.headers.clone()]
+                    .iter()
+                    .map(|(k, v)| (std::str::from_utf8(bytes(k)).unwrap_or("?"), v.as_ref().map(bytes)))
+                    .collect();
+                let rejected = Rejected {
+                    topic: &self.topics[m.topic],
+                    partition: m.partition,
+                    offset: m.offset,
+                    key: m.key.as_ref().map(bytes),
+                    payload: bytes(&m.payload),
+                    headers,
+                    reason_code,
+                    detail,
+                    rejected_indices: indices,
+                };
+                self.dead_letters.send(rejected, chunk.id)?;
+            }
+        }
+        self.tracker.release(&[chunk.id]);
+        Ok(())
+    }
+
+    fn emit(&self, flushed: FlushedBatch) -> Result<()> {
+        self.metrics.batches.fetch_add(1, Relaxed);
+        self.metrics.rows.fetch_add(flushed.batch.num_rows() as u64, Relaxed);
+        let ack = BatchAck { chunks: flushed.tags, tracker: self.tracker.clone(), done: false };
+        self.out
+            .send(ShardBatch { shard: flushed.shard, batch: flushed.batch, ack })
+            .map_err(|e| {
+                // Nobody will acknowledge it: forget the batch quietly, the error says why.
+                let mut lost = e.0.ack;
+                lost.done = true;
+                IngestError::DownstreamClosed
+            })
+    }
+
+    fn emit_aged(&mut self) -> Result<()> {
+        self.batcher.flush_aged(Instant::now()).into_iter().try_for_each(|b| self.emit(b))
+    }
+
+    fn emit_all(&mut self) -> Result<()> {
+        self.batcher.flush_all().into_iter().try_for_each(|b| self.emit(b))
+    }
+}
