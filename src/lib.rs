@@ -1,1 +1,219 @@
-//! placeholder
+//! Test and benchmark harness shared by `tests/it` and `benches/`: a real Kafka broker
+//! process (Tansu), topic creation, publishing a simulated fleet with its checksum, and
+//! collecting what the ingest hands on.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{ClientConfig, Message};
+use tessera_ingest::ShardBatch;
+use tessera_server::fleet_stats::FleetStats;
+use tessera_server::producer::{TelemetryProducer, WireFormat};
+use tessera_server::simulate::{FleetSpec, Simulator};
+
+/// A Tansu broker (Apache-Kafka-compatible, in-memory storage) running as a child process
+/// on a free loopback port. Killed when dropped.
+pub struct TansuBroker {
+    child: Child,
+    port: u16,
+}
+
+impl TansuBroker {
+    /// Finds `tansu` (`$TANSU_BIN`, `$PATH`, `~/.cargo/bin`) and starts it.
+    pub fn start() -> Result<Self> {
+        let bin = find_tansu().context("the tansu broker is not installed: run scripts/setup.sh")?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut broker = TansuBroker { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = broker.child.try_wait()? {
+                bail!("tansu exited at start: {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("tansu did not listen on port {port} within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(broker)
+    }
+
+    /// `bootstrap.servers` for clients.
+    pub fn bootstrap_servers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TansuBroker {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_tansu() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("TANSU_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cargo/bin"));
+    }
+    dirs.into_iter().map(|d| d.join("tansu")).find(|p| p.is_file())
+}
+
+/// Creates topics through the Kafka admin API (for real brokers; the embedded Kafka has its
+/// own `create_topic`).
+pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let new: Vec<NewTopic<'_>> = topics.iter().map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(1))).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let results = runtime.block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))))?;
+    for r in results {
+        r.map_err(|(topic, e)| anyhow::anyhow!("creating {topic}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// What a publish run sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Readings sent.
+    pub readings: u64,
+    /// Wrapping sum of their fingerprints.
+    pub checksum: u64,
+}
+
+/// The fleet used by tests: `motors` motors × `steps` readings at 10 Hz, ending now.
+pub fn test_fleet(motors: u32, steps: u64, seed: u64) -> Simulator {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as i64;
+    Simulator::new(FleetSpec {
+        motors,
+        sites: 3,
+        rate_hz: 10.0,
+        steps,
+        start_ms: now - (steps as i64) * 100,
+        fault_fraction: 0.05,
+        seed,
+    })
+}
+
+/// Publishes every step of `sim` (optionally stopping after `max_steps`) and waits for delivery.
+pub fn publish(sim: &mut Simulator, producer: &TelemetryProducer, max_steps: Option<u64>) -> Result<Published> {
+    let mut out = Published { readings: 0, checksum: 0 };
+    let mut steps = 0;
+    while max_steps.is_none_or(|m| steps < m) {
+        let Some(readings) = sim.next_step() else { break };
+        producer.send_readings(&readings)?;
+        for r in &readings {
+            out.readings += 1;
+            out.checksum = out.checksum.wrapping_add(r.fingerprint());
+        }
+        steps += 1;
+    }
+    producer.flush(Duration::from_secs(60))?;
+    Ok(out)
+}
+
+/// A producer for `topic` in `format`.
+pub fn producer(brokers: &str, topic: &str, format: WireFormat) -> Result<TelemetryProducer> {
+    TelemetryProducer::new(brokers, topic, format, &Default::default())
+}
+
+/// Receives and acknowledges batches until `unique` distinct readings have arrived, or
+/// `timeout` passes, or the senders are gone; returns what arrived.
+pub fn collect_until(batches: &Receiver<ShardBatch>, stats: &mut FleetStats, unique: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while stats.unique_rows() < unique {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match batches.recv_timeout(left.min(Duration::from_millis(200))) {
+            Ok(b) => {
+                stats.add_batch(b.shard, &b.batch);
+                b.ack.ack();
+            }
+            Err(RecvTimeoutError::Timeout) if !left.is_zero() => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Reads `count` messages from `topic` (from the beginning, fresh group), or fails after
+/// `timeout`.
+pub fn read_topic(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Result<Vec<OwnedMessage>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{}-{}", topic, std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < count {
+        if Instant::now() > deadline {
+            bail!("read {} of {count} messages from {topic} before the deadline", out.len());
+        }
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            out.push(m?.detach());
+        }
+    }
+    // Anything beyond `count` would be a bug in the caller's expectations: look briefly.
+    let extra_deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < extra_deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            out.push(m?.detach());
+        }
+    }
+    Ok(out)
+}
+
+/// The offsets a group committed, per partition of `topic`, and the topic's end offsets.
+pub fn committed_and_end(brokers: &str, group: &str, topic: &str, partitions: i32) -> Result<Vec<(i32, i64, i64)>> {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create()?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    (0..partitions)
+        .map(|p| {
+            let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?;
+            let c = committed.find_partition(topic, p).and_then(|e| e.offset().to_raw()).unwrap_or(-1);
+            Ok((p, c, high))
+        })
+        .collect()
+}
+
+/// A header's value as text.
+pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    let headers = m.headers()?;
+    headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// The payload of a message.
+pub fn payload(m: &OwnedMessage) -> &[u8] {
+    m.payload().unwrap_or_default()
+}

@@ -189,28 +189,34 @@ pub fn readings_from_batch(batch: &RecordBatch) -> Vec<Reading> {
         .collect()
 }
 
-/// Row count and the wrapping sum of [`Reading::fingerprint`]s of a telemetry batch, computed
-/// from the columns without building readings.
+/// Row count and the wrapping sum of [`Reading::fingerprint`]s of a telemetry batch.
 pub fn batch_checksum(batch: &RecordBatch) -> (u64, u64) {
-    let cols = TelemetryColumns::of(batch);
-    let mut sum = 0u64;
-    for row in 0..batch.num_rows() {
-        let mut h = ReadingFingerprint::new(
-            cols.motor_id.value(row),
-            cols.site_id.value(row),
-            cols.ts.value(row),
-            cols.seq.value(row),
-        );
-        for i in 0..Channel::ALL.len() {
-            h.channel(cols.channel(i, row));
-        }
-        let (names, values) = cols.extra_at(row);
-        for i in 0..names.len() {
-            h.extra(names.value(i), values.value(i));
-        }
-        sum = sum.wrapping_add(h.finish());
-    }
+    let sum = row_fingerprints(batch).into_iter().fold(0u64, u64::wrapping_add);
     (batch.num_rows() as u64, sum)
+}
+
+/// The [`Reading::fingerprint`] of every row of a telemetry batch, computed from the columns
+/// without building readings.
+pub fn row_fingerprints(batch: &RecordBatch) -> Vec<u64> {
+    let cols = TelemetryColumns::of(batch);
+    (0..batch.num_rows())
+        .map(|row| {
+            let mut h = ReadingFingerprint::new(
+                cols.motor_id.value(row),
+                cols.site_id.value(row),
+                cols.ts.value(row),
+                cols.seq.value(row),
+            );
+            for i in 0..Channel::ALL.len() {
+                h.channel(cols.channel(i, row));
+            }
+            let (names, values) = cols.extra_at(row);
+            for i in 0..names.len() {
+                h.extra(names.value(i), values.value(i));
+            }
+            h.finish()
+        })
+        .collect()
 }
 
 /// Typed views of a telemetry batch's columns.

@@ -92,7 +92,7 @@ impl Default for IngestConfig {
             max_chunks_in_flight: 8,
             commit_interval: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(10),
-            max_message_bytes: 1 << 20,
+            max_message_bytes: 512 << 10,
             max_readings_per_message: 10_000,
             validation: ValidationRules::default(),
             kafka: BTreeMap::new(),

@@ -29,7 +29,7 @@ mod metrics;
 mod offsets;
 mod pipeline;
 
-pub use batch::{batch_checksum, readings_from_batch, ShardBuilder, ShardedBatcher};
+pub use batch::{batch_checksum, readings_from_batch, row_fingerprints, FlushedBatch, PushOutcome, ShardBuilder, ShardedBatcher};
 pub use config::{Encoding, IngestConfig, TopicConfig};
 pub use dead_letter::headers as dead_letter_headers;
 pub use decode::{decode_message, DecodedMessage, MessageLimits};

@@ -133,6 +133,16 @@ impl OffsetTracker {
         changed
     }
 
+    /// A commit of these offsets failed: offer them again next time (unless they moved on).
+    pub(crate) fn commit_failed(&self, offsets: &[(TopicPartition, i64)]) {
+        let mut s = self.lock();
+        for (tp, next) in offsets {
+            if s.committed.get(tp) == Some(next) {
+                s.committed.remove(tp);
+            }
+        }
+    }
+
     /// Partitions were taken away: forget their progress and never commit them again unless
     /// they are assigned back.
     pub(crate) fn revoke(&self, partitions: &[TopicPartition]) {
@@ -188,6 +198,17 @@ mod tests {
         assert_eq!(t.take_committable(), vec![(tp(0), 20), (tp(1), 9)]);
         assert!(t.take_committable().is_empty(), "nothing moved since");
         assert!(t.wait_idle(Duration::ZERO));
+    }
+
+    #[test]
+    fn failed_commits_are_offered_again() {
+        let t = OffsetTracker::default();
+        let a = t.open_chunk(vec![(tp(0), 5)]);
+        t.release(&[a]);
+        let first = t.take_committable();
+        assert_eq!(first, vec![(tp(0), 6)]);
+        t.commit_failed(&first);
+        assert_eq!(t.take_committable(), first);
     }
 
     #[test]

@@ -337,7 +337,7 @@ impl Shared {
             tracing::warn!("drain timed out; uncommitted readings will be consumed again (duplicates)");
         }
         if !consumer.assignment_lost() {
-            self.commit(consumer, CommitMode::Sync);
+            self.commit(consumer);
         }
     }
 
@@ -351,10 +351,13 @@ impl Shared {
         false
     }
 
-    fn commit(&self, consumer: &BaseConsumer<IngestContext>, mode: CommitMode) {
+    /// Commits what is committable, synchronously (a round trip per `commit_interval`), so
+    /// that a failure is known at once and the offsets are offered again. Returns false if
+    /// the commit failed.
+    fn commit(&self, consumer: &BaseConsumer<IngestContext>) -> bool {
         let offsets = self.tracker.take_committable();
         if offsets.is_empty() {
-            return;
+            return true;
         }
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), next) in &offsets {
@@ -363,9 +366,14 @@ impl Shared {
             }
         }
         self.metrics.commits.fetch_add(1, Relaxed);
-        if let Err(e) = consumer.commit(&tpl, mode) {
-            self.metrics.commit_errors.fetch_add(1, Relaxed);
-            tracing::warn!(error = %e, "offset commit failed; it will be retried with later offsets");
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => true,
+            Err(e) => {
+                self.metrics.commit_errors.fetch_add(1, Relaxed);
+                self.tracker.commit_failed(&offsets);
+                tracing::warn!(error = %e, "offset commit failed; it will be retried");
+                false
+            }
         }
     }
 
@@ -425,13 +433,6 @@ impl ConsumerContext for IngestContext {
             tracing::warn!(error = %e, "pausing newly assigned partitions");
         }
     }
-
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(e) = result {
-            self.shared.metrics.commit_errors.fetch_add(1, Relaxed);
-            tracing::warn!(error = %e, "asynchronous offset commit failed");
-        }
-    }
 }
 
 fn run_consumer(consumer: BaseConsumer<IngestContext>, s: &Shared, stop: &AtomicBool) -> Result<()> {
@@ -460,17 +461,32 @@ fn run_consumer(consumer: BaseConsumer<IngestContext>, s: &Shared, stop: &Atomic
             if let Some(why) = s.tracker.failure() {
                 break Err(IngestError::DeadLetter { topic: s.config.dead_letter_topic.clone(), reason: why });
             }
-            s.commit(&consumer, CommitMode::Async);
+            s.commit(&consumer);
         }
     };
     if result.is_ok() {
         s.hand_over_and_commit(&consumer);
+        final_commit(&consumer, s);
     }
     // Closing the consumer may call the revoke callback again: with the decoder's queue gone
     // it only commits what is already committable.
     lock(&s.work_tx).take();
     drop(consumer);
     result
+}
+
+/// On stop, a commit refused because the group is rebalancing (another node joining or
+/// leaving) is retried until the rebalance settles or `drain_timeout` passes. Polling serves
+/// the rebalance; messages it returns are dropped unprocessed, which is safe: their offsets
+/// are past everything committed, so they will be consumed again.
+fn final_commit(consumer: &BaseConsumer<IngestContext>, s: &Shared) {
+    let deadline = Instant::now() + s.config.drain_timeout;
+    while !s.commit(consumer) && Instant::now() < deadline {
+        let poll_until = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < poll_until {
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
+    }
 }
 
 struct Decoder {

@@ -1,1 +1,12 @@
-//! placeholder
+//! The `tessera` binary's library: configuration, the simulator, CSV replay, the telemetry
+//! producer, the embedded Kafka and the demo. `main.rs` only parses the command line.
+#![deny(missing_docs)]
+
+pub mod bad_input;
+pub mod config;
+pub mod demo;
+pub mod embedded;
+pub mod fleet_stats;
+pub mod producer;
+pub mod replay;
+pub mod simulate;

@@ -1,1 +1,255 @@
-fn main(){}
+//! `tessera`: the command line. Each subcommand parses its flags and calls the library.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+use tessera_server::config::NodeConfig;
+use tessera_server::demo::{self, DemoOptions};
+use tessera_server::fleet_stats::spawn_sink;
+use tessera_server::producer::{TelemetryProducer, WireFormat};
+use tessera_server::replay::{self, ReplayOptions, Target};
+use tessera_server::simulate::{FleetSpec, Simulator};
+
+#[derive(Parser)]
+#[command(name = "tessera", version, about = "Distributed stream processing for industrial motor telemetry")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything on one machine: embedded Kafka, simulated fleet with faults, ingest, stats.
+    Demo {
+        #[arg(long, default_value_t = 1000)]
+        motors: u32,
+        #[arg(long, default_value_t = 3)]
+        sites: u32,
+        /// Readings per second per motor.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// How long to run; Ctrl-C stops earlier.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 0.05)]
+        fault_fraction: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Motors to list in the final table.
+        #[arg(long, default_value_t = 20)]
+        show: usize,
+        #[arg(long, value_enum, default_value_t = WireFormat::Protobuf)]
+        format: WireFormat,
+        /// Publish one bad message per this many readings (0: none).
+        #[arg(long, default_value_t = 5000)]
+        bad_every: u64,
+        /// Use this Kafka instead of the embedded one.
+        #[arg(long)]
+        brokers: Option<String>,
+    },
+    /// Publish a simulated fleet's telemetry to Kafka, with injected faults and ground truth.
+    Simulate {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long, default_value = "telemetry")]
+        topic: String,
+        #[arg(long, default_value_t = 100)]
+        motors: u32,
+        #[arg(long, default_value_t = 3)]
+        sites: u32,
+        /// Readings per second per motor.
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Event-time span of the run.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Publish as fast as possible (event times end now) instead of in real time.
+        #[arg(long)]
+        fast: bool,
+        #[arg(long, default_value_t = 0.05)]
+        fault_fraction: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = WireFormat::Protobuf)]
+        format: WireFormat,
+        /// Write the injected faults here, one JSON object per line.
+        #[arg(long)]
+        ground_truth: Option<PathBuf>,
+    },
+    /// Publish CSV files as motors (one file, one motor), labels stripped into ground truth.
+    Replay {
+        /// CSV files; SKAB's columns are mapped by default.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        brokers: String,
+        #[arg(long, default_value = "telemetry")]
+        topic: String,
+        /// Map a column to a field: COLUMN=FIELD, FIELD a channel, extra.NAME or skip.
+        #[arg(long = "map", value_name = "COLUMN=FIELD")]
+        mappings: Vec<String>,
+        /// Timestamp column (default: the first one).
+        #[arg(long)]
+        time_column: Option<String>,
+        /// Label columns to strip into the ground truth.
+        #[arg(long, value_delimiter = ',', default_value = "anomaly,changepoint")]
+        labels: Vec<String>,
+        #[arg(long, default_value_t = 3)]
+        sites: u32,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Times real time; 0 publishes as fast as possible.
+        #[arg(long, default_value_t = 1.0)]
+        speedup: f64,
+        /// Each file ends a random time up to this long before now.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        offset_range: Duration,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = WireFormat::Protobuf)]
+        format: WireFormat,
+        /// Write the labelled intervals here, one JSON object per line.
+        #[arg(long)]
+        ground_truth: Option<PathBuf>,
+    },
+    /// Run the Kafka ingest of one node and print per-motor batch statistics.
+    Ingest {
+        /// TOML config (see deploy/tessera.example.toml); env TESSERA__SECTION__KEY overrides.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        #[arg(long, default_value_t = 20)]
+        show: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,tessera=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::spawn(move || {
+            runtime.block_on(async {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("\nstopping (Ctrl-C again to abort)...");
+                    stop.store(true, Ordering::SeqCst);
+                }
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            })
+        });
+    }
+    match Cli::parse().command {
+        Command::Demo { motors, sites, rate, duration, fault_fraction, seed, show, format, bad_every, brokers } => {
+            let opts = DemoOptions { motors, sites, rate_hz: rate, duration, fault_fraction, seed, show, format, bad_every, brokers };
+            demo::run(&opts, &stop)?;
+        }
+        Command::Simulate { brokers, topic, motors, sites, rate, duration, fast, fault_fraction, seed, format, ground_truth } => {
+            anyhow::ensure!(rate > 0.0, "--rate must be positive");
+            let steps = (duration.as_secs_f64() * rate).ceil() as u64;
+            let start_ms = now_ms() - if fast { duration.as_millis() as i64 } else { 0 };
+            let mut sim = Simulator::new(FleetSpec { motors, sites, rate_hz: rate, steps, start_ms, fault_fraction, seed });
+            if let Some(path) = ground_truth {
+                write_jsonl(&path, &sim.ground_truth())?;
+            }
+            let producer = TelemetryProducer::new(&brokers, &topic, format, &BTreeMap::new())?;
+            let started = Instant::now();
+            let mut step = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if !fast {
+                    let due = Duration::from_secs_f64(step as f64 / rate);
+                    if let Some(wait) = due.checked_sub(started.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                let Some(readings) = sim.next_step() else { break };
+                producer.send_readings(&readings)?;
+                step += 1;
+            }
+            let report = producer.flush(Duration::from_secs(60))?;
+            println!("published {} messages ({} readings) in {:.1}s", report.delivered, step * u64::from(motors), started.elapsed().as_secs_f64());
+        }
+        Command::Replay {
+            files, brokers, topic, mappings, time_column, labels, sites, prefix, speedup, offset_range, seed, format, ground_truth,
+        } => {
+            let mut mapping = replay::skab_mapping();
+            for m in &mappings {
+                let Some((column, field)) = m.split_once('=') else { bail!("--map {m:?}: expected COLUMN=FIELD") };
+                mapping.insert(column.to_string(), field.parse::<Target>().with_context(|| format!("--map {m:?}"))?);
+            }
+            let opts = ReplayOptions {
+                mapping,
+                time_column,
+                label_columns: labels,
+                sites,
+                motor_prefix: prefix,
+                end_ms: now_ms(),
+                offset_range_ms: offset_range.as_millis() as i64,
+                seed,
+            };
+            let motors = replay::load(&files, &opts)?;
+            for m in &mappings {
+                let column = m.split_once('=').map_or("", |(c, _)| c);
+                let text = std::fs::read_to_string(&files[0])?;
+                anyhow::ensure!(text.lines().next().is_some_and(|h| h.contains(column)), "--map {m:?}: no column {column:?} in {}", files[0].display());
+            }
+            if let Some(path) = ground_truth {
+                write_jsonl(&path, &motors.iter().flat_map(|m| m.labels.clone()).collect::<Vec<_>>())?;
+            }
+            let producer = TelemetryProducer::new(&brokers, &topic, format, &BTreeMap::new())?;
+            let sent = replay::publish(&motors, &producer, speedup, true, &stop)?;
+            let report = producer.flush(Duration::from_secs(60))?;
+            println!("replayed {} files as motors: {sent} readings, {} messages delivered", motors.len(), report.delivered);
+        }
+        Command::Ingest { config, duration, show } => {
+            let config = NodeConfig::load(config.as_deref())?;
+            let (tx, rx) = std::sync::mpsc::sync_channel(64);
+            let ingest = tessera_ingest::Ingest::start(config.ingest.clone(), tx)?;
+            let (stats, sink) = spawn_sink(rx);
+            let started = Instant::now();
+            let mut last_print = Instant::now();
+            while !stop.load(Ordering::Relaxed) && duration.is_none_or(|d| started.elapsed() < d) && !ingest.is_finished() {
+                std::thread::sleep(Duration::from_millis(100));
+                if last_print.elapsed() >= Duration::from_secs(5) {
+                    last_print = Instant::now();
+                    let s = ingest.metrics().snapshot();
+                    println!("consumed {} messages, {} readings, {} dead letters, {} batches", s.messages, s.readings_accepted, s.dead_letters_sent, s.batches);
+                    std::io::stdout().flush()?;
+                }
+            }
+            let final_stats = ingest.stop()?;
+            sink.join().map_err(|_| anyhow::anyhow!("the stats thread panicked"))?;
+            println!("{}", stats.lock().expect("not poisoned").table(show));
+            println!("{final_stats:#?}");
+        }
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn write_jsonl<T: serde::Serialize>(path: &std::path::Path, rows: &[T]) -> Result<()> {
+    let mut out = String::new();
+    for row in rows {
+        out.push_str(&serde_json::to_string(row)?);
+        out.push('\n');
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,71 @@
+//! Layered node configuration: built-in defaults, then a TOML file, then environment
+//! variables `TESSERA__SECTION__KEY` (e.g. `TESSERA__INGEST__BROKERS`), then validation.
+//! Errors name the field. `deploy/tessera.example.toml` documents every key.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use tessera_ingest::IngestConfig;
+
+/// A node's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The site (plant) this node belongs to.
+    pub site_id: String,
+    /// Kafka ingest.
+    pub ingest: IngestConfig,
+}
+
+impl NodeConfig {
+    /// Loads defaults ← `file` (if given) ← environment, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(NodeConfig { site_id: "site-a".into(), ..Default::default() }));
+        if let Some(file) = file {
+            anyhow::ensure!(file.exists(), "config file {} does not exist", file.display());
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("TESSERA__").split("__").lowercase(true));
+        let config: NodeConfig = figment.extract().map_err(|e| anyhow::anyhow!("config: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every section; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        tessera_core::SiteId::new(self.site_id.clone()).context("config: site_id")?;
+        self.ingest.validate().map_err(|e| anyhow::anyhow!("config: ingest.{}", e.to_string().trim_start_matches("invalid ingest config: ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_and_errors_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.toml");
+        std::fs::write(&good, "site_id = \"site-b\"\n[ingest]\nbrokers = \"k:9092\"\nshards = 4\nbatch_max_age = \"250ms\"\n").unwrap();
+        let c = NodeConfig::load(Some(&good)).unwrap();
+        assert_eq!((c.site_id.as_str(), c.ingest.brokers.as_str(), c.ingest.shards), ("site-b", "k:9092", 4));
+        assert_eq!(c.ingest.batch_max_age, std::time::Duration::from_millis(250));
+
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[ingest]\nshards = 0\n").unwrap();
+        assert_eq!(NodeConfig::load(Some(&bad)).unwrap_err().to_string(), "config: ingest.shards: must be at least 1");
+
+        let typo = dir.path().join("typo.toml");
+        std::fs::write(&typo, "[ingest]\nshard = 3\n").unwrap();
+        let err = NodeConfig::load(Some(&typo)).unwrap_err().to_string();
+        assert!(err.contains("shard"), "{err}");
+
+        let wrong_type = dir.path().join("type.toml");
+        std::fs::write(&wrong_type, "[ingest]\nshards = \"many\"\n").unwrap();
+        let err = NodeConfig::load(Some(&wrong_type)).unwrap_err().to_string();
+        assert!(err.contains("ingest.shards"), "{err}");
+    }
+}
