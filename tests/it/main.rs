@@ -6,6 +6,8 @@ mod ingest_bad_input;
 mod ingest_count;
 mod ingest_rebalance;
 mod ingest_real_broker;
+mod replay_skab;
+mod tidy;
 
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::Duration;

@@ -266,7 +266,7 @@ mod tests {
             event_time_ms: 1_700_000_000_000 + seq as i64,
             sequence: seq,
             channels: [Some(1.0), None, Some(60.0 + seq as f64), Some(2.0), None, None, Some(1500.0)],
-            extra: if seq % 2 == 0 { BTreeMap::from([("flow".into(), seq as f64)]) } else { BTreeMap::new() },
+            extra: if seq.is_multiple_of(2) { BTreeMap::from([("flow".into(), seq as f64)]) } else { BTreeMap::new() },
         }
     }
 

@@ -133,7 +133,7 @@ fn serde_json_from(payload: &[u8]) -> serde_json::Result<JsonReading> {
     match one.readings.take() {
         Some(items) if one.is_empty() => Ok(JsonReading::Batch(items)),
         Some(_) => Err(serde::de::Error::custom("an object with `readings` must have no reading fields of its own")),
-        None => Ok(JsonReading::One(one)),
+        None => Ok(JsonReading::One(Box::new(one))),
     }
 }
 
@@ -141,7 +141,7 @@ fn serde_json_from(payload: &[u8]) -> serde_json::Result<JsonReading> {
 /// strings (as proto3's JSON mapping writes them).
 #[derive(Debug)]
 enum JsonReading {
-    One(JsonOne),
+    One(Box<JsonOne>),
     Batch(Vec<JsonOne>),
 }
 

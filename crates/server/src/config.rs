@@ -46,6 +46,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_config_is_the_default() {
+        let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/tessera.example.toml");
+        let loaded = NodeConfig::load(Some(&example)).unwrap();
+        let defaults = NodeConfig { site_id: "site-a".into(), ..Default::default() };
+        assert_eq!(loaded, defaults, "deploy/tessera.example.toml documents the defaults");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("node.toml", "site_id = \"site-b\"\n[ingest]\nshards = 4\n")?;
+            jail.set_env("TESSERA__INGEST__BROKERS", "kafka-0:9092");
+            jail.set_env("TESSERA__INGEST__SHARDS", "16");
+            let c = NodeConfig::load(Some(std::path::Path::new("node.toml"))).expect("loads");
+            assert_eq!((c.site_id.as_str(), c.ingest.brokers.as_str(), c.ingest.shards), ("site-b", "kafka-0:9092", 16));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn file_and_errors_name_the_field() {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("good.toml");

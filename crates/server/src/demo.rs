@@ -139,7 +139,7 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
     }
 
     producer.flush(Duration::from_secs(30))?;
-    let expected = published + bad_published;
+    let expected = producer.sent();
     let deadline = Instant::now() + Duration::from_secs(30);
     while ingest.metrics().snapshot().messages < expected && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));

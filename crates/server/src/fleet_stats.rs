@@ -110,7 +110,7 @@ impl FleetStats {
             (channel(Channel::CurrentA), channel(Channel::TemperatureC), channel(Channel::VibrationXRms));
         let fingerprints = row_fingerprints(batch);
         let mut last_motor: Option<&str> = None;
-        for row in 0..batch.num_rows() {
+        for (row, fingerprint) in fingerprints.iter().enumerate() {
             let id = motor.value(row);
             let m = self.motors.entry(id.to_string()).or_insert_with(|| MotorStats {
                 site_id: site.value(row).to_string(),
@@ -126,7 +126,7 @@ impl FleetStats {
             }
             m.rows += 1;
             if m.seen.insert(seq.value(row)) {
-                self.unique_checksum = self.unique_checksum.wrapping_add(fingerprints[row]);
+                self.unique_checksum = self.unique_checksum.wrapping_add(*fingerprint);
             } else {
                 m.duplicates += 1;
                 self.duplicates += 1;
@@ -184,23 +184,6 @@ impl FleetStats {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seen_sequences_count_duplicates_and_gaps() {
-        let mut s = SeenSequences::default();
-        assert!(s.insert(0));
-        assert!(s.insert(2));
-        assert!(!s.insert(2));
-        assert_eq!((s.unique(), s.highest()), (2, Some(2)));
-        assert!(s.insert(1));
-        assert!(!s.insert(0));
-        assert_eq!((s.below, s.ahead.len()), (3, 0), "collapses back to O(1)");
-    }
-}
-
 /// Runs a sink thread that adds every batch from `batches` to shared [`FleetStats`] and
 /// acknowledges it. The thread ends when the ingest drops its sender.
 pub fn spawn_sink(
@@ -218,4 +201,21 @@ pub fn spawn_sink(
         })
         .expect("spawning the stats thread");
     (stats, handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_sequences_count_duplicates_and_gaps() {
+        let mut s = SeenSequences::default();
+        assert!(s.insert(0));
+        assert!(s.insert(2));
+        assert!(!s.insert(2));
+        assert_eq!((s.unique(), s.highest()), (2, Some(2)));
+        assert!(s.insert(1));
+        assert!(!s.insert(0));
+        assert_eq!((s.below, s.ahead.len()), (3, 0), "collapses back to O(1)");
+    }
 }

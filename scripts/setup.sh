@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what Tessera needs on a Debian/Ubuntu machine, and nothing when it is all there.
+#   scripts/setup.sh               system packages for building (C toolchain for librdkafka)
+#   scripts/setup.sh --with-broker also the Tansu Kafka broker used by end-to-end tests
+#                                  (cargo install, ~15 min the first time)
+set -euo pipefail
+
+packages=(build-essential pkg-config zlib1g-dev python3)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "setup: installing ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: Rust is required (cargo not found); install it with rustup." >&2
+  exit 1
+fi
+
+if [[ "${1:-}" == "--with-broker" ]]; then
+  tansu_version="0.6.0"
+  if ! cargo install --list | grep -q "^tansu v${tansu_version}:"; then
+    echo "setup: installing the Tansu broker ${tansu_version} (first time only, ~15 min)"
+    # Its own target dir, so that it never shares (or invalidates) the project's build.
+    CARGO_TARGET_DIR="${TMPDIR:-/tmp}/tansu-build" \
+      cargo install tansu --version "${tansu_version}" --locked --features dynostore,libsql
+  fi
+fi

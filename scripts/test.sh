@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, the integration suite (embedded Kafka and a real Tansu broker
+# process), golden and tidy checks. Installs what it needs first (scripts/setup.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh --with-broker
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# Brokers started by tests are killed when their test ends; this catches a crashed run.
+cleanup() { pkill -f "tansu broker --listener-url tcp://127.0.0.1:" 2>/dev/null || true; }
+trap cleanup EXIT
+
+cargo test --workspace --locked "$@"
