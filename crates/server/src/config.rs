@@ -45,12 +45,24 @@ impl NodeConfig {
 mod tests {
     use super::*;
 
+    /// Loading reads process-wide environment variables, which `environment_overrides_the_file`
+    /// sets: every test that loads runs inside figment's `Jail`, which serialises them.
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
+    fn jailed(test: impl FnOnce()) {
+        figment::Jail::expect_with(|_| {
+            test();
+            Ok(())
+        });
+    }
+
     #[test]
     fn the_example_config_is_the_default() {
-        let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/tessera.example.toml");
-        let loaded = NodeConfig::load(Some(&example)).unwrap();
-        let defaults = NodeConfig { site_id: "site-a".into(), ..Default::default() };
-        assert_eq!(loaded, defaults, "deploy/tessera.example.toml documents the defaults");
+        jailed(|| {
+            let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/tessera.example.toml");
+            let loaded = NodeConfig::load(Some(&example)).unwrap();
+            let defaults = NodeConfig { site_id: "site-a".into(), ..Default::default() };
+            assert_eq!(loaded, defaults, "deploy/tessera.example.toml documents the defaults");
+        });
     }
 
     #[test]
@@ -68,6 +80,10 @@ mod tests {
 
     #[test]
     fn file_and_errors_name_the_field() {
+        jailed(file_and_errors);
+    }
+
+    fn file_and_errors() {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("good.toml");
         std::fs::write(&good, "site_id = \"site-b\"\n[ingest]\nbrokers = \"k:9092\"\nshards = 4\nbatch_max_age = \"250ms\"\n").unwrap();
