@@ -9,8 +9,6 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, Message};
@@ -84,18 +82,7 @@ fn find_tansu() -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join("tansu")).find(|p| p.is_file())
 }
 
-/// Creates topics through the Kafka admin API (for real brokers; the embedded Kafka has its
-/// own `create_topic`).
-pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
-    let new: Vec<NewTopic<'_>> = topics.iter().map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(1))).collect();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let results = runtime.block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))))?;
-    for r in results {
-        r.map_err(|(topic, e)| anyhow::anyhow!("creating {topic}: {e}"))?;
-    }
-    Ok(())
-}
+pub use tessera_server::topics::ensure_topics as create_topics;
 
 /// What a publish run sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,19 +11,15 @@ use tessera_ingest::dead_letter_headers as dlq;
 use tessera_proto::telemetry::{MotorReading, MotorReadingBatch};
 use tessera_proto::CONTENT_TYPE_BATCH;
 use tessera_server::bad_input::BadInput;
-use tessera_server::embedded::EmbeddedKafka;
 use tessera_server::fleet_stats::FleetStats;
 use tessera_server::producer::WireFormat;
 use tessera_suite::{header, payload, producer, read_topic, test_fleet};
 
-use crate::{ingest_config, start_ingest};
+use crate::{embedded_kafka, ingest_config, start_ingest};
 
 #[test]
 fn bad_messages_go_to_the_dead_letter_topic_with_reasons() {
-    let kafka = EmbeddedKafka::start(1).unwrap();
-    let brokers = kafka.bootstrap_servers();
-    kafka.create_topic("telemetry", 3).unwrap();
-    kafka.create_topic("dead-letters", 1).unwrap();
+    let (_kafka, brokers) = embedded_kafka(1, 3);
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
 
     let p = producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap();

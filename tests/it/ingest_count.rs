@@ -3,19 +3,15 @@
 
 use std::time::Duration;
 
-use tessera_server::embedded::EmbeddedKafka;
 use tessera_server::fleet_stats::FleetStats;
 use tessera_server::producer::WireFormat;
 use tessera_suite::{committed_and_end, producer, publish, test_fleet};
 
-use crate::{ingest_config, start_ingest};
+use crate::{embedded_kafka, ingest_config, start_ingest};
 
 #[test]
 fn hundred_thousand_readings_arrive_with_equal_count_and_checksum() {
-    let kafka = EmbeddedKafka::start(3).unwrap();
-    let brokers = kafka.bootstrap_servers();
-    kafka.create_topic("telemetry", 6).unwrap();
-    kafka.create_topic("dead-letters", 1).unwrap();
+    let (_kafka, brokers) = embedded_kafka(3, 6);
 
     let mut sim = test_fleet(100, 1000, 1);
     let sent = publish(&mut sim, &producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap(), None).unwrap();

@@ -7,19 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tessera_ingest::Ingest;
-use tessera_server::embedded::EmbeddedKafka;
 use tessera_server::fleet_stats::FleetStats;
 use tessera_server::producer::WireFormat;
 use tessera_suite::{committed_and_end, producer, publish, test_fleet};
 
-use crate::ingest_config;
+use crate::{embedded_kafka, ingest_config};
 
 #[test]
 fn a_consumer_joining_mid_stream_loses_nothing() {
-    let kafka = EmbeddedKafka::start(3).unwrap();
-    let brokers = kafka.bootstrap_servers();
-    kafka.create_topic("telemetry", 6).unwrap();
-    kafka.create_topic("dead-letters", 1).unwrap();
+    let (_kafka, brokers) = embedded_kafka(3, 6);
 
     // Readings are published in the background, 1,000 every ~100 ms, until at least 60 k
     // are out and the second node has consumed something, so the stream is still flowing

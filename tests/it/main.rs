@@ -13,6 +13,17 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::Duration;
 
 use tessera_ingest::{Encoding, Ingest, IngestConfig, ShardBatch, TopicConfig};
+use tessera_server::embedded::EmbeddedKafka;
+
+/// An embedded Kafka with `brokers` brokers, a `telemetry` topic of `partitions` partitions
+/// and a one-partition `dead-letters` topic; returns it and its bootstrap servers.
+pub fn embedded_kafka(brokers: i32, partitions: i32) -> (EmbeddedKafka, String) {
+    let kafka = EmbeddedKafka::start(brokers).expect("the embedded Kafka starts");
+    kafka.create_topic("telemetry", partitions).expect("topic");
+    kafka.create_topic("dead-letters", 1).expect("topic");
+    let bootstrap = kafka.bootstrap_servers();
+    (kafka, bootstrap)
+}
 
 /// An ingest config for tests: small batches, quick commits.
 pub fn ingest_config(brokers: &str, group: &str, topic: &str, dead_letters: &str) -> IngestConfig {

@@ -6,13 +6,12 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tessera_server::embedded::EmbeddedKafka;
 use tessera_server::fleet_stats::FleetStats;
 use tessera_server::producer::WireFormat;
 use tessera_server::replay::{self, ReplayOptions};
 use tessera_suite::producer;
 
-use crate::{ingest_config, start_ingest};
+use crate::{embedded_kafka, ingest_config, start_ingest};
 
 fn skab(file: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/skab").join(file);
@@ -47,10 +46,7 @@ fn skab_runs_replay_as_motors_with_labels_stripped() {
     let last = |i: usize| motors[i].readings.last().unwrap().event_time_ms;
     assert_ne!(last(0), last(1), "each file ends at its own random offset");
 
-    let kafka = EmbeddedKafka::start(1).unwrap();
-    let brokers = kafka.bootstrap_servers();
-    kafka.create_topic("telemetry", 3).unwrap();
-    kafka.create_topic("dead-letters", 1).unwrap();
+    let (_kafka, brokers) = embedded_kafka(1, 3);
     let p = producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap();
     let sent = replay::publish(&motors, &p, 0.0, false, &AtomicBool::new(false)).unwrap();
     p.flush(Duration::from_secs(30)).unwrap();

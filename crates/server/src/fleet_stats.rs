@@ -62,6 +62,8 @@ pub struct MotorStats {
     /// Highest X-axis vibration seen.
     pub max_vibration_x: f64,
     seen: SeenSequences,
+    /// Number (1-based) of the last batch that held this motor's rows.
+    last_batch: u64,
 }
 
 impl MotorStats {
@@ -109,7 +111,6 @@ impl FleetStats {
         let (current, temperature, vibration) =
             (channel(Channel::CurrentA), channel(Channel::TemperatureC), channel(Channel::VibrationXRms));
         let fingerprints = row_fingerprints(batch);
-        let mut last_motor: Option<&str> = None;
         for (row, fingerprint) in fingerprints.iter().enumerate() {
             let id = motor.value(row);
             let m = self.motors.entry(id.to_string()).or_insert_with(|| MotorStats {
@@ -120,9 +121,9 @@ impl FleetStats {
                 max_vibration_x: f64::NEG_INFINITY,
                 ..Default::default()
             });
-            if last_motor != Some(id) {
+            if m.last_batch != self.batches {
                 m.batches += 1;
-                last_motor = Some(id);
+                m.last_batch = self.batches;
             }
             m.rows += 1;
             if m.seen.insert(seq.value(row)) {
@@ -206,6 +207,31 @@ pub fn spawn_sink(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interleaved_motors_count_one_batch_each() {
+        use tessera_core::{MotorId, Reading, SiteId};
+        let reading = |motor: &str, seq: u64| Reading {
+            motor_id: MotorId::new(motor).unwrap(),
+            site_id: SiteId::new("s").unwrap(),
+            event_time_ms: seq as i64,
+            sequence: seq,
+            channels: [Some(1.0); 7],
+            extra: Default::default(),
+        };
+        let mut builder = tessera_ingest::ShardBuilder::default();
+        for seq in 0..3 {
+            builder.append(&reading("A", seq));
+            builder.append(&reading("B", seq));
+        }
+        let mut stats = FleetStats::default();
+        stats.add_batch(0, &builder.finish());
+        builder.append(&reading("A", 2));
+        stats.add_batch(0, &builder.finish());
+        assert_eq!((stats.motors["A"].batches, stats.motors["B"].batches), (2, 1));
+        assert_eq!((stats.motors["A"].rows, stats.motors["A"].duplicates, stats.duplicates), (4, 1, 1));
+        assert_eq!(stats.unique_rows(), 6);
+    }
 
     #[test]
     fn seen_sequences_count_duplicates_and_gaps() {

@@ -1,5 +1,5 @@
 //! The `tessera` binary's library: configuration, the simulator, CSV replay, the telemetry
-//! producer, the embedded Kafka and the demo. `main.rs` only parses the command line.
+//! producer, topic creation, the embedded Kafka and the demo. `main.rs` only parses the command line.
 #![deny(missing_docs)]
 
 pub mod bad_input;
@@ -10,3 +10,4 @@ pub mod fleet_stats;
 pub mod producer;
 pub mod replay;
 pub mod simulate;
+pub mod topics;

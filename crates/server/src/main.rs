@@ -15,6 +15,7 @@ use tessera_server::fleet_stats::spawn_sink;
 use tessera_server::producer::{TelemetryProducer, WireFormat};
 use tessera_server::replay::{self, ReplayOptions, Target};
 use tessera_server::simulate::{FleetSpec, Simulator};
+use tessera_server::topics::ensure_topics;
 
 #[derive(Parser)]
 #[command(name = "tessera", version, about = "Distributed stream processing for industrial motor telemetry")]
@@ -27,25 +28,11 @@ struct Cli {
 enum Command {
     /// Everything on one machine: embedded Kafka, simulated fleet with faults, ingest, stats.
     Demo {
-        #[arg(long, default_value_t = 1000)]
-        motors: u32,
-        #[arg(long, default_value_t = 3)]
-        sites: u32,
-        /// Readings per second per motor.
-        #[arg(long, default_value_t = 1.0)]
-        rate: f64,
-        /// How long to run; Ctrl-C stops earlier.
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        duration: Duration,
-        #[arg(long, default_value_t = 0.05)]
-        fault_fraction: f64,
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
+        #[command(flatten)]
+        fleet: FleetArgs,
         /// Motors to list in the final table.
         #[arg(long, default_value_t = 20)]
         show: usize,
-        #[arg(long, value_enum, default_value_t = WireFormat::Protobuf)]
-        format: WireFormat,
         /// Publish one bad message per this many readings (0: none).
         #[arg(long, default_value_t = 5000)]
         bad_every: u64,
@@ -59,25 +46,14 @@ enum Command {
         brokers: String,
         #[arg(long, default_value = "telemetry")]
         topic: String,
-        #[arg(long, default_value_t = 100)]
-        motors: u32,
-        #[arg(long, default_value_t = 3)]
-        sites: u32,
-        /// Readings per second per motor.
-        #[arg(long, default_value_t = 1.0)]
-        rate: f64,
-        /// Event-time span of the run.
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        duration: Duration,
+        /// Partitions of the topic, if it has to be created.
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        #[command(flatten)]
+        fleet: FleetArgs,
         /// Publish as fast as possible (event times end now) instead of in real time.
         #[arg(long)]
         fast: bool,
-        #[arg(long, default_value_t = 0.05)]
-        fault_fraction: f64,
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        #[arg(long, value_enum, default_value_t = WireFormat::Protobuf)]
-        format: WireFormat,
         /// Write the injected faults here, one JSON object per line.
         #[arg(long)]
         ground_truth: Option<PathBuf>,
@@ -91,6 +67,9 @@ enum Command {
         brokers: String,
         #[arg(long, default_value = "telemetry")]
         topic: String,
+        /// Partitions of the topic, if it has to be created.
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
         /// Map a column to a field: COLUMN=FIELD, FIELD a channel, extra.NAME or skip.
         #[arg(long = "map", value_name = "COLUMN=FIELD")]
         mappings: Vec<String>,
@@ -131,6 +110,28 @@ enum Command {
     },
 }
 
+/// The simulated fleet, shared by `demo` and `simulate`.
+#[derive(clap::Args)]
+struct FleetArgs {
+    #[arg(long, default_value_t = 1000)]
+    motors: u32,
+    #[arg(long, default_value_t = 3)]
+    sites: u32,
+    /// Readings per second per motor.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// How long to run (event-time span); Ctrl-C stops earlier.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Share of motors with an injected fault.
+    #[arg(long, default_value_t = 0.05)]
+    fault_fraction: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, value_enum, default_value_t = WireFormat::Protobuf)]
+    format: WireFormat,
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -155,11 +156,24 @@ fn main() -> Result<()> {
         });
     }
     match Cli::parse().command {
-        Command::Demo { motors, sites, rate, duration, fault_fraction, seed, show, format, bad_every, brokers } => {
-            let opts = DemoOptions { motors, sites, rate_hz: rate, duration, fault_fraction, seed, show, format, bad_every, brokers };
+        Command::Demo { fleet: f, show, bad_every, brokers } => {
+            let opts = DemoOptions {
+                motors: f.motors,
+                sites: f.sites,
+                rate_hz: f.rate,
+                duration: f.duration,
+                fault_fraction: f.fault_fraction,
+                seed: f.seed,
+                show,
+                format: f.format,
+                bad_every,
+                brokers,
+            };
             demo::run(&opts, &stop)?;
         }
-        Command::Simulate { brokers, topic, motors, sites, rate, duration, fast, fault_fraction, seed, format, ground_truth } => {
+        Command::Simulate { brokers, topic, partitions, fleet, fast, ground_truth } => {
+            ensure_topics(&brokers, &[(&topic, partitions)])?;
+            let FleetArgs { motors, sites, rate, duration, fault_fraction, seed, format } = fleet;
             anyhow::ensure!(rate > 0.0, "--rate must be positive");
             let steps = (duration.as_secs_f64() * rate).ceil() as u64;
             let start_ms = now_ms() - if fast { duration.as_millis() as i64 } else { 0 };
@@ -185,7 +199,7 @@ fn main() -> Result<()> {
             println!("published {} messages ({} readings) in {:.1}s", report.delivered, step * u64::from(motors), started.elapsed().as_secs_f64());
         }
         Command::Replay {
-            files, brokers, topic, mappings, time_column, labels, sites, prefix, speedup, offset_range, seed, format, ground_truth,
+            files, brokers, topic, partitions, mappings, time_column, labels, sites, prefix, speedup, offset_range, seed, format, ground_truth,
         } => {
             let mut mapping = replay::skab_mapping();
             for m in &mappings {
@@ -211,6 +225,7 @@ fn main() -> Result<()> {
             if let Some(path) = ground_truth {
                 write_jsonl(&path, &motors.iter().flat_map(|m| m.labels.clone()).collect::<Vec<_>>())?;
             }
+            ensure_topics(&brokers, &[(&topic, partitions)])?;
             let producer = TelemetryProducer::new(&brokers, &topic, format, &BTreeMap::new())?;
             let sent = replay::publish(&motors, &producer, speedup, true, &stop)?;
             let report = producer.flush(Duration::from_secs(60))?;
@@ -218,6 +233,7 @@ fn main() -> Result<()> {
         }
         Command::Ingest { config, duration, show } => {
             let config = NodeConfig::load(config.as_deref())?;
+            ensure_topics(&config.ingest.brokers, &[(&config.ingest.dead_letter_topic, 3)])?;
             let (tx, rx) = std::sync::mpsc::sync_channel(64);
             let ingest = tessera_ingest::Ingest::start(config.ingest.clone(), tx)?;
             let (stats, sink) = spawn_sink(rx);
