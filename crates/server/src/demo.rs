@@ -163,6 +163,9 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
 }
 
 fn reasons(s: &IngestStats) -> String {
+    if s.rejected_by_reason.is_empty() {
+        return "no rejections".into();
+    }
     s.rejected_by_reason.iter().map(|(code, n)| format!("{code}: {n}")).collect::<Vec<_>>().join(", ")
 }
 
