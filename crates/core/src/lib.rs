@@ -3,7 +3,8 @@
 //! This crate has no I/O and no async runtime: it holds what a reading *is* ([`Reading`]),
 //! who it belongs to ([`MotorId`], [`SiteId`]), how it looks as Arrow columns
 //! ([`telemetry_schema`]), which readings are acceptable ([`ValidationRules`]), and how motors
-//! are spread over shards ([`shard_of`]). Everything here is pure and cheap to test.
+//! are spread over shards ([`shard_of`]), and how event time is cut into windows
+//! ([`WindowSpec`], [`MotorWatermark`]). Everything here is pure and cheap to test.
 #![deny(missing_docs)]
 
 mod ids;
@@ -11,9 +12,11 @@ mod reading;
 mod schema;
 mod shard;
 mod validate;
+mod window;
 
 pub use ids::{IdError, MotorId, SiteId, MAX_ID_BYTES};
 pub use reading::{Channel, Reading, ReadingFingerprint};
 pub use schema::{telemetry_schema, TelemetryColumn};
 pub use shard::shard_of;
 pub use validate::{PhysicalRange, RejectReason, ValidationRules};
+pub use window::{MotorWatermark, WatermarkPolicy, Window, WindowError, WindowSpec};
