@@ -130,8 +130,8 @@ impl Ingest {
             client.create_with_context(IngestContext { shared: shared.clone() })?;
         let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topic_refs)?;
-
         let stop = Arc::new(AtomicBool::new(false));
+
         let decoder = Decoder {
             batcher: ShardedBatcher::new(config.shards, config.batch_max_rows, config.batch_max_age),
             limits: MessageLimits {
@@ -144,6 +144,8 @@ impl Ingest {
             dead_letters,
             out,
             topics,
+            stopping: stop.clone(),
+            give_up_at: std::cell::Cell::new(None),
         };
         let decoder = spawn("tessera-decode", move || decoder.run(work_rx))?;
         let consumer = {
@@ -502,6 +504,11 @@ struct Decoder {
     metrics: Arc<IngestMetrics>,
     dead_letters: DeadLetterWriter,
     out: SyncSender<ShardBatch>,
+    /// Set when the ingest is stopping: downstream then gets `drain_timeout` to take each
+    /// remaining batch, so that `stop` returns even if nobody reads any more.
+    stopping: Arc<AtomicBool>,
+    /// When stopping, the moment after which batches downstream will not take are left.
+    give_up_at: std::cell::Cell<Option<Instant>>,
 }
 
 impl Decoder {
@@ -587,17 +594,39 @@ impl Decoder {
     }
 
     fn emit(&self, flushed: FlushedBatch) -> Result<()> {
-        self.metrics.batches.fetch_add(1, Relaxed);
-        self.metrics.rows.fetch_add(flushed.batch.num_rows() as u64, Relaxed);
+        let rows = flushed.batch.num_rows() as u64;
         let ack = BatchAck { chunks: flushed.tags, tracker: self.tracker.clone(), done: false };
-        self.out
-            .send(ShardBatch { shard: flushed.shard, batch: flushed.batch, ack })
-            .map_err(|e| {
-                // Nobody will acknowledge it: forget the batch quietly, the error says why.
-                let mut lost = e.0.ack;
-                lost.done = true;
-                IngestError::DownstreamClosed
-            })
+        let mut batch = ShardBatch { shard: flushed.shard, batch: flushed.batch, ack };
+        loop {
+            match self.out.try_send(batch) {
+                Ok(()) => {
+                    self.metrics.batches.fetch_add(1, Relaxed);
+                    self.metrics.rows.fetch_add(rows, Relaxed);
+                    return Ok(());
+                }
+                Err(TrySendError::Full(back)) => {
+                    batch = back;
+                    if self.stopping.load(Ordering::Relaxed) {
+                        let give_up_at = self.give_up_at.get().unwrap_or_else(|| Instant::now() + self.config.drain_timeout);
+                        self.give_up_at.set(Some(give_up_at));
+                        if Instant::now() >= give_up_at {
+                            // Downstream stopped reading: leave the batch unacknowledged, so
+                            // its offsets stay uncommitted and it is consumed again later.
+                            tracing::warn!(rows, "stopping: downstream took no batch for drain_timeout; leaving it uncommitted");
+                            batch.ack.done = true;
+                            return Ok(());
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(TrySendError::Disconnected(back)) => {
+                    // Nobody will acknowledge it: forget the batch quietly, the error says why.
+                    let mut lost = back.ack;
+                    lost.done = true;
+                    return Err(IngestError::DownstreamClosed);
+                }
+            }
+        }
     }
 
     fn emit_aged(&mut self) -> Result<()> {
