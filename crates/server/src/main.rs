@@ -42,13 +42,8 @@ enum Command {
     },
     /// Publish a simulated fleet's telemetry to Kafka, with injected faults and ground truth.
     Simulate {
-        #[arg(long)]
-        brokers: String,
-        #[arg(long, default_value = "telemetry")]
-        topic: String,
-        /// Partitions of the topic, if it has to be created.
-        #[arg(long, default_value_t = 6)]
-        partitions: i32,
+        #[command(flatten)]
+        target: TopicArgs,
         #[command(flatten)]
         fleet: FleetArgs,
         /// Publish as fast as possible (event times end now) instead of in real time.
@@ -63,13 +58,8 @@ enum Command {
         /// CSV files; SKAB's columns are mapped by default.
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        #[arg(long)]
-        brokers: String,
-        #[arg(long, default_value = "telemetry")]
-        topic: String,
-        /// Partitions of the topic, if it has to be created.
-        #[arg(long, default_value_t = 6)]
-        partitions: i32,
+        #[command(flatten)]
+        target: TopicArgs,
         /// Map a column to a field: COLUMN=FIELD, FIELD a channel, extra.NAME or skip.
         #[arg(long = "map", value_name = "COLUMN=FIELD")]
         mappings: Vec<String>,
@@ -108,6 +98,26 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         show: usize,
     },
+}
+
+/// Where `simulate` and `replay` publish; the topic is created if missing.
+#[derive(clap::Args)]
+struct TopicArgs {
+    #[arg(long)]
+    brokers: String,
+    #[arg(long, default_value = "telemetry")]
+    topic: String,
+    /// Partitions of the topic, if it has to be created.
+    #[arg(long, default_value_t = 6)]
+    partitions: i32,
+}
+
+impl TopicArgs {
+    /// Creates the topic if needed and returns a producer for it.
+    fn producer(&self, format: WireFormat) -> Result<TelemetryProducer> {
+        ensure_topics(&self.brokers, &[(&self.topic, self.partitions)])?;
+        TelemetryProducer::new(&self.brokers, &self.topic, format, &BTreeMap::new())
+    }
 }
 
 /// The simulated fleet, shared by `demo` and `simulate`.
@@ -171,8 +181,7 @@ fn main() -> Result<()> {
             };
             demo::run(&opts, &stop)?;
         }
-        Command::Simulate { brokers, topic, partitions, fleet, fast, ground_truth } => {
-            ensure_topics(&brokers, &[(&topic, partitions)])?;
+        Command::Simulate { target, fleet, fast, ground_truth } => {
             let FleetArgs { motors, sites, rate, duration, fault_fraction, seed, format } = fleet;
             anyhow::ensure!(rate > 0.0, "--rate must be positive");
             let steps = (duration.as_secs_f64() * rate).ceil() as u64;
@@ -181,7 +190,7 @@ fn main() -> Result<()> {
             if let Some(path) = ground_truth {
                 write_jsonl(&path, &sim.ground_truth())?;
             }
-            let producer = TelemetryProducer::new(&brokers, &topic, format, &BTreeMap::new())?;
+            let producer = target.producer(format)?;
             let started = Instant::now();
             let mut step = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -199,7 +208,7 @@ fn main() -> Result<()> {
             println!("published {} messages ({} readings) in {:.1}s", report.delivered, step * u64::from(motors), started.elapsed().as_secs_f64());
         }
         Command::Replay {
-            files, brokers, topic, partitions, mappings, time_column, labels, sites, prefix, speedup, offset_range, seed, format, ground_truth,
+            files, target, mappings, time_column, labels, sites, prefix, speedup, offset_range, seed, format, ground_truth,
         } => {
             let mut mapping = replay::skab_mapping();
             for m in &mappings {
@@ -225,8 +234,7 @@ fn main() -> Result<()> {
             if let Some(path) = ground_truth {
                 write_jsonl(&path, &motors.iter().flat_map(|m| m.labels.clone()).collect::<Vec<_>>())?;
             }
-            ensure_topics(&brokers, &[(&topic, partitions)])?;
-            let producer = TelemetryProducer::new(&brokers, &topic, format, &BTreeMap::new())?;
+            let producer = target.producer(format)?;
             let sent = replay::publish(&motors, &producer, speedup, true, &stop)?;
             let report = producer.flush(Duration::from_secs(60))?;
             println!("replayed {} files as motors: {sent} readings, {} messages delivered", motors.len(), report.delivered);
