@@ -19,7 +19,8 @@ use rdkafka::ClientConfig;
 use tessera_ingest::{Encoding, Ingest, IngestConfig, TopicConfig};
 use tessera_server::embedded::EmbeddedKafka;
 use tessera_server::producer::WireFormat;
-use tessera_suite::{create_topics, producer, publish, test_fleet, TansuBroker};
+use tessera_server::topics::ensure_topics;
+use tessera_suite::{producer, publish, test_fleet, TansuBroker};
 
 const TOPIC: &str = "bench-telemetry";
 
@@ -134,7 +135,7 @@ fn main() -> Result<()> {
         "tansu" => {
             let t = TansuBroker::start()?;
             let b = t.bootstrap_servers();
-            create_topics(&b, &[(TOPIC, args.partitions), ("bench-dead-letters", 1)])?;
+            ensure_topics(&b, &[(TOPIC, args.partitions), ("bench-dead-letters", 1)])?;
             (None, Some(t), b)
         }
         other => bail!("--broker {other}: use mock or tansu"),

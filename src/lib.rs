@@ -82,8 +82,6 @@ fn find_tansu() -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join("tansu")).find(|p| p.is_file())
 }
 
-pub use tessera_server::topics::ensure_topics as create_topics;
-
 /// What a publish run sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Published {

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use tessera_server::fleet_stats::FleetStats;
 use tessera_server::producer::WireFormat;
-use tessera_suite::{create_topics, header, producer, publish, read_topic, test_fleet, TansuBroker};
+use tessera_server::topics::ensure_topics;
+use tessera_suite::{header, producer, publish, read_topic, test_fleet, TansuBroker};
 
 use crate::{ingest_config, start_ingest};
 
@@ -13,11 +14,11 @@ use crate::{ingest_config, start_ingest};
 fn ingest_against_a_real_broker_process() {
     let broker = TansuBroker::start().unwrap();
     let brokers = broker.bootstrap_servers();
-    create_topics(&brokers, &[("telemetry", 6), ("dead-letters", 1)]).unwrap();
+    ensure_topics(&brokers, &[("telemetry", 6), ("dead-letters", 1)]).unwrap();
 
     let proto = publish(&mut test_fleet(50, 200, 5), &producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap(), None).unwrap();
-    // Different motors' ids would collide between the two fleets, so shift the JSON fleet's
-    // sequence range instead: same motors, later readings.
+    // The same 50 motors, continued in JSON gateway batches: skip the 200 steps already
+    // published as protobuf, so sequence numbers go on instead of repeating.
     let mut json_fleet = test_fleet(50, 400, 5);
     for _ in 0..200 {
         json_fleet.next_step();

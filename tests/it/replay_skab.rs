@@ -25,6 +25,7 @@ fn skab_runs_replay_as_motors_with_labels_stripped() {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
     let opts = ReplayOptions {
         mapping: replay::skab_mapping(),
+        required_columns: Vec::new(),
         time_column: None,
         label_columns: vec!["anomaly".into(), "changepoint".into()],
         sites: 3,

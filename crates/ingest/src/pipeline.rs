@@ -10,7 +10,8 @@
 //!
 //! Decoder thread: decodes and validates each message, dead-letters what is invalid, shards
 //! readings by motor into Arrow builders, and sends full or aged batches downstream on the
-//! caller's bounded channel (blocking when it is full: that is the backpressure).
+//! caller's bounded channel, waiting while it is full (that is the backpressure). Once the
+//! ingest is stopping it waits at most `drain_timeout`, so that `stop` always returns.
 
 use std::ops::Range;
 use std::sync::atomic::Ordering::Relaxed;

@@ -211,12 +211,15 @@ fn main() -> Result<()> {
             files, target, mappings, time_column, labels, sites, prefix, speedup, offset_range, seed, format, ground_truth,
         } => {
             let mut mapping = replay::skab_mapping();
+            let mut required_columns = Vec::new();
             for m in &mappings {
                 let Some((column, field)) = m.split_once('=') else { bail!("--map {m:?}: expected COLUMN=FIELD") };
                 mapping.insert(column.to_string(), field.parse::<Target>().with_context(|| format!("--map {m:?}"))?);
+                required_columns.push(column.to_string());
             }
             let opts = ReplayOptions {
                 mapping,
+                required_columns,
                 time_column,
                 label_columns: labels,
                 sites,
@@ -226,11 +229,6 @@ fn main() -> Result<()> {
                 seed,
             };
             let motors = replay::load(&files, &opts)?;
-            for m in &mappings {
-                let column = m.split_once('=').map_or("", |(c, _)| c);
-                let text = std::fs::read_to_string(&files[0])?;
-                anyhow::ensure!(text.lines().next().is_some_and(|h| h.contains(column)), "--map {m:?}: no column {column:?} in {}", files[0].display());
-            }
             if let Some(path) = ground_truth {
                 write_jsonl(&path, &motors.iter().flat_map(|m| m.labels.clone()).collect::<Vec<_>>())?;
             }

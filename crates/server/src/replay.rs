@@ -72,6 +72,8 @@ pub fn skab_mapping() -> BTreeMap<String, Target> {
 pub struct ReplayOptions {
     /// Column mapping; columns not named here become extras under a snake_case name.
     pub mapping: BTreeMap<String, Target>,
+    /// Columns every file must have (those mapped explicitly by the user).
+    pub required_columns: Vec<String>,
     /// The timestamp column; default: the first column.
     pub time_column: Option<String>,
     /// Columns holding labels (0/1): stripped and returned as ground truth.
@@ -161,6 +163,9 @@ fn load_file(path: &Path, opts: &ReplayOptions, site_id: SiteId, end_ms: i64) ->
     let delimiter = if text.lines().next().is_some_and(|l| l.matches(';').count() > l.matches(',').count()) { b';' } else { b',' };
     let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).from_reader(text.as_bytes());
     let header: Vec<String> = reader.headers()?.iter().map(|h| h.trim().to_string()).collect();
+    if let Some(missing) = opts.required_columns.iter().find(|c| !header.contains(c)) {
+        bail!("mapped column {missing:?} is not in the header {header:?}");
+    }
     let time_index = match &opts.time_column {
         Some(name) => header.iter().position(|h| h == name).ok_or_else(|| anyhow!("no time column {name:?} in {header:?}"))?,
         None => 0,
@@ -340,6 +345,7 @@ mod tests {
         .unwrap();
         let opts = ReplayOptions {
             mapping: skab_mapping(),
+            required_columns: Vec::new(),
             time_column: None,
             label_columns: vec!["anomaly".into(), "changepoint".into()],
             sites: 3,
