@@ -1,0 +1,338 @@
+//! The stream engine: window operators, the continuous queries on them, alert trackers, and
+//! the queryable tables, driven by ingest batches and a processing-time clock.
+//!
+//! One window operator runs per distinct window spec; every query on that spec reads the same
+//! closed windows. Time is passed in (`now_ms`), never read from the clock here, so tests and
+//! replays are deterministic.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::prelude::SessionContext;
+use tessera_core::{TelemetryColumn, WatermarkPolicy, WindowSpec, telemetry_schema};
+
+use crate::alerts::{
+    AlertEvent, AlertTracker, MotorWindowsBuilder, WindowScore, alerts_batch, alerts_schema, motor_windows_schema,
+};
+use crate::grammar::QueryDef;
+use crate::query::{ContinuousQuery, OutputLayout};
+use crate::tables::BoundedTable;
+use crate::windowing::{WindowOperator, WindowStats};
+use crate::StreamError;
+
+/// Engine settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// Allowed lateness and idle timeout.
+    pub watermark: WatermarkPolicy,
+    /// Rows each queryable table keeps (newest first to stay).
+    pub table_rows: usize,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self { watermark: WatermarkPolicy { allowed_lateness_ms: 2_000, idle_timeout_ms: 30_000 }, table_rows: 1_000_000 }
+    }
+}
+
+/// What one push or tick produced.
+#[derive(Debug, Default)]
+pub struct StepOutput {
+    /// Alert events, in order.
+    pub alerts: Vec<AlertEvent>,
+    /// Late readings, in the `late_readings` schema.
+    pub late: Vec<RecordBatch>,
+    /// Windows closed.
+    pub windows_closed: usize,
+}
+
+/// Engine counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineStats {
+    /// Per window spec.
+    pub windows: Vec<(WindowSpec, WindowStats)>,
+    /// Query runs that failed (their windows produced no rows).
+    pub query_errors: u64,
+    /// Rows the queries produced.
+    pub query_rows: u64,
+    /// Alert events emitted.
+    pub alert_events: u64,
+    /// Alerts open now.
+    pub alerts_open: u64,
+}
+
+struct RegisteredQuery {
+    query: ContinuousQuery,
+    tracker: Option<AlertTracker>,
+}
+
+struct Stage {
+    op: WindowOperator,
+    queries: Vec<RegisteredQuery>,
+}
+
+/// Windows, continuous queries and alerts over the telemetry stream.
+pub struct StreamEngine {
+    config: StreamConfig,
+    stages: Vec<Stage>,
+    tables: SessionContext,
+    alerts: Arc<BoundedTable>,
+    motor_windows: Arc<BoundedTable>,
+    late: Arc<BoundedTable>,
+    query_errors: u64,
+    query_rows: u64,
+    alert_events: u64,
+}
+
+impl std::fmt::Debug for StreamEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamEngine").field("queries", &self.queries().map(|q| &q.name).collect::<Vec<_>>()).finish()
+    }
+}
+
+/// Schema of the `late_readings` table: the telemetry columns and the window spec the reading
+/// was late for.
+pub fn late_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = telemetry_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("late_for", DataType::Utf8, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// A window spec as text, e.g. `tumble 10000 ms`.
+pub fn describe(spec: &WindowSpec) -> String {
+    match *spec {
+        WindowSpec::Tumbling { size_ms } => format!("tumble {size_ms} ms"),
+        WindowSpec::Hopping { size_ms, slide_ms } => format!("hop {size_ms} ms every {slide_ms} ms"),
+        WindowSpec::Session { gap_ms } => format!("session gap {gap_ms} ms"),
+    }
+}
+
+impl StreamEngine {
+    /// An engine with no queries.
+    pub fn new(config: StreamConfig) -> Self {
+        let tables = SessionContext::new();
+        let alerts = BoundedTable::new(alerts_schema(), config.table_rows);
+        let motor_windows = BoundedTable::new(motor_windows_schema(), config.table_rows);
+        let late = BoundedTable::new(late_schema(), config.table_rows);
+        tables.register_table("alerts", alerts.clone()).expect("fresh context");
+        tables.register_table("motor_windows", motor_windows.clone()).expect("fresh context");
+        tables.register_table("late_readings", late.clone()).expect("fresh context");
+        Self { config, stages: Vec::new(), tables, alerts, motor_windows, late, query_errors: 0, query_rows: 0, alert_events: 0 }
+    }
+
+    /// Registers a `CREATE CONTINUOUS QUERY` statement; errors name the query and carry
+    /// DataFusion's message.
+    pub async fn register(&mut self, sql: &str) -> Result<&QueryDef, StreamError> {
+        let query = ContinuousQuery::register(sql).await?;
+        let def = query.def().clone();
+        if self.queries().any(|q| q.name == def.name) {
+            return Err(StreamError::Duplicate(def.name));
+        }
+        let tracker = def.alerts.map(|o| AlertTracker::new(&def.name, o));
+        let stage = match self.stages.iter().position(|s| s.op.spec() == def.window) {
+            Some(i) => i,
+            None => {
+                self.stages.push(Stage { op: WindowOperator::new(def.window, self.config.watermark), queries: Vec::new() });
+                self.stages.len() - 1
+            }
+        };
+        self.stages[stage].queries.push(RegisteredQuery { query, tracker });
+        Ok(self.stages[stage].queries.last().expect("just pushed").query.def())
+    }
+
+    /// The registered queries.
+    pub fn queries(&self) -> impl Iterator<Item = &QueryDef> {
+        self.stages.iter().flat_map(|s| s.queries.iter().map(|q| q.query.def()))
+    }
+
+    /// Feeds a telemetry batch that arrived at `now_ms`; runs the queries on the windows it
+    /// closes.
+    pub async fn push(&mut self, batch: &RecordBatch, now_ms: i64) -> Result<StepOutput, StreamError> {
+        let mut out = StepOutput::default();
+        for i in 0..self.stages.len() {
+            let closed = self.stages[i].op.push(batch, now_ms)?;
+            out.windows_closed += closed.count;
+            if let Some(windows) = closed.windows {
+                self.run_stage(i, windows, now_ms, &mut out).await;
+            }
+            self.collect_late(i, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Advances processing time: closes idle motors' windows.
+    pub async fn tick(&mut self, now_ms: i64) -> Result<StepOutput, StreamError> {
+        let mut out = StepOutput::default();
+        for i in 0..self.stages.len() {
+            let closed = self.stages[i].op.tick(now_ms)?;
+            out.windows_closed += closed.count;
+            if let Some(windows) = closed.windows {
+                self.run_stage(i, windows, now_ms, &mut out).await;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs SQL over the engine's tables: `alerts`, `motor_windows`, `late_readings`.
+    pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>, StreamError> {
+        let df = self.tables.sql(sql).await.map_err(StreamError::Query)?;
+        df.collect().await.map_err(StreamError::Query)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            windows: self.stages.iter().map(|s| (s.op.spec(), s.op.stats())).collect(),
+            query_errors: self.query_errors,
+            query_rows: self.query_rows,
+            alert_events: self.alert_events,
+            alerts_open: self
+                .stages
+                .iter()
+                .flat_map(|s| s.queries.iter().filter_map(|q| q.tracker.as_ref()))
+                .map(|t| t.open_count() as u64)
+                .sum(),
+        }
+    }
+
+    fn collect_late(&mut self, stage: usize, out: &mut StepOutput) -> Result<(), StreamError> {
+        let op = &mut self.stages[stage].op;
+        if let Some(late) = op.take_late()? {
+            let n = late.num_rows();
+            let mut columns: Vec<ArrayRef> = late.columns().to_vec();
+            columns.push(Arc::new(StringArray::from(vec![describe(&op.spec()); n])));
+            let batch = RecordBatch::try_new(late_schema(), columns)?;
+            self.late.append(batch.clone());
+            out.late.push(batch);
+        }
+        Ok(())
+    }
+
+    async fn run_stage(&mut self, stage: usize, windows: RecordBatch, now_ms: i64, out: &mut StepOutput) {
+        let sites = site_lookup(&windows);
+        let spec = self.stages[stage].op.spec();
+        for q in &mut self.stages[stage].queries {
+            let name = q.query.def().name.clone();
+            let batches = match q.query.run(windows.clone()).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(query = %name, error = %e, "continuous query failed; its windows produced no rows");
+                    self.query_errors += 1;
+                    continue;
+                }
+            };
+            let layout = q.query.layout().clone();
+            let mut rows = MotorWindowsBuilder::default();
+            let mut events = Vec::new();
+            for batch in &batches {
+                self.query_rows += batch.num_rows() as u64;
+                match scores(batch, &layout, &spec, &sites) {
+                    Ok(mut scored) => {
+                        scored.sort_by(|a, b| a.motor_id.cmp(b.motor_id).then(a.window_start_ms.cmp(&b.window_start_ms)));
+                        for w in scored {
+                            rows.append(&name, &w);
+                            if let Some(t) = &mut q.tracker
+                                && let Some(e) = t.observe(w, now_ms)
+                            {
+                                events.push(e);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(query = %name, error = %e, "unreadable query output");
+                        self.query_errors += 1;
+                    }
+                }
+            }
+            self.motor_windows.append(rows.finish());
+            if !events.is_empty() {
+                self.alerts.append(alerts_batch(&events));
+                self.alert_events += events.len() as u64;
+                out.alerts.extend(events);
+            }
+        }
+    }
+}
+
+/// Motor → site of the rows in a closed-windows batch (rows come grouped by motor).
+fn site_lookup(windows: &RecordBatch) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    let motors = windows.column(TelemetryColumn::MotorId as usize).as_any().downcast_ref::<StringArray>();
+    let sites = windows.column(TelemetryColumn::SiteId as usize).as_any().downcast_ref::<StringArray>();
+    if let (Some(motors), Some(sites)) = (motors, sites) {
+        let mut last = "";
+        for i in 0..motors.len() {
+            let m = motors.value(i);
+            if m != last {
+                map.entry(m.to_string()).or_insert_with(|| sites.value(i).to_string());
+                last = m;
+            }
+        }
+    }
+    map
+}
+
+/// Reads a query's output rows.
+fn scores<'a>(
+    batch: &'a RecordBatch,
+    layout: &OutputLayout,
+    spec: &WindowSpec,
+    sites: &'a HashMap<String, String>,
+) -> Result<Vec<WindowScore<'a>>, StreamError> {
+    let motors = cast(batch.column(layout.motor), &DataType::Utf8)?;
+    let motors = motors.as_any().downcast_ref::<StringArray>().expect("cast to Utf8").clone();
+    let ts = |i: usize| -> Result<TimestampMillisecondArray, StreamError> {
+        let a = batch.column(i);
+        a.as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .cloned()
+            .ok_or_else(|| StreamError::Schema(format!("column {i} is not a millisecond timestamp")))
+    };
+    let starts = ts(layout.window_start)?;
+    let ends = layout.window_end.map(ts).transpose()?;
+    let as_f64 = |i: usize| -> Result<datafusion::arrow::array::Float64Array, StreamError> {
+        let a = cast(batch.column(i), &DataType::Float64)?;
+        Ok(a.as_any().downcast_ref::<datafusion::arrow::array::Float64Array>().expect("cast to Float64").clone())
+    };
+    let score = layout.score.map(as_f64).transpose()?;
+    let features: Vec<(String, datafusion::arrow::array::Float64Array)> = layout
+        .features
+        .iter()
+        .map(|&i| Ok((layout.schema.field(i).name().clone(), as_f64(i)?)))
+        .collect::<Result<_, StreamError>>()?;
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        if motors.is_null(row) || starts.is_null(row) {
+            continue;
+        }
+        let start = starts.value(row);
+        let end = match (&ends, spec) {
+            (Some(e), _) if !e.is_null(row) => e.value(row),
+            (_, WindowSpec::Tumbling { size_ms } | WindowSpec::Hopping { size_ms, .. }) => start + size_ms,
+            (_, WindowSpec::Session { .. }) => start,
+        };
+        let motor: &'a str = sites.get_key_value(motors.value(row)).map(|(k, _)| k.as_str()).unwrap_or("");
+        let motor_owned = if motor.is_empty() { None } else { Some(motor) };
+        let Some(motor_id) = motor_owned else {
+            tracing::warn!(motor = motors.value(row), "query output names a motor not in its windows; row skipped");
+            continue;
+        };
+        let features: BTreeMap<String, f64> = features
+            .iter()
+            .filter(|(_, a)| !a.is_null(row) && a.value(row).is_finite())
+            .map(|(n, a)| (n.clone(), a.value(row)))
+            .collect();
+        out.push(WindowScore {
+            motor_id,
+            site_id: sites.get(motor_id).map(String::as_str).unwrap_or(""),
+            window_start_ms: start,
+            window_end_ms: end,
+            score: score.as_ref().filter(|s| !s.is_null(row)).map(|s| s.value(row)).filter(|v| v.is_finite()),
+            features,
+        });
+    }
+    Ok(out)
+}

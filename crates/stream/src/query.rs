@@ -1,0 +1,131 @@
+//! A registered continuous query: its DataFusion context, its logical plan (checked at
+//! registration), and how to read its output.
+//!
+//! Each query has its own `SessionContext` with one partition (the engine parallelises across
+//! shards, not inside a query), the anomaly functions, and the window relation
+//! [`WINDOW_TABLE`], which reads whatever closed windows are handed to [`ContinuousQuery::run`].
+//! The logical plan is built once; each run plans it physically (cheap next to the data) so that
+//! no operator state leaks from one run to the next. Anomaly-function state lives in the plan's
+//! function instances and so carries across runs.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::common::DFSchemaRef;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::collect;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+
+use crate::grammar::{self, QueryDef, WINDOW_TABLE};
+use crate::tables::WindowSlot;
+use crate::windowing::windowed_schema;
+use crate::{StreamError, anomaly};
+
+/// Where the engine finds what it needs in a query's output.
+#[derive(Debug, Clone)]
+pub struct OutputLayout {
+    /// The output schema.
+    pub schema: SchemaRef,
+    /// `motor_id` (text).
+    pub motor: usize,
+    /// `window_start` (timestamp ms).
+    pub window_start: usize,
+    /// `window_end`, if selected.
+    pub window_end: Option<usize>,
+    /// `score` (numeric), if selected.
+    pub score: Option<usize>,
+    /// Other numeric columns: the window's features.
+    pub features: Vec<usize>,
+}
+
+impl OutputLayout {
+    fn of(def: &QueryDef, schema: &DFSchemaRef) -> Result<Self, StreamError> {
+        let schema: SchemaRef = Arc::new(schema.as_arrow().clone());
+        let err = |m: String| StreamError::Sql { query: def.name.clone(), message: m };
+        let find = |name: &str| schema.fields().iter().position(|f| f.name() == name);
+        let motor = find("motor_id").ok_or_else(|| err("the output must have a motor_id column".into()))?;
+        if !matches!(schema.field(motor).data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+            return Err(err(format!("motor_id must be text, not {}", schema.field(motor).data_type())));
+        }
+        let is_ts = |i: usize| matches!(schema.field(i).data_type(), DataType::Timestamp(TimeUnit::Millisecond, _));
+        let window_start = find("window_start")
+            .filter(|&i| is_ts(i))
+            .ok_or_else(|| err("the output must have the window's window_start column (GROUP BY motor_id, window_start)".into()))?;
+        let window_end = find("window_end").filter(|&i| is_ts(i));
+        let score = find("score");
+        if let Some(i) = score
+            && !schema.field(i).data_type().is_numeric()
+        {
+            return Err(err(format!("score must be numeric, not {}", schema.field(i).data_type())));
+        }
+        if def.alerts.is_some() && score.is_none() {
+            return Err(err("alert options (WITH open_above ...) need a numeric `score` column in the output".into()));
+        }
+        let features = (0..schema.fields().len())
+            .filter(|&i| Some(i) != score && schema.field(i).data_type().is_numeric())
+            .collect();
+        Ok(Self { schema, motor, window_start, window_end, score, features })
+    }
+}
+
+/// A continuous query ready to run on closed windows.
+pub struct ContinuousQuery {
+    def: QueryDef,
+    ctx: SessionContext,
+    slot: Arc<WindowSlot>,
+    plan: LogicalPlan,
+    layout: OutputLayout,
+}
+
+impl std::fmt::Debug for ContinuousQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContinuousQuery").field("def", &self.def).finish()
+    }
+}
+
+impl ContinuousQuery {
+    /// Parses and plans a `CREATE CONTINUOUS QUERY` statement. Grammar mistakes and anything
+    /// DataFusion rejects (unknown columns or functions, type errors) fail here, with
+    /// DataFusion's message.
+    pub async fn register(sql: &str) -> Result<Self, StreamError> {
+        let def = grammar::parse(sql)?;
+        let sql_err = |e: DataFusionError| StreamError::Sql { query: def.name.clone(), message: e.strip_backtrace().to_string() };
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+        anomaly::register_all(&ctx);
+        let slot = WindowSlot::new(windowed_schema());
+        ctx.register_table(WINDOW_TABLE, slot.clone()).map_err(sql_err)?;
+        let statement = DfStatement::Statement(Box::new(SqlStatement::Query(def.select.clone())));
+        let plan = ctx.state().statement_to_plan(statement).await.map_err(sql_err)?;
+        let plan = anomaly::instantiate(plan).map_err(sql_err)?;
+        // Plan it once physically too: type coercion and function checks happen there.
+        ctx.state().create_physical_plan(&plan).await.map_err(sql_err)?;
+        let layout = OutputLayout::of(&def, plan.schema())?;
+        Ok(Self { def, ctx, slot, plan, layout })
+    }
+
+    /// The parsed definition.
+    pub fn def(&self) -> &QueryDef {
+        &self.def
+    }
+
+    /// Where the output's columns are.
+    pub fn layout(&self) -> &OutputLayout {
+        &self.layout
+    }
+
+    /// Runs the query over closed windows (in [`windowed_schema`]).
+    pub async fn run(&self, windows: RecordBatch) -> Result<Vec<RecordBatch>, StreamError> {
+        self.slot.set(vec![windows]);
+        let result = async {
+            let physical = self.ctx.state().create_physical_plan(&self.plan).await?;
+            collect(physical, self.ctx.task_ctx()).await
+        }
+        .await;
+        self.slot.set(Vec::new());
+        result.map_err(|source| StreamError::Run { query: self.def.name.clone(), source })
+    }
+}

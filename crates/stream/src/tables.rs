@@ -1,0 +1,119 @@
+//! Bounded in-memory tables the engine writes and users query: `alerts`, `motor_windows` and
+//! `late_readings`. Each keeps its newest rows up to a row limit; older batches are dropped
+//! whole (the Kafka topics are the durable record).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+
+/// An append-only table that keeps its newest `max_rows` rows.
+#[derive(Debug)]
+pub struct BoundedTable {
+    schema: SchemaRef,
+    max_rows: usize,
+    batches: RwLock<(VecDeque<RecordBatch>, usize)>,
+}
+
+impl BoundedTable {
+    /// An empty table.
+    pub fn new(schema: SchemaRef, max_rows: usize) -> Arc<Self> {
+        Arc::new(Self { schema, max_rows, batches: RwLock::new((VecDeque::new(), 0)) })
+    }
+
+    /// Appends a batch (which must have the table's schema), dropping the oldest batches
+    /// beyond the row limit.
+    pub fn append(&self, batch: RecordBatch) {
+        if batch.num_rows() == 0 {
+            return;
+        }
+        debug_assert_eq!(batch.schema().fields(), self.schema.fields());
+        let mut guard = self.batches.write().unwrap_or_else(|e| e.into_inner());
+        let (batches, rows) = &mut *guard;
+        *rows += batch.num_rows();
+        batches.push_back(batch);
+        while *rows > self.max_rows && batches.len() > 1 {
+            let old = batches.pop_front().expect("non-empty");
+            *rows -= old.num_rows();
+        }
+    }
+
+    /// Rows held now.
+    pub fn num_rows(&self) -> usize {
+        self.batches.read().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    fn snapshot(&self) -> Vec<RecordBatch> {
+        self.batches.read().unwrap_or_else(|e| e.into_inner()).0.iter().cloned().collect()
+    }
+}
+
+#[async_trait]
+impl TableProvider for BoundedTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let exec = MemorySourceConfig::try_new_exec(&[self.snapshot()], self.schema.clone(), projection.cloned())?;
+        Ok(exec as Arc<dyn ExecutionPlan>)
+    }
+}
+
+/// The closed windows a continuous query is about to read: set before each run, emptied after.
+#[derive(Debug)]
+pub(crate) struct WindowSlot {
+    schema: SchemaRef,
+    current: RwLock<Vec<RecordBatch>>,
+}
+
+impl WindowSlot {
+    pub(crate) fn new(schema: SchemaRef) -> Arc<Self> {
+        Arc::new(Self { schema, current: RwLock::new(Vec::new()) })
+    }
+
+    pub(crate) fn set(&self, batches: Vec<RecordBatch>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = batches;
+    }
+}
+
+#[async_trait]
+impl TableProvider for WindowSlot {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let batches = self.current.read().map_err(|_| DataFusionError::Internal("window slot poisoned".into()))?.clone();
+        let exec = MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), projection.cloned())?;
+        Ok(exec as Arc<dyn ExecutionPlan>)
+    }
+}

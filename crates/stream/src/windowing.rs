@@ -1,0 +1,389 @@
+//! The window operator: buffers each motor's readings until their event-time windows close,
+//! then hands the closed windows over as one Arrow batch.
+//!
+//! Rows are not copied on the way in: the operator keeps the ingest batches and, per open
+//! window, the (batch, row) positions of its readings; a closing window gathers its rows with
+//! Arrow's `interleave`. A batch is dropped once no open window and no pending late row points
+//! into it.
+//!
+//! Watermarks are per motor (see [`tessera_core::MotorWatermark`]): a window closes when its
+//! motor's watermark (newest event time minus the allowed lateness) passes its end, or when the
+//! motor has been silent for the idle timeout. A reading is late if it is behind its motor's
+//! watermark, or if its earliest window has already been emitted; late readings are not added to
+//! any window but returned on the late path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
+
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array};
+use datafusion::arrow::compute::interleave_record_batch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use tessera_core::{MotorWatermark, TelemetryColumn, WatermarkPolicy, Window, WindowSpec, telemetry_schema};
+
+use crate::StreamError;
+
+/// The schema of closed-window batches: the telemetry columns, then `window_start` and
+/// `window_end` (Timestamp ms UTC).
+pub fn windowed_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let mut fields: Vec<Field> = telemetry_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(Field::new("window_start", ts_type(), false));
+            fields.push(Field::new("window_end", ts_type(), false));
+            Arc::new(Schema::new(fields))
+        })
+        .clone()
+}
+
+/// Timestamp(ms, UTC), the type of every time column.
+pub(crate) fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+/// Where a buffered reading is: (batch slot, row).
+type RowRef = (u32, u32);
+
+/// An open window's readings.
+#[derive(Debug, Default)]
+struct OpenWindow {
+    end_ms: i64,
+    /// Newest event time inside (sessions grow from it).
+    last_event_ms: i64,
+    rows: Vec<RowRef>,
+}
+
+/// One motor's windows.
+#[derive(Debug, Default)]
+struct MotorWindows {
+    watermark: MotorWatermark,
+    /// Windows ending at or before this were emitted.
+    emitted_through_ms: i64,
+    /// Open windows by start.
+    open: BTreeMap<i64, OpenWindow>,
+}
+
+/// Batches in use, with how many buffered rows point into each.
+#[derive(Debug, Default)]
+struct Arena {
+    slots: Vec<Option<(RecordBatch, usize)>>,
+    free: Vec<u32>,
+}
+
+impl Arena {
+    fn insert(&mut self, batch: RecordBatch) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some((batch, 0));
+                i
+            }
+            None => {
+                self.slots.push(Some((batch, 0)));
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    fn add_ref(&mut self, slot: u32) {
+        if let Some((_, n)) = &mut self.slots[slot as usize] {
+            *n += 1;
+        }
+    }
+
+    fn release(&mut self, slot: u32) {
+        if let Some((_, n)) = &mut self.slots[slot as usize] {
+            *n -= 1;
+            if *n == 0 {
+                self.slots[slot as usize] = None;
+                self.free.push(slot);
+            }
+        }
+    }
+
+    /// Drops a slot nothing points into (a batch whose rows were all late or invalid).
+    fn release_if_unused(&mut self, slot: u32) {
+        if matches!(self.slots[slot as usize], Some((_, 0))) {
+            self.slots[slot as usize] = None;
+            self.free.push(slot);
+        }
+    }
+
+    /// Gathers rows into one batch in the given order.
+    fn gather(&self, rows: &[RowRef]) -> Result<RecordBatch, StreamError> {
+        let mut index: HashMap<u32, usize> = HashMap::new();
+        let mut batches: Vec<&RecordBatch> = Vec::new();
+        let mut picks = Vec::with_capacity(rows.len());
+        for &(slot, row) in rows {
+            let pos = *index.entry(slot).or_insert_with(|| {
+                batches.push(&self.slots[slot as usize].as_ref().expect("live slot").0);
+                batches.len() - 1
+            });
+            picks.push((pos, row as usize));
+        }
+        if batches.is_empty() {
+            return Ok(RecordBatch::new_empty(telemetry_schema()));
+        }
+        Ok(interleave_record_batch(&batches, &picks)?)
+    }
+
+    fn live(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+}
+
+/// Counters of one operator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowStats {
+    /// Readings added to at least one window.
+    pub rows_in: u64,
+    /// Readings sent to the late path.
+    pub rows_late: u64,
+    /// Windows emitted.
+    pub windows_closed: u64,
+    /// Windows closed by the idle timeout rather than the watermark.
+    pub windows_closed_idle: u64,
+    /// Windows open now.
+    pub windows_open: u64,
+    /// Ingest batches held now.
+    pub batches_held: u64,
+}
+
+/// Windows of one [`WindowSpec`] over every motor.
+#[derive(Debug)]
+pub struct WindowOperator {
+    spec: WindowSpec,
+    policy: WatermarkPolicy,
+    motor_index: HashMap<Arc<str>, usize>,
+    motors: Vec<MotorWindows>,
+    arena: Arena,
+    late: Vec<RowRef>,
+    stats: WindowStats,
+}
+
+/// What one step closed.
+#[derive(Debug)]
+pub struct Closed {
+    /// The rows of every window that closed, in [`windowed_schema`], grouped by motor and
+    /// window; `None` if none closed.
+    pub windows: Option<RecordBatch>,
+    /// How many windows closed.
+    pub count: usize,
+}
+
+impl WindowOperator {
+    /// An operator for `spec` (already validated) and `policy`.
+    pub fn new(spec: WindowSpec, policy: WatermarkPolicy) -> Self {
+        Self {
+            spec,
+            policy,
+            motor_index: HashMap::new(),
+            motors: Vec::new(),
+            arena: Arena::default(),
+            late: Vec::new(),
+            stats: WindowStats::default(),
+        }
+    }
+
+    /// The window spec.
+    pub fn spec(&self) -> WindowSpec {
+        self.spec
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> WindowStats {
+        WindowStats {
+            windows_open: self.motors.iter().map(|m| m.open.len() as u64).sum(),
+            batches_held: self.arena.live() as u64,
+            ..self.stats
+        }
+    }
+
+    /// Adds a batch of readings (in [`telemetry_schema`]) that arrived at processing time
+    /// `now_ms`, and returns the windows this closes.
+    pub fn push(&mut self, batch: &RecordBatch, now_ms: i64) -> Result<Closed, StreamError> {
+        check_schema(batch)?;
+        if batch.num_rows() == 0 {
+            return Ok(Closed { windows: None, count: 0 });
+        }
+        let motors = column::<StringArray>(batch, TelemetryColumn::MotorId)?;
+        let times = column::<TimestampMillisecondArray>(batch, TelemetryColumn::Ts)?;
+        let slot = self.arena.insert(batch.clone());
+        let mut touched: Vec<usize> = Vec::new();
+        let mut last: Option<(&str, usize)> = None;
+        for row in 0..batch.num_rows() {
+            let motor = motors.value(row);
+            let idx = match last {
+                Some((m, i)) if m == motor => i,
+                _ => {
+                    let i = self.motor(motor);
+                    last = Some((motor, i));
+                    i
+                }
+            };
+            let r = (slot, row as u32);
+            if self.add(idx, times.value(row), now_ms, r) {
+                self.stats.rows_in += 1;
+                if touched.last() != Some(&idx) {
+                    touched.push(idx);
+                }
+            } else {
+                self.arena.add_ref(slot);
+                self.late.push(r);
+                self.stats.rows_late += 1;
+            }
+        }
+        self.arena.release_if_unused(slot);
+        touched.sort_unstable();
+        touched.dedup();
+        self.close(touched.into_iter(), now_ms, false)
+    }
+
+    /// Closes the windows of motors idle at processing time `now_ms`.
+    pub fn tick(&mut self, now_ms: i64) -> Result<Closed, StreamError> {
+        let idle: Vec<usize> = (0..self.motors.len())
+            .filter(|&i| !self.motors[i].open.is_empty() && self.motors[i].watermark.is_idle(now_ms, &self.policy))
+            .collect();
+        self.close(idle.into_iter(), now_ms, true)
+    }
+
+    /// Takes the late readings gathered so far, in [`telemetry_schema`].
+    pub fn take_late(&mut self) -> Result<Option<RecordBatch>, StreamError> {
+        if self.late.is_empty() {
+            return Ok(None);
+        }
+        let rows = std::mem::take(&mut self.late);
+        let batch = self.arena.gather(&rows)?;
+        for (slot, _) in rows {
+            self.arena.release(slot);
+        }
+        Ok(Some(batch))
+    }
+
+    fn motor(&mut self, motor: &str) -> usize {
+        if let Some(&i) = self.motor_index.get(motor) {
+            return i;
+        }
+        self.motors.push(MotorWindows { emitted_through_ms: i64::MIN, ..Default::default() });
+        self.motor_index.insert(Arc::from(motor), self.motors.len() - 1);
+        self.motors.len() - 1
+    }
+
+    /// Adds one reading to its motor's windows; false if it is late.
+    fn add(&mut self, idx: usize, ts: i64, now_ms: i64, r: RowRef) -> bool {
+        let m = &mut self.motors[idx];
+        if !m.watermark.observe(ts, now_ms, &self.policy) {
+            return false;
+        }
+        match self.spec {
+            WindowSpec::Session { gap_ms } => {
+                if ts < m.emitted_through_ms {
+                    return false;
+                }
+                // Merge every session the new reading touches: [ts, ts + gap) overlaps [start, end).
+                let touching: Vec<i64> = m
+                    .open
+                    .range(..ts.saturating_add(gap_ms))
+                    .filter(|(_, w)| w.end_ms > ts)
+                    .map(|(s, _)| *s)
+                    .collect();
+                let mut merged = OpenWindow { end_ms: ts + gap_ms, last_event_ms: ts, rows: vec![r] };
+                let mut start = ts;
+                for s in touching {
+                    let w = m.open.remove(&s).expect("session exists");
+                    start = start.min(s);
+                    merged.last_event_ms = merged.last_event_ms.max(w.last_event_ms);
+                    merged.end_ms = merged.end_ms.max(w.end_ms);
+                    merged.rows.extend(w.rows);
+                }
+                m.open.insert(start, merged);
+                self.arena.add_ref(r.0);
+            }
+            spec => {
+                let windows = spec.windows_of(ts);
+                if windows.first().is_none_or(|w| w.end_ms <= m.emitted_through_ms) {
+                    return false;
+                }
+                for Window { start_ms, end_ms } in windows {
+                    let w = m.open.entry(start_ms).or_insert_with(|| OpenWindow { end_ms, ..Default::default() });
+                    w.rows.push(r);
+                    w.last_event_ms = w.last_event_ms.max(ts);
+                    self.arena.add_ref(r.0);
+                }
+            }
+        }
+        true
+    }
+
+    /// Emits the closable windows of the given motors (every open one if `idle`).
+    fn close(&mut self, motors: impl Iterator<Item = usize>, now_ms: i64, idle: bool) -> Result<Closed, StreamError> {
+        let mut rows: Vec<RowRef> = Vec::new();
+        let mut bounds: Vec<(i64, i64, usize)> = Vec::new();
+        for idx in motors {
+            let m = &mut self.motors[idx];
+            let closable: Vec<i64> = m
+                .open
+                .iter()
+                .filter(|(_, w)| idle || m.watermark.closes(&Window { start_ms: 0, end_ms: w.end_ms }, now_ms, &self.policy))
+                .map(|(s, _)| *s)
+                .collect();
+            for start in closable {
+                let w = m.open.remove(&start).expect("open window");
+                m.emitted_through_ms = m.emitted_through_ms.max(w.end_ms);
+                bounds.push((start, w.end_ms, w.rows.len()));
+                rows.extend_from_slice(&w.rows);
+                if idle {
+                    self.stats.windows_closed_idle += 1;
+                }
+            }
+        }
+        if bounds.is_empty() {
+            return Ok(Closed { windows: None, count: 0 });
+        }
+        let gathered = self.arena.gather(&rows)?;
+        for (slot, _) in &rows {
+            self.arena.release(*slot);
+        }
+        self.stats.windows_closed += bounds.len() as u64;
+        let total = gathered.num_rows();
+        let mut starts = Vec::with_capacity(total);
+        let mut ends = Vec::with_capacity(total);
+        for (s, e, n) in &bounds {
+            starts.extend(std::iter::repeat_n(*s, *n));
+            ends.extend(std::iter::repeat_n(*e, *n));
+        }
+        let mut columns: Vec<ArrayRef> = gathered.columns().to_vec();
+        columns.push(Arc::new(TimestampMillisecondArray::from(starts).with_timezone("UTC")));
+        columns.push(Arc::new(TimestampMillisecondArray::from(ends).with_timezone("UTC")));
+        let windows = RecordBatch::try_new(windowed_schema(), columns)?;
+        Ok(Closed { windows: Some(windows), count: bounds.len() })
+    }
+}
+
+fn check_schema(batch: &RecordBatch) -> Result<(), StreamError> {
+    let expected = telemetry_schema();
+    if batch.schema().fields() != expected.fields() {
+        return Err(StreamError::Schema(format!(
+            "a telemetry batch must have the telemetry schema; got columns {:?}",
+            batch.schema().fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>()
+        )));
+    }
+    Ok(())
+}
+
+fn column<T: 'static>(batch: &RecordBatch, c: TelemetryColumn) -> Result<&T, StreamError> {
+    batch
+        .column(c as usize)
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| StreamError::Schema(format!("column {} has an unexpected type", c as usize)))
+}
+
+/// Sequence numbers of a batch's rows (for tests and diagnostics).
+pub fn sequences(batch: &RecordBatch) -> Vec<u64> {
+    batch
+        .column(TelemetryColumn::Seq as usize)
+        .as_any()
+        .downcast_ref::<UInt64Array>()
+        .map(|a| a.values().to_vec())
+        .unwrap_or_default()
+}
