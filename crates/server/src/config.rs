@@ -10,6 +10,8 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use tessera_ingest::IngestConfig;
 
+use crate::detect::DetectConfig;
+
 /// A node's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -18,6 +20,8 @@ pub struct NodeConfig {
     pub site_id: String,
     /// Kafka ingest.
     pub ingest: IngestConfig,
+    /// Windows, continuous queries and alerts.
+    pub detect: DetectConfig,
 }
 
 impl NodeConfig {
@@ -37,7 +41,8 @@ impl NodeConfig {
     /// Checks every section; the error names the field.
     pub fn validate(&self) -> Result<()> {
         tessera_core::SiteId::new(self.site_id.clone()).context("config: site_id")?;
-        self.ingest.validate().map_err(|e| anyhow::anyhow!("config: ingest.{}", e.to_string().trim_start_matches("invalid ingest config: ")))
+        self.ingest.validate().map_err(|e| anyhow::anyhow!("config: ingest.{}", e.to_string().trim_start_matches("invalid ingest config: ")))?;
+        self.detect.validate().map_err(|e| anyhow::anyhow!("config: {e}"))
     }
 }
 

@@ -1,19 +1,21 @@
 //! `tessera demo`: the whole ingest path on one machine with nothing installed. An embedded
 //! Kafka (or `--brokers`), the simulator publishing a fleet in real time with injected faults
-//! and a trickle of bad messages, the ingest building per-motor-shard Arrow batches, and a
-//! live fleet summary; per-motor statistics at the end.
+//! and a trickle of bad messages, the ingest building per-motor-shard Arrow batches, the
+//! detection stage running the continuous queries (default and demo rules) and writing alerts;
+//! per-motor statistics and the alerts beside the injected faults at the end.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use tessera_ingest::{Ingest, IngestConfig, IngestStats, TopicConfig};
 
 use crate::bad_input::BadInput;
 use crate::embedded::EmbeddedKafka;
-use crate::fleet_stats::{spawn_sink, FleetStats};
-use crate::producer::{TelemetryProducer, WireFormat};
+use crate::detect::{build_engine, Detect, DetectConfig};
+use crate::fleet_stats::FleetStats;
+use crate::producer::{now_ms, TelemetryProducer, WireFormat};
 use crate::simulate::{FleetSpec, Simulator};
 
 /// What the demo runs.
@@ -50,13 +52,12 @@ pub struct DemoReport {
     pub bad_published: u64,
     /// The ingest's counters.
     pub ingest: IngestStats,
+    /// Alert events written.
+    pub alerts: u64,
     /// Per-motor statistics of the batches.
     pub fleet: FleetStats,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Runs the demo until `duration` passes or `stop` is set; prints as it goes.
 pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
@@ -73,6 +74,8 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
     if let Some(k) = &embedded {
         k.create_topic(topic, 6)?;
         k.create_topic(dead_letters, 1)?;
+        k.create_topic("tessera-alerts", 3)?;
+        k.create_topic("tessera-late", 1)?;
         println!("embedded Kafka: librdkafka mock cluster, 3 brokers at {brokers}");
     }
     let config = IngestConfig {
@@ -83,9 +86,32 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
         batch_max_age: Duration::from_millis(500),
         ..Default::default()
     };
+    let detect_config = DetectConfig {
+        queries: crate::rules::DEFAULT_RULES.iter().chain(crate::rules::DEMO_RULES).map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    if embedded.is_none() {
+        crate::topics::ensure_topics(&brokers, &[(dead_letters, 1), (&detect_config.alerts_topic, 3), (&detect_config.late_topic, 1)])?;
+    }
+    let engine = build_engine(&detect_config)?;
+    for q in engine.queries() {
+        println!("continuous query {} on {}", q.name, tessera_stream::engine::describe(&q.window));
+    }
     let (tx, rx) = sync_channel(64);
+    let (detect_tx, detect_rx) = sync_channel(64);
     let ingest = Ingest::start(config, tx).context("starting the ingest")?;
-    let (stats, sink) = spawn_sink(rx);
+    // Per-motor batch statistics on the way to the detection stage.
+    let stats = std::sync::Arc::new(std::sync::Mutex::new(FleetStats::default()));
+    let tee_stats = stats.clone();
+    let sink = std::thread::Builder::new().name("tessera-demo-stats".into()).spawn(move || {
+        for b in rx {
+            tee_stats.lock().expect("not poisoned").add_batch(b.shard, &b.batch);
+            if detect_tx.send(b).is_err() {
+                break;
+            }
+        }
+    })?;
+    let detect = Detect::start(engine, &detect_config, &brokers, detect_rx)?;
     let producer = TelemetryProducer::new(&brokers, topic, opts.format, &Default::default())?;
 
     let steps = (opts.duration.as_secs_f64() * opts.rate_hz).ceil().max(1.0) as u64;
@@ -134,6 +160,8 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
         if last_print.elapsed() >= Duration::from_secs(5) {
             last_print = Instant::now();
             print_progress(started, &ingest.metrics().snapshot(), &stats.lock().expect("not poisoned"));
+            let d = detect.stats();
+            println!("         windows closed {} | alert events {} ({} open) | late readings {}", d.engine.windows.iter().map(|w| w.1.windows_closed).sum::<u64>(), d.alerts_sent, d.engine.alerts_open, d.late_sent);
         }
         anyhow::ensure!(!ingest.is_finished(), "the ingest stopped unexpectedly");
     }
@@ -146,6 +174,8 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
     }
     let ingest_stats = ingest.stop()?;
     sink.join().map_err(|_| anyhow::anyhow!("the stats thread panicked"))?;
+    let alerts_sent = detect.stats().alerts_sent;
+    let engine = detect.stop()?;
     let fleet = std::mem::take(&mut *stats.lock().expect("not poisoned"));
     print_progress(started, &ingest_stats, &fleet);
     println!("\nper-motor batch statistics (first {} motors by id):\n{}", opts.show, fleet.table(opts.show));
@@ -157,9 +187,38 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
         ingest_stats.dead_letters_sent,
         reasons(&ingest_stats)
     );
+    print_alerts(&engine, &sim)?;
     drop(producer);
     drop(embedded);
-    Ok(DemoReport { published, bad_published, ingest: ingest_stats, fleet })
+    Ok(DemoReport { published, bad_published, ingest: ingest_stats, alerts: alerts_sent, fleet })
+}
+
+/// The alerts (queried from the engine's `alerts` table) beside the injected faults.
+fn print_alerts(engine: &tessera_stream::StreamEngine, sim: &Simulator) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let alerts = rt.block_on(engine.sql(
+        "SELECT motor_id, min(window_start) AS first_alert, max(severity) AS severity, round(max(peak_score), 1) AS peak \
+         FROM alerts WHERE state = 'open' OR state = 'update' GROUP BY motor_id ORDER BY first_alert LIMIT 20",
+    ))?;
+    println!("\nalerts (SELECT ... FROM alerts), first 20 motors:\n{}", datafusion::arrow::util::pretty::pretty_format_batches(&alerts)?);
+    let alerted: std::collections::BTreeSet<String> = rt
+        .block_on(engine.sql("SELECT DISTINCT motor_id FROM alerts"))?
+        .iter()
+        .flat_map(|b| {
+            let a = b.column(0).as_any().downcast_ref::<arrow_array::StringArray>().cloned();
+            a.into_iter().flat_map(|a| a.iter().flatten().map(String::from).collect::<Vec<_>>())
+        })
+        .collect();
+    let faulty: std::collections::BTreeSet<String> = sim.ground_truth().iter().map(|f| f.motor_id.clone()).collect();
+    let caught = faulty.iter().filter(|m| alerted.contains(*m)).count();
+    println!(
+        "{} motors alerted; {} of {} motors with an injected fault among them; {} alerted motors without one",
+        alerted.len(),
+        caught,
+        faulty.len(),
+        alerted.iter().filter(|m| !faulty.contains(*m)).count()
+    );
+    Ok(())
 }
 
 fn reasons(s: &IngestStats) -> String {

@@ -1,13 +1,16 @@
 //! The `tessera` binary's library: configuration, the simulator, CSV replay, the telemetry
-//! producer, topic creation, the embedded Kafka and the demo. `main.rs` only parses the command line.
+//! producer, topic creation, the embedded Kafka, the detection stage, the evaluation and the demo. `main.rs` only parses the command line.
 #![deny(missing_docs)]
 
 pub mod bad_input;
 pub mod config;
 pub mod demo;
+pub mod detect;
 pub mod embedded;
+pub mod eval;
 pub mod fleet_stats;
 pub mod producer;
 pub mod replay;
+pub mod rules;
 pub mod simulate;
 pub mod topics;

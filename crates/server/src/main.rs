@@ -5,14 +5,15 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use tessera_server::config::NodeConfig;
 use tessera_server::demo::{self, DemoOptions};
-use tessera_server::fleet_stats::spawn_sink;
-use tessera_server::producer::{TelemetryProducer, WireFormat};
+use tessera_server::detect::{build_engine, Detect};
+use tessera_server::eval::{self, EvalOptions};
+use tessera_server::producer::{now_ms, TelemetryProducer, WireFormat};
 use tessera_server::replay::{self, ReplayOptions, Target};
 use tessera_server::simulate::{FleetSpec, Simulator};
 use tessera_server::topics::ensure_topics;
@@ -95,8 +96,34 @@ enum Command {
         /// Stop after this long (default: until Ctrl-C).
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
+        /// Alert rows to print at the end.
         #[arg(long, default_value_t = 20)]
         show: usize,
+        /// A `CREATE CONTINUOUS QUERY` statement to run besides the configured ones (repeatable).
+        #[arg(long = "query", value_name = "SQL")]
+        queries: Vec<String>,
+    },
+    /// Replay the labelled data (SKAB valve1 + anomaly-free, NAB) through an embedded Kafka into
+    /// the pipeline and score the alerts against the labels.
+    Eval {
+        /// SKAB folder (valve1/, anomaly-free/).
+        #[arg(long, default_value = "../shared/data/skab")]
+        skab_dir: PathBuf,
+        /// NAB folder; `none` to skip NAB.
+        #[arg(long, default_value = "../shared/data/nab")]
+        nab_dir: String,
+        /// Number of valve1 files (0: all).
+        #[arg(long, default_value_t = 0)]
+        skab_files: usize,
+        /// Seed of the random per-motor time offsets.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Node config whose [detect] section to evaluate (default: the default rules).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 }
 
@@ -237,12 +264,21 @@ fn main() -> Result<()> {
             let report = producer.flush(Duration::from_secs(60))?;
             println!("replayed {} files as motors: {sent} readings, {} messages delivered", motors.len(), report.delivered);
         }
-        Command::Ingest { config, duration, show } => {
-            let config = NodeConfig::load(config.as_deref())?;
-            ensure_topics(&config.ingest.brokers, &[(&config.ingest.dead_letter_topic, 3)])?;
+        Command::Ingest { config, duration, show, queries } => {
+            let mut config = NodeConfig::load(config.as_deref())?;
+            config.detect.queries.extend(queries);
+            let engine = build_engine(&config.detect)?;
+            for q in engine.queries() {
+                println!("continuous query {} on {}", q.name, tessera_stream::engine::describe(&q.window));
+            }
+            let brokers = config.ingest.brokers.clone();
+            ensure_topics(
+                &brokers,
+                &[(&config.ingest.dead_letter_topic, 3), (&config.detect.alerts_topic, 3), (&config.detect.late_topic, 3)],
+            )?;
             let (tx, rx) = std::sync::mpsc::sync_channel(64);
             let ingest = tessera_ingest::Ingest::start(config.ingest.clone(), tx)?;
-            let (stats, sink) = spawn_sink(rx);
+            let detect = Detect::start(engine, &config.detect, &brokers, rx)?;
             let started = Instant::now();
             let mut last_print = Instant::now();
             while !stop.load(Ordering::Relaxed) && duration.is_none_or(|d| started.elapsed() < d) && !ingest.is_finished() {
@@ -250,21 +286,40 @@ fn main() -> Result<()> {
                 if last_print.elapsed() >= Duration::from_secs(5) {
                     last_print = Instant::now();
                     let s = ingest.metrics().snapshot();
-                    println!("consumed {} messages, {} readings, {} dead letters, {} batches", s.messages, s.readings_accepted, s.dead_letters_sent, s.batches);
+                    let d = detect.stats();
+                    println!(
+                        "consumed {} messages, {} readings, {} dead letters | {} late | {} alert events, {} open",
+                        s.messages, s.readings_accepted, s.dead_letters_sent, d.late_sent, d.alerts_sent, d.engine.alerts_open
+                    );
                     std::io::stdout().flush()?;
                 }
             }
             let final_stats = ingest.stop()?;
-            sink.join().map_err(|_| anyhow::anyhow!("the stats thread panicked"))?;
-            println!("{}", stats.lock().expect("not poisoned").table(show));
-            println!("{final_stats:#?}");
+            let engine = detect.stop()?;
+            let rt = tokio::runtime::Builder::new_current_thread().build()?;
+            let sql = format!("SELECT query, motor_id, state, severity, round(score, 2) AS score, window_start FROM alerts ORDER BY emitted_at DESC LIMIT {show}");
+            let alerts = rt.block_on(engine.sql(&sql))?;
+            println!("{}", datafusion::arrow::util::pretty::pretty_format_batches(&alerts)?);
+            println!("{final_stats:#?}\n{:#?}", engine.stats());
+        }
+        Command::Eval { skab_dir, nab_dir, skab_files, seed, config, json } => {
+            let detect = NodeConfig::load(config.as_deref())?.detect;
+            let opts = EvalOptions {
+                skab_dir,
+                nab_dir: (nab_dir != "none").then(|| PathBuf::from(nab_dir)),
+                skab_files,
+                anomaly_free: true,
+                seed,
+                detect,
+            };
+            let report = eval::run(&opts, true)?;
+            println!("published {} readings; {} alert events; {:.1} s\n\n{}", report.published, report.alert_events, report.wall_s, report.table());
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+            }
         }
     }
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn write_jsonl<T: serde::Serialize>(path: &std::path::Path, rows: &[T]) -> Result<()> {

@@ -1,0 +1,245 @@
+//! The detection stage of a node: takes the ingest's shard batches, runs them through the
+//! stream engine (windows, continuous queries, alerts) on its own thread, and writes alert
+//! events and late readings to Kafka.
+//!
+//! A batch is acknowledged to the ingest once the engine has taken it in, so offsets advance
+//! while windows are still open: a crash loses open windows (checkpointing them is the
+//! fault-tolerance issue's work). Alerts go to `alerts_topic` as JSON keyed by motor id (schema
+//! in `tessera_stream::alerts`); late readings go to `late_topic` as reading JSON with the
+//! header `tessera.late.for` naming the window they missed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use arrow_array::RecordBatch;
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
+use serde::{Deserialize, Serialize};
+use tessera_core::WatermarkPolicy;
+use tessera_ingest::{ShardBatch, readings_from_batch};
+use tessera_stream::{EngineStats, StepOutput, StreamConfig, StreamEngine};
+
+use crate::producer::{now_ms, reading_json};
+
+/// The `[detect]` config section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectConfig {
+    /// `CREATE CONTINUOUS QUERY` statements; empty: the default rule set ([`crate::rules`]).
+    pub queries: Vec<String>,
+    /// How far behind a motor's newest reading a reading may arrive and still count.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// Silence after which a motor's open windows close.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Topic of alert events.
+    pub alerts_topic: String,
+    /// Topic of late readings.
+    pub late_topic: String,
+    /// Rows kept in each queryable table.
+    pub table_rows: usize,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            queries: Vec::new(),
+            allowed_lateness: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(30),
+            alerts_topic: "tessera-alerts".into(),
+            late_topic: "tessera-late".into(),
+            table_rows: 1_000_000,
+        }
+    }
+}
+
+impl DetectConfig {
+    /// Checks the fields; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(!self.alerts_topic.is_empty(), "detect.alerts_topic must not be empty");
+        anyhow::ensure!(!self.late_topic.is_empty(), "detect.late_topic must not be empty");
+        anyhow::ensure!(self.idle_timeout > Duration::ZERO, "detect.idle_timeout must be positive");
+        anyhow::ensure!(self.table_rows > 0, "detect.table_rows must be positive");
+        Ok(())
+    }
+
+    /// The queries to run: the configured ones or the defaults.
+    pub fn effective_queries(&self) -> Vec<String> {
+        if self.queries.is_empty() { crate::rules::DEFAULT_RULES.iter().map(|s| s.to_string()).collect() } else { self.queries.clone() }
+    }
+
+    fn stream_config(&self) -> StreamConfig {
+        StreamConfig {
+            watermark: WatermarkPolicy {
+                allowed_lateness_ms: self.allowed_lateness.as_millis() as i64,
+                idle_timeout_ms: self.idle_timeout.as_millis() as i64,
+            },
+            table_rows: self.table_rows,
+        }
+    }
+}
+
+/// Builds an engine with the configured queries; a bad query fails here, naming it.
+pub fn build_engine(config: &DetectConfig) -> Result<StreamEngine> {
+    config.validate()?;
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let mut engine = StreamEngine::new(config.stream_config());
+    for sql in config.effective_queries() {
+        rt.block_on(engine.register(&sql)).map_err(|e| anyhow::anyhow!("detect.queries: {e}"))?;
+    }
+    Ok(engine)
+}
+
+/// Counters of the detection stage.
+#[derive(Debug, Clone, Default)]
+pub struct DetectStats {
+    /// The engine's counters.
+    pub engine: EngineStats,
+    /// Alert events written to Kafka.
+    pub alerts_sent: u64,
+    /// Late readings written to Kafka.
+    pub late_sent: u64,
+    /// Batches taken from the ingest.
+    pub batches: u64,
+}
+
+/// A running detection stage.
+pub struct Detect {
+    stop: Arc<AtomicBool>,
+    stats: Arc<Mutex<DetectStats>>,
+    thread: Option<JoinHandle<Result<StreamEngine>>>,
+}
+
+
+impl Detect {
+    /// Starts the stage on `engine`, reading `batches`, writing to `brokers`.
+    pub fn start(engine: StreamEngine, config: &DetectConfig, brokers: &str, batches: Receiver<ShardBatch>) -> Result<Self> {
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .context("creating the alerts producer")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Mutex::new(DetectStats::default()));
+        let worker = Worker { engine, producer, config: config.clone(), stats: stats.clone(), stop: stop.clone() };
+        let thread = std::thread::Builder::new().name("tessera-detect".into()).spawn(move || worker.run(batches))?;
+        Ok(Self { stop, stats, thread: Some(thread) })
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> DetectStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Stops after the batches already queued, flushes the producer, and returns the engine
+    /// (its tables stay queryable).
+    pub fn stop(mut self) -> Result<StreamEngine> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().expect("running").join().map_err(|_| anyhow::anyhow!("the detect thread panicked"))?
+    }
+}
+
+impl Drop for Detect {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Worker {
+    engine: StreamEngine,
+    producer: ThreadedProducer<DefaultProducerContext>,
+    config: DetectConfig,
+    stats: Arc<Mutex<DetectStats>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Worker {
+    fn run(mut self, batches: Receiver<ShardBatch>) -> Result<StreamEngine> {
+        let rt = tokio::runtime::Builder::new_current_thread().build()?;
+        let tick = Duration::from_millis(100);
+        loop {
+            match batches.recv_timeout(tick) {
+                Ok(batch) => {
+                    let rows = batch.ack();
+                    let out = rt.block_on(self.engine.push(&rows, now_ms()))?;
+                    self.publish(out)?;
+                    if let Ok(mut s) = self.stats.lock() {
+                        s.batches += 1;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let out = rt.block_on(self.engine.tick(now_ms()))?;
+            self.publish(out)?;
+            if let Ok(mut s) = self.stats.lock() {
+                s.engine = self.engine.stats();
+            }
+        }
+        self.producer.flush(Duration::from_secs(30)).context("flushing alerts and late readings")?;
+        Ok(self.engine)
+    }
+
+    fn publish(&mut self, out: StepOutput) -> Result<()> {
+        let mut alerts = 0;
+        for event in &out.alerts {
+            let payload = serde_json::to_vec(event)?;
+            self.send(&self.config.alerts_topic, &event.motor_id, &payload, None)?;
+            alerts += 1;
+        }
+        let mut late = 0;
+        for batch in &out.late {
+            late += self.publish_late(batch)?;
+        }
+        if let Ok(mut s) = self.stats.lock() {
+            s.alerts_sent += alerts;
+            s.late_sent += late;
+        }
+        Ok(())
+    }
+
+    fn publish_late(&self, batch: &RecordBatch) -> Result<u64> {
+        let telemetry = batch.project(&(0..tessera_core::telemetry_schema().fields().len()).collect::<Vec<_>>())?;
+        let late_for = batch.column(batch.num_columns() - 1).as_any().downcast_ref::<arrow_array::StringArray>().cloned();
+        for (i, r) in readings_from_batch(&telemetry).iter().enumerate() {
+            let payload = serde_json::to_vec(&reading_json(r))?;
+            let why = late_for.as_ref().map(|a| a.value(i).to_string()).unwrap_or_default();
+            self.send(&self.config.late_topic, r.motor_id.as_str(), &payload, Some(&why))?;
+        }
+        Ok(telemetry.num_rows() as u64)
+    }
+
+    fn send(&self, topic: &str, key: &str, payload: &[u8], late_for: Option<&str>) -> Result<()> {
+        let mut record = BaseRecord::to(topic).key(key).payload(payload);
+        if let Some(why) = late_for {
+            record = record.headers(OwnedHeaders::new().insert(Header { key: "tessera.late.for", value: Some(why) }));
+        }
+        let mut record = Some(record);
+        // The producer's queue can be full for a moment: wait rather than drop.
+        for _ in 0..600 {
+            match self.producer.send(record.take().expect("record")) {
+                Ok(()) => return Ok(()),
+                Err((e, back)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
+                    record = Some(back);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err((e, _)) => return Err(anyhow::anyhow!("writing to {topic}: {e}")),
+            }
+        }
+        anyhow::bail!("writing to {topic}: the producer queue stayed full for 30 s")
+    }
+}

@@ -1,0 +1,495 @@
+//! `tessera eval`: replays the labelled data through Kafka into the running pipeline (ingest →
+//! windows → continuous queries → alerts topic) and scores the alerts against the labels.
+//!
+//! Every file is one motor with its own random time base (the labels are stripped before
+//! publishing and kept aside). Scores, per data set:
+//! - point-wise (SKAB's protocol): a reading is flagged while an alert is open (from the start
+//!   of the window that opened it to the start of the window that closed it); F1, false-alarm
+//!   rate FP/(FP+TN), missed-alarm rate FN/(FN+TP);
+//! - event-level: an event (a labelled anomaly interval) is detected if an alert is raised
+//!   (the end of its opening window) inside it; precision = raised alerts inside an event / all
+//!   alerts; detection delay = raise time − event start;
+//! - the NAB standard score ([`nab_score`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::sync_channel;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::{ClientConfig, Message as _};
+use serde::Serialize;
+use tessera_core::Channel;
+use tessera_ingest::{Ingest, IngestConfig, TopicConfig};
+use tessera_stream::{AlertEvent, AlertState};
+
+use crate::detect::{Detect, DetectConfig, build_engine};
+use crate::embedded::EmbeddedKafka;
+use crate::producer::{TelemetryProducer, WireFormat};
+use crate::replay::{self, LabelInterval, ReplayMotor, ReplayOptions, Target};
+
+/// What to evaluate.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    /// The SKAB folder (with `valve1/` and `anomaly-free/`).
+    pub skab_dir: PathBuf,
+    /// The NAB folder (with `ambient_temperature_system_failure.csv` and `labels.json`).
+    pub nab_dir: Option<PathBuf>,
+    /// How many valve1 files (0: all 16).
+    pub skab_files: usize,
+    /// Include SKAB's anomaly-free file.
+    pub anomaly_free: bool,
+    /// Seed of the per-motor time offsets.
+    pub seed: u64,
+    /// The detection config (queries, lateness).
+    pub detect: DetectConfig,
+}
+
+/// One motor's truth and alerts.
+#[derive(Debug, Clone, Default)]
+pub struct MotorOutcome {
+    /// Data set name (`skab`, `nab`).
+    pub dataset: String,
+    /// Event times of the readings, ms.
+    pub readings_ms: Vec<i64>,
+    /// Labelled anomaly intervals, inclusive, ms.
+    pub events: Vec<(i64, i64)>,
+    /// Alerts: (raised at = end of the opening window, flagged from, flagged until).
+    pub alerts: Vec<(i64, i64, i64)>,
+}
+
+/// Scores of one data set.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Scores {
+    /// Motors (files).
+    pub motors: usize,
+    /// Labelled events.
+    pub events: usize,
+    /// Alerts raised.
+    pub alerts: usize,
+    /// Alerts raised inside an event.
+    pub alerts_in_events: usize,
+    /// Events with an alert raised inside.
+    pub events_detected: usize,
+    /// Event-level precision, recall, F1.
+    pub event_precision: f64,
+    /// Event-level recall.
+    pub event_recall: f64,
+    /// Event-level F1.
+    pub event_f1: f64,
+    /// Point-wise F1.
+    pub point_f1: f64,
+    /// Point-wise false-alarm rate FP/(FP+TN).
+    pub false_alarm_rate: f64,
+    /// Point-wise missed-alarm rate FN/(FN+TP).
+    pub missed_alarm_rate: f64,
+    /// Median detection delay of detected events, s.
+    pub median_delay_s: Option<f64>,
+    /// NAB standard-profile score, normalised (null detector 0, perfect 100).
+    pub nab_score: f64,
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+fn f1(p: f64, r: f64) -> f64 {
+    if p + r == 0.0 { 0.0 } else { 2.0 * p * r / (p + r) }
+}
+
+/// Scores motors (all of one data set).
+pub fn score(motors: &[MotorOutcome]) -> Scores {
+    let (mut tp, mut fp, mut fnn, mut tn) = (0usize, 0usize, 0usize, 0usize);
+    let mut s = Scores { motors: motors.len(), ..Default::default() };
+    let mut delays = Vec::new();
+    let mut nab = Vec::new();
+    for m in motors {
+        for &t in &m.readings_ms {
+            let truth = m.events.iter().any(|&(a, b)| t >= a && t <= b);
+            let flagged = m.alerts.iter().any(|&(_, from, until)| t >= from && t < until);
+            match (truth, flagged) {
+                (true, true) => tp += 1,
+                (false, true) => fp += 1,
+                (true, false) => fnn += 1,
+                (false, false) => tn += 1,
+            }
+        }
+        s.events += m.events.len();
+        s.alerts += m.alerts.len();
+        s.alerts_in_events += m.alerts.iter().filter(|&&(raised, _, _)| m.events.iter().any(|&(a, b)| raised >= a && raised <= b)).count();
+        for &(a, b) in &m.events {
+            if let Some(first) = m.alerts.iter().map(|x| x.0).filter(|&r| r >= a && r <= b).min() {
+                s.events_detected += 1;
+                delays.push((first - a) as f64 / 1000.0);
+            }
+        }
+        nab.push(nab_raw(m));
+    }
+    s.event_precision = ratio(s.alerts_in_events, s.alerts);
+    s.event_recall = ratio(s.events_detected, s.events);
+    s.event_f1 = f1(s.event_precision, s.event_recall);
+    s.point_f1 = f1(ratio(tp, tp + fp), ratio(tp, tp + fnn));
+    s.false_alarm_rate = ratio(fp, fp + tn);
+    s.missed_alarm_rate = ratio(fnn, fnn + tp);
+    delays.sort_by(f64::total_cmp);
+    s.median_delay_s = (!delays.is_empty()).then(|| delays[delays.len() / 2]);
+    let (raw, null, perfect) = nab.iter().fold((0.0, 0.0, 0.0), |acc, x| (acc.0 + x.0, acc.1 + x.1, acc.2 + x.2));
+    s.nab_score = if perfect == null { 0.0 } else { 100.0 * (raw - null) / (perfect - null) };
+    s
+}
+
+/// NAB's scaled sigmoid: +1 (detection at the window's start) down to −1 far after its end.
+fn scaled_sigmoid(relative_position: f64) -> f64 {
+    if relative_position > 3.0 { -1.0 } else { 2.0 / (1.0 + (5.0 * relative_position).exp()) - 1.0 }
+}
+
+/// One motor's NAB raw score, and the raw scores of the null and the perfect detector, with the
+/// standard profile (A_tp = 1, A_fp = −0.11, A_fn = −1).
+///
+/// NAB's rules, as in its scorer: the first 15 % of the readings are a probationary period
+/// (detections there do not count); only the first detection inside an anomaly window counts
+/// and scores `A_tp · σ(y)` with `y` its position relative to the window end (−1 at the start,
+/// 0 at the end); a detection outside every window scores `A_fp · σ(y)` with `y` measured from
+/// the end of the preceding window in window lengths (so just after a window it costs little,
+/// far after it the full −0.11), or `A_fp` if no window precedes it; each window without a
+/// detection scores `A_fn`. Detections are the readings at which an alert is raised.
+pub fn nab_raw(m: &MotorOutcome) -> (f64, f64, f64) {
+    const A_TP: f64 = 1.0;
+    const A_FP: f64 = -0.11;
+    const A_FN: f64 = -1.0;
+    let n = m.readings_ms.len();
+    if n == 0 {
+        return (0.0, 0.0, 0.0);
+    }
+    let probation_end = m.readings_ms[((0.15 * n as f64) as usize).min(n - 1)];
+    // Each alert is a detection at the first reading at or after its raise time.
+    let mut detections: Vec<i64> = m
+        .alerts
+        .iter()
+        .filter_map(|&(raised, _, _)| m.readings_ms.iter().copied().find(|&t| t >= raised))
+        .filter(|&t| t >= probation_end)
+        .collect();
+    detections.sort_unstable();
+    let mut windows = m.events.clone();
+    windows.sort_unstable();
+    let null = A_FN * windows.len() as f64;
+    let perfect = A_TP * windows.len() as f64;
+    let mut raw = 0.0;
+    let mut detected = vec![false; windows.len()];
+    for &t in &detections {
+        if let Some(i) = windows.iter().position(|&(a, b)| t >= a && t <= b) {
+            if !detected[i] {
+                detected[i] = true;
+                let (a, b) = windows[i];
+                let len = (b - a).max(1) as f64;
+                let y = (t - b) as f64 / len; // −1 at the start, 0 at the end
+                raw += A_TP * scaled_sigmoid(y);
+            }
+            continue;
+        }
+        match windows.iter().rev().find(|&&(_, b)| b < t) {
+            Some(&(a, b)) => {
+                let len = (b - a).max(1) as f64;
+                raw += -A_FP * scaled_sigmoid((t - b) as f64 / len);
+            }
+            None => raw += A_FP,
+        }
+    }
+    raw += A_FN * detected.iter().filter(|d| !**d).count() as f64;
+    (raw, null, perfect)
+}
+
+/// Everything an evaluation found.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    /// Scores by data set.
+    pub scores: BTreeMap<String, Scores>,
+    /// Readings published.
+    pub published: u64,
+    /// Alert events read back from the alerts topic.
+    pub alert_events: usize,
+    /// Wall time, s.
+    pub wall_s: f64,
+}
+
+impl EvalReport {
+    /// The scores as a Markdown table.
+    pub fn table(&self) -> String {
+        let mut out = String::from(
+            "| data set | motors | events | alerts | event P | event R | event F1 | point F1 | FAR | MAR | median delay s | NAB score |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for (name, s) in &self.scores {
+            out += &format!(
+                "| {name} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} % | {:.1} % | {} | {:.1} |\n",
+                s.motors,
+                s.events,
+                s.alerts,
+                s.event_precision,
+                s.event_recall,
+                s.event_f1,
+                s.point_f1,
+                100.0 * s.false_alarm_rate,
+                100.0 * s.missed_alarm_rate,
+                s.median_delay_s.map_or("–".into(), |d| format!("{d:.0}")),
+                s.nab_score
+            );
+        }
+        out
+    }
+}
+
+fn skab_files(opts: &EvalOptions) -> Result<Vec<PathBuf>> {
+    let dir = opts.skab_dir.join("valve1");
+    let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| p.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).map(|n| (n, p)))
+        .collect();
+    files.sort();
+    let take = if opts.skab_files == 0 { files.len() } else { opts.skab_files.min(files.len()) };
+    let mut out: Vec<PathBuf> = files.into_iter().take(take).map(|(_, p)| p).collect();
+    if opts.anomaly_free {
+        out.push(opts.skab_dir.join("anomaly-free/anomaly-free.csv"));
+    }
+    Ok(out)
+}
+
+/// NAB's labelled windows for the file, shifted by the motor's rebasing.
+fn nab_motor(dir: &Path, end_ms: i64, seed: u64) -> Result<ReplayMotor> {
+    let file = dir.join("ambient_temperature_system_failure.csv");
+    let mut mapping = BTreeMap::new();
+    mapping.insert("value".to_string(), Target::Channel(Channel::TemperatureC));
+    let opts = ReplayOptions {
+        mapping,
+        required_columns: vec!["value".into()],
+        time_column: Some("timestamp".into()),
+        label_columns: Vec::new(),
+        sites: 3,
+        motor_prefix: "nab-".into(),
+        end_ms,
+        offset_range_ms: 24 * 3_600_000,
+        seed,
+    };
+    let mut motor = replay::load(std::slice::from_ref(&file), &opts)?.remove(0);
+    let text = std::fs::read_to_string(&file)?;
+    let first_original = text
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split(',').next())
+        .context("NAB file has no rows")
+        .and_then(replay::parse_time)?;
+    let shift = motor.readings[0].event_time_ms - first_original;
+    let labels: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("labels.json"))?)?;
+    let windows = labels["ambient_temperature_system_failure.csv"].as_array().context("labels.json lists the file")?;
+    for w in windows {
+        let a = replay::parse_time(w[0].as_str().context("label start")?)? + shift;
+        let b = replay::parse_time(w[1].as_str().context("label end")?)? + shift;
+        motor.labels.push(LabelInterval {
+            motor_id: motor.motor_id.as_str().to_string(),
+            site_id: motor.readings[0].site_id.as_str().to_string(),
+            source_file: file.display().to_string(),
+            label: "anomaly".into(),
+            start_ms: a,
+            end_ms: b,
+        });
+    }
+    Ok(motor)
+}
+
+/// Runs the evaluation on an embedded Kafka.
+pub fn run(opts: &EvalOptions, progress: bool) -> Result<EvalReport> {
+    let started = Instant::now();
+    let end_ms = crate::producer::now_ms() - 3_600_000;
+    let skab_opts = ReplayOptions {
+        mapping: replay::skab_mapping(),
+        required_columns: Vec::new(),
+        time_column: None,
+        label_columns: vec!["anomaly".into(), "changepoint".into()],
+        sites: 3,
+        motor_prefix: "skab-".into(),
+        end_ms,
+        // Up to a day apart: window boundaries and baselines fall differently for every motor.
+        offset_range_ms: 24 * 3_600_000,
+        seed: opts.seed,
+    };
+    let mut motors = replay::load(&skab_files(opts)?, &skab_opts)?;
+    let mut dataset: BTreeMap<String, String> = motors.iter().map(|m| (m.motor_id.as_str().to_string(), "skab".to_string())).collect();
+    if let Some(dir) = &opts.nab_dir {
+        let nab = nab_motor(dir, end_ms, opts.seed)?;
+        dataset.insert(nab.motor_id.as_str().to_string(), "nab".into());
+        motors.push(nab);
+    }
+
+    let kafka = EmbeddedKafka::start(1)?;
+    let brokers = kafka.bootstrap_servers();
+    let detect = DetectConfig { idle_timeout: Duration::from_secs(3), ..opts.detect.clone() };
+    for (topic, partitions) in [("telemetry", 4), ("dead-letters", 1), (detect.alerts_topic.as_str(), 1), (detect.late_topic.as_str(), 1)] {
+        kafka.create_topic(topic, partitions)?;
+    }
+    let producer = TelemetryProducer::new(&brokers, "telemetry", WireFormat::Protobuf, &Default::default())?;
+    let published = replay::publish(&motors, &producer, 0.0, progress, &AtomicBool::new(false))?;
+    producer.flush(Duration::from_secs(60))?;
+
+    let mut ingest_config = IngestConfig {
+        brokers: brokers.clone(),
+        group_id: "tessera-eval".into(),
+        topics: vec![TopicConfig { name: "telemetry".into(), encoding: tessera_ingest::Encoding::ProtobufReading }],
+        dead_letter_topic: "dead-letters".into(),
+        batch_max_age: Duration::from_millis(50),
+        ..Default::default()
+    };
+    // NAB spans 302 days of history.
+    ingest_config.validation.max_past_ms = 400 * 24 * 3_600_000;
+    ingest_config.validation.max_future_ms = 3_600_000;
+    let engine = build_engine(&detect)?;
+    let (tx, rx) = sync_channel(64);
+    let ingest = Ingest::start(ingest_config, tx)?;
+    let stage = Detect::start(engine, &detect, &brokers, rx)?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while ingest.metrics().snapshot().messages < published {
+        anyhow::ensure!(Instant::now() < deadline, "the ingest did not take every reading within 5 minutes");
+        anyhow::ensure!(!ingest.is_finished(), "the ingest stopped unexpectedly");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ingest_stats = ingest.stop()?;
+    anyhow::ensure!(ingest_stats.dead_letters_sent == 0, "readings were dead-lettered: {:?}", ingest_stats.rejected_by_reason);
+    // Every motor falls silent now: the idle timeout closes the last windows.
+    std::thread::sleep(detect.idle_timeout + Duration::from_millis(500));
+    let _engine = stage.stop()?;
+
+    let events = read_alerts(&brokers, &detect.alerts_topic)?;
+    let mut outcomes: BTreeMap<String, MotorOutcome> = BTreeMap::new();
+    for m in &motors {
+        let o = outcomes.entry(m.motor_id.as_str().to_string()).or_default();
+        o.dataset = dataset[m.motor_id.as_str()].clone();
+        o.readings_ms = m.readings.iter().map(|r| r.event_time_ms).collect();
+        o.events = m.labels.iter().filter(|l| l.label == "anomaly").map(|l| (l.start_ms, l.end_ms)).collect();
+    }
+    for (motor, alerts) in alert_intervals(&events) {
+        if let Some(o) = outcomes.get_mut(&motor) {
+            o.alerts = alerts;
+        }
+    }
+    let mut scores = BTreeMap::new();
+    for name in ["skab", "nab"] {
+        let set: Vec<MotorOutcome> = outcomes.values().filter(|o| o.dataset == name).cloned().collect();
+        if !set.is_empty() {
+            scores.insert(name.to_string(), score(&set));
+        }
+    }
+    drop(kafka);
+    Ok(EvalReport { scores, published, alert_events: events.len(), wall_s: started.elapsed().as_secs_f64() })
+}
+
+/// Alert intervals per motor: (raised at, flagged from, flagged until).
+pub fn alert_intervals(events: &[AlertEvent]) -> BTreeMap<String, Vec<(i64, i64, i64)>> {
+    let mut by_id: BTreeMap<&str, (&AlertEvent, Option<&AlertEvent>)> = BTreeMap::new();
+    for e in events {
+        match e.state {
+            AlertState::Open => {
+                by_id.entry(&e.alert_id).or_insert((e, None));
+            }
+            AlertState::Close => {
+                if let Some(entry) = by_id.get_mut(e.alert_id.as_str()) {
+                    entry.1 = Some(e);
+                }
+            }
+            AlertState::Update => {}
+        }
+    }
+    let mut out: BTreeMap<String, Vec<(i64, i64, i64)>> = BTreeMap::new();
+    for (open, close) in by_id.values() {
+        let until = close.map_or(i64::MAX, |c| c.window_start_ms);
+        out.entry(open.motor_id.clone()).or_default().push((open.window_end_ms, open.opened_window_start_ms, until));
+    }
+    out
+}
+
+/// Reads every alert event on the (one-partition) topic.
+fn read_alerts(brokers: &str, topic: &str) -> Result<Vec<AlertEvent>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "tessera-eval-alerts")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment.add_partition_offset(topic, 0, rdkafka::Offset::Offset(low))?;
+    consumer.assign(&assignment)?;
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut next = low;
+    while next < high {
+        anyhow::ensure!(Instant::now() < deadline, "reading {topic}: offsets {next}..{high} did not arrive within 30 s");
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m?;
+            next = m.offset() + 1;
+            if let Some(p) = m.payload() {
+                events.push(serde_json::from_slice(p).context("an alert event")?);
+            }
+        }
+    }
+    Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn motor(events: Vec<(i64, i64)>, alerts: Vec<(i64, i64, i64)>) -> MotorOutcome {
+        MotorOutcome { dataset: "t".into(), readings_ms: (0..100).map(|i| i * 10).collect(), events, alerts }
+    }
+
+    #[test]
+    fn point_and_event_scores_by_hand() {
+        // readings 0..990 every 10; event [500, 599] (10 readings); one alert raised at 550,
+        // flagged 520..600 (8 readings, all inside), one false alert raised at 200, flagged 200..220.
+        let s = score(&[motor(vec![(500, 599)], vec![(550, 520, 600), (200, 200, 220)])]);
+        assert_eq!((s.events, s.alerts, s.alerts_in_events, s.events_detected), (1, 2, 1, 1));
+        assert_eq!(s.event_precision, 0.5);
+        assert_eq!(s.event_recall, 1.0);
+        // point: TP 8, FN 2, FP 2, TN 88
+        assert!((s.point_f1 - 2.0 * 0.8 * 0.8 / 1.6).abs() < 1e-12);
+        assert!((s.false_alarm_rate - 2.0 / 90.0).abs() < 1e-12);
+        assert!((s.missed_alarm_rate - 0.2).abs() < 1e-12);
+        assert_eq!(s.median_delay_s, Some(0.05));
+    }
+
+    #[test]
+    fn nab_score_is_100_for_a_detection_at_the_window_start_and_0_for_none() {
+        let perfect = score(&[motor(vec![(500, 599)], vec![(500, 500, 510)])]);
+        assert!((perfect.nab_score - 100.0 * (scaled_sigmoid(-1.0) + 1.0) / 2.0).abs() < 1e-9, "{}", perfect.nab_score);
+        assert!(perfect.nab_score > 98.0);
+        let none = score(&[motor(vec![(500, 599)], vec![])]);
+        assert_eq!(none.nab_score, 0.0);
+        // A false positive long after the window costs the full A_fp.
+        let late_fp = nab_raw(&motor(vec![(300, 399)], vec![(300, 300, 310), (990, 990, 1000)]));
+        assert!((late_fp.0 - (scaled_sigmoid(-1.0) - 0.11 * -scaled_sigmoid((990.0 - 399.0) / 99.0))).abs() < 1e-12);
+        // Detections in the probationary period (first 15 %) do not count.
+        assert_eq!(nab_raw(&motor(vec![(500, 599)], vec![(100, 100, 110)])).0, -1.0);
+    }
+
+    #[test]
+    fn alert_intervals_pair_opens_with_closes() {
+        let ev = |id: &str, state, start, opened| AlertEvent {
+            alert_id: id.into(),
+            query: "q".into(),
+            motor_id: "m".into(),
+            site_id: "s".into(),
+            state,
+            severity: tessera_stream::Severity::Warning,
+            score: Some(1.0),
+            peak_score: 1.0,
+            window_start_ms: start,
+            window_end_ms: start + 10,
+            opened_window_start_ms: opened,
+            emitted_at_ms: 0,
+            features: BTreeMap::new(),
+        };
+        let events = [ev("a", AlertState::Open, 100, 100), ev("a", AlertState::Close, 150, 100), ev("b", AlertState::Open, 300, 300)];
+        let iv = alert_intervals(&events);
+        assert_eq!(iv["m"], [(110, 100, 150), (310, 300, i64::MAX)]);
+    }
+}
