@@ -123,7 +123,8 @@ impl Detect {
         let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
+            // Alerts are few and urgent: send each at once.
+            .set("linger.ms", "0")
             .create()
             .context("creating the alerts producer")?;
         let stop = Arc::new(AtomicBool::new(false));

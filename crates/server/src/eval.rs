@@ -140,65 +140,73 @@ pub fn score(motors: &[MotorOutcome]) -> Scores {
     s
 }
 
-/// NAB's scaled sigmoid: +1 (detection at the window's start) down to −1 far after its end.
-fn scaled_sigmoid(relative_position: f64) -> f64 {
-    if relative_position > 3.0 { -1.0 } else { 2.0 / (1.0 + (5.0 * relative_position).exp()) - 1.0 }
+/// NAB's scaled sigmoid: +1 at −∞ … −1 for positions beyond 3.
+fn scaled_sigmoid(p: f64) -> f64 {
+    if p > 3.0 { -1.0 } else { 2.0 / (1.0 + (5.0 * p).exp()) - 1.0 }
 }
 
 /// One motor's NAB raw score, and the raw scores of the null and the perfect detector, with the
-/// standard profile (A_tp = 1, A_fp = −0.11, A_fn = −1).
+/// standard profile (A_tp = 1, A_fp = 0.11, A_fn = 1), following NAB's `sweeper.py`:
 ///
-/// NAB's rules, as in its scorer: the first 15 % of the readings are a probationary period
-/// (detections there do not count); only the first detection inside an anomaly window counts
-/// and scores `A_tp · σ(y)` with `y` its position relative to the window end (−1 at the start,
-/// 0 at the end); a detection outside every window scores `A_fp · σ(y)` with `y` measured from
-/// the end of the preceding window in window lengths (so just after a window it costs little,
-/// far after it the full −0.11), or `A_fp` if no window precedes it; each window without a
-/// detection scores `A_fn`. Detections are the readings at which an alert is raised.
+/// - positions are row indices; rows before `min(⌊0.15·N⌋, 750)` are a probationary period and
+///   count for nothing;
+/// - inside a window of rows `[L, R]` (width `W`), a detection at row `i` scores
+///   `S(−(R − i + 1)/W) / S(−1)` (1 at the window's first row, falling towards its end); only the
+///   earliest detection in a window counts; a window without one scores −1;
+/// - a detection outside every window scores `0.11 · S(|i − R_prev| / (W_prev − 1))` after the
+///   last window that ended before it (cheap right after it, −0.11 far away), or −0.11 if no
+///   window has ended yet;
+/// - normalised score = 100 · (raw − null) / (perfect − null), null = −windows, perfect = +windows.
+///
+/// Tessera's detector is binary: its detections are the readings at which alerts are raised (the
+/// first reading at or after the end of each alert's opening window).
 pub fn nab_raw(m: &MotorOutcome) -> (f64, f64, f64) {
-    const A_TP: f64 = 1.0;
-    const A_FP: f64 = -0.11;
-    const A_FN: f64 = -1.0;
+    const TP: f64 = 1.0;
+    const FP: f64 = 0.11;
+    const FN: f64 = 1.0;
     let n = m.readings_ms.len();
     if n == 0 {
         return (0.0, 0.0, 0.0);
     }
-    let probation_end = m.readings_ms[((0.15 * n as f64) as usize).min(n - 1)];
-    // Each alert is a detection at the first reading at or after its raise time.
-    let mut detections: Vec<i64> = m
+    let probation = ((0.15 * n as f64).floor() as usize).min(750);
+    let max_tp = scaled_sigmoid(-1.0);
+    // Windows as row ranges.
+    let mut windows: Vec<(usize, usize)> = m
+        .events
+        .iter()
+        .filter_map(|&(a, b)| {
+            let l = m.readings_ms.iter().position(|&t| t >= a)?;
+            let r = m.readings_ms.iter().rposition(|&t| t <= b)?;
+            (l <= r && r >= probation).then_some((l, r))
+        })
+        .collect();
+    windows.sort_unstable();
+    let null = -FN * windows.len() as f64;
+    let perfect = TP * windows.len() as f64;
+    let mut window_scores = vec![-FN; windows.len()];
+    let mut fp = 0.0;
+    let mut detections: Vec<usize> = m
         .alerts
         .iter()
-        .filter_map(|&(raised, _, _)| m.readings_ms.iter().copied().find(|&t| t >= raised))
-        .filter(|&t| t >= probation_end)
+        .filter_map(|&(raised, _, _)| m.readings_ms.iter().position(|&t| t >= raised))
+        .filter(|&i| i >= probation)
         .collect();
     detections.sort_unstable();
-    let mut windows = m.events.clone();
-    windows.sort_unstable();
-    let null = A_FN * windows.len() as f64;
-    let perfect = A_TP * windows.len() as f64;
-    let mut raw = 0.0;
-    let mut detected = vec![false; windows.len()];
-    for &t in &detections {
-        if let Some(i) = windows.iter().position(|&(a, b)| t >= a && t <= b) {
-            if !detected[i] {
-                detected[i] = true;
-                let (a, b) = windows[i];
-                let len = (b - a).max(1) as f64;
-                let y = (t - b) as f64 / len; // −1 at the start, 0 at the end
-                raw += A_TP * scaled_sigmoid(y);
-            }
-            continue;
-        }
-        match windows.iter().rev().find(|&&(_, b)| b < t) {
-            Some(&(a, b)) => {
-                let len = (b - a).max(1) as f64;
-                raw += -A_FP * scaled_sigmoid((t - b) as f64 / len);
-            }
-            None => raw += A_FP,
+    detections.dedup();
+    for i in detections {
+        if let Some(k) = windows.iter().position(|&(l, r)| i >= l && i <= r) {
+            let (_, r) = windows[k];
+            let w = (windows[k].1 - windows[k].0 + 1) as f64;
+            let score = TP * scaled_sigmoid(-((r - i + 1) as f64) / w) / max_tp;
+            window_scores[k] = window_scores[k].max(score);
+        } else {
+            fp += match windows.iter().rev().find(|&&(_, r)| r < i) {
+                Some(&(l, r)) => FP * scaled_sigmoid((i - r) as f64 / ((r - l + 1) as f64 - 1.0).max(1.0)),
+                None => -FP,
+            };
         }
     }
-    raw += A_FN * detected.iter().filter(|d| !**d).count() as f64;
-    (raw, null, perfect)
+    (fp + window_scores.iter().sum::<f64>(), null, perfect)
 }
 
 /// Everything an evaluation found.
@@ -458,16 +466,23 @@ mod tests {
     }
 
     #[test]
-    fn nab_score_is_100_for_a_detection_at_the_window_start_and_0_for_none() {
-        let perfect = score(&[motor(vec![(500, 599)], vec![(500, 500, 510)])]);
-        assert!((perfect.nab_score - 100.0 * (scaled_sigmoid(-1.0) + 1.0) / 2.0).abs() < 1e-9, "{}", perfect.nab_score);
-        assert!(perfect.nab_score > 98.0);
-        let none = score(&[motor(vec![(500, 599)], vec![])]);
-        assert_eq!(none.nab_score, 0.0);
-        // A false positive long after the window costs the full A_fp.
-        let late_fp = nab_raw(&motor(vec![(300, 399)], vec![(300, 300, 310), (990, 990, 1000)]));
-        assert!((late_fp.0 - (scaled_sigmoid(-1.0) - 0.11 * -scaled_sigmoid((990.0 - 399.0) / 99.0))).abs() < 1e-12);
-        // Detections in the probationary period (first 15 %) do not count.
+    fn nab_score_by_hand() {
+        // 100 readings (rows 0..99, one every 10 ms); probation = 15 rows; window rows 50..59 (W = 10).
+        let at_start = score(&[motor(vec![(500, 599)], vec![(500, 500, 510)])]);
+        assert!((at_start.nab_score - 100.0).abs() < 1e-9, "a detection on the window's first row is perfect");
+        assert_eq!(score(&[motor(vec![(500, 599)], vec![])]).nab_score, 0.0, "no detection: the null score");
+        // A detection on the window's last row: S(−1/10)/S(−1).
+        let at_end = nab_raw(&motor(vec![(500, 599)], vec![(590, 590, 600)]));
+        assert!((at_end.0 - scaled_sigmoid(-0.1) / scaled_sigmoid(-1.0)).abs() < 1e-12);
+        // Only the earliest detection in a window counts.
+        let two = nab_raw(&motor(vec![(500, 599)], vec![(500, 500, 510), (550, 550, 560)]));
+        assert!((two.0 - 1.0).abs() < 1e-12);
+        // A false positive 20 rows after the window: 0.11 · S(20 / 9); before any window: −0.11.
+        let after = nab_raw(&motor(vec![(300, 399)], vec![(300, 300, 310), (590, 590, 600)]));
+        assert!((after.0 - (1.0 + 0.11 * scaled_sigmoid(20.0 / 9.0))).abs() < 1e-12);
+        let before = nab_raw(&motor(vec![(500, 599)], vec![(200, 200, 210)]));
+        assert!((before.0 - (-1.0 - 0.11)).abs() < 1e-12);
+        // Detections in the probationary period (rows < 15) do not count.
         assert_eq!(nab_raw(&motor(vec![(500, 599)], vec![(100, 100, 110)])).0, -1.0);
     }
 

@@ -1,0 +1,297 @@
+//! The peers' reference query (10 s tumbling aggregate + trailing 30-window z-score of the
+//! vibration mean, ../shared/bench) as a Tessera continuous query, on the data set that
+//! `../shared/bench/run.sh data` generates (telemetry.csv).
+//!
+//! - `--mode stage`: the window + anomaly stage alone, fed the data as in-memory Arrow
+//!   batches of `--batch-rows` rows in arrival order (CSV parsing not timed); one thread.
+//! - `--mode kafka`: end to end: every reading is first produced to a topic of the embedded
+//!   Kafka (librdkafka's mock cluster, `--partitions`), then the ingest + detection stage run
+//!   from the first message until the last window closed; alert events are read back from the
+//!   alerts topic as they come, and their latency (arrival on the topic − the window close
+//!   that emitted them) is reported as p50/p99.
+//!
+//! Both print rows/s and the number of windows with z > 3 (the peers' zscore row count).
+//!
+//! `cargo bench --bench stream_zscore -- --data $BENCH_WORK/data-1000x10000 [--mode stage|kafka] [--rounds 3]`
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::sync_channel;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use datafusion::arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::csv::ReaderBuilder;
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::{ClientConfig, Message as _};
+use tessera_core::{MotorId, Reading, SiteId, WatermarkPolicy};
+use tessera_ingest::{Encoding, Ingest, IngestConfig, TopicConfig};
+use tessera_server::detect::{Detect, DetectConfig, build_engine};
+use tessera_server::embedded::EmbeddedKafka;
+use tessera_server::producer::{TelemetryProducer, WireFormat, now_ms};
+use tessera_stream::{AlertEvent, StreamConfig, StreamEngine, conform};
+
+/// The reference query; `score` is the z-score, NULL until a motor has 30 earlier windows.
+const QUERY: &str = "CREATE CONTINUOUS QUERY zscore WITH (open_above = 3, close_below = 3) AS
+  SELECT motor_id, window_start, count(*) AS n,
+         avg(vibration_x_rms) AS vib_avg, stddev_samp(vibration_x_rms) AS vib_std,
+         avg(current_a) AS cur_avg, stddev_samp(current_a) AS cur_std, max(temperature_c) AS temp_max,
+         zscore(motor_id, window_start, avg(vibration_x_rms), 30) AS score
+  FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds')
+  GROUP BY motor_id, window_start";
+
+/// The peers' column names → Tessera's.
+const RENAMES: &[(&str, &str)] = &[("site", "site_id"), ("vibration_rms", "vibration_x_rms"), ("rpm", "speed_rpm")];
+
+struct Args {
+    data: PathBuf,
+    mode: String,
+    rounds: u32,
+    batch_rows: usize,
+    partitions: i32,
+}
+
+fn args() -> Result<Args> {
+    let work = std::env::var("BENCH_WORK").unwrap_or_else(|_| "/tmp/tessera-peer-bench".into());
+    let mut a = Args { data: PathBuf::from(work).join("data-current"), mode: "stage".into(), rounds: 3, batch_rows: 8192, partitions: 128 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--data" => a.data = it.next().context("--data DIR")?.into(),
+            "--mode" => a.mode = it.next().context("--mode stage|kafka")?,
+            "--rounds" => a.rounds = it.next().context("--rounds N")?.parse()?,
+            "--batch-rows" => a.batch_rows = it.next().context("--batch-rows N")?.parse()?,
+            "--partitions" => a.partitions = it.next().context("--partitions N")?.parse()?,
+            "--bench" => {}
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(a)
+}
+
+/// The CSV as telemetry batches in file (arrival) order.
+fn load(args: &Args) -> Result<Vec<RecordBatch>> {
+    let path = args.data.join("telemetry.csv");
+    let file = std::fs::File::open(&path).with_context(|| format!("{}: run ../shared/bench/run.sh data first", path.display()))?;
+    let mut fields = vec![Field::new("motor_id", DataType::Utf8, false), Field::new("site", DataType::Utf8, false), Field::new("ts", DataType::Int64, false)];
+    for c in ["current_a", "voltage_v", "temperature_c", "vibration_rms", "rpm"] {
+        fields.push(Field::new(c, DataType::Float64, false));
+    }
+    let reader = ReaderBuilder::new(Arc::new(Schema::new(fields))).with_header(true).with_batch_size(args.batch_rows).build(file)?;
+    let mut seq = 0;
+    let mut out = Vec::new();
+    for b in reader {
+        let t = conform::to_telemetry(&b?, RENAMES, seq)?;
+        seq += t.num_rows() as u64;
+        out.push(t);
+    }
+    Ok(out)
+}
+
+fn max_ts(b: &RecordBatch) -> i64 {
+    let ts = b.column(2).as_any().downcast_ref::<datafusion::arrow::array::TimestampMillisecondArray>().expect("ts");
+    ts.values().iter().copied().max().unwrap_or(0)
+}
+
+async fn count_hits(engine: &StreamEngine) -> Result<(i64, i64)> {
+    let b = engine.sql("SELECT count(*) AS windows, count(*) FILTER (WHERE score > 3) AS hits FROM motor_windows").await?;
+    let col = |i: usize| b[0].column(i).as_any().downcast_ref::<Int64Array>().expect("count").value(0);
+    Ok((col(0), col(1)))
+}
+
+fn stage(args: &Args) -> Result<()> {
+    let batches = load(args)?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    println!("stage: {rows} readings in {} batches of {} rows", batches.len(), args.batch_rows);
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    for round in 0..args.rounds {
+        let config = StreamConfig { watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 1_000 }, table_rows: 1_000_000 };
+        let mut engine = StreamEngine::new(config);
+        rt.block_on(engine.register(QUERY))?;
+        let started = Instant::now();
+        let mut last = 0;
+        for b in &batches {
+            // Processing time follows the data, so no motor is ever idle mid-stream.
+            last = max_ts(b);
+            rt.block_on(engine.push(b, last))?;
+        }
+        rt.block_on(engine.tick(last + 10_000))?; // end of input: the idle timeout closes the rest
+        let secs = started.elapsed().as_secs_f64();
+        let (windows, hits) = rt.block_on(count_hits(&engine))?;
+        let late: u64 = engine.stats().windows.iter().map(|w| w.1.rows_late).sum();
+        println!(
+            "round {round}: {secs:.3} s, {:.0} readings/s, {windows} windows, {hits} with z > 3, {late} late readings",
+            rows as f64 / secs
+        );
+    }
+    Ok(())
+}
+
+fn readings(batches: &[RecordBatch]) -> Vec<Reading> {
+    let mut out = Vec::new();
+    for b in batches {
+        let motor = b.column(0).as_any().downcast_ref::<StringArray>().expect("motor");
+        let site = b.column(1).as_any().downcast_ref::<StringArray>().expect("site");
+        let ts = b.column(2).as_any().downcast_ref::<datafusion::arrow::array::TimestampMillisecondArray>().expect("ts");
+        let seq = b.column(3).as_any().downcast_ref::<datafusion::arrow::array::UInt64Array>().expect("seq");
+        let chans: Vec<&Float64Array> = (4..11).map(|i| b.column(i).as_any().downcast_ref::<Float64Array>().expect("channel")).collect();
+        for i in 0..b.num_rows() {
+            let mut channels = [None; 7];
+            for (c, a) in chans.iter().enumerate() {
+                channels[c] = (!a.is_null(i)).then(|| a.value(i));
+            }
+            out.push(Reading {
+                motor_id: MotorId::new(motor.value(i)).expect("motor id"),
+                site_id: SiteId::new(site.value(i).to_lowercase()).expect("site id"),
+                event_time_ms: ts.value(i),
+                sequence: seq.value(i),
+                channels,
+                extra: Default::default(),
+            });
+        }
+    }
+    out
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return -1;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn kafka(args: &Args) -> Result<()> {
+    let batches = load(args)?;
+    let readings = readings(&batches);
+    drop(batches);
+    // Event times are rebased to end now, so the ingest's event-time checks pass; by whole
+    // 10 s, so the windows hold the same readings as the peers'.
+    let shift = (now_ms() - readings.iter().map(|r| r.event_time_ms).max().unwrap_or(0)).div_euclid(10_000) * 10_000;
+    let kafka = EmbeddedKafka::start(1)?;
+    let brokers = kafka.bootstrap_servers();
+    for round in 0..args.rounds {
+        let topic = format!("telemetry-{round}");
+        let detect = DetectConfig {
+            queries: vec![QUERY.to_string()],
+            allowed_lateness: Duration::from_secs(1),
+            // Long enough that a consumer stall never closes a window early; the last window of
+            // each motor closes by it after the input ends, outside the timed part.
+            idle_timeout: Duration::from_secs(3),
+            alerts_topic: format!("alerts-{round}"),
+            late_topic: format!("late-{round}"),
+            ..Default::default()
+        };
+        kafka.create_topic(&topic, args.partitions)?; // the mock keeps a few MB per partition: use many
+        for t in [&detect.alerts_topic, &detect.late_topic] {
+            kafka.create_topic(t, 1)?;
+        }
+        kafka.create_topic(&format!("dlq-{round}"), 1)?;
+        let producer = TelemetryProducer::new(&brokers, &topic, WireFormat::Protobuf, &Default::default())?;
+        let t0 = Instant::now();
+        for chunk in readings.chunks(10_000) {
+            let shifted: Vec<Reading> = chunk.iter().map(|r| Reading { event_time_ms: r.event_time_ms + shift, ..r.clone() }).collect();
+            producer.send_readings(&shifted)?;
+        }
+        producer.flush(Duration::from_secs(120))?;
+        println!("round {round}: produced {} readings in {:.1} s", readings.len(), t0.elapsed().as_secs_f64());
+
+        let alerts: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", format!("alerts-reader-{round}"))
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "5")
+            .set("fetch.queue.backoff.ms", "1")
+            .create()?;
+        alerts.subscribe(&[&detect.alerts_topic])?;
+        let mut ingest_config = IngestConfig {
+            brokers: brokers.clone(),
+            group_id: format!("bench-{round}"),
+            topics: vec![TopicConfig { name: topic.clone(), encoding: Encoding::ProtobufReading }],
+            dead_letter_topic: format!("dlq-{round}"),
+            ..Default::default()
+        };
+        ingest_config.validation.max_past_ms = 30 * 24 * 3_600_000;
+        let engine = build_engine(&detect)?;
+        let (tx, rx) = sync_channel(64);
+        let ingest = Ingest::start(ingest_config, tx)?;
+        let stage = Detect::start(engine, &detect, &brokers, rx)?;
+        let mut first: Option<Instant> = None;
+        let motors = readings.iter().map(|r| r.motor_id.as_str()).collect::<std::collections::HashSet<_>>().len() as u64;
+        let expected_windows = readings
+            .iter()
+            .map(|r| (r.motor_id.as_str(), (r.event_time_ms + shift).div_euclid(10_000)))
+            .collect::<std::collections::HashSet<_>>()
+            .len() as u64;
+        let mut latencies: Vec<i64> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(900);
+        let mut last_print = Instant::now();
+        let done = loop {
+            if first.is_none() && ingest.metrics().snapshot().messages > 0 {
+                first = Some(Instant::now());
+            }
+            while let Some(m) = alerts.poll(Duration::from_millis(1)) {
+                let m = m?;
+                let arrived = now_ms();
+                if let Some(p) = m.payload() {
+                    let e: AlertEvent = serde_json::from_slice(p)?;
+                    latencies.push(arrived - e.emitted_at_ms);
+                }
+            }
+            let closed: u64 = stage.stats().engine.windows.iter().map(|w| w.1.windows_closed).sum();
+            if last_print.elapsed() > Duration::from_secs(5) {
+                last_print = Instant::now();
+                let s = ingest.metrics().snapshot();
+                eprintln!("  consumed {} messages, {} dead letters; {closed} of {expected_windows} windows closed", s.messages, s.dead_letters_sent);
+            }
+            // Timed until every window but each motor's last (which only the idle timeout closes,
+            // as only the end of input closes it in Flink) has closed.
+            if closed + motors >= expected_windows {
+                break Instant::now();
+            }
+            anyhow::ensure!(Instant::now() < deadline, "not done within 15 minutes ({closed} of {expected_windows} windows)");
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let secs = done.duration_since(first.unwrap_or(done)).as_secs_f64();
+        while stage.stats().engine.windows.iter().map(|w| w.1.windows_closed).sum::<u64>() < expected_windows {
+            anyhow::ensure!(Instant::now() < deadline, "the last windows did not close");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ingest.stop()?;
+        let engine = stage.stop()?;
+        let drain = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < drain {
+            if let Some(m) = alerts.poll(Duration::from_millis(20)) {
+                let m = m?;
+                let arrived = now_ms();
+                if let Some(p) = m.payload() {
+                    let e: AlertEvent = serde_json::from_slice(p)?;
+                    latencies.push(arrived - e.emitted_at_ms);
+                }
+            }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().build()?;
+        let (windows, hits) = rt.block_on(count_hits(&engine))?;
+        let late: u64 = engine.stats().windows.iter().map(|w| w.1.rows_late).sum();
+        latencies.sort_unstable();
+        println!(
+            "round {round}: {secs:.2} s from first message to last window closed, {:.0} readings/s; {windows} windows, {hits} with z > 3, {late} late; \
+             alert events {}: latency window close → alerts topic p50 {} ms, p99 {} ms, max {} ms",
+            readings.len() as f64 / secs,
+            latencies.len(),
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            latencies.last().copied().unwrap_or(-1)
+        );
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = args()?;
+    match args.mode.as_str() {
+        "stage" => stage(&args),
+        "kafka" => kafka(&args),
+        other => bail!("unknown --mode {other} (stage or kafka)"),
+    }
+}
