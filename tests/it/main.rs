@@ -7,6 +7,7 @@ mod ingest_count;
 mod ingest_rebalance;
 mod ingest_real_broker;
 mod ingest_stop;
+mod detect_kafka;
 mod eval_detection;
 mod golden;
 mod replay_skab;

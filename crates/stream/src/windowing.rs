@@ -153,7 +153,8 @@ pub struct WindowStats {
 pub struct WindowOperator {
     spec: WindowSpec,
     policy: WatermarkPolicy,
-    motor_index: HashMap<Arc<str>, usize>,
+    /// Motor id → index; xxh3 because this lookup runs once per reading.
+    motor_index: HashMap<Arc<str>, usize, xxhash_rust::xxh3::Xxh3Builder>,
     motors: Vec<MotorWindows>,
     arena: Arena,
     late: Vec<RowRef>,
@@ -176,7 +177,7 @@ impl WindowOperator {
         Self {
             spec,
             policy,
-            motor_index: HashMap::new(),
+            motor_index: HashMap::with_hasher(xxhash_rust::xxh3::Xxh3Builder::new()),
             motors: Vec::new(),
             arena: Arena::default(),
             late: Vec::new(),
@@ -296,6 +297,18 @@ impl WindowOperator {
                     merged.rows.extend(w.rows);
                 }
                 m.open.insert(start, merged);
+                self.arena.add_ref(r.0);
+            }
+            WindowSpec::Tumbling { size_ms } => {
+                // The common case, without the general path's allocation.
+                let start_ms = ts - ts.rem_euclid(size_ms);
+                let end_ms = start_ms + size_ms;
+                if end_ms <= m.emitted_through_ms {
+                    return false;
+                }
+                let w = m.open.entry(start_ms).or_insert_with(|| OpenWindow { end_ms, ..Default::default() });
+                w.rows.push(r);
+                w.last_event_ms = w.last_event_ms.max(ts);
                 self.arena.add_ref(r.0);
             }
             spec => {

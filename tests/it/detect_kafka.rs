@@ -1,0 +1,97 @@
+//! The detection stage on Kafka: readings in through the ingest, an alert that opens and closes
+//! out on the alerts topic (JSON, key = motor, the deterministic id), and a late reading out on
+//! the late topic with the window it missed, both also in the engine's tables.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::Message as _;
+use tessera_core::{Channel, MotorId, Reading, SiteId};
+use tessera_server::detect::{Detect, DetectConfig, build_engine};
+use tessera_server::producer::{WireFormat, now_ms};
+use tessera_stream::alerts::alert_id;
+use tessera_stream::{AlertEvent, AlertState};
+use tessera_suite::{header, payload, producer, read_topic};
+
+use crate::{embedded_kafka, ingest_config, start_ingest};
+
+const QUERY: &str = "CREATE CONTINUOUS QUERY vib WITH (open_above = 3, close_below = 1) AS
+  SELECT motor_id, window_start, avg(vibration_x_rms) AS vib,
+         zscore(motor_id, window_start, avg(vibration_x_rms), 4) AS score
+  FROM TUMBLE(telemetry, ts, INTERVAL '1 second') GROUP BY motor_id, window_start";
+
+#[test]
+fn alerts_and_late_readings_reach_their_topics() {
+    let (kafka, brokers) = embedded_kafka(1, 2);
+    kafka.create_topic("alerts", 1).expect("topic");
+    kafka.create_topic("late", 1).expect("topic");
+    let t0 = (now_ms() - 60_000).div_euclid(1000) * 1000;
+    let reading = |i: usize, ts: i64, vib: f64| {
+        let mut r = Reading {
+            motor_id: MotorId::new("M1").expect("id"),
+            site_id: SiteId::new("site-a").expect("id"),
+            event_time_ms: ts,
+            sequence: i as u64,
+            channels: [None; 7],
+            extra: Default::default(),
+        };
+        r.set(Channel::VibrationXRms, Some(vib));
+        r
+    };
+    // Baseline 1.0, 1.1, 0.9, 1.0; a step to 2.0 (z ≈ 12: open); 2.0 (z = 1.5: stays open);
+    // 1.0 (z ≈ −0.8: closes); then a reading 8.5 s behind the newest (late), and one that moves
+    // the watermark past every window.
+    let mut readings: Vec<Reading> =
+        [1.0, 1.1, 0.9, 1.0, 2.0, 2.0, 1.0, 1.0, 1.0].iter().enumerate().map(|(i, v)| reading(i, t0 + i as i64 * 1000, *v)).collect();
+    readings.push(reading(9, t0 + 500, 50.0));
+    readings.push(reading(10, t0 + 20_000, 1.0));
+    let p = producer(&brokers, "telemetry", WireFormat::Protobuf).expect("producer");
+    p.send_readings(&readings).expect("send");
+    p.flush(Duration::from_secs(10)).expect("flush");
+
+    let detect = DetectConfig {
+        queries: vec![QUERY.into()],
+        alerts_topic: "alerts".into(),
+        late_topic: "late".into(),
+        ..Default::default()
+    };
+    let engine = build_engine(&detect).expect("the query registers");
+    let (ingest, batches) = start_ingest(ingest_config(&brokers, "detect-it", "telemetry", "dead-letters"));
+    let stage = Detect::start(engine, &detect, &brokers, batches).expect("the stage starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stage.stats().alerts_sent < 2 || stage.stats().late_sent < 1 {
+        assert!(Instant::now() < deadline, "no alerts/late readings: {:?}", stage.stats());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ingest.stop().expect("ingest stops");
+    let engine = stage.stop().expect("stage stops");
+
+    let alerts = read_topic(&brokers, "alerts", 2, Duration::from_secs(20)).expect("alerts topic");
+    assert_eq!(alerts.len(), 2, "exactly one open and one close");
+    let events: Vec<AlertEvent> = alerts.iter().map(|m| serde_json::from_slice(payload(m)).expect("alert JSON")).collect();
+    assert_eq!(events[0].state, AlertState::Open);
+    assert_eq!(events[0].window_start_ms, t0 + 4000);
+    assert_eq!(events[1].state, AlertState::Close);
+    assert_eq!(events[1].window_start_ms, t0 + 6000);
+    for (m, e) in alerts.iter().zip(&events) {
+        assert_eq!(m.key(), Some(&b"M1"[..]));
+        assert_eq!(e.alert_id, alert_id("vib", "M1", t0 + 4000), "the id is (query, motor, opening window)");
+        assert_eq!((e.query.as_str(), e.site_id.as_str()), ("vib", "site-a"));
+        assert!((e.features["vib"] - if e.state == AlertState::Open { 2.0 } else { 1.0 }).abs() < 1e-12);
+    }
+
+    let late = read_topic(&brokers, "late", 1, Duration::from_secs(20)).expect("late topic");
+    assert_eq!(late.len(), 1);
+    assert_eq!(header(&late[0], "tessera.late.for").as_deref(), Some("tumble 1000 ms"));
+    let json: serde_json::Value = serde_json::from_slice(payload(&late[0])).expect("reading JSON");
+    assert_eq!(json["event_time_ms"], t0 + 500);
+
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let count = |sql: &str| -> i64 {
+        let b = rt.block_on(engine.sql(sql)).expect("sql");
+        b[0].column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().expect("count").value(0)
+    };
+    assert_eq!(count("SELECT count(*) FROM late_readings WHERE motor_id = 'M1'"), 1);
+    assert_eq!(count("SELECT count(*) FROM alerts"), 2);
+    assert_eq!(count("SELECT count(*) FROM motor_windows WHERE query = 'vib'"), 9, "windows 0–8 closed; the newest is still open");
+    drop(kafka);
+}
