@@ -154,6 +154,19 @@ fn readings(batches: &[RecordBatch]) -> Vec<Reading> {
     out
 }
 
+/// Reads the alert events available now; records each one's latency: arrival − window close.
+fn read_latencies(alerts: &BaseConsumer, wait: Duration, latencies: &mut Vec<i64>) -> Result<()> {
+    while let Some(m) = alerts.poll(wait) {
+        let m = m?;
+        let arrived = now_ms();
+        if let Some(p) = m.payload() {
+            let e: AlertEvent = serde_json::from_slice(p)?;
+            latencies.push(arrived - e.emitted_at_ms);
+        }
+    }
+    Ok(())
+}
+
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     if sorted.is_empty() {
         return -1;
@@ -230,14 +243,7 @@ fn kafka(args: &Args) -> Result<()> {
             if first.is_none() && ingest.metrics().snapshot().messages > 0 {
                 first = Some(Instant::now());
             }
-            while let Some(m) = alerts.poll(Duration::from_millis(1)) {
-                let m = m?;
-                let arrived = now_ms();
-                if let Some(p) = m.payload() {
-                    let e: AlertEvent = serde_json::from_slice(p)?;
-                    latencies.push(arrived - e.emitted_at_ms);
-                }
-            }
+            read_latencies(&alerts, Duration::from_millis(1), &mut latencies)?;
             let closed: u64 = stage.stats().engine.windows.iter().map(|w| w.1.windows_closed).sum();
             if last_print.elapsed() > Duration::from_secs(5) {
                 last_print = Instant::now();
@@ -261,14 +267,7 @@ fn kafka(args: &Args) -> Result<()> {
         let engine = stage.stop()?;
         let drain = Instant::now() + Duration::from_secs(2);
         while Instant::now() < drain {
-            if let Some(m) = alerts.poll(Duration::from_millis(20)) {
-                let m = m?;
-                let arrived = now_ms();
-                if let Some(p) = m.payload() {
-                    let e: AlertEvent = serde_json::from_slice(p)?;
-                    latencies.push(arrived - e.emitted_at_ms);
-                }
-            }
+            read_latencies(&alerts, Duration::from_millis(20), &mut latencies)?;
         }
         let rt = tokio::runtime::Builder::new_current_thread().build()?;
         let (windows, hits) = rt.block_on(count_hits(&engine))?;

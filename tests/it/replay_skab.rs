@@ -23,17 +23,7 @@ fn skab(file: &str) -> PathBuf {
 fn skab_runs_replay_as_motors_with_labels_stripped() {
     let files = [skab("valve1/0.csv"), skab("valve1/1.csv")];
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
-    let opts = ReplayOptions {
-        mapping: replay::skab_mapping(),
-        required_columns: Vec::new(),
-        time_column: None,
-        label_columns: vec!["anomaly".into(), "changepoint".into()],
-        sites: 3,
-        motor_prefix: "skab-".into(),
-        end_ms: now,
-        offset_range_ms: 3_600_000,
-        seed: 11,
-    };
+    let opts = ReplayOptions::skab(now, 3_600_000, 11);
     let motors = replay::load(&files, &opts).unwrap();
     let rows: Vec<usize> = files.iter().map(|f| std::fs::read_to_string(f).unwrap().lines().count() - 1).collect();
     assert_eq!(motors.iter().map(|m| m.readings.len()).collect::<Vec<_>>(), rows);

@@ -310,18 +310,8 @@ fn nab_motor(dir: &Path, end_ms: i64, seed: u64) -> Result<ReplayMotor> {
 pub fn run(opts: &EvalOptions, progress: bool) -> Result<EvalReport> {
     let started = Instant::now();
     let end_ms = crate::producer::now_ms() - 3_600_000;
-    let skab_opts = ReplayOptions {
-        mapping: replay::skab_mapping(),
-        required_columns: Vec::new(),
-        time_column: None,
-        label_columns: vec!["anomaly".into(), "changepoint".into()],
-        sites: 3,
-        motor_prefix: "skab-".into(),
-        end_ms,
-        // Up to a day apart: window boundaries and baselines fall differently for every motor.
-        offset_range_ms: 24 * 3_600_000,
-        seed: opts.seed,
-    };
+    // Files end up to a day apart: window boundaries and baselines fall differently for every motor.
+    let skab_opts = ReplayOptions::skab(end_ms, 24 * 3_600_000, opts.seed);
     let mut motors = replay::load(&skab_files(opts)?, &skab_opts)?;
     let mut dataset: BTreeMap<String, String> = motors.iter().map(|m| (m.motor_id.as_str().to_string(), "skab".to_string())).collect();
     if let Some(dir) = &opts.nab_dir {

@@ -90,6 +90,24 @@ pub struct ReplayOptions {
     pub seed: u64,
 }
 
+impl ReplayOptions {
+    /// SKAB's layout: its column mapping, `anomaly` and `changepoint` as labels, three sites,
+    /// motor ids `skab-<dir>-<file>`; files end up to `offset_range_ms` before `end_ms`.
+    pub fn skab(end_ms: i64, offset_range_ms: i64, seed: u64) -> Self {
+        Self {
+            mapping: skab_mapping(),
+            required_columns: Vec::new(),
+            time_column: None,
+            label_columns: vec!["anomaly".into(), "changepoint".into()],
+            sites: 3,
+            motor_prefix: "skab-".into(),
+            end_ms,
+            offset_range_ms,
+            seed,
+        }
+    }
+}
+
 /// A labelled interval of one replayed motor, in rebased event time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabelInterval {
@@ -343,17 +361,7 @@ mod tests {
              2020-03-09 10:00:03;1.8;0.3;0;0\n",
         )
         .unwrap();
-        let opts = ReplayOptions {
-            mapping: skab_mapping(),
-            required_columns: Vec::new(),
-            time_column: None,
-            label_columns: vec!["anomaly".into(), "changepoint".into()],
-            sites: 3,
-            motor_prefix: "skab-".into(),
-            end_ms: 10_000_000,
-            offset_range_ms: 5_000,
-            seed: 1,
-        };
+        let opts = ReplayOptions::skab(10_000_000, 5_000, 1);
         let motors = load(&[path], &opts).unwrap();
         let m = &motors[0];
         assert_eq!(m.motor_id.as_str(), "skab-valve1-3");

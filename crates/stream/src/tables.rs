@@ -15,6 +15,12 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
+/// A one-partition in-memory scan of `batches`.
+fn memory_scan(batches: Vec<RecordBatch>, schema: &SchemaRef, projection: Option<&Vec<usize>>) -> Result<Arc<dyn ExecutionPlan>> {
+    let exec = MemorySourceConfig::try_new_exec(&[batches], schema.clone(), projection.cloned())?;
+    Ok(exec as Arc<dyn ExecutionPlan>)
+}
+
 /// An append-only table that keeps its newest `max_rows` rows.
 #[derive(Debug)]
 pub struct BoundedTable {
@@ -73,8 +79,7 @@ impl TableProvider for BoundedTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let exec = MemorySourceConfig::try_new_exec(&[self.snapshot()], self.schema.clone(), projection.cloned())?;
-        Ok(exec as Arc<dyn ExecutionPlan>)
+        memory_scan(self.snapshot(), &self.schema, projection)
     }
 }
 
@@ -113,7 +118,6 @@ impl TableProvider for WindowSlot {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let batches = self.current.read().map_err(|_| DataFusionError::Internal("window slot poisoned".into()))?.clone();
-        let exec = MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), projection.cloned())?;
-        Ok(exec as Arc<dyn ExecutionPlan>)
+        memory_scan(batches, &self.schema, projection)
     }
 }
