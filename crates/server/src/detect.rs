@@ -112,6 +112,7 @@ pub struct DetectStats {
 /// A running detection stage.
 pub struct Detect {
     stop: Arc<AtomicBool>,
+    end_of_input: Arc<AtomicBool>,
     stats: Arc<Mutex<DetectStats>>,
     thread: Option<JoinHandle<Result<StreamEngine>>>,
 }
@@ -128,15 +129,31 @@ impl Detect {
             .create()
             .context("creating the alerts producer")?;
         let stop = Arc::new(AtomicBool::new(false));
+        let end_of_input = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(DetectStats::default()));
-        let worker = Worker { engine, producer, config: config.clone(), stats: stats.clone(), stop: stop.clone() };
+        let worker = Worker {
+            engine,
+            producer,
+            config: config.clone(),
+            stats: stats.clone(),
+            stop: stop.clone(),
+            end_of_input: end_of_input.clone(),
+        };
         let thread = std::thread::Builder::new().name("tessera-detect".into()).spawn(move || worker.run(batches))?;
-        Ok(Self { stop, stats, thread: Some(thread) })
+        Ok(Self { stop, end_of_input, stats, thread: Some(thread) })
     }
 
     /// Counters so far.
     pub fn stats(&self) -> DetectStats {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Like [`Detect::stop`], but the input is complete (a finished replay): every window
+    /// still open is closed, and its alerts written, before stopping. Replays are then
+    /// independent of processing-time idleness.
+    pub fn stop_at_end_of_input(self) -> Result<StreamEngine> {
+        self.end_of_input.store(true, Ordering::Relaxed);
+        self.stop()
     }
 
     /// Stops after the batches already queued, flushes the producer, and returns the engine
@@ -162,6 +179,7 @@ struct Worker {
     config: DetectConfig,
     stats: Arc<Mutex<DetectStats>>,
     stop: Arc<AtomicBool>,
+    end_of_input: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -190,6 +208,10 @@ impl Worker {
             if let Ok(mut s) = self.stats.lock() {
                 s.engine = self.engine.stats();
             }
+        }
+        if self.end_of_input.load(Ordering::Relaxed) {
+            let out = rt.block_on(self.engine.close_all(now_ms()))?;
+            self.publish(out)?;
         }
         self.producer.flush(Duration::from_secs(30)).context("flushing alerts and late readings")?;
         Ok(self.engine)

@@ -313,7 +313,15 @@ fn main() -> Result<()> {
                 detect,
             };
             let report = eval::run(&opts, true)?;
-            println!("published {} readings; {} alert events; {:.1} s\n\n{}", report.published, report.alert_events, report.wall_s, report.table());
+            println!(
+                "published {} readings, ingested {}, {} late; {} alert events; {:.1} s\n\n{}",
+                report.published,
+                report.ingested,
+                report.late,
+                report.alert_events,
+                report.wall_s,
+                report.table()
+            );
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
             }

@@ -165,9 +165,19 @@ impl StreamEngine {
 
     /// Advances processing time: closes idle motors' windows.
     pub async fn tick(&mut self, now_ms: i64) -> Result<StepOutput, StreamError> {
+        self.close_where(now_ms, false).await
+    }
+
+    /// End of input (a finished replay or file): closes every open window at `now_ms`.
+    pub async fn close_all(&mut self, now_ms: i64) -> Result<StepOutput, StreamError> {
+        self.close_where(now_ms, true).await
+    }
+
+    async fn close_where(&mut self, now_ms: i64, all: bool) -> Result<StepOutput, StreamError> {
         let mut out = StepOutput::default();
         for i in 0..self.stages.len() {
-            let closed = self.stages[i].op.tick(now_ms)?;
+            let op = &mut self.stages[i].op;
+            let closed = if all { op.close_all(now_ms)? } else { op.tick(now_ms)? };
             out.windows_closed += closed.count;
             if let Some(windows) = closed.windows {
                 self.run_stage(i, windows, now_ms, &mut out).await;
@@ -335,4 +345,86 @@ fn scores<'a>(
         });
     }
     Ok(out)
+}
+
+/// The engine's results must not depend on how the input is cut into batches: the same
+/// readings pushed one by one, in small batches, or all at once give the same window scores
+/// and alerts.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use std::sync::Arc;
+    use crate::conform;
+
+    const QUERY: &str = "CREATE CONTINUOUS QUERY q WITH (open_above = 3, close_below = 1.5, open_windows = 2, close_windows = 2) AS
+      SELECT motor_id, window_start, avg(current_a) AS a,
+             greatest(abs(zscore(motor_id, window_start, avg(current_a), 10, 5)),
+                      abs(zscore(motor_id, window_start, avg(temperature_c), 10, 5))) AS score
+      FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start";
+
+    /// Three motors, 1 reading/s for 600 s, interleaved by time; a step in motor m1.
+    fn readings() -> RecordBatch {
+        let (mut motors, mut ts, mut cur, mut temp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for t in 0..600i64 {
+            for (m, name) in ["m0", "m1", "m2"].iter().enumerate() {
+                let noise = (((t * 7919 + m as i64 * 104_729) % 1000) as f64 / 1000.0 - 0.5) * 0.4;
+                let step = if *name == "m1" && (300..400).contains(&t) { 3.0 } else { 0.0 };
+                motors.push(*name);
+                ts.push(1_700_000_000_000 + t * 1000 + m as i64 * 37);
+                cur.push(10.0 + noise + step);
+                temp.push(50.0 + noise * 2.0);
+            }
+        }
+        let schema = Schema::new(vec![
+            Field::new("motor_id", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+            Field::new("current_a", DataType::Float64, true),
+            Field::new("temperature_c", DataType::Float64, true),
+        ]);
+        let b = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(StringArray::from(motors)),
+                Arc::new(Int64Array::from(ts)),
+                Arc::new(Float64Array::from(cur)),
+                Arc::new(Float64Array::from(temp)),
+            ],
+        )
+        .unwrap();
+        conform::to_telemetry(&b, &[], 0).unwrap()
+    }
+
+    async fn run(batch_rows: usize) -> (String, String) {
+        let mut engine = StreamEngine::new(StreamConfig {
+            watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 3_600_000 },
+            table_rows: 100_000,
+        });
+        engine.register(QUERY).await.unwrap();
+        let all = readings();
+        let mut offset = 0;
+        while offset < all.num_rows() {
+            let n = batch_rows.min(all.num_rows() - offset);
+            let slice = all.slice(offset, n);
+            engine.push(&slice, offset as i64).await.unwrap();
+            offset += n;
+        }
+        engine.close_all(offset as i64).await.unwrap();
+        let windows = engine.sql("SELECT motor_id, window_start, round(score, 9) AS s FROM motor_windows ORDER BY 1, 2").await.unwrap();
+        let alerts = engine.sql("SELECT alert_id, state, window_start FROM alerts ORDER BY window_start, alert_id, state").await.unwrap();
+        (pretty_format_batches(&windows).unwrap().to_string(), pretty_format_batches(&alerts).unwrap().to_string())
+    }
+
+    #[tokio::test]
+    async fn results_do_not_depend_on_batching() {
+        let (windows, alerts) = run(usize::MAX).await;
+        assert!(alerts.contains("open") && alerts.contains("close"), "the step in m1 raises and clears an alert:\n{alerts}");
+        for rows in [1, 7, 64, 250] {
+            let (w, a) = run(rows).await;
+            assert_eq!(w, windows, "window scores differ with batches of {rows} rows");
+            assert_eq!(a, alerts, "alerts differ with batches of {rows} rows");
+        }
+    }
 }

@@ -247,6 +247,12 @@ impl WindowOperator {
         self.close(idle.into_iter(), now_ms, true)
     }
 
+    /// End of input: closes every open window now (as a bounded source's final watermark does).
+    pub fn close_all(&mut self, now_ms: i64) -> Result<Closed, StreamError> {
+        let open: Vec<usize> = (0..self.motors.len()).filter(|&i| !self.motors[i].open.is_empty()).collect();
+        self.close(open.into_iter(), now_ms, true)
+    }
+
     /// Takes the late readings gathered so far, in [`telemetry_schema`].
     pub fn take_late(&mut self) -> Result<Option<RecordBatch>, StreamError> {
         if self.late.is_empty() {
