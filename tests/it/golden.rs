@@ -49,7 +49,7 @@ fn describe_step(out: &StepOutput, transcript: &mut String) {
         writeln!(
             transcript,
             "  alert {} {} {} window_start={} severity={:?} score={:.4}",
-            e.state_str(),
+            e.state.as_str(),
             e.query,
             e.motor_id,
             e.window_start_ms,
@@ -57,20 +57,6 @@ fn describe_step(out: &StepOutput, transcript: &mut String) {
             e.score.unwrap_or(f64::NAN)
         )
         .unwrap();
-    }
-}
-
-trait StateStr {
-    fn state_str(&self) -> &'static str;
-}
-
-impl StateStr for tessera_stream::AlertEvent {
-    fn state_str(&self) -> &'static str {
-        match self.state {
-            tessera_stream::AlertState::Open => "open",
-            tessera_stream::AlertState::Update => "update",
-            tessera_stream::AlertState::Close => "close",
-        }
     }
 }
 

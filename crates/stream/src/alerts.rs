@@ -53,7 +53,8 @@ pub enum Severity {
 }
 
 impl AlertState {
-    fn as_str(self) -> &'static str {
+    /// `open`, `update` or `close`.
+    pub fn as_str(self) -> &'static str {
         match self {
             AlertState::Open => "open",
             AlertState::Update => "update",
@@ -63,7 +64,8 @@ impl AlertState {
 }
 
 impl Severity {
-    fn as_str(self) -> &'static str {
+    /// `warning` or `critical`.
+    pub fn as_str(self) -> &'static str {
         match self {
             Severity::Warning => "warning",
             Severity::Critical => "critical",
