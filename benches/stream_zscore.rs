@@ -20,13 +20,13 @@ use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use datafusion::arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, Int64Array, RecordBatch};
 use datafusion::arrow::csv::ReaderBuilder;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{ClientConfig, Message as _};
-use tessera_core::{MotorId, Reading, SiteId, WatermarkPolicy};
-use tessera_ingest::{Encoding, Ingest, IngestConfig, TopicConfig};
+use tessera_core::{Reading, WatermarkPolicy};
+use tessera_ingest::{Encoding, Ingest, IngestConfig, TopicConfig, readings_from_batch};
 use tessera_server::detect::{Detect, DetectConfig, build_engine};
 use tessera_server::embedded::EmbeddedKafka;
 use tessera_server::producer::{TelemetryProducer, WireFormat, now_ms};
@@ -128,32 +128,6 @@ fn stage(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn readings(batches: &[RecordBatch]) -> Vec<Reading> {
-    let mut out = Vec::new();
-    for b in batches {
-        let motor = b.column(0).as_any().downcast_ref::<StringArray>().expect("motor");
-        let site = b.column(1).as_any().downcast_ref::<StringArray>().expect("site");
-        let ts = b.column(2).as_any().downcast_ref::<datafusion::arrow::array::TimestampMillisecondArray>().expect("ts");
-        let seq = b.column(3).as_any().downcast_ref::<datafusion::arrow::array::UInt64Array>().expect("seq");
-        let chans: Vec<&Float64Array> = (4..11).map(|i| b.column(i).as_any().downcast_ref::<Float64Array>().expect("channel")).collect();
-        for i in 0..b.num_rows() {
-            let mut channels = [None; 7];
-            for (c, a) in chans.iter().enumerate() {
-                channels[c] = (!a.is_null(i)).then(|| a.value(i));
-            }
-            out.push(Reading {
-                motor_id: MotorId::new(motor.value(i)).expect("motor id"),
-                site_id: SiteId::new(site.value(i).to_lowercase()).expect("site id"),
-                event_time_ms: ts.value(i),
-                sequence: seq.value(i),
-                channels,
-                extra: Default::default(),
-            });
-        }
-    }
-    out
-}
-
 /// Reads the alert events available now; records each one's latency: arrival − window close.
 fn read_latencies(alerts: &BaseConsumer, wait: Duration, latencies: &mut Vec<i64>) -> Result<()> {
     while let Some(m) = alerts.poll(wait) {
@@ -176,7 +150,7 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 
 fn kafka(args: &Args) -> Result<()> {
     let batches = load(args)?;
-    let readings = readings(&batches);
+    let readings: Vec<Reading> = batches.iter().flat_map(readings_from_batch).collect();
     drop(batches);
     // Event times are rebased to end now, so the ingest's event-time checks pass; by whole
     // 10 s, so the windows hold the same readings as the peers'.

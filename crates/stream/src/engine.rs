@@ -12,7 +12,7 @@ use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, Timest
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::prelude::SessionContext;
-use tessera_core::{TelemetryColumn, WatermarkPolicy, WindowSpec, telemetry_schema};
+use tessera_core::{WatermarkPolicy, WindowSpec, telemetry_schema};
 
 use crate::alerts::{
     AlertEvent, AlertTracker, MotorWindowsBuilder, WindowScore, alerts_batch, alerts_schema, motor_windows_schema,
@@ -156,7 +156,7 @@ impl StreamEngine {
             let closed = self.stages[i].op.push(batch, now_ms)?;
             out.windows_closed += closed.count;
             if let Some(windows) = closed.windows {
-                self.run_stage(i, windows, now_ms, &mut out).await;
+                self.run_stage(i, windows, &closed.sites, now_ms, &mut out).await;
             }
             self.collect_late(i, &mut out)?;
         }
@@ -180,7 +180,7 @@ impl StreamEngine {
             let closed = if all { op.close_all(now_ms)? } else { op.tick(now_ms)? };
             out.windows_closed += closed.count;
             if let Some(windows) = closed.windows {
-                self.run_stage(i, windows, now_ms, &mut out).await;
+                self.run_stage(i, windows, &closed.sites, now_ms, &mut out).await;
             }
         }
         Ok(out)
@@ -221,8 +221,7 @@ impl StreamEngine {
         Ok(())
     }
 
-    async fn run_stage(&mut self, stage: usize, windows: RecordBatch, now_ms: i64, out: &mut StepOutput) {
-        let sites = site_lookup(&windows);
+    async fn run_stage(&mut self, stage: usize, windows: RecordBatch, sites: &HashMap<String, String>, now_ms: i64, out: &mut StepOutput) {
         let spec = self.stages[stage].op.spec();
         for q in &mut self.stages[stage].queries {
             let name = q.query.def().name.clone();
@@ -239,7 +238,7 @@ impl StreamEngine {
             let mut events = Vec::new();
             for batch in &batches {
                 self.query_rows += batch.num_rows() as u64;
-                match scores(batch, &layout, &spec, &sites) {
+                match scores(batch, &layout, &spec, sites) {
                     Ok(mut scored) => {
                         scored.sort_by(|a, b| a.motor_id.cmp(b.motor_id).then(a.window_start_ms.cmp(&b.window_start_ms)));
                         for w in scored {
@@ -265,24 +264,6 @@ impl StreamEngine {
             }
         }
     }
-}
-
-/// Motor → site of the rows in a closed-windows batch (rows come grouped by motor).
-fn site_lookup(windows: &RecordBatch) -> HashMap<String, String> {
-    let mut map = HashMap::new();
-    let motors = windows.column(TelemetryColumn::MotorId as usize).as_any().downcast_ref::<StringArray>();
-    let sites = windows.column(TelemetryColumn::SiteId as usize).as_any().downcast_ref::<StringArray>();
-    if let (Some(motors), Some(sites)) = (motors, sites) {
-        let mut last = "";
-        for i in 0..motors.len() {
-            let m = motors.value(i);
-            if m != last {
-                map.entry(m.to_string()).or_insert_with(|| sites.value(i).to_string());
-                last = m;
-            }
-        }
-    }
-    map
 }
 
 /// Reads a query's output rows.

@@ -21,7 +21,7 @@ use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
 use crate::grammar::{self, QueryDef, WINDOW_TABLE};
-use crate::tables::WindowSlot;
+use crate::tables::BoundedTable;
 use crate::windowing::windowed_schema;
 use crate::{StreamError, anomaly};
 
@@ -76,7 +76,7 @@ impl OutputLayout {
 pub struct ContinuousQuery {
     def: QueryDef,
     ctx: SessionContext,
-    slot: Arc<WindowSlot>,
+    slot: Arc<BoundedTable>,
     plan: LogicalPlan,
     layout: OutputLayout,
 }
@@ -96,7 +96,7 @@ impl ContinuousQuery {
         let sql_err = |e: DataFusionError| StreamError::Sql { query: def.name.clone(), message: e.strip_backtrace().to_string() };
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
         anomaly::register_all(&ctx);
-        let slot = WindowSlot::new(windowed_schema());
+        let slot = BoundedTable::new(windowed_schema(), usize::MAX);
         ctx.register_table(WINDOW_TABLE, slot.clone()).map_err(sql_err)?;
         let statement = DfStatement::Statement(Box::new(SqlStatement::Query(def.select.clone())));
         let plan = ctx.state().statement_to_plan(statement).await.map_err(sql_err)?;
@@ -119,13 +119,13 @@ impl ContinuousQuery {
 
     /// Runs the query over closed windows (in [`windowed_schema`]).
     pub async fn run(&self, windows: RecordBatch) -> Result<Vec<RecordBatch>, StreamError> {
-        self.slot.set(vec![windows]);
+        self.slot.replace(vec![windows]);
         let result = async {
             let physical = self.ctx.state().create_physical_plan(&self.plan).await?;
             collect(physical, self.ctx.task_ctx()).await
         }
         .await;
-        self.slot.set(Vec::new());
+        self.slot.replace(Vec::new());
         result.map_err(|source| StreamError::Run { query: self.def.name.clone(), source })
     }
 }

@@ -1,5 +1,5 @@
 //! Bounded in-memory tables the engine writes and users query: `alerts`, `motor_windows` and
-//! `late_readings`. Each keeps its newest rows up to a row limit; older batches are dropped
+//! `late_readings` (and, replaced before each run, a continuous query's window relation). Each keeps its newest rows up to a row limit; older batches are dropped
 //! whole (the Kafka topics are the durable record).
 
 use std::collections::VecDeque;
@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{DataFusionError, Result};
+use datafusion::common::Result;
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::Expr;
@@ -52,6 +52,12 @@ impl BoundedTable {
         }
     }
 
+    /// Replaces the whole content (a continuous query's input: the windows that just closed).
+    pub fn replace(&self, batches: Vec<RecordBatch>) {
+        let rows = batches.iter().map(|b| b.num_rows()).sum();
+        *self.batches.write().unwrap_or_else(|e| e.into_inner()) = (batches.into(), rows);
+    }
+
     /// Rows held now.
     pub fn num_rows(&self) -> usize {
         self.batches.read().unwrap_or_else(|e| e.into_inner()).1
@@ -80,44 +86,5 @@ impl TableProvider for BoundedTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         memory_scan(self.snapshot(), &self.schema, projection)
-    }
-}
-
-/// The closed windows a continuous query is about to read: set before each run, emptied after.
-#[derive(Debug)]
-pub(crate) struct WindowSlot {
-    schema: SchemaRef,
-    current: RwLock<Vec<RecordBatch>>,
-}
-
-impl WindowSlot {
-    pub(crate) fn new(schema: SchemaRef) -> Arc<Self> {
-        Arc::new(Self { schema, current: RwLock::new(Vec::new()) })
-    }
-
-    pub(crate) fn set(&self, batches: Vec<RecordBatch>) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = batches;
-    }
-}
-
-#[async_trait]
-impl TableProvider for WindowSlot {
-    fn schema(&self) -> SchemaRef {
-        self.schema.clone()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batches = self.current.read().map_err(|_| DataFusionError::Internal("window slot poisoned".into()))?.clone();
-        memory_scan(batches, &self.schema, projection)
     }
 }

@@ -56,6 +56,9 @@ struct OpenWindow {
 /// One motor's windows.
 #[derive(Debug, Default)]
 struct MotorWindows {
+    /// The motor id and its site (from its first reading).
+    id: Arc<str>,
+    site: Arc<str>,
     watermark: MotorWatermark,
     /// Windows ending at or before this were emitted.
     emitted_through_ms: i64,
@@ -169,6 +172,14 @@ pub struct Closed {
     pub windows: Option<RecordBatch>,
     /// How many windows closed.
     pub count: usize,
+    /// Motor id → site of the motors whose windows closed.
+    pub sites: HashMap<String, String>,
+}
+
+impl Closed {
+    fn none() -> Self {
+        Self { windows: None, count: 0, sites: HashMap::new() }
+    }
 }
 
 impl WindowOperator {
@@ -204,9 +215,10 @@ impl WindowOperator {
     pub fn push(&mut self, batch: &RecordBatch, now_ms: i64) -> Result<Closed, StreamError> {
         check_schema(batch)?;
         if batch.num_rows() == 0 {
-            return Ok(Closed { windows: None, count: 0 });
+            return Ok(Closed::none());
         }
         let motors = column::<StringArray>(batch, TelemetryColumn::MotorId)?;
+        let sites = column::<StringArray>(batch, TelemetryColumn::SiteId)?;
         let times = column::<TimestampMillisecondArray>(batch, TelemetryColumn::Ts)?;
         let slot = self.arena.insert(batch.clone());
         let mut touched: Vec<usize> = Vec::new();
@@ -216,7 +228,7 @@ impl WindowOperator {
             let idx = match last {
                 Some((m, i)) if m == motor => i,
                 _ => {
-                    let i = self.motor(motor);
+                    let i = self.motor(motor, sites.value(row));
                     last = Some((motor, i));
                     i
                 }
@@ -266,12 +278,13 @@ impl WindowOperator {
         Ok(Some(batch))
     }
 
-    fn motor(&mut self, motor: &str) -> usize {
+    fn motor(&mut self, motor: &str, site: &str) -> usize {
         if let Some(&i) = self.motor_index.get(motor) {
             return i;
         }
-        self.motors.push(MotorWindows { emitted_through_ms: i64::MIN, ..Default::default() });
-        self.motor_index.insert(Arc::from(motor), self.motors.len() - 1);
+        let id: Arc<str> = Arc::from(motor);
+        self.motors.push(MotorWindows { id: id.clone(), site: Arc::from(site), emitted_through_ms: i64::MIN, ..Default::default() });
+        self.motor_index.insert(id, self.motors.len() - 1);
         self.motors.len() - 1
     }
 
@@ -337,6 +350,7 @@ impl WindowOperator {
     fn close(&mut self, motors: impl Iterator<Item = usize>, now_ms: i64, idle: bool) -> Result<Closed, StreamError> {
         let mut rows: Vec<RowRef> = Vec::new();
         let mut bounds: Vec<(i64, i64, usize)> = Vec::new();
+        let mut sites = HashMap::new();
         for idx in motors {
             let m = &mut self.motors[idx];
             let closable: Vec<i64> = m
@@ -349,6 +363,7 @@ impl WindowOperator {
                 let w = m.open.remove(&start).expect("open window");
                 m.emitted_through_ms = m.emitted_through_ms.max(w.end_ms);
                 bounds.push((start, w.end_ms, w.rows.len()));
+                sites.entry(m.id.to_string()).or_insert_with(|| m.site.to_string());
                 rows.extend_from_slice(&w.rows);
                 if idle {
                     self.stats.windows_closed_idle += 1;
@@ -356,7 +371,7 @@ impl WindowOperator {
             }
         }
         if bounds.is_empty() {
-            return Ok(Closed { windows: None, count: 0 });
+            return Ok(Closed::none());
         }
         let gathered = self.arena.gather(&rows)?;
         for (slot, _) in &rows {
@@ -374,7 +389,7 @@ impl WindowOperator {
         columns.push(Arc::new(TimestampMillisecondArray::from(starts).with_timezone("UTC")));
         columns.push(Arc::new(TimestampMillisecondArray::from(ends).with_timezone("UTC")));
         let windows = RecordBatch::try_new(windowed_schema(), columns)?;
-        Ok(Closed { windows: Some(windows), count: bounds.len() })
+        Ok(Closed { windows: Some(windows), count: bounds.len(), sites })
     }
 }
 
