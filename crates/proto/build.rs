@@ -2,12 +2,14 @@
 //! types (and tonic services, once there are any).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
-    let files = ["telemetry.proto"].map(|f| format!("{proto_dir}/{f}"));
+    // Read at run time, not baked in with env!(): a build script compiled in one checkout may be
+    // reused from a shared target directory by another.
+    let proto_dir = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
+    let files = ["telemetry.proto"].map(|f| proto_dir.join(f));
     for f in &files {
-        println!("cargo:rerun-if-changed={f}");
+        println!("cargo:rerun-if-changed={}", f.display());
     }
-    let descriptors = protox::compile(&files, [proto_dir])?;
+    let descriptors = protox::compile(&files, [&proto_dir])?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
     Ok(())
 }

@@ -140,6 +140,10 @@ impl StreamEngine {
             }
         };
         self.stages[stage].queries.push(RegisteredQuery { query, tracker });
+        // The stage's windows carry what any of its queries reads (the buffered ingest batches
+        // hold every column, so a query added later gets its columns from the next close on).
+        let columns: Vec<usize> = self.stages[stage].queries.iter().flat_map(|q| q.query.input_columns().to_vec()).collect();
+        self.stages[stage].op.set_columns(columns);
         Ok(self.stages[stage].queries.last().expect("just pushed").query.def())
     }
 
@@ -407,5 +411,42 @@ mod tests {
             assert_eq!(w, windows, "window scores differ with batches of {rows} rows");
             assert_eq!(a, alerts, "alerts differ with batches of {rows} rows");
         }
+    }
+
+    #[tokio::test]
+    async fn windows_carry_only_the_columns_their_queries_read() {
+        let mut engine = StreamEngine::new(StreamConfig {
+            watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 3_600_000 },
+            table_rows: 100_000,
+        });
+        let names = |e: &StreamEngine| -> Vec<String> { e.stages[0].op.closed_schema().fields().iter().map(|f| f.name().clone()).collect() };
+        engine
+            .register("CREATE CONTINUOUS QUERY a AS SELECT motor_id, window_start, avg(current_a) AS cur FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start")
+            .await
+            .unwrap();
+        assert_eq!(names(&engine), ["motor_id", "current_a", "window_start", "window_end"]);
+        engine
+            .register("CREATE CONTINUOUS QUERY b AS SELECT motor_id, window_start, count(DISTINCT site_id) AS sites, max(seq) AS last_seq FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') WHERE seq >= 0 GROUP BY motor_id, window_start")
+            .await
+            .unwrap();
+        assert_eq!(names(&engine), ["motor_id", "site_id", "seq", "current_a", "window_start", "window_end"]);
+        engine.push(&readings(), 0).await.unwrap();
+        engine.close_all(0).await.unwrap();
+        // 3 motors × 60 windows per query; each window's readings are its own motor's.
+        let check = engine
+            .sql(
+                "SELECT query, count(*) AS n, min(features['cur']) AS lo, max(features['cur']) AS hi,
+                        min(features['sites']) AS sites_lo, max(features['sites']) AS sites_hi, max(features['last_seq']) AS seq
+                 FROM motor_windows GROUP BY query ORDER BY query",
+            )
+            .await
+            .unwrap();
+        let text = pretty_format_batches(&check).unwrap().to_string();
+        assert!(text.contains("| a     | 180 |"), "{text}");
+        assert!(text.contains("| b     | 180 |"), "{text}");
+        let a_cur = engine.sql("SELECT min(features['cur']) > 9.5 AND max(features['cur']) < 13.5 AS ok FROM motor_windows WHERE query = 'a'").await.unwrap();
+        assert_eq!(pretty_format_batches(&a_cur).unwrap().to_string().matches("true").count(), 1, "{text}");
+        let b_seq = engine.sql("SELECT max(features['sites']) = 1 AND max(features['last_seq']) = 1799 AS ok FROM motor_windows WHERE query = 'b'").await.unwrap();
+        assert_eq!(pretty_format_batches(&b_seq).unwrap().to_string().matches("true").count(), 1, "{text}");
     }
 }

@@ -8,11 +8,13 @@
 //! no operator state leaks from one run to the next. Anomaly-function state lives in the plan's
 //! function instances and so carries across runs.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::common::DFSchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::collect;
@@ -72,6 +74,25 @@ impl OutputLayout {
     }
 }
 
+/// The columns of [`WINDOW_TABLE`] that an optimised plan scans (all, where a scan has no
+/// projection), subqueries included.
+fn window_columns(plan: &LogicalPlan) -> Result<Vec<usize>, DataFusionError> {
+    let width = windowed_schema().fields().len();
+    let mut columns = BTreeSet::new();
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && scan.table_name.table() == WINDOW_TABLE
+        {
+            match &scan.projection {
+                Some(p) => columns.extend(p.iter().copied()),
+                None => columns.extend(0..width),
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(columns.into_iter().collect())
+}
+
 /// A continuous query ready to run on closed windows.
 pub struct ContinuousQuery {
     def: QueryDef,
@@ -79,6 +100,8 @@ pub struct ContinuousQuery {
     slot: Arc<BoundedTable>,
     plan: LogicalPlan,
     layout: OutputLayout,
+    /// The window relation's columns the plan reads (indices into [`windowed_schema`]).
+    input_columns: Vec<usize>,
 }
 
 impl std::fmt::Debug for ContinuousQuery {
@@ -104,7 +127,14 @@ impl ContinuousQuery {
         // Plan it once physically too: type coercion and function checks happen there.
         ctx.state().create_physical_plan(&plan).await.map_err(sql_err)?;
         let layout = OutputLayout::of(&def, plan.schema())?;
-        Ok(Self { def, ctx, slot, plan, layout })
+        let input_columns = window_columns(&ctx.state().optimize(&plan).map_err(sql_err)?).map_err(sql_err)?;
+        Ok(Self { def, ctx, slot, plan, layout, input_columns })
+    }
+
+    /// The window relation's columns this query reads, as indices into [`windowed_schema`]:
+    /// the window operator gathers only these.
+    pub fn input_columns(&self) -> &[usize] {
+        &self.input_columns
     }
 
     /// The parsed definition.
@@ -117,7 +147,8 @@ impl ContinuousQuery {
         &self.layout
     }
 
-    /// Runs the query over closed windows (in [`windowed_schema`]).
+    /// Runs the query over closed windows (in [`windowed_schema`], or a projection of it that
+    /// holds at least [`Self::input_columns`]).
     pub async fn run(&self, windows: RecordBatch) -> Result<Vec<RecordBatch>, StreamError> {
         self.slot.replace(vec![windows]);
         let result = async {

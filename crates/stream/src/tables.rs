@@ -9,15 +9,32 @@ use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::Result;
+use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
 /// A one-partition in-memory scan of `batches`.
+///
+/// The batches may hold only some of the table's columns (a window relation carries only the
+/// columns its queries read); the projection, which names the table's columns, is then mapped
+/// onto theirs by name, and asking for a column they lack is an error.
 fn memory_scan(batches: Vec<RecordBatch>, schema: &SchemaRef, projection: Option<&Vec<usize>>) -> Result<Arc<dyn ExecutionPlan>> {
-    let exec = MemorySourceConfig::try_new_exec(&[batches], schema.clone(), projection.cloned())?;
+    let Some(stored) = batches.first().map(|b| b.schema()).filter(|s| s.fields().len() != schema.fields().len()) else {
+        let exec = MemorySourceConfig::try_new_exec(&[batches], schema.clone(), projection.cloned())?;
+        return Ok(exec as Arc<dyn ExecutionPlan>);
+    };
+    let wanted: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..schema.fields().len()).collect());
+    let positions = wanted
+        .iter()
+        .map(|&i| {
+            let name = schema.field(i).name();
+            stored.index_of(name).map_err(|_| DataFusionError::Internal(format!("column {name} was not materialised for this scan")))
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    let projected = batches.iter().map(|b| b.project(&positions)).collect::<std::result::Result<Vec<_>, _>>()?;
+    let exec = MemorySourceConfig::try_new_exec(&[projected], Arc::new(schema.project(&wanted)?), None)?;
     Ok(exec as Arc<dyn ExecutionPlan>)
 }
 

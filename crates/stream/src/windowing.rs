@@ -4,7 +4,8 @@
 //! Rows are not copied on the way in: the operator keeps the ingest batches and, per open
 //! window, the (batch, row) positions of its readings; a closing window gathers its rows with
 //! Arrow's `interleave`. A batch is dropped once no open window and no pending late row points
-//! into it.
+//! into it. Only the columns its queries read are gathered ([`WindowOperator::set_columns`]);
+//! `motor_id` and `site_id` are written from the window's motor rather than gathered.
 //!
 //! Watermarks are per motor (see [`tessera_core::MotorWatermark`]): a window closes when its
 //! motor's watermark (newest event time minus the allowed lateness) passes its end, or when the
@@ -15,8 +16,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array};
-use datafusion::arrow::compute::interleave_record_batch;
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray, UInt64Array};
+use datafusion::arrow::compute::{interleave, interleave_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use tessera_core::{MotorWatermark, TelemetryColumn, WatermarkPolicy, Window, WindowSpec, telemetry_schema};
 
@@ -53,6 +54,12 @@ struct OpenWindow {
     rows: Vec<RowRef>,
 }
 
+impl OpenWindow {
+    fn new(end_ms: i64, capacity: usize) -> Self {
+        Self { end_ms, last_event_ms: i64::MIN, rows: Vec::with_capacity(capacity) }
+    }
+}
+
 /// One motor's windows.
 #[derive(Debug, Default)]
 struct MotorWindows {
@@ -64,6 +71,8 @@ struct MotorWindows {
     emitted_through_ms: i64,
     /// Open windows by start.
     open: BTreeMap<i64, OpenWindow>,
+    /// Rows in the motor's last emitted window: a new window's buffer starts at this size.
+    typical_rows: usize,
 }
 
 /// Batches in use, with how many buffered rows point into each.
@@ -87,15 +96,15 @@ impl Arena {
         }
     }
 
-    fn add_ref(&mut self, slot: u32) {
+    fn add_refs(&mut self, slot: u32, count: usize) {
         if let Some((_, n)) = &mut self.slots[slot as usize] {
-            *n += 1;
+            *n += count;
         }
     }
 
-    fn release(&mut self, slot: u32) {
+    fn release(&mut self, slot: u32, count: usize) {
         if let Some((_, n)) = &mut self.slots[slot as usize] {
-            *n -= 1;
+            *n -= count;
             if *n == 0 {
                 self.slots[slot as usize] = None;
                 self.free.push(slot);
@@ -111,22 +120,43 @@ impl Arena {
         }
     }
 
-    /// Gathers rows into one batch in the given order.
-    fn gather(&self, rows: &[RowRef]) -> Result<RecordBatch, StreamError> {
-        let mut index: HashMap<u32, usize> = HashMap::new();
+    /// Releases the references of gathered rows (runs of one slot at a time).
+    fn release_rows(&mut self, rows: &[RowRef]) {
+        for run in rows.chunk_by(|a, b| a.0 == b.0) {
+            self.release(run[0].0, run.len());
+        }
+    }
+
+    /// The batches `rows` point into, and each row as (index into those batches, row).
+    fn picks(&self, rows: &[RowRef]) -> (Vec<&RecordBatch>, Vec<(usize, usize)>) {
+        // Slot → position in `batches` (usize::MAX: not yet there).
+        let mut position = vec![usize::MAX; self.slots.len()];
         let mut batches: Vec<&RecordBatch> = Vec::new();
         let mut picks = Vec::with_capacity(rows.len());
         for &(slot, row) in rows {
-            let pos = *index.entry(slot).or_insert_with(|| {
+            let pos = &mut position[slot as usize];
+            if *pos == usize::MAX {
                 batches.push(&self.slots[slot as usize].as_ref().expect("live slot").0);
-                batches.len() - 1
-            });
-            picks.push((pos, row as usize));
+                *pos = batches.len() - 1;
+            }
+            picks.push((*pos, row as usize));
         }
+        (batches, picks)
+    }
+
+    /// Gathers rows into one batch in the given order.
+    fn gather(&self, rows: &[RowRef]) -> Result<RecordBatch, StreamError> {
+        let (batches, picks) = self.picks(rows);
         if batches.is_empty() {
             return Ok(RecordBatch::new_empty(telemetry_schema()));
         }
         Ok(interleave_record_batch(&batches, &picks)?)
+    }
+
+    /// Gathers one column of rows, in the given order.
+    fn gather_column(batches: &[&RecordBatch], picks: &[(usize, usize)], column: usize) -> Result<ArrayRef, StreamError> {
+        let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(column).as_ref()).collect();
+        Ok(interleave(&arrays, picks)?)
     }
 
     fn live(&self) -> usize {
@@ -156,19 +186,25 @@ pub struct WindowStats {
 pub struct WindowOperator {
     spec: WindowSpec,
     policy: WatermarkPolicy,
-    /// Motor id → index; xxh3 because this lookup runs once per reading.
-    motor_index: HashMap<Arc<str>, usize, xxhash_rust::xxh3::Xxh3Builder>,
+    /// Motor id → index; foldhash because this lookup runs once per reading (short keys, no
+    /// need for DoS resistance: the ids passed ingest validation).
+    motor_index: HashMap<Arc<str>, usize, foldhash::fast::FixedState>,
     motors: Vec<MotorWindows>,
     arena: Arena,
     late: Vec<RowRef>,
     stats: WindowStats,
+    /// The telemetry columns closed windows carry (indices, ascending).
+    columns: Vec<usize>,
+    /// The schema of closed-window batches: `columns`, then `window_start`, `window_end`.
+    closed_schema: SchemaRef,
 }
 
 /// What one step closed.
 #[derive(Debug)]
 pub struct Closed {
-    /// The rows of every window that closed, in [`windowed_schema`], grouped by motor and
-    /// window; `None` if none closed.
+    /// The rows of every window that closed, in [`windowed_schema`] projected to the operator's
+    /// columns ([`WindowOperator::set_columns`]), grouped by motor and window; `None` if none
+    /// closed.
     pub windows: Option<RecordBatch>,
     /// How many windows closed.
     pub count: usize,
@@ -188,12 +224,33 @@ impl WindowOperator {
         Self {
             spec,
             policy,
-            motor_index: HashMap::with_hasher(xxhash_rust::xxh3::Xxh3Builder::new()),
+            motor_index: HashMap::with_hasher(foldhash::fast::FixedState::default()),
             motors: Vec::new(),
             arena: Arena::default(),
             late: Vec::new(),
             stats: WindowStats::default(),
+            columns: (0..telemetry_schema().fields().len()).collect(),
+            closed_schema: windowed_schema(),
         }
+    }
+
+    /// The schema of the batches closed windows come in.
+    pub fn closed_schema(&self) -> SchemaRef {
+        self.closed_schema.clone()
+    }
+
+    /// Which columns closed windows carry: indices into [`windowed_schema`] (the union of what
+    /// the queries on these windows read). `window_start` and `window_end` are always there;
+    /// other telemetry columns are left out, so they cost nothing to gather.
+    pub fn set_columns(&mut self, columns: impl IntoIterator<Item = usize>) {
+        let width = telemetry_schema().fields().len();
+        let mut columns: Vec<usize> = columns.into_iter().filter(|&c| c < width).collect();
+        columns.sort_unstable();
+        columns.dedup();
+        let mut projection = columns.clone();
+        projection.extend([width, width + 1]);
+        self.closed_schema = Arc::new(windowed_schema().project(&projection).expect("indices are in range"));
+        self.columns = columns;
     }
 
     /// The window spec.
@@ -222,6 +279,7 @@ impl WindowOperator {
         let times = column::<TimestampMillisecondArray>(batch, TelemetryColumn::Ts)?;
         let slot = self.arena.insert(batch.clone());
         let mut touched: Vec<usize> = Vec::new();
+        let mut refs = 0;
         let mut last: Option<(&str, usize)> = None;
         for row in 0..batch.num_rows() {
             let motor = motors.value(row);
@@ -234,17 +292,22 @@ impl WindowOperator {
                 }
             };
             let r = (slot, row as u32);
-            if self.add(idx, times.value(row), now_ms, r) {
-                self.stats.rows_in += 1;
-                if touched.last() != Some(&idx) {
-                    touched.push(idx);
+            match self.add(idx, times.value(row), now_ms, r) {
+                0 => {
+                    refs += 1;
+                    self.late.push(r);
+                    self.stats.rows_late += 1;
                 }
-            } else {
-                self.arena.add_ref(slot);
-                self.late.push(r);
-                self.stats.rows_late += 1;
+                added => {
+                    refs += added;
+                    self.stats.rows_in += 1;
+                    if touched.last() != Some(&idx) {
+                        touched.push(idx);
+                    }
+                }
             }
         }
+        self.arena.add_refs(slot, refs);
         self.arena.release_if_unused(slot);
         touched.sort_unstable();
         touched.dedup();
@@ -272,9 +335,7 @@ impl WindowOperator {
         }
         let rows = std::mem::take(&mut self.late);
         let batch = self.arena.gather(&rows)?;
-        for (slot, _) in rows {
-            self.arena.release(slot);
-        }
+        self.arena.release_rows(&rows);
         Ok(Some(batch))
     }
 
@@ -288,16 +349,17 @@ impl WindowOperator {
         self.motors.len() - 1
     }
 
-    /// Adds one reading to its motor's windows; false if it is late.
-    fn add(&mut self, idx: usize, ts: i64, now_ms: i64, r: RowRef) -> bool {
+    /// Adds one reading to its motor's windows; returns how many windows it joined (0: it is
+    /// late). The caller counts the batch references.
+    fn add(&mut self, idx: usize, ts: i64, now_ms: i64, r: RowRef) -> usize {
         let m = &mut self.motors[idx];
         if !m.watermark.observe(ts, now_ms, &self.policy) {
-            return false;
+            return 0;
         }
         match self.spec {
             WindowSpec::Session { gap_ms } => {
                 if ts < m.emitted_through_ms {
-                    return false;
+                    return 0;
                 }
                 // Merge every session the new reading touches: [ts, ts + gap) overlaps [start, end).
                 let touching: Vec<i64> = m
@@ -316,40 +378,43 @@ impl WindowOperator {
                     merged.rows.extend(w.rows);
                 }
                 m.open.insert(start, merged);
-                self.arena.add_ref(r.0);
+                1
             }
             WindowSpec::Tumbling { size_ms } => {
                 // The common case, without the general path's allocation.
                 let start_ms = ts - ts.rem_euclid(size_ms);
                 let end_ms = start_ms + size_ms;
                 if end_ms <= m.emitted_through_ms {
-                    return false;
+                    return 0;
                 }
-                let w = m.open.entry(start_ms).or_insert_with(|| OpenWindow { end_ms, ..Default::default() });
+                let w = match m.open.last_entry() {
+                    // Most readings join the motor's newest window.
+                    Some(newest) if *newest.key() == start_ms => newest.into_mut(),
+                    _ => m.open.entry(start_ms).or_insert_with(|| OpenWindow::new(end_ms, m.typical_rows)),
+                };
                 w.rows.push(r);
                 w.last_event_ms = w.last_event_ms.max(ts);
-                self.arena.add_ref(r.0);
+                1
             }
             spec => {
                 let windows = spec.windows_of(ts);
                 if windows.first().is_none_or(|w| w.end_ms <= m.emitted_through_ms) {
-                    return false;
+                    return 0;
                 }
-                for Window { start_ms, end_ms } in windows {
-                    let w = m.open.entry(start_ms).or_insert_with(|| OpenWindow { end_ms, ..Default::default() });
+                for Window { start_ms, end_ms } in &windows {
+                    let w = m.open.entry(*start_ms).or_insert_with(|| OpenWindow::new(*end_ms, m.typical_rows));
                     w.rows.push(r);
                     w.last_event_ms = w.last_event_ms.max(ts);
-                    self.arena.add_ref(r.0);
                 }
+                windows.len()
             }
         }
-        true
     }
 
     /// Emits the closable windows of the given motors (every open one if `idle`).
     fn close(&mut self, motors: impl Iterator<Item = usize>, now_ms: i64, idle: bool) -> Result<Closed, StreamError> {
         let mut rows: Vec<RowRef> = Vec::new();
-        let mut bounds: Vec<(i64, i64, usize)> = Vec::new();
+        let mut bounds: Vec<ClosedWindow> = Vec::new();
         let mut sites = HashMap::new();
         for idx in motors {
             let m = &mut self.motors[idx];
@@ -362,7 +427,8 @@ impl WindowOperator {
             for start in closable {
                 let w = m.open.remove(&start).expect("open window");
                 m.emitted_through_ms = m.emitted_through_ms.max(w.end_ms);
-                bounds.push((start, w.end_ms, w.rows.len()));
+                m.typical_rows = w.rows.len();
+                bounds.push(ClosedWindow { motor: idx, start_ms: start, end_ms: w.end_ms, rows: w.rows.len() });
                 sites.entry(m.id.to_string()).or_insert_with(|| m.site.to_string());
                 rows.extend_from_slice(&w.rows);
                 if idle {
@@ -373,24 +439,56 @@ impl WindowOperator {
         if bounds.is_empty() {
             return Ok(Closed::none());
         }
-        let gathered = self.arena.gather(&rows)?;
-        for (slot, _) in &rows {
-            self.arena.release(*slot);
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.columns.len() + 2);
+        {
+            let (batches, picks) = self.arena.picks(&rows);
+            for &c in &self.columns {
+                let column = if c == TelemetryColumn::MotorId as usize {
+                    repeat_text(&bounds, |w| &self.motors[w.motor].id)
+                } else if c == TelemetryColumn::SiteId as usize {
+                    repeat_text(&bounds, |w| &self.motors[w.motor].site)
+                } else {
+                    Arena::gather_column(&batches, &picks, c)?
+                };
+                columns.push(column);
+            }
         }
+        self.arena.release_rows(&rows);
         self.stats.windows_closed += bounds.len() as u64;
-        let total = gathered.num_rows();
+        let total = rows.len();
         let mut starts = Vec::with_capacity(total);
         let mut ends = Vec::with_capacity(total);
-        for (s, e, n) in &bounds {
-            starts.extend(std::iter::repeat_n(*s, *n));
-            ends.extend(std::iter::repeat_n(*e, *n));
+        for w in &bounds {
+            starts.extend(std::iter::repeat_n(w.start_ms, w.rows));
+            ends.extend(std::iter::repeat_n(w.end_ms, w.rows));
         }
-        let mut columns: Vec<ArrayRef> = gathered.columns().to_vec();
         columns.push(Arc::new(TimestampMillisecondArray::from(starts).with_timezone("UTC")));
         columns.push(Arc::new(TimestampMillisecondArray::from(ends).with_timezone("UTC")));
-        let windows = RecordBatch::try_new(windowed_schema(), columns)?;
+        let windows = RecordBatch::try_new(self.closed_schema.clone(), columns)?;
         Ok(Closed { windows: Some(windows), count: bounds.len(), sites })
     }
+}
+
+/// A window being emitted: its motor, bounds and row count.
+struct ClosedWindow {
+    motor: usize,
+    start_ms: i64,
+    end_ms: i64,
+    rows: usize,
+}
+
+/// A text column holding each window's value (its motor's id or site) once per row.
+fn repeat_text<'v>(windows: &[ClosedWindow], value: impl Fn(&ClosedWindow) -> &'v str) -> ArrayRef {
+    let rows = windows.iter().map(|w| w.rows).sum();
+    let bytes = windows.iter().map(|w| w.rows * value(w).len()).sum();
+    let mut builder = StringBuilder::with_capacity(rows, bytes);
+    for w in windows {
+        let v = value(w);
+        for _ in 0..w.rows {
+            builder.append_value(v);
+        }
+    }
+    Arc::new(builder.finish())
 }
 
 fn check_schema(batch: &RecordBatch) -> Result<(), StreamError> {
