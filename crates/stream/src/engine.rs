@@ -20,7 +20,7 @@ use crate::alerts::{
 use crate::grammar::QueryDef;
 use crate::query::{ContinuousQuery, OutputLayout};
 use crate::tables::BoundedTable;
-use crate::windowing::{WindowOperator, WindowStats};
+use crate::windowing::{Closed, WindowOperator, WindowStats};
 use crate::StreamError;
 
 /// Engine settings.
@@ -69,9 +69,44 @@ struct RegisteredQuery {
     tracker: Option<AlertTracker>,
 }
 
+/// One window operator and the queries on its windows.
 struct Stage {
     op: WindowOperator,
     queries: Vec<RegisteredQuery>,
+    /// Whether this stage reports late readings. Only the first stage of a window spec does:
+    /// a later one (made for a query that needs outputs an already running stage lacks) started
+    /// with fresher watermarks, so what is late for it is late for the first one too.
+    reports_late: bool,
+}
+
+impl Stage {
+    /// True if `query` can run on this stage's windows: the stage has seen no reading yet (its
+    /// outputs can still grow), or it already produces what the query reads.
+    fn accepts(&self, query: &ContinuousQuery) -> bool {
+        if query.def().window != self.op.spec() {
+            return false;
+        }
+        if !self.op.has_input() {
+            return true;
+        }
+        match query.aggregates() {
+            Some(specs) => specs.iter().all(|s| self.op.aggregates().contains(s)),
+            None => self.op.row_columns().is_some_and(|have| query.input_columns().iter().all(|c| have.contains(c))),
+        }
+    }
+
+    /// Sets the operator's outputs to what the stage's queries read.
+    fn configure(&mut self) {
+        let mut rows: Option<Vec<usize>> = None;
+        let mut aggregates = Vec::new();
+        for q in &self.queries {
+            match q.query.aggregates() {
+                Some(specs) => aggregates.extend_from_slice(specs),
+                None => rows.get_or_insert_with(Vec::new).extend_from_slice(q.query.input_columns()),
+            }
+        }
+        self.op.set_outputs(rows, aggregates);
+    }
 }
 
 /// Windows, continuous queries and alerts over the telemetry stream.
@@ -132,18 +167,19 @@ impl StreamEngine {
             return Err(StreamError::Duplicate(def.name));
         }
         let tracker = def.alerts.map(|o| AlertTracker::new(&def.name, o));
-        let stage = match self.stages.iter().position(|s| s.op.spec() == def.window) {
+        let stage = match self.stages.iter().position(|s| s.accepts(&query)) {
             Some(i) => i,
             None => {
-                self.stages.push(Stage { op: WindowOperator::new(def.window, self.config.watermark), queries: Vec::new() });
+                let reports_late = !self.stages.iter().any(|s| s.op.spec() == def.window);
+                self.stages.push(Stage { op: WindowOperator::new(def.window, self.config.watermark), queries: Vec::new(), reports_late });
                 self.stages.len() - 1
             }
         };
-        self.stages[stage].queries.push(RegisteredQuery { query, tracker });
-        // The stage's windows carry what any of its queries reads (the buffered ingest batches
-        // hold every column, so a query added later gets its columns from the next close on).
-        let columns: Vec<usize> = self.stages[stage].queries.iter().flat_map(|q| q.query.input_columns().to_vec()).collect();
-        self.stages[stage].op.set_columns(columns);
+        let stage_ref = &mut self.stages[stage];
+        stage_ref.queries.push(RegisteredQuery { query, tracker });
+        if !stage_ref.op.has_input() {
+            stage_ref.configure();
+        }
         Ok(self.stages[stage].queries.last().expect("just pushed").query.def())
     }
 
@@ -159,9 +195,7 @@ impl StreamEngine {
         for i in 0..self.stages.len() {
             let closed = self.stages[i].op.push(batch, now_ms)?;
             out.windows_closed += closed.count;
-            if let Some(windows) = closed.windows {
-                self.run_stage(i, windows, &closed.sites, now_ms, &mut out).await;
-            }
+            self.run_stage(i, closed, now_ms, &mut out).await;
             self.collect_late(i, &mut out)?;
         }
         Ok(out)
@@ -183,9 +217,7 @@ impl StreamEngine {
             let op = &mut self.stages[i].op;
             let closed = if all { op.close_all(now_ms)? } else { op.tick(now_ms)? };
             out.windows_closed += closed.count;
-            if let Some(windows) = closed.windows {
-                self.run_stage(i, windows, &closed.sites, now_ms, &mut out).await;
-            }
+            self.run_stage(i, closed, now_ms, &mut out).await;
         }
         Ok(out)
     }
@@ -214,7 +246,12 @@ impl StreamEngine {
 
     fn collect_late(&mut self, stage: usize, out: &mut StepOutput) -> Result<(), StreamError> {
         let op = &mut self.stages[stage].op;
-        if let Some(late) = op.take_late()? {
+        let late = op.take_late()?;
+        if !self.stages[stage].reports_late {
+            return Ok(());
+        }
+        let op = &self.stages[stage].op;
+        if let Some(late) = late {
             let n = late.num_rows();
             let mut columns: Vec<ArrayRef> = late.columns().to_vec();
             columns.push(Arc::new(StringArray::from(vec![describe(&op.spec()); n])));
@@ -225,11 +262,16 @@ impl StreamEngine {
         Ok(())
     }
 
-    async fn run_stage(&mut self, stage: usize, windows: RecordBatch, sites: &HashMap<String, String>, now_ms: i64, out: &mut StepOutput) {
+    /// Runs the stage's queries on the windows that closed: raw-row queries on their rows,
+    /// pre-aggregated ones on their aggregates.
+    async fn run_stage(&mut self, stage: usize, closed: Closed, now_ms: i64, out: &mut StepOutput) {
         let spec = self.stages[stage].op.spec();
+        let sites = &closed.sites;
         for q in &mut self.stages[stage].queries {
             let name = q.query.def().name.clone();
-            let batches = match q.query.run(windows.clone()).await {
+            let input = if q.query.aggregates().is_some() { &closed.aggregates } else { &closed.windows };
+            let Some(input) = input else { continue };
+            let batches = match q.query.run(input.clone()).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(query = %name, error = %e, "continuous query failed; its windows produced no rows");
@@ -413,40 +455,130 @@ mod tests {
         }
     }
 
+    fn engine() -> StreamEngine {
+        StreamEngine::new(StreamConfig { watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 3_600_000 }, table_rows: 100_000 })
+    }
+
     #[tokio::test]
-    async fn windows_carry_only_the_columns_their_queries_read() {
-        let mut engine = StreamEngine::new(StreamConfig {
-            watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 3_600_000 },
-            table_rows: 100_000,
-        });
-        let names = |e: &StreamEngine| -> Vec<String> { e.stages[0].op.closed_schema().fields().iter().map(|f| f.name().clone()).collect() };
+    async fn windows_carry_only_what_their_queries_read() {
+        let mut engine = engine();
         engine
             .register("CREATE CONTINUOUS QUERY a AS SELECT motor_id, window_start, avg(current_a) AS cur FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start")
             .await
             .unwrap();
-        assert_eq!(names(&engine), ["motor_id", "current_a", "window_start", "window_end"]);
+        // A plain aggregate: running sums per window, no rows kept.
+        let op = &engine.stages[0].op;
+        assert_eq!(op.row_columns(), None);
+        assert_eq!(op.aggregates().iter().map(|a| a.name()).collect::<Vec<_>>(), ["avg(current_a)"]);
+        // DISTINCT needs the rows: the stage keeps the two columns the query reads (and motor_id).
         engine
-            .register("CREATE CONTINUOUS QUERY b AS SELECT motor_id, window_start, count(DISTINCT site_id) AS sites, max(seq) AS last_seq FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') WHERE seq >= 0 GROUP BY motor_id, window_start")
+            .register("CREATE CONTINUOUS QUERY b AS SELECT motor_id, window_start, count(DISTINCT site_id) AS sites, max(seq) AS last_seq FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start")
             .await
             .unwrap();
-        assert_eq!(names(&engine), ["motor_id", "site_id", "seq", "current_a", "window_start", "window_end"]);
+        assert_eq!(engine.stages.len(), 1, "one stage serves both");
+        let names: Vec<String> = engine.stages[0].op.closed_schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, ["motor_id", "site_id", "seq", "window_start", "window_end"]);
         engine.push(&readings(), 0).await.unwrap();
         engine.close_all(0).await.unwrap();
         // 3 motors × 60 windows per query; each window's readings are its own motor's.
         let check = engine
             .sql(
-                "SELECT query, count(*) AS n, min(features['cur']) AS lo, max(features['cur']) AS hi,
-                        min(features['sites']) AS sites_lo, max(features['sites']) AS sites_hi, max(features['last_seq']) AS seq
+                "SELECT query, count(*) AS n,
+                        min(features['cur']) > 9.5 AND max(features['cur']) < 13.5 AS cur_ok,
+                        max(features['sites']) AS sites, max(features['last_seq']) AS seq
                  FROM motor_windows GROUP BY query ORDER BY query",
             )
             .await
             .unwrap();
         let text = pretty_format_batches(&check).unwrap().to_string();
-        assert!(text.contains("| a     | 180 |"), "{text}");
-        assert!(text.contains("| b     | 180 |"), "{text}");
-        let a_cur = engine.sql("SELECT min(features['cur']) > 9.5 AND max(features['cur']) < 13.5 AS ok FROM motor_windows WHERE query = 'a'").await.unwrap();
-        assert_eq!(pretty_format_batches(&a_cur).unwrap().to_string().matches("true").count(), 1, "{text}");
-        let b_seq = engine.sql("SELECT max(features['sites']) = 1 AND max(features['last_seq']) = 1799 AS ok FROM motor_windows WHERE query = 'b'").await.unwrap();
-        assert_eq!(pretty_format_batches(&b_seq).unwrap().to_string().matches("true").count(), 1, "{text}");
+        assert!(text.contains("| a     | 180 | true   |       |        |"), "{text}");
+        assert!(text.contains("| b     | 180 |        | 1.0   | 1799.0 |"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_query_registered_after_the_start_gets_a_stage_with_what_it_reads() {
+        let mut engine = engine();
+        let q = |name: &str, select: &str| format!("CREATE CONTINUOUS QUERY {name} AS SELECT motor_id, window_start, {select} FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start");
+        engine.register(&q("a", "avg(current_a) AS cur")).await.unwrap();
+        let all = readings();
+        engine.push(&all.slice(0, 900), 0).await.unwrap();
+        // Covered by the running stage: joins it.
+        engine.register(&q("b", "avg(current_a) AS cur2")).await.unwrap();
+        assert_eq!(engine.stages.len(), 1);
+        // Not covered (another aggregate): a new stage, which d (raw rows) joins as it has seen
+        // no reading yet; only the first stage reports late data.
+        engine.register(&q("c", "max(temperature_c) AS hot")).await.unwrap();
+        engine.register(&q("d", "count(DISTINCT site_id) AS sites")).await.unwrap();
+        assert_eq!(engine.stages.len(), 2);
+        assert_eq!(engine.stages.iter().map(|s| s.reports_late).collect::<Vec<_>>(), [true, false]);
+        engine.push(&all.slice(900, 900), 0).await.unwrap();
+        engine.close_all(0).await.unwrap();
+        let counts = engine.sql("SELECT query, count(*) AS n FROM motor_windows GROUP BY query ORDER BY query").await.unwrap();
+        let text = pretty_format_batches(&counts).unwrap().to_string();
+        // a sees all 60 windows per motor. b, every window that closed after it joined: the 31
+        // from [290 s, 300 s) on (the stage already tracked its aggregate, so the open window is
+        // complete). c and d, on a stage that started at 300 s: the 30 windows from there.
+        for line in ["| a     | 180 |", "| b     | 93  |", "| c     | 90  |", "| d     | 90  |"] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+
+    /// Readings of two motors with some NULL currents, 4 per second.
+    fn readings_with_nulls() -> RecordBatch {
+        let (mut motors, mut ts, mut cur) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..2_000i64 {
+            let motor = if i % 2 == 0 { "m0" } else { "m1" };
+            motors.push(motor);
+            ts.push(1_700_000_000_000 + i * 250 + (i * 37) % 200);
+            let v = 10.0 + ((i * 7919) % 1000) as f64 / 97.0 - (i as f64 / 300.0).sin();
+            cur.push(if i % 7 == 3 || (400..460).contains(&i) { None } else { Some(v) });
+        }
+        let schema = Schema::new(vec![
+            Field::new("motor_id", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+            Field::new("current_a", DataType::Float64, true),
+        ]);
+        let b = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![Arc::new(StringArray::from(motors)), Arc::new(Int64Array::from(ts)), Arc::new(Float64Array::from(cur))],
+        )
+        .unwrap();
+        conform::to_telemetry(&b, &[], 0).unwrap()
+    }
+
+    /// Every supported aggregate gives the same bits pre-aggregated as over raw rows (a filter
+    /// that keeps every row forces the raw path), for tumbling and hopping windows, with NULLs
+    /// and with windows where the column is all NULL.
+    #[tokio::test]
+    async fn preaggregated_and_raw_windows_agree() {
+        for window in ["TUMBLE(telemetry, ts, INTERVAL '10 seconds')", "HOP(telemetry, ts, INTERVAL '5 seconds', INTERVAL '15 seconds')"] {
+            let select = "count(*) AS n, count(current_a) AS c, sum(current_a) AS s, avg(current_a) AS a, min(current_a) AS lo, max(current_a) AS hi,
+                          var_samp(current_a) AS vs, var_pop(current_a) AS vp, stddev_samp(current_a) AS ss, stddev_pop(current_a) AS sp,
+                          zscore(motor_id, window_start, avg(current_a), 5) AS score";
+            let mut engine = engine();
+            for (name, filter) in [("p", ""), ("r", "WHERE seq >= 0")] {
+                engine
+                    .register(&format!("CREATE CONTINUOUS QUERY {name} AS SELECT motor_id, window_start, {select} FROM {window} {filter} GROUP BY motor_id, window_start"))
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(engine.stages.len(), 1);
+            assert!(engine.stages[0].queries[0].query.aggregates().is_some() && engine.stages[0].queries[1].query.aggregates().is_none());
+            let all = readings_with_nulls();
+            for offset in (0..all.num_rows()).step_by(333) {
+                engine.push(&all.slice(offset, 333.min(all.num_rows() - offset)), 0).await.unwrap();
+            }
+            engine.close_all(0).await.unwrap();
+            let rows = |q: &'static str| {
+                let engine = &engine;
+                async move {
+                    let b = engine.sql(&format!("SELECT motor_id, window_start, score, features FROM motor_windows WHERE query = '{q}' ORDER BY 1, 2")).await.unwrap();
+                    pretty_format_batches(&b).unwrap().to_string()
+                }
+            };
+            let (p, r) = (rows("p").await, rows("r").await);
+            assert!(p.lines().count() > 100, "{p}");
+            assert_eq!(p, r, "{window}");
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod conform;
 pub mod engine;
 mod error;
 pub mod grammar;
+pub mod preagg;
 pub mod query;
 pub mod tables;
 pub mod windowing;

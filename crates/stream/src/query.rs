@@ -23,9 +23,11 @@ use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
 use crate::grammar::{self, QueryDef, WINDOW_TABLE};
+use crate::preagg::{self, AggSpec, Rewritten};
 use crate::tables::BoundedTable;
 use crate::windowing::windowed_schema;
 use crate::{StreamError, anomaly};
+use tessera_core::WindowSpec;
 
 /// Where the engine finds what it needs in a query's output.
 #[derive(Debug, Clone)]
@@ -102,6 +104,8 @@ pub struct ContinuousQuery {
     layout: OutputLayout,
     /// The window relation's columns the plan reads (indices into [`windowed_schema`]).
     input_columns: Vec<usize>,
+    /// The plan over pre-aggregated windows, where the query has that shape.
+    preaggregated: Option<Rewritten>,
 }
 
 impl std::fmt::Debug for ContinuousQuery {
@@ -127,8 +131,22 @@ impl ContinuousQuery {
         // Plan it once physically too: type coercion and function checks happen there.
         ctx.state().create_physical_plan(&plan).await.map_err(sql_err)?;
         let layout = OutputLayout::of(&def, plan.schema())?;
-        let input_columns = window_columns(&ctx.state().optimize(&plan).map_err(sql_err)?).map_err(sql_err)?;
-        Ok(Self { def, ctx, slot, plan, layout, input_columns })
+        let optimized = ctx.state().optimize(&plan).map_err(sql_err)?;
+        let input_columns = window_columns(&optimized).map_err(sql_err)?;
+        let preaggregated = match def.window {
+            WindowSpec::Session { .. } => None, // sessions merge; they keep rows
+            _ => preagg::rewrite(&optimized).map_err(sql_err)?,
+        };
+        if let Some(p) = &preaggregated {
+            ctx.state().create_physical_plan(&p.plan).await.map_err(sql_err)?;
+        }
+        Ok(Self { def, ctx, slot, plan, layout, input_columns, preaggregated })
+    }
+
+    /// The aggregates this query reads if it runs on pre-aggregated windows (see
+    /// [`crate::preagg`]); `None` if it reads raw rows.
+    pub fn aggregates(&self) -> Option<&[AggSpec]> {
+        self.preaggregated.as_ref().map(|p| &p.specs[..])
     }
 
     /// The window relation's columns this query reads, as indices into [`windowed_schema`]:
@@ -149,14 +167,21 @@ impl ContinuousQuery {
 
     /// Runs the query over closed windows (in [`windowed_schema`], or a projection of it that
     /// holds at least [`Self::input_columns`]).
+    ///
+    /// A query with [`Self::aggregates`] runs on pre-aggregated windows instead: one row per
+    /// window in [`preagg::aggregated_schema`] holding at least its aggregates.
     pub async fn run(&self, windows: RecordBatch) -> Result<Vec<RecordBatch>, StreamError> {
-        self.slot.replace(vec![windows]);
+        let (slot, plan) = match &self.preaggregated {
+            Some(p) => (&p.table, &p.plan),
+            None => (&self.slot, &self.plan),
+        };
+        slot.replace(vec![windows]);
         let result = async {
-            let physical = self.ctx.state().create_physical_plan(&self.plan).await?;
+            let physical = self.ctx.state().create_physical_plan(plan).await?;
             collect(physical, self.ctx.task_ctx()).await
         }
         .await;
-        self.slot.replace(Vec::new());
+        slot.replace(Vec::new());
         result.map_err(|source| StreamError::Run { query: self.def.name.clone(), source })
     }
 }

@@ -17,11 +17,12 @@ use datafusion::physical_plan::ExecutionPlan;
 
 /// A one-partition in-memory scan of `batches`.
 ///
-/// The batches may hold only some of the table's columns (a window relation carries only the
-/// columns its queries read); the projection, which names the table's columns, is then mapped
-/// onto theirs by name, and asking for a column they lack is an error.
+/// The batches may hold other columns than the table's (a window relation carries only the
+/// columns its queries read; a pre-aggregated one, the aggregates of all the queries on those
+/// windows); the projection, which names the table's columns, is then mapped onto theirs by
+/// name, and asking for a column they lack is an error.
 fn memory_scan(batches: Vec<RecordBatch>, schema: &SchemaRef, projection: Option<&Vec<usize>>) -> Result<Arc<dyn ExecutionPlan>> {
-    let Some(stored) = batches.first().map(|b| b.schema()).filter(|s| s.fields().len() != schema.fields().len()) else {
+    let Some(stored) = batches.first().map(|b| b.schema()).filter(|s| s.fields() != schema.fields()) else {
         let exec = MemorySourceConfig::try_new_exec(&[batches], schema.clone(), projection.cloned())?;
         return Ok(exec as Arc<dyn ExecutionPlan>);
     };

@@ -4,8 +4,12 @@
 //! Rows are not copied on the way in: the operator keeps the ingest batches and, per open
 //! window, the (batch, row) positions of its readings; a closing window gathers its rows with
 //! Arrow's `interleave`. A batch is dropped once no open window and no pending late row points
-//! into it. Only the columns its queries read are gathered ([`WindowOperator::set_columns`]);
+//! into it. Only the columns its queries read are gathered ([`WindowOperator::set_outputs`]);
 //! `motor_id` and `site_id` are written from the window's motor rather than gathered.
+//!
+//! Tumbling and hopping windows can also fold each reading into running aggregates
+//! ([`crate::preagg`]) as it arrives; when no query needs the rows themselves, the operator then
+//! keeps no rows at all, only a few numbers per open window.
 //!
 //! Watermarks are per motor (see [`tessera_core::MotorWatermark`]): a window closes when its
 //! motor's watermark (newest event time minus the allowed lateness) passes its end, or when the
@@ -16,12 +20,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray, UInt64Array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray, UInt64Array,
+};
 use datafusion::arrow::compute::{interleave, interleave_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use tessera_core::{MotorWatermark, TelemetryColumn, WatermarkPolicy, Window, WindowSpec, telemetry_schema};
 
 use crate::StreamError;
+use crate::preagg::{AggKind, AggSpec, ColumnStats, aggregated_schema};
 
 /// The schema of closed-window batches: the telemetry columns, then `window_start` and
 /// `window_end` (Timestamp ms UTC).
@@ -52,12 +59,38 @@ struct OpenWindow {
     /// Newest event time inside (sessions grow from it).
     last_event_ms: i64,
     rows: Vec<RowRef>,
+    /// Readings in the window.
+    count: u64,
+    /// Running statistics of the aggregated columns (see [`WindowOperator::set_outputs`]).
+    stats: Vec<ColumnStats>,
 }
 
 impl OpenWindow {
-    fn new(end_ms: i64, capacity: usize) -> Self {
-        Self { end_ms, last_event_ms: i64::MIN, rows: Vec::with_capacity(capacity) }
+    fn new(end_ms: i64, capacity: usize, aggregated_columns: usize) -> Self {
+        Self { end_ms, last_event_ms: i64::MIN, rows: Vec::with_capacity(capacity), count: 0, stats: vec![ColumnStats::default(); aggregated_columns] }
     }
+
+    /// Adds a reading: its position if rows are kept, its values to the running statistics.
+    #[inline]
+    fn fold(&mut self, r: RowRef, ts: i64, keep_rows: bool, inputs: &[AggInput]) {
+        if keep_rows {
+            self.rows.push(r);
+        }
+        self.count += 1;
+        self.last_event_ms = self.last_event_ms.max(ts);
+        let row = r.1 as usize;
+        for (stats, input) in self.stats.iter_mut().zip(inputs) {
+            if input.values.is_valid(row) {
+                stats.add(input.values.value(row), input.moments);
+            }
+        }
+    }
+}
+
+/// A column the operator aggregates, in the batch being pushed.
+struct AggInput<'a> {
+    values: &'a Float64Array,
+    moments: bool,
 }
 
 /// One motor's windows.
@@ -193,19 +226,31 @@ pub struct WindowOperator {
     arena: Arena,
     late: Vec<RowRef>,
     stats: WindowStats,
+    /// Whether windows keep their rows (some query reads raw rows).
+    keep_rows: bool,
     /// The telemetry columns closed windows carry (indices, ascending).
     columns: Vec<usize>,
     /// The schema of closed-window batches: `columns`, then `window_start`, `window_end`.
     closed_schema: SchemaRef,
+    /// The aggregates computed as readings arrive, and the pre-aggregated batches' schema.
+    aggregates: Vec<AggSpec>,
+    aggregates_schema: SchemaRef,
+    /// The columns those aggregates read (telemetry index, whether variance terms are needed),
+    /// and for each aggregate, its column's position here.
+    aggregated_columns: Vec<(usize, bool)>,
+    aggregate_input: Vec<usize>,
 }
 
 /// What one step closed.
 #[derive(Debug)]
 pub struct Closed {
     /// The rows of every window that closed, in [`windowed_schema`] projected to the operator's
-    /// columns ([`WindowOperator::set_columns`]), grouped by motor and window; `None` if none
-    /// closed.
+    /// columns ([`WindowOperator::set_outputs`]), grouped by motor and window; `None` if none
+    /// closed or rows are not kept.
     pub windows: Option<RecordBatch>,
+    /// One row per closed window with its aggregates ([`crate::preagg::aggregated_schema`]);
+    /// `None` if none closed or no aggregates are computed.
+    pub aggregates: Option<RecordBatch>,
     /// How many windows closed.
     pub count: usize,
     /// Motor id → site of the motors whose windows closed.
@@ -214,7 +259,7 @@ pub struct Closed {
 
 impl Closed {
     fn none() -> Self {
-        Self { windows: None, count: 0, sites: HashMap::new() }
+        Self { windows: None, aggregates: None, count: 0, sites: HashMap::new() }
     }
 }
 
@@ -229,8 +274,13 @@ impl WindowOperator {
             arena: Arena::default(),
             late: Vec::new(),
             stats: WindowStats::default(),
+            keep_rows: true,
             columns: (0..telemetry_schema().fields().len()).collect(),
             closed_schema: windowed_schema(),
+            aggregates: Vec::new(),
+            aggregates_schema: aggregated_schema(&[]),
+            aggregated_columns: Vec::new(),
+            aggregate_input: Vec::new(),
         }
     }
 
@@ -239,10 +289,60 @@ impl WindowOperator {
         self.closed_schema.clone()
     }
 
-    /// Which columns closed windows carry: indices into [`windowed_schema`] (the union of what
-    /// the queries on these windows read). `window_start` and `window_end` are always there;
-    /// other telemetry columns are left out, so they cost nothing to gather.
-    pub fn set_columns(&mut self, columns: impl IntoIterator<Item = usize>) {
+    /// True once a reading arrived: from then on, outputs can only be widened for windows
+    /// that open later, so the engine sets them before.
+    pub fn has_input(&self) -> bool {
+        self.stats.rows_in + self.stats.rows_late > 0
+    }
+
+    /// What closed windows carry:
+    /// - `rows`: the raw columns, as indices into [`windowed_schema`] (the union of what the
+    ///   raw-row queries on these windows read), or `None` if no query reads raw rows (the
+    ///   operator then keeps none). `window_start` and `window_end` are always there; other
+    ///   telemetry columns are left out, so they cost nothing to gather.
+    /// - `aggregates`: what to compute as readings arrive (tumbling and hopping windows only).
+    pub fn set_outputs(&mut self, rows: Option<Vec<usize>>, aggregates: Vec<AggSpec>) {
+        assert!(
+            aggregates.is_empty() || !matches!(self.spec, WindowSpec::Session { .. }),
+            "session windows merge, so they keep rows rather than running aggregates"
+        );
+        self.keep_rows = rows.is_some();
+        self.set_columns(rows.unwrap_or_default());
+        let mut aggregates = aggregates;
+        aggregates.sort_unstable();
+        aggregates.dedup();
+        self.aggregated_columns.clear();
+        self.aggregate_input.clear();
+        for a in &aggregates {
+            if a.kind == AggKind::CountRows {
+                self.aggregate_input.push(usize::MAX);
+                continue;
+            }
+            let pos = match self.aggregated_columns.iter().position(|(c, _)| *c == a.column) {
+                Some(p) => p,
+                None => {
+                    self.aggregated_columns.push((a.column, false));
+                    self.aggregated_columns.len() - 1
+                }
+            };
+            self.aggregated_columns[pos].1 |= a.needs_moments();
+            self.aggregate_input.push(pos);
+        }
+        self.aggregates_schema = aggregated_schema(&aggregates);
+        self.aggregates = aggregates;
+    }
+
+    /// The raw aggregates computed as readings arrive.
+    pub fn aggregates(&self) -> &[AggSpec] {
+        &self.aggregates
+    }
+
+    /// Whether windows keep rows, and which columns they carry.
+    pub fn row_columns(&self) -> Option<&[usize]> {
+        self.keep_rows.then_some(&self.columns[..])
+    }
+
+    fn set_columns(&mut self, columns: impl IntoIterator<Item = usize>) {
         let width = telemetry_schema().fields().len();
         let mut columns: Vec<usize> = columns.into_iter().filter(|&c| c < width).collect();
         columns.sort_unstable();
@@ -277,6 +377,14 @@ impl WindowOperator {
         let motors = column::<StringArray>(batch, TelemetryColumn::MotorId)?;
         let sites = column::<StringArray>(batch, TelemetryColumn::SiteId)?;
         let times = column::<TimestampMillisecondArray>(batch, TelemetryColumn::Ts)?;
+        let inputs: Vec<AggInput> = self
+            .aggregated_columns
+            .iter()
+            .map(|&(c, moments)| {
+                let values = batch.column(c).as_any().downcast_ref::<Float64Array>().ok_or_else(|| StreamError::Schema(format!("column {c} is not Float64")))?;
+                Ok(AggInput { values, moments })
+            })
+            .collect::<Result<_, StreamError>>()?;
         let slot = self.arena.insert(batch.clone());
         let mut touched: Vec<usize> = Vec::new();
         let mut refs = 0;
@@ -292,14 +400,16 @@ impl WindowOperator {
                 }
             };
             let r = (slot, row as u32);
-            match self.add(idx, times.value(row), now_ms, r) {
+            match self.add(idx, times.value(row), now_ms, r, &inputs) {
                 0 => {
                     refs += 1;
                     self.late.push(r);
                     self.stats.rows_late += 1;
                 }
                 added => {
-                    refs += added;
+                    if self.keep_rows {
+                        refs += added;
+                    }
                     self.stats.rows_in += 1;
                     if touched.last() != Some(&idx) {
                         touched.push(idx);
@@ -351,7 +461,8 @@ impl WindowOperator {
 
     /// Adds one reading to its motor's windows; returns how many windows it joined (0: it is
     /// late). The caller counts the batch references.
-    fn add(&mut self, idx: usize, ts: i64, now_ms: i64, r: RowRef) -> usize {
+    fn add(&mut self, idx: usize, ts: i64, now_ms: i64, r: RowRef, inputs: &[AggInput]) -> usize {
+        let keep_rows = self.keep_rows;
         let m = &mut self.motors[idx];
         if !m.watermark.observe(ts, now_ms, &self.policy) {
             return 0;
@@ -368,7 +479,8 @@ impl WindowOperator {
                     .filter(|(_, w)| w.end_ms > ts)
                     .map(|(s, _)| *s)
                     .collect();
-                let mut merged = OpenWindow { end_ms: ts + gap_ms, last_event_ms: ts, rows: vec![r] };
+                let mut merged = OpenWindow::new(ts + gap_ms, 1, 0);
+                merged.fold(r, ts, true, &[]);
                 let mut start = ts;
                 for s in touching {
                     let w = m.open.remove(&s).expect("session exists");
@@ -376,6 +488,7 @@ impl WindowOperator {
                     merged.last_event_ms = merged.last_event_ms.max(w.last_event_ms);
                     merged.end_ms = merged.end_ms.max(w.end_ms);
                     merged.rows.extend(w.rows);
+                    merged.count += w.count;
                 }
                 m.open.insert(start, merged);
                 1
@@ -390,10 +503,9 @@ impl WindowOperator {
                 let w = match m.open.last_entry() {
                     // Most readings join the motor's newest window.
                     Some(newest) if *newest.key() == start_ms => newest.into_mut(),
-                    _ => m.open.entry(start_ms).or_insert_with(|| OpenWindow::new(end_ms, m.typical_rows)),
+                    _ => m.open.entry(start_ms).or_insert_with(|| OpenWindow::new(end_ms, m.typical_rows, inputs.len())),
                 };
-                w.rows.push(r);
-                w.last_event_ms = w.last_event_ms.max(ts);
+                w.fold(r, ts, keep_rows, inputs);
                 1
             }
             spec => {
@@ -402,9 +514,8 @@ impl WindowOperator {
                     return 0;
                 }
                 for Window { start_ms, end_ms } in &windows {
-                    let w = m.open.entry(*start_ms).or_insert_with(|| OpenWindow::new(*end_ms, m.typical_rows));
-                    w.rows.push(r);
-                    w.last_event_ms = w.last_event_ms.max(ts);
+                    let w = m.open.entry(*start_ms).or_insert_with(|| OpenWindow::new(*end_ms, m.typical_rows, inputs.len()));
+                    w.fold(r, ts, keep_rows, inputs);
                 }
                 windows.len()
             }
@@ -428,7 +539,7 @@ impl WindowOperator {
                 let w = m.open.remove(&start).expect("open window");
                 m.emitted_through_ms = m.emitted_through_ms.max(w.end_ms);
                 m.typical_rows = w.rows.len();
-                bounds.push(ClosedWindow { motor: idx, start_ms: start, end_ms: w.end_ms, rows: w.rows.len() });
+                bounds.push(ClosedWindow { motor: idx, start_ms: start, end_ms: w.end_ms, rows: w.rows.len(), count: w.count, stats: w.stats });
                 sites.entry(m.id.to_string()).or_insert_with(|| m.site.to_string());
                 rows.extend_from_slice(&w.rows);
                 if idle {
@@ -439,52 +550,85 @@ impl WindowOperator {
         if bounds.is_empty() {
             return Ok(Closed::none());
         }
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.columns.len() + 2);
-        {
-            let (batches, picks) = self.arena.picks(&rows);
-            for &c in &self.columns {
-                let column = if c == TelemetryColumn::MotorId as usize {
-                    repeat_text(&bounds, |w| &self.motors[w.motor].id)
-                } else if c == TelemetryColumn::SiteId as usize {
-                    repeat_text(&bounds, |w| &self.motors[w.motor].site)
-                } else {
-                    Arena::gather_column(&batches, &picks, c)?
-                };
-                columns.push(column);
-            }
-        }
-        self.arena.release_rows(&rows);
         self.stats.windows_closed += bounds.len() as u64;
-        let total = rows.len();
-        let mut starts = Vec::with_capacity(total);
-        let mut ends = Vec::with_capacity(total);
-        for w in &bounds {
-            starts.extend(std::iter::repeat_n(w.start_ms, w.rows));
-            ends.extend(std::iter::repeat_n(w.end_ms, w.rows));
+        let windows = if self.keep_rows { Some(self.raw_windows(&bounds, &rows)?) } else { None };
+        self.arena.release_rows(&rows);
+        let aggregates = if self.aggregates.is_empty() { None } else { Some(self.aggregated_windows(&bounds)?) };
+        Ok(Closed { windows, aggregates, count: bounds.len(), sites })
+    }
+
+    /// The closed windows' rows (`rows`, in window order) in the closed-window schema.
+    fn raw_windows(&self, bounds: &[ClosedWindow], rows: &[RowRef]) -> Result<RecordBatch, StreamError> {
+        let per_row = |w: &ClosedWindow| w.rows;
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.columns.len() + 2);
+        let (batches, picks) = self.arena.picks(rows);
+        for &c in &self.columns {
+            let column = if c == TelemetryColumn::MotorId as usize {
+                repeat_text(bounds, per_row, |w| &self.motors[w.motor].id)
+            } else if c == TelemetryColumn::SiteId as usize {
+                repeat_text(bounds, per_row, |w| &self.motors[w.motor].site)
+            } else {
+                Arena::gather_column(&batches, &picks, c)?
+            };
+            columns.push(column);
         }
-        columns.push(Arc::new(TimestampMillisecondArray::from(starts).with_timezone("UTC")));
-        columns.push(Arc::new(TimestampMillisecondArray::from(ends).with_timezone("UTC")));
-        let windows = RecordBatch::try_new(self.closed_schema.clone(), columns)?;
-        Ok(Closed { windows: Some(windows), count: bounds.len(), sites })
+        columns.extend(window_bounds(bounds, per_row));
+        Ok(RecordBatch::try_new(self.closed_schema.clone(), columns)?)
+    }
+
+    /// One row per closed window: keys, then each aggregate's value.
+    fn aggregated_windows(&self, bounds: &[ClosedWindow]) -> Result<RecordBatch, StreamError> {
+        let once = |_: &ClosedWindow| 1;
+        let mut columns: Vec<ArrayRef> = vec![
+            repeat_text(bounds, once, |w| &self.motors[w.motor].id),
+            repeat_text(bounds, once, |w| &self.motors[w.motor].site),
+        ];
+        columns.extend(window_bounds(bounds, once));
+        for (spec, &input) in self.aggregates.iter().zip(&self.aggregate_input) {
+            let column: ArrayRef = match spec.kind {
+                AggKind::CountRows => Arc::new(Int64Array::from_iter_values(bounds.iter().map(|w| w.count as i64))),
+                AggKind::Count => Arc::new(Int64Array::from_iter_values(bounds.iter().map(|w| w.stats[input].count as i64))),
+                kind => Arc::new(bounds.iter().map(|w| w.stats[input].f64_value(kind)).collect::<Float64Array>()),
+            };
+            columns.push(column);
+        }
+        Ok(RecordBatch::try_new(self.aggregates_schema.clone(), columns)?)
     }
 }
 
-/// A window being emitted: its motor, bounds and row count.
+/// A window being emitted: its motor, bounds, buffered rows, reading count and statistics.
 struct ClosedWindow {
     motor: usize,
     start_ms: i64,
     end_ms: i64,
     rows: usize,
+    count: u64,
+    stats: Vec<ColumnStats>,
 }
 
-/// A text column holding each window's value (its motor's id or site) once per row.
-fn repeat_text<'v>(windows: &[ClosedWindow], value: impl Fn(&ClosedWindow) -> &'v str) -> ArrayRef {
-    let rows = windows.iter().map(|w| w.rows).sum();
-    let bytes = windows.iter().map(|w| w.rows * value(w).len()).sum();
+/// `window_start` and `window_end` columns, each window's bounds repeated `repeat(window)` times.
+fn window_bounds(windows: &[ClosedWindow], repeat: impl Fn(&ClosedWindow) -> usize) -> [ArrayRef; 2] {
+    let total = windows.iter().map(&repeat).sum();
+    let mut starts = Vec::with_capacity(total);
+    let mut ends = Vec::with_capacity(total);
+    for w in windows {
+        starts.extend(std::iter::repeat_n(w.start_ms, repeat(w)));
+        ends.extend(std::iter::repeat_n(w.end_ms, repeat(w)));
+    }
+    [
+        Arc::new(TimestampMillisecondArray::from(starts).with_timezone("UTC")),
+        Arc::new(TimestampMillisecondArray::from(ends).with_timezone("UTC")),
+    ]
+}
+
+/// A text column holding each window's value (its motor's id or site) `repeat(window)` times.
+fn repeat_text<'v>(windows: &[ClosedWindow], repeat: impl Fn(&ClosedWindow) -> usize, value: impl Fn(&ClosedWindow) -> &'v str) -> ArrayRef {
+    let rows = windows.iter().map(&repeat).sum();
+    let bytes = windows.iter().map(|w| repeat(w) * value(w).len()).sum();
     let mut builder = StringBuilder::with_capacity(rows, bytes);
     for w in windows {
         let v = value(w);
-        for _ in 0..w.rows {
+        for _ in 0..repeat(w) {
             builder.append_value(v);
         }
     }
