@@ -137,9 +137,16 @@ impl ContinuousQuery {
             WindowSpec::Session { .. } => None, // sessions merge; they keep rows
             _ => preagg::rewrite(&optimized).map_err(sql_err)?,
         };
-        if let Some(p) = &preaggregated {
-            ctx.state().create_physical_plan(&p.plan).await.map_err(sql_err)?;
-        }
+        let preaggregated = match preaggregated {
+            Some(mut p) => {
+                p.plan = ctx.state().optimize(&p.plan).map_err(sql_err)?;
+                ctx.state().create_physical_plan(&p.plan).await.map_err(sql_err)?;
+                Some(p)
+            }
+            None => None,
+        };
+        // Runs plan the optimised plan physically, without optimising it again each time.
+        let plan = optimized;
         Ok(Self { def, ctx, slot, plan, layout, input_columns, preaggregated })
     }
 
@@ -177,7 +184,8 @@ impl ContinuousQuery {
         };
         slot.replace(vec![windows]);
         let result = async {
-            let physical = self.ctx.state().create_physical_plan(plan).await?;
+            let state = self.ctx.state();
+            let physical = state.query_planner().create_physical_plan(plan, &state).await?;
             collect(physical, self.ctx.task_ctx()).await
         }
         .await;

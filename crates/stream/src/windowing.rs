@@ -221,7 +221,9 @@ pub struct WindowOperator {
     policy: WatermarkPolicy,
     /// Motor id → index; foldhash because this lookup runs once per reading (short keys, no
     /// need for DoS resistance: the ids passed ingest validation).
-    motor_index: HashMap<Arc<str>, usize, foldhash::fast::FixedState>,
+    motor_index: HashMap<u128, usize, foldhash::fast::FixedState>,
+    /// The same for ids too long for [`short_key`].
+    long_motor_index: HashMap<Arc<str>, usize, foldhash::fast::FixedState>,
     motors: Vec<MotorWindows>,
     arena: Arena,
     late: Vec<RowRef>,
@@ -239,6 +241,19 @@ pub struct WindowOperator {
     /// and for each aggregate, its column's position here.
     aggregated_columns: Vec<(usize, bool)>,
     aggregate_input: Vec<usize>,
+}
+
+/// A motor id of up to 15 bytes (the usual case) packed with its length into an integer, so
+/// the per-reading lookup hashes and compares an integer, not a string; `None` for longer ids.
+#[inline]
+fn short_key(id: &str) -> Option<u128> {
+    let bytes = id.as_bytes();
+    (bytes.len() < 16).then(|| {
+        let mut packed = [0u8; 16];
+        packed[..bytes.len()].copy_from_slice(bytes);
+        packed[15] = bytes.len() as u8;
+        u128::from_le_bytes(packed)
+    })
 }
 
 /// What one step closed.
@@ -270,6 +285,7 @@ impl WindowOperator {
             spec,
             policy,
             motor_index: HashMap::with_hasher(foldhash::fast::FixedState::default()),
+            long_motor_index: HashMap::with_hasher(foldhash::fast::FixedState::default()),
             motors: Vec::new(),
             arena: Arena::default(),
             late: Vec::new(),
@@ -388,17 +404,9 @@ impl WindowOperator {
         let slot = self.arena.insert(batch.clone());
         let mut touched: Vec<usize> = Vec::new();
         let mut refs = 0;
-        let mut last: Option<(&str, usize)> = None;
         for row in 0..batch.num_rows() {
             let motor = motors.value(row);
-            let idx = match last {
-                Some((m, i)) if m == motor => i,
-                _ => {
-                    let i = self.motor(motor, sites.value(row));
-                    last = Some((motor, i));
-                    i
-                }
-            };
+            let idx = self.motor(motor, sites.value(row));
             let r = (slot, row as u32);
             match self.add(idx, times.value(row), now_ms, r, &inputs) {
                 0 => {
@@ -449,14 +457,24 @@ impl WindowOperator {
         Ok(Some(batch))
     }
 
+    #[inline]
     fn motor(&mut self, motor: &str, site: &str) -> usize {
-        if let Some(&i) = self.motor_index.get(motor) {
+        let key = short_key(motor);
+        let found = match key {
+            Some(k) => self.motor_index.get(&k),
+            None => self.long_motor_index.get(motor),
+        };
+        if let Some(&i) = found {
             return i;
         }
         let id: Arc<str> = Arc::from(motor);
         self.motors.push(MotorWindows { id: id.clone(), site: Arc::from(site), emitted_through_ms: i64::MIN, ..Default::default() });
-        self.motor_index.insert(id, self.motors.len() - 1);
-        self.motors.len() - 1
+        let i = self.motors.len() - 1;
+        match key {
+            Some(k) => self.motor_index.insert(k, i),
+            None => self.long_motor_index.insert(id, i),
+        };
+        i
     }
 
     /// Adds one reading to its motor's windows; returns how many windows it joined (0: it is
