@@ -17,7 +17,7 @@
 //! watermark, or if its earliest window has already been emitted; late readings are not added to
 //! any window but returned on the late path.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{
@@ -87,6 +87,59 @@ impl OpenWindow {
     }
 }
 
+/// A motor's open windows, sorted by start. A motor has few open at once (one or two for a
+/// tumbling window, size/slide for a hopping one), so a sorted vector beats a tree: it is
+/// compact, and the reading's window is usually the last one.
+#[derive(Debug, Default)]
+struct OpenWindows(Vec<(i64, OpenWindow)>);
+
+impl OpenWindows {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&i64, &OpenWindow)> {
+        self.0.iter().map(|(s, w)| (s, w))
+    }
+
+    /// Windows starting before `start_ms`.
+    fn starting_before(&self, start_ms: i64) -> impl Iterator<Item = (&i64, &OpenWindow)> {
+        self.iter().take_while(move |(s, _)| **s < start_ms)
+    }
+
+    fn remove(&mut self, start_ms: &i64) -> Option<OpenWindow> {
+        let i = self.0.binary_search_by_key(start_ms, |(s, _)| *s).ok()?;
+        Some(self.0.remove(i).1)
+    }
+
+    fn insert(&mut self, start_ms: i64, window: OpenWindow) {
+        match self.0.binary_search_by_key(&start_ms, |(s, _)| *s) {
+            Ok(i) => self.0[i].1 = window,
+            Err(i) => self.0.insert(i, (start_ms, window)),
+        }
+    }
+
+    /// The window starting at `start_ms`, opened with `open` if missing.
+    #[inline]
+    fn get_or_open(&mut self, start_ms: i64, open: impl FnOnce() -> OpenWindow) -> &mut OpenWindow {
+        let i = match self.0.last() {
+            Some((s, _)) if *s == start_ms => self.0.len() - 1,
+            _ => match self.0.binary_search_by_key(&start_ms, |(s, _)| *s) {
+                Ok(i) => i,
+                Err(i) => {
+                    self.0.insert(i, (start_ms, open()));
+                    i
+                }
+            },
+        };
+        &mut self.0[i].1
+    }
+}
+
 /// A column the operator aggregates, in the batch being pushed.
 struct AggInput<'a> {
     values: &'a Float64Array,
@@ -103,7 +156,7 @@ struct MotorWindows {
     /// Windows ending at or before this were emitted.
     emitted_through_ms: i64,
     /// Open windows by start.
-    open: BTreeMap<i64, OpenWindow>,
+    open: OpenWindows,
     /// Rows in the motor's last emitted window: a new window's buffer starts at this size.
     typical_rows: usize,
 }
@@ -493,7 +546,7 @@ impl WindowOperator {
                 // Merge every session the new reading touches: [ts, ts + gap) overlaps [start, end).
                 let touching: Vec<i64> = m
                     .open
-                    .range(..ts.saturating_add(gap_ms))
+                    .starting_before(ts.saturating_add(gap_ms))
                     .filter(|(_, w)| w.end_ms > ts)
                     .map(|(s, _)| *s)
                     .collect();
@@ -518,11 +571,8 @@ impl WindowOperator {
                 if end_ms <= m.emitted_through_ms {
                     return 0;
                 }
-                let w = match m.open.last_entry() {
-                    // Most readings join the motor's newest window.
-                    Some(newest) if *newest.key() == start_ms => newest.into_mut(),
-                    _ => m.open.entry(start_ms).or_insert_with(|| OpenWindow::new(end_ms, m.typical_rows, inputs.len())),
-                };
+                let typical_rows = m.typical_rows;
+                let w = m.open.get_or_open(start_ms, || OpenWindow::new(end_ms, typical_rows, inputs.len()));
                 w.fold(r, ts, keep_rows, inputs);
                 1
             }
@@ -532,7 +582,8 @@ impl WindowOperator {
                     return 0;
                 }
                 for Window { start_ms, end_ms } in &windows {
-                    let w = m.open.entry(*start_ms).or_insert_with(|| OpenWindow::new(*end_ms, m.typical_rows, inputs.len()));
+                    let typical_rows = m.typical_rows;
+                    let w = m.open.get_or_open(*start_ms, || OpenWindow::new(*end_ms, typical_rows, inputs.len()));
                     w.fold(r, ts, keep_rows, inputs);
                 }
                 windows.len()
