@@ -144,8 +144,8 @@ pub struct WindowScore<'a> {
     pub window_end_ms: i64,
     /// The score, if any.
     pub score: Option<f64>,
-    /// The window's features.
-    pub features: BTreeMap<String, f64>,
+    /// The window's features (name, value), sorted by name.
+    pub features: Vec<(&'a str, f64)>,
 }
 
 /// Hysteresis state of one query's alerts, per motor.
@@ -225,7 +225,7 @@ impl AlertTracker {
             window_end_ms: w.window_end_ms,
             opened_window_start_ms: open.opened_window_start_ms,
             emitted_at_ms: now_ms,
-            features: w.features,
+            features: w.features.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         })
     }
 }
@@ -341,7 +341,7 @@ impl MotorWindowsBuilder {
         self.end.push(w.window_end_ms);
         self.score.append_option(w.score);
         for (k, v) in &w.features {
-            self.features.keys().append_value(k);
+            self.features.keys().append_value(*k);
             self.features.values().append_value(*v);
         }
         self.features.append(true).expect("map entries are balanced");
@@ -379,7 +379,7 @@ mod tests {
                     window_start_ms: i as i64 * 10,
                     window_end_ms: i as i64 * 10 + 10,
                     score: *s,
-                    features: BTreeMap::new(),
+                    features: Vec::new(),
                 };
                 t.observe(w, 0).map(|e| (e.window_start_ms, e.state, e.severity))
             })

@@ -5,7 +5,7 @@
 //! closed windows. Time is passed in (`now_ms`), never read from the clock here, so tests and
 //! replays are deterministic.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray};
@@ -315,7 +315,7 @@ impl StreamEngine {
 /// Reads a query's output rows.
 fn scores<'a>(
     batch: &'a RecordBatch,
-    layout: &OutputLayout,
+    layout: &'a OutputLayout,
     spec: &WindowSpec,
     sites: &'a HashMap<String, String>,
 ) -> Result<Vec<WindowScore<'a>>, StreamError> {
@@ -335,11 +335,12 @@ fn scores<'a>(
         Ok(a.as_any().downcast_ref::<datafusion::arrow::array::Float64Array>().expect("cast to Float64").clone())
     };
     let score = layout.score.map(as_f64).transpose()?;
-    let features: Vec<(String, datafusion::arrow::array::Float64Array)> = layout
+    let mut features: Vec<(&'a str, datafusion::arrow::array::Float64Array)> = layout
         .features
         .iter()
-        .map(|&i| Ok((layout.schema.field(i).name().clone(), as_f64(i)?)))
+        .map(|&i| Ok((layout.schema.field(i).name().as_str(), as_f64(i)?)))
         .collect::<Result<_, StreamError>>()?;
+    features.sort_by_key(|(name, _)| *name);
     let mut out = Vec::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {
         if motors.is_null(row) || starts.is_null(row) {
@@ -357,11 +358,8 @@ fn scores<'a>(
             tracing::warn!(motor = motors.value(row), "query output names a motor not in its windows; row skipped");
             continue;
         };
-        let features: BTreeMap<String, f64> = features
-            .iter()
-            .filter(|(_, a)| !a.is_null(row) && a.value(row).is_finite())
-            .map(|(n, a)| (n.clone(), a.value(row)))
-            .collect();
+        let features: Vec<(&'a str, f64)> =
+            features.iter().filter(|(_, a)| !a.is_null(row) && a.value(row).is_finite()).map(|(n, a)| (*n, a.value(row))).collect();
         out.push(WindowScore {
             motor_id,
             site_id: sites.get(motor_id).map(String::as_str).unwrap_or(""),
