@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, DataFusionError, ScalarValue};
+use datafusion::common::{Column, DataFusionError};
 use datafusion::datasource::provider_as_source;
 use datafusion::functions_aggregate::expr_fn::max;
 use datafusion::logical_expr::expr::AggregateFunction;
@@ -142,29 +142,20 @@ impl ColumnStats {
         }
     }
 
-    /// The aggregate's value (None where SQL gives NULL). `rows` is the window's row count.
-    pub fn value(&self, kind: AggKind, rows: u64) -> Option<ScalarValue> {
-        let n = self.count;
-        let float = |v: Option<f64>| Some(ScalarValue::Float64(v));
-        match kind {
-            AggKind::CountRows => Some(ScalarValue::Int64(Some(rows as i64))),
-            AggKind::Count => Some(ScalarValue::Int64(Some(n as i64))),
-            AggKind::Sum => float((n > 0).then_some(self.sum)),
-            AggKind::Avg => float((n > 0).then(|| self.sum / n as f64)),
-            AggKind::Min => float((n > 0).then_some(self.min)),
-            AggKind::Max => float((n > 0).then_some(self.max)),
-            AggKind::VarSamp => float((n > 1).then(|| self.m2 / (n - 1) as f64)),
-            AggKind::VarPop => float((n > 0).then(|| self.m2 / n as f64)),
-            AggKind::StddevSamp => float((n > 1).then(|| (self.m2 / (n - 1) as f64).sqrt())),
-            AggKind::StddevPop => float((n > 0).then(|| (self.m2 / n as f64).sqrt())),
-        }
-    }
-
-    /// The value as f64 (for building Float64 columns); None is NULL.
+    /// A floating-point aggregate's value; `None` where SQL gives NULL (and for the counts,
+    /// which the window operator reads from [`Self::count`] and the window's row count).
     pub fn f64_value(&self, kind: AggKind) -> Option<f64> {
-        match self.value(kind, 0) {
-            Some(ScalarValue::Float64(v)) => v,
-            _ => None,
+        let n = self.count;
+        match kind {
+            AggKind::CountRows | AggKind::Count => None,
+            AggKind::Sum => (n > 0).then_some(self.sum),
+            AggKind::Avg => (n > 0).then(|| self.sum / n as f64),
+            AggKind::Min => (n > 0).then_some(self.min),
+            AggKind::Max => (n > 0).then_some(self.max),
+            AggKind::VarSamp => (n > 1).then(|| self.m2 / (n - 1) as f64),
+            AggKind::VarPop => (n > 0).then(|| self.m2 / n as f64),
+            AggKind::StddevSamp => (n > 1).then(|| (self.m2 / (n - 1) as f64).sqrt()),
+            AggKind::StddevPop => (n > 0).then(|| (self.m2 / n as f64).sqrt()),
         }
     }
 }

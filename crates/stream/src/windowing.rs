@@ -401,7 +401,7 @@ impl WindowOperator {
         self.aggregates = aggregates;
     }
 
-    /// The raw aggregates computed as readings arrive.
+    /// The aggregates computed as readings arrive.
     pub fn aggregates(&self) -> &[AggSpec] {
         &self.aggregates
     }
