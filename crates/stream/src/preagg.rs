@@ -19,6 +19,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use datafusion::arrow::array::{Array, Float64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DataFusionError};
@@ -140,6 +141,26 @@ impl ColumnStats {
             let delta2 = value - self.mean;
             self.m2 += delta1 * delta2;
         }
+    }
+
+    /// Folds in the values of `values` at `rows`, in that order, skipping NULLs: the same as
+    /// [`Self::add`] value by value, with the running numbers kept in registers for the run.
+    #[inline]
+    pub fn add_rows(&mut self, values: &Float64Array, rows: &[u32], moments: bool) {
+        let mut stats = *self;
+        let raw = values.values();
+        match (values.nulls(), moments) {
+            (None, true) => rows.iter().for_each(|&r| stats.add(raw[r as usize], true)),
+            (None, false) => rows.iter().for_each(|&r| stats.add(raw[r as usize], false)),
+            (Some(nulls), _) => {
+                for &r in rows {
+                    if nulls.is_valid(r as usize) {
+                        stats.add(raw[r as usize], moments);
+                    }
+                }
+            }
+        }
+        *self = stats;
     }
 
     /// A floating-point aggregate's value; `None` where SQL gives NULL (and for the counts,

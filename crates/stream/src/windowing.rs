@@ -11,6 +11,10 @@
 //! ([`crate::preagg`]) as it arrives; when no query needs the rows themselves, the operator then
 //! keeps no rows at all, only a few numbers per open window.
 //!
+//! A pushed batch is first grouped by motor (a counting sort that keeps arrival order within
+//! a motor), so each motor's watermark and open windows are looked up once per batch, and a
+//! motor's readings for one window are folded in column by column.
+//!
 //! Watermarks are per motor (see [`tessera_core::MotorWatermark`]): a window closes when its
 //! motor's watermark (newest event time minus the allowed lateness) passes its end, or when the
 //! motor has been silent for the idle timeout. A reading is late if it is behind its motor's
@@ -73,16 +77,20 @@ impl OpenWindow {
     /// Adds a reading: its position if rows are kept, its values to the running statistics.
     #[inline]
     fn fold(&mut self, r: RowRef, ts: i64, keep_rows: bool, inputs: &[AggInput]) {
+        self.fold_run(r.0, &[r.1], ts, keep_rows, inputs);
+    }
+
+    /// Adds readings `rows` of batch `slot` (in arrival order; `newest_ms` their newest event
+    /// time), one column at a time.
+    #[inline]
+    fn fold_run(&mut self, slot: u32, rows: &[u32], newest_ms: i64, keep_rows: bool, inputs: &[AggInput]) {
         if keep_rows {
-            self.rows.push(r);
+            self.rows.extend(rows.iter().map(|&row| (slot, row)));
         }
-        self.count += 1;
-        self.last_event_ms = self.last_event_ms.max(ts);
-        let row = r.1 as usize;
+        self.count += rows.len() as u64;
+        self.last_event_ms = self.last_event_ms.max(newest_ms);
         for (stats, input) in self.stats.iter_mut().zip(inputs) {
-            if input.values.is_valid(row) {
-                stats.add(input.values.value(row), input.moments);
-            }
+            stats.add_rows(input.values, rows, input.moments);
         }
     }
 }
@@ -123,9 +131,9 @@ impl OpenWindows {
         }
     }
 
-    /// The window starting at `start_ms`, opened with `open` if missing.
+    /// The position of the window starting at `start_ms`, opened with `open` if missing.
     #[inline]
-    fn get_or_open(&mut self, start_ms: i64, open: impl FnOnce() -> OpenWindow) -> &mut OpenWindow {
+    fn position_or_open(&mut self, start_ms: i64, open: impl FnOnce() -> OpenWindow) -> usize {
         let i = match self.0.last() {
             Some((s, _)) if *s == start_ms => self.0.len() - 1,
             _ => match self.0.binary_search_by_key(&start_ms, |(s, _)| *s) {
@@ -136,6 +144,13 @@ impl OpenWindows {
                 }
             },
         };
+        i
+    }
+
+    /// The window starting at `start_ms`, opened with `open` if missing.
+    #[inline]
+    fn get_or_open(&mut self, start_ms: i64, open: impl FnOnce() -> OpenWindow) -> &mut OpenWindow {
+        let i = self.position_or_open(start_ms, open);
         &mut self.0[i].1
     }
 }
@@ -144,6 +159,70 @@ impl OpenWindows {
 struct AggInput<'a> {
     values: &'a Float64Array,
     moments: bool,
+}
+
+/// A batch's rows grouped by motor, so that each motor's state is looked up once per batch
+/// rather than once per reading (an ingest batch interleaves many motors). Kept between batches
+/// to reuse its buffers.
+#[derive(Debug, Default)]
+struct MotorRuns {
+    /// Per motor index: its group in the batch being grouped, or `u32::MAX`.
+    group_of: Vec<u32>,
+    /// Per group: the motor index.
+    motors: Vec<usize>,
+    /// Per group: where its rows start in `rows`; one more entry closes the last group.
+    starts: Vec<u32>,
+    /// Row numbers, group after group, in arrival order within a group.
+    rows: Vec<u32>,
+    /// Per row: its group.
+    row_group: Vec<u32>,
+}
+
+impl MotorRuns {
+    /// Groups rows `0..n` by the motor index `motor_of` gives each (`known_motors` are
+    /// indexed already; `motor_of` may add more); groups come in order of first appearance.
+    fn group(&mut self, n: usize, known_motors: usize, mut motor_of: impl FnMut(usize) -> usize) {
+        self.motors.clear();
+        self.starts.clear();
+        self.row_group.clear();
+        self.group_of.resize(known_motors.max(self.group_of.len()), u32::MAX);
+        for row in 0..n {
+            let idx = motor_of(row);
+            if idx >= self.group_of.len() {
+                self.group_of.resize(idx + 1, u32::MAX);
+            }
+            let mut g = self.group_of[idx];
+            if g == u32::MAX {
+                g = self.motors.len() as u32;
+                self.group_of[idx] = g;
+                self.motors.push(idx);
+                self.starts.push(0);
+            }
+            self.starts[g as usize] += 1;
+            self.row_group.push(g);
+        }
+        // Counts → start positions (exclusive prefix sums), then place each row.
+        let mut next = 0;
+        for start in &mut self.starts {
+            (*start, next) = (next, next + *start);
+        }
+        self.starts.push(next);
+        self.rows.clear();
+        self.rows.resize(n, 0);
+        let mut cursor = self.starts.clone();
+        for (row, &g) in self.row_group.iter().enumerate() {
+            self.rows[cursor[g as usize] as usize] = row as u32;
+            cursor[g as usize] += 1;
+        }
+        for &idx in &self.motors {
+            self.group_of[idx] = u32::MAX;
+        }
+    }
+
+    /// Each group's motor index and rows.
+    fn iter(&self) -> impl Iterator<Item = (usize, &[u32])> {
+        self.motors.iter().enumerate().map(|(g, &idx)| (idx, &self.rows[self.starts[g] as usize..self.starts[g + 1] as usize]))
+    }
 }
 
 /// One motor's windows.
@@ -281,6 +360,10 @@ pub struct WindowOperator {
     arena: Arena,
     late: Vec<RowRef>,
     stats: WindowStats,
+    /// Scratch for grouping each batch by motor.
+    runs: MotorRuns,
+    /// Scratch for the readings of one motor and window in a batch.
+    run_rows: Vec<u32>,
     /// Whether windows keep their rows (some query reads raw rows).
     keep_rows: bool,
     /// The telemetry columns closed windows carry (indices, ascending).
@@ -298,6 +381,7 @@ pub struct WindowOperator {
 
 /// A motor id of up to 15 bytes (the usual case) packed with its length into an integer, so
 /// the per-reading lookup hashes and compares an integer, not a string; `None` for longer ids.
+/// Byte `i` of the id is byte `i` of the little-endian integer; byte 15 holds the length.
 #[inline]
 fn short_key(id: &str) -> Option<u128> {
     let bytes = id.as_bytes();
@@ -307,6 +391,24 @@ fn short_key(id: &str) -> Option<u128> {
         packed[15] = bytes.len() as u8;
         u128::from_le_bytes(packed)
     })
+}
+
+/// [`short_key`] of the id at `data[start..start + len]`, read as one 16-byte load and
+/// masked where the buffer has 16 bytes from `start` (all rows but the last few of a column).
+/// The byte-wise copy in [`short_key`] costs a store-to-load forwarding stall per reading.
+#[inline]
+fn short_key_in(data: &[u8], start: usize, len: usize, id: &str) -> Option<u128> {
+    if len >= 16 {
+        return None;
+    }
+    match data.get(start..start + 16) {
+        Some(chunk) => {
+            let word = u128::from_le_bytes(chunk.try_into().expect("16 bytes"));
+            let mask = (1u128 << (8 * len)) - 1;
+            Some((word & mask) | ((len as u128) << 120))
+        }
+        None => short_key(id),
+    }
 }
 
 /// What one step closed.
@@ -342,6 +444,8 @@ impl WindowOperator {
             motors: Vec::new(),
             arena: Arena::default(),
             late: Vec::new(),
+            runs: MotorRuns::default(),
+            run_rows: Vec::new(),
             stats: WindowStats::default(),
             keep_rows: true,
             columns: (0..telemetry_schema().fields().len()).collect(),
@@ -455,33 +559,31 @@ impl WindowOperator {
             })
             .collect::<Result<_, StreamError>>()?;
         let slot = self.arena.insert(batch.clone());
+        let mut runs = std::mem::take(&mut self.runs);
+        let (offsets, id_bytes) = (motors.value_offsets(), motors.value_data());
+        runs.group(batch.num_rows(), self.motors.len(), |row| {
+            let motor = motors.value(row);
+            let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+            self.motor(short_key_in(id_bytes, start, end - start, motor), motor, sites.value(row))
+        });
         let mut touched: Vec<usize> = Vec::new();
         let mut refs = 0;
-        for row in 0..batch.num_rows() {
-            let motor = motors.value(row);
-            let idx = self.motor(motor, sites.value(row));
-            let r = (slot, row as u32);
-            match self.add(idx, times.value(row), now_ms, r, &inputs) {
-                0 => {
-                    refs += 1;
-                    self.late.push(r);
-                    self.stats.rows_late += 1;
-                }
-                added => {
-                    if self.keep_rows {
-                        refs += added;
-                    }
-                    self.stats.rows_in += 1;
-                    if touched.last() != Some(&idx) {
-                        touched.push(idx);
-                    }
-                }
+        let late_before = self.late.len();
+        for (idx, rows) in runs.iter() {
+            let (readings, windows) = self.add_run(idx, rows, times.values(), now_ms, slot, &inputs);
+            refs += rows.len() - readings + if self.keep_rows { windows } else { 0 };
+            self.stats.rows_in += readings as u64;
+            self.stats.rows_late += (rows.len() - readings) as u64;
+            if readings > 0 {
+                touched.push(idx);
             }
         }
+        self.runs = runs;
+        // Late readings leave in arrival order, as they came.
+        self.late[late_before..].sort_unstable();
         self.arena.add_refs(slot, refs);
         self.arena.release_if_unused(slot);
         touched.sort_unstable();
-        touched.dedup();
         self.close(touched.into_iter(), now_ms, false)
     }
 
@@ -510,9 +612,9 @@ impl WindowOperator {
         Ok(Some(batch))
     }
 
+    /// The index of `motor` (whose [`short_key`] is `key`), added on first sight.
     #[inline]
-    fn motor(&mut self, motor: &str, site: &str) -> usize {
-        let key = short_key(motor);
+    fn motor(&mut self, key: Option<u128>, motor: &str, site: &str) -> usize {
         let found = match key {
             Some(k) => self.motor_index.get(&k),
             None => self.long_motor_index.get(motor),
@@ -528,6 +630,62 @@ impl WindowOperator {
             None => self.long_motor_index.insert(id, i),
         };
         i
+    }
+
+    /// Adds one motor's readings of a batch (`rows`, in arrival order) to its windows; late ones
+    /// go to the late path. Returns how many readings joined a window, and how many windows
+    /// they joined in all (a hopping window's reading joins several).
+    fn add_run(&mut self, idx: usize, rows: &[u32], times: &[i64], now_ms: i64, slot: u32, inputs: &[AggInput]) -> (usize, usize) {
+        let WindowSpec::Tumbling { size_ms } = self.spec else {
+            let (mut readings, mut windows) = (0, 0);
+            for &row in rows {
+                match self.add(idx, times[row as usize], now_ms, (slot, row), inputs) {
+                    0 => self.late.push((slot, row)),
+                    n => (readings, windows) = (readings + 1, windows + n),
+                }
+            }
+            return (readings, windows);
+        };
+        // Tumbling windows, the common case: consecutive readings of a motor mostly fall into
+        // the same window, so the window found for one serves the next while it fits.
+        let keep_rows = self.keep_rows;
+        let MotorWindows { watermark, emitted_through_ms, open, typical_rows, .. } = &mut self.motors[idx];
+        let (mut current, mut current_start, mut current_end) = (usize::MAX, i64::MAX, i64::MIN);
+        // The on-time readings for the current window not yet folded in, and their newest time.
+        let mut run = std::mem::take(&mut self.run_rows);
+        let mut newest_ms = i64::MIN;
+        let mut readings = 0;
+        for &row in rows {
+            let ts = times[row as usize];
+            if !watermark.observe(ts, now_ms, &self.policy) {
+                self.late.push((slot, row));
+                continue;
+            }
+            if ts < current_start || ts >= current_end {
+                let start_ms = ts - ts.rem_euclid(size_ms);
+                let end_ms = start_ms + size_ms;
+                if end_ms <= *emitted_through_ms {
+                    self.late.push((slot, row));
+                    continue;
+                }
+                if !run.is_empty() {
+                    open.0[current].1.fold_run(slot, &run, newest_ms, keep_rows, inputs);
+                    (readings, newest_ms) = (readings + run.len(), i64::MIN);
+                    run.clear();
+                }
+                current = open.position_or_open(start_ms, || OpenWindow::new(end_ms, *typical_rows, inputs.len()));
+                (current_start, current_end) = (start_ms, end_ms);
+            }
+            run.push(row);
+            newest_ms = newest_ms.max(ts);
+        }
+        if !run.is_empty() {
+            open.0[current].1.fold_run(slot, &run, newest_ms, keep_rows, inputs);
+            readings += run.len();
+            run.clear();
+        }
+        self.run_rows = run;
+        (readings, readings)
     }
 
     /// Adds one reading to its motor's windows; returns how many windows it joined (0: it is
@@ -731,4 +889,41 @@ pub fn sequences(batch: &RecordBatch) -> Vec<u64> {
         .downcast_ref::<UInt64Array>()
         .map(|a| a.values().to_vec())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_keys_read_in_place_match_the_copied_ones() {
+        let ids = ["", "M", "M0001", "motor-0000001", "fifteen-bytes-x", "sixteen-bytes-xx", "M1\0", "M1"];
+        let column = StringArray::from(ids.to_vec());
+        let (offsets, data) = (column.value_offsets(), column.value_data());
+        let mut keys = Vec::new();
+        for (row, id) in ids.iter().enumerate() {
+            let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
+            let in_place = short_key_in(data, start, end - start, id);
+            assert_eq!(in_place, short_key(id), "{id:?} (the last rows take the copying path)");
+            assert_eq!(in_place.is_none(), id.len() >= 16, "{id:?}");
+            keys.push(in_place);
+        }
+        let distinct: std::collections::HashSet<_> = keys.iter().flatten().collect();
+        assert_eq!(distinct.len(), ids.len() - 1, "every short id has its own key, \"M1\" and \"M1\\0\" too");
+    }
+
+    #[test]
+    fn runs_group_rows_by_motor_in_arrival_order() {
+        let mut runs = MotorRuns::default();
+        let motors = [2, 0, 2, 5, 0, 2];
+        runs.group(motors.len(), 3, |row| motors[row]);
+        let groups: Vec<(usize, Vec<u32>)> = runs.iter().map(|(m, rows)| (m, rows.to_vec())).collect();
+        assert_eq!(groups, [(2, vec![0, 2, 5]), (0, vec![1, 4]), (5, vec![3])]);
+        // The scratch is reset for the next batch.
+        runs.group(2, 6, |row| [5, 5][row]);
+        let groups: Vec<(usize, Vec<u32>)> = runs.iter().map(|(m, rows)| (m, rows.to_vec())).collect();
+        assert_eq!(groups, [(5, vec![0, 1])]);
+        runs.group(0, 6, |_| unreachable!());
+        assert_eq!(runs.iter().count(), 0);
+    }
 }
