@@ -174,23 +174,25 @@ struct MotorRuns {
     starts: Vec<u32>,
     /// Row numbers, group after group, in arrival order within a group.
     rows: Vec<u32>,
-    /// Per row: its group.
+    /// Per row: its motor index, then its group.
     row_group: Vec<u32>,
 }
 
 impl MotorRuns {
-    /// Groups rows `0..n` by the motor index `motor_of` gives each (`known_motors` are
+    /// Groups `rows` by the motor index `motor_of` gives each (`known_motors` are
     /// indexed already; `motor_of` may add more); groups come in order of first appearance.
-    fn group(&mut self, n: usize, known_motors: usize, mut motor_of: impl FnMut(usize) -> usize) {
+    fn group(&mut self, rows: std::ops::Range<usize>, known_motors: usize, mut motor_of: impl FnMut(usize) -> usize) {
         self.motors.clear();
         self.starts.clear();
         self.row_group.clear();
-        self.group_of.resize(known_motors.max(self.group_of.len()), u32::MAX);
-        for row in 0..n {
-            let idx = motor_of(row);
-            if idx >= self.group_of.len() {
-                self.group_of.resize(idx + 1, u32::MAX);
-            }
+        // Motor indices first, in a loop of their own: the lookups do not depend on each other,
+        // so several are in flight at once.
+        let (first, n) = (rows.start, rows.len());
+        self.row_group.extend(rows.map(|row| motor_of(row) as u32));
+        let motors = self.row_group.iter().max().map_or(0, |&m| m as usize + 1);
+        self.group_of.resize(known_motors.max(motors).max(self.group_of.len()), u32::MAX);
+        for slot in &mut self.row_group {
+            let idx = *slot as usize;
             let mut g = self.group_of[idx];
             if g == u32::MAX {
                 g = self.motors.len() as u32;
@@ -199,7 +201,7 @@ impl MotorRuns {
                 self.starts.push(0);
             }
             self.starts[g as usize] += 1;
-            self.row_group.push(g);
+            *slot = g;
         }
         // Counts → start positions (exclusive prefix sums), then place each row.
         let mut next = 0;
@@ -211,7 +213,7 @@ impl MotorRuns {
         self.rows.resize(n, 0);
         let mut cursor = self.starts.clone();
         for (row, &g) in self.row_group.iter().enumerate() {
-            self.rows[cursor[g as usize] as usize] = row as u32;
+            self.rows[cursor[g as usize] as usize] = (first + row) as u32;
             cursor[g as usize] += 1;
         }
         for &idx in &self.motors {
@@ -561,14 +563,14 @@ impl WindowOperator {
         let slot = self.arena.insert(batch.clone());
         let mut runs = std::mem::take(&mut self.runs);
         let (offsets, id_bytes) = (motors.value_offsets(), motors.value_data());
-        runs.group(batch.num_rows(), self.motors.len(), |row| {
+        let mut touched: Vec<usize> = Vec::new();
+        let mut refs = 0;
+        let late_before = self.late.len();
+        runs.group(0..batch.num_rows(), self.motors.len(), |row| {
             let motor = motors.value(row);
             let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
             self.motor(short_key_in(id_bytes, start, end - start, motor), motor, sites.value(row))
         });
-        let mut touched: Vec<usize> = Vec::new();
-        let mut refs = 0;
-        let late_before = self.late.len();
         for (idx, rows) in runs.iter() {
             let (readings, windows) = self.add_run(idx, rows, times.values(), now_ms, slot, &inputs);
             refs += rows.len() - readings + if self.keep_rows { windows } else { 0 };
@@ -916,14 +918,14 @@ mod tests {
     fn runs_group_rows_by_motor_in_arrival_order() {
         let mut runs = MotorRuns::default();
         let motors = [2, 0, 2, 5, 0, 2];
-        runs.group(motors.len(), 3, |row| motors[row]);
+        runs.group(0..motors.len(), 3, |row| motors[row]);
         let groups: Vec<(usize, Vec<u32>)> = runs.iter().map(|(m, rows)| (m, rows.to_vec())).collect();
         assert_eq!(groups, [(2, vec![0, 2, 5]), (0, vec![1, 4]), (5, vec![3])]);
         // The scratch is reset for the next batch.
-        runs.group(2, 6, |row| [5, 5][row]);
+        runs.group(4..6, 6, |row| [0, 0, 0, 0, 5, 5][row]);
         let groups: Vec<(usize, Vec<u32>)> = runs.iter().map(|(m, rows)| (m, rows.to_vec())).collect();
-        assert_eq!(groups, [(5, vec![0, 1])]);
-        runs.group(0, 6, |_| unreachable!());
+        assert_eq!(groups, [(5, vec![4, 5])], "row numbers are the batch's");
+        runs.group(0..0, 6, |_| unreachable!());
         assert_eq!(runs.iter().count(), 0);
     }
 }
