@@ -143,24 +143,32 @@ impl ColumnStats {
         }
     }
 
-    /// Folds in the values of `values` at `rows`, in that order, skipping NULLs: the same as
-    /// [`Self::add`] value by value, with the running numbers kept in registers for the run.
+    /// Folds in the values at `rows` (in that order, skipping NULLs) of several columns at
+    /// once, `stats[k]` taking `columns[k]` (values, whether variance terms are kept): the same
+    /// as [`Self::add`] value by value. Going row by row across the columns lets their Welford
+    /// updates (a division each, every one waiting for the last) overlap, and the running
+    /// numbers stay in registers for the whole run.
     #[inline]
-    pub fn add_rows(&mut self, values: &Float64Array, rows: &[u32], moments: bool) {
-        let mut stats = *self;
-        let raw = values.values();
-        match (values.nulls(), moments) {
-            (None, true) => rows.iter().for_each(|&r| stats.add(raw[r as usize], true)),
-            (None, false) => rows.iter().for_each(|&r| stats.add(raw[r as usize], false)),
-            (Some(nulls), _) => {
-                for &r in rows {
-                    if nulls.is_valid(r as usize) {
-                        stats.add(raw[r as usize], moments);
+    pub fn add_rows<const N: usize>(stats: &mut [ColumnStats; N], columns: [(&Float64Array, bool); N], rows: &[u32]) {
+        let mut local = *stats;
+        let raw: [&[f64]; N] = columns.map(|(values, _)| &values.values()[..]);
+        let moments: [bool; N] = columns.map(|(_, moments)| moments);
+        if columns.iter().all(|(values, _)| values.nulls().is_none()) {
+            for &r in rows {
+                for k in 0..N {
+                    local[k].add(raw[k][r as usize], moments[k]);
+                }
+            }
+        } else {
+            for &r in rows {
+                for k in 0..N {
+                    if columns[k].0.is_valid(r as usize) {
+                        local[k].add(raw[k][r as usize], moments[k]);
                     }
                 }
             }
         }
-        *self = stats;
+        *stats = local;
     }
 
     /// A floating-point aggregate's value; `None` where SQL gives NULL (and for the counts,

@@ -89,10 +89,23 @@ impl OpenWindow {
         }
         self.count += rows.len() as u64;
         self.last_event_ms = self.last_event_ms.max(newest_ms);
-        for (stats, input) in self.stats.iter_mut().zip(inputs) {
-            stats.add_rows(input.values, rows, input.moments);
+        // Up to four columns in lockstep (see `ColumnStats::add_rows`).
+        for (stats, inputs) in self.stats.chunks_mut(4).zip(inputs.chunks(4)) {
+            match stats.len() {
+                4 => fold_columns::<4>(stats, inputs, rows),
+                3 => fold_columns::<3>(stats, inputs, rows),
+                2 => fold_columns::<2>(stats, inputs, rows),
+                _ => fold_columns::<1>(stats, inputs, rows),
+            }
         }
     }
+}
+
+/// Folds `rows` of `N` columns into their statistics together.
+#[inline]
+fn fold_columns<const N: usize>(stats: &mut [ColumnStats], inputs: &[AggInput], rows: &[u32]) {
+    let stats: &mut [ColumnStats; N] = stats.try_into().expect("one statistics entry per input column");
+    ColumnStats::add_rows(stats, std::array::from_fn(|k| (inputs[k].values, inputs[k].moments)), rows);
 }
 
 /// A motor's open windows, sorted by start. A motor has few open at once (one or two for a
