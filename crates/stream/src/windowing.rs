@@ -25,9 +25,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray, UInt64Array,
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray, UInt32Array, UInt64Array,
 };
-use datafusion::arrow::compute::{interleave, interleave_record_batch};
+use datafusion::arrow::compute::{interleave, interleave_record_batch, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use tessera_core::{MotorWatermark, TelemetryColumn, WatermarkPolicy, Window, WindowSpec, telemetry_schema};
 
@@ -77,13 +77,13 @@ impl OpenWindow {
     /// Adds a reading: its position if rows are kept, its values to the running statistics.
     #[inline]
     fn fold(&mut self, r: RowRef, ts: i64, keep_rows: bool, inputs: &[AggInput]) {
-        self.fold_run(r.0, &[r.1], ts, keep_rows, inputs);
+        self.fold_run(r.0, &[r.1], &[r.1], ts, keep_rows, inputs);
     }
 
     /// Adds readings `rows` of batch `slot` (in arrival order; `newest_ms` their newest event
-    /// time), one column at a time.
+    /// time), one column at a time; their values are at `positions` of `inputs`.
     #[inline]
-    fn fold_run(&mut self, slot: u32, rows: &[u32], newest_ms: i64, keep_rows: bool, inputs: &[AggInput]) {
+    fn fold_run(&mut self, slot: u32, rows: &[u32], positions: &[u32], newest_ms: i64, keep_rows: bool, inputs: &[AggInput]) {
         if keep_rows {
             self.rows.extend(rows.iter().map(|&row| (slot, row)));
         }
@@ -92,10 +92,10 @@ impl OpenWindow {
         // Up to four columns in lockstep (see `ColumnStats::add_rows`).
         for (stats, inputs) in self.stats.chunks_mut(4).zip(inputs.chunks(4)) {
             match stats.len() {
-                4 => fold_columns::<4>(stats, inputs, rows),
-                3 => fold_columns::<3>(stats, inputs, rows),
-                2 => fold_columns::<2>(stats, inputs, rows),
-                _ => fold_columns::<1>(stats, inputs, rows),
+                4 => fold_columns::<4>(stats, inputs, positions),
+                3 => fold_columns::<3>(stats, inputs, positions),
+                2 => fold_columns::<2>(stats, inputs, positions),
+                _ => fold_columns::<1>(stats, inputs, positions),
             }
         }
     }
@@ -174,6 +174,18 @@ struct AggInput<'a> {
     moments: bool,
 }
 
+/// The batch being pushed, as [`WindowOperator::add_run`] reads it.
+#[derive(Clone, Copy)]
+struct Pushed<'a> {
+    slot: u32,
+    times: &'a [i64],
+    now_ms: i64,
+    /// The aggregated columns, by row number.
+    inputs: &'a [AggInput<'a>],
+    /// The same, gathered into grouped order ([`MotorRuns::rows`]); tumbling windows only.
+    grouped: &'a [AggInput<'a>],
+}
+
 /// A batch's rows grouped by motor, so that each motor's state is looked up once per batch
 /// rather than once per reading (an ingest batch interleaves many motors). Kept between batches
 /// to reuse its buffers.
@@ -234,9 +246,12 @@ impl MotorRuns {
         }
     }
 
-    /// Each group's motor index and rows.
-    fn iter(&self) -> impl Iterator<Item = (usize, &[u32])> {
-        self.motors.iter().enumerate().map(|(g, &idx)| (idx, &self.rows[self.starts[g] as usize..self.starts[g + 1] as usize]))
+    /// Each group's motor index, where its rows start in [`Self::rows`], and its rows.
+    fn iter(&self) -> impl Iterator<Item = (usize, usize, &[u32])> {
+        self.motors.iter().enumerate().map(|(g, &idx)| {
+            let (start, end) = (self.starts[g] as usize, self.starts[g + 1] as usize);
+            (idx, start, &self.rows[start..end])
+        })
     }
 }
 
@@ -377,8 +392,10 @@ pub struct WindowOperator {
     stats: WindowStats,
     /// Scratch for grouping each batch by motor.
     runs: MotorRuns,
-    /// Scratch for the readings of one motor and window in a batch.
+    /// Scratch for the readings of one motor and window in a batch: row numbers, and
+    /// positions in grouped order.
     run_rows: Vec<u32>,
+    run_positions: Vec<u32>,
     /// Whether windows keep their rows (some query reads raw rows).
     keep_rows: bool,
     /// The telemetry columns closed windows carry (indices, ascending).
@@ -461,6 +478,7 @@ impl WindowOperator {
             late: Vec::new(),
             runs: MotorRuns::default(),
             run_rows: Vec::new(),
+            run_positions: Vec::new(),
             stats: WindowStats::default(),
             keep_rows: true,
             columns: (0..telemetry_schema().fields().len()).collect(),
@@ -584,8 +602,18 @@ impl WindowOperator {
             let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
             self.motor(short_key_in(id_bytes, start, end - start, motor), motor, sites.value(row))
         });
-        for (idx, rows) in runs.iter() {
-            let (readings, windows) = self.add_run(idx, rows, times.values(), now_ms, slot, &inputs);
+        // Tumbling windows fold whole runs of a motor's readings: they read the aggregated
+        // columns gathered into grouped order, sequentially, instead of scattered over the batch.
+        let grouped_columns = if matches!(self.spec, WindowSpec::Tumbling { .. }) && !inputs.is_empty() {
+            let order = UInt32Array::from(runs.rows.clone());
+            inputs.iter().map(|input| take(input.values, &order, None)).collect::<Result<Vec<ArrayRef>, _>>()?
+        } else {
+            Vec::new()
+        };
+        let grouped: Vec<AggInput> = grouped_columns.iter().zip(&inputs).map(|(values, input)| AggInput { values: values.as_primitive(), moments: input.moments }).collect();
+        let pushed = Pushed { slot, times: times.values(), now_ms, inputs: &inputs, grouped: &grouped };
+        for (idx, first, rows) in runs.iter() {
+            let (readings, windows) = self.add_run(idx, rows, first, &pushed);
             refs += rows.len() - readings + if self.keep_rows { windows } else { 0 };
             self.stats.rows_in += readings as u64;
             self.stats.rows_late += (rows.len() - readings) as u64;
@@ -650,7 +678,8 @@ impl WindowOperator {
     /// Adds one motor's readings of a batch (`rows`, in arrival order) to its windows; late ones
     /// go to the late path. Returns how many readings joined a window, and how many windows
     /// they joined in all (a hopping window's reading joins several).
-    fn add_run(&mut self, idx: usize, rows: &[u32], times: &[i64], now_ms: i64, slot: u32, inputs: &[AggInput]) -> (usize, usize) {
+    fn add_run(&mut self, idx: usize, rows: &[u32], first: usize, pushed: &Pushed) -> (usize, usize) {
+        let Pushed { slot, times, now_ms, inputs, grouped } = *pushed;
         let WindowSpec::Tumbling { size_ms } = self.spec else {
             let (mut readings, mut windows) = (0, 0);
             for &row in rows {
@@ -666,11 +695,12 @@ impl WindowOperator {
         let keep_rows = self.keep_rows;
         let MotorWindows { watermark, emitted_through_ms, open, typical_rows, .. } = &mut self.motors[idx];
         let (mut current, mut current_start, mut current_end) = (usize::MAX, i64::MAX, i64::MIN);
-        // The on-time readings for the current window not yet folded in, and their newest time.
-        let mut run = std::mem::take(&mut self.run_rows);
+        // The on-time readings for the current window not yet folded in (row numbers, and
+        // positions in `grouped`), and their newest time.
+        let (mut run, mut positions) = (std::mem::take(&mut self.run_rows), std::mem::take(&mut self.run_positions));
         let mut newest_ms = i64::MIN;
         let mut readings = 0;
-        for &row in rows {
+        for (i, &row) in rows.iter().enumerate() {
             let ts = times[row as usize];
             if !watermark.observe(ts, now_ms, &self.policy) {
                 self.late.push((slot, row));
@@ -684,22 +714,25 @@ impl WindowOperator {
                     continue;
                 }
                 if !run.is_empty() {
-                    open.0[current].1.fold_run(slot, &run, newest_ms, keep_rows, inputs);
+                    open.0[current].1.fold_run(slot, &run, &positions, newest_ms, keep_rows, grouped);
                     (readings, newest_ms) = (readings + run.len(), i64::MIN);
                     run.clear();
+                    positions.clear();
                 }
                 current = open.position_or_open(start_ms, || OpenWindow::new(end_ms, *typical_rows, inputs.len()));
                 (current_start, current_end) = (start_ms, end_ms);
             }
             run.push(row);
+            positions.push((first + i) as u32);
             newest_ms = newest_ms.max(ts);
         }
         if !run.is_empty() {
-            open.0[current].1.fold_run(slot, &run, newest_ms, keep_rows, inputs);
+            open.0[current].1.fold_run(slot, &run, &positions, newest_ms, keep_rows, grouped);
             readings += run.len();
             run.clear();
+            positions.clear();
         }
-        self.run_rows = run;
+        (self.run_rows, self.run_positions) = (run, positions);
         (readings, readings)
     }
 
@@ -932,11 +965,11 @@ mod tests {
         let mut runs = MotorRuns::default();
         let motors = [2, 0, 2, 5, 0, 2];
         runs.group(0..motors.len(), 3, |row| motors[row]);
-        let groups: Vec<(usize, Vec<u32>)> = runs.iter().map(|(m, rows)| (m, rows.to_vec())).collect();
+        let groups: Vec<(usize, Vec<u32>)> = runs.iter().map(|(m, _, rows)| (m, rows.to_vec())).collect();
         assert_eq!(groups, [(2, vec![0, 2, 5]), (0, vec![1, 4]), (5, vec![3])]);
         // The scratch is reset for the next batch.
         runs.group(4..6, 6, |row| [0, 0, 0, 0, 5, 5][row]);
-        let groups: Vec<(usize, Vec<u32>)> = runs.iter().map(|(m, rows)| (m, rows.to_vec())).collect();
+        let groups: Vec<(usize, Vec<u32>)> = runs.iter().map(|(m, _, rows)| (m, rows.to_vec())).collect();
         assert_eq!(groups, [(5, vec![4, 5])], "row numbers are the batch's");
         runs.group(0..0, 6, |_| unreachable!());
         assert_eq!(runs.iter().count(), 0);
