@@ -24,7 +24,7 @@ use datafusion::arrow::array::{Array, Int64Array, RecordBatch};
 use datafusion::arrow::csv::ReaderBuilder;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::{ClientConfig, Message as _};
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tessera_core::{Reading, WatermarkPolicy};
 use tessera_ingest::{Encoding, Ingest, IngestConfig, TopicConfig, readings_from_batch};
 use tessera_server::detect::{Detect, DetectConfig, build_engine};
@@ -190,7 +190,11 @@ fn kafka(args: &Args) -> Result<()> {
             .set("fetch.wait.max.ms", "5")
             .set("fetch.queue.backoff.ms", "1")
             .create()?;
-        alerts.subscribe(&[&detect.alerts_topic])?;
+        // Assigned, not subscribed: a group join takes the mock cluster seconds, and alerts
+        // produced meanwhile would count that wait as their latency.
+        let mut partition = TopicPartitionList::new();
+        partition.add_partition_offset(&detect.alerts_topic, 0, Offset::Beginning)?;
+        alerts.assign(&partition)?;
         let mut ingest_config = IngestConfig {
             brokers: brokers.clone(),
             group_id: format!("bench-{round}"),
