@@ -147,7 +147,7 @@ impl OpenWindows {
     /// The position of the window starting at `start_ms`, opened with `open` if missing.
     #[inline]
     fn position_or_open(&mut self, start_ms: i64, open: impl FnOnce() -> OpenWindow) -> usize {
-        let i = match self.0.last() {
+        match self.0.last() {
             Some((s, _)) if *s == start_ms => self.0.len() - 1,
             _ => match self.0.binary_search_by_key(&start_ms, |(s, _)| *s) {
                 Ok(i) => i,
@@ -156,8 +156,7 @@ impl OpenWindows {
                     i
                 }
             },
-        };
-        i
+        }
     }
 
     /// The window starting at `start_ms`, opened with `open` if missing.
