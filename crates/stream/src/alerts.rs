@@ -115,7 +115,7 @@ pub fn alert_id(query: &str, motor: &str, window_start_ms: i64) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&key))
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct OpenAlert {
     id: String,
     opened_window_start_ms: i64,
@@ -123,7 +123,7 @@ struct OpenAlert {
     peak: f64,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct MotorAlert {
     above: u32,
     below: u32,
@@ -148,6 +148,13 @@ pub struct WindowScore<'a> {
     pub features: Vec<(&'a str, f64)>,
 }
 
+/// An [`AlertTracker`]'s checkpointed state.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct TrackerState {
+    query: String,
+    motors: Vec<(String, MotorAlert)>,
+}
+
 /// Hysteresis state of one query's alerts, per motor.
 #[derive(Debug)]
 pub struct AlertTracker {
@@ -160,6 +167,22 @@ impl AlertTracker {
     /// A tracker for query `query`.
     pub fn new(query: &str, options: AlertOptions) -> Self {
         Self { query: query.to_string(), options, motors: HashMap::new() }
+    }
+
+    /// The per-motor hysteresis state, for a checkpoint (sorted by motor).
+    pub(crate) fn snapshot(&self) -> TrackerState {
+        let mut motors: Vec<(String, MotorAlert)> = self.motors.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        motors.sort_by(|a, b| a.0.cmp(&b.0));
+        TrackerState { query: self.query.clone(), motors }
+    }
+
+    /// Restores [`Self::snapshot`]'s state into the same query's tracker.
+    pub(crate) fn restore(&mut self, state: TrackerState) -> Result<(), crate::StreamError> {
+        if state.query != self.query {
+            return Err(crate::StreamError::Checkpoint(format!("alert state of query {} restored into query {}", state.query, self.query)));
+        }
+        self.motors = state.motors.into_iter().collect();
+        Ok(())
     }
 
     /// Alerts open now.

@@ -14,13 +14,17 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::prelude::SessionContext;
 use tessera_core::{WatermarkPolicy, WindowSpec, telemetry_schema};
 
+use serde::{Deserialize, Serialize};
+
 use crate::alerts::{
-    AlertEvent, AlertTracker, MotorWindowsBuilder, WindowScore, alerts_batch, alerts_schema, motor_windows_schema,
+    AlertEvent, AlertTracker, MotorWindowsBuilder, TrackerState, WindowScore, alerts_batch, alerts_schema, motor_windows_schema,
 };
+use crate::anomaly::CallState;
+use crate::checkpoint;
 use crate::grammar::QueryDef;
 use crate::query::{ContinuousQuery, OutputLayout};
 use crate::tables::BoundedTable;
-use crate::windowing::{Closed, WindowOperator, WindowStats};
+use crate::windowing::{Closed, OperatorState, WindowOperator, WindowStats};
 use crate::StreamError;
 
 /// Engine settings.
@@ -62,6 +66,46 @@ pub struct EngineStats {
     pub alert_events: u64,
     /// Alerts open now.
     pub alerts_open: u64,
+}
+
+/// What [`StreamEngine::restore`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Queries whose state (windows, anomaly baselines, alert hysteresis) was restored.
+    pub restored: Vec<String>,
+    /// Registered queries that start fresh: not in the checkpoint, or their stage's queries
+    /// changed since.
+    pub fresh: Vec<String>,
+    /// Checkpointed queries that are no longer registered as they were (state dropped).
+    pub dropped: Vec<String>,
+    /// Motors with restored window state (the most of any stage).
+    pub motors: usize,
+    /// Open windows restored, over all stages.
+    pub open_windows: usize,
+}
+
+/// The engine's checkpointed state (after the format version).
+#[derive(Serialize, Deserialize)]
+struct EngineState {
+    stages: Vec<StageState>,
+    /// query_errors, query_rows, alert_events.
+    counters: [u64; 3],
+}
+
+/// One stage: its queries' states and its window operator's.
+#[derive(Serialize, Deserialize)]
+struct StageState {
+    queries: Vec<QueryState>,
+    window: OperatorState,
+}
+
+/// One query's state; restored only into a query of the same name and text.
+#[derive(Serialize, Deserialize)]
+struct QueryState {
+    name: String,
+    text: String,
+    anomaly: Vec<CallState>,
+    tracker: Option<TrackerState>,
 }
 
 struct RegisteredQuery {
@@ -220,6 +264,90 @@ impl StreamEngine {
             self.run_stage(i, closed, now_ms, &mut out).await;
         }
         Ok(out)
+    }
+
+    /// The engine's state for a checkpoint: every window operator's open windows, watermarks
+    /// and buffered rows, every anomaly call's per-motor state, and every alert tracker's
+    /// hysteresis (see [`crate::checkpoint`]). Take it between steps; restoring it into an
+    /// engine with the same queries and feeding that engine what followed gives the same
+    /// windows, scores and alerts as never stopping. The queryable tables are not part of it:
+    /// they are recent history, not state.
+    pub fn checkpoint(&self) -> Result<Vec<u8>, StreamError> {
+        let stages = self
+            .stages
+            .iter()
+            .map(|stage| {
+                let queries = stage
+                    .queries
+                    .iter()
+                    .map(|q| {
+                        Ok(QueryState {
+                            name: q.query.def().name.clone(),
+                            text: q.query.def().text.clone(),
+                            anomaly: q.query.anomaly_state()?,
+                            tracker: q.tracker.as_ref().map(AlertTracker::snapshot),
+                        })
+                    })
+                    .collect::<Result<_, StreamError>>()?;
+                Ok(StageState { queries, window: stage.op.snapshot()? })
+            })
+            .collect::<Result<_, StreamError>>()?;
+        let state = EngineState { stages, counters: [self.query_errors, self.query_rows, self.alert_events] };
+        let mut out = checkpoint::to_bytes(&checkpoint::FORMAT_VERSION)?;
+        out.extend(checkpoint::to_bytes(&state)?);
+        Ok(out)
+    }
+
+    /// Restores a [`Self::checkpoint`] into this engine, which must have its queries
+    /// registered and no input yet. A stage whose queries (names and text) are exactly those
+    /// of a checkpointed stage gets that stage's state; the others start fresh, and the report
+    /// says which and why. Bytes that do not decode are an error.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<RestoreReport, StreamError> {
+        if self.stages.iter().any(|s| s.op.has_input()) {
+            return Err(StreamError::Checkpoint("restoring into an engine that already has input".into()));
+        }
+        let (version, rest) =
+            postcard::take_from_bytes::<u32>(bytes).map_err(|e| StreamError::Checkpoint(format!("decoding the state's version: {e}")))?;
+        if version != checkpoint::FORMAT_VERSION {
+            return Err(StreamError::Checkpoint(format!("engine state format {version}; this build reads format {}", checkpoint::FORMAT_VERSION)));
+        }
+        let state: EngineState = checkpoint::from_bytes(rest)?;
+        let mut report = RestoreReport::default();
+        let mut used = vec![false; self.stages.len()];
+        for saved in state.stages {
+            let same_queries = |stage: &Stage| {
+                stage.queries.len() == saved.queries.len()
+                    && stage.queries.iter().zip(&saved.queries).all(|(q, s)| q.query.def().name == s.name && q.query.def().text == s.text)
+            };
+            let Some(i) = (0..self.stages.len()).find(|&i| !used[i] && same_queries(&self.stages[i])) else {
+                for q in saved.queries {
+                    report.dropped.push(q.name);
+                }
+                continue;
+            };
+            used[i] = true;
+            let stage = &mut self.stages[i];
+            stage.op.restore(saved.window)?;
+            for (q, s) in stage.queries.iter_mut().zip(saved.queries) {
+                q.query.restore_anomaly_state(s.anomaly)?;
+                match (&mut q.tracker, s.tracker) {
+                    (Some(t), Some(saved)) => t.restore(saved)?,
+                    (None, None) => {}
+                    _ => return Err(StreamError::Checkpoint(format!("query {}: alert options differ from the checkpoint's", s.name))),
+                }
+                report.restored.push(s.name);
+            }
+            let stats = stage.op.stats();
+            report.motors = report.motors.max(stage.op.motor_count());
+            report.open_windows += stats.windows_open as usize;
+        }
+        for (stage, used) in self.stages.iter().zip(used) {
+            if !used {
+                report.fresh.extend(stage.queries.iter().map(|q| q.query.def().name.clone()));
+            }
+        }
+        [self.query_errors, self.query_rows, self.alert_events] = state.counters;
+        Ok(report)
     }
 
     /// Runs SQL over the engine's tables: `alerts`, `motor_windows`, `late_readings`.
@@ -451,6 +579,112 @@ mod tests {
             assert_eq!(w, windows, "window scores differ with batches of {rows} rows");
             assert_eq!(a, alerts, "alerts differ with batches of {rows} rows");
         }
+    }
+
+    /// Queries of every window kind and both window paths (running aggregates, raw rows),
+    /// with anomaly functions and alerts.
+    fn checkpointed_queries() -> Vec<String> {
+        vec![
+            QUERY.to_string(),
+            "CREATE CONTINUOUS QUERY h WITH (open_above = 2, close_below = 1, open_windows = 1, close_windows = 2) AS
+             SELECT motor_id, window_start, count(DISTINCT site_id) AS sites, abs(ewma_dev(motor_id, window_start, max(current_a), 0.2)) AS score
+             FROM HOP(telemetry, ts, INTERVAL '5 seconds', INTERVAL '15 seconds') GROUP BY motor_id, window_start"
+                .to_string(),
+            "CREATE CONTINUOUS QUERY s AS SELECT motor_id, window_start, window_end, count(*) AS n, avg(temperature_c) AS t
+             FROM SESSION(telemetry, ts, INTERVAL '3 seconds') WHERE current_a < 12.5 GROUP BY motor_id, window_start, window_end"
+                .to_string(),
+        ]
+    }
+
+    /// Every query's window rows and every alert, as text (processing times left out).
+    async fn results(engines: &[&StreamEngine]) -> (String, String) {
+        let mut windows = Vec::new();
+        let mut alerts = Vec::new();
+        for e in engines {
+            windows.extend(e.sql("SELECT query, motor_id, window_start, window_end, score, features FROM motor_windows").await.unwrap());
+            alerts.extend(e.sql("SELECT alert_id, query, state, severity, score, peak_score, window_start FROM alerts").await.unwrap());
+        }
+        let ctx = SessionContext::new();
+        let text = |batches: Vec<RecordBatch>, order: &'static str| {
+            let ctx = &ctx;
+            async move {
+                let schema = batches[0].schema();
+                ctx.register_table("t", Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![batches]).unwrap())).unwrap();
+                let sorted = ctx.sql(&format!("SELECT * FROM t ORDER BY {order}")).await.unwrap().collect().await.unwrap();
+                ctx.deregister_table("t").unwrap();
+                pretty_format_batches(&sorted).unwrap().to_string()
+            }
+        };
+        (text(windows, "query, motor_id, window_start, window_end").await, text(alerts, "window_start, alert_id, state").await)
+    }
+
+    async fn engine_with(queries: &[String]) -> StreamEngine {
+        let mut engine = engine();
+        for q in queries {
+            engine.register(q).await.unwrap();
+        }
+        engine
+    }
+
+    /// Stopping at any point, checkpointing, restoring into a new engine and going on gives
+    /// the same windows, scores and alerts as an uninterrupted run; the restored engine's own
+    /// checkpoint is byte-identical to the one it was restored from.
+    #[tokio::test]
+    async fn restore_and_resume_equals_an_uninterrupted_run() {
+        let queries = checkpointed_queries();
+        let all = readings();
+        let batch_rows = 97;
+        let feed = async |engine: &mut StreamEngine, rows: std::ops::Range<usize>| {
+            let mut offset = rows.start;
+            while offset < rows.end {
+                let n = batch_rows.min(rows.end - offset);
+                engine.push(&all.slice(offset, n), offset as i64).await.unwrap();
+                engine.tick(offset as i64).await.unwrap();
+                offset += n;
+            }
+        };
+        let mut whole = engine_with(&queries).await;
+        feed(&mut whole, 0..all.num_rows()).await;
+        whole.close_all(all.num_rows() as i64).await.unwrap();
+        let expected = results(&[&whole]).await;
+        assert!(expected.1.contains("open") && expected.1.contains("close"), "{}", expected.1);
+        assert!(expected.0.contains("| h ") && expected.0.contains("| s "), "{}", expected.0);
+
+        for cut in [1, 291, 900, 1_000, 1_799] {
+            let mut first = engine_with(&queries).await;
+            feed(&mut first, 0..cut).await;
+            let state = first.checkpoint().unwrap();
+            let mut second = engine_with(&queries).await;
+            let report = second.restore(&state).unwrap();
+            assert_eq!(report.restored, ["q", "h", "s"], "cut at {cut}");
+            assert!(report.fresh.is_empty() && report.dropped.is_empty());
+            assert_eq!(second.checkpoint().unwrap(), state, "the restored state checkpoints to the same bytes (cut at {cut})");
+            feed(&mut second, cut..all.num_rows()).await;
+            second.close_all(all.num_rows() as i64).await.unwrap();
+            let got = results(&[&first, &second]).await;
+            assert_eq!(got.0, expected.0, "window results differ after a restore at row {cut}");
+            assert_eq!(got.1, expected.1, "alerts differ after a restore at row {cut}");
+        }
+    }
+
+    /// A changed query starts fresh and is reported; bytes that do not decode are an error.
+    #[tokio::test]
+    async fn a_changed_query_starts_fresh_and_garbage_is_refused() {
+        let queries = checkpointed_queries();
+        let mut first = engine_with(&queries).await;
+        first.push(&readings().slice(0, 600), 0).await.unwrap();
+        let state = first.checkpoint().unwrap();
+        let mut changed = queries.clone();
+        changed[2] = changed[2].replace("12.5", "13");
+        let mut second = engine_with(&changed).await;
+        let report = second.restore(&state).unwrap();
+        assert!(report.open_windows > 0 && report.motors == 3, "{report:?}");
+        assert_eq!((report.restored, report.fresh, report.dropped), (vec!["q".to_string(), "h".into()], vec!["s".to_string()], vec!["s".to_string()]));
+        let mut third = engine_with(&queries).await;
+        let err = third.restore(&state[..state.len() / 2]).unwrap_err().to_string();
+        assert!(err.starts_with("checkpoint: decoding state"), "{err}");
+        let err = second.restore(&state).unwrap_err().to_string();
+        assert!(err.contains("already has input") || err.contains("fit"), "{err}");
     }
 
     fn engine() -> StreamEngine {

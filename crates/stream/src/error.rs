@@ -34,4 +34,7 @@ pub enum StreamError {
     /// An Arrow kernel failed.
     #[error("arrow: {0}")]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
+    /// A checkpoint could not be taken or restored.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
 }

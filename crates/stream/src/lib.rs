@@ -9,6 +9,7 @@
 
 pub mod alerts;
 pub mod anomaly;
+pub mod checkpoint;
 pub mod conform;
 pub mod engine;
 mod error;
@@ -19,6 +20,6 @@ pub mod tables;
 pub mod windowing;
 
 pub use alerts::{AlertEvent, AlertState, Severity};
-pub use engine::{EngineStats, StepOutput, StreamConfig, StreamEngine};
+pub use engine::{EngineStats, RestoreReport, StepOutput, StreamConfig, StreamEngine};
 pub use error::StreamError;
 pub use windowing::{WindowOperator, windowed_schema};

@@ -100,7 +100,7 @@ impl AggSpec {
 }
 
 /// Running statistics of one column in one window.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct ColumnStats {
     /// Non-null values seen.
     pub count: u64,

@@ -16,7 +16,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::common::DFSchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
 use datafusion::physical_plan::collect;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
@@ -106,6 +106,8 @@ pub struct ContinuousQuery {
     input_columns: Vec<usize>,
     /// The plan over pre-aggregated windows, where the query has that shape.
     preaggregated: Option<Rewritten>,
+    /// The query's anomaly calls, in plan order; both plans share them (and their state).
+    anomaly_calls: Vec<Arc<ScalarUDF>>,
 }
 
 impl std::fmt::Debug for ContinuousQuery {
@@ -127,7 +129,7 @@ impl ContinuousQuery {
         ctx.register_table(WINDOW_TABLE, slot.clone()).map_err(sql_err)?;
         let statement = DfStatement::Statement(Box::new(SqlStatement::Query(def.select.clone())));
         let plan = ctx.state().statement_to_plan(statement).await.map_err(sql_err)?;
-        let plan = anomaly::instantiate(plan).map_err(sql_err)?;
+        let (plan, anomaly_calls) = anomaly::instantiate(plan).map_err(sql_err)?;
         // Plan it once physically too: type coercion and function checks happen there.
         ctx.state().create_physical_plan(&plan).await.map_err(sql_err)?;
         let layout = OutputLayout::of(&def, plan.schema())?;
@@ -147,7 +149,7 @@ impl ContinuousQuery {
         };
         // Runs plan the optimised plan physically, without optimising it again each time.
         let plan = optimized;
-        Ok(Self { def, ctx, slot, plan, layout, input_columns, preaggregated })
+        Ok(Self { def, ctx, slot, plan, layout, input_columns, preaggregated, anomaly_calls })
     }
 
     /// The aggregates this query reads if it runs on pre-aggregated windows (see
@@ -160,6 +162,19 @@ impl ContinuousQuery {
     /// the window operator gathers only these.
     pub fn input_columns(&self) -> &[usize] {
         &self.input_columns
+    }
+
+    /// The per-motor state of each anomaly call, for a checkpoint.
+    pub(crate) fn anomaly_state(&self) -> Result<Vec<anomaly::CallState>, StreamError> {
+        self.anomaly_calls.iter().map(|c| anomaly::call_state(c)).collect()
+    }
+
+    /// Restores [`Self::anomaly_state`] into the same query, registered again.
+    pub(crate) fn restore_anomaly_state(&self, states: Vec<anomaly::CallState>) -> Result<(), StreamError> {
+        if states.len() != self.anomaly_calls.len() {
+            return Err(StreamError::Checkpoint(format!("query {}: {} anomaly call states for {} calls", self.def.name, states.len(), self.anomaly_calls.len())));
+        }
+        self.anomaly_calls.iter().zip(states).try_for_each(|(c, s)| anomaly::restore_call(c, s))
     }
 
     /// The parsed definition.

@@ -31,7 +31,10 @@ use datafusion::arrow::compute::{interleave, interleave_record_batch, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use tessera_core::{MotorWatermark, TelemetryColumn, WatermarkPolicy, Window, WindowSpec, telemetry_schema};
 
+use serde::{Deserialize, Serialize};
+
 use crate::StreamError;
+use crate::checkpoint;
 use crate::preagg::{AggKind, AggSpec, ColumnStats, aggregated_schema};
 
 /// The schema of closed-window batches: the telemetry columns, then `window_start` and
@@ -563,6 +566,11 @@ impl WindowOperator {
         self.spec
     }
 
+    /// Motors seen.
+    pub fn motor_count(&self) -> usize {
+        self.motors.len()
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> WindowStats {
         WindowStats {
@@ -652,6 +660,101 @@ impl WindowOperator {
         let batch = self.arena.gather(&rows)?;
         self.arena.release_rows(&rows);
         Ok(Some(batch))
+    }
+
+    /// The operator's state for a checkpoint: every motor's watermark and emitted-through
+    /// mark, its open windows with their running statistics, and (when rows are kept) the
+    /// open windows' rows. Late readings must have been taken ([`Self::take_late`]) first.
+    pub(crate) fn snapshot(&self) -> Result<OperatorState, StreamError> {
+        if !self.late.is_empty() {
+            return Err(StreamError::Checkpoint("late readings not yet taken".into()));
+        }
+        let mut rows: Vec<RowRef> = Vec::new();
+        let motors = self
+            .motors
+            .iter()
+            .map(|m| MotorState {
+                id: m.id.to_string(),
+                site: m.site.to_string(),
+                watermark: m.watermark,
+                emitted_through_ms: m.emitted_through_ms,
+                typical_rows: m.typical_rows as u64,
+                windows: m
+                    .open
+                    .iter()
+                    .map(|(&start_ms, w)| {
+                        rows.extend_from_slice(&w.rows);
+                        WindowState { start_ms, end_ms: w.end_ms, last_event_ms: w.last_event_ms, count: w.count, rows: w.rows.len() as u64, stats: w.stats.clone() }
+                    })
+                    .collect(),
+            })
+            .collect();
+        let rows = if rows.is_empty() { None } else { Some(self.arena.gather(&rows)?) };
+        let s = self.stats;
+        Ok(OperatorState {
+            spec: crate::engine::describe(&self.spec),
+            outputs: self.outputs_fingerprint(),
+            counters: [s.rows_in, s.rows_late, s.windows_closed, s.windows_closed_idle],
+            motors,
+            rows: checkpoint::batch_to_ipc(rows.as_ref())?,
+        })
+    }
+
+    /// Restores [`Self::snapshot`]'s state into this operator, which must be fresh (no input
+    /// yet) and configured for the same spec and outputs.
+    pub(crate) fn restore(&mut self, state: OperatorState) -> Result<(), StreamError> {
+        if self.has_input() || !self.motors.is_empty() {
+            return Err(StreamError::Checkpoint("restoring into a window operator that already has input".into()));
+        }
+        let spec = crate::engine::describe(&self.spec);
+        if state.spec != spec || state.outputs != self.outputs_fingerprint() {
+            return Err(StreamError::Checkpoint(format!(
+                "window state of {} ({}) does not fit this operator ({spec}, {})",
+                state.spec,
+                state.outputs,
+                self.outputs_fingerprint()
+            )));
+        }
+        let rows = checkpoint::batch_from_ipc(&state.rows)?;
+        let total: u64 = state.motors.iter().flat_map(|m| &m.windows).map(|w| w.rows).sum();
+        if rows.as_ref().map_or(0, |b| b.num_rows() as u64) != total || (total > 0 && !self.keep_rows) {
+            return Err(StreamError::Checkpoint(format!("window state names {total} buffered rows; the checkpoint holds {}", rows.as_ref().map_or(0, |b| b.num_rows()))));
+        }
+        let slot = match rows {
+            Some(batch) => {
+                check_schema(&batch)?;
+                let slot = self.arena.insert(batch);
+                self.arena.add_refs(slot, total as usize);
+                slot
+            }
+            None => 0,
+        };
+        let mut next_row = 0u32;
+        for m in state.motors {
+            let idx = self.motor(short_key(&m.id), &m.id, &m.site);
+            let motor = &mut self.motors[idx];
+            motor.watermark = m.watermark;
+            motor.emitted_through_ms = m.emitted_through_ms;
+            motor.typical_rows = m.typical_rows as usize;
+            for w in m.windows {
+                if w.stats.len() != self.aggregated_columns.len() {
+                    return Err(StreamError::Checkpoint(format!("window of motor {} has {} column statistics, expected {}", m.id, w.stats.len(), self.aggregated_columns.len())));
+                }
+                let rows = (next_row..next_row + w.rows as u32).map(|r| (slot, r)).collect();
+                next_row += w.rows as u32;
+                motor.open.insert(w.start_ms, OpenWindow { end_ms: w.end_ms, last_event_ms: w.last_event_ms, rows, count: w.count, stats: w.stats });
+            }
+        }
+        let [rows_in, rows_late, windows_closed, windows_closed_idle] = state.counters;
+        self.stats = WindowStats { rows_in, rows_late, windows_closed, windows_closed_idle, ..WindowStats::default() };
+        Ok(())
+    }
+
+    /// What closed windows carry, as text: a checkpoint restores only into an operator with
+    /// the same outputs.
+    fn outputs_fingerprint(&self) -> String {
+        let aggregates: Vec<String> = self.aggregates.iter().map(|a| a.name()).collect();
+        format!("rows {:?}, aggregates [{}]", self.row_columns(), aggregates.join(", "))
     }
 
     /// The index of `motor` (whose [`short_key`] is `key`), added on first sight.
@@ -868,6 +971,42 @@ impl WindowOperator {
         }
         Ok(RecordBatch::try_new(self.aggregates_schema.clone(), columns)?)
     }
+}
+
+/// A window operator's checkpointed state (see [`WindowOperator::snapshot`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct OperatorState {
+    /// The window spec, as text.
+    spec: String,
+    /// What the operator's closed windows carry (row columns and aggregates), as text.
+    outputs: String,
+    /// rows_in, rows_late, windows_closed, windows_closed_idle.
+    counters: [u64; 4],
+    motors: Vec<MotorState>,
+    /// The open windows' rows, motor by motor and window by window, as Arrow IPC.
+    rows: Vec<u8>,
+}
+
+/// One motor's checkpointed windows.
+#[derive(Debug, Serialize, Deserialize)]
+struct MotorState {
+    id: String,
+    site: String,
+    watermark: MotorWatermark,
+    emitted_through_ms: i64,
+    typical_rows: u64,
+    windows: Vec<WindowState>,
+}
+
+/// One open window, checkpointed; its `rows` are the next ones in [`OperatorState::rows`].
+#[derive(Debug, Serialize, Deserialize)]
+struct WindowState {
+    start_ms: i64,
+    end_ms: i64,
+    last_event_ms: i64,
+    count: u64,
+    rows: u64,
+    stats: Vec<ColumnStats>,
 }
 
 /// A window being emitted: its motor, bounds, buffered rows, reading count and statistics.

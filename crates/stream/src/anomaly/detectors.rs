@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 
 /// A ring of the last `cap` values.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Ring<T> {
     cap: usize,
     items: VecDeque<T>,
@@ -65,7 +65,7 @@ fn gated(score: Option<f64>, gate: Option<f64>) -> bool {
 }
 
 /// One motor's state of one anomaly function call.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Detector {
     /// See [`super::AnomalyKind::ZScore`].
     ZScore { ring: Ring<f64>, gate: Option<f64> },

@@ -39,6 +39,9 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::SessionContext;
 
+use serde::{Deserialize, Serialize};
+
+use crate::StreamError;
 use detectors::{Detector, Ring};
 
 /// The anomaly functions.
@@ -160,25 +163,74 @@ pub fn register_all(ctx: &SessionContext) {
 }
 
 /// Gives every anomaly call in `plan` its own state, checking its constant parameters.
-pub fn instantiate(plan: LogicalPlan) -> Result<LogicalPlan> {
-    plan.transform_up_with_subqueries(|node| {
+/// Returns the plan and the calls, in plan order (the same for the same statement, so a
+/// checkpoint's call states line up with a re-registered query's calls).
+pub fn instantiate(plan: LogicalPlan) -> Result<(LogicalPlan, Vec<Arc<ScalarUDF>>)> {
+    let mut calls = Vec::new();
+    let plan = plan.transform_up_with_subqueries(|node| {
         node.map_expressions(|e| {
             e.transform_up(|e| match e {
                 Expr::ScalarFunction(call) => match AnomalyKind::from_name(call.func.name()) {
                     Some(kind) => {
-                        let udf = AnomalyUdf::for_call(kind, &call.args)?;
-                        Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
-                            Arc::new(ScalarUDF::new_from_impl(udf)),
-                            call.args,
-                        ))))
+                        let udf = Arc::new(ScalarUDF::new_from_impl(AnomalyUdf::for_call(kind, &call.args)?));
+                        calls.push(udf.clone());
+                        Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(udf, call.args))))
                     }
                     None => Ok(Transformed::no(Expr::ScalarFunction(call))),
                 },
                 other => Ok(Transformed::no(other)),
             })
         })
-    })
-    .map(|t| t.data)
+    })?
+    .data;
+    Ok((plan, calls))
+}
+
+/// One anomaly call's per-motor state in a checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct CallState {
+    /// The function, its constant parameters and vector width: a state restores only into
+    /// the same call.
+    function: String,
+    params: Vec<f64>,
+    dims: u64,
+    /// (motor, last window scored, detector), sorted by motor.
+    motors: Vec<(String, i64, Detector)>,
+}
+
+fn anomaly_impl(call: &ScalarUDF) -> Result<&AnomalyUdf, StreamError> {
+    call.inner().downcast_ref::<AnomalyUdf>().ok_or_else(|| StreamError::Checkpoint(format!("{} is not an anomaly function", call.name())))
+}
+
+/// The per-motor state of an anomaly call made by [`instantiate`].
+pub(crate) fn call_state(call: &ScalarUDF) -> Result<CallState, StreamError> {
+    let udf = anomaly_impl(call)?;
+    let states = udf.states.lock().map_err(|_| StreamError::Checkpoint("anomaly state poisoned".into()))?;
+    let mut motors: Vec<(String, i64, Detector)> = states.iter().map(|(m, s)| (m.clone(), s.last_t, s.detector.clone())).collect();
+    motors.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(CallState { function: udf.kind.name().to_string(), params: udf.params.clone(), dims: udf.dims as u64, motors })
+}
+
+/// Restores [`call_state`]'s state into the same call of a re-registered query.
+pub(crate) fn restore_call(call: &ScalarUDF, state: CallState) -> Result<(), StreamError> {
+    let udf = anomaly_impl(call)?;
+    let same = state.function == udf.kind.name()
+        && state.dims == udf.dims as u64
+        && state.params.len() == udf.params.len()
+        && state.params.iter().zip(&udf.params).all(|(a, b)| a.to_bits() == b.to_bits());
+    if !same {
+        return Err(StreamError::Checkpoint(format!(
+            "anomaly state of {}({:?}) does not fit {}({:?})",
+            state.function,
+            state.params,
+            udf.kind.name(),
+            udf.params
+        )));
+    }
+    let mut states = udf.states.lock().map_err(|_| StreamError::Checkpoint("anomaly state poisoned".into()))?;
+    states.clear();
+    states.extend(state.motors.into_iter().map(|(m, last_t, detector)| (m, MotorState { detector, last_t })));
+    Ok(())
 }
 
 /// The constant a parameter argument must be.
