@@ -9,6 +9,7 @@ mod ingest_real_broker;
 mod ingest_stop;
 mod detect_kafka;
 mod eval_detection;
+mod fault;
 mod golden;
 mod replay_skab;
 mod tidy;

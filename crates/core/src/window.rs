@@ -132,6 +132,11 @@ impl MotorWatermark {
         on_time
     }
 
+    /// Newest event time seen, ms (`None` before the first reading).
+    pub fn newest_event_ms(&self) -> Option<i64> {
+        self.max_event_ms
+    }
+
     /// Event time up to which this motor's data is complete: newest event time minus the
     /// allowed lateness. `None` before the first reading.
     pub fn watermark(&self, policy: &WatermarkPolicy) -> Option<i64> {

@@ -63,6 +63,12 @@ pub struct IngestConfig {
     /// How often committable offsets are committed.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// How often a checkpoint barrier is sent downstream (see [`crate::Barrier`]); 0 s: never.
+    /// With barriers, downstream acknowledges a batch only once a checkpoint covering it is
+    /// durable, so commits follow checkpoints; on revoke and stop a barrier replaces the plain
+    /// flush.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
     /// On rebalance or shutdown, how long to wait for downstream to acknowledge what was
     /// handed on before committing what is committable and letting go.
     #[serde(with = "humantime_serde")]
@@ -91,6 +97,7 @@ impl Default for IngestConfig {
             chunk_max_messages: 2048,
             max_chunks_in_flight: 8,
             commit_interval: Duration::from_secs(1),
+            checkpoint_interval: Duration::ZERO,
             drain_timeout: Duration::from_secs(10),
             max_message_bytes: 512 << 10,
             max_readings_per_message: 10_000,

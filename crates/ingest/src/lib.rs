@@ -18,6 +18,12 @@
 //!
 //! Guarantee: at-least-once. An offset is committed only once every reading of every message
 //! up to it has been acknowledged downstream or delivered to the dead-letter topic.
+//!
+//! With `checkpoint_interval` set, the ingest also sends *barriers* downstream: every message
+//! consumed before a barrier is in the batches sent before it, and the barrier names the next
+//! offset of each partition. Downstream checkpoints its state with those offsets and only then
+//! acknowledges, so commits never run ahead of a checkpoint; after a restart,
+//! [`Ingest::start_from`] skips the messages the restored checkpoint already holds.
 #![deny(missing_docs)]
 
 mod batch;
@@ -35,4 +41,4 @@ pub use dead_letter::headers as dead_letter_headers;
 pub use decode::{decode_message, DecodedMessage, MessageLimits};
 pub use error::{IngestError, Result};
 pub use metrics::{IngestMetrics, IngestStats};
-pub use pipeline::{BatchAck, Ingest, ShardBatch};
+pub use pipeline::{Barrier, BatchAck, Ingest, ResumeFrom, ShardBatch};

@@ -20,6 +20,8 @@ pub struct IngestMetrics {
     pub(crate) rebalances: AtomicU64,
     pub(crate) pauses: AtomicU64,
     pub(crate) consumer_errors: AtomicU64,
+    pub(crate) barriers: AtomicU64,
+    pub(crate) resume_skipped: AtomicU64,
 }
 
 /// A snapshot of [`IngestMetrics`].
@@ -51,6 +53,10 @@ pub struct IngestStats {
     pub pauses: u64,
     /// Errors the consumer reported (they are retried by librdkafka).
     pub consumer_errors: u64,
+    /// Checkpoint barriers sent downstream.
+    pub barriers: u64,
+    /// Messages skipped after a restart because the restored checkpoint already holds them.
+    pub resume_skipped: u64,
 }
 
 impl IngestMetrics {
@@ -81,6 +87,8 @@ impl IngestMetrics {
             rebalances: self.rebalances.load(Relaxed),
             pauses: self.pauses.load(Relaxed),
             consumer_errors: self.consumer_errors.load(Relaxed),
+            barriers: self.barriers.load(Relaxed),
+            resume_skipped: self.resume_skipped.load(Relaxed),
         }
     }
 }

@@ -13,9 +13,10 @@
 //! caller's bounded channel, waiting while it is full (that is the backpressure). Once the
 //! ingest is stopping it waits at most `drain_timeout`, so that `stop` always returns.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -34,8 +35,26 @@ use crate::metrics::IngestMetrics;
 use crate::offsets::{OffsetTracker, TopicPartition};
 use crate::{IngestConfig, IngestError, IngestStats, Result};
 
+/// A checkpoint barrier: every message consumed before it is in the batches sent before it
+/// (on the same channel), and none after it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Barrier {
+    /// Counts barriers from 1 since the ingest started.
+    pub epoch: u64,
+    /// (topic, partition, next offset) of every partition with messages handed on since the
+    /// start, as of the barrier; partitions revoked since are left out.
+    pub offsets: Vec<(String, i32, i64)>,
+}
+
+/// Where to resume after a restart: per (topic, partition), the next offset the restored
+/// checkpoint does not hold. Messages below it are skipped (they are already in the state);
+/// the consumer group's committed offset can lag the checkpoint by one commit.
+pub type ResumeFrom = Vec<(String, i32, i64)>;
+
 /// One shard's batch of readings, handed downstream. Call [`ack`](Self::ack) once it is
 /// safely processed: only then can the Kafka offsets behind its rows be committed.
+///
+/// A checkpoint barrier comes as a batch with no rows and `barrier` set.
 #[derive(Debug)]
 pub struct ShardBatch {
     /// The motor shard (`xxh3_64(motor_id) % shards`) of every row.
@@ -45,6 +64,8 @@ pub struct ShardBatch {
     pub batch: RecordBatch,
     /// The acknowledgement to give once the batch is handled.
     pub ack: BatchAck,
+    /// Set on the (empty) batch that carries a checkpoint barrier.
+    pub barrier: Option<Barrier>,
 }
 
 impl ShardBatch {
@@ -92,6 +113,12 @@ impl Ingest {
     /// Validates the config, connects, subscribes and starts the two threads. Batches go to
     /// `out`; its capacity is the number of batches downstream may fall behind by.
     pub fn start(config: IngestConfig, out: SyncSender<ShardBatch>) -> Result<Ingest> {
+        Self::start_from(config, out, ResumeFrom::new())
+    }
+
+    /// Like [`Ingest::start`], resuming from a restored checkpoint: messages below `resume`'s
+    /// offsets are skipped and counted (`resume_skipped`).
+    pub fn start_from(config: IngestConfig, out: SyncSender<ShardBatch>, resume: ResumeFrom) -> Result<Ingest> {
         config.validate()?;
         let metrics = Arc::new(IngestMetrics::default());
         let tracker = Arc::new(OffsetTracker::default());
@@ -108,6 +135,9 @@ impl Ingest {
             unsent: Mutex::new(None),
             paused: AtomicBool::new(false),
             topics: topics.clone(),
+            shipped: Mutex::new(BTreeMap::new()),
+            resume: resume.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
+            barriers: AtomicU64::new(0),
         });
 
         let mut client = ClientConfig::new();
@@ -190,6 +220,8 @@ enum Work {
     Chunk(Chunk),
     /// Flush every shard's open batch now.
     Drain,
+    /// Flush every shard's open batch, then send the barrier.
+    Barrier(Barrier),
 }
 
 /// Messages copied out of Kafka, ready for decoding.
@@ -272,6 +304,12 @@ struct Shared {
     unsent: Mutex<Option<Chunk>>,
     paused: AtomicBool,
     chunk_linger: Duration,
+    /// Next offset of each partition past the chunks handed to the decoder (barrier offsets).
+    shipped: Mutex<BTreeMap<TopicPartition, i64>>,
+    /// Offsets below which messages are already in the restored checkpoint.
+    resume: BTreeMap<TopicPartition, i64>,
+    /// Barriers sent so far (the last epoch).
+    barriers: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -292,7 +330,12 @@ impl Shared {
                     return true;
                 }
                 let open = std::mem::take(&mut *open);
-                let offsets = open.last_offsets.into_iter().map(|((t, p), o)| ((self.topics[t].clone(), p), o)).collect();
+                let offsets: Vec<(TopicPartition, i64)> = open.last_offsets.into_iter().map(|((t, p), o)| ((self.topics[t].clone(), p), o)).collect();
+                let mut shipped = lock(&self.shipped);
+                for (tp, last) in &offsets {
+                    let next = shipped.entry(tp.clone()).or_insert(last + 1);
+                    *next = (*next).max(last + 1);
+                }
                 let mut chunk = open.chunk;
                 chunk.id = self.tracker.open_chunk(offsets);
                 *unsent = Some(chunk);
@@ -332,12 +375,50 @@ impl Shared {
         }
     }
 
-    /// Hands everything consumed so far to the decoder, has it flush its shards, waits for
+    /// The barrier for everything shipped so far.
+    fn next_barrier(&self) -> Barrier {
+        let offsets = lock(&self.shipped).iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
+        Barrier { epoch: self.barriers.load(Ordering::SeqCst) + 1, offsets }
+    }
+
+    /// Whether checkpoint barriers are on.
+    fn checkpointing(&self) -> bool {
+        !self.config.checkpoint_interval.is_zero()
+    }
+
+    /// Sends a barrier after everything consumed so far, without waiting: returns false if
+    /// the decoder's queue is full (try again later).
+    fn try_barrier(&self) -> bool {
+        if !self.ship(true) {
+            return false;
+        }
+        let work_tx = lock(&self.work_tx);
+        let Some(tx) = work_tx.as_ref() else { return true };
+        match tx.try_send(Work::Barrier(self.next_barrier())) {
+            Ok(()) => {
+                self.barriers.fetch_add(1, Ordering::SeqCst);
+                self.metrics.barriers.fetch_add(1, Relaxed);
+                true
+            }
+            Err(TrySendError::Full(_)) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// Hands everything consumed so far to the decoder, has it flush its shards (with a
+    /// barrier when checkpointing, so that downstream checkpoints and acknowledges), waits for
     /// downstream to acknowledge, and commits synchronously. Used on revoke and on stop.
     fn hand_over_and_commit(&self, consumer: &BaseConsumer<IngestContext>) {
         let deadline = Instant::now() + self.config.drain_timeout;
         if self.ship(true) || self.wait_to_send_unsent(deadline) {
-            self.send_until(Work::Drain, deadline);
+            if self.checkpointing() {
+                if self.send_until(Work::Barrier(self.next_barrier()), deadline) {
+                    self.barriers.fetch_add(1, Ordering::SeqCst);
+                    self.metrics.barriers.fetch_add(1, Relaxed);
+                }
+            } else {
+                self.send_until(Work::Drain, deadline);
+            }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if !self.tracker.wait_idle(left) {
@@ -374,7 +455,10 @@ impl Shared {
         }
         self.metrics.commits.fetch_add(1, Relaxed);
         match consumer.commit(&tpl, CommitMode::Sync) {
-            Ok(()) => true,
+            Ok(()) => {
+                fail::fail_point!("ingest-after-commit");
+                true
+            }
             Err(e) => {
                 self.metrics.commit_errors.fetch_add(1, Relaxed);
                 self.tracker.commit_failed(&offsets);
@@ -421,6 +505,10 @@ impl ConsumerContext for IngestContext {
                 tracing::info!(partitions = revoked.len(), "partitions revoked: handing over and committing");
                 s.hand_over_and_commit(consumer);
                 s.tracker.revoke(&revoked);
+                let mut shipped = lock(&s.shipped);
+                revoked.iter().for_each(|tp| {
+                    shipped.remove(tp);
+                });
             }
             Rebalance::Assign(tpl) => {
                 let assigned = partitions_of(tpl);
@@ -444,6 +532,7 @@ impl ConsumerContext for IngestContext {
 
 fn run_consumer(consumer: BaseConsumer<IngestContext>, s: &Shared, stop: &AtomicBool) -> Result<()> {
     let mut last_commit = Instant::now();
+    let mut last_barrier = Instant::now();
     let result = loop {
         if stop.load(Ordering::Relaxed) {
             break Ok(());
@@ -453,7 +542,12 @@ fn run_consumer(consumer: BaseConsumer<IngestContext>, s: &Shared, stop: &Atomic
                 s.metrics.messages.fetch_add(1, Relaxed);
                 s.metrics.bytes.fetch_add(m.payload_len() as u64, Relaxed);
                 let topic = s.topics.iter().position(|t| t == m.topic()).unwrap_or(0);
-                lock(&s.open).push(&m, topic);
+                let held = s.resume.get(&(m.topic().to_string(), m.partition())).is_some_and(|&next| m.offset() < next);
+                if held {
+                    s.metrics.resume_skipped.fetch_add(1, Relaxed);
+                } else {
+                    lock(&s.open).push(&m, topic);
+                }
             }
             Some(Err(e)) => {
                 s.metrics.consumer_errors.fetch_add(1, Relaxed);
@@ -463,6 +557,9 @@ fn run_consumer(consumer: BaseConsumer<IngestContext>, s: &Shared, stop: &Atomic
         }
         let shipped = s.ship(false);
         s.set_paused(&consumer, !shipped);
+        if s.checkpointing() && last_barrier.elapsed() >= s.config.checkpoint_interval && s.try_barrier() {
+            last_barrier = Instant::now();
+        }
         if last_commit.elapsed() >= s.config.commit_interval {
             last_commit = Instant::now();
             if let Some(why) = s.tracker.failure() {
@@ -519,6 +616,7 @@ impl Decoder {
             let step = match work.recv_timeout(tick) {
                 Ok(Work::Chunk(chunk)) => self.process(&chunk),
                 Ok(Work::Drain) => self.emit_all(),
+                Ok(Work::Barrier(barrier)) => self.emit_all().and_then(|()| self.emit_barrier(barrier)),
                 Err(RecvTimeoutError::Timeout) => Ok(()),
                 Err(RecvTimeoutError::Disconnected) => break self.emit_all(),
             };
@@ -594,14 +692,25 @@ impl Decoder {
         Ok(())
     }
 
+    /// Sends a barrier as an empty batch after everything flushed so far.
+    fn emit_barrier(&self, barrier: Barrier) -> Result<()> {
+        let empty = RecordBatch::new_empty(tessera_core::telemetry_schema());
+        self.send(ShardBatch { shard: 0, batch: empty, ack: BatchAck { chunks: Vec::new(), tracker: self.tracker.clone(), done: false }, barrier: Some(barrier) })
+    }
+
     fn emit(&self, flushed: FlushedBatch) -> Result<()> {
-        let rows = flushed.batch.num_rows() as u64;
         let ack = BatchAck { chunks: flushed.tags, tracker: self.tracker.clone(), done: false };
-        let mut batch = ShardBatch { shard: flushed.shard, batch: flushed.batch, ack };
+        self.send(ShardBatch { shard: flushed.shard, batch: flushed.batch, ack, barrier: None })
+    }
+
+    fn send(&self, batch: ShardBatch) -> Result<()> {
+        let rows = batch.batch.num_rows() as u64;
+        let data = u64::from(batch.barrier.is_none());
+        let mut batch = batch;
         loop {
             match self.out.try_send(batch) {
                 Ok(()) => {
-                    self.metrics.batches.fetch_add(1, Relaxed);
+                    self.metrics.batches.fetch_add(data, Relaxed);
                     self.metrics.rows.fetch_add(rows, Relaxed);
                     return Ok(());
                 }

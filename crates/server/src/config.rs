@@ -2,7 +2,8 @@
 //! variables `TESSERA__SECTION__KEY` (e.g. `TESSERA__INGEST__BROKERS`), then validation.
 //! Errors name the field. `deploy/tessera.example.toml` documents every key.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -22,6 +23,41 @@ pub struct NodeConfig {
     pub ingest: IngestConfig,
     /// Windows, continuous queries and alerts.
     pub detect: DetectConfig,
+    /// Checkpoints of the detection state.
+    pub state: StateConfig,
+}
+
+/// The `[state]` section: where and how often the node checkpoints its windows, anomaly
+/// baselines and alert state together with the Kafka offsets they cover.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// The checkpoint directory, on durable site-local storage; unset: no checkpoints (a
+    /// restart loses open windows and baselines).
+    pub dir: Option<PathBuf>,
+    /// How often to checkpoint (and so, at most, how much is read again after a crash).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Checkpoints kept (at least 2).
+    pub keep: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self { dir: None, interval: Duration::from_secs(5), keep: 3 }
+    }
+}
+
+impl StateConfig {
+    /// Checks the fields; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(!self.interval.is_zero(), "state.interval must be longer than 0");
+        anyhow::ensure!(self.keep >= 2, "state.keep must be at least 2 (a damaged newest checkpoint needs one to fall back on)");
+        if let Some(dir) = &self.dir {
+            anyhow::ensure!(!dir.as_os_str().is_empty(), "state.dir must not be empty (leave it out for no checkpoints)");
+        }
+        Ok(())
+    }
 }
 
 impl NodeConfig {
@@ -42,7 +78,8 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<()> {
         tessera_core::SiteId::new(self.site_id.clone()).context("config: site_id")?;
         self.ingest.validate().map_err(|e| anyhow::anyhow!("config: ingest.{}", e.to_string().trim_start_matches("invalid ingest config: ")))?;
-        self.detect.validate().map_err(|e| anyhow::anyhow!("config: {e}"))
+        self.detect.validate().map_err(|e| anyhow::anyhow!("config: {e}"))?;
+        self.state.validate().map_err(|e| anyhow::anyhow!("config: {e}"))
     }
 }
 

@@ -2,12 +2,23 @@
 //! stream engine (windows, continuous queries, alerts) on its own thread, and writes alert
 //! events and late readings to Kafka.
 //!
-//! A batch is acknowledged to the ingest once the engine has taken it in, so offsets advance
-//! while windows are still open: a crash loses open windows (checkpointing them is the
-//! fault-tolerance issue's work). Alerts go to `alerts_topic` as JSON keyed by motor id (schema
-//! in `tessera_stream::alerts`); late readings go to `late_topic` as reading JSON with the
-//! header `tessera.late.for` naming the window they missed.
+//! Without a checkpoint store, a batch is acknowledged to the ingest once the engine has taken
+//! it in, so offsets advance while windows are still open: a crash loses open windows.
+//!
+//! With one ([`Checkpointing`]), the stage holds every acknowledgement until a checkpoint
+//! covers the batch. On each barrier from the ingest it (1) waits until every alert and late
+//! reading produced so far is confirmed by the broker, (2) writes the engine's state with the
+//! barrier's offsets to the store (temp file, fsync, rename), and only then (3) acknowledges the
+//! batches before the barrier, which lets the ingest commit their offsets. A crash anywhere
+//! loses nothing: the restart restores the newest checkpoint and re-reads from its offsets;
+//! what was sent after it is sent again with the same alert ids (see ARCHITECTURE.md,
+//! "Effectively-once alerts"). A failed checkpoint write stops the stage with the error.
+//!
+//! Alerts go to `alerts_topic` as JSON keyed by motor id (schema in `tessera_stream::alerts`);
+//! late readings go to `late_topic` as reading JSON with the header `tessera.late.for` naming
+//! the window they missed.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -16,12 +27,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use arrow_array::RecordBatch;
-use rdkafka::ClientConfig;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
+use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext};
 use serde::{Deserialize, Serialize};
 use tessera_core::WatermarkPolicy;
-use tessera_ingest::{ShardBatch, readings_from_batch};
+use tessera_ingest::{Barrier, BatchAck, ShardBatch, readings_from_batch};
+use tessera_state::{Checkpoint, CheckpointStore, SourceOffset};
 use tessera_stream::{EngineStats, StepOutput, StreamConfig, StreamEngine};
 
 use crate::producer::{now_ms, reading_json};
@@ -96,9 +108,34 @@ pub fn build_engine(config: &DetectConfig) -> Result<StreamEngine> {
     Ok(engine)
 }
 
+/// Where and from what the stage checkpoints: the store, and the newest checkpoint's id and
+/// offsets (a barrier names only partitions with new messages; the others keep theirs).
+#[derive(Debug)]
+pub struct Checkpointing {
+    /// The site-local store.
+    pub store: CheckpointStore,
+    /// Id of the newest stored checkpoint (0: none).
+    pub last_id: u64,
+    /// Offsets of the newest stored checkpoint.
+    pub offsets: Vec<SourceOffset>,
+}
+
+/// Name of the engine's section in a checkpoint.
+pub const ENGINE_SECTION: &str = "engine";
+
 /// Counters of the detection stage.
 #[derive(Debug, Clone, Default)]
 pub struct DetectStats {
+    /// Checkpoints written.
+    pub checkpoints: u64,
+    /// Size and write time of the last one.
+    pub last_checkpoint_bytes: u64,
+    /// Encoding the engine state, in microseconds (last checkpoint).
+    pub last_checkpoint_encode_us: u64,
+    /// Writing it durably, in microseconds (last checkpoint).
+    pub last_checkpoint_write_us: u64,
+    /// Waiting for the broker to confirm alerts and late readings, in microseconds (last).
+    pub last_checkpoint_flush_us: u64,
     /// The engine's counters.
     pub engine: EngineStats,
     /// Alert events written to Kafka.
@@ -117,16 +154,49 @@ pub struct Detect {
     thread: Option<JoinHandle<Result<StreamEngine>>>,
 }
 
+/// Counts deliveries the broker refused, so that a checkpoint never covers a lost alert.
+struct DeliveryCheck {
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl ClientContext for DeliveryCheck {}
+
+impl ProducerContext for DeliveryCheck {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result
+            && let Ok(mut failed) = self.failed.lock()
+        {
+            use rdkafka::Message as _;
+            failed.get_or_insert_with(|| format!("delivery to {} failed: {e}", m.topic()));
+        }
+    }
+}
+
 
 impl Detect {
     /// Starts the stage on `engine`, reading `batches`, writing to `brokers`.
     pub fn start(engine: StreamEngine, config: &DetectConfig, brokers: &str, batches: Receiver<ShardBatch>) -> Result<Self> {
-        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        Self::start_checkpointed(engine, config, brokers, batches, None)
+    }
+
+    /// Like [`Detect::start`], checkpointing on every barrier when `checkpointing` is given
+    /// (the ingest must then send barriers: its `checkpoint_interval` set).
+    pub fn start_checkpointed(
+        engine: StreamEngine,
+        config: &DetectConfig,
+        brokers: &str,
+        batches: Receiver<ShardBatch>,
+        checkpointing: Option<Checkpointing>,
+    ) -> Result<Self> {
+        let failed = Arc::new(Mutex::new(None));
+        let producer: ThreadedProducer<DeliveryCheck> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
             // Alerts are few and urgent: send each at once.
             .set("linger.ms", "0")
-            .create()
+            .create_with_context(DeliveryCheck { failed: failed.clone() })
             .context("creating the alerts producer")?;
         let stop = Arc::new(AtomicBool::new(false));
         let end_of_input = Arc::new(AtomicBool::new(false));
@@ -138,9 +208,19 @@ impl Detect {
             stats: stats.clone(),
             stop: stop.clone(),
             end_of_input: end_of_input.clone(),
+            checkpointing,
+            held: Vec::new(),
+            batches_since_checkpoint: 0,
+            delivery_failed: failed,
         };
         let thread = std::thread::Builder::new().name("tessera-detect".into()).spawn(move || worker.run(batches))?;
         Ok(Self { stop, end_of_input, stats, thread: Some(thread) })
+    }
+
+    /// True once the stage's thread has ended (after a stop, or on an error such as a failed
+    /// checkpoint write; [`Detect::stop`] returns it).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
 
     /// Counters so far.
@@ -175,11 +255,16 @@ impl Drop for Detect {
 
 struct Worker {
     engine: StreamEngine,
-    producer: ThreadedProducer<DefaultProducerContext>,
+    producer: ThreadedProducer<DeliveryCheck>,
     config: DetectConfig,
     stats: Arc<Mutex<DetectStats>>,
     stop: Arc<AtomicBool>,
     end_of_input: Arc<AtomicBool>,
+    checkpointing: Option<Checkpointing>,
+    /// Acknowledgements held until a checkpoint covers their batches.
+    held: Vec<BatchAck>,
+    batches_since_checkpoint: u64,
+    delivery_failed: Arc<Mutex<Option<String>>>,
 }
 
 impl Worker {
@@ -188,12 +273,23 @@ impl Worker {
         let tick = Duration::from_millis(100);
         loop {
             match batches.recv_timeout(tick) {
-                Ok(batch) => {
-                    let rows = batch.ack();
-                    let out = rt.block_on(self.engine.push(&rows, now_ms()))?;
-                    self.publish(out)?;
-                    if let Ok(mut s) = self.stats.lock() {
-                        s.batches += 1;
+                Ok(ShardBatch { batch: rows, ack, barrier, .. }) => {
+                    if rows.num_rows() > 0 {
+                        let out = rt.block_on(self.engine.push(&rows, now_ms()))?;
+                        self.publish(out)?;
+                        self.batches_since_checkpoint += 1;
+                        if let Ok(mut s) = self.stats.lock() {
+                            s.batches += 1;
+                        }
+                    }
+                    match self.checkpointing {
+                        Some(_) => self.held.push(ack),
+                        None => ack.ack(),
+                    }
+                    if let Some(barrier) = barrier
+                        && self.checkpointing.is_some()
+                    {
+                        self.checkpoint(&barrier)?;
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -215,6 +311,52 @@ impl Worker {
         }
         self.producer.flush(Duration::from_secs(30)).context("flushing alerts and late readings")?;
         Ok(self.engine)
+    }
+
+    /// Takes a checkpoint at `barrier`: everything sent so far confirmed, then the state
+    /// and offsets written durably, then the held batches acknowledged.
+    fn checkpoint(&mut self, barrier: &Barrier) -> Result<()> {
+        let Some(cp) = self.checkpointing.as_mut() else { return Ok(()) };
+        let mut offsets: BTreeMap<(String, i32), i64> = cp.offsets.iter().map(|o| ((o.topic.clone(), o.partition), o.next_offset)).collect();
+        let before = offsets.clone();
+        for (topic, partition, next) in &barrier.offsets {
+            let o = offsets.entry((topic.clone(), *partition)).or_insert(*next);
+            *o = (*o).max(*next);
+        }
+        if self.batches_since_checkpoint == 0 && offsets == before && cp.last_id > 0 {
+            // Nothing new: the stored checkpoint still covers everything.
+            self.held.drain(..).for_each(BatchAck::ack);
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        self.producer.flush(Duration::from_secs(60)).context("checkpoint: waiting for the broker to confirm alerts and late readings")?;
+        if let Some(why) = self.delivery_failed.lock().ok().and_then(|f| f.clone()) {
+            anyhow::bail!("checkpoint: an alert or late reading was not delivered ({why}); stopping without committing past it");
+        }
+        let flushed = started.elapsed();
+        let engine = self.engine.checkpoint().context("checkpoint: encoding the engine state")?;
+        let encoded = started.elapsed() - flushed;
+        let checkpoint = Checkpoint {
+            id: cp.last_id + 1,
+            created_ms: now_ms(),
+            offsets: offsets.iter().map(|((topic, partition), next)| SourceOffset { topic: topic.clone(), partition: *partition, next_offset: *next }).collect(),
+            sections: vec![(ENGINE_SECTION.to_string(), engine)],
+        };
+        let written = cp.store.write(&checkpoint).context("checkpoint")?;
+        fail::fail_point!("detect-after-checkpoint-write");
+        cp.last_id = checkpoint.id;
+        cp.offsets = checkpoint.offsets;
+        self.batches_since_checkpoint = 0;
+        self.held.drain(..).for_each(BatchAck::ack);
+        if let Ok(mut s) = self.stats.lock() {
+            s.checkpoints += 1;
+            s.last_checkpoint_bytes = written.bytes;
+            s.last_checkpoint_flush_us = flushed.as_micros() as u64;
+            s.last_checkpoint_encode_us = encoded.as_micros() as u64;
+            s.last_checkpoint_write_us = written.elapsed.as_micros() as u64;
+        }
+        tracing::debug!(id = cp.last_id, bytes = written.bytes, epoch = barrier.epoch, "checkpoint written");
+        Ok(())
     }
 
     fn publish(&mut self, out: StepOutput) -> Result<()> {

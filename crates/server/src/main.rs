@@ -11,7 +11,8 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use tessera_server::config::NodeConfig;
 use tessera_server::demo::{self, DemoOptions};
-use tessera_server::detect::{build_engine, Detect};
+use tessera_server::detect::build_engine;
+use tessera_server::node::Node;
 use tessera_server::eval::{self, EvalOptions};
 use tessera_server::producer::{now_ms, TelemetryProducer, WireFormat};
 use tessera_server::replay::{self, ReplayOptions, Target};
@@ -276,26 +277,30 @@ fn main() -> Result<()> {
                 &brokers,
                 &[(&config.ingest.dead_letter_topic, 3), (&config.detect.alerts_topic, 3), (&config.detect.late_topic, 3)],
             )?;
-            let (tx, rx) = std::sync::mpsc::sync_channel(64);
-            let ingest = tessera_ingest::Ingest::start(config.ingest.clone(), tx)?;
-            let detect = Detect::start(engine, &config.detect, &brokers, rx)?;
+            drop(engine);
+            let node = Node::start(&config)?;
+            if let Some(r) = node.restored() {
+                println!(
+                    "restored checkpoint {} ({} motors, {} open windows; fresh: {:?}), resuming {} partitions at its offsets",
+                    r.id, r.report.motors, r.report.open_windows, r.report.fresh, r.partitions
+                );
+            }
             let started = Instant::now();
             let mut last_print = Instant::now();
-            while !stop.load(Ordering::Relaxed) && duration.is_none_or(|d| started.elapsed() < d) && !ingest.is_finished() {
+            while !stop.load(Ordering::Relaxed) && duration.is_none_or(|d| started.elapsed() < d) && !node.failed() {
                 std::thread::sleep(Duration::from_millis(100));
                 if last_print.elapsed() >= Duration::from_secs(5) {
                     last_print = Instant::now();
-                    let s = ingest.metrics().snapshot();
-                    let d = detect.stats();
+                    let s = node.ingest_stats();
+                    let d = node.detect_stats();
                     println!(
-                        "consumed {} messages, {} readings, {} dead letters | {} late | {} alert events, {} open",
-                        s.messages, s.readings_accepted, s.dead_letters_sent, d.late_sent, d.alerts_sent, d.engine.alerts_open
+                        "consumed {} messages, {} readings, {} dead letters | {} late | {} alert events, {} open | {} checkpoints",
+                        s.messages, s.readings_accepted, s.dead_letters_sent, d.late_sent, d.alerts_sent, d.engine.alerts_open, d.checkpoints
                     );
                     std::io::stdout().flush()?;
                 }
             }
-            let final_stats = ingest.stop()?;
-            let engine = detect.stop()?;
+            let (final_stats, engine) = node.stop()?;
             let rt = tokio::runtime::Builder::new_current_thread().build()?;
             let sql = format!("SELECT query, motor_id, state, severity, round(score, 2) AS score, window_start FROM alerts ORDER BY emitted_at DESC LIMIT {show}");
             let alerts = rt.block_on(engine.sql(&sql))?;

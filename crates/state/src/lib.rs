@@ -26,14 +26,14 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// A file operation failed (e.g. the disk is full); nothing was committed.
-    #[error("checkpoint store: {op} {path}: {source}")]
+    #[error("checkpoint store: {op} {path}: {cause}")]
     Io {
         /// The operation (`create`, `write`, `sync`, `rename`, `read`, ...).
         op: &'static str,
         /// The file or directory.
         path: PathBuf,
-        /// The operating system's error.
-        source: std::io::Error,
+        /// The operating system's error (in the message, so not repeated as a source).
+        cause: std::io::Error,
     },
     /// A checkpoint file does not decode (torn write, bit rot, another program's file).
     #[error("checkpoint {path} is unreadable: {reason}")]

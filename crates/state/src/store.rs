@@ -61,11 +61,11 @@ impl CheckpointStore {
     /// temporary files an interrupted write left.
     pub fn open(dir: impl Into<PathBuf>, keep: usize) -> Result<Self> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|source| StateError::Io { op: "create directory", path: dir.clone(), source })?;
+        fs::create_dir_all(&dir).map_err(|source| StateError::Io { op: "create directory", path: dir.clone(), cause: source })?;
         for entry in read_dir(&dir)? {
             if entry.file_name().to_str().is_some_and(|n| n.starts_with(TEMP_PREFIX)) {
                 let path = entry.path();
-                fs::remove_file(&path).map_err(|source| StateError::Io { op: "remove", path, source })?;
+                fs::remove_file(&path).map_err(|source| StateError::Io { op: "remove", path, cause: source })?;
             }
         }
         let mut store = Self { dir, keep: keep.max(2), newest: None };
@@ -100,7 +100,7 @@ impl CheckpointStore {
         let temp = self.dir.join(format!("{TEMP_PREFIX}{}", checkpoint.id));
         let path = self.path_of(checkpoint.id);
         let written = write_synced(&temp, &bytes).and_then(|()| {
-            fs::rename(&temp, &path).map_err(|source| StateError::Io { op: "rename", path: temp.clone(), source })?;
+            fs::rename(&temp, &path).map_err(|source| StateError::Io { op: "rename", path: temp.clone(), cause: source })?;
             sync_dir(&self.dir)
         });
         if let Err(e) = written {
@@ -117,10 +117,22 @@ impl CheckpointStore {
     /// fail to decode is an error, not an empty store: starting from nothing would silently drop
     /// the state those files held.
     pub fn latest(&self) -> Result<Option<Loaded>> {
+        Self::read_latest(&self.dir)
+    }
+
+    /// [`Self::latest`] of the store in `dir`, without opening it: nothing in the directory
+    /// changes, so another process (a monitor, a test) may read while the owner writes. A file
+    /// pruned between listing and reading is passed over.
+    pub fn read_latest(dir: &Path) -> Result<Option<Loaded>> {
+        let reader = Self { dir: dir.to_path_buf(), keep: 2, newest: None };
         let mut skipped = Vec::new();
-        for id in self.ids()?.into_iter().rev() {
-            let path = self.path_of(id);
-            let bytes = fs::read(&path).map_err(|source| StateError::Io { op: "read", path: path.clone(), source })?;
+        for id in reader.ids()?.into_iter().rev() {
+            let path = reader.path_of(id);
+            let bytes = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(StateError::Io { op: "read", path, cause: source }),
+            };
             match Checkpoint::decode(&bytes) {
                 Ok(checkpoint) if checkpoint.id == id => return Ok(Some(Loaded { checkpoint, path, skipped })),
                 Ok(checkpoint) => skipped.push(Skipped { path, reason: format!("holds id {}, not the {id} of its name", checkpoint.id) }),
@@ -142,19 +154,19 @@ impl CheckpointStore {
         let ids = self.ids()?;
         for &id in &ids[..ids.len().saturating_sub(self.keep)] {
             let path = self.path_of(id);
-            fs::remove_file(&path).map_err(|source| StateError::Io { op: "remove", path, source })?;
+            fs::remove_file(&path).map_err(|source| StateError::Io { op: "remove", path, cause: source })?;
         }
         Ok(())
     }
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>> {
-    let io = |source| StateError::Io { op: "list", path: dir.to_path_buf(), source };
+    let io = |source| StateError::Io { op: "list", path: dir.to_path_buf(), cause: source };
     fs::read_dir(dir).map_err(io)?.collect::<std::io::Result<Vec<_>>>().map_err(io)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |op| move |source| StateError::Io { op, path: path.to_path_buf(), source };
+    let io = |op| move |source| StateError::Io { op, path: path.to_path_buf(), cause: source };
     let mut file = File::create(path).map_err(io("create"))?;
     file.write_all(bytes).map_err(io("write"))?;
     file.sync_all().map_err(io("sync"))
@@ -162,7 +174,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Makes a rename in `dir` durable.
 fn sync_dir(dir: &Path) -> Result<()> {
-    let io = |op| move |source| StateError::Io { op, path: dir.to_path_buf(), source };
+    let io = |op| move |source| StateError::Io { op, path: dir.to_path_buf(), cause: source };
     File::open(dir).map_err(io("open directory"))?.sync_all().map_err(io("sync directory"))
 }
 

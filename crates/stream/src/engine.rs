@@ -68,6 +68,38 @@ pub struct EngineStats {
     pub alerts_open: u64,
 }
 
+/// The canonical checksum of an engine state, and what it counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateDigest {
+    /// xxh3-64 of the canonical form.
+    pub checksum: u64,
+    /// Readings the first stage's windows took in, over the engine's life.
+    pub rows_in: u64,
+}
+
+/// The canonical checksum of [`StreamEngine::checkpoint`] bytes: per stage, the window
+/// operator's content without processing times or first-seen order, every query's anomaly
+/// baselines and alert hysteresis (already sorted by motor), in stage order.
+pub fn state_digest(checkpoint_bytes: &[u8]) -> Result<StateDigest, StreamError> {
+    let (version, rest) =
+        postcard::take_from_bytes::<u32>(checkpoint_bytes).map_err(|e| StreamError::Checkpoint(format!("decoding the state's version: {e}")))?;
+    if version != checkpoint::FORMAT_VERSION {
+        return Err(StreamError::Checkpoint(format!("engine state format {version}; this build reads format {}", checkpoint::FORMAT_VERSION)));
+    }
+    let state: EngineState = checkpoint::from_bytes(rest)?;
+    let mut canonical = Vec::new();
+    for stage in &state.stages {
+        stage.window.canonical_into(&mut canonical)?;
+        for q in &stage.queries {
+            canonical.extend(checkpoint::to_bytes(&(&q.name, &q.anomaly, &q.tracker))?);
+        }
+    }
+    Ok(StateDigest {
+        checksum: xxhash_rust::xxh3::xxh3_64(&canonical),
+        rows_in: state.stages.first().map_or(0, |s| s.window.rows_in()),
+    })
+}
+
 /// What [`StreamEngine::restore`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RestoreReport {
@@ -296,6 +328,13 @@ impl StreamEngine {
         let mut out = checkpoint::to_bytes(&checkpoint::FORMAT_VERSION)?;
         out.extend(checkpoint::to_bytes(&state)?);
         Ok(out)
+    }
+
+    /// A checksum of [`Self::checkpoint`]'s bytes in canonical form (see
+    /// [`state_digest`]): equal for two engines that took in the same readings, however they
+    /// were batched, interleaved across motors, or stopped and restored on the way.
+    pub fn state_digest(&self) -> Result<StateDigest, StreamError> {
+        state_digest(&self.checkpoint()?)
     }
 
     /// Restores a [`Self::checkpoint`] into this engine, which must have its queries
@@ -661,6 +700,7 @@ mod tests {
             assert_eq!(second.checkpoint().unwrap(), state, "the restored state checkpoints to the same bytes (cut at {cut})");
             feed(&mut second, cut..all.num_rows()).await;
             second.close_all(all.num_rows() as i64).await.unwrap();
+            assert_eq!(second.state_digest().unwrap(), whole.state_digest().unwrap(), "same state as the uninterrupted run (cut at {cut})");
             let got = results(&[&first, &second]).await;
             assert_eq!(got.0, expected.0, "window results differ after a restore at row {cut}");
             assert_eq!(got.1, expected.1, "alerts differ after a restore at row {cut}");

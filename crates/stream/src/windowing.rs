@@ -987,6 +987,32 @@ pub(crate) struct OperatorState {
     rows: Vec<u8>,
 }
 
+impl OperatorState {
+    /// The state's content independent of processing time and of the order motors were first
+    /// seen in (what two runs over the same input agree on): motors sorted by id, watermarks
+    /// as newest event times, open windows with their counts and statistics (not their raw
+    /// rows' layout), and the reading and window counters. Appended to `out` as bytes.
+    pub(crate) fn canonical_into(&self, out: &mut Vec<u8>) -> Result<(), StreamError> {
+        let mut motors: Vec<&MotorState> = self.motors.iter().collect();
+        motors.sort_by(|a, b| a.id.cmp(&b.id));
+        let motors: Vec<_> = motors
+            .iter()
+            .map(|m| {
+                let windows: Vec<_> = m.windows.iter().map(|w| (w.start_ms, w.end_ms, w.last_event_ms, w.count, w.rows, &w.stats)).collect();
+                (&m.id, &m.site, m.watermark.newest_event_ms(), m.emitted_through_ms, windows)
+            })
+            .collect();
+        let [rows_in, rows_late, windows_closed, _] = self.counters;
+        out.extend(checkpoint::to_bytes(&(&self.spec, &self.outputs, rows_in, rows_late, windows_closed, motors))?);
+        Ok(())
+    }
+
+    /// Readings that joined a window, over the operator's life (restored across restarts).
+    pub(crate) fn rows_in(&self) -> u64 {
+        self.counters[0]
+    }
+}
+
 /// One motor's checkpointed windows.
 #[derive(Debug, Serialize, Deserialize)]
 struct MotorState {

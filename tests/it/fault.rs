@@ -1,0 +1,406 @@
+//! The fault harness: checkpointed nodes run as separate processes (this test binary started
+//! again, running [`node_process`]) against a real broker process (Tansu) on loopback, and are
+//! killed with SIGKILL at failpoints while readings flow.
+//!
+//! Each test prints its figures on one `fault:` line. Size: `TESSERA_FAULT_READINGS`
+//! (default 100 000 for the test command; docs/RELIABILITY.md gives the full-size command).
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tessera_core::Reading;
+use tessera_server::config::{NodeConfig, StateConfig};
+use tessera_server::detect::{DetectConfig, ENGINE_SECTION, build_engine};
+use tessera_server::node::Node;
+use tessera_server::producer::WireFormat;
+use tessera_server::simulate::{FleetSpec, Simulator};
+use tessera_state::CheckpointStore;
+use tessera_suite::{committed_and_end, payload, producer, read_topic};
+
+/// Set in a node process: its config, as JSON.
+const NODE_CONFIG_ENV: &str = "TESSERA_FAULT_NODE";
+/// `failpoint:n`: the node kills itself (SIGKILL) the n-th time it passes the failpoint.
+const KILL_AT_ENV: &str = "TESSERA_FAULT_KILL_AT";
+/// The node stops gracefully once this file exists.
+const STOP_FILE_ENV: &str = "TESSERA_FAULT_STOP_FILE";
+
+const MOTORS: u32 = 100;
+
+/// The detection queries of the fault tests: every kind of state (running aggregates and raw
+/// rows, two anomaly functions, alert hysteresis) on windows short enough to close often.
+fn queries() -> Vec<String> {
+    vec![
+        "CREATE CONTINUOUS QUERY health WITH (open_above = 4, close_below = 2, open_windows = 2, close_windows = 2) AS
+         SELECT motor_id, window_start, count(*) AS n, avg(current_a) AS current_a,
+                greatest(abs(zscore(motor_id, window_start, avg(current_a), 10, 5)),
+                         abs(zscore(motor_id, window_start, avg(vibration_x_rms), 10, 5)),
+                         abs(zscore(motor_id, window_start, avg(temperature_c), 10, 5))) AS score
+         FROM TUMBLE(telemetry, ts, INTERVAL '1 second') GROUP BY motor_id, window_start"
+            .to_string(),
+        "CREATE CONTINUOUS QUERY spikes WITH (open_above = 5, close_below = 2, open_windows = 1, close_windows = 3) AS
+         SELECT motor_id, window_start, count(DISTINCT seq) AS n, spike(motor_id, window_start, max(current_a), 8) AS score
+         FROM HOP(telemetry, ts, INTERVAL '1 second', INTERVAL '3 seconds') WHERE current_a > 0 GROUP BY motor_id, window_start"
+            .to_string(),
+    ]
+}
+
+fn node_config(brokers: &str, state_dir: &Path) -> NodeConfig {
+    let mut ingest = crate::ingest_config(brokers, "fault-nodes", "telemetry", "dead-letters");
+    // A killed node's partitions move on once its session times out.
+    ingest.kafka.insert("session.timeout.ms".into(), "3000".into());
+    ingest.kafka.insert("heartbeat.interval.ms".into(), "300".into());
+    NodeConfig {
+        site_id: "site-a".into(),
+        ingest,
+        detect: DetectConfig {
+            queries: queries(),
+            // Processing-time idleness must not close windows: results must depend on the
+            // input alone, to compare with the uninterrupted reference.
+            idle_timeout: Duration::from_secs(3600),
+            alerts_topic: "alerts".into(),
+            late_topic: "late".into(),
+            ..Default::default()
+        },
+        state: StateConfig { dir: Some(state_dir.to_path_buf()), interval: Duration::from_millis(300), keep: 3 },
+    }
+}
+
+fn readings_wanted() -> u64 {
+    std::env::var("TESSERA_FAULT_READINGS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000)
+}
+
+fn fleet(readings: u64, start_ms: i64) -> Simulator {
+    Simulator::new(FleetSpec { motors: MOTORS, sites: 3, rate_hz: 10.0, steps: readings / MOTORS as u64, start_ms, fault_fraction: 0.1, seed: 41 })
+}
+
+/// A node process of the fault tests; does nothing unless started by one of them.
+#[test]
+#[ignore = "a node process the fault tests start themselves"]
+fn node_process() {
+    let Ok(config) = std::env::var(NODE_CONFIG_ENV) else { return };
+    crate::init_logging();
+    let config: NodeConfig = serde_json::from_str(&config).expect("the node config");
+    if let Ok(spec) = std::env::var(KILL_AT_ENV) {
+        let (name, nth) = spec.split_once(':').expect("failpoint:n");
+        let nth: u32 = nth.parse().expect("failpoint:n");
+        let hits = AtomicU32::new(0);
+        let point = name.to_string();
+        fail::cfg_callback(name, move || {
+            if hits.fetch_add(1, Ordering::SeqCst) + 1 == nth {
+                println!("fault: SIGKILL at {point} #{nth}");
+                let _ = Command::new("kill").args(["-KILL", &std::process::id().to_string()]).status();
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        })
+        .expect("failpoint");
+    }
+    let stop_file = PathBuf::from(std::env::var(STOP_FILE_ENV).expect("stop file"));
+    let node = match Node::start(&config) {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("node error: {e:#}");
+            std::process::exit(3);
+        }
+    };
+    if let Some(r) = node.restored() {
+        println!("fault: restored checkpoint {} ({} open windows)", r.id, r.report.open_windows);
+    }
+    while !stop_file.exists() && !node.failed() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("fault: wrote {} checkpoints", node.detect_stats().checkpoints);
+    match node.stop() {
+        Ok((stats, _)) => println!("fault: stopped after {} messages, {} skipped on resume, {} barriers", stats.messages, stats.resume_skipped, stats.barriers),
+        Err(e) => {
+            eprintln!("node error: {e:#}");
+            std::process::exit(3);
+        }
+    }
+}
+
+/// A node process and how to stop it; its output is collected as it comes (a full pipe
+/// would block it).
+struct NodeProcess {
+    child: Child,
+    stop_file: PathBuf,
+    output: Vec<std::thread::JoinHandle<String>>,
+}
+
+impl NodeProcess {
+    fn start(config: &NodeConfig, kill_at: Option<&str>, work: &Path, n: usize) -> Self {
+        let stop_file = work.join(format!("stop-{n}"));
+        let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
+        cmd.args(["--exact", "fault::node_process", "--ignored", "--nocapture", "--test-threads=1"])
+            .env(NODE_CONFIG_ENV, serde_json::to_string(config).expect("config as JSON"))
+            .env(STOP_FILE_ENV, &stop_file)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        match kill_at {
+            Some(k) => cmd.env(KILL_AT_ENV, k),
+            None => cmd.env_remove(KILL_AT_ENV),
+        };
+        let mut child = cmd.spawn().expect("a node process starts");
+        let read = |mut r: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = r.read_to_string(&mut text);
+                text
+            })
+        };
+        let output = vec![read(Box::new(child.stdout.take().expect("stdout"))), read(Box::new(child.stderr.take().expect("stderr")))];
+        NodeProcess { child, stop_file, output }
+    }
+
+    /// Waits for the process to end by itself; its status and output.
+    fn wait(mut self, deadline: Duration) -> (ExitStatus, String) {
+        let until = Instant::now() + deadline;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if Instant::now() > until {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let text: String = self.output.drain(..).map(|h| h.join().unwrap_or_default()).collect();
+        match status {
+            Some(status) => (status, text),
+            None => panic!("node process still running after {deadline:?}:\n{text}"),
+        }
+    }
+
+    /// Asks the process to stop gracefully and waits.
+    fn stop(self, deadline: Duration) -> (ExitStatus, String) {
+        std::fs::write(&self.stop_file, b"stop").expect("stop file");
+        self.wait(deadline)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// (alert id, state, window start) of an alert event as JSON.
+fn alert_key(v: &serde_json::Value) -> (String, String, i64) {
+    (v["alert_id"].as_str().unwrap_or_default().to_string(), v["state"].as_str().unwrap_or_default().to_string(), v["window_start_ms"].as_i64().unwrap_or_default())
+}
+
+/// The broker the node processes share, on loopback: librdkafka's mock cluster, served from
+/// this process. Tansu, the broker process of the other end-to-end tests, does not evict a
+/// consumer-group member that was killed (its partitions stay with the dead member; with
+/// static membership they are revoked and never handed out again), so a restarted node would
+/// wait forever. See docs/RELIABILITY.md.
+fn broker() -> (tessera_server::embedded::EmbeddedKafka, String) {
+    let (kafka, brokers) = crate::embedded_kafka(1, 3);
+    for topic in ["alerts", "late"] {
+        kafka.create_topic(topic, 1).unwrap();
+    }
+    (kafka, brokers)
+}
+
+/// The uninterrupted reference: the same readings straight into an engine, motor order kept.
+fn reference(config: &NodeConfig, steps: &[Vec<Reading>]) -> (tessera_stream::StateDigest, BTreeMap<(String, String, i64), usize>) {
+    let mut engine = build_engine(&config.detect).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let mut alerts = BTreeMap::new();
+    for chunk in steps.chunks(20) {
+        let mut builder = tessera_ingest::ShardBuilder::with_capacity(chunk.len() * MOTORS as usize);
+        chunk.iter().flatten().for_each(|r| builder.append(r));
+        let out = rt.block_on(engine.push(&builder.finish(), 0)).unwrap();
+        for e in out.alerts {
+            *alerts.entry(alert_key(&serde_json::to_value(&e).unwrap())).or_insert(0) += 1;
+        }
+    }
+    (engine.state_digest().unwrap(), alerts)
+}
+
+/// The node processes are killed at the two dangerous moments of a checkpoint, again and
+/// again, while readings flow; the run that follows restores, resumes and finishes. Nothing
+/// is lost or counted twice (the final state equals the uninterrupted run's, reading for
+/// reading), and the alerts are the uninterrupted run's, some sent twice with the same id.
+#[test]
+fn killed_nodes_lose_nothing_and_raise_the_same_alerts() {
+    let wanted = readings_wanted();
+    let (broker, brokers) = broker();
+    let work = tempfile::tempdir().unwrap();
+    let config = node_config(&brokers, &work.path().join("state"));
+
+    let start_ms = tessera_server::producer::now_ms() - (wanted / MOTORS as u64) as i64 * 100;
+    let mut sim = fleet(wanted, start_ms);
+    let steps: Vec<Vec<Reading>> = std::iter::from_fn(|| sim.next_step()).collect();
+    let total: u64 = steps.iter().map(|s| s.len() as u64).sum();
+    let (expected_digest, expected_alerts) = reference(&config, &steps);
+    assert!(expected_alerts.len() >= 5, "the reference raises alerts: {expected_alerts:?}");
+    assert_eq!(expected_digest.rows_in, total);
+
+    // Readings flow while nodes are killed: each node's share is published while it runs,
+    // in small steps, so that it checkpoints and commits several times.
+    // The first checkpoint or commit with new data after each restart: a node joins only once
+    // the group has given up on the killed one, by when its share may all be published.
+    let kills = ["detect-after-checkpoint-write:2", "ingest-after-commit:1", "detect-after-checkpoint-write:1", "ingest-after-commit:1"];
+    let shares: Vec<&[Vec<Reading>]> = steps.chunks(steps.len().div_ceil(kills.len() + 1)).collect();
+    let publish_share = |share: &[Vec<Reading>]| {
+        let brokers = brokers.clone();
+        let share = share.to_vec();
+        std::thread::spawn(move || {
+            let p = producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap();
+            for piece in share.chunks(share.len().div_ceil(20).max(1)) {
+                piece.iter().for_each(|s| p.send_readings(s).unwrap());
+                p.flush(Duration::from_secs(60)).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let started = Instant::now();
+    for (n, kill_at) in kills.iter().enumerate() {
+        let node = NodeProcess::start(&config, Some(kill_at), work.path(), n);
+        let publisher = publish_share(shares[n]);
+        let (status, out) = node.wait(Duration::from_secs(120));
+        publisher.join().unwrap();
+        eprintln!("fault: node {n} ended ({status}) after {:.1?}:\n{out}", started.elapsed());
+        assert_eq!(status.signal(), Some(9), "node {n} was to be killed at {kill_at}; it ended with {status}:\n{out}");
+        assert!(out.contains(&format!("fault: SIGKILL at {}", kill_at.replace(':', " #"))), "{out}");
+    }
+    let publisher = publish_share(shares[kills.len()]);
+
+    // The last node runs until its checkpoint covers every message, then stops gracefully.
+    let last = NodeProcess::start(&config, None, work.path(), kills.len());
+    let store_dir = work.path().join("state");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let covered: i64 = CheckpointStore::read_latest(&store_dir)
+            .ok()
+            .flatten()
+            .map_or(0, |l| l.checkpoint.offsets.iter().filter(|o| o.topic == "telemetry").map(|o| o.next_offset).sum());
+        if covered as u64 >= total {
+            break;
+        }
+        if Instant::now() > deadline {
+            let (status, out) = last.stop(Duration::from_secs(60));
+            panic!("the checkpoint covers {covered} of {total} messages after 300 s; the node ended with {status}:\n{out}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    publisher.join().unwrap();
+    let (status, out) = last.stop(Duration::from_secs(60));
+    assert!(status.success(), "the last node stops cleanly: {status}\n{out}");
+    assert!(out.contains("fault: restored checkpoint"), "{out}");
+    let elapsed = started.elapsed();
+
+    // State: restored from the final checkpoint, it equals the uninterrupted run's.
+    let loaded = CheckpointStore::read_latest(&store_dir).unwrap().expect("a checkpoint");
+    let digest = tessera_stream::state_digest(loaded.checkpoint.section(ENGINE_SECTION).unwrap()).unwrap();
+    let lost = total.saturating_sub(digest.rows_in);
+    let counted_twice = digest.rows_in.saturating_sub(total);
+    // Offsets: committed at most one checkpoint behind, never ahead of it.
+    let committed = committed_and_end(&brokers, "fault-nodes", "telemetry", 3).unwrap();
+    for (p, c, end) in &committed {
+        let cp = loaded.checkpoint.offsets.iter().find(|o| o.topic == "telemetry" && o.partition == *p).map_or(0, |o| o.next_offset);
+        assert!(*c <= cp && cp == *end, "partition {p}: committed {c}, checkpoint {cp}, end {end}");
+    }
+
+    // Alerts: the same set, duplicates recognisable by id.
+    let end = committed_and_end(&brokers, "fault-alert-reader", "alerts", 1).unwrap()[0].2 as usize;
+    let mut got: BTreeMap<(String, String, i64), usize> = BTreeMap::new();
+    for m in read_topic(&brokers, "alerts", end, Duration::from_secs(60)).unwrap() {
+        let v: serde_json::Value = serde_json::from_slice(payload(&m)).unwrap();
+        *got.entry(alert_key(&v)).or_insert(0) += 1;
+    }
+    let duplicates: usize = got.values().map(|n| n - 1).sum();
+    println!(
+        "fault: kill -9 at checkpoint failpoints: {total} readings, {} kills, {elapsed:.1?}; lost {lost}, counted twice {counted_twice}; \
+         {} alert events ({} distinct, reference {}), {duplicates} re-sent with the same id; final checkpoint {} bytes",
+        kills.len(),
+        end,
+        got.len(),
+        expected_alerts.len(),
+        std::fs::metadata(&loaded.path).map_or(0, |m| m.len()),
+    );
+    assert_eq!((lost, counted_twice), (0, 0));
+    assert_eq!(digest, expected_digest, "the final state equals the uninterrupted run's");
+    assert_eq!(got.keys().collect::<Vec<_>>(), expected_alerts.keys().collect::<Vec<_>>(), "the alerts are the uninterrupted run's");
+    drop(broker);
+}
+
+/// The state directory fills up (a small tmpfs in a private mount namespace, `unshare -rm`):
+/// the node stops with an error naming the file and the cause, commits nothing past its last
+/// checkpoint, and once space is back a restart restores exactly that checkpoint.
+#[test]
+fn a_full_disk_stops_the_node_cleanly_and_a_restart_resumes() {
+    let (_broker, brokers) = broker();
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let config = node_config(&brokers, &state);
+    let mut sim = fleet(40_000, tessera_server::producer::now_ms() - 40_000);
+    let steps: Vec<Vec<Reading>> = std::iter::from_fn(|| sim.next_step()).collect();
+
+    // Inside the namespace: a 16 MiB tmpfs on the state directory; node 1 runs until it has a
+    // checkpoint, then the disk is filled; after node 1 has stopped, the filler is removed and
+    // node 2 starts. The tmpfs lives as long as the script, so both nodes see it.
+    let script = r#"
+        mount -t tmpfs -o size=16m tmpfs "$STATE" || exit 90
+        TESSERA_FAULT_STOP_FILE="$WORK/stop-1" "$BIN" --exact fault::node_process --ignored --nocapture --test-threads=1 > "$WORK/node1.log" 2>&1 &
+        node=$!
+        i=0
+        while ! ls "$STATE" | grep -q '^checkpoint-' && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
+        dd if=/dev/zero of="$STATE/filler" bs=64k 2>/dev/null
+        wait $node
+        echo $? > "$WORK/node1.status"
+        rm -f "$STATE/filler"
+        TESSERA_FAULT_STOP_FILE="$WORK/stop-2" "$BIN" --exact fault::node_process --ignored --nocapture --test-threads=1 > "$WORK/node2.log" 2>&1
+        echo $? > "$WORK/node2.status"
+    "#;
+    let mut namespace = Command::new("unshare")
+        .args(["-rm", "sh", "-c", script])
+        .env("STATE", &state)
+        .env("WORK", work.path())
+        .env("BIN", std::env::current_exe().unwrap())
+        .env(NODE_CONFIG_ENV, serde_json::to_string(&config).unwrap())
+        .env_remove(KILL_AT_ENV)
+        .spawn()
+        .expect("unshare runs");
+
+    // Readings keep coming, so that node 1 has a checkpoint to write after the disk is full.
+    let p = producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap();
+    let read = |name: &str| std::fs::read_to_string(work.path().join(name)).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut pieces = steps.chunks(10);
+    while !read("node2.log").contains("fault: restored checkpoint") {
+        if let Some(piece) = pieces.next() {
+            piece.iter().for_each(|s| p.send_readings(s).unwrap());
+            p.flush(Duration::from_secs(30)).unwrap();
+        }
+        if let Ok(Some(status)) = namespace.try_wait() {
+            panic!("the namespace script ended early ({status}); node 1:\n{}\nnode 2:\n{}", read("node1.log"), read("node2.log"));
+        }
+        assert!(Instant::now() < deadline, "node 2 did not restore within 240 s; node 1:\n{}\nnode 2:\n{}", read("node1.log"), read("node2.log"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(work.path().join("stop-2"), b"stop").unwrap();
+    let status = namespace.wait().unwrap();
+    let (node1, node2) = (read("node1.log"), read("node2.log"));
+    assert!(status.success(), "{status}\nnode 1:\n{node1}\nnode 2:\n{node2}");
+
+    assert_eq!(read("node1.status").trim(), "3", "node 1 stops with an error:\n{node1}");
+    let error = node1.lines().find(|l| l.starts_with("node error:")).unwrap_or_default();
+    assert!(error.contains("checkpoint") && error.contains("No space left on device") && error.contains(".tmp-checkpoint-"), "a clear error naming the file and the cause: {node1}");
+    let written: u64 = node1.lines().find_map(|l| l.strip_prefix("fault: wrote ")?.strip_suffix(" checkpoints")?.parse().ok()).expect("node 1 reports its checkpoints");
+    let restored: u64 = node2.lines().find_map(|l| l.split("fault: restored checkpoint ").nth(1)?.split(' ').next()?.parse().ok()).expect("node 2 restores");
+    assert_eq!(read("node2.status").trim(), "0", "node 2 stops cleanly:\n{node2}");
+    println!("fault: disk full: node 1 wrote {written} checkpoints, then stopped with \"{}\"; node 2 restored checkpoint {restored}", error.trim());
+    assert!(written >= 1);
+    assert_eq!(restored, written, "the restart reaches the last checkpoint written before the disk filled");
+}
