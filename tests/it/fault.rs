@@ -404,3 +404,96 @@ fn a_full_disk_stops_the_node_cleanly_and_a_restart_resumes() {
     assert!(written >= 1);
     assert_eq!(restored, written, "the restart reaches the last checkpoint written before the disk filled");
 }
+
+/// Event-time chaos: one motor's clock runs 10 minutes fast, another's jumps 10 minutes back
+/// now and then, and some clean motors send a reading stamped in the year 2100 or before
+/// 1970. The bad timestamps are quarantined (dead-letter topic, counted by reason; the jumps
+/// back on the late path, counted), and the clean motors' windows and scores are exactly those
+/// of a run without the chaos.
+#[test]
+fn event_time_chaos_is_quarantined_and_clean_motors_are_unaffected() {
+    let (_kafka, brokers) = broker();
+    let work = tempfile::tempdir().unwrap();
+    let mut config = node_config(&brokers, &work.path().join("state"));
+    config.ingest.group_id = "chaos".into();
+    let mut sim = Simulator::new(FleetSpec {
+        motors: 30,
+        sites: 3,
+        rate_hz: 10.0,
+        steps: 600,
+        start_ms: tessera_server::producer::now_ms() - 60_000,
+        fault_fraction: 0.0,
+        seed: 9,
+    });
+    let clean: Vec<Vec<Reading>> = std::iter::from_fn(|| sim.next_step()).collect();
+    let rename = |r: &Reading, id: &str| Reading { motor_id: tessera_core::MotorId::new(id.to_string()).unwrap(), ..r.clone() };
+    let (mut fast, mut jumpy, mut bad) = (0u64, 0u64, 0u64);
+    let mut chaotic: Vec<Vec<Reading>> = Vec::new();
+    for (i, step) in clean.iter().enumerate() {
+        let mut out = step.clone();
+        // X-FAST: every reading 10 minutes ahead (beyond the 5 minutes allowed).
+        out.push(Reading { event_time_ms: step[0].event_time_ms + 600_000, ..rename(&step[0], "X-FAST") });
+        fast += 1;
+        // X-JUMPY: on time, but every 50th reading 10 minutes behind (late for its windows).
+        let back = if i % 50 == 49 { 600_000 } else { 0 };
+        out.push(Reading { event_time_ms: step[1].event_time_ms - back, ..rename(&step[1], "X-JUMPY") });
+        jumpy += u64::from(back > 0);
+        // Clean motors, now and then: the year 2100, or before 1970.
+        if i % 100 == 7 {
+            out.push(Reading { event_time_ms: 4_102_444_800_000, sequence: 1_000_000 + i as u64, ..step[2].clone() });
+            out.push(Reading { event_time_ms: -5_000, sequence: 2_000_000 + i as u64, ..step[3].clone() });
+            bad += 1;
+        }
+        chaotic.push(out);
+    }
+    let p = producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap();
+    chaotic.iter().for_each(|s| p.send_readings(s).unwrap());
+    p.flush(Duration::from_secs(60)).unwrap();
+    let messages: u64 = chaotic.iter().map(|s| s.len() as u64).sum();
+
+    let node = Node::start(&config).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while node.ingest_stats().messages < messages {
+        assert!(Instant::now() < deadline, "consumed {} of {messages}", node.ingest_stats().messages);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let late = || node.detect_stats().late_sent;
+    while late() < jumpy && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (stats, engine) = node.stop().unwrap();
+    let rejected: BTreeMap<&str, u64> = stats.rejected_by_reason.iter().copied().collect();
+
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let windows = |engine: &tessera_stream::StreamEngine| {
+        let sql = "SELECT query, motor_id, window_start, score, features FROM motor_windows WHERE motor_id LIKE 'M%' ORDER BY 1, 2, 3";
+        datafusion::arrow::util::pretty::pretty_format_batches(&rt.block_on(engine.sql(sql)).unwrap()).unwrap().to_string()
+    };
+    let mut reference = build_engine(&config.detect).unwrap();
+    for chunk in clean.chunks(20) {
+        let mut builder = tessera_ingest::ShardBuilder::with_capacity(chunk.len() * 30);
+        chunk.iter().flatten().for_each(|r| builder.append(r));
+        rt.block_on(reference.push(&builder.finish(), 0)).unwrap();
+    }
+    let (got, expected) = (windows(&engine), windows(&reference));
+    println!(
+        "fault: event-time chaos: {messages} messages; quarantined {} future (expected {}), {} stale (expected {bad}); {} late (expected {jumpy}); clean motors' {} window rows equal the clean run: {}",
+        rejected.get("future_event_time").copied().unwrap_or(0),
+        fast + bad,
+        rejected.get("stale_event_time").copied().unwrap_or(0),
+        late_count(&engine, &rt),
+        expected.lines().count().saturating_sub(4),
+        got == expected
+    );
+    assert_eq!(rejected.get("future_event_time").copied(), Some(fast + bad));
+    assert_eq!(rejected.get("stale_event_time").copied(), Some(bad));
+    assert_eq!(late_count(&engine, &rt), jumpy);
+    assert!(expected.lines().count() > 1000, "{expected}");
+    assert_eq!(got, expected, "the clean motors' windows equal the run without chaos");
+}
+
+/// Late readings the first stage reported.
+fn late_count(engine: &tessera_stream::StreamEngine, rt: &tokio::runtime::Runtime) -> u64 {
+    let batches = rt.block_on(engine.sql("SELECT count(*) AS n FROM late_readings WHERE late_for LIKE 'tumble%'")).unwrap();
+    batches[0].column(0).as_any().downcast_ref::<arrow_array::Int64Array>().map_or(0, |a| a.value(0)) as u64
+}
