@@ -25,6 +25,8 @@ use tessera_suite::{committed_and_end, payload, producer, read_topic};
 const NODE_CONFIG_ENV: &str = "TESSERA_FAULT_NODE";
 /// `failpoint:n`: the node kills itself (SIGKILL) the n-th time it passes the failpoint.
 const KILL_AT_ENV: &str = "TESSERA_FAULT_KILL_AT";
+/// `name=actions`: a failpoint configured in the node process (the `fail` crate's syntax).
+const FAILPOINTS_ENV: &str = "TESSERA_FAULT_FAILPOINTS";
 /// The node stops gracefully once this file exists.
 const STOP_FILE_ENV: &str = "TESSERA_FAULT_STOP_FILE";
 
@@ -98,6 +100,10 @@ fn node_process() {
         })
         .expect("failpoint");
     }
+    if let Ok(spec) = std::env::var(FAILPOINTS_ENV) {
+        let (name, actions) = spec.split_once('=').expect("name=actions");
+        fail::cfg(name, actions).expect("failpoint actions");
+    }
     let stop_file = PathBuf::from(std::env::var(STOP_FILE_ENV).expect("stop file"));
     let node = match Node::start(&config) {
         Ok(node) => node,
@@ -132,6 +138,10 @@ struct NodeProcess {
 
 impl NodeProcess {
     fn start(config: &NodeConfig, kill_at: Option<&str>, work: &Path, n: usize) -> Self {
+        Self::start_with(config, kill_at, None, work, n)
+    }
+
+    fn start_with(config: &NodeConfig, kill_at: Option<&str>, failpoints: Option<&str>, work: &Path, n: usize) -> Self {
         let stop_file = work.join(format!("stop-{n}"));
         let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
         cmd.args(["--exact", "fault::node_process", "--ignored", "--nocapture", "--test-threads=1"])
@@ -142,6 +152,10 @@ impl NodeProcess {
         match kill_at {
             Some(k) => cmd.env(KILL_AT_ENV, k),
             None => cmd.env_remove(KILL_AT_ENV),
+        };
+        match failpoints {
+            Some(f) => cmd.env(FAILPOINTS_ENV, f),
+            None => cmd.env_remove(FAILPOINTS_ENV),
         };
         let mut child = cmd.spawn().expect("a node process starts");
         let read = |mut r: Box<dyn std::io::Read + Send>| {
@@ -496,4 +510,46 @@ fn event_time_chaos_is_quarantined_and_clean_motors_are_unaffected() {
 fn late_count(engine: &tessera_stream::StreamEngine, rt: &tokio::runtime::Runtime) -> u64 {
     let batches = rt.block_on(engine.sql("SELECT count(*) AS n FROM late_readings WHERE late_for LIKE 'tumble%'")).unwrap();
     batches[0].column(0).as_any().downcast_ref::<arrow_array::Int64Array>().map_or(0, |a| a.value(0)) as u64
+}
+
+/// A message that makes the decoder panic (a failpoint panics on one otherwise valid reading)
+/// is isolated: it goes to the dead-letter topic with reason `poison` and the panic's message,
+/// the node keeps running, and every other reading is in the state exactly once.
+#[test]
+fn a_poison_message_is_dead_lettered_and_the_partition_moves_on() {
+    let (_kafka, brokers) = broker();
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let mut config = node_config(&brokers, &state);
+    config.ingest.group_id = "poison".into();
+    let mut sim = Simulator::new(FleetSpec { motors: 20, sites: 1, rate_hz: 10.0, steps: 200, start_ms: tessera_server::producer::now_ms() - 20_000, fault_fraction: 0.0, seed: 5 });
+    let steps: Vec<Vec<Reading>> = std::iter::from_fn(|| sim.next_step()).collect();
+    let p = producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap();
+    let (before, after) = steps.split_at(100);
+    before.iter().for_each(|s| p.send_readings(s).unwrap());
+    let mut poisoned = steps[0][0].clone();
+    poisoned.motor_id = tessera_core::MotorId::new("M-POISON".to_string()).unwrap();
+    let json = serde_json::to_vec(&tessera_server::producer::reading_json(&poisoned)).unwrap();
+    p.send_raw(Some(b"M-POISON"), &json, Some("application/json")).unwrap();
+    after.iter().for_each(|s| p.send_readings(s).unwrap());
+    p.flush(Duration::from_secs(30)).unwrap();
+    let readings: u64 = steps.iter().map(|s| s.len() as u64).sum();
+
+    let node = NodeProcess::start_with(&config, None, Some("ingest-decode=return(M-POISON)"), work.path(), 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while CheckpointStore::read_latest(&state).ok().flatten().map_or(0, |l| l.checkpoint.offsets.iter().map(|o| o.next_offset).sum::<i64>()) < readings as i64 + 1 {
+        assert!(Instant::now() < deadline, "the node did not get past the poison message in 120 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, out) = node.stop(Duration::from_secs(60));
+    assert!(status.success(), "{status}\n{out}");
+    let dead = read_topic(&brokers, "dead-letters", 1, Duration::from_secs(30)).unwrap();
+    let reason = tessera_suite::header(&dead[0], tessera_ingest::dead_letter_headers::REASON);
+    let detail = tessera_suite::header(&dead[0], tessera_ingest::dead_letter_headers::DETAIL).unwrap_or_default();
+    let digest = tessera_stream::state_digest(CheckpointStore::read_latest(&state).unwrap().unwrap().checkpoint.section(ENGINE_SECTION).unwrap()).unwrap();
+    println!("fault: poison: 1 message panicked the decoder -> dead letter ({reason:?}: {detail}); node kept running; {} of {readings} readings in the state", digest.rows_in);
+    assert_eq!((dead.len(), reason.as_deref()), (1, Some("poison")));
+    assert!(detail.contains("injected poison"), "{detail}");
+    assert_eq!(payload(&dead[0]), &json[..], "the dead letter keeps the original bytes");
+    assert_eq!(digest.rows_in, readings);
 }

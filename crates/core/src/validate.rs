@@ -115,6 +115,9 @@ pub enum RejectReason {
     },
     /// Too many, or too long, extra measurement names.
     BadExtra(String),
+    /// Processing the message failed inside Tessera (a bug it triggers): isolated to the
+    /// dead-letter topic so the partition moves on instead of crash-looping.
+    Poison(String),
 }
 
 impl RejectReason {
@@ -131,11 +134,12 @@ impl RejectReason {
             RejectReason::FutureEventTime { .. } => "future_event_time",
             RejectReason::StaleEventTime { .. } => "stale_event_time",
             RejectReason::BadExtra(_) => "bad_extra",
+            RejectReason::Poison(_) => "poison",
         }
     }
 
     /// Every code [`code`](Self::code) can return, for metrics and docs.
-    pub const CODES: [&'static str; 10] = [
+    pub const CODES: [&'static str; 11] = [
         "malformed",
         "oversize",
         "too_many_readings",
@@ -146,6 +150,7 @@ impl RejectReason {
         "future_event_time",
         "stale_event_time",
         "bad_extra",
+        "poison",
     ];
 }
 
@@ -172,6 +177,7 @@ impl fmt::Display for RejectReason {
                 write!(f, "event time is {behind_ms} ms in the past")
             }
             RejectReason::BadExtra(why) => write!(f, "extra measurements: {why}"),
+            RejectReason::Poison(why) => write!(f, "processing the message failed: {why}"),
         }
     }
 }
@@ -335,6 +341,7 @@ mod tests {
             RejectReason::FutureEventTime { ahead_ms: 0 },
             RejectReason::StaleEventTime { behind_ms: 0 },
             RejectReason::BadExtra(String::new()),
+            RejectReason::Poison(String::new()),
         ];
         let codes: Vec<_> = reasons.iter().map(RejectReason::code).collect();
         assert_eq!(codes, RejectReason::CODES);

@@ -23,6 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrow_array::RecordBatch;
+use tessera_core::RejectReason;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::topic_partition_list::TopicPartitionList;
@@ -637,14 +638,22 @@ impl Decoder {
         let bytes = |r: &Range<usize>| &chunk.data[r.clone()];
         for m in &chunk.messages {
             let topic = &self.config.topics[m.topic];
-            let decoded = decode_message(
-                bytes(&m.payload),
-                m.content_type.as_ref().map(bytes),
-                topic.encoding,
-                self.limits,
-                &self.config.validation,
-                now_ms,
-            );
+            // A message that makes decoding panic (a bug it triggers) is isolated to the
+            // dead-letter topic with the panic's message, instead of crash-looping the partition.
+            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                fail::fail_point!("ingest-decode", |payload_marker: Option<String>| {
+                    if payload_marker.is_some_and(|marker| bytes(&m.payload).windows(marker.len()).any(|w| w == marker.as_bytes())) {
+                        panic!("injected poison")
+                    }
+                    decode_message(bytes(&m.payload), m.content_type.as_ref().map(bytes), topic.encoding, self.limits, &self.config.validation, now_ms)
+                });
+                decode_message(bytes(&m.payload), m.content_type.as_ref().map(bytes), topic.encoding, self.limits, &self.config.validation, now_ms)
+            }))
+            .unwrap_or_else(|panic| {
+                let why = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "panic".into());
+                tracing::error!(partition = m.partition, offset = m.offset, error = %why, "decoding a message panicked; dead-lettering it");
+                Err(RejectReason::Poison(why))
+            });
             let (readings, reason_code, detail, indices) = match decoded {
                 Ok(d) if d.rejected.is_empty() => (d.readings, None, String::new(), None),
                 Ok(d) => {
