@@ -254,7 +254,7 @@ fn parse_duration(text: &str) -> Option<i64> {
         }
     }
     tokens.retain(|t| !t.is_empty());
-    if tokens.is_empty() || tokens.len() % 2 != 0 {
+    if tokens.is_empty() || !tokens.len().is_multiple_of(2) {
         return None;
     }
     let mut total = 0.0;

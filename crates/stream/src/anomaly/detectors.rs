@@ -233,8 +233,9 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
         b.swap(col, pivot);
         for row in col + 1..k {
             let f = a[row][col] / a[col][col];
-            for c in col..k {
-                a[row][c] -= f * a[col][c];
+            let (upper, lower) = a.split_at_mut(row);
+            for (x, p) in lower[0][col..k].iter_mut().zip(&upper[col][col..k]) {
+                *x -= f * p;
             }
             b[row] -= f * b[col];
         }
