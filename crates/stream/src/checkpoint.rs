@@ -34,6 +34,22 @@ pub(crate) fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StreamE
     postcard::from_bytes(bytes).map_err(|e| StreamError::Checkpoint(format!("decoding state: {e}")))
 }
 
+/// [`FORMAT_VERSION`], then the serialized state.
+pub(crate) fn to_versioned_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, StreamError> {
+    let mut out = to_bytes(&FORMAT_VERSION)?;
+    out.extend(to_bytes(value)?);
+    Ok(out)
+}
+
+/// The state of [`to_versioned_bytes`]; another format version is an error.
+pub(crate) fn from_versioned_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StreamError> {
+    let (version, rest) = postcard::take_from_bytes::<u32>(bytes).map_err(|e| StreamError::Checkpoint(format!("decoding the state's version: {e}")))?;
+    if version != FORMAT_VERSION {
+        return Err(StreamError::Checkpoint(format!("engine state format {version}; this build reads format {FORMAT_VERSION}")));
+    }
+    from_bytes(rest)
+}
+
 /// A batch as Arrow IPC stream bytes (empty for no batch).
 pub(crate) fn batch_to_ipc(batch: Option<&RecordBatch>) -> Result<Vec<u8>, StreamError> {
     let Some(batch) = batch else { return Ok(Vec::new()) };

@@ -81,12 +81,7 @@ pub struct StateDigest {
 /// operator's content without processing times or first-seen order, every query's anomaly
 /// baselines and alert hysteresis (already sorted by motor), in stage order.
 pub fn state_digest(checkpoint_bytes: &[u8]) -> Result<StateDigest, StreamError> {
-    let (version, rest) =
-        postcard::take_from_bytes::<u32>(checkpoint_bytes).map_err(|e| StreamError::Checkpoint(format!("decoding the state's version: {e}")))?;
-    if version != checkpoint::FORMAT_VERSION {
-        return Err(StreamError::Checkpoint(format!("engine state format {version}; this build reads format {}", checkpoint::FORMAT_VERSION)));
-    }
-    let state: EngineState = checkpoint::from_bytes(rest)?;
+    let state: EngineState = checkpoint::from_versioned_bytes(checkpoint_bytes)?;
     let mut canonical = Vec::new();
     for stage in &state.stages {
         stage.window.canonical_into(&mut canonical)?;
@@ -325,9 +320,7 @@ impl StreamEngine {
             })
             .collect::<Result<_, StreamError>>()?;
         let state = EngineState { stages, counters: [self.query_errors, self.query_rows, self.alert_events] };
-        let mut out = checkpoint::to_bytes(&checkpoint::FORMAT_VERSION)?;
-        out.extend(checkpoint::to_bytes(&state)?);
-        Ok(out)
+        checkpoint::to_versioned_bytes(&state)
     }
 
     /// A checksum of [`Self::checkpoint`]'s bytes in canonical form (see
@@ -345,12 +338,7 @@ impl StreamEngine {
         if self.stages.iter().any(|s| s.op.has_input()) {
             return Err(StreamError::Checkpoint("restoring into an engine that already has input".into()));
         }
-        let (version, rest) =
-            postcard::take_from_bytes::<u32>(bytes).map_err(|e| StreamError::Checkpoint(format!("decoding the state's version: {e}")))?;
-        if version != checkpoint::FORMAT_VERSION {
-            return Err(StreamError::Checkpoint(format!("engine state format {version}; this build reads format {}", checkpoint::FORMAT_VERSION)));
-        }
-        let state: EngineState = checkpoint::from_bytes(rest)?;
+        let state: EngineState = checkpoint::from_versioned_bytes(bytes)?;
         let mut report = RestoreReport::default();
         let mut used = vec![false; self.stages.len()];
         for saved in state.stages {
