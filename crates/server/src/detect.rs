@@ -128,7 +128,7 @@ pub const ENGINE_SECTION: &str = "engine";
 pub struct DetectStats {
     /// Checkpoints written.
     pub checkpoints: u64,
-    /// Size and write time of the last one.
+    /// Size of the last checkpoint file, in bytes.
     pub last_checkpoint_bytes: u64,
     /// Encoding the engine state, in microseconds (last checkpoint).
     pub last_checkpoint_encode_us: u64,
