@@ -23,6 +23,9 @@ pub enum IngestError {
         /// What went wrong.
         reason: String,
     },
+    /// An assigned partition's checkpoint could not be loaded or handed downstream.
+    #[error("partition state: {0}")]
+    Partitions(String),
     /// The receiver of the batches is gone.
     #[error("the downstream batch receiver was dropped")]
     DownstreamClosed,

@@ -22,8 +22,10 @@
 //! With `checkpoint_interval` set, the ingest also sends *barriers* downstream: every message
 //! consumed before a barrier is in the batches sent before it, and the barrier names the next
 //! offset of each partition. Downstream checkpoints its state with those offsets and only then
-//! acknowledges, so commits never run ahead of a checkpoint; after a restart,
-//! [`Ingest::start_from`] skips the messages the restored checkpoint already holds.
+//! acknowledges, so commits never run ahead of a checkpoint. With [`Ingest::start_with_states`]
+//! checkpoints are per partition: a barrier also names the partition of each new motor, and
+//! an assigned partition starts at its checkpoint's offset, its checkpoint sent downstream
+//! ahead of its readings ([`Control::Assigned`]); a revoked one is checkpointed and handed over.
 #![deny(missing_docs)]
 
 mod batch;
@@ -41,4 +43,5 @@ pub use dead_letter::headers as dead_letter_headers;
 pub use decode::{decode_message, DecodedMessage, MessageLimits};
 pub use error::{IngestError, Result};
 pub use metrics::{IngestMetrics, IngestStats};
-pub use pipeline::{Barrier, BatchAck, Ingest, ResumeFrom, ShardBatch};
+pub use offsets::TopicPartition;
+pub use pipeline::{Barrier, BatchAck, Control, Ingest, PartitionStart, PartitionStates, ShardBatch};

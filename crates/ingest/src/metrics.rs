@@ -21,7 +21,10 @@ pub struct IngestMetrics {
     pub(crate) pauses: AtomicU64,
     pub(crate) consumer_errors: AtomicU64,
     pub(crate) barriers: AtomicU64,
-    pub(crate) resume_skipped: AtomicU64,
+    pub(crate) resumed_at_checkpoint: AtomicU64,
+    pub(crate) longest_rebalance_us: AtomicU64,
+    pub(crate) longest_stall_us: AtomicU64,
+    pub(crate) stale_dropped: AtomicU64,
 }
 
 /// A snapshot of [`IngestMetrics`].
@@ -55,8 +58,18 @@ pub struct IngestStats {
     pub consumer_errors: u64,
     /// Checkpoint barriers sent downstream.
     pub barriers: u64,
-    /// Messages skipped after a restart because the restored checkpoint already holds them.
-    pub resume_skipped: u64,
+    /// Assigned partitions that started at their checkpoint's offset.
+    pub resumed_at_checkpoint: u64,
+    /// The longest rebalance callback (handing partitions over, or loading assigned ones'
+    /// checkpoints), in microseconds: no partition of this consumer is read meanwhile.
+    pub longest_rebalance_us: u64,
+    /// The longest gap between two consecutive messages of a partition that stayed assigned,
+    /// in microseconds: how long a partition that did not move stalled (across rebalances,
+    /// backpressure, and any lull in what the producers sent).
+    pub longest_stall_us: u64,
+    /// Messages of a partition no longer assigned (fetched before it was revoked), dropped
+    /// unread: its new owner reads them.
+    pub stale_dropped: u64,
 }
 
 impl IngestMetrics {
@@ -88,7 +101,10 @@ impl IngestMetrics {
             pauses: self.pauses.load(Relaxed),
             consumer_errors: self.consumer_errors.load(Relaxed),
             barriers: self.barriers.load(Relaxed),
-            resume_skipped: self.resume_skipped.load(Relaxed),
+            resumed_at_checkpoint: self.resumed_at_checkpoint.load(Relaxed),
+            longest_rebalance_us: self.longest_rebalance_us.load(Relaxed),
+            longest_stall_us: self.longest_stall_us.load(Relaxed),
+            stale_dropped: self.stale_dropped.load(Relaxed),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// A topic and partition.
-pub(crate) type TopicPartition = (String, i32);
+pub type TopicPartition = (String, i32);
 
 #[derive(Debug)]
 struct Chunk {

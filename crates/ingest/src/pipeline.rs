@@ -13,7 +13,7 @@
 //! caller's bounded channel, waiting while it is full (that is the backpressure). Once the
 //! ingest is stopping it waits at most `drain_timeout`, so that `stop` always returns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,7 +24,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrow_array::RecordBatch;
 use tessera_core::RejectReason;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset};
@@ -45,17 +46,64 @@ pub struct Barrier {
     /// (topic, partition, next offset) of every partition with messages handed on since the
     /// start, as of the barrier; partitions revoked since are left out.
     pub offsets: Vec<(String, i32, i64)>,
+    /// Motors seen for the first time (or on another partition than before) since the last
+    /// barrier, with the partition their readings came from: a partition's checkpoint holds
+    /// the state of its motors.
+    pub motors: Vec<(String, TopicPartition)>,
+    /// Partitions being revoked at this barrier: checkpoint them (unless `lost`), then forget
+    /// their motors; another node takes them over from that checkpoint.
+    pub revoked: Vec<TopicPartition>,
+    /// The revoked partitions were lost, not handed over (the group gave up on this node): they
+    /// may already be another node's, so they must not be checkpointed any more.
+    pub lost: bool,
 }
 
-/// Where to resume after a restart: per (topic, partition), the next offset the restored
-/// checkpoint does not hold. Messages below it are skipped (they are already in the state);
-/// the consumer group's committed offset can lag the checkpoint by one commit.
-pub type ResumeFrom = Vec<(String, i32, i64)>;
+/// A newly assigned partition, as its checkpoint left it.
+pub struct PartitionStart {
+    /// The partition.
+    pub topic: String,
+    /// The partition number.
+    pub partition: i32,
+    /// The next offset its checkpoint does not hold: consumption starts there (not at the
+    /// group's committed offset, which may lag the checkpoint). `None`: no checkpoint; the
+    /// committed offset, else the earliest.
+    pub resume_at: Option<i64>,
+    /// The checkpoint, for downstream to restore before the partition's first reading; opaque
+    /// to the ingest.
+    pub state: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl std::fmt::Debug for PartitionStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionStart")
+            .field("topic", &self.topic)
+            .field("partition", &self.partition)
+            .field("resume_at", &self.resume_at)
+            .field("state", &self.state.is_some())
+            .finish()
+    }
+}
+
+/// Where assigned partitions' checkpoints come from (the node's per-partition state store).
+pub trait PartitionStates: Send + Sync {
+    /// Called on the consumer thread when `partitions` are assigned, before any of their
+    /// messages is fetched; returns a start for each. An error stops the ingest with it.
+    fn assigned(&self, partitions: &[TopicPartition]) -> std::result::Result<Vec<PartitionStart>, String>;
+}
+
+/// What an empty [`ShardBatch`] may carry instead of rows.
+#[derive(Debug)]
+pub enum Control {
+    /// A checkpoint barrier.
+    Barrier(Barrier),
+    /// Partitions were assigned: their checkpoints come before any of their readings.
+    Assigned(Vec<PartitionStart>),
+}
 
 /// One shard's batch of readings, handed downstream. Call [`ack`](Self::ack) once it is
 /// safely processed: only then can the Kafka offsets behind its rows be committed.
 ///
-/// A checkpoint barrier comes as a batch with no rows and `barrier` set.
+/// A barrier or an assignment comes as a batch with no rows and `control` set.
 #[derive(Debug)]
 pub struct ShardBatch {
     /// The motor shard (`xxh3_64(motor_id) % shards`) of every row.
@@ -65,8 +113,8 @@ pub struct ShardBatch {
     pub batch: RecordBatch,
     /// The acknowledgement to give once the batch is handled.
     pub ack: BatchAck,
-    /// Set on the (empty) batch that carries a checkpoint barrier.
-    pub barrier: Option<Barrier>,
+    /// Set on an (empty) batch that carries a barrier or an assignment.
+    pub control: Option<Control>,
 }
 
 impl ShardBatch {
@@ -114,12 +162,17 @@ impl Ingest {
     /// Validates the config, connects, subscribes and starts the two threads. Batches go to
     /// `out`; its capacity is the number of batches downstream may fall behind by.
     pub fn start(config: IngestConfig, out: SyncSender<ShardBatch>) -> Result<Ingest> {
-        Self::start_from(config, out, ResumeFrom::new())
+        Self::start_inner(config, out, None)
     }
 
-    /// Like [`Ingest::start`], resuming from a restored checkpoint: messages below `resume`'s
-    /// offsets are skipped and counted (`resume_skipped`).
-    pub fn start_from(config: IngestConfig, out: SyncSender<ShardBatch>, resume: ResumeFrom) -> Result<Ingest> {
+    /// Like [`Ingest::start`], with per-partition checkpoints: each assigned partition starts
+    /// at its checkpoint's offset, and its checkpoint goes downstream ([`Control::Assigned`])
+    /// ahead of its readings.
+    pub fn start_with_states(config: IngestConfig, out: SyncSender<ShardBatch>, states: Arc<dyn PartitionStates>) -> Result<Ingest> {
+        Self::start_inner(config, out, Some(states))
+    }
+
+    fn start_inner(config: IngestConfig, out: SyncSender<ShardBatch>, states: Option<Arc<dyn PartitionStates>>) -> Result<Ingest> {
         config.validate()?;
         let metrics = Arc::new(IngestMetrics::default());
         let tracker = Arc::new(OffsetTracker::default());
@@ -137,7 +190,10 @@ impl Ingest {
             paused: AtomicBool::new(false),
             topics: topics.clone(),
             shipped: Mutex::new(BTreeMap::new()),
-            resume: resume.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
+            states,
+            failure: Mutex::new(None),
+            last_message: Mutex::new(HashMap::new()),
+            assigned: Mutex::new(std::collections::HashSet::new()),
             barriers: AtomicU64::new(0),
         });
 
@@ -178,6 +234,8 @@ impl Ingest {
             topics,
             stopping: stop.clone(),
             give_up_at: std::cell::Cell::new(None),
+            motor_partitions: HashMap::new(),
+            new_motors: Vec::new(),
         };
         let decoder = spawn("tessera-decode", move || decoder.run(work_rx))?;
         let consumer = {
@@ -223,6 +281,8 @@ enum Work {
     Drain,
     /// Flush every shard's open batch, then send the barrier.
     Barrier(Barrier),
+    /// Send the assigned partitions' checkpoints downstream.
+    Assigned(Vec<PartitionStart>),
 }
 
 /// Messages copied out of Kafka, ready for decoding.
@@ -307,8 +367,16 @@ struct Shared {
     chunk_linger: Duration,
     /// Next offset of each partition past the chunks handed to the decoder (barrier offsets).
     shipped: Mutex<BTreeMap<TopicPartition, i64>>,
-    /// Offsets below which messages are already in the restored checkpoint.
-    resume: BTreeMap<TopicPartition, i64>,
+    /// Where assigned partitions' checkpoints come from.
+    states: Option<Arc<dyn PartitionStates>>,
+    /// Why the ingest must stop (set in a rebalance callback, which cannot return an error).
+    failure: Mutex<Option<String>>,
+    /// When each assigned partition's last message arrived (topic index, partition), for the
+    /// stall metric; a partition leaves it when it is assigned anew or revoked.
+    last_message: Mutex<HashMap<(usize, i32), Instant>>,
+    /// The partitions assigned now (topic index, partition): a message of any other (fetched
+    /// before its partition was revoked) is dropped, as the partition's new owner reads it.
+    assigned: Mutex<std::collections::HashSet<(usize, i32)>>,
     /// Barriers sent so far (the last epoch).
     barriers: AtomicU64,
 }
@@ -376,10 +444,10 @@ impl Shared {
         }
     }
 
-    /// The barrier for everything shipped so far.
-    fn next_barrier(&self) -> Barrier {
+    /// The barrier for everything shipped so far, handing over `revoked`.
+    fn next_barrier(&self, revoked: &[TopicPartition], lost: bool) -> Barrier {
         let offsets = lock(&self.shipped).iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
-        Barrier { epoch: self.barriers.load(Ordering::SeqCst) + 1, offsets }
+        Barrier { epoch: self.barriers.load(Ordering::SeqCst) + 1, offsets, motors: Vec::new(), revoked: revoked.to_vec(), lost }
     }
 
     /// Whether checkpoint barriers are on.
@@ -395,7 +463,7 @@ impl Shared {
         }
         let work_tx = lock(&self.work_tx);
         let Some(tx) = work_tx.as_ref() else { return true };
-        match tx.try_send(Work::Barrier(self.next_barrier())) {
+        match tx.try_send(Work::Barrier(self.next_barrier(&[], false))) {
             Ok(()) => {
                 self.barriers.fetch_add(1, Ordering::SeqCst);
                 self.metrics.barriers.fetch_add(1, Relaxed);
@@ -407,13 +475,15 @@ impl Shared {
     }
 
     /// Hands everything consumed so far to the decoder, has it flush its shards (with a
-    /// barrier when checkpointing, so that downstream checkpoints and acknowledges), waits for
-    /// downstream to acknowledge, and commits synchronously. Used on revoke and on stop.
-    fn hand_over_and_commit(&self, consumer: &BaseConsumer<IngestContext>) {
+    /// barrier when checkpointing, so that downstream checkpoints, hands over `revoked` and
+    /// acknowledges), waits for downstream to acknowledge, and commits synchronously. Used on
+    /// revoke and on stop.
+    fn hand_over_and_commit(&self, consumer: &BaseConsumer<IngestContext>, revoked: &[TopicPartition]) {
         let deadline = Instant::now() + self.config.drain_timeout;
-        if self.ship(true) || self.wait_to_send_unsent(deadline) {
+        let lost = consumer.assignment_lost();
+        if self.ship_everything(deadline) {
             if self.checkpointing() {
-                if self.send_until(Work::Barrier(self.next_barrier()), deadline) {
+                if self.send_until(Work::Barrier(self.next_barrier(revoked, lost)), deadline) {
                     self.barriers.fetch_add(1, Ordering::SeqCst);
                     self.metrics.barriers.fetch_add(1, Relaxed);
                 }
@@ -425,19 +495,54 @@ impl Shared {
         if !self.tracker.wait_idle(left) {
             tracing::warn!("drain timed out; uncommitted readings will be consumed again (duplicates)");
         }
-        if !consumer.assignment_lost() {
+        if !lost {
             self.commit(consumer);
         }
     }
 
-    fn wait_to_send_unsent(&self, deadline: Instant) -> bool {
-        while Instant::now() < deadline {
-            if self.send_unsent() {
+    /// Newly assigned partitions: their checkpoints' offsets go into `tpl` (consumption starts
+    /// there), and the checkpoints go downstream ahead of any of their messages.
+    fn start_partitions(&self, tpl: &mut TopicPartitionList) {
+        let Some(states) = &self.states else { return };
+        let assigned = partitions_of(tpl);
+        let starts = match states.assigned(&assigned) {
+            Ok(starts) => starts,
+            Err(why) => {
+                lock(&self.failure).get_or_insert(why);
+                return;
+            }
+        };
+        for start in &starts {
+            let Some(at) = start.resume_at else { continue };
+            match tpl.set_partition_offset(&start.topic, start.partition, Offset::Offset(at)) {
+                Ok(()) => {
+                    self.metrics.resumed_at_checkpoint.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    lock(&self.failure).get_or_insert(format!("{}/{}: setting the checkpoint's offset {at}: {e}", start.topic, start.partition));
+                }
+            }
+        }
+        // Ahead of the open chunk (whose messages are of other partitions), so that downstream
+        // has the state before the partitions' first readings.
+        let deadline = Instant::now() + self.config.drain_timeout;
+        if !self.send_until(Work::Assigned(starts), deadline) {
+            lock(&self.failure).get_or_insert("the decoder took no assignment within drain_timeout".into());
+        }
+    }
+
+    /// Hands every message consumed so far to the decoder: the sealed chunk waiting for room,
+    /// then the open one. False if the decoder had no room before `deadline`.
+    fn ship_everything(&self, deadline: Instant) -> bool {
+        loop {
+            if self.ship(true) && lock(&self.open).chunk.messages.is_empty() && lock(&self.unsent).is_none() {
                 return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        false
     }
 
     /// Commits what is committable, synchronously (a round trip per `commit_interval`), so
@@ -497,37 +602,63 @@ struct IngestContext {
 impl ClientContext for IngestContext {}
 
 impl ConsumerContext for IngestContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    /// librdkafka's rebalance, with the ingest's steps around it: a revoke hands everything
+    /// over (checkpoint, commit) first; an assignment first sets each partition's start to its
+    /// checkpoint's offset and sends the checkpoints downstream.
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let s = &self.shared;
         s.metrics.rebalances.fetch_add(1, Relaxed);
-        match rebalance {
-            Rebalance::Revoke(tpl) => {
+        let started = Instant::now();
+        let indexed: Vec<(usize, i32)> =
+            partitions_of(tpl).into_iter().map(|(topic, partition)| (s.topics.iter().position(|x| *x == topic).unwrap_or(0), partition)).collect();
+        {
+            let mut last = lock(&s.last_message);
+            indexed.iter().for_each(|tp| {
+                last.remove(tp);
+            });
+        }
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assigned = partitions_of(tpl);
+                tracing::info!(partitions = assigned.len(), "partitions assigned");
+                s.tracker.assign(&assigned);
+                lock(&s.assigned).extend(indexed.iter().copied());
+                s.start_partitions(tpl);
+                let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                // Newly assigned partitions start unpaused; pause them too while the decoder is full.
+                if s.paused.load(Ordering::SeqCst)
+                    && let Err(e) = consumer.pause(tpl)
+                {
+                    tracing::warn!(error = %e, "pausing newly assigned partitions");
+                }
+                assigned
+            }
+            other => {
                 let revoked = partitions_of(tpl);
-                tracing::info!(partitions = revoked.len(), "partitions revoked: handing over and committing");
-                s.hand_over_and_commit(consumer);
+                if other == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                    tracing::info!(partitions = revoked.len(), "partitions revoked: handing over and committing");
+                } else {
+                    tracing::warn!(error = ?other, "rebalance error: giving up the assignment");
+                }
+                s.hand_over_and_commit(consumer, &revoked);
+                let mut assigned = lock(&s.assigned);
+                indexed.iter().for_each(|tp| {
+                    assigned.remove(tp);
+                });
+                drop(assigned);
                 s.tracker.revoke(&revoked);
                 let mut shipped = lock(&s.shipped);
                 revoked.iter().for_each(|tp| {
                     shipped.remove(tp);
                 });
+                if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
             }
-            Rebalance::Assign(tpl) => {
-                let assigned = partitions_of(tpl);
-                tracing::info!(partitions = assigned.len(), "partitions assigned");
-                s.tracker.assign(&assigned);
-            }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "applying the rebalance");
         }
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        // Newly assigned partitions start unpaused; pause them too while the decoder is full.
-        if let Rebalance::Assign(tpl) = rebalance
-            && self.shared.paused.load(Ordering::SeqCst)
-            && let Err(e) = consumer.pause(tpl)
-        {
-            tracing::warn!(error = %e, "pausing newly assigned partitions");
-        }
+        s.metrics.longest_rebalance_us.fetch_max(started.elapsed().as_micros() as u64, Relaxed);
     }
 }
 
@@ -538,17 +669,22 @@ fn run_consumer(consumer: BaseConsumer<IngestContext>, s: &Shared, stop: &Atomic
         if stop.load(Ordering::Relaxed) {
             break Ok(());
         }
+        if let Some(why) = lock(&s.failure).take() {
+            break Err(IngestError::Partitions(why));
+        }
         match consumer.poll(Duration::from_millis(20)) {
+            Some(Ok(m)) if !lock(&s.assigned).contains(&(s.topics.iter().position(|t| t == m.topic()).unwrap_or(0), m.partition())) => {
+                s.metrics.stale_dropped.fetch_add(1, Relaxed);
+            }
             Some(Ok(m)) => {
                 s.metrics.messages.fetch_add(1, Relaxed);
                 s.metrics.bytes.fetch_add(m.payload_len() as u64, Relaxed);
                 let topic = s.topics.iter().position(|t| t == m.topic()).unwrap_or(0);
-                let held = s.resume.get(&(m.topic().to_string(), m.partition())).is_some_and(|&next| m.offset() < next);
-                if held {
-                    s.metrics.resume_skipped.fetch_add(1, Relaxed);
-                } else {
-                    lock(&s.open).push(&m, topic);
+                let now = Instant::now();
+                if let Some(before) = lock(&s.last_message).insert((topic, m.partition()), now) {
+                    s.metrics.longest_stall_us.fetch_max((now - before).as_micros() as u64, Relaxed);
                 }
+                lock(&s.open).push(&m, topic);
             }
             Some(Err(e)) => {
                 s.metrics.consumer_errors.fetch_add(1, Relaxed);
@@ -570,7 +706,7 @@ fn run_consumer(consumer: BaseConsumer<IngestContext>, s: &Shared, stop: &Atomic
         }
     };
     if result.is_ok() {
-        s.hand_over_and_commit(&consumer);
+        s.hand_over_and_commit(&consumer, &[]);
         final_commit(&consumer, s);
     }
     // Closing the consumer may call the revoke callback again: with the decoder's queue gone
@@ -608,6 +744,10 @@ struct Decoder {
     stopping: Arc<AtomicBool>,
     /// When stopping, the moment after which batches downstream will not take are left.
     give_up_at: std::cell::Cell<Option<Instant>>,
+    /// With barriers: the partition each motor's readings last came from (topic index,
+    /// partition), and the motors new there since the last barrier.
+    motor_partitions: HashMap<String, (usize, i32)>,
+    new_motors: Vec<(String, (usize, i32))>,
 }
 
 impl Decoder {
@@ -618,6 +758,9 @@ impl Decoder {
                 Ok(Work::Chunk(chunk)) => self.process(&chunk),
                 Ok(Work::Drain) => self.emit_all(),
                 Ok(Work::Barrier(barrier)) => self.emit_all().and_then(|()| self.emit_barrier(barrier)),
+                // Behind everything decoded so far (a partition revoked and assigned back must
+                // not have its old readings land after its checkpoint is restored).
+                Ok(Work::Assigned(starts)) => self.emit_all().and_then(|()| self.send_control(Control::Assigned(starts))),
                 Err(RecvTimeoutError::Timeout) => Ok(()),
                 Err(RecvTimeoutError::Disconnected) => break self.emit_all(),
             };
@@ -669,6 +812,16 @@ impl Decoder {
                 }
             };
             self.metrics.readings_accepted.fetch_add(readings.len() as u64, Relaxed);
+            if self.tracks_motors() {
+                for reading in &readings {
+                    let id = reading.motor_id.as_str();
+                    let here = (m.topic, m.partition);
+                    if self.motor_partitions.get(id) != Some(&here) {
+                        self.motor_partitions.insert(id.to_string(), here);
+                        self.new_motors.push((id.to_string(), here));
+                    }
+                }
+            }
             for reading in &readings {
                 let pushed = self.batcher.push(reading, chunk.id, now);
                 if let Some(tag) = pushed.new_tag {
@@ -701,20 +854,37 @@ impl Decoder {
         Ok(())
     }
 
-    /// Sends a barrier as an empty batch after everything flushed so far.
-    fn emit_barrier(&self, barrier: Barrier) -> Result<()> {
+    /// Whether barriers go downstream, and with them the partition of each motor.
+    fn tracks_motors(&self) -> bool {
+        !self.config.checkpoint_interval.is_zero()
+    }
+
+    /// Sends a barrier as an empty batch after everything flushed so far, with the motors new
+    /// to a partition since the last one; then forgets the revoked partitions' motors (should
+    /// one come back, it is reported again).
+    fn emit_barrier(&mut self, mut barrier: Barrier) -> Result<()> {
+        barrier.motors = std::mem::take(&mut self.new_motors).into_iter().map(|(m, (t, p))| (m, (self.topics[t].clone(), p))).collect();
+        if !barrier.revoked.is_empty() {
+            let topics = &self.topics;
+            self.motor_partitions.retain(|_, (t, p)| !barrier.revoked.iter().any(|(rt, rp)| rt == &topics[*t] && rp == p));
+        }
+        self.send_control(Control::Barrier(barrier))
+    }
+
+    /// Sends a control as an empty batch.
+    fn send_control(&self, control: Control) -> Result<()> {
         let empty = RecordBatch::new_empty(tessera_core::telemetry_schema());
-        self.send(ShardBatch { shard: 0, batch: empty, ack: BatchAck { chunks: Vec::new(), tracker: self.tracker.clone(), done: false }, barrier: Some(barrier) })
+        self.send(ShardBatch { shard: 0, batch: empty, ack: BatchAck { chunks: Vec::new(), tracker: self.tracker.clone(), done: false }, control: Some(control) })
     }
 
     fn emit(&self, flushed: FlushedBatch) -> Result<()> {
         let ack = BatchAck { chunks: flushed.tags, tracker: self.tracker.clone(), done: false };
-        self.send(ShardBatch { shard: flushed.shard, batch: flushed.batch, ack, barrier: None })
+        self.send(ShardBatch { shard: flushed.shard, batch: flushed.batch, ack, control: None })
     }
 
     fn send(&self, batch: ShardBatch) -> Result<()> {
         let rows = batch.batch.num_rows() as u64;
-        let data = u64::from(batch.barrier.is_none());
+        let data = u64::from(batch.control.is_none());
         let mut batch = batch;
         loop {
             match self.out.try_send(batch) {

@@ -5,20 +5,25 @@
 //! Without a checkpoint store, a batch is acknowledged to the ingest once the engine has taken
 //! it in, so offsets advance while windows are still open: a crash loses open windows.
 //!
-//! With one ([`Checkpointing`]), the stage holds every acknowledgement until a checkpoint
-//! covers the batch. On each barrier from the ingest it (1) waits until every alert and late
-//! reading produced so far is confirmed by the broker, (2) writes the engine's state with the
-//! barrier's offsets to the store (temp file, fsync, rename), and only then (3) acknowledges the
-//! batches before the barrier, which lets the ingest commit their offsets. A crash anywhere
-//! loses nothing: the restart restores the newest checkpoint and re-reads from its offsets;
-//! what was sent after it is sent again with the same alert ids (see ARCHITECTURE.md,
-//! "Effectively-once alerts"). A failed checkpoint write stops the stage with the error.
+//! Checkpointed ([`Detect::start_checkpointed`]), state is kept per Kafka partition (see
+//! [`crate::partition_state`]). When the ingest is assigned a partition, the partition's
+//! checkpoint arrives ahead of its readings and its motors' state is adopted into the engine.
+//! The stage holds every acknowledgement until a checkpoint covers the batch. On each barrier
+//! from the ingest it (1) waits until every alert and late reading produced so far is
+//! confirmed by the broker, (2) writes, for each partition with new messages, the state of that
+//! partition's motors with its next offset to the partition's store (temp file, fsync, rename),
+//! (3) forgets the motors of partitions revoked at the barrier (their new owner takes them over
+//! from that checkpoint), and only then (4) acknowledges the batches before the barrier, which
+//! lets the ingest commit their offsets. A crash anywhere loses nothing: the partition's next
+//! owner restores its newest checkpoint and re-reads from its offset; what was sent after it is
+//! sent again with the same alert ids (see ARCHITECTURE.md, "Effectively-once alerts"). A
+//! failed checkpoint write stops the stage with the error.
 //!
 //! Alerts go to `alerts_topic` as JSON keyed by motor id (schema in `tessera_stream::alerts`);
 //! late readings go to `late_topic` as reading JSON with the header `tessera.late.for` naming
 //! the window they missed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -32,7 +37,7 @@ use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProd
 use rdkafka::{ClientConfig, ClientContext};
 use serde::{Deserialize, Serialize};
 use tessera_core::WatermarkPolicy;
-use tessera_ingest::{Barrier, BatchAck, ShardBatch, readings_from_batch};
+use tessera_ingest::{Barrier, BatchAck, Control, PartitionStart, ShardBatch, TopicPartition, readings_from_batch};
 use tessera_state::{Checkpoint, CheckpointStore, SourceOffset};
 use tessera_stream::{EngineStats, StepOutput, StreamConfig, StreamEngine};
 
@@ -108,16 +113,31 @@ pub fn build_engine(config: &DetectConfig) -> Result<StreamEngine> {
     Ok(engine)
 }
 
-/// Where and from what the stage checkpoints: the store, and the newest checkpoint's id and
-/// offsets (a barrier names only partitions with new messages; the others keep theirs).
+/// A partition this stage owns: its store, and what its newest checkpoint covers.
 #[derive(Debug)]
-pub struct Checkpointing {
-    /// The site-local store.
-    pub store: CheckpointStore,
-    /// Id of the newest stored checkpoint (0: none).
-    pub last_id: u64,
-    /// Offsets of the newest stored checkpoint.
-    pub offsets: Vec<SourceOffset>,
+struct OwnedPartition {
+    store: CheckpointStore,
+    /// Id of the newest checkpoint in the store (0: none).
+    last_id: u64,
+    /// The next offset past what the engine has taken in of this partition, and past what the
+    /// newest checkpoint holds (`None`: nothing yet).
+    next_offset: Option<i64>,
+    checkpointed_offset: Option<i64>,
+}
+
+/// A partition's checkpoint adopted on assignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adopted {
+    /// The partition.
+    pub partition: TopicPartition,
+    /// The checkpoint's id.
+    pub id: u64,
+    /// Motors whose state came back.
+    pub motors: usize,
+    /// Open windows that came back.
+    pub open_windows: usize,
+    /// Queries that start fresh (new or changed since the checkpoint).
+    pub fresh: Vec<String>,
 }
 
 /// Name of the engine's section in a checkpoint.
@@ -126,16 +146,24 @@ pub const ENGINE_SECTION: &str = "engine";
 /// Counters of the detection stage.
 #[derive(Debug, Clone, Default)]
 pub struct DetectStats {
-    /// Checkpoints written.
+    /// Checkpoint files written (one per partition with new messages, per barrier).
     pub checkpoints: u64,
-    /// Size of the last checkpoint file, in bytes.
+    /// Size of the last barrier's checkpoint files, in bytes.
     pub last_checkpoint_bytes: u64,
-    /// Encoding the engine state, in microseconds (last checkpoint).
+    /// Encoding the engine state, in microseconds (last barrier, all its partitions).
     pub last_checkpoint_encode_us: u64,
-    /// Writing it durably, in microseconds (last checkpoint).
+    /// Writing it durably, in microseconds (last barrier, all its partitions).
     pub last_checkpoint_write_us: u64,
     /// Waiting for the broker to confirm alerts and late readings, in microseconds (last).
     pub last_checkpoint_flush_us: u64,
+    /// Partitions owned now.
+    pub partitions_owned: usize,
+    /// The newest checkpoint id written per partition (partitions owned at some point).
+    pub written: BTreeMap<TopicPartition, u64>,
+    /// Checkpoints adopted on assignment, in order.
+    pub adopted: Vec<Adopted>,
+    /// Motors forgotten because their partition was handed over.
+    pub motors_released: u64,
     /// The engine's counters.
     pub engine: EngineStats,
     /// Alert events written to Kafka.
@@ -178,18 +206,14 @@ impl ProducerContext for DeliveryCheck {
 impl Detect {
     /// Starts the stage on `engine`, reading `batches`, writing to `brokers`.
     pub fn start(engine: StreamEngine, config: &DetectConfig, brokers: &str, batches: Receiver<ShardBatch>) -> Result<Self> {
-        Self::start_checkpointed(engine, config, brokers, batches, None)
+        Self::start_checkpointed(engine, config, brokers, batches, false)
     }
 
-    /// Like [`Detect::start`], checkpointing on every barrier when `checkpointing` is given
-    /// (the ingest must then send barriers: its `checkpoint_interval` set).
-    pub fn start_checkpointed(
-        engine: StreamEngine,
-        config: &DetectConfig,
-        brokers: &str,
-        batches: Receiver<ShardBatch>,
-        checkpointing: Option<Checkpointing>,
-    ) -> Result<Self> {
+    /// Like [`Detect::start`], with per-partition checkpoints when `checkpointed`: the ingest
+    /// must then send barriers (its `checkpoint_interval` set) and partitions' checkpoints
+    /// ([`tessera_ingest::Ingest::start_with_states`] with
+    /// [`crate::partition_state::PartitionCheckpoints`]).
+    pub fn start_checkpointed(engine: StreamEngine, config: &DetectConfig, brokers: &str, batches: Receiver<ShardBatch>, checkpointed: bool) -> Result<Self> {
         let failed = Arc::new(Mutex::new(None));
         let producer: ThreadedProducer<DeliveryCheck> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -208,7 +232,9 @@ impl Detect {
             stats: stats.clone(),
             stop: stop.clone(),
             end_of_input: end_of_input.clone(),
-            checkpointing,
+            checkpointed,
+            owned: BTreeMap::new(),
+            motor_partition: HashMap::new(),
             held: Vec::new(),
             batches_since_checkpoint: 0,
             delivery_failed: failed,
@@ -260,7 +286,10 @@ struct Worker {
     stats: Arc<Mutex<DetectStats>>,
     stop: Arc<AtomicBool>,
     end_of_input: Arc<AtomicBool>,
-    checkpointing: Option<Checkpointing>,
+    checkpointed: bool,
+    /// The partitions this stage owns, and the partition of each motor it holds state for.
+    owned: BTreeMap<TopicPartition, OwnedPartition>,
+    motor_partition: HashMap<String, TopicPartition>,
     /// Acknowledgements held until a checkpoint covers their batches.
     held: Vec<BatchAck>,
     batches_since_checkpoint: u64,
@@ -273,7 +302,7 @@ impl Worker {
         let tick = Duration::from_millis(100);
         loop {
             match batches.recv_timeout(tick) {
-                Ok(ShardBatch { batch: rows, ack, barrier, .. }) => {
+                Ok(ShardBatch { batch: rows, ack, control, .. }) => {
                     if rows.num_rows() > 0 {
                         let out = rt.block_on(self.engine.push(&rows, now_ms()))?;
                         self.publish(out)?;
@@ -282,14 +311,14 @@ impl Worker {
                             s.batches += 1;
                         }
                     }
-                    match self.checkpointing {
-                        Some(_) => self.held.push(ack),
-                        None => ack.ack(),
+                    match self.checkpointed {
+                        true => self.held.push(ack),
+                        false => ack.ack(),
                     }
-                    if let Some(barrier) = barrier
-                        && self.checkpointing.is_some()
-                    {
-                        self.checkpoint(&barrier)?;
+                    match control {
+                        Some(Control::Barrier(barrier)) if self.checkpointed => self.checkpoint(&barrier)?,
+                        Some(Control::Assigned(starts)) if self.checkpointed => self.adopt(starts)?,
+                        _ => {}
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -313,49 +342,119 @@ impl Worker {
         Ok(self.engine)
     }
 
-    /// Takes a checkpoint at `barrier`: everything sent so far confirmed, then the state
-    /// and offsets written durably, then the held batches acknowledged.
+    /// Newly assigned partitions: each one's checkpoint is adopted into the engine (its motors'
+    /// state added), and the partition is owned from now on.
+    fn adopt(&mut self, starts: Vec<PartitionStart>) -> Result<()> {
+        for start in starts {
+            let tp = (start.topic, start.partition);
+            let assigned = start
+                .state
+                .and_then(|s| s.downcast::<crate::partition_state::AssignedStore>().ok())
+                .with_context(|| format!("partition {}/{} was assigned without its checkpoint store", tp.0, tp.1))?;
+            let mut last_id = assigned.store.newest().unwrap_or(0);
+            if let Some(loaded) = &assigned.loaded {
+                let section = loaded
+                    .checkpoint
+                    .section(ENGINE_SECTION)
+                    .with_context(|| format!("checkpoint {} has no {ENGINE_SECTION} section", loaded.path.display()))?;
+                let report = self.engine.adopt(section).with_context(|| format!("restoring {}", loaded.path.display()))?;
+                for m in &report.motor_ids {
+                    self.motor_partition.insert(m.clone(), tp.clone());
+                }
+                tracing::info!(
+                    topic = %tp.0, partition = tp.1, id = loaded.checkpoint.id, motors = report.motors, open_windows = report.open_windows,
+                    fresh = ?report.fresh, dropped = ?report.dropped, "adopted the partition's checkpoint"
+                );
+                last_id = last_id.max(loaded.checkpoint.id);
+                if let Ok(mut s) = self.stats.lock() {
+                    s.adopted.push(Adopted { partition: tp.clone(), id: loaded.checkpoint.id, motors: report.motors, open_windows: report.open_windows, fresh: report.fresh });
+                }
+            }
+            let offset = start.resume_at;
+            self.owned.insert(tp, OwnedPartition { store: assigned.store, last_id, next_offset: offset, checkpointed_offset: offset });
+        }
+        if let Ok(mut s) = self.stats.lock() {
+            s.partitions_owned = self.owned.len();
+        }
+        Ok(())
+    }
+
+    /// Takes a checkpoint at `barrier`: everything sent so far confirmed, then the state of
+    /// each partition with new messages written durably with its offset, then the revoked
+    /// partitions' motors forgotten, then the held batches acknowledged.
     fn checkpoint(&mut self, barrier: &Barrier) -> Result<()> {
-        let Some(cp) = self.checkpointing.as_mut() else { return Ok(()) };
-        let mut offsets: BTreeMap<(String, i32), i64> = cp.offsets.iter().map(|o| ((o.topic.clone(), o.partition), o.next_offset)).collect();
-        let before = offsets.clone();
+        for (motor, tp) in &barrier.motors {
+            self.motor_partition.insert(motor.clone(), tp.clone());
+        }
         for (topic, partition, next) in &barrier.offsets {
-            let o = offsets.entry((topic.clone(), *partition)).or_insert(*next);
-            *o = (*o).max(*next);
+            match self.owned.get_mut(&(topic.clone(), *partition)) {
+                Some(p) => p.next_offset = Some(p.next_offset.map_or(*next, |o| o.max(*next))),
+                None => tracing::warn!(topic, partition, "a barrier names a partition this node was not assigned; not checkpointed"),
+            }
         }
-        if self.batches_since_checkpoint == 0 && offsets == before && cp.last_id > 0 {
-            // Nothing new: the stored checkpoint still covers everything.
-            self.held.drain(..).for_each(BatchAck::ack);
-            return Ok(());
+        let revoked = |tp: &TopicPartition| barrier.revoked.contains(tp);
+        let due: Vec<TopicPartition> = self
+            .owned
+            .iter()
+            .filter(|(tp, p)| p.next_offset != p.checkpointed_offset && !(barrier.lost && revoked(tp)))
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        if !due.is_empty() {
+            self.write_checkpoints(&due, barrier.epoch)?;
+            fail::fail_point!("detect-after-checkpoint-write");
         }
+        if !barrier.revoked.is_empty() {
+            let released = self.engine.release_motors(&|m| self.motor_partition.get(m).is_some_and(revoked))?;
+            self.motor_partition.retain(|_, tp| !revoked(tp));
+            self.owned.retain(|tp, _| !revoked(tp));
+            tracing::info!(partitions = barrier.revoked.len(), motors = released, lost = barrier.lost, "handed partitions over");
+            if let Ok(mut s) = self.stats.lock() {
+                s.motors_released += released as u64;
+                s.partitions_owned = self.owned.len();
+            }
+        }
+        self.batches_since_checkpoint = 0;
+        self.held.drain(..).for_each(BatchAck::ack);
+        Ok(())
+    }
+
+    /// Writes the checkpoint of each `due` partition: its motors' state and its next offset.
+    fn write_checkpoints(&mut self, due: &[TopicPartition], epoch: u64) -> Result<()> {
         let started = std::time::Instant::now();
         self.producer.flush(Duration::from_secs(60)).context("checkpoint: waiting for the broker to confirm alerts and late readings")?;
         if let Some(why) = self.delivery_failed.lock().ok().and_then(|f| f.clone()) {
             anyhow::bail!("checkpoint: an alert or late reading was not delivered ({why}); stopping without committing past it");
         }
         let flushed = started.elapsed();
-        let engine = self.engine.checkpoint().context("checkpoint: encoding the engine state")?;
-        let encoded = started.elapsed() - flushed;
-        let checkpoint = Checkpoint {
-            id: cp.last_id + 1,
-            created_ms: now_ms(),
-            offsets: offsets.iter().map(|((topic, partition), next)| SourceOffset { topic: topic.clone(), partition: *partition, next_offset: *next }).collect(),
-            sections: vec![(ENGINE_SECTION.to_string(), engine)],
-        };
-        let written = cp.store.write(&checkpoint).context("checkpoint")?;
-        fail::fail_point!("detect-after-checkpoint-write");
-        cp.last_id = checkpoint.id;
-        cp.offsets = checkpoint.offsets;
-        self.batches_since_checkpoint = 0;
-        self.held.drain(..).for_each(BatchAck::ack);
-        if let Ok(mut s) = self.stats.lock() {
-            s.checkpoints += 1;
-            s.last_checkpoint_bytes = written.bytes;
-            s.last_checkpoint_flush_us = flushed.as_micros() as u64;
-            s.last_checkpoint_encode_us = encoded.as_micros() as u64;
-            s.last_checkpoint_write_us = written.elapsed.as_micros() as u64;
+        let (mut bytes, mut encode, mut write) = (0, Duration::ZERO, Duration::ZERO);
+        for tp in due {
+            let encoding = std::time::Instant::now();
+            let engine = self.engine.checkpoint_motors(&|m| self.motor_partition.get(m) == Some(tp)).context("checkpoint: encoding the engine state")?;
+            encode += encoding.elapsed();
+            let p = self.owned.get_mut(tp).expect("due partitions are owned");
+            let next_offset = p.next_offset.expect("a due partition has an offset");
+            let checkpoint = Checkpoint {
+                id: p.last_id + 1,
+                created_ms: now_ms(),
+                offsets: vec![SourceOffset { topic: tp.0.clone(), partition: tp.1, next_offset }],
+                sections: vec![(ENGINE_SECTION.to_string(), engine)],
+            };
+            let written = p.store.write(&checkpoint).context("checkpoint")?;
+            (p.last_id, p.checkpointed_offset) = (checkpoint.id, Some(next_offset));
+            bytes += written.bytes;
+            write += written.elapsed;
+            if let Ok(mut s) = self.stats.lock() {
+                s.written.insert(tp.clone(), checkpoint.id);
+            }
         }
-        tracing::debug!(id = cp.last_id, bytes = written.bytes, epoch = barrier.epoch, "checkpoint written");
+        if let Ok(mut s) = self.stats.lock() {
+            s.checkpoints += due.len() as u64;
+            s.last_checkpoint_bytes = bytes;
+            s.last_checkpoint_flush_us = flushed.as_micros() as u64;
+            s.last_checkpoint_encode_us = encode.as_micros() as u64;
+            s.last_checkpoint_write_us = write.as_micros() as u64;
+        }
+        tracing::debug!(partitions = due.len(), bytes, epoch, "checkpoints written");
         Ok(())
     }
 

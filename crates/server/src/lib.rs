@@ -1,5 +1,5 @@
 //! The `tessera` binary's library: configuration, the simulator, CSV replay, the telemetry
-//! producer, topic creation, the embedded Kafka, the detection stage, a node (ingest + detection + checkpoints), the evaluation and the demo. `main.rs` only parses the command line.
+//! producer, topic creation, the embedded Kafka, the detection stage, a node (ingest + detection + per-partition checkpoints), the evaluation and the demo. `main.rs` only parses the command line.
 #![deny(missing_docs)]
 
 pub mod bad_input;
@@ -10,6 +10,7 @@ pub mod embedded;
 pub mod eval;
 pub mod fleet_stats;
 pub mod node;
+pub mod partition_state;
 pub mod producer;
 pub mod replay;
 pub mod rules;

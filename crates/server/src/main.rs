@@ -279,12 +279,7 @@ fn main() -> Result<()> {
             )?;
             drop(engine);
             let node = Node::start(&config)?;
-            if let Some(r) = node.restored() {
-                println!(
-                    "restored checkpoint {} ({} motors, {} open windows; fresh: {:?}), resuming {} partitions at its offsets",
-                    r.id, r.report.motors, r.report.open_windows, r.report.fresh, r.partitions
-                );
-            }
+            let mut adopted_printed = 0;
             let started = Instant::now();
             let mut last_print = Instant::now();
             while !stop.load(Ordering::Relaxed) && duration.is_none_or(|d| started.elapsed() < d) && !node.failed() {
@@ -293,6 +288,13 @@ fn main() -> Result<()> {
                     last_print = Instant::now();
                     let s = node.ingest_stats();
                     let d = node.detect_stats();
+                    for a in &d.adopted[adopted_printed..] {
+                        println!(
+                            "partition {}/{}: restored checkpoint {} ({} motors, {} open windows; fresh: {:?}), resuming at its offset",
+                            a.partition.0, a.partition.1, a.id, a.motors, a.open_windows, a.fresh
+                        );
+                    }
+                    adopted_printed = d.adopted.len();
                     println!(
                         "consumed {} messages, {} readings, {} dead letters | {} late | {} alert events, {} open | {} checkpoints",
                         s.messages, s.readings_accepted, s.dead_letters_sent, d.late_sent, d.alerts_sent, d.engine.alerts_open, d.checkpoints

@@ -73,6 +73,11 @@ impl CheckpointStore {
         Ok(store)
     }
 
+    /// The newest id stored (also a file that does not decode): the next write needs a higher one.
+    pub fn newest(&self) -> Option<u64> {
+        self.newest
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -169,20 +169,31 @@ impl AlertTracker {
         Self { query: query.to_string(), options, motors: HashMap::new() }
     }
 
-    /// The per-motor hysteresis state, for a checkpoint (sorted by motor).
-    pub(crate) fn snapshot(&self) -> TrackerState {
-        let mut motors: Vec<(String, MotorAlert)> = self.motors.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    /// The per-motor hysteresis state of the motors `include` accepts, for a checkpoint
+    /// (sorted by motor).
+    pub(crate) fn snapshot(&self, include: &dyn Fn(&str) -> bool) -> TrackerState {
+        let mut motors: Vec<(String, MotorAlert)> = self.motors.iter().filter(|(k, _)| include(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
         motors.sort_by(|a, b| a.0.cmp(&b.0));
         TrackerState { query: self.query.clone(), motors }
     }
 
-    /// Restores [`Self::snapshot`]'s state into the same query's tracker.
-    pub(crate) fn restore(&mut self, state: TrackerState) -> Result<(), crate::StreamError> {
+    /// Restores [`Self::snapshot`]'s state into the same query's tracker: in place of what it
+    /// holds, or with `merge`, added to it.
+    pub(crate) fn restore(&mut self, state: TrackerState, merge: bool) -> Result<(), crate::StreamError> {
         if state.query != self.query {
             return Err(crate::StreamError::Checkpoint(format!("alert state of query {} restored into query {}", state.query, self.query)));
         }
-        self.motors = state.motors.into_iter().collect();
+        if !merge {
+            self.motors.clear();
+        }
+        self.motors.extend(state.motors);
         Ok(())
+    }
+
+    /// Forgets the hysteresis of the motors `drop` accepts (an open alert goes on at the
+    /// node the motor moved to, from the state handed over with it).
+    pub(crate) fn drop_motors(&mut self, drop: &dyn Fn(&str) -> bool) {
+        self.motors.retain(|m, _| !drop(m));
     }
 
     /// Alerts open now.

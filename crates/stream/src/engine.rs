@@ -109,6 +109,8 @@ pub struct RestoreReport {
     pub motors: usize,
     /// Open windows restored, over all stages.
     pub open_windows: usize,
+    /// The motors whose state came back (any stage), sorted.
+    pub motor_ids: Vec<String>,
 }
 
 /// The engine's checkpointed state (after the format version).
@@ -300,6 +302,13 @@ impl StreamEngine {
     /// windows, scores and alerts as never stopping. The queryable tables are not part of it:
     /// they are recent history, not state.
     pub fn checkpoint(&self) -> Result<Vec<u8>, StreamError> {
+        self.checkpoint_motors(&|_| true)
+    }
+
+    /// [`Self::checkpoint`] of only the motors `include` accepts: the state of one Kafka
+    /// partition's motors, which moves with the partition when the consumer group rebalances
+    /// (see [`Self::adopt`]).
+    pub fn checkpoint_motors(&self, include: &dyn Fn(&str) -> bool) -> Result<Vec<u8>, StreamError> {
         let stages = self
             .stages
             .iter()
@@ -311,12 +320,12 @@ impl StreamEngine {
                         Ok(QueryState {
                             name: q.query.def().name.clone(),
                             text: q.query.def().text.clone(),
-                            anomaly: q.query.anomaly_state()?,
-                            tracker: q.tracker.as_ref().map(AlertTracker::snapshot),
+                            anomaly: q.query.anomaly_state(include)?,
+                            tracker: q.tracker.as_ref().map(|t| t.snapshot(include)),
                         })
                     })
                     .collect::<Result<_, StreamError>>()?;
-                Ok(StageState { queries, window: stage.op.snapshot()? })
+                Ok(StageState { queries, window: stage.op.snapshot(include)? })
             })
             .collect::<Result<_, StreamError>>()?;
         let state = EngineState { stages, counters: [self.query_errors, self.query_rows, self.alert_events] };
@@ -338,8 +347,47 @@ impl StreamEngine {
         if self.stages.iter().any(|s| s.op.has_input()) {
             return Err(StreamError::Checkpoint("restoring into an engine that already has input".into()));
         }
+        let (report, counters) = self.restore_stages(bytes, false)?;
+        [self.query_errors, self.query_rows, self.alert_events] = counters;
+        Ok(report)
+    }
+
+    /// Adds the motors of a [`Self::checkpoint_motors`] state to this running engine: a
+    /// partition handed over by the node that owned it. Stages are matched as in
+    /// [`Self::restore`]; a motor this engine already holds gets the handed-over state. The
+    /// engine's counters stay its own.
+    pub fn adopt(&mut self, bytes: &[u8]) -> Result<RestoreReport, StreamError> {
+        Ok(self.restore_stages(bytes, true)?.0)
+    }
+
+    /// Forgets every motor `drop` accepts: open windows, watermarks, anomaly baselines, alert
+    /// hysteresis (their partition was handed to another node, with this state). The queryable
+    /// tables keep their rows. Returns how many motors the engine held state for.
+    pub fn release_motors(&mut self, drop: &dyn Fn(&str) -> bool) -> Result<usize, StreamError> {
+        let mut dropped = 0;
+        for stage in &mut self.stages {
+            dropped = dropped.max(stage.op.drop_motors(drop));
+            for q in &mut stage.queries {
+                q.query.drop_motors(drop)?;
+                if let Some(t) = &mut q.tracker {
+                    t.drop_motors(drop);
+                }
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// The motors the engine holds window state for (any stage), sorted.
+    pub fn motor_ids(&self) -> Vec<String> {
+        let ids: std::collections::BTreeSet<&str> = self.stages.iter().flat_map(|s| s.op.motor_ids()).collect();
+        ids.into_iter().map(str::to_string).collect()
+    }
+
+    /// Restores (or with `merge`, adds) a checkpoint's stages; the saved engine counters.
+    fn restore_stages(&mut self, bytes: &[u8], merge: bool) -> Result<(RestoreReport, [u64; 3]), StreamError> {
         let state: EngineState = checkpoint::from_versioned_bytes(bytes)?;
         let mut report = RestoreReport::default();
+        let mut motor_ids = std::collections::BTreeSet::new();
         let mut used = vec![false; self.stages.len()];
         for saved in state.stages {
             let same_queries = |stage: &Stage| {
@@ -354,27 +402,31 @@ impl StreamEngine {
             };
             used[i] = true;
             let stage = &mut self.stages[i];
-            stage.op.restore(saved.window)?;
+            motor_ids.extend(saved.window.motor_ids().map(str::to_string));
+            let (motors, open_windows) = (saved.window.motor_count(), saved.window.open_windows());
+            match merge {
+                true => stage.op.merge(saved.window)?,
+                false => stage.op.restore(saved.window)?,
+            }
             for (q, s) in stage.queries.iter_mut().zip(saved.queries) {
-                q.query.restore_anomaly_state(s.anomaly)?;
+                q.query.restore_anomaly_state(s.anomaly, merge)?;
                 match (&mut q.tracker, s.tracker) {
-                    (Some(t), Some(saved)) => t.restore(saved)?,
+                    (Some(t), Some(saved)) => t.restore(saved, merge)?,
                     (None, None) => {}
                     _ => return Err(StreamError::Checkpoint(format!("query {}: alert options differ from the checkpoint's", s.name))),
                 }
                 report.restored.push(s.name);
             }
-            let stats = stage.op.stats();
-            report.motors = report.motors.max(stage.op.motor_count());
-            report.open_windows += stats.windows_open as usize;
+            report.motors = report.motors.max(motors);
+            report.open_windows += open_windows;
         }
         for (stage, used) in self.stages.iter().zip(used) {
             if !used {
                 report.fresh.extend(stage.queries.iter().map(|q| q.query.def().name.clone()));
             }
         }
-        [self.query_errors, self.query_rows, self.alert_events] = state.counters;
-        Ok(report)
+        report.motor_ids = motor_ids.into_iter().collect();
+        Ok((report, state.counters))
     }
 
     /// Runs SQL over the engine's tables: `alerts`, `motor_windows`, `late_readings`.
@@ -693,6 +745,62 @@ mod tests {
             assert_eq!(got.0, expected.0, "window results differ after a restore at row {cut}");
             assert_eq!(got.1, expected.1, "alerts differ after a restore at row {cut}");
         }
+    }
+
+    /// Motor m1's partition moves from one engine to another mid-stream: its state is
+    /// checkpointed alone, released by the old owner and adopted by the new one, which goes on
+    /// with every motor. Windows, alerts and the final state equal an uninterrupted run's;
+    /// per-motor checkpoints adopted into an empty engine add up to the whole checkpoint.
+    #[tokio::test]
+    async fn a_partition_handed_over_mid_stream_equals_an_uninterrupted_run() {
+        let queries = checkpointed_queries();
+        let all = readings();
+        let moved = |m: &str| m == "m1";
+        let motors_where = |batch: &RecordBatch, keep: &dyn Fn(&str) -> bool| {
+            let ids = batch.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+            let mask: datafusion::arrow::array::BooleanArray = ids.iter().map(|m| Some(keep(m.unwrap()))).collect();
+            datafusion::arrow::compute::filter_record_batch(batch, &mask).unwrap()
+        };
+        let feed = async |engine: &mut StreamEngine, rows: std::ops::Range<usize>, keep: &dyn Fn(&str) -> bool| {
+            let mut offset = rows.start;
+            while offset < rows.end {
+                let n = 97.min(rows.end - offset);
+                engine.push(&motors_where(&all.slice(offset, n), keep), offset as i64).await.unwrap();
+                engine.tick(offset as i64).await.unwrap();
+                offset += n;
+            }
+        };
+        let mut whole = engine_with(&queries).await;
+        feed(&mut whole, 0..all.num_rows(), &|_| true).await;
+        whole.close_all(all.num_rows() as i64).await.unwrap();
+        let expected = results(&[&whole]).await;
+
+        for cut in [450, 1_000] {
+            let (mut a, mut b) = (engine_with(&queries).await, engine_with(&queries).await);
+            feed(&mut a, 0..cut, &|m| !moved(m)).await;
+            feed(&mut b, 0..cut, &moved).await;
+            let handed = b.checkpoint_motors(&moved).unwrap();
+            assert_eq!(b.release_motors(&moved).unwrap(), 1);
+            assert!(b.motor_ids().is_empty() && b.checkpoint_motors(&moved).unwrap() != handed, "the old owner keeps nothing of m1");
+            let report = a.adopt(&handed).unwrap();
+            assert_eq!((report.restored.len(), report.motor_ids.clone()), (3, vec!["m1".to_string()]), "{report:?}");
+            assert_eq!(a.motor_ids(), ["m0", "m1", "m2"]);
+            feed(&mut a, cut..all.num_rows(), &|_| true).await;
+            a.close_all(all.num_rows() as i64).await.unwrap();
+            assert_eq!(a.state_digest().unwrap(), whole.state_digest().unwrap(), "same state as the uninterrupted run (cut at {cut})");
+            let got = results(&[&a, &b]).await;
+            assert_eq!(got.0, expected.0, "window results differ after a handover at row {cut}");
+            assert_eq!(got.1, expected.1, "alerts differ after a handover at row {cut}");
+        }
+
+        // Split by motor and adopted piece by piece, the state is the whole state.
+        let mut half = engine_with(&queries).await;
+        feed(&mut half, 0..1_000, &|_| true).await;
+        let mut joined = engine_with(&queries).await;
+        for m in ["m2", "m0", "m1"] {
+            joined.adopt(&half.checkpoint_motors(&|id| id == m).unwrap()).unwrap();
+        }
+        assert_eq!(joined.state_digest().unwrap(), half.state_digest().unwrap());
     }
 
     /// A changed query starts fresh and is reported; bytes that do not decode are an error.

@@ -165,16 +165,21 @@ impl ContinuousQuery {
     }
 
     /// The per-motor state of each anomaly call, for a checkpoint.
-    pub(crate) fn anomaly_state(&self) -> Result<Vec<anomaly::CallState>, StreamError> {
-        self.anomaly_calls.iter().map(|c| anomaly::call_state(c)).collect()
+    pub(crate) fn anomaly_state(&self, include: &dyn Fn(&str) -> bool) -> Result<Vec<anomaly::CallState>, StreamError> {
+        self.anomaly_calls.iter().map(|c| anomaly::call_state(c, include)).collect()
     }
 
     /// Restores [`Self::anomaly_state`] into the same query, registered again.
-    pub(crate) fn restore_anomaly_state(&self, states: Vec<anomaly::CallState>) -> Result<(), StreamError> {
+    pub(crate) fn restore_anomaly_state(&self, states: Vec<anomaly::CallState>, merge: bool) -> Result<(), StreamError> {
         if states.len() != self.anomaly_calls.len() {
             return Err(StreamError::Checkpoint(format!("query {}: {} anomaly call states for {} calls", self.def.name, states.len(), self.anomaly_calls.len())));
         }
-        self.anomaly_calls.iter().zip(states).try_for_each(|(c, s)| anomaly::restore_call(c, s))
+        self.anomaly_calls.iter().zip(states).try_for_each(|(c, s)| anomaly::restore_call(c, s, merge))
+    }
+
+    /// Forgets the anomaly state of the motors `drop` accepts.
+    pub(crate) fn drop_motors(&self, drop: &dyn Fn(&str) -> bool) -> Result<(), StreamError> {
+        self.anomaly_calls.iter().try_for_each(|c| anomaly::drop_call_motors(c, drop))
     }
 
     /// The parsed definition.

@@ -21,7 +21,7 @@
 //! watermark, or if its earliest window has already been emitted; late readings are not added to
 //! any window but returned on the late path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{
@@ -270,6 +270,9 @@ struct MotorWindows {
     open: OpenWindows,
     /// Rows in the motor's last emitted window: a new window's buffer starts at this size.
     typical_rows: usize,
+    /// The motor's own counters, checkpointed with it (they move with the motor when its
+    /// partition moves): readings that joined a window, readings sent late, windows emitted.
+    counts: [u64; 3],
 }
 
 /// Batches in use, with how many buffered rows point into each.
@@ -624,6 +627,9 @@ impl WindowOperator {
             refs += rows.len() - readings + if self.keep_rows { windows } else { 0 };
             self.stats.rows_in += readings as u64;
             self.stats.rows_late += (rows.len() - readings) as u64;
+            let counts = &mut self.motors[idx].counts;
+            counts[0] += readings as u64;
+            counts[1] += (rows.len() - readings) as u64;
             if readings > 0 {
                 touched.push(idx);
             }
@@ -662,10 +668,11 @@ impl WindowOperator {
         Ok(Some(batch))
     }
 
-    /// The operator's state for a checkpoint: every motor's watermark and emitted-through
-    /// mark, its open windows with their running statistics, and (when rows are kept) the
-    /// open windows' rows. Late readings must have been taken ([`Self::take_late`]) first.
-    pub(crate) fn snapshot(&self) -> Result<OperatorState, StreamError> {
+    /// The operator's state for a checkpoint, of the motors `include` accepts: each one's
+    /// watermark and emitted-through mark, its open windows with their running statistics,
+    /// and (when rows are kept) the open windows' rows. Late readings must have been taken
+    /// ([`Self::take_late`]) first.
+    pub(crate) fn snapshot(&self, include: &dyn Fn(&str) -> bool) -> Result<OperatorState, StreamError> {
         if !self.late.is_empty() {
             return Err(StreamError::Checkpoint("late readings not yet taken".into()));
         }
@@ -673,12 +680,14 @@ impl WindowOperator {
         let motors = self
             .motors
             .iter()
+            .filter(|m| include(&m.id))
             .map(|m| MotorState {
                 id: m.id.to_string(),
                 site: m.site.to_string(),
                 watermark: m.watermark,
                 emitted_through_ms: m.emitted_through_ms,
                 typical_rows: m.typical_rows as u64,
+                counts: m.counts,
                 windows: m
                     .open
                     .iter()
@@ -701,11 +710,21 @@ impl WindowOperator {
     }
 
     /// Restores [`Self::snapshot`]'s state into this operator, which must be fresh (no input
-    /// yet) and configured for the same spec and outputs.
+    /// yet) and configured for the same spec and outputs; the operator's counters come back too.
     pub(crate) fn restore(&mut self, state: OperatorState) -> Result<(), StreamError> {
         if self.has_input() || !self.motors.is_empty() {
             return Err(StreamError::Checkpoint("restoring into a window operator that already has input".into()));
         }
+        let [rows_in, rows_late, windows_closed, windows_closed_idle] = state.counters;
+        self.merge(state)?;
+        self.stats = WindowStats { rows_in, rows_late, windows_closed, windows_closed_idle, ..WindowStats::default() };
+        Ok(())
+    }
+
+    /// Adds [`Self::snapshot`]'s motors to this running operator (a partition handed over
+    /// from another node), replacing any state it holds for them. The operator's own counters
+    /// are left alone: they count what this operator did.
+    pub(crate) fn merge(&mut self, state: OperatorState) -> Result<(), StreamError> {
         let spec = crate::engine::describe(&self.spec);
         if state.spec != spec || state.outputs != self.outputs_fingerprint() {
             return Err(StreamError::Checkpoint(format!(
@@ -720,6 +739,11 @@ impl WindowOperator {
         if rows.as_ref().map_or(0, |b| b.num_rows() as u64) != total || (total > 0 && !self.keep_rows) {
             return Err(StreamError::Checkpoint(format!("window state names {total} buffered rows; the checkpoint holds {}", rows.as_ref().map_or(0, |b| b.num_rows()))));
         }
+        if let Some(m) = state.motors.iter().find(|m| m.windows.iter().any(|w| w.stats.len() != self.aggregated_columns.len())) {
+            return Err(StreamError::Checkpoint(format!("a window of motor {} has the wrong number of column statistics (expected {})", m.id, self.aggregated_columns.len())));
+        }
+        let incoming: HashSet<&str> = state.motors.iter().map(|m| m.id.as_str()).collect();
+        self.drop_motors(&|id| incoming.contains(id));
         let slot = match rows {
             Some(batch) => {
                 check_schema(&batch)?;
@@ -736,18 +760,47 @@ impl WindowOperator {
             motor.watermark = m.watermark;
             motor.emitted_through_ms = m.emitted_through_ms;
             motor.typical_rows = m.typical_rows as usize;
+            motor.counts = m.counts;
             for w in m.windows {
-                if w.stats.len() != self.aggregated_columns.len() {
-                    return Err(StreamError::Checkpoint(format!("window of motor {} has {} column statistics, expected {}", m.id, w.stats.len(), self.aggregated_columns.len())));
-                }
                 let rows = (next_row..next_row + w.rows as u32).map(|r| (slot, r)).collect();
                 next_row += w.rows as u32;
                 motor.open.insert(w.start_ms, OpenWindow { end_ms: w.end_ms, last_event_ms: w.last_event_ms, rows, count: w.count, stats: w.stats });
             }
         }
-        let [rows_in, rows_late, windows_closed, windows_closed_idle] = state.counters;
-        self.stats = WindowStats { rows_in, rows_late, windows_closed, windows_closed_idle, ..WindowStats::default() };
         Ok(())
+    }
+
+    /// Forgets the motors `drop` accepts (their partition moved to another node): their open
+    /// windows' rows are released and their watermarks gone. Returns how many were dropped.
+    pub(crate) fn drop_motors(&mut self, drop: &dyn Fn(&str) -> bool) -> usize {
+        let before = self.motors.len();
+        let mut kept = Vec::with_capacity(before);
+        for m in std::mem::take(&mut self.motors) {
+            if drop(&m.id) {
+                for (_, w) in m.open.iter() {
+                    self.arena.release_rows(&w.rows);
+                }
+            } else {
+                kept.push(m);
+            }
+        }
+        self.motors = kept;
+        if self.motors.len() != before {
+            self.motor_index.clear();
+            self.long_motor_index.clear();
+            for (i, m) in self.motors.iter().enumerate() {
+                match short_key(&m.id) {
+                    Some(k) => self.motor_index.insert(k, i),
+                    None => self.long_motor_index.insert(m.id.clone(), i),
+                };
+            }
+        }
+        before - self.motors.len()
+    }
+
+    /// The ids of the motors the operator holds state for.
+    pub(crate) fn motor_ids(&self) -> impl Iterator<Item = &str> {
+        self.motors.iter().map(|m| &*m.id)
     }
 
     /// What closed windows carry, as text: a checkpoint restores only into an operator with
@@ -916,6 +969,7 @@ impl WindowOperator {
                 let w = m.open.remove(&start).expect("open window");
                 m.emitted_through_ms = m.emitted_through_ms.max(w.end_ms);
                 m.typical_rows = w.rows.len();
+                m.counts[2] += 1;
                 bounds.push(ClosedWindow { motor: idx, start_ms: start, end_ms: w.end_ms, rows: w.rows.len(), count: w.count, stats: w.stats });
                 sites.entry(m.id.to_string()).or_insert_with(|| m.site.to_string());
                 rows.extend_from_slice(&w.rows);
@@ -991,7 +1045,7 @@ impl OperatorState {
     /// The state's content independent of processing time and of the order motors were first
     /// seen in (what two runs over the same input agree on): motors sorted by id, watermarks
     /// as newest event times, open windows with their counts and statistics (not their raw
-    /// rows' layout), and the reading and window counters. Appended to `out` as bytes.
+    /// rows' layout), and each motor's reading and window counters. Appended to `out` as bytes.
     pub(crate) fn canonical_into(&self, out: &mut Vec<u8>) -> Result<(), StreamError> {
         let mut motors: Vec<&MotorState> = self.motors.iter().collect();
         motors.sort_by(|a, b| a.id.cmp(&b.id));
@@ -999,17 +1053,32 @@ impl OperatorState {
             .iter()
             .map(|m| {
                 let windows: Vec<_> = m.windows.iter().map(|w| (w.start_ms, w.end_ms, w.last_event_ms, w.count, w.rows, &w.stats)).collect();
-                (&m.id, &m.site, m.watermark.newest_event_ms(), m.emitted_through_ms, windows)
+                (&m.id, &m.site, m.watermark.newest_event_ms(), m.emitted_through_ms, m.counts, windows)
             })
             .collect();
-        let [rows_in, rows_late, windows_closed, _] = self.counters;
-        out.extend(checkpoint::to_bytes(&(&self.spec, &self.outputs, rows_in, rows_late, windows_closed, motors))?);
+        out.extend(checkpoint::to_bytes(&(&self.spec, &self.outputs, motors))?);
         Ok(())
     }
 
-    /// Readings that joined a window, over the operator's life (restored across restarts).
+    /// Readings that joined a window, over the life of the motors in this state (restored
+    /// across restarts, and moved with a motor's partition).
     pub(crate) fn rows_in(&self) -> u64 {
-        self.counters[0]
+        self.motors.iter().map(|m| m.counts[0]).sum()
+    }
+
+    /// The ids of the motors in this state.
+    pub(crate) fn motor_ids(&self) -> impl Iterator<Item = &str> {
+        self.motors.iter().map(|m| m.id.as_str())
+    }
+
+    /// Motors in this state.
+    pub(crate) fn motor_count(&self) -> usize {
+        self.motors.len()
+    }
+
+    /// Open windows in this state.
+    pub(crate) fn open_windows(&self) -> usize {
+        self.motors.iter().map(|m| m.windows.len()).sum()
     }
 }
 
@@ -1021,6 +1090,8 @@ struct MotorState {
     watermark: MotorWatermark,
     emitted_through_ms: i64,
     typical_rows: u64,
+    /// Readings that joined a window, readings sent late, windows emitted.
+    counts: [u64; 3],
     windows: Vec<WindowState>,
 }
 

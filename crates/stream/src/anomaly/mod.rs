@@ -202,17 +202,21 @@ fn anomaly_impl(call: &ScalarUDF) -> Result<&AnomalyUdf, StreamError> {
     call.inner().downcast_ref::<AnomalyUdf>().ok_or_else(|| StreamError::Checkpoint(format!("{} is not an anomaly function", call.name())))
 }
 
-/// The per-motor state of an anomaly call made by [`instantiate`].
-pub(crate) fn call_state(call: &ScalarUDF) -> Result<CallState, StreamError> {
+/// The per-motor state of an anomaly call made by [`instantiate`], of the motors `include`
+/// accepts.
+pub(crate) fn call_state(call: &ScalarUDF, include: &dyn Fn(&str) -> bool) -> Result<CallState, StreamError> {
     let udf = anomaly_impl(call)?;
     let states = udf.states.lock().map_err(|_| StreamError::Checkpoint("anomaly state poisoned".into()))?;
-    let mut motors: Vec<(String, i64, Detector)> = states.iter().map(|(m, s)| (m.clone(), s.last_t, s.detector.clone())).collect();
+    let mut motors: Vec<(String, i64, Detector)> =
+        states.iter().filter(|(m, _)| include(m)).map(|(m, s)| (m.clone(), s.last_t, s.detector.clone())).collect();
     motors.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(CallState { function: udf.kind.name().to_string(), params: udf.params.clone(), dims: udf.dims as u64, motors })
 }
 
-/// Restores [`call_state`]'s state into the same call of a re-registered query.
-pub(crate) fn restore_call(call: &ScalarUDF, state: CallState) -> Result<(), StreamError> {
+/// Restores [`call_state`]'s state into the same call of a re-registered query: in place of
+/// everything it holds, or with `merge`, added to it (a moved partition's motors; a motor
+/// already there gets the restored state).
+pub(crate) fn restore_call(call: &ScalarUDF, state: CallState, merge: bool) -> Result<(), StreamError> {
     let udf = anomaly_impl(call)?;
     let same = state.function == udf.kind.name()
         && state.dims == udf.dims as u64
@@ -228,8 +232,18 @@ pub(crate) fn restore_call(call: &ScalarUDF, state: CallState) -> Result<(), Str
         )));
     }
     let mut states = udf.states.lock().map_err(|_| StreamError::Checkpoint("anomaly state poisoned".into()))?;
-    states.clear();
+    if !merge {
+        states.clear();
+    }
     states.extend(state.motors.into_iter().map(|(m, last_t, detector)| (m, MotorState { detector, last_t })));
+    Ok(())
+}
+
+/// Forgets the per-motor state of the motors `drop` accepts.
+pub(crate) fn drop_call_motors(call: &ScalarUDF, drop: &dyn Fn(&str) -> bool) -> Result<(), StreamError> {
+    let udf = anomaly_impl(call)?;
+    let mut states = udf.states.lock().map_err(|_| StreamError::Checkpoint("anomaly state poisoned".into()))?;
+    states.retain(|m, _| !drop(m));
     Ok(())
 }
 

@@ -1,0 +1,98 @@
+//! The site's checkpoint directory: one checkpoint store per Kafka partition, at
+//! `<state.dir>/<topic>/<partition>/`.
+//!
+//! A partition's checkpoint holds the state of the motors whose readings come from that
+//! partition (windows, anomaly baselines, alert hysteresis) with the partition's next offset.
+//! The nodes of a site share the directory (a shared volume), so when the consumer group moves
+//! a partition, the node that gets it loads the checkpoint the old owner wrote as it handed the
+//! partition over (or the last one it wrote before it died), and starts at its offset. Only the
+//! partition's current owner writes to its store.
+
+use std::path::{Path, PathBuf};
+
+use tessera_ingest::{PartitionStart, PartitionStates, TopicPartition};
+use tessera_state::{CheckpointStore, Loaded};
+
+/// The per-partition stores under a site's state directory: what the ingest asks for when it
+/// is assigned partitions.
+#[derive(Debug, Clone)]
+pub struct PartitionCheckpoints {
+    dir: PathBuf,
+    keep: usize,
+}
+
+/// A newly assigned partition's store, opened, and its newest valid checkpoint: what the
+/// detection stage restores and then writes to.
+#[derive(Debug)]
+pub struct AssignedStore {
+    /// The partition's store.
+    pub store: CheckpointStore,
+    /// Its newest valid checkpoint (`None`: the partition was never checkpointed).
+    pub loaded: Option<Loaded>,
+}
+
+/// The directory of one partition's store.
+pub fn partition_dir(dir: &Path, (topic, partition): &TopicPartition) -> PathBuf {
+    // Kafka topic names are [a-zA-Z0-9._-]+ and never "." or "..": safe as a path component.
+    dir.join(topic).join(partition.to_string())
+}
+
+impl PartitionCheckpoints {
+    /// The stores under `dir` (created if missing), keeping `keep` checkpoints each.
+    pub fn new(dir: &Path, keep: usize) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("state.dir {}: {e}", dir.display()))?;
+        Ok(Self { dir: dir.to_path_buf(), keep })
+    }
+
+    fn open(&self, tp: &TopicPartition) -> Result<PartitionStart, String> {
+        let named = |e: &dyn std::fmt::Display| format!("{}/{}: {e}", tp.0, tp.1);
+        let store = CheckpointStore::open(partition_dir(&self.dir, tp), self.keep).map_err(|e| named(&e))?;
+        let loaded = store.latest().map_err(|e| named(&e))?;
+        if let Some(l) = &loaded {
+            for s in &l.skipped {
+                tracing::warn!(file = %s.path.display(), reason = %s.reason, "skipped an unreadable checkpoint");
+            }
+        }
+        let resume_at = loaded
+            .as_ref()
+            .and_then(|l| l.checkpoint.offsets.iter().find(|o| o.topic == tp.0 && o.partition == tp.1))
+            .map(|o| o.next_offset);
+        Ok(PartitionStart { topic: tp.0.clone(), partition: tp.1, resume_at, state: Some(Box::new(AssignedStore { store, loaded })) })
+    }
+}
+
+impl PartitionStates for PartitionCheckpoints {
+    fn assigned(&self, partitions: &[TopicPartition]) -> Result<Vec<PartitionStart>, String> {
+        partitions.iter().map(|tp| self.open(tp)).collect()
+    }
+}
+
+/// The newest valid checkpoint of every partition under a site's state directory, read
+/// without opening the stores (nothing changes; a monitor or a test may read while nodes
+/// write). Sorted by partition.
+pub fn read_site(dir: &Path) -> anyhow::Result<Vec<(TopicPartition, Loaded)>> {
+    let mut out = Vec::new();
+    let list = |d: &Path| -> anyhow::Result<Vec<(String, PathBuf)>> {
+        let mut entries = Vec::new();
+        for e in std::fs::read_dir(d).map_err(|e| anyhow::anyhow!("listing {}: {e}", d.display()))? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                entries.push((e.file_name().to_string_lossy().into_owned(), e.path()));
+            }
+        }
+        Ok(entries)
+    };
+    if !dir.exists() {
+        return Ok(out);
+    }
+    for (topic, topic_dir) in list(dir)? {
+        for (partition, path) in list(&topic_dir)? {
+            let Ok(partition) = partition.parse::<i32>() else { continue };
+            if let Some(loaded) = CheckpointStore::read_latest(&path)? {
+                out.push(((topic.clone(), partition), loaded));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
