@@ -7,11 +7,16 @@
 //! figures are medians, printed next to the time the engine took for one checkpoint interval
 //! (5 s) of input, and as the share of the interval the detection thread pauses for them.
 //!
+//! A node checkpoints per Kafka partition (`StreamEngine::checkpoint_motors` of each partition's
+//! motors, `StreamEngine::adopt` on the new owner): the same state is also encoded split over
+//! `--partitions` partitions (motors spread by hash, as a keyed producer does), and adopted back
+//! partition by partition, to show what the split adds.
+//!
 //! Two rule sets: the shipped default (`motor_health`, 10 s windows; its `extra[...]` channels
 //! make it keep raw rows) and the fault tests' pair (1 s tumbling running aggregates, and 3 s
 //! hopping windows with raw rows).
 //!
-//! `cargo bench --bench checkpoint_cost -- [--motors 1000] [--seconds 120] [--rounds 5]`
+//! `cargo bench --bench checkpoint_cost -- [--motors 1000] [--seconds 120] [--rounds 5] [--partitions 12]`
 
 use std::time::{Duration, Instant};
 
@@ -43,7 +48,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn run(name: &str, detect: &DetectConfig, motors: u32, seconds: u64, rounds: u64, interval_s: u64) -> Result<()> {
+fn run(name: &str, detect: &DetectConfig, motors: u32, seconds: u64, rounds: u64, interval_s: u64, partitions: u64) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     let mut engine = build_engine(detect)?;
     let steps = seconds * 10;
@@ -85,15 +90,43 @@ fn run(name: &str, detect: &DetectConfig, motors: u32, seconds: u64, rounds: u64
         fresh.restore(&state)?;
         restore.push(t.elapsed());
     }
+    // Split per partition, as the node writes it, and adopted back partition by partition.
+    let partition_of: std::collections::HashMap<String, u64> = engine
+        .motor_ids()
+        .into_iter()
+        .map(|m| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            m.hash(&mut h);
+            (m, h.finish() % partitions)
+        })
+        .collect();
+    let (mut split_encode, mut adopt) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let parts: Vec<Vec<u8>> = (0..partitions).map(|p| engine.checkpoint_motors(&|m| partition_of.get(m) == Some(&p))).collect::<Result<_, _>>()?;
+        split_encode.push(t.elapsed());
+        let mut fresh: StreamEngine = build_engine(detect)?;
+        let t = Instant::now();
+        for part in &parts {
+            fresh.adopt(part)?;
+        }
+        adopt.push(t.elapsed());
+        assert_eq!(fresh.state_digest()?, engine.state_digest()?, "the partitions add up to the whole state");
+    }
+    let (split_encode, adopt) = (median(split_encode), median(adopt));
     let (encode, write, restore) = (median(encode), median(write), median(restore));
     let open = engine.stats().windows.iter().map(|(_, w)| w.windows_open).sum::<u64>();
     println!(
-        "{name}: {motors} motors, {open} open windows: checkpoint {:.2} MB; encode {:.1} ms, durable write {:.1} ms, restore {:.1} ms; \
+        "{name}: {motors} motors, {open} open windows: checkpoint {:.2} MB; encode {:.1} ms (split over {partitions} partitions {:.1} ms), \
+         durable write {:.1} ms, restore {:.1} ms (adopting the {partitions} partitions {:.1} ms); \
          one {interval_s} s interval of input took {:.1} ms to process ({:.0} readings/s); the checkpoint pause (encode + write) is {:.2} % of the interval",
         bytes as f64 / 1e6,
         encode.as_secs_f64() * 1e3,
+        split_encode.as_secs_f64() * 1e3,
         write.as_secs_f64() * 1e3,
         restore.as_secs_f64() * 1e3,
+        adopt.as_secs_f64() * 1e3,
         per_interval.as_secs_f64() * 1e3,
         (motors as u64 * steps) as f64 / pushed.as_secs_f64(),
         100.0 * (encode + write).as_secs_f64() / interval_s as f64,
@@ -102,10 +135,10 @@ fn run(name: &str, detect: &DetectConfig, motors: u32, seconds: u64, rounds: u64
 }
 
 fn main() -> Result<()> {
-    let (motors, seconds, rounds) = (arg("--motors", 1000) as u32, arg("--seconds", 120), arg("--rounds", 5));
+    let (motors, seconds, rounds, partitions) = (arg("--motors", 1000) as u32, arg("--seconds", 120), arg("--rounds", 5), arg("--partitions", 12).max(1));
     let interval_s = 5;
     let long_idle = |queries: Vec<String>| DetectConfig { queries, idle_timeout: Duration::from_secs(3600), ..Default::default() };
-    run("default rules (motor_health; its extra[...] channels keep raw rows)", &long_idle(Vec::new()), motors, seconds, rounds, interval_s)?;
-    run("raw-row queries (fault tests)", &long_idle(RAW_ROW_QUERIES.iter().map(|s| s.to_string()).collect()), motors, seconds, rounds, interval_s)?;
+    run("default rules (motor_health; its extra[...] channels keep raw rows)", &long_idle(Vec::new()), motors, seconds, rounds, interval_s, partitions)?;
+    run("raw-row queries (fault tests)", &long_idle(RAW_ROW_QUERIES.iter().map(|s| s.to_string()).collect()), motors, seconds, rounds, interval_s, partitions)?;
     Ok(())
 }

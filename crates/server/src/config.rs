@@ -32,8 +32,9 @@ pub struct NodeConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StateConfig {
-    /// The checkpoint directory, on durable site-local storage; unset: no checkpoints (a
-    /// restart loses open windows and baselines).
+    /// The checkpoint directory, on durable site-local storage shared by the site's nodes (one
+    /// store per Kafka partition under it, see [`crate::partition_state`]); unset: no
+    /// checkpoints (a restart loses open windows and baselines).
     pub dir: Option<PathBuf>,
     /// How often to checkpoint (and so, at most, how much is read again after a crash).
     #[serde(with = "humantime_serde")]
