@@ -140,12 +140,15 @@ fn node_process() {
         Ok((stats, _)) => {
             println!("fault: consumed {}", stats.messages);
             println!(
-                "fault: stopped after {} messages ({} of revoked partitions dropped), {} partitions resumed at a checkpoint, {} barriers, {} rebalances; longest stall {} ms, longest rebalance {} ms",
+                "fault: stopped after {} messages ({} of revoked partitions dropped), {} partitions resumed at a checkpoint, {} barriers, {} rebalances, \
+                 {} memory pauses, {} consumer errors; longest stall {} ms, longest rebalance {} ms",
                 stats.messages,
                 stats.stale_dropped,
                 stats.resumed_at_checkpoint,
                 stats.barriers,
                 stats.rebalances,
+                stats.memory_pauses,
+                stats.consumer_errors,
                 stats.longest_stall_us / 1000,
                 stats.longest_rebalance_us / 1000
             )
@@ -856,4 +859,115 @@ fn a_node_joining_or_leaving_every_5_s_loses_nothing() {
     assert_eq!((lost, counted_twice), (0, 0));
     assert_eq!(site.digest, expected_digest, "the final state equals the uninterrupted run's");
     assert_eq!(got.keys().collect::<Vec<_>>(), expected_alerts.keys().collect::<Vec<_>>(), "the alerts are the uninterrupted run's");
+}
+
+/// Resident memory of a process, current and peak (`VmRSS`, `VmHWM`), in bytes.
+fn memory_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()).unwrap_or(0) * 1024;
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Overload: a node's capacity is measured on a backlog; then readings arrive at twice that
+/// rate. The node keeps under its configured memory budget (backpressure: it pauses its
+/// partitions, and keeps polling), is never thrown out of its group (`max.poll.interval.ms`
+/// is 6 s here), and once the input falls back the lag drains, with every reading counted once.
+#[test]
+fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
+    // 12 partitions keep the lag within what the mock cluster keeps of a partition (100 000
+    // messages or 5 MB; it drops the oldest beyond that).
+    let (kafka, brokers) = crate::embedded_kafka(1, 12);
+    for topic in ["alerts", "late"] {
+        kafka.create_topic(topic, 1).unwrap();
+    }
+    let work = tempfile::tempdir().unwrap();
+    let mut config = node_config(&brokers, &work.path().join("state"));
+    config.ingest.group_id = "overload".into();
+    config.ingest.kafka.insert("max.poll.interval.ms".into(), "6000".into());
+    // A heavier rule set (each reading in ten hopping windows, raw rows kept): the test's own
+    // producer, sharing the machine's two cores, must outrun the node twice over.
+    config.detect.queries.push(
+        "CREATE CONTINUOUS QUERY wide AS SELECT motor_id, window_start, count(DISTINCT seq) AS n, max(current_a) AS peak
+         FROM HOP(telemetry, ts, INTERVAL '1 second', INTERVAL '10 seconds') GROUP BY motor_id, window_start"
+            .into(),
+    );
+    let store_dir = work.path().join("state");
+    let backlog: u64 = 200_000;
+    let start_ms = tessera_server::producer::now_ms() - 3_600_000;
+    let mut sim = Simulator::new(FleetSpec { motors: MOTORS, sites: 3, rate_hz: 10.0, steps: u64::MAX / 2, start_ms, fault_fraction: 0.1, seed: 7 });
+    let mut take = |readings: u64| -> Vec<Vec<Reading>> { (0..readings / MOTORS as u64).map_while(|_| sim.next_step()).collect() };
+
+    // 1. Capacity: a fresh node reads a backlog as fast as it can.
+    let p = producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap();
+    take(backlog).iter().for_each(|s| p.send_readings(s).unwrap());
+    p.flush(Duration::from_secs(60)).unwrap();
+    let node = NodeProcess::start(&config, None, work.path(), 1);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut first, mut calibration_peak) = (None, 0);
+    loop {
+        let covered = covered(&store_dir, "telemetry") as u64;
+        calibration_peak = calibration_peak.max(memory_of(node.child.id()).1);
+        if covered > 0 && first.is_none() {
+            first = Some((Instant::now(), covered));
+        }
+        if covered >= backlog {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the backlog was not read in 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (since, at) = first.expect("progress");
+    let capacity = (backlog - at) as f64 / since.elapsed().as_secs_f64().max(0.1);
+    let (status, out) = node.stop(Duration::from_secs(60));
+    assert!(status.success(), "{status}\n{out}");
+
+    // 2. Twice the capacity, for as long as the lag stays within the mock cluster's log.
+    let budget_mb = (calibration_peak >> 20) + 64;
+    config.ingest.memory_budget_mb = budget_mb;
+    let node = NodeProcess::start(&config, None, work.path(), 2);
+    let over = Duration::from_secs_f64((360_000.0 / capacity).clamp(5.0, 15.0));
+    let load = take((2.0 * capacity * over.as_secs_f64()) as u64);
+    let sent: u64 = load.iter().map(|s| s.len() as u64).sum();
+    let total = backlog + sent;
+    let started = Instant::now();
+    let publisher = publish_over(&brokers, &load, over);
+    let mut peak_rss = 0;
+    while !publisher.is_finished() {
+        peak_rss = peak_rss.max(memory_of(node.child.id()).0);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    publisher.join().unwrap();
+    let produced_for = started.elapsed();
+    let lag_at_end = total.saturating_sub(covered(&store_dir, "telemetry") as u64);
+
+    // 3. The input stops: the lag drains.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while (covered(&store_dir, "telemetry") as u64) < total {
+        peak_rss = peak_rss.max(memory_of(node.child.id()).0);
+        assert!(Instant::now() < deadline, "the lag did not drain in 300 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let drained_in = started.elapsed() - produced_for;
+    let node_peak = memory_of(node.child.id()).1;
+    let (status, out) = node.stop(Duration::from_secs(60));
+    assert!(status.success(), "{status}\n{out}");
+    // "N <label>" in the node's last line.
+    let stat = |label: &str| out.lines().find_map(|l| l.split(label).next()?.rsplit(' ').next()?.parse::<u64>().ok().filter(|_| l.contains(label))).unwrap_or(u64::MAX);
+    let (rebalances, pauses, errors) = (stat(" rebalances"), stat(" memory pauses"), stat(" consumer errors"));
+    println!(
+        "fault: overload: capacity {capacity:.0} readings/s (debug build, measured on a {backlog}-reading backlog); then {sent} readings in {produced_for:.1?} \
+         ({:.0}/s, {:.1}x capacity); lag at the end of it {lag_at_end}, drained {drained_in:.1?} later; peak RSS {} MiB sampled ({} MiB high-water) \
+         against a budget of {budget_mb} MiB (calibration peak {} MiB + 64); {pauses} memory pauses; {rebalances} rebalances (the first assignment and the \
+         final revoke), {errors} consumer errors",
+        sent as f64 / produced_for.as_secs_f64(),
+        sent as f64 / produced_for.as_secs_f64() / capacity,
+        peak_rss >> 20,
+        node_peak >> 20,
+        calibration_peak >> 20,
+    );
+    assert_eq!(partitions_off(&brokers, "overload", &store_dir), Vec::<String>::new(), "every reading counted once");
+    assert!(node_peak >> 20 <= budget_mb, "high-water {} MiB over the {budget_mb} MiB budget\n{out}", node_peak >> 20);
+    assert!(sent as f64 / produced_for.as_secs_f64() > 1.5 * capacity, "the input reached at least 1.5x capacity");
+    assert!(lag_at_end > 0, "the node fell behind");
+    assert_eq!((rebalances, errors), (2, 0), "never thrown out of the group\n{out}");
 }

@@ -60,6 +60,10 @@ pub struct IngestConfig {
     /// Chunks waiting for the decoder before the consumer pauses its partitions. Together
     /// with the chunk size and the batch size this bounds the ingest's memory.
     pub max_chunks_in_flight: usize,
+    /// Resident memory budget of the process, in MiB: at 90 % of it the consumer pauses its
+    /// partitions until the process is back under 80 % (it keeps polling meanwhile, so it stays
+    /// in its group); 0: no budget. Read from `/proc/self/status` (Linux).
+    pub memory_budget_mb: u64,
     /// How often committable offsets are committed.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
@@ -96,6 +100,7 @@ impl Default for IngestConfig {
             batch_max_age: Duration::from_millis(200),
             chunk_max_messages: 2048,
             max_chunks_in_flight: 8,
+            memory_budget_mb: 0,
             commit_interval: Duration::from_secs(1),
             checkpoint_interval: Duration::ZERO,
             drain_timeout: Duration::from_secs(10),

@@ -25,6 +25,8 @@ pub struct IngestMetrics {
     pub(crate) longest_rebalance_us: AtomicU64,
     pub(crate) longest_stall_us: AtomicU64,
     pub(crate) stale_dropped: AtomicU64,
+    pub(crate) memory_pauses: AtomicU64,
+    pub(crate) peak_rss_bytes: AtomicU64,
 }
 
 /// A snapshot of [`IngestMetrics`].
@@ -70,6 +72,10 @@ pub struct IngestStats {
     /// Messages of a partition no longer assigned (fetched before it was revoked), dropped
     /// unread: its new owner reads them.
     pub stale_dropped: u64,
+    /// Times the process went over `memory_budget_mb` and the consumer paused for it.
+    pub memory_pauses: u64,
+    /// The highest resident memory seen while a budget is set, in bytes.
+    pub peak_rss_bytes: u64,
 }
 
 impl IngestMetrics {
@@ -105,6 +111,8 @@ impl IngestMetrics {
             longest_rebalance_us: self.longest_rebalance_us.load(Relaxed),
             longest_stall_us: self.longest_stall_us.load(Relaxed),
             stale_dropped: self.stale_dropped.load(Relaxed),
+            memory_pauses: self.memory_pauses.load(Relaxed),
+            peak_rss_bytes: self.peak_rss_bytes.load(Relaxed),
         }
     }
 }

@@ -662,7 +662,57 @@ impl ConsumerContext for IngestContext {
     }
 }
 
+/// The process's resident memory in bytes (`VmRSS` of `/proc/self/status`); `None` where
+/// that is not readable.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The memory budget: checked every 50 ms; at 90 % of it the consumer pauses (what is in flight
+/// still lands, hence the margin) until the process is back under 80 % of it, or until nothing
+/// is in flight any more: then the memory is state, not input, and pausing cannot free it (it
+/// would stall the node for good), so consumption goes on and a warning says so.
+struct MemoryBudget {
+    limit: Option<u64>,
+    over: bool,
+    checked: Instant,
+}
+
+impl MemoryBudget {
+    fn new(mb: u64) -> Self {
+        Self { limit: (mb > 0).then_some(mb << 20), over: false, checked: Instant::now() }
+    }
+
+    /// Whether to pause now; `idle`: nothing consumed is still in flight.
+    fn over(&mut self, metrics: &IngestMetrics, idle: impl FnOnce() -> bool) -> bool {
+        if self.limit.is_none() || self.checked.elapsed() < Duration::from_millis(50) {
+            return self.over;
+        }
+        self.checked = Instant::now();
+        let Some(rss) = resident_bytes() else { return false };
+        metrics.peak_rss_bytes.fetch_max(rss, Relaxed);
+        self.step(rss, idle, metrics)
+    }
+
+    fn step(&mut self, rss: u64, idle: impl FnOnce() -> bool, metrics: &IngestMetrics) -> bool {
+        let Some(limit) = self.limit else { return false };
+        let was_over = self.over;
+        self.over = if was_over { rss > limit / 10 * 8 } else { rss > limit / 10 * 9 };
+        if self.over && !was_over {
+            metrics.memory_pauses.fetch_add(1, Relaxed);
+            tracing::warn!(rss_mb = rss >> 20, budget_mb = limit >> 20, "near the memory budget: pausing consumption");
+        } else if self.over && idle() {
+            tracing::warn!(rss_mb = rss >> 20, budget_mb = limit >> 20, "over the memory budget with nothing in flight: the state fills it; consuming on");
+            self.over = false;
+        }
+        self.over
+    }
+}
+
 fn run_consumer(consumer: BaseConsumer<IngestContext>, s: &Shared, stop: &AtomicBool) -> Result<()> {
+    let mut memory = MemoryBudget::new(s.config.memory_budget_mb);
     let mut last_commit = Instant::now();
     let mut last_barrier = Instant::now();
     let result = loop {
@@ -693,7 +743,8 @@ fn run_consumer(consumer: BaseConsumer<IngestContext>, s: &Shared, stop: &Atomic
             None => {}
         }
         let shipped = s.ship(false);
-        s.set_paused(&consumer, !shipped);
+        let over_budget = memory.over(&s.metrics, || s.tracker.wait_idle(Duration::ZERO));
+        s.set_paused(&consumer, !shipped || over_budget);
         if s.checkpointing() && last_barrier.elapsed() >= s.config.checkpoint_interval && s.try_barrier() {
             last_barrier = Instant::now();
         }
@@ -924,5 +975,28 @@ impl Decoder {
 
     fn emit_all(&mut self) -> Result<()> {
         self.batcher.flush_all().into_iter().try_for_each(|b| self.emit(b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The budget pauses at 90 %, resumes under 80 %, and never pauses for good: over it with
+    /// nothing in flight, consumption goes on.
+    #[test]
+    fn the_memory_budget_pauses_with_hysteresis_and_never_for_good() {
+        let metrics = IngestMetrics::default();
+        let mut budget = MemoryBudget::new(100);
+        let mb = |n: u64| n << 20;
+        let busy = || false;
+        assert!(!budget.step(mb(89), busy, &metrics));
+        assert!(budget.step(mb(91), busy, &metrics), "pauses at 90 %");
+        assert!(budget.step(mb(85), busy, &metrics), "stays paused above 80 %");
+        assert!(!budget.step(mb(79), busy, &metrics), "resumes under 80 %");
+        assert!(budget.step(mb(95), busy, &metrics));
+        assert!(!budget.step(mb(95), || true, &metrics), "nothing in flight: pausing cannot help");
+        assert_eq!(metrics.memory_pauses.load(Relaxed), 2);
+        assert!(!MemoryBudget::new(0).step(mb(10_000), busy, &metrics), "no budget, no pause");
     }
 }
