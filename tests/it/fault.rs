@@ -364,7 +364,12 @@ fn reference(config: &NodeConfig, steps: &[Vec<Reading>]) -> (tessera_stream::St
 #[test]
 fn killed_nodes_lose_nothing_and_raise_the_same_alerts() {
     let wanted = readings_wanted();
-    let (broker, brokers) = broker();
+    // 12 partitions: the mock cluster keeps only 5 MB of a partition's log, a few seconds at the
+    // full size's rate over 3 partitions, less than a restart takes.
+    let (broker, brokers) = crate::embedded_kafka(1, 12);
+    for topic in ["alerts", "late"] {
+        broker.create_topic(topic, 1).unwrap();
+    }
     let work = tempfile::tempdir().unwrap();
     let config = node_config(&brokers, &work.path().join("state"));
 
@@ -376,35 +381,22 @@ fn killed_nodes_lose_nothing_and_raise_the_same_alerts() {
     assert!(expected_alerts.len() >= 5, "the reference raises alerts: {expected_alerts:?}");
     assert_eq!(expected_digest.rows_in, total);
 
-    // Readings flow while nodes are killed: each node's share is published while it runs,
-    // in small steps, so that it checkpoints and commits several times.
-    // The first checkpoint or commit with new data after each restart: a node joins only once
-    // the group has given up on the killed one, by when its share may all be published.
+    // Readings flow the whole time (`TESSERA_FAULT_FLOW_S`), while node processes are started
+    // one after the other and each is killed at its failpoint: the first checkpoint or commit
+    // with new data after it got its partitions (a node gets them once the group has given up
+    // on the killed one). The input outlasts the kills; flowing rather than published up
+    // front, it never outgrows what the mock cluster keeps of a partition.
     let kills = ["detect-after-checkpoint-write:2", "ingest-after-commit:1", "detect-after-checkpoint-write:1", "ingest-after-commit:1"];
-    let shares: Vec<&[Vec<Reading>]> = steps.chunks(steps.len().div_ceil(kills.len() + 1)).collect();
-    let publish_share = |share: &[Vec<Reading>]| {
-        let brokers = brokers.clone();
-        let share = share.to_vec();
-        std::thread::spawn(move || {
-            let p = producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap();
-            for piece in share.chunks(share.len().div_ceil(20).max(1)) {
-                piece.iter().for_each(|s| p.send_readings(s).unwrap());
-                p.flush(Duration::from_secs(60)).unwrap();
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-    };
     let started = Instant::now();
+    let publisher = publish_over(&brokers, &steps, flow_duration());
     for (n, kill_at) in kills.iter().enumerate() {
         let node = NodeProcess::start(&config, Some(kill_at), work.path(), n);
-        let publisher = publish_share(shares[n]);
         let (status, out) = node.wait(Duration::from_secs(120));
-        publisher.join().unwrap();
         eprintln!("fault: node {n} ended ({status}) after {:.1?}:\n{out}", started.elapsed());
         assert_eq!(status.signal(), Some(9), "node {n} was to be killed at {kill_at}; it ended with {status}:\n{out}");
         assert!(out.contains(&format!("fault: SIGKILL at {}", kill_at.replace(':', " #"))), "{out}");
+        assert!(!publisher.is_finished(), "the input flowed until the last kill (raise TESSERA_FAULT_FLOW_S)");
     }
-    let publisher = publish_share(shares[kills.len()]);
 
     // The last node runs until its checkpoint covers every message, then stops gracefully.
     let last = NodeProcess::start(&config, None, work.path(), kills.len());
@@ -433,7 +425,7 @@ fn killed_nodes_lose_nothing_and_raise_the_same_alerts() {
     let lost = total.saturating_sub(digest.rows_in);
     let counted_twice = digest.rows_in.saturating_sub(total);
     // Offsets: committed at most one checkpoint behind, never ahead of it.
-    let committed = committed_and_end(&brokers, "fault-nodes", "telemetry", 3).unwrap();
+    let committed = committed_and_end(&brokers, "fault-nodes", "telemetry", 12).unwrap();
     for (p, c, end) in &committed {
         let cp = site.offsets.get(&("telemetry".to_string(), *p)).copied().unwrap_or(0);
         assert!(*c <= cp && cp == *end, "partition {p}: committed {c}, checkpoint {cp}, end {end}");
@@ -970,4 +962,61 @@ fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
     assert!(sent as f64 / produced_for.as_secs_f64() > 1.5 * capacity, "the input reached at least 1.5x capacity");
     assert!(lag_at_end > 0, "the node fell behind");
     assert_eq!((rebalances, errors), (2, 0), "never thrown out of the group\n{out}");
+}
+
+/// A query whose anomaly function panics on one motor's windows (a failpoint makes it, as a
+/// bug some input triggers would) is isolated: the run is retried motor by motor, only that
+/// motor's windows go to the detection stage's dead-letter topic (reason `query_failed`, the
+/// panic's message, the windows as Arrow IPC), every other motor's windows are scored, and the
+/// node keeps running and checkpointing.
+#[test]
+fn a_query_that_panics_on_one_motor_is_isolated_and_the_node_goes_on() {
+    let (kafka, brokers) = broker();
+    kafka.create_topic("detect-dead-letters", 1).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let mut config = node_config(&brokers, &state);
+    config.ingest.group_id = "query-poison".into();
+    config.detect.dead_letter_topic = "detect-dead-letters".into();
+    let mut sim = Simulator::new(FleetSpec { motors: 20, sites: 1, rate_hz: 10.0, steps: 300, start_ms: tessera_server::producer::now_ms() - 30_000, fault_fraction: 0.0, seed: 5 });
+    let steps: Vec<Vec<Reading>> = std::iter::from_fn(|| sim.next_step()).collect();
+    let p = producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap();
+    steps.iter().for_each(|s| p.send_readings(s).unwrap());
+    p.flush(Duration::from_secs(30)).unwrap();
+    let readings: u64 = steps.iter().map(|s| s.len() as u64).sum();
+
+    let node = NodeProcess::start_with(&config, None, Some("anomaly-invoke=return(M0007)"), work.path(), 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (covered(&state, "telemetry") as u64) < readings {
+        assert!(Instant::now() < deadline, "the node did not get through the input in 120 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, out) = node.stop(Duration::from_secs(60));
+    assert!(status.success(), "the node kept running and stopped cleanly: {status}\n{out}");
+
+    // Every dead letter holds windows of M0007 only, with the reason and the panic's message.
+    let end = committed_and_end(&brokers, "query-poison-reader", "detect-dead-letters", 1).unwrap()[0].2 as usize;
+    let dead = read_topic(&brokers, "detect-dead-letters", end, Duration::from_secs(30)).unwrap();
+    let mut windows = 0;
+    for m in &dead {
+        assert_eq!(tessera_suite::header(m, tessera_ingest::dead_letter_headers::REASON).as_deref(), Some("query_failed"));
+        let detail = tessera_suite::header(m, tessera_ingest::dead_letter_headers::DETAIL).unwrap_or_default();
+        assert!(detail.contains("injected poison (motor M0007)"), "{detail}");
+        let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(payload(m)), None).unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let ids = batch.column_by_name("motor_id").unwrap().as_any().downcast_ref::<arrow_array::StringArray>().unwrap().clone();
+            assert!(ids.iter().all(|id| id == Some("M0007")), "only the poison motor's windows are parked");
+            windows += batch.num_rows();
+        }
+    }
+    let site = site_state(&config);
+    println!(
+        "fault: query poison: the anomaly function panicked on M0007's windows: {} dead letters ({windows} window rows, all of M0007, reason query_failed); \
+         the node went on; {} of {readings} readings in the state",
+        dead.len(),
+        site.digest.rows_in
+    );
+    assert!(!dead.is_empty(), "the failing windows were parked");
+    assert_eq!(site.digest.rows_in, readings);
 }

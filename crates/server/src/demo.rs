@@ -91,7 +91,7 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
         ..Default::default()
     };
     if embedded.is_none() {
-        crate::topics::ensure_topics(&brokers, &[(dead_letters, 1), (&detect_config.alerts_topic, 3), (&detect_config.late_topic, 1)])?;
+        crate::topics::ensure_topics(&brokers, &[(dead_letters, 1), (&detect_config.alerts_topic, 3), (&detect_config.late_topic, 1), (&detect_config.dead_letter_topic, 1)])?;
     }
     let engine = build_engine(&detect_config)?;
     for q in engine.queries() {

@@ -59,6 +59,10 @@ pub struct DetectConfig {
     pub alerts_topic: String,
     /// Topic of late readings.
     pub late_topic: String,
+    /// The detection stage's dead letters: the closed windows of a query run that failed (an
+    /// error, or a panic some input triggered), as Arrow IPC, with the query and the reason in
+    /// headers. The node goes on.
+    pub dead_letter_topic: String,
     /// Rows kept in each queryable table.
     pub table_rows: usize,
 }
@@ -71,6 +75,7 @@ impl Default for DetectConfig {
             idle_timeout: Duration::from_secs(30),
             alerts_topic: "tessera-alerts".into(),
             late_topic: "tessera-late".into(),
+            dead_letter_topic: "tessera-detect-dead-letter".into(),
             table_rows: 1_000_000,
         }
     }
@@ -81,6 +86,7 @@ impl DetectConfig {
     pub fn validate(&self) -> Result<()> {
         anyhow::ensure!(!self.alerts_topic.is_empty(), "detect.alerts_topic must not be empty");
         anyhow::ensure!(!self.late_topic.is_empty(), "detect.late_topic must not be empty");
+        anyhow::ensure!(!self.dead_letter_topic.is_empty(), "detect.dead_letter_topic must not be empty");
         anyhow::ensure!(self.idle_timeout > Duration::ZERO, "detect.idle_timeout must be positive");
         anyhow::ensure!(self.table_rows > 0, "detect.table_rows must be positive");
         Ok(())
@@ -170,6 +176,8 @@ pub struct DetectStats {
     pub alerts_sent: u64,
     /// Late readings written to Kafka.
     pub late_sent: u64,
+    /// Failed query runs whose windows went to the dead-letter topic.
+    pub failed_runs: u64,
     /// Batches taken from the ingest.
     pub batches: u64,
 }
@@ -469,9 +477,34 @@ impl Worker {
         for batch in &out.late {
             late += self.publish_late(batch)?;
         }
+        for failed in &out.failed {
+            self.publish_failed(failed)?;
+        }
         if let Ok(mut s) = self.stats.lock() {
             s.alerts_sent += alerts;
             s.late_sent += late;
+        }
+        Ok(())
+    }
+
+    /// A failed query run's windows, to the dead-letter topic: Arrow IPC, with the reason
+    /// (`query_failed`), the error and the query in headers, keyed by the query.
+    fn publish_failed(&mut self, failed: &tessera_stream::FailedRun) -> Result<()> {
+        use tessera_ingest::dead_letter_headers as h;
+        let mut payload = Vec::new();
+        let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut payload, failed.windows.schema_ref())?;
+        writer.write(&failed.windows)?;
+        writer.finish()?;
+        drop(writer);
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: h::REASON, value: Some("query_failed") })
+            .insert(Header { key: h::DETAIL, value: Some(failed.error.as_str()) })
+            .insert(Header { key: "tessera.dlq.query", value: Some(failed.query.as_str()) })
+            .insert(Header { key: "content-type", value: Some("application/vnd.apache.arrow.stream") });
+        let record = BaseRecord::to(&self.config.dead_letter_topic).key(failed.query.as_str()).payload(&payload).headers(headers);
+        self.producer.send(record).map_err(|(e, _)| anyhow::anyhow!("writing to {}: {e}", self.config.dead_letter_topic))?;
+        if let Ok(mut s) = self.stats.lock() {
+            s.failed_runs += 1;
         }
         Ok(())
     }

@@ -275,7 +275,7 @@ fn main() -> Result<()> {
             let brokers = config.ingest.brokers.clone();
             ensure_topics(
                 &brokers,
-                &[(&config.ingest.dead_letter_topic, 3), (&config.detect.alerts_topic, 3), (&config.detect.late_topic, 3)],
+                &[(&config.ingest.dead_letter_topic, 3), (&config.detect.alerts_topic, 3), (&config.detect.late_topic, 3), (&config.detect.dead_letter_topic, 1)],
             )?;
             drop(engine);
             let node = Node::start(&config)?;

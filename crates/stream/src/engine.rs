@@ -51,6 +51,44 @@ pub struct StepOutput {
     pub late: Vec<RecordBatch>,
     /// Windows closed.
     pub windows_closed: usize,
+    /// Query runs that failed: their windows produced no rows, and are handed out here to be
+    /// parked (dead-lettered), not lost.
+    pub failed: Vec<FailedRun>,
+}
+
+/// A query run that failed, with an error or a panic (a bug some input triggers). Caught, so
+/// that one bad window cannot crash-loop the node: the windows the query was to read are kept
+/// here with the reason. The run's other effects stand (a window is closed once; anomaly
+/// baselines may have taken in the windows scored before the failure).
+#[derive(Debug, Clone)]
+pub struct FailedRun {
+    /// The query.
+    pub query: String,
+    /// What went wrong: the error, or the panic's message.
+    pub error: String,
+    /// The closed windows the run read (raw rows or pre-aggregated rows, as the query reads
+    /// them).
+    pub windows: RecordBatch,
+}
+
+/// Polls a future, turning a panic inside it into an error with the panic's message.
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => std::task::Poll::Ready(Err(panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into()))),
+        }
+    }
 }
 
 /// Engine counters.
@@ -478,12 +516,25 @@ impl StreamEngine {
             let name = q.query.def().name.clone();
             let input = if q.query.aggregates().is_some() { &closed.aggregates } else { &closed.windows };
             let Some(input) = input else { continue };
-            let batches = match q.query.run(input.clone()).await {
+            let batches = match guarded_run(&q.query, input).await {
                 Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(query = %name, error = %e, "continuous query failed; its windows produced no rows");
-                    self.query_errors += 1;
-                    continue;
+                Err(error) => {
+                    // Isolate the culprit: run each motor's windows alone (a motor's anomaly
+                    // state is its own, so this scores as the whole run would have); only the
+                    // motors whose run fails again are handed out.
+                    tracing::error!(query = %name, error = %error, windows = input.num_rows(), "continuous query failed; running its windows motor by motor");
+                    let mut ok = Vec::new();
+                    for part in split_by_motor(input) {
+                        match guarded_run(&q.query, &part).await {
+                            Ok(b) => ok.extend(b),
+                            Err(error) => {
+                                self.query_errors += 1;
+                                tracing::error!(query = %name, error = %error, windows = part.num_rows(), "continuous query failed on a motor's windows; they are handed out");
+                                out.failed.push(FailedRun { query: name.clone(), error, windows: part });
+                            }
+                        }
+                    }
+                    ok
                 }
             };
             let layout = q.query.layout().clone();
@@ -517,6 +568,36 @@ impl StreamEngine {
             }
         }
     }
+}
+
+/// Runs a query over closed windows; an error or a panic comes back as its message.
+async fn guarded_run(query: &ContinuousQuery, input: &RecordBatch) -> Result<Vec<RecordBatch>, String> {
+    match CatchUnwind(Box::pin(query.run(input.clone()))).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => Err(format!("panicked: {panic}")),
+    }
+}
+
+/// Closed windows split by motor (first-seen order); the whole batch if it has no readable
+/// `motor_id` column.
+fn split_by_motor(windows: &RecordBatch) -> Vec<RecordBatch> {
+    let Some(ids) = windows.column_by_name("motor_id").and_then(|c| c.as_any().downcast_ref::<StringArray>()) else {
+        return vec![windows.clone()];
+    };
+    let mut motors: Vec<&str> = Vec::new();
+    for id in ids.iter().flatten() {
+        if !motors.contains(&id) {
+            motors.push(id);
+        }
+    }
+    motors
+        .into_iter()
+        .filter_map(|m| {
+            let mask: datafusion::arrow::array::BooleanArray = ids.iter().map(|id| Some(id == Some(m))).collect();
+            datafusion::arrow::compute::filter_record_batch(windows, &mask).ok()
+        })
+        .collect()
 }
 
 /// Reads a query's output rows.

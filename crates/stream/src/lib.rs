@@ -20,6 +20,6 @@ pub mod tables;
 pub mod windowing;
 
 pub use alerts::{AlertEvent, AlertState, Severity};
-pub use engine::{EngineStats, RestoreReport, StateDigest, StepOutput, StreamConfig, StreamEngine, state_digest};
+pub use engine::{EngineStats, FailedRun, RestoreReport, StateDigest, StepOutput, StreamConfig, StreamEngine, state_digest};
 pub use error::StreamError;
 pub use windowing::{WindowOperator, windowed_schema};

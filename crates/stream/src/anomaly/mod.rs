@@ -206,7 +206,7 @@ fn anomaly_impl(call: &ScalarUDF) -> Result<&AnomalyUdf, StreamError> {
 /// accepts.
 pub(crate) fn call_state(call: &ScalarUDF, include: &dyn Fn(&str) -> bool) -> Result<CallState, StreamError> {
     let udf = anomaly_impl(call)?;
-    let states = udf.states.lock().map_err(|_| StreamError::Checkpoint("anomaly state poisoned".into()))?;
+    let states = udf.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut motors: Vec<(String, i64, Detector)> =
         states.iter().filter(|(m, _)| include(m)).map(|(m, s)| (m.clone(), s.last_t, s.detector.clone())).collect();
     motors.sort_by(|a, b| a.0.cmp(&b.0));
@@ -231,7 +231,7 @@ pub(crate) fn restore_call(call: &ScalarUDF, state: CallState, merge: bool) -> R
             udf.params
         )));
     }
-    let mut states = udf.states.lock().map_err(|_| StreamError::Checkpoint("anomaly state poisoned".into()))?;
+    let mut states = udf.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !merge {
         states.clear();
     }
@@ -242,7 +242,7 @@ pub(crate) fn restore_call(call: &ScalarUDF, state: CallState, merge: bool) -> R
 /// Forgets the per-motor state of the motors `drop` accepts.
 pub(crate) fn drop_call_motors(call: &ScalarUDF, drop: &dyn Fn(&str) -> bool) -> Result<(), StreamError> {
     let udf = anomaly_impl(call)?;
-    let mut states = udf.states.lock().map_err(|_| StreamError::Checkpoint("anomaly state poisoned".into()))?;
+    let mut states = udf.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     states.retain(|m, _| !drop(m));
     Ok(())
 }
@@ -402,10 +402,25 @@ impl ScalarUDFImpl for AnomalyUdf {
         let keys = as_string_array(&arrays[0])?;
         let times = as_int64_array(&arrays[1])?;
         let values = Values::new(&arrays[2], self.dims)?;
+        // A poison input for the fault tests: panics on a window of the named motor, as a bug
+        // some input triggers would.
+        fail::fail_point!("anomaly-invoke", |marker: Option<String>| {
+            if let Some(m) = marker.filter(|m| (0..n).any(|i| keys.value(i) == m)) {
+                panic!("injected poison (motor {m})");
+            }
+            self.score(n, keys, times, &values)
+        });
+        self.score(n, keys, times, &values)
+    }
+}
+
+impl AnomalyUdf {
+    /// Scores each row with its motor's detector, in (motor, window) order.
+    fn score(&self, n: usize, keys: &datafusion::arrow::array::StringArray, times: &datafusion::arrow::array::Int64Array, values: &Values<'_>) -> Result<ColumnarValue> {
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&a, &b| keys.value(a).cmp(keys.value(b)).then(times.value(a).cmp(&times.value(b))));
         let mut out = vec![None; n];
-        let mut states = self.states.lock().map_err(|_| DataFusionError::Execution("anomaly state poisoned".into()))?;
+        let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut x = Vec::with_capacity(self.dims);
         for row in order {
             if keys.is_null(row) || times.is_null(row) || !values.get(row, &mut x) {
