@@ -160,6 +160,14 @@ fn node_process() {
     }
 }
 
+/// The tests that start node processes run one at a time: each runs several processes on the
+/// machine's two cores, and their timing figures (stalls, drain times, capacity) mean little
+/// when two of them compete.
+fn node_processes() -> std::sync::MutexGuard<'static, ()> {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A node process and how to stop it; its output is collected as it comes (a full pipe
 /// would block it).
 struct NodeProcess {
@@ -257,6 +265,47 @@ impl Drop for NodeProcess {
 /// (alert id, state, window start) of an alert event as JSON.
 fn alert_key(v: &serde_json::Value) -> (String, String, i64) {
     (v["alert_id"].as_str().unwrap_or_default().to_string(), v["state"].as_str().unwrap_or_default().to_string(), v["window_start_ms"].as_i64().unwrap_or_default())
+}
+
+/// The alert events on the `alerts` topic: how many, and how often each (alert id, state,
+/// window start) came.
+fn alerts_sent(brokers: &str) -> (usize, BTreeMap<(String, String, i64), usize>) {
+    let end = committed_and_end(brokers, "fault-alert-reader", "alerts", 1).unwrap()[0].2 as usize;
+    let mut got = BTreeMap::new();
+    for m in read_topic(brokers, "alerts", end, Duration::from_secs(60)).unwrap() {
+        let v: serde_json::Value = serde_json::from_slice(payload(&m)).unwrap();
+        *got.entry(alert_key(&v)).or_insert(0) += 1;
+    }
+    (end, got)
+}
+
+/// A broker with `partitions` telemetry partitions, a site's node config (consumer group
+/// `group`, state under `work`), and `TESSERA_FAULT_READINGS` readings with the uninterrupted
+/// run's state and alerts.
+struct Scenario {
+    kafka: tessera_server::embedded::EmbeddedKafka,
+    brokers: String,
+    config: NodeConfig,
+    steps: Vec<Vec<Reading>>,
+    total: u64,
+    expected_digest: tessera_stream::StateDigest,
+    expected_alerts: BTreeMap<(String, String, i64), usize>,
+}
+
+fn scenario(partitions: i32, group: &str, work: &Path) -> Scenario {
+    let wanted = readings_wanted();
+    let (kafka, brokers) = crate::embedded_kafka(1, partitions);
+    for topic in ["alerts", "late"] {
+        kafka.create_topic(topic, 1).unwrap();
+    }
+    let mut config = node_config(&brokers, &work.join("state"));
+    config.ingest.group_id = group.into();
+    let start_ms = tessera_server::producer::now_ms() - (wanted / MOTORS as u64) as i64 * 100;
+    let mut sim = fleet(wanted, start_ms);
+    let steps: Vec<Vec<Reading>> = std::iter::from_fn(|| sim.next_step()).collect();
+    let total: u64 = steps.iter().map(|s| s.len() as u64).sum();
+    let (expected_digest, expected_alerts) = reference(&config, &steps);
+    Scenario { kafka, brokers, config, steps, total, expected_digest, expected_alerts }
 }
 
 /// The broker the node processes share, on loopback: librdkafka's mock cluster, served from
@@ -363,21 +412,11 @@ fn reference(config: &NodeConfig, steps: &[Vec<Reading>]) -> (tessera_stream::St
 /// reading), and the alerts are the uninterrupted run's, some sent twice with the same id.
 #[test]
 fn killed_nodes_lose_nothing_and_raise_the_same_alerts() {
-    let wanted = readings_wanted();
+    let _one_at_a_time = node_processes();
     // 12 partitions: the mock cluster keeps only 5 MB of a partition's log, a few seconds at the
     // full size's rate over 3 partitions, less than a restart takes.
-    let (broker, brokers) = crate::embedded_kafka(1, 12);
-    for topic in ["alerts", "late"] {
-        broker.create_topic(topic, 1).unwrap();
-    }
     let work = tempfile::tempdir().unwrap();
-    let config = node_config(&brokers, &work.path().join("state"));
-
-    let start_ms = tessera_server::producer::now_ms() - (wanted / MOTORS as u64) as i64 * 100;
-    let mut sim = fleet(wanted, start_ms);
-    let steps: Vec<Vec<Reading>> = std::iter::from_fn(|| sim.next_step()).collect();
-    let total: u64 = steps.iter().map(|s| s.len() as u64).sum();
-    let (expected_digest, expected_alerts) = reference(&config, &steps);
+    let Scenario { kafka: broker, brokers, config, steps, total, expected_digest, expected_alerts } = scenario(12, "fault-nodes", work.path());
     assert!(expected_alerts.len() >= 5, "the reference raises alerts: {expected_alerts:?}");
     assert_eq!(expected_digest.rows_in, total);
 
@@ -432,12 +471,7 @@ fn killed_nodes_lose_nothing_and_raise_the_same_alerts() {
     }
 
     // Alerts: the same set, duplicates recognisable by id.
-    let end = committed_and_end(&brokers, "fault-alert-reader", "alerts", 1).unwrap()[0].2 as usize;
-    let mut got: BTreeMap<(String, String, i64), usize> = BTreeMap::new();
-    for m in read_topic(&brokers, "alerts", end, Duration::from_secs(60)).unwrap() {
-        let v: serde_json::Value = serde_json::from_slice(payload(&m)).unwrap();
-        *got.entry(alert_key(&v)).or_insert(0) += 1;
-    }
+    let (end, got) = alerts_sent(&brokers);
     let duplicates: usize = got.values().map(|n| n - 1).sum();
     println!(
         "fault: kill -9 at checkpoint failpoints: {total} readings, {} kills, {elapsed:.1?}; lost {lost}, counted twice {counted_twice}; \
@@ -460,6 +494,7 @@ fn killed_nodes_lose_nothing_and_raise_the_same_alerts() {
 /// checkpoint, and once space is back a restart restores exactly that checkpoint.
 #[test]
 fn a_full_disk_stops_the_node_cleanly_and_a_restart_resumes() {
+    let _one_at_a_time = node_processes();
     let (_broker, brokers) = broker();
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state");
@@ -648,6 +683,7 @@ fn late_count(engine: &tessera_stream::StreamEngine, rt: &tokio::runtime::Runtim
 /// the node keeps running, and every other reading is in the state exactly once.
 #[test]
 fn a_poison_message_is_dead_lettered_and_the_partition_moves_on() {
+    let _one_at_a_time = node_processes();
     let (_kafka, brokers) = broker();
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state");
@@ -691,19 +727,9 @@ fn a_poison_message_is_dead_lettered_and_the_partition_moves_on() {
 /// counted twice, and the alerts are the uninterrupted run's (some re-sent with the same id).
 #[test]
 fn three_nodes_with_one_killed_every_10_s_lose_nothing() {
-    let wanted = readings_wanted();
-    let (kafka, brokers) = crate::embedded_kafka(1, 6);
-    for topic in ["alerts", "late"] {
-        kafka.create_topic(topic, 1).unwrap();
-    }
+    let _one_at_a_time = node_processes();
     let work = tempfile::tempdir().unwrap();
-    let mut config = node_config(&brokers, &work.path().join("state"));
-    config.ingest.group_id = "three-nodes".into();
-    let start_ms = tessera_server::producer::now_ms() - (wanted / MOTORS as u64) as i64 * 100;
-    let mut sim = fleet(wanted, start_ms);
-    let steps: Vec<Vec<Reading>> = std::iter::from_fn(|| sim.next_step()).collect();
-    let total: u64 = steps.iter().map(|s| s.len() as u64).sum();
-    let (expected_digest, expected_alerts) = reference(&config, &steps);
+    let Scenario { kafka: _kafka, brokers, config, steps, total, expected_digest, expected_alerts } = scenario(6, "three-nodes", work.path());
 
     let started = Instant::now();
     let mut started_nodes = 0;
@@ -745,12 +771,7 @@ fn three_nodes_with_one_killed_every_10_s_lose_nothing() {
     let site = site_state(&config);
     let (lost, counted_twice) = (total.saturating_sub(site.digest.rows_in), site.digest.rows_in.saturating_sub(total));
     let read_again = outputs.iter().map(|o| consumed(o)).sum::<u64>().saturating_sub(total);
-    let end = committed_and_end(&brokers, "fault-alert-reader", "alerts", 1).unwrap()[0].2 as usize;
-    let mut got: BTreeMap<(String, String, i64), usize> = BTreeMap::new();
-    for m in read_topic(&brokers, "alerts", end, Duration::from_secs(60)).unwrap() {
-        let v: serde_json::Value = serde_json::from_slice(payload(&m)).unwrap();
-        *got.entry(alert_key(&v)).or_insert(0) += 1;
-    }
+    let (end, got) = alerts_sent(&brokers);
     let duplicates: usize = got.values().map(|n| n - 1).sum();
     let restored = outputs.iter().flat_map(|o| o.lines()).filter(|l| l.contains("fault: restored ")).count();
     println!(
@@ -773,19 +794,9 @@ fn three_nodes_with_one_killed_every_10_s_lose_nothing() {
 /// stall of a partition that stayed where it was.
 #[test]
 fn a_node_joining_or_leaving_every_5_s_loses_nothing() {
-    let wanted = readings_wanted();
-    let (kafka, brokers) = crate::embedded_kafka(1, 6);
-    for topic in ["alerts", "late"] {
-        kafka.create_topic(topic, 1).unwrap();
-    }
+    let _one_at_a_time = node_processes();
     let work = tempfile::tempdir().unwrap();
-    let mut config = node_config(&brokers, &work.path().join("state"));
-    config.ingest.group_id = "join-leave".into();
-    let start_ms = tessera_server::producer::now_ms() - (wanted / MOTORS as u64) as i64 * 100;
-    let mut sim = fleet(wanted, start_ms);
-    let steps: Vec<Vec<Reading>> = std::iter::from_fn(|| sim.next_step()).collect();
-    let total: u64 = steps.iter().map(|s| s.len() as u64).sum();
-    let (expected_digest, expected_alerts) = reference(&config, &steps);
+    let Scenario { kafka: _kafka, brokers, config, steps, total, expected_digest, expected_alerts } = scenario(6, "join-leave", work.path());
 
     let started = Instant::now();
     let mut started_nodes = 0;
@@ -831,12 +842,7 @@ fn a_node_joining_or_leaving_every_5_s_loses_nothing() {
     let (lost, counted_twice) = (total.saturating_sub(site.digest.rows_in), site.digest.rows_in.saturating_sub(total));
     let read_again = outputs.iter().map(|o| consumed(o)).sum::<u64>().saturating_sub(total);
     let restored = outputs.iter().flat_map(|o| o.lines()).filter(|l| l.contains("fault: restored ")).count();
-    let end = committed_and_end(&brokers, "fault-alert-reader", "alerts", 1).unwrap()[0].2 as usize;
-    let mut got: BTreeMap<(String, String, i64), usize> = BTreeMap::new();
-    for m in read_topic(&brokers, "alerts", end, Duration::from_secs(60)).unwrap() {
-        let v: serde_json::Value = serde_json::from_slice(payload(&m)).unwrap();
-        *got.entry(alert_key(&v)).or_insert(0) += 1;
-    }
+    let (end, got) = alerts_sent(&brokers);
     println!(
         "fault: a node joining or leaving every 5 s: {total} readings over 6 partitions, {changes} membership changes, {restored} partition checkpoints adopted, {elapsed:.1?}; \
          lost {lost}, counted twice {counted_twice}, read again {read_again}; longest stall of a partition that stayed {} ms (readings arrive every 100 ms); \
@@ -866,6 +872,7 @@ fn memory_of(pid: u32) -> (u64, u64) {
 /// is 6 s here), and once the input falls back the lag drains, with every reading counted once.
 #[test]
 fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
+    let _one_at_a_time = node_processes();
     // 12 partitions keep the lag within what the mock cluster keeps of a partition (100 000
     // messages or 5 MB; it drops the oldest beyond that).
     let (kafka, brokers) = crate::embedded_kafka(1, 12);
@@ -971,6 +978,7 @@ fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
 /// node keeps running and checkpointing.
 #[test]
 fn a_query_that_panics_on_one_motor_is_isolated_and_the_node_goes_on() {
+    let _one_at_a_time = node_processes();
     let (kafka, brokers) = broker();
     kafka.create_topic("detect-dead-letters", 1).unwrap();
     let work = tempfile::tempdir().unwrap();
