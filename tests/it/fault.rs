@@ -447,13 +447,13 @@ fn killed_nodes_lose_nothing_and_raise_the_same_alerts() {
             break;
         }
         if Instant::now() > deadline {
-            let (status, out) = last.stop(Duration::from_secs(60));
+            let (status, out) = last.stop(Duration::from_secs(120));
             panic!("the checkpoint covers {covered} of {total} messages after 300 s; the node ended with {status}:\n{out}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     publisher.join().unwrap();
-    let (status, out) = last.stop(Duration::from_secs(60));
+    let (status, out) = last.stop(Duration::from_secs(120));
     assert!(status.success(), "the last node stops cleanly: {status}\n{out}");
     assert!(out.contains("fault: restored telemetry/"), "{out}");
     let elapsed = started.elapsed();
@@ -708,7 +708,7 @@ fn a_poison_message_is_dead_lettered_and_the_partition_moves_on() {
         assert!(Instant::now() < deadline, "the node did not get past the poison message in 120 s");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (status, out) = node.stop(Duration::from_secs(60));
+    let (status, out) = node.stop(Duration::from_secs(120));
     assert!(status.success(), "{status}\n{out}");
     let dead = read_topic(&brokers, "dead-letters", 1, Duration::from_secs(30)).unwrap();
     let reason = tessera_suite::header(&dead[0], tessera_ingest::dead_letter_headers::REASON);
@@ -756,13 +756,13 @@ fn three_nodes_with_one_killed_every_10_s_lose_nothing() {
     let deadline = Instant::now() + Duration::from_secs(300);
     while (covered(&store_dir, "telemetry") as u64) < total {
         if Instant::now() > deadline {
-            let outs: Vec<String> = nodes.into_iter().flatten().map(|n| n.stop(Duration::from_secs(60)).1).collect();
+            let outs: Vec<String> = nodes.into_iter().flatten().map(|n| n.stop(Duration::from_secs(120)).1).collect();
             panic!("the checkpoints cover {} of {total} messages after 300 s:\n{}", covered(&store_dir, "telemetry"), outs.join("\n---\n"));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     for node in nodes.into_iter().flatten() {
-        let (status, out) = node.stop(Duration::from_secs(60));
+        let (status, out) = node.stop(Duration::from_secs(120));
         assert!(status.success(), "a node stops cleanly: {status}\n{out}");
         outputs.push(out);
     }
@@ -814,7 +814,7 @@ fn a_node_joining_or_leaving_every_5_s_loses_nothing() {
             match third.take() {
                 None => third = Some(start()),
                 Some(node) => {
-                    let (status, out) = node.stop(Duration::from_secs(60));
+                    let (status, out) = node.stop(Duration::from_secs(120));
                     assert!(status.success(), "the leaving node stops cleanly: {status}\n{out}");
                     outputs.push(out);
                 }
@@ -832,7 +832,7 @@ fn a_node_joining_or_leaving_every_5_s_loses_nothing() {
         std::thread::sleep(Duration::from_millis(100));
     }
     for node in steady.into_iter().chain(third) {
-        let (status, out) = node.stop(Duration::from_secs(60));
+        let (status, out) = node.stop(Duration::from_secs(120));
         assert!(status.success(), "a node stops cleanly: {status}\n{out}");
         outputs.push(out);
     }
@@ -917,7 +917,7 @@ fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
     }
     let (since, at) = first.expect("progress");
     let capacity = (backlog - at) as f64 / since.elapsed().as_secs_f64().max(0.1);
-    let (status, out) = node.stop(Duration::from_secs(60));
+    let (status, out) = node.stop(Duration::from_secs(120));
     assert!(status.success(), "{status}\n{out}");
 
     // 2. Twice the capacity, for as long as the lag stays within the mock cluster's log.
@@ -948,7 +948,7 @@ fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
     }
     let drained_in = started.elapsed() - produced_for;
     let node_peak = memory_of(node.child.id()).1;
-    let (status, out) = node.stop(Duration::from_secs(60));
+    let (status, out) = node.stop(Duration::from_secs(120));
     assert!(status.success(), "{status}\n{out}");
     // "N <label>" in the node's last line.
     let stat = |label: &str| out.lines().find_map(|l| l.split(label).next()?.rsplit(' ').next()?.parse::<u64>().ok().filter(|_| l.contains(label))).unwrap_or(u64::MAX);
@@ -999,7 +999,7 @@ fn a_query_that_panics_on_one_motor_is_isolated_and_the_node_goes_on() {
         assert!(Instant::now() < deadline, "the node did not get through the input in 120 s");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (status, out) = node.stop(Duration::from_secs(60));
+    let (status, out) = node.stop(Duration::from_secs(120));
     assert!(status.success(), "the node kept running and stopped cleanly: {status}\n{out}");
 
     // Every dead letter holds windows of M0007 only, with the reason and the panic's message.
