@@ -505,10 +505,12 @@ impl Shared {
 
     /// Newly assigned partitions: their checkpoints' offsets go into `tpl` (consumption starts
     /// there), and the checkpoints go downstream ahead of any of their messages.
-    fn start_partitions(&self, tpl: &mut TopicPartitionList) {
+    fn start_partitions(&self, tpl: &mut TopicPartitionList, assigned: &[TopicPartition]) {
         let Some(states) = &self.states else { return };
-        let assigned = partitions_of(tpl);
-        let starts = match states.assigned(&assigned) {
+        if assigned.is_empty() {
+            return;
+        }
+        let starts = match states.assigned(assigned) {
             Ok(starts) => starts,
             Err(why) => {
                 lock(&self.failure).get_or_insert(why);
@@ -624,10 +626,19 @@ impl ConsumerContext for IngestContext {
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let assigned = partitions_of(tpl);
-                tracing::info!(partitions = assigned.len(), "partitions assigned");
+                tracing::info!(partitions = ?assigned, "partitions assigned");
                 s.tracker.assign(&assigned);
-                lock(&s.assigned).extend(indexed.iter().copied());
-                s.start_partitions(tpl);
+                // A partition this consumer already has keeps its position and its state: its
+                // checkpoint is older than both.
+                let already: Vec<bool> = {
+                    let mut owned = lock(&s.assigned);
+                    indexed.iter().map(|tp| !owned.insert(*tp)).collect()
+                };
+                if already.iter().any(|a| *a) {
+                    tracing::warn!(partitions = ?assigned, "assigned partitions this consumer already has; they keep their position and state");
+                }
+                let new: Vec<TopicPartition> = assigned.iter().zip(&already).filter(|(_, a)| !**a).map(|(tp, _)| tp.clone()).collect();
+                s.start_partitions(tpl, &new);
                 let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 // Newly assigned partitions start unpaused; pause them too while the decoder is full.
                 if s.paused.load(Ordering::SeqCst)
@@ -640,7 +651,7 @@ impl ConsumerContext for IngestContext {
             other => {
                 let revoked = partitions_of(tpl);
                 if other == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
-                    tracing::info!(partitions = revoked.len(), "partitions revoked: handing over and committing");
+                    tracing::info!(partitions = ?revoked, "partitions revoked: handing over and committing");
                 } else {
                     tracing::warn!(error = ?other, "rebalance error: giving up the assignment");
                 }

@@ -355,6 +355,11 @@ impl Worker {
     fn adopt(&mut self, starts: Vec<PartitionStart>) -> Result<()> {
         for start in starts {
             let tp = (start.topic, start.partition);
+            if self.owned.contains_key(&tp) {
+                // Our state of it is newer than its checkpoint: keep it.
+                tracing::warn!(topic = %tp.0, partition = tp.1, "assigned a partition this stage already owns; keeping its state");
+                continue;
+            }
             let assigned = start
                 .state
                 .and_then(|s| s.downcast::<crate::partition_state::AssignedStore>().ok())
