@@ -141,7 +141,7 @@ fn node_process() {
             println!("fault: consumed {}", stats.messages);
             println!(
                 "fault: stopped after {} messages ({} of revoked partitions dropped), {} partitions resumed at a checkpoint, {} barriers, {} rebalances, \
-                 {} memory pauses, {} consumer errors; longest stall {} ms, longest rebalance {} ms",
+                 {} memory pauses, {} consumer errors, {} offsets skipped; longest stall {} ms, longest rebalance {} ms",
                 stats.messages,
                 stats.stale_dropped,
                 stats.resumed_at_checkpoint,
@@ -149,6 +149,7 @@ fn node_process() {
                 stats.rebalances,
                 stats.memory_pauses,
                 stats.consumer_errors,
+                stats.offsets_skipped,
                 stats.longest_stall_us / 1000,
                 stats.longest_rebalance_us / 1000
             )
@@ -873,9 +874,10 @@ fn memory_of(pid: u32) -> (u64, u64) {
 #[test]
 fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
     let _one_at_a_time = node_processes();
-    // 12 partitions keep the lag within what the mock cluster keeps of a partition (100 000
-    // messages or 5 MB; it drops the oldest beyond that).
-    let (kafka, brokers) = crate::embedded_kafka(1, 12);
+    // 24 partitions keep the lag within what the mock cluster keeps of a partition (100 000
+    // messages or 5 MB, some 70 000 readings; it drops the oldest beyond that, which the node
+    // reports as offsets skipped).
+    let (kafka, brokers) = crate::embedded_kafka(1, 24);
     for topic in ["alerts", "late"] {
         kafka.create_topic(topic, 1).unwrap();
     }
@@ -952,7 +954,7 @@ fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
     assert!(status.success(), "{status}\n{out}");
     // "N <label>" in the node's last line.
     let stat = |label: &str| out.lines().find_map(|l| l.split(label).next()?.rsplit(' ').next()?.parse::<u64>().ok().filter(|_| l.contains(label))).unwrap_or(u64::MAX);
-    let (rebalances, pauses, errors) = (stat(" rebalances"), stat(" memory pauses"), stat(" consumer errors"));
+    let (rebalances, pauses, errors, skipped) = (stat(" rebalances"), stat(" memory pauses"), stat(" consumer errors"), stat(" offsets skipped"));
     println!(
         "fault: overload: capacity {capacity:.0} readings/s (debug build, measured on a {backlog}-reading backlog); then {sent} readings in {produced_for:.1?} \
          ({:.0}/s, {:.1}x capacity); lag at the end of it {lag_at_end}, drained {drained_in:.1?} later; peak RSS {} MiB sampled ({} MiB high-water) \
@@ -964,6 +966,7 @@ fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
         node_peak >> 20,
         calibration_peak >> 20,
     );
+    assert_eq!(skipped, 0, "the mock cluster's log kept every reading until it was read\n{out}");
     assert_eq!(partitions_off(&brokers, "overload", &store_dir), Vec::<String>::new(), "every reading counted once");
     assert!(node_peak >> 20 <= budget_mb, "high-water {} MiB over the {budget_mb} MiB budget\n{out}", node_peak >> 20);
     assert!(sent as f64 / produced_for.as_secs_f64() > 1.5 * capacity, "the input reached at least 1.5x capacity");

@@ -6,6 +6,7 @@ mod ingest_bad_input;
 mod ingest_count;
 mod ingest_rebalance;
 mod ingest_real_broker;
+mod ingest_retention;
 mod ingest_stop;
 mod detect_kafka;
 mod eval_detection;

@@ -27,6 +27,7 @@ pub struct IngestMetrics {
     pub(crate) stale_dropped: AtomicU64,
     pub(crate) memory_pauses: AtomicU64,
     pub(crate) peak_rss_bytes: AtomicU64,
+    pub(crate) offsets_skipped: AtomicU64,
 }
 
 /// A snapshot of [`IngestMetrics`].
@@ -76,6 +77,12 @@ pub struct IngestStats {
     pub memory_pauses: u64,
     /// The highest resident memory seen while a budget is set, in bytes.
     pub peak_rss_bytes: u64,
+    /// Offsets of an assigned partition that were never delivered: the log no longer had them
+    /// when they were due (retention deleted them before they were read, or the checkpoint's
+    /// offset was older than the log's start), or they held transaction markers or aborted or
+    /// compacted records. Outside transactions and compaction, each one is a reading lost
+    /// upstream of Tessera; a warning names the partition and range.
+    pub offsets_skipped: u64,
 }
 
 impl IngestMetrics {
@@ -113,6 +120,7 @@ impl IngestMetrics {
             stale_dropped: self.stale_dropped.load(Relaxed),
             memory_pauses: self.memory_pauses.load(Relaxed),
             peak_rss_bytes: self.peak_rss_bytes.load(Relaxed),
+            offsets_skipped: self.offsets_skipped.load(Relaxed),
         }
     }
 }

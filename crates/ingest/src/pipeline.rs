@@ -193,6 +193,7 @@ impl Ingest {
             states,
             failure: Mutex::new(None),
             last_message: Mutex::new(HashMap::new()),
+            next_offset: Mutex::new(HashMap::new()),
             assigned: Mutex::new(std::collections::HashSet::new()),
             barriers: AtomicU64::new(0),
         });
@@ -374,6 +375,10 @@ struct Shared {
     /// When each assigned partition's last message arrived (topic index, partition), for the
     /// stall metric; a partition leaves it when it is assigned anew or revoked.
     last_message: Mutex<HashMap<(usize, i32), Instant>>,
+    /// The offset each assigned partition's next message should have (topic index, partition):
+    /// past its last message, or its checkpoint's offset before the first. A message beyond it
+    /// means offsets were skipped (see [`IngestStats::offsets_skipped`]).
+    next_offset: Mutex<HashMap<(usize, i32), i64>>,
     /// The partitions assigned now (topic index, partition): a message of any other (fetched
     /// before its partition was revoked) is dropped, as the partition's new owner reads it.
     assigned: Mutex<std::collections::HashSet<(usize, i32)>>,
@@ -519,6 +524,9 @@ impl Shared {
         };
         for start in &starts {
             let Some(at) = start.resume_at else { continue };
+            if let Some(topic) = self.topics.iter().position(|t| *t == start.topic) {
+                lock(&self.next_offset).insert((topic, start.partition), at);
+            }
             match tpl.set_partition_offset(&start.topic, start.partition, Offset::Offset(at)) {
                 Ok(()) => {
                     self.metrics.resumed_at_checkpoint.fetch_add(1, Relaxed);
@@ -638,6 +646,12 @@ impl ConsumerContext for IngestContext {
                     tracing::warn!(partitions = ?assigned, "assigned partitions this consumer already has; they keep their position and state");
                 }
                 let new: Vec<TopicPartition> = assigned.iter().zip(&already).filter(|(_, a)| !**a).map(|(tp, _)| tp.clone()).collect();
+                {
+                    let mut next = lock(&s.next_offset);
+                    indexed.iter().zip(&already).filter(|(_, a)| !**a).for_each(|(tp, _)| {
+                        next.remove(tp);
+                    });
+                }
                 s.start_partitions(tpl, &new);
                 let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 // Newly assigned partitions start unpaused; pause them too while the decoder is full.
@@ -656,11 +670,12 @@ impl ConsumerContext for IngestContext {
                     tracing::warn!(error = ?other, "rebalance error: giving up the assignment");
                 }
                 s.hand_over_and_commit(consumer, &revoked);
-                let mut assigned = lock(&s.assigned);
+                let (mut assigned, mut next) = (lock(&s.assigned), lock(&s.next_offset));
                 indexed.iter().for_each(|tp| {
                     assigned.remove(tp);
+                    next.remove(tp);
                 });
-                drop(assigned);
+                drop((assigned, next));
                 s.tracker.revoke(&revoked);
                 let mut shipped = lock(&s.shipped);
                 revoked.iter().for_each(|tp| {
@@ -747,6 +762,19 @@ fn run_consumer(consumer: BaseConsumer<IngestContext>, s: &Shared, stop: &Atomic
                 let now = Instant::now();
                 if let Some(before) = lock(&s.last_message).insert((topic, m.partition()), now) {
                     s.metrics.longest_stall_us.fetch_max((now - before).as_micros() as u64, Relaxed);
+                }
+                if let Some(due) = lock(&s.next_offset).insert((topic, m.partition()), m.offset() + 1)
+                    && m.offset() > due
+                {
+                    s.metrics.offsets_skipped.fetch_add((m.offset() - due) as u64, Relaxed);
+                    tracing::warn!(
+                        topic = m.topic(),
+                        partition = m.partition(),
+                        from = due,
+                        to = m.offset() - 1,
+                        "offsets skipped: the log no longer had them (retention deleted them before they were read), or they were \
+                         transaction markers, aborted or compacted records"
+                    );
                 }
                 lock(&s.open).push(&m, topic);
             }
