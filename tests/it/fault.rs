@@ -132,7 +132,13 @@ fn node_process() {
     }
     print_adopted(&node);
     let stats = node.detect_stats();
-    println!("fault: wrote {} checkpoints", stats.checkpoints);
+    println!(
+        "fault: wrote {} checkpoints; longest checkpoint pause of the detection thread {} ms (the last barrier's flush {} ms and write {} ms were on the writer thread)",
+        stats.checkpoints,
+        stats.longest_checkpoint_pause_us / 1000,
+        stats.last_checkpoint_flush_us / 1000,
+        stats.last_checkpoint_write_us / 1000
+    );
     for ((topic, partition), id) in &stats.written {
         println!("fault: newest {topic}/{partition} checkpoint {id}");
     }
@@ -853,7 +859,14 @@ fn a_node_joining_or_leaving_every_5_s_loses_nothing() {
         got.len(),
         expected_alerts.len(),
     );
-    assert_eq!(partitions_off(&brokers, "join-leave", &store_dir), Vec::<String>::new(), "each partition's checkpoint holds exactly its messages");
+    let off = partitions_off(&brokers, "join-leave", &store_dir);
+    // To look into a failure: TESSERA_FAULT_DUMP=<dir> keeps every node's output there.
+    if let (false, Ok(dump)) = (off.is_empty(), std::env::var("TESSERA_FAULT_DUMP")) {
+        for (i, o) in outputs.iter().enumerate() {
+            std::fs::write(format!("{dump}/node-{i}.txt"), o).unwrap();
+        }
+    }
+    assert_eq!(off, Vec::<String>::new(), "each partition's checkpoint holds exactly its messages");
     assert!(changes >= 2, "the readings flowed long enough for a join and a leave");
     assert_eq!((lost, counted_twice), (0, 0));
     assert_eq!(site.digest, expected_digest, "the final state equals the uninterrupted run's");

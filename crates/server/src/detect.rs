@@ -9,15 +9,19 @@
 //! [`crate::partition_state`]). When the ingest is assigned a partition, the partition's
 //! checkpoint arrives ahead of its readings and its motors' state is adopted into the engine.
 //! The stage holds every acknowledgement until a checkpoint covers the batch. On each barrier
-//! from the ingest it (1) waits until every alert and late reading produced so far is
-//! confirmed by the broker, (2) writes, for each partition with new messages, the state of that
-//! partition's motors with its next offset to the partition's store (temp file, fsync, rename),
-//! (3) forgets the motors of partitions revoked at the barrier (their new owner takes them over
-//! from that checkpoint), and only then (4) acknowledges the batches before the barrier, which
-//! lets the ingest commit their offsets. A crash anywhere loses nothing: the partition's next
-//! owner restores its newest checkpoint and re-reads from its offset; what was sent after it is
-//! sent again with the same alert ids (see ARCHITECTURE.md, "Effectively-once alerts"). A
-//! failed checkpoint write stops the stage with the error.
+//! from the ingest, the detection thread (1) encodes, for each partition with new messages,
+//! the state of that partition's motors with its next offset, (2) forgets the motors of
+//! partitions revoked at the barrier (their new owner takes them over from that checkpoint),
+//! and hands the encoded checkpoints and the held acknowledgements to the checkpoint writer
+//! thread, and goes on with the next batch. The writer, one barrier after the other, (3) waits
+//! until every alert and late reading produced so far is confirmed by the broker, (4) writes
+//! each checkpoint to its partition's store (temp file, fsync, rename), and only then (5)
+//! acknowledges the batches before the barrier, which lets the ingest commit their offsets
+//! (a revoke waits for these, so a partition is handed over only once its checkpoint is
+//! durable). A crash anywhere loses nothing: the partition's next owner restores its newest
+//! checkpoint and re-reads from its offset; what was sent after it is sent again with the same
+//! alert ids (see ARCHITECTURE.md, "Effectively-once alerts"). A failed checkpoint write stops
+//! the stage with the error.
 //!
 //! Alerts go to `alerts_topic` as JSON keyed by motor id (schema in `tessera_stream::alerts`);
 //! late readings go to `late_topic` as reading JSON with the header `tessera.late.for` naming
@@ -25,10 +29,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use arrow_array::RecordBatch;
@@ -122,7 +126,8 @@ pub fn build_engine(config: &DetectConfig) -> Result<StreamEngine> {
 /// A partition this stage owns: its store, and what its newest checkpoint covers.
 #[derive(Debug)]
 struct OwnedPartition {
-    store: CheckpointStore,
+    /// Written by the checkpoint writer only.
+    store: Arc<Mutex<CheckpointStore>>,
     /// Id of the newest checkpoint in the store (0: none).
     last_id: u64,
     /// The next offset past what the engine has taken in of this partition, and past what the
@@ -158,10 +163,16 @@ pub struct DetectStats {
     pub last_checkpoint_bytes: u64,
     /// Encoding the engine state, in microseconds (last barrier, all its partitions).
     pub last_checkpoint_encode_us: u64,
-    /// Writing it durably, in microseconds (last barrier, all its partitions).
+    /// Writing it durably, in microseconds (last barrier, all its partitions; on the writer
+    /// thread).
     pub last_checkpoint_write_us: u64,
-    /// Waiting for the broker to confirm alerts and late readings, in microseconds (last).
+    /// Waiting for the broker to confirm alerts and late readings, in microseconds (last; on
+    /// the writer thread).
     pub last_checkpoint_flush_us: u64,
+    /// The longest time a barrier held up the detection thread, in microseconds: encoding,
+    /// releasing handed-over motors, and waiting for the writer to take the job (it holds one
+    /// barrier's job while it writes another's).
+    pub longest_checkpoint_pause_us: u64,
     /// Partitions owned now.
     pub partitions_owned: usize,
     /// The newest checkpoint id written per partition (partitions owned at some point).
@@ -230,12 +241,25 @@ impl Detect {
             .set("linger.ms", "0")
             .create_with_context(DeliveryCheck { failed: failed.clone() })
             .context("creating the alerts producer")?;
+        let producer = Arc::new(producer);
         let stop = Arc::new(AtomicBool::new(false));
         let end_of_input = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Mutex::new(DetectStats::default()));
+        let writer = match checkpointed {
+            true => {
+                // One job queued while another is written: a slow disk holds up the detection
+                // thread (and so the ingest) instead of piling up encoded state.
+                let (jobs, queue) = std::sync::mpsc::sync_channel(1);
+                let writer = CheckpointWriter { producer: producer.clone(), delivery_failed: failed.clone(), stats: stats.clone() };
+                let thread = std::thread::Builder::new().name("tessera-checkpoint".into()).spawn(move || writer.run(queue))?;
+                Some((jobs, thread))
+            }
+            false => None,
+        };
         let worker = Worker {
             engine,
             producer,
+            writer,
             config: config.clone(),
             stats: stats.clone(),
             stop: stop.clone(),
@@ -245,7 +269,6 @@ impl Detect {
             motor_partition: HashMap::new(),
             held: Vec::new(),
             batches_since_checkpoint: 0,
-            delivery_failed: failed,
         };
         let thread = std::thread::Builder::new().name("tessera-detect".into()).spawn(move || worker.run(batches))?;
         Ok(Self { stop, end_of_input, stats, thread: Some(thread) })
@@ -289,7 +312,9 @@ impl Drop for Detect {
 
 struct Worker {
     engine: StreamEngine,
-    producer: ThreadedProducer<DeliveryCheck>,
+    producer: Arc<ThreadedProducer<DeliveryCheck>>,
+    /// The checkpoint writer's queue and thread (checkpointed stages only).
+    writer: Option<(SyncSender<CheckpointJob>, JoinHandle<Result<()>>)>,
     config: DetectConfig,
     stats: Arc<Mutex<DetectStats>>,
     stop: Arc<AtomicBool>,
@@ -301,7 +326,6 @@ struct Worker {
     /// Acknowledgements held until a checkpoint covers their batches.
     held: Vec<BatchAck>,
     batches_since_checkpoint: u64,
-    delivery_failed: Arc<Mutex<Option<String>>>,
 }
 
 impl Worker {
@@ -341,13 +365,24 @@ impl Worker {
             if let Ok(mut s) = self.stats.lock() {
                 s.engine = self.engine.stats();
             }
+            if self.writer.as_ref().is_some_and(|(_, thread)| thread.is_finished()) {
+                return Err(self.stop_writer().expect_err("the writer stops only on an error"));
+            }
         }
         if self.end_of_input.load(Ordering::Relaxed) {
             let out = rt.block_on(self.engine.close_all(now_ms()))?;
             self.publish(out)?;
         }
+        self.stop_writer()?;
         self.producer.flush(Duration::from_secs(30)).context("flushing alerts and late readings")?;
         Ok(self.engine)
+    }
+
+    /// Lets the checkpoint writer finish the jobs it has, and returns its error if it failed.
+    fn stop_writer(&mut self) -> Result<()> {
+        let Some((jobs, thread)) = self.writer.take() else { return Ok(()) };
+        drop(jobs);
+        thread.join().map_err(|_| anyhow::anyhow!("the checkpoint writer panicked"))?
     }
 
     /// Newly assigned partitions: each one's checkpoint is adopted into the engine (its motors'
@@ -384,7 +419,7 @@ impl Worker {
                 }
             }
             let offset = start.resume_at;
-            self.owned.insert(tp, OwnedPartition { store: assigned.store, last_id, next_offset: offset, checkpointed_offset: offset });
+            self.owned.insert(tp, OwnedPartition { store: Arc::new(Mutex::new(assigned.store)), last_id, next_offset: offset, checkpointed_offset: offset });
         }
         if let Ok(mut s) = self.stats.lock() {
             s.partitions_owned = self.owned.len();
@@ -392,10 +427,12 @@ impl Worker {
         Ok(())
     }
 
-    /// Takes a checkpoint at `barrier`: everything sent so far confirmed, then the state of
-    /// each partition with new messages written durably with its offset, then the revoked
-    /// partitions' motors forgotten, then the held batches acknowledged.
+    /// Takes a checkpoint at `barrier`: the state of each partition with new messages encoded
+    /// with its offset, then the revoked partitions' motors forgotten, then the checkpoints and
+    /// the held batches' acknowledgements handed to the writer (which confirms what was sent,
+    /// writes, and then acknowledges).
     fn checkpoint(&mut self, barrier: &Barrier) -> Result<()> {
+        let started = Instant::now();
         for (motor, tp) in &barrier.motors {
             self.motor_partition.insert(motor.clone(), tp.clone());
         }
@@ -412,10 +449,9 @@ impl Worker {
             .filter(|(tp, p)| p.next_offset != p.checkpointed_offset && !(barrier.lost && revoked(tp)))
             .map(|(tp, _)| tp.clone())
             .collect();
-        if !due.is_empty() {
-            self.write_checkpoints(&due, barrier.epoch)?;
-            fail::fail_point!("detect-after-checkpoint-write");
-        }
+        let encoding = Instant::now();
+        let files = self.encode_checkpoints(&due)?;
+        let job = CheckpointJob { epoch: barrier.epoch, files, acks: std::mem::take(&mut self.held), encode: encoding.elapsed() };
         if !barrier.revoked.is_empty() {
             let released = self.engine.release_motors(&|m| self.motor_partition.get(m).is_some_and(revoked))?;
             self.motor_partition.retain(|_, tp| !revoked(tp));
@@ -427,23 +463,23 @@ impl Worker {
             }
         }
         self.batches_since_checkpoint = 0;
-        self.held.drain(..).for_each(BatchAck::ack);
+        let (jobs, _) = self.writer.as_ref().expect("a checkpointed stage has a writer");
+        if jobs.send(job).is_err() {
+            return Err(self.stop_writer().err().unwrap_or_else(|| anyhow::anyhow!("the checkpoint writer stopped")));
+        }
+        if let Ok(mut s) = self.stats.lock() {
+            s.longest_checkpoint_pause_us = s.longest_checkpoint_pause_us.max(started.elapsed().as_micros() as u64);
+        }
         Ok(())
     }
 
-    /// Writes the checkpoint of each `due` partition: its motors' state and its next offset.
-    fn write_checkpoints(&mut self, due: &[TopicPartition], epoch: u64) -> Result<()> {
-        let started = std::time::Instant::now();
-        self.producer.flush(Duration::from_secs(60)).context("checkpoint: waiting for the broker to confirm alerts and late readings")?;
-        if let Some(why) = self.delivery_failed.lock().ok().and_then(|f| f.clone()) {
-            anyhow::bail!("checkpoint: an alert or late reading was not delivered ({why}); stopping without committing past it");
-        }
-        let flushed = started.elapsed();
-        let (mut bytes, mut encode, mut write) = (0, Duration::ZERO, Duration::ZERO);
+    /// Encodes the checkpoint of each `due` partition: its motors' state and its next offset.
+    /// The partitions count them as written from here on (if the writer fails, the stage
+    /// stops).
+    fn encode_checkpoints(&mut self, due: &[TopicPartition]) -> Result<Vec<CheckpointFile>> {
+        let mut files = Vec::with_capacity(due.len());
         for tp in due {
-            let encoding = std::time::Instant::now();
             let engine = self.engine.checkpoint_motors(&|m| self.motor_partition.get(m) == Some(tp)).context("checkpoint: encoding the engine state")?;
-            encode += encoding.elapsed();
             let p = self.owned.get_mut(tp).expect("due partitions are owned");
             let next_offset = p.next_offset.expect("a due partition has an offset");
             let checkpoint = Checkpoint {
@@ -452,23 +488,10 @@ impl Worker {
                 offsets: vec![SourceOffset { topic: tp.0.clone(), partition: tp.1, next_offset }],
                 sections: vec![(ENGINE_SECTION.to_string(), engine)],
             };
-            let written = p.store.write(&checkpoint).context("checkpoint")?;
             (p.last_id, p.checkpointed_offset) = (checkpoint.id, Some(next_offset));
-            bytes += written.bytes;
-            write += written.elapsed;
-            if let Ok(mut s) = self.stats.lock() {
-                s.written.insert(tp.clone(), checkpoint.id);
-            }
+            files.push((tp.clone(), p.store.clone(), checkpoint));
         }
-        if let Ok(mut s) = self.stats.lock() {
-            s.checkpoints += due.len() as u64;
-            s.last_checkpoint_bytes = bytes;
-            s.last_checkpoint_flush_us = flushed.as_micros() as u64;
-            s.last_checkpoint_encode_us = encode.as_micros() as u64;
-            s.last_checkpoint_write_us = write.as_micros() as u64;
-        }
-        tracing::debug!(partitions = due.len(), bytes, epoch, "checkpoints written");
-        Ok(())
+        Ok(files)
     }
 
     fn publish(&mut self, out: StepOutput) -> Result<()> {
@@ -543,5 +566,68 @@ impl Worker {
             }
         }
         anyhow::bail!("writing to {topic}: the producer queue stayed full for 30 s")
+    }
+}
+
+/// A due partition, its store, and its checkpoint.
+type CheckpointFile = (TopicPartition, Arc<Mutex<CheckpointStore>>, Checkpoint);
+
+/// One barrier's checkpoints, encoded on the detection thread, for the writer.
+struct CheckpointJob {
+    epoch: u64,
+    files: Vec<CheckpointFile>,
+    /// The batches before the barrier: acknowledged once the checkpoints are durable.
+    acks: Vec<BatchAck>,
+    /// Time spent encoding.
+    encode: Duration,
+}
+
+/// The checkpoint writer thread: takes the barriers' jobs in order, and for each waits for the
+/// broker to confirm what the stage sent so far, writes the checkpoints durably, and then
+/// acknowledges the batches they cover. It stops at the first failure, acknowledging nothing
+/// more (the detection thread then stops the stage with the error).
+struct CheckpointWriter {
+    producer: Arc<ThreadedProducer<DeliveryCheck>>,
+    delivery_failed: Arc<Mutex<Option<String>>>,
+    stats: Arc<Mutex<DetectStats>>,
+}
+
+impl CheckpointWriter {
+    fn run(self, jobs: Receiver<CheckpointJob>) -> Result<()> {
+        for job in jobs {
+            if !job.files.is_empty() {
+                self.write(&job)?;
+                fail::fail_point!("detect-after-checkpoint-write");
+            }
+            job.acks.into_iter().for_each(BatchAck::ack);
+        }
+        Ok(())
+    }
+
+    fn write(&self, job: &CheckpointJob) -> Result<()> {
+        let started = Instant::now();
+        self.producer.flush(Duration::from_secs(60)).context("checkpoint: waiting for the broker to confirm alerts and late readings")?;
+        if let Some(why) = self.delivery_failed.lock().ok().and_then(|f| f.clone()) {
+            anyhow::bail!("checkpoint: an alert or late reading was not delivered ({why}); stopping without committing past it");
+        }
+        let flushed = started.elapsed();
+        let (mut bytes, mut write) = (0, Duration::ZERO);
+        for (tp, store, checkpoint) in &job.files {
+            let written = store.lock().map_err(|_| anyhow::anyhow!("checkpoint store lock poisoned"))?.write(checkpoint).context("checkpoint")?;
+            bytes += written.bytes;
+            write += written.elapsed;
+            if let Ok(mut s) = self.stats.lock() {
+                s.written.insert(tp.clone(), checkpoint.id);
+            }
+        }
+        if let Ok(mut s) = self.stats.lock() {
+            s.checkpoints += job.files.len() as u64;
+            s.last_checkpoint_bytes = bytes;
+            s.last_checkpoint_flush_us = flushed.as_micros() as u64;
+            s.last_checkpoint_encode_us = job.encode.as_micros() as u64;
+            s.last_checkpoint_write_us = write.as_micros() as u64;
+        }
+        tracing::debug!(partitions = job.files.len(), bytes, epoch = job.epoch, "checkpoints written");
+        Ok(())
     }
 }
