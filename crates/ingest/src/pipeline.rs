@@ -653,7 +653,21 @@ impl ConsumerContext for IngestContext {
                     });
                 }
                 s.start_partitions(tpl, &new);
-                let assigned = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
+                let assigned = match cooperative {
+                    // librdkafka refuses an incremental assignment naming a partition it has
+                    // (and then assigns none of it): only the new ones.
+                    true if already.iter().any(|a| *a) => {
+                        let mut fresh = TopicPartitionList::new();
+                        for (e, _) in tpl.elements().iter().zip(&already).filter(|(_, a)| !**a) {
+                            if let Err(e) = fresh.add_partition_offset(e.topic(), e.partition(), e.offset()) {
+                                tracing::warn!(error = %e, "bad start offset");
+                            }
+                        }
+                        consumer.incremental_assign(&fresh)
+                    }
+                    true => consumer.incremental_assign(tpl),
+                    false => consumer.assign(tpl),
+                };
                 // Newly assigned partitions start unpaused; pause them too while the decoder is full.
                 if s.paused.load(Ordering::SeqCst)
                     && let Err(e) = consumer.pause(tpl)
