@@ -28,6 +28,7 @@ pub struct IngestMetrics {
     pub(crate) memory_pauses: AtomicU64,
     pub(crate) peak_rss_bytes: AtomicU64,
     pub(crate) offsets_skipped: AtomicU64,
+    pub(crate) redelivered_dropped: AtomicU64,
 }
 
 /// A snapshot of [`IngestMetrics`].
@@ -83,6 +84,10 @@ pub struct IngestStats {
     /// compacted records. Outside transactions and compaction, each one is a reading lost
     /// upstream of Tessera; a warning names the partition and range.
     pub offsets_skipped: u64,
+    /// Messages delivered again at or before an offset already handed on while their
+    /// partition stayed assigned (a client or broker re-sending), dropped so that no reading
+    /// is counted twice; a warning names the partition and offset.
+    pub redelivered_dropped: u64,
 }
 
 impl IngestMetrics {
@@ -121,6 +126,7 @@ impl IngestMetrics {
             memory_pauses: self.memory_pauses.load(Relaxed),
             peak_rss_bytes: self.peak_rss_bytes.load(Relaxed),
             offsets_skipped: self.offsets_skipped.load(Relaxed),
+            redelivered_dropped: self.redelivered_dropped.load(Relaxed),
         }
     }
 }

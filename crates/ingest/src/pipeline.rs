@@ -587,6 +587,33 @@ impl Shared {
         }
     }
 
+    /// Checks a message's offset against its partition's next one: offsets skipped are counted
+    /// and reported; a message at or before one already handed on (delivered again, while its
+    /// partition stayed assigned) is counted and must be dropped: false. Each reading then
+    /// reaches the state once, whatever the client library or broker re-sends.
+    fn in_order(&self, topic: usize, topic_name: &str, partition: i32, offset: i64) -> bool {
+        match next_in_partition(&mut lock(&self.next_offset), (topic, partition), offset) {
+            Sequence::Again { next } => {
+                self.metrics.redelivered_dropped.fetch_add(1, Relaxed);
+                tracing::warn!(topic = topic_name, partition, offset, next, "a message delivered again was dropped (it is already handed on)");
+                false
+            }
+            Sequence::After { skipped_from } => {
+                self.metrics.offsets_skipped.fetch_add((offset - skipped_from) as u64, Relaxed);
+                tracing::warn!(
+                    topic = topic_name,
+                    partition,
+                    from = skipped_from,
+                    to = offset - 1,
+                    "offsets skipped: the log no longer had them (retention deleted them before they were read), or they were \
+                     transaction markers, aborted or compacted records"
+                );
+                true
+            }
+            Sequence::Next => true,
+        }
+    }
+
     fn set_paused(&self, consumer: &BaseConsumer<IngestContext>, paused: bool) {
         if self.paused.swap(paused, Ordering::SeqCst) == paused {
             return;
@@ -602,6 +629,29 @@ impl Shared {
             tracing::warn!(error = %e, paused, "pause/resume failed");
         }
     }
+}
+
+/// Where a message's offset falls against its partition's next offset.
+#[derive(Debug, PartialEq, Eq)]
+enum Sequence {
+    /// The next one (or the partition's first since it was assigned without a checkpoint).
+    Next,
+    /// Past offsets never delivered, from `skipped_from` on.
+    After { skipped_from: i64 },
+    /// At or before one already delivered (the partition's next offset is `next`).
+    Again { next: i64 },
+}
+
+/// Checks `offset` against `partition`'s entry in `next` and, unless it came again, moves the
+/// entry past it.
+fn next_in_partition(next: &mut HashMap<(usize, i32), i64>, partition: (usize, i32), offset: i64) -> Sequence {
+    let sequence = match next.get(&partition).copied() {
+        Some(due) if offset < due => return Sequence::Again { next: due },
+        Some(due) if offset > due => Sequence::After { skipped_from: due },
+        _ => Sequence::Next,
+    };
+    next.insert(partition, offset + 1);
+    sequence
 }
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
@@ -777,20 +827,9 @@ fn run_consumer(consumer: BaseConsumer<IngestContext>, s: &Shared, stop: &Atomic
                 if let Some(before) = lock(&s.last_message).insert((topic, m.partition()), now) {
                     s.metrics.longest_stall_us.fetch_max((now - before).as_micros() as u64, Relaxed);
                 }
-                if let Some(due) = lock(&s.next_offset).insert((topic, m.partition()), m.offset() + 1)
-                    && m.offset() > due
-                {
-                    s.metrics.offsets_skipped.fetch_add((m.offset() - due) as u64, Relaxed);
-                    tracing::warn!(
-                        topic = m.topic(),
-                        partition = m.partition(),
-                        from = due,
-                        to = m.offset() - 1,
-                        "offsets skipped: the log no longer had them (retention deleted them before they were read), or they were \
-                         transaction markers, aborted or compacted records"
-                    );
+                if s.in_order(topic, m.topic(), m.partition(), m.offset()) {
+                    lock(&s.open).push(&m, topic);
                 }
-                lock(&s.open).push(&m, topic);
             }
             Some(Err(e)) => {
                 s.metrics.consumer_errors.fetch_add(1, Relaxed);
@@ -1036,6 +1075,25 @@ impl Decoder {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use super::{Sequence, next_in_partition};
+
+    #[test]
+    fn offsets_are_checked_per_partition_and_a_message_delivered_again_does_not_move_the_partition() {
+        let mut next = HashMap::new();
+        let (a, b) = ((0, 0), (0, 1));
+        assert_eq!(next_in_partition(&mut next, a, 40), Sequence::Next, "first since assigned");
+        assert_eq!(next_in_partition(&mut next, a, 41), Sequence::Next);
+        assert_eq!(next_in_partition(&mut next, b, 7), Sequence::Next, "another partition");
+        assert_eq!(next_in_partition(&mut next, a, 45), Sequence::After { skipped_from: 42 });
+        assert_eq!(next_in_partition(&mut next, a, 45), Sequence::Again { next: 46 });
+        assert_eq!(next_in_partition(&mut next, a, 43), Sequence::Again { next: 46 }, "an older one");
+        assert_eq!(next_in_partition(&mut next, a, 46), Sequence::Next, "the next after a re-delivery");
+        next.insert(b, 100); // a checkpoint's offset
+        assert_eq!(next_in_partition(&mut next, b, 120), Sequence::After { skipped_from: 100 });
+    }
+
     use super::*;
 
     /// The budget pauses at 90 %, resumes under 80 %, and never pauses for good: over it with
