@@ -766,16 +766,22 @@ fn resident_bytes() -> Option<u64> {
 /// The memory budget: checked every 50 ms; at 90 % of it the consumer pauses (what is in flight
 /// still lands, hence the margin) until the process is back under 80 % of it, or until nothing
 /// is in flight any more: then the memory is state, not input, and pausing cannot free it (it
-/// would stall the node for good), so consumption goes on and a warning says so.
+/// would stall the node for good), so consumption goes on and a warning says so. That level is
+/// remembered as the state's floor: the consumer pauses again only when input in flight adds
+/// another 5 % of the budget on top of it (or once memory fell under 80 %), never every check,
+/// which would pause and resume the partitions (dropping librdkafka's prefetched messages each
+/// time) faster than anything is consumed.
 struct MemoryBudget {
     limit: Option<u64>,
     over: bool,
+    /// Memory found to be state (over the threshold with nothing in flight).
+    state_floor: Option<u64>,
     checked: Instant,
 }
 
 impl MemoryBudget {
     fn new(mb: u64) -> Self {
-        Self { limit: (mb > 0).then_some(mb << 20), over: false, checked: Instant::now() }
+        Self { limit: (mb > 0).then_some(mb << 20), over: false, state_floor: None, checked: Instant::now() }
     }
 
     /// Whether to pause now; `idle`: nothing consumed is still in flight.
@@ -792,12 +798,17 @@ impl MemoryBudget {
     fn step(&mut self, rss: u64, idle: impl FnOnce() -> bool, metrics: &IngestMetrics) -> bool {
         let Some(limit) = self.limit else { return false };
         let was_over = self.over;
-        self.over = if was_over { rss > limit / 10 * 8 } else { rss > limit / 10 * 9 };
+        if rss <= limit / 10 * 8 {
+            self.state_floor = None;
+        }
+        let pause_at = (limit / 10 * 9).max(self.state_floor.map_or(0, |floor| floor + limit / 20));
+        self.over = if was_over { rss > limit / 10 * 8 } else { rss > pause_at };
         if self.over && !was_over {
             metrics.memory_pauses.fetch_add(1, Relaxed);
             tracing::warn!(rss_mb = rss >> 20, budget_mb = limit >> 20, "near the memory budget: pausing consumption");
         } else if self.over && idle() {
             tracing::warn!(rss_mb = rss >> 20, budget_mb = limit >> 20, "over the memory budget with nothing in flight: the state fills it; consuming on");
+            self.state_floor = Some(rss);
             self.over = false;
         }
         self.over
@@ -1110,7 +1121,12 @@ mod tests {
         assert!(!budget.step(mb(79), busy, &metrics), "resumes under 80 %");
         assert!(budget.step(mb(95), busy, &metrics));
         assert!(!budget.step(mb(95), || true, &metrics), "nothing in flight: pausing cannot help");
-        assert_eq!(metrics.memory_pauses.load(Relaxed), 2);
+        assert!(!budget.step(mb(96), busy, &metrics), "the state's floor is not paused for again");
+        assert!(budget.step(mb(101), busy, &metrics), "5 % of input on top of the state is");
+        assert!(!budget.step(mb(99), || true, &metrics), "a new floor");
+        assert!(!budget.step(mb(70), busy, &metrics), "under 80 %: the floor is forgotten");
+        assert!(budget.step(mb(91), busy, &metrics), "and 90 % pauses again");
+        assert_eq!(metrics.memory_pauses.load(Relaxed), 4);
         assert!(!MemoryBudget::new(0).step(mb(10_000), busy, &metrics), "no budget, no pause");
     }
 }
