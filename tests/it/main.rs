@@ -2,6 +2,8 @@
 //! protocol throughout: librdkafka's mock cluster (the embedded Kafka) or a Tansu broker
 //! process.
 
+mod control_cluster;
+mod control_plane;
 mod ingest_bad_input;
 mod ingest_count;
 mod ingest_rebalance;

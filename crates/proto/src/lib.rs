@@ -12,6 +12,12 @@ pub mod telemetry {
     include!(concat!(env!("OUT_DIR"), "/tessera.telemetry.v1.rs"));
 }
 
+/// `tessera.raft.v1`: the control plane's Raft transport and admin API.
+pub mod raft {
+    #![allow(missing_docs, unreachable_pub, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/tessera.raft.v1.rs"));
+}
+
 pub use convert::reading_from_proto;
 
 /// The `content-type` header value of a Kafka message holding one [`telemetry::MotorReading`].

@@ -1,9 +1,12 @@
 //! The `tessera` binary's library: configuration, the simulator, CSV replay, the telemetry
-//! producer, topic creation, the embedded Kafka, the detection stage, a node (ingest + detection + per-partition checkpoints), the evaluation and the demo. `main.rs` only parses the command line.
+//! producer, topic creation, the embedded Kafka, the detection stage, a node (ingest +
+//! detection + per-partition checkpoints), the control-plane commands, the evaluation and the
+//! demo. `main.rs` only parses the command line.
 #![deny(missing_docs)]
 
 pub mod bad_input;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod detect;
 pub mod embedded;

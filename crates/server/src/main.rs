@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use tessera_server::config::NodeConfig;
+use tessera_server::control::{self, ControlCommand};
 use tessera_server::demo::{self, DemoOptions};
 use tessera_server::detect::build_engine;
 use tessera_server::node::Node;
@@ -126,6 +127,8 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Control(ControlCommand),
 }
 
 /// Where `simulate` and `replay` publish; the topic is created if missing.
@@ -333,6 +336,7 @@ fn main() -> Result<()> {
                 std::fs::write(&path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
             }
         }
+        Command::Control(command) => control::run(command, &stop)?,
     }
     Ok(())
 }

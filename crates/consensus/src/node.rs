@@ -1,0 +1,240 @@
+//! A running control-plane node: its storage opened, openraft started, and its gRPC endpoint
+//! (Raft transport and admin API on one port) serving.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tessera_proto::raft::cluster_admin_server::ClusterAdminServer;
+use tessera_proto::raft::raft_transport_server::RaftTransportServer;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::error::ConsensusError;
+use crate::log_store::LogStore;
+use crate::network::{Network, Partition};
+use crate::service::{AdminService, Shared, TransportService};
+use crate::state_machine::{RegistryView, StateMachine};
+use crate::types::NodeId;
+use crate::Raft;
+
+/// Largest gRPC message a node accepts (a snapshot chunk is 1 MiB; a log batch stays small).
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// A node's control-plane settings (the `[raft]` section of the node's config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftSettings {
+    /// This node's Raft id, unique in the cluster.
+    pub node_id: NodeId,
+    /// The site this node runs at.
+    pub site: String,
+    /// Where the gRPC endpoint listens (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// The address other nodes use to reach this one (default: `listen`).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Where the log, the state machine and snapshots are kept (site-local disk).
+    pub data_dir: PathBuf,
+    /// Leader heartbeat period.
+    #[serde(default = "defaults::heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time in `[min, max)` starts an election.
+    #[serde(default = "defaults::election_timeout_min_ms")]
+    pub election_timeout_min_ms: u64,
+    /// See `election_timeout_min_ms`.
+    #[serde(default = "defaults::election_timeout_max_ms")]
+    pub election_timeout_max_ms: u64,
+    /// A snapshot is taken every this many applied entries; the log before it is then purged.
+    #[serde(default = "defaults::snapshot_every_entries")]
+    pub snapshot_every_entries: u64,
+    /// How many entries before the snapshot are kept (so that slightly lagging followers
+    /// catch up from the log rather than from a snapshot).
+    #[serde(default = "defaults::keep_entries_after_snapshot")]
+    pub keep_entries_after_snapshot: u64,
+    /// How long a write (or read barrier) may wait for a quorum before it fails.
+    #[serde(default = "defaults::write_timeout_ms")]
+    pub write_timeout_ms: u64,
+    /// Enables the admin API's `SetPartition` (partition tests only).
+    #[serde(default)]
+    pub fault_injection: bool,
+}
+
+mod defaults {
+    pub(super) fn heartbeat_ms() -> u64 {
+        100
+    }
+    pub(super) fn election_timeout_min_ms() -> u64 {
+        400
+    }
+    pub(super) fn election_timeout_max_ms() -> u64 {
+        800
+    }
+    pub(super) fn snapshot_every_entries() -> u64 {
+        5000
+    }
+    pub(super) fn keep_entries_after_snapshot() -> u64 {
+        1000
+    }
+    pub(super) fn write_timeout_ms() -> u64 {
+        5000
+    }
+}
+
+impl RaftSettings {
+    /// Settings with every tunable at its default.
+    pub fn new(node_id: NodeId, site: impl Into<String>, listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            node_id,
+            site: site.into(),
+            listen,
+            advertise: None,
+            data_dir: data_dir.into(),
+            heartbeat_ms: defaults::heartbeat_ms(),
+            election_timeout_min_ms: defaults::election_timeout_min_ms(),
+            election_timeout_max_ms: defaults::election_timeout_max_ms(),
+            snapshot_every_entries: defaults::snapshot_every_entries(),
+            keep_entries_after_snapshot: defaults::keep_entries_after_snapshot(),
+            write_timeout_ms: defaults::write_timeout_ms(),
+            fault_injection: false,
+        }
+    }
+
+    /// openraft's config from these settings; an out-of-range value names its field.
+    pub fn raft_config(&self) -> Result<openraft::Config, ConsensusError> {
+        let bad = |field, problem: String| ConsensusError::Config { field, problem };
+        if self.heartbeat_ms == 0 {
+            return Err(bad("raft.heartbeat_ms", "must be positive".into()));
+        }
+        if self.election_timeout_min_ms <= self.heartbeat_ms {
+            return Err(bad(
+                "raft.election_timeout_min_ms",
+                format!("{} must exceed raft.heartbeat_ms ({})", self.election_timeout_min_ms, self.heartbeat_ms),
+            ));
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err(bad(
+                "raft.election_timeout_max_ms",
+                format!("{} must exceed raft.election_timeout_min_ms ({})", self.election_timeout_max_ms, self.election_timeout_min_ms),
+            ));
+        }
+        if self.snapshot_every_entries == 0 {
+            return Err(bad("raft.snapshot_every_entries", "must be positive".into()));
+        }
+        if self.write_timeout_ms == 0 {
+            return Err(bad("raft.write_timeout_ms", "must be positive".into()));
+        }
+        if tessera_core::SiteId::new(self.site.as_str()).is_err() {
+            return Err(bad("raft.site", format!("'{}' is not a valid site id", self.site)));
+        }
+        let config = openraft::Config {
+            cluster_name: "tessera".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: self.keep_entries_after_snapshot,
+            ..Default::default()
+        };
+        config.validate().map_err(|e| bad("raft", e.to_string()))
+    }
+
+    fn advertised(&self, bound: SocketAddr) -> String {
+        self.advertise.clone().unwrap_or_else(|| bound.to_string())
+    }
+}
+
+/// A running control-plane node.
+pub struct ConsensusNode {
+    raft: Raft,
+    view: RegistryView,
+    addr: SocketAddr,
+    advertised: String,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl ConsensusNode {
+    /// Opens the node's storage, starts Raft and serves the gRPC endpoint. The node joins a
+    /// cluster when a member (or `Init`) adds it.
+    pub async fn start(settings: RaftSettings) -> Result<Self, ConsensusError> {
+        let config = Arc::new(settings.raft_config()?);
+        let storage = |path: PathBuf| move |source| ConsensusError::Storage { path, source };
+        std::fs::create_dir_all(&settings.data_dir).map_err(storage(settings.data_dir.clone()))?;
+        let log_path = settings.data_dir.join("raft-log.redb");
+        let log = LogStore::open(&log_path).map_err(storage(log_path))?;
+        let state_path = settings.data_dir.join("raft-state.redb");
+        let sm = StateMachine::open(&state_path, &settings.data_dir.join("snapshots")).map_err(storage(state_path))?;
+        let view = sm.view();
+
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| ConsensusError::Bind { addr: settings.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| ConsensusError::Bind { addr: settings.listen, source })?;
+
+        let partition = Partition::default();
+        let network = Network::new(settings.node_id, partition.clone());
+        let raft = Raft::new(settings.node_id, config, network, log, sm).await.map_err(|e| ConsensusError::Raft(e.to_string()))?;
+
+        let shared = Shared {
+            raft: raft.clone(),
+            view: view.clone(),
+            partition,
+            me: settings.node_id,
+            fault_injection: settings.fault_injection,
+            write_timeout: Duration::from_millis(settings.write_timeout_ms),
+        };
+        let transport = RaftTransportServer::new(TransportService(shared.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let admin = ClusterAdminServer::new(AdminService(shared));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(transport)
+                .add_service(admin)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                }),
+        );
+        tracing::info!(node = settings.node_id, site = %settings.site, %addr, "control-plane node started");
+        Ok(Self { raft, view, addr, advertised: settings.advertised(addr), stop: Some(stop), server })
+    }
+
+    /// The openraft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The applied registry.
+    pub fn registry(&self) -> RegistryView {
+        self.view.clone()
+    }
+
+    /// The address the endpoint is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The address other nodes should use for this one.
+    pub fn advertised(&self) -> &str {
+        &self.advertised
+    }
+
+    /// Stops serving and shuts Raft down.
+    pub async fn shutdown(mut self) -> Result<(), ConsensusError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let served = (&mut self.server).await;
+        self.raft.shutdown().await.map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        match served {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ConsensusError::Raft(format!("gRPC endpoint: {e}"))),
+            Err(e) => Err(ConsensusError::Raft(format!("gRPC endpoint task: {e}"))),
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The cluster registry: what every site agrees on, and how a request changes it.
+//!
+//! [`Registry::apply`] is pure and deterministic (the request carries its own time), so every
+//! node that applies the same log ends with the same registry. Each applied request also
+//! yields an [`AuditRecord`]: who asked for what, when, at which log index, and whether it was
+//! done or refused (and why).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tessera_core::{DataGrade, DataStage, MotorId, SiteId};
+
+use crate::types::{Command, NodeId, Outcome, Request};
+
+/// A site (plant) of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteRecord {
+    /// Its human-readable name.
+    pub name: String,
+    /// When it was added (ms since the Unix epoch).
+    pub added_at_ms: i64,
+}
+
+/// A node's registration: which site it runs at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Its site.
+    pub site: SiteId,
+    /// Its gRPC address.
+    pub addr: String,
+}
+
+/// A continuous query every site runs on its own motors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryRecord {
+    /// The SQL text.
+    pub sql: String,
+    /// Who registered it.
+    pub registered_by: String,
+    /// When (ms since the Unix epoch).
+    pub registered_at_ms: i64,
+    /// The log index of the registration: a version number, higher is newer.
+    pub version: u64,
+}
+
+/// The rule a data grade follows at one stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    /// The grade.
+    pub grade: DataGrade,
+    /// The stage.
+    pub stage: DataStage,
+    /// The rule text.
+    pub rule: String,
+    /// Who set it.
+    pub set_by: String,
+    /// When (ms since the Unix epoch).
+    pub set_at_ms: i64,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// The Raft log index of the request: the audit log's order.
+    pub index: u64,
+    /// Who asked.
+    pub actor: String,
+    /// When (ms since the Unix epoch, by the proposer's clock).
+    pub at_ms: i64,
+    /// What was asked, in words.
+    pub action: String,
+    /// `None` when it was done; the reason when it was refused.
+    pub rejected: Option<String>,
+}
+
+/// Everything the cluster agrees on (the audit log is kept beside it, see [`AuditRecord`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registry {
+    /// Sites by id.
+    pub sites: BTreeMap<SiteId, SiteRecord>,
+    /// Node registrations by Raft id.
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// The owning site of each motor.
+    pub motors: BTreeMap<MotorId, SiteId>,
+    /// Continuous queries by name.
+    pub queries: BTreeMap<String, QueryRecord>,
+    /// Policies, keyed `grade/stage`.
+    pub policies: BTreeMap<String, PolicyRecord>,
+}
+
+impl Registry {
+    /// Applies `request`, found at log `index`, and returns its outcome and audit record.
+    pub fn apply(&mut self, index: u64, request: &Request) -> (Outcome, AuditRecord) {
+        let result = self.change(index, request);
+        let audit = AuditRecord {
+            index,
+            actor: request.actor.clone(),
+            at_ms: request.at_ms,
+            action: request.command.to_string(),
+            rejected: result.clone().err(),
+        };
+        let outcome = match result {
+            Ok(()) => Outcome::Applied,
+            Err(reason) => Outcome::Rejected(reason),
+        };
+        (outcome, audit)
+    }
+
+    fn change(&mut self, index: u64, request: &Request) -> Result<(), String> {
+        // The proposer checked the request; a log written by an older or buggy proposer is
+        // checked again here so that the registry never holds an unbounded value.
+        request.check().map_err(|e| e.to_string())?;
+        match &request.command {
+            Command::AddSite { site, name } => {
+                let added_at_ms = self.sites.get(site).map_or(request.at_ms, |s| s.added_at_ms);
+                self.sites.insert(site.clone(), SiteRecord { name: name.clone(), added_at_ms });
+            }
+            Command::RegisterNode { node, site, addr } => {
+                // A node names its site when it joins; a site seen first this way is added
+                // under its id (`AddSite` can name it later).
+                let at = request.at_ms;
+                self.sites.entry(site.clone()).or_insert_with(|| SiteRecord { name: site.to_string(), added_at_ms: at });
+                self.nodes.insert(*node, NodeRecord { site: site.clone(), addr: addr.clone() });
+            }
+            Command::RemoveNode { node } => {
+                self.nodes.remove(node).ok_or_else(|| format!("node {node} is not registered"))?;
+            }
+            Command::AssignMotors { site, motors } => {
+                self.require_site(site)?;
+                for motor in motors {
+                    self.motors.insert(motor.clone(), site.clone());
+                }
+            }
+            Command::RegisterQuery { name, sql } => {
+                let record = QueryRecord {
+                    sql: sql.clone(),
+                    registered_by: request.actor.clone(),
+                    registered_at_ms: request.at_ms,
+                    version: index,
+                };
+                self.queries.insert(name.clone(), record);
+            }
+            Command::DropQuery { name } => {
+                self.queries.remove(name).ok_or_else(|| format!("no query named '{name}'"))?;
+            }
+            Command::SetPolicy { grade, stage, rule } => {
+                let record = PolicyRecord {
+                    grade: *grade,
+                    stage: *stage,
+                    rule: rule.clone(),
+                    set_by: request.actor.clone(),
+                    set_at_ms: request.at_ms,
+                };
+                self.policies.insert(format!("{grade}/{stage}"), record);
+            }
+        }
+        Ok(())
+    }
+
+    fn require_site(&self, site: &SiteId) -> Result<(), String> {
+        if self.sites.contains_key(site) {
+            Ok(())
+        } else {
+            Err(format!("site {site} does not exist (add it first)"))
+        }
+    }
+
+    /// The motors a site owns, in id order.
+    pub fn motors_of<'a>(&'a self, site: &'a SiteId) -> impl Iterator<Item = &'a MotorId> + 'a {
+        self.motors.iter().filter(move |(_, s)| *s == site).map(|(m, _)| m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(command: Command) -> Request {
+        Request { actor: "alice".into(), at_ms: 1_000, command }
+    }
+
+    fn site(s: &str) -> SiteId {
+        SiteId::new(s).unwrap()
+    }
+
+    #[test]
+    fn applies_changes_refuses_bad_ones_and_audits_both() {
+        let mut reg = Registry::default();
+        let (outcome, audit) =
+            reg.apply(1, &req(Command::AssignMotors { site: site("a"), motors: vec![MotorId::new("M1").unwrap()] }));
+        assert_eq!(outcome, Outcome::Rejected("site a does not exist (add it first)".into()));
+        assert_eq!(audit.rejected.as_deref(), Some("site a does not exist (add it first)"));
+        assert!(reg.motors.is_empty());
+
+        reg.apply(2, &req(Command::AddSite { site: site("a"), name: "Plant A".into() }));
+        reg.apply(3, &req(Command::AddSite { site: site("b"), name: "Plant B".into() }));
+        let motors = |ids: &[&str]| ids.iter().map(|m| MotorId::new(*m).unwrap()).collect::<Vec<_>>();
+        let (outcome, audit) = reg.apply(4, &req(Command::AssignMotors { site: site("a"), motors: motors(&["M1", "M2"]) }));
+        assert_eq!(outcome, Outcome::Applied);
+        assert_eq!(audit.action, "assign 2 motors (M1 … M2) to a");
+        reg.apply(5, &req(Command::AssignMotors { site: site("b"), motors: motors(&["M2"]) }));
+        assert_eq!(reg.motors_of(&site("a")).map(|m| m.as_str()).collect::<Vec<_>>(), ["M1"]);
+        assert_eq!(reg.motors_of(&site("b")).map(|m| m.as_str()).collect::<Vec<_>>(), ["M2"]);
+
+        reg.apply(6, &req(Command::RegisterQuery { name: "hot".into(), sql: "SELECT 1".into() }));
+        assert_eq!(reg.queries["hot"].version, 6);
+        let (outcome, _) = reg.apply(7, &req(Command::DropQuery { name: "cold".into() }));
+        assert_eq!(outcome, Outcome::Rejected("no query named 'cold'".into()));
+        reg.apply(8, &req(Command::DropQuery { name: "hot".into() }));
+        assert!(reg.queries.is_empty());
+
+        reg.apply(9, &req(Command::SetPolicy { grade: DataGrade::Core, stage: DataStage::Transmission, rule: "deny".into() }));
+        assert_eq!(reg.policies["core/transmission"].rule, "deny");
+    }
+
+    #[test]
+    fn the_same_log_gives_the_same_registry() {
+        let log = [
+            req(Command::AddSite { site: site("a"), name: "A".into() }),
+            req(Command::RegisterNode { node: 1, site: site("a"), addr: "127.0.0.1:1".into() }),
+            req(Command::RegisterQuery { name: "q".into(), sql: "SELECT 1".into() }),
+        ];
+        let run = || {
+            let mut reg = Registry::default();
+            for (i, r) in log.iter().enumerate() {
+                reg.apply(i as u64 + 1, r);
+            }
+            reg
+        };
+        assert_eq!(run(), run());
+    }
+}

@@ -1,0 +1,227 @@
+//! What the control plane's Raft log carries: the type configuration, a cluster member's
+//! address, and the registry commands with their outcomes.
+//!
+//! Only metadata is ever proposed: sites, nodes, which site owns which motor, continuous query
+//! definitions, data-grade policies. No variant of [`Command`] can hold a reading, and
+//! [`Request::check`] bounds every field, so raw telemetry cannot enter the log by accident
+//! (ARCHITECTURE.md, invariant "raw telemetry never enters the Raft log").
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use tessera_core::{DataGrade, DataStage, MotorId, SiteId};
+
+openraft::declare_raft_types!(
+    /// Tessera's control-plane Raft types: registry commands in, outcomes out, `u64` node ids
+    /// and [`Member`] addresses.
+    pub TypeConfig:
+        D = Request,
+        R = Outcome,
+        NodeId = u64,
+        Node = Member,
+);
+
+/// A Raft node's id, unique in the cluster.
+pub type NodeId = u64;
+
+/// Where a cluster member lives: its site and the address of its gRPC endpoint (Raft
+/// transport and admin API share it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The site (plant) the node runs at.
+    pub site: String,
+    /// `host:port` of the node's gRPC endpoint.
+    pub addr: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.site, self.addr)
+    }
+}
+
+/// Most motors one command may assign; a plant's whole fleet fits in one.
+pub const MAX_MOTORS_PER_COMMAND: usize = 10_000;
+/// Longest continuous query text accepted, in bytes.
+pub const MAX_SQL_BYTES: usize = 16 * 1024;
+/// Longest policy rule text accepted, in bytes.
+pub const MAX_RULE_BYTES: usize = 4 * 1024;
+/// Longest free-text field (actor, site name, query name, address), in bytes.
+pub const MAX_TEXT_BYTES: usize = 256;
+
+/// One change to the registry as proposed to Raft: who asked for it, when, and what. The
+/// proposer stamps the time, so applying the entry is deterministic on every node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Who asked (the admin API's authenticated principal, or the CLI's `--actor`).
+    pub actor: String,
+    /// When, in milliseconds since the Unix epoch, by the proposing node's clock.
+    pub at_ms: i64,
+    /// What to change.
+    pub command: Command,
+}
+
+/// A change to the cluster registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Adds a site (plant), or renames an existing one.
+    AddSite {
+        /// Its id.
+        site: SiteId,
+        /// A human-readable name.
+        name: String,
+    },
+    /// Records which site a Raft node belongs to (membership itself is Raft's own).
+    RegisterNode {
+        /// The node's Raft id.
+        node: NodeId,
+        /// Its site (added if new).
+        site: SiteId,
+        /// Its gRPC address.
+        addr: String,
+    },
+    /// Forgets a node's registration.
+    RemoveNode {
+        /// The node's Raft id.
+        node: NodeId,
+    },
+    /// Makes `site` the owner of these motors (moving them from another site if needed).
+    AssignMotors {
+        /// The owning site; it must exist.
+        site: SiteId,
+        /// The motors.
+        motors: Vec<MotorId>,
+    },
+    /// Registers (or replaces) a continuous query every site runs on its own motors.
+    RegisterQuery {
+        /// Its name, unique in the cluster.
+        name: String,
+        /// The SQL text.
+        sql: String,
+    },
+    /// Drops a continuous query.
+    DropQuery {
+        /// Its name.
+        name: String,
+    },
+    /// Sets the rule a data grade follows at one stage of the data's life.
+    SetPolicy {
+        /// The grade.
+        grade: DataGrade,
+        /// The stage.
+        stage: DataStage,
+        /// The rule, as text the enforcing component parses.
+        rule: String,
+    },
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::AddSite { site, name } => write!(f, "add site {site} ({name})"),
+            Command::RegisterNode { node, site, addr } => write!(f, "register node {node} at {site} ({addr})"),
+            Command::RemoveNode { node } => write!(f, "remove node {node}"),
+            Command::AssignMotors { site, motors } => match motors.as_slice() {
+                [one] => write!(f, "assign motor {one} to {site}"),
+                [first, .., last] => write!(f, "assign {} motors ({first} … {last}) to {site}", motors.len()),
+                [] => write!(f, "assign no motors to {site}"),
+            },
+            Command::RegisterQuery { name, .. } => write!(f, "register query {name}"),
+            Command::DropQuery { name } => write!(f, "drop query {name}"),
+            Command::SetPolicy { grade, stage, rule } => write!(f, "set policy {grade}/{stage}: {rule}"),
+        }
+    }
+}
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} by {} at {}", self.command, self.actor, self.at_ms)
+    }
+}
+
+/// Why a request was refused before it was proposed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct RequestError {
+    /// The offending field, e.g. `command.sql`.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+fn text(field: &'static str, value: &str, max: usize) -> Result<(), RequestError> {
+    if value.trim().is_empty() {
+        return Err(RequestError { field, problem: "is empty".into() });
+    }
+    if value.len() > max {
+        return Err(RequestError { field, problem: format!("is {} bytes long, the limit is {max}", value.len()) });
+    }
+    Ok(())
+}
+
+impl Request {
+    /// Checks every field's size and shape, so that nothing unbounded (and nothing that is not
+    /// metadata) is proposed. The state machine checks the request against the registry again
+    /// when it applies it.
+    pub fn check(&self) -> Result<(), RequestError> {
+        text("actor", &self.actor, MAX_TEXT_BYTES)?;
+        match &self.command {
+            Command::AddSite { name, .. } => text("command.name", name, MAX_TEXT_BYTES),
+            Command::RegisterNode { addr, .. } => text("command.addr", addr, MAX_TEXT_BYTES),
+            Command::RemoveNode { .. } => Ok(()),
+            Command::AssignMotors { motors, .. } => {
+                if motors.is_empty() {
+                    return Err(RequestError { field: "command.motors", problem: "is empty".into() });
+                }
+                if motors.len() > MAX_MOTORS_PER_COMMAND {
+                    return Err(RequestError {
+                        field: "command.motors",
+                        problem: format!("holds {} motors, the limit is {MAX_MOTORS_PER_COMMAND}", motors.len()),
+                    });
+                }
+                Ok(())
+            }
+            Command::RegisterQuery { name, sql } => {
+                text("command.name", name, MAX_TEXT_BYTES)?;
+                text("command.sql", sql, MAX_SQL_BYTES)
+            }
+            Command::DropQuery { name } => text("command.name", name, MAX_TEXT_BYTES),
+            Command::SetPolicy { rule, .. } => text("command.rule", rule, MAX_RULE_BYTES),
+        }
+    }
+}
+
+/// What applying a request did. A request the registry refuses (a query that does not exist,
+/// a site nobody added) is still in the log, applied as a no-op and audited as rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The entry carried no request (a blank or membership entry).
+    Nothing,
+    /// The change was made.
+    Applied,
+    /// The registry refused the change, for this reason.
+    Rejected(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(command: Command) -> Request {
+        Request { actor: "ops".into(), at_ms: 1, command }
+    }
+
+    #[test]
+    fn check_bounds_every_field_and_names_it() {
+        let long_sql = "x".repeat(MAX_SQL_BYTES + 1);
+        let err = request(Command::RegisterQuery { name: "q".into(), sql: long_sql }).check().unwrap_err();
+        assert_eq!(err.field, "command.sql");
+        let motors = (0..=MAX_MOTORS_PER_COMMAND).map(|i| MotorId::new(format!("M{i}")).unwrap()).collect();
+        let site = SiteId::new("a").unwrap();
+        let err = request(Command::AssignMotors { site, motors }).check().unwrap_err();
+        assert_eq!(err.field, "command.motors");
+        let err = Request { actor: " ".into(), ..request(Command::DropQuery { name: "q".into() }) }.check().unwrap_err();
+        assert_eq!(err.to_string(), "actor: is empty");
+        assert!(request(Command::DropQuery { name: "q".into() }).check().is_ok());
+    }
+}

@@ -1,0 +1,419 @@
+//! The control plane on the command line: `tessera control-node` runs a Raft node;
+//! `tessera cluster …` and `tessera query …` speak to any node's admin API.
+//!
+//! Any node answers: writes and linearizable reads are forwarded to the leader by the node, so
+//! the CLI needs only one reachable address (`--at`, or `TESSERA_ADMIN`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use tessera_consensus::{ConsensusNode, RaftSettings};
+use tessera_proto::raft as pb;
+use tessera_proto::raft::cluster_admin_client::ClusterAdminClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// The control-plane subcommands.
+#[derive(Subcommand)]
+#[allow(missing_docs)] // variant fields are documented by their flags' help
+pub enum ControlCommand {
+    /// Run a control-plane (Raft) node until Ctrl-C; it joins when `cluster init` or
+    /// `cluster add-node` names it.
+    ControlNode(ControlNodeArgs),
+    /// Cluster membership, status, sites, motors, policies and the audit log.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Continuous queries: registered once, run by every site on its own motors.
+    Query {
+        #[command(subcommand)]
+        command: QueryCommand,
+    },
+}
+
+/// `tessera control-node`: every `[raft]` setting as a flag (or `TESSERA_RAFT_*` variable).
+#[derive(Args, Debug)]
+pub struct ControlNodeArgs {
+    /// This node's Raft id, unique in the cluster.
+    #[arg(long, env = "TESSERA_RAFT_NODE_ID")]
+    pub id: u64,
+    /// The site this node runs at.
+    #[arg(long, env = "TESSERA_RAFT_SITE")]
+    pub site: String,
+    /// Where the gRPC endpoint (Raft transport + admin API) listens.
+    #[arg(long, env = "TESSERA_RAFT_LISTEN", default_value = "0.0.0.0:7070")]
+    pub listen: SocketAddr,
+    /// The address other nodes reach this one at (default: the listen address).
+    #[arg(long, env = "TESSERA_RAFT_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Where the Raft log, state machine and snapshots are kept.
+    #[arg(long, env = "TESSERA_RAFT_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Leader heartbeat period, ms.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    /// Election timeout range, ms (lower bound).
+    #[arg(long, default_value_t = 400)]
+    pub election_timeout_min_ms: u64,
+    /// Election timeout range, ms (upper bound).
+    #[arg(long, default_value_t = 800)]
+    pub election_timeout_max_ms: u64,
+    /// Take a snapshot (and purge the log before it) every this many entries.
+    #[arg(long, default_value_t = 5000)]
+    pub snapshot_every_entries: u64,
+    /// Entries kept before the snapshot for lagging followers.
+    #[arg(long, default_value_t = 1000)]
+    pub keep_entries_after_snapshot: u64,
+    /// How long a write may wait for a quorum, ms.
+    #[arg(long, default_value_t = 5000)]
+    pub write_timeout_ms: u64,
+    /// Allow `cluster partition` (tests only).
+    #[arg(long)]
+    pub fault_injection: bool,
+}
+
+impl ControlNodeArgs {
+    /// The node's settings.
+    pub fn settings(&self) -> RaftSettings {
+        RaftSettings {
+            advertise: self.advertise.clone(),
+            heartbeat_ms: self.heartbeat_ms,
+            election_timeout_min_ms: self.election_timeout_min_ms,
+            election_timeout_max_ms: self.election_timeout_max_ms,
+            snapshot_every_entries: self.snapshot_every_entries,
+            keep_entries_after_snapshot: self.keep_entries_after_snapshot,
+            write_timeout_ms: self.write_timeout_ms,
+            fault_injection: self.fault_injection,
+            ..RaftSettings::new(self.id, self.site.clone(), self.listen, self.data_dir.clone())
+        }
+    }
+}
+
+/// Which node to ask, and who is asking.
+#[derive(Args, Debug, Clone)]
+pub struct AdminArgs {
+    /// Any node's gRPC address.
+    #[arg(long, env = "TESSERA_ADMIN", default_value = "127.0.0.1:7070")]
+    pub at: String,
+    /// Who is asking, for the audit log (default: $USER).
+    #[arg(long, env = "TESSERA_ACTOR")]
+    pub actor: Option<String>,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+impl AdminArgs {
+    fn actor(&self) -> String {
+        self.actor.clone().or_else(|| std::env::var("USER").ok()).filter(|a| !a.is_empty()).unwrap_or_else(|| "cli".into())
+    }
+
+    async fn client(&self) -> Result<ClusterAdminClient<Channel>> {
+        let channel = Endpoint::from_shared(format!("http://{}", self.at))
+            .with_context(|| format!("--at {}: not a host:port", self.at))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(self.timeout)
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the node at {}", self.at))?;
+        Ok(ClusterAdminClient::new(channel))
+    }
+}
+
+/// `tessera cluster …`
+#[derive(Subcommand, Debug)]
+#[allow(missing_docs)] // variant fields are documented by their flags' help
+pub enum ClusterCommand {
+    /// Make the given nodes the cluster's first voters (run once, against one of them).
+    Init {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// A voter, as ID=SITE@HOST:PORT (repeat; each site should run at least one).
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+    },
+    /// Add a node: first as a learner, then (once caught up) as a voter.
+    AddNode {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node, as ID=SITE@HOST:PORT.
+        node: String,
+        /// Keep it a learner (a non-voting replica).
+        #[arg(long)]
+        learner_only: bool,
+    },
+    /// Remove a node from the cluster.
+    RemoveNode {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Its Raft id.
+        id: u64,
+    },
+    /// The node's view of the cluster.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Sites with their motor counts and nodes.
+    Sites {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Add (or rename) a site.
+    AddSite {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Its id.
+        site: String,
+        /// Its name.
+        name: String,
+    },
+    /// Make a site the owner of motors.
+    AssignMotors {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The site.
+        site: String,
+        /// Motor ids.
+        #[arg(required = true)]
+        motors: Vec<String>,
+    },
+    /// Set a data grade's rule for one stage.
+    SetPolicy {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// general | important | core
+        grade: String,
+        /// generation | transmission | storage | use | migration | destruction
+        stage: String,
+        /// The rule.
+        rule: String,
+    },
+    /// The audit log: who did what, when.
+    Audit {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// From this log index on.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Fault injection (nodes started with --fault-injection only): cut the node off from these
+    /// nodes' Raft traffic; none heals it.
+    Partition {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Node ids to cut off from.
+        blocked: Vec<u64>,
+    },
+}
+
+/// `tessera query …`
+#[derive(Subcommand, Debug)]
+#[allow(missing_docs)] // variant fields are documented by their flags' help
+pub enum QueryCommand {
+    /// Register (or replace) a continuous query cluster-wide.
+    Register {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Its name.
+        name: String,
+        /// Its SQL.
+        sql: String,
+    },
+    /// The registered queries.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Drop a query.
+    Drop {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Its name.
+        name: String,
+    },
+}
+
+/// Parses `ID=SITE@HOST:PORT`.
+pub fn parse_node_spec(s: &str) -> Result<pb::NodeSpec> {
+    let err = || anyhow!("node {s:?}: expected ID=SITE@HOST:PORT, e.g. 1=site-a@10.0.0.5:7070");
+    let (id, rest) = s.split_once('=').ok_or_else(err)?;
+    let (site, addr) = rest.split_once('@').ok_or_else(err)?;
+    let id = id.trim().parse().map_err(|_| err())?;
+    if site.is_empty() || !addr.contains(':') {
+        return Err(err());
+    }
+    Ok(pb::NodeSpec { id, site: site.into(), addr: addr.into() })
+}
+
+fn status_error(at: &str, s: tonic::Status) -> anyhow::Error {
+    anyhow!("node at {at}: {}", s.message())
+}
+
+fn written(what: &str, reply: pb::WriteResponse) -> Result<()> {
+    if reply.rejected.is_empty() {
+        println!("{what}: committed at log index {}", reply.log_index);
+        Ok(())
+    } else {
+        bail!("{what}: refused by the registry (log index {}): {}", reply.log_index, reply.rejected)
+    }
+}
+
+fn print_membership(m: &pb::MembershipResponse) {
+    let list = |nodes: &[pb::NodeSpec]| {
+        if nodes.is_empty() {
+            "-".to_string()
+        } else {
+            nodes.iter().map(|n| format!("{} ({} {})", n.id, n.site, n.addr)).collect::<Vec<_>>().join(", ")
+        }
+    };
+    println!("voters: {}\nlearners: {}\nmembership at log index {}", list(&m.voters), list(&m.learners), m.log_index);
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+/// Runs a control-plane subcommand; `stop` ends `control-node`.
+pub fn run(command: ControlCommand, stop: &AtomicBool) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        match command {
+            ControlCommand::ControlNode(args) => serve(args, stop).await,
+            ControlCommand::Cluster { command } => cluster(command).await,
+            ControlCommand::Query { command } => query(command).await,
+        }
+    })
+}
+
+async fn serve(args: ControlNodeArgs, stop: &AtomicBool) -> Result<()> {
+    let settings = args.settings();
+    let node = ConsensusNode::start(settings).await?;
+    println!("control-plane node {} ({}) serving on {}", args.id, args.site, node.addr());
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    node.shutdown().await?;
+    println!("control-plane node {} stopped", args.id);
+    Ok(())
+}
+
+async fn cluster(command: ClusterCommand) -> Result<()> {
+    match command {
+        ClusterCommand::Init { admin, nodes } => {
+            let nodes = nodes.iter().map(|n| parse_node_spec(n)).collect::<Result<Vec<_>>>()?;
+            let reply = admin.client().await?.init(pb::InitRequest { nodes, actor: admin.actor() }).await;
+            print_membership(&reply.map_err(|s| status_error(&admin.at, s))?.into_inner());
+        }
+        ClusterCommand::AddNode { admin, node, learner_only } => {
+            let node = Some(parse_node_spec(&node)?);
+            let reply = admin.client().await?.add_node(pb::AddNodeRequest { node, learner_only, actor: admin.actor() }).await;
+            print_membership(&reply.map_err(|s| status_error(&admin.at, s))?.into_inner());
+        }
+        ClusterCommand::RemoveNode { admin, id } => {
+            let reply = admin.client().await?.remove_node(pb::RemoveNodeRequest { id, actor: admin.actor() }).await;
+            print_membership(&reply.map_err(|s| status_error(&admin.at, s))?.into_inner());
+        }
+        ClusterCommand::Status { admin } => {
+            let s = admin.client().await?.status(pb::StatusRequest {}).await.map_err(|s| status_error(&admin.at, s))?.into_inner();
+            println!("node {}: {} in term {}", s.node_id, s.role, s.term);
+            match s.leader_id {
+                Some(id) => println!("leader: {id} at {}", s.leader_addr),
+                None => println!("leader: none known"),
+            }
+            println!(
+                "log: last {}, applied {}, snapshot {}, purged {}",
+                opt(s.last_log_index),
+                opt(s.applied_index),
+                opt(s.snapshot_index),
+                opt(s.purged_index)
+            );
+            print_membership(&pb::MembershipResponse { voters: s.voters, learners: s.learners, log_index: 0 });
+            println!("registry: {} sites, {} motors, {} queries, {} audit records", s.sites, s.motors, s.queries, s.audit_records);
+        }
+        ClusterCommand::Sites { admin } => {
+            let reply = admin.client().await?.list_sites(pb::ListSitesRequest {}).await.map_err(|s| status_error(&admin.at, s))?;
+            for site in reply.into_inner().sites {
+                println!("{} ({}): {} motors, nodes {:?}", site.site, site.name, site.motors, site.nodes);
+            }
+        }
+        ClusterCommand::AddSite { admin, site, name } => {
+            let req = pb::AddSiteRequest { site: site.clone(), name, actor: admin.actor() };
+            let reply = admin.client().await?.add_site(req).await.map_err(|s| status_error(&admin.at, s))?;
+            written(&format!("site {site}"), reply.into_inner())?;
+        }
+        ClusterCommand::AssignMotors { admin, site, motors } => {
+            let n = motors.len();
+            let req = pb::AssignMotorsRequest { site: site.clone(), motors, actor: admin.actor() };
+            let reply = admin.client().await?.assign_motors(req).await.map_err(|s| status_error(&admin.at, s))?;
+            written(&format!("{n} motors to {site}"), reply.into_inner())?;
+        }
+        ClusterCommand::SetPolicy { admin, grade, stage, rule } => {
+            let req = pb::SetPolicyRequest { grade: grade.clone(), stage: stage.clone(), rule, actor: admin.actor() };
+            let reply = admin.client().await?.set_policy(req).await.map_err(|s| status_error(&admin.at, s))?;
+            written(&format!("policy {grade}/{stage}"), reply.into_inner())?;
+        }
+        ClusterCommand::Audit { admin, from, limit } => {
+            let req = pb::ListAuditRequest { from_index: from, limit };
+            let reply = admin.client().await?.list_audit(req).await.map_err(|s| status_error(&admin.at, s))?;
+            for e in reply.into_inner().entries {
+                let outcome = if e.rejected.is_empty() { "done".to_string() } else { format!("refused: {}", e.rejected) };
+                println!("{:>8}  {}  {:<12} {} — {outcome}", e.index, e.at_ms, e.actor, e.action);
+            }
+        }
+        ClusterCommand::Partition { admin, blocked } => {
+            let req = pb::SetPartitionRequest { blocked: blocked.clone() };
+            admin.client().await?.set_partition(req).await.map_err(|s| status_error(&admin.at, s))?;
+            println!("node at {}: cut off from {blocked:?}", admin.at);
+        }
+    }
+    Ok(())
+}
+
+async fn query(command: QueryCommand) -> Result<()> {
+    match command {
+        QueryCommand::Register { admin, name, sql } => {
+            let req = pb::RegisterQueryRequest { name: name.clone(), sql, actor: admin.actor() };
+            let reply = admin.client().await?.register_query(req).await.map_err(|s| status_error(&admin.at, s))?;
+            written(&format!("query {name}"), reply.into_inner())?;
+        }
+        QueryCommand::List { admin } => {
+            let reply = admin.client().await?.list_queries(pb::ListQueriesRequest {}).await.map_err(|s| status_error(&admin.at, s))?;
+            let queries = reply.into_inner().queries;
+            if queries.is_empty() {
+                println!("no queries registered");
+            }
+            for q in queries {
+                println!("{} (version {}, by {} at {}): {}", q.name, q.version, q.registered_by, q.registered_at_ms, q.sql);
+            }
+        }
+        QueryCommand::Drop { admin, name } => {
+            let req = pb::DropQueryRequest { name: name.clone(), actor: admin.actor() };
+            let reply = admin.client().await?.drop_query(req).await.map_err(|s| status_error(&admin.at, s))?;
+            written(&format!("drop query {name}"), reply.into_inner())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_specs_parse_and_bad_ones_say_the_format() {
+        let n = parse_node_spec("3=site-c@127.0.0.1:7003").unwrap();
+        assert_eq!((n.id, n.site.as_str(), n.addr.as_str()), (3, "site-c", "127.0.0.1:7003"));
+        for bad in ["3", "x=site@h:1", "3=site", "3=@h:1", "3=site@host"] {
+            let err = parse_node_spec(bad).unwrap_err().to_string();
+            assert!(err.contains("ID=SITE@HOST:PORT"), "{bad}: {err}");
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! A control-plane cluster of separate node processes on loopback, for the control-plane tests
+//! and the failover benchmark (which includes this file).
+//!
+//! A node process is this very executable started again with [`NODE_ARGS_ENV`] holding the
+//! `tessera control-node` arguments as JSON: the test binary runs them from an ignored test,
+//! the benchmark from the top of `main`. Either way the node runs the same code as
+//! `tessera control-node`. Killing is SIGKILL; each node keeps its data directory and port,
+//! so a restarted node is the same member.
+
+#![allow(dead_code, unreachable_pub)] // each includer uses part of it, and it is private to each
+
+use std::io::{BufRead as _, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tessera_proto::raft as pb;
+use tessera_proto::raft::cluster_admin_client::ClusterAdminClient;
+use tonic::transport::Channel;
+
+/// The environment variable that turns this executable into a control-plane node.
+pub const NODE_ARGS_ENV: &str = "TESSERA_CONTROL_NODE_ARGS";
+
+/// Runs `tessera control-node` with the arguments in [`NODE_ARGS_ENV`], if set; returns
+/// whether it did (the process should then exit).
+pub fn run_node_if_asked() -> bool {
+    use clap::Parser as _;
+    let Ok(args) = std::env::var(NODE_ARGS_ENV) else { return false };
+    let args: Vec<String> = serde_json::from_str(&args).expect("node args as JSON");
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: tessera_server::control::ControlCommand,
+    }
+    let cli = Cli::parse_from(std::iter::once("tessera".to_string()).chain(args));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    if let Err(e) = tessera_server::control::run(cli.command, &stop) {
+        eprintln!("control node error: {e:#}");
+        std::process::exit(3);
+    }
+    true
+}
+
+/// A free loopback port (bound, then released for the node to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port()
+}
+
+/// How to start this executable as a node: the extra arguments it needs to get there.
+#[derive(Clone)]
+pub struct Launcher {
+    /// Arguments before anything else (the test binary's filter to its ignored node test).
+    pub prefix: Vec<String>,
+}
+
+/// One node process.
+pub struct NodeProc {
+    /// Raft id.
+    pub id: u64,
+    /// Site.
+    pub site: String,
+    /// `127.0.0.1:port`.
+    pub addr: String,
+    dir: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+    output: Arc<Mutex<String>>,
+    launcher: Launcher,
+}
+
+impl NodeProc {
+    /// Starts node `id` of `site` with its data under `work`, and waits until it serves.
+    pub fn start(launcher: &Launcher, id: u64, site: &str, work: &Path, extra: &[&str]) -> Self {
+        let mut node = NodeProc {
+            id,
+            site: site.to_string(),
+            addr: format!("127.0.0.1:{}", free_port()),
+            dir: work.join(format!("node-{id}")),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            output: Arc::default(),
+            launcher: launcher.clone(),
+        };
+        node.restart();
+        node
+    }
+
+    /// The node as `ID=SITE@ADDR`.
+    pub fn spec(&self) -> String {
+        format!("{}={}@{}", self.id, self.site, self.addr)
+    }
+
+    /// Starts the process again (same id, port and data), and waits until it serves.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "node {} is running", self.id);
+        let mut args: Vec<String> = ["control-node", "--id", &self.id.to_string(), "--site", &self.site, "--listen", &self.addr]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--data-dir".to_string(), self.dir.display().to_string()]);
+        args.extend(self.extra.iter().cloned());
+        let mut child = Command::new(std::env::current_exe().expect("this executable"))
+            .args(&self.launcher.prefix)
+            .env(NODE_ARGS_ENV, serde_json::to_string(&args).expect("args"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("a node process starts");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        for stream in [Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().expect("stderr"))] {
+            let output = self.output.clone();
+            let ready = ready_tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.contains("serving on") {
+                        let _ = ready.send(());
+                    }
+                    let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            });
+        }
+        self.child = Some(child);
+        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            panic!("node {} did not start serving within 30 s:\n{}", self.id, self.output());
+        }
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process runs.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Its data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// An admin client.
+    pub async fn client(&self) -> ClusterAdminClient<Channel> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(20))
+            .connect_lazy();
+        ClusterAdminClient::new(channel)
+    }
+
+    /// Its status, if it answers.
+    pub async fn status(&self) -> Option<pb::StatusResponse> {
+        if !self.running() {
+            return None;
+        }
+        let mut client = self.client().await;
+        let mut req = tonic::Request::new(pb::StatusRequest {});
+        req.set_timeout(Duration::from_millis(500));
+        client.status(req).await.ok().map(|r| r.into_inner())
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `n` nodes (ids 1..=n, sites `site-1`…) and initialises them as one cluster.
+pub async fn start_cluster(launcher: &Launcher, n: u64, work: &Path, extra: &[&str]) -> Vec<NodeProc> {
+    let nodes: Vec<NodeProc> = (1..=n).map(|id| NodeProc::start(launcher, id, &format!("site-{id}"), work, extra)).collect();
+    let specs = nodes
+        .iter()
+        .map(|n| pb::NodeSpec { id: n.id, site: n.site.clone(), addr: n.addr.clone() })
+        .collect();
+    let reply = nodes[0].client().await.init(pb::InitRequest { nodes: specs, actor: "harness".into() }).await;
+    reply.unwrap_or_else(|e| panic!("init: {e}\n{}", nodes[0].output()));
+    nodes
+}
+
+/// The node that reports itself leader, waiting up to `within`.
+pub async fn leader(nodes: &[NodeProc], within: Duration) -> Option<(usize, pb::StatusResponse)> {
+    let until = Instant::now() + within;
+    loop {
+        for (i, n) in nodes.iter().enumerate() {
+            if let Some(s) = n.status().await
+                && s.role == "leader"
+            {
+                return Some((i, s));
+            }
+        }
+        if Instant::now() > until {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Registers query `name` through `node`; the log index it committed at.
+pub async fn register(node: &NodeProc, name: &str) -> Result<u64, tonic::Status> {
+    let req = pb::RegisterQueryRequest { name: name.into(), sql: format!("SELECT '{name}'"), actor: "harness".into() };
+    let reply = node.client().await.register_query(req).await?.into_inner();
+    assert!(reply.rejected.is_empty(), "{name}: {}", reply.rejected);
+    Ok(reply.log_index)
+}
+
+/// The registered query names, read linearizably through `node`.
+pub async fn query_names(node: &NodeProc) -> Result<Vec<String>, tonic::Status> {
+    let reply = node.client().await.list_queries(pb::ListQueriesRequest {}).await?;
+    Ok(reply.into_inner().queries.into_iter().map(|q| q.name).collect())
+}
