@@ -235,3 +235,85 @@ pub(crate) async fn assert_log_holds_only_metadata(nodes: &[NodeProc]) {
         );
     }
 }
+
+/// Runs `tessera <args>` (a control-plane subcommand) in this process, as the binary would.
+fn tessera(args: &[&str]) -> anyhow::Result<()> {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: tessera_server::control::ControlCommand,
+    }
+    let cli = Cli::try_parse_from(std::iter::once("tessera").chain(args.iter().copied()))?;
+    tessera_server::control::run(cli.command, &std::sync::atomic::AtomicBool::new(false))
+}
+
+#[test]
+fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
+    let _one = crate::fault::node_processes();
+    let work = tempfile::tempdir().expect("work dir");
+    let nodes: Vec<NodeProc> = (1..=4).map(|id| NodeProc::start(&launcher(), id, &format!("site-{}", id.min(3)), work.path(), TUNING)).collect();
+    let at = |i: usize| nodes[i].addr.clone();
+    let (a1, a2, a3) = (at(0), at(1), at(2));
+    tessera(&["cluster", "init", "--at", &a1, "--node", &nodes[0].spec(), "--node", &nodes[1].spec(), "--node", &nodes[2].spec()]).expect("init");
+
+    // Registry edits through different nodes; refusals and bad input are errors that say why.
+    tessera(&["cluster", "add-site", "--at", &a2, "site-1", "Plant One"]).expect("add-site");
+    tessera(&["cluster", "assign-motors", "--at", &a3, "site-1", "M1", "M2", "M3"]).expect("assign");
+    tessera(&["cluster", "set-policy", "--at", &a1, "core", "transmission", "deny"]).expect("policy");
+    let hot = "CREATE CONTINUOUS QUERY hot AS SELECT motor_id, window_start, max(temperature_c) AS peak \
+               FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start";
+    tessera(&["query", "register", "--at", &a2, "--actor", "alice", "hot", hot]).expect("register");
+    tessera(&["query", "list", "--at", &a3]).expect("list");
+    let err = tessera(&["query", "register", "--at", &a2, "cold", hot]).unwrap_err().to_string();
+    assert!(err.contains("the statement creates 'hot'"), "{err}");
+    let err = tessera(&["query", "register", "--at", &a2, "cold", "SELECT 1"]).unwrap_err().to_string();
+    assert!(err.starts_with("query cold:"), "{err}");
+
+    // A node with `[control] admin` runs the registered query besides its own rules, and skips
+    // (and reports) a registration its engine cannot run.
+    runtime().block_on(register(&nodes[0], "broken")).expect("a raw registration, bypassing the CLI's check");
+    let registered = tessera_server::control::registered_queries(&a3, Duration::from_secs(10)).expect("registered queries");
+    let mut engine = tessera_server::detect::build_engine(&Default::default()).expect("the default rules");
+    let own = engine.queries().count();
+    let refused = tessera_server::control::add_registered_queries(&mut engine, &registered).expect("added");
+    assert_eq!(engine.queries().count(), own + 1);
+    assert!(engine.queries().any(|q| q.name == "hot"));
+    assert_eq!(refused.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["broken"], "{refused:?}");
+    let err = tessera(&["cluster", "set-policy", "--at", &a1, "secret", "use", "deny"]).unwrap_err().to_string();
+    assert!(err.contains("grade: unknown data grade 'secret'"), "{err}");
+    let err = tessera(&["query", "drop", "--at", &a1, "cold"]).unwrap_err().to_string();
+    assert!(err.contains("refused by the registry") && err.contains("no query named 'cold'"), "{err}");
+    let err = tessera(&["cluster", "assign-motors", "--at", &a1, "site-9", "M4"]).unwrap_err().to_string();
+    assert!(err.contains("site site-9 does not exist"), "{err}");
+    let err = tessera(&["cluster", "add-node", "--at", &a1, "4-site-1"]).unwrap_err().to_string();
+    assert!(err.contains("ID=SITE@HOST:PORT"), "{err}");
+
+    // Node 4 joins (learner, then voter), then leaves.
+    tessera(&["cluster", "add-node", "--at", &a2, &nodes[3].spec()]).expect("add-node");
+    tessera(&["cluster", "status", "--at", &at(3)]).expect("status");
+    runtime().block_on(async {
+        let status = nodes[3].client().await.status(pb::StatusRequest {}).await.expect("status").into_inner();
+        let voters: Vec<u64> = status.voters.iter().map(|n| n.id).collect();
+        assert_eq!(voters, [1, 2, 3, 4], "{status:?}");
+        let queries = query_names(&nodes[3]).await.expect("list on the new node");
+        assert_eq!(queries, ["broken", "hot"]);
+    });
+    tessera(&["cluster", "remove-node", "--at", &a3, "4"]).expect("remove-node");
+    tessera(&["cluster", "sites", "--at", &a1]).expect("sites");
+    tessera(&["cluster", "audit", "--at", &a1]).expect("audit");
+    runtime().block_on(async {
+        let status = nodes[0].client().await.status(pb::StatusRequest {}).await.expect("status").into_inner();
+        assert_eq!(status.voters.iter().map(|n| n.id).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(status.learners.is_empty(), "{status:?}");
+        let sites = nodes[0].client().await.list_sites(pb::ListSitesRequest {}).await.expect("sites").into_inner().sites;
+        let one = sites.iter().find(|s| s.site == "site-1").expect("site-1");
+        assert_eq!((one.name.as_str(), one.motors, one.nodes.as_slice()), ("Plant One", 3, &[1u64][..]));
+        let audit = nodes[0].client().await.list_audit(pb::ListAuditRequest { from_index: 0, limit: 0 }).await.expect("audit");
+        let entries = audit.into_inner().entries;
+        let hot = entries.iter().find(|e| e.action == "register query hot").expect("audited");
+        assert_eq!(hot.actor, "alice");
+        assert!(entries.iter().any(|e| e.action == "drop query cold" && e.rejected == "no query named 'cold'"), "{entries:?}");
+        assert!(entries.iter().any(|e| e.action == "remove node 4"), "{entries:?}");
+    });
+}

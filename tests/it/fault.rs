@@ -70,6 +70,7 @@ fn node_config(brokers: &str, state_dir: &Path) -> NodeConfig {
             ..Default::default()
         },
         state: StateConfig { dir: Some(state_dir.to_path_buf()), interval: Duration::from_millis(300), keep: 3 },
+        ..Default::default()
     }
 }
 

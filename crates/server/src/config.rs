@@ -25,6 +25,26 @@ pub struct NodeConfig {
     pub detect: DetectConfig,
     /// Checkpoints of the detection state.
     pub state: StateConfig,
+    /// The control plane this node takes cluster-wide queries from.
+    pub control: ControlConfig,
+}
+
+/// The `[control]` section: where the cluster's control plane answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// `host:port` of any control-plane node; unset: this node runs only its own `[detect]`
+    /// queries.
+    pub admin: Option<String>,
+    /// How long to wait for the control plane at start.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self { admin: None, timeout: Duration::from_secs(10) }
+    }
 }
 
 /// The `[state]` section: where and how often the node checkpoints its windows, anomaly
@@ -80,7 +100,12 @@ impl NodeConfig {
         tessera_core::SiteId::new(self.site_id.clone()).context("config: site_id")?;
         self.ingest.validate().map_err(|e| anyhow::anyhow!("config: ingest.{}", e.to_string().trim_start_matches("invalid ingest config: ")))?;
         self.detect.validate().map_err(|e| anyhow::anyhow!("config: {e}"))?;
-        self.state.validate().map_err(|e| anyhow::anyhow!("config: {e}"))
+        self.state.validate().map_err(|e| anyhow::anyhow!("config: {e}"))?;
+        anyhow::ensure!(!self.control.timeout.is_zero(), "config: control.timeout must be longer than 0");
+        if let Some(admin) = &self.control.admin {
+            anyhow::ensure!(admin.contains(':'), "config: control.admin: '{admin}' is not host:port");
+        }
+        Ok(())
     }
 }
 

@@ -218,7 +218,8 @@ pub enum ClusterCommand {
 #[derive(Subcommand, Debug)]
 #[allow(missing_docs)] // variant fields are documented by their flags' help
 pub enum QueryCommand {
-    /// Register (or replace) a continuous query cluster-wide.
+    /// Register (or replace) a continuous query cluster-wide: every node configured with
+    /// `[control] admin` runs it (read at the node's start).
     Register {
         #[command(flatten)]
         admin: AdminArgs,
@@ -239,6 +240,46 @@ pub enum QueryCommand {
         /// Its name.
         name: String,
     },
+}
+
+/// The continuous queries registered cluster-wide, as `(name, sql)`, read linearizably from the
+/// control-plane node at `admin`.
+pub fn registered_queries(admin: &str, timeout: Duration) -> Result<Vec<(String, String)>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let args = AdminArgs { at: admin.to_string(), actor: None, timeout };
+        let reply = args.client().await?.list_queries(pb::ListQueriesRequest {}).await.map_err(|s| status_error(admin, s))?;
+        Ok(reply.into_inner().queries.into_iter().map(|q| (q.name, q.sql)).collect())
+    })
+}
+
+/// Adds the cluster's registered queries to `engine` (a query the node already runs under
+/// the same name wins: a site may override a cluster-wide rule). A registered query that does
+/// not parse or plan here is not run; it is returned with the reason, so that one bad
+/// registration cannot stop every node of the cluster.
+pub fn add_registered_queries(engine: &mut tessera_stream::StreamEngine, registered: &[(String, String)]) -> Result<Vec<(String, String)>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let mut refused = Vec::new();
+    for (name, sql) in registered {
+        if engine.queries().any(|q| &q.name == name) {
+            continue;
+        }
+        if let Err(e) = check_query(name, sql) {
+            refused.push((name.clone(), e.to_string()));
+            continue;
+        }
+        if let Err(e) = runtime.block_on(engine.register(sql)) {
+            refused.push((name.clone(), e.to_string()));
+        }
+    }
+    Ok(refused)
+}
+
+/// Checks that `sql` is a `CREATE CONTINUOUS QUERY` named `name`, before it is registered.
+pub fn check_query(name: &str, sql: &str) -> Result<()> {
+    let def = tessera_stream::grammar::parse(sql).map_err(|e| anyhow!("query {name}: {e}"))?;
+    anyhow::ensure!(def.name == name, "query {name}: the statement creates '{}'; register it under that name", def.name);
+    Ok(())
 }
 
 /// Parses `ID=SITE@HOST:PORT`.
@@ -275,6 +316,11 @@ fn print_membership(m: &pb::MembershipResponse) {
         }
     };
     println!("voters: {}\nlearners: {}\nmembership at log index {}", list(&m.voters), list(&m.learners), m.log_index);
+}
+
+/// Milliseconds since the epoch as an RFC 3339 UTC time.
+fn utc(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
 }
 
 fn opt(v: Option<u64>) -> String {
@@ -365,7 +411,7 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             let reply = admin.client().await?.list_audit(req).await.map_err(|s| status_error(&admin.at, s))?;
             for e in reply.into_inner().entries {
                 let outcome = if e.rejected.is_empty() { "done".to_string() } else { format!("refused: {}", e.rejected) };
-                println!("{:>8}  {}  {:<12} {} — {outcome}", e.index, e.at_ms, e.actor, e.action);
+                println!("{:>8}  {}  {:<12} {} — {outcome}", e.index, utc(e.at_ms), e.actor, e.action);
             }
         }
         ClusterCommand::Partition { admin, blocked } => {
@@ -380,6 +426,7 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
 async fn query(command: QueryCommand) -> Result<()> {
     match command {
         QueryCommand::Register { admin, name, sql } => {
+            check_query(&name, &sql)?;
             let req = pb::RegisterQueryRequest { name: name.clone(), sql, actor: admin.actor() };
             let reply = admin.client().await?.register_query(req).await.map_err(|s| status_error(&admin.at, s))?;
             written(&format!("query {name}"), reply.into_inner())?;
@@ -391,7 +438,7 @@ async fn query(command: QueryCommand) -> Result<()> {
                 println!("no queries registered");
             }
             for q in queries {
-                println!("{} (version {}, by {} at {}): {}", q.name, q.version, q.registered_by, q.registered_at_ms, q.sql);
+                println!("{} (version {}, by {} at {}): {}", q.name, q.version, q.registered_by, utc(q.registered_at_ms), q.sql);
             }
         }
         QueryCommand::Drop { admin, name } => {

@@ -1,5 +1,6 @@
 //! One running node: the ingest feeding the detection stage, checkpointed per Kafka partition
-//! when the config names a state directory.
+//! when the config names a state directory, running its `[detect]` queries and, with
+//! `[control] admin` set, the queries registered cluster-wide.
 //!
 //! With a state directory (shared by the site's nodes, see [`crate::partition_state`]), each
 //! partition the consumer group assigns to this node starts at its newest valid checkpoint's
@@ -32,7 +33,15 @@ impl Node {
     /// checkpointed per partition if a state directory is configured.
     pub fn start(config: &NodeConfig) -> Result<Node> {
         config.validate()?;
-        let engine = build_engine(&config.detect)?;
+        let mut engine = build_engine(&config.detect)?;
+        if let Some(admin) = &config.control.admin {
+            let registered = crate::control::registered_queries(admin, config.control.timeout)
+                .with_context(|| format!("reading the cluster's queries from control.admin {admin}"))?;
+            for (name, why) in crate::control::add_registered_queries(&mut engine, &registered)? {
+                tracing::error!(query = %name, %why, "a query registered cluster-wide is not run on this node");
+            }
+            tracing::info!(registered = registered.len(), %admin, "cluster-wide queries read");
+        }
         let (tx, rx) = sync_channel(64);
         let (ingest, checkpointed) = match &config.state.dir {
             None => (Ingest::start(config.ingest.clone(), tx), false),
