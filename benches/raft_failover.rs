@@ -123,7 +123,7 @@ fn main() {
             }
         }
 
-        println!("control plane, 3 node processes on loopback (heartbeat 100 ms, election timeout 400–800 ms)");
+        println!("control plane, 3 node processes on loopback (heartbeat 100 ms, election timeout 300–500 ms)");
         println!("{}", summary("failover: SIGKILL → new leader", elected));
         println!("{}", summary("failover: SIGKILL → write committed", first_write));
         println!("{}", summary("write latency (sequential)", latencies));

@@ -40,9 +40,9 @@ const TUNING: &[&str] = &[
     "--heartbeat-ms",
     "100",
     "--election-timeout-min-ms",
-    "400",
+    "300",
     "--election-timeout-max-ms",
-    "800",
+    "500",
     "--write-timeout-ms",
     "3000",
 ];
@@ -299,7 +299,9 @@ fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
         let queries = query_names(&nodes[3]).await.expect("list on the new node");
         assert_eq!(queries, ["broken", "hot"]);
     });
-    tessera(&["cluster", "remove-node", "--at", &a3, "4"]).expect("remove-node");
+    let err = tessera(&["cluster", "remove-node", "--at", &a3, "1"]).unwrap_err().to_string();
+    assert!(err.contains("node 1 is the last voter of site site-1"), "{err}");
+    tessera(&["cluster", "remove-node", "--at", &a3, "4"]).expect("remove-node (site-3 keeps node 3)");
     tessera(&["cluster", "sites", "--at", &a1]).expect("sites");
     tessera(&["cluster", "audit", "--at", &a1]).expect("audit");
     runtime().block_on(async {

@@ -42,6 +42,9 @@ pub struct RaftSettings {
     #[serde(default = "defaults::heartbeat_ms")]
     pub heartbeat_ms: u64,
     /// A follower that hears no leader for a random time in `[min, max)` starts an election.
+    /// Followers refuse votes while the last leader's lease (`max` since its last heartbeat)
+    /// lasts, so a failover takes about `max` plus one more timeout: 0.6–1 s with the defaults.
+    /// Between sites with slow links, raise both (and `heartbeat_ms`).
     #[serde(default = "defaults::election_timeout_min_ms")]
     pub election_timeout_min_ms: u64,
     /// See `election_timeout_min_ms`.
@@ -67,10 +70,10 @@ mod defaults {
         100
     }
     pub(super) fn election_timeout_min_ms() -> u64 {
-        400
+        300
     }
     pub(super) fn election_timeout_max_ms() -> u64 {
-        800
+        500
     }
     pub(super) fn snapshot_every_entries() -> u64 {
         5000

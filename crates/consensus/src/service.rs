@@ -348,6 +348,22 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         }
         let ids = BTreeSet::from([req.id]);
         let is_voter = s.raft.voter_ids().any(|v| v == req.id);
+        if is_voter {
+            // Every site keeps a vote: a site whose last voter left would depend on the others
+            // for its own metadata writes.
+            let metrics = s.raft.metrics().borrow_watched().clone();
+            let membership = metrics.membership_config.membership();
+            let site_of = |id: &NodeId| membership.get_node(id).map(|m| m.site.clone());
+            let site = site_of(&req.id);
+            let voters_there = membership.voter_ids().filter(|v| site_of(v) == site).count();
+            if voters_there <= 1 {
+                return Err(Status::failed_precondition(format!(
+                    "node {} is the last voter of site {}; add another voter there first",
+                    req.id,
+                    site.unwrap_or_default()
+                )));
+            }
+        }
         let change = if is_voter { ChangeMembers::RemoveVoters(ids) } else { ChangeMembers::RemoveNodes(ids) };
         s.raft.change_membership(change, false).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
         s.write(removal, false).await?;

@@ -57,10 +57,10 @@ pub struct ControlNodeArgs {
     #[arg(long, default_value_t = 100)]
     pub heartbeat_ms: u64,
     /// Election timeout range, ms (lower bound).
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 300)]
     pub election_timeout_min_ms: u64,
     /// Election timeout range, ms (upper bound).
-    #[arg(long, default_value_t = 800)]
+    #[arg(long, default_value_t = 500)]
     pub election_timeout_max_ms: u64,
     /// Take a snapshot (and purge the log before it) every this many entries.
     #[arg(long, default_value_t = 5000)]
