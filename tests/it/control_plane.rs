@@ -293,9 +293,16 @@ fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
     tessera(&["cluster", "add-node", "--at", &a2, &nodes[3].spec()]).expect("add-node");
     tessera(&["cluster", "status", "--at", &at(3)]).expect("status");
     runtime().block_on(async {
-        let status = nodes[3].client().await.status(pb::StatusRequest {}).await.expect("status").into_inner();
-        let voters: Vec<u64> = status.voters.iter().map(|n| n.id).collect();
-        assert_eq!(voters, [1, 2, 3, 4], "{status:?}");
+        // The new node learns the final membership from the leader's next append.
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = nodes[3].client().await.status(pb::StatusRequest {}).await.expect("status").into_inner();
+            if status.voters.iter().map(|n| n.id).eq([1, 2, 3, 4]) {
+                break;
+            }
+            assert!(Instant::now() < until, "node 4 is not a voter: {status:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let queries = query_names(&nodes[3]).await.expect("list on the new node");
         assert_eq!(queries, ["broken", "hot"]);
     });
@@ -305,9 +312,15 @@ fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
     tessera(&["cluster", "sites", "--at", &a1]).expect("sites");
     tessera(&["cluster", "audit", "--at", &a1]).expect("audit");
     runtime().block_on(async {
-        let status = nodes[0].client().await.status(pb::StatusRequest {}).await.expect("status").into_inner();
-        assert_eq!(status.voters.iter().map(|n| n.id).collect::<Vec<_>>(), [1, 2, 3]);
-        assert!(status.learners.is_empty(), "{status:?}");
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = nodes[0].client().await.status(pb::StatusRequest {}).await.expect("status").into_inner();
+            if status.voters.iter().map(|n| n.id).eq([1, 2, 3]) && status.learners.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < until, "node 4 is still a member: {status:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let sites = nodes[0].client().await.list_sites(pb::ListSitesRequest {}).await.expect("sites").into_inner().sites;
         let one = sites.iter().find(|s| s.site == "site-1").expect("site-1");
         assert_eq!((one.name.as_str(), one.motors, one.nodes.as_slice()), ("Plant One", 3, &[1u64][..]));
