@@ -338,3 +338,111 @@ fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
         assert!(entries.iter().any(|e| e.action == "remove node 4"), "{entries:?}");
     });
 }
+
+/// A query registered while two sites' ingest nodes run starts on both without a restart, each
+/// running it on the readings of its own site; dropped, it stops on both. A registration whose
+/// statement does not create the query it is registered under is skipped; the nodes go on.
+#[test]
+fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site() {
+    use tessera_core::{Channel, MotorId, Reading, SiteId};
+    use tessera_server::config::{ControlConfig, NodeConfig};
+    use tessera_server::node::Node;
+
+    let _one = crate::fault::node_processes();
+    crate::init_logging();
+    let work = tempfile::tempdir().expect("work dir");
+    let nodes = runtime().block_on(start_cluster(&launcher(), 3, work.path(), TUNING));
+    let (kafka, brokers) = crate::embedded_kafka(1, 1);
+    let sites = [("site-a", "telemetry-a"), ("site-b", "telemetry-b")];
+    let running: Vec<Node> = sites
+        .iter()
+        .enumerate()
+        .map(|(i, (site, topic))| {
+            kafka.create_topic(topic, 2).expect("topic");
+            let base = "CREATE CONTINUOUS QUERY base AS SELECT motor_id, window_start, avg(current_a) AS a \
+                        FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start";
+            let config = NodeConfig {
+                site_id: site.to_string(),
+                ingest: crate::ingest_config(&brokers, site, topic, "dead-letters"),
+                detect: tessera_server::detect::DetectConfig { queries: vec![base.into()], idle_timeout: Duration::from_secs(3600), ..Default::default() },
+                control: ControlConfig { admin: Some(nodes[i].addr.clone()), poll: Duration::from_millis(100), ..Default::default() },
+                ..Default::default()
+            };
+            Node::start(&config).expect("the node starts")
+        })
+        .collect();
+    let wait_for = |what: &str, done: &dyn Fn(&Node) -> bool| {
+        let until = Instant::now() + Duration::from_secs(30);
+        for node in &running {
+            while !done(node) {
+                assert!(Instant::now() < until, "{what}: {:?}", node.detect_stats());
+                assert!(!node.failed(), "a node stopped");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    let running_query = |name: &'static str| move |n: &Node| n.detect_stats().queries.iter().any(|q| q == name);
+
+    // Each site's motors, 1 reading/s; phase 1 is t0..t0+60 s, phase 2 the next minute.
+    let t0 = (tessera_server::producer::now_ms() - 300_000).div_euclid(10_000) * 10_000;
+    let send = |site: &str, topic: &str, from_s: i64, to_s: i64| {
+        let p = tessera_suite::producer(&brokers, topic, tessera_server::producer::WireFormat::Protobuf).expect("producer");
+        let mut readings = Vec::new();
+        for s in from_s..to_s {
+            for m in 0..4 {
+                let mut r = Reading {
+                    motor_id: MotorId::new(format!("{site}-m{m}")).expect("id"),
+                    site_id: SiteId::new(site).expect("id"),
+                    event_time_ms: t0 + s * 1000,
+                    sequence: s as u64,
+                    channels: [None; 7],
+                    extra: Default::default(),
+                };
+                r.set(Channel::CurrentA, Some(10.0 + m as f64));
+                readings.push(r);
+            }
+        }
+        p.send_readings(&readings).expect("send");
+        p.flush(Duration::from_secs(10)).expect("flush");
+    };
+    let taken_in = |n: &Node| n.detect_stats().engine.windows.first().map_or(0, |(_, w)| w.rows_in);
+
+    let hot = "CREATE CONTINUOUS QUERY hot AS SELECT motor_id, window_start, max(current_a) AS peak \
+               FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start";
+    tessera(&["query", "register", "--at", &nodes[2].addr, "hot", hot]).expect("register");
+    wait_for("hot starts on every node", &running_query("hot"));
+    runtime().block_on(register(&nodes[2], "broken")).expect("a registration the nodes cannot run");
+    for (site, topic) in sites {
+        send(site, topic, 0, 60);
+    }
+    wait_for("phase 1 taken in", &|n| taken_in(n) >= 240);
+    tessera(&["query", "drop", "--at", &nodes[1].addr, "hot"]).expect("drop");
+    wait_for("hot stops on every node", &|n| !running_query("hot")(n));
+    for (site, topic) in sites {
+        send(site, topic, 60, 120);
+    }
+    wait_for("phase 2 taken in", &|n| taken_in(n) >= 480);
+
+    let rt = runtime();
+    for (node, (site, _)) in running.into_iter().zip(sites) {
+        let stats = node.detect_stats();
+        assert_eq!(stats.queries, ["base"], "{site}");
+        assert_eq!(stats.query_changes, 2, "{site}: hot registered, then dropped; broken skipped: {stats:?}");
+        let (_, engine) = node.stop().expect("the node stops");
+        let sql = "SELECT query, min(motor_id) AS first_motor, max(motor_id) AS last_motor, count(DISTINCT motor_id) AS motors, \
+                   CAST(max(window_start) AS BIGINT) AS last_window FROM motor_windows GROUP BY query ORDER BY query";
+        let batches = rt.block_on(engine.sql(sql)).expect("sql");
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).expect("text").to_string();
+        let b = &batches[0];
+        let column = |i: usize| b.column(i).clone();
+        let strings = |i: usize| column(i).as_any().downcast_ref::<arrow_array::StringArray>().expect("strings").iter().map(|s| s.unwrap_or_default().to_string()).collect::<Vec<_>>();
+        let ints = |i: usize| column(i).as_any().downcast_ref::<arrow_array::Int64Array>().expect("ints").values().to_vec();
+        assert_eq!(strings(0), ["base", "hot"], "{site}:\n{text}");
+        assert_eq!(strings(1), [format!("{site}-m0"), format!("{site}-m0")], "{site}: its own motors only:\n{text}");
+        assert_eq!(strings(2), [format!("{site}-m3"), format!("{site}-m3")], "{site}:\n{text}");
+        assert_eq!(ints(3), [4, 4], "{site}:\n{text}");
+        let last = ints(4);
+        assert!(last[0] >= t0 + 60_000, "{site}: base ran on phase 2:\n{text}");
+        assert!(last[1] < t0 + 60_000, "{site}: hot ran on phase 1 only:\n{text}");
+    }
+}

@@ -36,14 +36,18 @@ pub struct ControlConfig {
     /// `host:port` of any control-plane node; unset: this node runs only its own `[detect]`
     /// queries.
     pub admin: Option<String>,
-    /// How long to wait for the control plane at start.
+    /// How long to wait for the control plane at start (and for each later read).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How often a running node reads the registered queries again, to start the ones
+    /// registered and stop the ones dropped since.
+    #[serde(with = "humantime_serde")]
+    pub poll: Duration,
 }
 
 impl Default for ControlConfig {
     fn default() -> Self {
-        Self { admin: None, timeout: Duration::from_secs(10) }
+        Self { admin: None, timeout: Duration::from_secs(10), poll: Duration::from_secs(2) }
     }
 }
 
@@ -102,6 +106,7 @@ impl NodeConfig {
         self.detect.validate().map_err(|e| anyhow::anyhow!("config: {e}"))?;
         self.state.validate().map_err(|e| anyhow::anyhow!("config: {e}"))?;
         anyhow::ensure!(!self.control.timeout.is_zero(), "config: control.timeout must be longer than 0");
+        anyhow::ensure!(self.control.poll >= Duration::from_millis(100), "config: control.poll must be at least 100ms");
         if let Some(admin) = &self.control.admin {
             anyhow::ensure!(admin.contains(':'), "config: control.admin: '{admin}' is not host:port");
         }

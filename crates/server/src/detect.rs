@@ -23,13 +23,17 @@
 //! alert ids (see ARCHITECTURE.md, "Effectively-once alerts"). A failed checkpoint write stops
 //! the stage with the error.
 //!
+//! The set of queries can change while the stage runs ([`Detect::query_changes`]): the
+//! detection thread adds or drops a query between two steps, each on a window operator of its
+//! own (see [`StreamEngine::register_standalone`]), so a checkpoint never holds half a change.
+//!
 //! Alerts go to `alerts_topic` as JSON keyed by motor id (schema in `tessera_stream::alerts`);
 //! late readings go to `late_topic` as reading JSON with the header `tessera.late.for` naming
 //! the window they missed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -191,6 +195,29 @@ pub struct DetectStats {
     pub failed_runs: u64,
     /// Batches taken from the ingest.
     pub batches: u64,
+    /// The queries running now, by name (sorted).
+    pub queries: Vec<String>,
+    /// Query changes applied while running (registered or dropped).
+    pub query_changes: u64,
+    /// Query changes refused (the query does not plan here), with why.
+    pub query_changes_refused: Vec<String>,
+}
+
+/// A change to the queries a running stage runs, applied between two steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryChange {
+    /// Start running a `CREATE CONTINUOUS QUERY` statement, on windows of its own.
+    Register {
+        /// The query's name (as its statement says).
+        name: String,
+        /// The statement.
+        sql: String,
+    },
+    /// Stop running a query and drop its state.
+    Drop {
+        /// The query's name.
+        name: String,
+    },
 }
 
 /// A running detection stage.
@@ -198,6 +225,7 @@ pub struct Detect {
     stop: Arc<AtomicBool>,
     end_of_input: Arc<AtomicBool>,
     stats: Arc<Mutex<DetectStats>>,
+    changes: Sender<QueryChange>,
     thread: Option<JoinHandle<Result<StreamEngine>>>,
 }
 
@@ -244,7 +272,10 @@ impl Detect {
         let producer = Arc::new(producer);
         let stop = Arc::new(AtomicBool::new(false));
         let end_of_input = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(Mutex::new(DetectStats::default()));
+        let mut queries: Vec<String> = engine.queries().map(|q| q.name.clone()).collect();
+        queries.sort();
+        let stats = Arc::new(Mutex::new(DetectStats { queries, ..Default::default() }));
+        let (changes, change_queue) = std::sync::mpsc::channel();
         let writer = match checkpointed {
             true => {
                 // One job queued while another is written: a slow disk holds up the detection
@@ -269,15 +300,22 @@ impl Detect {
             motor_partition: HashMap::new(),
             held: Vec::new(),
             batches_since_checkpoint: 0,
+            changes: change_queue,
         };
         let thread = std::thread::Builder::new().name("tessera-detect".into()).spawn(move || worker.run(batches))?;
-        Ok(Self { stop, end_of_input, stats, thread: Some(thread) })
+        Ok(Self { stop, end_of_input, stats, changes, thread: Some(thread) })
     }
 
     /// True once the stage's thread has ended (after a stop, or on an error such as a failed
     /// checkpoint write; [`Detect::stop`] returns it).
     pub fn is_finished(&self) -> bool {
         self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Where to send changes to the running queries; the detection thread applies each one
+    /// between two steps, and [`DetectStats::queries`] then shows it.
+    pub fn query_changes(&self) -> Sender<QueryChange> {
+        self.changes.clone()
     }
 
     /// Counters so far.
@@ -326,6 +364,8 @@ struct Worker {
     /// Acknowledgements held until a checkpoint covers their batches.
     held: Vec<BatchAck>,
     batches_since_checkpoint: u64,
+    /// Changes to the running queries, applied between steps.
+    changes: Receiver<QueryChange>,
 }
 
 impl Worker {
@@ -362,6 +402,7 @@ impl Worker {
             }
             let out = rt.block_on(self.engine.tick(now_ms()))?;
             self.publish(out)?;
+            self.apply_query_changes(&rt);
             if let Ok(mut s) = self.stats.lock() {
                 s.engine = self.engine.stats();
             }
@@ -376,6 +417,53 @@ impl Worker {
         self.stop_writer()?;
         self.producer.flush(Duration::from_secs(30)).context("flushing alerts and late readings")?;
         Ok(self.engine)
+    }
+
+    /// Applies the queued changes to the running queries. A change that cannot be applied is
+    /// logged and counted, not fatal: one bad query must not stop the stage.
+    fn apply_query_changes(&mut self, rt: &tokio::runtime::Runtime) {
+        let mut applied = false;
+        while let Ok(change) = self.changes.try_recv() {
+            let result = match &change {
+                QueryChange::Register { name, sql } => self.register_standalone(rt, name, sql),
+                QueryChange::Drop { name } if !self.engine.queries().any(|q| q.name == *name) => {
+                    // Never ran here (refused when registered): nothing to stop.
+                    tracing::debug!(query = %name, "dropping a query that is not running");
+                    continue;
+                }
+                QueryChange::Drop { name } => self.engine.unregister(name).map(|_| ()).map_err(|e| anyhow::anyhow!("query {name}: {e}")),
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!(change = ?change, "running queries changed");
+                    applied = true;
+                    if let Ok(mut s) = self.stats.lock() {
+                        s.query_changes += 1;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "a change to the running queries was refused");
+                    if let Ok(mut s) = self.stats.lock() {
+                        s.query_changes_refused.push(e.to_string());
+                    }
+                }
+            }
+        }
+        if applied && let Ok(mut s) = self.stats.lock() {
+            let mut names: Vec<String> = self.engine.queries().map(|q| q.name.clone()).collect();
+            names.sort();
+            s.queries = names;
+        }
+    }
+
+    /// Registers `sql` on windows of its own, if it creates the query `name`.
+    fn register_standalone(&mut self, rt: &tokio::runtime::Runtime, name: &str, sql: &str) -> Result<()> {
+        let created = rt.block_on(self.engine.register_standalone(sql)).map_err(|e| anyhow::anyhow!("query {name}: {e}"))?.name.clone();
+        if created != name {
+            self.engine.unregister(&created)?;
+            anyhow::bail!("query {name}: the statement creates '{created}'");
+        }
+        Ok(())
     }
 
     /// Lets the checkpoint writer finish the jobs it has, and returns its error if it failed.

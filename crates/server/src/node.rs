@@ -1,6 +1,7 @@
 //! One running node: the ingest feeding the detection stage, checkpointed per Kafka partition
 //! when the config names a state directory, running its `[detect]` queries and, with
-//! `[control] admin` set, the queries registered cluster-wide.
+//! `[control] admin` set, the queries registered cluster-wide (read at start, then kept in step
+//! while running by a [`QueryWatcher`]).
 //!
 //! With a state directory (shared by the site's nodes, see [`crate::partition_state`]), each
 //! partition the consumer group assigns to this node starts at its newest valid checkpoint's
@@ -11,6 +12,7 @@
 //! with new messages at each one before acknowledging, and on revoke hands the partition over
 //! (see [`crate::detect`]).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::mpsc::sync_channel;
 
@@ -19,6 +21,7 @@ use tessera_ingest::{Ingest, IngestStats};
 use tessera_stream::StreamEngine;
 
 use crate::config::NodeConfig;
+use crate::control::QueryWatcher;
 use crate::detect::{Detect, DetectStats, build_engine};
 use crate::partition_state::PartitionCheckpoints;
 
@@ -26,6 +29,8 @@ use crate::partition_state::PartitionCheckpoints;
 pub struct Node {
     ingest: Ingest,
     detect: Detect,
+    /// Keeps the cluster-wide queries in step with the control plane (`[control] admin`).
+    watcher: Option<QueryWatcher>,
 }
 
 impl Node {
@@ -34,8 +39,10 @@ impl Node {
     pub fn start(config: &NodeConfig) -> Result<Node> {
         config.validate()?;
         let mut engine = build_engine(&config.detect)?;
+        let local: BTreeSet<String> = engine.queries().map(|q| q.name.clone()).collect();
+        let mut registered = Vec::new();
         if let Some(admin) = &config.control.admin {
-            let registered = crate::control::registered_queries(admin, config.control.timeout)
+            registered = crate::control::registered_queries(admin, config.control.timeout)
                 .with_context(|| format!("reading the cluster's queries from control.admin {admin}"))?;
             for (name, why) in crate::control::add_registered_queries(&mut engine, &registered)? {
                 tracing::error!(query = %name, %why, "a query registered cluster-wide is not run on this node");
@@ -54,7 +61,14 @@ impl Node {
         };
         let ingest = ingest.context("starting the ingest")?;
         let detect = Detect::start_checkpointed(engine, &config.detect, &config.ingest.brokers, rx, checkpointed)?;
-        Ok(Node { ingest, detect })
+        let watcher = match &config.control.admin {
+            Some(admin) => {
+                let running = registered.into_iter().filter(|(name, _)| !local.contains(name)).collect();
+                Some(QueryWatcher::start(&config.control, admin, local, running, detect.query_changes())?)
+            }
+            None => None,
+        };
+        Ok(Node { ingest, detect, watcher })
     }
 
     /// The ingest's counters.
@@ -76,6 +90,7 @@ impl Node {
     /// committed), then the detection stage ends. Returns the ingest's counters and the
     /// engine; if the detection stage failed, its error (the root cause) comes first.
     pub fn stop(self) -> Result<(IngestStats, StreamEngine)> {
+        drop(self.watcher);
         let ingest = self.ingest.stop();
         let engine = self.detect.stop();
         match (ingest, engine) {

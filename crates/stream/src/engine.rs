@@ -188,13 +188,16 @@ struct Stage {
     /// a later one (made for a query that needs outputs an already running stage lacks) started
     /// with fresher watermarks, so what is late for it is late for the first one too.
     reports_late: bool,
+    /// A stage made for one query alone ([`StreamEngine::register_standalone`]): no other
+    /// query joins it, so the query can come and go without touching other queries' state.
+    standalone: bool,
 }
 
 impl Stage {
     /// True if `query` can run on this stage's windows: the stage has seen no reading yet (its
     /// outputs can still grow), or it already produces what the query reads.
     fn accepts(&self, query: &ContinuousQuery) -> bool {
-        if query.def().window != self.op.spec() {
+        if self.standalone || query.def().window != self.op.spec() {
             return false;
         }
         if !self.op.has_input() {
@@ -272,17 +275,53 @@ impl StreamEngine {
     /// Registers a `CREATE CONTINUOUS QUERY` statement; errors name the query and carry
     /// DataFusion's message.
     pub async fn register(&mut self, sql: &str) -> Result<&QueryDef, StreamError> {
+        self.register_in(sql, false).await
+    }
+
+    /// Registers a query on a window operator of its own, which no other query joins: the
+    /// query can be added to a running engine and dropped again ([`Self::unregister`]) without
+    /// changing any other query's windows or checkpointed state. It costs a window operator
+    /// per query; the cluster-wide queries of the control plane are registered this way.
+    pub async fn register_standalone(&mut self, sql: &str) -> Result<&QueryDef, StreamError> {
+        self.register_in(sql, true).await
+    }
+
+    /// Drops a registered query with its anomaly and alert state (open alerts are forgotten,
+    /// not closed); its stage goes with it if no other query uses it. Rows it wrote to the
+    /// tables stay. Returns the dropped query's definition.
+    pub fn unregister(&mut self, name: &str) -> Result<QueryDef, StreamError> {
+        let (stage, index) = self
+            .stages
+            .iter()
+            .enumerate()
+            .find_map(|(s, stage)| stage.queries.iter().position(|q| q.query.def().name == name).map(|i| (s, i)))
+            .ok_or_else(|| StreamError::Unknown(name.to_string()))?;
+        let removed = self.stages[stage].queries.remove(index);
+        if self.stages[stage].queries.is_empty() {
+            let gone = self.stages.remove(stage);
+            // Another stage of the same windows takes over reporting late readings.
+            if gone.reports_late
+                && let Some(next) = self.stages.iter_mut().find(|s| s.op.spec() == gone.op.spec())
+            {
+                next.reports_late = true;
+            }
+        }
+        Ok(removed.query.def().clone())
+    }
+
+    async fn register_in(&mut self, sql: &str, standalone: bool) -> Result<&QueryDef, StreamError> {
         let query = ContinuousQuery::register(sql).await?;
         let def = query.def().clone();
         if self.queries().any(|q| q.name == def.name) {
             return Err(StreamError::Duplicate(def.name));
         }
         let tracker = def.alerts.map(|o| AlertTracker::new(&def.name, o));
-        let stage = match self.stages.iter().position(|s| s.accepts(&query)) {
+        let joins = if standalone { None } else { self.stages.iter().position(|s| s.accepts(&query)) };
+        let stage = match joins {
             Some(i) => i,
             None => {
                 let reports_late = !self.stages.iter().any(|s| s.op.spec() == def.window);
-                self.stages.push(Stage { op: WindowOperator::new(def.window, self.config.watermark), queries: Vec::new(), reports_late });
+                self.stages.push(Stage { op: WindowOperator::new(def.window, self.config.watermark), queries: Vec::new(), reports_late, standalone });
                 self.stages.len() - 1
             }
         };
@@ -1029,5 +1068,45 @@ mod tests {
             assert!(p.lines().count() > 100, "{p}");
             assert_eq!(p, r, "{window}");
         }
+    }
+
+    /// A query added to a running engine on a stage of its own, then dropped, leaves the other
+    /// queries exactly as if it had never been there (same state, so same checkpoint); while it
+    /// runs it sees the windows that close after it was added.
+    #[tokio::test]
+    async fn a_standalone_query_comes_and_goes_without_touching_the_others() {
+        let all = readings();
+        let third = all.num_rows() / 3;
+        let mut alone = engine_with(&[QUERY.to_string()]).await;
+        let mut with_guest = engine_with(&[QUERY.to_string()]).await;
+        let guest = QUERY.replace("QUERY q ", "QUERY guest ");
+        for (i, engine) in [&mut alone, &mut with_guest].into_iter().enumerate() {
+            engine.push(&all.slice(0, third), 0).await.unwrap();
+            if i == 1 {
+                engine.register_standalone(&guest).await.unwrap();
+                assert_eq!(engine.stages.len(), 2, "the guest has its own stage, though the first could take it");
+            }
+            engine.push(&all.slice(third, third), 0).await.unwrap();
+            if i == 1 {
+                assert_eq!(engine.unregister("guest").unwrap().name, "guest");
+                assert_eq!(engine.stages.len(), 1);
+                assert!(matches!(engine.unregister("guest"), Err(StreamError::Unknown(_))));
+            }
+            engine.push(&all.slice(2 * third, all.num_rows() - 2 * third), 0).await.unwrap();
+        }
+        assert_eq!(alone.state_digest().unwrap().checksum, with_guest.state_digest().unwrap().checksum);
+        let rows = |name: &'static str| {
+            let e = &with_guest;
+            async move {
+                let sql = format!("SELECT CAST(min(window_start) AS BIGINT) AS first, count(*) AS n FROM motor_windows WHERE query = '{name}'");
+                let b = e.sql(&sql).await.unwrap();
+                let first = b[0].column(0).as_any().downcast_ref::<Int64Array>().map(|a| a.value(0));
+                (first, b[0].column(1).as_any().downcast_ref::<Int64Array>().unwrap().value(0))
+            }
+        };
+        let (q_first, q_rows) = rows("q").await;
+        let (g_first, g_rows) = rows("guest").await;
+        assert!(g_rows > 0 && g_rows < q_rows / 2, "the guest ran on the middle third only: {g_rows} of {q_rows}");
+        assert!(g_first > q_first, "{g_first:?} {q_first:?}");
     }
 }

@@ -17,6 +17,9 @@ pub enum StreamError {
     /// A query with this name is already registered.
     #[error("a continuous query named {0} is already registered")]
     Duplicate(String),
+    /// No continuous query has this name.
+    #[error("no continuous query named {0} is registered")]
+    Unknown(String),
     /// A batch or a query output has the wrong columns.
     #[error("schema: {0}")]
     Schema(String),
