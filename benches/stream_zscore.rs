@@ -106,7 +106,7 @@ fn stage(args: &Args) -> Result<()> {
     println!("stage: {rows} readings in {} batches of {} rows", batches.len(), args.batch_rows);
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     for round in 0..args.rounds {
-        let config = StreamConfig { watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 1_000 }, table_rows: 1_000_000 };
+        let config = StreamConfig { watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 1_000 }, table_rows: 1_000_000, telemetry_rows: 0 };
         let mut engine = StreamEngine::new(config);
         rt.block_on(engine.register(QUERY))?;
         let started = Instant::now();

@@ -2,10 +2,11 @@
 # Installs what Tessera needs on a Debian/Ubuntu machine, and nothing when it is all there.
 #   scripts/setup.sh               system packages for building (C toolchain for librdkafka)
 #   scripts/setup.sh --with-broker also the Tansu Kafka broker used by end-to-end tests
-#                                  (cargo install, ~15 min the first time)
+#                                  (cargo install, ~15 min the first time), and the Python
+#                                  venv of the third-party Flight SQL clients (ADBC, pyarrow)
 set -euo pipefail
 
-packages=(build-essential pkg-config zlib1g-dev python3)
+packages=(build-essential pkg-config zlib1g-dev python3 python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,5 +31,14 @@ if [[ "${1:-}" == "--with-broker" ]]; then
     # Its own target dir, so that it never shares (or invalidates) the project's build.
     CARGO_TARGET_DIR="${TMPDIR:-/tmp}/tansu-build" \
       cargo install tansu --version "${tansu_version}" --locked --features dynostore,libsql
+  fi
+
+  # Third-party Flight SQL clients for the SQL tests, in a venv outside the clone.
+  venv="${TESSERA_VENV:-$HOME/.cache/tessera/venv}"
+  clients=(adbc-driver-flightsql==1.* adbc-driver-manager==1.* pyarrow)
+  if ! "$venv/bin/python" -c "import adbc_driver_flightsql.dbapi, pyarrow.flight" 2>/dev/null; then
+    echo "setup: creating the Python venv of the Flight SQL clients in $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "${clients[@]}"
   fi
 fi

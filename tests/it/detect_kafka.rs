@@ -90,7 +90,7 @@ fn alerts_and_late_readings_reach_their_topics() {
         let b = rt.block_on(engine.sql(sql)).expect("sql");
         b[0].column(0).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().expect("count").value(0)
     };
-    assert_eq!(count("SELECT count(*) FROM late_readings WHERE motor_id = 'M1'"), 1);
+    assert_eq!(count("SELECT count(*) FROM late_events WHERE motor_id = 'M1'"), 1);
     assert_eq!(count("SELECT count(*) FROM alerts"), 2);
     assert_eq!(count("SELECT count(*) FROM motor_windows WHERE query = 'vib'"), 9, "windows 0–8 closed; the newest is still open");
     drop(kafka);

@@ -720,7 +720,7 @@ fn event_time_chaos_is_quarantined_and_clean_motors_are_unaffected() {
 
 /// Late readings the first stage reported.
 fn late_count(engine: &tessera_stream::StreamEngine, rt: &tokio::runtime::Runtime) -> u64 {
-    let batches = rt.block_on(engine.sql("SELECT count(*) AS n FROM late_readings WHERE late_for LIKE 'tumble%'")).unwrap();
+    let batches = rt.block_on(engine.sql("SELECT count(*) AS n FROM late_events WHERE late_for LIKE 'tumble%'")).unwrap();
     batches[0].column(0).as_any().downcast_ref::<arrow_array::Int64Array>().map_or(0, |a| a.value(0)) as u64
 }
 

@@ -8,7 +8,7 @@
 //! - `PUSH AT <now ms> (<columns>) VALUES (...), ...;` feeds readings that arrive at `now`
 //!   (columns by telemetry name; `ts` in epoch ms)
 //! - `TICK AT <now ms>;` advances processing time (idle timeouts)
-//! - anything else is SQL over the engine's tables (`alerts`, `motor_windows`, `late_readings`)
+//! - anything else is SQL over the engine's tables (`alerts`, `motor_windows`, `late_events`)
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -61,7 +61,7 @@ fn describe_step(out: &StepOutput, transcript: &mut String) {
 }
 
 async fn run_script(script: &str) -> String {
-    let mut config = StreamConfig { watermark: WatermarkPolicy { allowed_lateness_ms: 0, idle_timeout_ms: 60_000 }, table_rows: 100_000 };
+    let mut config = StreamConfig { watermark: WatermarkPolicy { allowed_lateness_ms: 0, idle_timeout_ms: 60_000 }, table_rows: 100_000, telemetry_rows: 0 };
     let mut engine: Option<StreamEngine> = None;
     let scratch = SessionContext::new();
     let mut transcript = String::new();

@@ -13,6 +13,7 @@ mod ingest_stop;
 mod detect_kafka;
 mod eval_detection;
 mod fault;
+mod flight_sql;
 mod golden;
 mod replay_skab;
 mod tidy;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tessera_ingest::IngestConfig;
 
 use crate::detect::DetectConfig;
+use crate::sql::SqlConfig;
 
 /// A node's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -27,6 +28,8 @@ pub struct NodeConfig {
     pub state: StateConfig,
     /// The control plane this node takes cluster-wide queries from.
     pub control: ControlConfig,
+    /// The Flight SQL endpoint.
+    pub sql: SqlConfig,
 }
 
 /// The `[control]` section: where the cluster's control plane answers.
@@ -110,6 +113,7 @@ impl NodeConfig {
         if let Some(admin) = &self.control.admin {
             anyhow::ensure!(admin.contains(':'), "config: control.admin: '{admin}' is not host:port");
         }
+        self.sql.validate().map_err(|e| anyhow::anyhow!("config: {e}"))?;
         Ok(())
     }
 }

@@ -39,7 +39,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use arrow_array::RecordBatch;
+use arrow_array::{RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
@@ -73,6 +74,8 @@ pub struct DetectConfig {
     pub dead_letter_topic: String,
     /// Rows kept in each queryable table.
     pub table_rows: usize,
+    /// Raw readings kept for the `telemetry` table (the newest; 0: none).
+    pub telemetry_rows: usize,
 }
 
 impl Default for DetectConfig {
@@ -85,6 +88,7 @@ impl Default for DetectConfig {
             late_topic: "tessera-late".into(),
             dead_letter_topic: "tessera-detect-dead-letter".into(),
             table_rows: 1_000_000,
+            telemetry_rows: 100_000,
         }
     }
 }
@@ -112,6 +116,7 @@ impl DetectConfig {
                 idle_timeout_ms: self.idle_timeout.as_millis() as i64,
             },
             table_rows: self.table_rows,
+            telemetry_rows: self.telemetry_rows,
         }
     }
 }
@@ -203,6 +208,32 @@ pub struct DetectStats {
     pub query_changes_refused: Vec<String>,
 }
 
+/// The queries a node runs now, as the `continuous_queries` table shows them.
+#[derive(Debug, Clone, Default)]
+pub struct RunningQueries(Arc<Mutex<Vec<(String, String, String)>>>);
+
+impl RunningQueries {
+    /// Sets the list from the engine's registered queries.
+    pub fn update(&self, engine: &StreamEngine) {
+        let rows = engine.queries().map(|q| (q.name.clone(), tessera_stream::engine::describe(&q.window), q.text.clone())).collect();
+        if let Ok(mut list) = self.0.lock() {
+            *list = rows;
+        }
+    }
+
+    /// The table's schema: name, window, sql.
+    pub fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, false), Field::new("window", DataType::Utf8, false), Field::new("sql", DataType::Utf8, false)]))
+    }
+
+    /// The table's rows now.
+    pub fn rows(&self) -> Vec<RecordBatch> {
+        let rows = self.0.lock().map(|l| l.clone()).unwrap_or_default();
+        let column = |f: fn(&(String, String, String)) -> &str| Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as _;
+        RecordBatch::try_new(Self::schema(), vec![column(|r| &r.0), column(|r| &r.1), column(|r| &r.2)]).map(|b| vec![b]).unwrap_or_default()
+    }
+}
+
 /// A change to the queries a running stage runs, applied between two steps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueryChange {
@@ -226,6 +257,7 @@ pub struct Detect {
     end_of_input: Arc<AtomicBool>,
     stats: Arc<Mutex<DetectStats>>,
     changes: Sender<QueryChange>,
+    running: RunningQueries,
     thread: Option<JoinHandle<Result<StreamEngine>>>,
 }
 
@@ -276,6 +308,8 @@ impl Detect {
         queries.sort();
         let stats = Arc::new(Mutex::new(DetectStats { queries, ..Default::default() }));
         let (changes, change_queue) = std::sync::mpsc::channel();
+        let running = RunningQueries::default();
+        running.update(&engine);
         let writer = match checkpointed {
             true => {
                 // One job queued while another is written: a slow disk holds up the detection
@@ -301,9 +335,10 @@ impl Detect {
             held: Vec::new(),
             batches_since_checkpoint: 0,
             changes: change_queue,
+            running: running.clone(),
         };
         let thread = std::thread::Builder::new().name("tessera-detect".into()).spawn(move || worker.run(batches))?;
-        Ok(Self { stop, end_of_input, stats, changes, thread: Some(thread) })
+        Ok(Self { stop, end_of_input, stats, changes, running, thread: Some(thread) })
     }
 
     /// True once the stage's thread has ended (after a stop, or on an error such as a failed
@@ -316,6 +351,11 @@ impl Detect {
     /// between two steps, and [`DetectStats::queries`] then shows it.
     pub fn query_changes(&self) -> Sender<QueryChange> {
         self.changes.clone()
+    }
+
+    /// The queries the stage runs now (kept current as they change).
+    pub fn running_queries(&self) -> RunningQueries {
+        self.running.clone()
     }
 
     /// Counters so far.
@@ -366,6 +406,7 @@ struct Worker {
     batches_since_checkpoint: u64,
     /// Changes to the running queries, applied between steps.
     changes: Receiver<QueryChange>,
+    running: RunningQueries,
 }
 
 impl Worker {
@@ -448,6 +489,9 @@ impl Worker {
                     }
                 }
             }
+        }
+        if applied {
+            self.running.update(&self.engine);
         }
         if applied && let Ok(mut s) = self.stats.lock() {
             let mut names: Vec<String> = self.engine.queries().map(|q| q.name.clone()).collect();

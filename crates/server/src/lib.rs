@@ -1,7 +1,7 @@
 //! The `tessera` binary's library: configuration, the simulator, CSV replay, the telemetry
 //! producer, topic creation, the embedded Kafka, the detection stage, a node (ingest +
-//! detection + per-partition checkpoints), the control-plane commands, the evaluation and the
-//! demo. `main.rs` only parses the command line.
+//! detection + per-partition checkpoints + SQL endpoint), the control-plane commands, the SQL
+//! endpoint, the evaluation and the demo. `main.rs` only parses the command line.
 #![deny(missing_docs)]
 
 pub mod bad_input;
@@ -18,4 +18,5 @@ pub mod producer;
 pub mod replay;
 pub mod rules;
 pub mod simulate;
+pub mod sql;
 pub mod topics;

@@ -43,6 +43,15 @@ enum Command {
         #[arg(long)]
         brokers: Option<String>,
     },
+    /// Run one SQL query against a node's Flight SQL endpoint and print the result.
+    Sql(tessera_server::sql::SqlArgs),
+    /// Hash a secret read from stdin for the `[sql]` config: an Argon2id `password_hash` for
+    /// `[[sql.users]]`, or the `sha256` of a bearer token for `[[sql.tokens]]`.
+    HashSecret {
+        /// `password` or `token`.
+        #[arg(value_parser = ["password", "token"])]
+        kind: String,
+    },
     /// Publish a simulated fleet's telemetry to Kafka, with injected faults and ground truth.
     Simulate {
         #[command(flatten)]
@@ -337,6 +346,17 @@ fn main() -> Result<()> {
             }
         }
         Command::Control(command) => control::run(command, &stop)?,
+        Command::Sql(args) => print!("{}", tessera_server::sql::query_table(&args)?),
+        Command::HashSecret { kind } => {
+            let mut secret = String::new();
+            std::io::stdin().read_line(&mut secret).context("reading the secret from stdin")?;
+            let secret = secret.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!secret.is_empty(), "no secret on stdin");
+            match kind.as_str() {
+                "password" => println!("{}", tessera_sql::auth::hash_password(secret)?),
+                _ => println!("{}", tessera_sql::auth::hash_token(secret)),
+            }
+        }
     }
     Ok(())
 }

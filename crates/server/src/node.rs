@@ -1,7 +1,8 @@
 //! One running node: the ingest feeding the detection stage, checkpointed per Kafka partition
 //! when the config names a state directory, running its `[detect]` queries and, with
 //! `[control] admin` set, the queries registered cluster-wide (read at start, then kept in step
-//! while running by a [`QueryWatcher`]).
+//! while running by a [`QueryWatcher`]), and with `[sql] listen` set, serving its tables over
+//! Flight SQL (see [`crate::sql`]).
 //!
 //! With a state directory (shared by the site's nodes, see [`crate::partition_state`]), each
 //! partition the consumer group assigns to this node starts at its newest valid checkpoint's
@@ -22,6 +23,7 @@ use tessera_stream::StreamEngine;
 
 use crate::config::NodeConfig;
 use crate::control::QueryWatcher;
+use crate::sql::SqlEndpoint;
 use crate::detect::{Detect, DetectStats, build_engine};
 use crate::partition_state::PartitionCheckpoints;
 
@@ -31,6 +33,8 @@ pub struct Node {
     detect: Detect,
     /// Keeps the cluster-wide queries in step with the control plane (`[control] admin`).
     watcher: Option<QueryWatcher>,
+    /// The Flight SQL endpoint (`[sql] listen`).
+    sql: Option<SqlEndpoint>,
 }
 
 impl Node {
@@ -60,7 +64,15 @@ impl Node {
             }
         };
         let ingest = ingest.context("starting the ingest")?;
+        let shared_tables = engine.shared_tables();
         let detect = Detect::start_checkpointed(engine, &config.detect, &config.ingest.brokers, rx, checkpointed)?;
+        let sql = match config.sql.listen {
+            Some(listen) => {
+                let tables = crate::sql::served_tables(shared_tables, &detect.running_queries());
+                Some(SqlEndpoint::start(&config.sql, listen, &config.site_id, tables)?)
+            }
+            None => None,
+        };
         let watcher = match &config.control.admin {
             Some(admin) => {
                 let running = registered.into_iter().filter(|(name, _)| !local.contains(name)).collect();
@@ -68,7 +80,12 @@ impl Node {
             }
             None => None,
         };
-        Ok(Node { ingest, detect, watcher })
+        Ok(Node { ingest, detect, watcher, sql })
+    }
+
+    /// Where the Flight SQL endpoint listens, if it runs.
+    pub fn sql_addr(&self) -> Option<std::net::SocketAddr> {
+        self.sql.as_ref().map(SqlEndpoint::addr)
     }
 
     /// The ingest's counters.
@@ -91,6 +108,7 @@ impl Node {
     /// engine; if the detection stage failed, its error (the root cause) comes first.
     pub fn stop(self) -> Result<(IngestStats, StreamEngine)> {
         drop(self.watcher);
+        drop(self.sql);
         let ingest = self.ingest.stop();
         let engine = self.detect.stop();
         match (ingest, engine) {

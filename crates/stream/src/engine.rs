@@ -34,11 +34,13 @@ pub struct StreamConfig {
     pub watermark: WatermarkPolicy,
     /// Rows each queryable table keeps (newest first to stay).
     pub table_rows: usize,
+    /// Raw readings the `telemetry` table keeps (the newest; 0: none).
+    pub telemetry_rows: usize,
 }
 
 impl Default for StreamConfig {
     fn default() -> Self {
-        Self { watermark: WatermarkPolicy { allowed_lateness_ms: 2_000, idle_timeout_ms: 30_000 }, table_rows: 1_000_000 }
+        Self { watermark: WatermarkPolicy { allowed_lateness_ms: 2_000, idle_timeout_ms: 30_000 }, table_rows: 1_000_000, telemetry_rows: 100_000 }
     }
 }
 
@@ -47,7 +49,7 @@ impl Default for StreamConfig {
 pub struct StepOutput {
     /// Alert events, in order.
     pub alerts: Vec<AlertEvent>,
-    /// Late readings, in the `late_readings` schema.
+    /// Late readings, in the `late_events` schema.
     pub late: Vec<RecordBatch>,
     /// Windows closed.
     pub windows_closed: usize,
@@ -231,6 +233,8 @@ pub struct StreamEngine {
     alerts: Arc<BoundedTable>,
     motor_windows: Arc<BoundedTable>,
     late: Arc<BoundedTable>,
+    /// The newest raw readings (`telemetry_rows` of them).
+    telemetry: Arc<BoundedTable>,
     query_errors: u64,
     query_rows: u64,
     alert_events: u64,
@@ -242,7 +246,7 @@ impl std::fmt::Debug for StreamEngine {
     }
 }
 
-/// Schema of the `late_readings` table: the telemetry columns and the window spec the reading
+/// Schema of the `late_events` table: the telemetry columns and the window spec the reading
 /// was late for.
 pub fn late_schema() -> SchemaRef {
     let mut fields: Vec<Field> = telemetry_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
@@ -268,8 +272,10 @@ impl StreamEngine {
         let late = BoundedTable::new(late_schema(), config.table_rows);
         tables.register_table("alerts", alerts.clone()).expect("fresh context");
         tables.register_table("motor_windows", motor_windows.clone()).expect("fresh context");
-        tables.register_table("late_readings", late.clone()).expect("fresh context");
-        Self { config, stages: Vec::new(), tables, alerts, motor_windows, late, query_errors: 0, query_rows: 0, alert_events: 0 }
+        tables.register_table("late_events", late.clone()).expect("fresh context");
+        let telemetry = BoundedTable::new(telemetry_schema(), config.telemetry_rows);
+        tables.register_table("telemetry", telemetry.clone()).expect("fresh context");
+        Self { config, stages: Vec::new(), tables, alerts, motor_windows, late, telemetry, query_errors: 0, query_rows: 0, alert_events: 0 }
     }
 
     /// Registers a `CREATE CONTINUOUS QUERY` statement; errors name the query and carry
@@ -341,6 +347,9 @@ impl StreamEngine {
     /// Feeds a telemetry batch that arrived at `now_ms`; runs the queries on the windows it
     /// closes.
     pub async fn push(&mut self, batch: &RecordBatch, now_ms: i64) -> Result<StepOutput, StreamError> {
+        if self.config.telemetry_rows > 0 {
+            self.telemetry.append(batch.clone());
+        }
         let mut out = StepOutput::default();
         for i in 0..self.stages.len() {
             let closed = self.stages[i].op.push(batch, now_ms)?;
@@ -506,7 +515,18 @@ impl StreamEngine {
         Ok((report, state.counters))
     }
 
-    /// Runs SQL over the engine's tables: `alerts`, `motor_windows`, `late_readings`.
+    /// The engine's queryable tables, shared (not copied) for serving elsewhere: `alerts`,
+    /// `motor_windows`, `late_events`, and `telemetry` (the newest raw readings).
+    pub fn shared_tables(&self) -> Vec<(&'static str, Arc<dyn datafusion::catalog::TableProvider>)> {
+        vec![
+            ("alerts", self.alerts.clone()),
+            ("motor_windows", self.motor_windows.clone()),
+            ("late_events", self.late.clone()),
+            ("telemetry", self.telemetry.clone()),
+        ]
+    }
+
+    /// Runs SQL over the engine's tables: `alerts`, `motor_windows`, `late_events`, `telemetry`.
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>, StreamError> {
         let df = self.tables.sql(sql).await.map_err(StreamError::Query)?;
         df.collect().await.map_err(StreamError::Query)
@@ -753,6 +773,7 @@ mod tests {
         let mut engine = StreamEngine::new(StreamConfig {
             watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 3_600_000 },
             table_rows: 100_000,
+            telemetry_rows: 0,
         });
         engine.register(QUERY).await.unwrap();
         let all = readings();
@@ -944,7 +965,7 @@ mod tests {
     }
 
     fn engine() -> StreamEngine {
-        StreamEngine::new(StreamConfig { watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 3_600_000 }, table_rows: 100_000 })
+        StreamEngine::new(StreamConfig { watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 3_600_000 }, table_rows: 100_000, telemetry_rows: 0 })
     }
 
     #[tokio::test]

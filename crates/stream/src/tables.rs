@@ -1,5 +1,5 @@
 //! Bounded in-memory tables the engine writes and users query: `alerts`, `motor_windows` and
-//! `late_readings` (and, replaced before each run, a continuous query's window relation). Each keeps its newest rows up to a row limit; older batches are dropped
+//! `late_events` (and, replaced before each run, a continuous query's window relation). Each keeps its newest rows up to a row limit; older batches are dropped
 //! whole (the Kafka topics are the durable record).
 
 use std::collections::VecDeque;

@@ -1,0 +1,233 @@
+//! The node's SQL endpoint (Arrow Flight SQL, see `tessera_sql`): the `[sql]` config, the
+//! tables a node serves, and the endpoint's own thread and runtime.
+//!
+//! A node serves its engine's tables (`alerts`, `motor_windows`, `late_events`, and the raw
+//! `telemetry` of its own site, readable only by that site's operators and admins) and
+//! `continuous_queries` (what it runs now), and `query_audit` (every query asked of it, run or
+//! refused; admins only).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use datafusion::arrow::array::{RecordBatch, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::catalog::TableProvider;
+use tessera_stream::tables::BoundedTable;
+use serde::{Deserialize, Serialize};
+use tessera_sql::{AuditSink, Authenticator, Catalog, ConfigUsers, FlightSqlEndpoint, LogAudit, QueryAudit, ServedTable, SnapshotTable, TableKind, TokenConfig, UserConfig};
+
+use crate::detect::RunningQueries;
+
+/// The `[sql]` section: where the Flight SQL endpoint listens and who may use it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqlConfig {
+    /// Where the endpoint listens (e.g. `0.0.0.0:50051`); unset: no endpoint.
+    pub listen: Option<SocketAddr>,
+    /// Users (`[[sql.users]]`): name, Argon2id `password_hash`, role, site.
+    pub users: Vec<UserConfig>,
+    /// Long-lived bearer tokens (`[[sql.tokens]]`): hex SHA-256 and the user they act as.
+    pub tokens: Vec<TokenConfig>,
+    /// How long a token from the handshake stays valid.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Entries the `query_audit` table keeps (the newest).
+    pub audit_rows: usize,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        Self { listen: None, users: Vec::new(), tokens: Vec::new(), session_ttl: Duration::from_secs(8 * 3600), audit_rows: 100_000 }
+    }
+}
+
+impl SqlConfig {
+    /// Checks the users and tokens (hashes parse, operators name a site); errors name the entry.
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(!self.session_ttl.is_zero(), "sql.session_ttl must be longer than 0");
+        anyhow::ensure!(self.audit_rows > 0, "sql.audit_rows must be positive");
+        if self.listen.is_some() {
+            anyhow::ensure!(!self.users.is_empty(), "sql.users: the endpoint needs at least one user");
+        }
+        ConfigUsers::new(&self.users, &self.tokens)?;
+        Ok(())
+    }
+}
+
+/// The tables a node serves over SQL: its engine's `shared` tables and the queries it runs.
+pub fn served_tables(shared: Vec<(&'static str, Arc<dyn TableProvider>)>, running: &RunningQueries) -> Vec<ServedTable> {
+    let mut tables: Vec<ServedTable> = shared
+        .into_iter()
+        .map(|(name, provider)| ServedTable { name: name.to_string(), provider, kind: if name == "telemetry" { TableKind::Raw } else { TableKind::Derived } })
+        .collect();
+    let list = running.clone();
+    tables.push(ServedTable { name: "continuous_queries".into(), provider: SnapshotTable::new(RunningQueries::schema(), move || list.rows()), kind: TableKind::Derived });
+    tables
+}
+
+/// The node's query audit: every query asked of its endpoint (run or refused, with why), in
+/// the admin-only `query_audit` table (the newest `rows`) and as `tessera::audit` log events.
+pub struct QueryAuditTable {
+    table: Arc<BoundedTable>,
+}
+
+impl QueryAuditTable {
+    /// Keeps the newest `rows` entries.
+    pub fn new(rows: usize) -> Arc<Self> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("at", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+            Field::new("user", DataType::Utf8, false),
+            Field::new("role", DataType::Utf8, false),
+            Field::new("sql", DataType::Utf8, false),
+            Field::new("refused", DataType::Utf8, true),
+        ]));
+        Arc::new(Self { table: BoundedTable::new(schema, rows) })
+    }
+
+    /// The table to serve.
+    pub fn served(&self) -> ServedTable {
+        ServedTable { name: "query_audit".into(), provider: self.table.clone(), kind: TableKind::Audit }
+    }
+}
+
+impl AuditSink for QueryAuditTable {
+    fn record(&self, audit: QueryAudit) {
+        let row = RecordBatch::try_new(
+            self.table.schema(),
+            vec![
+                Arc::new(TimestampMillisecondArray::from(vec![crate::producer::now_ms()]).with_timezone("UTC")),
+                Arc::new(StringArray::from(vec![audit.user.clone()])),
+                Arc::new(StringArray::from(vec![audit.role])),
+                Arc::new(StringArray::from(vec![audit.sql.clone()])),
+                Arc::new(StringArray::from(vec![audit.refused.clone()])),
+            ],
+        );
+        match row {
+            Ok(row) => self.table.append(row),
+            Err(e) => tracing::error!(error = %e, "query audit row"),
+        }
+        LogAudit.record(audit);
+    }
+}
+
+/// A running Flight SQL endpoint.
+pub struct SqlEndpoint {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+impl SqlEndpoint {
+    /// Binds `listen` and serves `tables` of `site` on a thread of its own, with the
+    /// `query_audit` table of what it was asked.
+    pub fn start(config: &SqlConfig, listen: SocketAddr, site: &str, mut tables: Vec<ServedTable>) -> Result<Self> {
+        let users = ConfigUsers::new(&config.users, &config.tokens)?;
+        let auth = Arc::new(Authenticator::new(Box::new(users), config.session_ttl));
+        let audit = QueryAuditTable::new(config.audit_rows);
+        tables.push(audit.served());
+        let endpoint = FlightSqlEndpoint::new(Arc::new(Catalog::new(site, tables)), auth, audit)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("tessera-sql").enable_all().build()?;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(listen)).with_context(|| format!("sql.listen {listen}: cannot bind"))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("tessera-sql".into()).spawn(move || {
+            runtime.block_on(async move {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                tonic::transport::Server::builder()
+                    .add_service(endpoint.into_service())
+                    .serve_with_incoming_shutdown(incoming, async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .context("the SQL endpoint failed")
+            })
+        })?;
+        tracing::info!(%addr, "Flight SQL endpoint listening");
+        Ok(Self { addr, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for SqlEndpoint {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            match thread.join() {
+                Ok(Err(e)) => tracing::error!(error = %e, "SQL endpoint"),
+                Err(_) => tracing::error!("the SQL endpoint thread panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+}
+
+/// `tessera sql "…"`: one query against a Flight SQL endpoint, printed as a table.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SqlArgs {
+    /// The SQL query.
+    pub query: String,
+    /// The endpoint, host:port.
+    #[arg(long, env = "TESSERA_SQL", default_value = "127.0.0.1:50051")]
+    pub at: String,
+    /// User name (with `--password`), for the handshake.
+    #[arg(long, env = "TESSERA_SQL_USER")]
+    pub user: Option<String>,
+    /// Password of `--user`.
+    #[arg(long, env = "TESSERA_SQL_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// A bearer token instead of user and password.
+    #[arg(long, env = "TESSERA_SQL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Runs `args.query` and returns its result as a text table. The server's refusal comes back
+/// as an error carrying its gRPC code and message.
+pub fn query_table(args: &SqlArgs) -> Result<String> {
+    use arrow_flight::sql::client::FlightSqlServiceClient;
+    use futures::TryStreamExt as _;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.at))
+            .with_context(|| format!("--at {}: not a host:port", args.at))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(args.timeout)
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the SQL endpoint at {}", args.at))?;
+        let mut client = FlightSqlServiceClient::new(channel);
+        match (&args.token, &args.user, &args.password) {
+            (Some(token), _, _) => client.set_token(token.clone()),
+            (None, Some(user), Some(password)) => {
+                client.handshake(user, password).await.map_err(|e| anyhow::anyhow!("{}: {}", args.at, flight_message(e)))?;
+            }
+            _ => anyhow::bail!("give --token, or --user and --password (or TESSERA_SQL_TOKEN / TESSERA_SQL_USER and TESSERA_SQL_PASSWORD)"),
+        }
+        let info = client.execute(args.query.clone(), None).await.map_err(|e| anyhow::anyhow!("{}", flight_message(e)))?;
+        let mut batches = Vec::new();
+        for endpoint in info.endpoint {
+            let ticket = endpoint.ticket.context("the server sent an endpoint without a ticket")?;
+            let stream = client.do_get(ticket).await.map_err(|e| anyhow::anyhow!("{}", flight_message(e)))?;
+            batches.extend(stream.try_collect::<Vec<_>>().await.map_err(|e| anyhow::anyhow!("{}", flight_message(e)))?);
+        }
+        Ok(datafusion::arrow::util::pretty::pretty_format_batches(&batches)?.to_string())
+    })
+}
+
+/// The server's words out of a client error: a gRPC status's code and message.
+fn flight_message(e: arrow_flight::error::FlightError) -> String {
+    match e {
+        arrow_flight::error::FlightError::Tonic(status) => format!("{:?}: {}", status.code(), status.message()),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,301 @@
+//! Who is asking: users and roles, Basic credentials checked against Argon2id hashes, and the
+//! bearer tokens the handshake hands out.
+//!
+//! Users come from config for now ([`ConfigUsers`]); the endpoint only sees the
+//! [`IdentityProvider`] trait, which an OIDC provider can implement later. No secret is kept
+//! in clear: passwords are Argon2id PHC strings, and tokens (issued or configured) are kept as
+//! SHA-256 digests, compared in constant time by looking the digest up.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::SqlError;
+
+/// What a user may see (see ARCHITECTURE.md, "SQL endpoint").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Everything of their own site, raw telemetry included.
+    SiteOperator,
+    /// Windows, alerts and aggregates across sites; no raw telemetry.
+    FleetAnalyst,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// The role's name as written in config, e.g. `fleet-analyst`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::SiteOperator => "site-operator",
+            Role::FleetAnalyst => "fleet-analyst",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user name.
+    pub user: String,
+    /// What they may see.
+    pub role: Role,
+    /// Their site (site operators).
+    pub site: Option<String>,
+}
+
+/// A user of the `[sql]` config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Login name.
+    pub name: String,
+    /// Argon2id PHC string (`tessera sql hash-password` makes one).
+    pub password_hash: String,
+    /// The user's role.
+    pub role: Role,
+    /// The user's site; required for site operators.
+    #[serde(default)]
+    pub site: Option<String>,
+}
+
+/// A long-lived bearer token of the `[sql]` config (for dashboards and services).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Hex SHA-256 of the token (`tessera sql hash-token` makes one).
+    pub sha256: String,
+    /// The user the token acts as.
+    pub user: String,
+}
+
+/// Where identities come from: config now, OIDC later.
+pub trait IdentityProvider: Send + Sync {
+    /// Checks a user name and password.
+    fn password(&self, user: &str, password: &str) -> Result<Identity, SqlError>;
+    /// The identity behind a long-lived bearer token, if it is one.
+    fn token(&self, token: &str) -> Option<Identity>;
+}
+
+/// Users and tokens from config.
+pub struct ConfigUsers {
+    users: HashMap<String, (UserConfig, PasswordHash<'static>)>,
+    tokens: HashMap<[u8; 32], String>,
+}
+
+impl ConfigUsers {
+    /// Checks the config: every hash parses, site operators name their site, tokens name a
+    /// known user. Errors name the entry.
+    pub fn new(users: &[UserConfig], tokens: &[TokenConfig]) -> Result<Self, SqlError> {
+        let mut by_name = HashMap::new();
+        for (i, u) in users.iter().enumerate() {
+            let field = |what: &str| SqlError::Config(format!("sql.users[{i}] ({}): {what}", u.name));
+            if u.name.is_empty() {
+                return Err(field("name must not be empty"));
+            }
+            // Leaked once per configured user, at start: PasswordHash borrows its string.
+            let phc: &'static str = Box::leak(u.password_hash.clone().into_boxed_str());
+            let hash = PasswordHash::new(phc).map_err(|e| field(&format!("password_hash is not a PHC string: {e}")))?;
+            if u.role == Role::SiteOperator && u.site.as_deref().is_none_or(str::is_empty) {
+                return Err(field("a site-operator needs a site"));
+            }
+            if by_name.insert(u.name.clone(), (u.clone(), hash)).is_some() {
+                return Err(field("listed twice"));
+            }
+        }
+        let mut by_digest = HashMap::new();
+        for (i, t) in tokens.iter().enumerate() {
+            let field = |what: &str| SqlError::Config(format!("sql.tokens[{i}]: {what}"));
+            let digest = decode_digest(&t.sha256).ok_or_else(|| field("sha256 must be 64 hex digits"))?;
+            if !by_name.contains_key(&t.user) {
+                return Err(field(&format!("user {} is not in sql.users", t.user)));
+            }
+            by_digest.insert(digest, t.user.clone());
+        }
+        Ok(Self { users: by_name, tokens: by_digest })
+    }
+
+    fn identity(&self, user: &str) -> Option<Identity> {
+        self.users.get(user).map(|(u, _)| Identity { user: u.name.clone(), role: u.role, site: u.site.clone() })
+    }
+}
+
+impl IdentityProvider for ConfigUsers {
+    fn password(&self, user: &str, password: &str) -> Result<Identity, SqlError> {
+        let denied = || SqlError::Unauthenticated("unknown user or wrong password".into());
+        let (_, hash) = self.users.get(user).ok_or_else(denied)?;
+        Argon2::default().verify_password(password.as_bytes(), hash).map_err(|_| denied())?;
+        self.identity(user).ok_or_else(denied)
+    }
+
+    fn token(&self, token: &str) -> Option<Identity> {
+        self.tokens.get(&digest(token)).and_then(|user| self.identity(user))
+    }
+}
+
+/// An Argon2id PHC string for `password`, with a random salt.
+pub fn hash_password(password: &str) -> Result<String, SqlError> {
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| SqlError::Config(e.to_string()))?;
+    Ok(Argon2::default().hash_password(password.as_bytes(), &salt).map_err(|e| SqlError::Config(e.to_string()))?.to_string())
+}
+
+/// Hex SHA-256 of a token, as `sql.tokens` lists it.
+pub fn hash_token(token: &str) -> String {
+    digest(token).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn decode_digest(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Checks callers: Basic credentials at the handshake (which issues a session token), and
+/// bearer tokens (issued or configured) on every other call.
+pub struct Authenticator {
+    provider: Box<dyn IdentityProvider>,
+    sessions: Mutex<HashMap<[u8; 32], (Identity, Instant)>>,
+    session_ttl: Duration,
+}
+
+impl Authenticator {
+    /// Sessions issued by the handshake last `session_ttl`.
+    pub fn new(provider: Box<dyn IdentityProvider>, session_ttl: Duration) -> Self {
+        Self { provider, sessions: Mutex::new(HashMap::new()), session_ttl }
+    }
+
+    /// The handshake: checks `authorization` (`Basic base64(user:password)`, padding optional
+    /// as the ADBC driver omits it) and returns a new session token, or accepts a bearer
+    /// token as is.
+    pub fn handshake(&self, authorization: Option<&str>) -> Result<(String, Identity), SqlError> {
+        let header = authorization.ok_or_else(|| SqlError::Unauthenticated("no authorization header: send Basic credentials".into()))?;
+        if let Some(token) = header.strip_prefix("Bearer ") {
+            let identity = self.bearer(token)?;
+            return Ok((token.to_string(), identity));
+        }
+        let (user, password) = parse_basic(header)?;
+        let identity = self.provider.password(&user, &password)?;
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+        let mut sessions = self.sessions.lock().map_err(|_| SqlError::Internal("session table poisoned".into()))?;
+        let now = Instant::now();
+        sessions.retain(|_, (_, expires)| *expires > now);
+        sessions.insert(digest(&token), (identity.clone(), now + self.session_ttl));
+        Ok((token, identity))
+    }
+
+    /// The identity behind `authorization` (`Bearer <token>`) on a call after the handshake.
+    pub fn check(&self, authorization: Option<&str>) -> Result<Identity, SqlError> {
+        let header = authorization.ok_or_else(|| SqlError::Unauthenticated("no bearer token: authenticate with the handshake first".into()))?;
+        let token = header.strip_prefix("Bearer ").ok_or_else(|| SqlError::Unauthenticated("the authorization header must be 'Bearer <token>'".into()))?;
+        self.bearer(token)
+    }
+
+    fn bearer(&self, token: &str) -> Result<Identity, SqlError> {
+        let key = digest(token);
+        if let Ok(sessions) = self.sessions.lock()
+            && let Some((identity, expires)) = sessions.get(&key)
+        {
+            return match *expires > Instant::now() {
+                true => Ok(identity.clone()),
+                false => Err(SqlError::Unauthenticated("the session token has expired: authenticate again".into())),
+            };
+        }
+        self.provider.token(token).ok_or_else(|| SqlError::Unauthenticated("unknown bearer token".into()))
+    }
+}
+
+/// `Basic base64(user:password)`, base64 with or without padding.
+pub fn parse_basic(header: &str) -> Result<(String, String), SqlError> {
+    let bad = |why: &str| SqlError::Unauthenticated(format!("authorization header: {why}"));
+    let encoded = header.strip_prefix("Basic ").ok_or_else(|| bad("expected 'Basic <base64>' or 'Bearer <token>'"))?;
+    let encoded = encoded.trim().trim_end_matches('=');
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD.decode(encoded).map_err(|_| bad("credentials are not base64"))?;
+    let text = String::from_utf8(bytes).map_err(|_| bad("credentials are not UTF-8"))?;
+    let (user, password) = text.split_once(':').ok_or_else(|| bad("credentials must be user:password"))?;
+    Ok((user.to_string(), password.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users() -> Authenticator {
+        let hash = hash_password("s3cret").unwrap();
+        let users = vec![
+            UserConfig { name: "ana".into(), password_hash: hash.clone(), role: Role::FleetAnalyst, site: None },
+            UserConfig { name: "op".into(), password_hash: hash, role: Role::SiteOperator, site: Some("site-a".into()) },
+        ];
+        let tokens = vec![TokenConfig { sha256: hash_token("grafana-token"), user: "ana".into() }];
+        Authenticator::new(Box::new(ConfigUsers::new(&users, &tokens).unwrap()), Duration::from_secs(60))
+    }
+
+    fn basic(credentials: &str, pad: bool) -> String {
+        let engine = if pad { base64::engine::general_purpose::STANDARD } else { base64::engine::general_purpose::STANDARD_NO_PAD };
+        format!("Basic {}", engine.encode(credentials))
+    }
+
+    #[test]
+    fn basic_credentials_with_or_without_padding_give_a_session_token() {
+        let auth = users();
+        // "op:s3cret" is 9 bytes: base64 with one '=' of padding, which ADBC leaves out.
+        for pad in [true, false] {
+            let (token, who) = auth.handshake(Some(&basic("op:s3cret", pad))).unwrap();
+            assert_eq!((who.user.as_str(), who.role, who.site.as_deref()), ("op", Role::SiteOperator, Some("site-a")));
+            assert_eq!(auth.check(Some(&format!("Bearer {token}"))).unwrap(), who);
+        }
+        let err = auth.handshake(Some(&basic("op:wrong", false))).unwrap_err();
+        assert!(matches!(err, SqlError::Unauthenticated(_)), "{err}");
+        let err = auth.handshake(Some(&basic("nobody:s3cret", false))).unwrap_err();
+        assert_eq!(err.to_string(), "unauthenticated: unknown user or wrong password");
+        assert!(auth.handshake(None).is_err());
+        assert!(auth.check(None).is_err());
+        assert!(auth.check(Some("Bearer made-up")).is_err());
+    }
+
+    #[test]
+    fn configured_tokens_are_accepted_directly_and_kept_hashed() {
+        let auth = users();
+        assert_eq!(auth.check(Some("Bearer grafana-token")).unwrap().user, "ana");
+        assert_eq!(auth.handshake(Some("Bearer grafana-token")).unwrap().0, "grafana-token");
+        assert_eq!(hash_token("grafana-token").len(), 64);
+    }
+
+    #[test]
+    fn sessions_expire() {
+        let hash = hash_password("pw").unwrap();
+        let users = vec![UserConfig { name: "a".into(), password_hash: hash, role: Role::Admin, site: None }];
+        let auth = Authenticator::new(Box::new(ConfigUsers::new(&users, &[]).unwrap()), Duration::ZERO);
+        let (token, _) = auth.handshake(Some(&basic("a:pw", true))).unwrap();
+        let err = auth.check(Some(&format!("Bearer {token}"))).unwrap_err();
+        assert!(err.to_string().contains("expired"), "{err}");
+    }
+
+    #[test]
+    fn config_errors_name_the_entry() {
+        let bad = UserConfig { name: "x".into(), password_hash: "plain".into(), role: Role::Admin, site: None };
+        let err = ConfigUsers::new(&[bad], &[]).err().unwrap().to_string();
+        assert!(err.contains("sql.users[0] (x): password_hash"), "{err}");
+        let op = UserConfig { name: "o".into(), password_hash: hash_password("p").unwrap(), role: Role::SiteOperator, site: None };
+        let err = ConfigUsers::new(&[op], &[]).err().unwrap().to_string();
+        assert!(err.contains("needs a site"), "{err}");
+        let err = ConfigUsers::new(&[], &[TokenConfig { sha256: "ab".into(), user: "x".into() }]).err().unwrap().to_string();
+        assert!(err.contains("sql.tokens[0]: sha256"), "{err}");
+    }
+}

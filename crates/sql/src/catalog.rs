@@ -1,0 +1,164 @@
+//! The tables the endpoint serves and who may read which.
+//!
+//! Every query gets a fresh DataFusion context over the served tables (catalog `tessera`,
+//! schema `public`, plus `information_schema`); DDL, DML and other statements are refused.
+//! Access is decided on the planned query: every table it scans (subqueries included) must be
+//! one the caller's role may read, else the whole query is refused with PermissionDenied.
+//! Raw tables (site-local readings) are readable by admins and by the operators of this site
+//! only; derived tables (windows, alerts, registry) by every role; the audit table by admins.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::execution::context::{SessionConfig, SessionContext, SQLOptions};
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::auth::{Identity, Role};
+use crate::error::SqlError;
+
+/// The catalog name clients see.
+pub const CATALOG: &str = "tessera";
+/// The schema of the served tables.
+pub const SCHEMA: &str = "public";
+
+/// What a table holds, for access decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableKind {
+    /// Site-local raw telemetry: never leaves the site except to its operators and admins.
+    Raw,
+    /// Windows, alerts, queries, registry: readable by every role.
+    Derived,
+    /// Who asked what: admins only.
+    Audit,
+}
+
+/// One served table.
+pub struct ServedTable {
+    /// Its name in `tessera.public`.
+    pub name: String,
+    /// Where its rows come from.
+    pub provider: Arc<dyn TableProvider>,
+    /// Raw or derived.
+    pub kind: TableKind,
+}
+
+/// The served tables of one site's node.
+pub struct Catalog {
+    site: String,
+    tables: Vec<ServedTable>,
+}
+
+impl Catalog {
+    /// The tables of the node at `site`.
+    pub fn new(site: impl Into<String>, tables: Vec<ServedTable>) -> Self {
+        Self { site: site.into(), tables }
+    }
+
+    /// The site this catalog's raw tables belong to.
+    pub fn site(&self) -> &str {
+        &self.site
+    }
+
+    /// The served tables.
+    pub fn tables(&self) -> &[ServedTable] {
+        &self.tables
+    }
+
+    /// A fresh context over the served tables, with `information_schema`.
+    pub fn context(&self) -> Result<SessionContext, SqlError> {
+        let config = SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema(CATALOG, SCHEMA);
+        let ctx = SessionContext::new_with_config(config);
+        for t in &self.tables {
+            ctx.register_table(t.name.as_str(), t.provider.clone()).map_err(SqlError::from_datafusion)?;
+        }
+        Ok(ctx)
+    }
+
+    /// Plans one read-only statement (no DDL, DML or `SET`); errors carry DataFusion's message.
+    pub async fn plan(&self, ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, SqlError> {
+        let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+        let df = ctx.sql_with_options(sql, options).await.map_err(|e| match e.find_root() {
+            datafusion::error::DataFusionError::Plan(m) if m.contains("not supported") && (m.contains("DDL") || m.contains("DML") || m.contains("Statement")) => {
+                SqlError::PermissionDenied(format!("only queries are allowed: {m}"))
+            }
+            _ => SqlError::from_datafusion(e),
+        })?;
+        Ok(df.into_unoptimized_plan())
+    }
+
+    /// Refuses the plan if it scans a table `who` may not read.
+    pub fn check(&self, who: &Identity, plan: &LogicalPlan) -> Result<(), SqlError> {
+        let mut scanned = Vec::new();
+        plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                scanned.push(scan.table_name.table().to_string());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .map_err(SqlError::from_datafusion)?;
+        for name in scanned {
+            let Some(table) = self.tables.iter().find(|t| t.name == name) else { continue };
+            let allowed = match table.kind {
+                TableKind::Raw => self.may_read_raw(who),
+                TableKind::Derived => true,
+                TableKind::Audit => who.role == Role::Admin,
+            };
+            if !allowed {
+                let what = if table.kind == TableKind::Raw { "raw table" } else { "audit table" };
+                return Err(SqlError::PermissionDenied(format!("{} ({}) may not read {what} {name} of site {}", who.user, who.role.name(), self.site)));
+            }
+        }
+        Ok(())
+    }
+
+    fn may_read_raw(&self, who: &Identity) -> bool {
+        match who.role {
+            Role::Admin => true,
+            Role::SiteOperator => who.site.as_deref() == Some(self.site.as_str()),
+            Role::FleetAnalyst => false,
+        }
+    }
+}
+
+/// A table whose rows are taken fresh at each scan from a function (the running queries, the
+/// registry): small, always current.
+pub struct SnapshotTable {
+    schema: SchemaRef,
+    rows: Box<dyn Fn() -> Vec<RecordBatch> + Send + Sync>,
+}
+
+impl SnapshotTable {
+    /// A table of `schema` whose rows `rows` returns at each scan.
+    pub fn new(schema: SchemaRef, rows: impl Fn() -> Vec<RecordBatch> + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Self { schema, rows: Box::new(rows) })
+    }
+}
+
+impl std::fmt::Debug for SnapshotTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotTable").field("schema", &self.schema).finish()
+    }
+}
+
+#[async_trait]
+impl TableProvider for SnapshotTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(&self, _state: &dyn Session, projection: Option<&Vec<usize>>, _filters: &[Expr], _limit: Option<usize>) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        let batches = (self.rows)();
+        Ok(MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), projection.cloned())?)
+    }
+}

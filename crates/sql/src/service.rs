@@ -1,0 +1,372 @@
+//! The Flight SQL service: handshake, statements, prepared statements and metadata, over a
+//! [`Catalog`], every call authenticated and every query audited.
+//!
+//! A statement's ticket carries its SQL text, so any call can be answered without server-side
+//! state; the query is planned and its access checked again when the ticket is redeemed (with
+//! the redeeming caller's identity). Prepared statements are kept per handle (random, 128
+//! bits) with their owner; another caller's handle is unknown to them.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any, CommandGetCatalogs,
+    CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery, CommandStatementQuery,
+    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket};
+use arrow_schema::{Schema, SchemaRef};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::common::ParamValues;
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::LogicalPlan;
+use futures::{Stream, TryStreamExt};
+use prost::Message;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::{Authenticator, Identity};
+use crate::catalog::{CATALOG, Catalog, SCHEMA};
+use crate::error::SqlError;
+
+/// What happened to a query, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryAudit {
+    /// Who asked.
+    pub user: String,
+    /// Their role's name.
+    pub role: &'static str,
+    /// The SQL.
+    pub sql: String,
+    /// `None` if it ran; else why it was refused or failed.
+    pub refused: Option<String>,
+}
+
+/// Where the endpoint writes what it was asked.
+pub trait AuditSink: Send + Sync {
+    /// Records one query (run or refused).
+    fn record(&self, audit: QueryAudit);
+}
+
+/// Logs each query as a `tracing` event (target `tessera::audit`).
+pub struct LogAudit;
+
+impl AuditSink for LogAudit {
+    fn record(&self, a: QueryAudit) {
+        match &a.refused {
+            None => tracing::info!(target: "tessera::audit", user = %a.user, role = a.role, sql = %a.sql, "query"),
+            Some(why) => tracing::warn!(target: "tessera::audit", user = %a.user, role = a.role, sql = %a.sql, refused = %why, "query refused"),
+        }
+    }
+}
+
+struct Prepared {
+    owner: String,
+    sql: String,
+    params: Option<RecordBatch>,
+}
+
+/// The Flight SQL endpoint of one node.
+pub struct FlightSqlEndpoint {
+    catalog: Arc<Catalog>,
+    auth: Arc<Authenticator>,
+    audit: Arc<dyn AuditSink>,
+    sql_info: SqlInfoData,
+    prepared: Mutex<HashMap<Vec<u8>, Prepared>>,
+}
+
+type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
+
+impl FlightSqlEndpoint {
+    /// An endpoint serving `catalog` to the callers `auth` accepts, writing to `audit`.
+    pub fn new(catalog: Arc<Catalog>, auth: Arc<Authenticator>, audit: Arc<dyn AuditSink>) -> Result<Self, SqlError> {
+        let mut info = SqlInfoDataBuilder::new();
+        info.append(SqlInfo::FlightSqlServerName, "Tessera");
+        info.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+        info.append(SqlInfo::FlightSqlServerArrowVersion, "59");
+        info.append(SqlInfo::FlightSqlServerReadOnly, true);
+        info.append(SqlInfo::FlightSqlServerSql, true);
+        info.append(SqlInfo::FlightSqlServerSubstrait, false);
+        info.append(SqlInfo::FlightSqlServerTransaction, 0i32);
+        info.append(SqlInfo::FlightSqlServerCancel, false);
+        info.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+        info.append(SqlInfo::SqlDdlCatalog, false);
+        info.append(SqlInfo::SqlDdlSchema, false);
+        info.append(SqlInfo::SqlDdlTable, false);
+        let sql_info = info.build().map_err(|e| SqlError::Internal(e.to_string()))?;
+        Ok(Self { catalog, auth, audit, sql_info, prepared: Mutex::new(HashMap::new()) })
+    }
+
+    /// The gRPC service to add to a tonic server.
+    pub fn into_service(self) -> arrow_flight::flight_service_server::FlightServiceServer<Self> {
+        arrow_flight::flight_service_server::FlightServiceServer::new(self)
+    }
+
+    fn identity(&self, metadata: &MetadataMap) -> Result<Identity, Status> {
+        let header = metadata.get("authorization").and_then(|v| v.to_str().ok());
+        Ok(self.auth.check(header)?)
+    }
+
+    /// Plans `sql` for `who` and checks access; a refusal is audited here.
+    async fn plan(&self, who: &Identity, sql: &str, params: Option<&RecordBatch>) -> Result<(datafusion::prelude::SessionContext, LogicalPlan), SqlError> {
+        let planned: Result<_, SqlError> = async {
+            let ctx = self.catalog.context()?;
+            let mut plan = self.catalog.plan(&ctx, sql).await?;
+            self.catalog.check(who, &plan)?;
+            if let Some(params) = params {
+                plan = plan.with_param_values(param_values(params)?).map_err(SqlError::from_datafusion)?;
+            }
+            Ok((ctx, plan))
+        }
+        .await;
+        if let Err(e) = &planned {
+            self.audit.record(QueryAudit { user: who.user.clone(), role: who.role.name(), sql: sql.to_string(), refused: Some(e.to_string()) });
+        }
+        planned
+    }
+
+    /// Runs `sql` for `who` and streams the result as Flight data.
+    async fn run(&self, who: &Identity, sql: &str, params: Option<&RecordBatch>) -> Result<Response<DoGetStream>, Status> {
+        let (ctx, plan) = self.plan(who, sql, params).await?;
+        let df = ctx.execute_logical_plan(plan).await.map_err(SqlError::from_datafusion)?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.execute_stream().await.map_err(SqlError::from_datafusion)?;
+        self.audit.record(QueryAudit { user: who.user.clone(), role: who.role.name(), sql: sql.to_string(), refused: None });
+        let batches = batches.map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)));
+        let stream = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    /// The result schema of `sql` for `who` (planned, access checked, not run).
+    async fn schema_of(&self, who: &Identity, sql: &str) -> Result<Schema, SqlError> {
+        let (_, plan) = self.plan(who, sql, None).await?;
+        Ok(plan.schema().as_arrow().clone())
+    }
+
+    fn info(&self, schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {
+        let info = FlightInfo::new()
+            .try_with_schema(schema)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+            .with_descriptor(descriptor);
+        Ok(Response::new(info))
+    }
+
+    fn batch_stream<E>(schema: SchemaRef, batch: Result<RecordBatch, E>) -> Response<DoGetStream>
+    where
+        arrow_flight::error::FlightError: From<E>,
+    {
+        let batch = batch.map_err(arrow_flight::error::FlightError::from);
+        let stream = FlightDataEncoderBuilder::new().with_schema(schema).build(futures::stream::once(async { batch })).map_err(Status::from);
+        Response::new(Box::pin(stream))
+    }
+
+    fn prepared_sql(&self, who: &Identity, handle: &[u8]) -> Result<(String, Option<RecordBatch>), SqlError> {
+        let prepared = self.prepared.lock().map_err(|_| SqlError::Internal("prepared statements poisoned".into()))?;
+        match prepared.get(handle) {
+            Some(p) if p.owner == who.user => Ok((p.sql.clone(), p.params.clone())),
+            _ => Err(SqlError::NotFound("unknown prepared statement handle (closed, or not yours)".into())),
+        }
+    }
+
+    /// Table names of the catalog, and `information_schema`'s views, with their schemas.
+    async fn table_list(&self) -> Result<Vec<(String, String, &'static str, SchemaRef)>, SqlError> {
+        let ctx = self.catalog.context()?;
+        let mut out = Vec::new();
+        for t in self.catalog.tables() {
+            out.push((SCHEMA.to_string(), t.name.clone(), "TABLE", t.provider.schema()));
+        }
+        for view in ["tables", "columns", "views", "df_settings", "schemata", "routines", "parameters"] {
+            if let Ok(provider) = ctx.table_provider(format!("information_schema.{view}")).await {
+                out.push(("information_schema".to_string(), view.to_string(), "VIEW", provider.schema()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The first row of a parameter batch, as positional parameter values (`$1`, `$2`, …).
+fn param_values(batch: &RecordBatch) -> Result<ParamValues, SqlError> {
+    if batch.num_rows() != 1 {
+        return Err(SqlError::InvalidArgument(format!("bind exactly one row of parameters, not {}", batch.num_rows())));
+    }
+    let values = batch
+        .columns()
+        .iter()
+        .map(|c| ScalarValue::try_from_array(c, 0).map_err(SqlError::from_datafusion))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ParamValues::List(values.into_iter().map(Into::into).collect()))
+}
+
+fn encode_schema(schema: &Schema) -> Result<Vec<u8>, Status> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &Default::default()).try_into().map_err(|e: arrow_schema::ArrowError| Status::internal(e.to_string()))?;
+    Ok(bytes.to_vec())
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for FlightSqlEndpoint {
+    type FlightService = FlightSqlEndpoint;
+
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
+        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        let (token, who) = self.auth.handshake(header)?;
+        tracing::debug!(user = %who.user, role = who.role.name(), "flight sql handshake");
+        let reply = HandshakeResponse { protocol_version: 0, payload: token.clone().into() };
+        let mut response: Response<Pin<Box<dyn Stream<Item = _> + Send>>> = Response::new(Box::pin(futures::stream::iter([Ok(reply)])));
+        let bearer = format!("Bearer {token}").parse().map_err(|_| Status::internal("token is not a header value"))?;
+        response.metadata_mut().insert("authorization", bearer);
+        Ok(response)
+    }
+
+    async fn get_flight_info_statement(&self, query: CommandStatementQuery, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        let who = self.identity(request.metadata())?;
+        let schema = self.schema_of(&who, &query.query).await?;
+        let ticket = TicketStatementQuery { statement_handle: query.query.into_bytes().into() };
+        self.info(&schema, ticket.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_statement(&self, ticket: TicketStatementQuery, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+        let who = self.identity(request.metadata())?;
+        let sql = String::from_utf8(ticket.statement_handle.to_vec()).map_err(|_| Status::invalid_argument("the ticket is not a Tessera statement"))?;
+        self.run(&who, &sql, None).await
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let who = self.identity(request.metadata())?;
+        let (_, plan) = self.plan(&who, &query.query, None).await?;
+        let types = plan.get_parameter_types().map_err(SqlError::from_datafusion)?;
+        let mut params: Vec<(String, Option<arrow_schema::DataType>)> = types.into_iter().collect();
+        params.sort_by_key(|(name, _)| name.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX));
+        let fields: Vec<arrow_schema::Field> =
+            params.into_iter().map(|(name, t)| arrow_schema::Field::new(name, t.unwrap_or(arrow_schema::DataType::Utf8), true)).collect();
+        let handle: [u8; 16] = rand::random();
+        self.prepared
+            .lock()
+            .map_err(|_| Status::internal("prepared statements poisoned"))?
+            .insert(handle.to_vec(), Prepared { owner: who.user.clone(), sql: query.query.clone(), params: None });
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.to_vec().into(),
+            dataset_schema: encode_schema(plan.schema().as_arrow())?.into(),
+            parameter_schema: encode_schema(&Schema::new(fields))?.into(),
+        })
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let who = self.identity(request.metadata())?;
+        self.prepared_sql(&who, &query.prepared_statement_handle)?;
+        let flight = request.into_inner().map_err(arrow_flight::error::FlightError::from);
+        let batches: Vec<RecordBatch> = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(flight).try_collect().await?;
+        let params = batches.into_iter().find(|b| b.num_rows() > 0);
+        if let Some(p) = self.prepared.lock().map_err(|_| Status::internal("prepared statements poisoned"))?.get_mut(query.prepared_statement_handle.as_ref()) {
+            p.params = params;
+        }
+        Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(query.prepared_statement_handle) })
+    }
+
+    async fn get_flight_info_prepared_statement(&self, query: CommandPreparedStatementQuery, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        let who = self.identity(request.metadata())?;
+        let (sql, params) = self.prepared_sql(&who, &query.prepared_statement_handle)?;
+        let (_, plan) = self.plan(&who, &sql, params.as_ref()).await?;
+        let schema = plan.schema().as_arrow().clone();
+        self.info(&schema, query.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_prepared_statement(&self, query: CommandPreparedStatementQuery, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+        let who = self.identity(request.metadata())?;
+        let (sql, params) = self.prepared_sql(&who, &query.prepared_statement_handle)?;
+        self.run(&who, &sql, params.as_ref()).await
+    }
+
+    async fn do_action_close_prepared_statement(&self, query: ActionClosePreparedStatementRequest, request: Request<arrow_flight::Action>) -> Result<(), Status> {
+        let who = self.identity(request.metadata())?;
+        self.prepared_sql(&who, &query.prepared_statement_handle)?;
+        self.prepared.lock().map_err(|_| Status::internal("prepared statements poisoned"))?.remove(query.prepared_statement_handle.as_ref());
+        Ok(())
+    }
+
+    async fn get_flight_info_sql_info(&self, query: CommandGetSqlInfo, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        self.identity(request.metadata())?;
+        self.info(query.clone().into_builder(&self.sql_info).schema().as_ref(), query.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_sql_info(&self, query: CommandGetSqlInfo, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+        self.identity(request.metadata())?;
+        let builder = query.into_builder(&self.sql_info);
+        Ok(Self::batch_stream(builder.schema(), builder.build()))
+    }
+
+    async fn get_flight_info_catalogs(&self, query: CommandGetCatalogs, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        self.identity(request.metadata())?;
+        self.info(query.into_builder().schema().as_ref(), query.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_catalogs(&self, query: CommandGetCatalogs, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+        self.identity(request.metadata())?;
+        let mut builder = query.into_builder();
+        builder.append(CATALOG);
+        Ok(Self::batch_stream(builder.schema(), builder.build()))
+    }
+
+    async fn get_flight_info_schemas(&self, query: CommandGetDbSchemas, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        self.identity(request.metadata())?;
+        self.info(query.clone().into_builder().schema().as_ref(), query.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_schemas(&self, query: CommandGetDbSchemas, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+        self.identity(request.metadata())?;
+        let mut builder = query.into_builder();
+        for schema in [SCHEMA, "information_schema"] {
+            builder.append(CATALOG, schema);
+        }
+        Ok(Self::batch_stream(builder.schema(), builder.build()))
+    }
+
+    async fn get_flight_info_tables(&self, query: CommandGetTables, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        self.identity(request.metadata())?;
+        self.info(query.clone().into_builder().schema().as_ref(), query.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_tables(&self, query: CommandGetTables, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+        self.identity(request.metadata())?;
+        let mut builder = query.into_builder();
+        for (schema, name, kind, table_schema) in self.table_list().await? {
+            builder.append(CATALOG, schema, name, kind, &table_schema).map_err(|e| Status::internal(e.to_string()))?;
+        }
+        Ok(Self::batch_stream(builder.schema(), builder.build()))
+    }
+
+    async fn get_flight_info_table_types(&self, query: CommandGetTableTypes, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        self.identity(request.metadata())?;
+        self.info(query.into_builder().schema().as_ref(), query.as_any().encode_to_vec(), request.into_inner())
+    }
+
+    async fn do_get_table_types(&self, query: CommandGetTableTypes, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+        self.identity(request.metadata())?;
+        let mut builder = query.into_builder();
+        builder.append("TABLE");
+        builder.append("VIEW");
+        Ok(Self::batch_stream(builder.schema(), builder.build()))
+    }
+
+    async fn do_get_fallback(&self, request: Request<Ticket>, message: Any) -> Result<Response<DoGetStream>, Status> {
+        self.identity(request.metadata())?;
+        Err(Status::unimplemented(format!("Tessera does not serve {}", message.type_url)))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}

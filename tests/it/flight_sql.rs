@@ -1,0 +1,218 @@
+//! The SQL endpoint with third-party clients: arrow-rs's Flight SQL client in process, and
+//! ADBC (adbc-driver-flightsql) and pyarrow.flight from Python (the venv `scripts/setup.sh`
+//! makes; `TESSERA_PYTHON` names its interpreter). A node ingests a small fleet from the
+//! embedded Kafka and serves its tables; every client sees the same answers, roles are
+//! enforced with the right gRPC codes, and refusals are in the audit table.
+
+use std::time::{Duration, Instant};
+
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+use futures::TryStreamExt as _;
+use tessera_core::{Channel, MotorId, Reading, SiteId};
+use tessera_server::config::NodeConfig;
+use tessera_server::detect::DetectConfig;
+use tessera_server::node::Node;
+use tessera_server::producer::{WireFormat, now_ms};
+use tessera_server::sql::{SqlArgs, SqlConfig};
+use tessera_sql::{Role, TokenConfig, UserConfig};
+use tonic::Code;
+use tonic::transport::Channel as GrpcChannel;
+
+const QUERY: &str = "CREATE CONTINUOUS QUERY vib WITH (open_above = 3, close_below = 1) AS
+  SELECT motor_id, window_start, avg(vibration_x_rms) AS vib,
+         zscore(motor_id, window_start, avg(vibration_x_rms), 4) AS score
+  FROM TUMBLE(telemetry, ts, INTERVAL '1 second') GROUP BY motor_id, window_start";
+
+const PASSWORD: &str = "correct horse";
+
+fn user(name: &str, role: Role, site: Option<&str>) -> UserConfig {
+    // One hash per test run is enough: Argon2id is slow on purpose.
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let hash = HASH.get_or_init(|| tessera_sql::auth::hash_password(PASSWORD).expect("hash")).clone();
+    UserConfig { name: name.into(), password_hash: hash, role, site: site.map(str::to_string) }
+}
+
+/// Four motors at site-a, 1 reading/s for 40 s; M1's vibration steps up at 20 s (an alert).
+fn readings(t0: i64) -> Vec<Reading> {
+    let mut out = Vec::new();
+    for s in 0..40i64 {
+        for m in 1..=4 {
+            let mut r = Reading {
+                motor_id: MotorId::new(format!("M{m}")).expect("id"),
+                site_id: SiteId::new("site-a").expect("id"),
+                event_time_ms: t0 + s * 1000,
+                sequence: s as u64,
+                channels: [None; 7],
+                extra: Default::default(),
+            };
+            let wobble = [1.0, 1.1, 0.9, 1.0][(s % 4) as usize];
+            r.set(Channel::VibrationXRms, Some(if m == 1 && s >= 20 { 5.0 } else { wobble }));
+            out.push(r);
+        }
+    }
+    out
+}
+
+async fn client(addr: &str) -> FlightSqlServiceClient<GrpcChannel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+    FlightSqlServiceClient::new(channel)
+}
+
+async fn login(addr: &str, name: &str) -> FlightSqlServiceClient<GrpcChannel> {
+    let mut c = client(addr).await;
+    c.handshake(name, PASSWORD).await.expect("handshake");
+    c
+}
+
+/// Runs `sql`; the batches, or the gRPC status the server answered with.
+async fn run(c: &mut FlightSqlServiceClient<GrpcChannel>, sql: &str) -> Result<Vec<RecordBatch>, tonic::Status> {
+    let status = |e: arrow_flight::error::FlightError| match e {
+        arrow_flight::error::FlightError::Tonic(status) => *status,
+        other => tonic::Status::unknown(other.to_string()),
+    };
+    let info = c.execute(sql.to_string(), None).await.map_err(status)?;
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let stream = c.do_get(ticket).await.map_err(status)?;
+    stream.try_collect().await.map_err(|e| tonic::Status::unknown(e.to_string()))
+}
+
+fn int(batches: &[RecordBatch]) -> i64 {
+    batches[0].column(0).as_any().downcast_ref::<Int64Array>().expect("an integer").value(0)
+}
+
+fn rows(batches: &[RecordBatch]) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for b in batches {
+        let names = b.column(0).as_any().downcast_ref::<StringArray>().expect("names");
+        let counts = b.column(1).as_any().downcast_ref::<Int64Array>().expect("counts");
+        out.extend((0..b.num_rows()).map(|i| (names.value(i).to_string(), counts.value(i))));
+    }
+    out
+}
+
+#[test]
+fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
+    let (kafka, brokers) = crate::embedded_kafka(1, 2);
+    kafka.create_topic("alerts", 1).expect("topic");
+    kafka.create_topic("late", 1).expect("topic");
+    let t0 = (now_ms() - 120_000).div_euclid(1000) * 1000;
+    let sent = readings(t0);
+    let p = tessera_suite::producer(&brokers, "telemetry", WireFormat::Protobuf).expect("producer");
+    p.send_readings(&sent).expect("send");
+    p.flush(Duration::from_secs(10)).expect("flush");
+
+    let config = NodeConfig {
+        site_id: "site-a".into(),
+        ingest: crate::ingest_config(&brokers, "flight-sql", "telemetry", "dead-letters"),
+        detect: DetectConfig { queries: vec![QUERY.into()], alerts_topic: "alerts".into(), late_topic: "late".into(), ..Default::default() },
+        sql: SqlConfig {
+            listen: Some("127.0.0.1:0".parse().expect("addr")),
+            users: vec![
+                user("root", Role::Admin, None),
+                user("ana", Role::FleetAnalyst, None),
+                user("opa", Role::SiteOperator, Some("site-a")),
+                user("opb", Role::SiteOperator, Some("site-b")),
+            ],
+            tokens: vec![TokenConfig { sha256: tessera_sql::auth::hash_token("dashboard-token"), user: "ana".into() }],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    crate::init_logging();
+    let node = Node::start(&config).expect("the node starts");
+    let addr = node.sql_addr().expect("the endpoint runs").to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while node.ingest_stats().messages < sent.len() as u64 || node.detect_stats().alerts_sent < 1 {
+        assert!(Instant::now() < deadline, "not ingested: {:?}", node.detect_stats());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+
+    // arrow-rs's client: the reference answers, and every refusal with its code.
+    let (per_query, m1_windows, alerts) = rt.block_on(async {
+        let mut root = login(&addr, "root").await;
+        let per_query = rows(&run(&mut root, "SELECT query, count(*) AS n FROM motor_windows GROUP BY query ORDER BY query").await.expect("windows"));
+        let m1 = int(&run(&mut root, "SELECT count(*) FROM motor_windows WHERE motor_id = 'M1'").await.expect("m1"));
+        let alerts = int(&run(&mut root, "SELECT count(*) FROM alerts").await.expect("alerts"));
+        assert!(alerts >= 1, "M1's step raised an alert");
+        assert_eq!(int(&run(&mut root, "SELECT count(*) FROM telemetry").await.expect("raw")), sent.len() as i64, "raw readings, all kept");
+
+        let mut opa = login(&addr, "opa").await;
+        assert_eq!(int(&run(&mut opa, "SELECT count(*) FROM telemetry WHERE motor_id = 'M1'").await.expect("own site's raw data")), 40);
+        let mut opb = login(&addr, "opb").await;
+        let denied = run(&mut opb, "SELECT * FROM telemetry").await.expect_err("another site's raw data");
+        assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+        let mut ana = login(&addr, "ana").await;
+        let denied = run(&mut ana, "SELECT motor_id FROM motor_windows WHERE motor_id IN (SELECT motor_id FROM telemetry)").await.expect_err("raw data in a subquery");
+        assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+        assert!(denied.message().contains("ana (fleet-analyst) may not read raw table telemetry of site site-a"), "{denied:?}");
+        assert_eq!(rows(&run(&mut ana, "SELECT query, count(*) FROM motor_windows GROUP BY query").await.expect("derived data")), per_query);
+        let denied = run(&mut ana, "SELECT * FROM query_audit").await.expect_err("audit is for admins");
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        for (sql, code, says) in [
+            ("SELECT count(*) FROM no_such_table", Code::InvalidArgument, "table 'tessera.public.no_such_table' not found"),
+            ("SELEC 1", Code::InvalidArgument, "Expected"),
+            ("SELECT 1; SELECT 2", Code::InvalidArgument, "single SQL statement"),
+            ("CREATE TABLE t AS SELECT 1", Code::PermissionDenied, "only queries are allowed"),
+            ("SET datafusion.execution.batch_size = 1", Code::PermissionDenied, "only queries are allowed"),
+        ] {
+            let err = run(&mut ana, sql).await.expect_err(sql);
+            assert_eq!((err.code(), err.message().contains(says)), (code, true), "{sql}: {err:?}");
+        }
+
+        // Tokens: a configured one works directly; none or a made-up one is Unauthenticated.
+        let mut dashboard = client(&addr).await;
+        dashboard.set_token("dashboard-token".into());
+        assert_eq!(int(&run(&mut dashboard, "SELECT count(*) FROM alerts").await.expect("token")), alerts);
+        let mut anonymous = client(&addr).await;
+        assert_eq!(run(&mut anonymous, "SELECT 1").await.expect_err("no token").code(), Code::Unauthenticated);
+        anonymous.set_token("made-up".into());
+        assert_eq!(run(&mut anonymous, "SELECT 1").await.expect_err("bad token").code(), Code::Unauthenticated);
+        let mut wrong = client(&addr).await;
+        let err = wrong.handshake("root", "wrong").await.expect_err("wrong password").to_string();
+        assert!(err.contains("Unauthenticated") || err.contains("unknown user or wrong password"), "{err}");
+
+        // Every refusal is in the audit table, with who and why.
+        let audit = run(&mut root, "SELECT user, sql, refused FROM query_audit WHERE refused IS NOT NULL ORDER BY at").await.expect("audit");
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&audit).expect("text").to_string();
+        assert!(text.contains("opb") && text.contains("may not read raw table telemetry"), "{text}");
+        assert!(text.contains("CREATE TABLE t AS SELECT 1"), "{text}");
+        (per_query, m1, alerts)
+    });
+    assert_eq!(per_query.iter().map(|(q, _)| q.as_str()).collect::<Vec<_>>(), ["vib"]);
+
+    // ADBC and pyarrow.flight see the same, through the wire protocol alone.
+    let python = std::env::var("TESSERA_PYTHON").unwrap_or_else(|_| format!("{}/.cache/tessera/venv/bin/python", std::env::var("HOME").unwrap_or_default()));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/flight_sql_adbc.py");
+    let out = std::process::Command::new(&python)
+        .args([script, addr.as_str(), "ana", PASSWORD])
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e} (scripts/setup.sh --with-broker makes the venv; TESSERA_PYTHON names its python)"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_str(&stdout).expect("the script's JSON");
+    println!("flight sql: arrow-rs windows per query {per_query:?}, M1 windows {m1_windows}, alerts {alerts}; python clients: {got}");
+    let adbc = &got["adbc"];
+    let adbc_rows: Vec<(String, i64)> =
+        adbc["windows_per_query"].as_array().expect("rows").iter().map(|r| (r[0].as_str().expect("name").to_string(), r[1].as_i64().expect("n"))).collect();
+    // The tables keep growing while windows close; the per-query counts never shrink.
+    assert_eq!(adbc_rows.len(), per_query.len(), "{got}");
+    assert!(adbc_rows.iter().zip(&per_query).all(|(a, r)| a.0 == r.0 && a.1 >= r.1), "{got}");
+    assert!(adbc["windows_of_m1"].as_i64().expect("prepared") >= m1_windows, "{got}");
+    assert_eq!(adbc["queries"], serde_json::json!(["vib"]), "{got}");
+    assert!(adbc["bad_sql"].as_str().expect("error").contains("no_such_table"), "{got}");
+    let objects: Vec<&str> = adbc["objects"].as_array().expect("objects").iter().filter_map(|v| v.as_str()).collect();
+    for table in ["alerts", "motor_windows", "late_events", "telemetry", "continuous_queries"] {
+        assert!(objects.contains(&format!("tessera.public.{table}").as_str()), "{table}: {objects:?}");
+    }
+    assert!(got["pyarrow"]["alerts"].as_i64().expect("count") >= alerts, "{got}");
+
+    // The CLI prints a table.
+    let args = SqlArgs { query: "SELECT name FROM continuous_queries".into(), at: addr.clone(), user: Some("ana".into()), password: Some(PASSWORD.into()), token: None, timeout: Duration::from_secs(10) };
+    let table = tessera_server::sql::query_table(&args).expect("tessera sql");
+    assert!(table.contains("| vib "), "{table}");
+    let err = tessera_server::sql::query_table(&SqlArgs { query: "SELECT * FROM telemetry".into(), ..args }).expect_err("denied").to_string();
+    assert!(err.contains("may not read raw table telemetry"), "{err}");
+    node.stop().expect("the node stops");
+}
