@@ -216,3 +216,118 @@ fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
     assert!(err.contains("may not read raw table telemetry"), "{err}");
     node.stop().expect("the node stops");
 }
+
+/// Three sites, each a node reading its own topic and serving SQL, federated: an aggregate over
+/// `fleet.motor_windows` at any node equals the same aggregate merged from each site's own
+/// answer; only partial aggregates cross (the plan shows the per-site fragment); a fleet scan
+/// of raw telemetry by an analyst is refused by the sites with PermissionDenied, and audited.
+#[test]
+fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
+    let (kafka, brokers) = crate::embedded_kafka(1, 1);
+    kafka.create_topic("alerts", 1).expect("topic");
+    kafka.create_topic("late", 1).expect("topic");
+    let sites = ["site-a", "site-b", "site-c"];
+    let ports: Vec<u16> = sites.iter().map(|_| crate::control_cluster::free_port()).collect();
+    let t0 = (now_ms() - 120_000).div_euclid(1000) * 1000;
+    let mut nodes = Vec::new();
+    let mut sent = Vec::new();
+    for (i, site) in sites.iter().enumerate() {
+        let topic = format!("telemetry-{i}");
+        kafka.create_topic(&topic, 1).expect("topic");
+        // Each site's motors are its own (M1.. prefixed by the site); site i has 2 + i motors.
+        let readings: Vec<Reading> = readings(t0)
+            .into_iter()
+            .filter(|r| r.motor_id.as_str() <= format!("M{}", 2 + i).as_str())
+            .map(|mut r| {
+                r.motor_id = MotorId::new(format!("{site}-{}", r.motor_id.as_str())).expect("id");
+                r.site_id = SiteId::new(*site).expect("id");
+                r
+            })
+            .collect();
+        let p = tessera_suite::producer(&brokers, &topic, WireFormat::Protobuf).expect("producer");
+        p.send_readings(&readings).expect("send");
+        p.flush(Duration::from_secs(10)).expect("flush");
+        sent.push(readings.len() as u64);
+        let peers = sites
+            .iter()
+            .zip(&ports)
+            .filter(|(s, _)| *s != site)
+            .map(|(s, port)| tessera_sql::Peer { site: s.to_string(), addr: format!("127.0.0.1:{port}") })
+            .collect();
+        let config = NodeConfig {
+            site_id: site.to_string(),
+            ingest: crate::ingest_config(&brokers, site, &topic, "dead-letters"),
+            detect: DetectConfig {
+                queries: vec![QUERY.into()],
+                alerts_topic: "alerts".into(),
+                late_topic: "late".into(),
+                idle_timeout: Duration::from_secs(3600),
+                ..Default::default()
+            },
+            sql: SqlConfig {
+                listen: Some(format!("127.0.0.1:{}", ports[i]).parse().expect("addr")),
+                users: vec![user("root", Role::Admin, None), user("ana", Role::FleetAnalyst, None)],
+                peers,
+                federation_token: Some("federation-secret-of-the-test".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        nodes.push(Node::start(&config).expect("the node starts"));
+    }
+    crate::init_logging();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (node, n) in nodes.iter().zip(&sent) {
+        while node.detect_stats().engine.windows.first().map_or(0, |(_, w)| w.rows_in) < *n {
+            assert!(Instant::now() < deadline, "not taken in: {:?}", node.detect_stats());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
+    rt.block_on(async {
+        let per_motor = "SELECT motor_id, count(*) AS n, sum(score) AS s, min(score) AS lo, max(score) AS hi, avg(score) AS mean \
+                         FROM {t} WHERE window_start >= to_timestamp_millis({from}) GROUP BY motor_id ORDER BY motor_id";
+        let sql = |table: &str| per_motor.replace("{t}", table).replace("{from}", &(t0 + 2000).to_string());
+        // Each site's own answer, merged by hand.
+        let mut expected = Vec::new();
+        for i in 0..3 {
+            let mut root = login(&addr(i), "root").await;
+            expected.extend(run(&mut root, &sql("public.motor_windows")).await.expect("own site"));
+        }
+        let expected_text = sorted_text(&expected);
+        assert_eq!(expected.iter().map(RecordBatch::num_rows).sum::<usize>(), 2 + 3 + 4, "{expected_text}");
+        for i in 0..3 {
+            let mut ana = login(&addr(i), "ana").await;
+            let got = run(&mut ana, &sql("fleet.motor_windows")).await.expect("fleet aggregate");
+            assert_eq!(sorted_text(&got), expected_text, "through site {i}");
+            let total = int(&run(&mut ana, "SELECT count(*) FROM fleet.motor_windows").await.expect("count"));
+            assert_eq!(total, (2 + 3 + 4) * 37, "through site {i}");
+        }
+        let mut ana = login(&addr(1), "ana").await;
+        let plan = run(&mut ana, &format!("EXPLAIN {}", sql("fleet.motor_windows"))).await.expect("explain");
+        let plan = datafusion::arrow::util::pretty::pretty_format_batches(&plan).expect("text").to_string();
+        assert!(plan.contains("site_partials"), "the aggregate is computed per site:\n{plan}");
+        println!("flight sql: {} motors' aggregates equal through every site; the plan through site-b:\n{plan}", 2 + 3 + 4);
+        let denied = run(&mut ana, "SELECT * FROM fleet.telemetry").await.expect_err("raw rows of every site");
+        assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+        assert!(denied.message().contains("may not read raw table telemetry"), "{denied:?}");
+        for i in [0, 2] {
+            let mut root = login(&addr(i), "root").await;
+            let audit = run(&mut root, "SELECT user, refused FROM query_audit WHERE refused LIKE '%raw table telemetry%'").await.expect("audit");
+            assert_eq!(audit.iter().map(RecordBatch::num_rows).sum::<usize>(), 1, "site {i} audited the refused fragment");
+        }
+    });
+    for node in nodes {
+        node.stop().expect("the node stops");
+    }
+}
+
+/// Batches as text with their rows sorted (sites answer in any order).
+fn sorted_text(batches: &[RecordBatch]) -> String {
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(batches).expect("text").to_string();
+    let mut lines: Vec<&str> = text.lines().filter(|l| l.starts_with("| ")).collect();
+    let header = lines.remove(0);
+    lines.sort();
+    std::iter::once(header).chain(lines).collect::<Vec<_>>().join("\n")
+}

@@ -16,7 +16,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::catalog::TableProvider;
 use tessera_stream::tables::BoundedTable;
 use serde::{Deserialize, Serialize};
-use tessera_sql::{AuditSink, Authenticator, Catalog, ConfigUsers, FlightSqlEndpoint, LogAudit, QueryAudit, ServedTable, SnapshotTable, TableKind, TokenConfig, UserConfig};
+use tessera_sql::{AuditSink, Authenticator, Catalog, ConfigUsers, Federation, FlightSqlEndpoint, Peer, LogAudit, QueryAudit, ServedTable, SnapshotTable, TableKind, TokenConfig, UserConfig};
 
 use crate::detect::RunningQueries;
 
@@ -35,11 +35,29 @@ pub struct SqlConfig {
     pub session_ttl: Duration,
     /// Entries the `query_audit` table keeps (the newest).
     pub audit_rows: usize,
+    /// The other sites' SQL endpoints (`[[sql.peers]]`: site, addr): with them, the `fleet`
+    /// schema spans every site.
+    pub peers: Vec<Peer>,
+    /// The token the sites' nodes present to each other (the same at every site); required
+    /// with peers.
+    pub federation_token: Option<String>,
+    /// How long another site may take to answer a fragment.
+    #[serde(with = "humantime_serde")]
+    pub fragment_timeout: Duration,
 }
 
 impl Default for SqlConfig {
     fn default() -> Self {
-        Self { listen: None, users: Vec::new(), tokens: Vec::new(), session_ttl: Duration::from_secs(8 * 3600), audit_rows: 100_000 }
+        Self {
+            listen: None,
+            users: Vec::new(),
+            tokens: Vec::new(),
+            session_ttl: Duration::from_secs(8 * 3600),
+            audit_rows: 100_000,
+            peers: Vec::new(),
+            federation_token: None,
+            fragment_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -52,6 +70,12 @@ impl SqlConfig {
             anyhow::ensure!(!self.users.is_empty(), "sql.users: the endpoint needs at least one user");
         }
         ConfigUsers::new(&self.users, &self.tokens)?;
+        if !self.peers.is_empty() {
+            anyhow::ensure!(self.federation_token.as_deref().is_some_and(|t| t.len() >= 16), "sql.federation_token: peers need a shared token of at least 16 characters");
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            anyhow::ensure!(!p.site.is_empty() && p.addr.contains(':'), "sql.peers[{i}]: needs a site and a host:port addr");
+        }
         Ok(())
     }
 }
@@ -124,10 +148,17 @@ impl SqlEndpoint {
     /// `query_audit` table of what it was asked.
     pub fn start(config: &SqlConfig, listen: SocketAddr, site: &str, mut tables: Vec<ServedTable>) -> Result<Self> {
         let users = ConfigUsers::new(&config.users, &config.tokens)?;
-        let auth = Arc::new(Authenticator::new(Box::new(users), config.session_ttl));
+        let mut auth = Authenticator::new(Box::new(users), config.session_ttl);
         let audit = QueryAuditTable::new(config.audit_rows);
         tables.push(audit.served());
-        let endpoint = FlightSqlEndpoint::new(Arc::new(Catalog::new(site, tables)), auth, audit)?;
+        let mut catalog = Catalog::new(site, tables);
+        if let Some(token) = &config.federation_token {
+            auth = auth.with_federation_token(token);
+            if !config.peers.is_empty() {
+                catalog = catalog.with_federation(Federation { peers: config.peers.clone(), token: token.clone(), timeout: config.fragment_timeout });
+            }
+        }
+        let endpoint = FlightSqlEndpoint::new(Arc::new(catalog), Arc::new(auth), audit)?;
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("tessera-sql").enable_all().build()?;
         let listener = runtime.block_on(tokio::net::TcpListener::bind(listen)).with_context(|| format!("sql.listen {listen}: cannot bind"))?;
         let addr = listener.local_addr()?;

@@ -173,12 +173,40 @@ pub struct Authenticator {
     provider: Box<dyn IdentityProvider>,
     sessions: Mutex<HashMap<[u8; 32], (Identity, Instant)>>,
     session_ttl: Duration,
+    /// SHA-256 of the token the sites' nodes present to each other.
+    federation: Option<[u8; 32]>,
 }
 
 impl Authenticator {
     /// Sessions issued by the handshake last `session_ttl`.
     pub fn new(provider: Box<dyn IdentityProvider>, session_ttl: Duration) -> Self {
-        Self { provider, sessions: Mutex::new(HashMap::new()), session_ttl }
+        Self { provider, sessions: Mutex::new(HashMap::new()), session_ttl, federation: None }
+    }
+
+    /// Accepts `token` from other sites' nodes, acting for the caller their `x-tessera-as-*`
+    /// headers name (see [`crate::federation`]).
+    pub fn with_federation_token(mut self, token: &str) -> Self {
+        self.federation = Some(digest(token));
+        self
+    }
+
+    /// The identity behind a call: a bearer token as in [`Self::check`], or a peer node's
+    /// federation token with the identity it acts for (`header` reads the call's metadata).
+    pub fn check_call(&self, header: &dyn Fn(&str) -> Option<String>) -> Result<Identity, SqlError> {
+        let authorization = header("authorization");
+        if let (Some(federation), Some(token)) = (self.federation, authorization.as_deref().and_then(|h| h.strip_prefix("Bearer ")))
+            && digest(token) == federation
+        {
+            let user = header(crate::federation::AS_USER).ok_or_else(|| SqlError::Unauthenticated("a federated call must name its user".into()))?;
+            let role = match header(crate::federation::AS_ROLE).as_deref() {
+                Some("site-operator") => Role::SiteOperator,
+                Some("fleet-analyst") => Role::FleetAnalyst,
+                Some("admin") => Role::Admin,
+                other => return Err(SqlError::Unauthenticated(format!("a federated call names no known role: {other:?}"))),
+            };
+            return Ok(Identity { user, role, site: header(crate::federation::AS_SITE) });
+        }
+        self.check(authorization.as_deref())
     }
 
     /// The handshake: checks `authorization` (`Basic base64(user:password)`, padding optional

@@ -20,8 +20,14 @@ use datafusion::execution::context::{SessionConfig, SessionContext, SQLOptions};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
 
+use datafusion::catalog::MemorySchemaProvider;
+use datafusion::common::TableReference;
+use datafusion::execution::SessionStateBuilder;
+
 use crate::auth::{Identity, Role};
 use crate::error::SqlError;
+use crate::federation::{FLEET, Federation, fleet_table};
+use crate::pushdown::PushAggregatesToSites;
 
 /// The catalog name clients see.
 pub const CATALOG: &str = "tessera";
@@ -49,16 +55,28 @@ pub struct ServedTable {
     pub kind: TableKind,
 }
 
-/// The served tables of one site's node.
+/// The served tables of one site's node, and how to reach the other sites.
 pub struct Catalog {
     site: String,
     tables: Vec<ServedTable>,
+    federation: Option<Federation>,
 }
 
 impl Catalog {
     /// The tables of the node at `site`.
     pub fn new(site: impl Into<String>, tables: Vec<ServedTable>) -> Self {
-        Self { site: site.into(), tables }
+        Self { site: site.into(), tables, federation: None }
+    }
+
+    /// Serves the `fleet` schema too, spanning this site and `federation`'s peers.
+    pub fn with_federation(mut self, federation: Federation) -> Self {
+        self.federation = Some(federation);
+        self
+    }
+
+    /// The other sites, if this node federates.
+    pub fn federation(&self) -> Option<&Federation> {
+        self.federation.as_ref()
     }
 
     /// The site this catalog's raw tables belong to.
@@ -71,12 +89,28 @@ impl Catalog {
         &self.tables
     }
 
-    /// A fresh context over the served tables, with `information_schema`.
-    pub fn context(&self) -> Result<SessionContext, SqlError> {
+    /// A fresh context over this site's served tables, with `information_schema`.
+    pub fn local_context(&self) -> Result<SessionContext, SqlError> {
         let config = SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema(CATALOG, SCHEMA);
-        let ctx = SessionContext::new_with_config(config);
+        let state = SessionStateBuilder::new().with_config(config).with_default_features().with_optimizer_rule(Arc::new(PushAggregatesToSites)).build();
+        let ctx = SessionContext::new_with_state(state);
         for t in &self.tables {
             ctx.register_table(t.name.as_str(), t.provider.clone()).map_err(SqlError::from_datafusion)?;
+        }
+        Ok(ctx)
+    }
+
+    /// A fresh context for `who`: this site's tables, and with a federation, the `fleet`
+    /// schema (every table but the audit, across sites, scanned on `who`'s behalf).
+    pub fn context(self: &Arc<Self>, who: &Identity) -> Result<SessionContext, SqlError> {
+        let ctx = self.local_context()?;
+        if self.federation.is_some() {
+            let catalog = ctx.catalog(CATALOG).ok_or_else(|| SqlError::Internal("no default catalog".into()))?;
+            catalog.register_schema(FLEET, Arc::new(MemorySchemaProvider::new())).map_err(SqlError::from_datafusion)?;
+            for t in self.tables.iter().filter(|t| t.kind != TableKind::Audit) {
+                let table = fleet_table(&t.name, t.provider.schema().as_ref(), self, who);
+                ctx.register_table(TableReference::partial(FLEET, t.name.as_str()), table).map_err(SqlError::from_datafusion)?;
+            }
         }
         Ok(ctx)
     }
@@ -97,7 +131,10 @@ impl Catalog {
     pub fn check(&self, who: &Identity, plan: &LogicalPlan) -> Result<(), SqlError> {
         let mut scanned = Vec::new();
         plan.apply_with_subqueries(|node| {
-            if let LogicalPlan::TableScan(scan) = node {
+            // `fleet` tables are checked by each site, on its fragment.
+            if let LogicalPlan::TableScan(scan) = node
+                && scan.table_name.schema().is_none_or(|s| s != FLEET)
+            {
                 scanned.push(scan.table_name.table().to_string());
             }
             Ok(TreeNodeRecursion::Continue)

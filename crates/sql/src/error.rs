@@ -3,7 +3,7 @@
 use tonic::Status;
 
 /// Why a call to the SQL endpoint failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SqlError {
     /// No or wrong credentials, or an unknown or expired token.
     #[error("unauthenticated: {0}")]
@@ -20,6 +20,9 @@ pub enum SqlError {
     /// A bad `[sql]` config entry; names the field.
     #[error("config: {0}")]
     Config(String),
+    /// Another site could not be reached.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// Running the query failed.
     #[error("internal: {0}")]
     Internal(String),
@@ -31,8 +34,24 @@ impl SqlError {
     pub fn from_datafusion(e: datafusion::error::DataFusionError) -> Self {
         use datafusion::error::DataFusionError as E;
         match e.find_root() {
+            E::External(inner) if inner.downcast_ref::<SqlError>().is_some() => inner.downcast_ref::<SqlError>().cloned().expect("checked"),
             E::SQL(..) | E::Plan(_) | E::SchemaError(..) | E::NotImplemented(_) => SqlError::InvalidArgument(e.strip_backtrace()),
             _ => SqlError::Internal(e.strip_backtrace()),
+        }
+    }
+}
+
+impl SqlError {
+    /// What another site answered to a fragment, kept with its meaning and the site named.
+    pub fn from_status(site: &str, status: Status) -> Self {
+        let message = format!("site {site}: {}", status.message());
+        match status.code() {
+            tonic::Code::PermissionDenied => SqlError::PermissionDenied(message),
+            tonic::Code::InvalidArgument => SqlError::InvalidArgument(message),
+            tonic::Code::NotFound => SqlError::NotFound(message),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => SqlError::Unavailable(message),
+            tonic::Code::Unauthenticated => SqlError::Internal(format!("{message} (the sites' federation tokens differ)")),
+            _ => SqlError::Internal(message),
         }
     }
 }
@@ -45,6 +64,7 @@ impl From<SqlError> for Status {
             SqlError::InvalidArgument(m) => Status::invalid_argument(m),
             SqlError::NotFound(m) => Status::not_found(m),
             SqlError::Config(m) => Status::failed_precondition(m),
+            SqlError::Unavailable(m) => Status::unavailable(m),
             SqlError::Internal(m) => Status::internal(m),
         }
     }

@@ -107,14 +107,14 @@ impl FlightSqlEndpoint {
     }
 
     fn identity(&self, metadata: &MetadataMap) -> Result<Identity, Status> {
-        let header = metadata.get("authorization").and_then(|v| v.to_str().ok());
-        Ok(self.auth.check(header)?)
+        let header = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        Ok(self.auth.check_call(&header)?)
     }
 
     /// Plans `sql` for `who` and checks access; a refusal is audited here.
     async fn plan(&self, who: &Identity, sql: &str, params: Option<&RecordBatch>) -> Result<(datafusion::prelude::SessionContext, LogicalPlan), SqlError> {
         let planned: Result<_, SqlError> = async {
-            let ctx = self.catalog.context()?;
+            let ctx = self.catalog.context(who)?;
             let mut plan = self.catalog.plan(&ctx, sql).await?;
             self.catalog.check(who, &plan)?;
             if let Some(params) = params {
@@ -124,17 +124,26 @@ impl FlightSqlEndpoint {
         }
         .await;
         if let Err(e) = &planned {
-            self.audit.record(QueryAudit { user: who.user.clone(), role: who.role.name(), sql: sql.to_string(), refused: Some(e.to_string()) });
+            self.refused(who, sql, e);
         }
         planned
     }
 
-    /// Runs `sql` for `who` and streams the result as Flight data.
+    fn refused(&self, who: &Identity, sql: &str, e: &SqlError) {
+        self.audit.record(QueryAudit { user: who.user.clone(), role: who.role.name(), sql: sql.to_string(), refused: Some(e.to_string()) });
+    }
+
+    /// Runs `sql` for `who` and streams the result as Flight data. Physical planning runs the
+    /// other sites' fragments of `fleet` tables: their refusals are audited here too.
     async fn run(&self, who: &Identity, sql: &str, params: Option<&RecordBatch>) -> Result<Response<DoGetStream>, Status> {
         let (ctx, plan) = self.plan(who, sql, params).await?;
-        let df = ctx.execute_logical_plan(plan).await.map_err(SqlError::from_datafusion)?;
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let batches = df.execute_stream().await.map_err(SqlError::from_datafusion)?;
+        let started: Result<_, SqlError> = async {
+            let df = ctx.execute_logical_plan(plan).await.map_err(SqlError::from_datafusion)?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            Ok((schema, df.execute_stream().await.map_err(SqlError::from_datafusion)?))
+        }
+        .await;
+        let (schema, batches) = started.inspect_err(|e| self.refused(who, sql, e))?;
         self.audit.record(QueryAudit { user: who.user.clone(), role: who.role.name(), sql: sql.to_string(), refused: None });
         let batches = batches.map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)));
         let stream = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from);
@@ -175,10 +184,13 @@ impl FlightSqlEndpoint {
 
     /// Table names of the catalog, and `information_schema`'s views, with their schemas.
     async fn table_list(&self) -> Result<Vec<(String, String, &'static str, SchemaRef)>, SqlError> {
-        let ctx = self.catalog.context()?;
+        let ctx = self.catalog.local_context()?;
         let mut out = Vec::new();
         for t in self.catalog.tables() {
             out.push((SCHEMA.to_string(), t.name.clone(), "TABLE", t.provider.schema()));
+            if self.catalog.federation().is_some() && t.kind != crate::catalog::TableKind::Audit {
+                out.push((crate::federation::FLEET.to_string(), t.name.clone(), "TABLE", t.provider.schema()));
+            }
         }
         for view in ["tables", "columns", "views", "df_settings", "schemata", "routines", "parameters"] {
             if let Ok(provider) = ctx.table_provider(format!("information_schema.{view}")).await {
@@ -332,6 +344,9 @@ impl FlightSqlService for FlightSqlEndpoint {
         let mut builder = query.into_builder();
         for schema in [SCHEMA, "information_schema"] {
             builder.append(CATALOG, schema);
+        }
+        if self.catalog.federation().is_some() {
+            builder.append(CATALOG, crate::federation::FLEET);
         }
         Ok(Self::batch_stream(builder.schema(), builder.build()))
     }
