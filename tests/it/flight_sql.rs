@@ -208,6 +208,13 @@ fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
     }
     assert!(got["pyarrow"]["alerts"].as_i64().expect("count") >= alerts, "{got}");
 
+    // The example script of examples/ works as its docs say.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/query_fleet.py");
+    let out = std::process::Command::new(&python).args([example, "--at", addr.as_str(), "--user", "ana", "--password", PASSWORD]).output().expect("example");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{text}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("tessera.public: alerts") && text.contains("windows in the last hour (motor_windows)"), "{text}");
+
     // The CLI prints a table.
     let args = SqlArgs { query: "SELECT name FROM continuous_queries".into(), at: addr.clone(), user: Some("ana".into()), password: Some(PASSWORD.into()), token: None, timeout: Duration::from_secs(10) };
     let table = tessera_server::sql::query_table(&args).expect("tessera sql");
