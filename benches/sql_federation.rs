@@ -126,7 +126,7 @@ fn main() {
             site_zero = Some(Catalog::new("site-0", vec![ServedTable { name: "telemetry".into(), provider: table.clone(), kind: TableKind::Raw }]));
         }
         let site = format!("site-{s}");
-        let peers = (0..sites as usize).filter(|&p| p != s as usize).map(|p| Peer { site: format!("site-{p}"), addr: addrs[p].clone() }).collect();
+        let peers = (0..sites as usize).filter(|&p| p != s).map(|p| Peer { site: format!("site-{p}"), addr: addrs[p].clone() }).collect();
         let catalog = Catalog::new(&site, vec![ServedTable { name: "telemetry".into(), provider: table, kind: TableKind::Raw }])
             .with_federation(Federation { peers, token: token.clone(), timeout: Duration::from_secs(60) });
         let auth = Authenticator::new(Box::new(ConfigUsers::new(&users, &[]).expect("users")), Duration::from_secs(3600)).with_federation_token(&token);

@@ -366,6 +366,11 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
                 ingest: crate::ingest_config(&brokers, site, topic, "dead-letters"),
                 detect: tessera_server::detect::DetectConfig { queries: vec![base.into()], idle_timeout: Duration::from_secs(3600), ..Default::default() },
                 control: ControlConfig { admin: Some(nodes[i].addr.clone()), poll: Duration::from_millis(100), ..Default::default() },
+                sql: tessera_server::sql::SqlConfig {
+                    listen: Some("127.0.0.1:0".parse().expect("addr")),
+                    users: vec![tessera_sql::UserConfig { name: "root".into(), password_hash: password_hash(), role: tessera_sql::Role::Admin, site: None }],
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             Node::start(&config).expect("the node starts")
@@ -423,6 +428,29 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
     }
     wait_for("phase 2 taken in", &|n| taken_in(n) >= 480);
 
+    // The registry's sites and motors are SQL tables on every node, kept current.
+    tessera(&["cluster", "add-site", "--at", &nodes[0].addr, "site-a", "Plant A"]).expect("add-site");
+    tessera(&["cluster", "assign-motors", "--at", &nodes[1].addr, "site-a", "site-a-m0", "site-a-m1"]).expect("assign");
+    for node in &running {
+        let args = tessera_server::sql::SqlArgs {
+            query: "SELECT m.motor_id, s.name FROM motors m JOIN sites s USING (site_id) ORDER BY 1".into(),
+            at: node.sql_addr().expect("endpoint").to_string(),
+            user: Some("root".into()),
+            password: Some("pw".into()),
+            token: None,
+            timeout: Duration::from_secs(10),
+        };
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let table = tessera_server::sql::query_table(&args).expect("sql");
+            if table.contains("| site-a-m0 | Plant A |") && table.contains("| site-a-m1 | Plant A |") {
+                break;
+            }
+            assert!(Instant::now() < until, "{table}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     let rt = runtime();
     for (node, (site, _)) in running.into_iter().zip(sites) {
         let stats = node.detect_stats();
@@ -445,4 +473,9 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
         assert!(last[0] >= t0 + 60_000, "{site}: base ran on phase 2:\n{text}");
         assert!(last[1] < t0 + 60_000, "{site}: hot ran on phase 1 only:\n{text}");
     }
+}
+
+fn password_hash() -> String {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| tessera_sql::auth::hash_password("pw").expect("hash")).clone()
 }

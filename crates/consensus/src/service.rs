@@ -466,6 +466,20 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         Ok(Response::new(pb::ListSitesResponse { sites }))
     }
 
+    async fn list_motors(&self, request: GrpcRequest<pb::ListMotorsRequest>) -> Result<Response<pb::ListMotorsResponse>, Status> {
+        let site = request.into_inner().site;
+        self.0.read_barrier().await?;
+        let motors = self.0.view.with(|a| {
+            a.registry
+                .motors
+                .iter()
+                .filter(|(_, s)| site.is_empty() || s.as_str() == site)
+                .map(|(m, s)| pb::MotorAssignment { motor: m.to_string(), site: s.to_string() })
+                .collect()
+        });
+        Ok(Response::new(pb::ListMotorsResponse { motors }))
+    }
+
     async fn list_audit(&self, request: GrpcRequest<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditResponse>, Status> {
         let req = request.into_inner();
         self.0.read_barrier().await?;

@@ -308,6 +308,24 @@ pub fn query_changes(running: &BTreeMap<String, String>, registered: &[(String, 
     drops.chain(registers).collect()
 }
 
+/// The registry's sites and motors as a node last read them (for the `sites` and `motors`
+/// SQL tables), kept current by the [`QueryWatcher`].
+#[derive(Debug, Clone, Default)]
+pub struct RegistryRows(Arc<std::sync::Mutex<(Vec<pb::Site>, Vec<pb::MotorAssignment>)>>);
+
+impl RegistryRows {
+    /// The sites and the motor → site assignments.
+    pub fn get(&self) -> (Vec<pb::Site>, Vec<pb::MotorAssignment>) {
+        self.0.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn set(&self, sites: Vec<pb::Site>, motors: Vec<pb::MotorAssignment>) {
+        if let Ok(mut r) = self.0.lock() {
+            *r = (sites, motors);
+        }
+    }
+}
+
 /// Keeps a running node's cluster-wide queries in step with the registry: every `poll` it
 /// reads the registered queries (linearizably) and sends the detection stage what changed
 /// (see [`query_changes`]). A registration whose statement does not create the query it is
@@ -321,9 +339,17 @@ pub struct QueryWatcher {
 impl QueryWatcher {
     /// Starts watching the control plane at `admin`. `running` is what the node runs of
     /// `registered` already; `local` the names of its own queries.
-    pub fn start(control: &ControlConfig, admin: &str, local: BTreeSet<String>, running: BTreeMap<String, String>, changes: Sender<QueryChange>) -> Result<Self> {
+    /// It also keeps `registry` (sites and motors) current.
+    pub fn start(
+        control: &ControlConfig,
+        admin: &str,
+        local: BTreeSet<String>,
+        running: BTreeMap<String, String>,
+        changes: Sender<QueryChange>,
+        registry: RegistryRows,
+    ) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let watch = Watch { admin: admin.to_string(), timeout: control.timeout, poll: control.poll, local, running, changes, stop: stop.clone() };
+        let watch = Watch { admin: admin.to_string(), timeout: control.timeout, poll: control.poll, local, running, changes, registry, stop: stop.clone() };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let thread = std::thread::Builder::new().name("tessera-query-watch".into()).spawn(move || runtime.block_on(watch.run()))?;
         Ok(Self { stop, thread: Some(thread) })
@@ -346,6 +372,7 @@ struct Watch {
     local: BTreeSet<String>,
     running: BTreeMap<String, String>,
     changes: Sender<QueryChange>,
+    registry: RegistryRows,
     stop: Arc<AtomicBool>,
 }
 
@@ -353,8 +380,11 @@ impl Watch {
     async fn run(mut self) {
         let mut client = None;
         let mut unreachable = false;
+        let mut first = true;
         loop {
-            let next = tokio::time::Instant::now() + self.poll;
+            // The first read at once (the registry tables start filled), then every poll.
+            let next = tokio::time::Instant::now() + if first { Duration::ZERO } else { self.poll };
+            first = false;
             while tokio::time::Instant::now() < next {
                 if self.stop.load(Ordering::Relaxed) {
                     return;
@@ -365,7 +395,12 @@ impl Watch {
                 if client.is_none() {
                     client = Some(admin_client(&self.admin, self.timeout).await?);
                 }
-                list_queries(client.as_mut().expect("connected"), &self.admin).await
+                let c = client.as_mut().expect("connected");
+                let queries = list_queries(c, &self.admin).await?;
+                let sites = c.list_sites(pb::ListSitesRequest {}).await.map_err(|s| status_error(&self.admin, s))?.into_inner().sites;
+                let motors = c.list_motors(pb::ListMotorsRequest { site: String::new() }).await.map_err(|s| status_error(&self.admin, s))?.into_inner().motors;
+                self.registry.set(sites, motors);
+                Ok::<_, anyhow::Error>(queries)
             };
             let registered = match tokio::time::timeout(self.timeout, read).await.unwrap_or_else(|_| Err(anyhow!("no answer in {:?}", self.timeout))) {
                 Ok(registered) => registered,

@@ -22,7 +22,7 @@ use tessera_ingest::{Ingest, IngestStats};
 use tessera_stream::StreamEngine;
 
 use crate::config::NodeConfig;
-use crate::control::QueryWatcher;
+use crate::control::{QueryWatcher, RegistryRows};
 use crate::sql::SqlEndpoint;
 use crate::detect::{Detect, DetectStats, build_engine};
 use crate::partition_state::PartitionCheckpoints;
@@ -66,19 +66,20 @@ impl Node {
         let ingest = ingest.context("starting the ingest")?;
         let shared_tables = engine.shared_tables();
         let detect = Detect::start_checkpointed(engine, &config.detect, &config.ingest.brokers, rx, checkpointed)?;
+        let registry = config.control.admin.as_ref().map(|_| RegistryRows::default());
         let sql = match config.sql.listen {
             Some(listen) => {
-                let tables = crate::sql::served_tables(shared_tables, &detect.running_queries());
+                let tables = crate::sql::served_tables(shared_tables, &detect.running_queries(), registry.as_ref());
                 Some(SqlEndpoint::start(&config.sql, listen, &config.site_id, tables)?)
             }
             None => None,
         };
-        let watcher = match &config.control.admin {
-            Some(admin) => {
+        let watcher = match (&config.control.admin, registry) {
+            (Some(admin), Some(registry)) => {
                 let running = registered.into_iter().filter(|(name, _)| !local.contains(name)).collect();
-                Some(QueryWatcher::start(&config.control, admin, local, running, detect.query_changes())?)
+                Some(QueryWatcher::start(&config.control, admin, local, running, detect.query_changes(), registry)?)
             }
-            None => None,
+            _ => None,
         };
         Ok(Node { ingest, detect, watcher, sql })
     }

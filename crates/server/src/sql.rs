@@ -3,7 +3,8 @@
 //!
 //! A node serves its engine's tables (`alerts`, `motor_windows`, `late_events`, and the raw
 //! `telemetry` of its own site, readable only by that site's operators and admins) and
-//! `continuous_queries` (what it runs now), and `query_audit` (every query asked of it, run or
+//! `continuous_queries` (what it runs now), with a control plane the registry's `sites` and
+//! `motors`, and `query_audit` (every query asked of it, run or
 //! refused; admins only).
 
 use std::net::SocketAddr;
@@ -11,13 +12,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use datafusion::arrow::array::{RecordBatch, StringArray, TimestampMillisecondArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::TableProvider;
 use tessera_stream::tables::BoundedTable;
 use serde::{Deserialize, Serialize};
 use tessera_sql::{AuditSink, Authenticator, Catalog, ConfigUsers, Federation, FlightSqlEndpoint, Peer, LogAudit, QueryAudit, ServedTable, SnapshotTable, TableKind, TokenConfig, UserConfig};
 
+use crate::control::RegistryRows;
 use crate::detect::RunningQueries;
 
 /// The `[sql]` section: where the Flight SQL endpoint listens and who may use it.
@@ -80,15 +82,54 @@ impl SqlConfig {
     }
 }
 
-/// The tables a node serves over SQL: its engine's `shared` tables and the queries it runs.
-pub fn served_tables(shared: Vec<(&'static str, Arc<dyn TableProvider>)>, running: &RunningQueries) -> Vec<ServedTable> {
+/// The tables a node serves over SQL: its engine's `shared` tables, the queries it runs, and
+/// with a control plane, the registry's `sites` and `motors`.
+pub fn served_tables(shared: Vec<(&'static str, Arc<dyn TableProvider>)>, running: &RunningQueries, registry: Option<&RegistryRows>) -> Vec<ServedTable> {
     let mut tables: Vec<ServedTable> = shared
         .into_iter()
         .map(|(name, provider)| ServedTable { name: name.to_string(), provider, kind: if name == "telemetry" { TableKind::Raw } else { TableKind::Derived } })
         .collect();
     let list = running.clone();
     tables.push(ServedTable { name: "continuous_queries".into(), provider: SnapshotTable::new(RunningQueries::schema(), move || list.rows()), kind: TableKind::Derived });
+    if let Some(registry) = registry {
+        let (r, schema) = (registry.clone(), sites_schema());
+        let sites = SnapshotTable::new(schema.clone(), move || {
+            let (sites, _) = r.get();
+            let nodes = |s: &tessera_proto::raft::Site| s.nodes.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from_iter_values(sites.iter().map(|s| s.site.as_str()))),
+                Arc::new(StringArray::from_iter_values(sites.iter().map(|s| s.name.as_str()))),
+                Arc::new(UInt64Array::from_iter_values(sites.iter().map(|s| s.motors))),
+                Arc::new(StringArray::from_iter_values(sites.iter().map(nodes))),
+            ];
+            RecordBatch::try_new(schema.clone(), columns).map(|b| vec![b]).unwrap_or_default()
+        });
+        tables.push(ServedTable { name: "sites".into(), provider: sites, kind: TableKind::Cluster });
+        let (r, schema) = (registry.clone(), motors_schema());
+        let motors = SnapshotTable::new(schema.clone(), move || {
+            let (_, motors) = r.get();
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from_iter_values(motors.iter().map(|m| m.motor.as_str()))),
+                Arc::new(StringArray::from_iter_values(motors.iter().map(|m| m.site.as_str()))),
+            ];
+            RecordBatch::try_new(schema.clone(), columns).map(|b| vec![b]).unwrap_or_default()
+        });
+        tables.push(ServedTable { name: "motors".into(), provider: motors, kind: TableKind::Cluster });
+    }
     tables
+}
+
+fn sites_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("site_id", DataType::Utf8, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("motors", DataType::UInt64, false),
+        Field::new("nodes", DataType::Utf8, false),
+    ]))
+}
+
+fn motors_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("motor_id", DataType::Utf8, false), Field::new("site_id", DataType::Utf8, false)]))
 }
 
 /// The node's query audit: every query asked of its endpoint (run or refused, with why), in

@@ -43,6 +43,16 @@ pub enum TableKind {
     Derived,
     /// Who asked what: admins only.
     Audit,
+    /// Cluster-wide metadata every node holds alike (sites, motors): readable by every role,
+    /// and not in `fleet` (it would only repeat itself once per site).
+    Cluster,
+}
+
+impl TableKind {
+    /// Whether the table has a `fleet` twin.
+    pub fn federated(self) -> bool {
+        matches!(self, TableKind::Raw | TableKind::Derived)
+    }
 }
 
 /// One served table.
@@ -101,13 +111,13 @@ impl Catalog {
     }
 
     /// A fresh context for `who`: this site's tables, and with a federation, the `fleet`
-    /// schema (every table but the audit, across sites, scanned on `who`'s behalf).
+    /// schema (every raw and derived table, across sites, scanned on `who`'s behalf).
     pub fn context(self: &Arc<Self>, who: &Identity) -> Result<SessionContext, SqlError> {
         let ctx = self.local_context()?;
         if self.federation.is_some() {
             let catalog = ctx.catalog(CATALOG).ok_or_else(|| SqlError::Internal("no default catalog".into()))?;
             catalog.register_schema(FLEET, Arc::new(MemorySchemaProvider::new())).map_err(SqlError::from_datafusion)?;
-            for t in self.tables.iter().filter(|t| t.kind != TableKind::Audit) {
+            for t in self.tables.iter().filter(|t| t.kind.federated()) {
                 let table = fleet_table(&t.name, t.provider.schema().as_ref(), self, who);
                 ctx.register_table(TableReference::partial(FLEET, t.name.as_str()), table).map_err(SqlError::from_datafusion)?;
             }
@@ -144,7 +154,7 @@ impl Catalog {
             let Some(table) = self.tables.iter().find(|t| t.name == name) else { continue };
             let allowed = match table.kind {
                 TableKind::Raw => self.may_read_raw(who),
-                TableKind::Derived => true,
+                TableKind::Derived | TableKind::Cluster => true,
                 TableKind::Audit => who.role == Role::Admin,
             };
             if !allowed {

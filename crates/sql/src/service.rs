@@ -188,7 +188,7 @@ impl FlightSqlEndpoint {
         let mut out = Vec::new();
         for t in self.catalog.tables() {
             out.push((SCHEMA.to_string(), t.name.clone(), "TABLE", t.provider.schema()));
-            if self.catalog.federation().is_some() && t.kind != crate::catalog::TableKind::Audit {
+            if self.catalog.federation().is_some() && t.kind.federated() {
                 out.push((crate::federation::FLEET.to_string(), t.name.clone(), "TABLE", t.provider.schema()));
             }
         }
