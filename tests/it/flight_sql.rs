@@ -212,6 +212,7 @@ fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
     for table in ["alerts", "motor_windows", "late_events", "telemetry", "continuous_queries"] {
         assert!(objects.contains(&format!("tessera.public.{table}").as_str()), "{table}: {objects:?}");
     }
+    assert!(!objects.contains(&"tessera.public.query_audit"), "the audit table is listed for admins only: {objects:?}");
     assert_eq!(got["pyarrow"]["alerts"].as_i64(), Some(alerts), "{got}");
 
     // The example script of examples/ works as its docs say.

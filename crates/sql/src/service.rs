@@ -4,7 +4,8 @@
 //! A statement's ticket carries its SQL text, so any call can be answered without server-side
 //! state; the query is planned and its access checked again when the ticket is redeemed (with
 //! the redeeming caller's identity). Prepared statements are kept per handle (random, 128
-//! bits) with their owner; another caller's handle is unknown to them.
+//! bits) with their owner (another caller's handle is unknown to them) until closed, or an
+//! hour after their last use.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -68,7 +69,12 @@ struct Prepared {
     owner: String,
     sql: String,
     params: Option<RecordBatch>,
+    /// When it was last used: a handle its client never closed goes after [`PREPARED_IDLE`].
+    used: std::time::Instant,
 }
+
+/// How long an unused prepared statement is kept (clients that never close leak nothing).
+const PREPARED_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The Flight SQL endpoint of one node.
 pub struct FlightSqlEndpoint {
@@ -175,18 +181,23 @@ impl FlightSqlEndpoint {
     }
 
     fn prepared_sql(&self, who: &Identity, handle: &[u8]) -> Result<(String, Option<RecordBatch>), SqlError> {
-        let prepared = self.prepared.lock().map_err(|_| SqlError::Internal("prepared statements poisoned".into()))?;
-        match prepared.get(handle) {
-            Some(p) if p.owner == who.user => Ok((p.sql.clone(), p.params.clone())),
+        let mut prepared = self.prepared.lock().map_err(|_| SqlError::Internal("prepared statements poisoned".into()))?;
+        match prepared.get_mut(handle) {
+            Some(p) if p.owner == who.user => {
+                p.used = std::time::Instant::now();
+                Ok((p.sql.clone(), p.params.clone()))
+            }
             _ => Err(SqlError::NotFound("unknown prepared statement handle (closed, or not yours)".into())),
         }
     }
 
     /// Table names of the catalog, and `information_schema`'s views, with their schemas.
-    async fn table_list(&self) -> Result<Vec<(String, String, &'static str, SchemaRef)>, SqlError> {
+    /// (The audit table is listed for admins only.)
+    async fn table_list(&self, who: &Identity) -> Result<Vec<(String, String, &'static str, SchemaRef)>, SqlError> {
         let ctx = self.catalog.local_context()?;
         let mut out = Vec::new();
-        for t in self.catalog.tables() {
+        let listed = |t: &&crate::catalog::ServedTable| t.kind != crate::catalog::TableKind::Audit || who.role == crate::auth::Role::Admin;
+        for t in self.catalog.tables().iter().filter(listed) {
             out.push((SCHEMA.to_string(), t.name.clone(), "TABLE", t.provider.schema()));
             if self.catalog.federation().is_some() && t.kind.federated() {
                 out.push((crate::federation::FLEET.to_string(), t.name.clone(), "TABLE", t.provider.schema()));
@@ -263,10 +274,11 @@ impl FlightSqlService for FlightSqlEndpoint {
         let fields: Vec<arrow_schema::Field> =
             params.into_iter().map(|(name, t)| arrow_schema::Field::new(name, t.unwrap_or(arrow_schema::DataType::Utf8), true)).collect();
         let handle: [u8; 16] = rand::random();
-        self.prepared
-            .lock()
-            .map_err(|_| Status::internal("prepared statements poisoned"))?
-            .insert(handle.to_vec(), Prepared { owner: who.user.clone(), sql: query.query.clone(), params: None });
+        let mut prepared = self.prepared.lock().map_err(|_| Status::internal("prepared statements poisoned"))?;
+        let now = std::time::Instant::now();
+        prepared.retain(|_, p| now.duration_since(p.used) < PREPARED_IDLE);
+        prepared.insert(handle.to_vec(), Prepared { owner: who.user.clone(), sql: query.query.clone(), params: None, used: now });
+        drop(prepared);
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.to_vec().into(),
             dataset_schema: encode_schema(plan.schema().as_arrow())?.into(),
@@ -357,9 +369,9 @@ impl FlightSqlService for FlightSqlEndpoint {
     }
 
     async fn do_get_tables(&self, query: CommandGetTables, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
-        self.identity(request.metadata())?;
+        let who = self.identity(request.metadata())?;
         let mut builder = query.into_builder();
-        for (schema, name, kind, table_schema) in self.table_list().await? {
+        for (schema, name, kind, table_schema) in self.table_list(&who).await? {
             builder.append(CATALOG, schema, name, kind, &table_schema).map_err(|e| Status::internal(e.to_string()))?;
         }
         Ok(Self::batch_stream(builder.schema(), builder.build()))
