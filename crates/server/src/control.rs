@@ -123,15 +123,20 @@ impl AdminArgs {
     }
 
     async fn client(&self) -> Result<ClusterAdminClient<Channel>> {
-        let channel = Endpoint::from_shared(format!("http://{}", self.at))
-            .with_context(|| format!("--at {}: not a host:port", self.at))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(self.timeout)
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the node at {}", self.at))?;
-        Ok(ClusterAdminClient::new(channel))
+        Ok(ClusterAdminClient::new(grpc_channel(&self.at, self.timeout, "node").await?))
     }
+}
+
+/// A gRPC channel to `at` (host:port) whose calls time out after `timeout`; errors name `what`
+/// is there (the CLI's `--at`).
+pub(crate) async fn grpc_channel(at: &str, timeout: Duration, what: &str) -> Result<Channel> {
+    Endpoint::from_shared(format!("http://{at}"))
+        .with_context(|| format!("--at {at}: not a host:port"))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(timeout)
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the {what} at {at}"))
 }
 
 /// `tessera cluster …`

@@ -270,13 +270,7 @@ pub fn query_table(args: &SqlArgs) -> Result<String> {
     use futures::TryStreamExt as _;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.at))
-            .with_context(|| format!("--at {}: not a host:port", args.at))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(args.timeout)
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the SQL endpoint at {}", args.at))?;
+        let channel = crate::control::grpc_channel(&args.at, args.timeout, "SQL endpoint").await?;
         let mut client = FlightSqlServiceClient::new(channel);
         match (&args.token, &args.user, &args.password) {
             (Some(token), _, _) => client.set_token(token.clone()),

@@ -129,17 +129,21 @@ impl TableProvider for FleetTable {
         if let Some(n) = limit {
             sql.push_str(&format!(" LIMIT {n}"));
         }
-        let batches = run_fragments(&self.catalog, &self.who, &sql).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let batches = batches
-            .into_iter()
-            .map(|b| {
-                let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
-                let columns = if projected.fields().is_empty() { Vec::new() } else { b.columns().to_vec() };
-                RecordBatch::try_new_with_options(projected.clone(), columns, &options)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let batches = fragments_as(&self.catalog, &self.who, &sql, &projected).await?;
         Ok(MemorySourceConfig::try_new_exec(&[batches], projected, None)?)
     }
+}
+
+/// [`run_fragments`], with every site's batches put in `schema` (the sites type their answers
+/// alike, but nullability may differ; with no column, only the row counts are kept).
+pub(crate) async fn fragments_as(catalog: &Arc<Catalog>, who: &Identity, sql: &str, schema: &SchemaRef) -> datafusion::common::Result<Vec<RecordBatch>> {
+    let batches = run_fragments(catalog, who, sql).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let batches = batches.into_iter().map(|b| {
+        let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+        let columns = if schema.fields().is_empty() { Vec::new() } else { b.columns().to_vec() };
+        RecordBatch::try_new_with_options(schema.clone(), columns, &options)
+    });
+    Ok(batches.collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Runs `sql` (over `public` tables) at every site for `who`, in parallel: the local site in

@@ -19,11 +19,10 @@ use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::Transformed;
-use datafusion::common::{Column, DataFusionError, Result};
+use datafusion::common::{Column, Result};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{TableType, provider_as_source, source_as_provider};
 use datafusion::functions_aggregate::expr_fn::{max, min, sum};
@@ -34,7 +33,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::auth::Identity;
 use crate::catalog::Catalog;
-use crate::federation::{FleetTable, quote, run_fragments, to_sql};
+use crate::federation::{FleetTable, fragments_as, quote, to_sql};
 
 /// The rule (see the module docs).
 #[derive(Debug, Default)]
@@ -193,9 +192,7 @@ impl TableProvider for Partials {
     }
 
     async fn scan(&self, _state: &dyn Session, projection: Option<&Vec<usize>>, _filters: &[Expr], _limit: Option<usize>) -> Result<Arc<dyn ExecutionPlan>> {
-        let batches = run_fragments(&self.catalog, &self.who, &self.sql).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
-        // Sites type their partials alike, but nullability may differ: adopt ours.
-        let batches = batches.into_iter().map(|b| RecordBatch::try_new(self.schema.clone(), b.columns().to_vec())).collect::<Result<Vec<_>, _>>()?;
+        let batches = fragments_as(&self.catalog, &self.who, &self.sql, &self.schema).await?;
         Ok(MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), projection.cloned())?)
     }
 }

@@ -1,6 +1,7 @@
-//! Bounded in-memory tables the engine writes and users query: `alerts`, `motor_windows` and
-//! `late_events` (and, replaced before each run, a continuous query's window relation). Each keeps its newest rows up to a row limit; older batches are dropped
-//! whole (the Kafka topics are the durable record).
+//! Bounded in-memory tables the engine writes and users query: `alerts`, `motor_windows`,
+//! `late_events` and `telemetry` (the newest raw readings) (and, replaced before each run, a
+//! continuous query's window relation). Each keeps its newest rows up to a row limit; older
+//! batches are dropped whole (the Kafka topics are the durable record).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
