@@ -2,13 +2,14 @@
 //!
 //! This crate has no I/O and no async runtime: it holds what a reading *is* ([`Reading`]),
 //! who it belongs to ([`MotorId`], [`SiteId`]), how sensitive it is ([`DataGrade`],
-//! [`DataStage`]), how it looks as Arrow columns
+//! [`DataStage`], per column: [`GradeMap`]), how it looks as Arrow columns
 //! ([`telemetry_schema`]), which readings are acceptable ([`ValidationRules`]), and how motors
 //! are spread over shards ([`shard_of`]), and how event time is cut into windows
 //! ([`WindowSpec`], [`MotorWatermark`]). Everything here is pure and cheap to test.
 #![deny(missing_docs)]
 
 mod grade;
+mod grading;
 mod ids;
 mod reading;
 mod schema;
@@ -17,6 +18,7 @@ mod validate;
 mod window;
 
 pub use grade::{DataGrade, DataStage, UnknownName};
+pub use grading::{field_grade, with_grade, GradeMap, StreamGrades, GRADE_METADATA_KEY};
 pub use ids::{IdError, MotorId, SiteId, MAX_ID_BYTES};
 pub use reading::{Channel, Reading, ReadingFingerprint};
 pub use schema::{telemetry_schema, TelemetryColumn};

@@ -1,0 +1,21 @@
+//! Site-local storage of raw data, protected per data grade (`tessera-store`).
+//!
+//! - [`SegmentStore`]: rows of a stream as Parquet segments with modular encryption, one data
+//!   key per grade per segment, a manifest of time ranges, retention per grade and
+//!   crypto-shredding (destroying a time range's keys).
+//! - [`Keyring`] and [`Kek`]: envelope encryption — data keys sealed under the site's
+//!   key-encryption key, which is kept apart from the data and can be rotated.
+//! - [`custody`]: moving segments to another site (re-encrypted, under an export key split
+//!   k-of-n across sites with Shamir secret sharing).
+//!
+//! The store knows nothing of queries or networks; the server wires it to the stream and to
+//! SQL, and writes its [`ShredEvent`]s and custody events to the audit log.
+
+pub mod custody;
+mod error;
+mod keys;
+mod segment;
+
+pub use error::{Result, StoreError};
+pub use keys::{Kek, KEY_LEN, Keyring, SealedKey, SecretKey, from_hex, to_hex};
+pub use segment::{GradeKey, Retention, SegmentMeta, SegmentStore, Shred, ShredEvent};
