@@ -16,6 +16,7 @@ mod fault;
 mod flight_sql;
 mod golden;
 mod replay_skab;
+mod security;
 mod tidy;
 
 use std::sync::mpsc::{sync_channel, Receiver};

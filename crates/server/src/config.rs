@@ -13,6 +13,8 @@ use tessera_ingest::IngestConfig;
 
 use crate::detect::DetectConfig;
 use crate::sql::SqlConfig;
+use crate::storage::StoreConfig;
+use tessera_core::GradeMap;
 
 /// A node's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -30,6 +32,12 @@ pub struct NodeConfig {
     pub control: ControlConfig,
     /// The Flight SQL endpoint.
     pub sql: SqlConfig,
+    /// The site-local store of raw telemetry (encrypted segments, retention, shredding).
+    pub store: StoreConfig,
+    /// The grade of each column of each stream (`[grades.<stream>] default = "..."`,
+    /// `[grades.<stream>.columns] <column> = "..."`); defaults: [`GradeMap::builtin`]. The
+    /// cluster's policy can raise them, never lower them.
+    pub grades: GradeMap,
 }
 
 /// The `[control]` section: where the cluster's control plane answers.
@@ -108,6 +116,7 @@ impl NodeConfig {
         self.ingest.validate().map_err(|e| anyhow::anyhow!("config: ingest.{}", e.to_string().trim_start_matches("invalid ingest config: ")))?;
         self.detect.validate().map_err(|e| anyhow::anyhow!("config: {e}"))?;
         self.state.validate().map_err(|e| anyhow::anyhow!("config: {e}"))?;
+        self.store.validate().map_err(|e| anyhow::anyhow!("config: {e}"))?;
         anyhow::ensure!(!self.control.timeout.is_zero(), "config: control.timeout must be longer than 0");
         anyhow::ensure!(self.control.poll >= Duration::from_millis(100), "config: control.poll must be at least 100ms");
         if let Some(admin) = &self.control.admin {

@@ -285,14 +285,16 @@ impl ProducerContext for DeliveryCheck {
 impl Detect {
     /// Starts the stage on `engine`, reading `batches`, writing to `brokers`.
     pub fn start(engine: StreamEngine, config: &DetectConfig, brokers: &str, batches: Receiver<ShardBatch>) -> Result<Self> {
-        Self::start_checkpointed(engine, config, brokers, batches, false)
+        Self::start_checkpointed(engine, config, brokers, batches, false, None)
     }
 
     /// Like [`Detect::start`], with per-partition checkpoints when `checkpointed`: the ingest
     /// must then send barriers (its `checkpoint_interval` set) and partitions' checkpoints
     /// ([`tessera_ingest::Ingest::start_with_states`] with
-    /// [`crate::partition_state::PartitionCheckpoints`]).
-    pub fn start_checkpointed(engine: StreamEngine, config: &DetectConfig, brokers: &str, batches: Receiver<ShardBatch>, checkpointed: bool) -> Result<Self> {
+    /// [`crate::partition_state::PartitionCheckpoints`]). With `raw`, every reading taken in is
+    /// also sent there (the site's store, see [`crate::storage`]); if it is gone, the stage
+    /// stops with an error rather than drop readings.
+    pub fn start_checkpointed(engine: StreamEngine, config: &DetectConfig, brokers: &str, batches: Receiver<ShardBatch>, checkpointed: bool, raw: Option<SyncSender<RecordBatch>>) -> Result<Self> {
         let failed = Arc::new(Mutex::new(None));
         let producer: ThreadedProducer<DeliveryCheck> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -336,6 +338,7 @@ impl Detect {
             batches_since_checkpoint: 0,
             changes: change_queue,
             running: running.clone(),
+            raw,
         };
         let thread = std::thread::Builder::new().name("tessera-detect".into()).spawn(move || worker.run(batches))?;
         Ok(Self { stop, end_of_input, stats, changes, running, thread: Some(thread) })
@@ -407,6 +410,8 @@ struct Worker {
     /// Changes to the running queries, applied between steps.
     changes: Receiver<QueryChange>,
     running: RunningQueries,
+    /// The site's store of raw readings, if any.
+    raw: Option<SyncSender<RecordBatch>>,
 }
 
 impl Worker {
@@ -417,6 +422,10 @@ impl Worker {
             match batches.recv_timeout(tick) {
                 Ok(ShardBatch { batch: rows, ack, control, .. }) => {
                     if rows.num_rows() > 0 {
+                        if let Some(raw) = &self.raw {
+                            let telemetry = rows.project(&(0..tessera_core::telemetry_schema().fields().len()).collect::<Vec<_>>())?;
+                            raw.send(telemetry).map_err(|_| anyhow::anyhow!("the telemetry store has stopped; readings would be lost"))?;
+                        }
                         let out = rt.block_on(self.engine.push(&rows, now_ms()))?;
                         self.publish(out)?;
                         self.batches_since_checkpoint += 1;

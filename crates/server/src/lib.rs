@@ -19,4 +19,5 @@ pub mod replay;
 pub mod rules;
 pub mod simulate;
 pub mod sql;
+pub mod storage;
 pub mod topics;

@@ -43,6 +43,9 @@ enum Command {
         #[arg(long)]
         brokers: Option<String>,
     },
+    /// The site-local store: key-encryption keys, segments, shredding.
+    #[command(subcommand)]
+    Store(tessera_server::storage::StoreCommand),
     /// Run one SQL query against a node's Flight SQL endpoint and print the result.
     Sql(tessera_server::sql::SqlArgs),
     /// Hash a secret read from stdin for the `[sql]` config: an Argon2id `password_hash` for
@@ -346,6 +349,7 @@ fn main() -> Result<()> {
             }
         }
         Command::Control(command) => control::run(command, &stop)?,
+        Command::Store(command) => tessera_server::storage::run_store_command(command)?,
         Command::Sql(args) => print!("{}", tessera_server::sql::query_table(&args)?),
         Command::HashSecret { kind } => {
             let mut secret = String::new();

@@ -24,6 +24,7 @@ use tessera_stream::StreamEngine;
 use crate::config::NodeConfig;
 use crate::control::{QueryWatcher, RegistryRows};
 use crate::sql::SqlEndpoint;
+use crate::storage::{StoreStats, TelemetryStore};
 use crate::detect::{Detect, DetectStats, build_engine};
 use crate::partition_state::PartitionCheckpoints;
 
@@ -35,6 +36,8 @@ pub struct Node {
     watcher: Option<QueryWatcher>,
     /// The Flight SQL endpoint (`[sql] listen`).
     sql: Option<SqlEndpoint>,
+    /// The site-local store of raw readings (`[store] dir`).
+    store: Option<TelemetryStore>,
 }
 
 impl Node {
@@ -59,17 +62,21 @@ impl Node {
             Some(dir) => {
                 let mut ingest_config = config.ingest.clone();
                 ingest_config.checkpoint_interval = config.state.interval;
-                let stores = PartitionCheckpoints::new(dir, config.state.keep)?;
+                let stores = PartitionCheckpoints::new(dir, config.state.keep)?.sealed(config.store.checkpoint_sealer()?);
                 (Ingest::start_with_states(ingest_config, tx, Arc::new(stores)), true)
             }
         };
         let ingest = ingest.context("starting the ingest")?;
         let shared_tables = engine.shared_tables();
-        let detect = Detect::start_checkpointed(engine, &config.detect, &config.ingest.brokers, rx, checkpointed)?;
+        let store = match config.store.open()? {
+            Some(store) => Some(TelemetryStore::start(store, &config.store, config.grades.clone())?),
+            None => None,
+        };
+        let detect = Detect::start_checkpointed(engine, &config.detect, &config.ingest.brokers, rx, checkpointed, store.as_ref().map(TelemetryStore::sender))?;
         let registry = config.control.admin.as_ref().map(|_| RegistryRows::default());
         let sql = match config.sql.listen {
             Some(listen) => {
-                let tables = crate::sql::served_tables(shared_tables, &detect.running_queries(), registry.as_ref());
+                let tables = crate::sql::served_tables(shared_tables, &detect.running_queries(), registry.as_ref(), store.as_ref());
                 Some(SqlEndpoint::start(&config.sql, listen, &config.site_id, tables)?)
             }
             None => None,
@@ -81,7 +88,17 @@ impl Node {
             }
             _ => None,
         };
-        Ok(Node { ingest, detect, watcher, sql })
+        Ok(Node { ingest, detect, watcher, sql, store })
+    }
+
+    /// The site-local store of raw readings, if it runs (for shredding on request).
+    pub fn store(&self) -> Option<&TelemetryStore> {
+        self.store.as_ref()
+    }
+
+    /// The store's counters, if it runs.
+    pub fn store_stats(&self) -> Option<StoreStats> {
+        self.store.as_ref().map(TelemetryStore::stats)
     }
 
     /// Where the Flight SQL endpoint listens, if it runs.
@@ -112,6 +129,13 @@ impl Node {
         drop(self.sql);
         let ingest = self.ingest.stop();
         let engine = self.detect.stop();
+        // After the stage: it no longer sends, so the store writes what is pending and ends.
+        let stored = self.store.map(TelemetryStore::stop).transpose();
+        let engine = match (engine, stored) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(e)) => Err(e),
+            (Ok(engine), Ok(_)) => Ok(engine),
+        };
         match (ingest, engine) {
             (_, Err(e)) => Err(e),
             (Err(e), _) => Err(e.into()),

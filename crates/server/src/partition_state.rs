@@ -9,9 +9,10 @@
 //! partition's current owner writes to its store.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tessera_ingest::{PartitionStart, PartitionStates, TopicPartition};
-use tessera_state::{CheckpointStore, Loaded};
+use tessera_state::{CheckpointStore, Loaded, Sealer};
 
 /// The per-partition stores under a site's state directory: what the ingest asks for when it
 /// is assigned partitions.
@@ -19,6 +20,8 @@ use tessera_state::{CheckpointStore, Loaded};
 pub struct PartitionCheckpoints {
     dir: PathBuf,
     keep: usize,
+    /// Seals every checkpoint under the site's key (see [`crate::storage`]).
+    sealer: Option<Arc<dyn Sealer>>,
 }
 
 /// A newly assigned partition's store, opened, and its newest valid checkpoint: what the
@@ -41,12 +44,21 @@ impl PartitionCheckpoints {
     /// The stores under `dir` (created if missing), keeping `keep` checkpoints each.
     pub fn new(dir: &Path, keep: usize) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("state.dir {}: {e}", dir.display()))?;
-        Ok(Self { dir: dir.to_path_buf(), keep })
+        Ok(Self { dir: dir.to_path_buf(), keep, sealer: None })
+    }
+
+    /// Seals the checkpoints with `sealer` (and opens sealed ones with it).
+    pub fn sealed(mut self, sealer: Option<Arc<dyn Sealer>>) -> Self {
+        self.sealer = sealer;
+        self
     }
 
     fn open(&self, tp: &TopicPartition) -> Result<PartitionStart, String> {
         let named = |e: &dyn std::fmt::Display| format!("{}/{}: {e}", tp.0, tp.1);
-        let store = CheckpointStore::open(partition_dir(&self.dir, tp), self.keep).map_err(|e| named(&e))?;
+        let mut store = CheckpointStore::open(partition_dir(&self.dir, tp), self.keep).map_err(|e| named(&e))?;
+        if let Some(sealer) = &self.sealer {
+            store = store.with_sealer(sealer.clone());
+        }
         let loaded = store.latest().map_err(|e| named(&e))?;
         if let Some(l) = &loaded {
             for s in &l.skipped {

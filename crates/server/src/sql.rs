@@ -21,6 +21,7 @@ use tessera_sql::{AuditSink, Authenticator, Catalog, ConfigUsers, Federation, Fl
 
 use crate::control::RegistryRows;
 use crate::detect::RunningQueries;
+use crate::storage::TelemetryStore;
 
 /// The `[sql]` section: where the Flight SQL endpoint listens and who may use it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,11 +85,19 @@ impl SqlConfig {
 
 /// The tables a node serves over SQL: its engine's `shared` tables, the queries it runs, and
 /// with a control plane, the registry's `sites` and `motors`.
-pub fn served_tables(shared: Vec<(&'static str, Arc<dyn TableProvider>)>, running: &RunningQueries, registry: Option<&RegistryRows>) -> Vec<ServedTable> {
+pub fn served_tables(shared: Vec<(&'static str, Arc<dyn TableProvider>)>, running: &RunningQueries, registry: Option<&RegistryRows>, store: Option<&TelemetryStore>) -> Vec<ServedTable> {
     let mut tables: Vec<ServedTable> = shared
         .into_iter()
+        .map(|(name, provider)| match (name, store) {
+            // With a store, `telemetry` is every stored reading, not only the newest in memory.
+            ("telemetry", Some(store)) => (name, store.table() as Arc<dyn TableProvider>),
+            _ => (name, provider),
+        })
         .map(|(name, provider)| ServedTable { name: name.to_string(), provider, kind: if name == "telemetry" { TableKind::Raw } else { TableKind::Derived } })
         .collect();
+    if let Some(store) = store {
+        tables.push(ServedTable { name: "segments".into(), provider: store.segments_table(), kind: TableKind::Audit });
+    }
     let list = running.clone();
     tables.push(ServedTable { name: "continuous_queries".into(), provider: SnapshotTable::new(RunningQueries::schema(), move || list.rows()), kind: TableKind::Derived });
     if let Some(registry) = registry {

@@ -23,6 +23,9 @@ pub enum SqlError {
     /// Another site could not be reached.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The data asked for was destroyed (crypto-shredded): it can never be read again.
+    #[error("destroyed: {0}")]
+    Destroyed(String),
     /// Running the query failed.
     #[error("internal: {0}")]
     Internal(String),
@@ -50,6 +53,7 @@ impl SqlError {
             tonic::Code::InvalidArgument => SqlError::InvalidArgument(message),
             tonic::Code::NotFound => SqlError::NotFound(message),
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => SqlError::Unavailable(message),
+            tonic::Code::FailedPrecondition => SqlError::Destroyed(message),
             tonic::Code::Unauthenticated => SqlError::Internal(format!("{message} (the sites' federation tokens differ)")),
             _ => SqlError::Internal(message),
         }
@@ -65,6 +69,7 @@ impl From<SqlError> for Status {
             SqlError::NotFound(m) => Status::not_found(m),
             SqlError::Config(m) => Status::failed_precondition(m),
             SqlError::Unavailable(m) => Status::unavailable(m),
+            SqlError::Destroyed(m) => Status::failed_precondition(m),
             SqlError::Internal(m) => Status::internal(m),
         }
     }

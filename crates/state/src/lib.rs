@@ -14,11 +14,16 @@
 //! say) come back as [`StateError::Io`] naming the operation and the file, and leave the
 //! previous checkpoints untouched.
 
+//!
+//! Checkpoints hold raw state (open windows' readings among it), so a site that keeps its raw
+//! data encrypted gives the store a [`Sealer`]: every file is then sealed (authenticated
+//! encryption) before it touches the disk, and opened on load.
+
 mod codec;
 mod store;
 
 pub use codec::{Checkpoint, SourceOffset};
-pub use store::{CheckpointStore, Loaded, Skipped, WriteStats};
+pub use store::{CheckpointStore, Loaded, Sealer, Skipped, WriteStats};
 
 use std::path::PathBuf;
 

@@ -7,6 +7,7 @@
 use std::fs::{self, File};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::{Checkpoint, Result, StateError};
@@ -47,12 +48,26 @@ pub struct Loaded {
     pub skipped: Vec<Skipped>,
 }
 
+/// Seals checkpoint files before they are written and opens them when read (authenticated
+/// encryption under a site key; the store crate provides one).
+pub trait Sealer: Send + Sync + std::fmt::Debug {
+    /// The sealed form of `plain`.
+    fn seal(&self, plain: &[u8]) -> std::result::Result<Vec<u8>, String>;
+    /// The plain form of `sealed`; an error if it was not sealed by this site's key or was
+    /// altered.
+    fn open(&self, sealed: &[u8]) -> std::result::Result<Vec<u8>, String>;
+}
+
+/// The first bytes of a sealed checkpoint file.
+const SEALED_MAGIC: &[u8] = b"TSCKSEAL1";
+
 /// A directory of checkpoints on the node's own disk.
 #[derive(Debug)]
 pub struct CheckpointStore {
     dir: PathBuf,
     keep: usize,
     newest: Option<u64>,
+    sealer: Option<Arc<dyn Sealer>>,
 }
 
 impl CheckpointStore {
@@ -68,9 +83,15 @@ impl CheckpointStore {
                 fs::remove_file(&path).map_err(|source| StateError::Io { op: "remove", path, cause: source })?;
             }
         }
-        let mut store = Self { dir, keep: keep.max(2), newest: None };
+        let mut store = Self { dir, keep: keep.max(2), newest: None, sealer: None };
         store.newest = store.ids()?.last().copied();
         Ok(store)
+    }
+
+    /// Seals every checkpoint written from now on, and opens sealed ones on load.
+    pub fn with_sealer(mut self, sealer: Arc<dyn Sealer>) -> Self {
+        self.sealer = Some(sealer);
+        self
     }
 
     /// The newest id stored (also a file that does not decode): the next write needs a higher one.
@@ -101,7 +122,11 @@ impl CheckpointStore {
             return Err(StateError::NotNewer { id: checkpoint.id, newest });
         }
         let started = Instant::now();
-        let bytes = checkpoint.encode();
+        let mut bytes = checkpoint.encode();
+        if let Some(sealer) = &self.sealer {
+            let sealed = sealer.seal(&bytes).map_err(|reason| StateError::Corrupt { path: self.path_of(checkpoint.id), reason: format!("sealing failed: {reason}") })?;
+            bytes = [SEALED_MAGIC, &sealed].concat();
+        }
         let temp = self.dir.join(format!("{TEMP_PREFIX}{}", checkpoint.id));
         let path = self.path_of(checkpoint.id);
         let written = write_synced(&temp, &bytes).and_then(|()| {
@@ -122,14 +147,20 @@ impl CheckpointStore {
     /// fail to decode is an error, not an empty store: starting from nothing would silently drop
     /// the state those files held.
     pub fn latest(&self) -> Result<Option<Loaded>> {
-        Self::read_latest(&self.dir)
+        Self::read_latest_sealed(&self.dir, self.sealer.as_deref())
     }
 
     /// [`Self::latest`] of the store in `dir`, without opening it: nothing in the directory
     /// changes, so another process (a monitor, a test) may read while the owner writes. A file
     /// pruned between listing and reading is passed over.
     pub fn read_latest(dir: &Path) -> Result<Option<Loaded>> {
-        let reader = Self { dir: dir.to_path_buf(), keep: 2, newest: None };
+        Self::read_latest_sealed(dir, None)
+    }
+
+    /// [`Self::read_latest`], opening sealed files with `sealer` (without one, a sealed file is
+    /// skipped as unreadable).
+    pub fn read_latest_sealed(dir: &Path, sealer: Option<&dyn Sealer>) -> Result<Option<Loaded>> {
+        let reader = Self { dir: dir.to_path_buf(), keep: 2, newest: None, sealer: None };
         let mut skipped = Vec::new();
         for id in reader.ids()?.into_iter().rev() {
             let path = reader.path_of(id);
@@ -137,6 +168,20 @@ impl CheckpointStore {
                 Ok(bytes) => bytes,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(source) => return Err(StateError::Io { op: "read", path, cause: source }),
+            };
+            let bytes = match (bytes.strip_prefix(SEALED_MAGIC), sealer) {
+                (None, _) => bytes,
+                (Some(sealed), Some(sealer)) => match sealer.open(sealed) {
+                    Ok(plain) => plain,
+                    Err(reason) => {
+                        skipped.push(Skipped { path, reason: format!("sealed, and does not open: {reason}") });
+                        continue;
+                    }
+                },
+                (Some(_), None) => {
+                    skipped.push(Skipped { path, reason: "sealed; reading it needs the site's key-encryption key".into() });
+                    continue;
+                }
             };
             match Checkpoint::decode(&bytes) {
                 Ok(checkpoint) if checkpoint.id == id => return Ok(Some(Loaded { checkpoint, path, skipped })),
@@ -195,6 +240,36 @@ mod tests {
             offsets: vec![SourceOffset { topic: "telemetry".into(), partition: 3, next_offset: 100 * id as i64 }],
             sections: vec![("windows".into(), vec![id as u8; 1_000])],
         }
+    }
+
+    /// A toy sealer for the store's own tests (the real one, AES-GCM, is in `tessera-store`).
+    #[derive(Debug)]
+    struct Xor(u8);
+
+    impl Sealer for Xor {
+        fn seal(&self, plain: &[u8]) -> std::result::Result<Vec<u8>, String> {
+            Ok(plain.iter().map(|b| b ^ self.0).chain([self.0]).collect())
+        }
+        fn open(&self, sealed: &[u8]) -> std::result::Result<Vec<u8>, String> {
+            match sealed.split_last() {
+                Some((&k, body)) if k == self.0 => Ok(body.iter().map(|b| b ^ self.0).collect()),
+                _ => Err("another key".into()),
+            }
+        }
+    }
+
+    #[test]
+    fn sealed_checkpoints_load_only_with_the_sealer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = CheckpointStore::open(dir.path(), 2).unwrap().with_sealer(Arc::new(Xor(0x5a)));
+        store.write(&checkpoint(1)).unwrap();
+        let bytes = fs::read(store.path_of(1)).unwrap();
+        assert!(bytes.starts_with(SEALED_MAGIC) && !bytes.windows(8).any(|w| w == [1u8; 8]), "the state is not in the clear");
+        assert_eq!(store.latest().unwrap().unwrap().checkpoint, checkpoint(1));
+        let err = CheckpointStore::read_latest(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("needs the site's key-encryption key"), "{err}");
+        let err = CheckpointStore::read_latest_sealed(dir.path(), Some(&Xor(1))).unwrap_err().to_string();
+        assert!(err.contains("does not open"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!   crypto-shredding (destroying a time range's keys).
 //! - [`Keyring`] and [`Kek`]: envelope encryption — data keys sealed under the site's
 //!   key-encryption key, which is kept apart from the data and can be rotated.
+//! - [`KekSealer`]: seals other site-local files (checkpoints) under a key derived from the KEK.
 //! - [`custody`]: moving segments to another site (re-encrypted, under an export key split
 //!   k-of-n across sites with Shamir secret sharing).
 //!
@@ -14,8 +15,10 @@
 pub mod custody;
 mod error;
 mod keys;
+mod sealer;
 mod segment;
 
 pub use error::{Result, StoreError};
 pub use keys::{Kek, KEY_LEN, Keyring, SealedKey, SecretKey, from_hex, to_hex};
+pub use sealer::KekSealer;
 pub use segment::{GradeKey, Retention, SegmentMeta, SegmentStore, Shred, ShredEvent};

@@ -1,0 +1,552 @@
+//! The node's site-local store of raw telemetry (`[store]`): every reading the detection stage
+//! takes in is also kept in encrypted Parquet segments (see `tessera-store`), expired per grade
+//! and crypto-shredded, and served as the SQL `telemetry` table together with the rows not yet
+//! in a segment.
+//!
+//! A thread of its own ([`TelemetryStore`]) takes the batches: it cuts a segment when
+//! `segment_rows` rows are pending or the oldest has waited `segment_interval`, and applies the
+//! retention every `retention_check`. Each shred is written to the `tessera::audit` log. The
+//! channel to it is bounded, so a slow disk holds up the detection stage instead of piling up
+//! rows. Rows pending at a crash are not in a segment (Kafka still has them, and the stage's
+//! checkpoints decide what is read again); a clean stop writes them.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use arrow_array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array};
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use serde::{Deserialize, Serialize};
+use tessera_core::{DataGrade, GradeMap, telemetry_schema};
+use tessera_store::{Kek, KekSealer, Retention, SegmentMeta, SegmentStore, ShredEvent};
+
+/// The `[store]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Where the segments, their manifest and the sealed key ring live (site-local disk);
+    /// unset: no store (the `telemetry` table then holds only the newest readings in memory).
+    pub dir: Option<PathBuf>,
+    /// The site's key-encryption key file (`v<version>:<64 hex digits>`, made by `tessera
+    /// store new-kek`): mount it from a secret, not from the data disk.
+    pub kek_file: Option<PathBuf>,
+    /// A segment is cut when this many rows are pending...
+    pub segment_rows: usize,
+    /// ...or when the oldest pending row has waited this long.
+    #[serde(with = "humantime_serde")]
+    pub segment_interval: Duration,
+    /// How long each grade is kept, by event time.
+    pub retention: RetentionConfig,
+    /// How often the retention is applied.
+    #[serde(with = "humantime_serde")]
+    pub retention_check: Duration,
+}
+
+/// `[store.retention]`: per grade, how long rows are kept (`general` also bounds the files).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// `general` columns and the segment files.
+    #[serde(with = "humantime_serde")]
+    pub general: Option<Duration>,
+    /// `important` columns.
+    #[serde(with = "humantime_serde")]
+    pub important: Option<Duration>,
+    /// `core` columns.
+    #[serde(with = "humantime_serde")]
+    pub core: Option<Duration>,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        let days = |d: u64| Some(Duration::from_secs(d * 86_400));
+        Self { general: days(365), important: days(90), core: days(30) }
+    }
+}
+
+impl RetentionConfig {
+    fn retention(&self) -> Retention {
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as i64);
+        Retention { general_ms: ms(self.general), important_ms: ms(self.important), core_ms: ms(self.core) }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            kek_file: None,
+            segment_rows: 500_000,
+            segment_interval: Duration::from_secs(60),
+            retention: RetentionConfig::default(),
+            retention_check: Duration::from_secs(60),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Checks the fields; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.dir.is_some() {
+            // (A KEK without a store still seals the checkpoints.)
+            anyhow::ensure!(self.kek_file.is_some(), "store.kek_file: a store needs the site's key-encryption key (make one with `tessera store new-kek`)");
+        }
+        anyhow::ensure!(self.segment_rows > 0, "store.segment_rows must be positive");
+        anyhow::ensure!(!self.segment_interval.is_zero(), "store.segment_interval must be longer than 0");
+        anyhow::ensure!(!self.retention_check.is_zero(), "store.retention_check must be longer than 0");
+        self.retention.retention().check().map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("store config: retention.", "store.retention.")))?;
+        Ok(())
+    }
+
+    /// With a KEK configured, the sealer of the site's checkpoints (they hold raw readings of
+    /// open windows): sealed under a key derived from the KEK, so no reading is on disk in the
+    /// clear.
+    pub fn checkpoint_sealer(&self) -> Result<Option<Arc<dyn tessera_state::Sealer>>> {
+        let Some(kek_file) = &self.kek_file else { return Ok(None) };
+        let kek = Kek::read(kek_file).context("store.kek_file")?;
+        Ok(Some(Arc::new(CheckpointSealer(KekSealer::new(&kek)))))
+    }
+
+    /// Opens the configured store (its directory and KEK).
+    pub fn open(&self) -> Result<Option<SegmentStore>> {
+        let Some(dir) = &self.dir else { return Ok(None) };
+        let kek_file = self.kek_file.as_deref().context("store.kek_file is required with store.dir")?;
+        let kek = Kek::read(kek_file).context("store.kek_file")?;
+        Ok(Some(SegmentStore::open(dir, kek).with_context(|| format!("opening the store in {}", dir.display()))?))
+    }
+}
+
+/// The store's [`KekSealer`] as the checkpoint store's [`tessera_state::Sealer`].
+#[derive(Debug)]
+struct CheckpointSealer(KekSealer);
+
+impl tessera_state::Sealer for CheckpointSealer {
+    fn seal(&self, plain: &[u8]) -> std::result::Result<Vec<u8>, String> {
+        self.0.seal(plain)
+    }
+    fn open(&self, sealed: &[u8]) -> std::result::Result<Vec<u8>, String> {
+        self.0.open(sealed)
+    }
+}
+
+/// Counters of the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Segments written by this process.
+    pub segments_written: u64,
+    /// Rows in them.
+    pub rows_written: u64,
+    /// Data keys destroyed (by retention or on request).
+    pub keys_shredded: u64,
+}
+
+struct Shared {
+    store: Mutex<SegmentStore>,
+    /// Rows taken in but not yet in a segment.
+    pending: Mutex<Vec<RecordBatch>>,
+    stats: Mutex<StoreStats>,
+}
+
+/// The store's thread and the handles to it.
+pub struct TelemetryStore {
+    rows: Option<SyncSender<RecordBatch>>,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl TelemetryStore {
+    /// Starts the store's thread over `store`; columns are graded by `grades`.
+    pub fn start(store: SegmentStore, config: &StoreConfig, grades: GradeMap) -> Result<Self> {
+        let shared = Arc::new(Shared { store: Mutex::new(store), pending: Mutex::new(Vec::new()), stats: Mutex::new(StoreStats::default()) });
+        let (rows, queue) = std::sync::mpsc::sync_channel(16);
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = Writer { shared: shared.clone(), config: config.clone(), grades, stop: stop.clone() };
+        let thread = std::thread::Builder::new().name("tessera-store".into()).spawn(move || worker.run(queue))?;
+        Ok(Self { rows: Some(rows), shared, stop, thread: Some(thread) })
+    }
+
+    /// Where the detection stage sends the readings it takes in.
+    pub fn sender(&self) -> SyncSender<RecordBatch> {
+        self.rows.clone().expect("running")
+    }
+
+    /// The SQL `telemetry` table over the segments and the pending rows.
+    pub fn table(&self) -> Arc<StoredTelemetry> {
+        Arc::new(StoredTelemetry { shared: self.shared.clone() })
+    }
+
+    /// The SQL `segments` table: every segment, its time range and each grade's key state.
+    pub fn segments_table(&self) -> Arc<tessera_sql::SnapshotTable> {
+        let shared = self.shared.clone();
+        let schema = segments_schema();
+        tessera_sql::SnapshotTable::new(schema.clone(), move || {
+            let segments = shared.store.lock().map(|s| s.segments().to_vec()).unwrap_or_default();
+            segments_batch(&schema, &segments).map(|b| vec![b]).unwrap_or_default()
+        })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> StoreStats {
+        self.shared.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Shreds the `grades` of the segments wholly inside `[from_ms, to_ms]` now (audited).
+    pub fn shred(&self, from_ms: i64, to_ms: i64, grades: &[DataGrade], reason: &str, actor: &str) -> Result<Vec<ShredEvent>> {
+        let events = self.shared.store.lock().map_err(|_| anyhow::anyhow!("store lock poisoned"))?.shred(from_ms, to_ms, grades, reason, now_ms())?;
+        audit_shreds(&self.shared, &events, actor);
+        Ok(events)
+    }
+
+    /// Writes the pending rows and stops the thread.
+    pub fn stop(mut self) -> Result<()> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.rows = None;
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take() {
+            Some(thread) => thread.join().map_err(|_| anyhow::anyhow!("the store thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TelemetryStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.finish() {
+            tracing::error!(error = %e, "the telemetry store stopped with an error");
+        }
+    }
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    config: StoreConfig,
+    grades: GradeMap,
+    stop: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn run(self, queue: Receiver<RecordBatch>) -> Result<()> {
+        let retention = self.config.retention.retention();
+        let mut oldest_pending: Option<Instant> = None;
+        let mut pending_rows = 0usize;
+        let mut last_retention = Instant::now() - self.config.retention_check;
+        loop {
+            let ended = match queue.recv_timeout(Duration::from_millis(200)) {
+                Ok(batch) => {
+                    pending_rows += batch.num_rows();
+                    oldest_pending.get_or_insert_with(Instant::now);
+                    self.shared.pending.lock().map_err(|_| anyhow::anyhow!("pending lock poisoned"))?.push(batch);
+                    false
+                }
+                Err(RecvTimeoutError::Timeout) => self.stop.load(Ordering::Relaxed),
+                Err(RecvTimeoutError::Disconnected) => true,
+            };
+            let due = pending_rows >= self.config.segment_rows || oldest_pending.is_some_and(|t| t.elapsed() >= self.config.segment_interval);
+            if (due || ended) && pending_rows > 0 {
+                self.cut_segment()?;
+                pending_rows = 0;
+                oldest_pending = None;
+            }
+            if last_retention.elapsed() >= self.config.retention_check {
+                last_retention = Instant::now();
+                let events = self.shared.store.lock().map_err(|_| anyhow::anyhow!("store lock poisoned"))?.apply_retention(&retention, now_ms())?;
+                audit_shreds(&self.shared, &events, "retention");
+            }
+            if ended {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes the pending rows as one segment; readers see them either pending or stored.
+    fn cut_segment(&self) -> Result<()> {
+        let mut store = self.shared.store.lock().map_err(|_| anyhow::anyhow!("store lock poisoned"))?;
+        let mut pending = self.shared.pending.lock().map_err(|_| anyhow::anyhow!("pending lock poisoned"))?;
+        let batches = std::mem::take(&mut *pending);
+        drop(pending);
+        let written = store.write("telemetry", &batches, &self.grades, now_ms());
+        match written {
+            Ok(Some(meta)) => {
+                tracing::debug!(segment = %meta.id, rows = meta.rows, bytes = meta.bytes, "segment written");
+                if let Ok(mut s) = self.shared.stats.lock() {
+                    s.segments_written += 1;
+                    s.rows_written += meta.rows;
+                }
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                // Keep the rows readable (and for the next try) rather than lose them.
+                if let Ok(mut pending) = self.shared.pending.lock() {
+                    let newer = std::mem::take(&mut *pending);
+                    *pending = batches.into_iter().chain(newer).collect();
+                }
+                Err(e).context("writing a telemetry segment")
+            }
+        }
+    }
+}
+
+fn audit_shreds(shared: &Shared, events: &[ShredEvent], actor: &str) {
+    for e in events {
+        tracing::info!(target: "tessera::audit", actor, action = "shred", segment = %e.segment, grade = %e.grade, key = %e.key_id,
+            from_ms = e.min_ts_ms, to_ms = e.max_ts_ms, reason = %e.reason, file_deleted = e.file_deleted, "data key destroyed");
+    }
+    if let Ok(mut s) = shared.stats.lock() {
+        s.keys_shredded += events.len() as u64;
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// The `telemetry` table over the store: the segments whose time range can match the query's
+/// `ts` filters, then the pending rows. A query needing a shredded column of a segment it
+/// cannot rule out by time fails, naming the segment and why (the data is gone).
+#[derive(Debug)]
+pub struct StoredTelemetry {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared")
+    }
+}
+
+#[async_trait]
+impl TableProvider for StoredTelemetry {
+    fn schema(&self) -> SchemaRef {
+        telemetry_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
+        // Filters on `ts` prune segments; DataFusion still applies every filter to the rows.
+        Ok(filters.iter().map(|f| if ts_bounds(f).is_some() { TableProviderFilterPushDown::Inexact } else { TableProviderFilterPushDown::Unsupported }).collect())
+    }
+
+    async fn scan(&self, _state: &dyn Session, projection: Option<&Vec<usize>>, filters: &[Expr], _limit: Option<usize>) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        let full = telemetry_schema();
+        let indices: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..full.fields().len()).collect());
+        let schema = Arc::new(full.project(&indices)?);
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let (mut lo, mut hi) = (i64::MIN, i64::MAX);
+        for f in filters {
+            if let Some((l, h)) = ts_bounds(f) {
+                lo = lo.max(l);
+                hi = hi.min(h);
+            }
+        }
+        let mut batches = Vec::new();
+        {
+            let store = self.shared.store.lock().map_err(|_| datafusion::error::DataFusionError::Execution("store lock poisoned".into()))?;
+            for segment in store.segments().iter().filter(|s| s.max_ts_ms >= lo && s.min_ts_ms <= hi && s.stream == "telemetry") {
+                let read = store.read(&segment.id, Some(&names)).map_err(|e| match e {
+                    tessera_store::StoreError::Shredded { .. } => {
+                        let hint = "filter on ts to leave the range out, or leave its columns out";
+                        datafusion::error::DataFusionError::External(Box::new(tessera_sql::SqlError::Destroyed(format!("telemetry: {e}; {hint}"))))
+                    }
+                    other => datafusion::error::DataFusionError::Execution(format!("telemetry: {other}")),
+                })?;
+                for b in read {
+                    batches.push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
+                }
+            }
+            let pending = self.shared.pending.lock().map_err(|_| datafusion::error::DataFusionError::Execution("pending lock poisoned".into()))?;
+            for b in pending.iter() {
+                batches.push(b.project(&indices)?);
+            }
+        }
+        Ok(MemorySourceConfig::try_new_exec(&[batches], schema, None)?)
+    }
+}
+
+/// The `[lo, hi]` event-time bounds (ms) a filter on `ts` puts on the rows, if it is one.
+fn ts_bounds(filter: &Expr) -> Option<(i64, i64)> {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = filter else { return None };
+    let (column, value, op) = match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(c), v) => (c, v, *op),
+        (v, Expr::Column(c)) => (c, v, op.swap()?),
+        _ => return None,
+    };
+    if column.name != "ts" {
+        return None;
+    }
+    let ms = match value {
+        Expr::Literal(v, _) => literal_ms(v)?,
+        Expr::Cast(c) => match c.expr.as_ref() {
+            Expr::Literal(v, _) => literal_ms(v)?,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    match op {
+        Operator::Gt | Operator::GtEq => Some((ms, i64::MAX)),
+        Operator::Lt | Operator::LtEq => Some((i64::MIN, ms)),
+        Operator::Eq => Some((ms, ms)),
+        _ => None,
+    }
+}
+
+fn literal_ms(v: &ScalarValue) -> Option<i64> {
+    match v {
+        ScalarValue::TimestampMillisecond(Some(v), _) => Some(*v),
+        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1_000),
+        ScalarValue::TimestampMicrosecond(Some(v), _) => Some(v.div_euclid(1_000)),
+        ScalarValue::TimestampNanosecond(Some(v), _) => Some(v.div_euclid(1_000_000)),
+        _ => None,
+    }
+}
+
+fn segments_schema() -> SchemaRef {
+    let ts = || DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    let mut fields = vec![
+        Field::new("segment", DataType::Utf8, false),
+        Field::new("stream", DataType::Utf8, false),
+        Field::new("min_ts", ts(), false),
+        Field::new("max_ts", ts(), false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("bytes", DataType::UInt64, false),
+        Field::new("imported_from", DataType::Utf8, true),
+    ];
+    fields.extend(DataGrade::ALL.iter().map(|g| Field::new(format!("{g}_key"), DataType::Utf8, true)));
+    Arc::new(Schema::new(fields))
+}
+
+/// One row per segment; each grade's column says `live`, `shredded at … (reason)` or null
+/// (no columns of that grade).
+fn segments_batch(schema: &SchemaRef, segments: &[SegmentMeta]) -> Result<RecordBatch> {
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(segments.iter().map(|s| s.id.as_str()))),
+        Arc::new(StringArray::from_iter_values(segments.iter().map(|s| s.stream.as_str()))),
+        Arc::new(TimestampMillisecondArray::from_iter_values(segments.iter().map(|s| s.min_ts_ms)).with_timezone("UTC")),
+        Arc::new(TimestampMillisecondArray::from_iter_values(segments.iter().map(|s| s.max_ts_ms)).with_timezone("UTC")),
+        Arc::new(UInt64Array::from_iter_values(segments.iter().map(|s| s.rows))),
+        Arc::new(UInt64Array::from_iter_values(segments.iter().map(|s| s.bytes))),
+        Arc::new(StringArray::from_iter(segments.iter().map(|s| s.imported_from.clone()))),
+    ];
+    for grade in DataGrade::ALL {
+        columns.push(Arc::new(StringArray::from_iter(segments.iter().map(|s| {
+            s.grades.get(grade).map(|k| match &k.shredded {
+                None => "live".to_string(),
+                Some(shred) => format!("shredded at {} ms ({})", shred.at_ms, shred.reason),
+            })
+        }))));
+    }
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// Writes a new key-encryption key file (refuses to overwrite one).
+pub fn new_kek(path: &Path, version: u32) -> Result<()> {
+    anyhow::ensure!(!path.exists(), "{} exists; a KEK is never overwritten (rotate to a new file instead)", path.display());
+    Kek::generate(version)?.write(path)?;
+    Ok(())
+}
+
+/// `tessera store ...`: key and segment maintenance. Commands other than `new-kek` work on a
+/// stopped node's store (they read its config for the directory and KEK).
+#[derive(Debug, clap::Subcommand)]
+pub enum StoreCommand {
+    /// Write a new random key-encryption key file (never overwrites one).
+    NewKek {
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Its version (raise it at each rotation).
+        #[arg(long, default_value_t = 1)]
+        version: u32,
+    },
+    /// List the segments and each grade's key state.
+    List {
+        /// The node's config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Crypto-shred the given grades of the segments wholly inside a time range (audited).
+    Shred {
+        /// The node's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Start of the range (RFC 3339).
+        #[arg(long)]
+        from: String,
+        /// End of the range (RFC 3339).
+        #[arg(long)]
+        to: String,
+        /// Grades to destroy (`general` takes the whole segment).
+        #[arg(long = "grade", required = true)]
+        grades: Vec<DataGrade>,
+        /// Why (kept in the manifest and the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Re-seal every data key under a new KEK file (then retire the old one).
+    RotateKek {
+        /// The node's config file (its `store.kek_file` is the current KEK).
+        #[arg(long)]
+        config: PathBuf,
+        /// The new KEK file (`new-kek --version` above the current one).
+        #[arg(long)]
+        new: PathBuf,
+    },
+}
+
+/// Runs a `tessera store` command.
+pub fn run_store_command(command: StoreCommand) -> Result<()> {
+    let open = |config: &Path| -> Result<(StoreConfig, SegmentStore)> {
+        let config = crate::config::NodeConfig::load(Some(config))?.store;
+        let store = config.open()?.context("store.dir is not set in this config")?;
+        Ok((config, store))
+    };
+    let time = |s: &str, field: &str| -> Result<i64> { Ok(chrono::DateTime::parse_from_rfc3339(s).with_context(|| format!("--{field}: expected RFC 3339, e.g. 2026-12-01T00:00:00Z"))?.timestamp_millis()) };
+    match command {
+        StoreCommand::NewKek { out, version } => {
+            new_kek(&out, version)?;
+            println!("wrote key-encryption key v{version} to {}", out.display());
+        }
+        StoreCommand::List { config } => {
+            let (_, store) = open(&config)?;
+            let schema = segments_schema();
+            let batch = segments_batch(&schema, store.segments())?;
+            println!("{}", datafusion::arrow::util::pretty::pretty_format_batches(&[batch])?);
+        }
+        StoreCommand::Shred { config, from, to, grades, reason } => {
+            let (_, mut store) = open(&config)?;
+            let events = store.shred(time(&from, "from")?, time(&to, "to")?, &grades, &reason, now_ms())?;
+            for e in &events {
+                tracing::info!(target: "tessera::audit", actor = "cli", action = "shred", segment = %e.segment, grade = %e.grade, key = %e.key_id, reason = %e.reason, "data key destroyed");
+                println!("shredded {} of {} ({}..{} ms){}", e.grade, e.segment, e.min_ts_ms, e.max_ts_ms, if e.file_deleted { ", file deleted" } else { "" });
+            }
+            println!("{} key(s) destroyed", events.len());
+        }
+        StoreCommand::RotateKek { config, new } => {
+            let (_, mut store) = open(&config)?;
+            let kek = Kek::read(&new).context("--new")?;
+            let version = kek.version;
+            let count = store.rotate_kek(kek)?;
+            tracing::info!(target: "tessera::audit", actor = "cli", action = "rotate-kek", version, keys = count, "key ring re-sealed");
+            println!("re-sealed {count} data key(s) under KEK v{version}; point store.kek_file at {} and destroy the old KEK", new.display());
+        }
+    }
+    Ok(())
+}
