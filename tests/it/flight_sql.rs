@@ -152,9 +152,18 @@ fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
         let denied = run(&mut opb, "SELECT * FROM telemetry").await.expect_err("another site's raw data");
         assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
         let mut ana = login(&addr, "ana").await;
-        let denied = run(&mut ana, "SELECT motor_id FROM motor_windows WHERE motor_id IN (SELECT motor_id FROM telemetry)").await.expect_err("raw data in a subquery");
+        let denied = run(&mut ana, "SELECT motor_id, (SELECT vibration_x_rms FROM telemetry LIMIT 1) AS v FROM motor_windows").await.expect_err("raw core data in a subquery");
         assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
-        assert!(denied.message().contains("ana (fleet-analyst) may not read raw table telemetry of site site-a"), "{denied:?}");
+        assert!(denied.message().contains("ana (fleet-analyst) may not read raw core columns of site site-a"), "{denied:?}");
+        // Grades decide, not tables: raw general columns and aggregates of any grade are open
+        // to analysts; a raw important column is not. Results carry their grades.
+        let general = run(&mut ana, "SELECT motor_id, count(*) AS n FROM telemetry GROUP BY motor_id").await.expect("general columns, aggregated");
+        assert_eq!(general[0].schema().metadata()["tessera.grade"], "general");
+        let summary = run(&mut ana, "SELECT motor_id, max(vibration_x_rms) AS v FROM telemetry GROUP BY motor_id").await.expect("an aggregate of a core column");
+        assert_eq!(summary[0].schema().metadata()["tessera.grade"], "core", "a result inherits the highest grade of its inputs");
+        assert_eq!(summary[0].schema().field(0).metadata()["tessera.grade"], "general");
+        let denied = run(&mut ana, "SELECT motor_id, current_a FROM telemetry").await.expect_err("a raw important column");
+        assert!(denied.message().contains("may not read raw important columns"), "{denied:?}");
         assert_eq!(rows(&run(&mut ana, "SELECT query, count(*) FROM motor_windows GROUP BY query").await.expect("derived data")), per_query);
         let denied = run(&mut ana, "SELECT * FROM query_audit").await.expect_err("audit is for admins");
         assert_eq!(denied.code(), Code::PermissionDenied);
@@ -184,7 +193,7 @@ fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
         // Every refusal is in the audit table, with who and why.
         let audit = run(&mut root, "SELECT user, sql, refused FROM query_audit WHERE refused IS NOT NULL ORDER BY at").await.expect("audit");
         let text = datafusion::arrow::util::pretty::pretty_format_batches(&audit).expect("text").to_string();
-        assert!(text.contains("opb") && text.contains("may not read raw table telemetry"), "{text}");
+        assert!(text.contains("opb") && text.contains("may not read raw core columns"), "{text}");
         assert!(text.contains("CREATE TABLE t AS SELECT 1"), "{text}");
         (per_query, m1, alerts)
     });
@@ -227,7 +236,7 @@ fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
     let table = tessera_server::sql::query_table(&args).expect("tessera sql");
     assert!(table.contains("| vib "), "{table}");
     let err = tessera_server::sql::query_table(&SqlArgs { query: "SELECT * FROM telemetry".into(), ..args }).expect_err("denied").to_string();
-    assert!(err.contains("may not read raw table telemetry"), "{err}");
+    assert!(err.contains("may not read raw core columns"), "{err}");
     node.stop().expect("the node stops");
 }
 
@@ -325,12 +334,19 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
         println!("flight sql: {} motors' aggregates equal through every site; the plan through site-b:\n{plan}", 2 + 3 + 4);
         let denied = run(&mut ana, "SELECT * FROM fleet.telemetry").await.expect_err("raw rows of every site");
         assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
-        assert!(denied.message().contains("may not read raw table telemetry"), "{denied:?}");
+        assert!(denied.message().contains("may not read raw core columns"), "{denied:?}");
         for i in [0, 2] {
             let mut root = login(&addr(i), "root").await;
-            let audit = run(&mut root, "SELECT user, refused FROM query_audit WHERE refused LIKE '%raw table telemetry%'").await.expect("audit");
+            let audit = run(&mut root, "SELECT user, refused FROM query_audit WHERE \"user\" = 'ana' AND refused LIKE '%raw core columns%'").await.expect("audit");
             assert_eq!(audit.iter().map(RecordBatch::num_rows).sum::<usize>(), 1, "site {i} audited the refused fragment");
         }
+        // Raw core columns never leave their site, even for an admin; their aggregates may.
+        let mut root = login(&addr(1), "root").await;
+        let denied = run(&mut root, "SELECT motor_id, vibration_x_rms FROM fleet.telemetry").await.expect_err("raw core rows of other sites");
+        assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+        assert!(denied.message().contains("raw core columns never leave their site"), "{denied:?}");
+        let peak = run(&mut root, "SELECT motor_id, max(vibration_x_rms) AS peak FROM fleet.telemetry GROUP BY motor_id").await.expect("an aggregate leaves");
+        assert_eq!(peak.iter().map(RecordBatch::num_rows).sum::<usize>(), 2 + 3 + 4);
     });
     for node in nodes {
         node.stop().expect("the node stops");

@@ -77,7 +77,7 @@ impl Node {
         let sql = match config.sql.listen {
             Some(listen) => {
                 let tables = crate::sql::served_tables(shared_tables, &detect.running_queries(), registry.as_ref(), store.as_ref());
-                Some(SqlEndpoint::start(&config.sql, listen, &config.site_id, tables)?)
+                Some(SqlEndpoint::start(&config.sql, listen, &config.site_id, tables, config.grades.clone())?)
             }
             None => None,
         };

@@ -196,12 +196,12 @@ pub struct SqlEndpoint {
 impl SqlEndpoint {
     /// Binds `listen` and serves `tables` of `site` on a thread of its own, with the
     /// `query_audit` table of what it was asked.
-    pub fn start(config: &SqlConfig, listen: SocketAddr, site: &str, mut tables: Vec<ServedTable>) -> Result<Self> {
+    pub fn start(config: &SqlConfig, listen: SocketAddr, site: &str, mut tables: Vec<ServedTable>, grades: tessera_core::GradeMap) -> Result<Self> {
         let users = ConfigUsers::new(&config.users, &config.tokens)?;
         let mut auth = Authenticator::new(Box::new(users), config.session_ttl);
         let audit = QueryAuditTable::new(config.audit_rows);
         tables.push(audit.served());
-        let mut catalog = Catalog::new(site, tables);
+        let mut catalog = Catalog::new(site, tables).with_grades(grades);
         if let Some(token) = &config.federation_token {
             auth = auth.with_federation_token(token);
             if !config.peers.is_empty() {

@@ -50,6 +50,9 @@ pub struct Identity {
     pub role: Role,
     /// Their site (site operators).
     pub site: Option<String>,
+    /// True when another site's node asks on their behalf (a fragment of a cross-site
+    /// query): what this site answers then leaves the site.
+    pub via_peer: bool,
 }
 
 /// A user of the `[sql]` config.
@@ -124,7 +127,7 @@ impl ConfigUsers {
     }
 
     fn identity(&self, user: &str) -> Option<Identity> {
-        self.users.get(user).map(|(u, _)| Identity { user: u.name.clone(), role: u.role, site: u.site.clone() })
+        self.users.get(user).map(|(u, _)| Identity { user: u.name.clone(), role: u.role, site: u.site.clone(), via_peer: false })
     }
 }
 
@@ -204,7 +207,7 @@ impl Authenticator {
                 Some("admin") => Role::Admin,
                 other => return Err(SqlError::Unauthenticated(format!("a federated call names no known role: {other:?}"))),
             };
-            return Ok(Identity { user, role, site: header(crate::federation::AS_SITE) });
+            return Ok(Identity { user, role, site: header(crate::federation::AS_SITE), via_peer: true });
         }
         self.check(authorization.as_deref())
     }

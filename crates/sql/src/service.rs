@@ -145,21 +145,28 @@ impl FlightSqlEndpoint {
         let (ctx, plan) = self.plan(who, sql, params).await?;
         let started: Result<_, SqlError> = async {
             let df = ctx.execute_logical_plan(plan).await.map_err(SqlError::from_datafusion)?;
-            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            Ok((schema, df.execute_stream().await.map_err(SqlError::from_datafusion)?))
+            // Grades of the result by the columns it really reads (the optimized plan's scans).
+            let optimized = df.clone().into_optimized_plan().map_err(SqlError::from_datafusion)?;
+            let graded = Arc::new(crate::catalog::graded_result(&optimized, self.catalog.grades()));
+            let schema: SchemaRef = graded(df.schema().as_arrow());
+            Ok((schema, df.execute_stream().await.map_err(SqlError::from_datafusion)?, graded))
         }
         .await;
-        let (schema, batches) = started.inspect_err(|e| self.refused(who, sql, e))?;
+        let (schema, batches, graded) = started.inspect_err(|e| self.refused(who, sql, e))?;
         self.audit.record(QueryAudit { user: who.user.clone(), role: who.role.name(), sql: sql.to_string(), refused: None });
-        let batches = batches.map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)));
+        let batches = futures::StreamExt::map(batches, move |b| b.and_then(|b| {
+                let schema = graded(b.schema().as_ref());
+                b.with_schema(schema).map_err(Into::into)
+            })).map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)));
         let stream = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from);
         Ok(Response::new(Box::pin(stream)))
     }
 
     /// The result schema of `sql` for `who` (planned, access checked, not run).
     async fn schema_of(&self, who: &Identity, sql: &str) -> Result<Schema, SqlError> {
-        let (_, plan) = self.plan(who, sql, None).await?;
-        Ok(plan.schema().as_arrow().clone())
+        let (ctx, plan) = self.plan(who, sql, None).await?;
+        let optimized = ctx.state().optimize(&plan).map_err(SqlError::from_datafusion)?;
+        Ok(crate::catalog::graded_result(&optimized, self.catalog.grades())(plan.schema().as_arrow()).as_ref().clone())
     }
 
     fn info(&self, schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {
