@@ -24,9 +24,9 @@ const QUERY: &str = "CREATE CONTINUOUS QUERY vib WITH (open_above = 3, close_bel
          zscore(motor_id, window_start, avg(vibration_x_rms), 4) AS score
   FROM TUMBLE(telemetry, ts, INTERVAL '1 second') GROUP BY motor_id, window_start";
 
-const PASSWORD: &str = "correct horse";
+pub(crate) const PASSWORD: &str = "correct horse";
 
-fn user(name: &str, role: Role, site: Option<&str>) -> UserConfig {
+pub(crate) fn user(name: &str, role: Role, site: Option<&str>) -> UserConfig {
     // One hash per test run is enough: Argon2id is slow on purpose.
     static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let hash = HASH.get_or_init(|| tessera_sql::auth::hash_password(PASSWORD).expect("hash")).clone();
@@ -59,14 +59,14 @@ async fn client(addr: &str) -> FlightSqlServiceClient<GrpcChannel> {
     FlightSqlServiceClient::new(channel)
 }
 
-async fn login(addr: &str, name: &str) -> FlightSqlServiceClient<GrpcChannel> {
+pub(crate) async fn login(addr: &str, name: &str) -> FlightSqlServiceClient<GrpcChannel> {
     let mut c = client(addr).await;
     c.handshake(name, PASSWORD).await.expect("handshake");
     c
 }
 
 /// Runs `sql`; the batches, or the gRPC status the server answered with.
-async fn run(c: &mut FlightSqlServiceClient<GrpcChannel>, sql: &str) -> Result<Vec<RecordBatch>, tonic::Status> {
+pub(crate) async fn run(c: &mut FlightSqlServiceClient<GrpcChannel>, sql: &str) -> Result<Vec<RecordBatch>, tonic::Status> {
     let status = |e: arrow_flight::error::FlightError| match e {
         arrow_flight::error::FlightError::Tonic(status) => *status,
         other => tonic::Status::unknown(other.to_string()),
@@ -77,7 +77,7 @@ async fn run(c: &mut FlightSqlServiceClient<GrpcChannel>, sql: &str) -> Result<V
     stream.try_collect().await.map_err(|e| tonic::Status::unknown(e.to_string()))
 }
 
-fn int(batches: &[RecordBatch]) -> i64 {
+pub(crate) fn int(batches: &[RecordBatch]) -> i64 {
     batches[0].column(0).as_any().downcast_ref::<Int64Array>().expect("an integer").value(0)
 }
 

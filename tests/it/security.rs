@@ -5,29 +5,21 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use arrow_flight::sql::client::FlightSqlServiceClient;
-use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch};
-use futures::TryStreamExt as _;
+use datafusion::arrow::array::Float64Array;
 use tessera_core::{Channel, DataGrade, MotorId, Reading, SiteId};
 use tessera_server::config::{NodeConfig, StateConfig};
 use tessera_server::node::Node;
 use tessera_server::producer::{WireFormat, now_ms};
 use tessera_server::sql::SqlConfig;
 use tessera_server::storage::StoreConfig;
-use tessera_sql::{Role, UserConfig};
+use tessera_sql::Role;
 use tessera_store::{Kek, Keyring, to_hex};
-use tonic::transport::Channel as GrpcChannel;
+
+use crate::flight_sql::{int, login, run, user};
 
 /// Marker values no encoder produces by chance: a core and an important channel.
 const CORE_MARKER: f64 = 424.2424242;
 const IMPORTANT_MARKER: f64 = 3131.313131;
-const PASSWORD: &str = "correct horse";
-
-fn user(name: &str, role: Role, site: Option<&str>) -> UserConfig {
-    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let hash = HASH.get_or_init(|| tessera_sql::auth::hash_password(PASSWORD).expect("hash")).clone();
-    UserConfig { name: name.into(), password_hash: hash, role, site: site.map(str::to_string) }
-}
 
 fn readings(t0: i64, seconds: std::ops::Range<i64>) -> Vec<Reading> {
     let mut out = Vec::new();
@@ -49,7 +41,7 @@ fn readings(t0: i64, seconds: std::ops::Range<i64>) -> Vec<Reading> {
     out
 }
 
-pub(crate) fn every_file(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+fn every_file(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else { return out };
     for entry in entries {
@@ -63,30 +55,8 @@ pub(crate) fn every_file(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-async fn login(addr: &str, name: &str) -> FlightSqlServiceClient<GrpcChannel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
-    let mut c = FlightSqlServiceClient::new(channel);
-    c.handshake(name, PASSWORD).await.expect("handshake");
-    c
-}
-
-async fn run(c: &mut FlightSqlServiceClient<GrpcChannel>, sql: &str) -> Result<Vec<RecordBatch>, tonic::Status> {
-    let status = |e: arrow_flight::error::FlightError| match e {
-        arrow_flight::error::FlightError::Tonic(status) => *status,
-        other => tonic::Status::unknown(other.to_string()),
-    };
-    let info = c.execute(sql.to_string(), None).await.map_err(status)?;
-    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
-    let stream = c.do_get(ticket).await.map_err(status)?;
-    stream.try_collect().await.map_err(|e| tonic::Status::unknown(e.to_string()))
-}
-
-fn count(batches: &[RecordBatch]) -> i64 {
-    batches[0].column(0).as_any().downcast_ref::<Int64Array>().expect("a count").value(0)
 }
 
 #[test]
@@ -136,7 +106,7 @@ fn stored_readings_are_encrypted_and_a_shredded_range_is_gone_for_good() {
     rt.block_on(async {
         let mut op = login(&addr, "opa").await;
         let all = run(&mut op, "SELECT count(*) FROM telemetry WHERE vibration_x_rms = 424.2424242 AND current_a = 3131.313131").await.expect("stored rows read back");
-        assert_eq!(count(&all), 120);
+        assert_eq!(int(&all), 120);
     });
 
     // Nothing important or core in the clear in any file the node wrote: segments, manifest,
@@ -170,10 +140,10 @@ fn stored_readings_are_encrypted_and_a_shredded_range_is_gone_for_good() {
         let later = run(&mut op, &format!("SELECT max(vibration_x_rms) FROM telemetry WHERE ts >= to_timestamp_millis({split})")).await.expect("the later range is intact");
         assert_eq!(later[0].column(0).as_any().downcast_ref::<Float64Array>().expect("avg").value(0), CORE_MARKER);
         let general = run(&mut op, "SELECT count(*) FROM telemetry WHERE current_a = 3131.313131").await.expect("other grades of the range are intact");
-        assert_eq!(count(&general), 120);
+        assert_eq!(int(&general), 120);
         let mut admin = login(&addr, "root").await;
         let listed = run(&mut admin, "SELECT count(*) FROM segments WHERE core_key LIKE 'shredded%customer request 17%'").await.expect("segments table");
-        assert_eq!(count(&listed) as usize, events.len());
+        assert_eq!(int(&listed) as usize, events.len());
     });
 
     // No copy of a destroyed key anywhere the node writes, sealed or not.
