@@ -34,17 +34,18 @@ pub const CATALOG: &str = "tessera";
 /// The schema of the served tables.
 pub const SCHEMA: &str = "public";
 
-/// What a table holds, for access decisions.
+/// What a table holds. Who may read its columns is decided by their grades
+/// ([`Catalog::check`]); the kind only marks the admin-only tables and which tables have a
+/// `fleet` twin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableKind {
-    /// Site-local raw telemetry: never leaves the site except to its operators and admins.
+    /// Site-local raw telemetry (graded per column like every table).
     Raw,
-    /// Windows, alerts, queries, registry: readable by every role.
+    /// Windows, alerts, queries, registry.
     Derived,
     /// Who asked what: admins only.
     Audit,
-    /// Cluster-wide metadata every node holds alike (sites, motors): readable by every role,
-    /// and not in `fleet` (it would only repeat itself once per site).
+    /// Cluster-wide metadata every node holds alike (sites, motors): not in `fleet` (it would only repeat itself once per site).
     Cluster,
 }
 
@@ -61,7 +62,7 @@ pub struct ServedTable {
     pub name: String,
     /// Where its rows come from.
     pub provider: Arc<dyn TableProvider>,
-    /// Raw or derived.
+    /// Its kind.
     pub kind: TableKind,
 }
 
