@@ -128,7 +128,7 @@ fn main() {
         let site = format!("site-{s}");
         let peers = (0..sites as usize).filter(|&p| p != s).map(|p| Peer { site: format!("site-{p}"), addr: addrs[p].clone() }).collect();
         let catalog = Catalog::new(&site, vec![ServedTable { name: "telemetry".into(), provider: table, kind: TableKind::Raw }])
-            .with_federation(Federation { peers, token: token.clone(), timeout: Duration::from_secs(60) });
+            .with_federation(Federation { peers, token: token.clone(), timeout: Duration::from_secs(60), tls: tessera_tls::ClientTls::Plain });
         let auth = Authenticator::new(Box::new(ConfigUsers::new(&users, &[]).expect("users")), Duration::from_secs(3600)).with_federation_token(&token);
         let endpoint = FlightSqlEndpoint::new(Arc::new(catalog), Arc::new(auth), Arc::new(LogAudit)).expect("endpoint");
         listener.set_nonblocking(true).expect("nonblocking");

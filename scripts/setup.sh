@@ -6,7 +6,7 @@
 #                                  venv of the third-party Flight SQL clients (ADBC, pyarrow)
 set -euo pipefail
 
-packages=(build-essential pkg-config zlib1g-dev python3 python3-venv)
+packages=(build-essential pkg-config zlib1g-dev libssl-dev python3 python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

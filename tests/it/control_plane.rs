@@ -279,7 +279,7 @@ fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
     // A node with `[control] admin` runs the registered query besides its own rules, and skips
     // (and reports) a registration its engine cannot run.
     runtime().block_on(register(&nodes[0], "broken")).expect("a raw registration, bypassing the CLI's check");
-    let registered = tessera_server::control::registered_queries(&a3, Duration::from_secs(10)).expect("registered queries");
+    let registered = tessera_server::control::registered_queries(&a3, &tessera_tls::ClientTls::Plain, Duration::from_secs(10)).expect("registered queries");
     let mut engine = tessera_server::detect::build_engine(&Default::default()).expect("the default rules");
     let own = engine.queries().count();
     let refused = tessera_server::control::add_registered_queries(&mut engine, &registered).expect("added");
@@ -439,6 +439,7 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
             password: Some("pw".into()),
             token: None,
             timeout: Duration::from_secs(10),
+            tls: Default::default(),
         };
         let until = Instant::now() + Duration::from_secs(30);
         loop {
@@ -451,7 +452,29 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
         }
     }
 
+    // A grade set cluster-wide reaches every node: `motors.motor_id` is general by config,
+    // the cluster raises it to important, and every node's results say so.
+    tessera(&["cluster", "set-grade", "--at", &nodes[2].addr, "motors", "important", "--column", "motor_id"]).expect("set-grade");
     let rt = runtime();
+    for node in &running {
+        let addr = node.sql_addr().expect("endpoint").to_string();
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let grade = rt.block_on(async {
+                let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+                let mut c = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+                c.handshake("root", "pw").await.expect("handshake");
+                let batches = crate::flight_sql::run(&mut c, "SELECT motor_id FROM motors").await.expect("sql");
+                batches.first().and_then(|b| b.schema().metadata().get(tessera_core::GRADE_METADATA_KEY).cloned())
+            });
+            if grade.as_deref() == Some("important") {
+                break;
+            }
+            assert!(Instant::now() < until, "the cluster's grade did not reach {addr}: {grade:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     for (node, (site, _)) in running.into_iter().zip(sites) {
         let stats = node.detect_stats();
         assert_eq!(stats.queries, ["base"], "{site}");

@@ -2,7 +2,8 @@
 //! ADBC (adbc-driver-flightsql) and pyarrow.flight from Python (the venv `scripts/setup.sh`
 //! makes; `TESSERA_PYTHON` names its interpreter). A node ingests a small fleet from the
 //! embedded Kafka and serves its tables; every client sees the same answers, roles are
-//! enforced with the right gRPC codes, and refusals are in the audit table.
+//! enforced with the right gRPC codes, and refusals are in the audit table. Three sites
+//! federate over mTLS; a federated call without a node's certificate is refused.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,8 @@ use tessera_server::node::Node;
 use tessera_server::producer::{WireFormat, now_ms};
 use tessera_server::sql::{SqlArgs, SqlConfig};
 use tessera_sql::{Role, TokenConfig, UserConfig};
+use tessera_tls::TlsFiles;
+use tessera_tls::pki::{self, Subject};
 use tonic::Code;
 use tonic::transport::Channel as GrpcChannel;
 
@@ -25,6 +28,7 @@ const QUERY: &str = "CREATE CONTINUOUS QUERY vib WITH (open_above = 3, close_bel
   FROM TUMBLE(telemetry, ts, INTERVAL '1 second') GROUP BY motor_id, window_start";
 
 pub(crate) const PASSWORD: &str = "correct horse";
+const FEDERATION_TOKEN: &str = "federation-secret-of-the-test";
 
 pub(crate) fn user(name: &str, role: Role, site: Option<&str>) -> UserConfig {
     // One hash per test run is enough: Argon2id is slow on purpose.
@@ -61,6 +65,15 @@ async fn client(addr: &str) -> FlightSqlServiceClient<GrpcChannel> {
 
 pub(crate) async fn login(addr: &str, name: &str) -> FlightSqlServiceClient<GrpcChannel> {
     let mut c = client(addr).await;
+    c.handshake(name, PASSWORD).await.expect("handshake");
+    c
+}
+
+/// [`login`] over TLS, trusting `ca_pem`, with no client certificate (as people connect).
+pub(crate) async fn login_tls(addr: &str, name: &str, ca_pem: &str) -> FlightSqlServiceClient<GrpcChannel> {
+    let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}")).expect("uri").tls_config(tls).expect("tls");
+    let mut c = FlightSqlServiceClient::new(endpoint.connect().await.expect("connect"));
     c.handshake(name, PASSWORD).await.expect("handshake");
     c
 }
@@ -232,7 +245,7 @@ fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
     assert!(text.contains("tessera.public: alerts") && text.contains("windows in the last hour (motor_windows)"), "{text}");
 
     // The CLI prints a table.
-    let args = SqlArgs { query: "SELECT name FROM continuous_queries".into(), at: addr.clone(), user: Some("ana".into()), password: Some(PASSWORD.into()), token: None, timeout: Duration::from_secs(10) };
+    let args = SqlArgs { query: "SELECT name FROM continuous_queries".into(), at: addr.clone(), user: Some("ana".into()), password: Some(PASSWORD.into()), token: None, timeout: Duration::from_secs(10), tls: Default::default() };
     let table = tessera_server::sql::query_table(&args).expect("tessera sql");
     assert!(table.contains("| vib "), "{table}");
     let err = tessera_server::sql::query_table(&SqlArgs { query: "SELECT * FROM telemetry".into(), ..args }).expect_err("denied").to_string();
@@ -252,6 +265,16 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
     let sites = ["site-a", "site-b", "site-c"];
     let ports: Vec<u16> = sites.iter().map(|_| crate::control_cluster::free_port()).collect();
     let t0 = (now_ms() - 120_000).div_euclid(1000) * 1000;
+    // The sites speak mTLS: one cluster CA, a certificate per node.
+    let pki_dir = tempfile::tempdir().expect("tempdir");
+    let year = Duration::from_secs(365 * 24 * 3600);
+    let ca = pki::new_ca("test cluster CA", year).expect("CA");
+    let write = |name: &str, text: &str| {
+        let path = pki_dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let ca_file = write("ca.crt", &ca.cert_pem);
     let mut nodes = Vec::new();
     let mut sent = Vec::new();
     for (i, site) in sites.iter().enumerate() {
@@ -291,9 +314,13 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
                 listen: Some(format!("127.0.0.1:{}", ports[i]).parse().expect("addr")),
                 users: vec![user("root", Role::Admin, None), user("ana", Role::FleetAnalyst, None)],
                 peers,
-                federation_token: Some("federation-secret-of-the-test".into()),
+                federation_token: Some(FEDERATION_TOKEN.into()),
                 ..Default::default()
             },
+            tls: Some({
+                let cert = pki::issue(&ca, &Subject::Node { id: i as u64 + 1, site: site.to_string(), hosts: vec!["127.0.0.1".into()] }, year).expect("cert");
+                TlsFiles { ca: ca_file.clone(), cert: write(&format!("{site}.crt"), &cert.cert_pem), key: write(&format!("{site}.key"), &cert.key_pem) }
+            }),
             ..Default::default()
         };
         nodes.push(Node::start(&config).expect("the node starts"));
@@ -315,19 +342,19 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
         // Each site's own answer, merged by hand.
         let mut expected = Vec::new();
         for i in 0..3 {
-            let mut root = login(&addr(i), "root").await;
+            let mut root = login_tls(&addr(i), "root", &ca.cert_pem).await;
             expected.extend(run(&mut root, &sql("public.motor_windows")).await.expect("own site"));
         }
         let expected_text = sorted_text(&expected);
         assert_eq!(expected.iter().map(RecordBatch::num_rows).sum::<usize>(), 2 + 3 + 4, "{expected_text}");
         for i in 0..3 {
-            let mut ana = login(&addr(i), "ana").await;
+            let mut ana = login_tls(&addr(i), "ana", &ca.cert_pem).await;
             let got = run(&mut ana, &sql("fleet.motor_windows")).await.expect("fleet aggregate");
             assert_eq!(sorted_text(&got), expected_text, "through site {i}");
             let total = int(&run(&mut ana, "SELECT count(*) FROM fleet.motor_windows").await.expect("count"));
             assert_eq!(total, (2 + 3 + 4) * 37, "through site {i}");
         }
-        let mut ana = login(&addr(1), "ana").await;
+        let mut ana = login_tls(&addr(1), "ana", &ca.cert_pem).await;
         let plan = run(&mut ana, &format!("EXPLAIN {}", sql("fleet.motor_windows"))).await.expect("explain");
         let plan = datafusion::arrow::util::pretty::pretty_format_batches(&plan).expect("text").to_string();
         assert!(plan.contains("site_partials"), "the aggregate is computed per site:\n{plan}");
@@ -336,17 +363,49 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
         assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
         assert!(denied.message().contains("may not read raw core columns"), "{denied:?}");
         for i in [0, 2] {
-            let mut root = login(&addr(i), "root").await;
+            let mut root = login_tls(&addr(i), "root", &ca.cert_pem).await;
             let audit = run(&mut root, "SELECT user, refused FROM query_audit WHERE \"user\" = 'ana' AND refused LIKE '%raw core columns%'").await.expect("audit");
             assert_eq!(audit.iter().map(RecordBatch::num_rows).sum::<usize>(), 1, "site {i} audited the refused fragment");
         }
         // Raw core columns never leave their site, even for an admin; their aggregates may.
-        let mut root = login(&addr(1), "root").await;
+        let mut root = login_tls(&addr(1), "root", &ca.cert_pem).await;
         let denied = run(&mut root, "SELECT motor_id, vibration_x_rms FROM fleet.telemetry").await.expect_err("raw core rows of other sites");
         assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
         assert!(denied.message().contains("raw core columns never leave their site"), "{denied:?}");
         let peak = run(&mut root, "SELECT motor_id, max(vibration_x_rms) AS peak FROM fleet.telemetry GROUP BY motor_id").await.expect("an aggregate leaves");
         assert_eq!(peak.iter().map(RecordBatch::num_rows).sum::<usize>(), 2 + 3 + 4);
+
+        // The federation token alone opens nothing: a federated call must come with a node's
+        // certificate (not none, not an operator's), and a client in the clear is not served.
+        let forged = |cert: Option<&pki::Issued>| {
+            let mut tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(&ca.cert_pem));
+            if let Some(cert) = cert {
+                tls = tls.identity(tonic::transport::Identity::from_pem(&cert.cert_pem, &cert.key_pem));
+            }
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{}", addr(0))).expect("uri").tls_config(tls).expect("tls");
+            async move {
+                let mut c = FlightSqlServiceClient::new(endpoint.connect().await.expect("connect"));
+                c.set_token(FEDERATION_TOKEN.into());
+                c.set_header(tessera_sql::federation::AS_USER, "root");
+                c.set_header(tessera_sql::federation::AS_ROLE, "admin");
+                run(&mut c, "SELECT count(*) FROM motor_windows").await.expect_err("a forged federated call")
+            }
+        };
+        let operator = pki::issue(&ca, &Subject::Operator { name: "eve".into() }, year).expect("operator");
+        for refused in [forged(None).await, forged(Some(&operator)).await] {
+            assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+            assert!(refused.message().contains("must come with a node's certificate"), "{refused:?}");
+        }
+        let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", addr(0))).expect("uri").connect().await;
+        if let Ok(channel) = plain {
+            FlightSqlServiceClient::new(channel).handshake("root", PASSWORD).await.expect_err("served in the clear");
+        }
+        let until = Instant::now() + Duration::from_secs(20);
+        while nodes[0].sql_refusals().expect("endpoint").0 < 1 {
+            assert!(Instant::now() < until, "the plain client's handshake was not counted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(nodes[0].sql_refusals().expect("endpoint").1, 2, "forged federated calls counted");
     });
     for node in nodes {
         node.stop().expect("the node stops");

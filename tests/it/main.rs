@@ -15,6 +15,7 @@ mod eval_detection;
 mod fault;
 mod flight_sql;
 mod golden;
+mod mtls;
 mod replay_skab;
 mod security;
 mod tidy;

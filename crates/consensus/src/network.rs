@@ -4,6 +4,9 @@
 //! (openraft's per-RPC time to live); an unreachable peer is reported as `Unreachable`, so
 //! openraft backs off instead of retrying in a tight loop. [`Partition`] is the fault-injection
 //! switch: peers in it are neither called nor answered.
+//!
+//! With `[tls]`, every connection is mTLS: this node presents its certificate, and the peer's
+//! server must prove the name `node-<id>.tessera` of the node the membership says is there.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -19,7 +22,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tessera_proto::raft::raft_transport_client::RaftTransportClient;
 use tessera_proto::raft::{RaftMessage, SnapshotChunk};
-use tonic::transport::{Channel, Endpoint};
+use tessera_tls::ClientTls;
+use tonic::transport::Channel;
 
 use crate::types::{Member, NodeId, TypeConfig};
 
@@ -44,13 +48,11 @@ impl Partition {
     }
 }
 
-/// A lazily connecting gRPC channel to `addr` (reconnects by itself after a failure).
-pub(crate) fn channel_to(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .connect_lazy())
+/// A lazily connecting gRPC channel to node `id` at `addr` (reconnects by itself after a
+/// failure); over TLS, the server must prove it is node `id`.
+pub(crate) fn channel_to(tls: &ClientTls, id: NodeId, addr: &str) -> Result<Channel, tessera_tls::TlsError> {
+    let tls = tls.clone().expecting(tessera_tls::pki::node_server_name(id));
+    Ok(tls.endpoint(addr, CONNECT_TIMEOUT)?.http2_keep_alive_interval(Duration::from_secs(10)).connect_lazy())
 }
 
 /// Creates connections to peers for openraft.
@@ -58,12 +60,13 @@ pub(crate) fn channel_to(addr: &str) -> Result<Channel, tonic::transport::Error>
 pub struct Network {
     me: NodeId,
     partition: Partition,
+    tls: ClientTls,
 }
 
 impl Network {
-    /// The transport of node `me`, obeying `partition`.
-    pub fn new(me: NodeId, partition: Partition) -> Self {
-        Self { me, partition }
+    /// The transport of node `me`, obeying `partition`, connecting with `tls`.
+    pub fn new(me: NodeId, partition: Partition, tls: ClientTls) -> Self {
+        Self { me, partition, tls }
     }
 }
 
@@ -74,7 +77,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Connection {
             me: self.me,
             target,
-            client: channel_to(&node.addr).map(RaftTransportClient::new).map_err(|e| e.to_string()),
+            client: channel_to(&self.tls, target, &node.addr).map(RaftTransportClient::new).map_err(|e| e.to_string()),
             partition: self.partition.clone(),
         }
     }

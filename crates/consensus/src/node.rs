@@ -1,5 +1,5 @@
 //! A running control-plane node: its storage opened, openraft started, and its gRPC endpoint
-//! (Raft transport and admin API on one port) serving.
+//! (Raft transport and admin API on one port) serving, over mTLS when the node has `[tls]`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tessera_proto::raft::cluster_admin_server::ClusterAdminServer;
 use tessera_proto::raft::raft_transport_server::RaftTransportServer;
+use tessera_tls::{ClientAuth, ClientTls, Refusals, ServerTls, TlsMaterial};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -157,12 +158,28 @@ pub struct ConsensusNode {
     advertised: String,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    refusals: Arc<Refusals>,
 }
 
 impl ConsensusNode {
-    /// Opens the node's storage, starts Raft and serves the gRPC endpoint. The node joins a
-    /// cluster when a member (or `Init`) adds it.
+    /// Opens the node's storage, starts Raft and serves the gRPC endpoint in the clear. The
+    /// node joins a cluster when a member (or `Init`) adds it.
     pub async fn start(settings: RaftSettings) -> Result<Self, ConsensusError> {
+        Self::start_with_tls(settings, None).await
+    }
+
+    /// [`Self::start`], with mTLS when `tls` is given: every client (node or operator) must
+    /// present a certificate from the cluster CA, a Raft message's sender must be the node its
+    /// certificate names, and this node's certificate must be for `settings.node_id`.
+    pub async fn start_with_tls(settings: RaftSettings, tls: Option<Arc<TlsMaterial>>) -> Result<Self, ConsensusError> {
+        if let Some(material) = &tls
+            && material.identity().node_id() != Some(settings.node_id)
+        {
+            return Err(ConsensusError::Config {
+                field: "tls.cert",
+                problem: format!("the certificate is for {}, not node {}", material.identity(), settings.node_id),
+            });
+        }
         let config = Arc::new(settings.raft_config()?);
         let storage = |path: PathBuf| move |source| ConsensusError::Storage { path, source };
         std::fs::create_dir_all(&settings.data_dir).map_err(storage(settings.data_dir.clone()))?;
@@ -178,7 +195,17 @@ impl ConsensusNode {
         let addr = listener.local_addr().map_err(|source| ConsensusError::Bind { addr: settings.listen, source })?;
 
         let partition = Partition::default();
-        let network = Network::new(settings.node_id, partition.clone());
+        let refusals = Arc::new(Refusals::default());
+        let server_tls = match &tls {
+            Some(material) => Some(ServerTls {
+                config: material.server_config(ClientAuth::Required).map_err(|e| ConsensusError::Config { field: "tls", problem: e.to_string() })?,
+                endpoint: "raft",
+                refusals: refusals.clone(),
+            }),
+            None => None,
+        };
+        let client_tls = ClientTls::from_material(tls.as_ref());
+        let network = Network::new(settings.node_id, partition.clone(), client_tls.clone());
         let raft = Raft::new(settings.node_id, config, network, log, sm).await.map_err(|e| ConsensusError::Raft(e.to_string()))?;
 
         let shared = Shared {
@@ -188,23 +215,21 @@ impl ConsensusNode {
             me: settings.node_id,
             fault_injection: settings.fault_injection,
             write_timeout: Duration::from_millis(settings.write_timeout_ms),
+            client_tls,
+            tls_required: tls.is_some(),
+            refusals: refusals.clone(),
         };
         let transport = RaftTransportServer::new(TransportService(shared.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let admin = ClusterAdminServer::new(AdminService(shared));
         let (stop, stopped) = oneshot::channel::<()>();
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(transport)
-                .add_service(admin)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                }),
-        );
-        tracing::info!(node = settings.node_id, site = %settings.site, %addr, "control-plane node started");
-        Ok(Self { raft, view, addr, advertised: settings.advertised(addr), stop: Some(stop), server })
+        let router = tonic::transport::Server::builder().add_service(transport).add_service(admin);
+        let server = tokio::spawn(tessera_tls::serve(router, listener, server_tls, async {
+            let _ = stopped.await;
+        }));
+        tracing::info!(node = settings.node_id, site = %settings.site, %addr, tls = tls.is_some(), "control-plane node started");
+        Ok(Self { raft, view, addr, advertised: settings.advertised(addr), stop: Some(stop), server, refusals })
     }
 
     /// The openraft handle.
@@ -225,6 +250,12 @@ impl ConsensusNode {
     /// The address other nodes should use for this one.
     pub fn advertised(&self) -> &str {
         &self.advertised
+    }
+
+    /// What the endpoint refused: failed TLS handshakes, and requests whose certificate did
+    /// not fit their claim (a message signed by another node's id).
+    pub fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 
     /// Stops serving and shuts Raft down.

@@ -5,10 +5,10 @@
 //! yields an [`AuditRecord`]: who asked for what, when, at which log index, and whether it was
 //! done or refused (and why).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use tessera_core::{DataGrade, DataStage, MotorId, SiteId};
+use tessera_core::{DataGrade, DataStage, GradeMap, MotorId, SiteId};
 
 use crate::types::{Command, NodeId, Outcome, Request};
 
@@ -58,6 +58,47 @@ pub struct PolicyRecord {
     pub set_at_ms: i64,
 }
 
+/// A grade the cluster set for a stream's default or one column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GradeRecord {
+    /// The stream.
+    pub stream: String,
+    /// The column (`None`: the stream's default).
+    pub column: Option<String>,
+    /// The grade.
+    pub grade: DataGrade,
+    /// Who set it.
+    pub set_by: String,
+    /// When (ms since the Unix epoch).
+    pub set_at_ms: i64,
+}
+
+/// A request to release an export bundle's key, and the custodian sites that approved it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    /// The site whose data the bundle holds.
+    pub source: SiteId,
+    /// The site that will import it.
+    pub target: SiteId,
+    /// Approvals needed.
+    pub k: u8,
+    /// The sites holding a share each.
+    pub custodians: BTreeSet<SiteId>,
+    /// The custodians that approved, each counted once.
+    pub approvals: BTreeSet<SiteId>,
+    /// Who asked.
+    pub requested_by: String,
+    /// When (ms since the Unix epoch).
+    pub requested_at_ms: i64,
+}
+
+impl ReleaseRecord {
+    /// Whether `k` custodians approved.
+    pub fn released(&self) -> bool {
+        self.approvals.len() >= usize::from(self.k)
+    }
+}
+
 /// One line of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
@@ -86,6 +127,12 @@ pub struct Registry {
     pub queries: BTreeMap<String, QueryRecord>,
     /// Policies, keyed `grade/stage`.
     pub policies: BTreeMap<String, PolicyRecord>,
+    /// Grades set cluster-wide, keyed `stream` or `stream.column` (see [`Self::grade_policy`]).
+    #[serde(default)]
+    pub grades: BTreeMap<String, GradeRecord>,
+    /// Key releases of export bundles, by bundle id.
+    #[serde(default)]
+    pub releases: BTreeMap<String, ReleaseRecord>,
 }
 
 impl Registry {
@@ -153,8 +200,56 @@ impl Registry {
                 };
                 self.policies.insert(format!("{grade}/{stage}"), record);
             }
+            Command::SetGrade { stream, column, grade } => {
+                let key = column.as_ref().map_or_else(|| stream.clone(), |c| format!("{stream}.{c}"));
+                let record = GradeRecord { stream: stream.clone(), column: column.clone(), grade: *grade, set_by: request.actor.clone(), set_at_ms: request.at_ms };
+                self.grades.insert(key, record);
+            }
+            Command::RequestRelease { bundle, source, target, k, custodians } => {
+                if self.releases.contains_key(bundle) {
+                    return Err(format!("bundle {bundle} already has a release request"));
+                }
+                for site in custodians.iter().chain([source, target]) {
+                    if !self.sites.contains_key(site) {
+                        return Err(format!("site {site} is not in the registry"));
+                    }
+                }
+                let custodians: BTreeSet<SiteId> = custodians.iter().cloned().collect();
+                if usize::from(*k) > custodians.len() {
+                    return Err(format!("k = {k} but only {} distinct custodians", custodians.len()));
+                }
+                let record = ReleaseRecord {
+                    source: source.clone(),
+                    target: target.clone(),
+                    k: *k,
+                    custodians,
+                    approvals: BTreeSet::new(),
+                    requested_by: request.actor.clone(),
+                    requested_at_ms: request.at_ms,
+                };
+                self.releases.insert(bundle.clone(), record);
+            }
+            Command::ApproveRelease { bundle, site } => {
+                let release = self.releases.get_mut(bundle).ok_or_else(|| format!("bundle {bundle} has no release request"))?;
+                if !release.custodians.contains(site) {
+                    return Err(format!("site {site} holds no share of bundle {bundle}"));
+                }
+                if !release.approvals.insert(site.clone()) {
+                    return Err(format!("site {site} already approved bundle {bundle}"));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The cluster's grades as a [`GradeMap`] naming only what was set (nodes raise their
+    /// config's grades with it).
+    pub fn grade_policy(&self) -> GradeMap {
+        let mut map = GradeMap::empty();
+        for g in self.grades.values() {
+            map.set(&g.stream, g.column.as_deref(), g.grade);
+        }
+        map
     }
 
     fn require_site(&self, site: &SiteId) -> Result<(), String> {
@@ -211,6 +306,34 @@ mod tests {
 
         reg.apply(9, &req(Command::SetPolicy { grade: DataGrade::Core, stage: DataStage::Transmission, rule: "deny".into() }));
         assert_eq!(reg.policies["core/transmission"].rule, "deny");
+        reg.apply(10, &req(Command::SetGrade { stream: "telemetry".into(), column: Some("temperature_c".into()), grade: DataGrade::Core }));
+        reg.apply(11, &req(Command::SetGrade { stream: "telemetry".into(), column: Some("temperature_c".into()), grade: DataGrade::Important }));
+        reg.apply(12, &req(Command::SetGrade { stream: "late_events".into(), column: None, grade: DataGrade::Important }));
+        let policy = reg.grade_policy();
+        assert_eq!(policy.grade("telemetry", "temperature_c"), DataGrade::Important, "the last setting holds");
+        assert_eq!(policy.grade("late_events", "anything"), DataGrade::Important);
+    }
+
+    #[test]
+    fn a_release_needs_k_distinct_custodians() {
+        let mut reg = Registry::default();
+        for s in ["a", "b", "c"] {
+            reg.apply(1, &req(Command::AddSite { site: site(s), name: s.into() }));
+        }
+        let custodians = vec![site("a"), site("b"), site("c")];
+        let ask = |bundle: &str, k| req(Command::RequestRelease { bundle: bundle.into(), source: site("a"), target: site("b"), k, custodians: custodians.clone() });
+        assert!(matches!(reg.apply(2, &ask("x", 1)).0, Outcome::Rejected(_)), "k = 1 lets one site decide");
+        assert!(matches!(reg.apply(3, &ask("x", 4)).0, Outcome::Rejected(_)), "more approvals than custodians");
+        assert_eq!(reg.apply(4, &ask("x", 2)).0, Outcome::Applied);
+        assert!(matches!(reg.apply(5, &ask("x", 2)).0, Outcome::Rejected(_)), "asked twice");
+        let approve = |s: &str| req(Command::ApproveRelease { bundle: "x".into(), site: site(s) });
+        reg.apply(6, &req(Command::AddSite { site: site("d"), name: "d".into() }));
+        assert!(matches!(reg.apply(7, &approve("d")).0, Outcome::Rejected(_)), "not a custodian");
+        assert_eq!(reg.apply(8, &approve("a")).0, Outcome::Applied);
+        assert!(matches!(reg.apply(9, &approve("a")).0, Outcome::Rejected(_)), "counted once");
+        assert!(!reg.releases["x"].released());
+        assert_eq!(reg.apply(10, &approve("c")).0, Outcome::Applied);
+        assert!(reg.releases["x"].released());
     }
 
     #[test]

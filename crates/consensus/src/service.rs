@@ -6,6 +6,11 @@
 //! has applied that far before reading. A write that is not committed within the configured
 //! time (no quorum reachable, e.g. on the minority side of a partition) fails with
 //! `UNAVAILABLE` and says so.
+//!
+//! Over mTLS, a Raft message must come from the node its certificate names (the sender id in
+//! the message, and the node id in the vote it carries), or it is refused with
+//! `PERMISSION_DENIED`, counted and audited; and the audit log records the actor the client
+//! certificate proves, not the name the request claims.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -19,6 +24,7 @@ use tessera_core::{DataGrade, DataStage, MotorId, SiteId};
 use tessera_proto::raft as pb;
 use tessera_proto::raft::cluster_admin_client::ClusterAdminClient;
 use tessera_proto::raft::raft_transport_client::RaftTransportClient;
+use tessera_tls::{ClientTls, PeerIdentity, Refusals};
 use tonic::{Request as GrpcRequest, Response, Status, Streaming};
 
 use crate::network::{Partition, channel_to};
@@ -35,6 +41,11 @@ pub(crate) struct Shared {
     pub(crate) me: NodeId,
     pub(crate) fault_injection: bool,
     pub(crate) write_timeout: Duration,
+    /// How this node connects to its peers.
+    pub(crate) client_tls: ClientTls,
+    /// Whether clients must prove who they are with a certificate.
+    pub(crate) tls_required: bool,
+    pub(crate) refusals: std::sync::Arc<Refusals>,
 }
 
 /// How often a node waiting for an election to finish looks again.
@@ -71,7 +82,61 @@ fn spec(id: NodeId, member: &Member) -> pb::NodeSpec {
     pb::NodeSpec { id, site: member.site.clone(), addr: member.addr.clone() }
 }
 
+/// The node id in the vote a Raft message carries (`vote.leader_id.node_id`: the candidate
+/// of a vote request, the leader of an append), if it carries one.
+fn vote_node(json: &[u8]) -> Option<u64> {
+    let value: serde_json::Value = serde_json::from_slice(json).ok()?;
+    value.pointer("/vote/leader_id/node_id")?.as_u64()
+}
+
 impl Shared {
+    /// Over mTLS, checks that the message from `claimed` (and, if given, the vote it carries)
+    /// comes from the node the client certificate names.
+    fn check_sender<T>(&self, request: &GrpcRequest<T>, claimed: NodeId, json: Option<&[u8]>) -> Result<(), Status> {
+        if !self.tls_required {
+            return Ok(());
+        }
+        let refuse = |why: String| {
+            self.refusals.refuse_identity("raft", request.remote_addr(), &why);
+            Status::permission_denied(format!("node {} refuses the message: {why}", self.me))
+        };
+        let proven = match PeerIdentity::of_request(request) {
+            None => return Err(refuse("no client certificate".into())),
+            Some(Err(e)) => return Err(refuse(e.to_string())),
+            Some(Ok(PeerIdentity::Node { id, .. })) => id,
+            Some(Ok(other)) => return Err(refuse(format!("{other} is not a node; only nodes speak Raft"))),
+        };
+        if proven != claimed {
+            return Err(refuse(format!("the certificate is node {proven}'s, the message claims node {claimed}")));
+        }
+        if let Some(voter) = json.and_then(vote_node)
+            && voter != proven
+        {
+            return Err(refuse(format!("node {proven} sent a vote of node {voter}")));
+        }
+        Ok(())
+    }
+
+    /// The actor an admin request is recorded under: the identity its client certificate
+    /// proves (over mTLS), else the name it claims.
+    fn actor<T>(&self, request: &GrpcRequest<T>, claimed: &str) -> Result<String, Status> {
+        if !self.tls_required {
+            return Ok(claimed.to_string());
+        }
+        match PeerIdentity::of_request(request) {
+            Some(Ok(PeerIdentity::Operator { name })) => Ok(name),
+            Some(Ok(node @ PeerIdentity::Node { .. })) => Ok(node.to_string()),
+            Some(Err(e)) => {
+                self.refusals.refuse_identity("raft-admin", request.remote_addr(), &e.to_string());
+                Err(Status::permission_denied(e.to_string()))
+            }
+            None => {
+                self.refusals.refuse_identity("raft-admin", request.remote_addr(), "no client certificate");
+                Err(Status::permission_denied("the admin API needs a client certificate"))
+            }
+        }
+    }
+
     fn refuse_partitioned(&self, from: NodeId) -> Result<(), Status> {
         if self.partition.blocks(from) {
             Err(Status::unavailable(format!("node {} is partitioned from node {from} (fault injection)", self.me)))
@@ -103,13 +168,13 @@ impl Shared {
         Ok((id, member))
     }
 
-    fn transport_to(&self, member: &Member) -> Result<RaftTransportClient<tonic::transport::Channel>, Status> {
-        channel_to(&member.addr).map(RaftTransportClient::new).map_err(|e| Status::unavailable(e.to_string()))
+    fn transport_to(&self, id: NodeId, member: &Member) -> Result<RaftTransportClient<tonic::transport::Channel>, Status> {
+        channel_to(&self.client_tls, id, &member.addr).map(RaftTransportClient::new).map_err(|e| Status::unavailable(e.to_string()))
     }
 
     fn admin_of_leader(&self, hint: Option<&ForwardToLeader<TypeConfig>>) -> Result<ClusterAdminClient<tonic::transport::Channel>, Status> {
-        let (_, member) = self.leader(hint)?;
-        channel_to(&member.addr).map(ClusterAdminClient::new).map_err(|e| Status::unavailable(e.to_string()))
+        let (id, member) = self.leader(hint)?;
+        channel_to(&self.client_tls, id, &member.addr).map(ClusterAdminClient::new).map_err(|e| Status::unavailable(e.to_string()))
     }
 
     fn unavailable_after_timeout(&self, what: &str) -> Status {
@@ -143,8 +208,8 @@ impl Shared {
             };
             match hint.leader_id {
                 Some(leader) if leader != self.me && !forwarded => {
-                    let (_, member) = self.leader(Some(&hint))?;
-                    let mut client = self.transport_to(&member)?;
+                    let (id, member) = self.leader(Some(&hint))?;
+                    let mut client = self.transport_to(id, &member)?;
                     let mut call = GrpcRequest::new(encode(self.me, &request)?);
                     call.set_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
                     return Ok(client.forward_write(call).await?.into_inner());
@@ -178,8 +243,8 @@ impl Shared {
                 Ok(index) => break index,
                 Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(hint))) => match hint.leader_id {
                     Some(leader) if leader != self.me => {
-                        let (_, member) = self.leader(Some(&hint))?;
-                        let mut client = self.transport_to(&member)?;
+                        let (id, member) = self.leader(Some(&hint))?;
+                        let mut client = self.transport_to(id, &member)?;
                         let mut call = GrpcRequest::new(pb::RaftMessage { from: self.me, json: Vec::new() });
                         call.set_timeout(remaining.max(Duration::from_millis(1)));
                         break decode::<u64>(&client.read_index(call).await?.into_inner().json)?;
@@ -223,6 +288,7 @@ pub(crate) struct TransportService(pub(crate) Shared);
 #[tonic::async_trait]
 impl pb::raft_transport_server::RaftTransport for TransportService {
     async fn append_entries(&self, request: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        self.0.check_sender(&request, request.get_ref().from, Some(&request.get_ref().json))?;
         let message = request.into_inner();
         self.0.refuse_partitioned(message.from)?;
         let reply = self.0.raft.append_entries(decode(&message.json)?).await.map_err(|e| Status::internal(e.to_string()))?;
@@ -230,6 +296,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
     }
 
     async fn vote(&self, request: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        self.0.check_sender(&request, request.get_ref().from, Some(&request.get_ref().json))?;
         let message = request.into_inner();
         self.0.refuse_partitioned(message.from)?;
         let reply = self.0.raft.vote(decode(&message.json)?).await.map_err(|e| Status::internal(e.to_string()))?;
@@ -237,6 +304,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
     }
 
     async fn pre_vote(&self, request: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        self.0.check_sender(&request, request.get_ref().from, Some(&request.get_ref().json))?;
         let message = request.into_inner();
         self.0.refuse_partitioned(message.from)?;
         let reply = self.0.raft.pre_vote(decode(&message.json)?).await.map_err(|e| Status::internal(e.to_string()))?;
@@ -244,11 +312,20 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
     }
 
     async fn install_snapshot(&self, request: GrpcRequest<Streaming<pb::SnapshotChunk>>) -> Result<Response<pb::RaftMessage>, Status> {
+        let proven = if self.0.tls_required { Some((PeerIdentity::of_request(&request), request.remote_addr())) } else { None };
         let mut chunks = request.into_inner();
         let mut header: Option<(VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>)> = None;
         let mut data = Vec::new();
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
+            if let Some((identity, peer)) = &proven {
+                let ok = matches!(identity, Some(Ok(PeerIdentity::Node { id, .. })) if *id == chunk.from);
+                if !ok {
+                    let why = format!("a snapshot chunk claiming node {} from a client whose certificate is not that node's", chunk.from);
+                    self.0.refusals.refuse_identity("raft", *peer, &why);
+                    return Err(Status::permission_denied(why));
+                }
+            }
             self.0.refuse_partitioned(chunk.from)?;
             if header.is_none() {
                 header = Some(decode(&chunk.header)?);
@@ -262,6 +339,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
     }
 
     async fn forward_write(&self, request: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::WriteResponse>, Status> {
+        self.0.check_sender(&request, request.get_ref().from, None)?;
         let message = request.into_inner();
         self.0.refuse_partitioned(message.from)?;
         let request: Request = decode(&message.json)?;
@@ -270,6 +348,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
     }
 
     async fn read_index(&self, request: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        self.0.check_sender(&request, request.get_ref().from, None)?;
         self.0.refuse_partitioned(request.get_ref().from)?;
         let index = tokio::time::timeout(self.0.write_timeout, self.0.read_index())
             .await
@@ -289,6 +368,7 @@ fn site_id(field: &str, s: &str) -> Result<SiteId, Status> {
 #[tonic::async_trait]
 impl pb::cluster_admin_server::ClusterAdmin for AdminService {
     async fn init(&self, request: GrpcRequest<pb::InitRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+        let actor = self.0.actor(&request, &request.get_ref().actor)?;
         let s = &self.0;
         let req = request.into_inner();
         let mut members = BTreeMap::new();
@@ -306,7 +386,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
             .iter()
             .map(|(id, m)| {
                 let site = site_id("nodes.site", &m.site)?;
-                s.request(&req.actor, Command::RegisterNode { node: *id, site, addr: m.addr.clone() })
+                s.request(&actor, Command::RegisterNode { node: *id, site, addr: m.addr.clone() })
             })
             .collect::<Result<_, _>>()?;
         s.raft.initialize(members).await.map_err(|e| Status::failed_precondition(format!("node {}: {e}", s.me)))?;
@@ -319,11 +399,12 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
     }
 
     async fn add_node(&self, request: GrpcRequest<pb::AddNodeRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+        let actor = self.0.actor(&request, &request.get_ref().actor)?;
         let s = &self.0;
         let req = request.into_inner();
         let node = req.node.clone().ok_or_else(|| invalid("node", "is missing"))?;
         let site = site_id("node.site", &node.site)?;
-        let registration = s.request(&req.actor, Command::RegisterNode { node: node.id, site, addr: node.addr.clone() })?;
+        let registration = s.request(&actor, Command::RegisterNode { node: node.id, site, addr: node.addr.clone() })?;
         if !s.raft.is_leader() {
             return Ok(Response::new(s.admin_of_leader(None)?.add_node(req).await?.into_inner()));
         }
@@ -340,9 +421,10 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
     }
 
     async fn remove_node(&self, request: GrpcRequest<pb::RemoveNodeRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+        let actor = self.0.actor(&request, &request.get_ref().actor)?;
         let s = &self.0;
         let req = request.into_inner();
-        let removal = s.request(&req.actor, Command::RemoveNode { node: req.id })?;
+        let removal = s.request(&actor, Command::RemoveNode { node: req.id })?;
         if !s.raft.is_leader() {
             return Ok(Response::new(s.admin_of_leader(None)?.remove_node(req).await?.into_inner()));
         }
@@ -399,36 +481,122 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
     }
 
     async fn add_site(&self, request: GrpcRequest<pb::AddSiteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let actor = self.0.actor(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
         let command = Command::AddSite { site: site_id("site", &req.site)?, name: req.name };
-        Ok(Response::new(self.0.write(self.0.request(&req.actor, command)?, false).await?))
+        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
     }
 
     async fn assign_motors(&self, request: GrpcRequest<pb::AssignMotorsRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let actor = self.0.actor(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
         let motors = req.motors.iter().map(|m| MotorId::new(m.as_str()).map_err(|e| invalid("motors", e))).collect::<Result<_, _>>()?;
         let command = Command::AssignMotors { site: site_id("site", &req.site)?, motors };
-        Ok(Response::new(self.0.write(self.0.request(&req.actor, command)?, false).await?))
+        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+    }
+
+    async fn set_grade(&self, request: GrpcRequest<pb::SetGradeRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let actor = self.0.actor(&request, &request.get_ref().actor)?;
+        let req = request.into_inner();
+        let grade: DataGrade = req.grade.parse().map_err(|e| invalid("grade", e))?;
+        let column = Some(req.column).filter(|c| !c.is_empty());
+        let command = Command::SetGrade { stream: req.stream, column, grade };
+        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+    }
+
+    async fn list_grades(&self, _: GrpcRequest<pb::ListGradesRequest>) -> Result<Response<pb::ListGradesResponse>, Status> {
+        self.0.read_barrier().await?;
+        let grades = self.0.view.with(|a| {
+            a.registry
+                .grades
+                .values()
+                .map(|g| pb::GradeEntry {
+                    stream: g.stream.clone(),
+                    column: g.column.clone().unwrap_or_default(),
+                    grade: g.grade.to_string(),
+                    set_by: g.set_by.clone(),
+                    set_at_ms: g.set_at_ms,
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListGradesResponse { grades }))
+    }
+
+    async fn request_release(&self, request: GrpcRequest<pb::RequestReleaseRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let actor = self.0.actor(&request, &request.get_ref().actor)?;
+        let req = request.into_inner();
+        let k = u8::try_from(req.k).map_err(|_| invalid("k", format!("{} is too large", req.k)))?;
+        let custodians = req.custodians.iter().map(|c| site_id("custodians", c)).collect::<Result<Vec<_>, _>>()?;
+        let command = Command::RequestRelease { bundle: req.bundle, source: site_id("source", &req.source)?, target: site_id("target", &req.target)?, k, custodians };
+        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+    }
+
+    async fn approve_release(&self, request: GrpcRequest<pb::ApproveReleaseRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let actor = self.0.actor(&request, &request.get_ref().actor)?;
+        let site = site_id("site", &request.get_ref().site)?;
+        if self.0.tls_required {
+            // A site's approval is given by that site: the caller must hold a node
+            // certificate of it (an operator's or another site's certificate cannot).
+            match PeerIdentity::of_request(&request) {
+                Some(Ok(PeerIdentity::Node { site: proven, .. })) if proven == site.as_str() => {}
+                other => {
+                    let who = match other {
+                        Some(Ok(identity)) => identity.to_string(),
+                        _ => "no valid certificate".to_string(),
+                    };
+                    let why = format!("only a node of site {site} approves for it; the caller is {who}");
+                    self.0.refusals.refuse_identity("raft-admin", request.remote_addr(), &why);
+                    return Err(Status::permission_denied(why));
+                }
+            }
+        }
+        let req = request.into_inner();
+        let command = Command::ApproveRelease { bundle: req.bundle, site };
+        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+    }
+
+    async fn list_releases(&self, _: GrpcRequest<pb::ListReleasesRequest>) -> Result<Response<pb::ListReleasesResponse>, Status> {
+        self.0.read_barrier().await?;
+        let releases = self.0.view.with(|a| {
+            a.registry
+                .releases
+                .iter()
+                .map(|(bundle, r)| pb::Release {
+                    bundle: bundle.clone(),
+                    source: r.source.to_string(),
+                    target: r.target.to_string(),
+                    k: u32::from(r.k),
+                    custodians: r.custodians.iter().map(ToString::to_string).collect(),
+                    approvals: r.approvals.iter().map(ToString::to_string).collect(),
+                    released: r.released(),
+                    requested_by: r.requested_by.clone(),
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListReleasesResponse { releases }))
     }
 
     async fn set_policy(&self, request: GrpcRequest<pb::SetPolicyRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let actor = self.0.actor(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
         let grade: DataGrade = req.grade.parse().map_err(|e| invalid("grade", e))?;
         let stage: DataStage = req.stage.parse().map_err(|e| invalid("stage", e))?;
         let command = Command::SetPolicy { grade, stage, rule: req.rule };
-        Ok(Response::new(self.0.write(self.0.request(&req.actor, command)?, false).await?))
+        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
     }
 
     async fn register_query(&self, request: GrpcRequest<pb::RegisterQueryRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let actor = self.0.actor(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
         let command = Command::RegisterQuery { name: req.name, sql: req.sql };
-        Ok(Response::new(self.0.write(self.0.request(&req.actor, command)?, false).await?))
+        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
     }
 
     async fn drop_query(&self, request: GrpcRequest<pb::DropQueryRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let actor = self.0.actor(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
         let command = Command::DropQuery { name: req.name };
-        Ok(Response::new(self.0.write(self.0.request(&req.actor, command)?, false).await?))
+        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
     }
 
     async fn list_queries(&self, _: GrpcRequest<pb::ListQueriesRequest>) -> Result<Response<pb::ListQueriesResponse>, Status> {
@@ -509,5 +677,18 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         tracing::warn!(node = self.0.me, ?blocked, "fault injection: partition set");
         self.0.partition.set(blocked);
         Ok(Response::new(pb::SetPartitionResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vote_a_raft_message_carries_names_its_node() {
+        let vote = VoteOf::<TypeConfig>::new(3, 2);
+        let request = openraft::raft::VoteRequest::<TypeConfig>::new(vote, None);
+        assert_eq!(vote_node(&serde_json::to_vec(&request).unwrap()), Some(2));
+        assert_eq!(vote_node(b"{\"vote\":{}}"), None);
     }
 }

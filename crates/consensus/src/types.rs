@@ -48,6 +48,8 @@ pub const MAX_SQL_BYTES: usize = 16 * 1024;
 pub const MAX_RULE_BYTES: usize = 4 * 1024;
 /// Longest free-text field (actor, site name, query name, address), in bytes.
 pub const MAX_TEXT_BYTES: usize = 256;
+/// Most custodian sites of one release.
+pub const MAX_CUSTODIANS: usize = 32;
 
 /// One change to the registry as proposed to Raft: who asked for it, when, and what. The
 /// proposer stamps the time, so applying the entry is deterministic on every node.
@@ -113,6 +115,37 @@ pub enum Command {
         /// The rule, as text the enforcing component parses.
         rule: String,
     },
+    /// Grades a stream's default (`column` `None`) or one of its columns, cluster-wide: every
+    /// node raises its config's grades to at least this (never lowers them).
+    SetGrade {
+        /// The stream (`telemetry`, `motor_windows`, ...).
+        stream: String,
+        /// The column, or `None` for the stream's default.
+        column: Option<String>,
+        /// The grade.
+        grade: DataGrade,
+    },
+    /// Asks to release an export bundle's key to `target`: its shares are held by
+    /// `custodians`, and `k` of them must approve (k ≥ 2, so no single site decides).
+    RequestRelease {
+        /// The export's id.
+        bundle: String,
+        /// The site whose data the bundle holds.
+        source: SiteId,
+        /// The site that will import it.
+        target: SiteId,
+        /// Approvals needed.
+        k: u8,
+        /// The sites holding a share each.
+        custodians: Vec<SiteId>,
+    },
+    /// A custodian site approves a release (over mTLS, only a node of that site may say so).
+    ApproveRelease {
+        /// The export's id.
+        bundle: String,
+        /// The approving site.
+        site: SiteId,
+    },
 }
 
 impl fmt::Display for Command {
@@ -129,6 +162,12 @@ impl fmt::Display for Command {
             Command::RegisterQuery { name, .. } => write!(f, "register query {name}"),
             Command::DropQuery { name } => write!(f, "drop query {name}"),
             Command::SetPolicy { grade, stage, rule } => write!(f, "set policy {grade}/{stage}: {rule}"),
+            Command::SetGrade { stream, column: Some(column), grade } => write!(f, "grade {stream}.{column} {grade}"),
+            Command::SetGrade { stream, column: None, grade } => write!(f, "grade stream {stream} {grade} by default"),
+            Command::RequestRelease { bundle, source, target, k, custodians } => {
+                write!(f, "request release of bundle {bundle} ({source} → {target}), {k} of {} custodians", custodians.len())
+            }
+            Command::ApproveRelease { bundle, site } => write!(f, "approve release of bundle {bundle} by {site}"),
         }
     }
 }
@@ -187,6 +226,21 @@ impl Request {
             }
             Command::DropQuery { name } => text("command.name", name, MAX_TEXT_BYTES),
             Command::SetPolicy { rule, .. } => text("command.rule", rule, MAX_RULE_BYTES),
+            Command::SetGrade { stream, column, .. } => {
+                text("command.stream", stream, MAX_TEXT_BYTES)?;
+                column.as_deref().map_or(Ok(()), |c| text("command.column", c, MAX_TEXT_BYTES))
+            }
+            Command::RequestRelease { bundle, k, custodians, .. } => {
+                text("command.bundle", bundle, MAX_TEXT_BYTES)?;
+                if *k < 2 || usize::from(*k) > custodians.len() || custodians.len() > MAX_CUSTODIANS {
+                    return Err(RequestError {
+                        field: "command.k",
+                        problem: format!("needs 2 ≤ k ≤ custodians ≤ {MAX_CUSTODIANS}; got k = {k} of {}", custodians.len()),
+                    });
+                }
+                Ok(())
+            }
+            Command::ApproveRelease { bundle, .. } => text("command.bundle", bundle, MAX_TEXT_BYTES),
         }
     }
 }

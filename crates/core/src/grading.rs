@@ -161,6 +161,40 @@ impl GradeMap {
     }
 }
 
+/// The grades a running node applies: its config's, raised by the cluster's replicated
+/// policy as that changes. Cheap to clone; every clone sees the same current map.
+#[derive(Debug, Clone)]
+pub struct LiveGrades {
+    config: GradeMap,
+    current: Arc<std::sync::RwLock<Arc<GradeMap>>>,
+}
+
+impl LiveGrades {
+    /// Starts at `config`.
+    pub fn new(config: GradeMap) -> Self {
+        let current = Arc::new(std::sync::RwLock::new(Arc::new(config.clone())));
+        Self { config, current }
+    }
+
+    /// The grades as of now.
+    pub fn current(&self) -> Arc<GradeMap> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Applies the cluster's `policy`: the config's grades raised by it (a policy can raise a
+    /// grade above the config, never below). Returns whether anything changed.
+    pub fn apply_policy(&self, policy: &GradeMap) -> bool {
+        let mut next = self.config.clone();
+        next.raise(policy);
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if **current == next {
+            return false;
+        }
+        *current = Arc::new(next);
+        true
+    }
+}
+
 /// `field` with `grade` in its metadata.
 pub fn with_grade(field: &Field, grade: DataGrade) -> Field {
     let mut metadata: HashMap<String, String> = field.metadata().clone();
@@ -187,6 +221,21 @@ mod tests {
         assert_eq!(g.grade("motor_windows", "window_start"), DataGrade::General);
         assert_eq!(g.grade("motor_windows", "z_current"), DataGrade::Important);
         assert_eq!(g.grade("nobody_graded_this", "x"), DataGrade::Core);
+    }
+
+    #[test]
+    fn a_policy_raises_live_grades_and_a_later_policy_replaces_it() {
+        let live = LiveGrades::new(GradeMap::builtin());
+        let seen_by_sql = live.clone();
+        let mut policy = GradeMap::empty();
+        policy.set("telemetry", Some("temperature_c"), DataGrade::Core);
+        policy.set("telemetry", Some("vibration_x_rms"), DataGrade::General);
+        assert!(live.apply_policy(&policy));
+        assert_eq!(seen_by_sql.current().grade("telemetry", "temperature_c"), DataGrade::Core);
+        assert_eq!(seen_by_sql.current().grade("telemetry", "vibration_x_rms"), DataGrade::Core, "never below config");
+        assert!(!live.apply_policy(&policy), "nothing changed");
+        assert!(live.apply_policy(&GradeMap::empty()));
+        assert_eq!(seen_by_sql.current().grade("telemetry", "temperature_c"), DataGrade::Important, "back to config");
     }
 
     #[test]

@@ -18,7 +18,7 @@ mod validate;
 mod window;
 
 pub use grade::{DataGrade, DataStage, UnknownName};
-pub use grading::{field_grade, with_grade, GradeMap, StreamGrades, GRADE_METADATA_KEY};
+pub use grading::{field_grade, with_grade, GradeMap, LiveGrades, StreamGrades, GRADE_METADATA_KEY};
 pub use ids::{IdError, MotorId, SiteId, MAX_ID_BYTES};
 pub use reading::{Channel, Reading, ReadingFingerprint};
 pub use schema::{telemetry_schema, TelemetryColumn};

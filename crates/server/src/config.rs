@@ -38,6 +38,9 @@ pub struct NodeConfig {
     /// `[grades.<stream>.columns] <column> = "..."`); defaults: [`GradeMap::builtin`]. The
     /// cluster's policy can raise them, never lower them.
     pub grades: GradeMap,
+    /// mTLS on every gRPC endpoint and client of this node (`[tls] ca`, `cert`, `key`; see
+    /// `tessera cert`); unset: in the clear (a trusted lab network only).
+    pub tls: Option<tessera_tls::TlsFiles>,
 }
 
 /// The `[control]` section: where the cluster's control plane answers.

@@ -21,7 +21,8 @@ use clap::{Args, Subcommand};
 use tessera_consensus::{ConsensusNode, RaftSettings};
 use tessera_proto::raft as pb;
 use tessera_proto::raft::cluster_admin_client::ClusterAdminClient;
-use tonic::transport::{Channel, Endpoint};
+use tessera_tls::{ClientTls, TlsFiles, TlsMaterial};
+use tonic::transport::Channel;
 
 use crate::config::ControlConfig;
 use crate::detect::QueryChange;
@@ -84,6 +85,54 @@ pub struct ControlNodeArgs {
     /// Allow `cluster partition` (tests only).
     #[arg(long)]
     pub fault_injection: bool,
+    /// mTLS: the node's certificate must be for `--id`.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS files for a node or a client (`--tls-ca`, `--tls-cert`, `--tls-key`): all three, or
+/// none for a cluster without TLS.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// The cluster's CA bundle (PEM) every peer certificate must chain to.
+    #[arg(long = "tls-ca", env = "TESSERA_TLS_CA")]
+    pub ca: Option<PathBuf>,
+    /// This side's certificate (from `tessera cert node|operator`).
+    #[arg(long = "tls-cert", env = "TESSERA_TLS_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Its private key.
+    #[arg(long = "tls-key", env = "TESSERA_TLS_KEY")]
+    pub key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The files, if TLS is asked for; naming the missing flag if only some are given.
+    pub fn files(&self) -> Result<Option<TlsFiles>> {
+        match (&self.ca, &self.cert, &self.key) {
+            (None, None, None) => Ok(None),
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() })),
+            _ => {
+                let missing: Vec<&str> = [("--tls-ca", self.ca.is_none()), ("--tls-cert", self.cert.is_none()), ("--tls-key", self.key.is_none())]
+                    .into_iter()
+                    .filter_map(|(flag, missing)| missing.then_some(flag))
+                    .collect();
+                bail!("TLS needs --tls-ca, --tls-cert and --tls-key together; missing {}", missing.join(", "))
+            }
+        }
+    }
+
+    /// The loaded material, if TLS is asked for.
+    pub fn material(&self) -> Result<Option<Arc<TlsMaterial>>> {
+        Ok(match self.files()? {
+            Some(files) => Some(Arc::new(TlsMaterial::load(&files)?)),
+            None => None,
+        })
+    }
+
+    /// How a client connects.
+    pub fn client(&self) -> Result<ClientTls> {
+        Ok(ClientTls::from_material(self.material()?.as_ref()))
+    }
 }
 
 impl ControlNodeArgs {
@@ -115,6 +164,9 @@ pub struct AdminArgs {
     /// How long to wait for the answer.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// mTLS (for a cluster with TLS): an operator's or node's certificate.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 impl AdminArgs {
@@ -123,16 +175,15 @@ impl AdminArgs {
     }
 
     async fn client(&self) -> Result<ClusterAdminClient<Channel>> {
-        Ok(ClusterAdminClient::new(grpc_channel(&self.at, self.timeout, "node").await?))
+        Ok(ClusterAdminClient::new(grpc_channel(&self.at, &self.tls.client()?, self.timeout, "node").await?))
     }
 }
 
-/// A gRPC channel to `at` (host:port) whose calls time out after `timeout`; errors name `what`
-/// is there (the CLI's `--at`).
-pub(crate) async fn grpc_channel(at: &str, timeout: Duration, what: &str) -> Result<Channel> {
-    Endpoint::from_shared(format!("http://{at}"))
+/// A gRPC channel to `at` (host:port), over `tls`, whose calls time out after `timeout`;
+/// errors name `what` is there (the CLI's `--at`).
+pub(crate) async fn grpc_channel(at: &str, tls: &ClientTls, timeout: Duration, what: &str) -> Result<Channel> {
+    tls.endpoint(at, Duration::from_secs(3))
         .with_context(|| format!("--at {at}: not a host:port"))?
-        .connect_timeout(Duration::from_secs(3))
         .timeout(timeout)
         .connect()
         .await
@@ -208,6 +259,59 @@ pub enum ClusterCommand {
         /// The rule.
         rule: String,
     },
+    /// Grade a stream's default or one of its columns cluster-wide (nodes raise their config's
+    /// grades to it, never lower them).
+    SetGrade {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The stream (telemetry, motor_windows, alerts, late_events, ...).
+        stream: String,
+        /// general | important | core
+        grade: String,
+        /// The column; without it, the stream's default.
+        #[arg(long)]
+        column: Option<String>,
+    },
+    /// Ask for an export bundle's key to be released to a target site once `k` of its
+    /// custodian sites approve.
+    RequestRelease {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The export's id.
+        bundle: String,
+        /// The site whose data it holds.
+        #[arg(long)]
+        source: String,
+        /// The site that will import it.
+        #[arg(long)]
+        target: String,
+        /// Approvals needed (at least 2).
+        #[arg(long)]
+        k: u32,
+        /// A site holding a share (repeat).
+        #[arg(long = "custodian", required = true)]
+        custodians: Vec<String>,
+    },
+    /// Approve a release for a custodian site (over mTLS: with a node certificate of that site).
+    ApproveRelease {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The export's id.
+        bundle: String,
+        /// The approving site.
+        #[arg(long)]
+        site: String,
+    },
+    /// Release requests and their approvals.
+    Releases {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// The grades set cluster-wide.
+    Grades {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// The audit log: who did what, when.
     Audit {
         #[command(flatten)]
@@ -259,13 +363,13 @@ pub enum QueryCommand {
 
 /// The continuous queries registered cluster-wide, as `(name, sql)`, read linearizably from the
 /// control-plane node at `admin`.
-pub fn registered_queries(admin: &str, timeout: Duration) -> Result<Vec<(String, String)>> {
+pub fn registered_queries(admin: &str, tls: &ClientTls, timeout: Duration) -> Result<Vec<(String, String)>> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async { list_queries(&mut admin_client(admin, timeout).await?, admin).await })
+    runtime.block_on(async { list_queries(&mut admin_client(admin, tls, timeout).await?, admin).await })
 }
 
-async fn admin_client(admin: &str, timeout: Duration) -> Result<ClusterAdminClient<Channel>> {
-    AdminArgs { at: admin.to_string(), actor: None, timeout }.client().await
+async fn admin_client(admin: &str, tls: &ClientTls, timeout: Duration) -> Result<ClusterAdminClient<Channel>> {
+    Ok(ClusterAdminClient::new(grpc_channel(admin, tls, timeout, "node").await?))
 }
 
 async fn list_queries(client: &mut ClusterAdminClient<Channel>, admin: &str) -> Result<Vec<(String, String)>> {
@@ -342,19 +446,23 @@ pub struct QueryWatcher {
 }
 
 impl QueryWatcher {
-    /// Starts watching the control plane at `admin`. `running` is what the node runs of
+    /// Starts watching the control plane at `admin` (over `tls`). `running` is what the node runs of
     /// `registered` already; `local` the names of its own queries.
-    /// It also keeps `registry` (sites and motors) current.
+    /// It also keeps `registry` (sites and motors) current, and `grades` raised to the
+    /// cluster's grade policy.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         control: &ControlConfig,
         admin: &str,
+        tls: ClientTls,
         local: BTreeSet<String>,
         running: BTreeMap<String, String>,
         changes: Sender<QueryChange>,
         registry: RegistryRows,
+        grades: tessera_core::LiveGrades,
     ) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let watch = Watch { admin: admin.to_string(), timeout: control.timeout, poll: control.poll, local, running, changes, registry, stop: stop.clone() };
+        let watch = Watch { admin: admin.to_string(), tls, timeout: control.timeout, poll: control.poll, local, running, changes, registry, grades, stop: stop.clone() };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let thread = std::thread::Builder::new().name("tessera-query-watch".into()).spawn(move || runtime.block_on(watch.run()))?;
         Ok(Self { stop, thread: Some(thread) })
@@ -372,12 +480,14 @@ impl Drop for QueryWatcher {
 
 struct Watch {
     admin: String,
+    tls: ClientTls,
     timeout: Duration,
     poll: Duration,
     local: BTreeSet<String>,
     running: BTreeMap<String, String>,
     changes: Sender<QueryChange>,
     registry: RegistryRows,
+    grades: tessera_core::LiveGrades,
     stop: Arc<AtomicBool>,
 }
 
@@ -398,13 +508,17 @@ impl Watch {
             }
             let read = async {
                 if client.is_none() {
-                    client = Some(admin_client(&self.admin, self.timeout).await?);
+                    client = Some(admin_client(&self.admin, &self.tls, self.timeout).await?);
                 }
                 let c = client.as_mut().expect("connected");
                 let queries = list_queries(c, &self.admin).await?;
                 let sites = c.list_sites(pb::ListSitesRequest {}).await.map_err(|s| status_error(&self.admin, s))?.into_inner().sites;
                 let motors = c.list_motors(pb::ListMotorsRequest { site: String::new() }).await.map_err(|s| status_error(&self.admin, s))?.into_inner().motors;
                 self.registry.set(sites, motors);
+                let policy = c.list_grades(pb::ListGradesRequest {}).await.map_err(|s| status_error(&self.admin, s))?.into_inner().grades;
+                if self.grades.apply_policy(&grade_policy(&policy)?) {
+                    tracing::info!(target: "tessera::audit", admin = %self.admin, grades = policy.len(), "the cluster's grade policy is applied");
+                }
                 Ok::<_, anyhow::Error>(queries)
             };
             let registered = match tokio::time::timeout(self.timeout, read).await.unwrap_or_else(|_| Err(anyhow!("no answer in {:?}", self.timeout))) {
@@ -448,6 +562,16 @@ pub fn check_query(name: &str, sql: &str) -> Result<()> {
     let def = tessera_stream::grammar::parse(sql).map_err(|e| anyhow!("query {name}: {e}"))?;
     anyhow::ensure!(def.name == name, "query {name}: the statement creates '{}'; register it under that name", def.name);
     Ok(())
+}
+
+/// The cluster's grade settings as a map of just what they name.
+fn grade_policy(entries: &[pb::GradeEntry]) -> Result<tessera_core::GradeMap> {
+    let mut policy = tessera_core::GradeMap::empty();
+    for g in entries {
+        let grade = g.grade.parse().map_err(|e| anyhow!("the cluster's grade of {}.{}: {e}", g.stream, g.column))?;
+        policy.set(&g.stream, Some(g.column.as_str()).filter(|c| !c.is_empty()), grade);
+    }
+    Ok(policy)
 }
 
 /// Parses `ID=SITE@HOST:PORT`.
@@ -509,7 +633,7 @@ pub fn run(command: ControlCommand, stop: &AtomicBool) -> Result<()> {
 
 async fn serve(args: ControlNodeArgs, stop: &AtomicBool) -> Result<()> {
     let settings = args.settings();
-    let node = ConsensusNode::start(settings).await?;
+    let node = ConsensusNode::start_with_tls(settings, args.tls.material()?).await?;
     println!("control-plane node {} ({}) serving on {}", args.id, args.site, node.addr());
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -573,6 +697,47 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             let req = pb::SetPolicyRequest { grade: grade.clone(), stage: stage.clone(), rule, actor: admin.actor() };
             let reply = admin.client().await?.set_policy(req).await.map_err(|s| status_error(&admin.at, s))?;
             written(&format!("policy {grade}/{stage}"), reply.into_inner())?;
+        }
+        ClusterCommand::SetGrade { admin, stream, grade, column } => {
+            let what = format!("grade of {stream}.{}", column.as_deref().unwrap_or("*"));
+            let req = pb::SetGradeRequest { stream, column: column.unwrap_or_default(), grade, actor: admin.actor() };
+            let reply = admin.client().await?.set_grade(req).await.map_err(|s| status_error(&admin.at, s))?;
+            written(&what, reply.into_inner())?;
+        }
+        ClusterCommand::RequestRelease { admin, bundle, source, target, k, custodians } => {
+            let what = format!("release request for bundle {bundle}");
+            let req = pb::RequestReleaseRequest { bundle, source, target, k, custodians, actor: admin.actor() };
+            let reply = admin.client().await?.request_release(req).await.map_err(|s| status_error(&admin.at, s))?;
+            written(&what, reply.into_inner())?;
+        }
+        ClusterCommand::ApproveRelease { admin, bundle, site } => {
+            let what = format!("approval of bundle {bundle} by {site}");
+            let req = pb::ApproveReleaseRequest { bundle, site, actor: admin.actor() };
+            let reply = admin.client().await?.approve_release(req).await.map_err(|s| status_error(&admin.at, s))?;
+            written(&what, reply.into_inner())?;
+        }
+        ClusterCommand::Releases { admin } => {
+            let reply = admin.client().await?.list_releases(pb::ListReleasesRequest {}).await.map_err(|s| status_error(&admin.at, s))?;
+            for r in reply.into_inner().releases {
+                let state = if r.released { "released" } else { "pending" };
+                println!(
+                    "{}  {} → {}  {state}: {} of k = {} approved ({}); custodians {}",
+                    r.bundle,
+                    r.source,
+                    r.target,
+                    r.approvals.len(),
+                    r.k,
+                    r.approvals.join(", "),
+                    r.custodians.join(", ")
+                );
+            }
+        }
+        ClusterCommand::Grades { admin } => {
+            let reply = admin.client().await?.list_grades(pb::ListGradesRequest {}).await.map_err(|s| status_error(&admin.at, s))?;
+            for g in reply.into_inner().grades {
+                let column = if g.column.is_empty() { "*" } else { g.column.as_str() };
+                println!("{}.{column}  {}  (set by {} at {})", g.stream, g.grade, g.set_by, utc(g.set_at_ms));
+            }
         }
         ClusterCommand::Audit { admin, from, limit } => {
             let req = pb::ListAuditRequest { from_index: from, limit };

@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod bad_input;
+pub mod cert;
 pub mod config;
 pub mod control;
 pub mod demo;

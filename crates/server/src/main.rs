@@ -43,6 +43,9 @@ enum Command {
         #[arg(long)]
         brokers: Option<String>,
     },
+    /// mTLS certificates: the cluster CA, node and operator certificates.
+    #[command(subcommand)]
+    Cert(tessera_server::cert::CertCommand),
     /// The site-local store: key-encryption keys, segments, shredding.
     #[command(subcommand)]
     Store(tessera_server::storage::StoreCommand),
@@ -350,6 +353,10 @@ fn main() -> Result<()> {
         }
         Command::Control(command) => control::run(command, &stop)?,
         Command::Store(command) => tessera_server::storage::run_store_command(command)?,
+        Command::Cert(command) => {
+            let (cert, key) = tessera_server::cert::run(command)?;
+            println!("wrote {} and {} (keep the key private)", cert.display(), key.display());
+        }
         Command::Sql(args) => print!("{}", tessera_server::sql::query_table(&args)?),
         Command::HashSecret { kind } => {
             let mut secret = String::new();

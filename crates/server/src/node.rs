@@ -45,11 +45,17 @@ impl Node {
     /// checkpointed per partition if a state directory is configured.
     pub fn start(config: &NodeConfig) -> Result<Node> {
         config.validate()?;
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(tessera_tls::TlsMaterial::load(files)?)),
+            None => None,
+        };
+        let client_tls = tessera_tls::ClientTls::from_material(tls.as_ref());
+        let grades = tessera_core::LiveGrades::new(config.grades.clone());
         let mut engine = build_engine(&config.detect)?;
         let local: BTreeSet<String> = engine.queries().map(|q| q.name.clone()).collect();
         let mut registered = Vec::new();
         if let Some(admin) = &config.control.admin {
-            registered = crate::control::registered_queries(admin, config.control.timeout)
+            registered = crate::control::registered_queries(admin, &client_tls, config.control.timeout)
                 .with_context(|| format!("reading the cluster's queries from control.admin {admin}"))?;
             for (name, why) in crate::control::add_registered_queries(&mut engine, &registered)? {
                 tracing::error!(query = %name, %why, "a query registered cluster-wide is not run on this node");
@@ -69,7 +75,7 @@ impl Node {
         let ingest = ingest.context("starting the ingest")?;
         let shared_tables = engine.shared_tables();
         let store = match config.store.open()? {
-            Some(store) => Some(TelemetryStore::start(store, &config.store, config.grades.clone())?),
+            Some(store) => Some(TelemetryStore::start(store, &config.store, grades.clone())?),
             None => None,
         };
         let detect = Detect::start_checkpointed(engine, &config.detect, &config.ingest.brokers, rx, checkpointed, store.as_ref().map(TelemetryStore::sender))?;
@@ -77,14 +83,14 @@ impl Node {
         let sql = match config.sql.listen {
             Some(listen) => {
                 let tables = crate::sql::served_tables(shared_tables, &detect.running_queries(), registry.as_ref(), store.as_ref());
-                Some(SqlEndpoint::start(&config.sql, listen, &config.site_id, tables, config.grades.clone())?)
+                Some(SqlEndpoint::start(&config.sql, listen, &config.site_id, tables, grades.clone(), tls.clone())?)
             }
             None => None,
         };
         let watcher = match (&config.control.admin, registry) {
             (Some(admin), Some(registry)) => {
                 let running = registered.into_iter().filter(|(name, _)| !local.contains(name)).collect();
-                Some(QueryWatcher::start(&config.control, admin, local, running, detect.query_changes(), registry)?)
+                Some(QueryWatcher::start(&config.control, admin, client_tls, local, running, detect.query_changes(), registry, grades)?)
             }
             _ => None,
         };
@@ -104,6 +110,12 @@ impl Node {
     /// Where the Flight SQL endpoint listens, if it runs.
     pub fn sql_addr(&self) -> Option<std::net::SocketAddr> {
         self.sql.as_ref().map(SqlEndpoint::addr)
+    }
+
+    /// Calls the SQL endpoint refused for want of a fitting certificate (handshakes, and
+    /// federated calls without a node's certificate), if it runs.
+    pub fn sql_refusals(&self) -> Option<(u64, u64)> {
+        self.sql.as_ref().map(|s| (s.refusals().handshakes(), s.refusals().identities()))
     }
 
     /// The ingest's counters.

@@ -189,14 +189,24 @@ impl AuditSink for QueryAuditTable {
 /// A running Flight SQL endpoint.
 pub struct SqlEndpoint {
     addr: SocketAddr,
+    refusals: Arc<tessera_tls::Refusals>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
 impl SqlEndpoint {
     /// Binds `listen` and serves `tables` of `site` on a thread of its own, with the
-    /// `query_audit` table of what it was asked.
-    pub fn start(config: &SqlConfig, listen: SocketAddr, site: &str, mut tables: Vec<ServedTable>, grades: tessera_core::GradeMap) -> Result<Self> {
+    /// `query_audit` table of what it was asked. With `tls`, the endpoint speaks TLS only
+    /// (client certificates optional for people, required of other sites' nodes) and calls
+    /// peers with mTLS.
+    pub fn start(
+        config: &SqlConfig,
+        listen: SocketAddr,
+        site: &str,
+        mut tables: Vec<ServedTable>,
+        grades: tessera_core::LiveGrades,
+        tls: Option<Arc<tessera_tls::TlsMaterial>>,
+    ) -> Result<Self> {
         let users = ConfigUsers::new(&config.users, &config.tokens)?;
         let mut auth = Authenticator::new(Box::new(users), config.session_ttl);
         let audit = QueryAuditTable::new(config.audit_rows);
@@ -205,33 +215,49 @@ impl SqlEndpoint {
         if let Some(token) = &config.federation_token {
             auth = auth.with_federation_token(token);
             if !config.peers.is_empty() {
-                catalog = catalog.with_federation(Federation { peers: config.peers.clone(), token: token.clone(), timeout: config.fragment_timeout });
+                catalog = catalog.with_federation(Federation {
+                    peers: config.peers.clone(),
+                    token: token.clone(),
+                    timeout: config.fragment_timeout,
+                    tls: tessera_tls::ClientTls::from_material(tls.as_ref()),
+                });
             }
         }
-        let endpoint = FlightSqlEndpoint::new(Arc::new(catalog), Arc::new(auth), audit)?;
+        let refusals = Arc::new(tessera_tls::Refusals::default());
+        let mut endpoint = FlightSqlEndpoint::new(Arc::new(catalog), Arc::new(auth), audit)?;
+        let server_tls = match &tls {
+            Some(material) => {
+                endpoint = endpoint.require_node_certificates(refusals.clone());
+                Some(tessera_tls::ServerTls { config: material.server_config(tessera_tls::ClientAuth::Optional)?, endpoint: "sql", refusals: refusals.clone() })
+            }
+            None => None,
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("tessera-sql").enable_all().build()?;
         let listener = runtime.block_on(tokio::net::TcpListener::bind(listen)).with_context(|| format!("sql.listen {listen}: cannot bind"))?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("tessera-sql".into()).spawn(move || {
             runtime.block_on(async move {
-                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-                tonic::transport::Server::builder()
-                    .add_service(endpoint.into_service())
-                    .serve_with_incoming_shutdown(incoming, async {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .context("the SQL endpoint failed")
+                let router = tonic::transport::Server::builder().add_service(endpoint.into_service());
+                tessera_tls::serve(router, listener, server_tls, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .context("the SQL endpoint failed")
             })
         })?;
-        tracing::info!(%addr, "Flight SQL endpoint listening");
-        Ok(Self { addr, stop: Some(stop), thread: Some(thread) })
+        tracing::info!(%addr, tls = tls.is_some(), "Flight SQL endpoint listening");
+        Ok(Self { addr, refusals, stop: Some(stop), thread: Some(thread) })
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// What it refused for want of a fitting certificate.
+    pub fn refusals(&self) -> &tessera_tls::Refusals {
+        &self.refusals
     }
 }
 
@@ -270,6 +296,9 @@ pub struct SqlArgs {
     /// How long to wait for the answer.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// TLS (for an endpoint that has `[tls]`).
+    #[command(flatten)]
+    pub tls: crate::control::TlsArgs,
 }
 
 /// Runs `args.query` and returns its result as a text table. The server's refusal comes back
@@ -279,7 +308,7 @@ pub fn query_table(args: &SqlArgs) -> Result<String> {
     use futures::TryStreamExt as _;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let channel = crate::control::grpc_channel(&args.at, args.timeout, "SQL endpoint").await?;
+        let channel = crate::control::grpc_channel(&args.at, &args.tls.client()?, args.timeout, "SQL endpoint").await?;
         let mut client = FlightSqlServiceClient::new(channel);
         match (&args.token, &args.user, &args.password) {
             (Some(token), _, _) => client.set_token(token.clone()),

@@ -28,7 +28,7 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use serde::{Deserialize, Serialize};
-use tessera_core::{DataGrade, GradeMap, telemetry_schema};
+use tessera_core::{DataGrade, LiveGrades, telemetry_schema};
 use tessera_store::{Kek, KekSealer, Retention, SegmentMeta, SegmentStore, ShredEvent};
 
 /// The `[store]` section.
@@ -168,7 +168,7 @@ pub struct TelemetryStore {
 
 impl TelemetryStore {
     /// Starts the store's thread over `store`; columns are graded by `grades`.
-    pub fn start(store: SegmentStore, config: &StoreConfig, grades: GradeMap) -> Result<Self> {
+    pub fn start(store: SegmentStore, config: &StoreConfig, grades: LiveGrades) -> Result<Self> {
         let shared = Arc::new(Shared { store: Mutex::new(store), pending: Mutex::new(Vec::new()), stats: Mutex::new(StoreStats::default()) });
         let (rows, queue) = std::sync::mpsc::sync_channel(16);
         let stop = Arc::new(AtomicBool::new(false));
@@ -235,7 +235,8 @@ impl Drop for TelemetryStore {
 struct Writer {
     shared: Arc<Shared>,
     config: StoreConfig,
-    grades: GradeMap,
+    /// Read at each segment written: a grade the cluster raised applies from the next segment.
+    grades: LiveGrades,
     stop: Arc<AtomicBool>,
 }
 
@@ -279,7 +280,7 @@ impl Writer {
         let mut pending = self.shared.pending.lock().map_err(|_| anyhow::anyhow!("pending lock poisoned"))?;
         let batches = std::mem::take(&mut *pending);
         drop(pending);
-        let written = store.write("telemetry", &batches, &self.grades, now_ms());
+        let written = store.write("telemetry", &batches, &self.grades.current(), now_ms());
         match written {
             Ok(Some(meta)) => {
                 tracing::debug!(segment = %meta.id, rows = meta.rows, bytes = meta.bytes, "segment written");

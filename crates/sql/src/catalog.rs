@@ -22,7 +22,7 @@ use datafusion::catalog::MemorySchemaProvider;
 use datafusion::common::TableReference;
 use datafusion::execution::SessionStateBuilder;
 
-use tessera_core::{DataGrade, GradeMap};
+use tessera_core::{DataGrade, GradeMap, LiveGrades};
 
 use crate::auth::{Identity, Role};
 use crate::error::SqlError;
@@ -71,13 +71,13 @@ pub struct Catalog {
     site: String,
     tables: Vec<ServedTable>,
     federation: Option<Federation>,
-    grades: GradeMap,
+    grades: LiveGrades,
 }
 
 impl Catalog {
     /// The tables of the node at `site`.
     pub fn new(site: impl Into<String>, tables: Vec<ServedTable>) -> Self {
-        Self { site: site.into(), tables, federation: None, grades: GradeMap::builtin() }
+        Self { site: site.into(), tables, federation: None, grades: LiveGrades::new(GradeMap::builtin()) }
     }
 
     /// Serves the `fleet` schema too, spanning this site and `federation`'s peers.
@@ -169,7 +169,7 @@ impl Catalog {
                 return Err(SqlError::PermissionDenied(format!("{} ({}) may not read audit table {name} of site {}", who.user, who.role.name(), self.site)));
             }
         }
-        let raw = raw_grade(plan, &self.grades);
+        let raw = raw_grade(plan, &self.grades.current());
         let own_site = match who.role {
             Role::Admin => true,
             Role::SiteOperator => who.site.as_deref() == Some(self.site.as_str()),
@@ -184,13 +184,13 @@ impl Catalog {
         Ok(())
     }
 
-    /// The grades this catalog applies.
-    pub fn grades(&self) -> &GradeMap {
-        &self.grades
+    /// The grades this catalog applies, as of now.
+    pub fn grades(&self) -> Arc<GradeMap> {
+        self.grades.current()
     }
 
-    /// Replaces the grades (config and cluster policy, merged).
-    pub fn with_grades(mut self, grades: GradeMap) -> Self {
+    /// Applies `grades` (config and cluster policy, merged; raised while the node runs).
+    pub fn with_grades(mut self, grades: LiveGrades) -> Self {
         self.grades = grades;
         self
     }

@@ -64,6 +64,8 @@ pub struct Federation {
     pub token: String,
     /// How long a peer may take to answer a fragment.
     pub timeout: Duration,
+    /// How to connect: mTLS with this node's certificate when the node has `[tls]`.
+    pub tls: tessera_tls::ClientTls,
 }
 
 /// A `fleet` table: the same table at every site.
@@ -174,9 +176,10 @@ async fn run_local(catalog: &Arc<Catalog>, who: &Identity, sql: &str) -> Result<
 async fn run_remote(federation: &Federation, peer: &Peer, who: &Identity, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
     let at = |e: &dyn std::fmt::Display| format!("site {} ({}): {e}", peer.site, peer.addr);
     let unreachable = |e: &dyn std::fmt::Display| SqlError::Unavailable(at(e));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", peer.addr))
+    let channel = federation
+        .tls
+        .endpoint(&peer.addr, Duration::from_secs(3))
         .map_err(|e| SqlError::Config(at(&e)))?
-        .connect_timeout(Duration::from_secs(3))
         .timeout(federation.timeout)
         .connect()
         .await

@@ -83,6 +83,8 @@ pub struct FlightSqlEndpoint {
     audit: Arc<dyn AuditSink>,
     sql_info: SqlInfoData,
     prepared: Mutex<HashMap<Vec<u8>, Prepared>>,
+    /// Over mTLS: federated calls must come with a node's certificate; refusals counted here.
+    node_certificates: Option<Arc<tessera_tls::Refusals>>,
 }
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
@@ -104,7 +106,7 @@ impl FlightSqlEndpoint {
         info.append(SqlInfo::SqlDdlSchema, false);
         info.append(SqlInfo::SqlDdlTable, false);
         let sql_info = info.build().map_err(|e| SqlError::Internal(e.to_string()))?;
-        Ok(Self { catalog, auth, audit, sql_info, prepared: Mutex::new(HashMap::new()) })
+        Ok(Self { catalog, auth, audit, sql_info, prepared: Mutex::new(HashMap::new()), node_certificates: None })
     }
 
     /// The gRPC service to add to a tonic server.
@@ -112,9 +114,32 @@ impl FlightSqlEndpoint {
         arrow_flight::flight_service_server::FlightServiceServer::new(self)
     }
 
-    fn identity(&self, metadata: &MetadataMap) -> Result<Identity, Status> {
+    /// Served over mTLS: a call with the federation token must also come with a node's
+    /// certificate (a leaked token alone opens nothing); refusals are counted in `refusals`.
+    pub fn require_node_certificates(mut self, refusals: Arc<tessera_tls::Refusals>) -> Self {
+        self.node_certificates = Some(refusals);
+        self
+    }
+
+    fn identity<T>(&self, request: &tonic::Request<T>) -> Result<Identity, Status> {
+        let metadata: &MetadataMap = request.metadata();
         let header = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        Ok(self.auth.check_call(&header)?)
+        let who = self.auth.check_call(&header)?;
+        if who.via_peer
+            && let Some(refusals) = &self.node_certificates
+        {
+            let why = match tessera_tls::PeerIdentity::of_request(request) {
+                Some(Ok(tessera_tls::PeerIdentity::Node { .. })) => None,
+                Some(Ok(other)) => Some(format!("{other} is not a node")),
+                Some(Err(e)) => Some(e.to_string()),
+                None => Some("no client certificate".to_string()),
+            };
+            if let Some(why) = why {
+                refusals.refuse_identity("sql", request.remote_addr(), &format!("federated call for {}: {why}", who.user));
+                return Err(Status::permission_denied(format!("a federated call must come with a node's certificate: {why}")));
+            }
+        }
+        Ok(who)
     }
 
     /// Plans `sql` for `who` and checks access; a refusal is audited here.
@@ -147,7 +172,7 @@ impl FlightSqlEndpoint {
             let df = ctx.execute_logical_plan(plan).await.map_err(SqlError::from_datafusion)?;
             // Grades of the result by the columns it really reads (the optimized plan's scans).
             let optimized = df.clone().into_optimized_plan().map_err(SqlError::from_datafusion)?;
-            let graded = Arc::new(crate::catalog::graded_result(&optimized, self.catalog.grades()));
+            let graded = Arc::new(crate::catalog::graded_result(&optimized, &self.catalog.grades()));
             let schema: SchemaRef = graded(df.schema().as_arrow());
             Ok((schema, df.execute_stream().await.map_err(SqlError::from_datafusion)?, graded))
         }
@@ -166,7 +191,7 @@ impl FlightSqlEndpoint {
     async fn schema_of(&self, who: &Identity, sql: &str) -> Result<Schema, SqlError> {
         let (ctx, plan) = self.plan(who, sql, None).await?;
         let optimized = ctx.state().optimize(&plan).map_err(SqlError::from_datafusion)?;
-        Ok(crate::catalog::graded_result(&optimized, self.catalog.grades())(plan.schema().as_arrow()).as_ref().clone())
+        Ok(crate::catalog::graded_result(&optimized, &self.catalog.grades())(plan.schema().as_arrow()).as_ref().clone())
     }
 
     fn info(&self, schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {
@@ -256,14 +281,14 @@ impl FlightSqlService for FlightSqlEndpoint {
     }
 
     async fn get_flight_info_statement(&self, query: CommandStatementQuery, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
-        let who = self.identity(request.metadata())?;
+        let who = self.identity(&request)?;
         let schema = self.schema_of(&who, &query.query).await?;
         let ticket = TicketStatementQuery { statement_handle: query.query.into_bytes().into() };
         self.info(&schema, ticket.as_any().encode_to_vec(), request.into_inner())
     }
 
     async fn do_get_statement(&self, ticket: TicketStatementQuery, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
-        let who = self.identity(request.metadata())?;
+        let who = self.identity(&request)?;
         let sql = String::from_utf8(ticket.statement_handle.to_vec()).map_err(|_| Status::invalid_argument("the ticket is not a Tessera statement"))?;
         self.run(&who, &sql, None).await
     }
@@ -273,7 +298,7 @@ impl FlightSqlService for FlightSqlEndpoint {
         query: ActionCreatePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let who = self.identity(request.metadata())?;
+        let who = self.identity(&request)?;
         let (_, plan) = self.plan(&who, &query.query, None).await?;
         let types = plan.get_parameter_types().map_err(SqlError::from_datafusion)?;
         let mut params: Vec<(String, Option<arrow_schema::DataType>)> = types.into_iter().collect();
@@ -298,7 +323,7 @@ impl FlightSqlService for FlightSqlEndpoint {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        let who = self.identity(request.metadata())?;
+        let who = self.identity(&request)?;
         self.prepared_sql(&who, &query.prepared_statement_handle)?;
         let flight = request.into_inner().map_err(arrow_flight::error::FlightError::from);
         let batches: Vec<RecordBatch> = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(flight).try_collect().await?;
@@ -310,7 +335,7 @@ impl FlightSqlService for FlightSqlEndpoint {
     }
 
     async fn get_flight_info_prepared_statement(&self, query: CommandPreparedStatementQuery, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
-        let who = self.identity(request.metadata())?;
+        let who = self.identity(&request)?;
         let (sql, params) = self.prepared_sql(&who, &query.prepared_statement_handle)?;
         let (_, plan) = self.plan(&who, &sql, params.as_ref()).await?;
         let schema = plan.schema().as_arrow().clone();
@@ -318,48 +343,48 @@ impl FlightSqlService for FlightSqlEndpoint {
     }
 
     async fn do_get_prepared_statement(&self, query: CommandPreparedStatementQuery, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
-        let who = self.identity(request.metadata())?;
+        let who = self.identity(&request)?;
         let (sql, params) = self.prepared_sql(&who, &query.prepared_statement_handle)?;
         self.run(&who, &sql, params.as_ref()).await
     }
 
     async fn do_action_close_prepared_statement(&self, query: ActionClosePreparedStatementRequest, request: Request<arrow_flight::Action>) -> Result<(), Status> {
-        let who = self.identity(request.metadata())?;
+        let who = self.identity(&request)?;
         self.prepared_sql(&who, &query.prepared_statement_handle)?;
         self.prepared.lock().map_err(|_| Status::internal("prepared statements poisoned"))?.remove(query.prepared_statement_handle.as_ref());
         Ok(())
     }
 
     async fn get_flight_info_sql_info(&self, query: CommandGetSqlInfo, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
-        self.identity(request.metadata())?;
+        self.identity(&request)?;
         self.info(query.clone().into_builder(&self.sql_info).schema().as_ref(), query.as_any().encode_to_vec(), request.into_inner())
     }
 
     async fn do_get_sql_info(&self, query: CommandGetSqlInfo, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
-        self.identity(request.metadata())?;
+        self.identity(&request)?;
         let builder = query.into_builder(&self.sql_info);
         Ok(Self::batch_stream(builder.schema(), builder.build()))
     }
 
     async fn get_flight_info_catalogs(&self, query: CommandGetCatalogs, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
-        self.identity(request.metadata())?;
+        self.identity(&request)?;
         self.info(query.into_builder().schema().as_ref(), query.as_any().encode_to_vec(), request.into_inner())
     }
 
     async fn do_get_catalogs(&self, query: CommandGetCatalogs, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
-        self.identity(request.metadata())?;
+        self.identity(&request)?;
         let mut builder = query.into_builder();
         builder.append(CATALOG);
         Ok(Self::batch_stream(builder.schema(), builder.build()))
     }
 
     async fn get_flight_info_schemas(&self, query: CommandGetDbSchemas, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
-        self.identity(request.metadata())?;
+        self.identity(&request)?;
         self.info(query.clone().into_builder().schema().as_ref(), query.as_any().encode_to_vec(), request.into_inner())
     }
 
     async fn do_get_schemas(&self, query: CommandGetDbSchemas, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
-        self.identity(request.metadata())?;
+        self.identity(&request)?;
         let mut builder = query.into_builder();
         for schema in [SCHEMA, "information_schema"] {
             builder.append(CATALOG, schema);
@@ -371,12 +396,12 @@ impl FlightSqlService for FlightSqlEndpoint {
     }
 
     async fn get_flight_info_tables(&self, query: CommandGetTables, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
-        self.identity(request.metadata())?;
+        self.identity(&request)?;
         self.info(query.clone().into_builder().schema().as_ref(), query.as_any().encode_to_vec(), request.into_inner())
     }
 
     async fn do_get_tables(&self, query: CommandGetTables, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
-        let who = self.identity(request.metadata())?;
+        let who = self.identity(&request)?;
         let mut builder = query.into_builder();
         for (schema, name, kind, table_schema) in self.table_list(&who).await? {
             builder.append(CATALOG, schema, name, kind, &table_schema).map_err(|e| Status::internal(e.to_string()))?;
@@ -385,12 +410,12 @@ impl FlightSqlService for FlightSqlEndpoint {
     }
 
     async fn get_flight_info_table_types(&self, query: CommandGetTableTypes, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
-        self.identity(request.metadata())?;
+        self.identity(&request)?;
         self.info(query.into_builder().schema().as_ref(), query.as_any().encode_to_vec(), request.into_inner())
     }
 
     async fn do_get_table_types(&self, query: CommandGetTableTypes, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
-        self.identity(request.metadata())?;
+        self.identity(&request)?;
         let mut builder = query.into_builder();
         builder.append("TABLE");
         builder.append("VIEW");
@@ -398,7 +423,7 @@ impl FlightSqlService for FlightSqlEndpoint {
     }
 
     async fn do_get_fallback(&self, request: Request<Ticket>, message: Any) -> Result<Response<DoGetStream>, Status> {
-        self.identity(request.metadata())?;
+        self.identity(&request)?;
         Err(Status::unimplemented(format!("Tessera does not serve {}", message.type_url)))
     }
 

@@ -1,0 +1,122 @@
+//! `tessera cert ca|node|operator`: the cluster CA and the certificates it issues for mTLS
+//! (see `tessera_tls::pki` for what a certificate says).
+//!
+//! Each command writes `<name>.crt` and `<name>.key` into `--out`; keys are created readable
+//! by their owner only, and nothing is overwritten.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+use tessera_tls::pki::{self, Issued, Subject};
+
+/// The certificate subcommands.
+#[derive(Subcommand, Debug)]
+#[allow(missing_docs)] // variant fields are documented by their flags' help
+pub enum CertCommand {
+    /// Create the cluster CA (`ca.crt`, `ca.key`). Keep `ca.key` off the nodes.
+    Ca {
+        /// The CA's name.
+        #[arg(long, default_value = "Tessera cluster CA")]
+        name: String,
+        /// How long it is valid.
+        #[arg(long, default_value = "3650days", value_parser = humantime::parse_duration)]
+        valid_for: Duration,
+        /// Directory to write into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue a node's certificate (`node-<id>.crt`, `.key`), naming its Raft id and site.
+    Node {
+        #[command(flatten)]
+        ca: CaArgs,
+        /// The node's Raft id.
+        #[arg(long)]
+        id: u64,
+        /// The node's site.
+        #[arg(long)]
+        site: String,
+        /// A host name or IP address clients reach the node at (repeat).
+        #[arg(long = "host", default_values = ["localhost", "127.0.0.1"])]
+        hosts: Vec<String>,
+    },
+    /// Issue an operator's client certificate (`operator-<name>.crt`, `.key`) for the CLI.
+    Operator {
+        #[command(flatten)]
+        ca: CaArgs,
+        /// The operator's name (recorded as the actor of their admin commands).
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// The CA that signs, and where the result goes.
+#[derive(Args, Debug)]
+pub struct CaArgs {
+    /// The CA certificate.
+    #[arg(long)]
+    pub ca_cert: PathBuf,
+    /// The CA key.
+    #[arg(long)]
+    pub ca_key: PathBuf,
+    /// How long the certificate is valid.
+    #[arg(long, default_value = "365days", value_parser = humantime::parse_duration)]
+    pub valid_for: Duration,
+    /// Directory to write into.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+impl CaArgs {
+    fn ca(&self) -> Result<Issued> {
+        let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+        Ok(Issued { cert_pem: read(&self.ca_cert)?, key_pem: read(&self.ca_key)? })
+    }
+}
+
+fn create(path: &Path, contents: &str, private: bool) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = match options.open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!("{} exists; not overwriting it", path.display()),
+        Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+    };
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+fn write_pair(out: &Path, name: &str, issued: &Issued) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let (cert, key) = (out.join(format!("{name}.crt")), out.join(format!("{name}.key")));
+    if key.exists() {
+        bail!("{} exists; not overwriting it", key.display());
+    }
+    create(&cert, &issued.cert_pem, false)?;
+    create(&key, &issued.key_pem, true)?;
+    Ok((cert, key))
+}
+
+/// Runs a certificate subcommand; returns the files written.
+pub fn run(command: CertCommand) -> Result<(PathBuf, PathBuf)> {
+    match command {
+        CertCommand::Ca { name, valid_for, out } => write_pair(&out, "ca", &pki::new_ca(&name, valid_for)?),
+        CertCommand::Node { ca, id, site, hosts } => {
+            let issued = pki::issue(&ca.ca()?, &Subject::Node { id, site, hosts }, ca.valid_for)?;
+            write_pair(&ca.out, &format!("node-{id}"), &issued)
+        }
+        CertCommand::Operator { ca, name } => {
+            let issued = pki::issue(&ca.ca()?, &Subject::Operator { name: name.clone() }, ca.valid_for)?;
+            let file = pki::encode_component(&name);
+            write_pair(&ca.out, &format!("operator-{file}"), &issued)
+        }
+    }
+}
