@@ -10,6 +10,7 @@ mod ingest_rebalance;
 mod ingest_real_broker;
 mod ingest_retention;
 mod ingest_stop;
+mod migration;
 mod detect_kafka;
 mod eval_detection;
 mod fault;

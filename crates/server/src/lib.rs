@@ -13,6 +13,7 @@ pub mod detect;
 pub mod embedded;
 pub mod eval;
 pub mod fleet_stats;
+pub mod migration;
 pub mod node;
 pub mod partition_state;
 pub mod producer;

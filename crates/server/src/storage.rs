@@ -510,6 +510,47 @@ pub enum StoreCommand {
         #[arg(long)]
         new: PathBuf,
     },
+    /// Export segments for another site: a bundle under a fresh key, split k-of-n into one
+    /// share file per custodian site (see `crate::migration`).
+    Export {
+        /// The node's config file (its site is the source).
+        #[arg(long)]
+        config: PathBuf,
+        /// The export's id (the release is asked for under it).
+        #[arg(long)]
+        id: String,
+        /// The site that will import it.
+        #[arg(long)]
+        to_site: String,
+        /// A segment id to export (repeat); none: every readable segment.
+        #[arg(long = "segment")]
+        segments: Vec<String>,
+        /// A site that gets a share of the key (repeat).
+        #[arg(long = "custodian", required = true)]
+        custodians: Vec<String>,
+        /// Shares needed to rebuild the key (at least 2).
+        #[arg(long)]
+        k: u8,
+        /// A new directory for the bundle and the share files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Import a bundle once the control plane has released it to this site, with the share
+    /// files of approving custodians.
+    Import {
+        /// The node's config file (its site is the target).
+        #[arg(long)]
+        config: PathBuf,
+        /// The bundle directory.
+        #[arg(long)]
+        bundle: PathBuf,
+        /// A custodian's share file (repeat; k of approving custodians are needed).
+        #[arg(long = "share", required = true)]
+        shares: Vec<PathBuf>,
+        /// The control plane (its release record decides).
+        #[command(flatten)]
+        admin: crate::control::AdminArgs,
+    },
 }
 
 /// Runs a `tessera store` command.
@@ -547,6 +588,27 @@ pub fn run_store_command(command: StoreCommand) -> Result<()> {
             let count = store.rotate_kek(kek)?;
             tracing::info!(target: "tessera::audit", actor = "cli", action = "rotate-kek", version, keys = count, "key ring re-sealed");
             println!("re-sealed {count} data key(s) under KEK v{version}; point store.kek_file at {} and destroy the old KEK", new.display());
+        }
+        StoreCommand::Export { config, id, to_site, segments, custodians, k, out } => {
+            let site = crate::config::NodeConfig::load(Some(&config))?.site_id;
+            let (_, store) = open(&config)?;
+            let segments = if segments.is_empty() { store.segments().iter().filter(|m| !m.destroyed()).map(|m| m.id.clone()).collect() } else { segments };
+            let exported = crate::migration::export(&store, &site, &segments, &to_site, &id, &custodians, k, &out, now_ms())?;
+            println!("exported {} segment(s) of {site} for {to_site} into {}", exported.info.segments.len(), exported.bundle.display());
+            for share in &exported.shares {
+                println!("share: {} (move it to its custodian over a protected channel)", share.display());
+            }
+            println!("next: tessera cluster request-release {id} --source {site} --target {to_site} --k {k} {}", custodians.iter().map(|c| format!("--custodian {c}")).collect::<Vec<_>>().join(" "));
+        }
+        StoreCommand::Import { config, bundle, shares, admin } => {
+            let site = crate::config::NodeConfig::load(Some(&config))?.site_id;
+            let (_, mut store) = open(&config)?;
+            let info = tessera_store::custody::bundle_info(&bundle)?;
+            let tls = admin.tls.client()?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let release = runtime.block_on(crate::migration::release_of(&admin.at, &tls, admin.timeout, &info.export_id))?;
+            let imported = crate::migration::import(&mut store, &site, &bundle, &crate::migration::read_shares(&shares)?, &release, now_ms())?;
+            println!("imported {} segment(s) of bundle {} from {} under {site}'s keys", imported.len(), info.export_id, info.source_site);
         }
     }
     Ok(())
