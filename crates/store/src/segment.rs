@@ -236,7 +236,11 @@ impl SegmentStore {
             let (key_id, key) = &keys[&grade];
             encryption = encryption.with_column_key_and_metadata(&column.path().string(), key.bytes().to_vec(), key_id.clone().into_bytes());
         }
-        let properties = WriterProperties::builder().with_file_encryption_properties(encryption.build()?).build();
+        // Compressed before it is encrypted (ciphertext does not compress).
+        let properties = WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::SNAPPY)
+            .with_file_encryption_properties(encryption.build()?)
+            .build();
         let path = self.path_of(id);
         let tmp = path.with_extension("tmp");
         let file = fs::File::create(&tmp).map_err(io("create", &tmp))?;
