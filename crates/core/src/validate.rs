@@ -118,6 +118,12 @@ pub enum RejectReason {
     /// Processing the message failed inside Tessera (a bug it triggers): isolated to the
     /// dead-letter topic so the partition moves on instead of crash-looping.
     Poison(String),
+    /// The same reading (motor, sequence number and event time) was already taken from another
+    /// message: a replayed or duplicated message.
+    Replayed {
+        /// The reading's sequence number.
+        sequence: u64,
+    },
 }
 
 impl RejectReason {
@@ -135,11 +141,12 @@ impl RejectReason {
             RejectReason::StaleEventTime { .. } => "stale_event_time",
             RejectReason::BadExtra(_) => "bad_extra",
             RejectReason::Poison(_) => "poison",
+            RejectReason::Replayed { .. } => "replayed_reading",
         }
     }
 
     /// Every code [`code`](Self::code) can return, for metrics and docs.
-    pub const CODES: [&'static str; 11] = [
+    pub const CODES: [&'static str; 12] = [
         "malformed",
         "oversize",
         "too_many_readings",
@@ -151,6 +158,7 @@ impl RejectReason {
         "stale_event_time",
         "bad_extra",
         "poison",
+        "replayed_reading",
     ];
 }
 
@@ -178,6 +186,9 @@ impl fmt::Display for RejectReason {
             }
             RejectReason::BadExtra(why) => write!(f, "extra measurements: {why}"),
             RejectReason::Poison(why) => write!(f, "processing the message failed: {why}"),
+            RejectReason::Replayed { sequence } => {
+                write!(f, "reading {sequence} of this motor, with this event time, was already taken (replayed or duplicated)")
+            }
         }
     }
 }
@@ -342,6 +353,7 @@ mod tests {
             RejectReason::StaleEventTime { behind_ms: 0 },
             RejectReason::BadExtra(String::new()),
             RejectReason::Poison(String::new()),
+            RejectReason::Replayed { sequence: 0 },
         ];
         let codes: Vec<_> = reasons.iter().map(RejectReason::code).collect();
         assert_eq!(codes, RejectReason::CODES);

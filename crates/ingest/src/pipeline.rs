@@ -32,7 +32,7 @@ use rdkafka::{ClientConfig, ClientContext, Message, Offset};
 
 use crate::batch::{FlushedBatch, ShardedBatcher};
 use crate::dead_letter::{DeadLetterWriter, Rejected};
-use crate::decode::{decode_message, MessageLimits};
+use crate::decode::{decode_message, DecodedMessage, MessageLimits};
 use crate::metrics::IngestMetrics;
 use crate::offsets::{OffsetTracker, TopicPartition};
 use crate::{IngestConfig, IngestError, IngestStats, Result};
@@ -236,6 +236,7 @@ impl Ingest {
             stopping: stop.clone(),
             give_up_at: std::cell::Cell::new(None),
             motor_partitions: HashMap::new(),
+            replays: Default::default(),
             new_motors: Vec::new(),
         };
         let decoder = spawn("tessera-decode", move || decoder.run(work_rx))?;
@@ -904,6 +905,9 @@ struct Decoder {
     /// With barriers: the partition each motor's readings last came from (topic index,
     /// partition), and the motors new there since the last barrier.
     motor_partitions: HashMap<String, (usize, i32)>,
+    /// Readings taken per motor, to refuse replays (with checkpoints, where revocations are
+    /// known; see [`crate::replay`]).
+    replays: crate::replay::ReplayGuard,
     new_motors: Vec<(String, (usize, i32))>,
 }
 
@@ -954,6 +958,7 @@ impl Decoder {
                 tracing::error!(partition = m.partition, offset = m.offset, error = %why, "decoding a message panicked; dead-lettering it");
                 Err(RejectReason::Poison(why))
             });
+            let decoded = decoded.map(|d| self.drop_replays(d));
             let (readings, reason_code, detail, indices) = match decoded {
                 Ok(d) if d.rejected.is_empty() => (d.readings, None, String::new(), None),
                 Ok(d) => {
@@ -1011,6 +1016,29 @@ impl Decoder {
         Ok(())
     }
 
+    /// Moves readings already taken (same motor, sequence number and event time) from
+    /// `decoded`'s readings to its rejected ones, under their index in the message. Only with
+    /// checkpoints: there the decoder learns of revocations, so a partition read again after
+    /// one is not taken for a replay.
+    fn drop_replays(&mut self, decoded: DecodedMessage) -> DecodedMessage {
+        if !self.tracks_motors() {
+            return decoded;
+        }
+        let total = decoded.readings.len() + decoded.rejected.len();
+        let rejected_at: std::collections::HashSet<usize> = decoded.rejected.iter().map(|(i, _)| *i).collect();
+        let mut original = (0..total).filter(|i| !rejected_at.contains(i));
+        let mut out = DecodedMessage { readings: Vec::with_capacity(decoded.readings.len()), rejected: decoded.rejected };
+        for reading in decoded.readings {
+            let index = original.next().unwrap_or(total);
+            match self.replays.check(&reading) {
+                Ok(()) => out.readings.push(reading),
+                Err(reason) => out.rejected.push((index, reason)),
+            }
+        }
+        out.rejected.sort_by_key(|(i, _)| *i);
+        out
+    }
+
     /// Whether barriers go downstream, and with them the partition of each motor.
     fn tracks_motors(&self) -> bool {
         !self.config.checkpoint_interval.is_zero()
@@ -1023,7 +1051,14 @@ impl Decoder {
         barrier.motors = std::mem::take(&mut self.new_motors).into_iter().map(|(m, (t, p))| (m, (self.topics[t].clone(), p))).collect();
         if !barrier.revoked.is_empty() {
             let topics = &self.topics;
-            self.motor_partitions.retain(|_, (t, p)| !barrier.revoked.iter().any(|(rt, rp)| rt == &topics[*t] && rp == p));
+            let replays = &mut self.replays;
+            self.motor_partitions.retain(|motor, (t, p)| {
+                let keep = !barrier.revoked.iter().any(|(rt, rp)| rt == &topics[*t] && rp == p);
+                if !keep {
+                    replays.forget(motor);
+                }
+                keep
+            });
         }
         self.send_control(Control::Barrier(barrier))
     }
