@@ -76,7 +76,9 @@ impl CaArgs {
     }
 }
 
-fn create(path: &Path, contents: &str, private: bool) -> Result<()> {
+/// Writes a new file (never over an existing one), synced; `private` makes it readable by its
+/// owner only (keys and other secrets).
+pub(crate) fn create_new(path: &Path, contents: &[u8], private: bool) -> Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -89,7 +91,7 @@ fn create(path: &Path, contents: &str, private: bool) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!("{} exists; not overwriting it", path.display()),
         Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
     };
-    file.write_all(contents.as_bytes())?;
+    file.write_all(contents)?;
     file.sync_all()?;
     Ok(())
 }
@@ -100,8 +102,8 @@ fn write_pair(out: &Path, name: &str, issued: &Issued) -> Result<(PathBuf, PathB
     if key.exists() {
         bail!("{} exists; not overwriting it", key.display());
     }
-    create(&cert, &issued.cert_pem, false)?;
-    create(&key, &issued.key_pem, true)?;
+    create_new(&cert, issued.cert_pem.as_bytes(), false)?;
+    create_new(&key, issued.key_pem.as_bytes(), true)?;
     Ok((cert, key))
 }
 

@@ -65,7 +65,7 @@ pub fn export(store: &SegmentStore, source: &str, segments: &[String], target: &
     for (custodian, share) in custodians.iter().zip(shares) {
         let file = ShareFile { bundle: export_id.to_string(), custodian: custodian.clone(), k, key_digest: info.key_digest.clone(), share };
         let path = out.join(format!("share-{}.json", tessera_tls::pki::encode_component(custodian)));
-        write_private(&path, &serde_json::to_vec_pretty(&file)?)?;
+        crate::cert::create_new(&path, &serde_json::to_vec_pretty(&file)?, true)?;
         files.push(path);
     }
     tracing::info!(
@@ -79,21 +79,6 @@ pub fn export(store: &SegmentStore, source: &str, segments: &[String], target: &
         "segments exported; key split among custodians"
     );
     Ok(Exported { info, bundle, shares: files })
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut f = options.open(path).with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
 }
 
 /// Reads share files.
