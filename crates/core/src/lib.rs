@@ -5,12 +5,13 @@
 //! [`DataStage`], per column: [`GradeMap`]), how it looks as Arrow columns
 //! ([`telemetry_schema`]), which readings are acceptable ([`ValidationRules`]), and how motors
 //! are spread over shards ([`shard_of`]), and how event time is cut into windows
-//! ([`WindowSpec`], [`MotorWatermark`]). Everything here is pure and cheap to test.
+//! ([`WindowSpec`], [`MotorWatermark`]), and how long things took ([`LatencyHistogram`]). Everything here is pure and cheap to test.
 #![deny(missing_docs)]
 
 mod grade;
 mod grading;
 mod ids;
+mod latency;
 mod reading;
 mod schema;
 mod shard;
@@ -20,6 +21,7 @@ mod window;
 pub use grade::{DataGrade, DataStage, UnknownName};
 pub use grading::{field_grade, with_grade, GradeMap, LiveGrades, StreamGrades, GRADE_METADATA_KEY};
 pub use ids::{IdError, MotorId, SiteId, MAX_ID_BYTES};
+pub use latency::{LatencyHistogram, LatencySnapshot, LATENCY_BUCKETS_S};
 pub use reading::{Channel, Reading, ReadingFingerprint};
 pub use schema::{telemetry_schema, TelemetryColumn};
 pub use shard::shard_of;

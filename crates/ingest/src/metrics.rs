@@ -29,6 +29,7 @@ pub struct IngestMetrics {
     pub(crate) peak_rss_bytes: AtomicU64,
     pub(crate) offsets_skipped: AtomicU64,
     pub(crate) redelivered_dropped: AtomicU64,
+    pub(crate) consumer_lag: AtomicU64,
 }
 
 /// A snapshot of [`IngestMetrics`].
@@ -88,6 +89,9 @@ pub struct IngestStats {
     /// partition stayed assigned (a client or broker re-sending), dropped so that no reading
     /// is counted twice; a warning names the partition and offset.
     pub redelivered_dropped: u64,
+    /// Messages behind the high watermarks of the partitions this consumer owns, from
+    /// librdkafka's statistics (every 5 s; 0 until the first).
+    pub consumer_lag: u64,
 }
 
 impl IngestMetrics {
@@ -127,6 +131,7 @@ impl IngestMetrics {
             peak_rss_bytes: self.peak_rss_bytes.load(Relaxed),
             offsets_skipped: self.offsets_skipped.load(Relaxed),
             redelivered_dropped: self.redelivered_dropped.load(Relaxed),
+            consumer_lag: self.consumer_lag.load(Relaxed),
         }
     }
 }

@@ -115,6 +115,9 @@ pub struct ShardBatch {
     pub ack: BatchAck,
     /// Set on an (empty) batch that carries a barrier or an assignment.
     pub control: Option<Control>,
+    /// The `ingest.batch` span: from the flush to the batch's end downstream (the detection
+    /// stage's spans are its children, so a trace follows readings from ingest to alert).
+    pub span: tracing::Span,
 }
 
 impl ShardBatch {
@@ -211,7 +214,9 @@ impl Ingest {
             // default (1 s) idles the consumer for a second whenever a partition's queue
             // fills, which cut throughput 4x in the end-to-end bench.
             .set("queued.max.messages.kbytes", "16384")
-            .set("fetch.queue.backoff.ms", "10");
+            .set("fetch.queue.backoff.ms", "10")
+            // librdkafka's statistics every 5 s: the consumer lag the node reports.
+            .set("statistics.interval.ms", "5000");
         for (k, v) in &config.kafka {
             client.set(k, v);
         }
@@ -663,7 +668,20 @@ struct IngestContext {
     shared: Arc<Shared>,
 }
 
-impl ClientContext for IngestContext {}
+impl ClientContext for IngestContext {
+    /// librdkafka's periodic statistics: the lag of the partitions this consumer owns (messages
+    /// behind each one's high watermark), summed.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        self.shared.metrics.consumer_lag.store(lag as u64, Relaxed);
+    }
+}
 
 impl ConsumerContext for IngestContext {
     /// librdkafka's rebalance, with the ingest's steps around it: a revoke hands everything
@@ -1066,12 +1084,13 @@ impl Decoder {
     /// Sends a control as an empty batch.
     fn send_control(&self, control: Control) -> Result<()> {
         let empty = RecordBatch::new_empty(tessera_core::telemetry_schema());
-        self.send(ShardBatch { shard: 0, batch: empty, ack: BatchAck { chunks: Vec::new(), tracker: self.tracker.clone(), done: false }, control: Some(control) })
+        self.send(ShardBatch { shard: 0, batch: empty, ack: BatchAck { chunks: Vec::new(), tracker: self.tracker.clone(), done: false }, control: Some(control), span: tracing::Span::none() })
     }
 
     fn emit(&self, flushed: FlushedBatch) -> Result<()> {
         let ack = BatchAck { chunks: flushed.tags, tracker: self.tracker.clone(), done: false };
-        self.send(ShardBatch { shard: flushed.shard, batch: flushed.batch, ack, control: None })
+        let span = tracing::info_span!("ingest.batch", shard = flushed.shard, rows = flushed.batch.num_rows());
+        self.send(ShardBatch { shard: flushed.shard, batch: flushed.batch, ack, control: None, span })
     }
 
     fn send(&self, batch: ShardBatch) -> Result<()> {

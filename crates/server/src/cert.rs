@@ -32,9 +32,16 @@ pub enum CertCommand {
     Node {
         #[command(flatten)]
         ca: CaArgs,
-        /// The node's Raft id.
+        /// The node's Raft id; unset: `--id-base` plus the pod ordinal, as a node with
+        /// `[raft] id_base` and no `node_id` works it out (for a StatefulSet's init container).
         #[arg(long)]
-        id: u64,
+        id: Option<u64>,
+        /// See `--id`.
+        #[arg(long, default_value_t = 0)]
+        id_base: u64,
+        /// Base name of the files written (default: `node-<id>`).
+        #[arg(long)]
+        file_name: Option<String>,
         /// The node's site.
         #[arg(long)]
         site: String,
@@ -111,9 +118,10 @@ fn write_pair(out: &Path, name: &str, issued: &Issued) -> Result<(PathBuf, PathB
 pub fn run(command: CertCommand) -> Result<(PathBuf, PathBuf)> {
     match command {
         CertCommand::Ca { name, valid_for, out } => write_pair(&out, "ca", &pki::new_ca(&name, valid_for)?),
-        CertCommand::Node { ca, id, site, hosts } => {
+        CertCommand::Node { ca, id, id_base, file_name, site, hosts } => {
+            let id = crate::config::RaftConfig { node_id: id, id_base, ..Default::default() }.resolved_node_id()?;
             let issued = pki::issue(&ca.ca()?, &Subject::Node { id, site, hosts }, ca.valid_for)?;
-            write_pair(&ca.out, &format!("node-{id}"), &issued)
+            write_pair(&ca.out, &file_name.unwrap_or_else(|| format!("node-{id}")), &issued)
         }
         CertCommand::Operator { ca, name } => {
             let issued = pki::issue(&ca.ca()?, &Subject::Operator { name: name.clone() }, ca.valid_for)?;

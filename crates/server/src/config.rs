@@ -2,6 +2,7 @@
 //! variables `TESSERA__SECTION__KEY` (e.g. `TESSERA__INGEST__BROKERS`), then validation.
 //! Errors name the field. `deploy/tessera.example.toml` documents every key.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -41,6 +42,130 @@ pub struct NodeConfig {
     /// mTLS on every gRPC endpoint and client of this node (`[tls] ca`, `cert`, `key`; see
     /// `tessera cert`); unset: in the clear (a trusted lab network only).
     pub tls: Option<tessera_tls::TlsFiles>,
+    /// This node as a member of the cluster's control plane (Raft); unset: it is not one, and
+    /// reads the cluster's queries from `[control] admin`.
+    pub raft: Option<RaftConfig>,
+    /// Prometheus `/metrics` and the health endpoints.
+    pub http: HttpConfig,
+    /// Tracing export (OpenTelemetry, OTLP over gRPC).
+    pub telemetry: TelemetryConfig,
+}
+
+/// The `[raft]` section: the node runs a control-plane member in its own process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftConfig {
+    /// This node's Raft id, unique in the cluster; unset: `id_base` plus the pod's ordinal
+    /// (`TESSERA_POD_ORDINAL`, else the `-N` suffix of the host name, as a StatefulSet names
+    /// its pods).
+    pub node_id: Option<u64>,
+    /// See `node_id`: one base per site keeps the sites' ids apart (site a 100.., b 200..).
+    pub id_base: u64,
+    /// Where the Raft and admin gRPC endpoint listens.
+    pub listen: SocketAddr,
+    /// The address other nodes reach this one at (default: the listen address).
+    pub advertise: Option<String>,
+    /// The Raft log, state machine and snapshots (site-local durable disk).
+    pub data_dir: PathBuf,
+    /// The cluster's first members, `ID=SITE@HOST:PORT`. On its first start the member with
+    /// the lowest id initialises the cluster with them (no `tessera cluster init` needed);
+    /// later starts, and every other member, ignore it. Empty: an operator initialises.
+    pub initial_members: Vec<String>,
+    /// Leader heartbeat period, ms.
+    pub heartbeat_ms: u64,
+    /// Election timeout range, ms; raise both between sites with slow links.
+    pub election_timeout_min_ms: u64,
+    /// See `election_timeout_min_ms`.
+    pub election_timeout_max_ms: u64,
+    /// How long a write may wait for a quorum, ms.
+    pub write_timeout_ms: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        let d = tessera_consensus::RaftSettings::new(0, "", "0.0.0.0:7070".parse().expect("address"), "");
+        Self {
+            node_id: None,
+            id_base: 0,
+            listen: d.listen,
+            advertise: None,
+            data_dir: PathBuf::new(),
+            initial_members: Vec::new(),
+            heartbeat_ms: d.heartbeat_ms,
+            election_timeout_min_ms: d.election_timeout_min_ms,
+            election_timeout_max_ms: d.election_timeout_max_ms,
+            write_timeout_ms: d.write_timeout_ms,
+        }
+    }
+}
+
+impl RaftConfig {
+    /// The node's Raft id: `node_id`, or `id_base` plus the pod ordinal (see `node_id`).
+    pub fn resolved_node_id(&self) -> Result<u64> {
+        if let Some(id) = self.node_id {
+            return Ok(id);
+        }
+        let ordinal = match std::env::var("TESSERA_POD_ORDINAL") {
+            Ok(v) => v.trim().parse::<u64>().with_context(|| format!("config: raft.node_id: TESSERA_POD_ORDINAL={v:?} is not a number"))?,
+            Err(_) => {
+                let host = std::env::var("HOSTNAME").ok().or_else(|| std::fs::read_to_string("/etc/hostname").ok()).unwrap_or_default();
+                let host = host.trim();
+                host.rsplit_once('-').and_then(|(_, n)| n.parse::<u64>().ok()).with_context(|| {
+                    format!("config: raft.node_id is unset and neither TESSERA_POD_ORDINAL nor the host name ({host:?}, no -N suffix) gives an ordinal")
+                })?
+            }
+        };
+        Ok(self.id_base + ordinal)
+    }
+
+    /// The consensus settings for node `id` at `site`.
+    pub fn settings(&self, id: u64, site: &str) -> tessera_consensus::RaftSettings {
+        tessera_consensus::RaftSettings {
+            advertise: self.advertise.clone(),
+            heartbeat_ms: self.heartbeat_ms,
+            election_timeout_min_ms: self.election_timeout_min_ms,
+            election_timeout_max_ms: self.election_timeout_max_ms,
+            write_timeout_ms: self.write_timeout_ms,
+            ..tessera_consensus::RaftSettings::new(id, site, self.listen, self.data_dir.clone())
+        }
+    }
+
+    /// Checks the fields; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(!self.data_dir.as_os_str().is_empty(), "config: raft.data_dir must be set (the Raft log's directory)");
+        for m in &self.initial_members {
+            crate::control::parse_node_spec(m).with_context(|| format!("config: raft.initial_members: {m:?}"))?;
+        }
+        self.settings(1, "site").raft_config().map_err(|e| anyhow::anyhow!("config: {e}"))?;
+        Ok(())
+    }
+}
+
+/// The `[http]` section: Prometheus metrics and health checks for orchestrators.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where `/metrics`, `/livez`, `/readyz` and `/startupz` are served; unset: nowhere.
+    pub listen: Option<SocketAddr>,
+}
+
+/// The `[telemetry]` section: where traces go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// An OTLP/gRPC collector (`http://otel-collector:4317`); unset: no export (off by
+    /// default). `OTEL_EXPORTER_OTLP_ENDPOINT` sets it too.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of traces kept (0–1), decided at the root span and followed by its children.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { otlp_endpoint: None, service_name: "tessera".into(), sample_ratio: 1.0 }
+    }
 }
 
 /// The `[control]` section: where the cluster's control plane answers.
@@ -126,6 +251,13 @@ impl NodeConfig {
             anyhow::ensure!(admin.contains(':'), "config: control.admin: '{admin}' is not host:port");
         }
         self.sql.validate().map_err(|e| anyhow::anyhow!("config: {e}"))?;
+        if let Some(raft) = &self.raft {
+            raft.validate()?;
+        }
+        anyhow::ensure!((0.0..=1.0).contains(&self.telemetry.sample_ratio), "config: telemetry.sample_ratio must be between 0 and 1");
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            anyhow::ensure!(endpoint.starts_with("http://") || endpoint.starts_with("https://"), "config: telemetry.otlp_endpoint: '{endpoint}' must start with http:// or https://");
+        }
         Ok(())
     }
 }

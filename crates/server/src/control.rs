@@ -368,7 +368,7 @@ pub fn registered_queries(admin: &str, tls: &ClientTls, timeout: Duration) -> Re
     runtime.block_on(async { list_queries(&mut admin_client(admin, tls, timeout).await?, admin).await })
 }
 
-async fn admin_client(admin: &str, tls: &ClientTls, timeout: Duration) -> Result<ClusterAdminClient<Channel>> {
+pub(crate) async fn admin_client(admin: &str, tls: &ClientTls, timeout: Duration) -> Result<ClusterAdminClient<Channel>> {
     Ok(ClusterAdminClient::new(grpc_channel(admin, tls, timeout, "node").await?))
 }
 
@@ -586,7 +586,7 @@ pub fn parse_node_spec(s: &str) -> Result<pb::NodeSpec> {
     Ok(pb::NodeSpec { id, site: site.into(), addr: addr.into() })
 }
 
-fn status_error(at: &str, s: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(at: &str, s: tonic::Status) -> anyhow::Error {
     anyhow!("node at {at}: {}", s.message())
 }
 

@@ -1,66 +1,102 @@
-//! `tessera demo`: the whole ingest path on one machine with nothing installed. An embedded
-//! Kafka (or `--brokers`), the simulator publishing a fleet in real time with injected faults
-//! and a trickle of bad messages, the ingest building per-motor-shard Arrow batches, the
-//! detection stage running the continuous queries (default and demo rules) and writing alerts;
-//! per-motor statistics and the alerts beside the injected faults at the end.
+//! `tessera demo`: the whole system on one machine with nothing installed.
+//!
+//! - An embedded Kafka (librdkafka's mock cluster, the real protocol), or `--brokers`.
+//! - Three sites, each a full [`Node`] as `tessera node` runs it: its own topic
+//!   (`telemetry.<site>`: raw data stays home), ingest, the default and demo continuous
+//!   queries, a Raft member (the three form the control plane, bootstrapped from
+//!   `raft.initial_members`), a Flight SQL endpoint on 127.0.0.1 federating with the other two,
+//!   and `/metrics` plus health checks.
+//! - The simulator publishing a 1,000-motor fleet in real time with injected faults and a
+//!   trickle of bad messages (dead-lettered).
+//!
+//! It prints a fleet summary every 5 s and each alert as it opens or closes (read back from
+//! the alerts topic). When the simulated span ends the cluster keeps serving SQL until
+//! Ctrl-C; then every node stops cleanly and the alerts are set beside the injected faults.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::sync_channel;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use tessera_ingest::{Ingest, IngestConfig, IngestStats, TopicConfig};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::{ClientConfig, Message as _};
+use tessera_ingest::{IngestConfig, TopicConfig};
+use tessera_sql::{Peer, Role, UserConfig};
 
 use crate::bad_input::BadInput;
+use crate::config::{HttpConfig, NodeConfig, RaftConfig};
+use crate::detect::DetectConfig;
 use crate::embedded::EmbeddedKafka;
-use crate::detect::{build_engine, Detect, DetectConfig};
-use crate::fleet_stats::FleetStats;
+use crate::node::Node;
 use crate::producer::{now_ms, TelemetryProducer, WireFormat};
-use crate::simulate::{FleetSpec, Simulator};
+use crate::simulate::{FleetSpec, Simulator, site_name};
+use crate::sql::SqlConfig;
+
+/// The demo's SQL users' password (printed in the banner; a demo on loopback only).
+pub const DEMO_PASSWORD: &str = "tessera-demo";
 
 /// What the demo runs.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     /// Motors in the fleet.
     pub motors: u32,
-    /// Sites they are spread over.
+    /// Sites: each one a node (3 form a Raft group with a quorum of 2).
     pub sites: u32,
     /// Readings per second per motor.
     pub rate_hz: f64,
-    /// How long to run (Ctrl-C stops earlier).
+    /// The simulated span; afterwards the cluster keeps serving until Ctrl-C.
     pub duration: Duration,
     /// Share of motors with an injected fault.
     pub fault_fraction: f64,
     /// Seed of the simulator.
     pub seed: u64,
-    /// Motors to list in the final table.
-    pub show: usize,
     /// Message encoding.
     pub format: WireFormat,
     /// One bad message per this many good ones (0: none).
     pub bad_every: u64,
     /// A real Kafka instead of the embedded one.
     pub brokers: Option<String>,
+    /// Site i's Flight SQL port is this plus i (0: any free port).
+    pub sql_port: u16,
+    /// Site i's metrics/health port is this plus i (0: any free port).
+    pub http_port: u16,
+    /// Stop once the simulated span has ended instead of serving until Ctrl-C.
+    pub exit_when_done: bool,
 }
 
 /// What the demo saw.
 #[derive(Debug)]
 pub struct DemoReport {
-    /// Good messages published.
+    /// Good readings published.
     pub published: u64,
     /// Bad messages published.
     pub bad_published: u64,
-    /// The ingest's counters.
-    pub ingest: IngestStats,
-    /// Alert events written.
-    pub alerts: u64,
-    /// Per-motor statistics of the batches.
-    pub fleet: FleetStats,
+    /// Readings the sites took in.
+    pub ingested: u64,
+    /// Messages the sites dead-lettered.
+    pub dead_lettered: u64,
+    /// Alert events the sites wrote.
+    pub alert_events: u64,
+    /// Motors alerted, and how many of them had an injected fault.
+    pub motors_alerted: usize,
+    /// Motors with an injected fault that were alerted.
+    pub faulty_alerted: usize,
 }
 
+/// One site of the demo cluster.
+struct Site {
+    name: String,
+    node: Node,
+    sql: SocketAddr,
+}
 
-/// Runs the demo until `duration` passes or `stop` is set; prints as it goes.
+/// Runs the demo until `stop` is set (or, with `exit_when_done`, the simulated span ends).
 pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
+    anyhow::ensure!(opts.sites >= 1, "--sites must be at least 1");
+    anyhow::ensure!(opts.rate_hz > 0.0, "--rate must be positive");
     let embedded = match &opts.brokers {
         Some(_) => None,
         None => Some(EmbeddedKafka::start(3)?),
@@ -70,66 +106,46 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
         (None, Some(k)) => k.bootstrap_servers(),
         (None, None) => unreachable!("one of the two is set"),
     };
-    let (topic, dead_letters) = ("telemetry", "telemetry-dead-letter");
-    if let Some(k) = &embedded {
-        k.create_topic(topic, 6)?;
-        k.create_topic(dead_letters, 1)?;
-        k.create_topic("tessera-alerts", 3)?;
-        k.create_topic("tessera-late", 1)?;
-        println!("embedded Kafka: librdkafka mock cluster, 3 brokers at {brokers}");
-    }
-    let config = IngestConfig {
-        brokers: brokers.clone(),
-        group_id: "tessera-demo".into(),
-        topics: vec![TopicConfig { name: topic.into(), encoding: tessera_ingest::Encoding::ProtobufReading }],
-        dead_letter_topic: dead_letters.into(),
-        batch_max_age: Duration::from_millis(500),
-        ..Default::default()
-    };
-    let detect_config = DetectConfig {
+    let sites: Vec<String> = (0..opts.sites).map(site_name).collect();
+    let detect = DetectConfig {
         queries: crate::rules::DEFAULT_RULES.iter().chain(crate::rules::DEMO_RULES).map(|s| s.to_string()).collect(),
         ..Default::default()
     };
-    if embedded.is_none() {
-        crate::topics::ensure_topics(&brokers, &[(dead_letters, 1), (&detect_config.alerts_topic, 3), (&detect_config.late_topic, 1), (&detect_config.dead_letter_topic, 1)])?;
-    }
-    let engine = build_engine(&detect_config)?;
-    for q in engine.queries() {
-        println!("continuous query {} on {}", q.name, tessera_stream::engine::describe(&q.window));
-    }
-    let (tx, rx) = sync_channel(64);
-    let (detect_tx, detect_rx) = sync_channel(64);
-    let ingest = Ingest::start(config, tx).context("starting the ingest")?;
-    // Per-motor batch statistics on the way to the detection stage.
-    let stats = std::sync::Arc::new(std::sync::Mutex::new(FleetStats::default()));
-    let tee_stats = stats.clone();
-    let sink = std::thread::Builder::new().name("tessera-demo-stats".into()).spawn(move || {
-        for b in rx {
-            tee_stats.lock().expect("not poisoned").add_batch(b.shard, &b.batch);
-            if detect_tx.send(b).is_err() {
-                break;
+    let mut topics: Vec<(String, i32)> = sites.iter().flat_map(|s| [(telemetry_topic(s), 3), (dead_letter_topic(s), 1)]).collect();
+    topics.extend([(detect.alerts_topic.clone(), 3), (detect.late_topic.clone(), 1), (detect.dead_letter_topic.clone(), 1)]);
+    match &embedded {
+        Some(k) => {
+            for (topic, partitions) in &topics {
+                k.create_topic(topic, *partitions)?;
             }
+            println!("embedded Kafka: librdkafka mock cluster, 3 brokers at {brokers}");
         }
-    })?;
-    let detect = Detect::start(engine, &detect_config, &brokers, detect_rx)?;
-    let producer = TelemetryProducer::new(&brokers, topic, opts.format, &Default::default())?;
+        None => {
+            let refs: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+            crate::topics::ensure_topics(&brokers, &refs)?;
+            println!("Kafka at {brokers}");
+        }
+    }
 
+    let data_dir = std::env::temp_dir().join(format!("tessera-demo-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(data_dir.clone());
+    let cluster = start_sites(opts, &sites, &brokers, &detect, &data_dir)?;
+    let alerts = AlertPrinter::start(&brokers, &detect.alerts_topic)?;
+    wait_for_leader(&cluster, stop)?;
+    print_banner(&cluster);
+
+    let mut producers = BTreeMap::new();
+    for site in &sites {
+        producers.insert(site.clone(), TelemetryProducer::new(&brokers, &telemetry_topic(site), opts.format, &Default::default())?);
+    }
     let steps = (opts.duration.as_secs_f64() * opts.rate_hz).ceil().max(1.0) as u64;
     let start_ms = now_ms();
-    let mut sim = Simulator::new(FleetSpec {
-        motors: opts.motors,
-        sites: opts.sites,
-        rate_hz: opts.rate_hz,
-        steps,
-        start_ms,
-        fault_fraction: opts.fault_fraction,
-        seed: opts.seed,
-    });
-    println!(
-        "simulating {} motors on {} sites at {} Hz for {:?}; {} injected faults:",
-        opts.motors, opts.sites, opts.rate_hz, opts.duration, sim.ground_truth().len()
-    );
-    for f in sim.ground_truth().iter().take(12) {
+    let mut sim = Simulator::new(FleetSpec { motors: opts.motors, sites: opts.sites, rate_hz: opts.rate_hz, steps, start_ms, fault_fraction: opts.fault_fraction, seed: opts.seed });
+    let faults = sim.ground_truth();
+    println!("simulating {} motors on {} sites at {} Hz for {:?}; {} injected faults, the first ones:", opts.motors, opts.sites, opts.rate_hz, opts.duration, faults.len());
+    let mut by_start = faults.clone();
+    by_start.sort_by_key(|f| f.start_ms);
+    for f in by_start.iter().take(8) {
         println!("  {} {:<8} {:?} from +{}s to +{}s", f.motor_id, f.site_id, f.fault, (f.start_ms - start_ms) / 1000, (f.end_ms - start_ms) / 1000);
     }
 
@@ -137,109 +153,279 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
     let mut last_print = Instant::now();
     let (mut published, mut bad_published, mut step) = (0u64, 0u64, 0u64);
     let bad_kinds = BadInput::all(600_000);
+    let mut simulating = true;
     while !stop.load(Ordering::Relaxed) {
-        let due = Duration::from_secs_f64(step as f64 / opts.rate_hz);
-        if let Some(wait) = due.checked_sub(started.elapsed()) {
-            std::thread::sleep(wait.min(Duration::from_millis(200)));
-            if due > started.elapsed() {
-                continue;
-            }
+        if let Some(s) = cluster.iter().find(|s| s.node.failed()) {
+            anyhow::bail!("site {} stopped unexpectedly", s.name);
         }
-        let Some(readings) = sim.next_step() else { break };
-        producer.send_readings(&readings)?;
-        for r in &readings {
-            published += 1;
-            if opts.bad_every > 0 && published % opts.bad_every == 0 {
-                let kind = bad_kinds[(bad_published % bad_kinds.len() as u64) as usize];
-                let (payload, content_type) = kind.encode(r, now_ms());
-                producer.send_raw(Some(r.motor_id.as_str().as_bytes()), &payload, Some(content_type))?;
-                bad_published += 1;
+        if simulating {
+            let due = Duration::from_secs_f64(step as f64 / opts.rate_hz);
+            match due.checked_sub(started.elapsed()) {
+                Some(wait) => std::thread::sleep(wait.min(Duration::from_millis(100))),
+                None => match sim.next_step() {
+                    Some(readings) => {
+                        for r in &readings {
+                            let producer = &producers[r.site_id.as_str()];
+                            producer.send_readings(std::slice::from_ref(r))?;
+                            published += 1;
+                            if opts.bad_every > 0 && published % opts.bad_every == 0 {
+                                // Bad input goes round the sites' topics.
+                                let kind = bad_kinds[(bad_published % bad_kinds.len() as u64) as usize];
+                                let (payload, content_type) = kind.encode(r, now_ms());
+                                let target = &producers[&sites[(bad_published % sites.len() as u64) as usize]];
+                                target.send_raw(Some(r.motor_id.as_str().as_bytes()), &payload, Some(content_type))?;
+                                bad_published += 1;
+                            }
+                        }
+                        step += 1;
+                    }
+                    None => {
+                        simulating = false;
+                        for p in producers.values() {
+                            p.flush(Duration::from_secs(30))?;
+                        }
+                        if opts.exit_when_done {
+                            // Let the sites take in the last readings and close what they can.
+                            std::thread::sleep(Duration::from_secs(3));
+                            break;
+                        }
+                        println!("\nthe simulated span has ended; the cluster keeps serving SQL until Ctrl-C (try the query above)\n");
+                    }
+                },
             }
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
         }
-        step += 1;
+        alerts.print_new();
         if last_print.elapsed() >= Duration::from_secs(5) {
             last_print = Instant::now();
-            print_progress(started, &ingest.metrics().snapshot(), &stats.lock().expect("not poisoned"));
-            let d = detect.stats();
-            println!("         windows closed {} | alert events {} ({} open) | late readings {}", d.engine.windows.iter().map(|w| w.1.windows_closed).sum::<u64>(), d.alerts_sent, d.engine.alerts_open, d.late_sent);
+            print_summary(started, &cluster, &alerts);
         }
-        anyhow::ensure!(!ingest.is_finished(), "the ingest stopped unexpectedly");
     }
-
-    producer.flush(Duration::from_secs(30))?;
-    let expected = producer.sent();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ingest.metrics().snapshot().messages < expected && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    for p in producers.values() {
+        p.flush(Duration::from_secs(30))?;
     }
-    let ingest_stats = ingest.stop()?;
-    sink.join().map_err(|_| anyhow::anyhow!("the stats thread panicked"))?;
-    let alerts_sent = detect.stats().alerts_sent;
-    let engine = detect.stop()?;
-    let fleet = std::mem::take(&mut *stats.lock().expect("not poisoned"));
-    print_progress(started, &ingest_stats, &fleet);
-    println!("\nper-motor batch statistics (first {} motors by id):\n{}", opts.show, fleet.table(opts.show));
+    alerts.print_new();
+    print_summary(started, &cluster, &alerts);
+    println!("\nstopping the sites...");
+    let (mut ingested, mut dead_lettered, mut alert_events) = (0, 0, 0);
+    for site in cluster {
+        let d = site.node.detect_stats();
+        alert_events += d.alerts_sent;
+        let (stats, _) = site.node.stop().with_context(|| format!("stopping site {}", site.name))?;
+        ingested += stats.readings_accepted;
+        dead_lettered += stats.dead_letters_sent;
+    }
+    let alerted = alerts.alerted_motors();
+    drop(alerts);
+    let faulty: BTreeSet<&str> = faults.iter().map(|f| f.motor_id.as_str()).collect();
+    let faulty_alerted = alerted.iter().filter(|m| faulty.contains(m.as_str())).count();
     println!(
-        "published {published} readings + {bad_published} bad messages; ingested {} readings ({} unique) in {} batches; dead-lettered {} ({})",
-        fleet.rows,
-        fleet.unique_rows(),
-        fleet.batches,
-        ingest_stats.dead_letters_sent,
-        reasons(&ingest_stats)
+        "published {published} readings + {bad_published} bad messages; the sites took in {ingested} readings and dead-lettered {dead_lettered} messages"
     );
-    print_alerts(&engine, &sim)?;
-    drop(producer);
-    drop(embedded);
-    Ok(DemoReport { published, bad_published, ingest: ingest_stats, alerts: alerts_sent, fleet })
-}
-
-/// The alerts (queried from the engine's `alerts` table) beside the injected faults.
-fn print_alerts(engine: &tessera_stream::StreamEngine, sim: &Simulator) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().build()?;
-    let alerts = rt.block_on(engine.sql(
-        "SELECT motor_id, min(window_start) AS first_alert, max(severity) AS severity, round(max(peak_score), 1) AS peak \
-         FROM alerts WHERE state = 'open' OR state = 'update' GROUP BY motor_id ORDER BY first_alert LIMIT 20",
-    ))?;
-    println!("\nalerts (SELECT ... FROM alerts), first 20 motors:\n{}", datafusion::arrow::util::pretty::pretty_format_batches(&alerts)?);
-    let alerted: std::collections::BTreeSet<String> = rt
-        .block_on(engine.sql("SELECT DISTINCT motor_id FROM alerts"))?
-        .iter()
-        .flat_map(|b| {
-            let a = b.column(0).as_any().downcast_ref::<arrow_array::StringArray>().cloned();
-            a.into_iter().flat_map(|a| a.iter().flatten().map(String::from).collect::<Vec<_>>())
-        })
-        .collect();
-    let faulty: std::collections::BTreeSet<String> = sim.ground_truth().iter().map(|f| f.motor_id.clone()).collect();
-    let caught = faulty.iter().filter(|m| alerted.contains(*m)).count();
     println!(
-        "{} motors alerted; {} of {} motors with an injected fault among them; {} alerted motors without one",
+        "{} motors alerted: {faulty_alerted} of the {} with an injected fault, {} without one",
         alerted.len(),
-        caught,
         faulty.len(),
-        alerted.iter().filter(|m| !faulty.contains(*m)).count()
+        alerted.len() - faulty_alerted
     );
-    Ok(())
+    drop(producers);
+    drop(embedded);
+    println!("demo stopped cleanly");
+    Ok(DemoReport { published, bad_published, ingested, dead_lettered, alert_events, motors_alerted: alerted.len(), faulty_alerted })
 }
 
-fn reasons(s: &IngestStats) -> String {
-    if s.rejected_by_reason.is_empty() {
-        return "no rejections".into();
+/// A site's own telemetry topic.
+pub fn telemetry_topic(site: &str) -> String {
+    format!("telemetry.{site}")
+}
+
+fn dead_letter_topic(site: &str) -> String {
+    format!("telemetry-dead-letter.{site}")
+}
+
+/// A free loopback port (bound, read, released), or `base + i` when `base` is set.
+fn port(base: u16, i: usize) -> Result<u16> {
+    if base != 0 {
+        return Ok(base + i as u16);
     }
-    s.rejected_by_reason.iter().map(|(code, n)| format!("{code}: {n}")).collect::<Vec<_>>().join(", ")
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn print_progress(started: Instant, s: &IngestStats, fleet: &FleetStats) {
-    let secs = started.elapsed().as_secs_f64();
+fn start_sites(opts: &DemoOptions, sites: &[String], brokers: &str, detect: &DetectConfig, data_dir: &std::path::Path) -> Result<Vec<Site>> {
+    let raft_ports: Vec<u16> = (0..sites.len()).map(|i| port(0, i)).collect::<Result<_>>()?;
+    let sql_ports: Vec<u16> = (0..sites.len()).map(|i| port(opts.sql_port, i)).collect::<Result<_>>()?;
+    let http_ports: Vec<u16> = (0..sites.len()).map(|i| port(opts.http_port, i)).collect::<Result<_>>()?;
+    let members: Vec<String> = sites.iter().zip(&raft_ports).enumerate().map(|(i, (s, p))| format!("{}={s}@127.0.0.1:{p}", i + 1)).collect();
+    let hash = tessera_sql::auth::hash_password(DEMO_PASSWORD)?;
+    let users = vec![
+        UserConfig { name: "analyst".into(), password_hash: hash.clone(), role: Role::FleetAnalyst, site: None },
+        UserConfig { name: "admin".into(), password_hash: hash, role: Role::Admin, site: None },
+    ];
+    let federation_token: String = format!("demo-{:032x}", rand::random::<u128>());
+    let mut cluster = Vec::new();
+    for (i, site) in sites.iter().enumerate() {
+        let sql: SocketAddr = format!("127.0.0.1:{}", sql_ports[i]).parse()?;
+        let peers = sites
+            .iter()
+            .zip(&sql_ports)
+            .filter(|(s, _)| *s != site)
+            .map(|(s, p)| Peer { site: s.clone(), addr: format!("127.0.0.1:{p}") })
+            .collect();
+        let config = NodeConfig {
+            site_id: site.clone(),
+            ingest: IngestConfig {
+                brokers: brokers.to_string(),
+                group_id: format!("tessera-{site}"),
+                topics: vec![TopicConfig { name: telemetry_topic(site), encoding: tessera_ingest::Encoding::ProtobufReading }],
+                dead_letter_topic: dead_letter_topic(site),
+                batch_max_age: Duration::from_millis(500),
+                ..Default::default()
+            },
+            detect: detect.clone(),
+            sql: SqlConfig { listen: Some(sql), users: users.clone(), peers, federation_token: Some(federation_token.clone()), ..Default::default() },
+            raft: Some(RaftConfig {
+                node_id: Some(i as u64 + 1),
+                listen: format!("127.0.0.1:{}", raft_ports[i]).parse()?,
+                data_dir: data_dir.join(site).join("raft"),
+                initial_members: members.clone(),
+                ..Default::default()
+            }),
+            http: HttpConfig { listen: Some(format!("127.0.0.1:{}", http_ports[i]).parse()?) },
+            ..Default::default()
+        };
+        let node = Node::start(&config).with_context(|| format!("starting site {site}"))?;
+        cluster.push(Site { name: site.clone(), sql: node.sql_addr().unwrap_or(sql), node });
+    }
+    Ok(cluster)
+}
+
+/// Waits until the sites' Raft members agree on a leader (the first election).
+fn wait_for_leader(cluster: &[Site], stop: &AtomicBool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let leaders: BTreeSet<Option<u64>> = cluster.iter().map(|s| s.node.raft_status().and_then(|r| r.leader)).collect();
+        if leaders.len() == 1 && leaders.iter().next().is_some_and(Option::is_some) {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the sites' Raft members elected no leader in 60 s");
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn print_banner(cluster: &[Site]) {
+    println!("\n{} sites, one Raft group:", cluster.len());
+    for s in cluster {
+        let raft = s.node.raft_status();
+        println!(
+            "  {}  Flight SQL {}  metrics http://{}/metrics  Raft node {} at {}",
+            s.name,
+            s.sql,
+            s.node.http_addr().map_or("-".into(), |a| a.to_string()),
+            raft.as_ref().map_or(0, |r| r.node_id),
+            s.node.raft_addr().map_or("-".into(), |a| a.to_string()),
+        );
+    }
+    let first = &cluster[0];
+    println!("SQL users: analyst (fleet-analyst) and admin, password {DEMO_PASSWORD}. In another terminal:");
     println!(
-        "[{:>5.1}s] consumed {} msgs ({:.0}/s) | {} readings in {} batches | {} motors | dead letters {} | commits {} | pauses {}",
-        secs,
-        s.messages,
-        s.messages as f64 / secs.max(1e-9),
-        fleet.rows,
-        fleet.batches,
-        fleet.motors.len(),
-        s.dead_letters_sent,
-        s.commits,
-        s.pauses
+        "  cargo run -q -p tessera-server --bin tessera -- sql --at {} --user analyst --password {DEMO_PASSWORD} \\\n    \"SELECT site_id, count(DISTINCT motor_id) AS motors_alerted, round(max(peak_score), 1) AS worst FROM fleet.alerts GROUP BY site_id ORDER BY site_id\"\n",
+        first.sql
     );
+}
+
+fn print_summary(started: Instant, cluster: &[Site], alerts: &AlertPrinter) {
+    let raft = cluster.iter().find_map(|s| s.node.raft_status());
+    println!(
+        "[{:>5.0}s] Raft term {} leader {} | alerts open {} | events: {} open, {} update, {} close",
+        started.elapsed().as_secs_f64(),
+        raft.as_ref().map_or(0, |r| r.term),
+        raft.as_ref().and_then(|r| r.leader).map_or("none".into(), |l| format!("node {l}")),
+        cluster.iter().map(|s| s.node.detect_stats().engine.alerts_open).sum::<u64>(),
+        alerts.count("open"),
+        alerts.count("update"),
+        alerts.count("close"),
+    );
+    for s in cluster {
+        let i = s.node.ingest_stats();
+        let d = s.node.detect_stats();
+        println!(
+            "         {:<7} {:>8} readings | lag {:>5} | windows closed {:>6} | dead letters {:>3} | late {:>3} | alert events {:>4}",
+            s.name,
+            i.readings_accepted,
+            i.consumer_lag,
+            d.engine.windows.iter().map(|w| w.1.windows_closed).sum::<u64>(),
+            i.dead_letters_sent,
+            d.late_sent,
+            d.alerts_sent,
+        );
+    }
+}
+
+/// Reads the alerts topic (what a downstream system would see) and prints each alert as it
+/// opens or closes.
+struct AlertPrinter {
+    consumer: BaseConsumer,
+    counts: Mutex<BTreeMap<String, u64>>,
+    motors: Mutex<BTreeSet<String>>,
+}
+
+impl AlertPrinter {
+    fn start(brokers: &str, topic: &str) -> Result<Self> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("tessera-demo-console-{}", std::process::id()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .context("creating the alerts reader")?;
+        consumer.subscribe(&[topic])?;
+        Ok(Self { consumer, counts: Mutex::default(), motors: Mutex::default() })
+    }
+
+    /// Prints the alert events that arrived since the last call.
+    fn print_new(&self) {
+        while let Some(Ok(message)) = self.consumer.poll(Duration::ZERO) {
+            let Some(Ok(event)) = message.payload().map(serde_json::from_slice::<serde_json::Value>) else { continue };
+            let field = |k: &str| event.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+            let state = field("state");
+            *self.counts.lock().expect("not poisoned").entry(state.clone()).or_default() += 1;
+            let motor = field("motor_id");
+            self.motors.lock().expect("not poisoned").insert(motor.clone());
+            if state == "update" {
+                continue;
+            }
+            let at = event.get("window_end_ms").and_then(serde_json::Value::as_i64).unwrap_or(0);
+            let at = chrono::DateTime::from_timestamp_millis(at).map_or_else(String::new, |t| t.format("%H:%M:%S").to_string());
+            println!(
+                "ALERT {:<5} {:<8} {} {:<6} {:<12} score {:>5.1} (window ending {at} UTC)",
+                state,
+                field("severity"),
+                field("site_id"),
+                motor,
+                field("query"),
+                event.get("peak_score").and_then(serde_json::Value::as_f64).unwrap_or(f64::NAN),
+            );
+        }
+    }
+
+    fn count(&self, state: &str) -> u64 {
+        self.counts.lock().expect("not poisoned").get(state).copied().unwrap_or(0)
+    }
+
+    fn alerted_motors(&self) -> BTreeSet<String> {
+        self.motors.lock().expect("not poisoned").clone()
+    }
+}
+
+/// Removes the demo's scratch directory (Raft logs) at the end.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

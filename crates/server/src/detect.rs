@@ -258,6 +258,8 @@ pub struct Detect {
     stats: Arc<Mutex<DetectStats>>,
     changes: Sender<QueryChange>,
     running: RunningQueries,
+    alert_latency: Arc<tessera_core::LatencyHistogram>,
+    last_turn_ms: Arc<std::sync::atomic::AtomicI64>,
     thread: Option<JoinHandle<Result<StreamEngine>>>,
 }
 
@@ -312,6 +314,8 @@ impl Detect {
         let (changes, change_queue) = std::sync::mpsc::channel();
         let running = RunningQueries::default();
         running.update(&engine);
+        let alert_latency = Arc::new(tessera_core::LatencyHistogram::default());
+        let last_turn_ms = Arc::new(std::sync::atomic::AtomicI64::new(now_ms()));
         let writer = match checkpointed {
             true => {
                 // One job queued while another is written: a slow disk holds up the detection
@@ -339,9 +343,11 @@ impl Detect {
             changes: change_queue,
             running: running.clone(),
             raw,
+            alert_latency: alert_latency.clone(),
+            last_turn_ms: last_turn_ms.clone(),
         };
         let thread = std::thread::Builder::new().name("tessera-detect".into()).spawn(move || worker.run(batches))?;
-        Ok(Self { stop, end_of_input, stats, changes, running, thread: Some(thread) })
+        Ok(Self { stop, end_of_input, stats, changes, running, alert_latency, last_turn_ms, thread: Some(thread) })
     }
 
     /// True once the stage's thread has ended (after a stop, or on an error such as a failed
@@ -359,6 +365,17 @@ impl Detect {
     /// The queries the stage runs now (kept current as they change).
     pub fn running_queries(&self) -> RunningQueries {
         self.running.clone()
+    }
+
+    /// Window close to alert: from the start of the step that closed a window to its alert
+    /// event handed to the producer (processing time).
+    pub fn alert_latency(&self) -> Arc<tessera_core::LatencyHistogram> {
+        self.alert_latency.clone()
+    }
+
+    /// A handle on the counters for the metrics endpoint.
+    pub fn probe(&self) -> DetectProbe {
+        DetectProbe { stats: self.stats.clone(), last_turn_ms: self.last_turn_ms.clone() }
     }
 
     /// Counters so far.
@@ -391,6 +408,25 @@ impl Drop for Detect {
     }
 }
 
+/// The detection stage's counters and heartbeat, for the metrics and health endpoints.
+#[derive(Clone)]
+pub struct DetectProbe {
+    stats: Arc<Mutex<DetectStats>>,
+    last_turn_ms: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl DetectProbe {
+    /// Counters so far.
+    pub fn stats(&self) -> DetectStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// When the stage's loop last turned (it turns at least every 100 ms while it runs).
+    pub fn last_turn_ms(&self) -> i64 {
+        self.last_turn_ms.load(Ordering::Relaxed)
+    }
+}
+
 struct Worker {
     engine: StreamEngine,
     producer: Arc<ThreadedProducer<DeliveryCheck>>,
@@ -412,6 +448,9 @@ struct Worker {
     running: RunningQueries,
     /// The site's store of raw readings, if any.
     raw: Option<SyncSender<RecordBatch>>,
+    alert_latency: Arc<tessera_core::LatencyHistogram>,
+    /// When the loop last turned (the liveness probe's heartbeat).
+    last_turn_ms: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Worker {
@@ -420,14 +459,19 @@ impl Worker {
         let tick = Duration::from_millis(100);
         loop {
             match batches.recv_timeout(tick) {
-                Ok(ShardBatch { batch: rows, ack, control, .. }) => {
+                Ok(ShardBatch { batch: rows, ack, control, span, .. }) => {
                     if rows.num_rows() > 0 {
+                        let step = tracing::info_span!(parent: &span, "detect.step", rows = rows.num_rows(), windows_closed = tracing::field::Empty, alerts = tracing::field::Empty);
+                        let _in_step = step.enter();
+                        let started = Instant::now();
                         if let Some(raw) = &self.raw {
                             let telemetry = rows.project(&(0..tessera_core::telemetry_schema().fields().len()).collect::<Vec<_>>())?;
                             raw.send(telemetry).map_err(|_| anyhow::anyhow!("the telemetry store has stopped; readings would be lost"))?;
                         }
                         let out = rt.block_on(self.engine.push(&rows, now_ms()))?;
-                        self.publish(out)?;
+                        step.record("windows_closed", out.windows_closed);
+                        step.record("alerts", out.alerts.len());
+                        self.publish(out, started)?;
                         self.batches_since_checkpoint += 1;
                         if let Ok(mut s) = self.stats.lock() {
                             s.batches += 1;
@@ -450,8 +494,10 @@ impl Worker {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            self.last_turn_ms.store(now_ms(), Ordering::Relaxed);
+            let started = Instant::now();
             let out = rt.block_on(self.engine.tick(now_ms()))?;
-            self.publish(out)?;
+            self.publish(out, started)?;
             self.apply_query_changes(&rt);
             if let Ok(mut s) = self.stats.lock() {
                 s.engine = self.engine.stats();
@@ -461,8 +507,9 @@ impl Worker {
             }
         }
         if self.end_of_input.load(Ordering::Relaxed) {
+            let started = Instant::now();
             let out = rt.block_on(self.engine.close_all(now_ms()))?;
-            self.publish(out)?;
+            self.publish(out, started)?;
         }
         self.stop_writer()?;
         self.producer.flush(Duration::from_secs(30)).context("flushing alerts and late readings")?;
@@ -635,11 +682,23 @@ impl Worker {
         Ok(files)
     }
 
-    fn publish(&mut self, out: StepOutput) -> Result<()> {
+    /// Writes a step's alerts, late readings and failed runs; `started` is when the step that
+    /// closed the windows began.
+    fn publish(&mut self, out: StepOutput, started: Instant) -> Result<()> {
         let mut alerts = 0;
         for event in &out.alerts {
+            let _alert = tracing::info_span!(
+                "alert.emit",
+                query = %event.query,
+                motor_id = %event.motor_id,
+                state = ?event.state,
+                severity = ?event.severity,
+                peak_score = event.peak_score
+            )
+            .entered();
             let payload = serde_json::to_vec(event)?;
             self.send(&self.config.alerts_topic, &event.motor_id, &payload, None)?;
+            self.alert_latency.observe(started.elapsed());
             alerts += 1;
         }
         let mut late = 0;

@@ -6,6 +6,7 @@
 
 pub mod bad_input;
 pub mod cert;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
@@ -15,6 +16,7 @@ pub mod eval;
 pub mod fleet_stats;
 pub mod migration;
 pub mod node;
+pub mod observe;
 pub mod partition_state;
 pub mod producer;
 pub mod replay;
@@ -22,4 +24,5 @@ pub mod rules;
 pub mod simulate;
 pub mod sql;
 pub mod storage;
+pub mod telemetry;
 pub mod topics;

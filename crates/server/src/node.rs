@@ -12,6 +12,11 @@
 //! `state.interval`, and on revoke and stop; the detection stage checkpoints each partition
 //! with new messages at each one before acknowledging, and on revoke hands the partition over
 //! (see [`crate::detect`]).
+//!
+//! With `[raft]` set, the node is also a member of the cluster's control plane (a Raft node
+//! on its own runtime), and takes the cluster's queries from itself; on a first start the
+//! member with the lowest id among `raft.initial_members` initialises the cluster. With
+//! `[http] listen` set, it serves `/metrics` and health checks (see [`crate::observe`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -28,6 +33,12 @@ use crate::storage::{StoreStats, TelemetryStore};
 use crate::detect::{Detect, DetectStats, build_engine};
 use crate::partition_state::PartitionCheckpoints;
 
+/// A control-plane member run inside the node.
+struct ControlMember {
+    runtime: tokio::runtime::Runtime,
+    node: tessera_consensus::ConsensusNode,
+}
+
 /// A running node.
 pub struct Node {
     ingest: Ingest,
@@ -38,6 +49,12 @@ pub struct Node {
     sql: Option<SqlEndpoint>,
     /// The site-local store of raw readings (`[store] dir`).
     store: Option<TelemetryStore>,
+    /// `/metrics` and the health checks (`[http] listen`).
+    http: Option<crate::observe::HttpEndpoint>,
+    /// The Raft member (`[raft]`), stopped last.
+    control: Option<ControlMember>,
+    /// Set once a part has been seen to end on its own (the liveness probe reads it).
+    failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Node {
@@ -51,10 +68,17 @@ impl Node {
         };
         let client_tls = tessera_tls::ClientTls::from_material(tls.as_ref());
         let grades = tessera_core::LiveGrades::new(config.grades.clone());
+        let control = match &config.raft {
+            Some(raft) => Some(start_control_member(raft, &config.site_id, tls.clone())?),
+            None => None,
+        };
+        // A member takes the cluster's queries from itself (the watcher reads them once the
+        // cluster has a leader); otherwise from `[control] admin`, read once before starting.
+        let admin = config.control.admin.clone().or_else(|| control.as_ref().map(|c| c.node.advertised().to_string()));
         let mut engine = build_engine(&config.detect)?;
         let local: BTreeSet<String> = engine.queries().map(|q| q.name.clone()).collect();
         let mut registered = Vec::new();
-        if let Some(admin) = &config.control.admin {
+        if let (Some(admin), None) = (&config.control.admin, &control) {
             registered = crate::control::registered_queries(admin, &client_tls, config.control.timeout)
                 .with_context(|| format!("reading the cluster's queries from control.admin {admin}"))?;
             for (name, why) in crate::control::add_registered_queries(&mut engine, &registered)? {
@@ -79,7 +103,7 @@ impl Node {
             None => None,
         };
         let detect = Detect::start_checkpointed(engine, &config.detect, &config.ingest.brokers, rx, checkpointed, store.as_ref().map(TelemetryStore::sender))?;
-        let registry = config.control.admin.as_ref().map(|_| RegistryRows::default());
+        let registry = admin.as_ref().map(|_| RegistryRows::default());
         let sql = match config.sql.listen {
             Some(listen) => {
                 let tables = crate::sql::served_tables(shared_tables, &detect.running_queries(), registry.as_ref(), store.as_ref());
@@ -87,14 +111,47 @@ impl Node {
             }
             None => None,
         };
-        let watcher = match (&config.control.admin, registry) {
+        let watcher = match (&admin, registry) {
             (Some(admin), Some(registry)) => {
                 let running = registered.into_iter().filter(|(name, _)| !local.contains(name)).collect();
                 Some(QueryWatcher::start(&config.control, admin, client_tls, local, running, detect.query_changes(), registry, grades)?)
             }
             _ => None,
         };
-        Ok(Node { ingest, detect, watcher, sql, store })
+        let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let http = match config.http.listen {
+            Some(listen) => {
+                let probe = crate::observe::NodeProbe {
+                    site: config.site_id.clone(),
+                    ingest: ingest.metrics().clone(),
+                    detect: detect.probe(),
+                    alert_latency: detect.alert_latency(),
+                    sql_latency: sql.as_ref().map(SqlEndpoint::query_latency),
+                    sql_refusals: sql.as_ref().map(|s| s.refusals().clone()),
+                    raft: control.as_ref().map(|c| c.node.raft().clone()),
+                    raft_refusals: control.as_ref().map(|c| c.node.refusals().clone()),
+                    failed: failed.clone(),
+                };
+                Some(crate::observe::HttpEndpoint::start(listen, probe)?)
+            }
+            None => None,
+        };
+        Ok(Node { ingest, detect, watcher, sql, store, http, control, failed })
+    }
+
+    /// Where `/metrics` and the health checks are served, if they are.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().map(crate::observe::HttpEndpoint::addr)
+    }
+
+    /// The Raft member's address, if the node runs one.
+    pub fn raft_addr(&self) -> Option<std::net::SocketAddr> {
+        self.control.as_ref().map(|c| c.node.addr())
+    }
+
+    /// The Raft member's view of the cluster, if the node runs one.
+    pub fn raft_status(&self) -> Option<tessera_consensus::RaftStatus> {
+        self.control.as_ref().map(|c| c.node.status())
     }
 
     /// The site-local store of raw readings, if it runs (for shredding on request).
@@ -130,19 +187,29 @@ impl Node {
 
     /// True if a part of the node has ended on its own (an error); [`Node::stop`] says which.
     pub fn failed(&self) -> bool {
-        self.ingest.is_finished() || self.detect.is_finished()
+        let failed = self.ingest.is_finished() || self.detect.is_finished();
+        if failed {
+            self.failed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        failed
     }
 
     /// Stops: the ingest hands everything on behind a last barrier (checkpointed, then
     /// committed), then the detection stage ends. Returns the ingest's counters and the
     /// engine; if the detection stage failed, its error (the root cause) comes first.
     pub fn stop(self) -> Result<(IngestStats, StreamEngine)> {
+        drop(self.http);
         drop(self.watcher);
         drop(self.sql);
         let ingest = self.ingest.stop();
         let engine = self.detect.stop();
         // After the stage: it no longer sends, so the store writes what is pending and ends.
         let stored = self.store.map(TelemetryStore::stop).transpose();
+        let controlled = match self.control {
+            Some(ControlMember { runtime, node }) => runtime.block_on(node.shutdown()).context("stopping the Raft member"),
+            None => Ok(()),
+        };
+        let stored = stored.and_then(|s| controlled.map(|()| s));
         let engine = match (engine, stored) {
             (Err(e), _) => Err(e),
             (Ok(_), Err(e)) => Err(e),
@@ -154,4 +221,31 @@ impl Node {
             (Ok(stats), Ok(engine)) => Ok((stats, engine)),
         }
     }
+}
+
+/// Starts the node's Raft member on a runtime of its own and, if it has the lowest id among
+/// `initial_members`, initialises the cluster in the background (once the others answer).
+fn start_control_member(raft: &crate::config::RaftConfig, site: &str, tls: Option<Arc<tessera_tls::TlsMaterial>>) -> Result<ControlMember> {
+    let id = raft.resolved_node_id()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("tessera-raft").enable_all().build()?;
+    let node = runtime
+        .block_on(tessera_consensus::ConsensusNode::start_with_tls(raft.settings(id, site), tls))
+        .with_context(|| format!("starting the Raft member (node {id}, raft.listen {})", raft.listen))?;
+    let members: Vec<(u64, String, String)> = raft
+        .initial_members
+        .iter()
+        .map(|m| crate::control::parse_node_spec(m).map(|n| (n.id, n.site, n.addr)))
+        .collect::<Result<_>>()?;
+    if members.iter().map(|m| m.0).min() == Some(id) {
+        let bootstrap = node.bootstrap(&members, std::time::Duration::from_secs(600));
+        runtime.spawn(async move {
+            match bootstrap.await {
+                Ok(true) => tracing::info!(target: "tessera::audit", node = id, members = members.len(), "initialised the cluster (raft.initial_members)"),
+                Ok(false) => tracing::debug!(node = id, "the cluster was initialised before"),
+                Err(e) => tracing::error!(node = id, error = %e, "could not initialise the cluster; `tessera cluster init` can"),
+            }
+        });
+    }
+    tracing::info!(node = id, %site, addr = %node.addr(), "Raft member started");
+    Ok(ControlMember { runtime, node })
 }

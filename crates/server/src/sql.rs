@@ -190,6 +190,7 @@ impl AuditSink for QueryAuditTable {
 pub struct SqlEndpoint {
     addr: SocketAddr,
     refusals: Arc<tessera_tls::Refusals>,
+    latency: Arc<tessera_core::LatencyHistogram>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<()>>>,
 }
@@ -232,6 +233,7 @@ impl SqlEndpoint {
             }
             None => None,
         };
+        let latency = endpoint.query_latency();
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("tessera-sql").enable_all().build()?;
         let listener = runtime.block_on(tokio::net::TcpListener::bind(listen)).with_context(|| format!("sql.listen {listen}: cannot bind"))?;
         let addr = listener.local_addr()?;
@@ -247,7 +249,7 @@ impl SqlEndpoint {
             })
         })?;
         tracing::info!(%addr, tls = tls.is_some(), "Flight SQL endpoint listening");
-        Ok(Self { addr, refusals, stop: Some(stop), thread: Some(thread) })
+        Ok(Self { addr, refusals, latency, stop: Some(stop), thread: Some(thread) })
     }
 
     /// The address it listens on.
@@ -256,8 +258,13 @@ impl SqlEndpoint {
     }
 
     /// What it refused for want of a fitting certificate.
-    pub fn refusals(&self) -> &tessera_tls::Refusals {
+    pub fn refusals(&self) -> &Arc<tessera_tls::Refusals> {
         &self.refusals
+    }
+
+    /// Query latency: arrival to last row sent, or to the refusal.
+    pub fn query_latency(&self) -> Arc<tessera_core::LatencyHistogram> {
+        self.latency.clone()
     }
 }
 

@@ -191,6 +191,9 @@ async fn run_remote(federation: &Federation, peer: &Peer, who: &Identity, sql: &
     if let Some(site) = &who.site {
         client.set_header(AS_SITE, site.clone());
     }
+    for (key, value) in crate::trace::outgoing_headers() {
+        client.set_header(key, value);
+    }
     let from_peer = |e: arrow_flight::error::FlightError| match e {
         arrow_flight::error::FlightError::Tonic(status) => SqlError::from_status(&peer.site, *status),
         other => unreachable(&other),

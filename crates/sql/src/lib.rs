@@ -14,6 +14,7 @@ pub mod error;
 pub mod federation;
 pub mod pushdown;
 pub mod service;
+mod trace;
 
 pub use auth::{Authenticator, ConfigUsers, Identity, IdentityProvider, Role, TokenConfig, UserConfig};
 pub use catalog::{Catalog, ServedTable, SnapshotTable, TableKind};

@@ -85,6 +85,20 @@ pub struct FlightSqlEndpoint {
     prepared: Mutex<HashMap<Vec<u8>, Prepared>>,
     /// Over mTLS: federated calls must come with a node's certificate; refusals counted here.
     node_certificates: Option<Arc<tessera_tls::Refusals>>,
+    /// From a query's arrival to its last row sent (or its refusal).
+    latency: Arc<tessera_core::LatencyHistogram>,
+}
+
+/// Records a query's latency when its result stream ends (or is dropped by the client).
+struct LatencyOnDrop {
+    started: std::time::Instant,
+    histogram: Arc<tessera_core::LatencyHistogram>,
+}
+
+impl Drop for LatencyOnDrop {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed());
+    }
 }
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
@@ -106,7 +120,7 @@ impl FlightSqlEndpoint {
         info.append(SqlInfo::SqlDdlSchema, false);
         info.append(SqlInfo::SqlDdlTable, false);
         let sql_info = info.build().map_err(|e| SqlError::Internal(e.to_string()))?;
-        Ok(Self { catalog, auth, audit, sql_info, prepared: Mutex::new(HashMap::new()), node_certificates: None })
+        Ok(Self { catalog, auth, audit, sql_info, prepared: Mutex::new(HashMap::new()), node_certificates: None, latency: Arc::default() })
     }
 
     /// The gRPC service to add to a tonic server.
@@ -119,6 +133,11 @@ impl FlightSqlEndpoint {
     pub fn require_node_certificates(mut self, refusals: Arc<tessera_tls::Refusals>) -> Self {
         self.node_certificates = Some(refusals);
         self
+    }
+
+    /// Latency of the queries run here: from arrival to the last row sent, or to the refusal.
+    pub fn query_latency(&self) -> Arc<tessera_core::LatencyHistogram> {
+        self.latency.clone()
     }
 
     fn identity<T>(&self, request: &tonic::Request<T>) -> Result<Identity, Status> {
@@ -167,6 +186,7 @@ impl FlightSqlEndpoint {
     /// Runs `sql` for `who` and streams the result as Flight data. Physical planning runs the
     /// other sites' fragments of `fleet` tables: their refusals are audited here too.
     async fn run(&self, who: &Identity, sql: &str, params: Option<&RecordBatch>) -> Result<Response<DoGetStream>, Status> {
+        let timer = LatencyOnDrop { started: std::time::Instant::now(), histogram: self.latency.clone() };
         let (ctx, plan) = self.plan(who, sql, params).await?;
         let started: Result<_, SqlError> = async {
             let df = ctx.execute_logical_plan(plan).await.map_err(SqlError::from_datafusion)?;
@@ -180,6 +200,7 @@ impl FlightSqlEndpoint {
         let (schema, batches, graded) = started.inspect_err(|e| self.refused(who, sql, e))?;
         self.audit.record(QueryAudit { user: who.user.clone(), role: who.role.name(), sql: sql.to_string(), refused: None });
         let batches = futures::StreamExt::map(batches, move |b| b.and_then(|b| {
+                let _timer = &timer;
                 let schema = graded(b.schema().as_ref());
                 b.with_schema(schema).map_err(Into::into)
             })).map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)));
@@ -290,7 +311,8 @@ impl FlightSqlService for FlightSqlEndpoint {
     async fn do_get_statement(&self, ticket: TicketStatementQuery, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
         let who = self.identity(&request)?;
         let sql = String::from_utf8(ticket.statement_handle.to_vec()).map_err(|_| Status::invalid_argument("the ticket is not a Tessera statement"))?;
-        self.run(&who, &sql, None).await
+        let span = crate::trace::query_span(request.metadata(), &who.user, who.via_peer);
+        tracing::Instrument::instrument(self.run(&who, &sql, None), span).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -345,7 +367,8 @@ impl FlightSqlService for FlightSqlEndpoint {
     async fn do_get_prepared_statement(&self, query: CommandPreparedStatementQuery, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
         let who = self.identity(&request)?;
         let (sql, params) = self.prepared_sql(&who, &query.prepared_statement_handle)?;
-        self.run(&who, &sql, params.as_ref()).await
+        let span = crate::trace::query_span(request.metadata(), &who.user, who.via_peer);
+        tracing::Instrument::instrument(self.run(&who, &sql, params.as_ref()), span).await
     }
 
     async fn do_action_close_prepared_statement(&self, query: ActionClosePreparedStatementRequest, request: Request<arrow_flight::Action>) -> Result<(), Status> {

@@ -1,0 +1,264 @@
+//! What a running node tells its operators over HTTP (`[http] listen`):
+//!
+//! - `/metrics`: Prometheus text format. Ingest rate and consumer lag, dead-letter and late
+//!   counts, windows closed, alerts, window-close-to-alert latency, Raft term and leader,
+//!   Flight SQL query latency, TLS refusals. Every series carries the node's `site`.
+//! - `/livez`: 200 while the detection thread is turning (it loops at least every 100 ms; 30 s
+//!   without a turn is a hang) and no stage has ended; 503 with the reason otherwise.
+//! - `/readyz`: live, and with a Raft member, a leader known: the node can answer SQL and
+//!   follows the cluster's queries. 503 with the reason otherwise.
+//! - `/startupz`: 200 once the node has started (the endpoint is served from then on).
+//!
+//! Everything is read at scrape time from counters the stages keep anyway ([`NodeProbe`]).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context as _, Result};
+use axum::http::StatusCode;
+use tessera_core::{LatencyHistogram, LatencySnapshot};
+use tessera_ingest::IngestMetrics;
+
+use crate::detect::DetectProbe;
+
+/// How long the detection thread may go without a turn before the node counts as hung.
+const HUNG_AFTER_MS: i64 = 30_000;
+
+/// Handles on a node's counters, cheap to clone, read at each scrape or probe.
+#[derive(Clone)]
+pub struct NodeProbe {
+    /// The node's site (a label on every series).
+    pub site: String,
+    /// The ingest's counters.
+    pub ingest: Arc<IngestMetrics>,
+    /// The detection stage's counters.
+    pub detect: DetectProbe,
+    /// Window close to alert written.
+    pub alert_latency: Arc<LatencyHistogram>,
+    /// Flight SQL query latency, if the endpoint runs.
+    pub sql_latency: Option<Arc<LatencyHistogram>>,
+    /// The SQL endpoint's refusals, if it runs.
+    pub sql_refusals: Option<Arc<tessera_tls::Refusals>>,
+    /// The Raft member, if the node runs one.
+    pub raft: Option<tessera_consensus::Raft>,
+    /// The Raft endpoint's refusals, if the node runs a member.
+    pub raft_refusals: Option<Arc<tessera_tls::Refusals>>,
+    /// Set when a stage of the node has ended on its own (the reason is in the log).
+    pub failed: Arc<AtomicBool>,
+}
+
+impl NodeProbe {
+    /// `Ok` while the node works; else why not.
+    pub fn live(&self) -> Result<(), String> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err("a stage of the node has stopped (see the log)".into());
+        }
+        let idle = crate::producer::now_ms() - self.detect.last_turn_ms();
+        if idle > HUNG_AFTER_MS {
+            return Err(format!("the detection thread has not turned for {} s", idle / 1000));
+        }
+        Ok(())
+    }
+
+    /// `Ok` when the node can serve: live, and with a Raft member, a leader known.
+    pub fn ready(&self) -> Result<(), String> {
+        self.live()?;
+        if let Some(raft) = &self.raft {
+            let status = tessera_consensus::RaftStatus::of(raft);
+            if status.voters == 0 {
+                return Err("the control plane has not been initialised yet".into());
+            }
+            if status.leader.is_none() {
+                return Err(format!("no Raft leader known in term {}", status.term));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every metric, in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut out = Metrics { text: String::new(), site: escape(&self.site) };
+        let i = self.ingest.snapshot();
+        out.gauge("tessera_build_info", "The running version (value 1).", &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+        out.counter("tessera_ingest_messages_total", "Kafka messages consumed.", &[], i.messages);
+        out.counter("tessera_ingest_bytes_total", "Bytes of Kafka messages consumed.", &[], i.bytes);
+        out.family("tessera_ingest_readings_total", "counter", "Readings decoded, by outcome (rate: the ingest rate).");
+        out.sample("tessera_ingest_readings_total", &[("outcome", "accepted")], i.readings_accepted as f64);
+        out.sample("tessera_ingest_readings_total", &[("outcome", "rejected")], i.readings_rejected as f64);
+        out.family("tessera_ingest_rejected_total", "counter", "Readings rejected, by reason (each one dead-lettered).");
+        for (reason, n) in &i.rejected_by_reason {
+            out.sample("tessera_ingest_rejected_total", &[("reason", reason)], *n as f64);
+        }
+        out.counter("tessera_ingest_dead_letters_total", "Messages written to the dead-letter topic.", &[], i.dead_letters_sent);
+        out.gauge("tessera_ingest_consumer_lag", "Messages behind the high watermarks of the partitions this node owns.", &[], i.consumer_lag as f64);
+        out.counter("tessera_ingest_batches_total", "Arrow batches handed to the detection stage.", &[], i.batches);
+        out.counter("tessera_ingest_commits_total", "Offset commits.", &[], i.commits);
+        out.counter("tessera_ingest_commit_errors_total", "Offset commits that failed.", &[], i.commit_errors);
+        out.counter("tessera_ingest_rebalances_total", "Consumer-group rebalances seen.", &[], i.rebalances);
+        out.counter("tessera_ingest_pauses_total", "Times the consumer paused for backpressure.", &[], i.pauses);
+        out.counter("tessera_ingest_consumer_errors_total", "Consumer errors reported by librdkafka.", &[], i.consumer_errors);
+
+        let d = self.detect.stats();
+        out.family("tessera_detect_windows_closed_total", "counter", "Windows closed, by window.");
+        for (spec, w) in &d.engine.windows {
+            out.sample("tessera_detect_windows_closed_total", &[("window", &tessera_stream::engine::describe(spec))], w.windows_closed as f64);
+        }
+        out.counter("tessera_detect_alert_events_total", "Alert events (open, update, close) written.", &[], d.alerts_sent);
+        out.gauge("tessera_detect_alerts_open", "Alerts open now.", &[], d.engine.alerts_open as f64);
+        out.counter("tessera_detect_late_readings_total", "Readings too late for their window, written to the late topic.", &[], d.late_sent);
+        out.counter("tessera_detect_query_errors_total", "Continuous-query runs that failed (their windows dead-lettered).", &[], d.engine.query_errors);
+        out.counter("tessera_detect_checkpoints_total", "Checkpoint files written.", &[], d.checkpoints);
+        out.gauge("tessera_detect_partitions_owned", "Kafka partitions whose state this node holds.", &[], d.partitions_owned as f64);
+        out.histogram("tessera_alert_latency_seconds", "From the step that closed a window to its alert written (processing time).", &self.alert_latency.snapshot());
+
+        if let Some(sql) = &self.sql_latency {
+            out.histogram("tessera_sql_query_duration_seconds", "Flight SQL queries, from arrival to the last row sent (or the refusal).", &sql.snapshot());
+        }
+        let refusals: Vec<(&str, &Arc<tessera_tls::Refusals>)> =
+            [("sql", self.sql_refusals.as_ref()), ("raft", self.raft_refusals.as_ref())].into_iter().filter_map(|(e, r)| r.map(|r| (e, r))).collect();
+        if !refusals.is_empty() {
+            out.family("tessera_tls_refusals_total", "counter", "Calls refused for their certificate: failed handshakes, or a certificate that does not fit the claim.");
+            for (endpoint, r) in refusals {
+                out.sample("tessera_tls_refusals_total", &[("endpoint", endpoint), ("kind", "handshake")], r.handshakes() as f64);
+                out.sample("tessera_tls_refusals_total", &[("endpoint", endpoint), ("kind", "identity")], r.identities() as f64);
+            }
+        }
+        if let Some(raft) = &self.raft {
+            let s = tessera_consensus::RaftStatus::of(raft);
+            let node = s.node_id.to_string();
+            out.gauge("tessera_raft_term", "The current Raft term.", &[("node", &node)], s.term as f64);
+            out.gauge("tessera_raft_leader_id", "The leader this node knows of (-1: none).", &[("node", &node)], s.leader.map_or(-1.0, |l| l as f64));
+            out.gauge("tessera_raft_is_leader", "1 if this node is the leader.", &[("node", &node)], f64::from(u8::from(s.is_leader)));
+            out.gauge("tessera_raft_applied_index", "The last applied log index.", &[("node", &node)], s.applied_index.map_or(0.0, |i| i as f64));
+            out.gauge("tessera_raft_voters", "Voters in the current membership.", &[("node", &node)], s.voters as f64);
+        }
+        out.text
+    }
+}
+
+/// Prometheus text, with the site label on every sample.
+struct Metrics {
+    text: String,
+    site: String,
+}
+
+impl Metrics {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let mut l = format!("site=\"{}\"", self.site);
+        for (k, v) in labels {
+            let _ = write!(l, ",{k}=\"{}\"", escape(v));
+        }
+        let _ = writeln!(self.text, "{name}{{{l}}} {}", number(value));
+    }
+
+    fn counter(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: u64) {
+        self.family(name, "counter", help);
+        self.sample(name, labels, value as f64);
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        self.family(name, "gauge", help);
+        self.sample(name, labels, value);
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, h: &LatencySnapshot) {
+        self.family(name, "histogram", help);
+        for (bound, n) in &h.cumulative {
+            self.sample(&format!("{name}_bucket"), &[("le", &number(*bound))], *n as f64);
+        }
+        self.sample(&format!("{name}_bucket"), &[("le", "+Inf")], h.count as f64);
+        self.sample(&format!("{name}_sum"), &[], h.sum_s);
+        self.sample(&format!("{name}_count"), &[], h.count as f64);
+    }
+}
+
+fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The HTTP endpoint, served on a thread of its own until dropped.
+pub struct HttpEndpoint {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpEndpoint {
+    /// Binds `listen` (the error names `http.listen`) and serves `probe`.
+    pub fn start(listen: SocketAddr, probe: NodeProbe) -> Result<Self> {
+        use axum::routing::get;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(listen)).with_context(|| format!("http.listen {listen}: cannot bind"))?;
+        let addr = listener.local_addr()?;
+        let answer = |r: Result<(), String>| match r {
+            Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+            Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+        };
+        let (live, ready, metrics) = (probe.clone(), probe.clone(), probe);
+        let app = axum::Router::new()
+            .route("/metrics", get(move || {
+                let body = metrics.render();
+                async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body) }
+            }))
+            .route("/livez", get(move || { let r = answer(live.live()); async move { r } }))
+            .route("/readyz", get(move || { let r = answer(ready.ready()); async move { r } }))
+            .route("/startupz", get(|| async { "started\n" }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("tessera-http".into()).spawn(move || {
+            runtime.block_on(async move {
+                let served = axum::serve(listener, app).with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                });
+                if let Err(e) = served.await {
+                    tracing::error!(error = %e, "the HTTP endpoint stopped");
+                }
+            })
+        })?;
+        tracing::info!(%addr, "metrics and health endpoints serving");
+        Ok(Self { addr, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for HttpEndpoint {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_and_labels_render_in_the_text_format() {
+        let mut m = Metrics { text: String::new(), site: escape("site-\"a\"") };
+        let h = LatencyHistogram::default();
+        h.observe(std::time::Duration::from_millis(3));
+        m.histogram("x_seconds", "help", &h.snapshot());
+        assert!(m.text.starts_with("# HELP x_seconds help\n# TYPE x_seconds histogram\n"), "{}", m.text);
+        assert!(m.text.contains("x_seconds_bucket{site=\"site-\\\"a\\\"\",le=\"0.0025\"} 0\n"), "{}", m.text);
+        assert!(m.text.contains("x_seconds_bucket{site=\"site-\\\"a\\\"\",le=\"0.005\"} 1\n"), "{}", m.text);
+        assert!(m.text.contains("x_seconds_bucket{site=\"site-\\\"a\\\"\",le=\"+Inf\"} 1\n"), "{}", m.text);
+        assert!(m.text.contains("x_seconds_count{site=\"site-\\\"a\\\"\"} 1\n"), "{}", m.text);
+    }
+}

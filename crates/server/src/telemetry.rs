@@ -1,0 +1,94 @@
+//! Logging and tracing for the process: log lines to stderr (filtered by `RUST_LOG`), and,
+//! when an OTLP endpoint is configured (`[telemetry] otlp_endpoint`, `--otlp-endpoint` or
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`), every span exported to an OpenTelemetry collector over
+//! OTLP/gRPC, batched. Off by default: without an endpoint nothing is exported and spans cost
+//! what `tracing` costs.
+//!
+//! The spans: `ingest.batch` (a flushed Arrow batch) → `detect.step` (the engine taking it
+//! in, closing windows) → `alert.emit` (each alert written); `sql.query` for each Flight SQL
+//! query, continued on the other sites when it federates (W3C trace context in the call's
+//! headers; see `tessera_sql`).
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+use crate::config::TelemetryConfig;
+
+/// Keeps the exporter running; dropping it sends what is still buffered (up to 5 s).
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+    /// The exporter's gRPC channel lives on this runtime.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl TelemetryGuard {
+    /// True if spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown_with_timeout(Duration::from_secs(5))
+        {
+            eprintln!("tessera: flushing the last spans to the OTLP endpoint failed: {e}");
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+/// The OTLP endpoint to use: the config's, else `OTEL_EXPORTER_OTLP_ENDPOINT`.
+pub fn endpoint(config: &TelemetryConfig) -> Option<String> {
+    config.otlp_endpoint.clone().or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty()))
+}
+
+/// A tracer provider exporting to `endpoint` (its gRPC channel on `runtime`).
+pub fn otlp_provider(endpoint: &str, config: &TelemetryConfig, runtime: &tokio::runtime::Runtime) -> Result<SdkTracerProvider> {
+    let _on_runtime = runtime.enter();
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .with_timeout(Duration::from_secs(5))
+        .build()
+        .with_context(|| format!("telemetry.otlp_endpoint {endpoint}"))?;
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).build();
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sample_ratio))))
+        .with_resource(resource)
+        .build())
+}
+
+/// Installs the process's subscriber: log lines to stderr, and spans to OTLP when an
+/// endpoint is set. Also installs the W3C trace-context propagator used across sites.
+/// `default_filter` applies to the log lines when `RUST_LOG` is unset.
+pub fn init(config: &TelemetryConfig, default_filter: &str) -> Result<TelemetryGuard> {
+    let filter = || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter());
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    let Some(endpoint) = endpoint(config) else {
+        tracing_subscriber::registry().with(fmt).try_init().context("installing the log subscriber")?;
+        return Ok(TelemetryGuard { provider: None, runtime: None });
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("tessera-otlp").enable_all().build()?;
+    let provider = otlp_provider(&endpoint, config, &runtime)?;
+    let tracer = provider.tracer("tessera");
+    // Spans of Tessera's own crates at info and above go out, whatever the log filter says.
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(tracing_subscriber::filter::Targets::new().with_target("tessera", tracing::Level::INFO));
+    tracing_subscriber::registry().with(fmt).with(spans).try_init().context("installing the log subscriber")?;
+    tracing::info!(%endpoint, "exporting traces over OTLP");
+    Ok(TelemetryGuard { provider: Some(provider), runtime: Some(runtime) })
+}

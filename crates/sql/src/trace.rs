@@ -1,0 +1,45 @@
+//! Traces across sites: a federated call carries the caller's span as W3C trace-context
+//! headers (`traceparent`, `tracestate`), and the called site's `sql.query` span continues
+//! it. Without an OpenTelemetry exporter installed, the propagator is a no-op and the
+//! headers are empty.
+
+use opentelemetry::propagation::{Extractor, Injector};
+use tonic::metadata::MetadataMap;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// The headers that carry the current span to another site.
+pub(crate) fn outgoing_headers() -> Vec<(String, String)> {
+    struct Headers(Vec<(String, String)>);
+    impl Injector for Headers {
+        fn set(&mut self, key: &str, value: String) {
+            self.0.push((key.to_string(), value));
+        }
+    }
+    let context = tracing::Span::current().context();
+    let mut headers = Headers(Vec::new());
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut headers));
+    headers.0
+}
+
+/// A `sql.query` span for a call, continuing the caller's trace if its headers carry one.
+pub(crate) fn query_span(metadata: &MetadataMap, user: &str, via_peer: bool) -> tracing::Span {
+    struct Metadata<'a>(&'a MetadataMap);
+    impl Extractor for Metadata<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0
+                .keys()
+                .filter_map(|k| match k {
+                    tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                    tonic::metadata::KeyRef::Binary(_) => None,
+                })
+                .collect()
+        }
+    }
+    let span = tracing::info_span!("sql.query", user = %user, federated = via_peer);
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Metadata(metadata)));
+    let _ = span.set_parent(parent);
+    span
+}

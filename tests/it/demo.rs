@@ -1,0 +1,203 @@
+//! `tessera demo` as a user runs it: a separate process (this test binary started again,
+//! running the very command line of the `tessera` binary through `tessera_server::cli::run`)
+//! for 60 simulated seconds. It must raise alerts for injected faults, answer a Flight SQL
+//! query from a third-party client (ADBC) across the three sites, serve /metrics, deliver its
+//! spans to an OTLP receiver hosted here, and exit 0 on SIGINT.
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+
+/// The demo's command line (JSON), for [`demo_process`].
+const DEMO_ARGS_ENV: &str = "TESSERA_DEMO_ARGS";
+
+/// Runs `tessera` with the arguments in [`DEMO_ARGS_ENV`]; a no-op without them.
+#[test]
+#[ignore = "the demo process of the test below"]
+fn demo_process() {
+    let Ok(args) = std::env::var(DEMO_ARGS_ENV) else { return };
+    let args: Vec<String> = serde_json::from_str(&args).expect("args as JSON");
+    tessera_server::cli::run(std::iter::once("tessera".to_string()).chain(args)).expect("the demo ends without an error");
+}
+
+/// A span as the receiver got it.
+#[derive(Debug, Clone)]
+struct Received {
+    name: String,
+    trace: Vec<u8>,
+    id: Vec<u8>,
+    parent: Vec<u8>,
+}
+
+/// An OTLP/gRPC trace receiver: the collector's own service, keeping what it is sent.
+#[derive(Clone, Default)]
+struct Receiver(Arc<Mutex<Vec<Received>>>);
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(&self, request: tonic::Request<ExportTraceServiceRequest>) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut got = self.0.lock().expect("not poisoned");
+        for resource in request.into_inner().resource_spans {
+            for scope in resource.scope_spans {
+                for s in scope.spans {
+                    got.push(Received { name: s.name, trace: s.trace_id, id: s.span_id, parent: s.parent_span_id });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+#[test]
+fn the_demo_alerts_answers_sql_exports_spans_and_stops_on_sigint() {
+    // The OTLP receiver.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let receiver = Receiver::default();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let otlp = listener.local_addr().expect("addr");
+    let service = TraceServiceServer::new(receiver.clone());
+    rt.spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(tokio_stream_of(listener)));
+
+    let args = ["demo", "--duration", "60s", "--sql-port", "0", "--http-port", "0", "--otlp-endpoint", &format!("http://{otlp}")];
+    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--ignored", "--exact", "demo::demo_process", "--nocapture", "--test-threads", "1"])
+        .env(DEMO_ARGS_ENV, serde_json::to_string(&args).expect("json"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the demo starts");
+    let output = Arc::new(Mutex::new(String::new()));
+    for stream in [Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().expect("stderr"))] {
+        let output = output.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
+                out.push_str(&line);
+                out.push('\n');
+            }
+        });
+    }
+    let text = || output.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let kill = |child: &mut std::process::Child| {
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+
+    // The simulated minute, then the cluster keeps serving.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while !text().contains("the simulated span has ended") {
+        if Instant::now() > deadline || child.try_wait().expect("wait").is_some() {
+            kill(&mut child);
+            panic!("the demo did not finish its simulated minute:\n{}", text());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = text();
+    let addr_after = |marker: &str| -> String {
+        let line = out.lines().find(|l| l.trim_start().starts_with("site-a") && l.contains(marker)).unwrap_or_else(|| panic!("no {marker} in:\n{out}"));
+        let rest = &line[line.find(marker).expect("marker") + marker.len()..];
+        rest.split_whitespace().next().expect("address").trim_start_matches("http://").trim_end_matches("/metrics").to_string()
+    };
+    let sql = addr_after("Flight SQL");
+    let metrics_addr = addr_after("metrics");
+    let opened: Vec<&str> = out.lines().filter(|l| l.starts_with("ALERT open")).collect();
+    assert!(!opened.is_empty(), "no alert was printed:\n{out}");
+
+    // A Flight SQL query across the three sites from a third-party client, as the README says.
+    let python = std::env::var("TESSERA_PYTHON").unwrap_or_else(|_| format!("{}/.cache/tessera/venv/bin/python", std::env::var("HOME").unwrap_or_default()));
+    let script = r#"
+import json, sys
+import adbc_driver_flightsql.dbapi as flightsql
+with flightsql.connect("grpc://" + sys.argv[1], db_kwargs={"username": "analyst", "password": "tessera-demo"}, autocommit=True) as conn:
+    with conn.cursor() as cur:
+        cur.execute("SELECT site_id, count(DISTINCT motor_id) AS motors_alerted, round(max(peak_score), 1) AS worst FROM fleet.alerts GROUP BY site_id ORDER BY site_id")
+        print(json.dumps(cur.fetchall()))
+"#;
+    let answer = Command::new(&python).args(["-c", script, &sql]).output().expect("python (scripts/setup.sh --with-broker makes the venv)");
+    let stdout = String::from_utf8_lossy(&answer.stdout).to_string();
+    if !answer.status.success() {
+        kill(&mut child);
+        panic!("the query failed: {}\n{stdout}\ndemo:\n{}", String::from_utf8_lossy(&answer.stderr), text());
+    }
+    let rows: Vec<(String, i64, f64)> = serde_json::from_str(stdout.trim()).expect("rows as JSON");
+    let alerted: i64 = rows.iter().map(|r| r.1).sum();
+    assert!(alerted >= opened.len() as i64 / 2 && alerted > 0, "fleet.alerts says {rows:?}; the demo printed {} openings", opened.len());
+
+    // /metrics of site a: Raft, ingest, the window-to-alert latency and the query just run.
+    let metrics = http_get(&metrics_addr, "/metrics");
+    let value = |series: &str| -> f64 {
+        metrics.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+    };
+    assert!(value("tessera_raft_term{") >= 1.0);
+    assert!(value("tessera_raft_voters{") == 3.0);
+    assert!(value("tessera_ingest_readings_total{site=\"site-a\",outcome=\"accepted\"}") > 10_000.0);
+    assert!(value("tessera_sql_query_duration_seconds_count{") >= 1.0);
+    assert!(value("tessera_detect_windows_closed_total{") > 0.0);
+    assert!(http_get(&metrics_addr, "/readyz").starts_with("HTTP/1.1 200"), "not ready");
+
+    // SIGINT: a clean stop, exit status 0.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().expect("kill").success());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            kill(&mut child);
+            panic!("the demo did not stop within 90 s of SIGINT:\n{}", text());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(300)); // the output threads read the last lines
+    let out = text();
+    assert!(status.success(), "exit status {status:?}:\n{out}");
+    assert!(out.contains("demo stopped cleanly"), "{out}");
+    let caught = out
+        .lines()
+        .find_map(|l| l.split_once(" motors alerted: ").map(|(_, rest)| rest.split(' ').next().unwrap_or("0").parse::<u64>().unwrap_or(0)))
+        .unwrap_or_else(|| panic!("no final score:\n{out}"));
+    assert!(caught >= 1, "no alerted motor had an injected fault:\n{out}");
+
+    // The spans: ingest → window → alert in one trace, and a query continued on other sites.
+    let spans = receiver.0.lock().expect("not poisoned").clone();
+    let by_id: HashMap<&[u8], &Received> = spans.iter().map(|s| (s.id.as_slice(), s)).collect();
+    let parent_of = |s: &Received| by_id.get(s.parent.as_slice()).copied();
+    let alert = spans
+        .iter()
+        .filter(|s| s.name == "alert.emit")
+        .find_map(|a| {
+            let step = parent_of(a).filter(|p| p.name == "detect.step")?;
+            let batch = parent_of(step).filter(|p| p.name == "ingest.batch")?;
+            Some((a, batch))
+        });
+    let names: std::collections::BTreeSet<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    let (alert, batch) = alert.unwrap_or_else(|| panic!("no alert.emit ← detect.step ← ingest.batch chain among {} spans {names:?}", spans.len()));
+    assert_eq!(alert.trace, batch.trace);
+    let federated = spans.iter().filter(|s| s.name == "sql.query").find(|s| parent_of(s).is_some_and(|p| p.trace == s.trace && p.name == "sql.query"));
+    assert!(federated.is_some(), "no sql.query continued from another site's sql.query: {names:?}");
+    println!("demo: {} alerts opened, {caught} motors with faults alerted, fleet.alerts {rows:?}; {} spans received", opened.len(), spans.len());
+}
+
+fn tokio_stream_of(listener: tokio::net::TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |l| async move {
+        let accepted = l.accept().await.map(|(s, _)| s);
+        Some((accepted, l))
+    })
+}
+
+/// A plain HTTP/1.1 GET; the whole response as text.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read");
+    body
+}
