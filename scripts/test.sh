@@ -8,6 +8,8 @@ scripts/setup.sh --with-broker
 export PATH="$HOME/.cargo/bin:$PATH"
 # The SQL tests run third-party clients with this Python (the venv setup.sh made).
 export TESSERA_PYTHON="${TESSERA_VENV:-$HOME/.cache/tessera/venv}/bin/python"
+# helm for the chart tests (setup.sh puts it here; kubernetes-validate is in the venv).
+export TESSERA_TOOLS="${TESSERA_TOOLS:-$HOME/.cache/tessera/tools}"
 
 # Brokers started by tests are killed when their test ends; this catches a crashed run.
 cleanup() { pkill -f "tansu broker --listener-url tcp://127.0.0.1:" 2>/dev/null || true; }

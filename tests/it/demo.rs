@@ -1,5 +1,5 @@
-//! `tessera demo` as a user runs it: a separate process (this test binary started again,
-//! running the very command line of the `tessera` binary through `tessera_server::cli::run`)
+//! `tessera demo` as a user runs it: a separate process (see [`crate::cli_process`]: the very
+//! command line of the `tessera` binary)
 //! for 60 simulated seconds. It must raise alerts for injected faults, answer a Flight SQL
 //! query from a third-party client (ADBC) across the three sites, serve /metrics, deliver its
 //! spans to an OTLP receiver hosted here, and exit 0 on SIGINT.
@@ -12,18 +12,6 @@ use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-
-/// The demo's command line (JSON), for [`demo_process`].
-const DEMO_ARGS_ENV: &str = "TESSERA_DEMO_ARGS";
-
-/// Runs `tessera` with the arguments in [`DEMO_ARGS_ENV`]; a no-op without them.
-#[test]
-#[ignore = "the demo process of the test below"]
-fn demo_process() {
-    let Ok(args) = std::env::var(DEMO_ARGS_ENV) else { return };
-    let args: Vec<String> = serde_json::from_str(&args).expect("args as JSON");
-    tessera_server::cli::run(std::iter::once("tessera".to_string()).chain(args)).expect("the demo ends without an error");
-}
 
 /// A span as the receiver got it.
 #[derive(Debug, Clone)]
@@ -64,9 +52,7 @@ fn the_demo_alerts_answers_sql_exports_spans_and_stops_on_sigint() {
     rt.spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(tokio_stream_of(listener)));
 
     let args = ["demo", "--duration", "60s", "--sql-port", "0", "--http-port", "0", "--otlp-endpoint", &format!("http://{otlp}")];
-    let mut child = Command::new(std::env::current_exe().expect("the test binary"))
-        .args(["--ignored", "--exact", "demo::demo_process", "--nocapture", "--test-threads", "1"])
-        .env(DEMO_ARGS_ENV, serde_json::to_string(&args).expect("json"))
+    let mut child = crate::cli_process::command(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -2,6 +2,7 @@
 //! protocol throughout: librdkafka's mock cluster (the embedded Kafka) or a Tansu broker
 //! process.
 
+mod cli_process;
 mod control_cluster;
 mod control_plane;
 mod ingest_bad_input;
@@ -12,11 +13,13 @@ mod ingest_retention;
 mod ingest_stop;
 mod migration;
 mod demo;
+mod deploy_script;
 mod detect_kafka;
 mod eval_detection;
 mod fault;
 mod flight_sql;
 mod golden;
+mod helm_chart;
 mod mtls;
 mod replay_skab;
 mod security;

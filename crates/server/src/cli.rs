@@ -82,6 +82,10 @@ enum Command {
         /// Write the injected faults here, one JSON object per line.
         #[arg(long)]
         ground_truth: Option<PathBuf>,
+        /// Publish each site's readings to its own topic, `<topic>.<site>` (raw data stays
+        /// at its site: each site's nodes consume only theirs).
+        #[arg(long)]
+        per_site_topics: bool,
     },
     /// Publish CSV files as motors (one file, one motor), labels stripped into ground truth.
     Replay {
@@ -267,7 +271,7 @@ where
             };
             demo::run(&opts, &stop)?;
         }
-        Command::Simulate { target, fleet, fast, ground_truth } => {
+        Command::Simulate { target, fleet, fast, ground_truth, per_site_topics } => {
             let FleetArgs { motors, sites, rate, duration, fault_fraction, seed, format } = fleet;
             let duration = duration.unwrap_or(Duration::from_secs(60));
             anyhow::ensure!(rate > 0.0, "--rate must be positive");
@@ -277,7 +281,18 @@ where
             if let Some(path) = ground_truth {
                 write_jsonl(&path, &sim.ground_truth())?;
             }
-            let producer = target.producer(format)?;
+            let mut producers = BTreeMap::new();
+            match per_site_topics {
+                true => {
+                    for site in (0..sites).map(crate::simulate::site_name) {
+                        let topic = TopicArgs { topic: format!("{}.{site}", target.topic), brokers: target.brokers.clone(), partitions: target.partitions };
+                        producers.insert(site, topic.producer(format)?);
+                    }
+                }
+                false => {
+                    producers.insert(String::new(), target.producer(format)?);
+                }
+            }
             let started = Instant::now();
             let mut step = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -288,11 +303,21 @@ where
                     }
                 }
                 let Some(readings) = sim.next_step() else { break };
-                producer.send_readings(&readings)?;
+                match per_site_topics {
+                    true => {
+                        for r in &readings {
+                            producers[r.site_id.as_str()].send_readings(std::slice::from_ref(r))?;
+                        }
+                    }
+                    false => producers[""].send_readings(&readings)?,
+                }
                 step += 1;
             }
-            let report = producer.flush(Duration::from_secs(60))?;
-            println!("published {} messages ({} readings) in {:.1}s", report.delivered, step * u64::from(motors), started.elapsed().as_secs_f64());
+            let mut delivered = 0;
+            for producer in producers.values() {
+                delivered += producer.flush(Duration::from_secs(60))?.delivered;
+            }
+            println!("published {delivered} messages ({} readings) in {:.1}s", step * u64::from(motors), started.elapsed().as_secs_f64());
         }
         Command::Replay {
             files, target, mappings, time_column, labels, sites, prefix, speedup, offset_range, seed, format, ground_truth,

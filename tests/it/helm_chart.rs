@@ -1,0 +1,156 @@
+//! The Helm chart, validated offline as CI can (no cluster here): for every values file in
+//! `helm/tessera/ci/`, `helm lint --strict`, `helm template`, and `kubernetes-validate --strict`
+//! against the Kubernetes 1.30 schemas; then what the rendered objects must say (a StatefulSet
+//! per site with Parallel pod management, a quorum-keeping PodDisruptionBudget, probes on the
+//! health endpoints, a locked-down securityContext, the `helm test` query), and each site's
+//! rendered node config loads in `NodeConfig` as a node would load it. Bad values are refused
+//! with the value named. helm and kubernetes-validate come from `scripts/setup.sh --with-broker`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tessera_server::config::NodeConfig;
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/tessera")
+}
+
+fn tool(name: &str, installed: PathBuf) -> PathBuf {
+    if installed.exists() { installed } else { PathBuf::from(name) }
+}
+
+fn helm() -> PathBuf {
+    let tools = std::env::var("TESSERA_TOOLS").map(PathBuf::from).unwrap_or_else(|_| Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/tessera/tools"));
+    tool("helm", tools.join("bin/helm"))
+}
+
+fn kubernetes_validate() -> PathBuf {
+    let python = std::env::var("TESSERA_PYTHON").unwrap_or_else(|_| format!("{}/.cache/tessera/venv/bin/python", std::env::var("HOME").unwrap_or_default()));
+    tool("kubernetes-validate", Path::new(&python).with_file_name("kubernetes-validate"))
+}
+
+/// Runs a tool; its stdout, or a panic with everything it said.
+fn run(program: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{}: {e} (scripts/setup.sh --with-broker installs it)", program.display()));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
+    if out.status.success() { Ok(stdout) } else { Err(format!("{} {args:?} failed ({}):\n{stdout}\n{stderr}", program.display(), out.status)) }
+}
+
+/// The documents of a rendered chart.
+fn documents(rendered: &str) -> Vec<&str> {
+    rendered.split("\n---\n").filter(|d| d.contains("kind:")).collect()
+}
+
+/// The `node.toml` blocks of the rendered config Secrets (the block scalar, unindented).
+fn node_configs(rendered: &str) -> Vec<String> {
+    let mut configs = Vec::new();
+    let mut lines = rendered.lines();
+    while let Some(line) = lines.next() {
+        if line.trim_end() == "  node.toml: |" {
+            let mut text = String::new();
+            for l in lines.by_ref() {
+                if !(l.starts_with("    ") || l.is_empty()) {
+                    break;
+                }
+                text.push_str(l.strip_prefix("    ").unwrap_or(""));
+                text.push('\n');
+            }
+            configs.push(text);
+        }
+    }
+    configs
+}
+
+#[test]
+fn the_chart_lints_renders_and_validates_for_every_ci_values_file() {
+    let chart = chart();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(chart.join("ci")).expect("ci/").map(|e| e.expect("entry").path()).collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    let chart_arg = chart.to_str().expect("utf-8");
+    for values in &files {
+        let v = values.to_str().expect("utf-8");
+        let name = values.file_name().expect("name").to_string_lossy().to_string();
+        run(&helm(), &["lint", "--strict", chart_arg, "-f", v]).unwrap_or_else(|e| panic!("{e}"));
+        let rendered = run(&helm(), &["template", "tessera", chart_arg, "-f", v, "--namespace", "plant"]).unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join(&name);
+        std::fs::write(&file, &rendered).expect("write");
+        run(&kubernetes_validate(), &["--strict", "-k", "1.30.0", file.to_str().expect("utf-8")]).unwrap_or_else(|e| panic!("{name}: {e}"));
+
+        let docs = documents(&rendered);
+        let kind = |k: &str| docs.iter().filter(move |d| d.contains(&format!("\nkind: {k}\n"))).copied().collect::<Vec<_>>();
+        let sets = kind("StatefulSet");
+        assert!(!sets.is_empty(), "{name}: no StatefulSet");
+        for s in &sets {
+            for needle in [
+                "podManagementPolicy: Parallel",
+                "path: /startupz",
+                "path: /livez",
+                "path: /readyz",
+                "runAsNonRoot: true",
+                "readOnlyRootFilesystem: true",
+                "allowPrivilegeEscalation: false",
+                "volumeClaimTemplates:",
+                "topologySpreadConstraints:",
+                "podAntiAffinity:",
+                "apps.kubernetes.io/pod-index",
+            ] {
+                assert!(s.contains(needle), "{name}: a StatefulSet lacks {needle}:\n{s}");
+            }
+        }
+        // One headless Service per site, publishing not-ready pods (members find each other
+        // before the first election).
+        let headless = kind("Service").into_iter().filter(|d| d.contains("clusterIP: None")).count();
+        assert_eq!(headless, sets.len(), "{name}");
+        // The PodDisruptionBudget keeps a quorum.
+        if let Some(pdb) = kind("PodDisruptionBudget").first() {
+            let number = |key: &str| -> i64 {
+                let line = pdb.lines().find(|l| l.trim_start().starts_with(key)).unwrap_or_else(|| panic!("{name}: no {key}"));
+                line.split(':').nth(1).expect("value").trim().trim_matches('"').parse().expect("a number")
+            };
+            let (voters, quorum, min) = (number("tessera.io/raft-voters"), number("tessera.io/raft-quorum"), number("minAvailable"));
+            let external = rendered.matches("@tessera-").count() as i64 / sets.len().max(1) as i64; // external members, listed in each site's config
+            assert_eq!(quorum, voters / 2 + 1, "{name}");
+            assert!(min + external >= quorum, "{name}: minAvailable {min} + {external} external < quorum {quorum}");
+        }
+        // The `helm test` hook runs a Flight SQL query against each site.
+        let tests: Vec<&str> = kind("Pod").into_iter().filter(|d| d.contains("helm.sh/hook: test")).collect();
+        assert_eq!(tests.len(), sets.len(), "{name}");
+        assert!(tests.iter().all(|t| t.contains("- sql") && t.contains("FROM continuous_queries")), "{name}");
+        // Every site's rendered config is one a node accepts.
+        let configs = node_configs(&rendered);
+        assert_eq!(configs.len(), sets.len(), "{name}");
+        for (i, config) in configs.iter().enumerate() {
+            let path = dir.path().join(format!("{name}-{i}.toml"));
+            std::fs::write(&path, config).expect("write");
+            let loaded = NodeConfig::load(Some(&path)).unwrap_or_else(|e| panic!("{name}: site {i}'s node.toml does not load: {e:#}\n{config}"));
+            let raft = loaded.raft.expect("[raft]");
+            assert!(!raft.initial_members.is_empty() && loaded.http.listen.is_some() && loaded.sql.listen.is_some(), "{name}");
+        }
+    }
+}
+
+#[test]
+fn bad_values_are_refused_with_the_value_named() {
+    let chart = chart();
+    let chart_arg = chart.to_str().expect("utf-8");
+    let base = chart.join("ci/default-values.yaml");
+    let base = base.to_str().expect("utf-8");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let site = |name: &str, replicas: i64, id_base: i64| format!("  - name: {name}\n    replicas: {replicas}\n    idBase: {id_base}\n");
+    for (case, values, expected) in [
+        ("a site name that is no DNS label", format!("sites:\n{}", site("Site_A", 1, 1)), "sites.0.name"),
+        ("no replicas", format!("sites:\n{}", site("site-a", 0, 1)), "sites.0.replicas"),
+        ("an unknown encoding", "kafka:\n  topics:\n    - name: t\n      encoding: xml\n".to_string(), "kafka.topics.0.encoding"),
+        ("an endpoint without a scheme", "otlp:\n  endpoint: collector:4317\n".to_string(), "otlp.endpoint"),
+        ("a test user who is no user", "sql:\n  testUser: nobody\n".to_string(), "sql.testUser: nobody is not one of sql.users"),
+        ("overlapping Raft ids", format!("sites:\n{}{}", site("site-a", 3, 100), site("site-b", 1, 101)), "Raft id 101 is used by site-a and site-b"),
+        ("no SQL user", "sql:\n  users: []\n".to_string(), "sql.users: give at least one user"),
+    ] {
+        let file = dir.path().join("bad.yaml");
+        std::fs::write(&file, &values).expect("write");
+        let err = run(&helm(), &["template", "tessera", chart_arg, "-f", base, "-f", file.to_str().expect("utf-8")]).expect_err(case);
+        assert!(err.contains(expected), "{case}: expected {expected:?} in:\n{err}");
+    }
+}
