@@ -125,6 +125,13 @@ with flightsql.connect("grpc://" + sys.argv[1], db_kwargs={"username": "analyst"
     assert!(value("tessera_sql_query_duration_seconds_count{") >= 1.0);
     assert!(value("tessera_detect_windows_closed_total{") > 0.0);
     assert!(http_get(&metrics_addr, "/readyz").starts_with("HTTP/1.1 200"), "not ready");
+    // Every series the alert rules and the dashboard use is one a node serves (the TLS refusal
+    // counters appear only with [tls], which the demo does not use).
+    for name in crate::observability_assets::referenced_metrics() {
+        if name != "tessera_tls_refusals_total" {
+            assert!(metrics.contains(&format!("# TYPE {name} ")), "deploy/ uses {name}, which /metrics does not serve:\n{metrics}");
+        }
+    }
 
     // SIGINT: a clean stop, exit status 0.
     let pid = child.id().to_string();

@@ -132,6 +132,20 @@ fn the_chart_lints_renders_and_validates_for_every_ci_values_file() {
 }
 
 #[test]
+fn the_image_runs_as_the_user_the_chart_expects() {
+    let dockerfile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/Dockerfile")).expect("deploy/Dockerfile");
+    let stages = dockerfile.lines().filter(|l| l.starts_with("FROM ")).count();
+    assert!(stages >= 2, "a multi-stage build: {stages} stage(s)");
+    assert!(dockerfile.contains("USER 10001:10001"), "the runtime user");
+    assert!(dockerfile.contains("cargo build --release --locked -p tessera-server --bin tessera"));
+    let statefulset = std::fs::read_to_string(chart().join("templates/statefulset.yaml")).expect("statefulset.yaml");
+    assert!(statefulset.contains("runAsUser: 10001") && statefulset.contains("runAsGroup: 10001"));
+    for port in ["7070", "50051", "9464"] {
+        assert!(dockerfile.contains(port), "the image exposes {port}");
+    }
+}
+
+#[test]
 fn bad_values_are_refused_with_the_value_named() {
     let chart = chart();
     let chart_arg = chart.to_str().expect("utf-8");

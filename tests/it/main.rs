@@ -21,6 +21,7 @@ mod flight_sql;
 mod golden;
 mod helm_chart;
 mod mtls;
+mod observability_assets;
 mod replay_skab;
 mod security;
 mod tidy;
