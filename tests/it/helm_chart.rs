@@ -131,6 +131,35 @@ fn the_chart_lints_renders_and_validates_for_every_ci_values_file() {
     }
 }
 
+/// Copies the chart with NOTES.txt as a plain template, so that `helm template --debug`
+/// renders it (helm renders NOTES only on install, which needs a cluster).
+fn notes(values: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = dir.path().join("tessera");
+    let out = Command::new("cp").args(["-r", chart().to_str().expect("utf-8"), copy.to_str().expect("utf-8")]).status().expect("cp");
+    assert!(out.success());
+    std::fs::rename(copy.join("templates/NOTES.txt"), copy.join("templates/notes.txt")).expect("rename");
+    let values = chart().join("ci").join(values);
+    let out = Command::new(helm())
+        .args(["template", "t", copy.to_str().expect("utf-8"), "-f", values.to_str().expect("utf-8"), "--show-only", "templates/notes.txt", "--debug"])
+        .output()
+        .expect("helm");
+    // The text is no YAML, so helm prints it (--debug) and then refuses it: expected.
+    let all = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let start = all.find("# Source: tessera/templates/notes.txt").unwrap_or_else(|| panic!("NOTES.txt did not render:\n{all}"));
+    all[start..].lines().skip(1).take_while(|l| !l.starts_with("Error:")).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn the_notes_tell_how_to_check_and_query_the_release() {
+    for values in ["default-values.yaml", "multi-site-values.yaml", "no-tls-values.yaml"] {
+        let text = notes(values);
+        assert!(text.contains("helm test t") && text.contains("port-forward svc/t-tessera-site-a") && text.contains("tessera sql --at"), "{values}:\n{text}");
+        assert!(!text.contains("<no value>"), "{values}:\n{text}");
+        assert_eq!(text.contains("--tls-ca"), values != "no-tls-values.yaml", "{values}:\n{text}");
+    }
+}
+
 #[test]
 fn the_image_runs_as_the_user_the_chart_expects() {
     let dockerfile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/Dockerfile")).expect("deploy/Dockerfile");
