@@ -25,7 +25,7 @@ fn tessera_process() {
 const LIBTEST_ARGS: [&str; 7] = ["--ignored", "--exact", "cli_process::tessera_process", "--nocapture", "--test-threads", "1", "-q"];
 
 /// `tessera ARGS...` as a process.
-pub fn command(args: &[&str]) -> Command {
+pub(crate) fn command(args: &[&str]) -> Command {
     let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
     cmd.args(LIBTEST_ARGS).env(ARGC, args.len().to_string());
     for (i, a) in args.iter().enumerate() {
@@ -35,7 +35,7 @@ pub fn command(args: &[&str]) -> Command {
 }
 
 /// Writes an executable `tessera` script into `dir` that runs `tessera "$@"` as [`command`] does.
-pub fn wrapper(dir: &Path) -> PathBuf {
+pub(crate) fn wrapper(dir: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
     let exe = std::env::current_exe().expect("the test binary");
     let script = format!(

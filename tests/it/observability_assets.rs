@@ -35,7 +35,7 @@ fn expressions() -> Vec<(String, String)> {
 }
 
 /// The `tessera_*` metric families the rules and the dashboard use (histograms by their name).
-pub fn referenced_metrics() -> BTreeSet<String> {
+pub(crate) fn referenced_metrics() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for (_, expr) in expressions() {
         let mut rest = expr.as_str();
