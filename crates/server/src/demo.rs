@@ -142,8 +142,14 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
     let start_ms = now_ms();
     let mut sim = Simulator::new(FleetSpec { motors: opts.motors, sites: opts.sites, rate_hz: opts.rate_hz, steps, start_ms, fault_fraction: opts.fault_fraction, seed: opts.seed });
     let faults = sim.ground_truth();
-    println!("simulating {} motors on {} sites at {} Hz for {:?}; {} injected faults, the first ones:", opts.motors, opts.sites, opts.rate_hz, opts.duration, faults.len());
-    let mut by_start = faults.clone();
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for f in &faults {
+        *kinds.entry(format!("{:?}", f.fault)).or_default() += 1;
+    }
+    let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    println!("simulating {} motors on {} sites at {} Hz for {:?}; {} injected faults ({}); the first to start:", opts.motors, opts.sites, opts.rate_hz, opts.duration, faults.len(), kinds.join(", "));
+    // Skewed clocks last the whole run; the list shows the faults that start later.
+    let mut by_start: Vec<_> = faults.iter().filter(|f| f.start_ms > start_ms).collect();
     by_start.sort_by_key(|f| f.start_ms);
     for f in by_start.iter().take(8) {
         println!("  {} {:<8} {:?} from +{}s to +{}s", f.motor_id, f.site_id, f.fault, (f.start_ms - start_ms) / 1000, (f.end_ms - start_ms) / 1000);
