@@ -423,7 +423,7 @@ where
             let (cert, key) = crate::cert::run(command)?;
             println!("wrote {} and {} (keep the key private)", cert.display(), key.display());
         }
-        Command::Sql(args) => print!("{}", crate::sql::query_table(&args)?),
+        Command::Sql(args) => println!("{}", crate::sql::query_table(&args)?),
         Command::HashSecret { kind } => {
             let mut secret = String::new();
             std::io::stdin().read_line(&mut secret).context("reading the secret from stdin")?;
