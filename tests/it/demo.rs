@@ -102,7 +102,9 @@ import adbc_driver_flightsql.dbapi as flightsql
 with flightsql.connect("grpc://" + sys.argv[1], db_kwargs={"username": "analyst", "password": "tessera-demo"}, autocommit=True) as conn:
     with conn.cursor() as cur:
         cur.execute("SELECT site_id, count(DISTINCT motor_id) AS motors_alerted, round(max(peak_score), 1) AS worst FROM fleet.alerts GROUP BY site_id ORDER BY site_id")
-        print(json.dumps(cur.fetchall()))
+        alerts = cur.fetchall()
+        cur.execute("SELECT site_id, motors FROM sites ORDER BY site_id")
+        print(json.dumps({"alerts": alerts, "sites": cur.fetchall()}))
 "#;
     let answer = Command::new(&python).args(["-c", script, &sql]).output().expect("python (scripts/setup.sh --with-broker makes the venv)");
     let stdout = String::from_utf8_lossy(&answer.stdout).to_string();
@@ -110,7 +112,12 @@ with flightsql.connect("grpc://" + sys.argv[1], db_kwargs={"username": "analyst"
         kill(&mut child);
         panic!("the query failed: {}\n{stdout}\ndemo:\n{}", String::from_utf8_lossy(&answer.stderr), text());
     }
-    let rows: Vec<(String, i64, f64)> = serde_json::from_str(stdout.trim()).expect("rows as JSON");
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).expect("rows as JSON");
+    let rows: Vec<(String, i64, f64)> = serde_json::from_value(answer["alerts"].clone()).expect("alert rows");
+    // The control plane's registry: the three sites, with the motors the demo assigned them.
+    let sites: Vec<(String, i64)> = serde_json::from_value(answer["sites"].clone()).expect("site rows");
+    assert_eq!(sites.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), ["site-a", "site-b", "site-c"], "{sites:?}");
+    assert_eq!(sites.iter().map(|s| s.1).sum::<i64>(), 1000, "{sites:?}");
     let alerted: i64 = rows.iter().map(|r| r.1).sum();
     assert!(alerted >= opened.len() as i64 / 2 && alerted > 0, "fleet.alerts says {rows:?}; the demo printed {} openings", opened.len());
 

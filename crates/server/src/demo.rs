@@ -141,6 +141,7 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
     let steps = (opts.duration.as_secs_f64() * opts.rate_hz).ceil().max(1.0) as u64;
     let start_ms = now_ms();
     let mut sim = Simulator::new(FleetSpec { motors: opts.motors, sites: opts.sites, rate_hz: opts.rate_hz, steps, start_ms, fault_fraction: opts.fault_fraction, seed: opts.seed });
+    register_motors(&cluster, &sim)?;
     let faults = sim.ground_truth();
     let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
     for f in &faults {
@@ -320,6 +321,28 @@ fn wait_for_leader(cluster: &[Site], stop: &AtomicBool) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Records which site owns which motor in the control plane (the `motors` and `sites` tables),
+/// as an operator would with `tessera cluster assign-motors`.
+fn register_motors(cluster: &[Site], sim: &Simulator) -> Result<()> {
+    let Some(admin) = cluster.iter().find_map(|s| s.node.raft_addr()) else { return Ok(()) };
+    let mut by_site: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (motor, site) in sim.motors() {
+        by_site.entry(site.to_string()).or_default().push(motor.to_string());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let admin = admin.to_string();
+        let mut client = crate::control::admin_client(&admin, &tessera_tls::ClientTls::Plain, Duration::from_secs(10)).await?;
+        for (site, motors) in by_site {
+            let n = motors.len();
+            let request = tessera_proto::raft::AssignMotorsRequest { site: site.clone(), motors, actor: "tessera-demo".into() };
+            client.assign_motors(request).await.map_err(|s| crate::control::status_error(&admin, s))?;
+            println!("control plane: {n} motors assigned to {site}");
+        }
+        Ok(())
+    })
 }
 
 fn print_banner(cluster: &[Site]) {

@@ -170,6 +170,11 @@ impl Simulator {
         Self { spec, motors, step: 0, noise: Normal::new(0.0, 1.0).expect("unit normal") }
     }
 
+    /// Every motor of the fleet with its site.
+    pub fn motors(&self) -> impl Iterator<Item = (&MotorId, &SiteId)> {
+        self.motors.iter().map(|m| (&m.id, &m.site))
+    }
+
     /// The injected faults, in motor order.
     pub fn ground_truth(&self) -> Vec<FaultInterval> {
         let step_ms = self.step_ms();
