@@ -1,5 +1,5 @@
-//! Per-motor statistics over the batches the ingest hands on: what the demo prints, and what
-//! tests use to prove that every reading arrived exactly once (or count the duplicates).
+//! Per-motor statistics over the batches the ingest hands on: what tests use to prove that
+//! every reading arrived exactly once (or count the duplicates).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
