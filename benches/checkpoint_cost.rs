@@ -26,6 +26,7 @@ use tessera_server::detect::{DetectConfig, build_engine};
 use tessera_server::simulate::{FleetSpec, Simulator};
 use tessera_state::{Checkpoint, CheckpointStore};
 use tessera_stream::StreamEngine;
+use tessera_suite::{bench_arg as arg, median};
 
 const RAW_ROW_QUERIES: &[&str] = &[
     "CREATE CONTINUOUS QUERY health WITH (open_above = 4, close_below = 2, open_windows = 2, close_windows = 2) AS
@@ -38,16 +39,6 @@ const RAW_ROW_QUERIES: &[&str] = &[
      SELECT motor_id, window_start, count(DISTINCT seq) AS n, spike(motor_id, window_start, max(current_a), 8) AS score
      FROM HOP(telemetry, ts, INTERVAL '1 second', INTERVAL '3 seconds') WHERE current_a > 0 GROUP BY motor_id, window_start",
 ];
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
 
 fn run(name: &str, detect: &DetectConfig, motors: u32, seconds: u64, rounds: u64, interval_s: u64, partitions: u64) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().build()?;

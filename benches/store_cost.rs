@@ -16,16 +16,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tessera_core::GradeMap;
 use tessera_server::simulate::{FleetSpec, Simulator};
 use tessera_store::{Kek, SegmentStore};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
+use tessera_suite::{bench_arg as arg, median};
 
 fn fleet(motors: u32, seconds: u64) -> Vec<RecordBatch> {
     let mut sim = Simulator::new(FleetSpec { motors, sites: 1, rate_hz: 10.0, steps: seconds * 10, start_ms: 1_700_000_000_000, fault_fraction: 0.05, seed: 5 });

@@ -202,3 +202,15 @@ pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
 pub fn payload(m: &OwnedMessage) -> &[u8] {
     m.payload().unwrap_or_default()
 }
+
+/// A benchmark's numeric flag (`--name N`) from the command line, or `default`.
+pub fn bench_arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The median of measured durations (the upper one of an even count).
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
