@@ -5,11 +5,15 @@
 //! [`DataStage`], per column: [`GradeMap`]), how it looks as Arrow columns
 //! ([`telemetry_schema`]), which readings are acceptable ([`ValidationRules`]), and how motors
 //! are spread over shards ([`shard_of`]), and how event time is cut into windows
-//! ([`WindowSpec`], [`MotorWatermark`]), and how long things took ([`LatencyHistogram`]). Everything here is pure and cheap to test.
+//! ([`WindowSpec`], [`MotorWatermark`]), how long things took ([`LatencyHistogram`]), which
+//! config field is wrong ([`ConfigError`]) and what time it is ([`now_ms`]). Everything here is
+//! pure and cheap to test.
 #![deny(missing_docs)]
 
+mod clock;
+mod column_grades;
+mod config_error;
 mod grade;
-mod grading;
 mod ids;
 mod latency;
 mod reading;
@@ -18,8 +22,10 @@ mod shard;
 mod validate;
 mod window;
 
+pub use config_error::{ensure, ConfigError};
 pub use grade::{DataGrade, DataStage, UnknownName};
-pub use grading::{field_grade, with_grade, GradeMap, LiveGrades, StreamGrades, GRADE_METADATA_KEY};
+pub use clock::now_ms;
+pub use column_grades::{field_grade, with_grade, GradeMap, LiveGrades, StreamGrades, GRADE_METADATA_KEY};
 pub use ids::{IdError, MotorId, SiteId, MAX_ID_BYTES};
 pub use latency::{LatencyHistogram, LatencySnapshot, LATENCY_BUCKETS_S};
 pub use reading::{Channel, Reading, ReadingFingerprint};
