@@ -22,8 +22,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use tessera_server::detect::{DetectConfig, build_engine};
-use tessera_server::simulate::{FleetSpec, Simulator};
+use tessera_node::detect::{DetectConfig, build_engine};
+use tessera_workload::simulate::{FleetSpec, Simulator};
 use tessera_state::{Checkpoint, CheckpointStore};
 use tessera_stream::StreamEngine;
 use tessera_suite::{bench_arg as arg, median};

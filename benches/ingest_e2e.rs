@@ -17,9 +17,9 @@ use anyhow::{bail, Context as _, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use tessera_ingest::{Encoding, Ingest, IngestConfig, TopicConfig};
-use tessera_server::embedded::EmbeddedKafka;
-use tessera_server::producer::WireFormat;
-use tessera_server::topics::ensure_topics;
+use tessera_workload::embedded::EmbeddedKafka;
+use tessera_workload::producer::WireFormat;
+use tessera_node::topics::ensure_topics;
 use tessera_suite::{producer, publish, test_fleet, TansuBroker};
 
 const TOPIC: &str = "bench-telemetry";

@@ -22,11 +22,11 @@ use anyhow::{Context as _, Result, bail};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use tessera_ingest::{Encoding, IngestConfig, TopicConfig};
-use tessera_server::config::{HttpConfig, NodeConfig, TelemetryConfig};
-use tessera_server::detect::DetectConfig;
-use tessera_server::node::Node;
-use tessera_server::producer::WireFormat;
-use tessera_server::topics::ensure_topics;
+use tessera_node::config::{HttpConfig, NodeConfig, TelemetryConfig};
+use tessera_node::detect::DetectConfig;
+use tessera_node::node::Node;
+use tessera_workload::producer::WireFormat;
+use tessera_node::topics::ensure_topics;
 use tessera_suite::{TansuBroker, producer, publish, test_fleet};
 
 const TOPIC: &str = "observe-telemetry";
@@ -107,7 +107,7 @@ fn child(spec: &str) -> Result<()> {
     let readings: u64 = readings.parse()?;
     let exporting = mode != "off";
     let telemetry = TelemetryConfig { otlp_endpoint: exporting.then(|| otlp.to_string()), ..Default::default() };
-    let guard = tessera_server::telemetry::init(&telemetry, "warn")?;
+    let guard = tessera_node::telemetry::init(&telemetry, "warn")?;
     let config = NodeConfig {
         site_id: "site-a".into(),
         ingest: IngestConfig {

@@ -14,7 +14,7 @@ use datafusion::arrow::array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tessera_core::GradeMap;
-use tessera_server::simulate::{FleetSpec, Simulator};
+use tessera_workload::simulate::{FleetSpec, Simulator};
 use tessera_store::{Kek, SegmentStore};
 use tessera_suite::{bench_arg as arg, median};
 

@@ -27,9 +27,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tessera_core::{Reading, WatermarkPolicy};
 use tessera_ingest::{Encoding, Ingest, IngestConfig, TopicConfig, readings_from_batch};
-use tessera_server::detect::{Detect, DetectConfig, build_engine};
-use tessera_server::embedded::EmbeddedKafka;
-use tessera_server::producer::{TelemetryProducer, WireFormat, now_ms};
+use tessera_node::detect::{Detect, DetectConfig, build_engine};
+use tessera_workload::embedded::EmbeddedKafka;
+use tessera_workload::producer::{TelemetryProducer, WireFormat, now_ms};
 use tessera_stream::{AlertEvent, StreamConfig, StreamEngine, conform};
 
 /// The reference query; `score` is the z-score, NULL until a motor has 30 earlier windows.

@@ -16,7 +16,7 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 export PATH="$HOME/.cargo/bin:$PATH"
 
 if [[ -z "${TESSERA_BIN:-}" ]]; then
-  (cd "$repo" && cargo build --locked -q -p tessera-server --bin tessera)
+  (cd "$repo" && cargo build --locked -q -p tessera-cli --bin tessera)
   TESSERA_BIN="${CARGO_TARGET_DIR:-$repo/target}/debug/tessera"
 fi
 command -v tansu >/dev/null || { echo "local-cluster: tansu not found; run scripts/setup.sh --with-broker" >&2; exit 1; }

@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec cargo run --locked -q -p tessera-server --bin tessera -- demo "$@"
+exec cargo run --locked -q -p tessera-cli --bin tessera -- demo "$@"

@@ -2,6 +2,8 @@
 //! process (Tansu), topic creation, publishing a simulated fleet with its checksum, and
 //! collecting what the ingest hands on.
 
+pub mod fleet_stats;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -13,9 +15,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, Message};
 use tessera_ingest::ShardBatch;
-use tessera_server::fleet_stats::FleetStats;
-use tessera_server::producer::{TelemetryProducer, WireFormat};
-use tessera_server::simulate::{FleetSpec, Simulator};
+use fleet_stats::FleetStats;
+use tessera_workload::producer::{TelemetryProducer, WireFormat};
+use tessera_workload::simulate::{FleetSpec, Simulator};
 
 /// A Tansu broker (Apache-Kafka-compatible, in-memory storage) running as a child process
 /// on a free loopback port. Killed when dropped.

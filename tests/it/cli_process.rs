@@ -1,6 +1,6 @@
 //! `tessera` as a separate process, from the test binary: [`command`] starts this executable
 //! again running [`tessera_process`], an ignored test that hands its arguments (passed in
-//! environment variables, as libtest owns the command line) to `tessera_server::cli::run`,
+//! environment variables, as libtest owns the command line) to `tessera_cli::run`,
 //! the whole of the `tessera` binary's `main`, signals included. [`wrapper`] writes a
 //! `tessera` shell script that does the same, for scripts that run `$TESSERA_BIN`.
 
@@ -19,7 +19,7 @@ fn arg_var(i: usize) -> String {
 fn tessera_process() {
     let Some(argc) = std::env::var(ARGC).ok().and_then(|n| n.parse::<usize>().ok()) else { return };
     let args: Vec<String> = (0..argc).map(|i| std::env::var(arg_var(i)).expect("argument")).collect();
-    tessera_server::cli::run(std::iter::once("tessera".to_string()).chain(args)).expect("tessera ends without an error");
+    tessera_cli::run(std::iter::once("tessera".to_string()).chain(args)).expect("tessera ends without an error");
 }
 
 const LIBTEST_ARGS: [&str; 7] = ["--ignored", "--exact", "cli_process::tessera_process", "--nocapture", "--test-threads", "1", "-q"];

@@ -26,17 +26,10 @@ pub const NODE_ARGS_ENV: &str = "TESSERA_CONTROL_NODE_ARGS";
 /// Runs `tessera control-node` with the arguments in [`NODE_ARGS_ENV`], if set; returns
 /// whether it did (the process should then exit).
 pub fn run_node_if_asked() -> bool {
-    use clap::Parser as _;
     let Ok(args) = std::env::var(NODE_ARGS_ENV) else { return false };
     let args: Vec<String> = serde_json::from_str(&args).expect("node args as JSON");
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(subcommand)]
-        command: tessera_server::control::ControlCommand,
-    }
-    let cli = Cli::parse_from(std::iter::once("tessera".to_string()).chain(args));
     let stop = std::sync::atomic::AtomicBool::new(false);
-    if let Err(e) = tessera_server::control::run(cli.command, &stop) {
+    if let Err(e) = tessera_cli::run_in_process(std::iter::once("tessera".to_string()).chain(args), &stop) {
         eprintln!("control node error: {e:#}");
         std::process::exit(3);
     }

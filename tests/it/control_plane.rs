@@ -244,14 +244,7 @@ pub(crate) async fn assert_log_holds_only_metadata(nodes: &[NodeProc]) {
 
 /// Runs `tessera <args>` (a control-plane subcommand) in this process, as the binary would.
 fn tessera(args: &[&str]) -> anyhow::Result<()> {
-    use clap::Parser as _;
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(subcommand)]
-        command: tessera_server::control::ControlCommand,
-    }
-    let cli = Cli::try_parse_from(std::iter::once("tessera").chain(args.iter().copied()))?;
-    tessera_server::control::run(cli.command, &std::sync::atomic::AtomicBool::new(false))
+    tessera_cli::run_in_process(std::iter::once("tessera").chain(args.iter().copied()), &std::sync::atomic::AtomicBool::new(false))
 }
 
 #[test]
@@ -279,10 +272,10 @@ fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
     // A node with `[control] admin` runs the registered query besides its own rules, and skips
     // (and reports) a registration its engine cannot run.
     runtime().block_on(register(&nodes[0], "broken")).expect("a raw registration, bypassing the CLI's check");
-    let registered = tessera_server::control::registered_queries(&a3, &tessera_tls::ClientTls::Plain, Duration::from_secs(10)).expect("registered queries");
-    let mut engine = tessera_server::detect::build_engine(&Default::default()).expect("the default rules");
+    let registered = tessera_node::control::registered_queries(&a3, &tessera_tls::ClientTls::Plain, Duration::from_secs(10)).expect("registered queries");
+    let mut engine = tessera_node::detect::build_engine(&Default::default()).expect("the default rules");
     let own = engine.queries().count();
-    let refused = tessera_server::control::add_registered_queries(&mut engine, &registered).expect("added");
+    let refused = tessera_node::control::add_registered_queries(&mut engine, &registered).expect("added");
     assert_eq!(engine.queries().count(), own + 1);
     assert!(engine.queries().any(|q| q.name == "hot"));
     assert_eq!(refused.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["broken"], "{refused:?}");
@@ -345,8 +338,8 @@ fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
 #[test]
 fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site() {
     use tessera_core::{Channel, MotorId, Reading, SiteId};
-    use tessera_server::config::{ControlConfig, NodeConfig};
-    use tessera_server::node::Node;
+    use tessera_node::config::{ControlConfig, NodeConfig};
+    use tessera_node::node::Node;
 
     let _one = crate::fault::node_processes();
     crate::init_logging();
@@ -364,9 +357,9 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
             let config = NodeConfig {
                 site_id: site.to_string(),
                 ingest: crate::ingest_config(&brokers, site, topic, "dead-letters"),
-                detect: tessera_server::detect::DetectConfig { queries: vec![base.into()], idle_timeout: Duration::from_secs(3600), ..Default::default() },
+                detect: tessera_node::detect::DetectConfig { queries: vec![base.into()], idle_timeout: Duration::from_secs(3600), ..Default::default() },
                 control: ControlConfig { admin: Some(nodes[i].addr.clone()), poll: Duration::from_millis(100), ..Default::default() },
-                sql: tessera_server::sql::SqlConfig {
+                sql: tessera_node::sql::SqlConfig {
                     listen: Some("127.0.0.1:0".parse().expect("addr")),
                     users: vec![tessera_sql::UserConfig { name: "root".into(), password_hash: password_hash(), role: tessera_sql::Role::Admin, site: None }],
                     ..Default::default()
@@ -389,9 +382,9 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
     let running_query = |name: &'static str| move |n: &Node| n.detect_stats().queries.iter().any(|q| q == name);
 
     // Each site's motors, 1 reading/s; phase 1 is t0..t0+60 s, phase 2 the next minute.
-    let t0 = (tessera_server::producer::now_ms() - 300_000).div_euclid(10_000) * 10_000;
+    let t0 = (tessera_core::now_ms() - 300_000).div_euclid(10_000) * 10_000;
     let send = |site: &str, topic: &str, from_s: i64, to_s: i64| {
-        let p = tessera_suite::producer(&brokers, topic, tessera_server::producer::WireFormat::Protobuf).expect("producer");
+        let p = tessera_suite::producer(&brokers, topic, tessera_workload::producer::WireFormat::Protobuf).expect("producer");
         let mut readings = Vec::new();
         for s in from_s..to_s {
             for m in 0..4 {
@@ -432,7 +425,7 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
     tessera(&["cluster", "add-site", "--at", &nodes[0].addr, "site-a", "Plant A"]).expect("add-site");
     tessera(&["cluster", "assign-motors", "--at", &nodes[1].addr, "site-a", "site-a-m0", "site-a-m1"]).expect("assign");
     for node in &running {
-        let args = tessera_server::sql::SqlArgs {
+        let args = tessera_cli::commands::sql::SqlArgs {
             query: "SELECT m.motor_id, s.name FROM motors m JOIN sites s USING (site_id) ORDER BY 1".into(),
             at: node.sql_addr().expect("endpoint").to_string(),
             user: Some("root".into()),
@@ -443,7 +436,7 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
         };
         let until = Instant::now() + Duration::from_secs(30);
         loop {
-            let table = tessera_server::sql::query_table(&args).expect("sql");
+            let table = tessera_cli::commands::sql::query_table(&args).expect("sql");
             if table.contains("| site-a-m0 | Plant A |") && table.contains("| site-a-m1 | Plant A |") {
                 break;
             }

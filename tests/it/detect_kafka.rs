@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::Message as _;
 use tessera_core::{Channel, MotorId, Reading, SiteId};
-use tessera_server::detect::{Detect, DetectConfig, build_engine};
-use tessera_server::producer::{WireFormat, now_ms};
+use tessera_node::detect::{Detect, DetectConfig, build_engine};
+use tessera_workload::producer::WireFormat;
+use tessera_core::now_ms;
 use tessera_stream::alerts::alert_id;
 use tessera_stream::{AlertEvent, AlertState};
 use tessera_suite::{header, payload, producer, read_topic};

@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use tessera_server::detect::DetectConfig;
-use tessera_server::eval::{self, EvalOptions};
+use tessera_node::detect::DetectConfig;
+use tessera_workload::eval::{self, EvalOptions};
 
 #[test]
 fn default_rules_meet_the_detection_target_on_skab() {

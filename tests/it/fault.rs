@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tessera_core::Reading;
-use tessera_server::config::{NodeConfig, StateConfig};
-use tessera_server::detect::{DetectConfig, ENGINE_SECTION, build_engine};
-use tessera_server::node::Node;
-use tessera_server::partition_state::read_site;
-use tessera_server::producer::WireFormat;
-use tessera_server::simulate::{FleetSpec, Simulator};
+use tessera_node::config::{NodeConfig, StateConfig};
+use tessera_node::detect::{DetectConfig, ENGINE_SECTION, build_engine};
+use tessera_node::node::Node;
+use tessera_node::checkpoints::read_site;
+use tessera_workload::producer::WireFormat;
+use tessera_workload::simulate::{FleetSpec, Simulator};
 use tessera_suite::{committed_and_end, payload, producer, read_topic};
 
 /// Set in a node process: its config, as JSON.
@@ -309,7 +309,7 @@ struct Scenario {
 #[allow(dead_code, reason = "held only to keep the broker running")]
 enum Broker {
     /// librdkafka's mock cluster, served from this process.
-    Mock(tessera_server::embedded::EmbeddedKafka),
+    Mock(tessera_workload::embedded::EmbeddedKafka),
     /// A Tansu broker process.
     Process(tessera_suite::TansuBroker),
 }
@@ -326,7 +326,7 @@ fn scenario(partitions: i32, group: &str, work: &Path) -> Scenario {
 fn scenario_on_tansu(partitions: i32, group: &str, work: &Path) -> Scenario {
     let broker = tessera_suite::TansuBroker::start().unwrap();
     let brokers = broker.bootstrap_servers();
-    tessera_server::topics::ensure_topics(&brokers, &[("telemetry", partitions), ("dead-letters", 1), ("alerts", 1), ("late", 1)]).unwrap();
+    tessera_node::topics::ensure_topics(&brokers, &[("telemetry", partitions), ("dead-letters", 1), ("alerts", 1), ("late", 1)]).unwrap();
     // One reading per record batch: Tansu 0.6.0 answers a fetch at an offset inside a batch
     // with the next batch (the rest of the batch is skipped; Kafka returns the whole batch and
     // the client drops what precedes the offset), and reports the last batch's base offset + 1
@@ -341,7 +341,7 @@ fn scenario_on_tansu(partitions: i32, group: &str, work: &Path) -> Scenario {
 fn scenario_on(kafka: Broker, brokers: String, producer_settings: BTreeMap<String, String>, wanted: u64, group: &str, work: &Path) -> Scenario {
     let mut config = node_config(&brokers, &work.join("state"));
     config.ingest.group_id = group.into();
-    let start_ms = tessera_server::producer::now_ms() - (wanted / MOTORS as u64) as i64 * 100;
+    let start_ms = tessera_core::now_ms() - (wanted / MOTORS as u64) as i64 * 100;
     let mut sim = fleet(wanted, start_ms);
     let steps: Vec<Vec<Reading>> = std::iter::from_fn(|| sim.next_step()).collect();
     let total: u64 = steps.iter().map(|s| s.len() as u64).sum();
@@ -354,7 +354,7 @@ fn scenario_on(kafka: Broker, brokers: String, producer_settings: BTreeMap<Strin
 /// consumer-group member that was killed (its partitions stay with the dead member; with
 /// static membership they are revoked and never handed out again), so a restarted node would
 /// wait forever. See docs/RELIABILITY.md.
-fn broker() -> (tessera_server::embedded::EmbeddedKafka, String) {
+fn broker() -> (tessera_workload::embedded::EmbeddedKafka, String) {
     let (kafka, brokers) = crate::embedded_kafka(1, 3);
     for topic in ["alerts", "late"] {
         kafka.create_topic(topic, 1).unwrap();
@@ -371,7 +371,7 @@ fn publish_over(brokers: &str, steps: &[Vec<Reading>], over: Duration) -> std::t
 fn publish_over_with(brokers: &str, steps: &[Vec<Reading>], over: Duration, settings: BTreeMap<String, String>) -> std::thread::JoinHandle<()> {
     let (brokers, steps) = (brokers.to_string(), steps.to_vec());
     std::thread::spawn(move || {
-        let p = tessera_server::producer::TelemetryProducer::new(&brokers, "telemetry", WireFormat::Protobuf, &settings).unwrap();
+        let p = tessera_workload::producer::TelemetryProducer::new(&brokers, "telemetry", WireFormat::Protobuf, &settings).unwrap();
         let pieces = (over.as_millis() / 100).max(1) as usize;
         let started = Instant::now();
         for (i, piece) in steps.chunks(steps.len().div_ceil(pieces)).enumerate() {
@@ -546,7 +546,7 @@ fn a_full_disk_stops_the_node_cleanly_and_a_restart_resumes() {
     let state = work.path().join("state");
     std::fs::create_dir(&state).unwrap();
     let config = node_config(&brokers, &state);
-    let mut sim = fleet(40_000, tessera_server::producer::now_ms() - 40_000);
+    let mut sim = fleet(40_000, tessera_core::now_ms() - 40_000);
     let steps: Vec<Vec<Reading>> = std::iter::from_fn(|| sim.next_step()).collect();
 
     // Inside the namespace: a 16 MiB tmpfs on the state directory; node 1 runs until it has a
@@ -647,7 +647,7 @@ fn event_time_chaos_is_quarantined_and_clean_motors_are_unaffected() {
         sites: 3,
         rate_hz: 10.0,
         steps: 600,
-        start_ms: tessera_server::producer::now_ms() - 60_000,
+        start_ms: tessera_core::now_ms() - 60_000,
         fault_fraction: 0.0,
         seed: 9,
     });
@@ -735,14 +735,14 @@ fn a_poison_message_is_dead_lettered_and_the_partition_moves_on() {
     let state = work.path().join("state");
     let mut config = node_config(&brokers, &state);
     config.ingest.group_id = "poison".into();
-    let mut sim = Simulator::new(FleetSpec { motors: 20, sites: 1, rate_hz: 10.0, steps: 200, start_ms: tessera_server::producer::now_ms() - 20_000, fault_fraction: 0.0, seed: 5 });
+    let mut sim = Simulator::new(FleetSpec { motors: 20, sites: 1, rate_hz: 10.0, steps: 200, start_ms: tessera_core::now_ms() - 20_000, fault_fraction: 0.0, seed: 5 });
     let steps: Vec<Vec<Reading>> = std::iter::from_fn(|| sim.next_step()).collect();
     let p = producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap();
     let (before, after) = steps.split_at(100);
     before.iter().for_each(|s| p.send_readings(s).unwrap());
     let mut poisoned = steps[0][0].clone();
     poisoned.motor_id = tessera_core::MotorId::new("M-POISON".to_string()).unwrap();
-    let json = serde_json::to_vec(&tessera_server::producer::reading_json(&poisoned)).unwrap();
+    let json = serde_json::to_vec(&tessera_workload::producer::reading_json(&poisoned)).unwrap();
     p.send_raw(Some(b"M-POISON"), &json, Some("application/json")).unwrap();
     after.iter().for_each(|s| p.send_readings(s).unwrap());
     p.flush(Duration::from_secs(30)).unwrap();
@@ -970,7 +970,7 @@ fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
     );
     let store_dir = work.path().join("state");
     let backlog: u64 = 200_000;
-    let start_ms = tessera_server::producer::now_ms() - 3_600_000;
+    let start_ms = tessera_core::now_ms() - 3_600_000;
     let mut sim = Simulator::new(FleetSpec { motors: MOTORS, sites: 3, rate_hz: 10.0, steps: u64::MAX / 2, start_ms, fault_fraction: 0.1, seed: 7 });
     let mut take = |readings: u64| -> Vec<Vec<Reading>> { (0..readings / MOTORS as u64).map_while(|_| sim.next_step()).collect() };
 
@@ -1072,7 +1072,7 @@ fn a_query_that_panics_on_one_motor_is_isolated_and_the_node_goes_on() {
     let mut config = node_config(&brokers, &state);
     config.ingest.group_id = "query-poison".into();
     config.detect.dead_letter_topic = "detect-dead-letters".into();
-    let mut sim = Simulator::new(FleetSpec { motors: 20, sites: 1, rate_hz: 10.0, steps: 300, start_ms: tessera_server::producer::now_ms() - 30_000, fault_fraction: 0.0, seed: 5 });
+    let mut sim = Simulator::new(FleetSpec { motors: 20, sites: 1, rate_hz: 10.0, steps: 300, start_ms: tessera_core::now_ms() - 30_000, fault_fraction: 0.0, seed: 5 });
     let steps: Vec<Vec<Reading>> = std::iter::from_fn(|| sim.next_step()).collect();
     let p = producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap();
     steps.iter().for_each(|s| p.send_readings(s).unwrap());

@@ -11,11 +11,13 @@ use arrow_flight::sql::client::FlightSqlServiceClient;
 use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
 use futures::TryStreamExt as _;
 use tessera_core::{Channel, MotorId, Reading, SiteId};
-use tessera_server::config::NodeConfig;
-use tessera_server::detect::DetectConfig;
-use tessera_server::node::Node;
-use tessera_server::producer::{WireFormat, now_ms};
-use tessera_server::sql::{SqlArgs, SqlConfig};
+use tessera_node::config::NodeConfig;
+use tessera_node::detect::DetectConfig;
+use tessera_node::node::Node;
+use tessera_workload::producer::WireFormat;
+use tessera_core::now_ms;
+use tessera_cli::commands::sql::SqlArgs;
+use tessera_node::sql::SqlConfig;
 use tessera_sql::{Role, TokenConfig, UserConfig};
 use tessera_tls::TlsFiles;
 use tessera_tls::pki::{self, Subject};
@@ -246,9 +248,9 @@ fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
 
     // The CLI prints a table.
     let args = SqlArgs { query: "SELECT name FROM continuous_queries".into(), at: addr.clone(), user: Some("ana".into()), password: Some(PASSWORD.into()), token: None, timeout: Duration::from_secs(10), tls: Default::default() };
-    let table = tessera_server::sql::query_table(&args).expect("tessera sql");
+    let table = tessera_cli::commands::sql::query_table(&args).expect("tessera sql");
     assert!(table.contains("| vib "), "{table}");
-    let err = tessera_server::sql::query_table(&SqlArgs { query: "SELECT * FROM telemetry".into(), ..args }).expect_err("denied").to_string();
+    let err = tessera_cli::commands::sql::query_table(&SqlArgs { query: "SELECT * FROM telemetry".into(), ..args }).expect_err("denied").to_string();
     assert!(err.contains("may not read raw core columns"), "{err}");
     node.stop().expect("the node stops");
 }

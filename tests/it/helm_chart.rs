@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tessera_server::config::NodeConfig;
+use tessera_node::config::NodeConfig;
 
 fn chart() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/tessera")
@@ -166,7 +166,7 @@ fn the_image_runs_as_the_user_the_chart_expects() {
     let stages = dockerfile.lines().filter(|l| l.starts_with("FROM ")).count();
     assert!(stages >= 2, "a multi-stage build: {stages} stage(s)");
     assert!(dockerfile.contains("USER 10001:10001"), "the runtime user");
-    assert!(dockerfile.contains("cargo build --release --locked -p tessera-server --bin tessera"));
+    assert!(dockerfile.contains("cargo build --release --locked -p tessera-cli --bin tessera"));
     let statefulset = std::fs::read_to_string(chart().join("templates/statefulset.yaml")).expect("statefulset.yaml");
     assert!(statefulset.contains("runAsUser: 10001") && statefulset.contains("runAsGroup: 10001"));
     for port in ["7070", "50051", "9464"] {

@@ -10,9 +10,9 @@ use tessera_core::Channel;
 use tessera_ingest::dead_letter_headers as dlq;
 use tessera_proto::telemetry::{MotorReading, MotorReadingBatch};
 use tessera_proto::CONTENT_TYPE_BATCH;
-use tessera_server::bad_input::BadInput;
-use tessera_server::fleet_stats::FleetStats;
-use tessera_server::producer::WireFormat;
+use tessera_workload::bad_input::BadInput;
+use tessera_suite::fleet_stats::FleetStats;
+use tessera_workload::producer::WireFormat;
 use tessera_suite::{header, payload, producer, read_topic, test_fleet};
 
 use crate::{embedded_kafka, ingest_config, start_ingest};

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use tessera_server::fleet_stats::FleetStats;
-use tessera_server::producer::WireFormat;
+use tessera_suite::fleet_stats::FleetStats;
+use tessera_workload::producer::WireFormat;
 use tessera_suite::{committed_and_end, producer, publish, test_fleet};
 
 use crate::{embedded_kafka, ingest_config, start_ingest};

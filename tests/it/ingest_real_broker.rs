@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use tessera_server::fleet_stats::FleetStats;
-use tessera_server::producer::WireFormat;
-use tessera_server::topics::ensure_topics;
+use tessera_suite::fleet_stats::FleetStats;
+use tessera_workload::producer::WireFormat;
+use tessera_node::topics::ensure_topics;
 use tessera_suite::{header, producer, publish, read_topic, test_fleet, TansuBroker};
 
 use crate::{ingest_config, start_ingest};

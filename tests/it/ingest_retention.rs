@@ -9,8 +9,8 @@ use std::time::Duration;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 use tessera_ingest::{Ingest, PartitionStart, PartitionStates, TopicPartition};
-use tessera_server::fleet_stats::FleetStats;
-use tessera_server::producer::WireFormat;
+use tessera_suite::fleet_stats::FleetStats;
+use tessera_workload::producer::WireFormat;
 use tessera_suite::{producer, publish, test_fleet};
 
 use crate::{embedded_kafka, ingest_config};

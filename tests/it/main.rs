@@ -30,7 +30,7 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::time::Duration;
 
 use tessera_ingest::{Encoding, Ingest, IngestConfig, ShardBatch, TopicConfig};
-use tessera_server::embedded::EmbeddedKafka;
+use tessera_workload::embedded::EmbeddedKafka;
 
 /// An embedded Kafka with `brokers` brokers, a `telemetry` topic of `partitions` partitions
 /// and a one-partition `dead-letters` topic; returns it and its bootstrap servers.

@@ -13,7 +13,7 @@ use tessera_consensus::{ConsensusNode, RaftSettings};
 use tessera_core::GradeMap;
 use tessera_proto::raft as pb;
 use tessera_proto::raft::cluster_admin_client::ClusterAdminClient;
-use tessera_server::migration;
+use tessera_cli::migration;
 use tessera_store::{Kek, SegmentStore};
 
 fn readings(ts0: i64, rows: usize) -> RecordBatch {

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tessera_server::fleet_stats::FleetStats;
-use tessera_server::producer::WireFormat;
-use tessera_server::replay::{self, ReplayOptions};
+use tessera_suite::fleet_stats::FleetStats;
+use tessera_workload::producer::WireFormat;
+use tessera_workload::csv_replay::{self as replay, ReplayOptions};
 use tessera_suite::producer;
 
 use crate::{embedded_kafka, ingest_config, start_ingest};

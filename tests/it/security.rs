@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::Float64Array;
 use tessera_core::{Channel, DataGrade, MotorId, Reading, SiteId};
-use tessera_server::config::{NodeConfig, StateConfig};
-use tessera_server::node::Node;
-use tessera_server::producer::{WireFormat, now_ms};
-use tessera_server::sql::SqlConfig;
-use tessera_server::storage::StoreConfig;
+use tessera_node::config::{NodeConfig, StateConfig};
+use tessera_node::node::Node;
+use tessera_workload::producer::WireFormat;
+use tessera_core::now_ms;
+use tessera_node::sql::SqlConfig;
+use tessera_node::store::StoreConfig;
 use tessera_sql::Role;
 use tessera_store::{Kek, Keyring, to_hex};
 
@@ -67,7 +68,7 @@ fn stored_readings_are_encrypted_and_a_shredded_range_is_gone_for_good() {
     let data = tempfile::tempdir().expect("tmp");
     let secrets = tempfile::tempdir().expect("tmp");
     let kek_file = secrets.path().join("site-a.kek");
-    tessera_server::storage::new_kek(&kek_file, 1).expect("kek");
+    tessera_node::store::new_kek(&kek_file, 1).expect("kek");
     let (store_dir, state_dir) = (data.path().join("store"), data.path().join("state"));
 
     let t0 = (now_ms() - 300_000).div_euclid(1000) * 1000;
@@ -79,7 +80,7 @@ fn stored_readings_are_encrypted_and_a_shredded_range_is_gone_for_good() {
     let config = NodeConfig {
         site_id: "site-a".into(),
         ingest: crate::ingest_config(&brokers, "security", "telemetry", "dead-letters"),
-        detect: tessera_server::detect::DetectConfig { alerts_topic: "alerts".into(), late_topic: "late".into(), idle_timeout: Duration::from_secs(3600), ..Default::default() },
+        detect: tessera_node::detect::DetectConfig { alerts_topic: "alerts".into(), late_topic: "late".into(), idle_timeout: Duration::from_secs(3600), ..Default::default() },
         state: StateConfig { dir: Some(state_dir.clone()), interval: Duration::from_millis(500), ..Default::default() },
         store: StoreConfig { dir: Some(store_dir.clone()), kek_file: Some(kek_file.clone()), segment_interval: Duration::from_millis(300), ..Default::default() },
         sql: SqlConfig { listen: Some("127.0.0.1:0".parse().expect("addr")), users: vec![user("root", Role::Admin, None), user("opa", Role::SiteOperator, Some("site-a"))], ..Default::default() },

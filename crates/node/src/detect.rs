@@ -6,7 +6,7 @@
 //! it in, so offsets advance while windows are still open: a crash loses open windows.
 //!
 //! Checkpointed ([`Detect::start_checkpointed`]), state is kept per Kafka partition (see
-//! [`crate::partition_state`]). When the ingest is assigned a partition, the partition's
+//! [`crate::checkpoints`]). When the ingest is assigned a partition, the partition's
 //! checkpoint arrives ahead of its readings and its motors' state is adopted into the engine.
 //! The stage holds every acknowledgement until a checkpoint covers the batch. On each barrier
 //! from the ingest, the detection thread (1) encodes, for each partition with new messages,
@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use tessera_core::{ConfigError, ensure};
 use anyhow::{Context as _, Result};
 use arrow_array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -50,7 +51,7 @@ use tessera_ingest::{Barrier, BatchAck, Control, PartitionStart, ShardBatch, Top
 use tessera_state::{Checkpoint, CheckpointStore, SourceOffset};
 use tessera_stream::{EngineStats, StepOutput, StreamConfig, StreamEngine};
 
-use crate::producer::{now_ms, reading_json};
+use tessera_core::now_ms;
 
 /// The `[detect]` config section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,13 +96,12 @@ impl Default for DetectConfig {
 
 impl DetectConfig {
     /// Checks the fields; the error names the field.
-    pub fn validate(&self) -> Result<()> {
-        anyhow::ensure!(!self.alerts_topic.is_empty(), "detect.alerts_topic must not be empty");
-        anyhow::ensure!(!self.late_topic.is_empty(), "detect.late_topic must not be empty");
-        anyhow::ensure!(!self.dead_letter_topic.is_empty(), "detect.dead_letter_topic must not be empty");
-        anyhow::ensure!(self.idle_timeout > Duration::ZERO, "detect.idle_timeout must be positive");
-        anyhow::ensure!(self.table_rows > 0, "detect.table_rows must be positive");
-        Ok(())
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ensure(!self.alerts_topic.is_empty(), "alerts_topic", "must not be empty")?;
+        ensure(!self.late_topic.is_empty(), "late_topic", "must not be empty")?;
+        ensure(!self.dead_letter_topic.is_empty(), "dead_letter_topic", "must not be empty")?;
+        ensure(self.idle_timeout > Duration::ZERO, "idle_timeout", "must be positive")?;
+        ensure(self.table_rows > 0, "table_rows", "must be positive")
     }
 
     /// The queries to run: the configured ones or the defaults.
@@ -293,8 +293,8 @@ impl Detect {
     /// Like [`Detect::start`], with per-partition checkpoints when `checkpointed`: the ingest
     /// must then send barriers (its `checkpoint_interval` set) and partitions' checkpoints
     /// ([`tessera_ingest::Ingest::start_with_states`] with
-    /// [`crate::partition_state::PartitionCheckpoints`]). With `raw`, every reading taken in is
-    /// also sent there (the site's store, see [`crate::storage`]); if it is gone, the stage
+    /// [`crate::checkpoints::PartitionCheckpoints`]). With `raw`, every reading taken in is
+    /// also sent there (the site's store, see [`crate::store`]); if it is gone, the stage
     /// stops with an error rather than drop readings.
     pub fn start_checkpointed(engine: StreamEngine, config: &DetectConfig, brokers: &str, batches: Receiver<ShardBatch>, checkpointed: bool, raw: Option<SyncSender<RecordBatch>>) -> Result<Self> {
         let failed = Arc::new(Mutex::new(None));
@@ -585,7 +585,7 @@ impl Worker {
             }
             let assigned = start
                 .state
-                .and_then(|s| s.downcast::<crate::partition_state::AssignedStore>().ok())
+                .and_then(|s| s.downcast::<crate::checkpoints::AssignedStore>().ok())
                 .with_context(|| format!("partition {}/{} was assigned without its checkpoint store", tp.0, tp.1))?;
             let mut last_id = assigned.store.newest().unwrap_or(0);
             if let Some(loaded) = &assigned.loaded {
@@ -830,4 +830,23 @@ impl CheckpointWriter {
         tracing::debug!(partitions = job.files.len(), bytes, epoch = job.epoch, "checkpoints written");
         Ok(())
     }
+}
+
+/// The JSON form of a reading (the protobuf field names; absent channels omitted).
+fn reading_json(r: &tessera_core::Reading) -> serde_json::Value {
+    use tessera_core::Channel;
+    let mut o = serde_json::Map::new();
+    o.insert("motor_id".into(), r.motor_id.as_str().into());
+    o.insert("site_id".into(), r.site_id.as_str().into());
+    o.insert("event_time_ms".into(), r.event_time_ms.into());
+    o.insert("sequence".into(), r.sequence.into());
+    for c in Channel::ALL {
+        if let Some(v) = r.get(c) {
+            o.insert(c.name().into(), v.into());
+        }
+    }
+    if !r.extra.is_empty() {
+        o.insert("extra".into(), r.extra.iter().map(|(k, v)| (k.clone(), (*v).into())).collect::<serde_json::Map<_, _>>().into());
+    }
+    o.into()
 }

@@ -27,13 +27,16 @@ use tessera_ingest::{IngestConfig, TopicConfig};
 use tessera_sql::{Peer, Role, UserConfig};
 
 use crate::bad_input::BadInput;
-use crate::config::{HttpConfig, NodeConfig, RaftConfig};
-use crate::detect::DetectConfig;
+use tessera_node::config::NodeConfig;
+use tessera_node::control::member::RaftConfig;
+use tessera_node::observe::HttpConfig;
+use tessera_node::detect::DetectConfig;
 use crate::embedded::EmbeddedKafka;
-use crate::node::Node;
-use crate::producer::{now_ms, TelemetryProducer, WireFormat};
+use tessera_node::node::Node;
+use crate::producer::{TelemetryProducer, WireFormat};
+use tessera_core::now_ms;
 use crate::simulate::{FleetSpec, Simulator, site_name};
-use crate::sql::SqlConfig;
+use tessera_node::sql::SqlConfig;
 
 /// The demo's SQL users' password (printed in the banner; a demo on loopback only).
 pub const DEMO_PASSWORD: &str = "tessera-demo";
@@ -108,7 +111,7 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
     };
     let sites: Vec<String> = (0..opts.sites).map(site_name).collect();
     let detect = DetectConfig {
-        queries: crate::rules::DEFAULT_RULES.iter().chain(crate::rules::DEMO_RULES).map(|s| s.to_string()).collect(),
+        queries: tessera_node::rules::DEFAULT_RULES.iter().chain(tessera_node::rules::DEMO_RULES).map(|s| s.to_string()).collect(),
         ..Default::default()
     };
     let mut topics: Vec<(String, i32)> = sites.iter().flat_map(|s| [(telemetry_topic(s), 3), (dead_letter_topic(s), 1)]).collect();
@@ -122,7 +125,7 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
         }
         None => {
             let refs: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
-            crate::topics::ensure_topics(&brokers, &refs)?;
+            tessera_node::topics::ensure_topics(&brokers, &refs)?;
             println!("Kafka at {brokers}");
         }
     }
@@ -334,11 +337,11 @@ fn register_motors(cluster: &[Site], sim: &Simulator) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let admin = admin.to_string();
-        let mut client = crate::control::admin_client(&admin, &tessera_tls::ClientTls::Plain, Duration::from_secs(10)).await?;
+        let mut client = tessera_node::control::admin_client(&admin, &tessera_tls::ClientTls::Plain, Duration::from_secs(10)).await?;
         for (site, motors) in by_site {
             let n = motors.len();
             let request = tessera_proto::raft::AssignMotorsRequest { site: site.clone(), motors, actor: "tessera-demo".into() };
-            client.assign_motors(request).await.map_err(|s| crate::control::status_error(&admin, s))?;
+            client.assign_motors(request).await.map_err(|s| tessera_node::control::status_error(&admin, s))?;
             println!("control plane: {n} motors assigned to {site}");
         }
         Ok(())
@@ -361,7 +364,7 @@ fn print_banner(cluster: &[Site]) {
     let first = &cluster[0];
     println!("SQL users: analyst (fleet-analyst) and admin, password {DEMO_PASSWORD}. In another terminal:");
     println!(
-        "  cargo run -q -p tessera-server --bin tessera -- sql --at {} --user analyst --password {DEMO_PASSWORD} \\\n    \"SELECT site_id, count(DISTINCT motor_id) AS motors_alerted, round(max(peak_score), 1) AS worst FROM fleet.alerts GROUP BY site_id ORDER BY site_id\"\n",
+        "  cargo run -q -p tessera-cli --bin tessera -- sql --at {} --user analyst --password {DEMO_PASSWORD} \\\n    \"SELECT site_id, count(DISTINCT motor_id) AS motors_alerted, round(max(peak_score), 1) AS worst FROM fleet.alerts GROUP BY site_id ORDER BY site_id\"\n",
         first.sql
     );
 }

@@ -65,7 +65,7 @@ pub fn export(store: &SegmentStore, source: &str, segments: &[String], target: &
     for (custodian, share) in custodians.iter().zip(shares) {
         let file = ShareFile { bundle: export_id.to_string(), custodian: custodian.clone(), k, key_digest: info.key_digest.clone(), share };
         let path = out.join(format!("share-{}.json", tessera_tls::pki::encode_component(custodian)));
-        crate::cert::create_new(&path, &serde_json::to_vec_pretty(&file)?, true)?;
+        crate::files::create_new(&path, &serde_json::to_vec_pretty(&file)?, true)?;
         files.push(path);
     }
     tracing::info!(
@@ -135,7 +135,7 @@ pub fn import(store: &mut SegmentStore, site: &str, bundle: &Path, shares: &[Sha
 
 /// The control plane's record of `bundle`'s release, read linearizably from `admin`.
 pub async fn release_of(admin: &str, tls: &tessera_tls::ClientTls, timeout: std::time::Duration, bundle: &str) -> Result<pb::Release> {
-    let channel = crate::control::grpc_channel(admin, tls, timeout, "control plane").await?;
+    let channel = tessera_node::control::grpc_channel(admin, tls, timeout, "control plane").await?;
     let mut client = tessera_proto::raft::cluster_admin_client::ClusterAdminClient::new(channel);
     let releases = client.list_releases(pb::ListReleasesRequest {}).await.map_err(|s| anyhow::anyhow!("control plane at {admin}: {}", s.message()))?;
     releases

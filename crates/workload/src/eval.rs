@@ -25,10 +25,10 @@ use tessera_core::Channel;
 use tessera_ingest::{Ingest, IngestConfig, TopicConfig};
 use tessera_stream::{AlertEvent, AlertState};
 
-use crate::detect::{Detect, DetectConfig, build_engine};
+use tessera_node::detect::{Detect, DetectConfig, build_engine};
 use crate::embedded::EmbeddedKafka;
 use crate::producer::{TelemetryProducer, WireFormat};
-use crate::replay::{self, LabelInterval, ReplayMotor, ReplayOptions, Target};
+use crate::csv_replay::{self, LabelInterval, ReplayMotor, ReplayOptions, Target};
 
 /// What to evaluate.
 #[derive(Debug, Clone)]
@@ -285,20 +285,20 @@ fn nab_motor(dir: &Path, end_ms: i64, seed: u64) -> Result<ReplayMotor> {
         offset_range_ms: 24 * 3_600_000,
         seed,
     };
-    let mut motor = replay::load(std::slice::from_ref(&file), &opts)?.remove(0);
+    let mut motor = csv_replay::load(std::slice::from_ref(&file), &opts)?.remove(0);
     let text = std::fs::read_to_string(&file)?;
     let first_original = text
         .lines()
         .nth(1)
         .and_then(|l| l.split(',').next())
         .context("NAB file has no rows")
-        .and_then(replay::parse_time)?;
+        .and_then(csv_replay::parse_time)?;
     let shift = motor.readings[0].event_time_ms - first_original;
     let labels: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("labels.json"))?)?;
     let windows = labels["ambient_temperature_system_failure.csv"].as_array().context("labels.json lists the file")?;
     for w in windows {
-        let a = replay::parse_time(w[0].as_str().context("label start")?)? + shift;
-        let b = replay::parse_time(w[1].as_str().context("label end")?)? + shift;
+        let a = csv_replay::parse_time(w[0].as_str().context("label start")?)? + shift;
+        let b = csv_replay::parse_time(w[1].as_str().context("label end")?)? + shift;
         motor.labels.push(LabelInterval {
             motor_id: motor.motor_id.as_str().to_string(),
             site_id: motor.readings[0].site_id.as_str().to_string(),
@@ -316,10 +316,10 @@ pub fn run(opts: &EvalOptions, progress: bool) -> Result<EvalReport> {
     let started = Instant::now();
     // Whole hours: where window boundaries fall within each file then depends on the seed's
     // offsets only, so a seed gives the same run every time.
-    let end_ms = (crate::producer::now_ms() - 3_600_000).div_euclid(3_600_000) * 3_600_000;
+    let end_ms = (tessera_core::now_ms() - 3_600_000).div_euclid(3_600_000) * 3_600_000;
     // Files end up to a day apart: window boundaries and baselines fall differently for every motor.
     let skab_opts = ReplayOptions::skab(end_ms, 24 * 3_600_000, opts.seed);
-    let mut motors = replay::load(&skab_files(opts)?, &skab_opts)?;
+    let mut motors = csv_replay::load(&skab_files(opts)?, &skab_opts)?;
     let mut dataset: BTreeMap<String, String> = motors.iter().map(|m| (m.motor_id.as_str().to_string(), "skab".to_string())).collect();
     if let Some(dir) = &opts.nab_dir {
         let nab = nab_motor(dir, end_ms, opts.seed)?;
@@ -336,7 +336,7 @@ pub fn run(opts: &EvalOptions, progress: bool) -> Result<EvalReport> {
         kafka.create_topic(topic, partitions)?;
     }
     let producer = TelemetryProducer::new(&brokers, "telemetry", WireFormat::Protobuf, &Default::default())?;
-    let published = replay::publish(&motors, &producer, 0.0, progress, &AtomicBool::new(false))?;
+    let published = csv_replay::publish(&motors, &producer, 0.0, progress, &AtomicBool::new(false))?;
     producer.flush(Duration::from_secs(60))?;
 
     let mut ingest_config = IngestConfig {

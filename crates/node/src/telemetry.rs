@@ -19,7 +19,7 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-use crate::config::TelemetryConfig;
+use serde::{Deserialize, Serialize};
 
 /// Keeps the exporter running; dropping it sends what is still buffered (up to 5 s).
 pub struct TelemetryGuard {
@@ -91,4 +91,34 @@ pub fn init(config: &TelemetryConfig, default_filter: &str) -> Result<TelemetryG
     tracing_subscriber::registry().with(fmt).with(spans).try_init().context("installing the log subscriber")?;
     tracing::info!(%endpoint, "exporting traces over OTLP");
     Ok(TelemetryGuard { provider: Some(provider), runtime: Some(runtime) })
+}
+
+/// The `[telemetry]` section: where traces go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// An OTLP/gRPC collector (`http://otel-collector:4317`); unset: no export (off by
+    /// default). `OTEL_EXPORTER_OTLP_ENDPOINT` sets it too.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of traces kept (0–1), decided at the root span and followed by its children.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { otlp_endpoint: None, service_name: "tessera".into(), sample_ratio: 1.0 }
+    }
+}
+
+impl TelemetryConfig {
+    /// Checks the fields; the error names the field (relative to `[telemetry]`).
+    pub fn validate(&self) -> Result<(), tessera_core::ConfigError> {
+        tessera_core::ensure((0.0..=1.0).contains(&self.sample_ratio), "sample_ratio", "must be between 0 and 1")?;
+        match &self.otlp_endpoint {
+            Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => Err(tessera_core::ConfigError::new("otlp_endpoint", format!("'{e}' must start with http:// or https://"))),
+            _ => Ok(()),
+        }
+    }
 }

@@ -4,7 +4,6 @@
 //! Each command writes `<name>.crt` and `<name>.key` into `--out`; keys are created readable
 //! by their owner only, and nothing is overwritten.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -83,34 +82,14 @@ impl CaArgs {
     }
 }
 
-/// Writes a new file (never over an existing one), synced; `private` makes it readable by its
-/// owner only (keys and other secrets).
-pub(crate) fn create_new(path: &Path, contents: &[u8], private: bool) -> Result<()> {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = match options.open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!("{} exists; not overwriting it", path.display()),
-        Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
-    };
-    file.write_all(contents)?;
-    file.sync_all()?;
-    Ok(())
-}
-
 fn write_pair(out: &Path, name: &str, issued: &Issued) -> Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let (cert, key) = (out.join(format!("{name}.crt")), out.join(format!("{name}.key")));
     if key.exists() {
         bail!("{} exists; not overwriting it", key.display());
     }
-    create_new(&cert, issued.cert_pem.as_bytes(), false)?;
-    create_new(&key, issued.key_pem.as_bytes(), true)?;
+    crate::files::create_new(&cert, issued.cert_pem.as_bytes(), false)?;
+    crate::files::create_new(&key, issued.key_pem.as_bytes(), true)?;
     Ok((cert, key))
 }
 
@@ -119,7 +98,7 @@ pub fn run(command: CertCommand) -> Result<(PathBuf, PathBuf)> {
     match command {
         CertCommand::Ca { name, valid_for, out } => write_pair(&out, "ca", &pki::new_ca(&name, valid_for)?),
         CertCommand::Node { ca, id, id_base, file_name, site, hosts } => {
-            let id = crate::config::RaftConfig { node_id: id, id_base, ..Default::default() }.resolved_node_id()?;
+            let id = tessera_node::control::member::RaftConfig { node_id: id, id_base, ..Default::default() }.resolved_node_id()?;
             let issued = pki::issue(&ca.ca()?, &Subject::Node { id, site, hosts }, ca.valid_for)?;
             write_pair(&ca.out, &file_name.unwrap_or_else(|| format!("node-{id}")), &issued)
         }
@@ -129,4 +108,11 @@ pub fn run(command: CertCommand) -> Result<(PathBuf, PathBuf)> {
             write_pair(&ca.out, &format!("operator-{file}"), &issued)
         }
     }
+}
+
+/// Runs a `tessera cert` command and says what it wrote.
+pub fn run_command(command: CertCommand) -> Result<()> {
+    let (cert, key) = run(command)?;
+    println!("wrote {} and {} (keep the key private)", cert.display(), key.display());
+    Ok(())
 }

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tessera_core::{ConfigError, ensure};
 use anyhow::{Context as _, Result};
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -21,7 +22,7 @@ use tessera_sql::{AuditSink, Authenticator, Catalog, ConfigUsers, Federation, Fl
 
 use crate::control::RegistryRows;
 use crate::detect::RunningQueries;
-use crate::storage::TelemetryStore;
+use crate::store::TelemetryStore;
 
 /// The `[sql]` section: where the Flight SQL endpoint listens and who may use it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,18 +67,16 @@ impl Default for SqlConfig {
 
 impl SqlConfig {
     /// Checks the users and tokens (hashes parse, operators name a site); errors name the entry.
-    pub fn validate(&self) -> Result<()> {
-        anyhow::ensure!(!self.session_ttl.is_zero(), "sql.session_ttl must be longer than 0");
-        anyhow::ensure!(self.audit_rows > 0, "sql.audit_rows must be positive");
-        if self.listen.is_some() {
-            anyhow::ensure!(!self.users.is_empty(), "sql.users: the endpoint needs at least one user");
-        }
-        ConfigUsers::new(&self.users, &self.tokens)?;
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ensure(!self.session_ttl.is_zero(), "session_ttl", "must be longer than 0")?;
+        ensure(self.audit_rows > 0, "audit_rows", "must be positive")?;
+        ensure(self.listen.is_none() || !self.users.is_empty(), "users", "the endpoint needs at least one user")?;
+        ConfigUsers::new(&self.users, &self.tokens).map_err(|e| ConfigError::new("users", e.to_string()))?;
         if !self.peers.is_empty() {
-            anyhow::ensure!(self.federation_token.as_deref().is_some_and(|t| t.len() >= 16), "sql.federation_token: peers need a shared token of at least 16 characters");
+            ensure(self.federation_token.as_deref().is_some_and(|t| t.len() >= 16), "federation_token", "peers need a shared token of at least 16 characters")?;
         }
         for (i, p) in self.peers.iter().enumerate() {
-            anyhow::ensure!(!p.site.is_empty() && p.addr.contains(':'), "sql.peers[{i}]: needs a site and a host:port addr");
+            ensure(!p.site.is_empty() && p.addr.contains(':'), &format!("peers[{i}]"), "needs a site and a host:port addr")?;
         }
         Ok(())
     }
@@ -171,7 +170,7 @@ impl AuditSink for QueryAuditTable {
         let row = RecordBatch::try_new(
             self.table.schema(),
             vec![
-                Arc::new(TimestampMillisecondArray::from(vec![crate::producer::now_ms()]).with_timezone("UTC")),
+                Arc::new(TimestampMillisecondArray::from(vec![tessera_core::now_ms()]).with_timezone("UTC")),
                 Arc::new(StringArray::from(vec![audit.user.clone()])),
                 Arc::new(StringArray::from(vec![audit.role])),
                 Arc::new(StringArray::from(vec![audit.sql.clone()])),
@@ -280,65 +279,5 @@ impl Drop for SqlEndpoint {
                 Ok(Ok(())) => {}
             }
         }
-    }
-}
-
-/// `tessera sql "…"`: one query against a Flight SQL endpoint, printed as a table.
-#[derive(clap::Args, Debug, Clone)]
-pub struct SqlArgs {
-    /// The SQL query.
-    pub query: String,
-    /// The endpoint, host:port.
-    #[arg(long, env = "TESSERA_SQL", default_value = "127.0.0.1:50051")]
-    pub at: String,
-    /// User name (with `--password`), for the handshake.
-    #[arg(long, env = "TESSERA_SQL_USER")]
-    pub user: Option<String>,
-    /// Password of `--user`.
-    #[arg(long, env = "TESSERA_SQL_PASSWORD", hide_env_values = true)]
-    pub password: Option<String>,
-    /// A bearer token instead of user and password.
-    #[arg(long, env = "TESSERA_SQL_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// How long to wait for the answer.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub timeout: Duration,
-    /// TLS (for an endpoint that has `[tls]`).
-    #[command(flatten)]
-    pub tls: crate::control::TlsArgs,
-}
-
-/// Runs `args.query` and returns its result as a text table. The server's refusal comes back
-/// as an error carrying its gRPC code and message.
-pub fn query_table(args: &SqlArgs) -> Result<String> {
-    use arrow_flight::sql::client::FlightSqlServiceClient;
-    use futures::TryStreamExt as _;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let channel = crate::control::grpc_channel(&args.at, &args.tls.client()?, args.timeout, "SQL endpoint").await?;
-        let mut client = FlightSqlServiceClient::new(channel);
-        match (&args.token, &args.user, &args.password) {
-            (Some(token), _, _) => client.set_token(token.clone()),
-            (None, Some(user), Some(password)) => {
-                client.handshake(user, password).await.map_err(|e| anyhow::anyhow!("{}: {}", args.at, flight_message(e)))?;
-            }
-            _ => anyhow::bail!("give --token, or --user and --password (or TESSERA_SQL_TOKEN / TESSERA_SQL_USER and TESSERA_SQL_PASSWORD)"),
-        }
-        let info = client.execute(args.query.clone(), None).await.map_err(|e| anyhow::anyhow!("{}", flight_message(e)))?;
-        let mut batches = Vec::new();
-        for endpoint in info.endpoint {
-            let ticket = endpoint.ticket.context("the server sent an endpoint without a ticket")?;
-            let stream = client.do_get(ticket).await.map_err(|e| anyhow::anyhow!("{}", flight_message(e)))?;
-            batches.extend(stream.try_collect::<Vec<_>>().await.map_err(|e| anyhow::anyhow!("{}", flight_message(e)))?);
-        }
-        Ok(datafusion::arrow::util::pretty::pretty_format_batches(&batches)?.to_string())
-    })
-}
-
-/// The server's words out of a client error: a gRPC status's code and message.
-fn flight_message(e: arrow_flight::error::FlightError) -> String {
-    match e {
-        arrow_flight::error::FlightError::Tonic(status) => format!("{:?}: {}", status.code(), status.message()),
-        other => other.to_string(),
     }
 }

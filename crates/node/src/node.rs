@@ -4,7 +4,7 @@
 //! while running by a [`QueryWatcher`]), and with `[sql] listen` set, serving its tables over
 //! Flight SQL (see [`crate::sql`]).
 //!
-//! With a state directory (shared by the site's nodes, see [`crate::partition_state`]), each
+//! With a state directory (shared by the site's nodes, see [`crate::checkpoints`]), each
 //! partition the consumer group assigns to this node starts at its newest valid checkpoint's
 //! offset, and that checkpoint's motor state is adopted before the partition's first reading
 //! (damaged newer files are skipped and reported; a partition whose files are all unreadable
@@ -27,17 +27,12 @@ use tessera_ingest::{Ingest, IngestStats};
 use tessera_stream::StreamEngine;
 
 use crate::config::NodeConfig;
+use crate::control::member::ControlMember;
 use crate::control::{QueryWatcher, RegistryRows};
 use crate::sql::SqlEndpoint;
-use crate::storage::{StoreStats, TelemetryStore};
+use crate::store::{StoreStats, TelemetryStore};
 use crate::detect::{Detect, DetectStats, build_engine};
-use crate::partition_state::PartitionCheckpoints;
-
-/// A control-plane member run inside the node.
-struct ControlMember {
-    runtime: tokio::runtime::Runtime,
-    node: tessera_consensus::ConsensusNode,
-}
+use crate::checkpoints::PartitionCheckpoints;
 
 /// A running node.
 pub struct Node {
@@ -69,7 +64,7 @@ impl Node {
         let client_tls = tessera_tls::ClientTls::from_material(tls.as_ref());
         let grades = tessera_core::LiveGrades::new(config.grades.clone());
         let control = match &config.raft {
-            Some(raft) => Some(start_control_member(raft, &config.site_id, tls.clone())?),
+            Some(raft) => Some(crate::control::member::start(raft, &config.site_id, tls.clone())?),
             None => None,
         };
         // A member takes the cluster's queries from itself (the watcher reads them once the
@@ -223,29 +218,3 @@ impl Node {
     }
 }
 
-/// Starts the node's Raft member on a runtime of its own and, if it has the lowest id among
-/// `initial_members`, initialises the cluster in the background (once the others answer).
-fn start_control_member(raft: &crate::config::RaftConfig, site: &str, tls: Option<Arc<tessera_tls::TlsMaterial>>) -> Result<ControlMember> {
-    let id = raft.resolved_node_id()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("tessera-raft").enable_all().build()?;
-    let node = runtime
-        .block_on(tessera_consensus::ConsensusNode::start_with_tls(raft.settings(id, site), tls))
-        .with_context(|| format!("starting the Raft member (node {id}, raft.listen {})", raft.listen))?;
-    let members: Vec<(u64, String, String)> = raft
-        .initial_members
-        .iter()
-        .map(|m| crate::control::parse_node_spec(m).map(|n| (n.id, n.site, n.addr)))
-        .collect::<Result<_>>()?;
-    if members.iter().map(|m| m.0).min() == Some(id) {
-        let bootstrap = node.bootstrap(&members, std::time::Duration::from_secs(600));
-        runtime.spawn(async move {
-            match bootstrap.await {
-                Ok(true) => tracing::info!(target: "tessera::audit", node = id, members = members.len(), "initialised the cluster (raft.initial_members)"),
-                Ok(false) => tracing::debug!(node = id, "the cluster was initialised before"),
-                Err(e) => tracing::error!(node = id, error = %e, "could not initialise the cluster; `tessera cluster init` can"),
-            }
-        });
-    }
-    tracing::info!(node = id, %site, addr = %node.addr(), "Raft member started");
-    Ok(ControlMember { runtime, node })
-}

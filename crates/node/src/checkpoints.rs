@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tessera_ingest::{PartitionStart, PartitionStates, TopicPartition};
+use serde::{Deserialize, Serialize};
+use tessera_core::{ConfigError, ensure};
 use tessera_state::{CheckpointStore, Loaded, Sealer};
+use std::time::Duration;
 
 /// The per-partition stores under a site's state directory: what the ingest asks for when it
 /// is assigned partitions.
@@ -20,7 +23,7 @@ use tessera_state::{CheckpointStore, Loaded, Sealer};
 pub struct PartitionCheckpoints {
     dir: PathBuf,
     keep: usize,
-    /// Seals every checkpoint under the site's key (see [`crate::storage`]).
+    /// Seals every checkpoint under the site's key (see [`crate::store`]).
     sealer: Option<Arc<dyn Sealer>>,
 }
 
@@ -107,4 +110,35 @@ pub fn read_site(dir: &Path) -> anyhow::Result<Vec<(TopicPartition, Loaded)>> {
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// The `[state]` section: where and how often the node checkpoints its windows, anomaly
+/// baselines and alert state together with the Kafka offsets they cover.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateConfig {
+    /// The checkpoint directory, on durable site-local storage shared by the site's nodes (one
+    /// store per Kafka partition under it, see [`crate::checkpoints`]); unset: no
+    /// checkpoints (a restart loses open windows and baselines).
+    pub dir: Option<PathBuf>,
+    /// How often to checkpoint (and so, at most, how much is read again after a crash).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Checkpoints kept (at least 2).
+    pub keep: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self { dir: None, interval: Duration::from_secs(5), keep: 3 }
+    }
+}
+
+impl StateConfig {
+    /// Checks the fields; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ensure(!self.interval.is_zero(), "interval", "must be longer than 0")?;
+        ensure(self.keep >= 2, "keep", "must be at least 2 (a damaged newest checkpoint needs one to fall back on)")?;
+        ensure(self.dir.as_ref().is_none_or(|d| !d.as_os_str().is_empty()), "dir", "must not be empty (leave it out for no checkpoints)")
+    }
 }

@@ -192,8 +192,3 @@ pub fn reading_json(r: &Reading) -> serde_json::Value {
     }
     o.into()
 }
-
-/// Processing time now, ms since the epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}

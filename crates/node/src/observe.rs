@@ -22,6 +22,7 @@ use tessera_core::{LatencyHistogram, LatencySnapshot};
 use tessera_ingest::IngestMetrics;
 
 use crate::detect::DetectProbe;
+use serde::{Deserialize, Serialize};
 
 /// How long the detection thread may go without a turn before the node counts as hung.
 const HUNG_AFTER_MS: i64 = 30_000;
@@ -55,7 +56,7 @@ impl NodeProbe {
         if self.failed.load(Ordering::Relaxed) {
             return Err("a stage of the node has stopped (see the log)".into());
         }
-        let idle = crate::producer::now_ms() - self.detect.last_turn_ms();
+        let idle = tessera_core::now_ms() - self.detect.last_turn_ms();
         if idle > HUNG_AFTER_MS {
             return Err(format!("the detection thread has not turned for {} s", idle / 1000));
         }
@@ -243,6 +244,14 @@ impl Drop for HttpEndpoint {
             let _ = thread.join();
         }
     }
+}
+
+/// The `[http]` section: Prometheus metrics and health checks for orchestrators.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where `/metrics`, `/livez`, `/readyz` and `/startupz` are served; unset: nowhere.
+    pub listen: Option<SocketAddr>,
 }
 
 #[cfg(test)]

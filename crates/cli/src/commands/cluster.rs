@@ -1,0 +1,273 @@
+//! `tessera cluster …`: membership, status, sites, motors, policies, grades, releases and the
+//! audit log, through any control-plane node's admin API (`--at`, or `TESSERA_ADMIN`).
+
+use anyhow::Result;
+use clap::Subcommand;
+use tessera_node::control::{parse_node_spec, status_error};
+use tessera_proto::raft as pb;
+
+use crate::args::AdminArgs;
+use crate::output::{opt, print_membership, utc, written};
+
+/// `tessera cluster …`
+#[derive(Subcommand, Debug)]
+#[allow(missing_docs)] // variant fields are documented by their flags' help
+pub enum ClusterCommand {
+    /// Make the given nodes the cluster's first voters (run once, against one of them).
+    Init {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// A voter, as ID=SITE@HOST:PORT (repeat; each site should run at least one).
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+    },
+    /// Add a node: first as a learner, then (once caught up) as a voter.
+    AddNode {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The node, as ID=SITE@HOST:PORT.
+        node: String,
+        /// Keep it a learner (a non-voting replica).
+        #[arg(long)]
+        learner_only: bool,
+    },
+    /// Remove a node from the cluster.
+    RemoveNode {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Its Raft id.
+        id: u64,
+    },
+    /// The node's view of the cluster.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Sites with their motor counts and nodes.
+    Sites {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Add (or rename) a site.
+    AddSite {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Its id.
+        site: String,
+        /// Its name.
+        name: String,
+    },
+    /// Make a site the owner of motors.
+    AssignMotors {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The site.
+        site: String,
+        /// Motor ids.
+        #[arg(required = true)]
+        motors: Vec<String>,
+    },
+    /// Set a data grade's rule for one stage.
+    SetPolicy {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// general | important | core
+        grade: String,
+        /// generation | transmission | storage | use | migration | destruction
+        stage: String,
+        /// The rule.
+        rule: String,
+    },
+    /// Grade a stream's default or one of its columns cluster-wide (nodes raise their config's
+    /// grades to it, never lower them).
+    SetGrade {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The stream (telemetry, motor_windows, alerts, late_events, ...).
+        stream: String,
+        /// general | important | core
+        grade: String,
+        /// The column; without it, the stream's default.
+        #[arg(long)]
+        column: Option<String>,
+    },
+    /// Ask for an export bundle's key to be released to a target site once `k` of its
+    /// custodian sites approve.
+    RequestRelease {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The export's id.
+        bundle: String,
+        /// The site whose data it holds.
+        #[arg(long)]
+        source: String,
+        /// The site that will import it.
+        #[arg(long)]
+        target: String,
+        /// Approvals needed (at least 2).
+        #[arg(long)]
+        k: u32,
+        /// A site holding a share (repeat).
+        #[arg(long = "custodian", required = true)]
+        custodians: Vec<String>,
+    },
+    /// Approve a release for a custodian site (over mTLS: with a node certificate of that site).
+    ApproveRelease {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The export's id.
+        bundle: String,
+        /// The approving site.
+        #[arg(long)]
+        site: String,
+    },
+    /// Release requests and their approvals.
+    Releases {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// The grades set cluster-wide.
+    Grades {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// The audit log: who did what, when.
+    Audit {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// From this log index on.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Fault injection (nodes started with --fault-injection only): cut the node off from these
+    /// nodes' Raft traffic; none heals it.
+    Partition {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Node ids to cut off from.
+        blocked: Vec<u64>,
+    },
+}
+
+
+/// Runs a `tessera cluster` command.
+pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
+    crate::runtime()?.block_on(cluster(command))
+}
+
+async fn cluster(command: ClusterCommand) -> Result<()> {
+    match command {
+        ClusterCommand::Init { admin, nodes } => {
+            let nodes = nodes.iter().map(|n| parse_node_spec(n)).collect::<Result<Vec<_>>>()?;
+            let reply = admin.client().await?.init(pb::InitRequest { nodes, actor: admin.actor() }).await;
+            print_membership(&reply.map_err(|s| status_error(&admin.at, s))?.into_inner());
+        }
+        ClusterCommand::AddNode { admin, node, learner_only } => {
+            let node = Some(parse_node_spec(&node)?);
+            let reply = admin.client().await?.add_node(pb::AddNodeRequest { node, learner_only, actor: admin.actor() }).await;
+            print_membership(&reply.map_err(|s| status_error(&admin.at, s))?.into_inner());
+        }
+        ClusterCommand::RemoveNode { admin, id } => {
+            let reply = admin.client().await?.remove_node(pb::RemoveNodeRequest { id, actor: admin.actor() }).await;
+            print_membership(&reply.map_err(|s| status_error(&admin.at, s))?.into_inner());
+        }
+        ClusterCommand::Status { admin } => {
+            let s = admin.client().await?.status(pb::StatusRequest {}).await.map_err(|s| status_error(&admin.at, s))?.into_inner();
+            println!("node {}: {} in term {}", s.node_id, s.role, s.term);
+            match s.leader_id {
+                Some(id) => println!("leader: {id} at {}", s.leader_addr),
+                None => println!("leader: none known"),
+            }
+            println!(
+                "log: last {}, applied {}, snapshot {}, purged {}",
+                opt(s.last_log_index),
+                opt(s.applied_index),
+                opt(s.snapshot_index),
+                opt(s.purged_index)
+            );
+            print_membership(&pb::MembershipResponse { voters: s.voters, learners: s.learners, log_index: 0 });
+            println!("registry: {} sites, {} motors, {} queries, {} audit records", s.sites, s.motors, s.queries, s.audit_records);
+        }
+        ClusterCommand::Sites { admin } => {
+            let reply = admin.client().await?.list_sites(pb::ListSitesRequest {}).await.map_err(|s| status_error(&admin.at, s))?;
+            for site in reply.into_inner().sites {
+                println!("{} ({}): {} motors, nodes {:?}", site.site, site.name, site.motors, site.nodes);
+            }
+        }
+        ClusterCommand::AddSite { admin, site, name } => {
+            let req = pb::AddSiteRequest { site: site.clone(), name, actor: admin.actor() };
+            let reply = admin.client().await?.add_site(req).await.map_err(|s| status_error(&admin.at, s))?;
+            written(&format!("site {site}"), reply.into_inner())?;
+        }
+        ClusterCommand::AssignMotors { admin, site, motors } => {
+            let n = motors.len();
+            let req = pb::AssignMotorsRequest { site: site.clone(), motors, actor: admin.actor() };
+            let reply = admin.client().await?.assign_motors(req).await.map_err(|s| status_error(&admin.at, s))?;
+            written(&format!("{n} motors to {site}"), reply.into_inner())?;
+        }
+        ClusterCommand::SetPolicy { admin, grade, stage, rule } => {
+            let req = pb::SetPolicyRequest { grade: grade.clone(), stage: stage.clone(), rule, actor: admin.actor() };
+            let reply = admin.client().await?.set_policy(req).await.map_err(|s| status_error(&admin.at, s))?;
+            written(&format!("policy {grade}/{stage}"), reply.into_inner())?;
+        }
+        ClusterCommand::SetGrade { admin, stream, grade, column } => {
+            let what = format!("grade of {stream}.{}", column.as_deref().unwrap_or("*"));
+            let req = pb::SetGradeRequest { stream, column: column.unwrap_or_default(), grade, actor: admin.actor() };
+            let reply = admin.client().await?.set_grade(req).await.map_err(|s| status_error(&admin.at, s))?;
+            written(&what, reply.into_inner())?;
+        }
+        ClusterCommand::RequestRelease { admin, bundle, source, target, k, custodians } => {
+            let what = format!("release request for bundle {bundle}");
+            let req = pb::RequestReleaseRequest { bundle, source, target, k, custodians, actor: admin.actor() };
+            let reply = admin.client().await?.request_release(req).await.map_err(|s| status_error(&admin.at, s))?;
+            written(&what, reply.into_inner())?;
+        }
+        ClusterCommand::ApproveRelease { admin, bundle, site } => {
+            let what = format!("approval of bundle {bundle} by {site}");
+            let req = pb::ApproveReleaseRequest { bundle, site, actor: admin.actor() };
+            let reply = admin.client().await?.approve_release(req).await.map_err(|s| status_error(&admin.at, s))?;
+            written(&what, reply.into_inner())?;
+        }
+        ClusterCommand::Releases { admin } => {
+            let reply = admin.client().await?.list_releases(pb::ListReleasesRequest {}).await.map_err(|s| status_error(&admin.at, s))?;
+            for r in reply.into_inner().releases {
+                let state = if r.released { "released" } else { "pending" };
+                println!(
+                    "{}  {} → {}  {state}: {} of k = {} approved ({}); custodians {}",
+                    r.bundle,
+                    r.source,
+                    r.target,
+                    r.approvals.len(),
+                    r.k,
+                    r.approvals.join(", "),
+                    r.custodians.join(", ")
+                );
+            }
+        }
+        ClusterCommand::Grades { admin } => {
+            let reply = admin.client().await?.list_grades(pb::ListGradesRequest {}).await.map_err(|s| status_error(&admin.at, s))?;
+            for g in reply.into_inner().grades {
+                let column = if g.column.is_empty() { "*" } else { g.column.as_str() };
+                println!("{}.{column}  {}  (set by {} at {})", g.stream, g.grade, g.set_by, utc(g.set_at_ms));
+            }
+        }
+        ClusterCommand::Audit { admin, from, limit } => {
+            let req = pb::ListAuditRequest { from_index: from, limit };
+            let reply = admin.client().await?.list_audit(req).await.map_err(|s| status_error(&admin.at, s))?;
+            for e in reply.into_inner().entries {
+                let outcome = if e.rejected.is_empty() { "done".to_string() } else { format!("refused: {}", e.rejected) };
+                println!("{:>8}  {}  {:<12} {} — {outcome}", e.index, utc(e.at_ms), e.actor, e.action);
+            }
+        }
+        ClusterCommand::Partition { admin, blocked } => {
+            let req = pb::SetPartitionRequest { blocked: blocked.clone() };
+            admin.client().await?.set_partition(req).await.map_err(|s| status_error(&admin.at, s))?;
+            println!("node at {}: cut off from {blocked:?}", admin.at);
+        }
+    }
+    Ok(())
+}
+

@@ -1,0 +1,91 @@
+//! `tessera node --config FILE` (alias `ingest`): runs a node as configured until Ctrl-C or
+//! SIGTERM (or `--duration`), printing its progress every 5 s, then stops it cleanly and
+//! prints the newest alerts.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use tessera_node::config::NodeConfig;
+use tessera_node::detect::build_engine;
+use tessera_node::node::Node;
+use tessera_node::topics::ensure_topics;
+
+/// The flags of `tessera node`.
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// TOML config; env TESSERA__SECTION__KEY overrides.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Stop after this long (default: until Ctrl-C or SIGTERM).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Alert rows to print at the end.
+    #[arg(long, default_value_t = 20)]
+    pub show: usize,
+    /// A `CREATE CONTINUOUS QUERY` statement to run besides the configured ones (repeatable).
+    #[arg(long = "query", value_name = "SQL")]
+    pub queries: Vec<String>,
+}
+
+impl NodeArgs {
+    /// The node's config: defaults ← `--config` ← environment, validated.
+    pub fn config(&self) -> Result<NodeConfig> {
+        Ok(NodeConfig::load(self.config.as_deref())?)
+    }
+}
+
+/// Runs the node until `stop`, `--duration` or a failure of one of its parts.
+pub fn run(args: NodeArgs, stop: &AtomicBool) -> Result<()> {
+    let mut config = args.config()?;
+    config.detect.queries.extend(args.queries);
+    let engine = build_engine(&config.detect)?;
+    for q in engine.queries() {
+        println!("continuous query {} on {}", q.name, tessera_stream::engine::describe(&q.window));
+    }
+    let brokers = config.ingest.brokers.clone();
+    ensure_topics(
+        &brokers,
+        &[(&config.ingest.dead_letter_topic, 3), (&config.detect.alerts_topic, 3), (&config.detect.late_topic, 3), (&config.detect.dead_letter_topic, 1)],
+    )?;
+    drop(engine);
+    let node = Node::start(&config)?;
+    let mut adopted_printed = 0;
+    let started = Instant::now();
+    let mut last_print = Instant::now();
+    while !stop.load(Ordering::Relaxed) && args.duration.is_none_or(|d| started.elapsed() < d) && !node.failed() {
+        std::thread::sleep(Duration::from_millis(100));
+        if last_print.elapsed() >= Duration::from_secs(5) {
+            last_print = Instant::now();
+            adopted_printed = print_progress(&node, adopted_printed)?;
+        }
+    }
+    let (final_stats, engine) = node.stop()?;
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let sql = format!("SELECT query, motor_id, state, severity, round(score, 2) AS score, window_start FROM alerts ORDER BY emitted_at DESC LIMIT {}", args.show);
+    let alerts = rt.block_on(engine.sql(&sql))?;
+    println!("{}", datafusion::arrow::util::pretty::pretty_format_batches(&alerts)?);
+    println!("{final_stats:#?}\n{:#?}", engine.stats());
+    Ok(())
+}
+
+/// Prints the checkpoints adopted since the first `adopted_printed` and the node's counters;
+/// returns how many adoptions have been printed now.
+fn print_progress(node: &Node, adopted_printed: usize) -> Result<usize> {
+    let s = node.ingest_stats();
+    let d = node.detect_stats();
+    for a in &d.adopted[adopted_printed..] {
+        println!(
+            "partition {}/{}: restored checkpoint {} ({} motors, {} open windows; fresh: {:?}), resuming at its offset",
+            a.partition.0, a.partition.1, a.id, a.motors, a.open_windows, a.fresh
+        );
+    }
+    println!(
+        "consumed {} messages, {} readings, {} dead letters | {} late | {} alert events, {} open | {} checkpoints",
+        s.messages, s.readings_accepted, s.dead_letters_sent, d.late_sent, d.alerts_sent, d.engine.alerts_open, d.checkpoints
+    );
+    std::io::stdout().flush()?;
+    Ok(d.adopted.len())
+}

@@ -1,0 +1,176 @@
+//! Layered node configuration: built-in defaults, then a TOML file, then environment
+//! variables `TESSERA__SECTION__KEY` (e.g. `TESSERA__INGEST__BROKERS`), then validation.
+//! Each section is defined and checked by the feature it configures; this module only
+//! assembles them, putting the section in front of a bad field's path (`ingest.shards`).
+//! `deploy/tessera.example.toml` documents every key.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use tessera_core::{ConfigError, GradeMap};
+use tessera_ingest::IngestConfig;
+
+// The sections, each defined by the feature it configures.
+pub use crate::checkpoints::StateConfig;
+pub use crate::control::ControlConfig;
+pub use crate::control::member::RaftConfig;
+pub use crate::detect::DetectConfig;
+pub use crate::observe::HttpConfig;
+pub use crate::sql::SqlConfig;
+pub use crate::store::{RetentionConfig, StoreConfig};
+pub use crate::telemetry::TelemetryConfig;
+
+/// A node's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The site (plant) this node belongs to.
+    pub site_id: String,
+    /// Kafka ingest.
+    pub ingest: IngestConfig,
+    /// Windows, continuous queries and alerts.
+    pub detect: DetectConfig,
+    /// Checkpoints of the detection state.
+    pub state: StateConfig,
+    /// The control plane this node takes cluster-wide queries from.
+    pub control: ControlConfig,
+    /// The Flight SQL endpoint.
+    pub sql: SqlConfig,
+    /// The site-local store of raw telemetry (encrypted segments, retention, shredding).
+    pub store: StoreConfig,
+    /// The grade of each column of each stream (`[grades.<stream>] default = "..."`,
+    /// `[grades.<stream>.columns] <column> = "..."`); defaults: [`GradeMap::builtin`]. The
+    /// cluster's policy can raise them, never lower them.
+    pub grades: GradeMap,
+    /// mTLS on every gRPC endpoint and client of this node (`[tls] ca`, `cert`, `key`; see
+    /// `tessera cert`); unset: in the clear (a trusted lab network only).
+    pub tls: Option<tessera_tls::TlsFiles>,
+    /// This node as a member of the cluster's control plane (Raft); unset: it is not one, and
+    /// reads the cluster's queries from `[control] admin`.
+    pub raft: Option<RaftConfig>,
+    /// Prometheus `/metrics` and the health endpoints.
+    pub http: HttpConfig,
+    /// Tracing export (OpenTelemetry, OTLP over gRPC).
+    pub telemetry: TelemetryConfig,
+}
+
+/// Why a node's config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The named config file is not there.
+    #[error("config file {} does not exist", .0.display())]
+    Missing(PathBuf),
+    /// The file or an environment variable does not parse into the config (figment names the
+    /// key and the source).
+    #[error("config: {0}")]
+    Parse(#[source] Box<figment::Error>),
+    /// A value that cannot work.
+    #[error("config: {0}")]
+    Invalid(#[from] ConfigError),
+}
+
+impl NodeConfig {
+    /// Loads defaults ← `file` (if given) ← environment, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, LoadError> {
+        let mut figment = Figment::from(Serialized::defaults(NodeConfig { site_id: "site-a".into(), ..Default::default() }));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(LoadError::Missing(file.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment.merge(Env::prefixed("TESSERA__").split("__").lowercase(true));
+        let config: NodeConfig = figment.extract().map_err(|e| LoadError::Parse(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every section; the error's field is the whole path (`ingest.shards`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        tessera_core::SiteId::new(self.site_id.clone()).map_err(|e| ConfigError::new("site_id", e.to_string()))?;
+        self.ingest.validate().map_err(|e| match e {
+            tessera_ingest::IngestError::Config(message) => match message.split_once(": ") {
+                Some((field, problem)) => ConfigError::new(field, problem),
+                None => ConfigError::new("", message),
+            },
+            other => ConfigError::new("", other.to_string()),
+        }).map_err(|e| e.within("ingest"))?;
+        self.detect.validate().map_err(|e| e.within("detect"))?;
+        self.state.validate().map_err(|e| e.within("state"))?;
+        self.store.validate().map_err(|e| e.within("store"))?;
+        self.control.validate().map_err(|e| e.within("control"))?;
+        self.sql.validate().map_err(|e| e.within("sql"))?;
+        if let Some(raft) = &self.raft {
+            raft.validate().map_err(|e| e.within("raft"))?;
+        }
+        self.telemetry.validate().map_err(|e| e.within("telemetry"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loading reads process-wide environment variables, which `environment_overrides_the_file`
+    /// sets: every test that loads runs inside figment's `Jail`, which serialises them.
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
+    fn jailed(test: impl FnOnce()) {
+        figment::Jail::expect_with(|_| {
+            test();
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_example_config_is_the_default() {
+        jailed(|| {
+            let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/tessera.example.toml");
+            let loaded = NodeConfig::load(Some(&example)).unwrap();
+            let defaults = NodeConfig { site_id: "site-a".into(), ..Default::default() };
+            assert_eq!(loaded, defaults, "deploy/tessera.example.toml documents the defaults");
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("node.toml", "site_id = \"site-b\"\n[ingest]\nshards = 4\n")?;
+            jail.set_env("TESSERA__INGEST__BROKERS", "kafka-0:9092");
+            jail.set_env("TESSERA__INGEST__SHARDS", "16");
+            let c = NodeConfig::load(Some(std::path::Path::new("node.toml"))).expect("loads");
+            assert_eq!((c.site_id.as_str(), c.ingest.brokers.as_str(), c.ingest.shards), ("site-b", "kafka-0:9092", 16));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_and_errors_name_the_field() {
+        jailed(file_and_errors);
+    }
+
+    fn file_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.toml");
+        std::fs::write(&good, "site_id = \"site-b\"\n[ingest]\nbrokers = \"k:9092\"\nshards = 4\nbatch_max_age = \"250ms\"\n").unwrap();
+        let c = NodeConfig::load(Some(&good)).unwrap();
+        assert_eq!((c.site_id.as_str(), c.ingest.brokers.as_str(), c.ingest.shards), ("site-b", "k:9092", 4));
+        assert_eq!(c.ingest.batch_max_age, std::time::Duration::from_millis(250));
+
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[ingest]\nshards = 0\n").unwrap();
+        assert_eq!(NodeConfig::load(Some(&bad)).unwrap_err().to_string(), "config: ingest.shards: must be at least 1");
+
+        let typo = dir.path().join("typo.toml");
+        std::fs::write(&typo, "[ingest]\nshard = 3\n").unwrap();
+        let err = NodeConfig::load(Some(&typo)).unwrap_err().to_string();
+        assert!(err.contains("shard"), "{err}");
+
+        let wrong_type = dir.path().join("type.toml");
+        std::fs::write(&wrong_type, "[ingest]\nshards = \"many\"\n").unwrap();
+        let err = NodeConfig::load(Some(&wrong_type)).unwrap_err().to_string();
+        assert!(err.contains("ingest.shards"), "{err}");
+    }
+}

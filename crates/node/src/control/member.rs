@@ -1,0 +1,138 @@
+//! The node as a member of the cluster's control plane (`[raft]`): a Raft node in the same
+//! process, its id from the config or the pod's ordinal, and on a first start the cluster
+//! initialised by the member with the lowest id among `raft.initial_members`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+use tessera_core::ConfigError;
+
+/// A control-plane member run inside the node, on a runtime of its own.
+pub struct ControlMember {
+    /// The member's runtime.
+    pub runtime: tokio::runtime::Runtime,
+    /// The Raft node.
+    pub node: tessera_consensus::ConsensusNode,
+}
+
+/// The `[raft]` section: the node runs a control-plane member in its own process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftConfig {
+    /// This node's Raft id, unique in the cluster; unset: `id_base` plus the pod's ordinal
+    /// (`TESSERA_POD_ORDINAL`, else the `-N` suffix of the host name, as a StatefulSet names
+    /// its pods).
+    pub node_id: Option<u64>,
+    /// See `node_id`: one base per site keeps the sites' ids apart (site a 100.., b 200..).
+    pub id_base: u64,
+    /// Where the Raft and admin gRPC endpoint listens.
+    pub listen: SocketAddr,
+    /// The address other nodes reach this one at (default: the listen address).
+    pub advertise: Option<String>,
+    /// The Raft log, state machine and snapshots (site-local durable disk).
+    pub data_dir: PathBuf,
+    /// The cluster's first members, `ID=SITE@HOST:PORT`. On its first start the member with
+    /// the lowest id initialises the cluster with them (no `tessera cluster init` needed);
+    /// later starts, and every other member, ignore it. Empty: an operator initialises.
+    pub initial_members: Vec<String>,
+    /// Leader heartbeat period, ms.
+    pub heartbeat_ms: u64,
+    /// Election timeout range, ms; raise both between sites with slow links.
+    pub election_timeout_min_ms: u64,
+    /// See `election_timeout_min_ms`.
+    pub election_timeout_max_ms: u64,
+    /// How long a write may wait for a quorum, ms.
+    pub write_timeout_ms: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        let d = tessera_consensus::RaftSettings::new(0, "", "0.0.0.0:7070".parse().expect("address"), "");
+        Self {
+            node_id: None,
+            id_base: 0,
+            listen: d.listen,
+            advertise: None,
+            data_dir: PathBuf::new(),
+            initial_members: Vec::new(),
+            heartbeat_ms: d.heartbeat_ms,
+            election_timeout_min_ms: d.election_timeout_min_ms,
+            election_timeout_max_ms: d.election_timeout_max_ms,
+            write_timeout_ms: d.write_timeout_ms,
+        }
+    }
+}
+
+impl RaftConfig {
+    /// The node's Raft id: `node_id`, or `id_base` plus the pod ordinal (see `node_id`).
+    pub fn resolved_node_id(&self) -> Result<u64> {
+        if let Some(id) = self.node_id {
+            return Ok(id);
+        }
+        let ordinal = match std::env::var("TESSERA_POD_ORDINAL") {
+            Ok(v) => v.trim().parse::<u64>().with_context(|| format!("config: raft.node_id: TESSERA_POD_ORDINAL={v:?} is not a number"))?,
+            Err(_) => {
+                let host = std::env::var("HOSTNAME").ok().or_else(|| std::fs::read_to_string("/etc/hostname").ok()).unwrap_or_default();
+                let host = host.trim();
+                host.rsplit_once('-').and_then(|(_, n)| n.parse::<u64>().ok()).with_context(|| {
+                    format!("config: raft.node_id is unset and neither TESSERA_POD_ORDINAL nor the host name ({host:?}, no -N suffix) gives an ordinal")
+                })?
+            }
+        };
+        Ok(self.id_base + ordinal)
+    }
+
+    /// The consensus settings for node `id` at `site`.
+    pub fn settings(&self, id: u64, site: &str) -> tessera_consensus::RaftSettings {
+        tessera_consensus::RaftSettings {
+            advertise: self.advertise.clone(),
+            heartbeat_ms: self.heartbeat_ms,
+            election_timeout_min_ms: self.election_timeout_min_ms,
+            election_timeout_max_ms: self.election_timeout_max_ms,
+            write_timeout_ms: self.write_timeout_ms,
+            ..tessera_consensus::RaftSettings::new(id, site, self.listen, self.data_dir.clone())
+        }
+    }
+
+    /// Checks the fields; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        tessera_core::ensure(!self.data_dir.as_os_str().is_empty(), "data_dir", "must be set (the Raft log's directory)")?;
+        for (i, m) in self.initial_members.iter().enumerate() {
+            super::parse_node_spec(m).map_err(|e| ConfigError::new(format!("initial_members[{i}]"), e.to_string()))?;
+        }
+        self.settings(1, "site").raft_config().map(drop).map_err(|e| match e {
+            tessera_consensus::ConsensusError::Config { field, problem } => ConfigError::new(field.trim_start_matches("raft."), problem),
+            other => ConfigError::new("", other.to_string()),
+        })
+    }
+}
+
+/// Starts the node's Raft member on a runtime of its own and, if it has the lowest id among
+/// `initial_members`, initialises the cluster in the background (once the others answer).
+pub fn start(raft: &RaftConfig, site: &str, tls: Option<Arc<tessera_tls::TlsMaterial>>) -> Result<ControlMember> {
+    let id = raft.resolved_node_id()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("tessera-raft").enable_all().build()?;
+    let node = runtime
+        .block_on(tessera_consensus::ConsensusNode::start_with_tls(raft.settings(id, site), tls))
+        .with_context(|| format!("starting the Raft member (node {id}, raft.listen {})", raft.listen))?;
+    let members: Vec<(u64, String, String)> = raft
+        .initial_members
+        .iter()
+        .map(|m| super::parse_node_spec(m).map(|n| (n.id, n.site, n.addr)))
+        .collect::<Result<_>>()?;
+    if members.iter().map(|m| m.0).min() == Some(id) {
+        let bootstrap = node.bootstrap(&members, std::time::Duration::from_secs(600));
+        runtime.spawn(async move {
+            match bootstrap.await {
+                Ok(true) => tracing::info!(target: "tessera::audit", node = id, members = members.len(), "initialised the cluster (raft.initial_members)"),
+                Ok(false) => tracing::debug!(node = id, "the cluster was initialised before"),
+                Err(e) => tracing::error!(node = id, error = %e, "could not initialise the cluster; `tessera cluster init` can"),
+            }
+        });
+    }
+    tracing::info!(node = id, %site, addr = %node.addr(), "Raft member started");
+    Ok(ControlMember { runtime, node })
+}

@@ -1,0 +1,23 @@
+//! A Tessera node at run time: what `tessera node` runs, as a library.
+//!
+//! [`node::Node`] wires the parts: the ingest (`tessera-ingest`) hands shard batches to the
+//! detection stage ([`detect`], the stream engine on its own thread), which checkpoints per
+//! Kafka partition ([`checkpoints`]) and feeds the site store ([`store`]); the SQL endpoint
+//! ([`sql`]) serves the engine's and the store's tables; [`observe`] serves `/metrics` and
+//! the health checks; [`control`] keeps the cluster-wide queries in step and runs a Raft member
+//! in the process. Each feature owns its config section; [`config`] only assembles them.
+//!
+//! Nothing here imports the command line or the workload tools (simulator, replay, demo).
+#![deny(missing_docs)]
+
+pub mod checkpoints;
+pub mod config;
+pub mod control;
+pub mod detect;
+pub mod node;
+pub mod observe;
+pub mod rules;
+pub mod sql;
+pub mod store;
+pub mod telemetry;
+pub mod topics;

@@ -1,0 +1,16 @@
+//! What drives and judges a Tessera cluster from outside: the fleet simulator with injected
+//! faults ([`simulate`]), CSV replay of recorded data ([`csv_replay`]), the telemetry producer
+//! and its wire formats ([`producer`]), bad input for the dead-letter path ([`bad_input`]),
+//! librdkafka's mock cluster as an embedded Kafka ([`embedded`]), the evaluation of the
+//! detection on labelled data ([`eval`]) and the three-site demo ([`demo`]).
+//!
+//! It drives nodes through `tessera-node`'s public API; the node never imports it.
+#![deny(missing_docs)]
+
+pub mod bad_input;
+pub mod csv_replay;
+pub mod demo;
+pub mod embedded;
+pub mod eval;
+pub mod producer;
+pub mod simulate;
