@@ -16,7 +16,6 @@ pub mod control;
 pub mod detect;
 pub mod node;
 pub mod observe;
-pub mod rules;
 pub mod sql;
 pub mod store;
 pub mod telemetry;

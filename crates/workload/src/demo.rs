@@ -111,7 +111,7 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
     };
     let sites: Vec<String> = (0..opts.sites).map(site_name).collect();
     let detect = DetectConfig {
-        queries: tessera_node::rules::DEFAULT_RULES.iter().chain(tessera_node::rules::DEMO_RULES).map(|s| s.to_string()).collect(),
+        queries: tessera_node::detect::rules::DEFAULT_RULES.iter().chain(tessera_node::detect::rules::DEMO_RULES).map(|s| s.to_string()).collect(),
         ..Default::default()
     };
     let mut topics: Vec<(String, i32)> = sites.iter().flat_map(|s| [(telemetry_topic(s), 3), (dead_letter_topic(s), 1)]).collect();

@@ -1,0 +1,422 @@
+//! The detection stage of a node: takes the ingest's shard batches, runs them through the
+//! stream engine (windows, continuous queries, alerts) on its own thread, and writes alert
+//! events and late readings to Kafka.
+//!
+//! Without a checkpoint store, a batch is acknowledged to the ingest once the engine has taken
+//! it in, so offsets advance while windows are still open: a crash loses open windows.
+//!
+//! Checkpointed ([`Detect::start_checkpointed`]), state is kept per Kafka partition (see
+//! [`crate::checkpoints`]). When the ingest is assigned a partition, the partition's
+//! checkpoint arrives ahead of its readings and its motors' state is adopted into the engine.
+//! The stage holds every acknowledgement until a checkpoint covers the batch. On each barrier
+//! from the ingest, the detection thread (1) encodes, for each partition with new messages,
+//! the state of that partition's motors with its next offset, (2) forgets the motors of
+//! partitions revoked at the barrier (their new owner takes them over from that checkpoint),
+//! and hands the encoded checkpoints and the held acknowledgements to the checkpoint writer
+//! thread, and goes on with the next batch. The writer, one barrier after the other, (3) waits
+//! until every alert and late reading produced so far is confirmed by the broker, (4) writes
+//! each checkpoint to its partition's store (temp file, fsync, rename), and only then (5)
+//! acknowledges the batches before the barrier, which lets the ingest commit their offsets
+//! (a revoke waits for these, so a partition is handed over only once its checkpoint is
+//! durable). A crash anywhere loses nothing: the partition's next owner restores its newest
+//! checkpoint and re-reads from its offset; what was sent after it is sent again with the same
+//! alert ids (see ARCHITECTURE.md, "Effectively-once alerts"). A failed checkpoint write stops
+//! the stage with the error.
+//!
+//! The set of queries can change while the stage runs ([`Detect::query_changes`]): the
+//! detection thread adds or drops a query between two steps, each on a window operator of its
+//! own (see [`StreamEngine::register_standalone`]), so a checkpoint never holds half a change.
+//!
+//! Alerts go to `alerts_topic` as JSON keyed by motor id (schema in `tessera_stream::alerts`);
+//! late readings go to `late_topic` as reading JSON with the header `tessera.late.for` naming
+//! the window they missed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tessera_core::{ConfigError, ensure};
+use anyhow::{Context as _, Result};
+use arrow_array::{RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext};
+use serde::{Deserialize, Serialize};
+use tessera_core::WatermarkPolicy;
+use tessera_ingest::{ShardBatch, TopicPartition};
+use tessera_stream::{EngineStats, StreamConfig, StreamEngine};
+
+use tessera_core::now_ms;
+
+pub mod rules;
+mod checkpoint_writer;
+mod worker;
+
+use checkpoint_writer::CheckpointWriter;
+use worker::Worker;
+
+/// The `[detect]` config section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectConfig {
+    /// `CREATE CONTINUOUS QUERY` statements; empty: the default rule set ([`crate::rules`]).
+    pub queries: Vec<String>,
+    /// How far behind a motor's newest reading a reading may arrive and still count.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// Silence after which a motor's open windows close.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Topic of alert events.
+    pub alerts_topic: String,
+    /// Topic of late readings.
+    pub late_topic: String,
+    /// The detection stage's dead letters: the closed windows of a query run that failed (an
+    /// error, or a panic some input triggered), as Arrow IPC, with the query and the reason in
+    /// headers. The node goes on.
+    pub dead_letter_topic: String,
+    /// Rows kept in each queryable table.
+    pub table_rows: usize,
+    /// Raw readings kept for the `telemetry` table (the newest; 0: none).
+    pub telemetry_rows: usize,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            queries: Vec::new(),
+            allowed_lateness: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(30),
+            alerts_topic: "tessera-alerts".into(),
+            late_topic: "tessera-late".into(),
+            dead_letter_topic: "tessera-detect-dead-letter".into(),
+            table_rows: 1_000_000,
+            telemetry_rows: 100_000,
+        }
+    }
+}
+
+impl DetectConfig {
+    /// Checks the fields; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ensure(!self.alerts_topic.is_empty(), "alerts_topic", "must not be empty")?;
+        ensure(!self.late_topic.is_empty(), "late_topic", "must not be empty")?;
+        ensure(!self.dead_letter_topic.is_empty(), "dead_letter_topic", "must not be empty")?;
+        ensure(self.idle_timeout > Duration::ZERO, "idle_timeout", "must be positive")?;
+        ensure(self.table_rows > 0, "table_rows", "must be positive")
+    }
+
+    /// The queries to run: the configured ones or the defaults.
+    pub fn effective_queries(&self) -> Vec<String> {
+        if self.queries.is_empty() { crate::detect::rules::DEFAULT_RULES.iter().map(|s| s.to_string()).collect() } else { self.queries.clone() }
+    }
+
+    fn stream_config(&self) -> StreamConfig {
+        StreamConfig {
+            watermark: WatermarkPolicy {
+                allowed_lateness_ms: self.allowed_lateness.as_millis() as i64,
+                idle_timeout_ms: self.idle_timeout.as_millis() as i64,
+            },
+            table_rows: self.table_rows,
+            telemetry_rows: self.telemetry_rows,
+        }
+    }
+}
+
+/// Builds an engine with the configured queries; a bad query fails here, naming it.
+pub fn build_engine(config: &DetectConfig) -> Result<StreamEngine> {
+    config.validate()?;
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let mut engine = StreamEngine::new(config.stream_config());
+    for sql in config.effective_queries() {
+        rt.block_on(engine.register(&sql)).map_err(|e| anyhow::anyhow!("detect.queries: {e}"))?;
+    }
+    Ok(engine)
+}
+
+/// A partition's checkpoint adopted on assignment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adopted {
+    /// The partition.
+    pub partition: TopicPartition,
+    /// The checkpoint's id.
+    pub id: u64,
+    /// Motors whose state came back.
+    pub motors: usize,
+    /// Open windows that came back.
+    pub open_windows: usize,
+    /// Queries that start fresh (new or changed since the checkpoint).
+    pub fresh: Vec<String>,
+}
+
+/// Name of the engine's section in a checkpoint.
+pub const ENGINE_SECTION: &str = "engine";
+
+/// Counters of the detection stage.
+#[derive(Debug, Clone, Default)]
+pub struct DetectStats {
+    /// Checkpoint files written (one per partition with new messages, per barrier).
+    pub checkpoints: u64,
+    /// Size of the last barrier's checkpoint files, in bytes.
+    pub last_checkpoint_bytes: u64,
+    /// Encoding the engine state, in microseconds (last barrier, all its partitions).
+    pub last_checkpoint_encode_us: u64,
+    /// Writing it durably, in microseconds (last barrier, all its partitions; on the writer
+    /// thread).
+    pub last_checkpoint_write_us: u64,
+    /// Waiting for the broker to confirm alerts and late readings, in microseconds (last; on
+    /// the writer thread).
+    pub last_checkpoint_flush_us: u64,
+    /// The longest time a barrier held up the detection thread, in microseconds: encoding,
+    /// releasing handed-over motors, and waiting for the writer to take the job (it holds one
+    /// barrier's job while it writes another's).
+    pub longest_checkpoint_pause_us: u64,
+    /// Partitions owned now.
+    pub partitions_owned: usize,
+    /// The newest checkpoint id written per partition (partitions owned at some point).
+    pub written: BTreeMap<TopicPartition, u64>,
+    /// Checkpoints adopted on assignment, in order.
+    pub adopted: Vec<Adopted>,
+    /// Motors forgotten because their partition was handed over.
+    pub motors_released: u64,
+    /// The engine's counters.
+    pub engine: EngineStats,
+    /// Alert events written to Kafka.
+    pub alerts_sent: u64,
+    /// Late readings written to Kafka.
+    pub late_sent: u64,
+    /// Failed query runs whose windows went to the dead-letter topic.
+    pub failed_runs: u64,
+    /// Batches taken from the ingest.
+    pub batches: u64,
+    /// The queries running now, by name (sorted).
+    pub queries: Vec<String>,
+    /// Query changes applied while running (registered or dropped).
+    pub query_changes: u64,
+    /// Query changes refused (the query does not plan here), with why.
+    pub query_changes_refused: Vec<String>,
+}
+
+/// The queries a node runs now, as the `continuous_queries` table shows them.
+#[derive(Debug, Clone, Default)]
+pub struct RunningQueries(Arc<Mutex<Vec<(String, String, String)>>>);
+
+impl RunningQueries {
+    /// Sets the list from the engine's registered queries.
+    pub fn update(&self, engine: &StreamEngine) {
+        let rows = engine.queries().map(|q| (q.name.clone(), tessera_stream::engine::describe(&q.window), q.text.clone())).collect();
+        if let Ok(mut list) = self.0.lock() {
+            *list = rows;
+        }
+    }
+
+    /// The table's schema: name, window, sql.
+    pub fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, false), Field::new("window", DataType::Utf8, false), Field::new("sql", DataType::Utf8, false)]))
+    }
+
+    /// The table's rows now.
+    pub fn rows(&self) -> Vec<RecordBatch> {
+        let rows = self.0.lock().map(|l| l.clone()).unwrap_or_default();
+        let column = |f: fn(&(String, String, String)) -> &str| Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as _;
+        RecordBatch::try_new(Self::schema(), vec![column(|r| &r.0), column(|r| &r.1), column(|r| &r.2)]).map(|b| vec![b]).unwrap_or_default()
+    }
+}
+
+/// A change to the queries a running stage runs, applied between two steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryChange {
+    /// Start running a `CREATE CONTINUOUS QUERY` statement, on windows of its own.
+    Register {
+        /// The query's name (as its statement says).
+        name: String,
+        /// The statement.
+        sql: String,
+    },
+    /// Stop running a query and drop its state.
+    Drop {
+        /// The query's name.
+        name: String,
+    },
+}
+
+/// A running detection stage.
+pub struct Detect {
+    stop: Arc<AtomicBool>,
+    end_of_input: Arc<AtomicBool>,
+    stats: Arc<Mutex<DetectStats>>,
+    changes: Sender<QueryChange>,
+    running: RunningQueries,
+    alert_latency: Arc<tessera_core::LatencyHistogram>,
+    last_turn_ms: Arc<std::sync::atomic::AtomicI64>,
+    thread: Option<JoinHandle<Result<StreamEngine>>>,
+}
+
+/// Counts deliveries the broker refused, so that a checkpoint never covers a lost alert.
+pub(super) struct DeliveryCheck {
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl ClientContext for DeliveryCheck {}
+
+impl ProducerContext for DeliveryCheck {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result
+            && let Ok(mut failed) = self.failed.lock()
+        {
+            use rdkafka::Message as _;
+            failed.get_or_insert_with(|| format!("delivery to {} failed: {e}", m.topic()));
+        }
+    }
+}
+
+
+impl Detect {
+    /// Starts the stage on `engine`, reading `batches`, writing to `brokers`.
+    pub fn start(engine: StreamEngine, config: &DetectConfig, brokers: &str, batches: Receiver<ShardBatch>) -> Result<Self> {
+        Self::start_checkpointed(engine, config, brokers, batches, false, None)
+    }
+
+    /// Like [`Detect::start`], with per-partition checkpoints when `checkpointed`: the ingest
+    /// must then send barriers (its `checkpoint_interval` set) and partitions' checkpoints
+    /// ([`tessera_ingest::Ingest::start_with_states`] with
+    /// [`crate::checkpoints::PartitionCheckpoints`]). With `raw`, every reading taken in is
+    /// also sent there (the site's store, see [`crate::store`]); if it is gone, the stage
+    /// stops with an error rather than drop readings.
+    pub fn start_checkpointed(engine: StreamEngine, config: &DetectConfig, brokers: &str, batches: Receiver<ShardBatch>, checkpointed: bool, raw: Option<SyncSender<RecordBatch>>) -> Result<Self> {
+        let failed = Arc::new(Mutex::new(None));
+        let producer: ThreadedProducer<DeliveryCheck> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            // Alerts are few and urgent: send each at once.
+            .set("linger.ms", "0")
+            .create_with_context(DeliveryCheck { failed: failed.clone() })
+            .context("creating the alerts producer")?;
+        let producer = Arc::new(producer);
+        let stop = Arc::new(AtomicBool::new(false));
+        let end_of_input = Arc::new(AtomicBool::new(false));
+        let mut queries: Vec<String> = engine.queries().map(|q| q.name.clone()).collect();
+        queries.sort();
+        let stats = Arc::new(Mutex::new(DetectStats { queries, ..Default::default() }));
+        let (changes, change_queue) = std::sync::mpsc::channel();
+        let running = RunningQueries::default();
+        running.update(&engine);
+        let alert_latency = Arc::new(tessera_core::LatencyHistogram::default());
+        let last_turn_ms = Arc::new(std::sync::atomic::AtomicI64::new(now_ms()));
+        let writer = match checkpointed {
+            true => {
+                // One job queued while another is written: a slow disk holds up the detection
+                // thread (and so the ingest) instead of piling up encoded state.
+                let (jobs, queue) = std::sync::mpsc::sync_channel(1);
+                let writer = CheckpointWriter { producer: producer.clone(), delivery_failed: failed.clone(), stats: stats.clone() };
+                let thread = std::thread::Builder::new().name("tessera-checkpoint".into()).spawn(move || writer.run(queue))?;
+                Some((jobs, thread))
+            }
+            false => None,
+        };
+        let worker = Worker {
+            engine,
+            producer,
+            writer,
+            config: config.clone(),
+            stats: stats.clone(),
+            stop: stop.clone(),
+            end_of_input: end_of_input.clone(),
+            checkpointed,
+            owned: BTreeMap::new(),
+            motor_partition: HashMap::new(),
+            held: Vec::new(),
+            batches_since_checkpoint: 0,
+            changes: change_queue,
+            running: running.clone(),
+            raw,
+            alert_latency: alert_latency.clone(),
+            last_turn_ms: last_turn_ms.clone(),
+        };
+        let thread = std::thread::Builder::new().name("tessera-detect".into()).spawn(move || worker.run(batches))?;
+        Ok(Self { stop, end_of_input, stats, changes, running, alert_latency, last_turn_ms, thread: Some(thread) })
+    }
+
+    /// True once the stage's thread has ended (after a stop, or on an error such as a failed
+    /// checkpoint write; [`Detect::stop`] returns it).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Where to send changes to the running queries; the detection thread applies each one
+    /// between two steps, and [`DetectStats::queries`] then shows it.
+    pub fn query_changes(&self) -> Sender<QueryChange> {
+        self.changes.clone()
+    }
+
+    /// The queries the stage runs now (kept current as they change).
+    pub fn running_queries(&self) -> RunningQueries {
+        self.running.clone()
+    }
+
+    /// Window close to alert: from the start of the step that closed a window to its alert
+    /// event handed to the producer (processing time).
+    pub fn alert_latency(&self) -> Arc<tessera_core::LatencyHistogram> {
+        self.alert_latency.clone()
+    }
+
+    /// A handle on the counters for the metrics endpoint.
+    pub fn probe(&self) -> DetectProbe {
+        DetectProbe { stats: self.stats.clone(), last_turn_ms: self.last_turn_ms.clone() }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> DetectStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Like [`Detect::stop`], but the input is complete (a finished replay): every window
+    /// still open is closed, and its alerts written, before stopping. Replays are then
+    /// independent of processing-time idleness.
+    pub fn stop_at_end_of_input(self) -> Result<StreamEngine> {
+        self.end_of_input.store(true, Ordering::Relaxed);
+        self.stop()
+    }
+
+    /// Stops after the batches already queued, flushes the producer, and returns the engine
+    /// (its tables stay queryable).
+    pub fn stop(mut self) -> Result<StreamEngine> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().expect("running").join().map_err(|_| anyhow::anyhow!("the detect thread panicked"))?
+    }
+}
+
+impl Drop for Detect {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The detection stage's counters and heartbeat, for the metrics and health endpoints.
+#[derive(Clone)]
+pub struct DetectProbe {
+    stats: Arc<Mutex<DetectStats>>,
+    last_turn_ms: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl DetectProbe {
+    /// Counters so far.
+    pub fn stats(&self) -> DetectStats {
+        self.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// When the stage's loop last turned (it turns at least every 100 ms while it runs).
+    pub fn last_turn_ms(&self) -> i64 {
+        self.last_turn_ms.load(Ordering::Relaxed)
+    }
+}
+

@@ -1,0 +1,403 @@
+//! The detection thread: takes the ingest's batches into the engine, writes alerts and late
+//! readings, adopts a partition's checkpoint on assignment, and at each barrier encodes the
+//! checkpoints of the partitions with new messages for the [`super::CheckpointWriter`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use arrow_array::RecordBatch;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
+use tessera_ingest::{Barrier, BatchAck, Control, PartitionStart, ShardBatch, TopicPartition, readings_from_batch};
+use tessera_state::{Checkpoint, CheckpointStore, SourceOffset};
+use tessera_stream::{StepOutput, StreamEngine};
+
+use tessera_core::now_ms;
+
+use super::checkpoint_writer::{CheckpointFile, CheckpointJob};
+use super::{Adopted, DeliveryCheck, DetectConfig, DetectStats, ENGINE_SECTION, QueryChange, RunningQueries};
+
+
+/// A partition this stage owns: its store, and what its newest checkpoint covers.
+#[derive(Debug)]
+pub(super) struct OwnedPartition {
+    /// Written by the checkpoint writer only.
+    pub(super) store: Arc<Mutex<CheckpointStore>>,
+    /// Id of the newest checkpoint in the store (0: none).
+    pub(super) last_id: u64,
+    /// The next offset past what the engine has taken in of this partition, and past what the
+    /// newest checkpoint holds (`None`: nothing yet).
+    pub(super) next_offset: Option<i64>,
+    pub(super) checkpointed_offset: Option<i64>,
+}
+
+
+pub(super) struct Worker {
+    pub(super) engine: StreamEngine,
+    pub(super) producer: Arc<ThreadedProducer<DeliveryCheck>>,
+    /// The checkpoint writer's queue and thread (checkpointed stages only).
+    pub(super) writer: Option<(SyncSender<CheckpointJob>, JoinHandle<Result<()>>)>,
+    pub(super) config: DetectConfig,
+    pub(super) stats: Arc<Mutex<DetectStats>>,
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) end_of_input: Arc<AtomicBool>,
+    pub(super) checkpointed: bool,
+    /// The partitions this stage owns, and the partition of each motor it holds state for.
+    pub(super) owned: BTreeMap<TopicPartition, OwnedPartition>,
+    pub(super) motor_partition: HashMap<String, TopicPartition>,
+    /// Acknowledgements held until a checkpoint covers their batches.
+    pub(super) held: Vec<BatchAck>,
+    pub(super) batches_since_checkpoint: u64,
+    /// Changes to the running queries, applied between steps.
+    pub(super) changes: Receiver<QueryChange>,
+    pub(super) running: RunningQueries,
+    /// The site's store of raw readings, if any.
+    pub(super) raw: Option<SyncSender<RecordBatch>>,
+    pub(super) alert_latency: Arc<tessera_core::LatencyHistogram>,
+    /// When the loop last turned (the liveness probe's heartbeat).
+    pub(super) last_turn_ms: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl Worker {
+    pub(super) fn run(mut self, batches: Receiver<ShardBatch>) -> Result<StreamEngine> {
+        let rt = tokio::runtime::Builder::new_current_thread().build()?;
+        let tick = Duration::from_millis(100);
+        loop {
+            match batches.recv_timeout(tick) {
+                Ok(ShardBatch { batch: rows, ack, control, span, .. }) => {
+                    if rows.num_rows() > 0 {
+                        let step = tracing::info_span!(parent: &span, "detect.step", rows = rows.num_rows(), windows_closed = tracing::field::Empty, alerts = tracing::field::Empty);
+                        let _in_step = step.enter();
+                        let started = Instant::now();
+                        if let Some(raw) = &self.raw {
+                            let telemetry = rows.project(&(0..tessera_core::telemetry_schema().fields().len()).collect::<Vec<_>>())?;
+                            raw.send(telemetry).map_err(|_| anyhow::anyhow!("the telemetry store has stopped; readings would be lost"))?;
+                        }
+                        let out = rt.block_on(self.engine.push(&rows, now_ms()))?;
+                        step.record("windows_closed", out.windows_closed);
+                        step.record("alerts", out.alerts.len());
+                        self.publish(out, started)?;
+                        self.batches_since_checkpoint += 1;
+                        if let Ok(mut s) = self.stats.lock() {
+                            s.batches += 1;
+                        }
+                    }
+                    match self.checkpointed {
+                        true => self.held.push(ack),
+                        false => ack.ack(),
+                    }
+                    match control {
+                        Some(Control::Barrier(barrier)) if self.checkpointed => self.checkpoint(&barrier)?,
+                        Some(Control::Assigned(starts)) if self.checkpointed => self.adopt(starts)?,
+                        _ => {}
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.last_turn_ms.store(now_ms(), Ordering::Relaxed);
+            let started = Instant::now();
+            let out = rt.block_on(self.engine.tick(now_ms()))?;
+            self.publish(out, started)?;
+            self.apply_query_changes(&rt);
+            if let Ok(mut s) = self.stats.lock() {
+                s.engine = self.engine.stats();
+            }
+            if self.writer.as_ref().is_some_and(|(_, thread)| thread.is_finished()) {
+                return Err(self.stop_writer().expect_err("the writer stops only on an error"));
+            }
+        }
+        if self.end_of_input.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            let out = rt.block_on(self.engine.close_all(now_ms()))?;
+            self.publish(out, started)?;
+        }
+        self.stop_writer()?;
+        self.producer.flush(Duration::from_secs(30)).context("flushing alerts and late readings")?;
+        Ok(self.engine)
+    }
+
+    /// Applies the queued changes to the running queries. A change that cannot be applied is
+    /// logged and counted, not fatal: one bad query must not stop the stage.
+    fn apply_query_changes(&mut self, rt: &tokio::runtime::Runtime) {
+        let mut applied = false;
+        while let Ok(change) = self.changes.try_recv() {
+            let result = match &change {
+                QueryChange::Register { name, sql } => self.register_standalone(rt, name, sql),
+                QueryChange::Drop { name } if !self.engine.queries().any(|q| q.name == *name) => {
+                    // Never ran here (refused when registered): nothing to stop.
+                    tracing::debug!(query = %name, "dropping a query that is not running");
+                    continue;
+                }
+                QueryChange::Drop { name } => self.engine.unregister(name).map(|_| ()).map_err(|e| anyhow::anyhow!("query {name}: {e}")),
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!(change = ?change, "running queries changed");
+                    applied = true;
+                    if let Ok(mut s) = self.stats.lock() {
+                        s.query_changes += 1;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "a change to the running queries was refused");
+                    if let Ok(mut s) = self.stats.lock() {
+                        s.query_changes_refused.push(e.to_string());
+                    }
+                }
+            }
+        }
+        if applied {
+            self.running.update(&self.engine);
+        }
+        if applied && let Ok(mut s) = self.stats.lock() {
+            let mut names: Vec<String> = self.engine.queries().map(|q| q.name.clone()).collect();
+            names.sort();
+            s.queries = names;
+        }
+    }
+
+    /// Registers `sql` on windows of its own, if it creates the query `name`.
+    fn register_standalone(&mut self, rt: &tokio::runtime::Runtime, name: &str, sql: &str) -> Result<()> {
+        let created = rt.block_on(self.engine.register_standalone(sql)).map_err(|e| anyhow::anyhow!("query {name}: {e}"))?.name.clone();
+        if created != name {
+            self.engine.unregister(&created)?;
+            anyhow::bail!("query {name}: the statement creates '{created}'");
+        }
+        Ok(())
+    }
+
+    /// Lets the checkpoint writer finish the jobs it has, and returns its error if it failed.
+    fn stop_writer(&mut self) -> Result<()> {
+        let Some((jobs, thread)) = self.writer.take() else { return Ok(()) };
+        drop(jobs);
+        thread.join().map_err(|_| anyhow::anyhow!("the checkpoint writer panicked"))?
+    }
+
+    /// Newly assigned partitions: each one's checkpoint is adopted into the engine (its motors'
+    /// state added), and the partition is owned from now on.
+    fn adopt(&mut self, starts: Vec<PartitionStart>) -> Result<()> {
+        for start in starts {
+            let tp = (start.topic, start.partition);
+            if self.owned.contains_key(&tp) {
+                // Our state of it is newer than its checkpoint: keep it.
+                tracing::warn!(topic = %tp.0, partition = tp.1, "assigned a partition this stage already owns; keeping its state");
+                continue;
+            }
+            let assigned = start
+                .state
+                .and_then(|s| s.downcast::<crate::checkpoints::AssignedStore>().ok())
+                .with_context(|| format!("partition {}/{} was assigned without its checkpoint store", tp.0, tp.1))?;
+            let mut last_id = assigned.store.newest().unwrap_or(0);
+            if let Some(loaded) = &assigned.loaded {
+                let section = loaded
+                    .checkpoint
+                    .section(ENGINE_SECTION)
+                    .with_context(|| format!("checkpoint {} has no {ENGINE_SECTION} section", loaded.path.display()))?;
+                let report = self.engine.adopt(section).with_context(|| format!("restoring {}", loaded.path.display()))?;
+                for m in &report.motor_ids {
+                    self.motor_partition.insert(m.clone(), tp.clone());
+                }
+                tracing::info!(
+                    topic = %tp.0, partition = tp.1, id = loaded.checkpoint.id, motors = report.motors, open_windows = report.open_windows,
+                    fresh = ?report.fresh, dropped = ?report.dropped, "adopted the partition's checkpoint"
+                );
+                last_id = last_id.max(loaded.checkpoint.id);
+                if let Ok(mut s) = self.stats.lock() {
+                    s.adopted.push(Adopted { partition: tp.clone(), id: loaded.checkpoint.id, motors: report.motors, open_windows: report.open_windows, fresh: report.fresh });
+                }
+            }
+            let offset = start.resume_at;
+            self.owned.insert(tp, OwnedPartition { store: Arc::new(Mutex::new(assigned.store)), last_id, next_offset: offset, checkpointed_offset: offset });
+        }
+        if let Ok(mut s) = self.stats.lock() {
+            s.partitions_owned = self.owned.len();
+        }
+        Ok(())
+    }
+
+    /// Takes a checkpoint at `barrier`: the state of each partition with new messages encoded
+    /// with its offset, then the revoked partitions' motors forgotten, then the checkpoints and
+    /// the held batches' acknowledgements handed to the writer (which confirms what was sent,
+    /// writes, and then acknowledges).
+    fn checkpoint(&mut self, barrier: &Barrier) -> Result<()> {
+        let started = Instant::now();
+        for (motor, tp) in &barrier.motors {
+            self.motor_partition.insert(motor.clone(), tp.clone());
+        }
+        for (topic, partition, next) in &barrier.offsets {
+            match self.owned.get_mut(&(topic.clone(), *partition)) {
+                Some(p) => p.next_offset = Some(p.next_offset.map_or(*next, |o| o.max(*next))),
+                None => tracing::warn!(topic, partition, "a barrier names a partition this node was not assigned; not checkpointed"),
+            }
+        }
+        let revoked = |tp: &TopicPartition| barrier.revoked.contains(tp);
+        let due: Vec<TopicPartition> = self
+            .owned
+            .iter()
+            .filter(|(tp, p)| p.next_offset != p.checkpointed_offset && !(barrier.lost && revoked(tp)))
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        let encoding = Instant::now();
+        let files = self.encode_checkpoints(&due)?;
+        let job = CheckpointJob { epoch: barrier.epoch, files, acks: std::mem::take(&mut self.held), encode: encoding.elapsed() };
+        if !barrier.revoked.is_empty() {
+            let released = self.engine.release_motors(&|m| self.motor_partition.get(m).is_some_and(revoked))?;
+            self.motor_partition.retain(|_, tp| !revoked(tp));
+            self.owned.retain(|tp, _| !revoked(tp));
+            tracing::info!(partitions = barrier.revoked.len(), motors = released, lost = barrier.lost, "handed partitions over");
+            if let Ok(mut s) = self.stats.lock() {
+                s.motors_released += released as u64;
+                s.partitions_owned = self.owned.len();
+            }
+        }
+        self.batches_since_checkpoint = 0;
+        let (jobs, _) = self.writer.as_ref().expect("a checkpointed stage has a writer");
+        if jobs.send(job).is_err() {
+            return Err(self.stop_writer().err().unwrap_or_else(|| anyhow::anyhow!("the checkpoint writer stopped")));
+        }
+        if let Ok(mut s) = self.stats.lock() {
+            s.longest_checkpoint_pause_us = s.longest_checkpoint_pause_us.max(started.elapsed().as_micros() as u64);
+        }
+        Ok(())
+    }
+
+    /// Encodes the checkpoint of each `due` partition: its motors' state and its next offset.
+    /// The partitions count them as written from here on (if the writer fails, the stage
+    /// stops).
+    fn encode_checkpoints(&mut self, due: &[TopicPartition]) -> Result<Vec<CheckpointFile>> {
+        let mut files = Vec::with_capacity(due.len());
+        for tp in due {
+            let engine = self.engine.checkpoint_motors(&|m| self.motor_partition.get(m) == Some(tp)).context("checkpoint: encoding the engine state")?;
+            let p = self.owned.get_mut(tp).expect("due partitions are owned");
+            let next_offset = p.next_offset.expect("a due partition has an offset");
+            let checkpoint = Checkpoint {
+                id: p.last_id + 1,
+                created_ms: now_ms(),
+                offsets: vec![SourceOffset { topic: tp.0.clone(), partition: tp.1, next_offset }],
+                sections: vec![(ENGINE_SECTION.to_string(), engine)],
+            };
+            (p.last_id, p.checkpointed_offset) = (checkpoint.id, Some(next_offset));
+            files.push((tp.clone(), p.store.clone(), checkpoint));
+        }
+        Ok(files)
+    }
+
+    /// Writes a step's alerts, late readings and failed runs; `started` is when the step that
+    /// closed the windows began.
+    fn publish(&mut self, out: StepOutput, started: Instant) -> Result<()> {
+        let mut alerts = 0;
+        for event in &out.alerts {
+            let _alert = tracing::info_span!(
+                "alert.emit",
+                query = %event.query,
+                motor_id = %event.motor_id,
+                state = ?event.state,
+                severity = ?event.severity,
+                peak_score = event.peak_score
+            )
+            .entered();
+            let payload = serde_json::to_vec(event)?;
+            self.send(&self.config.alerts_topic, &event.motor_id, &payload, None)?;
+            self.alert_latency.observe(started.elapsed());
+            alerts += 1;
+        }
+        let mut late = 0;
+        for batch in &out.late {
+            late += self.publish_late(batch)?;
+        }
+        for failed in &out.failed {
+            self.publish_failed(failed)?;
+        }
+        if let Ok(mut s) = self.stats.lock() {
+            s.alerts_sent += alerts;
+            s.late_sent += late;
+        }
+        Ok(())
+    }
+
+    /// A failed query run's windows, to the dead-letter topic: Arrow IPC, with the reason
+    /// (`query_failed`), the error and the query in headers, keyed by the query.
+    fn publish_failed(&mut self, failed: &tessera_stream::FailedRun) -> Result<()> {
+        use tessera_ingest::dead_letter_headers as h;
+        let mut payload = Vec::new();
+        let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut payload, failed.windows.schema_ref())?;
+        writer.write(&failed.windows)?;
+        writer.finish()?;
+        drop(writer);
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: h::REASON, value: Some("query_failed") })
+            .insert(Header { key: h::DETAIL, value: Some(failed.error.as_str()) })
+            .insert(Header { key: "tessera.dlq.query", value: Some(failed.query.as_str()) })
+            .insert(Header { key: "content-type", value: Some("application/vnd.apache.arrow.stream") });
+        let record = BaseRecord::to(&self.config.dead_letter_topic).key(failed.query.as_str()).payload(&payload).headers(headers);
+        self.producer.send(record).map_err(|(e, _)| anyhow::anyhow!("writing to {}: {e}", self.config.dead_letter_topic))?;
+        if let Ok(mut s) = self.stats.lock() {
+            s.failed_runs += 1;
+        }
+        Ok(())
+    }
+
+    fn publish_late(&self, batch: &RecordBatch) -> Result<u64> {
+        let telemetry = batch.project(&(0..tessera_core::telemetry_schema().fields().len()).collect::<Vec<_>>())?;
+        let late_for = batch.column(batch.num_columns() - 1).as_any().downcast_ref::<arrow_array::StringArray>().cloned();
+        for (i, r) in readings_from_batch(&telemetry).iter().enumerate() {
+            let payload = serde_json::to_vec(&reading_json(r))?;
+            let why = late_for.as_ref().map(|a| a.value(i).to_string()).unwrap_or_default();
+            self.send(&self.config.late_topic, r.motor_id.as_str(), &payload, Some(&why))?;
+        }
+        Ok(telemetry.num_rows() as u64)
+    }
+
+    fn send(&self, topic: &str, key: &str, payload: &[u8], late_for: Option<&str>) -> Result<()> {
+        let mut record = BaseRecord::to(topic).key(key).payload(payload);
+        if let Some(why) = late_for {
+            record = record.headers(OwnedHeaders::new().insert(Header { key: "tessera.late.for", value: Some(why) }));
+        }
+        let mut record = Some(record);
+        // The producer's queue can be full for a moment: wait rather than drop.
+        for _ in 0..600 {
+            match self.producer.send(record.take().expect("record")) {
+                Ok(()) => return Ok(()),
+                Err((e, back)) if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) => {
+                    record = Some(back);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err((e, _)) => return Err(anyhow::anyhow!("writing to {topic}: {e}")),
+            }
+        }
+        anyhow::bail!("writing to {topic}: the producer queue stayed full for 30 s")
+    }
+}
+
+
+/// One barrier's checkpoints, encoded on the detection thread, for the writer.
+
+/// The JSON form of a reading (the protobuf field names; absent channels omitted).
+fn reading_json(r: &tessera_core::Reading) -> serde_json::Value {
+    use tessera_core::Channel;
+    let mut o = serde_json::Map::new();
+    o.insert("motor_id".into(), r.motor_id.as_str().into());
+    o.insert("site_id".into(), r.site_id.as_str().into());
+    o.insert("event_time_ms".into(), r.event_time_ms.into());
+    o.insert("sequence".into(), r.sequence.into());
+    for c in Channel::ALL {
+        if let Some(v) = r.get(c) {
+            o.insert(c.name().into(), v.into());
+        }
+    }
+    if !r.extra.is_empty() {
+        o.insert("extra".into(), r.extra.iter().map(|(k, v)| (k.clone(), (*v).into())).collect::<serde_json::Map<_, _>>().into());
+    }
+    o.into()
+}
+
