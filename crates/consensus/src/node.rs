@@ -308,13 +308,13 @@ impl ConsensusNode {
                 return Ok(false);
             }
             let actor = format!("bootstrap:node-{}", shared.me);
-            let registrations = shared.registrations(&actor, &members).map_err(|s| fail(s.message().to_string()))?;
+            let registrations = shared.registrations(&actor, &members).map_err(|e| fail(e.to_string()))?;
             shared.raft.initialize(members).await.map_err(|e| fail(e.to_string()))?;
             let deadline = tokio::time::Instant::now() + patience;
             for r in registrations {
-                while let Err(status) = shared.write(r.clone(), false).await {
+                while let Err(e) = shared.write(r.clone(), false).await {
                     if tokio::time::Instant::now() >= deadline {
-                        return Err(fail(format!("recording the members: {}", status.message())));
+                        return Err(fail(format!("recording the members: {e}")));
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }

@@ -14,7 +14,8 @@ use tessera_proto::raft::cluster_admin_client::ClusterAdminClient;
 use tessera_tls::PeerIdentity;
 use tonic::{Request as GrpcRequest, Response, Status};
 
-use super::quorum::{Shared, invalid, site_id};
+use super::error::ServiceError;
+use super::quorum::{Shared, site_id};
 use crate::network::channel_to;
 use crate::types::{Command, Member, NodeId, TypeConfig};
 
@@ -40,7 +41,7 @@ pub(crate) struct AdminService(pub(crate) Shared);
 impl AdminService {
     /// The actor an admin request is recorded under: the identity its client certificate
     /// proves (over mTLS), else the name it claims.
-    fn actor<T>(&self, request: &GrpcRequest<T>, claimed: &str) -> Result<String, Status> {
+    fn actor<T>(&self, request: &GrpcRequest<T>, claimed: &str) -> Result<String, ServiceError> {
         if !self.0.tls_required {
             return Ok(claimed.to_string());
         }
@@ -49,20 +50,20 @@ impl AdminService {
             Some(Ok(node @ PeerIdentity::Node { .. })) => Ok(node.to_string()),
             Some(Err(e)) => {
                 self.0.refusals.refuse_identity("raft-admin", request.remote_addr(), &e.to_string());
-                Err(Status::permission_denied(e.to_string()))
+                Err(ServiceError::UnprovenIdentity(e))
             }
             None => {
                 self.0.refusals.refuse_identity("raft-admin", request.remote_addr(), "no client certificate");
-                Err(Status::permission_denied("the admin API needs a client certificate"))
+                Err(ServiceError::NoClientCertificate)
             }
         }
     }
 
     /// Initialises the cluster with `members` (this node among them), then records each
     /// member's registration under `actor` (the writes wait for the first election).
-    async fn initialize(&self, actor: &str, members: BTreeMap<NodeId, Member>) -> Result<pb::MembershipResponse, Status> {
+    async fn initialize(&self, actor: &str, members: BTreeMap<NodeId, Member>) -> Result<pb::MembershipResponse, ServiceError> {
         let registrations = self.0.registrations(actor, &members)?;
-        self.0.raft.initialize(members).await.map_err(|e| Status::failed_precondition(format!("node {}: {e}", self.0.me)))?;
+        self.0.raft.initialize(members).await.map_err(|e| ServiceError::Initialize { node: self.0.me, source: Box::new(e) })?;
         for r in registrations {
             self.0.write(r, false).await?;
         }
@@ -70,9 +71,9 @@ impl AdminService {
     }
 
     /// An admin client of the leader (`hint`: where openraft says it is).
-    fn admin_of_leader(&self, hint: Option<&ForwardToLeader<TypeConfig>>) -> Result<ClusterAdminClient<tonic::transport::Channel>, Status> {
+    fn admin_of_leader(&self, hint: Option<&ForwardToLeader<TypeConfig>>) -> Result<ClusterAdminClient<tonic::transport::Channel>, ServiceError> {
         let (id, member) = self.0.leader(hint)?;
-        channel_to(&self.0.client_tls, id, &member.addr).map(ClusterAdminClient::new).map_err(|e| Status::unavailable(e.to_string()))
+        channel_to(&self.0.client_tls, id, &member.addr).map(ClusterAdminClient::new).map_err(ServiceError::Connect)
     }
 
     /// The current membership, as this node knows it.
@@ -98,7 +99,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         for node in &req.nodes {
             site_id("nodes.site", &node.site)?;
             if node.addr.trim().is_empty() {
-                return Err(invalid("nodes.addr", format!("node {} has no address", node.id)));
+                return Err(ServiceError::invalid("nodes.addr", format!("node {} has no address", node.id)).into());
             }
             members.insert(node.id, Member { site: node.site.clone(), addr: node.addr.clone() });
         }
@@ -109,7 +110,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         let actor = self.actor(&request, &request.get_ref().actor)?;
         let s = &self.0;
         let req = request.into_inner();
-        let node = req.node.clone().ok_or_else(|| invalid("node", "is missing"))?;
+        let node = req.node.clone().ok_or_else(|| ServiceError::invalid("node", "is missing"))?;
         let site = site_id("node.site", &node.site)?;
         let registration = s.request(&actor, Command::RegisterNode { node: node.id, site, addr: node.addr.clone() })?;
         if !s.raft.is_leader() {
@@ -117,11 +118,11 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         }
         let member = Member { site: node.site.clone(), addr: node.addr.clone() };
         // Blocking: returns once the learner has caught up with the leader's log.
-        s.raft.add_learner(node.id, member, true).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+        s.raft.add_learner(node.id, member, true).await.map_err(|e| ServiceError::MembershipChange(Box::new(e)))?;
         if !req.learner_only {
             // Joint consensus: openraft commits the joint config, then the new one.
             let add = ChangeMembers::AddVoterIds(BTreeSet::from([node.id]));
-            s.raft.change_membership(add, false).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+            s.raft.change_membership(add, false).await.map_err(|e| ServiceError::MembershipChange(Box::new(e)))?;
         }
         s.write(registration, false).await?;
         Ok(Response::new(self.membership()))
@@ -146,15 +147,11 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
             let site = site_of(&req.id);
             let voters_there = membership.voter_ids().filter(|v| site_of(v) == site).count();
             if voters_there <= 1 {
-                return Err(Status::failed_precondition(format!(
-                    "node {} is the last voter of site {}; add another voter there first",
-                    req.id,
-                    site.unwrap_or_default()
-                )));
+                return Err(ServiceError::LastVoterOfSite { node: req.id, site: site.unwrap_or_default() }.into());
             }
         }
         let change = if is_voter { ChangeMembers::RemoveVoters(ids) } else { ChangeMembers::RemoveNodes(ids) };
-        s.raft.change_membership(change, false).await.map_err(|e| Status::failed_precondition(e.to_string()))?;
+        s.raft.change_membership(change, false).await.map_err(|e| ServiceError::MembershipChange(Box::new(e)))?;
         s.write(removal, false).await?;
         Ok(Response::new(self.membership()))
     }
@@ -183,7 +180,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
             sites: sites as u64,
             motors: motors as u64,
             queries: queries as u64,
-            audit_records: s.view.audit_len().map_err(|e| Status::internal(e.to_string()))?,
+            audit_records: s.view.audit_len().map_err(ServiceError::Audit)?,
         }))
     }
 
@@ -197,7 +194,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
     async fn assign_motors(&self, request: GrpcRequest<pb::AssignMotorsRequest>) -> Result<Response<pb::WriteResponse>, Status> {
         let actor = self.actor(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
-        let motors = req.motors.iter().map(|m| MotorId::new(m.as_str()).map_err(|e| invalid("motors", e))).collect::<Result<_, _>>()?;
+        let motors = req.motors.iter().map(|m| MotorId::new(m.as_str()).map_err(|e| ServiceError::invalid("motors", e))).collect::<Result<_, _>>()?;
         let command = Command::AssignMotors { site: site_id("site", &req.site)?, motors };
         Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
     }
@@ -205,7 +202,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
     async fn set_grade(&self, request: GrpcRequest<pb::SetGradeRequest>) -> Result<Response<pb::WriteResponse>, Status> {
         let actor = self.actor(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
-        let grade: DataGrade = req.grade.parse().map_err(|e| invalid("grade", e))?;
+        let grade: DataGrade = req.grade.parse().map_err(|e| ServiceError::invalid("grade", e))?;
         let column = Some(req.column).filter(|c| !c.is_empty());
         let command = Command::SetGrade { stream: req.stream, column, grade };
         Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
@@ -232,7 +229,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
     async fn request_release(&self, request: GrpcRequest<pb::RequestReleaseRequest>) -> Result<Response<pb::WriteResponse>, Status> {
         let actor = self.actor(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
-        let k = u8::try_from(req.k).map_err(|_| invalid("k", format!("{} is too large", req.k)))?;
+        let k = u8::try_from(req.k).map_err(|_| ServiceError::invalid("k", format!("{} is too large", req.k)))?;
         let custodians = req.custodians.iter().map(|c| site_id("custodians", c)).collect::<Result<Vec<_>, _>>()?;
         let command = Command::RequestRelease { bundle: req.bundle, source: site_id("source", &req.source)?, target: site_id("target", &req.target)?, k, custodians };
         Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
@@ -253,7 +250,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
                     };
                     let why = format!("only a node of site {site} approves for it; the caller is {who}");
                     self.0.refusals.refuse_identity("raft-admin", request.remote_addr(), &why);
-                    return Err(Status::permission_denied(why));
+                    return Err(ServiceError::NotAllowed { why }.into());
                 }
             }
         }
@@ -286,8 +283,8 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
     async fn set_policy(&self, request: GrpcRequest<pb::SetPolicyRequest>) -> Result<Response<pb::WriteResponse>, Status> {
         let actor = self.actor(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
-        let grade: DataGrade = req.grade.parse().map_err(|e| invalid("grade", e))?;
-        let stage: DataStage = req.stage.parse().map_err(|e| invalid("stage", e))?;
+        let grade: DataGrade = req.grade.parse().map_err(|e| ServiceError::invalid("grade", e))?;
+        let stage: DataStage = req.stage.parse().map_err(|e| ServiceError::invalid("stage", e))?;
         let command = Command::SetPolicy { grade, stage, rule: req.rule };
         Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
     }
@@ -359,7 +356,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         let req = request.into_inner();
         self.0.read_barrier().await?;
         let limit = if req.limit == 0 { 1000 } else { req.limit as usize };
-        let records = self.0.view.audit(req.from_index, limit).map_err(|e| Status::internal(e.to_string()))?;
+        let records = self.0.view.audit(req.from_index, limit).map_err(ServiceError::Audit)?;
         let entries = records
             .into_iter()
             .map(|r| pb::AuditEntry {
@@ -375,10 +372,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
 
     async fn set_partition(&self, request: GrpcRequest<pb::SetPartitionRequest>) -> Result<Response<pb::SetPartitionResponse>, Status> {
         if !self.0.fault_injection {
-            return Err(Status::failed_precondition(format!(
-                "node {} was started without fault injection (raft.fault_injection = true enables it)",
-                self.0.me
-            )));
+            return Err(ServiceError::NoFaultInjection { node: self.0.me }.into());
         }
         let blocked = request.into_inner().blocked;
         tracing::warn!(node = self.0.me, ?blocked, "fault injection: partition set");

@@ -13,6 +13,7 @@
 //! certificate proves, not the name the request claims.
 //!
 //! Modules, bottom up (each uses only those before it):
+//! - `error`: why a request failed, and the one mapping of each kind to a gRPC code;
 //! - `wire`: a Raft message's JSON payload, both ways;
 //! - `quorum`: what both services share — the node's Raft handle and settings, and how a
 //!   request reaches the quorum (writes proposed or forwarded, reads behind a read barrier);
@@ -20,6 +21,7 @@
 //! - `admin`: the admin API (membership, registry, policies, queries, releases).
 
 mod admin;
+mod error;
 mod quorum;
 mod raft_transport;
 mod wire;

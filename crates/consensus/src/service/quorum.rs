@@ -13,8 +13,9 @@ use tessera_core::SiteId;
 use tessera_proto::raft as pb;
 use tessera_proto::raft::raft_transport_client::RaftTransportClient;
 use tessera_tls::{ClientTls, Refusals};
-use tonic::{Request as GrpcRequest, Status};
+use tonic::Request as GrpcRequest;
 
+use super::error::ServiceError;
 use super::wire::{decode, encode};
 use crate::network::{Partition, channel_to};
 use crate::state_machine::RegistryView;
@@ -40,32 +41,23 @@ pub(crate) struct Shared {
 /// How often a node waiting for an election to finish looks again.
 const LEADER_POLL: Duration = Duration::from_millis(20);
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-/// `Status::invalid_argument` naming the request field at fault.
-pub(super) fn invalid(field: &str, e: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {e}"))
-}
-
-/// A site id from a request field.
-pub(super) fn site_id(field: &str, s: &str) -> Result<SiteId, Status> {
-    SiteId::new(s).map_err(|e| invalid(field, e))
+/// The site id in request field `field`.
+pub(super) fn site_id(field: &'static str, s: &str) -> Result<SiteId, ServiceError> {
+    SiteId::new(s).map_err(|e| ServiceError::invalid(field, e))
 }
 
 impl Shared {
     /// `command` as proposed by `actor` now, checked.
-    pub(crate) fn request(&self, actor: &str, command: Command) -> Result<Request, Status> {
-        let request = Request { actor: actor.to_string(), at_ms: now_ms(), command };
-        request.check().map_err(|e| Status::invalid_argument(e.to_string()))?;
+    pub(crate) fn request(&self, actor: &str, command: Command) -> Result<Request, ServiceError> {
+        let request = Request { actor: actor.to_string(), at_ms: tessera_core::now_ms(), command };
+        request.check()?;
         Ok(request)
     }
 
     /// The registration of each of a new cluster's `members` (this node must be one).
-    pub(crate) fn registrations(&self, actor: &str, members: &BTreeMap<NodeId, Member>) -> Result<Vec<Request>, Status> {
+    pub(crate) fn registrations(&self, actor: &str, members: &BTreeMap<NodeId, Member>) -> Result<Vec<Request>, ServiceError> {
         if !members.contains_key(&self.me) {
-            return Err(invalid("nodes", format!("the node asked to initialise (node {}) must be one of them", self.me)));
+            return Err(ServiceError::invalid("nodes", format!("the node asked to initialise (node {}) must be one of them", self.me)));
         }
         members
             .iter()
@@ -77,44 +69,41 @@ impl Shared {
     }
 
     /// The leader's node id and address, as this node knows them.
-    pub(super) fn leader(&self, hint: Option<&ForwardToLeader<TypeConfig>>) -> Result<(NodeId, Member), Status> {
+    pub(super) fn leader(&self, hint: Option<&ForwardToLeader<TypeConfig>>) -> Result<(NodeId, Member), ServiceError> {
         let metrics = self.raft.metrics().borrow_watched().clone();
         let id = hint.and_then(|h| h.leader_id).or(metrics.current_leader);
         let Some(id) = id else {
-            return Err(Status::unavailable(format!("node {} knows no leader (election under way, or no quorum reachable)", self.me)));
+            return Err(ServiceError::NoLeader { node: self.me });
         };
         if self.partition.blocks(id) {
-            return Err(Status::unavailable(format!("node {} is partitioned from the leader {id} (fault injection)", self.me)));
+            return Err(ServiceError::LeaderPartitioned { node: self.me, leader: id });
         }
         let member = hint
             .and_then(|h| h.leader_node.clone())
             .or_else(|| metrics.membership_config.membership().get_node(&id).cloned())
-            .ok_or_else(|| Status::unavailable(format!("leader {id} has no known address")))?;
+            .ok_or(ServiceError::LeaderWithoutAddress { leader: id })?;
         Ok((id, member))
     }
 
     /// A transport client of node `id`.
-    fn transport_to(&self, id: NodeId, member: &Member) -> Result<RaftTransportClient<tonic::transport::Channel>, Status> {
-        channel_to(&self.client_tls, id, &member.addr).map(RaftTransportClient::new).map_err(|e| Status::unavailable(e.to_string()))
+    fn transport_to(&self, id: NodeId, member: &Member) -> Result<RaftTransportClient<tonic::transport::Channel>, ServiceError> {
+        channel_to(&self.client_tls, id, &member.addr).map(RaftTransportClient::new).map_err(ServiceError::Connect)
     }
 
     /// Why `what` failed once the write timeout passed.
-    pub(super) fn unavailable_after_timeout(&self, what: &str) -> Status {
-        Status::unavailable(format!(
-            "{what} not committed within {:?} by node {}: no quorum reachable (is this node on the minority side of a partition?)",
-            self.write_timeout, self.me
-        ))
+    pub(super) fn no_quorum(&self, what: &'static str) -> ServiceError {
+        ServiceError::NoQuorum { what, timeout: self.write_timeout, node: self.me }
     }
 
     /// Proposes `request`; on a follower, forwards it to the leader (once). While no leader is
     /// known (an election is under way) it retries until the write timeout.
-    pub(crate) async fn write(&self, request: Request, forwarded: bool) -> Result<pb::WriteResponse, Status> {
+    pub(crate) async fn write(&self, request: Request, forwarded: bool) -> Result<pb::WriteResponse, ServiceError> {
         let deadline = Instant::now() + self.write_timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let result = tokio::time::timeout(remaining, self.raft.client_write(request.clone()))
                 .await
-                .map_err(|_| self.unavailable_after_timeout("the write was"))?;
+                .map_err(|_| self.no_quorum("the write was"))?;
             let hint = match result {
                 Ok(reply) => {
                     return Ok(pb::WriteResponse {
@@ -126,7 +115,7 @@ impl Shared {
                     });
                 }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(hint))) => hint,
-                Err(e) => return Err(Status::unavailable(format!("node {}: {e}", self.me))),
+                Err(e) => return Err(ServiceError::Write { node: self.me, source: Box::new(e) }),
             };
             match hint.leader_id {
                 Some(leader) if leader != self.me && !forwarded => {
@@ -137,7 +126,7 @@ impl Shared {
                     return Ok(client.forward_write(call).await?.into_inner());
                 }
                 Some(leader) if leader != self.me => {
-                    return Err(Status::unavailable(format!("node {} is no longer the leader (node {leader} is); retry", self.me)));
+                    return Err(ServiceError::NoLongerLeader { node: self.me, leader });
                 }
                 _ => self.wait_for_leader(deadline, "the write was").await?,
             }
@@ -145,22 +134,22 @@ impl Shared {
     }
 
     /// Sleeps a little while an election is under way; fails once `deadline` has passed.
-    async fn wait_for_leader(&self, deadline: Instant, what: &str) -> Result<(), Status> {
+    async fn wait_for_leader(&self, deadline: Instant, what: &'static str) -> Result<(), ServiceError> {
         if Instant::now() + LEADER_POLL >= deadline {
-            return Err(self.unavailable_after_timeout(what));
+            return Err(self.no_quorum(what));
         }
         tokio::time::sleep(LEADER_POLL).await;
         Ok(())
     }
 
     /// Waits until a linearizable read may be served from this node's state machine.
-    pub(super) async fn read_barrier(&self) -> Result<(), Status> {
+    pub(super) async fn read_barrier(&self) -> Result<(), ServiceError> {
         let deadline = Instant::now() + self.write_timeout;
         let index = loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let result = tokio::time::timeout(remaining, self.read_index())
                 .await
-                .map_err(|_| self.unavailable_after_timeout("the read index was"))?;
+                .map_err(|_| self.no_quorum("the read index was"))?;
             match result {
                 Ok(index) => break index,
                 Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(hint))) => match hint.leader_id {
@@ -173,7 +162,7 @@ impl Shared {
                     }
                     _ => self.wait_for_leader(deadline, "the read index was").await?,
                 },
-                Err(e) => return Err(Status::unavailable(format!("node {}: {e}", self.me))),
+                Err(e) => return Err(ServiceError::ReadIndex { node: self.me, source: Box::new(e) }),
             }
         };
         let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
@@ -181,7 +170,7 @@ impl Shared {
             .wait(Some(remaining))
             .applied_index_at_least(Some(index), "linearizable read")
             .await
-            .map_err(|e| Status::unavailable(format!("node {} did not apply up to index {index}: {e}", self.me)))?;
+            .map_err(|source| ServiceError::NotApplied { node: self.me, index, source })?;
         Ok(())
     }
 

@@ -10,6 +10,7 @@ use tessera_proto::raft as pb;
 use tessera_tls::PeerIdentity;
 use tonic::{Request as GrpcRequest, Response, Status, Streaming};
 
+use super::error::ServiceError;
 use super::quorum::Shared;
 use super::wire::{decode, encode};
 use crate::types::{NodeId, Request, TypeConfig};
@@ -27,13 +28,13 @@ pub(crate) struct TransportService(pub(crate) Shared);
 impl TransportService {
     /// Over mTLS, checks that the message from `claimed` (and, if given, the vote it carries)
     /// comes from the node the client certificate names.
-    fn check_sender<T>(&self, request: &GrpcRequest<T>, claimed: NodeId, json: Option<&[u8]>) -> Result<(), Status> {
+    fn check_sender<T>(&self, request: &GrpcRequest<T>, claimed: NodeId, json: Option<&[u8]>) -> Result<(), ServiceError> {
         if !self.0.tls_required {
             return Ok(());
         }
         let refuse = |why: String| {
             self.0.refusals.refuse_identity("raft", request.remote_addr(), &why);
-            Status::permission_denied(format!("node {} refuses the message: {why}", self.0.me))
+            ServiceError::MessageRefused { node: self.0.me, why }
         };
         let proven = match PeerIdentity::of_request(request) {
             None => return Err(refuse("no client certificate".into())),
@@ -53,9 +54,9 @@ impl TransportService {
     }
 
     /// Refuses a message from a node this one is cut off from (fault injection).
-    fn refuse_partitioned(&self, from: NodeId) -> Result<(), Status> {
+    fn refuse_partitioned(&self, from: NodeId) -> Result<(), ServiceError> {
         if self.0.partition.blocks(from) {
-            Err(Status::unavailable(format!("node {} is partitioned from node {from} (fault injection)", self.0.me)))
+            Err(ServiceError::Partitioned { node: self.0.me, from })
         } else {
             Ok(())
         }
@@ -68,7 +69,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         self.check_sender(&request, request.get_ref().from, Some(&request.get_ref().json))?;
         let message = request.into_inner();
         self.refuse_partitioned(message.from)?;
-        let reply = self.0.raft.append_entries(decode(&message.json)?).await.map_err(|e| Status::internal(e.to_string()))?;
+        let reply = self.0.raft.append_entries(decode(&message.json)?).await.map_err(|e| ServiceError::Raft(Box::new(e)))?;
         Ok(Response::new(encode(self.0.me, &reply)?))
     }
 
@@ -76,7 +77,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         self.check_sender(&request, request.get_ref().from, Some(&request.get_ref().json))?;
         let message = request.into_inner();
         self.refuse_partitioned(message.from)?;
-        let reply = self.0.raft.vote(decode(&message.json)?).await.map_err(|e| Status::internal(e.to_string()))?;
+        let reply = self.0.raft.vote(decode(&message.json)?).await.map_err(|e| ServiceError::Raft(Box::new(e)))?;
         Ok(Response::new(encode(self.0.me, &reply)?))
     }
 
@@ -84,7 +85,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         self.check_sender(&request, request.get_ref().from, Some(&request.get_ref().json))?;
         let message = request.into_inner();
         self.refuse_partitioned(message.from)?;
-        let reply = self.0.raft.pre_vote(decode(&message.json)?).await.map_err(|e| Status::internal(e.to_string()))?;
+        let reply = self.0.raft.pre_vote(decode(&message.json)?).await.map_err(|e| ServiceError::Raft(Box::new(e)))?;
         Ok(Response::new(encode(self.0.me, &reply)?))
     }
 
@@ -100,7 +101,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
                 if !ok {
                     let why = format!("a snapshot chunk claiming node {} from a client whose certificate is not that node's", chunk.from);
                     self.0.refusals.refuse_identity("raft", *peer, &why);
-                    return Err(Status::permission_denied(why));
+                    return Err(ServiceError::NotAllowed { why }.into());
                 }
             }
             self.refuse_partitioned(chunk.from)?;
@@ -109,9 +110,9 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
             }
             data.extend_from_slice(&chunk.data);
         }
-        let (vote, meta) = header.ok_or_else(|| Status::invalid_argument("snapshot stream without a header"))?;
+        let (vote, meta) = header.ok_or(ServiceError::SnapshotWithoutHeader)?;
         let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data };
-        let reply = self.0.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| Status::internal(e.to_string()))?;
+        let reply = self.0.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| ServiceError::Fatal(Box::new(e)))?;
         Ok(Response::new(encode(self.0.me, &reply)?))
     }
 
@@ -120,7 +121,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         let message = request.into_inner();
         self.refuse_partitioned(message.from)?;
         let request: Request = decode(&message.json)?;
-        request.check().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        request.check().map_err(ServiceError::from)?;
         Ok(Response::new(self.0.write(request, true).await?))
     }
 
@@ -129,8 +130,8 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         self.refuse_partitioned(request.get_ref().from)?;
         let index = tokio::time::timeout(self.0.write_timeout, self.0.read_index())
             .await
-            .map_err(|_| self.0.unavailable_after_timeout("the read index was"))?
-            .map_err(|e| Status::unavailable(format!("node {}: {e}", self.0.me)))?;
+            .map_err(|_| self.0.no_quorum("the read index was"))?
+            .map_err(|e| ServiceError::ReadIndex { node: self.0.me, source: Box::new(e) })?;
         Ok(Response::new(encode(self.0.me, &index)?))
     }
 }
