@@ -48,7 +48,7 @@ pub(super) fn site_id(field: &'static str, s: &str) -> Result<SiteId, ServiceErr
 
 impl Shared {
     /// `command` as proposed by `actor` now, checked.
-    pub(crate) fn request(&self, actor: &str, command: Command) -> Result<Request, ServiceError> {
+    pub(super) fn request(&self, actor: &str, command: Command) -> Result<Request, ServiceError> {
         let request = Request { actor: actor.to_string(), at_ms: tessera_core::now_ms(), command };
         request.check()?;
         Ok(request)
