@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tessera_proto::raft::raft_transport_client::RaftTransportClient;
 use tessera_proto::raft::{RaftMessage, SnapshotChunk};
-use tessera_tls::ClientTls;
+use tessera_tls::{ClientTls, TlsError};
 use tonic::transport::Channel;
 
 use crate::types::{Member, NodeId, TypeConfig};
@@ -77,7 +77,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Connection {
             me: self.me,
             target,
-            client: channel_to(&self.tls, target, &node.addr).map(RaftTransportClient::new).map_err(|e| e.to_string()),
+            client: channel_to(&self.tls, target, &node.addr).map(RaftTransportClient::new).map_err(Arc::new),
             partition: self.partition.clone(),
         }
     }
@@ -87,10 +87,13 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Connection {
     me: NodeId,
     target: NodeId,
-    client: Result<RaftTransportClient<Channel>, String>,
+    /// The client, or why none could be made for the peer's address (reported on each send).
+    client: Result<RaftTransportClient<Channel>, Arc<TlsError>>,
     partition: Partition,
 }
 
+/// Why a message did not reach a peer, as openraft's RPC error records it (as text: openraft
+/// keeps a cause as `AnyError`).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct TransportError(String);

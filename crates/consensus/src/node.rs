@@ -13,6 +13,8 @@ use tessera_tls::{ClientAuth, ClientTls, Refusals, ServerTls, TlsMaterial};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use tessera_core::{ConfigError, ensure};
+
 use crate::error::ConsensusError;
 use crate::log_store::LogStore;
 use crate::network::{Network, Partition};
@@ -109,30 +111,25 @@ impl RaftSettings {
 
     /// openraft's config from these settings; an out-of-range value names its field.
     pub fn raft_config(&self) -> Result<openraft::Config, ConsensusError> {
-        let bad = |field, problem: String| ConsensusError::Config { field, problem };
-        if self.heartbeat_ms == 0 {
-            return Err(bad("raft.heartbeat_ms", "must be positive".into()));
-        }
+        ensure(self.heartbeat_ms > 0, "raft.heartbeat_ms", "must be positive")?;
         if self.election_timeout_min_ms <= self.heartbeat_ms {
-            return Err(bad(
+            return Err(ConfigError::new(
                 "raft.election_timeout_min_ms",
                 format!("{} must exceed raft.heartbeat_ms ({})", self.election_timeout_min_ms, self.heartbeat_ms),
-            ));
+            )
+            .into());
         }
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
-            return Err(bad(
+            return Err(ConfigError::new(
                 "raft.election_timeout_max_ms",
                 format!("{} must exceed raft.election_timeout_min_ms ({})", self.election_timeout_max_ms, self.election_timeout_min_ms),
-            ));
+            )
+            .into());
         }
-        if self.snapshot_every_entries == 0 {
-            return Err(bad("raft.snapshot_every_entries", "must be positive".into()));
-        }
-        if self.write_timeout_ms == 0 {
-            return Err(bad("raft.write_timeout_ms", "must be positive".into()));
-        }
+        ensure(self.snapshot_every_entries > 0, "raft.snapshot_every_entries", "must be positive")?;
+        ensure(self.write_timeout_ms > 0, "raft.write_timeout_ms", "must be positive")?;
         if tessera_core::SiteId::new(self.site.as_str()).is_err() {
-            return Err(bad("raft.site", format!("'{}' is not a valid site id", self.site)));
+            return Err(ConfigError::new("raft.site", format!("'{}' is not a valid site id", self.site)).into());
         }
         let config = openraft::Config {
             cluster_name: "tessera".into(),
@@ -143,7 +140,8 @@ impl RaftSettings {
             max_in_snapshot_log_to_keep: self.keep_entries_after_snapshot,
             ..Default::default()
         };
-        config.validate().map_err(|e| bad("raft", e.to_string()))
+        // openraft's own check; its error is text about its fields, kept as the problem.
+        config.validate().map_err(|e| ConfigError::new("raft", e.to_string()).into())
     }
 
     fn advertised(&self, bound: SocketAddr) -> String {
@@ -209,10 +207,8 @@ impl ConsensusNode {
         if let Some(material) = &tls
             && material.identity().node_id() != Some(settings.node_id)
         {
-            return Err(ConsensusError::Config {
-                field: "tls.cert",
-                problem: format!("the certificate is for {}, not node {}", material.identity(), settings.node_id),
-            });
+            let problem = format!("the certificate is for {}, not node {}", material.identity(), settings.node_id);
+            return Err(ConfigError::new("tls.cert", problem).into());
         }
         let config = Arc::new(settings.raft_config()?);
         let storage = |path: PathBuf| move |source| ConsensusError::Storage { path, source };
@@ -232,7 +228,7 @@ impl ConsensusNode {
         let refusals = Arc::new(Refusals::default());
         let server_tls = match &tls {
             Some(material) => Some(ServerTls {
-                config: material.server_config(ClientAuth::Required).map_err(|e| ConsensusError::Config { field: "tls", problem: e.to_string() })?,
+                config: material.server_config(ClientAuth::Required).map_err(ConsensusError::Tls)?,
                 endpoint: "raft",
                 refusals: refusals.clone(),
             }),
@@ -240,7 +236,7 @@ impl ConsensusNode {
         };
         let client_tls = ClientTls::from_material(tls.as_ref());
         let network = Network::new(settings.node_id, partition.clone(), client_tls.clone());
-        let raft = Raft::new(settings.node_id, config, network, log, sm).await.map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        let raft = Raft::new(settings.node_id, config, network, log, sm).await.map_err(ConsensusError::Raft)?;
 
         let shared = Shared {
             raft: raft.clone(),
@@ -303,18 +299,17 @@ impl ConsensusNode {
         let members: std::collections::BTreeMap<NodeId, Member> =
             members.iter().map(|(id, site, addr)| (*id, Member { site: site.clone(), addr: addr.clone() })).collect();
         async move {
-            let fail = |e: String| ConsensusError::Raft(format!("bootstrap: {e}"));
-            if shared.raft.is_initialized().await.map_err(|e| fail(e.to_string()))? {
+            if shared.raft.is_initialized().await.map_err(|e| ConsensusError::Bootstrap(e.into()))? {
                 return Ok(false);
             }
             let actor = format!("bootstrap:node-{}", shared.me);
-            let registrations = shared.registrations(&actor, &members).map_err(|s| fail(s.message().to_string()))?;
-            shared.raft.initialize(members).await.map_err(|e| fail(e.to_string()))?;
+            let registrations = shared.registrations(&actor, &members).map_err(|e| ConsensusError::Bootstrap(e.into()))?;
+            shared.raft.initialize(members).await.map_err(|e| ConsensusError::Bootstrap(e.into()))?;
             let deadline = tokio::time::Instant::now() + patience;
             for r in registrations {
-                while let Err(status) = shared.write(r.clone(), false).await {
+                while let Err(e) = shared.write(r.clone(), false).await {
                     if tokio::time::Instant::now() >= deadline {
-                        return Err(fail(format!("recording the members: {}", status.message())));
+                        return Err(ConsensusError::RecordingMembers(e.into()));
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -334,11 +329,27 @@ impl ConsensusNode {
             let _ = stop.send(());
         }
         let served = (&mut self.server).await;
-        self.raft.shutdown().await.map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        self.raft.shutdown().await.map_err(ConsensusError::Shutdown)?;
         match served {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ConsensusError::Raft(format!("gRPC endpoint: {e}"))),
-            Err(e) => Err(ConsensusError::Raft(format!("gRPC endpoint task: {e}"))),
+            Ok(Err(e)) => Err(ConsensusError::Endpoint(e)),
+            Err(e) => Err(ConsensusError::EndpointTask(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_setting_is_named_as_data_and_in_the_message() {
+        let settings = RaftSettings { heartbeat_ms: 0, ..RaftSettings::new(1, "site-a", "127.0.0.1:0".parse().unwrap(), "/nonexistent") };
+        let err = settings.raft_config().unwrap_err();
+        assert_eq!(err.to_string(), "config: raft.heartbeat_ms: must be positive");
+        assert!(matches!(&err, ConsensusError::Config(e) if e.field == "raft.heartbeat_ms"), "{err:?}");
+        let settings = RaftSettings { election_timeout_max_ms: 300, ..RaftSettings::new(1, "site-a", "127.0.0.1:0".parse().unwrap(), "/nonexistent") };
+        assert_eq!(settings.raft_config().unwrap_err().to_string(), "config: raft.election_timeout_max_ms: 300 must exceed raft.election_timeout_min_ms (300)");
+        assert!(RaftSettings::new(1, "site-a", "127.0.0.1:0".parse().unwrap(), "/nonexistent").raft_config().is_ok());
     }
 }

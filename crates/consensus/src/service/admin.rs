@@ -1,0 +1,382 @@
+//! The admin API: initialising the cluster and changing its membership, the registry (sites,
+//! motors, queries), data-grade policies, releases, the audit log, and fault injection for
+//! tests. Writes go through the quorum (forwarded to the leader if need be); reads are
+//! linearizable. Over mTLS the audit log records the actor the client certificate proves.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::ForwardToLeader;
+use openraft::{ChangeMembers, ServerState};
+use tessera_core::{DataGrade, DataStage, MotorId};
+use tessera_proto::raft as pb;
+use tessera_proto::raft::cluster_admin_client::ClusterAdminClient;
+use tessera_tls::PeerIdentity;
+use tonic::{Request as GrpcRequest, Response, Status};
+
+use super::error::ServiceError;
+use super::quorum::{Shared, site_id};
+use crate::network::channel_to;
+use crate::types::{Command, Member, NodeId, TypeConfig};
+
+/// How `status` names a Raft role.
+fn role(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// A member as the admin API lists it.
+fn spec(id: NodeId, member: &Member) -> pb::NodeSpec {
+    pb::NodeSpec { id, site: member.site.clone(), addr: member.addr.clone() }
+}
+
+/// The admin API.
+pub(crate) struct AdminService(pub(crate) Shared);
+
+impl AdminService {
+    /// The actor an admin request is recorded under: the identity its client certificate
+    /// proves (over mTLS), else the name it claims.
+    fn actor<T>(&self, request: &GrpcRequest<T>, claimed: &str) -> Result<String, ServiceError> {
+        if !self.0.tls_required {
+            return Ok(claimed.to_string());
+        }
+        match PeerIdentity::of_request(request) {
+            Some(Ok(PeerIdentity::Operator { name })) => Ok(name),
+            Some(Ok(node @ PeerIdentity::Node { .. })) => Ok(node.to_string()),
+            Some(Err(e)) => {
+                self.0.refusals.refuse_identity("raft-admin", request.remote_addr(), &e.to_string());
+                Err(ServiceError::UnprovenIdentity(e))
+            }
+            None => {
+                self.0.refusals.refuse_identity("raft-admin", request.remote_addr(), "no client certificate");
+                Err(ServiceError::NoClientCertificate)
+            }
+        }
+    }
+
+    /// Initialises the cluster with `members` (this node among them), then records each
+    /// member's registration under `actor` (the writes wait for the first election).
+    async fn initialize(&self, actor: &str, members: BTreeMap<NodeId, Member>) -> Result<pb::MembershipResponse, ServiceError> {
+        let registrations = self.0.registrations(actor, &members)?;
+        self.0.raft.initialize(members).await.map_err(|e| ServiceError::Initialize { node: self.0.me, source: Box::new(e) })?;
+        for r in registrations {
+            self.0.write(r, false).await?;
+        }
+        Ok(self.membership())
+    }
+
+    /// An admin client of the leader (`hint`: where openraft says it is).
+    fn admin_of_leader(&self, hint: Option<&ForwardToLeader<TypeConfig>>) -> Result<ClusterAdminClient<tonic::transport::Channel>, ServiceError> {
+        let (id, member) = self.0.leader(hint)?;
+        channel_to(&self.0.client_tls, id, &member.addr).map(ClusterAdminClient::new).map_err(ServiceError::Connect)
+    }
+
+    /// The current membership, as this node knows it.
+    fn membership(&self) -> pb::MembershipResponse {
+        let metrics = self.0.raft.metrics().borrow_watched().clone();
+        let stored = metrics.membership_config;
+        let membership = stored.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let (mut v, mut l) = (Vec::new(), Vec::new());
+        for (id, member) in membership.nodes() {
+            if voters.contains(id) { v.push(spec(*id, member)) } else { l.push(spec(*id, member)) }
+        }
+        pb::MembershipResponse { voters: v, learners: l, log_index: stored.log_id().as_ref().map_or(0, |id| id.index()) }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_admin_server::ClusterAdmin for AdminService {
+    async fn init(&self, request: GrpcRequest<pb::InitRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let req = request.into_inner();
+        let mut members = BTreeMap::new();
+        for node in &req.nodes {
+            site_id("nodes.site", &node.site)?;
+            if node.addr.trim().is_empty() {
+                return Err(ServiceError::invalid("nodes.addr", format!("node {} has no address", node.id)).into());
+            }
+            members.insert(node.id, Member { site: node.site.clone(), addr: node.addr.clone() });
+        }
+        Ok(Response::new(self.initialize(&actor, members).await?))
+    }
+
+    async fn add_node(&self, request: GrpcRequest<pb::AddNodeRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let s = &self.0;
+        let req = request.into_inner();
+        let node = req.node.clone().ok_or_else(|| ServiceError::invalid("node", "is missing"))?;
+        let site = site_id("node.site", &node.site)?;
+        let registration = s.request(&actor, Command::RegisterNode { node: node.id, site, addr: node.addr.clone() })?;
+        if !s.raft.is_leader() {
+            return Ok(Response::new(self.admin_of_leader(None)?.add_node(req).await?.into_inner()));
+        }
+        let member = Member { site: node.site.clone(), addr: node.addr.clone() };
+        // Blocking: returns once the learner has caught up with the leader's log.
+        s.raft.add_learner(node.id, member, true).await.map_err(|e| ServiceError::MembershipChange(Box::new(e)))?;
+        if !req.learner_only {
+            // Joint consensus: openraft commits the joint config, then the new one.
+            let add = ChangeMembers::AddVoterIds(BTreeSet::from([node.id]));
+            s.raft.change_membership(add, false).await.map_err(|e| ServiceError::MembershipChange(Box::new(e)))?;
+        }
+        s.write(registration, false).await?;
+        Ok(Response::new(self.membership()))
+    }
+
+    async fn remove_node(&self, request: GrpcRequest<pb::RemoveNodeRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let s = &self.0;
+        let req = request.into_inner();
+        let removal = s.request(&actor, Command::RemoveNode { node: req.id })?;
+        if !s.raft.is_leader() {
+            return Ok(Response::new(self.admin_of_leader(None)?.remove_node(req).await?.into_inner()));
+        }
+        let ids = BTreeSet::from([req.id]);
+        let is_voter = s.raft.voter_ids().any(|v| v == req.id);
+        if is_voter {
+            // Every site keeps a vote: a site whose last voter left would depend on the others
+            // for its own metadata writes.
+            let metrics = s.raft.metrics().borrow_watched().clone();
+            let membership = metrics.membership_config.membership();
+            let site_of = |id: &NodeId| membership.get_node(id).map(|m| m.site.clone());
+            let site = site_of(&req.id);
+            let voters_there = membership.voter_ids().filter(|v| site_of(v) == site).count();
+            if voters_there <= 1 {
+                return Err(ServiceError::LastVoterOfSite { node: req.id, site: site.unwrap_or_default() }.into());
+            }
+        }
+        let change = if is_voter { ChangeMembers::RemoveVoters(ids) } else { ChangeMembers::RemoveNodes(ids) };
+        s.raft.change_membership(change, false).await.map_err(|e| ServiceError::MembershipChange(Box::new(e)))?;
+        s.write(removal, false).await?;
+        Ok(Response::new(self.membership()))
+    }
+
+    async fn status(&self, _: GrpcRequest<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let s = &self.0;
+        let m = s.raft.metrics().borrow_watched().clone();
+        let membership = self.membership();
+        let leader_addr = m
+            .current_leader
+            .and_then(|id| m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()))
+            .unwrap_or_default();
+        let (sites, motors, queries) = s.view.with(|a| (a.registry.sites.len(), a.registry.motors.len(), a.registry.queries.len()));
+        Ok(Response::new(pb::StatusResponse {
+            node_id: s.me,
+            role: role(m.state).into(),
+            leader_id: m.current_leader,
+            leader_addr,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.as_ref().map(|id| id.index()),
+            snapshot_index: m.snapshot.as_ref().map(|id| id.index()),
+            purged_index: m.purged.as_ref().map(|id| id.index()),
+            voters: membership.voters,
+            learners: membership.learners,
+            sites: sites as u64,
+            motors: motors as u64,
+            queries: queries as u64,
+            audit_records: s.view.audit_len().map_err(ServiceError::Audit)?,
+        }))
+    }
+
+    async fn add_site(&self, request: GrpcRequest<pb::AddSiteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let req = request.into_inner();
+        let command = Command::AddSite { site: site_id("site", &req.site)?, name: req.name };
+        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+    }
+
+    async fn assign_motors(&self, request: GrpcRequest<pb::AssignMotorsRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let req = request.into_inner();
+        let motors = req.motors.iter().map(|m| MotorId::new(m.as_str()).map_err(|e| ServiceError::invalid("motors", e))).collect::<Result<_, _>>()?;
+        let command = Command::AssignMotors { site: site_id("site", &req.site)?, motors };
+        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+    }
+
+    async fn set_grade(&self, request: GrpcRequest<pb::SetGradeRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let req = request.into_inner();
+        let grade: DataGrade = req.grade.parse().map_err(|e| ServiceError::invalid("grade", e))?;
+        let column = Some(req.column).filter(|c| !c.is_empty());
+        let command = Command::SetGrade { stream: req.stream, column, grade };
+        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+    }
+
+    async fn list_grades(&self, _: GrpcRequest<pb::ListGradesRequest>) -> Result<Response<pb::ListGradesResponse>, Status> {
+        self.0.read_barrier().await?;
+        let grades = self.0.view.with(|a| {
+            a.registry
+                .grades
+                .values()
+                .map(|g| pb::GradeEntry {
+                    stream: g.stream.clone(),
+                    column: g.column.clone().unwrap_or_default(),
+                    grade: g.grade.to_string(),
+                    set_by: g.set_by.clone(),
+                    set_at_ms: g.set_at_ms,
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListGradesResponse { grades }))
+    }
+
+    async fn request_release(&self, request: GrpcRequest<pb::RequestReleaseRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let req = request.into_inner();
+        let k = u8::try_from(req.k).map_err(|_| ServiceError::invalid("k", format!("{} is too large", req.k)))?;
+        let custodians = req.custodians.iter().map(|c| site_id("custodians", c)).collect::<Result<Vec<_>, _>>()?;
+        let command = Command::RequestRelease { bundle: req.bundle, source: site_id("source", &req.source)?, target: site_id("target", &req.target)?, k, custodians };
+        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+    }
+
+    async fn approve_release(&self, request: GrpcRequest<pb::ApproveReleaseRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let site = site_id("site", &request.get_ref().site)?;
+        if self.0.tls_required {
+            // A site's approval is given by that site: the caller must hold a node
+            // certificate of it (an operator's or another site's certificate cannot).
+            match PeerIdentity::of_request(&request) {
+                Some(Ok(PeerIdentity::Node { site: proven, .. })) if proven == site.as_str() => {}
+                other => {
+                    let who = match other {
+                        Some(Ok(identity)) => identity.to_string(),
+                        _ => "no valid certificate".to_string(),
+                    };
+                    let why = format!("only a node of site {site} approves for it; the caller is {who}");
+                    self.0.refusals.refuse_identity("raft-admin", request.remote_addr(), &why);
+                    return Err(ServiceError::NotAllowed { why }.into());
+                }
+            }
+        }
+        let req = request.into_inner();
+        let command = Command::ApproveRelease { bundle: req.bundle, site };
+        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+    }
+
+    async fn list_releases(&self, _: GrpcRequest<pb::ListReleasesRequest>) -> Result<Response<pb::ListReleasesResponse>, Status> {
+        self.0.read_barrier().await?;
+        let releases = self.0.view.with(|a| {
+            a.registry
+                .releases
+                .iter()
+                .map(|(bundle, r)| pb::Release {
+                    bundle: bundle.clone(),
+                    source: r.source.to_string(),
+                    target: r.target.to_string(),
+                    k: u32::from(r.k),
+                    custodians: r.custodians.iter().map(ToString::to_string).collect(),
+                    approvals: r.approvals.iter().map(ToString::to_string).collect(),
+                    released: r.released(),
+                    requested_by: r.requested_by.clone(),
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListReleasesResponse { releases }))
+    }
+
+    async fn set_policy(&self, request: GrpcRequest<pb::SetPolicyRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let req = request.into_inner();
+        let grade: DataGrade = req.grade.parse().map_err(|e| ServiceError::invalid("grade", e))?;
+        let stage: DataStage = req.stage.parse().map_err(|e| ServiceError::invalid("stage", e))?;
+        let command = Command::SetPolicy { grade, stage, rule: req.rule };
+        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+    }
+
+    async fn register_query(&self, request: GrpcRequest<pb::RegisterQueryRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let req = request.into_inner();
+        let command = Command::RegisterQuery { name: req.name, sql: req.sql };
+        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+    }
+
+    async fn drop_query(&self, request: GrpcRequest<pb::DropQueryRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let req = request.into_inner();
+        let command = Command::DropQuery { name: req.name };
+        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+    }
+
+    async fn list_queries(&self, _: GrpcRequest<pb::ListQueriesRequest>) -> Result<Response<pb::ListQueriesResponse>, Status> {
+        self.0.read_barrier().await?;
+        let queries = self.0.view.with(|a| {
+            a.registry
+                .queries
+                .iter()
+                .map(|(name, q)| pb::Query {
+                    name: name.clone(),
+                    sql: q.sql.clone(),
+                    registered_by: q.registered_by.clone(),
+                    registered_at_ms: q.registered_at_ms,
+                    version: q.version,
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListQueriesResponse { queries }))
+    }
+
+    async fn list_sites(&self, _: GrpcRequest<pb::ListSitesRequest>) -> Result<Response<pb::ListSitesResponse>, Status> {
+        self.0.read_barrier().await?;
+        let sites = self.0.view.with(|a| {
+            let r = &a.registry;
+            r.sites
+                .iter()
+                .map(|(id, site)| pb::Site {
+                    site: id.to_string(),
+                    name: site.name.clone(),
+                    motors: r.motors_of(id).count() as u64,
+                    nodes: r.nodes.iter().filter(|(_, n)| &n.site == id).map(|(n, _)| *n).collect(),
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListSitesResponse { sites }))
+    }
+
+    async fn list_motors(&self, request: GrpcRequest<pb::ListMotorsRequest>) -> Result<Response<pb::ListMotorsResponse>, Status> {
+        let site = request.into_inner().site;
+        self.0.read_barrier().await?;
+        let motors = self.0.view.with(|a| {
+            a.registry
+                .motors
+                .iter()
+                .filter(|(_, s)| site.is_empty() || s.as_str() == site)
+                .map(|(m, s)| pb::MotorAssignment { motor: m.to_string(), site: s.to_string() })
+                .collect()
+        });
+        Ok(Response::new(pb::ListMotorsResponse { motors }))
+    }
+
+    async fn list_audit(&self, request: GrpcRequest<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let req = request.into_inner();
+        self.0.read_barrier().await?;
+        let limit = if req.limit == 0 { 1000 } else { req.limit as usize };
+        let records = self.0.view.audit(req.from_index, limit).map_err(ServiceError::Audit)?;
+        let entries = records
+            .into_iter()
+            .map(|r| pb::AuditEntry {
+                index: r.index,
+                actor: r.actor,
+                at_ms: r.at_ms,
+                action: r.action,
+                rejected: r.rejected.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListAuditResponse { entries }))
+    }
+
+    async fn set_partition(&self, request: GrpcRequest<pb::SetPartitionRequest>) -> Result<Response<pb::SetPartitionResponse>, Status> {
+        if !self.0.fault_injection {
+            return Err(ServiceError::NoFaultInjection { node: self.0.me }.into());
+        }
+        let blocked = request.into_inner().blocked;
+        tracing::warn!(node = self.0.me, ?blocked, "fault injection: partition set");
+        self.0.partition.set(blocked);
+        Ok(Response::new(pb::SetPartitionResponse {}))
+    }
+}
