@@ -1,6 +1,7 @@
 //! The ingest's error type.
 
 use rdkafka::error::KafkaError;
+use tessera_core::ConfigError;
 
 /// Result with [`IngestError`].
 pub type Result<T, E = IngestError> = std::result::Result<T, E>;
@@ -8,9 +9,10 @@ pub type Result<T, E = IngestError> = std::result::Result<T, E>;
 /// What can stop the ingest.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    /// The configuration is unusable; the message names the field.
+    /// The configuration is unusable; the error names the field, relative to the ingest
+    /// section (`shards`, `topics[0].name`, `validation.max_past_ms`).
     #[error("invalid ingest config: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     /// The Kafka client failed.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
