@@ -36,7 +36,7 @@ mod error;
 mod metrics;
 mod offsets;
 mod pipeline;
-pub mod replay;
+pub mod repeats;
 
 pub use batch::{batch_checksum, readings_from_batch, row_fingerprints, FlushedBatch, PushOutcome, ShardBuilder, ShardedBatcher};
 pub use config::{Encoding, IngestConfig, TopicConfig};

@@ -241,7 +241,7 @@ impl Ingest {
             stopping: stop.clone(),
             give_up_at: std::cell::Cell::new(None),
             motor_partitions: HashMap::new(),
-            replays: Default::default(),
+            repeats: Default::default(),
             new_motors: Vec::new(),
         };
         let decoder = spawn("tessera-decode", move || decoder.run(work_rx))?;
@@ -923,9 +923,9 @@ struct Decoder {
     /// With barriers: the partition each motor's readings last came from (topic index,
     /// partition), and the motors new there since the last barrier.
     motor_partitions: HashMap<String, (usize, i32)>,
-    /// Readings taken per motor, to refuse replays (with checkpoints, where revocations are
-    /// known; see [`crate::replay`]).
-    replays: crate::replay::ReplayGuard,
+    /// Readings taken per motor, to refuse repeats (with checkpoints, where revocations are
+    /// known; see [`crate::repeats`]).
+    repeats: crate::repeats::RepeatGuard,
     new_motors: Vec<(String, (usize, i32))>,
 }
 
@@ -976,7 +976,7 @@ impl Decoder {
                 tracing::error!(partition = m.partition, offset = m.offset, error = %why, "decoding a message panicked; dead-lettering it");
                 Err(RejectReason::Poison(why))
             });
-            let decoded = decoded.map(|d| self.drop_replays(d));
+            let decoded = decoded.map(|d| self.drop_repeats(d));
             let (readings, reason_code, detail, indices) = match decoded {
                 Ok(d) if d.rejected.is_empty() => (d.readings, None, String::new(), None),
                 Ok(d) => {
@@ -1037,8 +1037,8 @@ impl Decoder {
     /// Moves readings already taken (same motor, sequence number and event time) from
     /// `decoded`'s readings to its rejected ones, under their index in the message. Only with
     /// checkpoints: there the decoder learns of revocations, so a partition read again after
-    /// one is not taken for a replay.
-    fn drop_replays(&mut self, decoded: DecodedMessage) -> DecodedMessage {
+    /// one is not taken for a repeat.
+    fn drop_repeats(&mut self, decoded: DecodedMessage) -> DecodedMessage {
         if !self.tracks_motors() {
             return decoded;
         }
@@ -1048,7 +1048,7 @@ impl Decoder {
         let mut out = DecodedMessage { readings: Vec::with_capacity(decoded.readings.len()), rejected: decoded.rejected };
         for reading in decoded.readings {
             let index = original.next().unwrap_or(total);
-            match self.replays.check(&reading) {
+            match self.repeats.check(&reading) {
                 Ok(()) => out.readings.push(reading),
                 Err(reason) => out.rejected.push((index, reason)),
             }
@@ -1069,11 +1069,11 @@ impl Decoder {
         barrier.motors = std::mem::take(&mut self.new_motors).into_iter().map(|(m, (t, p))| (m, (self.topics[t].clone(), p))).collect();
         if !barrier.revoked.is_empty() {
             let topics = &self.topics;
-            let replays = &mut self.replays;
+            let repeats = &mut self.repeats;
             self.motor_partitions.retain(|motor, (t, p)| {
                 let keep = !barrier.revoked.iter().any(|(rt, rp)| rt == &topics[*t] && rp == p);
                 if !keep {
-                    replays.forget(motor);
+                    repeats.forget(motor);
                 }
                 keep
             });
