@@ -23,8 +23,8 @@ use super::chunk::{Chunk, OpenChunk, Work};
 use super::downstream::{Barrier, PartitionStates};
 use super::memory_budget::MemoryBudget;
 use crate::metrics::IngestMetrics;
-use crate::offsets::{OffsetTracker, TopicPartition};
-use crate::{IngestConfig, IngestError, Result};
+use crate::offsets::{Halt, OffsetTracker, TopicPartition};
+use crate::{IngestConfig, IngestError, PartitionStateError, Result};
 
 /// The consumer's librdkafka settings: Tessera's, then the config's `kafka` ones over them.
 pub(super) fn client_config(config: &IngestConfig) -> ClientConfig {
@@ -72,7 +72,7 @@ pub(super) struct ConsumerState {
     /// Where assigned partitions' checkpoints come from.
     pub(super) states: Option<Arc<dyn PartitionStates>>,
     /// Why the ingest must stop (set in a rebalance callback, which cannot return an error).
-    pub(super) failure: Mutex<Option<String>>,
+    pub(super) failure: Mutex<Option<PartitionStateError>>,
     /// When each assigned partition's last message arrived (topic index, partition), for the
     /// stall metric; a partition leaves it when it is assigned anew or revoked.
     pub(super) last_message: Mutex<HashMap<(usize, i32), Instant>>,
@@ -342,15 +342,24 @@ fn next_in_partition(next: &mut HashMap<(usize, i32), i64>, partition: (usize, i
     sequence
 }
 
+/// How the consumer thread's loop ended, short of an error of its own.
+enum LoopEnd {
+    /// The ingest is stopping: hand everything over and commit.
+    Stopped,
+    /// The decoder failed (`Ingest::stop` returns its error): nothing more can be handed over
+    /// or committed.
+    DecoderFailed,
+}
+
 /// The consumer thread: polls, chunks and ships messages, pauses and resumes, sends barriers
 /// and commits until `stop` (then hands everything over and commits a last time) or an error.
 pub(super) fn run<C: ConsumerContext>(consumer: BaseConsumer<C>, s: &ConsumerState, stop: &AtomicBool) -> Result<()> {
     let mut memory = MemoryBudget::new(s.config.memory_budget_mb);
     let mut last_commit = Instant::now();
     let mut last_barrier = Instant::now();
-    let result = loop {
+    let ended = loop {
         if stop.load(Ordering::Relaxed) {
-            break Ok(());
+            break Ok(LoopEnd::Stopped);
         }
         if let Some(why) = lock(&s.failure).take() {
             break Err(IngestError::Partitions(why));
@@ -385,13 +394,16 @@ pub(super) fn run<C: ConsumerContext>(consumer: BaseConsumer<C>, s: &ConsumerSta
         }
         if last_commit.elapsed() >= s.config.commit_interval {
             last_commit = Instant::now();
-            if let Some(why) = s.tracker.failure() {
-                break Err(IngestError::DeadLetter { topic: s.config.dead_letter_topic.clone(), reason: why });
+            match s.tracker.failure() {
+                Some(Halt::DeadLetter(source)) => break Err(IngestError::DeadLetter { topic: s.config.dead_letter_topic.clone(), source }),
+                Some(Halt::DecoderFailed) => break Ok(LoopEnd::DecoderFailed),
+                None => {
+                    s.commit(&consumer);
+                }
             }
-            s.commit(&consumer);
         }
     };
-    if result.is_ok() {
+    if let Ok(LoopEnd::Stopped) = ended {
         s.hand_over_and_commit(&consumer, &[]);
         final_commit(&consumer, s);
     }
@@ -399,7 +411,7 @@ pub(super) fn run<C: ConsumerContext>(consumer: BaseConsumer<C>, s: &ConsumerSta
     // it only commits what is already committable.
     lock(&s.work_tx).take();
     drop(consumer);
-    result
+    ended.map(|_| ())
 }
 
 /// On stop, a commit refused because the group is rebalancing (another node joining or

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use tessera_core::RejectReason;
@@ -22,7 +22,7 @@ use crate::batch::{FlushedBatch, ShardedBatcher};
 use crate::dead_letter::{DeadLetterWriter, Rejected};
 use crate::decode::{decode_message, DecodedMessage, MessageLimits};
 use crate::metrics::IngestMetrics;
-use crate::offsets::OffsetTracker;
+use crate::offsets::{Halt, OffsetTracker};
 use crate::repeats::RepeatGuard;
 use crate::{IngestConfig, IngestError, Result};
 
@@ -89,15 +89,15 @@ impl Decoder {
                 break Err(e);
             }
         };
-        if let Err(e) = &result {
-            self.tracker.fail(e.to_string());
+        if result.is_err() {
+            self.tracker.fail(Halt::DecoderFailed);
         }
         self.dead_letters.flush(self.config.drain_timeout);
         result
     }
 
     fn process(&mut self, chunk: &Chunk) -> Result<()> {
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now_ms = tessera_core::now_ms();
         let now = Instant::now();
         let bytes = |r: &Range<usize>| &chunk.data[r.clone()];
         for m in &chunk.messages {

@@ -114,9 +114,9 @@ impl Ingest {
 }
 
 fn spawn(name: &str, f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<JoinHandle<Result<()>>> {
-    std::thread::Builder::new().name(name.into()).spawn(f).map_err(|e| IngestError::Thread(e.to_string()))
+    std::thread::Builder::new().name(name.into()).spawn(f).map_err(IngestError::ThreadStart)
 }
 
 fn join(handle: JoinHandle<Result<()>>) -> Result<()> {
-    handle.join().map_err(|_| IngestError::Thread("an ingest thread panicked".into()))?
+    handle.join().map_err(|_| IngestError::ThreadPanicked)?
 }

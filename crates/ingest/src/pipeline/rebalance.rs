@@ -16,6 +16,7 @@ use rdkafka::{ClientContext, Offset};
 use super::chunk::Work;
 use super::consumer::{lock, ConsumerState};
 use crate::offsets::TopicPartition;
+use crate::PartitionStateError;
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
     tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
@@ -149,7 +150,7 @@ fn start_partitions(s: &ConsumerState, tpl: &mut TopicPartitionList, assigned: &
     let starts = match states.assigned(assigned) {
         Ok(starts) => starts,
         Err(why) => {
-            lock(&s.failure).get_or_insert(why);
+            lock(&s.failure).get_or_insert(PartitionStateError::Load(why));
             return;
         }
     };
@@ -163,7 +164,7 @@ fn start_partitions(s: &ConsumerState, tpl: &mut TopicPartitionList, assigned: &
                 s.metrics.resumed_at_checkpoint.fetch_add(1, Relaxed);
             }
             Err(e) => {
-                lock(&s.failure).get_or_insert(format!("{}/{}: setting the checkpoint's offset {at}: {e}", start.topic, start.partition));
+                lock(&s.failure).get_or_insert(PartitionStateError::ResumeOffset { topic: start.topic.clone(), partition: start.partition, offset: at, source: e });
             }
         }
     }
@@ -171,7 +172,7 @@ fn start_partitions(s: &ConsumerState, tpl: &mut TopicPartitionList, assigned: &
     // has the state before the partitions' first readings.
     let deadline = Instant::now() + s.config.drain_timeout;
     if !s.send_until(Work::Assigned(starts), deadline) {
-        lock(&s.failure).get_or_insert("the decoder took no assignment within drain_timeout".into());
+        lock(&s.failure).get_or_insert(PartitionStateError::DecoderBusy);
     }
 }
 
