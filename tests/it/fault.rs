@@ -742,7 +742,7 @@ fn a_poison_message_is_dead_lettered_and_the_partition_moves_on() {
     before.iter().for_each(|s| p.send_readings(s).unwrap());
     let mut poisoned = steps[0][0].clone();
     poisoned.motor_id = tessera_core::MotorId::new("M-POISON".to_string()).unwrap();
-    let json = serde_json::to_vec(&tessera_workload::producer::reading_json(&poisoned)).unwrap();
+    let json = serde_json::to_vec(&tessera_proto::json::reading_to_json(&poisoned)).unwrap();
     p.send_raw(Some(b"M-POISON"), &json, Some("application/json")).unwrap();
     after.iter().for_each(|s| p.send_readings(s).unwrap());
     p.flush(Duration::from_secs(30)).unwrap();

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Channel, IdError, Reading};
+use crate::{ensure, Channel, ConfigError, IdError, Reading};
 
 /// An inclusive range of plausible physical values for one channel.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -256,8 +256,9 @@ impl ValidationRules {
         Ok(())
     }
 
-    /// Checks that the rules themselves make sense; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks that the rules themselves make sense; the error names the field, relative to
+    /// the rules' own section (`max_past_ms`; the ingest config puts `validation.` in front).
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let ranges = [
             ("current_a", self.current_a),
             ("voltage_v", self.voltage_v),
@@ -267,16 +268,11 @@ impl ValidationRules {
         ];
         for (name, r) in ranges {
             if !(r.min.is_finite() && r.max.is_finite() && r.min <= r.max) {
-                return Err(format!("{name}: min ({}) must be finite and ≤ max ({})", r.min, r.max));
+                return Err(ConfigError::new(name, format!("min ({}) must be finite and ≤ max ({})", r.min, r.max)));
             }
         }
-        if self.max_future_ms < 0 {
-            return Err("max_future_ms: must not be negative".into());
-        }
-        if self.max_past_ms < 0 {
-            return Err("max_past_ms: must not be negative".into());
-        }
-        Ok(())
+        ensure(self.max_future_ms >= 0, "max_future_ms", "must not be negative")?;
+        ensure(self.max_past_ms >= 0, "max_past_ms", "must not be negative")
     }
 }
 
@@ -362,6 +358,8 @@ mod tests {
     #[test]
     fn rule_validation_names_the_field() {
         let rules = ValidationRules { voltage_v: PhysicalRange::new(10.0, 1.0), ..Default::default() };
-        assert!(rules.validate().unwrap_err().starts_with("voltage_v:"));
+        let err = rules.validate().unwrap_err();
+        assert_eq!(err.field, "voltage_v");
+        assert!(err.to_string().starts_with("voltage_v:"));
     }
 }

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tessera_core::ValidationRules;
+use tessera_core::{ensure, ConfigError, ValidationRules};
 
-use crate::{IngestError, Result};
+use crate::Result;
 
 /// How a topic's messages are encoded when they carry no `content-type` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,60 +113,34 @@ impl Default for IngestConfig {
 }
 
 impl IngestConfig {
-    /// Checks the configuration; the error names the offending field.
+    /// Checks the configuration; the error names the offending field, relative to the ingest
+    /// section (`shards`, `topics[0].name`, `validation.max_past_ms`).
     pub fn validate(&self) -> Result<()> {
-        let fail = |field: &str, why: &str| Err(IngestError::Config(format!("{field}: {why}")));
-        if self.brokers.trim().is_empty() {
-            return fail("brokers", "must not be empty");
-        }
-        if self.group_id.trim().is_empty() {
-            return fail("group_id", "must not be empty");
-        }
-        if self.topics.is_empty() {
-            return fail("topics", "must name at least one topic");
-        }
+        ensure(!self.brokers.trim().is_empty(), "brokers", "must not be empty")?;
+        ensure(!self.group_id.trim().is_empty(), "group_id", "must not be empty")?;
+        ensure(!self.topics.is_empty(), "topics", "must name at least one topic")?;
         if let Some(i) = self.topics.iter().position(|t| t.name.trim().is_empty()) {
-            return fail(&format!("topics[{i}].name"), "must not be empty");
+            return Err(ConfigError::new(format!("topics[{i}].name"), "must not be empty").into());
         }
-        if self.dead_letter_topic.trim().is_empty() {
-            return fail("dead_letter_topic", "must not be empty");
-        }
-        if self.topics.iter().any(|t| t.name == self.dead_letter_topic) {
-            return fail("dead_letter_topic", "must differ from every consumed topic");
-        }
-        if self.shards == 0 {
-            return fail("shards", "must be at least 1");
-        }
-        if self.batch_max_rows == 0 {
-            return fail("batch_max_rows", "must be at least 1");
-        }
-        if self.batch_max_age.is_zero() {
-            return fail("batch_max_age", "must be longer than 0");
-        }
-        if self.chunk_max_messages == 0 {
-            return fail("chunk_max_messages", "must be at least 1");
-        }
-        if self.max_chunks_in_flight == 0 {
-            return fail("max_chunks_in_flight", "must be at least 1");
-        }
-        if self.commit_interval.is_zero() {
-            return fail("commit_interval", "must be longer than 0");
-        }
-        if self.max_message_bytes == 0 {
-            return fail("max_message_bytes", "must be at least 1");
-        }
-        if self.max_readings_per_message == 0 {
-            return fail("max_readings_per_message", "must be at least 1");
-        }
-        self.validation
-            .validate()
-            .map_err(|why| IngestError::Config(format!("validation.{why}")))
+        ensure(!self.dead_letter_topic.trim().is_empty(), "dead_letter_topic", "must not be empty")?;
+        ensure(self.topics.iter().all(|t| t.name != self.dead_letter_topic), "dead_letter_topic", "must differ from every consumed topic")?;
+        ensure(self.shards > 0, "shards", "must be at least 1")?;
+        ensure(self.batch_max_rows > 0, "batch_max_rows", "must be at least 1")?;
+        ensure(!self.batch_max_age.is_zero(), "batch_max_age", "must be longer than 0")?;
+        ensure(self.chunk_max_messages > 0, "chunk_max_messages", "must be at least 1")?;
+        ensure(self.max_chunks_in_flight > 0, "max_chunks_in_flight", "must be at least 1")?;
+        ensure(!self.commit_interval.is_zero(), "commit_interval", "must be longer than 0")?;
+        ensure(self.max_message_bytes > 0, "max_message_bytes", "must be at least 1")?;
+        ensure(self.max_readings_per_message > 0, "max_readings_per_message", "must be at least 1")?;
+        self.validation.validate().map_err(|e| e.within("validation"))?;
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::IngestError;
 
     #[test]
     fn default_is_valid_and_errors_name_fields() {
@@ -178,5 +152,18 @@ mod tests {
         let mut c = IngestConfig::default();
         c.validation.max_past_ms = -1;
         assert!(c.validate().unwrap_err().to_string().contains("validation.max_past_ms"));
+    }
+
+    #[test]
+    fn errors_carry_the_field_relative_to_the_ingest_section() {
+        let field = |c: IngestConfig| match c.validate() {
+            Err(IngestError::Config(e)) => e.field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field(IngestConfig { shards: 0, ..Default::default() }), "shards");
+        assert_eq!(field(IngestConfig { topics: vec![TopicConfig { name: " ".into(), encoding: Encoding::Json }], ..Default::default() }), "topics[0].name");
+        let mut c = IngestConfig::default();
+        c.validation.max_past_ms = -1;
+        assert_eq!(field(c), "validation.max_past_ms");
     }
 }

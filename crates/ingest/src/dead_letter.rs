@@ -13,7 +13,7 @@ use rdkafka::ClientContext;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::metrics::IngestMetrics;
-use crate::offsets::OffsetTracker;
+use crate::offsets::{Halt, OffsetTracker};
 use crate::{IngestConfig, IngestError, Result};
 
 /// Names of the headers Tessera adds to a dead letter (next to the original headers).
@@ -65,7 +65,7 @@ impl ProducerContext for DeliveryContext {
             }
             Err((e, _)) => {
                 tracing::error!(topic = %self.topic, error = %e, "dead letter not delivered; ingest stops");
-                self.tracker.fail(format!("dead letter to {} not delivered: {e}", self.topic));
+                self.tracker.fail(Halt::DeadLetter(e.clone()));
             }
         }
     }
@@ -128,9 +128,8 @@ impl DeadLetterWriter {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err((e, _)) => {
-                    let reason = e.to_string();
-                    self.tracker.fail(format!("dead letter to {}: {reason}", self.topic));
-                    return Err(IngestError::DeadLetter { topic: self.topic.clone(), reason });
+                    self.tracker.fail(Halt::DeadLetter(e.clone()));
+                    return Err(IngestError::DeadLetter { topic: self.topic.clone(), source: e });
                 }
             }
         }

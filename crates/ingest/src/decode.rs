@@ -4,13 +4,12 @@
 //! or `{"readings": [...]}`); its `content-type` header says which, else the topic's
 //! [`Encoding`]. Both encodings produce identical [`Reading`]s. A message that cannot be
 //! decoded at all is rejected whole; in a batch, each invalid reading is rejected on its own
-//! and the valid ones go on.
-
-use std::collections::BTreeMap;
+//! and the valid ones go on. The wire forms themselves (protobuf and JSON) are
+//! [`tessera_proto`]'s.
 
 use prost::Message;
-use serde::Deserialize;
-use tessera_core::{MotorId, Reading, RejectReason, SiteId, ValidationRules};
+use tessera_core::{Reading, RejectReason, ValidationRules};
+use tessera_proto::json::{reading_from_json, JsonMessage};
 use tessera_proto::telemetry::{MotorReading, MotorReadingBatch};
 use tessera_proto::{reading_from_proto, CONTENT_TYPE_BATCH, CONTENT_TYPE_JSON, CONTENT_TYPE_READING};
 
@@ -62,19 +61,13 @@ pub fn decode_message(
             check_count(batch.readings.len(), limits)?;
             Ok(split(batch.readings.into_iter().map(|m| check(reading_from_proto(m)))))
         }
-        Encoding::Json => {
-            let root: JsonReading =
-                serde_json_from(payload).map_err(|e| RejectReason::Malformed(format!("json: {e}")))?;
-            match root {
-                JsonReading::Batch(items) => {
-                    check_count(items.len(), limits)?;
-                    Ok(split(items.into_iter().map(|j| check(j.into_reading()))))
-                }
-                JsonReading::One(j) => {
-                    Ok(DecodedMessage { readings: vec![check(j.into_reading())?], rejected: Vec::new() })
-                }
+        Encoding::Json => match JsonMessage::parse(payload).map_err(|e| RejectReason::Malformed(format!("json: {e}")))? {
+            JsonMessage::Batch(items) => {
+                check_count(items.len(), limits)?;
+                Ok(split(items.into_iter().map(|j| check(reading_from_json(j)))))
             }
-        }
+            JsonMessage::One(j) => Ok(DecodedMessage { readings: vec![check(reading_from_json(*j))?], rejected: Vec::new() }),
+        },
     }
 }
 
@@ -122,100 +115,11 @@ fn encoding_of(content_type: &[u8]) -> Result<Encoding, RejectReason> {
     Err(RejectReason::Malformed(format!("unsupported content-type {ct:?}")))
 }
 
-/// Parses JSON readings. A top-level array, or an object with only `readings`, is a batch;
-/// the shape is told by the first byte so that serde's errors stay precise.
-fn serde_json_from(payload: &[u8]) -> serde_json::Result<JsonReading> {
-    let first = payload.iter().find(|b| !b.is_ascii_whitespace());
-    if first == Some(&b'[') {
-        return serde_json::from_slice(payload).map(JsonReading::Batch);
-    }
-    let mut one: JsonOne = serde_json::from_slice(payload)?;
-    match one.readings.take() {
-        Some(items) if one.is_empty() => Ok(JsonReading::Batch(items)),
-        Some(_) => Err(serde::de::Error::custom("an object with `readings` must have no reading fields of its own")),
-        None => Ok(JsonReading::One(Box::new(one))),
-    }
-}
-
-/// The JSON form of a message: the protobuf field names; 64-bit integers as numbers or
-/// strings (as proto3's JSON mapping writes them).
-#[derive(Debug)]
-enum JsonReading {
-    One(Box<JsonOne>),
-    Batch(Vec<JsonOne>),
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonOne {
-    motor_id: Option<String>,
-    site_id: Option<String>,
-    #[serde(default, deserialize_with = "lenient_int")]
-    event_time_ms: Option<i64>,
-    #[serde(default, deserialize_with = "lenient_int")]
-    sequence: Option<u64>,
-    current_a: Option<f64>,
-    voltage_v: Option<f64>,
-    temperature_c: Option<f64>,
-    vibration_x_rms: Option<f64>,
-    vibration_y_rms: Option<f64>,
-    vibration_z_rms: Option<f64>,
-    speed_rpm: Option<f64>,
-    #[serde(default)]
-    extra: BTreeMap<String, f64>,
-    readings: Option<Vec<JsonOne>>,
-}
-
-impl JsonOne {
-    fn is_empty(&self) -> bool {
-        self.motor_id.is_none() && self.site_id.is_none() && self.event_time_ms.is_none() && self.sequence.is_none()
-    }
-
-    fn into_reading(self) -> Result<Reading, RejectReason> {
-        let motor_id = MotorId::new(self.motor_id.unwrap_or_default()).map_err(RejectReason::BadId)?;
-        let site_id = SiteId::new(self.site_id.unwrap_or_default()).map_err(RejectReason::BadId)?;
-        Ok(Reading {
-            motor_id,
-            site_id,
-            event_time_ms: self.event_time_ms.ok_or(RejectReason::MissingField("event_time_ms"))?,
-            sequence: self.sequence.ok_or(RejectReason::MissingField("sequence"))?,
-            channels: [
-                self.current_a,
-                self.voltage_v,
-                self.temperature_c,
-                self.vibration_x_rms,
-                self.vibration_y_rms,
-                self.vibration_z_rms,
-                self.speed_rpm,
-            ],
-            extra: self.extra,
-        })
-    }
-}
-
-/// Accepts `123` or `"123"` for a 64-bit integer.
-fn lenient_int<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: std::str::FromStr + Deserialize<'de>,
-    T::Err: std::fmt::Display,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum IntOrString<T> {
-        Int(T),
-        Str(String),
-    }
-    match Option::<IntOrString<T>>::deserialize(d)? {
-        None => Ok(None),
-        Some(IntOrString::Int(v)) => Ok(Some(v)),
-        Some(IntOrString::Str(s)) => s.parse().map(Some).map_err(serde::de::Error::custom),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use tessera_core::Channel;
+    use std::collections::BTreeMap;
+
+    use tessera_core::{Channel, MotorId, SiteId};
 
     use super::*;
 

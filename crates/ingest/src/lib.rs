@@ -36,13 +36,13 @@ mod error;
 mod metrics;
 mod offsets;
 mod pipeline;
-pub mod replay;
+pub mod repeats;
 
 pub use batch::{batch_checksum, readings_from_batch, row_fingerprints, FlushedBatch, PushOutcome, ShardBuilder, ShardedBatcher};
 pub use config::{Encoding, IngestConfig, TopicConfig};
 pub use dead_letter::headers as dead_letter_headers;
 pub use decode::{decode_message, DecodedMessage, MessageLimits};
-pub use error::{IngestError, Result};
+pub use error::{IngestError, PartitionStateError, Result};
 pub use metrics::{IngestMetrics, IngestStats};
 pub use offsets::TopicPartition;
 pub use pipeline::{Barrier, BatchAck, Control, Ingest, PartitionStart, PartitionStates, ShardBatch};

@@ -12,8 +12,19 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use rdkafka::error::KafkaError;
+
 /// A topic and partition.
 pub type TopicPartition = (String, i32);
+
+/// Why nothing more may be committed: the first failure that stops the ingest.
+#[derive(Debug, Clone)]
+pub(crate) enum Halt {
+    /// A dead letter could not be sent, or the broker did not confirm it.
+    DeadLetter(KafkaError),
+    /// The decoder thread stopped on an error (which it returns itself).
+    DecoderFailed,
+}
 
 #[derive(Debug)]
 struct Chunk {
@@ -36,7 +47,7 @@ struct State {
     committed: BTreeMap<TopicPartition, i64>,
     /// Partitions this consumer no longer owns: never committed again until reassigned.
     revoked: BTreeSet<TopicPartition>,
-    failure: Option<String>,
+    failure: Option<Halt>,
 }
 
 /// Shared between the consumer thread, the decoder thread, acknowledgements and the
@@ -103,14 +114,14 @@ impl OffsetTracker {
     }
 
     /// Records a failure that must stop the ingest (nothing past it will be committed).
-    pub(crate) fn fail(&self, why: String) {
+    pub(crate) fn fail(&self, why: Halt) {
         let mut s = self.lock();
         s.failure.get_or_insert(why);
         self.idle.notify_all();
     }
 
     /// The first failure recorded, if any.
-    pub(crate) fn failure(&self) -> Option<String> {
+    pub(crate) fn failure(&self) -> Option<Halt> {
         self.lock().failure.clone()
     }
 
@@ -228,10 +239,12 @@ mod tests {
     fn a_failure_stops_commits_and_wakes_waiters() {
         let t = OffsetTracker::default();
         let a = t.open_chunk(vec![(tp(0), 1)]);
-        t.fail("dead letter lost".into());
+        let lost = KafkaError::MessageProduction(rdkafka::error::RDKafkaErrorCode::MessageTimedOut);
+        t.fail(Halt::DeadLetter(lost.clone()));
+        t.fail(Halt::DecoderFailed);
         assert!(!t.wait_idle(Duration::from_secs(5)));
         t.release(&[a]);
         assert!(t.take_committable().is_empty());
-        assert_eq!(t.failure().as_deref(), Some("dead letter lost"));
+        assert!(matches!(t.failure(), Some(Halt::DeadLetter(e)) if e == lost), "the first failure is kept");
     }
 }

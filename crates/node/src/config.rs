@@ -91,12 +91,9 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         tessera_core::SiteId::new(self.site_id.clone()).map_err(|e| ConfigError::new("site_id", e.to_string()))?;
         self.ingest.validate().map_err(|e| match e {
-            tessera_ingest::IngestError::Config(message) => match message.split_once(": ") {
-                Some((field, problem)) => ConfigError::new(field, problem),
-                None => ConfigError::new("", message),
-            },
-            other => ConfigError::new("", other.to_string()),
-        }).map_err(|e| e.within("ingest"))?;
+            tessera_ingest::IngestError::Config(e) => e.within("ingest"),
+            other => ConfigError::new("ingest", other.to_string()),
+        })?;
         self.detect.validate().map_err(|e| e.within("detect"))?;
         self.state.validate().map_err(|e| e.within("state"))?;
         self.store.validate().map_err(|e| e.within("store"))?;

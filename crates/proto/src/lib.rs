@@ -1,10 +1,12 @@
-//! Protobuf types generated from `/proto`, and their conversions to Tessera's core types.
+//! Protobuf types generated from `/proto`, their conversions to Tessera's core types, and the
+//! JSON form of readings ([`json`]), encoded and decoded.
 //!
 //! The conversions live here, in one place, so that the wire format can evolve without the
 //! rest of the code noticing.
 #![deny(missing_docs)]
 
 mod convert;
+pub mod json;
 
 /// `tessera.telemetry.v1`: readings as motors and gateways publish them.
 pub mod telemetry {

@@ -12,8 +12,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
+use tessera_proto::json::reading_to_json;
 use serde::{Deserialize, Serialize};
-use tessera_core::{Channel, Reading};
+use tessera_core::Reading;
 use tessera_proto::telemetry::{MotorReading, MotorReadingBatch};
 use tessera_proto::{CONTENT_TYPE_BATCH, CONTENT_TYPE_JSON, CONTENT_TYPE_READING};
 
@@ -108,7 +109,7 @@ impl TelemetryProducer {
             }
             WireFormat::Json => {
                 for r in readings {
-                    let bytes = serde_json::to_vec(&reading_json(r))?;
+                    let bytes = serde_json::to_vec(&reading_to_json(r))?;
                     self.send_raw(Some(r.motor_id.as_str().as_bytes()), &bytes, Some(CONTENT_TYPE_JSON))?;
                 }
             }
@@ -122,7 +123,7 @@ impl TelemetryProducer {
                         let batch = MotorReadingBatch { readings: group.iter().map(|r| MotorReading::from(*r)).collect() };
                         (batch.encode_to_vec(), CONTENT_TYPE_BATCH)
                     } else {
-                        (serde_json::to_vec(&group.iter().map(|r| reading_json(r)).collect::<Vec<_>>())?, CONTENT_TYPE_JSON)
+                        (serde_json::to_vec(&group.iter().map(|r| reading_to_json(r)).collect::<Vec<_>>())?, CONTENT_TYPE_JSON)
                     };
                     self.send_raw(Some(site.as_bytes()), &bytes, Some(content_type))?;
                 }
@@ -173,22 +174,4 @@ impl TelemetryProducer {
         }
         Ok(report)
     }
-}
-
-/// The JSON form of a reading (the protobuf field names; absent channels omitted).
-pub fn reading_json(r: &Reading) -> serde_json::Value {
-    let mut o = serde_json::Map::new();
-    o.insert("motor_id".into(), r.motor_id.as_str().into());
-    o.insert("site_id".into(), r.site_id.as_str().into());
-    o.insert("event_time_ms".into(), r.event_time_ms.into());
-    o.insert("sequence".into(), r.sequence.into());
-    for c in Channel::ALL {
-        if let Some(v) = r.get(c) {
-            o.insert(c.name().into(), v.into());
-        }
-    }
-    if !r.extra.is_empty() {
-        o.insert("extra".into(), r.extra.iter().map(|(k, v)| (k.clone(), (*v).into())).collect::<serde_json::Map<_, _>>().into());
-    }
-    o.into()
 }

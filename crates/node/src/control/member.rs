@@ -104,7 +104,7 @@ impl RaftConfig {
             super::parse_node_spec(m).map_err(|e| ConfigError::new(format!("initial_members[{i}]"), e.to_string()))?;
         }
         self.settings(1, "site").raft_config().map(drop).map_err(|e| match e {
-            tessera_consensus::ConsensusError::Config { field, problem } => ConfigError::new(field.trim_start_matches("raft."), problem),
+            tessera_consensus::ConsensusError::Config(e) => ConfigError::new(e.field.trim_start_matches("raft."), e.problem),
             other => ConfigError::new("", other.to_string()),
         })
     }

@@ -17,6 +17,7 @@ use super::{DeliveryCheck, DetectStats};
 /// A due partition, its store, and its checkpoint.
 pub(super) type CheckpointFile = (TopicPartition, Arc<Mutex<CheckpointStore>>, Checkpoint);
 
+/// One barrier's checkpoints, encoded on the detection thread, for the writer.
 pub(super) struct CheckpointJob {
     pub(super) epoch: u64,
     pub(super) files: Vec<CheckpointFile>,

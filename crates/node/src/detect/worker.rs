@@ -351,7 +351,7 @@ impl Worker {
         let telemetry = batch.project(&(0..tessera_core::telemetry_schema().fields().len()).collect::<Vec<_>>())?;
         let late_for = batch.column(batch.num_columns() - 1).as_any().downcast_ref::<arrow_array::StringArray>().cloned();
         for (i, r) in readings_from_batch(&telemetry).iter().enumerate() {
-            let payload = serde_json::to_vec(&reading_json(r))?;
+            let payload = serde_json::to_vec(&tessera_proto::json::reading_to_json(r))?;
             let why = late_for.as_ref().map(|a| a.value(i).to_string()).unwrap_or_default();
             self.send(&self.config.late_topic, r.motor_id.as_str(), &payload, Some(&why))?;
         }
@@ -378,26 +378,3 @@ impl Worker {
         anyhow::bail!("writing to {topic}: the producer queue stayed full for 30 s")
     }
 }
-
-
-/// One barrier's checkpoints, encoded on the detection thread, for the writer.
-
-/// The JSON form of a reading (the protobuf field names; absent channels omitted).
-fn reading_json(r: &tessera_core::Reading) -> serde_json::Value {
-    use tessera_core::Channel;
-    let mut o = serde_json::Map::new();
-    o.insert("motor_id".into(), r.motor_id.as_str().into());
-    o.insert("site_id".into(), r.site_id.as_str().into());
-    o.insert("event_time_ms".into(), r.event_time_ms.into());
-    o.insert("sequence".into(), r.sequence.into());
-    for c in Channel::ALL {
-        if let Some(v) = r.get(c) {
-            o.insert(c.name().into(), v.into());
-        }
-    }
-    if !r.extra.is_empty() {
-        o.insert("extra".into(), r.extra.iter().map(|(k, v)| (k.clone(), (*v).into())).collect::<serde_json::Map<_, _>>().into());
-    }
-    o.into()
-}
-

@@ -1,18 +1,19 @@
-//! Replayed readings: the same reading (motor, sequence number, event time) arriving in a
-//! second message, whether an attacker re-published captured messages or a producer retried
-//! without idempotence.
+//! Repeated readings: the same reading (motor, sequence number, event time) arriving in a
+//! second message, whether an attacker re-published (replayed) captured messages or a producer
+//! retried without idempotence. (Not to be confused with the CSV replay tool, which publishes
+//! recorded data.)
 //!
-//! Per motor, the guard remembers the last [`WINDOW`] sequence numbers taken, each with its
+//! Per motor, the [`RepeatGuard`] remembers the last [`WINDOW`] sequence numbers taken, each with its
 //! event time. A reading whose sequence number is in that window with the same event time is a
-//! replay: it is dead-lettered with reason `replayed_reading` (its original bytes kept), not
+//! repeat: it is dead-lettered with reason `replayed_reading` (its original bytes kept), not
 //! taken twice. A device that restarts its numbering sends new event times, so its readings
-//! are not mistaken for replays. A sequence number older than the window cannot be judged here;
+//! are not mistaken for repeats. A sequence number older than the window cannot be judged here;
 //! such a reading follows the late path like any old reading.
 //!
 //! The guard lives with the partition's assignment: Kafka redelivering the same offset is
 //! handled before it (offsets per partition), and when a partition is revoked its motors are
 //! forgotten, so that the next owner, or this node later, reads the partition again from its
-//! checkpoint without the re-read being taken for replays.
+//! checkpoint without the re-read being taken for repeats.
 
 use std::collections::HashMap;
 
@@ -31,11 +32,11 @@ struct MotorWindow {
 
 /// Remembers recent readings per motor and refuses repeats.
 #[derive(Default)]
-pub struct ReplayGuard {
+pub struct RepeatGuard {
     motors: HashMap<String, MotorWindow>,
 }
 
-impl ReplayGuard {
+impl RepeatGuard {
     /// Checks `reading` and, if it is new, remembers it.
     pub fn check(&mut self, reading: &Reading) -> Result<(), RejectReason> {
         let window = self.motors.entry(reading.motor_id.as_str().to_string()).or_insert_with(|| MotorWindow { newest: 0, slots: vec![None; WINDOW] });
@@ -78,7 +79,7 @@ mod tests {
 
     #[test]
     fn a_repeat_is_refused_a_restart_or_another_motor_is_not() {
-        let mut guard = ReplayGuard::default();
+        let mut guard = RepeatGuard::default();
         for s in 0..100 {
             guard.check(&reading("m1", s, 1000 + s as i64)).unwrap();
         }
@@ -91,7 +92,7 @@ mod tests {
 
     #[test]
     fn sequence_numbers_older_than_the_window_pass_and_evict_nothing() {
-        let mut guard = ReplayGuard::default();
+        let mut guard = RepeatGuard::default();
         let newest = 10 * WINDOW as u64;
         guard.check(&reading("m", newest, 5)).unwrap();
         guard.check(&reading("m", newest - WINDOW as u64, 1)).expect("too old to judge");

@@ -1,0 +1,449 @@
+//! The consumer thread: polls Kafka, copies each message into the open chunk, ships full or
+//! lingering chunks to the decoder, and pauses its partitions while the decoder's queue is
+//! full or memory is near its budget ([`MemoryBudget`]). It sends a barrier every
+//! `checkpoint_interval`, commits what the [`OffsetTracker`] allows every `commit_interval`,
+//! and, when partitions are revoked (see `rebalance`) or the ingest stops, hands everything on,
+//! waits (up to `drain_timeout`) for downstream to acknowledge it and commits synchronously.
+//!
+//! Offsets are checked per partition on the way in: a message delivered again is dropped,
+//! offsets skipped are counted.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::{ClientConfig, Message, Offset};
+
+use super::chunk::{Chunk, OpenChunk, Work};
+use super::downstream::{Barrier, PartitionStates};
+use super::memory_budget::MemoryBudget;
+use crate::metrics::IngestMetrics;
+use crate::offsets::{Halt, OffsetTracker, TopicPartition};
+use crate::{IngestConfig, IngestError, PartitionStateError, Result};
+
+/// The consumer's librdkafka settings: Tessera's, then the config's `kafka` ones over them.
+pub(super) fn client_config(config: &IngestConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.partition.eof", "false")
+        // Bounded prefetch (memory), and a short back-off once it is full: librdkafka's
+        // default (1 s) idles the consumer for a second whenever a partition's queue
+        // fills, which cut throughput 4x in the end-to-end bench.
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.queue.backoff.ms", "10")
+        // librdkafka's statistics every 5 s: the consumer lag the node reports.
+        .set("statistics.interval.ms", "5000");
+    for (k, v) in &config.kafka {
+        client.set(k, v);
+    }
+    client
+}
+
+/// The consumer thread's state, shared with the rebalance callbacks (which run inside `poll`,
+/// on the consumer thread).
+pub(super) struct ConsumerState {
+    pub(super) config: IngestConfig,
+    /// The config's topics' names; messages and partitions refer to a topic by its index here.
+    pub(super) topics: Vec<String>,
+    pub(super) tracker: Arc<OffsetTracker>,
+    pub(super) metrics: Arc<IngestMetrics>,
+    /// The decoder's queue; taken away when the consumer ends.
+    work_tx: Mutex<Option<SyncSender<Work>>>,
+    open: Mutex<OpenChunk>,
+    /// A sealed chunk the decoder had no room for yet.
+    unsent: Mutex<Option<Chunk>>,
+    /// Whether the assigned partitions are paused (decoder behind, or memory budget).
+    pub(super) paused: AtomicBool,
+    /// How long a chunk may wait for more messages before it is shipped.
+    chunk_linger: Duration,
+    /// Next offset of each partition past the chunks handed to the decoder (barrier offsets).
+    pub(super) shipped: Mutex<BTreeMap<TopicPartition, i64>>,
+    /// Where assigned partitions' checkpoints come from.
+    pub(super) states: Option<Arc<dyn PartitionStates>>,
+    /// Why the ingest must stop (set in a rebalance callback, which cannot return an error).
+    pub(super) failure: Mutex<Option<PartitionStateError>>,
+    /// When each assigned partition's last message arrived (topic index, partition), for the
+    /// stall metric; a partition leaves it when it is assigned anew or revoked.
+    pub(super) last_message: Mutex<HashMap<(usize, i32), Instant>>,
+    /// The offset each assigned partition's next message should have (topic index, partition):
+    /// past its last message, or its checkpoint's offset before the first. A message beyond it
+    /// means offsets were skipped (see [`crate::IngestStats::offsets_skipped`]).
+    pub(super) next_offset: Mutex<HashMap<(usize, i32), i64>>,
+    /// The partitions assigned now (topic index, partition): a message of any other (fetched
+    /// before its partition was revoked) is dropped, as the partition's new owner reads it.
+    pub(super) assigned: Mutex<HashSet<(usize, i32)>>,
+    /// Barriers sent so far (the last epoch).
+    barriers: AtomicU64,
+}
+
+/// Locks `m`, whether or not a thread panicked holding it.
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ConsumerState {
+    /// The state of a consumer that hands its chunks to the decoder through `work_tx`.
+    pub(super) fn new(config: IngestConfig, tracker: Arc<OffsetTracker>, metrics: Arc<IngestMetrics>, work_tx: SyncSender<Work>, states: Option<Arc<dyn PartitionStates>>) -> Self {
+        Self {
+            chunk_linger: (config.batch_max_age / 10).clamp(Duration::from_millis(1), Duration::from_millis(50)),
+            topics: config.topics.iter().map(|t| t.name.clone()).collect(),
+            config,
+            tracker,
+            metrics,
+            work_tx: Mutex::new(Some(work_tx)),
+            open: Mutex::new(OpenChunk::default()),
+            unsent: Mutex::new(None),
+            paused: AtomicBool::new(false),
+            shipped: Mutex::new(BTreeMap::new()),
+            states,
+            failure: Mutex::new(None),
+            last_message: Mutex::new(HashMap::new()),
+            next_offset: Mutex::new(HashMap::new()),
+            assigned: Mutex::new(HashSet::new()),
+            barriers: AtomicU64::new(0),
+        }
+    }
+
+    /// Seals the open chunk if it is full or old enough (or `force`), and tries to hand the
+    /// sealed chunk to the decoder. Returns false if the decoder had no room.
+    fn ship(&self, force: bool) -> bool {
+        {
+            let mut unsent = lock(&self.unsent);
+            if unsent.is_none() {
+                let mut open = lock(&self.open);
+                let due = open.chunk.messages.len() >= self.config.chunk_max_messages
+                    || open.opened_at.is_some_and(|t| t.elapsed() >= self.chunk_linger);
+                if open.chunk.messages.is_empty() || !(force || due) {
+                    return true;
+                }
+                let open = std::mem::take(&mut *open);
+                let offsets: Vec<(TopicPartition, i64)> = open.last_offsets.into_iter().map(|((t, p), o)| ((self.topics[t].clone(), p), o)).collect();
+                let mut shipped = lock(&self.shipped);
+                for (tp, last) in &offsets {
+                    let next = shipped.entry(tp.clone()).or_insert(last + 1);
+                    *next = (*next).max(last + 1);
+                }
+                let mut chunk = open.chunk;
+                chunk.id = self.tracker.open_chunk(offsets);
+                *unsent = Some(chunk);
+            }
+        }
+        self.send_unsent()
+    }
+
+    fn send_unsent(&self) -> bool {
+        let mut unsent = lock(&self.unsent);
+        let Some(chunk) = unsent.take() else { return true };
+        let work_tx = lock(&self.work_tx);
+        let Some(tx) = work_tx.as_ref() else { return true };
+        match tx.try_send(Work::Chunk(chunk)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(Work::Chunk(chunk))) => {
+                *unsent = Some(chunk);
+                false
+            }
+            Err(_) => true, // the decoder is gone; its error is reported by stop()
+        }
+    }
+
+    /// Sends a work item, waiting at most until `deadline`.
+    pub(super) fn send_until(&self, mut work: Work, deadline: Instant) -> bool {
+        let work_tx = lock(&self.work_tx);
+        let Some(tx) = work_tx.as_ref() else { return false };
+        loop {
+            match tx.try_send(work) {
+                Ok(()) => return true,
+                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                    work = back;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// The barrier for everything shipped so far, handing over `revoked`.
+    fn next_barrier(&self, revoked: &[TopicPartition], lost: bool) -> Barrier {
+        let offsets = lock(&self.shipped).iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
+        Barrier { epoch: self.barriers.load(Ordering::SeqCst) + 1, offsets, motors: Vec::new(), revoked: revoked.to_vec(), lost }
+    }
+
+    /// Whether checkpoint barriers are on.
+    fn checkpointing(&self) -> bool {
+        !self.config.checkpoint_interval.is_zero()
+    }
+
+    /// Sends a barrier after everything consumed so far, without waiting: returns false if
+    /// the decoder's queue is full (try again later).
+    fn try_barrier(&self) -> bool {
+        if !self.ship(true) {
+            return false;
+        }
+        let work_tx = lock(&self.work_tx);
+        let Some(tx) = work_tx.as_ref() else { return true };
+        match tx.try_send(Work::Barrier(self.next_barrier(&[], false))) {
+            Ok(()) => {
+                self.barriers.fetch_add(1, Ordering::SeqCst);
+                self.metrics.barriers.fetch_add(1, Relaxed);
+                true
+            }
+            Err(TrySendError::Full(_)) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// Hands everything consumed so far to the decoder, has it flush its shards (with a
+    /// barrier when checkpointing, so that downstream checkpoints, hands over `revoked` and
+    /// acknowledges), waits for downstream to acknowledge, and commits synchronously. Used on
+    /// revoke and on stop.
+    pub(super) fn hand_over_and_commit<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, revoked: &[TopicPartition]) {
+        let deadline = Instant::now() + self.config.drain_timeout;
+        let lost = consumer.assignment_lost();
+        if self.ship_everything(deadline) {
+            if self.checkpointing() {
+                if self.send_until(Work::Barrier(self.next_barrier(revoked, lost)), deadline) {
+                    self.barriers.fetch_add(1, Ordering::SeqCst);
+                    self.metrics.barriers.fetch_add(1, Relaxed);
+                }
+            } else {
+                self.send_until(Work::Drain, deadline);
+            }
+        }
+        // Closing (the decoder's queue is gone): nothing handed on from now can be acknowledged,
+        // so there is nothing to wait for.
+        let closing = lock(&self.work_tx).is_none();
+        let left = if closing { Duration::ZERO } else { deadline.saturating_duration_since(Instant::now()) };
+        if !self.tracker.wait_idle(left) && !closing {
+            tracing::warn!("drain timed out; uncommitted readings will be consumed again (duplicates)");
+        }
+        if !lost {
+            self.commit(consumer);
+        }
+    }
+
+    /// Hands every message consumed so far to the decoder: the sealed chunk waiting for room,
+    /// then the open one. False if the decoder had no room before `deadline`.
+    fn ship_everything(&self, deadline: Instant) -> bool {
+        loop {
+            if self.ship(true) && lock(&self.open).chunk.messages.is_empty() && lock(&self.unsent).is_none() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Commits what is committable, synchronously (a round trip per `commit_interval`), so
+    /// that a failure is known at once and the offsets are offered again. Returns false if
+    /// the commit failed.
+    fn commit<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> bool {
+        let offsets = self.tracker.take_committable();
+        if offsets.is_empty() {
+            return true;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &offsets {
+            if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+                tracing::warn!(error = %e, "bad offset to commit");
+            }
+        }
+        self.metrics.commits.fetch_add(1, Relaxed);
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => {
+                fail::fail_point!("ingest-after-commit");
+                true
+            }
+            Err(e) => {
+                self.metrics.commit_errors.fetch_add(1, Relaxed);
+                self.tracker.commit_failed(&offsets);
+                tracing::warn!(error = %e, "offset commit failed; it will be retried");
+                false
+            }
+        }
+    }
+
+    /// Checks a message's offset against its partition's next one: offsets skipped are counted
+    /// and reported; a message at or before one already handed on (delivered again, while its
+    /// partition stayed assigned) is counted and must be dropped: false. Each reading then
+    /// reaches the state once, whatever the client library or broker re-sends.
+    fn in_order(&self, topic: usize, topic_name: &str, partition: i32, offset: i64) -> bool {
+        match next_in_partition(&mut lock(&self.next_offset), (topic, partition), offset) {
+            Sequence::Again { next } => {
+                self.metrics.redelivered_dropped.fetch_add(1, Relaxed);
+                tracing::warn!(topic = topic_name, partition, offset, next, "a message delivered again was dropped (it is already handed on)");
+                false
+            }
+            Sequence::After { skipped_from } => {
+                self.metrics.offsets_skipped.fetch_add((offset - skipped_from) as u64, Relaxed);
+                tracing::warn!(
+                    topic = topic_name,
+                    partition,
+                    from = skipped_from,
+                    to = offset - 1,
+                    "offsets skipped: the log no longer had them (retention deleted them before they were read), or they were \
+                     transaction markers, aborted or compacted records"
+                );
+                true
+            }
+            Sequence::Next => true,
+        }
+    }
+
+    fn set_paused<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, paused: bool) {
+        if self.paused.swap(paused, Ordering::SeqCst) == paused {
+            return;
+        }
+        let Ok(assignment) = consumer.assignment() else { return };
+        let result = if paused {
+            self.metrics.pauses.fetch_add(1, Relaxed);
+            consumer.pause(&assignment)
+        } else {
+            consumer.resume(&assignment)
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, paused, "pause/resume failed");
+        }
+    }
+}
+
+/// Where a message's offset falls against its partition's next offset.
+#[derive(Debug, PartialEq, Eq)]
+enum Sequence {
+    /// The next one (or the partition's first since it was assigned without a checkpoint).
+    Next,
+    /// Past offsets never delivered, from `skipped_from` on.
+    After { skipped_from: i64 },
+    /// At or before one already delivered (the partition's next offset is `next`).
+    Again { next: i64 },
+}
+
+/// Checks `offset` against `partition`'s entry in `next` and, unless it came again, moves the
+/// entry past it.
+fn next_in_partition(next: &mut HashMap<(usize, i32), i64>, partition: (usize, i32), offset: i64) -> Sequence {
+    let sequence = match next.get(&partition).copied() {
+        Some(due) if offset < due => return Sequence::Again { next: due },
+        Some(due) if offset > due => Sequence::After { skipped_from: due },
+        _ => Sequence::Next,
+    };
+    next.insert(partition, offset + 1);
+    sequence
+}
+
+/// How the consumer thread's loop ended, short of an error of its own.
+enum LoopEnd {
+    /// The ingest is stopping: hand everything over and commit.
+    Stopped,
+    /// The decoder failed (`Ingest::stop` returns its error): nothing more can be handed over
+    /// or committed.
+    DecoderFailed,
+}
+
+/// The consumer thread: polls, chunks and ships messages, pauses and resumes, sends barriers
+/// and commits until `stop` (then hands everything over and commits a last time) or an error.
+pub(super) fn run<C: ConsumerContext>(consumer: BaseConsumer<C>, s: &ConsumerState, stop: &AtomicBool) -> Result<()> {
+    let mut memory = MemoryBudget::new(s.config.memory_budget_mb);
+    let mut last_commit = Instant::now();
+    let mut last_barrier = Instant::now();
+    let ended = loop {
+        if stop.load(Ordering::Relaxed) {
+            break Ok(LoopEnd::Stopped);
+        }
+        if let Some(why) = lock(&s.failure).take() {
+            break Err(IngestError::Partitions(why));
+        }
+        match consumer.poll(Duration::from_millis(20)) {
+            Some(Ok(m)) if !lock(&s.assigned).contains(&(s.topics.iter().position(|t| t == m.topic()).unwrap_or(0), m.partition())) => {
+                s.metrics.stale_dropped.fetch_add(1, Relaxed);
+            }
+            Some(Ok(m)) => {
+                s.metrics.messages.fetch_add(1, Relaxed);
+                s.metrics.bytes.fetch_add(m.payload_len() as u64, Relaxed);
+                let topic = s.topics.iter().position(|t| t == m.topic()).unwrap_or(0);
+                let now = Instant::now();
+                if let Some(before) = lock(&s.last_message).insert((topic, m.partition()), now) {
+                    s.metrics.longest_stall_us.fetch_max((now - before).as_micros() as u64, Relaxed);
+                }
+                if s.in_order(topic, m.topic(), m.partition(), m.offset()) {
+                    lock(&s.open).push(&m, topic);
+                }
+            }
+            Some(Err(e)) => {
+                s.metrics.consumer_errors.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "consumer error");
+            }
+            None => {}
+        }
+        let shipped = s.ship(false);
+        let over_budget = memory.over(&s.metrics, || s.tracker.wait_idle(Duration::ZERO));
+        s.set_paused(&consumer, !shipped || over_budget);
+        if s.checkpointing() && last_barrier.elapsed() >= s.config.checkpoint_interval && s.try_barrier() {
+            last_barrier = Instant::now();
+        }
+        if last_commit.elapsed() >= s.config.commit_interval {
+            last_commit = Instant::now();
+            match s.tracker.failure() {
+                Some(Halt::DeadLetter(source)) => break Err(IngestError::DeadLetter { topic: s.config.dead_letter_topic.clone(), source }),
+                Some(Halt::DecoderFailed) => break Ok(LoopEnd::DecoderFailed),
+                None => {
+                    s.commit(&consumer);
+                }
+            }
+        }
+    };
+    if let Ok(LoopEnd::Stopped) = ended {
+        s.hand_over_and_commit(&consumer, &[]);
+        final_commit(&consumer, s);
+    }
+    // Closing the consumer may call the revoke callback again: with the decoder's queue gone
+    // it only commits what is already committable.
+    lock(&s.work_tx).take();
+    drop(consumer);
+    ended.map(|_| ())
+}
+
+/// On stop, a commit refused because the group is rebalancing (another node joining or
+/// leaving) is retried until the rebalance settles or `drain_timeout` passes. Polling serves
+/// the rebalance; messages it returns are dropped unprocessed, which is safe: their offsets
+/// are past everything committed, so they will be consumed again.
+fn final_commit<C: ConsumerContext>(consumer: &BaseConsumer<C>, s: &ConsumerState) {
+    let deadline = Instant::now() + s.config.drain_timeout;
+    while !s.commit(consumer) && Instant::now() < deadline {
+        let poll_until = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < poll_until {
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_checked_per_partition_and_a_message_delivered_again_does_not_move_the_partition() {
+        let mut next = HashMap::new();
+        let (a, b) = ((0, 0), (0, 1));
+        assert_eq!(next_in_partition(&mut next, a, 40), Sequence::Next, "first since assigned");
+        assert_eq!(next_in_partition(&mut next, a, 41), Sequence::Next);
+        assert_eq!(next_in_partition(&mut next, b, 7), Sequence::Next, "another partition");
+        assert_eq!(next_in_partition(&mut next, a, 45), Sequence::After { skipped_from: 42 });
+        assert_eq!(next_in_partition(&mut next, a, 45), Sequence::Again { next: 46 });
+        assert_eq!(next_in_partition(&mut next, a, 43), Sequence::Again { next: 46 }, "an older one");
+        assert_eq!(next_in_partition(&mut next, a, 46), Sequence::Next, "the next after a re-delivery");
+        next.insert(b, 100); // a checkpoint's offset
+        assert_eq!(next_in_partition(&mut next, b, 120), Sequence::After { skipped_from: 100 });
+    }
+}

@@ -1,0 +1,178 @@
+//! The consumer's librdkafka context: the rebalance callback, with the ingest's steps around
+//! librdkafka's own (a revoke first hands everything over: barrier, checkpoint, commit; an
+//! assignment first sets each new partition's start to its checkpoint's offset and sends the
+//! checkpoints downstream), and the statistics callback (the consumer lag).
+
+use std::sync::atomic::Ordering;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset};
+
+use super::chunk::Work;
+use super::consumer::{lock, ConsumerState};
+use crate::offsets::TopicPartition;
+use crate::PartitionStateError;
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+}
+
+/// The consumer's librdkafka context.
+pub(super) struct IngestContext {
+    shared: Arc<ConsumerState>,
+}
+
+impl IngestContext {
+    /// The context of the consumer whose state is `shared`.
+    pub(super) fn new(shared: Arc<ConsumerState>) -> Self {
+        Self { shared }
+    }
+}
+
+impl ClientContext for IngestContext {
+    /// librdkafka's periodic statistics: the lag of the partitions this consumer owns (messages
+    /// behind each one's high watermark), summed.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
+            .map(|p| p.consumer_lag)
+            .sum();
+        self.shared.metrics.consumer_lag.store(lag as u64, Relaxed);
+    }
+}
+
+impl ConsumerContext for IngestContext {
+    /// librdkafka's rebalance, with the ingest's steps around it: a revoke hands everything
+    /// over (checkpoint, commit) first; an assignment first sets each partition's start to its
+    /// checkpoint's offset and sends the checkpoints downstream.
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let s = &self.shared;
+        s.metrics.rebalances.fetch_add(1, Relaxed);
+        let started = Instant::now();
+        let indexed: Vec<(usize, i32)> =
+            partitions_of(tpl).into_iter().map(|(topic, partition)| (s.topics.iter().position(|x| *x == topic).unwrap_or(0), partition)).collect();
+        {
+            let mut last = lock(&s.last_message);
+            indexed.iter().for_each(|tp| {
+                last.remove(tp);
+            });
+        }
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let assigned = partitions_of(tpl);
+                tracing::info!(partitions = ?assigned, "partitions assigned");
+                s.tracker.assign(&assigned);
+                // A partition this consumer already has keeps its position and its state: its
+                // checkpoint is older than both.
+                let already: Vec<bool> = {
+                    let mut owned = lock(&s.assigned);
+                    indexed.iter().map(|tp| !owned.insert(*tp)).collect()
+                };
+                if already.iter().any(|a| *a) {
+                    tracing::warn!(partitions = ?assigned, "assigned partitions this consumer already has; they keep their position and state");
+                }
+                let new: Vec<TopicPartition> = assigned.iter().zip(&already).filter(|(_, a)| !**a).map(|(tp, _)| tp.clone()).collect();
+                {
+                    let mut next = lock(&s.next_offset);
+                    indexed.iter().zip(&already).filter(|(_, a)| !**a).for_each(|(tp, _)| {
+                        next.remove(tp);
+                    });
+                }
+                start_partitions(s, tpl, &new);
+                let assigned = match cooperative {
+                    // librdkafka refuses an incremental assignment naming a partition it has
+                    // (and then assigns none of it): only the new ones.
+                    true if already.iter().any(|a| *a) => {
+                        let mut fresh = TopicPartitionList::new();
+                        for (e, _) in tpl.elements().iter().zip(&already).filter(|(_, a)| !**a) {
+                            if let Err(e) = fresh.add_partition_offset(e.topic(), e.partition(), e.offset()) {
+                                tracing::warn!(error = %e, "bad start offset");
+                            }
+                        }
+                        consumer.incremental_assign(&fresh)
+                    }
+                    true => consumer.incremental_assign(tpl),
+                    false => consumer.assign(tpl),
+                };
+                // Newly assigned partitions start unpaused; pause them too while the decoder is full.
+                if s.paused.load(Ordering::SeqCst)
+                    && let Err(e) = consumer.pause(tpl)
+                {
+                    tracing::warn!(error = %e, "pausing newly assigned partitions");
+                }
+                assigned
+            }
+            other => {
+                let revoked = partitions_of(tpl);
+                if other == RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS {
+                    tracing::info!(partitions = ?revoked, "partitions revoked: handing over and committing");
+                } else {
+                    tracing::warn!(error = ?other, "rebalance error: giving up the assignment");
+                }
+                s.hand_over_and_commit(consumer, &revoked);
+                let (mut assigned, mut next) = (lock(&s.assigned), lock(&s.next_offset));
+                indexed.iter().for_each(|tp| {
+                    assigned.remove(tp);
+                    next.remove(tp);
+                });
+                drop((assigned, next));
+                s.tracker.revoke(&revoked);
+                let mut shipped = lock(&s.shipped);
+                revoked.iter().for_each(|tp| {
+                    shipped.remove(tp);
+                });
+                if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "applying the rebalance");
+        }
+        s.metrics.longest_rebalance_us.fetch_max(started.elapsed().as_micros() as u64, Relaxed);
+    }
+}
+
+/// Newly assigned partitions: their checkpoints' offsets go into `tpl` (consumption starts
+/// there), and the checkpoints go downstream ahead of any of their messages.
+fn start_partitions(s: &ConsumerState, tpl: &mut TopicPartitionList, assigned: &[TopicPartition]) {
+    let Some(states) = &s.states else { return };
+    if assigned.is_empty() {
+        return;
+    }
+    let starts = match states.assigned(assigned) {
+        Ok(starts) => starts,
+        Err(why) => {
+            lock(&s.failure).get_or_insert(PartitionStateError::Load(why));
+            return;
+        }
+    };
+    for start in &starts {
+        let Some(at) = start.resume_at else { continue };
+        if let Some(topic) = s.topics.iter().position(|t| *t == start.topic) {
+            lock(&s.next_offset).insert((topic, start.partition), at);
+        }
+        match tpl.set_partition_offset(&start.topic, start.partition, Offset::Offset(at)) {
+            Ok(()) => {
+                s.metrics.resumed_at_checkpoint.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                lock(&s.failure).get_or_insert(PartitionStateError::ResumeOffset { topic: start.topic.clone(), partition: start.partition, offset: at, source: e });
+            }
+        }
+    }
+    // Ahead of the open chunk (whose messages are of other partitions), so that downstream
+    // has the state before the partitions' first readings.
+    let deadline = Instant::now() + s.config.drain_timeout;
+    if !s.send_until(Work::Assigned(starts), deadline) {
+        lock(&s.failure).get_or_insert(PartitionStateError::DecoderBusy);
+    }
+}
+
