@@ -229,7 +229,7 @@ impl SqlEndpoint {
         let server_tls = match &tls {
             Some(material) => {
                 endpoint = endpoint.require_node_certificates(refusals.clone());
-                Some(tessera_tls::ServerTls { config: material.server_config(tessera_tls::ClientAuth::Optional)?, endpoint: "sql", refusals: refusals.clone() })
+                Some(tessera_tls::ServerTls { config: material.server_config(tessera_tls::ClientAuth::Optional).map_err(|e| e.within("tls"))?, endpoint: "sql", refusals: refusals.clone() })
             }
             None => None,
         };
