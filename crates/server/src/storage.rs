@@ -105,7 +105,7 @@ impl StoreConfig {
         anyhow::ensure!(self.segment_rows > 0, "store.segment_rows must be positive");
         anyhow::ensure!(!self.segment_interval.is_zero(), "store.segment_interval must be longer than 0");
         anyhow::ensure!(!self.retention_check.is_zero(), "store.retention_check must be longer than 0");
-        self.retention.retention().check().map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("store config: retention.", "store.retention.")))?;
+        self.retention.retention().check().map_err(|e| e.within("store"))?;
         Ok(())
     }
 

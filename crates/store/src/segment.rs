@@ -26,7 +26,7 @@ use parquet::encryption::decrypt::{FileDecryptionProperties, KeyRetriever};
 use parquet::encryption::encrypt::FileEncryptionProperties;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
-use tessera_core::{DataGrade, GradeMap, field_grade};
+use tessera_core::{ConfigError, DataGrade, GradeMap, ensure, field_grade};
 
 use crate::error::{Result, StoreError, io};
 use crate::keys::{Kek, Keyring, SecretKey, replace_file};
@@ -54,8 +54,9 @@ impl Retention {
     }
 
     /// Refuses retentions that keep a more sensitive grade longer than a less sensitive one
-    /// (the footer key is the `general` one, so nothing can outlive it).
-    pub fn check(&self) -> Result<()> {
+    /// (the footer key is the `general` one, so nothing can outlive it). The field is named
+    /// relative to the store's section (`retention.core`).
+    pub fn check(&self) -> Result<(), ConfigError> {
         let order = [(DataGrade::Core, self.core_ms), (DataGrade::Important, self.important_ms), (DataGrade::General, self.general_ms)];
         for pair in order.windows(2) {
             let ((hi, a), (lo, b)) = (pair[0], pair[1]);
@@ -64,12 +65,8 @@ impl Retention {
                 (Some(a), Some(b)) => a > b,
                 _ => false,
             };
-            if longer {
-                return Err(StoreError::Config(format!("retention.{hi}: must not be longer than retention.{lo}")));
-            }
-            if a.is_some_and(|a| a <= 0) {
-                return Err(StoreError::Config(format!("retention.{hi}: must be positive")));
-            }
+            ensure(!longer, &format!("retention.{hi}"), &format!("must not be longer than retention.{lo}"))?;
+            ensure(!a.is_some_and(|a| a <= 0), &format!("retention.{hi}"), "must be positive")?;
         }
         Ok(())
     }
@@ -171,7 +168,7 @@ impl SegmentStore {
         let keyring = Keyring::open(dir.join(KEYRING), kek)?;
         let path = dir.join(MANIFEST);
         let manifest = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { what: "manifest", path: path.clone(), reason: e.to_string() })?,
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|cause| StoreError::Corrupt { what: "manifest", path: path.clone(), cause })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
             Err(e) => return Err(io("read", &path)(e)),
         };
