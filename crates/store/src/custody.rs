@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError, io};
 use crate::keys::{Kek, SecretKey, from_hex, replace_file, to_hex};
-use crate::segment::{SegmentMeta, SegmentStore};
+use crate::manifest::SegmentMeta;
+use crate::segment::SegmentStore;
 
 /// One custodian's share of an export key.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
