@@ -17,43 +17,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::SqlError;
-
-/// What a user may see (see ARCHITECTURE.md, "SQL endpoint").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    /// Everything of their own site, raw telemetry included.
-    SiteOperator,
-    /// Windows, alerts and aggregates across sites; no raw telemetry.
-    FleetAnalyst,
-    /// Everything.
-    Admin,
-}
-
-impl Role {
-    /// The role's name as written in config, e.g. `fleet-analyst`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::SiteOperator => "site-operator",
-            Role::FleetAnalyst => "fleet-analyst",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-/// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The user name.
-    pub user: String,
-    /// What they may see.
-    pub role: Role,
-    /// Their site (site operators).
-    pub site: Option<String>,
-    /// True when another site's node asks on their behalf (a fragment of a cross-site
-    /// query): what this site answers then leaves the site.
-    pub via_peer: bool,
-}
+use crate::identity::{AS_ROLE, AS_SITE, AS_USER};
+pub use crate::identity::{Identity, Role};
 
 /// A user of the `[sql]` config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,7 +152,7 @@ impl Authenticator {
     }
 
     /// Accepts `token` from other sites' nodes, acting for the caller their `x-tessera-as-*`
-    /// headers name (see [`crate::federation`]).
+    /// headers name (see [`crate::identity`]).
     pub fn with_federation_token(mut self, token: &str) -> Self {
         self.federation = Some(digest(token));
         self
@@ -200,14 +165,14 @@ impl Authenticator {
         if let (Some(federation), Some(token)) = (self.federation, authorization.as_deref().and_then(|h| h.strip_prefix("Bearer ")))
             && digest(token) == federation
         {
-            let user = header(crate::federation::AS_USER).ok_or_else(|| SqlError::Unauthenticated("a federated call must name its user".into()))?;
-            let role = match header(crate::federation::AS_ROLE).as_deref() {
+            let user = header(AS_USER).ok_or_else(|| SqlError::Unauthenticated("a federated call must name its user".into()))?;
+            let role = match header(AS_ROLE).as_deref() {
                 Some("site-operator") => Role::SiteOperator,
                 Some("fleet-analyst") => Role::FleetAnalyst,
                 Some("admin") => Role::Admin,
                 other => return Err(SqlError::Unauthenticated(format!("a federated call names no known role: {other:?}"))),
             };
-            return Ok(Identity { user, role, site: header(crate::federation::AS_SITE), via_peer: true });
+            return Ok(Identity { user, role, site: header(AS_SITE), via_peer: true });
         }
         self.check(authorization.as_deref())
     }
