@@ -72,7 +72,7 @@ impl SqlConfig {
         if self.listen.is_some() {
             anyhow::ensure!(!self.users.is_empty(), "sql.users: the endpoint needs at least one user");
         }
-        ConfigUsers::new(&self.users, &self.tokens)?;
+        ConfigUsers::new(&self.users, &self.tokens).map_err(|e| e.within("sql"))?;
         if !self.peers.is_empty() {
             anyhow::ensure!(self.federation_token.as_deref().is_some_and(|t| t.len() >= 16), "sql.federation_token: peers need a shared token of at least 16 characters");
         }

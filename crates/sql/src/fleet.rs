@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow_flight::error::FlightError;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
@@ -28,6 +29,7 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use futures::TryStreamExt as _;
+use tessera_core::ConfigError;
 
 use crate::catalog::Catalog;
 use crate::error::SqlError;
@@ -123,7 +125,7 @@ pub async fn run_fragments(catalog: &Arc<Catalog>, who: &Identity, sql: &str) ->
     };
     // Every site answers (none is cancelled half-way by another's refusal: each audits
     // what it was asked); the first refusal, local first, is the query's.
-    let remote = federation.peers.iter().map(|peer| run_remote(federation, peer, who, sql));
+    let remote = federation.peers.iter().enumerate().map(|(index, peer)| run_remote(federation, index, peer, who, sql));
     let (local, remote) = futures::join!(run_local(catalog, who, sql), futures::future::join_all(remote));
     let mut batches = local?;
     for site in remote {
@@ -140,17 +142,18 @@ async fn run_local(catalog: &Arc<Catalog>, who: &Identity, sql: &str) -> Result<
     df.collect().await.map_err(SqlError::from_datafusion)
 }
 
-async fn run_remote(federation: &Federation, peer: &Peer, who: &Identity, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
+/// Runs `sql` at `peer`, the `index`th of the federation's peers, as `who`.
+async fn run_remote(federation: &Federation, index: usize, peer: &Peer, who: &Identity, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
     let at = |e: &dyn std::fmt::Display| format!("site {} ({}): {e}", peer.site, peer.addr);
-    let unreachable = |e: &dyn std::fmt::Display| SqlError::Unavailable(at(e));
-    let channel = federation
+    let endpoint = federation
         .tls
         .endpoint(&peer.addr, Duration::from_secs(3))
-        .map_err(|e| SqlError::Config(at(&e)))?
+        .map_err(|e| ConfigError::new(format!("peers[{index}].addr"), at(&e)))?;
+    let channel = endpoint
         .timeout(federation.timeout)
         .connect()
         .await
-        .map_err(|e| unreachable(&e))?;
+        .map_err(|e| SqlError::Unavailable { message: at(&e), source: Some(Arc::new(e)) })?;
     let mut client = FlightSqlServiceClient::new(channel);
     client.set_token(federation.token.clone());
     client.set_header(AS_USER, who.user.clone());
@@ -161,14 +164,14 @@ async fn run_remote(federation: &Federation, peer: &Peer, who: &Identity, sql: &
     for (key, value) in crate::trace::outgoing_headers() {
         client.set_header(key, value);
     }
-    let from_peer = |e: arrow_flight::error::FlightError| match e {
-        arrow_flight::error::FlightError::Tonic(status) => SqlError::from_status(&peer.site, *status),
-        other => unreachable(&other),
+    let from_peer = |e: FlightError| match e {
+        FlightError::Tonic(status) => SqlError::from_status(&peer.site, *status),
+        other => SqlError::Unavailable { message: at(&other), source: Some(Arc::new(other)) },
     };
     let info = client.execute(sql.to_string(), None).await.map_err(from_peer)?;
     let mut batches = Vec::new();
     for endpoint in info.endpoint {
-        let ticket = endpoint.ticket.ok_or_else(|| SqlError::Internal(at(&"an endpoint without a ticket")))?;
+        let ticket = endpoint.ticket.ok_or_else(|| SqlError::internal(at(&"an endpoint without a ticket")))?;
         let stream = client.do_get(ticket).await.map_err(from_peer)?;
         batches.extend(stream.try_collect::<Vec<_>>().await.map_err(from_peer)?);
     }

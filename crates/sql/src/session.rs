@@ -25,7 +25,7 @@ impl Catalog {
         let ctx = self.local_context()?;
         ctx.add_optimizer_rule(Arc::new(PushAggregatesToSites));
         if self.federation().is_some() {
-            let catalog = ctx.catalog(CATALOG).ok_or_else(|| SqlError::Internal("no default catalog".into()))?;
+            let catalog = ctx.catalog(CATALOG).ok_or_else(|| SqlError::internal("no default catalog"))?;
             catalog.register_schema(FLEET, Arc::new(MemorySchemaProvider::new())).map_err(SqlError::from_datafusion)?;
             for t in self.tables().iter().filter(|t| t.kind.federated()) {
                 let table = fleet_table(&t.name, t.provider.schema().as_ref(), self, who);
