@@ -40,7 +40,7 @@ impl Retention {
                 _ => false,
             };
             ensure(!longer, &format!("retention.{hi}"), &format!("must not be longer than retention.{lo}"))?;
-            ensure(!a.is_some_and(|a| a <= 0), &format!("retention.{hi}"), "must be positive")?;
+            ensure(a.is_none_or(|a| a > 0), &format!("retention.{hi}"), "must be positive")?;
         }
         Ok(())
     }
