@@ -4,8 +4,8 @@
 //! schema `public`, plus `information_schema`); DDL, DML and other statements are refused.
 //! Access is decided on the planned query by the grades of the columns it returns raw (see
 //! [`Catalog::check`]); the audit tables are for admins only. Refusals are PermissionDenied.
-//! A caller's context, which adds the `fleet` schema on top of these tables, is built in
-//! [`crate::session`] ([`Catalog::context`]).
+//! A caller's context, which adds the `fleet` schema on top of these tables, is built by the
+//! `session` module ([`Catalog::context`]).
 
 use std::sync::Arc;
 
