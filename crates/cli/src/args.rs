@@ -47,7 +47,7 @@ impl TlsArgs {
     /// The loaded material, if TLS is asked for.
     pub fn material(&self) -> Result<Option<Arc<TlsMaterial>>> {
         Ok(match self.files()? {
-            Some(files) => Some(Arc::new(TlsMaterial::load(&files)?)),
+            Some(files) => Some(Arc::new(TlsMaterial::load(&files).map_err(|e| e.within("tls"))?)),
             None => None,
         })
     }

@@ -15,7 +15,7 @@ pub enum ConsensusError {
     #[error("config: {0}")]
     Config(#[from] ConfigError),
     /// The node's TLS material cannot make the endpoint's server configuration.
-    #[error("config: tls: {0}")]
+    #[error("{0}")]
     Tls(#[source] tessera_tls::TlsError),
     /// The log or state file could not be opened or written.
     #[error("raft storage {path}: {source}")]

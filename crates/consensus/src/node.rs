@@ -228,7 +228,7 @@ impl ConsensusNode {
         let refusals = Arc::new(Refusals::default());
         let server_tls = match &tls {
             Some(material) => Some(ServerTls {
-                config: material.server_config(ClientAuth::Required).map_err(ConsensusError::Tls)?,
+                config: material.server_config(ClientAuth::Required).map_err(|e| ConsensusError::Tls(e.within("tls")))?,
                 endpoint: "raft",
                 refusals: refusals.clone(),
             }),

@@ -58,7 +58,7 @@ impl Node {
     pub fn start(config: &NodeConfig) -> Result<Node> {
         config.validate()?;
         let tls = match &config.tls {
-            Some(files) => Some(Arc::new(tessera_tls::TlsMaterial::load(files)?)),
+            Some(files) => Some(Arc::new(tessera_tls::TlsMaterial::load(files).map_err(|e| e.within("tls"))?)),
             None => None,
         };
         let client_tls = tessera_tls::ClientTls::from_material(tls.as_ref());

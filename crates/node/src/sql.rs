@@ -71,7 +71,7 @@ impl SqlConfig {
         ensure(!self.session_ttl.is_zero(), "session_ttl", "must be longer than 0")?;
         ensure(self.audit_rows > 0, "audit_rows", "must be positive")?;
         ensure(self.listen.is_none() || !self.users.is_empty(), "users", "the endpoint needs at least one user")?;
-        ConfigUsers::new(&self.users, &self.tokens).map_err(|e| ConfigError::new("users", e.to_string()))?;
+        ConfigUsers::new(&self.users, &self.tokens)?;
         if !self.peers.is_empty() {
             ensure(self.federation_token.as_deref().is_some_and(|t| t.len() >= 16), "federation_token", "peers need a shared token of at least 16 characters")?;
         }
@@ -228,7 +228,7 @@ impl SqlEndpoint {
         let server_tls = match &tls {
             Some(material) => {
                 endpoint = endpoint.require_node_certificates(refusals.clone());
-                Some(tessera_tls::ServerTls { config: material.server_config(tessera_tls::ClientAuth::Optional)?, endpoint: "sql", refusals: refusals.clone() })
+                Some(tessera_tls::ServerTls { config: material.server_config(tessera_tls::ClientAuth::Optional).map_err(|e| e.within("tls"))?, endpoint: "sql", refusals: refusals.clone() })
             }
             None => None,
         };

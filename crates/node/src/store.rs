@@ -104,7 +104,7 @@ impl StoreConfig {
         ensure(self.segment_rows > 0, "segment_rows", "must be positive")?;
         ensure(!self.segment_interval.is_zero(), "segment_interval", "must be longer than 0")?;
         ensure(!self.retention_check.is_zero(), "retention_check", "must be longer than 0")?;
-        self.retention.retention().check().map_err(|e| ConfigError::new("retention", e.to_string()))
+        self.retention.retention().check()
     }
 
     /// With a KEK configured, the sealer of the site's checkpoints (they hold raw readings of

@@ -16,44 +16,11 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use tessera_core::ConfigError;
+
 use crate::error::SqlError;
-
-/// What a user may see (see ARCHITECTURE.md, "SQL endpoint").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    /// Everything of their own site, raw telemetry included.
-    SiteOperator,
-    /// Windows, alerts and aggregates across sites; no raw telemetry.
-    FleetAnalyst,
-    /// Everything.
-    Admin,
-}
-
-impl Role {
-    /// The role's name as written in config, e.g. `fleet-analyst`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::SiteOperator => "site-operator",
-            Role::FleetAnalyst => "fleet-analyst",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-/// An authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The user name.
-    pub user: String,
-    /// What they may see.
-    pub role: Role,
-    /// Their site (site operators).
-    pub site: Option<String>,
-    /// True when another site's node asks on their behalf (a fragment of a cross-site
-    /// query): what this site answers then leaves the site.
-    pub via_peer: bool,
-}
+use crate::identity::{AS_ROLE, AS_SITE, AS_USER};
+pub use crate::identity::{Identity, Role};
 
 /// A user of the `[sql]` config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,30 +63,31 @@ pub struct ConfigUsers {
 
 impl ConfigUsers {
     /// Checks the config: every hash parses, site operators name their site, tokens name a
-    /// known user. Errors name the entry.
-    pub fn new(users: &[UserConfig], tokens: &[TokenConfig]) -> Result<Self, SqlError> {
+    /// known user. Errors name the entry's field relative to the `[sql]` section
+    /// (`users[2].password_hash`).
+    pub fn new(users: &[UserConfig], tokens: &[TokenConfig]) -> Result<Self, ConfigError> {
         let mut by_name = HashMap::new();
         for (i, u) in users.iter().enumerate() {
-            let field = |what: &str| SqlError::Config(format!("sql.users[{i}] ({}): {what}", u.name));
+            let field = |name: &str, problem: &str| ConfigError::new(format!("users[{i}].{name}"), format!("user {:?}: {problem}", u.name));
             if u.name.is_empty() {
-                return Err(field("name must not be empty"));
+                return Err(field("name", "must not be empty"));
             }
             // Leaked once per configured user, at start: PasswordHash borrows its string.
             let phc: &'static str = Box::leak(u.password_hash.clone().into_boxed_str());
-            let hash = PasswordHash::new(phc).map_err(|e| field(&format!("password_hash is not a PHC string: {e}")))?;
+            let hash = PasswordHash::new(phc).map_err(|e| field("password_hash", &format!("is not a PHC string: {e}")))?;
             if u.role == Role::SiteOperator && u.site.as_deref().is_none_or(str::is_empty) {
-                return Err(field("a site-operator needs a site"));
+                return Err(field("site", "a site-operator needs a site"));
             }
             if by_name.insert(u.name.clone(), (u.clone(), hash)).is_some() {
-                return Err(field("listed twice"));
+                return Err(field("name", "listed twice"));
             }
         }
         let mut by_digest = HashMap::new();
         for (i, t) in tokens.iter().enumerate() {
-            let field = |what: &str| SqlError::Config(format!("sql.tokens[{i}]: {what}"));
-            let digest = decode_digest(&t.sha256).ok_or_else(|| field("sha256 must be 64 hex digits"))?;
+            let field = |name: &str, problem: String| ConfigError::new(format!("tokens[{i}].{name}"), problem);
+            let digest = decode_digest(&t.sha256).ok_or_else(|| field("sha256", "must be 64 hex digits".into()))?;
             if !by_name.contains_key(&t.user) {
-                return Err(field(&format!("user {} is not in sql.users", t.user)));
+                return Err(field("user", format!("{} is not one of the users", t.user)));
             }
             by_digest.insert(digest, t.user.clone());
         }
@@ -146,8 +114,10 @@ impl IdentityProvider for ConfigUsers {
 
 /// An Argon2id PHC string for `password`, with a random salt.
 pub fn hash_password(password: &str) -> Result<String, SqlError> {
-    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| SqlError::Config(e.to_string()))?;
-    Ok(Argon2::default().hash_password(password.as_bytes(), &salt).map_err(|e| SqlError::Config(e.to_string()))?.to_string())
+    // password-hash's error is no `std::error::Error` (argon2 is built without `std`): its text is all there is.
+    let failed = |e: argon2::password_hash::Error| SqlError::internal(format!("hashing a password: {e}"));
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(failed)?;
+    Ok(Argon2::default().hash_password(password.as_bytes(), &salt).map_err(failed)?.to_string())
 }
 
 /// Hex SHA-256 of a token, as `sql.tokens` lists it.
@@ -187,7 +157,7 @@ impl Authenticator {
     }
 
     /// Accepts `token` from other sites' nodes, acting for the caller their `x-tessera-as-*`
-    /// headers name (see [`crate::federation`]).
+    /// headers name (see [`crate::identity`]).
     pub fn with_federation_token(mut self, token: &str) -> Self {
         self.federation = Some(digest(token));
         self
@@ -200,14 +170,14 @@ impl Authenticator {
         if let (Some(federation), Some(token)) = (self.federation, authorization.as_deref().and_then(|h| h.strip_prefix("Bearer ")))
             && digest(token) == federation
         {
-            let user = header(crate::federation::AS_USER).ok_or_else(|| SqlError::Unauthenticated("a federated call must name its user".into()))?;
-            let role = match header(crate::federation::AS_ROLE).as_deref() {
+            let user = header(AS_USER).ok_or_else(|| SqlError::Unauthenticated("a federated call must name its user".into()))?;
+            let role = match header(AS_ROLE).as_deref() {
                 Some("site-operator") => Role::SiteOperator,
                 Some("fleet-analyst") => Role::FleetAnalyst,
                 Some("admin") => Role::Admin,
                 other => return Err(SqlError::Unauthenticated(format!("a federated call names no known role: {other:?}"))),
             };
-            return Ok(Identity { user, role, site: header(crate::federation::AS_SITE), via_peer: true });
+            return Ok(Identity { user, role, site: header(AS_SITE), via_peer: true });
         }
         self.check(authorization.as_deref())
     }
@@ -224,7 +194,7 @@ impl Authenticator {
         let (user, password) = parse_basic(header)?;
         let identity = self.provider.password(&user, &password)?;
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-        let mut sessions = self.sessions.lock().map_err(|_| SqlError::Internal("session table poisoned".into()))?;
+        let mut sessions = self.sessions.lock().map_err(|_| SqlError::internal("session table poisoned"))?;
         let now = Instant::now();
         sessions.retain(|_, (_, expires)| *expires > now);
         sessions.insert(digest(&token), (identity.clone(), now + self.session_ttl));
@@ -321,12 +291,15 @@ mod tests {
     #[test]
     fn config_errors_name_the_entry() {
         let bad = UserConfig { name: "x".into(), password_hash: "plain".into(), role: Role::Admin, site: None };
-        let err = ConfigUsers::new(&[bad], &[]).err().unwrap().to_string();
-        assert!(err.contains("sql.users[0] (x): password_hash"), "{err}");
+        let err = ConfigUsers::new(&[bad], &[]).err().unwrap();
+        assert_eq!(err.field, "users[0].password_hash");
+        let err = err.within("sql").to_string();
+        assert!(err.starts_with("sql.users[0].password_hash: user \"x\": is not a PHC string"), "{err}");
         let op = UserConfig { name: "o".into(), password_hash: hash_password("p").unwrap(), role: Role::SiteOperator, site: None };
-        let err = ConfigUsers::new(&[op], &[]).err().unwrap().to_string();
-        assert!(err.contains("needs a site"), "{err}");
-        let err = ConfigUsers::new(&[], &[TokenConfig { sha256: "ab".into(), user: "x".into() }]).err().unwrap().to_string();
-        assert!(err.contains("sql.tokens[0]: sha256"), "{err}");
+        let err = ConfigUsers::new(&[op], &[]).err().unwrap();
+        assert_eq!(err.field, "users[0].site");
+        assert!(err.problem.contains("needs a site"), "{err}");
+        let err = ConfigUsers::new(&[], &[TokenConfig { sha256: "ab".into(), user: "x".into() }]).err().unwrap();
+        assert_eq!(err.field, "tokens[0].sha256");
     }
 }

@@ -4,6 +4,8 @@
 //! schema `public`, plus `information_schema`); DDL, DML and other statements are refused.
 //! Access is decided on the planned query by the grades of the columns it returns raw (see
 //! [`Catalog::check`]); the audit tables are for admins only. Refusals are PermissionDenied.
+//! A caller's context, which adds the `fleet` schema on top of these tables, is built by the
+//! `session` module ([`Catalog::context`]).
 
 use std::sync::Arc;
 
@@ -18,16 +20,11 @@ use datafusion::execution::context::{SessionConfig, SessionContext, SQLOptions};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
 
-use datafusion::catalog::MemorySchemaProvider;
-use datafusion::common::TableReference;
-use datafusion::execution::SessionStateBuilder;
-
 use tessera_core::{DataGrade, GradeMap, LiveGrades};
 
-use crate::auth::{Identity, Role};
 use crate::error::SqlError;
-use crate::federation::{FLEET, Federation, fleet_table};
-use crate::pushdown::PushAggregatesToSites;
+use crate::federation::{FLEET, Federation};
+use crate::identity::{Identity, Role};
 
 /// The catalog name clients see.
 pub const CATALOG: &str = "tessera";
@@ -101,28 +98,13 @@ impl Catalog {
         &self.tables
     }
 
-    /// A fresh context over this site's served tables, with `information_schema`.
+    /// A fresh context over this site's served tables, with `information_schema` (what a
+    /// fragment runs in; a caller's query gets [`Catalog::context`], which adds `fleet`).
     pub fn local_context(&self) -> Result<SessionContext, SqlError> {
         let config = SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema(CATALOG, SCHEMA);
-        let state = SessionStateBuilder::new().with_config(config).with_default_features().with_optimizer_rule(Arc::new(PushAggregatesToSites)).build();
-        let ctx = SessionContext::new_with_state(state);
+        let ctx = SessionContext::new_with_config(config);
         for t in &self.tables {
             ctx.register_table(t.name.as_str(), t.provider.clone()).map_err(SqlError::from_datafusion)?;
-        }
-        Ok(ctx)
-    }
-
-    /// A fresh context for `who`: this site's tables, and with a federation, the `fleet`
-    /// schema (every raw and derived table, across sites, scanned on `who`'s behalf).
-    pub fn context(self: &Arc<Self>, who: &Identity) -> Result<SessionContext, SqlError> {
-        let ctx = self.local_context()?;
-        if self.federation.is_some() {
-            let catalog = ctx.catalog(CATALOG).ok_or_else(|| SqlError::Internal("no default catalog".into()))?;
-            catalog.register_schema(FLEET, Arc::new(MemorySchemaProvider::new())).map_err(SqlError::from_datafusion)?;
-            for t in self.tables.iter().filter(|t| t.kind.federated()) {
-                let table = fleet_table(&t.name, t.provider.schema().as_ref(), self, who);
-                ctx.register_table(TableReference::partial(FLEET, t.name.as_str()), table).map_err(SqlError::from_datafusion)?;
-            }
         }
         Ok(ctx)
     }

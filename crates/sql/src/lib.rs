@@ -1,23 +1,38 @@
 //! SQL over gRPC: an Arrow Flight SQL endpoint over DataFusion.
 //!
-//! - [`auth`]: users, roles, Basic credentials and bearer tokens;
+//! - [`identity`]: roles, the caller's identity, and the headers that carry it between sites;
+//! - [`auth`]: users, Basic credentials and bearer tokens;
+//! - [`federation`]: the `fleet` schema's name and how to reach the other sites;
 //! - [`catalog`]: the served tables, read-only planning, and who may read which table;
-//! - [`federation`]: the `fleet` schema, one fragment per site;
+//! - [`sql_text`]: SQL text of the fragments sent to the sites;
+//! - [`fleet`]: the `fleet` tables, one fragment per site;
 //! - [`pushdown`]: aggregates over `fleet` tables computed partially at each site;
+//! - `session`: a caller's context (site tables, `fleet` schema, pushdown; [`Catalog::context`]);
 //! - [`service`]: the Flight SQL service (handshake, statements, prepared statements,
 //!   metadata), auditing every query;
 //! - [`error`]: typed errors and their gRPC codes.
+//!
+//! Layering (each module uses only those before it): `error`, `identity`, `trace` → `auth`,
+//! `federation`, `sql_text` → `catalog` (a site's own tables, planning, access checks) →
+//! `fleet` (scans that run a fragment at every site through `catalog`) → `pushdown` (an
+//! optimizer rule over `fleet` scans) → `session` (puts `fleet` and `pushdown` into a caller's
+//! context) → `service`. No module imports one after it.
 
 pub mod auth;
 pub mod catalog;
 pub mod error;
 pub mod federation;
+pub mod fleet;
+pub mod identity;
 pub mod pushdown;
 pub mod service;
+mod session;
+pub mod sql_text;
 mod trace;
 
-pub use auth::{Authenticator, ConfigUsers, Identity, IdentityProvider, Role, TokenConfig, UserConfig};
+pub use auth::{Authenticator, ConfigUsers, IdentityProvider, TokenConfig, UserConfig};
 pub use catalog::{Catalog, ServedTable, SnapshotTable, TableKind};
 pub use error::SqlError;
 pub use federation::{Federation, Peer};
+pub use identity::{Identity, Role};
 pub use service::{AuditSink, FlightSqlEndpoint, LogAudit, QueryAudit};

@@ -31,9 +31,10 @@ use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 use datafusion::physical_plan::ExecutionPlan;
 
-use crate::auth::Identity;
 use crate::catalog::Catalog;
-use crate::federation::{FleetTable, fragments_as, quote, to_sql};
+use crate::fleet::{FleetTable, fragments_as};
+use crate::identity::Identity;
+use crate::sql_text::{quote, to_sql};
 
 /// The rule (see the module docs).
 #[derive(Debug, Default)]

@@ -30,9 +30,11 @@ use prost::Message;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::auth::{Authenticator, Identity};
-use crate::catalog::{CATALOG, Catalog, SCHEMA};
+use crate::auth::Authenticator;
+use crate::catalog::{CATALOG, Catalog, SCHEMA, ServedTable, TableKind, graded_result};
 use crate::error::SqlError;
+use crate::federation::FLEET;
+use crate::identity::{Identity, Role};
 
 /// What happened to a query, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +121,7 @@ impl FlightSqlEndpoint {
         info.append(SqlInfo::SqlDdlCatalog, false);
         info.append(SqlInfo::SqlDdlSchema, false);
         info.append(SqlInfo::SqlDdlTable, false);
-        let sql_info = info.build().map_err(|e| SqlError::Internal(e.to_string()))?;
+        let sql_info = info.build()?;
         Ok(Self { catalog, auth, audit, sql_info, prepared: Mutex::new(HashMap::new()), node_certificates: None, latency: Arc::default() })
     }
 
@@ -155,7 +157,7 @@ impl FlightSqlEndpoint {
             };
             if let Some(why) = why {
                 refusals.refuse_identity("sql", request.remote_addr(), &format!("federated call for {}: {why}", who.user));
-                return Err(Status::permission_denied(format!("a federated call must come with a node's certificate: {why}")));
+                return Err(SqlError::PermissionDenied(format!("a federated call must come with a node's certificate: {why}")).into());
             }
         }
         Ok(who)
@@ -192,7 +194,7 @@ impl FlightSqlEndpoint {
             let df = ctx.execute_logical_plan(plan).await.map_err(SqlError::from_datafusion)?;
             // Grades of the result by the columns it really reads (the optimized plan's scans).
             let optimized = df.clone().into_optimized_plan().map_err(SqlError::from_datafusion)?;
-            let graded = Arc::new(crate::catalog::graded_result(&optimized, &self.catalog.grades()));
+            let graded = Arc::new(graded_result(&optimized, &self.catalog.grades()));
             let schema: SchemaRef = graded(df.schema().as_arrow());
             Ok((schema, df.execute_stream().await.map_err(SqlError::from_datafusion)?, graded))
         }
@@ -212,13 +214,13 @@ impl FlightSqlEndpoint {
     async fn schema_of(&self, who: &Identity, sql: &str) -> Result<Schema, SqlError> {
         let (ctx, plan) = self.plan(who, sql, None).await?;
         let optimized = ctx.state().optimize(&plan).map_err(SqlError::from_datafusion)?;
-        Ok(crate::catalog::graded_result(&optimized, &self.catalog.grades())(plan.schema().as_arrow()).as_ref().clone())
+        Ok(graded_result(&optimized, &self.catalog.grades())(plan.schema().as_arrow()).as_ref().clone())
     }
 
     fn info(&self, schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {
         let info = FlightInfo::new()
             .try_with_schema(schema)
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(SqlError::from)?
             .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
             .with_descriptor(descriptor);
         Ok(Response::new(info))
@@ -233,8 +235,13 @@ impl FlightSqlEndpoint {
         Response::new(Box::pin(stream))
     }
 
+    /// The prepared statements, locked.
+    fn prepared(&self) -> Result<std::sync::MutexGuard<'_, HashMap<Vec<u8>, Prepared>>, SqlError> {
+        self.prepared.lock().map_err(|_| SqlError::internal("prepared statements poisoned"))
+    }
+
     fn prepared_sql(&self, who: &Identity, handle: &[u8]) -> Result<(String, Option<RecordBatch>), SqlError> {
-        let mut prepared = self.prepared.lock().map_err(|_| SqlError::Internal("prepared statements poisoned".into()))?;
+        let mut prepared = self.prepared()?;
         match prepared.get_mut(handle) {
             Some(p) if p.owner == who.user => {
                 p.used = std::time::Instant::now();
@@ -249,11 +256,11 @@ impl FlightSqlEndpoint {
     async fn table_list(&self, who: &Identity) -> Result<Vec<(String, String, &'static str, SchemaRef)>, SqlError> {
         let ctx = self.catalog.local_context()?;
         let mut out = Vec::new();
-        let listed = |t: &&crate::catalog::ServedTable| t.kind != crate::catalog::TableKind::Audit || who.role == crate::auth::Role::Admin;
+        let listed = |t: &&ServedTable| t.kind != TableKind::Audit || who.role == Role::Admin;
         for t in self.catalog.tables().iter().filter(listed) {
             out.push((SCHEMA.to_string(), t.name.clone(), "TABLE", t.provider.schema()));
             if self.catalog.federation().is_some() && t.kind.federated() {
-                out.push((crate::federation::FLEET.to_string(), t.name.clone(), "TABLE", t.provider.schema()));
+                out.push((FLEET.to_string(), t.name.clone(), "TABLE", t.provider.schema()));
             }
         }
         for view in ["tables", "columns", "views", "df_settings", "schemata", "routines", "parameters"] {
@@ -268,7 +275,7 @@ impl FlightSqlEndpoint {
 /// The first row of a parameter batch, as positional parameter values (`$1`, `$2`, …).
 fn param_values(batch: &RecordBatch) -> Result<ParamValues, SqlError> {
     if batch.num_rows() != 1 {
-        return Err(SqlError::InvalidArgument(format!("bind exactly one row of parameters, not {}", batch.num_rows())));
+        return Err(SqlError::invalid_argument(format!("bind exactly one row of parameters, not {}", batch.num_rows())));
     }
     let values = batch
         .columns()
@@ -278,8 +285,8 @@ fn param_values(batch: &RecordBatch) -> Result<ParamValues, SqlError> {
     Ok(ParamValues::List(values.into_iter().map(Into::into).collect()))
 }
 
-fn encode_schema(schema: &Schema) -> Result<Vec<u8>, Status> {
-    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &Default::default()).try_into().map_err(|e: arrow_schema::ArrowError| Status::internal(e.to_string()))?;
+fn encode_schema(schema: &Schema) -> Result<Vec<u8>, SqlError> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &Default::default()).try_into()?;
     Ok(bytes.to_vec())
 }
 
@@ -296,7 +303,7 @@ impl FlightSqlService for FlightSqlEndpoint {
         tracing::debug!(user = %who.user, role = who.role.name(), "flight sql handshake");
         let reply = HandshakeResponse { protocol_version: 0, payload: token.clone().into() };
         let mut response: Response<Pin<Box<dyn Stream<Item = _> + Send>>> = Response::new(Box::pin(futures::stream::iter([Ok(reply)])));
-        let bearer = format!("Bearer {token}").parse().map_err(|_| Status::internal("token is not a header value"))?;
+        let bearer = format!("Bearer {token}").parse().map_err(|_| SqlError::internal("token is not a header value"))?;
         response.metadata_mut().insert("authorization", bearer);
         Ok(response)
     }
@@ -310,7 +317,7 @@ impl FlightSqlService for FlightSqlEndpoint {
 
     async fn do_get_statement(&self, ticket: TicketStatementQuery, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
         let who = self.identity(&request)?;
-        let sql = String::from_utf8(ticket.statement_handle.to_vec()).map_err(|_| Status::invalid_argument("the ticket is not a Tessera statement"))?;
+        let sql = String::from_utf8(ticket.statement_handle.to_vec()).map_err(|_| SqlError::invalid_argument("the ticket is not a Tessera statement"))?;
         let span = crate::trace::query_span(request.metadata(), &who.user, who.via_peer);
         tracing::Instrument::instrument(self.run(&who, &sql, None), span).await
     }
@@ -328,7 +335,7 @@ impl FlightSqlService for FlightSqlEndpoint {
         let fields: Vec<arrow_schema::Field> =
             params.into_iter().map(|(name, t)| arrow_schema::Field::new(name, t.unwrap_or(arrow_schema::DataType::Utf8), true)).collect();
         let handle: [u8; 16] = rand::random();
-        let mut prepared = self.prepared.lock().map_err(|_| Status::internal("prepared statements poisoned"))?;
+        let mut prepared = self.prepared()?;
         let now = std::time::Instant::now();
         prepared.retain(|_, p| now.duration_since(p.used) < PREPARED_IDLE);
         prepared.insert(handle.to_vec(), Prepared { owner: who.user.clone(), sql: query.query.clone(), params: None, used: now });
@@ -350,7 +357,7 @@ impl FlightSqlService for FlightSqlEndpoint {
         let flight = request.into_inner().map_err(arrow_flight::error::FlightError::from);
         let batches: Vec<RecordBatch> = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(flight).try_collect().await?;
         let params = batches.into_iter().find(|b| b.num_rows() > 0);
-        if let Some(p) = self.prepared.lock().map_err(|_| Status::internal("prepared statements poisoned"))?.get_mut(query.prepared_statement_handle.as_ref()) {
+        if let Some(p) = self.prepared()?.get_mut(query.prepared_statement_handle.as_ref()) {
             p.params = params;
         }
         Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(query.prepared_statement_handle) })
@@ -374,7 +381,7 @@ impl FlightSqlService for FlightSqlEndpoint {
     async fn do_action_close_prepared_statement(&self, query: ActionClosePreparedStatementRequest, request: Request<arrow_flight::Action>) -> Result<(), Status> {
         let who = self.identity(&request)?;
         self.prepared_sql(&who, &query.prepared_statement_handle)?;
-        self.prepared.lock().map_err(|_| Status::internal("prepared statements poisoned"))?.remove(query.prepared_statement_handle.as_ref());
+        self.prepared()?.remove(query.prepared_statement_handle.as_ref());
         Ok(())
     }
 
@@ -413,7 +420,7 @@ impl FlightSqlService for FlightSqlEndpoint {
             builder.append(CATALOG, schema);
         }
         if self.catalog.federation().is_some() {
-            builder.append(CATALOG, crate::federation::FLEET);
+            builder.append(CATALOG, FLEET);
         }
         Ok(Self::batch_stream(builder.schema(), builder.build()))
     }
@@ -427,7 +434,7 @@ impl FlightSqlService for FlightSqlEndpoint {
         let who = self.identity(&request)?;
         let mut builder = query.into_builder();
         for (schema, name, kind, table_schema) in self.table_list(&who).await? {
-            builder.append(CATALOG, schema, name, kind, &table_schema).map_err(|e| Status::internal(e.to_string()))?;
+            builder.append(CATALOG, schema, name, kind, &table_schema).map_err(SqlError::from)?;
         }
         Ok(Self::batch_stream(builder.schema(), builder.build()))
     }
@@ -447,7 +454,7 @@ impl FlightSqlService for FlightSqlEndpoint {
 
     async fn do_get_fallback(&self, request: Request<Ticket>, message: Any) -> Result<Response<DoGetStream>, Status> {
         self.identity(&request)?;
-        Err(Status::unimplemented(format!("Tessera does not serve {}", message.type_url)))
+        Err(SqlError::Unimplemented(format!("Tessera does not serve {}", message.type_url)).into())
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

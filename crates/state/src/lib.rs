@@ -13,7 +13,6 @@
 //! skipped on load and reported, and the newest valid one is used. Write errors (a full disk,
 //! say) come back as [`StateError::Io`] naming the operation and the file, and leave the
 //! previous checkpoints untouched.
-
 //!
 //! Checkpoints hold raw state (open windows' readings among it), so a site that keeps its raw
 //! data encrypted gives the store a [`Sealer`]: every file is then sealed (authenticated
@@ -37,7 +36,8 @@ pub enum StateError {
         op: &'static str,
         /// The file or directory.
         path: PathBuf,
-        /// The operating system's error (in the message, so not repeated as a source).
+        /// The operating system's error (in the message too, which logs show alone).
+        #[source]
         cause: std::io::Error,
     },
     /// A checkpoint file does not decode (torn write, bit rot, another program's file).

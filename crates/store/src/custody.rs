@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError, io};
 use crate::keys::{Kek, SecretKey, from_hex, replace_file, to_hex};
-use crate::segment::{SegmentMeta, SegmentStore};
+use crate::manifest::SegmentMeta;
+use crate::segment::SegmentStore;
 
 /// One custodian's share of an export key.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +117,7 @@ const BUNDLE_INFO: &str = "bundle.json";
 /// handed to custodians, then dropped). Shredded columns are not exported: they cannot be read.
 pub fn export(source: &SegmentStore, source_site: &str, ids: &[String], target_site: &str, export_id: &str, bundle: &Path, now_ms: i64) -> Result<(BundleInfo, SecretKey)> {
     if bundle.exists() && fs::read_dir(bundle).map_err(io("read", bundle))?.next().is_some() {
-        return Err(StoreError::Config(format!("bundle directory {} is not empty", bundle.display())));
+        return Err(StoreError::BundleNotEmpty(bundle.to_path_buf()));
     }
     let export_key = Kek::generate(1)?;
     let mut out = SegmentStore::open(bundle, export_key.clone())?;
@@ -147,7 +148,7 @@ pub fn export(source: &SegmentStore, source_site: &str, ids: &[String], target_s
 pub fn bundle_info(bundle: &Path) -> Result<BundleInfo> {
     let path = bundle.join(BUNDLE_INFO);
     let bytes = fs::read(&path).map_err(io("read", &path))?;
-    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { what: "bundle description", path, reason: e.to_string() })
+    serde_json::from_slice(&bytes).map_err(|cause| StoreError::Corrupt { what: "bundle description", path, cause })
 }
 
 /// Imports `bundle` into `target` (site `target_site`), re-encrypting each segment under the

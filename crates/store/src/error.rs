@@ -1,8 +1,13 @@
 //! What can go wrong in the segment store.
+//!
+//! Each message says it all (logs and the SQL endpoint show only the message); the error
+//! underneath, where there is a typed one (the file system's, serde's, parquet's, arrow's), is
+//! also kept as the source. ring and blahaj give no typed cause worth keeping (ring's error is
+//! deliberately opaque, blahaj's are static strings): their variants carry our own reason.
 
 use std::path::PathBuf;
 
-use tessera_core::DataGrade;
+use tessera_core::{ConfigError, DataGrade};
 
 /// Errors of the segment store and its keys.
 #[derive(Debug, thiserror::Error)]
@@ -15,9 +20,19 @@ pub enum StoreError {
         /// The file or directory.
         path: PathBuf,
         /// The operating system's error.
+        #[source]
         cause: std::io::Error,
     },
-    /// A key-encryption key file is missing, malformed or of the wrong version.
+    /// A key-encryption key file could not be read.
+    #[error("key-encryption key: reading {path}: {cause}")]
+    KekFile {
+        /// The KEK file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        cause: std::io::Error,
+    },
+    /// A key-encryption key is malformed or of the wrong version (or no key could be made).
     #[error("key-encryption key: {0}")]
     Kek(String),
     /// A data key could not be unwrapped (wrong key-encryption key, or a tampered key ring).
@@ -49,22 +64,27 @@ pub enum StoreError {
     /// An Arrow error.
     #[error("arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
-    /// A manifest, key ring or bundle that does not decode.
-    #[error("{what} {path}: {reason}")]
+    /// A manifest, key ring or bundle description that does not decode.
+    #[error("{what} {path}: {cause}")]
     Corrupt {
         /// What it is.
         what: &'static str,
         /// Where.
         path: PathBuf,
-        /// What is wrong.
-        reason: String,
+        /// What is wrong, as serde read it.
+        #[source]
+        cause: serde_json::Error,
     },
     /// Key custody: shares missing, inconsistent or refused.
     #[error("key custody: {0}")]
     Custody(String),
-    /// A configuration value that cannot work; names the field.
+    /// An export into a directory that already holds something.
+    #[error("bundle directory {} is not empty", .0.display())]
+    BundleNotEmpty(PathBuf),
+    /// A configuration value that cannot work; names the field relative to the store's
+    /// section (`retention.core`).
     #[error("store config: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
 }
 
 /// Result with [`StoreError`].

@@ -86,7 +86,7 @@ impl Kek {
 
     /// Reads a KEK file: one line `v<version>:<64 hex digits>`.
     pub fn read(path: &Path) -> Result<Self> {
-        let text = fs::read_to_string(path).map_err(|e| StoreError::Kek(format!("reading {}: {e}", path.display())))?;
+        let text = fs::read_to_string(path).map_err(|cause| StoreError::KekFile { path: path.to_path_buf(), cause })?;
         Self::parse(text.trim()).map_err(|e| StoreError::Kek(format!("{}: {e}", path.display())))
     }
 
@@ -166,7 +166,7 @@ impl Keyring {
     pub fn open(path: impl Into<PathBuf>, kek: Kek) -> Result<Self> {
         let path = path.into();
         let file = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<KeyringFile>(&bytes).map_err(|e| StoreError::Corrupt { what: "key ring", path: path.clone(), reason: e.to_string() })?,
+            Ok(bytes) => serde_json::from_slice::<KeyringFile>(&bytes).map_err(|cause| StoreError::Corrupt { what: "key ring", path: path.clone(), cause })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => KeyringFile { kek_version: kek.version, keys: BTreeMap::new() },
             Err(e) => return Err(io("read", &path)(e)),
         };

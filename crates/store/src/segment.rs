@@ -6,8 +6,8 @@
 //! carries each column's grade as field metadata. Keys live in the [`Keyring`], sealed under
 //! the site's KEK; the Parquet file names each key only by id (its key metadata).
 //!
-//! The manifest (`manifest.json`) lists every segment with its time range and, per grade, its
-//! key and whether it was shredded. *Shredding* a grade of a segment destroys that grade's data
+//! The manifest (`manifest.json`, [`crate::manifest`]) lists every segment with its time range
+//! and, per grade, its key and whether it was shredded. *Shredding* a grade of a segment destroys that grade's data
 //! key: the columns stay on disk as ciphertext that nobody can read. Shredding `general` (the
 //! footer key) makes the whole file unreadable, so the file is deleted too. Retention
 //! ([`Retention`]) shreds each grade once a segment's newest row is older than the grade's
@@ -25,131 +25,12 @@ use parquet::arrow::{ArrowSchemaConverter, ArrowWriter, ProjectionMask};
 use parquet::encryption::decrypt::{FileDecryptionProperties, KeyRetriever};
 use parquet::encryption::encrypt::FileEncryptionProperties;
 use parquet::file::properties::WriterProperties;
-use serde::{Deserialize, Serialize};
 use tessera_core::{DataGrade, GradeMap, field_grade};
 
 use crate::error::{Result, StoreError, io};
 use crate::keys::{Kek, Keyring, SecretKey, replace_file};
-
-/// How long each grade is kept, in milliseconds of event time (`None`: for ever).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Retention {
-    /// `general` columns (and the segment file itself).
-    pub general_ms: Option<i64>,
-    /// `important` columns.
-    pub important_ms: Option<i64>,
-    /// `core` columns.
-    pub core_ms: Option<i64>,
-}
-
-impl Retention {
-    /// The retention of `grade`.
-    pub fn of(&self, grade: DataGrade) -> Option<i64> {
-        match grade {
-            DataGrade::General => self.general_ms,
-            DataGrade::Important => self.important_ms,
-            DataGrade::Core => self.core_ms,
-        }
-    }
-
-    /// Refuses retentions that keep a more sensitive grade longer than a less sensitive one
-    /// (the footer key is the `general` one, so nothing can outlive it).
-    pub fn check(&self) -> Result<()> {
-        let order = [(DataGrade::Core, self.core_ms), (DataGrade::Important, self.important_ms), (DataGrade::General, self.general_ms)];
-        for pair in order.windows(2) {
-            let ((hi, a), (lo, b)) = (pair[0], pair[1]);
-            let longer = match (a, b) {
-                (None, Some(_)) => true,
-                (Some(a), Some(b)) => a > b,
-                _ => false,
-            };
-            if longer {
-                return Err(StoreError::Config(format!("retention.{hi}: must not be longer than retention.{lo}")));
-            }
-            if a.is_some_and(|a| a <= 0) {
-                return Err(StoreError::Config(format!("retention.{hi}: must be positive")));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The end of one grade's key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Shred {
-    /// When (ms since the Unix epoch).
-    pub at_ms: i64,
-    /// Why: `retention` or the operator's reason.
-    pub reason: String,
-}
-
-/// One grade's columns and key in a segment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GradeKey {
-    /// The data key's id in the key ring.
-    pub key_id: String,
-    /// The top-level columns of this grade.
-    pub columns: Vec<String>,
-    /// Set once the key was destroyed.
-    pub shredded: Option<Shred>,
-}
-
-/// A segment in the manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SegmentMeta {
-    /// Its id (also its file name, with `.parquet`).
-    pub id: String,
-    /// The stream its rows belong to.
-    pub stream: String,
-    /// The oldest row's event time (ms).
-    pub min_ts_ms: i64,
-    /// The newest row's event time (ms).
-    pub max_ts_ms: i64,
-    /// Rows.
-    pub rows: u64,
-    /// File size.
-    pub bytes: u64,
-    /// When it was written (ms since the Unix epoch).
-    pub written_at_ms: i64,
-    /// Where it came from: `None` if written here, else the source site and segment.
-    #[serde(default)]
-    pub imported_from: Option<String>,
-    /// Each grade present, with its key.
-    pub grades: BTreeMap<DataGrade, GradeKey>,
-}
-
-impl SegmentMeta {
-    /// Whether the whole file is gone (its footer key destroyed).
-    pub fn destroyed(&self) -> bool {
-        self.grades.get(&DataGrade::General).is_some_and(|g| g.shredded.is_some())
-    }
-}
-
-/// What a shred did, for the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShredEvent {
-    /// The segment.
-    pub segment: String,
-    /// Its time range.
-    pub min_ts_ms: i64,
-    /// Its time range.
-    pub max_ts_ms: i64,
-    /// The grade whose key was destroyed.
-    pub grade: DataGrade,
-    /// The destroyed key's id.
-    pub key_id: String,
-    /// Why.
-    pub reason: String,
-    /// Whether the file was deleted (its footer key went).
-    pub file_deleted: bool,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Manifest {
-    next_id: u64,
-    segments: Vec<SegmentMeta>,
-}
+use crate::manifest::{GradeKey, Manifest, SegmentMeta, Shred, ShredEvent};
+use crate::retention::Retention;
 
 /// The segments of one site, on its own disk.
 #[derive(Debug)]
@@ -171,7 +52,7 @@ impl SegmentStore {
         let keyring = Keyring::open(dir.join(KEYRING), kek)?;
         let path = dir.join(MANIFEST);
         let manifest = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { what: "manifest", path: path.clone(), reason: e.to_string() })?,
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|cause| StoreError::Corrupt { what: "manifest", path: path.clone(), cause })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
             Err(e) => return Err(io("read", &path)(e)),
         };

@@ -4,6 +4,7 @@
 //! the identity URIs [`crate::pki`] wrote into it. A certificate with no Tessera identity, or
 //! with two, is refused rather than guessed at.
 
+use x509_parser::error::X509Error;
 use x509_parser::extensions::GeneralName;
 
 use crate::pki::{SCHEME, decode_component};
@@ -38,11 +39,12 @@ impl std::fmt::Display for PeerIdentity {
 impl PeerIdentity {
     /// Reads the identity out of a DER certificate.
     pub fn from_der(der: &[u8]) -> Result<Self, TlsError> {
-        let bad = |why: String| TlsError::Identity(why);
-        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| bad(format!("unparsable certificate: {e}")))?;
+        let bad = |reason: String| TlsError::Identity { reason, source: None };
+        let unreadable = |what: &str, e: X509Error| TlsError::Identity { reason: format!("{what}: {e}"), source: Some(e) };
+        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| unreadable("unparsable certificate", e.into()))?;
         let names = cert
             .subject_alternative_name()
-            .map_err(|e| bad(format!("unreadable subject alternative names: {e}")))?
+            .map_err(|e| unreadable("unreadable subject alternative names", e))?
             .map(|ext| ext.value.general_names.clone())
             .unwrap_or_default();
         let (mut node, mut site, mut operator) = (None, None, None);

@@ -10,6 +10,8 @@
 //!   claims to it (a Raft message's sender id must be the certificate's node).
 //! - [`serve`]: a tonic router served over TLS, each refused handshake counted and audited.
 
+use tessera_core::ConfigError;
+
 mod identity;
 mod incoming;
 mod material;
@@ -19,26 +21,59 @@ pub use identity::PeerIdentity;
 pub use incoming::{Refusals, ServerTls, serve};
 pub use material::{ClientAuth, ClientTls, TlsFiles, TlsMaterial};
 
-/// What can go wrong with certificates and TLS settings.
+/// What can go wrong with certificates and TLS settings. The message says it all; the error
+/// underneath (the file system's, the PEM reader's, rustls's, rcgen's, x509-parser's, tonic's),
+/// where there is one, is also kept as the source.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// A `[tls]` setting is unusable; `field` names it as spelled in the config file.
-    #[error("config: {field}: {problem}")]
+    /// A `[tls]` setting is unusable; the field is named relative to `[tls]` (`cert`), see
+    /// [`TlsError::within`].
+    #[error("config: {config}")]
     Config {
-        /// e.g. `tls.cert`.
-        field: &'static str,
-        /// What is wrong.
-        problem: String,
+        /// Which field, and what is wrong with it.
+        config: ConfigError,
+        /// What failed underneath, if anything did.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// A certificate could not be issued.
-    #[error("issuing a certificate: {0}")]
-    Issue(String),
+    #[error("issuing a certificate: {step}: {source}")]
+    Issue {
+        /// What was being done (`generating a key`, `reading the CA key`, `signing`, ...).
+        step: String,
+        /// rcgen's error.
+        #[source]
+        source: rcgen::Error,
+    },
     /// A peer certificate's identity is missing or malformed.
-    #[error("certificate identity: {0}")]
-    Identity(String),
+    #[error("certificate identity: {reason}")]
+    Identity {
+        /// What is wrong.
+        reason: String,
+        /// x509-parser's error, when the certificate did not parse.
+        #[source]
+        source: Option<x509_parser::error::X509Error>,
+    },
     /// A client endpoint could not be made.
-    #[error("endpoint {0}")]
-    Endpoint(String),
+    #[error("endpoint {addr}: {source}")]
+    Endpoint {
+        /// The address it was for.
+        addr: String,
+        /// tonic's error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+impl TlsError {
+    /// The same error, a config field's path now starting with `section` (`cert` within `tls`
+    /// is `tls.cert`); other errors are returned unchanged.
+    pub fn within(self, section: &str) -> Self {
+        match self {
+            TlsError::Config { config, source } => TlsError::Config { config: config.within(section), source },
+            other => other,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -66,8 +101,8 @@ mod tests {
         let ca = new_ca("test CA", YEAR).unwrap();
         let node = issue(&ca, &Subject::Node { id: 1, site: "a".into(), hosts: vec![] }, YEAR).unwrap();
         let other = issue(&ca, &Subject::Node { id: 2, site: "a".into(), hosts: vec![] }, YEAR).unwrap();
-        let field = |r: Result<TlsMaterial, TlsError>| match r {
-            Err(TlsError::Config { field, .. }) => field,
+        let field = |r: Result<TlsMaterial, TlsError>| match r.map_err(|e| e.within("tls")) {
+            Err(TlsError::Config { config, .. }) => config.field,
             other => panic!("expected a config error, got {other:?}"),
         };
         assert_eq!(field(TlsMaterial::from_pem("", &node.cert_pem, &node.key_pem)), "tls.ca");
@@ -76,5 +111,8 @@ mod tests {
         assert_eq!(field(TlsMaterial::from_pem(&ca.cert_pem, &node.cert_pem, &other.key_pem)), "tls.key");
         // A CA certificate has no Tessera identity: it cannot pose as a node.
         assert_eq!(field(TlsMaterial::from_pem(&ca.cert_pem, &ca.cert_pem, &ca.key_pem)), "tls.cert");
+        // Without a section, the fields are `[tls]`'s own.
+        let err = TlsMaterial::from_pem(&ca.cert_pem, &node.cert_pem, "junk").unwrap_err();
+        assert!(err.to_string().starts_with("config: key: unreadable private key"), "{err}");
     }
 }

@@ -17,6 +17,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
+use tessera_core::ConfigError;
+
 use crate::{PeerIdentity, TlsError};
 
 /// Where the PEM files are (`[tls]` in a node's config).
@@ -60,34 +62,46 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A problem with the `[tls]` field `field` (relative to `[tls]`), nothing failing underneath.
+fn bad(field: &str, problem: &str) -> TlsError {
+    TlsError::Config { config: ConfigError::new(field, problem), source: None }
+}
+
+/// A [`TlsError::Config`] builder for `map_err`: reading or using the `[tls]` field `field`
+/// failed with `source`; the problem says `what`, then the source's message.
+fn failed<E: std::error::Error + Send + Sync + 'static>(field: &'static str, what: String) -> impl FnOnce(E) -> TlsError {
+    move |source| {
+        let problem = if what.is_empty() { source.to_string() } else { format!("{what}: {source}") };
+        TlsError::Config { config: ConfigError::new(field, problem), source: Some(Box::new(source)) }
+    }
+}
+
 fn read(field: &'static str, path: &Path) -> Result<String, TlsError> {
-    std::fs::read_to_string(path).map_err(|e| TlsError::Config { field, problem: format!("{}: {e}", path.display()) })
+    std::fs::read_to_string(path).map_err(failed(field, path.display().to_string()))
 }
 
 impl TlsMaterial {
-    /// Reads and checks the files: errors name the `tls.*` field at fault.
+    /// Reads and checks the files: errors name the field at fault, relative to `[tls]`
+    /// (`cert`; [`TlsError::within`] puts the section in front).
     pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
-        Self::from_pem(&read("tls.ca", &files.ca)?, &read("tls.cert", &files.cert)?, &read("tls.key", &files.key)?)
+        Self::from_pem(&read("ca", &files.ca)?, &read("cert", &files.cert)?, &read("key", &files.key)?)
     }
 
     /// Checks PEM text: the CA bundle parses, the certificate names a Tessera identity, and the
     /// key parses. (Whether the key matches the certificate shows when a config is built.)
     pub fn from_pem(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
-        let config = |field: &'static str, problem: String| TlsError::Config { field, problem };
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            let cert = cert.map_err(|e| config("tls.ca", format!("unreadable PEM: {e}")))?;
-            roots.add(cert).map_err(|e| config("tls.ca", format!("not a usable CA certificate: {e}")))?;
+            let cert = cert.map_err(failed("ca", "unreadable PEM".into()))?;
+            roots.add(cert).map_err(failed("ca", "not a usable CA certificate".into()))?;
         }
         if roots.is_empty() {
-            return Err(config("tls.ca", "holds no certificate".into()));
+            return Err(bad("ca", "holds no certificate"));
         }
-        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| config("tls.cert", format!("unreadable PEM: {e}")))?;
-        let leaf = chain.first().ok_or_else(|| config("tls.cert", "holds no certificate".into()))?;
-        let identity = PeerIdentity::from_der(leaf.as_ref()).map_err(|e| config("tls.cert", e.to_string()))?;
-        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| config("tls.key", format!("unreadable private key: {e}")))?;
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(failed("cert", "unreadable PEM".into()))?;
+        let leaf = chain.first().ok_or_else(|| bad("cert", "holds no certificate"))?;
+        let identity = PeerIdentity::from_der(leaf.as_ref()).map_err(failed("cert", String::new()))?;
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(failed("key", "unreadable private key".into()))?;
         let material = Self {
             ca_pem: ca_pem.to_string(),
             cert_pem: cert_pem.to_string(),
@@ -106,8 +120,7 @@ impl TlsMaterial {
     }
 
     fn key(&self) -> Result<PrivateKeyDer<'static>, TlsError> {
-        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
-            .map_err(|e| TlsError::Config { field: "tls.key", problem: format!("unreadable private key: {e}") })
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(failed("key", "unreadable private key".into()))
     }
 
     /// A rustls server configuration presenting this certificate, speaking HTTP/2 (gRPC).
@@ -118,13 +131,14 @@ impl TlsMaterial {
             ClientAuth::Optional => verifier.allow_unauthenticated(),
         }
         .build()
-        .map_err(|e| TlsError::Config { field: "tls.ca", problem: e.to_string() })?;
+        .map_err(failed("ca", String::new()))?;
+        // No field of its own: the section as a whole (`tls` once within it).
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config { field: "tls", problem: e.to_string() })?
+            .map_err(failed("", String::new()))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(self.chain.clone(), self.key()?)
-            .map_err(|e| TlsError::Config { field: "tls.key", problem: format!("does not fit tls.cert: {e}") })?;
+            .map_err(failed("key", "does not fit the certificate (cert)".into()))?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
     }
@@ -173,7 +187,7 @@ impl ClientTls {
 
     /// A gRPC endpoint for `addr` (host:port): `http://` in the clear, `https://` with TLS.
     pub fn endpoint(&self, addr: &str, connect_timeout: Duration) -> Result<Endpoint, TlsError> {
-        let bad = |e: tonic::transport::Error| TlsError::Endpoint(format!("{addr}: {e}"));
+        let bad = |source| TlsError::Endpoint { addr: addr.to_string(), source };
         let endpoint = match self {
             ClientTls::Plain => Endpoint::from_shared(format!("http://{addr}")).map_err(bad)?,
             ClientTls::Mutual { material, server_name } => Endpoint::from_shared(format!("https://{addr}"))

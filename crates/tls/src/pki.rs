@@ -100,16 +100,17 @@ fn now_offset(plus: Duration, minus: Duration) -> time::OffsetDateTime {
 }
 
 fn ia5(s: String) -> Result<rcgen::string::Ia5String, TlsError> {
-    rcgen::string::Ia5String::try_from(s.clone()).map_err(|e| TlsError::Issue(format!("{s}: {e}")))
+    rcgen::string::Ia5String::try_from(s.clone()).map_err(failed(&format!("naming {s}")))
 }
 
-fn issue_err(e: rcgen::Error) -> TlsError {
-    TlsError::Issue(e.to_string())
+/// A [`TlsError::Issue`] builder for `map_err`: rcgen failed at `step`.
+fn failed(step: &str) -> impl FnOnce(rcgen::Error) -> TlsError + '_ {
+    move |source| TlsError::Issue { step: step.to_string(), source }
 }
 
 /// Generates a self-signed CA named `name`, valid for `valid_for`.
 pub fn new_ca(name: &str, valid_for: Duration) -> Result<Issued, TlsError> {
-    let key = KeyPair::generate().map_err(issue_err)?;
+    let key = KeyPair::generate().map_err(failed("generating the CA key"))?;
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, name);
@@ -119,16 +120,16 @@ pub fn new_ca(name: &str, valid_for: Duration) -> Result<Issued, TlsError> {
     params.not_before = now_offset(Duration::ZERO, Duration::from_secs(3600));
     params.not_after = now_offset(valid_for, Duration::ZERO);
     let key_pem = key.serialize_pem();
-    let ca = CertifiedIssuer::self_signed(params, key).map_err(issue_err)?;
+    let ca = CertifiedIssuer::self_signed(params, key).map_err(failed("self-signing the CA"))?;
     Ok(Issued { cert_pem: ca.pem(), key_pem })
 }
 
 /// Issues a certificate for `subject`, signed by `ca`, valid for `valid_for`. Every
 /// certificate may serve and may connect (nodes do both; an operator only connects).
 pub fn issue(ca: &Issued, subject: &Subject, valid_for: Duration) -> Result<Issued, TlsError> {
-    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(|e| TlsError::Issue(format!("CA key: {e}")))?;
-    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(|e| TlsError::Issue(format!("CA certificate: {e}")))?;
-    let key = KeyPair::generate().map_err(issue_err)?;
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(failed("reading the CA key"))?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(failed("reading the CA certificate"))?;
+    let key = KeyPair::generate().map_err(failed("generating a key"))?;
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     let mut sans = Vec::new();
@@ -157,7 +158,7 @@ pub fn issue(ca: &Issued, subject: &Subject, valid_for: Duration) -> Result<Issu
     params.use_authority_key_identifier_extension = true;
     params.not_before = now_offset(Duration::ZERO, Duration::from_secs(3600));
     params.not_after = now_offset(valid_for, Duration::ZERO);
-    let cert = params.signed_by(&key, &issuer).map_err(issue_err)?;
+    let cert = params.signed_by(&key, &issuer).map_err(failed("signing"))?;
     Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 

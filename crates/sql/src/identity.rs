@@ -1,0 +1,48 @@
+//! Who a query runs for: the roles, an authenticated caller's identity, and the headers that
+//! carry that identity on a fragment one site's node sends to another's.
+
+use serde::{Deserialize, Serialize};
+
+/// Header naming the caller on a fragment sent to a peer.
+pub const AS_USER: &str = "x-tessera-as-user";
+/// The caller's role (its config name).
+pub const AS_ROLE: &str = "x-tessera-as-role";
+/// The caller's site, if any.
+pub const AS_SITE: &str = "x-tessera-as-site";
+
+/// What a user may see (see ARCHITECTURE.md, "SQL endpoint").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Everything of their own site, raw telemetry included.
+    SiteOperator,
+    /// Windows, alerts and aggregates across sites; no raw telemetry.
+    FleetAnalyst,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// The role's name as written in config, e.g. `fleet-analyst`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::SiteOperator => "site-operator",
+            Role::FleetAnalyst => "fleet-analyst",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user name.
+    pub user: String,
+    /// What they may see.
+    pub role: Role,
+    /// Their site (site operators).
+    pub site: Option<String>,
+    /// True when another site's node asks on their behalf (a fragment of a cross-site
+    /// query): what this site answers then leaves the site.
+    pub via_peer: bool,
+}
