@@ -28,7 +28,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 
 use crate::grammar::AlertOptions;
-use crate::windowing::ts_type;
+use crate::schema::ts_type;
 
 /// Open, update or close.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -26,12 +26,12 @@ pub const FORMAT_VERSION: u32 = 2;
 
 /// Serializes a state struct.
 pub(crate) fn to_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, StreamError> {
-    postcard::to_stdvec(value).map_err(|e| StreamError::Checkpoint(format!("encoding state: {e}")))
+    postcard::to_stdvec(value).map_err(|source| StreamError::CheckpointCodec { action: "encoding state", source })
 }
 
 /// Deserializes a state struct.
 pub(crate) fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StreamError> {
-    postcard::from_bytes(bytes).map_err(|e| StreamError::Checkpoint(format!("decoding state: {e}")))
+    postcard::from_bytes(bytes).map_err(|source| StreamError::CheckpointCodec { action: "decoding state", source })
 }
 
 /// [`FORMAT_VERSION`], then the serialized state.
@@ -43,7 +43,7 @@ pub(crate) fn to_versioned_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, Str
 
 /// The state of [`to_versioned_bytes`]; another format version is an error.
 pub(crate) fn from_versioned_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StreamError> {
-    let (version, rest) = postcard::take_from_bytes::<u32>(bytes).map_err(|e| StreamError::Checkpoint(format!("decoding the state's version: {e}")))?;
+    let (version, rest) = postcard::take_from_bytes::<u32>(bytes).map_err(|source| StreamError::CheckpointCodec { action: "decoding the state's version", source })?;
     if version != FORMAT_VERSION {
         return Err(StreamError::Checkpoint(format!("engine state format {version}; this build reads format {FORMAT_VERSION}")));
     }

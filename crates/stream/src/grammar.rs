@@ -24,7 +24,7 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, FunctionArg, FunctionArgExpr, Ident, ObjectName, Query, TableFactor, VisitMut, VisitorMut};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
 use tessera_core::WindowSpec;
 
@@ -66,8 +66,9 @@ pub struct QueryDef {
 /// Parses one `CREATE CONTINUOUS QUERY` statement.
 pub fn parse(sql: &str) -> Result<QueryDef, StreamError> {
     let gerr = |m: String| StreamError::Grammar(m);
+    let perr = |context: &str, source: ParserError| StreamError::Parse { context: Some(context.to_string()), source };
     let dialect = GenericDialect {};
-    let mut p = Parser::new(&dialect).try_with_sql(sql).map_err(|e| gerr(e.to_string()))?;
+    let mut p = Parser::new(&dialect).try_with_sql(sql).map_err(|source| StreamError::Parse { context: None, source })?;
     for word in ["CREATE", "CONTINUOUS", "QUERY"] {
         let got = p.next_token();
         if !matches!(&got.token, Token::Word(w) if w.value.eq_ignore_ascii_case(word)) {
@@ -77,16 +78,16 @@ pub fn parse(sql: &str) -> Result<QueryDef, StreamError> {
             )));
         }
     }
-    let name = p.parse_identifier().map_err(|e| gerr(format!("query name: {e}")))?;
+    let name = p.parse_identifier().map_err(|e| perr("query name", e))?;
     let name = if name.quote_style.is_some() { name.value } else { name.value.to_lowercase() };
     let mut options: Vec<(String, f64)> = Vec::new();
     if matches!(&p.peek_token().token, Token::Word(w) if w.value.eq_ignore_ascii_case("WITH")) {
         p.next_token();
-        p.expect_token(&Token::LParen).map_err(|e| gerr(format!("WITH: {e}")))?;
+        p.expect_token(&Token::LParen).map_err(|e| perr("WITH", e))?;
         loop {
-            let key = p.parse_identifier().map_err(|e| gerr(format!("WITH option name: {e}")))?.value.to_lowercase();
-            p.expect_token(&Token::Eq).map_err(|e| gerr(format!("WITH {key}: {e}")))?;
-            let value = p.parse_expr().map_err(|e| gerr(format!("WITH {key}: {e}")))?;
+            let key = p.parse_identifier().map_err(|e| perr("WITH option name", e))?.value.to_lowercase();
+            p.expect_token(&Token::Eq).map_err(|e| perr(&format!("WITH {key}"), e))?;
+            let value = p.parse_expr().map_err(|e| perr(&format!("WITH {key}"), e))?;
             let number: f64 = value
                 .to_string()
                 .parse()
@@ -96,13 +97,13 @@ pub fn parse(sql: &str) -> Result<QueryDef, StreamError> {
                 break;
             }
         }
-        p.expect_token(&Token::RParen).map_err(|e| gerr(format!("WITH: {e}")))?;
+        p.expect_token(&Token::RParen).map_err(|e| perr("WITH", e))?;
     }
     let as_kw = p.next_token();
     if !matches!(&as_kw.token, Token::Word(w) if w.value.eq_ignore_ascii_case("AS")) {
         return Err(gerr(format!("expected AS after the query name, found `{}`", as_kw.token)));
     }
-    let mut select = p.parse_query().map_err(|e| gerr(format!("{name}: {e}")))?;
+    let mut select = p.parse_query().map_err(|e| perr(&name, e))?;
     while p.consume_token(&Token::SemiColon) {}
     let rest = p.peek_token();
     if rest.token != Token::EOF {
@@ -122,7 +123,7 @@ pub fn parse(sql: &str) -> Result<QueryDef, StreamError> {
         }
         _ => return Err(gerr(format!("{name}: a continuous query reads exactly one window function"))),
     };
-    window.validate().map_err(|e| gerr(format!("{name}: {e}")))?;
+    window.validate().map_err(|source| StreamError::Window { query: name.clone(), source })?;
     Ok(QueryDef { alerts: alert_options(&name, &options)?, name, window, select, text: sql.trim().to_string() })
 }
 
@@ -315,5 +316,17 @@ mod tests {
         assert!(err("CREATE CONTINUOUS QUERY q WITH (open_abuve = 3) AS SELECT 1 FROM TUMBLE(telemetry, ts, INTERVAL '1 s')").contains("unknown WITH option open_abuve"));
         assert!(err("CREATE CONTINUOUS QUERY q WITH (open_above = 3, close_below = 4) AS SELECT 1 FROM TUMBLE(telemetry, ts, INTERVAL '1 s')").contains("close_below"));
         assert!(err("CREATE CONTINUOUS QUERY q AS SELECT 1 FROM TUMBLE(telemetry, ts, INTERVAL '1 s') x JOIN TUMBLE(telemetry, ts, INTERVAL '2 s') y ON true").contains("exactly one"));
+    }
+
+    /// sqlparser's and the window spec's errors are kept as the error's source.
+    #[test]
+    fn library_errors_are_kept_as_sources() {
+        let e = parse("CREATE CONTINUOUS QUERY q AS SELECT (").unwrap_err();
+        assert!(matches!(&e, StreamError::Parse { context: Some(c), .. } if c == "q"), "{e:?}");
+        let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<ParserError>()).expect("sqlparser's error");
+        assert_eq!(e.to_string(), format!("continuous query: q: {source}"));
+        let e = parse("CREATE CONTINUOUS QUERY q AS SELECT motor_id FROM HOP(telemetry, ts, INTERVAL '20 s', INTERVAL '10 s')").unwrap_err();
+        let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<tessera_core::WindowError>());
+        assert!(matches!(source, Some(tessera_core::WindowError::SlideTooLong { .. })), "{e:?}");
     }
 }

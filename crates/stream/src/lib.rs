@@ -2,11 +2,19 @@
 //! SQL queries on DataFusion over the closed windows, stateful anomaly functions, and alerts
 //! with hysteresis.
 //!
-//! Layers, bottom up: [`windowing`] (per-motor watermarks, buffering, late path) →
-//! [`grammar`] (`CREATE CONTINUOUS QUERY`) and [`anomaly`] (the functions) → [`query`] (one
-//! planned query) → [`alerts`] (hysteresis, ids, tables) → [`engine`] (all of it, driven by
-//! batches and a clock). The crate does no I/O: the server wires it to Kafka.
+//! Layers, bottom up; a module imports only from rows below its own, never sideways or up:
+//!
+//! ```text
+//! engine                                    all of it, driven by batches and a clock
+//! alerts · query                            hysteresis, ids, tables · one planned query
+//! windowing · preagg                        the window operator · the running-aggregate rewrite
+//! schema · grammar · anomaly · tables · checkpoint · conform
+//! aggregate · error                         AggSpec, ColumnStats · StreamError
+//! ```
+//!
+//! The crate does no I/O: the server wires it to Kafka.
 
+pub mod aggregate;
 pub mod alerts;
 pub mod anomaly;
 pub mod checkpoint;
@@ -16,10 +24,12 @@ mod error;
 pub mod grammar;
 pub mod preagg;
 pub mod query;
+pub mod schema;
 pub mod tables;
 pub mod windowing;
 
 pub use alerts::{AlertEvent, AlertState, Severity};
 pub use engine::{EngineStats, FailedRun, RestoreReport, StateDigest, StepOutput, StreamConfig, StreamEngine, state_digest};
 pub use error::StreamError;
-pub use windowing::{WindowOperator, windowed_schema};
+pub use schema::windowed_schema;
+pub use windowing::WindowOperator;

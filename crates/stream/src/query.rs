@@ -21,13 +21,14 @@ use datafusion::physical_plan::collect;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
-
-use crate::grammar::{self, QueryDef, WINDOW_TABLE};
-use crate::preagg::{self, AggSpec, Rewritten};
-use crate::tables::BoundedTable;
-use crate::windowing::windowed_schema;
-use crate::{StreamError, anomaly};
 use tessera_core::WindowSpec;
+
+use crate::aggregate::AggSpec;
+use crate::grammar::{self, QueryDef, WINDOW_TABLE};
+use crate::preagg::{self, Rewritten};
+use crate::schema::windowed_schema;
+use crate::tables::BoundedTable;
+use crate::{StreamError, anomaly};
 
 /// Where the engine finds what it needs in a query's output.
 #[derive(Debug, Clone)]
@@ -49,7 +50,7 @@ pub struct OutputLayout {
 impl OutputLayout {
     fn of(def: &QueryDef, schema: &DFSchemaRef) -> Result<Self, StreamError> {
         let schema: SchemaRef = Arc::new(schema.as_arrow().clone());
-        let err = |m: String| StreamError::Sql { query: def.name.clone(), message: m };
+        let err = |message: String| StreamError::Output { query: def.name.clone(), message };
         let find = |name: &str| schema.fields().iter().position(|f| f.name() == name);
         let motor = find("motor_id").ok_or_else(|| err("the output must have a motor_id column".into()))?;
         if !matches!(schema.field(motor).data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
@@ -119,10 +120,11 @@ impl std::fmt::Debug for ContinuousQuery {
 impl ContinuousQuery {
     /// Parses and plans a `CREATE CONTINUOUS QUERY` statement. Grammar mistakes and anything
     /// DataFusion rejects (unknown columns or functions, type errors) fail here, with
-    /// DataFusion's message.
+    /// DataFusion's error as the source ([`StreamError::Sql`]); an output the engine cannot
+    /// read is [`StreamError::Output`].
     pub async fn register(sql: &str) -> Result<Self, StreamError> {
         let def = grammar::parse(sql)?;
-        let sql_err = |e: DataFusionError| StreamError::Sql { query: def.name.clone(), message: e.strip_backtrace().to_string() };
+        let sql_err = |source: DataFusionError| StreamError::Sql { query: def.name.clone(), source };
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
         anomaly::register_all(&ctx);
         let slot = BoundedTable::new(windowed_schema(), usize::MAX);
@@ -196,7 +198,7 @@ impl ContinuousQuery {
     /// holds at least [`Self::input_columns`]).
     ///
     /// A query with [`Self::aggregates`] runs on pre-aggregated windows instead: one row per
-    /// window in [`preagg::aggregated_schema`] holding at least its aggregates.
+    /// window in [`crate::schema::aggregated_schema`] holding at least its aggregates.
     pub async fn run(&self, windows: RecordBatch) -> Result<Vec<RecordBatch>, StreamError> {
         let (slot, plan) = match &self.preaggregated {
             Some(p) => (&p.table, &p.plan),
@@ -211,5 +213,31 @@ impl ContinuousQuery {
         .await;
         slot.replace(Vec::new());
         result.map_err(|source| StreamError::Run { query: self.def.name.clone(), source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(select: &str) -> String {
+        format!("CREATE CONTINUOUS QUERY bad AS SELECT {select} FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start")
+    }
+
+    /// DataFusion's error is kept as the source; the message is its text without a backtrace.
+    #[tokio::test]
+    async fn a_rejected_query_keeps_datafusions_error() {
+        let e = ContinuousQuery::register(&query("motor_id, window_start, avg(nope) AS x")).await.unwrap_err();
+        let StreamError::Sql { query, source } = &e else { panic!("{e:?}") };
+        assert_eq!(query, "bad");
+        assert!(matches!(source.find_root(), DataFusionError::SchemaError(..)), "{source:?}");
+        assert_eq!(e.to_string(), format!("continuous query bad: {}", source.strip_backtrace()));
+    }
+
+    /// An output the engine cannot read is this crate's complaint, not DataFusion's.
+    #[tokio::test]
+    async fn an_unreadable_output_says_what_is_missing() {
+        let e = ContinuousQuery::register(&query("motor_id, count(*) AS n")).await.unwrap_err();
+        assert!(matches!(&e, StreamError::Output { query, message } if query == "bad" && message.contains("window_start")), "{e:?}");
     }
 }

@@ -1,0 +1,455 @@
+//! The stream engine: window operators, the continuous queries on them, alert trackers, and
+//! the queryable tables, driven by ingest batches and a processing-time clock.
+//!
+//! One window operator runs per distinct window spec; every query on that spec reads the same
+//! closed windows. Time is passed in (`now_ms`), never read from the clock here, so tests and
+//! replays are deterministic.
+//!
+//! The parts: this module (settings, registration, pushing batches and ticking the clock, the
+//! queryable tables), `run` (a stage's queries over its closed windows, failures isolated per
+//! motor, outputs read into scores and alerts), `state` (checkpoints, restore, partition
+//! handover).
+
+mod run;
+mod state;
+#[cfg(test)]
+mod fixtures;
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::prelude::SessionContext;
+use tessera_core::{WatermarkPolicy, WindowSpec, telemetry_schema};
+
+use crate::StreamError;
+use crate::alerts::{AlertEvent, AlertTracker, alerts_schema, motor_windows_schema};
+use crate::grammar::QueryDef;
+use crate::query::ContinuousQuery;
+use crate::tables::BoundedTable;
+use crate::windowing::{WindowOperator, WindowStats};
+/// The window spec as text; defined with the windows, and named here too, where the server
+/// and the tests have always found it.
+pub use crate::windowing::describe;
+pub use state::{RestoreReport, StateDigest, state_digest};
+
+/// Engine settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// Allowed lateness and idle timeout.
+    pub watermark: WatermarkPolicy,
+    /// Rows each queryable table keeps (newest first to stay).
+    pub table_rows: usize,
+    /// Raw readings the `telemetry` table keeps (the newest; 0: none).
+    pub telemetry_rows: usize,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self { watermark: WatermarkPolicy { allowed_lateness_ms: 2_000, idle_timeout_ms: 30_000 }, table_rows: 1_000_000, telemetry_rows: 100_000 }
+    }
+}
+
+/// What one push or tick produced.
+#[derive(Debug, Default)]
+pub struct StepOutput {
+    /// Alert events, in order.
+    pub alerts: Vec<AlertEvent>,
+    /// Late readings, in the `late_events` schema.
+    pub late: Vec<RecordBatch>,
+    /// Windows closed.
+    pub windows_closed: usize,
+    /// Query runs that failed: their windows produced no rows, and are handed out here to be
+    /// parked (dead-lettered), not lost.
+    pub failed: Vec<FailedRun>,
+}
+
+/// A query run that failed, with an error or a panic (a bug some input triggers). Caught, so
+/// that one bad window cannot crash-loop the node: the windows the query was to read are kept
+/// here with the reason. The run's other effects stand (a window is closed once; anomaly
+/// baselines may have taken in the windows scored before the failure).
+#[derive(Debug, Clone)]
+pub struct FailedRun {
+    /// The query.
+    pub query: String,
+    /// What went wrong: the error, or the panic's message.
+    pub error: String,
+    /// The closed windows the run read (raw rows or pre-aggregated rows, as the query reads
+    /// them).
+    pub windows: RecordBatch,
+}
+
+/// Engine counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineStats {
+    /// Per window spec.
+    pub windows: Vec<(WindowSpec, WindowStats)>,
+    /// Query runs that failed (their windows produced no rows).
+    pub query_errors: u64,
+    /// Rows the queries produced.
+    pub query_rows: u64,
+    /// Alert events emitted.
+    pub alert_events: u64,
+    /// Alerts open now.
+    pub alerts_open: u64,
+}
+
+struct RegisteredQuery {
+    query: ContinuousQuery,
+    tracker: Option<AlertTracker>,
+}
+
+/// One window operator and the queries on its windows.
+struct Stage {
+    op: WindowOperator,
+    queries: Vec<RegisteredQuery>,
+    /// Whether this stage reports late readings. Only the first stage of a window spec does:
+    /// a later one (made for a query that needs outputs an already running stage lacks) started
+    /// with fresher watermarks, so what is late for it is late for the first one too.
+    reports_late: bool,
+    /// A stage made for one query alone ([`StreamEngine::register_standalone`]): no other
+    /// query joins it, so the query can come and go without touching other queries' state.
+    standalone: bool,
+}
+
+impl Stage {
+    /// True if `query` can run on this stage's windows: the stage has seen no reading yet (its
+    /// outputs can still grow), or it already produces what the query reads.
+    fn accepts(&self, query: &ContinuousQuery) -> bool {
+        if self.standalone || query.def().window != self.op.spec() {
+            return false;
+        }
+        if !self.op.has_input() {
+            return true;
+        }
+        match query.aggregates() {
+            Some(specs) => specs.iter().all(|s| self.op.aggregates().contains(s)),
+            None => self.op.row_columns().is_some_and(|have| query.input_columns().iter().all(|c| have.contains(c))),
+        }
+    }
+
+    /// Sets the operator's outputs to what the stage's queries read.
+    fn configure(&mut self) {
+        let mut rows: Option<Vec<usize>> = None;
+        let mut aggregates = Vec::new();
+        for q in &self.queries {
+            match q.query.aggregates() {
+                Some(specs) => aggregates.extend_from_slice(specs),
+                None => rows.get_or_insert_with(Vec::new).extend_from_slice(q.query.input_columns()),
+            }
+        }
+        self.op.set_outputs(rows, aggregates);
+    }
+}
+
+/// Windows, continuous queries and alerts over the telemetry stream.
+pub struct StreamEngine {
+    config: StreamConfig,
+    stages: Vec<Stage>,
+    tables: SessionContext,
+    alerts: Arc<BoundedTable>,
+    motor_windows: Arc<BoundedTable>,
+    late: Arc<BoundedTable>,
+    /// The newest raw readings (`telemetry_rows` of them).
+    telemetry: Arc<BoundedTable>,
+    query_errors: u64,
+    query_rows: u64,
+    alert_events: u64,
+}
+
+impl std::fmt::Debug for StreamEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamEngine").field("queries", &self.queries().map(|q| &q.name).collect::<Vec<_>>()).finish()
+    }
+}
+
+/// Schema of the `late_events` table: the telemetry columns and the window spec the reading
+/// was late for.
+pub fn late_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = telemetry_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("late_for", DataType::Utf8, false));
+    Arc::new(Schema::new(fields))
+}
+
+impl StreamEngine {
+    /// An engine with no queries.
+    pub fn new(config: StreamConfig) -> Self {
+        let tables = SessionContext::new();
+        let alerts = BoundedTable::new(alerts_schema(), config.table_rows);
+        let motor_windows = BoundedTable::new(motor_windows_schema(), config.table_rows);
+        let late = BoundedTable::new(late_schema(), config.table_rows);
+        tables.register_table("alerts", alerts.clone()).expect("fresh context");
+        tables.register_table("motor_windows", motor_windows.clone()).expect("fresh context");
+        tables.register_table("late_events", late.clone()).expect("fresh context");
+        let telemetry = BoundedTable::new(telemetry_schema(), config.telemetry_rows);
+        tables.register_table("telemetry", telemetry.clone()).expect("fresh context");
+        Self { config, stages: Vec::new(), tables, alerts, motor_windows, late, telemetry, query_errors: 0, query_rows: 0, alert_events: 0 }
+    }
+
+    /// Registers a `CREATE CONTINUOUS QUERY` statement; errors name the query and carry
+    /// DataFusion's error ([`StreamError::Sql`]).
+    pub async fn register(&mut self, sql: &str) -> Result<&QueryDef, StreamError> {
+        self.register_in(sql, false).await
+    }
+
+    /// Registers a query on a window operator of its own, which no other query joins: the
+    /// query can be added to a running engine and dropped again ([`Self::unregister`]) without
+    /// changing any other query's windows or checkpointed state. It costs a window operator
+    /// per query; the cluster-wide queries of the control plane are registered this way.
+    pub async fn register_standalone(&mut self, sql: &str) -> Result<&QueryDef, StreamError> {
+        self.register_in(sql, true).await
+    }
+
+    /// Drops a registered query with its anomaly and alert state (open alerts are forgotten,
+    /// not closed); its stage goes with it if no other query uses it. Rows it wrote to the
+    /// tables stay. Returns the dropped query's definition.
+    pub fn unregister(&mut self, name: &str) -> Result<QueryDef, StreamError> {
+        let (stage, index) = self
+            .stages
+            .iter()
+            .enumerate()
+            .find_map(|(s, stage)| stage.queries.iter().position(|q| q.query.def().name == name).map(|i| (s, i)))
+            .ok_or_else(|| StreamError::Unknown(name.to_string()))?;
+        let removed = self.stages[stage].queries.remove(index);
+        if self.stages[stage].queries.is_empty() {
+            let gone = self.stages.remove(stage);
+            // Another stage of the same windows takes over reporting late readings.
+            if gone.reports_late
+                && let Some(next) = self.stages.iter_mut().find(|s| s.op.spec() == gone.op.spec())
+            {
+                next.reports_late = true;
+            }
+        }
+        Ok(removed.query.def().clone())
+    }
+
+    async fn register_in(&mut self, sql: &str, standalone: bool) -> Result<&QueryDef, StreamError> {
+        let query = ContinuousQuery::register(sql).await?;
+        let def = query.def().clone();
+        if self.queries().any(|q| q.name == def.name) {
+            return Err(StreamError::Duplicate(def.name));
+        }
+        let tracker = def.alerts.map(|o| AlertTracker::new(&def.name, o));
+        let joins = if standalone { None } else { self.stages.iter().position(|s| s.accepts(&query)) };
+        let stage = match joins {
+            Some(i) => i,
+            None => {
+                let reports_late = !self.stages.iter().any(|s| s.op.spec() == def.window);
+                self.stages.push(Stage { op: WindowOperator::new(def.window, self.config.watermark), queries: Vec::new(), reports_late, standalone });
+                self.stages.len() - 1
+            }
+        };
+        let stage_ref = &mut self.stages[stage];
+        stage_ref.queries.push(RegisteredQuery { query, tracker });
+        if !stage_ref.op.has_input() {
+            stage_ref.configure();
+        }
+        Ok(self.stages[stage].queries.last().expect("just pushed").query.def())
+    }
+
+    /// The registered queries.
+    pub fn queries(&self) -> impl Iterator<Item = &QueryDef> {
+        self.stages.iter().flat_map(|s| s.queries.iter().map(|q| q.query.def()))
+    }
+
+    /// Feeds a telemetry batch that arrived at `now_ms`; runs the queries on the windows it
+    /// closes.
+    pub async fn push(&mut self, batch: &RecordBatch, now_ms: i64) -> Result<StepOutput, StreamError> {
+        if self.config.telemetry_rows > 0 {
+            self.telemetry.append(batch.clone());
+        }
+        let mut out = StepOutput::default();
+        for i in 0..self.stages.len() {
+            let closed = self.stages[i].op.push(batch, now_ms)?;
+            out.windows_closed += closed.count;
+            self.run_stage(i, closed, now_ms, &mut out).await;
+            self.collect_late(i, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Advances processing time: closes idle motors' windows.
+    pub async fn tick(&mut self, now_ms: i64) -> Result<StepOutput, StreamError> {
+        self.close_where(now_ms, false).await
+    }
+
+    /// End of input (a finished replay or file): closes every open window at `now_ms`.
+    pub async fn close_all(&mut self, now_ms: i64) -> Result<StepOutput, StreamError> {
+        self.close_where(now_ms, true).await
+    }
+
+    async fn close_where(&mut self, now_ms: i64, all: bool) -> Result<StepOutput, StreamError> {
+        let mut out = StepOutput::default();
+        for i in 0..self.stages.len() {
+            let op = &mut self.stages[i].op;
+            let closed = if all { op.close_all(now_ms)? } else { op.tick(now_ms)? };
+            out.windows_closed += closed.count;
+            self.run_stage(i, closed, now_ms, &mut out).await;
+        }
+        Ok(out)
+    }
+
+    /// The engine's queryable tables, shared (not copied) for serving elsewhere: `alerts`,
+    /// `motor_windows`, `late_events`, and `telemetry` (the newest raw readings).
+    pub fn shared_tables(&self) -> Vec<(&'static str, Arc<dyn datafusion::catalog::TableProvider>)> {
+        vec![
+            ("alerts", self.alerts.clone()),
+            ("motor_windows", self.motor_windows.clone()),
+            ("late_events", self.late.clone()),
+            ("telemetry", self.telemetry.clone()),
+        ]
+    }
+
+    /// Runs SQL over the engine's tables: `alerts`, `motor_windows`, `late_events`, `telemetry`.
+    pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>, StreamError> {
+        let df = self.tables.sql(sql).await.map_err(StreamError::Query)?;
+        df.collect().await.map_err(StreamError::Query)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            windows: self.stages.iter().map(|s| (s.op.spec(), s.op.stats())).collect(),
+            query_errors: self.query_errors,
+            query_rows: self.query_rows,
+            alert_events: self.alert_events,
+            alerts_open: self
+                .stages
+                .iter()
+                .flat_map(|s| s.queries.iter().filter_map(|q| q.tracker.as_ref()))
+                .map(|t| t.open_count() as u64)
+                .sum(),
+        }
+    }
+
+    fn collect_late(&mut self, stage: usize, out: &mut StepOutput) -> Result<(), StreamError> {
+        let op = &mut self.stages[stage].op;
+        let late = op.take_late()?;
+        if !self.stages[stage].reports_late {
+            return Ok(());
+        }
+        let op = &self.stages[stage].op;
+        if let Some(late) = late {
+            let n = late.num_rows();
+            let mut columns: Vec<ArrayRef> = late.columns().to_vec();
+            columns.push(Arc::new(StringArray::from(vec![describe(&op.spec()); n])));
+            let batch = RecordBatch::try_new(late_schema(), columns)?;
+            self.late.append(batch.clone());
+            out.late.push(batch);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+
+    use super::fixtures::{QUERY, engine, engine_with, readings};
+    use super::*;
+
+    #[tokio::test]
+    async fn windows_carry_only_what_their_queries_read() {
+        let mut engine = engine();
+        engine
+            .register("CREATE CONTINUOUS QUERY a AS SELECT motor_id, window_start, avg(current_a) AS cur FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start")
+            .await
+            .unwrap();
+        // A plain aggregate: running sums per window, no rows kept.
+        let op = &engine.stages[0].op;
+        assert_eq!(op.row_columns(), None);
+        assert_eq!(op.aggregates().iter().map(|a| a.name()).collect::<Vec<_>>(), ["avg(current_a)"]);
+        // DISTINCT needs the rows: the stage keeps the two columns the query reads (and motor_id).
+        engine
+            .register("CREATE CONTINUOUS QUERY b AS SELECT motor_id, window_start, count(DISTINCT site_id) AS sites, max(seq) AS last_seq FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start")
+            .await
+            .unwrap();
+        assert_eq!(engine.stages.len(), 1, "one stage serves both");
+        let names: Vec<String> = engine.stages[0].op.closed_schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, ["motor_id", "site_id", "seq", "window_start", "window_end"]);
+        engine.push(&readings(), 0).await.unwrap();
+        engine.close_all(0).await.unwrap();
+        // 3 motors × 60 windows per query; each window's readings are its own motor's.
+        let check = engine
+            .sql(
+                "SELECT query, count(*) AS n,
+                        min(features['cur']) > 9.5 AND max(features['cur']) < 13.5 AS cur_ok,
+                        max(features['sites']) AS sites, max(features['last_seq']) AS seq
+                 FROM motor_windows GROUP BY query ORDER BY query",
+            )
+            .await
+            .unwrap();
+        let text = pretty_format_batches(&check).unwrap().to_string();
+        assert!(text.contains("| a     | 180 | true   |       |        |"), "{text}");
+        assert!(text.contains("| b     | 180 |        | 1.0   | 1799.0 |"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_query_registered_after_the_start_gets_a_stage_with_what_it_reads() {
+        let mut engine = engine();
+        let q = |name: &str, select: &str| format!("CREATE CONTINUOUS QUERY {name} AS SELECT motor_id, window_start, {select} FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start");
+        engine.register(&q("a", "avg(current_a) AS cur")).await.unwrap();
+        let all = readings();
+        engine.push(&all.slice(0, 900), 0).await.unwrap();
+        // Covered by the running stage: joins it.
+        engine.register(&q("b", "avg(current_a) AS cur2")).await.unwrap();
+        assert_eq!(engine.stages.len(), 1);
+        // Not covered (another aggregate): a new stage, which d (raw rows) joins as it has seen
+        // no reading yet; only the first stage reports late data.
+        engine.register(&q("c", "max(temperature_c) AS hot")).await.unwrap();
+        engine.register(&q("d", "count(DISTINCT site_id) AS sites")).await.unwrap();
+        assert_eq!(engine.stages.len(), 2);
+        assert_eq!(engine.stages.iter().map(|s| s.reports_late).collect::<Vec<_>>(), [true, false]);
+        engine.push(&all.slice(900, 900), 0).await.unwrap();
+        engine.close_all(0).await.unwrap();
+        let counts = engine.sql("SELECT query, count(*) AS n FROM motor_windows GROUP BY query ORDER BY query").await.unwrap();
+        let text = pretty_format_batches(&counts).unwrap().to_string();
+        // a sees all 60 windows per motor. b, every window that closed after it joined: the 31
+        // from [290 s, 300 s) on (the stage already tracked its aggregate, so the open window is
+        // complete). c and d, on a stage that started at 300 s: the 30 windows from there.
+        for line in ["| a     | 180 |", "| b     | 93  |", "| c     | 90  |", "| d     | 90  |"] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+    }
+
+    /// A query added to a running engine on a stage of its own, then dropped, leaves the other
+    /// queries exactly as if it had never been there (same state, so same checkpoint); while it
+    /// runs it sees the windows that close after it was added.
+    #[tokio::test]
+    async fn a_standalone_query_comes_and_goes_without_touching_the_others() {
+        let all = readings();
+        let third = all.num_rows() / 3;
+        let mut alone = engine_with(&[QUERY.to_string()]).await;
+        let mut with_guest = engine_with(&[QUERY.to_string()]).await;
+        let guest = QUERY.replace("QUERY q ", "QUERY guest ");
+        for (i, engine) in [&mut alone, &mut with_guest].into_iter().enumerate() {
+            engine.push(&all.slice(0, third), 0).await.unwrap();
+            if i == 1 {
+                engine.register_standalone(&guest).await.unwrap();
+                assert_eq!(engine.stages.len(), 2, "the guest has its own stage, though the first could take it");
+            }
+            engine.push(&all.slice(third, third), 0).await.unwrap();
+            if i == 1 {
+                assert_eq!(engine.unregister("guest").unwrap().name, "guest");
+                assert_eq!(engine.stages.len(), 1);
+                assert!(matches!(engine.unregister("guest"), Err(StreamError::Unknown(_))));
+            }
+            engine.push(&all.slice(2 * third, all.num_rows() - 2 * third), 0).await.unwrap();
+        }
+        assert_eq!(alone.state_digest().unwrap().checksum, with_guest.state_digest().unwrap().checksum);
+        let rows = |name: &'static str| {
+            let e = &with_guest;
+            async move {
+                let sql = format!("SELECT CAST(min(window_start) AS BIGINT) AS first, count(*) AS n FROM motor_windows WHERE query = '{name}'");
+                let b = e.sql(&sql).await.unwrap();
+                let first = b[0].column(0).as_any().downcast_ref::<Int64Array>().map(|a| a.value(0));
+                (first, b[0].column(1).as_any().downcast_ref::<Int64Array>().unwrap().value(0))
+            }
+        };
+        let (q_first, q_rows) = rows("q").await;
+        let (g_first, g_rows) = rows("guest").await;
+        assert!(g_rows > 0 && g_rows < q_rows / 2, "the guest ran on the middle third only: {g_rows} of {q_rows}");
+        assert!(g_first > q_first, "{g_first:?} {q_first:?}");
+    }
+}
