@@ -14,6 +14,7 @@ pub mod checkpoints;
 pub mod config;
 pub mod control;
 pub mod detect;
+pub mod lifecycle;
 pub mod node;
 pub mod observe;
 pub mod sql;

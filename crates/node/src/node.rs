@@ -14,11 +14,18 @@
 //! (see [`crate::detect`]).
 //!
 //! With `[raft]` set, the node is also a member of the cluster's control plane (a Raft node
-//! on its own runtime), and takes the cluster's queries from itself; on a first start the
+//! in the same process), and takes the cluster's queries from itself; on a first start the
 //! member with the lowest id among `raft.initial_members` initialises the cluster. With
 //! `[http] listen` set, it serves `/metrics` and health checks (see [`crate::observe`]).
+//!
+//! One lifecycle: the node owns one tokio runtime and one shutdown signal (see
+//! [`crate::lifecycle`]). Its servers (Flight SQL, HTTP, the query watcher, the Raft member)
+//! are tasks on that runtime, each given its bound listener and the signal; its blocking stages
+//! (the ingest's threads, the detection thread, the store's writer) are started here and
+//! stopped in order by [`Node::stop`], which returns once every part has ended.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc::sync_channel;
 
@@ -26,37 +33,48 @@ use anyhow::{Context as _, Result};
 use tessera_ingest::{Ingest, IngestStats};
 use tessera_stream::StreamEngine;
 
+use crate::checkpoints::PartitionCheckpoints;
 use crate::config::NodeConfig;
-use crate::control::member::ControlMember;
 use crate::control::{QueryWatcher, RegistryRows};
+use crate::detect::{Detect, DetectStats, build_engine};
+use crate::lifecycle::{ShutdownTrigger, Tasks, shutdown_signal};
 use crate::sql::SqlEndpoint;
 use crate::store::{StoreStats, TelemetryStore};
-use crate::detect::{Detect, DetectStats, build_engine};
-use crate::checkpoints::PartitionCheckpoints;
 
 /// A running node.
 pub struct Node {
+    /// The one runtime every async part of the node runs on.
+    runtime: tokio::runtime::Runtime,
+    /// Asks every server task to stop.
+    shutdown: ShutdownTrigger,
+    /// The server tasks (SQL, HTTP, query watcher, Raft bootstrap), waited for on stop.
+    tasks: Tasks,
     ingest: Ingest,
     detect: Detect,
-    /// Keeps the cluster-wide queries in step with the control plane (`[control] admin`).
-    watcher: Option<QueryWatcher>,
-    /// The Flight SQL endpoint (`[sql] listen`).
-    sql: Option<SqlEndpoint>,
     /// The site-local store of raw readings (`[store] dir`).
     store: Option<TelemetryStore>,
-    /// `/metrics` and the health checks (`[http] listen`).
-    http: Option<crate::observe::HttpEndpoint>,
+    /// The Flight SQL endpoint's address and certificate refusals (`[sql] listen`).
+    sql: Option<(SocketAddr, Arc<tessera_tls::Refusals>)>,
+    /// Where `/metrics` and the health checks are served (`[http] listen`).
+    http: Option<SocketAddr>,
     /// The Raft member (`[raft]`), stopped last.
-    control: Option<ControlMember>,
+    control: Option<tessera_consensus::ConsensusNode>,
     /// Set once a part has been seen to end on its own (the liveness probe reads it).
     failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Binds `listen` on `runtime`; the error names the config field.
+fn bind(runtime: &tokio::runtime::Runtime, listen: SocketAddr, field: &str) -> Result<tokio::net::TcpListener> {
+    runtime.block_on(tokio::net::TcpListener::bind(listen)).with_context(|| format!("{field} {listen}: cannot bind"))
+}
+
 impl Node {
-    /// Builds the engine from the config and starts the ingest and the detection stage,
-    /// checkpointed per partition if a state directory is configured.
+    /// Builds the engine from the config and starts every part the config asks for.
     pub fn start(config: &NodeConfig) -> Result<Node> {
         config.validate()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("tessera-node").enable_all().build()?;
+        let (shutdown, signal) = shutdown_signal();
+        let mut tasks = Tasks::default();
         let tls = match &config.tls {
             Some(files) => Some(Arc::new(tessera_tls::TlsMaterial::load(files).map_err(|e| e.within("tls"))?)),
             None => None,
@@ -64,17 +82,18 @@ impl Node {
         let client_tls = tessera_tls::ClientTls::from_material(tls.as_ref());
         let grades = tessera_core::LiveGrades::new(config.grades.clone());
         let control = match &config.raft {
-            Some(raft) => Some(crate::control::member::start(raft, &config.site_id, tls.clone())?),
+            Some(raft) => Some(crate::control::member::start(raft, &config.site_id, tls.clone(), &runtime, &mut tasks, signal.clone())?),
             None => None,
         };
         // A member takes the cluster's queries from itself (the watcher reads them once the
         // cluster has a leader); otherwise from `[control] admin`, read once before starting.
-        let admin = config.control.admin.clone().or_else(|| control.as_ref().map(|c| c.node.advertised().to_string()));
+        let admin = config.control.admin.clone().or_else(|| control.as_ref().map(|c| c.advertised().to_string()));
         let mut engine = build_engine(&config.detect)?;
         let local: BTreeSet<String> = engine.queries().map(|q| q.name.clone()).collect();
         let mut registered = Vec::new();
         if let (Some(admin), None) = (&config.control.admin, &control) {
-            registered = crate::control::registered_queries(admin, &client_tls, config.control.timeout)
+            registered = runtime
+                .block_on(crate::control::registered_queries(admin, &client_tls, config.control.timeout))
                 .with_context(|| format!("reading the cluster's queries from control.admin {admin}"))?;
             for (name, why) in crate::control::add_registered_queries(&mut engine, &registered)? {
                 tracing::error!(query = %name, %why, "a query registered cluster-wide is not run on this node");
@@ -99,20 +118,24 @@ impl Node {
         };
         let detect = Detect::start_checkpointed(engine, &config.detect, &config.ingest.brokers, rx, checkpointed, store.as_ref().map(TelemetryStore::sender))?;
         let registry = admin.as_ref().map(|_| RegistryRows::default());
+        let mut sql_latency = None;
         let sql = match config.sql.listen {
             Some(listen) => {
                 let tables = crate::sql::served_tables(shared_tables, &detect.running_queries(), registry.as_ref(), store.as_ref());
-                Some(SqlEndpoint::start(&config.sql, listen, &config.site_id, tables, grades.clone(), tls.clone())?)
+                let endpoint = SqlEndpoint::new(&config.sql, &config.site_id, tables, grades.clone(), tls.clone())?;
+                let listener = bind(&runtime, listen, "sql.listen")?;
+                let served = (listener.local_addr()?, endpoint.refusals().clone());
+                sql_latency = Some(endpoint.query_latency());
+                tasks.spawn(&runtime, "SQL endpoint", endpoint.serve(listener, signal.clone()));
+                Some(served)
             }
             None => None,
         };
-        let watcher = match (&admin, registry) {
-            (Some(admin), Some(registry)) => {
-                let running = registered.into_iter().filter(|(name, _)| !local.contains(name)).collect();
-                Some(QueryWatcher::start(&config.control, admin, client_tls, local, running, detect.query_changes(), registry, grades)?)
-            }
-            _ => None,
-        };
+        if let (Some(admin), Some(registry)) = (&admin, registry) {
+            let running = registered.into_iter().filter(|(name, _)| !local.contains(name)).collect();
+            let watcher = QueryWatcher::new(&config.control, admin, client_tls, local, running, detect.query_changes(), registry, grades);
+            tasks.spawn(&runtime, "query watcher", watcher.run(signal.clone()));
+        }
         let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let http = match config.http.listen {
             Some(listen) => {
@@ -121,32 +144,35 @@ impl Node {
                     ingest: ingest.metrics().clone(),
                     detect: detect.probe(),
                     alert_latency: detect.alert_latency(),
-                    sql_latency: sql.as_ref().map(SqlEndpoint::query_latency),
-                    sql_refusals: sql.as_ref().map(|s| s.refusals().clone()),
-                    raft: control.as_ref().map(|c| c.node.raft().clone()),
-                    raft_refusals: control.as_ref().map(|c| c.node.refusals().clone()),
+                    sql_latency,
+                    sql_refusals: sql.as_ref().map(|(_, refusals)| refusals.clone()),
+                    raft: control.as_ref().map(|c| c.raft().clone()),
+                    raft_refusals: control.as_ref().map(|c| c.refusals().clone()),
                     failed: failed.clone(),
                 };
-                Some(crate::observe::HttpEndpoint::start(listen, probe)?)
+                let listener = bind(&runtime, listen, "http.listen")?;
+                let addr = listener.local_addr()?;
+                tasks.spawn(&runtime, "HTTP endpoint", crate::observe::serve_http(listener, probe, signal.clone()));
+                Some(addr)
             }
             None => None,
         };
-        Ok(Node { ingest, detect, watcher, sql, store, http, control, failed })
+        Ok(Node { runtime, shutdown, tasks, ingest, detect, store, sql, http, control, failed })
     }
 
     /// Where `/metrics` and the health checks are served, if they are.
-    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
-        self.http.as_ref().map(crate::observe::HttpEndpoint::addr)
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
     }
 
     /// The Raft member's address, if the node runs one.
-    pub fn raft_addr(&self) -> Option<std::net::SocketAddr> {
-        self.control.as_ref().map(|c| c.node.addr())
+    pub fn raft_addr(&self) -> Option<SocketAddr> {
+        self.control.as_ref().map(|c| c.addr())
     }
 
     /// The Raft member's view of the cluster, if the node runs one.
     pub fn raft_status(&self) -> Option<tessera_consensus::RaftStatus> {
-        self.control.as_ref().map(|c| c.node.status())
+        self.control.as_ref().map(|c| c.status())
     }
 
     /// The site-local store of raw readings, if it runs (for shredding on request).
@@ -160,14 +186,14 @@ impl Node {
     }
 
     /// Where the Flight SQL endpoint listens, if it runs.
-    pub fn sql_addr(&self) -> Option<std::net::SocketAddr> {
-        self.sql.as_ref().map(SqlEndpoint::addr)
+    pub fn sql_addr(&self) -> Option<SocketAddr> {
+        self.sql.as_ref().map(|(addr, _)| *addr)
     }
 
     /// Calls the SQL endpoint refused for want of a fitting certificate (handshakes, and
     /// federated calls without a node's certificate), if it runs.
     pub fn sql_refusals(&self) -> Option<(u64, u64)> {
-        self.sql.as_ref().map(|s| (s.refusals().handshakes(), s.refusals().identities()))
+        self.sql.as_ref().map(|(_, r)| (r.handshakes(), r.identities()))
     }
 
     /// The ingest's counters.
@@ -189,19 +215,24 @@ impl Node {
         failed
     }
 
-    /// Stops: the ingest hands everything on behind a last barrier (checkpointed, then
-    /// committed), then the detection stage ends. Returns the ingest's counters and the
-    /// engine; if the detection stage failed, its error (the root cause) comes first.
+    /// Stops, and returns once every part has ended: the servers first (the shutdown signal,
+    /// then every task waited for), then the ingest hands everything on behind a last barrier
+    /// (checkpointed, then committed), the detection stage ends, the store writes what is
+    /// pending, and the Raft member stops last. Returns the ingest's counters and the engine;
+    /// if the detection stage failed, its error (the root cause) comes first.
     pub fn stop(self) -> Result<(IngestStats, StreamEngine)> {
-        drop(self.http);
-        drop(self.watcher);
-        drop(self.sql);
-        let ingest = self.ingest.stop();
-        let engine = self.detect.stop();
+        let Node { runtime, shutdown, tasks, ingest, detect, store, control, .. } = self;
+        shutdown.trigger();
+        let served = runtime.block_on(tasks.join());
+        if let Err(e) = &served {
+            tracing::error!(error = format!("{e:#}"), "a server of the node failed");
+        }
+        let ingest = ingest.stop();
+        let engine = detect.stop();
         // After the stage: it no longer sends, so the store writes what is pending and ends.
-        let stored = self.store.map(TelemetryStore::stop).transpose();
-        let controlled = match self.control {
-            Some(ControlMember { runtime, node }) => runtime.block_on(node.shutdown()).context("stopping the Raft member"),
+        let stored = store.map(TelemetryStore::stop).transpose();
+        let controlled = match control {
+            Some(node) => runtime.block_on(node.shutdown()).context("stopping the Raft member"),
             None => Ok(()),
         };
         let stored = stored.and_then(|s| controlled.map(|()| s));
@@ -217,4 +248,3 @@ impl Node {
         }
     }
 }
-

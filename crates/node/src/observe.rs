@@ -22,6 +22,7 @@ use tessera_core::{LatencyHistogram, LatencySnapshot};
 use tessera_ingest::IngestMetrics;
 
 use crate::detect::DetectProbe;
+use crate::lifecycle::Shutdown;
 use serde::{Deserialize, Serialize};
 
 /// How long the detection thread may go without a turn before the node counts as hung.
@@ -187,63 +188,25 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// The HTTP endpoint, served on a thread of its own until dropped.
-pub struct HttpEndpoint {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl HttpEndpoint {
-    /// Binds `listen` (the error names `http.listen`) and serves `probe`.
-    pub fn start(listen: SocketAddr, probe: NodeProbe) -> Result<Self> {
-        use axum::routing::get;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let listener = runtime.block_on(tokio::net::TcpListener::bind(listen)).with_context(|| format!("http.listen {listen}: cannot bind"))?;
-        let addr = listener.local_addr()?;
-        let answer = |r: Result<(), String>| match r {
-            Ok(()) => (StatusCode::OK, "ok\n".to_string()),
-            Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
-        };
-        let (live, ready, metrics) = (probe.clone(), probe.clone(), probe);
-        let app = axum::Router::new()
-            .route("/metrics", get(move || {
-                let body = metrics.render();
-                async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body) }
-            }))
-            .route("/livez", get(move || { let r = answer(live.live()); async move { r } }))
-            .route("/readyz", get(move || { let r = answer(ready.ready()); async move { r } }))
-            .route("/startupz", get(|| async { "started\n" }));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name("tessera-http".into()).spawn(move || {
-            runtime.block_on(async move {
-                let served = axum::serve(listener, app).with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                });
-                if let Err(e) = served.await {
-                    tracing::error!(error = %e, "the HTTP endpoint stopped");
-                }
-            })
-        })?;
-        tracing::info!(%addr, "metrics and health endpoints serving");
-        Ok(Self { addr, stop: Some(stop), thread: Some(thread) })
-    }
-
-    /// The bound address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for HttpEndpoint {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+/// Serves `/metrics` and the health checks of `probe` on `listener` until `shutdown`.
+pub async fn serve_http(listener: tokio::net::TcpListener, probe: NodeProbe, shutdown: Shutdown) -> Result<()> {
+    use axum::routing::get;
+    let addr = listener.local_addr()?;
+    let answer = |r: Result<(), String>| match r {
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+    };
+    let (live, ready, metrics) = (probe.clone(), probe.clone(), probe);
+    let app = axum::Router::new()
+        .route("/metrics", get(move || {
+            let body = metrics.render();
+            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body) }
+        }))
+        .route("/livez", get(move || { let r = answer(live.live()); async move { r } }))
+        .route("/readyz", get(move || { let r = answer(ready.ready()); async move { r } }))
+        .route("/startupz", get(|| async { "started\n" }));
+    tracing::info!(%addr, "metrics and health endpoints serving");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.wait()).await.context("the HTTP endpoint stopped")
 }
 
 /// The `[http]` section: Prometheus metrics and health checks for orchestrators.

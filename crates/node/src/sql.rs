@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tessera_sql::{AuditSink, Authenticator, Catalog, ConfigUsers, Federation, FlightSqlEndpoint, Peer, LogAudit, QueryAudit, ServedTable, SnapshotTable, TableKind, TokenConfig, UserConfig};
 
 use crate::control::RegistryRows;
+use crate::lifecycle::Shutdown;
 use crate::detect::RunningQueries;
 use crate::store::TelemetryStore;
 
@@ -187,21 +188,18 @@ impl AuditSink for QueryAuditTable {
 
 /// A running Flight SQL endpoint.
 pub struct SqlEndpoint {
-    addr: SocketAddr,
+    endpoint: FlightSqlEndpoint,
+    server_tls: Option<tessera_tls::ServerTls>,
     refusals: Arc<tessera_tls::Refusals>,
     latency: Arc<tessera_core::LatencyHistogram>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
 impl SqlEndpoint {
-    /// Binds `listen` and serves `tables` of `site` on a thread of its own, with the
-    /// `query_audit` table of what it was asked. With `tls`, the endpoint speaks TLS only
-    /// (client certificates optional for people, required of other sites' nodes) and calls
-    /// peers with mTLS.
-    pub fn start(
+    /// The endpoint serving `tables` of `site`, with the `query_audit` table of what it was
+    /// asked. With `tls`, it speaks TLS only (client certificates optional for people,
+    /// required of other sites' nodes) and calls peers with mTLS.
+    pub fn new(
         config: &SqlConfig,
-        listen: SocketAddr,
         site: &str,
         mut tables: Vec<ServedTable>,
         grades: tessera_core::LiveGrades,
@@ -233,30 +231,10 @@ impl SqlEndpoint {
             None => None,
         };
         let latency = endpoint.query_latency();
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("tessera-sql").enable_all().build()?;
-        let listener = runtime.block_on(tokio::net::TcpListener::bind(listen)).with_context(|| format!("sql.listen {listen}: cannot bind"))?;
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name("tessera-sql".into()).spawn(move || {
-            runtime.block_on(async move {
-                let router = tonic::transport::Server::builder().add_service(endpoint.into_service());
-                tessera_tls::serve(router, listener, server_tls, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .context("the SQL endpoint failed")
-            })
-        })?;
-        tracing::info!(%addr, tls = tls.is_some(), "Flight SQL endpoint listening");
-        Ok(Self { addr, refusals, latency, stop: Some(stop), thread: Some(thread) })
+        Ok(Self { endpoint, server_tls, refusals, latency })
     }
 
-    /// The address it listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// What it refused for want of a fitting certificate.
+    /// What it refuses for want of a fitting certificate.
     pub fn refusals(&self) -> &Arc<tessera_tls::Refusals> {
         &self.refusals
     }
@@ -265,19 +243,12 @@ impl SqlEndpoint {
     pub fn query_latency(&self) -> Arc<tessera_core::LatencyHistogram> {
         self.latency.clone()
     }
-}
 
-impl Drop for SqlEndpoint {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            match thread.join() {
-                Ok(Err(e)) => tracing::error!(error = %e, "SQL endpoint"),
-                Err(_) => tracing::error!("the SQL endpoint thread panicked"),
-                Ok(Ok(())) => {}
-            }
-        }
+    /// Serves on `listener` until `shutdown`.
+    pub async fn serve(self, listener: tokio::net::TcpListener, shutdown: Shutdown) -> Result<()> {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, tls = self.server_tls.is_some(), "Flight SQL endpoint listening");
+        let router = tonic::transport::Server::builder().add_service(self.endpoint.into_service());
+        tessera_tls::serve(router, listener, self.server_tls, shutdown.wait()).await.context("the SQL endpoint failed")
     }
 }

@@ -10,13 +10,7 @@ use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use tessera_core::ConfigError;
 
-/// A control-plane member run inside the node, on a runtime of its own.
-pub struct ControlMember {
-    /// The member's runtime.
-    pub runtime: tokio::runtime::Runtime,
-    /// The Raft node.
-    pub node: tessera_consensus::ConsensusNode,
-}
+use crate::lifecycle::{Shutdown, Tasks};
 
 /// The `[raft]` section: the node runs a control-plane member in its own process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,11 +104,18 @@ impl RaftConfig {
     }
 }
 
-/// Starts the node's Raft member on a runtime of its own and, if it has the lowest id among
-/// `initial_members`, initialises the cluster in the background (once the others answer).
-pub fn start(raft: &RaftConfig, site: &str, tls: Option<Arc<tessera_tls::TlsMaterial>>) -> Result<ControlMember> {
+/// Starts the node's Raft member on `runtime` and, if it has the lowest id among
+/// `initial_members`, initialises the cluster in the background (once the others answer; the
+/// task gives up at `shutdown`).
+pub fn start(
+    raft: &RaftConfig,
+    site: &str,
+    tls: Option<Arc<tessera_tls::TlsMaterial>>,
+    runtime: &tokio::runtime::Runtime,
+    tasks: &mut Tasks,
+    shutdown: Shutdown,
+) -> Result<tessera_consensus::ConsensusNode> {
     let id = raft.resolved_node_id()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("tessera-raft").enable_all().build()?;
     let node = runtime
         .block_on(tessera_consensus::ConsensusNode::start_with_tls(raft.settings(id, site), tls))
         .with_context(|| format!("starting the Raft member (node {id}, raft.listen {})", raft.listen))?;
@@ -125,14 +126,18 @@ pub fn start(raft: &RaftConfig, site: &str, tls: Option<Arc<tessera_tls::TlsMate
         .collect::<Result<_>>()?;
     if members.iter().map(|m| m.0).min() == Some(id) {
         let bootstrap = node.bootstrap(&members, std::time::Duration::from_secs(600));
-        runtime.spawn(async move {
-            match bootstrap.await {
-                Ok(true) => tracing::info!(target: "tessera::audit", node = id, members = members.len(), "initialised the cluster (raft.initial_members)"),
-                Ok(false) => tracing::debug!(node = id, "the cluster was initialised before"),
-                Err(e) => tracing::error!(node = id, error = %e, "could not initialise the cluster; `tessera cluster init` can"),
+        tasks.spawn(runtime, "cluster bootstrap", async move {
+            tokio::select! {
+                done = bootstrap => match done {
+                    Ok(true) => tracing::info!(target: "tessera::audit", node = id, members = members.len(), "initialised the cluster (raft.initial_members)"),
+                    Ok(false) => tracing::debug!(node = id, "the cluster was initialised before"),
+                    Err(e) => tracing::error!(node = id, error = %e, "could not initialise the cluster; `tessera cluster init` can"),
+                },
+                () = shutdown.wait() => {}
             }
+            Ok(())
         });
     }
     tracing::info!(node = id, %site, addr = %node.addr(), "Raft member started");
-    Ok(ControlMember { runtime, node })
+    Ok(node)
 }

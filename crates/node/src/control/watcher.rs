@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
@@ -14,14 +13,14 @@ use tessera_proto::raft::cluster_admin_client::ClusterAdminClient;
 use tessera_tls::ClientTls;
 use tonic::transport::Channel;
 
+use crate::lifecycle::Shutdown;
 use super::{ControlConfig, admin_client, check_query, status_error};
 use crate::detect::QueryChange;
 
 /// The continuous queries registered cluster-wide, as `(name, sql)`, read linearizably from the
 /// control-plane node at `admin`.
-pub fn registered_queries(admin: &str, tls: &ClientTls, timeout: Duration) -> Result<Vec<(String, String)>> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async { list_queries(&mut admin_client(admin, tls, timeout).await?, admin).await })
+pub async fn registered_queries(admin: &str, tls: &ClientTls, timeout: Duration) -> Result<Vec<(String, String)>> {
+    list_queries(&mut admin_client(admin, tls, timeout).await?, admin).await
 }
 
 
@@ -94,17 +93,15 @@ impl RegistryRows {
 /// registered under is logged and skipped. While the control plane cannot be read, the node
 /// goes on with the queries it has, and says so once.
 pub struct QueryWatcher {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    watch: Watch,
 }
 
 impl QueryWatcher {
-    /// Starts watching the control plane at `admin` (over `tls`). `running` is what the node runs of
-    /// `registered` already; `local` the names of its own queries.
-    /// It also keeps `registry` (sites and motors) current, and `grades` raised to the
-    /// cluster's grade policy.
+    /// A watcher of the control plane at `admin` (over `tls`). `running` is what the node runs
+    /// of the cluster's queries already; `local` the names of its own queries. It also keeps
+    /// `registry` (sites and motors) current, and `grades` raised to the cluster's grade policy.
     #[allow(clippy::too_many_arguments)]
-    pub fn start(
+    pub fn new(
         control: &ControlConfig,
         admin: &str,
         tls: ClientTls,
@@ -113,21 +110,17 @@ impl QueryWatcher {
         changes: Sender<QueryChange>,
         registry: RegistryRows,
         grades: tessera_core::LiveGrades,
-    ) -> Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let watch = Watch { admin: admin.to_string(), tls, timeout: control.timeout, poll: control.poll, local, running, changes, registry, grades, stop: stop.clone() };
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let thread = std::thread::Builder::new().name("tessera-query-watch".into()).spawn(move || runtime.block_on(watch.run()))?;
-        Ok(Self { stop, thread: Some(thread) })
+    ) -> Self {
+        Self { watch: Watch { admin: admin.to_string(), tls, timeout: control.timeout, poll: control.poll, local, running, changes, registry, grades } }
     }
-}
 
-impl Drop for QueryWatcher {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+    /// Watches until `shutdown` (or until the detection stage is gone).
+    pub async fn run(self, shutdown: Shutdown) -> Result<()> {
+        tokio::select! {
+            () = self.watch.run() => {}
+            () = shutdown.wait() => {}
         }
+        Ok(())
     }
 }
 
@@ -141,7 +134,6 @@ struct Watch {
     changes: Sender<QueryChange>,
     registry: RegistryRows,
     grades: tessera_core::LiveGrades,
-    stop: Arc<AtomicBool>,
 }
 
 impl Watch {
@@ -153,12 +145,7 @@ impl Watch {
             // The first read at once (the registry tables start filled), then every poll.
             let next = tokio::time::Instant::now() + if first { Duration::ZERO } else { self.poll };
             first = false;
-            while tokio::time::Instant::now() < next {
-                if self.stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50).min(self.poll)).await;
-            }
+            tokio::time::sleep_until(next).await;
             let read = async {
                 if client.is_none() {
                     client = Some(admin_client(&self.admin, &self.tls, self.timeout).await?);
