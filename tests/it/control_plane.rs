@@ -272,7 +272,7 @@ fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
     // A node with `[control] admin` runs the registered query besides its own rules, and skips
     // (and reports) a registration its engine cannot run.
     runtime().block_on(register(&nodes[0], "broken")).expect("a raw registration, bypassing the CLI's check");
-    let registered = tessera_node::control::registered_queries(&a3, &tessera_tls::ClientTls::Plain, Duration::from_secs(10)).expect("registered queries");
+    let registered = runtime().block_on(tessera_node::control::registered_queries(&a3, &tessera_tls::ClientTls::Plain, Duration::from_secs(10))).expect("registered queries");
     let mut engine = tessera_node::detect::build_engine(&Default::default()).expect("the default rules");
     let own = engine.queries().count();
     let refused = tessera_node::control::add_registered_queries(&mut engine, &registered).expect("added");
@@ -338,8 +338,10 @@ fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
 #[test]
 fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site() {
     use tessera_core::{Channel, MotorId, Reading, SiteId};
-    use tessera_node::config::{ControlConfig, NodeConfig};
+    
     use tessera_node::node::Node;
+
+    use crate::support::TestNode;
 
     let _one = crate::fault::node_processes();
     crate::init_logging();
@@ -354,19 +356,12 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
             kafka.create_topic(topic, 2).expect("topic");
             let base = "CREATE CONTINUOUS QUERY base AS SELECT motor_id, window_start, avg(current_a) AS a \
                         FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start";
-            let config = NodeConfig {
-                site_id: site.to_string(),
-                ingest: crate::ingest_config(&brokers, site, topic, "dead-letters"),
-                detect: tessera_node::detect::DetectConfig { queries: vec![base.into()], idle_timeout: Duration::from_secs(3600), ..Default::default() },
-                control: ControlConfig { admin: Some(nodes[i].addr.clone()), poll: Duration::from_millis(100), ..Default::default() },
-                sql: tessera_node::sql::SqlConfig {
-                    listen: Some("127.0.0.1:0".parse().expect("addr")),
-                    users: vec![tessera_sql::UserConfig { name: "root".into(), password_hash: password_hash(), role: tessera_sql::Role::Admin, site: None }],
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            Node::start(&config).expect("the node starts")
+            // (The detect topics as the detect defaults name them, as before.)
+            TestNode::new(site, &brokers, site, topic)
+                .with(|c| c.detect = tessera_node::detect::DetectConfig { queries: vec![base.into()], idle_timeout: Duration::from_secs(3600), ..Default::default() })
+                .control(&nodes[i].addr, Duration::from_millis(100))
+                .sql(vec![tessera_sql::UserConfig { name: "root".into(), password_hash: password_hash(), role: tessera_sql::Role::Admin, site: None }])
+                .start()
         })
         .collect();
     let wait_for = |what: &str, done: &dyn Fn(&Node) -> bool| {
@@ -457,7 +452,7 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
                 let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
                 let mut c = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
                 c.handshake("root", "pw").await.expect("handshake");
-                let batches = crate::flight_sql::run(&mut c, "SELECT motor_id FROM motors").await.expect("sql");
+                let batches = crate::support::sql::run(&mut c, "SELECT motor_id FROM motors").await.expect("sql");
                 batches.first().and_then(|b| b.schema().metadata().get(tessera_core::GRADE_METADATA_KEY).cloned())
             });
             if grade.as_deref() == Some("important") {

@@ -15,13 +15,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tessera_core::Reading;
-use tessera_node::config::{NodeConfig, StateConfig};
-use tessera_node::detect::{DetectConfig, ENGINE_SECTION, build_engine};
+use tessera_node::config::NodeConfig;
+use tessera_node::detect::{ENGINE_SECTION, build_engine};
 use tessera_node::node::Node;
 use tessera_node::checkpoints::read_site;
 use tessera_workload::producer::WireFormat;
 use tessera_workload::simulate::{FleetSpec, Simulator};
 use tessera_suite::{committed_and_end, payload, producer, read_topic};
+
+use crate::support::TestNode;
 
 /// Set in a node process: its config, as JSON.
 const NODE_CONFIG_ENV: &str = "TESSERA_FAULT_NODE";
@@ -53,25 +55,17 @@ fn queries() -> Vec<String> {
 }
 
 fn node_config(brokers: &str, state_dir: &Path) -> NodeConfig {
-    let mut ingest = crate::ingest_config(brokers, "fault-nodes", "telemetry", "dead-letters");
-    // A killed node's partitions move on once its session times out.
-    ingest.kafka.insert("session.timeout.ms".into(), "3000".into());
-    ingest.kafka.insert("heartbeat.interval.ms".into(), "300".into());
-    NodeConfig {
-        site_id: "site-a".into(),
-        ingest,
-        detect: DetectConfig {
-            queries: queries(),
-            // Processing-time idleness must not close windows: results must depend on the
-            // input alone, to compare with the uninterrupted reference.
-            idle_timeout: Duration::from_secs(3600),
-            alerts_topic: "alerts".into(),
-            late_topic: "late".into(),
-            ..Default::default()
-        },
-        state: StateConfig { dir: Some(state_dir.to_path_buf()), interval: Duration::from_millis(300), keep: 3 },
-        ..Default::default()
-    }
+    // (TestNode: processing-time idleness never closes windows, so results depend on the
+    // input alone, to compare with the uninterrupted reference.)
+    TestNode::new("site-a", brokers, "fault-nodes", "telemetry")
+        .queries(queries())
+        .state(state_dir, Duration::from_millis(300))
+        .with(|c| {
+            // A killed node's partitions move on once its session times out.
+            c.ingest.kafka.insert("session.timeout.ms".into(), "3000".into());
+            c.ingest.kafka.insert("heartbeat.interval.ms".into(), "300".into());
+        })
+        .config()
 }
 
 fn readings_wanted() -> u64 {

@@ -9,35 +9,22 @@ use std::time::{Duration, Instant};
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
-use futures::TryStreamExt as _;
 use tessera_core::{Channel, MotorId, Reading, SiteId};
-use tessera_node::config::NodeConfig;
-use tessera_node::detect::DetectConfig;
-use tessera_node::node::Node;
 use tessera_workload::producer::WireFormat;
 use tessera_core::now_ms;
 use tessera_cli::commands::sql::SqlArgs;
-use tessera_node::sql::SqlConfig;
-use tessera_sql::{Role, TokenConfig, UserConfig};
+use tessera_sql::{Role, TokenConfig};
 use tessera_tls::TlsFiles;
 use tessera_tls::pki::{self, Subject};
 use tonic::Code;
-use tonic::transport::Channel as GrpcChannel;
+
+use crate::support::TestNode;
+use crate::support::sql::{FEDERATION_TOKEN, PASSWORD, client, int, login, login_tls, run, user};
 
 const QUERY: &str = "CREATE CONTINUOUS QUERY vib WITH (open_above = 3, close_below = 1) AS
   SELECT motor_id, window_start, avg(vibration_x_rms) AS vib,
          zscore(motor_id, window_start, avg(vibration_x_rms), 4) AS score
   FROM TUMBLE(telemetry, ts, INTERVAL '1 second') GROUP BY motor_id, window_start";
-
-pub(crate) const PASSWORD: &str = "correct horse";
-const FEDERATION_TOKEN: &str = "federation-secret-of-the-test";
-
-pub(crate) fn user(name: &str, role: Role, site: Option<&str>) -> UserConfig {
-    // One hash per test run is enough: Argon2id is slow on purpose.
-    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let hash = HASH.get_or_init(|| tessera_sql::auth::hash_password(PASSWORD).expect("hash")).clone();
-    UserConfig { name: name.into(), password_hash: hash, role, site: site.map(str::to_string) }
-}
 
 /// Four motors at site-a, 1 reading/s for 40 s; M1's vibration steps up at 20 s (an alert).
 fn readings(t0: i64) -> Vec<Reading> {
@@ -58,42 +45,6 @@ fn readings(t0: i64) -> Vec<Reading> {
         }
     }
     out
-}
-
-async fn client(addr: &str) -> FlightSqlServiceClient<GrpcChannel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
-    FlightSqlServiceClient::new(channel)
-}
-
-pub(crate) async fn login(addr: &str, name: &str) -> FlightSqlServiceClient<GrpcChannel> {
-    let mut c = client(addr).await;
-    c.handshake(name, PASSWORD).await.expect("handshake");
-    c
-}
-
-/// [`login`] over TLS, trusting `ca_pem`, with no client certificate (as people connect).
-pub(crate) async fn login_tls(addr: &str, name: &str, ca_pem: &str) -> FlightSqlServiceClient<GrpcChannel> {
-    let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}")).expect("uri").tls_config(tls).expect("tls");
-    let mut c = FlightSqlServiceClient::new(endpoint.connect().await.expect("connect"));
-    c.handshake(name, PASSWORD).await.expect("handshake");
-    c
-}
-
-/// Runs `sql`; the batches, or the gRPC status the server answered with.
-pub(crate) async fn run(c: &mut FlightSqlServiceClient<GrpcChannel>, sql: &str) -> Result<Vec<RecordBatch>, tonic::Status> {
-    let status = |e: arrow_flight::error::FlightError| match e {
-        arrow_flight::error::FlightError::Tonic(status) => *status,
-        other => tonic::Status::unknown(other.to_string()),
-    };
-    let info = c.execute(sql.to_string(), None).await.map_err(status)?;
-    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
-    let stream = c.do_get(ticket).await.map_err(status)?;
-    stream.try_collect().await.map_err(|e| tonic::Status::unknown(e.to_string()))
-}
-
-pub(crate) fn int(batches: &[RecordBatch]) -> i64 {
-    batches[0].column(0).as_any().downcast_ref::<Int64Array>().expect("an integer").value(0)
 }
 
 fn rows(batches: &[RecordBatch]) -> Vec<(String, i64)> {
@@ -117,32 +68,17 @@ fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
     p.send_readings(&sent).expect("send");
     p.flush(Duration::from_secs(10)).expect("flush");
 
-    let config = NodeConfig {
-        site_id: "site-a".into(),
-        ingest: crate::ingest_config(&brokers, "flight-sql", "telemetry", "dead-letters"),
-        // No idle closes: once every reading is taken in, the tables stay as they are.
-        detect: DetectConfig {
-            queries: vec![QUERY.into()],
-            alerts_topic: "alerts".into(),
-            late_topic: "late".into(),
-            idle_timeout: Duration::from_secs(3600),
-            ..Default::default()
-        },
-        sql: SqlConfig {
-            listen: Some("127.0.0.1:0".parse().expect("addr")),
-            users: vec![
-                user("root", Role::Admin, None),
-                user("ana", Role::FleetAnalyst, None),
-                user("opa", Role::SiteOperator, Some("site-a")),
-                user("opb", Role::SiteOperator, Some("site-b")),
-            ],
-            tokens: vec![TokenConfig { sha256: tessera_sql::auth::hash_token("dashboard-token"), user: "ana".into() }],
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    crate::init_logging();
-    let node = Node::start(&config).expect("the node starts");
+    // (TestNode: no idle closes, so once every reading is taken in, the tables stay as they are.)
+    let node = TestNode::new("site-a", &brokers, "flight-sql", "telemetry")
+        .queries([QUERY])
+        .sql(vec![
+            user("root", Role::Admin, None),
+            user("ana", Role::FleetAnalyst, None),
+            user("opa", Role::SiteOperator, Some("site-a")),
+            user("opb", Role::SiteOperator, Some("site-b")),
+        ])
+        .with(|c| c.sql.tokens = vec![TokenConfig { sha256: tessera_sql::auth::hash_token("dashboard-token"), user: "ana".into() }])
+        .start();
     let addr = node.sql_addr().expect("the endpoint runs").to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     let taken_in = || node.detect_stats().engine.windows.first().map_or(0, |(_, w)| w.rows_in);
@@ -302,30 +238,14 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
             .filter(|(s, _)| *s != site)
             .map(|(s, port)| tessera_sql::Peer { site: s.to_string(), addr: format!("127.0.0.1:{port}") })
             .collect();
-        let config = NodeConfig {
-            site_id: site.to_string(),
-            ingest: crate::ingest_config(&brokers, site, &topic, "dead-letters"),
-            detect: DetectConfig {
-                queries: vec![QUERY.into()],
-                alerts_topic: "alerts".into(),
-                late_topic: "late".into(),
-                idle_timeout: Duration::from_secs(3600),
-                ..Default::default()
-            },
-            sql: SqlConfig {
-                listen: Some(format!("127.0.0.1:{}", ports[i]).parse().expect("addr")),
-                users: vec![user("root", Role::Admin, None), user("ana", Role::FleetAnalyst, None)],
-                peers,
-                federation_token: Some(FEDERATION_TOKEN.into()),
-                ..Default::default()
-            },
-            tls: Some({
-                let cert = pki::issue(&ca, &Subject::Node { id: i as u64 + 1, site: site.to_string(), hosts: vec!["127.0.0.1".into()] }, year).expect("cert");
-                TlsFiles { ca: ca_file.clone(), cert: write(&format!("{site}.crt"), &cert.cert_pem), key: write(&format!("{site}.key"), &cert.key_pem) }
-            }),
-            ..Default::default()
-        };
-        nodes.push(Node::start(&config).expect("the node starts"));
+        let cert = pki::issue(&ca, &Subject::Node { id: i as u64 + 1, site: site.to_string(), hosts: vec!["127.0.0.1".into()] }, year).expect("cert");
+        let tls = TlsFiles { ca: ca_file.clone(), cert: write(&format!("{site}.crt"), &cert.cert_pem), key: write(&format!("{site}.key"), &cert.key_pem) };
+        let node = TestNode::new(site, &brokers, site, &topic)
+            .queries([QUERY])
+            .sql_at(&format!("127.0.0.1:{}", ports[i]), vec![user("root", Role::Admin, None), user("ana", Role::FleetAnalyst, None)])
+            .peers(peers, FEDERATION_TOKEN)
+            .tls(tls);
+        nodes.push(node.start());
     }
     crate::init_logging();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -7,16 +7,14 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::Float64Array;
 use tessera_core::{Channel, DataGrade, MotorId, Reading, SiteId};
-use tessera_node::config::{NodeConfig, StateConfig};
 use tessera_node::node::Node;
 use tessera_workload::producer::WireFormat;
 use tessera_core::now_ms;
-use tessera_node::sql::SqlConfig;
-use tessera_node::store::StoreConfig;
 use tessera_sql::Role;
 use tessera_store::{Kek, Keyring, to_hex};
 
-use crate::flight_sql::{int, login, run, user};
+use crate::support::TestNode;
+use crate::support::sql::{int, login, run, user};
 
 /// Marker values no encoder produces by chance: a core and an important channel.
 const CORE_MARKER: f64 = 424.2424242;
@@ -77,15 +75,11 @@ fn stored_readings_are_encrypted_and_a_shredded_range_is_gone_for_good() {
     p.send_readings(&first).expect("send");
     p.flush(Duration::from_secs(10)).expect("flush");
 
-    let config = NodeConfig {
-        site_id: "site-a".into(),
-        ingest: crate::ingest_config(&brokers, "security", "telemetry", "dead-letters"),
-        detect: tessera_node::detect::DetectConfig { alerts_topic: "alerts".into(), late_topic: "late".into(), idle_timeout: Duration::from_secs(3600), ..Default::default() },
-        state: StateConfig { dir: Some(state_dir.clone()), interval: Duration::from_millis(500), ..Default::default() },
-        store: StoreConfig { dir: Some(store_dir.clone()), kek_file: Some(kek_file.clone()), segment_interval: Duration::from_millis(300), ..Default::default() },
-        sql: SqlConfig { listen: Some("127.0.0.1:0".parse().expect("addr")), users: vec![user("root", Role::Admin, None), user("opa", Role::SiteOperator, Some("site-a"))], ..Default::default() },
-        ..Default::default()
-    };
+    let config = TestNode::new("site-a", &brokers, "security", "telemetry")
+        .state(&state_dir, Duration::from_millis(500))
+        .store(&store_dir, &kek_file, Duration::from_millis(300))
+        .sql(vec![user("root", Role::Admin, None), user("opa", Role::SiteOperator, Some("site-a"))])
+        .config();
     crate::init_logging();
     let node = Node::start(&config).expect("the node starts");
     let stored = |n: usize| {

@@ -1,0 +1,60 @@
+//! Speaking to a node's Flight SQL endpoint in tests: users with one shared password, login
+//! (plain or TLS), running a query to its batches or the status the server answered with.
+
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use datafusion::arrow::array::{Int64Array, RecordBatch};
+use futures::TryStreamExt as _;
+use tessera_sql::{Role, UserConfig};
+use tonic::transport::Channel as GrpcChannel;
+
+/// Every test user's password.
+pub(crate) const PASSWORD: &str = "correct horse";
+/// The shared token of federated test sites.
+pub(crate) const FEDERATION_TOKEN: &str = "federation-secret-of-the-test";
+
+/// A SQL user with [`PASSWORD`].
+pub(crate) fn user(name: &str, role: Role, site: Option<&str>) -> UserConfig {
+    // One hash per test run is enough: Argon2id is slow on purpose.
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let hash = HASH.get_or_init(|| tessera_sql::auth::hash_password(PASSWORD).expect("hash")).clone();
+    UserConfig { name: name.into(), password_hash: hash, role, site: site.map(str::to_string) }
+}
+
+/// A client of the endpoint at `addr`, not logged in.
+pub(crate) async fn client(addr: &str) -> FlightSqlServiceClient<GrpcChannel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+    FlightSqlServiceClient::new(channel)
+}
+
+/// A client of the endpoint at `addr`, logged in as `name`.
+pub(crate) async fn login(addr: &str, name: &str) -> FlightSqlServiceClient<GrpcChannel> {
+    let mut c = client(addr).await;
+    c.handshake(name, PASSWORD).await.expect("handshake");
+    c
+}
+
+/// [`login`] over TLS, trusting `ca_pem`, with no client certificate (as people connect).
+pub(crate) async fn login_tls(addr: &str, name: &str, ca_pem: &str) -> FlightSqlServiceClient<GrpcChannel> {
+    let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}")).expect("uri").tls_config(tls).expect("tls");
+    let mut c = FlightSqlServiceClient::new(endpoint.connect().await.expect("connect"));
+    c.handshake(name, PASSWORD).await.expect("handshake");
+    c
+}
+
+/// Runs `sql`; the batches, or the gRPC status the server answered with.
+pub(crate) async fn run(c: &mut FlightSqlServiceClient<GrpcChannel>, sql: &str) -> Result<Vec<RecordBatch>, tonic::Status> {
+    let status = |e: arrow_flight::error::FlightError| match e {
+        arrow_flight::error::FlightError::Tonic(status) => *status,
+        other => tonic::Status::unknown(other.to_string()),
+    };
+    let info = c.execute(sql.to_string(), None).await.map_err(status)?;
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let stream = c.do_get(ticket).await.map_err(status)?;
+    stream.try_collect().await.map_err(|e| tonic::Status::unknown(e.to_string()))
+}
+
+/// The first column of the first row, as an integer.
+pub(crate) fn int(batches: &[RecordBatch]) -> i64 {
+    batches[0].column(0).as_any().downcast_ref::<Int64Array>().expect("an integer").value(0)
+}
