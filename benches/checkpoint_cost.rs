@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use tessera_node::detect::{DetectConfig, build_engine};
-use tessera_workload::simulate::{FleetSpec, Simulator};
 use tessera_state::{Checkpoint, CheckpointStore};
 use tessera_stream::StreamEngine;
 use tessera_suite::{bench_arg as arg, median};
+use tessera_workload::simulate::{FleetSpec, Simulator};
 
 const RAW_ROW_QUERIES: &[&str] = &[
     "CREATE CONTINUOUS QUERY health WITH (open_above = 4, close_below = 2, open_windows = 2, close_windows = 2) AS
@@ -40,11 +40,27 @@ const RAW_ROW_QUERIES: &[&str] = &[
      FROM HOP(telemetry, ts, INTERVAL '1 second', INTERVAL '3 seconds') WHERE current_a > 0 GROUP BY motor_id, window_start",
 ];
 
-fn run(name: &str, detect: &DetectConfig, motors: u32, seconds: u64, rounds: u64, interval_s: u64, partitions: u64) -> Result<()> {
+fn run(
+    name: &str,
+    detect: &DetectConfig,
+    motors: u32,
+    seconds: u64,
+    rounds: u64,
+    interval_s: u64,
+    partitions: u64,
+) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     let mut engine = build_engine(detect)?;
     let steps = seconds * 10;
-    let mut sim = Simulator::new(FleetSpec { motors, sites: 3, rate_hz: 10.0, steps, start_ms: 1_700_000_000_000, fault_fraction: 0.05, seed: 3 });
+    let mut sim = Simulator::new(FleetSpec {
+        motors,
+        sites: 3,
+        rate_hz: 10.0,
+        steps,
+        start_ms: 1_700_000_000_000,
+        fault_fraction: 0.05,
+        seed: 3,
+    });
     let rows_per_batch = 8192 / motors as usize;
     let mut pushed = Duration::ZERO;
     let mut batch_steps = Vec::new();
@@ -74,7 +90,12 @@ fn run(name: &str, detect: &DetectConfig, motors: u32, seconds: u64, rounds: u64
         let t = Instant::now();
         let state = engine.checkpoint()?;
         encode.push(t.elapsed());
-        let written = store.write(&Checkpoint { id, created_ms: 0, offsets: Vec::new(), sections: vec![("engine".into(), state.clone())] })?;
+        let written = store.write(&Checkpoint {
+            id,
+            created_ms: 0,
+            offsets: Vec::new(),
+            sections: vec![("engine".into(), state.clone())],
+        })?;
         write.push(written.elapsed);
         bytes = written.bytes;
         let mut fresh: StreamEngine = build_engine(detect)?;
@@ -96,7 +117,9 @@ fn run(name: &str, detect: &DetectConfig, motors: u32, seconds: u64, rounds: u64
     let (mut split_encode, mut adopt) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let t = Instant::now();
-        let parts: Vec<Vec<u8>> = (0..partitions).map(|p| engine.checkpoint_motors(&|m| partition_of.get(m) == Some(&p))).collect::<Result<_, _>>()?;
+        let parts: Vec<Vec<u8>> = (0..partitions)
+            .map(|p| engine.checkpoint_motors(&|m| partition_of.get(m) == Some(&p)))
+            .collect::<Result<_, _>>()?;
         split_encode.push(t.elapsed());
         let mut fresh: StreamEngine = build_engine(detect)?;
         let t = Instant::now();
@@ -129,10 +152,28 @@ fn run(name: &str, detect: &DetectConfig, motors: u32, seconds: u64, rounds: u64
 }
 
 fn main() -> Result<()> {
-    let (motors, seconds, rounds, partitions) = (arg("--motors", 1000) as u32, arg("--seconds", 120), arg("--rounds", 5), arg("--partitions", 12).max(1));
+    let (motors, seconds, rounds, partitions) =
+        (arg("--motors", 1000) as u32, arg("--seconds", 120), arg("--rounds", 5), arg("--partitions", 12).max(1));
     let interval_s = 5;
-    let long_idle = |queries: Vec<String>| DetectConfig { queries, idle_timeout: Duration::from_secs(3600), ..Default::default() };
-    run("default rules (motor_health; its extra[...] channels keep raw rows)", &long_idle(Vec::new()), motors, seconds, rounds, interval_s, partitions)?;
-    run("raw-row queries (fault tests)", &long_idle(RAW_ROW_QUERIES.iter().map(|s| s.to_string()).collect()), motors, seconds, rounds, interval_s, partitions)?;
+    let long_idle =
+        |queries: Vec<String>| DetectConfig { queries, idle_timeout: Duration::from_secs(3600), ..Default::default() };
+    run(
+        "default rules (motor_health; its extra[...] channels keep raw rows)",
+        &long_idle(Vec::new()),
+        motors,
+        seconds,
+        rounds,
+        interval_s,
+        partitions,
+    )?;
+    run(
+        "raw-row queries (fault tests)",
+        &long_idle(RAW_ROW_QUERIES.iter().map(|s| s.to_string()).collect()),
+        motors,
+        seconds,
+        rounds,
+        interval_s,
+        partitions,
+    )?;
     Ok(())
 }

@@ -10,17 +10,17 @@
 //!
 //! `cargo bench --bench ingest_e2e -- [--readings 10000000] [--partitions 6] [--rounds 2] [--broker tansu|mock]`
 
-use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+use std::sync::mpsc::{RecvTimeoutError, sync_channel};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _, Result};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use anyhow::{Context as _, Result, bail};
 use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use tessera_ingest::{Encoding, Ingest, IngestConfig, TopicConfig};
+use tessera_node::topics::ensure_topics;
+use tessera_suite::{TansuBroker, producer, publish, test_fleet};
 use tessera_workload::embedded::EmbeddedKafka;
 use tessera_workload::producer::WireFormat;
-use tessera_node::topics::ensure_topics;
-use tessera_suite::{producer, publish, test_fleet, TansuBroker};
 
 const TOPIC: &str = "bench-telemetry";
 
@@ -145,7 +145,13 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let sent = publish(&mut test_fleet(motors, steps, 9), &producer(&brokers, TOPIC, WireFormat::Protobuf)?, None)?;
     let produce_s = started.elapsed().as_secs_f64();
-    println!("broker: {}, {} partitions; produced {} readings in {produce_s:.1}s ({:.0} msg/s)", args.broker, args.partitions, sent.readings, sent.readings as f64 / produce_s);
+    println!(
+        "broker: {}, {} partitions; produced {} readings in {produce_s:.1}s ({:.0} msg/s)",
+        args.broker,
+        args.partitions,
+        sent.readings,
+        sent.readings as f64 / produce_s
+    );
 
     let (mut best_bare, mut best_tessera) = (0f64, 0f64);
     for round in 0..args.rounds {
@@ -153,7 +159,10 @@ fn main() -> Result<()> {
         let bare = n as f64 / secs;
         let (secs, n) = tessera_ingest(&brokers, &format!("tessera-{round}"), sent.readings)?;
         let tessera = n as f64 / secs;
-        println!("round {round}: bare consumer {bare:>10.0} msg/s | tessera ingest {tessera:>10.0} readings/s | ratio {:.3}", tessera / bare);
+        println!(
+            "round {round}: bare consumer {bare:>10.0} msg/s | tessera ingest {tessera:>10.0} readings/s | ratio {:.3}",
+            tessera / bare
+        );
         best_bare = best_bare.max(bare);
         best_tessera = best_tessera.max(tessera);
     }

@@ -35,18 +35,36 @@ struct Figures {
 async fn measure(dir: &std::path::Path, ca: Option<&Issued>, writes: u64, writers: u64, connections: u64) -> Figures {
     let mut nodes = Vec::new();
     for id in 1..=3u64 {
-        let settings = RaftSettings::new(id, format!("site-{id}"), "127.0.0.1:0".parse().expect("addr"), dir.join(format!("node-{id}")));
-        let tls = ca.map(|ca| material(ca, Subject::Node { id, site: format!("site-{id}"), hosts: vec!["127.0.0.1".into()] }));
+        let settings = RaftSettings::new(
+            id,
+            format!("site-{id}"),
+            "127.0.0.1:0".parse().expect("addr"),
+            dir.join(format!("node-{id}")),
+        );
+        let tls = ca
+            .map(|ca| material(ca, Subject::Node { id, site: format!("site-{id}"), hosts: vec!["127.0.0.1".into()] }));
         nodes.push(ConsensusNode::start_with_tls(settings, tls).await.expect("node"));
     }
-    let client_tls = ClientTls::from_material(ca.map(|ca| material(ca, Subject::Operator { name: "bench".into() })).as_ref());
+    let client_tls =
+        ClientTls::from_material(ca.map(|ca| material(ca, Subject::Operator { name: "bench".into() })).as_ref());
     let addr = nodes[0].addr().to_string();
-    let connect = || async { ClusterAdminClient::new(client_tls.endpoint(&addr, Duration::from_secs(3)).expect("endpoint").connect().await.expect("connect")) };
+    let connect = || async {
+        ClusterAdminClient::new(
+            client_tls.endpoint(&addr, Duration::from_secs(3)).expect("endpoint").connect().await.expect("connect"),
+        )
+    };
     let mut admin = connect().await;
-    let specs = nodes.iter().enumerate().map(|(i, n)| pb::NodeSpec { id: i as u64 + 1, site: format!("site-{}", i + 1), addr: n.addr().to_string() }).collect();
+    let specs = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| pb::NodeSpec { id: i as u64 + 1, site: format!("site-{}", i + 1), addr: n.addr().to_string() })
+        .collect();
     admin.init(pb::InitRequest { nodes: specs, actor: "bench".into() }).await.expect("init");
     let write = |mut c: ClusterAdminClient<tonic::transport::Channel>, i: u64| async move {
-        let r = c.add_site(pb::AddSiteRequest { site: format!("s{i}"), name: "bench".into(), actor: "bench".into() }).await.expect("write");
+        let r = c
+            .add_site(pb::AddSiteRequest { site: format!("s{i}"), name: "bench".into(), actor: "bench".into() })
+            .await
+            .expect("write");
         assert!(r.get_ref().rejected.is_empty());
     };
     write(admin.clone(), u64::MAX).await; // warm up: leader elected, connections up
@@ -92,7 +110,9 @@ fn main() {
         let tls = measure(b.path(), Some(&ca), writes, writers, connections).await;
         (plain, tls)
     });
-    println!("{writes} writes sequential, {writers} writers x {writes} concurrent, {connections} new connections (connect + one Status call)");
+    println!(
+        "{writes} writes sequential, {writers} writers x {writes} concurrent, {connections} new connections (connect + one Status call)"
+    );
     println!("{:<34} {:>12} {:>12} {:>8}", "", "plain", "mTLS", "mTLS/plain");
     for (name, p, t) in [
         ("sequential writes/s (3 nodes)", plain.sequential_per_s, tls.sequential_per_s),

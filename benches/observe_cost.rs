@@ -25,9 +25,9 @@ use tessera_ingest::{Encoding, IngestConfig, TopicConfig};
 use tessera_node::config::{HttpConfig, NodeConfig, TelemetryConfig};
 use tessera_node::detect::DetectConfig;
 use tessera_node::node::Node;
-use tessera_workload::producer::WireFormat;
 use tessera_node::topics::ensure_topics;
 use tessera_suite::{TansuBroker, producer, publish, test_fleet};
+use tessera_workload::producer::WireFormat;
 
 const TOPIC: &str = "observe-telemetry";
 const CHILD: &str = "OBSERVE_COST_CHILD";
@@ -38,8 +38,12 @@ struct Receiver(Arc<AtomicU64>);
 
 #[tonic::async_trait]
 impl TraceService for Receiver {
-    async fn export(&self, request: tonic::Request<ExportTraceServiceRequest>) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let spans: usize = request.into_inner().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans: usize =
+            request.into_inner().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
         self.0.fetch_add(spans as u64, Ordering::Relaxed);
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
@@ -61,7 +65,16 @@ fn main() -> Result<()> {
     }
     let broker = TansuBroker::start()?;
     let brokers = broker.bootstrap_servers();
-    ensure_topics(&brokers, &[(TOPIC, 6), ("observe-dead-letters", 1), ("observe-alerts", 3), ("observe-late", 1), ("observe-detect-dlq", 1)])?;
+    ensure_topics(
+        &brokers,
+        &[
+            (TOPIC, 6),
+            ("observe-dead-letters", 1),
+            ("observe-alerts", 3),
+            ("observe-late", 1),
+            ("observe-detect-dlq", 1),
+        ],
+    )?;
     let motors = 1000;
     let mut sim = test_fleet(motors, readings / u64::from(motors), 11);
     let published = publish(&mut sim, &producer(&brokers, TOPIC, WireFormat::Protobuf)?, None)?;
@@ -72,7 +85,11 @@ fn main() -> Result<()> {
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let otlp = format!("http://{}", listener.local_addr()?);
     let incoming = futures::stream::unfold(listener, |l| async move { Some((l.accept().await.map(|(s, _)| s), l)) });
-    rt.spawn(tonic::transport::Server::builder().add_service(TraceServiceServer::new(receiver.clone())).serve_with_incoming(incoming));
+    rt.spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver.clone()))
+            .serve_with_incoming(incoming),
+    );
 
     let modes = ["off", "otlp", "otlp+scrape"];
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
@@ -85,7 +102,8 @@ fn main() -> Result<()> {
             if !out.status.success() {
                 bail!("{mode}: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
             }
-            let rate: f64 = stdout.lines().find_map(|l| l.strip_prefix("RATE ")).context("no RATE line")?.trim().parse()?;
+            let rate: f64 =
+                stdout.lines().find_map(|l| l.strip_prefix("RATE ")).context("no RATE line")?.trim().parse()?;
             std::thread::sleep(Duration::from_millis(500)); // the last export batch
             let spans = receiver.0.load(Ordering::Relaxed) - before;
             println!("round {round} {mode:<12} {rate:>10.0} readings/s  ({spans} spans received)");

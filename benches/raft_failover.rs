@@ -68,7 +68,8 @@ fn main() {
         for w in 0..writers {
             let addr = nodes[(w % 3) as usize].addr.clone();
             tasks.push(tokio::spawn(async move {
-                let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect_lazy();
+                let channel =
+                    tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect_lazy();
                 let mut client = tessera_proto::raft::cluster_admin_client::ClusterAdminClient::new(channel);
                 let mut done = 0u64;
                 while Instant::now() < deadline {
@@ -112,7 +113,12 @@ fn main() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             first_write.push(killed_at.elapsed().as_secs_f64() * 1e3);
-            eprintln!("round {round}: node {} killed; leader after {:.0} ms, write after {:.0} ms", old + 1, elected[elected.len() - 1], first_write[first_write.len() - 1]);
+            eprintln!(
+                "round {round}: node {} killed; leader after {:.0} ms, write after {:.0} ms",
+                old + 1,
+                elected[elected.len() - 1],
+                first_write[first_write.len() - 1]
+            );
             nodes[old].restart();
             // Wait until the restarted node has caught up, so the next round starts healthy.
             let target = nodes[survivor].status().await.and_then(|s| s.last_log_index);

@@ -15,11 +15,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
-use datafusion::arrow::array::{ArrayRef, Float64Array, MapBuilder, RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray, UInt64Array};
 use datafusion::arrow::array::Float64Builder;
+use datafusion::arrow::array::{
+    ArrayRef, Float64Array, MapBuilder, RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray, UInt64Array,
+};
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt as _;
-use tessera_sql::{Authenticator, Catalog, ConfigUsers, Federation, FlightSqlEndpoint, LogAudit, Peer, Role, ServedTable, TableKind, UserConfig};
+use tessera_sql::{
+    Authenticator, Catalog, ConfigUsers, Federation, FlightSqlEndpoint, LogAudit, Peer, Role, ServedTable, TableKind,
+    UserConfig,
+};
 use tessera_stream::tables::BoundedTable;
 
 const QUERY: &str = "SELECT motor_id, count(*) AS n, avg(temperature_c) AS temp, max(vibration_x_rms) AS vib, min(current_a) AS low_current \
@@ -74,7 +79,11 @@ fn site_batches(site: &str, first: u64, motors: u64, hz: u64, seconds: u64, star
 }
 
 async fn client(addr: &str) -> FlightSqlServiceClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
     let mut c = FlightSqlServiceClient::new(channel);
     c.handshake("bench", "bench-password").await.expect("handshake");
     c
@@ -85,7 +94,8 @@ async fn timed(c: &mut FlightSqlServiceClient<tonic::transport::Channel>, sql: &
     let info = c.execute(sql.to_string(), None).await.expect("execute");
     let mut rows = 0;
     for e in info.endpoint {
-        let batches: Vec<RecordBatch> = c.do_get(e.ticket.expect("ticket")).await.expect("do_get").try_collect().await.expect("rows");
+        let batches: Vec<RecordBatch> =
+            c.do_get(e.ticket.expect("ticket")).await.expect("do_get").try_collect().await.expect("rows");
         rows += batches.iter().map(RecordBatch::num_rows).sum::<usize>();
     }
     (started.elapsed().as_secs_f64() * 1e3, rows)
@@ -94,12 +104,18 @@ async fn timed(c: &mut FlightSqlServiceClient<tonic::transport::Channel>, sql: &
 fn report(name: &str, mut ms: Vec<f64>, rows: usize) -> f64 {
     ms.sort_by(f64::total_cmp);
     let p50 = percentile(&ms, 50.0);
-    println!("{name:<44} n={:<3} rows={rows:<5} p50 {p50:>8.1} ms  p99 {:>8.1} ms  max {:>8.1} ms", ms.len(), percentile(&ms, 99.0), ms[ms.len() - 1]);
+    println!(
+        "{name:<44} n={:<3} rows={rows:<5} p50 {p50:>8.1} ms  p99 {:>8.1} ms  max {:>8.1} ms",
+        ms.len(),
+        percentile(&ms, 99.0),
+        ms[ms.len() - 1]
+    );
     p50
 }
 
 fn main() {
-    let (motors, hz, seconds, sites, runs) = (arg("--motors", 1000), arg("--hz", 10), arg("--seconds", 3600), arg("--sites", 3), arg("--runs", 20) as usize);
+    let (motors, hz, seconds, sites, runs) =
+        (arg("--motors", 1000), arg("--hz", 10), arg("--seconds", 3600), arg("--sites", 3), arg("--runs", 20) as usize);
     let start_ms = 1_700_000_000_000i64;
     let generated = Instant::now();
     let per_site = motors.div_ceil(sites);
@@ -110,32 +126,54 @@ fn main() {
         })
         .collect();
     let readings: usize = data.iter().flatten().map(RecordBatch::num_rows).sum();
-    println!("# {readings} readings ({motors} motors x {hz} Hz x {seconds} s) over {sites} sites, generated in {:.1} s", generated.elapsed().as_secs_f64());
+    println!(
+        "# {readings} readings ({motors} motors x {hz} Hz x {seconds} s) over {sites} sites, generated in {:.1} s",
+        generated.elapsed().as_secs_f64()
+    );
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let hash = tessera_sql::auth::hash_password("bench-password").expect("hash");
     let users = vec![UserConfig { name: "bench".into(), password_hash: hash, role: Role::Admin, site: None }];
     let token = "bench-federation-token".to_string();
-    let listeners: Vec<std::net::TcpListener> = (0..sites).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("port")).collect();
+    let listeners: Vec<std::net::TcpListener> =
+        (0..sites).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("port")).collect();
     let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().expect("addr").to_string()).collect();
     let mut site_zero = None;
     for (s, (listener, batches)) in listeners.into_iter().zip(&data).enumerate() {
         let table = BoundedTable::new(tessera_core::telemetry_schema(), usize::MAX);
         batches.iter().for_each(|b| table.append(b.clone()));
         if s == 0 {
-            site_zero = Some(Catalog::new("site-0", vec![ServedTable { name: "telemetry".into(), provider: table.clone(), kind: TableKind::Raw }]));
+            site_zero = Some(Catalog::new(
+                "site-0",
+                vec![ServedTable { name: "telemetry".into(), provider: table.clone(), kind: TableKind::Raw }],
+            ));
         }
         let site = format!("site-{s}");
-        let peers = (0..sites as usize).filter(|&p| p != s).map(|p| Peer { site: format!("site-{p}"), addr: addrs[p].clone() }).collect();
-        let catalog = Catalog::new(&site, vec![ServedTable { name: "telemetry".into(), provider: table, kind: TableKind::Raw }])
-            .with_federation(Federation { peers, token: token.clone(), timeout: Duration::from_secs(60), tls: tessera_tls::ClientTls::Plain });
-        let auth = Authenticator::new(Box::new(ConfigUsers::new(&users, &[]).expect("users")), Duration::from_secs(3600)).with_federation_token(&token);
+        let peers = (0..sites as usize)
+            .filter(|&p| p != s)
+            .map(|p| Peer { site: format!("site-{p}"), addr: addrs[p].clone() })
+            .collect();
+        let catalog =
+            Catalog::new(&site, vec![ServedTable { name: "telemetry".into(), provider: table, kind: TableKind::Raw }])
+                .with_federation(Federation {
+                    peers,
+                    token: token.clone(),
+                    timeout: Duration::from_secs(60),
+                    tls: tessera_tls::ClientTls::Plain,
+                });
+        let auth =
+            Authenticator::new(Box::new(ConfigUsers::new(&users, &[]).expect("users")), Duration::from_secs(3600))
+                .with_federation_token(&token);
         let endpoint = FlightSqlEndpoint::new(Arc::new(catalog), Arc::new(auth), Arc::new(LogAudit)).expect("endpoint");
         listener.set_nonblocking(true).expect("nonblocking");
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            tonic::transport::Server::builder().add_service(endpoint.into_service()).serve_with_incoming(incoming).await.expect("serve");
+            tonic::transport::Server::builder()
+                .add_service(endpoint.into_service())
+                .serve_with_incoming(incoming)
+                .await
+                .expect("serve");
         });
     }
 
@@ -168,7 +206,11 @@ fn main() {
             in_process_rows = batches.iter().map(RecordBatch::num_rows).sum();
         }
         let ctx = SessionContext::new();
-        let all = datafusion::datasource::MemTable::try_new(tessera_core::telemetry_schema(), vec![data.iter().flatten().cloned().collect()]).expect("table");
+        let all = datafusion::datasource::MemTable::try_new(
+            tessera_core::telemetry_schema(),
+            vec![data.iter().flatten().cloned().collect()],
+        )
+        .expect("table");
         ctx.register_table("telemetry", Arc::new(all)).expect("register");
         let mut single = Vec::new();
         let mut single_rows = 0;
@@ -182,6 +224,10 @@ fn main() {
         let s = report("public.telemetry via Flight SQL (one site)", site, site_rows);
         report("one site's fragment in process (no Flight)", in_process, in_process_rows);
         let one = report("one DataFusion context, all readings", single, single_rows);
-        println!("# ratios of p50: federated / one context = {:.2}, federated / one site's fragment = {:.2}", f / one, f / s);
+        println!(
+            "# ratios of p50: federated / one context = {:.2}, federated / one site's fragment = {:.2}",
+            f / one,
+            f / s
+        );
     });
 }

@@ -14,12 +14,20 @@ use datafusion::arrow::array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tessera_core::GradeMap;
-use tessera_workload::simulate::{FleetSpec, Simulator};
 use tessera_store::{Kek, SegmentStore};
 use tessera_suite::{bench_arg as arg, median};
+use tessera_workload::simulate::{FleetSpec, Simulator};
 
 fn fleet(motors: u32, seconds: u64) -> Vec<RecordBatch> {
-    let mut sim = Simulator::new(FleetSpec { motors, sites: 1, rate_hz: 10.0, steps: seconds * 10, start_ms: 1_700_000_000_000, fault_fraction: 0.05, seed: 5 });
+    let mut sim = Simulator::new(FleetSpec {
+        motors,
+        sites: 1,
+        rate_hz: 10.0,
+        steps: seconds * 10,
+        start_ms: 1_700_000_000_000,
+        fault_fraction: 0.05,
+        seed: 5,
+    });
     let mut batches = Vec::new();
     let mut builder = tessera_ingest::ShardBuilder::with_capacity(8192);
     while let Some(step) = sim.next_step() {
@@ -36,8 +44,11 @@ fn fleet(motors: u32, seconds: u64) -> Vec<RecordBatch> {
 
 fn plain_write(path: &std::path::Path, batches: &[RecordBatch]) -> u64 {
     let file = std::fs::File::create(path).expect("create");
-    let props = parquet::file::properties::WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY).build();
-    let mut writer = ArrowWriter::try_new(file.try_clone().expect("clone"), batches[0].schema(), Some(props)).expect("writer");
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .build();
+    let mut writer =
+        ArrowWriter::try_new(file.try_clone().expect("clone"), batches[0].schema(), Some(props)).expect("writer");
     for b in batches {
         writer.write(b).expect("write");
     }
@@ -48,7 +59,12 @@ fn plain_write(path: &std::path::Path, batches: &[RecordBatch]) -> u64 {
 
 fn plain_read(path: &std::path::Path) -> usize {
     let file = std::fs::File::open(path).expect("open");
-    ParquetRecordBatchReaderBuilder::try_new(file).expect("reader").build().expect("build").map(|b| b.expect("batch").num_rows()).sum()
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("reader")
+        .build()
+        .expect("build")
+        .map(|b| b.expect("batch").num_rows())
+        .sum()
 }
 
 fn main() {
@@ -79,10 +95,35 @@ fn main() {
         plain_r.push(t.elapsed());
     }
     let rate = |d: Duration| rows as f64 / d.as_secs_f64() / 1e6;
-    println!("{rows} readings ({motors} motors x {seconds} s at 10 Hz), {} batches, {rounds} rounds, medians", batches.len());
+    println!(
+        "{rows} readings ({motors} motors x {seconds} s at 10 Hz), {} batches, {rounds} rounds, medians",
+        batches.len()
+    );
     println!("{:<10} {:>22} {:>22} {:>8}", "", "encrypted segment", "plain Parquet", "ratio");
     let (sw, pw, sr, pr) = (median(seg_w), median(plain_w), median(seg_r), median(plain_r));
-    println!("{:<10} {:>12.1} ms {:>5.2} M/s {:>12.1} ms {:>5.2} M/s {:>8.2}", "write", sw.as_secs_f64() * 1e3, rate(sw), pw.as_secs_f64() * 1e3, rate(pw), sw.as_secs_f64() / pw.as_secs_f64());
-    println!("{:<10} {:>12.1} ms {:>5.2} M/s {:>12.1} ms {:>5.2} M/s {:>8.2}", "read", sr.as_secs_f64() * 1e3, rate(sr), pr.as_secs_f64() * 1e3, rate(pr), sr.as_secs_f64() / pr.as_secs_f64());
-    println!("{:<10} {:>15.1} MiB {:>20.1} MiB {:>8.2}", "size", seg_bytes as f64 / 1048576.0, plain_bytes as f64 / 1048576.0, seg_bytes as f64 / plain_bytes as f64);
+    println!(
+        "{:<10} {:>12.1} ms {:>5.2} M/s {:>12.1} ms {:>5.2} M/s {:>8.2}",
+        "write",
+        sw.as_secs_f64() * 1e3,
+        rate(sw),
+        pw.as_secs_f64() * 1e3,
+        rate(pw),
+        sw.as_secs_f64() / pw.as_secs_f64()
+    );
+    println!(
+        "{:<10} {:>12.1} ms {:>5.2} M/s {:>12.1} ms {:>5.2} M/s {:>8.2}",
+        "read",
+        sr.as_secs_f64() * 1e3,
+        rate(sr),
+        pr.as_secs_f64() * 1e3,
+        rate(pr),
+        sr.as_secs_f64() / pr.as_secs_f64()
+    );
+    println!(
+        "{:<10} {:>15.1} MiB {:>20.1} MiB {:>8.2}",
+        "size",
+        seg_bytes as f64 / 1048576.0,
+        plain_bytes as f64 / 1048576.0,
+        seg_bytes as f64 / plain_bytes as f64
+    );
 }

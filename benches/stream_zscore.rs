@@ -28,9 +28,9 @@ use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tessera_core::{Reading, WatermarkPolicy};
 use tessera_ingest::{Encoding, Ingest, IngestConfig, TopicConfig, readings_from_batch};
 use tessera_node::detect::{Detect, DetectConfig, build_engine};
+use tessera_stream::{AlertEvent, StreamConfig, StreamEngine, conform};
 use tessera_workload::embedded::EmbeddedKafka;
 use tessera_workload::producer::{TelemetryProducer, WireFormat, now_ms};
-use tessera_stream::{AlertEvent, StreamConfig, StreamEngine, conform};
 
 /// The reference query; `score` is the z-score, NULL until a motor has 30 earlier windows.
 const QUERY: &str = "CREATE CONTINUOUS QUERY zscore WITH (open_above = 3, close_below = 3) AS
@@ -54,7 +54,13 @@ struct Args {
 
 fn args() -> Result<Args> {
     let work = std::env::var("BENCH_WORK").unwrap_or_else(|_| "/tmp/tessera-peer-bench".into());
-    let mut a = Args { data: PathBuf::from(work).join("data-current"), mode: "stage".into(), rounds: 3, batch_rows: 8192, partitions: 128 };
+    let mut a = Args {
+        data: PathBuf::from(work).join("data-current"),
+        mode: "stage".into(),
+        rounds: 3,
+        batch_rows: 8192,
+        partitions: 128,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
@@ -73,12 +79,20 @@ fn args() -> Result<Args> {
 /// The CSV as telemetry batches in file (arrival) order.
 fn load(args: &Args) -> Result<Vec<RecordBatch>> {
     let path = args.data.join("telemetry.csv");
-    let file = std::fs::File::open(&path).with_context(|| format!("{}: run ../shared/bench/run.sh data first", path.display()))?;
-    let mut fields = vec![Field::new("motor_id", DataType::Utf8, false), Field::new("site", DataType::Utf8, false), Field::new("ts", DataType::Int64, false)];
+    let file = std::fs::File::open(&path)
+        .with_context(|| format!("{}: run ../shared/bench/run.sh data first", path.display()))?;
+    let mut fields = vec![
+        Field::new("motor_id", DataType::Utf8, false),
+        Field::new("site", DataType::Utf8, false),
+        Field::new("ts", DataType::Int64, false),
+    ];
     for c in ["current_a", "voltage_v", "temperature_c", "vibration_rms", "rpm"] {
         fields.push(Field::new(c, DataType::Float64, false));
     }
-    let reader = ReaderBuilder::new(Arc::new(Schema::new(fields))).with_header(true).with_batch_size(args.batch_rows).build(file)?;
+    let reader = ReaderBuilder::new(Arc::new(Schema::new(fields)))
+        .with_header(true)
+        .with_batch_size(args.batch_rows)
+        .build(file)?;
     let mut seq = 0;
     let mut out = Vec::new();
     for b in reader {
@@ -95,7 +109,8 @@ fn max_ts(b: &RecordBatch) -> i64 {
 }
 
 async fn count_hits(engine: &StreamEngine) -> Result<(i64, i64)> {
-    let b = engine.sql("SELECT count(*) AS windows, count(*) FILTER (WHERE score > 3) AS hits FROM motor_windows").await?;
+    let b =
+        engine.sql("SELECT count(*) AS windows, count(*) FILTER (WHERE score > 3) AS hits FROM motor_windows").await?;
     let col = |i: usize| b[0].column(i).as_any().downcast_ref::<Int64Array>().expect("count").value(0);
     Ok((col(0), col(1)))
 }
@@ -106,7 +121,11 @@ fn stage(args: &Args) -> Result<()> {
     println!("stage: {rows} readings in {} batches of {} rows", batches.len(), args.batch_rows);
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     for round in 0..args.rounds {
-        let config = StreamConfig { watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 1_000 }, table_rows: 1_000_000, telemetry_rows: 0 };
+        let config = StreamConfig {
+            watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 1_000 },
+            table_rows: 1_000_000,
+            telemetry_rows: 0,
+        };
         let mut engine = StreamEngine::new(config);
         rt.block_on(engine.register(QUERY))?;
         let started = Instant::now();
@@ -177,7 +196,8 @@ fn kafka(args: &Args) -> Result<()> {
         let producer = TelemetryProducer::new(&brokers, &topic, WireFormat::Protobuf, &Default::default())?;
         let t0 = Instant::now();
         for chunk in readings.chunks(10_000) {
-            let shifted: Vec<Reading> = chunk.iter().map(|r| Reading { event_time_ms: r.event_time_ms + shift, ..r.clone() }).collect();
+            let shifted: Vec<Reading> =
+                chunk.iter().map(|r| Reading { event_time_ms: r.event_time_ms + shift, ..r.clone() }).collect();
             producer.send_readings(&shifted)?;
         }
         producer.flush(Duration::from_secs(120))?;
@@ -208,7 +228,8 @@ fn kafka(args: &Args) -> Result<()> {
         let ingest = Ingest::start(ingest_config, tx)?;
         let stage = Detect::start(engine, &detect, &brokers, rx)?;
         let mut first: Option<Instant> = None;
-        let motors = readings.iter().map(|r| r.motor_id.as_str()).collect::<std::collections::HashSet<_>>().len() as u64;
+        let motors =
+            readings.iter().map(|r| r.motor_id.as_str()).collect::<std::collections::HashSet<_>>().len() as u64;
         let expected_windows = readings
             .iter()
             .map(|r| (r.motor_id.as_str(), (r.event_time_ms + shift).div_euclid(10_000)))
@@ -226,14 +247,20 @@ fn kafka(args: &Args) -> Result<()> {
             if last_print.elapsed() > Duration::from_secs(5) {
                 last_print = Instant::now();
                 let s = ingest.metrics().snapshot();
-                eprintln!("  consumed {} messages, {} dead letters; {closed} of {expected_windows} windows closed", s.messages, s.dead_letters_sent);
+                eprintln!(
+                    "  consumed {} messages, {} dead letters; {closed} of {expected_windows} windows closed",
+                    s.messages, s.dead_letters_sent
+                );
             }
             // Timed until every window but each motor's last (which only the idle timeout closes,
             // as only the end of input closes it in Flink) has closed.
             if closed + motors >= expected_windows {
                 break Instant::now();
             }
-            anyhow::ensure!(Instant::now() < deadline, "not done within 15 minutes ({closed} of {expected_windows} windows)");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "not done within 15 minutes ({closed} of {expected_windows} windows)"
+            );
             std::thread::sleep(Duration::from_millis(2));
         };
         let secs = done.duration_since(first.unwrap_or(done)).as_secs_f64();

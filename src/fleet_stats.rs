@@ -107,7 +107,9 @@ impl FleetStats {
         let site = col(TelemetryColumn::SiteId).as_string::<i32>();
         let ts = col(TelemetryColumn::Ts).as_primitive::<TimestampMillisecondType>();
         let seq = col(TelemetryColumn::Seq).as_primitive::<UInt64Type>();
-        let channel = |c: Channel| batch.column(TelemetryColumn::FirstChannel as usize + c as usize).as_primitive::<Float64Type>();
+        let channel = |c: Channel| {
+            batch.column(TelemetryColumn::FirstChannel as usize + c as usize).as_primitive::<Float64Type>()
+        };
         let (current, temperature, vibration) =
             (channel(Channel::CurrentA), channel(Channel::TemperatureC), channel(Channel::VibrationXRms));
         let fingerprints = row_fingerprints(batch);

@@ -10,12 +10,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
+use fleet_stats::FleetStats;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{ClientConfig, Message};
 use tessera_ingest::ShardBatch;
-use fleet_stats::FleetStats;
 use tessera_workload::producer::{TelemetryProducer, WireFormat};
 use tessera_workload::simulate::{FleetSpec, Simulator};
 
@@ -33,7 +33,15 @@ impl TansuBroker {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -77,7 +85,8 @@ fn find_tansu() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("TANSU_BIN") {
         return Some(PathBuf::from(p));
     }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     if let Some(home) = std::env::var_os("HOME") {
         dirs.push(PathBuf::from(home).join(".cargo/bin"));
     }
@@ -95,7 +104,8 @@ pub struct Published {
 
 /// The fleet used by tests: `motors` motors × `steps` readings at 10 Hz, ending now.
 pub fn test_fleet(motors: u32, steps: u64, seed: u64) -> Simulator {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as i64;
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_millis() as i64;
     Simulator::new(FleetSpec {
         motors,
         sites: 3,
@@ -178,7 +188,8 @@ pub fn read_topic(brokers: &str, topic: &str, count: usize, timeout: Duration) -
 
 /// The offsets a group committed, per partition of `topic`, and the topic's end offsets.
 pub fn committed_and_end(brokers: &str, group: &str, topic: &str, partitions: i32) -> Result<Vec<(i32, i64, i64)>> {
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create()?;
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create()?;
     let mut tpl = rdkafka::TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);

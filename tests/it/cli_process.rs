@@ -22,7 +22,8 @@ fn tessera_process() {
     tessera_cli::run(std::iter::once("tessera".to_string()).chain(args)).expect("tessera ends without an error");
 }
 
-const LIBTEST_ARGS: [&str; 7] = ["--ignored", "--exact", "cli_process::tessera_process", "--nocapture", "--test-threads", "1", "-q"];
+const LIBTEST_ARGS: [&str; 7] =
+    ["--ignored", "--exact", "cli_process::tessera_process", "--nocapture", "--test-threads", "1", "-q"];
 
 /// `tessera ARGS...` as a process.
 pub(crate) fn command(args: &[&str]) -> Command {

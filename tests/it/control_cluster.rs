@@ -88,10 +88,11 @@ impl NodeProc {
     /// Starts the process again (same id, port and data), and waits until it serves.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "node {} is running", self.id);
-        let mut args: Vec<String> = ["control-node", "--id", &self.id.to_string(), "--site", &self.site, "--listen", &self.addr]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut args: Vec<String> =
+            ["control-node", "--id", &self.id.to_string(), "--site", &self.site, "--listen", &self.addr]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         args.extend(["--data-dir".to_string(), self.dir.display().to_string()]);
         args.extend(self.extra.iter().cloned());
         let mut child = Command::new(std::env::current_exe().expect("this executable"))
@@ -102,7 +103,10 @@ impl NodeProc {
             .spawn()
             .expect("a node process starts");
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        for stream in [Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().expect("stderr"))] {
+        for stream in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
             let output = self.output.clone();
             let ready = ready_tx.clone();
             std::thread::spawn(move || {
@@ -175,11 +179,9 @@ impl Drop for NodeProc {
 
 /// Starts `n` nodes (ids 1..=n, sites `site-1`…) and initialises them as one cluster.
 pub async fn start_cluster(launcher: &Launcher, n: u64, work: &Path, extra: &[&str]) -> Vec<NodeProc> {
-    let nodes: Vec<NodeProc> = (1..=n).map(|id| NodeProc::start(launcher, id, &format!("site-{id}"), work, extra)).collect();
-    let specs = nodes
-        .iter()
-        .map(|n| pb::NodeSpec { id: n.id, site: n.site.clone(), addr: n.addr.clone() })
-        .collect();
+    let nodes: Vec<NodeProc> =
+        (1..=n).map(|id| NodeProc::start(launcher, id, &format!("site-{id}"), work, extra)).collect();
+    let specs = nodes.iter().map(|n| pb::NodeSpec { id: n.id, site: n.site.clone(), addr: n.addr.clone() }).collect();
     let reply = nodes[0].client().await.init(pb::InitRequest { nodes: specs, actor: "harness".into() }).await;
     reply.unwrap_or_else(|e| panic!("init: {e}\n{}", nodes[0].output()));
     nodes

@@ -185,7 +185,12 @@ fn the_minority_side_of_a_partition_refuses_writes() {
         // The minority (the old leader alone) cannot commit.
         let refused = register(&nodes[old], "minority").await.expect_err("the minority side accepted a write");
         assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
-        println!("control plane: minority node {} refused the write after {} ms: {}", old + 1, started.elapsed().as_millis(), refused.message());
+        println!(
+            "control plane: minority node {} refused the write after {} ms: {}",
+            old + 1,
+            started.elapsed().as_millis(),
+            refused.message()
+        );
 
         // The majority elects a leader among itself and goes on.
         let majority: Vec<&NodeProc> = nodes.iter().filter(|n| n.id != nodes[old].id).collect();
@@ -208,7 +213,10 @@ fn the_minority_side_of_a_partition_refuses_writes() {
             let names = query_names(&nodes[old]).await;
             if let Ok(names) = names {
                 assert!(names.contains(&"majority".to_string()) && names.contains(&"before".to_string()), "{names:?}");
-                assert!(!names.contains(&"minority".to_string()), "a write refused on the minority side was applied: {names:?}");
+                assert!(
+                    !names.contains(&"minority".to_string()),
+                    "a write refused on the minority side was applied: {names:?}"
+                );
                 break;
             }
             assert!(Instant::now() < until, "the old leader did not rejoin within 10 s:\n{}", nodes[old].output());
@@ -225,7 +233,8 @@ pub(crate) async fn assert_log_holds_only_metadata(nodes: &[NodeProc]) {
     use openraft::RaftLogReader as _;
     use openraft::storage::RaftLogStorage as _;
     for node in nodes {
-        let mut log = tessera_consensus::log_store::LogStore::open(&node.dir().join("raft-log.redb")).expect("the log opens");
+        let mut log =
+            tessera_consensus::log_store::LogStore::open(&node.dir().join("raft-log.redb")).expect("the log opens");
         let state = log.get_log_state().await.expect("log state");
         let entries = log.try_get_log_entries(..).await.expect("entries");
         for entry in &entries {
@@ -244,17 +253,34 @@ pub(crate) async fn assert_log_holds_only_metadata(nodes: &[NodeProc]) {
 
 /// Runs `tessera <args>` (a control-plane subcommand) in this process, as the binary would.
 fn tessera(args: &[&str]) -> anyhow::Result<()> {
-    tessera_cli::run_in_process(std::iter::once("tessera").chain(args.iter().copied()), &std::sync::atomic::AtomicBool::new(false))
+    tessera_cli::run_in_process(
+        std::iter::once("tessera").chain(args.iter().copied()),
+        &std::sync::atomic::AtomicBool::new(false),
+    )
 }
 
 #[test]
 fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
     let _one = crate::fault::node_processes();
     let work = tempfile::tempdir().expect("work dir");
-    let nodes: Vec<NodeProc> = (1..=4).map(|id| NodeProc::start(&launcher(), id, &format!("site-{}", id.min(3)), work.path(), TUNING)).collect();
+    let nodes: Vec<NodeProc> = (1..=4)
+        .map(|id| NodeProc::start(&launcher(), id, &format!("site-{}", id.min(3)), work.path(), TUNING))
+        .collect();
     let at = |i: usize| nodes[i].addr.clone();
     let (a1, a2, a3) = (at(0), at(1), at(2));
-    tessera(&["cluster", "init", "--at", &a1, "--node", &nodes[0].spec(), "--node", &nodes[1].spec(), "--node", &nodes[2].spec()]).expect("init");
+    tessera(&[
+        "cluster",
+        "init",
+        "--at",
+        &a1,
+        "--node",
+        &nodes[0].spec(),
+        "--node",
+        &nodes[1].spec(),
+        "--node",
+        &nodes[2].spec(),
+    ])
+    .expect("init");
 
     // Registry edits through different nodes; refusals and bad input are errors that say why.
     tessera(&["cluster", "add-site", "--at", &a2, "site-1", "Plant One"]).expect("add-site");
@@ -272,7 +298,13 @@ fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
     // A node with `[control] admin` runs the registered query besides its own rules, and skips
     // (and reports) a registration its engine cannot run.
     runtime().block_on(register(&nodes[0], "broken")).expect("a raw registration, bypassing the CLI's check");
-    let registered = runtime().block_on(tessera_node::control::registered_queries(&a3, &tessera_tls::ClientTls::Plain, Duration::from_secs(10))).expect("registered queries");
+    let registered = runtime()
+        .block_on(tessera_node::control::registered_queries(
+            &a3,
+            &tessera_tls::ClientTls::Plain,
+            Duration::from_secs(10),
+        ))
+        .expect("registered queries");
     let mut engine = tessera_node::detect::build_engine(&Default::default()).expect("the default rules");
     let own = engine.queries().count();
     let refused = tessera_node::control::add_registered_queries(&mut engine, &registered).expect("added");
@@ -320,14 +352,19 @@ fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
             assert!(Instant::now() < until, "node 4 is still a member: {status:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let sites = nodes[0].client().await.list_sites(pb::ListSitesRequest {}).await.expect("sites").into_inner().sites;
+        let sites =
+            nodes[0].client().await.list_sites(pb::ListSitesRequest {}).await.expect("sites").into_inner().sites;
         let one = sites.iter().find(|s| s.site == "site-1").expect("site-1");
         assert_eq!((one.name.as_str(), one.motors, one.nodes.as_slice()), ("Plant One", 3, &[1u64][..]));
-        let audit = nodes[0].client().await.list_audit(pb::ListAuditRequest { from_index: 0, limit: 0 }).await.expect("audit");
+        let audit =
+            nodes[0].client().await.list_audit(pb::ListAuditRequest { from_index: 0, limit: 0 }).await.expect("audit");
         let entries = audit.into_inner().entries;
         let hot = entries.iter().find(|e| e.action == "register query hot").expect("audited");
         assert_eq!(hot.actor, "alice");
-        assert!(entries.iter().any(|e| e.action == "drop query cold" && e.rejected == "no query named 'cold'"), "{entries:?}");
+        assert!(
+            entries.iter().any(|e| e.action == "drop query cold" && e.rejected == "no query named 'cold'"),
+            "{entries:?}"
+        );
         assert!(entries.iter().any(|e| e.action == "remove node 4"), "{entries:?}");
     });
 }
@@ -338,7 +375,7 @@ fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
 #[test]
 fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site() {
     use tessera_core::{Channel, MotorId, Reading, SiteId};
-    
+
     use tessera_node::node::Node;
 
     use crate::support::TestNode;
@@ -358,9 +395,20 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
                         FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start";
             // (The detect topics as the detect defaults name them, as before.)
             TestNode::new(site, &brokers, site, topic)
-                .with(|c| c.detect = tessera_node::detect::DetectConfig { queries: vec![base.into()], idle_timeout: Duration::from_secs(3600), ..Default::default() })
+                .with(|c| {
+                    c.detect = tessera_node::detect::DetectConfig {
+                        queries: vec![base.into()],
+                        idle_timeout: Duration::from_secs(3600),
+                        ..Default::default()
+                    }
+                })
                 .control(&nodes[i].addr, Duration::from_millis(100))
-                .sql(vec![tessera_sql::UserConfig { name: "root".into(), password_hash: password_hash(), role: tessera_sql::Role::Admin, site: None }])
+                .sql(vec![tessera_sql::UserConfig {
+                    name: "root".into(),
+                    password_hash: password_hash(),
+                    role: tessera_sql::Role::Admin,
+                    site: None,
+                }])
                 .start()
         })
         .collect();
@@ -379,7 +427,8 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
     // Each site's motors, 1 reading/s; phase 1 is t0..t0+60 s, phase 2 the next minute.
     let t0 = (tessera_core::now_ms() - 300_000).div_euclid(10_000) * 10_000;
     let send = |site: &str, topic: &str, from_s: i64, to_s: i64| {
-        let p = tessera_suite::producer(&brokers, topic, tessera_workload::producer::WireFormat::Protobuf).expect("producer");
+        let p = tessera_suite::producer(&brokers, topic, tessera_workload::producer::WireFormat::Protobuf)
+            .expect("producer");
         let mut readings = Vec::new();
         for s in from_s..to_s {
             for m in 0..4 {
@@ -442,14 +491,19 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
 
     // A grade set cluster-wide reaches every node: `motors.motor_id` is general by config,
     // the cluster raises it to important, and every node's results say so.
-    tessera(&["cluster", "set-grade", "--at", &nodes[2].addr, "motors", "important", "--column", "motor_id"]).expect("set-grade");
+    tessera(&["cluster", "set-grade", "--at", &nodes[2].addr, "motors", "important", "--column", "motor_id"])
+        .expect("set-grade");
     let rt = runtime();
     for node in &running {
         let addr = node.sql_addr().expect("endpoint").to_string();
         let until = Instant::now() + Duration::from_secs(30);
         loop {
             let grade = rt.block_on(async {
-                let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+                let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .expect("uri")
+                    .connect()
+                    .await
+                    .expect("connect");
                 let mut c = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
                 c.handshake("root", "pw").await.expect("handshake");
                 let batches = crate::support::sql::run(&mut c, "SELECT motor_id FROM motors").await.expect("sql");
@@ -474,8 +528,17 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
         let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).expect("text").to_string();
         let b = &batches[0];
         let column = |i: usize| b.column(i).clone();
-        let strings = |i: usize| column(i).as_any().downcast_ref::<arrow_array::StringArray>().expect("strings").iter().map(|s| s.unwrap_or_default().to_string()).collect::<Vec<_>>();
-        let ints = |i: usize| column(i).as_any().downcast_ref::<arrow_array::Int64Array>().expect("ints").values().to_vec();
+        let strings = |i: usize| {
+            column(i)
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .expect("strings")
+                .iter()
+                .map(|s| s.unwrap_or_default().to_string())
+                .collect::<Vec<_>>()
+        };
+        let ints =
+            |i: usize| column(i).as_any().downcast_ref::<arrow_array::Int64Array>().expect("ints").values().to_vec();
         assert_eq!(strings(0), ["base", "hot"], "{site}:\n{text}");
         assert_eq!(strings(1), [format!("{site}-m0"), format!("{site}-m0")], "{site}: its own motors only:\n{text}");
         assert_eq!(strings(2), [format!("{site}-m3"), format!("{site}-m3")], "{site}:\n{text}");

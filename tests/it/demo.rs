@@ -28,7 +28,10 @@ struct Receiver(Arc<Mutex<Vec<Received>>>);
 
 #[tonic::async_trait]
 impl TraceService for Receiver {
-    async fn export(&self, request: tonic::Request<ExportTraceServiceRequest>) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let mut got = self.0.lock().expect("not poisoned");
         for resource in request.into_inner().resource_spans {
             for scope in resource.scope_spans {
@@ -51,14 +54,27 @@ fn the_demo_alerts_answers_sql_exports_spans_and_stops_on_sigint() {
     let service = TraceServiceServer::new(receiver.clone());
     rt.spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(tokio_stream_of(listener)));
 
-    let args = ["demo", "--duration", "60s", "--sql-port", "0", "--http-port", "0", "--otlp-endpoint", &format!("http://{otlp}")];
+    let args = [
+        "demo",
+        "--duration",
+        "60s",
+        "--sql-port",
+        "0",
+        "--http-port",
+        "0",
+        "--otlp-endpoint",
+        &format!("http://{otlp}"),
+    ];
     let mut child = crate::cli_process::command(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("the demo starts");
     let output = Arc::new(Mutex::new(String::new()));
-    for stream in [Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().expect("stderr"))] {
+    for stream in [
+        Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().expect("stderr")),
+    ] {
         let output = output.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -85,9 +101,17 @@ fn the_demo_alerts_answers_sql_exports_spans_and_stops_on_sigint() {
     }
     let out = text();
     let addr_after = |marker: &str| -> String {
-        let line = out.lines().find(|l| l.trim_start().starts_with("site-a") && l.contains(marker)).unwrap_or_else(|| panic!("no {marker} in:\n{out}"));
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("site-a") && l.contains(marker))
+            .unwrap_or_else(|| panic!("no {marker} in:\n{out}"));
         let rest = &line[line.find(marker).expect("marker") + marker.len()..];
-        rest.split_whitespace().next().expect("address").trim_start_matches("http://").trim_end_matches("/metrics").to_string()
+        rest.split_whitespace()
+            .next()
+            .expect("address")
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics")
+            .to_string()
     };
     let sql = addr_after("Flight SQL");
     let metrics_addr = addr_after("metrics");
@@ -95,7 +119,8 @@ fn the_demo_alerts_answers_sql_exports_spans_and_stops_on_sigint() {
     assert!(!opened.is_empty(), "no alert was printed:\n{out}");
 
     // A Flight SQL query across the three sites from a third-party client, as the README says.
-    let python = std::env::var("TESSERA_PYTHON").unwrap_or_else(|_| format!("{}/.cache/tessera/venv/bin/python", std::env::var("HOME").unwrap_or_default()));
+    let python = std::env::var("TESSERA_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.cache/tessera/venv/bin/python", std::env::var("HOME").unwrap_or_default()));
     let script = r#"
 import json, sys
 import adbc_driver_flightsql.dbapi as flightsql
@@ -106,7 +131,10 @@ with flightsql.connect("grpc://" + sys.argv[1], db_kwargs={"username": "analyst"
         cur.execute("SELECT site_id, motors FROM sites ORDER BY site_id")
         print(json.dumps({"alerts": alerts, "sites": cur.fetchall()}))
 "#;
-    let answer = Command::new(&python).args(["-c", script, &sql]).output().expect("python (scripts/setup.sh --with-broker makes the venv)");
+    let answer = Command::new(&python)
+        .args(["-c", script, &sql])
+        .output()
+        .expect("python (scripts/setup.sh --with-broker makes the venv)");
     let stdout = String::from_utf8_lossy(&answer.stdout).to_string();
     if !answer.status.success() {
         kill(&mut child);
@@ -119,12 +147,21 @@ with flightsql.connect("grpc://" + sys.argv[1], db_kwargs={"username": "analyst"
     assert_eq!(sites.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), ["site-a", "site-b", "site-c"], "{sites:?}");
     assert_eq!(sites.iter().map(|s| s.1).sum::<i64>(), 1000, "{sites:?}");
     let alerted: i64 = rows.iter().map(|r| r.1).sum();
-    assert!(alerted >= opened.len() as i64 / 2 && alerted > 0, "fleet.alerts says {rows:?}; the demo printed {} openings", opened.len());
+    assert!(
+        alerted >= opened.len() as i64 / 2 && alerted > 0,
+        "fleet.alerts says {rows:?}; the demo printed {} openings",
+        opened.len()
+    );
 
     // /metrics of site a: Raft, ingest, the window-to-alert latency and the query just run.
     let metrics = http_get(&metrics_addr, "/metrics");
     let value = |series: &str| -> f64 {
-        metrics.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
     };
     assert!(value("tessera_raft_term{") >= 1.0);
     assert!(value("tessera_raft_voters{") == 3.0);
@@ -136,7 +173,10 @@ with flightsql.connect("grpc://" + sys.argv[1], db_kwargs={"username": "analyst"
     // counters appear only with [tls], which the demo does not use).
     for name in crate::observability_assets::referenced_metrics() {
         if name != "tessera_tls_refusals_total" {
-            assert!(metrics.contains(&format!("# TYPE {name} ")), "deploy/ uses {name}, which /metrics does not serve:\n{metrics}");
+            assert!(
+                metrics.contains(&format!("# TYPE {name} ")),
+                "deploy/ uses {name}, which /metrics does not serve:\n{metrics}"
+            );
         }
     }
 
@@ -160,7 +200,10 @@ with flightsql.connect("grpc://" + sys.argv[1], db_kwargs={"username": "analyst"
     assert!(out.contains("demo stopped cleanly"), "{out}");
     let caught = out
         .lines()
-        .find_map(|l| l.split_once(" motors alerted: ").map(|(_, rest)| rest.split(' ').next().unwrap_or("0").parse::<u64>().unwrap_or(0)))
+        .find_map(|l| {
+            l.split_once(" motors alerted: ")
+                .map(|(_, rest)| rest.split(' ').next().unwrap_or("0").parse::<u64>().unwrap_or(0))
+        })
         .unwrap_or_else(|| panic!("no final score:\n{out}"));
     assert!(caught >= 1, "no alerted motor had an injected fault:\n{out}");
 
@@ -168,23 +211,31 @@ with flightsql.connect("grpc://" + sys.argv[1], db_kwargs={"username": "analyst"
     let spans = receiver.0.lock().expect("not poisoned").clone();
     let by_id: HashMap<&[u8], &Received> = spans.iter().map(|s| (s.id.as_slice(), s)).collect();
     let parent_of = |s: &Received| by_id.get(s.parent.as_slice()).copied();
-    let alert = spans
-        .iter()
-        .filter(|s| s.name == "alert.emit")
-        .find_map(|a| {
-            let step = parent_of(a).filter(|p| p.name == "detect.step")?;
-            let batch = parent_of(step).filter(|p| p.name == "ingest.batch")?;
-            Some((a, batch))
-        });
+    let alert = spans.iter().filter(|s| s.name == "alert.emit").find_map(|a| {
+        let step = parent_of(a).filter(|p| p.name == "detect.step")?;
+        let batch = parent_of(step).filter(|p| p.name == "ingest.batch")?;
+        Some((a, batch))
+    });
     let names: std::collections::BTreeSet<&str> = spans.iter().map(|s| s.name.as_str()).collect();
-    let (alert, batch) = alert.unwrap_or_else(|| panic!("no alert.emit ← detect.step ← ingest.batch chain among {} spans {names:?}", spans.len()));
+    let (alert, batch) = alert.unwrap_or_else(|| {
+        panic!("no alert.emit ← detect.step ← ingest.batch chain among {} spans {names:?}", spans.len())
+    });
     assert_eq!(alert.trace, batch.trace);
-    let federated = spans.iter().filter(|s| s.name == "sql.query").find(|s| parent_of(s).is_some_and(|p| p.trace == s.trace && p.name == "sql.query"));
+    let federated = spans
+        .iter()
+        .filter(|s| s.name == "sql.query")
+        .find(|s| parent_of(s).is_some_and(|p| p.trace == s.trace && p.name == "sql.query"));
     assert!(federated.is_some(), "no sql.query continued from another site's sql.query: {names:?}");
-    println!("demo: {} alerts opened, {caught} motors with faults alerted, fleet.alerts {rows:?}; {} spans received", opened.len(), spans.len());
+    println!(
+        "demo: {} alerts opened, {caught} motors with faults alerted, fleet.alerts {rows:?}; {} spans received",
+        opened.len(),
+        spans.len()
+    );
 }
 
-fn tokio_stream_of(listener: tokio::net::TcpListener) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+fn tokio_stream_of(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     futures::stream::unfold(listener, |l| async move {
         let accepted = l.accept().await.map(|(s, _)| s);
         Some((accepted, l))

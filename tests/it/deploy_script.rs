@@ -21,6 +21,9 @@ fn the_local_cluster_script_runs_three_sites_answers_sql_and_stops_cleanly() {
         assert!(stdout.contains(&format!("local-cluster: {site} stopped cleanly")), "{stdout}\n{stderr}");
     }
     assert!(stdout.contains("local-cluster: done"), "{stdout}");
-    let left = Command::new("pgrep").args(["-f", "tansu broker --listener-url tcp://127.0.0.1:19092"]).output().expect("pgrep");
+    let left = Command::new("pgrep")
+        .args(["-f", "tansu broker --listener-url tcp://127.0.0.1:19092"])
+        .output()
+        .expect("pgrep");
     assert!(!left.status.success(), "the broker is still running");
 }

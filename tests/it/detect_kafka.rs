@@ -5,13 +5,13 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::Message as _;
+use tessera_core::now_ms;
 use tessera_core::{Channel, MotorId, Reading, SiteId};
 use tessera_node::detect::{Detect, DetectConfig, build_engine};
-use tessera_workload::producer::WireFormat;
-use tessera_core::now_ms;
 use tessera_stream::alerts::alert_id;
 use tessera_stream::{AlertEvent, AlertState};
 use tessera_suite::{header, payload, producer, read_topic};
+use tessera_workload::producer::WireFormat;
 
 use crate::{embedded_kafka, ingest_config, start_ingest};
 
@@ -41,8 +41,11 @@ fn alerts_and_late_readings_reach_their_topics() {
     // Baseline 1.0, 1.1, 0.9, 1.0; a step to 2.0 (z ≈ 12: open); 2.0 (z = 1.5: stays open);
     // 1.0 (z ≈ −0.8: closes); then a reading 8.5 s behind the newest (late), and one that moves
     // the watermark past every window.
-    let mut readings: Vec<Reading> =
-        [1.0, 1.1, 0.9, 1.0, 2.0, 2.0, 1.0, 1.0, 1.0].iter().enumerate().map(|(i, v)| reading(i, t0 + i as i64 * 1000, *v)).collect();
+    let mut readings: Vec<Reading> = [1.0, 1.1, 0.9, 1.0, 2.0, 2.0, 1.0, 1.0, 1.0]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| reading(i, t0 + i as i64 * 1000, *v))
+        .collect();
     readings.push(reading(9, t0 + 500, 50.0));
     readings.push(reading(10, t0 + 20_000, 1.0));
     let p = producer(&brokers, "telemetry", WireFormat::Protobuf).expect("producer");
@@ -68,7 +71,8 @@ fn alerts_and_late_readings_reach_their_topics() {
 
     let alerts = read_topic(&brokers, "alerts", 2, Duration::from_secs(20)).expect("alerts topic");
     assert_eq!(alerts.len(), 2, "exactly one open and one close");
-    let events: Vec<AlertEvent> = alerts.iter().map(|m| serde_json::from_slice(payload(m)).expect("alert JSON")).collect();
+    let events: Vec<AlertEvent> =
+        alerts.iter().map(|m| serde_json::from_slice(payload(m)).expect("alert JSON")).collect();
     assert_eq!(events[0].state, AlertState::Open);
     assert_eq!(events[0].window_start_ms, t0 + 4000);
     assert_eq!(events[1].state, AlertState::Close);
@@ -93,6 +97,10 @@ fn alerts_and_late_readings_reach_their_topics() {
     };
     assert_eq!(count("SELECT count(*) FROM late_events WHERE motor_id = 'M1'"), 1);
     assert_eq!(count("SELECT count(*) FROM alerts"), 2);
-    assert_eq!(count("SELECT count(*) FROM motor_windows WHERE query = 'vib'"), 9, "windows 0–8 closed; the newest is still open");
+    assert_eq!(
+        count("SELECT count(*) FROM motor_windows WHERE query = 'vib'"),
+        9,
+        "windows 0–8 closed; the newest is still open"
+    );
     drop(kafka);
 }

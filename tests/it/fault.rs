@@ -15,13 +15,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tessera_core::Reading;
+use tessera_node::checkpoints::read_site;
 use tessera_node::config::NodeConfig;
 use tessera_node::detect::{ENGINE_SECTION, build_engine};
 use tessera_node::node::Node;
-use tessera_node::checkpoints::read_site;
+use tessera_suite::{committed_and_end, payload, producer, read_topic};
 use tessera_workload::producer::WireFormat;
 use tessera_workload::simulate::{FleetSpec, Simulator};
-use tessera_suite::{committed_and_end, payload, producer, read_topic};
 
 use crate::support::TestNode;
 
@@ -73,7 +73,15 @@ fn readings_wanted() -> u64 {
 }
 
 fn fleet(readings: u64, start_ms: i64) -> Simulator {
-    Simulator::new(FleetSpec { motors: MOTORS, sites: 3, rate_hz: 10.0, steps: readings / MOTORS as u64, start_ms, fault_fraction: 0.1, seed: 41 })
+    Simulator::new(FleetSpec {
+        motors: MOTORS,
+        sites: 3,
+        rate_hz: 10.0,
+        steps: readings / MOTORS as u64,
+        start_ms,
+        fault_fraction: 0.1,
+        seed: 41,
+    })
 }
 
 /// A node process of the fault tests; does nothing unless started by one of them.
@@ -113,7 +121,10 @@ fn node_process() {
     let mut print_adopted = |node: &Node| {
         let adopted = node.detect_stats().adopted;
         for a in &adopted[printed..] {
-            println!("fault: restored {}/{} checkpoint {} ({} open windows)", a.partition.0, a.partition.1, a.id, a.open_windows);
+            println!(
+                "fault: restored {}/{} checkpoint {} ({} open windows)",
+                a.partition.0, a.partition.1, a.id, a.open_windows
+            );
         }
         printed = adopted.len();
     };
@@ -210,7 +221,10 @@ impl NodeProcess {
                 text
             })
         };
-        let output = vec![read(Box::new(child.stdout.take().expect("stdout"))), read(Box::new(child.stderr.take().expect("stderr")))];
+        let output = vec![
+            read(Box::new(child.stdout.take().expect("stdout"))),
+            read(Box::new(child.stderr.take().expect("stderr"))),
+        ];
         NodeProcess { child, stop_file, output }
     }
 
@@ -255,7 +269,12 @@ fn consumed(output: &str) -> u64 {
 
 /// A number a node printed as `<label> N ms`, the largest over `outputs`.
 fn longest_ms(outputs: &[String], label: &str) -> u64 {
-    outputs.iter().flat_map(|o| o.lines()).filter_map(|l| l.split(label).nth(1)?.split(' ').next()?.parse().ok()).max().unwrap_or(0)
+    outputs
+        .iter()
+        .flat_map(|o| o.lines())
+        .filter_map(|l| l.split(label).nth(1)?.split(' ').next()?.parse().ok())
+        .max()
+        .unwrap_or(0)
 }
 
 impl Drop for NodeProcess {
@@ -269,7 +288,11 @@ impl Drop for NodeProcess {
 
 /// (alert id, state, window start) of an alert event as JSON.
 fn alert_key(v: &serde_json::Value) -> (String, String, i64) {
-    (v["alert_id"].as_str().unwrap_or_default().to_string(), v["state"].as_str().unwrap_or_default().to_string(), v["window_start_ms"].as_i64().unwrap_or_default())
+    (
+        v["alert_id"].as_str().unwrap_or_default().to_string(),
+        v["state"].as_str().unwrap_or_default().to_string(),
+        v["window_start_ms"].as_i64().unwrap_or_default(),
+    )
 }
 
 /// The alert events on the `alerts` topic: how many, and how often each (alert id, state,
@@ -320,7 +343,11 @@ fn scenario(partitions: i32, group: &str, work: &Path) -> Scenario {
 fn scenario_on_tansu(partitions: i32, group: &str, work: &Path) -> Scenario {
     let broker = tessera_suite::TansuBroker::start().unwrap();
     let brokers = broker.bootstrap_servers();
-    tessera_node::topics::ensure_topics(&brokers, &[("telemetry", partitions), ("dead-letters", 1), ("alerts", 1), ("late", 1)]).unwrap();
+    tessera_node::topics::ensure_topics(
+        &brokers,
+        &[("telemetry", partitions), ("dead-letters", 1), ("alerts", 1), ("late", 1)],
+    )
+    .unwrap();
     // One reading per record batch: Tansu 0.6.0 answers a fetch at an offset inside a batch
     // with the next batch (the rest of the batch is skipped; Kafka returns the whole batch and
     // the client drops what precedes the offset), and reports the last batch's base offset + 1
@@ -328,11 +355,19 @@ fn scenario_on_tansu(partitions: i32, group: &str, work: &Path) -> Scenario {
     // lose readings to the broker (the node reports them as offsets skipped). See
     // docs/RELIABILITY.md.
     // Tansu takes some 700 such records a second: a fifth of the readings.
-    let settings = [("batch.num.messages", "1"), ("linger.ms", "0")].map(|(k, v)| (k.to_string(), v.to_string())).into();
+    let settings =
+        [("batch.num.messages", "1"), ("linger.ms", "0")].map(|(k, v)| (k.to_string(), v.to_string())).into();
     scenario_on(Broker::Process(broker), brokers, settings, readings_wanted() / 5, group, work)
 }
 
-fn scenario_on(kafka: Broker, brokers: String, producer_settings: BTreeMap<String, String>, wanted: u64, group: &str, work: &Path) -> Scenario {
+fn scenario_on(
+    kafka: Broker,
+    brokers: String,
+    producer_settings: BTreeMap<String, String>,
+    wanted: u64,
+    group: &str,
+    work: &Path,
+) -> Scenario {
     let mut config = node_config(&brokers, &work.join("state"));
     config.ingest.group_id = group.into();
     let start_ms = tessera_core::now_ms() - (wanted / MOTORS as u64) as i64 * 100;
@@ -362,10 +397,17 @@ fn publish_over(brokers: &str, steps: &[Vec<Reading>], over: Duration) -> std::t
 }
 
 /// [`publish_over`] with producer settings.
-fn publish_over_with(brokers: &str, steps: &[Vec<Reading>], over: Duration, settings: BTreeMap<String, String>) -> std::thread::JoinHandle<()> {
+fn publish_over_with(
+    brokers: &str,
+    steps: &[Vec<Reading>],
+    over: Duration,
+    settings: BTreeMap<String, String>,
+) -> std::thread::JoinHandle<()> {
     let (brokers, steps) = (brokers.to_string(), steps.to_vec());
     std::thread::spawn(move || {
-        let p = tessera_workload::producer::TelemetryProducer::new(&brokers, "telemetry", WireFormat::Protobuf, &settings).unwrap();
+        let p =
+            tessera_workload::producer::TelemetryProducer::new(&brokers, "telemetry", WireFormat::Protobuf, &settings)
+                .unwrap();
         let pieces = (over.as_millis() / 100).max(1) as usize;
         let started = Instant::now();
         for (i, piece) in steps.chunks(steps.len().div_ceil(pieces)).enumerate() {
@@ -419,7 +461,10 @@ fn partitions_off(brokers: &str, group: &str, dir: &Path) -> Vec<String> {
         let rows_in = tessera_stream::state_digest(loaded.checkpoint.section(ENGINE_SECTION).unwrap()).unwrap().rows_in;
         let next = loaded.checkpoint.offsets.iter().map(|o| o.next_offset).sum::<i64>();
         if rows_in != *end as u64 || next != *end {
-            off.push(format!("{}/{}: checkpoint {} holds {rows_in} readings, next offset {next}; the partition has {end}", tp.0, tp.1, loaded.checkpoint.id));
+            off.push(format!(
+                "{}/{}: checkpoint {} holds {rows_in} readings, next offset {next}; the partition has {end}",
+                tp.0, tp.1, loaded.checkpoint.id
+            ));
         }
     }
     off
@@ -427,11 +472,16 @@ fn partitions_off(brokers: &str, group: &str, dir: &Path) -> Vec<String> {
 
 /// Messages of `topic` the site's checkpoints cover (0 while none is readable).
 fn covered(dir: &Path, topic: &str) -> i64 {
-    read_site(dir).map_or(0, |site| site.iter().flat_map(|(_, l)| &l.checkpoint.offsets).filter(|o| o.topic == topic).map(|o| o.next_offset).sum())
+    read_site(dir).map_or(0, |site| {
+        site.iter().flat_map(|(_, l)| &l.checkpoint.offsets).filter(|o| o.topic == topic).map(|o| o.next_offset).sum()
+    })
 }
 
 /// The uninterrupted reference: the same readings straight into an engine, motor order kept.
-fn reference(config: &NodeConfig, steps: &[Vec<Reading>]) -> (tessera_stream::StateDigest, BTreeMap<(String, String, i64), usize>) {
+fn reference(
+    config: &NodeConfig,
+    steps: &[Vec<Reading>],
+) -> (tessera_stream::StateDigest, BTreeMap<(String, String, i64), usize>) {
     let mut engine = build_engine(&config.detect).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let mut alerts = BTreeMap::new();
@@ -456,7 +506,16 @@ fn killed_nodes_lose_nothing_and_raise_the_same_alerts() {
     // 12 partitions: the mock cluster keeps only 5 MB of a partition's log, a few seconds at the
     // full size's rate over 3 partitions, less than a restart takes.
     let work = tempfile::tempdir().unwrap();
-    let Scenario { kafka: broker, brokers, producer_settings: _, config, steps, total, expected_digest, expected_alerts } = scenario(12, "fault-nodes", work.path());
+    let Scenario {
+        kafka: broker,
+        brokers,
+        producer_settings: _,
+        config,
+        steps,
+        total,
+        expected_digest,
+        expected_alerts,
+    } = scenario(12, "fault-nodes", work.path());
     assert!(expected_alerts.len() >= 5, "the reference raises alerts: {expected_alerts:?}");
     assert_eq!(expected_digest.rows_in, total);
 
@@ -465,7 +524,12 @@ fn killed_nodes_lose_nothing_and_raise_the_same_alerts() {
     // with new data after it got its partitions (a node gets them once the group has given up
     // on the killed one). The input outlasts the kills; flowing rather than published up
     // front, it never outgrows what the mock cluster keeps of a partition.
-    let kills = ["detect-after-checkpoint-write:2", "ingest-after-commit:1", "detect-after-checkpoint-write:1", "ingest-after-commit:1"];
+    let kills = [
+        "detect-after-checkpoint-write:2",
+        "ingest-after-commit:1",
+        "detect-after-checkpoint-write:1",
+        "ingest-after-commit:1",
+    ];
     let started = Instant::now();
     let publisher = publish_over(&brokers, &steps, flow_duration());
     for (n, kill_at) in kills.iter().enumerate() {
@@ -488,7 +552,9 @@ fn killed_nodes_lose_nothing_and_raise_the_same_alerts() {
         }
         if Instant::now() > deadline {
             let (status, out) = last.stop(Duration::from_secs(120));
-            panic!("the checkpoint covers {covered} of {total} messages after 300 s; the node ended with {status}:\n{out}");
+            panic!(
+                "the checkpoint covers {covered} of {total} messages after 300 s; the node ended with {status}:\n{out}"
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -525,7 +591,11 @@ fn killed_nodes_lose_nothing_and_raise_the_same_alerts() {
     );
     assert_eq!((lost, counted_twice), (0, 0));
     assert_eq!(digest, expected_digest, "the final state equals the uninterrupted run's");
-    assert_eq!(got.keys().collect::<Vec<_>>(), expected_alerts.keys().collect::<Vec<_>>(), "the alerts are the uninterrupted run's");
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expected_alerts.keys().collect::<Vec<_>>(),
+        "the alerts are the uninterrupted run's"
+    );
     drop(broker);
 }
 
@@ -605,9 +675,18 @@ fn a_full_disk_stops_the_node_cleanly_and_a_restart_resumes() {
             p.flush(Duration::from_secs(30)).unwrap();
         }
         if let Ok(Some(status)) = namespace.try_wait() {
-            panic!("the namespace script ended early ({status}); node 1:\n{}\nnode 2:\n{}", read("node1.log"), read("node2.log"));
+            panic!(
+                "the namespace script ended early ({status}); node 1:\n{}\nnode 2:\n{}",
+                read("node1.log"),
+                read("node2.log")
+            );
         }
-        assert!(Instant::now() < deadline, "node 2 did not restore within 240 s; node 1:\n{}\nnode 2:\n{}", read("node1.log"), read("node2.log"));
+        assert!(
+            Instant::now() < deadline,
+            "node 2 did not restore within 240 s; node 1:\n{}\nnode 2:\n{}",
+            read("node1.log"),
+            read("node2.log")
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::fs::write(work.path().join("stop-2"), b"stop").unwrap();
@@ -617,12 +696,21 @@ fn a_full_disk_stops_the_node_cleanly_and_a_restart_resumes() {
 
     assert_eq!(read("node1.status").trim(), "3", "node 1 stops with an error:\n{node1}");
     let error = node1.lines().find(|l| l.starts_with("node error:")).unwrap_or_default();
-    assert!(error.contains("checkpoint") && error.contains("No space left on device") && error.contains(".tmp-checkpoint-"), "a clear error naming the file and the cause: {node1}");
+    assert!(
+        error.contains("checkpoint") && error.contains("No space left on device") && error.contains(".tmp-checkpoint-"),
+        "a clear error naming the file and the cause: {node1}"
+    );
     let (written, restored) = (ids(&node1, "fault: newest "), ids(&node2, "fault: restored "));
     assert_eq!(read("node2.status").trim(), "0", "node 2 stops cleanly:\n{node2}");
-    println!("fault: disk full: node 1 wrote checkpoints {written:?}, then stopped with \"{}\"; node 2 restored {restored:?}", error.trim());
+    println!(
+        "fault: disk full: node 1 wrote checkpoints {written:?}, then stopped with \"{}\"; node 2 restored {restored:?}",
+        error.trim()
+    );
     assert!(!written.is_empty());
-    assert_eq!(restored, written, "the restart reaches, per partition, the last checkpoint written before the disk filled");
+    assert_eq!(
+        restored, written,
+        "the restart reaches, per partition, the last checkpoint written before the disk filled"
+    );
 }
 
 /// Event-time chaos: one motor's clock runs 10 minutes fast, another's jumps 10 minutes back
@@ -646,7 +734,8 @@ fn event_time_chaos_is_quarantined_and_clean_motors_are_unaffected() {
         seed: 9,
     });
     let clean: Vec<Vec<Reading>> = std::iter::from_fn(|| sim.next_step()).collect();
-    let rename = |r: &Reading, id: &str| Reading { motor_id: tessera_core::MotorId::new(id.to_string()).unwrap(), ..r.clone() };
+    let rename =
+        |r: &Reading, id: &str| Reading { motor_id: tessera_core::MotorId::new(id.to_string()).unwrap(), ..r.clone() };
     let (mut fast, mut jumpy, mut bad) = (0u64, 0u64, 0u64);
     let mut chaotic: Vec<Vec<Reading>> = Vec::new();
     for (i, step) in clean.iter().enumerate() {
@@ -687,7 +776,9 @@ fn event_time_chaos_is_quarantined_and_clean_motors_are_unaffected() {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let windows = |engine: &tessera_stream::StreamEngine| {
         let sql = "SELECT query, motor_id, window_start, score, features FROM motor_windows WHERE motor_id LIKE 'M%' ORDER BY 1, 2, 3";
-        datafusion::arrow::util::pretty::pretty_format_batches(&rt.block_on(engine.sql(sql)).unwrap()).unwrap().to_string()
+        datafusion::arrow::util::pretty::pretty_format_batches(&rt.block_on(engine.sql(sql)).unwrap())
+            .unwrap()
+            .to_string()
     };
     let mut reference = build_engine(&config.detect).unwrap();
     for chunk in clean.chunks(20) {
@@ -714,7 +805,8 @@ fn event_time_chaos_is_quarantined_and_clean_motors_are_unaffected() {
 
 /// Late readings the first stage reported.
 fn late_count(engine: &tessera_stream::StreamEngine, rt: &tokio::runtime::Runtime) -> u64 {
-    let batches = rt.block_on(engine.sql("SELECT count(*) AS n FROM late_events WHERE late_for LIKE 'tumble%'")).unwrap();
+    let batches =
+        rt.block_on(engine.sql("SELECT count(*) AS n FROM late_events WHERE late_for LIKE 'tumble%'")).unwrap();
     batches[0].column(0).as_any().downcast_ref::<arrow_array::Int64Array>().map_or(0, |a| a.value(0)) as u64
 }
 
@@ -729,7 +821,15 @@ fn a_poison_message_is_dead_lettered_and_the_partition_moves_on() {
     let state = work.path().join("state");
     let mut config = node_config(&brokers, &state);
     config.ingest.group_id = "poison".into();
-    let mut sim = Simulator::new(FleetSpec { motors: 20, sites: 1, rate_hz: 10.0, steps: 200, start_ms: tessera_core::now_ms() - 20_000, fault_fraction: 0.0, seed: 5 });
+    let mut sim = Simulator::new(FleetSpec {
+        motors: 20,
+        sites: 1,
+        rate_hz: 10.0,
+        steps: 200,
+        start_ms: tessera_core::now_ms() - 20_000,
+        fault_fraction: 0.0,
+        seed: 5,
+    });
     let steps: Vec<Vec<Reading>> = std::iter::from_fn(|| sim.next_step()).collect();
     let p = producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap();
     let (before, after) = steps.split_at(100);
@@ -754,7 +854,10 @@ fn a_poison_message_is_dead_lettered_and_the_partition_moves_on() {
     let reason = tessera_suite::header(&dead[0], tessera_ingest::dead_letter_headers::REASON);
     let detail = tessera_suite::header(&dead[0], tessera_ingest::dead_letter_headers::DETAIL).unwrap_or_default();
     let digest = site_state(&config).digest;
-    println!("fault: poison: 1 message panicked the decoder -> dead letter ({reason:?}: {detail}); node kept running; {} of {readings} readings in the state", digest.rows_in);
+    println!(
+        "fault: poison: 1 message panicked the decoder -> dead letter ({reason:?}: {detail}); node kept running; {} of {readings} readings in the state",
+        digest.rows_in
+    );
     assert_eq!((dead.len(), reason.as_deref()), (1, Some("poison")));
     assert!(detail.contains("injected poison"), "{detail}");
     assert_eq!(payload(&dead[0]), &json[..], "the dead letter keeps the original bytes");
@@ -769,7 +872,16 @@ fn a_poison_message_is_dead_lettered_and_the_partition_moves_on() {
 fn three_nodes_with_one_killed_every_10_s_lose_nothing() {
     let _one_at_a_time = node_processes();
     let work = tempfile::tempdir().unwrap();
-    let Scenario { kafka: _kafka, brokers, producer_settings: _, config, steps, total, expected_digest, expected_alerts } = scenario(6, "three-nodes", work.path());
+    let Scenario {
+        kafka: _kafka,
+        brokers,
+        producer_settings: _,
+        config,
+        steps,
+        total,
+        expected_digest,
+        expected_alerts,
+    } = scenario(6, "three-nodes", work.path());
 
     let started = Instant::now();
     let mut started_nodes = 0;
@@ -797,7 +909,11 @@ fn three_nodes_with_one_killed_every_10_s_lose_nothing() {
     while (covered(&store_dir, "telemetry") as u64) < total {
         if Instant::now() > deadline {
             let outs: Vec<String> = nodes.into_iter().flatten().map(|n| n.stop(Duration::from_secs(120)).1).collect();
-            panic!("the checkpoints cover {} of {total} messages after 300 s:\n{}", covered(&store_dir, "telemetry"), outs.join("\n---\n"));
+            panic!(
+                "the checkpoints cover {} of {total} messages after 300 s:\n{}",
+                covered(&store_dir, "telemetry"),
+                outs.join("\n---\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -822,10 +938,18 @@ fn three_nodes_with_one_killed_every_10_s_lose_nothing() {
         expected_alerts.len(),
     );
     assert!(kills >= 2, "the readings flowed long enough for two kills");
-    assert_eq!(partitions_off(&brokers, "three-nodes", &store_dir), Vec::<String>::new(), "each partition's checkpoint holds exactly its messages");
+    assert_eq!(
+        partitions_off(&brokers, "three-nodes", &store_dir),
+        Vec::<String>::new(),
+        "each partition's checkpoint holds exactly its messages"
+    );
     assert_eq!((lost, counted_twice), (0, 0));
     assert_eq!(site.digest, expected_digest, "the final state equals the uninterrupted run's");
-    assert_eq!(got.keys().collect::<Vec<_>>(), expected_alerts.keys().collect::<Vec<_>>(), "the alerts are the uninterrupted run's");
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expected_alerts.keys().collect::<Vec<_>>(),
+        "the alerts are the uninterrupted run's"
+    );
 }
 
 /// Two nodes run throughout; a third joins, and leaves gracefully, every 5 s while readings
@@ -849,7 +973,8 @@ fn a_node_joining_or_leaving_every_5_s_against_a_broker_process_loses_nothing() 
 }
 
 fn join_and_leave(scenario: Scenario, work: &Path, broker: &str) {
-    let Scenario { kafka: _kafka, brokers, producer_settings, config, steps, total, expected_digest, expected_alerts } = scenario;
+    let Scenario { kafka: _kafka, brokers, producer_settings, config, steps, total, expected_digest, expected_alerts } =
+        scenario;
 
     let started = Instant::now();
     let mut started_nodes = 0;
@@ -881,7 +1006,11 @@ fn join_and_leave(scenario: Scenario, work: &Path, broker: &str) {
     let store_dir = work.join("state");
     let deadline = Instant::now() + Duration::from_secs(300);
     while (covered(&store_dir, "telemetry") as u64) < total {
-        assert!(Instant::now() < deadline, "the checkpoints cover {} of {total} messages after 300 s", covered(&store_dir, "telemetry"));
+        assert!(
+            Instant::now() < deadline,
+            "the checkpoints cover {} of {total} messages after 300 s",
+            covered(&store_dir, "telemetry")
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     for node in steady.into_iter().chain(third) {
@@ -914,7 +1043,9 @@ fn join_and_leave(scenario: Scenario, work: &Path, broker: &str) {
             .sum()
     };
     let (skipped, delivered_again) = (total_of(" offsets skipped"), total_of(" delivered again and dropped"));
-    println!("fault: join/leave ({broker}): {skipped} offsets skipped, {delivered_again} messages delivered again and dropped");
+    println!(
+        "fault: join/leave ({broker}): {skipped} offsets skipped, {delivered_again} messages delivered again and dropped"
+    );
     assert_eq!(skipped, 0, "no node found offsets missing in what the broker delivered");
     let off = partitions_off(&brokers, "join-leave", &store_dir);
     // To look into a failure: TESSERA_FAULT_DUMP=<dir> keeps every node's output there.
@@ -927,13 +1058,23 @@ fn join_and_leave(scenario: Scenario, work: &Path, broker: &str) {
     assert!(changes >= 2, "the readings flowed long enough for a join and a leave");
     assert_eq!((lost, counted_twice), (0, 0));
     assert_eq!(site.digest, expected_digest, "the final state equals the uninterrupted run's");
-    assert_eq!(got.keys().collect::<Vec<_>>(), expected_alerts.keys().collect::<Vec<_>>(), "the alerts are the uninterrupted run's");
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expected_alerts.keys().collect::<Vec<_>>(),
+        "the alerts are the uninterrupted run's"
+    );
 }
 
 /// Resident memory of a process, current and peak (`VmRSS`, `VmHWM`), in bytes.
 fn memory_of(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()).unwrap_or(0) * 1024;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
     (field("VmRSS:"), field("VmHWM:"))
 }
 
@@ -965,8 +1106,17 @@ fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
     let store_dir = work.path().join("state");
     let backlog: u64 = 200_000;
     let start_ms = tessera_core::now_ms() - 3_600_000;
-    let mut sim = Simulator::new(FleetSpec { motors: MOTORS, sites: 3, rate_hz: 10.0, steps: u64::MAX / 2, start_ms, fault_fraction: 0.1, seed: 7 });
-    let mut take = |readings: u64| -> Vec<Vec<Reading>> { (0..readings / MOTORS as u64).map_while(|_| sim.next_step()).collect() };
+    let mut sim = Simulator::new(FleetSpec {
+        motors: MOTORS,
+        sites: 3,
+        rate_hz: 10.0,
+        steps: u64::MAX / 2,
+        start_ms,
+        fault_fraction: 0.1,
+        seed: 7,
+    });
+    let mut take =
+        |readings: u64| -> Vec<Vec<Reading>> { (0..readings / MOTORS as u64).map_while(|_| sim.next_step()).collect() };
 
     // 1. Capacity: a fresh node reads a backlog as fast as it can.
     let p = producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap();
@@ -1021,7 +1171,9 @@ fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
         if Instant::now() > deadline {
             let covered = covered(&store_dir, "telemetry");
             let (_, out) = node.stop(Duration::from_secs(120));
-            panic!("the lag did not drain in 300 s: checkpoints cover {covered} of {total} readings; the node printed:\n{out}");
+            panic!(
+                "the lag did not drain in 300 s: checkpoints cover {covered} of {total} readings; the node printed:\n{out}"
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -1030,8 +1182,13 @@ fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
     let (status, out) = node.stop(Duration::from_secs(120));
     assert!(status.success(), "{status}\n{out}");
     // "N <label>" in the node's last line.
-    let stat = |label: &str| out.lines().find_map(|l| l.split(label).next()?.rsplit(' ').next()?.parse::<u64>().ok().filter(|_| l.contains(label))).unwrap_or(u64::MAX);
-    let (rebalances, pauses, errors, skipped) = (stat(" rebalances"), stat(" memory pauses"), stat(" consumer errors"), stat(" offsets skipped"));
+    let stat = |label: &str| {
+        out.lines()
+            .find_map(|l| l.split(label).next()?.rsplit(' ').next()?.parse::<u64>().ok().filter(|_| l.contains(label)))
+            .unwrap_or(u64::MAX)
+    };
+    let (rebalances, pauses, errors, skipped) =
+        (stat(" rebalances"), stat(" memory pauses"), stat(" consumer errors"), stat(" offsets skipped"));
     println!(
         "fault: overload: capacity {capacity:.0} readings/s (debug build, measured on a {backlog}-reading backlog); then {sent} readings in {produced_for:.1?} \
          ({:.0}/s, {:.1}x capacity); lag at the end of it {lag_at_end}, drained {drained_in:.1?} later; peak RSS {} MiB sampled ({} MiB high-water) \
@@ -1066,7 +1223,15 @@ fn a_query_that_panics_on_one_motor_is_isolated_and_the_node_goes_on() {
     let mut config = node_config(&brokers, &state);
     config.ingest.group_id = "query-poison".into();
     config.detect.dead_letter_topic = "detect-dead-letters".into();
-    let mut sim = Simulator::new(FleetSpec { motors: 20, sites: 1, rate_hz: 10.0, steps: 300, start_ms: tessera_core::now_ms() - 30_000, fault_fraction: 0.0, seed: 5 });
+    let mut sim = Simulator::new(FleetSpec {
+        motors: 20,
+        sites: 1,
+        rate_hz: 10.0,
+        steps: 300,
+        start_ms: tessera_core::now_ms() - 30_000,
+        fault_fraction: 0.0,
+        seed: 5,
+    });
     let steps: Vec<Vec<Reading>> = std::iter::from_fn(|| sim.next_step()).collect();
     let p = producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap();
     steps.iter().for_each(|s| p.send_readings(s).unwrap());
@@ -1087,13 +1252,23 @@ fn a_query_that_panics_on_one_motor_is_isolated_and_the_node_goes_on() {
     let dead = read_topic(&brokers, "detect-dead-letters", end, Duration::from_secs(30)).unwrap();
     let mut windows = 0;
     for m in &dead {
-        assert_eq!(tessera_suite::header(m, tessera_ingest::dead_letter_headers::REASON).as_deref(), Some("query_failed"));
+        assert_eq!(
+            tessera_suite::header(m, tessera_ingest::dead_letter_headers::REASON).as_deref(),
+            Some("query_failed")
+        );
         let detail = tessera_suite::header(m, tessera_ingest::dead_letter_headers::DETAIL).unwrap_or_default();
         assert!(detail.contains("injected poison (motor M0007)"), "{detail}");
-        let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(payload(m)), None).unwrap();
+        let reader =
+            datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(payload(m)), None).unwrap();
         for batch in reader {
             let batch = batch.unwrap();
-            let ids = batch.column_by_name("motor_id").unwrap().as_any().downcast_ref::<arrow_array::StringArray>().unwrap().clone();
+            let ids = batch
+                .column_by_name("motor_id")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .unwrap()
+                .clone();
             assert!(ids.iter().all(|id| id == Some("M0007")), "only the poison motor's windows are parked");
             windows += batch.num_rows();
         }

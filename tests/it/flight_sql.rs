@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
-use tessera_core::{Channel, MotorId, Reading, SiteId};
-use tessera_workload::producer::WireFormat;
-use tessera_core::now_ms;
 use tessera_cli::commands::sql::SqlArgs;
+use tessera_core::now_ms;
+use tessera_core::{Channel, MotorId, Reading, SiteId};
 use tessera_sql::{Role, TokenConfig};
 use tessera_tls::TlsFiles;
 use tessera_tls::pki::{self, Subject};
+use tessera_workload::producer::WireFormat;
 use tonic::Code;
 
 use crate::support::TestNode;
@@ -77,7 +77,10 @@ fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
             user("opa", Role::SiteOperator, Some("site-a")),
             user("opb", Role::SiteOperator, Some("site-b")),
         ])
-        .with(|c| c.sql.tokens = vec![TokenConfig { sha256: tessera_sql::auth::hash_token("dashboard-token"), user: "ana".into() }])
+        .with(|c| {
+            c.sql.tokens =
+                vec![TokenConfig { sha256: tessera_sql::auth::hash_token("dashboard-token"), user: "ana".into() }]
+        })
         .start();
     let addr = node.sql_addr().expect("the endpoint runs").to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -91,35 +94,72 @@ fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
     // arrow-rs's client: the reference answers, and every refusal with its code.
     let (per_query, m1_windows, alerts) = rt.block_on(async {
         let mut root = login(&addr, "root").await;
-        let per_query = rows(&run(&mut root, "SELECT query, count(*) AS n FROM motor_windows GROUP BY query ORDER BY query").await.expect("windows"));
+        let per_query = rows(
+            &run(&mut root, "SELECT query, count(*) AS n FROM motor_windows GROUP BY query ORDER BY query")
+                .await
+                .expect("windows"),
+        );
         let m1 = int(&run(&mut root, "SELECT count(*) FROM motor_windows WHERE motor_id = 'M1'").await.expect("m1"));
         let alerts = int(&run(&mut root, "SELECT count(*) FROM alerts").await.expect("alerts"));
         assert!(alerts >= 1, "M1's step raised an alert");
-        assert_eq!(int(&run(&mut root, "SELECT count(*) FROM telemetry").await.expect("raw")), sent.len() as i64, "raw readings, all kept");
+        assert_eq!(
+            int(&run(&mut root, "SELECT count(*) FROM telemetry").await.expect("raw")),
+            sent.len() as i64,
+            "raw readings, all kept"
+        );
 
         let mut opa = login(&addr, "opa").await;
-        assert_eq!(int(&run(&mut opa, "SELECT count(*) FROM telemetry WHERE motor_id = 'M1'").await.expect("own site's raw data")), 40);
+        assert_eq!(
+            int(&run(&mut opa, "SELECT count(*) FROM telemetry WHERE motor_id = 'M1'")
+                .await
+                .expect("own site's raw data")),
+            40
+        );
         let mut opb = login(&addr, "opb").await;
         let denied = run(&mut opb, "SELECT * FROM telemetry").await.expect_err("another site's raw data");
         assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
         let mut ana = login(&addr, "ana").await;
-        let denied = run(&mut ana, "SELECT motor_id, (SELECT vibration_x_rms FROM telemetry LIMIT 1) AS v FROM motor_windows").await.expect_err("raw core data in a subquery");
+        let denied =
+            run(&mut ana, "SELECT motor_id, (SELECT vibration_x_rms FROM telemetry LIMIT 1) AS v FROM motor_windows")
+                .await
+                .expect_err("raw core data in a subquery");
         assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
-        assert!(denied.message().contains("ana (fleet-analyst) may not read raw core columns of site site-a"), "{denied:?}");
+        assert!(
+            denied.message().contains("ana (fleet-analyst) may not read raw core columns of site site-a"),
+            "{denied:?}"
+        );
         // Grades decide, not tables: raw general columns and aggregates of any grade are open
         // to analysts; a raw important column is not. Results carry their grades.
-        let general = run(&mut ana, "SELECT motor_id, count(*) AS n FROM telemetry GROUP BY motor_id").await.expect("general columns, aggregated");
+        let general = run(&mut ana, "SELECT motor_id, count(*) AS n FROM telemetry GROUP BY motor_id")
+            .await
+            .expect("general columns, aggregated");
         assert_eq!(general[0].schema().metadata()["tessera.grade"], "general");
-        let summary = run(&mut ana, "SELECT motor_id, max(vibration_x_rms) AS v FROM telemetry GROUP BY motor_id").await.expect("an aggregate of a core column");
-        assert_eq!(summary[0].schema().metadata()["tessera.grade"], "core", "a result inherits the highest grade of its inputs");
+        let summary = run(&mut ana, "SELECT motor_id, max(vibration_x_rms) AS v FROM telemetry GROUP BY motor_id")
+            .await
+            .expect("an aggregate of a core column");
+        assert_eq!(
+            summary[0].schema().metadata()["tessera.grade"],
+            "core",
+            "a result inherits the highest grade of its inputs"
+        );
         assert_eq!(summary[0].schema().field(0).metadata()["tessera.grade"], "general");
-        let denied = run(&mut ana, "SELECT motor_id, current_a FROM telemetry").await.expect_err("a raw important column");
+        let denied =
+            run(&mut ana, "SELECT motor_id, current_a FROM telemetry").await.expect_err("a raw important column");
         assert!(denied.message().contains("may not read raw important columns"), "{denied:?}");
-        assert_eq!(rows(&run(&mut ana, "SELECT query, count(*) FROM motor_windows GROUP BY query").await.expect("derived data")), per_query);
+        assert_eq!(
+            rows(
+                &run(&mut ana, "SELECT query, count(*) FROM motor_windows GROUP BY query").await.expect("derived data")
+            ),
+            per_query
+        );
         let denied = run(&mut ana, "SELECT * FROM query_audit").await.expect_err("audit is for admins");
         assert_eq!(denied.code(), Code::PermissionDenied);
         for (sql, code, says) in [
-            ("SELECT count(*) FROM no_such_table", Code::InvalidArgument, "table 'tessera.public.no_such_table' not found"),
+            (
+                "SELECT count(*) FROM no_such_table",
+                Code::InvalidArgument,
+                "table 'tessera.public.no_such_table' not found",
+            ),
             ("SELEC 1", Code::InvalidArgument, "Expected"),
             ("SELECT 1; SELECT 2", Code::InvalidArgument, "single SQL statement"),
             ("CREATE TABLE t AS SELECT 1", Code::PermissionDenied, "only queries are allowed"),
@@ -142,7 +182,9 @@ fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
         assert!(err.contains("Unauthenticated") || err.contains("unknown user or wrong password"), "{err}");
 
         // Every refusal is in the audit table, with who and why.
-        let audit = run(&mut root, "SELECT user, sql, refused FROM query_audit WHERE refused IS NOT NULL ORDER BY at").await.expect("audit");
+        let audit = run(&mut root, "SELECT user, sql, refused FROM query_audit WHERE refused IS NOT NULL ORDER BY at")
+            .await
+            .expect("audit");
         let text = datafusion::arrow::util::pretty::pretty_format_batches(&audit).expect("text").to_string();
         assert!(text.contains("opb") && text.contains("may not read raw core columns"), "{text}");
         assert!(text.contains("CREATE TABLE t AS SELECT 1"), "{text}");
@@ -151,19 +193,28 @@ fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
     assert_eq!(per_query.iter().map(|(q, _)| q.as_str()).collect::<Vec<_>>(), ["vib"]);
 
     // ADBC and pyarrow.flight see the same, through the wire protocol alone.
-    let python = std::env::var("TESSERA_PYTHON").unwrap_or_else(|_| format!("{}/.cache/tessera/venv/bin/python", std::env::var("HOME").unwrap_or_default()));
+    let python = std::env::var("TESSERA_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.cache/tessera/venv/bin/python", std::env::var("HOME").unwrap_or_default()));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/flight_sql_adbc.py");
     let out = std::process::Command::new(&python)
         .args([script, addr.as_str(), "ana", PASSWORD])
         .output()
-        .unwrap_or_else(|e| panic!("{python}: {e} (scripts/setup.sh --with-broker makes the venv; TESSERA_PYTHON names its python)"));
+        .unwrap_or_else(|e| {
+            panic!("{python}: {e} (scripts/setup.sh --with-broker makes the venv; TESSERA_PYTHON names its python)")
+        });
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
     let got: serde_json::Value = serde_json::from_str(&stdout).expect("the script's JSON");
-    println!("flight sql: arrow-rs windows per query {per_query:?}, M1 windows {m1_windows}, alerts {alerts}; python clients: {got}");
+    println!(
+        "flight sql: arrow-rs windows per query {per_query:?}, M1 windows {m1_windows}, alerts {alerts}; python clients: {got}"
+    );
     let adbc = &got["adbc"];
-    let adbc_rows: Vec<(String, i64)> =
-        adbc["windows_per_query"].as_array().expect("rows").iter().map(|r| (r[0].as_str().expect("name").to_string(), r[1].as_i64().expect("n"))).collect();
+    let adbc_rows: Vec<(String, i64)> = adbc["windows_per_query"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| (r[0].as_str().expect("name").to_string(), r[1].as_i64().expect("n")))
+        .collect();
     assert_eq!(adbc_rows, per_query, "{got}");
     assert_eq!(adbc["windows_of_m1"].as_i64(), Some(m1_windows), "{got}");
     assert_eq!(adbc["queries"], serde_json::json!(["vib"]), "{got}");
@@ -177,16 +228,32 @@ fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
 
     // The example script of examples/ works as its docs say.
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/query_fleet.py");
-    let out = std::process::Command::new(&python).args([example, "--at", addr.as_str(), "--user", "ana", "--password", PASSWORD]).output().expect("example");
+    let out = std::process::Command::new(&python)
+        .args([example, "--at", addr.as_str(), "--user", "ana", "--password", PASSWORD])
+        .output()
+        .expect("example");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}\n{text}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("tessera.public: alerts") && text.contains("windows in the last hour (motor_windows)"), "{text}");
+    assert!(
+        text.contains("tessera.public: alerts") && text.contains("windows in the last hour (motor_windows)"),
+        "{text}"
+    );
 
     // The CLI prints a table.
-    let args = SqlArgs { query: "SELECT name FROM continuous_queries".into(), at: addr.clone(), user: Some("ana".into()), password: Some(PASSWORD.into()), token: None, timeout: Duration::from_secs(10), tls: Default::default() };
+    let args = SqlArgs {
+        query: "SELECT name FROM continuous_queries".into(),
+        at: addr.clone(),
+        user: Some("ana".into()),
+        password: Some(PASSWORD.into()),
+        token: None,
+        timeout: Duration::from_secs(10),
+        tls: Default::default(),
+    };
     let table = tessera_cli::commands::sql::query_table(&args).expect("tessera sql");
     assert!(table.contains("| vib "), "{table}");
-    let err = tessera_cli::commands::sql::query_table(&SqlArgs { query: "SELECT * FROM telemetry".into(), ..args }).expect_err("denied").to_string();
+    let err = tessera_cli::commands::sql::query_table(&SqlArgs { query: "SELECT * FROM telemetry".into(), ..args })
+        .expect_err("denied")
+        .to_string();
     assert!(err.contains("may not read raw core columns"), "{err}");
     node.stop().expect("the node stops");
 }
@@ -238,11 +305,23 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
             .filter(|(s, _)| *s != site)
             .map(|(s, port)| tessera_sql::Peer { site: s.to_string(), addr: format!("127.0.0.1:{port}") })
             .collect();
-        let cert = pki::issue(&ca, &Subject::Node { id: i as u64 + 1, site: site.to_string(), hosts: vec!["127.0.0.1".into()] }, year).expect("cert");
-        let tls = TlsFiles { ca: ca_file.clone(), cert: write(&format!("{site}.crt"), &cert.cert_pem), key: write(&format!("{site}.key"), &cert.key_pem) };
+        let cert = pki::issue(
+            &ca,
+            &Subject::Node { id: i as u64 + 1, site: site.to_string(), hosts: vec!["127.0.0.1".into()] },
+            year,
+        )
+        .expect("cert");
+        let tls = TlsFiles {
+            ca: ca_file.clone(),
+            cert: write(&format!("{site}.crt"), &cert.cert_pem),
+            key: write(&format!("{site}.key"), &cert.key_pem),
+        };
         let node = TestNode::new(site, &brokers, site, &topic)
             .queries([QUERY])
-            .sql_at(&format!("127.0.0.1:{}", ports[i]), vec![user("root", Role::Admin, None), user("ana", Role::FleetAnalyst, None)])
+            .sql_at(
+                &format!("127.0.0.1:{}", ports[i]),
+                vec![user("root", Role::Admin, None), user("ana", Role::FleetAnalyst, None)],
+            )
             .peers(peers, FEDERATION_TOKEN)
             .tls(tls);
         nodes.push(node.start());

@@ -61,7 +61,11 @@ fn describe_step(out: &StepOutput, transcript: &mut String) {
 }
 
 async fn run_script(script: &str) -> String {
-    let mut config = StreamConfig { watermark: WatermarkPolicy { allowed_lateness_ms: 0, idle_timeout_ms: 60_000 }, table_rows: 100_000, telemetry_rows: 0 };
+    let mut config = StreamConfig {
+        watermark: WatermarkPolicy { allowed_lateness_ms: 0, idle_timeout_ms: 60_000 },
+        table_rows: 100_000,
+        telemetry_rows: 0,
+    };
     let mut engine: Option<StreamEngine> = None;
     let scratch = SessionContext::new();
     let mut transcript = String::new();
@@ -71,7 +75,11 @@ async fn run_script(script: &str) -> String {
         let upper = stmt.to_uppercase();
         let number_after = |kw: &str| -> i64 {
             let rest = &stmt[upper.find(kw).expect("keyword") + kw.len()..];
-            rest.split(|c: char| !c.is_ascii_digit() && c != '-').find(|s| !s.is_empty()).expect("a number").parse().expect("a number")
+            rest.split(|c: char| !c.is_ascii_digit() && c != '-')
+                .find(|s| !s.is_empty())
+                .expect("a number")
+                .parse()
+                .expect("a number")
         };
         if upper.starts_with("SET ") {
             assert!(engine.is_none(), "SET must come before the first query");
@@ -88,7 +96,13 @@ async fn run_script(script: &str) -> String {
         let engine = engine.get_or_insert_with(|| StreamEngine::new(config));
         if upper.starts_with("CREATE CONTINUOUS QUERY") {
             match engine.register(&stmt).await {
-                Ok(def) => writeln!(transcript, "  registered {} on {}", def.name, tessera_stream::engine::describe(&def.window)).unwrap(),
+                Ok(def) => writeln!(
+                    transcript,
+                    "  registered {} on {}",
+                    def.name,
+                    tessera_stream::engine::describe(&def.window)
+                )
+                .unwrap(),
                 Err(e) => writeln!(transcript, "  error: {e}").unwrap(),
             }
         } else if upper.starts_with("PUSH AT") {

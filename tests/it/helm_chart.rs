@@ -20,20 +20,31 @@ fn tool(name: &str, installed: PathBuf) -> PathBuf {
 }
 
 fn helm() -> PathBuf {
-    let tools = std::env::var("TESSERA_TOOLS").map(PathBuf::from).unwrap_or_else(|_| Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/tessera/tools"));
+    let tools = std::env::var("TESSERA_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/tessera/tools"));
     tool("helm", tools.join("bin/helm"))
 }
 
 fn kubernetes_validate() -> PathBuf {
-    let python = std::env::var("TESSERA_PYTHON").unwrap_or_else(|_| format!("{}/.cache/tessera/venv/bin/python", std::env::var("HOME").unwrap_or_default()));
+    let python = std::env::var("TESSERA_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.cache/tessera/venv/bin/python", std::env::var("HOME").unwrap_or_default()));
     tool("kubernetes-validate", Path::new(&python).with_file_name("kubernetes-validate"))
 }
 
 /// Runs a tool; its stdout, or a panic with everything it said.
 fn run(program: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{}: {e} (scripts/setup.sh --with-broker installs it)", program.display()));
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
-    if out.status.success() { Ok(stdout) } else { Err(format!("{} {args:?} failed ({}):\n{stdout}\n{stderr}", program.display(), out.status)) }
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (scripts/setup.sh --with-broker installs it)", program.display()));
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!("{} {args:?} failed ({}):\n{stdout}\n{stderr}", program.display(), out.status))
+    }
 }
 
 /// The documents of a rendered chart.
@@ -65,7 +76,8 @@ fn node_configs(rendered: &str) -> Vec<String> {
 fn the_chart_lints_renders_and_validates_for_every_ci_values_file() {
     let chart = chart();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(chart.join("ci")).expect("ci/").map(|e| e.expect("entry").path()).collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(chart.join("ci")).expect("ci/").map(|e| e.expect("entry").path()).collect();
     files.sort();
     assert!(files.len() >= 3, "{files:?}");
     let chart_arg = chart.to_str().expect("utf-8");
@@ -73,13 +85,16 @@ fn the_chart_lints_renders_and_validates_for_every_ci_values_file() {
         let v = values.to_str().expect("utf-8");
         let name = values.file_name().expect("name").to_string_lossy().to_string();
         run(&helm(), &["lint", "--strict", chart_arg, "-f", v]).unwrap_or_else(|e| panic!("{e}"));
-        let rendered = run(&helm(), &["template", "tessera", chart_arg, "-f", v, "--namespace", "plant"]).unwrap_or_else(|e| panic!("{e}"));
+        let rendered = run(&helm(), &["template", "tessera", chart_arg, "-f", v, "--namespace", "plant"])
+            .unwrap_or_else(|e| panic!("{e}"));
         let file = dir.path().join(&name);
         std::fs::write(&file, &rendered).expect("write");
-        run(&kubernetes_validate(), &["--strict", "-k", "1.30.0", file.to_str().expect("utf-8")]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        run(&kubernetes_validate(), &["--strict", "-k", "1.30.0", file.to_str().expect("utf-8")])
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
 
         let docs = documents(&rendered);
-        let kind = |k: &str| docs.iter().filter(move |d| d.contains(&format!("\nkind: {k}\n"))).copied().collect::<Vec<_>>();
+        let kind =
+            |k: &str| docs.iter().filter(move |d| d.contains(&format!("\nkind: {k}\n"))).copied().collect::<Vec<_>>();
         let sets = kind("StatefulSet");
         assert!(!sets.is_empty(), "{name}: no StatefulSet");
         for s in &sets {
@@ -106,10 +121,12 @@ fn the_chart_lints_renders_and_validates_for_every_ci_values_file() {
         // The PodDisruptionBudget keeps a quorum.
         if let Some(pdb) = kind("PodDisruptionBudget").first() {
             let number = |key: &str| -> i64 {
-                let line = pdb.lines().find(|l| l.trim_start().starts_with(key)).unwrap_or_else(|| panic!("{name}: no {key}"));
+                let line =
+                    pdb.lines().find(|l| l.trim_start().starts_with(key)).unwrap_or_else(|| panic!("{name}: no {key}"));
                 line.split(':').nth(1).expect("value").trim().trim_matches('"').parse().expect("a number")
             };
-            let (voters, quorum, min) = (number("tessera.io/raft-voters"), number("tessera.io/raft-quorum"), number("minAvailable"));
+            let (voters, quorum, min) =
+                (number("tessera.io/raft-voters"), number("tessera.io/raft-quorum"), number("minAvailable"));
             let external = rendered.matches("@tessera-").count() as i64 / sets.len().max(1) as i64; // external members, listed in each site's config
             assert_eq!(quorum, voters / 2 + 1, "{name}");
             assert!(min + external >= quorum, "{name}: minAvailable {min} + {external} external < quorum {quorum}");
@@ -124,9 +141,13 @@ fn the_chart_lints_renders_and_validates_for_every_ci_values_file() {
         for (i, config) in configs.iter().enumerate() {
             let path = dir.path().join(format!("{name}-{i}.toml"));
             std::fs::write(&path, config).expect("write");
-            let loaded = NodeConfig::load(Some(&path)).unwrap_or_else(|e| panic!("{name}: site {i}'s node.toml does not load: {e:#}\n{config}"));
+            let loaded = NodeConfig::load(Some(&path))
+                .unwrap_or_else(|e| panic!("{name}: site {i}'s node.toml does not load: {e:#}\n{config}"));
             let raft = loaded.raft.expect("[raft]");
-            assert!(!raft.initial_members.is_empty() && loaded.http.listen.is_some() && loaded.sql.listen.is_some(), "{name}");
+            assert!(
+                !raft.initial_members.is_empty() && loaded.http.listen.is_some() && loaded.sql.listen.is_some(),
+                "{name}"
+            );
         }
     }
 }
@@ -136,17 +157,30 @@ fn the_chart_lints_renders_and_validates_for_every_ci_values_file() {
 fn notes(values: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let copy = dir.path().join("tessera");
-    let out = Command::new("cp").args(["-r", chart().to_str().expect("utf-8"), copy.to_str().expect("utf-8")]).status().expect("cp");
+    let out = Command::new("cp")
+        .args(["-r", chart().to_str().expect("utf-8"), copy.to_str().expect("utf-8")])
+        .status()
+        .expect("cp");
     assert!(out.success());
     std::fs::rename(copy.join("templates/NOTES.txt"), copy.join("templates/notes.txt")).expect("rename");
     let values = chart().join("ci").join(values);
     let out = Command::new(helm())
-        .args(["template", "t", copy.to_str().expect("utf-8"), "-f", values.to_str().expect("utf-8"), "--show-only", "templates/notes.txt", "--debug"])
+        .args([
+            "template",
+            "t",
+            copy.to_str().expect("utf-8"),
+            "-f",
+            values.to_str().expect("utf-8"),
+            "--show-only",
+            "templates/notes.txt",
+            "--debug",
+        ])
         .output()
         .expect("helm");
     // The text is no YAML, so helm prints it (--debug) and then refuses it: expected.
     let all = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let start = all.find("# Source: tessera/templates/notes.txt").unwrap_or_else(|| panic!("NOTES.txt did not render:\n{all}"));
+    let start =
+        all.find("# Source: tessera/templates/notes.txt").unwrap_or_else(|| panic!("NOTES.txt did not render:\n{all}"));
     all[start..].lines().skip(1).take_while(|l| !l.starts_with("Error:")).collect::<Vec<_>>().join("\n")
 }
 
@@ -154,7 +188,12 @@ fn notes(values: &str) -> String {
 fn the_notes_tell_how_to_check_and_query_the_release() {
     for values in ["default-values.yaml", "multi-site-values.yaml", "no-tls-values.yaml"] {
         let text = notes(values);
-        assert!(text.contains("helm test t") && text.contains("port-forward svc/t-tessera-site-a") && text.contains("tessera sql --at"), "{values}:\n{text}");
+        assert!(
+            text.contains("helm test t")
+                && text.contains("port-forward svc/t-tessera-site-a")
+                && text.contains("tessera sql --at"),
+            "{values}:\n{text}"
+        );
         assert!(!text.contains("<no value>"), "{values}:\n{text}");
         assert_eq!(text.contains("--tls-ca"), values != "no-tls-values.yaml", "{values}:\n{text}");
     }
@@ -162,7 +201,8 @@ fn the_notes_tell_how_to_check_and_query_the_release() {
 
 #[test]
 fn the_image_runs_as_the_user_the_chart_expects() {
-    let dockerfile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/Dockerfile")).expect("deploy/Dockerfile");
+    let dockerfile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/Dockerfile"))
+        .expect("deploy/Dockerfile");
     let stages = dockerfile.lines().filter(|l| l.starts_with("FROM ")).count();
     assert!(stages >= 2, "a multi-stage build: {stages} stage(s)");
     assert!(dockerfile.contains("USER 10001:10001"), "the runtime user");
@@ -181,19 +221,34 @@ fn bad_values_are_refused_with_the_value_named() {
     let base = chart.join("ci/default-values.yaml");
     let base = base.to_str().expect("utf-8");
     let dir = tempfile::tempdir().expect("tempdir");
-    let site = |name: &str, replicas: i64, id_base: i64| format!("  - name: {name}\n    replicas: {replicas}\n    idBase: {id_base}\n");
+    let site = |name: &str, replicas: i64, id_base: i64| {
+        format!("  - name: {name}\n    replicas: {replicas}\n    idBase: {id_base}\n")
+    };
     for (case, values, expected) in [
         ("a site name that is no DNS label", format!("sites:\n{}", site("Site_A", 1, 1)), "sites.0.name"),
         ("no replicas", format!("sites:\n{}", site("site-a", 0, 1)), "sites.0.replicas"),
-        ("an unknown encoding", "kafka:\n  topics:\n    - name: t\n      encoding: xml\n".to_string(), "kafka.topics.0.encoding"),
+        (
+            "an unknown encoding",
+            "kafka:\n  topics:\n    - name: t\n      encoding: xml\n".to_string(),
+            "kafka.topics.0.encoding",
+        ),
         ("an endpoint without a scheme", "otlp:\n  endpoint: collector:4317\n".to_string(), "otlp.endpoint"),
-        ("a test user who is no user", "sql:\n  testUser: nobody\n".to_string(), "sql.testUser: nobody is not one of sql.users"),
-        ("overlapping Raft ids", format!("sites:\n{}{}", site("site-a", 3, 100), site("site-b", 1, 101)), "Raft id 101 is used by site-a and site-b"),
+        (
+            "a test user who is no user",
+            "sql:\n  testUser: nobody\n".to_string(),
+            "sql.testUser: nobody is not one of sql.users",
+        ),
+        (
+            "overlapping Raft ids",
+            format!("sites:\n{}{}", site("site-a", 3, 100), site("site-b", 1, 101)),
+            "Raft id 101 is used by site-a and site-b",
+        ),
         ("no SQL user", "sql:\n  users: []\n".to_string(), "sql.users: give at least one user"),
     ] {
         let file = dir.path().join("bad.yaml");
         std::fs::write(&file, &values).expect("write");
-        let err = run(&helm(), &["template", "tessera", chart_arg, "-f", base, "-f", file.to_str().expect("utf-8")]).expect_err(case);
+        let err = run(&helm(), &["template", "tessera", chart_arg, "-f", base, "-f", file.to_str().expect("utf-8")])
+            .expect_err(case);
         assert!(err.contains(expected), "{case}: expected {expected:?} in:\n{err}");
     }
 }

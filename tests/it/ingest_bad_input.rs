@@ -8,12 +8,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prost::Message as _;
 use tessera_core::Channel;
 use tessera_ingest::dead_letter_headers as dlq;
-use tessera_proto::telemetry::{MotorReading, MotorReadingBatch};
 use tessera_proto::CONTENT_TYPE_BATCH;
-use tessera_workload::bad_input::BadInput;
+use tessera_proto::telemetry::{MotorReading, MotorReadingBatch};
 use tessera_suite::fleet_stats::FleetStats;
-use tessera_workload::producer::WireFormat;
 use tessera_suite::{header, payload, producer, read_topic, test_fleet};
+use tessera_workload::bad_input::BadInput;
+use tessera_workload::producer::WireFormat;
 
 use crate::{embedded_kafka, ingest_config, start_ingest};
 
@@ -74,7 +74,10 @@ fn bad_messages_go_to_the_dead_letter_topic_with_reasons() {
     assert_eq!(stats.unique_checksum, checksum);
     assert_eq!(dead.len(), 6, "five bad messages and one partly bad batch, nothing more");
     for (bytes, code) in &sent_bad {
-        let m = dead.iter().find(|m| payload(m) == bytes.as_slice()).unwrap_or_else(|| panic!("{code} message is in the dead-letter topic byte for byte"));
+        let m = dead
+            .iter()
+            .find(|m| payload(m) == bytes.as_slice())
+            .unwrap_or_else(|| panic!("{code} message is in the dead-letter topic byte for byte"));
         assert_eq!(header(m, dlq::REASON).as_deref(), Some(*code));
         assert!(!header(m, dlq::DETAIL).unwrap().is_empty());
         assert_eq!(header(m, dlq::SOURCE_TOPIC).as_deref(), Some("telemetry"));
@@ -83,14 +86,18 @@ fn bad_messages_go_to_the_dead_letter_topic_with_reasons() {
         assert!(header(m, "content-type").is_some(), "original headers are kept");
         assert_eq!(header(m, dlq::REJECTED_INDICES), None, "whole message rejected");
     }
-    let partial = dead.iter().find(|m| payload(m) == batch_bytes.as_slice()).expect("the partly bad batch is dead-lettered");
+    let partial =
+        dead.iter().find(|m| payload(m) == batch_bytes.as_slice()).expect("the partly bad batch is dead-lettered");
     assert_eq!(header(partial, dlq::REASON).as_deref(), Some("not_finite"));
     assert_eq!(header(partial, dlq::REJECTED_INDICES).as_deref(), Some("1"));
     assert_eq!(header(partial, dlq::DETAIL).as_deref(), Some("reading 1: current_a is NaN or infinite"));
     assert_eq!(stats.motors["GW-7"].rows, 2, "the batch's valid readings were ingested");
 
     let by_reason: BTreeMap<_, _> = report.rejected_by_reason.iter().copied().collect();
-    assert_eq!(by_reason, BTreeMap::from([("future_event_time", 1), ("malformed", 2), ("not_finite", 2), ("oversize", 1)]));
+    assert_eq!(
+        by_reason,
+        BTreeMap::from([("future_event_time", 1), ("malformed", 2), ("not_finite", 2), ("oversize", 1)])
+    );
     assert_eq!(report.dead_letters_sent, 6);
 }
 
@@ -129,7 +136,9 @@ fn replayed_readings_are_taken_once_and_dead_lettered() {
     for m in &dead {
         assert_eq!(header(m, dlq::REASON).as_deref(), Some("replayed_reading"));
         let reading = MotorReading::decode(payload(m)).expect("the original bytes");
-        assert!(replayed.iter().any(|r| r.motor_id.as_str() == reading.motor_id && Some(r.sequence) == reading.sequence));
+        assert!(
+            replayed.iter().any(|r| r.motor_id.as_str() == reading.motor_id && Some(r.sequence) == reading.sequence)
+        );
     }
     let by_reason: BTreeMap<_, _> = report.rejected_by_reason.iter().copied().collect();
     assert_eq!(by_reason, BTreeMap::from([("replayed_reading", replayed.len() as u64)]));

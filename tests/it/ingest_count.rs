@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use tessera_suite::fleet_stats::FleetStats;
-use tessera_workload::producer::WireFormat;
 use tessera_suite::{committed_and_end, producer, publish, test_fleet};
+use tessera_workload::producer::WireFormat;
 
 use crate::{embedded_kafka, ingest_config, start_ingest};
 
@@ -27,7 +27,10 @@ fn hundred_thousand_readings_arrive_with_equal_count_and_checksum() {
         b.ack.ack();
     }
 
-    println!("100k run: {} rows in {} batches, {} duplicates, {} commits", stats.rows, stats.batches, stats.duplicates, report.commits);
+    println!(
+        "100k run: {} rows in {} batches, {} duplicates, {} commits",
+        stats.rows, stats.batches, stats.duplicates, report.commits
+    );
     assert_eq!(stats.unique_rows(), sent.readings, "no reading lost");
     assert_eq!(stats.unique_checksum, sent.checksum, "every reading arrived unaltered");
     assert_eq!(stats.rows, sent.readings, "a clean run has no duplicates");

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use tessera_suite::fleet_stats::FleetStats;
-use tessera_workload::producer::WireFormat;
 use tessera_node::topics::ensure_topics;
-use tessera_suite::{header, producer, publish, read_topic, test_fleet, TansuBroker};
+use tessera_suite::fleet_stats::FleetStats;
+use tessera_suite::{TansuBroker, header, producer, publish, read_topic, test_fleet};
+use tessera_workload::producer::WireFormat;
 
 use crate::{ingest_config, start_ingest};
 
@@ -16,7 +16,9 @@ fn ingest_against_a_real_broker_process() {
     let brokers = broker.bootstrap_servers();
     ensure_topics(&brokers, &[("telemetry", 6), ("dead-letters", 1)]).unwrap();
 
-    let proto = publish(&mut test_fleet(50, 200, 5), &producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap(), None).unwrap();
+    let proto =
+        publish(&mut test_fleet(50, 200, 5), &producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap(), None)
+            .unwrap();
     // The same 50 motors, continued in JSON gateway batches: skip the 200 steps already
     // published as protobuf, so sequence numbers go on instead of repeating.
     let mut json_fleet = test_fleet(50, 400, 5);

@@ -1,15 +1,15 @@
 //! A second ingest node joins the consumer group mid-stream: partitions move (cooperative
 //! rebalance), nothing is lost, and the duplicates that at-least-once allows are counted.
 
-use std::sync::mpsc::sync_channel;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::sync_channel;
 use std::time::Duration;
 
 use tessera_ingest::Ingest;
 use tessera_suite::fleet_stats::FleetStats;
-use tessera_workload::producer::WireFormat;
 use tessera_suite::{committed_and_end, producer, publish, test_fleet};
+use tessera_workload::producer::WireFormat;
 
 use crate::{embedded_kafka, ingest_config};
 
@@ -68,7 +68,14 @@ fn a_consumer_joining_mid_stream_loses_nothing() {
 
     println!(
         "rebalance run: {} rows, {} unique, {} duplicates; node A consumed {} messages ({} rebalance events, {} failed commits), node B {} ({} failed commits)",
-        stats.rows, stats.unique_rows(), stats.duplicates, a.messages, a.rebalances, a.commit_errors, b.messages, b.commit_errors
+        stats.rows,
+        stats.unique_rows(),
+        stats.duplicates,
+        a.messages,
+        a.rebalances,
+        a.commit_errors,
+        b.messages,
+        b.commit_errors
     );
     assert!(a.rebalances > rebalances_before, "the join caused a rebalance on the first node");
     assert!(b.messages > 0, "the second node took over partitions");

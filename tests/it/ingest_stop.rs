@@ -6,15 +6,17 @@ use std::time::Duration;
 
 use tessera_ingest::Ingest;
 use tessera_suite::fleet_stats::FleetStats;
-use tessera_workload::producer::WireFormat;
 use tessera_suite::{committed_and_end, producer, publish, test_fleet};
+use tessera_workload::producer::WireFormat;
 
 use crate::{embedded_kafka, ingest_config, start_ingest};
 
 #[test]
 fn stop_returns_when_downstream_stops_reading_and_nothing_is_lost() {
     let (_kafka, brokers) = embedded_kafka(1, 2);
-    let sent = publish(&mut test_fleet(100, 200, 6), &producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap(), None).unwrap();
+    let sent =
+        publish(&mut test_fleet(100, 200, 6), &producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap(), None)
+            .unwrap();
 
     let mut config = ingest_config(&brokers, "stop", "telemetry", "dead-letters");
     config.batch_max_rows = 100;
@@ -33,13 +35,23 @@ fn stop_returns_when_downstream_stops_reading_and_nothing_is_lost() {
     drop(batches);
     assert!(report.readings_accepted >= 100);
 
-    let committed: i64 = committed_and_end(&brokers, "stop", "telemetry", 2).unwrap().iter().map(|(_, c, _)| (*c).max(0)).sum();
-    assert!((committed as u64) < sent.readings, "what downstream never took is not committed ({committed} of {})", sent.readings);
+    let committed: i64 =
+        committed_and_end(&brokers, "stop", "telemetry", 2).unwrap().iter().map(|(_, c, _)| (*c).max(0)).sum();
+    assert!(
+        (committed as u64) < sent.readings,
+        "what downstream never took is not committed ({committed} of {})",
+        sent.readings
+    );
 
     let (restarted, batches) = start_ingest(config);
     tessera_suite::collect_until(&batches, &mut stats, sent.readings, Duration::from_secs(120));
     restarted.stop().unwrap();
-    println!("stop run: {} readings, {} unique, {} duplicates after restart", stats.rows, stats.unique_rows(), stats.duplicates);
+    println!(
+        "stop run: {} readings, {} unique, {} duplicates after restart",
+        stats.rows,
+        stats.unique_rows(),
+        stats.duplicates
+    );
     assert_eq!(stats.unique_rows(), sent.readings, "nothing lost across the stop");
     assert_eq!(stats.unique_checksum, sent.checksum);
 }

@@ -6,13 +6,6 @@
 mod cli_process;
 mod control_cluster;
 mod control_plane;
-mod ingest_bad_input;
-mod ingest_count;
-mod ingest_rebalance;
-mod ingest_real_broker;
-mod ingest_retention;
-mod ingest_stop;
-mod migration;
 mod demo;
 mod deploy_script;
 mod detect_kafka;
@@ -21,6 +14,13 @@ mod fault;
 mod flight_sql;
 mod golden;
 mod helm_chart;
+mod ingest_bad_input;
+mod ingest_count;
+mod ingest_real_broker;
+mod ingest_rebalance;
+mod ingest_retention;
+mod ingest_stop;
+mod migration;
 mod mtls;
 mod observability_assets;
 mod replay_skab;
@@ -29,4 +29,3 @@ mod support;
 mod tidy;
 
 pub use support::{embedded_kafka, ingest_config, init_logging, start_ingest};
-

@@ -25,7 +25,8 @@ fn expressions() -> Vec<(String, String)> {
             exprs.push((format!("rule {alert}"), expr.to_string()));
         }
     }
-    let dashboard: serde_json::Value = serde_json::from_str(&deploy("grafana/tessera-dashboard.json")).expect("the dashboard is JSON");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&deploy("grafana/tessera-dashboard.json")).expect("the dashboard is JSON");
     for panel in dashboard["panels"].as_array().expect("panels") {
         for target in panel["targets"].as_array().expect("targets") {
             exprs.push((format!("panel {}", panel["title"]), target["expr"].as_str().expect("expr").to_string()));
@@ -42,7 +43,10 @@ pub(crate) fn referenced_metrics() -> BTreeSet<String> {
         while let Some(at) = rest.find("tessera_") {
             let name: String = rest[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
             rest = &rest[at + name.len()..];
-            let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s).filter(|b| b.ends_with("_seconds"))).unwrap_or(&name);
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|b| b.ends_with("_seconds")))
+                .unwrap_or(&name);
             names.insert(family.to_string());
         }
     }
@@ -60,9 +64,19 @@ fn every_rule_and_panel_expression_parses_as_promql() {
     }
     let rules = deploy("prometheus/tessera-rules.yaml");
     assert_eq!(rules.matches("- alert: ").count(), rules.matches("expr: ").count(), "one expr per alert");
-    assert_eq!(rules.matches("- alert: ").count(), rules.matches("summary: ").count(), "every alert says what happened");
+    assert_eq!(
+        rules.matches("- alert: ").count(),
+        rules.matches("summary: ").count(),
+        "every alert says what happened"
+    );
     let names = referenced_metrics();
-    for needed in ["tessera_ingest_consumer_lag", "tessera_raft_term", "tessera_alert_latency_seconds", "tessera_sql_query_duration_seconds", "tessera_ingest_dead_letters_total"] {
+    for needed in [
+        "tessera_ingest_consumer_lag",
+        "tessera_raft_term",
+        "tessera_alert_latency_seconds",
+        "tessera_sql_query_duration_seconds",
+        "tessera_ingest_dead_letters_total",
+    ] {
         assert!(names.contains(needed), "{needed} is used nowhere: {names:?}");
     }
 }

@@ -7,9 +7,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tessera_suite::fleet_stats::FleetStats;
-use tessera_workload::producer::WireFormat;
-use tessera_workload::csv_replay::{self as replay, ReplayOptions};
 use tessera_suite::producer;
+use tessera_workload::csv_replay::{self as replay, ReplayOptions};
+use tessera_workload::producer::WireFormat;
 
 use crate::{embedded_kafka, ingest_config, start_ingest};
 

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::Float64Array;
+use tessera_core::now_ms;
 use tessera_core::{Channel, DataGrade, MotorId, Reading, SiteId};
 use tessera_node::node::Node;
-use tessera_workload::producer::WireFormat;
-use tessera_core::now_ms;
 use tessera_sql::Role;
 use tessera_store::{Kek, Keyring, to_hex};
+use tessera_workload::producer::WireFormat;
 
 use crate::support::TestNode;
 use crate::support::sql::{int, login, run, user};
@@ -100,7 +100,12 @@ fn stored_readings_are_encrypted_and_a_shredded_range_is_gone_for_good() {
     let split = t0 + 20_000;
     rt.block_on(async {
         let mut op = login(&addr, "opa").await;
-        let all = run(&mut op, "SELECT count(*) FROM telemetry WHERE vibration_x_rms = 424.2424242 AND current_a = 3131.313131").await.expect("stored rows read back");
+        let all = run(
+            &mut op,
+            "SELECT count(*) FROM telemetry WHERE vibration_x_rms = 424.2424242 AND current_a = 3131.313131",
+        )
+        .await
+        .expect("stored rows read back");
         assert_eq!(int(&all), 120);
     });
 
@@ -118,9 +123,16 @@ fn stored_readings_are_encrypted_and_a_shredded_range_is_gone_for_good() {
 
     // Shred the core columns of the first range.
     let store = node.store().expect("store");
-    let segments_before = { let ring = Keyring::open(store_dir.join("keys.json"), Kek::read(&kek_file).expect("kek")).expect("ring"); ring.ids().map(str::to_string).collect::<Vec<_>>() };
+    let segments_before = {
+        let ring = Keyring::open(store_dir.join("keys.json"), Kek::read(&kek_file).expect("kek")).expect("ring");
+        ring.ids().map(str::to_string).collect::<Vec<_>>()
+    };
     let ring = Keyring::open(store_dir.join("keys.json"), Kek::read(&kek_file).expect("kek")).expect("ring");
-    let core_keys: Vec<(String, Vec<u8>)> = segments_before.iter().filter(|id| id.ends_with("/core")).map(|id| (id.clone(), ring.get(id).expect("key").expect("present").bytes().to_vec())).collect();
+    let core_keys: Vec<(String, Vec<u8>)> = segments_before
+        .iter()
+        .filter(|id| id.ends_with("/core"))
+        .map(|id| (id.clone(), ring.get(id).expect("key").expect("present").bytes().to_vec()))
+        .collect();
     let sealed_before = std::fs::read_to_string(store_dir.join("keys.json")).expect("ring file");
     let events = store.shred(t0 - 1_000, split - 1, &[DataGrade::Core], "customer request 17", "root").expect("shred");
     assert!(!events.is_empty(), "the first range's segments are shredded");
@@ -129,15 +141,30 @@ fn stored_readings_are_encrypted_and_a_shredded_range_is_gone_for_good() {
 
     rt.block_on(async {
         let mut op = login(&addr, "opa").await;
-        let err = run(&mut op, &format!("SELECT max(vibration_x_rms) FROM telemetry WHERE ts < to_timestamp_millis({split})")).await.expect_err("a shredded range cannot be read");
+        let err = run(
+            &mut op,
+            &format!("SELECT max(vibration_x_rms) FROM telemetry WHERE ts < to_timestamp_millis({split})"),
+        )
+        .await
+        .expect_err("a shredded range cannot be read");
         assert!(err.message().contains("shredded") && err.message().contains("customer request 17"), "{err:?}");
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-        let later = run(&mut op, &format!("SELECT max(vibration_x_rms) FROM telemetry WHERE ts >= to_timestamp_millis({split})")).await.expect("the later range is intact");
+        let later = run(
+            &mut op,
+            &format!("SELECT max(vibration_x_rms) FROM telemetry WHERE ts >= to_timestamp_millis({split})"),
+        )
+        .await
+        .expect("the later range is intact");
         assert_eq!(later[0].column(0).as_any().downcast_ref::<Float64Array>().expect("avg").value(0), CORE_MARKER);
-        let general = run(&mut op, "SELECT count(*) FROM telemetry WHERE current_a = 3131.313131").await.expect("other grades of the range are intact");
+        let general = run(&mut op, "SELECT count(*) FROM telemetry WHERE current_a = 3131.313131")
+            .await
+            .expect("other grades of the range are intact");
         assert_eq!(int(&general), 120);
         let mut admin = login(&addr, "root").await;
-        let listed = run(&mut admin, "SELECT count(*) FROM segments WHERE core_key LIKE 'shredded%customer request 17%'").await.expect("segments table");
+        let listed =
+            run(&mut admin, "SELECT count(*) FROM segments WHERE core_key LIKE 'shredded%customer request 17%'")
+                .await
+                .expect("segments table");
         assert_eq!(int(&listed) as usize, events.len());
     });
 
@@ -147,7 +174,8 @@ fn stored_readings_are_encrypted_and_a_shredded_range_is_gone_for_good() {
         let v: serde_json::Value = serde_json::from_str(&sealed_before).expect("json");
         v["keys"][id]["sealed"].as_str().expect("sealed").to_string()
     };
-    let destroyed: Vec<&(String, Vec<u8>)> = core_keys.iter().filter(|(id, _)| shredded.contains(&id.as_str())).collect();
+    let destroyed: Vec<&(String, Vec<u8>)> =
+        core_keys.iter().filter(|(id, _)| shredded.contains(&id.as_str())).collect();
     assert_eq!(destroyed.len(), events.len());
     for (path, bytes) in files {
         for (id, key) in &destroyed {

@@ -10,8 +10,8 @@ use anyhow::{Result, bail};
 use clap::Args;
 use tessera_proto::raft::cluster_admin_client::ClusterAdminClient;
 use tessera_tls::{ClientTls, TlsFiles, TlsMaterial};
-use tonic::transport::Channel;
 use tessera_workload::producer::{TelemetryProducer, WireFormat};
+use tonic::transport::Channel;
 
 /// TLS files for a node or a client (`--tls-ca`, `--tls-cert`, `--tls-key`): all three, or
 /// none for a cluster without TLS.
@@ -33,12 +33,18 @@ impl TlsArgs {
     pub fn files(&self) -> Result<Option<TlsFiles>> {
         match (&self.ca, &self.cert, &self.key) {
             (None, None, None) => Ok(None),
-            (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() })),
+            (Some(ca), Some(cert), Some(key)) => {
+                Ok(Some(TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() }))
+            }
             _ => {
-                let missing: Vec<&str> = [("--tls-ca", self.ca.is_none()), ("--tls-cert", self.cert.is_none()), ("--tls-key", self.key.is_none())]
-                    .into_iter()
-                    .filter_map(|(flag, missing)| missing.then_some(flag))
-                    .collect();
+                let missing: Vec<&str> = [
+                    ("--tls-ca", self.ca.is_none()),
+                    ("--tls-cert", self.cert.is_none()),
+                    ("--tls-key", self.key.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(flag, missing)| missing.then_some(flag))
+                .collect();
                 bail!("TLS needs --tls-ca, --tls-cert and --tls-key together; missing {}", missing.join(", "))
             }
         }
@@ -78,12 +84,18 @@ pub struct AdminArgs {
 impl AdminArgs {
     /// Who is asking: `--actor`, else $USER, else `cli`.
     pub fn actor(&self) -> String {
-        self.actor.clone().or_else(|| std::env::var("USER").ok()).filter(|a| !a.is_empty()).unwrap_or_else(|| "cli".into())
+        self.actor
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| "cli".into())
     }
 
     /// A client of the node at `--at`.
     pub async fn client(&self) -> Result<ClusterAdminClient<Channel>> {
-        Ok(ClusterAdminClient::new(tessera_node::control::grpc_channel(&self.at, &self.tls.client()?, self.timeout, "node").await?))
+        Ok(ClusterAdminClient::new(
+            tessera_node::control::grpc_channel(&self.at, &self.tls.client()?, self.timeout, "node").await?,
+        ))
     }
 }
 

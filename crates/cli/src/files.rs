@@ -18,7 +18,9 @@ pub fn create_new(path: &Path, contents: &[u8], private: bool) -> Result<()> {
     }
     let mut file = match options.open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!("{} exists; not overwriting it", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            bail!("{} exists; not overwriting it", path.display())
+        }
         Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
     };
     file.write_all(contents)?;

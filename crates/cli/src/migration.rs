@@ -51,7 +51,17 @@ pub struct Exported {
 /// Exports `segments` of `store` (site `source`) for `target` into `out/bundle`, and writes
 /// one share of the export key per custodian into `out/share-<site>.json` (any `k` rebuild it).
 #[allow(clippy::too_many_arguments)]
-pub fn export(store: &SegmentStore, source: &str, segments: &[String], target: &str, export_id: &str, custodians: &[String], k: u8, out: &Path, now_ms: i64) -> Result<Exported> {
+pub fn export(
+    store: &SegmentStore,
+    source: &str,
+    segments: &[String],
+    target: &str,
+    export_id: &str,
+    custodians: &[String],
+    k: u8,
+    out: &Path,
+    now_ms: i64,
+) -> Result<Exported> {
     let distinct: std::collections::BTreeSet<&String> = custodians.iter().collect();
     ensure!(distinct.len() == custodians.len(), "--custodian: a site is named twice");
     let n = u8::try_from(custodians.len()).context("--custodian: at most 255 custodians")?;
@@ -63,7 +73,13 @@ pub fn export(store: &SegmentStore, source: &str, segments: &[String], target: &
     drop(key);
     let mut files = Vec::new();
     for (custodian, share) in custodians.iter().zip(shares) {
-        let file = ShareFile { bundle: export_id.to_string(), custodian: custodian.clone(), k, key_digest: info.key_digest.clone(), share };
+        let file = ShareFile {
+            bundle: export_id.to_string(),
+            custodian: custodian.clone(),
+            k,
+            key_digest: info.key_digest.clone(),
+            share,
+        };
         let path = out.join(format!("share-{}.json", tessera_tls::pki::encode_component(custodian)));
         crate::files::create_new(&path, &serde_json::to_vec_pretty(&file)?, true)?;
         files.push(path);
@@ -95,10 +111,27 @@ pub fn read_shares(paths: &[PathBuf]) -> Result<Vec<ShareFile>> {
 /// Imports `bundle` into `store` (site `site`) if `release` (the control plane's record, read
 /// linearizably) approves it: same bundle, same source, this site as target, k custodians
 /// approved. Only shares of approving custodians are used.
-pub fn import(store: &mut SegmentStore, site: &str, bundle: &Path, shares: &[ShareFile], release: &pb::Release, now_ms: i64) -> Result<Vec<SegmentMeta>> {
+pub fn import(
+    store: &mut SegmentStore,
+    site: &str,
+    bundle: &Path,
+    shares: &[ShareFile],
+    release: &pb::Release,
+    now_ms: i64,
+) -> Result<Vec<SegmentMeta>> {
     let info = custody::bundle_info(bundle)?;
-    ensure!(release.bundle == info.export_id, "the release is for bundle {}, the bundle is {}", release.bundle, info.export_id);
-    ensure!(release.source == info.source_site, "the release names source {}, the bundle comes from {}", release.source, info.source_site);
+    ensure!(
+        release.bundle == info.export_id,
+        "the release is for bundle {}, the bundle is {}",
+        release.bundle,
+        info.export_id
+    );
+    ensure!(
+        release.source == info.source_site,
+        "the release names source {}, the bundle comes from {}",
+        release.source,
+        info.source_site
+    );
     ensure!(release.target == site, "bundle {} is released to site {}, not {site}", info.export_id, release.target);
     if !release.released {
         bail!(
@@ -112,14 +145,20 @@ pub fn import(store: &mut SegmentStore, site: &str, bundle: &Path, shares: &[Sha
     let k = u8::try_from(release.k).context("release k out of range")?;
     let mut usable = Vec::new();
     for s in shares {
-        ensure!(s.bundle == info.export_id && s.key_digest == info.key_digest, "share of {} is for another bundle or key", s.custodian);
+        ensure!(
+            s.bundle == info.export_id && s.key_digest == info.key_digest,
+            "share of {} is for another bundle or key",
+            s.custodian
+        );
         if release.approvals.contains(&s.custodian) {
             usable.push(s.share.clone());
         } else {
             tracing::warn!(target: "tessera::audit", bundle = %info.export_id, custodian = %s.custodian, "share of a site that did not approve: not used");
         }
     }
-    let key = custody::combine_shares(&usable, k, &info.key_digest).with_context(|| format!("rebuilding the key of bundle {} from approving custodians' shares", info.export_id))?;
+    let key = custody::combine_shares(&usable, k, &info.key_digest).with_context(|| {
+        format!("rebuilding the key of bundle {} from approving custodians' shares", info.export_id)
+    })?;
     let imported = custody::import(store, site, bundle, &key, now_ms)?;
     tracing::info!(
         target: "tessera::audit",
@@ -134,14 +173,19 @@ pub fn import(store: &mut SegmentStore, site: &str, bundle: &Path, shares: &[Sha
 }
 
 /// The control plane's record of `bundle`'s release, read linearizably from `admin`.
-pub async fn release_of(admin: &str, tls: &tessera_tls::ClientTls, timeout: std::time::Duration, bundle: &str) -> Result<pb::Release> {
+pub async fn release_of(
+    admin: &str,
+    tls: &tessera_tls::ClientTls,
+    timeout: std::time::Duration,
+    bundle: &str,
+) -> Result<pb::Release> {
     let channel = tessera_node::control::grpc_channel(admin, tls, timeout, "control plane").await?;
     let mut client = tessera_proto::raft::cluster_admin_client::ClusterAdminClient::new(channel);
-    let releases = client.list_releases(pb::ListReleasesRequest {}).await.map_err(|s| anyhow::anyhow!("control plane at {admin}: {}", s.message()))?;
-    releases
-        .into_inner()
-        .releases
-        .into_iter()
-        .find(|r| r.bundle == bundle)
-        .with_context(|| format!("the control plane has no release request for bundle {bundle} (tessera cluster request-release)"))
+    let releases = client
+        .list_releases(pb::ListReleasesRequest {})
+        .await
+        .map_err(|s| anyhow::anyhow!("control plane at {admin}: {}", s.message()))?;
+    releases.into_inner().releases.into_iter().find(|r| r.bundle == bundle).with_context(|| {
+        format!("the control plane has no release request for bundle {bundle} (tessera cluster request-release)")
+    })
 }

@@ -13,7 +13,6 @@ pub fn written(what: &str, reply: pb::WriteResponse) -> Result<()> {
     }
 }
 
-
 /// Voters, learners and the log index of a membership.
 pub fn print_membership(m: &pb::MembershipResponse) {
     let list = |nodes: &[pb::NodeSpec]| {
@@ -28,12 +27,11 @@ pub fn print_membership(m: &pb::MembershipResponse) {
 
 /// Milliseconds since the epoch as an RFC 3339 UTC time.
 pub fn utc(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
 }
-
 
 /// An optional index, `-` when unset.
 pub fn opt(v: Option<u64>) -> String {
     v.map_or("-".into(), |v| v.to_string())
 }
-

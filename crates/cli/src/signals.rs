@@ -14,7 +14,9 @@ pub(crate) fn stop_on_signals() -> Result<Arc<AtomicBool>> {
     std::thread::Builder::new().name("tessera-signals".into()).spawn(move || {
         runtime.block_on(async {
             use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut interrupt), Ok(mut terminate)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            let (Ok(mut interrupt), Ok(mut terminate)) =
+                (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+            else {
                 eprintln!("tessera: cannot listen for signals; stop with SIGKILL");
                 return;
             };

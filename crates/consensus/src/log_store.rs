@@ -174,7 +174,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = EntryOf<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let encoded = entries.into_iter().map(|e| Ok((e.index(), encode(&e)?))).collect::<Result<Vec<_>, io::Error>>()?;
+        let encoded =
+            entries.into_iter().map(|e| Ok((e.index(), encode(&e)?))).collect::<Result<Vec<_>, io::Error>>()?;
         let result = self
             .write(move |tx| {
                 let mut table = tx.open_table(ENTRIES).map_err(io_error)?;

@@ -113,12 +113,9 @@ impl Connection {
 
     fn status_error(&self, action: RPCTypes, option: &RPCOption, status: tonic::Status) -> RPCError<TypeConfig> {
         match status.code() {
-            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => RPCError::Timeout(Timeout {
-                action,
-                id: self.me,
-                target: self.target,
-                timeout: option.hard_ttl(),
-            }),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                RPCError::Timeout(Timeout { action, id: self.me, target: self.target, timeout: option.hard_ttl() })
+            }
             tonic::Code::Unavailable => unreachable(format!("node {}: {}", self.target, status.message())),
             _ => RPCError::Network(NetworkError::new(&TransportError(format!(
                 "node {}: {:?}: {}",
@@ -130,7 +127,13 @@ impl Connection {
     }
 
     /// Sends one unary RPC and decodes the answer.
-    async fn call<Req, Resp, F, Fut>(&self, action: RPCTypes, req: &Req, option: RPCOption, send: F) -> Result<Resp, RPCError<TypeConfig>>
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        action: RPCTypes,
+        req: &Req,
+        option: RPCOption,
+        send: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -160,11 +163,19 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         self.call(RPCTypes::AppendEntries, &rpc, option, |mut c, r| async move { c.append_entries(r).await }).await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(RPCTypes::Vote, &rpc, option, |mut c, r| async move { c.vote(r).await }).await
     }
 
-    async fn pre_vote(&mut self, rpc: VoteRequest<TypeConfig>, option: RPCOption) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(RPCTypes::Vote, &rpc, option, |mut c, r| async move { c.pre_vote(r).await }).await
     }
 
@@ -176,7 +187,8 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let mut client = self.client()?;
-        let header = serde_json::to_vec(&(&vote, &snapshot.meta)).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let header =
+            serde_json::to_vec(&(&vote, &snapshot.meta)).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let mut chunks: Vec<SnapshotChunk> = snapshot
             .snapshot
             .chunks(SNAPSHOT_CHUNK_BYTES)

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use tessera_core::{ConfigError, ensure};
 
+use crate::Raft;
 use crate::error::ConsensusError;
 use crate::log_store::LogStore;
 use crate::network::{Network, Partition};
@@ -22,7 +23,6 @@ use crate::service::{AdminService, Shared, TransportService};
 use crate::state_machine::{RegistryView, StateMachine};
 use crate::types::{Member, NodeId};
 use openraft::async_runtime::WatchReceiver;
-use crate::Raft;
 
 /// Largest gRPC message a node accepts (a snapshot chunk is 1 MiB; a log batch stays small).
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -122,7 +122,10 @@ impl RaftSettings {
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
             return Err(ConfigError::new(
                 "raft.election_timeout_max_ms",
-                format!("{} must exceed raft.election_timeout_min_ms ({})", self.election_timeout_max_ms, self.election_timeout_min_ms),
+                format!(
+                    "{} must exceed raft.election_timeout_min_ms ({})",
+                    self.election_timeout_max_ms, self.election_timeout_min_ms
+                ),
             )
             .into());
         }
@@ -228,7 +231,9 @@ impl ConsensusNode {
         let refusals = Arc::new(Refusals::default());
         let server_tls = match &tls {
             Some(material) => Some(ServerTls {
-                config: material.server_config(ClientAuth::Required).map_err(|e| ConsensusError::Tls(e.within("tls")))?,
+                config: material
+                    .server_config(ClientAuth::Required)
+                    .map_err(|e| ConsensusError::Tls(e.within("tls")))?,
                 endpoint: "raft",
                 refusals: refusals.clone(),
             }),
@@ -294,7 +299,11 @@ impl ConsensusNode {
     /// lowest id) should do it; the others join as its first leader replicates to them. The
     /// returned task then records each member's registration, retrying while no quorum is up
     /// yet (the other members may still be starting), for up to `patience`.
-    pub fn bootstrap(&self, members: &[(NodeId, String, String)], patience: Duration) -> impl std::future::Future<Output = Result<bool, ConsensusError>> + Send + 'static {
+    pub fn bootstrap(
+        &self,
+        members: &[(NodeId, String, String)],
+        patience: Duration,
+    ) -> impl std::future::Future<Output = Result<bool, ConsensusError>> + Send + 'static {
         let shared = self.shared.clone();
         let members: std::collections::BTreeMap<NodeId, Member> =
             members.iter().map(|(id, site, addr)| (*id, Member { site: site.clone(), addr: addr.clone() })).collect();
@@ -303,7 +312,8 @@ impl ConsensusNode {
                 return Ok(false);
             }
             let actor = format!("bootstrap:node-{}", shared.me);
-            let registrations = shared.registrations(&actor, &members).map_err(|e| ConsensusError::Bootstrap(e.into()))?;
+            let registrations =
+                shared.registrations(&actor, &members).map_err(|e| ConsensusError::Bootstrap(e.into()))?;
             shared.raft.initialize(members).await.map_err(|e| ConsensusError::Bootstrap(e.into()))?;
             let deadline = tokio::time::Instant::now() + patience;
             for r in registrations {
@@ -344,12 +354,21 @@ mod tests {
 
     #[test]
     fn a_bad_setting_is_named_as_data_and_in_the_message() {
-        let settings = RaftSettings { heartbeat_ms: 0, ..RaftSettings::new(1, "site-a", "127.0.0.1:0".parse().unwrap(), "/nonexistent") };
+        let settings = RaftSettings {
+            heartbeat_ms: 0,
+            ..RaftSettings::new(1, "site-a", "127.0.0.1:0".parse().unwrap(), "/nonexistent")
+        };
         let err = settings.raft_config().unwrap_err();
         assert_eq!(err.to_string(), "config: raft.heartbeat_ms: must be positive");
         assert!(matches!(&err, ConsensusError::Config(e) if e.field == "raft.heartbeat_ms"), "{err:?}");
-        let settings = RaftSettings { election_timeout_max_ms: 300, ..RaftSettings::new(1, "site-a", "127.0.0.1:0".parse().unwrap(), "/nonexistent") };
-        assert_eq!(settings.raft_config().unwrap_err().to_string(), "config: raft.election_timeout_max_ms: 300 must exceed raft.election_timeout_min_ms (300)");
+        let settings = RaftSettings {
+            election_timeout_max_ms: 300,
+            ..RaftSettings::new(1, "site-a", "127.0.0.1:0".parse().unwrap(), "/nonexistent")
+        };
+        assert_eq!(
+            settings.raft_config().unwrap_err().to_string(),
+            "config: raft.election_timeout_max_ms: 300 must exceed raft.election_timeout_min_ms (300)"
+        );
         assert!(RaftSettings::new(1, "site-a", "127.0.0.1:0".parse().unwrap(), "/nonexistent").raft_config().is_ok());
     }
 }

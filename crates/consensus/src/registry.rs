@@ -166,7 +166,9 @@ impl Registry {
                 // A node names its site when it joins; a site seen first this way is added
                 // under its id (`AddSite` can name it later).
                 let at = request.at_ms;
-                self.sites.entry(site.clone()).or_insert_with(|| SiteRecord { name: site.to_string(), added_at_ms: at });
+                self.sites
+                    .entry(site.clone())
+                    .or_insert_with(|| SiteRecord { name: site.to_string(), added_at_ms: at });
                 self.nodes.insert(*node, NodeRecord { site: site.clone(), addr: addr.clone() });
             }
             Command::RemoveNode { node } => {
@@ -202,7 +204,13 @@ impl Registry {
             }
             Command::SetGrade { stream, column, grade } => {
                 let key = column.as_ref().map_or_else(|| stream.clone(), |c| format!("{stream}.{c}"));
-                let record = GradeRecord { stream: stream.clone(), column: column.clone(), grade: *grade, set_by: request.actor.clone(), set_at_ms: request.at_ms };
+                let record = GradeRecord {
+                    stream: stream.clone(),
+                    column: column.clone(),
+                    grade: *grade,
+                    set_by: request.actor.clone(),
+                    set_at_ms: request.at_ms,
+                };
                 self.grades.insert(key, record);
             }
             Command::RequestRelease { bundle, source, target, k, custodians } => {
@@ -230,7 +238,8 @@ impl Registry {
                 self.releases.insert(bundle.clone(), record);
             }
             Command::ApproveRelease { bundle, site } => {
-                let release = self.releases.get_mut(bundle).ok_or_else(|| format!("bundle {bundle} has no release request"))?;
+                let release =
+                    self.releases.get_mut(bundle).ok_or_else(|| format!("bundle {bundle} has no release request"))?;
                 if !release.custodians.contains(site) {
                     return Err(format!("site {site} holds no share of bundle {bundle}"));
                 }
@@ -253,11 +262,7 @@ impl Registry {
     }
 
     fn require_site(&self, site: &SiteId) -> Result<(), String> {
-        if self.sites.contains_key(site) {
-            Ok(())
-        } else {
-            Err(format!("site {site} does not exist (add it first)"))
-        }
+        if self.sites.contains_key(site) { Ok(()) } else { Err(format!("site {site} does not exist (add it first)")) }
     }
 
     /// The motors a site owns, in id order.
@@ -290,7 +295,8 @@ mod tests {
         reg.apply(2, &req(Command::AddSite { site: site("a"), name: "Plant A".into() }));
         reg.apply(3, &req(Command::AddSite { site: site("b"), name: "Plant B".into() }));
         let motors = |ids: &[&str]| ids.iter().map(|m| MotorId::new(*m).unwrap()).collect::<Vec<_>>();
-        let (outcome, audit) = reg.apply(4, &req(Command::AssignMotors { site: site("a"), motors: motors(&["M1", "M2"]) }));
+        let (outcome, audit) =
+            reg.apply(4, &req(Command::AssignMotors { site: site("a"), motors: motors(&["M1", "M2"]) }));
         assert_eq!(outcome, Outcome::Applied);
         assert_eq!(audit.action, "assign 2 motors (M1 … M2) to a");
         reg.apply(5, &req(Command::AssignMotors { site: site("b"), motors: motors(&["M2"]) }));
@@ -304,11 +310,31 @@ mod tests {
         reg.apply(8, &req(Command::DropQuery { name: "hot".into() }));
         assert!(reg.queries.is_empty());
 
-        reg.apply(9, &req(Command::SetPolicy { grade: DataGrade::Core, stage: DataStage::Transmission, rule: "deny".into() }));
+        reg.apply(
+            9,
+            &req(Command::SetPolicy { grade: DataGrade::Core, stage: DataStage::Transmission, rule: "deny".into() }),
+        );
         assert_eq!(reg.policies["core/transmission"].rule, "deny");
-        reg.apply(10, &req(Command::SetGrade { stream: "telemetry".into(), column: Some("temperature_c".into()), grade: DataGrade::Core }));
-        reg.apply(11, &req(Command::SetGrade { stream: "telemetry".into(), column: Some("temperature_c".into()), grade: DataGrade::Important }));
-        reg.apply(12, &req(Command::SetGrade { stream: "late_events".into(), column: None, grade: DataGrade::Important }));
+        reg.apply(
+            10,
+            &req(Command::SetGrade {
+                stream: "telemetry".into(),
+                column: Some("temperature_c".into()),
+                grade: DataGrade::Core,
+            }),
+        );
+        reg.apply(
+            11,
+            &req(Command::SetGrade {
+                stream: "telemetry".into(),
+                column: Some("temperature_c".into()),
+                grade: DataGrade::Important,
+            }),
+        );
+        reg.apply(
+            12,
+            &req(Command::SetGrade { stream: "late_events".into(), column: None, grade: DataGrade::Important }),
+        );
         let policy = reg.grade_policy();
         assert_eq!(policy.grade("telemetry", "temperature_c"), DataGrade::Important, "the last setting holds");
         assert_eq!(policy.grade("late_events", "anything"), DataGrade::Important);
@@ -321,7 +347,15 @@ mod tests {
             reg.apply(1, &req(Command::AddSite { site: site(s), name: s.into() }));
         }
         let custodians = vec![site("a"), site("b"), site("c")];
-        let ask = |bundle: &str, k| req(Command::RequestRelease { bundle: bundle.into(), source: site("a"), target: site("b"), k, custodians: custodians.clone() });
+        let ask = |bundle: &str, k| {
+            req(Command::RequestRelease {
+                bundle: bundle.into(),
+                source: site("a"),
+                target: site("b"),
+                k,
+                custodians: custodians.clone(),
+            })
+        };
         assert!(matches!(reg.apply(2, &ask("x", 1)).0, Outcome::Rejected(_)), "k = 1 lets one site decide");
         assert!(matches!(reg.apply(3, &ask("x", 4)).0, Outcome::Rejected(_)), "more approvals than custodians");
         assert_eq!(reg.apply(4, &ask("x", 2)).0, Outcome::Applied);

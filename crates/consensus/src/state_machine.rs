@@ -176,7 +176,11 @@ impl StateMachine {
         fs::File::open(&self.snapshot_dir)?.sync_all()?;
         for entry in fs::read_dir(&self.snapshot_dir)? {
             let other = entry?.path();
-            if other != path && other.file_name().is_some_and(|n| n.to_string_lossy() < path.file_name().unwrap_or_default().to_string_lossy()) {
+            if other != path
+                && other
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy() < path.file_name().unwrap_or_default().to_string_lossy())
+            {
                 fs::remove_file(other)?;
             }
         }
@@ -268,12 +272,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<TypeConfig>, snapshot: Vec<u8>) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
         let body: SnapshotBody = decode(&snapshot)?;
         if body.applied.last_applied != meta.last_log_id {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("snapshot body is at {:?}, its metadata says {:?}", body.applied.last_applied, meta.last_log_id),
+                format!(
+                    "snapshot body is at {:?}, its metadata says {:?}",
+                    body.applied.last_applied, meta.last_log_id
+                ),
             ));
         }
         self.store(body.applied.clone(), body.audit.clone(), true).await?;

@@ -165,7 +165,11 @@ impl fmt::Display for Command {
             Command::SetGrade { stream, column: Some(column), grade } => write!(f, "grade {stream}.{column} {grade}"),
             Command::SetGrade { stream, column: None, grade } => write!(f, "grade stream {stream} {grade} by default"),
             Command::RequestRelease { bundle, source, target, k, custodians } => {
-                write!(f, "request release of bundle {bundle} ({source} → {target}), {k} of {} custodians", custodians.len())
+                write!(
+                    f,
+                    "request release of bundle {bundle} ({source} → {target}), {k} of {} custodians",
+                    custodians.len()
+                )
             }
             Command::ApproveRelease { bundle, site } => write!(f, "approve release of bundle {bundle} by {site}"),
         }
@@ -235,7 +239,10 @@ impl Request {
                 if *k < 2 || usize::from(*k) > custodians.len() || custodians.len() > MAX_CUSTODIANS {
                     return Err(RequestError {
                         field: "command.k",
-                        problem: format!("needs 2 ≤ k ≤ custodians ≤ {MAX_CUSTODIANS}; got k = {k} of {}", custodians.len()),
+                        problem: format!(
+                            "needs 2 ≤ k ≤ custodians ≤ {MAX_CUSTODIANS}; got k = {k} of {}",
+                            custodians.len()
+                        ),
                     });
                 }
                 Ok(())
@@ -274,7 +281,8 @@ mod tests {
         let site = SiteId::new("a").unwrap();
         let err = request(Command::AssignMotors { site, motors }).check().unwrap_err();
         assert_eq!(err.field, "command.motors");
-        let err = Request { actor: " ".into(), ..request(Command::DropQuery { name: "q".into() }) }.check().unwrap_err();
+        let err =
+            Request { actor: " ".into(), ..request(Command::DropQuery { name: "q".into() }) }.check().unwrap_err();
         assert_eq!(err.to_string(), "actor: is empty");
         assert!(request(Command::DropQuery { name: "q".into() }).check().is_ok());
     }

@@ -59,7 +59,8 @@ impl GradeMap {
     pub fn builtin() -> Self {
         use DataGrade::*;
         let telemetry = || {
-            let mut columns: BTreeMap<String, DataGrade> = ["motor_id", "site_id", "ts", "seq"].iter().map(|c| (c.to_string(), General)).collect();
+            let mut columns: BTreeMap<String, DataGrade> =
+                ["motor_id", "site_id", "ts", "seq"].iter().map(|c| (c.to_string(), General)).collect();
             for c in Channel::ALL {
                 let grade = if c.name().starts_with("vibration") { Core } else { Important };
                 columns.insert(c.name().to_string(), grade);
@@ -67,13 +68,20 @@ impl GradeMap {
             columns.insert("extra".into(), Core);
             StreamGrades { default: Some(Important), columns }
         };
-        let keys = |names: &[&str], default| StreamGrades { default: Some(default), columns: names.iter().map(|c| (c.to_string(), General)).collect() };
+        let keys = |names: &[&str], default| StreamGrades {
+            default: Some(default),
+            columns: names.iter().map(|c| (c.to_string(), General)).collect(),
+        };
         let mut late = telemetry();
-        late.columns.extend(["window", "window_start", "window_end", "reason"].iter().map(|c| (c.to_string(), General)));
+        late.columns
+            .extend(["window", "window_start", "window_end", "reason"].iter().map(|c| (c.to_string(), General)));
         let streams = BTreeMap::from([
             ("telemetry".to_string(), telemetry()),
             ("late_events".to_string(), late),
-            ("motor_windows".to_string(), keys(&["query", "motor_id", "site_id", "window_start", "window_end"], Important)),
+            (
+                "motor_windows".to_string(),
+                keys(&["query", "motor_id", "site_id", "window_start", "window_end"], Important),
+            ),
             ("alerts".to_string(), StreamGrades { default: Some(General), columns: BTreeMap::new() }),
             ("continuous_queries".to_string(), StreamGrades { default: Some(General), columns: BTreeMap::new() }),
             ("sites".to_string(), StreamGrades { default: Some(General), columns: BTreeMap::new() }),
@@ -103,7 +111,10 @@ impl GradeMap {
 
     /// Sets a stream's default grade (`column` `None`) or one column's grade.
     pub fn set(&mut self, stream: &str, column: Option<&str>, grade: DataGrade) {
-        let s = self.streams.entry(stream.to_string()).or_insert_with(|| StreamGrades { default: None, columns: BTreeMap::new() });
+        let s = self
+            .streams
+            .entry(stream.to_string())
+            .or_insert_with(|| StreamGrades { default: None, columns: BTreeMap::new() });
         match column {
             None => s.default = Some(grade),
             Some(c) => {

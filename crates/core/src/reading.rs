@@ -84,12 +84,8 @@ impl Reading {
     /// addition gives an order-independent checksum of a set of readings, which is how tests
     /// prove that what came out of the pipeline is exactly what went in.
     pub fn fingerprint(&self) -> u64 {
-        let mut h = ReadingFingerprint::new(
-            self.motor_id.as_str(),
-            self.site_id.as_str(),
-            self.event_time_ms,
-            self.sequence,
-        );
+        let mut h =
+            ReadingFingerprint::new(self.motor_id.as_str(), self.site_id.as_str(), self.event_time_ms, self.sequence);
         for value in self.channels {
             h.channel(value);
         }

@@ -53,10 +53,8 @@ pub fn telemetry_schema() -> SchemaRef {
 
 /// The type of the `extra` column, as arrow's `MapBuilder` builds it by default.
 fn extra_map_type() -> DataType {
-    let entries = Fields::from(vec![
-        Field::new("keys", DataType::Utf8, false),
-        Field::new("values", DataType::Float64, true),
-    ]);
+    let entries =
+        Fields::from(vec![Field::new("keys", DataType::Utf8, false), Field::new("values", DataType::Float64, true)]);
     DataType::Map(Arc::new(Field::new("entries", DataType::Struct(entries), false)), false)
 }
 

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ensure, Channel, ConfigError, IdError, Reading};
+use crate::{Channel, ConfigError, IdError, Reading, ensure};
 
 /// An inclusive range of plausible physical values for one channel.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -187,7 +187,10 @@ impl fmt::Display for RejectReason {
             RejectReason::BadExtra(why) => write!(f, "extra measurements: {why}"),
             RejectReason::Poison(why) => write!(f, "processing the message failed: {why}"),
             RejectReason::Replayed { sequence } => {
-                write!(f, "reading {sequence} of this motor, with this event time, was already taken (replayed or duplicated)")
+                write!(
+                    f,
+                    "reading {sequence} of this motor, with this event time, was already taken (replayed or duplicated)"
+                )
             }
         }
     }
@@ -199,9 +202,7 @@ impl ValidationRules {
             Channel::CurrentA => self.current_a,
             Channel::VoltageV => self.voltage_v,
             Channel::TemperatureC => self.temperature_c,
-            Channel::VibrationXRms | Channel::VibrationYRms | Channel::VibrationZRms => {
-                self.vibration_rms
-            }
+            Channel::VibrationXRms | Channel::VibrationYRms | Channel::VibrationZRms => self.vibration_rms,
             Channel::SpeedRpm => self.speed_rpm,
         }
     }
@@ -224,11 +225,7 @@ impl ValidationRules {
             }
             let range = self.range_of(channel);
             if value < range.min || value > range.max {
-                return Err(RejectReason::OutOfRange {
-                    field: channel.name().to_string(),
-                    value,
-                    range,
-                });
+                return Err(RejectReason::OutOfRange { field: channel.name().to_string(), value, range });
             }
         }
         if reading.extra.len() > self.max_extra_fields {

@@ -64,7 +64,8 @@ pub enum WindowError {
 impl WindowSpec {
     /// Checks the durations.
     pub fn validate(&self) -> Result<(), WindowError> {
-        let positive = |field, value: i64| if value > 0 { Ok(()) } else { Err(WindowError::NotPositive { field, value }) };
+        let positive =
+            |field, value: i64| if value > 0 { Ok(()) } else { Err(WindowError::NotPositive { field, value }) };
         match *self {
             WindowSpec::Tumbling { size_ms } => positive("size_ms", size_ms),
             WindowSpec::Hopping { size_ms, slide_ms } => {
@@ -183,7 +184,10 @@ mod tests {
 
     #[test]
     fn specs_are_validated() {
-        assert_eq!(WindowSpec::Tumbling { size_ms: 0 }.validate(), Err(WindowError::NotPositive { field: "size_ms", value: 0 }));
+        assert_eq!(
+            WindowSpec::Tumbling { size_ms: 0 }.validate(),
+            Err(WindowError::NotPositive { field: "size_ms", value: 0 })
+        );
         assert_eq!(
             WindowSpec::Hopping { size_ms: 10, slide_ms: 20 }.validate(),
             Err(WindowError::SlideTooLong { size_ms: 10, slide_ms: 20 })

@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message as _;
 use tessera_core::{MotorId, Reading, SiteId, ValidationRules};
-use tessera_ingest::{decode_message, Encoding, MessageLimits, ShardedBatcher};
+use tessera_ingest::{Encoding, MessageLimits, ShardedBatcher, decode_message};
 use tessera_proto::telemetry::MotorReading;
 
 const MESSAGES: usize = 10_000;
@@ -72,7 +72,11 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode_validate_shard_batch");
     group.throughput(Throughput::Elements(MESSAGES as u64));
     group.bench_function("protobuf", |b| {
-        b.iter_batched(|| (), |()| assert_eq!(run(&proto, Encoding::ProtobufReading, &rules), MESSAGES), BatchSize::SmallInput)
+        b.iter_batched(
+            || (),
+            |()| assert_eq!(run(&proto, Encoding::ProtobufReading, &rules), MESSAGES),
+            BatchSize::SmallInput,
+        )
     });
     group.bench_function("json", |b| {
         b.iter_batched(|| (), |()| assert_eq!(run(&json, Encoding::Json, &rules), MESSAGES), BatchSize::SmallInput)

@@ -3,14 +3,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow_array::builder::{
-    Float64Builder, MapBuilder, StringBuilder, TimestampMillisecondBuilder, UInt64Builder,
-};
+use arrow_array::builder::{Float64Builder, MapBuilder, StringBuilder, TimestampMillisecondBuilder, UInt64Builder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, TimestampMillisecondType, UInt64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use tessera_core::{
-    shard_of, telemetry_schema, Channel, MotorId, Reading, ReadingFingerprint, SiteId, TelemetryColumn,
+    Channel, MotorId, Reading, ReadingFingerprint, SiteId, TelemetryColumn, shard_of, telemetry_schema,
 };
 
 /// Builds one [`telemetry_schema`] batch, row by row.

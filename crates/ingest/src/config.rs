@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tessera_core::{ensure, ConfigError, ValidationRules};
+use tessera_core::{ConfigError, ValidationRules, ensure};
 
 use crate::Result;
 
@@ -123,7 +123,11 @@ impl IngestConfig {
             return Err(ConfigError::new(format!("topics[{i}].name"), "must not be empty").into());
         }
         ensure(!self.dead_letter_topic.trim().is_empty(), "dead_letter_topic", "must not be empty")?;
-        ensure(self.topics.iter().all(|t| t.name != self.dead_letter_topic), "dead_letter_topic", "must differ from every consumed topic")?;
+        ensure(
+            self.topics.iter().all(|t| t.name != self.dead_letter_topic),
+            "dead_letter_topic",
+            "must differ from every consumed topic",
+        )?;
         ensure(self.shards > 0, "shards", "must be at least 1")?;
         ensure(self.batch_max_rows > 0, "batch_max_rows", "must be at least 1")?;
         ensure(!self.batch_max_age.is_zero(), "batch_max_age", "must be longer than 0")?;
@@ -161,7 +165,13 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(field(IngestConfig { shards: 0, ..Default::default() }), "shards");
-        assert_eq!(field(IngestConfig { topics: vec![TopicConfig { name: " ".into(), encoding: Encoding::Json }], ..Default::default() }), "topics[0].name");
+        assert_eq!(
+            field(IngestConfig {
+                topics: vec![TopicConfig { name: " ".into(), encoding: Encoding::Json }],
+                ..Default::default()
+            }),
+            "topics[0].name"
+        );
         let mut c = IngestConfig::default();
         c.validation.max_past_ms = -1;
         assert_eq!(field(c), "validation.max_past_ms");

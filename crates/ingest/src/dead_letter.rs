@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientContext;
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::metrics::IngestMetrics;
@@ -113,9 +113,7 @@ impl DeadLetterWriter {
         if let Some(indices) = &msg.rejected_indices {
             headers = headers.insert(Header { key: headers::REJECTED_INDICES, value: Some(indices) });
         }
-        let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(chunk))
-            .payload(msg.payload)
-            .headers(headers);
+        let mut record = BaseRecord::with_opaque_to(&self.topic, Box::new(chunk)).payload(msg.payload).headers(headers);
         if let Some(key) = msg.key {
             record = record.key(key);
         }

@@ -9,9 +9,9 @@
 
 use prost::Message;
 use tessera_core::{Reading, RejectReason, ValidationRules};
-use tessera_proto::json::{reading_from_json, JsonMessage};
+use tessera_proto::json::{JsonMessage, reading_from_json};
 use tessera_proto::telemetry::{MotorReading, MotorReadingBatch};
-use tessera_proto::{reading_from_proto, CONTENT_TYPE_BATCH, CONTENT_TYPE_JSON, CONTENT_TYPE_READING};
+use tessera_proto::{CONTENT_TYPE_BATCH, CONTENT_TYPE_JSON, CONTENT_TYPE_READING, reading_from_proto};
 
 use crate::Encoding;
 
@@ -56,18 +56,21 @@ pub fn decode_message(
             Ok(DecodedMessage { readings: vec![check(reading_from_proto(m))?], rejected: Vec::new() })
         }
         Encoding::ProtobufBatch => {
-            let batch =
-                MotorReadingBatch::decode(payload).map_err(|e| RejectReason::Malformed(e.to_string()))?;
+            let batch = MotorReadingBatch::decode(payload).map_err(|e| RejectReason::Malformed(e.to_string()))?;
             check_count(batch.readings.len(), limits)?;
             Ok(split(batch.readings.into_iter().map(|m| check(reading_from_proto(m)))))
         }
-        Encoding::Json => match JsonMessage::parse(payload).map_err(|e| RejectReason::Malformed(format!("json: {e}")))? {
-            JsonMessage::Batch(items) => {
-                check_count(items.len(), limits)?;
-                Ok(split(items.into_iter().map(|j| check(reading_from_json(j)))))
+        Encoding::Json => {
+            match JsonMessage::parse(payload).map_err(|e| RejectReason::Malformed(format!("json: {e}")))? {
+                JsonMessage::Batch(items) => {
+                    check_count(items.len(), limits)?;
+                    Ok(split(items.into_iter().map(|j| check(reading_from_json(j)))))
+                }
+                JsonMessage::One(j) => {
+                    Ok(DecodedMessage { readings: vec![check(reading_from_json(*j))?], rejected: Vec::new() })
+                }
             }
-            JsonMessage::One(j) => Ok(DecodedMessage { readings: vec![check(reading_from_json(*j))?], rejected: Vec::new() }),
-        },
+        }
     }
 }
 
@@ -159,7 +162,12 @@ mod tests {
         assert_eq!(from_json.readings, readings);
 
         let wrapped = serde_json::json!({ "readings": json });
-        assert_eq!(decode(wrapped.to_string().as_bytes(), Some("application/json"), Encoding::ProtobufReading).unwrap().readings, readings);
+        assert_eq!(
+            decode(wrapped.to_string().as_bytes(), Some("application/json"), Encoding::ProtobufReading)
+                .unwrap()
+                .readings,
+            readings
+        );
 
         let one = MotorReading::from(&readings[1]).encode_to_vec();
         assert_eq!(decode(&one, None, Encoding::ProtobufReading).unwrap().readings, vec![readings[1].clone()]);

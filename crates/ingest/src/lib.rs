@@ -38,10 +38,12 @@ mod offsets;
 mod pipeline;
 pub mod repeats;
 
-pub use batch::{batch_checksum, readings_from_batch, row_fingerprints, FlushedBatch, PushOutcome, ShardBuilder, ShardedBatcher};
+pub use batch::{
+    FlushedBatch, PushOutcome, ShardBuilder, ShardedBatcher, batch_checksum, readings_from_batch, row_fingerprints,
+};
 pub use config::{Encoding, IngestConfig, TopicConfig};
 pub use dead_letter::headers as dead_letter_headers;
-pub use decode::{decode_message, DecodedMessage, MessageLimits};
+pub use decode::{DecodedMessage, MessageLimits, decode_message};
 pub use error::{IngestError, PartitionStateError, Result};
 pub use metrics::{IngestMetrics, IngestStats};
 pub use offsets::TopicPartition;

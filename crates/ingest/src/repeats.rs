@@ -39,7 +39,10 @@ pub struct RepeatGuard {
 impl RepeatGuard {
     /// Checks `reading` and, if it is new, remembers it.
     pub fn check(&mut self, reading: &Reading) -> Result<(), RejectReason> {
-        let window = self.motors.entry(reading.motor_id.as_str().to_string()).or_insert_with(|| MotorWindow { newest: 0, slots: vec![None; WINDOW] });
+        let window = self
+            .motors
+            .entry(reading.motor_id.as_str().to_string())
+            .or_insert_with(|| MotorWindow { newest: 0, slots: vec![None; WINDOW] });
         let seq = reading.sequence;
         let slot = &mut window.slots[(seq % WINDOW as u64) as usize];
         if *slot == Some((seq, reading.event_time_ms)) {

@@ -11,11 +11,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tessera_ingest::{PartitionStart, PartitionStates, TopicPartition};
 use serde::{Deserialize, Serialize};
-use tessera_core::{ConfigError, ensure};
-use tessera_state::{CheckpointStore, Loaded, Sealer};
 use std::time::Duration;
+use tessera_core::{ConfigError, ensure};
+use tessera_ingest::{PartitionStart, PartitionStates, TopicPartition};
+use tessera_state::{CheckpointStore, Loaded, Sealer};
 
 /// The per-partition stores under a site's state directory: what the ingest asks for when it
 /// is assigned partitions.
@@ -72,7 +72,12 @@ impl PartitionCheckpoints {
             .as_ref()
             .and_then(|l| l.checkpoint.offsets.iter().find(|o| o.topic == tp.0 && o.partition == tp.1))
             .map(|o| o.next_offset);
-        Ok(PartitionStart { topic: tp.0.clone(), partition: tp.1, resume_at, state: Some(Box::new(AssignedStore { store, loaded })) })
+        Ok(PartitionStart {
+            topic: tp.0.clone(),
+            partition: tp.1,
+            resume_at,
+            state: Some(Box::new(AssignedStore { store, loaded })),
+        })
     }
 }
 
@@ -139,6 +144,10 @@ impl StateConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         ensure(!self.interval.is_zero(), "interval", "must be longer than 0")?;
         ensure(self.keep >= 2, "keep", "must be at least 2 (a damaged newest checkpoint needs one to fall back on)")?;
-        ensure(self.dir.as_ref().is_none_or(|d| !d.as_os_str().is_empty()), "dir", "must not be empty (leave it out for no checkpoints)")
+        ensure(
+            self.dir.as_ref().is_none_or(|d| !d.as_os_str().is_empty()),
+            "dir",
+            "must not be empty (leave it out for no checkpoints)",
+        )
     }
 }

@@ -74,7 +74,8 @@ pub enum LoadError {
 impl NodeConfig {
     /// Loads defaults ← `file` (if given) ← environment, and validates.
     pub fn load(file: Option<&Path>) -> Result<Self, LoadError> {
-        let mut figment = Figment::from(Serialized::defaults(NodeConfig { site_id: "site-a".into(), ..Default::default() }));
+        let mut figment =
+            Figment::from(Serialized::defaults(NodeConfig { site_id: "site-a".into(), ..Default::default() }));
         if let Some(file) = file {
             if !file.exists() {
                 return Err(LoadError::Missing(file.to_path_buf()));
@@ -138,7 +139,10 @@ mod tests {
             jail.set_env("TESSERA__INGEST__BROKERS", "kafka-0:9092");
             jail.set_env("TESSERA__INGEST__SHARDS", "16");
             let c = NodeConfig::load(Some(std::path::Path::new("node.toml"))).expect("loads");
-            assert_eq!((c.site_id.as_str(), c.ingest.brokers.as_str(), c.ingest.shards), ("site-b", "kafka-0:9092", 16));
+            assert_eq!(
+                (c.site_id.as_str(), c.ingest.brokers.as_str(), c.ingest.shards),
+                ("site-b", "kafka-0:9092", 16)
+            );
             Ok(())
         });
     }
@@ -151,7 +155,11 @@ mod tests {
     fn file_and_errors() {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("good.toml");
-        std::fs::write(&good, "site_id = \"site-b\"\n[ingest]\nbrokers = \"k:9092\"\nshards = 4\nbatch_max_age = \"250ms\"\n").unwrap();
+        std::fs::write(
+            &good,
+            "site_id = \"site-b\"\n[ingest]\nbrokers = \"k:9092\"\nshards = 4\nbatch_max_age = \"250ms\"\n",
+        )
+        .unwrap();
         let c = NodeConfig::load(Some(&good)).unwrap();
         assert_eq!((c.site_id.as_str(), c.ingest.brokers.as_str(), c.ingest.shards), ("site-b", "k:9092", 4));
         assert_eq!(c.ingest.batch_max_age, std::time::Duration::from_millis(250));

@@ -48,7 +48,12 @@ pub struct Tasks(Vec<(&'static str, JoinHandle<Result<()>>)>);
 
 impl Tasks {
     /// Spawns `task` on `runtime` under `name`.
-    pub fn spawn(&mut self, runtime: &tokio::runtime::Runtime, name: &'static str, task: impl Future<Output = Result<()>> + Send + 'static) {
+    pub fn spawn(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        name: &'static str,
+        task: impl Future<Output = Result<()>> + Send + 'static,
+    ) {
         self.0.push((name, runtime.spawn(task)));
     }
 
@@ -62,7 +67,10 @@ impl Tasks {
     pub async fn join(self) -> Result<()> {
         let mut first = Ok(());
         for (name, task) in self.0 {
-            let ended = task.await.with_context(|| format!("the {name} task panicked")).and_then(|r| r.with_context(|| format!("the {name} task failed")));
+            let ended = task
+                .await
+                .with_context(|| format!("the {name} task panicked"))
+                .and_then(|r| r.with_context(|| format!("the {name} task failed")));
             if let (Err(e), Ok(())) = (ended, &first) {
                 first = Err(e);
             }

@@ -72,7 +72,11 @@ impl Node {
     /// Builds the engine from the config and starts every part the config asks for.
     pub fn start(config: &NodeConfig) -> Result<Node> {
         config.validate()?;
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("tessera-node").enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tessera-node")
+            .enable_all()
+            .build()?;
         let (shutdown, signal) = shutdown_signal();
         let mut tasks = Tasks::default();
         let tls = match &config.tls {
@@ -82,7 +86,14 @@ impl Node {
         let client_tls = tessera_tls::ClientTls::from_material(tls.as_ref());
         let grades = tessera_core::LiveGrades::new(config.grades.clone());
         let control = match &config.raft {
-            Some(raft) => Some(crate::control::member::start(raft, &config.site_id, tls.clone(), &runtime, &mut tasks, signal.clone())?),
+            Some(raft) => Some(crate::control::member::start(
+                raft,
+                &config.site_id,
+                tls.clone(),
+                &runtime,
+                &mut tasks,
+                signal.clone(),
+            )?),
             None => None,
         };
         // A member takes the cluster's queries from itself (the watcher reads them once the
@@ -106,7 +117,8 @@ impl Node {
             Some(dir) => {
                 let mut ingest_config = config.ingest.clone();
                 ingest_config.checkpoint_interval = config.state.interval;
-                let stores = PartitionCheckpoints::new(dir, config.state.keep)?.sealed(config.store.checkpoint_sealer()?);
+                let stores =
+                    PartitionCheckpoints::new(dir, config.state.keep)?.sealed(config.store.checkpoint_sealer()?);
                 (Ingest::start_with_states(ingest_config, tx, Arc::new(stores)), true)
             }
         };
@@ -116,12 +128,24 @@ impl Node {
             Some(store) => Some(TelemetryStore::start(store, &config.store, grades.clone())?),
             None => None,
         };
-        let detect = Detect::start_checkpointed(engine, &config.detect, &config.ingest.brokers, rx, checkpointed, store.as_ref().map(TelemetryStore::sender))?;
+        let detect = Detect::start_checkpointed(
+            engine,
+            &config.detect,
+            &config.ingest.brokers,
+            rx,
+            checkpointed,
+            store.as_ref().map(TelemetryStore::sender),
+        )?;
         let registry = admin.as_ref().map(|_| RegistryRows::default());
         let mut sql_latency = None;
         let sql = match config.sql.listen {
             Some(listen) => {
-                let tables = crate::sql::served_tables(shared_tables, &detect.running_queries(), registry.as_ref(), store.as_ref());
+                let tables = crate::sql::served_tables(
+                    shared_tables,
+                    &detect.running_queries(),
+                    registry.as_ref(),
+                    store.as_ref(),
+                );
                 let endpoint = SqlEndpoint::new(&config.sql, &config.site_id, tables, grades.clone(), tls.clone())?;
                 let listener = bind(&runtime, listen, "sql.listen")?;
                 let served = (listener.local_addr()?, endpoint.refusals().clone());
@@ -133,7 +157,16 @@ impl Node {
         };
         if let (Some(admin), Some(registry)) = (&admin, registry) {
             let running = registered.into_iter().filter(|(name, _)| !local.contains(name)).collect();
-            let watcher = QueryWatcher::new(&config.control, admin, client_tls, local, running, detect.query_changes(), registry, grades);
+            let watcher = QueryWatcher::new(
+                &config.control,
+                admin,
+                client_tls,
+                local,
+                running,
+                detect.query_changes(),
+                registry,
+                grades,
+            );
             tasks.spawn(&runtime, "query watcher", watcher.run(signal.clone()));
         }
         let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -83,57 +83,143 @@ impl NodeProbe {
     pub fn render(&self) -> String {
         let mut out = Metrics { text: String::new(), site: escape(&self.site) };
         let i = self.ingest.snapshot();
-        out.gauge("tessera_build_info", "The running version (value 1).", &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
+        out.gauge(
+            "tessera_build_info",
+            "The running version (value 1).",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1.0,
+        );
         out.counter("tessera_ingest_messages_total", "Kafka messages consumed.", &[], i.messages);
         out.counter("tessera_ingest_bytes_total", "Bytes of Kafka messages consumed.", &[], i.bytes);
         out.family("tessera_ingest_readings_total", "counter", "Readings decoded, by outcome (rate: the ingest rate).");
         out.sample("tessera_ingest_readings_total", &[("outcome", "accepted")], i.readings_accepted as f64);
         out.sample("tessera_ingest_readings_total", &[("outcome", "rejected")], i.readings_rejected as f64);
-        out.family("tessera_ingest_rejected_total", "counter", "Readings rejected, by reason (each one dead-lettered).");
+        out.family(
+            "tessera_ingest_rejected_total",
+            "counter",
+            "Readings rejected, by reason (each one dead-lettered).",
+        );
         for (reason, n) in &i.rejected_by_reason {
             out.sample("tessera_ingest_rejected_total", &[("reason", reason)], *n as f64);
         }
-        out.counter("tessera_ingest_dead_letters_total", "Messages written to the dead-letter topic.", &[], i.dead_letters_sent);
-        out.gauge("tessera_ingest_consumer_lag", "Messages behind the high watermarks of the partitions this node owns.", &[], i.consumer_lag as f64);
+        out.counter(
+            "tessera_ingest_dead_letters_total",
+            "Messages written to the dead-letter topic.",
+            &[],
+            i.dead_letters_sent,
+        );
+        out.gauge(
+            "tessera_ingest_consumer_lag",
+            "Messages behind the high watermarks of the partitions this node owns.",
+            &[],
+            i.consumer_lag as f64,
+        );
         out.counter("tessera_ingest_batches_total", "Arrow batches handed to the detection stage.", &[], i.batches);
         out.counter("tessera_ingest_commits_total", "Offset commits.", &[], i.commits);
         out.counter("tessera_ingest_commit_errors_total", "Offset commits that failed.", &[], i.commit_errors);
         out.counter("tessera_ingest_rebalances_total", "Consumer-group rebalances seen.", &[], i.rebalances);
         out.counter("tessera_ingest_pauses_total", "Times the consumer paused for backpressure.", &[], i.pauses);
-        out.counter("tessera_ingest_consumer_errors_total", "Consumer errors reported by librdkafka.", &[], i.consumer_errors);
+        out.counter(
+            "tessera_ingest_consumer_errors_total",
+            "Consumer errors reported by librdkafka.",
+            &[],
+            i.consumer_errors,
+        );
 
         let d = self.detect.stats();
         out.family("tessera_detect_windows_closed_total", "counter", "Windows closed, by window.");
         for (spec, w) in &d.engine.windows {
-            out.sample("tessera_detect_windows_closed_total", &[("window", &tessera_stream::engine::describe(spec))], w.windows_closed as f64);
+            out.sample(
+                "tessera_detect_windows_closed_total",
+                &[("window", &tessera_stream::engine::describe(spec))],
+                w.windows_closed as f64,
+            );
         }
-        out.counter("tessera_detect_alert_events_total", "Alert events (open, update, close) written.", &[], d.alerts_sent);
+        out.counter(
+            "tessera_detect_alert_events_total",
+            "Alert events (open, update, close) written.",
+            &[],
+            d.alerts_sent,
+        );
         out.gauge("tessera_detect_alerts_open", "Alerts open now.", &[], d.engine.alerts_open as f64);
-        out.counter("tessera_detect_late_readings_total", "Readings too late for their window, written to the late topic.", &[], d.late_sent);
-        out.counter("tessera_detect_query_errors_total", "Continuous-query runs that failed (their windows dead-lettered).", &[], d.engine.query_errors);
+        out.counter(
+            "tessera_detect_late_readings_total",
+            "Readings too late for their window, written to the late topic.",
+            &[],
+            d.late_sent,
+        );
+        out.counter(
+            "tessera_detect_query_errors_total",
+            "Continuous-query runs that failed (their windows dead-lettered).",
+            &[],
+            d.engine.query_errors,
+        );
         out.counter("tessera_detect_checkpoints_total", "Checkpoint files written.", &[], d.checkpoints);
-        out.gauge("tessera_detect_partitions_owned", "Kafka partitions whose state this node holds.", &[], d.partitions_owned as f64);
-        out.histogram("tessera_alert_latency_seconds", "From the step that closed a window to its alert written (processing time).", &self.alert_latency.snapshot());
+        out.gauge(
+            "tessera_detect_partitions_owned",
+            "Kafka partitions whose state this node holds.",
+            &[],
+            d.partitions_owned as f64,
+        );
+        out.histogram(
+            "tessera_alert_latency_seconds",
+            "From the step that closed a window to its alert written (processing time).",
+            &self.alert_latency.snapshot(),
+        );
 
         if let Some(sql) = &self.sql_latency {
-            out.histogram("tessera_sql_query_duration_seconds", "Flight SQL queries, from arrival to the last row sent (or the refusal).", &sql.snapshot());
+            out.histogram(
+                "tessera_sql_query_duration_seconds",
+                "Flight SQL queries, from arrival to the last row sent (or the refusal).",
+                &sql.snapshot(),
+            );
         }
         let refusals: Vec<(&str, &Arc<tessera_tls::Refusals>)> =
-            [("sql", self.sql_refusals.as_ref()), ("raft", self.raft_refusals.as_ref())].into_iter().filter_map(|(e, r)| r.map(|r| (e, r))).collect();
+            [("sql", self.sql_refusals.as_ref()), ("raft", self.raft_refusals.as_ref())]
+                .into_iter()
+                .filter_map(|(e, r)| r.map(|r| (e, r)))
+                .collect();
         if !refusals.is_empty() {
-            out.family("tessera_tls_refusals_total", "counter", "Calls refused for their certificate: failed handshakes, or a certificate that does not fit the claim.");
+            out.family(
+                "tessera_tls_refusals_total",
+                "counter",
+                "Calls refused for their certificate: failed handshakes, or a certificate that does not fit the claim.",
+            );
             for (endpoint, r) in refusals {
-                out.sample("tessera_tls_refusals_total", &[("endpoint", endpoint), ("kind", "handshake")], r.handshakes() as f64);
-                out.sample("tessera_tls_refusals_total", &[("endpoint", endpoint), ("kind", "identity")], r.identities() as f64);
+                out.sample(
+                    "tessera_tls_refusals_total",
+                    &[("endpoint", endpoint), ("kind", "handshake")],
+                    r.handshakes() as f64,
+                );
+                out.sample(
+                    "tessera_tls_refusals_total",
+                    &[("endpoint", endpoint), ("kind", "identity")],
+                    r.identities() as f64,
+                );
             }
         }
         if let Some(raft) = &self.raft {
             let s = tessera_consensus::RaftStatus::of(raft);
             let node = s.node_id.to_string();
             out.gauge("tessera_raft_term", "The current Raft term.", &[("node", &node)], s.term as f64);
-            out.gauge("tessera_raft_leader_id", "The leader this node knows of (-1: none).", &[("node", &node)], s.leader.map_or(-1.0, |l| l as f64));
-            out.gauge("tessera_raft_is_leader", "1 if this node is the leader.", &[("node", &node)], f64::from(u8::from(s.is_leader)));
-            out.gauge("tessera_raft_applied_index", "The last applied log index.", &[("node", &node)], s.applied_index.map_or(0.0, |i| i as f64));
+            out.gauge(
+                "tessera_raft_leader_id",
+                "The leader this node knows of (-1: none).",
+                &[("node", &node)],
+                s.leader.map_or(-1.0, |l| l as f64),
+            );
+            out.gauge(
+                "tessera_raft_is_leader",
+                "1 if this node is the leader.",
+                &[("node", &node)],
+                f64::from(u8::from(s.is_leader)),
+            );
+            out.gauge(
+                "tessera_raft_applied_index",
+                "The last applied log index.",
+                &[("node", &node)],
+                s.applied_index.map_or(0.0, |i| i as f64),
+            );
             out.gauge("tessera_raft_voters", "Voters in the current membership.", &[("node", &node)], s.voters as f64);
         }
         out.text
@@ -198,12 +284,27 @@ pub async fn serve_http(listener: tokio::net::TcpListener, probe: NodeProbe, shu
     };
     let (live, ready, metrics) = (probe.clone(), probe.clone(), probe);
     let app = axum::Router::new()
-        .route("/metrics", get(move || {
-            let body = metrics.render();
-            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body) }
-        }))
-        .route("/livez", get(move || { let r = answer(live.live()); async move { r } }))
-        .route("/readyz", get(move || { let r = answer(ready.ready()); async move { r } }))
+        .route(
+            "/metrics",
+            get(move || {
+                let body = metrics.render();
+                async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body) }
+            }),
+        )
+        .route(
+            "/livez",
+            get(move || {
+                let r = answer(live.live());
+                async move { r }
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let r = answer(ready.ready());
+                async move { r }
+            }),
+        )
         .route("/startupz", get(|| async { "started\n" }));
     tracing::info!(%addr, "metrics and health endpoints serving");
     axum::serve(listener, app).with_graceful_shutdown(shutdown.wait()).await.context("the HTTP endpoint stopped")

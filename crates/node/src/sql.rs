@@ -11,18 +11,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_core::{ConfigError, ensure};
 use anyhow::{Context as _, Result};
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::TableProvider;
-use tessera_stream::tables::BoundedTable;
 use serde::{Deserialize, Serialize};
-use tessera_sql::{AuditSink, Authenticator, Catalog, ConfigUsers, Federation, FlightSqlEndpoint, Peer, LogAudit, QueryAudit, ServedTable, SnapshotTable, TableKind, TokenConfig, UserConfig};
+use tessera_core::{ConfigError, ensure};
+use tessera_sql::{
+    AuditSink, Authenticator, Catalog, ConfigUsers, Federation, FlightSqlEndpoint, LogAudit, Peer, QueryAudit,
+    ServedTable, SnapshotTable, TableKind, TokenConfig, UserConfig,
+};
+use tessera_stream::tables::BoundedTable;
 
 use crate::control::RegistryRows;
-use crate::lifecycle::Shutdown;
 use crate::detect::RunningQueries;
+use crate::lifecycle::Shutdown;
 use crate::store::TelemetryStore;
 
 /// The `[sql]` section: where the Flight SQL endpoint listens and who may use it.
@@ -74,10 +77,18 @@ impl SqlConfig {
         ensure(self.listen.is_none() || !self.users.is_empty(), "users", "the endpoint needs at least one user")?;
         ConfigUsers::new(&self.users, &self.tokens)?;
         if !self.peers.is_empty() {
-            ensure(self.federation_token.as_deref().is_some_and(|t| t.len() >= 16), "federation_token", "peers need a shared token of at least 16 characters")?;
+            ensure(
+                self.federation_token.as_deref().is_some_and(|t| t.len() >= 16),
+                "federation_token",
+                "peers need a shared token of at least 16 characters",
+            )?;
         }
         for (i, p) in self.peers.iter().enumerate() {
-            ensure(!p.site.is_empty() && p.addr.contains(':'), &format!("peers[{i}]"), "needs a site and a host:port addr")?;
+            ensure(
+                !p.site.is_empty() && p.addr.contains(':'),
+                &format!("peers[{i}]"),
+                "needs a site and a host:port addr",
+            )?;
         }
         Ok(())
     }
@@ -85,7 +96,12 @@ impl SqlConfig {
 
 /// The tables a node serves over SQL: its engine's `shared` tables, the queries it runs, and
 /// with a control plane, the registry's `sites` and `motors`.
-pub fn served_tables(shared: Vec<(&'static str, Arc<dyn TableProvider>)>, running: &RunningQueries, registry: Option<&RegistryRows>, store: Option<&TelemetryStore>) -> Vec<ServedTable> {
+pub fn served_tables(
+    shared: Vec<(&'static str, Arc<dyn TableProvider>)>,
+    running: &RunningQueries,
+    registry: Option<&RegistryRows>,
+    store: Option<&TelemetryStore>,
+) -> Vec<ServedTable> {
     let mut tables: Vec<ServedTable> = shared
         .into_iter()
         .map(|(name, provider)| match (name, store) {
@@ -93,18 +109,27 @@ pub fn served_tables(shared: Vec<(&'static str, Arc<dyn TableProvider>)>, runnin
             ("telemetry", Some(store)) => (name, store.table() as Arc<dyn TableProvider>),
             _ => (name, provider),
         })
-        .map(|(name, provider)| ServedTable { name: name.to_string(), provider, kind: if name == "telemetry" { TableKind::Raw } else { TableKind::Derived } })
+        .map(|(name, provider)| ServedTable {
+            name: name.to_string(),
+            provider,
+            kind: if name == "telemetry" { TableKind::Raw } else { TableKind::Derived },
+        })
         .collect();
     if let Some(store) = store {
         tables.push(ServedTable { name: "segments".into(), provider: store.segments_table(), kind: TableKind::Audit });
     }
     let list = running.clone();
-    tables.push(ServedTable { name: "continuous_queries".into(), provider: SnapshotTable::new(RunningQueries::schema(), move || list.rows()), kind: TableKind::Derived });
+    tables.push(ServedTable {
+        name: "continuous_queries".into(),
+        provider: SnapshotTable::new(RunningQueries::schema(), move || list.rows()),
+        kind: TableKind::Derived,
+    });
     if let Some(registry) = registry {
         let (r, schema) = (registry.clone(), sites_schema());
         let sites = SnapshotTable::new(schema.clone(), move || {
             let (sites, _) = r.get();
-            let nodes = |s: &tessera_proto::raft::Site| s.nodes.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+            let nodes =
+                |s: &tessera_proto::raft::Site| s.nodes.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
             let columns: Vec<ArrayRef> = vec![
                 Arc::new(StringArray::from_iter_values(sites.iter().map(|s| s.site.as_str()))),
                 Arc::new(StringArray::from_iter_values(sites.iter().map(|s| s.name.as_str()))),
@@ -138,7 +163,10 @@ fn sites_schema() -> SchemaRef {
 }
 
 fn motors_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![Field::new("motor_id", DataType::Utf8, false), Field::new("site_id", DataType::Utf8, false)]))
+    Arc::new(Schema::new(vec![
+        Field::new("motor_id", DataType::Utf8, false),
+        Field::new("site_id", DataType::Utf8, false),
+    ]))
 }
 
 /// The node's query audit: every query asked of its endpoint (run or refused, with why), in
@@ -226,7 +254,11 @@ impl SqlEndpoint {
         let server_tls = match &tls {
             Some(material) => {
                 endpoint = endpoint.require_node_certificates(refusals.clone());
-                Some(tessera_tls::ServerTls { config: material.server_config(tessera_tls::ClientAuth::Optional).map_err(|e| e.within("tls"))?, endpoint: "sql", refusals: refusals.clone() })
+                Some(tessera_tls::ServerTls {
+                    config: material.server_config(tessera_tls::ClientAuth::Optional).map_err(|e| e.within("tls"))?,
+                    endpoint: "sql",
+                    refusals: refusals.clone(),
+                })
             }
             None => None,
         };

@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tessera_core::{ConfigError, ensure, now_ms};
 use anyhow::{Context as _, Result};
 use arrow_array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array};
 use async_trait::async_trait;
@@ -29,6 +28,7 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use serde::{Deserialize, Serialize};
+use tessera_core::{ConfigError, ensure, now_ms};
 use tessera_core::{DataGrade, LiveGrades, telemetry_schema};
 use tessera_store::{Kek, KekSealer, Retention, SegmentMeta, SegmentStore, ShredEvent};
 
@@ -100,7 +100,11 @@ impl StoreConfig {
     /// Checks the fields; the error names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         // (A KEK without a store still seals the checkpoints.)
-        ensure(self.dir.is_none() || self.kek_file.is_some(), "kek_file", "a store needs the site's key-encryption key (make one with `tessera store new-kek`)")?;
+        ensure(
+            self.dir.is_none() || self.kek_file.is_some(),
+            "kek_file",
+            "a store needs the site's key-encryption key (make one with `tessera store new-kek`)",
+        )?;
         ensure(self.segment_rows > 0, "segment_rows", "must be positive")?;
         ensure(!self.segment_interval.is_zero(), "segment_interval", "must be longer than 0")?;
         ensure(!self.retention_check.is_zero(), "retention_check", "must be longer than 0")?;
@@ -167,7 +171,11 @@ pub struct TelemetryStore {
 impl TelemetryStore {
     /// Starts the store's thread over `store`; columns are graded by `grades`.
     pub fn start(store: SegmentStore, config: &StoreConfig, grades: LiveGrades) -> Result<Self> {
-        let shared = Arc::new(Shared { store: Mutex::new(store), pending: Mutex::new(Vec::new()), stats: Mutex::new(StoreStats::default()) });
+        let shared = Arc::new(Shared {
+            store: Mutex::new(store),
+            pending: Mutex::new(Vec::new()),
+            stats: Mutex::new(StoreStats::default()),
+        });
         let (rows, queue) = std::sync::mpsc::sync_channel(16);
         let stop = Arc::new(AtomicBool::new(false));
         let worker = Writer { shared: shared.clone(), config: config.clone(), grades, stop: stop.clone() };
@@ -201,8 +209,21 @@ impl TelemetryStore {
     }
 
     /// Shreds the `grades` of the segments wholly inside `[from_ms, to_ms]` now (audited).
-    pub fn shred(&self, from_ms: i64, to_ms: i64, grades: &[DataGrade], reason: &str, actor: &str) -> Result<Vec<ShredEvent>> {
-        let events = self.shared.store.lock().map_err(|_| anyhow::anyhow!("store lock poisoned"))?.shred(from_ms, to_ms, grades, reason, now_ms())?;
+    pub fn shred(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        grades: &[DataGrade],
+        reason: &str,
+        actor: &str,
+    ) -> Result<Vec<ShredEvent>> {
+        let events = self.shared.store.lock().map_err(|_| anyhow::anyhow!("store lock poisoned"))?.shred(
+            from_ms,
+            to_ms,
+            grades,
+            reason,
+            now_ms(),
+        )?;
         audit_shreds(&self.shared, &events, actor);
         Ok(events)
     }
@@ -255,7 +276,8 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => self.stop.load(Ordering::Relaxed),
                 Err(RecvTimeoutError::Disconnected) => true,
             };
-            let due = pending_rows >= self.config.segment_rows || oldest_pending.is_some_and(|t| t.elapsed() >= self.config.segment_interval);
+            let due = pending_rows >= self.config.segment_rows
+                || oldest_pending.is_some_and(|t| t.elapsed() >= self.config.segment_interval);
             if (due || ended) && pending_rows > 0 {
                 self.cut_segment()?;
                 pending_rows = 0;
@@ -263,7 +285,12 @@ impl Writer {
             }
             if last_retention.elapsed() >= self.config.retention_check {
                 last_retention = Instant::now();
-                let events = self.shared.store.lock().map_err(|_| anyhow::anyhow!("store lock poisoned"))?.apply_retention(&retention, now_ms())?;
+                let events = self
+                    .shared
+                    .store
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("store lock poisoned"))?
+                    .apply_retention(&retention, now_ms())?;
                 audit_shreds(&self.shared, &events, "retention");
             }
             if ended {
@@ -311,7 +338,6 @@ fn audit_shreds(shared: &Shared, events: &[ShredEvent], actor: &str) {
     }
 }
 
-
 /// The `telemetry` table over the store: the segments whose time range can match the query's
 /// `ts` filters, then the pending rows. A query needing a shredded column of a segment it
 /// cannot rule out by time fails, naming the segment and why (the data is gone).
@@ -336,12 +362,30 @@ impl TableProvider for StoredTelemetry {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
         // Filters on `ts` prune segments; DataFusion still applies every filter to the rows.
-        Ok(filters.iter().map(|f| if ts_bounds(f).is_some() { TableProviderFilterPushDown::Inexact } else { TableProviderFilterPushDown::Unsupported }).collect())
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if ts_bounds(f).is_some() {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
     }
 
-    async fn scan(&self, _state: &dyn Session, projection: Option<&Vec<usize>>, filters: &[Expr], _limit: Option<usize>) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
         let full = telemetry_schema();
         let indices: Vec<usize> = projection.cloned().unwrap_or_else(|| (0..full.fields().len()).collect());
         let schema = Arc::new(full.project(&indices)?);
@@ -355,12 +399,20 @@ impl TableProvider for StoredTelemetry {
         }
         let mut batches = Vec::new();
         {
-            let store = self.shared.store.lock().map_err(|_| datafusion::error::DataFusionError::Execution("store lock poisoned".into()))?;
-            for segment in store.segments().iter().filter(|s| s.max_ts_ms >= lo && s.min_ts_ms <= hi && s.stream == "telemetry") {
+            let store = self
+                .shared
+                .store
+                .lock()
+                .map_err(|_| datafusion::error::DataFusionError::Execution("store lock poisoned".into()))?;
+            for segment in
+                store.segments().iter().filter(|s| s.max_ts_ms >= lo && s.min_ts_ms <= hi && s.stream == "telemetry")
+            {
                 let read = store.read(&segment.id, Some(&names)).map_err(|e| match e {
                     tessera_store::StoreError::Shredded { .. } => {
                         let hint = "filter on ts to leave the range out, or leave its columns out";
-                        datafusion::error::DataFusionError::External(Box::new(tessera_sql::SqlError::Destroyed(format!("telemetry: {e}; {hint}"))))
+                        datafusion::error::DataFusionError::External(Box::new(tessera_sql::SqlError::Destroyed(
+                            format!("telemetry: {e}; {hint}"),
+                        )))
                     }
                     other => datafusion::error::DataFusionError::Execution(format!("telemetry: {other}")),
                 })?;
@@ -368,7 +420,11 @@ impl TableProvider for StoredTelemetry {
                     batches.push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
                 }
             }
-            let pending = self.shared.pending.lock().map_err(|_| datafusion::error::DataFusionError::Execution("pending lock poisoned".into()))?;
+            let pending = self
+                .shared
+                .pending
+                .lock()
+                .map_err(|_| datafusion::error::DataFusionError::Execution("pending lock poisoned".into()))?;
             for b in pending.iter() {
                 batches.push(b.project(&indices)?);
             }
@@ -437,8 +493,12 @@ pub fn segments_batch(schema: &SchemaRef, segments: &[SegmentMeta]) -> Result<Re
     let mut columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(segments.iter().map(|s| s.id.as_str()))),
         Arc::new(StringArray::from_iter_values(segments.iter().map(|s| s.stream.as_str()))),
-        Arc::new(TimestampMillisecondArray::from_iter_values(segments.iter().map(|s| s.min_ts_ms)).with_timezone("UTC")),
-        Arc::new(TimestampMillisecondArray::from_iter_values(segments.iter().map(|s| s.max_ts_ms)).with_timezone("UTC")),
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(segments.iter().map(|s| s.min_ts_ms)).with_timezone("UTC"),
+        ),
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(segments.iter().map(|s| s.max_ts_ms)).with_timezone("UTC"),
+        ),
         Arc::new(UInt64Array::from_iter_values(segments.iter().map(|s| s.rows))),
         Arc::new(UInt64Array::from_iter_values(segments.iter().map(|s| s.bytes))),
         Arc::new(StringArray::from_iter(segments.iter().map(|s| s.imported_from.clone()))),
@@ -456,7 +516,11 @@ pub fn segments_batch(schema: &SchemaRef, segments: &[SegmentMeta]) -> Result<Re
 
 /// Writes a new key-encryption key file (refuses to overwrite one).
 pub fn new_kek(path: &Path, version: u32) -> Result<()> {
-    anyhow::ensure!(!path.exists(), "{} exists; a KEK is never overwritten (rotate to a new file instead)", path.display());
+    anyhow::ensure!(
+        !path.exists(),
+        "{} exists; a KEK is never overwritten (rotate to a new file instead)",
+        path.display()
+    );
     Kek::generate(version)?.write(path)?;
     Ok(())
 }

@@ -54,7 +54,11 @@ pub fn endpoint(config: &TelemetryConfig) -> Option<String> {
 }
 
 /// A tracer provider exporting to `endpoint` (its gRPC channel on `runtime`).
-pub fn otlp_provider(endpoint: &str, config: &TelemetryConfig, runtime: &tokio::runtime::Runtime) -> Result<SdkTracerProvider> {
+pub fn otlp_provider(
+    endpoint: &str,
+    config: &TelemetryConfig,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<SdkTracerProvider> {
     let _on_runtime = runtime.enter();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
@@ -81,7 +85,11 @@ pub fn init(config: &TelemetryConfig, default_filter: &str) -> Result<TelemetryG
         tracing_subscriber::registry().with(fmt).try_init().context("installing the log subscriber")?;
         return Ok(TelemetryGuard { provider: None, runtime: None });
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("tessera-otlp").enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("tessera-otlp")
+        .enable_all()
+        .build()?;
     let provider = otlp_provider(&endpoint, config, &runtime)?;
     let tracer = provider.tracer("tessera");
     // Spans of Tessera's own crates at info and above go out, whatever the log filter says.
@@ -117,7 +125,10 @@ impl TelemetryConfig {
     pub fn validate(&self) -> Result<(), tessera_core::ConfigError> {
         tessera_core::ensure((0.0..=1.0).contains(&self.sample_ratio), "sample_ratio", "must be between 0 and 1")?;
         match &self.otlp_endpoint {
-            Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => Err(tessera_core::ConfigError::new("otlp_endpoint", format!("'{e}' must start with http:// or https://"))),
+            Some(e) if !(e.starts_with("http://") || e.starts_with("https://")) => Err(tessera_core::ConfigError::new(
+                "otlp_endpoint",
+                format!("'{e}' must start with http:// or https://"),
+            )),
             _ => Ok(()),
         }
     }

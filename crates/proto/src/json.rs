@@ -23,7 +23,10 @@ pub fn reading_to_json(r: &Reading) -> serde_json::Value {
         }
     }
     if !r.extra.is_empty() {
-        o.insert("extra".into(), r.extra.iter().map(|(k, v)| (k.clone(), (*v).into())).collect::<serde_json::Map<_, _>>().into());
+        o.insert(
+            "extra".into(),
+            r.extra.iter().map(|(k, v)| (k.clone(), (*v).into())).collect::<serde_json::Map<_, _>>().into(),
+        );
     }
     o.into()
 }
@@ -49,7 +52,9 @@ impl JsonMessage {
         let mut one: JsonReading = serde_json::from_slice(payload)?;
         match one.readings.take() {
             Some(items) if one.has_no_identity() => Ok(JsonMessage::Batch(items)),
-            Some(_) => Err(serde::de::Error::custom("an object with `readings` must have no reading fields of its own")),
+            Some(_) => {
+                Err(serde::de::Error::custom("an object with `readings` must have no reading fields of its own"))
+            }
             None => Ok(JsonMessage::One(Box::new(one))),
         }
     }
@@ -95,7 +100,15 @@ pub fn reading_from_json(j: JsonReading) -> Result<Reading, RejectReason> {
         site_id,
         event_time_ms: j.event_time_ms.ok_or(RejectReason::MissingField("event_time_ms"))?,
         sequence: j.sequence.ok_or(RejectReason::MissingField("sequence"))?,
-        channels: [j.current_a, j.voltage_v, j.temperature_c, j.vibration_x_rms, j.vibration_y_rms, j.vibration_z_rms, j.speed_rpm],
+        channels: [
+            j.current_a,
+            j.voltage_v,
+            j.temperature_c,
+            j.vibration_x_rms,
+            j.vibration_y_rms,
+            j.vibration_z_rms,
+            j.speed_rpm,
+        ],
         extra: j.extra,
     })
 }
@@ -172,8 +185,14 @@ mod tests {
 
         let unknown = JsonMessage::parse(br#"{"motor_id":"M1","temprature_c":3}"#).unwrap_err();
         assert!(unknown.to_string().contains("temprature_c"), "{unknown}");
-        assert!(JsonMessage::parse(br#"{"motor_id":"M1","readings":[]}"#).is_err(), "a batch wrapper with fields of its own");
-        let JsonMessage::One(missing) = JsonMessage::parse(br#"{"motor_id":"M1","site_id":"s","sequence":1}"#).unwrap() else { panic!("one reading") };
+        assert!(
+            JsonMessage::parse(br#"{"motor_id":"M1","readings":[]}"#).is_err(),
+            "a batch wrapper with fields of its own"
+        );
+        let JsonMessage::One(missing) = JsonMessage::parse(br#"{"motor_id":"M1","site_id":"s","sequence":1}"#).unwrap()
+        else {
+            panic!("one reading")
+        };
         assert_eq!(reading_from_json(*missing), Err(RejectReason::MissingField("event_time_ms")));
     }
 }

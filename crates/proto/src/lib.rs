@@ -23,10 +23,8 @@ pub mod raft {
 pub use convert::reading_from_proto;
 
 /// The `content-type` header value of a Kafka message holding one [`telemetry::MotorReading`].
-pub const CONTENT_TYPE_READING: &str =
-    "application/x-protobuf; messageType=tessera.telemetry.v1.MotorReading";
+pub const CONTENT_TYPE_READING: &str = "application/x-protobuf; messageType=tessera.telemetry.v1.MotorReading";
 /// The `content-type` header value of a Kafka message holding a [`telemetry::MotorReadingBatch`].
-pub const CONTENT_TYPE_BATCH: &str =
-    "application/x-protobuf; messageType=tessera.telemetry.v1.MotorReadingBatch";
+pub const CONTENT_TYPE_BATCH: &str = "application/x-protobuf; messageType=tessera.telemetry.v1.MotorReadingBatch";
 /// The `content-type` header value of a Kafka message holding JSON readings.
 pub const CONTENT_TYPE_JSON: &str = "application/json";

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -68,13 +68,16 @@ impl ConfigUsers {
     pub fn new(users: &[UserConfig], tokens: &[TokenConfig]) -> Result<Self, ConfigError> {
         let mut by_name = HashMap::new();
         for (i, u) in users.iter().enumerate() {
-            let field = |name: &str, problem: &str| ConfigError::new(format!("users[{i}].{name}"), format!("user {:?}: {problem}", u.name));
+            let field = |name: &str, problem: &str| {
+                ConfigError::new(format!("users[{i}].{name}"), format!("user {:?}: {problem}", u.name))
+            };
             if u.name.is_empty() {
                 return Err(field("name", "must not be empty"));
             }
             // Leaked once per configured user, at start: PasswordHash borrows its string.
             let phc: &'static str = Box::leak(u.password_hash.clone().into_boxed_str());
-            let hash = PasswordHash::new(phc).map_err(|e| field("password_hash", &format!("is not a PHC string: {e}")))?;
+            let hash =
+                PasswordHash::new(phc).map_err(|e| field("password_hash", &format!("is not a PHC string: {e}")))?;
             if u.role == Role::SiteOperator && u.site.as_deref().is_none_or(str::is_empty) {
                 return Err(field("site", "a site-operator needs a site"));
             }
@@ -95,7 +98,12 @@ impl ConfigUsers {
     }
 
     fn identity(&self, user: &str) -> Option<Identity> {
-        self.users.get(user).map(|(u, _)| Identity { user: u.name.clone(), role: u.role, site: u.site.clone(), via_peer: false })
+        self.users.get(user).map(|(u, _)| Identity {
+            user: u.name.clone(),
+            role: u.role,
+            site: u.site.clone(),
+            via_peer: false,
+        })
     }
 }
 
@@ -167,15 +175,19 @@ impl Authenticator {
     /// federation token with the identity it acts for (`header` reads the call's metadata).
     pub fn check_call(&self, header: &dyn Fn(&str) -> Option<String>) -> Result<Identity, SqlError> {
         let authorization = header("authorization");
-        if let (Some(federation), Some(token)) = (self.federation, authorization.as_deref().and_then(|h| h.strip_prefix("Bearer ")))
+        if let (Some(federation), Some(token)) =
+            (self.federation, authorization.as_deref().and_then(|h| h.strip_prefix("Bearer ")))
             && digest(token) == federation
         {
-            let user = header(AS_USER).ok_or_else(|| SqlError::Unauthenticated("a federated call must name its user".into()))?;
+            let user = header(AS_USER)
+                .ok_or_else(|| SqlError::Unauthenticated("a federated call must name its user".into()))?;
             let role = match header(AS_ROLE).as_deref() {
                 Some("site-operator") => Role::SiteOperator,
                 Some("fleet-analyst") => Role::FleetAnalyst,
                 Some("admin") => Role::Admin,
-                other => return Err(SqlError::Unauthenticated(format!("a federated call names no known role: {other:?}"))),
+                other => {
+                    return Err(SqlError::Unauthenticated(format!("a federated call names no known role: {other:?}")));
+                }
             };
             return Ok(Identity { user, role, site: header(AS_SITE), via_peer: true });
         }
@@ -186,7 +198,8 @@ impl Authenticator {
     /// as the ADBC driver omits it) and returns a new session token, or accepts a bearer
     /// token as is.
     pub fn handshake(&self, authorization: Option<&str>) -> Result<(String, Identity), SqlError> {
-        let header = authorization.ok_or_else(|| SqlError::Unauthenticated("no authorization header: send Basic credentials".into()))?;
+        let header = authorization
+            .ok_or_else(|| SqlError::Unauthenticated("no authorization header: send Basic credentials".into()))?;
         if let Some(token) = header.strip_prefix("Bearer ") {
             let identity = self.bearer(token)?;
             return Ok((token.to_string(), identity));
@@ -203,8 +216,12 @@ impl Authenticator {
 
     /// The identity behind `authorization` (`Bearer <token>`) on a call after the handshake.
     pub fn check(&self, authorization: Option<&str>) -> Result<Identity, SqlError> {
-        let header = authorization.ok_or_else(|| SqlError::Unauthenticated("no bearer token: authenticate with the handshake first".into()))?;
-        let token = header.strip_prefix("Bearer ").ok_or_else(|| SqlError::Unauthenticated("the authorization header must be 'Bearer <token>'".into()))?;
+        let header = authorization.ok_or_else(|| {
+            SqlError::Unauthenticated("no bearer token: authenticate with the handshake first".into())
+        })?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| SqlError::Unauthenticated("the authorization header must be 'Bearer <token>'".into()))?;
         self.bearer(token)
     }
 
@@ -227,7 +244,9 @@ pub fn parse_basic(header: &str) -> Result<(String, String), SqlError> {
     let bad = |why: &str| SqlError::Unauthenticated(format!("authorization header: {why}"));
     let encoded = header.strip_prefix("Basic ").ok_or_else(|| bad("expected 'Basic <base64>' or 'Bearer <token>'"))?;
     let encoded = encoded.trim().trim_end_matches('=');
-    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD.decode(encoded).map_err(|_| bad("credentials are not base64"))?;
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(encoded)
+        .map_err(|_| bad("credentials are not base64"))?;
     let text = String::from_utf8(bytes).map_err(|_| bad("credentials are not UTF-8"))?;
     let (user, password) = text.split_once(':').ok_or_else(|| bad("credentials must be user:password"))?;
     Ok((user.to_string(), password.to_string()))
@@ -241,14 +260,23 @@ mod tests {
         let hash = hash_password("s3cret").unwrap();
         let users = vec![
             UserConfig { name: "ana".into(), password_hash: hash.clone(), role: Role::FleetAnalyst, site: None },
-            UserConfig { name: "op".into(), password_hash: hash, role: Role::SiteOperator, site: Some("site-a".into()) },
+            UserConfig {
+                name: "op".into(),
+                password_hash: hash,
+                role: Role::SiteOperator,
+                site: Some("site-a".into()),
+            },
         ];
         let tokens = vec![TokenConfig { sha256: hash_token("grafana-token"), user: "ana".into() }];
         Authenticator::new(Box::new(ConfigUsers::new(&users, &tokens).unwrap()), Duration::from_secs(60))
     }
 
     fn basic(credentials: &str, pad: bool) -> String {
-        let engine = if pad { base64::engine::general_purpose::STANDARD } else { base64::engine::general_purpose::STANDARD_NO_PAD };
+        let engine = if pad {
+            base64::engine::general_purpose::STANDARD
+        } else {
+            base64::engine::general_purpose::STANDARD_NO_PAD
+        };
         format!("Basic {}", engine.encode(credentials))
     }
 
@@ -295,7 +323,12 @@ mod tests {
         assert_eq!(err.field, "users[0].password_hash");
         let err = err.within("sql").to_string();
         assert!(err.starts_with("sql.users[0].password_hash: user \"x\": is not a PHC string"), "{err}");
-        let op = UserConfig { name: "o".into(), password_hash: hash_password("p").unwrap(), role: Role::SiteOperator, site: None };
+        let op = UserConfig {
+            name: "o".into(),
+            password_hash: hash_password("p").unwrap(),
+            role: Role::SiteOperator,
+            site: None,
+        };
         let err = ConfigUsers::new(&[op], &[]).err().unwrap();
         assert_eq!(err.field, "users[0].site");
         assert!(err.problem.contains("needs a site"), "{err}");

@@ -16,7 +16,7 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::execution::context::{SessionConfig, SessionContext, SQLOptions};
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
 
@@ -101,7 +101,8 @@ impl Catalog {
     /// A fresh context over this site's served tables, with `information_schema` (what a
     /// fragment runs in; a caller's query gets [`Catalog::context`], which adds `fleet`).
     pub fn local_context(&self) -> Result<SessionContext, SqlError> {
-        let config = SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema(CATALOG, SCHEMA);
+        let config =
+            SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema(CATALOG, SCHEMA);
         let ctx = SessionContext::new_with_config(config);
         for t in &self.tables {
             ctx.register_table(t.name.as_str(), t.provider.clone()).map_err(SqlError::from_datafusion)?;
@@ -113,7 +114,10 @@ impl Catalog {
     pub async fn plan(&self, ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, SqlError> {
         let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
         let df = ctx.sql_with_options(sql, options).await.map_err(|e| match e.find_root() {
-            datafusion::error::DataFusionError::Plan(m) if m.contains("not supported") && (m.contains("DDL") || m.contains("DML") || m.contains("Statement")) => {
+            datafusion::error::DataFusionError::Plan(m)
+                if m.contains("not supported")
+                    && (m.contains("DDL") || m.contains("DML") || m.contains("Statement")) =>
+            {
                 SqlError::PermissionDenied(format!("only queries are allowed: {m}"))
             }
             _ => SqlError::from_datafusion(e),
@@ -148,7 +152,12 @@ impl Catalog {
                 && table.kind == TableKind::Audit
                 && who.role != Role::Admin
             {
-                return Err(SqlError::PermissionDenied(format!("{} ({}) may not read audit table {name} of site {}", who.user, who.role.name(), self.site)));
+                return Err(SqlError::PermissionDenied(format!(
+                    "{} ({}) may not read audit table {name} of site {}",
+                    who.user,
+                    who.role.name(),
+                    self.site
+                )));
             }
         }
         let raw = raw_grade(plan, &self.grades.current());
@@ -160,8 +169,17 @@ impl Catalog {
         let allowed = if own_site { DataGrade::Core } else { DataGrade::General };
         let allowed = if who.via_peer { allowed.min(DataGrade::Important) } else { allowed };
         if raw > allowed {
-            let why = if who.via_peer && own_site { "raw core columns never leave their site".to_string() } else { format!("{} may read raw {} columns at most (aggregates of any)", who.role.name(), allowed) };
-            return Err(SqlError::PermissionDenied(format!("{} ({}) may not read raw {raw} columns of site {}: {why}", who.user, who.role.name(), self.site)));
+            let why = if who.via_peer && own_site {
+                "raw core columns never leave their site".to_string()
+            } else {
+                format!("{} may read raw {} columns at most (aggregates of any)", who.role.name(), allowed)
+            };
+            return Err(SqlError::PermissionDenied(format!(
+                "{} ({}) may not read raw {raw} columns of site {}: {why}",
+                who.user,
+                who.role.name(),
+                self.site
+            )));
         }
         Ok(())
     }
@@ -196,12 +214,20 @@ pub fn input_grade(plan: &LogicalPlan, grades: &GradeMap) -> DataGrade {
 /// How to mark a result of `plan` with grades: each field gets the highest grade of the
 /// scanned columns of its name (or, for computed ones, the highest of all), the schema the
 /// highest of all ([`input_grade`]), under [`tessera_core::GRADE_METADATA_KEY`].
-pub fn graded_result(plan: &LogicalPlan, grades: &GradeMap) -> impl Fn(&datafusion::arrow::datatypes::Schema) -> SchemaRef + use<> {
+pub fn graded_result(
+    plan: &LogicalPlan,
+    grades: &GradeMap,
+) -> impl Fn(&datafusion::arrow::datatypes::Schema) -> SchemaRef + use<> {
     let highest = input_grade(plan, grades);
     let mut columns: Vec<(String, DataGrade)> = Vec::new();
     let _ = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node {
-            columns.extend(scan.projected_schema.fields().iter().map(|f| (f.name().clone(), grades.grade(scan.table_name.table(), f.name()))));
+            columns.extend(
+                scan.projected_schema
+                    .fields()
+                    .iter()
+                    .map(|f| (f.name().clone(), grades.grade(scan.table_name.table(), f.name()))),
+            );
         }
         Ok(TreeNodeRecursion::Continue)
     });
@@ -241,7 +267,14 @@ pub fn raw_column_grades(plan: &LogicalPlan, grades: &GradeMap) -> Vec<DataGrade
         let _ = e.apply(|x| {
             match x {
                 Expr::Column(c) => {
-                    g = g.max(input.schema().index_of_column(c).ok().and_then(|i| input_grades.get(i).copied()).unwrap_or_else(|| input_grades.iter().copied().max().unwrap_or(DataGrade::Core)));
+                    g = g.max(
+                        input
+                            .schema()
+                            .index_of_column(c)
+                            .ok()
+                            .and_then(|i| input_grades.get(i).copied())
+                            .unwrap_or_else(|| input_grades.iter().copied().max().unwrap_or(DataGrade::Core)),
+                    );
                 }
                 Expr::ScalarSubquery(sq) => g = g.max(raw_grade(&sq.subquery, grades)),
                 _ => {}
@@ -253,7 +286,9 @@ pub fn raw_column_grades(plan: &LogicalPlan, grades: &GradeMap) -> Vec<DataGrade
     match plan {
         // What a `fleet` scan returns is decided by each site, on its fragment.
         LogicalPlan::TableScan(scan) if scan.table_name.schema() == Some(FLEET) => vec![DataGrade::General; width],
-        LogicalPlan::TableScan(scan) => scan.projected_schema.fields().iter().map(|f| grades.grade(scan.table_name.table(), f.name())).collect(),
+        LogicalPlan::TableScan(scan) => {
+            scan.projected_schema.fields().iter().map(|f| grades.grade(scan.table_name.table(), f.name())).collect()
+        }
         LogicalPlan::Projection(p) => {
             let input = raw_column_grades(&p.input, grades);
             p.expr.iter().map(|e| of_input(&p.input, &input, e)).collect()
@@ -271,7 +306,12 @@ pub fn raw_column_grades(plan: &LogicalPlan, grades: &GradeMap) -> Vec<DataGrade
             out.extend(w.window_expr.iter().map(|e| of_input(&w.input, &input, e)));
             out
         }
-        LogicalPlan::Filter(_) | LogicalPlan::Sort(_) | LogicalPlan::Limit(_) | LogicalPlan::SubqueryAlias(_) | LogicalPlan::Repartition(_) | LogicalPlan::Distinct(_)
+        LogicalPlan::Filter(_)
+        | LogicalPlan::Sort(_)
+        | LogicalPlan::Limit(_)
+        | LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::Repartition(_)
+        | LogicalPlan::Distinct(_)
             if inputs.len() == 1 && inputs[0].schema().fields().len() == width =>
         {
             raw_column_grades(inputs[0], grades)
@@ -336,7 +376,13 @@ impl TableProvider for SnapshotTable {
         TableType::Base
     }
 
-    async fn scan(&self, _state: &dyn Session, projection: Option<&Vec<usize>>, _filters: &[Expr], _limit: Option<usize>) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
         let batches = (self.rows)();
         Ok(MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), projection.cloned())?)
     }

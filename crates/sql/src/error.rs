@@ -82,8 +82,12 @@ impl SqlError {
     pub fn from_datafusion(e: datafusion::error::DataFusionError) -> Self {
         use datafusion::error::DataFusionError as E;
         match e.find_root() {
-            E::External(inner) if inner.downcast_ref::<SqlError>().is_some() => inner.downcast_ref::<SqlError>().cloned().expect("checked"),
-            E::SQL(..) | E::Plan(_) | E::SchemaError(..) | E::NotImplemented(_) => SqlError::InvalidArgument { message: e.strip_backtrace(), source: Some(Arc::new(e)) },
+            E::External(inner) if inner.downcast_ref::<SqlError>().is_some() => {
+                inner.downcast_ref::<SqlError>().cloned().expect("checked")
+            }
+            E::SQL(..) | E::Plan(_) | E::SchemaError(..) | E::NotImplemented(_) => {
+                SqlError::InvalidArgument { message: e.strip_backtrace(), source: Some(Arc::new(e)) }
+            }
             _ => SqlError::Internal { message: e.strip_backtrace(), source: Some(Arc::new(e)) },
         }
     }
@@ -97,7 +101,9 @@ impl SqlError {
             tonic::Code::NotFound => SqlError::NotFound(message),
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => SqlError::unavailable(message),
             tonic::Code::FailedPrecondition => SqlError::Destroyed(message),
-            tonic::Code::Unauthenticated => SqlError::internal(format!("{message} (the sites' federation tokens differ)")),
+            tonic::Code::Unauthenticated => {
+                SqlError::internal(format!("{message} (the sites' federation tokens differ)"))
+            }
             _ => SqlError::internal(message),
         }
     }

@@ -78,13 +78,31 @@ impl TableProvider for FleetTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
         // Each site filters what it sends; the coordinator filters again (Inexact), so a filter
         // that does not turn back into SQL just stays on the coordinator.
-        Ok(filters.iter().map(|f| if to_sql(f).is_ok() { TableProviderFilterPushDown::Inexact } else { TableProviderFilterPushDown::Unsupported }).collect())
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if to_sql(f).is_ok() {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
     }
 
-    async fn scan(&self, _state: &dyn Session, projection: Option<&Vec<usize>>, filters: &[Expr], limit: Option<usize>) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
         let projected: SchemaRef = match projection {
             Some(p) => Arc::new(self.schema.project(p)?),
             None => self.schema.clone(),
@@ -107,7 +125,12 @@ impl TableProvider for FleetTable {
 
 /// [`run_fragments`], with every site's batches put in `schema` (the sites type their answers
 /// alike, but nullability may differ; with no column, only the row counts are kept).
-pub(crate) async fn fragments_as(catalog: &Arc<Catalog>, who: &Identity, sql: &str, schema: &SchemaRef) -> datafusion::common::Result<Vec<RecordBatch>> {
+pub(crate) async fn fragments_as(
+    catalog: &Arc<Catalog>,
+    who: &Identity,
+    sql: &str,
+    schema: &SchemaRef,
+) -> datafusion::common::Result<Vec<RecordBatch>> {
     let batches = run_fragments(catalog, who, sql).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
     let batches = batches.into_iter().map(|b| {
         let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
@@ -143,7 +166,13 @@ async fn run_local(catalog: &Arc<Catalog>, who: &Identity, sql: &str) -> Result<
 }
 
 /// Runs `sql` at `peer`, the `index`th of the federation's peers, as `who`.
-async fn run_remote(federation: &Federation, index: usize, peer: &Peer, who: &Identity, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
+async fn run_remote(
+    federation: &Federation,
+    index: usize,
+    peer: &Peer,
+    who: &Identity,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, SqlError> {
     let at = |e: &dyn std::fmt::Display| format!("site {} ({}): {e}", peer.site, peer.addr);
     let endpoint = federation
         .tls

@@ -80,7 +80,9 @@ fn split(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
                 predicates.push(&filter.predicate);
                 node = filter.input.as_ref();
             }
-            LogicalPlan::Projection(p) if p.expr.iter().all(|e| matches!(e, Expr::Column(_))) => node = p.input.as_ref(),
+            LogicalPlan::Projection(p) if p.expr.iter().all(|e| matches!(e, Expr::Column(_))) => {
+                node = p.input.as_ref()
+            }
             _ => return Ok(None),
         }
     };
@@ -143,7 +145,12 @@ fn split(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
         sql.push_str(&format!(" GROUP BY {}", keys.join(", ")));
     }
 
-    let partials = Arc::new(Partials { sql, schema: Arc::new(Schema::new(fields)), catalog: fleet.catalog(), who: fleet.who().clone() });
+    let partials = Arc::new(Partials {
+        sql,
+        schema: Arc::new(Schema::new(fields)),
+        catalog: fleet.catalog(),
+        who: fleet.who().clone(),
+    });
     let scan = LogicalPlanBuilder::scan("site_partials", provider_as_source(partials), None)?.build()?;
     let group: Vec<Expr> = (0..aggregate.group_expr.len()).map(|j| col(format!("site_partials.g{j}"))).collect();
     let partial = |index: usize| col(format!("site_partials.p{index}"));
@@ -192,7 +199,13 @@ impl TableProvider for Partials {
         TableType::Temporary
     }
 
-    async fn scan(&self, _state: &dyn Session, projection: Option<&Vec<usize>>, _filters: &[Expr], _limit: Option<usize>) -> Result<Arc<dyn ExecutionPlan>> {
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         let batches = fragments_as(&self.catalog, &self.who, &self.sql, &self.schema).await?;
         Ok(MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), projection.cloned())?)
     }

@@ -15,11 +15,14 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
-    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any, CommandGetCatalogs,
-    CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery, CommandStatementQuery,
-    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+    Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
 };
-use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket};
+use arrow_flight::{
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc, Ticket,
+};
 use arrow_schema::{Schema, SchemaRef};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::common::ParamValues;
@@ -62,7 +65,9 @@ impl AuditSink for LogAudit {
     fn record(&self, a: QueryAudit) {
         match &a.refused {
             None => tracing::info!(target: "tessera::audit", user = %a.user, role = a.role, sql = %a.sql, "query"),
-            Some(why) => tracing::warn!(target: "tessera::audit", user = %a.user, role = a.role, sql = %a.sql, refused = %why, "query refused"),
+            Some(why) => {
+                tracing::warn!(target: "tessera::audit", user = %a.user, role = a.role, sql = %a.sql, refused = %why, "query refused")
+            }
         }
     }
 }
@@ -122,7 +127,15 @@ impl FlightSqlEndpoint {
         info.append(SqlInfo::SqlDdlSchema, false);
         info.append(SqlInfo::SqlDdlTable, false);
         let sql_info = info.build()?;
-        Ok(Self { catalog, auth, audit, sql_info, prepared: Mutex::new(HashMap::new()), node_certificates: None, latency: Arc::default() })
+        Ok(Self {
+            catalog,
+            auth,
+            audit,
+            sql_info,
+            prepared: Mutex::new(HashMap::new()),
+            node_certificates: None,
+            latency: Arc::default(),
+        })
     }
 
     /// The gRPC service to add to a tonic server.
@@ -156,15 +169,27 @@ impl FlightSqlEndpoint {
                 None => Some("no client certificate".to_string()),
             };
             if let Some(why) = why {
-                refusals.refuse_identity("sql", request.remote_addr(), &format!("federated call for {}: {why}", who.user));
-                return Err(SqlError::PermissionDenied(format!("a federated call must come with a node's certificate: {why}")).into());
+                refusals.refuse_identity(
+                    "sql",
+                    request.remote_addr(),
+                    &format!("federated call for {}: {why}", who.user),
+                );
+                return Err(SqlError::PermissionDenied(format!(
+                    "a federated call must come with a node's certificate: {why}"
+                ))
+                .into());
             }
         }
         Ok(who)
     }
 
     /// Plans `sql` for `who` and checks access; a refusal is audited here.
-    async fn plan(&self, who: &Identity, sql: &str, params: Option<&RecordBatch>) -> Result<(datafusion::prelude::SessionContext, LogicalPlan), SqlError> {
+    async fn plan(
+        &self,
+        who: &Identity,
+        sql: &str,
+        params: Option<&RecordBatch>,
+    ) -> Result<(datafusion::prelude::SessionContext, LogicalPlan), SqlError> {
         let planned: Result<_, SqlError> = async {
             let ctx = self.catalog.context(who)?;
             let mut plan = self.catalog.plan(&ctx, sql).await?;
@@ -182,12 +207,22 @@ impl FlightSqlEndpoint {
     }
 
     fn refused(&self, who: &Identity, sql: &str, e: &SqlError) {
-        self.audit.record(QueryAudit { user: who.user.clone(), role: who.role.name(), sql: sql.to_string(), refused: Some(e.to_string()) });
+        self.audit.record(QueryAudit {
+            user: who.user.clone(),
+            role: who.role.name(),
+            sql: sql.to_string(),
+            refused: Some(e.to_string()),
+        });
     }
 
     /// Runs `sql` for `who` and streams the result as Flight data. Physical planning runs the
     /// other sites' fragments of `fleet` tables: their refusals are audited here too.
-    async fn run(&self, who: &Identity, sql: &str, params: Option<&RecordBatch>) -> Result<Response<DoGetStream>, Status> {
+    async fn run(
+        &self,
+        who: &Identity,
+        sql: &str,
+        params: Option<&RecordBatch>,
+    ) -> Result<Response<DoGetStream>, Status> {
         let timer = LatencyOnDrop { started: std::time::Instant::now(), histogram: self.latency.clone() };
         let (ctx, plan) = self.plan(who, sql, params).await?;
         let started: Result<_, SqlError> = async {
@@ -200,12 +235,20 @@ impl FlightSqlEndpoint {
         }
         .await;
         let (schema, batches, graded) = started.inspect_err(|e| self.refused(who, sql, e))?;
-        self.audit.record(QueryAudit { user: who.user.clone(), role: who.role.name(), sql: sql.to_string(), refused: None });
-        let batches = futures::StreamExt::map(batches, move |b| b.and_then(|b| {
+        self.audit.record(QueryAudit {
+            user: who.user.clone(),
+            role: who.role.name(),
+            sql: sql.to_string(),
+            refused: None,
+        });
+        let batches = futures::StreamExt::map(batches, move |b| {
+            b.and_then(|b| {
                 let _timer = &timer;
                 let schema = graded(b.schema().as_ref());
                 b.with_schema(schema).map_err(Into::into)
-            })).map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)));
+            })
+        })
+        .map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)));
         let stream = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from);
         Ok(Response::new(Box::pin(stream)))
     }
@@ -217,7 +260,12 @@ impl FlightSqlEndpoint {
         Ok(graded_result(&optimized, &self.catalog.grades())(plan.schema().as_arrow()).as_ref().clone())
     }
 
-    fn info(&self, schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {
+    fn info(
+        &self,
+        schema: &Schema,
+        ticket: Vec<u8>,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
         let info = FlightInfo::new()
             .try_with_schema(schema)
             .map_err(SqlError::from)?
@@ -231,7 +279,10 @@ impl FlightSqlEndpoint {
         arrow_flight::error::FlightError: From<E>,
     {
         let batch = batch.map_err(arrow_flight::error::FlightError::from);
-        let stream = FlightDataEncoderBuilder::new().with_schema(schema).build(futures::stream::once(async { batch })).map_err(Status::from);
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(futures::stream::once(async { batch }))
+            .map_err(Status::from);
         Response::new(Box::pin(stream))
     }
 
@@ -275,7 +326,10 @@ impl FlightSqlEndpoint {
 /// The first row of a parameter batch, as positional parameter values (`$1`, `$2`, …).
 fn param_values(batch: &RecordBatch) -> Result<ParamValues, SqlError> {
     if batch.num_rows() != 1 {
-        return Err(SqlError::invalid_argument(format!("bind exactly one row of parameters, not {}", batch.num_rows())));
+        return Err(SqlError::invalid_argument(format!(
+            "bind exactly one row of parameters, not {}",
+            batch.num_rows()
+        )));
     }
     let values = batch
         .columns()
@@ -302,22 +356,33 @@ impl FlightSqlService for FlightSqlEndpoint {
         let (token, who) = self.auth.handshake(header)?;
         tracing::debug!(user = %who.user, role = who.role.name(), "flight sql handshake");
         let reply = HandshakeResponse { protocol_version: 0, payload: token.clone().into() };
-        let mut response: Response<Pin<Box<dyn Stream<Item = _> + Send>>> = Response::new(Box::pin(futures::stream::iter([Ok(reply)])));
-        let bearer = format!("Bearer {token}").parse().map_err(|_| SqlError::internal("token is not a header value"))?;
+        let mut response: Response<Pin<Box<dyn Stream<Item = _> + Send>>> =
+            Response::new(Box::pin(futures::stream::iter([Ok(reply)])));
+        let bearer =
+            format!("Bearer {token}").parse().map_err(|_| SqlError::internal("token is not a header value"))?;
         response.metadata_mut().insert("authorization", bearer);
         Ok(response)
     }
 
-    async fn get_flight_info_statement(&self, query: CommandStatementQuery, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
         let who = self.identity(&request)?;
         let schema = self.schema_of(&who, &query.query).await?;
         let ticket = TicketStatementQuery { statement_handle: query.query.into_bytes().into() };
         self.info(&schema, ticket.as_any().encode_to_vec(), request.into_inner())
     }
 
-    async fn do_get_statement(&self, ticket: TicketStatementQuery, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
         let who = self.identity(&request)?;
-        let sql = String::from_utf8(ticket.statement_handle.to_vec()).map_err(|_| SqlError::invalid_argument("the ticket is not a Tessera statement"))?;
+        let sql = String::from_utf8(ticket.statement_handle.to_vec())
+            .map_err(|_| SqlError::invalid_argument("the ticket is not a Tessera statement"))?;
         let span = crate::trace::query_span(request.metadata(), &who.user, who.via_peer);
         tracing::Instrument::instrument(self.run(&who, &sql, None), span).await
     }
@@ -332,13 +397,18 @@ impl FlightSqlService for FlightSqlEndpoint {
         let types = plan.get_parameter_types().map_err(SqlError::from_datafusion)?;
         let mut params: Vec<(String, Option<arrow_schema::DataType>)> = types.into_iter().collect();
         params.sort_by_key(|(name, _)| name.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX));
-        let fields: Vec<arrow_schema::Field> =
-            params.into_iter().map(|(name, t)| arrow_schema::Field::new(name, t.unwrap_or(arrow_schema::DataType::Utf8), true)).collect();
+        let fields: Vec<arrow_schema::Field> = params
+            .into_iter()
+            .map(|(name, t)| arrow_schema::Field::new(name, t.unwrap_or(arrow_schema::DataType::Utf8), true))
+            .collect();
         let handle: [u8; 16] = rand::random();
         let mut prepared = self.prepared()?;
         let now = std::time::Instant::now();
         prepared.retain(|_, p| now.duration_since(p.used) < PREPARED_IDLE);
-        prepared.insert(handle.to_vec(), Prepared { owner: who.user.clone(), sql: query.query.clone(), params: None, used: now });
+        prepared.insert(
+            handle.to_vec(),
+            Prepared { owner: who.user.clone(), sql: query.query.clone(), params: None, used: now },
+        );
         drop(prepared);
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.to_vec().into(),
@@ -355,7 +425,8 @@ impl FlightSqlService for FlightSqlEndpoint {
         let who = self.identity(&request)?;
         self.prepared_sql(&who, &query.prepared_statement_handle)?;
         let flight = request.into_inner().map_err(arrow_flight::error::FlightError::from);
-        let batches: Vec<RecordBatch> = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(flight).try_collect().await?;
+        let batches: Vec<RecordBatch> =
+            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(flight).try_collect().await?;
         let params = batches.into_iter().find(|b| b.num_rows() > 0);
         if let Some(p) = self.prepared()?.get_mut(query.prepared_statement_handle.as_ref()) {
             p.params = params;
@@ -363,7 +434,11 @@ impl FlightSqlService for FlightSqlEndpoint {
         Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(query.prepared_statement_handle) })
     }
 
-    async fn get_flight_info_prepared_statement(&self, query: CommandPreparedStatementQuery, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
         let who = self.identity(&request)?;
         let (sql, params) = self.prepared_sql(&who, &query.prepared_statement_handle)?;
         let (_, plan) = self.plan(&who, &sql, params.as_ref()).await?;
@@ -371,49 +446,85 @@ impl FlightSqlService for FlightSqlEndpoint {
         self.info(&schema, query.as_any().encode_to_vec(), request.into_inner())
     }
 
-    async fn do_get_prepared_statement(&self, query: CommandPreparedStatementQuery, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+    async fn do_get_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
         let who = self.identity(&request)?;
         let (sql, params) = self.prepared_sql(&who, &query.prepared_statement_handle)?;
         let span = crate::trace::query_span(request.metadata(), &who.user, who.via_peer);
         tracing::Instrument::instrument(self.run(&who, &sql, params.as_ref()), span).await
     }
 
-    async fn do_action_close_prepared_statement(&self, query: ActionClosePreparedStatementRequest, request: Request<arrow_flight::Action>) -> Result<(), Status> {
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<(), Status> {
         let who = self.identity(&request)?;
         self.prepared_sql(&who, &query.prepared_statement_handle)?;
         self.prepared()?.remove(query.prepared_statement_handle.as_ref());
         Ok(())
     }
 
-    async fn get_flight_info_sql_info(&self, query: CommandGetSqlInfo, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
         self.identity(&request)?;
-        self.info(query.clone().into_builder(&self.sql_info).schema().as_ref(), query.as_any().encode_to_vec(), request.into_inner())
+        self.info(
+            query.clone().into_builder(&self.sql_info).schema().as_ref(),
+            query.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
     }
 
-    async fn do_get_sql_info(&self, query: CommandGetSqlInfo, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
         self.identity(&request)?;
         let builder = query.into_builder(&self.sql_info);
         Ok(Self::batch_stream(builder.schema(), builder.build()))
     }
 
-    async fn get_flight_info_catalogs(&self, query: CommandGetCatalogs, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
         self.identity(&request)?;
         self.info(query.into_builder().schema().as_ref(), query.as_any().encode_to_vec(), request.into_inner())
     }
 
-    async fn do_get_catalogs(&self, query: CommandGetCatalogs, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
         self.identity(&request)?;
         let mut builder = query.into_builder();
         builder.append(CATALOG);
         Ok(Self::batch_stream(builder.schema(), builder.build()))
     }
 
-    async fn get_flight_info_schemas(&self, query: CommandGetDbSchemas, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
         self.identity(&request)?;
         self.info(query.clone().into_builder().schema().as_ref(), query.as_any().encode_to_vec(), request.into_inner())
     }
 
-    async fn do_get_schemas(&self, query: CommandGetDbSchemas, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
         self.identity(&request)?;
         let mut builder = query.into_builder();
         for schema in [SCHEMA, "information_schema"] {
@@ -425,12 +536,20 @@ impl FlightSqlService for FlightSqlEndpoint {
         Ok(Self::batch_stream(builder.schema(), builder.build()))
     }
 
-    async fn get_flight_info_tables(&self, query: CommandGetTables, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
         self.identity(&request)?;
         self.info(query.clone().into_builder().schema().as_ref(), query.as_any().encode_to_vec(), request.into_inner())
     }
 
-    async fn do_get_tables(&self, query: CommandGetTables, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
         let who = self.identity(&request)?;
         let mut builder = query.into_builder();
         for (schema, name, kind, table_schema) in self.table_list(&who).await? {
@@ -439,12 +558,20 @@ impl FlightSqlService for FlightSqlEndpoint {
         Ok(Self::batch_stream(builder.schema(), builder.build()))
     }
 
-    async fn get_flight_info_table_types(&self, query: CommandGetTableTypes, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
         self.identity(&request)?;
         self.info(query.into_builder().schema().as_ref(), query.as_any().encode_to_vec(), request.into_inner())
     }
 
-    async fn do_get_table_types(&self, query: CommandGetTableTypes, request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
         self.identity(&request)?;
         let mut builder = query.into_builder();
         builder.append("TABLE");

@@ -29,7 +29,8 @@ impl Catalog {
             catalog.register_schema(FLEET, Arc::new(MemorySchemaProvider::new())).map_err(SqlError::from_datafusion)?;
             for t in self.tables().iter().filter(|t| t.kind.federated()) {
                 let table = fleet_table(&t.name, t.provider.schema().as_ref(), self, who);
-                ctx.register_table(TableReference::partial(FLEET, t.name.as_str()), table).map_err(SqlError::from_datafusion)?;
+                ctx.register_table(TableReference::partial(FLEET, t.name.as_str()), table)
+                    .map_err(SqlError::from_datafusion)?;
             }
         }
         Ok(ctx)

@@ -45,7 +45,9 @@ impl Checkpoint {
 
     /// The file bytes.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let size = 64 + self.offsets.iter().map(|o| o.topic.len() + 16).sum::<usize>() + self.sections.iter().map(|(n, d)| n.len() + d.len() + 12).sum::<usize>();
+        let size = 64
+            + self.offsets.iter().map(|o| o.topic.len() + 16).sum::<usize>()
+            + self.sections.iter().map(|(n, d)| n.len() + d.len() + 12).sum::<usize>();
         let mut out = Vec::with_capacity(size);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
@@ -89,12 +91,19 @@ impl Checkpoint {
         let id = u64::from_le_bytes(r.array()?);
         let created_ms = i64::from_le_bytes(r.array()?);
         let offsets = (0..u32::from_le_bytes(r.array()?))
-            .map(|_| Ok(SourceOffset { topic: r.text()?, partition: i32::from_le_bytes(r.array()?), next_offset: i64::from_le_bytes(r.array()?) }))
+            .map(|_| {
+                Ok(SourceOffset {
+                    topic: r.text()?,
+                    partition: i32::from_le_bytes(r.array()?),
+                    next_offset: i64::from_le_bytes(r.array()?),
+                })
+            })
             .collect::<Result<Vec<_>, String>>()?;
         let sections = (0..u32::from_le_bytes(r.array()?))
             .map(|_| {
                 let name = r.text()?;
-                let len = usize::try_from(u64::from_le_bytes(r.array()?)).map_err(|_| "section too large".to_string())?;
+                let len =
+                    usize::try_from(u64::from_le_bytes(r.array()?)).map_err(|_| "section too large".to_string())?;
                 Ok((name, r.take(len)?.to_vec()))
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -118,7 +127,11 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| format!("truncated at byte {}", self.at))?;
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| format!("truncated at byte {}", self.at))?;
         let slice = &self.bytes[self.at..end];
         self.at = end;
         Ok(slice)

@@ -76,7 +76,11 @@ impl CheckpointStore {
     /// temporary files an interrupted write left.
     pub fn open(dir: impl Into<PathBuf>, keep: usize) -> Result<Self> {
         let dir = dir.into();
-        fs::create_dir_all(&dir).map_err(|source| StateError::Io { op: "create directory", path: dir.clone(), cause: source })?;
+        fs::create_dir_all(&dir).map_err(|source| StateError::Io {
+            op: "create directory",
+            path: dir.clone(),
+            cause: source,
+        })?;
         for entry in read_dir(&dir)? {
             if entry.file_name().to_str().is_some_and(|n| n.starts_with(TEMP_PREFIX)) {
                 let path = entry.path();
@@ -108,7 +112,9 @@ impl CheckpointStore {
     pub fn ids(&self) -> Result<Vec<u64>> {
         let mut ids: Vec<u64> = read_dir(&self.dir)?
             .iter()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?.parse().ok()))
+            .filter_map(|e| {
+                e.file_name().to_str().and_then(|n| n.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?.parse().ok())
+            })
             .collect();
         ids.sort_unstable();
         Ok(ids)
@@ -124,13 +130,20 @@ impl CheckpointStore {
         let started = Instant::now();
         let mut bytes = checkpoint.encode();
         if let Some(sealer) = &self.sealer {
-            let sealed = sealer.seal(&bytes).map_err(|reason| StateError::Corrupt { path: self.path_of(checkpoint.id), reason: format!("sealing failed: {reason}") })?;
+            let sealed = sealer.seal(&bytes).map_err(|reason| StateError::Corrupt {
+                path: self.path_of(checkpoint.id),
+                reason: format!("sealing failed: {reason}"),
+            })?;
             bytes = [SEALED_MAGIC, &sealed].concat();
         }
         let temp = self.dir.join(format!("{TEMP_PREFIX}{}", checkpoint.id));
         let path = self.path_of(checkpoint.id);
         let written = write_synced(&temp, &bytes).and_then(|()| {
-            fs::rename(&temp, &path).map_err(|source| StateError::Io { op: "rename", path: temp.clone(), cause: source })?;
+            fs::rename(&temp, &path).map_err(|source| StateError::Io {
+                op: "rename",
+                path: temp.clone(),
+                cause: source,
+            })?;
             sync_dir(&self.dir)
         });
         if let Err(e) = written {
@@ -179,19 +192,26 @@ impl CheckpointStore {
                     }
                 },
                 (Some(_), None) => {
-                    skipped.push(Skipped { path, reason: "sealed; reading it needs the site's key-encryption key".into() });
+                    skipped.push(Skipped {
+                        path,
+                        reason: "sealed; reading it needs the site's key-encryption key".into(),
+                    });
                     continue;
                 }
             };
             match Checkpoint::decode(&bytes) {
                 Ok(checkpoint) if checkpoint.id == id => return Ok(Some(Loaded { checkpoint, path, skipped })),
-                Ok(checkpoint) => skipped.push(Skipped { path, reason: format!("holds id {}, not the {id} of its name", checkpoint.id) }),
+                Ok(checkpoint) => skipped
+                    .push(Skipped { path, reason: format!("holds id {}, not the {id} of its name", checkpoint.id) }),
                 Err(reason) => skipped.push(Skipped { path, reason }),
             }
         }
         match skipped.into_iter().next() {
             None => Ok(None),
-            Some(newest) => Err(StateError::Corrupt { path: newest.path, reason: format!("no checkpoint in the store decodes; the newest: {}", newest.reason) }),
+            Some(newest) => Err(StateError::Corrupt {
+                path: newest.path,
+                reason: format!("no checkpoint in the store decodes; the newest: {}", newest.reason),
+            }),
         }
     }
 
@@ -264,7 +284,10 @@ mod tests {
         let mut store = CheckpointStore::open(dir.path(), 2).unwrap().with_sealer(Arc::new(Xor(0x5a)));
         store.write(&checkpoint(1)).unwrap();
         let bytes = fs::read(store.path_of(1)).unwrap();
-        assert!(bytes.starts_with(SEALED_MAGIC) && !bytes.windows(8).any(|w| w == [1u8; 8]), "the state is not in the clear");
+        assert!(
+            bytes.starts_with(SEALED_MAGIC) && !bytes.windows(8).any(|w| w == [1u8; 8]),
+            "the state is not in the clear"
+        );
         assert_eq!(store.latest().unwrap().unwrap().checkpoint, checkpoint(1));
         let err = CheckpointStore::read_latest(dir.path()).unwrap_err().to_string();
         assert!(err.contains("needs the site's key-encryption key"), "{err}");

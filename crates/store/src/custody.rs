@@ -75,7 +75,8 @@ pub fn combine_shares(shares: &[KeyShare], k: u8, digest: &str) -> Result<Secret
     let mut distinct: BTreeMap<u8, Share> = BTreeMap::new();
     for s in shares {
         let bytes = from_hex(&s.share).ok_or_else(|| StoreError::Custody(format!("share {} is not hex", s.index)))?;
-        let share = Share::try_from(bytes.as_slice()).map_err(|e| StoreError::Custody(format!("share {}: {e}", s.index)))?;
+        let share =
+            Share::try_from(bytes.as_slice()).map_err(|e| StoreError::Custody(format!("share {}: {e}", s.index)))?;
         if bytes.first() != Some(&s.index) {
             return Err(StoreError::Custody(format!("share {} carries another index", s.index)));
         }
@@ -86,9 +87,12 @@ pub fn combine_shares(shares: &[KeyShare], k: u8, digest: &str) -> Result<Secret
         return Err(StoreError::Custody(format!("{} distinct share(s) given, {k} needed", distinct.len())));
     }
     let bytes = Sharks(k).recover(distinct.values()).map_err(|e| StoreError::Custody(e.to_string()))?;
-    let key = SecretKey::from_slice(&bytes).ok_or_else(|| StoreError::Custody("the shares rebuild a key of the wrong length".into()))?;
+    let key = SecretKey::from_slice(&bytes)
+        .ok_or_else(|| StoreError::Custody("the shares rebuild a key of the wrong length".into()))?;
     if key_digest(&key) != digest {
-        return Err(StoreError::Custody("the shares do not rebuild the export key (a wrong, stale or corrupted share)".into()));
+        return Err(StoreError::Custody(
+            "the shares do not rebuild the export key (a wrong, stale or corrupted share)".into(),
+        ));
     }
     Ok(key)
 }
@@ -115,7 +119,15 @@ const BUNDLE_INFO: &str = "bundle.json";
 /// Exports segments `ids` of `source` (site `source_site`) for `target_site` into a new bundle
 /// directory `bundle`. Returns the bundle's description and the export key (to be split and
 /// handed to custodians, then dropped). Shredded columns are not exported: they cannot be read.
-pub fn export(source: &SegmentStore, source_site: &str, ids: &[String], target_site: &str, export_id: &str, bundle: &Path, now_ms: i64) -> Result<(BundleInfo, SecretKey)> {
+pub fn export(
+    source: &SegmentStore,
+    source_site: &str,
+    ids: &[String],
+    target_site: &str,
+    export_id: &str,
+    bundle: &Path,
+    now_ms: i64,
+) -> Result<(BundleInfo, SecretKey)> {
     if bundle.exists() && fs::read_dir(bundle).map_err(io("read", bundle))?.next().is_some() {
         return Err(StoreError::BundleNotEmpty(bundle.to_path_buf()));
     }
@@ -153,10 +165,19 @@ pub fn bundle_info(bundle: &Path) -> Result<BundleInfo> {
 
 /// Imports `bundle` into `target` (site `target_site`), re-encrypting each segment under the
 /// target's own keys. `export_key` comes from [`combine_shares`].
-pub fn import(target: &mut SegmentStore, target_site: &str, bundle: &Path, export_key: &SecretKey, now_ms: i64) -> Result<Vec<SegmentMeta>> {
+pub fn import(
+    target: &mut SegmentStore,
+    target_site: &str,
+    bundle: &Path,
+    export_key: &SecretKey,
+    now_ms: i64,
+) -> Result<Vec<SegmentMeta>> {
     let info = bundle_info(bundle)?;
     if info.target_site != target_site {
-        return Err(StoreError::Custody(format!("bundle {} is for site {}, not {target_site}", info.export_id, info.target_site)));
+        return Err(StoreError::Custody(format!(
+            "bundle {} is for site {}, not {target_site}",
+            info.export_id, info.target_site
+        )));
     }
     if key_digest(export_key) != info.key_digest {
         return Err(StoreError::Custody(format!("the key given does not open bundle {}", info.export_id)));
@@ -165,7 +186,11 @@ pub fn import(target: &mut SegmentStore, target_site: &str, bundle: &Path, expor
     let mut imported = Vec::new();
     for bundled in source.segments().to_vec() {
         let (schema, batches) = source.read_live(&bundled.id)?;
-        let original = info.segments.iter().find(|s| Some(format!("{}/{}", info.source_site, s.id)) == bundled.imported_from).unwrap_or(&bundled);
+        let original = info
+            .segments
+            .iter()
+            .find(|s| Some(format!("{}/{}", info.source_site, s.id)) == bundled.imported_from)
+            .unwrap_or(&bundled);
         imported.push(target.write_imported(original, &info.source_site, &schema, &batches, now_ms)?);
     }
     Ok(imported)
@@ -206,12 +231,19 @@ mod tests {
             let given = [shares[pair[0]].clone(), shares[pair[1]].clone()];
             assert_eq!(combine_shares(&given, 2, &digest).unwrap(), key);
         }
-        assert!(combine_shares(&shares[..1], 2, &digest).unwrap_err().to_string().contains("1 distinct share(s) given, 2 needed"));
+        assert!(
+            combine_shares(&shares[..1], 2, &digest)
+                .unwrap_err()
+                .to_string()
+                .contains("1 distinct share(s) given, 2 needed")
+        );
         let twice = [shares[0].clone(), shares[0].clone()];
         assert!(combine_shares(&twice, 2, &digest).is_err(), "a repeated share counts once");
         let mut bad = shares[1].clone();
         bad.share.replace_range(4..6, if &bad.share[4..6] == "00" { "01" } else { "00" });
-        assert!(combine_shares(&[shares[0].clone(), bad], 2, &digest).unwrap_err().to_string().contains("do not rebuild"));
+        assert!(
+            combine_shares(&[shares[0].clone(), bad], 2, &digest).unwrap_err().to_string().contains("do not rebuild")
+        );
         assert!(split_key(&key, 1, 3).is_err(), "k = 1 would hand out the key itself");
     }
 
@@ -228,7 +260,9 @@ mod tests {
         let shares = split_key(&key, 2, 3).unwrap();
         drop(key);
         // The wrong site, or too few shares, cannot import.
-        assert!(import(&mut b, "site-c", &bundle, &combine_shares(&shares[..2], 2, &info.key_digest).unwrap(), 3).is_err());
+        assert!(
+            import(&mut b, "site-c", &bundle, &combine_shares(&shares[..2], 2, &info.key_digest).unwrap(), 3).is_err()
+        );
         let key = combine_shares(&shares[1..], 2, &info.key_digest).unwrap();
         let imported = import(&mut b, "site-b", &bundle, &key, 3).unwrap();
         assert_eq!(imported[0].imported_from.as_deref(), Some(format!("site-a/{}", seg.id).as_str()));

@@ -44,7 +44,9 @@ pub enum StoreError {
         reason: String,
     },
     /// The data was destroyed by crypto-shredding: its key is gone.
-    #[error("segment {segment}: the {grade} columns were shredded at {at_ms} ms ({reason}); they can no longer be read")]
+    #[error(
+        "segment {segment}: the {grade} columns were shredded at {at_ms} ms ({reason}); they can no longer be read"
+    )]
     Shredded {
         /// The segment.
         segment: String,

@@ -92,7 +92,8 @@ impl Kek {
 
     fn parse(text: &str) -> Result<Self, String> {
         let (version, hex) = text.split_once(':').ok_or("expected `v<version>:<64 hex digits>`")?;
-        let version = version.strip_prefix('v').and_then(|v| v.parse().ok()).ok_or("the version must be `v` and a number")?;
+        let version =
+            version.strip_prefix('v').and_then(|v| v.parse().ok()).ok_or("the version must be `v` and a number")?;
         let bytes = from_hex(hex).filter(|b| b.len() == KEY_LEN).ok_or("the key must be 64 hex digits")?;
         Ok(Self { version, key: SecretKey::from_slice(&bytes).expect("checked length") })
     }
@@ -121,12 +122,18 @@ impl Kek {
     /// Opens a key sealed by [`Kek::wrap`] under this KEK for `id`.
     pub fn unwrap(&self, id: &str, sealed: &SealedKey) -> Result<SecretKey> {
         let bad = |reason: &str| StoreError::Key { id: id.into(), reason: reason.into() };
-        let nonce: [u8; 12] = from_hex(&sealed.nonce).and_then(|n| n.try_into().ok()).ok_or_else(|| bad("malformed nonce"))?;
+        let nonce: [u8; 12] =
+            from_hex(&sealed.nonce).and_then(|n| n.try_into().ok()).ok_or_else(|| bad("malformed nonce"))?;
         let mut bytes = from_hex(&sealed.sealed).ok_or_else(|| bad("malformed sealed key"))?;
         let plain = self
             .cipher()
             .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(self.aad(id)), &mut bytes)
-            .map_err(|_| bad(&format!("does not open under key-encryption key v{} (wrong key, or the key ring was altered)", self.version)))?;
+            .map_err(|_| {
+                bad(&format!(
+                    "does not open under key-encryption key v{} (wrong key, or the key ring was altered)",
+                    self.version
+                ))
+            })?;
         let key = SecretKey::from_slice(plain).ok_or_else(|| bad("wrong length"));
         bytes.iter_mut().for_each(|b| *b = 0);
         key
@@ -166,8 +173,14 @@ impl Keyring {
     pub fn open(path: impl Into<PathBuf>, kek: Kek) -> Result<Self> {
         let path = path.into();
         let file = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<KeyringFile>(&bytes).map_err(|cause| StoreError::Corrupt { what: "key ring", path: path.clone(), cause })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => KeyringFile { kek_version: kek.version, keys: BTreeMap::new() },
+            Ok(bytes) => serde_json::from_slice::<KeyringFile>(&bytes).map_err(|cause| StoreError::Corrupt {
+                what: "key ring",
+                path: path.clone(),
+                cause,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                KeyringFile { kek_version: kek.version, keys: BTreeMap::new() }
+            }
             Err(e) => return Err(io("read", &path)(e)),
         };
         if file.kek_version != kek.version {
@@ -225,7 +238,10 @@ impl Keyring {
     /// Re-seals every key under `new` (a higher version) and keeps using it.
     pub fn rotate(&mut self, new: Kek) -> Result<usize> {
         if new.version <= self.kek.version {
-            return Err(StoreError::Kek(format!("the new key-encryption key must have a version above v{} (got v{})", self.kek.version, new.version)));
+            return Err(StoreError::Kek(format!(
+                "the new key-encryption key must have a version above v{} (got v{})",
+                self.kek.version, new.version
+            )));
         }
         let mut keys = BTreeMap::new();
         for (id, sealed) in &self.file.keys {

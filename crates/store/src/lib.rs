@@ -21,7 +21,7 @@ mod sealer;
 mod segment;
 
 pub use error::{Result, StoreError};
-pub use keys::{Kek, KEY_LEN, Keyring, SealedKey, SecretKey, from_hex, to_hex};
+pub use keys::{KEY_LEN, Kek, Keyring, SealedKey, SecretKey, from_hex, to_hex};
 pub use manifest::{GradeKey, SegmentMeta, Shred, ShredEvent};
 pub use retention::Retention;
 pub use sealer::KekSealer;

@@ -31,7 +31,11 @@ impl Retention {
     /// (the footer key is the `general` one, so nothing can outlive it). The field is named
     /// relative to the store's section (`retention.core`).
     pub fn check(&self) -> Result<(), ConfigError> {
-        let order = [(DataGrade::Core, self.core_ms), (DataGrade::Important, self.important_ms), (DataGrade::General, self.general_ms)];
+        let order = [
+            (DataGrade::Core, self.core_ms),
+            (DataGrade::Important, self.important_ms),
+            (DataGrade::General, self.general_ms),
+        ];
         for pair in order.windows(2) {
             let ((hi, a), (lo, b)) = (pair[0], pair[1]);
             let longer = match (a, b) {

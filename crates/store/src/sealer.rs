@@ -52,7 +52,9 @@ impl KekSealer {
         let mut nonce = [0u8; NONCE_LEN];
         SystemRandom::new().fill(&mut nonce).map_err(|_| "the system random source failed".to_string())?;
         let mut out = plain.to_vec();
-        self.current.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(LABEL), &mut out).map_err(|_| "sealing failed".to_string())?;
+        self.current
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(LABEL), &mut out)
+            .map_err(|_| "sealing failed".to_string())?;
         Ok([nonce.as_slice(), &out].concat())
     }
 

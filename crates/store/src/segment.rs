@@ -52,7 +52,11 @@ impl SegmentStore {
         let keyring = Keyring::open(dir.join(KEYRING), kek)?;
         let path = dir.join(MANIFEST);
         let manifest = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|cause| StoreError::Corrupt { what: "manifest", path: path.clone(), cause })?,
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|cause| StoreError::Corrupt {
+                what: "manifest",
+                path: path.clone(),
+                cause,
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
             Err(e) => return Err(io("read", &path)(e)),
         };
@@ -80,7 +84,13 @@ impl SegmentStore {
 
     /// Writes `batches` (rows of `stream`, with a `ts` column) as one segment; each column is
     /// encrypted under the key of its grade in `grades`.
-    pub fn write(&mut self, stream: &str, batches: &[RecordBatch], grades: &GradeMap, now_ms: i64) -> Result<Option<SegmentMeta>> {
+    pub fn write(
+        &mut self,
+        stream: &str,
+        batches: &[RecordBatch],
+        grades: &GradeMap,
+        now_ms: i64,
+    ) -> Result<Option<SegmentMeta>> {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let Some(first) = batches.first() else { return Ok(None) };
         if rows == 0 {
@@ -95,7 +105,16 @@ impl SegmentStore {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn write_file(&mut self, id: &str, stream: &str, schema: &SchemaRef, batches: &[RecordBatch], ts: (i64, i64), now_ms: i64, imported_from: Option<String>) -> Result<SegmentMeta> {
+    fn write_file(
+        &mut self,
+        id: &str,
+        stream: &str,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+        ts: (i64, i64),
+        now_ms: i64,
+        imported_from: Option<String>,
+    ) -> Result<SegmentMeta> {
         // One key per grade present; columns listed by top-level name.
         let mut by_grade: BTreeMap<DataGrade, Vec<String>> = BTreeMap::new();
         for f in schema.fields() {
@@ -109,13 +128,18 @@ impl SegmentStore {
             keys.insert(*grade, (key_id.clone(), self.keyring.create(&key_id)?));
         }
         let (footer_id, footer_key) = &keys[&DataGrade::General];
-        let mut encryption = FileEncryptionProperties::builder(footer_key.bytes().to_vec()).with_footer_key_metadata(footer_id.clone().into_bytes());
+        let mut encryption = FileEncryptionProperties::builder(footer_key.bytes().to_vec())
+            .with_footer_key_metadata(footer_id.clone().into_bytes());
         let parquet_schema = ArrowSchemaConverter::new().convert(schema)?;
         for column in parquet_schema.columns() {
             let root = &column.path().parts()[0];
             let grade = schema.field_with_name(root).ok().and_then(field_grade).unwrap_or(DataGrade::Core);
             let (key_id, key) = &keys[&grade];
-            encryption = encryption.with_column_key_and_metadata(&column.path().string(), key.bytes().to_vec(), key_id.clone().into_bytes());
+            encryption = encryption.with_column_key_and_metadata(
+                &column.path().string(),
+                key.bytes().to_vec(),
+                key_id.clone().into_bytes(),
+            );
         }
         // Compressed before it is encrypted (ciphertext does not compress).
         let properties = WriterProperties::builder()
@@ -142,7 +166,10 @@ impl SegmentStore {
             bytes,
             written_at_ms: now_ms,
             imported_from,
-            grades: by_grade.into_iter().map(|(g, columns)| (g, GradeKey { key_id: keys[&g].0.clone(), columns, shredded: None })).collect(),
+            grades: by_grade
+                .into_iter()
+                .map(|(g, columns)| (g, GradeKey { key_id: keys[&g].0.clone(), columns, shredded: None }))
+                .collect(),
         };
         self.manifest.segments.push(meta.clone());
         self.save_manifest()?;
@@ -163,19 +190,30 @@ impl SegmentStore {
         let meta = self.segment(id)?;
         if meta.destroyed() {
             let shred = meta.grades[&DataGrade::General].shredded.clone().expect("destroyed");
-            return Err(StoreError::Shredded { segment: id.to_string(), grade: DataGrade::General, at_ms: shred.at_ms, reason: shred.reason });
+            return Err(StoreError::Shredded {
+                segment: id.to_string(),
+                grade: DataGrade::General,
+                at_ms: shred.at_ms,
+                reason: shred.reason,
+            });
         }
         let path = self.path_of(id);
         let file = fs::File::open(&path).map_err(io("open", &path))?;
         let retriever = Arc::new(RingKeys { keys: self.live_keys(meta)? });
         let decryption = FileDecryptionProperties::with_key_retriever(retriever).build()?;
-        Ok(ParquetRecordBatchReaderBuilder::try_new_with_options(file, ArrowReaderOptions::new().with_file_decryption_properties(decryption))?)
+        Ok(ParquetRecordBatchReaderBuilder::try_new_with_options(
+            file,
+            ArrowReaderOptions::new().with_file_decryption_properties(decryption),
+        )?)
     }
 
     fn live_keys(&self, meta: &SegmentMeta) -> Result<BTreeMap<String, SecretKey>> {
         let mut keys = BTreeMap::new();
         for g in meta.grades.values().filter(|g| g.shredded.is_none()) {
-            let key = self.keyring.get(&g.key_id)?.ok_or_else(|| StoreError::Key { id: g.key_id.clone(), reason: "missing from the key ring".into() })?;
+            let key = self
+                .keyring
+                .get(&g.key_id)?
+                .ok_or_else(|| StoreError::Key { id: g.key_id.clone(), reason: "missing from the key ring".into() })?;
             keys.insert(g.key_id.clone(), key);
         }
         Ok(keys)
@@ -190,11 +228,22 @@ impl SegmentStore {
                 if let Some(shred) = &key.shredded
                     && key.columns.iter().any(|c| columns.contains(&c.as_str()))
                 {
-                    return Err(StoreError::Shredded { segment: id.to_string(), grade: *grade, at_ms: shred.at_ms, reason: shred.reason.clone() });
+                    return Err(StoreError::Shredded {
+                        segment: id.to_string(),
+                        grade: *grade,
+                        at_ms: shred.at_ms,
+                        reason: shred.reason.clone(),
+                    });
                 }
             }
-        } else if let Some((grade, shred)) = meta.grades.iter().find_map(|(g, k)| k.shredded.as_ref().map(|s| (*g, s))) {
-            return Err(StoreError::Shredded { segment: id.to_string(), grade, at_ms: shred.at_ms, reason: shred.reason.clone() });
+        } else if let Some((grade, shred)) = meta.grades.iter().find_map(|(g, k)| k.shredded.as_ref().map(|s| (*g, s)))
+        {
+            return Err(StoreError::Shredded {
+                segment: id.to_string(),
+                grade,
+                at_ms: shred.at_ms,
+                reason: shred.reason.clone(),
+            });
         }
         let builder = self.reader(id)?;
         let builder = match columns {
@@ -211,13 +260,25 @@ impl SegmentStore {
 
     /// Shreds the `grades` of every segment whose rows all lie in `[from_ms, to_ms]`. Segments
     /// only partly inside are left alone (and not reported). Returns what was destroyed.
-    pub fn shred(&mut self, from_ms: i64, to_ms: i64, grades: &[DataGrade], reason: &str, now_ms: i64) -> Result<Vec<ShredEvent>> {
+    pub fn shred(
+        &mut self,
+        from_ms: i64,
+        to_ms: i64,
+        grades: &[DataGrade],
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Vec<ShredEvent>> {
         let targets: Vec<(String, DataGrade)> = self
             .manifest
             .segments
             .iter()
             .filter(|s| s.min_ts_ms >= from_ms && s.max_ts_ms <= to_ms)
-            .flat_map(|s| grades.iter().filter(|g| s.grades.get(g).is_some_and(|k| k.shredded.is_none())).map(|g| (s.id.clone(), *g)))
+            .flat_map(|s| {
+                grades
+                    .iter()
+                    .filter(|g| s.grades.get(g).is_some_and(|k| k.shredded.is_none()))
+                    .map(|g| (s.id.clone(), *g))
+            })
             .collect();
         self.shred_keys(&targets, reason, now_ms)
     }
@@ -232,7 +293,9 @@ impl SegmentStore {
             .flat_map(|s| {
                 s.grades
                     .iter()
-                    .filter(|(g, k)| k.shredded.is_none() && retention.of(**g).is_some_and(|keep| s.max_ts_ms < now_ms - keep))
+                    .filter(|(g, k)| {
+                        k.shredded.is_none() && retention.of(**g).is_some_and(|keep| s.max_ts_ms < now_ms - keep)
+                    })
                     .map(|(g, _)| (s.id.clone(), *g))
             })
             .collect();
@@ -247,7 +310,8 @@ impl SegmentStore {
             let segment = self.manifest.segments.iter_mut().find(|s| &s.id == id).expect("target from the manifest");
             // The footer key goes last: without it nothing of the file is readable, so every
             // other grade goes with it.
-            let grades: Vec<DataGrade> = if *grade == DataGrade::General { segment.grades.keys().copied().collect() } else { vec![*grade] };
+            let grades: Vec<DataGrade> =
+                if *grade == DataGrade::General { segment.grades.keys().copied().collect() } else { vec![*grade] };
             let file_deleted = *grade == DataGrade::General;
             for g in grades {
                 let key = segment.grades.get_mut(&g).expect("grade present");
@@ -298,20 +362,47 @@ impl SegmentStore {
 
     /// Writes rows read elsewhere (an imported segment) as a new local segment, re-encrypted
     /// under fresh keys of this site.
-    pub(crate) fn write_imported(&mut self, source: &SegmentMeta, source_site: &str, schema: &SchemaRef, batches: &[RecordBatch], now_ms: i64) -> Result<SegmentMeta> {
+    pub(crate) fn write_imported(
+        &mut self,
+        source: &SegmentMeta,
+        source_site: &str,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+        now_ms: i64,
+    ) -> Result<SegmentMeta> {
         let id = format!("seg-{:08}", self.manifest.next_id);
         self.manifest.next_id += 1;
-        self.write_file(&id, &source.stream, schema, batches, (source.min_ts_ms, source.max_ts_ms), now_ms, Some(format!("{source_site}/{}", source.id)))
+        self.write_file(
+            &id,
+            &source.stream,
+            schema,
+            batches,
+            (source.min_ts_ms, source.max_ts_ms),
+            now_ms,
+            Some(format!("{source_site}/{}", source.id)),
+        )
     }
 
     /// The plaintext of segment `id`'s live columns and their schema (for export).
     pub(crate) fn read_live(&self, id: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let meta = self.segment(id)?;
-        let live: Vec<&str> = meta.grades.values().filter(|k| k.shredded.is_none()).flat_map(|k| k.columns.iter().map(String::as_str)).collect();
+        let live: Vec<&str> = meta
+            .grades
+            .values()
+            .filter(|k| k.shredded.is_none())
+            .flat_map(|k| k.columns.iter().map(String::as_str))
+            .collect();
         let schema = self.schema(id)?;
-        let ordered: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).filter(|n| live.contains(n)).collect();
+        let ordered: Vec<&str> =
+            schema.fields().iter().map(|f| f.name().as_str()).filter(|n| live.contains(n)).collect();
         let batches = self.read(id, Some(&ordered))?;
-        let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(schema.project(&ordered.iter().map(|c| schema.index_of(c).expect("own column")).collect::<Vec<_>>()).expect("own columns")));
+        let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| {
+            Arc::new(
+                schema
+                    .project(&ordered.iter().map(|c| schema.index_of(c).expect("own column")).collect::<Vec<_>>())
+                    .expect("own columns"),
+            )
+        });
         Ok((schema, batches))
     }
 }
@@ -323,15 +414,22 @@ struct RingKeys {
 
 impl KeyRetriever for RingKeys {
     fn retrieve_key(&self, key_metadata: &[u8]) -> parquet::errors::Result<Vec<u8>> {
-        let id = std::str::from_utf8(key_metadata).map_err(|_| parquet::errors::ParquetError::General("key metadata is not an id".into()))?;
-        self.keys.get(id).map(|k| k.bytes().to_vec()).ok_or_else(|| parquet::errors::ParquetError::General(format!("data key {id} was destroyed")))
+        let id = std::str::from_utf8(key_metadata)
+            .map_err(|_| parquet::errors::ParquetError::General("key metadata is not an id".into()))?;
+        self.keys
+            .get(id)
+            .map(|k| k.bytes().to_vec())
+            .ok_or_else(|| parquet::errors::ParquetError::General(format!("data key {id} was destroyed")))
     }
 }
 
 fn ts_range(batches: &[RecordBatch]) -> (i64, i64) {
     let mut range = (i64::MAX, i64::MIN);
     for batch in batches {
-        let Some(ts) = batch.column_by_name("ts").and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>()) else { continue };
+        let Some(ts) = batch.column_by_name("ts").and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+        else {
+            continue;
+        };
         for i in 0..ts.len() {
             if ts.is_valid(i) {
                 let v = ts.value(i);
@@ -363,7 +461,9 @@ mod tests {
             schema,
             vec![
                 Arc::new(StringArray::from_iter_values((0..rows).map(|i| format!("motor-{}", i % 7)))),
-                Arc::new(TimestampMillisecondArray::from_iter_values((0..rows).map(|i| ts0 + i as i64)).with_timezone("UTC")),
+                Arc::new(
+                    TimestampMillisecondArray::from_iter_values((0..rows).map(|i| ts0 + i as i64)).with_timezone("UTC"),
+                ),
                 Arc::new(Float64Array::from_iter_values((0..rows).map(|_| IMPORTANT_MARKER))),
                 Arc::new(Float64Array::from_iter_values((0..rows).map(|_| CORE_MARKER))),
             ],
@@ -401,12 +501,20 @@ mod tests {
                 assert!(!contains(&bytes, &marker.to_le_bytes()), "{marker} in the clear in {}", path.display());
                 assert!(!contains(&bytes, marker.to_string().as_bytes()), "{marker} as text in {}", path.display());
             }
-            assert!(!contains(&bytes, b"motor-3"), "even general columns are encrypted (footer key) in {}", path.display());
+            assert!(
+                !contains(&bytes, b"motor-3"),
+                "even general columns are encrypted (footer key) in {}",
+                path.display()
+            );
         }
         let back = store.read(&meta.id, None).unwrap();
         assert_eq!(back.iter().map(RecordBatch::num_rows).sum::<usize>(), 500);
         assert_eq!(back[0].column(3).as_any().downcast_ref::<Float64Array>().unwrap().value(0), CORE_MARKER);
-        assert_eq!(field_grade(back[0].schema().field(3)), Some(DataGrade::Core), "grades travel in the field metadata");
+        assert_eq!(
+            field_grade(back[0].schema().field(3)),
+            Some(DataGrade::Core),
+            "grades travel in the field metadata"
+        );
 
         // Another KEK cannot open the store's keys.
         let other = SegmentStore::open(dir.path(), Kek::generate(1).unwrap()).unwrap();
@@ -446,7 +554,13 @@ mod tests {
         let meta = store.write("telemetry", &[batch(1_000, 10)], &GradeMap::builtin(), 1).unwrap().unwrap();
         let retention = Retention { general_ms: Some(10_000), important_ms: Some(5_000), core_ms: Some(1_000) };
         retention.check().unwrap();
-        assert!(Retention { core_ms: Some(20_000), ..retention }.check().unwrap_err().to_string().contains("retention.core"));
+        assert!(
+            Retention { core_ms: Some(20_000), ..retention }
+                .check()
+                .unwrap_err()
+                .to_string()
+                .contains("retention.core")
+        );
 
         assert!(store.apply_retention(&retention, 2_000).unwrap().is_empty(), "nothing old enough yet");
         let core = store.apply_retention(&retention, 3_000).unwrap();

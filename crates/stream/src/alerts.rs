@@ -172,7 +172,8 @@ impl AlertTracker {
     /// The per-motor hysteresis state of the motors `include` accepts, for a checkpoint
     /// (sorted by motor).
     pub(crate) fn snapshot(&self, include: &dyn Fn(&str) -> bool) -> TrackerState {
-        let mut motors: Vec<(String, MotorAlert)> = self.motors.iter().filter(|(k, _)| include(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut motors: Vec<(String, MotorAlert)> =
+            self.motors.iter().filter(|(k, _)| include(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
         motors.sort_by(|a, b| a.0.cmp(&b.0));
         TrackerState { query: self.query.clone(), motors }
     }
@@ -181,7 +182,10 @@ impl AlertTracker {
     /// holds, or with `merge`, added to it.
     pub(crate) fn restore(&mut self, state: TrackerState, merge: bool) -> Result<(), crate::StreamError> {
         if state.query != self.query {
-            return Err(crate::StreamError::Checkpoint(format!("alert state of query {} restored into query {}", state.query, self.query)));
+            return Err(crate::StreamError::Checkpoint(format!(
+                "alert state of query {} restored into query {}",
+                state.query, self.query
+            )));
         }
         if !merge {
             self.motors.clear();
@@ -211,7 +215,8 @@ impl AlertTracker {
         }
         m.last_window_ms = Some(w.window_start_ms);
         let score = w.score?;
-        let severity_of = |s: f64| if o.critical_above.is_some_and(|c| s >= c) { Severity::Critical } else { Severity::Warning };
+        let severity_of =
+            |s: f64| if o.critical_above.is_some_and(|c| s >= c) { Severity::Critical } else { Severity::Warning };
         let state = match &mut m.open {
             None => {
                 m.above = if score >= o.open_above { m.above + 1 } else { 0 };
@@ -339,7 +344,10 @@ pub fn motor_windows_schema() -> SchemaRef {
 }
 
 fn features_type() -> DataType {
-    datafusion::arrow::array::Array::data_type(&MapBuilder::new(None, StringBuilder::new(), Float64Builder::new()).finish()).clone()
+    datafusion::arrow::array::Array::data_type(
+        &MapBuilder::new(None, StringBuilder::new(), Float64Builder::new()).finish(),
+    )
+    .clone()
 }
 
 /// Builds `motor_windows` rows.
@@ -422,7 +430,13 @@ mod tests {
 
     #[test]
     fn hysteresis_opens_and_closes_without_flapping() {
-        let opts = AlertOptions { open_above: 3.0, close_below: 1.0, critical_above: Some(6.0), open_windows: 2, close_windows: 2 };
+        let opts = AlertOptions {
+            open_above: 3.0,
+            close_below: 1.0,
+            critical_above: Some(6.0),
+            open_windows: 2,
+            close_windows: 2,
+        };
         let mut t = AlertTracker::new("q", opts);
         let s = |v: f64| Some(v);
         let events = feed(
@@ -432,7 +446,7 @@ mod tests {
         assert_eq!(
             events,
             [
-                (40, AlertState::Open, Severity::Warning),   // two in a row above 3 (30, 40)
+                (40, AlertState::Open, Severity::Warning),    // two in a row above 3 (30, 40)
                 (80, AlertState::Update, Severity::Critical), // 2.0 at 50 stays open, 0.5 then 2.0 resets the count
                 (100, AlertState::Close, Severity::Critical), // 0.5, 0.2: two below 1
             ]
@@ -445,7 +459,8 @@ mod tests {
         assert_eq!(alert_id("q", "M1", 40), alert_id("q", "M1", 40));
         assert_ne!(alert_id("q", "M1", 40), alert_id("q", "M2", 40));
         assert_ne!(alert_id("q", "M1", 40), alert_id("q2", "M1", 40));
-        let opts = AlertOptions { open_above: 1.0, close_below: 1.0, critical_above: None, open_windows: 1, close_windows: 1 };
+        let opts =
+            AlertOptions { open_above: 1.0, close_below: 1.0, critical_above: None, open_windows: 1, close_windows: 1 };
         let mut t = AlertTracker::new("q", opts);
         assert_eq!(feed(&mut t, &[Some(2.0)]).len(), 1);
         assert!(feed(&mut t, &[Some(2.0)]).is_empty(), "window 0 again is a replay");

@@ -43,9 +43,12 @@ pub(crate) fn to_versioned_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, Str
 
 /// The state of [`to_versioned_bytes`]; another format version is an error.
 pub(crate) fn from_versioned_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StreamError> {
-    let (version, rest) = postcard::take_from_bytes::<u32>(bytes).map_err(|source| StreamError::CheckpointCodec { action: "decoding the state's version", source })?;
+    let (version, rest) = postcard::take_from_bytes::<u32>(bytes)
+        .map_err(|source| StreamError::CheckpointCodec { action: "decoding the state's version", source })?;
     if version != FORMAT_VERSION {
-        return Err(StreamError::Checkpoint(format!("engine state format {version}; this build reads format {FORMAT_VERSION}")));
+        return Err(StreamError::Checkpoint(format!(
+            "engine state format {version}; this build reads format {FORMAT_VERSION}"
+        )));
     }
     from_bytes(rest)
 }
@@ -67,7 +70,10 @@ pub(crate) fn batch_from_ipc(bytes: &[u8]) -> Result<Option<RecordBatch>, Stream
         return Ok(None);
     }
     let mut reader = StreamReader::try_new(Cursor::new(bytes), None)?;
-    let batch = reader.next().transpose()?.ok_or_else(|| StreamError::Checkpoint("buffered rows: no batch in the IPC stream".into()))?;
+    let batch = reader
+        .next()
+        .transpose()?
+        .ok_or_else(|| StreamError::Checkpoint("buffered rows: no batch in the IPC stream".into()))?;
     if reader.next().is_some() {
         return Err(StreamError::Checkpoint("buffered rows: more than one batch in the IPC stream".into()));
     }

@@ -21,11 +21,14 @@ use crate::StreamError;
 pub fn to_telemetry(batch: &RecordBatch, renames: &[(&str, &str)], seq_base: u64) -> Result<RecordBatch, StreamError> {
     let schema = batch.schema();
     let find = |name: &str| -> Option<ArrayRef> {
-        schema.fields().iter().position(|f| {
-            let n = renames.iter().find(|(from, _)| *from == f.name()).map(|(_, to)| *to).unwrap_or(f.name());
-            n == name
-        })
-        .map(|i| batch.column(i).clone())
+        schema
+            .fields()
+            .iter()
+            .position(|f| {
+                let n = renames.iter().find(|(from, _)| *from == f.name()).map(|(_, to)| *to).unwrap_or(f.name());
+                n == name
+            })
+            .map(|i| batch.column(i).clone())
     };
     let n = batch.num_rows();
     let need = |name: &str| find(name).ok_or_else(|| StreamError::Schema(format!("input needs a {name} column")));

@@ -22,7 +22,9 @@
 
 use std::ops::ControlFlow;
 
-use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, FunctionArg, FunctionArgExpr, Ident, ObjectName, Query, TableFactor, VisitMut, VisitorMut};
+use datafusion::sql::sqlparser::ast::{
+    Expr as SqlExpr, FunctionArg, FunctionArgExpr, Ident, ObjectName, Query, TableFactor, VisitMut, VisitorMut,
+};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
@@ -68,7 +70,8 @@ pub fn parse(sql: &str) -> Result<QueryDef, StreamError> {
     let gerr = |m: String| StreamError::Grammar(m);
     let perr = |context: &str, source: ParserError| StreamError::Parse { context: Some(context.to_string()), source };
     let dialect = GenericDialect {};
-    let mut p = Parser::new(&dialect).try_with_sql(sql).map_err(|source| StreamError::Parse { context: None, source })?;
+    let mut p =
+        Parser::new(&dialect).try_with_sql(sql).map_err(|source| StreamError::Parse { context: None, source })?;
     for word in ["CREATE", "CONTINUOUS", "QUERY"] {
         let got = p.next_token();
         if !matches!(&got.token, Token::Word(w) if w.value.eq_ignore_ascii_case(word)) {
@@ -88,10 +91,8 @@ pub fn parse(sql: &str) -> Result<QueryDef, StreamError> {
             let key = p.parse_identifier().map_err(|e| perr("WITH option name", e))?.value.to_lowercase();
             p.expect_token(&Token::Eq).map_err(|e| perr(&format!("WITH {key}"), e))?;
             let value = p.parse_expr().map_err(|e| perr(&format!("WITH {key}"), e))?;
-            let number: f64 = value
-                .to_string()
-                .parse()
-                .map_err(|_| gerr(format!("WITH {key}: expected a number, got {value}")))?;
+            let number: f64 =
+                value.to_string().parse().map_err(|_| gerr(format!("WITH {key}: expected a number, got {value}")))?;
             options.push((key, number));
             if !p.consume_token(&Token::Comma) {
                 break;
@@ -294,13 +295,20 @@ mod tests {
 
     #[test]
     fn window_functions_and_durations() {
-        let spec = |from: &str| parse(&format!("CREATE CONTINUOUS QUERY q AS SELECT motor_id FROM {from}")).map(|q| q.window);
+        let spec =
+            |from: &str| parse(&format!("CREATE CONTINUOUS QUERY q AS SELECT motor_id FROM {from}")).map(|q| q.window);
         assert_eq!(
             spec("HOP(telemetry, ts, INTERVAL '5' SECOND, INTERVAL '1 minute')").unwrap(),
             WindowSpec::Hopping { size_ms: 60_000, slide_ms: 5_000 }
         );
-        assert_eq!(spec("SESSION(telemetry, ts, INTERVAL '1 minute 30 seconds')").unwrap(), WindowSpec::Session { gap_ms: 90_000 });
-        assert_eq!(spec("TUMBLE(telemetry, ts, INTERVAL '500 ms') AS w").unwrap(), WindowSpec::Tumbling { size_ms: 500 });
+        assert_eq!(
+            spec("SESSION(telemetry, ts, INTERVAL '1 minute 30 seconds')").unwrap(),
+            WindowSpec::Session { gap_ms: 90_000 }
+        );
+        assert_eq!(
+            spec("TUMBLE(telemetry, ts, INTERVAL '500 ms') AS w").unwrap(),
+            WindowSpec::Tumbling { size_ms: 500 }
+        );
         assert_eq!(parse_duration("2h"), Some(7_200_000));
         assert_eq!(parse_duration("1.5 s"), Some(1_500));
     }
@@ -310,10 +318,25 @@ mod tests {
         let err = |sql: &str| parse(sql).unwrap_err().to_string();
         assert!(err("SELECT 1").contains("CREATE CONTINUOUS QUERY"));
         assert!(err("CREATE CONTINUOUS QUERY q AS SELECT motor_id FROM telemetry").contains("must read a window"));
-        assert!(err("CREATE CONTINUOUS QUERY q AS SELECT motor_id FROM TUMBLE(readings, ts, INTERVAL '1 s')").contains("`telemetry`"));
-        assert!(err("CREATE CONTINUOUS QUERY q AS SELECT motor_id FROM TUMBLE(telemetry, ts, 10)").contains("INTERVAL"));
-        assert!(err("CREATE CONTINUOUS QUERY q AS SELECT motor_id FROM HOP(telemetry, ts, INTERVAL '20 s', INTERVAL '10 s')").contains("slide_ms"));
-        assert!(err("CREATE CONTINUOUS QUERY q WITH (open_abuve = 3) AS SELECT 1 FROM TUMBLE(telemetry, ts, INTERVAL '1 s')").contains("unknown WITH option open_abuve"));
+        assert!(
+            err("CREATE CONTINUOUS QUERY q AS SELECT motor_id FROM TUMBLE(readings, ts, INTERVAL '1 s')")
+                .contains("`telemetry`")
+        );
+        assert!(
+            err("CREATE CONTINUOUS QUERY q AS SELECT motor_id FROM TUMBLE(telemetry, ts, 10)").contains("INTERVAL")
+        );
+        assert!(
+            err(
+                "CREATE CONTINUOUS QUERY q AS SELECT motor_id FROM HOP(telemetry, ts, INTERVAL '20 s', INTERVAL '10 s')"
+            )
+            .contains("slide_ms")
+        );
+        assert!(
+            err(
+                "CREATE CONTINUOUS QUERY q WITH (open_abuve = 3) AS SELECT 1 FROM TUMBLE(telemetry, ts, INTERVAL '1 s')"
+            )
+            .contains("unknown WITH option open_abuve")
+        );
         assert!(err("CREATE CONTINUOUS QUERY q WITH (open_above = 3, close_below = 4) AS SELECT 1 FROM TUMBLE(telemetry, ts, INTERVAL '1 s')").contains("close_below"));
         assert!(err("CREATE CONTINUOUS QUERY q AS SELECT 1 FROM TUMBLE(telemetry, ts, INTERVAL '1 s') x JOIN TUMBLE(telemetry, ts, INTERVAL '2 s') y ON true").contains("exactly one"));
     }
@@ -323,9 +346,13 @@ mod tests {
     fn library_errors_are_kept_as_sources() {
         let e = parse("CREATE CONTINUOUS QUERY q AS SELECT (").unwrap_err();
         assert!(matches!(&e, StreamError::Parse { context: Some(c), .. } if c == "q"), "{e:?}");
-        let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<ParserError>()).expect("sqlparser's error");
+        let source =
+            std::error::Error::source(&e).and_then(|s| s.downcast_ref::<ParserError>()).expect("sqlparser's error");
         assert_eq!(e.to_string(), format!("continuous query: q: {source}"));
-        let e = parse("CREATE CONTINUOUS QUERY q AS SELECT motor_id FROM HOP(telemetry, ts, INTERVAL '20 s', INTERVAL '10 s')").unwrap_err();
+        let e = parse(
+            "CREATE CONTINUOUS QUERY q AS SELECT motor_id FROM HOP(telemetry, ts, INTERVAL '20 s', INTERVAL '10 s')",
+        )
+        .unwrap_err();
         let source = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<tessera_core::WindowError>());
         assert!(matches!(source, Some(tessera_core::WindowError::SlideTooLong { .. })), "{e:?}");
     }

@@ -29,7 +29,9 @@ pub mod tables;
 pub mod windowing;
 
 pub use alerts::{AlertEvent, AlertState, Severity};
-pub use engine::{EngineStats, FailedRun, RestoreReport, StateDigest, StepOutput, StreamConfig, StreamEngine, state_digest};
+pub use engine::{
+    EngineStats, FailedRun, RestoreReport, StateDigest, StepOutput, StreamConfig, StreamEngine, state_digest,
+};
 pub use error::StreamError;
 pub use schema::windowed_schema;
 pub use windowing::WindowOperator;

@@ -77,7 +77,9 @@ pub fn rewrite(plan: &LogicalPlan) -> Result<Option<Rewritten>, DataFusionError>
             .aggr_expr
             .iter()
             .zip(&specs)
-            .map(|(e, s)| max(Expr::Column(Column::new(Some(WINDOW_TABLE), s.name()))).alias(e.schema_name().to_string()))
+            .map(|(e, s)| {
+                max(Expr::Column(Column::new(Some(WINDOW_TABLE), s.name()))).alias(e.schema_name().to_string())
+            })
             .collect();
         let new = Aggregate::try_new(Arc::new(input), agg.group_expr.clone(), aggr_expr)?;
         found = Some((unique, table));
@@ -110,15 +112,24 @@ fn aggregate_specs(agg: &Aggregate) -> Option<Vec<AggSpec>> {
         .iter()
         .map(|e| {
             let Expr::AggregateFunction(AggregateFunction { func, params }) = e else { return None };
-            if params.distinct || params.filter.is_some() || !params.order_by.is_empty() || params.null_treatment.is_some() || params.args.len() != 1 {
+            if params.distinct
+                || params.filter.is_some()
+                || !params.order_by.is_empty()
+                || params.null_treatment.is_some()
+                || params.args.len() != 1
+            {
                 return None;
             }
             let channel = || match &params.args[0] {
-                Expr::Column(c) => schema.index_of(&c.name).ok().filter(|&i| schema.field(i).data_type() == &DataType::Float64),
+                Expr::Column(c) => {
+                    schema.index_of(&c.name).ok().filter(|&i| schema.field(i).data_type() == &DataType::Float64)
+                }
                 _ => None,
             };
             let kind = match (func.name(), &params.args[0]) {
-                ("count", Expr::Literal(v, _)) if !v.is_null() => return Some(AggSpec { kind: AggKind::CountRows, column: 0 }),
+                ("count", Expr::Literal(v, _)) if !v.is_null() => {
+                    return Some(AggSpec { kind: AggKind::CountRows, column: 0 });
+                }
                 ("count", _) => AggKind::Count,
                 ("sum", _) => AggKind::Sum,
                 ("avg", _) => AggKind::Avg,

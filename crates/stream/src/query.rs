@@ -57,9 +57,9 @@ impl OutputLayout {
             return Err(err(format!("motor_id must be text, not {}", schema.field(motor).data_type())));
         }
         let is_ts = |i: usize| matches!(schema.field(i).data_type(), DataType::Timestamp(TimeUnit::Millisecond, _));
-        let window_start = find("window_start")
-            .filter(|&i| is_ts(i))
-            .ok_or_else(|| err("the output must have the window's window_start column (GROUP BY motor_id, window_start)".into()))?;
+        let window_start = find("window_start").filter(|&i| is_ts(i)).ok_or_else(|| {
+            err("the output must have the window's window_start column (GROUP BY motor_id, window_start)".into())
+        })?;
         let window_end = find("window_end").filter(|&i| is_ts(i));
         let score = find("score");
         if let Some(i) = score
@@ -172,9 +172,18 @@ impl ContinuousQuery {
     }
 
     /// Restores [`Self::anomaly_state`] into the same query, registered again.
-    pub(crate) fn restore_anomaly_state(&self, states: Vec<anomaly::CallState>, merge: bool) -> Result<(), StreamError> {
+    pub(crate) fn restore_anomaly_state(
+        &self,
+        states: Vec<anomaly::CallState>,
+        merge: bool,
+    ) -> Result<(), StreamError> {
         if states.len() != self.anomaly_calls.len() {
-            return Err(StreamError::Checkpoint(format!("query {}: {} anomaly call states for {} calls", self.def.name, states.len(), self.anomaly_calls.len())));
+            return Err(StreamError::Checkpoint(format!(
+                "query {}: {} anomaly call states for {} calls",
+                self.def.name,
+                states.len(),
+                self.anomaly_calls.len()
+            )));
         }
         self.anomaly_calls.iter().zip(states).try_for_each(|(c, s)| anomaly::restore_call(c, s, merge))
     }
@@ -221,7 +230,9 @@ mod tests {
     use super::*;
 
     fn query(select: &str) -> String {
-        format!("CREATE CONTINUOUS QUERY bad AS SELECT {select} FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start")
+        format!(
+            "CREATE CONTINUOUS QUERY bad AS SELECT {select} FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start"
+        )
     }
 
     /// DataFusion's error is kept as the source; the message is its text without a backtrace.
@@ -238,6 +249,9 @@ mod tests {
     #[tokio::test]
     async fn an_unreadable_output_says_what_is_missing() {
         let e = ContinuousQuery::register(&query("motor_id, count(*) AS n")).await.unwrap_err();
-        assert!(matches!(&e, StreamError::Output { query, message } if query == "bad" && message.contains("window_start")), "{e:?}");
+        assert!(
+            matches!(&e, StreamError::Output { query, message } if query == "bad" && message.contains("window_start")),
+            "{e:?}"
+        );
     }
 }

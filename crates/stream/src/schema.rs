@@ -46,7 +46,11 @@ pub fn aggregated_schema(specs: &[AggSpec]) -> SchemaRef {
         Field::new(KEY_COLUMNS[2], ts_type(), false),
         Field::new(KEY_COLUMNS[3], ts_type(), false),
     ];
-    fields.extend(specs.iter().map(|s| Field::new(s.name(), s.data_type(), !matches!(s.kind, AggKind::CountRows | AggKind::Count))));
+    fields.extend(
+        specs
+            .iter()
+            .map(|s| Field::new(s.name(), s.data_type(), !matches!(s.kind, AggKind::CountRows | AggKind::Count))),
+    );
     Arc::new(Schema::new(fields))
 }
 

@@ -22,7 +22,11 @@ use datafusion::physical_plan::ExecutionPlan;
 /// columns its queries read; a pre-aggregated one, the aggregates of all the queries on those
 /// windows); the projection, which names the table's columns, is then mapped onto theirs by
 /// name, and asking for a column they lack is an error.
-fn memory_scan(batches: Vec<RecordBatch>, schema: &SchemaRef, projection: Option<&Vec<usize>>) -> Result<Arc<dyn ExecutionPlan>> {
+fn memory_scan(
+    batches: Vec<RecordBatch>,
+    schema: &SchemaRef,
+    projection: Option<&Vec<usize>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
     let Some(stored) = batches.first().map(|b| b.schema()).filter(|s| s.fields() != schema.fields()) else {
         let exec = MemorySourceConfig::try_new_exec(&[batches], schema.clone(), projection.cloned())?;
         return Ok(exec as Arc<dyn ExecutionPlan>);
@@ -32,7 +36,9 @@ fn memory_scan(batches: Vec<RecordBatch>, schema: &SchemaRef, projection: Option
         .iter()
         .map(|&i| {
             let name = schema.field(i).name();
-            stored.index_of(name).map_err(|_| DataFusionError::Internal(format!("column {name} was not materialised for this scan")))
+            stored
+                .index_of(name)
+                .map_err(|_| DataFusionError::Internal(format!("column {name} was not materialised for this scan")))
         })
         .collect::<Result<Vec<usize>>>()?;
     let projected = batches.iter().map(|b| b.project(&positions)).collect::<std::result::Result<Vec<_>, _>>()?;

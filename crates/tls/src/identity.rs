@@ -7,8 +7,8 @@
 use x509_parser::error::X509Error;
 use x509_parser::extensions::GeneralName;
 
-use crate::pki::{SCHEME, decode_component};
 use crate::TlsError;
+use crate::pki::{SCHEME, decode_component};
 
 /// The holder of a verified client certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +40,10 @@ impl PeerIdentity {
     /// Reads the identity out of a DER certificate.
     pub fn from_der(der: &[u8]) -> Result<Self, TlsError> {
         let bad = |reason: String| TlsError::Identity { reason, source: None };
-        let unreadable = |what: &str, e: X509Error| TlsError::Identity { reason: format!("{what}: {e}"), source: Some(e) };
-        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| unreadable("unparsable certificate", e.into()))?;
+        let unreadable =
+            |what: &str, e: X509Error| TlsError::Identity { reason: format!("{what}: {e}"), source: Some(e) };
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| unreadable("unparsable certificate", e.into()))?;
         let names = cert
             .subject_alternative_name()
             .map_err(|e| unreadable("unreadable subject alternative names", e))?

@@ -60,9 +60,16 @@ pub struct ServerTls {
 
 /// Serves `router` on `listener` until `shutdown`: over TLS when `tls` is given, in the
 /// clear otherwise.
-pub async fn serve(router: Router, listener: TcpListener, tls: Option<ServerTls>, shutdown: impl Future<Output = ()>) -> Result<(), tonic::transport::Error> {
+pub async fn serve(
+    router: Router,
+    listener: TcpListener,
+    tls: Option<ServerTls>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
     match tls {
-        None => router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown).await,
+        None => {
+            router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown).await
+        }
         Some(tls) => {
             let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<TlsStream<TcpStream>>>(64);
             let acceptor = tokio::spawn(accept(listener, tls, tx));
@@ -74,7 +81,11 @@ pub async fn serve(router: Router, listener: TcpListener, tls: Option<ServerTls>
     }
 }
 
-async fn accept(listener: TcpListener, tls: ServerTls, established: tokio::sync::mpsc::Sender<std::io::Result<TlsStream<TcpStream>>>) {
+async fn accept(
+    listener: TcpListener,
+    tls: ServerTls,
+    established: tokio::sync::mpsc::Sender<std::io::Result<TlsStream<TcpStream>>>,
+) {
     let acceptor = TlsAcceptor::from(tls.config.clone());
     loop {
         let (tcp, peer) = tokio::select! {

@@ -88,7 +88,12 @@ mod tests {
     #[test]
     fn issued_certificates_carry_their_identity_and_load() {
         let ca = new_ca("test CA", YEAR).unwrap();
-        let node = issue(&ca, &Subject::Node { id: 7, site: "Werk Süd".into(), hosts: vec!["localhost".into(), "127.0.0.1".into()] }, YEAR).unwrap();
+        let node = issue(
+            &ca,
+            &Subject::Node { id: 7, site: "Werk Süd".into(), hosts: vec!["localhost".into(), "127.0.0.1".into()] },
+            YEAR,
+        )
+        .unwrap();
         let material = TlsMaterial::from_pem(&ca.cert_pem, &node.cert_pem, &node.key_pem).unwrap();
         assert_eq!(material.identity(), &PeerIdentity::Node { id: 7, site: "Werk Süd".into() });
         let op = issue(&ca, &Subject::Operator { name: "alice".into() }, YEAR).unwrap();

@@ -69,7 +69,10 @@ fn bad(field: &str, problem: &str) -> TlsError {
 
 /// A [`TlsError::Config`] builder for `map_err`: reading or using the `[tls]` field `field`
 /// failed with `source`; the problem says `what`, then the source's message.
-fn failed<E: std::error::Error + Send + Sync + 'static>(field: &'static str, what: String) -> impl FnOnce(E) -> TlsError {
+fn failed<E: std::error::Error + Send + Sync + 'static>(
+    field: &'static str,
+    what: String,
+) -> impl FnOnce(E) -> TlsError {
     move |source| {
         let problem = if what.is_empty() { source.to_string() } else { format!("{what}: {source}") };
         TlsError::Config { config: ConfigError::new(field, problem), source: Some(Box::new(source)) }
@@ -98,7 +101,9 @@ impl TlsMaterial {
         if roots.is_empty() {
             return Err(bad("ca", "holds no certificate"));
         }
-        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(failed("cert", "unreadable PEM".into()))?;
+        let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(failed("cert", "unreadable PEM".into()))?;
         let leaf = chain.first().ok_or_else(|| bad("cert", "holds no certificate"))?;
         let identity = PeerIdentity::from_der(leaf.as_ref()).map_err(failed("cert", String::new()))?;
         PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(failed("key", "unreadable private key".into()))?;

@@ -24,7 +24,13 @@ pub enum BadInput {
 impl BadInput {
     /// Every kind, with an oversize message of `oversize_bytes`.
     pub fn all(oversize_bytes: usize) -> [BadInput; 5] {
-        [BadInput::Malformed, BadInput::Oversize(oversize_bytes), BadInput::NotFinite, BadInput::FarFuture, BadInput::UnknownJsonField]
+        [
+            BadInput::Malformed,
+            BadInput::Oversize(oversize_bytes),
+            BadInput::NotFinite,
+            BadInput::FarFuture,
+            BadInput::UnknownJsonField,
+        ]
     }
 
     /// The reject code the ingest gives it.
@@ -41,7 +47,9 @@ impl BadInput {
     pub fn encode(self, template: &Reading, now_ms: i64) -> (Vec<u8>, &'static str) {
         let mut r = template.clone();
         match self {
-            BadInput::Malformed => (b"\x0a\xff\xff\xff\xff garbage from a broken gateway".to_vec(), CONTENT_TYPE_READING),
+            BadInput::Malformed => {
+                (b"\x0a\xff\xff\xff\xff garbage from a broken gateway".to_vec(), CONTENT_TYPE_READING)
+            }
             BadInput::Oversize(bytes) => {
                 r.extra.insert("padding".into(), 0.0);
                 let mut m = MotorReading::from(&r);

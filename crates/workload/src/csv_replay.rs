@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{Context as _, Result, anyhow, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -151,7 +151,9 @@ pub fn load(files: &[PathBuf], opts: &ReplayOptions) -> Result<Vec<ReplayMotor>>
 }
 
 fn motor_id_of(path: &Path, prefix: &str) -> Result<MotorId> {
-    let clean = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect::<String>();
+    let clean = |s: &str| {
+        s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect::<String>()
+    };
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("motor");
     let dir = path.parent().and_then(|p| p.file_name()).and_then(|s| s.to_str());
     let name = match dir {
@@ -178,14 +180,17 @@ fn snake_case(name: &str) -> String {
 
 fn load_file(path: &Path, opts: &ReplayOptions, site_id: SiteId, end_ms: i64) -> Result<ReplayMotor> {
     let text = std::fs::read_to_string(path)?;
-    let delimiter = if text.lines().next().is_some_and(|l| l.matches(';').count() > l.matches(',').count()) { b';' } else { b',' };
+    let delimiter =
+        if text.lines().next().is_some_and(|l| l.matches(';').count() > l.matches(',').count()) { b';' } else { b',' };
     let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).from_reader(text.as_bytes());
     let header: Vec<String> = reader.headers()?.iter().map(|h| h.trim().to_string()).collect();
     if let Some(missing) = opts.required_columns.iter().find(|c| !header.contains(c)) {
         bail!("mapped column {missing:?} is not in the header {header:?}");
     }
     let time_index = match &opts.time_column {
-        Some(name) => header.iter().position(|h| h == name).ok_or_else(|| anyhow!("no time column {name:?} in {header:?}"))?,
+        Some(name) => {
+            header.iter().position(|h| h == name).ok_or_else(|| anyhow!("no time column {name:?} in {header:?}"))?
+        }
         None => 0,
     };
     let targets: Vec<Option<Target>> = header
@@ -298,7 +303,13 @@ pub fn parse_time(s: &str) -> Result<i64> {
 
 /// Publishes the motors' readings merged in event-time order. `speedup` > 0 paces them at
 /// that many times real time; 0 publishes as fast as possible. Returns readings sent.
-pub fn publish(motors: &[ReplayMotor], producer: &TelemetryProducer, speedup: f64, progress: bool, stop: &AtomicBool) -> Result<u64> {
+pub fn publish(
+    motors: &[ReplayMotor],
+    producer: &TelemetryProducer,
+    speedup: f64,
+    progress: bool,
+    stop: &AtomicBool,
+) -> Result<u64> {
     let mut order: Vec<(i64, usize, usize)> = motors
         .iter()
         .enumerate()

@@ -16,8 +16,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -27,15 +27,15 @@ use tessera_ingest::{IngestConfig, TopicConfig};
 use tessera_sql::{Peer, Role, UserConfig};
 
 use crate::bad_input::BadInput;
+use crate::embedded::EmbeddedKafka;
+use crate::producer::{TelemetryProducer, WireFormat};
+use crate::simulate::{FleetSpec, Simulator, site_name};
+use tessera_core::now_ms;
 use tessera_node::config::NodeConfig;
 use tessera_node::control::member::RaftConfig;
-use tessera_node::observe::HttpConfig;
 use tessera_node::detect::DetectConfig;
-use crate::embedded::EmbeddedKafka;
 use tessera_node::node::Node;
-use crate::producer::{TelemetryProducer, WireFormat};
-use tessera_core::now_ms;
-use crate::simulate::{FleetSpec, Simulator, site_name};
+use tessera_node::observe::HttpConfig;
 use tessera_node::sql::SqlConfig;
 
 /// The demo's SQL users' password (printed in the banner; a demo on loopback only).
@@ -111,11 +111,20 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
     };
     let sites: Vec<String> = (0..opts.sites).map(site_name).collect();
     let detect = DetectConfig {
-        queries: tessera_node::detect::rules::DEFAULT_RULES.iter().chain(tessera_node::detect::rules::DEMO_RULES).map(|s| s.to_string()).collect(),
+        queries: tessera_node::detect::rules::DEFAULT_RULES
+            .iter()
+            .chain(tessera_node::detect::rules::DEMO_RULES)
+            .map(|s| s.to_string())
+            .collect(),
         ..Default::default()
     };
-    let mut topics: Vec<(String, i32)> = sites.iter().flat_map(|s| [(telemetry_topic(s), 3), (dead_letter_topic(s), 1)]).collect();
-    topics.extend([(detect.alerts_topic.clone(), 3), (detect.late_topic.clone(), 1), (detect.dead_letter_topic.clone(), 1)]);
+    let mut topics: Vec<(String, i32)> =
+        sites.iter().flat_map(|s| [(telemetry_topic(s), 3), (dead_letter_topic(s), 1)]).collect();
+    topics.extend([
+        (detect.alerts_topic.clone(), 3),
+        (detect.late_topic.clone(), 1),
+        (detect.dead_letter_topic.clone(), 1),
+    ]);
     match &embedded {
         Some(k) => {
             for (topic, partitions) in &topics {
@@ -139,11 +148,22 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
 
     let mut producers = BTreeMap::new();
     for site in &sites {
-        producers.insert(site.clone(), TelemetryProducer::new(&brokers, &telemetry_topic(site), opts.format, &Default::default())?);
+        producers.insert(
+            site.clone(),
+            TelemetryProducer::new(&brokers, &telemetry_topic(site), opts.format, &Default::default())?,
+        );
     }
     let steps = (opts.duration.as_secs_f64() * opts.rate_hz).ceil().max(1.0) as u64;
     let start_ms = now_ms();
-    let mut sim = Simulator::new(FleetSpec { motors: opts.motors, sites: opts.sites, rate_hz: opts.rate_hz, steps, start_ms, fault_fraction: opts.fault_fraction, seed: opts.seed });
+    let mut sim = Simulator::new(FleetSpec {
+        motors: opts.motors,
+        sites: opts.sites,
+        rate_hz: opts.rate_hz,
+        steps,
+        start_ms,
+        fault_fraction: opts.fault_fraction,
+        seed: opts.seed,
+    });
     register_motors(&cluster, &sim)?;
     let faults = sim.ground_truth();
     let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
@@ -151,12 +171,27 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
         *kinds.entry(format!("{:?}", f.fault)).or_default() += 1;
     }
     let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
-    println!("simulating {} motors on {} sites at {} Hz for {:?}; {} injected faults ({}); the first to start:", opts.motors, opts.sites, opts.rate_hz, opts.duration, faults.len(), kinds.join(", "));
+    println!(
+        "simulating {} motors on {} sites at {} Hz for {:?}; {} injected faults ({}); the first to start:",
+        opts.motors,
+        opts.sites,
+        opts.rate_hz,
+        opts.duration,
+        faults.len(),
+        kinds.join(", ")
+    );
     // Skewed clocks last the whole run; the list shows the faults that start later.
     let mut by_start: Vec<_> = faults.iter().filter(|f| f.start_ms > start_ms).collect();
     by_start.sort_by_key(|f| f.start_ms);
     for f in by_start.iter().take(8) {
-        println!("  {} {:<8} {:?} from +{}s to +{}s", f.motor_id, f.site_id, f.fault, (f.start_ms - start_ms) / 1000, (f.end_ms - start_ms) / 1000);
+        println!(
+            "  {} {:<8} {:?} from +{}s to +{}s",
+            f.motor_id,
+            f.site_id,
+            f.fault,
+            (f.start_ms - start_ms) / 1000,
+            (f.end_ms - start_ms) / 1000
+        );
     }
 
     let started = Instant::now();
@@ -199,7 +234,9 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
                             std::thread::sleep(Duration::from_secs(3));
                             break;
                         }
-                        println!("\nthe simulated span has ended; the cluster keeps serving SQL until Ctrl-C (try the query above)\n");
+                        println!(
+                            "\nthe simulated span has ended; the cluster keeps serving SQL until Ctrl-C (try the query above)\n"
+                        );
                     }
                 },
             }
@@ -242,7 +279,15 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
     drop(producers);
     drop(embedded);
     println!("demo stopped cleanly");
-    Ok(DemoReport { published, bad_published, ingested, dead_lettered, alert_events, motors_alerted: alerted.len(), faulty_alerted })
+    Ok(DemoReport {
+        published,
+        bad_published,
+        ingested,
+        dead_lettered,
+        alert_events,
+        motors_alerted: alerted.len(),
+        faulty_alerted,
+    })
 }
 
 /// A site's own telemetry topic.
@@ -262,11 +307,18 @@ fn port(base: u16, i: usize) -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn start_sites(opts: &DemoOptions, sites: &[String], brokers: &str, detect: &DetectConfig, data_dir: &std::path::Path) -> Result<Vec<Site>> {
+fn start_sites(
+    opts: &DemoOptions,
+    sites: &[String],
+    brokers: &str,
+    detect: &DetectConfig,
+    data_dir: &std::path::Path,
+) -> Result<Vec<Site>> {
     let raft_ports: Vec<u16> = (0..sites.len()).map(|i| port(0, i)).collect::<Result<_>>()?;
     let sql_ports: Vec<u16> = (0..sites.len()).map(|i| port(opts.sql_port, i)).collect::<Result<_>>()?;
     let http_ports: Vec<u16> = (0..sites.len()).map(|i| port(opts.http_port, i)).collect::<Result<_>>()?;
-    let members: Vec<String> = sites.iter().zip(&raft_ports).enumerate().map(|(i, (s, p))| format!("{}={s}@127.0.0.1:{p}", i + 1)).collect();
+    let members: Vec<String> =
+        sites.iter().zip(&raft_ports).enumerate().map(|(i, (s, p))| format!("{}={s}@127.0.0.1:{p}", i + 1)).collect();
     let hash = tessera_sql::auth::hash_password(DEMO_PASSWORD)?;
     let users = vec![
         UserConfig { name: "analyst".into(), password_hash: hash.clone(), role: Role::FleetAnalyst, site: None },
@@ -287,13 +339,22 @@ fn start_sites(opts: &DemoOptions, sites: &[String], brokers: &str, detect: &Det
             ingest: IngestConfig {
                 brokers: brokers.to_string(),
                 group_id: format!("tessera-{site}"),
-                topics: vec![TopicConfig { name: telemetry_topic(site), encoding: tessera_ingest::Encoding::ProtobufReading }],
+                topics: vec![TopicConfig {
+                    name: telemetry_topic(site),
+                    encoding: tessera_ingest::Encoding::ProtobufReading,
+                }],
                 dead_letter_topic: dead_letter_topic(site),
                 batch_max_age: Duration::from_millis(500),
                 ..Default::default()
             },
             detect: detect.clone(),
-            sql: SqlConfig { listen: Some(sql), users: users.clone(), peers, federation_token: Some(federation_token.clone()), ..Default::default() },
+            sql: SqlConfig {
+                listen: Some(sql),
+                users: users.clone(),
+                peers,
+                federation_token: Some(federation_token.clone()),
+                ..Default::default()
+            },
             raft: Some(RaftConfig {
                 node_id: Some(i as u64 + 1),
                 listen: format!("127.0.0.1:{}", raft_ports[i]).parse()?,
@@ -314,7 +375,8 @@ fn start_sites(opts: &DemoOptions, sites: &[String], brokers: &str, detect: &Det
 fn wait_for_leader(cluster: &[Site], stop: &AtomicBool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let leaders: BTreeSet<Option<u64>> = cluster.iter().map(|s| s.node.raft_status().and_then(|r| r.leader)).collect();
+        let leaders: BTreeSet<Option<u64>> =
+            cluster.iter().map(|s| s.node.raft_status().and_then(|r| r.leader)).collect();
         if leaders.len() == 1 && leaders.iter().next().is_some_and(Option::is_some) {
             return Ok(());
         }
@@ -337,10 +399,13 @@ fn register_motors(cluster: &[Site], sim: &Simulator) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let admin = admin.to_string();
-        let mut client = tessera_node::control::admin_client(&admin, &tessera_tls::ClientTls::Plain, Duration::from_secs(10)).await?;
+        let mut client =
+            tessera_node::control::admin_client(&admin, &tessera_tls::ClientTls::Plain, Duration::from_secs(10))
+                .await?;
         for (site, motors) in by_site {
             let n = motors.len();
-            let request = tessera_proto::raft::AssignMotorsRequest { site: site.clone(), motors, actor: "tessera-demo".into() };
+            let request =
+                tessera_proto::raft::AssignMotorsRequest { site: site.clone(), motors, actor: "tessera-demo".into() };
             client.assign_motors(request).await.map_err(|s| tessera_node::control::status_error(&admin, s))?;
             println!("control plane: {n} motors assigned to {site}");
         }
@@ -431,7 +496,8 @@ impl AlertPrinter {
                 continue;
             }
             let at = event.get("window_end_ms").and_then(serde_json::Value::as_i64).unwrap_or(0);
-            let at = chrono::DateTime::from_timestamp_millis(at).map_or_else(String::new, |t| t.format("%H:%M:%S").to_string());
+            let at = chrono::DateTime::from_timestamp_millis(at)
+                .map_or_else(String::new, |t| t.format("%H:%M:%S").to_string());
             println!(
                 "ALERT {:<5} {:<8} {} {:<6} {:<12} score {:>5.1} (window ending {at} UTC)",
                 state,

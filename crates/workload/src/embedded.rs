@@ -13,7 +13,9 @@ pub struct EmbeddedKafka {
 impl EmbeddedKafka {
     /// Starts `brokers` mock brokers.
     pub fn start(brokers: i32) -> Result<Self> {
-        Ok(Self { cluster: MockCluster::new(brokers).context("starting the embedded Kafka (librdkafka mock cluster)")? })
+        Ok(Self {
+            cluster: MockCluster::new(brokers).context("starting the embedded Kafka (librdkafka mock cluster)")?,
+        })
     }
 
     /// The `bootstrap.servers` list.

@@ -25,10 +25,10 @@ use tessera_core::Channel;
 use tessera_ingest::{Ingest, IngestConfig, TopicConfig};
 use tessera_stream::{AlertEvent, AlertState};
 
-use tessera_node::detect::{Detect, DetectConfig, build_engine};
+use crate::csv_replay::{self, LabelInterval, ReplayMotor, ReplayOptions, Target};
 use crate::embedded::EmbeddedKafka;
 use crate::producer::{TelemetryProducer, WireFormat};
-use crate::csv_replay::{self, LabelInterval, ReplayMotor, ReplayOptions, Target};
+use tessera_node::detect::{Detect, DetectConfig, build_engine};
 
 /// What to evaluate.
 #[derive(Debug, Clone)]
@@ -118,7 +118,11 @@ pub fn score(motors: &[MotorOutcome]) -> Scores {
         }
         s.events += m.events.len();
         s.alerts += m.alerts.len();
-        s.alerts_in_events += m.alerts.iter().filter(|&&(raised, _, _)| m.events.iter().any(|&(a, b)| raised >= a && raised <= b)).count();
+        s.alerts_in_events += m
+            .alerts
+            .iter()
+            .filter(|&&(raised, _, _)| m.events.iter().any(|&(a, b)| raised >= a && raised <= b))
+            .count();
         for &(a, b) in &m.events {
             if let Some(first) = m.alerts.iter().map(|x| x.0).filter(|&r| r >= a && r <= b).min() {
                 s.events_detected += 1;
@@ -320,7 +324,8 @@ pub fn run(opts: &EvalOptions, progress: bool) -> Result<EvalReport> {
     // Files end up to a day apart: window boundaries and baselines fall differently for every motor.
     let skab_opts = ReplayOptions::skab(end_ms, 24 * 3_600_000, opts.seed);
     let mut motors = csv_replay::load(&skab_files(opts)?, &skab_opts)?;
-    let mut dataset: BTreeMap<String, String> = motors.iter().map(|m| (m.motor_id.as_str().to_string(), "skab".to_string())).collect();
+    let mut dataset: BTreeMap<String, String> =
+        motors.iter().map(|m| (m.motor_id.as_str().to_string(), "skab".to_string())).collect();
     if let Some(dir) = &opts.nab_dir {
         let nab = nab_motor(dir, end_ms, opts.seed)?;
         dataset.insert(nab.motor_id.as_str().to_string(), "nab".into());
@@ -332,7 +337,9 @@ pub fn run(opts: &EvalOptions, progress: bool) -> Result<EvalReport> {
     // The replay's end closes the last windows (stop_at_end_of_input): no processing-time
     // idleness, so a consumer stall cannot close a window early and the run is repeatable.
     let detect = DetectConfig { idle_timeout: Duration::from_secs(24 * 3600), ..opts.detect.clone() };
-    for (topic, partitions) in [("telemetry", 4), ("dead-letters", 1), (detect.alerts_topic.as_str(), 1), (detect.late_topic.as_str(), 1)] {
+    for (topic, partitions) in
+        [("telemetry", 4), ("dead-letters", 1), (detect.alerts_topic.as_str(), 1), (detect.late_topic.as_str(), 1)]
+    {
         kafka.create_topic(topic, partitions)?;
     }
     let producer = TelemetryProducer::new(&brokers, "telemetry", WireFormat::Protobuf, &Default::default())?;
@@ -361,7 +368,11 @@ pub fn run(opts: &EvalOptions, progress: bool) -> Result<EvalReport> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let ingest_stats = ingest.stop()?;
-    anyhow::ensure!(ingest_stats.dead_letters_sent == 0, "readings were dead-lettered: {:?}", ingest_stats.rejected_by_reason);
+    anyhow::ensure!(
+        ingest_stats.dead_letters_sent == 0,
+        "readings were dead-lettered: {:?}",
+        ingest_stats.rejected_by_reason
+    );
     let engine = stage.stop_at_end_of_input()?;
     let late = engine.stats().windows.iter().map(|w| w.1.rows_late).sum();
 
@@ -435,7 +446,10 @@ fn read_alerts(brokers: &str, topic: &str) -> Result<Vec<AlertEvent>> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut next = low;
     while next < high {
-        anyhow::ensure!(Instant::now() < deadline, "reading {topic}: offsets {next}..{high} did not arrive within 30 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "reading {topic}: offsets {next}..{high} did not arrive within 30 s"
+        );
         if let Some(m) = consumer.poll(Duration::from_millis(200)) {
             let m = m?;
             next = m.offset() + 1;
@@ -508,7 +522,11 @@ mod tests {
             emitted_at_ms: 0,
             features: BTreeMap::new(),
         };
-        let events = [ev("a", AlertState::Open, 100, 100), ev("a", AlertState::Close, 150, 100), ev("b", AlertState::Open, 300, 300)];
+        let events = [
+            ev("a", AlertState::Open, 100, 100),
+            ev("a", AlertState::Close, 150, 100),
+            ev("b", AlertState::Open, 300, 300),
+        ];
         let iv = alert_intervals(&events);
         assert_eq!(iv["m"], [(110, 100, 150), (310, 300, i64::MAX)]);
     }

@@ -6,15 +6,15 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use prost::Message as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
-use tessera_proto::json::reading_to_json;
 use serde::{Deserialize, Serialize};
 use tessera_core::Reading;
+use tessera_proto::json::reading_to_json;
 use tessera_proto::telemetry::{MotorReading, MotorReadingBatch};
 use tessera_proto::{CONTENT_TYPE_BATCH, CONTENT_TYPE_JSON, CONTENT_TYPE_READING};
 
@@ -120,10 +120,14 @@ impl TelemetryProducer {
                 }
                 for (site, group) in by_site {
                     let (bytes, content_type) = if self.format == WireFormat::ProtobufBatch {
-                        let batch = MotorReadingBatch { readings: group.iter().map(|r| MotorReading::from(*r)).collect() };
+                        let batch =
+                            MotorReadingBatch { readings: group.iter().map(|r| MotorReading::from(*r)).collect() };
                         (batch.encode_to_vec(), CONTENT_TYPE_BATCH)
                     } else {
-                        (serde_json::to_vec(&group.iter().map(|r| reading_to_json(r)).collect::<Vec<_>>())?, CONTENT_TYPE_JSON)
+                        (
+                            serde_json::to_vec(&group.iter().map(|r| reading_to_json(r)).collect::<Vec<_>>())?,
+                            CONTENT_TYPE_JSON,
+                        )
                     };
                     self.send_raw(Some(site.as_bytes()), &bytes, Some(content_type))?;
                 }
@@ -164,10 +168,8 @@ impl TelemetryProducer {
     /// Waits until every message is delivered or failed; fails if any failed.
     pub fn flush(&self, timeout: Duration) -> Result<DeliveryReport> {
         self.producer.flush(timeout).context("flushing the telemetry producer")?;
-        let report = DeliveryReport {
-            delivered: self.counts.delivered.load(Relaxed),
-            failed: self.counts.failed.load(Relaxed),
-        };
+        let report =
+            DeliveryReport { delivered: self.counts.delivered.load(Relaxed), failed: self.counts.failed.load(Relaxed) };
         if report.failed > 0 {
             let first = self.counts.first_error.lock().expect("not poisoned").clone().unwrap_or_default();
             bail!("{} of {} messages were not delivered; first error: {first}", report.failed, self.sent());

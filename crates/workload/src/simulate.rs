@@ -281,7 +281,15 @@ mod tests {
     use super::*;
 
     fn spec() -> FleetSpec {
-        FleetSpec { motors: 60, sites: 3, rate_hz: 1.0, steps: 600, start_ms: 1_700_000_000_000, fault_fraction: 0.1, seed: 7 }
+        FleetSpec {
+            motors: 60,
+            sites: 3,
+            rate_hz: 1.0,
+            steps: 600,
+            start_ms: 1_700_000_000_000,
+            fault_fraction: 0.1,
+            seed: 7,
+        }
     }
 
     #[test]
@@ -311,7 +319,11 @@ mod tests {
 
         let wear = of(FaultKind::BearingWear);
         let s = series(&wear.motor_id);
-        let before = s.iter().filter(|r| r.event_time_ms < wear.start_ms).map(|r| r.get(Channel::VibrationXRms).unwrap()).sum::<f64>()
+        let before = s
+            .iter()
+            .filter(|r| r.event_time_ms < wear.start_ms)
+            .map(|r| r.get(Channel::VibrationXRms).unwrap())
+            .sum::<f64>()
             / s.iter().filter(|r| r.event_time_ms < wear.start_ms).count() as f64;
         let at_end = s.iter().find(|r| r.event_time_ms == wear.end_ms).unwrap().get(Channel::VibrationXRms).unwrap();
         assert!(at_end > 2.0 * before, "vibration rises: {before} -> {at_end}");

@@ -105,7 +105,12 @@ impl TestNode {
     /// Keeps raw readings in the site store at `dir`, sealed under the KEK in `kek_file`,
     /// cutting a segment every `segment_interval`.
     pub(crate) fn store(mut self, dir: &Path, kek_file: &Path, segment_interval: Duration) -> Self {
-        self.config.store = StoreConfig { dir: Some(dir.to_path_buf()), kek_file: Some(kek_file.to_path_buf()), segment_interval, ..Default::default() };
+        self.config.store = StoreConfig {
+            dir: Some(dir.to_path_buf()),
+            kek_file: Some(kek_file.to_path_buf()),
+            segment_interval,
+            ..Default::default()
+        };
         self
     }
 
@@ -116,7 +121,11 @@ impl TestNode {
 
     /// Serves Flight SQL at `listen` to `users`.
     pub(crate) fn sql_at(mut self, listen: &str, users: Vec<UserConfig>) -> Self {
-        self.config.sql = SqlConfig { listen: Some(listen.parse().expect("a socket address")), users, ..std::mem::take(&mut self.config.sql) };
+        self.config.sql = SqlConfig {
+            listen: Some(listen.parse().expect("a socket address")),
+            users,
+            ..std::mem::take(&mut self.config.sql)
+        };
         self
     }
 

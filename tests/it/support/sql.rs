@@ -22,7 +22,11 @@ pub(crate) fn user(name: &str, role: Role, site: Option<&str>) -> UserConfig {
 
 /// A client of the endpoint at `addr`, not logged in.
 pub(crate) async fn client(addr: &str) -> FlightSqlServiceClient<GrpcChannel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
     FlightSqlServiceClient::new(channel)
 }
 
@@ -36,14 +40,18 @@ pub(crate) async fn login(addr: &str, name: &str) -> FlightSqlServiceClient<Grpc
 /// [`login`] over TLS, trusting `ca_pem`, with no client certificate (as people connect).
 pub(crate) async fn login_tls(addr: &str, name: &str, ca_pem: &str) -> FlightSqlServiceClient<GrpcChannel> {
     let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}")).expect("uri").tls_config(tls).expect("tls");
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("https://{addr}")).expect("uri").tls_config(tls).expect("tls");
     let mut c = FlightSqlServiceClient::new(endpoint.connect().await.expect("connect"));
     c.handshake(name, PASSWORD).await.expect("handshake");
     c
 }
 
 /// Runs `sql`; the batches, or the gRPC status the server answered with.
-pub(crate) async fn run(c: &mut FlightSqlServiceClient<GrpcChannel>, sql: &str) -> Result<Vec<RecordBatch>, tonic::Status> {
+pub(crate) async fn run(
+    c: &mut FlightSqlServiceClient<GrpcChannel>,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, tonic::Status> {
     let status = |e: arrow_flight::error::FlightError| match e {
         arrow_flight::error::FlightError::Tonic(status) => *status,
         other => tonic::Status::unknown(other.to_string()),

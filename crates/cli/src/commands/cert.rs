@@ -98,7 +98,8 @@ pub fn run(command: CertCommand) -> Result<(PathBuf, PathBuf)> {
     match command {
         CertCommand::Ca { name, valid_for, out } => write_pair(&out, "ca", &pki::new_ca(&name, valid_for)?),
         CertCommand::Node { ca, id, id_base, file_name, site, hosts } => {
-            let id = tessera_node::control::member::RaftConfig { node_id: id, id_base, ..Default::default() }.resolved_node_id()?;
+            let id = tessera_node::control::member::RaftConfig { node_id: id, id_base, ..Default::default() }
+                .resolved_node_id()?;
             let issued = pki::issue(&ca.ca()?, &Subject::Node { id, site, hosts }, ca.valid_for)?;
             write_pair(&ca.out, &file_name.unwrap_or_else(|| format!("node-{id}")), &issued)
         }

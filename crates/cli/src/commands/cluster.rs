@@ -152,7 +152,6 @@ pub enum ClusterCommand {
     },
 }
 
-
 /// Runs a `tessera cluster` command.
 pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
     crate::runtime()?.block_on(cluster(command))
@@ -167,7 +166,8 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
         }
         ClusterCommand::AddNode { admin, node, learner_only } => {
             let node = Some(parse_node_spec(&node)?);
-            let reply = admin.client().await?.add_node(pb::AddNodeRequest { node, learner_only, actor: admin.actor() }).await;
+            let reply =
+                admin.client().await?.add_node(pb::AddNodeRequest { node, learner_only, actor: admin.actor() }).await;
             print_membership(&reply.map_err(|s| status_error(&admin.at, s))?.into_inner());
         }
         ClusterCommand::RemoveNode { admin, id } => {
@@ -175,7 +175,13 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             print_membership(&reply.map_err(|s| status_error(&admin.at, s))?.into_inner());
         }
         ClusterCommand::Status { admin } => {
-            let s = admin.client().await?.status(pb::StatusRequest {}).await.map_err(|s| status_error(&admin.at, s))?.into_inner();
+            let s = admin
+                .client()
+                .await?
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(|s| status_error(&admin.at, s))?
+                .into_inner();
             println!("node {}: {} in term {}", s.node_id, s.role, s.term);
             match s.leader_id {
                 Some(id) => println!("leader: {id} at {}", s.leader_addr),
@@ -189,10 +195,18 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
                 opt(s.purged_index)
             );
             print_membership(&pb::MembershipResponse { voters: s.voters, learners: s.learners, log_index: 0 });
-            println!("registry: {} sites, {} motors, {} queries, {} audit records", s.sites, s.motors, s.queries, s.audit_records);
+            println!(
+                "registry: {} sites, {} motors, {} queries, {} audit records",
+                s.sites, s.motors, s.queries, s.audit_records
+            );
         }
         ClusterCommand::Sites { admin } => {
-            let reply = admin.client().await?.list_sites(pb::ListSitesRequest {}).await.map_err(|s| status_error(&admin.at, s))?;
+            let reply = admin
+                .client()
+                .await?
+                .list_sites(pb::ListSitesRequest {})
+                .await
+                .map_err(|s| status_error(&admin.at, s))?;
             for site in reply.into_inner().sites {
                 println!("{} ({}): {} motors, nodes {:?}", site.site, site.name, site.motors, site.nodes);
             }
@@ -232,7 +246,12 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             written(&what, reply.into_inner())?;
         }
         ClusterCommand::Releases { admin } => {
-            let reply = admin.client().await?.list_releases(pb::ListReleasesRequest {}).await.map_err(|s| status_error(&admin.at, s))?;
+            let reply = admin
+                .client()
+                .await?
+                .list_releases(pb::ListReleasesRequest {})
+                .await
+                .map_err(|s| status_error(&admin.at, s))?;
             for r in reply.into_inner().releases {
                 let state = if r.released { "released" } else { "pending" };
                 println!(
@@ -248,7 +267,12 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             }
         }
         ClusterCommand::Grades { admin } => {
-            let reply = admin.client().await?.list_grades(pb::ListGradesRequest {}).await.map_err(|s| status_error(&admin.at, s))?;
+            let reply = admin
+                .client()
+                .await?
+                .list_grades(pb::ListGradesRequest {})
+                .await
+                .map_err(|s| status_error(&admin.at, s))?;
             for g in reply.into_inner().grades {
                 let column = if g.column.is_empty() { "*" } else { g.column.as_str() };
                 println!("{}.{column}  {}  (set by {} at {})", g.stream, g.grade, g.set_by, utc(g.set_at_ms));
@@ -258,7 +282,8 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             let req = pb::ListAuditRequest { from_index: from, limit };
             let reply = admin.client().await?.list_audit(req).await.map_err(|s| status_error(&admin.at, s))?;
             for e in reply.into_inner().entries {
-                let outcome = if e.rejected.is_empty() { "done".to_string() } else { format!("refused: {}", e.rejected) };
+                let outcome =
+                    if e.rejected.is_empty() { "done".to_string() } else { format!("refused: {}", e.rejected) };
                 println!("{:>8}  {}  {:<12} {} — {outcome}", e.index, utc(e.at_ms), e.actor, e.action);
             }
         }
@@ -270,4 +295,3 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
     }
     Ok(())
 }
-

@@ -56,8 +56,6 @@ pub struct ControlNodeArgs {
     pub tls: TlsArgs,
 }
 
-
-
 impl ControlNodeArgs {
     /// The node's settings.
     pub fn settings(&self) -> RaftSettings {
@@ -75,7 +73,6 @@ impl ControlNodeArgs {
     }
 }
 
-
 /// Runs the node until `stop`.
 pub fn run(args: ControlNodeArgs, stop: &AtomicBool) -> Result<()> {
     crate::runtime()?.block_on(serve(args, stop))
@@ -92,4 +89,3 @@ async fn serve(args: ControlNodeArgs, stop: &AtomicBool) -> Result<()> {
     println!("control-plane node {} stopped", args.id);
     Ok(())
 }
-

@@ -52,7 +52,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         report.table()
     );
     if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -72,7 +72,10 @@ impl Command {
         Ok(match self {
             Command::Node(args) => (args.config()?.telemetry, "warn,tessera=info"),
             // The demo's own output is the story; logs only for what goes wrong.
-            Command::Demo(args) => (TelemetryConfig { otlp_endpoint: args.otlp_endpoint.clone(), ..Default::default() }, "warn,openraft=error"),
+            Command::Demo(args) => (
+                TelemetryConfig { otlp_endpoint: args.otlp_endpoint.clone(), ..Default::default() },
+                "warn,openraft=error",
+            ),
             _ => (TelemetryConfig::default(), "warn,tessera=info"),
         })
     }

@@ -48,7 +48,12 @@ pub fn run(args: NodeArgs, stop: &AtomicBool) -> Result<()> {
     let brokers = config.ingest.brokers.clone();
     ensure_topics(
         &brokers,
-        &[(&config.ingest.dead_letter_topic, 3), (&config.detect.alerts_topic, 3), (&config.detect.late_topic, 3), (&config.detect.dead_letter_topic, 1)],
+        &[
+            (&config.ingest.dead_letter_topic, 3),
+            (&config.detect.alerts_topic, 3),
+            (&config.detect.late_topic, 3),
+            (&config.detect.dead_letter_topic, 1),
+        ],
     )?;
     drop(engine);
     let node = Node::start(&config)?;
@@ -64,7 +69,10 @@ pub fn run(args: NodeArgs, stop: &AtomicBool) -> Result<()> {
     }
     let (final_stats, engine) = node.stop()?;
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
-    let sql = format!("SELECT query, motor_id, state, severity, round(score, 2) AS score, window_start FROM alerts ORDER BY emitted_at DESC LIMIT {}", args.show);
+    let sql = format!(
+        "SELECT query, motor_id, state, severity, round(score, 2) AS score, window_start FROM alerts ORDER BY emitted_at DESC LIMIT {}",
+        args.show
+    );
     let alerts = rt.block_on(engine.sql(&sql))?;
     println!("{}", datafusion::arrow::util::pretty::pretty_format_batches(&alerts)?);
     println!("{final_stats:#?}\n{:#?}", engine.stats());
@@ -84,7 +92,13 @@ fn print_progress(node: &Node, adopted_printed: usize) -> Result<usize> {
     }
     println!(
         "consumed {} messages, {} readings, {} dead letters | {} late | {} alert events, {} open | {} checkpoints",
-        s.messages, s.readings_accepted, s.dead_letters_sent, d.late_sent, d.alerts_sent, d.engine.alerts_open, d.checkpoints
+        s.messages,
+        s.readings_accepted,
+        s.dead_letters_sent,
+        d.late_sent,
+        d.alerts_sent,
+        d.engine.alerts_open,
+        d.checkpoints
     );
     std::io::stdout().flush()?;
     Ok(d.adopted.len())

@@ -50,13 +50,25 @@ async fn query(command: QueryCommand) -> Result<()> {
             written(&format!("query {name}"), reply.into_inner())?;
         }
         QueryCommand::List { admin } => {
-            let reply = admin.client().await?.list_queries(pb::ListQueriesRequest {}).await.map_err(|s| status_error(&admin.at, s))?;
+            let reply = admin
+                .client()
+                .await?
+                .list_queries(pb::ListQueriesRequest {})
+                .await
+                .map_err(|s| status_error(&admin.at, s))?;
             let queries = reply.into_inner().queries;
             if queries.is_empty() {
                 println!("no queries registered");
             }
             for q in queries {
-                println!("{} (version {}, by {} at {}): {}", q.name, q.version, q.registered_by, utc(q.registered_at_ms), q.sql);
+                println!(
+                    "{} (version {}, by {} at {}): {}",
+                    q.name,
+                    q.version,
+                    q.registered_by,
+                    utc(q.registered_at_ms),
+                    q.sql
+                );
             }
         }
         QueryCommand::Drop { admin, name } => {
@@ -67,4 +79,3 @@ async fn query(command: QueryCommand) -> Result<()> {
     }
     Ok(())
 }
-

@@ -50,7 +50,11 @@ pub fn run(args: SimulateArgs, stop: &AtomicBool) -> Result<()> {
     match per_site_topics {
         true => {
             for site in (0..sites).map(site_name) {
-                let topic = TopicArgs { topic: format!("{}.{site}", target.topic), brokers: target.brokers.clone(), partitions: target.partitions };
+                let topic = TopicArgs {
+                    topic: format!("{}.{site}", target.topic),
+                    brokers: target.brokers.clone(),
+                    partitions: target.partitions,
+                };
                 producers.insert(site, topic.producer(format)?);
             }
         }
@@ -82,6 +86,10 @@ pub fn run(args: SimulateArgs, stop: &AtomicBool) -> Result<()> {
     for producer in producers.values() {
         delivered += producer.flush(Duration::from_secs(60))?.delivered;
     }
-    println!("published {delivered} messages ({} readings) in {:.1}s", step * u64::from(motors), started.elapsed().as_secs_f64());
+    println!(
+        "published {delivered} messages ({} readings) in {:.1}s",
+        step * u64::from(motors),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

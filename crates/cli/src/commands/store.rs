@@ -107,7 +107,11 @@ pub fn run(command: StoreCommand) -> Result<()> {
         let store = config.open()?.context("store.dir is not set in this config")?;
         Ok((config, store))
     };
-    let time = |s: &str, field: &str| -> Result<i64> { Ok(chrono::DateTime::parse_from_rfc3339(s).with_context(|| format!("--{field}: expected RFC 3339, e.g. 2026-12-01T00:00:00Z"))?.timestamp_millis()) };
+    let time = |s: &str, field: &str| -> Result<i64> {
+        Ok(chrono::DateTime::parse_from_rfc3339(s)
+            .with_context(|| format!("--{field}: expected RFC 3339, e.g. 2026-12-01T00:00:00Z"))?
+            .timestamp_millis())
+    };
     match command {
         StoreCommand::NewKek { out, version } => {
             new_kek(&out, version)?;
@@ -124,7 +128,14 @@ pub fn run(command: StoreCommand) -> Result<()> {
             let events = store.shred(time(&from, "from")?, time(&to, "to")?, &grades, &reason, now_ms())?;
             for e in &events {
                 tracing::info!(target: "tessera::audit", actor = "cli", action = "shred", segment = %e.segment, grade = %e.grade, key = %e.key_id, reason = %e.reason, "data key destroyed");
-                println!("shredded {} of {} ({}..{} ms){}", e.grade, e.segment, e.min_ts_ms, e.max_ts_ms, if e.file_deleted { ", file deleted" } else { "" });
+                println!(
+                    "shredded {} of {} ({}..{} ms){}",
+                    e.grade,
+                    e.segment,
+                    e.min_ts_ms,
+                    e.max_ts_ms,
+                    if e.file_deleted { ", file deleted" } else { "" }
+                );
             }
             println!("{} key(s) destroyed", events.len());
         }
@@ -134,27 +145,59 @@ pub fn run(command: StoreCommand) -> Result<()> {
             let version = kek.version;
             let count = store.rotate_kek(kek)?;
             tracing::info!(target: "tessera::audit", actor = "cli", action = "rotate-kek", version, keys = count, "key ring re-sealed");
-            println!("re-sealed {count} data key(s) under KEK v{version}; point store.kek_file at {} and destroy the old KEK", new.display());
+            println!(
+                "re-sealed {count} data key(s) under KEK v{version}; point store.kek_file at {} and destroy the old KEK",
+                new.display()
+            );
         }
         StoreCommand::Export { config, id, to_site, segments, custodians, k, out } => {
             let site = NodeConfig::load(Some(&config))?.site_id;
             let (_, store) = open(&config)?;
-            let segments = if segments.is_empty() { store.segments().iter().filter(|m| !m.destroyed()).map(|m| m.id.clone()).collect() } else { segments };
-            let exported = crate::migration::export(&store, &site, &segments, &to_site, &id, &custodians, k, &out, now_ms())?;
-            println!("exported {} segment(s) of {site} for {to_site} into {}", exported.info.segments.len(), exported.bundle.display());
+            let segments = if segments.is_empty() {
+                store.segments().iter().filter(|m| !m.destroyed()).map(|m| m.id.clone()).collect()
+            } else {
+                segments
+            };
+            let exported =
+                crate::migration::export(&store, &site, &segments, &to_site, &id, &custodians, k, &out, now_ms())?;
+            println!(
+                "exported {} segment(s) of {site} for {to_site} into {}",
+                exported.info.segments.len(),
+                exported.bundle.display()
+            );
             for share in &exported.shares {
                 println!("share: {} (move it to its custodian over a protected channel)", share.display());
             }
-            println!("next: tessera cluster request-release {id} --source {site} --target {to_site} --k {k} {}", custodians.iter().map(|c| format!("--custodian {c}")).collect::<Vec<_>>().join(" "));
+            println!(
+                "next: tessera cluster request-release {id} --source {site} --target {to_site} --k {k} {}",
+                custodians.iter().map(|c| format!("--custodian {c}")).collect::<Vec<_>>().join(" ")
+            );
         }
         StoreCommand::Import { config, bundle, shares, admin } => {
             let site = NodeConfig::load(Some(&config))?.site_id;
             let (_, mut store) = open(&config)?;
             let info = tessera_store::custody::bundle_info(&bundle)?;
             let tls = admin.tls.client()?;
-            let release = crate::runtime()?.block_on(crate::migration::release_of(&admin.at, &tls, admin.timeout, &info.export_id))?;
-            let imported = crate::migration::import(&mut store, &site, &bundle, &crate::migration::read_shares(&shares)?, &release, now_ms())?;
-            println!("imported {} segment(s) of bundle {} from {} under {site}'s keys", imported.len(), info.export_id, info.source_site);
+            let release = crate::runtime()?.block_on(crate::migration::release_of(
+                &admin.at,
+                &tls,
+                admin.timeout,
+                &info.export_id,
+            ))?;
+            let imported = crate::migration::import(
+                &mut store,
+                &site,
+                &bundle,
+                &crate::migration::read_shares(&shares)?,
+                &release,
+                now_ms(),
+            )?;
+            println!(
+                "imported {} segment(s) of bundle {} from {} under {site}'s keys",
+                imported.len(),
+                info.export_id,
+                info.source_site
+            );
         }
     }
     Ok(())

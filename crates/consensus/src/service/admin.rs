@@ -61,9 +61,17 @@ impl AdminService {
 
     /// Initialises the cluster with `members` (this node among them), then records each
     /// member's registration under `actor` (the writes wait for the first election).
-    async fn initialize(&self, actor: &str, members: BTreeMap<NodeId, Member>) -> Result<pb::MembershipResponse, ServiceError> {
+    async fn initialize(
+        &self,
+        actor: &str,
+        members: BTreeMap<NodeId, Member>,
+    ) -> Result<pb::MembershipResponse, ServiceError> {
         let registrations = self.0.registrations(actor, &members)?;
-        self.0.raft.initialize(members).await.map_err(|e| ServiceError::Initialize { node: self.0.me, source: Box::new(e) })?;
+        self.0
+            .raft
+            .initialize(members)
+            .await
+            .map_err(|e| ServiceError::Initialize { node: self.0.me, source: Box::new(e) })?;
         for r in registrations {
             self.0.write(r, false).await?;
         }
@@ -71,7 +79,10 @@ impl AdminService {
     }
 
     /// An admin client of the leader (`hint`: where openraft says it is).
-    fn admin_of_leader(&self, hint: Option<&ForwardToLeader<TypeConfig>>) -> Result<ClusterAdminClient<tonic::transport::Channel>, ServiceError> {
+    fn admin_of_leader(
+        &self,
+        hint: Option<&ForwardToLeader<TypeConfig>>,
+    ) -> Result<ClusterAdminClient<tonic::transport::Channel>, ServiceError> {
         let (id, member) = self.0.leader(hint)?;
         channel_to(&self.0.client_tls, id, &member.addr).map(ClusterAdminClient::new).map_err(ServiceError::Connect)
     }
@@ -86,7 +97,11 @@ impl AdminService {
         for (id, member) in membership.nodes() {
             if voters.contains(id) { v.push(spec(*id, member)) } else { l.push(spec(*id, member)) }
         }
-        pb::MembershipResponse { voters: v, learners: l, log_index: stored.log_id().as_ref().map_or(0, |id| id.index()) }
+        pb::MembershipResponse {
+            voters: v,
+            learners: l,
+            log_index: stored.log_id().as_ref().map_or(0, |id| id.index()),
+        }
     }
 }
 
@@ -106,7 +121,10 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         Ok(Response::new(self.initialize(&actor, members).await?))
     }
 
-    async fn add_node(&self, request: GrpcRequest<pb::AddNodeRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+    async fn add_node(
+        &self,
+        request: GrpcRequest<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
         let actor = self.actor(&request, &request.get_ref().actor)?;
         let s = &self.0;
         let req = request.into_inner();
@@ -128,7 +146,10 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         Ok(Response::new(self.membership()))
     }
 
-    async fn remove_node(&self, request: GrpcRequest<pb::RemoveNodeRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
+    async fn remove_node(
+        &self,
+        request: GrpcRequest<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
         let actor = self.actor(&request, &request.get_ref().actor)?;
         let s = &self.0;
         let req = request.into_inner();
@@ -164,7 +185,8 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
             .current_leader
             .and_then(|id| m.membership_config.membership().get_node(&id).map(|n| n.addr.clone()))
             .unwrap_or_default();
-        let (sites, motors, queries) = s.view.with(|a| (a.registry.sites.len(), a.registry.motors.len(), a.registry.queries.len()));
+        let (sites, motors, queries) =
+            s.view.with(|a| (a.registry.sites.len(), a.registry.motors.len(), a.registry.queries.len()));
         Ok(Response::new(pb::StatusResponse {
             node_id: s.me,
             role: role(m.state).into(),
@@ -191,15 +213,25 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
     }
 
-    async fn assign_motors(&self, request: GrpcRequest<pb::AssignMotorsRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+    async fn assign_motors(
+        &self,
+        request: GrpcRequest<pb::AssignMotorsRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
         let actor = self.actor(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
-        let motors = req.motors.iter().map(|m| MotorId::new(m.as_str()).map_err(|e| ServiceError::invalid("motors", e))).collect::<Result<_, _>>()?;
+        let motors = req
+            .motors
+            .iter()
+            .map(|m| MotorId::new(m.as_str()).map_err(|e| ServiceError::invalid("motors", e)))
+            .collect::<Result<_, _>>()?;
         let command = Command::AssignMotors { site: site_id("site", &req.site)?, motors };
         Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
     }
 
-    async fn set_grade(&self, request: GrpcRequest<pb::SetGradeRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+    async fn set_grade(
+        &self,
+        request: GrpcRequest<pb::SetGradeRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
         let actor = self.actor(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
         let grade: DataGrade = req.grade.parse().map_err(|e| ServiceError::invalid("grade", e))?;
@@ -208,7 +240,10 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
     }
 
-    async fn list_grades(&self, _: GrpcRequest<pb::ListGradesRequest>) -> Result<Response<pb::ListGradesResponse>, Status> {
+    async fn list_grades(
+        &self,
+        _: GrpcRequest<pb::ListGradesRequest>,
+    ) -> Result<Response<pb::ListGradesResponse>, Status> {
         self.0.read_barrier().await?;
         let grades = self.0.view.with(|a| {
             a.registry
@@ -226,16 +261,28 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         Ok(Response::new(pb::ListGradesResponse { grades }))
     }
 
-    async fn request_release(&self, request: GrpcRequest<pb::RequestReleaseRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+    async fn request_release(
+        &self,
+        request: GrpcRequest<pb::RequestReleaseRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
         let actor = self.actor(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
         let k = u8::try_from(req.k).map_err(|_| ServiceError::invalid("k", format!("{} is too large", req.k)))?;
         let custodians = req.custodians.iter().map(|c| site_id("custodians", c)).collect::<Result<Vec<_>, _>>()?;
-        let command = Command::RequestRelease { bundle: req.bundle, source: site_id("source", &req.source)?, target: site_id("target", &req.target)?, k, custodians };
+        let command = Command::RequestRelease {
+            bundle: req.bundle,
+            source: site_id("source", &req.source)?,
+            target: site_id("target", &req.target)?,
+            k,
+            custodians,
+        };
         Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
     }
 
-    async fn approve_release(&self, request: GrpcRequest<pb::ApproveReleaseRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+    async fn approve_release(
+        &self,
+        request: GrpcRequest<pb::ApproveReleaseRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
         let actor = self.actor(&request, &request.get_ref().actor)?;
         let site = site_id("site", &request.get_ref().site)?;
         if self.0.tls_required {
@@ -259,7 +306,10 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
     }
 
-    async fn list_releases(&self, _: GrpcRequest<pb::ListReleasesRequest>) -> Result<Response<pb::ListReleasesResponse>, Status> {
+    async fn list_releases(
+        &self,
+        _: GrpcRequest<pb::ListReleasesRequest>,
+    ) -> Result<Response<pb::ListReleasesResponse>, Status> {
         self.0.read_barrier().await?;
         let releases = self.0.view.with(|a| {
             a.registry
@@ -280,7 +330,10 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         Ok(Response::new(pb::ListReleasesResponse { releases }))
     }
 
-    async fn set_policy(&self, request: GrpcRequest<pb::SetPolicyRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+    async fn set_policy(
+        &self,
+        request: GrpcRequest<pb::SetPolicyRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
         let actor = self.actor(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
         let grade: DataGrade = req.grade.parse().map_err(|e| ServiceError::invalid("grade", e))?;
@@ -289,21 +342,30 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
     }
 
-    async fn register_query(&self, request: GrpcRequest<pb::RegisterQueryRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+    async fn register_query(
+        &self,
+        request: GrpcRequest<pb::RegisterQueryRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
         let actor = self.actor(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
         let command = Command::RegisterQuery { name: req.name, sql: req.sql };
         Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
     }
 
-    async fn drop_query(&self, request: GrpcRequest<pb::DropQueryRequest>) -> Result<Response<pb::WriteResponse>, Status> {
+    async fn drop_query(
+        &self,
+        request: GrpcRequest<pb::DropQueryRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
         let actor = self.actor(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
         let command = Command::DropQuery { name: req.name };
         Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
     }
 
-    async fn list_queries(&self, _: GrpcRequest<pb::ListQueriesRequest>) -> Result<Response<pb::ListQueriesResponse>, Status> {
+    async fn list_queries(
+        &self,
+        _: GrpcRequest<pb::ListQueriesRequest>,
+    ) -> Result<Response<pb::ListQueriesResponse>, Status> {
         self.0.read_barrier().await?;
         let queries = self.0.view.with(|a| {
             a.registry
@@ -321,7 +383,10 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         Ok(Response::new(pb::ListQueriesResponse { queries }))
     }
 
-    async fn list_sites(&self, _: GrpcRequest<pb::ListSitesRequest>) -> Result<Response<pb::ListSitesResponse>, Status> {
+    async fn list_sites(
+        &self,
+        _: GrpcRequest<pb::ListSitesRequest>,
+    ) -> Result<Response<pb::ListSitesResponse>, Status> {
         self.0.read_barrier().await?;
         let sites = self.0.view.with(|a| {
             let r = &a.registry;
@@ -338,7 +403,10 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         Ok(Response::new(pb::ListSitesResponse { sites }))
     }
 
-    async fn list_motors(&self, request: GrpcRequest<pb::ListMotorsRequest>) -> Result<Response<pb::ListMotorsResponse>, Status> {
+    async fn list_motors(
+        &self,
+        request: GrpcRequest<pb::ListMotorsRequest>,
+    ) -> Result<Response<pb::ListMotorsResponse>, Status> {
         let site = request.into_inner().site;
         self.0.read_barrier().await?;
         let motors = self.0.view.with(|a| {
@@ -352,7 +420,10 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         Ok(Response::new(pb::ListMotorsResponse { motors }))
     }
 
-    async fn list_audit(&self, request: GrpcRequest<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditResponse>, Status> {
+    async fn list_audit(
+        &self,
+        request: GrpcRequest<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
         let req = request.into_inner();
         self.0.read_barrier().await?;
         let limit = if req.limit == 0 { 1000 } else { req.limit as usize };
@@ -370,7 +441,10 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         Ok(Response::new(pb::ListAuditResponse { entries }))
     }
 
-    async fn set_partition(&self, request: GrpcRequest<pb::SetPartitionRequest>) -> Result<Response<pb::SetPartitionResponse>, Status> {
+    async fn set_partition(
+        &self,
+        request: GrpcRequest<pb::SetPartitionRequest>,
+    ) -> Result<Response<pb::SetPartitionResponse>, Status> {
         if !self.0.fault_injection {
             return Err(ServiceError::NoFaultInjection { node: self.0.me }.into());
         }

@@ -21,7 +21,11 @@ pub(crate) type FieldProblem = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) enum ServiceError {
     /// A request field is missing or malformed.
     #[error("{field}: {problem}")]
-    InvalidField { field: &'static str, #[source] problem: FieldProblem },
+    InvalidField {
+        field: &'static str,
+        #[source]
+        problem: FieldProblem,
+    },
     /// The request would not fit the registry's bounds.
     #[error("{0}")]
     Request(#[from] RequestError),
@@ -61,7 +65,9 @@ pub(crate) enum ServiceError {
     #[error("{0}")]
     Connect(#[source] TlsError),
     /// `what` did not commit within the write timeout.
-    #[error("{what} not committed within {timeout:?} by node {node}: no quorum reachable (is this node on the minority side of a partition?)")]
+    #[error(
+        "{what} not committed within {timeout:?} by node {node}: no quorum reachable (is this node on the minority side of a partition?)"
+    )]
     NoQuorum { what: &'static str, timeout: Duration, node: NodeId },
     /// openraft refused a write.
     #[error("node {node}: {source}")]
@@ -116,8 +122,14 @@ impl ServiceError {
     /// The gRPC code a client gets for this error.
     pub(crate) fn code(&self) -> Code {
         match self {
-            Self::InvalidField { .. } | Self::Request(_) | Self::UndecodableMessage(_) | Self::SnapshotWithoutHeader => Code::InvalidArgument,
-            Self::MessageRefused { .. } | Self::UnprovenIdentity(_) | Self::NoClientCertificate | Self::NotAllowed { .. } => Code::PermissionDenied,
+            Self::InvalidField { .. }
+            | Self::Request(_)
+            | Self::UndecodableMessage(_)
+            | Self::SnapshotWithoutHeader => Code::InvalidArgument,
+            Self::MessageRefused { .. }
+            | Self::UnprovenIdentity(_)
+            | Self::NoClientCertificate
+            | Self::NotAllowed { .. } => Code::PermissionDenied,
             Self::Partitioned { .. }
             | Self::NoLeader { .. }
             | Self::LeaderPartitioned { .. }
@@ -128,7 +140,10 @@ impl ServiceError {
             | Self::NoLongerLeader { .. }
             | Self::ReadIndex { .. }
             | Self::NotApplied { .. } => Code::Unavailable,
-            Self::Initialize { .. } | Self::MembershipChange(_) | Self::LastVoterOfSite { .. } | Self::NoFaultInjection { .. } => Code::FailedPrecondition,
+            Self::Initialize { .. }
+            | Self::MembershipChange(_)
+            | Self::LastVoterOfSite { .. }
+            | Self::NoFaultInjection { .. } => Code::FailedPrecondition,
             Self::Unencodable(_) | Self::Raft(_) | Self::Fatal(_) | Self::Audit(_) => Code::Internal,
             Self::Relayed(status) => status.code(),
         }
@@ -160,17 +175,35 @@ mod tests {
         assert_eq!(status(invalid), (Code::InvalidArgument, "nodes.addr: node 3 has no address".into()));
         let bounds = ServiceError::from(RequestError { field: "actor", problem: "is empty".into() });
         assert_eq!(status(bounds), (Code::InvalidArgument, "actor: is empty".into()));
-        let forged = ServiceError::MessageRefused { node: 1, why: "the certificate is node 3's, the message claims node 1".into() };
-        assert_eq!(status(forged), (Code::PermissionDenied, "node 1 refuses the message: the certificate is node 3's, the message claims node 1".into()));
-        assert_eq!(status(ServiceError::NoClientCertificate), (Code::PermissionDenied, "the admin API needs a client certificate".into()));
+        let forged = ServiceError::MessageRefused {
+            node: 1,
+            why: "the certificate is node 3's, the message claims node 1".into(),
+        };
+        assert_eq!(
+            status(forged),
+            (
+                Code::PermissionDenied,
+                "node 1 refuses the message: the certificate is node 3's, the message claims node 1".into()
+            )
+        );
+        assert_eq!(
+            status(ServiceError::NoClientCertificate),
+            (Code::PermissionDenied, "the admin API needs a client certificate".into())
+        );
         let minority = ServiceError::NoQuorum { what: "the write was", timeout: Duration::from_secs(5), node: 2 };
         assert_eq!(
             status(minority),
             (Code::Unavailable, "the write was not committed within 5s by node 2: no quorum reachable (is this node on the minority side of a partition?)".into())
         );
         let last = ServiceError::LastVoterOfSite { node: 4, site: "site-b".into() };
-        assert_eq!(status(last), (Code::FailedPrecondition, "node 4 is the last voter of site site-b; add another voter there first".into()));
-        assert_eq!(status(ServiceError::Audit(std::io::Error::other("disk gone"))), (Code::Internal, "disk gone".into()));
+        assert_eq!(
+            status(last),
+            (Code::FailedPrecondition, "node 4 is the last voter of site site-b; add another voter there first".into())
+        );
+        assert_eq!(
+            status(ServiceError::Audit(std::io::Error::other("disk gone"))),
+            (Code::Internal, "disk gone".into())
+        );
         let relayed = ServiceError::from(Status::already_exists("from the leader"));
         assert_eq!(relayed.to_string(), "from the leader");
         assert_eq!(status(relayed), (Code::AlreadyExists, "from the leader".into()));

@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use openraft::ReadPolicy;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, ForwardToLeader, LinearizableReadError, RaftError};
-use openraft::ReadPolicy;
 use tessera_core::SiteId;
 use tessera_proto::raft as pb;
 use tessera_proto::raft::raft_transport_client::RaftTransportClient;
@@ -17,10 +17,10 @@ use tonic::Request as GrpcRequest;
 
 use super::error::ServiceError;
 use super::wire::{decode, encode};
+use crate::Raft;
 use crate::network::{Partition, channel_to};
 use crate::state_machine::RegistryView;
 use crate::types::{Command, Member, NodeId, Outcome, Request, TypeConfig};
-use crate::Raft;
 
 /// Shared by the two services of one node.
 #[derive(Clone)]
@@ -55,9 +55,16 @@ impl Shared {
     }
 
     /// The registration of each of a new cluster's `members` (this node must be one).
-    pub(crate) fn registrations(&self, actor: &str, members: &BTreeMap<NodeId, Member>) -> Result<Vec<Request>, ServiceError> {
+    pub(crate) fn registrations(
+        &self,
+        actor: &str,
+        members: &BTreeMap<NodeId, Member>,
+    ) -> Result<Vec<Request>, ServiceError> {
         if !members.contains_key(&self.me) {
-            return Err(ServiceError::invalid("nodes", format!("the node asked to initialise (node {}) must be one of them", self.me)));
+            return Err(ServiceError::invalid(
+                "nodes",
+                format!("the node asked to initialise (node {}) must be one of them", self.me),
+            ));
         }
         members
             .iter()
@@ -86,7 +93,11 @@ impl Shared {
     }
 
     /// A transport client of node `id`.
-    fn transport_to(&self, id: NodeId, member: &Member) -> Result<RaftTransportClient<tonic::transport::Channel>, ServiceError> {
+    fn transport_to(
+        &self,
+        id: NodeId,
+        member: &Member,
+    ) -> Result<RaftTransportClient<tonic::transport::Channel>, ServiceError> {
         channel_to(&self.client_tls, id, &member.addr).map(RaftTransportClient::new).map_err(ServiceError::Connect)
     }
 

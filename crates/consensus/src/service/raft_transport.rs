@@ -28,7 +28,12 @@ pub(crate) struct TransportService(pub(crate) Shared);
 impl TransportService {
     /// Over mTLS, checks that the message from `claimed` (and, if given, the vote it carries)
     /// comes from the node the client certificate names.
-    fn check_sender<T>(&self, request: &GrpcRequest<T>, claimed: NodeId, json: Option<&[u8]>) -> Result<(), ServiceError> {
+    fn check_sender<T>(
+        &self,
+        request: &GrpcRequest<T>,
+        claimed: NodeId,
+        json: Option<&[u8]>,
+    ) -> Result<(), ServiceError> {
         if !self.0.tls_required {
             return Ok(());
         }
@@ -55,11 +60,7 @@ impl TransportService {
 
     /// Refuses a message from a node this one is cut off from (fault injection).
     fn refuse_partitioned(&self, from: NodeId) -> Result<(), ServiceError> {
-        if self.0.partition.blocks(from) {
-            Err(ServiceError::Partitioned { node: self.0.me, from })
-        } else {
-            Ok(())
-        }
+        if self.0.partition.blocks(from) { Err(ServiceError::Partitioned { node: self.0.me, from }) } else { Ok(()) }
     }
 }
 
@@ -69,7 +70,8 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         self.check_sender(&request, request.get_ref().from, Some(&request.get_ref().json))?;
         let message = request.into_inner();
         self.refuse_partitioned(message.from)?;
-        let reply = self.0.raft.append_entries(decode(&message.json)?).await.map_err(|e| ServiceError::Raft(Box::new(e)))?;
+        let reply =
+            self.0.raft.append_entries(decode(&message.json)?).await.map_err(|e| ServiceError::Raft(Box::new(e)))?;
         Ok(Response::new(encode(self.0.me, &reply)?))
     }
 
@@ -89,8 +91,12 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         Ok(Response::new(encode(self.0.me, &reply)?))
     }
 
-    async fn install_snapshot(&self, request: GrpcRequest<Streaming<pb::SnapshotChunk>>) -> Result<Response<pb::RaftMessage>, Status> {
-        let proven = if self.0.tls_required { Some((PeerIdentity::of_request(&request), request.remote_addr())) } else { None };
+    async fn install_snapshot(
+        &self,
+        request: GrpcRequest<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let proven =
+            if self.0.tls_required { Some((PeerIdentity::of_request(&request), request.remote_addr())) } else { None };
         let mut chunks = request.into_inner();
         let mut header: Option<(VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>)> = None;
         let mut data = Vec::new();
@@ -99,7 +105,10 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
             if let Some((identity, peer)) = &proven {
                 let ok = matches!(identity, Some(Ok(PeerIdentity::Node { id, .. })) if *id == chunk.from);
                 if !ok {
-                    let why = format!("a snapshot chunk claiming node {} from a client whose certificate is not that node's", chunk.from);
+                    let why = format!(
+                        "a snapshot chunk claiming node {} from a client whose certificate is not that node's",
+                        chunk.from
+                    );
                     self.0.refusals.refuse_identity("raft", *peer, &why);
                     return Err(ServiceError::NotAllowed { why }.into());
                 }
@@ -112,11 +121,15 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         }
         let (vote, meta) = header.ok_or(ServiceError::SnapshotWithoutHeader)?;
         let snapshot = SnapshotOf::<TypeConfig, Vec<u8>> { meta, snapshot: data };
-        let reply = self.0.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| ServiceError::Fatal(Box::new(e)))?;
+        let reply =
+            self.0.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| ServiceError::Fatal(Box::new(e)))?;
         Ok(Response::new(encode(self.0.me, &reply)?))
     }
 
-    async fn forward_write(&self, request: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::WriteResponse>, Status> {
+    async fn forward_write(
+        &self,
+        request: GrpcRequest<pb::RaftMessage>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
         self.check_sender(&request, request.get_ref().from, None)?;
         let message = request.into_inner();
         self.refuse_partitioned(message.from)?;

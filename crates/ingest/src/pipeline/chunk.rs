@@ -5,8 +5,8 @@
 use std::ops::Range;
 use std::time::Instant;
 
-use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;
+use rdkafka::message::{BorrowedMessage, Headers};
 
 use super::downstream::{Barrier, PartitionStart};
 

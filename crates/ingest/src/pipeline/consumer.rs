@@ -94,7 +94,13 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl ConsumerState {
     /// The state of a consumer that hands its chunks to the decoder through `work_tx`.
-    pub(super) fn new(config: IngestConfig, tracker: Arc<OffsetTracker>, metrics: Arc<IngestMetrics>, work_tx: SyncSender<Work>, states: Option<Arc<dyn PartitionStates>>) -> Self {
+    pub(super) fn new(
+        config: IngestConfig,
+        tracker: Arc<OffsetTracker>,
+        metrics: Arc<IngestMetrics>,
+        work_tx: SyncSender<Work>,
+        states: Option<Arc<dyn PartitionStates>>,
+    ) -> Self {
         Self {
             chunk_linger: (config.batch_max_age / 10).clamp(Duration::from_millis(1), Duration::from_millis(50)),
             topics: config.topics.iter().map(|t| t.name.clone()).collect(),
@@ -128,7 +134,8 @@ impl ConsumerState {
                     return true;
                 }
                 let open = std::mem::take(&mut *open);
-                let offsets: Vec<(TopicPartition, i64)> = open.last_offsets.into_iter().map(|((t, p), o)| ((self.topics[t].clone(), p), o)).collect();
+                let offsets: Vec<(TopicPartition, i64)> =
+                    open.last_offsets.into_iter().map(|((t, p), o)| ((self.topics[t].clone(), p), o)).collect();
                 let mut shipped = lock(&self.shipped);
                 for (tp, last) in &offsets {
                     let next = shipped.entry(tp.clone()).or_insert(last + 1);
@@ -176,7 +183,13 @@ impl ConsumerState {
     /// The barrier for everything shipped so far, handing over `revoked`.
     fn next_barrier(&self, revoked: &[TopicPartition], lost: bool) -> Barrier {
         let offsets = lock(&self.shipped).iter().map(|((t, p), o)| (t.clone(), *p, *o)).collect();
-        Barrier { epoch: self.barriers.load(Ordering::SeqCst) + 1, offsets, motors: Vec::new(), revoked: revoked.to_vec(), lost }
+        Barrier {
+            epoch: self.barriers.load(Ordering::SeqCst) + 1,
+            offsets,
+            motors: Vec::new(),
+            revoked: revoked.to_vec(),
+            lost,
+        }
     }
 
     /// Whether checkpoint barriers are on.
@@ -207,7 +220,11 @@ impl ConsumerState {
     /// barrier when checkpointing, so that downstream checkpoints, hands over `revoked` and
     /// acknowledges), waits for downstream to acknowledge, and commits synchronously. Used on
     /// revoke and on stop.
-    pub(super) fn hand_over_and_commit<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, revoked: &[TopicPartition]) {
+    pub(super) fn hand_over_and_commit<C: ConsumerContext>(
+        &self,
+        consumer: &BaseConsumer<C>,
+        revoked: &[TopicPartition],
+    ) {
         let deadline = Instant::now() + self.config.drain_timeout;
         let lost = consumer.assignment_lost();
         if self.ship_everything(deadline) {
@@ -283,7 +300,13 @@ impl ConsumerState {
         match next_in_partition(&mut lock(&self.next_offset), (topic, partition), offset) {
             Sequence::Again { next } => {
                 self.metrics.redelivered_dropped.fetch_add(1, Relaxed);
-                tracing::warn!(topic = topic_name, partition, offset, next, "a message delivered again was dropped (it is already handed on)");
+                tracing::warn!(
+                    topic = topic_name,
+                    partition,
+                    offset,
+                    next,
+                    "a message delivered again was dropped (it is already handed on)"
+                );
                 false
             }
             Sequence::After { skipped_from } => {
@@ -365,7 +388,10 @@ pub(super) fn run<C: ConsumerContext>(consumer: BaseConsumer<C>, s: &ConsumerSta
             break Err(IngestError::Partitions(why));
         }
         match consumer.poll(Duration::from_millis(20)) {
-            Some(Ok(m)) if !lock(&s.assigned).contains(&(s.topics.iter().position(|t| t == m.topic()).unwrap_or(0), m.partition())) => {
+            Some(Ok(m))
+                if !lock(&s.assigned)
+                    .contains(&(s.topics.iter().position(|t| t == m.topic()).unwrap_or(0), m.partition())) =>
+            {
                 s.metrics.stale_dropped.fetch_add(1, Relaxed);
             }
             Some(Ok(m)) => {
@@ -395,7 +421,9 @@ pub(super) fn run<C: ConsumerContext>(consumer: BaseConsumer<C>, s: &ConsumerSta
         if last_commit.elapsed() >= s.config.commit_interval {
             last_commit = Instant::now();
             match s.tracker.failure() {
-                Some(Halt::DeadLetter(source)) => break Err(IngestError::DeadLetter { topic: s.config.dead_letter_topic.clone(), source }),
+                Some(Halt::DeadLetter(source)) => {
+                    break Err(IngestError::DeadLetter { topic: s.config.dead_letter_topic.clone(), source });
+                }
                 Some(Halt::DecoderFailed) => break Ok(LoopEnd::DecoderFailed),
                 None => {
                     s.commit(&consumer);

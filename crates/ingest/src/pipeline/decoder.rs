@@ -7,20 +7,20 @@
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use tessera_core::RejectReason;
 
 use super::chunk::{Chunk, Work};
-use super::downstream::{BatchAck, Barrier, Control, ShardBatch};
+use super::downstream::{Barrier, BatchAck, Control, ShardBatch};
 use crate::batch::{FlushedBatch, ShardedBatcher};
 use crate::dead_letter::{DeadLetterWriter, Rejected};
-use crate::decode::{decode_message, DecodedMessage, MessageLimits};
+use crate::decode::{DecodedMessage, MessageLimits, decode_message};
 use crate::metrics::IngestMetrics;
 use crate::offsets::{Halt, OffsetTracker};
 use crate::repeats::RepeatGuard;
@@ -53,10 +53,20 @@ pub(super) struct Decoder {
 
 impl Decoder {
     /// A decoder sending its batches to `out`; `stopping` is set when the ingest stops.
-    pub(super) fn new(config: IngestConfig, tracker: Arc<OffsetTracker>, metrics: Arc<IngestMetrics>, dead_letters: DeadLetterWriter, out: SyncSender<ShardBatch>, stopping: Arc<AtomicBool>) -> Self {
+    pub(super) fn new(
+        config: IngestConfig,
+        tracker: Arc<OffsetTracker>,
+        metrics: Arc<IngestMetrics>,
+        dead_letters: DeadLetterWriter,
+        out: SyncSender<ShardBatch>,
+        stopping: Arc<AtomicBool>,
+    ) -> Self {
         Self {
             batcher: ShardedBatcher::new(config.shards, config.batch_max_rows, config.batch_max_age),
-            limits: MessageLimits { max_message_bytes: config.max_message_bytes, max_readings_per_message: config.max_readings_per_message },
+            limits: MessageLimits {
+                max_message_bytes: config.max_message_bytes,
+                max_readings_per_message: config.max_readings_per_message,
+            },
             topics: config.topics.iter().map(|t| t.name.clone()).collect(),
             config,
             tracker,
@@ -81,7 +91,9 @@ impl Decoder {
                 Ok(Work::Barrier(barrier)) => self.emit_all().and_then(|()| self.emit_barrier(barrier)),
                 // Behind everything decoded so far (a partition revoked and assigned back must
                 // not have its old readings land after its checkpoint is restored).
-                Ok(Work::Assigned(starts)) => self.emit_all().and_then(|()| self.send_control(Control::Assigned(starts))),
+                Ok(Work::Assigned(starts)) => {
+                    self.emit_all().and_then(|()| self.send_control(Control::Assigned(starts)))
+                }
                 Err(RecvTimeoutError::Timeout) => Ok(()),
                 Err(RecvTimeoutError::Disconnected) => break self.emit_all(),
             };
@@ -187,7 +199,8 @@ impl Decoder {
         let total = decoded.readings.len() + decoded.rejected.len();
         let rejected_at: HashSet<usize> = decoded.rejected.iter().map(|(i, _)| *i).collect();
         let mut original = (0..total).filter(|i| !rejected_at.contains(i));
-        let mut out = DecodedMessage { readings: Vec::with_capacity(decoded.readings.len()), rejected: decoded.rejected };
+        let mut out =
+            DecodedMessage { readings: Vec::with_capacity(decoded.readings.len()), rejected: decoded.rejected };
         for reading in decoded.readings {
             let index = original.next().unwrap_or(total);
             match self.repeats.check(&reading) {
@@ -208,7 +221,10 @@ impl Decoder {
     /// to a partition since the last one; then forgets the revoked partitions' motors (should
     /// one come back, it is reported again).
     fn emit_barrier(&mut self, mut barrier: Barrier) -> Result<()> {
-        barrier.motors = std::mem::take(&mut self.new_motors).into_iter().map(|(m, (t, p))| (m, (self.topics[t].clone(), p))).collect();
+        barrier.motors = std::mem::take(&mut self.new_motors)
+            .into_iter()
+            .map(|(m, (t, p))| (m, (self.topics[t].clone(), p)))
+            .collect();
         if !barrier.revoked.is_empty() {
             let topics = &self.topics;
             let repeats = &mut self.repeats;
@@ -226,7 +242,13 @@ impl Decoder {
     /// Sends a control as an empty batch.
     fn send_control(&self, control: Control) -> Result<()> {
         let empty = RecordBatch::new_empty(tessera_core::telemetry_schema());
-        self.send(ShardBatch { shard: 0, batch: empty, ack: BatchAck::new(Vec::new(), self.tracker.clone()), control: Some(control), span: tracing::Span::none() })
+        self.send(ShardBatch {
+            shard: 0,
+            batch: empty,
+            ack: BatchAck::new(Vec::new(), self.tracker.clone()),
+            control: Some(control),
+            span: tracing::Span::none(),
+        })
     }
 
     fn emit(&self, flushed: FlushedBatch) -> Result<()> {
@@ -249,12 +271,16 @@ impl Decoder {
                 Err(TrySendError::Full(back)) => {
                     batch = back;
                     if self.stopping.load(Ordering::Relaxed) {
-                        let give_up_at = self.give_up_at.get().unwrap_or_else(|| Instant::now() + self.config.drain_timeout);
+                        let give_up_at =
+                            self.give_up_at.get().unwrap_or_else(|| Instant::now() + self.config.drain_timeout);
                         self.give_up_at.set(Some(give_up_at));
                         if Instant::now() >= give_up_at {
                             // Downstream stopped reading: leave the batch unacknowledged, so
                             // its offsets stay uncommitted and it is consumed again later.
-                            tracing::warn!(rows, "stopping: downstream took no batch for drain_timeout; leaving it uncommitted");
+                            tracing::warn!(
+                                rows,
+                                "stopping: downstream took no batch for drain_timeout; leaving it uncommitted"
+                            );
                             batch.ack.leave_unacknowledged();
                             return Ok(());
                         }

@@ -10,7 +10,8 @@ use crate::metrics::IngestMetrics;
 /// that is not readable.
 fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    let kb: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
     Some(kb * 1024)
 }
 
@@ -59,7 +60,11 @@ impl MemoryBudget {
             metrics.memory_pauses.fetch_add(1, Relaxed);
             tracing::warn!(rss_mb = rss >> 20, budget_mb = limit >> 20, "near the memory budget: pausing consumption");
         } else if self.over && idle() {
-            tracing::warn!(rss_mb = rss >> 20, budget_mb = limit >> 20, "over the memory budget with nothing in flight: the state fills it; consuming on");
+            tracing::warn!(
+                rss_mb = rss >> 20,
+                budget_mb = limit >> 20,
+                "over the memory budget with nothing in flight: the state fills it; consuming on"
+            );
             self.state_floor = Some(rss);
             self.over = false;
         }

@@ -30,9 +30,9 @@ mod downstream;
 mod memory_budget;
 mod rebalance;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -65,11 +65,19 @@ impl Ingest {
     /// Like [`Ingest::start`], with per-partition checkpoints: each assigned partition starts
     /// at its checkpoint's offset, and its checkpoint goes downstream ([`Control::Assigned`])
     /// ahead of its readings.
-    pub fn start_with_states(config: IngestConfig, out: SyncSender<ShardBatch>, states: Arc<dyn PartitionStates>) -> Result<Ingest> {
+    pub fn start_with_states(
+        config: IngestConfig,
+        out: SyncSender<ShardBatch>,
+        states: Arc<dyn PartitionStates>,
+    ) -> Result<Ingest> {
         Self::start_inner(config, out, Some(states))
     }
 
-    fn start_inner(config: IngestConfig, out: SyncSender<ShardBatch>, states: Option<Arc<dyn PartitionStates>>) -> Result<Ingest> {
+    fn start_inner(
+        config: IngestConfig,
+        out: SyncSender<ShardBatch>,
+        states: Option<Arc<dyn PartitionStates>>,
+    ) -> Result<Ingest> {
         config.validate()?;
         let metrics = Arc::new(IngestMetrics::default());
         let tracker = Arc::new(OffsetTracker::default());
@@ -77,7 +85,8 @@ impl Ingest {
         let (work_tx, work_rx) = sync_channel(config.max_chunks_in_flight);
         let shared = Arc::new(ConsumerState::new(config.clone(), tracker.clone(), metrics.clone(), work_tx, states));
 
-        let consumer: BaseConsumer<IngestContext> = consumer::client_config(&config).create_with_context(IngestContext::new(shared.clone()))?;
+        let consumer: BaseConsumer<IngestContext> =
+            consumer::client_config(&config).create_with_context(IngestContext::new(shared.clone()))?;
         let topic_refs: Vec<&str> = shared.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topic_refs)?;
         let stop = Arc::new(AtomicBool::new(false));

@@ -3,9 +3,9 @@
 //! assignment first sets each new partition's start to its checkpoint's offset and sends the
 //! checkpoints downstream), and the statistics callback (the consumer lag).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::Instant;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
@@ -14,9 +14,9 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset};
 
 use super::chunk::Work;
-use super::consumer::{lock, ConsumerState};
-use crate::offsets::TopicPartition;
+use super::consumer::{ConsumerState, lock};
 use crate::PartitionStateError;
+use crate::offsets::TopicPartition;
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
     tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
@@ -57,8 +57,10 @@ impl ConsumerContext for IngestContext {
         let s = &self.shared;
         s.metrics.rebalances.fetch_add(1, Relaxed);
         let started = Instant::now();
-        let indexed: Vec<(usize, i32)> =
-            partitions_of(tpl).into_iter().map(|(topic, partition)| (s.topics.iter().position(|x| *x == topic).unwrap_or(0), partition)).collect();
+        let indexed: Vec<(usize, i32)> = partitions_of(tpl)
+            .into_iter()
+            .map(|(topic, partition)| (s.topics.iter().position(|x| *x == topic).unwrap_or(0), partition))
+            .collect();
         {
             let mut last = lock(&s.last_message);
             indexed.iter().for_each(|tp| {
@@ -80,7 +82,8 @@ impl ConsumerContext for IngestContext {
                 if already.iter().any(|a| *a) {
                     tracing::warn!(partitions = ?assigned, "assigned partitions this consumer already has; they keep their position and state");
                 }
-                let new: Vec<TopicPartition> = assigned.iter().zip(&already).filter(|(_, a)| !**a).map(|(tp, _)| tp.clone()).collect();
+                let new: Vec<TopicPartition> =
+                    assigned.iter().zip(&already).filter(|(_, a)| !**a).map(|(tp, _)| tp.clone()).collect();
                 {
                     let mut next = lock(&s.next_offset);
                     indexed.iter().zip(&already).filter(|(_, a)| !**a).for_each(|(tp, _)| {
@@ -164,7 +167,12 @@ fn start_partitions(s: &ConsumerState, tpl: &mut TopicPartitionList, assigned: &
                 s.metrics.resumed_at_checkpoint.fetch_add(1, Relaxed);
             }
             Err(e) => {
-                lock(&s.failure).get_or_insert(PartitionStateError::ResumeOffset { topic: start.topic.clone(), partition: start.partition, offset: at, source: e });
+                lock(&s.failure).get_or_insert(PartitionStateError::ResumeOffset {
+                    topic: start.topic.clone(),
+                    partition: start.partition,
+                    offset: at,
+                    source: e,
+                });
             }
         }
     }
@@ -175,4 +183,3 @@ fn start_partitions(s: &ConsumerState, tpl: &mut TopicPartitionList, assigned: &
         lock(&s.failure).get_or_insert(PartitionStateError::DecoderBusy);
     }
 }
-

@@ -67,9 +67,15 @@ impl RaftConfig {
             return Ok(id);
         }
         let ordinal = match std::env::var("TESSERA_POD_ORDINAL") {
-            Ok(v) => v.trim().parse::<u64>().with_context(|| format!("config: raft.node_id: TESSERA_POD_ORDINAL={v:?} is not a number"))?,
+            Ok(v) => v
+                .trim()
+                .parse::<u64>()
+                .with_context(|| format!("config: raft.node_id: TESSERA_POD_ORDINAL={v:?} is not a number"))?,
             Err(_) => {
-                let host = std::env::var("HOSTNAME").ok().or_else(|| std::fs::read_to_string("/etc/hostname").ok()).unwrap_or_default();
+                let host = std::env::var("HOSTNAME")
+                    .ok()
+                    .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                    .unwrap_or_default();
                 let host = host.trim();
                 host.rsplit_once('-').and_then(|(_, n)| n.parse::<u64>().ok()).with_context(|| {
                     format!("config: raft.node_id is unset and neither TESSERA_POD_ORDINAL nor the host name ({host:?}, no -N suffix) gives an ordinal")
@@ -93,12 +99,18 @@ impl RaftConfig {
 
     /// Checks the fields; the error names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        tessera_core::ensure(!self.data_dir.as_os_str().is_empty(), "data_dir", "must be set (the Raft log's directory)")?;
+        tessera_core::ensure(
+            !self.data_dir.as_os_str().is_empty(),
+            "data_dir",
+            "must be set (the Raft log's directory)",
+        )?;
         for (i, m) in self.initial_members.iter().enumerate() {
             super::parse_node_spec(m).map_err(|e| ConfigError::new(format!("initial_members[{i}]"), e.to_string()))?;
         }
         self.settings(1, "site").raft_config().map(drop).map_err(|e| match e {
-            tessera_consensus::ConsensusError::Config(e) => ConfigError::new(e.field.trim_start_matches("raft."), e.problem),
+            tessera_consensus::ConsensusError::Config(e) => {
+                ConfigError::new(e.field.trim_start_matches("raft."), e.problem)
+            }
             other => ConfigError::new("", other.to_string()),
         })
     }

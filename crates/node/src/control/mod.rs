@@ -73,7 +73,11 @@ pub async fn admin_client(admin: &str, tls: &ClientTls, timeout: Duration) -> Re
 /// Checks that `sql` is a `CREATE CONTINUOUS QUERY` named `name`, before it is registered.
 pub fn check_query(name: &str, sql: &str) -> Result<()> {
     let def = tessera_stream::grammar::parse(sql).map_err(|e| anyhow!("query {name}: {e}"))?;
-    anyhow::ensure!(def.name == name, "query {name}: the statement creates '{}'; register it under that name", def.name);
+    anyhow::ensure!(
+        def.name == name,
+        "query {name}: the statement creates '{}'; register it under that name",
+        def.name
+    );
     Ok(())
 }
 

@@ -13,16 +13,15 @@ use tessera_proto::raft::cluster_admin_client::ClusterAdminClient;
 use tessera_tls::ClientTls;
 use tonic::transport::Channel;
 
-use crate::lifecycle::Shutdown;
 use super::{ControlConfig, admin_client, check_query, status_error};
 use crate::detect::QueryChange;
+use crate::lifecycle::Shutdown;
 
 /// The continuous queries registered cluster-wide, as `(name, sql)`, read linearizably from the
 /// control-plane node at `admin`.
 pub async fn registered_queries(admin: &str, tls: &ClientTls, timeout: Duration) -> Result<Vec<(String, String)>> {
     list_queries(&mut admin_client(admin, tls, timeout).await?, admin).await
 }
-
 
 async fn list_queries(client: &mut ClusterAdminClient<Channel>, admin: &str) -> Result<Vec<(String, String)>> {
     let reply = client.list_queries(pb::ListQueriesRequest {}).await.map_err(|s| status_error(admin, s))?;
@@ -35,7 +34,10 @@ async fn list_queries(client: &mut ClusterAdminClient<Channel>, admin: &str) -> 
 /// the same name wins: a site may override a cluster-wide rule. A registered query that does
 /// not parse or plan here is not run; it is returned with the reason, so that one bad
 /// registration cannot stop every node of the cluster.
-pub fn add_registered_queries(engine: &mut tessera_stream::StreamEngine, registered: &[(String, String)]) -> Result<Vec<(String, String)>> {
+pub fn add_registered_queries(
+    engine: &mut tessera_stream::StreamEngine,
+    registered: &[(String, String)],
+) -> Result<Vec<(String, String)>> {
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     let mut refused = Vec::new();
     for (name, sql) in registered {
@@ -56,8 +58,13 @@ pub fn add_registered_queries(engine: &mut tessera_stream::StreamEngine, registe
 /// What turns the cluster-wide queries a node runs, `running` (name → statement), into
 /// `registered`, leaving out the names in `local` (the node's own queries win): drops first,
 /// then registrations; a changed statement is a drop and a registration.
-pub fn query_changes(running: &BTreeMap<String, String>, registered: &[(String, String)], local: &BTreeSet<String>) -> Vec<QueryChange> {
-    let wanted: BTreeMap<&str, &str> = registered.iter().filter(|(n, _)| !local.contains(n)).map(|(n, s)| (n.as_str(), s.as_str())).collect();
+pub fn query_changes(
+    running: &BTreeMap<String, String>,
+    registered: &[(String, String)],
+    local: &BTreeSet<String>,
+) -> Vec<QueryChange> {
+    let wanted: BTreeMap<&str, &str> =
+        registered.iter().filter(|(n, _)| !local.contains(n)).map(|(n, s)| (n.as_str(), s.as_str())).collect();
     let drops = running
         .iter()
         .filter(|(name, sql)| wanted.get(name.as_str()) != Some(&sql.as_str()))
@@ -111,7 +118,19 @@ impl QueryWatcher {
         registry: RegistryRows,
         grades: tessera_core::LiveGrades,
     ) -> Self {
-        Self { watch: Watch { admin: admin.to_string(), tls, timeout: control.timeout, poll: control.poll, local, running, changes, registry, grades } }
+        Self {
+            watch: Watch {
+                admin: admin.to_string(),
+                tls,
+                timeout: control.timeout,
+                poll: control.poll,
+                local,
+                running,
+                changes,
+                registry,
+                grades,
+            },
+        }
     }
 
     /// Watches until `shutdown` (or until the detection stage is gone).
@@ -152,16 +171,34 @@ impl Watch {
                 }
                 let c = client.as_mut().expect("connected");
                 let queries = list_queries(c, &self.admin).await?;
-                let sites = c.list_sites(pb::ListSitesRequest {}).await.map_err(|s| status_error(&self.admin, s))?.into_inner().sites;
-                let motors = c.list_motors(pb::ListMotorsRequest { site: String::new() }).await.map_err(|s| status_error(&self.admin, s))?.into_inner().motors;
+                let sites = c
+                    .list_sites(pb::ListSitesRequest {})
+                    .await
+                    .map_err(|s| status_error(&self.admin, s))?
+                    .into_inner()
+                    .sites;
+                let motors = c
+                    .list_motors(pb::ListMotorsRequest { site: String::new() })
+                    .await
+                    .map_err(|s| status_error(&self.admin, s))?
+                    .into_inner()
+                    .motors;
                 self.registry.set(sites, motors);
-                let policy = c.list_grades(pb::ListGradesRequest {}).await.map_err(|s| status_error(&self.admin, s))?.into_inner().grades;
+                let policy = c
+                    .list_grades(pb::ListGradesRequest {})
+                    .await
+                    .map_err(|s| status_error(&self.admin, s))?
+                    .into_inner()
+                    .grades;
                 if self.grades.apply_policy(&grade_policy(&policy)?) {
                     tracing::info!(target: "tessera::audit", admin = %self.admin, grades = policy.len(), "the cluster's grade policy is applied");
                 }
                 Ok::<_, anyhow::Error>(queries)
             };
-            let registered = match tokio::time::timeout(self.timeout, read).await.unwrap_or_else(|_| Err(anyhow!("no answer in {:?}", self.timeout))) {
+            let registered = match tokio::time::timeout(self.timeout, read)
+                .await
+                .unwrap_or_else(|_| Err(anyhow!("no answer in {:?}", self.timeout)))
+            {
                 Ok(registered) => registered,
                 Err(e) => {
                     client = None;
@@ -197,7 +234,6 @@ impl Watch {
     }
 }
 
-
 /// The cluster's grade settings as a map of just what they name.
 fn grade_policy(entries: &[pb::GradeEntry]) -> Result<tessera_core::GradeMap> {
     let mut policy = tessera_core::GradeMap::empty();
@@ -208,7 +244,6 @@ fn grade_policy(entries: &[pb::GradeEntry]) -> Result<tessera_core::GradeMap> {
     Ok(policy)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,13 +251,18 @@ mod tests {
     #[test]
     fn query_changes_drop_before_register_and_leave_local_queries_alone() {
         let pairs = |v: &[(&str, &str)]| v.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect::<Vec<_>>();
-        let running: BTreeMap<String, String> = pairs(&[("kept", "K"), ("gone", "G"), ("edited", "E1")]).into_iter().collect();
+        let running: BTreeMap<String, String> =
+            pairs(&[("kept", "K"), ("gone", "G"), ("edited", "E1")]).into_iter().collect();
         let registered = pairs(&[("kept", "K"), ("edited", "E2"), ("new", "N"), ("mine", "M")]);
         let local = BTreeSet::from(["mine".to_string()]);
         let drop = |n: &str| QueryChange::Drop { name: n.into() };
         let register = |n: &str, s: &str| QueryChange::Register { name: n.into(), sql: s.into() };
-        assert_eq!(query_changes(&running, &registered, &local), [drop("edited"), drop("gone"), register("edited", "E2"), register("new", "N")]);
-        let after: BTreeMap<String, String> = pairs(&[("kept", "K"), ("edited", "E2"), ("new", "N")]).into_iter().collect();
+        assert_eq!(
+            query_changes(&running, &registered, &local),
+            [drop("edited"), drop("gone"), register("edited", "E2"), register("new", "N")]
+        );
+        let after: BTreeMap<String, String> =
+            pairs(&[("kept", "K"), ("edited", "E2"), ("new", "N")]).into_iter().collect();
         assert!(query_changes(&after, &registered, &local).is_empty(), "nothing changes twice");
     }
 }

@@ -12,8 +12,6 @@ use tessera_state::{Checkpoint, CheckpointStore};
 
 use super::{DeliveryCheck, DetectStats};
 
-
-
 /// A due partition, its store, and its checkpoint.
 pub(super) type CheckpointFile = (TopicPartition, Arc<Mutex<CheckpointStore>>, Checkpoint);
 
@@ -51,14 +49,22 @@ impl CheckpointWriter {
 
     fn write(&self, job: &CheckpointJob) -> Result<()> {
         let started = Instant::now();
-        self.producer.flush(Duration::from_secs(60)).context("checkpoint: waiting for the broker to confirm alerts and late readings")?;
+        self.producer
+            .flush(Duration::from_secs(60))
+            .context("checkpoint: waiting for the broker to confirm alerts and late readings")?;
         if let Some(why) = self.delivery_failed.lock().ok().and_then(|f| f.clone()) {
-            anyhow::bail!("checkpoint: an alert or late reading was not delivered ({why}); stopping without committing past it");
+            anyhow::bail!(
+                "checkpoint: an alert or late reading was not delivered ({why}); stopping without committing past it"
+            );
         }
         let flushed = started.elapsed();
         let (mut bytes, mut write) = (0, Duration::ZERO);
         for (tp, store, checkpoint) in &job.files {
-            let written = store.lock().map_err(|_| anyhow::anyhow!("checkpoint store lock poisoned"))?.write(checkpoint).context("checkpoint")?;
+            let written = store
+                .lock()
+                .map_err(|_| anyhow::anyhow!("checkpoint store lock poisoned"))?
+                .write(checkpoint)
+                .context("checkpoint")?;
             bytes += written.bytes;
             write += written.elapsed;
             if let Ok(mut s) = self.stats.lock() {

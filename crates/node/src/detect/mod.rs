@@ -38,7 +38,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tessera_core::{ConfigError, ensure};
 use anyhow::{Context as _, Result};
 use arrow_array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -47,13 +46,14 @@ use rdkafka::producer::{ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 use serde::{Deserialize, Serialize};
 use tessera_core::WatermarkPolicy;
+use tessera_core::{ConfigError, ensure};
 use tessera_ingest::{ShardBatch, TopicPartition};
 use tessera_stream::{EngineStats, StreamConfig, StreamEngine};
 
 use tessera_core::now_ms;
 
-pub mod rules;
 mod checkpoint_writer;
+pub mod rules;
 mod worker;
 
 use checkpoint_writer::CheckpointWriter;
@@ -112,7 +112,11 @@ impl DetectConfig {
 
     /// The queries to run: the configured ones or the defaults.
     pub fn effective_queries(&self) -> Vec<String> {
-        if self.queries.is_empty() { crate::detect::rules::DEFAULT_RULES.iter().map(|s| s.to_string()).collect() } else { self.queries.clone() }
+        if self.queries.is_empty() {
+            crate::detect::rules::DEFAULT_RULES.iter().map(|s| s.to_string()).collect()
+        } else {
+            self.queries.clone()
+        }
     }
 
     fn stream_config(&self) -> StreamConfig {
@@ -208,7 +212,10 @@ pub struct RunningQueries(Arc<Mutex<Vec<(String, String, String)>>>);
 impl RunningQueries {
     /// Sets the list from the engine's registered queries.
     pub fn update(&self, engine: &StreamEngine) {
-        let rows = engine.queries().map(|q| (q.name.clone(), tessera_stream::engine::describe(&q.window), q.text.clone())).collect();
+        let rows = engine
+            .queries()
+            .map(|q| (q.name.clone(), tessera_stream::engine::describe(&q.window), q.text.clone()))
+            .collect();
         if let Ok(mut list) = self.0.lock() {
             *list = rows;
         }
@@ -216,14 +223,21 @@ impl RunningQueries {
 
     /// The table's schema: name, window, sql.
     pub fn schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, false), Field::new("window", DataType::Utf8, false), Field::new("sql", DataType::Utf8, false)]))
+        Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("window", DataType::Utf8, false),
+            Field::new("sql", DataType::Utf8, false),
+        ]))
     }
 
     /// The table's rows now.
     pub fn rows(&self) -> Vec<RecordBatch> {
         let rows = self.0.lock().map(|l| l.clone()).unwrap_or_default();
-        let column = |f: fn(&(String, String, String)) -> &str| Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as _;
-        RecordBatch::try_new(Self::schema(), vec![column(|r| &r.0), column(|r| &r.1), column(|r| &r.2)]).map(|b| vec![b]).unwrap_or_default()
+        let column =
+            |f: fn(&(String, String, String)) -> &str| Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as _;
+        RecordBatch::try_new(Self::schema(), vec![column(|r| &r.0), column(|r| &r.1), column(|r| &r.2)])
+            .map(|b| vec![b])
+            .unwrap_or_default()
     }
 }
 
@@ -276,10 +290,14 @@ impl ProducerContext for DeliveryCheck {
     }
 }
 
-
 impl Detect {
     /// Starts the stage on `engine`, reading `batches`, writing to `brokers`.
-    pub fn start(engine: StreamEngine, config: &DetectConfig, brokers: &str, batches: Receiver<ShardBatch>) -> Result<Self> {
+    pub fn start(
+        engine: StreamEngine,
+        config: &DetectConfig,
+        brokers: &str,
+        batches: Receiver<ShardBatch>,
+    ) -> Result<Self> {
         Self::start_checkpointed(engine, config, brokers, batches, false, None)
     }
 
@@ -289,7 +307,14 @@ impl Detect {
     /// [`crate::checkpoints::PartitionCheckpoints`]). With `raw`, every reading taken in is
     /// also sent there (the site's store, see [`crate::store`]); if it is gone, the stage
     /// stops with an error rather than drop readings.
-    pub fn start_checkpointed(engine: StreamEngine, config: &DetectConfig, brokers: &str, batches: Receiver<ShardBatch>, checkpointed: bool, raw: Option<SyncSender<RecordBatch>>) -> Result<Self> {
+    pub fn start_checkpointed(
+        engine: StreamEngine,
+        config: &DetectConfig,
+        brokers: &str,
+        batches: Receiver<ShardBatch>,
+        checkpointed: bool,
+        raw: Option<SyncSender<RecordBatch>>,
+    ) -> Result<Self> {
         let failed = Arc::new(Mutex::new(None));
         let producer: ThreadedProducer<DeliveryCheck> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -314,8 +339,13 @@ impl Detect {
                 // One job queued while another is written: a slow disk holds up the detection
                 // thread (and so the ingest) instead of piling up encoded state.
                 let (jobs, queue) = std::sync::mpsc::sync_channel(1);
-                let writer = CheckpointWriter { producer: producer.clone(), delivery_failed: failed.clone(), stats: stats.clone() };
-                let thread = std::thread::Builder::new().name("tessera-checkpoint".into()).spawn(move || writer.run(queue))?;
+                let writer = CheckpointWriter {
+                    producer: producer.clone(),
+                    delivery_failed: failed.clone(),
+                    stats: stats.clone(),
+                };
+                let thread =
+                    std::thread::Builder::new().name("tessera-checkpoint".into()).spawn(move || writer.run(queue))?;
                 Some((jobs, thread))
             }
             false => None,
@@ -419,4 +449,3 @@ impl DetectProbe {
         self.last_turn_ms.load(Ordering::Relaxed)
     }
 }
-

@@ -22,7 +22,6 @@ use tessera_core::now_ms;
 use super::checkpoint_writer::{CheckpointFile, CheckpointJob};
 use super::{Adopted, DeliveryCheck, DetectConfig, DetectStats, ENGINE_SECTION, QueryChange, RunningQueries};
 
-
 /// A partition this stage owns: its store, and what its newest checkpoint covers.
 #[derive(Debug)]
 pub(super) struct OwnedPartition {
@@ -35,7 +34,6 @@ pub(super) struct OwnedPartition {
     pub(super) next_offset: Option<i64>,
     pub(super) checkpointed_offset: Option<i64>,
 }
-
 
 pub(super) struct Worker {
     pub(super) engine: StreamEngine,
@@ -75,8 +73,11 @@ impl Worker {
                         let _in_step = step.enter();
                         let started = Instant::now();
                         if let Some(raw) = &self.raw {
-                            let telemetry = rows.project(&(0..tessera_core::telemetry_schema().fields().len()).collect::<Vec<_>>())?;
-                            raw.send(telemetry).map_err(|_| anyhow::anyhow!("the telemetry store has stopped; readings would be lost"))?;
+                            let telemetry = rows
+                                .project(&(0..tessera_core::telemetry_schema().fields().len()).collect::<Vec<_>>())?;
+                            raw.send(telemetry).map_err(|_| {
+                                anyhow::anyhow!("the telemetry store has stopped; readings would be lost")
+                            })?;
                         }
                         let out = rt.block_on(self.engine.push(&rows, now_ms()))?;
                         step.record("windows_closed", out.windows_closed);
@@ -138,7 +139,9 @@ impl Worker {
                     tracing::debug!(query = %name, "dropping a query that is not running");
                     continue;
                 }
-                QueryChange::Drop { name } => self.engine.unregister(name).map(|_| ()).map_err(|e| anyhow::anyhow!("query {name}: {e}")),
+                QueryChange::Drop { name } => {
+                    self.engine.unregister(name).map(|_| ()).map_err(|e| anyhow::anyhow!("query {name}: {e}"))
+                }
             };
             match result {
                 Ok(()) => {
@@ -168,7 +171,11 @@ impl Worker {
 
     /// Registers `sql` on windows of its own, if it creates the query `name`.
     fn register_standalone(&mut self, rt: &tokio::runtime::Runtime, name: &str, sql: &str) -> Result<()> {
-        let created = rt.block_on(self.engine.register_standalone(sql)).map_err(|e| anyhow::anyhow!("query {name}: {e}"))?.name.clone();
+        let created = rt
+            .block_on(self.engine.register_standalone(sql))
+            .map_err(|e| anyhow::anyhow!("query {name}: {e}"))?
+            .name
+            .clone();
         if created != name {
             self.engine.unregister(&created)?;
             anyhow::bail!("query {name}: the statement creates '{created}'");
@@ -203,7 +210,8 @@ impl Worker {
                     .checkpoint
                     .section(ENGINE_SECTION)
                     .with_context(|| format!("checkpoint {} has no {ENGINE_SECTION} section", loaded.path.display()))?;
-                let report = self.engine.adopt(section).with_context(|| format!("restoring {}", loaded.path.display()))?;
+                let report =
+                    self.engine.adopt(section).with_context(|| format!("restoring {}", loaded.path.display()))?;
                 for m in &report.motor_ids {
                     self.motor_partition.insert(m.clone(), tp.clone());
                 }
@@ -213,11 +221,25 @@ impl Worker {
                 );
                 last_id = last_id.max(loaded.checkpoint.id);
                 if let Ok(mut s) = self.stats.lock() {
-                    s.adopted.push(Adopted { partition: tp.clone(), id: loaded.checkpoint.id, motors: report.motors, open_windows: report.open_windows, fresh: report.fresh });
+                    s.adopted.push(Adopted {
+                        partition: tp.clone(),
+                        id: loaded.checkpoint.id,
+                        motors: report.motors,
+                        open_windows: report.open_windows,
+                        fresh: report.fresh,
+                    });
                 }
             }
             let offset = start.resume_at;
-            self.owned.insert(tp, OwnedPartition { store: Arc::new(Mutex::new(assigned.store)), last_id, next_offset: offset, checkpointed_offset: offset });
+            self.owned.insert(
+                tp,
+                OwnedPartition {
+                    store: Arc::new(Mutex::new(assigned.store)),
+                    last_id,
+                    next_offset: offset,
+                    checkpointed_offset: offset,
+                },
+            );
         }
         if let Ok(mut s) = self.stats.lock() {
             s.partitions_owned = self.owned.len();
@@ -237,7 +259,11 @@ impl Worker {
         for (topic, partition, next) in &barrier.offsets {
             match self.owned.get_mut(&(topic.clone(), *partition)) {
                 Some(p) => p.next_offset = Some(p.next_offset.map_or(*next, |o| o.max(*next))),
-                None => tracing::warn!(topic, partition, "a barrier names a partition this node was not assigned; not checkpointed"),
+                None => tracing::warn!(
+                    topic,
+                    partition,
+                    "a barrier names a partition this node was not assigned; not checkpointed"
+                ),
             }
         }
         let revoked = |tp: &TopicPartition| barrier.revoked.contains(tp);
@@ -249,12 +275,22 @@ impl Worker {
             .collect();
         let encoding = Instant::now();
         let files = self.encode_checkpoints(&due)?;
-        let job = CheckpointJob { epoch: barrier.epoch, files, acks: std::mem::take(&mut self.held), encode: encoding.elapsed() };
+        let job = CheckpointJob {
+            epoch: barrier.epoch,
+            files,
+            acks: std::mem::take(&mut self.held),
+            encode: encoding.elapsed(),
+        };
         if !barrier.revoked.is_empty() {
             let released = self.engine.release_motors(&|m| self.motor_partition.get(m).is_some_and(revoked))?;
             self.motor_partition.retain(|_, tp| !revoked(tp));
             self.owned.retain(|tp, _| !revoked(tp));
-            tracing::info!(partitions = barrier.revoked.len(), motors = released, lost = barrier.lost, "handed partitions over");
+            tracing::info!(
+                partitions = barrier.revoked.len(),
+                motors = released,
+                lost = barrier.lost,
+                "handed partitions over"
+            );
             if let Ok(mut s) = self.stats.lock() {
                 s.motors_released += released as u64;
                 s.partitions_owned = self.owned.len();
@@ -277,7 +313,10 @@ impl Worker {
     fn encode_checkpoints(&mut self, due: &[TopicPartition]) -> Result<Vec<CheckpointFile>> {
         let mut files = Vec::with_capacity(due.len());
         for tp in due {
-            let engine = self.engine.checkpoint_motors(&|m| self.motor_partition.get(m) == Some(tp)).context("checkpoint: encoding the engine state")?;
+            let engine = self
+                .engine
+                .checkpoint_motors(&|m| self.motor_partition.get(m) == Some(tp))
+                .context("checkpoint: encoding the engine state")?;
             let p = self.owned.get_mut(tp).expect("due partitions are owned");
             let next_offset = p.next_offset.expect("a due partition has an offset");
             let checkpoint = Checkpoint {
@@ -330,7 +369,8 @@ impl Worker {
     fn publish_failed(&mut self, failed: &tessera_stream::FailedRun) -> Result<()> {
         use tessera_ingest::dead_letter_headers as h;
         let mut payload = Vec::new();
-        let mut writer = datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut payload, failed.windows.schema_ref())?;
+        let mut writer =
+            datafusion::arrow::ipc::writer::StreamWriter::try_new(&mut payload, failed.windows.schema_ref())?;
         writer.write(&failed.windows)?;
         writer.finish()?;
         drop(writer);
@@ -339,8 +379,13 @@ impl Worker {
             .insert(Header { key: h::DETAIL, value: Some(failed.error.as_str()) })
             .insert(Header { key: "tessera.dlq.query", value: Some(failed.query.as_str()) })
             .insert(Header { key: "content-type", value: Some("application/vnd.apache.arrow.stream") });
-        let record = BaseRecord::to(&self.config.dead_letter_topic).key(failed.query.as_str()).payload(&payload).headers(headers);
-        self.producer.send(record).map_err(|(e, _)| anyhow::anyhow!("writing to {}: {e}", self.config.dead_letter_topic))?;
+        let record = BaseRecord::to(&self.config.dead_letter_topic)
+            .key(failed.query.as_str())
+            .payload(&payload)
+            .headers(headers);
+        self.producer
+            .send(record)
+            .map_err(|(e, _)| anyhow::anyhow!("writing to {}: {e}", self.config.dead_letter_topic))?;
         if let Ok(mut s) = self.stats.lock() {
             s.failed_runs += 1;
         }
@@ -349,7 +394,8 @@ impl Worker {
 
     fn publish_late(&self, batch: &RecordBatch) -> Result<u64> {
         let telemetry = batch.project(&(0..tessera_core::telemetry_schema().fields().len()).collect::<Vec<_>>())?;
-        let late_for = batch.column(batch.num_columns() - 1).as_any().downcast_ref::<arrow_array::StringArray>().cloned();
+        let late_for =
+            batch.column(batch.num_columns() - 1).as_any().downcast_ref::<arrow_array::StringArray>().cloned();
         for (i, r) in readings_from_batch(&telemetry).iter().enumerate() {
             let payload = serde_json::to_vec(&tessera_proto::json::reading_to_json(r))?;
             let why = late_for.as_ref().map(|a| a.value(i).to_string()).unwrap_or_default();

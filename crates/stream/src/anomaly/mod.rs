@@ -167,22 +167,23 @@ pub fn register_all(ctx: &SessionContext) {
 /// checkpoint's call states line up with a re-registered query's calls).
 pub fn instantiate(plan: LogicalPlan) -> Result<(LogicalPlan, Vec<Arc<ScalarUDF>>)> {
     let mut calls = Vec::new();
-    let plan = plan.transform_up_with_subqueries(|node| {
-        node.map_expressions(|e| {
-            e.transform_up(|e| match e {
-                Expr::ScalarFunction(call) => match AnomalyKind::from_name(call.func.name()) {
-                    Some(kind) => {
-                        let udf = Arc::new(ScalarUDF::new_from_impl(AnomalyUdf::for_call(kind, &call.args)?));
-                        calls.push(udf.clone());
-                        Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(udf, call.args))))
-                    }
-                    None => Ok(Transformed::no(Expr::ScalarFunction(call))),
-                },
-                other => Ok(Transformed::no(other)),
+    let plan = plan
+        .transform_up_with_subqueries(|node| {
+            node.map_expressions(|e| {
+                e.transform_up(|e| match e {
+                    Expr::ScalarFunction(call) => match AnomalyKind::from_name(call.func.name()) {
+                        Some(kind) => {
+                            let udf = Arc::new(ScalarUDF::new_from_impl(AnomalyUdf::for_call(kind, &call.args)?));
+                            calls.push(udf.clone());
+                            Ok(Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(udf, call.args))))
+                        }
+                        None => Ok(Transformed::no(Expr::ScalarFunction(call))),
+                    },
+                    other => Ok(Transformed::no(other)),
+                })
             })
-        })
-    })?
-    .data;
+        })?
+        .data;
     Ok((plan, calls))
 }
 
@@ -199,7 +200,9 @@ pub(crate) struct CallState {
 }
 
 fn anomaly_impl(call: &ScalarUDF) -> Result<&AnomalyUdf, StreamError> {
-    call.inner().downcast_ref::<AnomalyUdf>().ok_or_else(|| StreamError::Checkpoint(format!("{} is not an anomaly function", call.name())))
+    call.inner()
+        .downcast_ref::<AnomalyUdf>()
+        .ok_or_else(|| StreamError::Checkpoint(format!("{} is not an anomaly function", call.name())))
 }
 
 /// The per-motor state of an anomaly call made by [`instantiate`], of the motors `include`
@@ -335,12 +338,7 @@ impl AnomalyUdf {
             _ => 1,
         };
         kind.detector(&params, dims).map_err(|e| DataFusionError::Plan(format!("{}: {e}", kind.name())))?;
-        Ok(Self {
-            instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
-            params,
-            dims,
-            ..Self::placeholder(kind)
-        })
+        Ok(Self { instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed), params, dims, ..Self::placeholder(kind) })
     }
 }
 
@@ -376,7 +374,12 @@ impl ScalarUDFImpl for AnomalyUdf {
         }
         let t = match &arg_types[1] {
             DataType::Timestamp(TimeUnit::Millisecond, _) | DataType::Int64 | DataType::Int32 => DataType::Int64,
-            other => return plan_err!("{}: t must be a millisecond timestamp (e.g. window_start), got {other}", kind.name()),
+            other => {
+                return plan_err!(
+                    "{}: t must be a millisecond timestamp (e.g. window_start), got {other}",
+                    kind.name()
+                );
+            }
         };
         let x = match (&arg_types[2], kind) {
             (DataType::List(f), AnomalyKind::HotellingT2) if f.data_type().is_numeric() || f.data_type().is_null() => {
@@ -416,7 +419,13 @@ impl ScalarUDFImpl for AnomalyUdf {
 
 impl AnomalyUdf {
     /// Scores each row with its motor's detector, in (motor, window) order.
-    fn score(&self, n: usize, keys: &datafusion::arrow::array::StringArray, times: &datafusion::arrow::array::Int64Array, values: &Values<'_>) -> Result<ColumnarValue> {
+    fn score(
+        &self,
+        n: usize,
+        keys: &datafusion::arrow::array::StringArray,
+        times: &datafusion::arrow::array::Int64Array,
+        values: &Values<'_>,
+    ) -> Result<ColumnarValue> {
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&a, &b| keys.value(a).cmp(keys.value(b)).then(times.value(a).cmp(&times.value(b))));
         let mut out = vec![None; n];

@@ -10,7 +10,8 @@ use tessera_core::WatermarkPolicy;
 use super::{StreamConfig, StreamEngine};
 use crate::conform;
 
-pub(super) const QUERY: &str = "CREATE CONTINUOUS QUERY q WITH (open_above = 3, close_below = 1.5, open_windows = 2, close_windows = 2) AS
+pub(super) const QUERY: &str =
+    "CREATE CONTINUOUS QUERY q WITH (open_above = 3, close_below = 1.5, open_windows = 2, close_windows = 2) AS
       SELECT motor_id, window_start, avg(current_a) AS a,
              greatest(abs(zscore(motor_id, window_start, avg(current_a), 10, 5)),
                       abs(zscore(motor_id, window_start, avg(temperature_c), 10, 5))) AS score
@@ -50,7 +51,11 @@ pub(super) fn readings() -> RecordBatch {
 
 /// An engine with 1 s of allowed lateness and an idle timeout the tests never reach.
 pub(super) fn engine() -> StreamEngine {
-    StreamEngine::new(StreamConfig { watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 3_600_000 }, table_rows: 100_000, telemetry_rows: 0 })
+    StreamEngine::new(StreamConfig {
+        watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 3_600_000 },
+        table_rows: 100_000,
+        telemetry_rows: 0,
+    })
 }
 
 /// [`engine`] with `queries` registered.

@@ -10,10 +10,10 @@
 //! motor, outputs read into scores and alerts), `state` (checkpoints, restore, partition
 //! handover).
 
-mod run;
-mod state;
 #[cfg(test)]
 mod fixtures;
+mod run;
+mod state;
 
 use std::sync::Arc;
 
@@ -27,10 +27,10 @@ use crate::alerts::{AlertEvent, AlertTracker, alerts_schema, motor_windows_schem
 use crate::grammar::QueryDef;
 use crate::query::ContinuousQuery;
 use crate::tables::BoundedTable;
-use crate::windowing::{WindowOperator, WindowStats};
 /// The window spec as text; defined with the windows, and named here too, where the server
 /// and the tests have always found it.
 pub use crate::windowing::describe;
+use crate::windowing::{WindowOperator, WindowStats};
 pub use state::{RestoreReport, StateDigest, state_digest};
 
 /// Engine settings.
@@ -46,7 +46,11 @@ pub struct StreamConfig {
 
 impl Default for StreamConfig {
     fn default() -> Self {
-        Self { watermark: WatermarkPolicy { allowed_lateness_ms: 2_000, idle_timeout_ms: 30_000 }, table_rows: 1_000_000, telemetry_rows: 100_000 }
+        Self {
+            watermark: WatermarkPolicy { allowed_lateness_ms: 2_000, idle_timeout_ms: 30_000 },
+            table_rows: 1_000_000,
+            telemetry_rows: 100_000,
+        }
     }
 }
 
@@ -183,7 +187,18 @@ impl StreamEngine {
         tables.register_table("late_events", late.clone()).expect("fresh context");
         let telemetry = BoundedTable::new(telemetry_schema(), config.telemetry_rows);
         tables.register_table("telemetry", telemetry.clone()).expect("fresh context");
-        Self { config, stages: Vec::new(), tables, alerts, motor_windows, late, telemetry, query_errors: 0, query_rows: 0, alert_events: 0 }
+        Self {
+            config,
+            stages: Vec::new(),
+            tables,
+            alerts,
+            motor_windows,
+            late,
+            telemetry,
+            query_errors: 0,
+            query_rows: 0,
+            alert_events: 0,
+        }
     }
 
     /// Registers a `CREATE CONTINUOUS QUERY` statement; errors name the query and carry
@@ -235,7 +250,12 @@ impl StreamEngine {
             Some(i) => i,
             None => {
                 let reports_late = !self.stages.iter().any(|s| s.op.spec() == def.window);
-                self.stages.push(Stage { op: WindowOperator::new(def.window, self.config.watermark), queries: Vec::new(), reports_late, standalone });
+                self.stages.push(Stage {
+                    op: WindowOperator::new(def.window, self.config.watermark),
+                    queries: Vec::new(),
+                    reports_late,
+                    standalone,
+                });
                 self.stages.len() - 1
             }
         };
@@ -366,7 +386,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(engine.stages.len(), 1, "one stage serves both");
-        let names: Vec<String> = engine.stages[0].op.closed_schema().fields().iter().map(|f| f.name().clone()).collect();
+        let names: Vec<String> =
+            engine.stages[0].op.closed_schema().fields().iter().map(|f| f.name().clone()).collect();
         assert_eq!(names, ["motor_id", "site_id", "seq", "window_start", "window_end"]);
         engine.push(&readings(), 0).await.unwrap();
         engine.close_all(0).await.unwrap();
@@ -388,7 +409,11 @@ mod tests {
     #[tokio::test]
     async fn a_query_registered_after_the_start_gets_a_stage_with_what_it_reads() {
         let mut engine = engine();
-        let q = |name: &str, select: &str| format!("CREATE CONTINUOUS QUERY {name} AS SELECT motor_id, window_start, {select} FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start");
+        let q = |name: &str, select: &str| {
+            format!(
+                "CREATE CONTINUOUS QUERY {name} AS SELECT motor_id, window_start, {select} FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start"
+            )
+        };
         engine.register(&q("a", "avg(current_a) AS cur")).await.unwrap();
         let all = readings();
         engine.push(&all.slice(0, 900), 0).await.unwrap();
@@ -403,7 +428,8 @@ mod tests {
         assert_eq!(engine.stages.iter().map(|s| s.reports_late).collect::<Vec<_>>(), [true, false]);
         engine.push(&all.slice(900, 900), 0).await.unwrap();
         engine.close_all(0).await.unwrap();
-        let counts = engine.sql("SELECT query, count(*) AS n FROM motor_windows GROUP BY query ORDER BY query").await.unwrap();
+        let counts =
+            engine.sql("SELECT query, count(*) AS n FROM motor_windows GROUP BY query ORDER BY query").await.unwrap();
         let text = pretty_format_batches(&counts).unwrap().to_string();
         // a sees all 60 windows per motor. b, every window that closed after it joined: the 31
         // from [290 s, 300 s) on (the stage already tracked its aggregate, so the open window is
@@ -441,7 +467,9 @@ mod tests {
         let rows = |name: &'static str| {
             let e = &with_guest;
             async move {
-                let sql = format!("SELECT CAST(min(window_start) AS BIGINT) AS first, count(*) AS n FROM motor_windows WHERE query = '{name}'");
+                let sql = format!(
+                    "SELECT CAST(min(window_start) AS BIGINT) AS first, count(*) AS n FROM motor_windows WHERE query = '{name}'"
+                );
                 let b = e.sql(&sql).await.unwrap();
                 let first = b[0].column(0).as_any().downcast_ref::<Int64Array>().map(|a| a.value(0));
                 (first, b[0].column(1).as_any().downcast_ref::<Int64Array>().unwrap().value(0))

@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 
-use datafusion::arrow::array::{Array, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::array::{
+    Array, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
 use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::DataType;
 use tessera_core::WindowSpec;
@@ -62,7 +64,11 @@ impl StreamEngine {
                             Err(error) => {
                                 self.query_errors += 1;
                                 tracing::error!(query = %name, error = %error, windows = part.num_rows(), "continuous query failed on a motor's windows; they are handed out");
-                                out.failed.push(FailedRun { query: name.clone(), error: error.to_string(), windows: part });
+                                out.failed.push(FailedRun {
+                                    query: name.clone(),
+                                    error: error.to_string(),
+                                    windows: part,
+                                });
                             }
                         }
                     }
@@ -76,7 +82,8 @@ impl StreamEngine {
                 self.query_rows += batch.num_rows() as u64;
                 match scores(batch, &layout, &spec, sites) {
                     Ok(mut scored) => {
-                        scored.sort_by(|a, b| a.motor_id.cmp(b.motor_id).then(a.window_start_ms.cmp(&b.window_start_ms)));
+                        scored
+                            .sort_by(|a, b| a.motor_id.cmp(b.motor_id).then(a.window_start_ms.cmp(&b.window_start_ms)));
                         for w in scored {
                             rows.append(&name, &w);
                             if let Some(t) = &mut q.tracker
@@ -188,8 +195,11 @@ fn scores<'a>(
             tracing::warn!(motor = motors.value(row), "query output names a motor not in its windows; row skipped");
             continue;
         };
-        let features: Vec<(&'a str, f64)> =
-            features.iter().filter(|(_, a)| !a.is_null(row) && a.value(row).is_finite()).map(|(n, a)| (*n, a.value(row))).collect();
+        let features: Vec<(&'a str, f64)> = features
+            .iter()
+            .filter(|(_, a)| !a.is_null(row) && a.value(row).is_finite())
+            .map(|(n, a)| (*n, a.value(row)))
+            .collect();
         out.push(WindowScore {
             motor_id,
             site_id: sites.get(motor_id).map(String::as_str).unwrap_or(""),
@@ -225,8 +235,14 @@ mod tests {
             offset += n;
         }
         engine.close_all(offset as i64).await.unwrap();
-        let windows = engine.sql("SELECT motor_id, window_start, round(score, 9) AS s FROM motor_windows ORDER BY 1, 2").await.unwrap();
-        let alerts = engine.sql("SELECT alert_id, state, window_start FROM alerts ORDER BY window_start, alert_id, state").await.unwrap();
+        let windows = engine
+            .sql("SELECT motor_id, window_start, round(score, 9) AS s FROM motor_windows ORDER BY 1, 2")
+            .await
+            .unwrap();
+        let alerts = engine
+            .sql("SELECT alert_id, state, window_start FROM alerts ORDER BY window_start, alert_id, state")
+            .await
+            .unwrap();
         (pretty_format_batches(&windows).unwrap().to_string(), pretty_format_batches(&alerts).unwrap().to_string())
     }
 
@@ -236,7 +252,10 @@ mod tests {
     #[tokio::test]
     async fn results_do_not_depend_on_batching() {
         let (windows, alerts) = run(usize::MAX).await;
-        assert!(alerts.contains("open") && alerts.contains("close"), "the step in m1 raises and clears an alert:\n{alerts}");
+        assert!(
+            alerts.contains("open") && alerts.contains("close"),
+            "the step in m1 raises and clears an alert:\n{alerts}"
+        );
         for rows in [1, 7, 64, 250] {
             let (w, a) = run(rows).await;
             assert_eq!(w, windows, "window scores differ with batches of {rows} rows");
@@ -261,7 +280,11 @@ mod tests {
         ]);
         let b = RecordBatch::try_new(
             Arc::new(schema),
-            vec![Arc::new(StringArray::from(motors)), Arc::new(Int64Array::from(ts)), Arc::new(Float64Array::from(cur))],
+            vec![
+                Arc::new(StringArray::from(motors)),
+                Arc::new(Int64Array::from(ts)),
+                Arc::new(Float64Array::from(cur)),
+            ],
         )
         .unwrap();
         conform::to_telemetry(&b, &[], 0).unwrap()
@@ -272,7 +295,10 @@ mod tests {
     /// and with windows where the column is all NULL.
     #[tokio::test]
     async fn preaggregated_and_raw_windows_agree() {
-        for window in ["TUMBLE(telemetry, ts, INTERVAL '10 seconds')", "HOP(telemetry, ts, INTERVAL '5 seconds', INTERVAL '15 seconds')"] {
+        for window in [
+            "TUMBLE(telemetry, ts, INTERVAL '10 seconds')",
+            "HOP(telemetry, ts, INTERVAL '5 seconds', INTERVAL '15 seconds')",
+        ] {
             let select = "count(*) AS n, count(current_a) AS c, sum(current_a) AS s, avg(current_a) AS a, min(current_a) AS lo, max(current_a) AS hi,
                           var_samp(current_a) AS vs, var_pop(current_a) AS vp, stddev_samp(current_a) AS ss, stddev_pop(current_a) AS sp,
                           zscore(motor_id, window_start, avg(current_a), 5) AS score";
@@ -284,7 +310,10 @@ mod tests {
                     .unwrap();
             }
             assert_eq!(engine.stages.len(), 1);
-            assert!(engine.stages[0].queries[0].query.aggregates().is_some() && engine.stages[0].queries[1].query.aggregates().is_none());
+            assert!(
+                engine.stages[0].queries[0].query.aggregates().is_some()
+                    && engine.stages[0].queries[1].query.aggregates().is_none()
+            );
             let all = readings_with_nulls();
             for offset in (0..all.num_rows()).step_by(333) {
                 engine.push(&all.slice(offset, 333.min(all.num_rows() - offset)), 0).await.unwrap();
@@ -302,5 +331,4 @@ mod tests {
             assert_eq!(p, r, "{window}");
         }
     }
-
 }

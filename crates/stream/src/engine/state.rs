@@ -180,7 +180,11 @@ impl StreamEngine {
         for saved in state.stages {
             let same_queries = |stage: &Stage| {
                 stage.queries.len() == saved.queries.len()
-                    && stage.queries.iter().zip(&saved.queries).all(|(q, s)| q.query.def().name == s.name && q.query.def().text == s.text)
+                    && stage
+                        .queries
+                        .iter()
+                        .zip(&saved.queries)
+                        .all(|(q, s)| q.query.def().name == s.name && q.query.def().text == s.text)
             };
             let Some(i) = (0..self.stages.len()).find(|&i| !used[i] && same_queries(&self.stages[i])) else {
                 for q in saved.queries {
@@ -201,7 +205,12 @@ impl StreamEngine {
                 match (&mut q.tracker, s.tracker) {
                     (Some(t), Some(saved)) => t.restore(saved, merge)?,
                     (None, None) => {}
-                    _ => return Err(StreamError::Checkpoint(format!("query {}: alert options differ from the checkpoint's", s.name))),
+                    _ => {
+                        return Err(StreamError::Checkpoint(format!(
+                            "query {}: alert options differ from the checkpoint's",
+                            s.name
+                        )));
+                    }
                 }
                 report.restored.push(s.name);
             }
@@ -250,21 +259,37 @@ mod tests {
         let mut windows = Vec::new();
         let mut alerts = Vec::new();
         for e in engines {
-            windows.extend(e.sql("SELECT query, motor_id, window_start, window_end, score, features FROM motor_windows").await.unwrap());
-            alerts.extend(e.sql("SELECT alert_id, query, state, severity, score, peak_score, window_start FROM alerts").await.unwrap());
+            windows.extend(
+                e.sql("SELECT query, motor_id, window_start, window_end, score, features FROM motor_windows")
+                    .await
+                    .unwrap(),
+            );
+            alerts.extend(
+                e.sql("SELECT alert_id, query, state, severity, score, peak_score, window_start FROM alerts")
+                    .await
+                    .unwrap(),
+            );
         }
         let ctx = SessionContext::new();
         let text = |batches: Vec<RecordBatch>, order: &'static str| {
             let ctx = &ctx;
             async move {
                 let schema = batches[0].schema();
-                ctx.register_table("t", Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![batches]).unwrap())).unwrap();
-                let sorted = ctx.sql(&format!("SELECT * FROM t ORDER BY {order}")).await.unwrap().collect().await.unwrap();
+                ctx.register_table(
+                    "t",
+                    Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![batches]).unwrap()),
+                )
+                .unwrap();
+                let sorted =
+                    ctx.sql(&format!("SELECT * FROM t ORDER BY {order}")).await.unwrap().collect().await.unwrap();
                 ctx.deregister_table("t").unwrap();
                 pretty_format_batches(&sorted).unwrap().to_string()
             }
         };
-        (text(windows, "query, motor_id, window_start, window_end").await, text(alerts, "window_start, alert_id, state").await)
+        (
+            text(windows, "query, motor_id, window_start, window_end").await,
+            text(alerts, "window_start, alert_id, state").await,
+        )
     }
 
     /// Stopping at any point, checkpointing, restoring into a new engine and going on gives
@@ -299,10 +324,18 @@ mod tests {
             let report = second.restore(&state).unwrap();
             assert_eq!(report.restored, ["q", "h", "s"], "cut at {cut}");
             assert!(report.fresh.is_empty() && report.dropped.is_empty());
-            assert_eq!(second.checkpoint().unwrap(), state, "the restored state checkpoints to the same bytes (cut at {cut})");
+            assert_eq!(
+                second.checkpoint().unwrap(),
+                state,
+                "the restored state checkpoints to the same bytes (cut at {cut})"
+            );
             feed(&mut second, cut..all.num_rows()).await;
             second.close_all(all.num_rows() as i64).await.unwrap();
-            assert_eq!(second.state_digest().unwrap(), whole.state_digest().unwrap(), "same state as the uninterrupted run (cut at {cut})");
+            assert_eq!(
+                second.state_digest().unwrap(),
+                whole.state_digest().unwrap(),
+                "same state as the uninterrupted run (cut at {cut})"
+            );
             let got = results(&[&first, &second]).await;
             assert_eq!(got.0, expected.0, "window results differ after a restore at row {cut}");
             assert_eq!(got.1, expected.1, "alerts differ after a restore at row {cut}");
@@ -343,13 +376,20 @@ mod tests {
             feed(&mut b, 0..cut, &moved).await;
             let handed = b.checkpoint_motors(&moved).unwrap();
             assert_eq!(b.release_motors(&moved).unwrap(), 1);
-            assert!(b.motor_ids().is_empty() && b.checkpoint_motors(&moved).unwrap() != handed, "the old owner keeps nothing of m1");
+            assert!(
+                b.motor_ids().is_empty() && b.checkpoint_motors(&moved).unwrap() != handed,
+                "the old owner keeps nothing of m1"
+            );
             let report = a.adopt(&handed).unwrap();
             assert_eq!((report.restored.len(), report.motor_ids.clone()), (3, vec!["m1".to_string()]), "{report:?}");
             assert_eq!(a.motor_ids(), ["m0", "m1", "m2"]);
             feed(&mut a, cut..all.num_rows(), &|_| true).await;
             a.close_all(all.num_rows() as i64).await.unwrap();
-            assert_eq!(a.state_digest().unwrap(), whole.state_digest().unwrap(), "same state as the uninterrupted run (cut at {cut})");
+            assert_eq!(
+                a.state_digest().unwrap(),
+                whole.state_digest().unwrap(),
+                "same state as the uninterrupted run (cut at {cut})"
+            );
             let got = results(&[&a, &b]).await;
             assert_eq!(got.0, expected.0, "window results differ after a handover at row {cut}");
             assert_eq!(got.1, expected.1, "alerts differ after a handover at row {cut}");
@@ -377,7 +417,10 @@ mod tests {
         let mut second = engine_with(&changed).await;
         let report = second.restore(&state).unwrap();
         assert!(report.open_windows > 0 && report.motors == 3, "{report:?}");
-        assert_eq!((report.restored, report.fresh, report.dropped), (vec!["q".to_string(), "h".into()], vec!["s".to_string()], vec!["s".to_string()]));
+        assert_eq!(
+            (report.restored, report.fresh, report.dropped),
+            (vec!["q".to_string(), "h".into()], vec!["s".to_string()], vec!["s".to_string()])
+        );
         let mut third = engine_with(&queries).await;
         let err = third.restore(&state[..state.len() / 2]).unwrap_err();
         assert!(matches!(err, StreamError::CheckpointCodec { action: "decoding state", .. }), "{err:?}");

@@ -87,7 +87,11 @@ impl Arena {
     }
 
     /// Gathers one column of rows, in the given order.
-    pub(super) fn gather_column(batches: &[&RecordBatch], picks: &[(usize, usize)], column: usize) -> Result<ArrayRef, StreamError> {
+    pub(super) fn gather_column(
+        batches: &[&RecordBatch],
+        picks: &[(usize, usize)],
+        column: usize,
+    ) -> Result<ArrayRef, StreamError> {
         let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(column).as_ref()).collect();
         Ok(interleave(&arrays, picks)?)
     }

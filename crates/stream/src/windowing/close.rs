@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringBuilder, TimestampMillisecondArray};
+use datafusion::arrow::array::{
+    ArrayRef, Float64Array, Int64Array, RecordBatch, StringBuilder, TimestampMillisecondArray,
+};
 use tessera_core::{TelemetryColumn, Window};
 
 use super::arena::Arena;
@@ -15,7 +17,12 @@ use crate::aggregate::{AggKind, ColumnStats};
 
 impl WindowOperator {
     /// Emits the closable windows of the given motors (every open one if `idle`).
-    pub(super) fn close(&mut self, motors: impl Iterator<Item = usize>, now_ms: i64, idle: bool) -> Result<Closed, StreamError> {
+    pub(super) fn close(
+        &mut self,
+        motors: impl Iterator<Item = usize>,
+        now_ms: i64,
+        idle: bool,
+    ) -> Result<Closed, StreamError> {
         let mut rows: Vec<RowRef> = Vec::new();
         let mut bounds: Vec<ClosedWindow> = Vec::new();
         let mut sites = HashMap::new();
@@ -24,7 +31,9 @@ impl WindowOperator {
             let closable: Vec<i64> = m
                 .open
                 .iter()
-                .filter(|(_, w)| idle || m.watermark.closes(&Window { start_ms: 0, end_ms: w.end_ms }, now_ms, &self.policy))
+                .filter(|(_, w)| {
+                    idle || m.watermark.closes(&Window { start_ms: 0, end_ms: w.end_ms }, now_ms, &self.policy)
+                })
                 .map(|(s, _)| *s)
                 .collect();
             for start in closable {
@@ -32,7 +41,14 @@ impl WindowOperator {
                 m.emitted_through_ms = m.emitted_through_ms.max(w.end_ms);
                 m.typical_rows = w.rows.len();
                 m.counts[2] += 1;
-                bounds.push(ClosedWindow { motor: idx, start_ms: start, end_ms: w.end_ms, rows: w.rows.len(), count: w.count, stats: w.stats });
+                bounds.push(ClosedWindow {
+                    motor: idx,
+                    start_ms: start,
+                    end_ms: w.end_ms,
+                    rows: w.rows.len(),
+                    count: w.count,
+                    stats: w.stats,
+                });
                 sites.entry(m.id.to_string()).or_insert_with(|| m.site.to_string());
                 rows.extend_from_slice(&w.rows);
                 if idle {
@@ -80,7 +96,9 @@ impl WindowOperator {
         for (spec, &input) in self.aggregates.iter().zip(&self.aggregate_input) {
             let column: ArrayRef = match spec.kind {
                 AggKind::CountRows => Arc::new(Int64Array::from_iter_values(bounds.iter().map(|w| w.count as i64))),
-                AggKind::Count => Arc::new(Int64Array::from_iter_values(bounds.iter().map(|w| w.stats[input].count as i64))),
+                AggKind::Count => {
+                    Arc::new(Int64Array::from_iter_values(bounds.iter().map(|w| w.stats[input].count as i64)))
+                }
                 kind => Arc::new(bounds.iter().map(|w| w.stats[input].f64_value(kind)).collect::<Float64Array>()),
             };
             columns.push(column);
@@ -115,7 +133,11 @@ fn window_bounds(windows: &[ClosedWindow], repeat: impl Fn(&ClosedWindow) -> usi
 }
 
 /// A text column holding each window's value (its motor's id or site) `repeat(window)` times.
-fn repeat_text<'v>(windows: &[ClosedWindow], repeat: impl Fn(&ClosedWindow) -> usize, value: impl Fn(&ClosedWindow) -> &'v str) -> ArrayRef {
+fn repeat_text<'v>(
+    windows: &[ClosedWindow],
+    repeat: impl Fn(&ClosedWindow) -> usize,
+    value: impl Fn(&ClosedWindow) -> &'v str,
+) -> ArrayRef {
     let rows = windows.iter().map(&repeat).sum();
     let bytes = windows.iter().map(|w| repeat(w) * value(w).len()).sum();
     let mut builder = StringBuilder::with_capacity(rows, bytes);

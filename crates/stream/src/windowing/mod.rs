@@ -36,7 +36,9 @@ mod state;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array};
+use datafusion::arrow::array::{
+    ArrayRef, AsArray, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
+};
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::SchemaRef;
 use tessera_core::{TelemetryColumn, WatermarkPolicy, WindowSpec, telemetry_schema};
@@ -260,7 +262,11 @@ impl WindowOperator {
             .aggregated_columns
             .iter()
             .map(|&(c, moments)| {
-                let values = batch.column(c).as_any().downcast_ref::<Float64Array>().ok_or_else(|| StreamError::Schema(format!("column {c} is not Float64")))?;
+                let values = batch
+                    .column(c)
+                    .as_any()
+                    .downcast_ref::<Float64Array>()
+                    .ok_or_else(|| StreamError::Schema(format!("column {c} is not Float64")))?;
                 Ok(AggInput { values, moments })
             })
             .collect::<Result<_, StreamError>>()?;
@@ -283,7 +289,11 @@ impl WindowOperator {
         } else {
             Vec::new()
         };
-        let grouped: Vec<AggInput> = grouped_columns.iter().zip(&inputs).map(|(values, input)| AggInput { values: values.as_primitive(), moments: input.moments }).collect();
+        let grouped: Vec<AggInput> = grouped_columns
+            .iter()
+            .zip(&inputs)
+            .map(|(values, input)| AggInput { values: values.as_primitive(), moments: input.moments })
+            .collect();
         let pushed = Pushed { slot, times: times.values(), now_ms, inputs: &inputs, grouped: &grouped };
         for (idx, first, rows) in runs.iter() {
             let (readings, windows) = self.add_run(idx, rows, first, &pushed);
@@ -342,7 +352,12 @@ impl WindowOperator {
             return i;
         }
         let id: Arc<str> = Arc::from(motor);
-        self.motors.push(MotorWindows { id: id.clone(), site: Arc::from(site), emitted_through_ms: i64::MIN, ..Default::default() });
+        self.motors.push(MotorWindows {
+            id: id.clone(),
+            site: Arc::from(site),
+            emitted_through_ms: i64::MIN,
+            ..Default::default()
+        });
         let i = self.motors.len() - 1;
         match key {
             Some(k) => self.motor_index.insert(k, i),

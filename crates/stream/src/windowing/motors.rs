@@ -22,7 +22,12 @@ pub(super) struct MotorRuns {
 impl MotorRuns {
     /// Groups `rows` by the motor index `motor_of` gives each (`known_motors` are
     /// indexed already; `motor_of` may add more); groups come in order of first appearance.
-    pub(super) fn group(&mut self, rows: std::ops::Range<usize>, known_motors: usize, mut motor_of: impl FnMut(usize) -> usize) {
+    pub(super) fn group(
+        &mut self,
+        rows: std::ops::Range<usize>,
+        known_motors: usize,
+        mut motor_of: impl FnMut(usize) -> usize,
+    ) {
         self.motors.clear();
         self.starts.clear();
         self.row_group.clear();

@@ -26,7 +26,13 @@ pub(super) struct OpenWindow {
 
 impl OpenWindow {
     pub(super) fn new(end_ms: i64, capacity: usize, aggregated_columns: usize) -> Self {
-        Self { end_ms, last_event_ms: i64::MIN, rows: Vec::with_capacity(capacity), count: 0, stats: vec![ColumnStats::default(); aggregated_columns] }
+        Self {
+            end_ms,
+            last_event_ms: i64::MIN,
+            rows: Vec::with_capacity(capacity),
+            count: 0,
+            stats: vec![ColumnStats::default(); aggregated_columns],
+        }
     }
 
     /// Adds a reading: its position if rows are kept, its values to the running statistics.
@@ -38,7 +44,15 @@ impl OpenWindow {
     /// Adds readings `rows` of batch `slot` (in arrival order; `newest_ms` their newest event
     /// time), one column at a time; their values are at `positions` of `inputs`.
     #[inline]
-    pub(super) fn fold_run(&mut self, slot: u32, rows: &[u32], positions: &[u32], newest_ms: i64, keep_rows: bool, inputs: &[AggInput]) {
+    pub(super) fn fold_run(
+        &mut self,
+        slot: u32,
+        rows: &[u32],
+        positions: &[u32],
+        newest_ms: i64,
+        keep_rows: bool,
+        inputs: &[AggInput],
+    ) {
         if keep_rows {
             self.rows.extend(rows.iter().map(|&row| (slot, row)));
         }

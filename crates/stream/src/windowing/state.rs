@@ -40,7 +40,14 @@ impl WindowOperator {
                     .iter()
                     .map(|(&start_ms, w)| {
                         rows.extend_from_slice(&w.rows);
-                        WindowState { start_ms, end_ms: w.end_ms, last_event_ms: w.last_event_ms, count: w.count, rows: w.rows.len() as u64, stats: w.stats.clone() }
+                        WindowState {
+                            start_ms,
+                            end_ms: w.end_ms,
+                            last_event_ms: w.last_event_ms,
+                            count: w.count,
+                            rows: w.rows.len() as u64,
+                            stats: w.stats.clone(),
+                        }
                     })
                     .collect(),
             })
@@ -84,10 +91,19 @@ impl WindowOperator {
         let rows = checkpoint::batch_from_ipc(&state.rows)?;
         let total: u64 = state.motors.iter().flat_map(|m| &m.windows).map(|w| w.rows).sum();
         if rows.as_ref().map_or(0, |b| b.num_rows() as u64) != total || (total > 0 && !self.keep_rows) {
-            return Err(StreamError::Checkpoint(format!("window state names {total} buffered rows; the checkpoint holds {}", rows.as_ref().map_or(0, |b| b.num_rows()))));
+            return Err(StreamError::Checkpoint(format!(
+                "window state names {total} buffered rows; the checkpoint holds {}",
+                rows.as_ref().map_or(0, |b| b.num_rows())
+            )));
         }
-        if let Some(m) = state.motors.iter().find(|m| m.windows.iter().any(|w| w.stats.len() != self.aggregated_columns.len())) {
-            return Err(StreamError::Checkpoint(format!("a window of motor {} has the wrong number of column statistics (expected {})", m.id, self.aggregated_columns.len())));
+        if let Some(m) =
+            state.motors.iter().find(|m| m.windows.iter().any(|w| w.stats.len() != self.aggregated_columns.len()))
+        {
+            return Err(StreamError::Checkpoint(format!(
+                "a window of motor {} has the wrong number of column statistics (expected {})",
+                m.id,
+                self.aggregated_columns.len()
+            )));
         }
         let incoming: HashSet<&str> = state.motors.iter().map(|m| m.id.as_str()).collect();
         self.drop_motors(&|id| incoming.contains(id));
@@ -111,7 +127,16 @@ impl WindowOperator {
             for w in m.windows {
                 let rows = (next_row..next_row + w.rows as u32).map(|r| (slot, r)).collect();
                 next_row += w.rows as u32;
-                motor.open.insert(w.start_ms, OpenWindow { end_ms: w.end_ms, last_event_ms: w.last_event_ms, rows, count: w.count, stats: w.stats });
+                motor.open.insert(
+                    w.start_ms,
+                    OpenWindow {
+                        end_ms: w.end_ms,
+                        last_event_ms: w.last_event_ms,
+                        rows,
+                        count: w.count,
+                        stats: w.stats,
+                    },
+                );
             }
         }
         Ok(())
@@ -183,7 +208,11 @@ impl OperatorState {
         let motors: Vec<_> = motors
             .iter()
             .map(|m| {
-                let windows: Vec<_> = m.windows.iter().map(|w| (w.start_ms, w.end_ms, w.last_event_ms, w.count, w.rows, &w.stats)).collect();
+                let windows: Vec<_> = m
+                    .windows
+                    .iter()
+                    .map(|w| (w.start_ms, w.end_ms, w.last_event_ms, w.count, w.rows, &w.stats))
+                    .collect();
                 (&m.id, &m.site, m.watermark.newest_event_ms(), m.emitted_through_ms, m.counts, windows)
             })
             .collect();
