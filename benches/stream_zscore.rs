@@ -30,7 +30,8 @@ use tessera_ingest::{Encoding, Ingest, IngestConfig, TopicConfig, readings_from_
 use tessera_node::detect::{Detect, DetectConfig, build_engine};
 use tessera_stream::{AlertEvent, StreamConfig, StreamEngine, conform};
 use tessera_workload::embedded::EmbeddedKafka;
-use tessera_workload::producer::{TelemetryProducer, WireFormat, now_ms};
+use tessera_core::now_ms;
+use tessera_workload::producer::{TelemetryProducer, WireFormat};
 
 /// The reference query; `score` is the z-score, NULL until a motor has 30 earlier windows.
 const QUERY: &str = "CREATE CONTINUOUS QUERY zscore WITH (open_above = 3, close_below = 3) AS
