@@ -2,7 +2,8 @@
 # Installs what Tessera needs on a Debian/Ubuntu machine, and nothing when it is all there.
 #   scripts/setup.sh               system packages for building (C toolchain for librdkafka)
 #   scripts/setup.sh --with-broker also the Tansu Kafka broker used by end-to-end tests
-#                                  (cargo install, ~15 min the first time), and the Python
+#                                  (cargo install, ~15 min the first time), cargo-deny
+#                                  (~5 min the first time), and the Python
 #                                  venv of the third-party Flight SQL clients (ADBC, pyarrow)
 set -euo pipefail
 
@@ -36,6 +37,13 @@ if [[ "${1:-}" == "--with-broker" ]]; then
     # Its own target dir, so that it never shares (or invalidates) the project's build.
     CARGO_TARGET_DIR="${TMPDIR:-/tmp}/tansu-build" \
       cargo install tansu --version "${tansu_version}" --locked --features dynostore,libsql
+  fi
+
+  # cargo-deny for the licence, ban and source checks of scripts/test.sh (deny.toml).
+  deny_version="0.20.2"
+  if ! cargo deny --version 2>/dev/null | grep -q "^cargo-deny ${deny_version}$"; then
+    echo "setup: installing cargo-deny ${deny_version} (first time only, ~5 min)"
+    CARGO_TARGET_DIR="${TMPDIR:-/tmp}/cargo-deny-build" cargo install cargo-deny --version "${deny_version}" --locked
   fi
 
   # Third-party Flight SQL clients for the SQL tests, in a venv outside the clone.

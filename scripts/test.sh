@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests, the integration suite (embedded Kafka and a real Tansu broker
-# process), golden and tidy checks. Installs what it needs first (scripts/setup.sh).
+# Runs every test: formatting (cargo fmt --check), lints (clippy, warnings are errors), the
+# dependency policy (cargo deny: licences, bans and duplicates, sources, and advisories when
+# the advisory database can be had), then unit tests and the integration suite (embedded
+# Kafka and a real Tansu broker process), golden and tidy checks. Installs what it needs
+# first (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,4 +18,15 @@ export TESSERA_TOOLS="${TESSERA_TOOLS:-$HOME/.cache/tessera/tools}"
 cleanup() { pkill -f "tansu broker --listener-url tcp://127.0.0.1:" 2>/dev/null || true; }
 trap cleanup EXIT
 
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo deny --locked check licenses bans sources
+# The advisory database is a git repository on GitHub: fetched when reachable, else the copy
+# already on this machine (cargo-deny keeps it under $CARGO_HOME/advisory-dbs) is used.
+advisory_dbs="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs"
+if timeout 120 cargo deny --locked fetch db >/dev/null 2>&1 || compgen -G "$advisory_dbs/*/crates" >/dev/null; then
+  cargo deny --locked --offline check advisories
+else
+  echo "test: WARNING: advisories NOT checked: no copy of github.com/rustsec/advisory-db here and it cannot be fetched" >&2
+fi
 cargo test --workspace --locked "$@"
