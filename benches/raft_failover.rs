@@ -8,7 +8,7 @@
 //! node is restarted and caught up before the next kill, so every round starts from three
 //! healthy nodes.
 
-#[path = "../tests/it/control_cluster.rs"]
+#[path = "../tests/it/support/cluster.rs"]
 mod control_cluster;
 
 use std::time::{Duration, Instant};

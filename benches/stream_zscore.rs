@@ -25,12 +25,12 @@ use datafusion::arrow::csv::ReaderBuilder;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use tessera_core::now_ms;
 use tessera_core::{Reading, WatermarkPolicy};
 use tessera_ingest::{Encoding, Ingest, IngestConfig, TopicConfig, readings_from_batch};
 use tessera_node::detect::{Detect, DetectConfig, build_engine};
 use tessera_stream::{AlertEvent, StreamConfig, StreamEngine, conform};
 use tessera_workload::embedded::EmbeddedKafka;
-use tessera_core::now_ms;
 use tessera_workload::producer::{TelemetryProducer, WireFormat};
 
 /// The reference query; `score` is the z-score, NULL until a motor has 30 earlier windows.

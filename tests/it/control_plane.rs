@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use tessera_proto::raft as pb;
 
-use crate::control_cluster::{self, Launcher, NodeProc, leader, query_names, register, start_cluster};
+use crate::support::cluster::{
+    self as control_cluster, Launcher, NodeProc, leader, query_names, register, start_cluster,
+};
 
 fn launcher() -> Launcher {
     Launcher {

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use tessera_workload::producer::WireFormat;
 use tessera_workload::simulate::{FleetSpec, Simulator};
 
 use crate::support::TestNode;
+use crate::support::cluster::ChildProcess;
 
 /// Set in a node process: its config, as JSON.
 const NODE_CONFIG_ENV: &str = "TESSERA_FAULT_NODE";
@@ -184,12 +185,11 @@ pub(crate) fn node_processes() -> std::sync::MutexGuard<'static, ()> {
     ONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A node process and how to stop it; its output is collected as it comes (a full pipe
-/// would block it).
+/// A node process of the fault tests (a [`ChildProcess`] running [`node_process`]) and how to
+/// stop it.
 struct NodeProcess {
-    child: Child,
+    process: ChildProcess,
     stop_file: PathBuf,
-    output: Vec<std::thread::JoinHandle<String>>,
 }
 
 impl NodeProcess {
@@ -199,53 +199,21 @@ impl NodeProcess {
 
     fn start_with(config: &NodeConfig, kill_at: Option<&str>, failpoints: Option<&str>, work: &Path, n: usize) -> Self {
         let stop_file = work.join(format!("stop-{n}"));
-        let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
-        cmd.args(["--exact", "fault::node_process", "--ignored", "--nocapture", "--test-threads=1"])
-            .env(NODE_CONFIG_ENV, serde_json::to_string(config).expect("config as JSON"))
-            .env(STOP_FILE_ENV, &stop_file)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        match kill_at {
-            Some(k) => cmd.env(KILL_AT_ENV, k),
-            None => cmd.env_remove(KILL_AT_ENV),
-        };
-        match failpoints {
-            Some(f) => cmd.env(FAILPOINTS_ENV, f),
-            None => cmd.env_remove(FAILPOINTS_ENV),
-        };
-        let mut child = cmd.spawn().expect("a node process starts");
-        let read = |mut r: Box<dyn std::io::Read + Send>| {
-            std::thread::spawn(move || {
-                let mut text = String::new();
-                let _ = r.read_to_string(&mut text);
-                text
-            })
-        };
-        let output = vec![
-            read(Box::new(child.stdout.take().expect("stdout"))),
-            read(Box::new(child.stderr.take().expect("stderr"))),
+        let args = ["--exact", "fault::node_process", "--ignored", "--nocapture", "--test-threads=1"].map(String::from);
+        let mut env = vec![
+            (NODE_CONFIG_ENV, serde_json::to_string(config).expect("config as JSON")),
+            (STOP_FILE_ENV, stop_file.display().to_string()),
         ];
-        NodeProcess { child, stop_file, output }
+        env.extend(kill_at.map(|k| (KILL_AT_ENV, k.to_string())));
+        env.extend(failpoints.map(|f| (FAILPOINTS_ENV, f.to_string())));
+        NodeProcess { process: ChildProcess::spawn(&args, &env), stop_file }
     }
 
     /// Waits for the process to end by itself; its status and output.
-    fn wait(mut self, deadline: Duration) -> (ExitStatus, String) {
-        let until = Instant::now() + deadline;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                break Some(status);
-            }
-            if Instant::now() > until {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let text: String = self.output.drain(..).map(|h| h.join().unwrap_or_default()).collect();
-        match status {
-            Some(status) => (status, text),
-            None => panic!("node process still running after {deadline:?}:\n{text}"),
+    fn wait(self, deadline: Duration) -> (ExitStatus, String) {
+        match self.process.wait(deadline) {
+            (Some(status), text) => (status, text),
+            (None, text) => panic!("node process still running after {deadline:?}:\n{text}"),
         }
     }
 
@@ -257,7 +225,7 @@ impl NodeProcess {
 
     /// Kills the process (SIGKILL); its output.
     fn kill(mut self) -> String {
-        let _ = self.child.kill();
+        self.process.kill();
         self.wait(Duration::from_secs(30)).1
     }
 }
@@ -275,15 +243,6 @@ fn longest_ms(outputs: &[String], label: &str) -> u64 {
         .filter_map(|l| l.split(label).nth(1)?.split(' ').next()?.parse().ok())
         .max()
         .unwrap_or(0)
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 /// (alert id, state, window start) of an alert event as JSON.
@@ -1127,7 +1086,7 @@ fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
     let (mut first, mut calibration_peak) = (None, 0);
     loop {
         let covered = covered(&store_dir, "telemetry") as u64;
-        calibration_peak = calibration_peak.max(memory_of(node.child.id()).1);
+        calibration_peak = calibration_peak.max(memory_of(node.process.id()).1);
         if covered > 0 && first.is_none() {
             first = Some((Instant::now(), covered));
         }
@@ -1157,7 +1116,7 @@ fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
     let publisher = publish_over(&brokers, &load, over);
     let mut peak_rss = 0;
     while !publisher.is_finished() {
-        peak_rss = peak_rss.max(memory_of(node.child.id()).0);
+        peak_rss = peak_rss.max(memory_of(node.process.id()).0);
         std::thread::sleep(Duration::from_millis(50));
     }
     publisher.join().unwrap();
@@ -1167,7 +1126,7 @@ fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
     // 3. The input stops: the lag drains.
     let deadline = Instant::now() + Duration::from_secs(300);
     while (covered(&store_dir, "telemetry") as u64) < total {
-        peak_rss = peak_rss.max(memory_of(node.child.id()).0);
+        peak_rss = peak_rss.max(memory_of(node.process.id()).0);
         if Instant::now() > deadline {
             let covered = covered(&store_dir, "telemetry");
             let (_, out) = node.stop(Duration::from_secs(120));
@@ -1178,7 +1137,7 @@ fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let drained_in = started.elapsed() - produced_for;
-    let node_peak = memory_of(node.child.id()).1;
+    let node_peak = memory_of(node.process.id()).1;
     let (status, out) = node.stop(Duration::from_secs(120));
     assert!(status.success(), "{status}\n{out}");
     // "N <label>" in the node's last line.

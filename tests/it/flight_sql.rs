@@ -268,7 +268,7 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
     kafka.create_topic("alerts", 1).expect("topic");
     kafka.create_topic("late", 1).expect("topic");
     let sites = ["site-a", "site-b", "site-c"];
-    let ports: Vec<u16> = sites.iter().map(|_| crate::control_cluster::free_port()).collect();
+    let ports: Vec<u16> = sites.iter().map(|_| crate::support::cluster::free_port()).collect();
     let t0 = (now_ms() - 120_000).div_euclid(1000) * 1000;
     // The sites speak mTLS: one cluster CA, a certificate per node.
     let pki_dir = tempfile::tempdir().expect("tempdir");

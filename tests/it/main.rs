@@ -4,7 +4,6 @@
 //! hand ([`support::TestNode`]).
 
 mod cli_process;
-mod control_cluster;
 mod control_plane;
 mod demo;
 mod deploy_script;

@@ -1,7 +1,9 @@
 //! What the integration tests share: the embedded Kafka and the test ingest settings, logging,
-//! the SQL client helpers ([`sql`]), and [`TestNode`], the one way a test makes a node's
+//! the SQL client helpers ([`sql`]), processes of the test executable and the control-plane
+//! cluster made of them ([`cluster`]), and [`TestNode`], the one way a test makes a node's
 //! config (in process with [`TestNode::start`], or as JSON for a node process).
 
+pub(crate) mod cluster;
 pub(crate) mod sql;
 
 use std::path::Path;

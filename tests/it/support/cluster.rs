@@ -1,5 +1,9 @@
-//! A control-plane cluster of separate node processes on loopback, for the control-plane tests
-//! and the failover benchmark (which includes this file).
+//! Processes of this very executable, and a control-plane cluster of them on loopback, for the
+//! control-plane and fault tests and the failover benchmark (which includes this file).
+//!
+//! [`ChildProcess`] is the one way a test starts a process: this executable with the arguments
+//! that lead it to its entry point (an ignored test of the suite, a flag of the benchmark),
+//! its output collected as it comes (a full pipe would block it), killed when dropped.
 //!
 //! A node process is this very executable started again with [`NODE_ARGS_ENV`] holding the
 //! `tessera control-node` arguments as JSON: the test binary runs them from an ignored test,
@@ -9,11 +13,12 @@
 
 #![allow(dead_code, unreachable_pub)] // each includer uses part of it, and it is private to each
 
-use std::io::{BufRead as _, BufReader};
+use std::io::Read as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tessera_proto::raft as pb;
@@ -41,6 +46,109 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port()
 }
 
+/// A process of this executable, started with `args` (what leads it to its entry point) and
+/// `env`; everything it prints is collected. Killed (SIGKILL) when dropped.
+pub struct ChildProcess {
+    child: Child,
+    output: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl ChildProcess {
+    /// Starts it.
+    pub fn spawn(args: &[String], env: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(std::env::current_exe().expect("this executable"));
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        for (key, value) in env {
+            cmd.env(key, value);
+        }
+        let mut child = cmd.spawn().expect("a child process starts");
+        let output: Arc<Mutex<String>> = Arc::default();
+        let streams: [Box<dyn std::io::Read + Send>; 2] =
+            [Box::new(child.stdout.take().expect("stdout")), Box::new(child.stderr.take().expect("stderr"))];
+        let readers = streams
+            .into_iter()
+            .map(|mut stream| {
+                let output = output.clone();
+                std::thread::spawn(move || {
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n @ 1..) = stream.read(&mut chunk) {
+                        output
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push_str(&String::from_utf8_lossy(&chunk[..n]));
+                    }
+                })
+            })
+            .collect();
+        ChildProcess { child, output, readers }
+    }
+
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything it printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits until it has printed `text` (true), or has ended or `within` has passed (false).
+    pub fn wait_for_output(&mut self, text: &str, within: Duration) -> bool {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if self.output().contains(text) {
+                return true;
+            }
+            if !self.running() {
+                return self.output().contains(text);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// Whether it still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `within` for it to end by itself: its status and everything it printed;
+    /// `None` (and it is killed) if it did not end in time.
+    pub fn wait(mut self, within: Duration) -> (Option<ExitStatus>, String) {
+        let until = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if Instant::now() > until {
+                self.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        (status, self.output())
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if self.running() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// How to start this executable as a node: the extra arguments it needs to get there.
 #[derive(Clone)]
 pub struct Launcher {
@@ -58,8 +166,9 @@ pub struct NodeProc {
     pub addr: String,
     dir: PathBuf,
     extra: Vec<String>,
-    child: Option<Child>,
-    output: Arc<Mutex<String>>,
+    process: Option<ChildProcess>,
+    /// What the process printed before its last kill.
+    earlier_output: String,
     launcher: Launcher,
 }
 
@@ -72,8 +181,8 @@ impl NodeProc {
             addr: format!("127.0.0.1:{}", free_port()),
             dir: work.join(format!("node-{id}")),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-            output: Arc::default(),
+            process: None,
+            earlier_output: String::new(),
             launcher: launcher.clone(),
         };
         node.restart();
@@ -87,7 +196,7 @@ impl NodeProc {
 
     /// Starts the process again (same id, port and data), and waits until it serves.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "node {} is running", self.id);
+        assert!(self.process.is_none(), "node {} is running", self.id);
         let mut args: Vec<String> =
             ["control-node", "--id", &self.id.to_string(), "--site", &self.site, "--listen", &self.addr]
                 .iter()
@@ -95,53 +204,31 @@ impl NodeProc {
                 .collect();
         args.extend(["--data-dir".to_string(), self.dir.display().to_string()]);
         args.extend(self.extra.iter().cloned());
-        let mut child = Command::new(std::env::current_exe().expect("this executable"))
-            .args(&self.launcher.prefix)
-            .env(NODE_ARGS_ENV, serde_json::to_string(&args).expect("args"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("a node process starts");
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        for stream in [
-            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
-        ] {
-            let output = self.output.clone();
-            let ready = ready_tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if line.contains("serving on") {
-                        let _ = ready.send(());
-                    }
-                    let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
-                    out.push_str(&line);
-                    out.push('\n');
-                }
-            });
+        let mut process =
+            ChildProcess::spawn(&self.launcher.prefix, &[(NODE_ARGS_ENV, serde_json::to_string(&args).expect("args"))]);
+        if !process.wait_for_output("serving on", Duration::from_secs(30)) {
+            panic!("node {} did not start serving within 30 s:\n{}", self.id, process.output());
         }
-        self.child = Some(child);
-        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            panic!("node {} did not start serving within 30 s:\n{}", self.id, self.output());
-        }
+        self.process = Some(process);
     }
 
     /// SIGKILL, and reap.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+            self.earlier_output.push_str(&process.output());
         }
     }
 
     /// Whether the process runs.
     pub fn running(&self) -> bool {
-        self.child.is_some()
+        self.process.is_some()
     }
 
-    /// Everything the process printed so far.
+    /// Everything the process printed so far (its earlier runs too).
     pub fn output(&self) -> String {
-        self.output.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let now = self.process.as_ref().map(ChildProcess::output).unwrap_or_default();
+        format!("{}{now}", self.earlier_output)
     }
 
     /// Its data directory.
