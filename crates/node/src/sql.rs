@@ -1,5 +1,5 @@
 //! The node's SQL endpoint (Arrow Flight SQL, see `tessera_sql`): the `[sql]` config, the
-//! tables a node serves, and the endpoint's own thread and runtime.
+//! tables a node serves, and the endpoint, served on the node's runtime until its shutdown signal.
 //!
 //! A node serves its engine's tables (`alerts`, `motor_windows`, `late_events`, and the raw
 //! `telemetry` of its own site, readable only by that site's operators and admins) and
