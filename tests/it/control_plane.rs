@@ -380,7 +380,7 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
 
     use tessera_node::node::Node;
 
-    use crate::support::TestNode;
+    use crate::support::{TestCluster, TestNode};
 
     let _one = crate::fault::node_processes();
     crate::init_logging();
@@ -388,42 +388,30 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
     let nodes = runtime().block_on(start_cluster(&launcher(), 3, work.path(), TUNING));
     let (kafka, brokers) = crate::embedded_kafka(1, 1);
     let sites = [("site-a", "telemetry-a"), ("site-b", "telemetry-b")];
-    let running: Vec<Node> = sites
-        .iter()
-        .enumerate()
-        .map(|(i, (site, topic))| {
-            kafka.create_topic(topic, 2).expect("topic");
-            let base = "CREATE CONTINUOUS QUERY base AS SELECT motor_id, window_start, avg(current_a) AS a \
+    let cluster = TestCluster::start(sites.iter().enumerate().map(|(i, (site, topic))| {
+        kafka.create_topic(topic, 2).expect("topic");
+        let base = "CREATE CONTINUOUS QUERY base AS SELECT motor_id, window_start, avg(current_a) AS a \
                         FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start";
-            // (The detect topics as the detect defaults name them, as before.)
-            TestNode::new(site, &brokers, site, topic)
-                .with(|c| {
-                    c.detect = tessera_node::detect::DetectConfig {
-                        queries: vec![base.into()],
-                        idle_timeout: Duration::from_secs(3600),
-                        ..Default::default()
-                    }
-                })
-                .control(&nodes[i].addr, Duration::from_millis(100))
-                .sql(vec![tessera_sql::UserConfig {
-                    name: "root".into(),
-                    password_hash: password_hash(),
-                    role: tessera_sql::Role::Admin,
-                    site: None,
-                }])
-                .start()
-        })
-        .collect();
-    let wait_for = |what: &str, done: &dyn Fn(&Node) -> bool| {
-        let until = Instant::now() + Duration::from_secs(30);
-        for node in &running {
-            while !done(node) {
-                assert!(Instant::now() < until, "{what}: {:?}", node.detect_stats());
-                assert!(!node.failed(), "a node stopped");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    };
+        // (The detect topics as the detect defaults name them, as before.)
+        TestNode::new(site, &brokers, site, topic)
+            .with(|c| {
+                c.detect = tessera_node::detect::DetectConfig {
+                    queries: vec![base.into()],
+                    idle_timeout: Duration::from_secs(3600),
+                    ..Default::default()
+                }
+            })
+            .control(&nodes[i].addr, Duration::from_millis(100))
+            .sql(vec![tessera_sql::UserConfig {
+                name: "root".into(),
+                password_hash: password_hash(),
+                role: tessera_sql::Role::Admin,
+                site: None,
+            }])
+    }));
+    let running = &cluster.nodes;
+    let wait_for =
+        |what: &str, done: &dyn Fn(&Node) -> bool| cluster.wait_until(what, Duration::from_secs(30), |_, n| done(n));
     let running_query = |name: &'static str| move |n: &Node| n.detect_stats().queries.iter().any(|q| q == name);
 
     // Each site's motors, 1 reading/s; phase 1 is t0..t0+60 s, phase 2 the next minute.
@@ -470,7 +458,7 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
     // The registry's sites and motors are SQL tables on every node, kept current.
     tessera(&["cluster", "add-site", "--at", &nodes[0].addr, "site-a", "Plant A"]).expect("add-site");
     tessera(&["cluster", "assign-motors", "--at", &nodes[1].addr, "site-a", "site-a-m0", "site-a-m1"]).expect("assign");
-    for node in &running {
+    for node in running {
         let args = tessera_cli::commands::sql::SqlArgs {
             query: "SELECT m.motor_id, s.name FROM motors m JOIN sites s USING (site_id) ORDER BY 1".into(),
             at: node.sql_addr().expect("endpoint").to_string(),
@@ -496,7 +484,7 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
     tessera(&["cluster", "set-grade", "--at", &nodes[2].addr, "motors", "important", "--column", "motor_id"])
         .expect("set-grade");
     let rt = runtime();
-    for node in &running {
+    for node in running {
         let addr = node.sql_addr().expect("endpoint").to_string();
         let until = Instant::now() + Duration::from_secs(30);
         loop {
@@ -519,7 +507,7 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
         }
     }
 
-    for (node, (site, _)) in running.into_iter().zip(sites) {
+    for (node, (site, _)) in cluster.nodes.into_iter().zip(sites) {
         let stats = node.detect_stats();
         assert_eq!(stats.queries, ["base"], "{site}");
         assert_eq!(stats.query_changes, 2, "{site}: hot registered, then dropped; broken skipped: {stats:?}");

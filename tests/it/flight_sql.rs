@@ -18,8 +18,8 @@ use tessera_tls::pki::{self, Subject};
 use tessera_workload::producer::WireFormat;
 use tonic::Code;
 
-use crate::support::TestNode;
 use crate::support::sql::{FEDERATION_TOKEN, PASSWORD, client, int, login, login_tls, run, user};
+use crate::support::{TestCluster, TestNode};
 
 const QUERY: &str = "CREATE CONTINUOUS QUERY vib WITH (open_above = 3, close_below = 1) AS
   SELECT motor_id, window_start, avg(vibration_x_rms) AS vib,
@@ -280,7 +280,7 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
         path
     };
     let ca_file = write("ca.crt", &ca.cert_pem);
-    let mut nodes = Vec::new();
+    let mut nodes = Vec::new(); // TestNodes, started together below
     let mut sent = Vec::new();
     for (i, site) in sites.iter().enumerate() {
         let topic = format!("telemetry-{i}");
@@ -324,16 +324,13 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
             )
             .peers(peers, FEDERATION_TOKEN)
             .tls(tls);
-        nodes.push(node.start());
+        nodes.push(node);
     }
-    crate::init_logging();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for (node, n) in nodes.iter().zip(&sent) {
-        while node.detect_stats().engine.windows.first().map_or(0, |(_, w)| w.rows_in) < *n {
-            assert!(Instant::now() < deadline, "not taken in: {:?}", node.detect_stats());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    let cluster = TestCluster::start(nodes);
+    cluster.wait_until("every reading taken in", Duration::from_secs(60), |i, node| {
+        node.detect_stats().engine.windows.first().map_or(0, |(_, w)| w.rows_in) >= sent[i]
+    });
+    let nodes = &cluster.nodes;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
     rt.block_on(async {
@@ -408,9 +405,7 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
         }
         assert_eq!(nodes[0].sql_refusals().expect("endpoint").1, 2, "forged federated calls counted");
     });
-    for node in nodes {
-        node.stop().expect("the node stops");
-    }
+    cluster.stop();
 }
 
 /// Batches as text with their rows sorted (sites answer in any order).

@@ -167,3 +167,37 @@ impl TestNode {
         Node::start(&self.config).expect("the node starts")
     }
 }
+
+/// Several nodes in this process (the sites of a cluster, or the pods of one site), started
+/// from their [`TestNode`]s, waited on together and stopped together.
+pub(crate) struct TestCluster {
+    /// The running nodes, in the order they were given.
+    pub(crate) nodes: Vec<Node>,
+}
+
+impl TestCluster {
+    /// Starts every node, in order.
+    pub(crate) fn start(nodes: impl IntoIterator<Item = TestNode>) -> Self {
+        TestCluster { nodes: nodes.into_iter().map(|n| n.start()).collect() }
+    }
+
+    /// Waits up to `within` until `done(i, node)` holds for every node; fails the test, naming
+    /// `what` and the node's counters, if it does not, or if a node stops on its own.
+    pub(crate) fn wait_until(&self, what: &str, within: Duration, done: impl Fn(usize, &Node) -> bool) {
+        let until = std::time::Instant::now() + within;
+        for (i, node) in self.nodes.iter().enumerate() {
+            while !done(i, node) {
+                assert!(std::time::Instant::now() < until, "{what} (node {i}): {:?}", node.detect_stats());
+                assert!(!node.failed(), "node {i} stopped on its own");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Stops every node, each cleanly.
+    pub(crate) fn stop(self) {
+        for node in self.nodes {
+            node.stop().expect("the node stops");
+        }
+    }
+}
