@@ -21,9 +21,9 @@ old_tree="$work/old"
 git -C "$repo" worktree add -q --detach "$old_tree" "$old_rev"
 trap 'git -C "$repo" worktree remove --force "$old_tree"' EXIT
 
-build() { # build SIDE TREE: the bench executables of TREE into $work/SIDE
+build() { # build SIDE TREE: the bench executables of TREE into $work/bin-SIDE
   local side="$1" tree="$2"
-  mkdir -p "$work/$side"
+  mkdir -p "$work/bin-$side"
   find "$tree/crates" "$tree/src" "$tree/benches" -name '*.rs' -exec touch {} +
   (cd "$tree" && CARGO_TARGET_DIR="$target" cargo bench --workspace --locked --no-run --message-format=json 2>/dev/null) |
     python3 -c '
@@ -32,8 +32,8 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
         shutil.copy(m["executable"], sys.argv[1] + "/" + m["target"]["name"])
-' "$work/$side"
-  echo "compare: $side ($(git -C "$tree" rev-parse --short HEAD)) built: $(ls "$work/$side" | tr '\n' ' ')"
+ ' "$work/bin-$side"
+  echo "compare: $side ($(git -C "$tree" rev-parse --short HEAD)) built: $(ls "$work/bin-$side" | tr '\n' ' ')"
 }
 build old "$old_tree"
 build new "$repo"
@@ -45,6 +45,6 @@ for command in "$@"; do
     dir="$tree"; [[ -f "$tree/crates/ingest/benches/$bench.rs" ]] && dir="$tree/crates/ingest"
     echo "=== $side: $bench $args"
     # shellcheck disable=SC2086
-    (cd "$dir" && "$work/$side/$bench" $args)
+    (cd "$dir" && "$work/bin-$side/$bench" $args)
   done
 done
