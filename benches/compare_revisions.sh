@@ -45,6 +45,6 @@ for command in "$@"; do
     dir="$tree"; [[ -f "$tree/crates/ingest/benches/$bench.rs" ]] && dir="$tree/crates/ingest"
     echo "=== $side: $bench $args"
     # shellcheck disable=SC2086
-    (cd "$dir" && "$work/bin-$side/$bench" $args)
+    (cd "$dir" && CARGO_TARGET_DIR="$target" "$work/bin-$side/$bench" $args) # criterion writes its reports there
   done
 done
