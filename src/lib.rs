@@ -46,6 +46,7 @@ impl TansuBroker {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
+        record_pid(child.id());
         let mut broker = TansuBroker { child, port };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -68,16 +69,35 @@ impl TansuBroker {
 
 impl Drop for TansuBroker {
     fn drop(&mut self) {
+        let pid = self.child.id();
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
+                forget_pid(pid);
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        forget_pid(pid);
+    }
+}
+
+/// With `TESSERA_PID_DIR` set (scripts/test.sh sets it), each broker process the harness starts
+/// is recorded there as `tansu-<pid>` until it is reaped, so that the script can stop, by id,
+/// what a crashed test run left behind.
+fn record_pid(pid: u32) {
+    if let Some(dir) = std::env::var_os("TESSERA_PID_DIR") {
+        let _ = std::fs::write(PathBuf::from(dir).join(format!("tansu-{pid}")), pid.to_string());
+    }
+}
+
+/// Forgets a broker process recorded by [`record_pid`] once it is reaped.
+fn forget_pid(pid: u32) {
+    if let Some(dir) = std::env::var_os("TESSERA_PID_DIR") {
+        let _ = std::fs::remove_file(PathBuf::from(dir).join(format!("tansu-{pid}")));
     }
 }
 
