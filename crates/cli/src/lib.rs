@@ -32,10 +32,11 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    let cli = Cli::parse_from(args);
+    let mut cli = Cli::parse_from(args);
+    cli.command.load_config()?;
     // Logs to stderr; spans to OTLP when configured (a node's [telemetry], the demo's flag,
     // or OTEL_EXPORTER_OTLP_ENDPOINT).
-    let (telemetry, log_filter) = cli.command.telemetry()?;
+    let (telemetry, log_filter) = cli.command.telemetry();
     let _telemetry = tessera_node::telemetry::init(&telemetry, log_filter)?;
     let stop = signals::stop_on_signals()?;
     cli.command.run(&stop)

@@ -31,11 +31,6 @@ impl ShutdownTrigger {
 }
 
 impl Shutdown {
-    /// Whether a stop was asked for.
-    pub fn is_set(&self) -> bool {
-        *self.0.borrow()
-    }
-
     /// Returns once a stop is asked for (or the trigger is gone).
     pub async fn wait(mut self) {
         let _ = self.0.wait_for(|set| *set).await;
@@ -55,12 +50,6 @@ impl Tasks {
         task: impl Future<Output = Result<()>> + Send + 'static,
     ) {
         self.0.push((name, runtime.spawn(task)));
-    }
-
-    /// The name of the first task that has ended, if one has (a server ends only on stop or
-    /// on an error).
-    pub fn first_finished(&self) -> Option<&'static str> {
-        self.0.iter().find(|(_, t)| t.is_finished()).map(|(name, _)| *name)
     }
 
     /// Waits until every task has ended; the first error (or panic), named by its task.

@@ -66,18 +66,29 @@ pub enum Command {
 }
 
 impl Command {
+    /// Loads what the command needs before logging is set up: a node's config file (read
+    /// once; [`Command::telemetry`] and the node use it).
+    pub fn load_config(&mut self) -> Result<()> {
+        if let Command::Node(args) = self {
+            args.load()?;
+        }
+        Ok(())
+    }
+
     /// Where this command's spans go, and its default log filter: a node's `[telemetry]`, the
     /// demo's `--otlp-endpoint`, else only `OTEL_EXPORTER_OTLP_ENDPOINT`.
-    pub fn telemetry(&self) -> Result<(TelemetryConfig, &'static str)> {
-        Ok(match self {
-            Command::Node(args) => (args.config()?.telemetry, "warn,tessera=info"),
+    pub fn telemetry(&self) -> (TelemetryConfig, &'static str) {
+        match self {
+            Command::Node(args) => {
+                (args.loaded().map(|c| c.telemetry.clone()).unwrap_or_default(), "warn,tessera=info")
+            }
             // The demo's own output is the story; logs only for what goes wrong.
             Command::Demo(args) => (
                 TelemetryConfig { otlp_endpoint: args.otlp_endpoint.clone(), ..Default::default() },
                 "warn,openraft=error",
             ),
             _ => (TelemetryConfig::default(), "warn,tessera=info"),
-        })
+        }
     }
 
     /// Runs the command; `stop` asks a long-running one to end cleanly.

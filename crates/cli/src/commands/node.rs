@@ -28,18 +28,30 @@ pub struct NodeArgs {
     /// A `CREATE CONTINUOUS QUERY` statement to run besides the configured ones (repeatable).
     #[arg(long = "query", value_name = "SQL")]
     pub queries: Vec<String>,
+    /// The config once read (see [`NodeArgs::load`]).
+    #[arg(skip)]
+    loaded: Option<Box<NodeConfig>>,
 }
 
 impl NodeArgs {
-    /// The node's config: defaults ← `--config` ← environment, validated.
-    pub fn config(&self) -> Result<NodeConfig> {
-        Ok(NodeConfig::load(self.config.as_deref())?)
+    /// Reads the node's config: defaults ← `--config` ← environment, validated.
+    pub fn load(&mut self) -> Result<()> {
+        self.loaded = Some(Box::new(NodeConfig::load(self.config.as_deref())?));
+        Ok(())
+    }
+
+    /// The config, if [`NodeArgs::load`] has read it.
+    pub fn loaded(&self) -> Option<&NodeConfig> {
+        self.loaded.as_deref()
     }
 }
 
 /// Runs the node until `stop`, `--duration` or a failure of one of its parts.
 pub fn run(args: NodeArgs, stop: &AtomicBool) -> Result<()> {
-    let mut config = args.config()?;
+    let mut config = match args.loaded {
+        Some(config) => *config,
+        None => NodeConfig::load(args.config.as_deref())?,
+    };
     config.detect.queries.extend(args.queries);
     let engine = build_engine(&config.detect)?;
     for q in engine.queries() {
