@@ -227,7 +227,8 @@ fn kafka(args: &Args) -> Result<()> {
         let engine = build_engine(&detect)?;
         let (tx, rx) = sync_channel(64);
         let ingest = Ingest::start(ingest_config, tx)?;
-        let stage = Detect::start(engine, &detect, &brokers, rx)?;
+        let (stage, detect_loop) = Detect::prepare(engine, &detect, &brokers, rx)?;
+        let detect_thread = tessera_node::lifecycle::StageThread::spawn(detect_loop)?;
         let mut first: Option<Instant> = None;
         let motors =
             readings.iter().map(|r| r.motor_id.as_str()).collect::<std::collections::HashSet<_>>().len() as u64;
@@ -270,7 +271,8 @@ fn kafka(args: &Args) -> Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
         ingest.stop()?;
-        let engine = stage.stop()?;
+        stage.request_stop();
+        let engine = detect_thread.join().map_err(|f| (*f).into_error())?;
         let drain = Instant::now() + Duration::from_secs(2);
         while Instant::now() < drain {
             read_latencies(&alerts, Duration::from_millis(20), &mut latencies)?;

@@ -156,7 +156,7 @@ pub fn publish(sim: &mut Simulator, producer: &TelemetryProducer, max_steps: Opt
 
 /// A producer for `topic` in `format`.
 pub fn producer(brokers: &str, topic: &str, format: WireFormat) -> Result<TelemetryProducer> {
-    TelemetryProducer::new(brokers, topic, format, &Default::default())
+    Ok(TelemetryProducer::new(brokers, topic, format, &Default::default())?)
 }
 
 /// Receives and acknowledges batches until `unique` distinct readings have arrived, or

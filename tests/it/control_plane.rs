@@ -292,9 +292,10 @@ fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
                FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start";
     tessera(&["query", "register", "--at", &a2, "--actor", "alice", "hot", hot]).expect("register");
     tessera(&["query", "list", "--at", &a3]).expect("list");
-    let err = tessera(&["query", "register", "--at", &a2, "cold", hot]).unwrap_err().to_string();
+    let err = tessera(&["query", "register", "--at", &a2, "cold", hot]).map_err(|e| format!("{e:#}")).unwrap_err();
     assert!(err.contains("the statement creates 'hot'"), "{err}");
-    let err = tessera(&["query", "register", "--at", &a2, "cold", "SELECT 1"]).unwrap_err().to_string();
+    let err =
+        tessera(&["query", "register", "--at", &a2, "cold", "SELECT 1"]).map_err(|e| format!("{e:#}")).unwrap_err();
     assert!(err.starts_with("query cold:"), "{err}");
 
     // A node with `[control] admin` runs the registered query besides its own rules, and skips
@@ -313,13 +314,16 @@ fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
     assert_eq!(engine.queries().count(), own + 1);
     assert!(engine.queries().any(|q| q.name == "hot"));
     assert_eq!(refused.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["broken"], "{refused:?}");
-    let err = tessera(&["cluster", "set-policy", "--at", &a1, "secret", "use", "deny"]).unwrap_err().to_string();
+    let err = tessera(&["cluster", "set-policy", "--at", &a1, "secret", "use", "deny"])
+        .map_err(|e| format!("{e:#}"))
+        .unwrap_err();
     assert!(err.contains("grade: unknown data grade 'secret'"), "{err}");
-    let err = tessera(&["query", "drop", "--at", &a1, "cold"]).unwrap_err().to_string();
+    let err = tessera(&["query", "drop", "--at", &a1, "cold"]).map_err(|e| format!("{e:#}")).unwrap_err();
     assert!(err.contains("refused by the registry") && err.contains("no query named 'cold'"), "{err}");
-    let err = tessera(&["cluster", "assign-motors", "--at", &a1, "site-9", "M4"]).unwrap_err().to_string();
+    let err =
+        tessera(&["cluster", "assign-motors", "--at", &a1, "site-9", "M4"]).map_err(|e| format!("{e:#}")).unwrap_err();
     assert!(err.contains("site site-9 does not exist"), "{err}");
-    let err = tessera(&["cluster", "add-node", "--at", &a1, "4-site-1"]).unwrap_err().to_string();
+    let err = tessera(&["cluster", "add-node", "--at", &a1, "4-site-1"]).map_err(|e| format!("{e:#}")).unwrap_err();
     assert!(err.contains("ID=SITE@HOST:PORT"), "{err}");
 
     // Node 4 joins (learner, then voter), then leaves.
@@ -339,7 +343,7 @@ fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
         let queries = query_names(&nodes[3]).await.expect("list on the new node");
         assert_eq!(queries, ["broken", "hot"]);
     });
-    let err = tessera(&["cluster", "remove-node", "--at", &a3, "1"]).unwrap_err().to_string();
+    let err = tessera(&["cluster", "remove-node", "--at", &a3, "1"]).map_err(|e| format!("{e:#}")).unwrap_err();
     assert!(err.contains("node 1 is the last voter of site site-1"), "{err}");
     tessera(&["cluster", "remove-node", "--at", &a3, "4"]).expect("remove-node (site-3 keeps node 3)");
     tessera(&["cluster", "sites", "--at", &a1]).expect("sites");

@@ -60,14 +60,16 @@ fn alerts_and_late_readings_reach_their_topics() {
     };
     let engine = build_engine(&detect).expect("the query registers");
     let (ingest, batches) = start_ingest(ingest_config(&brokers, "detect-it", "telemetry", "dead-letters"));
-    let stage = Detect::start(engine, &detect, &brokers, batches).expect("the stage starts");
+    let (stage, detect_loop) = Detect::prepare(engine, &detect, &brokers, batches).expect("the stage starts");
+    let detect_thread = tessera_node::lifecycle::StageThread::spawn(detect_loop).expect("its thread starts");
     let deadline = Instant::now() + Duration::from_secs(60);
     while stage.stats().alerts_sent < 2 || stage.stats().late_sent < 1 {
         assert!(Instant::now() < deadline, "no alerts/late readings: {:?}", stage.stats());
         std::thread::sleep(Duration::from_millis(50));
     }
     ingest.stop().expect("ingest stops");
-    let engine = stage.stop().expect("stage stops");
+    stage.request_stop();
+    let engine = detect_thread.join().map_err(|f| (*f).into_error()).expect("stage stops");
 
     let alerts = read_topic(&brokers, "alerts", 2, Duration::from_secs(20)).expect("alerts topic");
     assert_eq!(alerts.len(), 2, "exactly one open and one close");

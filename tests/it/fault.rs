@@ -114,7 +114,7 @@ fn node_process() {
     let node = match Node::start(&config) {
         Ok(node) => node,
         Err(e) => {
-            eprintln!("node error: {e:#}");
+            eprintln!("node error: {}", tessera_core::error_chain(&e));
             std::process::exit(3);
         }
     };
@@ -171,7 +171,7 @@ fn node_process() {
             )
         }
         Err(e) => {
-            eprintln!("node error: {e:#}");
+            eprintln!("node error: {}", tessera_core::error_chain(&e));
             std::process::exit(3);
         }
     }

@@ -118,6 +118,7 @@ impl TopicArgs {
     pub fn producer(&self, format: WireFormat) -> Result<TelemetryProducer> {
         tessera_node::topics::ensure_topics(&self.brokers, &[(&self.topic, self.partitions)])?;
         TelemetryProducer::new(&self.brokers, &self.topic, format, &std::collections::BTreeMap::new())
+            .map_err(Into::into)
     }
 }
 

@@ -6,13 +6,15 @@
 //! ([`telemetry_schema`]), which readings are acceptable ([`ValidationRules`]), and how motors
 //! are spread over shards ([`shard_of`]), and how event time is cut into windows
 //! ([`WindowSpec`], [`MotorWatermark`]), how long things took ([`LatencyHistogram`]), which
-//! config field is wrong ([`ConfigError`]) and what time it is ([`now_ms`]). Everything here is
+//! config field is wrong ([`ConfigError`]), an error with its causes as text ([`error_chain`])
+//! and what time it is ([`now_ms`]). Everything here is
 //! pure and cheap to test.
 #![deny(missing_docs)]
 
 mod clock;
 mod column_grades;
 mod config_error;
+mod error_chain;
 mod grade;
 mod ids;
 mod latency;
@@ -25,6 +27,7 @@ mod window;
 pub use clock::now_ms;
 pub use column_grades::{GRADE_METADATA_KEY, GradeMap, LiveGrades, StreamGrades, field_grade, with_grade};
 pub use config_error::{ConfigError, ensure};
+pub use error_chain::error_chain;
 pub use grade::{DataGrade, DataStage, UnknownName};
 pub use ids::{IdError, MAX_ID_BYTES, MotorId, SiteId};
 pub use latency::{LATENCY_BUCKETS_S, LatencyHistogram, LatencySnapshot};

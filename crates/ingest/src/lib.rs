@@ -47,4 +47,6 @@ pub use decode::{DecodedMessage, MessageLimits, decode_message};
 pub use error::{IngestError, PartitionStateError, Result};
 pub use metrics::{IngestMetrics, IngestStats};
 pub use offsets::TopicPartition;
-pub use pipeline::{Barrier, BatchAck, Control, Ingest, PartitionStart, PartitionStates, ShardBatch};
+pub use pipeline::{
+    Barrier, BatchAck, Control, Ingest, IngestHandle, IngestLoop, PartitionStart, PartitionStates, ShardBatch,
+};

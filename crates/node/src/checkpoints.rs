@@ -17,6 +17,8 @@ use tessera_core::{ConfigError, ensure};
 use tessera_ingest::{PartitionStart, PartitionStates, TopicPartition};
 use tessera_state::{CheckpointStore, Loaded, Sealer};
 
+use crate::error::NodeError;
+
 /// The per-partition stores under a site's state directory: what the ingest asks for when it
 /// is assigned partitions.
 #[derive(Debug, Clone)]
@@ -45,8 +47,12 @@ pub fn partition_dir(dir: &Path, (topic, partition): &TopicPartition) -> PathBuf
 
 impl PartitionCheckpoints {
     /// The stores under `dir` (created if missing), keeping `keep` checkpoints each.
-    pub fn new(dir: &Path, keep: usize) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("state.dir {}: {e}", dir.display()))?;
+    pub fn new(dir: &Path, keep: usize) -> Result<Self, NodeError> {
+        std::fs::create_dir_all(dir).map_err(|source| NodeError::File {
+            what: "state.dir",
+            path: dir.into(),
+            source,
+        })?;
         Ok(Self { dir: dir.to_path_buf(), keep, sealer: None })
     }
 
@@ -90,13 +96,14 @@ impl PartitionStates for PartitionCheckpoints {
 /// The newest valid checkpoint of every partition under a site's state directory, read
 /// without opening the stores (nothing changes; a monitor or a test may read while nodes
 /// write). Sorted by partition.
-pub fn read_site(dir: &Path) -> anyhow::Result<Vec<(TopicPartition, Loaded)>> {
+pub fn read_site(dir: &Path) -> Result<Vec<(TopicPartition, Loaded)>, NodeError> {
     let mut out = Vec::new();
-    let list = |d: &Path| -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let list = |d: &Path| -> Result<Vec<(String, PathBuf)>, NodeError> {
+        let listing = |source| NodeError::File { what: "listing", path: d.into(), source };
         let mut entries = Vec::new();
-        for e in std::fs::read_dir(d).map_err(|e| anyhow::anyhow!("listing {}: {e}", d.display()))? {
-            let e = e?;
-            if e.file_type()?.is_dir() {
+        for e in std::fs::read_dir(d).map_err(listing)? {
+            let e = e.map_err(listing)?;
+            if e.file_type().map_err(listing)?.is_dir() {
                 entries.push((e.file_name().to_string_lossy().into_owned(), e.path()));
             }
         }
@@ -108,7 +115,11 @@ pub fn read_site(dir: &Path) -> anyhow::Result<Vec<(TopicPartition, Loaded)>> {
     for (topic, topic_dir) in list(dir)? {
         for (partition, path) in list(&topic_dir)? {
             let Ok(partition) = partition.parse::<i32>() else { continue };
-            if let Some(loaded) = CheckpointStore::read_latest(&path)? {
+            let latest = CheckpointStore::read_latest(&path).map_err(|source| NodeError::Checkpoint {
+                what: format!("reading the checkpoints in {}", path.display()),
+                source,
+            })?;
+            if let Some(loaded) = latest {
                 out.push(((topic.clone(), partition), loaded));
             }
         }

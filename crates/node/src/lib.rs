@@ -14,6 +14,7 @@ pub mod checkpoints;
 pub mod config;
 pub mod control;
 pub mod detect;
+pub mod error;
 pub mod lifecycle;
 pub mod node;
 pub mod observe;
@@ -21,3 +22,5 @@ pub mod sql;
 pub mod store;
 pub mod telemetry;
 pub mod topics;
+
+pub use error::NodeError;

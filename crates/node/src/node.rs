@@ -29,15 +29,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc::sync_channel;
 
-use anyhow::{Context as _, Result};
-use tessera_ingest::{Ingest, IngestStats};
+use tessera_ingest::{Ingest, IngestHandle, IngestLoop, IngestStats};
 use tessera_stream::StreamEngine;
 
 use crate::checkpoints::PartitionCheckpoints;
 use crate::config::NodeConfig;
 use crate::control::{QueryWatcher, RegistryRows};
 use crate::detect::{Detect, DetectStats, build_engine};
-use crate::lifecycle::{ShutdownTrigger, Tasks, shutdown_signal};
+use crate::error::NodeError;
+use crate::lifecycle::{ShutdownTrigger, StageFailure, StageLoop, StageThread, Tasks, shutdown_signal};
 use crate::sql::SqlEndpoint;
 use crate::store::{StoreStats, TelemetryStore};
 
@@ -49,10 +49,12 @@ pub struct Node {
     shutdown: ShutdownTrigger,
     /// The server tasks (SQL, HTTP, query watcher, Raft bootstrap), waited for on stop.
     tasks: Tasks,
-    ingest: Ingest,
+    ingest: IngestHandle,
     detect: Detect,
     /// The site-local store of raw readings (`[store] dir`).
     store: Option<TelemetryStore>,
+    /// The blocking stages' threads, started by [`Node::start`] and joined by [`Node::stop`].
+    threads: StageThreads,
     /// The Flight SQL endpoint's address and certificate refusals (`[sql] listen`).
     sql: Option<(SocketAddr, Arc<tessera_tls::Refusals>)>,
     /// Where `/metrics` and the health checks are served (`[http] listen`).
@@ -64,19 +66,27 @@ pub struct Node {
 }
 
 /// Binds `listen` on `runtime`; the error names the config field.
-fn bind(runtime: &tokio::runtime::Runtime, listen: SocketAddr, field: &str) -> Result<tokio::net::TcpListener> {
-    runtime.block_on(tokio::net::TcpListener::bind(listen)).with_context(|| format!("{field} {listen}: cannot bind"))
+fn bind(
+    runtime: &tokio::runtime::Runtime,
+    listen: SocketAddr,
+    field: &'static str,
+) -> Result<(tokio::net::TcpListener, SocketAddr), NodeError> {
+    let bad = |source| NodeError::Bind { field, addr: listen, source };
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(listen)).map_err(bad)?;
+    let addr = listener.local_addr().map_err(bad)?;
+    Ok((listener, addr))
 }
 
 impl Node {
     /// Builds the engine from the config and starts every part the config asks for.
-    pub fn start(config: &NodeConfig) -> Result<Node> {
+    pub fn start(config: &NodeConfig) -> Result<Node, NodeError> {
         config.validate()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("tessera-node")
             .enable_all()
-            .build()?;
+            .build()
+            .map_err(|source| NodeError::Io { what: "building the node's runtime", source })?;
         let (shutdown, signal) = shutdown_signal();
         let mut tasks = Tasks::default();
         let tls = match &config.tls {
@@ -105,30 +115,39 @@ impl Node {
         if let (Some(admin), None) = (&config.control.admin, &control) {
             registered = runtime
                 .block_on(crate::control::registered_queries(admin, &client_tls, config.control.timeout))
-                .with_context(|| format!("reading the cluster's queries from control.admin {admin}"))?;
+                .map_err(|e| NodeError::Failed {
+                    part: "reading of the cluster's queries (control.admin)",
+                    source: Box::new(e),
+                })?;
             for (name, why) in crate::control::add_registered_queries(&mut engine, &registered)? {
                 tracing::error!(query = %name, %why, "a query registered cluster-wide is not run on this node");
             }
             tracing::info!(registered = registered.len(), %admin, "cluster-wide queries read");
         }
         let (tx, rx) = sync_channel(64);
-        let (ingest, checkpointed) = match &config.state.dir {
-            None => (Ingest::start(config.ingest.clone(), tx), false),
+        let (ingest, ingest_loops, checkpointed) = match &config.state.dir {
+            None => {
+                let (handle, loops) = Ingest::prepare(config.ingest.clone(), tx, None)?;
+                (handle, loops, false)
+            }
             Some(dir) => {
                 let mut ingest_config = config.ingest.clone();
                 ingest_config.checkpoint_interval = config.state.interval;
                 let stores =
                     PartitionCheckpoints::new(dir, config.state.keep)?.sealed(config.store.checkpoint_sealer()?);
-                (Ingest::start_with_states(ingest_config, tx, Arc::new(stores)), true)
+                let (handle, loops) = Ingest::prepare(ingest_config, tx, Some(Arc::new(stores)))?;
+                (handle, loops, true)
             }
         };
-        let ingest = ingest.context("starting the ingest")?;
         let shared_tables = engine.shared_tables();
-        let store = match config.store.open()? {
-            Some(store) => Some(TelemetryStore::start(store, &config.store, grades.clone())?),
-            None => None,
+        let (store, store_loop) = match config.store.open()? {
+            Some(store) => {
+                let (store, writer) = TelemetryStore::prepare(store, &config.store, grades.clone());
+                (Some(store), Some(writer))
+            }
+            None => (None, None),
         };
-        let detect = Detect::start_checkpointed(
+        let (detect, detect_loop) = Detect::prepare_checkpointed(
             engine,
             &config.detect,
             &config.ingest.brokers,
@@ -147,8 +166,8 @@ impl Node {
                     store.as_ref(),
                 );
                 let endpoint = SqlEndpoint::new(&config.sql, &config.site_id, tables, grades.clone(), tls.clone())?;
-                let listener = bind(&runtime, listen, "sql.listen")?;
-                let served = (listener.local_addr()?, endpoint.refusals().clone());
+                let (listener, addr) = bind(&runtime, listen, "sql.listen")?;
+                let served = (addr, endpoint.refusals().clone());
                 sql_latency = Some(endpoint.query_latency());
                 tasks.spawn(&runtime, "SQL endpoint", endpoint.serve(listener, signal.clone()));
                 Some(served)
@@ -183,14 +202,15 @@ impl Node {
                     raft_refusals: control.as_ref().map(|c| c.refusals().clone()),
                     failed: failed.clone(),
                 };
-                let listener = bind(&runtime, listen, "http.listen")?;
-                let addr = listener.local_addr()?;
+                let (listener, addr) = bind(&runtime, listen, "http.listen")?;
                 tasks.spawn(&runtime, "HTTP endpoint", crate::observe::serve_http(listener, probe, signal.clone()));
                 Some(addr)
             }
             None => None,
         };
-        Ok(Node { runtime, shutdown, tasks, ingest, detect, store, sql, http, control, failed })
+        // Last, once nothing else can fail: the blocking stages' threads.
+        let threads = StageThreads::spawn(ingest_loops, detect_loop, store_loop)?;
+        Ok(Node { runtime, shutdown, tasks, ingest, detect, store, threads, sql, http, control, failed })
     }
 
     /// Where `/metrics` and the health checks are served, if they are.
@@ -241,7 +261,7 @@ impl Node {
 
     /// True if a part of the node has ended on its own (an error); [`Node::stop`] says which.
     pub fn failed(&self) -> bool {
-        let failed = self.ingest.is_finished() || self.detect.is_finished();
+        let failed = self.threads.any_finished();
         if failed {
             self.failed.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -252,32 +272,81 @@ impl Node {
     /// then every task waited for), then the ingest hands everything on behind a last barrier
     /// (checkpointed, then committed), the detection stage ends, the store writes what is
     /// pending, and the Raft member stops last. Returns the ingest's counters and the engine;
-    /// if the detection stage failed, its error (the root cause) comes first.
-    pub fn stop(self) -> Result<(IngestStats, StreamEngine)> {
-        let Node { runtime, shutdown, tasks, ingest, detect, store, control, .. } = self;
+    /// if stages failed, the error of the one that failed first (the cause of the others).
+    pub fn stop(self) -> Result<(IngestStats, StreamEngine), NodeError> {
+        let Node { runtime, shutdown, tasks, ingest, detect, mut store, threads, control, .. } = self;
         shutdown.trigger();
-        let served = runtime.block_on(tasks.join());
-        if let Err(e) = &served {
-            tracing::error!(error = format!("{e:#}"), "a server of the node failed");
+        if let Err(e) = runtime.block_on(tasks.join()) {
+            tracing::error!(error = %tessera_core::error_chain(&e), "a server of the node failed");
         }
-        let ingest = ingest.stop();
-        let engine = detect.stop();
+        let StageThreads { ingest: ingest_threads, detect: detect_thread, store: store_thread } = threads;
+        let mut failures = Vec::new();
+        ingest.request_stop();
+        failures.extend(ingest_threads.into_iter().filter_map(|t| t.join().err()));
+        let stats = ingest.metrics().snapshot();
+        detect.request_stop();
+        let engine = detect_thread.join().map_err(|f| failures.push(f)).ok();
         // After the stage: it no longer sends, so the store writes what is pending and ends.
-        let stored = store.map(TelemetryStore::stop).transpose();
-        let controlled = match control {
-            Some(node) => runtime.block_on(node.shutdown()).context("stopping the Raft member"),
-            None => Ok(()),
-        };
-        let stored = stored.and_then(|s| controlled.map(|()| s));
-        let engine = match (engine, stored) {
-            (Err(e), _) => Err(e),
-            (Ok(_), Err(e)) => Err(e),
-            (Ok(engine), Ok(_)) => Ok(engine),
-        };
-        match (ingest, engine) {
-            (_, Err(e)) => Err(e),
-            (Err(e), _) => Err(e.into()),
-            (Ok(stats), Ok(engine)) => Ok((stats, engine)),
+        if let Some(store) = &mut store {
+            store.request_stop();
         }
+        failures.extend(store_thread.and_then(|t| t.join().err()));
+        if let Some(node) = control
+            && let Err(e) = runtime.block_on(node.shutdown())
+        {
+            failures.push(Box::new(StageFailure {
+                stage: "Raft member",
+                at: std::time::Instant::now(),
+                error: e.into(),
+            }));
+        }
+        failures.sort_by_key(|f| f.at);
+        let mut failures = failures.into_iter();
+        match (failures.next(), engine) {
+            (Some(first), _) => {
+                for later in failures {
+                    tracing::error!(stage = later.stage, error = %tessera_core::error_chain(&later.error), "a stage failed after another");
+                }
+                Err((*first).into_error())
+            }
+            (None, Some(engine)) => Ok((stats, engine)),
+            (None, None) => unreachable!("a detect thread that returns no engine has failed"),
+        }
+    }
+}
+
+/// The node's blocking stages' threads.
+struct StageThreads {
+    /// The consumer's, then the decoder's.
+    ingest: Vec<StageThread<()>>,
+    detect: StageThread<StreamEngine>,
+    store: Option<StageThread<()>>,
+}
+
+impl StageThreads {
+    /// Starts each stage's loop on a thread of its own, downstream first.
+    fn spawn(
+        ingest: [IngestLoop; 2],
+        detect: StageLoop<StreamEngine>,
+        store: Option<StageLoop<()>>,
+    ) -> Result<Self, NodeError> {
+        let store = store.map(StageThread::spawn).transpose()?;
+        let detect = StageThread::spawn(detect)?;
+        let ingest = ingest
+            .into_iter()
+            .rev()
+            .map(|l| StageThread::spawn(StageLoop::new(l.name(), move || l.run().map_err(NodeError::from))))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .rev()
+            .collect();
+        Ok(Self { ingest, detect, store })
+    }
+
+    /// True once any stage's loop has ended (on its own, while the node runs: a failure).
+    fn any_finished(&self) -> bool {
+        self.ingest.iter().any(StageThread::is_finished)
+            || self.detect.is_finished()
+            || self.store.as_ref().is_some_and(StageThread::is_finished)
     }
 }

@@ -16,12 +16,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context as _, Result};
 use axum::http::StatusCode;
 use tessera_core::{LatencyHistogram, LatencySnapshot};
 use tessera_ingest::IngestMetrics;
 
 use crate::detect::DetectProbe;
+use crate::error::NodeError;
 use crate::lifecycle::Shutdown;
 use serde::{Deserialize, Serialize};
 
@@ -275,9 +275,13 @@ fn escape(v: &str) -> String {
 }
 
 /// Serves `/metrics` and the health checks of `probe` on `listener` until `shutdown`.
-pub async fn serve_http(listener: tokio::net::TcpListener, probe: NodeProbe, shutdown: Shutdown) -> Result<()> {
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    probe: NodeProbe,
+    shutdown: Shutdown,
+) -> Result<(), NodeError> {
     use axum::routing::get;
-    let addr = listener.local_addr()?;
+    let addr = listener.local_addr().map_err(|source| NodeError::Io { what: "the HTTP listener's address", source })?;
     let answer = |r: Result<(), String>| match r {
         Ok(()) => (StatusCode::OK, "ok\n".to_string()),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
@@ -307,7 +311,10 @@ pub async fn serve_http(listener: tokio::net::TcpListener, probe: NodeProbe, shu
         )
         .route("/startupz", get(|| async { "started\n" }));
     tracing::info!(%addr, "metrics and health endpoints serving");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.wait()).await.context("the HTTP endpoint stopped")
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.wait())
+        .await
+        .map_err(|source| NodeError::Io { what: "the HTTP endpoint stopped", source })
 }
 
 /// The `[http]` section: Prometheus metrics and health checks for orchestrators.

@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::TableProvider;
@@ -25,6 +24,7 @@ use tessera_stream::tables::BoundedTable;
 
 use crate::control::RegistryRows;
 use crate::detect::RunningQueries;
+use crate::error::NodeError;
 use crate::lifecycle::Shutdown;
 use crate::store::TelemetryStore;
 
@@ -232,7 +232,7 @@ impl SqlEndpoint {
         mut tables: Vec<ServedTable>,
         grades: tessera_core::LiveGrades,
         tls: Option<Arc<tessera_tls::TlsMaterial>>,
-    ) -> Result<Self> {
+    ) -> Result<Self, NodeError> {
         let users = ConfigUsers::new(&config.users, &config.tokens)?;
         let mut auth = Authenticator::new(Box::new(users), config.session_ttl);
         let audit = QueryAuditTable::new(config.audit_rows);
@@ -277,10 +277,13 @@ impl SqlEndpoint {
     }
 
     /// Serves on `listener` until `shutdown`.
-    pub async fn serve(self, listener: tokio::net::TcpListener, shutdown: Shutdown) -> Result<()> {
-        let addr = listener.local_addr()?;
+    pub async fn serve(self, listener: tokio::net::TcpListener, shutdown: Shutdown) -> Result<(), NodeError> {
+        let addr =
+            listener.local_addr().map_err(|source| NodeError::Io { what: "the SQL listener's address", source })?;
         tracing::info!(%addr, tls = self.server_tls.is_some(), "Flight SQL endpoint listening");
         let router = tonic::transport::Server::builder().add_service(self.endpoint.into_service());
-        tessera_tls::serve(router, listener, self.server_tls, shutdown.wait()).await.context("the SQL endpoint failed")
+        tessera_tls::serve(router, listener, self.server_tls, shutdown.wait())
+            .await
+            .map_err(|source| NodeError::Serve { what: "SQL endpoint", source })
     }
 }

@@ -14,10 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
 use arrow_array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array};
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -30,7 +28,12 @@ use datafusion::physical_plan::ExecutionPlan;
 use serde::{Deserialize, Serialize};
 use tessera_core::{ConfigError, ensure, now_ms};
 use tessera_core::{DataGrade, LiveGrades, telemetry_schema};
-use tessera_store::{Kek, KekSealer, Retention, SegmentMeta, SegmentStore, ShredEvent};
+use tessera_store::{Kek, KekSealer, Retention, SegmentMeta, SegmentStore, ShredEvent, StoreError};
+
+use crate::error::NodeError;
+use crate::lifecycle::StageLoop;
+
+type Result<T, E = NodeError> = std::result::Result<T, E>;
 
 /// The `[store]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,16 +119,20 @@ impl StoreConfig {
     /// clear.
     pub fn checkpoint_sealer(&self) -> Result<Option<Arc<dyn tessera_state::Sealer>>> {
         let Some(kek_file) = &self.kek_file else { return Ok(None) };
-        let kek = Kek::read(kek_file).context("store.kek_file")?;
+        let kek = Kek::read(kek_file).map_err(store("store.kek_file"))?;
         Ok(Some(Arc::new(CheckpointSealer(KekSealer::new(&kek)))))
     }
 
     /// Opens the configured store (its directory and KEK).
     pub fn open(&self) -> Result<Option<SegmentStore>> {
         let Some(dir) = &self.dir else { return Ok(None) };
-        let kek_file = self.kek_file.as_deref().context("store.kek_file is required with store.dir")?;
-        let kek = Kek::read(kek_file).context("store.kek_file")?;
-        Ok(Some(SegmentStore::open(dir, kek).with_context(|| format!("opening the store in {}", dir.display()))?))
+        let kek_file = self
+            .kek_file
+            .as_deref()
+            .ok_or_else(|| ConfigError::new("store.kek_file", "a store needs the site's key-encryption key"))?;
+        let kek = Kek::read(kek_file).map_err(store("store.kek_file"))?;
+        let opened = SegmentStore::open(dir, kek).map_err(store(&format!("opening the store in {}", dir.display())))?;
+        Ok(Some(opened))
     }
 }
 
@@ -160,17 +167,19 @@ struct Shared {
     stats: Mutex<StoreStats>,
 }
 
-/// The store's thread and the handles to it.
+/// The store's handles: where rows go, its tables, its counters and its stop request (its
+/// writer loop runs on a thread the node started, see [`TelemetryStore::prepare`]).
 pub struct TelemetryStore {
     rows: Option<SyncSender<RecordBatch>>,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<()>>>,
 }
 
 impl TelemetryStore {
-    /// Starts the store's thread over `store`; columns are graded by `grades`.
-    pub fn start(store: SegmentStore, config: &StoreConfig, grades: LiveGrades) -> Result<Self> {
+    /// Prepares the store's writer over `store` (columns graded by `grades`): the handle, and
+    /// the loop for the caller to run on a thread, which writes segments until the store is
+    /// asked to stop and then writes what is pending.
+    pub fn prepare(store: SegmentStore, config: &StoreConfig, grades: LiveGrades) -> (Self, StageLoop<()>) {
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             pending: Mutex::new(Vec::new()),
@@ -179,8 +188,7 @@ impl TelemetryStore {
         let (rows, queue) = std::sync::mpsc::sync_channel(16);
         let stop = Arc::new(AtomicBool::new(false));
         let worker = Writer { shared: shared.clone(), config: config.clone(), grades, stop: stop.clone() };
-        let thread = std::thread::Builder::new().name("tessera-store".into()).spawn(move || worker.run(queue))?;
-        Ok(Self { rows: Some(rows), shared, stop, thread: Some(thread) })
+        (Self { rows: Some(rows), shared, stop }, StageLoop::new("store", move || worker.run(queue)))
     }
 
     /// Where the detection stage sends the readings it takes in.
@@ -217,37 +225,28 @@ impl TelemetryStore {
         reason: &str,
         actor: &str,
     ) -> Result<Vec<ShredEvent>> {
-        let events = self.shared.store.lock().map_err(|_| anyhow::anyhow!("store lock poisoned"))?.shred(
-            from_ms,
-            to_ms,
-            grades,
-            reason,
-            now_ms(),
-        )?;
+        let events = self
+            .shared
+            .store
+            .lock()
+            .map_err(|_| NodeError::Poisoned("store"))?
+            .shred(from_ms, to_ms, grades, reason, now_ms())
+            .map_err(store("shredding"))?;
         audit_shreds(&self.shared, &events, actor);
         Ok(events)
     }
 
-    /// Writes the pending rows and stops the thread.
-    pub fn stop(mut self) -> Result<()> {
-        self.finish()
-    }
-
-    fn finish(&mut self) -> Result<()> {
+    /// Asks the writer to write what is pending and stop (once the detection stage, which
+    /// sends it rows, has stopped).
+    pub fn request_stop(&mut self) {
         self.rows = None;
         self.stop.store(true, Ordering::Relaxed);
-        match self.thread.take() {
-            Some(thread) => thread.join().map_err(|_| anyhow::anyhow!("the store thread panicked"))?,
-            None => Ok(()),
-        }
     }
 }
 
 impl Drop for TelemetryStore {
     fn drop(&mut self) {
-        if let Err(e) = self.finish() {
-            tracing::error!(error = %e, "the telemetry store stopped with an error");
-        }
+        self.request_stop();
     }
 }
 
@@ -270,7 +269,7 @@ impl Writer {
                 Ok(batch) => {
                     pending_rows += batch.num_rows();
                     oldest_pending.get_or_insert_with(Instant::now);
-                    self.shared.pending.lock().map_err(|_| anyhow::anyhow!("pending lock poisoned"))?.push(batch);
+                    self.shared.pending.lock().map_err(|_| NodeError::Poisoned("pending rows"))?.push(batch);
                     false
                 }
                 Err(RecvTimeoutError::Timeout) => self.stop.load(Ordering::Relaxed),
@@ -289,8 +288,9 @@ impl Writer {
                     .shared
                     .store
                     .lock()
-                    .map_err(|_| anyhow::anyhow!("store lock poisoned"))?
-                    .apply_retention(&retention, now_ms())?;
+                    .map_err(|_| NodeError::Poisoned("store"))?
+                    .apply_retention(&retention, now_ms())
+                    .map_err(store("applying the retention"))?;
                 audit_shreds(&self.shared, &events, "retention");
             }
             if ended {
@@ -301,11 +301,11 @@ impl Writer {
 
     /// Writes the pending rows as one segment; readers see them either pending or stored.
     fn cut_segment(&self) -> Result<()> {
-        let mut store = self.shared.store.lock().map_err(|_| anyhow::anyhow!("store lock poisoned"))?;
-        let mut pending = self.shared.pending.lock().map_err(|_| anyhow::anyhow!("pending lock poisoned"))?;
+        let mut segments = self.shared.store.lock().map_err(|_| NodeError::Poisoned("store"))?;
+        let mut pending = self.shared.pending.lock().map_err(|_| NodeError::Poisoned("pending rows"))?;
         let batches = std::mem::take(&mut *pending);
         drop(pending);
-        let written = store.write("telemetry", &batches, &self.grades.current(), now_ms());
+        let written = segments.write("telemetry", &batches, &self.grades.current(), now_ms());
         match written {
             Ok(Some(meta)) => {
                 tracing::debug!(segment = %meta.id, rows = meta.rows, bytes = meta.bytes, "segment written");
@@ -322,7 +322,7 @@ impl Writer {
                     let newer = std::mem::take(&mut *pending);
                     *pending = batches.into_iter().chain(newer).collect();
                 }
-                Err(e).context("writing a telemetry segment")
+                Err(store("writing a telemetry segment")(e))
             }
         }
     }
@@ -516,11 +516,14 @@ pub fn segments_batch(schema: &SchemaRef, segments: &[SegmentMeta]) -> Result<Re
 
 /// Writes a new key-encryption key file (refuses to overwrite one).
 pub fn new_kek(path: &Path, version: u32) -> Result<()> {
-    anyhow::ensure!(
-        !path.exists(),
-        "{} exists; a KEK is never overwritten (rotate to a new file instead)",
-        path.display()
-    );
-    Kek::generate(version)?.write(path)?;
-    Ok(())
+    if path.exists() {
+        return Err(NodeError::KekExists(path.to_path_buf()));
+    }
+    Kek::generate(version).and_then(|kek| kek.write(path)).map_err(store("writing a new KEK"))
+}
+
+/// A store failure while `what`.
+fn store(what: &str) -> impl FnOnce(StoreError) -> NodeError {
+    let what = what.to_string();
+    move |source| NodeError::Store { what, source }
 }

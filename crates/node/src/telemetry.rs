@@ -11,7 +11,6 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
@@ -20,6 +19,8 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use serde::{Deserialize, Serialize};
+
+use crate::error::NodeError;
 
 /// Keeps the exporter running; dropping it sends what is still buffered (up to 5 s).
 pub struct TelemetryGuard {
@@ -58,14 +59,14 @@ pub fn otlp_provider(
     endpoint: &str,
     config: &TelemetryConfig,
     runtime: &tokio::runtime::Runtime,
-) -> Result<SdkTracerProvider> {
+) -> Result<SdkTracerProvider, NodeError> {
     let _on_runtime = runtime.enter();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint)
         .with_timeout(Duration::from_secs(5))
         .build()
-        .with_context(|| format!("telemetry.otlp_endpoint {endpoint}"))?;
+        .map_err(|e| NodeError::Telemetry { what: format!("telemetry.otlp_endpoint {endpoint}"), source: e.into() })?;
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).build();
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
@@ -77,26 +78,27 @@ pub fn otlp_provider(
 /// Installs the process's subscriber: log lines to stderr, and spans to OTLP when an
 /// endpoint is set. Also installs the W3C trace-context propagator used across sites.
 /// `default_filter` applies to the log lines when `RUST_LOG` is unset.
-pub fn init(config: &TelemetryConfig, default_filter: &str) -> Result<TelemetryGuard> {
+pub fn init(config: &TelemetryConfig, default_filter: &str) -> Result<TelemetryGuard, NodeError> {
     let filter = || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter());
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     let Some(endpoint) = endpoint(config) else {
-        tracing_subscriber::registry().with(fmt).try_init().context("installing the log subscriber")?;
+        tracing_subscriber::registry().with(fmt).try_init().map_err(subscriber)?;
         return Ok(TelemetryGuard { provider: None, runtime: None });
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("tessera-otlp")
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(|source| NodeError::Io { what: "building the OTLP exporter's runtime", source })?;
     let provider = otlp_provider(&endpoint, config, &runtime)?;
     let tracer = provider.tracer("tessera");
     // Spans of Tessera's own crates at info and above go out, whatever the log filter says.
     let spans = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_filter(tracing_subscriber::filter::Targets::new().with_target("tessera", tracing::Level::INFO));
-    tracing_subscriber::registry().with(fmt).with(spans).try_init().context("installing the log subscriber")?;
+    tracing_subscriber::registry().with(fmt).with(spans).try_init().map_err(subscriber)?;
     tracing::info!(%endpoint, "exporting traces over OTLP");
     Ok(TelemetryGuard { provider: Some(provider), runtime: Some(runtime) })
 }
@@ -132,4 +134,8 @@ impl TelemetryConfig {
             _ => Ok(()),
         }
     }
+}
+
+fn subscriber(e: tracing_subscriber::util::TryInitError) -> NodeError {
+    NodeError::Telemetry { what: "installing the log subscriber".into(), source: e.into() }
 }

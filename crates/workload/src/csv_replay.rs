@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, anyhow, bail};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -17,6 +16,10 @@ use tessera_core::{Channel, MotorId, Reading, SiteId};
 
 use crate::producer::TelemetryProducer;
 use crate::simulate::site_name;
+
+use crate::error::{WorkloadError, io};
+
+type Result<T, E = WorkloadError> = std::result::Result<T, E>;
 
 /// Where a CSV column goes in a reading.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +33,7 @@ pub enum Target {
 }
 
 impl std::str::FromStr for Target {
-    type Err = anyhow::Error;
+    type Err = WorkloadError;
     fn from_str(s: &str) -> Result<Self> {
         if s == "skip" {
             return Ok(Target::Skip);
@@ -38,11 +41,12 @@ impl std::str::FromStr for Target {
         if let Some(name) = s.strip_prefix("extra.") {
             return Ok(Target::Extra(name.to_string()));
         }
-        Channel::ALL
-            .into_iter()
-            .find(|c| c.name() == s)
-            .map(Target::Channel)
-            .ok_or_else(|| anyhow!("unknown field {s:?}: use a channel ({}), extra.NAME or skip", channel_names()))
+        Channel::ALL.into_iter().find(|c| c.name() == s).map(Target::Channel).ok_or_else(|| {
+            WorkloadError::BadData(format!(
+                "unknown field {s:?}: use a channel ({}), extra.NAME or skip",
+                channel_names()
+            ))
+        })
     }
 }
 
@@ -145,7 +149,8 @@ pub fn load(files: &[PathBuf], opts: &ReplayOptions) -> Result<Vec<ReplayMotor>>
         .map(|(i, path)| {
             let offset = if opts.offset_range_ms > 0 { rng.random_range(0..=opts.offset_range_ms) } else { 0 };
             let site = SiteId::new(site_name(i as u32 % opts.sites.max(1)))?;
-            load_file(path, opts, site, opts.end_ms - offset).with_context(|| format!("replaying {}", path.display()))
+            load_file(path, opts, site, opts.end_ms - offset)
+                .map_err(|e| WorkloadError::Replay { path: path.clone(), source: Box::new(e) })
         })
         .collect()
 }
@@ -179,18 +184,19 @@ fn snake_case(name: &str) -> String {
 }
 
 fn load_file(path: &Path, opts: &ReplayOptions, site_id: SiteId, end_ms: i64) -> Result<ReplayMotor> {
-    let text = std::fs::read_to_string(path)?;
+    let text = std::fs::read_to_string(path).map_err(io("reading the file"))?;
     let delimiter =
         if text.lines().next().is_some_and(|l| l.matches(';').count() > l.matches(',').count()) { b';' } else { b',' };
     let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).from_reader(text.as_bytes());
     let header: Vec<String> = reader.headers()?.iter().map(|h| h.trim().to_string()).collect();
     if let Some(missing) = opts.required_columns.iter().find(|c| !header.contains(c)) {
-        bail!("mapped column {missing:?} is not in the header {header:?}");
+        return Err(WorkloadError::BadData(format!("mapped column {missing:?} is not in the header {header:?}")));
     }
     let time_index = match &opts.time_column {
-        Some(name) => {
-            header.iter().position(|h| h == name).ok_or_else(|| anyhow!("no time column {name:?} in {header:?}"))?
-        }
+        Some(name) => header
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| WorkloadError::BadData(format!("no time column {name:?} in {header:?}")))?,
         None => 0,
     };
     let targets: Vec<Option<Target>> = header
@@ -212,7 +218,8 @@ fn load_file(path: &Path, opts: &ReplayOptions, site_id: SiteId, end_ms: i64) ->
     for (line, record) in reader.records().enumerate() {
         let record = record?;
         let at = |i: usize| record.get(i).unwrap_or("").trim();
-        let ts = parse_time(at(time_index)).with_context(|| format!("row {}: time {:?}", line + 2, at(time_index)))?;
+        let ts = parse_time(at(time_index))
+            .map_err(|e| WorkloadError::BadData(format!("row {}: time {:?}: {e}", line + 2, at(time_index))))?;
         let mut reading = Reading {
             motor_id: motor_id.clone(),
             site_id: site_id.clone(),
@@ -226,7 +233,9 @@ fn load_file(path: &Path, opts: &ReplayOptions, site_id: SiteId, end_ms: i64) ->
             if at(i).is_empty() {
                 continue;
             }
-            let value: f64 = at(i).parse().with_context(|| format!("row {}: column {:?}", line + 2, header[i]))?;
+            let value: f64 = at(i)
+                .parse()
+                .map_err(|e| WorkloadError::BadData(format!("row {}: column {:?}: {e}", line + 2, header[i])))?;
             match target {
                 Target::Channel(c) => reading.set(*c, Some(value)),
                 Target::Extra(name) => {
@@ -239,7 +248,7 @@ fn load_file(path: &Path, opts: &ReplayOptions, site_id: SiteId, end_ms: i64) ->
         rows.push((ts, reading, flags));
     }
     let Some(last) = rows.iter().map(|r| r.0).max() else {
-        bail!("no data rows");
+        return Err(WorkloadError::BadData("no data rows".into()));
     };
     let shift = end_ms - last;
     let source_file = path.display().to_string();
@@ -298,7 +307,7 @@ pub fn parse_time(s: &str) -> Result<i64> {
             return Ok(t.and_utc().timestamp_millis());
         }
     }
-    bail!("not a timestamp (epoch s/ms, RFC 3339 or YYYY-MM-DD HH:MM:SS)")
+    Err(WorkloadError::BadData(format!("{s:?} is not a timestamp (epoch s/ms, RFC 3339 or YYYY-MM-DD HH:MM:SS)")))
 }
 
 /// Publishes the motors' readings merged in event-time order. `speedup` > 0 paces them at

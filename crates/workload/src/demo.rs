@@ -20,7 +20,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{ClientConfig, Message as _};
 use tessera_ingest::{IngestConfig, TopicConfig};
@@ -37,6 +36,10 @@ use tessera_node::detect::DetectConfig;
 use tessera_node::node::Node;
 use tessera_node::observe::HttpConfig;
 use tessera_node::sql::SqlConfig;
+
+use crate::error::{WorkloadError, io, kafka};
+
+type Result<T, E = WorkloadError> = std::result::Result<T, E>;
 
 /// The demo's SQL users' password (printed in the banner; a demo on loopback only).
 pub const DEMO_PASSWORD: &str = "tessera-demo";
@@ -98,8 +101,8 @@ struct Site {
 
 /// Runs the demo until `stop` is set (or, with `exit_when_done`, the simulated span ends).
 pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
-    anyhow::ensure!(opts.sites >= 1, "--sites must be at least 1");
-    anyhow::ensure!(opts.rate_hz > 0.0, "--rate must be positive");
+    tessera_core::ensure(opts.sites >= 1, "--sites", "must be at least 1")?;
+    tessera_core::ensure(opts.rate_hz > 0.0, "--rate", "must be positive")?;
     let embedded = match &opts.brokers {
         Some(_) => None,
         None => Some(EmbeddedKafka::start(3)?),
@@ -201,7 +204,7 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
     let mut simulating = true;
     while !stop.load(Ordering::Relaxed) {
         if let Some(s) = cluster.iter().find(|s| s.node.failed()) {
-            anyhow::bail!("site {} stopped unexpectedly", s.name);
+            return Err(WorkloadError::Stalled(format!("site {} stopped unexpectedly", s.name)));
         }
         if simulating {
             let due = Duration::from_secs_f64(step as f64 / opts.rate_hz);
@@ -259,7 +262,8 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
     for site in cluster {
         let d = site.node.detect_stats();
         alert_events += d.alerts_sent;
-        let (stats, _) = site.node.stop().with_context(|| format!("stopping site {}", site.name))?;
+        let (stats, _) =
+            site.node.stop().map_err(|e| WorkloadError::from(e).during(format!("stopping site {}", site.name)))?;
         ingested += stats.readings_accepted;
         dead_lettered += stats.dead_letters_sent;
     }
@@ -290,6 +294,11 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
     })
 }
 
+/// `127.0.0.1:port`.
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 /// A site's own telemetry topic.
 pub fn telemetry_topic(site: &str) -> String {
     format!("telemetry.{site}")
@@ -304,7 +313,8 @@ fn port(base: u16, i: usize) -> Result<u16> {
     if base != 0 {
         return Ok(base + i as u16);
     }
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    let free = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+    Ok(free.map_err(io("finding a free loopback port"))?.port())
 }
 
 fn start_sites(
@@ -327,7 +337,7 @@ fn start_sites(
     let federation_token: String = format!("demo-{:032x}", rand::random::<u128>());
     let mut cluster = Vec::new();
     for (i, site) in sites.iter().enumerate() {
-        let sql: SocketAddr = format!("127.0.0.1:{}", sql_ports[i]).parse()?;
+        let sql = loopback(sql_ports[i]);
         let peers = sites
             .iter()
             .zip(&sql_ports)
@@ -357,15 +367,15 @@ fn start_sites(
             },
             raft: Some(RaftConfig {
                 node_id: Some(i as u64 + 1),
-                listen: format!("127.0.0.1:{}", raft_ports[i]).parse()?,
+                listen: loopback(raft_ports[i]),
                 data_dir: data_dir.join(site).join("raft"),
                 initial_members: members.clone(),
                 ..Default::default()
             }),
-            http: HttpConfig { listen: Some(format!("127.0.0.1:{}", http_ports[i]).parse()?) },
+            http: HttpConfig { listen: Some(loopback(http_ports[i])) },
             ..Default::default()
         };
-        let node = Node::start(&config).with_context(|| format!("starting site {site}"))?;
+        let node = Node::start(&config).map_err(|e| WorkloadError::from(e).during(format!("starting site {site}")))?;
         cluster.push(Site { name: site.clone(), sql: node.sql_addr().unwrap_or(sql), node });
     }
     Ok(cluster)
@@ -380,7 +390,9 @@ fn wait_for_leader(cluster: &[Site], stop: &AtomicBool) -> Result<()> {
         if leaders.len() == 1 && leaders.iter().next().is_some_and(Option::is_some) {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "the sites' Raft members elected no leader in 60 s");
+        if Instant::now() >= deadline {
+            return Err(WorkloadError::Stalled("the sites' Raft members elected no leader in 60 s".into()));
+        }
         if stop.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -396,7 +408,8 @@ fn register_motors(cluster: &[Site], sim: &Simulator) -> Result<()> {
     for (motor, site) in sim.motors() {
         by_site.entry(site.to_string()).or_default().push(motor.to_string());
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io("building a runtime"))?;
     runtime.block_on(async {
         let admin = admin.to_string();
         let mut client =
@@ -478,8 +491,8 @@ impl AlertPrinter {
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .create()
-            .context("creating the alerts reader")?;
-        consumer.subscribe(&[topic])?;
+            .map_err(kafka("creating the alerts reader"))?;
+        consumer.subscribe(&[topic]).map_err(kafka(format!("subscribing to {topic}")))?;
         Ok(Self { consumer, counts: Mutex::default(), motors: Mutex::default() })
     }
 

@@ -1,9 +1,10 @@
 //! An embedded Kafka: librdkafka's mock cluster, real brokers speaking the real Kafka
 //! protocol on loopback ports, inside this process. Used by `tessera demo` and the tests.
 
-use anyhow::{Context as _, Result};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
+
+use crate::error::{WorkloadError, kafka};
 
 /// A running mock cluster; it stops when dropped. It must stay on the thread that made it.
 pub struct EmbeddedKafka {
@@ -12,9 +13,10 @@ pub struct EmbeddedKafka {
 
 impl EmbeddedKafka {
     /// Starts `brokers` mock brokers.
-    pub fn start(brokers: i32) -> Result<Self> {
+    pub fn start(brokers: i32) -> Result<Self, WorkloadError> {
         Ok(Self {
-            cluster: MockCluster::new(brokers).context("starting the embedded Kafka (librdkafka mock cluster)")?,
+            cluster: MockCluster::new(brokers)
+                .map_err(kafka("starting the embedded Kafka (librdkafka mock cluster)"))?,
         })
     }
 
@@ -24,7 +26,7 @@ impl EmbeddedKafka {
     }
 
     /// Creates a topic with `partitions` partitions (replication factor 1).
-    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
-        self.cluster.create_topic(name, partitions, 1).with_context(|| format!("creating topic {name}"))
+    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), WorkloadError> {
+        self.cluster.create_topic(name, partitions, 1).map_err(kafka(format!("creating topic {name}")))
     }
 }

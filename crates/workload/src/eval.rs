@@ -17,7 +17,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{ClientConfig, Message as _};
 use serde::Serialize;
@@ -29,6 +28,11 @@ use crate::csv_replay::{self, LabelInterval, ReplayMotor, ReplayOptions, Target}
 use crate::embedded::EmbeddedKafka;
 use crate::producer::{TelemetryProducer, WireFormat};
 use tessera_node::detect::{Detect, DetectConfig, build_engine};
+use tessera_node::lifecycle::StageThread;
+
+use crate::error::{WorkloadError, io, kafka};
+
+type Result<T, E = WorkloadError> = std::result::Result<T, E>;
 
 /// What to evaluate.
 #[derive(Debug, Clone)]
@@ -260,7 +264,7 @@ impl EvalReport {
 fn skab_files(opts: &EvalOptions) -> Result<Vec<PathBuf>> {
     let dir = opts.skab_dir.join("valve1");
     let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
+        .map_err(io(format!("reading {}", dir.display())))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter_map(|p| p.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).map(|n| (n, p)))
         .collect();
@@ -290,19 +294,24 @@ fn nab_motor(dir: &Path, end_ms: i64, seed: u64) -> Result<ReplayMotor> {
         seed,
     };
     let mut motor = csv_replay::load(std::slice::from_ref(&file), &opts)?.remove(0);
-    let text = std::fs::read_to_string(&file)?;
+    let text = std::fs::read_to_string(&file).map_err(io(format!("reading {}", file.display())))?;
     let first_original = text
         .lines()
         .nth(1)
         .and_then(|l| l.split(',').next())
-        .context("NAB file has no rows")
+        .ok_or_else(|| WorkloadError::BadData("NAB file has no rows".into()))
         .and_then(csv_replay::parse_time)?;
     let shift = motor.readings[0].event_time_ms - first_original;
-    let labels: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("labels.json"))?)?;
-    let windows = labels["ambient_temperature_system_failure.csv"].as_array().context("labels.json lists the file")?;
+    let labels_file = dir.join("labels.json");
+    let labels = std::fs::read_to_string(&labels_file).map_err(io(format!("reading {}", labels_file.display())))?;
+    let labels: serde_json::Value = serde_json::from_str(&labels)?;
+    let bad_labels = |what: &str| WorkloadError::BadData(format!("{}: {what}", labels_file.display()));
+    let windows = labels["ambient_temperature_system_failure.csv"]
+        .as_array()
+        .ok_or_else(|| bad_labels("does not list ambient_temperature_system_failure.csv"))?;
     for w in windows {
-        let a = csv_replay::parse_time(w[0].as_str().context("label start")?)? + shift;
-        let b = csv_replay::parse_time(w[1].as_str().context("label end")?)? + shift;
+        let a = csv_replay::parse_time(w[0].as_str().ok_or_else(|| bad_labels("a window has no start"))?)? + shift;
+        let b = csv_replay::parse_time(w[1].as_str().ok_or_else(|| bad_labels("a window has no end"))?)? + shift;
         motor.labels.push(LabelInterval {
             motor_id: motor.motor_id.as_str().to_string(),
             site_id: motor.readings[0].site_id.as_str().to_string(),
@@ -360,20 +369,27 @@ pub fn run(opts: &EvalOptions, progress: bool) -> Result<EvalReport> {
     let engine = build_engine(&detect)?;
     let (tx, rx) = sync_channel(64);
     let ingest = Ingest::start(ingest_config, tx)?;
-    let stage = Detect::start(engine, &detect, &brokers, rx)?;
+    let (stage, detect_loop) = Detect::prepare(engine, &detect, &brokers, rx)?;
+    let detect_thread = StageThread::spawn(detect_loop)?;
     let deadline = Instant::now() + Duration::from_secs(300);
     while ingest.metrics().snapshot().messages < published {
-        anyhow::ensure!(Instant::now() < deadline, "the ingest did not take every reading within 5 minutes");
-        anyhow::ensure!(!ingest.is_finished(), "the ingest stopped unexpectedly");
+        if Instant::now() >= deadline {
+            return Err(WorkloadError::Stalled("the ingest did not take every reading within 5 minutes".into()));
+        }
+        if ingest.is_finished() {
+            return Err(WorkloadError::Stalled("the ingest stopped unexpectedly".into()));
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     let ingest_stats = ingest.stop()?;
-    anyhow::ensure!(
-        ingest_stats.dead_letters_sent == 0,
-        "readings were dead-lettered: {:?}",
-        ingest_stats.rejected_by_reason
-    );
-    let engine = stage.stop_at_end_of_input()?;
+    if ingest_stats.dead_letters_sent > 0 {
+        return Err(WorkloadError::BadData(format!(
+            "readings were dead-lettered: {:?}",
+            ingest_stats.rejected_by_reason
+        )));
+    }
+    stage.request_stop_at_end_of_input();
+    let engine = detect_thread.join().map_err(|f| WorkloadError::from((*f).into_error()))?;
     let late = engine.stats().windows.iter().map(|w| w.1.rows_late).sum();
 
     let events = read_alerts(&brokers, &detect.alerts_topic)?;
@@ -437,24 +453,30 @@ fn read_alerts(brokers: &str, topic: &str) -> Result<Vec<AlertEvent>> {
         .set("bootstrap.servers", brokers)
         .set("group.id", "tessera-eval-alerts")
         .set("enable.auto.commit", "false")
-        .create()?;
-    let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
+        .create()
+        .map_err(kafka("creating the alerts reader"))?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .map_err(kafka(format!("reading {topic}'s offsets")))?;
     let mut assignment = rdkafka::TopicPartitionList::new();
-    assignment.add_partition_offset(topic, 0, rdkafka::Offset::Offset(low))?;
-    consumer.assign(&assignment)?;
+    assignment
+        .add_partition_offset(topic, 0, rdkafka::Offset::Offset(low))
+        .and_then(|()| consumer.assign(&assignment))
+        .map_err(kafka(format!("assigning {topic}")))?;
     let mut events = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut next = low;
     while next < high {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "reading {topic}: offsets {next}..{high} did not arrive within 30 s"
-        );
+        if Instant::now() >= deadline {
+            return Err(WorkloadError::Stalled(format!(
+                "reading {topic}: offsets {next}..{high} did not arrive within 30 s"
+            )));
+        }
         if let Some(m) = consumer.poll(Duration::from_millis(200)) {
-            let m = m?;
+            let m = m.map_err(kafka(format!("reading {topic}")))?;
             next = m.offset() + 1;
             if let Some(p) = m.payload() {
-                events.push(serde_json::from_slice(p).context("an alert event")?);
+                events.push(serde_json::from_slice(p)?);
             }
         }
     }

@@ -11,6 +11,9 @@ pub mod bad_input;
 pub mod csv_replay;
 pub mod demo;
 pub mod embedded;
+pub mod error;
 pub mod eval;
 pub mod producer;
 pub mod simulate;
+
+pub use error::WorkloadError;

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
 use prost::Message as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -17,6 +16,10 @@ use tessera_core::Reading;
 use tessera_proto::json::reading_to_json;
 use tessera_proto::telemetry::{MotorReading, MotorReadingBatch};
 use tessera_proto::{CONTENT_TYPE_BATCH, CONTENT_TYPE_JSON, CONTENT_TYPE_READING};
+
+use crate::error::{WorkloadError, kafka};
+
+type Result<T, E = WorkloadError> = std::result::Result<T, E>;
 
 /// How readings are put into messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -94,7 +97,7 @@ impl TelemetryProducer {
         let counts = Arc::new(DeliveryCounts::default());
         let producer = config
             .create_with_context(CountingContext(counts.clone()))
-            .with_context(|| format!("creating a Kafka producer for {brokers}"))?;
+            .map_err(crate::error::kafka(format!("creating a Kafka producer for {brokers}")))?;
         Ok(Self { producer, topic: topic.to_string(), format, counts, sent: AtomicU64::new(0) })
     }
 
@@ -155,7 +158,7 @@ impl TelemetryProducer {
                     record = back;
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                Err((e, _)) => return Err(anyhow::anyhow!("producing a telemetry message: {e:?}")),
+                Err((source, _)) => return Err(kafka("producing a telemetry message")(source)),
             }
         }
     }
@@ -167,12 +170,12 @@ impl TelemetryProducer {
 
     /// Waits until every message is delivered or failed; fails if any failed.
     pub fn flush(&self, timeout: Duration) -> Result<DeliveryReport> {
-        self.producer.flush(timeout).context("flushing the telemetry producer")?;
+        self.producer.flush(timeout).map_err(kafka("flushing the telemetry producer"))?;
         let report =
             DeliveryReport { delivered: self.counts.delivered.load(Relaxed), failed: self.counts.failed.load(Relaxed) };
         if report.failed > 0 {
             let first = self.counts.first_error.lock().expect("not poisoned").clone().unwrap_or_default();
-            bail!("{} of {} messages were not delivered; first error: {first}", report.failed, self.sent());
+            return Err(WorkloadError::Undelivered { failed: report.failed, sent: self.sent(), first });
         }
         Ok(report)
     }

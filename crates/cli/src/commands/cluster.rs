@@ -160,7 +160,7 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
 async fn cluster(command: ClusterCommand) -> Result<()> {
     match command {
         ClusterCommand::Init { admin, nodes } => {
-            let nodes = nodes.iter().map(|n| parse_node_spec(n)).collect::<Result<Vec<_>>>()?;
+            let nodes = nodes.iter().map(|n| parse_node_spec(n)).collect::<Result<Vec<_>, _>>()?;
             let reply = admin.client().await?.init(pb::InitRequest { nodes, actor: admin.actor() }).await;
             print_membership(&reply.map_err(|s| status_error(&admin.at, s))?.into_inner());
         }

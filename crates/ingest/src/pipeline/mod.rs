@@ -1,6 +1,7 @@
 //! The running ingest: a consumer thread and a decoder thread joined by a bounded channel of
 //! message chunks, with backpressure, commits and rebalance handling. This module starts and
-//! stops them ([`Ingest`]); its parts:
+//! stops them ([`Ingest`]), or hands their loops to a host that runs its own threads
+//! ([`Ingest::prepare`], [`IngestLoop`], [`IngestHandle`]); its parts:
 //!
 //! - `downstream`: what goes downstream ([`ShardBatch`], [`BatchAck`], [`Control`],
 //!   [`Barrier`]) and where assigned partitions' checkpoints come from ([`PartitionStates`]);
@@ -47,12 +48,39 @@ use crate::metrics::IngestMetrics;
 use crate::offsets::OffsetTracker;
 use crate::{IngestConfig, IngestError, IngestStats, Result};
 
-/// A running ingest.
+/// A running ingest that runs its own two threads ([`Ingest::start`]); a host that owns its
+/// threads uses [`Ingest::prepare`] instead.
 pub struct Ingest {
-    stop: Arc<AtomicBool>,
-    metrics: Arc<IngestMetrics>,
+    handle: IngestHandle,
     consumer: JoinHandle<Result<()>>,
     decoder: JoinHandle<Result<()>>,
+}
+
+/// What controls a prepared ingest: its counters and the request to stop. Dropping it asks the
+/// loops to stop too.
+pub struct IngestHandle {
+    stop: Arc<AtomicBool>,
+    metrics: Arc<IngestMetrics>,
+}
+
+/// One of the ingest's two blocking loops (the consumer, then the decoder), for a host that
+/// runs it on a thread of its own. Dropped without running, it never starts.
+pub struct IngestLoop {
+    name: &'static str,
+    body: Box<dyn FnOnce() -> Result<()> + Send>,
+}
+
+impl IngestLoop {
+    /// `consume` or `decode`.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Runs the loop until the ingest is asked to stop (and has handed everything on), or an
+    /// error stops it.
+    pub fn run(self) -> Result<()> {
+        (self.body)()
+    }
 }
 
 impl Ingest {
@@ -78,6 +106,26 @@ impl Ingest {
         out: SyncSender<ShardBatch>,
         states: Option<Arc<dyn PartitionStates>>,
     ) -> Result<Ingest> {
+        let (handle, [consumer, decoder]) = Self::prepare(config, out, states)?;
+        let spawn = |l: IngestLoop| {
+            std::thread::Builder::new()
+                .name(format!("tessera-{}", l.name))
+                .spawn(move || l.run())
+                .map_err(IngestError::ThreadStart)
+        };
+        let decoder = spawn(decoder)?;
+        let consumer = spawn(consumer)?;
+        Ok(Ingest { handle, consumer, decoder })
+    }
+
+    /// Validates the config, connects and subscribes, and returns the two loops for the
+    /// caller to run on threads it owns (the consumer's, then the decoder's), with the handle
+    /// that stops them. With `states`, as [`Ingest::start_with_states`].
+    pub fn prepare(
+        config: IngestConfig,
+        out: SyncSender<ShardBatch>,
+        states: Option<Arc<dyn PartitionStates>>,
+    ) -> Result<(IngestHandle, [IngestLoop; 2])> {
         config.validate()?;
         let metrics = Arc::new(IngestMetrics::default());
         let tracker = Arc::new(OffsetTracker::default());
@@ -92,17 +140,17 @@ impl Ingest {
         let stop = Arc::new(AtomicBool::new(false));
 
         let decoder = Decoder::new(config, tracker, metrics.clone(), dead_letters, out, stop.clone());
-        let decoder = spawn("tessera-decode", move || decoder.run(work_rx))?;
+        let decoder = IngestLoop { name: "decode", body: Box::new(move || decoder.run(work_rx)) };
         let consumer = {
-            let (stop, shared) = (stop.clone(), shared);
-            spawn("tessera-consume", move || consumer::run(consumer, &shared, &stop))?
+            let stop = stop.clone();
+            IngestLoop { name: "consume", body: Box::new(move || consumer::run(consumer, &shared, &stop)) }
         };
-        Ok(Ingest { stop, metrics, consumer, decoder })
+        Ok((IngestHandle { stop, metrics }, [consumer, decoder]))
     }
 
     /// The live counters.
     pub fn metrics(&self) -> &Arc<IngestMetrics> {
-        &self.metrics
+        self.handle.metrics()
     }
 
     /// True once a thread has ended (after [`stop`](Self::stop) or on an error).
@@ -114,16 +162,31 @@ impl Ingest {
     /// acknowledged, commits, leaves the group. Returns the final counters, or the error that
     /// stopped the ingest.
     pub fn stop(self) -> Result<IngestStats> {
-        self.stop.store(true, Ordering::SeqCst);
+        self.handle.request_stop();
         let consumed = join(self.consumer);
         let decoded = join(self.decoder);
         consumed.and(decoded)?;
-        Ok(self.metrics.snapshot())
+        Ok(self.handle.metrics.snapshot())
     }
 }
 
-fn spawn(name: &str, f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<JoinHandle<Result<()>>> {
-    std::thread::Builder::new().name(name.into()).spawn(f).map_err(IngestError::ThreadStart)
+impl IngestHandle {
+    /// The live counters.
+    pub fn metrics(&self) -> &Arc<IngestMetrics> {
+        &self.metrics
+    }
+
+    /// Asks the loops to stop gracefully (as [`Ingest::stop`] does); they end once everything
+    /// consumed is handed on and committed, or `drain_timeout` has passed.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for IngestHandle {
+    fn drop(&mut self) {
+        self.request_stop();
+    }
 }
 
 fn join(handle: JoinHandle<Result<()>>) -> Result<()> {

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use tessera_core::ConfigError;
 
+use crate::error::NodeError;
 use crate::lifecycle::{Shutdown, Tasks};
 
 /// The `[raft]` section: the node runs a control-plane member in its own process.
@@ -62,7 +62,7 @@ impl Default for RaftConfig {
 
 impl RaftConfig {
     /// The node's Raft id: `node_id`, or `id_base` plus the pod ordinal (see `node_id`).
-    pub fn resolved_node_id(&self) -> Result<u64> {
+    pub fn resolved_node_id(&self) -> Result<u64, ConfigError> {
         if let Some(id) = self.node_id {
             return Ok(id);
         }
@@ -70,15 +70,18 @@ impl RaftConfig {
             Ok(v) => v
                 .trim()
                 .parse::<u64>()
-                .with_context(|| format!("config: raft.node_id: TESSERA_POD_ORDINAL={v:?} is not a number"))?,
+                .map_err(|_| ConfigError::new("raft.node_id", format!("TESSERA_POD_ORDINAL={v:?} is not a number")))?,
             Err(_) => {
                 let host = std::env::var("HOSTNAME")
                     .ok()
                     .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
                     .unwrap_or_default();
                 let host = host.trim();
-                host.rsplit_once('-').and_then(|(_, n)| n.parse::<u64>().ok()).with_context(|| {
-                    format!("config: raft.node_id is unset and neither TESSERA_POD_ORDINAL nor the host name ({host:?}, no -N suffix) gives an ordinal")
+                host.rsplit_once('-').and_then(|(_, n)| n.parse::<u64>().ok()).ok_or_else(|| {
+                    ConfigError::new(
+                        "raft.node_id",
+                        format!("is unset and neither TESSERA_POD_ORDINAL nor the host name ({host:?}, no -N suffix) gives an ordinal"),
+                    )
                 })?
             }
         };
@@ -126,16 +129,16 @@ pub fn start(
     runtime: &tokio::runtime::Runtime,
     tasks: &mut Tasks,
     shutdown: Shutdown,
-) -> Result<tessera_consensus::ConsensusNode> {
+) -> Result<tessera_consensus::ConsensusNode, NodeError> {
     let id = raft.resolved_node_id()?;
     let node = runtime
         .block_on(tessera_consensus::ConsensusNode::start_with_tls(raft.settings(id, site), tls))
-        .with_context(|| format!("starting the Raft member (node {id}, raft.listen {})", raft.listen))?;
+        .map_err(|source| NodeError::Failed { part: "Raft member", source: Box::new(NodeError::Consensus(source)) })?;
     let members: Vec<(u64, String, String)> = raft
         .initial_members
         .iter()
         .map(|m| super::parse_node_spec(m).map(|n| (n.id, n.site, n.addr)))
-        .collect::<Result<_>>()?;
+        .collect::<Result<_, _>>()?;
     if members.iter().map(|m| m.0).min() == Some(id) {
         let bootstrap = node.bootstrap(&members, std::time::Duration::from_secs(600));
         tasks.spawn(runtime, "cluster bootstrap", async move {
@@ -143,7 +146,7 @@ pub fn start(
                 done = bootstrap => match done {
                     Ok(true) => tracing::info!(target: "tessera::audit", node = id, members = members.len(), "initialised the cluster (raft.initial_members)"),
                     Ok(false) => tracing::debug!(node = id, "the cluster was initialised before"),
-                    Err(e) => tracing::error!(node = id, error = %e, "could not initialise the cluster; `tessera cluster init` can"),
+                    Err(e) => tracing::error!(node = id, error = %tessera_core::error_chain(&e), "could not initialise the cluster; `tessera cluster init` can"),
                 },
                 () = shutdown.wait() => {}
             }

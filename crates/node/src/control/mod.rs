@@ -11,12 +11,13 @@ pub mod watcher;
 
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow};
 use serde::{Deserialize, Serialize};
 use tessera_proto::raft as pb;
 use tessera_proto::raft::cluster_admin_client::ClusterAdminClient;
 use tessera_tls::ClientTls;
 use tonic::transport::Channel;
+
+use crate::error::NodeError;
 
 pub use watcher::{QueryWatcher, RegistryRows, add_registered_queries, query_changes, registered_queries};
 
@@ -56,34 +57,40 @@ impl ControlConfig {
 
 /// A gRPC channel to `at` (host:port), over `tls`, whose calls time out after `timeout`;
 /// errors name `what` is there (the CLI's `--at`).
-pub async fn grpc_channel(at: &str, tls: &ClientTls, timeout: Duration, what: &str) -> Result<Channel> {
-    tls.endpoint(at, Duration::from_secs(3))
-        .with_context(|| format!("--at {at}: not a host:port"))?
+pub async fn grpc_channel(
+    at: &str,
+    tls: &ClientTls,
+    timeout: Duration,
+    what: &'static str,
+) -> Result<Channel, NodeError> {
+    tls.endpoint(at, Duration::from_secs(3))?
         .timeout(timeout)
         .connect()
         .await
-        .with_context(|| format!("cannot reach the {what} at {at}"))
+        .map_err(|source| NodeError::Unreachable { what, at: at.to_string(), source })
 }
 
 /// A client of the admin API of the control-plane node at `admin`.
-pub async fn admin_client(admin: &str, tls: &ClientTls, timeout: Duration) -> Result<ClusterAdminClient<Channel>> {
+pub async fn admin_client(
+    admin: &str,
+    tls: &ClientTls,
+    timeout: Duration,
+) -> Result<ClusterAdminClient<Channel>, NodeError> {
     Ok(ClusterAdminClient::new(grpc_channel(admin, tls, timeout, "node").await?))
 }
 
 /// Checks that `sql` is a `CREATE CONTINUOUS QUERY` named `name`, before it is registered.
-pub fn check_query(name: &str, sql: &str) -> Result<()> {
-    let def = tessera_stream::grammar::parse(sql).map_err(|e| anyhow!("query {name}: {e}"))?;
-    anyhow::ensure!(
-        def.name == name,
-        "query {name}: the statement creates '{}'; register it under that name",
-        def.name
-    );
+pub fn check_query(name: &str, sql: &str) -> Result<(), NodeError> {
+    let def = tessera_stream::grammar::parse(sql).map_err(|source| NodeError::Query { name: name.into(), source })?;
+    if def.name != name {
+        return Err(NodeError::QueryName { name: name.into(), created: def.name });
+    }
     Ok(())
 }
 
 /// Parses `ID=SITE@HOST:PORT`.
-pub fn parse_node_spec(s: &str) -> Result<pb::NodeSpec> {
-    let err = || anyhow!("node {s:?}: expected ID=SITE@HOST:PORT, e.g. 1=site-a@10.0.0.5:7070");
+pub fn parse_node_spec(s: &str) -> Result<pb::NodeSpec, NodeError> {
+    let err = || NodeError::NodeSpec(s.to_string());
     let (id, rest) = s.split_once('=').ok_or_else(err)?;
     let (site, addr) = rest.split_once('@').ok_or_else(err)?;
     let id = id.trim().parse().map_err(|_| err())?;
@@ -94,8 +101,8 @@ pub fn parse_node_spec(s: &str) -> Result<pb::NodeSpec> {
 }
 
 /// A refusal from the node at `at`, as an error saying who refused.
-pub fn status_error(at: &str, s: tonic::Status) -> anyhow::Error {
-    anyhow!("node at {at}: {}", s.message())
+pub fn status_error(at: &str, status: tonic::Status) -> NodeError {
+    NodeError::Refused { at: at.to_string(), status: Box::new(status) }
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
 use tessera_proto::raft as pb;
 use tessera_proto::raft::cluster_admin_client::ClusterAdminClient;
 use tessera_tls::ClientTls;
@@ -15,6 +14,9 @@ use tonic::transport::Channel;
 
 use super::{ControlConfig, admin_client, check_query, status_error};
 use crate::detect::QueryChange;
+use crate::error::NodeError;
+
+type Result<T, E = NodeError> = std::result::Result<T, E>;
 use crate::lifecycle::Shutdown;
 
 /// The continuous queries registered cluster-wide, as `(name, sql)`, read linearizably from the
@@ -38,18 +40,20 @@ pub fn add_registered_queries(
     engine: &mut tessera_stream::StreamEngine,
     registered: &[(String, String)],
 ) -> Result<Vec<(String, String)>> {
-    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|source| NodeError::Io { what: "building a runtime to plan the queries", source })?;
     let mut refused = Vec::new();
     for (name, sql) in registered {
         if engine.queries().any(|q| &q.name == name) {
             continue;
         }
         if let Err(e) = check_query(name, sql) {
-            refused.push((name.clone(), e.to_string()));
+            refused.push((name.clone(), tessera_core::error_chain(&e)));
             continue;
         }
         if let Err(e) = runtime.block_on(engine.register_standalone(sql)) {
-            refused.push((name.clone(), e.to_string()));
+            refused.push((name.clone(), tessera_core::error_chain(&e)));
         }
     }
     Ok(refused)
@@ -193,17 +197,17 @@ impl Watch {
                 if self.grades.apply_policy(&grade_policy(&policy)?) {
                     tracing::info!(target: "tessera::audit", admin = %self.admin, grades = policy.len(), "the cluster's grade policy is applied");
                 }
-                Ok::<_, anyhow::Error>(queries)
+                Ok::<_, NodeError>(queries)
             };
             let registered = match tokio::time::timeout(self.timeout, read)
                 .await
-                .unwrap_or_else(|_| Err(anyhow!("no answer in {:?}", self.timeout)))
+                .unwrap_or_else(|_| Err(NodeError::NoAnswer { at: self.admin.clone(), timeout: self.timeout }))
             {
                 Ok(registered) => registered,
                 Err(e) => {
                     client = None;
                     if !unreachable {
-                        tracing::warn!(admin = %self.admin, error = %e, "cannot read the cluster's queries; running the ones we have");
+                        tracing::warn!(admin = %self.admin, error = %tessera_core::error_chain(&e), "cannot read the cluster's queries; running the ones we have");
                         unreachable = true;
                     }
                     continue;
@@ -221,7 +225,7 @@ impl Watch {
                     QueryChange::Register { name, sql } => {
                         self.running.insert(name.clone(), sql.clone());
                         if let Err(e) = check_query(name, sql) {
-                            tracing::error!(query = %name, error = %e, "a query registered cluster-wide is not run on this node");
+                            tracing::error!(query = %name, error = %tessera_core::error_chain(&e), "a query registered cluster-wide is not run on this node");
                             continue;
                         }
                     }
@@ -238,7 +242,10 @@ impl Watch {
 fn grade_policy(entries: &[pb::GradeEntry]) -> Result<tessera_core::GradeMap> {
     let mut policy = tessera_core::GradeMap::empty();
     for g in entries {
-        let grade = g.grade.parse().map_err(|e| anyhow!("the cluster's grade of {}.{}: {e}", g.stream, g.column))?;
+        let grade = g
+            .grade
+            .parse()
+            .map_err(|e| NodeError::BadAnswer(format!("the cluster's grade of {}.{}: {e}", g.stream, g.column)))?;
         policy.set(&g.stream, Some(g.column.as_str()).filter(|c| !c.is_empty()), grade);
     }
     Ok(policy)

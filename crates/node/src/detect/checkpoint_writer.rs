@@ -1,11 +1,12 @@
 //! The checkpoint writer thread: one barrier's checkpoints after the other, made durable
 //! only once the broker has confirmed everything the stage sent before them.
 
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
+use crate::error::NodeError;
 use rdkafka::producer::{Producer as _, ThreadedProducer};
 use tessera_ingest::{BatchAck, TopicPartition};
 use tessera_state::{Checkpoint, CheckpointStore};
@@ -35,8 +36,24 @@ pub(super) struct CheckpointWriter {
     pub(super) stats: Arc<Mutex<DetectStats>>,
 }
 
+/// The writer's queue and its running thread.
+pub(super) type RunningWriter = (SyncSender<CheckpointJob>, JoinHandle<Result<(), NodeError>>);
+
 impl CheckpointWriter {
-    pub(super) fn run(self, jobs: Receiver<CheckpointJob>) -> Result<()> {
+    /// Starts the writer's thread; the detection thread starts it when its loop starts, and
+    /// joins it before the loop returns.
+    pub(super) fn spawn(self) -> Result<RunningWriter, NodeError> {
+        // One job queued while another is written: a slow disk holds up the detection thread
+        // (and so the ingest) instead of piling up encoded state.
+        let (jobs, queue) = std::sync::mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("tessera-checkpoint".into())
+            .spawn(move || self.run(queue))
+            .map_err(|source| NodeError::Io { what: "starting the checkpoint writer", source })?;
+        Ok((jobs, thread))
+    }
+
+    fn run(self, jobs: Receiver<CheckpointJob>) -> Result<(), NodeError> {
         for job in jobs {
             if !job.files.is_empty() {
                 self.write(&job)?;
@@ -47,24 +64,22 @@ impl CheckpointWriter {
         Ok(())
     }
 
-    fn write(&self, job: &CheckpointJob) -> Result<()> {
+    fn write(&self, job: &CheckpointJob) -> Result<(), NodeError> {
         let started = Instant::now();
-        self.producer
-            .flush(Duration::from_secs(60))
-            .context("checkpoint: waiting for the broker to confirm alerts and late readings")?;
+        self.producer.flush(Duration::from_secs(60)).map_err(|source| NodeError::Kafka {
+            what: "checkpoint: waiting for the broker to confirm alerts and late readings".into(),
+            source,
+        })?;
         if let Some(why) = self.delivery_failed.lock().ok().and_then(|f| f.clone()) {
-            anyhow::bail!(
-                "checkpoint: an alert or late reading was not delivered ({why}); stopping without committing past it"
-            );
+            return Err(NodeError::Undelivered(why));
         }
         let flushed = started.elapsed();
         let (mut bytes, mut write) = (0, Duration::ZERO);
         for (tp, store, checkpoint) in &job.files {
-            let written = store
-                .lock()
-                .map_err(|_| anyhow::anyhow!("checkpoint store lock poisoned"))?
-                .write(checkpoint)
-                .context("checkpoint")?;
+            let written =
+                store.lock().map_err(|_| NodeError::Poisoned("checkpoint store"))?.write(checkpoint).map_err(
+                    |source| NodeError::Checkpoint { what: format!("checkpoint of {}/{}", tp.0, tp.1), source },
+                )?;
             bytes += written.bytes;
             write += written.elapsed;
             if let Ok(mut s) = self.stats.lock() {

@@ -5,7 +5,7 @@
 //! Without a checkpoint store, a batch is acknowledged to the ingest once the engine has taken
 //! it in, so offsets advance while windows are still open: a crash loses open windows.
 //!
-//! Checkpointed ([`Detect::start_checkpointed`]), state is kept per Kafka partition (see
+//! Checkpointed ([`Detect::prepare_checkpointed`]), state is kept per Kafka partition (see
 //! [`crate::checkpoints`]). When the ingest is assigned a partition, the partition's
 //! checkpoint arrives ahead of its readings and its motors' state is adopted into the engine.
 //! The stage holds every acknowledgement until a checkpoint covers the batch. On each barrier
@@ -35,10 +35,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
 use arrow_array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use rdkafka::message::DeliveryResult;
@@ -56,8 +54,12 @@ mod checkpoint_writer;
 pub mod rules;
 mod worker;
 
+use crate::error::NodeError;
+use crate::lifecycle::StageLoop;
 use checkpoint_writer::CheckpointWriter;
 use worker::Worker;
+
+type Result<T, E = NodeError> = std::result::Result<T, E>;
 
 /// The `[detect]` config section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,10 +136,13 @@ impl DetectConfig {
 /// Builds an engine with the configured queries; a bad query fails here, naming it.
 pub fn build_engine(config: &DetectConfig) -> Result<StreamEngine> {
     config.validate()?;
-    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|source| NodeError::Io { what: "building a runtime to plan the queries", source })?;
     let mut engine = StreamEngine::new(config.stream_config());
     for sql in config.effective_queries() {
-        rt.block_on(engine.register(&sql)).map_err(|e| anyhow::anyhow!("detect.queries: {e}"))?;
+        rt.block_on(engine.register(&sql))
+            .map_err(|source| NodeError::Query { name: "in detect.queries".into(), source })?;
     }
     Ok(engine)
 }
@@ -258,7 +263,8 @@ pub enum QueryChange {
     },
 }
 
-/// A running detection stage.
+/// A detection stage's handle: its counters, query changes and stop request (its loop runs on
+/// a thread the caller started, see [`Detect::prepare`]).
 pub struct Detect {
     stop: Arc<AtomicBool>,
     end_of_input: Arc<AtomicBool>,
@@ -267,7 +273,6 @@ pub struct Detect {
     running: RunningQueries,
     alert_latency: Arc<tessera_core::LatencyHistogram>,
     last_turn_ms: Arc<std::sync::atomic::AtomicI64>,
-    thread: Option<JoinHandle<Result<StreamEngine>>>,
 }
 
 /// Counts deliveries the broker refused, so that a checkpoint never covers a lost alert.
@@ -291,30 +296,32 @@ impl ProducerContext for DeliveryCheck {
 }
 
 impl Detect {
-    /// Starts the stage on `engine`, reading `batches`, writing to `brokers`.
-    pub fn start(
+    /// Prepares the stage on `engine`, reading `batches`, writing to `brokers`: its handle, and
+    /// its loop for the caller to run on a thread ([`crate::lifecycle::StageThread::spawn`]);
+    /// the loop returns the engine once the stage is asked to stop.
+    pub fn prepare(
         engine: StreamEngine,
         config: &DetectConfig,
         brokers: &str,
         batches: Receiver<ShardBatch>,
-    ) -> Result<Self> {
-        Self::start_checkpointed(engine, config, brokers, batches, false, None)
+    ) -> Result<(Self, StageLoop<StreamEngine>)> {
+        Self::prepare_checkpointed(engine, config, brokers, batches, false, None)
     }
 
-    /// Like [`Detect::start`], with per-partition checkpoints when `checkpointed`: the ingest
+    /// Like [`Detect::prepare`], with per-partition checkpoints when `checkpointed`: the ingest
     /// must then send barriers (its `checkpoint_interval` set) and partitions' checkpoints
     /// ([`tessera_ingest::Ingest::start_with_states`] with
     /// [`crate::checkpoints::PartitionCheckpoints`]). With `raw`, every reading taken in is
     /// also sent there (the site's store, see [`crate::store`]); if it is gone, the stage
     /// stops with an error rather than drop readings.
-    pub fn start_checkpointed(
+    pub fn prepare_checkpointed(
         engine: StreamEngine,
         config: &DetectConfig,
         brokers: &str,
         batches: Receiver<ShardBatch>,
         checkpointed: bool,
         raw: Option<SyncSender<RecordBatch>>,
-    ) -> Result<Self> {
+    ) -> Result<(Self, StageLoop<StreamEngine>)> {
         let failed = Arc::new(Mutex::new(None));
         let producer: ThreadedProducer<DeliveryCheck> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
@@ -322,7 +329,7 @@ impl Detect {
             // Alerts are few and urgent: send each at once.
             .set("linger.ms", "0")
             .create_with_context(DeliveryCheck { failed: failed.clone() })
-            .context("creating the alerts producer")?;
+            .map_err(|source| NodeError::Kafka { what: "creating the alerts producer".into(), source })?;
         let producer = Arc::new(producer);
         let stop = Arc::new(AtomicBool::new(false));
         let end_of_input = Arc::new(AtomicBool::new(false));
@@ -334,26 +341,16 @@ impl Detect {
         running.update(&engine);
         let alert_latency = Arc::new(tessera_core::LatencyHistogram::default());
         let last_turn_ms = Arc::new(std::sync::atomic::AtomicI64::new(now_ms()));
-        let writer = match checkpointed {
-            true => {
-                // One job queued while another is written: a slow disk holds up the detection
-                // thread (and so the ingest) instead of piling up encoded state.
-                let (jobs, queue) = std::sync::mpsc::sync_channel(1);
-                let writer = CheckpointWriter {
-                    producer: producer.clone(),
-                    delivery_failed: failed.clone(),
-                    stats: stats.clone(),
-                };
-                let thread =
-                    std::thread::Builder::new().name("tessera-checkpoint".into()).spawn(move || writer.run(queue))?;
-                Some((jobs, thread))
-            }
-            false => None,
-        };
+        let checkpoint_writer = checkpointed.then(|| CheckpointWriter {
+            producer: producer.clone(),
+            delivery_failed: failed.clone(),
+            stats: stats.clone(),
+        });
         let worker = Worker {
             engine,
             producer,
-            writer,
+            checkpoint_writer,
+            writer: None,
             config: config.clone(),
             stats: stats.clone(),
             stop: stop.clone(),
@@ -369,14 +366,8 @@ impl Detect {
             alert_latency: alert_latency.clone(),
             last_turn_ms: last_turn_ms.clone(),
         };
-        let thread = std::thread::Builder::new().name("tessera-detect".into()).spawn(move || worker.run(batches))?;
-        Ok(Self { stop, end_of_input, stats, changes, running, alert_latency, last_turn_ms, thread: Some(thread) })
-    }
-
-    /// True once the stage's thread has ended (after a stop, or on an error such as a failed
-    /// checkpoint write; [`Detect::stop`] returns it).
-    pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(|t| t.is_finished())
+        let handle = Self { stop, end_of_input, stats, changes, running, alert_latency, last_turn_ms };
+        Ok((handle, StageLoop::new("detect", move || worker.run(batches))))
     }
 
     /// Where to send changes to the running queries; the detection thread applies each one
@@ -406,28 +397,25 @@ impl Detect {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Like [`Detect::stop`], but the input is complete (a finished replay): every window
-    /// still open is closed, and its alerts written, before stopping. Replays are then
-    /// independent of processing-time idleness.
-    pub fn stop_at_end_of_input(self) -> Result<StreamEngine> {
-        self.end_of_input.store(true, Ordering::Relaxed);
-        self.stop()
+    /// Asks the stage to stop after the batches already queued; its loop then flushes the
+    /// producer and returns the engine (whose tables stay queryable).
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 
-    /// Stops after the batches already queued, flushes the producer, and returns the engine
-    /// (its tables stay queryable).
-    pub fn stop(mut self) -> Result<StreamEngine> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().expect("running").join().map_err(|_| anyhow::anyhow!("the detect thread panicked"))?
+    /// Like [`Detect::request_stop`], but the input is complete (a finished replay): every
+    /// window still open is closed, and its alerts written, before stopping. Replays are then
+    /// independent of processing-time idleness.
+    pub fn request_stop_at_end_of_input(&self) {
+        self.end_of_input.store(true, Ordering::Relaxed);
+        self.request_stop();
     }
 }
 
 impl Drop for Detect {
+    /// A stage whose handle is gone stops (its thread is joined by whoever started it).
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.request_stop();
     }
 }
 

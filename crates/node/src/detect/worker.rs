@@ -6,10 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
 use arrow_array::RecordBatch;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
@@ -19,7 +17,10 @@ use tessera_stream::{StepOutput, StreamEngine};
 
 use tessera_core::now_ms;
 
-use super::checkpoint_writer::{CheckpointFile, CheckpointJob};
+use super::checkpoint_writer::{CheckpointFile, CheckpointJob, CheckpointWriter, RunningWriter};
+use crate::error::NodeError;
+
+type Result<T, E = NodeError> = std::result::Result<T, E>;
 use super::{Adopted, DeliveryCheck, DetectConfig, DetectStats, ENGINE_SECTION, QueryChange, RunningQueries};
 
 /// A partition this stage owns: its store, and what its newest checkpoint covers.
@@ -38,8 +39,10 @@ pub(super) struct OwnedPartition {
 pub(super) struct Worker {
     pub(super) engine: StreamEngine,
     pub(super) producer: Arc<ThreadedProducer<DeliveryCheck>>,
-    /// The checkpoint writer's queue and thread (checkpointed stages only).
-    pub(super) writer: Option<(SyncSender<CheckpointJob>, JoinHandle<Result<()>>)>,
+    /// The checkpoint writer (checkpointed stages only), started when the loop starts.
+    pub(super) checkpoint_writer: Option<CheckpointWriter>,
+    /// The running writer's queue and thread.
+    pub(super) writer: Option<RunningWriter>,
     pub(super) config: DetectConfig,
     pub(super) stats: Arc<Mutex<DetectStats>>,
     pub(super) stop: Arc<AtomicBool>,
@@ -63,7 +66,12 @@ pub(super) struct Worker {
 
 impl Worker {
     pub(super) fn run(mut self, batches: Receiver<ShardBatch>) -> Result<StreamEngine> {
-        let rt = tokio::runtime::Builder::new_current_thread().build()?;
+        if let Some(writer) = self.checkpoint_writer.take() {
+            self.writer = Some(writer.spawn()?);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|source| NodeError::Io { what: "building the detect thread's runtime", source })?;
         let tick = Duration::from_millis(100);
         loop {
             match batches.recv_timeout(tick) {
@@ -75,11 +83,9 @@ impl Worker {
                         if let Some(raw) = &self.raw {
                             let telemetry = rows
                                 .project(&(0..tessera_core::telemetry_schema().fields().len()).collect::<Vec<_>>())?;
-                            raw.send(telemetry).map_err(|_| {
-                                anyhow::anyhow!("the telemetry store has stopped; readings would be lost")
-                            })?;
+                            raw.send(telemetry).map_err(|_| NodeError::Stopped("telemetry store"))?;
                         }
-                        let out = rt.block_on(self.engine.push(&rows, now_ms()))?;
+                        let out = rt.block_on(self.engine.push(&rows, now_ms())).map_err(engine("a detection step"))?;
                         step.record("windows_closed", out.windows_closed);
                         step.record("alerts", out.alerts.len());
                         self.publish(out, started)?;
@@ -107,7 +113,7 @@ impl Worker {
             }
             self.last_turn_ms.store(now_ms(), Ordering::Relaxed);
             let started = Instant::now();
-            let out = rt.block_on(self.engine.tick(now_ms()))?;
+            let out = rt.block_on(self.engine.tick(now_ms())).map_err(engine("closing windows"))?;
             self.publish(out, started)?;
             self.apply_query_changes(&rt);
             if let Ok(mut s) = self.stats.lock() {
@@ -119,11 +125,13 @@ impl Worker {
         }
         if self.end_of_input.load(Ordering::Relaxed) {
             let started = Instant::now();
-            let out = rt.block_on(self.engine.close_all(now_ms()))?;
+            let out = rt.block_on(self.engine.close_all(now_ms())).map_err(engine("closing every window"))?;
             self.publish(out, started)?;
         }
         self.stop_writer()?;
-        self.producer.flush(Duration::from_secs(30)).context("flushing alerts and late readings")?;
+        self.producer
+            .flush(Duration::from_secs(30))
+            .map_err(|source| NodeError::Kafka { what: "flushing alerts and late readings".into(), source })?;
         Ok(self.engine)
     }
 
@@ -139,9 +147,11 @@ impl Worker {
                     tracing::debug!(query = %name, "dropping a query that is not running");
                     continue;
                 }
-                QueryChange::Drop { name } => {
-                    self.engine.unregister(name).map(|_| ()).map_err(|e| anyhow::anyhow!("query {name}: {e}"))
-                }
+                QueryChange::Drop { name } => self
+                    .engine
+                    .unregister(name)
+                    .map(|_| ())
+                    .map_err(|source| NodeError::Query { name: name.clone(), source }),
             };
             match result {
                 Ok(()) => {
@@ -152,9 +162,10 @@ impl Worker {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "a change to the running queries was refused");
+                    let why = tessera_core::error_chain(&e);
+                    tracing::error!(error = %why, "a change to the running queries was refused");
                     if let Ok(mut s) = self.stats.lock() {
-                        s.query_changes_refused.push(e.to_string());
+                        s.query_changes_refused.push(why);
                     }
                 }
             }
@@ -173,12 +184,12 @@ impl Worker {
     fn register_standalone(&mut self, rt: &tokio::runtime::Runtime, name: &str, sql: &str) -> Result<()> {
         let created = rt
             .block_on(self.engine.register_standalone(sql))
-            .map_err(|e| anyhow::anyhow!("query {name}: {e}"))?
+            .map_err(|source| NodeError::Query { name: name.to_string(), source })?
             .name
             .clone();
         if created != name {
-            self.engine.unregister(&created)?;
-            anyhow::bail!("query {name}: the statement creates '{created}'");
+            self.engine.unregister(&created).map_err(|source| NodeError::Query { name: created.clone(), source })?;
+            return Err(NodeError::QueryName { name: name.to_string(), created });
         }
         Ok(())
     }
@@ -187,7 +198,7 @@ impl Worker {
     fn stop_writer(&mut self) -> Result<()> {
         let Some((jobs, thread)) = self.writer.take() else { return Ok(()) };
         drop(jobs);
-        thread.join().map_err(|_| anyhow::anyhow!("the checkpoint writer panicked"))?
+        thread.join().map_err(|_| NodeError::Panicked("checkpoint writer"))?
     }
 
     /// Newly assigned partitions: each one's checkpoint is adopted into the engine (its motors'
@@ -200,18 +211,25 @@ impl Worker {
                 tracing::warn!(topic = %tp.0, partition = tp.1, "assigned a partition this stage already owns; keeping its state");
                 continue;
             }
-            let assigned = start
-                .state
-                .and_then(|s| s.downcast::<crate::checkpoints::AssignedStore>().ok())
-                .with_context(|| format!("partition {}/{} was assigned without its checkpoint store", tp.0, tp.1))?;
+            let assigned =
+                start.state.and_then(|s| s.downcast::<crate::checkpoints::AssignedStore>().ok()).ok_or_else(|| {
+                    NodeError::BadCheckpoint(format!(
+                        "partition {}/{} was assigned without its checkpoint store",
+                        tp.0, tp.1
+                    ))
+                })?;
             let mut last_id = assigned.store.newest().unwrap_or(0);
             if let Some(loaded) = &assigned.loaded {
-                let section = loaded
-                    .checkpoint
-                    .section(ENGINE_SECTION)
-                    .with_context(|| format!("checkpoint {} has no {ENGINE_SECTION} section", loaded.path.display()))?;
-                let report =
-                    self.engine.adopt(section).with_context(|| format!("restoring {}", loaded.path.display()))?;
+                let section = loaded.checkpoint.section(ENGINE_SECTION).ok_or_else(|| {
+                    NodeError::BadCheckpoint(format!(
+                        "checkpoint {} has no {ENGINE_SECTION} section",
+                        loaded.path.display()
+                    ))
+                })?;
+                let report = self.engine.adopt(section).map_err(|source| NodeError::Engine {
+                    what: format!("restoring {}", loaded.path.display()),
+                    source,
+                })?;
                 for m in &report.motor_ids {
                     self.motor_partition.insert(m.clone(), tp.clone());
                 }
@@ -282,7 +300,10 @@ impl Worker {
             encode: encoding.elapsed(),
         };
         if !barrier.revoked.is_empty() {
-            let released = self.engine.release_motors(&|m| self.motor_partition.get(m).is_some_and(revoked))?;
+            let released = self
+                .engine
+                .release_motors(&|m| self.motor_partition.get(m).is_some_and(revoked))
+                .map_err(engine("handing partitions over"))?;
             self.motor_partition.retain(|_, tp| !revoked(tp));
             self.owned.retain(|tp, _| !revoked(tp));
             tracing::info!(
@@ -299,7 +320,7 @@ impl Worker {
         self.batches_since_checkpoint = 0;
         let (jobs, _) = self.writer.as_ref().expect("a checkpointed stage has a writer");
         if jobs.send(job).is_err() {
-            return Err(self.stop_writer().err().unwrap_or_else(|| anyhow::anyhow!("the checkpoint writer stopped")));
+            return Err(self.stop_writer().err().unwrap_or(NodeError::Stopped("checkpoint writer")));
         }
         if let Ok(mut s) = self.stats.lock() {
             s.longest_checkpoint_pause_us = s.longest_checkpoint_pause_us.max(started.elapsed().as_micros() as u64);
@@ -316,7 +337,7 @@ impl Worker {
             let engine = self
                 .engine
                 .checkpoint_motors(&|m| self.motor_partition.get(m) == Some(tp))
-                .context("checkpoint: encoding the engine state")?;
+                .map_err(engine("checkpoint: encoding the engine state"))?;
             let p = self.owned.get_mut(tp).expect("due partitions are owned");
             let next_offset = p.next_offset.expect("a due partition has an offset");
             let checkpoint = Checkpoint {
@@ -383,9 +404,10 @@ impl Worker {
             .key(failed.query.as_str())
             .payload(&payload)
             .headers(headers);
-        self.producer
-            .send(record)
-            .map_err(|(e, _)| anyhow::anyhow!("writing to {}: {e}", self.config.dead_letter_topic))?;
+        self.producer.send(record).map_err(|(source, _)| NodeError::Kafka {
+            what: format!("writing to {}", self.config.dead_letter_topic),
+            source,
+        })?;
         if let Ok(mut s) = self.stats.lock() {
             s.failed_runs += 1;
         }
@@ -418,9 +440,14 @@ impl Worker {
                     record = Some(back);
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                Err((e, _)) => return Err(anyhow::anyhow!("writing to {topic}: {e}")),
+                Err((source, _)) => return Err(NodeError::Kafka { what: format!("writing to {topic}"), source }),
             }
         }
-        anyhow::bail!("writing to {topic}: the producer queue stayed full for 30 s")
+        Err(NodeError::QueueFull { topic: topic.to_string(), waited: Duration::from_secs(30) })
     }
+}
+
+/// An engine failure while `what`.
+fn engine(what: &'static str) -> impl FnOnce(tessera_stream::StreamError) -> NodeError {
+    move |source| NodeError::Engine { what: what.to_string(), source }
 }
