@@ -8,8 +8,10 @@
 //! - `otlp+scrape`: as `otlp`, and `/metrics` scraped every 100 ms (Prometheus scrapes every
 //!   15–30 s: an upper bound).
 //!
-//! Each child prints its rate from the first consumed message to the last reading taken in by
-//! the detection stage; the parent prints rates and ratios to `off`.
+//! Each child configures its node as an operator would, with a `node.toml` read by the same
+//! loader as `tessera node` (defaults everywhere else), and prints its rate from the first
+//! consumed message to the last reading taken in by the detection stage; the parent prints
+//! rates and ratios to `off`.
 //!
 //! `cargo bench --bench observe_cost -- [--readings 600000] [--rounds 2]`
 
@@ -21,9 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use tessera_ingest::{Encoding, IngestConfig, TopicConfig};
-use tessera_node::config::{HttpConfig, NodeConfig, TelemetryConfig};
-use tessera_node::detect::DetectConfig;
+use tessera_node::config::{NodeConfig, TelemetryConfig};
 use tessera_node::node::Node;
 use tessera_node::topics::ensure_topics;
 use tessera_suite::{TansuBroker, producer, publish, test_fleet};
@@ -126,25 +126,26 @@ fn child(spec: &str) -> Result<()> {
     let exporting = mode != "off";
     let telemetry = TelemetryConfig { otlp_endpoint: exporting.then(|| otlp.to_string()), ..Default::default() };
     let guard = tessera_node::telemetry::init(&telemetry, "warn")?;
-    let config = NodeConfig {
-        site_id: "site-a".into(),
-        ingest: IngestConfig {
-            brokers: brokers.into(),
-            group_id: group.into(),
-            topics: vec![TopicConfig { name: TOPIC.into(), encoding: Encoding::ProtobufReading }],
-            dead_letter_topic: "observe-dead-letters".into(),
-            ..Default::default()
-        },
-        detect: DetectConfig {
-            alerts_topic: "observe-alerts".into(),
-            late_topic: "observe-late".into(),
-            dead_letter_topic: "observe-detect-dlq".into(),
-            ..Default::default()
-        },
-        http: HttpConfig { listen: (mode == "otlp+scrape").then(|| "127.0.0.1:0".parse().expect("addr")) },
-        ..Default::default()
-    };
-    let node = Node::start(&config)?;
+    let http = if mode == "otlp+scrape" { "[http]\nlisten = \"127.0.0.1:0\"\n" } else { "" };
+    let toml = format!(
+        r#"site_id = "site-a"
+
+[ingest]
+brokers = "{brokers}"
+group_id = "{group}"
+topics = [{{ name = "{TOPIC}", encoding = "protobuf_reading" }}]
+dead_letter_topic = "observe-dead-letters"
+
+[detect]
+alerts_topic = "observe-alerts"
+late_topic = "observe-late"
+dead_letter_topic = "observe-detect-dlq"
+{http}"#
+    );
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("node.toml");
+    std::fs::write(&file, toml)?;
+    let node = Node::start(&NodeConfig::load(Some(&file))?)?;
     let scraper = node.http_addr().map(|addr| {
         std::thread::spawn(move || {
             let mut scrapes = 0u64;
