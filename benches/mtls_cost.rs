@@ -45,8 +45,10 @@ async fn measure(dir: &std::path::Path, ca: Option<&Issued>, writes: u64, writer
             .map(|ca| material(ca, Subject::Node { id, site: format!("site-{id}"), hosts: vec!["127.0.0.1".into()] }));
         nodes.push(ConsensusNode::start_with_tls(settings, tls).await.expect("node"));
     }
-    let client_tls =
-        ClientTls::from_material(ca.map(|ca| material(ca, Subject::Operator { name: "bench".into() })).as_ref());
+    let client_tls = ClientTls::from_material(
+        ca.map(|ca| material(ca, Subject::Operator { name: "bench".into(), role: tessera_tls::OperatorRole::Admin }))
+            .as_ref(),
+    );
     let addr = nodes[0].addr().to_string();
     let connect = || async {
         ClusterAdminClient::new(

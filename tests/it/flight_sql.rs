@@ -389,7 +389,7 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
                 run(&mut c, "SELECT count(*) FROM motor_windows").await.expect_err("a forged federated call")
             }
         };
-        let operator = pki::issue(&ca, &Subject::Operator { name: "eve".into() }, year).expect("operator");
+        let operator = pki::issue(&ca, &Subject::Operator { name: "eve".into(), role: tessera_tls::OperatorRole::Admin }, year).expect("operator");
         for refused in [forged(None).await, forged(Some(&operator)).await] {
             assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
             assert!(refused.message().contains("must come with a node's certificate"), "{refused:?}");

@@ -14,7 +14,7 @@ use tessera_proto::raft as pb;
 use tessera_proto::raft::cluster_admin_client::ClusterAdminClient;
 use tessera_proto::raft::raft_transport_client::RaftTransportClient;
 use tessera_tls::pki::{self, Issued, Subject};
-use tessera_tls::{ClientTls, TlsMaterial};
+use tessera_tls::{ClientTls, OperatorRole, TlsMaterial};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -87,7 +87,8 @@ fn the_control_plane_speaks_mtls_and_refuses_rogue_nodes() {
         assert!(wrong.to_string().contains("tls.cert"), "{wrong}");
 
         let addrs: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
-        let alice = pki::issue(&ca, &Subject::Operator { name: "alice".into() }, YEAR).expect("operator");
+        let alice = pki::issue(&ca, &Subject::Operator { name: "alice".into(), role: OperatorRole::Admin }, YEAR)
+            .expect("operator");
         let operator = ClientTls::from_material(Some(&material(&ca, &alice)));
         let mut admin = ClusterAdminClient::new(channel(&operator, &addrs[0]).await.expect("operator connects"));
         let specs = (0..3)
@@ -282,4 +283,279 @@ fn kafka_tls_and_sasl_settings_pass_through_to_librdkafka() {
         .expect("a CA file that is not there");
     let text = format!("{err:#}");
     assert!(text.contains("ssl.ca.location"), "{text}");
+}
+
+/// Three mTLS nodes of sites 1–3, started and initialised by an admin operator; returns them
+/// with their addresses, the CA and the operator's admin client.
+async fn mtls_cluster(
+    dir: &std::path::Path,
+    ca: &Issued,
+    change: impl Fn(&mut RaftSettings),
+) -> (Vec<ConsensusNode>, Vec<String>, ClusterAdminClient<Channel>) {
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        let mut settings = RaftSettings::new(
+            id,
+            format!("site-{id}"),
+            "127.0.0.1:0".parse().expect("addr"),
+            dir.join(format!("n{id}")),
+        );
+        change(&mut settings);
+        let node =
+            ConsensusNode::start_with_tls(settings, Some(material(ca, &node_cert(ca, id)))).await.expect("starts");
+        nodes.push(node);
+    }
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
+    let admin = operator_client(ca, &addrs[0], OperatorRole::Admin).await;
+    let specs = (0..3)
+        .map(|i| pb::NodeSpec { id: i as u64 + 1, site: format!("site-{}", i + 1), addr: addrs[i].clone() })
+        .collect();
+    admin.clone().init(pb::InitRequest { nodes: specs, actor: String::new() }).await.expect("init");
+    (nodes, addrs, admin)
+}
+
+/// An admin client at `addr` holding an operator certificate with `role`.
+async fn operator_client(ca: &Issued, addr: &str, role: OperatorRole) -> ClusterAdminClient<Channel> {
+    let cert = pki::issue(ca, &Subject::Operator { name: format!("op-{role}"), role }, YEAR).expect("operator");
+    ClusterAdminClient::new(
+        channel(&ClientTls::from_material(Some(&material(ca, &cert))), addr).await.expect("connects"),
+    )
+}
+
+/// A transport client at `addr` (node `server`) holding node `id`'s certificate.
+async fn node_transport(ca: &Issued, id: u64, addr: &str, server: u64) -> RaftTransportClient<Channel> {
+    let tls =
+        ClientTls::from_material(Some(&material(ca, &node_cert(ca, id)))).expecting(pki::node_server_name(server));
+    RaftTransportClient::new(channel(&tls, addr).await.expect("node connects"))
+}
+
+/// Who may do what is decided by one rule on both paths: a node's certificate forwarding a
+/// write to the leader (as followers do) gets no more than it would calling the admin API, a
+/// node acts only for its own site, and operators act by the role their certificate carries.
+#[test]
+fn forwarded_writes_and_roles_are_authorized_by_one_rule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = pki::new_ca("authz CA", YEAR).expect("CA");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let (nodes, addrs, mut admin) = mtls_cluster(dir.path(), &ca, |_| {}).await;
+        let ask = pb::RequestReleaseRequest {
+            bundle: "export-9".into(),
+            source: "site-1".into(),
+            target: "site-2".into(),
+            k: 2,
+            custodians: vec!["site-1".into(), "site-2".into(), "site-3".into()],
+            actor: String::new(),
+        };
+        assert!(admin.request_release(ask).await.expect("request").get_ref().rejected.is_empty());
+        let leader = admin.status(pb::StatusRequest {}).await.expect("status").into_inner().leader_id.expect("leader");
+        let leader_addr = &addrs[leader as usize - 1];
+        let approve = |site: &str| tessera_consensus::Request {
+            actor: "forged".into(),
+            at_ms: 0,
+            command: tessera_consensus::Command::ApproveRelease {
+                bundle: "export-9".into(),
+                site: tessera_core::SiteId::new(site).expect("site"),
+            },
+        };
+        let forward = |from: u64, request: tessera_consensus::Request, on_behalf_of: Option<&str>| {
+            let mut call =
+                tonic::Request::new(pb::RaftMessage { from, json: serde_json::to_vec(&request).expect("json") });
+            if let Some(claim) = on_behalf_of {
+                call.metadata_mut().insert("tessera-on-behalf-of", claim.parse().expect("header"));
+            }
+            call
+        };
+        // Site 1's node forwards site 2's approval: as itself, as site 2's node, as an admin.
+        let mut node1 = node_transport(&ca, 1, leader_addr, leader).await;
+        for (claim, why) in [
+            (None, "only a node of site site-2 approves for it"),
+            (Some("node/2/site-2"), "may not act on behalf of node 2 of site site-2"),
+            (Some("operator/admin/chief"), "only a node of site site-2 approves for it"),
+            (Some("plaintext"), "may not act on behalf of an unauthenticated client"),
+        ] {
+            let refused =
+                node1.forward_write(forward(1, approve("site-2"), claim)).await.expect_err("a forged approval");
+            assert_eq!(refused.code(), Code::PermissionDenied, "{claim:?}: {refused:?}");
+            assert!(refused.message().contains(why), "{claim:?}: {}", refused.message());
+        }
+        // ... and registers a node that is not a member, or sets a policy.
+        let register = tessera_consensus::Request {
+            actor: "forged".into(),
+            at_ms: 0,
+            command: tessera_consensus::Command::RegisterNode {
+                node: 9,
+                site: tessera_core::SiteId::new("site-1").expect("site"),
+                addr: "10.9.9.9:7070".into(),
+            },
+        };
+        let refused = node1.forward_write(forward(1, register, None)).await.expect_err("a registration");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        let policy = tessera_consensus::Request {
+            actor: "forged".into(),
+            at_ms: 0,
+            command: tessera_consensus::Command::DropQuery { name: "any".into() },
+        };
+        let refused = node1.forward_write(forward(1, policy, None)).await.expect_err("a registry change");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        let releases = || async {
+            admin.clone().list_releases(pb::ListReleasesRequest {}).await.expect("list").into_inner().releases
+        };
+        assert!(releases().await[0].approvals.is_empty(), "a forged approval counted");
+        // Site 2's own node approves through the forwarding path: that one counts.
+        let mut node2 = node_transport(&ca, 2, leader_addr, leader).await;
+        let approved = node2.forward_write(forward(2, approve("site-2"), None)).await.expect("site 2 approves");
+        assert!(approved.get_ref().rejected.is_empty(), "{:?}", approved.get_ref());
+        assert_eq!(releases().await[0].approvals, ["site-2"]);
+
+        // Roles: a viewer reads and changes nothing; a node's certificate changes no registry
+        // entry through the admin API either; an admin does, through any node.
+        let follower = (1..=3u64).find(|id| *id != leader).expect("a follower");
+        let follower_addr = &addrs[follower as usize - 1];
+        let mut viewer = operator_client(&ca, follower_addr, OperatorRole::Viewer).await;
+        viewer.list_sites(pb::ListSitesRequest {}).await.expect("a viewer reads");
+        let site = || pb::AddSiteRequest { site: "site-v".into(), name: "V".into(), actor: String::new() };
+        let refused = viewer.add_site(site()).await.expect_err("a viewer writes");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains("a viewer's certificate reads only"), "{}", refused.message());
+        let refused = viewer.remove_node(pb::RemoveNodeRequest { id: 3, actor: String::new() }).await.expect_err("");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        let node3 = ClientTls::from_material(Some(&material(&ca, &node_cert(&ca, 3))));
+        let mut as_node = ClusterAdminClient::new(channel(&node3, follower_addr).await.expect("connects"));
+        let refused = as_node.add_site(site()).await.expect_err("a node edits the registry");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        let mut admin_at_follower = operator_client(&ca, follower_addr, OperatorRole::Admin).await;
+        let added = admin_at_follower.add_site(site()).await.expect("an admin writes through a follower");
+        assert!(added.get_ref().rejected.is_empty(), "{:?}", added.get_ref());
+        let audit = admin.list_audit(pb::ListAuditRequest { from_index: 0, limit: 100 }).await.expect("audit");
+        let actors: Vec<String> = audit.into_inner().entries.into_iter().map(|e| e.actor).collect();
+        assert!(actors.iter().any(|a| a == "op-admin") && !actors.iter().any(|a| a == "forged"), "{actors:?}");
+        let refused: u64 = nodes.iter().map(|n| n.refusals().identities()).sum();
+        assert!(refused >= 9, "refusals are counted and audited: {refused}");
+        for node in nodes {
+            node.shutdown().await.expect("shutdown");
+        }
+    });
+}
+
+/// A snapshot must come under its sender's own vote, and no larger than the receiver's
+/// `max_snapshot_bytes`: a larger one is refused before it is buffered whole.
+#[test]
+fn a_snapshot_carries_its_senders_vote_and_fits_the_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = pki::new_ca("snapshot CA", YEAR).expect("CA");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let (nodes, addrs, mut admin) = mtls_cluster(dir.path(), &ca, |s| s.max_snapshot_bytes = 64 << 10).await;
+        let term_before = admin.status(pb::StatusRequest {}).await.expect("status").into_inner().term;
+        let header = |leader: u64| {
+            let vote = openraft::alias::VoteOf::<TypeConfig>::new_committed(term_before + 5, leader);
+            let meta = openraft::alias::SnapshotMetaOf::<TypeConfig> {
+                last_log_id: None,
+                last_membership: Default::default(),
+            };
+            serde_json::to_vec(&(vote, meta)).expect("json")
+        };
+        let chunks = |from: u64, leader: u64, bytes: usize| {
+            let mut chunks = vec![pb::SnapshotChunk { from, header: header(leader), data: vec![0; 32 << 10] }];
+            chunks.extend((1..bytes / (32 << 10)).map(|_| pb::SnapshotChunk {
+                from,
+                header: Vec::new(),
+                data: vec![0; 32 << 10],
+            }));
+            futures::stream::iter(chunks)
+        };
+        let mut node2 = node_transport(&ca, 2, &addrs[0], 1).await;
+        let under_another_vote =
+            node2.install_snapshot(chunks(2, 3, 32 << 10)).await.expect_err("a snapshot under node 3's vote");
+        assert_eq!(under_another_vote.code(), Code::PermissionDenied, "{under_another_vote:?}");
+        assert!(under_another_vote.message().contains("under node 3's vote"), "{}", under_another_vote.message());
+        let too_large = node2.install_snapshot(chunks(2, 2, 1 << 20)).await.expect_err("a 1 MiB snapshot");
+        assert_eq!(too_large.code(), Code::ResourceExhausted, "{too_large:?}");
+        assert!(too_large.message().contains("max_snapshot_bytes (65536)"), "{}", too_large.message());
+        let status = admin.status(pb::StatusRequest {}).await.expect("status").into_inner();
+        assert!(status.term < term_before + 5, "a refused snapshot moved the term: {status:?}");
+        for node in nodes {
+            node.shutdown().await.expect("shutdown");
+        }
+    });
+}
+
+/// Without TLS a control-plane member listens on loopback only; on any other address only when
+/// the config says `insecure_plaintext`, and then it says so. With TLS on any address, a client
+/// in the clear is refused.
+#[test]
+fn a_control_plane_without_tls_listens_on_loopback_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let everywhere = || RaftSettings::new(1, "site-1", "0.0.0.0:0".parse().expect("addr"), dir.path().join("p"));
+        let refused = ConsensusNode::start(everywhere()).await.err().expect("plaintext on 0.0.0.0");
+        let text = refused.to_string();
+        assert!(text.contains("raft.listen") && text.contains("insecure_plaintext"), "{text}");
+        let node = ConsensusNode::start(RaftSettings { insecure_plaintext: true, ..everywhere() })
+            .await
+            .expect("allowed in plaintext when the config says so");
+        assert!(node.plaintext_exposed());
+        node.shutdown().await.expect("shutdown");
+        let loopback = ConsensusNode::start(RaftSettings::new(
+            1,
+            "site-1",
+            "127.0.0.1:0".parse().expect("addr"),
+            dir.path().join("l"),
+        ))
+        .await
+        .expect("plaintext on loopback");
+        assert!(!loopback.plaintext_exposed());
+        loopback.shutdown().await.expect("shutdown");
+
+        let ca = pki::new_ca("listen CA", YEAR).expect("CA");
+        let node = ConsensusNode::start_with_tls(
+            RaftSettings::new(1, "site-1", "0.0.0.0:0".parse().expect("addr"), dir.path().join("t")),
+            Some(material(&ca, &node_cert(&ca, 1))),
+        )
+        .await
+        .expect("TLS on every address");
+        let at = format!("127.0.0.1:{}", node.addr().port());
+        assert!(status_refused(channel(&ClientTls::Plain, &at).await).await.is_some(), "a client in the clear");
+        node.shutdown().await.expect("shutdown");
+    });
+}
+
+/// A node whose `[raft]` member would listen in plaintext on every address refuses to start,
+/// naming the field; allowed by `insecure_plaintext`, it starts, and `/readyz` says so.
+#[test]
+fn a_node_in_plaintext_on_every_address_says_so_in_readyz() {
+    let (_kafka, brokers) = crate::embedded_kafka(1, 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let node = |insecure_plaintext: bool| {
+        crate::support::TestNode::new("site-1", &brokers, "plaintext-readyz", "telemetry").with(|c| {
+            c.raft = Some(tessera_node::control::member::RaftConfig {
+                node_id: Some(1),
+                listen: format!("0.0.0.0:{port}").parse().expect("addr"),
+                data_dir: dir.path().join("raft"),
+                initial_members: vec![format!("1=site-1@127.0.0.1:{port}")],
+                insecure_plaintext,
+                ..Default::default()
+            });
+            c.http.listen = Some("127.0.0.1:0".parse().expect("addr"));
+        })
+    };
+    let refused = tessera_node::node::Node::start(&node(false).config()).err().expect("plaintext on 0.0.0.0");
+    let text = tessera_core::error_chain(&refused);
+    assert!(text.contains("raft.listen") && text.contains("insecure_plaintext"), "{text}");
+    let running = node(true).start();
+    let http = running.http_addr().expect("http").to_string();
+    let until = Instant::now() + Duration::from_secs(30);
+    let ready = loop {
+        let answer = crate::support::http_get(&http, "/readyz");
+        if answer.starts_with("HTTP/1.1 200") {
+            break answer;
+        }
+        assert!(Instant::now() < until, "never ready: {answer}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(ready.contains("warning: the control plane listens in plaintext on 0.0.0.0"), "{ready}");
+    running.stop().expect("stops");
 }

@@ -67,9 +67,21 @@ pub struct RaftSettings {
     /// Enables the admin API's `SetPartition` (partition tests only).
     #[serde(default)]
     pub fault_injection: bool,
+    /// Without TLS, a node listens only on a loopback address: anyone who reaches a plaintext
+    /// port can change the cluster. `true` allows any address in plaintext anyway (a node then
+    /// warns at start and its readiness check says so).
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// The largest snapshot this node accepts from a leader; a larger one is refused before it
+    /// is buffered whole.
+    #[serde(default = "defaults::max_snapshot_bytes")]
+    pub max_snapshot_bytes: u64,
 }
 
 mod defaults {
+    pub(super) fn max_snapshot_bytes() -> u64 {
+        256 << 20
+    }
     pub(super) fn heartbeat_ms() -> u64 {
         100
     }
@@ -106,6 +118,8 @@ impl RaftSettings {
             keep_entries_after_snapshot: defaults::keep_entries_after_snapshot(),
             write_timeout_ms: defaults::write_timeout_ms(),
             fault_injection: false,
+            insecure_plaintext: false,
+            max_snapshot_bytes: defaults::max_snapshot_bytes(),
         }
     }
 
@@ -131,6 +145,7 @@ impl RaftSettings {
         }
         ensure(self.snapshot_every_entries > 0, "raft.snapshot_every_entries", "must be positive")?;
         ensure(self.write_timeout_ms > 0, "raft.write_timeout_ms", "must be positive")?;
+        ensure(self.max_snapshot_bytes > 0, "raft.max_snapshot_bytes", "must be positive")?;
         if tessera_core::SiteId::new(self.site.as_str()).is_err() {
             return Err(ConfigError::new("raft.site", format!("'{}' is not a valid site id", self.site)).into());
         }
@@ -162,6 +177,8 @@ pub struct ConsensusNode {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     refusals: Arc<Refusals>,
     shared: Shared,
+    /// Serving in plaintext on a non-loopback address (`insecure_plaintext`).
+    plaintext_exposed: bool,
 }
 
 /// What a node knows of the cluster right now (for metrics and health checks).
@@ -214,6 +231,23 @@ impl ConsensusNode {
             return Err(ConfigError::new("tls.cert", problem).into());
         }
         let config = Arc::new(settings.raft_config()?);
+        let plaintext_exposed = tls.is_none() && !settings.listen.ip().is_loopback();
+        if plaintext_exposed && !settings.insecure_plaintext {
+            let problem = format!(
+                "{} is not a loopback address, and without [tls] anyone who reaches it could change the cluster: \
+                 configure [tls], listen on 127.0.0.1, or set raft.insecure_plaintext = true",
+                settings.listen
+            );
+            return Err(ConfigError::new("raft.listen", problem).into());
+        }
+        if plaintext_exposed {
+            tracing::warn!(
+                target: "tessera::audit",
+                listen = %settings.listen,
+                "the control plane listens in plaintext on a non-loopback address (raft.insecure_plaintext): \
+                 anyone who reaches it can change the cluster"
+            );
+        }
         let storage = |path: PathBuf| move |source| ConsensusError::Storage { path, source };
         std::fs::create_dir_all(&settings.data_dir).map_err(storage(settings.data_dir.clone()))?;
         let log_path = settings.data_dir.join("raft-log.redb");
@@ -253,6 +287,8 @@ impl ConsensusNode {
             client_tls,
             tls_required: tls.is_some(),
             refusals: refusals.clone(),
+            max_snapshot_bytes: settings.max_snapshot_bytes,
+            site: settings.site.clone(),
         };
         let transport = RaftTransportServer::new(TransportService(shared.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -264,7 +300,17 @@ impl ConsensusNode {
             let _ = stopped.await;
         }));
         tracing::info!(node = settings.node_id, site = %settings.site, %addr, tls = tls.is_some(), "control-plane node started");
-        Ok(Self { raft, view, addr, advertised: settings.advertised(addr), stop: Some(stop), server, refusals, shared })
+        Ok(Self {
+            raft,
+            view,
+            addr,
+            advertised: settings.advertised(addr),
+            stop: Some(stop),
+            server,
+            refusals,
+            shared,
+            plaintext_exposed,
+        })
     }
 
     /// The openraft handle.
@@ -275,6 +321,12 @@ impl ConsensusNode {
     /// The applied registry.
     pub fn registry(&self) -> RegistryView {
         self.view.clone()
+    }
+
+    /// True if the node serves in plaintext on a non-loopback address (allowed only by
+    /// `insecure_plaintext`): anyone who reaches it can change the cluster.
+    pub fn plaintext_exposed(&self) -> bool {
+        self.plaintext_exposed
     }
 
     /// The address the endpoint is bound to.
@@ -317,7 +369,7 @@ impl ConsensusNode {
             shared.raft.initialize(members).await.map_err(|e| ConsensusError::Bootstrap(e.into()))?;
             let deadline = tokio::time::Instant::now() + patience;
             for r in registrations {
-                while let Err(e) = shared.write(r.clone(), false).await {
+                while let Err(e) = shared.write(r.clone(), &shared.itself(), false).await {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(ConsensusError::RecordingMembers(e.into()));
                     }

@@ -201,6 +201,17 @@ impl Node {
                     raft: control.as_ref().map(|c| c.raft().clone()),
                     raft_refusals: control.as_ref().map(|c| c.refusals().clone()),
                     failed: failed.clone(),
+                    warnings: control
+                        .as_ref()
+                        .filter(|c| c.plaintext_exposed())
+                        .map(|c| {
+                            format!(
+                                "the control plane listens in plaintext on {} (raft.insecure_plaintext): anyone who reaches it can change the cluster",
+                                c.addr()
+                            )
+                        })
+                        .into_iter()
+                        .collect(),
                 };
                 let (listener, addr) = bind(&runtime, listen, "http.listen")?;
                 tasks.spawn(&runtime, "HTTP endpoint", crate::observe::serve_http(listener, probe, signal.clone()));

@@ -6,7 +6,8 @@
 //! - `/livez`: 200 while the detection thread is turning (it loops at least every 100 ms; 30 s
 //!   without a turn is a hang) and no stage has ended; 503 with the reason otherwise.
 //! - `/readyz`: live, and with a Raft member, a leader known: the node can answer SQL and
-//!   follows the cluster's queries. 503 with the reason otherwise.
+//!   follows the cluster's queries. 503 with the reason otherwise. Below `ok`, a line per
+//!   warning an operator must see (a control plane in plaintext on a non-loopback address).
 //! - `/startupz`: 200 once the node has started (the endpoint is served from then on).
 //!
 //! Everything is read at scrape time from counters the stages keep anyway ([`NodeProbe`]).
@@ -49,6 +50,8 @@ pub struct NodeProbe {
     pub raft_refusals: Option<Arc<tessera_tls::Refusals>>,
     /// Set when a stage of the node has ended on its own (the reason is in the log).
     pub failed: Arc<AtomicBool>,
+    /// What `/readyz` warns of while the node is ready anyway.
+    pub warnings: Vec<String>,
 }
 
 impl NodeProbe {
@@ -305,8 +308,11 @@ pub async fn serve_http(
         .route(
             "/readyz",
             get(move || {
-                let r = answer(ready.ready());
-                async move { r }
+                let (code, mut body) = answer(ready.ready());
+                for warning in &ready.warnings {
+                    let _ = writeln!(body, "warning: {warning}");
+                }
+                async move { (code, body) }
             }),
         )
         .route("/startupz", get(|| async { "started\n" }));

@@ -17,7 +17,7 @@ mod incoming;
 mod material;
 pub mod pki;
 
-pub use identity::PeerIdentity;
+pub use identity::{OperatorRole, PeerIdentity};
 pub use incoming::{Refusals, ServerTls, serve};
 pub use material::{ClientAuth, ClientTls, TlsFiles, TlsMaterial};
 
@@ -96,9 +96,27 @@ mod tests {
         .unwrap();
         let material = TlsMaterial::from_pem(&ca.cert_pem, &node.cert_pem, &node.key_pem).unwrap();
         assert_eq!(material.identity(), &PeerIdentity::Node { id: 7, site: "Werk Süd".into() });
-        let op = issue(&ca, &Subject::Operator { name: "alice".into() }, YEAR).unwrap();
+        let op = issue(&ca, &Subject::Operator { name: "alice".into(), role: OperatorRole::Admin }, YEAR).unwrap();
         let material = TlsMaterial::from_pem(&ca.cert_pem, &op.cert_pem, &op.key_pem).unwrap();
-        assert_eq!(material.identity(), &PeerIdentity::Operator { name: "alice".into() });
+        assert_eq!(material.identity(), &PeerIdentity::Operator { name: "alice".into(), role: OperatorRole::Admin });
+    }
+
+    #[test]
+    fn an_operator_without_a_role_is_a_viewer_and_an_unknown_role_is_refused() {
+        use rcgen::{CertificateParams, KeyPair, SanType};
+        let plain = |uris: &[&str]| {
+            let mut params = CertificateParams::default();
+            params.subject_alt_names = uris.iter().map(|u| SanType::URI((*u).try_into().unwrap())).collect();
+            params.self_signed(&KeyPair::generate().unwrap()).unwrap().der().to_vec()
+        };
+        assert_eq!(
+            PeerIdentity::from_der(&plain(&["tessera://operator/bob"])).unwrap(),
+            PeerIdentity::Operator { name: "bob".into(), role: OperatorRole::Viewer }
+        );
+        assert!(PeerIdentity::from_der(&plain(&["tessera://operator/bob", "tessera://role/root"])).is_err());
+        assert!(
+            PeerIdentity::from_der(&plain(&["tessera://node/1", "tessera://site/a", "tessera://role/admin"])).is_err()
+        );
     }
 
     #[test]

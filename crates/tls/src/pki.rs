@@ -59,6 +59,8 @@ pub enum Subject {
     Operator {
         /// The operator's name.
         name: String,
+        /// What they may do on the control plane.
+        role: crate::OperatorRole,
     },
 }
 
@@ -77,7 +79,7 @@ pub fn encode_component(s: &str) -> String {
 }
 
 /// Reverses [`encode_component`].
-pub(crate) fn decode_component(s: &str) -> Option<String> {
+pub fn decode_component(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -146,9 +148,10 @@ pub fn issue(ca: &Issued, subject: &Subject, valid_for: Duration) -> Result<Issu
                 });
             }
         }
-        Subject::Operator { name } => {
+        Subject::Operator { name, role } => {
             params.distinguished_name.push(DnType::CommonName, format!("tessera operator {name}"));
             sans.push(SanType::URI(ia5(format!("{SCHEME}operator/{}", encode_component(name)))?));
+            sans.push(SanType::URI(ia5(format!("{SCHEME}role/{role}"))?));
         }
     }
     params.subject_alt_names = sans;

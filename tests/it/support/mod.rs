@@ -50,6 +50,17 @@ pub fn ingest_config(brokers: &str, group: &str, topic: &str, dead_letters: &str
     }
 }
 
+/// A plain HTTP/1.1 GET of `path` at `addr`: the whole response, status line first.
+pub(crate) fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read");
+    body
+}
+
 /// Logs to the test output, filtered by `RUST_LOG` (default: warnings).
 pub fn init_logging() {
     static ONCE: std::sync::Once = std::sync::Once::new();

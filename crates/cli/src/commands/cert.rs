@@ -55,6 +55,10 @@ pub enum CertCommand {
         /// The operator's name (recorded as the actor of their admin commands).
         #[arg(long)]
         name: String,
+        /// What the certificate lets its holder do on the control plane: `viewer` reads only;
+        /// `admin` changes membership, the registry, grades, policies and queries.
+        #[arg(long, default_value = "viewer")]
+        role: tessera_tls::OperatorRole,
     },
 }
 
@@ -103,8 +107,8 @@ pub fn run(command: CertCommand) -> Result<(PathBuf, PathBuf)> {
             let issued = pki::issue(&ca.ca()?, &Subject::Node { id, site, hosts }, ca.valid_for)?;
             write_pair(&ca.out, &file_name.unwrap_or_else(|| format!("node-{id}")), &issued)
         }
-        CertCommand::Operator { ca, name } => {
-            let issued = pki::issue(&ca.ca()?, &Subject::Operator { name: name.clone() }, ca.valid_for)?;
+        CertCommand::Operator { ca, name, role } => {
+            let issued = pki::issue(&ca.ca()?, &Subject::Operator { name: name.clone(), role }, ca.valid_for)?;
             let file = pki::encode_component(&name);
             write_pair(&ca.out, &format!("operator-{file}"), &issued)
         }

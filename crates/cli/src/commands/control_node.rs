@@ -51,6 +51,13 @@ pub struct ControlNodeArgs {
     /// Allow `cluster partition` (tests only).
     #[arg(long)]
     pub fault_injection: bool,
+    /// Without TLS, listen on a non-loopback address anyway: anyone who reaches the port can
+    /// change the cluster.
+    #[arg(long, env = "TESSERA_RAFT_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+    /// The largest snapshot accepted from a leader, bytes.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub max_snapshot_bytes: u64,
     /// mTLS: the node's certificate must be for `--id`.
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -68,6 +75,8 @@ impl ControlNodeArgs {
             keep_entries_after_snapshot: self.keep_entries_after_snapshot,
             write_timeout_ms: self.write_timeout_ms,
             fault_injection: self.fault_injection,
+            insecure_plaintext: self.insecure_plaintext,
+            max_snapshot_bytes: self.max_snapshot_bytes,
             ..RaftSettings::new(self.id, self.site.clone(), self.listen, self.data_dir.clone())
         }
     }

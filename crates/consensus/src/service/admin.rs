@@ -11,9 +11,9 @@ use openraft::{ChangeMembers, ServerState};
 use tessera_core::{DataGrade, DataStage, MotorId};
 use tessera_proto::raft as pb;
 use tessera_proto::raft::cluster_admin_client::ClusterAdminClient;
-use tessera_tls::PeerIdentity;
 use tonic::{Request as GrpcRequest, Response, Status};
 
+use super::authorize::{Action, Principal, on_behalf_of, principal_of};
 use super::error::ServiceError;
 use super::quorum::{Shared, site_id};
 use crate::network::channel_to;
@@ -38,42 +38,60 @@ fn spec(id: NodeId, member: &Member) -> pb::NodeSpec {
 /// The admin API.
 pub(crate) struct AdminService(pub(crate) Shared);
 
+/// Who called, as [`AdminService::caller`] found them.
+struct Caller {
+    who: Principal,
+    /// The name the audit log records.
+    actor: String,
+    peer: Option<std::net::SocketAddr>,
+}
+
 impl AdminService {
-    /// The actor an admin request is recorded under: the identity its client certificate
-    /// proves (over mTLS), else the name it claims.
-    fn actor<T>(&self, request: &GrpcRequest<T>, claimed: &str) -> Result<String, ServiceError> {
-        if !self.0.tls_required {
-            return Ok(claimed.to_string());
-        }
-        match PeerIdentity::of_request(request) {
-            Some(Ok(PeerIdentity::Operator { name })) => Ok(name),
-            Some(Ok(node @ PeerIdentity::Node { .. })) => Ok(node.to_string()),
-            Some(Err(e)) => {
-                self.0.refusals.refuse_identity("raft-admin", request.remote_addr(), &e.to_string());
-                Err(ServiceError::UnprovenIdentity(e))
-            }
-            None => {
-                self.0.refusals.refuse_identity("raft-admin", request.remote_addr(), "no client certificate");
-                Err(ServiceError::NoClientCertificate)
-            }
-        }
+    /// Who asks (see [`super::authorize::principal_of`]) and the actor the audit log records
+    /// for them: the identity their certificate proves, else (without TLS) the name they claim.
+    fn caller<T>(&self, request: &GrpcRequest<T>, claimed: &str) -> Result<Caller, ServiceError> {
+        let peer = request.remote_addr();
+        let who = principal_of(request, self.0.tls_required).inspect_err(|e| {
+            self.0.refusals.refuse_identity("raft-admin", peer, &e.to_string());
+        })?;
+        let actor = who.actor().unwrap_or_else(|| claimed.to_string());
+        Ok(Caller { who, actor, peer })
+    }
+
+    /// Whether `caller` may do `action`; a refusal is counted and audited.
+    fn may(&self, caller: &Caller, action: Action<'_>) -> Result<(), ServiceError> {
+        self.0.allow(&caller.who, action).inspect_err(|e| {
+            self.0.refusals.refuse_identity("raft-admin", caller.peer, &e.to_string());
+        })
+    }
+
+    /// Proposes `command` for `caller`, if they may.
+    async fn propose(&self, caller: &Caller, command: Command) -> Result<pb::WriteResponse, ServiceError> {
+        self.may(caller, Action::Write(&command))?;
+        self.0.write(self.0.request(&caller.actor, command)?, &caller.who, false).await
+    }
+
+    /// Whether the caller of a read may read (only a proven identity may, over mTLS).
+    fn reader<T>(&self, request: &GrpcRequest<T>) -> Result<(), ServiceError> {
+        let caller = self.caller(request, "")?;
+        self.may(&caller, Action::Read)
     }
 
     /// Initialises the cluster with `members` (this node among them), then records each
     /// member's registration under `actor` (the writes wait for the first election).
     async fn initialize(
         &self,
-        actor: &str,
+        caller: &Caller,
         members: BTreeMap<NodeId, Member>,
     ) -> Result<pb::MembershipResponse, ServiceError> {
-        let registrations = self.0.registrations(actor, &members)?;
+        let registrations = self.0.registrations(&caller.actor, &members)?;
         self.0
             .raft
             .initialize(members)
             .await
             .map_err(|e| ServiceError::Initialize { node: self.0.me, source: Box::new(e) })?;
         for r in registrations {
-            self.0.write(r, false).await?;
+            self.0.write(r, &caller.who, false).await?;
         }
         Ok(self.membership())
     }
@@ -108,7 +126,8 @@ impl AdminService {
 #[tonic::async_trait]
 impl pb::cluster_admin_server::ClusterAdmin for AdminService {
     async fn init(&self, request: GrpcRequest<pb::InitRequest>) -> Result<Response<pb::MembershipResponse>, Status> {
-        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let caller = self.caller(&request, &request.get_ref().actor)?;
+        self.may(&caller, Action::Membership)?;
         let req = request.into_inner();
         let mut members = BTreeMap::new();
         for node in &req.nodes {
@@ -118,21 +137,25 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
             }
             members.insert(node.id, Member { site: node.site.clone(), addr: node.addr.clone() });
         }
-        Ok(Response::new(self.initialize(&actor, members).await?))
+        Ok(Response::new(self.initialize(&caller, members).await?))
     }
 
     async fn add_node(
         &self,
         request: GrpcRequest<pb::AddNodeRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let caller = self.caller(&request, &request.get_ref().actor)?;
+        self.may(&caller, Action::Membership)?;
         let s = &self.0;
         let req = request.into_inner();
         let node = req.node.clone().ok_or_else(|| ServiceError::invalid("node", "is missing"))?;
         let site = site_id("node.site", &node.site)?;
-        let registration = s.request(&actor, Command::RegisterNode { node: node.id, site, addr: node.addr.clone() })?;
+        let registration =
+            s.request(&caller.actor, Command::RegisterNode { node: node.id, site, addr: node.addr.clone() })?;
         if !s.raft.is_leader() {
-            return Ok(Response::new(self.admin_of_leader(None)?.add_node(req).await?.into_inner()));
+            let mut call = GrpcRequest::new(req);
+            on_behalf_of(&mut call, &caller.who);
+            return Ok(Response::new(self.admin_of_leader(None)?.add_node(call).await?.into_inner()));
         }
         let member = Member { site: node.site.clone(), addr: node.addr.clone() };
         // Blocking: returns once the learner has caught up with the leader's log.
@@ -142,7 +165,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
             let add = ChangeMembers::AddVoterIds(BTreeSet::from([node.id]));
             s.raft.change_membership(add, false).await.map_err(|e| ServiceError::MembershipChange(Box::new(e)))?;
         }
-        s.write(registration, false).await?;
+        s.write(registration, &caller.who, false).await?;
         Ok(Response::new(self.membership()))
     }
 
@@ -150,12 +173,15 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         &self,
         request: GrpcRequest<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
-        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let caller = self.caller(&request, &request.get_ref().actor)?;
+        self.may(&caller, Action::Membership)?;
         let s = &self.0;
         let req = request.into_inner();
-        let removal = s.request(&actor, Command::RemoveNode { node: req.id })?;
+        let removal = s.request(&caller.actor, Command::RemoveNode { node: req.id })?;
         if !s.raft.is_leader() {
-            return Ok(Response::new(self.admin_of_leader(None)?.remove_node(req).await?.into_inner()));
+            let mut call = GrpcRequest::new(req);
+            on_behalf_of(&mut call, &caller.who);
+            return Ok(Response::new(self.admin_of_leader(None)?.remove_node(call).await?.into_inner()));
         }
         let ids = BTreeSet::from([req.id]);
         let is_voter = s.raft.voter_ids().any(|v| v == req.id);
@@ -173,11 +199,12 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         }
         let change = if is_voter { ChangeMembers::RemoveVoters(ids) } else { ChangeMembers::RemoveNodes(ids) };
         s.raft.change_membership(change, false).await.map_err(|e| ServiceError::MembershipChange(Box::new(e)))?;
-        s.write(removal, false).await?;
+        s.write(removal, &caller.who, false).await?;
         Ok(Response::new(self.membership()))
     }
 
-    async fn status(&self, _: GrpcRequest<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+    async fn status(&self, request: GrpcRequest<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        self.reader(&request)?;
         let s = &self.0;
         let m = s.raft.metrics().borrow_watched().clone();
         let membership = self.membership();
@@ -207,17 +234,17 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
     }
 
     async fn add_site(&self, request: GrpcRequest<pb::AddSiteRequest>) -> Result<Response<pb::WriteResponse>, Status> {
-        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let caller = self.caller(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
         let command = Command::AddSite { site: site_id("site", &req.site)?, name: req.name };
-        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+        Ok(Response::new(self.propose(&caller, command).await?))
     }
 
     async fn assign_motors(
         &self,
         request: GrpcRequest<pb::AssignMotorsRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let caller = self.caller(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
         let motors = req
             .motors
@@ -225,25 +252,26 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
             .map(|m| MotorId::new(m.as_str()).map_err(|e| ServiceError::invalid("motors", e)))
             .collect::<Result<_, _>>()?;
         let command = Command::AssignMotors { site: site_id("site", &req.site)?, motors };
-        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+        Ok(Response::new(self.propose(&caller, command).await?))
     }
 
     async fn set_grade(
         &self,
         request: GrpcRequest<pb::SetGradeRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let caller = self.caller(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
         let grade: DataGrade = req.grade.parse().map_err(|e| ServiceError::invalid("grade", e))?;
         let column = Some(req.column).filter(|c| !c.is_empty());
         let command = Command::SetGrade { stream: req.stream, column, grade };
-        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+        Ok(Response::new(self.propose(&caller, command).await?))
     }
 
     async fn list_grades(
         &self,
-        _: GrpcRequest<pb::ListGradesRequest>,
+        request: GrpcRequest<pb::ListGradesRequest>,
     ) -> Result<Response<pb::ListGradesResponse>, Status> {
+        self.reader(&request)?;
         self.0.read_barrier().await?;
         let grades = self.0.view.with(|a| {
             a.registry
@@ -265,7 +293,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         &self,
         request: GrpcRequest<pb::RequestReleaseRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let caller = self.caller(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
         let k = u8::try_from(req.k).map_err(|_| ServiceError::invalid("k", format!("{} is too large", req.k)))?;
         let custodians = req.custodians.iter().map(|c| site_id("custodians", c)).collect::<Result<Vec<_>, _>>()?;
@@ -276,40 +304,25 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
             k,
             custodians,
         };
-        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+        Ok(Response::new(self.propose(&caller, command).await?))
     }
 
     async fn approve_release(
         &self,
         request: GrpcRequest<pb::ApproveReleaseRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let caller = self.caller(&request, &request.get_ref().actor)?;
         let site = site_id("site", &request.get_ref().site)?;
-        if self.0.tls_required {
-            // A site's approval is given by that site: the caller must hold a node
-            // certificate of it (an operator's or another site's certificate cannot).
-            match PeerIdentity::of_request(&request) {
-                Some(Ok(PeerIdentity::Node { site: proven, .. })) if proven == site.as_str() => {}
-                other => {
-                    let who = match other {
-                        Some(Ok(identity)) => identity.to_string(),
-                        _ => "no valid certificate".to_string(),
-                    };
-                    let why = format!("only a node of site {site} approves for it; the caller is {who}");
-                    self.0.refusals.refuse_identity("raft-admin", request.remote_addr(), &why);
-                    return Err(ServiceError::NotAllowed { why }.into());
-                }
-            }
-        }
         let req = request.into_inner();
         let command = Command::ApproveRelease { bundle: req.bundle, site };
-        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+        Ok(Response::new(self.propose(&caller, command).await?))
     }
 
     async fn list_releases(
         &self,
-        _: GrpcRequest<pb::ListReleasesRequest>,
+        request: GrpcRequest<pb::ListReleasesRequest>,
     ) -> Result<Response<pb::ListReleasesResponse>, Status> {
+        self.reader(&request)?;
         self.0.read_barrier().await?;
         let releases = self.0.view.with(|a| {
             a.registry
@@ -334,38 +347,39 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         &self,
         request: GrpcRequest<pb::SetPolicyRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let caller = self.caller(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
         let grade: DataGrade = req.grade.parse().map_err(|e| ServiceError::invalid("grade", e))?;
         let stage: DataStage = req.stage.parse().map_err(|e| ServiceError::invalid("stage", e))?;
         let command = Command::SetPolicy { grade, stage, rule: req.rule };
-        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+        Ok(Response::new(self.propose(&caller, command).await?))
     }
 
     async fn register_query(
         &self,
         request: GrpcRequest<pb::RegisterQueryRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let caller = self.caller(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
         let command = Command::RegisterQuery { name: req.name, sql: req.sql };
-        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+        Ok(Response::new(self.propose(&caller, command).await?))
     }
 
     async fn drop_query(
         &self,
         request: GrpcRequest<pb::DropQueryRequest>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
-        let actor = self.actor(&request, &request.get_ref().actor)?;
+        let caller = self.caller(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
         let command = Command::DropQuery { name: req.name };
-        Ok(Response::new(self.0.write(self.0.request(&actor, command)?, false).await?))
+        Ok(Response::new(self.propose(&caller, command).await?))
     }
 
     async fn list_queries(
         &self,
-        _: GrpcRequest<pb::ListQueriesRequest>,
+        request: GrpcRequest<pb::ListQueriesRequest>,
     ) -> Result<Response<pb::ListQueriesResponse>, Status> {
+        self.reader(&request)?;
         self.0.read_barrier().await?;
         let queries = self.0.view.with(|a| {
             a.registry
@@ -385,8 +399,9 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
 
     async fn list_sites(
         &self,
-        _: GrpcRequest<pb::ListSitesRequest>,
+        request: GrpcRequest<pb::ListSitesRequest>,
     ) -> Result<Response<pb::ListSitesResponse>, Status> {
+        self.reader(&request)?;
         self.0.read_barrier().await?;
         let sites = self.0.view.with(|a| {
             let r = &a.registry;
@@ -407,6 +422,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         &self,
         request: GrpcRequest<pb::ListMotorsRequest>,
     ) -> Result<Response<pb::ListMotorsResponse>, Status> {
+        self.reader(&request)?;
         let site = request.into_inner().site;
         self.0.read_barrier().await?;
         let motors = self.0.view.with(|a| {
@@ -424,6 +440,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         &self,
         request: GrpcRequest<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        self.reader(&request)?;
         let req = request.into_inner();
         self.0.read_barrier().await?;
         let limit = if req.limit == 0 { 1000 } else { req.limit as usize };
@@ -448,6 +465,8 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         if !self.0.fault_injection {
             return Err(ServiceError::NoFaultInjection { node: self.0.me }.into());
         }
+        let caller = self.caller(&request, "")?;
+        self.may(&caller, Action::Membership)?;
         let blocked = request.into_inner().blocked;
         tracing::warn!(node = self.0.me, ?blocked, "fault injection: partition set");
         self.0.partition.set(blocked);

@@ -35,6 +35,9 @@ pub(crate) enum ServiceError {
     /// A snapshot stream whose first chunk has no header.
     #[error("snapshot stream without a header")]
     SnapshotWithoutHeader,
+    /// A snapshot stream larger than this node takes.
+    #[error("the snapshot is larger than this node's raft.max_snapshot_bytes ({limit})")]
+    SnapshotTooLarge { limit: u64 },
 
     /// Over mTLS, a Raft message from a node other than the one its certificate names.
     #[error("node {node} refuses the message: {why}")]
@@ -126,6 +129,7 @@ impl ServiceError {
             | Self::Request(_)
             | Self::UndecodableMessage(_)
             | Self::SnapshotWithoutHeader => Code::InvalidArgument,
+            Self::SnapshotTooLarge { .. } => Code::ResourceExhausted,
             Self::MessageRefused { .. }
             | Self::UnprovenIdentity(_)
             | Self::NoClientCertificate

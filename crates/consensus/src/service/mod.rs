@@ -17,10 +17,13 @@
 //! - `wire`: a Raft message's JSON payload, both ways;
 //! - `quorum`: what both services share — the node's Raft handle and settings, and how a
 //!   request reaches the quorum (writes proposed or forwarded, reads behind a read barrier);
+//! - `authorize`: who may do what — the one function that decides every Raft message and
+//!   admin request, directly and when forwarded;
 //! - `raft_transport`: the Raft RPCs between members, with the mTLS sender checks;
 //! - `admin`: the admin API (membership, registry, policies, queries, releases).
 
 mod admin;
+mod authorize;
 mod error;
 mod quorum;
 mod raft_transport;

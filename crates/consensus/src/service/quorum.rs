@@ -15,6 +15,7 @@ use tessera_proto::raft::raft_transport_client::RaftTransportClient;
 use tessera_tls::{ClientTls, Refusals};
 use tonic::Request as GrpcRequest;
 
+use super::authorize::{Action, Principal, authorize, on_behalf_of};
 use super::error::ServiceError;
 use super::wire::{decode, encode};
 use crate::Raft;
@@ -36,6 +37,10 @@ pub(crate) struct Shared {
     /// Whether clients must prove who they are with a certificate.
     pub(crate) tls_required: bool,
     pub(crate) refusals: std::sync::Arc<Refusals>,
+    /// The largest snapshot this node takes from a leader.
+    pub(crate) max_snapshot_bytes: u64,
+    /// The site this node runs at.
+    pub(crate) site: String,
 }
 
 /// How often a node waiting for an election to finish looks again.
@@ -47,6 +52,21 @@ pub(super) fn site_id(field: &'static str, s: &str) -> Result<SiteId, ServiceErr
 }
 
 impl Shared {
+    /// This node, as the principal of what it writes on its own (a bootstrap's registrations).
+    pub(crate) fn itself(&self) -> Principal {
+        Principal::Node { id: self.me, site: self.site.clone() }
+    }
+
+    /// The current membership's entry for node `id`.
+    pub(super) fn member(&self, id: NodeId) -> Option<Member> {
+        self.raft.metrics().borrow_watched().membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// Whether `who` may do `action` now (see [`authorize`]).
+    pub(super) fn allow(&self, who: &Principal, action: Action<'_>) -> Result<(), ServiceError> {
+        authorize(who, action, |id| self.member(id))
+    }
+
     /// `command` as proposed by `actor` now, checked.
     pub(super) fn request(&self, actor: &str, command: Command) -> Result<Request, ServiceError> {
         let request = Request { actor: actor.to_string(), at_ms: tessera_core::now_ms(), command };
@@ -106,9 +126,15 @@ impl Shared {
         ServiceError::NoQuorum { what, timeout: self.write_timeout, node: self.me }
     }
 
-    /// Proposes `request`; on a follower, forwards it to the leader (once). While no leader is
+    /// Proposes `request`, made for `who` (already authorized); on a follower, forwards it to
+    /// the leader (once), naming `who`, which the leader authorizes again. While no leader is
     /// known (an election is under way) it retries until the write timeout.
-    pub(crate) async fn write(&self, request: Request, forwarded: bool) -> Result<pb::WriteResponse, ServiceError> {
+    pub(crate) async fn write(
+        &self,
+        request: Request,
+        who: &Principal,
+        forwarded: bool,
+    ) -> Result<pb::WriteResponse, ServiceError> {
         let deadline = Instant::now() + self.write_timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -133,6 +159,7 @@ impl Shared {
                     let (id, member) = self.leader(Some(&hint))?;
                     let mut client = self.transport_to(id, &member)?;
                     let mut call = GrpcRequest::new(encode(self.me, &request)?);
+                    on_behalf_of(&mut call, who);
                     call.set_timeout(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
                     return Ok(client.forward_write(call).await?.into_inner());
                 }

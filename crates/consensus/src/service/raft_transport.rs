@@ -1,8 +1,10 @@
 //! The Raft transport's server side: AppendEntries, Vote, PreVote and InstallSnapshot from the
 //! other members, and the two requests a follower sends its leader (a forwarded write, a read
 //! index). Over mTLS a message must come from the node its certificate names, and the vote it
-//! carries must be that node's; anything else is refused with `PERMISSION_DENIED`, counted
-//! and audited.
+//! carries must be that node's (a snapshot's too); anything else is refused with
+//! `PERMISSION_DENIED`, counted and audited. A forwarded write is authorized again here for the
+//! principal the follower names (see [`super::authorize`]); a snapshot larger than the node's
+//! `max_snapshot_bytes` is refused before it is buffered whole.
 
 use futures::StreamExt;
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
@@ -10,6 +12,7 @@ use tessera_proto::raft as pb;
 use tessera_tls::PeerIdentity;
 use tonic::{Request as GrpcRequest, Response, Status, Streaming};
 
+use super::authorize::{Action, Principal, principal_of};
 use super::error::ServiceError;
 use super::quorum::Shared;
 use super::wire::{decode, encode};
@@ -25,35 +28,38 @@ fn vote_node(json: &[u8]) -> Option<u64> {
 /// The Raft transport's server side.
 pub(crate) struct TransportService(pub(crate) Shared);
 
+/// The proven sender of a transport call: its certificate's holder (the forwarding header, if
+/// any, names whom a forwarded write is for, not who sends it), or plaintext without TLS.
+fn proven_sender<T>(request: &GrpcRequest<T>, tls_required: bool) -> Result<Principal, ServiceError> {
+    if !tls_required {
+        return Ok(Principal::Plaintext);
+    }
+    match PeerIdentity::of_request(request) {
+        None => Err(ServiceError::NoClientCertificate),
+        Some(Err(e)) => Err(ServiceError::UnprovenIdentity(e)),
+        Some(Ok(identity)) => Ok(Principal::of_identity(identity)),
+    }
+}
+
 impl TransportService {
-    /// Over mTLS, checks that the message from `claimed` (and, if given, the vote it carries)
-    /// comes from the node the client certificate names.
+    /// Checks that `request` is a Raft message from node `claimed` that its caller may send:
+    /// over mTLS, the certificate must be `claimed`'s, and so must the vote it carries, if any.
     fn check_sender<T>(
         &self,
         request: &GrpcRequest<T>,
         claimed: NodeId,
         json: Option<&[u8]>,
     ) -> Result<(), ServiceError> {
-        if !self.0.tls_required {
-            return Ok(());
-        }
         let refuse = |why: String| {
             self.0.refusals.refuse_identity("raft", request.remote_addr(), &why);
             ServiceError::MessageRefused { node: self.0.me, why }
         };
-        let proven = match PeerIdentity::of_request(request) {
-            None => return Err(refuse("no client certificate".into())),
-            Some(Err(e)) => return Err(refuse(e.to_string())),
-            Some(Ok(PeerIdentity::Node { id, .. })) => id,
-            Some(Ok(other)) => return Err(refuse(format!("{other} is not a node; only nodes speak Raft"))),
-        };
-        if proven != claimed {
-            return Err(refuse(format!("the certificate is node {proven}'s, the message claims node {claimed}")));
-        }
-        if let Some(voter) = json.and_then(vote_node)
-            && voter != proven
+        let sender = proven_sender(request, self.0.tls_required).map_err(|e| refuse(e.to_string()))?;
+        self.0.allow(&sender, Action::Raft { from: claimed }).map_err(|e| refuse(e.to_string()))?;
+        if let (Principal::Node { id, .. }, Some(voter)) = (&sender, json.and_then(vote_node))
+            && voter != *id
         {
-            return Err(refuse(format!("node {proven} sent a vote of node {voter}")));
+            return Err(refuse(format!("node {id} sent a vote of node {voter}")));
         }
         Ok(())
     }
@@ -95,27 +101,40 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         &self,
         request: GrpcRequest<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        let proven =
-            if self.0.tls_required { Some((PeerIdentity::of_request(&request), request.remote_addr())) } else { None };
+        let peer = request.remote_addr();
+        let sender = proven_sender(&request, self.0.tls_required).inspect_err(|e| {
+            self.0.refusals.refuse_identity("raft", peer, &e.to_string());
+        })?;
+        let refuse = |why: String| {
+            self.0.refusals.refuse_identity("raft", peer, &why);
+            ServiceError::MessageRefused { node: self.0.me, why }
+        };
         let mut chunks = request.into_inner();
         let mut header: Option<(VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>)> = None;
+        let mut from = None;
         let mut data = Vec::new();
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
-            if let Some((identity, peer)) = &proven {
-                let ok = matches!(identity, Some(Ok(PeerIdentity::Node { id, .. })) if *id == chunk.from);
-                if !ok {
-                    let why = format!(
-                        "a snapshot chunk claiming node {} from a client whose certificate is not that node's",
-                        chunk.from
-                    );
-                    self.0.refusals.refuse_identity("raft", *peer, &why);
-                    return Err(ServiceError::NotAllowed { why }.into());
-                }
+            if *from.get_or_insert(chunk.from) != chunk.from {
+                return Err(
+                    refuse(format!("a snapshot stream of node {from:?} has a chunk of node {}", chunk.from)).into()
+                );
             }
+            self.0.allow(&sender, Action::Raft { from: chunk.from }).map_err(|e| refuse(e.to_string()))?;
             self.refuse_partitioned(chunk.from)?;
             if header.is_none() {
-                header = Some(decode(&chunk.header)?);
+                let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) = decode(&chunk.header)?;
+                // The vote must be the sender's own: a leader installs its own snapshots.
+                let leader = vote.leader_id().node_id;
+                if leader != chunk.from {
+                    return Err(
+                        refuse(format!("node {} sent a snapshot under node {leader}'s vote", chunk.from)).into()
+                    );
+                }
+                header = Some((vote, meta));
+            }
+            if (data.len() + chunk.data.len()) as u64 > self.0.max_snapshot_bytes {
+                return Err(ServiceError::SnapshotTooLarge { limit: self.0.max_snapshot_bytes }.into());
             }
             data.extend_from_slice(&chunk.data);
         }
@@ -131,11 +150,24 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         request: GrpcRequest<pb::RaftMessage>,
     ) -> Result<Response<pb::WriteResponse>, Status> {
         self.check_sender(&request, request.get_ref().from, None)?;
+        // The write is for whom the forwarding node names (a node only for itself), and the
+        // leader decides again whether they may make it.
+        let who = principal_of(&request, self.0.tls_required).inspect_err(|e| {
+            self.0.refusals.refuse_identity("raft", request.remote_addr(), &e.to_string());
+        })?;
+        let peer = request.remote_addr();
         let message = request.into_inner();
         self.refuse_partitioned(message.from)?;
-        let request: Request = decode(&message.json)?;
-        request.check().map_err(ServiceError::from)?;
-        Ok(Response::new(self.0.write(request, true).await?))
+        let mut forwarded: Request = decode(&message.json)?;
+        // The audit log records the principal, not the name a forwarding node wrote.
+        if let Some(actor) = who.actor() {
+            forwarded.actor = actor;
+        }
+        forwarded.check().map_err(ServiceError::from)?;
+        self.0.allow(&who, Action::Write(&forwarded.command)).inspect_err(|e| {
+            self.0.refusals.refuse_identity("raft", peer, &e.to_string());
+        })?;
+        Ok(Response::new(self.0.write(forwarded, &who, true).await?))
     }
 
     async fn read_index(&self, request: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {

@@ -40,6 +40,12 @@ pub struct RaftConfig {
     pub election_timeout_max_ms: u64,
     /// How long a write may wait for a quorum, ms.
     pub write_timeout_ms: u64,
+    /// Without `[tls]`, the member listens only on a loopback address; `true` allows any
+    /// address in plaintext, where anyone who reaches the port can change the cluster (the
+    /// node warns at start, and `/readyz` says so).
+    pub insecure_plaintext: bool,
+    /// The largest snapshot the member accepts from a leader, bytes.
+    pub max_snapshot_bytes: u64,
 }
 
 impl Default for RaftConfig {
@@ -56,6 +62,8 @@ impl Default for RaftConfig {
             election_timeout_min_ms: d.election_timeout_min_ms,
             election_timeout_max_ms: d.election_timeout_max_ms,
             write_timeout_ms: d.write_timeout_ms,
+            insecure_plaintext: d.insecure_plaintext,
+            max_snapshot_bytes: d.max_snapshot_bytes,
         }
     }
 }
@@ -96,6 +104,8 @@ impl RaftConfig {
             election_timeout_min_ms: self.election_timeout_min_ms,
             election_timeout_max_ms: self.election_timeout_max_ms,
             write_timeout_ms: self.write_timeout_ms,
+            insecure_plaintext: self.insecure_plaintext,
+            max_snapshot_bytes: self.max_snapshot_bytes,
             ..tessera_consensus::RaftSettings::new(id, site, self.listen, self.data_dir.clone())
         }
     }
