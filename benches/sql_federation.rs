@@ -5,9 +5,12 @@
 //!
 //! Three endpoints (one per site, each holding its motors' readings in its `telemetry` table,
 //! as a node's recent-readings table does) run in this process on loopback, federated. A
-//! Flight SQL client (arrow-rs) sends the query to one site; latency is from the request to
+//! Flight SQL client (arrow-rs) signed in as a fleet analyst sends the query to one site, so
+//! every site releases its part under the group policy (`crates/sql/src/release.rs`: the
+//! vibration and current columns are above an analyst's grade); latency is from the request to
 //! the last result row. In the same run, for comparison: the same query on one site's own
-//! `public.telemetry` (a site's fragment alone), and on a single DataFusion context holding
+//! `public.telemetry` (a site's fragment alone), one site's fragment in process with and
+//! without the release rewrite (the enforcement's cost), and a single DataFusion context holding
 //! all 36 M readings (no federation, no network). All three sites share this machine's cores
 //! here; in a deployment each site computes its fragment on its own.
 
@@ -22,12 +25,12 @@ use datafusion::arrow::array::{
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt as _;
 use tessera_sql::{
-    Authenticator, Catalog, ConfigUsers, Federation, FlightSqlEndpoint, LogAudit, Peer, Role, ServedTable, TableKind,
-    UserConfig,
+    Authenticator, Catalog, ConfigUsers, Federation, FlightSqlEndpoint, Identity, LogAudit, Peer, Role, ServedTable,
+    TableKind, UserConfig,
 };
 use tessera_stream::tables::BoundedTable;
 
-const QUERY: &str = "SELECT motor_id, count(*) AS n, avg(temperature_c) AS temp, max(vibration_x_rms) AS vib, min(current_a) AS low_current \
+const QUERY: &str = "SELECT motor_id, count(*) AS n, avg(temperature_c) AS temp, avg(vibration_x_rms) AS vib, sum(current_a) AS current \
                      FROM {table} WHERE ts >= to_timestamp_millis({from}) GROUP BY motor_id";
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -133,7 +136,7 @@ fn main() {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let hash = tessera_sql::auth::hash_password("bench-password").expect("hash");
-    let users = vec![UserConfig { name: "bench".into(), password_hash: hash, role: Role::Admin, site: None }];
+    let users = vec![UserConfig { name: "bench".into(), password_hash: hash, role: Role::FleetAnalyst, site: None }];
     let token = "bench-federation-token".to_string();
     let listeners: Vec<std::net::TcpListener> =
         (0..sites).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("port")).collect();
@@ -164,7 +167,9 @@ fn main() {
         let auth =
             Authenticator::new(Box::new(ConfigUsers::new(&users, &[]).expect("users")), Duration::from_secs(3600))
                 .with_federation_token(&token);
-        let endpoint = FlightSqlEndpoint::new(Arc::new(catalog), Arc::new(auth), Arc::new(LogAudit)).expect("endpoint");
+        let endpoint =
+            FlightSqlEndpoint::new(Arc::new(catalog), Arc::new(auth), Arc::new(LogAudit), runtime.handle().clone())
+                .expect("endpoint");
         listener.set_nonblocking(true).expect("nonblocking");
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
@@ -195,15 +200,30 @@ fn main() {
             site_rows = rows;
         }
         let site_zero = site_zero.expect("site 0");
-        let mut in_process = Vec::new();
-        let mut in_process_rows = 0;
+        let analyst = Identity { user: "bench".into(), role: Role::FleetAnalyst, site: None, via_peer: false };
+        let (mut open, mut released) = (Vec::new(), Vec::new());
+        let (mut open_rows, mut released_rows) = (0, 0);
+        // One site's fragment in process, alternating: as planned (nothing enforced), and
+        // released for an analyst (checked, groups counted and measured as it runs).
         for _ in 0..runs {
-            let started = Instant::now();
-            let ctx = site_zero.local_context().expect("context");
-            let plan = site_zero.plan(&ctx, &sql("public.telemetry")).await.expect("plan");
-            let batches = ctx.execute_logical_plan(plan).await.expect("plan").collect().await.expect("run");
-            in_process.push(started.elapsed().as_secs_f64() * 1e3);
-            in_process_rows = batches.iter().map(RecordBatch::num_rows).sum();
+            for enforce in [false, true] {
+                let started = Instant::now();
+                let ctx = site_zero.local_context().expect("context");
+                let mut plan = site_zero.plan(&ctx, &sql("public.telemetry")).await.expect("plan");
+                if enforce {
+                    plan = site_zero.release(&analyst, &ctx, plan).expect("released");
+                }
+                let batches = ctx.execute_logical_plan(plan).await.expect("plan").collect().await.expect("run");
+                let rows = batches.iter().map(RecordBatch::num_rows).sum();
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                if enforce {
+                    released.push(ms);
+                    released_rows = rows;
+                } else {
+                    open.push(ms);
+                    open_rows = rows;
+                }
+            }
         }
         let ctx = SessionContext::new();
         let all = datafusion::datasource::MemTable::try_new(
@@ -222,12 +242,15 @@ fn main() {
         }
         let f = report("fleet.telemetry via Flight SQL (3 sites)", fleet, fleet_rows);
         let s = report("public.telemetry via Flight SQL (one site)", site, site_rows);
-        report("one site's fragment in process (no Flight)", in_process, in_process_rows);
+        let without = report("one site's fragment in process, not enforced", open, open_rows);
+        let with = report("one site's fragment in process, released", released, released_rows);
         let one = report("one DataFusion context, all readings", single, single_rows);
         println!(
-            "# ratios of p50: federated / one context = {:.2}, federated / one site's fragment = {:.2}",
+            "# ratios of p50: federated / one context = {:.2}, federated / one site's fragment = {:.2}, \
+             released / not enforced = {:.3}",
             f / one,
-            f / s
+            f / s,
+            with / without
         );
     });
 }

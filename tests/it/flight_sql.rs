@@ -26,19 +26,20 @@ const QUERY: &str = "CREATE CONTINUOUS QUERY vib WITH (open_above = 3, close_bel
          zscore(motor_id, window_start, avg(vibration_x_rms), 4) AS score
   FROM TUMBLE(telemetry, ts, INTERVAL '1 second') GROUP BY motor_id, window_start";
 
+/// 4 s windows that count their readings: those of at least 3 readings over 3 s (the fleet
+/// test's group policy) are released to analysts.
+const WINDOWS: &str = "CREATE CONTINUOUS QUERY win AS
+  SELECT motor_id, window_start, count(*) AS readings, avg(vibration_x_rms) AS score
+  FROM TUMBLE(telemetry, ts, INTERVAL '4 seconds') GROUP BY motor_id, window_start";
+const RELEASED: &str = "query = 'win' AND features['readings'] >= 3 \
+  AND CAST(window_end AS BIGINT) - CAST(window_start AS BIGINT) >= 3000";
+
 /// Four motors at site-a, 1 reading/s for 40 s; M1's vibration steps up at 20 s (an alert).
 fn readings(t0: i64) -> Vec<Reading> {
     let mut out = Vec::new();
     for s in 0..40i64 {
         for m in 1..=4 {
-            let mut r = Reading {
-                motor_id: MotorId::new(format!("M{m}")).expect("id"),
-                site_id: SiteId::new("site-a").expect("id"),
-                event_time_ms: t0 + s * 1000,
-                sequence: s as u64,
-                channels: [None; 7],
-                extra: Default::default(),
-            };
+            let mut r = crate::support::reading(m, "site-a", t0 + s * 1000, s as u64);
             let wobble = [1.0, 1.1, 0.9, 1.0][(s % 4) as usize];
             r.set(Channel::VibrationXRms, Some(if m == 1 && s >= 20 { 5.0 } else { wobble }));
             out.push(r);
@@ -81,6 +82,7 @@ fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
             c.sql.tokens =
                 vec![TokenConfig { sha256: tessera_sql::auth::hash_token("dashboard-token"), user: "ana".into() }]
         })
+        .group_policy(20, Duration::from_secs(10))
         .start();
     let addr = node.sql_addr().expect("the endpoint runs").to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -128,30 +130,45 @@ fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
             denied.message().contains("ana (fleet-analyst) may not read raw core columns of site site-a"),
             "{denied:?}"
         );
-        // Grades decide, not tables: raw general columns and aggregates of any grade are open
-        // to analysts; a raw important column is not. Results carry their grades.
+        // Grades decide, not tables: raw general columns are open to analysts; a column above
+        // their grade only through count/sum/avg/var/stddev of groups that meet the site's
+        // policy (here 20 readings over 10 s). Results carry their grades.
         let general = run(&mut ana, "SELECT motor_id, count(*) AS n FROM telemetry GROUP BY motor_id")
             .await
             .expect("general columns, aggregated");
         assert_eq!(general[0].schema().metadata()["tessera.grade"], "general");
-        let summary = run(&mut ana, "SELECT motor_id, max(vibration_x_rms) AS v FROM telemetry GROUP BY motor_id")
+        let summary = run(&mut ana, "SELECT motor_id, avg(vibration_x_rms) AS v FROM telemetry GROUP BY motor_id")
             .await
-            .expect("an aggregate of a core column");
+            .expect("an aggregate of a core column over groups of 40 readings");
+        assert_eq!(summary.iter().map(RecordBatch::num_rows).sum::<usize>(), 4);
         assert_eq!(
             summary[0].schema().metadata()["tessera.grade"],
             "core",
             "a result inherits the highest grade of its inputs"
         );
         assert_eq!(summary[0].schema().field(0).metadata()["tessera.grade"], "general");
+        let small =
+            run(&mut ana, "SELECT motor_id, ts, avg(vibration_x_rms) AS v FROM telemetry GROUP BY motor_id, ts")
+                .await
+                .expect("row-sized groups are answered, without them");
+        assert_eq!(small.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
+        let denied = run(&mut ana, "SELECT motor_id, max(vibration_x_rms) AS v FROM telemetry GROUP BY motor_id")
+            .await
+            .expect_err("max returns a reading");
+        assert!(denied.message().contains("max is not one of the allowed aggregates"), "{denied:?}");
         let denied =
             run(&mut ana, "SELECT motor_id, current_a FROM telemetry").await.expect_err("a raw important column");
         assert!(denied.message().contains("may not read raw important columns"), "{denied:?}");
+        // Counting windows reads no graded column; their scores are another matter: the windows
+        // of `vib` hold one reading each and do not count them, so none is released.
         assert_eq!(
             rows(
                 &run(&mut ana, "SELECT query, count(*) FROM motor_windows GROUP BY query").await.expect("derived data")
             ),
             per_query
         );
+        let scores = run(&mut ana, "SELECT motor_id, score FROM motor_windows").await.expect("released windows");
+        assert_eq!(scores.iter().map(RecordBatch::num_rows).sum::<usize>(), 0, "no window of one reading is released");
         let denied = run(&mut ana, "SELECT * FROM query_audit").await.expect_err("audit is for admins");
         assert_eq!(denied.code(), Code::PermissionDenied);
         for (sql, code, says) in [
@@ -317,10 +334,15 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
             key: write(&format!("{site}.key"), &cert.key_pem),
         };
         let node = TestNode::new(site, &brokers, site, &topic)
-            .queries([QUERY])
+            .queries([QUERY, WINDOWS])
+            .group_policy(3, Duration::from_secs(3))
             .sql_at(
                 &format!("127.0.0.1:{}", ports[i]),
-                vec![user("root", Role::Admin, None), user("ana", Role::FleetAnalyst, None)],
+                vec![
+                    user("root", Role::Admin, None),
+                    user("ana", Role::FleetAnalyst, None),
+                    user("opb", Role::SiteOperator, Some("site-b")),
+                ],
             )
             .peers(peers, FEDERATION_TOKEN)
             .tls(tls);
@@ -334,26 +356,35 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
     rt.block_on(async {
+        // Windows are aggregates: an analyst sees those that met each site's policy, as they are.
         let per_motor = "SELECT motor_id, count(*) AS n, sum(score) AS s, min(score) AS lo, max(score) AS hi, avg(score) AS mean \
-                         FROM {t} WHERE window_start >= to_timestamp_millis({from}) GROUP BY motor_id ORDER BY motor_id";
-        let sql = |table: &str| per_motor.replace("{t}", table).replace("{from}", &(t0 + 2000).to_string());
-        // Each site's own answer, merged by hand.
+                         FROM {t} WHERE window_start >= to_timestamp_millis({from}) AND {released} GROUP BY motor_id ORDER BY motor_id";
+        let sql = |table: &str, released: &str| {
+            per_motor.replace("{t}", table).replace("{from}", &(t0 + 2000).to_string()).replace("{released}", released)
+        };
+        // Each site's own answer, merged by hand: what an admin of the site sees of the released windows.
         let mut expected = Vec::new();
+        let (mut released_windows, mut windows) = (0, 0);
         for i in 0..3 {
             let mut root = login_tls(&addr(i), "root", &ca.cert_pem).await;
-            expected.extend(run(&mut root, &sql("public.motor_windows")).await.expect("own site"));
+            expected.extend(run(&mut root, &sql("public.motor_windows", RELEASED)).await.expect("own site"));
+            released_windows += int(&run(&mut root, &format!("SELECT count(*) FROM motor_windows WHERE {RELEASED}")).await.expect("own count"));
+            windows += int(&run(&mut root, "SELECT count(*) FROM motor_windows").await.expect("own count"));
         }
         let expected_text = sorted_text(&expected);
         assert_eq!(expected.iter().map(RecordBatch::num_rows).sum::<usize>(), 2 + 3 + 4, "{expected_text}");
+        assert!(released_windows >= (2 + 3 + 4) * 8, "40 s of 4 s windows per motor: {released_windows}");
         for i in 0..3 {
             let mut ana = login_tls(&addr(i), "ana", &ca.cert_pem).await;
-            let got = run(&mut ana, &sql("fleet.motor_windows")).await.expect("fleet aggregate");
+            let got = run(&mut ana, &sql("fleet.motor_windows", "query = 'win'")).await.expect("fleet aggregate");
             assert_eq!(sorted_text(&got), expected_text, "through site {i}");
             let total = int(&run(&mut ana, "SELECT count(*) FROM fleet.motor_windows").await.expect("count"));
-            assert_eq!(total, (2 + 3 + 4) * 37, "through site {i}");
+            assert_eq!(total, windows, "through site {i}: counting windows reads no graded column");
+            let scored = int(&run(&mut ana, "SELECT count(score) FROM fleet.motor_windows").await.expect("count"));
+            assert_eq!(scored, released_windows, "through site {i}: scores of released windows only");
         }
         let mut ana = login_tls(&addr(1), "ana", &ca.cert_pem).await;
-        let plan = run(&mut ana, &format!("EXPLAIN {}", sql("fleet.motor_windows"))).await.expect("explain");
+        let plan = run(&mut ana, &format!("EXPLAIN {}", sql("fleet.motor_windows", "query = 'win'"))).await.expect("explain");
         let plan = datafusion::arrow::util::pretty::pretty_format_batches(&plan).expect("text").to_string();
         assert!(plan.contains("site_partials"), "the aggregate is computed per site:\n{plan}");
         println!("flight sql: {} motors' aggregates equal through every site; the plan through site-b:\n{plan}", 2 + 3 + 4);
@@ -365,13 +396,32 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
             let audit = run(&mut root, "SELECT user, refused FROM query_audit WHERE \"user\" = 'ana' AND refused LIKE '%raw core columns%'").await.expect("audit");
             assert_eq!(audit.iter().map(RecordBatch::num_rows).sum::<usize>(), 1, "site {i} audited the refused fragment");
         }
-        // Raw core columns never leave their site, even for an admin; their aggregates may.
+        // An admin is an admin of the site they signed in at: raw core and important columns
+        // of other sites stay there (their aggregates may leave); their own site's come out.
         let mut root = login_tls(&addr(1), "root", &ca.cert_pem).await;
         let denied = run(&mut root, "SELECT motor_id, vibration_x_rms FROM fleet.telemetry").await.expect_err("raw core rows of other sites");
         assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
-        assert!(denied.message().contains("raw core columns never leave their site"), "{denied:?}");
-        let peak = run(&mut root, "SELECT motor_id, max(vibration_x_rms) AS peak FROM fleet.telemetry GROUP BY motor_id").await.expect("an aggregate leaves");
-        assert_eq!(peak.iter().map(RecordBatch::num_rows).sum::<usize>(), 2 + 3 + 4);
+        assert!(denied.message().contains("admin may read raw general columns at most"), "{denied:?}");
+        let denied = run(&mut root, "SELECT motor_id, current_a FROM fleet.telemetry").await.expect_err("raw important rows of other sites");
+        assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+        assert!(denied.message().contains("may not read raw important columns of site site-"), "{denied:?}");
+        let own = run(&mut root, "SELECT motor_id, current_a, vibration_x_rms FROM telemetry").await.expect("an admin's own site, raw");
+        assert!(own.iter().map(RecordBatch::num_rows).sum::<usize>() > 0);
+        let mean = run(&mut root, "SELECT motor_id, avg(vibration_x_rms) AS mean FROM fleet.telemetry GROUP BY motor_id").await.expect("an aggregate of big groups leaves");
+        assert_eq!(mean.iter().map(RecordBatch::num_rows).sum::<usize>(), 2 + 3 + 4);
+        let denied = run(&mut root, "SELECT motor_id, max(vibration_x_rms) AS peak FROM fleet.telemetry GROUP BY motor_id").await.expect_err("a max is a reading");
+        assert!(denied.message().contains("max is not one of the allowed aggregates"), "{denied:?}");
+        let per_reading = run(&mut root, "SELECT motor_id, ts, avg(vibration_x_rms) FROM fleet.telemetry GROUP BY motor_id, ts").await.expect("row-sized groups");
+        assert_eq!(per_reading.iter().map(RecordBatch::num_rows).sum::<usize>(), 40 * 3, "only the admin's own site's 3 motors, reading by reading");
+        // Raw core never leaves its site, whatever the role: site-b's own operator, asking
+        // through site-a, is refused by site-b too (the client hears site-a's refusal, the
+        // local one), and site-b audits why.
+        let mut opb = login_tls(&addr(0), "opb", &ca.cert_pem).await;
+        let denied = run(&mut opb, "SELECT motor_id, vibration_x_rms FROM fleet.telemetry WHERE site_id = 'site-b'").await.expect_err("raw core through another site");
+        assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+        let mut root_b = login_tls(&addr(1), "root", &ca.cert_pem).await;
+        let audit = run(&mut root_b, "SELECT refused FROM query_audit WHERE \"user\" = 'opb' AND refused LIKE '%never leave their site%'").await.expect("audit");
+        assert_eq!(audit.iter().map(RecordBatch::num_rows).sum::<usize>(), 1, "site-b audited the refused fragment");
 
         // The federation token alone opens nothing: a federated call must come with a node's
         // certificate (not none, not an operator's), and a client in the clear is not served.

@@ -3,7 +3,8 @@
 //! against the Kubernetes 1.30 schemas; then what the rendered objects must say (a StatefulSet
 //! per site with Parallel pod management, a quorum-keeping PodDisruptionBudget, probes on the
 //! health endpoints, a locked-down securityContext, the `helm test` query), and each site's
-//! rendered node config loads in `NodeConfig` as a node would load it. Bad values are refused
+//! rendered node config loads in `NodeConfig` as a node would load it, with checkpoints sealed
+//! under a per-site KEK the chart generates. Bad values are refused
 //! with the value named. helm and kubernetes-validate come from `scripts/setup.sh --with-broker`.
 
 use std::path::{Path, PathBuf};
@@ -148,6 +149,27 @@ fn the_chart_lints_renders_and_validates_for_every_ci_values_file() {
                 !raft.initial_members.is_empty() && loaded.http.listen.is_some() && loaded.sql.listen.is_some(),
                 "{name}"
             );
+            // Checkpoints are sealed by default: the config names the KEK the pods mount.
+            assert_eq!(
+                loaded.store.kek_file.as_deref(),
+                Some(Path::new("/etc/tessera/kek/kek")),
+                "{name}: site {i}'s checkpoints are not sealed"
+            );
+        }
+        // Each site has its own generated KEK, kept across uninstalls, in the format a node reads.
+        let keks: Vec<&str> = kind("Secret").into_iter().filter(|d| d.contains("-kek\n")).collect();
+        assert_eq!(keks.len(), sets.len(), "{name}: one KEK per site");
+        let mut seen = std::collections::BTreeSet::new();
+        for kek in &keks {
+            assert!(kek.contains("helm.sh/resource-policy: keep"), "{name}: a KEK must outlive the release");
+            let text = kek.lines().find_map(|l| l.trim().strip_prefix("kek: ")).expect("kek data").trim_matches('"');
+            let path = dir.path().join("kek");
+            std::fs::write(&path, text).expect("write");
+            tessera_store::Kek::read(&path).unwrap_or_else(|e| panic!("{name}: the chart's KEK does not load: {e}"));
+            assert!(seen.insert(text.to_string()), "{name}: two sites share a KEK");
+        }
+        for s in &sets {
+            assert!(s.contains("mountPath: /etc/tessera/kek"), "{name}: the KEK is not mounted");
         }
     }
 }

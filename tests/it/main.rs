@@ -24,6 +24,8 @@ mod mtls;
 mod observability_assets;
 mod replay_skab;
 mod security;
+mod sql_limits;
+mod sql_release;
 mod support;
 mod tidy;
 

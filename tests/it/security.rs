@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::Float64Array;
 use tessera_core::now_ms;
-use tessera_core::{Channel, DataGrade, MotorId, Reading, SiteId};
+use tessera_core::{Channel, DataGrade, Reading};
 use tessera_node::node::Node;
 use tessera_sql::Role;
 use tessera_store::{Kek, Keyring, to_hex};
@@ -24,14 +24,7 @@ fn readings(t0: i64, seconds: std::ops::Range<i64>) -> Vec<Reading> {
     let mut out = Vec::new();
     for s in seconds {
         for m in 1..=3 {
-            let mut r = Reading {
-                motor_id: MotorId::new(format!("M{m}")).expect("id"),
-                site_id: SiteId::new("site-a").expect("id"),
-                event_time_ms: t0 + s * 1000,
-                sequence: s as u64,
-                channels: [None; 7],
-                extra: Default::default(),
-            };
+            let mut r = crate::support::reading(m, "site-a", t0 + s * 1000, s as u64);
             r.set(Channel::VibrationXRms, Some(CORE_MARKER));
             r.set(Channel::CurrentA, Some(IMPORTANT_MARKER));
             out.push(r);

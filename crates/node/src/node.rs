@@ -45,6 +45,9 @@ use crate::store::{StoreStats, TelemetryStore};
 pub struct Node {
     /// The one runtime every async part of the node runs on.
     runtime: tokio::runtime::Runtime,
+    /// Where SQL queries run (`[sql] listen`): a runtime of their own, so that a CPU-bound
+    /// query cannot hold up the servers, the Raft member or the probes.
+    queries: Option<tokio::runtime::Runtime>,
     /// Asks every server task to stop.
     shutdown: ShutdownTrigger,
     /// The server tasks (SQL, HTTP, query watcher, Raft bootstrap), waited for on stop.
@@ -157,15 +160,31 @@ impl Node {
         )?;
         let registry = admin.as_ref().map(|_| RegistryRows::default());
         let mut sql_latency = None;
+        let mut queries = None;
         let sql = match config.sql.listen {
             Some(listen) => {
+                let cores = std::thread::available_parallelism().map_or(2, usize::from);
+                let query_runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(cores.saturating_sub(1).max(1))
+                    .thread_name("tessera-query")
+                    .enable_all()
+                    .build()
+                    .map_err(|source| NodeError::Io { what: "building the query runtime", source })?;
                 let tables = crate::sql::served_tables(
                     shared_tables,
                     &detect.running_queries(),
                     registry.as_ref(),
                     store.as_ref(),
                 );
-                let endpoint = SqlEndpoint::new(&config.sql, &config.site_id, tables, grades.clone(), tls.clone())?;
+                let endpoint = SqlEndpoint::new(
+                    &config.sql,
+                    &config.site_id,
+                    tables,
+                    grades.clone(),
+                    tls.clone(),
+                    query_runtime.handle().clone(),
+                )?;
+                queries = Some(query_runtime);
                 let (listener, addr) = bind(&runtime, listen, "sql.listen")?;
                 let served = (addr, endpoint.refusals().clone());
                 sql_latency = Some(endpoint.query_latency());
@@ -221,7 +240,7 @@ impl Node {
         };
         // Last, once nothing else can fail: the blocking stages' threads.
         let threads = StageThreads::spawn(ingest_loops, detect_loop, store_loop)?;
-        Ok(Node { runtime, shutdown, tasks, ingest, detect, store, threads, sql, http, control, failed })
+        Ok(Node { runtime, queries, shutdown, tasks, ingest, detect, store, threads, sql, http, control, failed })
     }
 
     /// Where `/metrics` and the health checks are served, if they are.
@@ -285,10 +304,14 @@ impl Node {
     /// pending, and the Raft member stops last. Returns the ingest's counters and the engine;
     /// if stages failed, the error of the one that failed first (the cause of the others).
     pub fn stop(self) -> Result<(IngestStats, StreamEngine), NodeError> {
-        let Node { runtime, shutdown, tasks, ingest, detect, mut store, threads, control, .. } = self;
+        let Node { runtime, queries, shutdown, tasks, ingest, detect, mut store, threads, control, .. } = self;
         shutdown.trigger();
         if let Err(e) = runtime.block_on(tasks.join()) {
             tracing::error!(error = %tessera_core::error_chain(&e), "a server of the node failed");
+        }
+        // The endpoint has stopped: what queries still run are aborted.
+        if let Some(queries) = queries {
+            queries.shutdown_timeout(std::time::Duration::from_secs(5));
         }
         let StageThreads { ingest: ingest_threads, detect: detect_thread, store: store_thread } = threads;
         let mut failures = Vec::new();

@@ -17,8 +17,8 @@ use datafusion::catalog::TableProvider;
 use serde::{Deserialize, Serialize};
 use tessera_core::{ConfigError, ensure};
 use tessera_sql::{
-    AuditSink, Authenticator, Catalog, ConfigUsers, Federation, FlightSqlEndpoint, LogAudit, Peer, QueryAudit,
-    ServedTable, SnapshotTable, TableKind, TokenConfig, UserConfig,
+    AuditSink, Authenticator, Catalog, ConfigUsers, Federation, FlightSqlEndpoint, GroupPolicy, LogAudit, Peer,
+    QueryAudit, QueryLimits, ServedTable, SnapshotTable, TableKind, TokenConfig, UserConfig,
 };
 use tessera_stream::tables::BoundedTable;
 
@@ -43,6 +43,28 @@ pub struct SqlConfig {
     pub session_ttl: Duration,
     /// Entries the `query_audit` table keeps (the newest).
     pub audit_rows: usize,
+    /// Bytes the `query_audit` table holds at most (the oldest entries go first); each entry
+    /// keeps at most the first 4 KiB of its SQL.
+    pub audit_bytes: usize,
+    /// Memory one query's operators may hold; beyond it the query fails (`RESOURCE_EXHAUSTED`).
+    pub query_memory_bytes: usize,
+    /// How long one query may run, its result stream included (`DEADLINE_EXCEEDED`).
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
+    /// The longest SQL text taken.
+    pub query_max_sql_bytes: usize,
+    /// The most bytes of parameters bound to a prepared statement.
+    pub query_max_param_bytes: usize,
+    /// Sign-ins (Argon2id password checks) that run at once; more wait their turn.
+    pub sign_ins_at_once: usize,
+    /// Readings a group must hold before an aggregate of a column above a caller's grade
+    /// (e.g. an analyst's `avg(vibration_x_rms)`) is released to them; smaller groups are
+    /// dropped at this site as the query runs. Also the readings a `motor_windows` window
+    /// must have counted before it is shown to such a caller.
+    pub min_group_rows: u64,
+    /// The event time such a group (or window) must span, first reading to last.
+    #[serde(with = "humantime_serde")]
+    pub min_group_span: Duration,
     /// The other sites' SQL endpoints (`[[sql.peers]]`: site, addr): with them, the `fleet`
     /// schema spans every site.
     pub peers: Vec<Peer>,
@@ -56,12 +78,21 @@ pub struct SqlConfig {
 
 impl Default for SqlConfig {
     fn default() -> Self {
+        let limits = QueryLimits::default();
         Self {
             listen: None,
             users: Vec::new(),
             tokens: Vec::new(),
             session_ttl: Duration::from_secs(8 * 3600),
             audit_rows: 100_000,
+            audit_bytes: 32 << 20,
+            query_memory_bytes: limits.memory_bytes,
+            query_timeout: limits.timeout,
+            query_max_sql_bytes: limits.max_sql_bytes,
+            query_max_param_bytes: limits.max_param_bytes,
+            sign_ins_at_once: limits.sign_ins_at_once,
+            min_group_rows: GroupPolicy::default().min_rows,
+            min_group_span: GroupPolicy::default().min_span,
             peers: Vec::new(),
             federation_token: None,
             fragment_timeout: Duration::from_secs(30),
@@ -70,10 +101,33 @@ impl Default for SqlConfig {
 }
 
 impl SqlConfig {
+    /// The per-query bounds these settings give.
+    pub fn limits(&self) -> QueryLimits {
+        QueryLimits {
+            memory_bytes: self.query_memory_bytes,
+            timeout: self.query_timeout,
+            max_sql_bytes: self.query_max_sql_bytes,
+            max_param_bytes: self.query_max_param_bytes,
+            sign_ins_at_once: self.sign_ins_at_once,
+        }
+    }
+
+    /// The group policy these settings give.
+    pub fn group_policy(&self) -> GroupPolicy {
+        GroupPolicy { min_rows: self.min_group_rows, min_span: self.min_group_span }
+    }
+
     /// Checks the users and tokens (hashes parse, operators name a site); errors name the entry.
     pub fn validate(&self) -> Result<(), ConfigError> {
         ensure(!self.session_ttl.is_zero(), "session_ttl", "must be longer than 0")?;
         ensure(self.audit_rows > 0, "audit_rows", "must be positive")?;
+        ensure(self.audit_bytes >= 1 << 20, "audit_bytes", "must be at least 1 MiB")?;
+        ensure(self.query_memory_bytes >= 1 << 20, "query_memory_bytes", "must be at least 1 MiB")?;
+        ensure(!self.query_timeout.is_zero(), "query_timeout", "must be longer than 0")?;
+        ensure(self.query_max_sql_bytes >= 1024, "query_max_sql_bytes", "must be at least 1024")?;
+        ensure(self.query_max_param_bytes >= 1024, "query_max_param_bytes", "must be at least 1024")?;
+        ensure(self.sign_ins_at_once >= 1, "sign_ins_at_once", "must be at least 1")?;
+        ensure(self.min_group_rows >= 2, "min_group_rows", "must be at least 2 (one reading is its own value)")?;
         ensure(self.listen.is_none() || !self.users.is_empty(), "users", "the endpoint needs at least one user")?;
         ConfigUsers::new(&self.users, &self.tokens)?;
         if !self.peers.is_empty() {
@@ -176,8 +230,8 @@ pub struct QueryAuditTable {
 }
 
 impl QueryAuditTable {
-    /// Keeps the newest `rows` entries.
-    pub fn new(rows: usize) -> Arc<Self> {
+    /// Keeps the newest `rows` entries, in at most `bytes`.
+    pub fn new(rows: usize, bytes: usize) -> Arc<Self> {
         let schema = Arc::new(Schema::new(vec![
             Field::new("at", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
             Field::new("user", DataType::Utf8, false),
@@ -185,7 +239,7 @@ impl QueryAuditTable {
             Field::new("sql", DataType::Utf8, false),
             Field::new("refused", DataType::Utf8, true),
         ]));
-        Arc::new(Self { table: BoundedTable::new(schema, rows) })
+        Arc::new(Self { table: BoundedTable::with_max_bytes(schema, rows, bytes) })
     }
 
     /// The table to serve.
@@ -202,7 +256,7 @@ impl AuditSink for QueryAuditTable {
                 Arc::new(TimestampMillisecondArray::from(vec![tessera_core::now_ms()]).with_timezone("UTC")),
                 Arc::new(StringArray::from(vec![audit.user.clone()])),
                 Arc::new(StringArray::from(vec![audit.role])),
-                Arc::new(StringArray::from(vec![audit.sql.clone()])),
+                Arc::new(StringArray::from(vec![clipped(&audit.sql, AUDIT_SQL_BYTES)])),
                 Arc::new(StringArray::from(vec![audit.refused.clone()])),
             ],
         );
@@ -212,6 +266,18 @@ impl AuditSink for QueryAuditTable {
         }
         LogAudit.record(audit);
     }
+}
+
+/// The most of a query's SQL text an audit row keeps.
+const AUDIT_SQL_BYTES: usize = 4 << 10;
+
+/// `text`, cut to at most `max` bytes (on a character boundary) with a note of its length.
+fn clipped(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let end = (0..=max).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+    format!("{}… ({} bytes)", &text[..end], text.len())
 }
 
 /// A running Flight SQL endpoint.
@@ -224,20 +290,25 @@ pub struct SqlEndpoint {
 
 impl SqlEndpoint {
     /// The endpoint serving `tables` of `site`, with the `query_audit` table of what it was
-    /// asked. With `tls`, it speaks TLS only (client certificates optional for people,
-    /// required of other sites' nodes) and calls peers with mTLS.
+    /// asked, running queries on `queries`. With `tls`, it speaks TLS only (client
+    /// certificates optional for people, required of other sites' nodes) and calls peers with
+    /// mTLS.
     pub fn new(
         config: &SqlConfig,
         site: &str,
         mut tables: Vec<ServedTable>,
         grades: tessera_core::LiveGrades,
         tls: Option<Arc<tessera_tls::TlsMaterial>>,
+        queries: tokio::runtime::Handle,
     ) -> Result<Self, NodeError> {
         let users = ConfigUsers::new(&config.users, &config.tokens)?;
         let mut auth = Authenticator::new(Box::new(users), config.session_ttl);
-        let audit = QueryAuditTable::new(config.audit_rows);
+        let audit = QueryAuditTable::new(config.audit_rows, config.audit_bytes);
         tables.push(audit.served());
-        let mut catalog = Catalog::new(site, tables).with_grades(grades);
+        let mut catalog = Catalog::new(site, tables)
+            .with_grades(grades)
+            .with_limits(config.limits())
+            .with_group_policy(config.group_policy());
         if let Some(token) = &config.federation_token {
             auth = auth.with_federation_token(token);
             if !config.peers.is_empty() {
@@ -250,7 +321,7 @@ impl SqlEndpoint {
             }
         }
         let refusals = Arc::new(tessera_tls::Refusals::default());
-        let mut endpoint = FlightSqlEndpoint::new(Arc::new(catalog), Arc::new(auth), audit)?;
+        let mut endpoint = FlightSqlEndpoint::new(Arc::new(catalog), Arc::new(auth), audit, queries)?;
         let server_tls = match &tls {
             Some(material) => {
                 endpoint = endpoint.require_node_certificates(refusals.clone());

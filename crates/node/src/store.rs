@@ -397,37 +397,45 @@ impl TableProvider for StoredTelemetry {
                 hi = hi.min(h);
             }
         }
-        let mut batches = Vec::new();
-        {
+        // Under the store's lock only the segment list is read and each segment's file and keys
+        // opened; decoding happens after, so a scan never holds up the store's writer.
+        let shredded = |e: tessera_store::StoreError| match e {
+            tessera_store::StoreError::Shredded { .. } => {
+                let hint = "filter on ts to leave the range out, or leave its columns out";
+                datafusion::error::DataFusionError::External(Box::new(tessera_sql::SqlError::Destroyed(format!(
+                    "telemetry: {e}; {hint}"
+                ))))
+            }
+            other => datafusion::error::DataFusionError::Execution(format!("telemetry: {other}")),
+        };
+        let (opened, pending) = {
             let store = self
                 .shared
                 .store
                 .lock()
                 .map_err(|_| datafusion::error::DataFusionError::Execution("store lock poisoned".into()))?;
-            for segment in
-                store.segments().iter().filter(|s| s.max_ts_ms >= lo && s.min_ts_ms <= hi && s.stream == "telemetry")
-            {
-                let read = store.read(&segment.id, Some(&names)).map_err(|e| match e {
-                    tessera_store::StoreError::Shredded { .. } => {
-                        let hint = "filter on ts to leave the range out, or leave its columns out";
-                        datafusion::error::DataFusionError::External(Box::new(tessera_sql::SqlError::Destroyed(
-                            format!("telemetry: {e}; {hint}"),
-                        )))
-                    }
-                    other => datafusion::error::DataFusionError::Execution(format!("telemetry: {other}")),
-                })?;
-                for b in read {
-                    batches.push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
-                }
-            }
+            let opened = store
+                .segments()
+                .iter()
+                .filter(|s| s.max_ts_ms >= lo && s.min_ts_ms <= hi && s.stream == "telemetry")
+                .map(|segment| store.open_segment(&segment.id, Some(&names)).map_err(shredded))
+                .collect::<Result<Vec<_>, _>>()?;
             let pending = self
                 .shared
                 .pending
                 .lock()
-                .map_err(|_| datafusion::error::DataFusionError::Execution("pending lock poisoned".into()))?;
-            for b in pending.iter() {
-                batches.push(b.project(&indices)?);
+                .map_err(|_| datafusion::error::DataFusionError::Execution("pending lock poisoned".into()))?
+                .clone();
+            (opened, pending)
+        };
+        let mut batches = Vec::new();
+        for segment in opened {
+            for b in segment.batches().map_err(shredded)? {
+                batches.push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
             }
+        }
+        for b in &pending {
+            batches.push(b.project(&indices)?);
         }
         Ok(MemorySourceConfig::try_new_exec(&[batches], schema, None)?)
     }

@@ -5,6 +5,11 @@
 //! [`IdentityProvider`] trait, which an OIDC provider can implement later. No secret is kept
 //! in clear: passwords are Argon2id PHC strings, and tokens (issued or configured) are kept as
 //! SHA-256 digests, compared in constant time by looking the digest up.
+//!
+//! A sign-in costs the same whether the user exists or not (an unknown user's password is
+//! verified against a dummy hash of the same parameters), so its time tells nothing about
+//! which users exist. The endpoint runs sign-ins on the blocking pool, a few at a time (see
+//! `crate::service`), so a flood of them cannot stall queries.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -59,7 +64,14 @@ pub trait IdentityProvider: Send + Sync {
 pub struct ConfigUsers {
     users: HashMap<String, (UserConfig, PasswordHash<'static>)>,
     tokens: HashMap<[u8; 32], String>,
+    /// Password verifications done, unknown users' included (the tests count them).
+    verifications: std::sync::atomic::AtomicU64,
 }
+
+/// What an unknown user's password is verified against: the hash of a random secret nobody
+/// knows, with Argon2's default parameters (those `tessera hash-secret` uses).
+const UNKNOWN_USER_PHC: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$F9Tti1goJzdJnderVcYghg$N5hgRjE0StqQRYufEqgqeeiSoDd9Pk7inBaEp4/69cw";
 
 impl ConfigUsers {
     /// Checks the config: every hash parses, site operators name their site, tokens name a
@@ -94,7 +106,12 @@ impl ConfigUsers {
             }
             by_digest.insert(digest, t.user.clone());
         }
-        Ok(Self { users: by_name, tokens: by_digest })
+        Ok(Self { users: by_name, tokens: by_digest, verifications: Default::default() })
+    }
+
+    /// Password verifications done so far, unknown users' included.
+    pub fn verifications(&self) -> u64 {
+        self.verifications.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn identity(&self, user: &str) -> Option<Identity> {
@@ -110,8 +127,16 @@ impl ConfigUsers {
 impl IdentityProvider for ConfigUsers {
     fn password(&self, user: &str, password: &str) -> Result<Identity, SqlError> {
         let denied = || SqlError::Unauthenticated("unknown user or wrong password".into());
-        let (_, hash) = self.users.get(user).ok_or_else(denied)?;
-        Argon2::default().verify_password(password.as_bytes(), hash).map_err(|_| denied())?;
+        let unknown = PasswordHash::new(UNKNOWN_USER_PHC).map_err(|e| SqlError::internal(format!("{e}")))?;
+        let (known, hash) = match self.users.get(user) {
+            Some((_, hash)) => (true, hash),
+            None => (false, &unknown),
+        };
+        self.verifications.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let verified = Argon2::default().verify_password(password.as_bytes(), hash).is_ok();
+        if !(known && verified) {
+            return Err(denied());
+        }
         self.identity(user).ok_or_else(denied)
     }
 
@@ -296,6 +321,22 @@ mod tests {
         assert!(auth.handshake(None).is_err());
         assert!(auth.check(None).is_err());
         assert!(auth.check(Some("Bearer made-up")).is_err());
+    }
+
+    #[test]
+    fn an_unknown_user_costs_a_verification_like_a_known_one() {
+        let hash = hash_password("s3cret").unwrap();
+        let users = vec![UserConfig { name: "ana".into(), password_hash: hash, role: Role::FleetAnalyst, site: None }];
+        let provider = ConfigUsers::new(&users, &[]).unwrap();
+        let wrong = provider.password("ana", "wrong").unwrap_err();
+        let unknown = provider.password("nobody", "wrong").unwrap_err();
+        assert_eq!(wrong.to_string(), unknown.to_string());
+        assert_eq!(provider.verifications(), 2, "the unknown user's password was verified too");
+        assert!(
+            PasswordHash::new(UNKNOWN_USER_PHC).unwrap().params
+                == PasswordHash::new(&users[0].password_hash).unwrap().params
+        );
+        assert_eq!(provider.password("ana", "s3cret").unwrap().user, "ana");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! Every query gets a fresh DataFusion context over the served tables (catalog `tessera`,
 //! schema `public`, plus `information_schema`); DDL, DML and other statements are refused.
-//! Access is decided on the planned query by the grades of the columns it returns raw (see
-//! [`Catalog::check`]); the audit tables are for admins only. Refusals are PermissionDenied.
+//! Access is decided on the planned query by the grades of the columns it reads and how
+//! ([`Catalog::release`], [`crate::release`]); the audit tables are for admins only. Refusals
+//! are PermissionDenied.
 //! A caller's context, which adds the `fleet` schema on top of these tables, is built by the
 //! `session` module ([`Catalog::context`]).
 
@@ -13,7 +14,7 @@ use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
@@ -25,6 +26,8 @@ use tessera_core::{DataGrade, GradeMap, LiveGrades};
 use crate::error::SqlError;
 use crate::federation::{FLEET, Federation};
 use crate::identity::{Identity, Role};
+use crate::limits::QueryLimits;
+use crate::release::GroupPolicy;
 
 /// The catalog name clients see.
 pub const CATALOG: &str = "tessera";
@@ -32,7 +35,7 @@ pub const CATALOG: &str = "tessera";
 pub const SCHEMA: &str = "public";
 
 /// What a table holds. Who may read its columns is decided by their grades
-/// ([`Catalog::check`]); the kind only marks the admin-only tables and which tables have a
+/// ([`Catalog::release`]); the kind only marks the admin-only tables and which tables have a
 /// `fleet` twin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableKind {
@@ -69,12 +72,32 @@ pub struct Catalog {
     tables: Vec<ServedTable>,
     federation: Option<Federation>,
     grades: LiveGrades,
+    limits: QueryLimits,
+    group_policy: GroupPolicy,
 }
 
 impl Catalog {
     /// The tables of the node at `site`.
     pub fn new(site: impl Into<String>, tables: Vec<ServedTable>) -> Self {
-        Self { site: site.into(), tables, federation: None, grades: LiveGrades::new(GradeMap::builtin()) }
+        Self {
+            site: site.into(),
+            tables,
+            federation: None,
+            grades: LiveGrades::new(GradeMap::builtin()),
+            limits: QueryLimits::default(),
+            group_policy: GroupPolicy::default(),
+        }
+    }
+
+    /// Bounds every query's memory, time and text with `limits`.
+    pub fn with_limits(mut self, limits: QueryLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The bounds of each query.
+    pub fn limits(&self) -> &QueryLimits {
+        &self.limits
     }
 
     /// Serves the `fleet` schema too, spanning this site and `federation`'s peers.
@@ -103,7 +126,8 @@ impl Catalog {
     pub fn local_context(&self) -> Result<SessionContext, SqlError> {
         let config =
             SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema(CATALOG, SCHEMA);
-        let ctx = SessionContext::new_with_config(config);
+        // A runtime per query: its memory pool bounds this query alone.
+        let ctx = SessionContext::new_with_config_rt(config, self.limits.runtime()?);
         for t in &self.tables {
             ctx.register_table(t.name.as_str(), t.provider.clone()).map_err(SqlError::from_datafusion)?;
         }
@@ -125,17 +149,20 @@ impl Catalog {
         Ok(df.into_unoptimized_plan())
     }
 
-    /// Refuses the plan if `who` may not see what it returns. The audit table is for admins
-    /// only. Beyond that, access follows the columns' grades ([`GradeMap`]) and how they come
-    /// out: a column that reaches the result row by row is *raw*; one that only feeds an
-    /// aggregate is not (see [`raw_grade`]).
+    /// `plan` as it may run for `who`, or why it may not. The audit table is for admins only.
+    /// Beyond that, each caller has an *allowance*, the highest grade they may read row by row:
     ///
-    /// - Admins, and operators of this site: everything of this site.
-    /// - Fleet analysts, and operators of other sites: raw `general` columns only, and
-    ///   aggregates of anything.
-    /// - Whatever the role, an answer that leaves the site (a fragment asked by another site's
-    ///   node) never carries raw `core` columns.
-    pub fn check(&self, who: &Identity, plan: &LogicalPlan) -> Result<(), SqlError> {
+    /// - admins and operators of this site: `core` (everything of this site). An admin's site
+    ///   is the one configured, else the site whose node they signed in at
+    ///   ([`Identity::at_home`]): a fragment for an admin of another site is answered as for a
+    ///   fleet analyst;
+    /// - fleet analysts, and operators and admins of other sites: `general`;
+    /// - whatever the role, an answer that leaves the site (a fragment asked by another site's
+    ///   node) at most `important`: raw `core` never leaves its site.
+    ///
+    /// Columns above the allowance may only be read through aggregates of groups that meet
+    /// the site's [`GroupPolicy`], enforced as the query runs ([`crate::release`]).
+    pub fn release(&self, who: &Identity, ctx: &SessionContext, plan: LogicalPlan) -> Result<LogicalPlan, SqlError> {
         let mut scanned = Vec::new();
         plan.apply_with_subqueries(|node| {
             // `fleet` tables are checked by each site, on its fragment.
@@ -160,28 +187,47 @@ impl Catalog {
                 )));
             }
         }
-        let raw = raw_grade(plan, &self.grades.current());
-        let own_site = match who.role {
-            Role::Admin => true,
-            Role::SiteOperator => who.site.as_deref() == Some(self.site.as_str()),
-            Role::FleetAnalyst => false,
-        };
-        let allowed = if own_site { DataGrade::Core } else { DataGrade::General };
-        let allowed = if who.via_peer { allowed.min(DataGrade::Important) } else { allowed };
-        if raw > allowed {
-            let why = if who.via_peer && own_site {
-                "raw core columns never leave their site".to_string()
+        let allowed = self.allowance(who);
+        let denied = |raw: DataGrade, why: String| {
+            let never = if who.via_peer && allowed == DataGrade::Important && raw == DataGrade::Core {
+                "; raw core columns never leave their site"
             } else {
-                format!("{} may read raw {} columns at most (aggregates of any)", who.role.name(), allowed)
+                ""
             };
-            return Err(SqlError::PermissionDenied(format!(
-                "{} ({}) may not read raw {raw} columns of site {}: {why}",
+            SqlError::PermissionDenied(format!(
+                "{} ({}) may not read raw {raw} columns of site {} ({} may read raw {allowed} columns at most{never}): {why}",
                 who.user,
                 who.role.name(),
-                self.site
-            )));
-        }
-        Ok(())
+                self.site,
+                who.role.name(),
+            ))
+        };
+        let grades = self.grades.current();
+        crate::release::release(plan, ctx, &grades, allowed, &self.group_policy, &denied)
+    }
+
+    /// The highest grade `who` may read row by row from this site (see [`Catalog::release`]).
+    pub fn allowance(&self, who: &Identity) -> DataGrade {
+        let own_site = match (who.role, who.site.as_deref()) {
+            (Role::FleetAnalyst, _) => false,
+            (Role::Admin | Role::SiteOperator, Some(site)) => site == self.site,
+            // An admin without a site signed in here (a call from a peer always names one).
+            (Role::Admin, None) => !who.via_peer,
+            (Role::SiteOperator, None) => false,
+        };
+        let allowed = if own_site { DataGrade::Core } else { DataGrade::General };
+        if who.via_peer { allowed.min(DataGrade::Important) } else { allowed }
+    }
+
+    /// The group policy this site applies to aggregates of columns above a caller's allowance.
+    pub fn group_policy(&self) -> &GroupPolicy {
+        &self.group_policy
+    }
+
+    /// Applies `policy` to aggregates of columns above a caller's allowance.
+    pub fn with_group_policy(mut self, policy: GroupPolicy) -> Self {
+        self.group_policy = policy;
+        self
     }
 
     /// The grades this catalog applies, as of now.
@@ -243,106 +289,6 @@ pub fn graded_result(
         let mut metadata = schema.metadata().clone();
         metadata.insert(tessera_core::GRADE_METADATA_KEY.to_string(), highest.name().to_string());
         Arc::new(datafusion::arrow::datatypes::Schema::new_with_metadata(fields, metadata))
-    }
-}
-
-/// The highest grade of a column whose values reach `plan`'s rows one by one: the maximum of
-/// [`raw_column_grades`].
-pub fn raw_grade(plan: &LogicalPlan, grades: &GradeMap) -> DataGrade {
-    raw_column_grades(plan, grades).into_iter().max().unwrap_or(DataGrade::General)
-}
-
-/// For each output column of `plan`, the highest grade of a scanned column whose values reach
-/// it row by row (its *lineage*). A scan gives its columns' grades (a `fleet` scan `general`:
-/// each site checks its own fragment); a projection or window
-/// passes on the grades of the columns each expression reads (and of any scalar subquery in
-/// it); an aggregate passes on its grouping columns' grades, its aggregates are `general`;
-/// filters, sorts, limits and aliases keep their input's; joins and unions combine theirs.
-/// Anything else counts as the highest grade of all its inputs (conservative).
-pub fn raw_column_grades(plan: &LogicalPlan, grades: &GradeMap) -> Vec<DataGrade> {
-    let width = plan.schema().fields().len();
-    let inputs = plan.inputs();
-    let of_input = |input: &LogicalPlan, input_grades: &[DataGrade], e: &Expr| -> DataGrade {
-        let mut g = DataGrade::General;
-        let _ = e.apply(|x| {
-            match x {
-                Expr::Column(c) => {
-                    g = g.max(
-                        input
-                            .schema()
-                            .index_of_column(c)
-                            .ok()
-                            .and_then(|i| input_grades.get(i).copied())
-                            .unwrap_or_else(|| input_grades.iter().copied().max().unwrap_or(DataGrade::Core)),
-                    );
-                }
-                Expr::ScalarSubquery(sq) => g = g.max(raw_grade(&sq.subquery, grades)),
-                _ => {}
-            }
-            Ok(TreeNodeRecursion::Continue)
-        });
-        g
-    };
-    match plan {
-        // What a `fleet` scan returns is decided by each site, on its fragment.
-        LogicalPlan::TableScan(scan) if scan.table_name.schema() == Some(FLEET) => vec![DataGrade::General; width],
-        LogicalPlan::TableScan(scan) => {
-            scan.projected_schema.fields().iter().map(|f| grades.grade(scan.table_name.table(), f.name())).collect()
-        }
-        LogicalPlan::Projection(p) => {
-            let input = raw_column_grades(&p.input, grades);
-            p.expr.iter().map(|e| of_input(&p.input, &input, e)).collect()
-        }
-        LogicalPlan::Aggregate(agg) => {
-            let input = raw_column_grades(&agg.input, grades);
-            let mut out: Vec<DataGrade> = agg.group_expr.iter().map(|e| of_input(&agg.input, &input, e)).collect();
-            // Grouping sets add an id column; aggregates are not raw.
-            out.resize(width, DataGrade::General);
-            out
-        }
-        LogicalPlan::Window(w) => {
-            let input = raw_column_grades(&w.input, grades);
-            let mut out = input.clone();
-            out.extend(w.window_expr.iter().map(|e| of_input(&w.input, &input, e)));
-            out
-        }
-        LogicalPlan::Filter(_)
-        | LogicalPlan::Sort(_)
-        | LogicalPlan::Limit(_)
-        | LogicalPlan::SubqueryAlias(_)
-        | LogicalPlan::Repartition(_)
-        | LogicalPlan::Distinct(_)
-            if inputs.len() == 1 && inputs[0].schema().fields().len() == width =>
-        {
-            raw_column_grades(inputs[0], grades)
-        }
-        LogicalPlan::Join(_) if inputs.len() == 2 => {
-            let (left, right) = (raw_column_grades(inputs[0], grades), raw_column_grades(inputs[1], grades));
-            let out: Vec<DataGrade> = if width == left.len() + right.len() {
-                left.into_iter().chain(right).collect()
-            } else if width == left.len() {
-                left
-            } else if width == right.len() {
-                right
-            } else {
-                vec![left.into_iter().chain(right).max().unwrap_or(DataGrade::Core); width]
-            };
-            out
-        }
-        LogicalPlan::Union(_) => {
-            let mut out = vec![DataGrade::General; width];
-            for input in &inputs {
-                for (o, g) in out.iter_mut().zip(raw_column_grades(input, grades)) {
-                    *o = (*o).max(g);
-                }
-            }
-            out
-        }
-        _ if inputs.is_empty() => vec![DataGrade::General; width],
-        _ => {
-            let highest = inputs.iter().flat_map(|i| raw_column_grades(i, grades)).max().unwrap_or(DataGrade::General);
-            vec![highest; width]
-        }
     }
 }
 

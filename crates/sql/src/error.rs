@@ -47,6 +47,12 @@ pub enum SqlError {
         #[source]
         source: Option<Cause>,
     },
+    /// The query would take more of the node than its limits allow (memory, sign-ins).
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
+    /// The query ran past its deadline.
+    #[error("deadline exceeded: {0}")]
+    TimedOut(String),
     /// The data asked for was destroyed (crypto-shredded): it can never be read again.
     #[error("destroyed: {0}")]
     Destroyed(String),
@@ -88,6 +94,9 @@ impl SqlError {
             E::SQL(..) | E::Plan(_) | E::SchemaError(..) | E::NotImplemented(_) => {
                 SqlError::InvalidArgument { message: e.strip_backtrace(), source: Some(Arc::new(e)) }
             }
+            E::ResourcesExhausted(m) => SqlError::ResourceExhausted(format!(
+                "{m} (a query may hold sql.query_memory_bytes; narrow it or raise the limit)"
+            )),
             _ => SqlError::Internal { message: e.strip_backtrace(), source: Some(Arc::new(e)) },
         }
     }
@@ -101,6 +110,7 @@ impl SqlError {
             tonic::Code::NotFound => SqlError::NotFound(message),
             tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => SqlError::unavailable(message),
             tonic::Code::FailedPrecondition => SqlError::Destroyed(message),
+            tonic::Code::ResourceExhausted => SqlError::ResourceExhausted(message),
             tonic::Code::Unauthenticated => {
                 SqlError::internal(format!("{message} (the sites' federation tokens differ)"))
             }
@@ -141,6 +151,8 @@ impl From<SqlError> for Status {
             SqlError::Config(c) => Status::failed_precondition(c.to_string()),
             SqlError::Unavailable { message, source } => with_source(Status::unavailable(message), source),
             SqlError::Destroyed(m) => Status::failed_precondition(m),
+            SqlError::ResourceExhausted(m) => Status::resource_exhausted(m),
+            SqlError::TimedOut(m) => Status::deadline_exceeded(m),
             SqlError::Internal { message, source } => with_source(Status::internal(message), source),
         }
     }

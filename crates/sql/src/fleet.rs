@@ -160,7 +160,7 @@ pub async fn run_fragments(catalog: &Arc<Catalog>, who: &Identity, sql: &str) ->
 async fn run_local(catalog: &Arc<Catalog>, who: &Identity, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
     let ctx = catalog.local_context()?;
     let plan = catalog.plan(&ctx, sql).await?;
-    catalog.check(who, &plan)?;
+    let plan = catalog.release(who, &ctx, plan)?;
     let df = ctx.execute_logical_plan(plan).await.map_err(SqlError::from_datafusion)?;
     df.collect().await.map_err(SqlError::from_datafusion)
 }

@@ -18,7 +18,8 @@ pub enum Role {
     SiteOperator,
     /// Windows, alerts and aggregates across sites; no raw telemetry.
     FleetAnalyst,
-    /// Everything.
+    /// Everything of their own site (the one configured, else the site whose node they signed
+    /// in at), the audit tables, and of other sites what a fleet analyst sees.
     Admin,
 }
 
@@ -33,6 +34,19 @@ impl Role {
     }
 }
 
+impl Identity {
+    /// This caller with their home site filled in: an admin configured without a site is an
+    /// admin of `site`, the site whose node they signed in at (so another site answers them as
+    /// it answers a fleet analyst). Others are returned unchanged.
+    pub fn at_home(&self, site: &str) -> Identity {
+        let mut who = self.clone();
+        if who.role == Role::Admin && who.site.is_none() && !who.via_peer {
+            who.site = Some(site.to_string());
+        }
+        who
+    }
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -40,7 +54,7 @@ pub struct Identity {
     pub user: String,
     /// What they may see.
     pub role: Role,
-    /// Their site (site operators).
+    /// Their site (site operators; admins, see [`Identity::at_home`]).
     pub site: Option<String>,
     /// True when another site's node asks on their behalf (a fragment of a cross-site
     /// query): what this site answers then leaves the site.

@@ -4,6 +4,9 @@
 //! - [`auth`]: users, Basic credentials and bearer tokens;
 //! - [`federation`]: the `fleet` schema's name and how to reach the other sites;
 //! - [`catalog`]: the served tables, read-only planning, and who may read which table;
+//! - [`limits`]: what one query and sign-ins may take (memory, time, text size);
+//! - [`release`]: what may leave a site's tables for one caller (open queries, and
+//!   aggregation-constrained ones rewritten to drop small groups as they run);
 //! - [`sql_text`]: SQL text of the fragments sent to the sites;
 //! - [`fleet`]: the `fleet` tables, one fragment per site;
 //! - [`pushdown`]: aggregates over `fleet` tables computed partially at each site;
@@ -13,7 +16,7 @@
 //! - [`error`]: typed errors and their gRPC codes.
 //!
 //! Layering (each module uses only those before it): `error`, `identity`, `trace` → `auth`,
-//! `federation`, `sql_text` → `catalog` (a site's own tables, planning, access checks) →
+//! `federation`, `limits`, `sql_text` → `release` → `catalog` (a site's own tables, planning, access checks) →
 //! `fleet` (scans that run a fragment at every site through `catalog`) → `pushdown` (an
 //! optimizer rule over `fleet` scans) → `session` (puts `fleet` and `pushdown` into a caller's
 //! context) → `service`. No module imports one after it.
@@ -24,7 +27,9 @@ pub mod error;
 pub mod federation;
 pub mod fleet;
 pub mod identity;
+pub mod limits;
 pub mod pushdown;
+pub mod release;
 pub mod service;
 mod session;
 pub mod sql_text;
@@ -35,4 +40,6 @@ pub use catalog::{Catalog, ServedTable, SnapshotTable, TableKind};
 pub use error::SqlError;
 pub use federation::{Federation, Peer};
 pub use identity::{Identity, Role};
+pub use limits::QueryLimits;
+pub use release::GroupPolicy;
 pub use service::{AuditSink, FlightSqlEndpoint, LogAudit, QueryAudit};

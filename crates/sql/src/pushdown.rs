@@ -12,7 +12,9 @@
 //! ```
 //!
 //! so raw rows never cross the network for an aggregate, and the merge works on a handful of
-//! rows per site. Anything else (DISTINCT, medians, joins under the aggregate) is left to the
+//! rows per site. Each site releases its partials as it releases any aggregate
+//! ([`crate::release`]): of a column above the caller's allowance, only count/sum/avg of groups
+//! that meet the site's policy, the smaller groups dropped at that site. Anything else (DISTINCT, medians, joins under the aggregate) is left to the
 //! plain `fleet` scan: filtered rows from each site, aggregated on the coordinator.
 
 use std::any::Any;
@@ -22,16 +24,17 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::Transformed;
-use datafusion::common::{Column, Result};
+use datafusion::common::{Column, Result, TableReference};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::{TableType, provider_as_source, source_as_provider};
 use datafusion::functions_aggregate::expr_fn::{max, min, sum};
-use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, cast, col};
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, cast};
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 use datafusion::physical_plan::ExecutionPlan;
 
 use crate::catalog::Catalog;
+use crate::federation::FLEET;
 use crate::fleet::{FleetTable, fragments_as};
 use crate::identity::Identity;
 use crate::sql_text::{quote, to_sql};
@@ -151,9 +154,12 @@ fn split(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
         catalog: fleet.catalog(),
         who: fleet.who().clone(),
     });
-    let scan = LogicalPlanBuilder::scan("site_partials", provider_as_source(partials), None)?.build()?;
-    let group: Vec<Expr> = (0..aggregate.group_expr.len()).map(|j| col(format!("site_partials.g{j}"))).collect();
-    let partial = |index: usize| col(format!("site_partials.p{index}"));
+    // In the `fleet` schema: what it holds was released by each site.
+    let partials_table = TableReference::partial(FLEET, "site_partials");
+    let scan = LogicalPlanBuilder::scan(partials_table.clone(), provider_as_source(partials), None)?.build()?;
+    let column = |name: String| Expr::Column(Column::new(Some(partials_table.clone()), name));
+    let group: Vec<Expr> = (0..aggregate.group_expr.len()).map(|j| column(format!("g{j}"))).collect();
+    let partial = |index: usize| column(format!("p{index}"));
     let merged: Vec<Expr> = merges
         .iter()
         .map(|m| match *m {

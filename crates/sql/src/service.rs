@@ -94,7 +94,33 @@ pub struct FlightSqlEndpoint {
     node_certificates: Option<Arc<tessera_tls::Refusals>>,
     /// From a query's arrival to its last row sent (or its refusal).
     latency: Arc<tessera_core::LatencyHistogram>,
+    /// Sign-ins under way (see [`crate::limits::QueryLimits::sign_ins_at_once`]).
+    sign_ins: Arc<tokio::sync::Semaphore>,
+    /// Where queries run: a runtime of their own, apart from the one serving calls.
+    queries: tokio::runtime::Handle,
 }
+
+/// Marks a result's schema with the grades of the columns it reads.
+type Grader = Arc<dyn Fn(&Schema) -> SchemaRef + Send + Sync>;
+
+/// What a query running on the query runtime sends the relay: its graded schema first, then
+/// its batches.
+enum QueryOutput {
+    Started(SchemaRef, Grader),
+    Batch(RecordBatch),
+}
+
+/// Aborts the query task when the relay is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How long a sign-in waits for its turn before it is refused as `RESOURCE_EXHAUSTED`.
+const SIGN_IN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Records a query's latency when its result stream ends (or is dropped by the client).
 struct LatencyOnDrop {
@@ -111,8 +137,15 @@ impl Drop for LatencyOnDrop {
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
 
 impl FlightSqlEndpoint {
-    /// An endpoint serving `catalog` to the callers `auth` accepts, writing to `audit`.
-    pub fn new(catalog: Arc<Catalog>, auth: Arc<Authenticator>, audit: Arc<dyn AuditSink>) -> Result<Self, SqlError> {
+    /// An endpoint serving `catalog` to the callers `auth` accepts, writing to `audit`; it runs
+    /// queries on `queries` (a runtime apart from the one serving calls, so that a CPU-bound
+    /// query cannot stall the node's servers).
+    pub fn new(
+        catalog: Arc<Catalog>,
+        auth: Arc<Authenticator>,
+        audit: Arc<dyn AuditSink>,
+        queries: tokio::runtime::Handle,
+    ) -> Result<Self, SqlError> {
         let mut info = SqlInfoDataBuilder::new();
         info.append(SqlInfo::FlightSqlServerName, "Tessera");
         info.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
@@ -128,13 +161,15 @@ impl FlightSqlEndpoint {
         info.append(SqlInfo::SqlDdlTable, false);
         let sql_info = info.build()?;
         Ok(Self {
-            catalog,
             auth,
             audit,
             sql_info,
             prepared: Mutex::new(HashMap::new()),
             node_certificates: None,
             latency: Arc::default(),
+            sign_ins: Arc::new(tokio::sync::Semaphore::new(catalog.limits().sign_ins_at_once.max(1))),
+            catalog,
+            queries,
         })
     }
 
@@ -191,12 +226,13 @@ impl FlightSqlEndpoint {
         params: Option<&RecordBatch>,
     ) -> Result<(datafusion::prelude::SessionContext, LogicalPlan), SqlError> {
         let planned: Result<_, SqlError> = async {
+            self.catalog.limits().check_sql(sql)?;
             let ctx = self.catalog.context(who)?;
             let mut plan = self.catalog.plan(&ctx, sql).await?;
-            self.catalog.check(who, &plan)?;
             if let Some(params) = params {
                 plan = plan.with_param_values(param_values(params)?).map_err(SqlError::from_datafusion)?;
             }
+            let plan = self.catalog.release(who, &ctx, plan)?;
             Ok((ctx, plan))
         }
         .await;
@@ -224,33 +260,75 @@ impl FlightSqlEndpoint {
         params: Option<&RecordBatch>,
     ) -> Result<Response<DoGetStream>, Status> {
         let timer = LatencyOnDrop { started: std::time::Instant::now(), histogram: self.latency.clone() };
+        let limits = self.catalog.limits().clone();
+        let deadline = tokio::time::Instant::now() + limits.timeout;
         let (ctx, plan) = self.plan(who, sql, params).await?;
-        let started: Result<_, SqlError> = async {
-            let df = ctx.execute_logical_plan(plan).await.map_err(SqlError::from_datafusion)?;
-            // Grades of the result by the columns it really reads (the optimized plan's scans).
-            let optimized = df.clone().into_optimized_plan().map_err(SqlError::from_datafusion)?;
-            let graded = Arc::new(graded_result(&optimized, &self.catalog.grades()));
-            let schema: SchemaRef = graded(df.schema().as_arrow());
-            Ok((schema, df.execute_stream().await.map_err(SqlError::from_datafusion)?, graded))
-        }
-        .await;
-        let (schema, batches, graded) = started.inspect_err(|e| self.refused(who, sql, e))?;
+        // The query runs on the query runtime and this side only relays its batches: a
+        // CPU-bound query cannot hold up the node's servers, and its deadline always fires
+        // here. Dropping the relay (the client went away, or the deadline passed) aborts it.
+        let grades = self.catalog.grades();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<QueryOutput, SqlError>>(2);
+        // The task keeps the caller's span, so the fragments it sends continue the trace.
+        let task = AbortOnDrop(self.queries.spawn(tracing::Instrument::in_current_span(async move {
+            let started: Result<_, SqlError> = async {
+                let df = ctx.execute_logical_plan(plan).await.map_err(SqlError::from_datafusion)?;
+                // Grades of the result by the columns it really reads (the optimized plan's scans).
+                let optimized = df.clone().into_optimized_plan().map_err(SqlError::from_datafusion)?;
+                let graded: Grader = Arc::new(graded_result(&optimized, &grades));
+                let schema: SchemaRef = graded(df.schema().as_arrow());
+                Ok((schema, graded, df.execute_stream().await.map_err(SqlError::from_datafusion)?))
+            }
+            .await;
+            let mut batches = match started {
+                Ok((schema, graded, batches)) => {
+                    if tx.send(Ok(QueryOutput::Started(schema, graded))).await.is_err() {
+                        return;
+                    }
+                    batches
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            while let Some(batch) = futures::StreamExt::next(&mut batches).await {
+                let batch = batch.map_err(SqlError::from_datafusion);
+                let failed = batch.is_err();
+                if tx.send(batch.map(QueryOutput::Batch)).await.is_err() || failed {
+                    return;
+                }
+            }
+        })));
+        let started = match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => Err(limits.timed_out()),
+            Ok(Some(Ok(QueryOutput::Started(schema, graded)))) => Ok((schema, graded)),
+            Ok(Some(Err(e))) => Err(e),
+            Ok(Some(Ok(QueryOutput::Batch(_))) | None) => Err(SqlError::internal("the query ended before it started")),
+        };
+        let (schema, graded) = started.inspect_err(|e| self.refused(who, sql, e))?;
         self.audit.record(QueryAudit {
             user: who.user.clone(),
             role: who.role.name(),
             sql: sql.to_string(),
             refused: None,
         });
-        let batches = futures::StreamExt::map(batches, move |b| {
-            b.and_then(|b| {
-                let _timer = &timer;
-                let schema = graded(b.schema().as_ref());
-                b.with_schema(schema).map_err(Into::into)
-            })
+        let relayed = futures::stream::unfold((rx, task), |(mut rx, task)| async move {
+            rx.recv().await.map(|item| (item, (rx, task)))
+        });
+        let batches = futures::StreamExt::map(relayed, move |item| {
+            let _timer = &timer;
+            match item {
+                Ok(QueryOutput::Batch(b)) => {
+                    let schema = graded(b.schema().as_ref());
+                    b.with_schema(schema).map_err(SqlError::from)
+                }
+                Ok(QueryOutput::Started(..)) => Err(SqlError::internal("the query started twice")),
+                Err(e) => Err(e),
+            }
         })
-        .map_err(|e| arrow_flight::error::FlightError::ExternalError(Box::new(e)));
+        .map_err(|e| arrow_flight::error::FlightError::Tonic(Box::new(e.into())));
         let stream = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from);
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(crate::limits::until_deadline(stream, deadline, &limits)))
     }
 
     /// The result schema of `sql` for `who` (planned, access checked, not run).
@@ -352,8 +430,20 @@ impl FlightSqlService for FlightSqlEndpoint {
         &self,
         request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
-        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        let (token, who) = self.auth.handshake(header)?;
+        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
+        // Argon2id is slow on purpose: on the blocking pool, a few at a time, so a flood of
+        // sign-ins queues here instead of stalling queries on the runtime's workers.
+        let permit = tokio::time::timeout(SIGN_IN_WAIT, self.sign_ins.clone().acquire_owned())
+            .await
+            .map_err(|_| SqlError::ResourceExhausted("too many sign-ins under way; try again".into()))?
+            .map_err(|_| SqlError::internal("the sign-in queue is closed"))?;
+        let auth = self.auth.clone();
+        let (token, who) = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            auth.handshake(header.as_deref())
+        })
+        .await
+        .map_err(|e| SqlError::internal(format!("a sign-in failed: {e}")))??;
         tracing::debug!(user = %who.user, role = who.role.name(), "flight sql handshake");
         let reply = HandshakeResponse { protocol_version: 0, payload: token.clone().into() };
         let mut response: Response<Pin<Box<dyn Stream<Item = _> + Send>>> =
@@ -425,8 +515,19 @@ impl FlightSqlService for FlightSqlEndpoint {
         let who = self.identity(&request)?;
         self.prepared_sql(&who, &query.prepared_statement_handle)?;
         let flight = request.into_inner().map_err(arrow_flight::error::FlightError::from);
-        let batches: Vec<RecordBatch> =
-            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(flight).try_collect().await?;
+        let mut decoded = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(flight);
+        let (mut batches, mut bytes) = (Vec::new(), 0);
+        let limit = self.catalog.limits().max_param_bytes;
+        while let Some(batch) = decoded.try_next().await? {
+            bytes += batch.get_array_memory_size();
+            if bytes > limit {
+                return Err(SqlError::invalid_argument(format!(
+                    "the parameters exceed {limit} bytes (sql.query_max_param_bytes)"
+                ))
+                .into());
+            }
+            batches.push(batch);
+        }
         let params = batches.into_iter().find(|b| b.num_rows() > 0);
         if let Some(p) = self.prepared()?.get_mut(query.prepared_statement_handle.as_ref()) {
             p.params = params;

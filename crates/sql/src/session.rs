@@ -22,6 +22,7 @@ impl Catalog {
     /// A fresh context for `who`: this site's tables, and with a federation, the `fleet`
     /// schema (every raw and derived table, across sites, scanned on `who`'s behalf).
     pub fn context(self: &Arc<Self>, who: &Identity) -> Result<SessionContext, SqlError> {
+        let who = &who.at_home(self.site());
         let ctx = self.local_context()?;
         ctx.add_optimizer_rule(Arc::new(PushAggregatesToSites));
         if self.federation().is_some() {

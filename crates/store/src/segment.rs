@@ -40,6 +40,17 @@ pub struct SegmentStore {
     manifest: Manifest,
 }
 
+/// A segment opened for reading ([`SegmentStore::open_segment`]): its file and keys, ready to
+/// decode without the store.
+pub struct OpenSegment(ParquetRecordBatchReaderBuilder<fs::File>);
+
+impl OpenSegment {
+    /// Decrypts and decodes the segment's rows.
+    pub fn batches(self) -> Result<Vec<RecordBatch>> {
+        Ok(self.0.build()?.collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
 const MANIFEST: &str = "manifest.json";
 const KEYRING: &str = "keys.json";
 const SEGMENTS: &str = "segments";
@@ -219,9 +230,17 @@ impl SegmentStore {
         Ok(keys)
     }
 
-    /// Reads segment `id`: the columns `columns` (by name; `None`: all). Asking for a column
-    /// whose grade was shredded fails with [`StoreError::Shredded`].
+    /// Reads `columns` (all if `None`) of segment `id`: [`Self::open_segment`] and then
+    /// [`OpenSegment::batches`].
     pub fn read(&self, id: &str, columns: Option<&[&str]>) -> Result<Vec<RecordBatch>> {
+        self.open_segment(id, columns)?.batches()
+    }
+
+    /// Opens `columns` (all if `None`) of segment `id` for reading: the file and its live keys
+    /// are taken now, the rows decrypted and decoded by [`OpenSegment::batches`], which needs
+    /// no access to the store (a reader holding the store's lock releases it in between).
+    /// Refuses columns of a shredded grade, naming it.
+    pub fn open_segment(&self, id: &str, columns: Option<&[&str]>) -> Result<OpenSegment> {
         let meta = self.segment(id)?;
         if let Some(columns) = columns {
             for (grade, key) in &meta.grades {
@@ -255,7 +274,7 @@ impl SegmentStore {
                 builder.with_projection(mask)
             }
         };
-        Ok(builder.build()?.collect::<Result<Vec<_>, _>>()?)
+        Ok(OpenSegment(builder))
     }
 
     /// Shreds the `grades` of every segment whose rows all lie in `[from_ms, to_ms]`. Segments

@@ -51,36 +51,47 @@ fn memory_scan(
 pub struct BoundedTable {
     schema: SchemaRef,
     max_rows: usize,
-    batches: RwLock<(VecDeque<RecordBatch>, usize)>,
+    max_bytes: usize,
+    /// The batches, their rows and their bytes.
+    batches: RwLock<(VecDeque<RecordBatch>, usize, usize)>,
 }
 
 impl BoundedTable {
     /// An empty table.
     pub fn new(schema: SchemaRef, max_rows: usize) -> Arc<Self> {
-        Arc::new(Self { schema, max_rows, batches: RwLock::new((VecDeque::new(), 0)) })
+        Self::with_max_bytes(schema, max_rows, usize::MAX)
+    }
+
+    /// An empty table that also drops its oldest batches beyond `max_bytes` (as Arrow holds
+    /// them in memory).
+    pub fn with_max_bytes(schema: SchemaRef, max_rows: usize, max_bytes: usize) -> Arc<Self> {
+        Arc::new(Self { schema, max_rows, max_bytes, batches: RwLock::new((VecDeque::new(), 0, 0)) })
     }
 
     /// Appends a batch (which must have the table's schema), dropping the oldest batches
-    /// beyond the row limit.
+    /// beyond the row or byte limit.
     pub fn append(&self, batch: RecordBatch) {
         if batch.num_rows() == 0 {
             return;
         }
         debug_assert_eq!(batch.schema().fields(), self.schema.fields());
         let mut guard = self.batches.write().unwrap_or_else(|e| e.into_inner());
-        let (batches, rows) = &mut *guard;
+        let (batches, rows, bytes) = &mut *guard;
         *rows += batch.num_rows();
+        *bytes += batch.get_array_memory_size();
         batches.push_back(batch);
-        while *rows > self.max_rows && batches.len() > 1 {
+        while (*rows > self.max_rows || *bytes > self.max_bytes) && batches.len() > 1 {
             let old = batches.pop_front().expect("non-empty");
             *rows -= old.num_rows();
+            *bytes -= old.get_array_memory_size();
         }
     }
 
     /// Replaces the whole content (a continuous query's input: the windows that just closed).
     pub fn replace(&self, batches: Vec<RecordBatch>) {
         let rows = batches.iter().map(|b| b.num_rows()).sum();
-        *self.batches.write().unwrap_or_else(|e| e.into_inner()) = (batches.into(), rows);
+        let bytes = batches.iter().map(|b| b.get_array_memory_size()).sum();
+        *self.batches.write().unwrap_or_else(|e| e.into_inner()) = (batches.into(), rows, bytes);
     }
 
     /// Rows held now.

@@ -50,6 +50,19 @@ pub fn ingest_config(brokers: &str, group: &str, topic: &str, dead_letters: &str
     }
 }
 
+/// An empty reading of motor `M{motor}` at `site`, at `event_time_ms`, numbered `sequence`
+/// (channels unset: the test sets what it needs).
+pub(crate) fn reading(motor: u32, site: &str, event_time_ms: i64, sequence: u64) -> tessera_core::Reading {
+    tessera_core::Reading {
+        motor_id: tessera_core::MotorId::new(format!("M{motor}")).expect("id"),
+        site_id: tessera_core::SiteId::new(site).expect("id"),
+        event_time_ms,
+        sequence,
+        channels: [None; 7],
+        extra: Default::default(),
+    }
+}
+
 /// A plain HTTP/1.1 GET of `path` at `addr`: the whole response, status line first.
 pub(crate) fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read as _, Write as _};
@@ -146,6 +159,14 @@ impl TestNode {
     pub(crate) fn peers(mut self, peers: Vec<Peer>, token: &str) -> Self {
         self.config.sql.peers = peers;
         self.config.sql.federation_token = Some(token.to_string());
+        self
+    }
+
+    /// Releases aggregates of columns above a caller's grade for groups of at least `rows`
+    /// readings spanning `span` (the site's group policy; the default is for production data).
+    pub(crate) fn group_policy(mut self, rows: u64, span: Duration) -> Self {
+        self.config.sql.min_group_rows = rows;
+        self.config.sql.min_group_span = span;
         self
     }
 

@@ -59,7 +59,7 @@ pub(crate) async fn run(
     let info = c.execute(sql.to_string(), None).await.map_err(status)?;
     let ticket = info.endpoint[0].ticket.clone().expect("ticket");
     let stream = c.do_get(ticket).await.map_err(status)?;
-    stream.try_collect().await.map_err(|e| tonic::Status::unknown(e.to_string()))
+    stream.try_collect().await.map_err(status)
 }
 
 /// The first column of the first row, as an integer.
