@@ -171,7 +171,82 @@ fn the_chart_lints_renders_and_validates_for_every_ci_values_file() {
         for s in &sets {
             assert!(s.contains("mountPath: /etc/tessera/kek"), "{name}: the KEK is not mounted");
         }
+        // No CA key anywhere: certificates are issued outside the pods, by cert-manager from a
+        // Certificate per pod, or made by the operator.
+        assert!(!rendered.contains("ca.key") && !rendered.contains("--ca-key"), "{name}: a CA key in the release");
+        let certificates = kind("Certificate");
+        if rendered.contains("[tls]") {
+            for s in &sets {
+                assert!(s.contains("name: select-certificate") && s.contains("projected:"), "{name}: {s}");
+            }
+            let external = std::fs::read_to_string(values).expect("values").contains("certificates: external");
+            if external {
+                assert!(certificates.is_empty(), "{name}: external certificates, yet Certificates rendered");
+            } else {
+                assert_eq!(certificates.len(), sets_pods(&sets), "{name}: a Certificate per pod");
+                for certificate in &certificates {
+                    certificate_makes_a_node_identity(&name, certificate);
+                }
+            }
+        } else {
+            assert!(certificates.is_empty(), "{name}: Certificates without TLS");
+        }
     }
+}
+
+/// The pods of these StatefulSets (their `replicas`).
+fn sets_pods(sets: &[&str]) -> usize {
+    sets.iter()
+        .map(|s| {
+            let line = s.lines().find(|l| l.trim_start().starts_with("replicas:")).expect("replicas");
+            line.split(':').nth(1).expect("a value").trim().parse::<usize>().expect("a number")
+        })
+        .sum()
+}
+
+/// Issues what cert-manager would from `certificate` (its common name, URIs, DNS names and IP
+/// addresses, an ECDSA P-256 key in PKCS#8, signed by a CA) and checks that a node loads it
+/// as the identity of its Raft id and site.
+fn certificate_makes_a_node_identity(name: &str, certificate: &str) {
+    let list = |key: &str| -> Vec<String> {
+        let mut lines = certificate.lines().skip_while(|l| l.trim() != format!("{key}:"));
+        lines.next();
+        lines.map_while(|l| l.trim().strip_prefix("- ").map(str::to_string)).collect()
+    };
+    let (uris, dns, ips) = (list("uris"), list("dnsNames"), list("ipAddresses"));
+    let id: u64 = uris
+        .iter()
+        .find_map(|u| u.strip_prefix("tessera://node/"))
+        .unwrap_or_else(|| panic!("{name}: no node URI in\n{certificate}"))
+        .parse()
+        .expect("an id");
+    let site = uris.iter().find_map(|u| u.strip_prefix("tessera://site/")).expect("a site URI").to_string();
+    assert!(dns.contains(&format!("node-{id}.tessera")), "{name}: {dns:?}");
+    assert!(certificate.contains("encoding: PKCS8") && certificate.contains("algorithm: ECDSA"), "{name}");
+    assert!(certificate.contains("- client auth") && certificate.contains("- server auth"), "{name}");
+
+    let year = std::time::Duration::from_secs(365 * 24 * 3600);
+    let ca = tessera_tls::pki::new_ca("a cert-manager CA issuer's CA", year).expect("CA");
+    let ca_key = rcgen::KeyPair::from_pem(&ca.key_pem).expect("CA key");
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).expect("issuer");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::CommonName, format!("tessera node {id} ({site})"));
+    let ia5 = |s: &str| rcgen::string::Ia5String::try_from(s.to_string()).expect("ia5");
+    params.subject_alt_names = uris.iter().map(|u| rcgen::SanType::URI(ia5(u))).collect();
+    params.subject_alt_names.extend(dns.iter().map(|d| rcgen::SanType::DnsName(ia5(d))));
+    params.subject_alt_names.extend(ips.iter().map(|i| rcgen::SanType::IpAddress(i.parse().expect("an IP"))));
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages =
+        vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).expect("issue");
+    let material = tessera_tls::TlsMaterial::from_pem(&ca.cert_pem, &cert.pem(), &key.serialize_pem())
+        .unwrap_or_else(|e| panic!("{name}: a node does not load the certificate its Certificate asks for: {e}"));
+    assert_eq!(
+        material.identity(),
+        &tessera_tls::PeerIdentity::Node { id, site: site.clone() },
+        "{name}: the certificate names another identity"
+    );
 }
 
 /// Copies the chart with NOTES.txt as a plain template, so that `helm template --debug`
@@ -266,6 +341,8 @@ fn bad_values_are_refused_with_the_value_named() {
             "Raft id 101 is used by site-a and site-b",
         ),
         ("no SQL user", "sql:\n  users: []\n".to_string(), "sql.users: give at least one user"),
+        ("certificates the chart would sign", "tls:\n  certificates: chart\n".to_string(), "tls.certificates"),
+        ("a CA for the pods (removed)", "tls:\n  existingSecret: my-ca\n".to_string(), "existingSecret"),
     ] {
         let file = dir.path().join("bad.yaml");
         std::fs::write(&file, &values).expect("write");

@@ -37,8 +37,10 @@ app.kubernetes.io/component: node
 {{- if .Values.serviceAccount.create -}}{{ default (include "tessera.fullname" .) .Values.serviceAccount.name }}{{- else -}}{{ default "default" .Values.serviceAccount.name }}{{- end -}}
 {{- end -}}
 
-{{- define "tessera.caSecret" -}}
-{{- default (printf "%s-ca" (include "tessera.fullname" .)) .Values.tls.existingSecret -}}
+{{/* The Secret of pod ORDINAL of the site StatefulSet NAME: its node certificate, key and the CA
+     certificate (tls.crt, tls.key, ca.crt), from cert-manager or made outside. */}}
+{{- define "tessera.podCertSecret" -}}
+{{- printf "%s-%d-tls" (index . 0) (int (index . 1)) -}}
 {{- end -}}
 
 {{/* Every Raft member, ID=SITE@FQDN:PORT: this release's pods, then the external ones. */}}
