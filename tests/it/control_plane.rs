@@ -406,12 +406,20 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
                 }
             })
             .control(&nodes[i].addr, Duration::from_millis(100))
-            .sql(vec![tessera_sql::UserConfig {
-                name: "root".into(),
-                password_hash: password_hash(),
-                role: tessera_sql::Role::Admin,
-                site: None,
-            }])
+            .sql(vec![
+                tessera_sql::UserConfig {
+                    name: "root".into(),
+                    password_hash: password_hash(),
+                    role: tessera_sql::Role::Admin,
+                    site: None,
+                },
+                tessera_sql::UserConfig {
+                    name: "ana".into(),
+                    password_hash: password_hash(),
+                    role: tessera_sql::Role::FleetAnalyst,
+                    site: None,
+                },
+            ])
     }));
     let running = &cluster.nodes;
     let wait_for =
@@ -508,6 +516,41 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
             }
             assert!(Instant::now() < until, "the cluster's grade did not reach {addr}: {grade:?}");
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // A group rule set cluster-wide (`use` stage) raises every node's group policy: an
+    // analyst's per-motor average of current (important, above their grade; 120 readings over
+    // 2 min per motor) is released under the default policy, and dropped at the sites once the
+    // cluster asks for 1,000 readings. A rule no node could enforce is refused.
+    let per_motor = |node: &Node| -> usize {
+        let addr = node.sql_addr().expect("endpoint").to_string();
+        rt.block_on(async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect");
+            let mut c = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+            c.handshake("ana", "pw").await.expect("handshake");
+            let sql = "SELECT motor_id, avg(current_a) AS a FROM telemetry GROUP BY motor_id";
+            let batches = crate::support::sql::run(&mut c, sql).await.expect("an allowed aggregate");
+            batches.iter().map(|b| b.num_rows()).sum()
+        })
+    };
+    for node in running {
+        assert_eq!(per_motor(node), 4, "the default policy releases 120-reading groups");
+    }
+    let refused = tessera(&["cluster", "set-policy", "--at", &nodes[0].addr, "important", "use", "min_group_rows=1"])
+        .expect_err("a group rule no node could enforce");
+    assert!(format!("{refused:#}").contains("command.rule"), "{refused:#}");
+    let rule = "aggregates only: min_group_rows=1000 min_group_span=10m";
+    tessera(&["cluster", "set-policy", "--at", &nodes[0].addr, "important", "use", rule]).expect("set-policy");
+    for node in running {
+        let until = Instant::now() + Duration::from_secs(30);
+        while per_motor(node) != 0 {
+            assert!(Instant::now() < until, "the cluster's group rule did not reach {:?}", node.sql_addr());
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 

@@ -229,7 +229,15 @@ impl Request {
                 text("command.sql", sql, MAX_SQL_BYTES)
             }
             Command::DropQuery { name } => text("command.name", name, MAX_TEXT_BYTES),
-            Command::SetPolicy { rule, .. } => text("command.rule", rule, MAX_RULE_BYTES),
+            Command::SetPolicy { stage, rule, .. } => {
+                text("command.rule", rule, MAX_RULE_BYTES)?;
+                // The group terms of a `use` rule are enforced by every node: they must parse.
+                if *stage == DataStage::Use {
+                    tessera_core::GroupRule::parse(rule)
+                        .map_err(|problem| RequestError { field: "command.rule", problem })?;
+                }
+                Ok(())
+            }
             Command::SetGrade { stream, column, .. } => {
                 text("command.stream", stream, MAX_TEXT_BYTES)?;
                 column.as_deref().map_or(Ok(()), |c| text("command.column", c, MAX_TEXT_BYTES))

@@ -16,6 +16,7 @@ mod column_grades;
 mod config_error;
 mod error_chain;
 mod grade;
+mod group_rule;
 mod ids;
 mod latency;
 mod reading;
@@ -29,6 +30,7 @@ pub use column_grades::{GRADE_METADATA_KEY, GradeMap, LiveGrades, StreamGrades, 
 pub use config_error::{ConfigError, ensure};
 pub use error_chain::error_chain;
 pub use grade::{DataGrade, DataStage, UnknownName};
+pub use group_rule::GroupRule;
 pub use ids::{IdError, MAX_ID_BYTES, MotorId, SiteId};
 pub use latency::{LATENCY_BUCKETS_S, LatencyHistogram, LatencySnapshot};
 pub use reading::{Channel, Reading, ReadingFingerprint};

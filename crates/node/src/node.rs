@@ -98,6 +98,9 @@ impl Node {
         };
         let client_tls = tessera_tls::ClientTls::from_material(tls.as_ref());
         let grades = tessera_core::LiveGrades::new(config.grades.clone());
+        // The group policy of aggregates released to callers below a column's grade: the
+        // config, raised by the cluster's `use` rules (the watcher applies them).
+        let group_policy = tessera_sql::LiveGroupPolicy::new(config.sql.group_policy());
         let control = match &config.raft {
             Some(raft) => Some(crate::control::member::start(
                 raft,
@@ -181,6 +184,7 @@ impl Node {
                     &config.site_id,
                     tables,
                     grades.clone(),
+                    group_policy.clone(),
                     tls.clone(),
                     query_runtime.handle().clone(),
                 )?;
@@ -204,6 +208,7 @@ impl Node {
                 detect.query_changes(),
                 registry,
                 grades,
+                group_policy,
             );
             tasks.spawn(&runtime, "query watcher", watcher.run(signal.clone()));
         }

@@ -17,8 +17,8 @@ use datafusion::catalog::TableProvider;
 use serde::{Deserialize, Serialize};
 use tessera_core::{ConfigError, ensure};
 use tessera_sql::{
-    AuditSink, Authenticator, Catalog, ConfigUsers, Federation, FlightSqlEndpoint, GroupPolicy, LogAudit, Peer,
-    QueryAudit, QueryLimits, ServedTable, SnapshotTable, TableKind, TokenConfig, UserConfig,
+    AuditSink, Authenticator, Catalog, ConfigUsers, Federation, FlightSqlEndpoint, GroupPolicy, LiveGroupPolicy,
+    LogAudit, Peer, QueryAudit, QueryLimits, ServedTable, SnapshotTable, TableKind, TokenConfig, UserConfig,
 };
 use tessera_stream::tables::BoundedTable;
 
@@ -112,7 +112,7 @@ impl SqlConfig {
         }
     }
 
-    /// The group policy these settings give.
+    /// The group policy these settings give (the floor the cluster's rules raise).
     pub fn group_policy(&self) -> GroupPolicy {
         GroupPolicy { min_rows: self.min_group_rows, min_span: self.min_group_span }
     }
@@ -298,6 +298,7 @@ impl SqlEndpoint {
         site: &str,
         mut tables: Vec<ServedTable>,
         grades: tessera_core::LiveGrades,
+        group_policy: LiveGroupPolicy,
         tls: Option<Arc<tessera_tls::TlsMaterial>>,
         queries: tokio::runtime::Handle,
     ) -> Result<Self, NodeError> {
@@ -305,10 +306,8 @@ impl SqlEndpoint {
         let mut auth = Authenticator::new(Box::new(users), config.session_ttl);
         let audit = QueryAuditTable::new(config.audit_rows, config.audit_bytes);
         tables.push(audit.served());
-        let mut catalog = Catalog::new(site, tables)
-            .with_grades(grades)
-            .with_limits(config.limits())
-            .with_group_policy(config.group_policy());
+        let mut catalog =
+            Catalog::new(site, tables).with_grades(grades).with_limits(config.limits()).with_group_policy(group_policy);
         if let Some(token) = &config.federation_token {
             auth = auth.with_federation_token(token);
             if !config.peers.is_empty() {

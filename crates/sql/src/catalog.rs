@@ -27,7 +27,7 @@ use crate::error::SqlError;
 use crate::federation::{FLEET, Federation};
 use crate::identity::{Identity, Role};
 use crate::limits::QueryLimits;
-use crate::release::GroupPolicy;
+use crate::release::{GroupPolicy, LiveGroupPolicy};
 
 /// The catalog name clients see.
 pub const CATALOG: &str = "tessera";
@@ -73,7 +73,7 @@ pub struct Catalog {
     federation: Option<Federation>,
     grades: LiveGrades,
     limits: QueryLimits,
-    group_policy: GroupPolicy,
+    group_policy: LiveGroupPolicy,
 }
 
 impl Catalog {
@@ -85,7 +85,7 @@ impl Catalog {
             federation: None,
             grades: LiveGrades::new(GradeMap::builtin()),
             limits: QueryLimits::default(),
-            group_policy: GroupPolicy::default(),
+            group_policy: LiveGroupPolicy::new(GroupPolicy::default()),
         }
     }
 
@@ -220,12 +220,13 @@ impl Catalog {
     }
 
     /// The group policy this site applies to aggregates of columns above a caller's allowance.
-    pub fn group_policy(&self) -> &GroupPolicy {
+    pub fn group_policy(&self) -> &LiveGroupPolicy {
         &self.group_policy
     }
 
-    /// Applies `policy` to aggregates of columns above a caller's allowance.
-    pub fn with_group_policy(mut self, policy: GroupPolicy) -> Self {
+    /// Applies `policy` (config, raised by the cluster's rules) to aggregates of columns above
+    /// a caller's allowance.
+    pub fn with_group_policy(mut self, policy: LiveGroupPolicy) -> Self {
         self.group_policy = policy;
         self
     }

@@ -41,5 +41,5 @@ pub use error::SqlError;
 pub use federation::{Federation, Peer};
 pub use identity::{Identity, Role};
 pub use limits::QueryLimits;
-pub use release::GroupPolicy;
+pub use release::{GroupPolicy, LiveGroupPolicy};
 pub use service::{AuditSink, FlightSqlEndpoint, LogAudit, QueryAudit};

@@ -35,7 +35,8 @@
 //! What this does not stop (docs/SECURITY.md): differencing two large groups that differ by a
 //! few readings (e.g. two time ranges one reading apart) reveals those readings' sum.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
@@ -45,7 +46,7 @@ use datafusion::execution::context::SessionContext;
 use datafusion::functions_aggregate::expr_fn::{count, max, min};
 use datafusion::logical_expr::{Aggregate, Expr, Filter, LogicalPlan, LogicalPlanBuilder, TableScan, cast, col, lit};
 use serde::{Deserialize, Serialize};
-use tessera_core::{DataGrade, GradeMap};
+use tessera_core::{DataGrade, GradeMap, GroupRule};
 
 use crate::error::SqlError;
 use crate::federation::FLEET;
@@ -94,6 +95,40 @@ impl Default for GroupPolicy {
     }
 }
 
+/// The group policy a site applies: its config (the floor) raised, grade by grade, by the
+/// cluster's `use` rules ([`GroupRule`], read from the Raft log by the node's control-plane
+/// watcher). Clones share the rules.
+#[derive(Debug, Clone)]
+pub struct LiveGroupPolicy {
+    floor: GroupPolicy,
+    rules: Arc<RwLock<BTreeMap<DataGrade, GroupRule>>>,
+}
+
+impl LiveGroupPolicy {
+    /// `floor` alone, until the cluster's rules are applied.
+    pub fn new(floor: GroupPolicy) -> Self {
+        Self { floor, rules: Arc::default() }
+    }
+
+    /// What an aggregate of a `grade` column needs: the floor, raised by that grade's rule.
+    pub fn for_grade(&self, grade: DataGrade) -> GroupPolicy {
+        let mut policy = self.floor;
+        if let Some(rule) = self.rules.read().unwrap_or_else(|e| e.into_inner()).get(&grade) {
+            policy.min_rows = policy.min_rows.max(rule.min_rows.unwrap_or(0));
+            policy.min_span = policy.min_span.max(rule.min_span.unwrap_or_default());
+        }
+        policy
+    }
+
+    /// Replaces the cluster's rules with `rules`; whether anything changed.
+    pub fn apply(&self, rules: BTreeMap<DataGrade, GroupRule>) -> bool {
+        let mut current = self.rules.write().unwrap_or_else(|e| e.into_inner());
+        let changed = *current != rules;
+        *current = rules;
+        changed
+    }
+}
+
 /// `plan` as it may run for a caller whose allowance is `allowed`, or why it may not.
 ///
 /// `ctx` optimizes a copy of the plan to learn which columns it reads. Window tables whose
@@ -107,7 +142,7 @@ pub fn release(
     ctx: &SessionContext,
     grades: &GradeMap,
     allowed: DataGrade,
-    policy: &GroupPolicy,
+    policy: &LiveGroupPolicy,
     refused: &dyn Fn(DataGrade, String) -> SqlError,
 ) -> Result<LogicalPlan, SqlError> {
     let optimized = ctx.state().optimize(&plan).map_err(SqlError::from_datafusion)?;
@@ -116,7 +151,13 @@ pub fn release(
     // then read as they are.
     let windows: BTreeSet<String> =
         read.iter().filter(|(t, _, _)| WINDOW_TABLES.contains(&t.as_str())).map(|(t, _, _)| t.clone()).collect();
-    let plan = if windows.is_empty() { plan } else { release_windows(plan, ctx, &windows, policy)? };
+    let plan = if windows.is_empty() {
+        plan
+    } else {
+        let graded =
+            read.iter().filter(|(t, _, _)| windows.contains(t)).map(|(_, _, g)| *g).max().unwrap_or(DataGrade::Core);
+        release_windows(plan, ctx, &windows, &policy.for_grade(graded))?
+    };
     read.retain(|(t, _, _)| !windows.contains(t));
     if read.is_empty() {
         // Belt and braces: what reaches the rows one by one is within the allowance (the
@@ -138,6 +179,7 @@ pub fn release(
     }
     let above: BTreeSet<String> = read.iter().map(|(_, c, _)| c.clone()).collect();
     let highest = read.iter().map(|(_, _, g)| *g).max().unwrap_or(DataGrade::Core);
+    let policy = &policy.for_grade(highest);
     let named = read.iter().map(|(t, c, g)| format!("{t}.{c} ({g})")).collect::<Vec<_>>().join(", ");
     let refuse = |what: String| {
         refused(
@@ -178,7 +220,7 @@ fn release_windows(
             }
             let schema: &DFSchema = scan.projected_schema.as_ref();
             let released = ctx.parse_sql_expr(&predicate, schema)?;
-            Ok(Transformed::yes(LogicalPlan::Filter(Filter::try_new(released, std::sync::Arc::new(node))?)))
+            Ok(Transformed::yes(LogicalPlan::Filter(Filter::try_new(released, Arc::new(node))?)))
         })
         .map_err(SqlError::from_datafusion)?;
     Ok(plan.data)
@@ -520,7 +562,14 @@ mod tests {
 
     async fn released(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
         let plan = ctx.state().create_logical_plan(sql).await.map_err(SqlError::from_datafusion)?;
-        let plan = release(plan, ctx, &GradeMap::builtin(), DataGrade::General, &GroupPolicy::default(), &refused)?;
+        let plan = release(
+            plan,
+            ctx,
+            &GradeMap::builtin(),
+            DataGrade::General,
+            &LiveGroupPolicy::new(GroupPolicy::default()),
+            &refused,
+        )?;
         ctx.execute_logical_plan(plan).await.unwrap().collect().await.map_err(SqlError::from_datafusion)
     }
 
@@ -575,11 +624,15 @@ mod tests {
             "SELECT count(vibration_x_rms) FROM telemetry WHERE motor_id = 'M1' AND ts < to_timestamp_millis(1100000)";
         let plan = ctx.state().create_logical_plan(sql).await.unwrap();
         let policy = GroupPolicy { min_rows: 100, min_span: Duration::from_secs(100) };
-        let plan = release(plan, &ctx, &GradeMap::builtin(), DataGrade::General, &policy, &refused).unwrap();
+        let plan =
+            release(plan, &ctx, &GradeMap::builtin(), DataGrade::General, &LiveGroupPolicy::new(policy), &refused)
+                .unwrap();
         assert_eq!(rows(&ctx.execute_logical_plan(plan).await.unwrap().collect().await.unwrap()), 0);
         let plan = ctx.state().create_logical_plan(sql).await.unwrap();
         let policy = GroupPolicy { min_rows: 100, min_span: Duration::from_secs(99) };
-        let plan = release(plan, &ctx, &GradeMap::builtin(), DataGrade::General, &policy, &refused).unwrap();
+        let plan =
+            release(plan, &ctx, &GradeMap::builtin(), DataGrade::General, &LiveGroupPolicy::new(policy), &refused)
+                .unwrap();
         assert_eq!(rows(&ctx.execute_logical_plan(plan).await.unwrap().collect().await.unwrap()), 1);
     }
 

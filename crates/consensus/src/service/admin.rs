@@ -289,6 +289,28 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         Ok(Response::new(pb::ListGradesResponse { grades }))
     }
 
+    async fn list_policies(
+        &self,
+        request: GrpcRequest<pb::ListPoliciesRequest>,
+    ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
+        self.reader(&request)?;
+        self.0.read_barrier().await?;
+        let policies = self.0.view.with(|a| {
+            a.registry
+                .policies
+                .values()
+                .map(|p| pb::PolicyEntry {
+                    grade: p.grade.to_string(),
+                    stage: p.stage.to_string(),
+                    rule: p.rule.clone(),
+                    set_by: p.set_by.clone(),
+                    set_at_ms: p.set_at_ms,
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListPoliciesResponse { policies }))
+    }
+
     async fn request_release(
         &self,
         request: GrpcRequest<pb::RequestReleaseRequest>,

@@ -110,7 +110,8 @@ pub struct QueryWatcher {
 impl QueryWatcher {
     /// A watcher of the control plane at `admin` (over `tls`). `running` is what the node runs
     /// of the cluster's queries already; `local` the names of its own queries. It also keeps
-    /// `registry` (sites and motors) current, and `grades` raised to the cluster's grade policy.
+    /// `registry` (sites and motors) current, `grades` raised to the cluster's grade policy, and
+    /// `group_policy` to the group terms of its `use` rules.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         control: &ControlConfig,
@@ -121,6 +122,7 @@ impl QueryWatcher {
         changes: Sender<QueryChange>,
         registry: RegistryRows,
         grades: tessera_core::LiveGrades,
+        group_policy: tessera_sql::LiveGroupPolicy,
     ) -> Self {
         Self {
             watch: Watch {
@@ -133,6 +135,7 @@ impl QueryWatcher {
                 changes,
                 registry,
                 grades,
+                group_policy,
             },
         }
     }
@@ -157,6 +160,7 @@ struct Watch {
     changes: Sender<QueryChange>,
     registry: RegistryRows,
     grades: tessera_core::LiveGrades,
+    group_policy: tessera_sql::LiveGroupPolicy,
 }
 
 impl Watch {
@@ -196,6 +200,15 @@ impl Watch {
                     .grades;
                 if self.grades.apply_policy(&grade_policy(&policy)?) {
                     tracing::info!(target: "tessera::audit", admin = %self.admin, grades = policy.len(), "the cluster's grade policy is applied");
+                }
+                let rules = c
+                    .list_policies(pb::ListPoliciesRequest {})
+                    .await
+                    .map_err(|s| status_error(&self.admin, s))?
+                    .into_inner()
+                    .policies;
+                if self.group_policy.apply(group_rules(&rules)?) {
+                    tracing::info!(target: "tessera::audit", admin = %self.admin, rules = rules.len(), "the cluster's group policy is applied");
                 }
                 Ok::<_, NodeError>(queries)
             };
@@ -249,6 +262,20 @@ fn grade_policy(entries: &[pb::GradeEntry]) -> Result<tessera_core::GradeMap> {
         policy.set(&g.stream, Some(g.column.as_str()).filter(|c| !c.is_empty()), grade);
     }
     Ok(policy)
+}
+
+/// The group terms of the cluster's `use` rules, by grade (other stages and terms are not
+/// this node's to enforce here).
+fn group_rules(entries: &[pb::PolicyEntry]) -> Result<BTreeMap<tessera_core::DataGrade, tessera_core::GroupRule>> {
+    let mut rules = BTreeMap::new();
+    for p in entries.iter().filter(|p| p.stage == tessera_core::DataStage::Use.to_string()) {
+        let bad = |e: String| NodeError::BadAnswer(format!("the cluster's {} use rule {:?}: {e}", p.grade, p.rule));
+        let grade: tessera_core::DataGrade = p.grade.parse().map_err(|e| bad(format!("{e}")))?;
+        if let Some(rule) = tessera_core::GroupRule::parse(&p.rule).map_err(bad)? {
+            rules.insert(grade, rule);
+        }
+    }
+    Ok(rules)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tessera_core::{DataGrade, GradeMap};
 
-use super::{GroupPolicy, release};
+use super::{GroupPolicy, LiveGroupPolicy, release};
 use crate::error::SqlError;
 
 const CORE_MARKER: f64 = 4242.4217;
@@ -244,7 +244,7 @@ async fn no_random_query_gets_a_planted_reading_out() {
     println!("release generative test: seed {seed} (TESSERA_RELEASE_SEED={seed} replays it), {queries} queries");
     let ctx = context();
     let grades = GradeMap::builtin();
-    let policy = GroupPolicy::default();
+    let policy = LiveGroupPolicy::new(GroupPolicy::default());
     let refused = |_: DataGrade, why: String| SqlError::PermissionDenied(why);
     let mut grammar = Grammar { rng: StdRng::seed_from_u64(seed) };
     let (mut answered, mut refusals, mut unplanned) = (0, 0, 0);
