@@ -11,7 +11,9 @@
 //! so only one row per group and site crosses the network.
 //!
 //! Fragments run in parallel and their results are collected on the coordinator before the
-//! rest of the plan runs (they are small: partial aggregates, or filtered rows).
+//! rest of the plan runs (they are small: partial aggregates, or filtered rows); what the other
+//! sites send is bounded by `sql.query_memory_bytes` (beyond it the query fails with
+//! `RESOURCE_EXHAUSTED`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,7 +150,11 @@ pub async fn run_fragments(catalog: &Arc<Catalog>, who: &Identity, sql: &str) ->
     };
     // Every site answers (none is cancelled half-way by another's refusal: each audits
     // what it was asked); the first refusal, local first, is the query's.
-    let remote = federation.peers.iter().enumerate().map(|(index, peer)| run_remote(federation, index, peer, who, sql));
+    // What the sites send is held here until the rest of the plan runs: bounded like a
+    // query's own memory, over all sites together.
+    let budget = std::sync::atomic::AtomicUsize::new(catalog.limits().memory_bytes);
+    let remote =
+        federation.peers.iter().enumerate().map(|(index, peer)| run_remote(federation, index, peer, who, sql, &budget));
     let (local, remote) = futures::join!(run_local(catalog, who, sql), futures::future::join_all(remote));
     let mut batches = local?;
     for site in remote {
@@ -172,6 +178,7 @@ async fn run_remote(
     peer: &Peer,
     who: &Identity,
     sql: &str,
+    budget: &std::sync::atomic::AtomicUsize,
 ) -> Result<Vec<RecordBatch>, SqlError> {
     let at = |e: &dyn std::fmt::Display| format!("site {} ({}): {e}", peer.site, peer.addr);
     let endpoint = federation
@@ -201,13 +208,45 @@ async fn run_remote(
     let mut batches = Vec::new();
     for endpoint in info.endpoint {
         let ticket = endpoint.ticket.ok_or_else(|| SqlError::internal(at(&"an endpoint without a ticket")))?;
-        let stream = client.do_get(ticket).await.map_err(from_peer)?;
-        batches.extend(stream.try_collect::<Vec<_>>().await.map_err(from_peer)?);
+        let mut stream = client.do_get(ticket).await.map_err(from_peer)?;
+        while let Some(batch) = stream.try_next().await.map_err(from_peer)? {
+            take(budget, batch.get_array_memory_size()).map_err(|()| {
+                SqlError::ResourceExhausted(format!(
+                    "the sites' answers would hold more here than one query may (sql.query_memory_bytes); \
+                     aggregate or filter more at the sites (site {} was answering)",
+                    peer.site
+                ))
+            })?;
+            batches.push(batch);
+        }
     }
     Ok(batches)
+}
+
+/// Takes `bytes` from `budget`, or nothing when they are not all there.
+fn take(budget: &std::sync::atomic::AtomicUsize, bytes: usize) -> Result<(), ()> {
+    use std::sync::atomic::Ordering;
+    budget.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(bytes)).map(|_| ()).map_err(|_| ())
 }
 
 /// The `fleet` table of the served table `name` of `schema`.
 pub(crate) fn fleet_table(name: &str, schema: &Schema, catalog: &Arc<Catalog>, who: &Identity) -> Arc<FleetTable> {
     Arc::new(FleetTable::new(name, Arc::new(schema.clone()), catalog.clone(), who.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::take;
+
+    #[test]
+    fn the_sites_answers_share_one_budget_and_a_refused_batch_takes_nothing() {
+        let budget = AtomicUsize::new(100);
+        assert_eq!(take(&budget, 60), Ok(()));
+        assert_eq!(take(&budget, 60), Err(()));
+        assert_eq!(budget.load(Ordering::Acquire), 40, "the refused batch took nothing");
+        assert_eq!(take(&budget, 40), Ok(()));
+        assert_eq!(take(&budget, 1), Err(()));
+    }
 }
