@@ -19,7 +19,8 @@
 //! ```
 //!
 //! It runs rewritten so that the site that owns the rows enforces its [`GroupPolicy`] at
-//! execution: the aggregate also counts each group's rows and takes its first and last `ts`,
+//! execution: the aggregate also counts each group's rows (or uses the query's own
+//! `count(*)`) and takes its first and last `ts`,
 //! and a group with fewer than `min_rows` readings or spanning less than `min_span` is dropped
 //! before anything above it (HAVING, ORDER BY, the client) sees it. A `fleet` aggregate is
 //! pushed to the sites as such a query ([`crate::pushdown`]), so every site drops its own small
@@ -434,21 +435,32 @@ impl Constrained<'_> {
             TimeUnit::Microsecond => span.as_micros() as i64,
             TimeUnit::Nanosecond => span.as_nanos() as i64,
         };
-        let hidden =
-            [count(lit(1i64)).alias(GROUP_ROWS), min(ts.clone()).alias(GROUP_FIRST), max(ts).alias(GROUP_LAST)];
+        // The query's own count(*), when it has one, counts the group's rows already.
+        let own_count = aggregate.aggr_expr.iter().position(counts_rows);
+        let mut hidden = vec![min(ts.clone()).alias(GROUP_FIRST), max(ts).alias(GROUP_LAST)];
+        if own_count.is_none() {
+            hidden.push(count(lit(1i64)).alias(GROUP_ROWS));
+        }
         let aggregated = LogicalPlanBuilder::from(aggregate.input.as_ref().clone())
             .aggregate(aggregate.group_expr.clone(), aggregate.aggr_expr.iter().cloned().chain(hidden))
             .map_err(SqlError::from_datafusion)?
             .build()
             .map_err(SqlError::from_datafusion)?;
         let schema = aggregated.schema().clone();
+        let rows = match own_count {
+            Some(i) => {
+                let (qualifier, field) = schema.qualified_field(aggregate.group_expr.len() + i);
+                Expr::Column(Column::new(qualifier.cloned(), field.name()))
+            }
+            None => col(GROUP_ROWS),
+        };
         let outputs: Vec<Expr> = (0..aggregate.schema.fields().len())
             .map(|i| {
                 let (qualifier, field) = schema.qualified_field(i);
                 Expr::Column(Column::new(qualifier.cloned(), field.name()))
             })
             .collect();
-        let big_enough = col(GROUP_ROWS)
+        let big_enough = rows
             .gt_eq(lit(self.policy.min_rows as i64))
             .and((cast(col(GROUP_LAST), DataType::Int64) - cast(col(GROUP_FIRST), DataType::Int64)).gt_eq(lit(span)));
         LogicalPlanBuilder::from(aggregated)
@@ -483,6 +495,19 @@ impl Constrained<'_> {
     fn reads_above(&self, expr: &Expr) -> bool {
         expr.column_refs().iter().any(|c| self.above.contains(&c.name))
     }
+}
+
+/// Whether `expr` is `count(*)` (a count of a non-null literal, no DISTINCT or FILTER).
+fn counts_rows(expr: &Expr) -> bool {
+    let inner = match expr {
+        Expr::Alias(alias) => alias.expr.as_ref(),
+        other => other,
+    };
+    matches!(inner, Expr::AggregateFunction(f)
+        if f.func.name() == "count"
+            && !f.params.distinct
+            && f.params.filter.is_none()
+            && matches!(f.params.args.as_slice(), [Expr::Literal(value, _)] if !value.is_null()))
 }
 
 /// A column as it is, or cast.
