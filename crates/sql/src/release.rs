@@ -653,6 +653,18 @@ mod tests {
             release(plan, &ctx, &GradeMap::builtin(), DataGrade::General, &LiveGroupPolicy::new(policy), &refused)
                 .unwrap();
         assert_eq!(rows(&ctx.execute_logical_plan(plan).await.unwrap().collect().await.unwrap()), 0);
+        // The same by motor (the per-group accumulators): M1's 200 readings span 199 s.
+        for (span_s, groups) in [(199, 1), (200, 0)] {
+            let sql = "SELECT motor_id, avg(vibration_x_rms) FROM telemetry GROUP BY motor_id";
+            let plan = ctx.state().create_logical_plan(sql).await.unwrap();
+            let policy = LiveGroupPolicy::new(GroupPolicy { min_rows: 100, min_span: Duration::from_secs(span_s) });
+            let plan = release(plan, &ctx, &GradeMap::builtin(), DataGrade::General, &policy, &refused).unwrap();
+            assert_eq!(
+                rows(&ctx.execute_logical_plan(plan).await.unwrap().collect().await.unwrap()),
+                groups,
+                "{span_s} s"
+            );
+        }
         let plan = ctx.state().create_logical_plan(sql).await.unwrap();
         let policy = GroupPolicy { min_rows: 100, min_span: Duration::from_secs(99) };
         let plan =
