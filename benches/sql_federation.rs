@@ -201,7 +201,7 @@ fn main() {
         }
         let site_zero = site_zero.expect("site 0");
         let analyst = Identity { user: "bench".into(), role: Role::FleetAnalyst, site: None, via_peer: false };
-        let (mut open, mut released) = (Vec::new(), Vec::new());
+        let (mut open, mut released, mut release_step) = (Vec::new(), Vec::new(), Vec::new());
         let (mut open_rows, mut released_rows) = (0, 0);
         // One site's fragment in process, alternating: as planned (nothing enforced), and
         // released for an analyst (checked, groups counted and measured as it runs).
@@ -211,7 +211,9 @@ fn main() {
                 let ctx = site_zero.local_context().expect("context");
                 let mut plan = site_zero.plan(&ctx, &sql("public.telemetry")).await.expect("plan");
                 if enforce {
+                    let releasing = Instant::now();
                     plan = site_zero.release(&analyst, &ctx, plan).expect("released");
+                    release_step.push(releasing.elapsed().as_secs_f64() * 1e3);
                 }
                 let batches = ctx.execute_logical_plan(plan).await.expect("plan").collect().await.expect("run");
                 let rows = batches.iter().map(RecordBatch::num_rows).sum();
@@ -244,6 +246,7 @@ fn main() {
         let s = report("public.telemetry via Flight SQL (one site)", site, site_rows);
         let without = report("one site's fragment in process, not enforced", open, open_rows);
         let with = report("one site's fragment in process, released", released, released_rows);
+        report("  of which the release step (check, rewrite)", release_step, released_rows);
         let one = report("one DataFusion context, all readings", single, single_rows);
         println!(
             "# ratios of p50: federated / one context = {:.2}, federated / one site's fragment = {:.2}, \
