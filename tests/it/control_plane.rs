@@ -501,12 +501,7 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
         let until = Instant::now() + Duration::from_secs(30);
         loop {
             let grade = rt.block_on(async {
-                let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    .expect("uri")
-                    .connect()
-                    .await
-                    .expect("connect");
-                let mut c = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+                let mut c = crate::support::sql::client(&addr).await;
                 c.handshake("root", "pw").await.expect("handshake");
                 let batches = crate::support::sql::run(&mut c, "SELECT motor_id FROM motors").await.expect("sql");
                 batches.first().and_then(|b| b.schema().metadata().get(tessera_core::GRADE_METADATA_KEY).cloned())
@@ -526,12 +521,7 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
     let per_motor = |node: &Node| -> usize {
         let addr = node.sql_addr().expect("endpoint").to_string();
         rt.block_on(async {
-            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .expect("uri")
-                .connect()
-                .await
-                .expect("connect");
-            let mut c = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+            let mut c = crate::support::sql::client(&addr).await;
             c.handshake("ana", "pw").await.expect("handshake");
             let sql = "SELECT motor_id, avg(current_a) AS a FROM telemetry GROUP BY motor_id";
             let batches = crate::support::sql::run(&mut c, sql).await.expect("an allowed aggregate");

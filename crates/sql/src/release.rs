@@ -135,8 +135,7 @@ impl LiveGroupPolicy {
 /// `ctx` optimizes a copy of the plan to learn which columns it reads. Window tables whose
 /// columns above the allowance it reads are cut to their released windows; then the query is
 /// open (returned as is) or constrained (checked for the shape above and rewritten to enforce
-/// `policy`).
-/// A refusal is made by `refused` from the highest grade the query reads above the allowance
+/// `policy`). A refusal is made by `refused` from the highest grade the query reads above the allowance
 /// and what is wrong with it (the caller adds who asked).
 pub fn release(
     plan: LogicalPlan,
@@ -172,7 +171,7 @@ pub fn release(
                 released.set(table, Some(column), DataGrade::General);
             }
         }
-        let raw = raw_column_grades(&plan, &released).into_iter().max().unwrap_or(DataGrade::General);
+        let raw = raw_grade(&plan, &released);
         if raw > allowed {
             return Err(refused(raw, "the answer would hold them row by row".into()));
         }
@@ -644,33 +643,23 @@ mod tests {
     #[tokio::test]
     async fn a_group_must_span_the_policy_s_time_too() {
         let ctx = context();
-        // 100 readings over 99 s: enough rows, too short a span.
-        let sql =
+        let released = |sql: &'static str, span_s: u64| {
+            let ctx = ctx.clone();
+            async move {
+                let plan = ctx.state().create_logical_plan(sql).await.unwrap();
+                let policy = LiveGroupPolicy::new(GroupPolicy { min_rows: 100, min_span: Duration::from_secs(span_s) });
+                let plan = release(plan, &ctx, &GradeMap::builtin(), DataGrade::General, &policy, &refused).unwrap();
+                rows(&ctx.execute_logical_plan(plan).await.unwrap().collect().await.unwrap())
+            }
+        };
+        // 100 readings over 99 s: enough rows; the span decides.
+        let whole =
             "SELECT count(vibration_x_rms) FROM telemetry WHERE motor_id = 'M1' AND ts < to_timestamp_millis(1100000)";
-        let plan = ctx.state().create_logical_plan(sql).await.unwrap();
-        let policy = GroupPolicy { min_rows: 100, min_span: Duration::from_secs(100) };
-        let plan =
-            release(plan, &ctx, &GradeMap::builtin(), DataGrade::General, &LiveGroupPolicy::new(policy), &refused)
-                .unwrap();
-        assert_eq!(rows(&ctx.execute_logical_plan(plan).await.unwrap().collect().await.unwrap()), 0);
         // The same by motor (the per-group accumulators): M1's 200 readings span 199 s.
-        for (span_s, groups) in [(199, 1), (200, 0)] {
-            let sql = "SELECT motor_id, avg(vibration_x_rms) FROM telemetry GROUP BY motor_id";
-            let plan = ctx.state().create_logical_plan(sql).await.unwrap();
-            let policy = LiveGroupPolicy::new(GroupPolicy { min_rows: 100, min_span: Duration::from_secs(span_s) });
-            let plan = release(plan, &ctx, &GradeMap::builtin(), DataGrade::General, &policy, &refused).unwrap();
-            assert_eq!(
-                rows(&ctx.execute_logical_plan(plan).await.unwrap().collect().await.unwrap()),
-                groups,
-                "{span_s} s"
-            );
+        let by_motor = "SELECT motor_id, avg(vibration_x_rms) FROM telemetry GROUP BY motor_id";
+        for (sql, span_s, groups) in [(whole, 100, 0), (by_motor, 199, 1), (by_motor, 200, 0), (whole, 99, 1)] {
+            assert_eq!(released(sql, span_s).await, groups, "{sql} at {span_s} s");
         }
-        let plan = ctx.state().create_logical_plan(sql).await.unwrap();
-        let policy = GroupPolicy { min_rows: 100, min_span: Duration::from_secs(99) };
-        let plan =
-            release(plan, &ctx, &GradeMap::builtin(), DataGrade::General, &LiveGroupPolicy::new(policy), &refused)
-                .unwrap();
-        assert_eq!(rows(&ctx.execute_logical_plan(plan).await.unwrap().collect().await.unwrap()), 1);
     }
 
     #[tokio::test]
