@@ -1,7 +1,7 @@
 //! SQL benchmark: an aggregate over one hour of a 1,000-motor fleet at 10 Hz (36 M readings)
 //! spread over three sites, through Flight SQL, with each site computing partial aggregates.
 //!
-//! `cargo bench --bench sql_federation -- [--motors 1000] [--hz 10] [--seconds 3600] [--sites 3] [--runs 20]`
+//! `cargo bench --bench sql_federation -- [--motors 1000] [--hz 10] [--seconds 3600] [--sites 3] [--runs 20] [--explain]`
 //!
 //! Three endpoints (one per site, each holding its motors' readings in its `telemetry` table,
 //! as a node's recent-readings table does) run in this process on loopback, federated. A
@@ -225,6 +225,20 @@ fn main() {
                     open.push(ms);
                     open_rows = rows;
                 }
+            }
+        }
+        if std::env::args().any(|a| a == "--explain") {
+            // Where the enforcement's cost goes: each plan's operators with their compute time.
+            for enforce in [false, true] {
+                let ctx = site_zero.local_context().expect("context");
+                let mut plan = site_zero.plan(&ctx, &sql("public.telemetry")).await.expect("plan");
+                if enforce {
+                    plan = site_zero.release(&analyst, &ctx, plan).expect("released");
+                }
+                let analyzed = ctx.execute_logical_plan(plan).await.expect("plan").explain(false, true).expect("explain");
+                let batches = analyzed.collect().await.expect("run");
+                println!("# EXPLAIN ANALYZE, {}", if enforce { "released" } else { "not enforced" });
+                println!("{}", datafusion::arrow::util::pretty::pretty_format_batches(&batches).expect("format"));
             }
         }
         let ctx = SessionContext::new();

@@ -20,8 +20,8 @@
 //!
 //! It runs rewritten so that the site that owns the rows enforces its [`GroupPolicy`] at
 //! execution: the aggregate also counts each group's rows (or uses the query's own
-//! `count(*)`) and takes its first and last `ts`,
-//! and a group with fewer than `min_rows` readings or spanning less than `min_span` is dropped
+//! `count(*)`) and whether its `ts` spans `min_span` ([`span`], which stops looking at a group
+//! once it does), and a group with fewer than `min_rows` readings or a shorter span is dropped
 //! before anything above it (HAVING, ORDER BY, the client) sees it. A `fleet` aggregate is
 //! pushed to the sites as such a query ([`crate::pushdown`]), so every site drops its own small
 //! groups before its partials leave it.
@@ -44,13 +44,16 @@ use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema};
 use datafusion::execution::context::SessionContext;
-use datafusion::functions_aggregate::expr_fn::{count, max, min};
+use datafusion::functions_aggregate::expr_fn::count;
 use datafusion::logical_expr::{Aggregate, Expr, Filter, LogicalPlan, LogicalPlanBuilder, TableScan, cast, col, lit};
 use serde::{Deserialize, Serialize};
 use tessera_core::{DataGrade, GradeMap, GroupRule};
 
 use crate::error::SqlError;
 use crate::federation::FLEET;
+use span::SpanReached;
+
+mod span;
 
 /// The aggregates a constrained column may feed: none of them returns one reading's value.
 pub const ALLOWED_AGGREGATES: &[&str] = &[
@@ -77,8 +80,7 @@ pub const EVENT_TIME: &str = "ts";
 
 const INFORMATION_SCHEMA: &str = "information_schema";
 const GROUP_ROWS: &str = "__tessera_group_rows";
-const GROUP_FIRST: &str = "__tessera_group_first";
-const GROUP_LAST: &str = "__tessera_group_last";
+const GROUP_SPAN: &str = "__tessera_group_span";
 
 /// How large a group of readings must be before an aggregate of a column above a caller's
 /// allowance is released to them (a site's policy).
@@ -426,7 +428,7 @@ impl Constrained<'_> {
         let Some(DataType::Timestamp(unit, _)) = ts else {
             return Err((self.refuse)(format!("{} has no event-time column {EVENT_TIME}", scan.table_name)));
         };
-        let ts = Expr::Column(Column::new(Some(scan.table_name.clone()), EVENT_TIME));
+        let ts = cast(Expr::Column(Column::new(Some(scan.table_name.clone()), EVENT_TIME)), DataType::Int64);
         let span = self.policy.min_span;
         let span = match unit {
             TimeUnit::Second => span.as_secs() as i64,
@@ -436,7 +438,7 @@ impl Constrained<'_> {
         };
         // The query's own count(*), when it has one, counts the group's rows already.
         let own_count = aggregate.aggr_expr.iter().position(counts_rows);
-        let mut hidden = vec![min(ts.clone()).alias(GROUP_FIRST), max(ts).alias(GROUP_LAST)];
+        let mut hidden = vec![SpanReached::udaf(span).call(vec![ts]).alias(GROUP_SPAN)];
         if own_count.is_none() {
             hidden.push(count(lit(1i64)).alias(GROUP_ROWS));
         }
@@ -459,9 +461,7 @@ impl Constrained<'_> {
                 Expr::Column(Column::new(qualifier.cloned(), field.name()))
             })
             .collect();
-        let big_enough = rows
-            .gt_eq(lit(self.policy.min_rows as i64))
-            .and((cast(col(GROUP_LAST), DataType::Int64) - cast(col(GROUP_FIRST), DataType::Int64)).gt_eq(lit(span)));
+        let big_enough = rows.gt_eq(lit(self.policy.min_rows as i64)).and(col(GROUP_SPAN));
         LogicalPlanBuilder::from(aggregated)
             .filter(big_enough)
             .and_then(|b| b.project(outputs))
