@@ -235,7 +235,8 @@ fn main() {
                 if enforce {
                     plan = site_zero.release(&analyst, &ctx, plan).expect("released");
                 }
-                let analyzed = ctx.execute_logical_plan(plan).await.expect("plan").explain(false, true).expect("explain");
+                let analyzed =
+                    ctx.execute_logical_plan(plan).await.expect("plan").explain(false, true).expect("explain");
                 let batches = analyzed.collect().await.expect("run");
                 println!("# EXPLAIN ANALYZE, {}", if enforce { "released" } else { "not enforced" });
                 println!("{}", datafusion::arrow::util::pretty::pretty_format_batches(&batches).expect("format"));

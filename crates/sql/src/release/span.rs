@@ -168,8 +168,11 @@ impl SpanGroups {
     }
 
     fn times(&mut self, emit_to: EmitTo) -> (Vec<i64>, Vec<i64>, Vec<bool>) {
-        let taken =
-            (emit_to.take_needed(&mut self.first), emit_to.take_needed(&mut self.last), emit_to.take_needed(&mut self.reached));
+        let taken = (
+            emit_to.take_needed(&mut self.first),
+            emit_to.take_needed(&mut self.last),
+            emit_to.take_needed(&mut self.reached),
+        );
         self.settled = self.reached.iter().filter(|&&r| r).count();
         taken
     }
