@@ -444,6 +444,22 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
             assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
             assert!(refused.message().contains("must come with a node's certificate"), "{refused:?}");
         }
+        // A node of another site may not pass as a node of this one (to read its raw core
+        // data "within the site"): site-b's own certificate, asking site-a as one of its nodes.
+        let pem = |name: &str| std::fs::read_to_string(pki_dir.path().join(name)).expect("pem");
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&ca.cert_pem))
+            .identity(tonic::transport::Identity::from_pem(pem("site-b.crt"), pem("site-b.key")));
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{}", addr(0))).expect("uri").tls_config(tls).expect("tls");
+        let mut c = FlightSqlServiceClient::new(endpoint.connect().await.expect("connect"));
+        c.set_token(FEDERATION_TOKEN.into());
+        c.set_header(tessera_sql::federation::AS_USER, "root");
+        c.set_header(tessera_sql::federation::AS_ROLE, "admin");
+        c.set_header(tessera_sql::federation::AS_SITE, "site-a");
+        c.set_header(tessera_sql::federation::WITHIN_SITE, "1");
+        let refused = run(&mut c, "SELECT motor_id, vibration_x_rms FROM telemetry").await.expect_err("site-b posing as site-a");
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains("may not ask as a node of site site-a"), "{refused:?}");
         let plain = tonic::transport::Endpoint::from_shared(format!("http://{}", addr(0))).expect("uri").connect().await;
         if let Ok(channel) = plain {
             FlightSqlServiceClient::new(channel).handshake("root", PASSWORD).await.expect_err("served in the clear");
@@ -453,7 +469,7 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
             assert!(Instant::now() < until, "the plain client's handshake was not counted");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(nodes[0].sql_refusals().expect("endpoint").1, 2, "forged federated calls counted");
+        assert_eq!(nodes[0].sql_refusals().expect("endpoint").1, 3, "forged federated calls counted");
     });
     cluster.stop();
 }

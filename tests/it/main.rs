@@ -24,6 +24,7 @@ mod mtls;
 mod observability_assets;
 mod replay_skab;
 mod security;
+mod site_nodes;
 mod sql_limits;
 mod sql_release;
 mod support;

@@ -86,6 +86,7 @@ impl GradeMap {
             ("continuous_queries".to_string(), StreamGrades { default: Some(General), columns: BTreeMap::new() }),
             ("sites".to_string(), StreamGrades { default: Some(General), columns: BTreeMap::new() }),
             ("motors".to_string(), StreamGrades { default: Some(General), columns: BTreeMap::new() }),
+            ("partitions".to_string(), StreamGrades { default: Some(General), columns: BTreeMap::new() }),
             ("query_audit".to_string(), StreamGrades { default: Some(Important), columns: BTreeMap::new() }),
         ]);
         Self { streams }

@@ -35,6 +35,7 @@ mod decode;
 mod error;
 mod metrics;
 mod offsets;
+mod ownership;
 mod pipeline;
 pub mod repeats;
 
@@ -47,6 +48,7 @@ pub use decode::{DecodedMessage, MessageLimits, decode_message};
 pub use error::{IngestError, PartitionStateError, Result};
 pub use metrics::{IngestMetrics, IngestStats};
 pub use offsets::TopicPartition;
+pub use ownership::{OwnershipSnapshot, PartitionOwnership};
 pub use pipeline::{
     Barrier, BatchAck, Control, Ingest, IngestHandle, IngestLoop, PartitionStart, PartitionStates, ShardBatch,
 };

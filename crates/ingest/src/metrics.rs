@@ -30,6 +30,8 @@ pub struct IngestMetrics {
     pub(crate) offsets_skipped: AtomicU64,
     pub(crate) redelivered_dropped: AtomicU64,
     pub(crate) consumer_lag: AtomicU64,
+    /// The partitions this node answers for.
+    pub(crate) ownership: crate::PartitionOwnership,
 }
 
 /// A snapshot of [`IngestMetrics`].
@@ -95,6 +97,11 @@ pub struct IngestStats {
 }
 
 impl IngestMetrics {
+    /// The partitions this node answers for now (see [`crate::PartitionOwnership`]).
+    pub fn ownership(&self) -> crate::OwnershipSnapshot {
+        self.ownership.snapshot()
+    }
+
     pub(crate) fn reject(&self, reason: &RejectReason) {
         self.readings_rejected.fetch_add(1, Relaxed);
         let i = RejectReason::CODES.iter().position(|c| *c == reason.code()).expect("codes are listed");

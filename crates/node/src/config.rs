@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
-use tessera_core::{ConfigError, GradeMap};
+use tessera_core::{ConfigError, GradeMap, ensure};
 use tessera_ingest::IngestConfig;
 
 // The sections, each defined by the feature it configures.
@@ -100,6 +100,12 @@ impl NodeConfig {
         self.store.validate().map_err(|e| e.within("store"))?;
         self.control.validate().map_err(|e| e.within("control"))?;
         self.sql.validate().map_err(|e| e.within("sql"))?;
+        // A node hands a partition's rows over only when it checkpoints per partition.
+        ensure(
+            self.sql.site_nodes.is_empty() || self.state.dir.is_some(),
+            "sql.site_nodes",
+            "a site of several nodes needs [state] dir (per-partition checkpoints, which hand partitions over)",
+        )?;
         if let Some(raft) = &self.raft {
             raft.validate().map_err(|e| e.within("raft"))?;
         }

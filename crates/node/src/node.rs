@@ -178,6 +178,7 @@ impl Node {
                     &detect.running_queries(),
                     registry.as_ref(),
                     store.as_ref(),
+                    ingest.metrics().clone(),
                 );
                 let endpoint = SqlEndpoint::new(
                     &config.sql,

@@ -3,7 +3,9 @@
 //!
 //! A node serves its engine's tables (`alerts`, `motor_windows`, `late_events`, and the raw
 //! `telemetry` of its own site, readable only by that site's operators and admins) and
-//! `continuous_queries` (what it runs now), with a control plane the registry's `sites` and
+//! `continuous_queries` (what it runs now), `partitions` (which Kafka partitions it answers
+//! for: with `site_nodes`, the site's other nodes, the tables whose rows belong to motors
+//! span them all, see `tessera_sql::site`), with a control plane the registry's `sites` and
 //! `motors`, and `query_audit` (every query asked of it, run or
 //! refused; admins only).
 
@@ -16,6 +18,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::catalog::TableProvider;
 use serde::{Deserialize, Serialize};
 use tessera_core::{ConfigError, ensure};
+use tessera_sql::federation::SiteNodes;
 use tessera_sql::{
     AuditSink, Authenticator, Catalog, ConfigUsers, Federation, FlightSqlEndpoint, GroupPolicy, LiveGroupPolicy,
     LogAudit, Peer, QueryAudit, QueryLimits, ServedTable, SnapshotTable, TableKind, TokenConfig, UserConfig,
@@ -71,9 +74,14 @@ pub struct SqlConfig {
     /// The token the sites' nodes present to each other (the same at every site); required
     /// with peers.
     pub federation_token: Option<String>,
-    /// How long another site may take to answer a fragment.
+    /// How long another site may take to answer a fragment (and this site's nodes, together,
+    /// theirs: retries while partitions move included).
     #[serde(with = "humantime_serde")]
     pub fragment_timeout: Duration,
+    /// The SQL endpoints (host:port) of this site's *other* nodes, when the site runs several
+    /// in one consumer group: a query at any of them then answers for every partition of the
+    /// site exactly once (`tessera_sql::site`). Needs `federation_token` and `[state] dir`.
+    pub site_nodes: Vec<String>,
 }
 
 impl Default for SqlConfig {
@@ -96,6 +104,7 @@ impl Default for SqlConfig {
             peers: Vec::new(),
             federation_token: None,
             fragment_timeout: Duration::from_secs(30),
+            site_nodes: Vec::new(),
         }
     }
 }
@@ -130,12 +139,15 @@ impl SqlConfig {
         ensure(self.min_group_rows >= 2, "min_group_rows", "must be at least 2 (one reading is its own value)")?;
         ensure(self.listen.is_none() || !self.users.is_empty(), "users", "the endpoint needs at least one user")?;
         ConfigUsers::new(&self.users, &self.tokens)?;
-        if !self.peers.is_empty() {
+        if !self.peers.is_empty() || !self.site_nodes.is_empty() {
             ensure(
                 self.federation_token.as_deref().is_some_and(|t| t.len() >= 16),
                 "federation_token",
-                "peers need a shared token of at least 16 characters",
+                "peers and site_nodes need a shared token of at least 16 characters",
             )?;
+        }
+        for (i, addr) in self.site_nodes.iter().enumerate() {
+            ensure(addr.contains(':'), &format!("site_nodes[{i}]"), "needs a host:port")?;
         }
         for (i, p) in self.peers.iter().enumerate() {
             ensure(
@@ -148,13 +160,15 @@ impl SqlConfig {
     }
 }
 
-/// The tables a node serves over SQL: its engine's `shared` tables, the queries it runs, and
-/// with a control plane, the registry's `sites` and `motors`.
+/// The tables a node serves over SQL: its engine's `shared` tables, the queries it runs, the
+/// partitions it answers for (from its ingest's `ownership`), and with a control plane, the
+/// registry's `sites` and `motors`.
 pub fn served_tables(
     shared: Vec<(&'static str, Arc<dyn TableProvider>)>,
     running: &RunningQueries,
     registry: Option<&RegistryRows>,
     store: Option<&TelemetryStore>,
+    ownership: Arc<tessera_ingest::IngestMetrics>,
 ) -> Vec<ServedTable> {
     let mut tables: Vec<ServedTable> = shared
         .into_iter()
@@ -172,6 +186,11 @@ pub fn served_tables(
     if let Some(store) = store {
         tables.push(ServedTable { name: "segments".into(), provider: store.segments_table(), kind: TableKind::Audit });
     }
+    tables.push(ServedTable {
+        name: tessera_sql::site::PARTITIONS.into(),
+        provider: partitions_table(ownership),
+        kind: TableKind::Cluster,
+    });
     let list = running.clone();
     tables.push(ServedTable {
         name: "continuous_queries".into(),
@@ -205,6 +224,32 @@ pub fn served_tables(
         tables.push(ServedTable { name: "motors".into(), provider: motors, kind: TableKind::Cluster });
     }
     tables
+}
+
+/// The `partitions` table: per input topic, its partition count, the partitions this node
+/// answers for, and their generation (`tessera_sql::site` reads it).
+fn partitions_table(ingest: Arc<tessera_ingest::IngestMetrics>) -> Arc<SnapshotTable> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partitions", DataType::Int32, false),
+        Field::new("owned", DataType::Utf8, false),
+        Field::new("generation", DataType::UInt64, false),
+    ]));
+    SnapshotTable::new(schema.clone(), move || {
+        let o = ingest.ownership();
+        let topics: Vec<(&String, &i32)> = o.topic_partitions.iter().collect();
+        let owned = |topic: &str| {
+            let parts: Vec<String> = o.owned.iter().filter(|(t, _)| t == topic).map(|(_, p)| p.to_string()).collect();
+            parts.join(",")
+        };
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(topics.iter().map(|(t, _)| t.as_str()))),
+            Arc::new(datafusion::arrow::array::Int32Array::from_iter_values(topics.iter().map(|(_, n)| **n))),
+            Arc::new(StringArray::from_iter_values(topics.iter().map(|(t, _)| owned(t)))),
+            Arc::new(UInt64Array::from_iter_values(topics.iter().map(|_| o.generation))),
+        ];
+        RecordBatch::try_new(schema.clone(), columns).map(|b| vec![b]).unwrap_or_default()
+    })
 }
 
 fn sites_schema() -> SchemaRef {
@@ -313,6 +358,14 @@ impl SqlEndpoint {
             if !config.peers.is_empty() {
                 catalog = catalog.with_federation(Federation {
                     peers: config.peers.clone(),
+                    token: token.clone(),
+                    timeout: config.fragment_timeout,
+                    tls: tessera_tls::ClientTls::from_material(tls.as_ref()),
+                });
+            }
+            if !config.site_nodes.is_empty() {
+                catalog = catalog.with_site_nodes(SiteNodes {
+                    addrs: config.site_nodes.clone(),
                     token: token.clone(),
                     timeout: config.fragment_timeout,
                     tls: tessera_tls::ClientTls::from_material(tls.as_ref()),

@@ -24,7 +24,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use tessera_core::{DataGrade, GradeMap, LiveGrades};
 
 use crate::error::SqlError;
-use crate::federation::{FLEET, Federation};
+use crate::federation::{Federation, NODE, SiteNodes};
 use crate::identity::{Identity, Role};
 use crate::limits::QueryLimits;
 use crate::release::{GroupPolicy, LiveGroupPolicy};
@@ -71,6 +71,7 @@ pub struct Catalog {
     site: String,
     tables: Vec<ServedTable>,
     federation: Option<Federation>,
+    site_nodes: Option<SiteNodes>,
     grades: LiveGrades,
     limits: QueryLimits,
     group_policy: LiveGroupPolicy,
@@ -83,6 +84,7 @@ impl Catalog {
             site: site.into(),
             tables,
             federation: None,
+            site_nodes: None,
             grades: LiveGrades::new(GradeMap::builtin()),
             limits: QueryLimits::default(),
             group_policy: LiveGroupPolicy::new(GroupPolicy::default()),
@@ -111,6 +113,18 @@ impl Catalog {
         self.federation.as_ref()
     }
 
+    /// Spreads the tables whose rows belong to motors over this node and the site's other
+    /// `nodes` ([`crate::site`]).
+    pub fn with_site_nodes(mut self, nodes: SiteNodes) -> Self {
+        self.site_nodes = Some(nodes);
+        self
+    }
+
+    /// The site's other nodes, if the site has several.
+    pub fn site_nodes(&self) -> Option<&SiteNodes> {
+        self.site_nodes.as_ref()
+    }
+
     /// The site this catalog's raw tables belong to.
     pub fn site(&self) -> &str {
         &self.site
@@ -121,15 +135,22 @@ impl Catalog {
         &self.tables
     }
 
-    /// A fresh context over this site's served tables, with `information_schema` (what a
-    /// fragment runs in; a caller's query gets [`Catalog::context`], which adds `fleet`).
+    /// A fresh context over this node's served tables, in `public` and again in `node`, with
+    /// `information_schema` (what a fragment for this node runs in; a caller's query gets
+    /// [`Catalog::context`], whose `public` tables span the site's nodes and which adds `fleet`).
     pub fn local_context(&self) -> Result<SessionContext, SqlError> {
         let config =
             SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema(CATALOG, SCHEMA);
         // A runtime per query: its memory pool bounds this query alone.
         let ctx = SessionContext::new_with_config_rt(config, self.limits.runtime()?);
+        let catalog = ctx.catalog(CATALOG).ok_or_else(|| SqlError::internal("no default catalog"))?;
+        catalog
+            .register_schema(NODE, Arc::new(datafusion::catalog::MemorySchemaProvider::new()))
+            .map_err(SqlError::from_datafusion)?;
         for t in &self.tables {
             ctx.register_table(t.name.as_str(), t.provider.clone()).map_err(SqlError::from_datafusion)?;
+            ctx.register_table(datafusion::common::TableReference::partial(NODE, t.name.as_str()), t.provider.clone())
+                .map_err(SqlError::from_datafusion)?;
         }
         Ok(ctx)
     }
@@ -165,9 +186,10 @@ impl Catalog {
     pub fn release(&self, who: &Identity, ctx: &SessionContext, plan: LogicalPlan) -> Result<LogicalPlan, SqlError> {
         let mut scanned = Vec::new();
         plan.apply_with_subqueries(|node| {
-            // `fleet` tables are checked by each site, on its fragment.
+            // `fleet` tables are checked by each site, on its fragment; tables spread over
+            // the site's nodes by each node.
             if let LogicalPlan::TableScan(scan) = node
-                && scan.table_name.schema().is_none_or(|s| s != FLEET)
+                && !crate::federation::answered_by_fragments(scan)
             {
                 scanned.push(scan.table_name.table().to_string());
             }

@@ -35,28 +35,60 @@ use tessera_core::ConfigError;
 
 use crate::catalog::Catalog;
 use crate::error::SqlError;
-use crate::federation::{Federation, Peer};
-use crate::identity::{AS_ROLE, AS_SITE, AS_USER, Identity};
+use crate::federation::{NODE, SPREAD_METADATA_KEY};
+use crate::identity::{AS_ROLE, AS_SITE, AS_USER, Identity, WITHIN_SITE};
 use crate::sql_text::{quote, to_sql};
 
-/// A `fleet` table: the same table at every site.
+/// Where a [`FleetTable`]'s fragments go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spread {
+    /// Every site, each over its `public` table (which covers the whole site).
+    Sites,
+    /// Every node of this site, each over its `node` table (its own partitions' rows; see
+    /// [`crate::site`]).
+    SiteNodes,
+}
+
+impl Spread {
+    /// The schema each fragment reads.
+    pub fn fragment_schema(self) -> &'static str {
+        match self {
+            Spread::Sites => crate::catalog::SCHEMA,
+            Spread::SiteNodes => NODE,
+        }
+    }
+}
+
+/// A table answered by fragments: a `fleet` table (the same table at every site), or a site's
+/// `public` table when the site has several nodes (the same table at every node).
 pub struct FleetTable {
     name: String,
     schema: SchemaRef,
     catalog: Arc<Catalog>,
     who: Identity,
+    spread: Spread,
 }
 
 impl std::fmt::Debug for FleetTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FleetTable").field("name", &self.name).finish()
+        f.debug_struct("FleetTable").field("name", &self.name).field("spread", &self.spread).finish()
     }
 }
 
 impl FleetTable {
-    /// The `fleet` twin of the served table `name`, scanned on behalf of `who`.
-    pub fn new(name: &str, schema: SchemaRef, catalog: Arc<Catalog>, who: Identity) -> Self {
-        Self { name: name.to_string(), schema, catalog, who }
+    /// The served table `name` spread over sites or nodes, scanned on behalf of `who`.
+    /// Its schema is marked [`SPREAD_METADATA_KEY`], so that the caller's checks leave its
+    /// rows to the sites or nodes that answer for them.
+    pub fn new(name: &str, schema: SchemaRef, catalog: Arc<Catalog>, who: Identity, spread: Spread) -> Self {
+        let mut metadata = schema.metadata().clone();
+        metadata.insert(SPREAD_METADATA_KEY.to_string(), spread.fragment_schema().to_string());
+        let schema = Arc::new(Schema::new_with_metadata(schema.fields().clone(), metadata));
+        Self { name: name.to_string(), schema, catalog, who, spread }
+    }
+
+    /// Where its fragments go.
+    pub fn spread(&self) -> Spread {
+        self.spread
     }
 
     /// The catalog whose sites it spans.
@@ -112,7 +144,7 @@ impl TableProvider for FleetTable {
         let columns: Vec<String> = projected.fields().iter().map(|f| quote(f.name())).collect();
         // No column needed (e.g. count(*)): fetch a constant, keep only the row count.
         let select = if columns.is_empty() { "1 AS \"_row\"".to_string() } else { columns.join(", ") };
-        let mut sql = format!("SELECT {select} FROM public.{}", quote(&self.name));
+        let mut sql = format!("SELECT {select} FROM {}.{}", self.spread.fragment_schema(), quote(&self.name));
         let conditions: Vec<String> = filters.iter().filter_map(|f| to_sql(f).ok()).collect();
         if !conditions.is_empty() {
             sql.push_str(&format!(" WHERE {}", conditions.join(" AND ")));
@@ -120,20 +152,26 @@ impl TableProvider for FleetTable {
         if let Some(n) = limit {
             sql.push_str(&format!(" LIMIT {n}"));
         }
-        let batches = fragments_as(&self.catalog, &self.who, &sql, &projected).await?;
+        let batches = fragments_as(&self.catalog, &self.who, &sql, &projected, self.spread).await?;
         Ok(MemorySourceConfig::try_new_exec(&[batches], projected, None)?)
     }
 }
 
-/// [`run_fragments`], with every site's batches put in `schema` (the sites type their answers
-/// alike, but nullability may differ; with no column, only the row counts are kept).
+/// [`run_fragments`] (or, spread over the site's nodes, [`crate::site::run_on_nodes`]), with
+/// every answer's batches put in `schema` (the sites type their answers alike, but
+/// nullability may differ; with no column, only the row counts are kept).
 pub(crate) async fn fragments_as(
     catalog: &Arc<Catalog>,
     who: &Identity,
     sql: &str,
     schema: &SchemaRef,
+    spread: Spread,
 ) -> datafusion::common::Result<Vec<RecordBatch>> {
-    let batches = run_fragments(catalog, who, sql).await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+    let batches = match spread {
+        Spread::Sites => run_fragments(catalog, who, sql).await,
+        Spread::SiteNodes => crate::site::run_on_nodes(catalog, who, sql).await,
+    };
+    let batches = batches.map_err(|e| DataFusionError::External(Box::new(e)))?;
     let batches = batches.into_iter().map(|b| {
         let options = RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
         let columns = if schema.fields().is_empty() { Vec::new() } else { b.columns().to_vec() };
@@ -153,8 +191,17 @@ pub async fn run_fragments(catalog: &Arc<Catalog>, who: &Identity, sql: &str) ->
     // What the sites send is held here until the rest of the plan runs: bounded like a
     // query's own memory, over all sites together.
     let budget = std::sync::atomic::AtomicUsize::new(catalog.limits().memory_bytes);
-    let remote =
-        federation.peers.iter().enumerate().map(|(index, peer)| run_remote(federation, index, peer, who, sql, &budget));
+    let remote = federation.peers.iter().enumerate().map(|(index, peer)| {
+        let target = Target {
+            what: format!("site {} ({})", peer.site, peer.addr),
+            site: &peer.site,
+            addr: &peer.addr,
+            field: format!("peers[{index}].addr"),
+        };
+        let connection = Connection { token: &federation.token, timeout: federation.timeout, tls: &federation.tls };
+        let budget = &budget;
+        async move { run_remote(&connection, &target, who, false, &[sql], budget).await.map(|mut a| a.remove(0)) }
+    });
     let (local, remote) = futures::join!(run_local(catalog, who, sql), futures::future::join_all(remote));
     let mut batches = local?;
     for site in remote {
@@ -163,7 +210,23 @@ pub async fn run_fragments(catalog: &Arc<Catalog>, who: &Identity, sql: &str) ->
     Ok(batches)
 }
 
+/// Runs `sql` at this site in process, as a fragment is run (the site's context: with several
+/// nodes, its `public` tables span them).
 async fn run_local(catalog: &Arc<Catalog>, who: &Identity, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
+    let ctx = catalog.site_context(who)?;
+    let plan = catalog.plan(&ctx, sql).await?;
+    let plan = catalog.release(who, &ctx, plan)?;
+    let df = ctx.execute_logical_plan(plan).await.map_err(SqlError::from_datafusion)?;
+    df.collect().await.map_err(SqlError::from_datafusion)
+}
+
+/// Runs `sql` over this node's own tables (the `node` schema), as this node's fragment of a
+/// query spread over the site's nodes: checked for `who` here.
+pub(crate) async fn run_local_node(
+    catalog: &Arc<Catalog>,
+    who: &Identity,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, SqlError> {
     let ctx = catalog.local_context()?;
     let plan = catalog.plan(&ctx, sql).await?;
     let plan = catalog.release(who, &ctx, plan)?;
@@ -171,67 +234,98 @@ async fn run_local(catalog: &Arc<Catalog>, who: &Identity, sql: &str) -> Result<
     df.collect().await.map_err(SqlError::from_datafusion)
 }
 
-/// Runs `sql` at `peer`, the `index`th of the federation's peers, as `who`.
-async fn run_remote(
-    federation: &Federation,
-    index: usize,
-    peer: &Peer,
+/// Another node to send fragments to: what to call it in errors, its site, its address, and
+/// the config field that names it.
+pub(crate) struct Target<'a> {
+    pub(crate) what: String,
+    pub(crate) site: &'a str,
+    pub(crate) addr: &'a str,
+    pub(crate) field: String,
+}
+
+/// How nodes call each other: the federation token, the fragment timeout, the TLS.
+pub(crate) struct Connection<'a> {
+    pub(crate) token: &'a str,
+    pub(crate) timeout: Duration,
+    pub(crate) tls: &'a tessera_tls::ClientTls,
+}
+
+/// Runs each of `sqls`, one after the other on one connection, at `target` as `who`; the
+/// answers in order. `within_site` says the answer stays in this site (a node of the same
+/// site asks, for a caller of this site, see [`WITHIN_SITE`]); otherwise it leaves it.
+pub(crate) async fn run_remote(
+    connection: &Connection<'_>,
+    target: &Target<'_>,
     who: &Identity,
-    sql: &str,
+    within_site: bool,
+    sqls: &[&str],
     budget: &std::sync::atomic::AtomicUsize,
-) -> Result<Vec<RecordBatch>, SqlError> {
-    let at = |e: &dyn std::fmt::Display| format!("site {} ({}): {e}", peer.site, peer.addr);
-    let endpoint = federation
+) -> Result<Vec<Vec<RecordBatch>>, SqlError> {
+    let at = |e: &dyn std::fmt::Display| format!("{}: {e}", target.what);
+    let endpoint = connection
         .tls
-        .endpoint(&peer.addr, Duration::from_secs(3))
-        .map_err(|e| ConfigError::new(format!("peers[{index}].addr"), at(&e)))?;
+        .endpoint(target.addr, Duration::from_secs(3))
+        .map_err(|e| ConfigError::new(target.field.clone(), at(&e)))?;
     let channel = endpoint
-        .timeout(federation.timeout)
+        .timeout(connection.timeout)
         .connect()
         .await
         .map_err(|e| SqlError::Unavailable { message: at(&e), source: Some(Arc::new(e)) })?;
     let mut client = FlightSqlServiceClient::new(channel);
-    client.set_token(federation.token.clone());
+    client.set_token(connection.token.to_string());
     client.set_header(AS_USER, who.user.clone());
     client.set_header(AS_ROLE, who.role.name());
     if let Some(site) = &who.site {
         client.set_header(AS_SITE, site.clone());
     }
+    if within_site {
+        client.set_header(WITHIN_SITE, "1");
+    }
     for (key, value) in crate::trace::outgoing_headers() {
         client.set_header(key, value);
     }
     let from_peer = |e: FlightError| match e {
-        FlightError::Tonic(status) => SqlError::from_status(&peer.site, *status),
+        FlightError::Tonic(status) => SqlError::from_status(target.site, *status),
         other => SqlError::Unavailable { message: at(&other), source: Some(Arc::new(other)) },
     };
-    let info = client.execute(sql.to_string(), None).await.map_err(from_peer)?;
-    let mut batches = Vec::new();
-    for endpoint in info.endpoint {
-        let ticket = endpoint.ticket.ok_or_else(|| SqlError::internal(at(&"an endpoint without a ticket")))?;
-        let mut stream = client.do_get(ticket).await.map_err(from_peer)?;
-        while let Some(batch) = stream.try_next().await.map_err(from_peer)? {
-            take(budget, batch.get_array_memory_size()).map_err(|()| {
-                SqlError::ResourceExhausted(format!(
-                    "the sites' answers would hold more here than one query may (sql.query_memory_bytes); \
-                     aggregate or filter more at the sites (site {} was answering)",
-                    peer.site
-                ))
-            })?;
-            batches.push(batch);
+    let mut answers = Vec::new();
+    for sql in sqls {
+        let info = client.execute(sql.to_string(), None).await.map_err(from_peer)?;
+        let mut batches = Vec::new();
+        for endpoint in info.endpoint {
+            let ticket = endpoint.ticket.ok_or_else(|| SqlError::internal(at(&"an endpoint without a ticket")))?;
+            let mut stream = client.do_get(ticket).await.map_err(from_peer)?;
+            while let Some(batch) = stream.try_next().await.map_err(from_peer)? {
+                take(budget, batch.get_array_memory_size()).map_err(|()| {
+                    SqlError::ResourceExhausted(format!(
+                        "the answers would hold more here than one query may (sql.query_memory_bytes); \
+                         aggregate or filter more at the sites ({} was answering)",
+                        target.what
+                    ))
+                })?;
+                batches.push(batch);
+            }
         }
+        answers.push(batches);
     }
-    Ok(batches)
+    Ok(answers)
 }
 
 /// Takes `bytes` from `budget`, or nothing when they are not all there.
-fn take(budget: &std::sync::atomic::AtomicUsize, bytes: usize) -> Result<(), ()> {
+pub(crate) fn take(budget: &std::sync::atomic::AtomicUsize, bytes: usize) -> Result<(), ()> {
     use std::sync::atomic::Ordering;
     budget.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(bytes)).map(|_| ()).map_err(|_| ())
 }
 
-/// The `fleet` table of the served table `name` of `schema`.
-pub(crate) fn fleet_table(name: &str, schema: &Schema, catalog: &Arc<Catalog>, who: &Identity) -> Arc<FleetTable> {
-    Arc::new(FleetTable::new(name, Arc::new(schema.clone()), catalog.clone(), who.clone()))
+/// The table `name` of `schema`, spread as `spread` says.
+pub(crate) fn fleet_table(
+    name: &str,
+    schema: &Schema,
+    catalog: &Arc<Catalog>,
+    who: &Identity,
+    spread: Spread,
+) -> Arc<FleetTable> {
+    Arc::new(FleetTable::new(name, Arc::new(schema.clone()), catalog.clone(), who.clone(), spread))
 }
 
 #[cfg(test)]

@@ -9,6 +9,10 @@ pub const AS_USER: &str = "x-tessera-as-user";
 pub const AS_ROLE: &str = "x-tessera-as-role";
 /// The caller's site, if any.
 pub const AS_SITE: &str = "x-tessera-as-site";
+/// Set on a fragment one node of a site sends to another of the same site for a caller whose
+/// answer stays in the site: the receiver answers as for a caller signed in at it (with mTLS,
+/// only when the sender's certificate is a node of the receiver's site).
+pub const WITHIN_SITE: &str = "x-tessera-within-site";
 
 /// What a user may see (see ARCHITECTURE.md, "SQL endpoint").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -32,6 +32,7 @@ pub mod pushdown;
 pub mod release;
 pub mod service;
 mod session;
+pub mod site;
 pub mod sql_text;
 mod trace;
 

@@ -1,4 +1,6 @@
-//! Partial aggregates at each site: an optimizer rule for aggregates over `fleet` tables.
+//! Partial aggregates at each site (or node): an optimizer rule for aggregates over `fleet`
+//! tables and over a site's tables spread over its nodes ([`crate::site`]); below, "site"
+//! stands for either.
 //!
 //! `Aggregate(TableScan(fleet.t))` (with filters and column-only projections between) whose aggregates all decompose (`count`, `sum`,
 //! `min`, `max`, `avg` without DISTINCT, FILTER or ORDER BY) becomes
@@ -35,7 +37,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::catalog::Catalog;
 use crate::federation::FLEET;
-use crate::fleet::{FleetTable, fragments_as};
+use crate::fleet::{FleetTable, Spread, fragments_as};
 use crate::identity::Identity;
 use crate::sql_text::{quote, to_sql};
 
@@ -136,7 +138,12 @@ fn split(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
         merges.push(merge);
     }
 
-    let mut sql = format!("SELECT {} FROM public.{}", select.join(", "), quote(scan.table_name.table()));
+    let mut sql = format!(
+        "SELECT {} FROM {}.{}",
+        select.join(", "),
+        fleet.spread().fragment_schema(),
+        quote(scan.table_name.table())
+    );
     let mut conditions: Vec<String> = scan.filters.iter().map(to_sql).collect::<Result<_>>()?;
     for p in predicates {
         conditions.push(to_sql(p)?);
@@ -153,6 +160,7 @@ fn split(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
         schema: Arc::new(Schema::new(fields)),
         catalog: fleet.catalog(),
         who: fleet.who().clone(),
+        spread: fleet.spread(),
     });
     // In the `fleet` schema: what it holds was released by each site.
     let partials_table = TableReference::partial(FLEET, "site_partials");
@@ -187,6 +195,7 @@ struct Partials {
     schema: SchemaRef,
     catalog: Arc<Catalog>,
     who: Identity,
+    spread: Spread,
 }
 
 impl std::fmt::Debug for Partials {
@@ -212,7 +221,7 @@ impl TableProvider for Partials {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let batches = fragments_as(&self.catalog, &self.who, &self.sql, &self.schema).await?;
+        let batches = fragments_as(&self.catalog, &self.who, &self.sql, &self.schema, self.spread).await?;
         Ok(MemorySourceConfig::try_new_exec(&[batches], self.schema.clone(), projection.cloned())?)
     }
 }

@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 use tessera_core::{DataGrade, GradeMap, GroupRule};
 
 use crate::error::SqlError;
-use crate::federation::FLEET;
+use crate::federation::answered_by_fragments;
 use span::SpanReached;
 
 mod span;
@@ -217,7 +217,7 @@ fn release_windows(
     let plan = plan
         .transform_up_with_subqueries(|node| {
             let LogicalPlan::TableScan(scan) = &node else { return Ok(Transformed::no(node)) };
-            if scan.table_name.schema() == Some(FLEET) || !windows.contains(scan.table_name.table()) {
+            if answered_by_fragments(scan) || !windows.contains(scan.table_name.table()) {
                 return Ok(Transformed::no(node));
             }
             let schema: &DFSchema = scan.projected_schema.as_ref();
@@ -235,7 +235,7 @@ fn columns_read(optimized: &LogicalPlan, grades: &GradeMap, allowed: DataGrade) 
     let mut read = Vec::new();
     let _ = optimized.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node
-            && scan.table_name.schema() != Some(FLEET)
+            && !answered_by_fragments(scan)
             && scan.table_name.schema() != Some(INFORMATION_SCHEMA)
         {
             let table = scan.table_name.table();
@@ -295,7 +295,7 @@ pub fn raw_column_grades(plan: &LogicalPlan, grades: &GradeMap) -> Vec<DataGrade
     match plan {
         // What a `fleet` scan returns is decided by each site, on its fragment.
         LogicalPlan::TableScan(scan)
-            if scan.table_name.schema() == Some(FLEET) || scan.table_name.schema() == Some(INFORMATION_SCHEMA) =>
+            if answered_by_fragments(scan) || scan.table_name.schema() == Some(INFORMATION_SCHEMA) =>
         {
             vec![DataGrade::General; width]
         }
@@ -478,7 +478,7 @@ impl Constrained<'_> {
                 }
                 self.below_aggregate(&filter.input)
             }
-            LogicalPlan::TableScan(scan) if scan.table_name.schema() != Some(FLEET) => {
+            LogicalPlan::TableScan(scan) if !answered_by_fragments(scan) => {
                 if scan.filters.iter().any(|f| self.reads_above(f)) {
                     return Err((self.refuse)("they may not be filtered on".into()));
                 }

@@ -193,11 +193,19 @@ impl FlightSqlEndpoint {
     fn identity<T>(&self, request: &tonic::Request<T>) -> Result<Identity, Status> {
         let metadata: &MetadataMap = request.metadata();
         let header = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let who = self.auth.check_call(&header)?;
+        let mut who = self.auth.check_call(&header)?;
+        // A node of this site asking for a caller whose answer stays in the site: answered
+        // as for a caller signed in here (with mTLS, only if its certificate is of this site).
+        let within_site = who.via_peer && header(crate::identity::WITHIN_SITE).is_some();
         if who.via_peer
             && let Some(refusals) = &self.node_certificates
         {
             let why = match tessera_tls::PeerIdentity::of_request(request) {
+                Some(Ok(tessera_tls::PeerIdentity::Node { site, .. }))
+                    if within_site && site.as_str() != self.catalog.site() =>
+                {
+                    Some(format!("a node of site {site} may not ask as a node of site {}", self.catalog.site()))
+                }
                 Some(Ok(tessera_tls::PeerIdentity::Node { .. })) => None,
                 Some(Ok(other)) => Some(format!("{other} is not a node")),
                 Some(Err(e)) => Some(e.to_string()),
@@ -214,6 +222,9 @@ impl FlightSqlEndpoint {
                 ))
                 .into());
             }
+        }
+        if within_site {
+            who.via_peer = false;
         }
         Ok(who)
     }

@@ -1,13 +1,16 @@
 //! Bounded in-memory tables the engine writes and users query: `alerts`, `motor_windows`,
 //! `late_events` and `telemetry` (the newest raw readings) (and, replaced before each run, a
 //! continuous query's window relation). Each keeps its newest rows up to a row limit; older
-//! batches are dropped whole (the Kafka topics are the durable record).
+//! batches are dropped whole (the Kafka topics are the durable record). A node drops the rows
+//! of motors whose partition moved to another node ([`BoundedTable::drop_motors`]), so a
+//! table holds only what its node answers for.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DataFusionError, Result};
@@ -92,6 +95,34 @@ impl BoundedTable {
         let rows = batches.iter().map(|b| b.num_rows()).sum();
         let bytes = batches.iter().map(|b| b.get_array_memory_size()).sum();
         *self.batches.write().unwrap_or_else(|e| e.into_inner()) = (batches.into(), rows, bytes);
+    }
+
+    /// Drops the rows whose `motor_id` `drop` accepts (their partition moved to another
+    /// node); returns how many. A table without a text `motor_id` column keeps everything.
+    pub fn drop_motors(&self, drop: &dyn Fn(&str) -> bool) -> usize {
+        let Ok(column) = self.schema.index_of("motor_id") else { return 0 };
+        let mut guard = self.batches.write().unwrap_or_else(|e| e.into_inner());
+        let (batches, rows, bytes) = &mut *guard;
+        let mut dropped = 0;
+        for batch in batches.iter_mut() {
+            let Some(motors) = batch.column(column).as_string_opt::<i32>() else { return dropped };
+            let keep: BooleanArray = motors.iter().map(|m| Some(!m.is_some_and(drop))).collect();
+            let kept = keep.true_count();
+            if kept == batch.num_rows() {
+                continue;
+            }
+            match filter_record_batch(batch, &keep) {
+                Ok(filtered) => {
+                    dropped += batch.num_rows() - kept;
+                    *rows -= batch.num_rows() - kept;
+                    *bytes = bytes.saturating_sub(batch.get_array_memory_size()) + filtered.get_array_memory_size();
+                    *batch = filtered;
+                }
+                Err(e) => tracing::error!(error = %e, "dropping moved motors' rows"),
+            }
+        }
+        batches.retain(|b| b.num_rows() > 0);
+        dropped
     }
 
     /// Rows held now.

@@ -46,6 +46,12 @@ impl ClientContext for IngestContext {
             .map(|p| p.consumer_lag)
             .sum();
         self.shared.metrics.consumer_lag.store(lag as u64, Relaxed);
+        for (name, topic) in &statistics.topics {
+            let partitions = topic.partitions.keys().filter(|p| **p >= 0).count();
+            if partitions > 0 && self.shared.topics.contains(name) {
+                self.shared.metrics.ownership.topic_size(name, partitions as i32);
+            }
+        }
     }
 }
 
@@ -73,6 +79,7 @@ impl ConsumerContext for IngestContext {
                 let assigned = partitions_of(tpl);
                 tracing::info!(partitions = ?assigned, "partitions assigned");
                 s.tracker.assign(&assigned);
+                s.metrics.ownership.assign(&assigned);
                 // A partition this consumer already has keeps its position and its state: its
                 // checkpoint is older than both.
                 let already: Vec<bool> = {
@@ -129,6 +136,7 @@ impl ConsumerContext for IngestContext {
                 });
                 drop((assigned, next));
                 s.tracker.revoke(&revoked);
+                s.metrics.ownership.revoke(&revoked);
                 let mut shipped = lock(&s.shipped);
                 revoked.iter().for_each(|tp| {
                     shipped.remove(tp);

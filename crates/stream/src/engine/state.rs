@@ -149,9 +149,13 @@ impl StreamEngine {
     }
 
     /// Forgets every motor `drop` accepts: open windows, watermarks, anomaly baselines, alert
-    /// hysteresis (their partition was handed to another node, with this state). The queryable
-    /// tables keep their rows. Returns how many motors the engine held state for.
+    /// hysteresis (their partition was handed to another node, with this state), and their
+    /// rows in the queryable tables (the new owner answers for them now). Returns how many
+    /// motors the engine held state for.
     pub fn release_motors(&mut self, drop: &dyn Fn(&str) -> bool) -> Result<usize, StreamError> {
+        for table in [&self.alerts, &self.motor_windows, &self.late, &self.telemetry] {
+            table.drop_motors(drop);
+        }
         let mut dropped = 0;
         for stage in &mut self.stages {
             dropped = dropped.max(stage.op.drop_motors(drop));
@@ -256,20 +260,30 @@ mod tests {
 
     /// Every query's window rows and every alert, as text (processing times left out).
     async fn results(engines: &[&StreamEngine]) -> (String, String) {
-        let mut windows = Vec::new();
-        let mut alerts = Vec::new();
+        let mut rows = (Vec::new(), Vec::new());
         for e in engines {
-            windows.extend(
-                e.sql("SELECT query, motor_id, window_start, window_end, score, features FROM motor_windows")
-                    .await
-                    .unwrap(),
-            );
-            alerts.extend(
-                e.sql("SELECT alert_id, query, state, severity, score, peak_score, window_start FROM alerts")
-                    .await
-                    .unwrap(),
-            );
+            let (windows, alerts) = tables_of(e).await;
+            rows.0.extend(windows);
+            rows.1.extend(alerts);
         }
+        text_of(rows).await
+    }
+
+    /// An engine's windows and alerts as they stand.
+    async fn tables_of(e: &StreamEngine) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
+        let windows = e
+            .sql("SELECT query, motor_id, window_start, window_end, score, features FROM motor_windows")
+            .await
+            .unwrap();
+        let alerts = e
+            .sql("SELECT alert_id, query, state, severity, score, peak_score, window_start FROM alerts")
+            .await
+            .unwrap();
+        (windows, alerts)
+    }
+
+    /// Windows and alerts as sorted text.
+    async fn text_of((windows, alerts): (Vec<RecordBatch>, Vec<RecordBatch>)) -> (String, String) {
         let ctx = SessionContext::new();
         let text = |batches: Vec<RecordBatch>, order: &'static str| {
             let ctx = &ctx;
@@ -343,8 +357,8 @@ mod tests {
     }
 
     /// Motor m1's partition moves from one engine to another mid-stream: its state is
-    /// checkpointed alone, released by the old owner and adopted by the new one, which goes on
-    /// with every motor. Windows, alerts and the final state equal an uninterrupted run's;
+    /// checkpointed alone, released by the old owner (its rows leave that owner's tables too)
+    /// and adopted by the new one, which goes on with every motor. Windows, alerts and the final state equal an uninterrupted run's;
     /// per-motor checkpoints adopted into an empty engine add up to the whole checkpoint.
     #[tokio::test]
     async fn a_partition_handed_over_mid_stream_equals_an_uninterrupted_run() {
@@ -375,7 +389,11 @@ mod tests {
             feed(&mut a, 0..cut, &|m| !moved(m)).await;
             feed(&mut b, 0..cut, &moved).await;
             let handed = b.checkpoint_motors(&moved).unwrap();
+            // What the old owner emitted before the hand-over (its tables drop m1's rows then).
+            let emitted = tables_of(&b).await;
             assert_eq!(b.release_motors(&moved).unwrap(), 1);
+            let left = tables_of(&b).await;
+            assert_eq!(left.0.iter().chain(&left.1).map(RecordBatch::num_rows).sum::<usize>(), 0, "m1's rows dropped");
             assert!(
                 b.motor_ids().is_empty() && b.checkpoint_motors(&moved).unwrap() != handed,
                 "the old owner keeps nothing of m1"
@@ -390,7 +408,10 @@ mod tests {
                 whole.state_digest().unwrap(),
                 "same state as the uninterrupted run (cut at {cut})"
             );
-            let got = results(&[&a, &b]).await;
+            let (mut windows, mut alerts) = tables_of(&a).await;
+            windows.extend(emitted.0);
+            alerts.extend(emitted.1);
+            let got = text_of((windows, alerts)).await;
             assert_eq!(got.0, expected.0, "window results differ after a handover at row {cut}");
             assert_eq!(got.1, expected.1, "alerts differ after a handover at row {cut}");
         }
