@@ -1,6 +1,7 @@
 //! `tessera demo` as a user runs it: a separate process (see [`crate::cli_process`]: the very
 //! command line of the `tessera` binary)
-//! for 60 simulated seconds. It must raise alerts for injected faults, answer a Flight SQL
+//! for 60 simulated seconds, in the Helm chart's shape (`--nodes-per-site 3`: the client asks
+//! one node of a site and gets every site's whole answer). It must raise alerts for injected faults, answer a Flight SQL
 //! query from a third-party client (ADBC) across the three sites, serve /metrics, deliver its
 //! spans to an OTLP receiver hosted here, and exit 0 on SIGINT.
 
@@ -59,6 +60,8 @@ fn the_demo_alerts_answers_sql_exports_spans_and_stops_on_sigint() {
         "demo",
         "--duration",
         "60s",
+        "--nodes-per-site",
+        "3",
         "--sql-port",
         "0",
         "--http-port",
@@ -101,10 +104,11 @@ fn the_demo_alerts_answers_sql_exports_spans_and_stops_on_sigint() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let out = text();
-    let addr_after = |marker: &str| -> String {
+    // Site a's first line is a node without Raft; its Raft member's line says so.
+    let addr_after = |marker: &str, raft: bool| -> String {
         let line = out
             .lines()
-            .find(|l| l.trim_start().starts_with("site-a") && l.contains(marker))
+            .find(|l| l.trim_start().starts_with("site-a") && l.contains(marker) && (!raft || l.contains("Raft node")))
             .unwrap_or_else(|| panic!("no {marker} in:\n{out}"));
         let rest = &line[line.find(marker).expect("marker") + marker.len()..];
         rest.split_whitespace()
@@ -114,8 +118,8 @@ fn the_demo_alerts_answers_sql_exports_spans_and_stops_on_sigint() {
             .trim_end_matches("/metrics")
             .to_string()
     };
-    let sql = addr_after("Flight SQL");
-    let metrics_addr = addr_after("metrics");
+    let sql = addr_after("Flight SQL", false);
+    let metrics_addr = addr_after("metrics", true);
     let opened: Vec<&str> = out.lines().filter(|l| l.starts_with("ALERT open")).collect();
     assert!(!opened.is_empty(), "no alert was printed:\n{out}");
 
@@ -130,7 +134,9 @@ with flightsql.connect("grpc://" + sys.argv[1], db_kwargs={"username": "analyst"
         cur.execute("SELECT site_id, count(DISTINCT motor_id) AS motors_alerted, round(max(peak_score), 1) AS worst FROM fleet.alerts GROUP BY site_id ORDER BY site_id")
         alerts = cur.fetchall()
         cur.execute("SELECT site_id, motors FROM sites ORDER BY site_id")
-        print(json.dumps({"alerts": alerts, "sites": cur.fetchall()}))
+        sites = cur.fetchall()
+        cur.execute("SELECT count(DISTINCT motor_id) FROM fleet.telemetry")
+        print(json.dumps({"alerts": alerts, "sites": sites, "motors": cur.fetchall()[0][0]}))
 "#;
     let answer = Command::new(&python)
         .args(["-c", script, &sql])
@@ -147,6 +153,8 @@ with flightsql.connect("grpc://" + sys.argv[1], db_kwargs={"username": "analyst"
     let sites: Vec<(String, i64)> = serde_json::from_value(answer["sites"].clone()).expect("site rows");
     assert_eq!(sites.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), ["site-a", "site-b", "site-c"], "{sites:?}");
     assert_eq!(sites.iter().map(|s| s.1).sum::<i64>(), 1000, "{sites:?}");
+    // Asked at one node, every node of every site answered for its partitions, once each.
+    assert_eq!(answer["motors"].as_i64(), Some(1000), "motors with readings: {answer}");
     let alerted: i64 = rows.iter().map(|r| r.1).sum();
     assert!(
         alerted >= opened.len() as i64 / 2 && alerted > 0,
@@ -166,7 +174,8 @@ with flightsql.connect("grpc://" + sys.argv[1], db_kwargs={"username": "analyst"
     };
     assert!(value("tessera_raft_term{") >= 1.0);
     assert!(value("tessera_raft_voters{") == 3.0);
-    assert!(value("tessera_ingest_readings_total{site=\"site-a\",outcome=\"accepted\"}") > 10_000.0);
+    // Site a's Raft member, one of its three nodes: about a third of its readings.
+    assert!(value("tessera_ingest_readings_total{site=\"site-a\",outcome=\"accepted\"}") > 3_000.0);
     assert!(value("tessera_sql_query_duration_seconds_count{") >= 1.0);
     assert!(value("tessera_detect_windows_closed_total{") > 0.0);
     assert!(http_get(&metrics_addr, "/readyz").starts_with("HTTP/1.1 200"), "not ready");

@@ -149,6 +149,19 @@ fn the_chart_lints_renders_and_validates_for_every_ci_values_file() {
                 !raft.initial_members.is_empty() && loaded.http.listen.is_some() && loaded.sql.listen.is_some(),
                 "{name}"
             );
+            // A site of several pods lists them all; each pod skips itself (sql.advertise,
+            // which its StatefulSet sets from the pod's name, as the list names it).
+            let pods = &loaded.sql.site_nodes;
+            if !pods.is_empty() {
+                let set =
+                    sets.iter().find(|s| s.contains(pods[0].split('.').nth(1).expect("headless name"))).expect("set");
+                assert!(set.contains("name: TESSERA__SQL__ADVERTISE"), "{name}: pods do not say their own address");
+                for pod in pods {
+                    let mut sql = loaded.sql.clone();
+                    sql.advertise = Some(pod.clone());
+                    assert_eq!(sql.other_site_nodes().len(), pods.len() - 1, "{name}: {pod} among {pods:?}");
+                }
+            }
             // Checkpoints are sealed by default: the config names the KEK the pods mount.
             assert_eq!(
                 loaded.store.kek_file.as_deref(),

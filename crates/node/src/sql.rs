@@ -82,6 +82,9 @@ pub struct SqlConfig {
     /// in one consumer group: a query at any of them then answers for every partition of the
     /// site exactly once (`tessera_sql::site`). Needs `federation_token` and `[state] dir`.
     pub site_nodes: Vec<String>,
+    /// How this site's other nodes reach this endpoint (host:port): an entry of `site_nodes`
+    /// equal to it is this node and skipped, so every node of a site can share one list.
+    pub advertise: Option<String>,
 }
 
 impl Default for SqlConfig {
@@ -105,6 +108,7 @@ impl Default for SqlConfig {
             federation_token: None,
             fragment_timeout: Duration::from_secs(30),
             site_nodes: Vec::new(),
+            advertise: None,
         }
     }
 }
@@ -119,6 +123,11 @@ impl SqlConfig {
             max_param_bytes: self.query_max_param_bytes,
             sign_ins_at_once: self.sign_ins_at_once,
         }
+    }
+
+    /// The site's other nodes: `site_nodes` without this node's own `advertise` address.
+    pub fn other_site_nodes(&self) -> Vec<String> {
+        self.site_nodes.iter().filter(|a| Some(*a) != self.advertise.as_ref()).cloned().collect()
     }
 
     /// The group policy these settings give (the floor the cluster's rules raise).
@@ -363,9 +372,10 @@ impl SqlEndpoint {
                     tls: tessera_tls::ClientTls::from_material(tls.as_ref()),
                 });
             }
-            if !config.site_nodes.is_empty() {
+            let others = config.other_site_nodes();
+            if !others.is_empty() {
                 catalog = catalog.with_site_nodes(SiteNodes {
-                    addrs: config.site_nodes.clone(),
+                    addrs: others,
                     token: token.clone(),
                     timeout: config.fragment_timeout,
                     tls: tessera_tls::ClientTls::from_material(tls.as_ref()),

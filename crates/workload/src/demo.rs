@@ -71,6 +71,10 @@ pub struct DemoOptions {
     pub http_port: u16,
     /// Stop once the simulated span has ended instead of serving until Ctrl-C.
     pub exit_when_done: bool,
+    /// Nodes per site, in one consumer group per site (the Helm chart's shape is 3): each site
+    /// then checkpoints per partition in a directory its nodes share, and a query at any of
+    /// its nodes answers for the whole site.
+    pub nodes_per_site: u32,
 }
 
 /// What the demo saw.
@@ -92,17 +96,26 @@ pub struct DemoReport {
     pub faulty_alerted: usize,
 }
 
-/// One site of the demo cluster.
+/// One site of the demo cluster: its first node (a Raft member) and its other nodes.
 struct Site {
     name: String,
     node: Node,
     sql: SocketAddr,
+    others: Vec<(Node, SocketAddr)>,
+}
+
+impl Site {
+    /// Every node of the site, the first one first.
+    fn nodes(&self) -> impl Iterator<Item = &Node> {
+        std::iter::once(&self.node).chain(self.others.iter().map(|(n, _)| n))
+    }
 }
 
 /// Runs the demo until `stop` is set (or, with `exit_when_done`, the simulated span ends).
 pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
     tessera_core::ensure(opts.sites >= 1, "--sites", "must be at least 1")?;
     tessera_core::ensure(opts.rate_hz > 0.0, "--rate", "must be positive")?;
+    tessera_core::ensure(opts.nodes_per_site >= 1, "--nodes-per-site", "must be at least 1")?;
     let embedded = match &opts.brokers {
         Some(_) => None,
         None => Some(EmbeddedKafka::start(3)?),
@@ -121,8 +134,10 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
             .collect(),
         ..Default::default()
     };
+    // Enough partitions for every node of a site to own some.
+    let partitions = 3.max(2 * opts.nodes_per_site as i32);
     let mut topics: Vec<(String, i32)> =
-        sites.iter().flat_map(|s| [(telemetry_topic(s), 3), (dead_letter_topic(s), 1)]).collect();
+        sites.iter().flat_map(|s| [(telemetry_topic(s), partitions), (dead_letter_topic(s), 1)]).collect();
     topics.extend([
         (detect.alerts_topic.clone(), 3),
         (detect.late_topic.clone(), 1),
@@ -203,7 +218,7 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
     let bad_kinds = BadInput::all(600_000);
     let mut simulating = true;
     while !stop.load(Ordering::Relaxed) {
-        if let Some(s) = cluster.iter().find(|s| s.node.failed()) {
+        if let Some(s) = cluster.iter().find(|s| s.nodes().any(Node::failed)) {
             return Err(WorkloadError::Stalled(format!("site {} stopped unexpectedly", s.name)));
         }
         if simulating {
@@ -260,12 +275,13 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
     println!("\nstopping the sites...");
     let (mut ingested, mut dead_lettered, mut alert_events) = (0, 0, 0);
     for site in cluster {
-        let d = site.node.detect_stats();
-        alert_events += d.alerts_sent;
-        let (stats, _) =
-            site.node.stop().map_err(|e| WorkloadError::from(e).during(format!("stopping site {}", site.name)))?;
-        ingested += stats.readings_accepted;
-        dead_lettered += stats.dead_letters_sent;
+        for node in std::iter::once(site.node).chain(site.others.into_iter().map(|(n, _)| n)) {
+            alert_events += node.detect_stats().alerts_sent;
+            let (stats, _) =
+                node.stop().map_err(|e| WorkloadError::from(e).during(format!("stopping site {}", site.name)))?;
+            ingested += stats.readings_accepted;
+            dead_lettered += stats.dead_letters_sent;
+        }
     }
     let alerted = alerts.alerted_motors();
     drop(alerts);
@@ -324,9 +340,11 @@ fn start_sites(
     detect: &DetectConfig,
     data_dir: &std::path::Path,
 ) -> Result<Vec<Site>> {
-    let raft_ports: Vec<u16> = (0..sites.len()).map(|i| port(0, i)).collect::<Result<_>>()?;
-    let sql_ports: Vec<u16> = (0..sites.len()).map(|i| port(opts.sql_port, i)).collect::<Result<_>>()?;
-    let http_ports: Vec<u16> = (0..sites.len()).map(|i| port(opts.http_port, i)).collect::<Result<_>>()?;
+    let (n, per_site) = (sites.len(), opts.nodes_per_site as usize);
+    let raft_ports: Vec<u16> = (0..n).map(|i| port(0, i)).collect::<Result<_>>()?;
+    // Node j of site i: port base + i + j * sites (the sites' first nodes at base + i).
+    let sql_ports: Vec<u16> = (0..n * per_site).map(|k| port(opts.sql_port, k)).collect::<Result<_>>()?;
+    let http_ports: Vec<u16> = (0..n * per_site).map(|k| port(opts.http_port, k)).collect::<Result<_>>()?;
     let members: Vec<String> =
         sites.iter().zip(&raft_ports).enumerate().map(|(i, (s, p))| format!("{}={s}@127.0.0.1:{p}", i + 1)).collect();
     let hash = tessera_sql::auth::hash_password(DEMO_PASSWORD)?;
@@ -335,16 +353,15 @@ fn start_sites(
         UserConfig { name: "admin".into(), password_hash: hash, role: Role::Admin, site: None },
     ];
     let federation_token: String = format!("demo-{:032x}", rand::random::<u128>());
-    let mut cluster = Vec::new();
-    for (i, site) in sites.iter().enumerate() {
-        let sql = loopback(sql_ports[i]);
+    let config = |i: usize, j: usize| {
+        let site = &sites[i];
         let peers = sites
             .iter()
             .zip(&sql_ports)
             .filter(|(s, _)| *s != site)
             .map(|(s, p)| Peer { site: s.clone(), addr: format!("127.0.0.1:{p}") })
-            .collect();
-        let config = NodeConfig {
+            .collect::<Vec<_>>();
+        let mut config = NodeConfig {
             site_id: site.clone(),
             ingest: IngestConfig {
                 brokers: brokers.to_string(),
@@ -359,24 +376,56 @@ fn start_sites(
             },
             detect: detect.clone(),
             sql: SqlConfig {
-                listen: Some(sql),
+                listen: Some(loopback(sql_ports[i + j * n])),
                 users: users.clone(),
                 peers,
                 federation_token: Some(federation_token.clone()),
                 ..Default::default()
             },
-            raft: Some(RaftConfig {
+            http: HttpConfig { listen: Some(loopback(http_ports[i + j * n])) },
+            ..Default::default()
+        };
+        if j == 0 {
+            config.raft = Some(RaftConfig {
                 node_id: Some(i as u64 + 1),
                 listen: loopback(raft_ports[i]),
                 data_dir: data_dir.join(site).join("raft"),
                 initial_members: members.clone(),
                 ..Default::default()
-            }),
-            http: HttpConfig { listen: Some(loopback(http_ports[i])) },
-            ..Default::default()
-        };
-        let node = Node::start(&config).map_err(|e| WorkloadError::from(e).during(format!("starting site {site}")))?;
-        cluster.push(Site { name: site.clone(), sql: node.sql_addr().unwrap_or(sql), node });
+            });
+        } else {
+            // The site's other nodes take the cluster's queries and registry from its member.
+            config.control.admin = Some(format!("127.0.0.1:{}", raft_ports[i]));
+        }
+        if per_site > 1 {
+            // The site's nodes share its partitions: per-partition checkpoints in one
+            // directory, and every query asks them all.
+            let site_sql: Vec<String> = (0..per_site).map(|j| format!("127.0.0.1:{}", sql_ports[i + j * n])).collect();
+            config.state.dir = Some(data_dir.join(site).join("state"));
+            config.sql.advertise = Some(site_sql[j].clone());
+            config.sql.site_nodes = site_sql;
+        }
+        config
+    };
+    let start = |i: usize, j: usize| -> Result<(Node, SocketAddr)> {
+        let node = Node::start(&config(i, j))
+            .map_err(|e| WorkloadError::from(e).during(format!("starting node {j} of site {}", sites[i])))?;
+        let sql = node.sql_addr().unwrap_or(loopback(sql_ports[i + j * n]));
+        Ok((node, sql))
+    };
+    let mut cluster = Vec::new();
+    for (i, site) in sites.iter().enumerate() {
+        let (node, sql) = start(i, 0)?;
+        cluster.push(Site { name: site.clone(), node, sql, others: Vec::new() });
+    }
+    if per_site > 1 {
+        // The other nodes read the control plane as they start: once it has a leader.
+        wait_for_leader(&cluster, &AtomicBool::new(false))?;
+        for j in 1..per_site {
+            for (i, site) in cluster.iter_mut().enumerate() {
+                site.others.push(start(i, j)?);
+            }
+        }
     }
     Ok(cluster)
 }
@@ -429,6 +478,13 @@ fn register_motors(cluster: &[Site], sim: &Simulator) -> Result<()> {
 fn print_banner(cluster: &[Site]) {
     println!("\n{} sites, one Raft group:", cluster.len());
     for s in cluster {
+        for (node, sql) in &s.others {
+            println!(
+                "  {}  Flight SQL {sql}  metrics http://{}/metrics  (another node of the site, answering for all of it)",
+                s.name,
+                node.http_addr().map_or("-".into(), |a| a.to_string()),
+            );
+        }
         let raft = s.node.raft_status();
         println!(
             "  {}  Flight SQL {}  metrics http://{}/metrics  Raft node {} at {}",
@@ -454,23 +510,25 @@ fn print_summary(started: Instant, cluster: &[Site], alerts: &AlertPrinter) {
         started.elapsed().as_secs_f64(),
         raft.as_ref().map_or(0, |r| r.term),
         raft.as_ref().and_then(|r| r.leader).map_or("none".into(), |l| format!("node {l}")),
-        cluster.iter().map(|s| s.node.detect_stats().engine.alerts_open).sum::<u64>(),
+        cluster.iter().flat_map(Site::nodes).map(|n| n.detect_stats().engine.alerts_open).sum::<u64>(),
         alerts.count("open"),
         alerts.count("update"),
         alerts.count("close"),
     );
     for s in cluster {
-        let i = s.node.ingest_stats();
-        let d = s.node.detect_stats();
+        let (ingest, detect): (Vec<_>, Vec<_>) = s.nodes().map(|n| (n.ingest_stats(), n.detect_stats())).unzip();
+        let sum = |f: &dyn Fn(&tessera_ingest::IngestStats) -> u64| ingest.iter().map(f).sum::<u64>();
+        let windows: u64 = detect.iter().flat_map(|d| d.engine.windows.iter()).map(|w| w.1.windows_closed).sum();
         println!(
-            "         {:<7} {:>8} readings | lag {:>5} | windows closed {:>6} | dead letters {:>3} | late {:>3} | alert events {:>4}",
+            "         {:<7} {:>8} readings | lag {:>5} | windows closed {:>6} | dead letters {:>3} | late {:>3} | alert events {:>4}{}",
             s.name,
-            i.readings_accepted,
-            i.consumer_lag,
-            d.engine.windows.iter().map(|w| w.1.windows_closed).sum::<u64>(),
-            i.dead_letters_sent,
-            d.late_sent,
-            d.alerts_sent,
+            sum(&|i| i.readings_accepted),
+            sum(&|i| i.consumer_lag),
+            windows,
+            sum(&|i| i.dead_letters_sent),
+            detect.iter().map(|d| d.late_sent).sum::<u64>(),
+            detect.iter().map(|d| d.alerts_sent).sum::<u64>(),
+            if s.others.is_empty() { String::new() } else { format!(" | {} nodes", s.others.len() + 1) },
         );
     }
 }

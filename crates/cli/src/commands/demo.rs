@@ -32,6 +32,11 @@ pub struct DemoArgs {
     /// Stop when the simulated span ends instead of serving SQL until Ctrl-C.
     #[arg(long)]
     pub exit_when_done: bool,
+    /// Nodes per site, in one consumer group per site, as the Helm chart runs them (3): a
+    /// query at any node answers for its whole site. Node j of site i listens at the ports'
+    /// base + i + j × sites.
+    #[arg(long, default_value_t = 1)]
+    pub nodes_per_site: u32,
 }
 
 /// Runs the demo until `stop` (or the simulated span's end, with `--exit-when-done`).
@@ -50,6 +55,7 @@ pub fn run(args: DemoArgs, stop: &AtomicBool) -> Result<()> {
         sql_port: args.sql_port,
         http_port: args.http_port,
         exit_when_done: args.exit_when_done,
+        nodes_per_site: args.nodes_per_site,
     };
     demo::run(&opts, stop)?;
     Ok(())
