@@ -167,6 +167,10 @@ impl SegmentStore {
         let file = writer.into_inner()?;
         file.sync_all().map_err(io("sync", &tmp))?;
         fs::rename(&tmp, &path).map_err(io("rename", &path))?;
+        // The rename itself is durable only once the directory is: else a crash after the
+        // manifest names the segment could leave the name without the file.
+        let segments = self.dir.join(SEGMENTS);
+        fs::File::open(&segments).and_then(|d| d.sync_all()).map_err(io("sync", &segments))?;
         let bytes = fs::metadata(&path).map_err(io("stat", &path))?.len();
         let meta = SegmentMeta {
             id: id.to_string(),
@@ -538,6 +542,16 @@ mod tests {
         // Another KEK cannot open the store's keys.
         let other = SegmentStore::open(dir.path(), Kek::generate(1).unwrap()).unwrap();
         assert!(matches!(other.read(&meta.id, None), Err(StoreError::Key { .. })));
+    }
+
+    #[test]
+    fn a_listed_segment_whose_file_is_gone_is_named_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SegmentStore::open(dir.path(), Kek::generate(1).unwrap()).unwrap();
+        let meta = store.write("telemetry", &[batch(1_000, 10)], &GradeMap::builtin(), 1).unwrap().unwrap();
+        fs::remove_file(store.path_of(&meta.id)).unwrap();
+        let err = store.read(&meta.id, None).unwrap_err().to_string();
+        assert!(err.contains(&format!("{}.parquet", meta.id)), "{err}");
     }
 
     #[test]
