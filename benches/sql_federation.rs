@@ -1,7 +1,7 @@
 //! SQL benchmark: an aggregate over one hour of a 1,000-motor fleet at 10 Hz (36 M readings)
 //! spread over three sites, through Flight SQL, with each site computing partial aggregates.
 //!
-//! `cargo bench --bench sql_federation -- [--motors 1000] [--hz 10] [--seconds 3600] [--sites 3] [--runs 20] [--explain]`
+//! `cargo bench --bench sql_federation -- [--motors 1000] [--hz 10] [--seconds 3600] [--sites 3] [--pods 3] [--runs 20] [--explain]`
 //!
 //! Three endpoints (one per site, each holding its motors' readings in its `telemetry` table,
 //! as a node's recent-readings table does) run in this process on loopback, federated. A
@@ -11,7 +11,10 @@
 //! the last result row. In the same run, for comparison: the same query on one site's own
 //! `public.telemetry` (a site's fragment alone), one site's fragment in process with and
 //! without the release rewrite (the enforcement's cost), and a single DataFusion context holding
-//! all 36 M readings (no federation, no network). All three sites share this machine's cores
+//! all 36 M readings (no federation, no network); and the fleet query again with each site's
+//! motors split over `--pods` nodes (the Helm chart's shape: a site's query gathers its pods'
+//! partial aggregates, each pod's answer bracketed by its `partitions`, see
+//! `crates/sql/src/site.rs`), the scatter-gather's cost. All three sites share this machine's cores
 //! here; in a deployment each site computes its fragment on its own.
 
 use std::sync::Arc;
@@ -20,10 +23,13 @@ use std::time::{Duration, Instant};
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use datafusion::arrow::array::Float64Builder;
 use datafusion::arrow::array::{
-    ArrayRef, Float64Array, MapBuilder, RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray, UInt64Array,
+    ArrayRef, Float64Array, Int32Array, MapBuilder, RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray,
+    UInt64Array,
 };
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt as _;
+use tessera_sql::federation::SiteNodes;
 use tessera_sql::{
     Authenticator, Catalog, ConfigUsers, Federation, FlightSqlEndpoint, Identity, LogAudit, Peer, Role, ServedTable,
     TableKind, UserConfig,
@@ -137,60 +143,45 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let hash = tessera_sql::auth::hash_password("bench-password").expect("hash");
     let users = vec![UserConfig { name: "bench".into(), password_hash: hash, role: Role::FleetAnalyst, site: None }];
-    let token = "bench-federation-token".to_string();
-    let listeners: Vec<std::net::TcpListener> =
-        (0..sites).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("port")).collect();
-    let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().expect("addr").to_string()).collect();
-    let mut site_zero = None;
-    for (s, (listener, batches)) in listeners.into_iter().zip(&data).enumerate() {
-        let table = BoundedTable::new(tessera_core::telemetry_schema(), usize::MAX);
-        batches.iter().for_each(|b| table.append(b.clone()));
-        if s == 0 {
-            site_zero = Some(Catalog::new(
-                "site-0",
-                vec![ServedTable { name: "telemetry".into(), provider: table.clone(), kind: TableKind::Raw }],
-            ));
-        }
-        let site = format!("site-{s}");
-        let peers = (0..sites as usize)
-            .filter(|&p| p != s)
-            .map(|p| Peer { site: format!("site-{p}"), addr: addrs[p].clone() })
+    let one_pod: Vec<Vec<Vec<RecordBatch>>> = data.iter().map(|site| vec![site.clone()]).collect();
+    let (addrs, site_zero) = serve(&runtime, &one_pod, &users);
+    // The same readings again, each site's motors split over `pods` nodes (the chart's shape).
+    let pods = arg("--pods", 3);
+    let (pod_addrs, _) = if pods > 1 {
+        let per_pod = per_site.div_ceil(pods);
+        let split: Vec<Vec<Vec<RecordBatch>>> = (0..sites)
+            .map(|s| {
+                let (first, count) = (s * per_site, per_site.min(motors - s * per_site));
+                (0..pods)
+                    .map(|j| {
+                        let from = first + j * per_pod;
+                        let n = per_pod.min((first + count).saturating_sub(from));
+                        site_batches(&format!("site-{s}"), from, n, hz, seconds, start_ms)
+                    })
+                    .collect()
+            })
             .collect();
-        let catalog =
-            Catalog::new(&site, vec![ServedTable { name: "telemetry".into(), provider: table, kind: TableKind::Raw }])
-                .with_federation(Federation {
-                    peers,
-                    token: token.clone(),
-                    timeout: Duration::from_secs(60),
-                    tls: tessera_tls::ClientTls::Plain,
-                });
-        let auth =
-            Authenticator::new(Box::new(ConfigUsers::new(&users, &[]).expect("users")), Duration::from_secs(3600))
-                .with_federation_token(&token);
-        let endpoint =
-            FlightSqlEndpoint::new(Arc::new(catalog), Arc::new(auth), Arc::new(LogAudit), runtime.handle().clone())
-                .expect("endpoint");
-        listener.set_nonblocking(true).expect("nonblocking");
-        runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            tonic::transport::Server::builder()
-                .add_service(endpoint.into_service())
-                .serve_with_incoming(incoming)
-                .await
-                .expect("serve");
-        });
-    }
+        serve(&runtime, &split, &users)
+    } else {
+        (Vec::new(), None)
+    };
 
     let from = start_ms.to_string();
     let sql = |table: &str| QUERY.replace("{table}", table).replace("{from}", &from);
     runtime.block_on(async {
         let mut c = client(&addrs[0]).await;
-        let (mut fleet, mut site) = (Vec::new(), Vec::new());
-        let (mut fleet_rows, mut site_rows) = (0, 0);
-        // One warm-up each, then alternate so that both see the same machine.
+        let (mut fleet, mut site, mut fleet_pods) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut fleet_rows, mut site_rows, mut fleet_pods_rows) = (0, 0, 0);
+        let mut by_pods = match pod_addrs.first() {
+            Some(addr) => Some(client(addr).await),
+            None => None,
+        };
+        // One warm-up each, then alternate so that all see the same machine.
         timed(&mut c, &sql("fleet.telemetry")).await;
         timed(&mut c, &sql("public.telemetry")).await;
+        if let Some(p) = &mut by_pods {
+            timed(p, &sql("fleet.telemetry")).await;
+        }
         for _ in 0..runs {
             let (ms, rows) = timed(&mut c, &sql("fleet.telemetry")).await;
             fleet.push(ms);
@@ -198,6 +189,11 @@ fn main() {
             let (ms, rows) = timed(&mut c, &sql("public.telemetry")).await;
             site.push(ms);
             site_rows = rows;
+            if let Some(p) = &mut by_pods {
+                let (ms, rows) = timed(p, &sql("fleet.telemetry")).await;
+                fleet_pods.push(ms);
+                fleet_pods_rows = rows;
+            }
         }
         let site_zero = site_zero.expect("site 0");
         let analyst = Identity { user: "bench".into(), role: Role::FleetAnalyst, site: None, via_peer: false };
@@ -258,6 +254,11 @@ fn main() {
             single_rows = batches.iter().map(RecordBatch::num_rows).sum();
         }
         let f = report("fleet.telemetry via Flight SQL (3 sites)", fleet, fleet_rows);
+        if !fleet_pods.is_empty() {
+            assert_eq!(fleet_pods_rows, fleet_rows, "the same motors, whatever the pods");
+            let with_pods = report(&format!("  the same, {pods} pods per site"), fleet_pods, fleet_pods_rows);
+            println!("# ratio of p50: {pods} pods per site / 1 pod per site = {:.2}", with_pods / f);
+        }
         let s = report("public.telemetry via Flight SQL (one site)", site, site_rows);
         let without = report("one site's fragment in process, not enforced", open, open_rows);
         let with = report("one site's fragment in process, released", released, released_rows);
@@ -271,4 +272,100 @@ fn main() {
             with / without
         );
     });
+}
+
+/// Serves `data` (site → pod → readings) as Flight SQL endpoints on loopback: each site's pods
+/// list each other (`site_nodes`, each pod owning "partition" j of "telemetry"), and each site
+/// federates with the other sites' first pods. Returns every site's first pod's address, and
+/// site 0's first pod's catalog.
+fn serve(
+    runtime: &tokio::runtime::Runtime,
+    data: &[Vec<Vec<RecordBatch>>],
+    users: &[UserConfig],
+) -> (Vec<String>, Option<Catalog>) {
+    let token = "bench-federation-token".to_string();
+    let listeners: Vec<Vec<std::net::TcpListener>> = data
+        .iter()
+        .map(|pods| pods.iter().map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("port")).collect())
+        .collect();
+    let addrs: Vec<Vec<String>> =
+        listeners.iter().map(|l| l.iter().map(|l| l.local_addr().expect("addr").to_string()).collect()).collect();
+    let mut site_zero = None;
+    for (s, (pods, batches)) in listeners.into_iter().zip(data).enumerate() {
+        for (j, (listener, batches)) in pods.into_iter().zip(batches).enumerate() {
+            let table = BoundedTable::new(tessera_core::telemetry_schema(), usize::MAX);
+            batches.iter().for_each(|b| table.append(b.clone()));
+            let mut tables =
+                vec![ServedTable { name: "telemetry".into(), provider: table.clone(), kind: TableKind::Raw }];
+            if s == 0 && j == 0 {
+                site_zero = Some(Catalog::new(
+                    "site-0",
+                    vec![ServedTable { name: "telemetry".into(), provider: table, kind: TableKind::Raw }],
+                ));
+            }
+            let site = format!("site-{s}");
+            let peers = (0..data.len())
+                .filter(|&p| p != s)
+                .map(|p| Peer { site: format!("site-{p}"), addr: addrs[p][0].clone() })
+                .collect();
+            let n = data[s].len();
+            if n > 1 {
+                tables.push(ServedTable {
+                    name: "partitions".into(),
+                    provider: ownership(n, j),
+                    kind: TableKind::Cluster,
+                });
+            }
+            let mut catalog = Catalog::new(&site, tables).with_federation(Federation {
+                peers,
+                token: token.clone(),
+                timeout: Duration::from_secs(60),
+                tls: tessera_tls::ClientTls::Plain,
+            });
+            if n > 1 {
+                catalog = catalog.with_site_nodes(SiteNodes {
+                    addrs: (0..n).filter(|&k| k != j).map(|k| addrs[s][k].clone()).collect(),
+                    token: token.clone(),
+                    timeout: Duration::from_secs(60),
+                    tls: tessera_tls::ClientTls::Plain,
+                });
+            }
+            let auth =
+                Authenticator::new(Box::new(ConfigUsers::new(users, &[]).expect("users")), Duration::from_secs(3600))
+                    .with_federation_token(&token);
+            let endpoint =
+                FlightSqlEndpoint::new(Arc::new(catalog), Arc::new(auth), Arc::new(LogAudit), runtime.handle().clone())
+                    .expect("endpoint");
+            listener.set_nonblocking(true).expect("nonblocking");
+            runtime.spawn(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                tonic::transport::Server::builder()
+                    .add_service(endpoint.into_service())
+                    .serve_with_incoming(incoming)
+                    .await
+                    .expect("serve");
+            });
+        }
+    }
+    (addrs.into_iter().map(|pods| pods[0].clone()).collect(), site_zero)
+}
+
+/// Pod `j` of `pods`: it answers for "partition" `j` of a topic of `pods` partitions.
+fn ownership(pods: usize, j: usize) -> Arc<tessera_sql::SnapshotTable> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partitions", DataType::Int32, false),
+        Field::new("owned", DataType::Utf8, false),
+        Field::new("generation", DataType::UInt64, false),
+    ]));
+    tessera_sql::SnapshotTable::new(schema.clone(), move || {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec!["telemetry"])),
+            Arc::new(Int32Array::from(vec![pods as i32])),
+            Arc::new(StringArray::from(vec![j.to_string()])),
+            Arc::new(UInt64Array::from(vec![1u64])),
+        ];
+        vec![RecordBatch::try_new(schema.clone(), columns).expect("ownership")]
+    })
 }
