@@ -27,6 +27,7 @@ impl PartitionStates for CheckpointAtZero {
                 partition: *partition,
                 resume_at: Some(0),
                 state: None,
+                stale: false,
             })
             .collect())
     }
@@ -70,4 +71,46 @@ fn offsets_the_log_deleted_before_they_were_read_are_counted_as_skipped() {
     assert_eq!(stats.unique_rows(), sent.readings, "what the log still had was read");
     assert_eq!(report.messages, (high - low) as u64, "from the log's start to its end");
     assert_eq!(report.offsets_skipped, low as u64, "the deleted offsets are counted");
+}
+
+/// A checkpoint older than the group's committed offset (say, left on a volume the
+/// partition's later owners never wrote) is never used to rewind: the partition starts at the
+/// committed offset, its checkpoint counted as stale, and nothing before it is read again.
+#[test]
+fn a_checkpoint_older_than_the_committed_offset_does_not_rewind() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let (_kafka, brokers) = embedded_kafka(1, 1);
+    let sent =
+        publish(&mut test_fleet(10, 20, 3), &producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap(), None)
+            .unwrap();
+    let raw: BaseProducer = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let (_, high) = raw.client().fetch_watermarks("telemetry", 0, Duration::from_secs(10)).unwrap();
+    // The group has committed half the partition (as its later owners would have).
+    let committed = high / 2;
+    let group: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &brokers).set("group.id", "stale").create().unwrap();
+    let mut offsets = TopicPartitionList::new();
+    offsets.add_partition_offset("telemetry", 0, Offset::Offset(committed)).unwrap();
+    group.commit(&offsets, CommitMode::Sync).unwrap();
+    drop(group);
+
+    crate::init_logging();
+    let (tx, batches) = sync_channel(32);
+    let ingest = Ingest::start_with_states(
+        ingest_config(&brokers, "stale", "telemetry", "dead-letters"),
+        tx,
+        Arc::new(CheckpointAtZero),
+    )
+    .unwrap();
+    let mut stats = FleetStats::default();
+    let expected = sent.readings * (high - committed) as u64 / high as u64;
+    tessera_suite::collect_until(&batches, &mut stats, expected, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(1));
+    let report = ingest.stop().unwrap();
+    drop(batches);
+    assert_eq!(report.stale_checkpoints, 1, "{report:?}");
+    assert_eq!(report.resumed_at_checkpoint, 0, "{report:?}");
+    assert_eq!(report.messages, (high - committed) as u64, "from the committed offset on, nothing before it");
 }

@@ -22,6 +22,7 @@ pub struct IngestMetrics {
     pub(crate) consumer_errors: AtomicU64,
     pub(crate) barriers: AtomicU64,
     pub(crate) resumed_at_checkpoint: AtomicU64,
+    pub(crate) stale_checkpoints: AtomicU64,
     pub(crate) longest_rebalance_us: AtomicU64,
     pub(crate) longest_stall_us: AtomicU64,
     pub(crate) stale_dropped: AtomicU64,
@@ -67,6 +68,10 @@ pub struct IngestStats {
     pub barriers: u64,
     /// Assigned partitions that started at their checkpoint's offset.
     pub resumed_at_checkpoint: u64,
+    /// Assigned partitions whose checkpoint was older than the group's committed offset: not
+    /// used (that would rewind past what the group already committed); their motors started
+    /// fresh at the committed offset.
+    pub stale_checkpoints: u64,
     /// The longest rebalance callback (handing partitions over, or loading assigned ones'
     /// checkpoints), in microseconds: no partition of this consumer is read meanwhile.
     pub longest_rebalance_us: u64,
@@ -131,6 +136,7 @@ impl IngestMetrics {
             consumer_errors: self.consumer_errors.load(Relaxed),
             barriers: self.barriers.load(Relaxed),
             resumed_at_checkpoint: self.resumed_at_checkpoint.load(Relaxed),
+            stale_checkpoints: self.stale_checkpoints.load(Relaxed),
             longest_rebalance_us: self.longest_rebalance_us.load(Relaxed),
             longest_stall_us: self.longest_stall_us.load(Relaxed),
             stale_dropped: self.stale_dropped.load(Relaxed),

@@ -83,6 +83,7 @@ impl PartitionCheckpoints {
             partition: tp.1,
             resume_at,
             state: Some(Box::new(AssignedStore { store, loaded })),
+            stale: false,
         })
     }
 }

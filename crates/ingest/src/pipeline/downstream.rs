@@ -43,6 +43,10 @@ pub struct PartitionStart {
     /// The checkpoint, for downstream to restore before the partition's first reading; opaque
     /// to the ingest.
     pub state: Option<Box<dyn std::any::Any + Send>>,
+    /// Set by the ingest when the checkpoint is older than the group's committed offset:
+    /// downstream must not restore it (the partition starts fresh at the committed offset;
+    /// `resume_at` is then `None`).
+    pub stale: bool,
 }
 
 impl std::fmt::Debug for PartitionStart {
@@ -52,6 +56,7 @@ impl std::fmt::Debug for PartitionStart {
             .field("partition", &self.partition)
             .field("resume_at", &self.resume_at)
             .field("state", &self.state.is_some())
+            .field("stale", &self.stale)
             .finish()
     }
 }

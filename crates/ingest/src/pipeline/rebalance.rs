@@ -97,7 +97,7 @@ impl ConsumerContext for IngestContext {
                         next.remove(tp);
                     });
                 }
-                start_partitions(s, tpl, &new);
+                start_partitions(s, consumer, tpl, &new);
                 let assigned = match cooperative {
                     // librdkafka refuses an incremental assignment naming a partition it has
                     // (and then assigns none of it): only the new ones.
@@ -153,18 +153,24 @@ impl ConsumerContext for IngestContext {
 
 /// Newly assigned partitions: their checkpoints' offsets go into `tpl` (consumption starts
 /// there), and the checkpoints go downstream ahead of any of their messages.
-fn start_partitions(s: &ConsumerState, tpl: &mut TopicPartitionList, assigned: &[TopicPartition]) {
+fn start_partitions(
+    s: &ConsumerState,
+    consumer: &BaseConsumer<IngestContext>,
+    tpl: &mut TopicPartitionList,
+    assigned: &[TopicPartition],
+) {
     let Some(states) = &s.states else { return };
     if assigned.is_empty() {
         return;
     }
-    let starts = match states.assigned(assigned) {
+    let mut starts = match states.assigned(assigned) {
         Ok(starts) => starts,
         Err(why) => {
             lock(&s.failure).get_or_insert(PartitionStateError::Load(why));
             return;
         }
     };
+    never_rewind(s, consumer, &mut starts);
     for start in &starts {
         let Some(at) = start.resume_at else { continue };
         if let Some(topic) = s.topics.iter().position(|t| *t == start.topic) {
@@ -189,5 +195,47 @@ fn start_partitions(s: &ConsumerState, tpl: &mut TopicPartitionList, assigned: &
     let deadline = Instant::now() + s.config.drain_timeout;
     if !s.send_until(Work::Assigned(starts), deadline) {
         lock(&s.failure).get_or_insert(PartitionStateError::DecoderBusy);
+    }
+}
+
+/// Drops the checkpoints in `starts` that are older than the group's committed offset of their
+/// partition (e.g. left on a volume the partition's later owners never wrote): resuming there
+/// would read again, and publish again, what the group has already committed. Such a
+/// partition starts at its committed offset with fresh state, counted and logged. If the
+/// committed offsets cannot be read, the checkpoints are used as they are (with a warning).
+fn never_rewind(s: &ConsumerState, consumer: &BaseConsumer<IngestContext>, starts: &mut [super::PartitionStart]) {
+    let mut query = TopicPartitionList::new();
+    for start in starts.iter().filter(|start| start.resume_at.is_some()) {
+        query.add_partition(&start.topic, start.partition);
+    }
+    if query.count() == 0 {
+        return;
+    }
+    let committed = match consumer.committed_offsets(query, s.config.drain_timeout) {
+        Ok(committed) => committed,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the committed offsets: checkpoints used without comparing them");
+            return;
+        }
+    };
+    for start in starts.iter_mut() {
+        let Some(at) = start.resume_at else { continue };
+        let Some(Offset::Offset(committed)) =
+            committed.find_partition(&start.topic, start.partition).map(|e| e.offset())
+        else {
+            continue;
+        };
+        if at < committed {
+            tracing::warn!(
+                topic = %start.topic,
+                partition = start.partition,
+                checkpoint = at,
+                committed,
+                "the partition's checkpoint is older than the group's committed offset: not rewinding; its motors start fresh there"
+            );
+            s.metrics.stale_checkpoints.fetch_add(1, Relaxed);
+            start.resume_at = None;
+            start.stale = true;
+        }
     }
 }

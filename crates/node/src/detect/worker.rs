@@ -219,7 +219,10 @@ impl Worker {
                     ))
                 })?;
             let mut last_id = assigned.store.newest().unwrap_or(0);
-            if let Some(loaded) = &assigned.loaded {
+            if start.stale {
+                tracing::warn!(topic = %tp.0, partition = tp.1, "the partition's checkpoint is older than the group's committed offset; its motors start fresh");
+            }
+            if let Some(loaded) = assigned.loaded.as_ref().filter(|_| !start.stale) {
                 let section = loaded.checkpoint.section(ENGINE_SECTION).ok_or_else(|| {
                     NodeError::BadCheckpoint(format!(
                         "checkpoint {} has no {ENGINE_SECTION} section",
