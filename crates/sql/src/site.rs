@@ -35,8 +35,8 @@ use datafusion::arrow::datatypes::{Int32Type, UInt64Type};
 
 use crate::catalog::Catalog;
 use crate::error::SqlError;
-use crate::fleet::{Connection, Target, run_remote};
 use crate::identity::Identity;
+use crate::remote::{Connection, Target, run_remote};
 
 /// The table of what a node answers for: `topic`, `partitions` (in the topic), `owned`
 /// (comma-separated partition numbers), `generation`.
@@ -123,6 +123,20 @@ fn uncovered(answers: &[(String, &Answer)]) -> Option<String> {
     }
 }
 
+/// Runs `sql` over this node's own tables (the `node` schema), as this node's fragment of a
+/// query spread over the site's nodes: checked for `who` here.
+pub(crate) async fn run_local_node(
+    catalog: &Arc<Catalog>,
+    who: &Identity,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, SqlError> {
+    let ctx = catalog.local_context()?;
+    let plan = catalog.plan(&ctx, sql).await?;
+    let plan = catalog.release(who, &ctx, plan)?;
+    let df = ctx.execute_logical_plan(plan).await.map_err(SqlError::from_datafusion)?;
+    df.collect().await.map_err(SqlError::from_datafusion)
+}
+
 /// Runs `sql` (over `node` tables) at every node of this site for `who`, each between two
 /// reads of its ownership, until the answers cover every partition exactly once (see the
 /// module docs). This node runs its fragment in process.
@@ -136,9 +150,9 @@ pub async fn run_on_nodes(catalog: &Arc<Catalog>, who: &Identity, sql: &str) -> 
     loop {
         let budget = AtomicUsize::new(catalog.limits().memory_bytes);
         let local = async {
-            let before = ownership(&crate::fleet::run_local_node(catalog, who, OWNERSHIP_SQL).await?)?;
-            let batches = crate::fleet::run_local_node(catalog, who, sql).await?;
-            let after = ownership(&crate::fleet::run_local_node(catalog, who, OWNERSHIP_SQL).await?)?;
+            let before = ownership(&run_local_node(catalog, who, OWNERSHIP_SQL).await?)?;
+            let batches = run_local_node(catalog, who, sql).await?;
+            let after = ownership(&run_local_node(catalog, who, OWNERSHIP_SQL).await?)?;
             Ok((before, after, batches))
         };
         let remote = nodes.addrs.iter().enumerate().map(|(index, addr)| {
