@@ -128,6 +128,12 @@ impl NodeProbe {
             &[],
             i.consumer_errors,
         );
+        out.counter(
+            "tessera_ingest_stale_checkpoints_total",
+            "Assigned partitions whose checkpoint was older than the group's committed offset (not restored: no rewind).",
+            &[],
+            i.stale_checkpoints,
+        );
 
         let d = self.detect.stats();
         out.family("tessera_detect_windows_closed_total", "counter", "Windows closed, by window.");
