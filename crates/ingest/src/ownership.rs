@@ -19,8 +19,9 @@ pub struct OwnershipSnapshot {
     pub generation: u64,
     /// The partitions this node answers for.
     pub owned: BTreeSet<TopicPartition>,
-    /// How many partitions each input topic has, as the consumer last learnt (librdkafka's
-    /// statistics, every few seconds); a topic not yet learnt is absent.
+    /// How many partitions each input topic has, as the consumer last learnt (from the
+    /// topic's metadata at its first assignment, then librdkafka's statistics); a topic not
+    /// yet learnt is absent.
     pub topic_partitions: BTreeMap<String, i32>,
 }
 

@@ -79,6 +79,7 @@ impl ConsumerContext for IngestContext {
                 let assigned = partitions_of(tpl);
                 tracing::info!(partitions = ?assigned, "partitions assigned");
                 s.tracker.assign(&assigned);
+                learn_topic_sizes(s, consumer);
                 s.metrics.ownership.assign(&assigned);
                 // A partition this consumer already has keeps its position and its state: its
                 // checkpoint is older than both.
@@ -236,6 +237,22 @@ fn never_rewind(s: &ConsumerState, consumer: &BaseConsumer<IngestContext>, start
             s.metrics.stale_checkpoints.fetch_add(1, Relaxed);
             start.resume_at = None;
             start.stale = true;
+        }
+    }
+}
+
+/// Reads the partition count of each input topic whose size the ownership does not know yet
+/// (librdkafka's statistics would tell within seconds; a site's queries need it now).
+fn learn_topic_sizes(s: &ConsumerState, consumer: &BaseConsumer<IngestContext>) {
+    let known = s.metrics.ownership.snapshot().topic_partitions;
+    for topic in s.topics.iter().filter(|t| !known.contains_key(*t)) {
+        match consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(5)) {
+            Ok(metadata) => {
+                if let Some(t) = metadata.topics().iter().find(|t| t.name() == topic && !t.partitions().is_empty()) {
+                    s.metrics.ownership.topic_size(topic, t.partitions().len() as i32);
+                }
+            }
+            Err(e) => tracing::debug!(%topic, error = %e, "reading the topic's size; the statistics will tell"),
         }
     }
 }
