@@ -340,7 +340,12 @@ impl Node {
                 error: e.into(),
             }));
         }
-        failures.sort_by_key(|f| f.at);
+        // The earliest failure is the cause of the others, except that a stage finding its
+        // downstream gone only follows the failure of the stage that dropped it (which may be
+        // stamped later: it stamps once it has ended).
+        let consequence =
+            |f: &StageFailure| matches!(f.error, NodeError::Ingest(tessera_ingest::IngestError::DownstreamClosed));
+        failures.sort_by_key(|f| (consequence(f), f.at));
         let mut failures = failures.into_iter();
         match (failures.next(), engine) {
             (Some(first), _) => {
