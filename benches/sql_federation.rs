@@ -23,10 +23,8 @@ use std::time::{Duration, Instant};
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use datafusion::arrow::array::Float64Builder;
 use datafusion::arrow::array::{
-    ArrayRef, Float64Array, Int32Array, MapBuilder, RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray,
-    UInt64Array,
+    ArrayRef, Float64Array, MapBuilder, RecordBatch, StringArray, StringBuilder, TimestampMillisecondArray, UInt64Array,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt as _;
 use tessera_sql::federation::SiteNodes;
@@ -353,19 +351,12 @@ fn serve(
 
 /// Pod `j` of `pods`: it answers for "partition" `j` of a topic of `pods` partitions.
 fn ownership(pods: usize, j: usize) -> Arc<tessera_sql::SnapshotTable> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("topic", DataType::Utf8, false),
-        Field::new("partitions", DataType::Int32, false),
-        Field::new("owned", DataType::Utf8, false),
-        Field::new("generation", DataType::UInt64, false),
-    ]));
-    tessera_sql::SnapshotTable::new(schema.clone(), move || {
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from(vec!["telemetry"])),
-            Arc::new(Int32Array::from(vec![pods as i32])),
-            Arc::new(StringArray::from(vec![j.to_string()])),
-            Arc::new(UInt64Array::from(vec![1u64])),
-        ];
-        vec![RecordBatch::try_new(schema.clone(), columns).expect("ownership")]
+    tessera_sql::site::partitions_table(move || {
+        vec![tessera_sql::site::TopicOwnership {
+            topic: "telemetry".into(),
+            partitions: pods as i32,
+            owned: vec![j as i32],
+            generation: 1,
+        }]
     })
 }

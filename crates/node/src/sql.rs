@@ -238,26 +238,17 @@ pub fn served_tables(
 /// The `partitions` table: per input topic, its partition count, the partitions this node
 /// answers for, and their generation (`tessera_sql::site` reads it).
 fn partitions_table(ingest: Arc<tessera_ingest::IngestMetrics>) -> Arc<SnapshotTable> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("topic", DataType::Utf8, false),
-        Field::new("partitions", DataType::Int32, false),
-        Field::new("owned", DataType::Utf8, false),
-        Field::new("generation", DataType::UInt64, false),
-    ]));
-    SnapshotTable::new(schema.clone(), move || {
+    tessera_sql::site::partitions_table(move || {
         let o = ingest.ownership();
-        let topics: Vec<(&String, &i32)> = o.topic_partitions.iter().collect();
-        let owned = |topic: &str| {
-            let parts: Vec<String> = o.owned.iter().filter(|(t, _)| t == topic).map(|(_, p)| p.to_string()).collect();
-            parts.join(",")
-        };
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(topics.iter().map(|(t, _)| t.as_str()))),
-            Arc::new(datafusion::arrow::array::Int32Array::from_iter_values(topics.iter().map(|(_, n)| **n))),
-            Arc::new(StringArray::from_iter_values(topics.iter().map(|(t, _)| owned(t)))),
-            Arc::new(UInt64Array::from_iter_values(topics.iter().map(|_| o.generation))),
-        ];
-        RecordBatch::try_new(schema.clone(), columns).map(|b| vec![b]).unwrap_or_default()
+        o.topic_partitions
+            .iter()
+            .map(|(topic, partitions)| tessera_sql::site::TopicOwnership {
+                topic: topic.clone(),
+                partitions: *partitions,
+                owned: o.owned.iter().filter(|(t, _)| t == topic).map(|(_, p)| *p).collect(),
+                generation: o.generation,
+            })
+            .collect()
     })
 }
 

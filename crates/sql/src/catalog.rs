@@ -170,6 +170,20 @@ impl Catalog {
         Ok(df.into_unoptimized_plan())
     }
 
+    /// Plans `sql` in `ctx`, checks it for `who` ([`Catalog::release`]) and runs it: how a
+    /// fragment is answered in process.
+    pub(crate) async fn run_checked(
+        &self,
+        ctx: &SessionContext,
+        who: &Identity,
+        sql: &str,
+    ) -> Result<Vec<RecordBatch>, SqlError> {
+        let plan = self.plan(ctx, sql).await?;
+        let plan = self.release(who, ctx, plan)?;
+        let df = ctx.execute_logical_plan(plan).await.map_err(SqlError::from_datafusion)?;
+        df.collect().await.map_err(SqlError::from_datafusion)
+    }
+
     /// `plan` as it may run for `who`, or why it may not. The audit table is for admins only.
     /// Beyond that, each caller has an *allowance*, the highest grade they may read row by row:
     ///

@@ -209,11 +209,7 @@ pub async fn run_fragments(catalog: &Arc<Catalog>, who: &Identity, sql: &str) ->
 /// Runs `sql` at this site in process, as a fragment is run (the site's context: with several
 /// nodes, its `public` tables span them).
 async fn run_local(catalog: &Arc<Catalog>, who: &Identity, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
-    let ctx = catalog.site_context(who)?;
-    let plan = catalog.plan(&ctx, sql).await?;
-    let plan = catalog.release(who, &ctx, plan)?;
-    let df = ctx.execute_logical_plan(plan).await.map_err(SqlError::from_datafusion)?;
-    df.collect().await.map_err(SqlError::from_datafusion)
+    catalog.run_checked(&catalog.site_context(who)?, who, sql).await
 }
 
 /// The table `name` of `schema`, spread as `spread` says.

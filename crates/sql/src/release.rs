@@ -293,7 +293,8 @@ pub fn raw_column_grades(plan: &LogicalPlan, grades: &GradeMap) -> Vec<DataGrade
         g
     };
     match plan {
-        // What a `fleet` scan returns is decided by each site, on its fragment.
+        // What a `fleet` scan (or a scan spread over the site's nodes) returns is decided by
+        // each site (or node), on its fragment.
         LogicalPlan::TableScan(scan)
             if answered_by_fragments(scan) || scan.table_name.schema() == Some(INFORMATION_SCHEMA) =>
         {

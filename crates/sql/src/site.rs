@@ -30,10 +30,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{Int32Type, UInt64Type};
+use datafusion::arrow::array::{ArrayRef, AsArray, Int32Array, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Schema, UInt64Type};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, SnapshotTable};
 use crate::error::SqlError;
 use crate::identity::Identity;
 use crate::remote::{Connection, Target, run_remote};
@@ -44,6 +44,40 @@ pub const PARTITIONS: &str = "partitions";
 
 /// How long to wait before asking the nodes again when a rebalance is under way.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// One row of a node's `partitions` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicOwnership {
+    /// The input topic.
+    pub topic: String,
+    /// How many partitions it has.
+    pub partitions: i32,
+    /// The ones this node answers for now.
+    pub owned: Vec<i32>,
+    /// Changes whenever this node's owned partitions do.
+    pub generation: u64,
+}
+
+/// A node's `partitions` table, its rows taken from `rows` at each scan.
+pub fn partitions_table(rows: impl Fn() -> Vec<TopicOwnership> + Send + Sync + 'static) -> Arc<SnapshotTable> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partitions", DataType::Int32, false),
+        Field::new("owned", DataType::Utf8, false),
+        Field::new("generation", DataType::UInt64, false),
+    ]));
+    SnapshotTable::new(schema.clone(), move || {
+        let rows = rows();
+        let owned = |r: &TopicOwnership| r.owned.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.topic.as_str()))),
+            Arc::new(Int32Array::from_iter_values(rows.iter().map(|r| r.partitions))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(owned))),
+            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.generation))),
+        ];
+        RecordBatch::try_new(schema.clone(), columns).map(|b| vec![b]).unwrap_or_default()
+    })
+}
 
 /// What one node answered for while it ran a fragment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,11 +164,7 @@ pub(crate) async fn run_local_node(
     who: &Identity,
     sql: &str,
 ) -> Result<Vec<RecordBatch>, SqlError> {
-    let ctx = catalog.local_context()?;
-    let plan = catalog.plan(&ctx, sql).await?;
-    let plan = catalog.release(who, &ctx, plan)?;
-    let df = ctx.execute_logical_plan(plan).await.map_err(SqlError::from_datafusion)?;
-    df.collect().await.map_err(SqlError::from_datafusion)
+    catalog.run_checked(&catalog.local_context()?, who, sql).await
 }
 
 /// Runs `sql` (over `node` tables) at every node of this site for `who`, each between two
