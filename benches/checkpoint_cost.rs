@@ -17,13 +17,22 @@
 //! make it keep raw rows) and the fault tests' pair (1 s tumbling running aggregates, and 3 s
 //! hopping windows with raw rows).
 //!
+//! Where the partitions' checkpoints are kept, side by side in one run: the same per-partition
+//! checkpoints written (one barrier: every partition) and then read back as a new owner does
+//! (claim and load), to a directory on this disk (fsync), to an object store on local files,
+//! and, with `TESSERA_PYTHON` naming a Python with moto (scripts/setup.sh), to moto's
+//! S3-compatible server on loopback; each as a ratio to the directory.
+//!
 //! `cargo bench --bench checkpoint_cost -- [--motors 1000] [--seconds 120] [--rounds 5] [--partitions 12]`
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use std::sync::Arc;
 use tessera_node::detect::{DetectConfig, build_engine};
-use tessera_state::{Checkpoint, CheckpointStore};
+
+use object_store::ObjectStore;
+use tessera_state::{Checkpoint, CheckpointStore, ObjectCheckpointStore, PartitionStore};
 use tessera_stream::StreamEngine;
 use tessera_suite::{bench_arg as arg, median};
 use tessera_workload::simulate::{FleetSpec, Simulator};
@@ -115,6 +124,7 @@ fn run(
         })
         .collect();
     let (mut split_encode, mut adopt) = (Vec::new(), Vec::new());
+    let mut last_parts = Vec::new();
     for _ in 0..rounds {
         let t = Instant::now();
         let parts: Vec<Vec<u8>> = (0..partitions)
@@ -128,6 +138,7 @@ fn run(
         }
         adopt.push(t.elapsed());
         assert_eq!(fresh.state_digest()?, engine.state_digest()?, "the partitions add up to the whole state");
+        last_parts = parts;
     }
     let (split_encode, adopt) = (median(split_encode), median(adopt));
     let (encode, write, restore) = (median(encode), median(write), median(restore));
@@ -148,6 +159,93 @@ fn run(
         100.0 * split_encode.as_secs_f64() / interval_s as f64,
         100.0 * (split_encode + write).as_secs_f64() / interval_s as f64,
     );
+    compare_stores(name, &last_parts, rounds)
+}
+
+/// Opens (claims) partition `p`'s store of one kind.
+type OpenStore = Box<dyn Fn(usize) -> Result<Box<dyn PartitionStore>>>;
+
+/// Where the checkpoints go: a barrier's writes (every partition) and a new owner's reads
+/// (claim and load every partition), per kind of store, medians over `rounds`, interleaved.
+fn compare_stores(name: &str, parts: &[Vec<u8>], rounds: u64) -> Result<()> {
+    let runtime = Arc::new(tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?);
+    let dir = tempfile::tempdir()?;
+    let objects_dir = tempfile::tempdir()?;
+    let s3 = match std::env::var("TESSERA_PYTHON") {
+        Ok(python) => Some(tessera_suite::s3::S3Server::start(&python, "bench")?),
+        Err(_) => None,
+    };
+    let mut kinds: Vec<(&str, OpenStore)> = Vec::new();
+    let root = dir.path().to_path_buf();
+    kinds.push((
+        "directory (fsync)",
+        Box::new(move |p| Ok(Box::new(CheckpointStore::open(root.join(p.to_string()), 3)?))),
+    ));
+    let local: Arc<dyn ObjectStore> =
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(objects_dir.path())?);
+    let rt = runtime.clone();
+    kinds.push((
+        "object store, local files",
+        Box::new(move |p| {
+            Ok(Box::new(ObjectCheckpointStore::claim(local.clone(), p.to_string().into(), 3, rt.clone())?))
+        }),
+    ));
+    if let Some(s3) = &s3 {
+        let options: Vec<(String, String)> = s3.options().into_iter().collect();
+        let (store, _) = object_store::parse_url_opts(&url::Url::parse("s3://bench/checkpoints")?, options)?;
+        let store: Arc<dyn ObjectStore> = Arc::from(store);
+        let rt = runtime.clone();
+        kinds.push((
+            "S3 (moto, loopback)",
+            Box::new(move |p| {
+                Ok(Box::new(ObjectCheckpointStore::claim(
+                    store.clone(),
+                    format!("checkpoints/{p}").into(),
+                    3,
+                    rt.clone(),
+                )?))
+            }),
+        ));
+    }
+    let mut writes = vec![Vec::new(); kinds.len()];
+    let mut reads = vec![Vec::new(); kinds.len()];
+    for next_id in 1..=rounds {
+        for (k, (_, open)) in kinds.iter().enumerate() {
+            let mut stores = (0..parts.len()).map(open).collect::<Result<Vec<_>>>()?;
+            let t = Instant::now();
+            for (p, store) in stores.iter_mut().enumerate() {
+                store.write(&Checkpoint {
+                    id: next_id,
+                    created_ms: 0,
+                    offsets: Vec::new(),
+                    sections: vec![("engine".into(), parts[p].clone())],
+                })?;
+            }
+            writes[k].push(t.elapsed());
+            let t = Instant::now();
+            for (p, part) in parts.iter().enumerate() {
+                let loaded = open(p)?.latest()?.expect("just written");
+                assert_eq!(&loaded.checkpoint.sections[0].1, part);
+            }
+            reads[k].push(t.elapsed());
+        }
+    }
+    let (base_write, base_read) = (median(writes[0].clone()), median(reads[0].clone()));
+    for (k, (kind, _)) in kinds.iter().enumerate() {
+        let (write, read) = (median(writes[k].clone()), median(reads[k].clone()));
+        println!(
+            "{name}: {} partitions, {:.2} MB: {kind}: a barrier's writes {:.1} ms ({:.2}x the directory), a new owner's claim and load {:.1} ms ({:.2}x)",
+            parts.len(),
+            parts.iter().map(Vec::len).sum::<usize>() as f64 / 1e6,
+            write.as_secs_f64() * 1e3,
+            write.as_secs_f64() / base_write.as_secs_f64(),
+            read.as_secs_f64() * 1e3,
+            read.as_secs_f64() / base_read.as_secs_f64(),
+        );
+    }
+    if s3.is_none() {
+        println!("{name}: S3 not measured: set TESSERA_PYTHON to a Python with moto (scripts/setup.sh)");
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 #                                  (cargo install, ~15 min the first time), cargo-deny
 #                                  (~5 min the first time), and the Python
 #                                  venv of the third-party Flight SQL clients (ADBC, pyarrow)
+#                                  and of moto (an S3-compatible server for checkpoint tests)
 set -euo pipefail
 
 packages=(build-essential pkg-config zlib1g-dev libssl-dev python3 python3-venv)
@@ -48,9 +49,10 @@ if [[ "${1:-}" == "--with-broker" ]]; then
 
   # Third-party Flight SQL clients for the SQL tests, in a venv outside the clone.
   venv="${TESSERA_VENV:-$HOME/.cache/tessera/venv}"
-  clients=(adbc-driver-flightsql==1.* adbc-driver-manager==1.* pyarrow kubernetes-validate==1.*)
-  if ! "$venv/bin/python" -c "import adbc_driver_flightsql.dbapi, pyarrow.flight, kubernetes_validate" 2>/dev/null; then
-    echo "setup: creating the Python venv of the Flight SQL clients and kubernetes-validate in $venv"
+  # moto's server is the S3-compatible object store of the object-store checkpoint tests.
+  clients=(adbc-driver-flightsql==1.* adbc-driver-manager==1.* pyarrow kubernetes-validate==1.* "moto[server]==5.*")
+  if ! "$venv/bin/python" -c "import adbc_driver_flightsql.dbapi, pyarrow.flight, kubernetes_validate, moto.server" 2>/dev/null; then
+    echo "setup: creating the Python venv of the Flight SQL clients, kubernetes-validate and moto in $venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "${clients[@]}"
   fi

@@ -14,16 +14,17 @@ export TESSERA_PYTHON="${TESSERA_VENV:-$HOME/.cache/tessera/venv}/bin/python"
 # helm for the chart tests (setup.sh puts it here; kubernetes-validate is in the venv).
 export TESSERA_TOOLS="${TESSERA_TOOLS:-$HOME/.cache/tessera/tools}"
 
-# Brokers started by tests are killed when their test ends; this catches a crashed run: the
-# harness records each broker's process id in TESSERA_PID_DIR until it is reaped, and what is
-# still recorded at the end is stopped by that id (if it is still a tansu process).
+# Brokers (and moto's S3 server) started by tests are killed when their test ends; this catches a
+# crashed run: the harness records each such process id in TESSERA_PID_DIR until it is reaped, and what is
+# still recorded at the end is stopped by that id (if it is still that kind of process).
 TESSERA_PID_DIR="$(mktemp -d "${TMPDIR:-/tmp}/tessera-pids.XXXXXX")"
 export TESSERA_PID_DIR
 cleanup() {
-  for file in "$TESSERA_PID_DIR"/tansu-*; do
+  for file in "$TESSERA_PID_DIR"/tansu-* "$TESSERA_PID_DIR"/moto-*; do
     [[ -f "$file" ]] || continue
     pid="$(cat "$file")"
-    if grep -q tansu "/proc/$pid/cmdline" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+    kind="$(basename "$file")"; kind="${kind%%-*}"
+    if grep -q "$kind" "/proc/$pid/cmdline" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
   done
   rm -rf "$TESSERA_PID_DIR"
 }

@@ -1,8 +1,9 @@
 //! Test and benchmark harness shared by `tests/it` and `benches/`: a real Kafka broker
-//! process (Tansu), topic creation, publishing a simulated fleet with its checksum, and
+//! process (Tansu), an S3-compatible object store process (moto, [`s3`]), topic creation, publishing a simulated fleet with its checksum, and
 //! collecting what the ingest hands on.
 
 pub mod fleet_stats;
+pub mod s3;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -46,7 +47,7 @@ impl TansuBroker {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        record_pid(child.id());
+        record_pid("tansu", child.id());
         let mut broker = TansuBroker { child, port };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -74,30 +75,30 @@ impl Drop for TansuBroker {
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
-                forget_pid(pid);
+                forget_pid("tansu", pid);
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        forget_pid(pid);
+        forget_pid("tansu", pid);
     }
 }
 
-/// With `TESSERA_PID_DIR` set (scripts/test.sh sets it), each broker process the harness starts
-/// is recorded there as `tansu-<pid>` until it is reaped, so that the script can stop, by id,
-/// what a crashed test run left behind.
-fn record_pid(pid: u32) {
+/// With `TESSERA_PID_DIR` set (scripts/test.sh sets it), each server process the harness starts
+/// is recorded there as `<kind>-<pid>` (`tansu`, `moto`) until it is reaped, so that the script
+/// can stop, by id, what a crashed test run left behind.
+fn record_pid(kind: &str, pid: u32) {
     if let Some(dir) = std::env::var_os("TESSERA_PID_DIR") {
-        let _ = std::fs::write(PathBuf::from(dir).join(format!("tansu-{pid}")), pid.to_string());
+        let _ = std::fs::write(PathBuf::from(dir).join(format!("{kind}-{pid}")), pid.to_string());
     }
 }
 
-/// Forgets a broker process recorded by [`record_pid`] once it is reaped.
-fn forget_pid(pid: u32) {
+/// Forgets a process recorded by [`record_pid`] once it is reaped.
+fn forget_pid(kind: &str, pid: u32) {
     if let Some(dir) = std::env::var_os("TESSERA_PID_DIR") {
-        let _ = std::fs::remove_file(PathBuf::from(dir).join(format!("tansu-{pid}")));
+        let _ = std::fs::remove_file(PathBuf::from(dir).join(format!("{kind}-{pid}")));
     }
 }
 

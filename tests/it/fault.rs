@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tessera_core::Reading;
-use tessera_node::checkpoints::read_site;
 use tessera_node::config::NodeConfig;
 use tessera_node::detect::{ENGINE_SECTION, build_engine};
 use tessera_node::node::Node;
@@ -396,10 +395,9 @@ struct SiteState {
 }
 
 fn site_state(config: &NodeConfig) -> SiteState {
-    let dir = config.state.dir.as_ref().expect("a state directory");
     let mut engine = build_engine(&config.detect).unwrap();
     let (mut offsets, mut bytes) = (BTreeMap::new(), 0);
-    let site = read_site(dir).unwrap();
+    let site = read_checkpoints(config).unwrap();
     for (_, loaded) in &site {
         engine.adopt(loaded.checkpoint.section(ENGINE_SECTION).unwrap()).unwrap();
         for o in &loaded.checkpoint.offsets {
@@ -412,8 +410,8 @@ fn site_state(config: &NodeConfig) -> SiteState {
 
 /// The partitions of `telemetry` whose newest checkpoint does not hold exactly the partition's
 /// messages (one reading each) up to its end, described.
-fn partitions_off(brokers: &str, group: &str, dir: &Path) -> Vec<String> {
-    let site = read_site(dir).unwrap();
+fn partitions_off(brokers: &str, group: &str, config: &NodeConfig) -> Vec<String> {
+    let site = read_checkpoints(config).unwrap();
     let ends = committed_and_end(brokers, group, "telemetry", site.len() as i32).unwrap();
     let mut off = Vec::new();
     for ((tp, loaded), (_, _, end)) in site.iter().zip(&ends) {
@@ -429,9 +427,40 @@ fn partitions_off(brokers: &str, group: &str, dir: &Path) -> Vec<String> {
     off
 }
 
+/// Every reading in the stores `dirs` (sealed under `kek_file`), by (motor, sequence), with
+/// how many times it is stored.
+fn stored_readings(dirs: &[PathBuf], kek_file: &Path) -> BTreeMap<(String, u64), u64> {
+    let mut seen = BTreeMap::new();
+    for dir in dirs {
+        let kek = tessera_store::Kek::read(kek_file).unwrap();
+        let store = tessera_store::SegmentStore::open(dir, kek).unwrap();
+        for segment in store.segments() {
+            for batch in store.read(&segment.id, Some(&["motor_id", "seq"])).unwrap() {
+                let motors = batch.column_by_name("motor_id").unwrap();
+                let motors = motors.as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+                let seqs = batch.column_by_name("seq").unwrap();
+                let seqs = seqs.as_any().downcast_ref::<arrow_array::UInt64Array>().unwrap();
+                for i in 0..batch.num_rows() {
+                    *seen.entry((motors.value(i).to_string(), seqs.value(i))).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    seen
+}
+
+/// The site's checkpoints where `config` keeps them (a directory or an object store; sealed
+/// when it names a KEK).
+fn read_checkpoints(
+    config: &NodeConfig,
+) -> Result<Vec<(tessera_ingest::TopicPartition, tessera_state::Loaded)>, tessera_node::NodeError> {
+    let stores = tessera_node::checkpoints::PartitionCheckpoints::configured(&config.state)?.expect("checkpoints");
+    stores.sealed(config.store.checkpoint_sealer()?).read_site()
+}
+
 /// Messages of `topic` the site's checkpoints cover (0 while none is readable).
-fn covered(dir: &Path, topic: &str) -> i64 {
-    read_site(dir).map_or(0, |site| {
+fn covered(config: &NodeConfig, topic: &str) -> i64 {
+    read_checkpoints(config).map_or(0, |site| {
         site.iter().flat_map(|(_, l)| &l.checkpoint.offsets).filter(|o| o.topic == topic).map(|o| o.next_offset).sum()
     })
 }
@@ -502,10 +531,9 @@ fn killed_nodes_lose_nothing_and_raise_the_same_alerts() {
 
     // The last node runs until its checkpoint covers every message, then stops gracefully.
     let last = NodeProcess::start(&config, None, work.path(), kills.len());
-    let store_dir = work.path().join("state");
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let covered = covered(&store_dir, "telemetry");
+        let covered = covered(&config, "telemetry");
         if covered as u64 >= total {
             break;
         }
@@ -803,7 +831,7 @@ fn a_poison_message_is_dead_lettered_and_the_partition_moves_on() {
 
     let node = NodeProcess::start_with(&config, None, Some("ingest-decode=return(M-POISON)"), work.path(), 0);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while covered(&state, "telemetry") < readings as i64 + 1 {
+    while covered(&config, "telemetry") < readings as i64 + 1 {
         assert!(Instant::now() < deadline, "the node did not get past the poison message in 120 s");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -827,6 +855,9 @@ fn a_poison_message_is_dead_lettered_and_the_partition_moves_on() {
 /// them is SIGKILLed and started again, while readings flow. The killed node's partitions move
 /// to the others from their last checkpoints, and move back when it returns. Nothing is lost or
 /// counted twice, and the alerts are the uninterrupted run's (some re-sent with the same id).
+/// Each node keeps its own store (a pod's volume, segments cut every 2 s): together they hold
+/// every reading (an offset is committed, and a checkpoint written, only once its readings are
+/// in a segment).
 #[test]
 fn three_nodes_with_one_killed_every_10_s_lose_nothing() {
     let _one_at_a_time = node_processes();
@@ -841,14 +872,24 @@ fn three_nodes_with_one_killed_every_10_s_lose_nothing() {
         expected_digest,
         expected_alerts,
     } = scenario(6, "three-nodes", work.path());
+    let kek_file = work.path().join("site.kek");
+    tessera_node::store::new_kek(&kek_file, 1).unwrap();
+    let store_of = |pod: usize| work.path().join(format!("store-{pod}"));
+    let config_of = |pod: usize| {
+        let mut c = config.clone();
+        c.store.dir = Some(store_of(pod));
+        c.store.kek_file = Some(kek_file.clone());
+        c.store.segment_interval = Duration::from_secs(2);
+        c
+    };
 
     let started = Instant::now();
     let mut started_nodes = 0;
-    let mut start = || {
+    let mut start = |pod: usize| {
         started_nodes += 1;
-        NodeProcess::start(&config, None, work.path(), started_nodes)
+        NodeProcess::start(&config_of(pod), None, work.path(), started_nodes)
     };
-    let mut nodes: Vec<Option<NodeProcess>> = (0..3).map(|_| Some(start())).collect();
+    let mut nodes: Vec<Option<NodeProcess>> = (0..3).map(|pod| Some(start(pod))).collect();
     let publisher = publish_over(&brokers, &steps, flow_duration());
     let (mut outputs, mut kills) = (Vec::new(), 0);
     let mut next_kill = Instant::now() + Duration::from_secs(10);
@@ -856,21 +897,20 @@ fn three_nodes_with_one_killed_every_10_s_lose_nothing() {
         if Instant::now() >= next_kill {
             let victim = kills % 3;
             outputs.push(nodes[victim].take().expect("running").kill());
-            nodes[victim] = Some(start());
+            nodes[victim] = Some(start(victim));
             kills += 1;
             next_kill += Duration::from_secs(10);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     publisher.join().unwrap();
-    let store_dir = work.path().join("state");
     let deadline = Instant::now() + Duration::from_secs(300);
-    while (covered(&store_dir, "telemetry") as u64) < total {
+    while (covered(&config_of(0), "telemetry") as u64) < total {
         if Instant::now() > deadline {
             let outs: Vec<String> = nodes.into_iter().flatten().map(|n| n.stop(Duration::from_secs(120)).1).collect();
             panic!(
                 "the checkpoints cover {} of {total} messages after 300 s:\n{}",
-                covered(&store_dir, "telemetry"),
+                covered(&config_of(0), "telemetry"),
                 outs.join("\n---\n")
             );
         }
@@ -883,22 +923,27 @@ fn three_nodes_with_one_killed_every_10_s_lose_nothing() {
     }
     let elapsed = started.elapsed();
 
-    let site = site_state(&config);
+    let site = site_state(&config_of(0));
     let (lost, counted_twice) = (total.saturating_sub(site.digest.rows_in), site.digest.rows_in.saturating_sub(total));
     let read_again = outputs.iter().map(|o| consumed(o)).sum::<u64>().saturating_sub(total);
     let (end, got) = alerts_sent(&brokers);
     let duplicates: usize = got.values().map(|n| n - 1).sum();
     let restored = outputs.iter().flat_map(|o| o.lines()).filter(|l| l.contains("fault: restored ")).count();
+    let stored = stored_readings(&(0..3).map(store_of).collect::<Vec<_>>(), &kek_file);
+    let distinct = stored.keys().count() as u64;
+    let stored_twice: u64 = stored.values().map(|n| n - 1).sum();
     println!(
         "fault: 3 nodes, one SIGKILLed every 10 s: {total} readings over 6 partitions, {kills} kills, {restored} partition checkpoints adopted, {elapsed:.1?}; \
          lost {lost}, counted twice {counted_twice}; readings read again after a kill (not counted again) at least {read_again}; \
-         {end} alert events ({} distinct, reference {}), {duplicates} re-sent with the same id",
+         {end} alert events ({} distinct, reference {}), {duplicates} re-sent with the same id; \
+         the 3 stores hold {distinct} distinct readings, {stored_twice} stored twice",
         got.len(),
         expected_alerts.len(),
     );
+    assert_eq!(distinct, total, "the nodes' stores together hold every reading");
     assert!(kills >= 2, "the readings flowed long enough for two kills");
     assert_eq!(
-        partitions_off(&brokers, "three-nodes", &store_dir),
+        partitions_off(&brokers, "three-nodes", &config_of(0)),
         Vec::<String>::new(),
         "each partition's checkpoint holds exactly its messages"
     );
@@ -929,6 +974,24 @@ fn a_node_joining_or_leaving_every_5_s_against_a_broker_process_loses_nothing() 
     let _one_at_a_time = node_processes();
     let work = tempfile::tempdir().unwrap();
     join_and_leave(scenario_on_tansu(6, "join-leave", work.path()), work.path(), "Tansu broker process");
+}
+
+/// The same with the partitions' checkpoints in an S3-compatible object store (moto's server)
+/// instead of a shared directory: the nodes share nothing but the broker and the bucket, as
+/// the Helm chart's pods with `checkpoints.url` set. Each partition's state follows it from
+/// node to node (claimed with a higher epoch by each new owner).
+#[test]
+fn a_node_joining_or_leaving_every_5_s_with_checkpoints_in_s3_loses_nothing() {
+    let _one_at_a_time = node_processes();
+    let work = tempfile::tempdir().unwrap();
+    let python = std::env::var("TESSERA_PYTHON").expect("TESSERA_PYTHON (scripts/test.sh sets it)");
+    let s3 = tessera_suite::s3::S3Server::start(&python, "tessera").unwrap();
+    let mut scenario = scenario(6, "join-leave-s3", work.path());
+    scenario.config.state.dir = None;
+    scenario.config.state.url = Some("s3://tessera/site-a".into());
+    scenario.config.state.object_store = s3.options();
+    join_and_leave(scenario, work.path(), "mock cluster, checkpoints in S3");
+    drop(s3);
 }
 
 fn join_and_leave(scenario: Scenario, work: &Path, broker: &str) {
@@ -962,13 +1025,12 @@ fn join_and_leave(scenario: Scenario, work: &Path, broker: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
     publisher.join().unwrap();
-    let store_dir = work.join("state");
     let deadline = Instant::now() + Duration::from_secs(300);
-    while (covered(&store_dir, "telemetry") as u64) < total {
+    while (covered(&config, "telemetry") as u64) < total {
         assert!(
             Instant::now() < deadline,
             "the checkpoints cover {} of {total} messages after 300 s",
-            covered(&store_dir, "telemetry")
+            covered(&config, "telemetry")
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -1006,7 +1068,7 @@ fn join_and_leave(scenario: Scenario, work: &Path, broker: &str) {
         "fault: join/leave ({broker}): {skipped} offsets skipped, {delivered_again} messages delivered again and dropped"
     );
     assert_eq!(skipped, 0, "no node found offsets missing in what the broker delivered");
-    let off = partitions_off(&brokers, "join-leave", &store_dir);
+    let off = partitions_off(&brokers, &config.ingest.group_id, &config);
     // To look into a failure: TESSERA_FAULT_DUMP=<dir> keeps every node's output there.
     if let (false, Ok(dump)) = (off.is_empty(), std::env::var("TESSERA_FAULT_DUMP")) {
         for (i, o) in outputs.iter().enumerate() {
@@ -1062,7 +1124,6 @@ fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
          FROM HOP(telemetry, ts, INTERVAL '1 second', INTERVAL '10 seconds') GROUP BY motor_id, window_start"
             .into(),
     );
-    let store_dir = work.path().join("state");
     let backlog: u64 = 200_000;
     let start_ms = tessera_core::now_ms() - 3_600_000;
     let mut sim = Simulator::new(FleetSpec {
@@ -1085,7 +1146,7 @@ fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let (mut first, mut calibration_peak) = (None, 0);
     loop {
-        let covered = covered(&store_dir, "telemetry") as u64;
+        let covered = covered(&config, "telemetry") as u64;
         calibration_peak = calibration_peak.max(memory_of(node.process.id()).1);
         if covered > 0 && first.is_none() {
             first = Some((Instant::now(), covered));
@@ -1121,14 +1182,14 @@ fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
     }
     publisher.join().unwrap();
     let produced_for = started.elapsed();
-    let lag_at_end = total.saturating_sub(covered(&store_dir, "telemetry") as u64);
+    let lag_at_end = total.saturating_sub(covered(&config, "telemetry") as u64);
 
     // 3. The input stops: the lag drains.
     let deadline = Instant::now() + Duration::from_secs(300);
-    while (covered(&store_dir, "telemetry") as u64) < total {
+    while (covered(&config, "telemetry") as u64) < total {
         peak_rss = peak_rss.max(memory_of(node.process.id()).0);
         if Instant::now() > deadline {
-            let covered = covered(&store_dir, "telemetry");
+            let covered = covered(&config, "telemetry");
             let (_, out) = node.stop(Duration::from_secs(120));
             panic!(
                 "the lag did not drain in 300 s: checkpoints cover {covered} of {total} readings; the node printed:\n{out}"
@@ -1160,7 +1221,7 @@ fn twice_the_capacity_stays_in_budget_and_the_lag_drains() {
         calibration_peak >> 20,
     );
     assert_eq!(skipped, 0, "the mock cluster's log kept every reading until it was read\n{out}");
-    assert_eq!(partitions_off(&brokers, "overload", &store_dir), Vec::<String>::new(), "every reading counted once");
+    assert_eq!(partitions_off(&brokers, "overload", &config), Vec::<String>::new(), "every reading counted once");
     assert!(node_peak >> 20 <= budget_mb, "high-water {} MiB over the {budget_mb} MiB budget\n{out}", node_peak >> 20);
     assert!(sent as f64 / produced_for.as_secs_f64() > 1.5 * capacity, "the input reached at least 1.5x capacity");
     assert!(lag_at_end > 0, "the node fell behind");
@@ -1199,7 +1260,7 @@ fn a_query_that_panics_on_one_motor_is_isolated_and_the_node_goes_on() {
 
     let node = NodeProcess::start_with(&config, None, Some("anomaly-invoke=return(M0007)"), work.path(), 0);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while (covered(&state, "telemetry") as u64) < readings {
+    while (covered(&config, "telemetry") as u64) < readings {
         assert!(Instant::now() < deadline, "the node did not get through the input in 120 s");
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -120,6 +120,11 @@ pub struct MotorWatermark {
     max_event_ms: Option<i64>,
     /// Processing time of the last reading, ms.
     last_arrival_ms: i64,
+    /// Restored from a checkpoint, and the idle clock not restarted yet: the time its last
+    /// reading arrived at a previous process says nothing about how long it has been silent
+    /// here. (Not checkpointed: a restored state checkpoints to the same bytes.)
+    #[serde(skip)]
+    resumed: bool,
 }
 
 impl MotorWatermark {
@@ -130,6 +135,7 @@ impl MotorWatermark {
         let on_time = self.watermark(policy).is_none_or(|w| event_ms >= w);
         self.max_event_ms = Some(self.max_event_ms.map_or(event_ms, |m| m.max(event_ms)));
         self.last_arrival_ms = self.last_arrival_ms.max(arrival_ms);
+        self.resumed = false;
         on_time
     }
 
@@ -145,8 +151,28 @@ impl MotorWatermark {
     }
 
     /// True if the motor has been silent for the idle timeout at processing time `now_ms`.
+    /// A restored motor is never idle before its idle clock restarted ([`Self::start_idle_clock`]).
     pub fn is_idle(&self, now_ms: i64, policy: &WatermarkPolicy) -> bool {
-        self.max_event_ms.is_some() && now_ms.saturating_sub(self.last_arrival_ms) >= policy.idle_timeout_ms
+        self.max_event_ms.is_some()
+            && !self.resumed
+            && now_ms.saturating_sub(self.last_arrival_ms) >= policy.idle_timeout_ms
+    }
+
+    /// Marks the motor as restored from a checkpoint: its silence is measured from when this
+    /// process starts looking ([`Self::start_idle_clock`]). not from its last reading at the
+    /// process that wrote the checkpoint. Otherwise a restart longer than the idle timeout
+    /// would close every restored window at once, and the readings read again after the
+    /// restore (which belong in those windows) would all be late.
+    pub fn mark_resumed(&mut self) {
+        self.resumed = true;
+    }
+
+    /// Starts a restored motor's idle clock at `now_ms` (no effect on any other motor).
+    pub fn start_idle_clock(&mut self, now_ms: i64) {
+        if self.resumed {
+            self.resumed = false;
+            self.last_arrival_ms = self.last_arrival_ms.max(now_ms);
+        }
     }
 
     /// True if window `w` can close: the watermark passed its end, or the motor is idle.

@@ -1,32 +1,51 @@
-//! The site's checkpoint directory: one checkpoint store per Kafka partition, at
-//! `<state.dir>/<topic>/<partition>/`.
+//! The site's checkpoints: one checkpoint store per Kafka partition, either at
+//! `<state.dir>/<topic>/<partition>/` on a volume the site's nodes share, or at
+//! `<state.url>/<topic>/<partition>/` in an object store they all reach (S3 or a compatible
+//! service; no shared volume needed).
 //!
 //! A partition's checkpoint holds the state of the motors whose readings come from that
 //! partition (windows, anomaly baselines, alert hysteresis) with the partition's next offset.
-//! The nodes of a site share the directory (a shared volume), so when the consumer group moves
-//! a partition, the node that gets it loads the checkpoint the old owner wrote as it handed the
-//! partition over (or the last one it wrote before it died), and starts at its offset. Only the
-//! partition's current owner writes to its store.
+//! When the consumer group moves a partition, the node that gets it loads the checkpoint the
+//! old owner wrote as it handed the partition over (or the last one it wrote before it died),
+//! and starts at its offset. Only the partition's current owner writes to its store; in an
+//! object store each owner claims the partition with a higher epoch, and a former owner's
+//! writes are refused (see [`tessera_state::ObjectCheckpointStore`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use object_store::ObjectStore;
+use object_store::path::Path as ObjectPath;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tessera_core::{ConfigError, ensure};
 use tessera_ingest::{PartitionStart, PartitionStates, TopicPartition};
-use tessera_state::{CheckpointStore, Loaded, Sealer};
+use tessera_state::{CheckpointStore, Loaded, ObjectCheckpointStore, PartitionStore, Sealer};
 
 use crate::error::NodeError;
 
-/// The per-partition stores under a site's state directory: what the ingest asks for when it
-/// is assigned partitions.
+/// The per-partition stores of a site: what the ingest asks for when it is assigned
+/// partitions.
 #[derive(Debug, Clone)]
 pub struct PartitionCheckpoints {
-    dir: PathBuf,
+    location: Location,
     keep: usize,
     /// Seals every checkpoint under the site's key (see [`crate::store`]).
     sealer: Option<Arc<dyn Sealer>>,
+}
+
+/// Where a site's checkpoints are.
+#[derive(Debug, Clone)]
+enum Location {
+    Dir(PathBuf),
+    Objects {
+        store: Arc<dyn ObjectStore>,
+        prefix: ObjectPath,
+        /// Runs the object store's calls (the ingest and the checkpoint writer are threads of
+        /// their own, outside any runtime).
+        runtime: Arc<tokio::runtime::Runtime>,
+    },
 }
 
 /// A newly assigned partition's store, opened, and its newest valid checkpoint: what the
@@ -34,7 +53,7 @@ pub struct PartitionCheckpoints {
 #[derive(Debug)]
 pub struct AssignedStore {
     /// The partition's store.
-    pub store: CheckpointStore,
+    pub store: Box<dyn PartitionStore>,
     /// Its newest valid checkpoint (`None`: the partition was never checkpointed).
     pub loaded: Option<Loaded>,
 }
@@ -53,7 +72,37 @@ impl PartitionCheckpoints {
             path: dir.into(),
             source,
         })?;
-        Ok(Self { dir: dir.to_path_buf(), keep, sealer: None })
+        Ok(Self { location: Location::Dir(dir.to_path_buf()), keep, sealer: None })
+    }
+
+    /// The stores the `[state]` section names (`dir` or `url`), if any.
+    pub fn configured(config: &StateConfig) -> Result<Option<Self>, NodeError> {
+        match (&config.dir, &config.url) {
+            (Some(dir), _) => Ok(Some(Self::new(dir, config.keep)?)),
+            (None, Some(url)) => Ok(Some(Self::in_object_store(url, &config.object_store, config.keep)?)),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The stores under `url` (`s3://bucket/prefix`, `file:///path`, `memory:///`), with the
+    /// object store's `options` (e.g. `aws_endpoint`, `aws_region`; credentials also from the
+    /// environment's `AWS_*` variables), keeping `keep` checkpoints each.
+    pub fn in_object_store(url: &str, options: &BTreeMap<String, String>, keep: usize) -> Result<Self, NodeError> {
+        let bad = |why: String| NodeError::Config(ConfigError::new("state.url", why));
+        let parsed = url::Url::parse(url).map_err(|e| bad(format!("{url:?} is not a URL: {e}")))?;
+        let mut all: BTreeMap<String, String> =
+            std::env::vars().filter(|(k, _)| k.starts_with("AWS_")).map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+        all.extend(options.clone());
+        let (store, prefix) =
+            object_store::parse_url_opts(&parsed, all).map_err(|e| bad(format!("opening {url}: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tessera-checkpoint-io")
+            .enable_all()
+            .build()
+            .map_err(|source| NodeError::Io { what: "starting the checkpoint store's runtime", source })?;
+        let location = Location::Objects { store: Arc::from(store), prefix, runtime: Arc::new(runtime) };
+        Ok(Self { location, keep, sealer: None })
     }
 
     /// Seals the checkpoints with `sealer` (and opens sealed ones with it).
@@ -64,10 +113,25 @@ impl PartitionCheckpoints {
 
     fn open(&self, tp: &TopicPartition) -> Result<PartitionStart, String> {
         let named = |e: &dyn std::fmt::Display| format!("{}/{}: {e}", tp.0, tp.1);
-        let mut store = CheckpointStore::open(partition_dir(&self.dir, tp), self.keep).map_err(|e| named(&e))?;
-        if let Some(sealer) = &self.sealer {
-            store = store.with_sealer(sealer.clone());
-        }
+        let store: Box<dyn PartitionStore> = match &self.location {
+            Location::Dir(dir) => {
+                let mut store = CheckpointStore::open(partition_dir(dir, tp), self.keep).map_err(|e| named(&e))?;
+                if let Some(sealer) = &self.sealer {
+                    store = store.with_sealer(sealer.clone());
+                }
+                Box::new(store)
+            }
+            Location::Objects { store, prefix, runtime } => {
+                let at = prefix.clone().join(tp.0.as_str()).clone().join(tp.1.to_string());
+                let mut claimed = ObjectCheckpointStore::claim(store.clone(), at, self.keep, runtime.clone())
+                    .map_err(|e| named(&e))?;
+                if let Some(sealer) = &self.sealer {
+                    claimed = claimed.with_sealer(sealer.clone());
+                }
+                tracing::info!(topic = %tp.0, partition = tp.1, epoch = claimed.epoch(), "claimed the partition's checkpoints");
+                Box::new(claimed)
+            }
+        };
         let loaded = store.latest().map_err(|e| named(&e))?;
         if let Some(l) = &loaded {
             for s in &l.skipped {
@@ -86,6 +150,43 @@ impl PartitionCheckpoints {
             stale: false,
         })
     }
+
+    /// The newest valid checkpoint of every partition of the site, read without claiming
+    /// anything (a monitor or a test may read while nodes write). Sorted by partition.
+    pub fn read_site(&self) -> Result<Vec<(TopicPartition, Loaded)>, NodeError> {
+        let (store, prefix, runtime) = match &self.location {
+            Location::Dir(dir) => return read_site_sealed(dir, self.sealer.as_deref()),
+            Location::Objects { store, prefix, runtime } => (store, prefix, runtime),
+        };
+        let listing = |at: &ObjectPath| -> Result<Vec<ObjectPath>, NodeError> {
+            runtime
+                .block_on(store.list_with_delimiter(Some(at)))
+                .map(|l| l.common_prefixes)
+                .map_err(|e| NodeError::BadCheckpoint(format!("listing {store}/{at}: {e}")))
+        };
+        let mut out = Vec::new();
+        for topic in listing(prefix)? {
+            for partition in listing(&topic)? {
+                let (Some(name), Some(number)) = (topic.filename(), partition.filename()) else { continue };
+                let Ok(number) = number.parse::<i32>() else { continue };
+                let latest = ObjectCheckpointStore::read_latest(
+                    store.clone(),
+                    partition.clone(),
+                    self.sealer.clone(),
+                    runtime.clone(),
+                )
+                .map_err(|source| NodeError::Checkpoint {
+                    what: format!("reading the checkpoints in {partition}"),
+                    source,
+                })?;
+                if let Some(loaded) = latest {
+                    out.push(((name.to_string(), number), loaded));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
 }
 
 impl PartitionStates for PartitionCheckpoints {
@@ -98,6 +199,15 @@ impl PartitionStates for PartitionCheckpoints {
 /// without opening the stores (nothing changes; a monitor or a test may read while nodes
 /// write). Sorted by partition.
 pub fn read_site(dir: &Path) -> Result<Vec<(TopicPartition, Loaded)>, NodeError> {
+    read_site_sealed(dir, None)
+}
+
+/// [`read_site`] where the checkpoints are sealed (`[store] kek_file` set, see
+/// [`crate::store::StoreConfig::checkpoint_sealer`]).
+pub fn read_site_sealed(
+    dir: &Path,
+    sealer: Option<&dyn tessera_state::Sealer>,
+) -> Result<Vec<(TopicPartition, Loaded)>, NodeError> {
     let mut out = Vec::new();
     let list = |d: &Path| -> Result<Vec<(String, PathBuf)>, NodeError> {
         let listing = |source| NodeError::File { what: "listing", path: d.into(), source };
@@ -116,9 +226,8 @@ pub fn read_site(dir: &Path) -> Result<Vec<(TopicPartition, Loaded)>, NodeError>
     for (topic, topic_dir) in list(dir)? {
         for (partition, path) in list(&topic_dir)? {
             let Ok(partition) = partition.parse::<i32>() else { continue };
-            let latest = CheckpointStore::read_latest(&path).map_err(|source| NodeError::Checkpoint {
-                what: format!("reading the checkpoints in {}", path.display()),
-                source,
+            let latest = CheckpointStore::read_latest_sealed(&path, sealer).map_err(|source| {
+                NodeError::Checkpoint { what: format!("reading the checkpoints in {}", path.display()), source }
             })?;
             if let Some(loaded) = latest {
                 out.push(((topic.clone(), partition), loaded));
@@ -135,9 +244,15 @@ pub fn read_site(dir: &Path) -> Result<Vec<(TopicPartition, Loaded)>, NodeError>
 #[serde(default, deny_unknown_fields)]
 pub struct StateConfig {
     /// The checkpoint directory, on durable site-local storage shared by the site's nodes (one
-    /// store per Kafka partition under it, see [`crate::checkpoints`]); unset: no
-    /// checkpoints (a restart loses open windows and baselines).
+    /// store per Kafka partition under it, see [`crate::checkpoints`]); unset (and no `url`):
+    /// no checkpoints (a restart loses open windows and baselines).
     pub dir: Option<PathBuf>,
+    /// Instead of `dir`: the checkpoints in an object store every node of the site reaches,
+    /// `s3://bucket/prefix` (or `file:///path`), so no volume is shared.
+    pub url: Option<String>,
+    /// The object store's options (`aws_endpoint`, `aws_region`, `aws_allow_http`, ...); the
+    /// credentials are best left to the environment (`AWS_ACCESS_KEY_ID`, ...).
+    pub object_store: BTreeMap<String, String>,
     /// How often to checkpoint (and so, at most, how much is read again after a crash).
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
@@ -147,7 +262,7 @@ pub struct StateConfig {
 
 impl Default for StateConfig {
     fn default() -> Self {
-        Self { dir: None, interval: Duration::from_secs(5), keep: 3 }
+        Self { dir: None, url: None, object_store: BTreeMap::new(), interval: Duration::from_secs(5), keep: 3 }
     }
 }
 
@@ -160,6 +275,22 @@ impl StateConfig {
             self.dir.as_ref().is_none_or(|d| !d.as_os_str().is_empty()),
             "dir",
             "must not be empty (leave it out for no checkpoints)",
-        )
+        )?;
+        ensure(self.dir.is_none() || self.url.is_none(), "url", "set either dir or url, not both")?;
+        if let Some(url) = &self.url {
+            let parsed =
+                url::Url::parse(url).map_err(|e| ConfigError::new("url", format!("{url:?} is not a URL: {e}")))?;
+            ensure(
+                matches!(parsed.scheme(), "s3" | "s3a" | "file" | "memory"),
+                "url",
+                "the scheme must be s3:// (or file:// for a directory, memory:// for tests)",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Whether the node checkpoints (`dir` or `url` set).
+    pub fn enabled(&self) -> bool {
+        self.dir.is_some() || self.url.is_some()
     }
 }

@@ -102,9 +102,9 @@ impl NodeConfig {
         self.sql.validate().map_err(|e| e.within("sql"))?;
         // A node hands a partition's rows over only when it checkpoints per partition.
         ensure(
-            self.sql.site_nodes.is_empty() || self.state.dir.is_some(),
+            self.sql.site_nodes.is_empty() || self.state.enabled(),
             "sql.site_nodes",
-            "a site of several nodes needs [state] dir (per-partition checkpoints, which hand partitions over)",
+            "a site of several nodes needs [state] dir or url (per-partition checkpoints, which hand partitions over)",
         )?;
         if let Some(raft) = &self.raft {
             raft.validate().map_err(|e| e.within("raft"))?;

@@ -2,7 +2,8 @@
 //!
 //! [`node::Node`] wires the parts: the ingest (`tessera-ingest`) hands shard batches to the
 //! detection stage ([`detect`], the stream engine on its own thread), which checkpoints per
-//! Kafka partition ([`checkpoints`]) and feeds the site store ([`store`]); the SQL endpoint
+//! Kafka partition ([`checkpoints`]) and feeds the site store ([`store`]), checkpointing only
+//! what the store holds durably ([`durability`]); the SQL endpoint
 //! ([`sql`]) serves the engine's and the store's tables; [`observe`] serves `/metrics` and
 //! the health checks; [`control`] keeps the cluster-wide queries in step and runs a Raft member
 //! in the process. Each feature owns its config section; [`config`] only assembles them.
@@ -14,6 +15,7 @@ pub mod checkpoints;
 pub mod config;
 pub mod control;
 pub mod detect;
+pub mod durability;
 pub mod error;
 pub mod lifecycle;
 pub mod node;

@@ -1,10 +1,11 @@
 //! One running node: the ingest feeding the detection stage, checkpointed per Kafka partition
-//! when the config names a state directory, running its `[detect]` queries and, with
+//! when the config names a state directory or object store, running its `[detect]` queries and, with
 //! `[control] admin` set, the queries registered cluster-wide (read at start, then kept in step
 //! while running by a [`QueryWatcher`]), and with `[sql] listen` set, serving its tables over
 //! Flight SQL (see [`crate::sql`]).
 //!
-//! With a state directory (shared by the site's nodes, see [`crate::checkpoints`]), each
+//! With checkpoints (a directory the site's nodes share, or an object store, see
+//! [`crate::checkpoints`]), each
 //! partition the consumer group assigns to this node starts at its newest valid checkpoint's
 //! offset, and that checkpoint's motor state is adopted before the partition's first reading
 //! (damaged newer files are skipped and reported; a partition whose files are all unreadable
@@ -131,16 +132,15 @@ impl Node {
             tracing::info!(registered = registered.len(), %admin, "cluster-wide queries read");
         }
         let (tx, rx) = sync_channel(64);
-        let (ingest, ingest_loops, checkpointed) = match &config.state.dir {
+        let (ingest, ingest_loops, checkpointed) = match PartitionCheckpoints::configured(&config.state)? {
             None => {
                 let (handle, loops) = Ingest::prepare(config.ingest.clone(), tx, None)?;
                 (handle, loops, false)
             }
-            Some(dir) => {
+            Some(stores) => {
                 let mut ingest_config = config.ingest.clone();
                 ingest_config.checkpoint_interval = config.state.interval;
-                let stores =
-                    PartitionCheckpoints::new(dir, config.state.keep)?.sealed(config.store.checkpoint_sealer()?);
+                let stores = stores.sealed(config.store.checkpoint_sealer()?);
                 let (handle, loops) = Ingest::prepare(ingest_config, tx, Some(Arc::new(stores)))?;
                 (handle, loops, true)
             }
@@ -148,7 +148,7 @@ impl Node {
         let shared_tables = engine.shared_tables();
         let (store, store_loop) = match config.store.open()? {
             Some(store) => {
-                let (store, writer) = TelemetryStore::prepare(store, &config.store, grades.clone());
+                let (store, writer) = TelemetryStore::prepare(store, &config.store, grades.clone(), checkpointed);
                 (Some(store), Some(writer))
             }
             None => (None, None),
@@ -159,7 +159,7 @@ impl Node {
             &config.ingest.brokers,
             rx,
             checkpointed,
-            store.as_ref().map(TelemetryStore::sender),
+            store.as_ref().map(TelemetryStore::link),
         )?;
         let registry = admin.as_ref().map(|_| RegistryRows::default());
         let mut sql_latency = None;

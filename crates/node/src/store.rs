@@ -4,15 +4,17 @@
 //! in a segment.
 //!
 //! A thread of its own ([`TelemetryStore`]) takes the batches: it cuts a segment when
-//! `segment_rows` rows are pending or the oldest has waited `segment_interval`, and applies the
-//! retention every `retention_check`. Each shred is written to the `tessera::audit` log. The
-//! channel to it is bounded, so a slow disk holds up the detection stage instead of piling up
-//! rows. Rows pending at a crash are not in a segment (Kafka still has them, and the stage's
-//! checkpoints decide what is read again); a clean stop writes them.
+//! `segment_rows` rows are pending or the oldest has waited `segment_interval` (or at once
+//! when a mark asks for it), and applies the retention every `retention_check`. Each shred is
+//! written to the `tessera::audit` log. The channel to it is bounded, so a slow disk holds up
+//! the detection stage instead of piling up rows. Rows pending at a crash are not in a
+//! segment, and nothing past them is checkpointed or committed yet (see [`crate::durability`]):
+//! Kafka still has them and they are read again. A clean stop writes them. A failed write
+//! stops the store (and the stage) with the rows kept pending, never dropped.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,7 @@ use tessera_core::{ConfigError, ensure, now_ms};
 use tessera_core::{DataGrade, LiveGrades, telemetry_schema};
 use tessera_store::{Kek, KekSealer, Retention, SegmentMeta, SegmentStore, ShredEvent, StoreError};
 
+use crate::durability::{CloseOnDrop, Durability, StoreInput, StoreLink};
 use crate::error::NodeError;
 use crate::lifecycle::StageLoop;
 
@@ -170,7 +173,7 @@ struct Shared {
 /// The store's handles: where rows go, its tables, its counters and its stop request (its
 /// writer loop runs on a thread the node started, see [`TelemetryStore::prepare`]).
 pub struct TelemetryStore {
-    rows: Option<SyncSender<RecordBatch>>,
+    link: Option<StoreLink>,
     shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
 }
@@ -179,21 +182,38 @@ impl TelemetryStore {
     /// Prepares the store's writer over `store` (columns graded by `grades`): the handle, and
     /// the loop for the caller to run on a thread, which writes segments until the store is
     /// asked to stop and then writes what is pending.
-    pub fn prepare(store: SegmentStore, config: &StoreConfig, grades: LiveGrades) -> (Self, StageLoop<()>) {
+    /// With `cut_at_marks` (a checkpointed stage), a segment holds only rows before the newest
+    /// mark: every stored row is then covered by the checkpoints that mark is for, and a crash
+    /// reads again only what no segment holds.
+    pub fn prepare(
+        store: SegmentStore,
+        config: &StoreConfig,
+        grades: LiveGrades,
+        cut_at_marks: bool,
+    ) -> (Self, StageLoop<()>) {
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             pending: Mutex::new(Vec::new()),
             stats: Mutex::new(StoreStats::default()),
         });
-        let (rows, queue) = std::sync::mpsc::sync_channel(16);
+        let (input, queue) = std::sync::mpsc::sync_channel(16);
+        let durability = Arc::new(Durability::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let worker = Writer { shared: shared.clone(), config: config.clone(), grades, stop: stop.clone() };
-        (Self { rows: Some(rows), shared, stop }, StageLoop::new("store", move || worker.run(queue)))
+        let worker = Writer {
+            shared: shared.clone(),
+            config: config.clone(),
+            grades,
+            stop: stop.clone(),
+            durability: durability.clone(),
+            cut_at_marks,
+        };
+        let link = StoreLink { input, durability };
+        (Self { link: Some(link), shared, stop }, StageLoop::new("store", move || worker.run(queue)))
     }
 
-    /// Where the detection stage sends the readings it takes in.
-    pub fn sender(&self) -> SyncSender<RecordBatch> {
-        self.rows.clone().expect("running")
+    /// Where the detection stage sends the readings it takes in and its marks.
+    pub fn link(&self) -> StoreLink {
+        self.link.clone().expect("running")
     }
 
     /// The SQL `telemetry` table over the segments and the pending rows.
@@ -239,7 +259,7 @@ impl TelemetryStore {
     /// Asks the writer to write what is pending and stop (once the detection stage, which
     /// sends it rows, has stopped).
     pub fn request_stop(&mut self) {
-        self.rows = None;
+        self.link = None;
         self.stop.store(true, Ordering::Relaxed);
     }
 }
@@ -256,31 +276,85 @@ struct Writer {
     /// Read at each segment written: a grade the cluster raised applies from the next segment.
     grades: LiveGrades,
     stop: Arc<AtomicBool>,
+    durability: Arc<Durability>,
+    cut_at_marks: bool,
+}
+
+/// What the writer holds until its next cut: the marks and acknowledgements that wait for the
+/// pending rows to be in a segment.
+#[derive(Default)]
+struct Waiting {
+    rows: usize,
+    oldest: Option<Instant>,
+    /// The newest mark, and how many pending batches and rows came before it.
+    mark: Option<(u64, usize, usize)>,
+    acks: Vec<tessera_ingest::BatchAck>,
+    cut_now: bool,
 }
 
 impl Writer {
-    fn run(self, queue: Receiver<RecordBatch>) -> Result<()> {
+    fn run(self, queue: Receiver<StoreInput>) -> Result<()> {
+        let _closes = CloseOnDrop(self.durability.clone());
         let retention = self.config.retention.retention();
-        let mut oldest_pending: Option<Instant> = None;
-        let mut pending_rows = 0usize;
+        let mut waiting = Waiting::default();
         let mut last_retention = Instant::now() - self.config.retention_check;
         loop {
             let ended = match queue.recv_timeout(Duration::from_millis(200)) {
-                Ok(batch) => {
-                    pending_rows += batch.num_rows();
-                    oldest_pending.get_or_insert_with(Instant::now);
+                Ok(StoreInput::Rows(batch)) => {
+                    waiting.rows += batch.num_rows();
+                    waiting.oldest.get_or_insert_with(Instant::now);
                     self.shared.pending.lock().map_err(|_| NodeError::Poisoned("pending rows"))?.push(batch);
+                    false
+                }
+                Ok(StoreInput::Mark { epoch, .. }) if waiting.rows == 0 => {
+                    self.durability.durable_through(epoch);
+                    false
+                }
+                Ok(StoreInput::Mark { epoch, now }) => {
+                    let batches = self.shared.pending.lock().map_err(|_| NodeError::Poisoned("pending rows"))?.len();
+                    waiting.mark = Some((epoch, batches, waiting.rows));
+                    waiting.cut_now |= now;
+                    false
+                }
+                Ok(StoreInput::Acks(acks)) => {
+                    waiting.acks.extend(acks);
                     false
                 }
                 Err(RecvTimeoutError::Timeout) => self.stop.load(Ordering::Relaxed),
                 Err(RecvTimeoutError::Disconnected) => true,
             };
-            let due = pending_rows >= self.config.segment_rows
-                || oldest_pending.is_some_and(|t| t.elapsed() >= self.config.segment_interval);
-            if (due || ended) && pending_rows > 0 {
-                self.cut_segment()?;
-                pending_rows = 0;
-                oldest_pending = None;
+            let due = waiting.rows >= self.config.segment_rows
+                || waiting.oldest.is_some_and(|t| t.elapsed() >= self.config.segment_interval);
+            if (due || ended || waiting.cut_now) && waiting.rows > 0 {
+                match (self.cut_at_marks && !ended, waiting.mark.take()) {
+                    // Only what the newest mark covers; the rest waits for the next one.
+                    (true, Some((epoch, batches, rows))) => {
+                        if rows > 0 {
+                            self.cut_segment(batches)?;
+                        }
+                        waiting.rows -= rows;
+                        waiting.oldest = (waiting.rows > 0).then(Instant::now);
+                        self.durability.durable_through(epoch);
+                    }
+                    (true, None) => {}
+                    (false, mark) => {
+                        self.cut_segment(usize::MAX)?;
+                        waiting.rows = 0;
+                        waiting.oldest = None;
+                        if let Some((epoch, ..)) = mark {
+                            self.durability.durable_through(epoch);
+                        }
+                    }
+                }
+                waiting.cut_now = false;
+            }
+            if waiting.rows == 0 {
+                // Nothing pending: every mark and acknowledgement so far is covered.
+                if let Some((epoch, ..)) = waiting.mark.take() {
+                    self.durability.durable_through(epoch);
+                }
+                waiting.acks.drain(..).for_each(tessera_ingest::BatchAck::ack);
+                waiting.cut_now = false;
             }
             if last_retention.elapsed() >= self.config.retention_check {
                 last_retention = Instant::now();
@@ -299,11 +373,14 @@ impl Writer {
         }
     }
 
-    /// Writes the pending rows as one segment; readers see them either pending or stored.
-    fn cut_segment(&self) -> Result<()> {
+    /// Writes the oldest `batches` pending batches (all, if fewer) as one segment; readers
+    /// see them either pending or stored.
+    fn cut_segment(&self, batches: usize) -> Result<()> {
         let mut segments = self.shared.store.lock().map_err(|_| NodeError::Poisoned("store"))?;
         let mut pending = self.shared.pending.lock().map_err(|_| NodeError::Poisoned("pending rows"))?;
-        let batches = std::mem::take(&mut *pending);
+        let at = batches.min(pending.len());
+        let rest = pending.split_off(at);
+        let batches = std::mem::replace(&mut *pending, rest);
         drop(pending);
         let written = segments.write("telemetry", &batches, &self.grades.current(), now_ms());
         match written {
@@ -534,4 +611,62 @@ pub fn new_kek(path: &Path, version: u32) -> Result<()> {
 fn store(what: &str) -> impl FnOnce(StoreError) -> NodeError {
     let what = what.to_string();
     move |source| NodeError::Store { what, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::durability::Reached;
+    use tessera_core::{GradeMap, MotorId, Reading, SiteId};
+
+    fn rows(first_seq: u64, n: u64) -> RecordBatch {
+        let mut builder = tessera_ingest::ShardBuilder::with_capacity(n as usize);
+        for seq in first_seq..first_seq + n {
+            builder.append(&Reading {
+                motor_id: MotorId::new("M1").unwrap(),
+                site_id: SiteId::new("s").unwrap(),
+                event_time_ms: 1_700_000_000_000 + seq as i64,
+                sequence: seq,
+                channels: [Some(1.0); 7],
+                extra: Default::default(),
+            });
+        }
+        builder.finish().project(&(0..telemetry_schema().fields().len()).collect::<Vec<_>>()).unwrap()
+    }
+
+    /// A checkpointed stage's store: a segment holds only rows before the newest mark, the
+    /// mark is durable once they are cut (at once when asked), and a clean stop cuts the rest.
+    #[test]
+    fn segments_end_at_marks_and_a_mark_is_durable_once_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = SegmentStore::open(dir.path(), Kek::generate(1).unwrap()).unwrap();
+        let config = StoreConfig { segment_interval: Duration::from_millis(300), ..Default::default() };
+        let (mut store, writer) =
+            TelemetryStore::prepare(segments, &config, LiveGrades::new(GradeMap::default()), true);
+        let thread = crate::lifecycle::StageThread::spawn(writer).unwrap();
+        let link = store.link();
+        let rows_in = |store: &TelemetryStore| store.stats().rows_written;
+
+        link.input.send(StoreInput::Mark { epoch: 1, now: false }).unwrap();
+        assert_eq!(link.durability.wait_through(1, Duration::from_secs(5)), Reached::Yes, "nothing pending: at once");
+        link.input.send(StoreInput::Rows(rows(0, 10))).unwrap();
+        link.input.send(StoreInput::Mark { epoch: 2, now: false }).unwrap();
+        link.input.send(StoreInput::Rows(rows(10, 5))).unwrap();
+        assert_eq!(link.durability.wait_through(2, Duration::from_millis(100)), Reached::NotYet, "not due yet");
+        assert_eq!(link.durability.wait_through(2, Duration::from_secs(5)), Reached::Yes, "cut when due");
+        assert_eq!(rows_in(&store), 10, "only the rows before the mark");
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(rows_in(&store), 10, "rows after the newest mark wait for the next one");
+
+        link.input.send(StoreInput::Rows(rows(15, 1))).unwrap();
+        link.input.send(StoreInput::Mark { epoch: 3, now: true }).unwrap();
+        assert_eq!(link.durability.wait_through(3, Duration::from_millis(150)), Reached::Yes, "cut at once");
+        assert_eq!(rows_in(&store), 16);
+
+        link.input.send(StoreInput::Rows(rows(16, 4))).unwrap();
+        drop(link);
+        store.request_stop();
+        thread.join().unwrap();
+        assert_eq!(rows_in(&store), 20, "a clean stop cuts what is pending");
+    }
 }

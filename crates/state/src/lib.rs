@@ -17,12 +17,31 @@
 //! Checkpoints hold raw state (open windows' readings among it), so a site that keeps its raw
 //! data encrypted gives the store a [`Sealer`]: every file is then sealed (authenticated
 //! encryption) before it touches the disk, and opened on load.
+//!
+//! Where the site's nodes share no volume, a partition's checkpoints live in an object store
+//! instead ([`ObjectCheckpointStore`], S3 or a compatible service), claimed by epochs so that
+//! an owner that lost the partition cannot overwrite its new owner's state. Both stores are
+//! [`PartitionStore`]s.
 
 mod codec;
+mod object;
 mod store;
 
 pub use codec::{Checkpoint, SourceOffset};
+pub use object::ObjectCheckpointStore;
 pub use store::{CheckpointStore, Loaded, Sealer, Skipped, WriteStats};
+
+/// One partition's checkpoints, wherever they are kept: written by the partition's owner,
+/// read back by whoever owns it next.
+pub trait PartitionStore: Send + std::fmt::Debug {
+    /// The newest id stored: the next write needs a higher one.
+    fn newest(&self) -> Option<u64>;
+    /// Writes `checkpoint` durably: once this returns `Ok`, the offsets it names may be
+    /// committed. On error the previous checkpoints are intact and the caller must not commit.
+    fn write(&mut self, checkpoint: &Checkpoint) -> Result<WriteStats>;
+    /// The newest checkpoint that decodes (`None`: never checkpointed); an error if none does.
+    fn latest(&self) -> Result<Option<Loaded>>;
+}
 
 use std::path::PathBuf;
 
@@ -47,6 +66,29 @@ pub enum StateError {
         path: PathBuf,
         /// What is wrong with it.
         reason: String,
+    },
+    /// A call to the object store failed; nothing was committed.
+    #[error("checkpoint store: {op} {name}: {cause}")]
+    Remote {
+        /// The operation (`put`, `get`, `list`, `delete`).
+        op: &'static str,
+        /// The object (or prefix), with the store's name.
+        name: PathBuf,
+        /// The object store's error (boxed: it is large).
+        #[source]
+        cause: Box<object_store::Error>,
+    },
+    /// The partition has a newer owner: this one may not write its checkpoints any more.
+    #[error(
+        "checkpoints of {prefix}: a newer owner (epoch {newer}) has claimed the partition; this owner's epoch {epoch} may not write"
+    )]
+    Fenced {
+        /// The partition's prefix in the store.
+        prefix: String,
+        /// This owner's epoch.
+        epoch: u64,
+        /// The newer owner's.
+        newer: u64,
     },
     /// Checkpoint ids must grow, so that the newest file is the newest state.
     #[error("checkpoint id {id} is not above the newest stored one ({newest})")]

@@ -70,6 +70,18 @@ pub struct CheckpointStore {
     sealer: Option<Arc<dyn Sealer>>,
 }
 
+impl crate::PartitionStore for CheckpointStore {
+    fn newest(&self) -> Option<u64> {
+        CheckpointStore::newest(self)
+    }
+    fn write(&mut self, checkpoint: &Checkpoint) -> Result<WriteStats> {
+        CheckpointStore::write(self, checkpoint)
+    }
+    fn latest(&self) -> Result<Option<Loaded>> {
+        CheckpointStore::latest(self)
+    }
+}
+
 impl CheckpointStore {
     /// Opens (creating it if needed) the store in `dir`, keeping the newest `keep` checkpoints
     /// (at least 2, so that a damaged newest file still leaves one to fall back on). Removes
@@ -128,14 +140,8 @@ impl CheckpointStore {
             return Err(StateError::NotNewer { id: checkpoint.id, newest });
         }
         let started = Instant::now();
-        let mut bytes = checkpoint.encode();
-        if let Some(sealer) = &self.sealer {
-            let sealed = sealer.seal(&bytes).map_err(|reason| StateError::Corrupt {
-                path: self.path_of(checkpoint.id),
-                reason: format!("sealing failed: {reason}"),
-            })?;
-            bytes = [SEALED_MAGIC, &sealed].concat();
-        }
+        let bytes = encode_and_seal(checkpoint, self.sealer.as_deref())
+            .map_err(|reason| StateError::Corrupt { path: self.path_of(checkpoint.id), reason })?;
         let temp = self.dir.join(format!("{TEMP_PREFIX}{}", checkpoint.id));
         let path = self.path_of(checkpoint.id);
         let written = write_synced(&temp, &bytes).and_then(|()| {
@@ -182,27 +188,8 @@ impl CheckpointStore {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(source) => return Err(StateError::Io { op: "read", path, cause: source }),
             };
-            let bytes = match (bytes.strip_prefix(SEALED_MAGIC), sealer) {
-                (None, _) => bytes,
-                (Some(sealed), Some(sealer)) => match sealer.open(sealed) {
-                    Ok(plain) => plain,
-                    Err(reason) => {
-                        skipped.push(Skipped { path, reason: format!("sealed, and does not open: {reason}") });
-                        continue;
-                    }
-                },
-                (Some(_), None) => {
-                    skipped.push(Skipped {
-                        path,
-                        reason: "sealed; reading it needs the site's key-encryption key".into(),
-                    });
-                    continue;
-                }
-            };
-            match Checkpoint::decode(&bytes) {
-                Ok(checkpoint) if checkpoint.id == id => return Ok(Some(Loaded { checkpoint, path, skipped })),
-                Ok(checkpoint) => skipped
-                    .push(Skipped { path, reason: format!("holds id {}, not the {id} of its name", checkpoint.id) }),
+            match unseal_and_decode(bytes, sealer, id) {
+                Ok(checkpoint) => return Ok(Some(Loaded { checkpoint, path, skipped })),
                 Err(reason) => skipped.push(Skipped { path, reason }),
             }
         }
@@ -230,6 +217,41 @@ impl CheckpointStore {
     }
 }
 
+/// The bytes stored for `checkpoint`: encoded, and sealed when there is a sealer.
+pub(crate) fn encode_and_seal(
+    checkpoint: &Checkpoint,
+    sealer: Option<&dyn Sealer>,
+) -> std::result::Result<Vec<u8>, String> {
+    let bytes = checkpoint.encode();
+    match sealer {
+        None => Ok(bytes),
+        Some(sealer) => {
+            let sealed = sealer.seal(&bytes).map_err(|reason| format!("sealing failed: {reason}"))?;
+            Ok([SEALED_MAGIC, &sealed].concat())
+        }
+    }
+}
+
+/// The checkpoint stored as `bytes` under the name of checkpoint `id`, or why it cannot be
+/// used.
+pub(crate) fn unseal_and_decode(
+    bytes: Vec<u8>,
+    sealer: Option<&dyn Sealer>,
+    id: u64,
+) -> std::result::Result<Checkpoint, String> {
+    let bytes = match (bytes.strip_prefix(SEALED_MAGIC), sealer) {
+        (None, _) => bytes,
+        (Some(sealed), Some(sealer)) => {
+            sealer.open(sealed).map_err(|reason| format!("sealed, and does not open: {reason}"))?
+        }
+        (Some(_), None) => return Err("sealed; reading it needs the site's key-encryption key".into()),
+    };
+    match Checkpoint::decode(&bytes)? {
+        checkpoint if checkpoint.id == id => Ok(checkpoint),
+        checkpoint => Err(format!("holds id {}, not the {id} of its name", checkpoint.id)),
+    }
+}
+
 fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>> {
     let io = |source| StateError::Io { op: "list", path: dir.to_path_buf(), cause: source };
     fs::read_dir(dir).map_err(io)?.collect::<std::io::Result<Vec<_>>>().map_err(io)
@@ -249,7 +271,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::SourceOffset;
 
@@ -264,7 +286,7 @@ mod tests {
 
     /// A toy sealer for the store's own tests (the real one, AES-GCM, is in `tessera-store`).
     #[derive(Debug)]
-    struct Xor(u8);
+    pub(crate) struct Xor(pub(crate) u8);
 
     impl Sealer for Xor {
         fn seal(&self, plain: &[u8]) -> std::result::Result<Vec<u8>, String> {

@@ -122,7 +122,7 @@ impl BatchAck {
 
     /// Drops the acknowledgement on purpose, without the warning: the batch's offsets stay
     /// uncommitted and its readings are consumed again later.
-    pub(super) fn leave_unacknowledged(mut self) {
+    pub fn leave_unacknowledged(mut self) {
         self.done = true;
     }
 

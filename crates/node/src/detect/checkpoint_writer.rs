@@ -1,20 +1,27 @@
 //! The checkpoint writer thread: one barrier's checkpoints after the other, made durable
-//! only once the broker has confirmed everything the stage sent before them.
+//! only once the broker has confirmed everything the stage sent before them and the site
+//! store holds every reading before their barrier (see [`crate::durability`]). Barriers that
+//! wait for the store are merged: a partition's newest checkpoint replaces its older ones.
 
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::durability::{Durability, Reached};
 use crate::error::NodeError;
 use rdkafka::producer::{Producer as _, ThreadedProducer};
 use tessera_ingest::{BatchAck, TopicPartition};
-use tessera_state::{Checkpoint, CheckpointStore};
+use tessera_state::{Checkpoint, PartitionStore};
 
 use super::{DeliveryCheck, DetectStats};
 
+/// A partition's checkpoint store, shared by the detection thread and the writer.
+pub(super) type SharedStore = Arc<Mutex<Box<dyn PartitionStore>>>;
+
 /// A due partition, its store, and its checkpoint.
-pub(super) type CheckpointFile = (TopicPartition, Arc<Mutex<CheckpointStore>>, Checkpoint);
+pub(super) type CheckpointFile = (TopicPartition, SharedStore, Checkpoint);
 
 /// One barrier's checkpoints, encoded on the detection thread, for the writer.
 pub(super) struct CheckpointJob {
@@ -34,6 +41,8 @@ pub(super) struct CheckpointWriter {
     pub(super) producer: Arc<ThreadedProducer<DeliveryCheck>>,
     pub(super) delivery_failed: Arc<Mutex<Option<String>>>,
     pub(super) stats: Arc<Mutex<DetectStats>>,
+    /// The site store the checkpoints wait for, if the node has one.
+    pub(super) store: Option<Arc<Durability>>,
 }
 
 /// The writer's queue and its running thread.
@@ -54,13 +63,63 @@ impl CheckpointWriter {
     }
 
     fn run(self, jobs: Receiver<CheckpointJob>) -> Result<(), NodeError> {
-        for job in jobs {
-            if !job.files.is_empty() {
-                self.write(&job)?;
-                fail::fail_point!("detect-after-checkpoint-write");
+        let Some(store) = self.store.clone() else {
+            for job in jobs {
+                self.complete(job)?;
             }
-            job.acks.into_iter().for_each(BatchAck::ack);
+            return Ok(());
+        };
+        // The jobs whose barrier the store is not yet durable through, oldest first.
+        let mut waiting: Vec<CheckpointJob> = Vec::new();
+        let mut open = true;
+        loop {
+            if waiting.is_empty() && open {
+                match jobs.recv() {
+                    Ok(job) => waiting.push(job),
+                    Err(_) => open = false,
+                }
+            }
+            while open {
+                match jobs.try_recv() {
+                    Ok(job) => waiting.push(job),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
+            let Some(oldest) = waiting.first().map(|j| j.epoch) else {
+                if open {
+                    continue;
+                }
+                break;
+            };
+            // Woken as soon as the store cuts, so that the window between its segment and the
+            // checkpoints that cover it stays short.
+            let reached = store.wait_through(oldest, Duration::from_millis(20));
+            let through = store.through();
+            let ready = waiting.iter().take_while(|j| j.epoch <= through).count();
+            if ready > 0 {
+                self.complete(merge(waiting.drain(..ready)))?;
+            } else if reached == Reached::Never {
+                // The store stopped before holding these barriers' readings: their checkpoints
+                // are not written and their batches stay unacknowledged (read again).
+                tracing::warn!(
+                    barriers = waiting.len(),
+                    "the store stopped first: the newest checkpoints are not written"
+                );
+                waiting.drain(..).flat_map(|j| j.acks).for_each(BatchAck::leave_unacknowledged);
+                break;
+            }
         }
+        Ok(())
+    }
+
+    /// Writes `job`'s checkpoints and then acknowledges its batches.
+    fn complete(&self, job: CheckpointJob) -> Result<(), NodeError> {
+        if !job.files.is_empty() {
+            self.write(&job)?;
+            fail::fail_point!("detect-after-checkpoint-write");
+        }
+        job.acks.into_iter().for_each(BatchAck::ack);
         Ok(())
     }
 
@@ -96,4 +155,20 @@ impl CheckpointWriter {
         tracing::debug!(partitions = job.files.len(), bytes, epoch = job.epoch, "checkpoints written");
         Ok(())
     }
+}
+
+/// Barriers' jobs as one: each partition's newest checkpoint, every batch's acknowledgement.
+fn merge(jobs: impl Iterator<Item = CheckpointJob>) -> CheckpointJob {
+    let mut newest: BTreeMap<TopicPartition, (SharedStore, Checkpoint)> = BTreeMap::new();
+    let mut merged = CheckpointJob { epoch: 0, files: Vec::new(), acks: Vec::new(), encode: Duration::ZERO };
+    for job in jobs {
+        merged.epoch = merged.epoch.max(job.epoch);
+        merged.encode += job.encode;
+        merged.acks.extend(job.acks);
+        for (tp, store, checkpoint) in job.files {
+            newest.insert(tp, (store, checkpoint));
+        }
+    }
+    merged.files = newest.into_iter().map(|(tp, (store, checkpoint))| (tp, store, checkpoint)).collect();
+    merged
 }

@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +54,7 @@ mod checkpoint_writer;
 pub mod rules;
 mod worker;
 
+use crate::durability::StoreLink;
 use crate::error::NodeError;
 use crate::lifecycle::StageLoop;
 use checkpoint_writer::CheckpointWriter;
@@ -312,15 +313,16 @@ impl Detect {
     /// must then send barriers (its `checkpoint_interval` set) and partitions' checkpoints
     /// ([`tessera_ingest::Ingest::start_with_states`] with
     /// [`crate::checkpoints::PartitionCheckpoints`]). With `raw`, every reading taken in is
-    /// also sent there (the site's store, see [`crate::store`]); if it is gone, the stage
-    /// stops with an error rather than drop readings.
+    /// also sent there (the site's store, see [`crate::store`]), and nothing is checkpointed
+    /// or acknowledged before the store holds it durably ([`crate::durability`]); if the store
+    /// is gone, the stage stops with an error rather than drop readings.
     pub fn prepare_checkpointed(
         engine: StreamEngine,
         config: &DetectConfig,
         brokers: &str,
         batches: Receiver<ShardBatch>,
         checkpointed: bool,
-        raw: Option<SyncSender<RecordBatch>>,
+        raw: Option<StoreLink>,
     ) -> Result<(Self, StageLoop<StreamEngine>)> {
         let failed = Arc::new(Mutex::new(None));
         let producer: ThreadedProducer<DeliveryCheck> = ClientConfig::new()
@@ -345,6 +347,7 @@ impl Detect {
             producer: producer.clone(),
             delivery_failed: failed.clone(),
             stats: stats.clone(),
+            store: raw.as_ref().map(|link| link.durability.clone()),
         });
         let worker = Worker {
             engine,
@@ -363,6 +366,7 @@ impl Detect {
             changes: change_queue,
             running: running.clone(),
             raw,
+            last_epoch: 0,
             alert_latency: alert_latency.clone(),
             last_turn_ms: last_turn_ms.clone(),
         };

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,12 +12,13 @@ use arrow_array::RecordBatch;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
 use tessera_ingest::{Barrier, BatchAck, Control, PartitionStart, ShardBatch, TopicPartition, readings_from_batch};
-use tessera_state::{Checkpoint, CheckpointStore, SourceOffset};
+use tessera_state::{Checkpoint, SourceOffset};
 use tessera_stream::{StepOutput, StreamEngine};
 
 use tessera_core::now_ms;
 
-use super::checkpoint_writer::{CheckpointFile, CheckpointJob, CheckpointWriter, RunningWriter};
+use super::checkpoint_writer::{CheckpointFile, CheckpointJob, CheckpointWriter, RunningWriter, SharedStore};
+use crate::durability::{StoreInput, StoreLink};
 use crate::error::NodeError;
 
 type Result<T, E = NodeError> = std::result::Result<T, E>;
@@ -27,7 +28,7 @@ use super::{Adopted, DeliveryCheck, DetectConfig, DetectStats, ENGINE_SECTION, Q
 #[derive(Debug)]
 pub(super) struct OwnedPartition {
     /// Written by the checkpoint writer only.
-    pub(super) store: Arc<Mutex<CheckpointStore>>,
+    pub(super) store: SharedStore,
     /// Id of the newest checkpoint in the store (0: none).
     pub(super) last_id: u64,
     /// The next offset past what the engine has taken in of this partition, and past what the
@@ -58,7 +59,9 @@ pub(super) struct Worker {
     pub(super) changes: Receiver<QueryChange>,
     pub(super) running: RunningQueries,
     /// The site's store of raw readings, if any.
-    pub(super) raw: Option<SyncSender<RecordBatch>>,
+    pub(super) raw: Option<StoreLink>,
+    /// The newest barrier's epoch (the store's mark for it).
+    pub(super) last_epoch: u64,
     pub(super) alert_latency: Arc<tessera_core::LatencyHistogram>,
     /// When the loop last turned (the liveness probe's heartbeat).
     pub(super) last_turn_ms: Arc<std::sync::atomic::AtomicI64>,
@@ -83,7 +86,9 @@ impl Worker {
                         if let Some(raw) = &self.raw {
                             let telemetry = rows
                                 .project(&(0..tessera_core::telemetry_schema().fields().len()).collect::<Vec<_>>())?;
-                            raw.send(telemetry).map_err(|_| NodeError::Stopped("telemetry store"))?;
+                            raw.input
+                                .send(StoreInput::Rows(telemetry))
+                                .map_err(|_| NodeError::Stopped("telemetry store"))?;
                         }
                         let out = rt.block_on(self.engine.push(&rows, now_ms())).map_err(engine("a detection step"))?;
                         step.record("windows_closed", out.windows_closed);
@@ -94,9 +99,14 @@ impl Worker {
                             s.batches += 1;
                         }
                     }
-                    match self.checkpointed {
-                        true => self.held.push(ack),
-                        false => ack.ack(),
+                    match (self.checkpointed, &self.raw) {
+                        (true, _) => self.held.push(ack),
+                        // Acknowledged once the store holds the rows.
+                        (false, Some(raw)) => raw
+                            .input
+                            .send(StoreInput::Acks(vec![ack]))
+                            .map_err(|_| NodeError::Stopped("telemetry store"))?,
+                        (false, None) => ack.ack(),
                     }
                     match control {
                         Some(Control::Barrier(barrier)) if self.checkpointed => self.checkpoint(&barrier)?,
@@ -128,6 +138,8 @@ impl Worker {
             let out = rt.block_on(self.engine.close_all(now_ms())).map_err(engine("closing every window"))?;
             self.publish(out, started)?;
         }
+        // The writer's last jobs wait for the store: have it cut what is pending now.
+        self.mark_store(true)?;
         self.stop_writer()?;
         self.producer
             .flush(Duration::from_secs(30))
@@ -302,6 +314,7 @@ impl Worker {
             acks: std::mem::take(&mut self.held),
             encode: encoding.elapsed(),
         };
+        self.last_epoch = self.last_epoch.max(barrier.epoch);
         if !barrier.revoked.is_empty() {
             let released = self
                 .engine
@@ -325,10 +338,24 @@ impl Worker {
         if jobs.send(job).is_err() {
             return Err(self.stop_writer().err().unwrap_or(NodeError::Stopped("checkpoint writer")));
         }
+        // A partition handed over must be checkpointed now, not at the store's next cut.
+        self.mark_store(!barrier.revoked.is_empty())?;
         if let Ok(mut s) = self.stats.lock() {
             s.longest_checkpoint_pause_us = s.longest_checkpoint_pause_us.max(started.elapsed().as_micros() as u64);
         }
         Ok(())
+    }
+
+    /// Tells the store that the rows sent so far are to be durable for the newest barrier's
+    /// checkpoints (`now`: cut a segment at once).
+    fn mark_store(&self, now: bool) -> Result<()> {
+        match &self.raw {
+            Some(raw) if self.checkpointed => raw
+                .input
+                .send(StoreInput::Mark { epoch: self.last_epoch, now })
+                .map_err(|_| NodeError::Stopped("telemetry store")),
+            _ => Ok(()),
+        }
     }
 
     /// Encodes the checkpoint of each `due` partition: its motors' state and its next offset.

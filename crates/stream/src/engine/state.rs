@@ -356,6 +356,39 @@ mod tests {
         }
     }
 
+    /// A restart longer than the idle timeout: the restored motors' windows wait for the input
+    /// read again instead of closing at the first tick (which would put every re-read reading
+    /// that belongs in them on the late path); their idle clock starts at that first tick.
+    #[tokio::test]
+    async fn a_restore_after_a_long_outage_does_not_make_the_input_read_again_late() {
+        let queries = checkpointed_queries();
+        let all = readings();
+        let (cut, hour) = (900, 3_600_000);
+        let stat = |e: &StreamEngine, f: fn(&crate::windowing::WindowStats) -> u64| {
+            e.stats().windows.iter().map(|(_, w)| f(w)).sum::<u64>()
+        };
+        let late = |w: &crate::windowing::WindowStats| w.rows_late;
+        let closed_idle = |w: &crate::windowing::WindowStats| w.windows_closed_idle;
+        let mut whole = engine_with(&queries).await;
+        whole.push(&all, 0).await.unwrap();
+        let mut first = engine_with(&queries).await;
+        first.push(&all.slice(0, cut), 0).await.unwrap();
+        let state = first.checkpoint().unwrap();
+
+        let mut second = engine_with(&queries).await;
+        second.restore(&state).unwrap();
+        let back = 10 * hour;
+        second.tick(back).await.unwrap();
+        assert_eq!(stat(&second, closed_idle), 0, "ten hours down: no restored window closes at the first tick");
+        second.push(&all.slice(cut, all.num_rows() - cut), back).await.unwrap();
+        assert_eq!(stat(&second, late), stat(&whole, late), "the input read again is on time");
+        assert_eq!(stat(&whole, late), 0);
+        second.tick(back + hour - 1).await.unwrap();
+        assert_eq!(stat(&second, closed_idle), 0);
+        second.tick(back + hour).await.unwrap();
+        assert!(stat(&second, closed_idle) > 0, "silent for the idle timeout since: idle again");
+    }
+
     /// Motor m1's partition moves from one engine to another mid-stream: its state is
     /// checkpointed alone, released by the old owner (its rows leave that owner's tables too)
     /// and adopted by the new one, which goes on with every motor. Windows, alerts and the final state equal an uninterrupted run's;

@@ -318,6 +318,7 @@ impl WindowOperator {
 
     /// Closes the windows of motors idle at processing time `now_ms`.
     pub fn tick(&mut self, now_ms: i64) -> Result<Closed, StreamError> {
+        self.motors.iter_mut().for_each(|m| m.watermark.start_idle_clock(now_ms));
         let idle: Vec<usize> = (0..self.motors.len())
             .filter(|&i| !self.motors[i].open.is_empty() && self.motors[i].watermark.is_idle(now_ms, &self.policy))
             .collect();

@@ -121,6 +121,8 @@ impl WindowOperator {
             let idx = self.motor(short_key(&m.id), &m.id, &m.site);
             let motor = &mut self.motors[idx];
             motor.watermark = m.watermark;
+            // Silence is measured from this process's first look, not the writer's last reading.
+            motor.watermark.mark_resumed();
             motor.emitted_through_ms = m.emitted_through_ms;
             motor.typical_rows = m.typical_rows as usize;
             motor.counts = m.counts;
