@@ -273,15 +273,33 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
     alerts.print_new();
     print_summary(started, &cluster, &alerts);
     println!("\nstopping the sites...");
-    let (mut ingested, mut dead_lettered, mut alert_events) = (0, 0, 0);
-    for site in cluster {
-        for node in std::iter::once(site.node).chain(site.others.into_iter().map(|(n, _)| n)) {
-            alert_events += node.detect_stats().alerts_sent;
-            let (stats, _) =
-                node.stop().map_err(|e| WorkloadError::from(e).during(format!("stopping site {}", site.name)))?;
-            ingested += stats.readings_accepted;
-            dead_lettered += stats.dead_letters_sent;
-        }
+    // Every node at once, as Kubernetes stops a release's pods: one after the other, each
+    // leaving node would start a rebalance its siblings must finish before they can leave in
+    // turn (a consumer's close waits for its group's join in flight).
+    let nodes: Vec<(String, Node)> = cluster
+        .into_iter()
+        .flat_map(|site| {
+            let name = site.name;
+            std::iter::once(site.node).chain(site.others.into_iter().map(|(n, _)| n)).map(move |n| (name.clone(), n))
+        })
+        .collect();
+    let alert_events: u64 = nodes.iter().map(|(_, node)| node.detect_stats().alerts_sent).sum();
+    let stopped = std::thread::scope(|scope| {
+        let stopping: Vec<_> = nodes
+            .into_iter()
+            .map(|(site, node)| {
+                scope.spawn(move || {
+                    node.stop().map_err(|e| WorkloadError::from(e).during(format!("stopping site {site}")))
+                })
+            })
+            .collect();
+        stopping.into_iter().map(|s| s.join().expect("a node's stop panicked")).collect::<Vec<_>>()
+    });
+    let (mut ingested, mut dead_lettered) = (0, 0);
+    for result in stopped {
+        let (stats, _) = result?;
+        ingested += stats.readings_accepted;
+        dead_lettered += stats.dead_letters_sent;
     }
     let alerted = alerts.alerted_motors();
     drop(alerts);
