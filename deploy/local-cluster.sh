@@ -9,7 +9,8 @@
 #   KEEP_RUNNING=1 deploy/local-cluster.sh  leave the cluster running until Ctrl-C
 #
 # Needs tansu (scripts/setup.sh --with-broker installs it). TESSERA_BIN: the tessera program
-# to run (default: built with cargo). Ports: Kafka 19092, Raft 7071-7073, SQL 50061-50063,
+# to run (default: built with cargo). Ports (below the kernel's ephemeral range, so that no
+# outgoing connection holds one): Kafka 19092, Raft 7071-7073, SQL 15061-15063,
 # metrics 9471-9473.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -86,7 +87,7 @@ for i in "${!sites[@]}"; do
   site="${sites[$i]}"
   setsid "$TESSERA_BIN" node --config "$repo/deploy/cluster/$site.toml" >"$work/$site.log" 2>&1 &
   node_pids+=($!)
-  echo "local-cluster: $site started (pid $!): Raft 127.0.0.1:$((7071 + i)), SQL 127.0.0.1:$((50061 + i)), metrics http://127.0.0.1:$((9471 + i))/metrics"
+  echo "local-cluster: $site started (pid $!): Raft 127.0.0.1:$((7071 + i)), SQL 127.0.0.1:$((15061 + i)), metrics http://127.0.0.1:$((9471 + i))/metrics"
 done
 for i in "${!sites[@]}"; do
   for _ in $(seq 600); do
@@ -100,10 +101,10 @@ echo "local-cluster: all three sites ready (a Raft leader is elected)"
 
 # The fleet (every site's part, computed at its site) beside site a's own windows.
 query="SELECT 'fleet' AS scope, count(DISTINCT motor_id) AS motors, count(*) AS windows FROM fleet.motor_windows UNION ALL SELECT 'site-a', count(DISTINCT motor_id), count(*) FROM motor_windows ORDER BY scope"
-echo "local-cluster: tessera sql --at 127.0.0.1:50061 --user analyst \"$query\""
+echo "local-cluster: tessera sql --at 127.0.0.1:15061 --user analyst \"$query\""
 answer=""
 for _ in $(seq 120); do
-  answer="$("$TESSERA_BIN" sql --at 127.0.0.1:50061 --user analyst --password analyst-password "$query" 2>&1)" || true
+  answer="$("$TESSERA_BIN" sql --at 127.0.0.1:15061 --user analyst --password analyst-password "$query" 2>&1)" || true
   # 150 motors over three sites: the fleet row must count all of them.
   grep -Eq "^\| fleet +\| 150 " <<<"$answer" && break
   sleep 1

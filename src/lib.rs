@@ -49,16 +49,7 @@ impl TansuBroker {
             .with_context(|| format!("starting {}", bin.display()))?;
         record_pid("tansu", child.id());
         let mut broker = TansuBroker { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = broker.child.try_wait()? {
-                bail!("tansu exited at start: {status}");
-            }
-            if Instant::now() > deadline {
-                bail!("tansu did not listen on port {port} within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening(&mut broker.child, port, "tansu", Duration::from_secs(30))?;
         Ok(broker)
     }
 
@@ -84,6 +75,22 @@ impl Drop for TansuBroker {
         let _ = self.child.wait();
         forget_pid("tansu", pid);
     }
+}
+
+/// Waits until `child` (`what`) listens on loopback `port`; an error if it exits first or
+/// takes longer than `within`.
+fn wait_listening(child: &mut Child, port: u16, what: &str, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited at start: {status}");
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on port {port} within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// With `TESSERA_PID_DIR` set (scripts/test.sh sets it), each server process the harness starts

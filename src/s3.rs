@@ -1,9 +1,9 @@
 //! An S3-compatible object store for tests: moto's server (`python -m moto.server`, from the
 //! venv scripts/setup.sh makes) on a free loopback port, with one bucket. Killed when dropped.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
@@ -25,16 +25,7 @@ impl S3Server {
             .with_context(|| format!("starting moto's S3 server with {python} (run scripts/setup.sh --with-broker)"))?;
         crate::record_pid("moto", child.id());
         let mut server = S3Server { child, port };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = server.child.try_wait()? {
-                bail!("moto's server exited at start: {status}");
-            }
-            if Instant::now() > deadline {
-                bail!("moto's server did not listen on port {port} within 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        crate::wait_listening(&mut server.child, port, "moto's server", Duration::from_secs(60))?;
         // Creating a bucket is a plain PUT on it (moto checks no signature).
         let status = Command::new(python)
             .args([

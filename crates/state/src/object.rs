@@ -21,7 +21,7 @@ use futures::TryStreamExt as _;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 
-use crate::store::{encode_and_seal, unseal_and_decode};
+use crate::store::{encode_and_seal, none_readable, unseal_and_decode};
 use crate::{Checkpoint, Loaded, PartitionStore, Result, Sealer, Skipped, StateError, WriteStats};
 
 const CHECKPOINT: &str = "checkpoint-";
@@ -199,13 +199,7 @@ impl PartitionStore for ObjectCheckpointStore {
                 Err(reason) => skipped.push(Skipped { path, reason }),
             }
         }
-        match skipped.into_iter().next() {
-            None => Ok(None),
-            Some(newest) => Err(StateError::Corrupt {
-                path: newest.path,
-                reason: format!("no checkpoint in the store decodes; the newest: {}", newest.reason),
-            }),
-        }
+        none_readable(skipped)
     }
 }
 

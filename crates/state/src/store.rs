@@ -193,13 +193,7 @@ impl CheckpointStore {
                 Err(reason) => skipped.push(Skipped { path, reason }),
             }
         }
-        match skipped.into_iter().next() {
-            None => Ok(None),
-            Some(newest) => Err(StateError::Corrupt {
-                path: newest.path,
-                reason: format!("no checkpoint in the store decodes; the newest: {}", newest.reason),
-            }),
-        }
+        none_readable(skipped)
     }
 
     fn path_of(&self, id: u64) -> PathBuf {
@@ -214,6 +208,18 @@ impl CheckpointStore {
             fs::remove_file(&path).map_err(|source| StateError::Io { op: "remove", path, cause: source })?;
         }
         Ok(())
+    }
+}
+
+/// The end of a search for the newest checkpoint that found none usable: an empty store, or
+/// (`skipped` not empty) an error naming the newest file, never a fresh start.
+pub(crate) fn none_readable(skipped: Vec<Skipped>) -> Result<Option<Loaded>> {
+    match skipped.into_iter().next() {
+        None => Ok(None),
+        Some(newest) => Err(StateError::Corrupt {
+            path: newest.path,
+            reason: format!("no checkpoint in the store decodes; the newest: {}", newest.reason),
+        }),
     }
 }
 
