@@ -48,6 +48,9 @@ impl TraceService for Receiver {
 
 #[test]
 fn the_demo_alerts_answers_sql_exports_spans_and_stops_on_sigint() {
+    // Nine nodes: not beside the fault tests' node processes (on two cores, a site's nodes
+    // then took longer than the fragment timeout to settle their partitions).
+    let _one_at_a_time = crate::fault::node_processes();
     // The OTLP receiver.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
     let receiver = Receiver::default();
