@@ -365,6 +365,19 @@ fn start_sites(
     let http_ports: Vec<u16> = (0..n * per_site).map(|k| port(opts.http_port, k)).collect::<Result<_>>()?;
     let members: Vec<String> =
         sites.iter().zip(&raft_ports).enumerate().map(|(i, (s, p))| format!("{}={s}@127.0.0.1:{p}", i + 1)).collect();
+    // A site of several nodes keeps its readings in a store per node (a pod's volume), sealed
+    // under the site's key: a motor whose partition moves keeps its history at the node that
+    // had it, so the site's answers cover every motor whenever its partitions move.
+    let kek_of = |site: &str| data_dir.join(site).join("site.kek");
+    if per_site > 1 {
+        for site in sites {
+            std::fs::create_dir_all(data_dir.join(site)).map_err(|source| WorkloadError::Io {
+                what: format!("creating {}", data_dir.join(site).display()),
+                source,
+            })?;
+            tessera_node::store::new_kek(&kek_of(site), 1)?;
+        }
+    }
     let hash = tessera_sql::auth::hash_password(DEMO_PASSWORD)?;
     let users = vec![
         UserConfig { name: "analyst".into(), password_hash: hash.clone(), role: Role::FleetAnalyst, site: None },
@@ -420,6 +433,9 @@ fn start_sites(
             // directory, and every query asks them all.
             let site_sql: Vec<String> = (0..per_site).map(|j| format!("127.0.0.1:{}", sql_ports[i + j * n])).collect();
             config.state.dir = Some(data_dir.join(site).join("state"));
+            config.store.dir = Some(data_dir.join(site).join(format!("store-{j}")));
+            config.store.kek_file = Some(kek_of(site));
+            config.store.segment_interval = Duration::from_secs(5);
             config.sql.advertise = Some(site_sql[j].clone());
             config.sql.site_nodes = site_sql;
         }
