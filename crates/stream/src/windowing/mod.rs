@@ -318,9 +318,13 @@ impl WindowOperator {
 
     /// Closes the windows of motors idle at processing time `now_ms`.
     pub fn tick(&mut self, now_ms: i64) -> Result<Closed, StreamError> {
-        self.motors.iter_mut().for_each(|m| m.watermark.start_idle_clock(now_ms));
-        let idle: Vec<usize> = (0..self.motors.len())
-            .filter(|&i| !self.motors[i].open.is_empty() && self.motors[i].watermark.is_idle(now_ms, &self.policy))
+        let policy = self.policy;
+        let idle: Vec<usize> = (self.motors.iter_mut().enumerate())
+            .filter_map(|(i, m)| {
+                // A restored motor's silence counts from here (one pass with the idle check).
+                m.watermark.start_idle_clock(now_ms);
+                (!m.open.is_empty() && m.watermark.is_idle(now_ms, &policy)).then_some(i)
+            })
             .collect();
         self.close(idle.into_iter(), now_ms, true)
     }
