@@ -427,14 +427,14 @@ fn partitions_off(brokers: &str, group: &str, config: &NodeConfig) -> Vec<String
     off
 }
 
-/// Every reading in the stores `dirs` (sealed under `kek_file`), by (motor, sequence), with
-/// how many times it is stored.
+/// Every reading in the stores `dirs` (sealed under `kek_file`; their `telemetry` segments),
+/// by (motor, sequence), with how many times it is stored.
 fn stored_readings(dirs: &[PathBuf], kek_file: &Path) -> BTreeMap<(String, u64), u64> {
     let mut seen = BTreeMap::new();
     for dir in dirs {
         let kek = tessera_store::Kek::read(kek_file).unwrap();
         let store = tessera_store::SegmentStore::open(dir, kek).unwrap();
-        for segment in store.segments() {
+        for segment in store.segments().iter().filter(|s| s.stream == "telemetry") {
             for batch in store.read(&segment.id, Some(&["motor_id", "seq"])).unwrap() {
                 let motors = batch.column_by_name("motor_id").unwrap();
                 let motors = motors.as_any().downcast_ref::<arrow_array::StringArray>().unwrap();

@@ -3,9 +3,12 @@
 //! loss of a node; each node releases only its own part to an analyst.
 //!
 //! The nodes run in this process on the embedded Kafka (6 partitions), sharing one checkpoint
-//! directory, each listing the other two in `sql.site_nodes`. Node 0 starts alone and takes
-//! every partition; nodes 1 and 2 join and the partitions spread; then node 2 stops and its
-//! partitions move back. After each step the same queries are asked of every running node.
+//! directory and one site store (each node a writer in it), each listing the other two in
+//! `sql.site_nodes`. Node 0 starts alone and takes every partition; nodes 1 and 2 join and the
+//! partitions spread; then node 2 stops and its partitions move back. After each step the same
+//! queries are asked of every running node, and every motor's window history is whole (issue
+//! 22, point 2): a window a motor closed at a node it has since left, or at a node that is
+//! gone, is answered by the motor's partition's owner now, from the store.
 
 use std::time::{Duration, Instant};
 
@@ -70,15 +73,24 @@ async fn until(
     }
 }
 
-/// The checks every running node must pass: the site's motors, each window once, an analyst's
-/// aggregate per motor, and raw readings refused to the analyst.
-async fn site_answers_at(addr: &str) {
+/// The checks every running node must pass: the site's motors, each window once and every
+/// motor's windows from its first (at `first_window_ms`) on without a gap, as many windows as
+/// `windows_at_least` at least, an analyst's aggregate per motor, and raw readings refused to
+/// the analyst.
+async fn site_answers_at(addr: &str, first_window_ms: i64, windows_at_least: i64) {
     let motors = "SELECT count(DISTINCT motor_id) FROM motor_windows";
     until(addr, "root", motors, Duration::from_secs(60), |b| int(b) == MOTORS as i64).await;
     let twice = "SELECT count(*) FROM (SELECT motor_id, window_start FROM motor_windows \
                  GROUP BY motor_id, window_start HAVING count(*) > 1)";
     let mut root = login(addr, "root").await;
     assert_eq!(int(&run(&mut root, twice).await.expect("duplicates")), 0, "a window answered twice at {addr}");
+    let broken = format!(
+        "SELECT count(*) FROM (SELECT motor_id, count(*) AS n, CAST(min(window_start) AS BIGINT) AS first, \
+           (CAST(max(window_start) AS BIGINT) - CAST(min(window_start) AS BIGINT)) / 4000 + 1 AS span \
+         FROM motor_windows GROUP BY motor_id) WHERE n <> span OR first <> {first_window_ms} OR n < {windows_at_least}"
+    );
+    let whole = until(addr, "root", &broken, Duration::from_secs(30), |b| int(b) == 0).await;
+    assert_eq!(int(&whole), 0, "every motor's windows whole at {addr}");
     let per_motor = "SELECT motor_id, count(*) AS n, avg(vibration_x_rms) AS vib FROM telemetry GROUP BY motor_id";
     let answer = until(addr, "ana", per_motor, Duration::from_secs(30), |b| {
         b.iter().map(RecordBatch::num_rows).sum::<usize>() == MOTORS as usize
@@ -98,25 +110,31 @@ fn a_site_of_three_nodes_answers_for_every_partition_once() {
     kafka.create_topic("late", 1).expect("topic");
     let t0 = (now_ms() - 300_000).div_euclid(1000) * 1000;
     let state = tempfile::tempdir().expect("tempdir");
+    let kek_file = state.path().join("site.kek");
+    tessera_node::store::new_kek(&kek_file, 1).expect("kek");
+    // 4 s windows from the first reading's: 30 s of readings close at least 6 (2 s of lateness).
+    let first_window = t0.div_euclid(4000) * 4000;
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
     let node = |i: usize| {
         TestNode::new("site-a", &brokers, "site-a", "telemetry")
             .queries([WINDOWS])
-            .state(state.path(), Duration::from_millis(500))
+            .state(&state.path().join("checkpoints"), Duration::from_millis(500))
+            .store(&state.path().join("store"), &kek_file, Duration::from_secs(1))
             .group_policy(3, Duration::from_secs(3))
             .sql_at(&addr(i), vec![user("root", Role::Admin, None), user("ana", Role::FleetAnalyst, None)])
             .with(|c| {
                 c.sql.federation_token = Some(FEDERATION_TOKEN.to_string());
                 c.sql.site_nodes = (0..3).filter(|&j| j != i).map(addr).collect();
                 c.sql.fragment_timeout = Duration::from_secs(10);
+                c.store.writer = Some(format!("node-{i}"));
             })
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
 
     send(&brokers, t0, 0, 30);
     let first = node(0).start();
-    rt.block_on(site_answers_at(&addr(0)));
+    rt.block_on(site_answers_at(&addr(0), first_window, 6));
 
     // Two more nodes join: the partitions spread over three.
     let second = node(1).start();
@@ -125,18 +143,22 @@ fn a_site_of_three_nodes_answers_for_every_partition_once() {
     for i in 1..3 {
         rt.block_on(until(&addr(i), "root", spread, Duration::from_secs(60), |b| int(b) == 1));
     }
-    // A moved motor's windows so far stayed with its old node, which dropped them when it
-    // handed the partition over; its new node shows the windows it closes from now on.
+    // A moved motor's windows so far are in its old node's part of the store, answered by
+    // its new node.
+    for i in 0..3 {
+        rt.block_on(site_answers_at(&addr(i), first_window, 6));
+    }
     send(&brokers, t0, 30, 30);
     for i in 0..3 {
-        rt.block_on(site_answers_at(&addr(i)));
+        rt.block_on(site_answers_at(&addr(i), first_window, 14));
     }
 
-    // One node leaves: its partitions move to the two others, which still answer for all.
+    // One node leaves: its partitions move to the two others, which still answer for all, its
+    // stored history included.
     third.stop().expect("node 2 stops");
     send(&brokers, t0, 60, 30);
     for i in 0..2 {
-        rt.block_on(site_answers_at(&addr(i)));
+        rt.block_on(site_answers_at(&addr(i), first_window, 21));
     }
     second.stop().expect("node 1 stops");
     first.stop().expect("node 0 stops");

@@ -106,6 +106,19 @@ impl NodeConfig {
             "sql.site_nodes",
             "a site of several nodes needs [state] dir or url (per-partition checkpoints, which hand partitions over)",
         )?;
+        // A site of several nodes answers from a store only if it is shared: a node's own store
+        // would drop out of the site's answers, unnoticed, whenever that node is down.
+        ensure(
+            self.sql.site_nodes.is_empty() || self.store.dir.is_none() || self.store.writer.is_some(),
+            "store.writer",
+            "a site of several nodes (sql.site_nodes) keeps one store its nodes share: set writer (this node's name in it)",
+        )?;
+        // A shared store files rows under their partitions, which the checkpoint barriers name.
+        ensure(
+            self.store.writer.is_none() || self.state.enabled(),
+            "store.writer",
+            "a store shared by the site's nodes needs [state] dir or url (the checkpoint barriers name each motor's partition)",
+        )?;
         if let Some(raft) = &self.raft {
             raft.validate().map_err(|e| e.within("raft"))?;
         }
@@ -183,5 +196,28 @@ mod tests {
         std::fs::write(&wrong_type, "[ingest]\nshards = \"many\"\n").unwrap();
         let err = NodeConfig::load(Some(&wrong_type)).unwrap_err().to_string();
         assert!(err.contains("ingest.shards"), "{err}");
+    }
+
+    /// A site of several nodes with a store of each node's own, or a shared store without
+    /// checkpoints, is refused, naming the field.
+    #[test]
+    fn a_site_of_several_nodes_shares_its_store() {
+        let mut c = NodeConfig { site_id: "site-a".into(), ..Default::default() };
+        c.state.dir = Some("/var/lib/tessera/state".into());
+        c.store.dir = Some("/var/lib/tessera/store".into());
+        c.store.kek_file = Some("/etc/tessera/kek".into());
+        c.sql.site_nodes = vec!["b:50051".into()];
+        c.sql.federation_token = Some("a-token-of-16-chars".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("store.writer: a site of several nodes"), "{err}");
+        c.store.writer = Some("pod-0".into());
+        c.validate().unwrap();
+        c.state.dir = None;
+        c.sql.site_nodes.clear();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("store.writer: a store shared"), "{err}");
+        c.state.dir = Some("/s".into());
+        c.store.writer = Some("../x".into());
+        assert!(c.validate().unwrap_err().to_string().starts_with("store.writer: must be"));
     }
 }

@@ -1,6 +1,7 @@
 //! How the detection stage and the site store agree on what is durable.
 //!
-//! The stage sends the store its readings ([`StoreInput::Rows`]) and, after each checkpoint
+//! The stage sends the store its readings and what it made of them ([`StoreInput::Rows`]:
+//! window results, alert events, late readings) and, after each checkpoint
 //! barrier, a mark ([`StoreInput::Mark`]) carrying the barrier's epoch. The store makes every
 //! row sent before a mark durable in a segment at its next cut (at once for a mark with `now`:
 //! a partition is handed over, or the stage stops) and then raises [`Durability::through`] to
@@ -14,19 +15,79 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use tessera_core::telemetry_schema;
 use tessera_ingest::BatchAck;
+use tessera_stream::alerts::{alerts_schema, motor_windows_schema};
+use tessera_stream::engine::late_schema;
+
+/// What a store keeps: each stream is a table the detection stage fills, kept in segments of
+/// its own and served under the table's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StoredStream {
+    /// The readings taken in.
+    Telemetry,
+    /// Each query's result per closed window.
+    MotorWindows,
+    /// Alert events (open, update, close).
+    Alerts,
+    /// Readings too late for a window.
+    LateEvents,
+}
+
+impl StoredStream {
+    /// Every stream, in the order tables are listed.
+    pub const ALL: [Self; 4] = [Self::Telemetry, Self::MotorWindows, Self::Alerts, Self::LateEvents];
+
+    /// The stream's (and its table's) name, as graded in the cluster's grade map.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Telemetry => "telemetry",
+            Self::MotorWindows => "motor_windows",
+            Self::Alerts => "alerts",
+            Self::LateEvents => "late_events",
+        }
+    }
+
+    /// The stream served as table `name`, if one is.
+    pub fn of_table(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The rows' schema: the engine table's.
+    pub fn schema(self) -> SchemaRef {
+        match self {
+            Self::Telemetry => telemetry_schema(),
+            Self::MotorWindows => motor_windows_schema(),
+            Self::Alerts => alerts_schema(),
+            Self::LateEvents => late_schema(),
+        }
+    }
+
+    /// The event-time column segments are ranged, expired and pruned by (one of
+    /// [`tessera_store::EVENT_TIME_COLUMNS`]).
+    pub fn time_column(self) -> &'static str {
+        match self {
+            Self::Telemetry | Self::LateEvents => "ts",
+            Self::MotorWindows | Self::Alerts => "window_start",
+        }
+    }
+}
 
 /// What the detection stage sends the store, in the order it took the readings in.
 #[derive(Debug)]
 pub enum StoreInput {
-    /// Readings taken in.
-    Rows(RecordBatch),
+    /// Rows of a stream: readings taken in, or what the engine made of them.
+    Rows(StoredStream, RecordBatch),
     /// Everything sent before is to be durable for the checkpoints of barrier `epoch`.
     Mark {
         /// The barrier's epoch.
         epoch: u64,
         /// Cut a segment at once rather than when one is due.
         now: bool,
+        /// Motors first seen since the last barrier, with the partition (`topic/number`) their
+        /// readings come from: the store files each row's segment under its partition.
+        motors: Vec<(String, String)>,
     },
     /// Acknowledgements of batches whose rows were sent before (a stage without
     /// checkpoints): given once those rows are in a segment.

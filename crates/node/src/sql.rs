@@ -29,7 +29,7 @@ use crate::control::RegistryRows;
 use crate::detect::RunningQueries;
 use crate::error::NodeError;
 use crate::lifecycle::Shutdown;
-use crate::store::TelemetryStore;
+use crate::store::{StoredStream, TelemetryStore};
 
 /// The `[sql]` section: where the Flight SQL endpoint listens and who may use it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -179,12 +179,19 @@ pub fn served_tables(
     store: Option<&TelemetryStore>,
     ownership: Arc<tessera_ingest::IngestMetrics>,
 ) -> Vec<ServedTable> {
+    let metrics = ownership.clone();
+    let owned: crate::store::OwnedPartitions =
+        Arc::new(move || metrics.ownership().owned.iter().map(|(t, p)| format!("{t}/{p}")).collect());
     let mut tables: Vec<ServedTable> = shared
         .into_iter()
         .map(|(name, provider)| match (name, store) {
-            // With a store, `telemetry` is every stored reading, not only the newest in memory.
-            ("telemetry", Some(store)) => (name, store.table() as Arc<dyn TableProvider>),
-            _ => (name, provider),
+            // With a store, a stored stream's table is its whole kept history (the segments
+            // and the rows not yet cut), not only the newest rows in memory.
+            (name, Some(store)) => match StoredStream::of_table(name) {
+                Some(stream) => (name, store.table(stream, owned.clone()) as Arc<dyn TableProvider>),
+                None => (name, provider),
+            },
+            (name, None) => (name, provider),
         })
         .map(|(name, provider)| ServedTable {
             name: name.to_string(),

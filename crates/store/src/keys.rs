@@ -199,6 +199,11 @@ impl Keyring {
         self.kek.version
     }
 
+    /// The KEK it is sealed under.
+    pub(crate) fn kek(&self) -> &Kek {
+        &self.kek
+    }
+
     /// Makes, seals and stores a new data key under `id`.
     pub fn create(&mut self, id: &str) -> Result<SecretKey> {
         let key = SecretKey::generate()?;

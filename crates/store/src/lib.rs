@@ -25,4 +25,4 @@ pub use keys::{KEY_LEN, Kek, Keyring, SealedKey, SecretKey, from_hex, to_hex};
 pub use manifest::{GradeKey, SegmentMeta, Shred, ShredEvent};
 pub use retention::Retention;
 pub use sealer::KekSealer;
-pub use segment::{OpenSegment, SegmentStore};
+pub use segment::{EVENT_TIME_COLUMNS, OpenSegment, SegmentStore};

@@ -34,6 +34,9 @@ pub struct SegmentMeta {
     pub id: String,
     /// The stream its rows belong to.
     pub stream: String,
+    /// The Kafka partition (`topic/number`) all its rows came from, when the writer knew it.
+    #[serde(default)]
+    pub partition: Option<String>,
     /// The oldest row's event time (ms).
     pub min_ts_ms: i64,
     /// The newest row's event time (ms).

@@ -60,7 +60,8 @@ impl SegmentStore {
     pub fn open(dir: impl Into<PathBuf>, kek: Kek) -> Result<Self> {
         let dir = dir.into();
         fs::create_dir_all(dir.join(SEGMENTS)).map_err(io("create", &dir))?;
-        let keyring = Keyring::open(dir.join(KEYRING), kek)?;
+        // The manifest before the key ring: a writer stores a segment's keys before the
+        // manifest lists it, so a reader beside a live writer has the keys of all it lists.
         let path = dir.join(MANIFEST);
         let manifest = match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|cause| StoreError::Corrupt {
@@ -71,7 +72,14 @@ impl SegmentStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
             Err(e) => return Err(io("read", &path)(e)),
         };
+        let keyring = Keyring::open(dir.join(KEYRING), kek)?;
         Ok(Self { dir, keyring, manifest })
+    }
+
+    /// Opens the store in `dir` under this store's KEK: another node's part of a store the
+    /// site's nodes share (read the segments it lists; writing is its owner's).
+    pub fn open_sibling(&self, dir: impl Into<PathBuf>) -> Result<Self> {
+        Self::open(dir, self.keyring.kek().clone())
     }
 
     /// The store's directory.
@@ -93,11 +101,27 @@ impl SegmentStore {
         self.dir.join(SEGMENTS).join(format!("{id}.parquet"))
     }
 
-    /// Writes `batches` (rows of `stream`, with a `ts` column) as one segment; each column is
-    /// encrypted under the key of its grade in `grades`.
+    /// Writes `batches` (rows of `stream`) as one segment; each column is encrypted under the
+    /// key of its grade in `grades`. The segment's time range (what retention and scans go by)
+    /// is that of its event-time column: `ts` (readings), else `window_start` (window results
+    /// and alerts).
     pub fn write(
         &mut self,
         stream: &str,
+        batches: &[RecordBatch],
+        grades: &GradeMap,
+        now_ms: i64,
+    ) -> Result<Option<SegmentMeta>> {
+        self.write_partition(stream, None, batches, grades, now_ms)
+    }
+
+    /// [`Self::write`] for rows that all came from one Kafka `partition` (`topic/number`),
+    /// recorded in the segment's metadata: a site whose nodes share a store answers for a
+    /// segment at whichever node owns its partition now.
+    pub fn write_partition(
+        &mut self,
+        stream: &str,
+        partition: Option<&str>,
         batches: &[RecordBatch],
         grades: &GradeMap,
         now_ms: i64,
@@ -111,20 +135,19 @@ impl SegmentStore {
         self.manifest.next_id += 1;
         let schema = grades.annotate(stream, first.schema().as_ref());
         let (min_ts_ms, max_ts_ms) = ts_range(batches);
-        let meta = self.write_file(&id, stream, &schema, batches, (min_ts_ms, max_ts_ms), now_ms, None)?;
+        let origin = Origin { stream, partition, imported_from: None };
+        let meta = self.write_file(&id, origin, &schema, batches, (min_ts_ms, max_ts_ms), now_ms)?;
         Ok(Some(meta))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn write_file(
         &mut self,
         id: &str,
-        stream: &str,
+        origin: Origin<'_>,
         schema: &SchemaRef,
         batches: &[RecordBatch],
         ts: (i64, i64),
         now_ms: i64,
-        imported_from: Option<String>,
     ) -> Result<SegmentMeta> {
         // One key per grade present; columns listed by top-level name.
         let mut by_grade: BTreeMap<DataGrade, Vec<String>> = BTreeMap::new();
@@ -174,13 +197,14 @@ impl SegmentStore {
         let bytes = fs::metadata(&path).map_err(io("stat", &path))?.len();
         let meta = SegmentMeta {
             id: id.to_string(),
-            stream: stream.to_string(),
+            stream: origin.stream.to_string(),
+            partition: origin.partition.map(str::to_string),
             min_ts_ms: ts.0,
             max_ts_ms: ts.1,
             rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
             bytes,
             written_at_ms: now_ms,
-            imported_from,
+            imported_from: origin.imported_from,
             grades: by_grade
                 .into_iter()
                 .map(|(g, columns)| (g, GradeKey { key_id: keys[&g].0.clone(), columns, shredded: None }))
@@ -395,15 +419,12 @@ impl SegmentStore {
     ) -> Result<SegmentMeta> {
         let id = format!("seg-{:08}", self.manifest.next_id);
         self.manifest.next_id += 1;
-        self.write_file(
-            &id,
-            &source.stream,
-            schema,
-            batches,
-            (source.min_ts_ms, source.max_ts_ms),
-            now_ms,
-            Some(format!("{source_site}/{}", source.id)),
-        )
+        let origin = Origin {
+            stream: &source.stream,
+            partition: None,
+            imported_from: Some(format!("{source_site}/{}", source.id)),
+        };
+        self.write_file(&id, origin, schema, batches, (source.min_ts_ms, source.max_ts_ms), now_ms)
     }
 
     /// The plaintext of segment `id`'s live columns and their schema (for export).
@@ -446,10 +467,23 @@ impl KeyRetriever for RingKeys {
     }
 }
 
+/// Where a segment's rows came from.
+struct Origin<'a> {
+    stream: &'a str,
+    partition: Option<&'a str>,
+    imported_from: Option<String>,
+}
+
+/// The columns a segment's event time is read from, the first one present.
+pub const EVENT_TIME_COLUMNS: [&str; 2] = ["ts", "window_start"];
+
 fn ts_range(batches: &[RecordBatch]) -> (i64, i64) {
     let mut range = (i64::MAX, i64::MIN);
     for batch in batches {
-        let Some(ts) = batch.column_by_name("ts").and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+        let Some(ts) = EVENT_TIME_COLUMNS
+            .iter()
+            .find_map(|name| batch.column_by_name(name))
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
         else {
             continue;
         };

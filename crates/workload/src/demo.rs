@@ -365,9 +365,9 @@ fn start_sites(
     let http_ports: Vec<u16> = (0..n * per_site).map(|k| port(opts.http_port, k)).collect::<Result<_>>()?;
     let members: Vec<String> =
         sites.iter().zip(&raft_ports).enumerate().map(|(i, (s, p))| format!("{}={s}@127.0.0.1:{p}", i + 1)).collect();
-    // A site of several nodes keeps its readings in a store per node (a pod's volume), sealed
-    // under the site's key: a motor whose partition moves keeps its history at the node that
-    // had it, so the site's answers cover every motor whenever its partitions move.
+    // A site of several nodes keeps its readings, windows, alerts and late readings in one
+    // store its nodes share, sealed under the site's key: a motor whose partition moves (or
+    // whose node dies) keeps its history, answered by the partition's new owner.
     let kek_of = |site: &str| data_dir.join(site).join("site.kek");
     if per_site > 1 {
         for site in sites {
@@ -430,10 +430,12 @@ fn start_sites(
         }
         if per_site > 1 {
             // The site's nodes share its partitions: per-partition checkpoints in one
-            // directory, and every query asks them all.
+            // directory, one store (each node a writer in it, answering for the partitions it
+            // owns), and every query asks them all.
             let site_sql: Vec<String> = (0..per_site).map(|j| format!("127.0.0.1:{}", sql_ports[i + j * n])).collect();
             config.state.dir = Some(data_dir.join(site).join("state"));
-            config.store.dir = Some(data_dir.join(site).join(format!("store-{j}")));
+            config.store.dir = Some(data_dir.join(site).join("store"));
+            config.store.writer = Some(format!("node-{j}"));
             config.store.kek_file = Some(kek_of(site));
             config.store.segment_interval = Duration::from_secs(5);
             config.sql.advertise = Some(site_sql[j].clone());

@@ -18,7 +18,7 @@ use tessera_stream::{StepOutput, StreamEngine};
 use tessera_core::now_ms;
 
 use super::checkpoint_writer::{CheckpointFile, CheckpointJob, CheckpointWriter, RunningWriter, SharedStore};
-use crate::durability::{StoreInput, StoreLink};
+use crate::durability::{StoreInput, StoreLink, StoredStream};
 use crate::error::NodeError;
 
 type Result<T, E = NodeError> = std::result::Result<T, E>;
@@ -87,7 +87,7 @@ impl Worker {
                             let telemetry = rows
                                 .project(&(0..tessera_core::telemetry_schema().fields().len()).collect::<Vec<_>>())?;
                             raw.input
-                                .send(StoreInput::Rows(telemetry))
+                                .send(StoreInput::Rows(StoredStream::Telemetry, telemetry))
                                 .map_err(|_| NodeError::Stopped("telemetry store"))?;
                         }
                         let out = rt.block_on(self.engine.push(&rows, now_ms())).map_err(engine("a detection step"))?;
@@ -139,7 +139,7 @@ impl Worker {
             self.publish(out, started)?;
         }
         // The writer's last jobs wait for the store: have it cut what is pending now.
-        self.mark_store(true)?;
+        self.mark_store(true, &[])?;
         self.stop_writer()?;
         self.producer
             .flush(Duration::from_secs(30))
@@ -339,7 +339,7 @@ impl Worker {
             return Err(self.stop_writer().err().unwrap_or(NodeError::Stopped("checkpoint writer")));
         }
         // A partition handed over must be checkpointed now, not at the store's next cut.
-        self.mark_store(!barrier.revoked.is_empty())?;
+        self.mark_store(!barrier.revoked.is_empty(), &barrier.motors)?;
         if let Ok(mut s) = self.stats.lock() {
             s.longest_checkpoint_pause_us = s.longest_checkpoint_pause_us.max(started.elapsed().as_micros() as u64);
         }
@@ -347,12 +347,14 @@ impl Worker {
     }
 
     /// Tells the store that the rows sent so far are to be durable for the newest barrier's
-    /// checkpoints (`now`: cut a segment at once).
-    fn mark_store(&self, now: bool) -> Result<()> {
+    /// checkpoints (`now`: cut a segment at once), and the partitions of the motors the barrier
+    /// saw first.
+    fn mark_store(&self, now: bool, motors: &[(String, TopicPartition)]) -> Result<()> {
+        let motors = motors.iter().map(|(m, (topic, p))| (m.clone(), format!("{topic}/{p}"))).collect();
         match &self.raw {
             Some(raw) if self.checkpointed => raw
                 .input
-                .send(StoreInput::Mark { epoch: self.last_epoch, now })
+                .send(StoreInput::Mark { epoch: self.last_epoch, now, motors })
                 .map_err(|_| NodeError::Stopped("telemetry store")),
             _ => Ok(()),
         }
@@ -385,6 +387,7 @@ impl Worker {
     /// Writes a step's alerts, late readings and failed runs; `started` is when the step that
     /// closed the windows began.
     fn publish(&mut self, out: StepOutput, started: Instant) -> Result<()> {
+        self.keep(&out)?;
         let mut alerts = 0;
         for event in &out.alerts {
             let _alert = tracing::info_span!(
@@ -411,6 +414,20 @@ impl Worker {
         if let Ok(mut s) = self.stats.lock() {
             s.alerts_sent += alerts;
             s.late_sent += late;
+        }
+        Ok(())
+    }
+
+    /// What a step made (window results, alert events, late readings), to the store if the
+    /// site has one: sent before the next barrier's mark, so a checkpoint never covers a result
+    /// the store could still lose, and a result a restore makes again was not stored before.
+    fn keep(&self, out: &StepOutput) -> Result<()> {
+        let Some(raw) = &self.raw else { return Ok(()) };
+        let rows = (out.window_rows.iter().map(|b| (StoredStream::MotorWindows, b)))
+            .chain(out.alert_rows.iter().map(|b| (StoredStream::Alerts, b)))
+            .chain(out.late.iter().map(|b| (StoredStream::LateEvents, b)));
+        for (stream, batch) in rows.filter(|(_, b)| b.num_rows() > 0) {
+            raw.input.send(StoreInput::Rows(stream, batch.clone())).map_err(|_| NodeError::Stopped("site store"))?;
         }
         Ok(())
     }

@@ -61,6 +61,10 @@ pub struct StepOutput {
     pub alerts: Vec<AlertEvent>,
     /// Late readings, in the `late_events` schema.
     pub late: Vec<RecordBatch>,
+    /// The rows appended to `motor_windows` (its schema), for a store to keep.
+    pub window_rows: Vec<RecordBatch>,
+    /// The rows appended to `alerts` (its schema: the events above), for a store to keep.
+    pub alert_rows: Vec<RecordBatch>,
     /// Windows closed.
     pub windows_closed: usize,
     /// Query runs that failed: their windows produced no rows, and are handed out here to be

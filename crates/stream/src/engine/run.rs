@@ -99,9 +99,15 @@ impl StreamEngine {
                     }
                 }
             }
-            self.motor_windows.append(rows.finish());
+            let windows = rows.finish();
+            if windows.num_rows() > 0 {
+                self.motor_windows.append(windows.clone());
+                out.window_rows.push(windows);
+            }
             if !events.is_empty() {
-                self.alerts.append(alerts_batch(&events));
+                let rows = alerts_batch(&events);
+                self.alerts.append(rows.clone());
+                out.alert_rows.push(rows);
                 self.alert_events += events.len() as u64;
                 out.alerts.extend(events);
             }
