@@ -140,8 +140,15 @@ fn the_chart_lints_renders_and_validates_for_every_ci_values_file() {
         let configs = node_configs(&rendered);
         assert_eq!(configs.len(), sets.len(), "{name}");
         for (i, config) in configs.iter().enumerate() {
+            // A site's pods that share a store are writers in it under their pod names, which
+            // the StatefulSet sets (here: as if for its first pod).
+            let shared_store = sets.iter().any(|s| s.contains("name: TESSERA__STORE__WRITER"));
+            let config = match shared_store {
+                true => config.replacen("[store]\n", "[store]\nwriter = \"pod-0\"\n", 1),
+                false => config.clone(),
+            };
             let path = dir.path().join(format!("{name}-{i}.toml"));
-            std::fs::write(&path, config).expect("write");
+            std::fs::write(&path, &config).expect("write");
             let loaded = NodeConfig::load(Some(&path))
                 .unwrap_or_else(|e| panic!("{name}: site {i}'s node.toml does not load: {e:#}\n{config}"));
             let raft = loaded.raft.expect("[raft]");
@@ -160,6 +167,16 @@ fn the_chart_lints_renders_and_validates_for_every_ci_values_file() {
                     let mut sql = loaded.sql.clone();
                     sql.advertise = Some(pod.clone());
                     assert_eq!(sql.other_site_nodes().len(), pods.len() - 1, "{name}: {pod} among {pods:?}");
+                }
+            }
+            // A shared store is the claim every pod of the site mounts.
+            if shared_store {
+                assert_eq!(loaded.store.dir.as_deref(), Some(Path::new("/var/lib/tessera/site-store")), "{name}");
+                for s in &sets {
+                    assert!(
+                        s.contains("mountPath: /var/lib/tessera/site-store") && s.contains("claimName: tessera-"),
+                        "{name}"
+                    );
                 }
             }
             // Checkpoints are sealed by default: the config names the KEK the pods mount.
@@ -356,6 +373,16 @@ fn bad_values_are_refused_with_the_value_named() {
         ("no SQL user", "sql:\n  users: []\n".to_string(), "sql.users: give at least one user"),
         ("certificates the chart would sign", "tls:\n  certificates: chart\n".to_string(), "tls.certificates"),
         ("a CA for the pods (removed)", "tls:\n  existingSecret: my-ca\n".to_string(), "existingSecret"),
+        (
+            "a store on each pod's own volume for a site of several pods",
+            format!("sites:\n{}store:\n  enabled: true\n", site("site-a", 3, 100)),
+            "store.existingClaim: site site-a runs 3 pods",
+        ),
+        (
+            "a store without the site's KEK",
+            "store:\n  enabled: true\nkek:\n  enabled: false\n".to_string(),
+            "store.enabled: the site store is sealed",
+        ),
     ] {
         let file = dir.path().join("bad.yaml");
         std::fs::write(&file, &values).expect("write");
