@@ -304,7 +304,7 @@ fn serve(
             let site = format!("site-{s}");
             let peers = (0..data.len())
                 .filter(|&p| p != s)
-                .map(|p| Peer { site: format!("site-{p}"), addr: addrs[p][0].clone() })
+                .map(|p| Peer { site: format!("site-{p}"), addr: addrs[p][0].clone(), fallbacks: vec![] })
                 .collect();
             let n = data[s].len();
             if n > 1 {

@@ -186,13 +186,13 @@ pub(crate) fn node_processes() -> std::sync::MutexGuard<'static, ()> {
 
 /// A node process of the fault tests (a [`ChildProcess`] running [`node_process`]) and how to
 /// stop it.
-struct NodeProcess {
+pub(crate) struct NodeProcess {
     process: ChildProcess,
     stop_file: PathBuf,
 }
 
 impl NodeProcess {
-    fn start(config: &NodeConfig, kill_at: Option<&str>, work: &Path, n: usize) -> Self {
+    pub(crate) fn start(config: &NodeConfig, kill_at: Option<&str>, work: &Path, n: usize) -> Self {
         Self::start_with(config, kill_at, None, work, n)
     }
 
@@ -217,13 +217,13 @@ impl NodeProcess {
     }
 
     /// Asks the process to stop gracefully and waits.
-    fn stop(self, deadline: Duration) -> (ExitStatus, String) {
+    pub(crate) fn stop(self, deadline: Duration) -> (ExitStatus, String) {
         std::fs::write(&self.stop_file, b"stop").expect("stop file");
         self.wait(deadline)
     }
 
     /// Kills the process (SIGKILL); its output.
-    fn kill(mut self) -> String {
+    pub(crate) fn kill(mut self) -> String {
         self.process.kill();
         self.wait(Duration::from_secs(30)).1
     }

@@ -320,7 +320,11 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
             .iter()
             .zip(&ports)
             .filter(|(s, _)| *s != site)
-            .map(|(s, port)| tessera_sql::Peer { site: s.to_string(), addr: format!("127.0.0.1:{port}") })
+            .map(|(s, port)| tessera_sql::Peer {
+                site: s.to_string(),
+                addr: format!("127.0.0.1:{port}"),
+                fallbacks: vec![],
+            })
             .collect();
         let cert = pki::issue(
             &ca,

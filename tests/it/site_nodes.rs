@@ -10,14 +10,14 @@
 //! 22, point 2): a window a motor closed at a node it has since left, or at a node that is
 //! gone, is answered by the motor's partition's owner now, from the store.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use tessera_core::{Channel, now_ms};
 use tessera_sql::Role;
 use tessera_workload::producer::WireFormat;
 
-use crate::support::sql::{FEDERATION_TOKEN, int, login, run, user};
+use crate::support::sql::{FEDERATION_TOKEN, int, login, run, until, user};
 use crate::support::{TestNode, cluster::free_port, reading};
 
 const MOTORS: u32 = 30;
@@ -41,36 +41,6 @@ fn send(brokers: &str, t0: i64, from_s: i64, seconds: i64) -> u64 {
     p.send_readings(&readings).expect("send");
     p.flush(Duration::from_secs(10)).expect("flush");
     readings.len() as u64
-}
-
-/// Asks `sql` at `addr` as `name` until `done` holds of the answer (a rebalance may be under
-/// way: the site then answers UNAVAILABLE, or not yet for every motor), within `within`.
-async fn until(
-    addr: &str,
-    name: &str,
-    sql: &str,
-    within: Duration,
-    done: impl Fn(&[RecordBatch]) -> bool,
-) -> Vec<RecordBatch> {
-    let until = Instant::now() + within;
-    let mut last;
-    loop {
-        let mut c = login(addr, name).await;
-        match run(&mut c, sql).await {
-            Ok(batches) if done(&batches) => return batches,
-            Ok(batches) => {
-                last = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
-                    .map(|t| t.to_string())
-                    .unwrap_or_default()
-            }
-            Err(status) => {
-                assert_eq!(status.code(), tonic::Code::Unavailable, "{sql} at {addr}: {status}");
-                last = status.message().to_string();
-            }
-        }
-        assert!(Instant::now() < until, "{sql} at {addr} as {name}: never as expected; last answer {last}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 /// The checks every running node must pass: the site's motors, each window once and every

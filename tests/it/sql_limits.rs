@@ -37,7 +37,11 @@ fn one_caller_cannot_starve_the_node() {
     let (_kafka, brokers) = crate::embedded_kafka(1, 2);
     // A peer that takes connections and never answers (the backlog accepts them).
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("a silent peer");
-    let silent_peer = tessera_sql::Peer { site: "site-z".into(), addr: silent.local_addr().expect("addr").to_string() };
+    let silent_peer = tessera_sql::Peer {
+        site: "site-z".into(),
+        addr: silent.local_addr().expect("addr").to_string(),
+        fallbacks: vec![],
+    };
     let node = TestNode::new("site-a", &brokers, "sql-limits", "telemetry")
         .sql(vec![user("root", Role::Admin, None), user("ana", Role::FleetAnalyst, None)])
         .peers(vec![silent_peer], "a-federation-token-for-tests")

@@ -165,7 +165,11 @@ fn a_hostile_analyst_gets_no_reading_out_of_either_site() {
             .iter()
             .zip(&ports)
             .filter(|(s, _)| *s != site)
-            .map(|(s, port)| tessera_sql::Peer { site: s.to_string(), addr: format!("127.0.0.1:{port}") })
+            .map(|(s, port)| tessera_sql::Peer {
+                site: s.to_string(),
+                addr: format!("127.0.0.1:{port}"),
+                fallbacks: vec![],
+            })
             .collect();
         nodes.push(
             TestNode::new(site, &brokers, site, &topic)

@@ -164,6 +164,9 @@ impl SqlConfig {
                 &format!("peers[{i}]"),
                 "needs a site and a host:port addr",
             )?;
+            for (j, a) in p.fallbacks.iter().enumerate() {
+                ensure(a.contains(':'), &format!("peers[{i}].fallbacks[{j}]"), "needs a host:port")?;
+            }
         }
         Ok(())
     }

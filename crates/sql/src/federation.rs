@@ -34,6 +34,10 @@ pub struct Peer {
     pub site: String,
     /// Its Flight SQL endpoint, host:port.
     pub addr: String,
+    /// More endpoints of the same site (its other nodes), tried in turn while the ones before
+    /// cannot answer. Behind one Service address (Kubernetes) none are needed.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
 }
 
 /// How a node reaches the other sites.

@@ -188,15 +188,23 @@ pub async fn run_fragments(catalog: &Arc<Catalog>, who: &Identity, sql: &str) ->
     // query's own memory, over all sites together.
     let budget = std::sync::atomic::AtomicUsize::new(catalog.limits().memory_bytes);
     let remote = federation.peers.iter().enumerate().map(|(index, peer)| {
-        let target = Target {
-            what: format!("site {} ({})", peer.site, peer.addr),
-            site: &peer.site,
-            addr: &peer.addr,
-            field: format!("peers[{index}].addr"),
-        };
         let connection = Connection { token: &federation.token, timeout: federation.timeout, tls: &federation.tls };
         let budget = &budget;
-        async move { run_remote(&connection, &target, who, false, &[sql], budget).await.map(|mut a| a.remove(0)) }
+        async move {
+            // The site's endpoints in turn, while one cannot answer (a node down, or its site
+            // between owners of a partition); any other answer, a refusal too, is the site's.
+            let addrs = std::iter::once((&peer.addr, format!("peers[{index}].addr")))
+                .chain(peer.fallbacks.iter().enumerate().map(|(i, a)| (a, format!("peers[{index}].fallbacks[{i}]"))));
+            let mut last = None;
+            for (addr, field) in addrs {
+                let target = Target { what: format!("site {} ({addr})", peer.site), site: &peer.site, addr, field };
+                match run_remote(&connection, &target, who, false, &[sql], budget).await {
+                    Err(e @ SqlError::Unavailable { .. }) => last = Some(e),
+                    answer => return answer.map(|mut a| a.remove(0)),
+                }
+            }
+            Err(last.expect("a peer has an address"))
+        }
     });
     let (local, remote) = futures::join!(run_local(catalog, who, sql), futures::future::join_all(remote));
     let mut batches = local?;

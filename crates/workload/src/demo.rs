@@ -386,11 +386,16 @@ fn start_sites(
     let federation_token: String = format!("demo-{:032x}", rand::random::<u128>());
     let config = |i: usize, j: usize| {
         let site = &sites[i];
+        // Another site: its first node, then its others (when a node is down).
         let peers = sites
             .iter()
-            .zip(&sql_ports)
-            .filter(|(s, _)| *s != site)
-            .map(|(s, p)| Peer { site: s.clone(), addr: format!("127.0.0.1:{p}") })
+            .enumerate()
+            .filter(|(_, s)| *s != site)
+            .map(|(k, s)| Peer {
+                site: s.clone(),
+                addr: format!("127.0.0.1:{}", sql_ports[k]),
+                fallbacks: (1..per_site).map(|j| format!("127.0.0.1:{}", sql_ports[k + j * n])).collect(),
+            })
             .collect::<Vec<_>>();
         let mut config = NodeConfig {
             site_id: site.clone(),

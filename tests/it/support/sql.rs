@@ -1,5 +1,8 @@
 //! Speaking to a node's Flight SQL endpoint in tests: users with one shared password, login
-//! (plain or TLS), running a query to its batches or the status the server answered with.
+//! (plain or TLS), running a query to its batches or the status the server answered with, and
+//! asking until the answer is as expected.
+
+use std::time::{Duration, Instant};
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use datafusion::arrow::array::{Int64Array, RecordBatch};
@@ -37,6 +40,14 @@ pub(crate) async fn login(addr: &str, name: &str) -> FlightSqlServiceClient<Grpc
     c
 }
 
+/// [`login`], or why not.
+async fn try_login(addr: &str, name: &str) -> Result<FlightSqlServiceClient<GrpcChannel>, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
+    let mut c = FlightSqlServiceClient::new(endpoint.connect().await.map_err(|e| e.to_string())?);
+    c.handshake(name, PASSWORD).await.map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
 /// [`login`] over TLS, trusting `ca_pem`, with no client certificate (as people connect).
 pub(crate) async fn login_tls(addr: &str, name: &str, ca_pem: &str) -> FlightSqlServiceClient<GrpcChannel> {
     let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(ca_pem));
@@ -65,4 +76,39 @@ pub(crate) async fn run(
 /// The first column of the first row, as an integer.
 pub(crate) fn int(batches: &[RecordBatch]) -> i64 {
     batches[0].column(0).as_any().downcast_ref::<Int64Array>().expect("an integer").value(0)
+}
+
+/// Asks `sql` at `addr` as `name` until `done` holds of the answer (the node may be starting,
+/// or a rebalance under way: the site then answers UNAVAILABLE, or not yet for every motor),
+/// within `within`.
+pub(crate) async fn until(
+    addr: &str,
+    name: &str,
+    sql: &str,
+    within: Duration,
+    done: impl Fn(&[RecordBatch]) -> bool,
+) -> Vec<RecordBatch> {
+    let until = Instant::now() + within;
+    let mut last;
+    loop {
+        // (A node that is starting is not listening yet.)
+        let answer = match try_login(addr, name).await {
+            Ok(mut c) => run(&mut c, sql).await,
+            Err(e) => Err(tonic::Status::unavailable(format!("connecting: {e}"))),
+        };
+        match answer {
+            Ok(batches) if done(&batches) => return batches,
+            Ok(batches) => {
+                last = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default()
+            }
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{sql} at {addr}: {status}");
+                last = status.message().to_string();
+            }
+        }
+        assert!(Instant::now() < until, "{sql} at {addr} as {name}: never as expected; last answer {last}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
