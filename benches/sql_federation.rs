@@ -194,7 +194,13 @@ fn main() {
             }
         }
         let site_zero = site_zero.expect("site 0");
-        let analyst = Identity { user: "bench".into(), role: Role::FleetAnalyst, site: None, via_peer: false };
+        let analyst = Identity {
+            user: "bench".into(),
+            role: Role::FleetAnalyst,
+            site: None,
+            via_peer: false,
+            gaps: Default::default(),
+        };
         let (mut open, mut released, mut release_step) = (Vec::new(), Vec::new(), Vec::new());
         let (mut open_rows, mut released_rows) = (0, 0);
         // One site's fragment in process, alternating: as planned (nothing enforced), and

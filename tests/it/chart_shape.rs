@@ -4,7 +4,9 @@
 //!
 //! From any node, the fleet's motors, each site's motors, every motor's windows from its first
 //! without a gap, and every reading stored once; then again after one node per site is killed
-//! (SIGKILL) and the groups rebalance, and again after every node is restarted. The broker is
+//! (SIGKILL) and the groups rebalance, and again after every node is restarted. Before the
+//! groups notice a kill, and once a whole site is down, an exact answer is an error and a
+//! caller who allows a partial one gets it marked with what is missing. The broker is
 //! librdkafka's mock cluster served from this process on loopback (Tansu keeps a killed
 //! member's partitions, see `fault::broker`).
 
@@ -16,7 +18,7 @@ use tessera_sql::{Peer, Role};
 use tessera_workload::producer::WireFormat;
 
 use crate::fault::{NodeProcess, node_processes};
-use crate::support::sql::{FEDERATION_TOKEN, int, login, run, until, user};
+use crate::support::sql::{FEDERATION_TOKEN, int, login, run, run_partial, until, user};
 use crate::support::{TestNode, cluster::free_port, reading};
 
 const SITES: [&str; 3] = ["site-a", "site-b", "site-c"];
@@ -130,7 +132,10 @@ fn nine_nodes_of_three_sites_answer_exactly_through_kills_and_restarts() {
                 c.store.writer = Some(format!("node-{j}"));
                 c.sql.site_nodes = (0..NODES_PER_SITE).map(|k| addr(s, k)).collect();
                 c.sql.advertise = Some(addr(s, j));
-                c.sql.fragment_timeout = Duration::from_secs(20);
+                c.sql.fragment_timeout = Duration::from_secs(6);
+                // The group notices a killed node only after its session (12 s): time to see
+                // the answers while its partitions have no live owner.
+                c.ingest.kafka.insert("session.timeout.ms".into(), "12000".into());
             })
             .config()
     };
@@ -160,6 +165,7 @@ fn nine_nodes_of_three_sites_answer_exactly_through_kills_and_restarts() {
         site[0].take().expect("running").kill();
     }
     let killed = Instant::now();
+    rt.block_on(partial_answers_say_what_they_miss(&addr(0, 1), &addr(1, 1)));
     let more = send(&brokers, t0, 40, 80);
     stored = [0, 1, 2].map(|s| stored[s] + more[s]);
     let asked = [0, 1, 2].map(|s| addr(s, 1));
@@ -188,10 +194,49 @@ fn nine_nodes_of_three_sites_answer_exactly_through_kills_and_restarts() {
         restarted.elapsed().as_secs_f64()
     );
 
+    // A whole site down: the fleet answers without it only for a caller who allows that.
+    for node in nodes[2].iter_mut().filter_map(Option::take) {
+        assert!(node.stop(Duration::from_secs(90)).0.success());
+    }
+    rt.block_on(async {
+        let fleet = "SELECT count(DISTINCT motor_id) FROM fleet.motor_windows";
+        let refused = run(&mut login(&addr(0, 0), "root").await, fleet).await.expect_err("a site is down");
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+        let (answer, missing) = run_partial(&mut login(&addr(0, 0), "root").await, fleet).await.expect("partial");
+        let a_and_b = (1..=MOTORS).filter(|m| site_of(*m) < 2).count() as i64;
+        assert_eq!(int(&answer), a_and_b, "sites a and b answered");
+        let missing = missing.expect("marked incomplete");
+        assert!(missing.starts_with("site site-c: ") && !missing.contains("site-a"), "{missing}");
+    });
     for site in &mut nodes {
         for node in site.iter_mut().filter_map(Option::take) {
             let (status, output) = node.stop(Duration::from_secs(90));
             assert!(status.success(), "a node did not stop cleanly: {status}\n{output}");
         }
     }
+}
+
+/// Right after one node per site was killed (the groups have not noticed yet): an exact answer
+/// is refused, a caller who allows a partial one gets what the live nodes own, marked with the
+/// partitions missing, at `site_a` (site-a's own tables) and at `fleet` (every site's).
+async fn partial_answers_say_what_they_miss(site_a: &str, fleet: &str) {
+    let mine = "SELECT count(DISTINCT motor_id) FROM motor_windows";
+    let refused = run(&mut login(site_a, "root").await, mine).await.expect_err("partitions without a live owner");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+    assert!(refused.message().contains("no node answered for telemetry.site-a/"), "{refused}");
+    let (answer, missing) = run_partial(&mut login(site_a, "root").await, mine).await.expect("partial");
+    let site_a_motors = (1..=MOTORS).filter(|m| site_of(*m) == 0).count() as i64;
+    assert!((1..site_a_motors).contains(&int(&answer)), "some of site-a's motors: {}", int(&answer));
+    let missing = missing.expect("marked incomplete");
+    assert!(missing.starts_with("site site-a: no answer for telemetry.site-a/"), "{missing}");
+    let (answer, missing) =
+        run_partial(&mut login(fleet, "root").await, "SELECT count(DISTINCT motor_id) FROM fleet.motor_windows")
+            .await
+            .expect("partial");
+    assert!((1..MOTORS as i64).contains(&int(&answer)), "some of the fleet's motors: {}", int(&answer));
+    let missing = missing.expect("marked incomplete");
+    for site in SITES {
+        assert!(missing.contains(&format!("site {site}: no answer for telemetry.{site}/")), "{missing}");
+    }
+    println!("chart_shape: partial answers after the kills were marked: {missing}");
 }

@@ -108,7 +108,10 @@ impl SqlError {
             tonic::Code::PermissionDenied => SqlError::PermissionDenied(message),
             tonic::Code::InvalidArgument => SqlError::invalid_argument(message),
             tonic::Code::NotFound => SqlError::NotFound(message),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => SqlError::unavailable(message),
+            // (Cancelled: our own call's timeout, sql.fragment_timeout, expired.)
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                SqlError::unavailable(message)
+            }
             tonic::Code::FailedPrecondition => SqlError::Destroyed(message),
             tonic::Code::ResourceExhausted => SqlError::ResourceExhausted(message),
             tonic::Code::Unauthenticated => {

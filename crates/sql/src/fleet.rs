@@ -207,9 +207,16 @@ pub async fn run_fragments(catalog: &Arc<Catalog>, who: &Identity, sql: &str) ->
         }
     });
     let (local, remote) = futures::join!(run_local(catalog, who, sql), futures::future::join_all(remote));
-    let mut batches = local?;
-    for site in remote {
-        batches.extend(site?);
+    let sites =
+        std::iter::once((catalog.site(), local)).chain(federation.peers.iter().map(|p| p.site.as_str()).zip(remote));
+    let mut batches = Vec::new();
+    for (site, answer) in sites {
+        match answer {
+            Ok(answer) => batches.extend(answer),
+            // With the caller's leave, a site that cannot answer is left out, and said so.
+            Err(e @ SqlError::Unavailable { .. }) if who.gaps.allowed() => who.gaps.note(format!("site {site}: {e}")),
+            Err(e) => return Err(e),
+        }
     }
     Ok(batches)
 }

@@ -14,7 +14,7 @@ use futures::TryStreamExt as _;
 use tessera_core::ConfigError;
 
 use crate::error::SqlError;
-use crate::identity::{AS_ROLE, AS_SITE, AS_USER, Identity, WITHIN_SITE};
+use crate::identity::{ALLOW_PARTIAL, AS_ROLE, AS_SITE, AS_USER, INCOMPLETE_METADATA_KEY, Identity, WITHIN_SITE};
 
 /// Another node to send fragments to: what to call it in errors, its site, its address, and
 /// the config field that names it.
@@ -63,6 +63,9 @@ pub(crate) async fn run_remote(
     if within_site {
         client.set_header(WITHIN_SITE, "1");
     }
+    if who.gaps.allowed() {
+        client.set_header(ALLOW_PARTIAL, "true");
+    }
     for (key, value) in crate::trace::outgoing_headers() {
         client.set_header(key, value);
     }
@@ -86,6 +89,10 @@ pub(crate) async fn run_remote(
                     ))
                 })?;
                 batches.push(batch);
+            }
+            // What the other node's answer is missing (it was told the caller allows that).
+            if let Some(missing) = stream.schema().and_then(|s| s.metadata().get(INCOMPLETE_METADATA_KEY)) {
+                missing.split("; ").for_each(|gap| who.gaps.note(gap.to_string()));
             }
         }
         answers.push(batches);

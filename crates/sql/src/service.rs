@@ -226,6 +226,9 @@ impl FlightSqlEndpoint {
         if within_site {
             who.via_peer = false;
         }
+        if header(crate::identity::ALLOW_PARTIAL).as_deref() == Some("true") {
+            who.gaps = crate::identity::Gaps::allowing();
+        }
         Ok(who)
     }
 
@@ -278,6 +281,7 @@ impl FlightSqlEndpoint {
         // CPU-bound query cannot hold up the node's servers, and its deadline always fires
         // here. Dropping the relay (the client went away, or the deadline passed) aborts it.
         let grades = self.catalog.grades();
+        let gaps = who.gaps.clone();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<QueryOutput, SqlError>>(2);
         // The task keeps the caller's span, so the fragments it sends continue the trace.
         let task = AbortOnDrop(self.queries.spawn(tracing::Instrument::in_current_span(async move {
@@ -285,9 +289,23 @@ impl FlightSqlEndpoint {
                 let df = ctx.execute_logical_plan(plan).await.map_err(SqlError::from_datafusion)?;
                 // Grades of the result by the columns it really reads (the optimized plan's scans).
                 let optimized = df.clone().into_optimized_plan().map_err(SqlError::from_datafusion)?;
-                let graded: Grader = Arc::new(graded_result(&optimized, &grades));
-                let schema: SchemaRef = graded(df.schema().as_arrow());
-                Ok((schema, graded, df.execute_stream().await.map_err(SqlError::from_datafusion)?))
+                let grade = graded_result(&optimized, &grades);
+                // Planning ran the fragments: what they could not answer (only with the
+                // caller's leave) is known now, and marked on the result.
+                let result_schema = df.schema().as_arrow().clone();
+                let stream = df.execute_stream().await.map_err(SqlError::from_datafusion)?;
+                let missing = gaps.list();
+                let graded: Grader = Arc::new(move |s: &Schema| {
+                    let schema = grade(s);
+                    if missing.is_empty() {
+                        return schema;
+                    }
+                    let mut metadata = schema.metadata().clone();
+                    metadata.insert(crate::identity::INCOMPLETE_METADATA_KEY.to_string(), missing.join("; "));
+                    Arc::new(schema.as_ref().clone().with_metadata(metadata))
+                });
+                let schema: SchemaRef = graded(&result_schema);
+                Ok((schema, graded, stream))
             }
             .await;
             let mut batches = match started {

@@ -73,6 +73,29 @@ pub(crate) async fn run(
     stream.try_collect().await.map_err(status)
 }
 
+/// [`run`] for a caller who takes a partial answer (`x-tessera-allow-partial`): the batches,
+/// and what the answer says it is missing (its schema's `tessera.incomplete`), if anything.
+pub(crate) async fn run_partial(
+    c: &mut FlightSqlServiceClient<GrpcChannel>,
+    sql: &str,
+) -> Result<(Vec<RecordBatch>, Option<String>), tonic::Status> {
+    let status = |e: arrow_flight::error::FlightError| match e {
+        arrow_flight::error::FlightError::Tonic(status) => *status,
+        other => tonic::Status::unknown(other.to_string()),
+    };
+    c.set_header(tessera_sql::identity::ALLOW_PARTIAL, "true");
+    let info = c.execute(sql.to_string(), None).await.map_err(status)?;
+    let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+    let mut stream = c.do_get(ticket).await.map_err(status)?;
+    let mut batches = Vec::new();
+    while let Some(batch) = stream.try_next().await.map_err(status)? {
+        batches.push(batch);
+    }
+    let missing =
+        stream.schema().and_then(|s| s.metadata().get(tessera_sql::identity::INCOMPLETE_METADATA_KEY).cloned());
+    Ok((batches, missing))
+}
+
 /// The first column of the first row, as an integer.
 pub(crate) fn int(batches: &[RecordBatch]) -> i64 {
     batches[0].column(0).as_any().downcast_ref::<Int64Array>().expect("an integer").value(0)
