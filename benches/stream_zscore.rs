@@ -126,6 +126,7 @@ fn stage(args: &Args) -> Result<()> {
             watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 1_000 },
             table_rows: 1_000_000,
             telemetry_rows: 0,
+            quality: None,
         };
         let mut engine = StreamEngine::new(config);
         rt.block_on(engine.register(QUERY))?;

@@ -106,3 +106,91 @@ fn alerts_and_late_readings_reach_their_topics() {
     );
     drop(kafka);
 }
+
+/// Data-quality alerts through a node's detection stage, each its own kind on the alerts
+/// topic: a skewed clock, a sensor that dropped out, one that is stuck, and every motor silent
+/// once the readings stop (issue 23, point 4); healthy motors get nothing else.
+#[test]
+fn data_quality_alerts_reach_the_alerts_topic() {
+    let (kafka, brokers) = embedded_kafka(1, 2);
+    kafka.create_topic("alerts", 1).expect("topic");
+    kafka.create_topic("late", 1).expect("topic");
+    const MOTORS: u32 = 40;
+    let t0 = (now_ms() - 60_000).div_euclid(1000) * 1000;
+    let mut readings = Vec::new();
+    for s in 0..40i64 {
+        for m in 1..=MOTORS {
+            // M3's clock runs 2 minutes ahead; M1's temperature sensor dies at 10 s; M2's speed
+            // reads 1480 exactly, again and again.
+            let skew = if m == 3 { 120_000 } else { 0 };
+            let mut r = Reading {
+                motor_id: MotorId::new(format!("M{m}")).expect("id"),
+                site_id: SiteId::new("site-a").expect("id"),
+                event_time_ms: t0 + s * 1000 + skew,
+                sequence: s as u64,
+                channels: [None; 7],
+                extra: Default::default(),
+            };
+            let noise = ((s * 7919 + i64::from(m) * 104_729) % 1000) as f64 / 1000.0;
+            r.set(Channel::CurrentA, Some(10.0 + noise));
+            r.set(Channel::TemperatureC, (m != 1 || s < 10).then_some(50.0 + noise));
+            r.set(Channel::SpeedRpm, Some(if m == 2 { 1480.0 } else { 1480.0 + noise }));
+            readings.push(r);
+        }
+    }
+    let p = producer(&brokers, "telemetry", WireFormat::Protobuf).expect("producer");
+    p.send_readings(&readings).expect("send");
+    p.flush(Duration::from_secs(10)).expect("flush");
+
+    let mut detect = DetectConfig {
+        queries: vec![QUERY.into()],
+        alerts_topic: "alerts".into(),
+        late_topic: "late".into(),
+        ..Default::default()
+    };
+    detect.data_quality.stuck_readings = 20;
+    detect.data_quality.min_silence = Duration::from_secs(3);
+    let engine = build_engine(&detect).expect("the query registers");
+    let (ingest, batches) = start_ingest(ingest_config(&brokers, "detect-quality", "telemetry", "dead-letters"));
+    let (stage, detect_loop) = Detect::prepare(engine, &detect, &brokers, batches).expect("the stage starts");
+    let detect_thread = tessera_node::lifecycle::StageThread::spawn(detect_loop).expect("its thread starts");
+    // Three alerts while the readings come in, then one `silent` per motor.
+    let wanted = 3 + MOTORS as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stage.stats().alerts_sent < wanted {
+        assert!(Instant::now() < deadline, "not every data-quality alert: {:?}", stage.stats());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ingest.stop().expect("ingest stops");
+    stage.request_stop();
+    detect_thread.join().map_err(|f| (*f).into_error()).expect("stage stops");
+    assert_eq!(stage.stats().alerts_sent, wanted, "no other alert");
+
+    let alerts = read_topic(&brokers, "alerts", wanted as usize, Duration::from_secs(10)).expect("alerts topic");
+    let events: Vec<AlertEvent> =
+        alerts.iter().map(|m| serde_json::from_slice(payload(m)).expect("alert JSON")).collect();
+    let opened = |kind: &str| -> Vec<String> {
+        let mut motors: Vec<String> = events
+            .iter()
+            .filter(|e| e.query == kind && e.state == AlertState::Open)
+            .map(|e| e.motor_id.clone())
+            .collect();
+        motors.sort();
+        motors
+    };
+    assert_eq!(opened("clock_skew"), ["M3"]);
+    assert_eq!(opened("sensor_dropout.temperature_c"), ["M1"]);
+    assert_eq!(opened("stuck_sensor.speed_rpm"), ["M2"]);
+    assert_eq!(opened("silent").len(), MOTORS as usize, "every motor, once the readings stopped");
+    let others: Vec<&AlertEvent> = events
+        .iter()
+        .filter(|e| {
+            !["clock_skew", "sensor_dropout.temperature_c", "stuck_sensor.speed_rpm", "silent"]
+                .contains(&e.query.as_str())
+        })
+        .filter(|e| e.query != "vib")
+        .collect();
+    assert!(others.is_empty(), "no other data-quality alert: {others:?}");
+    let skew = events.iter().find(|e| e.query == "clock_skew").expect("skew");
+    assert!(skew.score.is_some_and(|s| (90.0..=125.0).contains(&s)), "seconds of skew: {skew:?}");
+}

@@ -65,6 +65,7 @@ async fn run_script(script: &str) -> String {
         watermark: WatermarkPolicy { allowed_lateness_ms: 0, idle_timeout_ms: 60_000 },
         table_rows: 100_000,
         telemetry_rows: 0,
+        quality: None,
     };
     let mut engine: Option<StreamEngine> = None;
     let scratch = SessionContext::new();

@@ -983,8 +983,8 @@ mod tests {
         assert_eq!(rows_in(&store), 10, "rows after the newest mark wait for the next one");
 
         link.input.send(StoreInput::Rows(StoredStream::Telemetry, rows(15, 1))).unwrap();
-        link.input.send(StoreInput::Mark { epoch: 3, now: true, motors: vec![] }).unwrap();
-        assert_eq!(link.durability.wait_through(3, Duration::from_millis(150)), Reached::Yes, "cut at once");
+        link.input.send(StoreInput::Mark { epoch: 3, now: false, motors: vec![] }).unwrap();
+        assert_eq!(link.durability.wait_through(3, Duration::from_secs(5)), Reached::Yes, "the rest, when due");
         assert_eq!(rows_in(&store), 16);
 
         link.input.send(StoreInput::Rows(StoredStream::Telemetry, rows(16, 4))).unwrap();
@@ -992,5 +992,28 @@ mod tests {
         store.request_stop();
         thread.join().unwrap();
         assert_eq!(rows_in(&store), 20, "a clean stop cuts what is pending");
+    }
+
+    /// A mark that asks for it is cut at once, long before a segment would be due.
+    #[test]
+    fn a_mark_with_now_is_cut_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = SegmentStore::open(dir.path(), Kek::generate(1).unwrap()).unwrap();
+        let config = StoreConfig { segment_interval: Duration::from_secs(3600), ..Default::default() };
+        let (mut store, writer) =
+            TelemetryStore::prepare(segments, &config, LiveGrades::new(GradeMap::default()), true);
+        let thread = crate::lifecycle::StageThread::spawn(writer).unwrap();
+        let link = store.link();
+        link.input.send(StoreInput::Rows(StoredStream::Telemetry, rows(0, 3))).unwrap();
+        link.input.send(StoreInput::Mark { epoch: 1, now: true, motors: vec![] }).unwrap();
+        assert_eq!(
+            link.durability.wait_through(1, Duration::from_secs(60)),
+            Reached::Yes,
+            "cut at once, not in an hour"
+        );
+        assert_eq!(store.stats().rows_written, 3);
+        drop(link);
+        store.request_stop();
+        thread.join().unwrap();
     }
 }

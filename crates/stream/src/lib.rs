@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! engine                                    all of it, driven by batches and a clock
-//! alerts · query                            hysteresis, ids, tables · one planned query
+//! alerts · query · quality                  hysteresis, ids, tables · one planned query · data quality
 //! windowing · preagg                        the window operator · the running-aggregate rewrite
 //! schema · grammar · anomaly · tables · checkpoint · conform
 //! aggregate · error                         AggSpec, ColumnStats · StreamError
@@ -23,6 +23,7 @@ pub mod engine;
 mod error;
 pub mod grammar;
 pub mod preagg;
+pub mod quality;
 pub mod query;
 pub mod schema;
 pub mod tables;

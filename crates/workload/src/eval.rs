@@ -345,7 +345,10 @@ pub fn run(opts: &EvalOptions, progress: bool) -> Result<EvalReport> {
     let brokers = kafka.bootstrap_servers();
     // The replay's end closes the last windows (stop_at_end_of_input): no processing-time
     // idleness, so a consumer stall cannot close a window early and the run is repeatable.
-    let detect = DetectConfig { idle_timeout: Duration::from_secs(24 * 3600), ..opts.detect.clone() };
+    // Data quality is judged by processing time, which means nothing for a replay of history
+    // (files of different days read side by side would look like skewed clocks): off.
+    let mut detect = DetectConfig { idle_timeout: Duration::from_secs(24 * 3600), ..opts.detect.clone() };
+    detect.data_quality.enabled = false;
     for (topic, partitions) in
         [("telemetry", 4), ("dead-letters", 1), (detect.alerts_topic.as_str(), 1), (detect.late_topic.as_str(), 1)]
     {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tessera_ingest::{Encoding, Ingest, IngestConfig, ShardBatch, TopicConfig};
 use tessera_node::config::{ControlConfig, NodeConfig, StateConfig, StoreConfig};
-use tessera_node::detect::DetectConfig;
+use tessera_node::detect::{DataQualityConfig, DetectConfig};
 use tessera_node::node::Node;
 use tessera_node::sql::SqlConfig;
 use tessera_sql::{Peer, UserConfig};
@@ -109,6 +109,8 @@ impl TestNode {
                 alerts_topic: "alerts".into(),
                 late_topic: "late".into(),
                 idle_timeout: Duration::from_secs(3600),
+                // Judged by processing time: off, so results depend on the input alone.
+                data_quality: DataQualityConfig { enabled: false, ..Default::default() },
                 ..Default::default()
             },
             ..Default::default()

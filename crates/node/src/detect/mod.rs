@@ -86,6 +86,66 @@ pub struct DetectConfig {
     pub table_rows: usize,
     /// Raw readings kept for the `telemetry` table (the newest; 0: none).
     pub telemetry_rows: usize,
+    /// `[detect.data_quality]`: alerts for data that is wrong rather than anomalous.
+    pub data_quality: DataQualityConfig,
+}
+
+/// `[detect.data_quality]`: alerts of their own kinds (`silent`, `sensor_dropout.<channel>`,
+/// `stuck_sensor.<channel>`, `clock_skew`) for motors whose data cannot be trusted; see
+/// `tessera_stream::quality`. Judged by processing time: meant for live data, not replays of
+/// history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataQualityConfig {
+    /// Off: no data-quality alerts.
+    pub enabled: bool,
+    /// A motor is silent after this many of its own reporting intervals without a reading...
+    pub silent_intervals: u32,
+    /// ...and never before this long.
+    #[serde(with = "humantime_serde")]
+    pub min_silence: Duration,
+    /// A channel the motor reported, empty this many readings in a row, has dropped out.
+    pub dropout_readings: u32,
+    /// A channel with exactly the same value this many readings in a row is stuck.
+    pub stuck_readings: u32,
+    /// A motor whose event times are off from those read with it by more than this is skewed.
+    #[serde(with = "humantime_serde")]
+    pub skew_bound: Duration,
+}
+
+impl Default for DataQualityConfig {
+    fn default() -> Self {
+        let q = tessera_stream::quality::QualityConfig::default();
+        Self {
+            enabled: true,
+            silent_intervals: q.silent_intervals,
+            min_silence: Duration::from_millis(q.min_silence_ms as u64),
+            dropout_readings: q.dropout_readings,
+            stuck_readings: q.stuck_readings,
+            skew_bound: Duration::from_millis(q.skew_bound_ms as u64),
+        }
+    }
+}
+
+impl DataQualityConfig {
+    /// Checks the fields; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ensure(self.silent_intervals >= 1, "silent_intervals", "must be at least 1")?;
+        ensure(!self.min_silence.is_zero(), "min_silence", "must be longer than 0")?;
+        ensure(self.dropout_readings >= 1, "dropout_readings", "must be at least 1")?;
+        ensure(self.stuck_readings >= 2, "stuck_readings", "must be at least 2")?;
+        ensure(!self.skew_bound.is_zero(), "skew_bound", "must be longer than 0")
+    }
+
+    fn quality(&self) -> Option<tessera_stream::quality::QualityConfig> {
+        self.enabled.then_some(tessera_stream::quality::QualityConfig {
+            silent_intervals: self.silent_intervals,
+            min_silence_ms: self.min_silence.as_millis() as i64,
+            dropout_readings: self.dropout_readings,
+            stuck_readings: self.stuck_readings,
+            skew_bound_ms: self.skew_bound.as_millis() as i64,
+        })
+    }
 }
 
 impl Default for DetectConfig {
@@ -99,6 +159,7 @@ impl Default for DetectConfig {
             dead_letter_topic: "tessera-detect-dead-letter".into(),
             table_rows: 1_000_000,
             telemetry_rows: 100_000,
+            data_quality: DataQualityConfig::default(),
         }
     }
 }
@@ -110,7 +171,8 @@ impl DetectConfig {
         ensure(!self.late_topic.is_empty(), "late_topic", "must not be empty")?;
         ensure(!self.dead_letter_topic.is_empty(), "dead_letter_topic", "must not be empty")?;
         ensure(self.idle_timeout > Duration::ZERO, "idle_timeout", "must be positive")?;
-        ensure(self.table_rows > 0, "table_rows", "must be positive")
+        ensure(self.table_rows > 0, "table_rows", "must be positive")?;
+        self.data_quality.validate().map_err(|e| e.within("data_quality"))
     }
 
     /// The queries to run: the configured ones or the defaults.
@@ -130,6 +192,7 @@ impl DetectConfig {
             },
             table_rows: self.table_rows,
             telemetry_rows: self.telemetry_rows,
+            quality: self.data_quality.quality(),
         }
     }
 }

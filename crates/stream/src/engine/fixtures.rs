@@ -55,6 +55,7 @@ pub(super) fn engine() -> StreamEngine {
         watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 3_600_000 },
         table_rows: 100_000,
         telemetry_rows: 0,
+        quality: None,
     })
 }
 

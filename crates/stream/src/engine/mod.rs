@@ -42,6 +42,9 @@ pub struct StreamConfig {
     pub table_rows: usize,
     /// Raw readings the `telemetry` table keeps (the newest; 0: none).
     pub telemetry_rows: usize,
+    /// Data-quality alerts (silent motors, dropped-out or stuck sensors, skewed clocks; see
+    /// [`crate::quality`]); `None`: off.
+    pub quality: Option<crate::quality::QualityConfig>,
 }
 
 impl Default for StreamConfig {
@@ -50,6 +53,7 @@ impl Default for StreamConfig {
             watermark: WatermarkPolicy { allowed_lateness_ms: 2_000, idle_timeout_ms: 30_000 },
             table_rows: 1_000_000,
             telemetry_rows: 100_000,
+            quality: None,
         }
     }
 }
@@ -160,6 +164,7 @@ pub struct StreamEngine {
     late: Arc<BoundedTable>,
     /// The newest raw readings (`telemetry_rows` of them).
     telemetry: Arc<BoundedTable>,
+    quality: Option<crate::quality::QualityMonitor>,
     query_errors: u64,
     query_rows: u64,
     alert_events: u64,
@@ -192,6 +197,7 @@ impl StreamEngine {
         let telemetry = BoundedTable::new(telemetry_schema(), config.telemetry_rows);
         tables.register_table("telemetry", telemetry.clone()).expect("fresh context");
         Self {
+            quality: config.quality.map(crate::quality::QualityMonitor::new),
             config,
             stages: Vec::new(),
             tables,
@@ -289,7 +295,23 @@ impl StreamEngine {
             self.run_stage(i, closed, now_ms, &mut out).await;
             self.collect_late(i, &mut out)?;
         }
+        if let Some(quality) = &mut self.quality {
+            let events = quality.observe(batch, now_ms);
+            self.record_alerts(events, &mut out);
+        }
         Ok(out)
+    }
+
+    /// Data-quality alert events, into the `alerts` table and the step's output.
+    fn record_alerts(&mut self, events: Vec<crate::alerts::AlertEvent>, out: &mut StepOutput) {
+        if events.is_empty() {
+            return;
+        }
+        let rows = crate::alerts::alerts_batch(&events);
+        self.alerts.append(rows.clone());
+        out.alert_rows.push(rows);
+        self.alert_events += events.len() as u64;
+        out.alerts.extend(events);
     }
 
     /// Advances processing time: closes idle motors' windows.
@@ -309,6 +331,11 @@ impl StreamEngine {
             let closed = if all { op.close_all(now_ms)? } else { op.tick(now_ms)? };
             out.windows_closed += closed.count;
             self.run_stage(i, closed, now_ms, &mut out).await;
+        }
+        // (The end of a replay is no silence.)
+        if !all && let Some(quality) = &mut self.quality {
+            let events = quality.tick(now_ms);
+            self.record_alerts(events, &mut out);
         }
         Ok(out)
     }
@@ -342,7 +369,8 @@ impl StreamEngine {
                 .iter()
                 .flat_map(|s| s.queries.iter().filter_map(|q| q.tracker.as_ref()))
                 .map(|t| t.open_count() as u64)
-                .sum(),
+                .sum::<u64>()
+                + self.quality.as_ref().map_or(0, |q| q.open_count() as u64),
         }
     }
 

@@ -156,6 +156,9 @@ impl StreamEngine {
         for table in [&self.alerts, &self.motor_windows, &self.late, &self.telemetry] {
             table.drop_motors(drop);
         }
+        if let Some(quality) = &mut self.quality {
+            quality.drop_motors(drop);
+        }
         let mut dropped = 0;
         for stage in &mut self.stages {
             dropped = dropped.max(stage.op.drop_motors(drop));

@@ -1,0 +1,424 @@
+//! Data-quality alerts: what the anomaly rules cannot see because the data itself is wrong.
+//! Each is its own alert kind (the alert's `query`), judged per motor from its own readings and
+//! the processing time passed in (no clock is read here):
+//!
+//! - `silent`: no reading for `silent_intervals` of the motor's own reporting interval (an
+//!   average of its event-time gaps), and at least `min_silence`, by processing time, so a
+//!   motor on a quiet partition is seen too. Closes at its next reading.
+//! - `sensor_dropout.<channel>`: a channel the motor reported stays empty for
+//!   `dropout_readings` readings in a row. Closes when it reports again.
+//! - `stuck_sensor.<channel>`: a channel reports exactly the same value `stuck_readings` times
+//!   in a row (a live sensor's noise never repeats that long). Closes when it moves.
+//! - `clock_skew`: the motor's event times run ahead of or behind those of the other motors in
+//!   the same batches by more than `skew_bound` on average (per batch, the motor's mean event
+//!   time against the median of the motors' means: readings read together, so consumer lag
+//!   and a backlog's span cancel out). Needs batches of at least 5 motors. Closes below half
+//!   the bound.
+//!
+//! The score is what was measured: seconds silent, readings empty or unchanged, seconds of
+//! skew. Every event is a warning; the alert id is `xxh3_64(kind, motor, opening time)` as for
+//! the rules' alerts. The state is per motor and bounded (a few hundred bytes, see
+//! [`MotorQuality`]), dropped with the motor when its partition is handed over; a motor's new
+//! owner judges it afresh from its first reading there.
+
+use std::collections::{BTreeMap, HashMap};
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{Float64Type, TimestampMillisecondType};
+use serde::{Deserialize, Serialize};
+use tessera_core::Channel;
+
+use crate::alerts::{AlertEvent, AlertState, Severity, alert_id};
+
+/// When data is judged wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QualityConfig {
+    /// A motor is silent after this many of its own reporting intervals without a reading...
+    pub silent_intervals: u32,
+    /// ...and never before this long (ms).
+    pub min_silence_ms: i64,
+    /// A channel empty this many readings in a row (after it reported) has dropped out.
+    pub dropout_readings: u32,
+    /// A channel with the same value this many readings in a row is stuck.
+    pub stuck_readings: u32,
+    /// A motor whose clock is off from its batch-mates' by more than this (ms) is skewed.
+    pub skew_bound_ms: i64,
+}
+
+impl Default for QualityConfig {
+    fn default() -> Self {
+        Self {
+            silent_intervals: 5,
+            min_silence_ms: 30_000,
+            dropout_readings: 20,
+            stuck_readings: 60,
+            skew_bound_ms: 30_000,
+        }
+    }
+}
+
+/// Batches with fewer motors than this tell nothing about one motor's clock.
+const SKEW_MIN_MOTORS: usize = 5;
+/// Weight of the newest gap or skew in the motor's running averages.
+const EWMA: f64 = 0.1;
+/// Readings of a motor (in batches that could be judged) before its skew is judged.
+const SKEW_MIN_READINGS: u32 = 10;
+
+/// One channel's run of equal or missing values.
+#[derive(Debug, Clone, Default)]
+struct ChannelRun {
+    last: Option<f64>,
+    same: u32,
+    missing: u32,
+    reported: bool,
+}
+
+/// An open data-quality alert.
+#[derive(Debug, Clone)]
+struct Open {
+    id: String,
+    opened_ms: i64,
+    peak: f64,
+}
+
+/// What is kept per motor: about 7 × 32 bytes of channel runs, a few numbers, and its open
+/// alerts.
+#[derive(Debug, Clone)]
+pub struct MotorQuality {
+    site: String,
+    last_seen_ms: i64,
+    last_event_ms: i64,
+    interval_ms: f64,
+    gaps: u32,
+    skew_ms: f64,
+    skew_samples: u32,
+    channels: [ChannelRun; Channel::ALL.len()],
+    open: BTreeMap<String, Open>,
+}
+
+/// The data-quality judge of one engine's motors.
+#[derive(Debug, Clone)]
+pub struct QualityMonitor {
+    config: QualityConfig,
+    motors: HashMap<String, MotorQuality>,
+}
+
+impl QualityMonitor {
+    /// A judge with no motors yet.
+    pub fn new(config: QualityConfig) -> Self {
+        Self { config, motors: HashMap::new() }
+    }
+
+    /// Takes in a batch of readings (the telemetry schema) that arrived at `now_ms`; the alert
+    /// events it opens or closes.
+    pub fn observe(&mut self, batch: &RecordBatch, now_ms: i64) -> Vec<AlertEvent> {
+        let (Some(motors), Some(sites), Some(ts)) =
+            (batch.column_by_name("motor_id"), batch.column_by_name("site_id"), batch.column_by_name("ts"))
+        else {
+            return Vec::new();
+        };
+        let (Some(motors), Some(sites), Some(ts)) = (
+            motors.as_string_opt::<i32>(),
+            sites.as_string_opt::<i32>(),
+            ts.as_primitive_opt::<TimestampMillisecondType>(),
+        ) else {
+            return Vec::new();
+        };
+        let channels: Vec<_> = Channel::ALL
+            .iter()
+            .map(|c| batch.column_by_name(c.name()).and_then(|a| a.as_primitive_opt::<Float64Type>().cloned()))
+            .collect();
+        let means = motor_means(motors, ts);
+        let mut events = Vec::new();
+        for row in 0..batch.num_rows() {
+            let motor = motors.value(row);
+            let event_ms = ts.value(row);
+            let q = self.motors.entry(motor.to_string()).or_insert_with(|| MotorQuality {
+                site: sites.value(row).to_string(),
+                last_seen_ms: now_ms,
+                last_event_ms: event_ms,
+                interval_ms: 0.0,
+                gaps: 0,
+                skew_ms: 0.0,
+                skew_samples: 0,
+                channels: Default::default(),
+                open: BTreeMap::new(),
+            });
+            let gap = (event_ms - q.last_event_ms) as f64;
+            if gap > 0.0 {
+                q.interval_ms = if q.gaps == 0 { gap } else { q.interval_ms + EWMA * (gap - q.interval_ms) };
+                q.gaps += 1;
+            }
+            q.last_event_ms = q.last_event_ms.max(event_ms);
+            q.last_seen_ms = now_ms;
+            close(q, motor, "silent", event_ms, now_ms, &mut events);
+            for (c, values) in channels.iter().enumerate() {
+                let value = values.as_ref().and_then(|v| v.is_valid(row).then(|| v.value(row)));
+                let name = Channel::ALL[c].name();
+                let run = &mut q.channels[c];
+                match value {
+                    None => {
+                        run.missing += 1;
+                        run.same = 0;
+                        if run.reported && run.missing >= self.config.dropout_readings {
+                            let missing = f64::from(run.missing);
+                            open(q, motor, format!("sensor_dropout.{name}"), missing, event_ms, now_ms, &mut events);
+                        }
+                    }
+                    Some(v) => {
+                        run.same = if run.last == Some(v) { run.same + 1 } else { 0 };
+                        run.last = Some(v);
+                        run.missing = 0;
+                        run.reported = true;
+                        let same = run.same;
+                        close(q, motor, &format!("sensor_dropout.{name}"), event_ms, now_ms, &mut events);
+                        // `same` counts repeats: the value was read `same + 1` times in a row.
+                        if same + 1 >= self.config.stuck_readings {
+                            let score = f64::from(same + 1);
+                            open(q, motor, format!("stuck_sensor.{name}"), score, event_ms, now_ms, &mut events);
+                        } else {
+                            close(q, motor, &format!("stuck_sensor.{name}"), event_ms, now_ms, &mut events);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((reference, means)) = means {
+            let bound = self.config.skew_bound_ms as f64;
+            let mut judged: Vec<(&str, (f64, u32))> = means.into_iter().collect();
+            judged.sort_by(|a, b| a.0.cmp(b.0));
+            for (motor, (mean, readings)) in judged {
+                let Some(q) = self.motors.get_mut(motor) else { continue };
+                let skew = mean - reference;
+                q.skew_ms = if q.skew_samples == 0 { skew } else { q.skew_ms + EWMA * (skew - q.skew_ms) };
+                q.skew_samples = q.skew_samples.saturating_add(readings);
+                let at = q.last_event_ms;
+                if q.skew_samples >= SKEW_MIN_READINGS && q.skew_ms.abs() > bound {
+                    open(q, motor, "clock_skew".into(), q.skew_ms.abs() / 1000.0, at, now_ms, &mut events);
+                } else if q.skew_ms.abs() < bound / 2.0 {
+                    close(q, motor, "clock_skew", at, now_ms, &mut events);
+                }
+            }
+        }
+        events
+    }
+
+    /// Advances processing time to `now_ms`: the motors silent for too long.
+    pub fn tick(&mut self, now_ms: i64) -> Vec<AlertEvent> {
+        let mut events = Vec::new();
+        for (motor, q) in &mut self.motors {
+            let silent_for = now_ms - q.last_seen_ms;
+            let by_interval =
+                if q.gaps == 0 { 0 } else { (q.interval_ms * f64::from(self.config.silent_intervals)) as i64 };
+            if silent_for > by_interval.max(self.config.min_silence_ms) && !q.open.contains_key("silent") {
+                let at = q.last_event_ms;
+                open(q, motor, "silent".into(), silent_for as f64 / 1000.0, at, now_ms, &mut events);
+            }
+        }
+        events.sort_by(|a, b| a.motor_id.cmp(&b.motor_id));
+        events
+    }
+
+    /// Forgets every motor `drop` accepts (their partition was handed over); how many.
+    pub fn drop_motors(&mut self, drop: &dyn Fn(&str) -> bool) -> usize {
+        let before = self.motors.len();
+        self.motors.retain(|m, _| !drop(m));
+        before - self.motors.len()
+    }
+
+    /// Open data-quality alerts.
+    pub fn open_count(&self) -> usize {
+        self.motors.values().map(|q| q.open.len()).sum()
+    }
+}
+
+/// Each motor's mean event time in the batch (and its readings there), and the median of those
+/// means (the batch's reference time), if the batch has enough motors to say.
+type Means<'a> = HashMap<&'a str, (f64, u32)>;
+fn motor_means<'a>(
+    motors: &'a datafusion::arrow::array::StringArray,
+    ts: &datafusion::arrow::array::TimestampMillisecondArray,
+) -> Option<(f64, Means<'a>)> {
+    let mut sums: HashMap<&str, (f64, u32)> = HashMap::new();
+    for row in 0..motors.len() {
+        let s = sums.entry(motors.value(row)).or_insert((0.0, 0));
+        *s = (s.0 + ts.value(row) as f64, s.1 + 1);
+    }
+    if sums.len() < SKEW_MIN_MOTORS {
+        return None;
+    }
+    let means: Means = sums.into_iter().map(|(m, (sum, n))| (m, (sum / f64::from(n), n))).collect();
+    let mut values: Vec<f64> = means.values().map(|(mean, _)| *mean).collect();
+    let mid = values.len() / 2;
+    let reference = *values.select_nth_unstable_by(mid, f64::total_cmp).1;
+    Some((reference, means))
+}
+
+/// Opens alert `kind` for the motor (or raises its peak) with `score`.
+fn open(
+    q: &mut MotorQuality,
+    motor: &str,
+    kind: String,
+    score: f64,
+    at_ms: i64,
+    now_ms: i64,
+    events: &mut Vec<AlertEvent>,
+) {
+    if let Some(open) = q.open.get_mut(&kind) {
+        open.peak = open.peak.max(score);
+        return;
+    }
+    let id = alert_id(&kind, motor, at_ms);
+    q.open.insert(kind.clone(), Open { id: id.clone(), opened_ms: at_ms, peak: score });
+    events.push(event(q, motor, kind, AlertState::Open, id, score, score, at_ms, at_ms, now_ms));
+}
+
+/// Closes alert `kind` for the motor, if open.
+fn close(q: &mut MotorQuality, motor: &str, kind: &str, at_ms: i64, now_ms: i64, events: &mut Vec<AlertEvent>) {
+    if let Some(open) = q.open.remove(kind) {
+        events.push(event(
+            q,
+            motor,
+            kind.to_string(),
+            AlertState::Close,
+            open.id,
+            open.peak,
+            open.peak,
+            at_ms,
+            open.opened_ms,
+            now_ms,
+        ));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn event(
+    q: &MotorQuality,
+    motor: &str,
+    kind: String,
+    state: AlertState,
+    id: String,
+    score: f64,
+    peak: f64,
+    at_ms: i64,
+    opened_ms: i64,
+    now_ms: i64,
+) -> AlertEvent {
+    AlertEvent {
+        alert_id: id,
+        query: kind,
+        motor_id: motor.to_string(),
+        site_id: q.site.clone(),
+        state,
+        severity: Severity::Warning,
+        score: Some(score),
+        peak_score: peak,
+        window_start_ms: at_ms,
+        window_end_ms: at_ms,
+        opened_window_start_ms: opened_ms,
+        emitted_at_ms: now_ms,
+        features: BTreeMap::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    /// `motors` motors, one reading each at `t_ms` (+ that motor's `skew`), channel values from
+    /// `value(motor, channel)`.
+    fn batch(
+        motors: u32,
+        t_ms: i64,
+        skew: impl Fn(u32) -> i64,
+        value: impl Fn(u32, usize) -> Option<f64>,
+    ) -> RecordBatch {
+        let mut fields = vec![Field::new("motor_id", DataType::Utf8, false), Field::new("ts", DataType::Int64, false)];
+        fields.extend(Channel::ALL.iter().map(|c| Field::new(c.name(), DataType::Float64, true)));
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values((0..motors).map(|m| format!("M{m}")))),
+            Arc::new(Int64Array::from_iter_values((0..motors).map(|m| t_ms + skew(m)))),
+        ];
+        for c in 0..Channel::ALL.len() {
+            columns.push(Arc::new(Float64Array::from_iter((0..motors).map(|m| value(m, c)))));
+        }
+        let raw = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        crate::conform::to_telemetry(&raw, &[], 0).unwrap()
+    }
+
+    fn kinds(events: &[AlertEvent]) -> Vec<(String, String, AlertState)> {
+        events.iter().map(|e| (e.motor_id.clone(), e.query.clone(), e.state)).collect()
+    }
+
+    /// A noisy value no two readings share.
+    fn live(m: u32, c: usize, t: i64) -> Option<f64> {
+        Some(f64::from(m) * 10.0 + c as f64 + (t as f64 * 0.37).sin())
+    }
+
+    #[test]
+    fn a_silent_motor_is_seen_by_processing_time_and_closes_when_it_reports() {
+        let mut q = QualityMonitor::new(QualityConfig::default());
+        for s in 0..10 {
+            let t = s * 1000;
+            assert!(q.observe(&batch(6, t, |_| 0, |m, c| live(m, c, t)), t).is_empty());
+        }
+        // M5 stops at 9 s; the others report until 60 s.
+        for s in 10..60 {
+            let t = s * 1000;
+            let events = q.observe(&batch(5, t, |_| 0, |m, c| live(m, c, t)), t);
+            assert!(events.is_empty(), "{events:?}");
+            let ticked = q.tick(t);
+            let expect_silent = t - 9000 > 30_000;
+            assert_eq!(!ticked.is_empty(), expect_silent && t - 1000 - 9000 <= 30_000, "at {t}: {ticked:?}");
+        }
+        assert_eq!(q.open_count(), 1);
+        // The whole partition quiet: every motor silent 30 s after its last reading.
+        let later = q.tick(60_000 + 31_000);
+        assert_eq!(later.len(), 5, "{later:?}");
+        let back = q.observe(&batch(6, 100_000, |_| 0, |m, c| live(m, c, 100_000)), 100_000);
+        assert_eq!(back.iter().filter(|e| e.state == AlertState::Close && e.query == "silent").count(), 6);
+        assert_eq!(q.open_count(), 0);
+    }
+
+    #[test]
+    fn dropped_out_and_stuck_sensors_and_a_skewed_clock_are_their_own_alerts() {
+        let mut q = QualityMonitor::new(QualityConfig::default());
+        let temperature = Channel::TemperatureC as usize;
+        let mut events = Vec::new();
+        for s in 0..100i64 {
+            let t = s * 1000;
+            // M1's temperature empty from 20 s; M2's speed stuck at 1480 from 10 s; M3's clock
+            // 2 minutes ahead; M4 stuck for only 50 readings.
+            let value = |m: u32, c: usize| match (m, c) {
+                (1, c) if c == temperature && s >= 20 => None,
+                (2, 6) if s >= 10 => Some(1480.0),
+                (4, 6) if (10..60).contains(&s) => Some(1480.0),
+                _ => live(m, c, t),
+            };
+            events.extend(q.observe(&batch(8, t, |m| if m == 3 { 120_000 } else { 0 }, value), t));
+        }
+        let opened: Vec<_> = kinds(&events).into_iter().filter(|(_, _, s)| *s == AlertState::Open).collect();
+        assert_eq!(
+            opened,
+            [
+                ("M3".to_string(), "clock_skew".to_string(), AlertState::Open),
+                ("M1".into(), "sensor_dropout.temperature_c".into(), AlertState::Open),
+                ("M2".into(), "stuck_sensor.speed_rpm".into(), AlertState::Open),
+            ]
+        );
+        let skew = events.iter().find(|e| e.query == "clock_skew").unwrap();
+        assert!((100.0..=120.0).contains(&skew.score.unwrap()), "seconds of skew: {skew:?}");
+        // Back to normal: each closes.
+        let t = 100_000;
+        let closed = q.observe(&batch(8, t, |_| 0, |m, c| live(m, c, t)), t);
+        assert_eq!(closed.iter().filter(|e| e.state == AlertState::Close).count(), 2, "dropout and stuck: {closed:?}");
+        for s in 101..140 {
+            q.observe(&batch(8, s * 1000, |_| 0, |m, c| live(m, c, s * 1000)), s * 1000);
+        }
+        assert_eq!(q.open_count(), 0, "the clock closes once its average is back under half the bound");
+    }
+}
