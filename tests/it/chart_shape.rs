@@ -67,6 +67,9 @@ async fn the_cluster_answers_exactly(fleet: &str, at: [&str; 3], t0: i64, second
     let long = Duration::from_secs(120);
     let motors = "SELECT count(DISTINCT motor_id) FROM fleet.motor_windows";
     until(fleet, "root", motors, long, |b| int(b) == MOTORS as i64).await;
+    // One health row per motor, from whichever node holds it now.
+    let healthy = "SELECT count(*) FROM fleet.motor_health WHERE status = 'healthy'";
+    until(fleet, "root", healthy, long, |b| int(b) == MOTORS as i64).await;
     let first_window = t0.div_euclid(4000) * 4000;
     for (s, addr) in at.iter().enumerate() {
         let site_motors = (1..=MOTORS).filter(|m| site_of(*m) == s).count() as i64;

@@ -50,6 +50,8 @@ fn send(brokers: &str, t0: i64, from_s: i64, seconds: i64) -> u64 {
 async fn site_answers_at(addr: &str, first_window_ms: i64, windows_at_least: i64) {
     let motors = "SELECT count(DISTINCT motor_id) FROM motor_windows";
     until(addr, "root", motors, Duration::from_secs(60), |b| int(b) == MOTORS as i64).await;
+    let health = "SELECT count(*) FROM motor_health";
+    until(addr, "root", health, Duration::from_secs(60), |b| int(b) == MOTORS as i64).await;
     let twice = "SELECT count(*) FROM (SELECT motor_id, window_start FROM motor_windows \
                  GROUP BY motor_id, window_start HAVING count(*) > 1)";
     let mut root = login(addr, "root").await;

@@ -219,6 +219,15 @@ fn a_hostile_analyst_gets_no_reading_out_of_either_site() {
                 .expect("row-sized groups, dropped");
         assert_eq!(per_reading.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
 
+        // motor_health: an analyst sees each motor's status and why, never a raw score.
+        let statuses = run(&mut ana, "SELECT motor_id, status, reasons FROM fleet.motor_health").await.expect("status");
+        assert_eq!(statuses.iter().map(RecordBatch::num_rows).sum::<usize>(), 6, "every motor of both sites");
+        let scores = run(&mut ana, "SELECT motor_id, score FROM fleet.motor_health").await;
+        let raw_score = scores.expect_err("a raw important score");
+        assert!(matches!(raw_score.code(), Code::PermissionDenied | Code::InvalidArgument), "{raw_score:?}");
+        let local = run(&mut ana, "SELECT motor_id, score FROM motor_health").await.expect_err("raw, at this site too");
+        assert!(matches!(local.code(), Code::PermissionDenied | Code::InvalidArgument), "{local:?}");
+
         // EXPLAIN of an allowed query shows its plan; of a refused one, nothing.
         run(&mut ana, "EXPLAIN SELECT motor_id, avg(vibration_x_rms) FROM telemetry GROUP BY motor_id")
             .await

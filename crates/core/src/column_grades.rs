@@ -83,6 +83,15 @@ impl GradeMap {
                 keys(&["query", "motor_id", "site_id", "window_start", "window_end"], Important),
             ),
             ("alerts".to_string(), StreamGrades { default: Some(General), columns: BTreeMap::new() }),
+            (
+                // Status and why are general (a fleet view's colours); the scores behind them
+                // are window values, important as in motor_windows.
+                "motor_health".to_string(),
+                keys(
+                    &["motor_id", "site_id", "status", "score_query", "reasons", "alerts_open", "last_reading"],
+                    Important,
+                ),
+            ),
             ("continuous_queries".to_string(), StreamGrades { default: Some(General), columns: BTreeMap::new() }),
             ("sites".to_string(), StreamGrades { default: Some(General), columns: BTreeMap::new() }),
             ("motors".to_string(), StreamGrades { default: Some(General), columns: BTreeMap::new() }),

@@ -169,6 +169,11 @@ impl AlertTracker {
         Self { query: query.to_string(), options, motors: HashMap::new() }
     }
 
+    /// The open alerts: motor, alert, severity.
+    pub fn open_alerts(&self) -> impl Iterator<Item = (&str, &str, Severity)> {
+        self.motors.iter().filter_map(|(m, a)| a.open.as_ref().map(|o| (m.as_str(), o.id.as_str(), o.severity)))
+    }
+
     /// The per-motor hysteresis state of the motors `include` accepts, for a checkpoint
     /// (sorted by motor).
     pub(crate) fn snapshot(&self, include: &dyn Fn(&str) -> bool) -> TrackerState {

@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! engine                                    all of it, driven by batches and a clock
+//! health                                    the motor_health board (alerts and scores per motor)
 //! alerts · query · quality                  hysteresis, ids, tables · one planned query · data quality
 //! windowing · preagg                        the window operator · the running-aggregate rewrite
 //! schema · grammar · anomaly · tables · checkpoint · conform
@@ -22,6 +23,7 @@ pub mod conform;
 pub mod engine;
 mod error;
 pub mod grammar;
+pub mod health;
 pub mod preagg;
 pub mod quality;
 pub mod query;

@@ -165,6 +165,7 @@ pub struct StreamEngine {
     /// The newest raw readings (`telemetry_rows` of them).
     telemetry: Arc<BoundedTable>,
     quality: Option<crate::quality::QualityMonitor>,
+    health: crate::health::HealthBoard,
     query_errors: u64,
     query_rows: u64,
     alert_events: u64,
@@ -198,6 +199,7 @@ impl StreamEngine {
         tables.register_table("telemetry", telemetry.clone()).expect("fresh context");
         Self {
             quality: config.quality.map(crate::quality::QualityMonitor::new),
+            health: crate::health::HealthBoard::default(),
             config,
             stages: Vec::new(),
             tables,
@@ -299,6 +301,7 @@ impl StreamEngine {
             let events = quality.observe(batch, now_ms);
             self.record_alerts(events, &mut out);
         }
+        self.health.readings(batch);
         Ok(out)
     }
 
@@ -307,6 +310,7 @@ impl StreamEngine {
         if events.is_empty() {
             return;
         }
+        events.iter().for_each(|e| self.health.alert(e));
         let rows = crate::alerts::alerts_batch(&events);
         self.alerts.append(rows.clone());
         out.alert_rows.push(rows);
@@ -341,13 +345,15 @@ impl StreamEngine {
     }
 
     /// The engine's queryable tables, shared (not copied) for serving elsewhere: `alerts`,
-    /// `motor_windows`, `late_events`, and `telemetry` (the newest raw readings).
+    /// `motor_windows`, `late_events`, `telemetry` (the newest raw readings) and
+    /// `motor_health` (one row per motor, [`crate::health`]).
     pub fn shared_tables(&self) -> Vec<(&'static str, Arc<dyn datafusion::catalog::TableProvider>)> {
         vec![
             ("alerts", self.alerts.clone()),
             ("motor_windows", self.motor_windows.clone()),
             ("late_events", self.late.clone()),
             ("telemetry", self.telemetry.clone()),
+            ("motor_health", self.health.table()),
         ]
     }
 

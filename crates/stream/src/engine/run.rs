@@ -84,8 +84,10 @@ impl StreamEngine {
                     Ok(mut scored) => {
                         scored
                             .sort_by(|a, b| a.motor_id.cmp(b.motor_id).then(a.window_start_ms.cmp(&b.window_start_ms)));
+                        let open_above = q.query.def().alerts.as_ref().map(|o| o.open_above);
                         for w in scored {
                             rows.append(&name, &w);
+                            self.health.window(&name, &w, open_above);
                             if let Some(t) = &mut q.tracker
                                 && let Some(e) = t.observe(w, now_ms)
                             {
@@ -105,6 +107,7 @@ impl StreamEngine {
                 out.window_rows.push(windows);
             }
             if !events.is_empty() {
+                events.iter().for_each(|e| self.health.alert(e));
                 let rows = alerts_batch(&events);
                 self.alerts.append(rows.clone());
                 out.alert_rows.push(rows);

@@ -2,7 +2,7 @@
 //! digest ([`state_digest`]), restoring it after a restart, and handing motors over to or
 //! adopting them from another node when a partition moves.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -137,6 +137,7 @@ impl StreamEngine {
         }
         let (report, counters) = self.restore_stages(bytes, false)?;
         [self.query_errors, self.query_rows, self.alert_events] = counters;
+        self.seed_health(&report.motor_ids);
         Ok(report)
     }
 
@@ -145,7 +146,33 @@ impl StreamEngine {
     /// [`Self::restore`]; a motor this engine already holds gets the handed-over state. The
     /// engine's counters stay its own.
     pub fn adopt(&mut self, bytes: &[u8]) -> Result<RestoreReport, StreamError> {
-        Ok(self.restore_stages(bytes, true)?.0)
+        let report = self.restore_stages(bytes, true)?.0;
+        self.seed_health(&report.motor_ids);
+        Ok(report)
+    }
+
+    /// Puts the `motors` whose state came back on the health board, with their open alerts:
+    /// a fleet view shows them before their next reading arrives here.
+    fn seed_health(&self, motors: &[String]) {
+        let wanted: BTreeSet<&str> = motors.iter().map(String::as_str).collect();
+        let mut open: BTreeMap<&str, Vec<(&str, crate::Severity)>> = BTreeMap::new();
+        for stage in &self.stages {
+            for q in &stage.queries {
+                if let Some(t) = &q.tracker {
+                    for (motor, _, severity) in t.open_alerts().filter(|(m, ..)| wanted.contains(m)) {
+                        open.entry(motor).or_default().push((q.query.def().name.as_str(), severity));
+                    }
+                }
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for stage in &self.stages {
+            for (motor, site) in stage.op.motor_sites().filter(|(m, _)| wanted.contains(m)) {
+                if seen.insert(motor) {
+                    self.health.adopted(motor, site, open.get(motor).map_or(&[], Vec::as_slice));
+                }
+            }
+        }
     }
 
     /// Forgets every motor `drop` accepts: open windows, watermarks, anomaly baselines, alert
@@ -159,6 +186,7 @@ impl StreamEngine {
         if let Some(quality) = &mut self.quality {
             quality.drop_motors(drop);
         }
+        self.health.drop_motors(drop);
         let mut dropped = 0;
         for stage in &mut self.stages {
             dropped = dropped.max(stage.op.drop_motors(drop));

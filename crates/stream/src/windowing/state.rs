@@ -177,6 +177,11 @@ impl WindowOperator {
         self.motors.iter().map(|m| &*m.id)
     }
 
+    /// The motors the operator holds state for, with their sites.
+    pub(crate) fn motor_sites(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.motors.iter().map(|m| (&*m.id, &*m.site))
+    }
+
     /// What closed windows carry, as text: a checkpoint restores only into an operator with
     /// the same outputs.
     fn outputs_fingerprint(&self) -> String {

@@ -1,0 +1,305 @@
+//! The `motor_health` table: one row per motor the engine holds, the data a fleet view shows —
+//! its status, its newest score and the query that gave it, why (the kinds of its open alerts,
+//! data-quality ones naming their channel), the estimated time to a threshold where a rule
+//! gives one, and its newest reading.
+//!
+//! Status, worst first: `critical` (an open alert at critical), `silent` (the data-quality
+//! `silent` alert is open), `warning` (any other open alert), `watch` (the newest score of a
+//! query is at least half its `open_above`), else `healthy`. A rule gives a time to threshold
+//! by an output column named `seconds_to_…` (e.g. `time_to_threshold(…) AS seconds_to_110c`);
+//! the smallest of the newest window's is shown.
+//!
+//! The engine updates the board as it scores windows and raises alerts; the table reads a
+//! snapshot of it at each scan, so queries never wait for the detection thread.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::Result;
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::alerts::{AlertEvent, AlertState, Severity, WindowScore};
+use crate::schema::ts_type;
+
+/// A motor's row.
+#[derive(Debug, Clone, Default)]
+struct MotorHealth {
+    site: String,
+    last_reading_ms: i64,
+    /// The newest score of each query, and whether it is at least half its `open_above`.
+    scores: BTreeMap<String, (f64, bool)>,
+    time_to_threshold_s: Option<f64>,
+    /// Open alerts by kind (the query, or the data-quality kind).
+    open: BTreeMap<String, Severity>,
+}
+
+impl MotorHealth {
+    fn status(&self) -> &'static str {
+        if self.open.values().any(|s| *s == Severity::Critical) {
+            "critical"
+        } else if self.open.contains_key("silent") {
+            "silent"
+        } else if !self.open.is_empty() {
+            "warning"
+        } else if self.scores.values().any(|(_, watch)| *watch) {
+            "watch"
+        } else {
+            "healthy"
+        }
+    }
+
+    /// The highest newest score, and its query.
+    fn worst_score(&self) -> Option<(&str, f64)> {
+        self.scores.iter().map(|(q, (s, _))| (q.as_str(), *s)).max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+}
+
+/// The engine's board of motor health, shared with the `motor_health` table.
+#[derive(Debug, Clone, Default)]
+pub struct HealthBoard {
+    motors: Arc<RwLock<HashMap<String, MotorHealth>>>,
+}
+
+impl HealthBoard {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, MotorHealth>> {
+        self.motors.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Notes readings taken in: the newest event time of each motor of `batch` (telemetry
+    /// schema).
+    pub fn readings(&self, batch: &RecordBatch) {
+        use datafusion::arrow::array::AsArray;
+        use datafusion::arrow::datatypes::TimestampMillisecondType;
+        let (Some(motors), Some(sites), Some(ts)) =
+            (batch.column_by_name("motor_id"), batch.column_by_name("site_id"), batch.column_by_name("ts"))
+        else {
+            return;
+        };
+        let (Some(motors), Some(sites), Some(ts)) = (
+            motors.as_string_opt::<i32>(),
+            sites.as_string_opt::<i32>(),
+            ts.as_primitive_opt::<TimestampMillisecondType>(),
+        ) else {
+            return;
+        };
+        let mut board = self.write();
+        for row in 0..batch.num_rows() {
+            let m = board.entry(motors.value(row).to_string()).or_default();
+            if m.site.is_empty() {
+                m.site = sites.value(row).to_string();
+            }
+            m.last_reading_ms = m.last_reading_ms.max(ts.value(row));
+        }
+    }
+
+    /// Notes a scored window of `query`, whose alerts open at `open_above` (if it has alerts).
+    pub fn window(&self, query: &str, w: &WindowScore<'_>, open_above: Option<f64>) {
+        let mut board = self.write();
+        let m = board.entry(w.motor_id.to_string()).or_default();
+        if m.site.is_empty() {
+            m.site = w.site_id.to_string();
+        }
+        match w.score {
+            Some(score) => {
+                let watch = open_above.is_some_and(|o| score >= o / 2.0);
+                m.scores.insert(query.to_string(), (score, watch));
+            }
+            None => {
+                m.scores.remove(query);
+            }
+        }
+        let ttt = w.features.iter().filter(|(name, _)| name.starts_with("seconds_to_")).map(|(_, v)| *v);
+        let ttt = ttt.filter(|v| v.is_finite() && *v >= 0.0).min_by(f64::total_cmp);
+        if ttt.is_some() || w.features.iter().any(|(name, _)| name.starts_with("seconds_to_")) {
+            m.time_to_threshold_s = ttt;
+        }
+    }
+
+    /// Notes an alert event.
+    pub fn alert(&self, e: &AlertEvent) {
+        let mut board = self.write();
+        let m = board.entry(e.motor_id.clone()).or_default();
+        if m.site.is_empty() {
+            m.site = e.site_id.clone();
+        }
+        match e.state {
+            AlertState::Open | AlertState::Update => {
+                m.open.insert(e.query.clone(), e.severity);
+            }
+            AlertState::Close => {
+                m.open.remove(&e.query);
+            }
+        }
+    }
+
+    /// Notes a motor whose state this engine took over (a restore or a partition handed over),
+    /// with the alerts of `query` it has open, before any reading of it arrives here.
+    pub fn adopted(&self, motor: &str, site: &str, open: &[(&str, Severity)]) {
+        let mut board = self.write();
+        let m = board.entry(motor.to_string()).or_default();
+        if m.site.is_empty() {
+            m.site = site.to_string();
+        }
+        for (query, severity) in open {
+            m.open.insert(query.to_string(), *severity);
+        }
+    }
+
+    /// Forgets every motor `drop` accepts (their partition was handed over).
+    pub fn drop_motors(&self, drop: &dyn Fn(&str) -> bool) {
+        self.write().retain(|m, _| !drop(m));
+    }
+
+    /// The table's rows now, worst status first, then by motor.
+    pub fn snapshot(&self) -> RecordBatch {
+        let board = self.motors.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rank = |s: &str| ["critical", "silent", "warning", "watch", "healthy"].iter().position(|x| *x == s);
+        let mut rows: Vec<(&String, &MotorHealth, &'static str)> =
+            board.iter().map(|(k, m)| (k, m, m.status())).collect();
+        rows.sort_by(|a, b| rank(a.2).cmp(&rank(b.2)).then(a.0.cmp(b.0)));
+        let worst: Vec<Option<(&str, f64)>> = rows.iter().map(|(_, m, _)| m.worst_score()).collect();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(k, _, _)| k.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, m, _)| m.site.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, _, s)| *s))),
+            Arc::new(Float64Array::from_iter(worst.iter().map(|w| w.map(|(_, s)| s)))),
+            Arc::new(StringArray::from_iter(worst.iter().map(|w| w.map(|(q, _)| q)))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|(_, m, _)| m.open.keys().cloned().collect::<Vec<_>>().join(",")),
+            )),
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|(_, m, _)| m.open.len() as u32))),
+            Arc::new(Float64Array::from_iter(rows.iter().map(|(_, m, _)| m.time_to_threshold_s))),
+            Arc::new(
+                TimestampMillisecondArray::from_iter(
+                    rows.iter().map(|(_, m, _)| (m.last_reading_ms > 0).then_some(m.last_reading_ms)),
+                )
+                .with_timezone("UTC"),
+            ),
+        ];
+        RecordBatch::try_new(health_schema(), columns).expect("the columns match the schema")
+    }
+
+    /// The SQL table over the board.
+    pub fn table(&self) -> Arc<HealthTable> {
+        Arc::new(HealthTable { board: self.clone() })
+    }
+}
+
+/// The `motor_health` table's schema.
+pub fn health_schema() -> SchemaRef {
+    static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            Arc::new(Schema::new(vec![
+                Field::new("motor_id", DataType::Utf8, false),
+                Field::new("site_id", DataType::Utf8, false),
+                Field::new("status", DataType::Utf8, false),
+                Field::new("score", DataType::Float64, true),
+                Field::new("score_query", DataType::Utf8, true),
+                Field::new("reasons", DataType::Utf8, false),
+                Field::new("alerts_open", DataType::UInt32, false),
+                Field::new("time_to_threshold_s", DataType::Float64, true),
+                Field::new("last_reading", ts_type(), true),
+            ]))
+        })
+        .clone()
+}
+
+/// The `motor_health` table: a snapshot of the board at each scan.
+#[derive(Debug)]
+pub struct HealthTable {
+    board: HealthBoard,
+}
+
+#[async_trait]
+impl TableProvider for HealthTable {
+    fn schema(&self) -> SchemaRef {
+        health_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let exec =
+            MemorySourceConfig::try_new_exec(&[vec![self.board.snapshot()]], health_schema(), projection.cloned())?;
+        Ok(exec as Arc<dyn ExecutionPlan>)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window<'a>(motor: &'a str, score: Option<f64>, features: Vec<(&'a str, f64)>) -> WindowScore<'a> {
+        WindowScore { motor_id: motor, site_id: "s", window_start_ms: 0, window_end_ms: 1000, score, features }
+    }
+
+    fn event(motor: &str, query: &str, state: AlertState, severity: Severity) -> AlertEvent {
+        AlertEvent {
+            alert_id: "x".into(),
+            query: query.into(),
+            motor_id: motor.into(),
+            site_id: "s".into(),
+            state,
+            severity,
+            score: None,
+            peak_score: 0.0,
+            window_start_ms: 0,
+            window_end_ms: 0,
+            opened_window_start_ms: 0,
+            emitted_at_ms: 0,
+            features: Default::default(),
+        }
+    }
+
+    #[test]
+    fn status_is_the_worst_of_alerts_and_scores_and_rows_come_worst_first() {
+        let board = HealthBoard::default();
+        board.window("q", &window("M1", Some(1.0), vec![]), Some(7.0));
+        board.window("q", &window("M2", Some(4.0), vec![("seconds_to_110c", 900.0)]), Some(7.0));
+        board.window("q", &window("M3", Some(9.0), vec![]), Some(7.0));
+        board.alert(&event("M3", "q", AlertState::Open, Severity::Warning));
+        board.alert(&event("M4", "silent", AlertState::Open, Severity::Warning));
+        board.alert(&event("M5", "q", AlertState::Open, Severity::Warning));
+        board.alert(&event("M5", "q", AlertState::Update, Severity::Critical));
+        board.alert(&event("M5", "stuck_sensor.speed_rpm", AlertState::Open, Severity::Warning));
+        let b = board.snapshot();
+        let col = |i: usize| {
+            b.column(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .iter()
+                .map(|v| v.unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(col(0), ["M5", "M4", "M3", "M2", "M1"]);
+        assert_eq!(col(2), ["critical", "silent", "warning", "watch", "healthy"]);
+        assert_eq!(col(5)[0], "q,stuck_sensor.speed_rpm", "the reasons name the channel");
+        let ttt = b.column(7).as_any().downcast_ref::<Float64Array>().unwrap();
+        assert_eq!(ttt.value(3), 900.0);
+        board.alert(&event("M3", "q", AlertState::Close, Severity::Warning));
+        board.drop_motors(&|m| m == "M5");
+        let b = board.snapshot();
+        assert_eq!(b.num_rows(), 4);
+        let status = b.column(2).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(status.value(2), "watch", "M3: closed, its newest score 9 ≥ 3.5");
+    }
+}
