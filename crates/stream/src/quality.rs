@@ -18,8 +18,9 @@
 //! The score is what was measured: seconds silent, readings empty or unchanged, seconds of
 //! skew. Every event is a warning; the alert id is `xxh3_64(kind, motor, opening time)` as for
 //! the rules' alerts. The state is per motor and bounded (a few hundred bytes, see
-//! [`MotorQuality`]), dropped with the motor when its partition is handed over; a motor's new
-//! owner judges it afresh from its first reading there.
+//! [`MotorQuality`]) and goes with the motor's partition in its checkpoint ([`QualityMonitor::
+//! snapshot`]): the new owner keeps its open alerts, averages and runs, and starts its silence
+//! clock when it takes the motor over.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -66,7 +67,7 @@ const EWMA: f64 = 0.1;
 const SKEW_MIN_READINGS: u32 = 10;
 
 /// One channel's run of equal or missing values.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct ChannelRun {
     last: Option<f64>,
     same: u32,
@@ -75,7 +76,7 @@ struct ChannelRun {
 }
 
 /// An open data-quality alert.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Open {
     id: String,
     opened_ms: i64,
@@ -84,7 +85,7 @@ struct Open {
 
 /// What is kept per motor: about 7 × 32 bytes of channel runs, a few numbers, and its open
 /// alerts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MotorQuality {
     site: String,
     last_seen_ms: i64,
@@ -218,6 +219,24 @@ impl QualityMonitor {
         }
         events.sort_by(|a, b| a.motor_id.cmp(&b.motor_id));
         events
+    }
+
+    /// The state of the motors `include` accepts, for a checkpoint (sorted by motor).
+    pub fn snapshot(&self, include: &dyn Fn(&str) -> bool) -> Vec<(String, MotorQuality)> {
+        let mut motors: Vec<(String, MotorQuality)> =
+            self.motors.iter().filter(|(m, _)| include(m)).map(|(m, q)| (m.clone(), q.clone())).collect();
+        motors.sort_by(|a, b| a.0.cmp(&b.0));
+        motors
+    }
+
+    /// Takes over [`Self::snapshot`]'s motors at processing time `now_ms` (a restart, or a
+    /// partition handed over): their silence is counted from now, not from when the former
+    /// owner last saw them.
+    pub fn adopt(&mut self, motors: Vec<(String, MotorQuality)>, now_ms: i64) {
+        for (motor, mut q) in motors {
+            q.last_seen_ms = now_ms;
+            self.motors.insert(motor, q);
+        }
     }
 
     /// Forgets every motor `drop` accepts (their partition was handed over); how many.
@@ -382,6 +401,29 @@ mod tests {
         let back = q.observe(&batch(6, 100_000, |_| 0, |m, c| live(m, c, 100_000)), 100_000);
         assert_eq!(back.iter().filter(|e| e.state == AlertState::Close && e.query == "silent").count(), 6);
         assert_eq!(q.open_count(), 0);
+    }
+
+    #[test]
+    fn a_motor_handed_over_keeps_its_open_alert_and_its_silence_counts_from_the_take_over() {
+        let mut old = QualityMonitor::new(QualityConfig::default());
+        let temperature = Channel::TemperatureC as usize;
+        for s in 0..40i64 {
+            let t = s * 1000;
+            old.observe(
+                &batch(6, t, |_| 0, |m, c| if m == 1 && c == temperature && s >= 10 { None } else { live(m, c, t) }),
+                t,
+            );
+        }
+        assert_eq!(old.open_count(), 1, "M1's dropout");
+        let bytes = crate::checkpoint::to_versioned_bytes(&old.snapshot(&|m| m == "M1")).unwrap();
+        let mut new = QualityMonitor::new(QualityConfig::default());
+        new.adopt(crate::checkpoint::from_versioned_bytes(&bytes).unwrap(), 500_000);
+        assert_eq!(new.open_count(), 1, "the open alert came along");
+        assert!(new.tick(520_000).is_empty(), "silence counts from the take-over, not from 39 s");
+        let back = new.observe(&batch(6, 40_000, |_| 0, |m, c| live(m, c, 40_000)), 521_000);
+        assert_eq!(kinds(&back), [("M1".to_string(), "sensor_dropout.temperature_c".to_string(), AlertState::Close)]);
+        assert_eq!(back[0].alert_id, alert_id("sensor_dropout.temperature_c", "M1", 29_000), "the same alert closes");
+        assert_eq!(new.tick(600_000).len(), 6, "silent 30 s after their last reading here");
     }
 
     #[test]

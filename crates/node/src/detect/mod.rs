@@ -228,6 +228,9 @@ pub struct Adopted {
 
 /// Name of the engine's section in a checkpoint.
 pub const ENGINE_SECTION: &str = "engine";
+/// Name of the data-quality section (absent when data quality is off, or in an older
+/// checkpoint: the motors' data quality is then judged afresh).
+pub const QUALITY_SECTION: &str = "quality";
 
 /// Counters of the detection stage.
 #[derive(Debug, Clone, Default)]

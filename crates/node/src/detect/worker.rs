@@ -22,7 +22,9 @@ use crate::durability::{StoreInput, StoreLink, StoredStream};
 use crate::error::NodeError;
 
 type Result<T, E = NodeError> = std::result::Result<T, E>;
-use super::{Adopted, DeliveryCheck, DetectConfig, DetectStats, ENGINE_SECTION, QueryChange, RunningQueries};
+use super::{
+    Adopted, DeliveryCheck, DetectConfig, DetectStats, ENGINE_SECTION, QUALITY_SECTION, QueryChange, RunningQueries,
+};
 
 /// A partition this stage owns: its store, and what its newest checkpoint covers.
 #[derive(Debug)]
@@ -248,6 +250,12 @@ impl Worker {
                 for m in &report.motor_ids {
                     self.motor_partition.insert(m.clone(), tp.clone());
                 }
+                if let Some(quality) = loaded.checkpoint.section(QUALITY_SECTION) {
+                    self.engine.adopt_quality(quality, now_ms()).map_err(|source| NodeError::Engine {
+                        what: format!("restoring the data quality of {}", loaded.path.display()),
+                        source,
+                    })?;
+                }
                 tracing::info!(
                     topic = %tp.0, partition = tp.1, id = loaded.checkpoint.id, motors = report.motors, open_windows = report.open_windows,
                     fresh = ?report.fresh, dropped = ?report.dropped, "adopted the partition's checkpoint"
@@ -366,17 +374,20 @@ impl Worker {
     fn encode_checkpoints(&mut self, due: &[TopicPartition]) -> Result<Vec<CheckpointFile>> {
         let mut files = Vec::with_capacity(due.len());
         for tp in due {
-            let engine = self
-                .engine
-                .checkpoint_motors(&|m| self.motor_partition.get(m) == Some(tp))
-                .map_err(engine("checkpoint: encoding the engine state"))?;
+            let include = |m: &str| self.motor_partition.get(m) == Some(tp);
+            let state =
+                self.engine.checkpoint_motors(&include).map_err(engine("checkpoint: encoding the engine state"))?;
+            let quality =
+                self.engine.quality_checkpoint(&include).map_err(engine("checkpoint: encoding the data quality"))?;
+            let mut sections = vec![(ENGINE_SECTION.to_string(), state)];
+            sections.extend(quality.map(|q| (QUALITY_SECTION.to_string(), q)));
             let p = self.owned.get_mut(tp).expect("due partitions are owned");
             let next_offset = p.next_offset.expect("a due partition has an offset");
             let checkpoint = Checkpoint {
                 id: p.last_id + 1,
                 created_ms: now_ms(),
                 offsets: vec![SourceOffset { topic: tp.0.clone(), partition: tp.1, next_offset }],
-                sections: vec![(ENGINE_SECTION.to_string(), engine)],
+                sections,
             };
             (p.last_id, p.checkpointed_offset) = (checkpoint.id, Some(next_offset));
             files.push((tp.clone(), p.store.clone(), checkpoint));

@@ -120,6 +120,21 @@ impl StreamEngine {
         checkpoint::to_versioned_bytes(&state)
     }
 
+    /// The data-quality state of the motors `include` accepts, for a partition's checkpoint
+    /// (its own section: a checkpoint without it restores the rest); `None` when off.
+    pub fn quality_checkpoint(&self, include: &dyn Fn(&str) -> bool) -> Result<Option<Vec<u8>>, StreamError> {
+        self.quality.as_ref().map(|q| checkpoint::to_versioned_bytes(&q.snapshot(include))).transpose()
+    }
+
+    /// Takes over a [`Self::quality_checkpoint`]'s motors at processing time `now_ms`
+    /// (ignored when data quality is off here).
+    pub fn adopt_quality(&mut self, bytes: &[u8], now_ms: i64) -> Result<(), StreamError> {
+        if let Some(quality) = &mut self.quality {
+            quality.adopt(checkpoint::from_versioned_bytes(bytes)?, now_ms);
+        }
+        Ok(())
+    }
+
     /// A checksum of [`Self::checkpoint`]'s bytes in canonical form (see
     /// [`state_digest`]): equal for two engines that took in the same readings, however they
     /// were batched, interleaved across motors, or stopped and restored on the way.
