@@ -127,6 +127,7 @@ fn stage(args: &Args) -> Result<()> {
             table_rows: 1_000_000,
             telemetry_rows: 0,
             quality: None,
+            wear: None,
         };
         let mut engine = StreamEngine::new(config);
         rt.block_on(engine.register(QUERY))?;

@@ -194,3 +194,88 @@ fn data_quality_alerts_reach_the_alerts_topic() {
     let skew = events.iter().find(|e| e.query == "clock_skew").expect("skew");
     assert!(skew.score.is_some_and(|s| (90.0..=125.0).contains(&s)), "seconds of skew: {skew:?}");
 }
+
+/// Wear through a node's detection stage (issue 23, point 2): a motor whose bearing wears over
+/// days, sampled every 10 minutes, is alerted (`wear.vibration_x_rms`, with the limit and the
+/// time to it) more than a day before its vibration reaches the ISO 20816 class II C/D limit;
+/// its healthy twin never is; `motor_health` shows the worn motor critical at the end.
+#[test]
+fn wear_is_alerted_a_day_before_the_limit_from_10_minute_readings() {
+    let (kafka, brokers) = embedded_kafka(1, 2);
+    kafka.create_topic("alerts", 1).expect("topic");
+    kafka.create_topic("late", 1).expect("topic");
+    const DAY: i64 = 24 * 3_600_000;
+    const STEP: i64 = 10 * 60_000;
+    let t0 = (now_ms() - 15 * DAY).div_euclid(STEP) * STEP;
+    let (start, failure) = (3 * DAY, 12 * DAY);
+    let noise = |i: i64, seed: i64| ((i * 7919 + seed * 104_729) % 1000) as f64 / 1000.0 - 0.5;
+    let mut readings = Vec::new();
+    let mut crossed = None;
+    for i in 0..(14 * DAY / STEP) {
+        let t = i * STEP;
+        let x = ((t - start) as f64 / (failure - start) as f64).max(0.0);
+        let worn = 1.5 + 5.6 * x * x + 0.3 * noise(i, 1);
+        if worn >= 7.1 && crossed.is_none() {
+            crossed = Some(t0 + t);
+        }
+        for (motor, vib) in [("worn", worn), ("twin", 1.5 + 0.3 * noise(i, 2))] {
+            let mut r = Reading {
+                motor_id: MotorId::new(motor).expect("id"),
+                site_id: SiteId::new("site-a").expect("id"),
+                event_time_ms: t0 + t,
+                sequence: i as u64,
+                channels: [None; 7],
+                extra: Default::default(),
+            };
+            r.set(Channel::VibrationXRms, Some(vib));
+            readings.push(r);
+        }
+    }
+    let p = producer(&brokers, "telemetry", WireFormat::Protobuf).expect("producer");
+    p.send_readings(&readings).expect("send");
+    p.flush(Duration::from_secs(10)).expect("flush");
+
+    let mut detect = DetectConfig {
+        queries: vec![QUERY.into()],
+        alerts_topic: "alerts".into(),
+        late_topic: "late".into(),
+        ..Default::default()
+    };
+    detect.data_quality.enabled = false;
+    let engine = build_engine(&detect).expect("the query registers");
+    let mut ingest = ingest_config(&brokers, "detect-wear", "telemetry", "dead-letters");
+    ingest.validation.max_past_ms = 20 * DAY;
+    let (ingest, batches) = start_ingest(ingest);
+    let (stage, detect_loop) = Detect::prepare(engine, &detect, &brokers, batches).expect("the stage starts");
+    let detect_thread = tessera_node::lifecycle::StageThread::spawn(detect_loop).expect("its thread starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ingest.metrics().snapshot().readings_accepted < readings.len() as u64 {
+        assert!(Instant::now() < deadline, "not every reading taken in: {:?}", stage.stats());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    while stage.stats().engine.windows.first().map_or(0, |(_, w)| w.rows_in) < readings.len() as u64 {
+        assert!(Instant::now() < deadline, "not every reading judged: {:?}", stage.stats());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ingest.stop().expect("ingest stops");
+    stage.request_stop();
+    let engine = detect_thread.join().map_err(|f| (*f).into_error()).expect("stage stops");
+
+    let sent = stage.stats().alerts_sent as usize;
+    let alerts = read_topic(&brokers, "alerts", sent, Duration::from_secs(10)).expect("alerts topic");
+    let events: Vec<AlertEvent> =
+        alerts.iter().map(|m| serde_json::from_slice(payload(m)).expect("alert JSON")).collect();
+    let wear: Vec<&AlertEvent> = events.iter().filter(|e| e.query.starts_with("wear.")).collect();
+    assert!(wear.iter().all(|e| e.motor_id == "worn"), "the twin is never alerted: {wear:?}");
+    let first = wear.iter().find(|e| e.state == AlertState::Open).expect("the worn motor is alerted");
+    assert_eq!(first.query, "wear.vibration_x_rms");
+    assert_eq!(first.features["limit"], 7.1, "class II's C/D boundary");
+    let lead_h = (crossed.expect("it reaches the limit") - first.window_start_ms) / 3_600_000;
+    assert!(lead_h >= 24, "alerted only {lead_h} h before the limit");
+    println!("wear: alerted {lead_h} h before the limit from 10-minute readings; {} wear events", wear.len());
+
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let b = rt.block_on(engine.sql("SELECT status FROM motor_health WHERE motor_id = 'worn'")).expect("sql");
+    let status = b[0].column(0).as_any().downcast_ref::<datafusion::arrow::array::StringArray>().expect("text");
+    assert_eq!(status.value(0), "critical");
+}

@@ -66,6 +66,7 @@ async fn run_script(script: &str) -> String {
         table_rows: 100_000,
         telemetry_rows: 0,
         quality: None,
+        wear: None,
     };
     let mut engine: Option<StreamEngine> = None;
     let scratch = SessionContext::new();

@@ -1,7 +1,8 @@
 //! The `motor_health` table: one row per motor the engine holds, the data a fleet view shows —
 //! its status, its newest score and the query that gave it, why (the kinds of its open alerts,
 //! data-quality ones naming their channel), the estimated time to a threshold where a rule
-//! gives one, and its newest reading.
+//! gives one (a rule's `seconds_to_…` output, or an open wear alert's `seconds_to_limit`), and
+//! its newest reading.
 //!
 //! Status, worst first: `critical` (an open alert at critical), `silent` (the data-quality
 //! `silent` alert is open), `warning` (any other open alert), `watch` (the newest score of a
@@ -38,8 +39,10 @@ struct MotorHealth {
     /// The newest score of each query, and whether it is at least half its `open_above`.
     scores: BTreeMap<String, (f64, bool)>,
     time_to_threshold_s: Option<f64>,
-    /// Open alerts by kind (the query, or the data-quality kind).
+    /// Open alerts by kind (the query, or the data-quality or wear kind).
     open: BTreeMap<String, Severity>,
+    /// The time to a limit that open alerts estimate (wear alerts' `seconds_to_limit`).
+    alert_time_to_limit: BTreeMap<String, f64>,
 }
 
 impl MotorHealth {
@@ -55,6 +58,11 @@ impl MotorHealth {
         } else {
             "healthy"
         }
+    }
+
+    /// The nearest time to a threshold, from the newest windows or the open alerts.
+    fn time_to_threshold(&self) -> Option<f64> {
+        self.time_to_threshold_s.into_iter().chain(self.alert_time_to_limit.values().copied()).min_by(f64::total_cmp)
     }
 
     /// The highest newest score, and its query.
@@ -134,9 +142,20 @@ impl HealthBoard {
         match e.state {
             AlertState::Open | AlertState::Update => {
                 m.open.insert(e.query.clone(), e.severity);
+                match e
+                    .features
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("seconds_to_"))
+                    .map(|(_, v)| *v)
+                    .min_by(f64::total_cmp)
+                {
+                    Some(s) => m.alert_time_to_limit.insert(e.query.clone(), s),
+                    None => m.alert_time_to_limit.remove(&e.query),
+                };
             }
             AlertState::Close => {
                 m.open.remove(&e.query);
+                m.alert_time_to_limit.remove(&e.query);
             }
         }
     }
@@ -177,7 +196,7 @@ impl HealthBoard {
                 rows.iter().map(|(_, m, _)| m.open.keys().cloned().collect::<Vec<_>>().join(",")),
             )),
             Arc::new(UInt32Array::from_iter_values(rows.iter().map(|(_, m, _)| m.open.len() as u32))),
-            Arc::new(Float64Array::from_iter(rows.iter().map(|(_, m, _)| m.time_to_threshold_s))),
+            Arc::new(Float64Array::from_iter(rows.iter().map(|(_, m, _)| m.time_to_threshold()))),
             Arc::new(
                 TimestampMillisecondArray::from_iter(
                     rows.iter().map(|(_, m, _)| (m.last_reading_ms > 0).then_some(m.last_reading_ms)),

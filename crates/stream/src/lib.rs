@@ -7,7 +7,7 @@
 //! ```text
 //! engine                                    all of it, driven by batches and a clock
 //! health                                    the motor_health board (alerts and scores per motor)
-//! alerts · query · quality                  hysteresis, ids, tables · one planned query · data quality
+//! alerts · query · quality · wear           hysteresis, ids, tables · one planned query · data quality · wear
 //! windowing · preagg                        the window operator · the running-aggregate rewrite
 //! schema · grammar · anomaly · tables · checkpoint · conform
 //! aggregate · error                         AggSpec, ColumnStats · StreamError
@@ -29,6 +29,7 @@ pub mod quality;
 pub mod query;
 pub mod schema;
 pub mod tables;
+pub mod wear;
 pub mod windowing;
 
 pub use alerts::{AlertEvent, AlertState, Severity};

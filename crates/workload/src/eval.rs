@@ -349,6 +349,7 @@ pub fn run(opts: &EvalOptions, progress: bool) -> Result<EvalReport> {
     // (files of different days read side by side would look like skewed clocks): off.
     let mut detect = DetectConfig { idle_timeout: Duration::from_secs(24 * 3600), ..opts.detect.clone() };
     detect.data_quality.enabled = false;
+    detect.wear.enabled = false;
     for (topic, partitions) in
         [("telemetry", 4), ("dead-letters", 1), (detect.alerts_topic.as_str(), 1), (detect.late_topic.as_str(), 1)]
     {

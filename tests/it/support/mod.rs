@@ -111,6 +111,7 @@ impl TestNode {
                 idle_timeout: Duration::from_secs(3600),
                 // Judged by processing time: off, so results depend on the input alone.
                 data_quality: DataQualityConfig { enabled: false, ..Default::default() },
+                wear: tessera_node::detect::WearConfig { enabled: false, ..Default::default() },
                 ..Default::default()
             },
             ..Default::default()

@@ -88,6 +88,75 @@ pub struct DetectConfig {
     pub telemetry_rows: usize,
     /// `[detect.data_quality]`: alerts for data that is wrong rather than anomalous.
     pub data_quality: DataQualityConfig,
+    /// `[detect.wear]`: alerts for vibration drifting towards its limit over days.
+    pub wear: WearConfig,
+}
+
+/// `[detect.wear]`: per motor and vibration channel, an early-life baseline, an hourly level,
+/// its trend and the time until it reaches the ISO 20816 zone C/D boundary of `class`; an
+/// alert `wear.<channel>` when that is nearer than `horizon` (see `tessera_stream::wear`).
+/// Judged on event time: the same at any sampling rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WearConfig {
+    /// Off: no wear alerts.
+    pub enabled: bool,
+    /// The machine class of the vibration zones: `I` (small, up to 15 kW), `II` (medium),
+    /// `III` (large, rigid foundation), `IV` (large, soft foundation).
+    pub class: tessera_stream::wear::MachineClass,
+    /// How long of a motor's first readings make its early-life baseline.
+    #[serde(with = "humantime_serde")]
+    pub baseline: Duration,
+    /// The level's time constant.
+    #[serde(with = "humantime_serde")]
+    pub level: Duration,
+    /// How far back the trend looks.
+    #[serde(with = "humantime_serde")]
+    pub trend: Duration,
+    /// Alert when the limit is nearer than this (and the level has drifted 30 % above the
+    /// baseline).
+    #[serde(with = "humantime_serde")]
+    pub horizon: Duration,
+}
+
+impl Default for WearConfig {
+    fn default() -> Self {
+        let w = tessera_stream::wear::WearConfig::default();
+        let ms = |v: i64| Duration::from_millis(v as u64);
+        Self {
+            enabled: true,
+            class: w.class,
+            baseline: ms(w.baseline_ms),
+            level: ms(w.level_ms),
+            trend: ms(w.sample_ms * w.trend_samples as i64),
+            horizon: ms(w.horizon_ms),
+        }
+    }
+}
+
+impl WearConfig {
+    /// Checks the fields; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, d) in [("baseline", self.baseline), ("level", self.level), ("horizon", self.horizon)] {
+            ensure(!d.is_zero(), name, "must be longer than 0")?;
+        }
+        ensure(self.trend >= Duration::from_secs(3600), "trend", "must be at least 1h")
+    }
+
+    fn wear(&self) -> Option<tessera_stream::wear::WearConfig> {
+        let defaults = tessera_stream::wear::WearConfig::default();
+        // 36 trend samples over the trend span (at least a minute apart).
+        let sample_ms = (self.trend.as_millis() as i64 / 36).max(60_000);
+        self.enabled.then_some(tessera_stream::wear::WearConfig {
+            class: self.class,
+            baseline_ms: self.baseline.as_millis() as i64,
+            level_ms: self.level.as_millis() as i64,
+            sample_ms,
+            trend_samples: (self.trend.as_millis() as i64 / sample_ms).max(2) as usize,
+            horizon_ms: self.horizon.as_millis() as i64,
+            ..defaults
+        })
+    }
 }
 
 /// `[detect.data_quality]`: alerts of their own kinds (`silent`, `sensor_dropout.<channel>`,
@@ -160,6 +229,7 @@ impl Default for DetectConfig {
             table_rows: 1_000_000,
             telemetry_rows: 100_000,
             data_quality: DataQualityConfig::default(),
+            wear: WearConfig::default(),
         }
     }
 }
@@ -172,7 +242,8 @@ impl DetectConfig {
         ensure(!self.dead_letter_topic.is_empty(), "dead_letter_topic", "must not be empty")?;
         ensure(self.idle_timeout > Duration::ZERO, "idle_timeout", "must be positive")?;
         ensure(self.table_rows > 0, "table_rows", "must be positive")?;
-        self.data_quality.validate().map_err(|e| e.within("data_quality"))
+        self.data_quality.validate().map_err(|e| e.within("data_quality"))?;
+        self.wear.validate().map_err(|e| e.within("wear"))
     }
 
     /// The queries to run: the configured ones or the defaults.
@@ -193,6 +264,7 @@ impl DetectConfig {
             table_rows: self.table_rows,
             telemetry_rows: self.telemetry_rows,
             quality: self.data_quality.quality(),
+            wear: self.wear.wear(),
         }
     }
 }
@@ -228,9 +300,6 @@ pub struct Adopted {
 
 /// Name of the engine's section in a checkpoint.
 pub const ENGINE_SECTION: &str = "engine";
-/// Name of the data-quality section (absent when data quality is off, or in an older
-/// checkpoint: the motors' data quality is then judged afresh).
-pub const QUALITY_SECTION: &str = "quality";
 
 /// Counters of the detection stage.
 #[derive(Debug, Clone, Default)]

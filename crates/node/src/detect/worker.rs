@@ -22,9 +22,7 @@ use crate::durability::{StoreInput, StoreLink, StoredStream};
 use crate::error::NodeError;
 
 type Result<T, E = NodeError> = std::result::Result<T, E>;
-use super::{
-    Adopted, DeliveryCheck, DetectConfig, DetectStats, ENGINE_SECTION, QUALITY_SECTION, QueryChange, RunningQueries,
-};
+use super::{Adopted, DeliveryCheck, DetectConfig, DetectStats, ENGINE_SECTION, QueryChange, RunningQueries};
 
 /// A partition this stage owns: its store, and what its newest checkpoint covers.
 #[derive(Debug)]
@@ -250,11 +248,14 @@ impl Worker {
                 for m in &report.motor_ids {
                     self.motor_partition.insert(m.clone(), tp.clone());
                 }
-                if let Some(quality) = loaded.checkpoint.section(QUALITY_SECTION) {
-                    self.engine.adopt_quality(quality, now_ms()).map_err(|source| NodeError::Engine {
-                        what: format!("restoring the data quality of {}", loaded.path.display()),
-                        source,
-                    })?;
+                // The judges beside the queries (data quality, wear), where the checkpoint has them.
+                for name in tessera_stream::engine::SIDE_SECTIONS {
+                    if let Some(bytes) = loaded.checkpoint.section(name) {
+                        self.engine.adopt_side(name, bytes, now_ms()).map_err(|source| NodeError::Engine {
+                            what: format!("restoring the {name} section of {}", loaded.path.display()),
+                            source,
+                        })?;
+                    }
                 }
                 tracing::info!(
                     topic = %tp.0, partition = tp.1, id = loaded.checkpoint.id, motors = report.motors, open_windows = report.open_windows,
@@ -377,10 +378,10 @@ impl Worker {
             let include = |m: &str| self.motor_partition.get(m) == Some(tp);
             let state =
                 self.engine.checkpoint_motors(&include).map_err(engine("checkpoint: encoding the engine state"))?;
-            let quality =
-                self.engine.quality_checkpoint(&include).map_err(engine("checkpoint: encoding the data quality"))?;
+            let sides =
+                self.engine.side_checkpoints(&include).map_err(engine("checkpoint: encoding the judges' state"))?;
             let mut sections = vec![(ENGINE_SECTION.to_string(), state)];
-            sections.extend(quality.map(|q| (QUALITY_SECTION.to_string(), q)));
+            sections.extend(sides.into_iter().map(|(name, bytes)| (name.to_string(), bytes)));
             let p = self.owned.get_mut(tp).expect("due partitions are owned");
             let next_offset = p.next_offset.expect("a due partition has an offset");
             let checkpoint = Checkpoint {

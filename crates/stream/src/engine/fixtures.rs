@@ -56,6 +56,7 @@ pub(super) fn engine() -> StreamEngine {
         table_rows: 100_000,
         telemetry_rows: 0,
         quality: None,
+        wear: None,
     })
 }
 

@@ -31,10 +31,10 @@ use crate::tables::BoundedTable;
 /// and the tests have always found it.
 pub use crate::windowing::describe;
 use crate::windowing::{WindowOperator, WindowStats};
-pub use state::{RestoreReport, StateDigest, state_digest};
+pub use state::{QUALITY_SECTION, RestoreReport, SIDE_SECTIONS, StateDigest, WEAR_SECTION, state_digest};
 
 /// Engine settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StreamConfig {
     /// Allowed lateness and idle timeout.
     pub watermark: WatermarkPolicy,
@@ -45,6 +45,9 @@ pub struct StreamConfig {
     /// Data-quality alerts (silent motors, dropped-out or stuck sensors, skewed clocks; see
     /// [`crate::quality`]); `None`: off.
     pub quality: Option<crate::quality::QualityConfig>,
+    /// Wear alerts (vibration drifting towards its ISO 20816 limit; see [`crate::wear`]);
+    /// `None`: off.
+    pub wear: Option<crate::wear::WearConfig>,
 }
 
 impl Default for StreamConfig {
@@ -54,6 +57,7 @@ impl Default for StreamConfig {
             table_rows: 1_000_000,
             telemetry_rows: 100_000,
             quality: None,
+            wear: None,
         }
     }
 }
@@ -165,6 +169,7 @@ pub struct StreamEngine {
     /// The newest raw readings (`telemetry_rows` of them).
     telemetry: Arc<BoundedTable>,
     quality: Option<crate::quality::QualityMonitor>,
+    wear: Option<crate::wear::WearMonitor>,
     health: crate::health::HealthBoard,
     query_errors: u64,
     query_rows: u64,
@@ -197,9 +202,12 @@ impl StreamEngine {
         tables.register_table("late_events", late.clone()).expect("fresh context");
         let telemetry = BoundedTable::new(telemetry_schema(), config.telemetry_rows);
         tables.register_table("telemetry", telemetry.clone()).expect("fresh context");
+        let health = crate::health::HealthBoard::default();
+        tables.register_table("motor_health", health.table()).expect("fresh context");
         Self {
             quality: config.quality.map(crate::quality::QualityMonitor::new),
-            health: crate::health::HealthBoard::default(),
+            wear: config.wear.map(crate::wear::WearMonitor::new),
+            health,
             config,
             stages: Vec::new(),
             tables,
@@ -301,6 +309,10 @@ impl StreamEngine {
             let events = quality.observe(batch, now_ms);
             self.record_alerts(events, &mut out);
         }
+        if let Some(wear) = &mut self.wear {
+            let events = wear.observe(batch, now_ms);
+            self.record_alerts(events, &mut out);
+        }
         self.health.readings(batch);
         Ok(out)
     }
@@ -357,7 +369,8 @@ impl StreamEngine {
         ]
     }
 
-    /// Runs SQL over the engine's tables: `alerts`, `motor_windows`, `late_events`, `telemetry`.
+    /// Runs SQL over the engine's tables: `alerts`, `motor_windows`, `late_events`, `telemetry`,
+    /// `motor_health`.
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>, StreamError> {
         let df = self.tables.sql(sql).await.map_err(StreamError::Query)?;
         df.collect().await.map_err(StreamError::Query)
@@ -376,7 +389,8 @@ impl StreamEngine {
                 .flat_map(|s| s.queries.iter().filter_map(|q| q.tracker.as_ref()))
                 .map(|t| t.open_count() as u64)
                 .sum::<u64>()
-                + self.quality.as_ref().map_or(0, |q| q.open_count() as u64),
+                + self.quality.as_ref().map_or(0, |q| q.open_count() as u64)
+                + self.wear.as_ref().map_or(0, |w| w.open_count() as u64),
         }
     }
 

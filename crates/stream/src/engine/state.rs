@@ -58,6 +58,13 @@ pub struct RestoreReport {
     pub motor_ids: Vec<String>,
 }
 
+/// The checkpoint section of the data-quality judge.
+pub const QUALITY_SECTION: &str = "quality";
+/// The checkpoint section of the wear judge.
+pub const WEAR_SECTION: &str = "wear";
+/// Every section [`StreamEngine::side_checkpoints`] may write.
+pub const SIDE_SECTIONS: [&str; 2] = [QUALITY_SECTION, WEAR_SECTION];
+
 /// The engine's checkpointed state (after the format version).
 #[derive(Serialize, Deserialize)]
 struct EngineState {
@@ -120,17 +127,30 @@ impl StreamEngine {
         checkpoint::to_versioned_bytes(&state)
     }
 
-    /// The data-quality state of the motors `include` accepts, for a partition's checkpoint
-    /// (its own section: a checkpoint without it restores the rest); `None` when off.
-    pub fn quality_checkpoint(&self, include: &dyn Fn(&str) -> bool) -> Result<Option<Vec<u8>>, StreamError> {
-        self.quality.as_ref().map(|q| checkpoint::to_versioned_bytes(&q.snapshot(include))).transpose()
+    /// The state of the judges beside the queries (data quality, wear) for the motors
+    /// `include` accepts: one named section each, for a partition's checkpoint (a checkpoint
+    /// without one restores the rest; that judge starts afresh). Only the judges that are on.
+    pub fn side_checkpoints(
+        &self,
+        include: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<(&'static str, Vec<u8>)>, StreamError> {
+        let mut sections = Vec::new();
+        if let Some(q) = &self.quality {
+            sections.push((QUALITY_SECTION, checkpoint::to_versioned_bytes(&q.snapshot(include))?));
+        }
+        if let Some(w) = &self.wear {
+            sections.push((WEAR_SECTION, checkpoint::to_versioned_bytes(&w.snapshot(include))?));
+        }
+        Ok(sections)
     }
 
-    /// Takes over a [`Self::quality_checkpoint`]'s motors at processing time `now_ms`
-    /// (ignored when data quality is off here).
-    pub fn adopt_quality(&mut self, bytes: &[u8], now_ms: i64) -> Result<(), StreamError> {
-        if let Some(quality) = &mut self.quality {
-            quality.adopt(checkpoint::from_versioned_bytes(bytes)?, now_ms);
+    /// Takes over a [`Self::side_checkpoints`] section at processing time `now_ms` (ignored
+    /// when that judge is off here, or the section is not one of them).
+    pub fn adopt_side(&mut self, section: &str, bytes: &[u8], now_ms: i64) -> Result<(), StreamError> {
+        match (section, &mut self.quality, &mut self.wear) {
+            (QUALITY_SECTION, Some(q), _) => q.adopt(checkpoint::from_versioned_bytes(bytes)?, now_ms),
+            (WEAR_SECTION, _, Some(w)) => w.adopt(checkpoint::from_versioned_bytes(bytes)?),
+            _ => {}
         }
         Ok(())
     }
@@ -200,6 +220,9 @@ impl StreamEngine {
         }
         if let Some(quality) = &mut self.quality {
             quality.drop_motors(drop);
+        }
+        if let Some(wear) = &mut self.wear {
+            wear.drop_motors(drop);
         }
         self.health.drop_motors(drop);
         let mut dropped = 0;

@@ -1,0 +1,413 @@
+//! Wear: slow degradation over days, seen coming. Per motor and vibration channel, on event time
+//! (so the same at any sampling rate):
+//!
+//! - an early-life **baseline**: the mean over the motor's first `baseline` of readings;
+//! - a **level**: an average of the readings with a time constant of `level` (an hour by
+//!   default), so noise and single spikes do not count;
+//! - a **trend**: the least-squares slope of the level, sampled every `sample` over the last
+//!   `trend_samples` samples (6 hours by default);
+//! - the **zone** of the level by ISO 20816 (10816-3): velocity RMS boundaries A/B, B/C and C/D
+//!   of the configured machine class, in mm/s (the channel's unit);
+//! - the **time to the limit** (the C/D boundary, where damage is expected): how long the
+//!   trend takes the level there.
+//!
+//! An alert `wear.<channel>` opens when the level is in zone C or D, or when it has drifted at
+//! least `drift` above the baseline and the time to the limit is shorter than `horizon`; it is
+//! critical in zone D or with less than a day to go, and closes when the level is back in zone
+//! A or B and the time to the limit is longer than twice the horizon. Its features say the
+//! level, the baseline, the limit, the zone and `seconds_to_limit`, which the `motor_health`
+//! table shows. The state (a few hundred bytes per motor) goes with the motor's partition in
+//! its checkpoint.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{Float64Type, TimestampMillisecondType};
+use serde::{Deserialize, Serialize};
+use tessera_core::Channel;
+
+use crate::alerts::{AlertEvent, AlertState, Severity, alert_id};
+
+/// ISO 20816 / 10816-3 machine classes: I small machines (up to 15 kW), II medium (15–75 kW,
+/// or up to 300 kW on special foundations), III large on rigid foundations, IV large on soft
+/// foundations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MachineClass {
+    /// Small machines.
+    I,
+    /// Medium machines.
+    II,
+    /// Large, rigid foundations.
+    III,
+    /// Large, soft foundations.
+    IV,
+}
+
+impl MachineClass {
+    /// The zone boundaries A/B, B/C and C/D, velocity RMS in mm/s.
+    pub fn boundaries(self) -> [f64; 3] {
+        match self {
+            MachineClass::I => [0.71, 1.8, 4.5],
+            MachineClass::II => [1.12, 2.8, 7.1],
+            MachineClass::III => [1.8, 4.5, 11.2],
+            MachineClass::IV => [2.8, 7.1, 18.0],
+        }
+    }
+}
+
+/// How wear is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WearConfig {
+    /// The vibration zones' machine class.
+    pub class: MachineClass,
+    /// The early-life baseline: the first this long of a motor's readings (ms).
+    pub baseline_ms: i64,
+    /// The level's time constant (ms).
+    pub level_ms: i64,
+    /// How often the level is sampled for the trend (ms)...
+    pub sample_ms: i64,
+    /// ...and how many samples the trend spans.
+    pub trend_samples: usize,
+    /// A drift above the baseline (fraction) that makes the trend count.
+    pub drift: f64,
+    /// Alert when the limit is nearer than this (ms).
+    pub horizon_ms: i64,
+}
+
+impl Default for WearConfig {
+    fn default() -> Self {
+        Self {
+            class: MachineClass::II,
+            baseline_ms: 6 * HOUR,
+            level_ms: HOUR,
+            sample_ms: 10 * 60_000,
+            trend_samples: 36,
+            drift: 0.3,
+            horizon_ms: 7 * 24 * HOUR,
+        }
+    }
+}
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+/// The channels wear is judged on.
+const CHANNELS: [Channel; 3] = [Channel::VibrationXRms, Channel::VibrationYRms, Channel::VibrationZRms];
+
+/// One channel of one motor.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ChannelWear {
+    first_ms: Option<i64>,
+    baseline_sum: f64,
+    baseline_n: u64,
+    level: Option<f64>,
+    last_ms: i64,
+    /// (sample time, level), oldest first.
+    samples: VecDeque<(i64, f64)>,
+    /// The open alert: id, opening time, worst severity.
+    open: Option<(String, i64, Severity)>,
+}
+
+/// A motor's wear state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MotorWear {
+    site: String,
+    channels: [ChannelWear; 3],
+}
+
+/// What one judgement found, for an alert's features.
+struct Judged {
+    level: f64,
+    baseline: f64,
+    limit: f64,
+    zone: f64,
+    seconds_to_limit: Option<f64>,
+}
+
+/// The wear judge of one engine's motors.
+#[derive(Debug, Clone)]
+pub struct WearMonitor {
+    config: WearConfig,
+    motors: HashMap<String, MotorWear>,
+}
+
+impl WearMonitor {
+    /// A judge with no motors yet.
+    pub fn new(config: WearConfig) -> Self {
+        Self { config, motors: HashMap::new() }
+    }
+
+    /// Takes in a batch of readings (telemetry schema) at processing time `now_ms`; the alert
+    /// events it opens, raises or closes.
+    pub fn observe(&mut self, batch: &RecordBatch, now_ms: i64) -> Vec<AlertEvent> {
+        let (Some(motors), Some(sites), Some(ts)) =
+            (batch.column_by_name("motor_id"), batch.column_by_name("site_id"), batch.column_by_name("ts"))
+        else {
+            return Vec::new();
+        };
+        let (Some(motors), Some(sites), Some(ts)) = (
+            motors.as_string_opt::<i32>(),
+            sites.as_string_opt::<i32>(),
+            ts.as_primitive_opt::<TimestampMillisecondType>(),
+        ) else {
+            return Vec::new();
+        };
+        let columns: Vec<_> = CHANNELS
+            .iter()
+            .map(|c| batch.column_by_name(c.name()).and_then(|a| a.as_primitive_opt::<Float64Type>().cloned()))
+            .collect();
+        let mut events = Vec::new();
+        for row in 0..batch.num_rows() {
+            let motor = motors.value(row);
+            let t = ts.value(row);
+            let m = self
+                .motors
+                .entry(motor.to_string())
+                .or_insert_with(|| MotorWear { site: sites.value(row).to_string(), ..Default::default() });
+            for (c, values) in columns.iter().enumerate() {
+                let Some(v) = values.as_ref().and_then(|v| v.is_valid(row).then(|| v.value(row))) else { continue };
+                if !v.is_finite() {
+                    continue;
+                }
+                let Some(judged) = take(&self.config, &mut m.channels[c], t, v) else { continue };
+                let kind = format!("wear.{}", CHANNELS[c].name());
+                if let Some(e) = decide(&self.config, &mut m.channels[c], &m.site, motor, kind, judged, t, now_ms) {
+                    events.push(e);
+                }
+            }
+        }
+        events
+    }
+
+    /// The state of the motors `include` accepts, for a checkpoint (sorted by motor).
+    pub fn snapshot(&self, include: &dyn Fn(&str) -> bool) -> Vec<(String, MotorWear)> {
+        let mut motors: Vec<(String, MotorWear)> =
+            self.motors.iter().filter(|(m, _)| include(m)).map(|(m, w)| (m.clone(), w.clone())).collect();
+        motors.sort_by(|a, b| a.0.cmp(&b.0));
+        motors
+    }
+
+    /// Takes over [`Self::snapshot`]'s motors.
+    pub fn adopt(&mut self, motors: Vec<(String, MotorWear)>) {
+        self.motors.extend(motors);
+    }
+
+    /// Forgets every motor `drop` accepts.
+    pub fn drop_motors(&mut self, drop: &dyn Fn(&str) -> bool) {
+        self.motors.retain(|m, _| !drop(m));
+    }
+
+    /// Open wear alerts.
+    pub fn open_count(&self) -> usize {
+        self.motors.values().flat_map(|m| &m.channels).filter(|c| c.open.is_some()).count()
+    }
+}
+
+/// Takes reading `v` at `t` into the channel; a judgement when a trend sample was taken.
+fn take(config: &WearConfig, c: &mut ChannelWear, t: i64, v: f64) -> Option<Judged> {
+    let first = *c.first_ms.get_or_insert(t);
+    if t < c.last_ms {
+        return None; // out of order: the level moves forward only
+    }
+    if t - first < config.baseline_ms {
+        c.baseline_sum += v;
+        c.baseline_n += 1;
+    }
+    let dt = (t - c.last_ms) as f64;
+    c.level = Some(match c.level {
+        None => v,
+        Some(level) => level + (1.0 - (-dt / config.level_ms as f64).exp()) * (v - level),
+    });
+    c.last_ms = t;
+    let due = c.samples.back().is_none_or(|(s, _)| t - s >= config.sample_ms);
+    if !due {
+        return None;
+    }
+    let level = c.level.expect("just set");
+    c.samples.push_back((t, level));
+    while c.samples.len() > config.trend_samples {
+        c.samples.pop_front();
+    }
+    // Judged once the baseline is complete and the trend spans half its samples.
+    if t - first < config.baseline_ms || c.samples.len() < config.trend_samples / 2 || c.baseline_n == 0 {
+        return None;
+    }
+    let baseline = c.baseline_sum / c.baseline_n as f64;
+    let [.., cd] = config.class.boundaries();
+    let zone = 1.0 + config.class.boundaries().iter().filter(|b| level >= **b).count() as f64;
+    let slope = slope(&c.samples); // per ms
+    let seconds_to_limit = if level >= cd {
+        Some(0.0)
+    } else if slope > 0.0 {
+        Some((cd - level) / slope / 1000.0)
+    } else {
+        None
+    };
+    Some(Judged { level, baseline, limit: cd, zone, seconds_to_limit })
+}
+
+/// Opens, raises or closes the channel's alert on a judgement.
+#[allow(clippy::too_many_arguments)]
+fn decide(
+    config: &WearConfig,
+    c: &mut ChannelWear,
+    site: &str,
+    motor: &str,
+    kind: String,
+    j: Judged,
+    t: i64,
+    now_ms: i64,
+) -> Option<AlertEvent> {
+    let horizon_s = config.horizon_ms as f64 / 1000.0;
+    let drifted = j.level >= j.baseline * (1.0 + config.drift);
+    let soon = j.seconds_to_limit.is_some_and(|s| s < horizon_s);
+    let bad_zone = j.zone >= 3.0;
+    let critical = j.zone >= 4.0 || j.seconds_to_limit.is_some_and(|s| s < (DAY / 1000) as f64);
+    let severity = if critical { Severity::Critical } else { Severity::Warning };
+    let state = match &mut c.open {
+        None if bad_zone || (drifted && soon) => {
+            c.open = Some((alert_id(&kind, motor, t), t, severity));
+            AlertState::Open
+        }
+        None => return None,
+        Some((_, _, worst)) if severity > *worst => {
+            *worst = severity;
+            AlertState::Update
+        }
+        Some(_) if !bad_zone && j.seconds_to_limit.is_none_or(|s| s > 2.0 * horizon_s) => AlertState::Close,
+        Some(_) => return None,
+    };
+    let (id, opened, worst) = c.open.clone().expect("open");
+    if state == AlertState::Close {
+        c.open = None;
+    }
+    let mut features = BTreeMap::from([
+        ("level".to_string(), j.level),
+        ("baseline".to_string(), j.baseline),
+        ("limit".to_string(), j.limit),
+        ("zone".to_string(), j.zone),
+    ]);
+    if let Some(s) = j.seconds_to_limit {
+        features.insert("seconds_to_limit".to_string(), s);
+    }
+    Some(AlertEvent {
+        alert_id: id,
+        query: kind,
+        motor_id: motor.to_string(),
+        site_id: site.to_string(),
+        state,
+        severity: worst,
+        score: Some(j.level / j.limit),
+        peak_score: j.level / j.limit,
+        window_start_ms: t,
+        window_end_ms: t,
+        opened_window_start_ms: opened,
+        emitted_at_ms: now_ms,
+        features,
+    })
+}
+
+/// Least-squares slope of `(t, y)` points, per unit of `t`.
+fn slope(points: &VecDeque<(i64, f64)>) -> f64 {
+    let n = points.len() as f64;
+    let t0 = points.front().map_or(0, |p| p.0);
+    let (mut st, mut sy, mut stt, mut sty) = (0.0, 0.0, 0.0, 0.0);
+    for (t, y) in points {
+        let t = (t - t0) as f64;
+        st += t;
+        sy += y;
+        stt += t * t;
+        sty += t * y;
+    }
+    let denominator = n * stt - st * st;
+    if denominator <= 0.0 { 0.0 } else { (n * sty - st * sy) / denominator }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    /// One reading of each motor at `t_ms`, vibration x from `vib(motor)`.
+    fn batch(t_ms: i64, vib: &[(&str, f64)]) -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("motor_id", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+            Field::new("vibration_x_rms", DataType::Float64, true),
+        ]);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(vib.iter().map(|(m, _)| *m))),
+            Arc::new(Int64Array::from_iter_values(vib.iter().map(|_| t_ms))),
+            Arc::new(Float64Array::from_iter_values(vib.iter().map(|(_, v)| *v))),
+        ];
+        crate::conform::to_telemetry(&RecordBatch::try_new(Arc::new(schema), columns).unwrap(), &[], 0).unwrap()
+    }
+
+    /// Deterministic noise in [-0.5, 0.5).
+    fn noise(i: i64, seed: i64) -> f64 {
+        ((i * 7919 + seed * 104_729) % 1000) as f64 / 1000.0 - 0.5
+    }
+
+    /// A motor whose bearing wears from day 3 (vibration growing to the class II limit 7.1 mm/s
+    /// at day 12) and its healthy twin, sampled every `step_ms`: the worn one is alerted at
+    /// least a day before it reaches the limit, the twin never.
+    fn wear_is_seen_a_day_ahead(step_ms: i64) {
+        let mut wear = WearMonitor::new(WearConfig::default());
+        let (start, failure) = (3 * DAY, 12 * DAY);
+        let worn = |t: i64| {
+            let x = ((t - start) as f64 / (failure - start) as f64).max(0.0);
+            1.5 + 5.6 * x * x
+        };
+        let mut events = Vec::new();
+        let mut crossed = None;
+        for i in 0..(14 * DAY / step_ms) {
+            let t = i * step_ms;
+            let w = worn(t) + 0.3 * noise(i, 1);
+            if w >= 7.1 && crossed.is_none() {
+                crossed = Some(t);
+            }
+            events.extend(wear.observe(&batch(t, &[("worn", w), ("twin", 1.5 + 0.3 * noise(i, 2))]), t));
+        }
+        assert!(events.iter().all(|e| e.motor_id == "worn"), "the twin is never alerted: {events:?}");
+        let first = events.iter().find(|e| e.state == AlertState::Open).expect("the worn motor is alerted");
+        let lead_h = (crossed.expect("it fails") - first.window_start_ms) / HOUR;
+        assert!(lead_h >= 24, "alerted {lead_h} h before the limit (at {} h)", first.window_start_ms / HOUR);
+        println!(
+            "wear: sampled every {} s, alerted at {} h, {lead_h} h before the limit; {} events, none on the twin",
+            step_ms / 1000,
+            first.window_start_ms / HOUR,
+            events.len()
+        );
+        assert_eq!(first.query, "wear.vibration_x_rms");
+        assert!(first.features["seconds_to_limit"] > 0.0 && first.features["limit"] == 7.1, "{first:?}");
+        assert!(events.iter().any(|e| e.severity == Severity::Critical), "critical before or at the limit");
+    }
+
+    #[test]
+    fn wear_is_seen_a_day_ahead_sampled_every_10_minutes() {
+        wear_is_seen_a_day_ahead(10 * 60_000);
+    }
+
+    #[test]
+    fn wear_is_seen_a_day_ahead_sampled_every_minute() {
+        wear_is_seen_a_day_ahead(60_000);
+    }
+
+    #[test]
+    fn the_state_survives_a_checkpoint() {
+        let mut a = WearMonitor::new(WearConfig::default());
+        for i in 0..(8 * HOUR / 60_000) {
+            a.observe(&batch(i * 60_000, &[("m", 1.5 + 0.3 * noise(i, 3))]), 0);
+        }
+        let bytes = crate::checkpoint::to_versioned_bytes(&a.snapshot(&|_| true)).unwrap();
+        let mut b = WearMonitor::new(WearConfig::default());
+        b.adopt(crate::checkpoint::from_versioned_bytes(&bytes).unwrap());
+        assert_eq!(
+            crate::checkpoint::to_versioned_bytes(&b.snapshot(&|_| true)).unwrap(),
+            bytes,
+            "baseline, level and trend samples came back whole"
+        );
+    }
+}
