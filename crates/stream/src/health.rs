@@ -85,20 +85,7 @@ impl HealthBoard {
     /// Notes readings taken in: the newest event time of each motor of `batch` (telemetry
     /// schema).
     pub fn readings(&self, batch: &RecordBatch) {
-        use datafusion::arrow::array::AsArray;
-        use datafusion::arrow::datatypes::TimestampMillisecondType;
-        let (Some(motors), Some(sites), Some(ts)) =
-            (batch.column_by_name("motor_id"), batch.column_by_name("site_id"), batch.column_by_name("ts"))
-        else {
-            return;
-        };
-        let (Some(motors), Some(sites), Some(ts)) = (
-            motors.as_string_opt::<i32>(),
-            sites.as_string_opt::<i32>(),
-            ts.as_primitive_opt::<TimestampMillisecondType>(),
-        ) else {
-            return;
-        };
+        let Some((motors, sites, ts)) = crate::schema::keys(batch) else { return };
         let mut board = self.write();
         for row in 0..batch.num_rows() {
             let m = board.entry(motors.value(row).to_string()).or_default();

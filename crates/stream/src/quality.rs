@@ -24,8 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{Float64Type, TimestampMillisecondType};
+use datafusion::arrow::array::{Array, RecordBatch};
 use serde::{Deserialize, Serialize};
 use tessera_core::Channel;
 
@@ -114,22 +113,8 @@ impl QualityMonitor {
     /// Takes in a batch of readings (the telemetry schema) that arrived at `now_ms`; the alert
     /// events it opens or closes.
     pub fn observe(&mut self, batch: &RecordBatch, now_ms: i64) -> Vec<AlertEvent> {
-        let (Some(motors), Some(sites), Some(ts)) =
-            (batch.column_by_name("motor_id"), batch.column_by_name("site_id"), batch.column_by_name("ts"))
-        else {
-            return Vec::new();
-        };
-        let (Some(motors), Some(sites), Some(ts)) = (
-            motors.as_string_opt::<i32>(),
-            sites.as_string_opt::<i32>(),
-            ts.as_primitive_opt::<TimestampMillisecondType>(),
-        ) else {
-            return Vec::new();
-        };
-        let channels: Vec<_> = Channel::ALL
-            .iter()
-            .map(|c| batch.column_by_name(c.name()).and_then(|a| a.as_primitive_opt::<Float64Type>().cloned()))
-            .collect();
+        let Some((motors, sites, ts)) = crate::schema::keys(batch) else { return Vec::new() };
+        let channels: Vec<_> = Channel::ALL.iter().map(|c| crate::schema::channel_values(batch, *c)).collect();
         let means = motor_means(motors, ts);
         let mut events = Vec::new();
         for row in 0..batch.num_rows() {

@@ -8,9 +8,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use tessera_core::{TelemetryColumn, telemetry_schema};
+use tessera_core::{Channel, TelemetryColumn, telemetry_schema};
 
 use crate::StreamError;
 use crate::aggregate::{AggKind, AggSpec};
@@ -73,4 +73,17 @@ pub(crate) fn column<T: 'static>(batch: &RecordBatch, c: TelemetryColumn) -> Res
         .as_any()
         .downcast_ref::<T>()
         .ok_or_else(|| StreamError::Schema(format!("column {} has an unexpected type", c as usize)))
+}
+
+/// A telemetry batch's motor, site and event-time columns, found by name; `None` if it lacks
+/// one (the judges beside the queries then take nothing from it).
+pub(crate) fn keys(batch: &RecordBatch) -> Option<(&StringArray, &StringArray, &TimestampMillisecondArray)> {
+    let text = |name: &str| batch.column_by_name(name)?.as_any().downcast_ref::<StringArray>();
+    let ts = batch.column_by_name("ts")?.as_any().downcast_ref::<TimestampMillisecondArray>()?;
+    Some((text("motor_id")?, text("site_id")?, ts))
+}
+
+/// A telemetry batch's column of channel `c`, found by name, if it has one.
+pub(crate) fn channel_values(batch: &RecordBatch, c: Channel) -> Option<&Float64Array> {
+    batch.column_by_name(c.name())?.as_any().downcast_ref::<Float64Array>()
 }

@@ -21,8 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{Float64Type, TimestampMillisecondType};
+use datafusion::arrow::array::{Array, RecordBatch};
 use serde::{Deserialize, Serialize};
 use tessera_core::Channel;
 
@@ -140,22 +139,8 @@ impl WearMonitor {
     /// Takes in a batch of readings (telemetry schema) at processing time `now_ms`; the alert
     /// events it opens, raises or closes.
     pub fn observe(&mut self, batch: &RecordBatch, now_ms: i64) -> Vec<AlertEvent> {
-        let (Some(motors), Some(sites), Some(ts)) =
-            (batch.column_by_name("motor_id"), batch.column_by_name("site_id"), batch.column_by_name("ts"))
-        else {
-            return Vec::new();
-        };
-        let (Some(motors), Some(sites), Some(ts)) = (
-            motors.as_string_opt::<i32>(),
-            sites.as_string_opt::<i32>(),
-            ts.as_primitive_opt::<TimestampMillisecondType>(),
-        ) else {
-            return Vec::new();
-        };
-        let columns: Vec<_> = CHANNELS
-            .iter()
-            .map(|c| batch.column_by_name(c.name()).and_then(|a| a.as_primitive_opt::<Float64Type>().cloned()))
-            .collect();
+        let Some((motors, sites, ts)) = crate::schema::keys(batch) else { return Vec::new() };
+        let columns: Vec<_> = CHANNELS.iter().map(|c| crate::schema::channel_values(batch, *c)).collect();
         let mut events = Vec::new();
         for row in 0..batch.num_rows() {
             let motor = motors.value(row);

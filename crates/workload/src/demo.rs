@@ -384,6 +384,16 @@ fn start_sites(
         UserConfig { name: "admin".into(), password_hash: hash, role: Role::Admin, site: None },
     ];
     let federation_token: String = format!("demo-{:032x}", rand::random::<u128>());
+    // librdkafka's mock coordinator ends a rebalance only when every member has rejoined or
+    // its session timed out: with several nodes per site leaving at once (the demo's stop),
+    // short sessions keep each wait short. A real broker keeps the client's defaults.
+    let consumer_settings: std::collections::BTreeMap<String, String> = match &opts.brokers {
+        None => [("session.timeout.ms", "10000"), ("heartbeat.interval.ms", "1000")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        Some(_) => Default::default(),
+    };
     let config = |i: usize, j: usize| {
         let site = &sites[i];
         // Another site: its first node, then its others (when a node is down).
@@ -408,6 +418,7 @@ fn start_sites(
                 }],
                 dead_letter_topic: dead_letter_topic(site),
                 batch_max_age: Duration::from_millis(500),
+                kafka: consumer_settings.clone(),
                 ..Default::default()
             },
             detect: detect.clone(),
