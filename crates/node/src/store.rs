@@ -956,6 +956,12 @@ mod tests {
         assert_eq!(count(&ctx, &rt, after), 0);
         let window = segments.iter().find(|s| s.stream == "motor_windows").unwrap();
         assert_eq!((window.min_ts_ms, window.max_ts_ms), (1_700_000_000_000, 1_700_000_040_000), "by window_start");
+        // Graded as the grade map says: the window keys under the general key, the values
+        // (score, features) under the important one, each grade its own data key.
+        let columns = |g: DataGrade| window.grades.get(&g).map(|k| k.columns.clone()).unwrap_or_default();
+        assert_eq!(columns(DataGrade::General), ["query", "motor_id", "window_start", "window_end"]);
+        assert_eq!(columns(DataGrade::Important), ["score", "features"]);
+        assert_ne!(window.grades[&DataGrade::General].key_id, window.grades[&DataGrade::Important].key_id);
     }
 
     /// A checkpointed stage's store: a segment holds only rows before the newest mark, the
