@@ -1,0 +1,98 @@
+//! What the judges beside the rules (data quality, wear; issue 23) cost: the default rule set
+//! on `--motors` motors, each reporting every 10 s for `--readings` readings, pushed in
+//! batches of all motors, once with the judges off and once on, side by side in one run.
+//! Prints the push time of each and their ratio, the process's resident memory after each run,
+//! and the checkpointed state per motor (engine, `quality`, `wear` sections).
+//!
+//! `cargo bench --bench judge_cost -- --motors 100000 --readings 30`
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use tessera_core::Channel;
+use tessera_node::detect::{DetectConfig, build_engine};
+use tessera_stream::conform;
+
+struct Args {
+    motors: usize,
+    readings: i64,
+}
+
+fn args() -> Result<Args> {
+    let mut a = Args { motors: 100_000, readings: 30 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--motors" => a.motors = it.next().context("--motors N")?.parse()?,
+            "--readings" => a.readings = it.next().context("--readings N")?.parse()?,
+            "--bench" => {}
+            other => anyhow::bail!("unknown flag {other}"),
+        }
+    }
+    Ok(a)
+}
+
+/// One reading of every motor at `t_ms`, with noisy values on every channel.
+fn batch(motors: usize, r: i64) -> Result<RecordBatch> {
+    let mut fields = vec![Field::new("motor_id", DataType::Utf8, false), Field::new("ts", DataType::Int64, false)];
+    fields.extend(Channel::ALL.iter().map(|c| Field::new(c.name(), DataType::Float64, true)));
+    let noise = |m: usize, c: usize| ((m as i64 * 7919 + r * 104_729 + c as i64 * 31) % 1000) as f64 / 1000.0;
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values((0..motors).map(|m| format!("M{m:06}")))),
+        Arc::new(Int64Array::from_iter_values((0..motors).map(|_| 1_700_000_000_000 + r * 10_000))),
+    ];
+    for c in 0..Channel::ALL.len() {
+        columns.push(Arc::new(Float64Array::from_iter_values((0..motors).map(|m| 1.0 + c as f64 + noise(m, c)))));
+    }
+    let raw = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+    Ok(conform::to_telemetry(&raw, &[], 0)?)
+}
+
+/// Resident memory of this process, bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
+}
+
+fn main() -> Result<()> {
+    let a = args()?;
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let batches: Vec<RecordBatch> = (0..a.readings).map(|r| batch(a.motors, r)).collect::<Result<_>>()?;
+    println!("{} motors × {} readings (every 10 s), the default rules; judges off, then on", a.motors, a.readings);
+    let mut times = Vec::new();
+    for judges in [false, true] {
+        let mut detect = DetectConfig::default();
+        detect.data_quality.enabled = judges;
+        detect.wear.enabled = judges;
+        let before = rss();
+        let mut engine = build_engine(&detect)?;
+        let started = Instant::now();
+        for (r, b) in batches.iter().enumerate() {
+            rt.block_on(engine.push(b, 1_700_000_000_000 + r as i64 * 10_000))?;
+        }
+        let took = started.elapsed();
+        let grown = rss().saturating_sub(before);
+        let all = |_: &str| true;
+        let state = engine.checkpoint_motors(&all)?.len();
+        let sides = engine.side_checkpoints(&all)?;
+        let per = |bytes: usize| bytes as f64 / a.motors as f64;
+        println!(
+            "judges {}: push {:.2} s ({:.2} M readings/s); resident memory grew {:.0} MB ({:.0} B per motor); \
+             checkpoint per motor: engine {:.0} B{}",
+            if judges { "on " } else { "off" },
+            took.as_secs_f64(),
+            (a.motors as f64 * a.readings as f64) / took.as_secs_f64() / 1e6,
+            grown as f64 / 1e6,
+            per(grown as usize),
+            per(state),
+            sides.iter().map(|(name, b)| format!(", {name} {:.0} B", per(b.len()))).collect::<String>()
+        );
+        times.push(took.as_secs_f64());
+        drop(engine);
+    }
+    println!("judges on / off: {:.2}× the push time", times[1] / times[0]);
+    Ok(())
+}
