@@ -510,9 +510,8 @@ fn split_by_partition(
     groups
         .into_iter()
         .map(|(partition, rows)| {
-            let take = |c: &ArrayRef| {
-                datafusion::arrow::compute::take(c.as_ref(), &arrow_array::UInt32Array::from(rows.clone()), None)
-            };
+            let rows = arrow_array::UInt32Array::from(rows);
+            let take = |c: &ArrayRef| datafusion::arrow::compute::take(c.as_ref(), &rows, None);
             let columns = batch.columns().iter().map(take).collect::<Result<Vec<_>, _>>()?;
             Ok((partition.cloned(), RecordBatch::try_new(batch.schema(), columns)?))
         })

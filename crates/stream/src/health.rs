@@ -24,7 +24,6 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::Result;
 use datafusion::datasource::TableType;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
@@ -112,10 +111,12 @@ impl HealthBoard {
                 m.scores.remove(query);
             }
         }
-        let ttt = w.features.iter().filter(|(name, _)| name.starts_with("seconds_to_")).map(|(_, v)| *v);
-        let ttt = ttt.filter(|v| v.is_finite() && *v >= 0.0).min_by(f64::total_cmp);
-        if ttt.is_some() || w.features.iter().any(|(name, _)| name.starts_with("seconds_to_")) {
-            m.time_to_threshold_s = ttt;
+        // A rule with `seconds_to_…` outputs sets the time to threshold (none, when it gives no
+        // valid one this window); other rules leave it.
+        let mut horizons =
+            w.features.iter().filter(|(name, _)| name.starts_with("seconds_to_")).map(|(_, v)| *v).peekable();
+        if horizons.peek().is_some() {
+            m.time_to_threshold_s = horizons.filter(|v| v.is_finite() && *v >= 0.0).min_by(f64::total_cmp);
         }
     }
 
@@ -243,9 +244,7 @@ impl TableProvider for HealthTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let exec =
-            MemorySourceConfig::try_new_exec(&[vec![self.board.snapshot()]], health_schema(), projection.cloned())?;
-        Ok(exec as Arc<dyn ExecutionPlan>)
+        crate::tables::memory_scan(vec![self.board.snapshot()], &health_schema(), projection)
     }
 }
 

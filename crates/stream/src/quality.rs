@@ -141,7 +141,7 @@ impl QualityMonitor {
             close(q, motor, "silent", event_ms, now_ms, &mut events);
             for (c, values) in channels.iter().enumerate() {
                 let value = values.as_ref().and_then(|v| v.is_valid(row).then(|| v.value(row)));
-                let name = Channel::ALL[c].name();
+                let (dropout, stuck) = &channel_kinds()[c];
                 let run = &mut q.channels[c];
                 match value {
                     None => {
@@ -149,7 +149,7 @@ impl QualityMonitor {
                         run.same = 0;
                         if run.reported && run.missing >= self.config.dropout_readings {
                             let missing = f64::from(run.missing);
-                            open(q, motor, format!("sensor_dropout.{name}"), missing, event_ms, now_ms, &mut events);
+                            open(q, motor, dropout.clone(), missing, event_ms, now_ms, &mut events);
                         }
                     }
                     Some(v) => {
@@ -158,13 +158,13 @@ impl QualityMonitor {
                         run.missing = 0;
                         run.reported = true;
                         let same = run.same;
-                        close(q, motor, &format!("sensor_dropout.{name}"), event_ms, now_ms, &mut events);
+                        close(q, motor, dropout, event_ms, now_ms, &mut events);
                         // `same` counts repeats: the value was read `same + 1` times in a row.
                         if same + 1 >= self.config.stuck_readings {
                             let score = f64::from(same + 1);
-                            open(q, motor, format!("stuck_sensor.{name}"), score, event_ms, now_ms, &mut events);
+                            open(q, motor, stuck.clone(), score, event_ms, now_ms, &mut events);
                         } else {
-                            close(q, motor, &format!("stuck_sensor.{name}"), event_ms, now_ms, &mut events);
+                            close(q, motor, stuck, event_ms, now_ms, &mut events);
                         }
                     }
                 }
@@ -257,6 +257,18 @@ fn motor_means<'a>(
     let mid = values.len() / 2;
     let reference = *values.select_nth_unstable_by(mid, f64::total_cmp).1;
     Some((reference, means))
+}
+
+/// Each channel's alert kinds, `sensor_dropout.<channel>` and `stuck_sensor.<channel>`, made
+/// once (every reading of every channel looks them up).
+fn channel_kinds() -> &'static [(String, String)] {
+    static KINDS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    KINDS.get_or_init(|| {
+        Channel::ALL
+            .iter()
+            .map(|c| (format!("sensor_dropout.{}", c.name()), format!("stuck_sensor.{}", c.name())))
+            .collect()
+    })
 }
 
 /// Opens alert `kind` for the motor (or raises its peak) with `score`.

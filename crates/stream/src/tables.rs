@@ -25,7 +25,7 @@ use datafusion::physical_plan::ExecutionPlan;
 /// columns its queries read; a pre-aggregated one, the aggregates of all the queries on those
 /// windows); the projection, which names the table's columns, is then mapped onto theirs by
 /// name, and asking for a column they lack is an error.
-fn memory_scan(
+pub(crate) fn memory_scan(
     batches: Vec<RecordBatch>,
     schema: &SchemaRef,
     projection: Option<&Vec<usize>>,
