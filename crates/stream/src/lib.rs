@@ -7,7 +7,7 @@
 //! ```text
 //! engine                                    all of it, driven by batches and a clock
 //! health                                    the motor_health board (alerts and scores per motor)
-//! alerts · query · quality · wear           hysteresis, ids, tables · one planned query · data quality · wear
+//! alerts · query · quality · wear · shift   hysteresis, ids, tables · one planned query · data quality · wear · sudden shifts
 //! windowing · preagg                        the window operator · the running-aggregate rewrite
 //! schema · grammar · anomaly · tables · checkpoint · conform
 //! aggregate · error                         AggSpec, ColumnStats · StreamError
@@ -28,6 +28,7 @@ pub mod preagg;
 pub mod quality;
 pub mod query;
 pub mod schema;
+pub mod shift;
 pub mod tables;
 pub mod wear;
 pub mod windowing;

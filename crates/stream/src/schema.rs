@@ -87,3 +87,13 @@ pub(crate) fn keys(batch: &RecordBatch) -> Option<(&StringArray, &StringArray, &
 pub(crate) fn channel_values(batch: &RecordBatch, c: Channel) -> Option<&Float64Array> {
     batch.column_by_name(c.name())?.as_any().downcast_ref::<Float64Array>()
 }
+
+/// A telemetry batch's `extra` map column: per row, named measurements beyond the channels.
+pub(crate) fn extras(
+    batch: &RecordBatch,
+) -> Option<(&datafusion::arrow::array::MapArray, &StringArray, &Float64Array)> {
+    let map = batch.column_by_name("extra")?.as_any().downcast_ref::<datafusion::arrow::array::MapArray>()?;
+    let keys = map.keys().as_any().downcast_ref::<StringArray>()?;
+    let values = map.values().as_any().downcast_ref::<Float64Array>()?;
+    Some((map, keys, values))
+}

@@ -5,7 +5,8 @@
 //! - a **level**: an average of the readings with a time constant of `level` (an hour by
 //!   default), so noise and single spikes do not count;
 //! - a **trend**: the least-squares slope of the level, sampled every `sample` over the last
-//!   `trend_samples` samples (6 hours by default);
+//!   `trend_samples` samples (24 hours by default: a whole daily cycle of load and ambient, so
+//!   the day does not read as a trend);
 //! - the **zone** of the level by ISO 20816 (10816-3): velocity RMS boundaries A/B, B/C and C/D
 //!   of the configured machine class, in mm/s (the channel's unit);
 //! - the **time to the limit** (the C/D boundary, where damage is expected): how long the
@@ -80,7 +81,7 @@ impl Default for WearConfig {
             class: MachineClass::II,
             baseline_ms: 6 * HOUR,
             level_ms: HOUR,
-            sample_ms: 10 * 60_000,
+            sample_ms: 40 * 60_000,
             trend_samples: 36,
             drift: 0.3,
             horizon_ms: 7 * 24 * HOUR,

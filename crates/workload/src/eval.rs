@@ -1,25 +1,32 @@
 //! `tessera eval`: replays the labelled data through Kafka into the running pipeline (ingest →
-//! windows → continuous queries → alerts topic) and scores the alerts against the labels.
+//! windows → continuous queries and judges → alerts topic) and scores the alerts against the
+//! labels.
 //!
-//! Every file is one motor with its own random time base (the labels are stripped before
-//! publishing and kept aside). Scores, per data set:
+//! Data sets: SKAB's and NAB's layouts as shipped in `../shared/data`, or any folder of CSV
+//! files with a labels file ([`FolderLabels`]: anomaly intervals per file, and failure times
+//! for run-to-failure files). Every file is one motor with its own random time base (the labels
+//! are stripped before publishing and kept aside). Which rules run is chosen per run
+//! ([`Rules`]), so each can be scored alone (ablation). Scores, per data set:
 //! - point-wise (SKAB's protocol): a reading is flagged while an alert is open (from the start
 //!   of the window that opened it to the start of the window that closed it); F1, false-alarm
 //!   rate FP/(FP+TN), missed-alarm rate FN/(FN+TP);
 //! - event-level: an event (a labelled anomaly interval) is detected if an alert is raised
 //!   (the end of its opening window) inside it; precision = raised alerts inside an event / all
 //!   alerts; detection delay = raise time − event start;
-//! - the NAB standard score ([`nab_score`]).
+//! - false-alarm episodes per hour of normal data: overlapping alerts merged into episodes, the
+//!   episodes raised outside every event, over the hours of readings outside every event;
+//! - lead time before failure: for a run-to-failure file, the failure time minus the first
+//!   alert raised in the `lead_window` before it (that window is the file's event);
+//! - the NAB standard score ([`nab_raw`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{ClientConfig, Message as _};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tessera_core::Channel;
 use tessera_ingest::{Ingest, IngestConfig, TopicConfig};
 use tessera_stream::{AlertEvent, AlertState};
@@ -34,21 +41,171 @@ use crate::error::{WorkloadError, io, kafka};
 
 type Result<T, E = WorkloadError> = std::result::Result<T, E>;
 
+/// Which rules run: the SQL continuous queries (the configured ones, or the default rule set)
+/// and the judges beside them. Data-quality alerts never run in an evaluation: they are judged
+/// by processing time, which means nothing in a replay of history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// The continuous queries.
+    pub queries: bool,
+    /// The shift judge (`[detect.shift]`).
+    pub shift: bool,
+    /// The wear judge (`[detect.wear]`).
+    pub wear: bool,
+}
+
+impl Rules {
+    /// Every rule.
+    pub const ALL: Rules = Rules { queries: true, shift: true, wear: true };
+}
+
+impl std::str::FromStr for Rules {
+    type Err = WorkloadError;
+    /// `all`, or a comma-separated list of `queries`, `shift`, `wear`.
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "all" {
+            return Ok(Rules::ALL);
+        }
+        let mut rules = Rules { queries: false, shift: false, wear: false };
+        for name in s.split(',').map(str::trim) {
+            match name {
+                "queries" => rules.queries = true,
+                "shift" => rules.shift = true,
+                "wear" => rules.wear = true,
+                other => {
+                    return Err(WorkloadError::BadData(format!(
+                        "unknown rule {other:?}: use all, or a list of queries, shift, wear"
+                    )));
+                }
+            }
+        }
+        Ok(rules)
+    }
+}
+
+impl std::fmt::Display for Rules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = [(self.queries, "queries"), (self.shift, "shift"), (self.wear, "wear")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// A labelled data set.
+#[derive(Debug, Clone)]
+pub enum DataSet {
+    /// SKAB's layout: `valve1/<n>.csv` (labels in the `anomaly` column) and
+    /// `anomaly-free/anomaly-free.csv`.
+    Skab {
+        /// The folder.
+        dir: PathBuf,
+        /// How many valve1 files (0: all).
+        files: usize,
+        /// Include the anomaly-free file.
+        anomaly_free: bool,
+    },
+    /// NAB's ambient temperature file and its `labels.json`.
+    Nab {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// Any folder of CSV files, labelled by a [`FolderLabels`] file.
+    Folder {
+        /// The folder.
+        dir: PathBuf,
+        /// The labels file.
+        labels: PathBuf,
+    },
+}
+
 /// What to evaluate.
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
-    /// The SKAB folder (with `valve1/` and `anomaly-free/`).
-    pub skab_dir: PathBuf,
-    /// The NAB folder (with `ambient_temperature_system_failure.csv` and `labels.json`).
-    pub nab_dir: Option<PathBuf>,
-    /// How many valve1 files (0: all 16).
-    pub skab_files: usize,
-    /// Include SKAB's anomaly-free file.
-    pub anomaly_free: bool,
+    /// The data sets.
+    pub sets: Vec<DataSet>,
     /// Seed of the per-motor time offsets.
     pub seed: u64,
-    /// The detection config (queries, lateness).
+    /// The detection config (queries, judges' settings, lateness).
     pub detect: DetectConfig,
+    /// The rules that run.
+    pub rules: Rules,
+}
+
+/// A folder's labels file (JSON). Either NAB's form, `{"file.csv": [["start", "end"], …]}`, or:
+///
+/// ```json
+/// {
+///   "time_column": "timestamp",
+///   "columns": {"vib": "vibration_x_rms", "temp": "temperature_c", "id": "skip"},
+///   "lead_window_h": 168,
+///   "files": {
+///     "pump-1.csv": {"anomalies": [["2024-03-01 10:00:00", "2024-03-01 12:30:00"]]},
+///     "fan-7.csv": {"failure": "2024-04-12 06:00:00", "lead_window_h": 72},
+///     "fan-8.csv": {}
+///   }
+/// }
+/// ```
+///
+/// Only the files listed are evaluated (a file with no anomalies and no failure is normal
+/// data). Times are as in the files (epoch s/ms, RFC 3339 or `YYYY-MM-DD HH:MM:SS`). Columns
+/// map to channels or `extra.NAME` (unmapped ones become extras under a snake_case name; a
+/// column named like a channel is that channel). A failure's event is the `lead_window_h`
+/// (default 168) before it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FolderLabels {
+    /// The time column (default: the first).
+    #[serde(default)]
+    pub time_column: Option<String>,
+    /// Column → field.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
+    /// The default lead window before a failure, hours.
+    #[serde(default)]
+    pub lead_window_h: Option<f64>,
+    /// Per file.
+    pub files: BTreeMap<String, FileLabels>,
+}
+
+/// One file's labels.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLabels {
+    /// Anomaly intervals, inclusive.
+    #[serde(default)]
+    pub anomalies: Vec<(String, String)>,
+    /// When the machine failed (run-to-failure files).
+    #[serde(default)]
+    pub failure: Option<String>,
+    /// The lead window before this file's failure, hours.
+    #[serde(default)]
+    pub lead_window_h: Option<f64>,
+}
+
+impl FolderLabels {
+    /// Reads a labels file in either form.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(io(format!("reading {}", path.display())))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| WorkloadError::BadData(format!("{}: not JSON: {e}", path.display())))?;
+        if value.get("files").is_some() {
+            return serde_json::from_value(value)
+                .map_err(|e| WorkloadError::BadData(format!("{}: {e}", path.display())));
+        }
+        // NAB's form.
+        let windows: BTreeMap<String, Vec<(String, String)>> = serde_json::from_value(value).map_err(|e| {
+            WorkloadError::BadData(format!(
+                "{}: neither {{\"files\": …}} nor NAB's {{\"file\": [[start, end], …]}}: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(FolderLabels {
+            files: windows.into_iter().map(|(f, w)| (f, FileLabels { anomalies: w, ..Default::default() })).collect(),
+            ..Default::default()
+        })
+    }
 }
 
 /// One motor's truth and alerts.
@@ -62,6 +219,8 @@ pub struct MotorOutcome {
     pub events: Vec<(i64, i64)>,
     /// Alerts: (raised at = end of the opening window, flagged from, flagged until).
     pub alerts: Vec<(i64, i64, i64)>,
+    /// A run-to-failure file's failure time and lead window (its last event), ms.
+    pub failure: Option<(i64, i64)>,
 }
 
 /// Scores of one data set.
@@ -93,6 +252,18 @@ pub struct Scores {
     pub median_delay_s: Option<f64>,
     /// NAB standard-profile score, normalised (null detector 0, perfect 100).
     pub nab_score: f64,
+    /// Hours of readings outside every event.
+    pub normal_hours: f64,
+    /// False-alarm episodes (overlapping alerts merged) raised outside every event.
+    pub false_alarm_episodes: usize,
+    /// False-alarm episodes per hour of normal data.
+    pub false_alarms_per_hour: f64,
+    /// Run-to-failure files.
+    pub failures: usize,
+    /// Failures alerted in their lead window.
+    pub failures_alerted: usize,
+    /// Lead times of the alerted failures, hours, ascending.
+    pub lead_times_h: Vec<f64>,
 }
 
 fn ratio(a: usize, b: usize) -> f64 {
@@ -134,7 +305,21 @@ pub fn score(motors: &[MotorOutcome]) -> Scores {
             }
         }
         nab.push(nab_raw(m));
+        s.normal_hours += normal_ms(m) as f64 / 3_600_000.0;
+        s.false_alarm_episodes += episodes(&m.alerts)
+            .into_iter()
+            .filter(|&(raised, _)| !m.events.iter().any(|&(a, b)| raised >= a && raised <= b))
+            .count();
+        if let Some((failure, window)) = m.failure {
+            s.failures += 1;
+            if let Some(first) = m.alerts.iter().map(|x| x.0).filter(|&r| r >= failure - window && r <= failure).min() {
+                s.failures_alerted += 1;
+                s.lead_times_h.push((failure - first) as f64 / 3_600_000.0);
+            }
+        }
     }
+    s.lead_times_h.sort_by(f64::total_cmp);
+    s.false_alarms_per_hour = if s.normal_hours > 0.0 { s.false_alarm_episodes as f64 / s.normal_hours } else { 0.0 };
     s.event_precision = ratio(s.alerts_in_events, s.alerts);
     s.event_recall = ratio(s.events_detected, s.events);
     s.event_f1 = f1(s.event_precision, s.event_recall);
@@ -146,6 +331,36 @@ pub fn score(motors: &[MotorOutcome]) -> Scores {
     let (raw, null, perfect) = nab.iter().fold((0.0, 0.0, 0.0), |acc, x| (acc.0 + x.0, acc.1 + x.1, acc.2 + x.2));
     s.nab_score = if perfect == null { 0.0 } else { 100.0 * (raw - null) / (perfect - null) };
     s
+}
+
+/// Time covered by readings outside every event: the gaps between consecutive such readings,
+/// each counted up to 10 times the motor's median gap (a hole in the recording is no data).
+fn normal_ms(m: &MotorOutcome) -> i64 {
+    let mut gaps: Vec<i64> = m.readings_ms.windows(2).map(|w| w[1] - w[0]).filter(|g| *g > 0).collect();
+    if gaps.is_empty() {
+        return 0;
+    }
+    gaps.sort_unstable();
+    let cap = 10 * gaps[gaps.len() / 2];
+    let normal = |t: i64| !m.events.iter().any(|&(a, b)| t >= a && t <= b);
+    m.readings_ms.windows(2).filter(|w| normal(w[0]) && normal(w[1])).map(|w| (w[1] - w[0]).clamp(0, cap)).sum()
+}
+
+/// Alerts merged into episodes where their flagged spans overlap: (first raised, until).
+fn episodes(alerts: &[(i64, i64, i64)]) -> Vec<(i64, i64)> {
+    let mut spans: Vec<(i64, i64, i64)> = alerts.iter().map(|&(raised, from, until)| (from, until, raised)).collect();
+    spans.sort_unstable();
+    let mut out: Vec<(i64, i64, i64)> = Vec::new();
+    for (from, until, raised) in spans {
+        match out.last_mut() {
+            Some(last) if from <= last.1 => {
+                last.1 = last.1.max(until);
+                last.2 = last.2.min(raised);
+            }
+            _ => out.push((from, until, raised)),
+        }
+    }
+    out.into_iter().map(|(_, until, raised)| (raised, until)).collect()
 }
 
 /// NAB's scaled sigmoid: +1 at −∞ … −1 for positions beyond 3.
@@ -220,6 +435,8 @@ pub fn nab_raw(m: &MotorOutcome) -> (f64, f64, f64) {
 /// Everything an evaluation found.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalReport {
+    /// The rules that ran.
+    pub rules: String,
     /// Scores by data set.
     pub scores: BTreeMap<String, Scores>,
     /// Readings published.
@@ -233,17 +450,52 @@ pub struct EvalReport {
     pub alert_events: usize,
     /// Wall time, s.
     pub wall_s: f64,
+    /// Per motor, for finding what a score is made of.
+    pub motors: Vec<MotorSummary>,
+}
+
+/// One motor's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct MotorSummary {
+    /// The motor (file).
+    pub motor: String,
+    /// Its data set.
+    pub dataset: String,
+    /// Labelled events: hours since its first reading.
+    pub events_h: Vec<(f64, f64)>,
+    /// Events with an alert raised inside.
+    pub detected: usize,
+    /// Alerts raised, and how many inside an event.
+    pub alerts: usize,
+    /// Alerts raised inside an event.
+    pub alerts_in_events: usize,
+    /// Hours of readings outside every event.
+    pub normal_hours: f64,
+    /// False-alarm episodes.
+    pub false_alarm_episodes: usize,
+    /// Alerts opened, by kind (the alert's query).
+    pub opened: BTreeMap<String, usize>,
+    /// The lead time before its failure, hours, when alerted.
+    pub lead_time_h: Option<f64>,
+    /// When its alerts were raised: hours since its first reading, and the kind.
+    pub raised_h: Vec<(f64, String)>,
 }
 
 impl EvalReport {
     /// The scores as a Markdown table.
     pub fn table(&self) -> String {
         let mut out = String::from(
-            "| data set | motors | events | alerts | event P | event R | event F1 | point F1 | FAR | MAR | median delay s | NAB score |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            "| data set | rules | motors | events | alerts | event P | event R | event F1 | point F1 | FAR | MAR | false alarms / h normal | median delay s | NAB score | failures alerted | lead time h (min / median) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for (name, s) in &self.scores {
+            let lead = if s.lead_times_h.is_empty() {
+                "–".to_string()
+            } else {
+                format!("{:.0} / {:.0}", s.lead_times_h[0], s.lead_times_h[s.lead_times_h.len() / 2])
+            };
             out += &format!(
-                "| {name} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} % | {:.1} % | {} | {:.1} |\n",
+                "| {name} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} % | {:.1} % | {:.3} ({} in {:.1} h) | {} | {:.1} | {} of {} | {lead} |\n",
+                self.rules,
                 s.motors,
                 s.events,
                 s.alerts,
@@ -253,33 +505,70 @@ impl EvalReport {
                 s.point_f1,
                 100.0 * s.false_alarm_rate,
                 100.0 * s.missed_alarm_rate,
+                s.false_alarms_per_hour,
+                s.false_alarm_episodes,
+                s.normal_hours,
                 s.median_delay_s.map_or("–".into(), |d| format!("{d:.0}")),
-                s.nab_score
+                s.nab_score,
+                s.failures_alerted,
+                s.failures,
             );
         }
         out
     }
 }
 
-fn skab_files(opts: &EvalOptions) -> Result<Vec<PathBuf>> {
-    let dir = opts.skab_dir.join("valve1");
-    let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(&dir)
-        .map_err(io(format!("reading {}", dir.display())))?
+impl EvalReport {
+    /// The per-motor outcomes as a Markdown table.
+    pub fn motors_table(&self) -> String {
+        let mut out = String::from(
+            "| motor | data set | events (h) | detected | false-alarm episodes | lead time h | alerts opened | raised at h |\n|---|---|---|---|---|---|---|---|\n",
+        );
+        for m in &self.motors {
+            let opened: Vec<String> = m.opened.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+            let raised: Vec<String> = m.raised_h.iter().map(|(h, _)| format!("{h:.1}")).collect();
+            let events: Vec<String> = m.events_h.iter().map(|(a, b)| format!("{a:.1}–{b:.1}")).collect();
+            out += &format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                m.motor,
+                m.dataset,
+                events.join(", "),
+                m.detected,
+                m.false_alarm_episodes,
+                m.lead_time_h.map_or("–".into(), |h| format!("{h:.0}")),
+                opened.join(", "),
+                raised.join(", ")
+            );
+        }
+        out
+    }
+}
+
+/// A data set's motors, with their failure (time, lead window) where they have one.
+struct Loaded {
+    name: String,
+    motors: Vec<(ReplayMotor, Option<(i64, i64)>)>,
+}
+
+fn skab_files(dir: &Path, take: usize, anomaly_free: bool) -> Result<Vec<PathBuf>> {
+    let valve = dir.join("valve1");
+    let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(&valve)
+        .map_err(io(format!("reading {}", valve.display())))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter_map(|p| p.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()).map(|n| (n, p)))
         .collect();
     files.sort();
-    let take = if opts.skab_files == 0 { files.len() } else { opts.skab_files.min(files.len()) };
+    let take = if take == 0 { files.len() } else { take.min(files.len()) };
     let mut out: Vec<PathBuf> = files.into_iter().take(take).map(|(_, p)| p).collect();
-    if opts.anomaly_free {
-        out.push(opts.skab_dir.join("anomaly-free/anomaly-free.csv"));
+    if anomaly_free {
+        out.push(dir.join("anomaly-free/anomaly-free.csv"));
     }
     Ok(out)
 }
 
-/// NAB's labelled windows for the file, shifted by the motor's rebasing.
-fn nab_motor(dir: &Path, end_ms: i64, seed: u64) -> Result<ReplayMotor> {
-    let file = dir.join("ambient_temperature_system_failure.csv");
+/// NAB's file with its labelled windows.
+fn nab_set(dir: &Path, end_ms: i64, seed: u64) -> Result<Loaded> {
+    let labels = dir.join("labels.json");
     let mut mapping = BTreeMap::new();
     mapping.insert("value".to_string(), Target::Channel(Channel::TemperatureC));
     let opts = ReplayOptions {
@@ -293,35 +582,117 @@ fn nab_motor(dir: &Path, end_ms: i64, seed: u64) -> Result<ReplayMotor> {
         offset_range_ms: 24 * 3_600_000,
         seed,
     };
-    let mut motor = csv_replay::load(std::slice::from_ref(&file), &opts)?.remove(0);
-    let text = std::fs::read_to_string(&file).map_err(io(format!("reading {}", file.display())))?;
-    let first_original = text
-        .lines()
-        .nth(1)
-        .and_then(|l| l.split(',').next())
-        .ok_or_else(|| WorkloadError::BadData("NAB file has no rows".into()))
-        .and_then(csv_replay::parse_time)?;
-    let shift = motor.readings[0].event_time_ms - first_original;
-    let labels_file = dir.join("labels.json");
-    let labels = std::fs::read_to_string(&labels_file).map_err(io(format!("reading {}", labels_file.display())))?;
-    let labels: serde_json::Value = serde_json::from_str(&labels)?;
-    let bad_labels = |what: &str| WorkloadError::BadData(format!("{}: {what}", labels_file.display()));
-    let windows = labels["ambient_temperature_system_failure.csv"]
-        .as_array()
-        .ok_or_else(|| bad_labels("does not list ambient_temperature_system_failure.csv"))?;
-    for w in windows {
-        let a = csv_replay::parse_time(w[0].as_str().ok_or_else(|| bad_labels("a window has no start"))?)? + shift;
-        let b = csv_replay::parse_time(w[1].as_str().ok_or_else(|| bad_labels("a window has no end"))?)? + shift;
-        motor.labels.push(LabelInterval {
-            motor_id: motor.motor_id.as_str().to_string(),
-            site_id: motor.readings[0].site_id.as_str().to_string(),
-            source_file: file.display().to_string(),
-            label: "anomaly".into(),
-            start_ms: a,
-            end_ms: b,
-        });
+    let mut labelled = FolderLabels::read(&labels)?;
+    labelled.files.retain(|f, _| f == "ambient_temperature_system_failure.csv");
+    if labelled.files.is_empty() {
+        return Err(WorkloadError::BadData(format!(
+            "{}: does not list ambient_temperature_system_failure.csv",
+            labels.display()
+        )));
     }
-    Ok(motor)
+    Ok(Loaded { name: "nab".into(), motors: label_files(dir, &labelled, &opts)? })
+}
+
+/// Any folder with a [`FolderLabels`] file.
+fn folder_set(dir: &Path, labels: &Path, end_ms: i64, seed: u64) -> Result<Loaded> {
+    let labelled = FolderLabels::read(labels)?;
+    let mut mapping = BTreeMap::new();
+    for (column, field) in &labelled.columns {
+        let target = field
+            .parse::<Target>()
+            .map_err(|e| WorkloadError::BadData(format!("{}: columns.{column}: {e}", labels.display())))?;
+        mapping.insert(column.clone(), target);
+    }
+    // Columns named like a channel are that channel.
+    let first = labelled.files.keys().next().map(|f| dir.join(f));
+    if let Some(first) = first.filter(|f| f.exists()) {
+        let text = std::fs::read_to_string(&first).map_err(io(format!("reading {}", first.display())))?;
+        for column in text.lines().next().unwrap_or("").split([',', ';']).map(str::trim) {
+            if let Some(c) = Channel::ALL.into_iter().find(|c| c.name() == column) {
+                mapping.entry(column.to_string()).or_insert(Target::Channel(c));
+            }
+        }
+    }
+    let opts = ReplayOptions {
+        required_columns: labelled.columns.keys().cloned().collect(),
+        mapping,
+        time_column: labelled.time_column.clone(),
+        label_columns: Vec::new(),
+        sites: 3,
+        motor_prefix: "eval-".into(),
+        end_ms,
+        offset_range_ms: 24 * 3_600_000,
+        seed,
+    };
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("data").to_string();
+    Ok(Loaded { name, motors: label_files(dir, &labelled, &opts)? })
+}
+
+/// Loads the labelled files of `dir` and puts their labels on the rebased time line.
+fn label_files(
+    dir: &Path,
+    labelled: &FolderLabels,
+    opts: &ReplayOptions,
+) -> Result<Vec<(ReplayMotor, Option<(i64, i64)>)>> {
+    let files: Vec<PathBuf> = labelled.files.keys().map(|f| dir.join(f)).collect();
+    if let Some(missing) = files.iter().find(|f| !f.exists()) {
+        return Err(WorkloadError::BadData(format!("a labelled file is missing: {}", missing.display())));
+    }
+    let motors = csv_replay::load(&files, opts)?;
+    let default_window_h = labelled.lead_window_h.unwrap_or(168.0);
+    let mut out = Vec::new();
+    for ((file, labels), mut motor) in labelled.files.iter().zip(motors) {
+        let bad = |what: String| WorkloadError::BadData(format!("labels of {file}: {what}"));
+        let at = |s: &str| csv_replay::parse_time(s).map_err(|e| bad(e.to_string())).map(|t| t + motor.shift_ms);
+        let site = motor.readings.first().map(|r| r.site_id.as_str().to_string()).unwrap_or_default();
+        let mut intervals = Vec::new();
+        for (a, b) in &labels.anomalies {
+            let (a, b) = (at(a)?, at(b)?);
+            if b < a {
+                return Err(bad(format!("an anomaly ends before it starts ({a} > {b})")));
+            }
+            intervals.push((a, b));
+        }
+        let failure = match &labels.failure {
+            Some(f) => {
+                let window_h = labels.lead_window_h.unwrap_or(default_window_h);
+                if window_h.is_nan() || window_h <= 0.0 {
+                    return Err(bad(format!("lead_window_h must be positive, not {window_h}")));
+                }
+                let failure = at(f)?;
+                let window = (window_h * 3_600_000.0) as i64;
+                intervals.push((failure - window, failure));
+                Some((failure, window))
+            }
+            None => None,
+        };
+        for (a, b) in intervals {
+            motor.labels.push(LabelInterval {
+                motor_id: motor.motor_id.as_str().to_string(),
+                site_id: site.clone(),
+                source_file: dir.join(file).display().to_string(),
+                label: "anomaly".into(),
+                start_ms: a,
+                end_ms: b,
+            });
+        }
+        out.push((motor, failure));
+    }
+    Ok(out)
+}
+
+fn load_set(set: &DataSet, end_ms: i64, seed: u64) -> Result<Loaded> {
+    match set {
+        DataSet::Skab { dir, files, anomaly_free } => {
+            // Files end up to a day apart: window boundaries and baselines fall differently for
+            // every motor.
+            let opts = ReplayOptions::skab(end_ms, 24 * 3_600_000, seed);
+            let motors = csv_replay::load(&skab_files(dir, *files, *anomaly_free)?, &opts)?;
+            Ok(Loaded { name: "skab".into(), motors: motors.into_iter().map(|m| (m, None)).collect() })
+        }
+        DataSet::Nab { dir } => nab_set(dir, end_ms, seed),
+        DataSet::Folder { dir, labels } => folder_set(dir, labels, end_ms, seed),
+    }
 }
 
 /// Runs the evaluation on an embedded Kafka.
@@ -330,15 +701,17 @@ pub fn run(opts: &EvalOptions, progress: bool) -> Result<EvalReport> {
     // Whole hours: where window boundaries fall within each file then depends on the seed's
     // offsets only, so a seed gives the same run every time.
     let end_ms = (tessera_core::now_ms() - 3_600_000).div_euclid(3_600_000) * 3_600_000;
-    // Files end up to a day apart: window boundaries and baselines fall differently for every motor.
-    let skab_opts = ReplayOptions::skab(end_ms, 24 * 3_600_000, opts.seed);
-    let mut motors = csv_replay::load(&skab_files(opts)?, &skab_opts)?;
-    let mut dataset: BTreeMap<String, String> =
-        motors.iter().map(|m| (m.motor_id.as_str().to_string(), "skab".to_string())).collect();
-    if let Some(dir) = &opts.nab_dir {
-        let nab = nab_motor(dir, end_ms, opts.seed)?;
-        dataset.insert(nab.motor_id.as_str().to_string(), "nab".into());
-        motors.push(nab);
+    let mut motors = Vec::new();
+    let mut dataset: BTreeMap<String, (String, Option<(i64, i64)>)> = BTreeMap::new();
+    for set in &opts.sets {
+        let loaded = load_set(set, end_ms, opts.seed)?;
+        for (motor, failure) in loaded.motors {
+            let id = motor.motor_id.as_str().to_string();
+            if dataset.insert(id.clone(), (loaded.name.clone(), failure)).is_some() {
+                return Err(WorkloadError::BadData(format!("two files make motor {id}: rename one")));
+            }
+            motors.push(motor);
+        }
     }
 
     let kafka = EmbeddedKafka::start(1)?;
@@ -349,16 +722,17 @@ pub fn run(opts: &EvalOptions, progress: bool) -> Result<EvalReport> {
     // (files of different days read side by side would look like skewed clocks): off.
     let mut detect = DetectConfig { idle_timeout: Duration::from_secs(24 * 3600), ..opts.detect.clone() };
     detect.data_quality.enabled = false;
-    detect.wear.enabled = false;
+    detect.default_rules &= opts.rules.queries;
+    if !opts.rules.queries {
+        detect.queries.clear();
+    }
+    detect.shift.enabled &= opts.rules.shift;
+    detect.wear.enabled &= opts.rules.wear;
     for (topic, partitions) in
         [("telemetry", 4), ("dead-letters", 1), (detect.alerts_topic.as_str(), 1), (detect.late_topic.as_str(), 1)]
     {
         kafka.create_topic(topic, partitions)?;
     }
-    let producer = TelemetryProducer::new(&brokers, "telemetry", WireFormat::Protobuf, &Default::default())?;
-    let published = csv_replay::publish(&motors, &producer, 0.0, progress, &AtomicBool::new(false))?;
-    producer.flush(Duration::from_secs(60))?;
-
     let mut ingest_config = IngestConfig {
         brokers: brokers.clone(),
         group_id: "tessera-eval".into(),
@@ -367,24 +741,39 @@ pub fn run(opts: &EvalOptions, progress: bool) -> Result<EvalReport> {
         batch_max_age: Duration::from_millis(50),
         ..Default::default()
     };
-    // NAB spans 302 days of history.
-    ingest_config.validation.max_past_ms = 400 * 24 * 3_600_000;
+    // NAB spans 302 days of history; a folder may span more.
+    ingest_config.validation.max_past_ms = 3_650 * 24 * 3_600_000;
     ingest_config.validation.max_future_ms = 3_600_000;
     let engine = build_engine(&detect)?;
     let (tx, rx) = sync_channel(64);
     let ingest = Ingest::start(ingest_config, tx)?;
     let (stage, detect_loop) = Detect::prepare(engine, &detect, &brokers, rx)?;
     let detect_thread = StageThread::spawn(detect_loop)?;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while ingest.metrics().snapshot().messages < published {
-        if Instant::now() >= deadline {
-            return Err(WorkloadError::Stalled("the ingest did not take every reading within 5 minutes".into()));
+    // Published in chunks, each read before the next: the embedded broker keeps 5 MB per
+    // partition and would drop what a slower reader had not read yet.
+    let producer = TelemetryProducer::new(&brokers, "telemetry", WireFormat::Protobuf, &Default::default())?;
+    let total: usize = motors.iter().map(|m| m.readings.len()).sum();
+    let published = csv_replay::publish_paced(&motors, &producer, 20_000, &mut |sent| {
+        let mut last = (ingest.metrics().snapshot().messages, Instant::now());
+        while last.0 < sent {
+            std::thread::sleep(Duration::from_millis(20));
+            let taken = ingest.metrics().snapshot().messages;
+            if taken > last.0 {
+                last = (taken, Instant::now());
+            } else if last.1.elapsed() >= Duration::from_secs(60) {
+                return Err(WorkloadError::Stalled(format!(
+                    "the ingest took {taken} of {sent} readings published and then nothing for a minute"
+                )));
+            }
+            if ingest.is_finished() {
+                return Err(WorkloadError::Stalled("the ingest stopped unexpectedly".into()));
+            }
         }
-        if ingest.is_finished() {
-            return Err(WorkloadError::Stalled("the ingest stopped unexpectedly".into()));
+        if progress {
+            eprintln!("{sent} of {total} readings published and read");
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        Ok(())
+    })?;
     let ingest_stats = ingest.stop()?;
     if ingest_stats.dead_letters_sent > 0 {
         return Err(WorkloadError::BadData(format!(
@@ -400,7 +789,7 @@ pub fn run(opts: &EvalOptions, progress: bool) -> Result<EvalReport> {
     let mut outcomes: BTreeMap<String, MotorOutcome> = BTreeMap::new();
     for m in &motors {
         let o = outcomes.entry(m.motor_id.as_str().to_string()).or_default();
-        o.dataset = dataset[m.motor_id.as_str()].clone();
+        (o.dataset, o.failure) = dataset[m.motor_id.as_str()].clone();
         o.readings_ms = m.readings.iter().map(|r| r.event_time_ms).collect();
         o.events = m.labels.iter().filter(|l| l.label == "anomaly").map(|l| (l.start_ms, l.end_ms)).collect();
     }
@@ -409,21 +798,50 @@ pub fn run(opts: &EvalOptions, progress: bool) -> Result<EvalReport> {
             o.alerts = alerts;
         }
     }
-    let mut scores = BTreeMap::new();
-    for name in ["skab", "nab"] {
-        let set: Vec<MotorOutcome> = outcomes.values().filter(|o| o.dataset == name).cloned().collect();
-        if !set.is_empty() {
-            scores.insert(name.to_string(), score(&set));
+    let mut summaries = Vec::new();
+    for (motor, o) in &outcomes {
+        let one = score(std::slice::from_ref(o));
+        let mut opened = BTreeMap::new();
+        let mut raised_h = Vec::new();
+        let first = o.readings_ms.first().copied().unwrap_or(0);
+        for e in events.iter().filter(|e| &e.motor_id == motor && e.state == AlertState::Open) {
+            *opened.entry(e.query.clone()).or_insert(0) += 1;
+            raised_h.push(((e.window_end_ms - first) as f64 / 3_600_000.0, e.query.clone()));
         }
+        summaries.push(MotorSummary {
+            motor: motor.clone(),
+            dataset: o.dataset.clone(),
+            events_h: o
+                .events
+                .iter()
+                .map(|(a, b)| ((a - first) as f64 / 3_600_000.0, (b - first) as f64 / 3_600_000.0))
+                .collect(),
+            detected: one.events_detected,
+            alerts: one.alerts,
+            alerts_in_events: one.alerts_in_events,
+            normal_hours: one.normal_hours,
+            false_alarm_episodes: one.false_alarm_episodes,
+            opened,
+            lead_time_h: one.lead_times_h.first().copied(),
+            raised_h,
+        });
+    }
+    let mut scores = BTreeMap::new();
+    let names: std::collections::BTreeSet<&String> = outcomes.values().map(|o| &o.dataset).collect();
+    for name in names {
+        let set: Vec<MotorOutcome> = outcomes.values().filter(|o| &o.dataset == name).cloned().collect();
+        scores.insert(name.clone(), score(&set));
     }
     drop(kafka);
     Ok(EvalReport {
+        rules: opts.rules.to_string(),
         scores,
         published,
         ingested: ingest_stats.readings_accepted,
         late,
         alert_events: events.len(),
         wall_s: started.elapsed().as_secs_f64(),
+        motors: summaries,
     })
 }
 
@@ -492,7 +910,13 @@ mod tests {
     use super::*;
 
     fn motor(events: Vec<(i64, i64)>, alerts: Vec<(i64, i64, i64)>) -> MotorOutcome {
-        MotorOutcome { dataset: "t".into(), readings_ms: (0..100).map(|i| i * 10).collect(), events, alerts }
+        MotorOutcome {
+            dataset: "t".into(),
+            readings_ms: (0..100).map(|i| i * 10).collect(),
+            events,
+            alerts,
+            failure: None,
+        }
     }
 
     #[test]

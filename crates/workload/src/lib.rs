@@ -2,7 +2,8 @@
 //! faults ([`simulate`]), CSV replay of recorded data ([`csv_replay`]), the telemetry producer
 //! and its wire formats ([`producer`]), bad input for the dead-letter path ([`bad_input`]),
 //! librdkafka's mock cluster as an embedded Kafka ([`embedded`]), the evaluation of the
-//! detection on labelled data ([`eval`]) and the three-site demo ([`demo`]).
+//! detection on labelled data ([`eval`]) with simulated labelled scenarios ([`scenarios`]) and the
+//! three-site demo ([`demo`]).
 //!
 //! It drives nodes through `tessera-node`'s public API; the node never imports it.
 #![deny(missing_docs)]
@@ -14,6 +15,7 @@ pub mod embedded;
 pub mod error;
 pub mod eval;
 pub mod producer;
+pub mod scenarios;
 pub mod simulate;
 
 pub use error::WorkloadError;

@@ -1,22 +1,37 @@
-//! `tessera eval`: replays the labelled data through an embedded Kafka into the pipeline and
-//! scores the alerts against the labels (see [`tessera_workload::eval`]).
+//! `tessera eval`: replays labelled data through an embedded Kafka into the pipeline and scores
+//! the alerts against the labels (see [`tessera_workload::eval`]): SKAB's and NAB's layouts, or
+//! any folder of CSV files with a labels file; one run per `--rules` set (ablation).
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use tessera_node::config::NodeConfig;
-use tessera_workload::eval::{self, EvalOptions};
+use tessera_workload::eval::{self, DataSet, EvalOptions, Rules};
 
 /// The flags of `tessera eval`.
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// SKAB folder (valve1/, anomaly-free/).
-    #[arg(long, default_value = "../shared/data/skab")]
-    pub skab_dir: PathBuf,
-    /// NAB folder; `none` to skip NAB.
-    #[arg(long, default_value = "../shared/data/nab")]
-    pub nab_dir: String,
-    /// Number of valve1 files (0: all).
+    /// A folder of CSV files to evaluate (one motor per file); repeat for several. Without it,
+    /// SKAB and NAB from `$TESSERA_DATA` (default ../shared/data).
+    #[arg(long)]
+    pub data: Vec<PathBuf>,
+    /// The labels file of each `--data` folder, in the same order (default: its labels.json);
+    /// see `tessera_workload::eval::FolderLabels` for the format.
+    #[arg(long)]
+    pub labels: Vec<PathBuf>,
+    /// Write the simulator's labelled scenarios (run-to-failure wear at 10-minute sampling,
+    /// daily cycles, several sampling rates; `tessera_workload::scenarios`, seeded by --seed)
+    /// into DIR, unless it has a labels.json already, and evaluate them like a `--data` folder.
+    #[arg(long, value_name = "DIR")]
+    pub scenarios: Option<PathBuf>,
+    /// SKAB folder (valve1/, anomaly-free/); evaluated beside `--data` when given.
+    #[arg(long)]
+    pub skab_dir: Option<PathBuf>,
+    /// NAB folder (ambient_temperature_system_failure.csv, labels.json); evaluated beside
+    /// `--data` when given.
+    #[arg(long)]
+    pub nab_dir: Option<PathBuf>,
+    /// Number of SKAB valve1 files (0: all).
     #[arg(long, default_value_t = 0)]
     pub skab_files: usize,
     /// Seed of the random per-motor time offsets.
@@ -25,34 +40,66 @@ pub struct EvalArgs {
     /// Node config whose [detect] section to evaluate (default: the default rules).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Also write the report as JSON here.
+    /// The rules to run: `all`, or a comma-separated list of `queries`, `shift`, `wear`;
+    /// repeat for one run per set (ablation).
+    #[arg(long, default_value = "all")]
+    pub rules: Vec<String>,
+    /// Also print each motor's outcome (events found, false alarms, alerts by kind).
+    #[arg(long)]
+    pub per_motor: bool,
+    /// Also write the reports as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
 
-/// Runs the evaluation and prints its report.
+/// Runs the evaluations and prints their reports.
 pub fn run(args: EvalArgs) -> Result<()> {
     let detect = NodeConfig::load(args.config.as_deref())?.detect;
-    let opts = EvalOptions {
-        skab_dir: args.skab_dir,
-        nab_dir: (args.nab_dir != "none").then(|| PathBuf::from(args.nab_dir)),
-        skab_files: args.skab_files,
-        anomaly_free: true,
-        seed: args.seed,
-        detect,
-    };
-    let report = eval::run(&opts, true)?;
-    println!(
-        "published {} readings, ingested {}, {} late; {} alert events; {:.1} s\n\n{}",
-        report.published,
-        report.ingested,
-        report.late,
-        report.alert_events,
-        report.wall_s,
-        report.table()
-    );
+    if args.labels.len() > args.data.len() {
+        bail!("--labels given {} times for {} --data folders", args.labels.len(), args.data.len());
+    }
+    let shared = PathBuf::from(std::env::var("TESSERA_DATA").unwrap_or_else(|_| "../shared/data".into()));
+    let mut sets = Vec::new();
+    let defaults =
+        args.data.is_empty() && args.skab_dir.is_none() && args.nab_dir.is_none() && args.scenarios.is_none();
+    if let Some(dir) = args.skab_dir.clone().or_else(|| defaults.then(|| shared.join("skab"))) {
+        sets.push(DataSet::Skab { dir, files: args.skab_files, anomaly_free: true });
+    }
+    if let Some(dir) = args.nab_dir.clone().or_else(|| defaults.then(|| shared.join("nab"))) {
+        sets.push(DataSet::Nab { dir });
+    }
+    for (i, dir) in args.data.iter().enumerate() {
+        let labels = args.labels.get(i).cloned().unwrap_or_else(|| dir.join("labels.json"));
+        sets.push(DataSet::Folder { dir: dir.clone(), labels });
+    }
+    if let Some(dir) = &args.scenarios {
+        if !dir.join("labels.json").exists() {
+            let files = tessera_workload::scenarios::write(dir, args.seed, 4)?;
+            println!("wrote {} labelled scenario files to {}", files.len(), dir.display());
+        }
+        sets.push(DataSet::Folder { dir: dir.clone(), labels: dir.join("labels.json") });
+    }
+    let mut reports = Vec::new();
+    for rules in &args.rules {
+        let rules: Rules = rules.parse().context("--rules")?;
+        let opts = EvalOptions { sets: sets.clone(), seed: args.seed, detect: detect.clone(), rules };
+        let report = eval::run(&opts, true)?;
+        println!(
+            "rules {rules}: published {} readings, ingested {}, {} late; {} alert events; {:.1} s\n\n{}",
+            report.published,
+            report.ingested,
+            report.late,
+            report.alert_events,
+            report.wall_s,
+            report.table()
+        );
+        if args.per_motor {
+            println!("{}", report.motors_table());
+        }
+        reports.push(report);
+    }
     if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+        std::fs::write(&path, serde_json::to_string_pretty(&reports)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

@@ -68,6 +68,9 @@ type Result<T, E = NodeError> = std::result::Result<T, E>;
 pub struct DetectConfig {
     /// `CREATE CONTINUOUS QUERY` statements; empty: the default rule set ([`crate::rules`]).
     pub queries: Vec<String>,
+    /// With no `queries`: run the default rule set (true) or no continuous query at all, only
+    /// the judges (false).
+    pub default_rules: bool,
     /// How far behind a motor's newest reading a reading may arrive and still count.
     #[serde(with = "humantime_serde")]
     pub allowed_lateness: Duration,
@@ -90,6 +93,108 @@ pub struct DetectConfig {
     pub data_quality: DataQualityConfig,
     /// `[detect.wear]`: alerts for vibration drifting towards its limit over days.
     pub wear: WearConfig,
+    /// `[detect.shift]`: alerts for sudden shifts, judged at each motor's own sampling rate.
+    pub shift: ShiftConfig,
+}
+
+/// `[detect.shift]`: per motor, windows of `readings_per_window` of its own readings (at least
+/// `min_window` long), each channel's window mean against a gated robust baseline learnt over
+/// `baseline`, Hotelling's T² across channels, daily profiles for temperature and load where
+/// the day shows; an alert `shift` (see `tessera_stream::shift`). The same settings serve any
+/// sampling rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShiftConfig {
+    /// Off: no shift alerts.
+    pub enabled: bool,
+    /// Readings per window.
+    pub readings_per_window: u32,
+    /// The shortest window.
+    #[serde(with = "humantime_serde")]
+    pub min_window: Duration,
+    /// The baseline's span (at least `min_baseline_windows` windows).
+    #[serde(with = "humantime_serde")]
+    pub baseline: Duration,
+    /// Windows before the first score.
+    pub min_baseline_windows: u32,
+    /// A channel beyond this |z| stays out of its baseline.
+    pub gate: f64,
+    /// A channel kept out of its baseline this long relearns it.
+    #[serde(with = "humantime_serde")]
+    pub relearn: Duration,
+    /// Hotelling's T² across channels.
+    pub t2: bool,
+    /// Daily profiles for temperature and load.
+    pub seasonal: bool,
+    /// A score at or above this, `open_windows` windows in a row, opens an alert...
+    pub open_above: f64,
+    /// ...and below this, `close_windows` in a row, closes it.
+    pub close_below: f64,
+    /// Critical at or above this.
+    pub critical_above: f64,
+    /// Windows in a row to open.
+    pub open_windows: u32,
+    /// Windows in a row to close.
+    pub close_windows: u32,
+}
+
+impl Default for ShiftConfig {
+    fn default() -> Self {
+        let s = tessera_stream::shift::ShiftConfig::default();
+        let ms = |v: i64| Duration::from_millis(v as u64);
+        Self {
+            enabled: true,
+            readings_per_window: s.readings_per_window,
+            min_window: ms(s.min_window_ms),
+            baseline: ms(s.baseline_ms),
+            min_baseline_windows: s.min_baseline_windows,
+            gate: s.gate,
+            relearn: ms(s.relearn_ms),
+            t2: s.t2,
+            seasonal: s.seasonal,
+            open_above: s.alerts.open_above,
+            close_below: s.alerts.close_below,
+            critical_above: s.alerts.critical_above.unwrap_or(f64::INFINITY),
+            open_windows: s.alerts.open_windows,
+            close_windows: s.alerts.close_windows,
+        }
+    }
+}
+
+impl ShiftConfig {
+    /// Checks the fields; the error names the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        ensure(self.readings_per_window >= 1, "readings_per_window", "must be at least 1")?;
+        ensure(!self.min_window.is_zero(), "min_window", "must be longer than 0")?;
+        ensure(!self.baseline.is_zero(), "baseline", "must be longer than 0")?;
+        ensure(self.min_baseline_windows >= 2, "min_baseline_windows", "must be at least 2")?;
+        ensure(self.gate > 0.0, "gate", "must be positive")?;
+        ensure(!self.relearn.is_zero(), "relearn", "must be longer than 0")?;
+        ensure(self.close_below <= self.open_above, "close_below", "must not be above open_above")?;
+        ensure(self.critical_above >= self.open_above, "critical_above", "must not be below open_above")?;
+        ensure(self.open_windows >= 1, "open_windows", "must be at least 1")?;
+        ensure(self.close_windows >= 1, "close_windows", "must be at least 1")
+    }
+
+    fn shift(&self) -> Option<tessera_stream::shift::ShiftConfig> {
+        self.enabled.then_some(tessera_stream::shift::ShiftConfig {
+            readings_per_window: self.readings_per_window,
+            min_window_ms: self.min_window.as_millis() as i64,
+            baseline_ms: self.baseline.as_millis() as i64,
+            min_baseline_windows: self.min_baseline_windows,
+            gate: self.gate,
+            relearn_ms: self.relearn.as_millis() as i64,
+            t2: self.t2,
+            seasonal: self.seasonal,
+            alerts: tessera_stream::grammar::AlertOptions {
+                open_above: self.open_above,
+                close_below: self.close_below,
+                critical_above: self.critical_above.is_finite().then_some(self.critical_above),
+                open_windows: self.open_windows,
+                close_windows: self.close_windows,
+            },
+        })
+    }
 }
 
 /// `[detect.wear]`: per motor and vibration channel, an early-life baseline, an hourly level,
@@ -221,6 +326,7 @@ impl Default for DetectConfig {
     fn default() -> Self {
         Self {
             queries: Vec::new(),
+            default_rules: true,
             allowed_lateness: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(30),
             alerts_topic: "tessera-alerts".into(),
@@ -230,6 +336,7 @@ impl Default for DetectConfig {
             telemetry_rows: 100_000,
             data_quality: DataQualityConfig::default(),
             wear: WearConfig::default(),
+            shift: ShiftConfig::default(),
         }
     }
 }
@@ -243,12 +350,15 @@ impl DetectConfig {
         ensure(self.idle_timeout > Duration::ZERO, "idle_timeout", "must be positive")?;
         ensure(self.table_rows > 0, "table_rows", "must be positive")?;
         self.data_quality.validate().map_err(|e| e.within("data_quality"))?;
-        self.wear.validate().map_err(|e| e.within("wear"))
+        self.wear.validate().map_err(|e| e.within("wear"))?;
+        self.shift.validate().map_err(|e| e.within("shift"))
     }
 
     /// The queries to run: the configured ones or the defaults.
     pub fn effective_queries(&self) -> Vec<String> {
-        if self.queries.is_empty() {
+        if self.queries.is_empty() && !self.default_rules {
+            Vec::new()
+        } else if self.queries.is_empty() {
             crate::detect::rules::DEFAULT_RULES.iter().map(|s| s.to_string()).collect()
         } else {
             self.queries.clone()
@@ -265,6 +375,7 @@ impl DetectConfig {
             telemetry_rows: self.telemetry_rows,
             quality: self.data_quality.quality(),
             wear: self.wear.wear(),
+            shift: self.shift.shift(),
         }
     }
 }

@@ -7,7 +7,10 @@
 //! windows out of the baseline, so a fault that lasts minutes does not become the new normal.
 //! The score is the largest |z| over the channels; an alert opens after 3 windows at ≥ 7 and
 //! closes after 3 windows below 3. Nothing depends on the time since a motor's first reading:
-//! the first 50 windows simply have no score.
+//! the first 50 windows simply have no score. Only windows of at least 5 readings count (a
+//! motor reporting every minute gets one reading per window, and a baseline of 50 readings
+//! swinging with its shifts' load): slower motors are judged by the judges that size their
+//! windows from each motor's own rate (`[detect.shift]`, `[detect.wear]`).
 
 /// Default detection rules (`CREATE CONTINUOUS QUERY` statements).
 pub const DEFAULT_RULES: &[&str] = &[r#"CREATE CONTINUOUS QUERY motor_health
@@ -25,7 +28,8 @@ SELECT motor_id, window_start, window_end, count(*) AS readings,
                      abs(zscore(motor_id, window_start, avg(extra['fluid_temperature_c']), 50, 5)),
                      abs(zscore(motor_id, window_start, avg(extra['flow_rate_lpm']), 50, 5))) AS score
 FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds')
-GROUP BY motor_id, window_start, window_end"#];
+GROUP BY motor_id, window_start, window_end
+HAVING count(*) >= 5"#];
 
 /// The demo's rule: the same shape on 5 s windows with a 30 s baseline, so a one-minute demo
 /// raises alerts. A 30 s baseline makes |z| noisy, so an alert needs |z| ≥ 12 twice; windows

@@ -222,7 +222,7 @@ fn hotelling(ring: &Ring<Vec<f64>>, x: &[f64]) -> Option<f64> {
 }
 
 /// Solves `a · y = b` by Gaussian elimination with partial pivoting.
-fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
+pub(crate) fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
     let k = b.len();
     for col in 0..k {
         let pivot = (col..k).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;

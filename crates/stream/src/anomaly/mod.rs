@@ -22,6 +22,7 @@
 //! value gives a NULL score and leaves the state alone.
 
 mod detectors;
+pub(crate) use detectors::solve;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};

@@ -57,6 +57,7 @@ pub(super) fn engine() -> StreamEngine {
         telemetry_rows: 0,
         quality: None,
         wear: None,
+        shift: None,
     })
 }
 

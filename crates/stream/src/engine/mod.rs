@@ -31,7 +31,9 @@ use crate::tables::BoundedTable;
 /// and the tests have always found it.
 pub use crate::windowing::describe;
 use crate::windowing::{WindowOperator, WindowStats};
-pub use state::{QUALITY_SECTION, RestoreReport, SIDE_SECTIONS, StateDigest, WEAR_SECTION, state_digest};
+pub use state::{
+    QUALITY_SECTION, RestoreReport, SHIFT_SECTION, SIDE_SECTIONS, StateDigest, WEAR_SECTION, state_digest,
+};
 
 /// Engine settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,6 +50,9 @@ pub struct StreamConfig {
     /// Wear alerts (vibration drifting towards its ISO 20816 limit; see [`crate::wear`]);
     /// `None`: off.
     pub wear: Option<crate::wear::WearConfig>,
+    /// Sudden shifts judged at each motor's own sampling rate (see [`crate::shift`]); `None`:
+    /// off.
+    pub shift: Option<crate::shift::ShiftConfig>,
 }
 
 impl Default for StreamConfig {
@@ -58,6 +63,7 @@ impl Default for StreamConfig {
             telemetry_rows: 100_000,
             quality: None,
             wear: None,
+            shift: None,
         }
     }
 }
@@ -170,6 +176,7 @@ pub struct StreamEngine {
     telemetry: Arc<BoundedTable>,
     quality: Option<crate::quality::QualityMonitor>,
     wear: Option<crate::wear::WearMonitor>,
+    shift: Option<crate::shift::ShiftMonitor>,
     health: crate::health::HealthBoard,
     query_errors: u64,
     query_rows: u64,
@@ -207,6 +214,7 @@ impl StreamEngine {
         Self {
             quality: config.quality.map(crate::quality::QualityMonitor::new),
             wear: config.wear.map(crate::wear::WearMonitor::new),
+            shift: config.shift.map(crate::shift::ShiftMonitor::new),
             health,
             config,
             stages: Vec::new(),
@@ -313,11 +321,21 @@ impl StreamEngine {
             let events = wear.observe(batch, now_ms);
             self.record_alerts(events, &mut out);
         }
+        if let Some(shift) = &mut self.shift {
+            let (windows, events) = shift.observe(batch, now_ms);
+            // Its newest score per motor goes to the health board (a window's history is not
+            // kept: `motor_windows` holds the queries' windows).
+            let open_above = Some(shift.open_above());
+            for w in &windows {
+                self.health.window(crate::shift::SHIFT, &w.as_score(), open_above);
+            }
+            self.record_alerts(events, &mut out);
+        }
         self.health.readings(batch);
         Ok(out)
     }
 
-    /// Data-quality alert events, into the `alerts` table and the step's output.
+    /// The judges' alert events (data quality, wear, shift), into the `alerts` table and the step's output.
     fn record_alerts(&mut self, events: Vec<crate::alerts::AlertEvent>, out: &mut StepOutput) {
         if events.is_empty() {
             return;
@@ -390,7 +408,8 @@ impl StreamEngine {
                 .map(|t| t.open_count() as u64)
                 .sum::<u64>()
                 + self.quality.as_ref().map_or(0, |q| q.open_count() as u64)
-                + self.wear.as_ref().map_or(0, |w| w.open_count() as u64),
+                + self.wear.as_ref().map_or(0, |w| w.open_count() as u64)
+                + self.shift.as_ref().map_or(0, |s| s.open_count() as u64),
         }
     }
 

@@ -62,8 +62,10 @@ pub struct RestoreReport {
 pub const QUALITY_SECTION: &str = "quality";
 /// The checkpoint section of the wear judge.
 pub const WEAR_SECTION: &str = "wear";
+/// The checkpoint section of the shift judge.
+pub const SHIFT_SECTION: &str = "shift";
 /// Every section [`StreamEngine::side_checkpoints`] may write.
-pub const SIDE_SECTIONS: [&str; 2] = [QUALITY_SECTION, WEAR_SECTION];
+pub const SIDE_SECTIONS: [&str; 3] = [QUALITY_SECTION, WEAR_SECTION, SHIFT_SECTION];
 
 /// The engine's checkpointed state (after the format version).
 #[derive(Serialize, Deserialize)]
@@ -141,15 +143,19 @@ impl StreamEngine {
         if let Some(w) = &self.wear {
             sections.push((WEAR_SECTION, checkpoint::to_versioned_bytes(&w.snapshot(include))?));
         }
+        if let Some(s) = &self.shift {
+            sections.push((SHIFT_SECTION, checkpoint::to_versioned_bytes(&s.snapshot(include))?));
+        }
         Ok(sections)
     }
 
     /// Takes over a [`Self::side_checkpoints`] section at processing time `now_ms` (ignored
     /// when that judge is off here, or the section is not one of them).
     pub fn adopt_side(&mut self, section: &str, bytes: &[u8], now_ms: i64) -> Result<(), StreamError> {
-        match (section, &mut self.quality, &mut self.wear) {
-            (QUALITY_SECTION, Some(q), _) => q.adopt(checkpoint::from_versioned_bytes(bytes)?, now_ms),
-            (WEAR_SECTION, _, Some(w)) => w.adopt(checkpoint::from_versioned_bytes(bytes)?),
+        match (section, &mut self.quality, &mut self.wear, &mut self.shift) {
+            (QUALITY_SECTION, Some(q), ..) => q.adopt(checkpoint::from_versioned_bytes(bytes)?, now_ms),
+            (WEAR_SECTION, _, Some(w), _) => w.adopt(checkpoint::from_versioned_bytes(bytes)?),
+            (SHIFT_SECTION, .., Some(s)) => s.adopt(checkpoint::from_versioned_bytes(bytes)?)?,
             _ => {}
         }
         Ok(())
@@ -223,6 +229,9 @@ impl StreamEngine {
         }
         if let Some(wear) = &mut self.wear {
             wear.drop_motors(drop);
+        }
+        if let Some(shift) = &mut self.shift {
+            shift.drop_motors(drop);
         }
         self.health.drop_motors(drop);
         let mut dropped = 0;

@@ -1,0 +1,690 @@
+//! Shift: sudden faults, judged per motor at the motor's own sampling rate. The SQL rules fix
+//! their windows in the statement (10 s), which gives a motor reporting every ten minutes one
+//! reading per window and a baseline of hours of windows; this judge sizes everything from the
+//! motor's measured reporting interval instead, so the same settings serve a 10 Hz drive and a
+//! 10-minute condition-monitoring sensor:
+//!
+//! - **interval**: an average of the motor's event-time gaps;
+//! - **window**: `readings_per_window` of its readings (at least `min_window` long), opened at
+//!   a reading and closed by the first reading past its end;
+//! - **baseline** per channel (the seven telemetry channels and every extra): the mean and
+//!   spread of the window means, learnt over `baseline` of event time (at least
+//!   `min_baseline_windows` windows): a plain mean and standard deviation while it fills, then
+//!   a robust moving centre and scale (deviations clipped at 3 scales, so one wild window moves
+//!   it little). Gated: a window whose channel is beyond `gate`, or that opens or holds an
+//!   alert, is kept out, so a fault lasting hours does not become the new normal; a channel
+//!   kept out for `relearn` in a row relearns from scratch (a new operating point, accepted);
+//! - **score**: the largest robust |z| over the channels and, across them, Hotelling's T² of
+//!   the z vector against its own correlation (learnt from the same gated windows, shrunk
+//!   towards the identity), as a normal-equivalent z (Wilson–Hilferty), so a broken relation
+//!   between channels that each look normal is seen too;
+//! - **seasonal**: every channel keeps a daily profile (one level per hour of day, learnt over
+//!   about a week, read linearly between the hours) once the motor reports at least every 30 minutes; when the profile explains
+//!   at least 30 % of the channel's variance (after a day with every hour seen 3 times), the
+//!   channel is judged on its residual from the profile instead of its raw value, and back
+//!   when that falls under 15 %: ambient temperature, shift loads and what follows them.
+//!
+//! An alert `shift` opens after `open_windows` windows at a score of at least `open_above`,
+//! closes after `close_windows` below `close_below`, and is critical at `critical_above` (the
+//! same hysteresis as the SQL rules'). Its features say the window's length, the motor's
+//! interval, `t2` and the channels at |z| ≥ 2 (`z.<channel>`): which channel, and how far; the
+//! newest score of every motor is on the `motor_health` board. The state goes with the motor's
+//! partition in its checkpoint; its size is a few hundred bytes per channel the motor sends.
+
+use std::collections::HashMap;
+
+use datafusion::arrow::array::{Array, RecordBatch};
+use serde::{Deserialize, Serialize};
+use tessera_core::Channel;
+
+use crate::alerts::{AlertEvent, AlertTracker, TrackerState, WindowScore};
+use crate::grammar::AlertOptions;
+
+/// The alert kind (the alert's `query`) and `motor_windows` query name of this judge.
+pub const SHIFT: &str = "shift";
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+
+/// How sudden faults are judged.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ShiftConfig {
+    /// Readings per window.
+    pub readings_per_window: u32,
+    /// A window is never shorter than this (ms): a 10 Hz drive gets 10 s windows, not 1 s.
+    pub min_window_ms: i64,
+    /// The baseline's span of event time (ms)...
+    pub baseline_ms: i64,
+    /// ...and never fewer windows than this; no score before.
+    pub min_baseline_windows: u32,
+    /// A channel beyond this |z| stays out of its baseline.
+    pub gate: f64,
+    /// A channel kept out of its baseline this long in a row (ms) relearns it.
+    pub relearn_ms: i64,
+    /// Hotelling's T² across channels, beside the per-channel z.
+    pub t2: bool,
+    /// Daily profiles, for the channels that turn out to follow the day.
+    pub seasonal: bool,
+    /// The alerts' hysteresis.
+    pub alerts: AlertOptions,
+}
+
+impl Default for ShiftConfig {
+    fn default() -> Self {
+        Self {
+            readings_per_window: 10,
+            min_window_ms: 10_000,
+            baseline_ms: HOUR,
+            min_baseline_windows: 50,
+            gate: 5.0,
+            relearn_ms: 6 * HOUR,
+            t2: true,
+            seasonal: true,
+            alerts: AlertOptions {
+                open_above: 6.0,
+                close_below: 3.0,
+                critical_above: Some(20.0),
+                open_windows: 3,
+                close_windows: 3,
+            },
+        }
+    }
+}
+
+/// One channel's baseline of window means.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Baseline {
+    /// Windows learnt.
+    n: u32,
+    /// Centre.
+    mean: f64,
+    /// Sum of squared deviations while filling (Welford).
+    m2: f64,
+    /// Spread (a standard deviation's equivalent), once filled.
+    scale: f64,
+    /// Event time kept out of the baseline in a row, ms.
+    gated_ms: i64,
+}
+
+impl Baseline {
+    /// The robust z of `x`, once the baseline is filled and has a spread.
+    fn z(&self, x: f64, min_windows: u32) -> Option<f64> {
+        (self.n >= min_windows && self.scale > 1e-9 * self.mean.abs().max(1.0)).then(|| (x - self.mean) / self.scale)
+    }
+
+    /// Takes window mean `x` in; `alpha` is the smallest weight of a window (window / span).
+    fn learn(&mut self, x: f64, alpha: f64, min_windows: u32) {
+        self.gated_ms = 0;
+        if self.n < min_windows {
+            self.n += 1;
+            let d = x - self.mean;
+            self.mean += d / self.n as f64;
+            self.m2 += d * (x - self.mean);
+            if self.n == min_windows {
+                self.scale = (self.m2 / (self.n - 1).max(1) as f64).sqrt();
+            }
+            return;
+        }
+        let a = (1.0 / (self.n as f64 + 1.0)).max(alpha);
+        let d = x - self.mean;
+        let clipped = if self.scale > 0.0 { d.clamp(-3.0 * self.scale, 3.0 * self.scale) } else { d };
+        self.mean += a * clipped;
+        // E|X − μ| = σ·√(2/π) for a normal X: 1.2533 turns a mean absolute deviation into a σ.
+        self.scale += a * (1.2533 * clipped.abs() - self.scale);
+        self.n = self.n.saturating_add(1);
+    }
+}
+
+/// A daily profile: a level per hour of day (UTC), and the channel's overall mean and variance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Profile {
+    first_ms: i64,
+    levels: [f32; 24],
+    counts: [u16; 24],
+    n: u32,
+    mean: f64,
+    var: f64,
+    /// Judged on the residual from the profile.
+    active: bool,
+}
+
+impl Profile {
+    fn new(first_ms: i64) -> Self {
+        Self { first_ms, levels: [0.0; 24], counts: [0; 24], n: 0, mean: 0.0, var: 0.0, active: false }
+    }
+
+    /// What is judged of reading `v` at `t`: `v`, or its residual from the profile when
+    /// active.
+    fn judged(&self, v: f64, t: i64) -> f64 {
+        if self.active { v - self.level_at(t) } else { v }
+    }
+
+    /// The profile's level at `t`: linear between the hours' levels, each taken at the middle
+    /// of its hour (a shift's load ramp is no step).
+    fn level_at(&self, t: i64) -> f64 {
+        let h = (t.rem_euclid(DAY) as f64 / HOUR as f64 - 0.5).rem_euclid(24.0);
+        let (lower, frac) = (h.floor() as usize % 24, h.fract());
+        let upper = (lower + 1) % 24;
+        f64::from(self.levels[lower]) * (1.0 - frac) + f64::from(self.levels[upper]) * frac
+    }
+
+    /// Learns reading `v` at `t` (`interval_ms` apart); `true` when the channel switches
+    /// between raw and residual judging.
+    fn learn(&mut self, v: f64, t: i64, interval_ms: f64) -> bool {
+        let h = hour_of_day(t);
+        self.counts[h] = self.counts[h].saturating_add(1);
+        // About a week of each hour: 7 · (readings per hour) readings.
+        let a = (1.0 / f64::from(self.counts[h])).max(interval_ms / (7 * HOUR) as f64).min(1.0);
+        self.levels[h] += (a * (v - f64::from(self.levels[h]))) as f32;
+        self.n = self.n.saturating_add(1);
+        let a = (1.0 / f64::from(self.n)).max(interval_ms / (7 * DAY) as f64).min(1.0);
+        let d = v - self.mean;
+        self.mean += a * d;
+        self.var = (1.0 - a) * (self.var + a * d * d);
+        if t - self.first_ms < DAY || self.counts.iter().any(|c| *c < 3) || self.var <= 0.0 {
+            return false;
+        }
+        let mean = self.levels.iter().map(|l| f64::from(*l)).sum::<f64>() / 24.0;
+        let explained = self.levels.iter().map(|l| (f64::from(*l) - mean).powi(2)).sum::<f64>() / 24.0 / self.var;
+        let switch = if self.active { explained < 0.15 } else { explained >= 0.3 };
+        if switch {
+            self.active = !self.active;
+        }
+        switch
+    }
+}
+
+fn hour_of_day(t: i64) -> usize {
+    (t.rem_euclid(DAY) / HOUR) as usize
+}
+
+/// One channel of one motor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ChannelShift {
+    name: String,
+    base: Baseline,
+    profile: Option<Box<Profile>>,
+    /// The open window's sum and count.
+    sum: f64,
+    count: u32,
+    /// The channel's |z| in the last window (the profile learns only while it is normal).
+    last_z: f64,
+}
+
+/// Hotelling's T² state: the correlation of the channels' z vectors.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Correlation {
+    /// The channels (indices into the motor's channels) it is over.
+    dims: Vec<u16>,
+    /// Row-major, dims × dims.
+    r: Vec<f64>,
+    /// Windows learnt.
+    n: u32,
+}
+
+/// A motor's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MotorShift {
+    site: String,
+    /// Mean event-time gap, ms (0 until two readings).
+    interval_ms: f64,
+    last_ms: Option<i64>,
+    /// The open window: start and length, ms.
+    window: Option<(i64, i64)>,
+    channels: Vec<ChannelShift>,
+    correlation: Correlation,
+}
+
+/// A scored window, for the alert tracker and the health board.
+#[derive(Debug, Clone)]
+pub struct ShiftWindow {
+    /// The motor.
+    pub motor_id: String,
+    /// Its site.
+    pub site_id: String,
+    /// Window start and end, ms.
+    pub window_start_ms: i64,
+    /// Window end, ms.
+    pub window_end_ms: i64,
+    /// The score, once the baseline is filled.
+    pub score: Option<f64>,
+    /// Features, sorted by name.
+    pub features: Vec<(String, f64)>,
+}
+
+impl ShiftWindow {
+    /// As the alert tracker and the tables take a window.
+    pub fn as_score(&self) -> WindowScore<'_> {
+        WindowScore {
+            motor_id: &self.motor_id,
+            site_id: &self.site_id,
+            window_start_ms: self.window_start_ms,
+            window_end_ms: self.window_end_ms,
+            score: self.score,
+            features: self.features.iter().map(|(k, v)| (k.as_str(), *v)).collect(),
+        }
+    }
+}
+
+/// A checkpoint section of the judge.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ShiftSnapshot {
+    motors: Vec<(String, MotorShift)>,
+    tracker: TrackerState,
+}
+
+/// The shift judge of one engine's motors.
+#[derive(Debug)]
+pub struct ShiftMonitor {
+    config: ShiftConfig,
+    motors: HashMap<String, MotorShift>,
+    tracker: AlertTracker,
+}
+
+impl ShiftMonitor {
+    /// A judge with no motors yet.
+    pub fn new(config: ShiftConfig) -> Self {
+        let tracker = AlertTracker::new(SHIFT, config.alerts);
+        Self { config, motors: HashMap::new(), tracker }
+    }
+
+    /// Alerts open at `open_above`.
+    pub fn open_above(&self) -> f64 {
+        self.config.alerts.open_above
+    }
+
+    /// Takes in a batch of readings (telemetry schema) at processing time `now_ms`: the
+    /// windows it closed, scored, and the alert events they caused.
+    pub fn observe(&mut self, batch: &RecordBatch, now_ms: i64) -> (Vec<ShiftWindow>, Vec<AlertEvent>) {
+        let Some((motors, sites, ts)) = crate::schema::keys(batch) else { return Default::default() };
+        let columns: Vec<_> =
+            Channel::ALL.iter().map(|c| (c.name(), crate::schema::channel_values(batch, *c))).collect();
+        let extras = crate::schema::extras(batch);
+        let mut windows = Vec::new();
+        let mut values: Vec<(&str, f64)> = Vec::new();
+        for row in 0..batch.num_rows() {
+            let motor = motors.value(row);
+            let t = ts.value(row);
+            values.clear();
+            for (name, column) in &columns {
+                if let Some(c) = column
+                    && c.is_valid(row)
+                    && c.value(row).is_finite()
+                {
+                    values.push((name, c.value(row)));
+                }
+            }
+            if let Some((map, keys, vals)) = extras {
+                let offsets = map.value_offsets();
+                for i in offsets[row] as usize..offsets[row + 1] as usize {
+                    if vals.is_valid(i) && vals.value(i).is_finite() {
+                        values.push((keys.value(i), vals.value(i)));
+                    }
+                }
+            }
+            let m = self.motors.entry(motor.to_string()).or_insert_with(|| MotorShift {
+                site: sites.value(row).to_string(),
+                interval_ms: 0.0,
+                last_ms: None,
+                window: None,
+                channels: Vec::new(),
+                correlation: Correlation::default(),
+            });
+            if let Some(w) = take(&self.config, m, motor, t, &values) {
+                windows.push(w);
+            }
+        }
+        let mut events = Vec::new();
+        for w in &windows {
+            if let Some(e) = self.tracker.observe(w.as_score(), now_ms) {
+                events.push(e);
+            }
+        }
+        (windows, events)
+    }
+
+    /// The state of the motors `include` accepts, for a checkpoint (sorted by motor).
+    pub fn snapshot(&self, include: &dyn Fn(&str) -> bool) -> ShiftSnapshot {
+        let mut motors: Vec<(String, MotorShift)> =
+            self.motors.iter().filter(|(m, _)| include(m)).map(|(m, s)| (m.clone(), s.clone())).collect();
+        motors.sort_by(|a, b| a.0.cmp(&b.0));
+        ShiftSnapshot { motors, tracker: self.tracker.snapshot(include) }
+    }
+
+    /// Takes over [`Self::snapshot`]'s motors.
+    pub fn adopt(&mut self, snapshot: ShiftSnapshot) -> Result<(), crate::StreamError> {
+        self.motors.extend(snapshot.motors);
+        self.tracker.restore(snapshot.tracker, true)
+    }
+
+    /// Forgets every motor `drop` accepts.
+    pub fn drop_motors(&mut self, drop: &dyn Fn(&str) -> bool) {
+        self.motors.retain(|m, _| !drop(m));
+        self.tracker.drop_motors(drop);
+    }
+
+    /// Open shift alerts.
+    pub fn open_count(&self) -> usize {
+        self.tracker.open_count()
+    }
+}
+
+/// Takes one reading of motor `m` in; the window it closed, scored, if it closed one.
+fn take(config: &ShiftConfig, m: &mut MotorShift, motor: &str, t: i64, values: &[(&str, f64)]) -> Option<ShiftWindow> {
+    if let Some(last) = m.last_ms {
+        if t < last {
+            return None; // out of order: the short scale moves forward only
+        }
+        let gap = (t - last) as f64;
+        if gap > 0.0 {
+            m.interval_ms = if m.interval_ms == 0.0 { gap } else { m.interval_ms + 0.1 * (gap - m.interval_ms) };
+        }
+    }
+    m.last_ms = Some(t);
+    let mut closed = None;
+    match m.window {
+        Some((start, len)) if t >= start + len => {
+            closed = Some(close(config, m, motor, start, len));
+            m.window = Some((t, window_len(config, m.interval_ms)));
+        }
+        Some(_) => {}
+        None => m.window = Some((t, window_len(config, m.interval_ms))),
+    }
+    let daily = m.interval_ms > 0.0 && m.interval_ms <= 30.0 * 60_000.0;
+    for (name, v) in values {
+        let i = match m.channels.iter().position(|c| c.name == *name) {
+            Some(i) => i,
+            None => {
+                m.channels.push(ChannelShift {
+                    name: name.to_string(),
+                    base: Baseline::default(),
+                    profile: None,
+                    sum: 0.0,
+                    count: 0,
+                    last_z: 0.0,
+                });
+                m.correlation = Correlation::default();
+                m.channels.len() - 1
+            }
+        };
+        let c = &mut m.channels[i];
+        let judged = match &mut c.profile {
+            Some(p) => {
+                let judged = p.judged(*v, t);
+                if c.last_z < config.gate && p.learn(*v, t, m.interval_ms) {
+                    // Raw and residual values are not comparable: the channel starts afresh.
+                    c.base = Baseline::default();
+                    c.sum = 0.0;
+                    c.count = 0;
+                    m.correlation = Correlation::default();
+                    continue;
+                }
+                judged
+            }
+            None => {
+                if daily && config.seasonal {
+                    c.profile = Some(Box::new(Profile::new(t)));
+                }
+                *v
+            }
+        };
+        c.sum += judged;
+        c.count += 1;
+    }
+    closed
+}
+
+/// A window's length for a motor reporting every `interval_ms`.
+fn window_len(config: &ShiftConfig, interval_ms: f64) -> i64 {
+    (interval_ms * f64::from(config.readings_per_window)).ceil().max(config.min_window_ms as f64) as i64
+}
+
+/// Closes the motor's window `[start, start + len)`: scores it and learns from it.
+fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len: i64) -> ShiftWindow {
+    let min = config.min_baseline_windows;
+    let means: Vec<Option<f64>> =
+        m.channels.iter().map(|c| (c.count > 0).then(|| c.sum / f64::from(c.count))).collect();
+    let zs: Vec<Option<f64>> = m.channels.iter().zip(&means).map(|(c, x)| x.and_then(|x| c.base.z(x, min))).collect();
+    let max_z = zs.iter().flatten().map(|z| z.abs()).fold(None, |a: Option<f64>, z| Some(a.map_or(z, |a| a.max(z))));
+    let t2 = if config.t2 { hotelling(m, &zs, min) } else { None };
+    let score = max_z.map(|z| t2.map_or(z, |t| z.max(t)));
+    let anomalous = score.is_some_and(|s| s >= config.alerts.open_above);
+    // Learn: the window's normal channels, unless the window as a whole is anomalous.
+    let span = (config.baseline_ms as f64).max(f64::from(min) * len as f64);
+    let alpha = len as f64 / span;
+    for ((c, x), z) in m.channels.iter_mut().zip(&means).zip(&zs) {
+        c.last_z = z.map_or(0.0, f64::abs);
+        let Some(x) = x else { continue };
+        if z.is_none() || (c.last_z < config.gate && !anomalous) {
+            c.base.learn(*x, alpha, min);
+        } else {
+            c.base.gated_ms += len;
+            if c.base.gated_ms >= config.relearn_ms {
+                c.base = Baseline::default();
+            }
+        }
+    }
+    if config.t2 && !anomalous {
+        learn_correlation(m, &zs, config.gate, alpha);
+    }
+    let mut features = vec![
+        ("interval_s".to_string(), m.interval_ms / 1000.0),
+        ("readings".to_string(), f64::from(m.channels.iter().map(|c| c.count).max().unwrap_or(0))),
+        ("window_s".to_string(), len as f64 / 1000.0),
+    ];
+    if let Some(t2) = t2 {
+        features.push(("t2".to_string(), t2));
+    }
+    for (c, z) in m.channels.iter().zip(&zs) {
+        if let Some(z) = z.filter(|z| z.abs() >= 2.0) {
+            features.push((format!("z.{}", c.name), z));
+        }
+    }
+    features.sort_by(|a, b| a.0.cmp(&b.0));
+    for c in &mut m.channels {
+        c.sum = 0.0;
+        c.count = 0;
+    }
+    ShiftWindow {
+        motor_id: motor.to_string(),
+        site_id: m.site.clone(),
+        window_start_ms: start,
+        window_end_ms: start + len,
+        score,
+        features,
+    }
+}
+
+/// The channels with a z this window, as correlation dimensions.
+fn dims(zs: &[Option<f64>]) -> Vec<u16> {
+    zs.iter().enumerate().filter(|(_, z)| z.is_some()).map(|(i, _)| i as u16).collect()
+}
+
+/// Hotelling's T² of the window's z vector against the learnt correlation (shrunk 10 % towards
+/// the identity), as a normal-equivalent z by Wilson–Hilferty; `None` with fewer than two
+/// channels or before the correlation has `min` windows (and 3 per dimension).
+fn hotelling(m: &MotorShift, zs: &[Option<f64>], min: u32) -> Option<f64> {
+    let dims = dims(zs);
+    let k = dims.len();
+    let c = &m.correlation;
+    if k < 2 || c.dims != dims || c.n < min.max(3 * k as u32) {
+        return None;
+    }
+    let u: Vec<f64> = dims.iter().map(|&i| zs[i as usize].expect("a dimension has a z")).collect();
+    let a: Vec<Vec<f64>> =
+        (0..k).map(|i| (0..k).map(|j| 0.9 * c.r[i * k + j] + if i == j { 0.1 } else { 0.0 }).collect()).collect();
+    let y = crate::anomaly::solve(a, u.clone())?;
+    let q: f64 = u.iter().zip(&y).map(|(a, b)| a * b).sum::<f64>().max(0.0);
+    let k = k as f64;
+    let v = 2.0 / (9.0 * k);
+    Some(((q / k).cbrt() - (1.0 - v)) / v.sqrt())
+}
+
+/// Learns the window's z vector into the correlation, when every channel is within the gate.
+fn learn_correlation(m: &mut MotorShift, zs: &[Option<f64>], gate: f64, alpha: f64) {
+    let dims = dims(zs);
+    let k = dims.len();
+    if k < 2 {
+        return;
+    }
+    let c = &mut m.correlation;
+    if c.dims != dims {
+        *c = Correlation { r: identity(k), dims, n: 0 };
+    }
+    let u: Vec<f64> = c.dims.iter().map(|&i| zs[i as usize].expect("a dimension has a z")).collect();
+    if u.iter().any(|z| z.abs() >= gate) {
+        return;
+    }
+    c.n = c.n.saturating_add(1);
+    let a = (1.0 / f64::from(c.n)).max(alpha);
+    for i in 0..k {
+        for j in 0..k {
+            c.r[i * k + j] += a * (u[i] * u[j] - c.r[i * k + j]);
+        }
+    }
+}
+
+fn identity(k: usize) -> Vec<f64> {
+    (0..k * k).map(|i| if i / k == i % k { 1.0 } else { 0.0 }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::AlertState;
+    use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    /// One reading of motor `m` at `t_ms` with current and temperature.
+    fn batch(rows: &[(&str, i64, f64, f64)]) -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("motor_id", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+            Field::new("current_a", DataType::Float64, true),
+            Field::new("temperature_c", DataType::Float64, true),
+        ]);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.3))),
+        ];
+        crate::conform::to_telemetry(&RecordBatch::try_new(Arc::new(schema), columns).unwrap(), &[], 0).unwrap()
+    }
+
+    /// Deterministic noise in [-0.5, 0.5).
+    fn noise(i: i64, seed: i64) -> f64 {
+        (((i * 7919 + seed * 104_729) % 1000 + 1000) % 1000) as f64 / 1000.0 - 0.5
+    }
+
+    /// A motor reporting every `step_ms` for `days`, whose current steps up by 3 A (against
+    /// ±0.5 A noise) from `fault_from` to `fault_until`; its healthy twin beside it. Returns
+    /// the events and the windows' lengths.
+    fn run(step_ms: i64, days: i64, fault: (i64, i64)) -> (Vec<AlertEvent>, Vec<ShiftWindow>) {
+        let mut judge = ShiftMonitor::new(ShiftConfig::default());
+        let (mut events, mut windows) = (Vec::new(), Vec::new());
+        for i in 0..(days * DAY / step_ms) {
+            let t = i * step_ms;
+            let step = if t >= fault.0 && t < fault.1 { 3.0 } else { 0.0 };
+            let rows = [
+                ("faulty", t, 10.0 + step + noise(i, 1), 40.0 + noise(i, 2)),
+                ("twin", t, 10.0 + noise(i, 3), 40.0 + noise(i, 4)),
+            ];
+            let (w, e) = judge.observe(&batch(&rows), t);
+            windows.extend(w);
+            events.extend(e);
+        }
+        (events, windows)
+    }
+
+    #[test]
+    fn the_same_settings_find_a_step_at_one_reading_a_second_and_one_every_ten_minutes() {
+        for (step_ms, days, fault, window_s) in
+            [(1_000, 1, (12 * HOUR, 13 * HOUR), 10.0), (600_000, 40, (30 * DAY, 32 * DAY), 6_000.0)]
+        {
+            let (events, windows) = run(step_ms, days, fault);
+            assert!(events.iter().all(|e| e.motor_id == "faulty"), "the twin is never alerted: {events:?}");
+            let open: Vec<_> = events.iter().filter(|e| e.state == AlertState::Open).collect();
+            assert_eq!(open.len(), 1, "one alert, for the step ({step_ms} ms): {events:?}");
+            assert!(
+                open[0].window_start_ms >= fault.0 && open[0].window_start_ms < fault.0 + 4 * (window_s as i64) * 1000
+            );
+            assert!(open[0].features["z.current_a"] >= 5.0, "the alert names the channel: {:?}", open[0].features);
+            let closed = events.iter().find(|e| e.state == AlertState::Close).expect("closed after the step");
+            assert!(closed.window_start_ms >= fault.1);
+            let last = windows.last().unwrap();
+            let len = last.features.iter().find(|f| f.0 == "window_s").unwrap().1;
+            assert!((len - window_s).abs() <= window_s * 0.02, "windows sized from the interval: {len} s");
+        }
+    }
+
+    #[test]
+    fn a_daily_cycle_is_learnt_and_an_excursion_from_it_is_seen() {
+        // Temperature with a ±8 °C daily cycle, every 10 minutes for 20 days; on day 15 it
+        // stays 4 °C above the hour's usual level for 8 hours: within the day's range, so only
+        // a daily profile sees it.
+        let step = 600_000;
+        let fault = (15 * DAY + 2 * HOUR, 15 * DAY + 10 * HOUR);
+        let run = |seasonal: bool| {
+            let mut judge = ShiftMonitor::new(ShiftConfig { seasonal, ..Default::default() });
+            let mut events = Vec::new();
+            for i in 0..(20 * DAY / step) {
+                let t = i * step;
+                let cycle = 8.0 * (2.0 * std::f64::consts::PI * (t % DAY) as f64 / DAY as f64).sin();
+                let excursion = if t >= fault.0 && t < fault.1 { 4.0 } else { 0.0 };
+                let rows = [("m", t, 10.0 + 0.1 * noise(i, 5), 30.0 + cycle + excursion + 0.6 * noise(i, 6))];
+                events.extend(judge.observe(&batch(&rows), t).1);
+            }
+            let active = judge.motors["m"].channels.iter().any(|c| c.profile.as_ref().is_some_and(|p| p.active));
+            (active, events)
+        };
+        let (active, events) = run(true);
+        assert!(active, "the cycle is found");
+        assert!(run(false).1.is_empty(), "without the profile the excursion is lost in the cycle");
+        let open: Vec<_> = events.iter().filter(|e| e.state == AlertState::Open).collect();
+        assert!(!open.is_empty(), "the excursion is alerted");
+        assert!(
+            open.iter().all(|e| e.window_start_ms >= fault.0 - HOUR && e.window_start_ms < fault.1),
+            "and nothing else: {open:?}"
+        );
+    }
+
+    #[test]
+    fn a_broken_relation_between_channels_is_seen_by_t2() {
+        // Current and temperature move together with a shared load (±3 over two hours); for
+        // an hour current runs 5 above and temperature 5 below where the load puts them: each
+        // within its usual range, which only T² sees as wrong.
+        let run = |t2: bool| {
+            let mut judge = ShiftMonitor::new(ShiftConfig { t2, ..Default::default() });
+            let mut events = Vec::new();
+            for i in 0..(8 * HOUR / 1000) {
+                let t = i * 1000;
+                let load = 3.0 * (2.0 * std::f64::consts::PI * t as f64 / (2 * HOUR) as f64).sin();
+                let apart = if t >= 5 * HOUR && t < 6 * HOUR { 5.0 } else { 0.0 };
+                let rows = [("m", t, 10.0 + load + apart + 0.3 * noise(i, 7), 40.0 + load - apart + 0.3 * noise(i, 8))];
+                events.extend(judge.observe(&batch(&rows), t).1);
+            }
+            events.into_iter().filter(|e| e.state == AlertState::Open).collect::<Vec<_>>()
+        };
+        let with = run(true);
+        assert!(!with.is_empty() && with.iter().all(|e| e.window_start_ms >= 5 * HOUR), "{with:?}");
+        assert!(with[0].features["t2"] >= 7.0);
+        assert!(run(false).is_empty(), "each channel alone looks normal");
+    }
+
+    #[test]
+    fn the_state_survives_a_checkpoint() {
+        let mut a = ShiftMonitor::new(ShiftConfig::default());
+        for i in 0..2_000 {
+            a.observe(&batch(&[("m", i * 1000, 10.0 + noise(i, 9), 40.0)]), 0);
+        }
+        let bytes = crate::checkpoint::to_versioned_bytes(&a.snapshot(&|_| true)).unwrap();
+        let mut b = ShiftMonitor::new(ShiftConfig::default());
+        b.adopt(crate::checkpoint::from_versioned_bytes(&bytes).unwrap()).unwrap();
+        assert_eq!(crate::checkpoint::to_versioned_bytes(&b.snapshot(&|_| true)).unwrap(), bytes);
+        // Both go on alike.
+        let step = |j: &mut ShiftMonitor| j.observe(&batch(&[("m", 2_000_000, 30.0, 40.0)]), 0).0;
+        assert_eq!(format!("{:?}", step(&mut a)), format!("{:?}", step(&mut b)));
+    }
+}
