@@ -1,8 +1,8 @@
-//! What the judges beside the rules (data quality, wear; issue 23) cost: the default rule set
+//! What the judges beside the rules (data quality, wear, shift; issue 23) cost: the default rule set
 //! on `--motors` motors, each reporting every 10 s for `--readings` readings, pushed in
 //! batches of all motors, once with the judges off and once on, side by side in one run.
 //! Prints the push time of each and their ratio, the process's resident memory after each run,
-//! and the checkpointed state per motor (engine, `quality`, `wear` sections).
+//! and the checkpointed state per motor (engine, `quality`, `wear`, `shift` sections).
 //!
 //! `cargo bench --bench judge_cost -- --motors 100000 --readings 30`
 
@@ -67,6 +67,7 @@ fn main() -> Result<()> {
         let mut detect = DetectConfig::default();
         detect.data_quality.enabled = judges;
         detect.wear.enabled = judges;
+        detect.shift.enabled = judges;
         let before = rss();
         let mut engine = build_engine(&detect)?;
         let started = Instant::now();

@@ -128,6 +128,7 @@ fn stage(args: &Args) -> Result<()> {
             telemetry_rows: 0,
             quality: None,
             wear: None,
+            shift: None,
         };
         let mut engine = StreamEngine::new(config);
         rt.block_on(engine.register(QUERY))?;

@@ -67,6 +67,7 @@ async fn run_script(script: &str) -> String {
         telemetry_rows: 0,
         quality: None,
         wear: None,
+        shift: None,
     };
     let mut engine: Option<StreamEngine> = None;
     let scratch = SessionContext::new();

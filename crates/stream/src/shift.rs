@@ -586,7 +586,7 @@ mod tests {
         let (mut events, mut windows) = (Vec::new(), Vec::new());
         for i in 0..(days * DAY / step_ms) {
             let t = i * step_ms;
-            let step = if t >= fault.0 && t < fault.1 { 3.0 } else { 0.0 };
+            let step = if (fault.0..fault.1).contains(&t) { 3.0 } else { 0.0 };
             let rows = [
                 ("faulty", t, 10.0 + step + noise(i, 1), 40.0 + noise(i, 2)),
                 ("twin", t, 10.0 + noise(i, 3), 40.0 + noise(i, 4)),
@@ -632,7 +632,7 @@ mod tests {
             for i in 0..(20 * DAY / step) {
                 let t = i * step;
                 let cycle = 8.0 * (2.0 * std::f64::consts::PI * (t % DAY) as f64 / DAY as f64).sin();
-                let excursion = if t >= fault.0 && t < fault.1 { 4.0 } else { 0.0 };
+                let excursion = if (fault.0..fault.1).contains(&t) { 4.0 } else { 0.0 };
                 let rows = [("m", t, 10.0 + 0.1 * noise(i, 5), 30.0 + cycle + excursion + 0.6 * noise(i, 6))];
                 events.extend(judge.observe(&batch(&rows), t).1);
             }
@@ -661,7 +661,7 @@ mod tests {
             for i in 0..(8 * HOUR / 1000) {
                 let t = i * 1000;
                 let load = 3.0 * (2.0 * std::f64::consts::PI * t as f64 / (2 * HOUR) as f64).sin();
-                let apart = if t >= 5 * HOUR && t < 6 * HOUR { 5.0 } else { 0.0 };
+                let apart = if (5 * HOUR..6 * HOUR).contains(&t) { 5.0 } else { 0.0 };
                 let rows = [("m", t, 10.0 + load + apart + 0.3 * noise(i, 7), 40.0 + load - apart + 0.3 * noise(i, 8))];
                 events.extend(judge.observe(&batch(&rows), t).1);
             }

@@ -544,10 +544,13 @@ impl EvalReport {
     }
 }
 
-/// A data set's motors, with their failure (time, lead window) where they have one.
+/// A motor with its failure (time, lead window) where it has one.
+type LabelledMotor = (ReplayMotor, Option<(i64, i64)>);
+
+/// A data set's motors.
 struct Loaded {
     name: String,
-    motors: Vec<(ReplayMotor, Option<(i64, i64)>)>,
+    motors: Vec<LabelledMotor>,
 }
 
 fn skab_files(dir: &Path, take: usize, anomaly_free: bool) -> Result<Vec<PathBuf>> {
@@ -629,11 +632,7 @@ fn folder_set(dir: &Path, labels: &Path, end_ms: i64, seed: u64) -> Result<Loade
 }
 
 /// Loads the labelled files of `dir` and puts their labels on the rebased time line.
-fn label_files(
-    dir: &Path,
-    labelled: &FolderLabels,
-    opts: &ReplayOptions,
-) -> Result<Vec<(ReplayMotor, Option<(i64, i64)>)>> {
+fn label_files(dir: &Path, labelled: &FolderLabels, opts: &ReplayOptions) -> Result<Vec<LabelledMotor>> {
     let files: Vec<PathBuf> = labelled.files.keys().map(|f| dir.join(f)).collect();
     if let Some(missing) = files.iter().find(|f| !f.exists()) {
         return Err(WorkloadError::BadData(format!("a labelled file is missing: {}", missing.display())));
