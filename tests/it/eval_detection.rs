@@ -47,7 +47,7 @@ fn the_judges_find_wear_a_day_ahead_and_faults_at_every_sampling_rate() {
         sets: vec![DataSet::Folder { dir: dir.clone(), labels: dir.join("labels.json") }],
         seed: 11,
         detect: DetectConfig::default(),
-        rules: Rules { queries: false, shift: true, wear: true },
+        rules: Rules { queries: false, shift: true, wear: true, quality: false },
     };
     let report = eval::run(&opts, false).expect("the evaluation runs");
     std::fs::remove_dir_all(&dir).unwrap();

@@ -4,7 +4,9 @@
 //!
 //! - `silent`: no reading for `silent_intervals` of the motor's own reporting interval (an
 //!   average of its event-time gaps), and at least `min_silence`, by processing time, so a
-//!   motor on a quiet partition is seen too. Closes at its next reading.
+//!   motor on a quiet partition is seen too. Closes at its next reading. A gap that long in
+//!   event time that the processing time never saw (the node was down, a gateway buffered, a
+//!   replay of history) is opened and closed at the reading that ends it, scored in seconds.
 //! - `sensor_dropout.<channel>`: a channel the motor reported stays empty for
 //!   `dropout_readings` readings in a row. Closes when it reports again.
 //! - `stuck_sensor.<channel>`: a channel reports exactly the same value `stuck_readings` times
@@ -132,6 +134,13 @@ impl QualityMonitor {
                 open: BTreeMap::new(),
             });
             let gap = (event_ms - q.last_event_ms) as f64;
+            // A silence the processing time never saw (the node was down, a gateway buffered,
+            // a replay of history): known at the reading that ends it, opened and closed there.
+            let silent_after =
+                (q.interval_ms * f64::from(self.config.silent_intervals)).max(self.config.min_silence_ms as f64);
+            if q.gaps > 0 && gap > silent_after && !q.open.contains_key("silent") {
+                open(q, motor, "silent".into(), gap / 1000.0, event_ms, now_ms, &mut events);
+            }
             if gap > 0.0 {
                 q.interval_ms = if q.gaps == 0 { gap } else { q.interval_ms + EWMA * (gap - q.interval_ms) };
                 q.gaps += 1;
@@ -397,6 +406,25 @@ mod tests {
         assert_eq!(later.len(), 5, "{later:?}");
         let back = q.observe(&batch(6, 100_000, |_| 0, |m, c| live(m, c, 100_000)), 100_000);
         assert_eq!(back.iter().filter(|e| e.state == AlertState::Close && e.query == "silent").count(), 6);
+        assert_eq!(q.open_count(), 0);
+    }
+
+    #[test]
+    fn a_silence_the_processing_time_never_saw_is_alerted_at_the_reading_that_ends_it() {
+        // A replay: readings every minute of event time, arriving together; M0 misses 2 hours.
+        let mut q = QualityMonitor::new(QualityConfig::default());
+        let mut events = Vec::new();
+        for s in 0..300i64 {
+            let t = s * 60_000;
+            let motors = if (100..220).contains(&s) { 5 } else { 6 };
+            events.extend(q.observe(&batch(motors, t, |_| 0, |m, c| live(m, c, t)), 1_000));
+        }
+        let silent: Vec<_> = events.iter().filter(|e| e.query == "silent").collect();
+        assert_eq!(silent.len(), 2, "opened and closed at once: {silent:?}");
+        // M5 is the one left out (motors 0..5 report); known at its reading at 220 min.
+        assert!(silent.iter().all(|e| e.motor_id == "M5" && e.window_start_ms == 220 * 60_000));
+        assert_eq!((silent[0].state, silent[1].state), (AlertState::Open, AlertState::Close));
+        assert_eq!(silent[0].score, Some(121.0 * 60.0), "seconds without a reading");
         assert_eq!(q.open_count(), 0);
     }
 

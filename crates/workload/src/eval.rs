@@ -42,8 +42,9 @@ use crate::error::{WorkloadError, io, kafka};
 type Result<T, E = WorkloadError> = std::result::Result<T, E>;
 
 /// Which rules run: the SQL continuous queries (the configured ones, or the default rule set)
-/// and the judges beside them. Data-quality alerts never run in an evaluation: they are judged
-/// by processing time, which means nothing in a replay of history.
+/// and the judges beside them. Data quality runs on event time only: a replay of history has
+/// no processing time worth judging (silence by processing time is off, the `min_silence` of a
+/// gap is 1 h) and files of different days read side by side are no skewed clocks (off).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rules {
     /// The continuous queries.
@@ -52,29 +53,33 @@ pub struct Rules {
     pub shift: bool,
     /// The wear judge (`[detect.wear]`).
     pub wear: bool,
+    /// The data-quality judge (`[detect.data_quality]`) on event time: gaps, dropouts, stuck
+    /// sensors.
+    pub quality: bool,
 }
 
 impl Rules {
     /// Every rule.
-    pub const ALL: Rules = Rules { queries: true, shift: true, wear: true };
+    pub const ALL: Rules = Rules { queries: true, shift: true, wear: true, quality: true };
 }
 
 impl std::str::FromStr for Rules {
     type Err = WorkloadError;
-    /// `all`, or a comma-separated list of `queries`, `shift`, `wear`.
+    /// `all`, or a comma-separated list of `queries`, `shift`, `wear`, `quality`.
     fn from_str(s: &str) -> Result<Self> {
         if s == "all" {
             return Ok(Rules::ALL);
         }
-        let mut rules = Rules { queries: false, shift: false, wear: false };
+        let mut rules = Rules { queries: false, shift: false, wear: false, quality: false };
         for name in s.split(',').map(str::trim) {
             match name {
                 "queries" => rules.queries = true,
                 "shift" => rules.shift = true,
                 "wear" => rules.wear = true,
+                "quality" => rules.quality = true,
                 other => {
                     return Err(WorkloadError::BadData(format!(
-                        "unknown rule {other:?}: use all, or a list of queries, shift, wear"
+                        "unknown rule {other:?}: use all, or a list of queries, shift, wear, quality"
                     )));
                 }
             }
@@ -85,10 +90,11 @@ impl std::str::FromStr for Rules {
 
 impl std::fmt::Display for Rules {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = [(self.queries, "queries"), (self.shift, "shift"), (self.wear, "wear")]
-            .into_iter()
-            .filter_map(|(on, name)| on.then_some(name))
-            .collect();
+        let names: Vec<&str> =
+            [(self.queries, "queries"), (self.shift, "shift"), (self.wear, "wear"), (self.quality, "quality")]
+                .into_iter()
+                .filter_map(|(on, name)| on.then_some(name))
+                .collect();
         f.write_str(&names.join(","))
     }
 }
@@ -717,10 +723,13 @@ pub fn run(opts: &EvalOptions, progress: bool) -> Result<EvalReport> {
     let brokers = kafka.bootstrap_servers();
     // The replay's end closes the last windows (stop_at_end_of_input): no processing-time
     // idleness, so a consumer stall cannot close a window early and the run is repeatable.
-    // Data quality is judged by processing time, which means nothing for a replay of history
-    // (files of different days read side by side would look like skewed clocks): off.
+    // Data quality on event time only: silence by processing time means nothing for a replay
+    // of history (off: no gap under an hour, longer than any evaluation), and files of
+    // different days read side by side would look like skewed clocks (off).
     let mut detect = DetectConfig { idle_timeout: Duration::from_secs(24 * 3600), ..opts.detect.clone() };
-    detect.data_quality.enabled = false;
+    detect.data_quality.enabled &= opts.rules.quality;
+    detect.data_quality.skew_bound = Duration::from_secs(10 * 365 * 24 * 3600);
+    detect.data_quality.min_silence = detect.data_quality.min_silence.max(Duration::from_secs(3600));
     detect.default_rules &= opts.rules.queries;
     if !opts.rules.queries {
         detect.queries.clear();

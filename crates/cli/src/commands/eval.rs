@@ -40,8 +40,8 @@ pub struct EvalArgs {
     /// Node config whose [detect] section to evaluate (default: the default rules).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// The rules to run: `all`, or a comma-separated list of `queries`, `shift`, `wear`;
-    /// repeat for one run per set (ablation).
+    /// The rules to run: `all`, or a comma-separated list of `queries`, `shift`, `wear`,
+    /// `quality` (data quality on event time); repeat for one run per set (ablation).
     #[arg(long, default_value = "all")]
     pub rules: Vec<String>,
     /// Also print each motor's outcome (events found, false alarms, alerts by kind).
