@@ -703,9 +703,10 @@ fn load_set(set: &DataSet, end_ms: i64, seed: u64) -> Result<Loaded> {
 /// Runs the evaluation on an embedded Kafka.
 pub fn run(opts: &EvalOptions, progress: bool) -> Result<EvalReport> {
     let started = Instant::now();
-    // Whole hours: where window boundaries fall within each file then depends on the seed's
-    // offsets only, so a seed gives the same run every time.
-    let end_ms = (tessera_core::now_ms() - 3_600_000).div_euclid(3_600_000) * 3_600_000;
+    // Whole days: where window boundaries and hours of the day fall within each file then
+    // depend on the seed's offsets only, so a seed gives the same run every time.
+    const DAY_MS: i64 = 24 * 3_600_000;
+    let end_ms = (tessera_core::now_ms() - DAY_MS).div_euclid(DAY_MS) * DAY_MS;
     let mut motors = Vec::new();
     let mut dataset: BTreeMap<String, (String, Option<(i64, i64)>)> = BTreeMap::new();
     for set in &opts.sets {

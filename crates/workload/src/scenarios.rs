@@ -9,9 +9,10 @@
 //! - **daily cycles** (`cooling-N`): every 5 minutes for 12 days, temperature following the
 //!   ambient day (±6 °C) and load following the shifts; for 8 hours the cooling fails and the
 //!   temperature runs 5 °C above what the hour and load explain, inside the day's range;
-//! - **several sampling rates** (`step-<interval>`, `steady-<interval>`): every 1 s, 10 s,
-//!   1 min and 10 min; an imbalance steps vibration up by 60 % and current by 6 % for 20
-//!   windows' worth of readings; each rate has a healthy motor beside it.
+//! - **several sampling rates** (`step-<interval>`, `steady-<interval>`): every 1 s (2 hours),
+//!   10 s (2 days), 1 min (3 days) and 10 min (20 days); an imbalance steps vibration up by
+//!   60 % and current by 6 % for 20 windows' worth of readings in the last 40 % of the span;
+//!   each rate has a healthy motor beside it.
 //!
 //! Every motor has its own noise, level and daily phase (seeded). Times are real dates
 //! (`YYYY-MM-DD HH:MM:SS`, UTC), so the daily cycle falls on the hour of day.
@@ -148,7 +149,7 @@ fn motors(rng: &mut StdRng, wear_pairs: usize) -> Vec<Motor> {
         });
     }
     for (label, interval_ms, days) in
-        [("1s", 1_000, 2.0 / 24.0), ("10s", 10_000, 0.5), ("1min", MINUTE, 3.0), ("10min", 10 * MINUTE, 20.0)]
+        [("1s", 1_000, 2.0 / 24.0), ("10s", 10_000, 2.0), ("1min", MINUTE, 3.0), ("10min", 10 * MINUTE, 20.0)]
     {
         let span = (days * DAY as f64) as i64;
         // 20 windows of 10 readings (at least 10 s each).
