@@ -181,7 +181,12 @@ impl Profile {
         let d = v - self.mean;
         self.mean += a * d;
         self.var = (1.0 - a) * (self.var + a * d * d);
-        if t - self.first_ms < DAY || self.counts.iter().any(|c| *c < 3) || self.var <= 0.0 {
+        // Judged every 64 readings (a day holds hundreds at the rates that keep a profile).
+        if !self.n.is_multiple_of(64)
+            || t - self.first_ms < DAY
+            || self.counts.iter().any(|c| *c < 3)
+            || self.var <= 0.0
+        {
             return false;
         }
         let mean = self.levels.iter().map(|l| f64::from(*l)).sum::<f64>() / 24.0;
@@ -322,14 +327,18 @@ impl ShiftMonitor {
                     }
                 }
             }
-            let m = self.motors.entry(motor.to_string()).or_insert_with(|| MotorShift {
-                site: sites.value(row).to_string(),
-                interval_ms: 0.0,
-                last_ms: None,
-                window: None,
-                channels: Vec::new(),
-                correlation: Correlation::default(),
-            });
+            if !self.motors.contains_key(motor) {
+                let fresh = MotorShift {
+                    site: sites.value(row).to_string(),
+                    interval_ms: 0.0,
+                    last_ms: None,
+                    window: None,
+                    channels: Vec::new(),
+                    correlation: Correlation::default(),
+                };
+                self.motors.insert(motor.to_string(), fresh);
+            }
+            let m = self.motors.get_mut(motor).expect("just made sure");
             if let Some(w) = take(&self.config, m, motor, t, &values) {
                 windows.push(w);
             }
@@ -391,8 +400,14 @@ fn take(config: &ShiftConfig, m: &mut MotorShift, motor: &str, t: i64, values: &
         None => m.window = Some((t, window_len(config, m.interval_ms))),
     }
     let daily = m.interval_ms > 0.0 && m.interval_ms <= 30.0 * 60_000.0;
-    for (name, v) in values {
-        let i = match m.channels.iter().position(|c| c.name == *name) {
+    for (k, (name, v)) in values.iter().enumerate() {
+        // A motor sends the same channels in the same order: the k-th value is usually its
+        // k-th channel.
+        let known = match m.channels.get(k) {
+            Some(c) if c.name == *name => Some(k),
+            _ => m.channels.iter().position(|c| c.name == *name),
+        };
+        let i = match known {
             Some(i) => i,
             None => {
                 m.channels.push(ChannelShift {
