@@ -12,6 +12,14 @@
 //! - the **time to the limit** (the C/D boundary, where damage is expected): how long the
 //!   trend takes the level there.
 //!
+//! Beside vibration, the **temperature rise over load**: over the early life (at least a day, so
+//! the fit sees the day's loads), temperature is fitted against current² (the copper losses) by
+//! least squares; afterwards the rise over what the load explains gets a level averaged over at
+//! least a day (an ambient day is no rise), the same trend and the time to its limit
+//! (`rise_limit_c`, 15 °C by default: cooling fouled, a fan lost, a winding shorted); alert
+//! `wear.temperature_rise` when it is past half the limit and the limit is nearer than
+//! `horizon`, or at the limit (critical).
+//!
 //! An alert `wear.<channel>` opens when the level is in zone C or D, or when it has drifted at
 //! least `drift` above the baseline and the time to the limit is shorter than `horizon`; it is
 //! critical in zone D or with less than a day to go, and closes when the level is back in zone
@@ -73,6 +81,8 @@ pub struct WearConfig {
     pub drift: f64,
     /// Alert when the limit is nearer than this (ms).
     pub horizon_ms: i64,
+    /// The limit of the temperature rise over what the load explains, °C.
+    pub rise_limit_c: f64,
 }
 
 impl Default for WearConfig {
@@ -85,12 +95,15 @@ impl Default for WearConfig {
             trend_samples: 36,
             drift: 0.3,
             horizon_ms: 7 * 24 * HOUR,
+            rise_limit_c: 15.0,
         }
     }
 }
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
+/// The alert kind of the temperature rise over what the load explains.
+pub const RISE: &str = "wear.temperature_rise";
 /// The channels wear is judged on.
 const CHANNELS: [Channel; 3] = [Channel::VibrationXRms, Channel::VibrationYRms, Channel::VibrationZRms];
 
@@ -108,11 +121,48 @@ pub struct ChannelWear {
     open: Option<(String, i64, Severity)>,
 }
 
+/// The thermal fit of the early life: temperature against current², by least squares.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct LoadFit {
+    first_ms: Option<i64>,
+    n: f64,
+    sx: f64,
+    sy: f64,
+    sxx: f64,
+    sxy: f64,
+}
+
+impl LoadFit {
+    /// The temperature the load `x` (current²) explains, once the early life is over.
+    fn explained(&self, x: f64) -> f64 {
+        let var = self.n * self.sxx - self.sx * self.sx;
+        let b = if var > 1e-9 * self.n * self.sxx.abs().max(1.0) {
+            (self.n * self.sxy - self.sx * self.sy) / var
+        } else {
+            0.0
+        };
+        (self.sy - b * self.sx) / self.n + b * x
+    }
+}
+
 /// A motor's wear state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MotorWear {
     site: String,
     channels: [ChannelWear; 3],
+    /// Temperature against load over the early life...
+    fit: LoadFit,
+    /// ...and the rise over what the load explains, as a channel.
+    rise: ChannelWear,
+}
+
+/// What a level is judged against.
+#[derive(Clone, Copy)]
+enum Scale {
+    /// ISO 20816 zones (A/B, B/C, C/D); the limit is C/D.
+    Zones([f64; 3]),
+    /// A limit of its own (the temperature rise, °C).
+    Limit(f64),
 }
 
 /// What one judgement found, for an alert's features.
@@ -120,7 +170,8 @@ struct Judged {
     level: f64,
     baseline: f64,
     limit: f64,
-    zone: f64,
+    /// The ISO zone (1 = A … 4 = D), for vibration.
+    zone: Option<f64>,
     seconds_to_limit: Option<f64>,
 }
 
@@ -142,6 +193,10 @@ impl WearMonitor {
     pub fn observe(&mut self, batch: &RecordBatch, now_ms: i64) -> Vec<AlertEvent> {
         let Some((motors, sites, ts)) = crate::schema::keys(batch) else { return Vec::new() };
         let columns: Vec<_> = CHANNELS.iter().map(|c| crate::schema::channel_values(batch, *c)).collect();
+        let thermal = (
+            crate::schema::channel_values(batch, Channel::TemperatureC),
+            crate::schema::channel_values(batch, Channel::CurrentA),
+        );
         let mut events = Vec::new();
         for row in 0..batch.num_rows() {
             let motor = motors.value(row);
@@ -155,10 +210,39 @@ impl WearMonitor {
                 if !v.is_finite() {
                     continue;
                 }
-                let Some(judged) = take(&self.config, &mut m.channels[c], t, v) else { continue };
+                let zones = Scale::Zones(self.config.class.boundaries());
+                let Some(judged) = take(&self.config, &mut m.channels[c], t, v, zones) else { continue };
                 let kind = format!("wear.{}", CHANNELS[c].name());
                 if let Some(e) = decide(&self.config, &mut m.channels[c], &m.site, motor, kind, judged, t, now_ms) {
                     events.push(e);
+                }
+            }
+            let value = |values: &Option<&datafusion::arrow::array::Float64Array>| {
+                values.and_then(|v| (v.is_valid(row) && v.value(row).is_finite()).then(|| v.value(row)))
+            };
+            if let (Some(temperature), Some(current)) = (value(&thermal.0), value(&thermal.1)) {
+                let x = current * current;
+                let first = *m.fit.first_ms.get_or_insert(t);
+                // At least a day of early life, so the fit sees the day's loads; the rise is
+                // averaged over at least a day, so an ambient day is no rise.
+                let rise_config = WearConfig {
+                    baseline_ms: self.config.baseline_ms.max(DAY),
+                    level_ms: self.config.level_ms.max(DAY),
+                    ..self.config
+                };
+                if t - first < rise_config.baseline_ms {
+                    let f = &mut m.fit;
+                    (f.n, f.sx, f.sy, f.sxx, f.sxy) =
+                        (f.n + 1.0, f.sx + x, f.sy + temperature, f.sxx + x * x, f.sxy + x * temperature);
+                } else {
+                    let excess = temperature - m.fit.explained(x);
+                    let limit = Scale::Limit(self.config.rise_limit_c);
+                    if let Some(judged) = take(&rise_config, &mut m.rise, t, excess, limit)
+                        && let Some(e) =
+                            decide(&rise_config, &mut m.rise, &m.site, motor, RISE.to_string(), judged, t, now_ms)
+                    {
+                        events.push(e);
+                    }
                 }
             }
         }
@@ -185,12 +269,12 @@ impl WearMonitor {
 
     /// Open wear alerts.
     pub fn open_count(&self) -> usize {
-        self.motors.values().flat_map(|m| &m.channels).filter(|c| c.open.is_some()).count()
+        self.motors.values().flat_map(|m| m.channels.iter().chain([&m.rise])).filter(|c| c.open.is_some()).count()
     }
 }
 
 /// Takes reading `v` at `t` into the channel; a judgement when a trend sample was taken.
-fn take(config: &WearConfig, c: &mut ChannelWear, t: i64, v: f64) -> Option<Judged> {
+fn take(config: &WearConfig, c: &mut ChannelWear, t: i64, v: f64, scale: Scale) -> Option<Judged> {
     let first = *c.first_ms.get_or_insert(t);
     if t < c.last_ms {
         return None; // out of order: the level moves forward only
@@ -219,17 +303,19 @@ fn take(config: &WearConfig, c: &mut ChannelWear, t: i64, v: f64) -> Option<Judg
         return None;
     }
     let baseline = c.baseline_sum / c.baseline_n as f64;
-    let [.., cd] = config.class.boundaries();
-    let zone = 1.0 + config.class.boundaries().iter().filter(|b| level >= **b).count() as f64;
+    let (limit, zone) = match scale {
+        Scale::Zones(b) => (b[2], Some(1.0 + b.iter().filter(|b| level >= **b).count() as f64)),
+        Scale::Limit(limit) => (limit, None),
+    };
     let slope = slope(&c.samples); // per ms
-    let seconds_to_limit = if level >= cd {
+    let seconds_to_limit = if level >= limit {
         Some(0.0)
     } else if slope > 0.0 {
-        Some((cd - level) / slope / 1000.0)
+        Some((limit - level) / slope / 1000.0)
     } else {
         None
     };
-    Some(Judged { level, baseline, limit: cd, zone, seconds_to_limit })
+    Some(Judged { level, baseline, limit, zone, seconds_to_limit })
 }
 
 /// Opens, raises or closes the channel's alert on a judgement.
@@ -245,10 +331,14 @@ fn decide(
     now_ms: i64,
 ) -> Option<AlertEvent> {
     let horizon_s = config.horizon_ms as f64 / 1000.0;
-    let drifted = j.level >= j.baseline * (1.0 + config.drift);
+    // Vibration: drifted `drift` above its early life, in zone C or D (critical in D). The
+    // temperature rise (about 0 in early life): past half its limit, or at the limit (critical).
+    let (drifted, bad_zone, at_worst) = match j.zone {
+        Some(zone) => (j.level >= j.baseline * (1.0 + config.drift), zone >= 3.0, zone >= 4.0),
+        None => (j.level >= j.limit / 2.0, j.level >= j.limit, j.level >= j.limit),
+    };
     let soon = j.seconds_to_limit.is_some_and(|s| s < horizon_s);
-    let bad_zone = j.zone >= 3.0;
-    let critical = j.zone >= 4.0 || j.seconds_to_limit.is_some_and(|s| s < (DAY / 1000) as f64);
+    let critical = at_worst || j.seconds_to_limit.is_some_and(|s| s < (DAY / 1000) as f64);
     let severity = if critical { Severity::Critical } else { Severity::Warning };
     let state = match &mut c.open {
         None if bad_zone || (drifted && soon) => {
@@ -271,8 +361,10 @@ fn decide(
         ("level".to_string(), j.level),
         ("baseline".to_string(), j.baseline),
         ("limit".to_string(), j.limit),
-        ("zone".to_string(), j.zone),
     ]);
+    if let Some(zone) = j.zone {
+        features.insert("zone".to_string(), zone);
+    }
     if let Some(s) = j.seconds_to_limit {
         features.insert("seconds_to_limit".to_string(), s);
     }
@@ -379,6 +471,52 @@ mod tests {
     #[test]
     fn wear_is_seen_a_day_ahead_sampled_every_minute() {
         wear_is_seen_a_day_ahead(60_000);
+    }
+
+    /// Readings of current and temperature, one per motor at `t_ms`.
+    fn thermal(t_ms: i64, rows: &[(&str, f64, f64)]) -> RecordBatch {
+        let schema = Schema::new(vec![
+            Field::new("motor_id", DataType::Utf8, false),
+            Field::new("ts", DataType::Int64, false),
+            Field::new("current_a", DataType::Float64, true),
+            Field::new("temperature_c", DataType::Float64, true),
+        ]);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|_| t_ms))),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
+        ];
+        crate::conform::to_telemetry(&RecordBatch::try_new(Arc::new(schema), columns).unwrap(), &[], 0).unwrap()
+    }
+
+    #[test]
+    fn a_temperature_rising_over_what_the_load_explains_is_seen_a_day_ahead() {
+        // Load cycles 20–40 A over the day; temperature follows current² (30 + 0.02·I²: 38–62 °C).
+        // From day 3 the cooling fouls: the rise over the load grows to the 15 °C limit at day 11.
+        // Its twin runs the same load with clean cooling.
+        let mut wear = WearMonitor::new(WearConfig::default());
+        let step = 10 * 60_000;
+        let (start, limit_at) = (3 * DAY, 11 * DAY);
+        let mut events = Vec::new();
+        for i in 0..(13 * DAY / step) {
+            let t = i * step;
+            let current = 30.0 + 10.0 * (std::f64::consts::TAU * (t % DAY) as f64 / DAY as f64).sin();
+            let x = ((t - start) as f64 / (limit_at - start) as f64).max(0.0);
+            let fouled = 15.0 * x * x;
+            let rows = [
+                ("fouled", current, 30.0 + 0.02 * current * current + fouled + noise(i, 4)),
+                ("clean", current, 30.0 + 0.02 * current * current + noise(i, 5)),
+            ];
+            events.extend(wear.observe(&thermal(t, &rows), t));
+        }
+        assert!(events.iter().all(|e| e.motor_id == "fouled"), "the clean twin is never alerted: {events:?}");
+        let first = events.iter().find(|e| e.state == AlertState::Open).expect("the fouled motor is alerted");
+        assert_eq!(first.query, RISE);
+        assert!(!first.features.contains_key("zone") && first.features["limit"] == 15.0, "{first:?}");
+        let lead_h = (limit_at - first.window_start_ms) / HOUR;
+        assert!(lead_h >= 24, "alerted {lead_h} h before the limit");
+        println!("temperature rise: alerted at {} h, {lead_h} h before the limit", first.window_start_ms / HOUR);
     }
 
     #[test]

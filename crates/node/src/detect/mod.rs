@@ -222,6 +222,9 @@ pub struct WearConfig {
     /// baseline).
     #[serde(with = "humantime_serde")]
     pub horizon: Duration,
+    /// The limit of the temperature rise over what the load explains (°C): alert
+    /// `wear.temperature_rise` past half of it with the limit nearer than `horizon`.
+    pub temperature_rise_limit: f64,
 }
 
 impl Default for WearConfig {
@@ -235,6 +238,7 @@ impl Default for WearConfig {
             level: ms(w.level_ms),
             trend: ms(w.sample_ms * w.trend_samples as i64),
             horizon: ms(w.horizon_ms),
+            temperature_rise_limit: w.rise_limit_c,
         }
     }
 }
@@ -245,7 +249,8 @@ impl WearConfig {
         for (name, d) in [("baseline", self.baseline), ("level", self.level), ("horizon", self.horizon)] {
             ensure(!d.is_zero(), name, "must be longer than 0")?;
         }
-        ensure(self.trend >= Duration::from_secs(3600), "trend", "must be at least 1h")
+        ensure(self.trend >= Duration::from_secs(3600), "trend", "must be at least 1h")?;
+        ensure(self.temperature_rise_limit > 0.0, "temperature_rise_limit", "must be positive")
     }
 
     fn wear(&self) -> Option<tessera_stream::wear::WearConfig> {
@@ -259,6 +264,7 @@ impl WearConfig {
             sample_ms,
             trend_samples: (self.trend.as_millis() as i64 / sample_ms).max(2) as usize,
             horizon_ms: self.horizon.as_millis() as i64,
+            rise_limit_c: self.temperature_rise_limit,
             ..defaults
         })
     }
