@@ -461,7 +461,8 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
         m.channels.iter().map(|c| (c.count > 0).then(|| c.sum / f64::from(c.count))).collect();
     let zs: Vec<Option<f64>> = m.channels.iter().zip(&means).map(|(c, x)| x.and_then(|x| c.base.z(x, min))).collect();
     let max_z = zs.iter().flatten().map(|z| z.abs()).fold(None, |a: Option<f64>, z| Some(a.map_or(z, |a| a.max(z))));
-    let t2 = if config.t2 { hotelling(m, &zs, min) } else { None };
+    let dims = dims(&zs);
+    let t2 = if config.t2 { hotelling(m, &zs, &dims, min) } else { None };
     let score = max_z.map(|z| t2.map_or(z, |t| z.max(t)));
     let anomalous = score.is_some_and(|s| s >= config.alerts.open_above);
     // Learn: the window's normal channels, unless the window as a whole is anomalous.
@@ -480,7 +481,7 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
         }
     }
     if config.t2 && !anomalous {
-        learn_correlation(m, &zs, config.gate, alpha);
+        learn_correlation(m, &zs, dims, config.gate, alpha);
     }
     let mut features = vec![
         ("interval_s".to_string(), m.interval_ms / 1000.0),
@@ -518,8 +519,7 @@ fn dims(zs: &[Option<f64>]) -> Vec<u16> {
 /// Hotelling's T² of the window's z vector against the learnt correlation (shrunk 10 % towards
 /// the identity), as a normal-equivalent z by Wilson–Hilferty; `None` with fewer than two
 /// channels or before the correlation has `min` windows (and 3 per dimension).
-fn hotelling(m: &MotorShift, zs: &[Option<f64>], min: u32) -> Option<f64> {
-    let dims = dims(zs);
+fn hotelling(m: &MotorShift, zs: &[Option<f64>], dims: &[u16], min: u32) -> Option<f64> {
     let k = dims.len();
     let c = &m.correlation;
     if k < 2 || c.dims != dims || c.n < min.max(3 * k as u32) {
@@ -536,8 +536,7 @@ fn hotelling(m: &MotorShift, zs: &[Option<f64>], min: u32) -> Option<f64> {
 }
 
 /// Learns the window's z vector into the correlation, when every channel is within the gate.
-fn learn_correlation(m: &mut MotorShift, zs: &[Option<f64>], gate: f64, alpha: f64) {
-    let dims = dims(zs);
+fn learn_correlation(m: &mut MotorShift, zs: &[Option<f64>], dims: Vec<u16>, gate: f64, alpha: f64) {
     let k = dims.len();
     if k < 2 {
         return;
@@ -567,25 +566,10 @@ fn identity(k: usize) -> Vec<f64> {
 mod tests {
     use super::*;
     use crate::alerts::AlertState;
-    use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    use std::sync::Arc;
 
-    /// One reading of motor `m` at `t_ms` with current and temperature.
+    /// Readings of current and temperature: (motor, ms, current, temperature).
     fn batch(rows: &[(&str, i64, f64, f64)]) -> RecordBatch {
-        let schema = Schema::new(vec![
-            Field::new("motor_id", DataType::Utf8, false),
-            Field::new("ts", DataType::Int64, false),
-            Field::new("current_a", DataType::Float64, true),
-            Field::new("temperature_c", DataType::Float64, true),
-        ]);
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.3))),
-        ];
-        crate::conform::to_telemetry(&RecordBatch::try_new(Arc::new(schema), columns).unwrap(), &[], 0).unwrap()
+        crate::conform::current_and_temperature(rows)
     }
 
     /// Deterministic noise in [-0.5, 0.5).

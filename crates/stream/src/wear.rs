@@ -475,19 +475,8 @@ mod tests {
 
     /// Readings of current and temperature, one per motor at `t_ms`.
     fn thermal(t_ms: i64, rows: &[(&str, f64, f64)]) -> RecordBatch {
-        let schema = Schema::new(vec![
-            Field::new("motor_id", DataType::Utf8, false),
-            Field::new("ts", DataType::Int64, false),
-            Field::new("current_a", DataType::Float64, true),
-            Field::new("temperature_c", DataType::Float64, true),
-        ]);
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(|_| t_ms))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.1))),
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
-        ];
-        crate::conform::to_telemetry(&RecordBatch::try_new(Arc::new(schema), columns).unwrap(), &[], 0).unwrap()
+        let rows: Vec<(&str, i64, f64, f64)> = rows.iter().map(|(m, c, t)| (*m, t_ms, *c, *t)).collect();
+        crate::conform::current_and_temperature(&rows)
     }
 
     #[test]
