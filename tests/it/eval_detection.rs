@@ -61,6 +61,13 @@ fn the_judges_find_wear_a_day_ahead_and_faults_at_every_sampling_rate() {
     }
     for rate in ["1s", "10s", "1min", "10min"] {
         assert_eq!(motor(&format!("step-{rate}")).detected, 1, "the step at {rate} is found");
+        // A motor's first day teaches the profile its shifts; after it, a load ramp is no fault.
+        let steady = motor(&format!("steady-{rate}"));
+        assert!(
+            steady.raised_h.iter().all(|r| r.0 < 24.0),
+            "steady-{rate} alerted after its first day: {:?}",
+            steady.raised_h
+        );
     }
     for cooling in ["cooling-1", "cooling-2"] {
         assert_eq!(motor(cooling).detected, 1, "the cooling fault of {cooling} is found in its daily cycle");

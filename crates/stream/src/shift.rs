@@ -107,9 +107,12 @@ struct Baseline {
 }
 
 impl Baseline {
-    /// The robust z of `x`, once the baseline is filled and has a spread.
-    fn z(&self, x: f64, min_windows: u32) -> Option<f64> {
-        (self.n >= min_windows && self.scale > 1e-9 * self.mean.abs().max(1.0)).then(|| (x - self.mean) / self.scale)
+    /// The robust z of `x`, once the baseline is filled and has a spread; `slack` is an
+    /// uncertainty of `x` beyond the baseline's own (a profile's, between its hours), added to
+    /// the spread in quadrature.
+    fn z(&self, x: f64, slack: f64, min_windows: u32) -> Option<f64> {
+        (self.n >= min_windows && self.scale > 1e-9 * self.mean.abs().max(1.0))
+            .then(|| (x - self.mean) / self.scale.hypot(slack))
     }
 
     /// Takes window mean `x` in; `alpha` is the smallest weight of a window (window / span).
@@ -162,10 +165,28 @@ impl Profile {
     /// The profile's level at `t`: linear between the hours' levels, each taken at the middle
     /// of its hour (a shift's load ramp is no step).
     fn level_at(&self, t: i64) -> f64 {
-        let h = (t.rem_euclid(DAY) as f64 / HOUR as f64 - 0.5).rem_euclid(24.0);
-        let (lower, frac) = (h.floor() as usize % 24, h.fract());
-        let upper = (lower + 1) % 24;
+        let (lower, upper, frac) = Self::between(t);
         f64::from(self.levels[lower]) * (1.0 - frac) + f64::from(self.levels[upper]) * frac
+    }
+
+    /// How far the truth may be from [`Self::level_at`] at `t`, as a standard deviation: a
+    /// straight line between two hours' levels misses a corner inside them (a ramp starting
+    /// mid-way) by up to half their difference, taken here as 3 σ. Zero where the profile is
+    /// flat, so the hours of steady running keep their full sensitivity.
+    fn slack_at(&self, t: i64) -> f64 {
+        if !self.active {
+            return 0.0;
+        }
+        let (lower, upper, _) = Self::between(t);
+        f64::from((self.levels[upper] - self.levels[lower]).abs()) / 6.0
+    }
+
+    /// The hours whose levels `t` lies between (each taken at the middle of its hour), and how
+    /// far along.
+    fn between(t: i64) -> (usize, usize, f64) {
+        let h = (t.rem_euclid(DAY) as f64 / HOUR as f64 - 0.5).rem_euclid(24.0);
+        let lower = h.floor() as usize % 24;
+        (lower, (lower + 1) % 24, h.fract())
     }
 
     /// Learns reading `v` at `t` (`interval_ms` apart); `true` when the channel switches
@@ -212,6 +233,9 @@ struct ChannelShift {
     /// The open window's sum and count.
     sum: f64,
     count: u32,
+    /// The open window's sum of the profile's slack ([`Profile::slack_at`]).
+    #[serde(default)]
+    slack: f64,
     /// The channel's |z| in the last window (the profile learns only while it is normal).
     last_z: f64,
 }
@@ -416,6 +440,7 @@ fn take(config: &ShiftConfig, m: &mut MotorShift, motor: &str, t: i64, values: &
                     profile: None,
                     sum: 0.0,
                     count: 0,
+                    slack: 0.0,
                     last_z: 0.0,
                 });
                 m.correlation = Correlation::default();
@@ -426,14 +451,19 @@ fn take(config: &ShiftConfig, m: &mut MotorShift, motor: &str, t: i64, values: &
         let judged = match &mut c.profile {
             Some(p) => {
                 let judged = p.judged(*v, t);
-                if c.last_z < config.gate && p.learn(*v, t, m.interval_ms) {
+                // Until the profile is in use, the raw z says nothing of whether a reading is
+                // normal for its hour (a shift's load change is beyond any gate): it learns
+                // from every reading; once in use, only from the normal ones.
+                if (!p.active || c.last_z < config.gate) && p.learn(*v, t, m.interval_ms) {
                     // Raw and residual values are not comparable: the channel starts afresh.
                     c.base = Baseline::default();
                     c.sum = 0.0;
                     c.count = 0;
+                    c.slack = 0.0;
                     m.correlation = Correlation::default();
                     continue;
                 }
+                c.slack += p.slack_at(t);
                 judged
             }
             None => {
@@ -459,7 +489,12 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
     let min = config.min_baseline_windows;
     let means: Vec<Option<f64>> =
         m.channels.iter().map(|c| (c.count > 0).then(|| c.sum / f64::from(c.count))).collect();
-    let zs: Vec<Option<f64>> = m.channels.iter().zip(&means).map(|(c, x)| x.and_then(|x| c.base.z(x, min))).collect();
+    let zs: Vec<Option<f64>> = m
+        .channels
+        .iter()
+        .zip(&means)
+        .map(|(c, x)| x.and_then(|x| c.base.z(x, c.slack / f64::from(c.count), min)))
+        .collect();
     let max_z = zs.iter().flatten().map(|z| z.abs()).fold(None, |a: Option<f64>, z| Some(a.map_or(z, |a| a.max(z))));
     let dims = dims(&zs);
     let t2 = if config.t2 { hotelling(m, &zs, &dims, min) } else { None };
@@ -500,6 +535,7 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
     for c in &mut m.channels {
         c.sum = 0.0;
         c.count = 0;
+        c.slack = 0.0;
     }
     ShiftWindow {
         motor_id: motor.to_string(),
@@ -646,6 +682,33 @@ mod tests {
         assert!(
             open.iter().all(|e| e.window_start_ms >= fault.0 - HOUR && e.window_start_ms < fault.1),
             "and nothing else: {open:?}"
+        );
+    }
+
+    #[test]
+    fn a_shift_load_ramp_is_no_fault_once_its_day_is_learnt() {
+        // Every minute for 6 days: a two-shift load ramping over 2 hours from 06:00 and back
+        // from 20:00 (corners half-way between the profile's hours), ±0.3 % noise. The first
+        // day has no profile and alerts at the ramps; from then on the profile, with its slack
+        // between the hours, explains them. A 10 % current step on day 5 is still found.
+        let step = 60_000;
+        let fault = (4 * DAY + 13 * HOUR, 4 * DAY + 15 * HOUR);
+        let mut judge = ShiftMonitor::new(ShiftConfig::default());
+        let mut events = Vec::new();
+        for i in 0..(6 * DAY / step) {
+            let t = i * step;
+            let h = (t % DAY) as f64 / HOUR as f64;
+            let load = 0.35 + 0.5 * (((h - 6.0) / 2.0).clamp(0.0, 1.0) - ((h - 20.0) / 2.0).clamp(0.0, 1.0));
+            let current = 40.0 * (0.25 + 0.75 * load) * if (fault.0..fault.1).contains(&t) { 1.1 } else { 1.0 };
+            let rows = [("m", t, current * (1.0 + 0.006 * noise(i, 10)), 40.0 + 0.2 * noise(i, 11))];
+            events.extend(judge.observe(&batch(&rows), t).1);
+        }
+        let open: Vec<_> = events.iter().filter(|e| e.state == AlertState::Open).collect();
+        let after_day_one: Vec<_> = open.iter().filter(|e| e.window_start_ms >= DAY).collect();
+        assert!(!after_day_one.is_empty(), "the step is found: {open:?}");
+        assert!(
+            after_day_one.iter().all(|e| (fault.0..fault.1).contains(&e.window_start_ms)),
+            "after the first day only the step is alerted: {after_day_one:?}"
         );
     }
 

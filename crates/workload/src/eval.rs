@@ -483,8 +483,9 @@ pub struct MotorSummary {
     pub opened: BTreeMap<String, usize>,
     /// The lead time before its failure, hours, when alerted.
     pub lead_time_h: Option<f64>,
-    /// When its alerts were raised: hours since its first reading, and the kind.
-    pub raised_h: Vec<(f64, String)>,
+    /// When its alerts were raised: hours since its first reading, the kind, and why (its
+    /// strongest `z.<channel>` features, or `t2`).
+    pub raised_h: Vec<(f64, String, String)>,
 }
 
 impl EvalReport {
@@ -532,7 +533,11 @@ impl EvalReport {
         );
         for m in &self.motors {
             let opened: Vec<String> = m.opened.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
-            let raised: Vec<String> = m.raised_h.iter().map(|(h, _)| format!("{h:.1}")).collect();
+            let raised: Vec<String> = m
+                .raised_h
+                .iter()
+                .map(|(h, _, why)| if why.is_empty() { format!("{h:.1}") } else { format!("{h:.1} ({why})") })
+                .collect();
             let events: Vec<String> = m.events_h.iter().map(|(a, b)| format!("{a:.1}–{b:.1}")).collect();
             out += &format!(
                 "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
@@ -548,6 +553,18 @@ impl EvalReport {
         }
         out
     }
+}
+
+/// Why an alert opened, in a few words: its two strongest channel z-scores (`z.<channel>`)
+/// and Hotelling's `t2` when that is stronger.
+fn why(features: &BTreeMap<String, f64>) -> String {
+    let mut strongest: Vec<(&str, f64)> = features
+        .iter()
+        .filter(|(k, _)| k.starts_with("z.") || k.as_str() == "t2")
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    strongest.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+    strongest.iter().take(2).map(|(k, v)| format!("{k} {v:.1}")).collect::<Vec<_>>().join(", ")
 }
 
 /// A motor with its failure (time, lead window) where it has one.
@@ -815,7 +832,7 @@ pub fn run(opts: &EvalOptions, progress: bool) -> Result<EvalReport> {
         let first = o.readings_ms.first().copied().unwrap_or(0);
         for e in events.iter().filter(|e| &e.motor_id == motor && e.state == AlertState::Open) {
             *opened.entry(e.query.clone()).or_insert(0) += 1;
-            raised_h.push(((e.window_end_ms - first) as f64 / 3_600_000.0, e.query.clone()));
+            raised_h.push(((e.window_end_ms - first) as f64 / 3_600_000.0, e.query.clone(), why(&e.features)));
         }
         summaries.push(MotorSummary {
             motor: motor.clone(),
