@@ -24,12 +24,20 @@
 //!   channel is judged on its residual from the profile instead of its raw value, and back
 //!   when that falls under 15 %: ambient temperature, shift loads and what follows them.
 //!
+//! - **day scale**: every channel's mean over each whole UTC day is judged against the means of
+//!   the days before it (the last `days`, from `days / 2` on) by the median and the median
+//!   absolute deviation: a level that moves over days (a building or room running warm for
+//!   days, a machine's operating point drifting) where a window's baseline of an hour follows
+//!   it. A day holding less than half of the motor's usual readings is not judged.
+//!
 //! An alert `shift` opens after `open_windows` windows at a score of at least `open_above`,
 //! closes after `close_windows` below `close_below`, and is critical at `critical_above` (the
 //! same hysteresis as the SQL rules'). Its features say the window's length, the motor's
 //! interval, `t2` and the channels at |z| ≥ 2 (`z.<channel>`): which channel, and how far; the
-//! newest score of every motor is on the `motor_health` board. The state goes with the motor's
-//! partition in its checkpoint; its size is a few hundred bytes per channel the motor sends.
+//! newest score of every motor is on the `motor_health` board. The day scale's alert is
+//! `shift.day`, opened by one day at `open_above` and closed by one below `close_below`. The
+//! state goes with the motor's partition in its checkpoint; its size is a few hundred bytes per
+//! channel the motor sends.
 
 use std::collections::HashMap;
 
@@ -40,8 +48,10 @@ use tessera_core::Channel;
 use crate::alerts::{AlertEvent, AlertTracker, TrackerState, WindowScore};
 use crate::grammar::AlertOptions;
 
-/// The alert kind (the alert's `query`) and `motor_windows` query name of this judge.
+/// The alert kind (the alert's `query`) and `motor_health` score name of this judge's windows.
 pub const SHIFT: &str = "shift";
+/// ...and of its day scale.
+pub const SHIFT_DAY: &str = "shift.day";
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
@@ -65,6 +75,8 @@ pub struct ShiftConfig {
     pub t2: bool,
     /// Daily profiles, for the channels that turn out to follow the day.
     pub seasonal: bool,
+    /// The day scale: days of history a day is judged against (0: off).
+    pub days: u32,
     /// The alerts' hysteresis.
     pub alerts: AlertOptions,
 }
@@ -80,6 +92,7 @@ impl Default for ShiftConfig {
             relearn_ms: 6 * HOUR,
             t2: true,
             seasonal: true,
+            days: 28,
             alerts: AlertOptions {
                 open_above: 6.0,
                 close_below: 3.0,
@@ -224,6 +237,50 @@ fn hour_of_day(t: i64) -> usize {
     (t.rem_euclid(DAY) / HOUR) as usize
 }
 
+/// The day scale of one channel: the open day's sum, and the means of the days before it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct DayLevel {
+    sum: f64,
+    count: u32,
+    /// The last whole days' means, oldest first (f32: a day's mean needs no more).
+    past: Vec<f32>,
+}
+
+impl DayLevel {
+    /// The robust z of the open day's mean against the past days, once there are `min` of them.
+    fn z(&self, min: usize) -> Option<f64> {
+        if self.count == 0 || self.past.len() < min.max(2) {
+            return None;
+        }
+        let x = self.sum / f64::from(self.count);
+        let mut sorted: Vec<f64> = self.past.iter().map(|v| f64::from(*v)).collect();
+        let centre = median(&mut sorted);
+        let mut deviations: Vec<f64> = sorted.iter().map(|v| (v - centre).abs()).collect();
+        // 1.4826 turns a normal's median absolute deviation into its σ; a floor of 10⁻⁴ of the
+        // level keeps a channel that never moves (or f32's rounding) from dividing by nothing.
+        let scale = (1.4826 * median(&mut deviations)).max(1e-4 * centre.abs()).max(1e-9);
+        Some((x - centre) / scale)
+    }
+
+    /// Closes the open day: its mean joins the past when it was a whole day's worth.
+    fn close(&mut self, whole: bool, keep: usize) {
+        if whole && self.count > 0 {
+            if self.past.len() >= keep {
+                self.past.remove(0);
+            }
+            self.past.push((self.sum / f64::from(self.count)) as f32);
+        }
+        self.sum = 0.0;
+        self.count = 0;
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
 /// One channel of one motor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ChannelShift {
@@ -238,6 +295,9 @@ struct ChannelShift {
     slack: f64,
     /// The channel's |z| in the last window (the profile learns only while it is normal).
     last_z: f64,
+    /// The day scale.
+    #[serde(default)]
+    day: DayLevel,
 }
 
 /// Hotelling's T² state: the correlation of the channels' z vectors.
@@ -262,11 +322,19 @@ pub struct MotorShift {
     window: Option<(i64, i64)>,
     channels: Vec<ChannelShift>,
     correlation: Correlation,
+    /// The open day (days since the epoch, UTC), and its readings so far.
+    #[serde(default)]
+    day: Option<(i64, u32)>,
+    /// A whole day's readings: the most of recent days (decaying by a `days`th a day).
+    #[serde(default)]
+    usual_day: f64,
 }
 
 /// A scored window, for the alert tracker and the health board.
 #[derive(Debug, Clone)]
 pub struct ShiftWindow {
+    /// Which scale: [`SHIFT`] (the motor's windows) or [`SHIFT_DAY`].
+    pub kind: &'static str,
     /// The motor.
     pub motor_id: String,
     /// Its site.
@@ -300,6 +368,8 @@ impl ShiftWindow {
 pub struct ShiftSnapshot {
     motors: Vec<(String, MotorShift)>,
     tracker: TrackerState,
+    #[serde(default)]
+    day_tracker: Option<TrackerState>,
 }
 
 /// The shift judge of one engine's motors.
@@ -308,13 +378,16 @@ pub struct ShiftMonitor {
     config: ShiftConfig,
     motors: HashMap<String, MotorShift>,
     tracker: AlertTracker,
+    day_tracker: AlertTracker,
 }
 
 impl ShiftMonitor {
     /// A judge with no motors yet.
     pub fn new(config: ShiftConfig) -> Self {
         let tracker = AlertTracker::new(SHIFT, config.alerts);
-        Self { config, motors: HashMap::new(), tracker }
+        // A day is a long window: one opens, one closes.
+        let day_alerts = AlertOptions { open_windows: 1, close_windows: 1, ..config.alerts };
+        Self { config, motors: HashMap::new(), tracker, day_tracker: AlertTracker::new(SHIFT_DAY, day_alerts) }
     }
 
     /// Alerts open at `open_above`.
@@ -359,17 +432,18 @@ impl ShiftMonitor {
                     window: None,
                     channels: Vec::new(),
                     correlation: Correlation::default(),
+                    day: None,
+                    usual_day: 0.0,
                 };
                 self.motors.insert(motor.to_string(), fresh);
             }
             let m = self.motors.get_mut(motor).expect("just made sure");
-            if let Some(w) = take(&self.config, m, motor, t, &values) {
-                windows.push(w);
-            }
+            take(&self.config, m, motor, t, &values, &mut windows);
         }
         let mut events = Vec::new();
         for w in &windows {
-            if let Some(e) = self.tracker.observe(w.as_score(), now_ms) {
+            let tracker = if w.kind == SHIFT_DAY { &mut self.day_tracker } else { &mut self.tracker };
+            if let Some(e) = tracker.observe(w.as_score(), now_ms) {
                 events.push(e);
             }
         }
@@ -381,12 +455,19 @@ impl ShiftMonitor {
         let mut motors: Vec<(String, MotorShift)> =
             self.motors.iter().filter(|(m, _)| include(m)).map(|(m, s)| (m.clone(), s.clone())).collect();
         motors.sort_by(|a, b| a.0.cmp(&b.0));
-        ShiftSnapshot { motors, tracker: self.tracker.snapshot(include) }
+        ShiftSnapshot {
+            motors,
+            tracker: self.tracker.snapshot(include),
+            day_tracker: Some(self.day_tracker.snapshot(include)),
+        }
     }
 
     /// Takes over [`Self::snapshot`]'s motors.
     pub fn adopt(&mut self, snapshot: ShiftSnapshot) -> Result<(), crate::StreamError> {
         self.motors.extend(snapshot.motors);
+        if let Some(day) = snapshot.day_tracker {
+            self.day_tracker.restore(day, true)?;
+        }
         self.tracker.restore(snapshot.tracker, true)
     }
 
@@ -394,19 +475,28 @@ impl ShiftMonitor {
     pub fn drop_motors(&mut self, drop: &dyn Fn(&str) -> bool) {
         self.motors.retain(|m, _| !drop(m));
         self.tracker.drop_motors(drop);
+        self.day_tracker.drop_motors(drop);
     }
 
-    /// Open shift alerts.
+    /// Open shift alerts (both scales).
     pub fn open_count(&self) -> usize {
-        self.tracker.open_count()
+        self.tracker.open_count() + self.day_tracker.open_count()
     }
 }
 
-/// Takes one reading of motor `m` in; the window it closed, scored, if it closed one.
-fn take(config: &ShiftConfig, m: &mut MotorShift, motor: &str, t: i64, values: &[(&str, f64)]) -> Option<ShiftWindow> {
+/// Takes one reading of motor `m` in; the windows it closed (the motor's window, its day),
+/// scored, into `closed`.
+fn take(
+    config: &ShiftConfig,
+    m: &mut MotorShift,
+    motor: &str,
+    t: i64,
+    values: &[(&str, f64)],
+    closed: &mut Vec<ShiftWindow>,
+) {
     if let Some(last) = m.last_ms {
         if t < last {
-            return None; // out of order: the short scale moves forward only
+            return; // out of order: the judge moves forward only
         }
         let gap = (t - last) as f64;
         if gap > 0.0 {
@@ -414,10 +504,20 @@ fn take(config: &ShiftConfig, m: &mut MotorShift, motor: &str, t: i64, values: &
         }
     }
     m.last_ms = Some(t);
-    let mut closed = None;
+    let today = t.div_euclid(DAY);
+    if config.days > 0 {
+        match m.day {
+            Some((day, _)) if today > day => {
+                closed.push(close_day(config, m, motor, day));
+                m.day = Some((today, 1));
+            }
+            Some((_, ref mut n)) => *n += 1,
+            None => m.day = Some((today, 1)),
+        }
+    }
     match m.window {
         Some((start, len)) if t >= start + len => {
-            closed = Some(close(config, m, motor, start, len));
+            closed.push(close(config, m, motor, start, len));
             m.window = Some((t, window_len(config, m.interval_ms)));
         }
         Some(_) => {}
@@ -442,12 +542,17 @@ fn take(config: &ShiftConfig, m: &mut MotorShift, motor: &str, t: i64, values: &
                     count: 0,
                     slack: 0.0,
                     last_z: 0.0,
+                    day: DayLevel::default(),
                 });
                 m.correlation = Correlation::default();
                 m.channels.len() - 1
             }
         };
         let c = &mut m.channels[i];
+        if config.days > 0 {
+            c.day.sum += v;
+            c.day.count += 1;
+        }
         let judged = match &mut c.profile {
             Some(p) => {
                 let judged = p.judged(*v, t);
@@ -476,7 +581,50 @@ fn take(config: &ShiftConfig, m: &mut MotorShift, motor: &str, t: i64, values: &
         c.sum += judged;
         c.count += 1;
     }
-    closed
+}
+
+/// Closes the motor's day `day` (days since the epoch): scores it against the days before and
+/// keeps its means.
+fn close_day(config: &ShiftConfig, m: &mut MotorShift, motor: &str, day: i64) -> ShiftWindow {
+    let keep = config.days as usize;
+    // Half of a day's usual readings make it a whole day: the most of recent days, or before
+    // any day closed, a day's worth at the motor's interval (a first day, begun part-way, is
+    // then no whole day).
+    let readings = f64::from(m.day.map_or(0, |d| d.1));
+    let usual = if m.usual_day > 0.0 {
+        m.usual_day
+    } else if m.interval_ms > 0.0 {
+        DAY as f64 / m.interval_ms
+    } else {
+        f64::INFINITY
+    };
+    m.usual_day = (m.usual_day * (1.0 - 1.0 / f64::from(config.days.max(1)))).max(readings);
+    let mut score: Option<f64> = None;
+    let mut features = Vec::new();
+    let mut judged_days = 0;
+    for c in &mut m.channels {
+        let whole = f64::from(c.day.count) >= 0.5 * usual;
+        if whole && let Some(z) = c.day.z(keep / 2) {
+            score = Some(score.map_or(z.abs(), |s| s.max(z.abs())));
+            if z.abs() >= 2.0 {
+                features.push((format!("z.{}", c.name), z));
+            }
+            judged_days = judged_days.max(c.day.past.len());
+        }
+        c.day.close(whole, keep);
+    }
+    features.push(("days".to_string(), judged_days as f64));
+    features.push(("interval_s".to_string(), m.interval_ms / 1000.0));
+    features.sort_by(|a, b| a.0.cmp(&b.0));
+    ShiftWindow {
+        kind: SHIFT_DAY,
+        motor_id: motor.to_string(),
+        site_id: m.site.clone(),
+        window_start_ms: day * DAY,
+        window_end_ms: (day + 1) * DAY,
+        score,
+        features,
+    }
 }
 
 /// A window's length for a motor reporting every `interval_ms`.
@@ -538,6 +686,7 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
         c.slack = 0.0;
     }
     ShiftWindow {
+        kind: SHIFT,
         motor_id: motor.to_string(),
         site_id: m.site.clone(),
         window_start_ms: start,
@@ -627,8 +776,8 @@ mod tests {
                 ("twin", t, 10.0 + noise(i, 3), 40.0 + noise(i, 4)),
             ];
             let (w, e) = judge.observe(&batch(&rows), t);
-            windows.extend(w);
-            events.extend(e);
+            windows.extend(w.into_iter().filter(|w| w.kind == SHIFT));
+            events.extend(e.into_iter().filter(|e| e.query == SHIFT));
         }
         (events, windows)
     }
@@ -669,7 +818,7 @@ mod tests {
                 let cycle = 8.0 * (2.0 * std::f64::consts::PI * (t % DAY) as f64 / DAY as f64).sin();
                 let excursion = if (fault.0..fault.1).contains(&t) { 4.0 } else { 0.0 };
                 let rows = [("m", t, 10.0 + 0.1 * noise(i, 5), 30.0 + cycle + excursion + 0.6 * noise(i, 6))];
-                events.extend(judge.observe(&batch(&rows), t).1);
+                events.extend(judge.observe(&batch(&rows), t).1.into_iter().filter(|e| e.query == SHIFT));
             }
             let active = judge.motors["m"].channels.iter().any(|c| c.profile.as_ref().is_some_and(|p| p.active));
             (active, events)
@@ -710,6 +859,35 @@ mod tests {
             after_day_one.iter().all(|e| (fault.0..fault.1).contains(&e.window_start_ms)),
             "after the first day only the step is alerted: {after_day_one:?}"
         );
+    }
+
+    #[test]
+    fn a_level_that_moves_for_days_is_seen_by_the_day_scale() {
+        // Hourly temperature for 50 days: a ±5 °C day, days whose level wanders by ±1 °C, and
+        // days 40–42 running 6 °C warm, a warm spell no hour-long baseline keeps up with. Day
+        // 30 has only 6 readings: not a whole day, not judged.
+        let mut judge = ShiftMonitor::new(ShiftConfig::default());
+        let mut events = Vec::new();
+        for i in 0..(50 * 24) {
+            let t = i * HOUR;
+            let day = t / DAY;
+            if day == 30 && t % DAY >= 6 * HOUR {
+                continue;
+            }
+            let cycle = 5.0 * (2.0 * std::f64::consts::PI * (t % DAY) as f64 / DAY as f64).sin();
+            let level = 2.0 * noise(day, 12) + if (40..43).contains(&day) { 6.0 } else { 0.0 };
+            let rows = [("m", t, 10.0 + 0.1 * noise(i, 13), 20.0 + cycle + level + 0.3 * noise(i, 14))];
+            events.extend(judge.observe(&batch(&rows), t).1);
+        }
+        let days: Vec<_> = events.iter().filter(|e| e.query == SHIFT_DAY).collect();
+        let open: Vec<_> = days.iter().filter(|e| e.state == AlertState::Open).collect();
+        assert_eq!(open.len(), 1, "one warm spell: {days:?}");
+        assert_eq!(open[0].window_start_ms, 40 * DAY, "alerted on its first day: {days:?}");
+        assert!(open[0].features["z.temperature_c"] >= 6.0, "{:?}", open[0].features);
+        let closed = days.iter().find(|e| e.state == AlertState::Close).expect("closed after the spell");
+        assert_eq!(closed.window_start_ms, 43 * DAY);
+        let m = &judge.motors["m"];
+        assert_eq!(m.channels[1].day.past.len(), 28, "a bounded history");
     }
 
     #[test]

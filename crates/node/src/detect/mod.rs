@@ -101,7 +101,7 @@ pub struct DetectConfig {
 /// `min_window` long), each channel's window mean against a gated robust baseline learnt over
 /// `baseline`, Hotelling's T² across channels, daily profiles for temperature and load where
 /// the day shows; an alert `shift` (see `tessera_stream::shift`). The same settings serve any
-/// sampling rate.
+/// sampling rate. Beside it, each whole day's mean against the `days` before (`shift.day`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShiftConfig {
@@ -126,6 +126,9 @@ pub struct ShiftConfig {
     pub t2: bool,
     /// Daily profiles for temperature and load.
     pub seasonal: bool,
+    /// The day scale: each whole day's channel means against the last `days` days' (judged
+    /// from `days / 2` on); 0 turns it off.
+    pub days: u32,
     /// A score at or above this, `open_windows` windows in a row, opens an alert...
     pub open_above: f64,
     /// ...and below this, `close_windows` in a row, closes it.
@@ -152,6 +155,7 @@ impl Default for ShiftConfig {
             relearn: ms(s.relearn_ms),
             t2: s.t2,
             seasonal: s.seasonal,
+            days: s.days,
             open_above: s.alerts.open_above,
             close_below: s.alerts.close_below,
             critical_above: s.alerts.critical_above.unwrap_or(f64::INFINITY),
@@ -170,6 +174,7 @@ impl ShiftConfig {
         ensure(self.min_baseline_windows >= 2, "min_baseline_windows", "must be at least 2")?;
         ensure(self.gate > 0.0, "gate", "must be positive")?;
         ensure(!self.relearn.is_zero(), "relearn", "must be longer than 0")?;
+        ensure(self.days == 0 || self.days >= 4, "days", "must be 0 (off) or at least 4")?;
         ensure(self.close_below <= self.open_above, "close_below", "must not be above open_above")?;
         ensure(self.critical_above >= self.open_above, "critical_above", "must not be below open_above")?;
         ensure(self.open_windows >= 1, "open_windows", "must be at least 1")?;
@@ -186,6 +191,7 @@ impl ShiftConfig {
             relearn_ms: self.relearn.as_millis() as i64,
             t2: self.t2,
             seasonal: self.seasonal,
+            days: self.days,
             alerts: tessera_stream::grammar::AlertOptions {
                 open_above: self.open_above,
                 close_below: self.close_below,

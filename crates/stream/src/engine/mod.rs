@@ -327,7 +327,7 @@ impl StreamEngine {
             // kept: `motor_windows` holds the queries' windows).
             let open_above = Some(shift.open_above());
             for w in &windows {
-                self.health.window(crate::shift::SHIFT, &w.as_score(), open_above);
+                self.health.window(w.kind, &w.as_score(), open_above);
             }
             self.record_alerts(events, &mut out);
         }
