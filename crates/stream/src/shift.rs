@@ -24,6 +24,12 @@
 //!   channel is judged on its residual from the profile instead of its raw value, and back
 //!   when that falls under 15 %: ambient temperature, shift loads and what follows them.
 //!
+//! - **transients** (off unless `transient_above` is set): each channel's range within the
+//!   window (largest minus smallest reading) against a gated baseline of its ranges,
+//!   one-sided: a reading far outside the window's usual spread (a current spike, a vibration
+//!   impact) that a window's mean dilutes. A window at `transient_above` holds its score for
+//!   `open_windows` windows, so one transient opens an alert. Off by default: on SKAB's real
+//!   pump vibration, heavy-tailed, it raised false alarms (docs/DETECTION.md);
 //! - **day scale**: every channel's mean over each whole UTC day is judged against the means of
 //!   the days before it (the last `days`, from `days / 2` on) by the median and the median
 //!   absolute deviation: a level that moves over days (a building or room running warm for
@@ -77,6 +83,9 @@ pub struct ShiftConfig {
     pub seasonal: bool,
     /// The day scale: days of history a day is judged against (0: off).
     pub days: u32,
+    /// Transients: a channel's range within a window at this z against its usual range opens
+    /// an alert by itself (None: off).
+    pub transient_above: Option<f64>,
     /// The alerts' hysteresis.
     pub alerts: AlertOptions,
 }
@@ -93,6 +102,7 @@ impl Default for ShiftConfig {
             t2: true,
             seasonal: true,
             days: 28,
+            transient_above: None,
             alerts: AlertOptions {
                 open_above: 6.0,
                 close_below: 3.0,
@@ -122,10 +132,10 @@ struct Baseline {
 impl Baseline {
     /// The robust z of `x`, once the baseline is filled and has a spread; `slack` is an
     /// uncertainty of `x` beyond the baseline's own (a profile's, between its hours), added to
-    /// the spread in quadrature.
-    fn z(&self, x: f64, slack: f64, min_windows: u32) -> Option<f64> {
+    /// the spread in quadrature; the spread is never below `floor`.
+    fn z(&self, x: f64, slack: f64, floor: f64, min_windows: u32) -> Option<f64> {
         (self.n >= min_windows && self.scale > 1e-9 * self.mean.abs().max(1.0))
-            .then(|| (x - self.mean) / self.scale.hypot(slack))
+            .then(|| (x - self.mean) / self.scale.hypot(slack).max(floor))
     }
 
     /// Takes window mean `x` in; `alpha` is the smallest weight of a window (window / span).
@@ -237,6 +247,25 @@ fn hour_of_day(t: i64) -> usize {
     (t.rem_euclid(DAY) / HOUR) as usize
 }
 
+/// The transient scale of one channel: the open window's extremes and the usual range.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Range {
+    lo: f64,
+    hi: f64,
+    base: Baseline,
+}
+
+impl Range {
+    fn take(&mut self, v: f64, first: bool) {
+        if first {
+            (self.lo, self.hi) = (v, v);
+        } else {
+            self.lo = self.lo.min(v);
+            self.hi = self.hi.max(v);
+        }
+    }
+}
+
 /// The day scale of one channel: the open day's sum, and the means of the days before it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct DayLevel {
@@ -293,8 +322,18 @@ struct ChannelShift {
     /// The open window's sum of the profile's slack ([`Profile::slack_at`]).
     #[serde(default)]
     slack: f64,
+    /// The open window's sum of squares, and the usual standard error of a window's mean from
+    /// its readings' own spread (learnt like the baseline): a floor under the baseline's
+    /// spread, which a short baseline of a few windows can underestimate.
+    #[serde(default)]
+    squares: f64,
+    #[serde(default)]
+    noise: Baseline,
     /// The channel's |z| in the last window (the profile learns only while it is normal).
     last_z: f64,
+    /// The open window's smallest and largest judged reading, and the baseline of ranges.
+    #[serde(default)]
+    range: Range,
     /// The day scale.
     #[serde(default)]
     day: DayLevel,
@@ -328,6 +367,9 @@ pub struct MotorShift {
     /// A whole day's readings: the most of recent days (decaying by a `days`th a day).
     #[serde(default)]
     usual_day: f64,
+    /// A transient's score, held for this many more windows.
+    #[serde(default)]
+    transient: (f64, u32),
 }
 
 /// A scored window, for the alert tracker and the health board.
@@ -434,6 +476,7 @@ impl ShiftMonitor {
                     correlation: Correlation::default(),
                     day: None,
                     usual_day: 0.0,
+                    transient: (0.0, 0),
                 };
                 self.motors.insert(motor.to_string(), fresh);
             }
@@ -541,7 +584,10 @@ fn take(
                     sum: 0.0,
                     count: 0,
                     slack: 0.0,
+                    squares: 0.0,
+                    noise: Baseline::default(),
                     last_z: 0.0,
+                    range: Range::default(),
                     day: DayLevel::default(),
                 });
                 m.correlation = Correlation::default();
@@ -565,6 +611,7 @@ fn take(
                     c.sum = 0.0;
                     c.count = 0;
                     c.slack = 0.0;
+                    c.squares = 0.0;
                     m.correlation = Correlation::default();
                     continue;
                 }
@@ -578,7 +625,9 @@ fn take(
                 *v
             }
         };
+        c.range.take(judged, c.count == 0);
         c.sum += judged;
+        c.squares += judged * judged;
         c.count += 1;
     }
 }
@@ -641,12 +690,34 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
         .channels
         .iter()
         .zip(&means)
-        .map(|(c, x)| x.and_then(|x| c.base.z(x, c.slack / f64::from(c.count), min)))
+        .map(|(c, x)| x.and_then(|x| c.base.z(x, c.slack / f64::from(c.count), noise_floor(c, min), min)))
         .collect();
     let max_z = zs.iter().flatten().map(|z| z.abs()).fold(None, |a: Option<f64>, z| Some(a.map_or(z, |a| a.max(z))));
     let dims = dims(&zs);
     let t2 = if config.t2 { hotelling(m, &zs, &dims, min) } else { None };
-    let score = max_z.map(|z| t2.map_or(z, |t| z.max(t)));
+    // Transients: one-sided z of each channel's range (two readings at least).
+    let peaks: Vec<Option<f64>> = m
+        .channels
+        .iter()
+        .map(|c| {
+            (config.transient_above.is_some() && c.count >= 2)
+                .then(|| c.range.base.z(c.range.hi - c.range.lo, 0.0, 0.0, min))
+                .flatten()
+        })
+        .collect();
+    let peak = peaks.iter().flatten().fold(0.0_f64, |a, z| a.max(*z));
+    if let Some(above) = config.transient_above
+        && peak >= above
+    {
+        m.transient = (peak, config.alerts.open_windows);
+    }
+    let held = if m.transient.1 > 0 {
+        m.transient.1 -= 1;
+        Some(m.transient.0)
+    } else {
+        None
+    };
+    let score = max_z.map(|z| t2.map_or(z, |t| z.max(t))).map(|s| held.map_or(s, |h| s.max(h)));
     let anomalous = score.is_some_and(|s| s >= config.alerts.open_above);
     // Learn: the window's normal channels, unless the window as a whole is anomalous.
     let span = (config.baseline_ms as f64).max(f64::from(min) * len as f64);
@@ -654,8 +725,19 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
     for ((c, x), z) in m.channels.iter_mut().zip(&means).zip(&zs) {
         c.last_z = z.map_or(0.0, f64::abs);
         let Some(x) = x else { continue };
+        if config.transient_above.is_some() && c.count >= 2 {
+            let range = c.range.hi - c.range.lo;
+            if c.range.base.z(range, 0.0, 0.0, min).is_none_or(|z| z < config.gate) {
+                c.range.base.learn(range, alpha, min);
+            }
+        }
         if z.is_none() || (c.last_z < config.gate && !anomalous) {
             c.base.learn(*x, alpha, min);
+            if c.count >= 2 {
+                let n = f64::from(c.count);
+                let variance = ((c.squares - c.sum * c.sum / n) / (n - 1.0)).max(0.0);
+                c.noise.learn((variance / n).sqrt(), alpha, min);
+            }
         } else {
             c.base.gated_ms += len;
             if c.base.gated_ms >= config.relearn_ms {
@@ -674,9 +756,12 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
     if let Some(t2) = t2 {
         features.push(("t2".to_string(), t2));
     }
-    for (c, z) in m.channels.iter().zip(&zs) {
+    for ((c, z), peak) in m.channels.iter().zip(&zs).zip(&peaks) {
         if let Some(z) = z.filter(|z| z.abs() >= 2.0) {
             features.push((format!("z.{}", c.name), z));
+        }
+        if let Some(p) = peak.filter(|p| *p >= 2.0) {
+            features.push((format!("peak.{}", c.name), p));
         }
     }
     features.sort_by(|a, b| a.0.cmp(&b.0));
@@ -684,6 +769,7 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
         c.sum = 0.0;
         c.count = 0;
         c.slack = 0.0;
+        c.squares = 0.0;
     }
     ShiftWindow {
         kind: SHIFT,
@@ -694,6 +780,12 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
         score,
         features,
     }
+}
+
+/// The floor under a channel's spread: the usual standard error of its window means from the
+/// readings' own spread, once learnt.
+fn noise_floor(c: &ChannelShift, min: u32) -> f64 {
+    if c.noise.n >= min { c.noise.mean } else { 0.0 }
 }
 
 /// The channels with a z this window, as correlation dimensions.
@@ -888,6 +980,26 @@ mod tests {
         assert_eq!(closed.window_start_ms, 43 * DAY);
         let m = &judge.motors["m"];
         assert_eq!(m.channels[1].day.past.len(), 28, "a bounded history");
+    }
+
+    #[test]
+    fn a_single_spike_is_a_transient_when_transients_are_on() {
+        // One reading a second, current 20 A ± 0.5 A; after 10 minutes, one reading at 50 A
+        // (a 2.5× spike): diluted in its window's mean, it is a transient.
+        let run = |transient_above: Option<f64>| {
+            let mut judge = ShiftMonitor::new(ShiftConfig { transient_above, ..Default::default() });
+            let mut events = Vec::new();
+            for i in 0..1200 {
+                let t = i * 1000;
+                let current = if i == 900 { 50.0 } else { 20.0 + noise(i, 15) };
+                events.extend(judge.observe(&batch(&[("m", t, current, 40.0 + 0.2 * noise(i, 16))]), t).1);
+            }
+            events.into_iter().filter(|e| e.state == AlertState::Open).collect::<Vec<_>>()
+        };
+        assert!(run(None).is_empty(), "off by default, and the window's mean moves too little");
+        let open = run(Some(16.0));
+        assert_eq!(open.len(), 1, "{open:?}");
+        assert!(open[0].window_start_ms >= 890_000 && open[0].window_start_ms <= 940_000, "{open:?}");
     }
 
     #[test]

@@ -132,6 +132,7 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
             .chain(tessera_node::detect::rules::DEMO_RULES)
             .map(|s| s.to_string())
             .collect(),
+        shift: tessera_node::detect::ShiftConfig::demo(),
         ..Default::default()
     };
     // Enough partitions for every node of a site to own some.

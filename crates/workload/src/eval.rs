@@ -188,6 +188,9 @@ pub struct FileLabels {
     /// The lead window before this file's failure, hours.
     #[serde(default)]
     pub lead_window_h: Option<f64>,
+    /// What the file holds, for people (e.g. the injected fault's kind); not scored.
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 impl FolderLabels {
@@ -555,12 +558,12 @@ impl EvalReport {
     }
 }
 
-/// Why an alert opened, in a few words: its two strongest channel z-scores (`z.<channel>`)
-/// and Hotelling's `t2` when that is stronger.
+/// Why an alert opened, in a few words: its two strongest channel z-scores (`z.<channel>`,
+/// `peak.<channel>` for a transient, Hotelling's `t2`).
 fn why(features: &BTreeMap<String, f64>) -> String {
     let mut strongest: Vec<(&str, f64)> = features
         .iter()
-        .filter(|(k, _)| k.starts_with("z.") || k.as_str() == "t2")
+        .filter(|(k, _)| k.starts_with("z.") || k.starts_with("peak.") || k.as_str() == "t2")
         .map(|(k, v)| (k.as_str(), *v))
         .collect();
     strongest.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));

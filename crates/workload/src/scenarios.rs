@@ -16,6 +16,9 @@
 //!
 //! Every motor has its own noise, level and daily phase (seeded). Times are real dates
 //! (`YYYY-MM-DD HH:MM:SS`, UTC), so the daily cycle falls on the hour of day.
+//!
+//! [`write_fleet`] writes the demo's fleet ([`crate::simulate`]: minutes of 1 Hz data, faults
+//! that develop in seconds) the same way, so the demo's detection can be scored offline.
 
 use std::collections::BTreeMap;
 use std::f64::consts::TAU;
@@ -219,6 +222,62 @@ pub fn write(dir: &Path, seed: u64, wear_pairs: usize) -> Result<Vec<String>> {
     }
     let labels = serde_json::json!({ "lead_window_h": 168, "files": files });
     let path = dir.join("labels.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&labels)?).map_err(io(format!("writing {}", path.display())))?;
+    Ok(written)
+}
+
+/// Writes the simulated fleet of `spec` into `dir` (created if missing) as a labelled folder:
+/// one CSV per motor (epoch ms, the seven channels, empty cells where a sensor dropped out) and
+/// `labels.json` with each injected fault as an anomaly (in true time; a skewed clock's
+/// readings carry its skew, which a replay of one file cannot tell from its own time base).
+/// Returns the files.
+pub fn write_fleet(dir: &Path, spec: crate::simulate::FleetSpec) -> Result<Vec<String>> {
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let mut sim = crate::simulate::Simulator::new(spec);
+    let truth = sim.ground_truth();
+    let mut csv: BTreeMap<String, String> = sim
+        .motors()
+        .map(|(m, _)| {
+            let header = std::iter::once("timestamp")
+                .chain(tessera_core::Channel::ALL.iter().map(|c| c.name()))
+                .collect::<Vec<_>>()
+                .join(",");
+            (m.as_str().to_string(), header + "\n")
+        })
+        .collect();
+    while let Some(step) = sim.next_step() {
+        for r in step {
+            let line = &mut csv.get_mut(r.motor_id.as_str()).expect("a fleet motor");
+            let _ = write!(line, "{}", r.event_time_ms);
+            for v in r.channels {
+                match v {
+                    Some(v) => {
+                        let _ = write!(line, ",{v:.4}");
+                    }
+                    None => line.push(','),
+                }
+            }
+            line.push('\n');
+        }
+    }
+    let mut files = serde_json::Map::new();
+    let mut written = Vec::new();
+    for (motor, text) in csv {
+        let file = format!("{motor}.csv");
+        let path = dir.join(&file);
+        std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
+        let labels = match truth.iter().find(|f| f.motor_id == motor) {
+            Some(f) => serde_json::json!({
+                "anomalies": [[f.start_ms.to_string(), f.end_ms.to_string()]],
+                "note": serde_json::to_value(f.fault)?,
+            }),
+            None => serde_json::json!({}),
+        };
+        files.insert(file.clone(), labels);
+        written.push(file);
+    }
+    let path = dir.join("labels.json");
+    let labels = serde_json::json!({ "time_column": "timestamp", "files": files });
     std::fs::write(&path, serde_json::to_string_pretty(&labels)?).map_err(io(format!("writing {}", path.display())))?;
     Ok(written)
 }

@@ -31,16 +31,19 @@ pub enum FaultKind {
     SensorDropout,
     /// The motor's clock is off by a constant amount for the whole run.
     SkewedClock,
+    /// The motor stops reporting (its gateway or the motor died) until the end of the run.
+    Silent,
 }
 
 impl FaultKind {
-    const ALL: [FaultKind; 6] = [
+    const ALL: [FaultKind; 7] = [
         FaultKind::BearingWear,
         FaultKind::Overheating,
         FaultKind::Imbalance,
         FaultKind::CurrentSpikes,
         FaultKind::SensorDropout,
         FaultKind::SkewedClock,
+        FaultKind::Silent,
     ];
 }
 
@@ -127,8 +130,12 @@ impl Simulator {
         for i in (1..order.len()).rev() {
             order.swap(i, fleet_rng.random_range(0..=i));
         }
-        let faulty_motors: BTreeMap<u32, FaultKind> =
-            order.iter().take(faulty as usize).enumerate().map(|(n, &m)| (m, FaultKind::ALL[n % 6])).collect();
+        let faulty_motors: BTreeMap<u32, FaultKind> = order
+            .iter()
+            .take(faulty as usize)
+            .enumerate()
+            .map(|(n, &m)| (m, FaultKind::ALL[n % FaultKind::ALL.len()]))
+            .collect();
 
         let motors = (0..spec.motors)
             .map(|i| {
@@ -140,7 +147,8 @@ impl Simulator {
                     let start = rng.random_range(0.2..0.6) * spec.steps as f64;
                     let len = rng.random_range(0.1..0.3) * spec.steps as f64;
                     let first_step = start as u64;
-                    Fault { kind, first_step, last_step: ((start + len) as u64).min(spec.steps.saturating_sub(1)) }
+                    let last = if kind == FaultKind::Silent { spec.steps } else { (start + len) as u64 };
+                    Fault { kind, first_step, last_step: last.min(spec.steps.saturating_sub(1)) }
                 });
                 let skew_ms = match &fault {
                     Some(f) if f.kind == FaultKind::SkewedClock => {
@@ -151,7 +159,7 @@ impl Simulator {
                 };
                 let rated_speed = if rng.random_bool(0.7) { 1480.0 } else { 2960.0 };
                 let thermal_rise = rng.random_range(30.0..45.0);
-                Motor {
+                let mut motor = Motor {
                     id: MotorId::new(format!("M{:04}", i + 1)).expect("generated ids are valid"),
                     site: SiteId::new(site_name(i % spec.sites.max(1))).expect("generated ids are valid"),
                     rated_current: rng.random_range(10.0..60.0),
@@ -160,11 +168,13 @@ impl Simulator {
                     rated_speed,
                     load_period_s: rng.random_range(300.0..1800.0),
                     load_phase: rng.random_range(0.0..TAU),
-                    temperature: AMBIENT_C + thermal_rise * 0.3,
+                    temperature: 0.0,
                     fault,
                     skew_ms,
                     rng,
-                }
+                };
+                motor.temperature = motor.settled_temperature(spec.start_ms as f64 / 1000.0);
+                motor
             })
             .collect();
         Self { spec, motors, step: 0, noise: Normal::new(0.0, 1.0).expect("unit normal") }
@@ -203,7 +213,8 @@ impl Simulator {
         (self.spec.steps - self.step) * u64::from(self.spec.motors)
     }
 
-    /// The next time step: one reading per motor, or `None` when the run is over.
+    /// The next time step: one reading per motor (none from a silent one), or `None` when the
+    /// run is over.
     pub fn next_step(&mut self) -> Option<Vec<Reading>> {
         if self.step >= self.spec.steps {
             return None;
@@ -213,12 +224,26 @@ impl Simulator {
         let dt_s = 1.0 / self.spec.rate_hz;
         let t_ms = self.spec.start_ms + (step as f64 * self.step_ms()) as i64;
         let noise = self.noise;
-        Some(self.motors.iter_mut().map(|m| m.reading(step, t_ms, dt_s, noise)).collect())
+        Some(self.motors.iter_mut().filter_map(|m| m.reading(step, t_ms, dt_s, noise)).collect())
     }
 }
 
 impl Motor {
-    fn reading(&mut self, step: u64, t_ms: i64, dt_s: f64, noise: Normal<f64>) -> Reading {
+    /// The temperature at `t_s` of a motor that has been running its load cycle for hours: the
+    /// thermal lag's periodic steady state on load² (its mean, and each harmonic attenuated and
+    /// delayed by the first-order lag), so a run starts with motors already warm, as a plant's
+    /// are when someone starts watching them.
+    fn settled_temperature(&self, t_s: f64) -> f64 {
+        // load² = (0.55 + 0.3 sin θ)² = 0.3475 + 0.33 sin θ − 0.045 cos 2θ, θ = ωt + φ.
+        let w = TAU / self.load_period_s;
+        let theta = w * t_s + self.load_phase;
+        let (lag1, lag2) = ((w * THERMAL_TAU_S).atan(), (2.0 * w * THERMAL_TAU_S).atan());
+        let first = 0.33 * (theta - lag1).sin() / (1.0 + (w * THERMAL_TAU_S).powi(2)).sqrt();
+        let second = 0.045 * (2.0 * theta - lag2).cos() / (1.0 + (2.0 * w * THERMAL_TAU_S).powi(2)).sqrt();
+        AMBIENT_C + self.thermal_rise * (0.3475 + first - second)
+    }
+
+    fn reading(&mut self, step: u64, t_ms: i64, dt_s: f64, noise: Normal<f64>) -> Option<Reading> {
         let mut n = |scale: f64| noise.sample(&mut self.rng) * scale;
         let t_s = t_ms as f64 / 1000.0;
         let load = (0.55 + 0.3 * (TAU * t_s / self.load_period_s + self.load_phase).sin() + n(0.03)).clamp(0.05, 1.1);
@@ -261,18 +286,19 @@ impl Motor {
                     channels_present[Channel::VibrationZRms as usize] = false;
                 }
                 FaultKind::SkewedClock => {}
+                FaultKind::Silent => return None,
             }
         }
 
         let values = [current, voltage, temperature, vib_x.max(0.0), vib_y.max(0.0), vib_z.max(0.0), speed];
-        Reading {
+        Some(Reading {
             motor_id: self.id.clone(),
             site_id: self.site.clone(),
             event_time_ms: t_ms + self.skew_ms,
             sequence: step,
             channels: std::array::from_fn(|i| channels_present[i].then_some(values[i])),
             extra: BTreeMap::new(),
-        }
+        })
     }
 }
 
@@ -282,7 +308,7 @@ mod tests {
 
     fn spec() -> FleetSpec {
         FleetSpec {
-            motors: 60,
+            motors: 70,
             sites: 3,
             rate_hz: 1.0,
             steps: 600,
@@ -302,19 +328,41 @@ mod tests {
     }
 
     #[test]
+    fn motors_start_warm_on_their_load_cycle() {
+        // No faults, 1 Hz: a motor's temperature one load period after the start is where it
+        // started (the thermal lag has settled on the cycle); a cold start would still be
+        // climbing, several °C below, after one period of a 10-minute lag.
+        let mut sim = Simulator::new(FleetSpec { motors: 20, steps: 1900, fault_fraction: 0.0, ..spec() });
+        let periods: Vec<usize> = sim.motors.iter().map(|m| m.load_period_s.round() as usize).collect();
+        let mut series = vec![Vec::new(); 20];
+        while let Some(step) = sim.next_step() {
+            for (m, r) in step.iter().enumerate() {
+                series[m].push(r.get(Channel::TemperatureC).unwrap());
+            }
+        }
+        for (m, s) in series.iter().enumerate() {
+            let (start, later) = (s[0], s[periods[m]]);
+            assert!((start - later).abs() < 0.6, "motor {m}: {start:.2} °C at the start, {later:.2} °C a period later");
+        }
+    }
+
+    #[test]
     fn faults_are_injected_and_change_the_signals() {
         let mut sim = Simulator::new(spec());
         let truth = sim.ground_truth();
-        assert_eq!(truth.len(), 6, "10 % of 60 motors, one of each kind");
+        assert_eq!(truth.len(), 7, "10 % of 70 motors, one of each kind");
         let kinds: std::collections::BTreeSet<_> = truth.iter().map(|f| format!("{:?}", f.fault)).collect();
-        assert_eq!(kinds.len(), 6);
+        assert_eq!(kinds.len(), 7);
 
         let mut rows = Vec::new();
         while let Some(step) = sim.next_step() {
             rows.extend(step);
         }
-        assert_eq!(rows.len(), 60 * 600);
         let of = |kind: FaultKind| truth.iter().find(|f| f.fault == kind).unwrap();
+        let silent = of(FaultKind::Silent);
+        let silent_steps = (silent.end_ms - silent.start_ms) / 1000 + 1;
+        assert_eq!(rows.len() as i64, 70 * 600 - silent_steps, "a silent motor reports nothing from its start");
+        assert_eq!(silent.end_ms, spec().start_ms + 599_000, "...to the end of the run");
         let series = |motor: &str| rows.iter().filter(|r| r.motor_id.as_str() == motor).collect::<Vec<_>>();
 
         let wear = of(FaultKind::BearingWear);

@@ -24,6 +24,13 @@ pub struct EvalArgs {
     /// into DIR, unless it has a labels.json already, and evaluate them like a `--data` folder.
     #[arg(long, value_name = "DIR")]
     pub scenarios: Option<PathBuf>,
+    /// Write the demo's simulated fleet (`tessera demo`'s defaults: 1,000 motors on 3 sites at
+    /// 1 Hz for 3 minutes, 5 % with a fault; the simulator seeded by --seed) into DIR, unless
+    /// it has a labels.json already, and evaluate it like a `--data` folder with the demo's
+    /// rules and judges (unless --config): the demo's detection, scored offline (data quality
+    /// by processing time, clock skew and silence, needs the live demo).
+    #[arg(long, value_name = "DIR")]
+    pub fleet: Option<PathBuf>,
     /// SKAB folder (valve1/, anomaly-free/); evaluated beside `--data` when given.
     #[arg(long)]
     pub skab_dir: Option<PathBuf>,
@@ -54,14 +61,26 @@ pub struct EvalArgs {
 
 /// Runs the evaluations and prints their reports.
 pub fn run(args: EvalArgs) -> Result<()> {
-    let detect = NodeConfig::load(args.config.as_deref())?.detect;
+    let mut detect = NodeConfig::load(args.config.as_deref())?.detect;
+    if args.fleet.is_some() && args.config.is_none() {
+        // The demo's fleet, judged as the demo judges it.
+        detect.queries = tessera_node::detect::rules::DEFAULT_RULES
+            .iter()
+            .chain(tessera_node::detect::rules::DEMO_RULES)
+            .map(|s| s.to_string())
+            .collect();
+        detect.shift = tessera_node::detect::ShiftConfig::demo();
+    }
     if args.labels.len() > args.data.len() {
         bail!("--labels given {} times for {} --data folders", args.labels.len(), args.data.len());
     }
     let shared = PathBuf::from(std::env::var("TESSERA_DATA").unwrap_or_else(|_| "../shared/data".into()));
     let mut sets = Vec::new();
-    let defaults =
-        args.data.is_empty() && args.skab_dir.is_none() && args.nab_dir.is_none() && args.scenarios.is_none();
+    let defaults = args.data.is_empty()
+        && args.skab_dir.is_none()
+        && args.nab_dir.is_none()
+        && args.scenarios.is_none()
+        && args.fleet.is_none();
     if let Some(dir) = args.skab_dir.clone().or_else(|| defaults.then(|| shared.join("skab"))) {
         sets.push(DataSet::Skab { dir, files: args.skab_files, anomaly_free: true });
     }
@@ -76,6 +95,22 @@ pub fn run(args: EvalArgs) -> Result<()> {
         if !dir.join("labels.json").exists() {
             let files = tessera_workload::scenarios::write(dir, args.seed, 4)?;
             println!("wrote {} labelled scenario files to {}", files.len(), dir.display());
+        }
+        sets.push(DataSet::Folder { dir: dir.clone(), labels: dir.join("labels.json") });
+    }
+    if let Some(dir) = &args.fleet {
+        if !dir.join("labels.json").exists() {
+            let spec = tessera_workload::simulate::FleetSpec {
+                motors: 1000,
+                sites: 3,
+                rate_hz: 1.0,
+                steps: 180,
+                start_ms: 1_704_067_200_000,
+                fault_fraction: 0.05,
+                seed: args.seed,
+            };
+            let files = tessera_workload::scenarios::write_fleet(dir, spec)?;
+            println!("wrote the demo's fleet, {} labelled files, to {}", files.len(), dir.display());
         }
         sets.push(DataSet::Folder { dir: dir.clone(), labels: dir.join("labels.json") });
     }

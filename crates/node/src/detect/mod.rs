@@ -129,6 +129,9 @@ pub struct ShiftConfig {
     /// The day scale: each whole day's channel means against the last `days` days' (judged
     /// from `days / 2` on); 0 turns it off.
     pub days: u32,
+    /// Transients: a channel's range within a window at this z against its usual range opens
+    /// an alert by itself (one spike is enough); 0 turns them off (the default).
+    pub transient_above: f64,
     /// A score at or above this, `open_windows` windows in a row, opens an alert...
     pub open_above: f64,
     /// ...and below this, `close_windows` in a row, closes it.
@@ -156,6 +159,7 @@ impl Default for ShiftConfig {
             t2: s.t2,
             seasonal: s.seasonal,
             days: s.days,
+            transient_above: s.transient_above.unwrap_or(0.0),
             open_above: s.alerts.open_above,
             close_below: s.alerts.close_below,
             critical_above: s.alerts.critical_above.unwrap_or(f64::INFINITY),
@@ -166,6 +170,24 @@ impl Default for ShiftConfig {
 }
 
 impl ShiftConfig {
+    /// The demo's settings, for minutes of data at 1 Hz (`tessera demo`): windows of 5
+    /// readings, a baseline of 30 s and 6 windows (the window means' spread floored by their
+    /// readings' own noise, which keeps so short a baseline calm), open at 8, and transients
+    /// (one reading far outside its window's usual range, a current spike) at 16. Chosen on
+    /// the demo's simulated fleet (`tessera eval --fleet`), not on real data: a baseline of
+    /// half a minute follows nothing slower.
+    pub fn demo() -> Self {
+        Self {
+            readings_per_window: 5,
+            min_window: Duration::from_secs(5),
+            baseline: Duration::from_secs(30),
+            min_baseline_windows: 6,
+            open_above: 8.0,
+            transient_above: 16.0,
+            ..Self::default()
+        }
+    }
+
     /// Checks the fields; the error names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         ensure(self.readings_per_window >= 1, "readings_per_window", "must be at least 1")?;
@@ -175,6 +197,7 @@ impl ShiftConfig {
         ensure(self.gate > 0.0, "gate", "must be positive")?;
         ensure(!self.relearn.is_zero(), "relearn", "must be longer than 0")?;
         ensure(self.days == 0 || self.days >= 4, "days", "must be 0 (off) or at least 4")?;
+        ensure(self.transient_above >= 0.0, "transient_above", "must be 0 (off) or positive")?;
         ensure(self.close_below <= self.open_above, "close_below", "must not be above open_above")?;
         ensure(self.critical_above >= self.open_above, "critical_above", "must not be below open_above")?;
         ensure(self.open_windows >= 1, "open_windows", "must be at least 1")?;
@@ -192,6 +215,7 @@ impl ShiftConfig {
             t2: self.t2,
             seasonal: self.seasonal,
             days: self.days,
+            transient_above: (self.transient_above > 0.0).then_some(self.transient_above),
             alerts: tessera_stream::grammar::AlertOptions {
                 open_above: self.open_above,
                 close_below: self.close_below,
