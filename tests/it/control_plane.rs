@@ -491,6 +491,49 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
         }
     }
 
+    // A machine class set in the registry reaches every node's wear judge (the zones it judges
+    // a motor's vibration by) and the `motors` table; an unknown class is refused.
+    tessera(&["cluster", "define-machine-class", "--at", &nodes[0].addr, "pump-75", "1.4", "3.5", "9"])
+        .expect("define-machine-class");
+    tessera(&["cluster", "set-machine-class", "--at", &nodes[1].addr, "pump-75", "site-a-m0"]).expect("set pump-75");
+    tessera(&["cluster", "set-machine-class", "--at", &nodes[2].addr, "III", "site-a-m1"]).expect("set III");
+    let refused =
+        tessera(&["cluster", "set-machine-class", "--at", &nodes[0].addr, "V", "site-a-m1"]).expect_err("no class V");
+    assert!(format!("{refused:#}").contains("no machine class V"), "{refused:#}");
+    for node in running {
+        let classes = node.machine_classes().expect("wear is on");
+        let until = Instant::now() + Duration::from_secs(30);
+        while classes.get("site-a-m0") != Some([1.4, 3.5, 9.0]) || classes.get("site-a-m1") != Some([1.8, 4.5, 11.2]) {
+            assert!(
+                Instant::now() < until,
+                "the registry's classes did not reach the wear judge of {:?}",
+                node.sql_addr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(classes.get("site-a-m2"), None, "a motor without a class keeps the node's default");
+        let args = tessera_cli::commands::sql::SqlArgs {
+            query: "SELECT motor_id, machine_class FROM motors ORDER BY 1".into(),
+            at: node.sql_addr().expect("endpoint").to_string(),
+            user: Some("root".into()),
+            password: Some("pw".into()),
+            token: None,
+            timeout: Duration::from_secs(10),
+            tls: Default::default(),
+        };
+        let table = tessera_cli::commands::sql::query_table(&args).expect("sql");
+        assert!(table.contains("| site-a-m0 | pump-75") && table.contains("| site-a-m1 | III"), "{table}");
+    }
+    tessera(&["cluster", "set-machine-class", "--at", &nodes[2].addr, "default", "site-a-m1"]).expect("back");
+    for node in running {
+        let classes = node.machine_classes().expect("wear is on");
+        let until = Instant::now() + Duration::from_secs(30);
+        while classes.get("site-a-m1").is_some() {
+            assert!(Instant::now() < until, "site-a-m1 kept its class at {:?}", node.sql_addr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     // A grade set cluster-wide reaches every node: `motors.motor_id` is general by config,
     // the cluster raises it to important, and every node's results say so.
     tessera(&["cluster", "set-grade", "--at", &nodes[2].addr, "motors", "important", "--column", "motor_id"])

@@ -133,6 +133,12 @@ pub struct Registry {
     /// Key releases of export bundles, by bundle id.
     #[serde(default)]
     pub releases: BTreeMap<String, ReleaseRecord>,
+    /// Plants' own machine classes: vibration zone boundaries A/B, B/C, C/D in µm/s.
+    #[serde(default)]
+    pub machine_classes: BTreeMap<String, [u32; 3]>,
+    /// Motors given a machine class (an ISO class I–IV or one of `machine_classes`).
+    #[serde(default)]
+    pub motor_classes: BTreeMap<MotorId, String>,
 }
 
 impl Registry {
@@ -237,6 +243,25 @@ impl Registry {
                 };
                 self.releases.insert(bundle.clone(), record);
             }
+            Command::DefineMachineClass { class, boundaries_um_s } => {
+                self.machine_classes.insert(class.clone(), *boundaries_um_s);
+            }
+            Command::SetMachineClass { motors, class } => {
+                if let Some(c) = class
+                    && self.zones_of(c).is_none()
+                {
+                    return Err(format!("no machine class {c} (I, II, III, IV, or define it first)"));
+                }
+                if let Some(m) = motors.iter().find(|m| !self.motors.contains_key(*m)) {
+                    return Err(format!("motor {m} is not assigned to a site (assign it first)"));
+                }
+                for motor in motors {
+                    match class {
+                        Some(c) => self.motor_classes.insert(motor.clone(), c.clone()),
+                        None => self.motor_classes.remove(motor),
+                    };
+                }
+            }
             Command::ApproveRelease { bundle, site } => {
                 let release =
                     self.releases.get_mut(bundle).ok_or_else(|| format!("bundle {bundle} has no release request"))?;
@@ -261,6 +286,15 @@ impl Registry {
         map
     }
 
+    /// A machine class's vibration zone boundaries A/B, B/C, C/D in mm/s: an ISO class (I–IV)
+    /// or one the cluster defined.
+    pub fn zones_of(&self, class: &str) -> Option<[f64; 3]> {
+        if let Ok(iso) = class.parse::<tessera_core::MachineClass>() {
+            return Some(iso.boundaries());
+        }
+        self.machine_classes.get(class).map(|b| b.map(|um| f64::from(um) / 1000.0))
+    }
+
     fn require_site(&self, site: &SiteId) -> Result<(), String> {
         if self.sites.contains_key(site) { Ok(()) } else { Err(format!("site {site} does not exist (add it first)")) }
     }
@@ -281,6 +315,38 @@ mod tests {
 
     fn site(s: &str) -> SiteId {
         SiteId::new(s).unwrap()
+    }
+
+    #[test]
+    fn motors_get_a_machine_class_that_exists_and_back_the_default() {
+        let mut reg = Registry::default();
+        let motors = |ids: &[&str]| ids.iter().map(|m| MotorId::new(*m).unwrap()).collect::<Vec<_>>();
+        reg.apply(1, &req(Command::AddSite { site: site("a"), name: "Plant A".into() }));
+        reg.apply(2, &req(Command::AssignMotors { site: site("a"), motors: motors(&["M1", "M2"]) }));
+        let set = |ids: &[&str], class: Option<&str>| Command::SetMachineClass {
+            motors: motors(ids),
+            class: class.map(str::to_string),
+        };
+        let (outcome, audit) = reg.apply(3, &req(set(&["M1"], Some("III"))));
+        assert_eq!((outcome, audit.action.as_str()), (Outcome::Applied, "give motor M1 class III"));
+        assert_eq!(reg.zones_of(&reg.motor_classes[&MotorId::new("M1").unwrap()]), Some([1.8, 4.5, 11.2]));
+        let (outcome, _) = reg.apply(4, &req(set(&["M2"], Some("pump-75"))));
+        assert_eq!(outcome, Outcome::Rejected("no machine class pump-75 (I, II, III, IV, or define it first)".into()));
+        let define = Command::DefineMachineClass { class: "pump-75".into(), boundaries_um_s: [1400, 3500, 9000] };
+        let (outcome, audit) = reg.apply(5, &req(define));
+        assert_eq!(outcome, Outcome::Applied);
+        assert_eq!(audit.action, "define machine class pump-75 (zones A/B 1.4, B/C 3.5, C/D 9 mm/s)");
+        reg.apply(6, &req(set(&["M2"], Some("pump-75"))));
+        assert_eq!(reg.zones_of("pump-75"), Some([1.4, 3.5, 9.0]));
+        let (outcome, _) = reg.apply(7, &req(set(&["M3"], Some("II"))));
+        assert_eq!(outcome, Outcome::Rejected("motor M3 is not assigned to a site (assign it first)".into()));
+        reg.apply(8, &req(set(&["M1"], None)));
+        assert_eq!(reg.motor_classes.keys().map(|m| m.as_str()).collect::<Vec<_>>(), ["M2"]);
+        // An ISO class is built in; a plant's class must rise within bounds.
+        let redefine = req(Command::DefineMachineClass { class: "ii".into(), boundaries_um_s: [1, 2, 3] });
+        assert_eq!(redefine.check().unwrap_err().field, "command.class");
+        let falling = req(Command::DefineMachineClass { class: "fan".into(), boundaries_um_s: [3000, 2000, 9000] });
+        assert_eq!(falling.check().unwrap_err().field, "command.boundaries");
     }
 
     #[test]

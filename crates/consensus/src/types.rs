@@ -146,6 +146,23 @@ pub enum Command {
         /// The approving site.
         site: SiteId,
     },
+    /// Defines (or redefines) a plant's own machine class by its vibration zone boundaries
+    /// (ISO 20816's idea; the ISO classes I–IV are built in and cannot be redefined).
+    DefineMachineClass {
+        /// Its name.
+        class: String,
+        /// The A/B, B/C and C/D boundaries, velocity RMS in µm/s (integers keep the registry
+        /// exact).
+        boundaries_um_s: [u32; 3],
+    },
+    /// Gives motors a machine class (I–IV or a defined one) whose vibration zones the wear
+    /// judge uses for them; `None`: back to the node's configured class.
+    SetMachineClass {
+        /// The motors; each must be assigned to a site.
+        motors: Vec<MotorId>,
+        /// The class.
+        class: Option<String>,
+    },
 }
 
 impl fmt::Display for Command {
@@ -172,6 +189,21 @@ impl fmt::Display for Command {
                 )
             }
             Command::ApproveRelease { bundle, site } => write!(f, "approve release of bundle {bundle} by {site}"),
+            Command::DefineMachineClass { class, boundaries_um_s: [ab, bc, cd] } => write!(
+                f,
+                "define machine class {class} (zones A/B {}, B/C {}, C/D {} mm/s)",
+                f64::from(*ab) / 1000.0,
+                f64::from(*bc) / 1000.0,
+                f64::from(*cd) / 1000.0
+            ),
+            Command::SetMachineClass { motors, class } => {
+                let class = class.as_deref().map_or("the default class".to_string(), |c| format!("class {c}"));
+                match motors.as_slice() {
+                    [one] => write!(f, "give motor {one} {class}"),
+                    [first, .., last] => write!(f, "give {} motors ({first} … {last}) {class}", motors.len()),
+                    [] => write!(f, "give no motors {class}"),
+                }
+            }
         }
     }
 }
@@ -202,6 +234,19 @@ fn text(field: &'static str, value: &str, max: usize) -> Result<(), RequestError
     Ok(())
 }
 
+fn motor_list(motors: &[MotorId]) -> Result<(), RequestError> {
+    if motors.is_empty() {
+        return Err(RequestError { field: "command.motors", problem: "is empty".into() });
+    }
+    if motors.len() > MAX_MOTORS_PER_COMMAND {
+        return Err(RequestError {
+            field: "command.motors",
+            problem: format!("holds {} motors, the limit is {MAX_MOTORS_PER_COMMAND}", motors.len()),
+        });
+    }
+    Ok(())
+}
+
 impl Request {
     /// Checks every field's size and shape, so that nothing unbounded (and nothing that is not
     /// metadata) is proposed. The state machine checks the request against the registry again
@@ -212,17 +257,23 @@ impl Request {
             Command::AddSite { name, .. } => text("command.name", name, MAX_TEXT_BYTES),
             Command::RegisterNode { addr, .. } => text("command.addr", addr, MAX_TEXT_BYTES),
             Command::RemoveNode { .. } => Ok(()),
-            Command::AssignMotors { motors, .. } => {
-                if motors.is_empty() {
-                    return Err(RequestError { field: "command.motors", problem: "is empty".into() });
-                }
-                if motors.len() > MAX_MOTORS_PER_COMMAND {
+            Command::AssignMotors { motors, .. } => motor_list(motors),
+            Command::DefineMachineClass { class, boundaries_um_s } => {
+                text("command.class", class, MAX_TEXT_BYTES)?;
+                if class.parse::<tessera_core::MachineClass>().is_ok() {
                     return Err(RequestError {
-                        field: "command.motors",
-                        problem: format!("holds {} motors, the limit is {MAX_MOTORS_PER_COMMAND}", motors.len()),
+                        field: "command.class",
+                        problem: format!("{class} is an ISO class, built in: define a class of another name"),
                     });
                 }
-                Ok(())
+                let mm_s: Vec<f64> = boundaries_um_s.iter().map(|b| f64::from(*b) / 1000.0).collect();
+                tessera_core::zone_boundaries(&mm_s)
+                    .map(|_| ())
+                    .map_err(|problem| RequestError { field: "command.boundaries", problem })
+            }
+            Command::SetMachineClass { motors, class } => {
+                motor_list(motors)?;
+                class.as_deref().map_or(Ok(()), |c| text("command.class", c, MAX_TEXT_BYTES))
             }
             Command::RegisterQuery { name, sql } => {
                 text("command.name", name, MAX_TEXT_BYTES)?;

@@ -7,7 +7,8 @@
 //! are spread over shards ([`shard_of`]), and how event time is cut into windows
 //! ([`WindowSpec`], [`MotorWatermark`]), how long things took ([`LatencyHistogram`]), which
 //! config field is wrong ([`ConfigError`]), an error with its causes as text ([`error_chain`])
-//! and what time it is ([`now_ms`]). Everything here is
+//! what time it is ([`now_ms`]) and the vibration zones of a machine class
+//! ([`MachineClass`]). Everything here is
 //! pure and cheap to test.
 #![deny(missing_docs)]
 
@@ -19,6 +20,7 @@ mod grade;
 mod group_rule;
 mod ids;
 mod latency;
+mod machine_class;
 mod reading;
 mod schema;
 mod shard;
@@ -33,6 +35,7 @@ pub use grade::{DataGrade, DataStage, UnknownName};
 pub use group_rule::GroupRule;
 pub use ids::{IdError, MAX_ID_BYTES, MotorId, SiteId};
 pub use latency::{LATENCY_BUCKETS_S, LatencyHistogram, LatencySnapshot};
+pub use machine_class::{MAX_ZONE_BOUNDARY_MM_S, MachineClass, zone_boundaries};
 pub use reading::{Channel, Reading, ReadingFingerprint};
 pub use schema::{TelemetryColumn, telemetry_schema};
 pub use shard::shard_of;

@@ -67,6 +67,8 @@ pub struct Node {
     control: Option<tessera_consensus::ConsensusNode>,
     /// Set once a part has been seen to end on its own (the liveness probe reads it).
     failed: Arc<std::sync::atomic::AtomicBool>,
+    /// The wear judge's motors with a machine class of their own, as the registry says.
+    machine_classes: Option<tessera_stream::wear::MotorClasses>,
 }
 
 /// Binds `listen` on `runtime`; the error names the config field.
@@ -146,6 +148,7 @@ impl Node {
             }
         };
         let shared_tables = engine.shared_tables();
+        let machine_classes = engine.machine_classes();
         let (store, store_loop) = match config.store.open()? {
             Some(store) => {
                 let (store, writer) = TelemetryStore::prepare(store, &config.store, grades.clone(), checkpointed);
@@ -210,6 +213,7 @@ impl Node {
                 registry,
                 grades,
                 group_policy,
+                machine_classes.clone(),
             );
             tasks.spawn(&runtime, "query watcher", watcher.run(signal.clone()));
         }
@@ -246,7 +250,21 @@ impl Node {
         };
         // Last, once nothing else can fail: the blocking stages' threads.
         let threads = StageThreads::spawn(ingest_loops, detect_loop, store_loop)?;
-        Ok(Node { runtime, queries, shutdown, tasks, ingest, detect, store, threads, sql, http, control, failed })
+        Ok(Node {
+            runtime,
+            queries,
+            shutdown,
+            tasks,
+            ingest,
+            detect,
+            store,
+            threads,
+            sql,
+            http,
+            control,
+            failed,
+            machine_classes,
+        })
     }
 
     /// Where `/metrics` and the health checks are served, if they are.
@@ -288,6 +306,12 @@ impl Node {
     /// The ingest's counters.
     pub fn ingest_stats(&self) -> IngestStats {
         self.ingest.metrics().snapshot()
+    }
+
+    /// The motors whose vibration zones the wear judge takes from the registry's machine
+    /// classes (None: wear is off), kept current by the query watcher.
+    pub fn machine_classes(&self) -> Option<&tessera_stream::wear::MotorClasses> {
+        self.machine_classes.as_ref()
     }
 
     /// The detection stage's counters, with the checkpoints adopted and written.

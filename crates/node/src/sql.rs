@@ -237,6 +237,9 @@ pub fn served_tables(
             let columns: Vec<ArrayRef> = vec![
                 Arc::new(StringArray::from_iter_values(motors.iter().map(|m| m.motor.as_str()))),
                 Arc::new(StringArray::from_iter_values(motors.iter().map(|m| m.site.as_str()))),
+                Arc::new(StringArray::from_iter(
+                    motors.iter().map(|m| Some(m.machine_class.as_str()).filter(|c| !c.is_empty())),
+                )),
             ];
             RecordBatch::try_new(schema.clone(), columns).map(|b| vec![b]).unwrap_or_default()
         });
@@ -275,6 +278,8 @@ fn motors_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("motor_id", DataType::Utf8, false),
         Field::new("site_id", DataType::Utf8, false),
+        // Set in the registry (`tessera cluster set-machine-class`); null: the node's default.
+        Field::new("machine_class", DataType::Utf8, true),
     ]))
 }
 

@@ -36,30 +36,35 @@ use tessera_core::Channel;
 
 use crate::alerts::{AlertEvent, AlertState, Severity, alert_id};
 
-/// ISO 20816 / 10816-3 machine classes: I small machines (up to 15 kW), II medium (15–75 kW,
-/// or up to 300 kW on special foundations), III large on rigid foundations, IV large on soft
-/// foundations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MachineClass {
-    /// Small machines.
-    I,
-    /// Medium machines.
-    II,
-    /// Large, rigid foundations.
-    III,
-    /// Large, soft foundations.
-    IV,
-}
+pub use tessera_core::MachineClass;
 
-impl MachineClass {
-    /// The zone boundaries A/B, B/C and C/D, velocity RMS in mm/s.
-    pub fn boundaries(self) -> [f64; 3] {
-        match self {
-            MachineClass::I => [0.71, 1.8, 4.5],
-            MachineClass::II => [1.12, 2.8, 7.1],
-            MachineClass::III => [1.8, 4.5, 11.2],
-            MachineClass::IV => [2.8, 7.1, 18.0],
+/// Each motor's own vibration zone boundaries (A/B, B/C, C/D in mm/s), where the registry
+/// gives its class one; shared with the node that keeps it current. A motor not in it is
+/// judged by [`WearConfig::class`].
+#[derive(Debug, Clone, Default)]
+pub struct MotorClasses(std::sync::Arc<std::sync::RwLock<HashMap<String, [f64; 3]>>>);
+
+impl MotorClasses {
+    /// Replaces the motors' boundaries.
+    pub fn set(&self, classes: HashMap<String, [f64; 3]>) {
+        if let Ok(mut c) = self.0.write() {
+            *c = classes;
         }
+    }
+
+    /// A motor's boundaries, if the registry gives it a class.
+    pub fn get(&self, motor: &str) -> Option<[f64; 3]> {
+        self.0.read().ok().and_then(|c| c.get(motor).copied())
+    }
+
+    /// How many motors have their own class.
+    pub fn len(&self) -> usize {
+        self.0.read().map_or(0, |c| c.len())
+    }
+
+    /// No motor has its own class.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -179,13 +184,19 @@ struct Judged {
 #[derive(Debug, Clone)]
 pub struct WearMonitor {
     config: WearConfig,
+    classes: MotorClasses,
     motors: HashMap<String, MotorWear>,
 }
 
 impl WearMonitor {
-    /// A judge with no motors yet.
-    pub fn new(config: WearConfig) -> Self {
-        Self { config, motors: HashMap::new() }
+    /// A judge with no motors yet; `classes` gives motors a class of their own.
+    pub fn new(config: WearConfig, classes: MotorClasses) -> Self {
+        Self { config, classes, motors: HashMap::new() }
+    }
+
+    /// The motors with a class of their own (shared: setting it changes this judge's zones).
+    pub fn classes(&self) -> MotorClasses {
+        self.classes.clone()
     }
 
     /// Takes in a batch of readings (telemetry schema) at processing time `now_ms`; the alert
@@ -198,9 +209,12 @@ impl WearMonitor {
             crate::schema::channel_values(batch, Channel::CurrentA),
         );
         let mut events = Vec::new();
+        let classes = self.classes.0.read().ok();
+        let default_zones = self.config.class.boundaries();
         for row in 0..batch.num_rows() {
             let motor = motors.value(row);
             let t = ts.value(row);
+            let zones = Scale::Zones(classes.as_ref().and_then(|c| c.get(motor).copied()).unwrap_or(default_zones));
             let m = self
                 .motors
                 .entry(motor.to_string())
@@ -210,7 +224,6 @@ impl WearMonitor {
                 if !v.is_finite() {
                     continue;
                 }
-                let zones = Scale::Zones(self.config.class.boundaries());
                 let Some(judged) = take(&self.config, &mut m.channels[c], t, v, zones) else { continue };
                 let kind = format!("wear.{}", CHANNELS[c].name());
                 if let Some(e) = decide(&self.config, &mut m.channels[c], &m.site, motor, kind, judged, t, now_ms) {
@@ -432,7 +445,7 @@ mod tests {
     /// at day 12) and its healthy twin, sampled every `step_ms`: the worn one is alerted at
     /// least a day before it reaches the limit, the twin never.
     fn wear_is_seen_a_day_ahead(step_ms: i64) {
-        let mut wear = WearMonitor::new(WearConfig::default());
+        let mut wear = WearMonitor::new(WearConfig::default(), MotorClasses::default());
         let (start, failure) = (3 * DAY, 12 * DAY);
         let worn = |t: i64| {
             let x = ((t - start) as f64 / (failure - start) as f64).max(0.0);
@@ -464,6 +477,30 @@ mod tests {
     }
 
     #[test]
+    fn a_motor_is_judged_by_the_zones_of_its_own_class() {
+        // Three motors running steadily at 3 mm/s for two days: zone C of the default class
+        // II (B/C 2.8), zone B of class III (B/C 4.5), zone D of a plant's own class whose C/D
+        // boundary is 2.5.
+        let mut wear = WearMonitor::new(WearConfig::default(), MotorClasses::default());
+        let mut own = HashMap::new();
+        own.insert("large".to_string(), MachineClass::III.boundaries());
+        own.insert("pump".to_string(), [1.0, 2.0, 2.5]);
+        wear.classes().set(own);
+        let mut events = Vec::new();
+        for i in 0..(2 * DAY / 600_000) {
+            let t = i * 600_000;
+            let rows = [("medium", 3.0 + 0.05 * noise(i, 1)), ("large", 3.0 + 0.05 * noise(i, 2)), ("pump", 3.0)];
+            events.extend(wear.observe(&batch(t, &rows), t));
+        }
+        let opened = |motor: &str| events.iter().find(|e| e.motor_id == motor && e.state == AlertState::Open);
+        let medium = opened("medium").expect("zone C of class II is alerted");
+        assert_eq!((medium.features["zone"], medium.features["limit"]), (3.0, 7.1), "{medium:?}");
+        assert!(opened("large").is_none(), "zone B of class III is not: {events:?}");
+        let pump = opened("pump").expect("zone D of the plant's class is alerted");
+        assert_eq!((pump.features["zone"], pump.features["limit"], pump.severity), (4.0, 2.5, Severity::Critical));
+    }
+
+    #[test]
     fn wear_is_seen_a_day_ahead_sampled_every_10_minutes() {
         wear_is_seen_a_day_ahead(10 * 60_000);
     }
@@ -484,7 +521,7 @@ mod tests {
         // Load cycles 20–40 A over the day; temperature follows current² (30 + 0.02·I²: 38–62 °C).
         // From day 3 the cooling fouls: the rise over the load grows to the 15 °C limit at day 11.
         // Its twin runs the same load with clean cooling.
-        let mut wear = WearMonitor::new(WearConfig::default());
+        let mut wear = WearMonitor::new(WearConfig::default(), MotorClasses::default());
         let step = 10 * 60_000;
         let (start, limit_at) = (3 * DAY, 11 * DAY);
         let mut events = Vec::new();
@@ -510,12 +547,12 @@ mod tests {
 
     #[test]
     fn the_state_survives_a_checkpoint() {
-        let mut a = WearMonitor::new(WearConfig::default());
+        let mut a = WearMonitor::new(WearConfig::default(), MotorClasses::default());
         for i in 0..(8 * HOUR / 60_000) {
             a.observe(&batch(i * 60_000, &[("m", 1.5 + 0.3 * noise(i, 3))]), 0);
         }
         let bytes = crate::checkpoint::to_versioned_bytes(&a.snapshot(&|_| true)).unwrap();
-        let mut b = WearMonitor::new(WearConfig::default());
+        let mut b = WearMonitor::new(WearConfig::default(), MotorClasses::default());
         b.adopt(crate::checkpoint::from_versioned_bytes(&bytes).unwrap());
         assert_eq!(
             crate::checkpoint::to_versioned_bytes(&b.snapshot(&|_| true)).unwrap(),

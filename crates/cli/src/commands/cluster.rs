@@ -67,6 +67,28 @@ pub enum ClusterCommand {
         #[arg(required = true)]
         motors: Vec<String>,
     },
+    /// Define a plant's own machine class by its vibration zone boundaries (ISO 20816's zones
+    /// A–D; the ISO classes I–IV are built in).
+    DefineMachineClass {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Its name.
+        class: String,
+        /// The A/B, B/C and C/D boundaries, velocity RMS in mm/s, rising (e.g. 1.4 3.5 9).
+        #[arg(num_args = 3, required = true)]
+        boundaries_mm_s: Vec<f64>,
+    },
+    /// Give motors a machine class (I, II, III, IV or a defined one): the vibration zones the
+    /// wear judge uses for them.
+    SetMachineClass {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The class; `default` gives the motors back to the node's configured class.
+        class: String,
+        /// Motor ids.
+        #[arg(required = true)]
+        motors: Vec<String>,
+    },
     /// Set a data grade's rule for one stage.
     SetPolicy {
         #[command(flatten)]
@@ -221,6 +243,20 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             let req = pb::AssignMotorsRequest { site: site.clone(), motors, actor: admin.actor() };
             let reply = admin.client().await?.assign_motors(req).await.map_err(|s| status_error(&admin.at, s))?;
             written(&format!("{n} motors to {site}"), reply.into_inner())?;
+        }
+        ClusterCommand::DefineMachineClass { admin, class, boundaries_mm_s } => {
+            let req = pb::DefineMachineClassRequest { class: class.clone(), boundaries_mm_s, actor: admin.actor() };
+            let reply =
+                admin.client().await?.define_machine_class(req).await.map_err(|s| status_error(&admin.at, s))?;
+            written(&format!("machine class {class}"), reply.into_inner())?;
+        }
+        ClusterCommand::SetMachineClass { admin, class, motors } => {
+            let n = motors.len();
+            let class = if class == "default" { String::new() } else { class };
+            let what = format!("{n} motors' machine class");
+            let req = pb::SetMachineClassRequest { motors, class, actor: admin.actor() };
+            let reply = admin.client().await?.set_machine_class(req).await.map_err(|s| status_error(&admin.at, s))?;
+            written(&what, reply.into_inner())?;
         }
         ClusterCommand::SetPolicy { admin, grade, stage, rule } => {
             let req = pb::SetPolicyRequest { grade: grade.clone(), stage: stage.clone(), rule, actor: admin.actor() };

@@ -255,6 +255,37 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         Ok(Response::new(self.propose(&caller, command).await?))
     }
 
+    async fn define_machine_class(
+        &self,
+        request: GrpcRequest<pb::DefineMachineClassRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let caller = self.caller(&request, &request.get_ref().actor)?;
+        let req = request.into_inner();
+        let mm_s = tessera_core::zone_boundaries(&req.boundaries_mm_s)
+            .map_err(|e| ServiceError::invalid("boundaries_mm_s", e))?;
+        let command = Command::DefineMachineClass {
+            class: req.class,
+            boundaries_um_s: mm_s.map(|b| (b * 1000.0).round() as u32),
+        };
+        Ok(Response::new(self.propose(&caller, command).await?))
+    }
+
+    async fn set_machine_class(
+        &self,
+        request: GrpcRequest<pb::SetMachineClassRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let caller = self.caller(&request, &request.get_ref().actor)?;
+        let req = request.into_inner();
+        let motors = req
+            .motors
+            .iter()
+            .map(|m| MotorId::new(m.as_str()).map_err(|e| ServiceError::invalid("motors", e)))
+            .collect::<Result<_, _>>()?;
+        let class = Some(req.class).filter(|c| !c.is_empty());
+        let command = Command::SetMachineClass { motors, class };
+        Ok(Response::new(self.propose(&caller, command).await?))
+    }
+
     async fn set_grade(
         &self,
         request: GrpcRequest<pb::SetGradeRequest>,
@@ -452,7 +483,18 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
                 .motors
                 .iter()
                 .filter(|(_, s)| site.is_empty() || s.as_str() == site)
-                .map(|(m, s)| pb::MotorAssignment { motor: m.to_string(), site: s.to_string() })
+                .map(|(m, s)| {
+                    let class = a.registry.motor_classes.get(m);
+                    pb::MotorAssignment {
+                        motor: m.to_string(),
+                        site: s.to_string(),
+                        machine_class: class.cloned().unwrap_or_default(),
+                        zone_boundaries_mm_s: class
+                            .and_then(|c| a.registry.zones_of(c))
+                            .map(|z| z.to_vec())
+                            .unwrap_or_default(),
+                    }
+                })
                 .collect()
         });
         Ok(Response::new(pb::ListMotorsResponse { motors }))

@@ -110,8 +110,9 @@ pub struct QueryWatcher {
 impl QueryWatcher {
     /// A watcher of the control plane at `admin` (over `tls`). `running` is what the node runs
     /// of the cluster's queries already; `local` the names of its own queries. It also keeps
-    /// `registry` (sites and motors) current, `grades` raised to the cluster's grade policy, and
-    /// `group_policy` to the group terms of its `use` rules.
+    /// `registry` (sites and motors) current, `grades` raised to the cluster's grade policy,
+    /// `group_policy` to the group terms of its `use` rules, and `classes` (the wear judge's
+    /// motors with a machine class of their own) to the registry's.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         control: &ControlConfig,
@@ -123,6 +124,7 @@ impl QueryWatcher {
         registry: RegistryRows,
         grades: tessera_core::LiveGrades,
         group_policy: tessera_sql::LiveGroupPolicy,
+        classes: Option<tessera_stream::wear::MotorClasses>,
     ) -> Self {
         Self {
             watch: Watch {
@@ -136,6 +138,7 @@ impl QueryWatcher {
                 registry,
                 grades,
                 group_policy,
+                classes,
             },
         }
     }
@@ -161,6 +164,7 @@ struct Watch {
     registry: RegistryRows,
     grades: tessera_core::LiveGrades,
     group_policy: tessera_sql::LiveGroupPolicy,
+    classes: Option<tessera_stream::wear::MotorClasses>,
 }
 
 impl Watch {
@@ -191,6 +195,9 @@ impl Watch {
                     .map_err(|s| status_error(&self.admin, s))?
                     .into_inner()
                     .motors;
+                if let Some(classes) = &self.classes {
+                    classes.set(machine_classes(&motors));
+                }
                 self.registry.set(sites, motors);
                 let policy = c
                     .list_grades(pb::ListGradesRequest {})
@@ -249,6 +256,18 @@ impl Watch {
             }
         }
     }
+}
+
+/// The motors the registry gives a machine class, with its zone boundaries (a motor whose
+/// entry does not carry three is left to the node's default).
+fn machine_classes(motors: &[pb::MotorAssignment]) -> std::collections::HashMap<String, [f64; 3]> {
+    motors
+        .iter()
+        .filter_map(|m| {
+            let zones = tessera_core::zone_boundaries(&m.zone_boundaries_mm_s).ok()?;
+            Some((m.motor.clone(), zones))
+        })
+        .collect()
 }
 
 /// The cluster's grade settings as a map of just what they name.

@@ -213,7 +213,7 @@ impl StreamEngine {
         tables.register_table("motor_health", health.table()).expect("fresh context");
         Self {
             quality: config.quality.map(crate::quality::QualityMonitor::new),
-            wear: config.wear.map(crate::wear::WearMonitor::new),
+            wear: config.wear.map(|w| crate::wear::WearMonitor::new(w, Default::default())),
             shift: config.shift.map(crate::shift::ShiftMonitor::new),
             health,
             config,
@@ -392,6 +392,12 @@ impl StreamEngine {
     pub async fn sql(&self, sql: &str) -> Result<Vec<RecordBatch>, StreamError> {
         let df = self.tables.sql(sql).await.map_err(StreamError::Query)?;
         df.collect().await.map_err(StreamError::Query)
+    }
+
+    /// The wear judge's motors with a machine class of their own (None: wear is off); the
+    /// node keeps it in step with the registry.
+    pub fn machine_classes(&self) -> Option<crate::wear::MotorClasses> {
+        self.wear.as_ref().map(crate::wear::WearMonitor::classes)
     }
 
     /// Counters.
