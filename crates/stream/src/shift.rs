@@ -328,12 +328,13 @@ struct ChannelShift {
     #[serde(default)]
     squares: f64,
     #[serde(default)]
-    noise: Baseline,
+    noise: Noise,
     /// The channel's |z| in the last window (the profile learns only while it is normal).
     last_z: f64,
-    /// The open window's smallest and largest judged reading, and the baseline of ranges.
+    /// The open window's smallest and largest judged reading, and the baseline of ranges
+    /// (only when transients are judged).
     #[serde(default)]
-    range: Range,
+    range: Option<Box<Range>>,
     /// The day scale.
     #[serde(default)]
     day: DayLevel,
@@ -585,9 +586,9 @@ fn take(
                     count: 0,
                     slack: 0.0,
                     squares: 0.0,
-                    noise: Baseline::default(),
+                    noise: Noise::default(),
                     last_z: 0.0,
-                    range: Range::default(),
+                    range: None,
                     day: DayLevel::default(),
                 });
                 m.correlation = Correlation::default();
@@ -625,7 +626,9 @@ fn take(
                 *v
             }
         };
-        c.range.take(judged, c.count == 0);
+        if config.transient_above.is_some() {
+            c.range.get_or_insert_default().take(judged, c.count == 0);
+        }
         c.sum += judged;
         c.squares += judged * judged;
         c.count += 1;
@@ -700,9 +703,8 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
         .channels
         .iter()
         .map(|c| {
-            (config.transient_above.is_some() && c.count >= 2)
-                .then(|| c.range.base.z(c.range.hi - c.range.lo, 0.0, 0.0, min))
-                .flatten()
+            let r = c.range.as_ref().filter(|_| config.transient_above.is_some() && c.count >= 2)?;
+            r.base.z(r.hi - r.lo, 0.0, 0.0, min)
         })
         .collect();
     let peak = peaks.iter().flatten().fold(0.0_f64, |a, z| a.max(*z));
@@ -725,10 +727,10 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
     for ((c, x), z) in m.channels.iter_mut().zip(&means).zip(&zs) {
         c.last_z = z.map_or(0.0, f64::abs);
         let Some(x) = x else { continue };
-        if config.transient_above.is_some() && c.count >= 2 {
-            let range = c.range.hi - c.range.lo;
-            if c.range.base.z(range, 0.0, 0.0, min).is_none_or(|z| z < config.gate) {
-                c.range.base.learn(range, alpha, min);
+        if let Some(r) = c.range.as_mut().filter(|_| config.transient_above.is_some() && c.count >= 2) {
+            let range = r.hi - r.lo;
+            if r.base.z(range, 0.0, 0.0, min).is_none_or(|z| z < config.gate) {
+                r.base.learn(range, alpha, min);
             }
         }
         if z.is_none() || (c.last_z < config.gate && !anomalous) {
@@ -736,7 +738,7 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
             if c.count >= 2 {
                 let n = f64::from(c.count);
                 let variance = ((c.squares - c.sum * c.sum / n) / (n - 1.0)).max(0.0);
-                c.noise.learn((variance / n).sqrt(), alpha, min);
+                c.noise.learn((variance / n).sqrt(), alpha);
             }
         } else {
             c.base.gated_ms += len;
@@ -785,7 +787,23 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
 /// The floor under a channel's spread: the usual standard error of its window means from the
 /// readings' own spread, once learnt.
 fn noise_floor(c: &ChannelShift, min: u32) -> f64 {
-    if c.noise.n >= min { c.noise.mean } else { 0.0 }
+    if c.noise.n >= min { f64::from(c.noise.se) } else { 0.0 }
+}
+
+/// The usual standard error of a channel's window mean, from its readings' own spread: a
+/// moving average (the baseline's weights), in 8 bytes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Noise {
+    n: u32,
+    se: f32,
+}
+
+impl Noise {
+    fn learn(&mut self, se: f64, alpha: f64) {
+        self.n = self.n.saturating_add(1);
+        let a = (1.0 / f64::from(self.n)).max(alpha);
+        self.se += (a * (se - f64::from(self.se))) as f32;
+    }
 }
 
 /// The channels with a z this window, as correlation dimensions.
