@@ -470,9 +470,10 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
     // The registry's sites and motors are SQL tables on every node, kept current.
     tessera(&["cluster", "add-site", "--at", &nodes[0].addr, "site-a", "Plant A"]).expect("add-site");
     tessera(&["cluster", "assign-motors", "--at", &nodes[1].addr, "site-a", "site-a-m0", "site-a-m1"]).expect("assign");
-    for node in running {
+    // A query's answer as `tessera sql` prints it, asked of `node` as the admin.
+    let sql_table = |node: &Node, query: &str| {
         let args = tessera_cli::commands::sql::SqlArgs {
-            query: "SELECT m.motor_id, s.name FROM motors m JOIN sites s USING (site_id) ORDER BY 1".into(),
+            query: query.into(),
             at: node.sql_addr().expect("endpoint").to_string(),
             user: Some("root".into()),
             password: Some("pw".into()),
@@ -480,9 +481,13 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
             timeout: Duration::from_secs(10),
             tls: Default::default(),
         };
+        tessera_cli::commands::sql::query_table(&args).expect("sql")
+    };
+    for node in running {
         let until = Instant::now() + Duration::from_secs(30);
         loop {
-            let table = tessera_cli::commands::sql::query_table(&args).expect("sql");
+            let table =
+                sql_table(node, "SELECT m.motor_id, s.name FROM motors m JOIN sites s USING (site_id) ORDER BY 1");
             if table.contains("| site-a-m0 | Plant A |") && table.contains("| site-a-m1 | Plant A |") {
                 break;
             }
@@ -512,16 +517,7 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
             std::thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(classes.get("site-a-m2"), None, "a motor without a class keeps the node's default");
-        let args = tessera_cli::commands::sql::SqlArgs {
-            query: "SELECT motor_id, machine_class FROM motors ORDER BY 1".into(),
-            at: node.sql_addr().expect("endpoint").to_string(),
-            user: Some("root".into()),
-            password: Some("pw".into()),
-            token: None,
-            timeout: Duration::from_secs(10),
-            tls: Default::default(),
-        };
-        let table = tessera_cli::commands::sql::query_table(&args).expect("sql");
+        let table = sql_table(node, "SELECT motor_id, machine_class FROM motors ORDER BY 1");
         assert!(table.contains("| site-a-m0 | pump-75") && table.contains("| site-a-m1 | III"), "{table}");
     }
     tessera(&["cluster", "set-machine-class", "--at", &nodes[2].addr, "default", "site-a-m1"]).expect("back");

@@ -87,30 +87,13 @@ fn the_demo_judges_find_the_demo_fleets_faults_with_few_false_alarms() {
     crate::init_logging();
     let dir = std::env::temp_dir().join(format!("tessera-fleet-it-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let spec = tessera_workload::simulate::FleetSpec {
-        motors: 1000,
-        sites: 3,
-        rate_hz: 1.0,
-        steps: 180,
-        start_ms: 1_704_067_200_000,
-        fault_fraction: 0.05,
-        seed: 42,
-    };
-    tessera_workload::scenarios::write_fleet(&dir, spec).expect("the fleet is written");
+    tessera_workload::scenarios::write_fleet(&dir, tessera_workload::simulate::FleetSpec::demo(42))
+        .expect("the fleet is written");
     let labels = eval::FolderLabels::read(&dir.join("labels.json")).expect("its labels");
-    let detect = DetectConfig {
-        queries: tessera_node::detect::rules::DEFAULT_RULES
-            .iter()
-            .chain(tessera_node::detect::rules::DEMO_RULES)
-            .map(|s| s.to_string())
-            .collect(),
-        shift: tessera_node::detect::ShiftConfig::demo(),
-        ..Default::default()
-    };
     let opts = EvalOptions {
         sets: vec![DataSet::Folder { dir: dir.clone(), labels: dir.join("labels.json") }],
         seed: 42,
-        detect,
+        detect: DetectConfig::demo(),
         rules: Rules::ALL,
     };
     let report = eval::run(&opts, false).expect("the evaluation runs");

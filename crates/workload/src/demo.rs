@@ -126,15 +126,7 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
         (None, None) => unreachable!("one of the two is set"),
     };
     let sites: Vec<String> = (0..opts.sites).map(site_name).collect();
-    let detect = DetectConfig {
-        queries: tessera_node::detect::rules::DEFAULT_RULES
-            .iter()
-            .chain(tessera_node::detect::rules::DEMO_RULES)
-            .map(|s| s.to_string())
-            .collect(),
-        shift: tessera_node::detect::ShiftConfig::demo(),
-        ..Default::default()
-    };
+    let detect = DetectConfig::demo();
     // Enough partitions for every node of a site to own some.
     let partitions = 3.max(2 * opts.nodes_per_site as i32);
     let mut topics: Vec<(String, i32)> =

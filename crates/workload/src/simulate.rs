@@ -84,6 +84,23 @@ pub struct FleetSpec {
     pub seed: u64,
 }
 
+impl FleetSpec {
+    /// `tessera demo`'s fleet with its defaults: 1,000 motors on 3 sites at 1 Hz for 3
+    /// minutes, 5 % with a fault, from 2024-01-01 (for an offline replay, where the date is
+    /// rebased anyway).
+    pub fn demo(seed: u64) -> Self {
+        Self {
+            motors: 1000,
+            sites: 3,
+            rate_hz: 1.0,
+            steps: 180,
+            start_ms: 1_704_067_200_000,
+            fault_fraction: 0.05,
+            seed,
+        }
+    }
+}
+
 /// Site id number `i` (0-based): `site-a`, `site-b`, ..., `site-z`, `site-27`...
 pub fn site_name(i: u32) -> String {
     if i < 26 { format!("site-{}", (b'a' + i as u8) as char) } else { format!("site-{}", i + 1) }

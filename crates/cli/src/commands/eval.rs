@@ -61,16 +61,12 @@ pub struct EvalArgs {
 
 /// Runs the evaluations and prints their reports.
 pub fn run(args: EvalArgs) -> Result<()> {
-    let mut detect = NodeConfig::load(args.config.as_deref())?.detect;
-    if args.fleet.is_some() && args.config.is_none() {
+    let detect = if args.fleet.is_some() && args.config.is_none() {
         // The demo's fleet, judged as the demo judges it.
-        detect.queries = tessera_node::detect::rules::DEFAULT_RULES
-            .iter()
-            .chain(tessera_node::detect::rules::DEMO_RULES)
-            .map(|s| s.to_string())
-            .collect();
-        detect.shift = tessera_node::detect::ShiftConfig::demo();
-    }
+        tessera_node::detect::DetectConfig::demo()
+    } else {
+        NodeConfig::load(args.config.as_deref())?.detect
+    };
     if args.labels.len() > args.data.len() {
         bail!("--labels given {} times for {} --data folders", args.labels.len(), args.data.len());
     }
@@ -100,15 +96,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     if let Some(dir) = &args.fleet {
         if !dir.join("labels.json").exists() {
-            let spec = tessera_workload::simulate::FleetSpec {
-                motors: 1000,
-                sites: 3,
-                rate_hz: 1.0,
-                steps: 180,
-                start_ms: 1_704_067_200_000,
-                fault_fraction: 0.05,
-                seed: args.seed,
-            };
+            let spec = tessera_workload::simulate::FleetSpec::demo(args.seed);
             let files = tessera_workload::scenarios::write_fleet(dir, spec)?;
             println!("wrote the demo's fleet, {} labelled files, to {}", files.len(), dir.display());
         }

@@ -8,14 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::ForwardToLeader;
 use openraft::{ChangeMembers, ServerState};
-use tessera_core::{DataGrade, DataStage, MotorId};
+use tessera_core::{DataGrade, DataStage};
 use tessera_proto::raft as pb;
 use tessera_proto::raft::cluster_admin_client::ClusterAdminClient;
 use tonic::{Request as GrpcRequest, Response, Status};
 
 use super::authorize::{Action, Principal, on_behalf_of, principal_of};
 use super::error::ServiceError;
-use super::quorum::{Shared, site_id};
+use super::quorum::{Shared, motor_ids, site_id};
 use crate::network::channel_to;
 use crate::types::{Command, Member, NodeId, TypeConfig};
 
@@ -246,12 +246,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
     ) -> Result<Response<pb::WriteResponse>, Status> {
         let caller = self.caller(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
-        let motors = req
-            .motors
-            .iter()
-            .map(|m| MotorId::new(m.as_str()).map_err(|e| ServiceError::invalid("motors", e)))
-            .collect::<Result<_, _>>()?;
-        let command = Command::AssignMotors { site: site_id("site", &req.site)?, motors };
+        let command = Command::AssignMotors { site: site_id("site", &req.site)?, motors: motor_ids(&req.motors)? };
         Ok(Response::new(self.propose(&caller, command).await?))
     }
 
@@ -276,13 +271,8 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
     ) -> Result<Response<pb::WriteResponse>, Status> {
         let caller = self.caller(&request, &request.get_ref().actor)?;
         let req = request.into_inner();
-        let motors = req
-            .motors
-            .iter()
-            .map(|m| MotorId::new(m.as_str()).map_err(|e| ServiceError::invalid("motors", e)))
-            .collect::<Result<_, _>>()?;
         let class = Some(req.class).filter(|c| !c.is_empty());
-        let command = Command::SetMachineClass { motors, class };
+        let command = Command::SetMachineClass { motors: motor_ids(&req.motors)?, class };
         Ok(Response::new(self.propose(&caller, command).await?))
     }
 

@@ -51,6 +51,14 @@ pub(super) fn site_id(field: &'static str, s: &str) -> Result<SiteId, ServiceErr
     SiteId::new(s).map_err(|e| ServiceError::invalid(field, e))
 }
 
+/// The motor ids of a request's `motors` field.
+pub(super) fn motor_ids(motors: &[String]) -> Result<Vec<tessera_core::MotorId>, ServiceError> {
+    motors
+        .iter()
+        .map(|m| tessera_core::MotorId::new(m.as_str()).map_err(|e| ServiceError::invalid("motors", e)))
+        .collect()
+}
+
 impl Shared {
     /// This node, as the principal of what it writes on its own (a bootstrap's registrations).
     pub(crate) fn itself(&self) -> Principal {

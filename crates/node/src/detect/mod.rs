@@ -378,6 +378,16 @@ impl Default for DetectConfig {
 }
 
 impl DetectConfig {
+    /// What `tessera demo` runs: the default rules, the demo's windows
+    /// ([`rules::DEMO_RULES`]) and the shift judge at [`ShiftConfig::demo`].
+    pub fn demo() -> Self {
+        Self {
+            queries: rules::DEFAULT_RULES.iter().chain(rules::DEMO_RULES).map(|s| s.to_string()).collect(),
+            shift: ShiftConfig::demo(),
+            ..Self::default()
+        }
+    }
+
     /// Checks the fields; the error names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         ensure(!self.alerts_topic.is_empty(), "alerts_topic", "must not be empty")?;
