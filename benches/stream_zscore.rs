@@ -4,6 +4,8 @@
 //!
 //! - `--mode stage`: the window + anomaly stage alone, fed the data as in-memory Arrow
 //!   batches of `--batch-rows` rows in arrival order (CSV parsing not timed); one thread.
+//!   `--rules default` runs a node's default rule set and judges instead of the reference
+//!   query (the same data; not the peers' query, so its figure is the stage's cost as shipped).
 //! - `--mode kafka`: end to end: every reading is first produced to a topic of the embedded
 //!   Kafka (librdkafka's mock cluster, `--partitions`), then the ingest + detection stage run
 //!   from the first message until the last window closed; alert events are read back from the
@@ -12,7 +14,7 @@
 //!
 //! Both print rows/s and the number of windows with z > 3 (the peers' zscore row count).
 //!
-//! `cargo bench --bench stream_zscore -- --data $BENCH_WORK/data-1000x10000 [--mode stage|kafka] [--rounds 3]`
+//! `cargo bench --bench stream_zscore -- --data $BENCH_WORK/data-1000x10000 [--mode stage|kafka] [--rules reference|default] [--rounds 3]`
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,6 +53,9 @@ struct Args {
     rounds: u32,
     batch_rows: usize,
     partitions: i32,
+    /// `reference`: the peers' query alone; `default`: a node's default rule set and judges
+    /// (data quality, wear, shift), as `tessera node` runs them.
+    rules: String,
 }
 
 fn args() -> Result<Args> {
@@ -61,6 +66,7 @@ fn args() -> Result<Args> {
         rounds: 3,
         batch_rows: 8192,
         partitions: 128,
+        rules: "reference".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -70,6 +76,7 @@ fn args() -> Result<Args> {
             "--rounds" => a.rounds = it.next().context("--rounds N")?.parse()?,
             "--batch-rows" => a.batch_rows = it.next().context("--batch-rows N")?.parse()?,
             "--partitions" => a.partitions = it.next().context("--partitions N")?.parse()?,
+            "--rules" => a.rules = it.next().context("--rules reference|default")?,
             "--bench" => {}
             other => bail!("unknown argument {other}"),
         }
@@ -121,17 +128,25 @@ fn stage(args: &Args) -> Result<()> {
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     println!("stage: {rows} readings in {} batches of {} rows", batches.len(), args.batch_rows);
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let (queries, judges) = match args.rules.as_str() {
+        "reference" => (vec![QUERY], false),
+        "default" => (tessera_node::detect::rules::DEFAULT_RULES.to_vec(), true),
+        other => bail!("unknown --rules {other} (reference or default)"),
+    };
+    println!("rules: {}", args.rules);
     for round in 0..args.rounds {
         let config = StreamConfig {
             watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 1_000 },
             table_rows: 1_000_000,
             telemetry_rows: 0,
-            quality: None,
-            wear: None,
-            shift: None,
+            quality: judges.then(Default::default),
+            wear: judges.then(Default::default),
+            shift: judges.then(Default::default),
         };
         let mut engine = StreamEngine::new(config);
-        rt.block_on(engine.register(QUERY))?;
+        for q in &queries {
+            rt.block_on(engine.register(q))?;
+        }
         let started = Instant::now();
         let mut last = 0;
         for b in &batches {
