@@ -70,38 +70,52 @@ impl MotorHealth {
     }
 }
 
+/// Motor id → its health; foldhash, as [`HealthBoard::readings`] looks a motor up per run of
+/// readings.
+type Board = HashMap<String, MotorHealth, foldhash::fast::FixedState>;
+
 /// The engine's board of motor health, shared with the `motor_health` table.
 #[derive(Debug, Clone, Default)]
 pub struct HealthBoard {
-    motors: Arc<RwLock<HashMap<String, MotorHealth>>>,
+    motors: Arc<RwLock<Board>>,
 }
 
 impl HealthBoard {
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, MotorHealth>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Board> {
         self.motors.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Notes readings taken in: the newest event time of each motor of `batch` (telemetry
-    /// schema).
+    /// schema). A known motor costs a look-up per run of its readings and no allocation.
     pub fn readings(&self, batch: &RecordBatch) {
         let Some((motors, sites, ts)) = crate::schema::keys(batch) else { return };
         let mut board = self.write();
-        for row in 0..batch.num_rows() {
-            let m = board.entry(motors.value(row).to_string()).or_default();
-            if m.site.is_empty() {
-                m.site = sites.value(row).to_string();
+        let mut row = 0;
+        while row < batch.num_rows() {
+            let motor = motors.value(row);
+            let (mut newest, mut end) = (ts.value(row), row + 1);
+            while end < batch.num_rows() && motors.value(end) == motor {
+                newest = newest.max(ts.value(end));
+                end += 1;
             }
-            m.last_reading_ms = m.last_reading_ms.max(ts.value(row));
+            match board.get_mut(motor) {
+                Some(m) => m.last_reading_ms = m.last_reading_ms.max(newest),
+                None => {
+                    let site = sites.value(row).to_string();
+                    board.insert(motor.to_string(), MotorHealth { site, last_reading_ms: newest, ..Default::default() });
+                }
+            }
+            row = end;
         }
     }
 
     /// Notes a scored window of `query`, whose alerts open at `open_above` (if it has alerts).
     pub fn window(&self, query: &str, w: &WindowScore<'_>, open_above: Option<f64>) {
         let mut board = self.write();
-        let m = board.entry(w.motor_id.to_string()).or_default();
-        if m.site.is_empty() {
-            m.site = w.site_id.to_string();
+        if !board.contains_key(w.motor_id) {
+            board.insert(w.motor_id.to_string(), MotorHealth { site: w.site_id.to_string(), ..Default::default() });
         }
+        let m = board.get_mut(w.motor_id).expect("just made sure");
         match w.score {
             Some(score) => {
                 let watch = open_above.is_some_and(|o| score >= o / 2.0);
