@@ -102,7 +102,8 @@ impl HealthBoard {
                 Some(m) => m.last_reading_ms = m.last_reading_ms.max(newest),
                 None => {
                     let site = sites.value(row).to_string();
-                    board.insert(motor.to_string(), MotorHealth { site, last_reading_ms: newest, ..Default::default() });
+                    board
+                        .insert(motor.to_string(), MotorHealth { site, last_reading_ms: newest, ..Default::default() });
                 }
             }
             row = end;
