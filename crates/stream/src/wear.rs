@@ -8,7 +8,8 @@
 //!   `trend_samples` samples (24 hours by default: a whole daily cycle of load and ambient, so
 //!   the day does not read as a trend);
 //! - the **zone** of the level by ISO 20816 (10816-3): velocity RMS boundaries A/B, B/C and C/D
-//!   of the configured machine class, in mm/s (the channel's unit);
+//!   of the motor's machine class, in mm/s (the channel's unit): the registry's for that motor
+//!   ([`MotorClasses`], kept current by the node), else the configured one;
 //! - the **time to the limit** (the C/D boundary, where damage is expected): how long the
 //!   trend takes the level there.
 //!
@@ -55,16 +56,6 @@ impl MotorClasses {
     /// A motor's boundaries, if the registry gives it a class.
     pub fn get(&self, motor: &str) -> Option<[f64; 3]> {
         self.0.read().ok().and_then(|c| c.get(motor).copied())
-    }
-
-    /// How many motors have their own class.
-    pub fn len(&self) -> usize {
-        self.0.read().map_or(0, |c| c.len())
-    }
-
-    /// No motor has its own class.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
