@@ -235,16 +235,13 @@ pub fn write_fleet(dir: &Path, spec: crate::simulate::FleetSpec) -> Result<Vec<S
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     let mut sim = crate::simulate::Simulator::new(spec);
     let truth = sim.ground_truth();
-    let mut csv: BTreeMap<String, String> = sim
-        .motors()
-        .map(|(m, _)| {
-            let header = std::iter::once("timestamp")
-                .chain(tessera_core::Channel::ALL.iter().map(|c| c.name()))
-                .collect::<Vec<_>>()
-                .join(",");
-            (m.as_str().to_string(), header + "\n")
-        })
-        .collect();
+    let header = std::iter::once("timestamp")
+        .chain(tessera_core::Channel::ALL.iter().map(|c| c.name()))
+        .collect::<Vec<_>>()
+        .join(",")
+        + "\n";
+    let mut csv: BTreeMap<String, String> =
+        sim.motors().map(|(m, _)| (m.as_str().to_string(), header.clone())).collect();
     while let Some(step) = sim.next_step() {
         for r in step {
             let line = &mut csv.get_mut(r.motor_id.as_str()).expect("a fleet motor");
