@@ -86,7 +86,8 @@ impl HealthBoard {
     }
 
     /// Notes readings taken in: the newest event time of each motor of `batch` (telemetry
-    /// schema). A known motor costs a look-up per run of its readings and no allocation.
+    /// schema). A known motor costs a look-up per run of its readings and no allocation. (An
+    /// engine with window operators uses [`Self::motors_read`] instead.)
     pub fn readings(&self, batch: &RecordBatch) {
         let Some((motors, sites, ts)) = crate::schema::keys(batch) else { return };
         let mut board = self.write();
@@ -110,6 +111,22 @@ impl HealthBoard {
         }
     }
 
+    /// Notes readings taken in, given as each motor's id, site and newest event time (once per
+    /// motor and batch: what a window operator's [`crate::windowing::WindowOperator::last_pushed`]
+    /// gives, so a batch's readings are not looked up again one by one).
+    pub fn motors_read<'a>(&self, motors: impl Iterator<Item = (&'a str, &'a str, i64)>) {
+        let mut board = self.write();
+        for (motor, site, newest) in motors {
+            match board.get_mut(motor) {
+                Some(m) => m.last_reading_ms = m.last_reading_ms.max(newest),
+                None => {
+                    let m = MotorHealth { site: site.to_string(), last_reading_ms: newest, ..Default::default() };
+                    board.insert(motor.to_string(), m);
+                }
+            }
+        }
+    }
+
     /// Notes a scored window of `query`, whose alerts open at `open_above` (if it has alerts).
     pub fn window(&self, query: &str, w: &WindowScore<'_>, open_above: Option<f64>) {
         let mut board = self.write();
@@ -120,7 +137,11 @@ impl HealthBoard {
         match w.score {
             Some(score) => {
                 let watch = open_above.is_some_and(|o| score >= o / 2.0);
-                m.scores.insert(query.to_string(), (score, watch));
+                // (A query already scored keeps its key: no allocation per window.)
+                match m.scores.get_mut(query) {
+                    Some(entry) => *entry = (score, watch),
+                    None => _ = m.scores.insert(query.to_string(), (score, watch)),
+                }
             }
             None => {
                 m.scores.remove(query);

@@ -331,7 +331,11 @@ impl StreamEngine {
             }
             self.record_alerts(events, &mut out);
         }
-        self.health.readings(batch);
+        // The first window operator grouped the batch by motor already: one look-up per motor.
+        match self.stages.first() {
+            Some(stage) => self.health.motors_read(stage.op.last_pushed()),
+            None => self.health.readings(batch),
+        }
         Ok(out)
     }
 
@@ -556,5 +560,26 @@ mod tests {
         let (g_first, g_rows) = rows("guest").await;
         assert!(g_rows > 0 && g_rows < q_rows / 2, "the guest ran on the middle third only: {g_rows} of {q_rows}");
         assert!(g_first > q_first, "{g_first:?} {q_first:?}");
+    }
+
+    /// `motor_health.last_reading` is each motor's newest event time, whether the board reads
+    /// it from the window operator's grouping (an engine with queries) or from the batch (an
+    /// engine without); a late reading pushed afterwards does not move it back.
+    #[tokio::test]
+    async fn the_health_board_keeps_each_motors_newest_reading() {
+        let all = readings();
+        for queries in [vec![QUERY.to_string()], vec![]] {
+            let mut engine = engine_with(&queries).await;
+            let (first, rest) = (all.slice(0, 900), all.slice(900, all.num_rows() - 900));
+            engine.push(&rest, 0).await.unwrap();
+            engine.push(&first, 0).await.unwrap(); // all of these are older, most are late
+            let b = engine
+                .sql("SELECT motor_id, CAST(last_reading AS BIGINT) AS t FROM motor_health ORDER BY motor_id")
+                .await
+                .unwrap();
+            let t = b[0].column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+            let newest: Vec<i64> = (0..3).map(|m| 1_700_000_000_000 + 599 * 1000 + m * 37).collect();
+            assert_eq!(t.values().to_vec(), newest, "queries: {}", queries.len());
+        }
     }
 }

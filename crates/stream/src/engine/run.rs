@@ -5,8 +5,6 @@
 //! window cannot crash-loop the node. Each output row becomes a [`WindowScore`]: a row of the
 //! `motor_windows` table, and an observation for the query's alert tracker.
 
-use std::collections::HashMap;
-
 use datafusion::arrow::array::{
     Array, BooleanArray, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
@@ -163,7 +161,7 @@ fn scores<'a>(
     batch: &'a RecordBatch,
     layout: &'a OutputLayout,
     spec: &WindowSpec,
-    sites: &'a HashMap<String, String>,
+    sites: &'a crate::windowing::MotorSites,
 ) -> Result<Vec<WindowScore<'a>>, StreamError> {
     let motors = cast(batch.column(layout.motor), &DataType::Utf8)?;
     let motors = motors.as_any().downcast_ref::<StringArray>().expect("cast to Utf8").clone();
@@ -198,7 +196,7 @@ fn scores<'a>(
             (_, WindowSpec::Tumbling { size_ms } | WindowSpec::Hopping { size_ms, .. }) => start + size_ms,
             (_, WindowSpec::Session { .. }) => start,
         };
-        let motor: &'a str = sites.get_key_value(motors.value(row)).map(|(k, _)| k.as_str()).unwrap_or("");
+        let motor: &'a str = sites.get_key_value(motors.value(row)).map(|(k, _)| &**k).unwrap_or("");
         let motor_owned = if motor.is_empty() { None } else { Some(motor) };
         let Some(motor_id) = motor_owned else {
             tracing::warn!(motor = motors.value(row), "query output names a motor not in its windows; row skipped");
@@ -211,7 +209,7 @@ fn scores<'a>(
             .collect();
         out.push(WindowScore {
             motor_id,
-            site_id: sites.get(motor_id).map(String::as_str).unwrap_or(""),
+            site_id: sites.get(motor_id).map_or("", |s| &**s),
             window_start_ms: start,
             window_end_ms: end,
             score: score.as_ref().filter(|s| !s.is_null(row)).map(|s| s.value(row)).filter(|v| v.is_finite()),

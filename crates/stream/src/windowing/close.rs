@@ -1,7 +1,6 @@
 //! Emitting closed windows: their rows gathered into one batch in the closed-window schema,
 //! or their running aggregates as one row per window.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -11,7 +10,7 @@ use tessera_core::{TelemetryColumn, Window};
 
 use super::arena::Arena;
 use super::open::RowRef;
-use super::{Closed, WindowOperator};
+use super::{Closed, MotorSites, WindowOperator};
 use crate::StreamError;
 use crate::aggregate::{AggKind, ColumnStats};
 
@@ -23,9 +22,11 @@ impl WindowOperator {
         now_ms: i64,
         idle: bool,
     ) -> Result<Closed, StreamError> {
+        // Sized for a window per motor (the usual close), so neither grows while filling.
+        let expected = motors.size_hint().0;
         let mut rows: Vec<RowRef> = Vec::new();
-        let mut bounds: Vec<ClosedWindow> = Vec::new();
-        let mut sites = HashMap::new();
+        let mut bounds: Vec<ClosedWindow> = Vec::with_capacity(expected);
+        let mut sites = MotorSites::with_capacity_and_hasher(expected, Default::default());
         for idx in motors {
             let m = &mut self.motors[idx];
             let closable: Vec<i64> = m
@@ -36,6 +37,9 @@ impl WindowOperator {
                 })
                 .map(|(s, _)| *s)
                 .collect();
+            if !closable.is_empty() {
+                sites.entry(m.id.clone()).or_insert_with(|| m.site.clone());
+            }
             for start in closable {
                 let w = m.open.remove(&start).expect("open window");
                 m.emitted_through_ms = m.emitted_through_ms.max(w.end_ms);
@@ -49,7 +53,6 @@ impl WindowOperator {
                     count: w.count,
                     stats: w.stats,
                 });
-                sites.entry(m.id.to_string()).or_insert_with(|| m.site.to_string());
                 rows.extend_from_slice(&w.rows);
                 if idle {
                     self.stats.windows_closed_idle += 1;

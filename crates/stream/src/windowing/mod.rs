@@ -94,6 +94,8 @@ pub struct WindowOperator {
     stats: WindowStats,
     /// Scratch for grouping each batch by motor.
     runs: MotorRuns,
+    /// The motors of the last pushed batch (indices into `motors`), for [`Self::last_pushed`].
+    last_pushed: Vec<usize>,
     /// Scratch for the readings of one motor and window in a batch: row numbers, and
     /// positions in grouped order.
     run_rows: Vec<u32>,
@@ -125,13 +127,16 @@ pub struct Closed {
     pub aggregates: Option<RecordBatch>,
     /// How many windows closed.
     pub count: usize,
-    /// Motor id → site of the motors whose windows closed.
-    pub sites: HashMap<String, String>,
+    /// Motor id → site of the motors whose windows closed (shared with the operator's own).
+    pub sites: MotorSites,
 }
+
+/// Motor id → site, keyed by the operator's shared ids (no copy per closed window).
+pub type MotorSites = HashMap<Arc<str>, Arc<str>, foldhash::fast::FixedState>;
 
 impl Closed {
     fn none() -> Self {
-        Self { windows: None, aggregates: None, count: 0, sites: HashMap::new() }
+        Self { windows: None, aggregates: None, count: 0, sites: MotorSites::default() }
     }
 }
 
@@ -147,6 +152,7 @@ impl WindowOperator {
             arena: Arena::default(),
             late: Vec::new(),
             runs: MotorRuns::default(),
+            last_pushed: Vec::new(),
             run_rows: Vec::new(),
             run_positions: Vec::new(),
             stats: WindowStats::default(),
@@ -276,6 +282,7 @@ impl WindowOperator {
         let mut touched: Vec<usize> = Vec::new();
         let mut refs = 0;
         let late_before = self.late.len();
+        self.last_pushed.clear();
         runs.group(0..batch.num_rows(), self.motors.len(), |row| {
             let motor = motors.value(row);
             let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
@@ -296,6 +303,7 @@ impl WindowOperator {
             .collect();
         let pushed = Pushed { slot, times: times.values(), now_ms, inputs: &inputs, grouped: &grouped };
         for (idx, first, rows) in runs.iter() {
+            self.last_pushed.push(idx);
             let (readings, windows) = self.add_run(idx, rows, first, &pushed);
             refs += rows.len() - readings + if self.keep_rows { windows } else { 0 };
             self.stats.rows_in += readings as u64;
@@ -314,6 +322,16 @@ impl WindowOperator {
         self.arena.release_if_unused(slot);
         touched.sort_unstable();
         self.close(touched.into_iter(), now_ms, false)
+    }
+
+    /// The motors of the last pushed batch, once each: id, site and the newest event time
+    /// read from it so far (late readings included). The engine's health board reads this
+    /// rather than looking every reading's motor up again.
+    pub fn last_pushed(&self) -> impl Iterator<Item = (&str, &str, i64)> {
+        self.last_pushed.iter().filter_map(|&idx| {
+            let m = &self.motors[idx];
+            m.watermark.newest_event_ms().map(|newest| (&*m.id, &*m.site, newest))
+        })
     }
 
     /// Closes the windows of motors idle at processing time `now_ms`.
