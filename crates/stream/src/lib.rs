@@ -29,6 +29,7 @@ pub mod quality;
 pub mod query;
 pub mod schema;
 pub mod shift;
+pub mod slot;
 pub mod tables;
 pub mod wear;
 pub mod windowing;

@@ -30,7 +30,7 @@ use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder}
 use crate::aggregate::{AggKind, AggSpec};
 use crate::grammar::WINDOW_TABLE;
 use crate::schema::{KEY_COLUMNS, aggregated_schema, windowed_schema};
-use crate::tables::BoundedTable;
+use crate::slot::WindowSlot;
 
 /// A query plan rewritten to read pre-aggregated windows.
 #[derive(Debug)]
@@ -40,7 +40,7 @@ pub struct Rewritten {
     /// The aggregates it reads.
     pub specs: Vec<AggSpec>,
     /// Its pre-aggregated relation (fed before each run).
-    pub table: Arc<BoundedTable>,
+    pub table: Arc<WindowSlot>,
 }
 
 /// Rewrites an optimised plan to read pre-aggregated windows, if it has the shape described in
@@ -56,7 +56,7 @@ pub fn rewrite(plan: &LogicalPlan) -> Result<Option<Rewritten>, DataFusionError>
     if scans != 1 {
         return Ok(None);
     }
-    let mut found: Option<(Vec<AggSpec>, Arc<BoundedTable>)> = None;
+    let mut found: Option<(Vec<AggSpec>, Arc<WindowSlot>)> = None;
     let rewritten = plan.clone().transform_up(|node| {
         let LogicalPlan::Aggregate(agg) = &node else {
             return Ok(Transformed::no(node));
@@ -71,7 +71,7 @@ pub fn rewrite(plan: &LogicalPlan) -> Result<Option<Rewritten>, DataFusionError>
             return Ok(Transformed::no(node));
         };
         let unique: Vec<AggSpec> = specs.iter().copied().collect::<BTreeSet<_>>().into_iter().collect();
-        let table = BoundedTable::new(aggregated_schema(&unique), usize::MAX);
+        let table = WindowSlot::new(aggregated_schema(&unique));
         let input = LogicalPlanBuilder::scan(WINDOW_TABLE, provider_as_source(table.clone()), None)?.build()?;
         let aggr_expr = agg
             .aggr_expr

@@ -17,7 +17,8 @@ use datafusion::common::DFSchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
-use datafusion::physical_plan::collect;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
@@ -27,7 +28,7 @@ use crate::aggregate::AggSpec;
 use crate::grammar::{self, QueryDef, WINDOW_TABLE};
 use crate::preagg::{self, Rewritten};
 use crate::schema::windowed_schema;
-use crate::tables::BoundedTable;
+use crate::slot::WindowSlot;
 use crate::{StreamError, anomaly};
 
 /// Where the engine finds what it needs in a query's output.
@@ -100,13 +101,15 @@ fn window_columns(plan: &LogicalPlan) -> Result<Vec<usize>, DataFusionError> {
 pub struct ContinuousQuery {
     def: QueryDef,
     ctx: SessionContext,
-    slot: Arc<BoundedTable>,
-    plan: LogicalPlan,
+    slot: Arc<WindowSlot>,
+    /// The optimised plan's physical plan (made once; it reads the slot as it runs).
+    physical: Arc<dyn ExecutionPlan>,
     layout: OutputLayout,
     /// The window relation's columns the plan reads (indices into [`windowed_schema`]).
     input_columns: Vec<usize>,
-    /// The plan over pre-aggregated windows, where the query has that shape.
-    preaggregated: Option<Rewritten>,
+    /// The plan over pre-aggregated windows, where the query has that shape, and its
+    /// physical plan.
+    preaggregated: Option<(Rewritten, Arc<dyn ExecutionPlan>)>,
     /// The query's anomaly calls, in plan order; both plans share them (and their state).
     anomaly_calls: Vec<Arc<ScalarUDF>>,
 }
@@ -127,12 +130,12 @@ impl ContinuousQuery {
         let sql_err = |source: DataFusionError| StreamError::Sql { query: def.name.clone(), source };
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
         anomaly::register_all(&ctx);
-        let slot = BoundedTable::new(windowed_schema(), usize::MAX);
+        let slot = WindowSlot::new(windowed_schema());
         ctx.register_table(WINDOW_TABLE, slot.clone()).map_err(sql_err)?;
         let statement = DfStatement::Statement(Box::new(SqlStatement::Query(def.select.clone())));
         let plan = ctx.state().statement_to_plan(statement).await.map_err(sql_err)?;
         let (plan, anomaly_calls) = anomaly::instantiate(plan).map_err(sql_err)?;
-        // Plan it once physically too: type coercion and function checks happen there.
+        // Plan it physically too: type coercion and function checks happen there.
         ctx.state().create_physical_plan(&plan).await.map_err(sql_err)?;
         let layout = OutputLayout::of(&def, plan.schema())?;
         let optimized = ctx.state().optimize(&plan).map_err(sql_err)?;
@@ -141,23 +144,25 @@ impl ContinuousQuery {
             WindowSpec::Session { .. } => None, // sessions merge; they keep rows
             _ => preagg::rewrite(&optimized).map_err(sql_err)?,
         };
+        // Runs execute the optimised plans' physical plans, made here once: the slots are
+        // read when a plan executes (crate::slot), so neither is planned again per run.
+        let state = ctx.state();
         let preaggregated = match preaggregated {
             Some(mut p) => {
-                p.plan = ctx.state().optimize(&p.plan).map_err(sql_err)?;
-                ctx.state().create_physical_plan(&p.plan).await.map_err(sql_err)?;
-                Some(p)
+                p.plan = state.optimize(&p.plan).map_err(sql_err)?;
+                let physical = state.query_planner().create_physical_plan(&p.plan, &state).await.map_err(sql_err)?;
+                Some((p, physical))
             }
             None => None,
         };
-        // Runs plan the optimised plan physically, without optimising it again each time.
-        let plan = optimized;
-        Ok(Self { def, ctx, slot, plan, layout, input_columns, preaggregated, anomaly_calls })
+        let physical = state.query_planner().create_physical_plan(&optimized, &state).await.map_err(sql_err)?;
+        Ok(Self { def, ctx, slot, physical, layout, input_columns, preaggregated, anomaly_calls })
     }
 
     /// The aggregates this query reads if it runs on pre-aggregated windows (see
     /// [`crate::preagg`]); `None` if it reads raw rows.
     pub fn aggregates(&self) -> Option<&[AggSpec]> {
-        self.preaggregated.as_ref().map(|p| &p.specs[..])
+        self.preaggregated.as_ref().map(|(p, _)| &p.specs[..])
     }
 
     /// The window relation's columns this query reads, as indices into [`windowed_schema`]:
@@ -209,18 +214,18 @@ impl ContinuousQuery {
     /// A query with [`Self::aggregates`] runs on pre-aggregated windows instead: one row per
     /// window in [`crate::schema::aggregated_schema`] holding at least its aggregates.
     pub async fn run(&self, windows: RecordBatch) -> Result<Vec<RecordBatch>, StreamError> {
-        let (slot, plan) = match &self.preaggregated {
-            Some(p) => (&p.table, &p.plan),
-            None => (&self.slot, &self.plan),
+        let (slot, physical) = match &self.preaggregated {
+            Some((p, physical)) => (&p.table, physical),
+            None => (&self.slot, &self.physical),
         };
-        slot.replace(vec![windows]);
-        let result = async {
-            let state = self.ctx.state();
-            let physical = state.query_planner().create_physical_plan(plan, &state).await?;
-            collect(physical, self.ctx.task_ctx()).await
-        }
-        .await;
-        slot.replace(Vec::new());
+        slot.put(vec![windows]);
+        // A plan that ran keeps no state into the next run (reset as DataFusion does before
+        // it runs a plan again).
+        let result = match reset_plan_states(physical.clone()) {
+            Ok(plan) => collect(plan, self.ctx.task_ctx()).await,
+            Err(e) => Err(e),
+        };
+        slot.clear();
         result.map_err(|source| StreamError::Run { query: self.def.name.clone(), source })
     }
 }

@@ -582,4 +582,36 @@ mod tests {
             assert_eq!(t.values().to_vec(), newest, "queries: {}", queries.len());
         }
     }
+
+    /// A query's physical plan is made once and runs again on every batch of closed windows:
+    /// a plan with a join (a build side kept between polls) and one with DISTINCT give each
+    /// run its own windows' answer, however many runs there are.
+    #[tokio::test]
+    async fn a_plan_run_again_answers_for_each_runs_windows_alone() {
+        let queries = [
+            "CREATE CONTINUOUS QUERY j AS
+               WITH w AS (SELECT motor_id, window_start, seq FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds'))
+               SELECT a.motor_id, a.window_start, count(*) AS n
+               FROM w a JOIN w b ON a.motor_id = b.motor_id AND a.window_start = b.window_start AND a.seq = b.seq
+               GROUP BY a.motor_id, a.window_start",
+            "CREATE CONTINUOUS QUERY d AS SELECT motor_id, window_start, count(DISTINCT seq) AS n
+               FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds') GROUP BY motor_id, window_start",
+        ];
+        let mut engine = engine_with(&queries.map(String::from)).await;
+        let all = readings();
+        for offset in (0..all.num_rows()).step_by(7) {
+            let n = 7.min(all.num_rows() - offset);
+            engine.push(&all.slice(offset, n), 0).await.unwrap();
+        }
+        engine.close_all(0).await.unwrap();
+        // 3 motors × 60 windows of 10 readings, for each query.
+        let b = engine
+            .sql("SELECT query, count(*) AS windows, min(features['n']) AS lo, max(features['n']) AS hi FROM motor_windows GROUP BY query ORDER BY query")
+            .await
+            .unwrap();
+        let text = pretty_format_batches(&b).unwrap().to_string();
+        for q in ["d", "j"] {
+            assert!(text.contains(&format!("| {q}     | 180     | 10.0 | 10.0 |")), "{text}");
+        }
+    }
 }
