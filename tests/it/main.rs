@@ -22,6 +22,7 @@ mod ingest_retention;
 mod ingest_stop;
 mod migration;
 mod mtls;
+mod notify;
 mod observability_assets;
 mod replay_skab;
 mod security;

@@ -17,6 +17,7 @@ pub use crate::checkpoints::StateConfig;
 pub use crate::control::ControlConfig;
 pub use crate::control::member::RaftConfig;
 pub use crate::detect::DetectConfig;
+pub use crate::notify::NotifyConfig;
 pub use crate::observe::HttpConfig;
 pub use crate::sql::SqlConfig;
 pub use crate::store::{RetentionConfig, StoreConfig};
@@ -54,6 +55,8 @@ pub struct NodeConfig {
     pub http: HttpConfig,
     /// Tracing export (OpenTelemetry, OTLP over gRPC).
     pub telemetry: TelemetryConfig,
+    /// Where alert events go besides the alerts topic: Alertmanager, webhooks.
+    pub notify: NotifyConfig,
 }
 
 /// Why a node's config could not be loaded.
@@ -100,6 +103,7 @@ impl NodeConfig {
         self.store.validate().map_err(|e| e.within("store"))?;
         self.control.validate().map_err(|e| e.within("control"))?;
         self.sql.validate().map_err(|e| e.within("sql"))?;
+        self.notify.validate().map_err(|e| e.within("notify"))?;
         // A node hands a partition's rows over only when it checkpoints per partition.
         ensure(
             self.sql.site_nodes.is_empty() || self.state.enabled(),

@@ -19,6 +19,7 @@ pub mod durability;
 pub mod error;
 pub mod lifecycle;
 pub mod node;
+pub mod notify;
 pub mod observe;
 pub mod sql;
 pub mod store;

@@ -156,6 +156,11 @@ impl Node {
             }
             None => (None, None),
         };
+        // Alertmanager and webhooks (`[notify]`): senders on the node's runtime.
+        let notifier = match config.notify.enabled() {
+            true => Some(crate::notify::Notifier::start(&config.notify, &grades, runtime.handle(), signal.clone())?),
+            false => None,
+        };
         let (detect, detect_loop) = Detect::prepare_checkpointed(
             engine,
             &config.detect,
@@ -163,6 +168,7 @@ impl Node {
             rx,
             checkpointed,
             store.as_ref().map(TelemetryStore::link),
+            notifier.clone(),
         )?;
         let registry = admin.as_ref().map(|_| RegistryRows::default());
         let mut sql_latency = None;
@@ -229,6 +235,7 @@ impl Node {
                     sql_refusals: sql.as_ref().map(|(_, refusals)| refusals.clone()),
                     raft: control.as_ref().map(|c| c.raft().clone()),
                     raft_refusals: control.as_ref().map(|c| c.refusals().clone()),
+                    notify: notifier.clone(),
                     failed: failed.clone(),
                     warnings: control
                         .as_ref()

@@ -52,6 +52,8 @@ pub struct NodeProbe {
     pub failed: Arc<AtomicBool>,
     /// What `/readyz` warns of while the node is ready anyway.
     pub warnings: Vec<String>,
+    /// The alert receivers (`[notify]`), if any.
+    pub notify: Option<crate::notify::Notifier>,
 }
 
 impl NodeProbe {
@@ -176,6 +178,24 @@ impl NodeProbe {
             &self.alert_latency.snapshot(),
         );
 
+        if let Some(notifier) = &self.notify {
+            let receivers = notifier.counts();
+            let families = [
+                ("tessera_notify_queued_total", "Alert events handed to a receiver's queue."),
+                ("tessera_notify_sent_total", "Alert events a receiver accepted (Alertmanager resends count again)."),
+                ("tessera_notify_failed_total", "Requests to a receiver that failed (each retried with back-off)."),
+                (
+                    "tessera_notify_dropped_total",
+                    "Queued entries dropped: a receiver's queue was full, or the grades withheld them.",
+                ),
+            ];
+            for (i, (name, help)) in families.into_iter().enumerate() {
+                out.family(name, "counter", help);
+                for (url, kind, counts) in &receivers {
+                    out.sample(name, &[("receiver", url), ("kind", kind)], counts.snapshot()[i] as f64);
+                }
+            }
+        }
         if let Some(sql) = &self.sql_latency {
             out.histogram(
                 "tessera_sql_query_duration_seconds",

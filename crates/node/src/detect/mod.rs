@@ -598,7 +598,7 @@ impl Detect {
         brokers: &str,
         batches: Receiver<ShardBatch>,
     ) -> Result<(Self, StageLoop<StreamEngine>)> {
-        Self::prepare_checkpointed(engine, config, brokers, batches, false, None)
+        Self::prepare_checkpointed(engine, config, brokers, batches, false, None, None)
     }
 
     /// Like [`Detect::prepare`], with per-partition checkpoints when `checkpointed`: the ingest
@@ -615,6 +615,7 @@ impl Detect {
         batches: Receiver<ShardBatch>,
         checkpointed: bool,
         raw: Option<StoreLink>,
+        notifier: Option<crate::notify::Notifier>,
     ) -> Result<(Self, StageLoop<StreamEngine>)> {
         let failed = Arc::new(Mutex::new(None));
         let producer: ThreadedProducer<DeliveryCheck> = ClientConfig::new()
@@ -658,6 +659,7 @@ impl Detect {
             changes: change_queue,
             running: running.clone(),
             raw,
+            notifier,
             last_epoch: 0,
             alert_latency: alert_latency.clone(),
             last_turn_ms: last_turn_ms.clone(),

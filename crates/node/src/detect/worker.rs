@@ -60,6 +60,8 @@ pub(super) struct Worker {
     pub(super) running: RunningQueries,
     /// The site's store of raw readings, if any.
     pub(super) raw: Option<StoreLink>,
+    /// Alertmanager and webhook receivers (`[notify]`), if any.
+    pub(super) notifier: Option<crate::notify::Notifier>,
     /// The newest barrier's epoch (the store's mark for it).
     pub(super) last_epoch: u64,
     pub(super) alert_latency: Arc<tessera_core::LatencyHistogram>,
@@ -413,6 +415,9 @@ impl Worker {
             .entered();
             let payload = serde_json::to_vec(event)?;
             self.send(&self.config.alerts_topic, &event.motor_id, &payload, None)?;
+            if let Some(notifier) = &self.notifier {
+                notifier.notify(event);
+            }
             self.alert_latency.observe(started.elapsed());
             alerts += 1;
         }
