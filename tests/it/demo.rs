@@ -185,7 +185,8 @@ with flightsql.connect("grpc://" + sys.argv[1], db_kwargs={"username": "analyst"
     // Every series the alert rules and the dashboard use is one a node serves (the TLS refusal
     // counters appear only with [tls], which the demo does not use).
     for name in crate::observability_assets::referenced_metrics() {
-        if name != "tessera_tls_refusals_total" {
+        // (TLS refusals need [tls]; notifications need [notify]: tests/it/notify.rs checks those.)
+        if name != "tessera_tls_refusals_total" && !name.starts_with("tessera_notify_") {
             assert!(
                 metrics.contains(&format!("# TYPE {name} ")),
                 "deploy/ uses {name}, which /metrics does not serve:\n{metrics}"

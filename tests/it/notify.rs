@@ -173,6 +173,13 @@ fn alerts_reach_a_real_alertmanager_even_one_that_was_down_and_resolve_there() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(node.detect_stats().alerts_sent, 2, "one open, one close");
+    // The shipped Prometheus rules' notification series are served.
+    let metrics = http_get(&http, "/metrics");
+    for name in crate::observability_assets::referenced_metrics() {
+        if name.starts_with("tessera_notify_") {
+            assert!(metrics.contains(&format!("# TYPE {name} counter")), "deploy/ uses {name}:\n{metrics}");
+        }
+    }
     assert!(metric("tessera_notify_sent_total") >= 2.0);
     node.stop().expect("the node stops");
     drop(am);

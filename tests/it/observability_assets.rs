@@ -1,7 +1,8 @@
 //! The Prometheus alert rules (deploy/prometheus/) and the Grafana dashboard (deploy/grafana/)
-//! are checked as far as possible offline: every expression parses as PromQL, and
-//! [`referenced_metrics`] lists the series they use, which the demo test then finds in a real
-//! node's /metrics.
+//! are checked as far as possible offline: every expression parses as PromQL, Prometheus' own
+//! `promtool` (Debian's `prometheus`, installed by `scripts/setup.sh --with-broker`) checks the
+//! rules and runs their unit tests (`tessera-rules.test.yaml`), and [`referenced_metrics`]
+//! lists the series they use, which the demo test then finds in a real node's /metrics.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -78,5 +79,26 @@ fn every_rule_and_panel_expression_parses_as_promql() {
         "tessera_ingest_dead_letters_total",
     ] {
         assert!(names.contains(needed), "{needed} is used nowhere: {names:?}");
+    }
+}
+
+/// `promtool check rules` and `promtool test rules`: the rules load in Prometheus, and the
+/// ones with unit tests fire (and stay quiet) as their tests say.
+#[test]
+fn promtool_checks_the_rules_and_runs_their_unit_tests() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    for args in [["check", "rules", "tessera-rules.yaml"], ["test", "rules", "tessera-rules.test.yaml"]] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool runs (scripts/setup.sh --with-broker installs Debian's prometheus)");
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
