@@ -6,7 +6,8 @@
 //! Nothing is lost while a receiver is down, up to a bound. Each receiver has a queue; a send
 //! that fails is retried with exponential back-off (`retry_min` doubling up to `retry_max`),
 //! oldest first. When a queue is full its oldest entry is dropped and counted
-//! (`tessera_notify_dropped_total{receiver}`).
+//! (`tessera_notify_dropped_total{receiver}`); so is a request the receiver refuses as it is
+//! (a 4xx answer other than 429), which sending again could not mend.
 //! - Alertmanager: an alert is its newest state. The queue holds one entry per alert id (a newer
 //!   event replaces a queued one), so its bound counts distinct alerts. An open alert is sent
 //!   again every `resend` (Alertmanager resolves an alert it has not heard of within its
@@ -202,6 +203,11 @@ impl Receiver {
     /// (unless it changed meanwhile), and a closed one is forgotten.
     fn sent(&self, batch: &[(u64, AlertEvent)]) {
         self.counts.sent.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.settle(batch);
+    }
+
+    /// Takes `batch` off the queue (see [`Self::sent`]), uncounted.
+    fn settle(&self, batch: &[(u64, AlertEvent)]) {
         let mut q = self.lock();
         match self.kind {
             Kind::Webhook => {
@@ -226,10 +232,8 @@ impl Receiver {
 
     /// Drops `batch` unsent (counted as dropped): the grades no longer let it leave.
     fn discard(&self, batch: &[(u64, AlertEvent)]) {
-        self.sent(batch);
-        let n = batch.len() as u64;
-        self.counts.sent.fetch_sub(n, Ordering::Relaxed);
-        self.counts.dropped.fetch_add(n, Ordering::Relaxed);
+        self.settle(batch);
+        self.counts.dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let mut q = self.lock();
         for (seq, e) in batch {
             if q.alerts.get(&e.alert_id).is_some_and(|(s, _, _)| s == seq) {
@@ -424,6 +428,13 @@ async fn deliver(r: Arc<Receiver>, client: reqwest::Client, config: NotifyConfig
             Ok(_) => {
                 r.sent(&batch);
                 backoff = config.retry_min;
+            }
+            // Refused as it is (4xx other than 429): sending it again cannot help, and it would
+            // hold up everything queued behind it. Dropped, counted and logged.
+            Err(error) if error.status().is_some_and(|s| s.is_client_error() && s.as_u16() != 429) => {
+                r.counts.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(receiver = %r.url, %error, dropped = batch.len(), "alert notification refused; dropped");
+                r.discard(&batch);
             }
             Err(error) => {
                 r.counts.failed.fetch_add(1, Ordering::Relaxed);
@@ -653,6 +664,69 @@ mod tests {
         }
         assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "nothing left once the grade was raised");
         assert_eq!(counts.sent.load(Ordering::Relaxed), 1);
+        trigger.trigger();
+    }
+
+    /// A receiver that refuses a request as it is (400) gets the next one: the refused entry
+    /// is dropped and counted, not retried ahead of everything else.
+    #[test]
+    fn a_refused_request_is_dropped_not_retried_forever() {
+        use std::io::{BufRead as _, Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        let port = listener.local_addr().expect("addr").port();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            let mut answered = 0;
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
+                let mut stream = stream;
+                loop {
+                    let mut length = 0;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            break;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    if length == 0 {
+                        break;
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).expect("body");
+                    let status = if answered == 0 { "400 Bad Request" } else { "200 OK" };
+                    answered += 1;
+                    let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
+                    let _ = write!(stream, "HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+                }
+            }
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (trigger, stop) = crate::lifecycle::shutdown_signal();
+        let config = NotifyConfig { webhooks: vec![format!("http://127.0.0.1:{port}/")], ..Default::default() };
+        let notifier = Notifier::start(&config, &LiveGrades::new(GradeMap::builtin()), runtime.handle(), stop).unwrap();
+        notifier.notify(&event("m1", AlertState::Open));
+        notifier.notify(&event("m1", AlertState::Close));
+        let states: Vec<AlertState> = (0..2)
+            .map(|_| {
+                serde_json::from_str::<AlertEvent>(&rx.recv_timeout(Duration::from_secs(20)).unwrap()).unwrap().state
+            })
+            .collect();
+        assert_eq!(states, [AlertState::Open, AlertState::Close], "the refused open is not sent again");
+        let counts = notifier.counts()[0].2.clone();
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        while counts.sent.load(Ordering::Relaxed) < 1 {
+            assert!(std::time::Instant::now() < until, "the close was not counted as sent");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(counts.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(counts.failed.load(Ordering::Relaxed), 1);
         trigger.trigger();
     }
 }
