@@ -14,6 +14,7 @@ mod fault;
 mod flight_sql;
 mod golden;
 mod helm_chart;
+mod http_api;
 mod ingest_bad_input;
 mod ingest_count;
 mod ingest_real_broker;

@@ -11,6 +11,7 @@
 //! Nothing here imports the command line or the workload tools (simulator, replay, demo).
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod checkpoints;
 pub mod config;
 pub mod control;

@@ -200,7 +200,7 @@ impl Node {
                 )?;
                 queries = Some(query_runtime);
                 let (listener, addr) = bind(&runtime, listen, "sql.listen")?;
-                let served = (addr, endpoint.refusals().clone());
+                let served = (addr, endpoint.refusals().clone(), endpoint.shared());
                 sql_latency = Some(endpoint.query_latency());
                 tasks.spawn(&runtime, "SQL endpoint", endpoint.serve(listener, signal.clone()));
                 Some(served)
@@ -232,7 +232,7 @@ impl Node {
                     detect: detect.probe(),
                     alert_latency: detect.alert_latency(),
                     sql_latency,
-                    sql_refusals: sql.as_ref().map(|(_, refusals)| refusals.clone()),
+                    sql_refusals: sql.as_ref().map(|(_, refusals, _)| refusals.clone()),
                     raft: control.as_ref().map(|c| c.raft().clone()),
                     raft_refusals: control.as_ref().map(|c| c.refusals().clone()),
                     notify: notifier.clone(),
@@ -250,7 +250,23 @@ impl Node {
                         .collect(),
                 };
                 let (listener, addr) = bind(&runtime, listen, "http.listen")?;
-                tasks.spawn(&runtime, "HTTP endpoint", crate::observe::serve_http(listener, probe, signal.clone()));
+                // The API signs users in with their passwords: not on this plain-HTTP listener
+                // of a node whose SQL speaks TLS (it would be the one way round it).
+                let api = match (&sql, &config.tls) {
+                    (Some((_, _, endpoint)), None) => Some(crate::api::router(endpoint.clone())),
+                    (Some(_), Some(_)) => {
+                        tracing::warn!(
+                            "the JSON API (/api/v1) is not served: [http] listen has no TLS yet and [tls] is set"
+                        );
+                        None
+                    }
+                    (None, _) => None,
+                };
+                tasks.spawn(
+                    &runtime,
+                    "HTTP endpoint",
+                    crate::observe::serve_http(listener, probe, api, signal.clone()),
+                );
                 Some(addr)
             }
             None => None,
@@ -266,7 +282,7 @@ impl Node {
             detect,
             store,
             threads,
-            sql,
+            sql: sql.map(|(addr, refusals, _)| (addr, refusals)),
             http,
             control,
             failed,

@@ -307,6 +307,7 @@ fn escape(v: &str) -> String {
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     probe: NodeProbe,
+    api: Option<axum::Router>,
     shutdown: Shutdown,
 ) -> Result<(), NodeError> {
     use axum::routing::get;
@@ -342,6 +343,10 @@ pub async fn serve_http(
             }),
         )
         .route("/startupz", get(|| async { "started\n" }));
+    let app = match api {
+        Some(api) => app.merge(api),
+        None => app,
+    };
     tracing::info!(%addr, "metrics and health endpoints serving");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.wait())
@@ -353,7 +358,8 @@ pub async fn serve_http(
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Where `/metrics`, `/livez`, `/readyz` and `/startupz` are served; unset: nowhere.
+    /// Where `/metrics`, `/livez`, `/readyz`, `/startupz` and (with `[sql] listen`) the JSON
+    /// API under `/api/v1` ([`crate::api`]) are served; unset: nowhere.
     pub listen: Option<SocketAddr>,
 }
 

@@ -342,7 +342,7 @@ fn clipped(text: &str, max: usize) -> String {
 
 /// A running Flight SQL endpoint.
 pub struct SqlEndpoint {
-    endpoint: FlightSqlEndpoint,
+    endpoint: Arc<FlightSqlEndpoint>,
     server_tls: Option<tessera_tls::ServerTls>,
     refusals: Arc<tessera_tls::Refusals>,
     latency: Arc<tessera_core::LatencyHistogram>,
@@ -402,7 +402,7 @@ impl SqlEndpoint {
             None => None,
         };
         let latency = endpoint.query_latency();
-        Ok(Self { endpoint, server_tls, refusals, latency })
+        Ok(Self { endpoint: Arc::new(endpoint), server_tls, refusals, latency })
     }
 
     /// What it refuses for want of a fitting certificate.
@@ -415,12 +415,18 @@ impl SqlEndpoint {
         self.latency.clone()
     }
 
+    /// The endpoint itself, shared (the HTTP API runs its queries through it).
+    pub fn shared(&self) -> Arc<FlightSqlEndpoint> {
+        self.endpoint.clone()
+    }
+
     /// Serves on `listener` until `shutdown`.
     pub async fn serve(self, listener: tokio::net::TcpListener, shutdown: Shutdown) -> Result<(), NodeError> {
         let addr =
             listener.local_addr().map_err(|source| NodeError::Io { what: "the SQL listener's address", source })?;
         tracing::info!(%addr, tls = self.server_tls.is_some(), "Flight SQL endpoint listening");
-        let router = tonic::transport::Server::builder().add_service(self.endpoint.into_service());
+        let service = arrow_flight::flight_service_server::FlightServiceServer::from_arc(self.endpoint);
+        let router = tonic::transport::Server::builder().add_service(service);
         tessera_tls::serve(router, listener, self.server_tls, shutdown.wait())
             .await
             .map_err(|source| NodeError::Serve { what: "SQL endpoint", source })

@@ -185,6 +185,49 @@ impl FlightSqlEndpoint {
         self
     }
 
+    /// Signs a caller in as the Flight SQL handshake does — `Basic` credentials checked on the
+    /// blocking pool, a few at a time (Argon2id is slow on purpose), or a `Bearer` session
+    /// token accepted as is — and returns the session token and who it is.
+    pub async fn sign_in(&self, authorization: Option<&str>) -> Result<(String, Identity), SqlError> {
+        let permit = tokio::time::timeout(SIGN_IN_WAIT, self.sign_ins.clone().acquire_owned())
+            .await
+            .map_err(|_| SqlError::ResourceExhausted("too many sign-ins under way; try again".into()))?
+            .map_err(|_| SqlError::internal("the sign-in queue is closed"))?;
+        let auth = self.auth.clone();
+        let header = authorization.map(str::to_string);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            auth.handshake(header.as_deref())
+        })
+        .await
+        .map_err(|e| SqlError::internal(format!("a sign-in failed: {e}")))?
+    }
+
+    /// Where the whole fleet's tables are: the `fleet` schema with federation, else this
+    /// site's own (`public`).
+    pub fn fleet_schema(&self) -> &'static str {
+        if self.catalog.federation().is_some() { FLEET } else { SCHEMA }
+    }
+
+    /// Who a `Bearer` session token belongs to (a caller signed in with [`Self::sign_in`]).
+    pub fn caller(&self, authorization: Option<&str>) -> Result<Identity, SqlError> {
+        self.auth.check(authorization)
+    }
+
+    /// Runs `sql` for `who` exactly as a Flight SQL statement runs — planned, released by the
+    /// grade rules, federated, within the query limits, audited — and collects its batches
+    /// (for the HTTP API; their schemas carry the result's grades).
+    pub async fn query(&self, who: &Identity, sql: &str) -> Result<Vec<RecordBatch>, Status> {
+        let flight = self.run(who, sql, None).await?.into_inner();
+        let decoded = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+            flight.map_err(|status| arrow_flight::error::FlightError::Tonic(Box::new(status))),
+        );
+        decoded.try_collect().await.map_err(|e| match e {
+            arrow_flight::error::FlightError::Tonic(status) => *status,
+            other => Status::internal(other.to_string()),
+        })
+    }
+
     /// Latency of the queries run here: from arrival to the last row sent, or to the refusal.
     pub fn query_latency(&self) -> Arc<tessera_core::LatencyHistogram> {
         self.latency.clone()
@@ -462,17 +505,7 @@ impl FlightSqlService for FlightSqlEndpoint {
         let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
         // Argon2id is slow on purpose: on the blocking pool, a few at a time, so a flood of
         // sign-ins queues here instead of stalling queries on the runtime's workers.
-        let permit = tokio::time::timeout(SIGN_IN_WAIT, self.sign_ins.clone().acquire_owned())
-            .await
-            .map_err(|_| SqlError::ResourceExhausted("too many sign-ins under way; try again".into()))?
-            .map_err(|_| SqlError::internal("the sign-in queue is closed"))?;
-        let auth = self.auth.clone();
-        let (token, who) = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            auth.handshake(header.as_deref())
-        })
-        .await
-        .map_err(|e| SqlError::internal(format!("a sign-in failed: {e}")))??;
+        let (token, who) = self.sign_in(header.as_deref()).await?;
         tracing::debug!(user = %who.user, role = who.role.name(), "flight sql handshake");
         let reply = HandshakeResponse { protocol_version: 0, payload: token.clone().into() };
         let mut response: Response<Pin<Box<dyn Stream<Item = _> + Send>>> =
