@@ -42,12 +42,11 @@ fn the_api_answers_signed_in_users_through_graded_sql_and_refuses_the_rest() {
     let (kafka, brokers) = crate::embedded_kafka(1, 2);
     kafka.create_topic("alerts", 1).expect("topic");
     kafka.create_topic("late", 1).expect("topic");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-    let http = format!("127.0.0.1:{port}");
     let node = TestNode::new("site-a", &brokers, "http-api", "telemetry")
         .sql(vec![user("ana", Role::FleetAnalyst, None), user("opa", Role::SiteOperator, Some("site-a"))])
-        .with(|c| c.http.listen = Some(http.parse().expect("addr")))
+        .with(|c| c.http.listen = Some("127.0.0.1:0".parse().expect("addr")))
         .start();
+    let http = node.http_addr().expect("http").to_string();
     // Five motors, a minute of readings each.
     let t0 = (now_ms() - 120_000).div_euclid(1000) * 1000;
     let readings: Vec<Reading> = (0..60)

@@ -88,25 +88,27 @@ fn alerts_reach_a_real_alertmanager_even_one_that_was_down_and_resolve_there() {
     kafka.create_topic("alerts", 1).expect("topic");
     kafka.create_topic("late", 1).expect("topic");
     let dir = tempfile::tempdir().expect("dir");
-    // A port for Alertmanager, free now; it starts only after the alert was raised.
-    let am_port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
-    let http_port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
-    let http = format!("127.0.0.1:{http_port}");
+    // Alertmanager's port, held by a listener that never answers until Alertmanager starts
+    // (after the alert was raised), so no other test takes it meanwhile.
+    let am_holder = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let am_port = am_holder.local_addr().expect("addr").port();
     let node = TestNode::new("site-a", &brokers, "notify", "telemetry")
         .queries([QUERY])
         .with(|c| {
             c.notify = NotifyConfig {
                 alertmanager: vec![format!("http://127.0.0.1:{am_port}")],
+                timeout: Duration::from_millis(300), // a call to the silent holder fails by it
                 retry_min: Duration::from_millis(50),
                 retry_max: Duration::from_millis(500),
                 resend: Duration::from_secs(2),
                 ..Default::default()
             };
-            c.http.listen = Some(http.parse().expect("addr"));
+            c.http.listen = Some("127.0.0.1:0".parse().expect("addr"));
             // Each reading closes the windows before it: the alert opens with the step's next reading.
             c.detect.allowed_lateness = Duration::from_millis(100);
         })
         .start();
+    let http = node.http_addr().expect("http").to_string();
     let p = tessera_suite::producer(&brokers, "telemetry", WireFormat::Protobuf).expect("producer");
     let t0 = (now_ms() - 60_000).div_euclid(1000) * 1000;
     // Motor 1: a baseline, a step to 2.0 (z ≈ 12: the alert opens), and readings that close
@@ -137,6 +139,7 @@ fn alerts_reach_a_real_alertmanager_even_one_that_was_down_and_resolve_there() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    drop(am_holder);
     let am = Alertmanager::start(dir.path(), am_port);
     let firing = |am: &Alertmanager| -> Option<serde_json::Value> {
         am.alerts().into_iter().find(|a| a["labels"]["motor"] == "M1")

@@ -562,13 +562,20 @@ mod tests {
         assert!(!NotifyConfig::default().enabled());
     }
 
-    /// Accepts HTTP/1.1 POSTs on `listener` (keep-alive), answering 200, and passes each body on.
-    fn serve(listener: std::net::TcpListener, bodies: std::sync::mpsc::Sender<String>) {
+    /// Accepts HTTP/1.1 POSTs on `listener` (keep-alive), passes each body on, and answers
+    /// the `n`th request (from 0) with `status(n)`, e.g. `"200 OK"`.
+    fn serve(
+        listener: std::net::TcpListener,
+        bodies: std::sync::mpsc::Sender<String>,
+        status: impl Fn(usize) -> &'static str + Send + Sync + 'static,
+    ) {
         use std::io::{BufRead as _, Read as _, Write as _};
+        let status = Arc::new(status);
+        let answered = Arc::new(AtomicU64::new(0));
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
-                let bodies = bodies.clone();
+                let (bodies, status, answered) = (bodies.clone(), status.clone(), answered.clone());
                 std::thread::spawn(move || {
                     let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
                     let mut stream = stream;
@@ -589,7 +596,8 @@ mod tests {
                         let mut body = vec![0; length];
                         reader.read_exact(&mut body).expect("body");
                         let _ = bodies.send(String::from_utf8_lossy(&body).into_owned());
-                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                        let n = answered.fetch_add(1, Ordering::Relaxed) as usize;
+                        let _ = write!(stream, "HTTP/1.1 {}\r\ncontent-length: 0\r\n\r\n", status(n));
                     }
                 });
             }
@@ -619,7 +627,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         let (tx, rx) = std::sync::mpsc::channel();
-        serve(std::net::TcpListener::bind(("127.0.0.1", port)).expect("the webhook's port"), tx);
+        serve(std::net::TcpListener::bind(("127.0.0.1", port)).expect("the webhook's port"), tx, |_| "200 OK");
         let states: Vec<String> = (0..3)
             .map(|_| {
                 let body = rx.recv_timeout(Duration::from_secs(20)).expect("an event");
@@ -644,7 +652,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
         let port = listener.local_addr().expect("addr").port();
         let (tx, rx) = std::sync::mpsc::channel();
-        serve(listener, tx);
+        serve(listener, tx, |_| "200 OK");
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let (trigger, stop) = crate::lifecycle::shutdown_signal();
         let config = NotifyConfig { webhooks: vec![format!("http://127.0.0.1:{port}/")], ..Default::default() };
@@ -671,42 +679,10 @@ mod tests {
     /// is dropped and counted, not retried ahead of everything else.
     #[test]
     fn a_refused_request_is_dropped_not_retried_forever() {
-        use std::io::{BufRead as _, Read as _, Write as _};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
         let port = listener.local_addr().expect("addr").port();
         let (tx, rx) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            let mut answered = 0;
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { return };
-                let mut reader = std::io::BufReader::new(stream.try_clone().expect("clone"));
-                let mut stream = stream;
-                loop {
-                    let mut length = 0;
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            break;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    if length == 0 {
-                        break;
-                    }
-                    let mut body = vec![0; length];
-                    reader.read_exact(&mut body).expect("body");
-                    let status = if answered == 0 { "400 Bad Request" } else { "200 OK" };
-                    answered += 1;
-                    let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
-                    let _ = write!(stream, "HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
-                }
-            }
-        });
+        serve(listener, tx, |n| if n == 0 { "400 Bad Request" } else { "200 OK" });
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let (trigger, stop) = crate::lifecycle::shutdown_signal();
         let config = NotifyConfig { webhooks: vec![format!("http://127.0.0.1:{port}/")], ..Default::default() };
