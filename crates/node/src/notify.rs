@@ -604,6 +604,24 @@ mod tests {
         });
     }
 
+    /// A notifier under `grades` whose one receiver is a webhook [`serve`]d here, answering
+    /// the `n`th request with `status(n)`: the notifier, the bodies received, its stop, and
+    /// the runtime its sender runs on (kept for the test's length).
+    fn with_webhook(
+        grades: &LiveGrades,
+        status: impl Fn(usize) -> &'static str + Send + Sync + 'static,
+    ) -> (Notifier, std::sync::mpsc::Receiver<String>, crate::lifecycle::ShutdownTrigger, tokio::runtime::Runtime) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        let port = listener.local_addr().expect("addr").port();
+        let (tx, rx) = std::sync::mpsc::channel();
+        serve(listener, tx, status);
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (trigger, stop) = crate::lifecycle::shutdown_signal();
+        let config = NotifyConfig { webhooks: vec![format!("http://127.0.0.1:{port}/")], ..Default::default() };
+        let notifier = Notifier::start(&config, grades, runtime.handle(), stop).unwrap();
+        (notifier, rx, trigger, runtime)
+    }
+
     /// A webhook that is down when the events come gets them all, in order, once it is up.
     #[test]
     fn a_webhook_down_at_first_gets_every_event_in_order() {
@@ -649,15 +667,8 @@ mod tests {
     /// leaving: dropped and counted, never sent.
     #[test]
     fn a_policy_raised_while_running_withholds_notifications() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-        let port = listener.local_addr().expect("addr").port();
-        let (tx, rx) = std::sync::mpsc::channel();
-        serve(listener, tx, |_| "200 OK");
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let (trigger, stop) = crate::lifecycle::shutdown_signal();
-        let config = NotifyConfig { webhooks: vec![format!("http://127.0.0.1:{port}/")], ..Default::default() };
         let grades = LiveGrades::new(GradeMap::builtin());
-        let notifier = Notifier::start(&config, &grades, runtime.handle(), stop).unwrap();
+        let (notifier, rx, trigger, _runtime) = with_webhook(&grades, |_| "200 OK");
         notifier.notify(&event("m1", AlertState::Open));
         rx.recv_timeout(Duration::from_secs(20)).expect("sent while the grades allow it");
         let mut raised = GradeMap::builtin();
@@ -679,14 +690,9 @@ mod tests {
     /// is dropped and counted, not retried ahead of everything else.
     #[test]
     fn a_refused_request_is_dropped_not_retried_forever() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-        let port = listener.local_addr().expect("addr").port();
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        serve(listener, tx, |n| if n == 0 { "400 Bad Request" } else { "200 OK" });
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let (trigger, stop) = crate::lifecycle::shutdown_signal();
-        let config = NotifyConfig { webhooks: vec![format!("http://127.0.0.1:{port}/")], ..Default::default() };
-        let notifier = Notifier::start(&config, &LiveGrades::new(GradeMap::builtin()), runtime.handle(), stop).unwrap();
+        let grades = LiveGrades::new(GradeMap::builtin());
+        let (notifier, rx, trigger, _runtime) =
+            with_webhook(&grades, |n| if n == 0 { "400 Bad Request" } else { "200 OK" });
         notifier.notify(&event("m1", AlertState::Open));
         notifier.notify(&event("m1", AlertState::Close));
         let states: Vec<AlertState> = (0..2)
