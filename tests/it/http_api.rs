@@ -1,7 +1,8 @@
-//! The JSON API under `/api/v1` (issue 24, point 2, first routes), as a client speaks it over
-//! HTTP: sign in with the SQL users' credentials, read the fleet's motors and their statuses
-//! through the same graded SQL; bad credentials, a missing or unknown token and bad parameters
-//! are refused with their status and a JSON error.
+//! The JSON API under `/api/v1`, as a client speaks it over HTTP: sign in with the SQL users'
+//! credentials, read the fleet's motors, one motor, the alerts and the cluster through the
+//! same graded SQL; bad credentials, a missing, unknown or signed-out token, bad parameters and
+//! an analyst's acknowledgement are refused with their status and a JSON error; every route
+//! docs/openapi.yaml describes is served, and no other.
 
 use std::io::{Read as _, Write as _};
 use std::time::{Duration, Instant};
@@ -27,6 +28,50 @@ fn request(addr: &str, method: &str, path: &str, authorization: Option<&str>) ->
     let status = response.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("a status line");
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
+}
+
+/// [`request`] with a JSON body.
+fn request_with(addr: &str, method: &str, path: &str, authorization: Option<&str>, body: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("read");
+    let status = response.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("a status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// `(method, path)` of every operation in docs/openapi.yaml, sorted.
+fn openapi_routes() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml")).expect("openapi");
+    let mut routes = Vec::new();
+    let mut in_paths = false;
+    let mut path = String::new();
+    for line in text.lines() {
+        if line == "paths:" {
+            in_paths = true;
+            continue;
+        }
+        if !in_paths {
+            continue;
+        }
+        if let Some(p) = line.strip_prefix("  /").and_then(|p| p.strip_suffix(':')) {
+            path = format!("/{p}");
+        } else if let Some(m) = line.strip_prefix("    ").and_then(|m| m.strip_suffix(':'))
+            && ["get", "post", "put", "delete", "patch"].contains(&m)
+        {
+            routes.push((m.to_string(), path.clone()));
+        }
+    }
+    routes.sort();
+    routes
 }
 
 fn json(body: &str) -> serde_json::Value {
@@ -101,11 +146,64 @@ fn the_api_answers_signed_in_users_through_graded_sql_and_refuses_the_rest() {
         assert_eq!(code, 200, "{body}");
         assert_eq!(json(&body), serde_json::json!([{ "site_id": "site-a", "status": "healthy", "motors": 5 }]));
         // Bad parameters: refused, nothing spliced into SQL.
-        for bad in ["/api/v1/motors?status=broken", "/api/v1/motors?site=a'%20OR%20'1'='1", "/api/v1/motors?limit=3"] {
+        for bad in [
+            "/api/v1/motors?status=broken",
+            "/api/v1/motors?site=a'%20OR%20'1'='1",
+            "/api/v1/motors?limit=3",
+            "/api/v1/alerts?state=maybe",
+        ] {
             let (code, body) = request(&http, "GET", bad, Some(&bearer));
             assert_eq!(code, 400, "{bad}: {body}");
         }
+        // One motor: its health for both; its newest raw readings for the site's operator only
+        // (the grade rules refuse the analyst, and say why).
+        let (code, body) = request(&http, "GET", "/api/v1/motors/M3", Some(&bearer));
+        assert_eq!(code, 200, "{body}");
+        let detail = json(&body);
+        assert_eq!(detail["health"]["motor_id"], "M3");
+        match name {
+            "opa" => {
+                let rows = detail["readings"]["Ok"].as_array().expect("readings");
+                assert!(!rows.is_empty() && rows[0]["current_a"] == 10.0, "{detail}");
+                assert!(detail["scores"].is_array(), "the operator reads the scores: {detail}");
+            }
+            _ => {
+                let why = detail["readings"]["Err"].as_str().expect("a refusal");
+                assert!(why.contains("may not read raw"), "{why}");
+                assert!(detail["scores"].is_null(), "{detail}");
+            }
+        }
+        let (code, body) = request(&http, "GET", "/api/v1/motors/M999", Some(&bearer));
+        assert_eq!(code, 404, "{body}");
+        let (code, body) = request(&http, "GET", "/api/v1/alerts", Some(&bearer));
+        assert_eq!((code, json(&body)), (200, serde_json::json!([])), "{body}");
+        let (code, body) = request(&http, "GET", "/api/v1/cluster", Some(&bearer));
+        assert_eq!(code, 200, "{body}");
+        assert!(json(&body)["control_error"].as_str().is_some_and(|e| e.contains("no control plane")), "{body}");
+        // Acknowledging: not a fleet analyst's to do; the operator needs a control plane.
+        let ack = |token: &str| {
+            request_with(&http, "POST", "/api/v1/alerts/a1/acknowledge", Some(token), r#"{"note": "on it"}"#)
+        };
+        let (code, body) = ack(&bearer);
+        assert_eq!(code, if name == "ana" { 403 } else { 503 }, "{body}");
+        // Signing out ends the session.
+        assert_eq!(request(&http, "DELETE", "/api/v1/sessions", Some(&bearer)).0, 204);
+        assert_eq!(request(&http, "GET", "/api/v1/fleet", Some(&bearer)).0, 401);
     }
+    // Every route docs/openapi.yaml describes is served (a handler's own 404 is JSON; an
+    // unknown route's is not), and the description lists exactly the API's routes.
+    let described = openapi_routes();
+    let mut served: Vec<(String, String)> =
+        tessera_node::api::ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    served.sort();
+    assert_eq!(described, served, "docs/openapi.yaml and the API's routes differ");
+    for (method, path) in &described {
+        let concrete = path.replace("{motor}", "M1").replace("{alert}", "a1");
+        let (code, body) = request(&http, &method.to_uppercase(), &concrete, None);
+        assert!(code != 405 && (code != 404 || body.contains("\"error\"")), "{method} {path}: {code} {body}");
+    }
+    let (code, body) = request(&http, "GET", "/api/v1/nowhere", None);
+    assert!(code == 404 && !body.contains("\"error\""), "an unknown route is not served: {code} {body}");
     node.stop().expect("the node stops");
     drop(kafka);
 }

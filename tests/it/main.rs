@@ -5,6 +5,7 @@
 
 mod chart_shape;
 mod cli_process;
+mod console;
 mod control_plane;
 mod demo;
 mod deploy_script;

@@ -53,3 +53,14 @@ pub enum ConsensusError {
     #[error("raft: gRPC endpoint task: {0}")]
     EndpointTask(#[source] tokio::task::JoinError),
 }
+
+/// Why the alert desk ([`crate::node::AlertDesk`]) did not record an acknowledgement.
+#[derive(Debug, thiserror::Error)]
+pub enum DeskError {
+    /// The request is malformed or not this node's to make (another site's alert).
+    #[error("{0}")]
+    Refused(String),
+    /// No quorum answered in time (or no leader is known).
+    #[error("{0}")]
+    Unavailable(String),
+}

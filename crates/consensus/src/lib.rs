@@ -20,8 +20,8 @@ mod service;
 pub mod state_machine;
 pub mod types;
 
-pub use error::ConsensusError;
-pub use node::{ConsensusNode, RaftSettings, RaftStatus};
+pub use error::{ConsensusError, DeskError};
+pub use node::{AlertDesk, ConsensusNode, RaftSettings, RaftStatus};
 pub use types::{Command, Member, NodeId, Outcome, Request, TypeConfig};
 
 /// A Raft node of the control plane.

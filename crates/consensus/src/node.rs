@@ -17,10 +17,12 @@ use tessera_core::{ConfigError, ensure};
 
 use crate::Raft;
 use crate::error::ConsensusError;
+use crate::error::DeskError;
 use crate::log_store::LogStore;
 use crate::network::{Network, Partition};
 use crate::service::{AdminService, Shared, TransportService};
 use crate::state_machine::{RegistryView, StateMachine};
+use crate::types::{Command, Outcome};
 use crate::types::{Member, NodeId};
 use openraft::async_runtime::WatchReceiver;
 
@@ -181,6 +183,41 @@ pub struct ConsensusNode {
     plaintext_exposed: bool,
 }
 
+/// Records acknowledgements of this node's site's alerts in the control plane, for people who
+/// signed in at this node (the web console and the JSON API). The node proposes as itself
+/// (so another site's leader accepts it only for this site's alerts); the actor the audit
+/// log records names the person and the node.
+#[derive(Clone)]
+pub struct AlertDesk(Shared);
+
+impl AlertDesk {
+    /// Proposes `command` (an [`Command::AcknowledgeAlert`]) for `user`; the outcome is the
+    /// registry's (`Rejected` with its reason when it refused), or an error when no quorum
+    /// answered within the write timeout.
+    pub async fn record(&self, user: &str, command: Command) -> Result<Outcome, DeskError> {
+        if !matches!(command, Command::AcknowledgeAlert { .. }) {
+            return Err(DeskError::Refused("only alert acknowledgements go through the alert desk".into()));
+        }
+        let who = self.0.itself();
+        let actor = format!("{user} (at node {} of site {})", self.0.me, self.0.site);
+        let refused = |e: crate::service::ServiceError| DeskError::Refused(e.to_string());
+        let request = self.0.request(&actor, command).map_err(refused)?;
+        self.0.allow(&who, crate::service::Action::Write(&request.command)).map_err(refused)?;
+        let reply = self.0.write(request, &who, false).await.map_err(|e| DeskError::Unavailable(e.to_string()))?;
+        Ok(if reply.rejected.is_empty() { Outcome::Applied } else { Outcome::Rejected(reply.rejected) })
+    }
+
+    /// The term and the leader as this node's member sees them.
+    pub fn status(&self) -> RaftStatus {
+        RaftStatus::of(&self.0.raft)
+    }
+
+    /// The applied registry (acknowledgements are in [`crate::registry::Registry::acks`]).
+    pub fn registry(&self) -> RegistryView {
+        self.0.view.clone()
+    }
+}
+
 /// What a node knows of the cluster right now (for metrics and health checks).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RaftStatus {
@@ -316,6 +353,11 @@ impl ConsensusNode {
     /// The openraft handle.
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// A handle that records what people do about alerts (see [`AlertDesk`]).
+    pub fn alert_desk(&self) -> AlertDesk {
+        AlertDesk(self.shared.clone())
     }
 
     /// The applied registry.

@@ -99,6 +99,29 @@ impl ReleaseRecord {
     }
 }
 
+/// A person's acknowledgement of an alert (and its silence, if any).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckRecord {
+    /// The alert's motor.
+    pub motor: MotorId,
+    /// The alert's site.
+    pub site: SiteId,
+    /// Who (the request's actor: the user and the node they signed in at).
+    pub by: String,
+    /// When (ms since the Unix epoch).
+    pub at_ms: i64,
+    /// Why.
+    pub note: String,
+    /// Silenced until then (ms since the Unix epoch), if silenced.
+    pub silence_until_ms: Option<i64>,
+    /// The log index of the acknowledgement (the newest are kept, see [`MAX_ACKS`]).
+    pub index: u64,
+}
+
+/// Most acknowledgements the registry keeps; beyond it the oldest is forgotten (the audit log
+/// keeps every one).
+pub const MAX_ACKS: usize = 10_000;
+
 /// One line of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
@@ -139,6 +162,9 @@ pub struct Registry {
     /// Motors given a machine class (an ISO class I–IV or one of `machine_classes`).
     #[serde(default)]
     pub motor_classes: BTreeMap<MotorId, String>,
+    /// Acknowledged alerts by alert id, the newest [`MAX_ACKS`].
+    #[serde(default)]
+    pub acks: BTreeMap<String, AckRecord>,
 }
 
 impl Registry {
@@ -262,6 +288,27 @@ impl Registry {
                     };
                 }
             }
+            Command::AcknowledgeAlert { alert, motor, site, note, silence_until_ms } => {
+                self.require_site(site)?;
+                if self.motors.get(motor).is_some_and(|owner| owner != site) {
+                    return Err(format!("motor {motor} belongs to another site than {site}"));
+                }
+                let record = AckRecord {
+                    motor: motor.clone(),
+                    site: site.clone(),
+                    by: request.actor.clone(),
+                    at_ms: request.at_ms,
+                    note: note.clone(),
+                    silence_until_ms: *silence_until_ms,
+                    index,
+                };
+                self.acks.insert(alert.clone(), record);
+                if self.acks.len() > MAX_ACKS
+                    && let Some(oldest) = self.acks.iter().min_by_key(|(_, a)| a.index).map(|(k, _)| k.clone())
+                {
+                    self.acks.remove(&oldest);
+                }
+            }
             Command::ApproveRelease { bundle, site } => {
                 let release =
                     self.releases.get_mut(bundle).ok_or_else(|| format!("bundle {bundle} has no release request"))?;
@@ -347,6 +394,45 @@ mod tests {
         assert_eq!(redefine.check().unwrap_err().field, "command.class");
         let falling = req(Command::DefineMachineClass { class: "fan".into(), boundaries_um_s: [3000, 2000, 9000] });
         assert_eq!(falling.check().unwrap_err().field, "command.boundaries");
+    }
+
+    #[test]
+    fn an_acknowledgement_is_kept_with_who_when_why_and_the_newest_win() {
+        let mut reg = Registry::default();
+        let ack = |alert: &str, motor: &str, s: &str, until: Option<i64>| {
+            req(Command::AcknowledgeAlert {
+                alert: alert.into(),
+                motor: MotorId::new(motor).unwrap(),
+                site: site(s),
+                note: "bearing ordered".into(),
+                silence_until_ms: until,
+            })
+        };
+        let (outcome, _) = reg.apply(1, &ack("q:M1:0", "M1", "a", None));
+        assert_eq!(outcome, Outcome::Rejected("site a does not exist (add it first)".into()));
+        reg.apply(2, &req(Command::AddSite { site: site("a"), name: "Plant A".into() }));
+        reg.apply(3, &req(Command::AddSite { site: site("b"), name: "Plant B".into() }));
+        reg.apply(4, &req(Command::AssignMotors { site: site("a"), motors: vec![MotorId::new("M1").unwrap()] }));
+        let (outcome, _) = reg.apply(5, &ack("q:M1:0", "M1", "b", None));
+        assert_eq!(outcome, Outcome::Rejected("motor M1 belongs to another site than b".into()));
+        let (outcome, audit) = reg.apply(6, &ack("q:M1:0", "M1", "a", Some(5_000)));
+        assert_eq!(outcome, Outcome::Applied);
+        assert_eq!(audit.action, "acknowledge alert q:M1:0 of motor M1 at a, silenced until 5000: bearing ordered");
+        let record = &reg.acks["q:M1:0"];
+        assert_eq!((record.by.as_str(), record.at_ms, record.silence_until_ms), ("alice", 1_000, Some(5_000)));
+        let empty = Command::AcknowledgeAlert {
+            alert: "x".into(),
+            motor: MotorId::new("M1").unwrap(),
+            site: site("a"),
+            note: " ".into(),
+            silence_until_ms: None,
+        };
+        assert_eq!(req(empty).check().unwrap_err().field, "command.note");
+        for i in 1..=MAX_ACKS as u64 {
+            reg.apply(10 + i, &ack(&format!("q:M1:{i}"), "M1", "a", None));
+        }
+        assert_eq!(reg.acks.len(), MAX_ACKS);
+        assert!(!reg.acks.contains_key("q:M1:0"), "the oldest acknowledgement goes first");
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub const MAX_RULE_BYTES: usize = 4 * 1024;
 pub const MAX_TEXT_BYTES: usize = 256;
 /// Most custodian sites of one release.
 pub const MAX_CUSTODIANS: usize = 32;
+/// Longest note on an alert's acknowledgement, in bytes.
+pub const MAX_NOTE_BYTES: usize = 1024;
 
 /// One change to the registry as proposed to Raft: who asked for it, when, and what. The
 /// proposer stamps the time, so applying the entry is deterministic on every node.
@@ -163,6 +165,21 @@ pub enum Command {
         /// The class.
         class: Option<String>,
     },
+    /// A person acknowledges an open alert (someone is on it), and may silence it until a
+    /// time: its notifications stop until then. Proposed by a node of the alert's site for a
+    /// user who signed in there (the actor names both).
+    AcknowledgeAlert {
+        /// The alert's id (as in the `alerts` table).
+        alert: String,
+        /// The alert's motor.
+        motor: MotorId,
+        /// The alert's site.
+        site: SiteId,
+        /// Why, in the person's words.
+        note: String,
+        /// Silenced until then (ms since the Unix epoch); `None`: acknowledged only.
+        silence_until_ms: Option<i64>,
+    },
 }
 
 impl fmt::Display for Command {
@@ -196,6 +213,13 @@ impl fmt::Display for Command {
                 f64::from(*bc) / 1000.0,
                 f64::from(*cd) / 1000.0
             ),
+            Command::AcknowledgeAlert { alert, motor, site, note, silence_until_ms } => {
+                write!(f, "acknowledge alert {alert} of motor {motor} at {site}")?;
+                if let Some(until) = silence_until_ms {
+                    write!(f, ", silenced until {until}")?;
+                }
+                write!(f, ": {note}")
+            }
             Command::SetMachineClass { motors, class } => {
                 let class = class.as_deref().map_or("the default class".to_string(), |c| format!("class {c}"));
                 match motors.as_slice() {
@@ -307,6 +331,10 @@ impl Request {
                 Ok(())
             }
             Command::ApproveRelease { bundle, .. } => text("command.bundle", bundle, MAX_TEXT_BYTES),
+            Command::AcknowledgeAlert { alert, note, .. } => {
+                text("command.alert", alert, MAX_TEXT_BYTES)?;
+                text("command.note", note, MAX_NOTE_BYTES)
+            }
         }
     }
 }

@@ -1,51 +1,90 @@
-//! The JSON API under `/api/v1` (issue 24, first routes), served beside `/metrics` on
-//! `[http] listen` when the node runs a SQL endpoint. Same users and roles as SQL, and the same
-//! path: every answer is a SQL query run as the caller through the Flight SQL endpoint
-//! (release by the grade rules, federation over the sites, query limits, audit).
+//! The JSON API under `/api/v1`, served beside `/metrics` on `[http] listen` when the node
+//! runs a SQL endpoint: the same views the web console draws ([`crate::views`]), with the same
+//! users and roles as SQL. `docs/openapi.yaml` describes every route (a test checks it
+//! against [`ROUTES`]).
 //!
 //! - `POST /api/v1/sessions` with `Authorization: Basic base64(user:password)` → `{"token",
 //!   "user", "role"}`; later calls send `Authorization: Bearer <token>` (a session expires as
-//!   a SQL session does).
-//! - `GET /api/v1/motors[?site=S][&status=T]` → every motor the caller may see across the
-//!   fleet (the `fleet` schema with federation, else this site's): id, site, status (healthy / watch / warning / critical / silent), the query behind
-//!   its score, reasons, open alerts, last reading; worst first.
+//!   a SQL session does). `DELETE /api/v1/sessions` signs the token out.
+//! - `GET /api/v1/motors[?site=S][&status=T][&q=TEXT]` → every motor the caller may see, worst
+//!   first.
+//! - `GET /api/v1/motors/{motor}` → one motor: health, windows of the last day, alerts, and
+//!   where the caller may read them its scores and newest raw readings.
 //! - `GET /api/v1/fleet` → motors per site and status.
+//! - `GET /api/v1/alerts[?site=S][&state=open|all]` → alerts (newest event of each) with their
+//!   acknowledgements.
+//! - `POST /api/v1/alerts/{alert}/acknowledge` with `{"note", "silence_minutes"}` → the
+//!   acknowledgement as the control plane recorded it (site operators and admins of this
+//!   node's site, for its alerts).
+//! - `GET /api/v1/cluster` → sites, nodes, leader, and this node's lag and ingest rate.
 //!
 //! Errors are `{"error": "..."}` with 401 (no or bad credentials), 403 (refused by the grade
-//! rules), 400 (a bad parameter), 429 (too many sign-ins), 503 (a site did not answer) or 500.
-//! The listener has no TLS yet, so a node with `[tls]` does not serve the API (its users'
-//! passwords would otherwise cross the network in the clear, next to a SQL endpoint that
-//! speaks TLS). Not here yet: TLS, motor detail, alerts, acknowledge and silence, OpenAPI.
+//! rules or the role), 404, 400 (a bad parameter), 409 (the control plane refused), 429 (too
+//! many sign-ins), 503 (a site or the quorum did not answer) or 500.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use datafusion::arrow::array::RecordBatch;
-use tessera_sql::service::FlightSqlEndpoint;
+use serde::Serialize;
 
-/// A motor's statuses, worst first (the order the API sorts by).
-pub const STATUSES: [&str; 5] = ["critical", "silent", "warning", "watch", "healthy"];
+use crate::views::{FleetFilter, ViewError, Views};
 
-/// The `/api/v1` routes, answering through `sql`.
-pub fn router(sql: Arc<FlightSqlEndpoint>) -> axum::Router {
+/// Every route of the API: method and path (axum's `{param}` syntax), as `docs/openapi.yaml`
+/// must list them.
+pub const ROUTES: [(&str, &str); 9] = [
+    ("post", "/api/v1/sessions"),
+    ("delete", "/api/v1/sessions"),
+    ("get", "/api/v1/motors"),
+    ("get", "/api/v1/motors/{motor}"),
+    ("get", "/api/v1/fleet"),
+    ("get", "/api/v1/alerts"),
+    ("post", "/api/v1/alerts/{alert}/acknowledge"),
+    ("get", "/api/v1/cluster"),
+    ("get", "/api/v1/openapi.yaml"),
+];
+
+/// The OpenAPI description of the API, served at `/api/v1/openapi.yaml`.
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.yaml");
+
+/// The `/api/v1` routes, answering through `views`.
+pub fn router(views: Arc<Views>) -> axum::Router {
     use axum::routing::{get, post};
     axum::Router::new()
-        .route("/api/v1/sessions", post(sign_in))
+        .route("/api/v1/sessions", post(sign_in).delete(sign_out))
         .route("/api/v1/motors", get(motors))
+        .route("/api/v1/motors/{motor}", get(motor))
         .route("/api/v1/fleet", get(fleet))
-        .with_state(sql)
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/alerts/{alert}/acknowledge", post(acknowledge))
+        .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
+        .with_state(views)
 }
 
 /// An API error: its HTTP status and message, as `{"error": ...}`.
-struct ApiError(StatusCode, String);
+struct ApiError(ViewError);
+
+impl From<ViewError> for ApiError {
+    fn from(e: ViewError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl From<tessera_sql::SqlError> for ApiError {
+    fn from(e: tessera_sql::SqlError) -> Self {
+        ApiError(e.into())
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.1 }).to_string();
-        let mut response = (self.0, [(header::CONTENT_TYPE, "application/json")], body).into_response();
-        if self.0 == StatusCode::UNAUTHORIZED {
+        let status = StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::json!({ "error": self.0.message }).to_string();
+        let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        if status == StatusCode::UNAUTHORIZED {
             let challenge = header::HeaderValue::from_static("Bearer realm=\"tessera\"");
             response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
         }
@@ -53,91 +92,103 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<tonic::Status> for ApiError {
-    fn from(s: tonic::Status) -> Self {
-        use tonic::Code;
-        let status = match s.code() {
-            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Code::PermissionDenied => StatusCode::FORBIDDEN,
-            Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition => StatusCode::BAD_REQUEST,
-            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
-            Code::Unavailable | Code::DeadlineExceeded => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError(status, s.message().to_string())
-    }
-}
-
-impl From<tessera_sql::SqlError> for ApiError {
-    fn from(e: tessera_sql::SqlError) -> Self {
-        tonic::Status::from(e).into()
-    }
-}
-
 fn authorization(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
 }
 
-async fn sign_in(State(sql): State<Arc<FlightSqlEndpoint>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let (token, who) = sql.sign_in(authorization(&headers)).await?;
-    let body = serde_json::json!({ "token": token, "user": who.user, "role": who.role.name() }).to_string();
+fn json(value: &impl Serialize) -> Result<Response, ApiError> {
+    let body = serde_json::to_vec(value).map_err(|e| ViewError { status: 500, message: e.to_string() })?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-async fn motors(State(sql): State<Arc<FlightSqlEndpoint>>, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
-    let who = sql.caller(authorization(&headers))?;
-    let (mut site, mut status) = (None, None);
+async fn sign_in(State(views): State<Arc<Views>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let (token, who) = views.sql().sign_in(authorization(&headers)).await?;
+    json(&serde_json::json!({ "token": token, "user": who.user, "role": who.role.name() }))
+}
+
+async fn sign_out(State(views): State<Arc<Views>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    views.sql().caller(authorization(&headers))?;
+    let token = authorization(&headers).and_then(|a| a.strip_prefix("Bearer ")).unwrap_or_default();
+    views.sql().sign_out(token);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn motors(State(views): State<Arc<Views>>, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
+    let who = views.sql().caller(authorization(&headers))?;
+    let filter = FleetFilter::parse(uri.query().unwrap_or(""))?;
+    json(&views.motors(&who, &filter).await?)
+}
+
+async fn motor(
+    State(views): State<Arc<Views>>,
+    headers: HeaderMap,
+    Path(motor): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = views.sql().caller(authorization(&headers))?;
+    json(&views.motor(&who, &motor).await?)
+}
+
+async fn fleet(State(views): State<Arc<Views>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let who = views.sql().caller(authorization(&headers))?;
+    let fleet = views.fleet(&who, &FleetFilter::default()).await?;
+    let rows: Vec<serde_json::Value> = fleet
+        .sites
+        .iter()
+        .flat_map(|(site, counts)| {
+            let mut by_status: Vec<_> = counts.by_status.iter().filter(|(_, n)| *n > 0).collect();
+            by_status.sort_by(|a, b| a.0.cmp(&b.0));
+            by_status
+                .into_iter()
+                .map(move |(status, n)| serde_json::json!({ "site_id": site, "status": status, "motors": n }))
+        })
+        .collect();
+    json(&rows)
+}
+
+async fn alerts(State(views): State<Arc<Views>>, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
+    let who = views.sql().caller(authorization(&headers))?;
+    let (mut site, mut open_only) = (None, true);
     for (key, value) in url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
-        match key.as_ref() {
-            "site" => site = Some(value.into_owned()),
-            "status" => status = Some(value.into_owned()),
-            other => {
-                return Err(ApiError(StatusCode::BAD_REQUEST, format!("unknown parameter {other:?} (site, status)")));
+        match (key.as_ref(), value.as_ref()) {
+            ("site", s) => {
+                let id = tessera_core::SiteId::new(s).map_err(|e| ViewError::bad_request(format!("site: {e}")))?;
+                site = Some(id.to_string());
+            }
+            ("state", "open") => open_only = true,
+            ("state", "all") => open_only = false,
+            ("state", other) => {
+                return Err(ViewError::bad_request(format!("state: {other:?} is not open or all")).into());
+            }
+            (other, _) => {
+                return Err(ViewError::bad_request(format!("unknown parameter {other:?} (site, state)")).into());
             }
         }
     }
-    let mut conditions = Vec::new();
-    if let Some(site) = &site {
-        // A site id has no quote in it (checked here), so it can be a literal.
-        let site = tessera_core::SiteId::new(site.clone())
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("site: {e}")))?;
-        conditions.push(format!("site_id = '{}'", site.as_str()));
-    }
-    if let Some(status) = &status {
-        let status = STATUSES.iter().find(|s| **s == status.as_str()).ok_or_else(|| {
-            ApiError(StatusCode::BAD_REQUEST, format!("status: {status:?} is not one of {}", STATUSES.join(", ")))
-        })?;
-        conditions.push(format!("status = '{status}'"));
-    }
-    let filter = if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
-    let rank: Vec<String> = STATUSES.iter().enumerate().map(|(i, s)| format!("WHEN '{s}' THEN {i}")).collect();
-    let query = format!(
-        "SELECT motor_id, site_id, status, score_query, reasons, alerts_open, last_reading \
-         FROM {}.motor_health{filter} ORDER BY CASE status {} END, site_id, motor_id",
-        sql.fleet_schema(),
-        rank.join(" ")
-    );
-    json_rows(&sql.query(&who, &query).await?)
+    json(&views.alerts(&who, site.as_deref(), open_only).await?)
 }
 
-async fn fleet(State(sql): State<Arc<FlightSqlEndpoint>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let who = sql.caller(authorization(&headers))?;
-    let query = format!(
-        "SELECT site_id, status, count(*) AS motors FROM {}.motor_health GROUP BY site_id, status ORDER BY site_id, status",
-        sql.fleet_schema()
-    );
-    json_rows(&sql.query(&who, &query).await?)
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    note: String,
+    #[serde(default)]
+    silence_minutes: u64,
 }
 
-/// Batches as a JSON array of row objects.
-fn json_rows(batches: &[RecordBatch]) -> Result<Response, ApiError> {
-    let mut writer = datafusion::arrow::json::ArrayWriter::new(Vec::new());
-    let refs: Vec<&RecordBatch> = batches.iter().collect();
-    writer.write_batches(&refs).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    writer.finish().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let mut body = writer.into_inner();
-    if body.is_empty() {
-        body = b"[]".to_vec();
-    }
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+async fn acknowledge(
+    State(views): State<Arc<Views>>,
+    headers: HeaderMap,
+    Path(alert): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let who = views.sql().caller(authorization(&headers))?;
+    let body: AckBody = serde_json::from_slice(&body).map_err(|e| {
+        ViewError::bad_request(format!("the body must be {{\"note\": ..., \"silence_minutes\": ...}}: {e}"))
+    })?;
+    json(&views.acknowledge(&who, &alert, &body.note, body.silence_minutes).await?)
+}
+
+async fn cluster(State(views): State<Arc<Views>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    views.sql().caller(authorization(&headers))?;
+    json(&views.cluster().await)
 }

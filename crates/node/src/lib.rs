@@ -14,6 +14,7 @@
 pub mod api;
 pub mod checkpoints;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod detect;
 pub mod durability;
@@ -26,5 +27,6 @@ pub mod sql;
 pub mod store;
 pub mod telemetry;
 pub mod topics;
+pub mod views;
 
 pub use error::NodeError;

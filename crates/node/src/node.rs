@@ -250,13 +250,29 @@ impl Node {
                         .collect(),
                 };
                 let (listener, addr) = bind(&runtime, listen, "http.listen")?;
-                // The API signs users in with their passwords: not on this plain-HTTP listener
-                // of a node whose SQL speaks TLS (it would be the one way round it).
+                // The API and the console sign users in with their passwords: not on this
+                // plain-HTTP listener of a node whose SQL speaks TLS (it would be the one way
+                // round it).
                 let api = match (&sql, &config.tls) {
-                    (Some((_, _, endpoint)), None) => Some(crate::api::router(endpoint.clone())),
+                    (Some((_, _, endpoint)), None) => {
+                        // Acknowledgements through the node's own Raft member, else through
+                        // the control plane it follows.
+                        let desk = match (&control, &admin) {
+                            (Some(member), _) => Some(crate::control::desk::Desk::Member(member.alert_desk())),
+                            (None, Some(admin)) => Some(crate::control::desk::Desk::remote(
+                                admin,
+                                tessera_tls::ClientTls::from_material(tls.as_ref()),
+                                config.control.timeout,
+                                &config.site_id,
+                            )),
+                            (None, None) => None,
+                        };
+                        let views = Arc::new(crate::views::Views::new(endpoint.clone(), desk, probe.clone()));
+                        Some(crate::api::router(views.clone()).merge(crate::console::router(views, false)))
+                    }
                     (Some(_), Some(_)) => {
                         tracing::warn!(
-                            "the JSON API (/api/v1) is not served: [http] listen has no TLS yet and [tls] is set"
+                            "the JSON API (/api/v1) and the console are not served: [http] listen has no TLS yet and [tls] is set"
                         );
                         None
                     }

@@ -240,6 +240,12 @@ impl Authenticator {
         Ok((token, identity))
     }
 
+    /// Ends the session of `token` (a sign-out); a configured token is not a session and
+    /// stays valid. Returns whether a session ended.
+    pub fn end_session(&self, token: &str) -> bool {
+        self.sessions.lock().map(|mut sessions| sessions.remove(&digest(token)).is_some()).unwrap_or(false)
+    }
+
     /// The identity behind `authorization` (`Bearer <token>`) on a call after the handshake.
     pub fn check(&self, authorization: Option<&str>) -> Result<Identity, SqlError> {
         let header = authorization.ok_or_else(|| {
@@ -356,6 +362,19 @@ mod tests {
         let (token, _) = auth.handshake(Some(&basic("a:pw", true))).unwrap();
         let err = auth.check(Some(&format!("Bearer {token}"))).unwrap_err();
         assert!(err.to_string().contains("expired"), "{err}");
+    }
+
+    #[test]
+    fn a_signed_out_session_is_refused() {
+        let hash = hash_password("pw").unwrap();
+        let users = vec![UserConfig { name: "a".into(), password_hash: hash, role: Role::Admin, site: None }];
+        let auth = Authenticator::new(Box::new(ConfigUsers::new(&users, &[]).unwrap()), Duration::from_secs(60));
+        let (token, _) = auth.handshake(Some(&basic("a:pw", true))).unwrap();
+        assert!(auth.check(Some(&format!("Bearer {token}"))).is_ok());
+        assert!(auth.end_session(&token));
+        let err = auth.check(Some(&format!("Bearer {token}"))).unwrap_err();
+        assert!(err.to_string().contains("unknown bearer token"), "{err}");
+        assert!(!auth.end_session(&token), "ended once");
     }
 
     #[test]

@@ -203,6 +203,11 @@ impl FlightSqlEndpoint {
         .map_err(|e| SqlError::internal(format!("a sign-in failed: {e}")))?
     }
 
+    /// Signs the session of `token` out: it is refused from then on.
+    pub fn sign_out(&self, token: &str) -> bool {
+        self.auth.end_session(token)
+    }
+
     /// Where the whole fleet's tables are: the `fleet` schema with federation, else this
     /// site's own (`public`).
     pub fn fleet_schema(&self) -> &'static str {

@@ -71,6 +71,8 @@ pub struct DemoOptions {
     pub http_port: u16,
     /// Stop once the simulated span has ended instead of serving until Ctrl-C.
     pub exit_when_done: bool,
+    /// How long a SQL or console session lasts.
+    pub session_ttl: Duration,
     /// Nodes per site, in one consumer group per site (the Helm chart's shape is 3): each site
     /// then checkpoints per partition in a directory its nodes share, and a query at any of
     /// its nodes answers for the whole site.
@@ -136,26 +138,27 @@ pub fn run(opts: &DemoOptions, stop: &AtomicBool) -> Result<DemoReport> {
         (detect.late_topic.clone(), 1),
         (detect.dead_letter_topic.clone(), 1),
     ]);
-    match &embedded {
+    // Printed after the console's address, which comes first.
+    let kafka_line = match &embedded {
         Some(k) => {
             for (topic, partitions) in &topics {
                 k.create_topic(topic, *partitions)?;
             }
-            println!("embedded Kafka: librdkafka mock cluster, 3 brokers at {brokers}");
+            format!("embedded Kafka: librdkafka mock cluster, 3 brokers at {brokers}")
         }
         None => {
             let refs: Vec<(&str, i32)> = topics.iter().map(|(t, p)| (t.as_str(), *p)).collect();
             tessera_node::topics::ensure_topics(&brokers, &refs)?;
-            println!("Kafka at {brokers}");
+            format!("Kafka at {brokers}")
         }
-    }
+    };
 
     let data_dir = std::env::temp_dir().join(format!("tessera-demo-{}", std::process::id()));
     let _cleanup = RemoveOnDrop(data_dir.clone());
     let cluster = start_sites(opts, &sites, &brokers, &detect, &data_dir)?;
     let alerts = AlertPrinter::start(&brokers, &detect.alerts_topic)?;
     wait_for_leader(&cluster, stop)?;
-    print_banner(&cluster);
+    print_banner(&cluster, &kafka_line, &sites);
 
     let mut producers = BTreeMap::new();
     for site in &sites {
@@ -372,10 +375,17 @@ fn start_sites(
         }
     }
     let hash = tessera_sql::auth::hash_password(DEMO_PASSWORD)?;
-    let users = vec![
+    let mut users = vec![
         UserConfig { name: "analyst".into(), password_hash: hash.clone(), role: Role::FleetAnalyst, site: None },
-        UserConfig { name: "admin".into(), password_hash: hash, role: Role::Admin, site: None },
+        UserConfig { name: "admin".into(), password_hash: hash.clone(), role: Role::Admin, site: None },
     ];
+    // Each site's operator (`operator-site-a`, ...): everything of their own site.
+    users.extend(sites.iter().map(|site| UserConfig {
+        name: format!("operator-{site}"),
+        password_hash: hash.clone(),
+        role: Role::SiteOperator,
+        site: Some(site.clone()),
+    }));
     let federation_token: String = format!("demo-{:032x}", rand::random::<u128>());
     // librdkafka's mock coordinator ends a rebalance only when every member has rejoined or
     // its session timed out: with several nodes per site leaving at once (the demo's stop),
@@ -420,6 +430,7 @@ fn start_sites(
                 users: users.clone(),
                 peers,
                 federation_token: Some(federation_token.clone()),
+                session_ttl: opts.session_ttl,
                 ..Default::default()
             },
             http: HttpConfig { listen: Some(loopback(http_ports[i + j * n])) },
@@ -520,19 +531,27 @@ fn register_motors(cluster: &[Site], sim: &Simulator) -> Result<()> {
     })
 }
 
-fn print_banner(cluster: &[Site]) {
+fn print_banner(cluster: &[Site], kafka_line: &str, sites: &[String]) {
+    let console = cluster[0].node.http_addr().map_or("-".into(), |a| a.to_string());
+    println!("Web console: http://{console}/console (every node serves one; the sites' nodes are listed below)");
+    let operators: Vec<String> = sites.iter().map(|s| format!("operator-{s}")).collect();
+    println!(
+        "  users: analyst (fleet-analyst), admin, {} (site operators); password {DEMO_PASSWORD}",
+        operators.join(", ")
+    );
+    println!("{kafka_line}");
     println!("\n{} sites, one Raft group:", cluster.len());
     for s in cluster {
         for (node, sql) in &s.others {
             println!(
-                "  {}  Flight SQL {sql}  metrics http://{}/metrics  (another node of the site, answering for all of it)",
+                "  {}  Flight SQL {sql}  console http://{}/console  (another node of the site, answering for all of it)",
                 s.name,
                 node.http_addr().map_or("-".into(), |a| a.to_string()),
             );
         }
         let raft = s.node.raft_status();
         println!(
-            "  {}  Flight SQL {}  metrics http://{}/metrics  Raft node {} at {}",
+            "  {}  Flight SQL {}  console http://{}/console  Raft node {} at {}",
             s.name,
             s.sql,
             s.node.http_addr().map_or("-".into(), |a| a.to_string()),
@@ -541,7 +560,7 @@ fn print_banner(cluster: &[Site]) {
         );
     }
     let first = &cluster[0];
-    println!("SQL users: analyst (fleet-analyst) and admin, password {DEMO_PASSWORD}. In another terminal:");
+    println!("SQL: the same users. In another terminal:");
     println!(
         "  cargo run -q -p tessera-cli --bin tessera -- sql --at {} --user analyst --password {DEMO_PASSWORD} \\\n    \"SELECT site_id, count(DISTINCT motor_id) AS motors_alerted, round(max(peak_score), 1) AS worst FROM fleet.alerts GROUP BY site_id ORDER BY site_id\"\n",
         first.sql

@@ -37,6 +37,9 @@ pub struct DemoArgs {
     /// base + i + j × sites.
     #[arg(long, default_value_t = 1)]
     pub nodes_per_site: u32,
+    /// How long a SQL or web console session lasts before its user signs in again.
+    #[arg(long, default_value = "8h", value_parser = humantime::parse_duration)]
+    pub session_ttl: Duration,
 }
 
 /// Runs the demo until `stop` (or the simulated span's end, with `--exit-when-done`).
@@ -56,6 +59,7 @@ pub fn run(args: DemoArgs, stop: &AtomicBool) -> Result<()> {
         http_port: args.http_port,
         exit_when_done: args.exit_when_done,
         nodes_per_site: args.nodes_per_site,
+        session_ttl: args.session_ttl,
     };
     demo::run(&opts, stop)?;
     Ok(())

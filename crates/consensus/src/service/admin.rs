@@ -386,6 +386,53 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         Ok(Response::new(pb::ListReleasesResponse { releases }))
     }
 
+    async fn acknowledge_alert(
+        &self,
+        request: GrpcRequest<pb::AcknowledgeAlertRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let mut caller = self.caller(&request, &request.get_ref().actor)?;
+        let site = site_id("site", &request.get_ref().site)?;
+        let req = request.into_inner();
+        let motor = tessera_core::MotorId::new(req.motor).map_err(|e| ServiceError::invalid("motor", e))?;
+        if req.user.trim().is_empty() {
+            return Err(ServiceError::invalid("user", "is empty").into());
+        }
+        caller.actor = format!("{} (at {})", req.user, caller.actor);
+        let command = Command::AcknowledgeAlert {
+            alert: req.alert,
+            motor,
+            site,
+            note: req.note,
+            silence_until_ms: req.silence_until_ms,
+        };
+        Ok(Response::new(self.propose(&caller, command).await?))
+    }
+
+    async fn list_acknowledgements(
+        &self,
+        request: GrpcRequest<pb::ListAcknowledgementsRequest>,
+    ) -> Result<Response<pb::ListAcknowledgementsResponse>, Status> {
+        self.reader(&request)?;
+        self.0.read_barrier().await?;
+        let acknowledgements = self.0.view.with(|a| {
+            a.registry
+                .acks
+                .iter()
+                .map(|(alert, r)| pb::Acknowledgement {
+                    alert: alert.clone(),
+                    motor: r.motor.to_string(),
+                    site: r.site.to_string(),
+                    by: r.by.clone(),
+                    at_ms: r.at_ms,
+                    note: r.note.clone(),
+                    silence_until_ms: r.silence_until_ms,
+                    log_index: r.index,
+                })
+                .collect()
+        });
+        Ok(Response::new(pb::ListAcknowledgementsResponse { acknowledgements }))
+    }
+
     async fn set_policy(
         &self,
         request: GrpcRequest<pb::SetPolicyRequest>,

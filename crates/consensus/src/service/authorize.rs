@@ -3,7 +3,7 @@
 //! follower forwards to its leader:
 //!
 //! - a **node** speaks Raft only as itself, reads, gives its own site's approval of a release,
-//!   and records a member's registration only as the membership already has it (what a
+//!   acknowledges its own site's alerts (for a user who signed in at it), and records a member's registration only as the membership already has it (what a
 //!   bootstrap writes); nothing else — a node acts for its own site, never for another;
 //! - an **operator** reads; an `admin` operator also changes membership, the registry, grades,
 //!   policies and queries, and asks for releases; no operator approves for a site, and none
@@ -157,6 +157,13 @@ pub(crate) fn authorize(
                 refuse(format!("only a node of site {approving} approves for it"))
             }
         }
+        (Principal::Node { site, .. }, Action::Write(Command::AcknowledgeAlert { site: alerting, .. })) => {
+            if alerting.as_str() == site {
+                Ok(())
+            } else {
+                refuse(format!("only a node of site {alerting} acknowledges its alerts"))
+            }
+        }
         (Principal::Node { .. }, Action::Write(Command::RegisterNode { node, site, addr })) => match member(*node) {
             Some(m) if m.site == site.as_str() && m.addr == *addr => Ok(()),
             _ => refuse("a node records only a registration the membership already holds".into()),
@@ -214,6 +221,16 @@ mod tests {
         let policy = Command::DropQuery { name: "q".into() };
         assert!(authorize(&a, Action::Write(&policy), none).is_err());
         assert!(authorize(&a, Action::Read, none).is_ok());
+        let ack = |site: &str| Command::AcknowledgeAlert {
+            alert: "x".into(),
+            motor: tessera_core::MotorId::new("M1").unwrap(),
+            site: SiteId::new(site).unwrap(),
+            note: "on it".into(),
+            silence_until_ms: None,
+        };
+        assert!(authorize(&a, Action::Write(&ack("site-a")), none).is_ok());
+        let forged = authorize(&a, Action::Write(&ack("site-b")), none).unwrap_err().to_string();
+        assert!(forged.contains("only a node of site site-b acknowledges its alerts"), "{forged}");
     }
 
     #[test]

@@ -30,5 +30,7 @@ mod raft_transport;
 mod wire;
 
 pub(crate) use admin::AdminService;
+pub(crate) use authorize::Action;
+pub(crate) use error::ServiceError;
 pub(crate) use quorum::Shared;
 pub(crate) use raft_transport::TransportService;

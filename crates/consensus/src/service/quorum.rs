@@ -71,12 +71,12 @@ impl Shared {
     }
 
     /// Whether `who` may do `action` now (see [`authorize`]).
-    pub(super) fn allow(&self, who: &Principal, action: Action<'_>) -> Result<(), ServiceError> {
+    pub(crate) fn allow(&self, who: &Principal, action: Action<'_>) -> Result<(), ServiceError> {
         authorize(who, action, |id| self.member(id))
     }
 
     /// `command` as proposed by `actor` now, checked.
-    pub(super) fn request(&self, actor: &str, command: Command) -> Result<Request, ServiceError> {
+    pub(crate) fn request(&self, actor: &str, command: Command) -> Result<Request, ServiceError> {
         let request = Request { actor: actor.to_string(), at_ms: tessera_core::now_ms(), command };
         request.check()?;
         Ok(request)

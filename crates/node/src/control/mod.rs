@@ -6,6 +6,7 @@
 //! Any control-plane node answers: writes and linearizable reads are forwarded to the leader,
 //! so a node needs only one reachable address.
 
+pub mod desk;
 pub mod member;
 pub mod watcher;
 
