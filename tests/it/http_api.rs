@@ -208,10 +208,12 @@ fn the_api_answers_signed_in_users_through_graded_sql_and_refuses_the_rest() {
     drop(kafka);
 }
 
-/// A node whose SQL speaks TLS does not serve the API on its plain-HTTP listener: the one
-/// place users' passwords would cross in the clear. `/metrics` is still there.
+/// A node whose SQL speaks TLS does not serve the API or the console on its plain-HTTP
+/// listener (the one place users' passwords would cross in the clear; `/metrics` is still
+/// there), but on `[console] listen` over HTTPS with its certificate: a client that trusts the
+/// cluster CA signs in there, its session cookie is `Secure`, and plain HTTP gets nothing.
 #[test]
-fn a_node_with_tls_serves_no_api_on_its_plain_http_listener() {
+fn a_node_with_tls_serves_the_console_and_api_over_https_only() {
     use tessera_tls::pki::{self, Subject};
     let (_kafka, brokers) = crate::embedded_kafka(1, 1);
     let dir = tempfile::tempdir().expect("dir");
@@ -231,12 +233,49 @@ fn a_node_with_tls_serves_no_api_on_its_plain_http_listener() {
     };
     let node = TestNode::new("site-a", &brokers, "http-api-tls", "telemetry")
         .sql(vec![user("ana", Role::FleetAnalyst, None)])
-        .tls(tls)
-        .with(|c| c.http.listen = Some("127.0.0.1:0".parse().expect("addr")))
+        .tls(tls.clone())
+        .with(|c| {
+            c.http.listen = Some("127.0.0.1:0".parse().expect("addr"));
+            c.console.listen = Some("127.0.0.1:0".parse().expect("addr"));
+        })
         .start();
     let http = node.http_addr().expect("http").to_string();
     let (code, _) = request(&http, "POST", "/api/v1/sessions", Some(&basic("ana", PASSWORD)));
     assert_eq!(code, 404, "no sign-in over plain HTTP beside a TLS endpoint");
+    assert_eq!(request(&http, "GET", "/console/sign-in", None).0, 404);
     assert_eq!(request(&http, "GET", "/metrics", None).0, 200);
+
+    let console = node.console_addr().expect("the console's listener").to_string();
+    // HTTPS, verified against the cluster CA by Python's ssl module (a client we did not write).
+    let script = r#"
+import http.client, json, ssl, sys, base64
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+host, port = sys.argv[1].rsplit(":", 1)
+c = http.client.HTTPSConnection(host, int(port), context=ctx)
+c.request("POST", "/console/sign-in", body="user=ana&password=" + sys.argv[3], headers={"Content-Type": "application/x-www-form-urlencoded"})
+r = c.getresponse(); r.read()
+cookie = r.getheader("Set-Cookie") or ""
+c.request("POST", "/api/v1/sessions", headers={"Authorization": "Basic " + base64.b64encode(("ana:" + sys.argv[3]).encode()).decode()})
+r2 = c.getresponse(); body = json.loads(r2.read())
+print(json.dumps({"sign_in": r.status, "cookie": cookie, "api": r2.status, "role": body.get("role")}))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, &console, &tls.ca.display().to_string(), PASSWORD])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(answer["sign_in"], 303, "{answer}");
+    assert_eq!(answer["api"], 200, "{answer}");
+    assert_eq!(answer["role"], "fleet-analyst", "{answer}");
+    let cookie = answer["cookie"].as_str().expect("a cookie");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.contains("Secure"), "{cookie}");
+    // Plain HTTP on the console's port: no answer (the TLS handshake fails, and is counted).
+    let mut s = std::net::TcpStream::connect(&console).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(s, "GET /console/sign-in HTTP/1.1\r\nHost: {console}\r\nConnection: close\r\n\r\n").expect("write");
+    let mut plain = String::new();
+    let _ = s.read_to_string(&mut plain);
+    assert!(!plain.contains("200 OK") && !plain.contains("Sign in"), "plain HTTP was answered: {plain}");
     node.stop().expect("the node stops");
 }

@@ -14,6 +14,7 @@ use tessera_ingest::IngestConfig;
 
 // The sections, each defined by the feature it configures.
 pub use crate::checkpoints::StateConfig;
+pub use crate::console::ConsoleConfig;
 pub use crate::control::ControlConfig;
 pub use crate::control::member::RaftConfig;
 pub use crate::detect::DetectConfig;
@@ -53,6 +54,8 @@ pub struct NodeConfig {
     pub raft: Option<RaftConfig>,
     /// Prometheus `/metrics` and the health endpoints.
     pub http: HttpConfig,
+    /// The web console and the JSON API on a listener of their own (HTTPS with `[tls]`).
+    pub console: ConsoleConfig,
     /// Tracing export (OpenTelemetry, OTLP over gRPC).
     pub telemetry: TelemetryConfig,
     /// Where alert events go besides the alerts topic: Alertmanager, webhooks.

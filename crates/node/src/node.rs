@@ -63,6 +63,8 @@ pub struct Node {
     sql: Option<(SocketAddr, Arc<tessera_tls::Refusals>)>,
     /// Where `/metrics` and the health checks are served (`[http] listen`).
     http: Option<SocketAddr>,
+    /// Where the web console and the JSON API are served on a listener of their own.
+    console: Option<SocketAddr>,
     /// The Raft member (`[raft]`), stopped last.
     control: Option<tessera_consensus::ConsensusNode>,
     /// Set once a part has been seen to end on its own (the liveness probe reads it).
@@ -224,64 +226,82 @@ impl Node {
             tasks.spawn(&runtime, "query watcher", watcher.run(signal.clone()));
         }
         let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let probe = crate::observe::NodeProbe {
+            site: config.site_id.clone(),
+            ingest: ingest.metrics().clone(),
+            detect: detect.probe(),
+            alert_latency: detect.alert_latency(),
+            sql_latency,
+            sql_refusals: sql.as_ref().map(|(_, refusals, _)| refusals.clone()),
+            raft: control.as_ref().map(|c| c.raft().clone()),
+            raft_refusals: control.as_ref().map(|c| c.refusals().clone()),
+            notify: notifier.clone(),
+            failed: failed.clone(),
+            warnings: control
+                .as_ref()
+                .filter(|c| c.plaintext_exposed())
+                .map(|c| {
+                    format!(
+                        "the control plane listens in plaintext on {} (raft.insecure_plaintext): anyone who reaches it can change the cluster",
+                        c.addr()
+                    )
+                })
+                .into_iter()
+                .collect(),
+        };
+        // The web console and the JSON API answer through the SQL endpoint; acknowledgements go
+        // through the node's own Raft member, else through the control plane it follows.
+        let console_app = sql.as_ref().map(|(_, _, endpoint)| {
+            let desk = match (&control, &admin) {
+                (Some(member), _) => Some(crate::control::desk::Desk::Member(member.alert_desk())),
+                (None, Some(admin)) => Some(crate::control::desk::Desk::remote(
+                    admin,
+                    tessera_tls::ClientTls::from_material(tls.as_ref()),
+                    config.control.timeout,
+                    &config.site_id,
+                )),
+                (None, None) => None,
+            };
+            let views = Arc::new(crate::views::Views::new(endpoint.clone(), desk, probe.clone()));
+            let secure = tls.is_some();
+            crate::api::router(views.clone()).merge(crate::console::router(views, secure))
+        });
+        // They sign users in with their passwords: on `[console] listen` (HTTPS with [tls]),
+        // else beside /metrics, but never in plain HTTP next to a SQL endpoint that speaks TLS.
+        let (console_app, http_api) = match (console_app, config.console.listen, &tls) {
+            (Some(app), Some(_), _) => (Some(app), None),
+            (Some(app), None, None) => (None, Some(app)),
+            (Some(_), None, Some(_)) => {
+                tracing::warn!(
+                    "the web console and the JSON API are not served: [tls] is set, so they need [console] listen (HTTPS)"
+                );
+                (None, None)
+            }
+            (None, _, _) => (None, None),
+        };
+        let console = match (console_app, config.console.listen) {
+            (Some(app), Some(listen)) => {
+                let (listener, addr) = bind(&runtime, listen, "console.listen")?;
+                let https = match &tls {
+                    Some(material) => Some(tessera_tls::ServerTls {
+                        config: material.https_config().map_err(|e| NodeError::Tls(e.within("tls")))?,
+                        endpoint: "console",
+                        refusals: Arc::new(tessera_tls::Refusals::default()),
+                    }),
+                    None => None,
+                };
+                tasks.spawn(&runtime, "web console", crate::console::serve(listener, app, https, signal.clone()));
+                Some(addr)
+            }
+            _ => None,
+        };
         let http = match config.http.listen {
             Some(listen) => {
-                let probe = crate::observe::NodeProbe {
-                    site: config.site_id.clone(),
-                    ingest: ingest.metrics().clone(),
-                    detect: detect.probe(),
-                    alert_latency: detect.alert_latency(),
-                    sql_latency,
-                    sql_refusals: sql.as_ref().map(|(_, refusals, _)| refusals.clone()),
-                    raft: control.as_ref().map(|c| c.raft().clone()),
-                    raft_refusals: control.as_ref().map(|c| c.refusals().clone()),
-                    notify: notifier.clone(),
-                    failed: failed.clone(),
-                    warnings: control
-                        .as_ref()
-                        .filter(|c| c.plaintext_exposed())
-                        .map(|c| {
-                            format!(
-                                "the control plane listens in plaintext on {} (raft.insecure_plaintext): anyone who reaches it can change the cluster",
-                                c.addr()
-                            )
-                        })
-                        .into_iter()
-                        .collect(),
-                };
                 let (listener, addr) = bind(&runtime, listen, "http.listen")?;
-                // The API and the console sign users in with their passwords: not on this
-                // plain-HTTP listener of a node whose SQL speaks TLS (it would be the one way
-                // round it).
-                let api = match (&sql, &config.tls) {
-                    (Some((_, _, endpoint)), None) => {
-                        // Acknowledgements through the node's own Raft member, else through
-                        // the control plane it follows.
-                        let desk = match (&control, &admin) {
-                            (Some(member), _) => Some(crate::control::desk::Desk::Member(member.alert_desk())),
-                            (None, Some(admin)) => Some(crate::control::desk::Desk::remote(
-                                admin,
-                                tessera_tls::ClientTls::from_material(tls.as_ref()),
-                                config.control.timeout,
-                                &config.site_id,
-                            )),
-                            (None, None) => None,
-                        };
-                        let views = Arc::new(crate::views::Views::new(endpoint.clone(), desk, probe.clone()));
-                        Some(crate::api::router(views.clone()).merge(crate::console::router(views, false)))
-                    }
-                    (Some(_), Some(_)) => {
-                        tracing::warn!(
-                            "the JSON API (/api/v1) and the console are not served: [http] listen has no TLS yet and [tls] is set"
-                        );
-                        None
-                    }
-                    (None, _) => None,
-                };
                 tasks.spawn(
                     &runtime,
                     "HTTP endpoint",
-                    crate::observe::serve_http(listener, probe, api, signal.clone()),
+                    crate::observe::serve_http(listener, probe, http_api, signal.clone()),
                 );
                 Some(addr)
             }
@@ -300,10 +320,17 @@ impl Node {
             threads,
             sql: sql.map(|(addr, refusals, _)| (addr, refusals)),
             http,
+            console,
             control,
             failed,
             machine_classes,
         })
+    }
+
+    /// Where the web console and the JSON API are served on `[console] listen` (HTTPS with
+    /// `[tls]`), if they are.
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console
     }
 
     /// Where `/metrics` and the health checks are served, if they are.

@@ -71,13 +71,42 @@ pub async fn serve(
             router.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown).await
         }
         Some(tls) => {
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<TlsStream<TcpStream>>>(64);
-            let acceptor = tokio::spawn(accept(listener, tls, tx));
-            let incoming = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-            let served = router.serve_with_incoming_shutdown(incoming, shutdown).await;
-            acceptor.abort();
-            served
+            let mut incoming = TlsIncoming::new(listener, tls);
+            let streams = futures::stream::poll_fn(move |cx| incoming.established.poll_recv(cx));
+            router.serve_with_incoming_shutdown(streams, shutdown).await
         }
+    }
+}
+
+/// TLS connections accepted on a listener: each TCP connection is handshaken on a task of its
+/// own under a deadline, refusals counted and audited, established streams handed out in
+/// order of arrival. Dropping it stops accepting.
+pub struct TlsIncoming {
+    established: tokio::sync::mpsc::Receiver<std::io::Result<TlsStream<TcpStream>>>,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl TlsIncoming {
+    /// Starts accepting on `listener` with `tls` (on the current Tokio runtime).
+    pub fn new(listener: TcpListener, tls: ServerTls) -> Self {
+        let (tx, established) = tokio::sync::mpsc::channel::<std::io::Result<TlsStream<TcpStream>>>(64);
+        TlsIncoming { established, acceptor: tokio::spawn(accept(listener, tls, tx)) }
+    }
+
+    /// The next established connection (never `None` while accepting goes on).
+    pub async fn next(&mut self) -> Option<TlsStream<TcpStream>> {
+        loop {
+            match self.established.recv().await? {
+                Ok(stream) => return Some(stream),
+                Err(_) => continue,
+            }
+        }
+    }
+}
+
+impl Drop for TlsIncoming {
+    fn drop(&mut self) {
+        self.acceptor.abort();
     }
 }
 

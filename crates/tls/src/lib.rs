@@ -18,7 +18,8 @@ mod material;
 pub mod pki;
 
 pub use identity::{OperatorRole, PeerIdentity};
-pub use incoming::{Refusals, ServerTls, serve};
+pub use incoming::{Refusals, ServerTls, TlsIncoming, serve};
+pub use tokio_rustls::server::TlsStream;
 pub use material::{ClientAuth, ClientTls, TlsFiles, TlsMaterial};
 
 /// What can go wrong with certificates and TLS settings. The message says it all; the error

@@ -148,6 +148,20 @@ impl TlsMaterial {
         Ok(Arc::new(config))
     }
 
+    /// A rustls server configuration for HTTPS to browsers and HTTP clients (the web console
+    /// and the JSON API): this certificate, no client certificate asked for (users sign in
+    /// with their passwords), HTTP/1.1.
+    pub fn https_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(failed("", String::new()))?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key()?)
+            .map_err(failed("key", "does not fit the certificate (cert)".into()))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
     /// tonic client settings: present this certificate, trust the CA bundle, and verify the
     /// server's certificate for `server_name` (`None`: the host the address names).
     pub fn client_config(&self, server_name: Option<&str>) -> ClientTlsConfig {

@@ -19,3 +19,68 @@ mod pages;
 mod session;
 
 pub use pages::router;
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::NodeError;
+use crate::lifecycle::Shutdown;
+
+/// The `[console]` section: where the web console and the JSON API are served on a listener
+/// of their own. With `[tls]`, it speaks HTTPS with the node's certificate (browsers must trust
+/// the cluster CA, or an ingress terminates TLS with its own), and it is the only place they
+/// are served. Unset: without `[tls]` they are served beside `/metrics` on `[http] listen`;
+/// with it, nowhere.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// The listen address, e.g. `0.0.0.0:8443`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// A TLS listener as axum serves one: connections whose handshake succeeded.
+struct HttpsListener {
+    incoming: tessera_tls::TlsIncoming,
+    addr: SocketAddr,
+}
+
+impl axum::serve::Listener for HttpsListener {
+    type Io = tessera_tls::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.incoming.next().await {
+            Some(stream) => {
+                let peer = stream.get_ref().0.peer_addr().unwrap_or(self.addr);
+                (stream, peer)
+            }
+            // Accepting has stopped: the node is stopping.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
+/// Serves `app` (the console and the API) on `listener` until `shutdown`: HTTPS with `tls`,
+/// plain HTTP otherwise.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: Option<tessera_tls::ServerTls>,
+    shutdown: Shutdown,
+) -> Result<(), NodeError> {
+    let addr = listener.local_addr().map_err(|source| NodeError::Io { what: "the console's address", source })?;
+    tracing::info!(%addr, https = tls.is_some(), "web console and JSON API serving");
+    let served = match tls {
+        Some(tls) => {
+            let https = HttpsListener { incoming: tessera_tls::TlsIncoming::new(listener, tls), addr };
+            axum::serve(https, app).with_graceful_shutdown(shutdown.wait()).await
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown.wait()).await,
+    };
+    served.map_err(|source| NodeError::Io { what: "the web console stopped", source })
+}
