@@ -88,10 +88,20 @@ fn the_api_answers_signed_in_users_through_graded_sql_and_refuses_the_rest() {
     kafka.create_topic("alerts", 1).expect("topic");
     kafka.create_topic("late", 1).expect("topic");
     let node = TestNode::new("site-a", &brokers, "http-api", "telemetry")
-        .sql(vec![user("ana", Role::FleetAnalyst, None), user("opa", Role::SiteOperator, Some("site-a"))])
+        .sql(vec![
+            user("ana", Role::FleetAnalyst, None),
+            user("opa", Role::SiteOperator, Some("site-a")),
+            user("opb", Role::SiteOperator, Some("site-b")),
+        ])
         .with(|c| c.http.listen = Some("127.0.0.1:0".parse().expect("addr")))
         .start();
     let http = node.http_addr().expect("http").to_string();
+    // Another site's operator may not acknowledge this site's alerts here.
+    let (_, body) = request(&http, "POST", "/api/v1/sessions", Some(&basic("opb", PASSWORD)));
+    let opb = format!("Bearer {}", json(&body)["token"].as_str().expect("a token"));
+    let (code, body) = request_with(&http, "POST", "/api/v1/alerts/a1/acknowledge", Some(&opb), r#"{"note": "x"}"#);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("you act for site site-b"), "{body}");
     // Five motors, a minute of readings each.
     let t0 = (now_ms() - 120_000).div_euclid(1000) * 1000;
     let readings: Vec<Reading> = (0..60)
@@ -277,5 +287,71 @@ print(json.dumps({"sign_in": r.status, "cookie": cookie, "api": r2.status, "role
     let mut plain = String::new();
     let _ = s.read_to_string(&mut plain);
     assert!(!plain.contains("200 OK") && !plain.contains("Sign in"), "plain HTTP was answered: {plain}");
+    node.stop().expect("the node stops");
+}
+
+/// One HTTP/1.1 request with `headers` and a form `body`: status, response head, body.
+fn exchange(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("read");
+    let status = response.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("a status line");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (status, head.to_string(), body.to_string())
+}
+
+/// The console's forms act only for this origin and this session: a form posted from another
+/// origin, or without the session's CSRF token, does nothing (403), and signing in never sends
+/// the browser to another site.
+#[test]
+fn a_form_from_another_origin_or_without_the_token_does_nothing() {
+    let (_kafka, brokers) = crate::embedded_kafka(1, 1);
+    let node = TestNode::new("site-a", &brokers, "console-csrf", "telemetry")
+        .sql(vec![user("opa", Role::SiteOperator, Some("site-a"))])
+        .with(|c| c.http.listen = Some("127.0.0.1:0".parse().expect("addr")))
+        .start();
+    let http = node.http_addr().expect("http").to_string();
+    let form = format!("user=opa&password={PASSWORD}&next=https%3A%2F%2Fevil.example%2F");
+    let (code, head, _) = exchange(&http, "POST", "/console/sign-in", &[], &form);
+    assert_eq!(code, 303, "{head}");
+    assert!(head.to_lowercase().contains("location: /console/fleet\r"), "no redirect off the console: {head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_string();
+    let (code, _, page) = exchange(&http, "GET", "/console/alerts", &[("Cookie", &cookie)], "");
+    assert_eq!(code, 200, "{page}");
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).and_then(|r| r.split('"').next()).expect("a CSRF token");
+    let ack =
+        |headers: &[(&str, &str)], body: &str| exchange(&http, "POST", "/console/alerts/a1/acknowledge", headers, body);
+    let good = format!("csrf={csrf}&note=on+it&silence_minutes=0");
+    let (code, _, body) = ack(&[("Cookie", &cookie), ("Origin", "http://evil.example")], &good);
+    assert_eq!(code, 403, "another origin: {body}");
+    let (code, _, body) = ack(&[("Cookie", &cookie)], "note=on+it");
+    assert_eq!(code, 403, "no token: {body}");
+    let (code, _, body) = ack(&[("Cookie", &cookie)], "csrf=forged&note=on+it");
+    assert_eq!(code, 403, "another token: {body}");
+    // With both, the request goes on (and fails later: this node has no control plane).
+    let origin = format!("http://{http}");
+    let (code, _, body) = ack(&[("Cookie", &cookie), ("Origin", &origin)], &good);
+    assert_eq!(code, 503, "{body}");
+    // Signing out needs the token as well; without it the session stays.
+    let (code, _, _) = exchange(&http, "POST", "/console/sign-out", &[("Cookie", &cookie)], "");
+    assert_eq!(code, 403);
+    assert_eq!(exchange(&http, "GET", "/console/fleet", &[("Cookie", &cookie)], "").0, 200);
+    let (code, _, _) = exchange(&http, "POST", "/console/sign-out", &[("Cookie", &cookie)], &format!("csrf={csrf}"));
+    assert_eq!(code, 303);
+    let (code, head, _) = exchange(&http, "GET", "/console/fleet", &[("Cookie", &cookie)], "");
+    assert!(code == 303 && head.contains("/console/sign-in"), "signed out: {head}");
     node.stop().expect("the node stops");
 }

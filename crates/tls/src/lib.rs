@@ -19,8 +19,8 @@ pub mod pki;
 
 pub use identity::{OperatorRole, PeerIdentity};
 pub use incoming::{Refusals, ServerTls, TlsIncoming, serve};
-pub use tokio_rustls::server::TlsStream;
 pub use material::{ClientAuth, ClientTls, TlsFiles, TlsMaterial};
+pub use tokio_rustls::server::TlsStream;
 
 /// What can go wrong with certificates and TLS settings. The message says it all; the error
 /// underneath (the file system's, the PEM reader's, rustls's, rcgen's, x509-parser's, tonic's),

@@ -72,7 +72,19 @@ fn templates() -> Environment<'static> {
         env.add_template(name, text).unwrap_or_else(|e| panic!("the console template {name} does not parse: {e}"));
     }
     env.add_filter("ms_time", |ms: i64| rfc3339(ms));
+    env.add_filter("segment", |text: &str| segment(text));
     env
+}
+
+/// `text` percent-encoded as one URL path segment (or query value): every byte but the
+/// unreserved ones, `/` included, so an id cannot reach another route.
+fn segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// `ms` since the Unix epoch as RFC 3339 UTC, to the second.
@@ -548,6 +560,35 @@ fn strip_updated(html: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_motor_id_carrying_html_is_shown_as_text() {
+        let evil = "<img/src=x/onerror=alert(1)>\"'";
+        let row = crate::views::MotorRow {
+            motor_id: evil.into(),
+            site_id: "site-a".into(),
+            status: "warning".into(),
+            score_query: None,
+            reasons: evil.into(),
+            alerts_open: 1,
+            last_reading: None,
+        };
+        let fleet = crate::views::FleetView {
+            motors: vec![row],
+            sites: Default::default(),
+            all: Default::default(),
+            filter: FleetFilter::default(),
+        };
+        let html = templates()
+            .get_template("fleet_board.html")
+            .and_then(|t| {
+                t.render(context! { fleet => Value::from_serialize(&fleet), statuses => STATUSES, updated => "now" })
+            })
+            .expect("renders");
+        assert!(!html.contains("<img"), "{html}");
+        assert!(html.contains("&lt;img"), "{html}");
+        assert!(html.contains("href=\"/console/motors/%3Cimg%2Fsrc%3Dx%2Fonerror"), "one path segment: {html}");
+    }
 
     #[test]
     fn every_template_parses_and_only_console_paths_are_places_to_return_to() {
