@@ -251,17 +251,32 @@ impl Node {
         };
         // The web console and the JSON API answer through the SQL endpoint; acknowledgements go
         // through the node's own Raft member, else through the control plane it follows.
+        let desk = match (&control, &admin) {
+            (Some(member), _) => Some(crate::control::desk::Desk::Member(member.alert_desk())),
+            (None, Some(admin)) => Some(crate::control::desk::Desk::remote(
+                admin,
+                tessera_tls::ClientTls::from_material(tls.as_ref()),
+                config.control.timeout,
+                &config.site_id,
+            )),
+            (None, None) => None,
+        };
+        // Silences people set in the control plane hold the node's notifications back.
+        if let (Some(desk), Some(notifier)) = (&desk, &notifier) {
+            let silences = crate::control::desk::keep_silences(desk.clone(), notifier.clone(), config.control.poll);
+            tasks.spawn(&runtime, "alert silences", {
+                let signal = signal.clone();
+                async move {
+                    tokio::select! {
+                        () = silences => {}
+                        () = signal.wait() => {}
+                    }
+                    Ok(())
+                }
+            });
+        }
         let console_app = sql.as_ref().map(|(_, _, endpoint)| {
-            let desk = match (&control, &admin) {
-                (Some(member), _) => Some(crate::control::desk::Desk::Member(member.alert_desk())),
-                (None, Some(admin)) => Some(crate::control::desk::Desk::remote(
-                    admin,
-                    tessera_tls::ClientTls::from_material(tls.as_ref()),
-                    config.control.timeout,
-                    &config.site_id,
-                )),
-                (None, None) => None,
-            };
+            let desk = desk.clone();
             let views = Arc::new(crate::views::Views::new(endpoint.clone(), desk, probe.clone()));
             let secure = tls.is_some();
             crate::api::router(views.clone()).merge(crate::console::router(views, secure))

@@ -16,6 +16,11 @@
 //!   annotations: the alert id, scores and the window.
 //! - Webhook: every event, in order.
 //!
+//! An alert someone silenced in the control plane (the console's or the API's acknowledge with
+//! a silence; see [`Notifier::set_silences`]) is not sent while its silence lasts: its open
+//! and update events are skipped (counted in `tessera_notify_silenced_total`) and Alertmanager
+//! is not sent it again; its close still goes, so receivers resolve it.
+//!
 //! What leaves: the columns of the `alerts` table (id, query, motor, site, state, severity,
 //! scores, window times), never the window's feature values (window values, `important` in
 //! `motor_windows`). A receiver is outside the site, so a node refuses to start `[notify]`
@@ -142,6 +147,17 @@ struct Receiver {
     queue: Mutex<Queue>,
     wake: tokio::sync::Notify,
     counts: Arc<ReceiverCounts>,
+    silences: Silences,
+}
+
+/// Silenced alerts: alert id → silenced until (ms since the Unix epoch).
+#[derive(Debug, Clone, Default)]
+struct Silences(Arc<std::sync::RwLock<HashMap<String, i64>>>);
+
+impl Silences {
+    fn holds(&self, alert: &str, now_ms: i64) -> bool {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(alert).is_some_and(|until| *until > now_ms)
+    }
 }
 
 impl Receiver {
@@ -243,10 +259,15 @@ impl Receiver {
         }
     }
 
-    /// Makes every open alert due again (the periodic resend).
+    /// Makes every open alert due again (the periodic resend), but a silenced one.
     fn resend_open(&self) {
+        let now = tessera_core::now_ms();
         let mut q = self.lock();
-        q.alerts.values_mut().for_each(|(_, _, due)| *due = true);
+        for (id, (_, _, due)) in q.alerts.iter_mut() {
+            if !self.silences.holds(id, now) {
+                *due = true;
+            }
+        }
         let any = !q.alerts.is_empty();
         drop(q);
         if any {
@@ -332,6 +353,8 @@ fn alertmanager_alert(e: &AlertEvent) -> serde_json::Value {
 pub struct Notifier {
     receivers: Arc<Vec<Arc<Receiver>>>,
     bound: usize,
+    silences: Silences,
+    silenced: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -357,6 +380,7 @@ impl Notifier {
         }
         let client = (reqwest::Client::builder().timeout(config.timeout).build())
             .map_err(|e| ConfigError::new("notify", format!("the HTTP client: {e}")))?;
+        let silences = Silences::default();
         let receivers: Vec<Arc<Receiver>> = (config.alertmanager.iter().map(|u| (Kind::Alertmanager, u)))
             .chain(config.webhooks.iter().map(|u| (Kind::Webhook, u)))
             .map(|(kind, url)| {
@@ -366,17 +390,33 @@ impl Notifier {
                     queue: Mutex::default(),
                     wake: tokio::sync::Notify::new(),
                     counts: Arc::default(),
+                    silences: silences.clone(),
                 })
             })
             .collect();
         for r in &receivers {
             runtime.spawn(deliver(r.clone(), client.clone(), config.clone(), grades.clone(), stop.clone()));
         }
-        Ok(Self { receivers: Arc::new(receivers), bound: config.queue })
+        Ok(Self { receivers: Arc::new(receivers), bound: config.queue, silences, silenced: Arc::default() })
     }
 
-    /// Hands an event to every receiver.
+    /// The alerts silenced now, each until when (ms since the Unix epoch), as the control
+    /// plane holds them; replaces what was set before.
+    pub fn set_silences(&self, silences: HashMap<String, i64>) {
+        *self.silences.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = silences;
+    }
+
+    /// Events not sent because their alert was silenced.
+    pub fn silenced(&self) -> u64 {
+        self.silenced.load(Ordering::Relaxed)
+    }
+
+    /// Hands an event to every receiver (unless its alert is silenced and it does not close it).
     pub fn notify(&self, event: &AlertEvent) {
+        if event.state != AlertState::Close && self.silences.holds(&event.alert_id, tessera_core::now_ms()) {
+            self.silenced.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         for r in self.receivers.iter() {
             r.push(event, self.bound);
         }
@@ -494,7 +534,41 @@ mod tests {
             queue: Mutex::default(),
             wake: tokio::sync::Notify::new(),
             counts: Arc::default(),
+            silences: Silences::default(),
         }
+    }
+
+    /// A silenced alert's open and update events are not sent and Alertmanager is not sent it
+    /// again while the silence lasts; its close goes; an ended silence is no silence.
+    #[test]
+    fn a_silenced_alert_is_not_sent_until_it_closes_or_the_silence_ends() {
+        let r = Arc::new(receiver(Kind::Alertmanager));
+        let notifier = Notifier {
+            receivers: Arc::new(vec![r.clone()]),
+            bound: 10,
+            silences: r.silences.clone(),
+            silenced: Arc::default(),
+        };
+        notifier.notify(&event("m1", AlertState::Open));
+        notifier.notify(&event("m2", AlertState::Open));
+        let due = r.next(10);
+        r.sent(&due);
+        let now = tessera_core::now_ms();
+        let m1 = event("m1", AlertState::Open).alert_id;
+        let m2 = event("m2", AlertState::Open).alert_id;
+        notifier.set_silences(HashMap::from([(m1.clone(), now + 60_000), (m2.clone(), now - 1)]));
+        notifier.notify(&event("m1", AlertState::Update));
+        assert_eq!(notifier.silenced(), 1);
+        r.resend_open();
+        let due = r.next(10);
+        assert_eq!(due.iter().map(|(_, e)| e.motor_id.as_str()).collect::<Vec<_>>(), ["m2"], "m2's silence ended");
+        r.sent(&due);
+        notifier.notify(&event("m1", AlertState::Close));
+        let due = r.next(10);
+        assert_eq!(
+            due.iter().map(|(_, e)| (e.motor_id.as_str(), e.state)).collect::<Vec<_>>(),
+            [("m1", AlertState::Close)]
+        );
     }
 
     /// Alertmanager's queue keeps each alert's newest state, oldest change first; a full queue

@@ -189,6 +189,12 @@ impl NodeProbe {
                     "Queued entries dropped: a receiver's queue was full, or the grades withheld them.",
                 ),
             ];
+            out.counter(
+                "tessera_notify_silenced_total",
+                "Alert events not sent because someone silenced their alert.",
+                &[],
+                notifier.silenced(),
+            );
             for (i, (name, help)) in families.into_iter().enumerate() {
                 out.family(name, "counter", help);
                 for (url, kind, counts) in &receivers {

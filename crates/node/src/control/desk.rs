@@ -229,3 +229,30 @@ fn refusal(status: tonic::Status) -> DeskError {
         _ => DeskError::Refused(status.message().into()),
     }
 }
+
+/// Keeps `notifier`'s silences those of the control plane, read through `desk` every `every`
+/// (while it cannot be read, the silences known last stay).
+pub async fn keep_silences(desk: Desk, notifier: crate::notify::Notifier, every: Duration) {
+    let mut failing = false;
+    loop {
+        match desk.acks().await {
+            Ok(acks) => {
+                failing = false;
+                let now = tessera_core::now_ms();
+                let silences = acks
+                    .into_iter()
+                    .filter_map(|(alert, a)| {
+                        a.silence_until_ms.filter(|until| *until > now).map(|until| (alert, until))
+                    })
+                    .collect();
+                notifier.set_silences(silences);
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "alert silences cannot be read; the last known stay");
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(every).await;
+    }
+}
