@@ -20,10 +20,10 @@ export TESSERA_TOOLS="${TESSERA_TOOLS:-$HOME/.cache/tessera/tools}"
 TESSERA_PID_DIR="$(mktemp -d "${TMPDIR:-/tmp}/tessera-pids.XXXXXX")"
 export TESSERA_PID_DIR
 cleanup() {
-  for file in "$TESSERA_PID_DIR"/tansu-* "$TESSERA_PID_DIR"/moto-* "$TESSERA_PID_DIR"/chromedriver-*; do
+  for file in "$TESSERA_PID_DIR"/tansu-* "$TESSERA_PID_DIR"/moto-* "$TESSERA_PID_DIR"/chromedriver-* "$TESSERA_PID_DIR"/chromium-*; do
     [[ -f "$file" ]] || continue
     pid="$(cat "$file")"
-    kind="$(basename "$file")"; kind="${kind%%-*}"
+    kind="$(basename "$file")"; kind="${kind%-*}"
     if grep -q "$kind" "/proc/$pid/cmdline" 2>/dev/null; then
       # A chromedriver's Chromium (its child, by parent id) goes first.
       if [[ "$kind" == chromedriver ]]; then pkill -KILL -P "$pid" 2>/dev/null || true; fi

@@ -1,7 +1,9 @@
 //! Test and benchmark harness shared by `tests/it` and `benches/`: a real Kafka broker
-//! process (Tansu), an S3-compatible object store process (moto, [`s3`]), topic creation, publishing a simulated fleet with its checksum, and
-//! collecting what the ingest hands on.
+//! process (Tansu), an S3-compatible object store process (moto, [`s3`]), a headless Chromium
+//! over WebDriver ([`browser`]), topic creation, publishing a simulated fleet with its
+//! checksum, and collecting what the ingest hands on.
 
+pub mod browser;
 pub mod fleet_stats;
 pub mod s3;
 
@@ -94,7 +96,7 @@ fn wait_listening(child: &mut Child, port: u16, what: &str, within: Duration) ->
 }
 
 /// With `TESSERA_PID_DIR` set (scripts/test.sh sets it), each server process the harness starts
-/// is recorded there as `<kind>-<pid>` (`tansu`, `moto`, `chromedriver`) until it is reaped, so
+/// is recorded there as `<kind>-<pid>` (`tansu`, `moto`, `chromedriver`, `chromium`) until it is reaped, so
 /// that the script can stop, by id, what a crashed test run left behind.
 pub fn record_pid(kind: &str, pid: u32) {
     if let Some(dir) = std::env::var_os("TESSERA_PID_DIR") {

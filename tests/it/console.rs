@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tessera_core::{Channel, MotorId, Reading, SiteId, now_ms};
 use tessera_workload::producer::WireFormat;
 
-use crate::support::browser::Browser;
+use tessera_suite::browser::Browser;
 
 const PASSWORD: &str = "tessera-demo";
 /// The demo's session lifetime here: long enough for the test's steps, short enough to see
@@ -268,11 +268,15 @@ fn the_console_in_a_browser_shows_each_role_its_fleet_and_acknowledges_across_si
     operator.click(&operator.wait_for(&format!("{form} button"), Duration::from_secs(5)));
     let flash = operator.wait_for("#flash", Duration::from_secs(30));
     assert!(operator.text(&flash).contains(&alert_id), "{}", operator.source());
+    let recorded_after = acked_at.elapsed();
     let acked = format!("tr[data-alert=\"{alert_id}\"] .acked");
     watcher.wait_until("the acknowledgement at site-c's open page", Duration::from_secs(30), |b| {
         !b.find_all(&acked).is_empty()
     });
-    eprintln!("acknowledged at site-a, shown live at site-c {:?} after the click", acked_at.elapsed());
+    eprintln!(
+        "acknowledged at site-a (recorded and the page back {recorded_after:?} after the click), shown live at site-c {:?} after the click",
+        acked_at.elapsed()
+    );
     let shown = watcher.text(&watcher.wait_for(&acked, Duration::from_secs(1)));
     assert!(
         shown.contains("operator-site-a") && shown.contains("bearing ordered") && shown.contains("silenced until"),

@@ -11,7 +11,10 @@
       const newest = q.t[q.t.length - 1];
       const from = q.t.findIndex((t) => t > newest - span);
       const cut = (a) => a.slice(from < 0 ? 0 : from);
-      const charts = [["score", { score: q.score }], ...Object.entries(q.features).map(([k, v]) => [k, { [k]: v }])];
+      // A series with no value at all (a query that scores nothing) draws no chart.
+      const drawn = ([, lines]) => Object.values(lines).some((v) => v.some((x) => x !== null));
+      const charts = [["score", { score: q.score }], ...Object.entries(q.features).map(([k, v]) => [k, { [k]: v }])]
+        .filter(drawn);
       for (const [title, lines] of charts.slice(0, 9)) {
         const el = document.createElement("div");
         el.className = "chart";

@@ -150,7 +150,8 @@ impl TlsMaterial {
 
     /// A rustls server configuration for HTTPS to browsers and HTTP clients (the web console
     /// and the JSON API): this certificate, no client certificate asked for (users sign in
-    /// with their passwords), HTTP/1.1.
+    /// with their passwords), HTTP/2 (a browser keeps every console tab on one connection) or
+    /// HTTP/1.1.
     pub fn https_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -158,7 +159,7 @@ impl TlsMaterial {
             .with_no_client_auth()
             .with_single_cert(self.chain.clone(), self.key()?)
             .map_err(failed("key", "does not fit the certificate (cert)".into()))?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
 

@@ -3,7 +3,6 @@
 //! cluster made of them ([`cluster`]), and [`TestNode`], the one way a test makes a node's
 //! config (in process with [`TestNode::start`], or as JSON for a node process).
 
-pub(crate) mod browser;
 pub(crate) mod cluster;
 pub(crate) mod sql;
 

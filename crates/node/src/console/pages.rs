@@ -2,7 +2,7 @@
 //! assets. Each page is a view of [`crate::views`] rendered into a template; its changing part
 //! is a separate template that the page includes and its event stream sends again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +29,9 @@ struct Console {
     templates: Environment<'static>,
     /// Cookies only over TLS.
     secure: bool,
+    /// The live parts rendered last, by who sees them and what they show: consoles of one
+    /// user on one view share a render within [`LIVE_EVERY`].
+    live: std::sync::Mutex<HashMap<String, (std::time::Instant, String)>>,
 }
 
 type Shared = State<Arc<Console>>;
@@ -36,7 +39,7 @@ type Shared = State<Arc<Console>>;
 /// The `/console` routes over `views`; `secure`: the listener speaks TLS.
 pub fn router(views: Arc<Views>, secure: bool) -> axum::Router {
     use axum::routing::{get, post};
-    let console = Arc::new(Console { views, templates: templates(), secure });
+    let console = Arc::new(Console { views, templates: templates(), secure, live: Default::default() });
     axum::Router::new()
         .route("/", get(|| async { Redirect::to("/console/fleet") }))
         .route("/console", get(|| async { Redirect::to("/console/fleet") }))
@@ -464,6 +467,36 @@ impl Live {
         }
     }
 
+    /// What a render depends on besides the data: the user (whose grants decide what it shows),
+    /// the view, and for parts with forms the session (their CSRF token).
+    fn key(&self, user: &SignedIn) -> String {
+        let who = format!("{}\u{0}{}", user.who.user, user.who.role.name());
+        match self {
+            Live::Fleet(filter) => format!("{who}\u{0}fleet\u{0}{filter:?}"),
+            Live::Motor(motor) => format!("{who}\u{0}motor\u{0}{motor}"),
+            Live::Alerts(open) => format!("{who}\u{0}alerts\u{0}{open}\u{0}{}", session::csrf(&user.token)),
+            Live::Cluster => format!("{who}\u{0}cluster"),
+        }
+    }
+
+    /// The part, rendered again unless a console of the same user on the same view did so
+    /// within the last [`LIVE_EVERY`].
+    async fn render_shared(&self, c: &Console, user: &SignedIn) -> Result<String, PageError> {
+        let key = self.key(user);
+        let fresh = |at: &std::time::Instant| at.elapsed() < LIVE_EVERY;
+        if let Some((_, html)) = c.live.lock().unwrap_or_else(|p| p.into_inner()).get(&key).filter(|(at, _)| fresh(at))
+        {
+            return Ok(html.clone());
+        }
+        let html = self.render(c, user).await?;
+        let mut cache = c.live.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 1024 {
+            cache.retain(|_, (at, _)| fresh(at));
+        }
+        cache.insert(key, (std::time::Instant::now(), html.clone()));
+        Ok(html)
+    }
+
     async fn render(&self, c: &Console, user: &SignedIn) -> Result<String, PageError> {
         match self {
             Live::Fleet(filter) => fleet_board(c, user, filter, "fleet_board.html", "").await,
@@ -526,7 +559,7 @@ fn stream(c: Arc<Console>, headers: HeaderMap, uri: Uri, live: Live) -> Response
                 let event = Event::default().event(s.live.event()).data(html);
                 return Some((Ok::<_, Infallible>(event), s));
             }
-            let html = match s.live.render(&s.c, &s.user).await {
+            let html = match s.live.render_shared(&s.c, &s.user).await {
                 Ok(html) => html,
                 Err(PageError::View(e)) => format!("<p class=\"error\">{}</p>", minijinja::HtmlEscape(&e.message)),
                 Err(PageError::Render(e)) => {

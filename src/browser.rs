@@ -1,4 +1,4 @@
-//! A real browser for the console tests: headless Chromium driven through chromedriver over
+//! A real browser for the console's tests and benchmark: headless Chromium driven through chromedriver over
 //! the W3C WebDriver protocol (JSON over HTTP on loopback). Debian's `chromium` and
 //! `chromium-driver` packages, installed by `scripts/setup.sh --with-broker`.
 //!
@@ -15,10 +15,12 @@ use serde_json::{Value, json};
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A headless Chromium, driven over WebDriver.
-pub(crate) struct Browser {
+pub struct Browser {
     driver: Child,
     addr: String,
     session: String,
+    /// Chromium's own process, stopped by its id should ending the session fail.
+    chromium: Option<u32>,
     _profile: tempfile::TempDir,
 }
 
@@ -26,7 +28,7 @@ pub(crate) struct Browser {
 /// its `Content-Length` (chromedriver keeps the connection open after answering).
 fn exchange(addr: &str, method: &str, path: &str, body: Option<&Value>) -> std::io::Result<(u16, Value)> {
     let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    s.set_read_timeout(Some(Duration::from_secs(if method == "DELETE" { 15 } else { 120 })))?;
     let body = body.map(Value::to_string).unwrap_or_default();
     write!(
         s,
@@ -68,14 +70,14 @@ fn on_path(tool: &str) -> Option<std::path::PathBuf> {
 }
 
 /// Whether this machine has Chromium and its driver.
-pub(crate) fn available() -> bool {
+pub fn available() -> bool {
     on_path("chromium").is_some() && on_path("chromedriver").is_some()
 }
 
 impl Browser {
     /// Starts chromedriver on a free loopback port and a headless Chromium session of
     /// `width`×`height` pixels.
-    pub(crate) fn start(width: u32, height: u32) -> Self {
+    pub fn start(width: u32, height: u32) -> Self {
         assert!(available(), "chromium and chromedriver are needed: run scripts/setup.sh --with-broker");
         // chromedriver binds the port it is given: one that was free a moment ago, retried.
         for _ in 0..5 {
@@ -86,7 +88,7 @@ impl Browser {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("chromedriver starts");
-            tessera_suite::record_pid("chromedriver", driver.id());
+            crate::record_pid("chromedriver", driver.id());
             let addr = format!("127.0.0.1:{port}");
             let until = Instant::now() + Duration::from_secs(20);
             while exchange(&addr, "GET", "/status", None).map(|(_, v)| v["value"]["ready"] != true).unwrap_or(true) {
@@ -96,7 +98,7 @@ impl Browser {
                 std::thread::sleep(Duration::from_millis(100));
             }
             if driver.try_wait().ok().flatten().is_some() {
-                tessera_suite::forget_pid("chromedriver", driver.id());
+                crate::forget_pid("chromedriver", driver.id());
                 continue;
             }
             let profile = tempfile::tempdir().expect("profile dir");
@@ -116,11 +118,15 @@ impl Browser {
             if status != 200 {
                 let _ = driver.kill();
                 let _ = driver.wait();
-                tessera_suite::forget_pid("chromedriver", driver.id());
+                crate::forget_pid("chromedriver", driver.id());
                 panic!("chromedriver refused a session ({status}): {answer}");
             }
             let session = answer["value"]["sessionId"].as_str().expect("a session id").to_string();
-            return Browser { driver, addr, session, _profile: profile };
+            let chromium = answer["value"]["capabilities"]["goog:processID"].as_u64().map(|p| p as u32);
+            if let Some(pid) = chromium {
+                crate::record_pid("chromium", pid);
+            }
+            return Browser { driver, addr, session, chromium, _profile: profile };
         }
         panic!("chromedriver did not start");
     }
@@ -143,22 +149,22 @@ impl Browser {
     }
 
     /// Navigates to `url` and waits until the page has loaded.
-    pub(crate) fn goto(&self, url: &str) {
+    pub fn goto(&self, url: &str) {
         self.call("POST", "/url", Some(json!({ "url": url })));
     }
 
     /// The current URL.
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         self.call("GET", "/url", None).as_str().unwrap_or_default().to_string()
     }
 
     /// The page's HTML as the browser holds it now (after scripts and live updates).
-    pub(crate) fn source(&self) -> String {
+    pub fn source(&self) -> String {
         self.call("GET", "/source", None).as_str().unwrap_or_default().to_string()
     }
 
     /// The elements `css` selects now.
-    pub(crate) fn find_all(&self, css: &str) -> Vec<String> {
+    pub fn find_all(&self, css: &str) -> Vec<String> {
         let found = self.call("POST", "/elements", Some(json!({ "using": "css selector", "value": css })));
         found
             .as_array()
@@ -167,7 +173,7 @@ impl Browser {
     }
 
     /// The first element `css` selects, waiting up to `timeout` for one.
-    pub(crate) fn wait_for(&self, css: &str, timeout: Duration) -> String {
+    pub fn wait_for(&self, css: &str, timeout: Duration) -> String {
         let until = Instant::now() + timeout;
         loop {
             if let Some(e) = self.try_call("POST", "/element", Some(json!({ "using": "css selector", "value": css }))) {
@@ -179,7 +185,7 @@ impl Browser {
     }
 
     /// Waits until `check` holds for the page, up to `timeout`; returns how long it took.
-    pub(crate) fn wait_until(&self, what: &str, timeout: Duration, check: impl Fn(&Browser) -> bool) -> Duration {
+    pub fn wait_until(&self, what: &str, timeout: Duration, check: impl Fn(&Browser) -> bool) -> Duration {
         let start = Instant::now();
         while !check(self) {
             assert!(start.elapsed() < timeout, "{what}: not within {timeout:?} at {}:\n{}", self.url(), self.source());
@@ -189,45 +195,45 @@ impl Browser {
     }
 
     /// An element's text as rendered.
-    pub(crate) fn text(&self, element: &str) -> String {
+    pub fn text(&self, element: &str) -> String {
         self.call("GET", &format!("/element/{element}/text"), None).as_str().unwrap_or_default().to_string()
     }
 
     /// An element's attribute.
-    pub(crate) fn attribute(&self, element: &str, name: &str) -> Option<String> {
+    pub fn attribute(&self, element: &str, name: &str) -> Option<String> {
         self.call("GET", &format!("/element/{element}/attribute/{name}"), None).as_str().map(str::to_string)
     }
 
     /// Clicks an element.
-    pub(crate) fn click(&self, element: &str) {
+    pub fn click(&self, element: &str) {
         self.call("POST", &format!("/element/{element}/click"), Some(json!({})));
     }
 
     /// Types `text` into an element (after clearing it).
-    pub(crate) fn type_into(&self, element: &str, text: &str) {
+    pub fn type_into(&self, element: &str, text: &str) {
         self.call("POST", &format!("/element/{element}/clear"), Some(json!({})));
         self.call("POST", &format!("/element/{element}/value"), Some(json!({ "text": text })));
     }
 
     /// Runs `script` in the page (its `return` value).
-    pub(crate) fn execute(&self, script: &str) -> Value {
+    pub fn execute(&self, script: &str) -> Value {
         self.call("POST", "/execute/sync", Some(json!({ "script": script, "args": [] })))
     }
 
     /// A PNG of the viewport.
-    pub(crate) fn screenshot(&self) -> Vec<u8> {
+    pub fn screenshot(&self) -> Vec<u8> {
         use base64::Engine as _;
         let png = self.call("GET", "/screenshot", None);
         base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap_or_default()).expect("a PNG")
     }
 
     /// Deletes every cookie (a fresh visitor).
-    pub(crate) fn clear_cookies(&self) {
+    pub fn clear_cookies(&self) {
         self.call("DELETE", "/cookie", None);
     }
 
     /// Signs in at `base` (`http://host:port`) through the sign-in form.
-    pub(crate) fn sign_in(&self, base: &str, user: &str, password: &str) {
+    pub fn sign_in(&self, base: &str, user: &str, password: &str) {
         self.goto(&format!("{base}/console/sign-in"));
         let user_field = self.wait_for("#user", Duration::from_secs(10));
         self.type_into(&user_field, user);
@@ -239,8 +245,16 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         let _ = exchange(&self.addr, "DELETE", &format!("/session/{}", self.session), None);
+        if let Some(pid) = self.chromium {
+            // Still there (the session did not end): stopped by its id, if it is still Chromium.
+            let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline.contains("chrom") {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            }
+            crate::forget_pid("chromium", pid);
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
-        tessera_suite::forget_pid("chromedriver", self.driver.id());
+        crate::forget_pid("chromedriver", self.driver.id());
     }
 }
