@@ -215,6 +215,9 @@ fn the_console_in_a_browser_shows_each_role_its_fleet_and_acknowledges_across_si
     let operator = Browser::start(1600, 1000);
     operator.sign_in(&node("site-a", false), "operator-site-a", PASSWORD);
     operator.wait_for("#grid", Duration::from_secs(30));
+    // A site operator's fleet page starts at their site.
+    let own = tiles(&operator);
+    assert!(!own.is_empty() && own.values().all(|(s, _)| s == "site-a"), "{own:?}");
     operator.goto(&format!("{}/console/motors/{marked}", node("site-a", false)));
     operator.wait_until("the marker among the operator's newest readings", Duration::from_secs(60), |b| {
         if !b.source().contains(&marker[..7]) {

@@ -311,8 +311,18 @@ async fn fleet_board(
 async fn fleet_page(State(c): Shared, headers: HeaderMap, uri: Uri) -> Response {
     let page = async {
         let user = c.signed_in(&headers, &uri)?;
-        let filter = FleetFilter::parse(uri.query().unwrap_or(""))?;
-        fleet_board(&c, &user, &filter, "fleet.html", &query_suffix(&uri)).await
+        let query = uri.query().unwrap_or("");
+        let mut filter = FleetFilter::parse(query)?;
+        // A site operator starts at their own site (choosing "all" shows every site they may see).
+        let site_chosen = url::form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "site");
+        if !site_chosen && user.who.role == Role::SiteOperator {
+            filter.site = user.who.site.clone();
+        }
+        let suffix = match (&filter.site, site_chosen) {
+            (Some(site), false) => format!("?site={}", segment(site)),
+            _ => query_suffix(&uri),
+        };
+        fleet_board(&c, &user, &filter, "fleet.html", &suffix).await
     };
     c.respond(page.await, &headers)
 }
