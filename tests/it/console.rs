@@ -8,9 +8,6 @@
 //! `TESSERA_UPDATE_SCREENSHOTS=1`).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tessera_core::{Channel, MotorId, Reading, SiteId, now_ms};
@@ -18,71 +15,14 @@ use tessera_workload::producer::WireFormat;
 
 use tessera_suite::browser::Browser;
 
+use crate::support::demo_process::DemoProcess;
+
 const PASSWORD: &str = "tessera-demo";
 /// The demo's session lifetime here: long enough for the test's steps, short enough to see
 /// one expire.
 const SESSION_TTL_S: u64 = 90;
 /// A raw core value (vibration) planted in one reading.
 const MARKER: f64 = 987.654_321;
-
-/// `tessera demo` as a process, its output collected.
-struct Demo {
-    child: Child,
-    output: Arc<Mutex<String>>,
-}
-
-impl Demo {
-    fn start(args: &[&str]) -> Demo {
-        let mut child = crate::cli_process::command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the demo starts");
-        let output = Arc::new(Mutex::new(String::new()));
-        for stream in [
-            Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
-        ] {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
-                    out.push_str(&line);
-                    out.push('\n');
-                }
-            });
-        }
-        Demo { child, output }
-    }
-
-    fn text(&self) -> String {
-        self.output.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    fn wait_for(&mut self, what: &str, timeout: Duration) -> String {
-        let until = Instant::now() + timeout;
-        while !self.text().contains(what) {
-            let exited = self.child.try_wait().expect("wait").is_some();
-            assert!(Instant::now() < until && !exited, "the demo never printed {what:?}:\n{}", self.text());
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        self.text()
-    }
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        // Ctrl-C, as a person stops it (its nodes stop cleanly and it removes its data); killed
-        // if it does not end.
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
-        let until = Instant::now() + Duration::from_secs(60);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The consoles the banner lists: site → (base URL, whether that node is the site's Raft member).
 fn consoles(banner: &str) -> BTreeMap<String, Vec<(String, bool)>> {
@@ -129,7 +69,9 @@ fn save(name: &str, png: &[u8]) {
 
 #[test]
 fn the_console_in_a_browser_shows_each_role_its_fleet_and_acknowledges_across_sites() {
-    let mut demo = Demo::start(&[
+    // Nine nodes and several browsers: not beside the fault tests' node processes.
+    let _one_at_a_time = crate::fault::node_processes();
+    let mut demo = DemoProcess::start(&[
         "demo",
         "--duration",
         "10m",

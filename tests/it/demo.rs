@@ -6,11 +6,11 @@
 //! spans to an OTLP receiver hosted here, and exit 0 on SIGINT.
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::support::demo_process::DemoProcess;
 use crate::support::http_get;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
@@ -72,41 +72,10 @@ fn the_demo_alerts_answers_sql_exports_spans_and_stops_on_sigint() {
         "--otlp-endpoint",
         &format!("http://{otlp}"),
     ];
-    let mut child = crate::cli_process::command(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the demo starts");
-    let output = Arc::new(Mutex::new(String::new()));
-    for stream in [
-        Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().expect("stderr")),
-    ] {
-        let output = output.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let mut out = output.lock().unwrap_or_else(|p| p.into_inner());
-                out.push_str(&line);
-                out.push('\n');
-            }
-        });
-    }
-    let text = || output.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let kill = |child: &mut std::process::Child| {
-        let _ = child.kill();
-        let _ = child.wait();
-    };
-
+    let mut demo = DemoProcess::start(&args);
     // The simulated minute, then the cluster keeps serving.
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while !text().contains("the simulated span has ended") {
-        if Instant::now() > deadline || child.try_wait().expect("wait").is_some() {
-            kill(&mut child);
-            panic!("the demo did not finish its simulated minute:\n{}", text());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let out = text();
+    demo.wait_for("the simulated span has ended", Duration::from_secs(240));
+    let out = demo.text();
     // Site a's first line is a node without Raft; its Raft member's line says so.
     let addr_after = |marker: &str, raft: bool| -> String {
         let line = out
@@ -147,8 +116,7 @@ with flightsql.connect("grpc://" + sys.argv[1], db_kwargs={"username": "analyst"
         .expect("python (scripts/setup.sh --with-broker makes the venv)");
     let stdout = String::from_utf8_lossy(&answer.stdout).to_string();
     if !answer.status.success() {
-        kill(&mut child);
-        panic!("the query failed: {}\n{stdout}\ndemo:\n{}", String::from_utf8_lossy(&answer.stderr), text());
+        panic!("the query failed: {}\n{stdout}\ndemo:\n{}", String::from_utf8_lossy(&answer.stderr), demo.text());
     }
     let answer: serde_json::Value = serde_json::from_str(stdout.trim()).expect("rows as JSON");
     let rows: Vec<(String, i64, f64)> = serde_json::from_value(answer["alerts"].clone()).expect("alert rows");
@@ -195,21 +163,9 @@ with flightsql.connect("grpc://" + sys.argv[1], db_kwargs={"username": "analyst"
     }
 
     // SIGINT: a clean stop, exit status 0.
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().expect("kill").success());
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            kill(&mut child);
-            panic!("the demo did not stop within 90 s of SIGINT:\n{}", text());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    std::thread::sleep(Duration::from_millis(300)); // the output threads read the last lines
-    let out = text();
+    let status = demo.interrupt(Duration::from_secs(90));
+    let out = demo.text();
+    let status = status.unwrap_or_else(|| panic!("the demo did not stop within 90 s of SIGINT:\n{out}"));
     assert!(status.success(), "exit status {status:?}:\n{out}");
     assert!(out.contains("demo stopped cleanly"), "{out}");
     let caught = out

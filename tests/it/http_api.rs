@@ -18,33 +18,14 @@ use crate::support::{TestNode, reading};
 
 /// One HTTP/1.1 request; the status code and the body.
 fn request(addr: &str, method: &str, path: &str, authorization: Option<&str>) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n")
-        .expect("write");
-    let mut response = String::new();
-    s.read_to_string(&mut response).expect("read");
-    let status = response.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("a status line");
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    request_with(addr, method, path, authorization, "")
 }
 
 /// [`request`] with a JSON body.
 fn request_with(addr: &str, method: &str, path: &str, authorization: Option<&str>, body: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("write");
-    let mut response = String::new();
-    s.read_to_string(&mut response).expect("read");
-    let status = response.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("a status line");
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let mut headers = vec![("Content-Type", "application/json")];
+    headers.extend(authorization.map(|a| ("Authorization", a)));
+    let (status, _, body) = exchange(addr, method, path, &headers, body);
     (status, body)
 }
 
@@ -290,14 +271,17 @@ print(json.dumps({"sign_in": r.status, "cookie": cookie, "api": r2.status, "role
     node.stop().expect("the node stops");
 }
 
-/// One HTTP/1.1 request with `headers` and a form `body`: status, response head, body.
+/// A form's content type.
+const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
+
+/// One HTTP/1.1 request with `headers` and `body`: status, response head, body.
 fn exchange(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
     let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .expect("write");
@@ -320,7 +304,7 @@ fn a_form_from_another_origin_or_without_the_token_does_nothing() {
         .start();
     let http = node.http_addr().expect("http").to_string();
     let form = format!("user=opa&password={PASSWORD}&next=https%3A%2F%2Fevil.example%2F");
-    let (code, head, _) = exchange(&http, "POST", "/console/sign-in", &[], &form);
+    let (code, head, _) = exchange(&http, "POST", "/console/sign-in", &[FORM], &form);
     assert_eq!(code, 303, "{head}");
     assert!(head.to_lowercase().contains("location: /console/fleet\r"), "no redirect off the console: {head}");
     let cookie = head
@@ -337,19 +321,20 @@ fn a_form_from_another_origin_or_without_the_token_does_nothing() {
     let good = format!("csrf={csrf}&note=on+it&silence_minutes=0");
     let (code, _, body) = ack(&[("Cookie", &cookie), ("Origin", "http://evil.example")], &good);
     assert_eq!(code, 403, "another origin: {body}");
-    let (code, _, body) = ack(&[("Cookie", &cookie)], "note=on+it");
+    let (code, _, body) = ack(&[FORM, ("Cookie", &cookie)], "note=on+it");
     assert_eq!(code, 403, "no token: {body}");
-    let (code, _, body) = ack(&[("Cookie", &cookie)], "csrf=forged&note=on+it");
+    let (code, _, body) = ack(&[FORM, ("Cookie", &cookie)], "csrf=forged&note=on+it");
     assert_eq!(code, 403, "another token: {body}");
     // With both, the request goes on (and fails later: this node has no control plane).
     let origin = format!("http://{http}");
-    let (code, _, body) = ack(&[("Cookie", &cookie), ("Origin", &origin)], &good);
+    let (code, _, body) = ack(&[FORM, ("Cookie", &cookie), ("Origin", &origin)], &good);
     assert_eq!(code, 503, "{body}");
     // Signing out needs the token as well; without it the session stays.
     let (code, _, _) = exchange(&http, "POST", "/console/sign-out", &[("Cookie", &cookie)], "");
     assert_eq!(code, 403);
     assert_eq!(exchange(&http, "GET", "/console/fleet", &[("Cookie", &cookie)], "").0, 200);
-    let (code, _, _) = exchange(&http, "POST", "/console/sign-out", &[("Cookie", &cookie)], &format!("csrf={csrf}"));
+    let (code, _, _) =
+        exchange(&http, "POST", "/console/sign-out", &[FORM, ("Cookie", &cookie)], &format!("csrf={csrf}"));
     assert_eq!(code, 303);
     let (code, head, _) = exchange(&http, "GET", "/console/fleet", &[("Cookie", &cookie)], "");
     assert!(code == 303 && head.contains("/console/sign-in"), "signed out: {head}");

@@ -4,6 +4,7 @@
 //! config (in process with [`TestNode::start`], or as JSON for a node process).
 
 pub(crate) mod cluster;
+pub(crate) mod demo_process;
 pub(crate) mod sql;
 
 use std::path::Path;
