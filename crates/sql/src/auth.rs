@@ -174,6 +174,9 @@ fn decode_digest(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// How long an expired session is still known as expired.
+const EXPIRED_KEPT: Duration = Duration::from_secs(3600);
+
 /// Checks callers: Basic credentials at the handshake (which issues a session token), and
 /// bearer tokens (issued or configured) on every other call.
 pub struct Authenticator {
@@ -235,7 +238,9 @@ impl Authenticator {
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
         let mut sessions = self.sessions.lock().map_err(|_| SqlError::internal("session table poisoned"))?;
         let now = Instant::now();
-        sessions.retain(|_, (_, expires)| *expires > now);
+        // Expired sessions are forgotten an hour after they expire, not at once, so that their
+        // holders are told their session expired rather than that it is unknown.
+        sessions.retain(|_, (_, expires)| *expires + EXPIRED_KEPT > now);
         sessions.insert(digest(&token), (identity.clone(), now + self.session_ttl));
         Ok((token, identity))
     }
@@ -360,6 +365,10 @@ mod tests {
         let users = vec![UserConfig { name: "a".into(), password_hash: hash, role: Role::Admin, site: None }];
         let auth = Authenticator::new(Box::new(ConfigUsers::new(&users, &[]).unwrap()), Duration::ZERO);
         let (token, _) = auth.handshake(Some(&basic("a:pw", true))).unwrap();
+        let err = auth.check(Some(&format!("Bearer {token}"))).unwrap_err();
+        assert!(err.to_string().contains("expired"), "{err}");
+        // Another sign-in meanwhile does not turn the expired session into an unknown one.
+        auth.handshake(Some(&basic("a:pw", true))).unwrap();
         let err = auth.check(Some(&format!("Bearer {token}"))).unwrap_err();
         assert!(err.to_string().contains("expired"), "{err}");
     }
