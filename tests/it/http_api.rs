@@ -261,10 +261,11 @@ print(json.dumps({"sign_in": r.status, "cookie": cookie, "api": r2.status, "role
     assert_eq!(answer["role"], "fleet-analyst", "{answer}");
     let cookie = answer["cookie"].as_str().expect("a cookie");
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.contains("Secure"), "{cookie}");
-    // Plain HTTP on the console's port: no answer (the TLS handshake fails, and is counted).
+    // Plain HTTP on the console's port: no answer (the TLS handshake fails, and is counted; the
+    // server may close the connection before the request is even written).
     let mut s = std::net::TcpStream::connect(&console).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    write!(s, "GET /console/sign-in HTTP/1.1\r\nHost: {console}\r\nConnection: close\r\n\r\n").expect("write");
+    let _ = write!(s, "GET /console/sign-in HTTP/1.1\r\nHost: {console}\r\nConnection: close\r\n\r\n");
     let mut plain = String::new();
     let _ = s.read_to_string(&mut plain);
     assert!(!plain.contains("200 OK") && !plain.contains("Sign in"), "plain HTTP was answered: {plain}");
