@@ -25,8 +25,12 @@ cleanup() {
     pid="$(cat "$file")"
     kind="$(basename "$file")"; kind="${kind%-*}"
     if grep -q "$kind" "/proc/$pid/cmdline" 2>/dev/null; then
-      # A chromedriver's Chromium (its child, by parent id) goes first.
-      if [[ "$kind" == chromedriver ]]; then pkill -KILL -P "$pid" 2>/dev/null || true; fi
+      # A chromedriver's children (Chromium) go first: their ids, from each process's parent id.
+      if [[ "$kind" == chromedriver ]]; then
+        for child in $(cat /proc/[0-9]*/stat 2>/dev/null | sed -n "s/^\([0-9]*\) (.*) . $pid .*/\1/p"); do
+          kill -KILL "$child" 2>/dev/null || true
+        done
+      fi
       kill -KILL "$pid" 2>/dev/null || true
     fi
   done

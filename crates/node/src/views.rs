@@ -180,7 +180,7 @@ pub struct FleetView {
     pub sites: BTreeMap<String, Counts>,
     /// Counts over every site.
     pub all: Counts,
-    /// The sites the caller's answer covers (from the rows).
+    /// The filter the motors were chosen by.
     pub filter: FleetFilter,
 }
 

@@ -242,10 +242,8 @@ fn sign_in_form(c: &Console, status: StatusCode, message: &str, next: &str) -> R
 async fn sign_in(State(c): Shared, headers: HeaderMap, body: Bytes) -> Response {
     let f = form(&body);
     let next = safe_next(f.get("next").map_or("", String::as_str)).to_string();
-    if let Err(why) = session::same_origin_with_csrf(&headers, "", None).or_else(|e| {
-        // A sign-in has no session yet: only the origin is checked.
-        if e.contains("CSRF") { Ok(()) } else { Err(e) }
-    }) {
+    // A sign-in has no session yet: only the origin is checked.
+    if let Err(why) = session::same_origin(&headers) {
         return sign_in_form(&c, StatusCode::FORBIDDEN, &why, &next);
     }
     let (user, password) = (f.get("user").map_or("", String::as_str), f.get("password").map_or("", String::as_str));

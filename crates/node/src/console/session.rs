@@ -44,19 +44,22 @@ pub(super) fn csrf(token: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
 }
 
-/// Whether a state-changing request may go on: its form's `csrf` is the session's, and its
-/// `Origin` (when the browser sends one) is this host.
-pub(super) fn same_origin_with_csrf(headers: &HeaderMap, token: &str, form_csrf: Option<&str>) -> Result<(), String> {
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
-        if origin != "null" && origin_host != host {
-            return Err(format!("a form from {origin} may not act here"));
-        }
-        if origin == "null" {
-            return Err("a form from an opaque origin may not act here".into());
-        }
+/// Whether `headers`' `Origin` (when the browser sends one) is this host: a form posted from
+/// another origin, or an opaque one, may not act here.
+pub(super) fn same_origin(headers: &HeaderMap) -> Result<(), String> {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return Ok(()) };
+    if origin == "null" {
+        return Err("a form from an opaque origin may not act here".into());
     }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+    if origin_host == host { Ok(()) } else { Err(format!("a form from {origin} may not act here")) }
+}
+
+/// Whether a state-changing request may go on: its `Origin` is this host ([`same_origin`])
+/// and its form's `csrf` is the session's.
+pub(super) fn same_origin_with_csrf(headers: &HeaderMap, token: &str, form_csrf: Option<&str>) -> Result<(), String> {
+    same_origin(headers)?;
     match form_csrf {
         Some(given) if given == csrf(token) => Ok(()),
         _ => Err("the form's CSRF token is missing or not this session's: reload the page and try again".into()),
