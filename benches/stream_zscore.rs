@@ -32,6 +32,8 @@ use tessera_core::{Reading, WatermarkPolicy};
 use tessera_ingest::{Encoding, Ingest, IngestConfig, TopicConfig, readings_from_batch};
 use tessera_node::detect::{Detect, DetectConfig, build_engine};
 use tessera_stream::{AlertEvent, StreamConfig, StreamEngine, conform};
+use tessera_suite::bench_history::{Better, record};
+use tessera_suite::median;
 use tessera_workload::embedded::EmbeddedKafka;
 use tessera_workload::producer::{TelemetryProducer, WireFormat};
 
@@ -134,6 +136,7 @@ fn stage(args: &Args) -> Result<()> {
         other => bail!("unknown --rules {other} (reference or default)"),
     };
     println!("rules: {}", args.rules);
+    let mut times = Vec::new();
     for round in 0..args.rounds {
         let config = StreamConfig {
             watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 1_000 },
@@ -162,6 +165,10 @@ fn stage(args: &Args) -> Result<()> {
             "round {round}: {secs:.3} s, {:.0} readings/s, {windows} windows, {hits} with z > 3, {late} late readings",
             rows as f64 / secs
         );
+        times.push(Duration::from_secs_f64(secs));
+    }
+    if !times.is_empty() {
+        record("stream_zscore", "stage time, median of rounds", median(times).as_secs_f64(), "s", Better::Lower);
     }
     Ok(())
 }

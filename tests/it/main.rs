@@ -3,6 +3,7 @@
 //! process. Shared fixtures and builders are in [`support`]; no test writes a node's config by
 //! hand ([`support::TestNode`]).
 
+mod bench_history;
 mod chart_shape;
 mod cli_process;
 mod console;

@@ -61,6 +61,11 @@ macro_rules! string_id {
                 Ok(Self(id))
             }
 
+            /// Checks an id without taking it (the borrowed decoding path).
+            pub fn check(id: &str) -> Result<(), IdError> {
+                check_id($kind, id)
+            }
+
             /// The id as a string slice.
             pub fn as_str(&self) -> &str {
                 &self.0

@@ -1,6 +1,7 @@
 //! Tessera's domain types, shared by every other crate.
 //!
-//! This crate has no I/O and no async runtime: it holds what a reading *is* ([`Reading`]),
+//! This crate has no I/O and no async runtime: it holds what a reading *is* ([`Reading`], or borrowed
+//! from the message it came in: [`ReadingRef`]),
 //! who it belongs to ([`MotorId`], [`SiteId`]), how sensitive it is ([`DataGrade`],
 //! [`DataStage`], per column: [`GradeMap`]), how it looks as Arrow columns
 //! ([`telemetry_schema`]), which readings are acceptable ([`ValidationRules`]), and how motors
@@ -36,8 +37,8 @@ pub use group_rule::GroupRule;
 pub use ids::{IdError, MAX_ID_BYTES, MotorId, SiteId};
 pub use latency::{LATENCY_BUCKETS_S, LatencyHistogram, LatencySnapshot};
 pub use machine_class::{MAX_ZONE_BOUNDARY_MM_S, MachineClass, zone_boundaries};
-pub use reading::{Channel, Reading, ReadingFingerprint};
+pub use reading::{Channel, Extras, Reading, ReadingFingerprint, ReadingRef};
 pub use schema::{TelemetryColumn, telemetry_schema};
-pub use shard::shard_of;
+pub use shard::{shard_of, shard_of_id};
 pub use validate::{PhysicalRange, RejectReason, ValidationRules};
 pub use window::{MotorWatermark, WatermarkPolicy, Window, WindowError, WindowSpec};

@@ -96,6 +96,86 @@ impl Reading {
     }
 }
 
+/// A reading borrowed from the message it was decoded from: the ingest's hot path checks and
+/// appends it to the Arrow builders without allocating its ids (see [`Reading::view`] for an
+/// owned reading seen this way). Ids were checked when it was built.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadingRef<'a> {
+    /// The motor that was measured.
+    pub motor_id: &'a str,
+    /// The site the motor belongs to.
+    pub site_id: &'a str,
+    /// When the values were measured, milliseconds since the Unix epoch (UTC).
+    pub event_time_ms: i64,
+    /// Per-motor sequence number.
+    pub sequence: u64,
+    /// The standard channels, indexed like [`Channel::ALL`].
+    pub channels: [Option<f64>; 7],
+    /// Further named measurements, sorted by name, each name once.
+    pub extra: Extras<'a>,
+}
+
+/// A borrowed reading's extra measurements, sorted by name, each name once.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Extras<'a> {
+    /// An owned reading's map.
+    Map(&'a BTreeMap<String, f64>),
+    /// Names borrowed from a message (empty for most readings: no allocation then).
+    List(Vec<(&'a str, f64)>),
+}
+
+impl Extras<'_> {
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        match self {
+            Extras::Map(m) => m.len(),
+            Extras::List(l) => l.len(),
+        }
+    }
+
+    /// True if there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Name and value, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, f64)> {
+        let (map, list) = match self {
+            Extras::Map(m) => (Some(m.iter().map(|(k, v)| (k.as_str(), *v))), None),
+            Extras::List(l) => (None, Some(l.iter().map(|(k, v)| (*k, *v)))),
+        };
+        map.into_iter().flatten().chain(list.into_iter().flatten())
+    }
+}
+
+impl Reading {
+    /// The reading seen as a [`ReadingRef`] (no copy).
+    pub fn view(&self) -> ReadingRef<'_> {
+        ReadingRef {
+            motor_id: self.motor_id.as_str(),
+            site_id: self.site_id.as_str(),
+            event_time_ms: self.event_time_ms,
+            sequence: self.sequence,
+            channels: self.channels,
+            extra: Extras::Map(&self.extra),
+        }
+    }
+}
+
+impl ReadingRef<'_> {
+    /// An owned copy.
+    pub fn to_reading(&self) -> Reading {
+        Reading {
+            motor_id: MotorId::new(self.motor_id).expect("a borrowed reading's ids were checked"),
+            site_id: SiteId::new(self.site_id).expect("a borrowed reading's ids were checked"),
+            event_time_ms: self.event_time_ms,
+            sequence: self.sequence,
+            channels: self.channels,
+            extra: self.extra.iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        }
+    }
+}
+
 /// Incremental form of [`Reading::fingerprint`], so that a reading stored column-wise (an
 /// Arrow row) hashes to the same value without being rebuilt as a [`Reading`]. Feed the
 /// channels in [`Channel::ALL`] order, then the extras sorted by name.

@@ -9,8 +9,13 @@ use crate::MotorId;
 
 /// The shard, in `0..shard_count`, of a motor. `shard_count` must be at least 1.
 pub fn shard_of(motor_id: &MotorId, shard_count: u32) -> u32 {
+    shard_of_id(motor_id.as_str(), shard_count)
+}
+
+/// [`shard_of`] for an id already checked (a borrowed reading's, [`crate::ReadingRef`]).
+pub fn shard_of_id(motor_id: &str, shard_count: u32) -> u32 {
     assert!(shard_count > 0, "shard_count must be at least 1");
-    (xxhash_rust::xxh3::xxh3_64(motor_id.as_str().as_bytes()) % u64::from(shard_count)) as u32
+    (xxhash_rust::xxh3::xxh3_64(motor_id.as_bytes()) % u64::from(shard_count)) as u32
 }
 
 #[cfg(test)]

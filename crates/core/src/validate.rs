@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Channel, ConfigError, IdError, Reading, ensure};
+use crate::{Channel, ConfigError, IdError, Reading, ReadingRef, ensure};
 
 /// An inclusive range of plausible physical values for one channel.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -210,6 +210,11 @@ impl ValidationRules {
     /// Checks a decoded reading against the rules, with `now_ms` as the ingest's clock.
     /// Identity fields were checked when the reading was built (see [`crate::MotorId::new`]).
     pub fn check(&self, reading: &Reading, now_ms: i64) -> Result<(), RejectReason> {
+        self.check_ref(&reading.view(), now_ms)
+    }
+
+    /// [`Self::check`] of a borrowed reading.
+    pub fn check_ref(&self, reading: &ReadingRef<'_>, now_ms: i64) -> Result<(), RejectReason> {
         let ahead = reading.event_time_ms.saturating_sub(now_ms);
         if ahead > self.max_future_ms {
             return Err(RejectReason::FutureEventTime { ahead_ms: ahead });
@@ -219,7 +224,7 @@ impl ValidationRules {
             return Err(RejectReason::StaleEventTime { behind_ms: behind });
         }
         for channel in Channel::ALL {
-            let Some(value) = reading.get(channel) else { continue };
+            let Some(value) = reading.channels[channel as usize] else { continue };
             if !value.is_finite() {
                 return Err(RejectReason::NotFinite { field: channel.name().to_string() });
             }
@@ -235,7 +240,7 @@ impl ValidationRules {
                 self.max_extra_fields
             )));
         }
-        for (name, value) in &reading.extra {
+        for (name, value) in reading.extra.iter() {
             if name.is_empty() || name.len() > self.max_extra_name_bytes {
                 return Err(RejectReason::BadExtra(format!(
                     "name of {} bytes, allowed 1 to {}",

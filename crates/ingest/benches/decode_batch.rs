@@ -55,8 +55,8 @@ fn run(messages: &[Vec<u8>], encoding: Encoding, rules: &ValidationRules) -> usi
     let mut rows = 0;
     for m in messages {
         let decoded = decode_message(m, None, encoding, limits, rules, 1_800_000_000_000).expect("valid input");
-        for r in &decoded.readings {
-            if let Some(flushed) = batcher.push(r, 0, now).flushed {
+        for r in decoded.readings.iter() {
+            if let Some(flushed) = batcher.push(&r, 0, now).flushed {
                 rows += flushed.batch.num_rows();
             }
         }

@@ -8,7 +8,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, TimestampMillisecondType, UInt64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use tessera_core::{
-    Channel, MotorId, Reading, ReadingFingerprint, SiteId, TelemetryColumn, shard_of, telemetry_schema,
+    Channel, MotorId, Reading, ReadingFingerprint, ReadingRef, SiteId, TelemetryColumn, shard_of_id, telemetry_schema,
 };
 
 /// Builds one [`telemetry_schema`] batch, row by row.
@@ -49,16 +49,22 @@ impl ShardBuilder {
 
     /// Appends one reading.
     pub fn append(&mut self, r: &Reading) {
-        self.motor_id.append_value(r.motor_id.as_str());
-        self.site_id.append_value(r.site_id.as_str());
+        self.append_ref(&r.view());
+    }
+
+    /// Appends one borrowed reading (the ingest's path: its strings are copied once, into the
+    /// columns).
+    pub fn append_ref(&mut self, r: &ReadingRef<'_>) {
+        self.motor_id.append_value(r.motor_id);
+        self.site_id.append_value(r.site_id);
         self.ts.append_value(r.event_time_ms);
         self.seq.append_value(r.sequence);
         for (builder, value) in self.channels.iter_mut().zip(r.channels) {
             builder.append_option(value);
         }
-        for (name, value) in &r.extra {
+        for (name, value) in r.extra.iter() {
             self.extra.keys().append_value(name);
-            self.extra.values().append_value(*value);
+            self.extra.values().append_value(value);
         }
         self.extra.append(true).expect("keys and values are appended in pairs");
         self.rows += 1;
@@ -127,11 +133,11 @@ impl ShardedBatcher {
     }
 
     /// Appends a reading to its motor's shard, tagged with `tag`.
-    pub fn push(&mut self, reading: &Reading, tag: u64, now: Instant) -> PushOutcome {
-        let shard = shard_of(&reading.motor_id, self.shard_count());
+    pub fn push(&mut self, reading: &ReadingRef<'_>, tag: u64, now: Instant) -> PushOutcome {
+        let shard = shard_of_id(reading.motor_id, self.shard_count());
         let builder = &mut self.shards[shard as usize];
         builder.first_row_at.get_or_insert(now);
-        builder.append(reading);
+        builder.append_ref(reading);
         let new_tag = (builder.tags.last() != Some(&tag)).then(|| {
             builder.tags.push(tag);
             tag
@@ -287,16 +293,16 @@ mod tests {
         let mut batcher = ShardedBatcher::new(4, 3, Duration::from_millis(100));
         let mut flushed = Vec::new();
         for seq in 0..3 {
-            let out = batcher.push(&reading("M1", seq), 7 + seq / 2, t0);
+            let out = batcher.push(&reading("M1", seq).view(), 7 + seq / 2, t0);
             assert_eq!(out.new_tag.is_some(), seq != 1, "tag 7 then 8 are new, the repeat is not");
             flushed.extend(out.flushed);
         }
         assert_eq!(flushed.len(), 1, "the third row fills the shard");
-        assert_eq!(flushed[0].shard, shard_of(&MotorId::new("M1").unwrap(), 4));
+        assert_eq!(flushed[0].shard, tessera_core::shard_of(&MotorId::new("M1").unwrap(), 4));
         assert_eq!(flushed[0].tags, vec![7, 8]);
         assert_eq!(readings_from_batch(&flushed[0].batch).iter().map(|r| r.sequence).collect::<Vec<_>>(), [0, 1, 2]);
 
-        batcher.push(&reading("M2", 0), 9, t0);
+        batcher.push(&reading("M2", 0).view(), 9, t0);
         assert!(batcher.flush_aged(t0 + Duration::from_millis(50)).is_empty());
         let aged = batcher.flush_aged(t0 + Duration::from_millis(100));
         assert_eq!(aged.len(), 1);

@@ -2,13 +2,19 @@
 //!
 //! A message is protobuf (`MotorReading` or `MotorReadingBatch`) or JSON (an object, an array,
 //! or `{"readings": [...]}`); its `content-type` header says which, else the topic's
-//! [`Encoding`]. Both encodings produce identical [`Reading`]s. A message that cannot be
+//! [`Encoding`]. Both encodings produce identical readings. A message that cannot be
 //! decoded at all is rejected whole; in a batch, each invalid reading is rejected on its own
 //! and the valid ones go on. The wire forms themselves (protobuf and JSON) are
 //! [`tessera_proto`]'s.
+//!
+//! Protobuf readings are decoded borrowed ([`tessera_proto::borrowed`]): ids and extra names
+//! stay slices of the message, so a reading costs no allocation on its way to the Arrow
+//! builders. A message the borrowed reader leaves alone (malformed, or wire forms it does not
+//! take) is decoded by prost, which then decides.
 
 use prost::Message;
-use tessera_core::{Reading, RejectReason, ValidationRules};
+use tessera_core::{Reading, ReadingRef, RejectReason, ValidationRules};
+use tessera_proto::borrowed::{read_batch, read_reading, reading_ref_from_wire};
 use tessera_proto::json::{JsonMessage, reading_from_json};
 use tessera_proto::telemetry::{MotorReading, MotorReadingBatch};
 use tessera_proto::{CONTENT_TYPE_BATCH, CONTENT_TYPE_JSON, CONTENT_TYPE_READING, reading_from_proto};
@@ -26,22 +32,68 @@ pub struct MessageLimits {
 
 /// What one message yielded.
 #[derive(Debug, Default, PartialEq)]
-pub struct DecodedMessage {
+pub struct DecodedMessage<'a> {
     /// The valid readings, in message order.
-    pub readings: Vec<Reading>,
+    pub readings: Readings<'a>,
     /// The invalid readings of a batch: their index in the batch and why.
     pub rejected: Vec<(usize, RejectReason)>,
 }
 
+/// A message's valid readings: borrowed from the message where they could be, else owned.
+#[derive(Debug, Default, PartialEq)]
+pub enum Readings<'a> {
+    /// None.
+    #[default]
+    None,
+    /// One reading (a `MotorReading` message): no list allocated.
+    One(ReadingRef<'a>),
+    /// Several, borrowed from the message.
+    Many(Vec<ReadingRef<'a>>),
+    /// Decoded into owned readings (JSON, and protobuf that prost decoded).
+    Owned(Vec<Reading>),
+}
+
+impl Readings<'_> {
+    /// How many.
+    pub fn len(&self) -> usize {
+        match self {
+            Readings::None => 0,
+            Readings::One(_) => 1,
+            Readings::Many(v) => v.len(),
+            Readings::Owned(v) => v.len(),
+        }
+    }
+
+    /// True if there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Each reading, borrowed, in message order.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = ReadingRef<'_>> + '_> {
+        match self {
+            Readings::None => Box::new(std::iter::empty()),
+            Readings::One(r) => Box::new(std::iter::once(r.clone())),
+            Readings::Many(v) => Box::new(v.iter().cloned()),
+            Readings::Owned(v) => Box::new(v.iter().map(Reading::view)),
+        }
+    }
+
+    /// Owned copies (tests and tools).
+    pub fn to_vec(&self) -> Vec<Reading> {
+        self.iter().map(|r| r.to_reading()).collect()
+    }
+}
+
 /// Decodes and validates one message. `Err` rejects the whole message.
-pub fn decode_message(
-    payload: &[u8],
+pub fn decode_message<'a>(
+    payload: &'a [u8],
     content_type: Option<&[u8]>,
     default: Encoding,
     limits: MessageLimits,
     rules: &ValidationRules,
     now_ms: i64,
-) -> Result<DecodedMessage, RejectReason> {
+) -> Result<DecodedMessage<'a>, RejectReason> {
     if payload.len() > limits.max_message_bytes {
         return Err(RejectReason::Oversize { bytes: payload.len(), limit: limits.max_message_bytes });
     }
@@ -50,25 +102,42 @@ pub fn decode_message(
         None => default,
     };
     let check = |r: Result<Reading, RejectReason>| r.and_then(|r| rules.check(&r, now_ms).map(|()| r));
+    let check_ref = |r: Result<ReadingRef<'a>, RejectReason>| r.and_then(|r| rules.check_ref(&r, now_ms).map(|()| r));
+    let malformed = |e: prost::DecodeError| RejectReason::Malformed(e.to_string());
     match encoding {
         Encoding::ProtobufReading => {
-            let m = MotorReading::decode(payload).map_err(|e| RejectReason::Malformed(e.to_string()))?;
-            Ok(DecodedMessage { readings: vec![check(reading_from_proto(m))?], rejected: Vec::new() })
+            let readings = match read_reading(payload) {
+                Some(wire) => Readings::One(check_ref(reading_ref_from_wire(wire))?),
+                None => {
+                    Readings::Owned(vec![check(reading_from_proto(MotorReading::decode(payload).map_err(malformed)?))?])
+                }
+            };
+            Ok(DecodedMessage { readings, rejected: Vec::new() })
         }
-        Encoding::ProtobufBatch => {
-            let batch = MotorReadingBatch::decode(payload).map_err(|e| RejectReason::Malformed(e.to_string()))?;
-            check_count(batch.readings.len(), limits)?;
-            Ok(split(batch.readings.into_iter().map(|m| check(reading_from_proto(m)))))
-        }
+        Encoding::ProtobufBatch => match read_batch(payload) {
+            Some(wire) => {
+                check_count(wire.len(), limits)?;
+                let (readings, rejected) = split(wire.into_iter().map(|w| check_ref(reading_ref_from_wire(w))));
+                Ok(DecodedMessage { readings: Readings::Many(readings), rejected })
+            }
+            None => {
+                let batch = MotorReadingBatch::decode(payload).map_err(malformed)?;
+                check_count(batch.readings.len(), limits)?;
+                let (readings, rejected) = split(batch.readings.into_iter().map(|m| check(reading_from_proto(m))));
+                Ok(DecodedMessage { readings: Readings::Owned(readings), rejected })
+            }
+        },
         Encoding::Json => {
             match JsonMessage::parse(payload).map_err(|e| RejectReason::Malformed(format!("json: {e}")))? {
                 JsonMessage::Batch(items) => {
                     check_count(items.len(), limits)?;
-                    Ok(split(items.into_iter().map(|j| check(reading_from_json(j)))))
+                    let (readings, rejected) = split(items.into_iter().map(|j| check(reading_from_json(j))));
+                    Ok(DecodedMessage { readings: Readings::Owned(readings), rejected })
                 }
-                JsonMessage::One(j) => {
-                    Ok(DecodedMessage { readings: vec![check(reading_from_json(*j))?], rejected: Vec::new() })
-                }
+                JsonMessage::One(j) => Ok(DecodedMessage {
+                    readings: Readings::Owned(vec![check(reading_from_json(*j))?]),
+                    rejected: Vec::new(),
+                }),
             }
         }
     }
@@ -81,15 +150,16 @@ fn check_count(count: usize, limits: MessageLimits) -> Result<(), RejectReason> 
     Ok(())
 }
 
-fn split(results: impl Iterator<Item = Result<Reading, RejectReason>>) -> DecodedMessage {
-    let mut out = DecodedMessage::default();
+/// The valid readings of a batch, and the invalid ones' indices and reasons.
+fn split<R>(results: impl Iterator<Item = Result<R, RejectReason>>) -> (Vec<R>, Vec<(usize, RejectReason)>) {
+    let (mut readings, mut rejected) = (Vec::new(), Vec::new());
     for (i, r) in results.enumerate() {
         match r {
-            Ok(r) => out.readings.push(r),
-            Err(reason) => out.rejected.push((i, reason)),
+            Ok(r) => readings.push(r),
+            Err(reason) => rejected.push((i, reason)),
         }
     }
-    out
+    (readings, rejected)
 }
 
 /// Maps a `content-type` header to an encoding.
@@ -129,7 +199,7 @@ mod tests {
     const NOW: i64 = 1_800_000_000_000;
     const LIMITS: MessageLimits = MessageLimits { max_message_bytes: 4096, max_readings_per_message: 3 };
 
-    fn decode(payload: &[u8], ct: Option<&str>, default: Encoding) -> Result<DecodedMessage, RejectReason> {
+    fn decode<'a>(payload: &'a [u8], ct: Option<&str>, default: Encoding) -> Result<DecodedMessage<'a>, RejectReason> {
         decode_message(payload, ct.map(str::as_bytes), default, LIMITS, &ValidationRules::default(), NOW)
     }
 
@@ -148,7 +218,8 @@ mod tests {
     fn protobuf_and_json_decode_to_identical_readings() {
         let readings: Vec<Reading> = (0..3).map(sample).collect();
         let proto_batch = MotorReadingBatch { readings: readings.iter().map(MotorReading::from).collect() };
-        let from_proto = decode(&proto_batch.encode_to_vec(), Some(CONTENT_TYPE_BATCH), Encoding::Json).unwrap();
+        let proto_bytes = proto_batch.encode_to_vec();
+        let from_proto = decode(&proto_bytes, Some(CONTENT_TYPE_BATCH), Encoding::Json).unwrap();
 
         let json = serde_json::json!([0, 1, 2].map(|s| serde_json::json!({
             "motor_id": format!("M{s}"), "site_id": "site-a",
@@ -157,20 +228,44 @@ mod tests {
             "vibration_x_rms": 2.5, "vibration_y_rms": 2.25, "speed_rpm": 1480.0,
             "extra": {"pressure_bar": 1.5}
         })));
-        let from_json = decode(json.to_string().as_bytes(), None, Encoding::Json).unwrap();
-        assert_eq!(from_proto.readings, readings);
-        assert_eq!(from_json.readings, readings);
+        let json_text = json.to_string();
+        let from_json = decode(json_text.as_bytes(), None, Encoding::Json).unwrap();
+        assert_eq!(from_proto.readings.to_vec(), readings);
+        assert_eq!(from_json.readings.to_vec(), readings);
 
         let wrapped = serde_json::json!({ "readings": json });
         assert_eq!(
             decode(wrapped.to_string().as_bytes(), Some("application/json"), Encoding::ProtobufReading)
                 .unwrap()
-                .readings,
+                .readings
+                .to_vec(),
             readings
         );
 
         let one = MotorReading::from(&readings[1]).encode_to_vec();
-        assert_eq!(decode(&one, None, Encoding::ProtobufReading).unwrap().readings, vec![readings[1].clone()]);
+        assert_eq!(decode(&one, None, Encoding::ProtobufReading).unwrap().readings.to_vec(), vec![readings[1].clone()]);
+    }
+
+    #[test]
+    fn protobuf_is_decoded_borrowed_and_prost_takes_what_the_borrowed_reader_leaves() {
+        let reading = MotorReading::from(&sample(1)).encode_to_vec();
+        let out = decode(&reading, None, Encoding::ProtobufReading).unwrap();
+        assert!(matches!(out.readings, Readings::One(_)), "{out:?}");
+        assert_eq!(out.readings.to_vec(), vec![sample(1)]);
+        let batch = MotorReadingBatch { readings: vec![(&sample(0)).into(), (&sample(2)).into()] }.encode_to_vec();
+        let out = decode(&batch, None, Encoding::ProtobufBatch).unwrap();
+        assert!(matches!(out.readings, Readings::Many(_)), "{out:?}");
+        assert_eq!(out.readings.to_vec(), vec![sample(0), sample(2)]);
+        // An unknown field sent as a (deprecated) group: prost skips it, the borrowed reader
+        // leaves the message to prost, and the reading is the same.
+        let mut with_group = reading.clone();
+        with_group.extend_from_slice(&[0x9b, 0x06, 0x08, 0x01, 0x9c, 0x06]);
+        let out = decode(&with_group, None, Encoding::ProtobufReading).unwrap();
+        assert!(matches!(out.readings, Readings::Owned(_)), "{out:?}");
+        assert_eq!(out.readings.to_vec(), vec![sample(1)]);
+        // Malformed for both: prost's error is the one reported.
+        let err = decode(&reading[..reading.len() - 3], None, Encoding::ProtobufReading).unwrap_err();
+        assert_eq!(err.code(), "malformed", "{err}");
     }
 
     #[test]
@@ -178,8 +273,9 @@ mod tests {
         let mut bad = sample(1);
         bad.set(Channel::TemperatureC, Some(f64::NAN));
         let batch = MotorReadingBatch { readings: vec![(&sample(0)).into(), (&bad).into(), (&sample(2)).into()] };
-        let out = decode(&batch.encode_to_vec(), None, Encoding::ProtobufBatch).unwrap();
-        assert_eq!(out.readings, vec![sample(0), sample(2)]);
+        let bytes = batch.encode_to_vec();
+        let out = decode(&bytes, None, Encoding::ProtobufBatch).unwrap();
+        assert_eq!(out.readings.to_vec(), vec![sample(0), sample(2)]);
         assert_eq!(out.rejected.len(), 1);
         assert_eq!(out.rejected[0].0, 1);
         assert_eq!(out.rejected[0].1.code(), "not_finite");
@@ -195,11 +291,13 @@ mod tests {
         let err = decode(unknown, None, Encoding::Json).unwrap_err();
         assert!(err.to_string().contains("temprature_c"), "{err}");
         let four: Vec<MotorReading> = (0..4).map(|s| (&sample(s)).into()).collect();
-        let err = decode(&MotorReadingBatch { readings: four }.encode_to_vec(), None, Encoding::ProtobufBatch);
+        let bytes = MotorReadingBatch { readings: four }.encode_to_vec();
+        let err = decode(&bytes, None, Encoding::ProtobufBatch);
         assert_eq!(err.unwrap_err().code(), "too_many_readings");
         let mut future = sample(0);
         future.event_time_ms = NOW + 86_400_000;
-        let err = decode(&MotorReading::from(&future).encode_to_vec(), None, Encoding::ProtobufReading);
+        let bytes = MotorReading::from(&future).encode_to_vec();
+        let err = decode(&bytes, None, Encoding::ProtobufReading);
         assert_eq!(err.unwrap_err().code(), "future_event_time");
         let missing = br#"{"motor_id":"M1","site_id":"s","sequence":1,"current_a":3}"#;
         assert_eq!(decode(missing, None, Encoding::Json), Err(RejectReason::MissingField("event_time_ms")));

@@ -44,7 +44,7 @@ pub use batch::{
 };
 pub use config::{Encoding, IngestConfig, TopicConfig};
 pub use dead_letter::headers as dead_letter_headers;
-pub use decode::{DecodedMessage, MessageLimits, decode_message};
+pub use decode::{DecodedMessage, MessageLimits, Readings, decode_message};
 pub use error::{IngestError, PartitionStateError, Result};
 pub use metrics::{IngestMetrics, IngestStats};
 pub use offsets::TopicPartition;

@@ -17,8 +17,7 @@
 
 use std::collections::HashMap;
 
-use tessera_core::Reading;
-use tessera_core::RejectReason;
+use tessera_core::{ReadingRef, RejectReason};
 
 /// Sequence numbers remembered per motor (50 s at 10 Hz; 8 KiB per motor).
 pub const WINDOW: usize = 512;
@@ -38,11 +37,12 @@ pub struct RepeatGuard {
 
 impl RepeatGuard {
     /// Checks `reading` and, if it is new, remembers it.
-    pub fn check(&mut self, reading: &Reading) -> Result<(), RejectReason> {
-        let window = self
-            .motors
-            .entry(reading.motor_id.as_str().to_string())
-            .or_insert_with(|| MotorWindow { newest: 0, slots: vec![None; WINDOW] });
+    pub fn check(&mut self, reading: &ReadingRef<'_>) -> Result<(), RejectReason> {
+        // Looked up by the borrowed id: only a motor new here allocates its key.
+        if !self.motors.contains_key(reading.motor_id) {
+            self.motors.insert(reading.motor_id.to_string(), MotorWindow { newest: 0, slots: vec![None; WINDOW] });
+        }
+        let window = self.motors.get_mut(reading.motor_id).expect("inserted above");
         let seq = reading.sequence;
         let slot = &mut window.slots[(seq % WINDOW as u64) as usize];
         if *slot == Some((seq, reading.event_time_ms)) {
@@ -65,7 +65,7 @@ impl RepeatGuard {
 
 #[cfg(test)]
 mod tests {
-    use tessera_core::{MotorId, SiteId};
+    use tessera_core::{MotorId, Reading, SiteId};
 
     use super::*;
 
@@ -84,21 +84,21 @@ mod tests {
     fn a_repeat_is_refused_a_restart_or_another_motor_is_not() {
         let mut guard = RepeatGuard::default();
         for s in 0..100 {
-            guard.check(&reading("m1", s, 1000 + s as i64)).unwrap();
+            guard.check(&reading("m1", s, 1000 + s as i64).view()).unwrap();
         }
-        assert_eq!(guard.check(&reading("m1", 42, 1042)), Err(RejectReason::Replayed { sequence: 42 }));
-        guard.check(&reading("m2", 42, 1042)).expect("another motor");
-        guard.check(&reading("m1", 42, 90_000)).expect("numbering restarted: a new event time");
+        assert_eq!(guard.check(&reading("m1", 42, 1042).view()), Err(RejectReason::Replayed { sequence: 42 }));
+        guard.check(&reading("m2", 42, 1042).view()).expect("another motor");
+        guard.check(&reading("m1", 42, 90_000).view()).expect("numbering restarted: a new event time");
         guard.forget("m1");
-        guard.check(&reading("m1", 43, 1043)).expect("forgotten with its partition");
+        guard.check(&reading("m1", 43, 1043).view()).expect("forgotten with its partition");
     }
 
     #[test]
     fn sequence_numbers_older_than_the_window_pass_and_evict_nothing() {
         let mut guard = RepeatGuard::default();
         let newest = 10 * WINDOW as u64;
-        guard.check(&reading("m", newest, 5)).unwrap();
-        guard.check(&reading("m", newest - WINDOW as u64, 1)).expect("too old to judge");
-        assert!(guard.check(&reading("m", newest, 5)).is_err(), "the newest reading's slot is intact");
+        guard.check(&reading("m", newest, 5).view()).unwrap();
+        guard.check(&reading("m", newest - WINDOW as u64, 1).view()).expect("too old to judge");
+        assert!(guard.check(&reading("m", newest, 5).view()).is_err(), "the newest reading's slot is intact");
     }
 }

@@ -1,10 +1,12 @@
-//! Protobuf types generated from `/proto`, their conversions to Tessera's core types, and the
-//! JSON form of readings ([`json`]), encoded and decoded.
+//! Protobuf types generated from `/proto`, their conversions to Tessera's core types, the
+//! JSON form of readings ([`json`]), encoded and decoded, and the ingest's borrowed decoding of
+//! readings ([`borrowed`]).
 //!
 //! The conversions live here, in one place, so that the wire format can evolve without the
 //! rest of the code noticing.
 #![deny(missing_docs)]
 
+pub mod borrowed;
 mod convert;
 pub mod json;
 

@@ -5,7 +5,7 @@
 //! stopping it waits at most `drain_timeout`, so that `stop` always returns.
 
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -20,7 +20,7 @@ use super::chunk::{Chunk, Work};
 use super::downstream::{Barrier, BatchAck, Control, ShardBatch};
 use crate::batch::{FlushedBatch, ShardedBatcher};
 use crate::dead_letter::{DeadLetterWriter, Rejected};
-use crate::decode::{DecodedMessage, MessageLimits, decode_message};
+use crate::decode::{MessageLimits, Readings, decode_message};
 use crate::metrics::IngestMetrics;
 use crate::offsets::{Halt, OffsetTracker};
 use crate::repeats::RepeatGuard;
@@ -130,41 +130,62 @@ impl Decoder {
                 tracing::error!(partition = m.partition, offset = m.offset, error = %why, "decoding a message panicked; dead-lettering it");
                 Err(RejectReason::Poison(why))
             });
-            let decoded = decoded.map(|d| self.drop_repeats(d));
-            let (readings, reason_code, detail, indices) = match decoded {
-                Ok(d) if d.rejected.is_empty() => (d.readings, None, String::new(), None),
-                Ok(d) => {
-                    d.rejected.iter().for_each(|(_, r)| self.metrics.reject(r));
-                    let detail =
-                        d.rejected.iter().map(|(i, r)| format!("reading {i}: {r}")).collect::<Vec<_>>().join("\n");
-                    let indices = d.rejected.iter().map(|(i, _)| i.to_string()).collect::<Vec<_>>().join(",");
-                    (d.readings, Some(d.rejected[0].1.code()), detail, Some(indices))
-                }
-                Err(reason) => {
-                    self.metrics.reject(&reason);
-                    (Vec::new(), Some(reason.code()), reason.to_string(), None)
-                }
+            let (readings, mut rejected, whole) = match decoded {
+                Ok(d) => (d.readings, d.rejected, None),
+                Err(reason) => (Readings::None, Vec::new(), Some(reason)),
             };
-            self.metrics.readings_accepted.fetch_add(readings.len() as u64, Relaxed);
-            if self.tracks_motors() {
-                for reading in &readings {
-                    let id = reading.motor_id.as_str();
+            // Each valid reading's index in the message skips the invalid ones' (ascending).
+            let mut invalid = rejected.iter().map(|(i, _)| *i).peekable();
+            let (mut index, mut accepted, mut repeated) = (0, 0, Vec::new());
+            for reading in readings.iter() {
+                while invalid.next_if_eq(&index).is_some() {
+                    index += 1;
+                }
+                let at = index;
+                index += 1;
+                if self.tracks_motors() {
+                    // With checkpoints, where the decoder learns of revocations (so a partition
+                    // read again after one is not taken for a repeat): readings already taken
+                    // (same motor, sequence number and event time) are rejected.
+                    if let Err(reason) = self.repeats.check(&reading) {
+                        repeated.push((at, reason));
+                        continue;
+                    }
                     let here = (m.topic, m.partition);
-                    if self.motor_partitions.get(id) != Some(&here) {
-                        self.motor_partitions.insert(id.to_string(), here);
-                        self.new_motors.push((id.to_string(), here));
+                    if self.motor_partitions.get(reading.motor_id) != Some(&here) {
+                        self.motor_partitions.insert(reading.motor_id.to_string(), here);
+                        self.new_motors.push((reading.motor_id.to_string(), here));
                     }
                 }
-            }
-            for reading in &readings {
-                let pushed = self.batcher.push(reading, chunk.id, now);
+                let pushed = self.batcher.push(&reading, chunk.id, now);
                 if let Some(tag) = pushed.new_tag {
                     self.tracker.hold(tag);
                 }
                 if let Some(flushed) = pushed.flushed {
                     self.emit(flushed)?;
                 }
+                accepted += 1;
             }
+            drop(invalid);
+            self.metrics.readings_accepted.fetch_add(accepted, Relaxed);
+            if !repeated.is_empty() {
+                rejected.extend(repeated);
+                rejected.sort_by_key(|(i, _)| *i);
+            }
+            let (reason_code, detail, indices) = match whole {
+                Some(reason) => {
+                    self.metrics.reject(&reason);
+                    (Some(reason.code()), reason.to_string(), None)
+                }
+                None if rejected.is_empty() => (None, String::new(), None),
+                None => {
+                    rejected.iter().for_each(|(_, r)| self.metrics.reject(r));
+                    let detail =
+                        rejected.iter().map(|(i, r)| format!("reading {i}: {r}")).collect::<Vec<_>>().join("\n");
+                    let indices = rejected.iter().map(|(i, _)| i.to_string()).collect::<Vec<_>>().join(",");
+                    (Some(rejected[0].1.code()), detail, Some(indices))
+                }
+            };
             if let Some(reason_code) = reason_code {
                 let headers = chunk.headers[m.headers.clone()]
                     .iter()
@@ -186,30 +207,6 @@ impl Decoder {
         }
         self.tracker.release(&[chunk.id]);
         Ok(())
-    }
-
-    /// Moves readings already taken (same motor, sequence number and event time) from
-    /// `decoded`'s readings to its rejected ones, under their index in the message. Only with
-    /// checkpoints: there the decoder learns of revocations, so a partition read again after
-    /// one is not taken for a repeat.
-    fn drop_repeats(&mut self, decoded: DecodedMessage) -> DecodedMessage {
-        if !self.tracks_motors() {
-            return decoded;
-        }
-        let total = decoded.readings.len() + decoded.rejected.len();
-        let rejected_at: HashSet<usize> = decoded.rejected.iter().map(|(i, _)| *i).collect();
-        let mut original = (0..total).filter(|i| !rejected_at.contains(i));
-        let mut out =
-            DecodedMessage { readings: Vec::with_capacity(decoded.readings.len()), rejected: decoded.rejected };
-        for reading in decoded.readings {
-            let index = original.next().unwrap_or(total);
-            match self.repeats.check(&reading) {
-                Ok(()) => out.readings.push(reading),
-                Err(reason) => out.rejected.push((index, reason)),
-            }
-        }
-        out.rejected.sort_by_key(|(i, _)| *i);
-        out
     }
 
     /// Whether barriers go downstream, and with them the partition of each motor.
