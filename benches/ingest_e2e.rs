@@ -29,6 +29,7 @@ use tessera_node::topics::ensure_topics;
 use tessera_proto::CONTENT_TYPE_BATCH;
 use tessera_proto::telemetry::{MotorReading, MotorReadingBatch};
 use tessera_suite::bench_history::{Better, record};
+use tessera_suite::reference::process_cpu_seconds;
 use tessera_suite::{TansuBroker, producer, publish, test_fleet};
 use tessera_workload::embedded::EmbeddedKafka;
 use tessera_workload::producer::WireFormat;
@@ -80,14 +81,6 @@ impl Phase {
     }
 }
 
-/// CPU time of this process so far (user + system), by getrusage.
-fn cpu_seconds() -> f64 {
-    use nix::sys::resource::{UsageWho, getrusage};
-    let usage = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage of this process");
-    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-    secs(usage.user_time()) + secs(usage.system_time())
-}
-
 /// The bare consumer: polls every message and reads its length, nothing else.
 fn bare_consumer(brokers: &str, group: &str, expected: u64) -> Result<Phase> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -115,14 +108,14 @@ fn bare_consumer(brokers: &str, group: &str, expected: u64) -> Result<Phase> {
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m?;
             if first.is_none() {
-                (first, cpu_at_first) = (Some(Instant::now()), cpu_seconds());
+                (first, cpu_at_first) = (Some(Instant::now()), process_cpu_seconds());
             }
             bytes += m.payload_len() as u64;
             n += 1;
         }
     }
     let secs = first.expect("read something").elapsed().as_secs_f64();
-    let cpu_secs = cpu_seconds() - cpu_at_first;
+    let cpu_secs = process_cpu_seconds() - cpu_at_first;
     std::hint::black_box(bytes);
     Ok(Phase { secs, messages: n, cpu_secs })
 }
@@ -146,12 +139,12 @@ fn tessera_ingest(brokers: &str, group: &str, expected: u64, encoding: Encoding)
             bail!("ingest delivered {rows} of {expected}");
         }
         if first.is_none() && ingest.metrics().snapshot().messages > 0 {
-            (first, cpu_at_first) = (Some(Instant::now()), cpu_seconds());
+            (first, cpu_at_first) = (Some(Instant::now()), process_cpu_seconds());
         }
         match rx.recv_timeout(Duration::from_millis(1)) {
             Ok(b) => {
                 if first.is_none() {
-                    (first, cpu_at_first) = (Some(Instant::now()), cpu_seconds());
+                    (first, cpu_at_first) = (Some(Instant::now()), process_cpu_seconds());
                 }
                 rows += b.ack().num_rows() as u64;
             }
@@ -160,7 +153,7 @@ fn tessera_ingest(brokers: &str, group: &str, expected: u64, encoding: Encoding)
         }
     }
     let secs = first.expect("consumed something").elapsed().as_secs_f64();
-    let cpu_secs = cpu_seconds() - cpu_at_first;
+    let cpu_secs = process_cpu_seconds() - cpu_at_first;
     let stats = ingest.stop()?;
     eprintln!("ingest: {} batches, {} pauses, {} commits", stats.batches, stats.pauses, stats.commits);
     if stats.readings_rejected > 0 {

@@ -22,7 +22,7 @@ use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use datafusion::arrow::array::{Array, Int64Array, RecordBatch};
+use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::csv::ReaderBuilder;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -34,17 +34,9 @@ use tessera_node::detect::{Detect, DetectConfig, build_engine};
 use tessera_stream::{AlertEvent, StreamConfig, StreamEngine, conform};
 use tessera_suite::bench_history::{Better, record};
 use tessera_suite::median;
+use tessera_suite::reference::{QUERY, count_hits};
 use tessera_workload::embedded::EmbeddedKafka;
 use tessera_workload::producer::{TelemetryProducer, WireFormat};
-
-/// The reference query; `score` is the z-score, NULL until a motor has 30 earlier windows.
-const QUERY: &str = "CREATE CONTINUOUS QUERY zscore WITH (open_above = 3, close_below = 3) AS
-  SELECT motor_id, window_start, count(*) AS n,
-         avg(vibration_x_rms) AS vib_avg, stddev_samp(vibration_x_rms) AS vib_std,
-         avg(current_a) AS cur_avg, stddev_samp(current_a) AS cur_std, max(temperature_c) AS temp_max,
-         zscore(motor_id, window_start, avg(vibration_x_rms), 30) AS score
-  FROM TUMBLE(telemetry, ts, INTERVAL '10 seconds')
-  GROUP BY motor_id, window_start";
 
 /// The peers' column names → Tessera's.
 const RENAMES: &[(&str, &str)] = &[("site", "site_id"), ("vibration_rms", "vibration_x_rms"), ("rpm", "speed_rpm")];
@@ -116,13 +108,6 @@ fn load(args: &Args) -> Result<Vec<RecordBatch>> {
 fn max_ts(b: &RecordBatch) -> i64 {
     let ts = b.column(2).as_any().downcast_ref::<datafusion::arrow::array::TimestampMillisecondArray>().expect("ts");
     ts.values().iter().copied().max().unwrap_or(0)
-}
-
-async fn count_hits(engine: &StreamEngine) -> Result<(i64, i64)> {
-    let b =
-        engine.sql("SELECT count(*) AS windows, count(*) FILTER (WHERE score > 3) AS hits FROM motor_windows").await?;
-    let col = |i: usize| b[0].column(i).as_any().downcast_ref::<Int64Array>().expect("count").value(0);
-    Ok((col(0), col(1)))
 }
 
 fn stage(args: &Args) -> Result<()> {

@@ -1,12 +1,13 @@
 //! Test and benchmark harness shared by `tests/it` and `benches/`: a real Kafka broker
 //! process (Tansu), an S3-compatible object store process (moto, [`s3`]), a headless Chromium
 //! over WebDriver ([`browser`]), topic creation, publishing a simulated fleet with its
-//! checksum, collecting what the ingest hands on, and the benches' result history
-//! ([`bench_history`]).
+//! checksum, collecting what the ingest hands on, the benches' result history
+//! ([`bench_history`]) and their reference query ([`reference`]).
 
 pub mod bench_history;
 pub mod browser;
 pub mod fleet_stats;
+pub mod reference;
 pub mod s3;
 
 use std::net::{TcpListener, TcpStream};
