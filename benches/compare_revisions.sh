@@ -10,7 +10,8 @@
 # (benches/*.rs) or 'decode_batch --bench' (crates/ingest/benches). Both sides build into
 # $BENCH_TARGET (default: a cache directory outside the clone); each side's bench executables
 # are copied out before the other side builds, and every source is touched first, since the
-# two checkouts share relative paths and so artifact names.
+# two checkouts share relative paths and so artifact names. Only bench targets are built
+# (`--bench '*'`), not every library's unit tests in the bench profile.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 old_rev="$1"
@@ -25,7 +26,7 @@ build() { # build SIDE TREE: the bench executables of TREE into $work/bin-SIDE
   local side="$1" tree="$2"
   mkdir -p "$work/bin-$side"
   find "$tree/crates" "$tree/src" "$tree/benches" -name '*.rs' -exec touch {} +
-  (cd "$tree" && CARGO_TARGET_DIR="$target" cargo bench --workspace --locked --no-run --message-format=json 2>/dev/null) |
+  (cd "$tree" && CARGO_TARGET_DIR="$target" cargo bench --workspace --locked --no-run --bench '*' --message-format=json 2>/dev/null) |
     python3 -c '
 import json, sys, shutil
 for line in sys.stdin:

@@ -70,18 +70,40 @@ impl Readings<'_> {
     }
 
     /// Each reading, borrowed, in message order.
-    pub fn iter(&self) -> Box<dyn Iterator<Item = ReadingRef<'_>> + '_> {
-        match self {
-            Readings::None => Box::new(std::iter::empty()),
-            Readings::One(r) => Box::new(std::iter::once(r.clone())),
-            Readings::Many(v) => Box::new(v.iter().cloned()),
-            Readings::Owned(v) => Box::new(v.iter().map(Reading::view)),
-        }
+    pub fn iter(&self) -> ReadingsIter<'_> {
+        let (one, many, owned): (Option<&ReadingRef<'_>>, &[ReadingRef<'_>], &[Reading]) = match self {
+            Readings::None => (None, &[], &[]),
+            Readings::One(r) => (Some(r), &[], &[]),
+            Readings::Many(v) => (None, v, &[]),
+            Readings::Owned(v) => (None, &[], v),
+        };
+        ReadingsIter { one, many: many.iter(), owned: owned.iter() }
     }
 
     /// Owned copies (tests and tools).
     pub fn to_vec(&self) -> Vec<Reading> {
         self.iter().map(|r| r.to_reading()).collect()
+    }
+}
+
+/// The iterator of [`Readings::iter`] (no allocation: one of its three parts is non-empty).
+pub struct ReadingsIter<'r> {
+    one: Option<&'r ReadingRef<'r>>,
+    many: std::slice::Iter<'r, ReadingRef<'r>>,
+    owned: std::slice::Iter<'r, Reading>,
+}
+
+impl<'r> Iterator for ReadingsIter<'r> {
+    type Item = ReadingRef<'r>;
+
+    fn next(&mut self) -> Option<ReadingRef<'r>> {
+        if let Some(r) = self.one.take() {
+            return Some(r.clone());
+        }
+        if let Some(r) = self.many.next() {
+            return Some(r.clone());
+        }
+        self.owned.next().map(Reading::view)
     }
 }
 

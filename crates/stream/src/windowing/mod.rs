@@ -48,7 +48,7 @@ use crate::aggregate::{AggKind, AggSpec};
 use crate::schema::{aggregated_schema, check_telemetry, column, windowed_schema};
 use arena::Arena;
 use assign::Pushed;
-use motors::{MotorRuns, ShortKeyIndex, short_key_in};
+use motors::{MotorRuns, short_key_in};
 use open::{AggInput, MotorWindows, RowRef};
 pub(crate) use state::OperatorState;
 
@@ -83,8 +83,9 @@ pub struct WindowStats {
 pub struct WindowOperator {
     spec: WindowSpec,
     policy: WatermarkPolicy,
-    /// Motor id (as a short key) → index: this lookup runs once per reading.
-    motor_index: ShortKeyIndex,
+    /// Motor id → index; foldhash because this lookup runs once per reading (short keys, no
+    /// need for DoS resistance: the ids passed ingest validation).
+    motor_index: HashMap<u128, usize, foldhash::fast::FixedState>,
     /// The same for ids too long for [`motors::short_key`].
     long_motor_index: HashMap<Arc<str>, usize, foldhash::fast::FixedState>,
     motors: Vec<MotorWindows>,
@@ -145,7 +146,7 @@ impl WindowOperator {
         Self {
             spec,
             policy,
-            motor_index: ShortKeyIndex::default(),
+            motor_index: HashMap::with_hasher(foldhash::fast::FixedState::default()),
             long_motor_index: HashMap::with_hasher(foldhash::fast::FixedState::default()),
             motors: Vec::new(),
             arena: Arena::default(),
@@ -285,7 +286,7 @@ impl WindowOperator {
         runs.group(0..batch.num_rows(), self.motors.len(), |row| {
             let motor = motors.value(row);
             let (start, end) = (offsets[row] as usize, offsets[row + 1] as usize);
-            self.motor(short_key_in(id_bytes, start, end - start, motor), motor, || sites.value(row))
+            self.motor(short_key_in(id_bytes, start, end - start, motor), motor, sites.value(row))
         });
         // Tumbling windows fold whole runs of a motor's readings: they read the aggregated
         // columns gathered into grouped order, sequentially, instead of scattered over the batch.
@@ -365,28 +366,26 @@ impl WindowOperator {
 
     /// The index of `motor` (whose [`motors::short_key`] is `key`), added on first sight.
     #[inline]
-    fn motor<'s>(&mut self, key: Option<u128>, motor: &str, site: impl FnOnce() -> &'s str) -> usize {
+    fn motor(&mut self, key: Option<u128>, motor: &str, site: &str) -> usize {
         let found = match key {
-            Some(k) => self.motor_index.get(k),
-            None => self.long_motor_index.get(motor).copied(),
+            Some(k) => self.motor_index.get(&k),
+            None => self.long_motor_index.get(motor),
         };
-        if let Some(i) = found {
+        if let Some(&i) = found {
             return i;
         }
         let id: Arc<str> = Arc::from(motor);
         self.motors.push(MotorWindows {
             id: id.clone(),
-            site: Arc::from(site()),
+            site: Arc::from(site),
             emitted_through_ms: i64::MIN,
             ..Default::default()
         });
         let i = self.motors.len() - 1;
         match key {
             Some(k) => self.motor_index.insert(k, i),
-            None => {
-                self.long_motor_index.insert(id, i);
-            }
-        }
+            None => self.long_motor_index.insert(id, i),
+        };
         i
     }
 }

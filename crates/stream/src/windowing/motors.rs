@@ -1,6 +1,6 @@
-//! Finding a reading's motor fast: ids packed into integer keys ([`short_key`]) looked up in a
-//! compact open-addressing table ([`ShortKeyIndex`]), and a batch's rows grouped by motor
-//! ([`MotorRuns`]) so each motor's state is looked up once per batch.
+//! Finding a reading's motor fast: ids packed into integer keys ([`short_key`]), and a
+//! batch's rows grouped by motor ([`MotorRuns`]) so each motor's state is looked up once per
+//! batch.
 
 /// A batch's rows grouped by motor, so that each motor's state is looked up once per batch
 /// rather than once per reading (an ingest batch interleaves many motors). Kept between batches
@@ -76,91 +76,6 @@ impl MotorRuns {
     }
 }
 
-/// Short key → motor index, for the lookup every reading makes. Slots hold motor indices
-/// (4 bytes each, at most half full) and the keys sit in one array by motor index, so a
-/// thousand motors' table is 8 KiB of slots plus 16 KiB of keys: a lookup reads one slot and
-/// one key, both in cache, where a general hash map's 32-byte buckets spill out of L1.
-#[derive(Debug, Default)]
-pub(super) struct ShortKeyIndex {
-    /// Motor index per slot, or [`Self::EMPTY`]; the length is a power of two (or zero).
-    slots: Vec<u32>,
-    /// Per motor index: its key, or [`Self::NO_KEY`] (an id too long for a short key).
-    keys: Vec<u128>,
-    len: usize,
-}
-
-impl ShortKeyIndex {
-    const EMPTY: u32 = u32::MAX;
-    /// Never a short key: byte 15 of one holds a length below 16.
-    const NO_KEY: u128 = u128::MAX;
-
-    #[inline]
-    fn slot_of(key: u128, mask: usize) -> usize {
-        let folded = (key as u64) ^ ((key >> 64) as u64).rotate_left(29);
-        (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & mask
-    }
-
-    /// The motor index of `key`.
-    #[inline]
-    pub(super) fn get(&self, key: u128) -> Option<usize> {
-        if self.slots.is_empty() {
-            return None;
-        }
-        let mask = self.slots.len() - 1;
-        let mut slot = Self::slot_of(key, mask);
-        loop {
-            let idx = self.slots[slot];
-            if idx == Self::EMPTY {
-                return None;
-            }
-            if self.keys[idx as usize] == key {
-                return Some(idx as usize);
-            }
-            slot = (slot + 1) & mask;
-        }
-    }
-
-    /// Records `key` for motor index `idx` (a key not yet in the index).
-    pub(super) fn insert(&mut self, key: u128, idx: usize) {
-        debug_assert!(key != Self::NO_KEY && self.get(key).is_none());
-        if self.keys.len() <= idx {
-            self.keys.resize(idx + 1, Self::NO_KEY);
-        }
-        self.keys[idx] = key;
-        self.len += 1;
-        if self.len * 2 > self.slots.len() {
-            self.rehash((self.len * 2).next_power_of_two().max(64));
-        } else {
-            self.place(idx);
-        }
-    }
-
-    /// Forgets every key.
-    pub(super) fn clear(&mut self) {
-        self.slots.iter_mut().for_each(|s| *s = Self::EMPTY);
-        self.keys.clear();
-        self.len = 0;
-    }
-
-    fn place(&mut self, idx: usize) {
-        let mask = self.slots.len() - 1;
-        let mut slot = Self::slot_of(self.keys[idx], mask);
-        while self.slots[slot] != Self::EMPTY {
-            slot = (slot + 1) & mask;
-        }
-        self.slots[slot] = idx as u32;
-    }
-
-    fn rehash(&mut self, capacity: usize) {
-        self.slots = vec![Self::EMPTY; capacity];
-        for idx in 0..self.keys.len() {
-            if self.keys[idx] != Self::NO_KEY {
-                self.place(idx);
-            }
-        }
-    }
-}
-
 /// A motor id of up to 15 bytes (the usual case) packed with its length into an integer, so
 /// the per-reading lookup hashes and compares an integer, not a string; `None` for longer ids.
 /// Byte `i` of the id is byte `i` of the little-endian integer; byte 15 holds the length.
@@ -213,28 +128,6 @@ mod tests {
         }
         let distinct: std::collections::HashSet<_> = keys.iter().flatten().collect();
         assert_eq!(distinct.len(), ids.len() - 1, "every short id has its own key, \"M1\" and \"M1\\0\" too");
-    }
-
-    #[test]
-    fn the_short_key_index_finds_every_key_through_growth_and_clear() {
-        let mut index = ShortKeyIndex::default();
-        assert_eq!(index.get(short_key("M1").unwrap()), None);
-        let ids: Vec<String> = (0..5000).map(|i| format!("M{i:04}")).collect();
-        for (i, id) in ids.iter().enumerate() {
-            // Every third motor index belongs to a long id, which is not in this index.
-            if i % 3 != 2 {
-                index.insert(short_key(id).unwrap(), i);
-            }
-        }
-        for (i, id) in ids.iter().enumerate() {
-            let expected = (i % 3 != 2).then_some(i);
-            assert_eq!(index.get(short_key(id).unwrap()), expected, "{id}");
-        }
-        assert_eq!(index.get(short_key("M99999").unwrap()), None);
-        index.clear();
-        assert_eq!(index.get(short_key("M0001").unwrap()), None);
-        index.insert(short_key("M0001").unwrap(), 0);
-        assert_eq!(index.get(short_key("M0001").unwrap()), Some(0));
     }
 
     #[test]

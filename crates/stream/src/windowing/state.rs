@@ -118,7 +118,7 @@ impl WindowOperator {
         };
         let mut next_row = 0u32;
         for m in state.motors {
-            let idx = self.motor(short_key(&m.id), &m.id, || &m.site);
+            let idx = self.motor(short_key(&m.id), &m.id, &m.site);
             let motor = &mut self.motors[idx];
             motor.watermark = m.watermark;
             // Silence is measured from this process's first look, not the writer's last reading.
@@ -165,10 +165,8 @@ impl WindowOperator {
             for (i, m) in self.motors.iter().enumerate() {
                 match short_key(&m.id) {
                     Some(k) => self.motor_index.insert(k, i),
-                    None => {
-                        self.long_motor_index.insert(m.id.clone(), i);
-                    }
-                }
+                    None => self.long_motor_index.insert(m.id.clone(), i),
+                };
             }
         }
         before - self.motors.len()
