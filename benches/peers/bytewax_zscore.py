@@ -16,18 +16,12 @@ dataflow. One worker (run_main), without recovery (Tessera's side runs without c
 
 import argparse
 import json
-import resource
 import sys
 import time
 from collections import deque
 from datetime import datetime, timedelta, timezone
 
 import reference  # benches/peers/reference.py
-
-
-def cpu_seconds() -> float:
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    return u.ru_utime + u.ru_stime
 
 
 def main() -> int:
@@ -47,7 +41,7 @@ def main() -> int:
 
     def parse(msg):
         if m["first"] is None:
-            m["first"], m["cpu0"] = time.monotonic(), cpu_seconds()
+            m["first"], m["cpu0"] = time.monotonic(), reference.cpu_seconds()
         m["readings"] += 1
         return msg.key.decode(), json.loads(msg.value)
 
@@ -85,7 +79,7 @@ def main() -> int:
     if m["first"] is None:
         print(json.dumps({"error": "no message read"}))
         return 1
-    secs, cpu = time.monotonic() - m["first"], cpu_seconds() - m["cpu0"]
+    secs, cpu = time.monotonic() - m["first"], reference.cpu_seconds() - m["cpu0"]
     print(json.dumps({"peer": "bytewax", "readings": m["readings"], "secs": secs, "cpu_secs": cpu,
                       "windows": m["windows"], "hits": m["hits"]}))
     return 0

@@ -16,7 +16,6 @@ without changelog topics (Tessera's side runs without checkpoints too).
 
 import argparse
 import json
-import resource
 import sys
 import tempfile
 import time
@@ -24,11 +23,6 @@ import uuid
 from collections import deque
 
 import reference  # benches/peers/reference.py
-
-
-def cpu_seconds() -> float:
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    return u.ru_utime + u.ru_stime
 
 
 def main() -> int:
@@ -62,7 +56,7 @@ def main() -> int:
 
     def count_reading(value):
         if m["first"] is None:
-            m["first"], m["cpu0"] = time.monotonic(), cpu_seconds()
+            m["first"], m["cpu0"] = time.monotonic(), reference.cpu_seconds()
         m["readings"] += 1
         return value
 
@@ -82,7 +76,7 @@ def main() -> int:
         if row["z"] is not None and row["z"] > 3:
             m["hits"] += 1
         if m["windows"] >= args.expect_windows and m["done"] is None:
-            m["done"], m["cpu1"] = time.monotonic(), cpu_seconds()
+            m["done"], m["cpu1"] = time.monotonic(), reference.cpu_seconds()
             app.stop()
         return row
 

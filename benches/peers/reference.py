@@ -4,8 +4,15 @@ motor's previous 30 window means. An absent channel is NULL, as in SQL: it count
 but not as a value of its column."""
 
 import math
+import resource
 
 HISTORY = 30
+
+
+def cpu_seconds():
+    """CPU time of this process so far (user + system, librdkafka's threads included)."""
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
 
 
 def new_window():
