@@ -81,7 +81,7 @@ impl Browser {
         assert!(available(), "chromium and chromedriver are needed: run scripts/setup.sh --with-broker");
         // chromedriver binds the port it is given: one that was free a moment ago, retried.
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+            let port = tessera_workload::ports::spare_loopback_port().expect("a spare loopback port");
             let mut driver = Command::new("chromedriver")
                 .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
                 .stdout(Stdio::null())

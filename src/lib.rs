@@ -10,7 +10,7 @@ pub mod fleet_stats;
 pub mod reference;
 pub mod s3;
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -36,7 +36,7 @@ impl TansuBroker {
     /// Finds `tansu` (`$TANSU_BIN`, `$PATH`, `~/.cargo/bin`) and starts it.
     pub fn start() -> Result<Self> {
         let bin = find_tansu().context("the tansu broker is not installed: run scripts/setup.sh")?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = tessera_workload::ports::spare_loopback_port()?;
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&bin)
             .args([

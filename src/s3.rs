@@ -1,7 +1,6 @@
 //! An S3-compatible object store for tests: moto's server (`python -m moto.server`, from the
 //! venv scripts/setup.sh makes) on a free loopback port, with one bucket. Killed when dropped.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ pub struct S3Server {
 impl S3Server {
     /// Starts moto's server with `python` (the venv's) and creates `bucket` in it.
     pub fn start(python: &str, bucket: &str) -> Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = tessera_workload::ports::spare_loopback_port()?;
         let child = Command::new(python)
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())

@@ -528,7 +528,7 @@ fn a_control_plane_without_tls_listens_on_loopback_only() {
 fn a_node_in_plaintext_on_every_address_says_so_in_readyz() {
     let (_kafka, brokers) = crate::embedded_kafka(1, 1);
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let port = crate::support::cluster::free_port();
     let node = |insecure_plaintext: bool| {
         crate::support::TestNode::new("site-1", &brokers, "plaintext-readyz", "telemetry").with(|c| {
             c.raft = Some(tessera_node::control::member::RaftConfig {

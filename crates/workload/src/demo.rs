@@ -338,13 +338,12 @@ fn dead_letter_topic(site: &str) -> String {
     format!("telemetry-dead-letter.{site}")
 }
 
-/// A free loopback port (bound, read, released), or `base + i` when `base` is set.
+/// A spare loopback port ([`crate::ports`]), or `base + i` when `base` is set.
 fn port(base: u16, i: usize) -> Result<u16> {
     if base != 0 {
         return Ok(base + i as u16);
     }
-    let free = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
-    Ok(free.map_err(io("finding a free loopback port"))?.port())
+    crate::ports::spare_loopback_port().map_err(io("finding a spare loopback port"))
 }
 
 fn start_sites(

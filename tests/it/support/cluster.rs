@@ -14,7 +14,6 @@
 #![allow(dead_code, unreachable_pub)] // each includer uses part of it, and it is private to each
 
 use std::io::Read as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -41,9 +40,9 @@ pub fn run_node_if_asked() -> bool {
     true
 }
 
-/// A free loopback port (bound, then released for the node to take).
+/// A spare loopback port for a node to take ([`tessera_workload::ports`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port()
+    tessera_workload::ports::spare_loopback_port().expect("a spare loopback port")
 }
 
 /// A process of this executable, started with `args` (what leads it to its entry point) and
