@@ -15,7 +15,7 @@
 //! readings each (N consecutive motors of a time step, keyed by their gateway); the bare
 //! consumer's figures are then per message of N readings, and the ratios per reading.
 //!
-//! `cargo bench --bench ingest_e2e -- [--readings 10000000] [--partitions 6] [--rounds 2] [--broker tansu|mock] [--per-message 1]`
+//! `cargo bench --bench ingest_e2e -- [--readings 10000000] [--partitions 6] [--rounds 2] [--broker tansu|mock] [--per-message 1] [--kafka key=value]...`
 
 use std::sync::mpsc::{RecvTimeoutError, sync_channel};
 use std::time::{Duration, Instant};
@@ -43,10 +43,19 @@ struct Args {
     rounds: u32,
     broker: String,
     per_message: usize,
+    /// librdkafka settings for both consumers (`--kafka key=value`, repeatable).
+    kafka: Vec<(String, String)>,
 }
 
 fn args() -> Result<Args> {
-    let mut a = Args { readings: 10_000_000, partitions: 6, rounds: 2, broker: "tansu".into(), per_message: 1 };
+    let mut a = Args {
+        readings: 10_000_000,
+        partitions: 6,
+        rounds: 2,
+        broker: "tansu".into(),
+        per_message: 1,
+        kafka: Vec::new(),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         match flag.as_str() {
@@ -55,6 +64,11 @@ fn args() -> Result<Args> {
             "--rounds" => a.rounds = it.next().context("--rounds N")?.parse()?,
             "--broker" => a.broker = it.next().context("--broker mock|tansu")?,
             "--per-message" => a.per_message = it.next().context("--per-message N")?.parse::<usize>()?.max(1),
+            "--kafka" => {
+                let kv = it.next().context("--kafka key=value")?;
+                let (k, v) = kv.split_once('=').context("--kafka key=value")?;
+                a.kafka.push((k.into(), v.into()));
+            }
             "--bench" => {}
             other => bail!("unknown argument {other}"),
         }
@@ -82,17 +96,21 @@ impl Phase {
 }
 
 /// The bare consumer: polls every message and reads its length, nothing else.
-fn bare_consumer(brokers: &str, group: &str, expected: u64) -> Result<Phase> {
-    let consumer: BaseConsumer = ClientConfig::new()
+fn bare_consumer(brokers: &str, group: &str, expected: u64, kafka: &[(String, String)]) -> Result<Phase> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .set("partition.assignment.strategy", "cooperative-sticky")
-        // The same prefetch settings as Tessera's consumer (crates/ingest/src/pipeline.rs).
+        // The same prefetch settings as Tessera's consumer (crates/ingest/src/pipeline/consumer.rs).
         .set("queued.max.messages.kbytes", "16384")
-        .set("fetch.queue.backoff.ms", "10")
-        .create()?;
+        .set("fetch.queue.backoff.ms", "10");
+    for (k, v) in kafka {
+        config.set(k, v);
+    }
+    let consumer: BaseConsumer = config.create()?;
     consumer.subscribe(&[TOPIC])?;
     let (mut n, mut bytes, mut first, mut cpu_at_first) = (0u64, 0u64, None, 0.0);
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -121,12 +139,19 @@ fn bare_consumer(brokers: &str, group: &str, expected: u64) -> Result<Phase> {
 }
 
 /// Tessera's ingest, from its first consumed message to the last acknowledged row.
-fn tessera_ingest(brokers: &str, group: &str, expected: u64, encoding: Encoding) -> Result<Phase> {
+fn tessera_ingest(
+    brokers: &str,
+    group: &str,
+    expected: u64,
+    encoding: Encoding,
+    kafka: &[(String, String)],
+) -> Result<Phase> {
     let config = IngestConfig {
         brokers: brokers.into(),
         group_id: group.into(),
         topics: vec![TopicConfig { name: TOPIC.into(), encoding }],
         dead_letter_topic: "bench-dead-letters".into(),
+        kafka: kafka.iter().cloned().collect(),
         ..Default::default()
     };
     let (tx, rx) = sync_channel(64);
@@ -203,8 +228,8 @@ fn main() -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let (mut best_bare, mut best_tessera): (Option<Phase>, Option<Phase>) = (None, None);
     for round in 0..args.rounds {
-        let bare = bare_consumer(&brokers, &format!("bare-{round}"), messages)?;
-        let tessera = tessera_ingest(&brokers, &format!("tessera-{round}"), readings, encoding)?;
+        let bare = bare_consumer(&brokers, &format!("bare-{round}"), messages, &args.kafka)?;
+        let tessera = tessera_ingest(&brokers, &format!("tessera-{round}"), readings, encoding, &args.kafka)?;
         println!(
             "round {round}: bare consumer {:>10.0} msg/s, {:.2} us CPU/msg | tessera ingest {:>10.0} readings/s, {:.2} us CPU/reading | ratio {:.3}, CPU ratio {:.2} (per reading)",
             bare.rate(),

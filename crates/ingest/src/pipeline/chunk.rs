@@ -53,13 +53,16 @@ pub(super) struct OpenChunk {
     pub(super) chunk: Chunk,
     /// The last offset of each (topic index, partition) in the chunk.
     pub(super) last_offsets: Vec<((usize, i32), i64)>,
+    /// The entry of `last_offsets` the previous message updated (a fetch's messages come
+    /// partition by partition, so it is usually the next one's too).
+    last_entry: usize,
     /// When its first message came.
     pub(super) opened_at: Option<Instant>,
 }
 
 impl OpenChunk {
-    /// Copies `m`, of the config's topic `topic`, into the chunk.
-    pub(super) fn push(&mut self, m: &BorrowedMessage<'_>, topic: usize) {
+    /// Copies `m`, of the config's topic `topic`, arrived at `now`, into the chunk.
+    pub(super) fn push(&mut self, m: &BorrowedMessage<'_>, topic: usize, now: Instant) {
         let c = &mut self.chunk;
         let mut put = |bytes: &[u8]| {
             let start = c.data.len();
@@ -90,10 +93,17 @@ impl OpenChunk {
             content_type,
         });
         let tp = (topic, m.partition());
-        match self.last_offsets.iter_mut().find(|(k, _)| *k == tp) {
-            Some((_, last)) => *last = (*last).max(m.offset()),
-            None => self.last_offsets.push((tp, m.offset())),
+        if self.last_offsets.get(self.last_entry).is_none_or(|(k, _)| *k != tp) {
+            self.last_entry = match self.last_offsets.iter().position(|(k, _)| *k == tp) {
+                Some(i) => i,
+                None => {
+                    self.last_offsets.push((tp, m.offset()));
+                    self.last_offsets.len() - 1
+                }
+            };
         }
-        self.opened_at.get_or_insert_with(Instant::now);
+        let last = &mut self.last_offsets[self.last_entry].1;
+        *last = (*last).max(m.offset());
+        self.opened_at.get_or_insert(now);
     }
 }

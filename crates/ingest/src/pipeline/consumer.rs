@@ -1,14 +1,20 @@
 //! The consumer thread: polls Kafka, copies each message into the open chunk, ships full or
-//! lingering chunks to the decoder, and pauses its partitions while the decoder's queue is
-//! full or memory is near its budget ([`MemoryBudget`]). It sends a barrier every
+//! lingering chunks to the decoder, stops polling while the decoder's queue is full (pausing
+//! its partitions if that lasts [`PAUSE_AFTER`]) and pauses them while memory is near its
+//! budget ([`MemoryBudget`]). It sends a barrier every
 //! `checkpoint_interval`, commits what the [`OffsetTracker`] allows every `commit_interval`,
 //! and, when partitions are revoked (see `rebalance`) or the ingest stops, hands everything on,
 //! waits (up to `drain_timeout`) for downstream to acknowledge it and commits synchronously.
 //!
 //! Offsets are checked per partition on the way in: a message delivered again is dropped,
 //! offsets skipped are counted.
+//!
+//! The thread's own cost per message is kept to the poll, one lock and lookup of the
+//! message's partition and the copy; everything else (shipping a lingering chunk, the memory
+//! budget, pausing, barriers, commits, failures from the rebalance callbacks) runs as chores
+//! at most once per [`CHORES_EVERY`], or at once when the open chunk is full.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
@@ -16,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::{ClientConfig, Message, Offset};
 
@@ -50,6 +57,32 @@ pub(super) fn client_config(config: &IngestConfig) -> ClientConfig {
     client
 }
 
+/// How often the consumer thread does its chores between messages.
+const CHORES_EVERY: Duration = Duration::from_millis(1);
+
+/// How long the consumer thread stops polling while the decoder's queue is full before it
+/// pauses its partitions. Not polling is the cheap backpressure: librdkafka's bounded prefetch
+/// then stops fetching by itself. Pausing purges what librdkafka prefetched and, on resume,
+/// fetches it again after a back-off (stalls of ~0.7 s on the mock cluster, measured), so it
+/// is kept for a decoder behind for longer, when rebalance callbacks (served by polling) must
+/// not wait.
+const PAUSE_AFTER: Duration = Duration::from_millis(250);
+
+/// What the consumer thread keeps of an assigned partition.
+#[derive(Debug, Default)]
+pub(super) struct PartitionCursor {
+    /// The offset the partition's next message should have: past its last message, or its
+    /// checkpoint's offset before the first. `None`: not known yet (assigned without a
+    /// checkpoint, before its first message). A message beyond it means offsets were skipped
+    /// (see [`crate::IngestStats::offsets_skipped`]).
+    pub(super) next_offset: Option<i64>,
+    /// When its last message arrived, for the stall metric (`None` since it was assigned).
+    pub(super) last_message: Option<Instant>,
+}
+
+/// The assigned partitions by (topic index, partition).
+pub(super) type Partitions = HashMap<(usize, i32), PartitionCursor, foldhash::fast::RandomState>;
+
 /// The consumer thread's state, shared with the rebalance callbacks (which run inside `poll`,
 /// on the consumer thread).
 pub(super) struct ConsumerState {
@@ -73,16 +106,9 @@ pub(super) struct ConsumerState {
     pub(super) states: Option<Arc<dyn PartitionStates>>,
     /// Why the ingest must stop (set in a rebalance callback, which cannot return an error).
     pub(super) failure: Mutex<Option<PartitionStateError>>,
-    /// When each assigned partition's last message arrived (topic index, partition), for the
-    /// stall metric; a partition leaves it when it is assigned anew or revoked.
-    pub(super) last_message: Mutex<HashMap<(usize, i32), Instant>>,
-    /// The offset each assigned partition's next message should have (topic index, partition):
-    /// past its last message, or its checkpoint's offset before the first. A message beyond it
-    /// means offsets were skipped (see [`crate::IngestStats::offsets_skipped`]).
-    pub(super) next_offset: Mutex<HashMap<(usize, i32), i64>>,
-    /// The partitions assigned now (topic index, partition): a message of any other (fetched
-    /// before its partition was revoked) is dropped, as the partition's new owner reads it.
-    pub(super) assigned: Mutex<HashSet<(usize, i32)>>,
+    /// The partitions assigned now: a message of any other (fetched before its partition was
+    /// revoked) is dropped, as the partition's new owner reads it.
+    pub(super) partitions: Mutex<Partitions>,
     /// Barriers sent so far (the last epoch).
     barriers: AtomicU64,
 }
@@ -114,11 +140,44 @@ impl ConsumerState {
             shipped: Mutex::new(BTreeMap::new()),
             states,
             failure: Mutex::new(None),
-            last_message: Mutex::new(HashMap::new()),
-            next_offset: Mutex::new(HashMap::new()),
-            assigned: Mutex::new(HashSet::new()),
+            partitions: Mutex::new(Partitions::default()),
             barriers: AtomicU64::new(0),
         }
+    }
+
+    /// The config's index of `m`'s topic (without reading its name when there is one topic).
+    fn topic_index(&self, m: &BorrowedMessage<'_>) -> usize {
+        if self.topics.len() == 1 {
+            return 0;
+        }
+        let name = m.topic();
+        self.topics.iter().position(|t| t == name).unwrap_or(0)
+    }
+
+    /// Takes message `m` of the config's topic `topic`, arrived at `now`: dropped if its
+    /// partition is not assigned or it came again, else copied into the open chunk. Returns
+    /// whether the open chunk is full.
+    fn take(&self, m: &BorrowedMessage<'_>, topic: usize, now: Instant) -> bool {
+        let (partition, offset) = (m.partition(), m.offset());
+        let sequence = {
+            let mut partitions = lock(&self.partitions);
+            let Some(cursor) = partitions.get_mut(&(topic, partition)) else {
+                self.metrics.stale_dropped.fetch_add(1, Relaxed);
+                return false;
+            };
+            if let Some(before) = cursor.last_message.replace(now) {
+                self.metrics.longest_stall_us.fetch_max((now - before).as_micros() as u64, Relaxed);
+            }
+            next_in_partition(&mut cursor.next_offset, offset)
+        };
+        self.metrics.messages.fetch_add(1, Relaxed);
+        self.metrics.bytes.fetch_add(m.payload_len() as u64, Relaxed);
+        if !self.in_order(sequence, &self.topics[topic], partition, offset) {
+            return false;
+        }
+        let mut open = lock(&self.open);
+        open.push(m, topic, now);
+        open.chunk.messages.len() >= self.config.chunk_max_messages
     }
 
     /// Seals the open chunk if it is full or old enough (or `force`), and tries to hand the
@@ -147,6 +206,18 @@ impl ConsumerState {
             }
         }
         self.send_unsent()
+    }
+
+    /// Waits up to `patience` for the decoder to take the sealed chunk. Returns whether it did.
+    fn wait_for_room(&self, patience: Duration) -> bool {
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+            if self.send_unsent() {
+                return true;
+            }
+        }
+        false
     }
 
     fn send_unsent(&self) -> bool {
@@ -292,12 +363,12 @@ impl ConsumerState {
         }
     }
 
-    /// Checks a message's offset against its partition's next one: offsets skipped are counted
-    /// and reported; a message at or before one already handed on (delivered again, while its
-    /// partition stayed assigned) is counted and must be dropped: false. Each reading then
-    /// reaches the state once, whatever the client library or broker re-sends.
-    fn in_order(&self, topic: usize, topic_name: &str, partition: i32, offset: i64) -> bool {
-        match next_in_partition(&mut lock(&self.next_offset), (topic, partition), offset) {
+    /// Acts on where a message's offset fell against its partition's next one: offsets skipped
+    /// are counted and reported; a message at or before one already handed on (delivered
+    /// again, while its partition stayed assigned) is counted and must be dropped: false. Each
+    /// reading then reaches the state once, whatever the client library or broker re-sends.
+    fn in_order(&self, sequence: Sequence, topic_name: &str, partition: i32, offset: i64) -> bool {
+        match sequence {
             Sequence::Again { next } => {
                 self.metrics.redelivered_dropped.fetch_add(1, Relaxed);
                 tracing::warn!(
@@ -353,15 +424,15 @@ enum Sequence {
     Again { next: i64 },
 }
 
-/// Checks `offset` against `partition`'s entry in `next` and, unless it came again, moves the
-/// entry past it.
-fn next_in_partition(next: &mut HashMap<(usize, i32), i64>, partition: (usize, i32), offset: i64) -> Sequence {
-    let sequence = match next.get(&partition).copied() {
+/// Checks `offset` against a partition's next offset and, unless it came again, moves that
+/// past it.
+fn next_in_partition(next: &mut Option<i64>, offset: i64) -> Sequence {
+    let sequence = match *next {
         Some(due) if offset < due => return Sequence::Again { next: due },
         Some(due) if offset > due => Sequence::After { skipped_from: due },
         _ => Sequence::Next,
     };
-    next.insert(partition, offset + 1);
+    *next = Some(offset + 1);
     sequence
 }
 
@@ -380,46 +451,37 @@ pub(super) fn run<C: ConsumerContext>(consumer: BaseConsumer<C>, s: &ConsumerSta
     let mut memory = MemoryBudget::new(s.config.memory_budget_mb);
     let mut last_commit = Instant::now();
     let mut last_barrier = Instant::now();
+    let mut chores_due = Instant::now();
     let ended = loop {
         if stop.load(Ordering::Relaxed) {
             break Ok(LoopEnd::Stopped);
         }
-        if let Some(why) = lock(&s.failure).take() {
-            break Err(IngestError::Partitions(why));
-        }
-        match consumer.poll(Duration::from_millis(20)) {
-            Some(Ok(m))
-                if !lock(&s.assigned)
-                    .contains(&(s.topics.iter().position(|t| t == m.topic()).unwrap_or(0), m.partition())) =>
-            {
-                s.metrics.stale_dropped.fetch_add(1, Relaxed);
-            }
-            Some(Ok(m)) => {
-                s.metrics.messages.fetch_add(1, Relaxed);
-                s.metrics.bytes.fetch_add(m.payload_len() as u64, Relaxed);
-                let topic = s.topics.iter().position(|t| t == m.topic()).unwrap_or(0);
-                let now = Instant::now();
-                if let Some(before) = lock(&s.last_message).insert((topic, m.partition()), now) {
-                    s.metrics.longest_stall_us.fetch_max((now - before).as_micros() as u64, Relaxed);
-                }
-                if s.in_order(topic, m.topic(), m.partition(), m.offset()) {
-                    lock(&s.open).push(&m, topic);
-                }
-            }
+        let polled = consumer.poll(Duration::from_millis(20));
+        let now = Instant::now();
+        let full = match polled {
+            Some(Ok(m)) => s.take(&m, s.topic_index(&m), now),
             Some(Err(e)) => {
                 s.metrics.consumer_errors.fetch_add(1, Relaxed);
                 tracing::warn!(error = %e, "consumer error");
+                false
             }
-            None => {}
+            None => false,
+        };
+        if !full && now < chores_due {
+            continue;
         }
-        let shipped = s.ship(false);
+        chores_due = now + CHORES_EVERY;
+        if let Some(why) = lock(&s.failure).take() {
+            break Err(IngestError::Partitions(why));
+        }
+        let shipped = s.ship(false) || s.wait_for_room(PAUSE_AFTER);
         let over_budget = memory.over(&s.metrics, || s.tracker.wait_idle(Duration::ZERO));
         s.set_paused(&consumer, !shipped || over_budget);
-        if s.checkpointing() && last_barrier.elapsed() >= s.config.checkpoint_interval && s.try_barrier() {
-            last_barrier = Instant::now();
+        if s.checkpointing() && now - last_barrier >= s.config.checkpoint_interval && s.try_barrier() {
+            last_barrier = now;
         }
-        if last_commit.elapsed() >= s.config.commit_interval {
-            last_commit = Instant::now();
+        if now - last_commit >= s.config.commit_interval {
+            last_commit = now;
             match s.tracker.failure() {
                 Some(Halt::DeadLetter(source)) => {
                     break Err(IngestError::DeadLetter { topic: s.config.dead_letter_topic.clone(), source });
@@ -462,16 +524,15 @@ mod tests {
 
     #[test]
     fn offsets_are_checked_per_partition_and_a_message_delivered_again_does_not_move_the_partition() {
-        let mut next = HashMap::new();
-        let (a, b) = ((0, 0), (0, 1));
-        assert_eq!(next_in_partition(&mut next, a, 40), Sequence::Next, "first since assigned");
-        assert_eq!(next_in_partition(&mut next, a, 41), Sequence::Next);
-        assert_eq!(next_in_partition(&mut next, b, 7), Sequence::Next, "another partition");
-        assert_eq!(next_in_partition(&mut next, a, 45), Sequence::After { skipped_from: 42 });
-        assert_eq!(next_in_partition(&mut next, a, 45), Sequence::Again { next: 46 });
-        assert_eq!(next_in_partition(&mut next, a, 43), Sequence::Again { next: 46 }, "an older one");
-        assert_eq!(next_in_partition(&mut next, a, 46), Sequence::Next, "the next after a re-delivery");
-        next.insert(b, 100); // a checkpoint's offset
-        assert_eq!(next_in_partition(&mut next, b, 120), Sequence::After { skipped_from: 100 });
+        let (mut a, mut b) = (None, None);
+        assert_eq!(next_in_partition(&mut a, 40), Sequence::Next, "first since assigned");
+        assert_eq!(next_in_partition(&mut a, 41), Sequence::Next);
+        assert_eq!(next_in_partition(&mut b, 7), Sequence::Next, "another partition");
+        assert_eq!(next_in_partition(&mut a, 45), Sequence::After { skipped_from: 42 });
+        assert_eq!(next_in_partition(&mut a, 45), Sequence::Again { next: 46 });
+        assert_eq!(next_in_partition(&mut a, 43), Sequence::Again { next: 46 }, "an older one");
+        assert_eq!(next_in_partition(&mut a, 46), Sequence::Next, "the next after a re-delivery");
+        b = Some(100); // a checkpoint's offset
+        assert_eq!(next_in_partition(&mut b, 120), Sequence::After { skipped_from: 100 });
     }
 }

@@ -14,7 +14,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset};
 
 use super::chunk::Work;
-use super::consumer::{ConsumerState, lock};
+use super::consumer::{ConsumerState, PartitionCursor, lock};
 use crate::PartitionStateError;
 use crate::offsets::TopicPartition;
 
@@ -67,12 +67,10 @@ impl ConsumerContext for IngestContext {
             .into_iter()
             .map(|(topic, partition)| (s.topics.iter().position(|x| *x == topic).unwrap_or(0), partition))
             .collect();
-        {
-            let mut last = lock(&s.last_message);
-            indexed.iter().for_each(|tp| {
-                last.remove(tp);
-            });
-        }
+        // The stall metric starts over for every partition in the rebalance.
+        lock(&s.partitions).iter_mut().filter(|(tp, _)| indexed.contains(tp)).for_each(|(_, cursor)| {
+            cursor.last_message = None;
+        });
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
@@ -82,22 +80,25 @@ impl ConsumerContext for IngestContext {
                 learn_topic_sizes(s, consumer);
                 s.metrics.ownership.assign(&assigned);
                 // A partition this consumer already has keeps its position and its state: its
-                // checkpoint is older than both.
+                // checkpoint is older than both. A new one's next offset is not known yet.
                 let already: Vec<bool> = {
-                    let mut owned = lock(&s.assigned);
-                    indexed.iter().map(|tp| !owned.insert(*tp)).collect()
+                    let mut owned = lock(&s.partitions);
+                    indexed
+                        .iter()
+                        .map(|tp| match owned.entry(*tp) {
+                            std::collections::hash_map::Entry::Occupied(_) => true,
+                            std::collections::hash_map::Entry::Vacant(v) => {
+                                v.insert(PartitionCursor::default());
+                                false
+                            }
+                        })
+                        .collect()
                 };
                 if already.iter().any(|a| *a) {
                     tracing::warn!(partitions = ?assigned, "assigned partitions this consumer already has; they keep their position and state");
                 }
                 let new: Vec<TopicPartition> =
                     assigned.iter().zip(&already).filter(|(_, a)| !**a).map(|(tp, _)| tp.clone()).collect();
-                {
-                    let mut next = lock(&s.next_offset);
-                    indexed.iter().zip(&already).filter(|(_, a)| !**a).for_each(|(tp, _)| {
-                        next.remove(tp);
-                    });
-                }
                 start_partitions(s, consumer, tpl, &new);
                 let assigned = match cooperative {
                     // librdkafka refuses an incremental assignment naming a partition it has
@@ -130,12 +131,12 @@ impl ConsumerContext for IngestContext {
                     tracing::warn!(error = ?other, "rebalance error: giving up the assignment");
                 }
                 s.hand_over_and_commit(consumer, &revoked);
-                let (mut assigned, mut next) = (lock(&s.assigned), lock(&s.next_offset));
-                indexed.iter().for_each(|tp| {
-                    assigned.remove(tp);
-                    next.remove(tp);
-                });
-                drop((assigned, next));
+                {
+                    let mut partitions = lock(&s.partitions);
+                    indexed.iter().for_each(|tp| {
+                        partitions.remove(tp);
+                    });
+                }
                 s.tracker.revoke(&revoked);
                 s.metrics.ownership.revoke(&revoked);
                 let mut shipped = lock(&s.shipped);
@@ -174,8 +175,10 @@ fn start_partitions(
     never_rewind(s, consumer, &mut starts);
     for start in &starts {
         let Some(at) = start.resume_at else { continue };
-        if let Some(topic) = s.topics.iter().position(|t| *t == start.topic) {
-            lock(&s.next_offset).insert((topic, start.partition), at);
+        if let Some(topic) = s.topics.iter().position(|t| *t == start.topic)
+            && let Some(cursor) = lock(&s.partitions).get_mut(&(topic, start.partition))
+        {
+            cursor.next_offset = Some(at);
         }
         match tpl.set_partition_offset(&start.topic, start.partition, Offset::Offset(at)) {
             Ok(()) => {
