@@ -1,9 +1,9 @@
 //! The consumer thread: polls Kafka, copies each message into the open chunk, ships full or
 //! lingering chunks to the decoder, stops polling while the decoder's queue is full (pausing
 //! its partitions if that lasts [`PAUSE_AFTER`]) and pauses them while memory is near its
-//! budget ([`MemoryBudget`]). It sends a barrier every
-//! `checkpoint_interval`, commits what the [`OffsetTracker`] allows every `commit_interval`,
-//! and, when partitions are revoked (see `rebalance`) or the ingest stops, hands everything on,
+//! budget ([`MemoryBudget`]). It sends a barrier every `checkpoint_interval`, has its
+//! committer thread commit what the [`OffsetTracker`] allows every `commit_interval`, and,
+//! when partitions are revoked (see `rebalance`) or the ingest stops, hands everything on,
 //! waits (up to `drain_timeout`) for downstream to acknowledge it and commits synchronously.
 //!
 //! Offsets are checked per partition on the way in: a message delivered again is dropped,
@@ -13,11 +13,17 @@
 //! message's partition and the copy; everything else (shipping a lingering chunk, the memory
 //! budget, pausing, barriers, commits, failures from the rebalance callbacks) runs as chores
 //! at most once per [`CHORES_EVERY`], or at once when the open chunk is full.
+//!
+//! Periodic commits run on a committer thread beside it: librdkafka holds a commit back while
+//! the group rebalances, and a commit on the consumer thread stopped polling, and with it
+//! consumption, for the whole rebalance (measured: 41 s on the mock cluster, whose joins wait
+//! out the session timeout). Commits on revoke and stop stay on the consumer thread; one lock
+//! keeps any two commits from interleaving.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -111,6 +117,8 @@ pub(super) struct ConsumerState {
     pub(super) partitions: Mutex<Partitions>,
     /// Barriers sent so far (the last epoch).
     barriers: AtomicU64,
+    /// Held from taking the committable offsets until the broker answered their commit.
+    commit_lock: Mutex<()>,
 }
 
 /// Locks `m`, whether or not a thread panicked holding it.
@@ -142,6 +150,7 @@ impl ConsumerState {
             failure: Mutex::new(None),
             partitions: Mutex::new(Partitions::default()),
             barriers: AtomicU64::new(0),
+            commit_lock: Mutex::new(()),
         }
     }
 
@@ -334,10 +343,11 @@ impl ConsumerState {
         }
     }
 
-    /// Commits what is committable, synchronously (a round trip per `commit_interval`), so
-    /// that a failure is known at once and the offsets are offered again. Returns false if
-    /// the commit failed.
+    /// Commits what is committable, synchronously (a round trip per `commit_interval`, on the
+    /// committer thread), so that a failure is known at once and the offsets are offered
+    /// again. Returns false if the commit failed.
     fn commit<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> bool {
+        let _one_at_a_time = lock(&self.commit_lock);
         let offsets = self.tracker.take_committable();
         if offsets.is_empty() {
             return true;
@@ -447,12 +457,49 @@ enum LoopEnd {
 
 /// The consumer thread: polls, chunks and ships messages, pauses and resumes, sends barriers
 /// and commits until `stop` (then hands everything over and commits a last time) or an error.
-pub(super) fn run<C: ConsumerContext>(consumer: BaseConsumer<C>, s: &ConsumerState, stop: &AtomicBool) -> Result<()> {
+pub(super) fn run<C: ConsumerContext>(consumer: BaseConsumer<C>, s: &ConsumerState, stop: &AtomicBool) -> Result<()>
+where
+    BaseConsumer<C>: Sync,
+{
+    // At most one periodic commit waits; the next interval's request is dropped meanwhile.
+    let (commit_tx, commit_rx) = sync_channel::<()>(1);
+    let ended = std::thread::scope(|scope| {
+        let committer = std::thread::Builder::new().name("tessera-commit".into()).spawn_scoped(scope, || {
+            for () in commit_rx {
+                s.commit(&consumer);
+            }
+        });
+        if let Err(e) = committer {
+            return Err(IngestError::ThreadStart(e));
+        }
+        let ended = consume(&consumer, s, stop, &commit_tx);
+        if let Ok(LoopEnd::Stopped) = ended {
+            s.hand_over_and_commit(&consumer, &[]);
+            final_commit(&consumer, s);
+        }
+        drop(commit_tx); // the committer thread ends; the scope joins it
+        ended
+    });
+    // Closing the consumer may call the revoke callback again: with the decoder's queue gone
+    // it only commits what is already committable.
+    lock(&s.work_tx).take();
+    drop(consumer);
+    ended.map(|_| ())
+}
+
+/// The consumer thread's loop: polls, chunks and ships messages, pauses and resumes, sends
+/// barriers and asks the committer thread to commit, until `stop` or an error.
+fn consume<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    s: &ConsumerState,
+    stop: &AtomicBool,
+    commit: &SyncSender<()>,
+) -> Result<LoopEnd> {
     let mut memory = MemoryBudget::new(s.config.memory_budget_mb);
     let mut last_commit = Instant::now();
     let mut last_barrier = Instant::now();
     let mut chores_due = Instant::now();
-    let ended = loop {
+    loop {
         if stop.load(Ordering::Relaxed) {
             break Ok(LoopEnd::Stopped);
         }
@@ -476,7 +523,7 @@ pub(super) fn run<C: ConsumerContext>(consumer: BaseConsumer<C>, s: &ConsumerSta
         }
         let shipped = s.ship(false) || s.wait_for_room(PAUSE_AFTER);
         let over_budget = memory.over(&s.metrics, || s.tracker.wait_idle(Duration::ZERO));
-        s.set_paused(&consumer, !shipped || over_budget);
+        s.set_paused(consumer, !shipped || over_budget);
         if s.checkpointing() && now - last_barrier >= s.config.checkpoint_interval && s.try_barrier() {
             last_barrier = now;
         }
@@ -488,20 +535,11 @@ pub(super) fn run<C: ConsumerContext>(consumer: BaseConsumer<C>, s: &ConsumerSta
                 }
                 Some(Halt::DecoderFailed) => break Ok(LoopEnd::DecoderFailed),
                 None => {
-                    s.commit(&consumer);
+                    let _ = commit.try_send(()); // full: a commit is still waiting
                 }
             }
         }
-    };
-    if let Ok(LoopEnd::Stopped) = ended {
-        s.hand_over_and_commit(&consumer, &[]);
-        final_commit(&consumer, s);
     }
-    // Closing the consumer may call the revoke callback again: with the decoder's queue gone
-    // it only commits what is already committable.
-    lock(&s.work_tx).take();
-    drop(consumer);
-    ended.map(|_| ())
 }
 
 /// On stop, a commit refused because the group is rebalancing (another node joining or
