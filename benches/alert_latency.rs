@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use prost::Message as _;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use rdkafka::Message as _;
+use rdkafka::consumer::BaseConsumer;
 use tessera_core::{Channel, MotorId, Reading, SiteId, now_ms};
 use tessera_ingest::{Encoding, Ingest, IngestConfig, TopicConfig};
 use tessera_node::detect::rules::DEFAULT_RULES;
@@ -49,6 +49,7 @@ use tessera_node::lifecycle::StageThread;
 use tessera_proto::CONTENT_TYPE_BATCH;
 use tessera_proto::telemetry::{MotorReading, MotorReadingBatch};
 use tessera_stream::{AlertEvent, StreamEngine};
+use tessera_suite::alerts_reader;
 use tessera_suite::bench_history::{Better, record};
 use tessera_workload::embedded::EmbeddedKafka;
 use tessera_workload::producer::{TelemetryProducer, WireFormat};
@@ -296,15 +297,7 @@ fn live(kafka: &EmbeddedKafka, a: &Args, run: &str, rate: f64, seconds: u64, joi
     let topic = format!("telemetry-{run}");
     create_topics(kafka, run, a.partitions)?;
     let detect = detect_config(run);
-    let alerts: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("group.id", format!("alerts-reader-{run}"))
-        .set("fetch.wait.max.ms", "5")
-        .set("fetch.queue.backoff.ms", "1")
-        .create()?;
-    let mut partition = TopicPartitionList::new();
-    partition.add_partition_offset(&detect.alerts_topic, 0, Offset::Beginning)?;
-    alerts.assign(&partition)?;
+    let alerts = alerts_reader(&brokers, &format!("alerts-reader-{run}"), &detect.alerts_topic)?;
 
     let first_node = Node::start(&brokers, &topic, run, &detect)?;
     let steps_per_s = rate / a.motors as f64;

@@ -25,13 +25,14 @@ use anyhow::{Context as _, Result, bail};
 use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::csv::ReaderBuilder;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use rdkafka::Message as _;
+use rdkafka::consumer::BaseConsumer;
 use tessera_core::now_ms;
 use tessera_core::{Reading, WatermarkPolicy};
 use tessera_ingest::{Encoding, Ingest, IngestConfig, TopicConfig, readings_from_batch};
 use tessera_node::detect::{Detect, DetectConfig, build_engine};
 use tessera_stream::{AlertEvent, StreamConfig, StreamEngine, conform};
+use tessera_suite::alerts_reader;
 use tessera_suite::bench_history::{Better, record};
 use tessera_suite::median;
 use tessera_suite::reference::{QUERY, count_hits};
@@ -214,18 +215,7 @@ fn kafka(args: &Args) -> Result<()> {
         producer.flush(Duration::from_secs(120))?;
         println!("round {round}: produced {} readings in {:.1} s", readings.len(), t0.elapsed().as_secs_f64());
 
-        let alerts: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", format!("alerts-reader-{round}"))
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "5")
-            .set("fetch.queue.backoff.ms", "1")
-            .create()?;
-        // Assigned, not subscribed: a group join takes the mock cluster seconds, and alerts
-        // produced meanwhile would count that wait as their latency.
-        let mut partition = TopicPartitionList::new();
-        partition.add_partition_offset(&detect.alerts_topic, 0, Offset::Beginning)?;
-        alerts.assign(&partition)?;
+        let alerts = alerts_reader(&brokers, &format!("alerts-reader-{round}"), &detect.alerts_topic)?;
         let mut ingest_config = IngestConfig {
             brokers: brokers.clone(),
             group_id: format!("bench-{round}"),

@@ -219,6 +219,23 @@ pub fn read_topic(brokers: &str, topic: &str, count: usize, timeout: Duration) -
     Ok(out)
 }
 
+/// A consumer of partition 0 of `topic` from its beginning, for reading alert events as they
+/// come: assigned, not subscribed (a group join takes the mock cluster seconds, and alerts
+/// produced meanwhile would count that wait as their latency), fetching with short waits.
+pub fn alerts_reader(brokers: &str, group: &str, topic: &str) -> Result<BaseConsumer> {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "5")
+        .set("fetch.queue.backoff.ms", "1")
+        .create()?;
+    let mut partition = rdkafka::TopicPartitionList::new();
+    partition.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
+    reader.assign(&partition)?;
+    Ok(reader)
+}
+
 /// The offsets a group committed, per partition of `topic`, and the topic's end offsets.
 pub fn committed_and_end(brokers: &str, group: &str, topic: &str, partitions: i32) -> Result<Vec<(i32, i64, i64)>> {
     let consumer: BaseConsumer =
