@@ -4,12 +4,11 @@
 //! A bench calls [`record`] for each headline figure. With `TESSERA_BENCH_HISTORY` set to a
 //! file (`benches/history.jsonl` is the repository's), each figure is appended to it as one
 //! JSON line: bench, figure, value, unit, whether higher is better, the bench's arguments, the
-//! commit (with `+dirty` for uncommitted changes), the CPU model, the core count and the time.
+//! commit the binary was built from (with `+dirty` for uncommitted changes), the CPU model, the core count and the time.
 //! `benches/history.py` compares the newest figure of each kind with the earlier ones measured
 //! on the same CPU model and with the same arguments, and fails when it dropped.
 
 use std::io::Write as _;
-use std::process::Command;
 
 /// Which way a figure improves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,24 +58,10 @@ pub fn append(
     writeln!(file, "{line}")
 }
 
-/// The checked-out commit, short, with `+dirty` when the tree has uncommitted changes;
-/// `unknown` outside a git checkout.
-fn commit() -> String {
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match git(&["rev-parse", "--short=12", "HEAD"]) {
-        Some(rev) => {
-            let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-            if dirty { format!("{rev}+dirty") } else { rev }
-        }
-        None => "unknown".into(),
-    }
+/// The commit this binary was built from (stamped by `build.rs`): short, with `+dirty` when
+/// tracked files had uncommitted changes; `unknown` outside a git checkout.
+fn commit() -> &'static str {
+    env!("TESSERA_BUILD_COMMIT")
 }
 
 /// The CPU's model name from `/proc/cpuinfo`, or `unknown`.

@@ -73,3 +73,26 @@ fn results_are_compared_only_with_the_same_cpu_and_arguments() {
     let (code, text) = compare(&file);
     assert_eq!(code, 2, "{text}");
 }
+
+/// A result carries the commit its binary was built from (stamped at build time), whatever the
+/// directory the bench runs in: here, a temporary one outside the checkout.
+#[test]
+fn a_result_names_the_commit_the_binary_was_built_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("history.jsonl");
+    append(&file, "ingest_e2e", "", "readings/s", 1.0, "readings/s", Better::Higher).unwrap();
+    let line: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let commit = line["commit"].as_str().expect("a commit field").to_string();
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    match head {
+        // Built from this checkout: its commit (the suite is built from what is checked out).
+        Some(head) => assert!(commit == head || commit == format!("{head}+dirty"), "{commit} is not {head}"),
+        None => assert_eq!(commit, "unknown"),
+    }
+}
