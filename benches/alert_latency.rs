@@ -23,6 +23,8 @@
 //! time) to its close: `allowed_lateness` (the shipped 2 s) and any lag.
 //!
 //! Checkpoints are off (the node's state store is not part of this bench).
+//! `ALERT_LATENCY_KAFKA_DEBUG=cgrp,fetch` (with `RUST_LOG=librdkafka=debug`) passes librdkafka's
+//! debug contexts to the nodes' consumers.
 //!
 //! The mock cluster keeps at most 5 MB or 100,000 messages of a partition: the defaults (48
 //! partitions, 50 gateways of 20 motors) keep the ~10 s a rebalance leaves partitions unread
@@ -49,8 +51,8 @@ use tessera_node::lifecycle::StageThread;
 use tessera_proto::CONTENT_TYPE_BATCH;
 use tessera_proto::telemetry::{MotorReading, MotorReadingBatch};
 use tessera_stream::{AlertEvent, StreamEngine};
-use tessera_suite::alerts_reader;
 use tessera_suite::bench_history::{Better, record};
+use tessera_suite::{alerts_reader, percentile};
 use tessera_workload::embedded::EmbeddedKafka;
 use tessera_workload::producer::{TelemetryProducer, WireFormat};
 
@@ -269,13 +271,11 @@ fn read_alerts(alerts: &BaseConsumer, wait: Duration, samples: &mut Vec<Sample>)
     Ok(())
 }
 
-fn percentiles(mut v: Vec<i64>) -> String {
-    if v.is_empty() {
-        return "no alerts".into();
+fn percentiles(v: &[i64]) -> String {
+    match (percentile(v, 0.5), percentile(v, 0.99), v.last()) {
+        (Some(p50), Some(p99), Some(max)) => format!("p50 {p50} ms, p99 {p99} ms, max {max} ms ({} alerts)", v.len()),
+        _ => "no alerts".into(),
     }
-    v.sort_unstable();
-    let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
-    format!("p50 {} ms, p99 {} ms, max {} ms ({} alerts)", at(0.5), at(0.99), v[v.len() - 1], v.len())
 }
 
 /// What a live run saw.
@@ -379,14 +379,12 @@ fn live(kafka: &EmbeddedKafka, a: &Args, run: &str, rate: f64, seconds: u64, joi
     Ok(Live { samples, offered, taken: taken_rate, started_ms, joined_ms })
 }
 
-/// p50 / p99 / max of `latency` over the samples whose window closed in `[from, to)`.
+/// `latency` of the samples whose window closed in `[from, to)`, sorted.
 fn latencies(live: &Live, from: i64, to: i64, latency: impl Fn(&Sample) -> i64) -> Vec<i64> {
-    live.samples.iter().filter(|s| s.emitted_ms >= from && s.emitted_ms < to).map(latency).collect()
-}
-
-fn p99(mut v: Vec<i64>) -> Option<f64> {
+    let mut v: Vec<i64> =
+        live.samples.iter().filter(|s| s.emitted_ms >= from && s.emitted_ms < to).map(latency).collect();
     v.sort_unstable();
-    v.get(((v.len().max(1) - 1) as f64 * 0.99).round() as usize).map(|p| *p as f64)
+    v
 }
 
 fn main() -> Result<()> {
@@ -422,14 +420,14 @@ fn main() -> Result<()> {
     let close = |s: &Sample| s.arrived_ms - s.emitted_ms;
     let end = |s: &Sample| s.arrived_ms - s.window_end_ms;
     for (phase, from, to) in [("steady", warm_ms, run.joined_ms), ("20 s after the join", run.joined_ms, after_ms)] {
-        println!("{phase}, window close -> alerts topic: {}", percentiles(latencies(&run, from, to, close)));
-        println!("{phase}, window end (event time) -> alerts topic: {}", percentiles(latencies(&run, from, to, end)));
+        println!("{phase}, window close -> alerts topic: {}", percentiles(&latencies(&run, from, to, close)));
+        println!("{phase}, window end (event time) -> alerts topic: {}", percentiles(&latencies(&run, from, to, end)));
     }
-    if let Some(p) = p99(latencies(&run, warm_ms, run.joined_ms, close)) {
-        record("alert_latency", "close to alert p99, steady", p, "ms", Better::Lower);
+    if let Some(p) = percentile(&latencies(&run, warm_ms, run.joined_ms, close), 0.99) {
+        record("alert_latency", "close to alert p99, steady", p as f64, "ms", Better::Lower);
     }
-    if let Some(p) = p99(latencies(&run, run.joined_ms, after_ms, close)) {
-        record("alert_latency", "close to alert p99, after a join", p, "ms", Better::Lower);
+    if let Some(p) = percentile(&latencies(&run, run.joined_ms, after_ms, close), 0.99) {
+        record("alert_latency", "close to alert p99, after a join", p as f64, "ms", Better::Lower);
     }
     Ok(())
 }

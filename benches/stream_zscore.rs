@@ -34,8 +34,8 @@ use tessera_node::detect::{Detect, DetectConfig, build_engine};
 use tessera_stream::{AlertEvent, StreamConfig, StreamEngine, conform};
 use tessera_suite::alerts_reader;
 use tessera_suite::bench_history::{Better, record};
-use tessera_suite::median;
 use tessera_suite::reference::{QUERY, count_hits};
+use tessera_suite::{median, percentile};
 use tessera_workload::embedded::EmbeddedKafka;
 use tessera_workload::producer::{TelemetryProducer, WireFormat};
 
@@ -172,13 +172,6 @@ fn read_latencies(alerts: &BaseConsumer, wait: Duration, latencies: &mut Vec<i64
     Ok(())
 }
 
-fn percentile(sorted: &[i64], p: f64) -> i64 {
-    if sorted.is_empty() {
-        return -1;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 fn kafka(args: &Args) -> Result<()> {
     let batches = load(args)?;
     let readings: Vec<Reading> = batches.iter().flat_map(readings_from_batch).collect();
@@ -286,8 +279,8 @@ fn kafka(args: &Args) -> Result<()> {
              alert events {}: latency window close → alerts topic p50 {} ms, p99 {} ms, max {} ms",
             readings.len() as f64 / secs,
             latencies.len(),
-            percentile(&latencies, 0.5),
-            percentile(&latencies, 0.99),
+            percentile(&latencies, 0.5).unwrap_or(-1),
+            percentile(&latencies, 0.99).unwrap_or(-1),
             latencies.last().copied().unwrap_or(-1)
         );
     }

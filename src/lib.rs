@@ -272,6 +272,11 @@ pub fn bench_arg(name: &str, default: u64) -> u64 {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// The `p` quantile (0–1, nearest rank) of `sorted` latencies; `None` when there are none.
+pub fn percentile(sorted: &[i64], p: f64) -> Option<i64> {
+    sorted.get(((sorted.len().max(1) - 1) as f64 * p).round() as usize).copied()
+}
+
 /// The median of measured durations (the upper one of an even count).
 pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();

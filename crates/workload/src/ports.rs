@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rand::Rng;
@@ -64,12 +64,12 @@ pub fn spare_loopback_port() -> io::Result<u16> {
     ))
 }
 
-fn lock_path(dir: &std::path::Path, port: u16) -> PathBuf {
+fn lock_path(dir: &Path, port: u16) -> PathBuf {
     dir.join(format!("{port}.lock"))
 }
 
 /// The lock on `path` if no other process holds it.
-fn try_reserve(path: &PathBuf) -> io::Result<Option<File>> {
+fn try_reserve(path: &Path) -> io::Result<Option<File>> {
     let file = OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
     match file.try_lock() {
         Ok(()) => Ok(Some(file)),

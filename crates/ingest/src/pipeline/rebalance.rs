@@ -14,7 +14,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset};
 
 use super::chunk::Work;
-use super::consumer::{ConsumerState, PartitionCursor, lock};
+use super::consumer::{ConsumerState, lock};
 use crate::PartitionStateError;
 use crate::offsets::TopicPartition;
 
@@ -85,12 +85,10 @@ impl ConsumerContext for IngestContext {
                     let mut owned = lock(&s.partitions);
                     indexed
                         .iter()
-                        .map(|tp| match owned.entry(*tp) {
-                            std::collections::hash_map::Entry::Occupied(_) => true,
-                            std::collections::hash_map::Entry::Vacant(v) => {
-                                v.insert(PartitionCursor::default());
-                                false
-                            }
+                        .map(|tp| {
+                            let had = owned.contains_key(tp);
+                            owned.entry(*tp).or_default();
+                            had
                         })
                         .collect()
                 };
