@@ -6,15 +6,11 @@
 //!
 //! `cargo bench --bench judge_cost -- --motors 100000 --readings 30`
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
-use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use tessera_core::Channel;
+use datafusion::arrow::array::RecordBatch;
 use tessera_node::detect::{DetectConfig, build_engine};
-use tessera_stream::conform;
 
 struct Args {
     motors: usize,
@@ -35,22 +31,6 @@ fn args() -> Result<Args> {
     Ok(a)
 }
 
-/// One reading of every motor at `t_ms`, with noisy values on every channel.
-fn batch(motors: usize, r: i64) -> Result<RecordBatch> {
-    let mut fields = vec![Field::new("motor_id", DataType::Utf8, false), Field::new("ts", DataType::Int64, false)];
-    fields.extend(Channel::ALL.iter().map(|c| Field::new(c.name(), DataType::Float64, true)));
-    let noise = |m: usize, c: usize| ((m as i64 * 7919 + r * 104_729 + c as i64 * 31) % 1000) as f64 / 1000.0;
-    let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values((0..motors).map(|m| format!("M{m:06}")))),
-        Arc::new(Int64Array::from_iter_values((0..motors).map(|_| 1_700_000_000_000 + r * 10_000))),
-    ];
-    for c in 0..Channel::ALL.len() {
-        columns.push(Arc::new(Float64Array::from_iter_values((0..motors).map(|m| 1.0 + c as f64 + noise(m, c)))));
-    }
-    let raw = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-    Ok(conform::to_telemetry(&raw, &[], 0)?)
-}
-
 /// Resident memory of this process, bytes.
 fn rss() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -60,7 +40,9 @@ fn rss() -> u64 {
 fn main() -> Result<()> {
     let a = args()?;
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
-    let batches: Vec<RecordBatch> = (0..a.readings).map(|r| batch(a.motors, r)).collect::<Result<_>>()?;
+    let batches: Vec<RecordBatch> = (0..a.readings)
+        .map(|r| tessera_suite::noisy_step(0..a.motors, r, 1_700_000_000_000 + r * 10_000))
+        .collect::<Result<_>>()?;
     println!("{} motors × {} readings (every 10 s), the default rules; judges off, then on", a.motors, a.readings);
     let mut times = Vec::new();
     for judges in [false, true] {

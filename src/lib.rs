@@ -266,6 +266,33 @@ pub fn payload(m: &OwnedMessage) -> &[u8] {
     m.payload().unwrap_or_default()
 }
 
+/// One reading of each motor in `motors` (ids `M000000`…), step `r` at event time `t_ms`, in
+/// the telemetry schema: what the engine benches push. Every channel is a healthy running
+/// motor's level (20 A, 400 V, 60 °C, vibration 1 mm/s RMS in zone A/B, 1480 rpm) with ±1 %
+/// noise, so no judge alarms.
+pub fn noisy_step(motors: std::ops::Range<usize>, r: i64, t_ms: i64) -> Result<arrow_array::RecordBatch> {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use tessera_core::Channel;
+
+    let mut fields = vec![Field::new("motor_id", DataType::Utf8, false), Field::new("ts", DataType::Int64, false)];
+    fields.extend(Channel::ALL.iter().map(|c| Field::new(c.name(), DataType::Float64, true)));
+    const LEVELS: [f64; 7] = [20.0, 400.0, 60.0, 1.0, 1.0, 1.0, 1480.0];
+    let noise = |m: usize, c: usize| ((m as i64 * 7919 + r * 104_729 + c as i64 * 31) % 1000) as f64 / 1000.0 - 0.5;
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(motors.clone().map(|m| format!("M{m:06}")))),
+        Arc::new(Int64Array::from_iter_values(motors.clone().map(|_| t_ms))),
+    ];
+    for (c, level) in LEVELS.iter().enumerate().take(Channel::ALL.len()) {
+        columns
+            .push(Arc::new(Float64Array::from_iter_values(motors.clone().map(|m| level * (1.0 + 0.02 * noise(m, c))))));
+    }
+    let raw = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+    Ok(tessera_stream::conform::to_telemetry(&raw, &[], 0)?)
+}
+
 /// A benchmark's numeric flag (`--name N`) from the command line, or `default`.
 pub fn bench_arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();

@@ -45,6 +45,7 @@
 //! state goes with the motor's partition in its checkpoint; its size is a few hundred bytes per
 //! channel the motor sends.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use datafusion::arrow::array::{Array, RecordBatch};
@@ -296,12 +297,22 @@ impl DayLevel {
         if whole && self.count > 0 {
             if self.past.len() >= keep {
                 self.past.remove(0);
+            } else if self.past.capacity() == 0 {
+                self.past.reserve_exact(keep);
             }
             self.past.push((self.sum / f64::from(self.count)) as f32);
         }
         self.sum = 0.0;
         self.count = 0;
     }
+}
+
+/// A channel's name: borrowed for a standard channel, owned for an extra one.
+fn channel_name(name: &str) -> Cow<'static, str> {
+    Channel::ALL
+        .iter()
+        .find(|c| c.name() == name)
+        .map_or_else(|| Cow::Owned(name.to_string()), |c| Cow::Borrowed(c.name()))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -313,7 +324,8 @@ fn median(v: &mut [f64]) -> f64 {
 /// One channel of one motor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ChannelShift {
-    name: String,
+    /// A standard channel's name is borrowed ([`channel_name`]): no copy per motor.
+    name: Cow<'static, str>,
     base: Baseline,
     profile: Option<Box<Profile>>,
     /// The open window's sum and count.
@@ -508,7 +520,10 @@ impl ShiftMonitor {
 
     /// Takes over [`Self::snapshot`]'s motors.
     pub fn adopt(&mut self, snapshot: ShiftSnapshot) -> Result<(), crate::StreamError> {
-        self.motors.extend(snapshot.motors);
+        self.motors.extend(snapshot.motors.into_iter().map(|(motor, mut m)| {
+            m.channels.iter_mut().for_each(|c| c.name = channel_name(&c.name));
+            (motor, m)
+        }));
         if let Some(day) = snapshot.day_tracker {
             self.day_tracker.restore(day, true)?;
         }
@@ -578,8 +593,11 @@ fn take(
         let i = match known {
             Some(i) => i,
             None => {
+                // Grown by one: a motor's channels are set once, and a doubled vector would
+                // leave room for as many again (about 180 bytes a channel).
+                m.channels.reserve_exact(1);
                 m.channels.push(ChannelShift {
-                    name: name.to_string(),
+                    name: channel_name(name),
                     base: Baseline::default(),
                     profile: None,
                     sum: 0.0,

@@ -26,7 +26,7 @@
 //! critical in zone D or with less than a day to go, and closes when the level is back in zone
 //! A or B and the time to the limit is longer than twice the horizon. Its features say the
 //! level, the baseline, the limit, the zone and `seconds_to_limit`, which the `motor_health`
-//! table shows. The state (a few hundred bytes per motor) goes with the motor's partition in
+//! table shows. The state (about 2 KB per motor, most of it the trend samples) goes with the motor's partition in
 //! its checkpoint.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -111,10 +111,74 @@ pub struct ChannelWear {
     baseline_n: u64,
     level: Option<f64>,
     last_ms: i64,
-    /// (sample time, level), oldest first.
-    samples: VecDeque<(i64, f64)>,
+    /// The trend's samples.
+    samples: Trend,
     /// The open alert: id, opening time, worst severity.
     open: Option<(String, i64, Severity)>,
+}
+
+/// A channel's trend samples: (event time in whole seconds since the epoch, level), oldest
+/// first. 8 bytes a sample, allocated once at the trend's length (a motor holds four: a
+/// growing `VecDeque<(i64, f64)>` took 1 KB each). Checkpointed as (ms, level) pairs, as
+/// before, so checkpoints of either form read back.
+#[derive(Debug, Clone, Default)]
+struct Trend(VecDeque<(u32, f32)>);
+
+impl Trend {
+    /// The last sample's time, ms.
+    fn last_ms(&self) -> Option<i64> {
+        self.0.back().map(|(s, _)| i64::from(*s) * 1000)
+    }
+
+    /// Adds a sample at `t_ms`, dropping the oldest beyond `keep`.
+    fn push(&mut self, t_ms: i64, level: f64, keep: usize) {
+        if self.0.capacity() == 0 {
+            self.0.reserve_exact(keep.max(1));
+        }
+        while self.0.len() >= keep.max(1) {
+            self.0.pop_front();
+        }
+        let seconds = u32::try_from(t_ms.div_euclid(1000).max(0)).unwrap_or(u32::MAX);
+        self.0.push_back((seconds, level as f32));
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Least-squares slope of the level, per ms.
+    fn slope(&self) -> f64 {
+        let n = self.0.len() as f64;
+        let t0 = self.0.front().map_or(0, |p| p.0);
+        let (mut st, mut sy, mut stt, mut sty) = (0.0, 0.0, 0.0, 0.0);
+        for (t, y) in &self.0 {
+            let t = f64::from(t - t0) * 1000.0;
+            let y = f64::from(*y);
+            st += t;
+            sy += y;
+            stt += t * t;
+            sty += t * y;
+        }
+        let denominator = n * stt - st * st;
+        if denominator <= 0.0 { 0.0 } else { (n * sty - st * sy) / denominator }
+    }
+}
+
+impl Serialize for Trend {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|(s, level)| (i64::from(*s) * 1000, f64::from(*level))))
+    }
+}
+
+impl<'de> Deserialize<'de> for Trend {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let samples = Vec::<(i64, f64)>::deserialize(deserializer)?;
+        let mut trend = Trend(VecDeque::with_capacity(samples.len()));
+        for (t_ms, level) in samples {
+            trend.push(t_ms, level, usize::MAX);
+        }
+        Ok(trend)
+    }
 }
 
 /// The thermal fit of the early life: temperature against current², by least squares.
@@ -293,15 +357,12 @@ fn take(config: &WearConfig, c: &mut ChannelWear, t: i64, v: f64, scale: Scale) 
         Some(level) => level + (1.0 - (-dt / config.level_ms as f64).exp()) * (v - level),
     });
     c.last_ms = t;
-    let due = c.samples.back().is_none_or(|(s, _)| t - s >= config.sample_ms);
+    let due = c.samples.last_ms().is_none_or(|s| t - s >= config.sample_ms);
     if !due {
         return None;
     }
     let level = c.level.expect("just set");
-    c.samples.push_back((t, level));
-    while c.samples.len() > config.trend_samples {
-        c.samples.pop_front();
-    }
+    c.samples.push(t, level, config.trend_samples);
     // Judged once the baseline is complete and the trend spans half its samples.
     if t - first < config.baseline_ms || c.samples.len() < config.trend_samples / 2 || c.baseline_n == 0 {
         return None;
@@ -311,7 +372,7 @@ fn take(config: &WearConfig, c: &mut ChannelWear, t: i64, v: f64, scale: Scale) 
         Scale::Zones(b) => (b[2], Some(1.0 + b.iter().filter(|b| level >= **b).count() as f64)),
         Scale::Limit(limit) => (limit, None),
     };
-    let slope = slope(&c.samples); // per ms
+    let slope = c.samples.slope(); // per ms
     let seconds_to_limit = if level >= limit {
         Some(0.0)
     } else if slope > 0.0 {
@@ -387,22 +448,6 @@ fn decide(
         emitted_at_ms: now_ms,
         features,
     })
-}
-
-/// Least-squares slope of `(t, y)` points, per unit of `t`.
-fn slope(points: &VecDeque<(i64, f64)>) -> f64 {
-    let n = points.len() as f64;
-    let t0 = points.front().map_or(0, |p| p.0);
-    let (mut st, mut sy, mut stt, mut sty) = (0.0, 0.0, 0.0, 0.0);
-    for (t, y) in points {
-        let t = (t - t0) as f64;
-        st += t;
-        sy += y;
-        stt += t * t;
-        sty += t * y;
-    }
-    let denominator = n * stt - st * st;
-    if denominator <= 0.0 { 0.0 } else { (n * sty - st * sy) / denominator }
 }
 
 #[cfg(test)]
@@ -534,6 +579,24 @@ mod tests {
         let lead_h = (limit_at - first.window_start_ms) / HOUR;
         assert!(lead_h >= 24, "alerted {lead_h} h before the limit");
         println!("temperature rise: alerted at {} h, {lead_h} h before the limit", first.window_start_ms / HOUR);
+    }
+
+    #[test]
+    fn trend_samples_of_the_earlier_checkpoint_form_read_back() {
+        let earlier: VecDeque<(i64, f64)> =
+            (0..36).map(|i| (1_700_000_000_000 + i * 2_400_000, 1.0 + 0.01 * i as f64)).collect();
+        let bytes = postcard::to_stdvec(&earlier).unwrap();
+        let trend: Trend = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(trend.len(), 36);
+        assert_eq!(trend.0.capacity(), 36, "allocated at its length");
+        let per_hour = trend.slope() * HOUR as f64;
+        assert!((per_hour - 0.015).abs() < 1e-6, "the same trend: {per_hour} per hour");
+        let written: VecDeque<(i64, f64)> = postcard::from_bytes(&postcard::to_stdvec(&trend).unwrap()).unwrap();
+        assert_eq!(written.len(), earlier.len(), "written back in the same form");
+        for ((t, level), (t0, level0)) in written.iter().zip(&earlier) {
+            assert_eq!(t, t0);
+            assert!((level - level0).abs() < 1e-6, "{level} against {level0}: f32 keeps a level");
+        }
     }
 
     #[test]
