@@ -9,8 +9,10 @@
 //!    the stage has taken every reading in. (The mock keeps only a few MB per partition, and a
 //!    gateway's messages share its partition: keep the backlog under ~1 MB per gateway.)
 //! 2. **Sustained maximum.** A producer thread publishes live readings (event time = now) at
-//!    the burst rate for `--probe-seconds`; what the node keeps taking in after a 5 s warm-up,
-//!    beside the producer on the same cores (at most the offered rate), is its measured maximum.
+//!    the burst rate for `--probe-seconds` (by default as long as the run under load: a 10 s
+//!    probe overstated what the node sustains for 40 s, so the load ran at saturation); what
+//!    the node keeps taking in after a 5 s warm-up, beside the producer on the same cores (at
+//!    most the offered rate), is its measured maximum.
 //! 3. **Under load.** A fresh topic and node, live readings at `--load` × that maximum for
 //!    `--seconds`. Halfway, a second node joins the consumer group, so partitions move
 //!    (cooperative-sticky) mid-stream.
@@ -32,26 +34,20 @@
 //! reads them (counted as skipped).
 //!
 //! `cargo bench --bench alert_latency -- [--motors 1000] [--partitions 48] [--per-message 20]
-//! [--backlog-steps 100] [--probe-seconds 10] [--load 0.8] [--seconds 40]`
+//! [--backlog-steps 100] [--probe-seconds SECONDS] [--load 0.8] [--seconds 40]`
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use prost::Message as _;
 use rdkafka::Message as _;
 use rdkafka::consumer::BaseConsumer;
-use tessera_core::{Channel, MotorId, Reading, SiteId, now_ms};
-use tessera_ingest::{Encoding, Ingest, IngestConfig, TopicConfig};
-use tessera_node::detect::rules::DEFAULT_RULES;
-use tessera_node::detect::{Detect, DetectConfig, build_engine};
-use tessera_node::lifecycle::StageThread;
-use tessera_proto::CONTENT_TYPE_BATCH;
-use tessera_proto::telemetry::{MotorReading, MotorReadingBatch};
-use tessera_stream::{AlertEvent, StreamEngine};
+use tessera_core::now_ms;
+use tessera_node::detect::DetectConfig;
+use tessera_stream::AlertEvent;
 use tessera_suite::bench_history::{Better, record};
+use tessera_suite::gateway_node::{GatewayNode as Node, create_topics, publish_step};
 use tessera_suite::{alerts_reader, percentile};
 use tessera_workload::embedded::EmbeddedKafka;
 use tessera_workload::producer::{TelemetryProducer, WireFormat};
@@ -70,6 +66,11 @@ const WARM_UP: Duration = Duration::from_secs(5);
 /// cluster the join takes ~5 s and the new node has caught up ~15 s after it).
 const AFTER_JOIN: Duration = Duration::from_secs(20);
 
+/// The default rules and judges, and the probe query.
+fn detect_config(run: &str) -> DetectConfig {
+    tessera_suite::gateway_node::detect_config(run, &[PROBE])
+}
+
 struct Args {
     motors: usize,
     partitions: i32,
@@ -77,7 +78,9 @@ struct Args {
     backlog_steps: u64,
     load: f64,
     seconds: u64,
-    probe_seconds: u64,
+    /// How long the sustained maximum is measured; by default as long as the run under load,
+    /// so that it is what the node sustains for that long.
+    probe_seconds: Option<u64>,
 }
 
 fn args() -> Result<Args> {
@@ -88,7 +91,7 @@ fn args() -> Result<Args> {
         backlog_steps: 100,
         load: 0.8,
         seconds: 40,
-        probe_seconds: 10,
+        probe_seconds: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -100,7 +103,7 @@ fn args() -> Result<Args> {
             "--backlog-steps" => a.backlog_steps = value()?.parse()?,
             "--load" => a.load = value()?.parse()?,
             "--seconds" => a.seconds = value()?.parse()?,
-            "--probe-seconds" => a.probe_seconds = value()?.parse()?,
+            "--probe-seconds" => a.probe_seconds = Some(value()?.parse()?),
             "--bench" => {}
             other => bail!("unknown argument {other}"),
         }
@@ -108,106 +111,19 @@ fn args() -> Result<Args> {
     Ok(a)
 }
 
-/// Motor `m`'s reading at event time `t_ms`: the probe motors' current alternates by second.
-fn reading(m: usize, t_ms: i64, sequence: u64) -> Reading {
-    // A cheap deterministic wobble, so that baselines have a spread.
-    let wobble = ((m as u64).wrapping_mul(2_654_435_761) ^ sequence.wrapping_mul(40_503)) % 1000;
-    let noise = wobble as f64 / 1000.0 - 0.5;
-    let current =
-        if m.is_multiple_of(10) { if t_ms.div_euclid(1000) % 2 == 0 { 100.0 } else { 0.0 } } else { 10.0 + noise };
-    let mut r = Reading {
-        motor_id: MotorId::new(format!("m-{m:05}")).expect("motor id"),
-        site_id: SiteId::new("site-a").expect("site id"),
-        event_time_ms: t_ms,
-        sequence,
-        channels: [None; 7],
-        extra: Default::default(),
-    };
-    r.set(Channel::CurrentA, Some(current));
-    r.set(Channel::VoltageV, Some(400.0 + noise));
-    r.set(Channel::TemperatureC, Some(60.0 + noise));
-    r.set(Channel::VibrationXRms, Some(1.0 + noise / 10.0));
-    r.set(Channel::VibrationYRms, Some(1.0 + noise / 10.0));
-    r.set(Channel::VibrationZRms, Some(1.0 + noise / 10.0));
-    r.set(Channel::SpeedRpm, Some(1500.0 + noise));
-    r
+/// librdkafka settings of the nodes' consumers. The mock cluster holds a join to a running
+/// group for the session timeout less 1 s (librdkafka's rdkafka_mock_cgrp.c): 6 s makes its
+/// rebalance about as long as a broker's (group members rejoin within a heartbeat or so).
+fn node_kafka() -> Vec<(String, String)> {
+    [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "1000")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain(std::env::var("ALERT_LATENCY_KAFKA_DEBUG").map(|d| ("debug".to_string(), d)))
+        .collect()
 }
 
-/// Publishes one time step of every motor at `t_ms` as gateway batches. Returns the readings.
-fn publish_step(producer: &TelemetryProducer, motors: usize, per_message: usize, t_ms: i64, step: u64) -> Result<u64> {
-    for (gateway, first) in (0..motors).step_by(per_message).enumerate() {
-        let readings =
-            (first..(first + per_message).min(motors)).map(|m| MotorReading::from(&reading(m, t_ms, step))).collect();
-        let batch = MotorReadingBatch { readings };
-        producer.send_raw(
-            Some(format!("gw-{gateway}").as_bytes()),
-            &batch.encode_to_vec(),
-            Some(CONTENT_TYPE_BATCH),
-        )?;
-    }
-    Ok(motors as u64)
-}
-
-/// An ingest and a detection stage on a thread: a node's data path.
-struct Node {
-    ingest: Ingest,
-    stage: Detect,
-    thread: StageThread<StreamEngine>,
-}
-
-impl Node {
-    fn start(brokers: &str, topic: &str, group: &str, detect: &DetectConfig) -> Result<Node> {
-        let config = IngestConfig {
-            brokers: brokers.into(),
-            group_id: group.into(),
-            topics: vec![TopicConfig { name: topic.into(), encoding: Encoding::ProtobufBatch }],
-            dead_letter_topic: detect.dead_letter_topic.clone(),
-            // The mock cluster holds a join to a running group for the session timeout less 1 s
-            // (librdkafka's rdkafka_mock_cgrp.c): 6 s makes its rebalance about as long as a
-            // broker's (group members rejoin within a heartbeat or so).
-            kafka: [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "1000")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .chain(std::env::var("ALERT_LATENCY_KAFKA_DEBUG").map(|d| ("debug".to_string(), d)))
-                .collect(),
-            ..Default::default()
-        };
-        let (tx, rx) = sync_channel(64);
-        let ingest = Ingest::start(config, tx)?;
-        let (stage, stage_loop) = Detect::prepare(build_engine(detect)?, detect, brokers, rx)?;
-        let thread = StageThread::spawn(stage_loop)?;
-        Ok(Node { ingest, stage, thread })
-    }
-
-    /// Readings the stage has taken in.
-    fn rows_in(&self) -> u64 {
-        self.stage.stats().engine.windows.iter().map(|w| w.1.rows_in).max().unwrap_or(0)
-    }
-
-    fn stop(self) -> Result<()> {
-        self.ingest.stop()?;
-        self.stage.request_stop();
-        self.thread.join().map_err(|f| (*f).into_error())?;
-        Ok(())
-    }
-}
-
-fn detect_config(run: &str) -> DetectConfig {
-    DetectConfig {
-        queries: DEFAULT_RULES.iter().map(|s| s.to_string()).chain([PROBE.to_string()]).collect(),
-        alerts_topic: format!("alerts-{run}"),
-        late_topic: format!("late-{run}"),
-        dead_letter_topic: format!("dlq-{run}"),
-        ..Default::default()
-    }
-}
-
-fn create_topics(kafka: &EmbeddedKafka, run: &str, partitions: i32) -> Result<()> {
-    kafka.create_topic(&format!("telemetry-{run}"), partitions)?;
-    for t in ["alerts", "late", "dlq"] {
-        kafka.create_topic(&format!("{t}-{run}"), 1)?;
-    }
-    Ok(())
+fn start_node(brokers: &str, topic: &str, group: &str, detect: &DetectConfig) -> Result<Node> {
+    Node::start(brokers, topic, group, detect, &node_kafka())
 }
 
 /// The node's rate draining a backlog, readings/s.
@@ -222,7 +138,7 @@ fn maximum(kafka: &EmbeddedKafka, a: &Args) -> Result<f64> {
         total += publish_step(&producer, a.motors, a.per_message, start_ms + step as i64 * 10, step)?;
     }
     producer.flush(Duration::from_secs(120))?;
-    let node = Node::start(&brokers, "telemetry-burst", "burst", &detect_config("burst"))?;
+    let node = start_node(&brokers, "telemetry-burst", "burst", &detect_config("burst"))?;
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut first = None;
     let mut last_print = Instant::now();
@@ -299,7 +215,7 @@ fn live(kafka: &EmbeddedKafka, a: &Args, run: &str, rate: f64, seconds: u64, joi
     let detect = detect_config(run);
     let alerts = alerts_reader(&brokers, &format!("alerts-reader-{run}"), &detect.alerts_topic)?;
 
-    let first_node = Node::start(&brokers, &topic, run, &detect)?;
+    let first_node = start_node(&brokers, &topic, run, &detect)?;
     let steps_per_s = rate / a.motors as f64;
     let stop = Arc::new(AtomicBool::new(false));
     let produced = Arc::new(AtomicU64::new(0));
@@ -359,7 +275,7 @@ fn live(kafka: &EmbeddedKafka, a: &Args, run: &str, rate: f64, seconds: u64, joi
         }
         if join && second_node.is_none() && t0.elapsed() >= Duration::from_secs(seconds / 2) {
             joined_ms = now_ms();
-            second_node = Some(Node::start(&brokers, &topic, run, &detect)?);
+            second_node = Some(start_node(&brokers, &topic, run, &detect)?);
             println!("  a second node joined at {:.1} s", t0.elapsed().as_secs_f64());
         }
     }
@@ -397,7 +313,7 @@ fn main() -> Result<()> {
     let kafka = EmbeddedKafka::start(3)?;
     let burst = maximum(&kafka, &a)?;
     // The maximum beside a producer: offered the backlog's rate, what the node keeps taking in.
-    let over = live(&kafka, &a, "max", burst, a.probe_seconds, false)?;
+    let over = live(&kafka, &a, "max", burst, a.probe_seconds.unwrap_or(a.seconds), false)?;
     // Taking in more than was offered is catching up the warm-up's lag: the node kept pace, and
     // the offered rate is what it is known to sustain.
     let max = over.taken.min(over.offered);
@@ -415,6 +331,9 @@ fn main() -> Result<()> {
         a.seconds,
         run.taken
     );
+    if run.taken < 0.97 * run.offered {
+        println!("the node fell behind the offered load: its latencies include a growing lag (saturated)");
+    }
     let warm_ms = run.started_ms + WARM_UP.as_millis() as i64;
     let after_ms = run.joined_ms.saturating_add(AFTER_JOIN.as_millis() as i64);
     let close = |s: &Sample| s.arrived_ms - s.emitted_ms;

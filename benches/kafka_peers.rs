@@ -1,17 +1,17 @@
 //! Tessera beside stream processors that consume Kafka themselves (issue 25 point 3): the same
 //! topic of JSON readings on the same broker, read in turn by Tessera's ingest and detection
 //! stage running the reference query (`tessera_suite::reference::QUERY`), then by each peer
-//! computing the same query: Quix Streams and Bytewax (benches/peers/*.py, from PyPI; their
-//! venv is made by benches/peers/setup.sh).
+//! computing the same query: Quix Streams, Bytewax and Pathway (benches/peers/*.py, from PyPI;
+//! their venv is made by benches/peers/setup.sh).
 //!
 //! For each: readings per second and CPU per reading (getrusage), from the first message
 //! processed to the last window counted, and the windows and z > 3 hits it found, which must
 //! agree. Tessera and Quix Streams stop when every window but each motor's last has closed
-//! (nothing later arrives to close those); Bytewax reads to the end of the topic, which closes
-//! every window. Tessera's CPU is the bench process's, which with `--broker mock` includes the
+//! (nothing later arrives to close those); Bytewax and Pathway read to the end of the topic, which
+//! closes every window. Tessera's CPU is the bench process's, which with `--broker mock` includes the
 //! in-process broker; the peers' is their own process's.
 //!
-//! `cargo bench --bench kafka_peers -- [--readings 500000] [--motors 1000] [--partitions 6] [--broker tansu|mock] [--peers quix,bytewax]`
+//! `cargo bench --bench kafka_peers -- [--readings 500000] [--motors 1000] [--partitions 6] [--broker tansu|mock] [--peers quix,bytewax,pathway]`
 //! (`TESSERA_PEERS_PYTHON`: the peers' Python; default `~/.cache/tessera/venv-peers/bin/python`).
 
 use std::collections::HashSet;
@@ -45,7 +45,7 @@ fn args() -> Result<Args> {
         motors: 1000,
         partitions: 6,
         broker: "tansu".into(),
-        peers: vec!["quix".into(), "bytewax".into()],
+        peers: vec!["quix".into(), "bytewax".into(), "pathway".into()],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,7 +54,9 @@ fn args() -> Result<Args> {
             "--motors" => a.motors = it.next().context("--motors N")?.parse()?,
             "--partitions" => a.partitions = it.next().context("--partitions N")?.parse()?,
             "--broker" => a.broker = it.next().context("--broker tansu|mock")?,
-            "--peers" => a.peers = it.next().context("--peers quix,bytewax")?.split(',').map(str::to_string).collect(),
+            "--peers" => {
+                a.peers = it.next().context("--peers quix,bytewax,pathway")?.split(',').map(str::to_string).collect()
+            }
             "--bench" => {}
             other => bail!("unknown argument {other}"),
         }

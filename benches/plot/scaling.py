@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Draws issue 25's scaling curves from the bench history into a PNG (docs/scaling.png).
+
+    "$(benches/plot/setup.sh)" benches/plot/scaling.py [--history benches/history.jsonl] [--out docs/scaling.png]
+
+Left: node_scaling's readings/s against the nodes in one consumer group. Right: motor_memory's
+resident bytes per motor against the motors held, per detection config. Each point is the
+newest result of its figure; the title names the commits and the CPU they came from.
+"""
+
+import argparse
+import json
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def newest(history):
+    """The newest result of each (bench, figure)."""
+    latest = {}
+    with open(history, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                latest[(r["bench"], r["figure"])] = r
+    return latest
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--history", default="benches/history.jsonl")
+    parser.add_argument("--out", default="docs/scaling.png")
+    args = parser.parse_args()
+    latest = newest(args.history)
+
+    nodes = sorted(
+        (int(m.group(1)), r)
+        for (bench, figure), r in latest.items()
+        if bench == "node_scaling" and (m := re.fullmatch(r"readings/s, (\d+) nodes", figure))
+    )
+    memory = {}
+    for (bench, figure), r in latest.items():
+        m = re.fullmatch(r"resident per motor, (\w+), (\d+) motors", figure)
+        if bench == "motor_memory" and m:
+            memory.setdefault(m.group(1), []).append((int(m.group(2)), r))
+    if not nodes and not memory:
+        raise SystemExit(f"{args.history}: no node_scaling or motor_memory results")
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    sources = set()
+    if nodes:
+        left.plot([n for n, _ in nodes], [r["value"] / 1e6 for _, r in nodes], marker="o")
+        left.set_xticks([n for n, _ in nodes])
+        sources.update((r["commit"], r["cpu"], r["cores"]) for _, r in nodes)
+    left.set_xlabel("nodes in one consumer group (same machine)")
+    left.set_ylabel("M readings/s (gateway batches, mock cluster)")
+    left.set_title("node_scaling")
+    left.set_ylim(bottom=0)
+    left.grid(alpha=0.3)
+    for config, points in sorted(memory.items()):
+        points.sort()
+        right.plot([n for n, _ in points], [r["value"] / 1e3 for _, r in points], marker="o", label=config)
+        sources.update((r["commit"], r["cpu"], r["cores"]) for _, r in points)
+    right.axhline(2.0, color="grey", linestyle="--", label="goal: 2 KB")
+    right.set_xscale("log")
+    right.set_xlabel("motors held (30 days of history each)")
+    right.set_ylabel("KB resident per motor (incl. fixed buffers)")
+    right.set_title("motor_memory")
+    right.set_ylim(bottom=0)
+    right.grid(alpha=0.3)
+    right.legend()
+    fig.suptitle("; ".join(f"{c} on {cpu}, {cores} cores" for c, cpu, cores in sorted(sources)), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
