@@ -121,9 +121,15 @@ impl GatewayNode {
         Ok(GatewayNode { ingest, stage, thread })
     }
 
-    /// Readings the stage has taken in.
+    /// Readings the stage has taken in: into a window, or onto the late path (a backlog read
+    /// partition by partition runs some partitions ahead of others in event time).
     pub fn rows_in(&self) -> u64 {
-        self.stage.stats().engine.windows.iter().map(|w| w.1.rows_in).max().unwrap_or(0)
+        self.stage.stats().engine.windows.iter().map(|w| w.1.rows_in + w.1.rows_late).max().unwrap_or(0)
+    }
+
+    /// Readings the stage sent to the late path.
+    pub fn rows_late(&self) -> u64 {
+        self.stage.stats().engine.windows.iter().map(|w| w.1.rows_late).max().unwrap_or(0)
     }
 
     /// Stops the ingest, then the stage.
