@@ -7,8 +7,8 @@
 //! For each: readings per second and CPU per reading (getrusage), from the first message
 //! processed to the last window counted, and the windows and z > 3 hits it found, which must
 //! agree. Tessera and Quix Streams stop when every window but each motor's last has closed
-//! (nothing later arrives to close those); Bytewax and Pathway read to the end of the topic, which
-//! closes every window. Tessera's CPU is the bench process's, which with `--broker mock` includes the
+//! (nothing later arrives to close those); Bytewax reads to the end of the topic and Pathway until
+//! it has every reading, which closes every window. Tessera's CPU is the bench process's, which with `--broker mock` includes the
 //! in-process broker; the peers' is their own process's.
 //!
 //! `cargo bench --bench kafka_peers -- [--readings 500000] [--motors 1000] [--partitions 6] [--broker tansu|mock] [--peers quix,bytewax,pathway]`
@@ -193,6 +193,9 @@ fn peer(name: &str, brokers: &str, published: &Published) -> Result<Run> {
     command.args([&script, "--brokers", brokers, "--topic", TOPIC]);
     if name == "quix" {
         command.args(["--expect-windows", &(published.windows - published.motors).to_string()]);
+    }
+    if name == "pathway" {
+        command.args(["--expect-readings", &published.readings.to_string()]);
     }
     let out = command.output().with_context(|| format!("running {python} {script} (benches/peers/setup.sh)"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
