@@ -11,6 +11,9 @@
 //! it has every reading, which closes every window. Tessera's CPU is the bench process's, which with `--broker mock` includes the
 //! in-process broker; the peers' is their own process's.
 //!
+//! The mock cluster keeps at most 5 MB of a partition: 500,000 JSON readings need `--partitions 48`
+//! there (at 6 the oldest are dropped and the run never ends).
+//!
 //! `cargo bench --bench kafka_peers -- [--readings 500000] [--motors 1000] [--partitions 6] [--broker tansu|mock] [--peers quix,bytewax,pathway]`
 //! (`TESSERA_PEERS_PYTHON`: the peers' Python; default `~/.cache/tessera/venv-peers/bin/python`).
 

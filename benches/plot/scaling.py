@@ -3,14 +3,16 @@
 
     "$(benches/plot/setup.sh)" benches/plot/scaling.py [--history benches/history.jsonl] [--out docs/scaling.png]
 
-Left: node_scaling's readings/s against the nodes in one consumer group. Right: motor_memory's
-resident bytes per motor against the motors held, per detection config. Each point is the
-newest result of its figure; the title names the commits and the CPU they came from.
+Left: node_scaling's readings/s against the nodes in one consumer group: every run with the
+newest run's arguments as a dot, their median as the line (this machine is noisy). Right:
+motor_memory's resident bytes per motor against the motors held, per detection config, the
+newest result of each. The title names the commits and the CPU they came from.
 """
 
 import argparse
 import json
 import re
+import statistics
 
 import matplotlib
 
@@ -29,6 +31,26 @@ def newest(history):
     return latest
 
 
+def node_runs(history):
+    """node_scaling's results with the newest result's arguments and CPU: {nodes: [result]}."""
+    results = []
+    with open(history, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                m = re.fullmatch(r"readings/s, (\d+) nodes", r["figure"]) if r["bench"] == "node_scaling" else None
+                if m:
+                    results.append((int(m.group(1)), r))
+    if not results:
+        return {}
+    newest = results[-1][1]
+    runs = {}
+    for nodes, r in results:
+        if (r["args"], r["cpu"]) == (newest["args"], newest["cpu"]):
+            runs.setdefault(nodes, []).append(r)
+    return runs
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--history", default="benches/history.jsonl")
@@ -36,11 +58,7 @@ def main():
     args = parser.parse_args()
     latest = newest(args.history)
 
-    nodes = sorted(
-        (int(m.group(1)), r)
-        for (bench, figure), r in latest.items()
-        if bench == "node_scaling" and (m := re.fullmatch(r"readings/s, (\d+) nodes", figure))
-    )
+    nodes = node_runs(args.history)
     memory = {}
     for (bench, figure), r in latest.items():
         m = re.fullmatch(r"resident per motor, (\w+), (\d+) motors", figure)
@@ -52,9 +70,14 @@ def main():
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     sources = set()
     if nodes:
-        left.plot([n for n, _ in nodes], [r["value"] / 1e6 for _, r in nodes], marker="o")
-        left.set_xticks([n for n, _ in nodes])
-        sources.update((r["commit"], r["cpu"], r["cores"]) for _, r in nodes)
+        counts = sorted(nodes)
+        for n in counts:
+            left.scatter([n] * len(nodes[n]), [r["value"] / 1e6 for r in nodes[n]], color="tab:blue", alpha=0.4)
+            sources.update((r["commit"], r["cpu"], r["cores"]) for r in nodes[n])
+        medians = [statistics.median(r["value"] for r in nodes[n]) / 1e6 for n in counts]
+        left.plot(counts, medians, marker="o", color="tab:blue", label="median")
+        left.set_xticks(counts)
+        left.legend()
     left.set_xlabel("nodes in one consumer group (same machine)")
     left.set_ylabel("M readings/s (gateway batches, mock cluster)")
     left.set_title("node_scaling")
