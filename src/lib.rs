@@ -295,6 +295,38 @@ pub fn noisy_step(motors: std::ops::Range<usize>, r: i64, t_ms: i64) -> Result<a
     Ok(tessera_stream::conform::to_telemetry(&raw, &[], 0)?)
 }
 
+/// The environment variable that names the folder of the shared labelled data sets.
+pub const DATA_DIR_VAR: &str = "TESSERA_DATA_DIR";
+
+/// The folder of the shared labelled data sets (SKAB, NAB): `$TESSERA_DATA_DIR`, else
+/// `../shared/data` beside the checkout. They are read from there, never copied into the repo
+/// (SKAB is GPL-3.0).
+pub fn shared_data_dir() -> PathBuf {
+    std::env::var_os(DATA_DIR_VAR)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+}
+
+/// `relative` inside [`shared_data_dir`]; panics with how to get the data when it is absent.
+pub fn shared_data(relative: &str) -> PathBuf {
+    let dir = shared_data_dir();
+    let path = dir.join(relative);
+    assert!(path.exists(), "{}", missing_data_message(&dir, &path));
+    path
+}
+
+/// What a test says when the shared data is not where it looks.
+pub fn missing_data_message(dir: &std::path::Path, missing: &std::path::Path) -> String {
+    format!(
+        "{} is missing. The labelled data sets are read from {} (set {DATA_DIR_VAR} to another copy): \
+         skab/valve1/0.csv … 15.csv, skab/anomaly-free/anomaly-free.csv and skab/labels.json from SKAB \
+         (https://github.com/waico/SKAB, GPL-3.0), nab/ambient_temperature_system_failure.csv and \
+         nab/labels.json from NAB (https://github.com/numenta/NAB); they are never copied into this repository",
+        missing.display(),
+        dir.display()
+    )
+}
+
 /// A benchmark's numeric flag (`--name N`) from the command line, or `default`.
 pub fn bench_arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();

@@ -1,8 +1,7 @@
 //! Detection quality on real labelled data: the full SKAB valve1 + anomaly-free replay and the
-//! NAB file (read from ../shared/data, never copied into the repo), through the embedded Kafka
+//! NAB file (read from `$TESSERA_DATA_DIR`, default ../shared/data, never copied into the repo),
+//! through the embedded Kafka
 //! into the pipeline with the default rule set, scored from the alerts topic.
-
-use std::path::PathBuf;
 
 use tessera_node::detect::DetectConfig;
 use tessera_workload::eval::{self, DataSet, EvalOptions, Rules};
@@ -10,8 +9,9 @@ use tessera_workload::eval::{self, DataSet, EvalOptions, Rules};
 #[test]
 fn default_rules_meet_the_detection_targets_on_skab_and_nab() {
     crate::init_logging();
-    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
-    assert!(data.join("skab/valve1/0.csv").exists(), "the shared data sets live beside the checkout");
+    tessera_suite::shared_data("skab/valve1/0.csv");
+    tessera_suite::shared_data("nab/ambient_temperature_system_failure.csv");
+    let data = tessera_suite::shared_data_dir();
     let opts = EvalOptions {
         sets: vec![
             DataSet::Skab { dir: data.join("skab"), files: 0, anomaly_free: true },

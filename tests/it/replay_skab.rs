@@ -1,4 +1,5 @@
-//! Replay of real data: two SKAB runs (read from ../shared/data, never copied into the repo)
+//! Replay of real data: two SKAB runs (read from `$TESSERA_DATA_DIR`, default ../shared/data,
+//! never copied into the repo)
 //! published as motors through the embedded Kafka and ingested; every row arrives, labels are
 //! stripped into ground truth, and each file got its own time base.
 
@@ -14,9 +15,17 @@ use tessera_workload::producer::WireFormat;
 use crate::{embedded_kafka, ingest_config, start_ingest};
 
 fn skab(file: &str) -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/skab").join(file);
-    assert!(path.exists(), "{} is missing: the shared data sets live beside the checkout", path.display());
-    path
+    tessera_suite::shared_data(&format!("skab/{file}"))
+}
+
+#[test]
+fn a_missing_data_set_says_where_it_was_looked_for_and_how_to_get_it() {
+    let missing = std::panic::catch_unwind(|| tessera_suite::shared_data("skab/no-such-run.csv")).unwrap_err();
+    let message = missing.downcast_ref::<String>().expect("a formatted message");
+    for part in ["skab/no-such-run.csv is missing", "TESSERA_DATA_DIR", "https://github.com/waico/SKAB", "NAB"] {
+        assert!(message.contains(part), "{part:?} not in: {message}");
+    }
+    assert!(message.contains(&tessera_suite::shared_data_dir().display().to_string()), "names the folder: {message}");
 }
 
 #[test]

@@ -65,3 +65,20 @@ fn collect_text(dir: &Path, out: &mut Vec<PathBuf>) {
         }
     }
 }
+
+/// Shipped binaries carry no debug info, and a profile keeps the line tables for profiling
+/// (issue 26: the release `tessera` binary was ~880 MB with them).
+#[test]
+fn release_builds_carry_no_debug_info_and_profiling_builds_keep_line_tables() {
+    let manifest: toml::Table = std::fs::read_to_string(root().join("Cargo.toml")).unwrap().parse().unwrap();
+    let profile = |name: &str| manifest["profile"].get(name).and_then(|p| p.as_table()).cloned();
+    let release = profile("release").expect("a [profile.release]");
+    let debug = release.get("debug").expect("[profile.release] says its debug setting");
+    assert!(
+        matches!(debug, toml::Value::Boolean(false)) || debug.as_str() == Some("none") || debug.as_integer() == Some(0),
+        "[profile.release] debug = {debug}: shipped binaries carry no debug info"
+    );
+    let profiling = profile("profiling").expect("a [profile.profiling] for perf");
+    assert_eq!(profiling.get("inherits").and_then(|v| v.as_str()), Some("release"));
+    assert_eq!(profiling.get("debug").and_then(|v| v.as_str()), Some("line-tables-only"));
+}

@@ -12,7 +12,7 @@ use tessera_workload::eval::{self, DataSet, EvalOptions, Rules};
 #[derive(clap::Args)]
 pub struct EvalArgs {
     /// A folder of CSV files to evaluate (one motor per file); repeat for several. Without it,
-    /// SKAB and NAB from `$TESSERA_DATA` (default ../shared/data).
+    /// SKAB and NAB from `$TESSERA_DATA_DIR` (default ../shared/data).
     #[arg(long)]
     pub data: Vec<PathBuf>,
     /// The labels file of each `--data` folder, in the same order (default: its labels.json);
@@ -59,6 +59,19 @@ pub struct EvalArgs {
     pub json: Option<PathBuf>,
 }
 
+/// The folder of the labelled data sets: `$TESSERA_DATA_DIR`, or the earlier `$TESSERA_DATA`
+/// (with a deprecation warning), else `../shared/data`.
+fn shared_data_dir() -> String {
+    if let Ok(dir) = std::env::var("TESSERA_DATA_DIR") {
+        return dir;
+    }
+    if let Ok(dir) = std::env::var("TESSERA_DATA") {
+        tracing::warn!("TESSERA_DATA is deprecated: set TESSERA_DATA_DIR");
+        return dir;
+    }
+    "../shared/data".into()
+}
+
 /// Runs the evaluations and prints their reports.
 pub fn run(args: EvalArgs) -> Result<()> {
     let detect = if args.fleet.is_some() && args.config.is_none() {
@@ -70,7 +83,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.labels.len() > args.data.len() {
         bail!("--labels given {} times for {} --data folders", args.labels.len(), args.data.len());
     }
-    let shared = PathBuf::from(std::env::var("TESSERA_DATA").unwrap_or_else(|_| "../shared/data".into()));
+    let shared = PathBuf::from(shared_data_dir());
     let mut sets = Vec::new();
     let defaults = args.data.is_empty()
         && args.skab_dir.is_none()
