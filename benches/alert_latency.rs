@@ -47,7 +47,7 @@ use tessera_core::now_ms;
 use tessera_node::detect::DetectConfig;
 use tessera_stream::AlertEvent;
 use tessera_suite::bench_history::{Better, record};
-use tessera_suite::gateway_node::{GatewayNode as Node, create_topics, publish_step};
+use tessera_suite::gateway_node::{GatewayNode as Node, create_topics, mock_group_settings, publish_step};
 use tessera_suite::{alerts_reader, percentile};
 use tessera_workload::embedded::EmbeddedKafka;
 use tessera_workload::producer::{TelemetryProducer, WireFormat};
@@ -111,13 +111,11 @@ fn args() -> Result<Args> {
     Ok(a)
 }
 
-/// librdkafka settings of the nodes' consumers. The mock cluster holds a join to a running
-/// group for the session timeout less 1 s (librdkafka's rdkafka_mock_cgrp.c): 6 s makes its
-/// rebalance about as long as a broker's (group members rejoin within a heartbeat or so).
+/// librdkafka settings of the nodes' consumers: the mock cluster's group settings, and the
+/// debug contexts of `ALERT_LATENCY_KAFKA_DEBUG`.
 fn node_kafka() -> Vec<(String, String)> {
-    [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "1000")]
+    mock_group_settings()
         .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
         .chain(std::env::var("ALERT_LATENCY_KAFKA_DEBUG").map(|d| ("debug".to_string(), d)))
         .collect()
 }

@@ -31,12 +31,6 @@ fn args() -> Result<Args> {
     Ok(a)
 }
 
-/// Resident memory of this process, bytes.
-fn rss() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
-}
-
 fn main() -> Result<()> {
     let a = args()?;
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
@@ -50,14 +44,14 @@ fn main() -> Result<()> {
         detect.data_quality.enabled = judges;
         detect.wear.enabled = judges;
         detect.shift.enabled = judges;
-        let before = rss();
+        let before = tessera_suite::resident_bytes();
         let mut engine = build_engine(&detect)?;
         let started = Instant::now();
         for (r, b) in batches.iter().enumerate() {
             rt.block_on(engine.push(b, 1_700_000_000_000 + r as i64 * 10_000))?;
         }
         let took = started.elapsed();
-        let grown = rss().saturating_sub(before);
+        let grown = tessera_suite::resident_bytes().saturating_sub(before);
         let all = |_: &str| true;
         let state = engine.checkpoint_motors(&all)?.len();
         let sides = engine.side_checkpoints(&all)?;

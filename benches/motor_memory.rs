@@ -86,12 +86,6 @@ fn detect_config(name: &str) -> Result<DetectConfig> {
     Ok(detect)
 }
 
-/// Resident memory of this process, bytes.
-fn rss() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
-}
-
 /// What one child measured.
 struct Measured {
     motors: usize,
@@ -125,7 +119,7 @@ impl Measured {
 fn measure(a: &Args, motors: usize, config: &str) -> Result<Measured> {
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     let mut engine = build_engine(&detect_config(config)?)?;
-    let before = rss();
+    let before = tessera_suite::resident_bytes();
     let steps = a.days * 86_400 / a.every_s;
     let started = Instant::now();
     for r in 0..steps {
@@ -136,7 +130,7 @@ fn measure(a: &Args, motors: usize, config: &str) -> Result<Measured> {
         }
     }
     let readings_per_s = (steps as f64 * motors as f64) / started.elapsed().as_secs_f64();
-    let grown = rss().saturating_sub(before);
+    let grown = tessera_suite::resident_bytes().saturating_sub(before);
     let all = |_: &str| true;
     let mut sections = vec![("engine".to_string(), engine.checkpoint_motors(&all)?.len())];
     sections.extend(engine.side_checkpoints(&all)?.into_iter().map(|(name, bytes)| (name.to_string(), bytes.len())));

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use tessera_core::now_ms;
 use tessera_suite::bench_history::{Better, record};
-use tessera_suite::gateway_node::{GatewayNode, create_topics, detect_config, publish_step};
+use tessera_suite::gateway_node::{GatewayNode, create_topics, detect_config, mock_group_settings, publish_step};
 use tessera_workload::embedded::EmbeddedKafka;
 use tessera_workload::producer::{TelemetryProducer, WireFormat};
 
@@ -111,11 +111,7 @@ fn drain(kafka: &EmbeddedKafka, a: &Args, nodes: usize) -> Result<Drain> {
     producer.flush(Duration::from_secs(120))?;
     drop(producer);
     let detect = detect_config(&run, &[]);
-    // The mock cluster holds a join for the session timeout less 1 s: 6 s, as in alert_latency.
-    let kafka_settings: Vec<(String, String)> = [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "1000")]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let kafka_settings = mock_group_settings();
     let group: Vec<GatewayNode> = (0..nodes)
         .map(|_| GatewayNode::start(&brokers, &topic, &run, &detect, &kafka_settings))
         .collect::<Result<_>>()?;

@@ -78,6 +78,16 @@ pub fn detect_config(run: &str, extra: &[&str]) -> DetectConfig {
     }
 }
 
+/// librdkafka settings for a node's consumer on the mock cluster. The mock holds a join to a
+/// running group for the session timeout less 1 s (librdkafka's rdkafka_mock_cgrp.c): 6 s makes
+/// its rebalance about as long as a broker's (group members rejoin within a heartbeat or so).
+pub fn mock_group_settings() -> Vec<(String, String)> {
+    [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "1000")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// Run `run`'s topics: `telemetry-{run}` with `partitions`, and its alerts, late and
 /// dead-letter topics.
 pub fn create_topics(kafka: &EmbeddedKafka, run: &str, partitions: i32) -> Result<()> {

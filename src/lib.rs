@@ -295,6 +295,12 @@ pub fn noisy_step(motors: std::ops::Range<usize>, r: i64, t_ms: i64) -> Result<a
     Ok(tessera_stream::conform::to_telemetry(&raw, &[], 0)?)
 }
 
+/// Resident memory of this process, bytes (`/proc/self/statm`; 0 where it cannot be read).
+pub fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
+}
+
 /// The environment variable that names the folder of the shared labelled data sets.
 pub const DATA_DIR_VAR: &str = "TESSERA_DATA_DIR";
 

@@ -132,14 +132,19 @@ impl Trend {
 
     /// Adds a sample at `t_ms`, dropping the oldest beyond `keep`.
     fn push(&mut self, t_ms: i64, level: f64, keep: usize) {
-        if self.0.capacity() == 0 {
-            self.0.reserve_exact(keep.max(1));
-        }
-        while self.0.len() >= keep.max(1) {
+        let keep = keep.max(1);
+        while self.0.len() >= keep {
             self.0.pop_front();
         }
-        let seconds = u32::try_from(t_ms.div_euclid(1000).max(0)).unwrap_or(u32::MAX);
-        self.0.push_back((seconds, level as f32));
+        if self.0.capacity() < keep {
+            self.0.reserve_exact(keep - self.0.len());
+        }
+        self.0.push_back(Self::sample(t_ms, level));
+    }
+
+    /// A sample as kept: whole seconds, and the level as `f32`.
+    fn sample(t_ms: i64, level: f64) -> (u32, f32) {
+        (u32::try_from(t_ms.div_euclid(1000).max(0)).unwrap_or(u32::MAX), level as f32)
     }
 
     fn len(&self) -> usize {
@@ -173,11 +178,7 @@ impl Serialize for Trend {
 impl<'de> Deserialize<'de> for Trend {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let samples = Vec::<(i64, f64)>::deserialize(deserializer)?;
-        let mut trend = Trend(VecDeque::with_capacity(samples.len()));
-        for (t_ms, level) in samples {
-            trend.push(t_ms, level, usize::MAX);
-        }
-        Ok(trend)
+        Ok(Trend(samples.into_iter().map(|(t_ms, level)| Self::sample(t_ms, level)).collect()))
     }
 }
 
