@@ -256,6 +256,18 @@ pub fn committed_and_end(brokers: &str, group: &str, topic: &str, partitions: i3
         .collect()
 }
 
+/// How many partitions the brokers at `brokers` say `topic` has (0 if it does not exist).
+pub fn partitions_of(brokers: &str, topic: &str) -> Result<usize> {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .sum())
+}
+
 /// A header's value as text.
 pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
     use rdkafka::message::Headers;

@@ -151,6 +151,9 @@ fn the_chart_lints_renders_and_validates_for_every_ci_values_file() {
             std::fs::write(&path, &config).expect("write");
             let loaded = NodeConfig::load(Some(&path))
                 .unwrap_or_else(|e| panic!("{name}: site {i}'s node.toml does not load: {e:#}\n{config}"));
+            // Only the plant's values ask the nodes to create their topics.
+            let create = loaded.ingest.create_topics.clone().map(|c| (c.partitions, c.replication_factor));
+            assert_eq!(create, (name == "plant-values.yaml").then_some((12, 3)), "{name}: [ingest.create_topics]");
             let raft = loaded.raft.expect("[raft]");
             assert!(
                 !raft.initial_members.is_empty() && loaded.http.listen.is_some() && loaded.sql.listen.is_some(),
@@ -358,6 +361,11 @@ fn bad_values_are_refused_with_the_value_named() {
             "an unknown encoding",
             "kafka:\n  topics:\n    - name: t\n      encoding: xml\n".to_string(),
             "kafka.topics.0.encoding",
+        ),
+        (
+            "topics created without replicas",
+            "kafka:\n  createTopics:\n    replicationFactor: 0\n".to_string(),
+            "kafka.createTopics.replicationFactor",
         ),
         ("an endpoint without a scheme", "otlp:\n  endpoint: collector:4317\n".to_string(), "otlp.endpoint"),
         (

@@ -34,5 +34,6 @@ mod sql_limits;
 mod sql_release;
 mod support;
 mod tidy;
+mod topic_later;
 
 pub use support::{embedded_kafka, ingest_config, init_logging, start_ingest};

@@ -36,6 +36,25 @@ fn default_encoding() -> Encoding {
     Encoding::ProtobufReading
 }
 
+/// How the node creates its input and dead-letter topics when they do not exist
+/// (`[ingest.create_topics]`). Without it the node waits for them, checking every second, and
+/// `/readyz` names the ones missing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicCreation {
+    /// Partitions of each topic created: the most ingest nodes one site's group can spread
+    /// its work over.
+    pub partitions: i32,
+    /// Replicas of each partition; -1: the broker's `default.replication.factor`.
+    pub replication_factor: i32,
+}
+
+impl Default for TopicCreation {
+    fn default() -> Self {
+        Self { partitions: 12, replication_factor: -1 }
+    }
+}
+
 /// Everything the ingest needs to run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -86,6 +105,9 @@ pub struct IngestConfig {
     /// Extra librdkafka settings for the consumer and the dead-letter producer (TLS, SASL,
     /// `auto.offset.reset`, ...). They override Tessera's own choices.
     pub kafka: BTreeMap<String, String>,
+    /// Whether (and how) the node creates missing input and dead-letter topics; `None`: it
+    /// waits for someone else to.
+    pub create_topics: Option<TopicCreation>,
 }
 
 impl Default for IngestConfig {
@@ -108,6 +130,7 @@ impl Default for IngestConfig {
             max_readings_per_message: 10_000,
             validation: ValidationRules::default(),
             kafka: BTreeMap::new(),
+            create_topics: None,
         }
     }
 }
@@ -137,6 +160,14 @@ impl IngestConfig {
         ensure(self.max_message_bytes > 0, "max_message_bytes", "must be at least 1")?;
         ensure(self.max_readings_per_message > 0, "max_readings_per_message", "must be at least 1")?;
         self.validation.validate().map_err(|e| e.within("validation"))?;
+        if let Some(create) = &self.create_topics {
+            ensure(create.partitions > 0, "create_topics.partitions", "must be at least 1")?;
+            ensure(
+                create.replication_factor == -1 || create.replication_factor > 0,
+                "create_topics.replication_factor",
+                "must be at least 1, or -1 for the broker's default",
+            )?;
+        }
         Ok(())
     }
 }
@@ -175,5 +206,12 @@ mod tests {
         let mut c = IngestConfig::default();
         c.validation.max_past_ms = -1;
         assert_eq!(field(c), "validation.max_past_ms");
+        let create = |partitions, replication_factor| IngestConfig {
+            create_topics: Some(TopicCreation { partitions, replication_factor }),
+            ..Default::default()
+        };
+        assert_eq!(field(create(0, -1)), "create_topics.partitions");
+        assert_eq!(field(create(6, 0)), "create_topics.replication_factor");
+        create(6, 3).validate().unwrap();
     }
 }

@@ -42,7 +42,7 @@ pub mod repeats;
 pub use batch::{
     FlushedBatch, PushOutcome, ShardBuilder, ShardedBatcher, batch_checksum, readings_from_batch, row_fingerprints,
 };
-pub use config::{Encoding, IngestConfig, TopicConfig};
+pub use config::{Encoding, IngestConfig, TopicConfig, TopicCreation};
 pub use dead_letter::headers as dead_letter_headers;
 pub use decode::{DecodedMessage, MessageLimits, Readings, decode_message};
 pub use error::{IngestError, PartitionStateError, Result};

@@ -33,6 +33,8 @@ pub struct IngestMetrics {
     pub(crate) consumer_lag: AtomicU64,
     /// The partitions this node answers for.
     pub(crate) ownership: crate::PartitionOwnership,
+    /// Subscribed topics the brokers said do not exist, at the last check.
+    pub(crate) missing_topics: std::sync::Mutex<Vec<String>>,
 }
 
 /// A snapshot of [`IngestMetrics`].
@@ -105,6 +107,12 @@ impl IngestMetrics {
     /// The partitions this node answers for now (see [`crate::PartitionOwnership`]).
     pub fn ownership(&self) -> crate::OwnershipSnapshot {
         self.ownership.snapshot()
+    }
+
+    /// The subscribed topics the brokers said do not exist, at the last check: the ingest
+    /// checks them every second until they do, and reads them from then on.
+    pub fn missing_topics(&self) -> Vec<String> {
+        self.missing_topics.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub(crate) fn reject(&self, reason: &RejectReason) {

@@ -135,6 +135,7 @@ impl Node {
             }
             tracing::info!(registered = registered.len(), %admin, "cluster-wide queries read");
         }
+        crate::topics::create_ingest_topics(&config.ingest)?;
         let (tx, rx) = sync_channel(64);
         let (ingest, ingest_loops, checkpointed) = match PartitionCheckpoints::configured(&config.state)? {
             None => {

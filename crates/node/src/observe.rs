@@ -5,8 +5,9 @@
 //!   Flight SQL query latency, TLS refusals. Every series carries the node's `site`.
 //! - `/livez`: 200 while the detection thread is turning (it loops at least every 100 ms; 30 s
 //!   without a turn is a hang) and no stage has ended; 503 with the reason otherwise.
-//! - `/readyz`: live, and with a Raft member, a leader known: the node can answer SQL and
-//!   follows the cluster's queries. 503 with the reason otherwise. Below `ok`, a line per
+//! - `/readyz`: live, its input topics exist, and with a Raft member, a leader known: the node
+//!   reads its input, can answer SQL and follows the cluster's queries. 503 with the reason
+//!   otherwise (the missing topics by name). Below `ok`, a line per
 //!   warning an operator must see (a control plane in plaintext on a non-loopback address).
 //! - `/startupz`: 200 once the node has started (the endpoint is served from then on).
 //!
@@ -69,9 +70,17 @@ impl NodeProbe {
         Ok(())
     }
 
-    /// `Ok` when the node can serve: live, and with a Raft member, a leader known.
+    /// `Ok` when the node can serve: live, its input topics exist, and with a Raft member, a
+    /// leader known.
     pub fn ready(&self) -> Result<(), String> {
         self.live()?;
+        let missing = self.ingest.missing_topics();
+        if !missing.is_empty() {
+            return Err(format!(
+                "waiting for input topic(s) {} to exist on the brokers (create them, or set [ingest.create_topics])",
+                missing.join(", ")
+            ));
+        }
         if let Some(raft) = &self.raft {
             let status = tessera_consensus::RaftStatus::of(raft);
             if status.voters == 0 {
@@ -118,6 +127,12 @@ impl NodeProbe {
             "Messages behind the high watermarks of the partitions this node owns.",
             &[],
             i.consumer_lag as f64,
+        );
+        out.gauge(
+            "tessera_ingest_missing_topics",
+            "Subscribed input topics the brokers say do not exist (the node waits for them).",
+            &[],
+            self.ingest.missing_topics().len() as f64,
         );
         out.counter("tessera_ingest_batches_total", "Arrow batches handed to the detection stage.", &[], i.batches);
         out.counter("tessera_ingest_commits_total", "Offset commits.", &[], i.commits);

@@ -7,19 +7,53 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
+use tessera_ingest::IngestConfig;
 
 use crate::error::NodeError;
 
 /// Creates every `(name, partitions)` topic that does not exist yet (replication factor 1
 /// unless the broker's default applies).
 pub fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), NodeError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .map_err(|source| NodeError::Kafka { what: "creating a Kafka admin client".into(), source })?;
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", brokers);
+    let topics: Vec<(&str, i32, i32)> = topics.iter().map(|(name, p)| (*name, *p, 1)).collect();
+    create(&client, &topics)
+}
+
+/// With `[ingest.create_topics]`, creates the ingest's input and dead-letter topics that do
+/// not exist yet, with its partitions and replication factor, through a client with the
+/// ingest's `kafka` settings (TLS, SASL). Without it, does nothing: the ingest waits for them.
+pub fn create_ingest_topics(ingest: &IngestConfig) -> Result<(), NodeError> {
+    let Some(create_topics) = &ingest.create_topics else { return Ok(()) };
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &ingest.brokers);
+    for (key, value) in ingest.kafka.iter().filter(|(key, _)| is_client_setting(key)) {
+        client.set(key, value);
+    }
+    let names = ingest.topics.iter().map(|t| t.name.as_str()).chain([ingest.dead_letter_topic.as_str()]);
+    let topics: Vec<(&str, i32, i32)> =
+        names.map(|name| (name, create_topics.partitions, create_topics.replication_factor)).collect();
+    create(&client, &topics)
+}
+
+/// Whether a librdkafka setting applies to an admin client too (connection and security),
+/// not only to the consumer it was given for.
+fn is_client_setting(key: &str) -> bool {
+    ["security.", "sasl.", "ssl.", "ssl_", "client.", "socket.", "broker.", "reconnect.", "metadata."]
+        .iter()
+        .any(|prefix| key.starts_with(prefix))
+}
+
+/// Creates every `(name, partitions, replication factor)` topic that does not exist yet.
+fn create(client: &ClientConfig, topics: &[(&str, i32, i32)]) -> Result<(), NodeError> {
+    let brokers = client.get("bootstrap.servers").unwrap_or_default().to_string();
+    let admin: AdminClient<DefaultClientContext> =
+        client.create().map_err(|source| NodeError::Kafka { what: "creating a Kafka admin client".into(), source })?;
     let new: Vec<NewTopic<'_>> =
-        topics.iter().map(|(name, p)| NewTopic::new(name, *p, TopicReplication::Fixed(1))).collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        topics.iter().map(|(name, p, r)| NewTopic::new(name, *p, TopicReplication::Fixed(*r))).collect();
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(15)));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -34,4 +68,19 @@ pub fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), NodeEr
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_connection_and_security_settings_reach_the_admin_client() {
+        for key in ["security.protocol", "sasl.mechanism", "ssl.ca.location", "client.id", "socket.timeout.ms"] {
+            assert!(is_client_setting(key), "{key}");
+        }
+        for key in ["auto.offset.reset", "session.timeout.ms", "fetch.min.bytes", "group.instance.id"] {
+            assert!(!is_client_setting(key), "{key}");
+        }
+    }
 }

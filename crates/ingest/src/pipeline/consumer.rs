@@ -14,6 +14,8 @@
 //! budget, pausing, barriers, commits, failures from the rebalance callbacks) runs as chores
 //! at most once per [`CHORES_EVERY`], or at once when the open chunk is full.
 //!
+//! Subscribed topics that do not exist yet are looked for every second (see `topic_watch`).
+//!
 //! Periodic commits run on a committer thread beside it: librdkafka holds a commit back while
 //! the group rebalances, and a commit on the consumer thread stopped polling, and with it
 //! consumption, for the whole rebalance (measured: 41 s on the mock cluster, whose joins wait
@@ -28,13 +30,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::topic_partition_list::TopicPartitionList;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset};
 
 use super::chunk::{Chunk, OpenChunk, Work};
 use super::downstream::{Barrier, PartitionStates};
 use super::memory_budget::MemoryBudget;
+use super::topic_watch::TopicWatch;
 use crate::metrics::IngestMetrics;
 use crate::offsets::{Halt, OffsetTracker, TopicPartition};
 use crate::{IngestConfig, IngestError, PartitionStateError, Result};
@@ -499,6 +504,7 @@ fn consume<C: ConsumerContext>(
     let mut last_commit = Instant::now();
     let mut last_barrier = Instant::now();
     let mut chores_due = Instant::now();
+    let mut topics = TopicWatch::new(&s.topics);
     loop {
         if stop.load(Ordering::Relaxed) {
             break Ok(LoopEnd::Stopped);
@@ -509,6 +515,9 @@ fn consume<C: ConsumerContext>(
             Some(Ok(m)) => s.take(&m, s.topic_index(&m), now),
             Some(Err(e)) => {
                 s.metrics.consumer_errors.fetch_add(1, Relaxed);
+                if let KafkaError::MessageConsumption(RDKafkaErrorCode::UnknownTopicOrPartition) = e {
+                    topics.check_soon();
+                }
                 tracing::warn!(error = %e, "consumer error");
                 false
             }
@@ -521,6 +530,7 @@ fn consume<C: ConsumerContext>(
         if let Some(why) = lock(&s.failure).take() {
             break Err(IngestError::Partitions(why));
         }
+        topics.check_if_due(consumer, &s.metrics, now);
         let shipped = s.ship(false) || s.wait_for_room(PAUSE_AFTER);
         let over_budget = memory.over(&s.metrics, || s.tracker.wait_idle(Duration::ZERO));
         s.set_paused(consumer, !shipped || over_budget);

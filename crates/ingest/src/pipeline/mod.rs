@@ -15,13 +15,15 @@
 //! - `rebalance`: the consumer's librdkafka context, which runs the ingest's steps around a
 //!   rebalance (hand over on revoke, start at the checkpoints on assignment);
 //! - `memory_budget`: when to pause because the process is near `memory_budget_mb`;
+//! - `topic_watch`: which subscribed topics do not exist yet, looked for every second until
+//!   they do (librdkafka alone would wait for its 5-minute metadata refresh);
 //! - `decoder`: the decoder thread — decodes and validates each message, dead-letters what is
 //!   invalid, shards readings by motor into Arrow builders, and sends full or aged batches
 //!   downstream on the caller's bounded channel, waiting while it is full (that is the
 //!   backpressure). Once the ingest is stopping it waits at most `drain_timeout`, so that
 //!   `stop` always returns.
 //!
-//! Dependencies point one way: `rebalance` → `consumer` → `memory_budget`, `chunk` →
+//! Dependencies point one way: `rebalance` → `consumer` → `memory_budget`, `topic_watch`, `chunk` →
 //! `downstream`; `decoder` → `chunk`; this module wires them all.
 
 mod chunk;
@@ -30,6 +32,7 @@ mod decoder;
 mod downstream;
 mod memory_budget;
 mod rebalance;
+mod topic_watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
