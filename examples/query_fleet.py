@@ -16,12 +16,12 @@ import adbc_driver_flightsql.dbapi as flightsql
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--at", default=os.environ.get("TESSERA_SQL", "127.0.0.1:50051"))
-    parser.add_argument("--user", default=os.environ.get("TESSERA_SQL_USER", "analyst"))
-    parser.add_argument("--password", default=os.environ.get("TESSERA_SQL_PASSWORD"))
+    parser.add_argument("--at", default=os.environ.get("TESSERA__CLIENT__SQL", "127.0.0.1:50051"))
+    parser.add_argument("--user", default=os.environ.get("TESSERA__CLIENT__USER", "analyst"))
+    parser.add_argument("--password", default=os.environ.get("TESSERA__CLIENT__PASSWORD"))
     args = parser.parse_args()
     if not args.password:
-        parser.error("give --password (or TESSERA_SQL_PASSWORD)")
+        parser.error("give --password (or TESSERA__CLIENT__PASSWORD)")
 
     with flightsql.connect(f"grpc://{args.at}", db_kwargs={"username": args.user, "password": args.password}, autocommit=True) as conn:
         objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()

@@ -39,14 +39,14 @@ const TUNING: &[&str] = &[
     "20",
     "--keep-entries-after-snapshot",
     "0",
-    "--heartbeat-ms",
-    "100",
-    "--election-timeout-min-ms",
-    "300",
-    "--election-timeout-max-ms",
-    "500",
-    "--write-timeout-ms",
-    "3000",
+    "--heartbeat",
+    "100ms",
+    "--election-timeout-min",
+    "300ms",
+    "--election-timeout-max",
+    "500ms",
+    "--write-timeout",
+    "3s",
 ];
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -348,6 +348,19 @@ fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
     tessera(&["cluster", "remove-node", "--at", &a3, "4"]).expect("remove-node (site-3 keeps node 3)");
     tessera(&["cluster", "sites", "--at", &a1]).expect("sites");
     tessera(&["cluster", "audit", "--at", &a1]).expect("audit");
+    // Machine-readable answers, as a script gets them from the tessera process.
+    let json = |args: &[&str]| {
+        let out = crate::cli_process::command(args).output().expect("tessera runs");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        crate::cli_sql::json_array(&String::from_utf8_lossy(&out.stdout))
+    };
+    let sites = json(&["cluster", "sites", "--at", &a1, "--output", "json"]);
+    let site_1 = sites.as_array().expect("rows").iter().find(|s| s["site"] == "site-1").expect("site-1");
+    assert_eq!(site_1["nodes"], "1", "{sites}");
+    let status = json(&["cluster", "status", "--at", &a1, "-o", "json"]);
+    assert!(status[0]["term"].as_u64().is_some_and(|t| t > 0) && status[0]["voters"].is_string(), "{status}");
+    let audit = json(&["cluster", "audit", "--at", &a1, "-o", "json"]);
+    assert!(audit.as_array().expect("rows").iter().any(|e| e["refused"].is_string()), "a refusal is audited: {audit}");
     runtime().block_on(async {
         let until = Instant::now() + Duration::from_secs(10);
         loop {
@@ -472,8 +485,7 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
     tessera(&["cluster", "assign-motors", "--at", &nodes[1].addr, "site-a", "site-a-m0", "site-a-m1"]).expect("assign");
     // A query's answer as `tessera sql` prints it, asked of `node` as the admin.
     let sql_table = |node: &Node, query: &str| {
-        let args = tessera_cli::commands::sql::SqlArgs {
-            query: query.into(),
+        let connection = tessera_cli::commands::sql::SqlConnection {
             at: node.sql_addr().expect("endpoint").to_string(),
             user: Some("root".into()),
             password: Some("pw".into()),
@@ -481,7 +493,7 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
             timeout: Duration::from_secs(10),
             tls: Default::default(),
         };
-        tessera_cli::commands::sql::query_table(&args).expect("sql")
+        tessera_cli::commands::sql::query_table(&connection, query).expect("sql")
     };
     for node in running {
         let until = Instant::now() + Duration::from_secs(30);

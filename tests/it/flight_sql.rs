@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
-use tessera_cli::commands::sql::SqlArgs;
+use tessera_cli::commands::sql::SqlConnection;
 use tessera_core::now_ms;
 use tessera_core::{Channel, MotorId, Reading, SiteId};
 use tessera_sql::{Role, TokenConfig};
@@ -257,8 +257,7 @@ fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
     );
 
     // The CLI prints a table.
-    let args = SqlArgs {
-        query: "SELECT name FROM continuous_queries".into(),
+    let connection = SqlConnection {
         at: addr.clone(),
         user: Some("ana".into()),
         password: Some(PASSWORD.into()),
@@ -266,9 +265,10 @@ fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
         timeout: Duration::from_secs(10),
         tls: Default::default(),
     };
-    let table = tessera_cli::commands::sql::query_table(&args).expect("tessera sql");
+    let table = tessera_cli::commands::sql::query_table(&connection, "SELECT name FROM continuous_queries")
+        .expect("tessera sql");
     assert!(table.contains("| vib "), "{table}");
-    let err = tessera_cli::commands::sql::query_table(&SqlArgs { query: "SELECT * FROM telemetry".into(), ..args })
+    let err = tessera_cli::commands::sql::query_table(&connection, "SELECT * FROM telemetry")
         .expect_err("denied")
         .to_string();
     assert!(err.contains("may not read raw core columns"), "{err}");

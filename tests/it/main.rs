@@ -6,6 +6,7 @@
 mod bench_history;
 mod chart_shape;
 mod cli_process;
+mod cli_sql;
 mod console;
 mod control_plane;
 mod demo;

@@ -18,13 +18,13 @@ use tonic::transport::Channel;
 #[derive(Args, Debug, Clone, Default)]
 pub struct TlsArgs {
     /// The cluster's CA bundle (PEM) every peer certificate must chain to.
-    #[arg(long = "tls-ca", env = "TESSERA_TLS_CA")]
+    #[arg(long = "tls-ca", env = "TESSERA__TLS__CA")]
     pub ca: Option<PathBuf>,
     /// This side's certificate (from `tessera cert node|operator`).
-    #[arg(long = "tls-cert", env = "TESSERA_TLS_CERT")]
+    #[arg(long = "tls-cert", env = "TESSERA__TLS__CERT")]
     pub cert: Option<PathBuf>,
     /// Its private key.
-    #[arg(long = "tls-key", env = "TESSERA_TLS_KEY")]
+    #[arg(long = "tls-key", env = "TESSERA__TLS__KEY")]
     pub key: Option<PathBuf>,
 }
 
@@ -68,10 +68,10 @@ impl TlsArgs {
 #[derive(Args, Debug, Clone)]
 pub struct AdminArgs {
     /// Any node's gRPC address.
-    #[arg(long, env = "TESSERA_ADMIN", default_value = "127.0.0.1:7070")]
+    #[arg(long, env = "TESSERA__CLIENT__ADMIN", default_value = "127.0.0.1:7070")]
     pub at: String,
     /// Who is asking, for the audit log (default: $USER).
-    #[arg(long, env = "TESSERA_ACTOR")]
+    #[arg(long, env = "TESSERA__CLIENT__ACTOR")]
     pub actor: Option<String>,
     /// How long to wait for the answer.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]

@@ -127,26 +127,27 @@ impl RaftSettings {
 
     /// openraft's config from these settings; an out-of-range value names its field.
     pub fn raft_config(&self) -> Result<openraft::Config, ConsensusError> {
-        ensure(self.heartbeat_ms > 0, "raft.heartbeat_ms", "must be positive")?;
+        // Field names as the config writes them (`[raft] heartbeat = "100ms"`).
+        ensure(self.heartbeat_ms > 0, "raft.heartbeat", "must be positive")?;
         if self.election_timeout_min_ms <= self.heartbeat_ms {
             return Err(ConfigError::new(
-                "raft.election_timeout_min_ms",
-                format!("{} must exceed raft.heartbeat_ms ({})", self.election_timeout_min_ms, self.heartbeat_ms),
+                "raft.election_timeout_min",
+                format!("{} ms must exceed raft.heartbeat ({} ms)", self.election_timeout_min_ms, self.heartbeat_ms),
             )
             .into());
         }
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
             return Err(ConfigError::new(
-                "raft.election_timeout_max_ms",
+                "raft.election_timeout_max",
                 format!(
-                    "{} must exceed raft.election_timeout_min_ms ({})",
+                    "{} ms must exceed raft.election_timeout_min ({} ms)",
                     self.election_timeout_max_ms, self.election_timeout_min_ms
                 ),
             )
             .into());
         }
         ensure(self.snapshot_every_entries > 0, "raft.snapshot_every_entries", "must be positive")?;
-        ensure(self.write_timeout_ms > 0, "raft.write_timeout_ms", "must be positive")?;
+        ensure(self.write_timeout_ms > 0, "raft.write_timeout", "must be positive")?;
         ensure(self.max_snapshot_bytes > 0, "raft.max_snapshot_bytes", "must be positive")?;
         if tessera_core::SiteId::new(self.site.as_str()).is_err() {
             return Err(ConfigError::new("raft.site", format!("'{}' is not a valid site id", self.site)).into());
@@ -453,15 +454,15 @@ mod tests {
             ..RaftSettings::new(1, "site-a", "127.0.0.1:0".parse().unwrap(), "/nonexistent")
         };
         let err = settings.raft_config().unwrap_err();
-        assert_eq!(err.to_string(), "config: raft.heartbeat_ms: must be positive");
-        assert!(matches!(&err, ConsensusError::Config(e) if e.field == "raft.heartbeat_ms"), "{err:?}");
+        assert_eq!(err.to_string(), "config: raft.heartbeat: must be positive");
+        assert!(matches!(&err, ConsensusError::Config(e) if e.field == "raft.heartbeat"), "{err:?}");
         let settings = RaftSettings {
             election_timeout_max_ms: 300,
             ..RaftSettings::new(1, "site-a", "127.0.0.1:0".parse().unwrap(), "/nonexistent")
         };
         assert_eq!(
             settings.raft_config().unwrap_err().to_string(),
-            "config: raft.election_timeout_max_ms: 300 must exceed raft.election_timeout_min_ms (300)"
+            "config: raft.election_timeout_max: 300 ms must exceed raft.election_timeout_min (300 ms)"
         );
         assert!(RaftSettings::new(1, "site-a", "127.0.0.1:0".parse().unwrap(), "/nonexistent").raft_config().is_ok());
     }

@@ -16,6 +16,7 @@
 mod clock;
 mod column_grades;
 mod config_error;
+pub mod duration_millis;
 mod error_chain;
 mod grade;
 mod group_rule;

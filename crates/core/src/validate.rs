@@ -40,9 +40,13 @@ pub struct ValidationRules {
     pub vibration_rms: PhysicalRange,
     /// Plausible range of `speed_rpm` (negative: reverse rotation).
     pub speed_rpm: PhysicalRange,
-    /// How far ahead of the ingest's clock an event time may be, in milliseconds.
+    /// How far ahead of the ingest's clock an event time may be, in milliseconds (config key
+    /// `max_future`, a duration such as `"5m"`; `max_future_ms` is read too, deprecated).
+    #[serde(rename = "max_future", with = "crate::duration_millis")]
     pub max_future_ms: i64,
-    /// How far behind the ingest's clock an event time may be, in milliseconds.
+    /// How far behind the ingest's clock an event time may be, in milliseconds (config key
+    /// `max_past`, e.g. `"30days"`; `max_past_ms` is read too, deprecated).
+    #[serde(rename = "max_past", with = "crate::duration_millis")]
     pub max_past_ms: i64,
     /// Most extra named measurements in one reading.
     pub max_extra_fields: usize,
@@ -259,7 +263,7 @@ impl ValidationRules {
     }
 
     /// Checks that the rules themselves make sense; the error names the field, relative to
-    /// the rules' own section (`max_past_ms`; the ingest config puts `validation.` in front).
+    /// the rules' own section (`max_past`; the ingest config puts `validation.` in front).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ranges = [
             ("current_a", self.current_a),
@@ -273,8 +277,8 @@ impl ValidationRules {
                 return Err(ConfigError::new(name, format!("min ({}) must be finite and ≤ max ({})", r.min, r.max)));
             }
         }
-        ensure(self.max_future_ms >= 0, "max_future_ms", "must not be negative")?;
-        ensure(self.max_past_ms >= 0, "max_past_ms", "must not be negative")
+        ensure(self.max_future_ms >= 0, "max_future", "must not be negative")?;
+        ensure(self.max_past_ms >= 0, "max_past", "must not be negative")
     }
 }
 

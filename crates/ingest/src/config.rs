@@ -137,7 +137,7 @@ impl Default for IngestConfig {
 
 impl IngestConfig {
     /// Checks the configuration; the error names the offending field, relative to the ingest
-    /// section (`shards`, `topics[0].name`, `validation.max_past_ms`).
+    /// section (`shards`, `topics[0].name`, `validation.max_past`).
     pub fn validate(&self) -> Result<()> {
         ensure(!self.brokers.trim().is_empty(), "brokers", "must not be empty")?;
         ensure(!self.group_id.trim().is_empty(), "group_id", "must not be empty")?;
@@ -186,7 +186,7 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("dead_letter_topic"));
         let mut c = IngestConfig::default();
         c.validation.max_past_ms = -1;
-        assert!(c.validate().unwrap_err().to_string().contains("validation.max_past_ms"));
+        assert!(c.validate().unwrap_err().to_string().contains("validation.max_past"));
     }
 
     #[test]
@@ -205,7 +205,7 @@ mod tests {
         );
         let mut c = IngestConfig::default();
         c.validation.max_past_ms = -1;
-        assert_eq!(field(c), "validation.max_past_ms");
+        assert_eq!(field(c), "validation.max_past");
         let create = |partitions, replication_factor| IngestConfig {
             create_topics: Some(TopicCreation { partitions, replication_factor }),
             ..Default::default()

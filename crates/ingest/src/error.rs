@@ -10,7 +10,7 @@ pub type Result<T, E = IngestError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     /// The configuration is unusable; the error names the field, relative to the ingest
-    /// section (`shards`, `topics[0].name`, `validation.max_past_ms`).
+    /// section (`shards`, `topics[0].name`, `validation.max_past`).
     #[error("invalid ingest config: {0}")]
     Config(#[from] ConfigError),
     /// The Kafka client failed.

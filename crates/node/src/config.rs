@@ -60,7 +60,31 @@ pub struct NodeConfig {
     pub telemetry: TelemetryConfig,
     /// Where alert events go besides the alerts topic: Alertmanager, webhooks.
     pub notify: NotifyConfig,
+    /// Deprecated keys the file or the environment used (each a warning the node logs at
+    /// start, naming the key that replaces it); not a key itself.
+    #[serde(skip)]
+    pub deprecated: Vec<String>,
 }
+
+/// Keys renamed when durations became humantime text (`"100ms"`, `"5m"`): the old key, in
+/// milliseconds, and the new one. The old keys are still read, with a warning.
+const RENAMED_KEYS: [(&str, &str); 6] = [
+    ("ingest.validation.max_future_ms", "ingest.validation.max_future"),
+    ("ingest.validation.max_past_ms", "ingest.validation.max_past"),
+    ("raft.heartbeat_ms", "raft.heartbeat"),
+    ("raft.election_timeout_min_ms", "raft.election_timeout_min"),
+    ("raft.election_timeout_max_ms", "raft.election_timeout_max"),
+    ("raft.write_timeout_ms", "raft.write_timeout"),
+];
+
+/// The variable that sets config key `key` (`ingest.brokers` → `TESSERA__INGEST__BROKERS`).
+pub fn env_var(key: &str) -> String {
+    format!("TESSERA__{}", key.replace('.', "__").to_ascii_uppercase())
+}
+
+/// Variables `TESSERA__CLIENT__*` set the command-line clients' flags (`tessera sql`,
+/// `cluster`, `query`), not a node's config.
+const CLIENT_PREFIX: &str = "client__";
 
 /// Why a node's config could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +92,9 @@ pub enum LoadError {
     /// The named config file is not there.
     #[error("config file {} does not exist", .0.display())]
     Missing(PathBuf),
+    /// The named config file could not be read.
+    #[error("reading config file {}", .0.display())]
+    Read(PathBuf, #[source] std::io::Error),
     /// The file or an environment variable does not parse into the config (figment names the
     /// key and the source).
     #[error("config: {0}")]
@@ -77,20 +104,73 @@ pub enum LoadError {
     Invalid(#[from] ConfigError),
 }
 
+/// The file with its renamed keys under their new names (`None`: it has none), each one
+/// noted in `deprecated`; both the old and the new key of one setting is an error.
+fn renamed_in_file(file: &Path, deprecated: &mut Vec<String>) -> Result<Option<String>, LoadError> {
+    let text = std::fs::read_to_string(file).map_err(|e| LoadError::Read(file.to_path_buf(), e))?;
+    let Ok(mut table) = text.parse::<toml::Table>() else {
+        return Ok(None); // figment reports the syntax error with the file's name
+    };
+    let mut renamed = false;
+    for (old, new) in RENAMED_KEYS {
+        let (section, old_key) = old.rsplit_once('.').expect("dotted");
+        let new_key = new.rsplit_once('.').expect("dotted").1;
+        let Some(section) = section.split('.').try_fold(&mut table, |t, part| t.get_mut(part)?.as_table_mut()) else {
+            continue;
+        };
+        let Some(value) = section.remove(old_key) else { continue };
+        if section.contains_key(new_key) {
+            return Err(ConfigError::new(old, format!("set both {old} and {new}; keep only {new}")).into());
+        }
+        section.insert(new_key.to_string(), value);
+        deprecated.push(format!("{}: {old} is deprecated: use {new} (a duration such as \"5m\")", file.display()));
+        renamed = true;
+    }
+    Ok(renamed.then(|| table.to_string()))
+}
+
 impl NodeConfig {
     /// Loads defaults ← `file` (if given) ← environment, and validates.
     pub fn load(file: Option<&Path>) -> Result<Self, LoadError> {
+        Self::load_with(file, |_| {})
+    }
+
+    /// Like [`NodeConfig::load`], with `adjust` (a command's flags) applied before validation.
+    pub fn load_with(file: Option<&Path>, adjust: impl FnOnce(&mut NodeConfig)) -> Result<Self, LoadError> {
+        let mut deprecated = Vec::new();
         let mut figment =
             Figment::from(Serialized::defaults(NodeConfig { site_id: "site-a".into(), ..Default::default() }));
         if let Some(file) = file {
             if !file.exists() {
                 return Err(LoadError::Missing(file.to_path_buf()));
             }
-            figment = figment.merge(Toml::file(file));
+            figment = match renamed_in_file(file, &mut deprecated)? {
+                Some(rewritten) => figment.merge(Toml::string(&rewritten)),
+                None => figment.merge(Toml::file(file)),
+            };
         }
-        figment = figment.merge(Env::prefixed("TESSERA__").split("__").lowercase(true));
-        let config: NodeConfig = figment.extract().map_err(|e| LoadError::Parse(Box::new(e)))?;
+        for (old, new) in RENAMED_KEYS {
+            if std::env::var_os(env_var(old)).is_some() {
+                deprecated.push(format!(
+                    "{} is deprecated: use {} (a duration such as \"5m\")",
+                    env_var(old),
+                    env_var(new)
+                ));
+            }
+        }
+        let environment = Env::prefixed("TESSERA__")
+            .filter(|key| !key.as_str().to_ascii_lowercase().starts_with(CLIENT_PREFIX))
+            .split("__")
+            .lowercase(true)
+            .map(|key| match RENAMED_KEYS.iter().find(|(old, _)| key == *old) {
+                Some((_, new)) => (*new).into(),
+                None => key.into(),
+            });
+        figment = figment.merge(environment);
+        let mut config: NodeConfig = figment.extract().map_err(|e| LoadError::Parse(Box::new(e)))?;
+        adjust(&mut config);
         config.validate()?;
+        config.deprecated = deprecated;
         Ok(config)
     }
 
@@ -154,6 +234,48 @@ mod tests {
             let loaded = NodeConfig::load(Some(&example)).unwrap();
             let defaults = NodeConfig { site_id: "site-a".into(), ..Default::default() };
             assert_eq!(loaded, defaults, "deploy/tessera.example.toml documents the defaults");
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
+    fn durations_are_humantime_and_the_old_millisecond_keys_still_load_with_a_warning() {
+        figment::Jail::expect_with(|jail| {
+            let raft = "[raft]\ndata_dir = \"/var/lib/raft\"\n";
+            jail.create_file(
+                "new.toml",
+                &format!("[ingest.validation]\nmax_past = \"2days\"\n{raft}heartbeat = \"150ms\"\nelection_timeout_min = \"400ms\"\n"),
+            )?;
+            let c = NodeConfig::load(Some(std::path::Path::new("new.toml"))).expect("loads");
+            let r = c.raft.as_ref().expect("raft");
+            assert_eq!(
+                (c.ingest.validation.max_past_ms, r.heartbeat_ms, r.election_timeout_min_ms),
+                (172_800_000, 150, 400)
+            );
+            assert!(c.deprecated.is_empty());
+
+            jail.create_file(
+                "old.toml",
+                &format!("[ingest.validation]\nmax_past_ms = 3600000\n{raft}heartbeat_ms = 120\n"),
+            )?;
+            jail.set_env("TESSERA__RAFT__WRITE_TIMEOUT_MS", "4000");
+            let c = NodeConfig::load(Some(std::path::Path::new("old.toml"))).expect("loads");
+            let r = c.raft.as_ref().expect("raft");
+            assert_eq!((c.ingest.validation.max_past_ms, r.heartbeat_ms, r.write_timeout_ms), (3_600_000, 120, 4000));
+            assert_eq!(c.deprecated.len(), 3, "{:?}", c.deprecated);
+            assert!(c.deprecated.iter().any(|w| w.contains("raft.heartbeat_ms is deprecated: use raft.heartbeat")));
+            assert!(c.deprecated.iter().any(|w| {
+                w.contains("TESSERA__RAFT__WRITE_TIMEOUT_MS is deprecated: use TESSERA__RAFT__WRITE_TIMEOUT")
+            }));
+
+            jail.create_file("both.toml", &format!("{raft}heartbeat_ms = 120\nheartbeat = \"100ms\"\n"))?;
+            let err = NodeConfig::load(Some(std::path::Path::new("both.toml"))).expect_err("both");
+            assert!(err.to_string().contains("set both raft.heartbeat_ms and raft.heartbeat"), "{err}");
+
+            // The clients' variables are no node config.
+            jail.set_env("TESSERA__CLIENT__SQL", "127.0.0.1:50051");
+            NodeConfig::load(Some(std::path::Path::new("new.toml"))).expect("TESSERA__CLIENT__* is ignored");
+            Ok(())
         });
     }
 

@@ -89,6 +89,9 @@ impl Node {
     /// Builds the engine from the config and starts every part the config asks for.
     pub fn start(config: &NodeConfig) -> Result<Node, NodeError> {
         config.validate()?;
+        for warning in &config.deprecated {
+            tracing::warn!("config: {warning}");
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("tessera-node")

@@ -1,5 +1,5 @@
 //! `tessera cluster …`: membership, status, sites, motors, policies, grades, releases and the
-//! audit log, through any control-plane node's admin API (`--at`, or `TESSERA_ADMIN`).
+//! audit log, through any control-plane node's admin API (`--at`, or `TESSERA__CLIENT__ADMIN`).
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -7,7 +7,7 @@ use tessera_node::control::{parse_node_spec, status_error};
 use tessera_proto::raft as pb;
 
 use crate::args::AdminArgs;
-use crate::output::{opt, print_membership, utc, written};
+use crate::output::{Cell, OutputArgs, OutputFormat, Rows, opt, print_membership, utc, written};
 
 /// `tessera cluster …`
 #[derive(Subcommand, Debug)]
@@ -42,11 +42,15 @@ pub enum ClusterCommand {
     Status {
         #[command(flatten)]
         admin: AdminArgs,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Sites with their motor counts and nodes.
     Sites {
         #[command(flatten)]
         admin: AdminArgs,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Add (or rename) a site.
     AddSite {
@@ -147,16 +151,22 @@ pub enum ClusterCommand {
     Releases {
         #[command(flatten)]
         admin: AdminArgs,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// The grades set cluster-wide.
     Grades {
         #[command(flatten)]
         admin: AdminArgs,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// The audit log: who did what, when.
     Audit {
         #[command(flatten)]
         admin: AdminArgs,
+        #[command(flatten)]
+        output: OutputArgs,
         /// From this log index on.
         #[arg(long, default_value_t = 0)]
         from: u64,
@@ -196,7 +206,7 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             let reply = admin.client().await?.remove_node(pb::RemoveNodeRequest { id, actor: admin.actor() }).await;
             print_membership(&reply.map_err(|s| status_error(&admin.at, s))?.into_inner());
         }
-        ClusterCommand::Status { admin } => {
+        ClusterCommand::Status { admin, output } => {
             let s = admin
                 .client()
                 .await?
@@ -204,6 +214,46 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
                 .await
                 .map_err(|s| status_error(&admin.at, s))?
                 .into_inner();
+            if output.output != OutputFormat::Table {
+                let nodes = |nodes: &[pb::NodeSpec]| {
+                    nodes.iter().map(|n| format!("{}={}@{}", n.id, n.site, n.addr)).collect::<Vec<_>>().join(" ")
+                };
+                let mut rows = Rows::new(&[
+                    "node_id",
+                    "role",
+                    "term",
+                    "leader_id",
+                    "leader_addr",
+                    "last_log_index",
+                    "applied_index",
+                    "snapshot_index",
+                    "purged_index",
+                    "voters",
+                    "learners",
+                    "sites",
+                    "motors",
+                    "queries",
+                    "audit_records",
+                ]);
+                rows.push(vec![
+                    s.node_id.into(),
+                    s.role.clone().into(),
+                    s.term.into(),
+                    s.leader_id.into(),
+                    s.leader_id.map(|_| s.leader_addr.clone()).into(),
+                    s.last_log_index.into(),
+                    s.applied_index.into(),
+                    s.snapshot_index.into(),
+                    s.purged_index.into(),
+                    nodes(&s.voters).into(),
+                    nodes(&s.learners).into(),
+                    s.sites.into(),
+                    s.motors.into(),
+                    s.queries.into(),
+                    s.audit_records.into(),
+                ]);
+                return rows.print(output.output);
+            }
             println!("node {}: {} in term {}", s.node_id, s.role, s.term);
             match s.leader_id {
                 Some(id) => println!("leader: {id} at {}", s.leader_addr),
@@ -222,16 +272,19 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
                 s.sites, s.motors, s.queries, s.audit_records
             );
         }
-        ClusterCommand::Sites { admin } => {
+        ClusterCommand::Sites { admin, output } => {
             let reply = admin
                 .client()
                 .await?
                 .list_sites(pb::ListSitesRequest {})
                 .await
                 .map_err(|s| status_error(&admin.at, s))?;
+            let mut rows = Rows::new(&["site", "name", "motors", "nodes"]);
             for site in reply.into_inner().sites {
-                println!("{} ({}): {} motors, nodes {:?}", site.site, site.name, site.motors, site.nodes);
+                let nodes = site.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ");
+                rows.push(vec![site.site.into(), site.name.into(), site.motors.into(), nodes.into()]);
             }
+            rows.print(output.output)?;
         }
         ClusterCommand::AddSite { admin, site, name } => {
             let req = pb::AddSiteRequest { site: site.clone(), name, actor: admin.actor() };
@@ -281,47 +334,59 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             let reply = admin.client().await?.approve_release(req).await.map_err(|s| status_error(&admin.at, s))?;
             written(&what, reply.into_inner())?;
         }
-        ClusterCommand::Releases { admin } => {
+        ClusterCommand::Releases { admin, output } => {
             let reply = admin
                 .client()
                 .await?
                 .list_releases(pb::ListReleasesRequest {})
                 .await
                 .map_err(|s| status_error(&admin.at, s))?;
+            let mut rows =
+                Rows::new(&["bundle", "source", "target", "state", "approvals", "k", "approved_by", "custodians"]);
             for r in reply.into_inner().releases {
                 let state = if r.released { "released" } else { "pending" };
-                println!(
-                    "{}  {} → {}  {state}: {} of k = {} approved ({}); custodians {}",
-                    r.bundle,
-                    r.source,
-                    r.target,
-                    r.approvals.len(),
-                    r.k,
-                    r.approvals.join(", "),
-                    r.custodians.join(", ")
-                );
+                rows.push(vec![
+                    r.bundle.into(),
+                    r.source.into(),
+                    r.target.into(),
+                    state.into(),
+                    (r.approvals.len() as u64).into(),
+                    u64::from(r.k).into(),
+                    r.approvals.join(" ").into(),
+                    r.custodians.join(" ").into(),
+                ]);
             }
+            rows.print(output.output)?;
         }
-        ClusterCommand::Grades { admin } => {
+        ClusterCommand::Grades { admin, output } => {
             let reply = admin
                 .client()
                 .await?
                 .list_grades(pb::ListGradesRequest {})
                 .await
                 .map_err(|s| status_error(&admin.at, s))?;
+            let mut rows = Rows::new(&["stream", "column", "grade", "set_by", "set_at"]);
             for g in reply.into_inner().grades {
-                let column = if g.column.is_empty() { "*" } else { g.column.as_str() };
-                println!("{}.{column}  {}  (set by {} at {})", g.stream, g.grade, g.set_by, utc(g.set_at_ms));
+                let column = if g.column.is_empty() { "*".to_string() } else { g.column };
+                rows.push(vec![
+                    g.stream.into(),
+                    column.into(),
+                    g.grade.into(),
+                    g.set_by.into(),
+                    utc(g.set_at_ms).into(),
+                ]);
             }
+            rows.print(output.output)?;
         }
-        ClusterCommand::Audit { admin, from, limit } => {
+        ClusterCommand::Audit { admin, output, from, limit } => {
             let req = pb::ListAuditRequest { from_index: from, limit };
             let reply = admin.client().await?.list_audit(req).await.map_err(|s| status_error(&admin.at, s))?;
+            let mut rows = Rows::new(&["index", "at", "actor", "action", "refused"]);
             for e in reply.into_inner().entries {
-                let outcome =
-                    if e.rejected.is_empty() { "done".to_string() } else { format!("refused: {}", e.rejected) };
-                println!("{:>8}  {}  {:<12} {} — {outcome}", e.index, utc(e.at_ms), e.actor, e.action);
+                let refused = Cell::from((!e.rejected.is_empty()).then_some(e.rejected));
+                rows.push(vec![e.index.into(), utc(e.at_ms).into(), e.actor.into(), e.action.into(), refused]);
             }
+            rows.print(output.output)?;
         }
         ClusterCommand::Partition { admin, blocked } => {
             let req = pb::SetPartitionRequest { blocked: blocked.clone() };

@@ -33,7 +33,8 @@ pub enum Command {
     /// The site-local store: key-encryption keys, segments, shredding.
     #[command(subcommand)]
     Store(store::StoreCommand),
-    /// Run one SQL query against a node's Flight SQL endpoint and print the result.
+    /// SQL against a node's Flight SQL endpoint: one statement, a file (-f), or an interactive
+    /// shell (history, multi-line statements, \d, \timing); results as a table, JSON or CSV.
     Sql(sql::SqlArgs),
     /// Hash a secret read from stdin for the `[sql]` config: an Argon2id `password_hash` for
     /// `[[sql.users]]`, or the `sha256` of a bearer token for `[[sql.tokens]]`.

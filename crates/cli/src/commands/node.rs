@@ -87,8 +87,50 @@ pub fn run(args: NodeArgs, stop: &AtomicBool) -> Result<()> {
     );
     let alerts = rt.block_on(engine.sql(&sql))?;
     println!("{}", datafusion::arrow::util::pretty::pretty_format_batches(&alerts)?);
-    println!("{final_stats:#?}\n{:#?}", engine.stats());
+    print_final_counters(&final_stats, &engine.stats())?;
     Ok(())
+}
+
+/// The node's counters when it stopped, one per row.
+fn print_final_counters(
+    ingest: &tessera_ingest::IngestStats,
+    engine: &tessera_stream::engine::EngineStats,
+) -> Result<()> {
+    use crate::output::{OutputFormat, Rows};
+    let mut rows = Rows::new(&["stage", "counter", "value"]);
+    let mut add =
+        |stage: &str, counter: String, value: u64| rows.push(vec![stage.into(), counter.into(), value.into()]);
+    for (name, value) in [
+        ("messages", ingest.messages),
+        ("bytes", ingest.bytes),
+        ("readings accepted", ingest.readings_accepted),
+        ("readings rejected", ingest.readings_rejected),
+        ("dead letters", ingest.dead_letters_sent),
+        ("commits", ingest.commits),
+        ("commit errors", ingest.commit_errors),
+        ("rebalances", ingest.rebalances),
+        ("offsets skipped", ingest.offsets_skipped),
+    ] {
+        add("ingest", name.into(), value);
+    }
+    for (reason, n) in &ingest.rejected_by_reason {
+        add("ingest", format!("rejected: {reason}"), *n);
+    }
+    for (window, w) in &engine.windows {
+        let window = tessera_stream::engine::describe(window);
+        add("windows", format!("{window}: rows"), w.rows_in);
+        add("windows", format!("{window}: late rows"), w.rows_late);
+        add("windows", format!("{window}: closed"), w.windows_closed);
+    }
+    for (name, value) in [
+        ("query rows", engine.query_rows),
+        ("query errors", engine.query_errors),
+        ("alert events", engine.alert_events),
+        ("alerts open", engine.alerts_open),
+    ] {
+        add("detect", name.into(), value);
+    }
+    rows.print(OutputFormat::Table)
 }
 
 /// Prints the checkpoints adopted since the first `adopted_printed` and the node's counters;

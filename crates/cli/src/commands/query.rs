@@ -6,7 +6,7 @@ use tessera_node::control::{check_query, status_error};
 use tessera_proto::raft as pb;
 
 use crate::args::AdminArgs;
-use crate::output::{utc, written};
+use crate::output::{OutputArgs, OutputFormat, Rows, utc, written};
 
 /// `tessera query …`
 #[derive(Subcommand, Debug)]
@@ -26,6 +26,8 @@ pub enum QueryCommand {
     List {
         #[command(flatten)]
         admin: AdminArgs,
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Drop a query.
     Drop {
@@ -49,7 +51,7 @@ async fn query(command: QueryCommand) -> Result<()> {
             let reply = admin.client().await?.register_query(req).await.map_err(|s| status_error(&admin.at, s))?;
             written(&format!("query {name}"), reply.into_inner())?;
         }
-        QueryCommand::List { admin } => {
+        QueryCommand::List { admin, output } => {
             let reply = admin
                 .client()
                 .await?
@@ -57,19 +59,21 @@ async fn query(command: QueryCommand) -> Result<()> {
                 .await
                 .map_err(|s| status_error(&admin.at, s))?;
             let queries = reply.into_inner().queries;
-            if queries.is_empty() {
+            if queries.is_empty() && output.output == OutputFormat::Table {
                 println!("no queries registered");
+                return Ok(());
             }
+            let mut rows = Rows::new(&["name", "version", "registered_by", "registered_at", "sql"]);
             for q in queries {
-                println!(
-                    "{} (version {}, by {} at {}): {}",
-                    q.name,
-                    q.version,
-                    q.registered_by,
-                    utc(q.registered_at_ms),
-                    q.sql
-                );
+                rows.push(vec![
+                    q.name.into(),
+                    q.version.into(),
+                    q.registered_by.into(),
+                    utc(q.registered_at_ms).into(),
+                    q.sql.into(),
+                ]);
             }
+            rows.print(output.output)?;
         }
         QueryCommand::Drop { admin, name } => {
             let req = pb::DropQueryRequest { name: name.clone(), actor: admin.actor() };

@@ -29,6 +29,9 @@ pub enum StoreCommand {
         /// The node's config file.
         #[arg(long)]
         config: PathBuf,
+        /// The list's format.
+        #[command(flatten)]
+        output: crate::output::OutputArgs,
     },
     /// Crypto-shred the given grades of the segments wholly inside a time range (audited).
     Shred {
@@ -117,11 +120,11 @@ pub fn run(command: StoreCommand) -> Result<()> {
             new_kek(&out, version)?;
             println!("wrote key-encryption key v{version} to {}", out.display());
         }
-        StoreCommand::List { config } => {
+        StoreCommand::List { config, output } => {
             let (_, store) = open(&config)?;
             let schema = segments_schema();
             let batch = segments_batch(&schema, store.segments())?;
-            println!("{}", datafusion::arrow::util::pretty::pretty_format_batches(&[batch])?);
+            println!("{}", crate::output::format_batches(output.output, &[batch])?.trim_end());
         }
         StoreCommand::Shred { config, from, to, grades, reason } => {
             let (_, mut store) = open(&config)?;

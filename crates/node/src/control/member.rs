@@ -32,14 +32,25 @@ pub struct RaftConfig {
     /// the lowest id initialises the cluster with them (no `tessera cluster init` needed);
     /// later starts, and every other member, ignore it. Empty: an operator initialises.
     pub initial_members: Vec<String>,
-    /// Leader heartbeat period, ms.
+    /// Leader heartbeat period, ms (config key `heartbeat`, a duration such as `"100ms"`;
+    /// `heartbeat_ms` is read too, deprecated).
+    #[serde(rename = "heartbeat", with = "tessera_core::duration_millis")]
     pub heartbeat_ms: u64,
-    /// Election timeout range, ms; raise both between sites with slow links.
+    /// Election timeout range, ms (`election_timeout_min`); raise both between sites with
+    /// slow links.
+    #[serde(rename = "election_timeout_min", with = "tessera_core::duration_millis")]
     pub election_timeout_min_ms: u64,
-    /// See `election_timeout_min_ms`.
+    /// See `election_timeout_min_ms` (`election_timeout_max`).
+    #[serde(rename = "election_timeout_max", with = "tessera_core::duration_millis")]
     pub election_timeout_max_ms: u64,
-    /// How long a write may wait for a quorum, ms.
+    /// How long a write may wait for a quorum, ms (`write_timeout`).
+    #[serde(rename = "write_timeout", with = "tessera_core::duration_millis")]
     pub write_timeout_ms: u64,
+    /// A snapshot is taken every this many applied entries; the log before it is purged.
+    pub snapshot_every_entries: u64,
+    /// Entries kept before the snapshot, so that slightly lagging followers catch up from the
+    /// log rather than from a snapshot.
+    pub keep_entries_after_snapshot: u64,
     /// Without `[tls]`, the member listens only on a loopback address; `true` allows any
     /// address in plaintext, where anyone who reaches the port can change the cluster (the
     /// node warns at start, and `/readyz` says so).
@@ -62,6 +73,8 @@ impl Default for RaftConfig {
             election_timeout_min_ms: d.election_timeout_min_ms,
             election_timeout_max_ms: d.election_timeout_max_ms,
             write_timeout_ms: d.write_timeout_ms,
+            snapshot_every_entries: d.snapshot_every_entries,
+            keep_entries_after_snapshot: d.keep_entries_after_snapshot,
             insecure_plaintext: d.insecure_plaintext,
             max_snapshot_bytes: d.max_snapshot_bytes,
         }
@@ -104,6 +117,8 @@ impl RaftConfig {
             election_timeout_min_ms: self.election_timeout_min_ms,
             election_timeout_max_ms: self.election_timeout_max_ms,
             write_timeout_ms: self.write_timeout_ms,
+            snapshot_every_entries: self.snapshot_every_entries,
+            keep_entries_after_snapshot: self.keep_entries_after_snapshot,
             insecure_plaintext: self.insecure_plaintext,
             max_snapshot_bytes: self.max_snapshot_bytes,
             ..tessera_consensus::RaftSettings::new(id, site, self.listen, self.data_dir.clone())
