@@ -125,7 +125,7 @@ fn child(spec: &str) -> Result<()> {
     let readings: u64 = readings.parse()?;
     let exporting = mode != "off";
     let telemetry = TelemetryConfig { otlp_endpoint: exporting.then(|| otlp.to_string()), ..Default::default() };
-    let guard = tessera_node::telemetry::init(&telemetry, "warn")?;
+    let guard = tessera_node::telemetry::init(&telemetry, &Default::default(), "warn")?;
     let http = if mode == "otlp+scrape" { "[http]\nlisten = \"127.0.0.1:0\"\n" } else { "" };
     let toml = format!(
         r#"site_id = "site-a"

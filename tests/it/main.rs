@@ -28,6 +28,7 @@ mod migration;
 mod mtls;
 mod notify;
 mod observability_assets;
+mod operator_tools;
 mod replay_skab;
 mod security;
 mod site_nodes;

@@ -17,10 +17,16 @@ use anyhow::Result;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser};
 
 use commands::Command;
+use tessera_node::telemetry::{LogConfig, LogFormat};
 
+/// The command line: the global flags and a subcommand.
 #[derive(Parser)]
 #[command(name = "tessera", version, about = "Distributed stream processing for industrial motor telemetry")]
-struct Cli {
+pub struct Cli {
+    /// Log lines on stderr as text or json (one object per line); default: a node's `[log]
+    /// format`, else text. Which lines: RUST_LOG.
+    #[arg(long, global = true, env = "TESSERA__LOG__FORMAT", value_parser = |s: &str| s.parse::<LogFormat>())]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,8 +46,11 @@ where
     cli.command.load_config()?;
     // Logs to stderr; spans to OTLP when configured (a node's [telemetry], the demo's flag,
     // or OTEL_EXPORTER_OTLP_ENDPOINT).
-    let (telemetry, log_filter) = cli.command.telemetry();
-    let _telemetry = tessera_node::telemetry::init(&telemetry, log_filter)?;
+    let (telemetry, mut log, log_filter) = cli.command.telemetry();
+    if let Some(format) = cli.log_format {
+        log = LogConfig { format };
+    }
+    let _telemetry = tessera_node::telemetry::init(&telemetry, &log, log_filter)?;
     let stop = signals::stop_on_signals()?;
     cli.command.run(&stop)
 }

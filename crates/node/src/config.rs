@@ -22,7 +22,7 @@ pub use crate::notify::NotifyConfig;
 pub use crate::observe::HttpConfig;
 pub use crate::sql::SqlConfig;
 pub use crate::store::{RetentionConfig, StoreConfig};
-pub use crate::telemetry::TelemetryConfig;
+pub use crate::telemetry::{LogConfig, LogFormat, TelemetryConfig};
 
 /// A node's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -58,6 +58,8 @@ pub struct NodeConfig {
     pub console: ConsoleConfig,
     /// Tracing export (OpenTelemetry, OTLP over gRPC).
     pub telemetry: TelemetryConfig,
+    /// How log lines look: text or JSON.
+    pub log: LogConfig,
     /// Where alert events go besides the alerts topic: Alertmanager, webhooks.
     pub notify: NotifyConfig,
     /// Deprecated keys the file or the environment used (each a warning the node logs at

@@ -1,4 +1,5 @@
-//! Logging and tracing for the process: log lines to stderr (filtered by `RUST_LOG`), and,
+//! Logging and tracing for the process: log lines to stderr (filtered by `RUST_LOG`), as text
+//! or as one JSON object per line (`[log] format = "json"`, for a cluster's log pipeline), and,
 //! when an OTLP endpoint is configured (`[telemetry] otlp_endpoint`, `--otlp-endpoint` or
 //! `OTEL_EXPORTER_OTLP_ENDPOINT`), every span exported to an OpenTelemetry collector over
 //! OTLP/gRPC, batched. Off by default: without an endpoint nothing is exported and spans cost
@@ -75,12 +76,54 @@ pub fn otlp_provider(
         .build())
 }
 
-/// Installs the process's subscriber: log lines to stderr, and spans to OTLP when an
-/// endpoint is set. Also installs the W3C trace-context propagator used across sites.
-/// `default_filter` applies to the log lines when `RUST_LOG` is unset.
-pub fn init(config: &TelemetryConfig, default_filter: &str) -> Result<TelemetryGuard, NodeError> {
+/// How log lines are written (`[log] format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Text for people: time, level, target, message and fields.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message`, the event's fields
+    /// at the top level, and the current span with its fields (`span`).
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("'{other}': give text or json")),
+        }
+    }
+}
+
+/// The `[log]` section: how log lines look (which lines: `RUST_LOG`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+/// Installs the process's subscriber: log lines to stderr in `log`'s format, and spans to
+/// OTLP when an endpoint is set. Also installs the W3C trace-context propagator used across
+/// sites. `default_filter` applies to the log lines when `RUST_LOG` is unset.
+pub fn init(config: &TelemetryConfig, log: &LogConfig, default_filter: &str) -> Result<TelemetryGuard, NodeError> {
     let filter = || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter());
+    let fmt = match log.format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter()).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .with_filter(filter())
+            .boxed(),
+    };
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     let Some(endpoint) = endpoint(config) else {
         tracing_subscriber::registry().with(fmt).try_init().map_err(subscriber)?;

@@ -9,6 +9,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use tessera_ingest::IngestConfig;
 
+use crate::config::NodeConfig;
 use crate::error::NodeError;
 
 /// Creates every `(name, partitions)` topic that does not exist yet (replication factor 1
@@ -25,15 +26,37 @@ pub fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), NodeEr
 /// ingest's `kafka` settings (TLS, SASL). Without it, does nothing: the ingest waits for them.
 pub fn create_ingest_topics(ingest: &IngestConfig) -> Result<(), NodeError> {
     let Some(create_topics) = &ingest.create_topics else { return Ok(()) };
+    let names = ingest.topics.iter().map(|t| t.name.as_str()).chain([ingest.dead_letter_topic.as_str()]);
+    let topics: Vec<(&str, i32, i32)> =
+        names.map(|name| (name, create_topics.partitions, create_topics.replication_factor)).collect();
+    create(&admin_client_config(ingest), &topics)
+}
+
+/// Creates the topics a node writes to (the ingest's dead letters, alerts, late readings, the
+/// detection stage's dead letters) that do not exist yet: 3 partitions each, 1 for the
+/// detection stage's dead letters, replicated as
+/// `[ingest.create_topics]` says (else once), through a client with the ingest's `kafka`
+/// settings.
+pub fn create_output_topics(config: &NodeConfig) -> Result<(), NodeError> {
+    let replication = config.ingest.create_topics.as_ref().map_or(1, |c| c.replication_factor);
+    let detect = &config.detect;
+    let topics = [
+        (config.ingest.dead_letter_topic.as_str(), 3, replication),
+        (detect.alerts_topic.as_str(), 3, replication),
+        (detect.late_topic.as_str(), 3, replication),
+        (detect.dead_letter_topic.as_str(), 1, replication),
+    ];
+    create(&admin_client_config(&config.ingest), &topics)
+}
+
+/// An admin client's settings: the ingest's brokers and its connection and security settings.
+fn admin_client_config(ingest: &IngestConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &ingest.brokers);
     for (key, value) in ingest.kafka.iter().filter(|(key, _)| is_client_setting(key)) {
         client.set(key, value);
     }
-    let names = ingest.topics.iter().map(|t| t.name.as_str()).chain([ingest.dead_letter_topic.as_str()]);
-    let topics: Vec<(&str, i32, i32)> =
-        names.map(|name| (name, create_topics.partitions, create_topics.replication_factor)).collect();
-    create(&client, &topics)
+    client
 }
 
 /// Whether a librdkafka setting applies to an admin client too (connection and security),

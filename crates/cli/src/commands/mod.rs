@@ -3,10 +3,12 @@
 
 pub mod cert;
 pub mod cluster;
+pub mod completions;
 pub mod control_node;
 pub mod demo;
 pub mod eval;
 pub mod hash_secret;
+pub mod man;
 pub mod node;
 pub mod query;
 pub mod replay;
@@ -18,7 +20,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
 use clap::Subcommand;
-use tessera_node::telemetry::TelemetryConfig;
+use tessera_node::telemetry::{LogConfig, TelemetryConfig};
 
 /// Every `tessera` subcommand.
 #[derive(Subcommand)]
@@ -64,6 +66,10 @@ pub enum Command {
         #[command(subcommand)]
         command: query::QueryCommand,
     },
+    /// Print a shell's completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Write the man pages (tessera.1 and one per subcommand), or print tessera.1.
+    Man(man::ManArgs),
 }
 
 impl Command {
@@ -76,19 +82,26 @@ impl Command {
         Ok(())
     }
 
-    /// Where this command's spans go, and its default log filter: a node's `[telemetry]`, the
-    /// demo's `--otlp-endpoint`, else only `OTEL_EXPORTER_OTLP_ENDPOINT`.
-    pub fn telemetry(&self) -> (TelemetryConfig, &'static str) {
+    /// Where this command's spans go, how its log lines look, and its default log filter: a
+    /// node's `[telemetry]` and `[log]`, the demo's `--otlp-endpoint`, else only
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn telemetry(&self) -> (TelemetryConfig, LogConfig, &'static str) {
         match self {
             Command::Node(args) => {
-                (args.loaded().map(|c| c.telemetry.clone()).unwrap_or_default(), "warn,tessera=info")
+                let config = args.loaded();
+                (
+                    config.map(|c| c.telemetry.clone()).unwrap_or_default(),
+                    config.map(|c| c.log.clone()).unwrap_or_default(),
+                    "warn,tessera=info",
+                )
             }
             // The demo's own output is the story; logs only for what goes wrong.
             Command::Demo(args) => (
                 TelemetryConfig { otlp_endpoint: args.otlp_endpoint.clone(), ..Default::default() },
+                LogConfig::default(),
                 "warn,openraft=error",
             ),
-            _ => (TelemetryConfig::default(), "warn,tessera=info"),
+            _ => (TelemetryConfig::default(), LogConfig::default(), "warn,tessera=info"),
         }
     }
 
@@ -107,6 +120,8 @@ impl Command {
             Command::ControlNode(args) => control_node::run(args, stop),
             Command::Cluster { command } => cluster::run(command),
             Command::Query { command } => query::run(command),
+            Command::Completions(args) => completions::run(&args),
+            Command::Man(args) => man::run(&args),
         }
     }
 }
