@@ -35,6 +35,8 @@ pub struct IngestMetrics {
     pub(crate) ownership: crate::PartitionOwnership,
     /// Subscribed topics the brokers said do not exist, at the last check.
     pub(crate) missing_topics: std::sync::Mutex<Vec<String>>,
+    /// The newest event time accepted from each partition (updated once per chunk).
+    pub(crate) newest_event_ms: std::sync::Mutex<std::collections::BTreeMap<crate::TopicPartition, i64>>,
 }
 
 /// A snapshot of [`IngestMetrics`].
@@ -113,6 +115,14 @@ impl IngestMetrics {
     /// checks them every second until they do, and reads them from then on.
     pub fn missing_topics(&self) -> Vec<String> {
         self.missing_topics.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The newest event time (ms) of a reading accepted from each partition this node owns
+    /// now: how fresh its input is in event time (a partition handed over drops out).
+    pub fn newest_event_times(&self) -> Vec<(crate::TopicPartition, i64)> {
+        let owned = self.ownership.snapshot().owned;
+        let newest = self.newest_event_ms.lock().unwrap_or_else(|p| p.into_inner());
+        newest.iter().filter(|(tp, _)| owned.contains(*tp)).map(|(tp, t)| (tp.clone(), *t)).collect()
     }
 
     pub(crate) fn reject(&self, reason: &RejectReason) {

@@ -1,8 +1,10 @@
 //! What a running node tells its operators over HTTP (`[http] listen`):
 //!
-//! - `/metrics`: Prometheus text format. Ingest rate and consumer lag, dead-letter and late
-//!   counts, windows closed, alerts, window-close-to-alert latency, Raft term and leader,
-//!   Flight SQL query latency, TLS refusals. Every series carries the node's `site`.
+//! - `/metrics`: Prometheus text format. Ingest rate, consumer lag and event-time freshness
+//!   per partition, dead-letter and late counts, windows closed, alert events by query,
+//!   severity and state, alerts open by query, window-close-to-alert latency, checkpoint
+//!   durations, Raft term and leader, Flight SQL query latency, TLS refusals, and the
+//!   standard `process_*` metrics. Every series carries the node's `site`.
 //! - `/livez`: 200 while the detection thread is turning (it loops at least every 100 ms; 30 s
 //!   without a turn is a hang) and no stage has ended; 503 with the reason otherwise.
 //! - `/readyz`: live, its input topics exist, and with a Raft member, a leader known: the node
@@ -105,9 +107,12 @@ impl NodeProbe {
         );
         out.counter("tessera_ingest_messages_total", "Kafka messages consumed.", &[], i.messages);
         out.counter("tessera_ingest_bytes_total", "Bytes of Kafka messages consumed.", &[], i.bytes);
-        out.family("tessera_ingest_readings_total", "counter", "Readings decoded, by outcome (rate: the ingest rate).");
-        out.sample("tessera_ingest_readings_total", &[("outcome", "accepted")], i.readings_accepted as f64);
-        out.sample("tessera_ingest_readings_total", &[("outcome", "rejected")], i.readings_rejected as f64);
+        out.counter(
+            "tessera_ingest_readings_total",
+            "Readings accepted (rate: the ingest rate); those rejected: tessera_ingest_rejected_total.",
+            &[],
+            i.readings_accepted,
+        );
         out.family(
             "tessera_ingest_rejected_total",
             "counter",
@@ -152,22 +157,45 @@ impl NodeProbe {
             i.stale_checkpoints,
         );
 
+        out.family(
+            "tessera_ingest_watermark_lag_seconds",
+            "gauge",
+            "Event-time freshness per owned partition: now minus the newest event time accepted from it.",
+        );
+        let now_ms = tessera_core::now_ms();
+        for ((topic, partition), newest) in self.ingest.newest_event_times() {
+            out.sample(
+                "tessera_ingest_watermark_lag_seconds",
+                &[("topic", &topic), ("partition", &partition.to_string())],
+                (now_ms - newest) as f64 / 1000.0,
+            );
+        }
+
         let d = self.detect.stats();
-        out.family("tessera_detect_windows_closed_total", "counter", "Windows closed, by window.");
+        out.family("tessera_detect_windows_closed_total", "counter", "Windows closed, by window (kind_size[_slide]).");
         for (spec, w) in &d.engine.windows {
             out.sample(
                 "tessera_detect_windows_closed_total",
-                &[("window", &tessera_stream::engine::describe(spec))],
+                &[("window", &window_label(spec))],
                 w.windows_closed as f64,
             );
         }
-        out.counter(
+        out.family(
             "tessera_detect_alert_events_total",
-            "Alert events (open, update, close) written.",
-            &[],
-            d.alerts_sent,
+            "counter",
+            "Alert events written, by query, severity and state (open, update, close).",
         );
-        out.gauge("tessera_detect_alerts_open", "Alerts open now.", &[], d.engine.alerts_open as f64);
+        for ((query, severity, state), n) in &d.alert_events {
+            out.sample(
+                "tessera_detect_alert_events_total",
+                &[("query", query), ("severity", severity), ("state", state)],
+                *n as f64,
+            );
+        }
+        out.family("tessera_detect_alerts_open", "gauge", "Alerts open now, by query (judges by their name).");
+        for (query, n) in &d.engine.alerts_open_by_query {
+            out.sample("tessera_detect_alerts_open", &[("query", query)], *n as f64);
+        }
         out.counter(
             "tessera_detect_late_readings_total",
             "Readings too late for their window, written to the late topic.",
@@ -181,6 +209,11 @@ impl NodeProbe {
             d.engine.query_errors,
         );
         out.counter("tessera_detect_checkpoints_total", "Checkpoint files written.", &[], d.checkpoints);
+        out.histogram_family(
+            "tessera_detect_checkpoint_duration_seconds",
+            "Checkpoints: encoding (the detection stage pauses for it), and writing (the broker's confirmations, then the files).",
+            &[(&[("phase", "encode")], &d.checkpoint_encode.snapshot()), (&[("phase", "write")], &d.checkpoint_write.snapshot())],
+        );
         out.gauge(
             "tessera_detect_partitions_owned",
             "Kafka partitions whose state this node holds.",
@@ -253,11 +286,19 @@ impl NodeProbe {
             let node = s.node_id.to_string();
             out.gauge("tessera_raft_term", "The current Raft term.", &[("node", &node)], s.term as f64);
             out.gauge(
-                "tessera_raft_leader_id",
-                "The leader this node knows of (-1: none).",
+                "tessera_raft_has_leader",
+                "1 if this node knows a leader.",
                 &[("node", &node)],
-                s.leader.map_or(-1.0, |l| l as f64),
+                f64::from(u8::from(s.leader.is_some())),
             );
+            out.family(
+                "tessera_raft_leader_id",
+                "gauge",
+                "The leader this node knows of (absent while none is known).",
+            );
+            if let Some(leader) = s.leader {
+                out.sample("tessera_raft_leader_id", &[("node", &node)], leader as f64);
+            }
             out.gauge(
                 "tessera_raft_is_leader",
                 "1 if this node is the leader.",
@@ -272,6 +313,7 @@ impl NodeProbe {
             );
             out.gauge("tessera_raft_voters", "Voters in the current membership.", &[("node", &node)], s.voters as f64);
         }
+        process_metrics(&mut out);
         out.text
     }
 }
@@ -306,13 +348,88 @@ impl Metrics {
     }
 
     fn histogram(&mut self, name: &str, help: &str, h: &LatencySnapshot) {
+        self.histogram_family(name, help, &[(&[], h)]);
+    }
+
+    /// A histogram family with a series per label set.
+    fn histogram_family(&mut self, name: &str, help: &str, series: &[(&[(&str, &str)], &LatencySnapshot)]) {
         self.family(name, "histogram", help);
-        for (bound, n) in &h.cumulative {
-            self.sample(&format!("{name}_bucket"), &[("le", &number(*bound))], *n as f64);
+        for (labels, h) in series {
+            let with = |extra: Option<(&'static str, &str)>| -> Vec<(&str, String)> {
+                labels.iter().map(|(k, v)| (*k, v.to_string())).chain(extra.map(|(k, v)| (k, v.to_string()))).collect()
+            };
+            let sample = |m: &mut Self, suffix: &str, labels: Vec<(&str, String)>, v: f64| {
+                let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                m.sample(&format!("{name}{suffix}"), &labels, v);
+            };
+            for (bound, n) in &h.cumulative {
+                sample(self, "_bucket", with(Some(("le", &number(*bound)))), *n as f64);
+            }
+            sample(self, "_bucket", with(Some(("le", "+Inf"))), h.count as f64);
+            sample(self, "_sum", with(None), h.sum_s);
+            sample(self, "_count", with(None), h.count as f64);
         }
-        self.sample(&format!("{name}_bucket"), &[("le", "+Inf")], h.count as f64);
-        self.sample(&format!("{name}_sum"), &[], h.sum_s);
-        self.sample(&format!("{name}_count"), &[], h.count as f64);
+    }
+}
+
+/// A window spec as a label value: `tumble_10s`, `hop_60s_10s` (size, slide), `session_30s`
+/// (gap); milliseconds where a size is not whole seconds.
+fn window_label(spec: &tessera_core::WindowSpec) -> String {
+    let span = |ms: i64| if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") };
+    match *spec {
+        tessera_core::WindowSpec::Tumbling { size_ms } => format!("tumble_{}", span(size_ms)),
+        tessera_core::WindowSpec::Hopping { size_ms, slide_ms } => format!("hop_{}_{}", span(size_ms), span(slide_ms)),
+        tessera_core::WindowSpec::Session { gap_ms } => format!("session_{}", span(gap_ms)),
+    }
+}
+
+/// The process's own metrics under Prometheus' standard names (`process_*`), read from
+/// `/proc/self` (Linux; elsewhere none are written).
+fn process_metrics(out: &mut Metrics) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return };
+    // Fields after the command name (which may hold spaces), from field 3 (state) on.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    // /proc reports CPU times and the start time in USER_HZ ticks, 100 per second on Linux.
+    const TICKS: f64 = 100.0;
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+    if let (Some(user), Some(system)) = (field(14), field(15)) {
+        out.family("process_cpu_seconds_total", "counter", "User and system CPU time spent, in seconds.");
+        out.sample("process_cpu_seconds_total", &[], (user + system) / TICKS);
+    }
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")).and_then(|v| v.trim().parse::<f64>().ok()));
+    if let (Some(boot), Some(start)) = (boot, field(22)) {
+        out.gauge(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch, in seconds.",
+            &[],
+            boot + start / TICKS,
+        );
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let status_value = |key: &str| {
+        status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+    };
+    if let Some(kib) = status_value("VmRSS:") {
+        out.gauge("process_resident_memory_bytes", "Resident memory size, in bytes.", &[], kib * 1024.0);
+    }
+    if let Some(kib) = status_value("VmSize:") {
+        out.gauge("process_virtual_memory_bytes", "Virtual memory size, in bytes.", &[], kib * 1024.0);
+    }
+    if let Some(threads) = status_value("Threads:") {
+        out.gauge("process_threads", "Threads of the process.", &[], threads);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        out.gauge("process_open_fds", "Open file descriptors.", &[], fds.count() as f64);
+    }
+    let max_fds = std::fs::read_to_string("/proc/self/limits").ok().and_then(|l| {
+        l.lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3)?.parse::<f64>().ok())
+    });
+    if let Some(max) = max_fds {
+        out.gauge("process_max_fds", "Most open file descriptors allowed.", &[], max);
     }
 }
 
@@ -399,5 +516,20 @@ mod tests {
         assert!(m.text.contains("x_seconds_bucket{site=\"site-\\\"a\\\"\",le=\"0.005\"} 1\n"), "{}", m.text);
         assert!(m.text.contains("x_seconds_bucket{site=\"site-\\\"a\\\"\",le=\"+Inf\"} 1\n"), "{}", m.text);
         assert!(m.text.contains("x_seconds_count{site=\"site-\\\"a\\\"\"} 1\n"), "{}", m.text);
+    }
+
+    #[test]
+    fn window_labels_are_identifiers_and_process_metrics_use_the_standard_names() {
+        use tessera_core::WindowSpec;
+        assert_eq!(window_label(&WindowSpec::Tumbling { size_ms: 10_000 }), "tumble_10s");
+        assert_eq!(window_label(&WindowSpec::Hopping { size_ms: 60_000, slide_ms: 1_500 }), "hop_60s_1500ms");
+        assert_eq!(window_label(&WindowSpec::Session { gap_ms: 30_000 }), "session_30s");
+        let mut m = Metrics { text: String::new(), site: "site-a".into() };
+        process_metrics(&mut m);
+        for family in
+            ["process_cpu_seconds_total counter", "process_resident_memory_bytes gauge", "process_max_fds gauge"]
+        {
+            assert!(m.text.contains(&format!("# TYPE {family}")), "{family}: {}", m.text);
+        }
     }
 }

@@ -68,7 +68,15 @@ pub fn otlp_provider(
         .with_timeout(Duration::from_secs(5))
         .build()
         .map_err(|e| NodeError::Telemetry { what: format!("telemetry.otlp_endpoint {endpoint}"), source: e.into() })?;
-    let resource = opentelemetry_sdk::Resource::builder().with_service_name(config.service_name.clone()).build();
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(config.service_name.clone())
+        .with_attributes(
+            [("service.version".to_string(), env!("CARGO_PKG_VERSION").to_string())]
+                .into_iter()
+                .chain(config.resource.iter().cloned())
+                .map(|(k, v)| opentelemetry::KeyValue::new(k, v)),
+        )
+        .build();
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sample_ratio))))
@@ -157,11 +165,35 @@ pub struct TelemetryConfig {
     pub service_name: String,
     /// Share of traces kept (0–1), decided at the root span and followed by its children.
     pub sample_ratio: f64,
+    /// Resource attributes besides `service.name` and `service.version` (set by the command
+    /// from the node's identity: [`resource_attributes`]); not a key.
+    #[serde(skip)]
+    pub resource: Vec<(String, String)>,
+}
+
+/// The resource attributes of a process: `service.instance.id` (the host name, which is the
+/// pod's name in Kubernetes, else the process id), and for a node its site (`tessera.site`)
+/// and Raft id (`tessera.node.id`).
+pub fn resource_attributes(site: Option<&str>, node_id: Option<u64>) -> Vec<(String, String)> {
+    let instance = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_string()))
+        .filter(|h| !h.is_empty())
+        .map_or_else(|| format!("tessera-{}", std::process::id()), |host| format!("{host}/{}", std::process::id()));
+    let mut attributes = vec![("service.instance.id".to_string(), instance)];
+    if let Some(site) = site {
+        attributes.push(("tessera.site".to_string(), site.to_string()));
+    }
+    if let Some(id) = node_id {
+        attributes.push(("tessera.node.id".to_string(), id.to_string()));
+    }
+    attributes
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { otlp_endpoint: None, service_name: "tessera".into(), sample_ratio: 1.0 }
+        Self { otlp_endpoint: None, service_name: "tessera".into(), sample_ratio: 1.0, resource: Vec::new() }
     }
 }
 

@@ -540,7 +540,7 @@ impl FlightSqlService for FlightSqlEndpoint {
         let who = self.identity(&request)?;
         let sql = String::from_utf8(ticket.statement_handle.to_vec())
             .map_err(|_| SqlError::invalid_argument("the ticket is not a Tessera statement"))?;
-        let span = crate::trace::query_span(request.metadata(), &who.user, who.via_peer);
+        let span = crate::trace::query_span(request.metadata(), &who.user, who.via_peer, &sql);
         tracing::Instrument::instrument(self.run(&who, &sql, None), span).await
     }
 
@@ -621,7 +621,7 @@ impl FlightSqlService for FlightSqlEndpoint {
     ) -> Result<Response<DoGetStream>, Status> {
         let who = self.identity(&request)?;
         let (sql, params) = self.prepared_sql(&who, &query.prepared_statement_handle)?;
-        let span = crate::trace::query_span(request.metadata(), &who.user, who.via_peer);
+        let span = crate::trace::query_span(request.metadata(), &who.user, who.via_peer, &sql);
         tracing::Instrument::instrument(self.run(&who, &sql, params.as_ref()), span).await
     }
 

@@ -21,8 +21,10 @@ pub(crate) fn outgoing_headers() -> Vec<(String, String)> {
     headers.0
 }
 
-/// A `sql.query` span for a call, continuing the caller's trace if its headers carry one.
-pub(crate) fn query_span(metadata: &MetadataMap, user: &str, via_peer: bool) -> tracing::Span {
+/// A `sql.query` span for a call running `sql`, continuing the caller's trace if its headers
+/// carry one. Its attributes follow OpenTelemetry's database conventions (`db.system.name`,
+/// `db.namespace`, `db.operation.name`, `db.query.text`; span kind server).
+pub(crate) fn query_span(metadata: &MetadataMap, user: &str, via_peer: bool, sql: &str) -> tracing::Span {
     struct Metadata<'a>(&'a MetadataMap);
     impl Extractor for Metadata<'_> {
         fn get(&self, key: &str) -> Option<&str> {
@@ -38,7 +40,17 @@ pub(crate) fn query_span(metadata: &MetadataMap, user: &str, via_peer: bool) -> 
                 .collect()
         }
     }
-    let span = tracing::info_span!("sql.query", user = %user, federated = via_peer);
+    let operation = sql.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
+    let span = tracing::info_span!(
+        "sql.query",
+        otel.kind = "server",
+        db.system.name = "other_sql",
+        db.namespace = crate::catalog::CATALOG,
+        db.operation.name = %operation,
+        db.query.text = %sql,
+        user = %user,
+        federated = via_peer
+    );
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Metadata(metadata)));
     let _ = span.set_parent(parent);
     span

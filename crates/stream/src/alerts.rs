@@ -205,6 +205,11 @@ impl AlertTracker {
         self.motors.retain(|m, _| !drop(m));
     }
 
+    /// The query whose alerts this tracks.
+    pub fn query(&self) -> &str {
+        &self.query
+    }
+
     /// Alerts open now.
     pub fn open_count(&self) -> usize {
         self.motors.values().filter(|m| m.open.is_some()).count()

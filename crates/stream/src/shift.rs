@@ -541,6 +541,11 @@ impl ShiftMonitor {
     pub fn open_count(&self) -> usize {
         self.tracker.open_count() + self.day_tracker.open_count()
     }
+
+    /// Open shift alerts per scale's query ([`SHIFT`], [`SHIFT_DAY`]).
+    pub fn open_by_query(&self) -> [(&'static str, usize); 2] {
+        [(SHIFT, self.tracker.open_count()), (SHIFT_DAY, self.day_tracker.open_count())]
+    }
 }
 
 /// Takes one reading of motor `m` in; the windows it closed (the motor's window, its day),

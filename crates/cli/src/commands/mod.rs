@@ -20,7 +20,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
 use clap::Subcommand;
-use tessera_node::telemetry::{LogConfig, TelemetryConfig};
+use tessera_node::telemetry::{LogConfig, TelemetryConfig, resource_attributes};
 
 /// Every `tessera` subcommand.
 #[derive(Subcommand)]
@@ -89,15 +89,18 @@ impl Command {
         match self {
             Command::Node(args) => {
                 let config = args.loaded();
-                (
-                    config.map(|c| c.telemetry.clone()).unwrap_or_default(),
-                    config.map(|c| c.log.clone()).unwrap_or_default(),
-                    "warn,tessera=info",
-                )
+                let mut telemetry = config.map(|c| c.telemetry.clone()).unwrap_or_default();
+                let node_id = config.and_then(|c| c.raft.as_ref()).and_then(|r| r.resolved_node_id().ok());
+                telemetry.resource = resource_attributes(config.map(|c| c.site_id.as_str()), node_id);
+                (telemetry, config.map(|c| c.log.clone()).unwrap_or_default(), "warn,tessera=info")
             }
             // The demo's own output is the story; logs only for what goes wrong.
             Command::Demo(args) => (
-                TelemetryConfig { otlp_endpoint: args.otlp_endpoint.clone(), ..Default::default() },
+                TelemetryConfig {
+                    otlp_endpoint: args.otlp_endpoint.clone(),
+                    resource: resource_attributes(None, None),
+                    ..Default::default()
+                },
                 LogConfig::default(),
                 "warn,openraft=error",
             ),

@@ -49,6 +49,11 @@ pub(super) struct Decoder {
     /// known; see [`crate::repeats`]).
     repeats: RepeatGuard,
     new_motors: Vec<(String, (usize, i32))>,
+    /// The newest event time accepted per (topic index, partition) in the chunk under way,
+    /// published to the metrics once per chunk (event-time freshness).
+    newest_event_ms: HashMap<(usize, i32), i64>,
+    /// The consumed topics, comma-separated (the batches' `messaging.destination.name`).
+    destinations: String,
 }
 
 impl Decoder {
@@ -68,6 +73,7 @@ impl Decoder {
                 max_readings_per_message: config.max_readings_per_message,
             },
             topics: config.topics.iter().map(|t| t.name.clone()).collect(),
+            destinations: config.topics.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(","),
             config,
             tracker,
             metrics,
@@ -78,6 +84,7 @@ impl Decoder {
             motor_partitions: HashMap::new(),
             repeats: RepeatGuard::default(),
             new_motors: Vec::new(),
+            newest_event_ms: HashMap::new(),
         }
     }
 
@@ -137,6 +144,7 @@ impl Decoder {
             // Each valid reading's index in the message skips the invalid ones' (ascending).
             let mut invalid = rejected.iter().map(|(i, _)| *i).peekable();
             let (mut index, mut accepted, mut repeated) = (0, 0, Vec::new());
+            let mut newest_ms = i64::MIN;
             for reading in readings.iter() {
                 while invalid.next_if_eq(&index).is_some() {
                     index += 1;
@@ -157,6 +165,7 @@ impl Decoder {
                         self.new_motors.push((reading.motor_id.to_string(), here));
                     }
                 }
+                newest_ms = newest_ms.max(reading.event_time_ms);
                 let pushed = self.batcher.push(&reading, chunk.id, now);
                 if let Some(tag) = pushed.new_tag {
                     self.tracker.hold(tag);
@@ -168,6 +177,10 @@ impl Decoder {
             }
             drop(invalid);
             self.metrics.readings_accepted.fetch_add(accepted, Relaxed);
+            if accepted > 0 {
+                let newest = self.newest_event_ms.entry((m.topic, m.partition)).or_insert(i64::MIN);
+                *newest = (*newest).max(newest_ms);
+            }
             if !repeated.is_empty() {
                 rejected.extend(repeated);
                 rejected.sort_by_key(|(i, _)| *i);
@@ -206,6 +219,13 @@ impl Decoder {
             }
         }
         self.tracker.release(&[chunk.id]);
+        if !self.newest_event_ms.is_empty() {
+            let mut newest = self.metrics.newest_event_ms.lock().unwrap_or_else(|p| p.into_inner());
+            for ((topic, partition), t) in self.newest_event_ms.drain() {
+                let slot = newest.entry((self.topics[topic].clone(), partition)).or_insert(i64::MIN);
+                *slot = (*slot).max(t);
+            }
+        }
         Ok(())
     }
 
@@ -250,7 +270,19 @@ impl Decoder {
 
     fn emit(&self, flushed: FlushedBatch) -> Result<()> {
         let ack = BatchAck::new(flushed.tags, self.tracker.clone());
-        let span = tracing::info_span!("ingest.batch", shard = flushed.shard, rows = flushed.batch.num_rows());
+        // OpenTelemetry's messaging conventions: a Kafka consumer processing a batch.
+        let span = tracing::info_span!(
+            "ingest.batch",
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.consumer.group.name = %self.config.group_id,
+            messaging.destination.name = %self.destinations,
+            messaging.batch.message_count = flushed.batch.num_rows(),
+            shard = flushed.shard,
+            rows = flushed.batch.num_rows()
+        );
         self.send(ShardBatch { shard: flushed.shard, batch: flushed.batch, ack, control: None, span })
     }
 

@@ -151,6 +151,8 @@ impl CheckpointWriter {
             s.last_checkpoint_flush_us = flushed.as_micros() as u64;
             s.last_checkpoint_encode_us = job.encode.as_micros() as u64;
             s.last_checkpoint_write_us = write.as_micros() as u64;
+            s.checkpoint_encode.observe(job.encode);
+            s.checkpoint_write.observe(started.elapsed());
         }
         tracing::debug!(partitions = job.files.len(), bytes, epoch = job.epoch, "checkpoints written");
         Ok(())

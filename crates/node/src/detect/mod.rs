@@ -489,6 +489,13 @@ pub struct DetectStats {
     pub engine: EngineStats,
     /// Alert events written to Kafka.
     pub alerts_sent: u64,
+    /// Alert events written, by (query, severity, state).
+    pub alert_events: BTreeMap<(String, &'static str, &'static str), u64>,
+    /// How long encoding each checkpoint took (the detection stage pauses for it).
+    pub checkpoint_encode: Arc<tessera_core::LatencyHistogram>,
+    /// How long writing each checkpoint took, from the wait for the broker's confirmations to
+    /// the files written (in the background).
+    pub checkpoint_write: Arc<tessera_core::LatencyHistogram>,
     /// Late readings written to Kafka.
     pub late_sent: u64,
     /// Failed query runs whose windows went to the dead-letter topic.

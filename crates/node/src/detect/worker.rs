@@ -403,6 +403,7 @@ impl Worker {
     fn publish(&mut self, out: StepOutput, started: Instant) -> Result<()> {
         self.keep(&out)?;
         let mut alerts = 0;
+        let mut by_kind: BTreeMap<(String, &'static str, &'static str), u64> = BTreeMap::new();
         for event in &out.alerts {
             let _alert = tracing::info_span!(
                 "alert.emit",
@@ -420,6 +421,7 @@ impl Worker {
             }
             self.alert_latency.observe(started.elapsed());
             alerts += 1;
+            *by_kind.entry((event.query.clone(), event.severity.as_str(), event.state.as_str())).or_insert(0) += 1;
         }
         let mut late = 0;
         for batch in &out.late {
@@ -431,6 +433,9 @@ impl Worker {
         if let Ok(mut s) = self.stats.lock() {
             s.alerts_sent += alerts;
             s.late_sent += late;
+            for (kind, n) in by_kind {
+                *s.alert_events.entry(kind).or_insert(0) += n;
+            }
         }
         Ok(())
     }

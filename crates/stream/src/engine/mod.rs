@@ -15,6 +15,7 @@ mod fixtures;
 mod run;
 mod state;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
@@ -114,6 +115,9 @@ pub struct EngineStats {
     pub alert_events: u64,
     /// Alerts open now.
     pub alerts_open: u64,
+    /// Alerts open now per query: a continuous query's name, `shift` and `shift.day`, and
+    /// `data_quality` and `wear` for those judges' alerts.
+    pub alerts_open_by_query: BTreeMap<String, u64>,
 }
 
 struct RegisteredQuery {
@@ -406,21 +410,34 @@ impl StreamEngine {
 
     /// Counters.
     pub fn stats(&self) -> EngineStats {
+        let by_query = self.open_by_query();
         EngineStats {
             windows: self.stages.iter().map(|s| (s.op.spec(), s.op.stats())).collect(),
             query_errors: self.query_errors,
             query_rows: self.query_rows,
             alert_events: self.alert_events,
-            alerts_open: self
-                .stages
-                .iter()
-                .flat_map(|s| s.queries.iter().filter_map(|q| q.tracker.as_ref()))
-                .map(|t| t.open_count() as u64)
-                .sum::<u64>()
-                + self.quality.as_ref().map_or(0, |q| q.open_count() as u64)
-                + self.wear.as_ref().map_or(0, |w| w.open_count() as u64)
-                + self.shift.as_ref().map_or(0, |s| s.open_count() as u64),
+            alerts_open: by_query.values().sum(),
+            alerts_open_by_query: by_query,
         }
+    }
+
+    /// Alerts open now per query (see [`EngineStats::alerts_open_by_query`]).
+    fn open_by_query(&self) -> BTreeMap<String, u64> {
+        let mut by_query = BTreeMap::new();
+        let mut add = |query: &str, n: usize| *by_query.entry(query.to_string()).or_insert(0) += n as u64;
+        for tracker in self.stages.iter().flat_map(|s| s.queries.iter().filter_map(|q| q.tracker.as_ref())) {
+            add(tracker.query(), tracker.open_count());
+        }
+        if let Some(q) = &self.quality {
+            add("data_quality", q.open_count());
+        }
+        if let Some(w) = &self.wear {
+            add("wear", w.open_count());
+        }
+        for (query, n) in self.shift.iter().flat_map(|s| s.open_by_query()) {
+            add(query, n);
+        }
+        by_query
     }
 
     fn collect_late(&mut self, stage: usize, out: &mut StepOutput) -> Result<(), StreamError> {
