@@ -109,11 +109,12 @@ fn the_chart_lints_renders_and_validates_for_every_ci_values_file() {
                 "allowPrivilegeEscalation: false",
                 "volumeClaimTemplates:",
                 "topologySpreadConstraints:",
-                "podAntiAffinity:",
                 "apps.kubernetes.io/pod-index",
             ] {
                 assert!(s.contains(needle), "{name}: a StatefulSet lacks {needle}:\n{s}");
             }
+            // The chart's anti-affinity, unless the values give an affinity of their own.
+            assert!(s.contains("podAntiAffinity:") || s.contains("nodeAffinity:"), "{name}: no affinity:\n{s}");
         }
         // One headless Service per site, publishing not-ready pods (members find each other
         // before the first election).
@@ -147,8 +148,36 @@ fn the_chart_lints_renders_and_validates_for_every_ci_values_file() {
                 true => config.replacen("[store]\n", "[store]\nwriter = \"pod-0\"\n", 1),
                 false => config.clone(),
             };
+            // Credentials from the operator's Secrets: the file the pod mounts, here a copy.
+            let credentials = dir.path().join("credentials.toml");
+            std::fs::write(&credentials, CREDENTIALS).expect("write");
+            let config = config.replace("/etc/tessera/sql/credentials.toml", credentials.to_str().expect("utf-8"));
             let path = dir.path().join(format!("{name}-{i}.toml"));
             std::fs::write(&path, &config).expect("write");
+            if config.contains("[ingest.kafka_from_env]") {
+                // The variables the StatefulSet sets from the Secret: a node process gets them.
+                let set = sets.iter().find(|s| s.contains("secretKeyRef")).expect("a set reading the Secret");
+                let mut check =
+                    crate::cli_process::command(&["node", "--config", path.to_str().expect("utf-8"), "--check"]);
+                for var in config
+                    .lines()
+                    .filter_map(|l| l.split_once(" = \"TESSERA_KAFKA_"))
+                    .map(|(_, v)| v.trim_end_matches('"'))
+                {
+                    let var = format!("TESSERA_KAFKA_{var}");
+                    assert!(set.contains(&format!("- name: {var}")), "{name}: the pods do not set {var}");
+                    check.env(&var, "from-the-secret");
+                }
+                let out = check.output().expect("tessera node --check");
+                let said = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    out.status.success() && said.contains("config ok"),
+                    "{name}: {said}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert!(said.contains("1 SQL users"), "{name}: the Secret's user: {said}");
+                continue;
+            }
             let loaded = NodeConfig::load(Some(&path))
                 .unwrap_or_else(|e| panic!("{name}: site {i}'s node.toml does not load: {e:#}\n{config}"));
             // Only the plant's values ask the nodes to create their topics.
@@ -228,6 +257,93 @@ fn the_chart_lints_renders_and_validates_for_every_ci_values_file() {
 }
 
 /// The pods of these StatefulSets (their `replicas`).
+/// The Secret of SQL users `ci/operators-values.yaml` names (key credentials.toml).
+const CREDENTIALS: &str = "[[users]]\nname = \"ops\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$5E36OuZHUtQ+jmMm10zlBg$iz7e7Bgwvxny+8OM5gWPofZ8nczAqYjyV96xT9izG6o\"\nrole = \"admin\"\n";
+
+/// The operators' values: credentials from their Secrets, extra environment, volumes, labels
+/// and scheduling, and the rules and dashboard of deploy/ shipped as a PrometheusRule (which
+/// promtool accepts) and a ConfigMap.
+#[test]
+fn the_chart_takes_credentials_from_secrets_and_ships_the_rules_and_the_dashboard() {
+    let chart = chart();
+    let values = chart.join("ci/operators-values.yaml");
+    let rendered = run(
+        &helm(),
+        &[
+            "template",
+            "tessera",
+            chart.to_str().expect("utf-8"),
+            "-f",
+            values.to_str().expect("utf-8"),
+            "--namespace",
+            "plant",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let docs = documents(&rendered);
+    let find = |kind: &str| {
+        *docs.iter().find(|d| d.contains(&format!("\nkind: {kind}\n"))).unwrap_or_else(|| panic!("no {kind}"))
+    };
+    let set = find("StatefulSet");
+    for expected in [
+        "name: kafka-credentials",
+        "key: password",
+        "name: HTTPS_PROXY",
+        "mountPath: /etc/tessera/kafka-ca",
+        "mountPath: /etc/tessera/sql",
+        "secretName: tessera-sql-credentials",
+        "team: plant-ops",
+        "nodeAffinity:",
+        "key: dedicated",
+    ] {
+        assert!(set.contains(expected), "the StatefulSet lacks {expected:?}");
+    }
+    assert!(!set.contains("podAntiAffinity"), "affinity replaces the chart's anti-affinity");
+    assert!(!rendered.contains("from-the-secret") && !rendered.contains("argon2id"), "no credential in the release");
+
+    // The PrometheusRule holds deploy/'s groups, and promtool accepts them.
+    let rule: serde_json::Value = serde_yaml_ng::from_str(find("PrometheusRule")).expect("yaml");
+    let deployed: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(deploy_file("prometheus/tessera-rules.yaml")).expect("rules"))
+            .expect("yaml");
+    assert_eq!(rule["spec"]["groups"], deployed["groups"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, serde_yaml_ng::to_string(&rule["spec"]).expect("yaml")).expect("write");
+    let out =
+        std::process::Command::new("promtool").args(["check", "rules"]).arg(&rules).output().expect("promtool runs");
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // The dashboard's ConfigMap holds deploy/'s dashboard, labelled for Grafana's sidecar.
+    let map: serde_json::Value = serde_yaml_ng::from_str(find("ConfigMap")).expect("yaml");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(map["data"]["tessera-dashboard.json"].as_str().expect("json"))
+            .expect("the dashboard parses");
+    let deployed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy_file("grafana/tessera-dashboard.json")).expect("dashboard"),
+    )
+    .expect("json");
+    assert_eq!(dashboard, deployed);
+}
+
+/// The chart ships copies of deploy/'s rules and dashboard (Helm reads only the chart's files):
+/// they must stay equal.
+#[test]
+fn the_charts_copies_of_the_rules_and_the_dashboard_are_deploys() {
+    for (copy, original) in [
+        ("files/tessera-rules.yaml", "prometheus/tessera-rules.yaml"),
+        ("files/tessera-dashboard.json", "grafana/tessera-dashboard.json"),
+    ] {
+        let copy_text = std::fs::read_to_string(chart().join(copy)).expect("the chart's copy");
+        let original_text = std::fs::read_to_string(deploy_file(original)).expect("deploy/");
+        assert!(copy_text == original_text, "helm/tessera/{copy} differs from deploy/{original}: copy it again");
+    }
+}
+
+fn deploy_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(path)
+}
+
 fn sets_pods(sets: &[&str]) -> usize {
     sets.iter()
         .map(|s| {
@@ -379,6 +495,16 @@ fn bad_values_are_refused_with_the_value_named() {
             "Raft id 101 is used by site-a and site-b",
         ),
         ("no SQL user", "sql:\n  users: []\n".to_string(), "sql.users: give at least one user"),
+        (
+            "users in a Secret and no test user",
+            "sql:\n  users: []\n  existingSecret: creds\n".to_string(),
+            "sql.testUser: name the user of sql.existingSecret",
+        ),
+        (
+            "Kafka settings from a Secret without its name",
+            "kafka:\n  existingSecret:\n    settings:\n      sasl.password: password\n".to_string(),
+            "kafka.existingSecret.name",
+        ),
         ("certificates the chart would sign", "tls:\n  certificates: chart\n".to_string(), "tls.certificates"),
         ("a CA for the pods (removed)", "tls:\n  existingSecret: my-ca\n".to_string(), "existingSecret"),
         (

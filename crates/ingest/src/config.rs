@@ -105,6 +105,10 @@ pub struct IngestConfig {
     /// Extra librdkafka settings for the consumer and the dead-letter producer (TLS, SASL,
     /// `auto.offset.reset`, ...). They override Tessera's own choices.
     pub kafka: BTreeMap<String, String>,
+    /// More `kafka` settings whose values are read from environment variables at start (a
+    /// Kubernetes Secret's keys, so that no credential is in the config):
+    /// `"sasl.password" = "KAFKA_PASSWORD"`. The node's config loading moves them into `kafka`.
+    pub kafka_from_env: BTreeMap<String, String>,
     /// Whether (and how) the node creates missing input and dead-letter topics; `None`: it
     /// waits for someone else to.
     pub create_topics: Option<TopicCreation>,
@@ -130,6 +134,7 @@ impl Default for IngestConfig {
             max_readings_per_message: 10_000,
             validation: ValidationRules::default(),
             kafka: BTreeMap::new(),
+            kafka_from_env: BTreeMap::new(),
             create_topics: None,
         }
     }

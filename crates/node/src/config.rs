@@ -171,9 +171,42 @@ impl NodeConfig {
         figment = figment.merge(environment);
         let mut config: NodeConfig = figment.extract().map_err(|e| LoadError::Parse(Box::new(e)))?;
         adjust(&mut config);
+        config.read_secrets()?;
         config.validate()?;
         config.deprecated = deprecated;
         Ok(config)
+    }
+
+    /// Reads what the config only points at: `ingest.kafka_from_env`'s variables into
+    /// `ingest.kafka`, and `sql.credentials_file`'s users and tokens into `sql`.
+    fn read_secrets(&mut self) -> Result<(), LoadError> {
+        for (key, var) in std::mem::take(&mut self.ingest.kafka_from_env) {
+            let field = format!("ingest.kafka_from_env.{key}");
+            let value = std::env::var(&var)
+                .map_err(|_| ConfigError::new(field.clone(), format!("environment variable {var} is not set")))?;
+            if self.ingest.kafka.insert(key.clone(), value).is_some() {
+                return Err(ConfigError::new(field, format!("ingest.kafka sets {key} too; keep one")).into());
+            }
+        }
+        if let Some(file) = &self.sql.credentials_file {
+            /// The credentials file: users and tokens, as in `[sql]`.
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Credentials {
+                #[serde(default)]
+                users: Vec<tessera_sql::UserConfig>,
+                #[serde(default)]
+                tokens: Vec<tessera_sql::TokenConfig>,
+            }
+            let field = "sql.credentials_file";
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| ConfigError::new(field, format!("reading {}: {e}", file.display())))?;
+            let credentials: Credentials =
+                toml::from_str(&text).map_err(|e| ConfigError::new(field, format!("{}: {e}", file.display())))?;
+            self.sql.users.extend(credentials.users);
+            self.sql.tokens.extend(credentials.tokens);
+        }
+        Ok(())
     }
 
     /// Checks every section; the error's field is the whole path (`ingest.shards`).
@@ -236,6 +269,36 @@ mod tests {
             let loaded = NodeConfig::load(Some(&example)).unwrap();
             let defaults = NodeConfig { site_id: "site-a".into(), ..Default::default() };
             assert_eq!(loaded, defaults, "deploy/tessera.example.toml documents the defaults");
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
+    fn credentials_come_from_the_environment_and_a_credentials_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "credentials.toml",
+                "[[users]]\nname = \"ops\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$5E36OuZHUtQ+jmMm10zlBg$iz7e7Bgwvxny+8OM5gWPofZ8nczAqYjyV96xT9izG6o\"\nrole = \"admin\"\n",
+            )?;
+            jail.create_file(
+                "node.toml",
+                "[ingest.kafka_from_env]\n\"sasl.password\" = \"KAFKA_PASSWORD\"\n[sql]\nlisten = \"127.0.0.1:0\"\ncredentials_file = \"credentials.toml\"\n",
+            )?;
+            let path = std::path::Path::new("node.toml");
+            let err = NodeConfig::load(Some(path)).expect_err("the variable is unset");
+            assert!(
+                err.to_string()
+                    .contains("ingest.kafka_from_env.sasl.password: environment variable KAFKA_PASSWORD is not set"),
+                "{err}"
+            );
+            jail.set_env("KAFKA_PASSWORD", "s3cret");
+            let c = NodeConfig::load(Some(path)).expect("loads");
+            assert_eq!(c.ingest.kafka.get("sasl.password").map(String::as_str), Some("s3cret"));
+            assert_eq!(c.sql.users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(), ["ops"]);
+            jail.create_file("credentials.toml", "[[users]]\nname = 1\n")?;
+            let err = NodeConfig::load(Some(path)).expect_err("a bad file");
+            assert!(err.to_string().contains("sql.credentials_file: credentials.toml"), "{err}");
+            Ok(())
         });
     }
 

@@ -170,7 +170,7 @@ impl Node {
         let (detect, detect_loop) = Detect::prepare_checkpointed(
             engine,
             &config.detect,
-            &config.ingest.brokers,
+            &crate::topics::KafkaClient::of(&config.ingest),
             rx,
             checkpointed,
             store.as_ref().map(TelemetryStore::link),

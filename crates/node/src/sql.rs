@@ -41,6 +41,9 @@ pub struct SqlConfig {
     pub users: Vec<UserConfig>,
     /// Long-lived bearer tokens (`[[sql.tokens]]`): hex SHA-256 and the user they act as.
     pub tokens: Vec<TokenConfig>,
+    /// A TOML file with more `[[users]]` and `[[tokens]]`, in the same form (e.g. a mounted
+    /// Kubernetes Secret, so that no hash is in the config), added to these at start.
+    pub credentials_file: Option<std::path::PathBuf>,
     /// How long a token from the handshake stays valid.
     #[serde(with = "humantime_serde")]
     pub session_ttl: Duration,
@@ -94,6 +97,7 @@ impl Default for SqlConfig {
             listen: None,
             users: Vec::new(),
             tokens: Vec::new(),
+            credentials_file: None,
             session_ttl: Duration::from_secs(8 * 3600),
             audit_rows: 100_000,
             audit_bytes: 32 << 20,

@@ -1,5 +1,7 @@
-//! Creating Kafka topics through the admin API, so that a fresh cluster works out of the box.
-//! Existing topics are left as they are. (The embedded Kafka has its own `create_topic`.)
+//! The node's own Kafka clients besides the ingest's: how they connect ([`KafkaClient`]: the
+//! ingest's brokers, TLS and SASL settings), and creating topics through the admin API, so
+//! that a fresh cluster works out of the box. Existing topics are left as they are. (The
+//! embedded Kafka has its own `create_topic`.)
 
 use std::time::Duration;
 
@@ -49,14 +51,38 @@ pub fn create_output_topics(config: &NodeConfig) -> Result<(), NodeError> {
     create(&admin_client_config(&config.ingest), &topics)
 }
 
+/// How the node's own Kafka clients (the alerts producer, admin clients) connect: the
+/// ingest's brokers and those of its `kafka` settings that are about the connection and its
+/// security (TLS, SASL), not about consuming.
+#[derive(Debug, Clone, Default)]
+pub struct KafkaClient {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Connection and security settings.
+    pub settings: std::collections::BTreeMap<String, String>,
+}
+
+impl KafkaClient {
+    /// The ingest's brokers and connection settings.
+    pub fn of(ingest: &IngestConfig) -> Self {
+        let settings = ingest.kafka.iter().filter(|(key, _)| is_client_setting(key));
+        Self { brokers: ingest.brokers.clone(), settings: settings.map(|(k, v)| (k.clone(), v.clone())).collect() }
+    }
+
+    /// A librdkafka client config with these settings.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.settings {
+            client.set(key, value);
+        }
+        client
+    }
+}
+
 /// An admin client's settings: the ingest's brokers and its connection and security settings.
 fn admin_client_config(ingest: &IngestConfig) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", &ingest.brokers);
-    for (key, value) in ingest.kafka.iter().filter(|(key, _)| is_client_setting(key)) {
-        client.set(key, value);
-    }
-    client
+    KafkaClient::of(ingest).client_config()
 }
 
 /// Whether a librdkafka setting applies to an admin client too (connection and security),

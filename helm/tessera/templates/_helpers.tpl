@@ -62,3 +62,9 @@ app.kubernetes.io/component: node
 {{- range .Values.sites -}}{{- $n = add $n .replicas -}}{{- end -}}
 {{- $n -}}
 {{- end -}}
+
+{{/* The environment variable that carries librdkafka setting . from kafka.existingSecret
+(sasl.password -> TESSERA_KAFKA_SASL_PASSWORD). */}}
+{{- define "tessera.kafkaSecretVar" -}}
+{{- printf "TESSERA_KAFKA_%s" (. | upper | replace "." "_" | replace "-" "_") -}}
+{{- end }}

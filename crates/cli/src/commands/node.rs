@@ -28,6 +28,10 @@ pub struct NodeArgs {
     /// A `CREATE CONTINUOUS QUERY` statement to run besides the configured ones (repeatable).
     #[arg(long = "query", value_name = "SQL")]
     pub queries: Vec<String>,
+    /// Only load and check the config (file, variables, secrets it points at, the queries),
+    /// print what the node would run, and exit: 0 if it would start.
+    #[arg(long)]
+    pub check: bool,
     /// The config once read (see [`NodeArgs::load`]).
     #[arg(skip)]
     loaded: Option<Box<NodeConfig>>,
@@ -56,6 +60,18 @@ pub fn run(args: NodeArgs, stop: &AtomicBool) -> Result<()> {
     let engine = build_engine(&config.detect)?;
     for q in engine.queries() {
         println!("continuous query {} on {}", q.name, tessera_stream::engine::describe(&q.window));
+    }
+    if args.check {
+        let topics: Vec<&str> = config.ingest.topics.iter().map(|t| t.name.as_str()).collect();
+        println!(
+            "config ok: site {}, topics {} on {}, {} SQL users, raft {}",
+            config.site_id,
+            topics.join(", "),
+            config.ingest.brokers,
+            config.sql.users.len(),
+            if config.raft.is_some() { "member" } else { "none" }
+        );
+        return Ok(());
     }
     // A broker that cannot create topics (no admin rights, or librdkafka's mock cluster) may
     // still have them: the node goes on, and stops if a write to a missing one fails.

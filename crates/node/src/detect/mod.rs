@@ -39,9 +39,9 @@ use std::time::Duration;
 
 use arrow_array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use rdkafka::ClientContext;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{ProducerContext, ThreadedProducer};
-use rdkafka::{ClientConfig, ClientContext};
 use serde::{Deserialize, Serialize};
 use tessera_core::WatermarkPolicy;
 use tessera_core::{ConfigError, ensure};
@@ -605,7 +605,8 @@ impl Detect {
         brokers: &str,
         batches: Receiver<ShardBatch>,
     ) -> Result<(Self, StageLoop<StreamEngine>)> {
-        Self::prepare_checkpointed(engine, config, brokers, batches, false, None, None)
+        let kafka = crate::topics::KafkaClient { brokers: brokers.to_string(), settings: Default::default() };
+        Self::prepare_checkpointed(engine, config, &kafka, batches, false, None, None)
     }
 
     /// Like [`Detect::prepare`], with per-partition checkpoints when `checkpointed`: the ingest
@@ -618,15 +619,15 @@ impl Detect {
     pub fn prepare_checkpointed(
         engine: StreamEngine,
         config: &DetectConfig,
-        brokers: &str,
+        kafka: &crate::topics::KafkaClient,
         batches: Receiver<ShardBatch>,
         checkpointed: bool,
         raw: Option<StoreLink>,
         notifier: Option<crate::notify::Notifier>,
     ) -> Result<(Self, StageLoop<StreamEngine>)> {
         let failed = Arc::new(Mutex::new(None));
-        let producer: ThreadedProducer<DeliveryCheck> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+        let producer: ThreadedProducer<DeliveryCheck> = kafka
+            .client_config()
             .set("enable.idempotence", "true")
             // Alerts are few and urgent: send each at once.
             .set("linger.ms", "0")
