@@ -445,6 +445,47 @@ fn the_notes_tell_how_to_check_and_query_the_release() {
     }
 }
 
+/// The image's runtime stage installs every shared library Tessera links: the libraries of
+/// this test binary (which links the same native code as `tessera`) map, through `dpkg -S`,
+/// to packages the runtime stage installs or debian:bookworm-slim has. (The whole build stage,
+/// run without an image builder: scripts/image-binary-stage.sh.)
+#[test]
+fn the_runtime_stage_has_every_library_the_binary_links() {
+    let dockerfile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/Dockerfile"))
+        .expect("deploy/Dockerfile");
+    let runtime = dockerfile.split("AS runtime").nth(1).expect("a runtime stage");
+    let installed: Vec<&str> = runtime
+        .split("--no-install-recommends")
+        .nth(1)
+        .expect("an apt-get install")
+        .split_whitespace()
+        .take_while(|w| *w != "&&" && *w != "\\")
+        .chain(["libc6", "libgcc-s1"])
+        .collect();
+    let exe = std::env::current_exe().expect("the test binary");
+    let ldd = std::process::Command::new("ldd").arg(&exe).output().expect("ldd");
+    let libraries: Vec<String> = String::from_utf8_lossy(&ldd.stdout)
+        .lines()
+        .filter_map(|l| l.split("=> ").nth(1)?.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert!(libraries.iter().any(|l| l.contains("libssl")), "{libraries:?}");
+    for library in &libraries {
+        // dpkg knows a library under the path its package installed (with /usr merged, the
+        // path ldd names or the one its links resolve to).
+        let real = std::fs::canonicalize(library).expect("the library");
+        let owner = [Path::new(library), real.as_path()].iter().find_map(|path| {
+            let out = std::process::Command::new("dpkg").arg("-S").arg(path).output().expect("dpkg -S");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            out.status.success().then(|| text.split(':').next().unwrap_or_default().trim().to_string())
+        });
+        let package = owner.as_deref().unwrap_or_default();
+        assert!(
+            installed.contains(&package),
+            "{library} comes from {package:?}, which the runtime stage lacks ({installed:?})"
+        );
+    }
+}
+
 #[test]
 fn the_image_runs_as_the_user_the_chart_expects() {
     let dockerfile = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/Dockerfile"))
