@@ -8,7 +8,8 @@
 #                                  and of moto (an S3-compatible server for checkpoint tests);
 #                                  Debian's prometheus-alertmanager (notification tests) and
 #                                  prometheus (promtool, for the alert rules' tests);
-#                                  Debian's chromium and chromium-driver (the console's browser tests)
+#                                  Debian's chromium and chromium-driver (the console's browser tests);
+#                                  man-db and bsdutils (man pages, and script(1) for the SQL shell)
 set -euo pipefail
 
 packages=(build-essential pkg-config zlib1g-dev libssl-dev python3 python3-venv)
@@ -19,6 +20,8 @@ if [[ "${1:-}" == "--with-broker" ]]; then
   # A real Alertmanager for the notification tests, promtool (Debian's prometheus) for the rules,
   # and a real browser (headless Chromium and its WebDriver) for the web console's tests.
   packages+=(prometheus-alertmanager prometheus chromium chromium-driver)
+  # man renders the generated man pages, script(1) gives the SQL shell's test a terminal.
+  packages+=(man-db bsdutils)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -131,5 +131,20 @@ mod tests {
         for key in ["auto.offset.reset", "session.timeout.ms", "fetch.min.bytes", "group.instance.id"] {
             assert!(!is_client_setting(key), "{key}");
         }
+        let ingest = IngestConfig {
+            kafka: [("security.protocol", "SASL_SSL"), ("sasl.password", "pw"), ("auto.offset.reset", "latest")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let client = KafkaClient::of(&ingest).client_config();
+        assert_eq!(
+            client.get("security.protocol"),
+            Some("SASL_SSL"),
+            "the alerts producer and admin clients use TLS/SASL"
+        );
+        assert_eq!(client.get("sasl.password"), Some("pw"));
+        assert_eq!(client.get("auto.offset.reset"), None, "a consumer setting stays the consumer's");
     }
 }

@@ -98,6 +98,10 @@ pub fn duration(text: &str) -> Result<Duration, String> {
 impl ControlNodeArgs {
     /// The node config with the flags applied: its `[raft]` section is what runs.
     pub fn config(&self) -> Result<NodeConfig> {
+        // The node config's default site would pass silently: a member names its site.
+        if self.site.is_none() && self.config.is_none() && std::env::var_os("TESSERA__SITE_ID").is_none() {
+            anyhow::bail!("give --site (or site_id in --config, or TESSERA__SITE_ID)");
+        }
         let mut deprecated = Vec::new();
         let config = NodeConfig::load_with(self.config.as_deref(), |config| {
             if let Some(site) = &self.site {
