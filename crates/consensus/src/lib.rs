@@ -5,6 +5,8 @@
 //! Layers, bottom up:
 //! - [`types`]: the Raft type configuration and the registry commands a log entry carries;
 //! - [`registry`]: the registry and how a command changes it (pure, deterministic);
+//! - [`voters`]: which members should vote, a bounded set spread over sites (pure; not yet
+//!   applied by the leader: every member named at init or added as a voter votes);
 //! - [`log_store`] and [`state_machine`]: the log and the state machine on disk (redb), with
 //!   snapshots and log purge, checked by openraft's storage conformance suite;
 //! - [`network`] and the services: Raft over tonic gRPC (`proto/raft.proto`) and the admin API;
@@ -19,6 +21,7 @@ pub mod registry;
 mod service;
 pub mod state_machine;
 pub mod types;
+pub mod voters;
 
 pub use error::{ConsensusError, DeskError};
 pub use node::{AlertDesk, ConsensusNode, RaftSettings, RaftStatus};
