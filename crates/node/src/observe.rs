@@ -355,19 +355,15 @@ impl Metrics {
     fn histogram_family(&mut self, name: &str, help: &str, series: &[(&[(&str, &str)], &LatencySnapshot)]) {
         self.family(name, "histogram", help);
         for (labels, h) in series {
-            let with = |extra: Option<(&'static str, &str)>| -> Vec<(&str, String)> {
-                labels.iter().map(|(k, v)| (*k, v.to_string())).chain(extra.map(|(k, v)| (k, v.to_string()))).collect()
-            };
-            let sample = |m: &mut Self, suffix: &str, labels: Vec<(&str, String)>, v: f64| {
-                let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                m.sample(&format!("{name}{suffix}"), &labels, v);
-            };
-            for (bound, n) in &h.cumulative {
-                sample(self, "_bucket", with(Some(("le", &number(*bound)))), *n as f64);
+            let bounds: Vec<String> =
+                h.cumulative.iter().map(|(bound, _)| number(*bound)).chain(["+Inf".into()]).collect();
+            let counts = h.cumulative.iter().map(|(_, n)| *n).chain([h.count]);
+            for (le, n) in bounds.iter().zip(counts) {
+                let with_le: Vec<(&str, &str)> = labels.iter().copied().chain([("le", le.as_str())]).collect();
+                self.sample(&format!("{name}_bucket"), &with_le, n as f64);
             }
-            sample(self, "_bucket", with(Some(("le", "+Inf"))), h.count as f64);
-            sample(self, "_sum", with(None), h.sum_s);
-            sample(self, "_count", with(None), h.count as f64);
+            self.sample(&format!("{name}_sum"), labels, h.sum_s);
+            self.sample(&format!("{name}_count"), labels, h.count as f64);
         }
     }
 }

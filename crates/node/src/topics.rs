@@ -17,10 +17,9 @@ use crate::error::NodeError;
 /// Creates every `(name, partitions)` topic that does not exist yet (replication factor 1
 /// unless the broker's default applies).
 pub fn ensure_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<(), NodeError> {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", brokers);
+    let client = KafkaClient { brokers: brokers.to_string(), settings: Default::default() };
     let topics: Vec<(&str, i32, i32)> = topics.iter().map(|(name, p)| (*name, *p, 1)).collect();
-    create(&client, &topics)
+    create(&client.client_config(), &topics)
 }
 
 /// With `[ingest.create_topics]`, creates the ingest's input and dead-letter topics that do
@@ -31,7 +30,7 @@ pub fn create_ingest_topics(ingest: &IngestConfig) -> Result<(), NodeError> {
     let names = ingest.topics.iter().map(|t| t.name.as_str()).chain([ingest.dead_letter_topic.as_str()]);
     let topics: Vec<(&str, i32, i32)> =
         names.map(|name| (name, create_topics.partitions, create_topics.replication_factor)).collect();
-    create(&admin_client_config(ingest), &topics)
+    create(&KafkaClient::of(ingest).client_config(), &topics)
 }
 
 /// Creates the topics a node writes to (the ingest's dead letters, alerts, late readings, the
@@ -48,7 +47,7 @@ pub fn create_output_topics(config: &NodeConfig) -> Result<(), NodeError> {
         (detect.late_topic.as_str(), 3, replication),
         (detect.dead_letter_topic.as_str(), 1, replication),
     ];
-    create(&admin_client_config(&config.ingest), &topics)
+    create(&KafkaClient::of(&config.ingest).client_config(), &topics)
 }
 
 /// How the node's own Kafka clients (the alerts producer, admin clients) connect: the
@@ -78,11 +77,6 @@ impl KafkaClient {
         }
         client
     }
-}
-
-/// An admin client's settings: the ingest's brokers and its connection and security settings.
-fn admin_client_config(ingest: &IngestConfig) -> ClientConfig {
-    KafkaClient::of(ingest).client_config()
 }
 
 /// Whether a librdkafka setting applies to an admin client too (connection and security),
