@@ -47,6 +47,8 @@ const TUNING: &[&str] = &[
     "500ms",
     "--write-timeout",
     "3s",
+    "--voter-down-after",
+    "2s",
 ];
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -326,26 +328,43 @@ fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
     let err = tessera(&["cluster", "add-node", "--at", &a1, "4-site-1"]).map_err(|e| format!("{e:#}")).unwrap_err();
     assert!(err.contains("ID=SITE@HOST:PORT"), "{err}");
 
-    // Node 4 joins (learner, then voter), then leaves.
+    // Node 4 joins as a learner: three voters on three sites need no fourth. Pinned, it takes
+    // site-3's vote from node 3 (joint consensus; node 3 stays a learner). Removed, node 3
+    // takes it back. Removing node 1 would then leave too few voters.
     tessera(&["cluster", "add-node", "--at", &a2, &nodes[3].spec()]).expect("add-node");
     tessera(&["cluster", "status", "--at", &at(3)]).expect("status");
-    runtime().block_on(async {
-        // The new node learns the final membership from the leader's next append.
-        let until = Instant::now() + Duration::from_secs(10);
-        loop {
-            let status = nodes[3].client().await.status(pb::StatusRequest {}).await.expect("status").into_inner();
-            if status.voters.iter().map(|n| n.id).eq([1, 2, 3, 4]) {
-                break;
+    // As node `ask` sees it (node 4 learns the final membership from the leader's next append).
+    let membership = |ask: usize, voters: &'static [u64], learners: &'static [u64]| {
+        let nodes = &nodes;
+        async move {
+            let until = Instant::now() + Duration::from_secs(15);
+            loop {
+                let status = nodes[ask].client().await.status(pb::StatusRequest {}).await.expect("status").into_inner();
+                if status.voters.iter().map(|n| n.id).eq(voters.iter().copied())
+                    && status.learners.iter().map(|n| n.id).eq(learners.iter().copied())
+                {
+                    break;
+                }
+                assert!(Instant::now() < until, "voters {voters:?}, learners {learners:?} expected: {status:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            assert!(Instant::now() < until, "node 4 is not a voter: {status:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    };
+    runtime().block_on(async {
+        membership(3, &[1, 2, 3], &[4]).await;
         let queries = query_names(&nodes[3]).await.expect("list on the new node");
         assert_eq!(queries, ["broken", "hot"]);
     });
+    tessera(&["cluster", "set-voters", "--at", &a1, "--target", "3", "--pin", "4"]).expect("set-voters");
+    runtime().block_on(membership(3, &[1, 2, 4], &[3]));
+    let err =
+        tessera(&["cluster", "set-voters", "--at", &a1, "--target", "4"]).map_err(|e| format!("{e:#}")).unwrap_err();
+    assert!(err.contains("command.policy: target 4: give an odd number from 3 to 7"), "{err}");
+    tessera(&["cluster", "set-voters", "--at", &a1]).expect("back to the default policy");
+    tessera(&["cluster", "remove-node", "--at", &a3, "4"]).expect("remove-node (node 3 takes site-3's vote)");
+    runtime().block_on(membership(0, &[1, 2, 3], &[]));
     let err = tessera(&["cluster", "remove-node", "--at", &a3, "1"]).map_err(|e| format!("{e:#}")).unwrap_err();
-    assert!(err.contains("node 1 is the last voter of site site-1"), "{err}");
-    tessera(&["cluster", "remove-node", "--at", &a3, "4"]).expect("remove-node (site-3 keeps node 3)");
+    assert!(err.contains("removing node 1 would leave 1 voter(s), and at least 2 must remain"), "{err}");
     tessera(&["cluster", "sites", "--at", &a1]).expect("sites");
     tessera(&["cluster", "audit", "--at", &a1]).expect("audit");
     // Machine-readable answers, as a script gets them from the tessera process.
@@ -357,6 +376,14 @@ fn the_cli_grows_and_shrinks_the_cluster_and_edits_the_registry() {
     let sites = json(&["cluster", "sites", "--at", &a1, "--output", "json"]);
     let site_1 = sites.as_array().expect("rows").iter().find(|s| s["site"] == "site-1").expect("site-1");
     assert_eq!(site_1["nodes"], "1", "{sites}");
+    let voters = json(&["cluster", "voters", "--at", &a2, "--local", "-o", "json"]);
+    let roles: Vec<(u64, &str)> = voters
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|m| (m["node_id"].as_u64().expect("id"), m["role"].as_str().expect("role")))
+        .collect();
+    assert_eq!(roles, [(1, "voter"), (2, "voter"), (3, "voter")], "{voters}");
     let status = json(&["cluster", "status", "--at", &a1, "-o", "json"]);
     assert!(status[0]["term"].as_u64().is_some_and(|t| t > 0) && status[0]["voters"].is_string(), "{status}");
     let audit = json(&["cluster", "audit", "--at", &a1, "-o", "json"]);
@@ -630,4 +657,81 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
 fn password_hash() -> String {
     static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     HASH.get_or_init(|| tessera_sql::auth::hash_password("pw").expect("hash")).clone()
+}
+
+/// The fleet's shape: 30 control-plane members over 10 sites (3 pods each) keep 5 voters on 5
+/// sites, the other 25 learners. Killing two voters' sites (all their pods, the leader's among
+/// them) leaves 3 of 5 voters, a quorum: writes go on, and the leader promotes learners on
+/// other sites until 5 voters on 5 live sites vote again; then writes still commit with a
+/// further voter site lost.
+#[test]
+fn thirty_members_over_ten_sites_keep_five_voters_and_survive_two_lost_sites() {
+    let _one = crate::fault::node_processes();
+    let work = tempfile::tempdir().expect("work dir");
+    let site_of = |id: u64| format!("site-{:02}", (id - 1) / 3);
+    let mut nodes: Vec<NodeProc> =
+        (1..=30).map(|id| NodeProc::start(&launcher(), id, &site_of(id), work.path(), TUNING)).collect();
+    runtime().block_on(async {
+        let specs =
+            nodes.iter().map(|n| pb::NodeSpec { id: n.id, site: n.site.clone(), addr: n.addr.clone() }).collect();
+        let reply = nodes[0].client().await.init(pb::InitRequest { nodes: specs, actor: "harness".into() }).await;
+        let reply = reply.unwrap_or_else(|e| panic!("init: {e}\n{}", nodes[0].output())).into_inner();
+        assert_eq!((reply.voters.len(), reply.learners.len()), (5, 25), "{reply:?}");
+
+        // Five voters on five sites, as every member sees it once the leader replicated.
+        let sites = |specs: &[pb::NodeSpec]| specs.iter().map(|n| n.site.clone()).collect::<BTreeSet<_>>();
+        let (_, status) = leader(&nodes, Duration::from_secs(10)).await.expect("a leader");
+        assert_eq!(sites(&status.voters).len(), 5, "{status:?}");
+        let last = nodes[29].client().await.status(pb::StatusRequest {}).await.expect("status").into_inner();
+        assert_eq!(last.role, "learner", "{last:?}");
+        register(&nodes[29], "before").await.expect("a write through a learner");
+
+        // Kill every pod of the leader's site and of one more voter's site.
+        let leader_site = status.voters.iter().find(|n| Some(n.id) == status.leader_id).expect("leader").site.clone();
+        let other_site =
+            status.voters.iter().map(|n| n.site.clone()).find(|s| *s != leader_site).expect("a voter site");
+        let lost: BTreeSet<String> = [leader_site, other_site].into();
+        for node in nodes.iter_mut().filter(|n| lost.contains(&n.site)) {
+            node.kill();
+        }
+        let alive: Vec<&NodeProc> = nodes.iter().filter(|n| n.running()).collect();
+        assert_eq!(alive.len(), 24);
+
+        // Writes go on (3 of 5 voters answer) and the voters are rebalanced onto live sites.
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut wrote = false;
+        let healed = loop {
+            if !wrote {
+                wrote = register(alive[0], "during").await.is_ok();
+            }
+            if let Some(s) = alive[0].status().await
+                && s.voters.len() == 5
+                && sites(&s.voters).len() == 5
+                && sites(&s.voters).is_disjoint(&lost)
+                && s.leader_id.is_some()
+            {
+                break s;
+            }
+            assert!(Instant::now() < until, "voters not rebalanced within 60 s: {:?}", alive[0].status().await);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(wrote, "no write committed after two voter sites were lost");
+        let promoted: Vec<u64> =
+            healed.voters.iter().map(|n| n.id).filter(|id| !status.voters.iter().any(|v| v.id == *id)).collect();
+        assert_eq!(promoted.len(), 2, "two learners promoted: {healed:?}");
+
+        // With five live voters again, a third voter site may go too.
+        let third =
+            healed.voters.iter().find(|n| Some(n.id) != healed.leader_id).expect("a follower voter").site.clone();
+        for node in nodes.iter_mut().filter(|n| n.site == third) {
+            node.kill();
+        }
+        let alive: Vec<&NodeProc> = nodes.iter().filter(|n| n.running()).collect();
+        let until = Instant::now() + Duration::from_secs(20);
+        while let Err(e) = register(alive[0], "after").await {
+            assert!(Instant::now() < until, "no write after a third site was lost: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(query_names(alive[alive.len() - 1]).await.expect("list"), ["after", "before", "during"]);
+    });
 }

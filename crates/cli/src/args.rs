@@ -99,6 +99,41 @@ impl AdminArgs {
     }
 }
 
+/// How a read is served (`--local`).
+#[derive(Args, Debug, Clone, Copy)]
+pub struct ReadArgs {
+    /// Answer from the asked member's own state, without the leader: may be stale (the member
+    /// says how far it had applied), but works on a learner cut off from the voters.
+    /// Default: linearizable (through the leader's read index).
+    #[arg(long)]
+    pub local: bool,
+}
+
+impl ReadArgs {
+    /// `message` as a read request, with the header that asks for a local read if `--local`.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if self.local {
+            request
+                .metadata_mut()
+                .insert(tessera_consensus::READ_HEADER, tonic::metadata::MetadataValue::from_static("local"));
+        }
+        request
+    }
+
+    /// The note a local read prints (on stderr) about how stale its answer may be.
+    pub fn note<T>(&self, reply: &tonic::Response<T>) {
+        if self.local {
+            let applied = reply
+                .metadata()
+                .get(tessera_consensus::APPLIED_INDEX_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?");
+            eprintln!("(a local read: the member had applied the log up to index {applied})");
+        }
+    }
+}
+
 /// Where `simulate` and `replay` publish; the topic is created if missing.
 #[derive(Args)]
 pub struct TopicArgs {

@@ -5,8 +5,8 @@
 //! Layers, bottom up:
 //! - [`types`]: the Raft type configuration and the registry commands a log entry carries;
 //! - [`registry`]: the registry and how a command changes it (pure, deterministic);
-//! - [`voters`]: which members should vote, a bounded set spread over sites (pure; not yet
-//!   applied by the leader: every member named at init or added as a voter votes);
+//! - [`voters`]: which members should vote, a bounded set spread over sites (pure; the
+//!   leader's voter keeper applies it, see the services);
 //! - [`log_store`] and [`state_machine`]: the log and the state machine on disk (redb), with
 //!   snapshots and log purge, checked by openraft's storage conformance suite;
 //! - [`network`] and the services: Raft over tonic gRPC (`proto/raft.proto`) and the admin API;
@@ -25,6 +25,7 @@ pub mod voters;
 
 pub use error::{ConsensusError, DeskError};
 pub use node::{AlertDesk, ConsensusNode, RaftSettings, RaftStatus};
+pub use service::{APPLIED_INDEX_HEADER, READ_HEADER};
 pub use types::{Command, Member, NodeId, Outcome, Request, TypeConfig};
 
 /// A Raft node of the control plane.

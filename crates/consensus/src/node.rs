@@ -20,7 +20,7 @@ use crate::error::ConsensusError;
 use crate::error::DeskError;
 use crate::log_store::LogStore;
 use crate::network::{Network, Partition};
-use crate::service::{AdminService, Shared, TransportService};
+use crate::service::{AdminService, Shared, TransportService, keep_voters_balanced};
 use crate::state_machine::{RegistryView, StateMachine};
 use crate::types::{Command, Outcome};
 use crate::types::{Member, NodeId};
@@ -78,6 +78,11 @@ pub struct RaftSettings {
     /// is buffered whole.
     #[serde(default = "defaults::max_snapshot_bytes")]
     pub max_snapshot_bytes: u64,
+    /// A member the leader has not heard from for this long counts as down: a voter that is
+    /// down is replaced by a healthy learner (on another site where one is free), and a down
+    /// member is never promoted. Also how long a new leader waits before its first rebalance.
+    #[serde(default = "defaults::voter_down_after_ms")]
+    pub voter_down_after_ms: u64,
 }
 
 mod defaults {
@@ -102,6 +107,9 @@ mod defaults {
     pub(super) fn write_timeout_ms() -> u64 {
         5000
     }
+    pub(super) fn voter_down_after_ms() -> u64 {
+        10_000
+    }
 }
 
 impl RaftSettings {
@@ -122,6 +130,7 @@ impl RaftSettings {
             fault_injection: false,
             insecure_plaintext: false,
             max_snapshot_bytes: defaults::max_snapshot_bytes(),
+            voter_down_after_ms: defaults::voter_down_after_ms(),
         }
     }
 
@@ -142,6 +151,16 @@ impl RaftSettings {
                 format!(
                     "{} ms must exceed raft.election_timeout_min ({} ms)",
                     self.election_timeout_max_ms, self.election_timeout_min_ms
+                ),
+            )
+            .into());
+        }
+        if self.voter_down_after_ms <= self.election_timeout_max_ms {
+            return Err(ConfigError::new(
+                "raft.voter_down_after",
+                format!(
+                    "{} ms must exceed raft.election_timeout_max ({} ms): a member is down only after it missed an election's worth of heartbeats",
+                    self.voter_down_after_ms, self.election_timeout_max_ms
                 ),
             )
             .into());
@@ -178,6 +197,8 @@ pub struct ConsensusNode {
     advertised: String,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The leader's voter keeper (see `service::rebalance`).
+    voter_keeper: JoinHandle<()>,
     refusals: Arc<Refusals>,
     shared: Shared,
     /// Serving in plaintext on a non-loopback address (`insecure_plaintext`).
@@ -327,7 +348,10 @@ impl ConsensusNode {
             refusals: refusals.clone(),
             max_snapshot_bytes: settings.max_snapshot_bytes,
             site: settings.site.clone(),
+            voter_down_after: Duration::from_millis(settings.voter_down_after_ms),
+            rebalance_now: Arc::new(tokio::sync::Notify::new()),
         };
+        let voter_keeper = tokio::spawn(keep_voters_balanced(shared.clone()));
         let transport = RaftTransportServer::new(TransportService(shared.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -345,6 +369,7 @@ impl ConsensusNode {
             advertised: settings.advertised(addr),
             stop: Some(stop),
             server,
+            voter_keeper,
             refusals,
             shared,
             plaintext_exposed,
@@ -391,7 +416,8 @@ impl ConsensusNode {
     /// Initialises a new cluster with `members` (`(id, site, address)`, this node among them)
     /// unless this node has been initialised before (then it yields `false`): a deployment's
     /// first start, without an operator's `cluster init`. Only one member (by convention the
-    /// lowest id) should do it; the others join as its first leader replicates to them. The
+    /// lowest id) should do it; the others join as its first leader replicates to them. A
+    /// bounded set of them votes (see [`crate::voters`]); the rest join as learners. The
     /// returned task then records each member's registration, retrying while no quorum is up
     /// yet (the other members may still be starting), for up to `patience`.
     pub fn bootstrap(
@@ -409,8 +435,11 @@ impl ConsensusNode {
             let actor = format!("bootstrap:node-{}", shared.me);
             let registrations =
                 shared.registrations(&actor, &members).map_err(|e| ConsensusError::Bootstrap(e.into()))?;
-            shared.raft.initialize(members).await.map_err(|e| ConsensusError::Bootstrap(e.into()))?;
             let deadline = tokio::time::Instant::now() + patience;
+            shared
+                .initialize_bounded(&members, deadline.into_std())
+                .await
+                .map_err(|e| ConsensusError::Bootstrap(e.into()))?;
             for r in registrations {
                 while let Err(e) = shared.write(r.clone(), &shared.itself(), false).await {
                     if tokio::time::Instant::now() >= deadline {
@@ -433,6 +462,7 @@ impl ConsensusNode {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        self.voter_keeper.abort();
         let served = (&mut self.server).await;
         self.raft.shutdown().await.map_err(ConsensusError::Shutdown)?;
         match served {

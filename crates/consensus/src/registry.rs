@@ -165,6 +165,9 @@ pub struct Registry {
     /// Acknowledged alerts by alert id, the newest [`MAX_ACKS`].
     #[serde(default)]
     pub acks: BTreeMap<String, AckRecord>,
+    /// The operator's say over which members vote; the leader rebalances the voters to it.
+    #[serde(default)]
+    pub voter_policy: crate::types::VoterPolicy,
 }
 
 impl Registry {
@@ -309,6 +312,7 @@ impl Registry {
                     self.acks.remove(&oldest);
                 }
             }
+            Command::SetVoterPolicy { policy } => self.voter_policy = policy.clone(),
             Command::ApproveRelease { bundle, site } => {
                 let release =
                     self.releases.get_mut(bundle).ok_or_else(|| format!("bundle {bundle} has no release request"))?;

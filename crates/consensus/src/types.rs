@@ -6,6 +6,7 @@
 //! [`Request::check`] bounds every field, so raw telemetry cannot enter the log by accident
 //! (ARCHITECTURE.md, invariant "raw telemetry never enters the Raft log").
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -180,6 +181,65 @@ pub enum Command {
         /// Silenced until then (ms since the Unix epoch); `None`: acknowledged only.
         silence_until_ms: Option<i64>,
     },
+    /// Sets the operator's say over which members vote (see [`VoterPolicy`]); the leader
+    /// rebalances the voters to it.
+    SetVoterPolicy {
+        /// The whole policy (it replaces the one before).
+        policy: VoterPolicy,
+    },
+}
+
+/// The fewest voters a bounded voter set aims for (tolerates one failure).
+pub const MIN_VOTERS: usize = 3;
+/// The most voters a bounded voter set has (tolerates three failures).
+pub const MAX_VOTERS: usize = 7;
+
+/// The operator's say over the voter set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoterPolicy {
+    /// How many voters to keep, odd, [`MIN_VOTERS`]..=[`MAX_VOTERS`] (fewer while fewer
+    /// members are healthy).
+    pub target: usize,
+    /// Members that vote whenever they are healthy, whatever their site.
+    pub pinned: BTreeSet<NodeId>,
+    /// Members that never vote (e.g. a site on a slow link).
+    pub excluded: BTreeSet<NodeId>,
+}
+
+impl Default for VoterPolicy {
+    fn default() -> Self {
+        Self { target: 5, pinned: BTreeSet::new(), excluded: BTreeSet::new() }
+    }
+}
+
+impl fmt::Display for VoterPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ids = |set: &BTreeSet<NodeId>| set.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(", ");
+        write!(f, "{} voters", self.target)?;
+        if !self.pinned.is_empty() {
+            write!(f, ", pinned {}", ids(&self.pinned))?;
+        }
+        if !self.excluded.is_empty() {
+            write!(f, ", excluded {}", ids(&self.excluded))?;
+        }
+        Ok(())
+    }
+}
+
+impl VoterPolicy {
+    /// Checks the policy; the error says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(MIN_VOTERS..=MAX_VOTERS).contains(&self.target) || self.target.is_multiple_of(2) {
+            return Err(format!("target {}: give an odd number from {MIN_VOTERS} to {MAX_VOTERS}", self.target));
+        }
+        if let Some(id) = self.pinned.intersection(&self.excluded).next() {
+            return Err(format!("node {id} is both pinned and excluded"));
+        }
+        if self.pinned.len() > self.target {
+            return Err(format!("{} pinned voters exceed the target of {}", self.pinned.len(), self.target));
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for Command {
@@ -220,6 +280,7 @@ impl fmt::Display for Command {
                 }
                 write!(f, ": {note}")
             }
+            Command::SetVoterPolicy { policy } => write!(f, "set voter policy: {policy}"),
             Command::SetMachineClass { motors, class } => {
                 let class = class.as_deref().map_or("the default class".to_string(), |c| format!("class {c}"));
                 match motors.as_slice() {
@@ -334,6 +395,9 @@ impl Request {
             Command::AcknowledgeAlert { alert, note, .. } => {
                 text("command.alert", alert, MAX_TEXT_BYTES)?;
                 text("command.note", note, MAX_NOTE_BYTES)
+            }
+            Command::SetVoterPolicy { policy } => {
+                policy.validate().map_err(|problem| RequestError { field: "command.policy", problem })
             }
         }
     }

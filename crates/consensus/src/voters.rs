@@ -12,48 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::types::{MAX_VOTERS, MIN_VOTERS, VoterPolicy};
 use crate::types::{Member, NodeId};
-
-/// The fewest voters a bounded set aims for (tolerates one failure).
-pub const MIN_VOTERS: usize = 3;
-/// The most voters a bounded set has (tolerates three failures).
-pub const MAX_VOTERS: usize = 7;
-
-/// The operator's say over the voter set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VoterPolicy {
-    /// How many voters to keep, odd, [`MIN_VOTERS`]..=[`MAX_VOTERS`] (fewer while fewer
-    /// members are healthy).
-    pub target: usize,
-    /// Members that vote whenever they are healthy, whatever their site.
-    pub pinned: BTreeSet<NodeId>,
-    /// Members that never vote (e.g. a site on a slow link).
-    pub excluded: BTreeSet<NodeId>,
-}
-
-impl Default for VoterPolicy {
-    fn default() -> Self {
-        Self { target: 5, pinned: BTreeSet::new(), excluded: BTreeSet::new() }
-    }
-}
-
-impl VoterPolicy {
-    /// Checks the policy; the error says what is wrong.
-    pub fn validate(&self) -> Result<(), String> {
-        if !(MIN_VOTERS..=MAX_VOTERS).contains(&self.target) || self.target.is_multiple_of(2) {
-            return Err(format!("target {}: give an odd number from {MIN_VOTERS} to {MAX_VOTERS}", self.target));
-        }
-        if let Some(id) = self.pinned.intersection(&self.excluded).next() {
-            return Err(format!("node {id} is both pinned and excluded"));
-        }
-        if self.pinned.len() > self.target {
-            return Err(format!("{} pinned voters exceed the target of {}", self.pinned.len(), self.target));
-        }
-        Ok(())
-    }
-}
 
 /// The voters there should be: up to `policy.target` healthy members (odd: an even count
 /// tolerates no more failures than one fewer), the healthy pinned ones first, then one per

@@ -56,11 +56,19 @@ app.kubernetes.io/component: node
 {{- concat $members $root.Values.externalMembers | toJson -}}
 {{- end -}}
 
-{{/* Voters in the whole cluster, and the quorum. */}}
-{{- define "tessera.voters" -}}
+{{/* Members in the whole cluster: this release's pods and the external members. */}}
+{{- define "tessera.members.count" -}}
 {{- $n := len .Values.externalMembers -}}
 {{- range .Values.sites -}}{{- $n = add $n .replicas -}}{{- end -}}
 {{- $n -}}
+{{- end -}}
+
+{{/* Voters in the whole cluster with the default voter policy: at most 5, an odd number; the
+     other members are learners (`tessera cluster voters`). */}}
+{{- define "tessera.voters" -}}
+{{- $v := min 5 (int (include "tessera.members.count" .)) -}}
+{{- if eq (mod $v 2) 0 }}{{ $v = sub $v 1 }}{{ end -}}
+{{- $v -}}
 {{- end -}}
 
 {{/* The environment variable that carries librdkafka setting . from kafka.existingSecret

@@ -6,37 +6,64 @@ use clap::Subcommand;
 use tessera_node::control::{parse_node_spec, status_error};
 use tessera_proto::raft as pb;
 
-use crate::args::AdminArgs;
+use crate::args::{AdminArgs, ReadArgs};
 use crate::output::{Cell, OutputArgs, OutputFormat, Rows, opt, print_membership, utc, written};
 
 /// `tessera cluster …`
 #[derive(Subcommand, Debug)]
 #[allow(missing_docs)] // variant fields are documented by their flags' help
 pub enum ClusterCommand {
-    /// Make the given nodes the cluster's first voters (run once, against one of them).
+    /// Make the given nodes the cluster's first members (run once, against one of them): a
+    /// bounded set of them (3–7, spread over sites) votes, the rest are learners.
     Init {
         #[command(flatten)]
         admin: AdminArgs,
-        /// A voter, as ID=SITE@HOST:PORT (repeat; each site should run at least one).
+        /// A member, as ID=SITE@HOST:PORT (repeat; each site should run at least one).
         #[arg(long = "node", required = true)]
         nodes: Vec<String>,
     },
-    /// Add a node: first as a learner, then (once caught up) as a voter.
+    /// Add a node as a learner; once caught up, the leader promotes it if the voter set needs
+    /// it (a site without a voter, a down voter to replace).
     AddNode {
         #[command(flatten)]
         admin: AdminArgs,
         /// The node, as ID=SITE@HOST:PORT.
         node: String,
-        /// Keep it a learner (a non-voting replica).
+        /// Never let it vote (the voter policy then excludes it).
         #[arg(long)]
         learner_only: bool,
     },
-    /// Remove a node from the cluster.
+    /// Remove a node from the cluster (a voter is first replaced by a healthy learner; refused
+    /// if fewer than 3 voters would remain).
     RemoveNode {
         #[command(flatten)]
         admin: AdminArgs,
         /// Its Raft id.
         id: u64,
+    },
+    /// Who votes: every member's role, and the voter policy.
+    Voters {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(flatten)]
+        read: ReadArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Set the voter policy (it replaces the one before): how many members vote, and members
+    /// that always (when healthy) or never vote. The leader rebalances the voters to it.
+    SetVoters {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// How many voters: 3, 5 or 7 (fewer while fewer members are healthy).
+        #[arg(long, default_value_t = 5)]
+        target: u32,
+        /// A member that votes whenever it is healthy (repeat).
+        #[arg(long = "pin")]
+        pinned: Vec<u64>,
+        /// A member that never votes (repeat).
+        #[arg(long = "exclude")]
+        excluded: Vec<u64>,
     },
     /// The node's view of the cluster.
     Status {
@@ -49,6 +76,8 @@ pub enum ClusterCommand {
     Sites {
         #[command(flatten)]
         admin: AdminArgs,
+        #[command(flatten)]
+        read: ReadArgs,
         #[command(flatten)]
         output: OutputArgs,
     },
@@ -152,6 +181,8 @@ pub enum ClusterCommand {
         #[command(flatten)]
         admin: AdminArgs,
         #[command(flatten)]
+        read: ReadArgs,
+        #[command(flatten)]
         output: OutputArgs,
     },
     /// The grades set cluster-wide.
@@ -159,12 +190,16 @@ pub enum ClusterCommand {
         #[command(flatten)]
         admin: AdminArgs,
         #[command(flatten)]
+        read: ReadArgs,
+        #[command(flatten)]
         output: OutputArgs,
     },
     /// The audit log: who did what, when.
     Audit {
         #[command(flatten)]
         admin: AdminArgs,
+        #[command(flatten)]
+        read: ReadArgs,
         #[command(flatten)]
         output: OutputArgs,
         /// From this log index on.
@@ -205,6 +240,42 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
         ClusterCommand::RemoveNode { admin, id } => {
             let reply = admin.client().await?.remove_node(pb::RemoveNodeRequest { id, actor: admin.actor() }).await;
             print_membership(&reply.map_err(|s| status_error(&admin.at, s))?.into_inner());
+        }
+        ClusterCommand::Voters { admin, read, output } => {
+            let mut client = admin.client().await?;
+            let status =
+                client.status(pb::StatusRequest {}).await.map_err(|s| status_error(&admin.at, s))?.into_inner();
+            let policy = client
+                .get_voter_policy(read.request(pb::GetVoterPolicyRequest {}))
+                .await
+                .map_err(|s| status_error(&admin.at, s))?;
+            read.note(&policy);
+            let policy = policy.into_inner();
+            let mut rows = Rows::new(&["node_id", "site", "addr", "role", "policy"]);
+            let roles =
+                status.voters.iter().map(|n| (n, "voter")).chain(status.learners.iter().map(|n| (n, "learner")));
+            let mut members: Vec<_> = roles.collect();
+            members.sort_by_key(|(n, _)| n.id);
+            for (n, role) in members {
+                let say = if policy.pinned.contains(&n.id) {
+                    Cell::from("pinned")
+                } else if policy.excluded.contains(&n.id) {
+                    Cell::from("excluded")
+                } else {
+                    Cell::Null
+                };
+                rows.push(vec![n.id.into(), n.site.clone().into(), n.addr.clone().into(), role.into(), say]);
+            }
+            if output.output == OutputFormat::Table {
+                println!("target: {} voters ({} now)", policy.target, status.voters.len());
+            }
+            rows.print(output.output)?;
+        }
+        ClusterCommand::SetVoters { admin, target, pinned, excluded } => {
+            let policy = Some(pb::VoterPolicy { target, pinned, excluded });
+            let req = pb::SetVoterPolicyRequest { policy, actor: admin.actor() };
+            let reply = admin.client().await?.set_voter_policy(req).await.map_err(|s| status_error(&admin.at, s))?;
+            written("voter policy", reply.into_inner())?;
         }
         ClusterCommand::Status { admin, output } => {
             let s = admin
@@ -272,13 +343,14 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
                 s.sites, s.motors, s.queries, s.audit_records
             );
         }
-        ClusterCommand::Sites { admin, output } => {
+        ClusterCommand::Sites { admin, read, output } => {
             let reply = admin
                 .client()
                 .await?
-                .list_sites(pb::ListSitesRequest {})
+                .list_sites(read.request(pb::ListSitesRequest {}))
                 .await
                 .map_err(|s| status_error(&admin.at, s))?;
+            read.note(&reply);
             let mut rows = Rows::new(&["site", "name", "motors", "nodes"]);
             for site in reply.into_inner().sites {
                 let nodes = site.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ");
@@ -334,13 +406,14 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             let reply = admin.client().await?.approve_release(req).await.map_err(|s| status_error(&admin.at, s))?;
             written(&what, reply.into_inner())?;
         }
-        ClusterCommand::Releases { admin, output } => {
+        ClusterCommand::Releases { admin, read, output } => {
             let reply = admin
                 .client()
                 .await?
-                .list_releases(pb::ListReleasesRequest {})
+                .list_releases(read.request(pb::ListReleasesRequest {}))
                 .await
                 .map_err(|s| status_error(&admin.at, s))?;
+            read.note(&reply);
             let mut rows =
                 Rows::new(&["bundle", "source", "target", "state", "approvals", "k", "approved_by", "custodians"]);
             for r in reply.into_inner().releases {
@@ -358,13 +431,14 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             }
             rows.print(output.output)?;
         }
-        ClusterCommand::Grades { admin, output } => {
+        ClusterCommand::Grades { admin, read, output } => {
             let reply = admin
                 .client()
                 .await?
-                .list_grades(pb::ListGradesRequest {})
+                .list_grades(read.request(pb::ListGradesRequest {}))
                 .await
                 .map_err(|s| status_error(&admin.at, s))?;
+            read.note(&reply);
             let mut rows = Rows::new(&["stream", "column", "grade", "set_by", "set_at"]);
             for g in reply.into_inner().grades {
                 let column = if g.column.is_empty() { "*".to_string() } else { g.column };
@@ -378,9 +452,10 @@ async fn cluster(command: ClusterCommand) -> Result<()> {
             }
             rows.print(output.output)?;
         }
-        ClusterCommand::Audit { admin, output, from, limit } => {
-            let req = pb::ListAuditRequest { from_index: from, limit };
+        ClusterCommand::Audit { admin, read, output, from, limit } => {
+            let req = read.request(pb::ListAuditRequest { from_index: from, limit });
             let reply = admin.client().await?.list_audit(req).await.map_err(|s| status_error(&admin.at, s))?;
+            read.note(&reply);
             let mut rows = Rows::new(&["index", "at", "actor", "action", "refused"]);
             for e in reply.into_inner().entries {
                 let refused = Cell::from((!e.rejected.is_empty()).then_some(e.rejected));

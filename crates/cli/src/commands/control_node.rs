@@ -66,6 +66,10 @@ pub struct ControlNodeArgs {
     /// The largest snapshot accepted from a leader, bytes (`raft.max_snapshot_bytes`).
     #[arg(long, env = "TESSERA__RAFT__MAX_SNAPSHOT_BYTES")]
     pub max_snapshot_bytes: Option<u64>,
+    /// How long the leader goes without hearing from a member before it counts it down and
+    /// replaces it as a voter (`raft.voter_down_after`, e.g. 10s).
+    #[arg(long, env = "TESSERA__RAFT__VOTER_DOWN_AFTER", value_parser = duration)]
+    pub voter_down_after: Option<Duration>,
     /// Allow `cluster partition`, which cuts this node off from others (tests only).
     #[arg(long)]
     pub fault_injection: bool,
@@ -142,6 +146,9 @@ impl ControlNodeArgs {
             &mut raft.election_timeout_max_ms,
         );
         pick(&self.write_timeout, self.write_timeout_ms, "write-timeout-ms", &mut raft.write_timeout_ms);
+        if let Some(d) = &self.voter_down_after {
+            raft.voter_down_after_ms = ms(d);
+        }
         if let Some(id) = self.id {
             raft.node_id = Some(id);
         }

@@ -17,7 +17,7 @@ use super::authorize::{Action, Principal, on_behalf_of, principal_of};
 use super::error::ServiceError;
 use super::quorum::{Shared, motor_ids, site_id};
 use crate::network::channel_to;
-use crate::types::{Command, Member, NodeId, TypeConfig};
+use crate::types::{Command, Member, NodeId, TypeConfig, VoterPolicy};
 
 /// How `status` names a Raft role.
 fn role(state: ServerState) -> &'static str {
@@ -33,6 +33,31 @@ fn role(state: ServerState) -> &'static str {
 /// A member as the admin API lists it.
 fn spec(id: NodeId, member: &Member) -> pb::NodeSpec {
     pb::NodeSpec { id, site: member.site.clone(), addr: member.addr.clone() }
+}
+
+/// The request header that asks a read for this member's own state (`local`: may be stale,
+/// any member answers without the leader) rather than a linearizable one (the default).
+pub const READ_HEADER: &str = "x-tessera-read";
+/// The reply header: the log index the answering member had applied.
+pub const APPLIED_INDEX_HEADER: &str = "x-tessera-applied-index";
+
+/// How a read was served.
+struct Served {
+    /// From this member's own state, as asked (else linearizable).
+    local: bool,
+    /// The log index this member had applied when it read.
+    applied: u64,
+}
+
+impl Served {
+    /// `body`, with headers saying how it was read.
+    fn answer<T>(self, body: T) -> Response<T> {
+        let mut response = Response::new(body);
+        let how = if self.local { "local" } else { "linearizable" };
+        response.metadata_mut().insert(READ_HEADER, tonic::metadata::MetadataValue::from_static(how));
+        response.metadata_mut().insert(APPLIED_INDEX_HEADER, self.applied.into());
+        response
+    }
 }
 
 /// The admin API.
@@ -71,25 +96,39 @@ impl AdminService {
         self.0.write(self.0.request(&caller.actor, command)?, &caller.who, false).await
     }
 
+    /// Checks that the caller may read, then waits behind a read barrier, unless the call asks
+    /// for this member's own state (`x-tessera-read: local`).
+    async fn read<T>(&self, request: &GrpcRequest<T>) -> Result<Served, ServiceError> {
+        self.reader(request)?;
+        let local = match request.metadata().get(READ_HEADER).map(|v| v.to_str()) {
+            None | Some(Ok("linearizable")) => false,
+            Some(Ok("local")) => true,
+            Some(_) => return Err(ServiceError::invalid(READ_HEADER, "give 'local' or 'linearizable'")),
+        };
+        if !local {
+            self.0.read_barrier().await?;
+        }
+        let applied = self.0.raft.metrics().borrow_watched().last_applied.as_ref().map_or(0, |id| id.index());
+        Ok(Served { local, applied })
+    }
+
     /// Whether the caller of a read may read (only a proven identity may, over mTLS).
     fn reader<T>(&self, request: &GrpcRequest<T>) -> Result<(), ServiceError> {
         let caller = self.caller(request, "")?;
         self.may(&caller, Action::Read)
     }
 
-    /// Initialises the cluster with `members` (this node among them), then records each
-    /// member's registration under `actor` (the writes wait for the first election).
+    /// Initialises the cluster with `members` (this node among them; a bounded set of them
+    /// votes, the rest are learners), then records each member's registration under `actor`
+    /// (the writes wait for the first election).
     async fn initialize(
         &self,
         caller: &Caller,
         members: BTreeMap<NodeId, Member>,
     ) -> Result<pb::MembershipResponse, ServiceError> {
         let registrations = self.0.registrations(&caller.actor, &members)?;
-        self.0
-            .raft
-            .initialize(members)
-            .await
-            .map_err(|e| ServiceError::Initialize { node: self.0.me, source: Box::new(e) })?;
+        let deadline = std::time::Instant::now() + self.0.write_timeout;
+        self.0.initialize_bounded(&members, deadline).await?;
         for r in registrations {
             self.0.write(r, &caller.who, false).await?;
         }
@@ -160,12 +199,17 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         let member = Member { site: node.site.clone(), addr: node.addr.clone() };
         // Blocking: returns once the learner has caught up with the leader's log.
         s.raft.add_learner(node.id, member, true).await.map_err(|e| ServiceError::MembershipChange(Box::new(e)))?;
-        if !req.learner_only {
-            // Joint consensus: openraft commits the joint config, then the new one.
-            let add = ChangeMembers::AddVoterIds(BTreeSet::from([node.id]));
-            s.raft.change_membership(add, false).await.map_err(|e| ServiceError::MembershipChange(Box::new(e)))?;
+        if req.learner_only {
+            // It never votes: the operator's policy excludes it.
+            let mut policy = s.view.with(|a| a.registry.voter_policy.clone());
+            policy.pinned.remove(&node.id);
+            if policy.excluded.insert(node.id) {
+                self.propose(&caller, Command::SetVoterPolicy { policy }).await?;
+            }
         }
         s.write(registration, &caller.who, false).await?;
+        // The voter keeper promotes it if the voter set needs it.
+        s.rebalance_now.notify_one();
         Ok(Response::new(self.membership()))
     }
 
@@ -183,24 +227,44 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
             on_behalf_of(&mut call, &caller.who);
             return Ok(Response::new(self.admin_of_leader(None)?.remove_node(call).await?.into_inner()));
         }
-        let ids = BTreeSet::from([req.id]);
-        let is_voter = s.raft.voter_ids().any(|v| v == req.id);
-        if is_voter {
-            // Every site keeps a vote: a site whose last voter left would depend on the others
-            // for its own metadata writes.
-            let metrics = s.raft.metrics().borrow_watched().clone();
-            let membership = metrics.membership_config.membership();
-            let site_of = |id: &NodeId| membership.get_node(id).map(|m| m.site.clone());
-            let site = site_of(&req.id);
-            let voters_there = membership.voter_ids().filter(|v| site_of(v) == site).count();
-            if voters_there <= 1 {
-                return Err(ServiceError::LastVoterOfSite { node: req.id, site: site.unwrap_or_default() }.into());
-            }
+        if s.raft.voter_ids().any(|v| v == req.id) {
+            // First out of the voters (a healthy learner takes its place where one is free),
+            // refused if too few voters would remain.
+            s.replace_voter(req.id).await?;
         }
-        let change = if is_voter { ChangeMembers::RemoveVoters(ids) } else { ChangeMembers::RemoveNodes(ids) };
+        let change = ChangeMembers::RemoveNodes(BTreeSet::from([req.id]));
         s.raft.change_membership(change, false).await.map_err(|e| ServiceError::MembershipChange(Box::new(e)))?;
         s.write(removal, &caller.who, false).await?;
         Ok(Response::new(self.membership()))
+    }
+
+    async fn set_voter_policy(
+        &self,
+        request: GrpcRequest<pb::SetVoterPolicyRequest>,
+    ) -> Result<Response<pb::WriteResponse>, Status> {
+        let caller = self.caller(&request, &request.get_ref().actor)?;
+        let given = request.into_inner().policy.ok_or_else(|| ServiceError::invalid("policy", "is missing"))?;
+        let policy = VoterPolicy {
+            target: given.target as usize,
+            pinned: given.pinned.into_iter().collect(),
+            excluded: given.excluded.into_iter().collect(),
+        };
+        let written = self.propose(&caller, Command::SetVoterPolicy { policy }).await?;
+        self.0.rebalance_now.notify_one();
+        Ok(Response::new(written))
+    }
+
+    async fn get_voter_policy(
+        &self,
+        request: GrpcRequest<pb::GetVoterPolicyRequest>,
+    ) -> Result<Response<pb::VoterPolicy>, Status> {
+        let served = self.read(&request).await?;
+        let policy = self.0.view.with(|a| a.registry.voter_policy.clone());
+        Ok(served.answer(pb::VoterPolicy {
+            target: policy.target as u32,
+            pinned: policy.pinned.into_iter().collect(),
+            excluded: policy.excluded.into_iter().collect(),
+        }))
     }
 
     async fn status(&self, request: GrpcRequest<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
@@ -292,8 +356,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         &self,
         request: GrpcRequest<pb::ListGradesRequest>,
     ) -> Result<Response<pb::ListGradesResponse>, Status> {
-        self.reader(&request)?;
-        self.0.read_barrier().await?;
+        let served = self.read(&request).await?;
         let grades = self.0.view.with(|a| {
             a.registry
                 .grades
@@ -307,15 +370,14 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
                 })
                 .collect()
         });
-        Ok(Response::new(pb::ListGradesResponse { grades }))
+        Ok(served.answer(pb::ListGradesResponse { grades }))
     }
 
     async fn list_policies(
         &self,
         request: GrpcRequest<pb::ListPoliciesRequest>,
     ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
-        self.reader(&request)?;
-        self.0.read_barrier().await?;
+        let served = self.read(&request).await?;
         let policies = self.0.view.with(|a| {
             a.registry
                 .policies
@@ -329,7 +391,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
                 })
                 .collect()
         });
-        Ok(Response::new(pb::ListPoliciesResponse { policies }))
+        Ok(served.answer(pb::ListPoliciesResponse { policies }))
     }
 
     async fn request_release(
@@ -365,8 +427,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         &self,
         request: GrpcRequest<pb::ListReleasesRequest>,
     ) -> Result<Response<pb::ListReleasesResponse>, Status> {
-        self.reader(&request)?;
-        self.0.read_barrier().await?;
+        let served = self.read(&request).await?;
         let releases = self.0.view.with(|a| {
             a.registry
                 .releases
@@ -383,7 +444,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
                 })
                 .collect()
         });
-        Ok(Response::new(pb::ListReleasesResponse { releases }))
+        Ok(served.answer(pb::ListReleasesResponse { releases }))
     }
 
     async fn acknowledge_alert(
@@ -412,8 +473,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         &self,
         request: GrpcRequest<pb::ListAcknowledgementsRequest>,
     ) -> Result<Response<pb::ListAcknowledgementsResponse>, Status> {
-        self.reader(&request)?;
-        self.0.read_barrier().await?;
+        let served = self.read(&request).await?;
         let acknowledgements = self.0.view.with(|a| {
             a.registry
                 .acks
@@ -430,7 +490,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
                 })
                 .collect()
         });
-        Ok(Response::new(pb::ListAcknowledgementsResponse { acknowledgements }))
+        Ok(served.answer(pb::ListAcknowledgementsResponse { acknowledgements }))
     }
 
     async fn set_policy(
@@ -469,8 +529,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         &self,
         request: GrpcRequest<pb::ListQueriesRequest>,
     ) -> Result<Response<pb::ListQueriesResponse>, Status> {
-        self.reader(&request)?;
-        self.0.read_barrier().await?;
+        let served = self.read(&request).await?;
         let queries = self.0.view.with(|a| {
             a.registry
                 .queries
@@ -484,15 +543,14 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
                 })
                 .collect()
         });
-        Ok(Response::new(pb::ListQueriesResponse { queries }))
+        Ok(served.answer(pb::ListQueriesResponse { queries }))
     }
 
     async fn list_sites(
         &self,
         request: GrpcRequest<pb::ListSitesRequest>,
     ) -> Result<Response<pb::ListSitesResponse>, Status> {
-        self.reader(&request)?;
-        self.0.read_barrier().await?;
+        let served = self.read(&request).await?;
         let sites = self.0.view.with(|a| {
             let r = &a.registry;
             r.sites
@@ -505,16 +563,15 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
                 })
                 .collect()
         });
-        Ok(Response::new(pb::ListSitesResponse { sites }))
+        Ok(served.answer(pb::ListSitesResponse { sites }))
     }
 
     async fn list_motors(
         &self,
         request: GrpcRequest<pb::ListMotorsRequest>,
     ) -> Result<Response<pb::ListMotorsResponse>, Status> {
-        self.reader(&request)?;
+        let served = self.read(&request).await?;
         let site = request.into_inner().site;
-        self.0.read_barrier().await?;
         let motors = self.0.view.with(|a| {
             a.registry
                 .motors
@@ -534,16 +591,15 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
                 })
                 .collect()
         });
-        Ok(Response::new(pb::ListMotorsResponse { motors }))
+        Ok(served.answer(pb::ListMotorsResponse { motors }))
     }
 
     async fn list_audit(
         &self,
         request: GrpcRequest<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
-        self.reader(&request)?;
+        let served = self.read(&request).await?;
         let req = request.into_inner();
-        self.0.read_barrier().await?;
         let limit = if req.limit == 0 { 1000 } else { req.limit as usize };
         let records = self.0.view.audit(req.from_index, limit).map_err(ServiceError::Audit)?;
         let entries = records
@@ -556,7 +612,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
                 rejected: r.rejected.unwrap_or_default(),
             })
             .collect();
-        Ok(Response::new(pb::ListAuditResponse { entries }))
+        Ok(served.answer(pb::ListAuditResponse { entries }))
     }
 
     async fn set_partition(

@@ -91,9 +91,11 @@ pub(crate) enum ServiceError {
     /// openraft refused a membership change.
     #[error("{0}")]
     MembershipChange(#[source] Box<RaftError<TypeConfig, ClientWriteError<TypeConfig>>>),
-    /// Removing `node` would leave its site without a vote.
-    #[error("node {node} is the last voter of site {site}; add another voter there first")]
-    LastVoterOfSite { node: NodeId, site: String },
+    /// Removing voter `node` would leave too few voters (no healthy learner to promote).
+    #[error(
+        "removing node {node} would leave {left} voter(s), and at least {needed} must remain; add a member (it joins as a learner and is promoted) first"
+    )]
+    TooFewVoters { node: NodeId, left: usize, needed: usize },
     /// `SetPartition` on a node started without fault injection.
     #[error("node {node} was started without fault injection (raft.fault_injection = true enables it)")]
     NoFaultInjection { node: NodeId },
@@ -146,7 +148,7 @@ impl ServiceError {
             | Self::NotApplied { .. } => Code::Unavailable,
             Self::Initialize { .. }
             | Self::MembershipChange(_)
-            | Self::LastVoterOfSite { .. }
+            | Self::TooFewVoters { .. }
             | Self::NoFaultInjection { .. } => Code::FailedPrecondition,
             Self::Unencodable(_) | Self::Raft(_) | Self::Fatal(_) | Self::Audit(_) => Code::Internal,
             Self::Relayed(status) => status.code(),
@@ -199,10 +201,13 @@ mod tests {
             status(minority),
             (Code::Unavailable, "the write was not committed within 5s by node 2: no quorum reachable (is this node on the minority side of a partition?)".into())
         );
-        let last = ServiceError::LastVoterOfSite { node: 4, site: "site-b".into() };
+        let last = ServiceError::TooFewVoters { node: 4, left: 1, needed: 2 };
         assert_eq!(
             status(last),
-            (Code::FailedPrecondition, "node 4 is the last voter of site site-b; add another voter there first".into())
+            (
+                Code::FailedPrecondition,
+                "removing node 4 would leave 1 voter(s), and at least 2 must remain; add a member (it joins as a learner and is promoted) first".into()
+            )
         );
         assert_eq!(
             status(ServiceError::Audit(std::io::Error::other("disk gone"))),

@@ -19,6 +19,8 @@
 //!   request reaches the quorum (writes proposed or forwarded, reads behind a read barrier);
 //! - `authorize`: who may do what — the one function that decides every Raft message and
 //!   admin request, directly and when forwarded;
+//! - `rebalance`: the leader's voter keeper — a bounded voter set spread over sites, and a new
+//!   cluster's first voters and learners;
 //! - `raft_transport`: the Raft RPCs between members, with the mTLS sender checks;
 //! - `admin`: the admin API (membership, registry, policies, queries, releases).
 
@@ -27,10 +29,13 @@ mod authorize;
 mod error;
 mod quorum;
 mod raft_transport;
+mod rebalance;
 mod wire;
 
 pub(crate) use admin::AdminService;
+pub use admin::{APPLIED_INDEX_HEADER, READ_HEADER};
 pub(crate) use authorize::Action;
 pub(crate) use error::ServiceError;
 pub(crate) use quorum::Shared;
 pub(crate) use raft_transport::TransportService;
+pub(crate) use rebalance::keep_voters_balanced;

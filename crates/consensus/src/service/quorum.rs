@@ -41,6 +41,10 @@ pub(crate) struct Shared {
     pub(crate) max_snapshot_bytes: u64,
     /// The site this node runs at.
     pub(crate) site: String,
+    /// A member unheard for this long counts as down (see `rebalance`).
+    pub(crate) voter_down_after: Duration,
+    /// Wakes the voter keeper for a look now (a member joined, the policy changed).
+    pub(crate) rebalance_now: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// How often a node waiting for an election to finish looks again.

@@ -57,6 +57,10 @@ pub struct RaftConfig {
     pub insecure_plaintext: bool,
     /// The largest snapshot the member accepts from a leader, bytes.
     pub max_snapshot_bytes: u64,
+    /// How long the leader goes without hearing from a member before it counts it down, ms
+    /// (`voter_down_after`, a duration): a down voter is replaced by a healthy learner.
+    #[serde(rename = "voter_down_after", with = "tessera_core::duration_millis")]
+    pub voter_down_after_ms: u64,
 }
 
 impl Default for RaftConfig {
@@ -77,6 +81,7 @@ impl Default for RaftConfig {
             keep_entries_after_snapshot: d.keep_entries_after_snapshot,
             insecure_plaintext: d.insecure_plaintext,
             max_snapshot_bytes: d.max_snapshot_bytes,
+            voter_down_after_ms: d.voter_down_after_ms,
         }
     }
 }
@@ -121,6 +126,7 @@ impl RaftConfig {
             keep_entries_after_snapshot: self.keep_entries_after_snapshot,
             insecure_plaintext: self.insecure_plaintext,
             max_snapshot_bytes: self.max_snapshot_bytes,
+            voter_down_after_ms: self.voter_down_after_ms,
             ..tessera_consensus::RaftSettings::new(id, site, self.listen, self.data_dir.clone())
         }
     }
