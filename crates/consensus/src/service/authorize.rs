@@ -259,6 +259,11 @@ mod tests {
         assert!(authorize(&viewer, Action::Write(&drop), none).is_err());
         assert!(authorize(&viewer, Action::Membership, none).is_err());
         assert!(authorize(&viewer, Action::Read, none).is_ok());
+        // Who votes is an admin's say: a viewer or a node may not change the voter policy.
+        let voters = Command::SetVoterPolicy { policy: crate::types::VoterPolicy::default() };
+        assert!(authorize(&admin, Action::Write(&voters), none).is_ok());
+        assert!(authorize(&viewer, Action::Write(&voters), none).is_err());
+        assert!(authorize(&node(1, "site-a"), Action::Write(&voters), none).is_err());
     }
 
     #[test]
