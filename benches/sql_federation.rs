@@ -199,7 +199,7 @@ fn main() {
             role: Role::FleetAnalyst,
             site: None,
             via_peer: false,
-            gaps: Default::default(),
+            fanout: Default::default(),
         };
         let (mut open, mut released, mut release_step) = (Vec::new(), Vec::new(), Vec::new());
         let (mut open_rows, mut released_rows) = (0, 0);

@@ -513,6 +513,7 @@ fn a_query_registered_or_dropped_while_nodes_run_starts_and_stops_on_every_site(
     // A query's answer as `tessera sql` prints it, asked of `node` as the admin.
     let sql_table = |node: &Node, query: &str| {
         let connection = tessera_cli::commands::sql::SqlConnection {
+            allow_partial: false,
             at: node.sql_addr().expect("endpoint").to_string(),
             user: Some("root".into()),
             password: Some("pw".into()),

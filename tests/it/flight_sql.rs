@@ -258,6 +258,7 @@ fn third_party_clients_query_the_endpoint_and_roles_are_enforced() {
 
     // The CLI prints a table.
     let connection = SqlConnection {
+        allow_partial: false,
         at: addr.clone(),
         user: Some("ana".into()),
         password: Some(PASSWORD.into()),
@@ -485,4 +486,199 @@ fn sorted_text(batches: &[RecordBatch]) -> String {
     let header = lines.remove(0);
     lines.sort();
     std::iter::once(header).chain(lines).collect::<Vec<_>>().join("\n")
+}
+
+/// A fleet query fans out to every site with one deadline (`sql.fragment_timeout`) and says
+/// which sites answered. Two live sites and a third whose link delivers nothing (its address
+/// accepts connections and never answers, as a site behind a stalled WAN link does): by
+/// default the query fails `UNAVAILABLE` within the deadline, naming the site; a caller who
+/// takes a partial answer gets the live sites' rows, the result's schema names the sites that
+/// answered and the one left out, and a warning header and the CLI's warning say so. The slow
+/// site shows in `query_audit` and in `/metrics`.
+#[test]
+fn a_fleet_query_says_which_sites_answered_and_leaves_a_stalled_site_out_only_when_asked() {
+    use tessera_sql::fanout::{SITES_ANSWERED_METADATA_KEY, SITES_MISSING_METADATA_KEY, WARNING_HEADER};
+
+    let (kafka, brokers) = crate::embedded_kafka(1, 1);
+    kafka.create_topic("alerts", 1).expect("topic");
+    kafka.create_topic("late", 1).expect("topic");
+    // The stalled site: connections are accepted, and held without a byte in answer.
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let stalled_addr = stalled.local_addr().expect("addr").to_string();
+    stalled.set_nonblocking(true).expect("nonblocking");
+    let holding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let holder = {
+        let holding = holding.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while holding.load(std::sync::atomic::Ordering::Relaxed) {
+                match stalled.accept() {
+                    Ok((stream, _)) => held.push(stream),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        })
+    };
+    let sites = ["site-a", "site-b"];
+    let ports: Vec<u16> = sites.iter().map(|_| crate::support::cluster::free_port()).collect();
+    let t0 = (now_ms() - 120_000).div_euclid(1000) * 1000;
+    let deadline = Duration::from_secs(2);
+    let mut nodes = Vec::new();
+    let mut sent = Vec::new();
+    for (i, site) in sites.iter().enumerate() {
+        let topic = format!("telemetry-{i}");
+        kafka.create_topic(&topic, 1).expect("topic");
+        let readings: Vec<Reading> = readings(t0)
+            .into_iter()
+            .map(|mut r| {
+                r.motor_id = MotorId::new(format!("{site}-{}", r.motor_id.as_str())).expect("id");
+                r.site_id = SiteId::new(*site).expect("id");
+                r
+            })
+            .collect();
+        let p = tessera_suite::producer(&brokers, &topic, WireFormat::Protobuf).expect("producer");
+        p.send_readings(&readings).expect("send");
+        p.flush(Duration::from_secs(10)).expect("flush");
+        sent.push(readings.len() as u64);
+        let mut peers: Vec<tessera_sql::Peer> = sites
+            .iter()
+            .zip(&ports)
+            .filter(|(s, _)| *s != site)
+            .map(|(s, port)| tessera_sql::Peer {
+                site: s.to_string(),
+                addr: format!("127.0.0.1:{port}"),
+                fallbacks: vec![],
+            })
+            .collect();
+        peers.push(tessera_sql::Peer { site: "site-c".into(), addr: stalled_addr.clone(), fallbacks: vec![] });
+        nodes.push(
+            TestNode::new(site, &brokers, site, &topic)
+                .queries([WINDOWS])
+                .sql_at(&format!("127.0.0.1:{}", ports[i]), vec![user("root", Role::Admin, None)])
+                .peers(peers, FEDERATION_TOKEN)
+                .with(|c| {
+                    c.sql.fragment_timeout = deadline;
+                    c.http.listen = Some("127.0.0.1:0".parse().expect("addr"));
+                }),
+        );
+    }
+    let cluster = TestCluster::start(nodes);
+    cluster.wait_until("every reading taken in", Duration::from_secs(60), |i, node| {
+        node.detect_stats().engine.windows.first().map_or(0, |(_, w)| w.rows_in) >= sent[i]
+    });
+    let addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
+    let fleet = "SELECT count(*) FROM fleet.motor_windows";
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let mut root = login(&addr(0), "root").await;
+        let own: i64 = {
+            let mut n = 0;
+            for i in 0..2 {
+                n += int(&run(&mut login(&addr(i), "root").await, "SELECT count(*) FROM motor_windows")
+                    .await
+                    .expect("own"));
+            }
+            n
+        };
+        // All sites or an error (the default), within the deadline.
+        let started = Instant::now();
+        let refused = run(&mut root, fleet).await.expect_err("a site did not answer");
+        let took = started.elapsed();
+        assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+        // The site's own call times out, or the fan-out's deadline for it: either names it.
+        assert!(refused.message().starts_with("site site-c"), "{refused:?}");
+        assert!(took < deadline * 3, "the fan-out's deadline held: {took:?}");
+
+        // What answered, marked.
+        root.set_header(tessera_sql::identity::ALLOW_PARTIAL, "true");
+        let info = root.execute(fleet.to_string(), None).await.expect("execute");
+        let ticket = info.endpoint[0].ticket.clone().expect("ticket");
+        let mut call = tonic::Request::new(arrow_flight::Ticket { ticket: ticket.ticket.clone() });
+        call.metadata_mut().insert(
+            "authorization",
+            root.token().map(|t| format!("Bearer {t}")).expect("token").parse().expect("header"),
+        );
+        call.metadata_mut().insert(tessera_sql::identity::ALLOW_PARTIAL, "true".parse().expect("header"));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", addr(0)))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let mut raw = arrow_flight::flight_service_client::FlightServiceClient::new(channel);
+        let reply = raw.do_get(call).await.expect("do_get");
+        let warning = reply.metadata().get(WARNING_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let warning = warning.expect("a warning header");
+        assert!(warning.starts_with("partial answer: site site-c:"), "{warning}");
+        let mut stream = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+            futures::TryStreamExt::map_err(reply.into_inner(), arrow_flight::error::FlightError::from),
+        );
+        let mut batches = Vec::new();
+        while let Some(batch) = futures::TryStreamExt::try_next(&mut stream).await.expect("batch") {
+            batches.push(batch);
+        }
+        assert_eq!(int(&batches), own, "both live sites' windows");
+        let metadata = stream.schema().expect("schema").metadata().clone();
+        assert_eq!(
+            metadata.get(SITES_ANSWERED_METADATA_KEY).map(String::as_str),
+            Some("site-a, site-b"),
+            "{metadata:?}"
+        );
+        assert_eq!(metadata.get(SITES_MISSING_METADATA_KEY).map(String::as_str), Some("site-c"), "{metadata:?}");
+
+        // The slow site in the audit: the slowest of the partial answer's fragments.
+        let audit = run(
+            &mut login(&addr(0), "root").await,
+            "SELECT sites_answered, sites_left_out, slowest_site, slowest_site_ms FROM query_audit \
+             WHERE sql = 'SELECT count(*) FROM fleet.motor_windows' AND refused IS NULL",
+        )
+        .await
+        .expect("audit");
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&audit).expect("text").to_string();
+        assert!(
+            text.contains("site-a (")
+                && text.contains("site-b (")
+                && text.contains("| site-c (")
+                && text.contains("| site-c "),
+            "{text}"
+        );
+        let slowest =
+            audit[0].column(3).as_any().downcast_ref::<datafusion::arrow::array::UInt64Array>().expect("ms").value(0);
+        assert!(slowest >= deadline.as_millis() as u64, "{text}");
+    });
+    // And in /metrics: site-c's fragments were left out once and failed once.
+    let metrics = crate::support::http_get(&cluster.nodes[0].http_addr().expect("http").to_string(), "/metrics");
+    for line in [
+        "tessera_sql_site_fragments_total{site=\"site-a\",answering_site=\"site-c\",outcome=\"left_out\"} 1",
+        "tessera_sql_site_fragments_total{site=\"site-a\",answering_site=\"site-c\",outcome=\"failed\"} 1",
+        "tessera_sql_site_fragments_total{site=\"site-a\",answering_site=\"site-b\",outcome=\"answered\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("tessera_sql_site_fragment_duration_seconds_bucket{site=\"site-a\",answering_site=\"site-c\""),
+        "{metrics}"
+    );
+
+    // The CLI warns on stderr, and prints the live sites' answer.
+    let out = crate::cli_process::command(&[
+        "sql",
+        "--at",
+        &addr(1),
+        "--user",
+        "root",
+        "--password",
+        PASSWORD,
+        "--allow-partial",
+        "-o",
+        "csv",
+        fleet,
+    ])
+    .output()
+    .expect("tessera runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("warning: a partial answer from sites site-b, site-a; left out: site-c"), "{stderr}");
+    holding.store(false, std::sync::atomic::Ordering::Relaxed);
+    holder.join().expect("holder");
+    cluster.stop();
 }

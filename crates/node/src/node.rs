@@ -178,6 +178,7 @@ impl Node {
         )?;
         let registry = admin.as_ref().map(|_| RegistryRows::default());
         let mut sql_latency = None;
+        let mut sql_fragments = None;
         let mut queries = None;
         let sql = match config.sql.listen {
             Some(listen) => {
@@ -208,6 +209,7 @@ impl Node {
                 let (listener, addr) = bind(&runtime, listen, "sql.listen")?;
                 let served = (addr, endpoint.refusals().clone(), endpoint.shared());
                 sql_latency = Some(endpoint.query_latency());
+                sql_fragments = Some(endpoint.site_fragments());
                 tasks.spawn(&runtime, "SQL endpoint", endpoint.serve(listener, signal.clone()));
                 Some(served)
             }
@@ -236,6 +238,7 @@ impl Node {
             detect: detect.probe(),
             alert_latency: detect.alert_latency(),
             sql_latency,
+            sql_fragments,
             sql_refusals: sql.as_ref().map(|(_, refusals, _)| refusals.clone()),
             raft: control.as_ref().map(|c| c.raft().clone()),
             raft_refusals: control.as_ref().map(|c| c.refusals().clone()),

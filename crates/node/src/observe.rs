@@ -45,6 +45,8 @@ pub struct NodeProbe {
     pub alert_latency: Arc<LatencyHistogram>,
     /// Flight SQL query latency, if the endpoint runs.
     pub sql_latency: Option<Arc<LatencyHistogram>>,
+    /// Fleet queries' fragments per answering site, if the endpoint runs.
+    pub sql_fragments: Option<Arc<tessera_sql::fanout::SiteFragmentStats>>,
     /// The SQL endpoint's refusals, if it runs.
     pub sql_refusals: Option<Arc<tessera_tls::Refusals>>,
     /// The Raft member, if the node runs one.
@@ -256,6 +258,27 @@ impl NodeProbe {
                 "Flight SQL queries, from arrival to the last row sent (or the refusal).",
                 &sql.snapshot(),
             );
+        }
+        if let Some(fragments) = &self.sql_fragments {
+            let sites = fragments.snapshot();
+            if !sites.is_empty() {
+                let name = "tessera_sql_site_fragments_total";
+                out.family(name, "counter", "Fleet queries' fragments by answering site and outcome (answered, left_out with the caller's leave, failed).");
+                for (site, counts, _) in &sites {
+                    for (answer, count) in tessera_sql::fanout::SITE_ANSWERS.iter().zip(counts) {
+                        out.sample(name, &[("answering_site", site), ("outcome", answer.name())], *count as f64);
+                    }
+                }
+                let series: Vec<([(&str, &str); 1], &LatencySnapshot)> =
+                    sites.iter().map(|(site, _, latency)| ([("answering_site", site.as_str())], latency)).collect();
+                let series: Vec<(&[(&str, &str)], &LatencySnapshot)> =
+                    series.iter().map(|(labels, latency)| (&labels[..], *latency)).collect();
+                out.histogram_family(
+                    "tessera_sql_site_fragment_duration_seconds",
+                    "Fleet queries' fragments by answering site: from sending to the answer, or to giving up.",
+                    &series,
+                );
+            }
         }
         let refusals: Vec<(&str, &Arc<tessera_tls::Refusals>)> =
             [("sql", self.sql_refusals.as_ref()), ("raft", self.raft_refusals.as_ref())]

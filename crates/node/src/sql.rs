@@ -18,6 +18,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::catalog::TableProvider;
 use serde::{Deserialize, Serialize};
 use tessera_core::{ConfigError, ensure};
+use tessera_sql::fanout::{SiteAnswer, SiteFragment};
 use tessera_sql::federation::SiteNodes;
 use tessera_sql::{
     AuditSink, Authenticator, Catalog, ConfigUsers, Federation, FlightSqlEndpoint, GroupPolicy, LiveGroupPolicy,
@@ -302,6 +303,12 @@ impl QueryAuditTable {
             Field::new("role", DataType::Utf8, false),
             Field::new("sql", DataType::Utf8, false),
             Field::new("refused", DataType::Utf8, true),
+            // A fleet query's fan-out: the sites that answered and those left out, each with
+            // how long its fragment took, and the slowest site.
+            Field::new("sites_answered", DataType::Utf8, true),
+            Field::new("sites_left_out", DataType::Utf8, true),
+            Field::new("slowest_site", DataType::Utf8, true),
+            Field::new("slowest_site_ms", DataType::UInt64, true),
         ]));
         Arc::new(Self { table: BoundedTable::with_max_bytes(schema, rows, bytes) })
     }
@@ -312,8 +319,20 @@ impl QueryAuditTable {
     }
 }
 
+/// The sites whose fragment went `answer`, each with its time (`a (12 ms), b (1803 ms)`);
+/// `None` if none.
+fn sites(fragments: &[SiteFragment], answer: SiteAnswer) -> Option<String> {
+    let named: Vec<String> = fragments
+        .iter()
+        .filter(|f| f.answer == answer)
+        .map(|f| format!("{} ({} ms)", f.site, f.elapsed.as_millis()))
+        .collect();
+    (!named.is_empty()).then(|| named.join(", "))
+}
+
 impl AuditSink for QueryAuditTable {
     fn record(&self, audit: QueryAudit) {
+        let slowest = audit.fragments.iter().max_by_key(|f| f.elapsed);
         let row = RecordBatch::try_new(
             self.table.schema(),
             vec![
@@ -322,6 +341,10 @@ impl AuditSink for QueryAuditTable {
                 Arc::new(StringArray::from(vec![audit.role])),
                 Arc::new(StringArray::from(vec![clipped(&audit.sql, AUDIT_SQL_BYTES)])),
                 Arc::new(StringArray::from(vec![audit.refused.clone()])),
+                Arc::new(StringArray::from(vec![sites(&audit.fragments, SiteAnswer::Answered)])),
+                Arc::new(StringArray::from(vec![sites(&audit.fragments, SiteAnswer::LeftOut)])),
+                Arc::new(StringArray::from(vec![slowest.map(|f| f.site.clone())])),
+                Arc::new(UInt64Array::from(vec![slowest.map(|f| f.elapsed.as_millis() as u64)])),
             ],
         );
         match row {
@@ -350,6 +373,7 @@ pub struct SqlEndpoint {
     server_tls: Option<tessera_tls::ServerTls>,
     refusals: Arc<tessera_tls::Refusals>,
     latency: Arc<tessera_core::LatencyHistogram>,
+    site_fragments: Arc<tessera_sql::fanout::SiteFragmentStats>,
 }
 
 impl SqlEndpoint {
@@ -406,12 +430,18 @@ impl SqlEndpoint {
             None => None,
         };
         let latency = endpoint.query_latency();
-        Ok(Self { endpoint: Arc::new(endpoint), server_tls, refusals, latency })
+        let site_fragments = endpoint.site_fragments();
+        Ok(Self { endpoint: Arc::new(endpoint), server_tls, refusals, latency, site_fragments })
     }
 
     /// What it refuses for want of a fitting certificate.
     pub fn refusals(&self) -> &Arc<tessera_tls::Refusals> {
         &self.refusals
+    }
+
+    /// Per answering site: how fleet queries' fragments went, and how long they took.
+    pub fn site_fragments(&self) -> Arc<tessera_sql::fanout::SiteFragmentStats> {
+        self.site_fragments.clone()
     }
 
     /// Query latency: arrival to last row sent, or to the refusal.

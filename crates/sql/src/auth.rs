@@ -120,7 +120,7 @@ impl ConfigUsers {
             role: u.role,
             site: u.site.clone(),
             via_peer: false,
-            gaps: Default::default(),
+            fanout: Default::default(),
         })
     }
 }
@@ -218,7 +218,7 @@ impl Authenticator {
                     return Err(SqlError::Unauthenticated(format!("a federated call names no known role: {other:?}")));
                 }
             };
-            return Ok(Identity { user, role, site: header(AS_SITE), via_peer: true, gaps: Default::default() });
+            return Ok(Identity { user, role, site: header(AS_SITE), via_peer: true, fanout: Default::default() });
         }
         self.check(authorization.as_deref())
     }

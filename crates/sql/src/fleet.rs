@@ -30,6 +30,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::catalog::Catalog;
 use crate::error::SqlError;
+use crate::fanout::{SiteAnswer, SiteFragment};
 use crate::federation::{NODE, SPREAD_METADATA_KEY};
 use crate::identity::Identity;
 use crate::remote::{Connection, Target, run_remote};
@@ -177,7 +178,11 @@ pub(crate) async fn fragments_as(
 }
 
 /// Runs `sql` (over `public` tables) at every site for `who`, in parallel: the local site in
-/// process, the others over Flight SQL. A site's refusal fails the whole query with its code.
+/// process, the others over Flight SQL, each within the fragment timeout (one deadline per
+/// site, over all of its endpoints). A site's refusal fails the whole query with its code; a
+/// site that cannot answer in time fails it too, unless the caller takes a partial answer
+/// (then it is left out and named). How each site answered, and how long it took, goes to the
+/// query's [`crate::fanout::FanOut`].
 pub async fn run_fragments(catalog: &Arc<Catalog>, who: &Identity, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
     let Some(federation) = catalog.federation() else {
         return run_local(catalog, who, sql).await;
@@ -190,9 +195,10 @@ pub async fn run_fragments(catalog: &Arc<Catalog>, who: &Identity, sql: &str) ->
     let remote = federation.peers.iter().enumerate().map(|(index, peer)| {
         let connection = Connection { token: &federation.token, timeout: federation.timeout, tls: &federation.tls };
         let budget = &budget;
-        async move {
-            // The site's endpoints in turn, while one cannot answer (a node down, or its site
-            // between owners of a partition); any other answer, a refusal too, is the site's.
+        within(&peer.site, federation.timeout, async move {
+            // The site's endpoints in turn, while one cannot answer (a node down, or its
+            // site between owners of a partition); any other answer, a refusal too, is
+            // the site's.
             let addrs = std::iter::once((&peer.addr, format!("peers[{index}].addr")))
                 .chain(peer.fallbacks.iter().enumerate().map(|(i, a)| (a, format!("peers[{index}].fallbacks[{i}]"))));
             let mut last = None;
@@ -204,21 +210,53 @@ pub async fn run_fragments(catalog: &Arc<Catalog>, who: &Identity, sql: &str) ->
                 }
             }
             Err(last.expect("a peer has an address"))
-        }
+        })
     });
-    let (local, remote) = futures::join!(run_local(catalog, who, sql), futures::future::join_all(remote));
+    let local = within(catalog.site(), federation.timeout, run_local(catalog, who, sql));
+    let (local, remote) = futures::join!(local, futures::future::join_all(remote));
     let sites =
         std::iter::once((catalog.site(), local)).chain(federation.peers.iter().map(|p| p.site.as_str()).zip(remote));
     let mut batches = Vec::new();
-    for (site, answer) in sites {
-        match answer {
-            Ok(answer) => batches.extend(answer),
+    let mut failed = None;
+    for (site, (elapsed, answer)) in sites {
+        let (outcome, error) = match answer {
+            Ok(answer) => {
+                batches.extend(answer);
+                (SiteAnswer::Answered, None)
+            }
             // With the caller's leave, a site that cannot answer is left out, and said so.
-            Err(e @ SqlError::Unavailable { .. }) if who.gaps.allowed() => who.gaps.note(format!("site {site}: {e}")),
-            Err(e) => return Err(e),
+            Err(e @ SqlError::Unavailable { .. }) if who.fanout.allowed() => {
+                who.fanout.note(format!("site {site}: {e}"));
+                (SiteAnswer::LeftOut, None)
+            }
+            Err(e) => (SiteAnswer::Failed, Some(e)),
+        };
+        who.fanout.site(SiteFragment { site: site.to_string(), answer: outcome, elapsed });
+        if failed.is_none() {
+            failed = error;
         }
     }
-    Ok(batches)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(batches),
+    }
+}
+
+/// `answer` of `site`'s fragment, or its timeout as `UNAVAILABLE` once `timeout` passed; and
+/// how long it took.
+async fn within<T>(
+    site: &str,
+    timeout: std::time::Duration,
+    answer: impl std::future::Future<Output = Result<T, SqlError>>,
+) -> (std::time::Duration, Result<T, SqlError>) {
+    let started = std::time::Instant::now();
+    let answer = match tokio::time::timeout(timeout, answer).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            Err(SqlError::unavailable(format!("site {site} did not answer within {timeout:?} (sql.fragment_timeout)")))
+        }
+    };
+    (started.elapsed(), answer)
 }
 
 /// Runs `sql` at this site in process, as a fragment is run (the site's context: with several

@@ -1,8 +1,6 @@
 //! Who a query runs for: the roles, an authenticated caller's identity, and the headers that
 //! carry that identity on a fragment one site's node sends to another's; and whether the
-//! caller takes an answer with parts missing ([`Gaps`]).
-
-use std::sync::{Arc, Mutex};
+//! caller takes an answer with parts missing ([`FanOut`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -17,52 +15,7 @@ pub const AS_SITE: &str = "x-tessera-as-site";
 /// only when the sender's certificate is a node of the receiver's site).
 pub const WITHIN_SITE: &str = "x-tessera-within-site";
 
-/// Sent by a caller (and passed on with every fragment) who takes an answer without the parts
-/// that cannot answer in time (a site, or a node's partitions): `true`. Without it such an
-/// answer is an error, never a silent partial.
-pub const ALLOW_PARTIAL: &str = "x-tessera-allow-partial";
-/// The key, in the schema metadata of a result, that lists what it is missing ("; "-separated).
-pub const INCOMPLETE_METADATA_KEY: &str = "tessera.incomplete";
-
-/// With the caller's leave ([`ALLOW_PARTIAL`]), what one query's answer is missing, noted by
-/// the fragments as they run; without it, nothing may be missing. Every clone of a caller's
-/// identity for one query shares the list.
-#[derive(Debug, Clone, Default)]
-pub struct Gaps(Option<Arc<Mutex<Vec<String>>>>);
-
-impl Gaps {
-    /// A query whose caller takes a partial answer.
-    pub fn allowing() -> Self {
-        Self(Some(Arc::default()))
-    }
-
-    /// Whether the caller takes a partial answer.
-    pub fn allowed(&self) -> bool {
-        self.0.is_some()
-    }
-
-    /// Notes a part missing from the answer (only when allowed).
-    pub fn note(&self, gap: String) {
-        if let Some(list) = &self.0 {
-            tracing::warn!(%gap, "a partial answer: the caller allowed it");
-            list.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(gap);
-        }
-    }
-
-    /// What is missing so far, in the order noted.
-    pub fn list(&self) -> Vec<String> {
-        self.0.as_ref().map(|l| l.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()).unwrap_or_default()
-    }
-}
-
-/// Two callers' requests are alike if both take partial answers or neither does.
-impl PartialEq for Gaps {
-    fn eq(&self, other: &Self) -> bool {
-        self.allowed() == other.allowed()
-    }
-}
-
-impl Eq for Gaps {}
+pub use crate::fanout::{ALLOW_PARTIAL, FanOut, INCOMPLETE_METADATA_KEY};
 
 /// What a user may see (see ARCHITECTURE.md, "SQL endpoint").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -113,6 +66,7 @@ pub struct Identity {
     /// True when another site's node asks on their behalf (a fragment of a cross-site
     /// query): what this site answers then leaves the site.
     pub via_peer: bool,
-    /// Whether this call takes a partial answer, and what its answer is missing.
-    pub gaps: Gaps,
+    /// Whether this call takes a partial answer, what its answer is missing, and how each
+    /// site's fragment went.
+    pub fanout: FanOut,
 }

@@ -1,5 +1,7 @@
 //! SQL over gRPC: an Arrow Flight SQL endpoint over DataFusion.
 //!
+//! - [`fanout`]: one query's fan-out (partial answers allowed or not, what is missing, how
+//!   each site answered) and per-site fragment statistics;
 //! - [`identity`]: roles, the caller's identity, and the headers that carry it between sites;
 //! - [`auth`]: users, Basic credentials and bearer tokens;
 //! - [`federation`]: the `fleet` and `node` schemas' names, how to reach the other sites and
@@ -20,7 +22,7 @@
 //!   metadata), auditing every query;
 //! - [`error`]: typed errors and their gRPC codes.
 //!
-//! Layering (each module uses only those before it): `error`, `identity`, `trace` → `auth`,
+//! Layering (each module uses only those before it): `error`, `fanout` → `identity`, `trace` → `auth`,
 //! `federation`, `limits`, `sql_text`, `remote` → `release` → `catalog` (a site's own tables, planning, access checks) →
 //! `fleet` (scans that run a fragment at every site through `catalog`) → `site` (the same at
 //! every node of this site) → `pushdown` (an
@@ -30,6 +32,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod error;
+pub mod fanout;
 pub mod federation;
 pub mod fleet;
 pub mod identity;

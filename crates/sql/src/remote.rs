@@ -63,7 +63,7 @@ pub(crate) async fn run_remote(
     if within_site {
         client.set_header(WITHIN_SITE, "1");
     }
-    if who.gaps.allowed() {
+    if who.fanout.allowed() {
         client.set_header(ALLOW_PARTIAL, "true");
     }
     for (key, value) in crate::trace::outgoing_headers() {
@@ -92,7 +92,7 @@ pub(crate) async fn run_remote(
             }
             // What the other node's answer is missing (it was told the caller allows that).
             if let Some(missing) = stream.schema().and_then(|s| s.metadata().get(INCOMPLETE_METADATA_KEY)) {
-                missing.split("; ").for_each(|gap| who.gaps.note(gap.to_string()));
+                missing.split("; ").for_each(|gap| who.fanout.note(gap.to_string()));
             }
         }
         answers.push(batches);

@@ -50,6 +50,8 @@ pub struct QueryAudit {
     pub sql: String,
     /// `None` if it ran; else why it was refused or failed.
     pub refused: Option<String>,
+    /// A fleet query's fragments: how each site answered, and how long it took.
+    pub fragments: Vec<crate::fanout::SiteFragment>,
 }
 
 /// Where the endpoint writes what it was asked.
@@ -63,10 +65,18 @@ pub struct LogAudit;
 
 impl AuditSink for LogAudit {
     fn record(&self, a: QueryAudit) {
+        let sites: Vec<String> = a
+            .fragments
+            .iter()
+            .map(|f| format!("{} {} {} ms", f.site, f.answer.name(), f.elapsed.as_millis()))
+            .collect();
+        let sites = sites.join(", ");
         match &a.refused {
-            None => tracing::info!(target: "tessera::audit", user = %a.user, role = a.role, sql = %a.sql, "query"),
+            None => {
+                tracing::info!(target: "tessera::audit", user = %a.user, role = a.role, sql = %a.sql, %sites, "query")
+            }
             Some(why) => {
-                tracing::warn!(target: "tessera::audit", user = %a.user, role = a.role, sql = %a.sql, refused = %why, "query refused")
+                tracing::warn!(target: "tessera::audit", user = %a.user, role = a.role, sql = %a.sql, %sites, refused = %why, "query refused")
             }
         }
     }
@@ -94,6 +104,8 @@ pub struct FlightSqlEndpoint {
     node_certificates: Option<Arc<tessera_tls::Refusals>>,
     /// From a query's arrival to its last row sent (or its refusal).
     latency: Arc<tessera_core::LatencyHistogram>,
+    /// Per answering site: how fleet queries' fragments went, and how long they took.
+    site_fragments: Arc<crate::fanout::SiteFragmentStats>,
     /// Sign-ins under way (see [`crate::limits::QueryLimits::sign_ins_at_once`]).
     sign_ins: Arc<tokio::sync::Semaphore>,
     /// Where queries run: a runtime of their own, apart from the one serving calls.
@@ -167,6 +179,7 @@ impl FlightSqlEndpoint {
             prepared: Mutex::new(HashMap::new()),
             node_certificates: None,
             latency: Arc::default(),
+            site_fragments: Arc::default(),
             sign_ins: Arc::new(tokio::sync::Semaphore::new(catalog.limits().sign_ins_at_once.max(1))),
             catalog,
             queries,
@@ -238,6 +251,11 @@ impl FlightSqlEndpoint {
         self.latency.clone()
     }
 
+    /// Per answering site: how fleet queries' fragments went, and how long they took.
+    pub fn site_fragments(&self) -> Arc<crate::fanout::SiteFragmentStats> {
+        self.site_fragments.clone()
+    }
+
     fn identity<T>(&self, request: &tonic::Request<T>) -> Result<Identity, Status> {
         let metadata: &MetadataMap = request.metadata();
         let header = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -274,9 +292,8 @@ impl FlightSqlEndpoint {
         if within_site {
             who.via_peer = false;
         }
-        if header(crate::identity::ALLOW_PARTIAL).as_deref() == Some("true") {
-            who.gaps = crate::identity::Gaps::allowing();
-        }
+        // Each call records its own fan-out (the identity may be cached between calls).
+        who.fanout = crate::fanout::FanOut::for_query(header(crate::fanout::ALLOW_PARTIAL).as_deref() == Some("true"));
         Ok(who)
     }
 
@@ -310,6 +327,7 @@ impl FlightSqlEndpoint {
             role: who.role.name(),
             sql: sql.to_string(),
             refused: Some(e.to_string()),
+            fragments: who.fanout.sites(),
         });
     }
 
@@ -329,7 +347,7 @@ impl FlightSqlEndpoint {
         // CPU-bound query cannot hold up the node's servers, and its deadline always fires
         // here. Dropping the relay (the client went away, or the deadline passed) aborts it.
         let grades = self.catalog.grades();
-        let gaps = who.gaps.clone();
+        let fanout = who.fanout.clone();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<QueryOutput, SqlError>>(2);
         // The task keeps the caller's span, so the fragments it sends continue the trace.
         let task = AbortOnDrop(self.queries.spawn(tracing::Instrument::in_current_span(async move {
@@ -342,14 +360,14 @@ impl FlightSqlEndpoint {
                 // caller's leave) is known now, and marked on the result.
                 let result_schema = df.schema().as_arrow().clone();
                 let stream = df.execute_stream().await.map_err(SqlError::from_datafusion)?;
-                let missing = gaps.list();
+                let fanned = crate::fanout::result_metadata(&fanout);
                 let graded: Grader = Arc::new(move |s: &Schema| {
                     let schema = grade(s);
-                    if missing.is_empty() {
+                    if fanned.is_empty() {
                         return schema;
                     }
                     let mut metadata = schema.metadata().clone();
-                    metadata.insert(crate::identity::INCOMPLETE_METADATA_KEY.to_string(), missing.join("; "));
+                    metadata.extend(fanned.iter().map(|(k, v)| (k.to_string(), v.clone())));
                     Arc::new(schema.as_ref().clone().with_metadata(metadata))
                 });
                 let schema: SchemaRef = graded(&result_schema);
@@ -382,13 +400,17 @@ impl FlightSqlEndpoint {
             Ok(Some(Err(e))) => Err(e),
             Ok(Some(Ok(QueryOutput::Batch(_))) | None) => Err(SqlError::internal("the query ended before it started")),
         };
+        let fragments = who.fanout.sites();
+        self.site_fragments.record(&fragments);
         let (schema, graded) = started.inspect_err(|e| self.refused(who, sql, e))?;
         self.audit.record(QueryAudit {
             user: who.user.clone(),
             role: who.role.name(),
             sql: sql.to_string(),
             refused: None,
+            fragments,
         });
+        let missing = who.fanout.missing();
         let relayed = futures::stream::unfold((rx, task), |(mut rx, task)| async move {
             rx.recv().await.map(|item| (item, (rx, task)))
         });
@@ -405,7 +427,18 @@ impl FlightSqlEndpoint {
         })
         .map_err(|e| arrow_flight::error::FlightError::Tonic(Box::new(e.into())));
         let stream = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from);
-        Ok(Response::new(crate::limits::until_deadline(stream, deadline, &limits)))
+        let mut response = Response::new(crate::limits::until_deadline(stream, deadline, &limits));
+        if !missing.is_empty() {
+            // A header value is one line of visible ASCII: anything else becomes '?'.
+            let text: String = format!("partial answer: {}", missing.join("; "))
+                .chars()
+                .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+                .collect();
+            if let Ok(value) = tonic::metadata::MetadataValue::try_from(text) {
+                response.metadata_mut().insert(crate::fanout::WARNING_HEADER, value);
+            }
+        }
+        Ok(response)
     }
 
     /// The result schema of `sql` for `who` (planned, access checked, not run).

@@ -264,7 +264,7 @@ pub async fn run_on_nodes(catalog: &Arc<Catalog>, who: &Identity, sql: &str) -> 
             .collect();
         // A caller who takes a partial answer gets it within half the fragment timeout, so that
         // a site answering another site's fragment answers within that site's timeout.
-        if started.elapsed() + RETRY_PAUSE >= nodes.timeout / 2 && who.gaps.allowed() {
+        if started.elapsed() + RETRY_PAUSE >= nodes.timeout / 2 && who.fanout.allowed() {
             // The caller takes what the nodes answered without overlap, told what is missing.
             let (batches, missing) = partial(&answers);
             let also = if unreachable.is_empty() {
@@ -272,7 +272,7 @@ pub async fn run_on_nodes(catalog: &Arc<Catalog>, who: &Identity, sql: &str) -> 
             } else {
                 format!(" (unreachable: {})", unreachable.join("; "))
             };
-            who.gaps.note(format!("site {}: {missing}{also}", catalog.site()));
+            who.fanout.note(format!("site {}: {missing}{also}", catalog.site()));
             return Ok(batches);
         }
         if started.elapsed() + RETRY_PAUSE >= nodes.timeout {

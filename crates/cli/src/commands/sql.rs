@@ -35,6 +35,10 @@ pub struct SqlConnection {
     /// How long to wait for each answer.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Take what the sites that answer in time return (the others are left out, named in a
+    /// warning), instead of an error when any site cannot answer.
+    #[arg(long, env = "TESSERA__CLIENT__ALLOW_PARTIAL")]
+    pub allow_partial: bool,
     /// TLS (for an endpoint that has `[tls]`).
     #[command(flatten)]
     pub tls: crate::args::TlsArgs,
@@ -64,6 +68,8 @@ pub struct SqlArgs {
 pub struct SqlSession {
     runtime: tokio::runtime::Runtime,
     client: FlightSqlServiceClient<Channel>,
+    /// What the last result said it is missing (a partial answer), if anything.
+    warning: Option<String>,
 }
 
 impl SqlSession {
@@ -88,9 +94,12 @@ impl SqlSession {
                      TESSERA__CLIENT__PASSWORD)"
                 ),
             }
+            if connection.allow_partial {
+                client.set_header(tessera_sql::fanout::ALLOW_PARTIAL, "true");
+            }
             anyhow::Ok(client)
         })?;
-        Ok(Self { runtime, client })
+        Ok(Self { runtime, client, warning: None })
     }
 
     /// Runs one statement; its result's batches. The server's refusal comes back as an error
@@ -98,20 +107,45 @@ impl SqlSession {
     pub fn query(&mut self, sql: &str) -> Result<Vec<RecordBatch>> {
         use futures::TryStreamExt as _;
         let client = &mut self.client;
-        self.runtime.block_on(async {
+        let (batches, warning) = self.runtime.block_on(async {
             let info =
                 client.execute(sql.to_string(), None).await.map_err(|e| anyhow::anyhow!("{}", flight_message(e)))?;
             let mut batches = Vec::new();
+            let mut warning = None;
             for endpoint in info.endpoint {
                 let ticket = endpoint.ticket.context("the server sent an endpoint without a ticket")?;
-                let stream = client.do_get(ticket).await.map_err(|e| anyhow::anyhow!("{}", flight_message(e)))?;
-                batches.extend(
-                    stream.try_collect::<Vec<_>>().await.map_err(|e| anyhow::anyhow!("{}", flight_message(e)))?,
-                );
+                let mut stream = client.do_get(ticket).await.map_err(|e| anyhow::anyhow!("{}", flight_message(e)))?;
+                while let Some(batch) = stream.try_next().await.map_err(|e| anyhow::anyhow!("{}", flight_message(e)))? {
+                    batches.push(batch);
+                }
+                warning = warning.or_else(|| stream.schema().and_then(|s| partial_warning(s.metadata())));
             }
-            Ok(batches)
-        })
+            anyhow::Ok((batches, warning))
+        })?;
+        self.warning = warning;
+        Ok(batches)
     }
+
+    /// What the last result said it is missing (only a caller who allows partial answers gets
+    /// one), as a line to show.
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
+    }
+}
+
+/// The warning a result's schema metadata gives: the sites left out and why.
+fn partial_warning(metadata: &std::collections::HashMap<String, String>) -> Option<String> {
+    use tessera_sql::fanout::{INCOMPLETE_METADATA_KEY, SITES_ANSWERED_METADATA_KEY, SITES_MISSING_METADATA_KEY};
+    let missing = metadata.get(INCOMPLETE_METADATA_KEY)?;
+    let mut text = String::from("warning: a partial answer");
+    if let Some(answered) = metadata.get(SITES_ANSWERED_METADATA_KEY) {
+        text.push_str(&format!(" from sites {answered}"));
+    }
+    if let Some(left_out) = metadata.get(SITES_MISSING_METADATA_KEY) {
+        text.push_str(&format!("; left out: {left_out}"));
+    }
+    text.push_str(&format!(" ({missing})"));
+    Some(text)
 }
 
 /// Runs `sql` on a new connection and returns its result as a text table.
@@ -213,6 +247,9 @@ impl Runner {
         let batches = self.session.query(sql)?;
         let took = started.elapsed();
         println!("{}", format_batches(self.output, &batches)?.trim_end());
+        if let Some(warning) = self.session.warning() {
+            eprintln!("{warning}");
+        }
         if self.timing {
             let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
             eprintln!("({rows} row{}, {:.1} ms)", if rows == 1 { "" } else { "s" }, took.as_secs_f64() * 1e3);
