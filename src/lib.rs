@@ -2,11 +2,12 @@
 //! process (Tansu), an S3-compatible object store process (moto, [`s3`]), a headless Chromium
 //! over WebDriver ([`browser`]), topic creation, publishing a simulated fleet with its
 //! checksum, collecting what the ingest hands on, the benches' result history
-//! ([`bench_history`]), their reference query ([`reference`]) and whole nodes fed by gateway
-//! batches ([`gateway_node`]).
+//! ([`bench_history`]), their reference query ([`reference`]), whole nodes fed by gateway
+//! batches ([`gateway_node`]) and the fleet at scale simulated in one process ([`fleet_sim`]).
 
 pub mod bench_history;
 pub mod browser;
+pub mod fleet_sim;
 pub mod fleet_stats;
 pub mod gateway_node;
 pub mod reference;

@@ -14,6 +14,7 @@ mod deploy_script;
 mod detect_kafka;
 mod eval_detection;
 mod fault;
+mod fleet_scale;
 mod flight_sql;
 mod golden;
 mod helm_chart;

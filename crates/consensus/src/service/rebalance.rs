@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, RaftError};
+use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::raft::Precondition;
 use openraft::{ChangeMembers, Instant as _, ServerState};
 
@@ -167,9 +167,19 @@ impl Shared {
             .map_err(|_| self.no_quorum("adding the first learners was"))?;
             match added {
                 Ok(_) => return Ok(()),
+                // No leader yet, or the first membership not committed yet: wait for the
+                // first election (this node's).
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(hint)))
                     if hint.leader_id.is_none() || hint.leader_id == Some(self.me) =>
                 {
+                    if Instant::now() >= deadline {
+                        return Err(self.no_quorum("adding the first learners was"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) => {
                     if Instant::now() >= deadline {
                         return Err(self.no_quorum("adding the first learners was"));
                     }

@@ -1,0 +1,146 @@
+//! Fleet scale (issue 27): the fleet aggregate's latency against the number of sites and the
+//! WAN latency between them, the control plane's write latency with 5 voters and 100+
+//! learners, and memory per site, all simulated in one process ([`tessera_suite::fleet_sim`]).
+//!
+//! `cargo bench --bench fleet_scale -- [--sites 10,30,100] [--latency-ms 0,50] [--motors 10000] [--windows 3] [--runs 10] [--members 105] [--raft-sites 35] [--writes 100]`
+//!
+//! Each site is a Flight SQL endpoint with its own catalog holding `motors` motors' newest
+//! `windows` ten-minute windows (`motor_windows`), federated with every other site through a
+//! link that delivers each byte `latency` after it was sent (both ways). A fleet analyst at
+//! site 0 asks for the fleet aggregate (`fleet_sim::FLEET_AGGREGATE`): one partial aggregate
+//! per site crosses the links. Latency is from the request to the last row, over `runs` runs
+//! after a warm-up; the answer is checked (every site answered, every window counted).
+//!
+//! Then `members` control-plane members over `raft-sites` sites, every Raft message through a
+//! link of the same latency: 5 voters (one per site on 5 sites), the rest learners. Writes
+//! (query registrations) are sent one at a time to the leader; each waits for a majority of
+//! the voters. Also the Raft log's bytes per write, for the capacity model.
+//!
+//! Everything shares this machine's cores, so the figures are the protocol's cost (round trips,
+//! the coordinator's merge of N partial aggregates), not N sites' compute in parallel.
+
+use std::time::Duration;
+
+use datafusion::arrow::array::{Array as _, Int64Array};
+use tessera_suite::bench_history::{Better, record};
+use tessera_suite::fleet_sim::{
+    FLEET_AGGREGATE, RaftFleet, SqlFleet, admin_client, fleet_query, resident_bytes, timed_write,
+};
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn list(name: &str, default: &[u64]) -> Vec<u64> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime")
+}
+
+fn main() {
+    let (motors, windows, runs) = (arg("--motors", 10_000) as usize, arg("--windows", 3) as usize, arg("--runs", 10));
+    let latencies = list("--latency-ms", &[0, 50]);
+    let site_counts = list("--sites", &[10, 30, 100]);
+    println!("# fleet aggregate: {motors} motors x {windows} windows per site, {runs} runs each");
+    for &latency in &latencies {
+        let one_way = Duration::from_millis(latency);
+        for &sites in &site_counts {
+            let runtime = runtime();
+            let before = resident_bytes();
+            let fleet = SqlFleet::start(&runtime, sites as usize, motors, windows, one_way, Duration::from_secs(60))
+                .expect("the sites start");
+            let per_site = resident_bytes().saturating_sub(before) as f64 / sites as f64;
+            let mut took = runtime.block_on(async {
+                let mut client = fleet.client(0).await.expect("a client at site 0");
+                let warm = fleet_query(&mut client, FLEET_AGGREGATE).await.expect("the fleet aggregate");
+                assert_eq!(warm.answered.len(), sites as usize, "every site answered: {:?}", warm.answered);
+                let counted = warm.batches[0].column(1).as_any().downcast_ref::<Int64Array>().expect("count").value(0);
+                assert_eq!(counted as usize, fleet.rows_per_site * sites as usize, "every window counted");
+                let mut took = Vec::new();
+                for _ in 0..runs {
+                    took.push(
+                        fleet_query(&mut client, FLEET_AGGREGATE)
+                            .await
+                            .expect("the fleet aggregate")
+                            .took
+                            .as_secs_f64()
+                            * 1e3,
+                    );
+                }
+                took
+            });
+            took.sort_by(f64::total_cmp);
+            let (p50, p99) = (percentile(&took, 50.0), percentile(&took, 99.0));
+            println!(
+                "fleet aggregate, {sites:>3} sites, {latency:>3} ms one-way: p50 {p50:>8.1} ms  p99 {p99:>8.1} ms  max {:>8.1} ms  \
+                 resident per site {:.1} MB",
+                took[took.len() - 1],
+                per_site / 1e6
+            );
+            record(
+                "fleet_scale",
+                &format!("fleet aggregate p50, {sites} sites, {latency} ms"),
+                p50,
+                "ms",
+                Better::Lower,
+            );
+            record("fleet_scale", &format!("resident per site, {sites} sites"), per_site, "bytes", Better::Lower);
+            runtime.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+
+    let (members, raft_sites, writes) =
+        (arg("--members", 105) as usize, arg("--raft-sites", 35) as usize, arg("--writes", 100));
+    for &latency in &latencies {
+        let one_way = Duration::from_millis(latency);
+        let runtime = runtime();
+        let before = resident_bytes();
+        let fleet = RaftFleet::start(&runtime, members, raft_sites, one_way).expect("the members start");
+        let per_member = resident_bytes().saturating_sub(before) as f64 / members as f64;
+        let leader = fleet.leader(Duration::from_secs(60)).expect("a leader");
+        assert_eq!(fleet.nodes[leader].status().voters, 5, "a bounded voter set");
+        let addr = fleet.nodes[leader].addr();
+        let mut took = runtime.block_on(async {
+            let mut admin = admin_client(addr).await.expect("an admin client");
+            timed_write(&mut admin, "warm-up").await.expect("a write");
+            let mut took = Vec::new();
+            for i in 0..writes {
+                took.push(timed_write(&mut admin, &format!("q{i}")).await.expect("a write").as_secs_f64() * 1e3);
+            }
+            took
+        });
+        took.sort_by(f64::total_cmp);
+        let (p50, p99) = (percentile(&took, 50.0), percentile(&took, 99.0));
+        let log_bytes = std::fs::metadata(fleet.data_dir(leader).join("raft-log.redb")).map_or(0, |m| m.len());
+        let applied = fleet.nodes[leader].status().applied_index.unwrap_or(0).max(1);
+        println!(
+            "control-plane write, 5 voters + {} learners over {raft_sites} sites, {latency:>3} ms one-way: p50 {p50:>7.1} ms  \
+             p99 {p99:>7.1} ms  (p99 = {:.1} x one-way)  raft log {log_bytes} B for {applied} entries  resident per member {:.1} MB",
+            members - 5,
+            if latency > 0 { p99 / latency as f64 } else { f64::NAN },
+            per_member / 1e6
+        );
+        record(
+            "fleet_scale",
+            &format!("control-plane write p99, {members} members, {latency} ms"),
+            p99,
+            "ms",
+            Better::Lower,
+        );
+        fleet.shutdown(&runtime).expect("the members stop");
+        runtime.shutdown_timeout(Duration::from_secs(5));
+    }
+}
