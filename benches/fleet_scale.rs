@@ -16,6 +16,10 @@
 //! (query registrations) are sent one at a time to the leader; each waits for a majority of
 //! the voters. Also the Raft log's bytes per write, for the capacity model.
 //!
+//! Last, the registry's size in every snapshot for `registry-motors` motors over 100 sites
+//! (assigned in commands of at most 10,000 motors), and the log entry and audit record a
+//! typical change adds: the figures of docs/SCALING.md's log and snapshot growth.
+//!
 //! Everything shares this machine's cores, so the figures are the protocol's cost (round trips,
 //! the coordinator's merge of N partial aggregates), not N sites' compute in parallel.
 
@@ -44,6 +48,79 @@ fn list(name: &str, default: &[u64]) -> Vec<u64> {
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The registry of `motors` motors over `sites` sites, built by the commands the log would
+/// carry: its JSON size (its share of every snapshot), and the log entry and audit record of
+/// each kind of change.
+fn registry_cost(motors: usize, sites: usize) {
+    use tessera_consensus::registry::Registry;
+    use tessera_consensus::types::{Command, MAX_MOTORS_PER_COMMAND, Request};
+    use tessera_core::{MotorId, SiteId};
+    let request = |command| Request { actor: "fleet-sim".into(), at_ms: 1_700_000_000_000, command };
+    let mut registry = Registry::default();
+    let mut index = 0;
+    let started = std::time::Instant::now();
+    let (mut assign_entries, mut assign_entry_bytes, mut assign_audit_bytes) = (0usize, 0usize, 0usize);
+    for s in 0..sites {
+        let site = SiteId::new(format!("site-{s:03}")).expect("a site id");
+        index += 1;
+        registry.apply(index, &request(Command::AddSite { site: site.clone(), name: format!("Plant {s}") }));
+        let ids: Vec<usize> = (0..motors / sites).collect();
+        for chunk in ids.chunks(MAX_MOTORS_PER_COMMAND) {
+            let motors = chunk.iter().map(|m| MotorId::new(format!("S{s:03}-M{m:06}")).expect("a motor id")).collect();
+            let r = request(Command::AssignMotors { site: site.clone(), motors });
+            index += 1;
+            let (_, audit) = registry.apply(index, &r);
+            assign_entries += 1;
+            assign_entry_bytes += serde_json::to_vec(&r).expect("json").len();
+            assign_audit_bytes += serde_json::to_vec(&audit).expect("json").len();
+        }
+    }
+    let built = started.elapsed();
+    let registry_bytes = serde_json::to_vec(&registry).expect("json").len();
+    // A typical small change: a query registration, an alert acknowledgement.
+    let small = [
+        request(Command::RegisterQuery {
+            name: "hot".into(),
+            sql: "CREATE CONTINUOUS QUERY hot AS SELECT motor_id, window_start, max(temperature_c) AS peak \
+                  FROM TUMBLE(telemetry, ts, INTERVAL '10 minutes') GROUP BY motor_id, window_start"
+                .into(),
+        }),
+        request(Command::AcknowledgeAlert {
+            alert: "vib:S001-M000001:1700000000000".into(),
+            motor: MotorId::new("S001-M000001").expect("id"),
+            site: SiteId::new("site-001").expect("id"),
+            note: "bearing ordered, replacing on Thursday".into(),
+            silence_until_ms: Some(1_700_100_000_000),
+        }),
+    ];
+    for r in &small {
+        index += 1;
+        let (_, audit) = registry.apply(index, r);
+        println!(
+            "registry change '{}': log entry {} B, audit record {} B",
+            r.command,
+            serde_json::to_vec(r).expect("json").len(),
+            serde_json::to_vec(&audit).expect("json").len()
+        );
+    }
+    println!(
+        "registry of {motors} motors over {sites} sites: {:.1} MB as JSON ({:.0} B per motor) in every snapshot; \
+         {assign_entries} assignment entries of {:.0} kB each (audit record {:.0} B each), built in {:.1} s",
+        registry_bytes as f64 / 1e6,
+        registry_bytes as f64 / motors as f64,
+        assign_entry_bytes as f64 / assign_entries as f64 / 1e3,
+        assign_audit_bytes as f64 / assign_entries as f64,
+        built.as_secs_f64()
+    );
+    record(
+        "fleet_scale",
+        &format!("registry bytes per motor, {motors} motors"),
+        registry_bytes as f64 / motors as f64,
+        "bytes",
+        Better::Lower,
+    );
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -101,6 +178,8 @@ fn main() {
             runtime.shutdown_timeout(Duration::from_secs(5));
         }
     }
+
+    registry_cost(arg("--registry-motors", 1_000_000) as usize, 100);
 
     let (members, raft_sites, writes) =
         (arg("--members", 105) as usize, arg("--raft-sites", 35) as usize, arg("--writes", 100));

@@ -205,7 +205,17 @@ with flightsql.connect("grpc://" + sys.argv[1], db_kwargs={"username": "analyst"
         "alert events by query, severity and state:\n{metrics}"
     );
     assert!(metrics.contains("window=\"tumble_"), "window labels:\n{metrics}");
-    assert!(!metrics.contains("outcome=\""), "readings_total has no outcome label any more:\n{metrics}");
+    assert!(
+        !metrics.lines().any(|l| l.starts_with("tessera_ingest_readings_total{") && l.contains("outcome=\"")),
+        "readings_total has no outcome label any more:\n{metrics}"
+    );
+    // The fleet query above reached every site from some node; every node lists its peers.
+    for site in ["site-a", "site-b", "site-c"] {
+        assert!(
+            metrics.contains(&format!("answering_site=\"{site}\",outcome=\"answered\"}}")),
+            "fragments of {site}:\n{metrics}"
+        );
+    }
 
     // SIGINT: a clean stop, exit status 0.
     let status = demo.interrupt(Duration::from_secs(90));

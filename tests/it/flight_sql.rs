@@ -645,11 +645,11 @@ fn a_fleet_query_says_which_sites_answered_and_leaves_a_stalled_site_out_only_wh
             audit[0].column(3).as_any().downcast_ref::<datafusion::arrow::array::UInt64Array>().expect("ms").value(0);
         assert!(slowest >= deadline.as_millis() as u64, "{text}");
     });
-    // And in /metrics: site-c's fragments were left out once and failed once.
+    // And in /metrics: site-c's fragments were left out once and unavailable once.
     let metrics = crate::support::http_get(&cluster.nodes[0].http_addr().expect("http").to_string(), "/metrics");
     for line in [
         "tessera_sql_site_fragments_total{site=\"site-a\",answering_site=\"site-c\",outcome=\"left_out\"} 1",
-        "tessera_sql_site_fragments_total{site=\"site-a\",answering_site=\"site-c\",outcome=\"failed\"} 1",
+        "tessera_sql_site_fragments_total{site=\"site-a\",answering_site=\"site-c\",outcome=\"unavailable\"} 1",
         "tessera_sql_site_fragments_total{site=\"site-a\",answering_site=\"site-b\",outcome=\"answered\"}",
     ] {
         assert!(metrics.contains(line), "{line} not in:\n{metrics}");

@@ -263,7 +263,7 @@ impl NodeProbe {
             let sites = fragments.snapshot();
             if !sites.is_empty() {
                 let name = "tessera_sql_site_fragments_total";
-                out.family(name, "counter", "Fleet queries' fragments by answering site and outcome (answered, left_out with the caller's leave, failed).");
+                out.family(name, "counter", "Fleet queries' fragments by answering site and outcome: answered, left_out (late, with the caller's leave), unavailable (late: the query failed), refused.");
                 for (site, counts, _) in &sites {
                     for (answer, count) in tessera_sql::fanout::SITE_ANSWERS.iter().zip(counts) {
                         out.sample(name, &[("answering_site", site), ("outcome", answer.name())], *count as f64);

@@ -35,17 +35,20 @@ pub enum SiteAnswer {
     Answered,
     /// It could not answer in time and was left out, with the caller's leave.
     LeftOut,
-    /// It refused or failed, and so did the query.
-    Failed,
+    /// It could not answer in time, and without the caller's leave the query failed.
+    Unavailable,
+    /// It refused (or failed otherwise), and so did the query.
+    Refused,
 }
 
 impl SiteAnswer {
-    /// The name metrics and the audit use: `answered`, `left_out`, `failed`.
+    /// The name metrics and the audit use: `answered`, `left_out`, `unavailable`, `refused`.
     pub fn name(&self) -> &'static str {
         match self {
             SiteAnswer::Answered => "answered",
             SiteAnswer::LeftOut => "left_out",
-            SiteAnswer::Failed => "failed",
+            SiteAnswer::Unavailable => "unavailable",
+            SiteAnswer::Refused => "refused",
         }
     }
 }
@@ -140,38 +143,49 @@ pub struct SiteFragmentStats {
 /// One site's fragments (see [`SiteFragmentStats`]).
 #[derive(Debug, Default)]
 pub struct SiteStats {
-    /// Fragments by how they went: answered, left out, failed.
-    pub counts: [u64; 3],
+    /// Fragments by how they went, in the order of [`SITE_ANSWERS`].
+    pub counts: [u64; 4],
     /// How long they took.
     pub latency: tessera_core::LatencyHistogram,
 }
 
 impl SiteFragmentStats {
+    /// Stats with every one of `sites` at zero (so that their series exist before the first
+    /// fleet query, and a rule can tell "no answer" from "not asked yet").
+    pub fn for_sites<'a>(sites: impl IntoIterator<Item = &'a str>) -> Self {
+        let stats = Self::default();
+        stats.with_sites(sites);
+        stats
+    }
+
+    fn with_sites<'a>(&self, sites: impl IntoIterator<Item = &'a str>) {
+        let mut known = self.sites.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for site in sites {
+            known.entry(site.to_string()).or_default();
+        }
+    }
+
     /// Counts one query's fragments.
     pub fn record(&self, fragments: &[SiteFragment]) {
         let mut sites = self.sites.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for f in fragments {
             let stats = sites.entry(f.site.clone()).or_default();
-            let i = match f.answer {
-                SiteAnswer::Answered => 0,
-                SiteAnswer::LeftOut => 1,
-                SiteAnswer::Failed => 2,
-            };
+            let i = SITE_ANSWERS.iter().position(|a| *a == f.answer).expect("every answer is listed");
             stats.counts[i] += 1;
             stats.latency.observe(f.elapsed);
         }
     }
 
-    /// Every site's counts (in the order answered, left out, failed, see [`SiteAnswer::name`])
-    /// and latency so far.
-    pub fn snapshot(&self) -> Vec<(String, [u64; 3], tessera_core::LatencySnapshot)> {
+    /// Every site's counts (in the order of [`SITE_ANSWERS`]) and latency so far.
+    pub fn snapshot(&self) -> Vec<(String, [u64; 4], tessera_core::LatencySnapshot)> {
         let sites = self.sites.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         sites.iter().map(|(site, s)| (site.clone(), s.counts, s.latency.snapshot())).collect()
     }
 }
 
-/// The three ways a fragment goes, in the order of [`SiteFragmentStats::snapshot`]'s counts.
-pub const SITE_ANSWERS: [SiteAnswer; 3] = [SiteAnswer::Answered, SiteAnswer::LeftOut, SiteAnswer::Failed];
+/// The ways a fragment goes, in the order of [`SiteFragmentStats::snapshot`]'s counts.
+pub const SITE_ANSWERS: [SiteAnswer; 4] =
+    [SiteAnswer::Answered, SiteAnswer::LeftOut, SiteAnswer::Unavailable, SiteAnswer::Refused];
 
 /// The schema metadata a fleet query's result carries about its fan-out (see the module doc):
 /// nothing for a query that reached no other site.
@@ -225,12 +239,13 @@ mod tests {
 
     #[test]
     fn stats_count_each_sites_fragments_by_outcome() {
-        let stats = SiteFragmentStats::default();
+        let stats = SiteFragmentStats::for_sites(["a"]);
+        assert_eq!(stats.snapshot()[0].1, [0; 4], "a known site is there before its first fragment");
         stats.record(&[fragment("a", SiteAnswer::Answered, 5), fragment("b", SiteAnswer::LeftOut, 2000)]);
-        stats.record(&[fragment("a", SiteAnswer::Failed, 7)]);
+        stats.record(&[fragment("a", SiteAnswer::Refused, 7)]);
         let snapshot = stats.snapshot();
         assert_eq!(snapshot.len(), 2);
-        assert_eq!((snapshot[0].0.as_str(), snapshot[0].1), ("a", [1, 0, 1]));
-        assert_eq!((snapshot[1].0.as_str(), snapshot[1].1, snapshot[1].2.count), ("b", [0, 1, 0], 1));
+        assert_eq!((snapshot[0].0.as_str(), snapshot[0].1), ("a", [1, 0, 0, 1]));
+        assert_eq!((snapshot[1].0.as_str(), snapshot[1].1, snapshot[1].2.count), ("b", [0, 1, 0, 0], 1));
     }
 }

@@ -229,7 +229,8 @@ pub async fn run_fragments(catalog: &Arc<Catalog>, who: &Identity, sql: &str) ->
                 who.fanout.note(format!("site {site}: {e}"));
                 (SiteAnswer::LeftOut, None)
             }
-            Err(e) => (SiteAnswer::Failed, Some(e)),
+            Err(e @ SqlError::Unavailable { .. }) => (SiteAnswer::Unavailable, Some(e)),
+            Err(e) => (SiteAnswer::Refused, Some(e)),
         };
         who.fanout.site(SiteFragment { site: site.to_string(), answer: outcome, elapsed });
         if failed.is_none() {

@@ -179,7 +179,10 @@ impl FlightSqlEndpoint {
             prepared: Mutex::new(HashMap::new()),
             node_certificates: None,
             latency: Arc::default(),
-            site_fragments: Arc::default(),
+            site_fragments: Arc::new(crate::fanout::SiteFragmentStats::for_sites(
+                std::iter::once(catalog.site())
+                    .chain(catalog.federation().iter().flat_map(|f| f.peers.iter().map(|p| p.site.as_str()))),
+            )),
             sign_ins: Arc::new(tokio::sync::Semaphore::new(catalog.limits().sign_ins_at_once.max(1))),
             catalog,
             queries,
