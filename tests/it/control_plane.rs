@@ -1,6 +1,7 @@
 //! The control plane as separate processes on loopback: three nodes elect a leader, replicate,
 //! survive the leader's SIGKILL, let a killed node catch up through a snapshot after its log
-//! was purged, and refuse writes on the minority side of a partition.
+//! was purged, and refuse writes (and linearizable reads; a local read still answers) on the
+//! minority side of a partition.
 //!
 //! Partitions use the nodes' fault-injecting transport (`cluster partition`, enabled by
 //! `--fault-injection`): the cut-off nodes neither send nor answer each other's Raft RPCs or
@@ -194,6 +195,27 @@ fn the_minority_side_of_a_partition_refuses_writes() {
             old + 1,
             started.elapsed().as_millis(),
             refused.message()
+        );
+
+        // A linearizable read there fails too; a local read (said per call) answers from the
+        // node's own state, saying how far it had applied.
+        let mut client = nodes[old].client().await;
+        let refused =
+            client.list_queries(pb::ListQueriesRequest {}).await.expect_err("a linearizable read on the minority side");
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        let mut local = tonic::Request::new(pb::ListQueriesRequest {});
+        local.metadata_mut().insert(tessera_consensus::READ_HEADER, "local".parse().expect("header"));
+        let reply = client.list_queries(local).await.expect("a local read on the minority side");
+        let applied = reply
+            .metadata()
+            .get(tessera_consensus::APPLIED_INDEX_HEADER)
+            .expect("the applied index")
+            .to_str()
+            .expect("text");
+        assert!(applied.parse::<u64>().expect("a number") > 0, "{applied}");
+        assert!(
+            reply.into_inner().queries.iter().any(|q| q.name == "before"),
+            "the write before the partition is there"
         );
 
         // The majority elects a leader among itself and goes on.

@@ -22,13 +22,9 @@ fn ten_sites_behind_wan_links_answer_the_fleet_aggregate_and_commit_writes() {
         answered.sort();
         let all: Vec<String> = (0..10).map(|s| format!("site-{s:03}")).collect();
         assert_eq!(answered, all, "every site answered");
-        let column =
-            |i: usize| answer.batches[0].column(i).as_any().downcast_ref::<Int64Array>().expect("a count").value(0);
-        assert_eq!(
-            (column(1), column(2)),
-            (10 * motors as i64 * windows as i64, 10 * motors as i64),
-            "every window and motor"
-        );
+        let windows_counted =
+            answer.batches[0].column(1).as_any().downcast_ref::<Int64Array>().expect("a count").value(0);
+        assert_eq!(windows_counted, 10 * motors as i64 * windows as i64, "every window");
         // Through links 50 ms each way, a fragment takes at least a round trip.
         assert!(answer.took >= 2 * one_way, "{:?}", answer.took);
     });
