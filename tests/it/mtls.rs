@@ -224,6 +224,22 @@ fn the_control_plane_speaks_mtls_and_refuses_rogue_nodes() {
             .expect_err("forwarded as another");
         assert_eq!(forged_write.code(), Code::PermissionDenied, "{forged_write:?}");
         assert_eq!(first.refusals().identities(), 3 + 2, "three impersonations, two forged approvals");
+        // The same on the pipelined replication stream: each message is checked, and the first
+        // refusal ends the stream with its status.
+        for (from, json, why) in [
+            (1, vote_json(1000, 1), "node 3's, the message claims node 1"),
+            (3, vote_json(1000, 2), "node 3 sent a vote of node 2"),
+        ] {
+            let mut answers = transport
+                .stream_append(futures::stream::iter([pb::RaftMessage { from, json }]))
+                .await
+                .expect("the stream opens")
+                .into_inner();
+            let refused = answers.message().await.expect_err("a forged append on the stream");
+            assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+            assert!(refused.message().contains(why), "{refused:?}");
+        }
+        eventually("two forged stream appends counted", || first.refusals().identities() >= 3 + 2 + 2).await;
 
         // 5. The client verifies the server: node 2's address does not prove node 1.
         let leader_check =

@@ -8,15 +8,19 @@
 //! With `[tls]`, every connection is mTLS: this node presents its certificate, and the peer's
 //! server must prove the name `node-<id>.tessera` of the node the membership says is there.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, Stream, StreamExt as _};
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult, VoteRequest, VoteResponse,
+};
 use openraft::{OptionalSend, RPCTypes, RaftNetworkV2};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -112,18 +116,7 @@ impl Connection {
     }
 
     fn status_error(&self, action: RPCTypes, option: &RPCOption, status: tonic::Status) -> RPCError<TypeConfig> {
-        match status.code() {
-            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                RPCError::Timeout(Timeout { action, id: self.me, target: self.target, timeout: option.hard_ttl() })
-            }
-            tonic::Code::Unavailable => unreachable(format!("node {}: {}", self.target, status.message())),
-            _ => RPCError::Network(NetworkError::new(&TransportError(format!(
-                "node {}: {:?}: {}",
-                self.target,
-                status.code(),
-                status.message()
-            )))),
-        }
+        status_error(self.me, self.target, action, option.hard_ttl(), status)
     }
 
     /// Sends one unary RPC and decodes the answer.
@@ -148,6 +141,27 @@ impl Connection {
     }
 }
 
+/// openraft's error for a call from `me` to `target` that ended with `status`.
+fn status_error(
+    me: NodeId,
+    target: NodeId,
+    action: RPCTypes,
+    ttl: Duration,
+    status: tonic::Status,
+) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            RPCError::Timeout(Timeout { action, id: me, target, timeout: ttl })
+        }
+        tonic::Code::Unavailable => unreachable(format!("node {target}: {}", status.message())),
+        _ => RPCError::Network(NetworkError::new(&TransportError(format!(
+            "node {target}: {:?}: {}",
+            status.code(),
+            status.message()
+        )))),
+    }
+}
+
 fn unreachable(why: String) -> RPCError<TypeConfig> {
     RPCError::Unreachable(Unreachable::new(&TransportError(why)))
 }
@@ -161,6 +175,74 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.call(RPCTypes::AppendEntries, &rpc, option, |mut c, r| async move { c.append_entries(r).await }).await
+    }
+
+    /// Pipelined: every request goes out on one gRPC stream as soon as openraft has it, and
+    /// the answers come back in order. An answer that has not come within the RPC's soft TTL
+    /// of its request ends the stream with a timeout (openraft then opens a new one).
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>, RPCError<TypeConfig>>,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let mut client = self.client()?;
+            let (me, target, ttl) = (self.me, self.target, option.soft_ttl());
+            // When each request still unanswered was sent, oldest first.
+            let sent: Arc<std::sync::Mutex<VecDeque<Instant>>> = Arc::default();
+            let sending = sent.clone();
+            let requests = input.filter_map(move |request| {
+                let message = serde_json::to_vec(&request).ok().map(|json| RaftMessage { from: me, json });
+                if message.is_some() {
+                    sending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push_back(Instant::now());
+                }
+                futures::future::ready(message)
+            });
+            let reply = client
+                .stream_append(tonic::Request::new(requests))
+                .await
+                .map_err(|s| status_error(me, target, RPCTypes::AppendEntries, ttl, s))?;
+            let answers = futures::stream::unfold(Some(reply.into_inner()), move |inbound| {
+                let sent = sent.clone();
+                async move {
+                    let mut inbound = inbound?;
+                    loop {
+                        match tokio::time::timeout(ttl, inbound.next()).await {
+                            Ok(None) => return None,
+                            Ok(Some(Ok(message))) => {
+                                sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop_front();
+                                let answer = serde_json::from_slice(&message.json)
+                                    .map_err(|e| RPCError::Network(NetworkError::new(&e)));
+                                return Some((answer, Some(inbound)));
+                            }
+                            Ok(Some(Err(status))) => {
+                                return Some((
+                                    Err(status_error(me, target, RPCTypes::AppendEntries, ttl, status)),
+                                    None,
+                                ));
+                            }
+                            Err(_) => {
+                                let oldest =
+                                    sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).front().copied();
+                                if oldest.is_some_and(|at| at.elapsed() >= ttl) {
+                                    let late =
+                                        Timeout { action: RPCTypes::AppendEntries, id: me, target, timeout: ttl };
+                                    return Some((Err(RPCError::Timeout(late)), None));
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+            let answers: BoxStream<'s, _> = Box::pin(answers);
+            Ok(answers)
+        })
     }
 
     async fn vote(

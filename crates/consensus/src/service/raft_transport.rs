@@ -81,6 +81,65 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         Ok(Response::new(encode(self.0.me, &reply)?))
     }
 
+    type StreamAppendStream = futures::stream::BoxStream<'static, Result<pb::RaftMessage, Status>>;
+
+    async fn stream_append(
+        &self,
+        request: GrpcRequest<Streaming<pb::RaftMessage>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        // Every message is checked as a unary AppendEntries is (its sender, the vote it
+        // carries, a partition); the first refusal ends the stream with its status.
+        let peer = request.remote_addr();
+        let sender = proven_sender(&request, self.0.tls_required).inspect_err(|e| {
+            self.0.refusals.refuse_identity("raft", peer, &e.to_string());
+        })?;
+        let shared = self.0.clone();
+        let (refused_tx, refused_rx) = tokio::sync::oneshot::channel::<Status>();
+        let checked = request.into_inner().scan(Some(refused_tx), move |refused_tx, message| {
+            let Ok(m) = message else { return futures::future::ready(None) }; // the sender went away
+            let refuse = |why: String| {
+                shared.refusals.refuse_identity("raft", peer, &why);
+                Status::from(ServiceError::MessageRefused { node: shared.me, why })
+            };
+            let checked = shared
+                .allow(&sender, Action::Raft { from: m.from })
+                .map_err(|e| refuse(e.to_string()))
+                .and_then(|()| match (&sender, vote_node(&m.json)) {
+                    (Principal::Node { id, .. }, Some(voter)) if voter != *id => {
+                        Err(refuse(format!("node {id} sent a vote of node {voter}")))
+                    }
+                    _ => Ok(()),
+                })
+                .and_then(|()| {
+                    if shared.partition.blocks(m.from) {
+                        Err(Status::from(ServiceError::Partitioned { node: shared.me, from: m.from }))
+                    } else {
+                        Ok(())
+                    }
+                })
+                .and_then(|()| {
+                    decode::<openraft::raft::AppendEntriesRequest<TypeConfig>>(&m.json).map_err(Status::from)
+                });
+            futures::future::ready(match checked {
+                Ok(request) => Some(request),
+                Err(status) => {
+                    if let Some(tx) = refused_tx.take() {
+                        let _ = tx.send(status);
+                    }
+                    None
+                }
+            })
+        });
+        let me = self.0.me;
+        let answers = self.0.raft.stream_append(checked).map(move |answer| match answer {
+            Ok(result) => encode(me, &result).map_err(Status::from),
+            Err(fatal) => Err(Status::from(ServiceError::Fatal(Box::new(fatal)))),
+        });
+        // After the last answer, the refusal that ended the input, if one did.
+        let refusal = futures::stream::once(refused_rx).filter_map(|r| async move { r.ok().map(Err) });
+        Ok(Response::new(Box::pin(answers.chain(refusal))))
+    }
+
     async fn vote(&self, request: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
         self.check_sender(&request, request.get_ref().from, Some(&request.get_ref().json))?;
         let message = request.into_inner();
