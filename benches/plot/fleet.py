@@ -51,6 +51,15 @@ def main():
         m = re.fullmatch(r"control-plane write p99, (\d+) members, (\d+) ms", figure)
         if m:
             writes[(int(m.group(1)), int(m.group(2)))] = r
+    # The control plane's newest results, each labelled with where its members kept their data.
+    with open(args.history, encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line) if line.strip() else None
+            m = r and r["bench"] == "fleet_scale" and re.fullmatch(r"control-plane write p99, (\d+) members, (\d+) ms", r["figure"])
+            if m:
+                disk = "tmpfs" if "/dev/shm" in r["args"] else "disk"
+                writes[(int(m.group(1)), int(m.group(2)), disk)] = r
+    writes = {k: v for k, v in writes.items() if len(k) == 3}
 
     fig, (left, middle, right) = plt.subplots(1, 3, figsize=(14, 4.2))
     sources = set()
@@ -76,15 +85,17 @@ def main():
     middle.grid(alpha=0.3)
 
     keys = sorted(writes)
-    labels = [f"{members} members\n{latency} ms" for members, latency in keys]
-    right.bar(labels, [writes[k]["value"] for k in keys], color="tab:purple")
-    for i, (members, latency) in enumerate(keys):
+    labels = [f"{members} members\n{latency} ms, {disk}" for members, latency, disk in keys]
+    labels = [label.replace("\n", ", ") for label in labels]
+    right.barh(labels, [writes[k]["value"] for k in keys], color="tab:purple")
+    right.tick_params(axis="y", labelsize=8)
+    for i, (members, latency, _) in enumerate(keys):
         if latency:
-            right.hlines(4 * latency, i - 0.4, i + 0.4, color="grey", linestyle="--")
+            right.vlines(4 * latency, i - 0.4, i + 0.4, color="grey", linestyle="--")
     sources.update((writes[k]["commit"], writes[k]["cpu"], writes[k]["cores"]) for k in keys)
-    right.set_ylabel("control-plane write p99, ms (dashed: 4x one way)")
+    right.set_xlabel("control-plane write p99, ms (dashed: 4x one way)")
     right.set_title("control plane: 5 voters, the rest learners")
-    right.grid(alpha=0.3, axis="y")
+    right.grid(alpha=0.3, axis="x")
 
     fig.suptitle("; ".join(f"{c} on {cpu}, {cores} cores" for c, cpu, cores in sorted(sources)), fontsize=8)
     fig.tight_layout()
