@@ -313,20 +313,8 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
                 r
             })
             .collect();
-        let p = tessera_suite::producer(&brokers, &topic, WireFormat::Protobuf).expect("producer");
-        p.send_readings(&readings).expect("send");
-        p.flush(Duration::from_secs(10)).expect("flush");
-        sent.push(readings.len() as u64);
-        let peers = sites
-            .iter()
-            .zip(&ports)
-            .filter(|(s, _)| *s != site)
-            .map(|(s, port)| tessera_sql::Peer {
-                site: s.to_string(),
-                addr: format!("127.0.0.1:{port}"),
-                fallbacks: vec![],
-            })
-            .collect();
+        sent.push(crate::support::sql::publish(&brokers, &topic, &readings));
+        let peers = crate::support::sql::loopback_peers(site, &sites, &ports);
         let cert = pki::issue(
             &ca,
             &Subject::Node { id: i as u64 + 1, site: site.to_string(), hosts: vec!["127.0.0.1".into()] },
@@ -536,20 +524,8 @@ fn a_fleet_query_says_which_sites_answered_and_leaves_a_stalled_site_out_only_wh
                 r
             })
             .collect();
-        let p = tessera_suite::producer(&brokers, &topic, WireFormat::Protobuf).expect("producer");
-        p.send_readings(&readings).expect("send");
-        p.flush(Duration::from_secs(10)).expect("flush");
-        sent.push(readings.len() as u64);
-        let mut peers: Vec<tessera_sql::Peer> = sites
-            .iter()
-            .zip(&ports)
-            .filter(|(s, _)| *s != site)
-            .map(|(s, port)| tessera_sql::Peer {
-                site: s.to_string(),
-                addr: format!("127.0.0.1:{port}"),
-                fallbacks: vec![],
-            })
-            .collect();
+        sent.push(crate::support::sql::publish(&brokers, &topic, &readings));
+        let mut peers: Vec<tessera_sql::Peer> = crate::support::sql::loopback_peers(site, &sites, &ports);
         peers.push(tessera_sql::Peer { site: "site-c".into(), addr: stalled_addr.clone(), fallbacks: vec![] });
         nodes.push(
             TestNode::new(site, &brokers, site, &topic)

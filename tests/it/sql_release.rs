@@ -15,7 +15,6 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use futures::TryStreamExt as _;
 use tessera_core::{Channel, MotorId, Reading, now_ms};
 use tessera_sql::Role;
-use tessera_workload::producer::WireFormat;
 use tonic::Code;
 use tonic::transport::Channel as GrpcChannel;
 
@@ -157,20 +156,8 @@ fn a_hostile_analyst_gets_no_reading_out_of_either_site() {
         let topic = format!("telemetry-{site}");
         kafka.create_topic(&topic, 1).expect("topic");
         let readings = readings(site, t0);
-        let p = tessera_suite::producer(&brokers, &topic, WireFormat::Protobuf).expect("producer");
-        p.send_readings(&readings).expect("send");
-        p.flush(Duration::from_secs(10)).expect("flush");
-        sent.push(readings.len() as u64);
-        let peers = sites
-            .iter()
-            .zip(&ports)
-            .filter(|(s, _)| *s != site)
-            .map(|(s, port)| tessera_sql::Peer {
-                site: s.to_string(),
-                addr: format!("127.0.0.1:{port}"),
-                fallbacks: vec![],
-            })
-            .collect();
+        sent.push(crate::support::sql::publish(&brokers, &topic, &readings));
+        let peers = crate::support::sql::loopback_peers(site, &sites, &ports);
         nodes.push(
             TestNode::new(site, &brokers, site, &topic)
                 .sql_at(

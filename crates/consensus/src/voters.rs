@@ -25,6 +25,28 @@ pub fn choose_voters(
     healthy: &BTreeSet<NodeId>,
     policy: &VoterPolicy,
 ) -> BTreeSet<NodeId> {
+    choose(members, current, healthy, policy, None)
+}
+
+/// [`choose_voters`], with `prefer` (the leader) first among its site's voters now: when a
+/// site has one voter too many, another goes (demoting the leader would cost an election).
+pub fn choose_voters_preferring(
+    members: &BTreeMap<NodeId, Member>,
+    current: &BTreeSet<NodeId>,
+    healthy: &BTreeSet<NodeId>,
+    policy: &VoterPolicy,
+    prefer: NodeId,
+) -> BTreeSet<NodeId> {
+    choose(members, current, healthy, policy, Some(prefer))
+}
+
+fn choose(
+    members: &BTreeMap<NodeId, Member>,
+    current: &BTreeSet<NodeId>,
+    healthy: &BTreeSet<NodeId>,
+    policy: &VoterPolicy,
+    prefer: Option<NodeId>,
+) -> BTreeSet<NodeId> {
     let eligible: Vec<NodeId> =
         members.keys().copied().filter(|id| healthy.contains(id) && !policy.excluded.contains(id)).collect();
     let mut target = policy.target.min(eligible.len());
@@ -38,7 +60,7 @@ pub fn choose_voters(
         by_site.entry(members[id].site.as_str()).or_default().push(*id);
     }
     for ids in by_site.values_mut() {
-        ids.sort_by_key(|id| (!current.contains(id), *id));
+        ids.sort_by_key(|id| (!current.contains(id), Some(*id) != prefer, *id));
     }
     let voters_at =
         |chosen: &BTreeSet<NodeId>, site: &str| chosen.iter().filter(|id| members[*id].site == site).count();
@@ -131,6 +153,16 @@ mod tests {
         assert_eq!(choose_voters(&members, &BTreeSet::new(), &two, &VoterPolicy::default()).len(), 1);
         let one: BTreeSet<NodeId> = [1].into();
         assert_eq!(choose_voters(&members, &BTreeSet::new(), &one, &VoterPolicy::default()), one);
+    }
+
+    #[test]
+    fn a_site_with_a_voter_too_many_keeps_the_leader() {
+        let members = fleet(3, 2); // sites 00, 01, 02: ids 1, 2 / 11, 12 / 21, 22
+        let all: BTreeSet<NodeId> = members.keys().copied().collect();
+        let policy = VoterPolicy { target: 3, ..Default::default() };
+        let now: BTreeSet<NodeId> = [1, 2, 11].into();
+        assert_eq!(choose_voters(&members, &now, &all, &policy), [1, 11, 21].into());
+        assert_eq!(choose_voters_preferring(&members, &now, &all, &policy, 2), [2, 11, 21].into());
     }
 
     #[test]

@@ -15,6 +15,31 @@ pub(crate) const PASSWORD: &str = "correct horse";
 /// The shared token of federated test sites.
 pub(crate) const FEDERATION_TOKEN: &str = "federation-secret-of-the-test";
 
+/// Publishes `readings` to `topic` at `brokers` (protobuf) and waits until they are sent; how
+/// many there were.
+pub(crate) fn publish(brokers: &str, topic: &str, readings: &[tessera_core::Reading]) -> u64 {
+    let p =
+        tessera_suite::producer(brokers, topic, tessera_workload::producer::WireFormat::Protobuf).expect("producer");
+    p.send_readings(readings).expect("send");
+    p.flush(Duration::from_secs(10)).expect("flush");
+    readings.len() as u64
+}
+
+/// The sites of `sites` other than `site`, as federation peers on loopback (site i at
+/// `ports[i]`).
+pub(crate) fn loopback_peers(site: &str, sites: &[&str], ports: &[u16]) -> Vec<tessera_sql::Peer> {
+    sites
+        .iter()
+        .zip(ports)
+        .filter(|(s, _)| **s != site)
+        .map(|(s, port)| tessera_sql::Peer {
+            site: s.to_string(),
+            addr: format!("127.0.0.1:{port}"),
+            fallbacks: vec![],
+        })
+        .collect()
+}
+
 /// A SQL user with [`PASSWORD`].
 pub(crate) fn user(name: &str, role: Role, site: Option<&str>) -> UserConfig {
     // One hash per test run is enough: Argon2id is slow on purpose.

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::ForwardToLeader;
+use openraft::errors::{ChangeMembershipError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use tessera_core::{DataGrade, DataStage};
 use tessera_proto::raft as pb;
@@ -197,8 +197,20 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
             return Ok(Response::new(self.admin_of_leader(None)?.add_node(call).await?.into_inner()));
         }
         let member = Member { site: node.site.clone(), addr: node.addr.clone() };
-        // Blocking: returns once the learner has caught up with the leader's log.
-        s.raft.add_learner(node.id, member, true).await.map_err(|e| ServiceError::MembershipChange(Box::new(e)))?;
+        // Blocking: returns once the learner has caught up with the leader's log. While the
+        // voter keeper's change commits, openraft refuses another: wait for it.
+        let deadline = std::time::Instant::now() + s.write_timeout;
+        loop {
+            match s.raft.add_learner(node.id, member.clone(), true).await {
+                Ok(_) => break,
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(ServiceError::MembershipChange(Box::new(e)).into()),
+            }
+        }
         if req.learner_only {
             // It never votes: the operator's policy excludes it.
             let mut policy = s.view.with(|a| a.registry.voter_policy.clone());

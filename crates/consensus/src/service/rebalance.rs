@@ -21,7 +21,7 @@ use openraft::{ChangeMembers, Instant as _, ServerState};
 use super::error::ServiceError;
 use super::quorum::Shared;
 use crate::types::{Member, NodeId, VoterPolicy};
-use crate::voters::{MIN_VOTERS, choose_voters};
+use crate::voters::{MIN_VOTERS, choose_voters, choose_voters_preferring};
 
 /// How often the leader looks at the voter set.
 pub(crate) const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -103,7 +103,8 @@ impl Shared {
         let current: BTreeSet<NodeId> = membership.voter_ids().collect();
         let healthy = self.healthy();
         let policy = self.view.with(|a| a.registry.voter_policy.clone());
-        let chosen = choose_voters(&members, &current, &healthy, &policy);
+        // Among its site's members, the leader first: demoting it would cost an election.
+        let chosen = choose_voters_preferring(&members, &current, &healthy, &policy, self.me);
         if !worth_changing(&current, &chosen, &healthy, &policy) {
             return Ok(None);
         }
