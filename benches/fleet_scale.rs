@@ -29,9 +29,8 @@ use std::time::Duration;
 
 use datafusion::arrow::array::{Array as _, Int64Array};
 use tessera_suite::bench_history::{Better, record};
-use tessera_suite::fleet_sim::{
-    FLEET_AGGREGATE, RaftFleet, SqlFleet, admin_client, fleet_query, resident_bytes, timed_write,
-};
+use tessera_suite::fleet_sim::{FLEET_AGGREGATE, RaftFleet, SqlFleet, admin_client, fleet_query, timed_write};
+use tessera_suite::resident_bytes;
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();

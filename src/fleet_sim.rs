@@ -360,13 +360,3 @@ pub async fn timed_write(
     anyhow::ensure!(reply.rejected.is_empty(), "{name}: {}", reply.rejected);
     Ok(started.elapsed())
 }
-
-/// This process's resident memory, bytes (Linux).
-pub fn resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}

@@ -48,6 +48,19 @@ fn readings(t0: i64) -> Vec<Reading> {
     out
 }
 
+/// `readings` as site `site`'s: its id, and motor ids prefixed by it (each site's motors are
+/// its own).
+fn at_site(site: &str, readings: impl IntoIterator<Item = Reading>) -> Vec<Reading> {
+    readings
+        .into_iter()
+        .map(|mut r| {
+            r.motor_id = MotorId::new(format!("{site}-{}", r.motor_id.as_str())).expect("id");
+            r.site_id = SiteId::new(site).expect("id");
+            r
+        })
+        .collect()
+}
+
 fn rows(batches: &[RecordBatch]) -> Vec<(String, i64)> {
     let mut out = Vec::new();
     for b in batches {
@@ -304,15 +317,8 @@ fn a_cross_site_aggregate_equals_the_sites_own_aggregates() {
         let topic = format!("telemetry-{i}");
         kafka.create_topic(&topic, 1).expect("topic");
         // Each site's motors are its own (M1.. prefixed by the site); site i has 2 + i motors.
-        let readings: Vec<Reading> = readings(t0)
-            .into_iter()
-            .filter(|r| r.motor_id.as_str() <= format!("M{}", 2 + i).as_str())
-            .map(|mut r| {
-                r.motor_id = MotorId::new(format!("{site}-{}", r.motor_id.as_str())).expect("id");
-                r.site_id = SiteId::new(*site).expect("id");
-                r
-            })
-            .collect();
+        let readings =
+            at_site(site, readings(t0).into_iter().filter(|r| r.motor_id.as_str() <= format!("M{}", 2 + i).as_str()));
         sent.push(crate::support::sql::publish(&brokers, &topic, &readings));
         let peers = crate::support::sql::loopback_peers(site, &sites, &ports);
         let cert = pki::issue(
@@ -516,14 +522,7 @@ fn a_fleet_query_says_which_sites_answered_and_leaves_a_stalled_site_out_only_wh
     for (i, site) in sites.iter().enumerate() {
         let topic = format!("telemetry-{i}");
         kafka.create_topic(&topic, 1).expect("topic");
-        let readings: Vec<Reading> = readings(t0)
-            .into_iter()
-            .map(|mut r| {
-                r.motor_id = MotorId::new(format!("{site}-{}", r.motor_id.as_str())).expect("id");
-                r.site_id = SiteId::new(*site).expect("id");
-                r
-            })
-            .collect();
+        let readings = at_site(site, readings(t0));
         sent.push(crate::support::sql::publish(&brokers, &topic, &readings));
         let mut peers: Vec<tessera_sql::Peer> = crate::support::sql::loopback_peers(site, &sites, &ports);
         peers.push(tessera_sql::Peer { site: "site-c".into(), addr: stalled_addr.clone(), fallbacks: vec![] });

@@ -18,29 +18,9 @@ use crate::types::{Member, NodeId};
 /// The voters there should be: up to `policy.target` healthy members (odd: an even count
 /// tolerates no more failures than one fewer), the healthy pinned ones first, then one per
 /// site (sites with a healthy voter now keep it), then more per site, spreading them.
-/// Among a site's members, a voter now comes first, then the lowest id.
+/// Among a site's members, a voter now comes first, `prefer` (the leader: demoting it would
+/// cost an election) before the other voters, then the lowest id.
 pub fn choose_voters(
-    members: &BTreeMap<NodeId, Member>,
-    current: &BTreeSet<NodeId>,
-    healthy: &BTreeSet<NodeId>,
-    policy: &VoterPolicy,
-) -> BTreeSet<NodeId> {
-    choose(members, current, healthy, policy, None)
-}
-
-/// [`choose_voters`], with `prefer` (the leader) first among its site's voters now: when a
-/// site has one voter too many, another goes (demoting the leader would cost an election).
-pub fn choose_voters_preferring(
-    members: &BTreeMap<NodeId, Member>,
-    current: &BTreeSet<NodeId>,
-    healthy: &BTreeSet<NodeId>,
-    policy: &VoterPolicy,
-    prefer: NodeId,
-) -> BTreeSet<NodeId> {
-    choose(members, current, healthy, policy, Some(prefer))
-}
-
-fn choose(
     members: &BTreeMap<NodeId, Member>,
     current: &BTreeSet<NodeId>,
     healthy: &BTreeSet<NodeId>,
@@ -115,11 +95,11 @@ mod tests {
     fn thirty_members_over_ten_sites_get_five_voters_on_five_sites() {
         let members = fleet(10, 3);
         let all: BTreeSet<NodeId> = members.keys().copied().collect();
-        let voters = choose_voters(&members, &BTreeSet::new(), &all, &VoterPolicy::default());
+        let voters = choose_voters(&members, &BTreeSet::new(), &all, &VoterPolicy::default(), None);
         assert_eq!(voters.len(), 5);
         assert_eq!(sites_of(&members, &voters).len(), 5, "one voter per site: {voters:?}");
         // Asked again with those voters, nothing changes.
-        assert_eq!(choose_voters(&members, &voters, &all, &VoterPolicy::default()), voters);
+        assert_eq!(choose_voters(&members, &voters, &all, &VoterPolicy::default(), None), voters);
     }
 
     #[test]
@@ -127,10 +107,10 @@ mod tests {
         let members = fleet(10, 3);
         let all: BTreeSet<NodeId> = members.keys().copied().collect();
         let policy = VoterPolicy::default();
-        let before = choose_voters(&members, &BTreeSet::new(), &all, &policy);
+        let before = choose_voters(&members, &BTreeSet::new(), &all, &policy, None);
         let lost: BTreeSet<String> = sites_of(&members, &before).into_iter().take(2).collect();
         let healthy: BTreeSet<NodeId> = all.iter().copied().filter(|id| !lost.contains(&members[id].site)).collect();
-        let after = choose_voters(&members, &before, &healthy, &policy);
+        let after = choose_voters(&members, &before, &healthy, &policy, None);
         assert_eq!(after.len(), 5);
         assert_eq!(sites_of(&members, &after).len(), 5);
         assert!(sites_of(&members, &after).is_disjoint(&lost), "no voter on a lost site: {after:?}");
@@ -142,7 +122,7 @@ mod tests {
     fn fewer_sites_than_voters_spread_them_and_small_groups_stay_odd() {
         let members = fleet(2, 3);
         let all: BTreeSet<NodeId> = members.keys().copied().collect();
-        let voters = choose_voters(&members, &BTreeSet::new(), &all, &VoterPolicy::default());
+        let voters = choose_voters(&members, &BTreeSet::new(), &all, &VoterPolicy::default(), None);
         assert_eq!(voters.len(), 5);
         let per_site: Vec<usize> =
             ["site-00", "site-01"].iter().map(|s| voters.iter().filter(|id| members[*id].site == *s).count()).collect();
@@ -150,9 +130,9 @@ mod tests {
         assert!(per_site.iter().all(|n| *n >= 2), "spread over both sites: {per_site:?}");
         // Two healthy members: one voter (two would tolerate no more failures than one).
         let two: BTreeSet<NodeId> = [1, 11].into();
-        assert_eq!(choose_voters(&members, &BTreeSet::new(), &two, &VoterPolicy::default()).len(), 1);
+        assert_eq!(choose_voters(&members, &BTreeSet::new(), &two, &VoterPolicy::default(), None).len(), 1);
         let one: BTreeSet<NodeId> = [1].into();
-        assert_eq!(choose_voters(&members, &BTreeSet::new(), &one, &VoterPolicy::default()), one);
+        assert_eq!(choose_voters(&members, &BTreeSet::new(), &one, &VoterPolicy::default(), None), one);
     }
 
     #[test]
@@ -161,8 +141,8 @@ mod tests {
         let all: BTreeSet<NodeId> = members.keys().copied().collect();
         let policy = VoterPolicy { target: 3, ..Default::default() };
         let now: BTreeSet<NodeId> = [1, 2, 11].into();
-        assert_eq!(choose_voters(&members, &now, &all, &policy), [1, 11, 21].into());
-        assert_eq!(choose_voters_preferring(&members, &now, &all, &policy, 2), [2, 11, 21].into());
+        assert_eq!(choose_voters(&members, &now, &all, &policy, None), [1, 11, 21].into());
+        assert_eq!(choose_voters(&members, &now, &all, &policy, Some(2)), [2, 11, 21].into());
     }
 
     #[test]
@@ -175,13 +155,13 @@ mod tests {
             excluded: [1, 2, 3].into(), // site-00 never votes
         };
         policy.validate().expect("valid");
-        let voters = choose_voters(&members, &BTreeSet::new(), &all, &policy);
+        let voters = choose_voters(&members, &BTreeSet::new(), &all, &policy, None);
         assert_eq!(voters.len(), 3);
         assert!(voters.contains(&92) && voters.contains(&93), "{voters:?}");
         assert!(voters.iter().all(|id| members[id].site != "site-00"), "{voters:?}");
         // A pinned member that is down does not vote.
         let healthy: BTreeSet<NodeId> = all.iter().copied().filter(|id| *id != 92).collect();
-        assert!(!choose_voters(&members, &voters, &healthy, &policy).contains(&92));
+        assert!(!choose_voters(&members, &voters, &healthy, &policy, None).contains(&92));
         assert!(VoterPolicy { target: 4, ..Default::default() }.validate().unwrap_err().contains("odd"));
         let both = VoterPolicy { pinned: [1].into(), excluded: [1].into(), ..Default::default() };
         assert!(both.validate().unwrap_err().contains("both pinned and excluded"));

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ChangeMembershipError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::errors::ForwardToLeader;
 use openraft::{ChangeMembers, ServerState};
 use tessera_core::{DataGrade, DataStage};
 use tessera_proto::raft as pb;
@@ -16,6 +16,7 @@ use tonic::{Request as GrpcRequest, Response, Status};
 use super::authorize::{Action, Principal, on_behalf_of, principal_of};
 use super::error::ServiceError;
 use super::quorum::{Shared, motor_ids, site_id};
+use super::rebalance::membership_change_in_progress;
 use crate::network::channel_to;
 use crate::types::{Command, Member, NodeId, TypeConfig, VoterPolicy};
 
@@ -203,9 +204,7 @@ impl pb::cluster_admin_server::ClusterAdmin for AdminService {
         loop {
             match s.raft.add_learner(node.id, member.clone(), true).await {
                 Ok(_) => break,
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
-                    ChangeMembershipError::InProgress(_),
-                ))) if std::time::Instant::now() < deadline => {
+                Err(e) if membership_change_in_progress(&e) && std::time::Instant::now() < deadline => {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
                 Err(e) => return Err(ServiceError::MembershipChange(Box::new(e)).into()),

@@ -41,32 +41,49 @@ fn proven_sender<T>(request: &GrpcRequest<T>, tls_required: bool) -> Result<Prin
     }
 }
 
+/// Checks that a Raft message from node `claimed` may come from `sender` (the caller at
+/// `peer`): over mTLS, the certificate must be `claimed`'s, and so must the vote it carries
+/// (`json`), if any; and this node must not be cut off from `claimed` (fault injection). A
+/// refusal of the sender is counted and audited.
+fn check_message(
+    shared: &Shared,
+    sender: &Principal,
+    peer: Option<std::net::SocketAddr>,
+    claimed: NodeId,
+    json: Option<&[u8]>,
+) -> Result<(), ServiceError> {
+    let refuse = |why: String| {
+        shared.refusals.refuse_identity("raft", peer, &why);
+        ServiceError::MessageRefused { node: shared.me, why }
+    };
+    shared.allow(sender, Action::Raft { from: claimed }).map_err(|e| refuse(e.to_string()))?;
+    if let (Principal::Node { id, .. }, Some(voter)) = (sender, json.and_then(vote_node))
+        && voter != *id
+    {
+        return Err(refuse(format!("node {id} sent a vote of node {voter}")));
+    }
+    if shared.partition.blocks(claimed) {
+        return Err(ServiceError::Partitioned { node: shared.me, from: claimed });
+    }
+    Ok(())
+}
+
 impl TransportService {
-    /// Checks that `request` is a Raft message from node `claimed` that its caller may send:
-    /// over mTLS, the certificate must be `claimed`'s, and so must the vote it carries, if any.
+    /// The proven sender of `request` ([`proven_sender`]); a refusal is counted and audited.
+    fn sender<T>(&self, request: &GrpcRequest<T>) -> Result<Principal, ServiceError> {
+        proven_sender(request, self.0.tls_required).inspect_err(|e| {
+            self.0.refusals.refuse_identity("raft", request.remote_addr(), &e.to_string());
+        })
+    }
+
+    /// [`check_message`] for a unary call: `request` carries a message of node `claimed`.
     fn check_sender<T>(
         &self,
         request: &GrpcRequest<T>,
         claimed: NodeId,
         json: Option<&[u8]>,
     ) -> Result<(), ServiceError> {
-        let refuse = |why: String| {
-            self.0.refusals.refuse_identity("raft", request.remote_addr(), &why);
-            ServiceError::MessageRefused { node: self.0.me, why }
-        };
-        let sender = proven_sender(request, self.0.tls_required).map_err(|e| refuse(e.to_string()))?;
-        self.0.allow(&sender, Action::Raft { from: claimed }).map_err(|e| refuse(e.to_string()))?;
-        if let (Principal::Node { id, .. }, Some(voter)) = (&sender, json.and_then(vote_node))
-            && voter != *id
-        {
-            return Err(refuse(format!("node {id} sent a vote of node {voter}")));
-        }
-        Ok(())
-    }
-
-    /// Refuses a message from a node this one is cut off from (fault injection).
-    fn refuse_partitioned(&self, from: NodeId) -> Result<(), ServiceError> {
-        if self.0.partition.blocks(from) { Err(ServiceError::Partitioned { node: self.0.me, from }) } else { Ok(()) }
+        check_message(&self.0, &self.sender(request)?, request.remote_addr(), claimed, json)
     }
 }
 
@@ -75,7 +92,6 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
     async fn append_entries(&self, request: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
         self.check_sender(&request, request.get_ref().from, Some(&request.get_ref().json))?;
         let message = request.into_inner();
-        self.refuse_partitioned(message.from)?;
         let reply =
             self.0.raft.append_entries(decode(&message.json)?).await.map_err(|e| ServiceError::Raft(Box::new(e)))?;
         Ok(Response::new(encode(self.0.me, &reply)?))
@@ -90,36 +106,14 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         // Every message is checked as a unary AppendEntries is (its sender, the vote it
         // carries, a partition); the first refusal ends the stream with its status.
         let peer = request.remote_addr();
-        let sender = proven_sender(&request, self.0.tls_required).inspect_err(|e| {
-            self.0.refusals.refuse_identity("raft", peer, &e.to_string());
-        })?;
+        let sender = self.sender(&request)?;
         let shared = self.0.clone();
         let (refused_tx, refused_rx) = tokio::sync::oneshot::channel::<Status>();
         let checked = request.into_inner().scan(Some(refused_tx), move |refused_tx, message| {
             let Ok(m) = message else { return futures::future::ready(None) }; // the sender went away
-            let refuse = |why: String| {
-                shared.refusals.refuse_identity("raft", peer, &why);
-                Status::from(ServiceError::MessageRefused { node: shared.me, why })
-            };
-            let checked = shared
-                .allow(&sender, Action::Raft { from: m.from })
-                .map_err(|e| refuse(e.to_string()))
-                .and_then(|()| match (&sender, vote_node(&m.json)) {
-                    (Principal::Node { id, .. }, Some(voter)) if voter != *id => {
-                        Err(refuse(format!("node {id} sent a vote of node {voter}")))
-                    }
-                    _ => Ok(()),
-                })
-                .and_then(|()| {
-                    if shared.partition.blocks(m.from) {
-                        Err(Status::from(ServiceError::Partitioned { node: shared.me, from: m.from }))
-                    } else {
-                        Ok(())
-                    }
-                })
-                .and_then(|()| {
-                    decode::<openraft::raft::AppendEntriesRequest<TypeConfig>>(&m.json).map_err(Status::from)
-                });
+            let checked = check_message(&shared, &sender, peer, m.from, Some(&m.json))
+                .and_then(|()| decode::<openraft::raft::AppendEntriesRequest<TypeConfig>>(&m.json))
+                .map_err(Status::from);
             futures::future::ready(match checked {
                 Ok(request) => Some(request),
                 Err(status) => {
@@ -143,7 +137,6 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
     async fn vote(&self, request: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
         self.check_sender(&request, request.get_ref().from, Some(&request.get_ref().json))?;
         let message = request.into_inner();
-        self.refuse_partitioned(message.from)?;
         let reply = self.0.raft.vote(decode(&message.json)?).await.map_err(|e| ServiceError::Raft(Box::new(e)))?;
         Ok(Response::new(encode(self.0.me, &reply)?))
     }
@@ -151,7 +144,6 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
     async fn pre_vote(&self, request: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
         self.check_sender(&request, request.get_ref().from, Some(&request.get_ref().json))?;
         let message = request.into_inner();
-        self.refuse_partitioned(message.from)?;
         let reply = self.0.raft.pre_vote(decode(&message.json)?).await.map_err(|e| ServiceError::Raft(Box::new(e)))?;
         Ok(Response::new(encode(self.0.me, &reply)?))
     }
@@ -161,9 +153,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         request: GrpcRequest<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let peer = request.remote_addr();
-        let sender = proven_sender(&request, self.0.tls_required).inspect_err(|e| {
-            self.0.refusals.refuse_identity("raft", peer, &e.to_string());
-        })?;
+        let sender = self.sender(&request)?;
         let refuse = |why: String| {
             self.0.refusals.refuse_identity("raft", peer, &why);
             ServiceError::MessageRefused { node: self.0.me, why }
@@ -179,8 +169,7 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
                     refuse(format!("a snapshot stream of node {from:?} has a chunk of node {}", chunk.from)).into()
                 );
             }
-            self.0.allow(&sender, Action::Raft { from: chunk.from }).map_err(|e| refuse(e.to_string()))?;
-            self.refuse_partitioned(chunk.from)?;
+            check_message(&self.0, &sender, peer, chunk.from, None)?;
             if header.is_none() {
                 let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) = decode(&chunk.header)?;
                 // The vote must be the sender's own: a leader installs its own snapshots.
@@ -216,7 +205,6 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
         })?;
         let peer = request.remote_addr();
         let message = request.into_inner();
-        self.refuse_partitioned(message.from)?;
         let mut forwarded: Request = decode(&message.json)?;
         // The audit log records the principal, not the name a forwarding node wrote.
         if let Some(actor) = who.actor() {
@@ -231,7 +219,6 @@ impl pb::raft_transport_server::RaftTransport for TransportService {
 
     async fn read_index(&self, request: GrpcRequest<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
         self.check_sender(&request, request.get_ref().from, None)?;
-        self.refuse_partitioned(request.get_ref().from)?;
         let index = tokio::time::timeout(self.0.write_timeout, self.0.read_index())
             .await
             .map_err(|_| self.0.no_quorum("the read index was"))?

@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::raft::Precondition;
-use openraft::{ChangeMembers, Instant as _, ServerState};
+use openraft::{ChangeMembers, Instant as _, RaftMetrics, ServerState};
 
 use super::error::ServiceError;
 use super::quorum::Shared;
-use crate::types::{Member, NodeId, VoterPolicy};
-use crate::voters::{MIN_VOTERS, choose_voters, choose_voters_preferring};
+use crate::types::{Member, NodeId, TypeConfig, VoterPolicy};
+use crate::voters::{MIN_VOTERS, choose_voters};
 
 /// How often the leader looks at the voter set.
 pub(crate) const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -68,52 +68,72 @@ pub(crate) fn first_voters(
     let all: BTreeSet<NodeId> = members.keys().copied().collect();
     // This node counts as a voter now, so that its site keeps it (openraft initialises only
     // from a member of the first voters).
-    let voters = choose_voters(members, &BTreeSet::from([me]), &all, &VoterPolicy::default());
+    let voters = choose_voters(members, &BTreeSet::from([me]), &all, &VoterPolicy::default(), None);
     members.iter().map(|(id, m)| (*id, m.clone())).partition(|(id, _)| voters.contains(id))
 }
 
+/// What the voter rule reads, as the leader sees it now.
+struct VoterInputs {
+    members: BTreeMap<NodeId, Member>,
+    current: BTreeSet<NodeId>,
+    /// The members heard from within `voter_down_after`, and the leader itself.
+    healthy: BTreeSet<NodeId>,
+    policy: VoterPolicy,
+}
+
 impl Shared {
-    /// The members the leader heard from within `voter_down_after`, and itself.
-    fn healthy(&self) -> BTreeSet<NodeId> {
-        let metrics = self.raft.metrics().borrow_watched().clone();
+    /// The voter rule's inputs from `metrics`, with member `without` left out (one being
+    /// removed).
+    fn voter_inputs(&self, metrics: &RaftMetrics<TypeConfig>, without: Option<NodeId>) -> VoterInputs {
+        let membership = metrics.membership_config.membership();
+        let kept = |id: &NodeId| Some(*id) != without;
         let mut healthy: BTreeSet<NodeId> = metrics
             .heartbeat
             .iter()
             .flatten()
-            .filter(|(_, at)| at.as_ref().is_some_and(|at| at.elapsed() < self.voter_down_after))
+            .filter(|(id, at)| kept(id) && at.as_ref().is_some_and(|at| at.elapsed() < self.voter_down_after))
             .map(|(id, _)| *id)
             .collect();
         healthy.insert(self.me);
-        healthy
+        VoterInputs {
+            members: membership.nodes().filter(|(id, _)| kept(id)).map(|(id, m)| (*id, m.clone())).collect(),
+            current: membership.voter_ids().filter(kept).collect(),
+            healthy,
+            policy: self.view.with(|a| a.registry.voter_policy.clone()),
+        }
+    }
+
+    /// Makes `voters` the voters (joint consensus; a demoted voter stays a learner), if the
+    /// membership is still the one at `unchanged`, when given.
+    async fn replace_all_voters(
+        &self,
+        voters: BTreeSet<NodeId>,
+        unchanged: Option<Precondition<TypeConfig>>,
+    ) -> Result<(), ServiceError> {
+        let change = ChangeMembers::ReplaceAllVoters(voters);
+        tokio::time::timeout(self.write_timeout, self.raft.change_membership_if(change, true, unchanged))
+            .await
+            .map_err(|_| self.no_quorum("the voter change was"))?
+            .map_err(|e| ServiceError::MembershipChange(Box::new(e)))?;
+        Ok(())
     }
 
     /// One look at the voter set, on the leader: the change made, if any. Nothing while a
     /// membership change is under way (a joint configuration).
     pub(crate) async fn rebalance_voters(&self) -> Result<Option<VoterChange>, ServiceError> {
         let metrics = self.raft.metrics().borrow_watched().clone();
-        if metrics.state != ServerState::Leader {
+        if metrics.state != ServerState::Leader || metrics.membership_config.membership().get_joint_config().len() > 1 {
             return Ok(None);
         }
-        let stored = metrics.membership_config.clone();
-        let membership = stored.membership();
-        if membership.get_joint_config().len() > 1 {
-            return Ok(None);
-        }
-        let members: BTreeMap<NodeId, Member> = membership.nodes().map(|(id, m)| (*id, m.clone())).collect();
-        let current: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let healthy = self.healthy();
-        let policy = self.view.with(|a| a.registry.voter_policy.clone());
+        let VoterInputs { members, current, healthy, policy } = self.voter_inputs(&metrics, None);
         // Among its site's members, the leader first: demoting it would cost an election.
-        let chosen = choose_voters_preferring(&members, &current, &healthy, &policy, self.me);
+        let chosen = choose_voters(&members, &current, &healthy, &policy, Some(self.me));
         if !worth_changing(&current, &chosen, &healthy, &policy) {
             return Ok(None);
         }
-        let unchanged = Precondition::LastMembershipLogId { last_membership_log_id: *stored.log_id() };
-        let change = ChangeMembers::ReplaceAllVoters(chosen.clone());
-        tokio::time::timeout(self.write_timeout, self.raft.change_membership_if(change, true, [unchanged]))
-            .await
-            .map_err(|_| self.no_quorum("the voter change was"))?
-            .map_err(|e| ServiceError::MembershipChange(Box::new(e)))?;
+        let unchanged =
+            Precondition::LastMembershipLogId { last_membership_log_id: *metrics.membership_config.log_id() };
+        self.replace_all_voters(chosen.clone(), Some(unchanged)).await?;
         Ok(Some(VoterChange { from: current, to: chosen }))
     }
 
@@ -122,23 +142,13 @@ impl Shared {
     /// (or fewer than the members left, if fewer) would remain.
     pub(crate) async fn replace_voter(&self, node: NodeId) -> Result<BTreeSet<NodeId>, ServiceError> {
         let metrics = self.raft.metrics().borrow_watched().clone();
-        let membership = metrics.membership_config.membership();
-        let members: BTreeMap<NodeId, Member> =
-            membership.nodes().filter(|(id, _)| **id != node).map(|(id, m)| (*id, m.clone())).collect();
-        let current: BTreeSet<NodeId> = membership.voter_ids().filter(|id| *id != node).collect();
-        let mut healthy = self.healthy();
-        healthy.remove(&node);
-        let policy = self.view.with(|a| a.registry.voter_policy.clone());
-        let chosen = choose_voters(&members, &current, &healthy, &policy);
+        let VoterInputs { members, current, healthy, policy } = self.voter_inputs(&metrics, Some(node));
+        let chosen = choose_voters(&members, &current, &healthy, &policy, Some(self.me));
         let needed = MIN_VOTERS.min(members.len());
         if chosen.len() < needed {
             return Err(ServiceError::TooFewVoters { node, left: chosen.len(), needed });
         }
-        let change = ChangeMembers::ReplaceAllVoters(chosen.clone());
-        tokio::time::timeout(self.write_timeout, self.raft.change_membership(change, true))
-            .await
-            .map_err(|_| self.no_quorum("the voter change was"))?
-            .map_err(|e| ServiceError::MembershipChange(Box::new(e)))?;
+        self.replace_all_voters(chosen.clone(), None).await?;
         Ok(chosen)
     }
 
@@ -170,17 +180,7 @@ impl Shared {
                 Ok(_) => return Ok(()),
                 // No leader yet, or the first membership not committed yet: wait for the
                 // first election (this node's).
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(hint)))
-                    if hint.leader_id.is_none() || hint.leader_id == Some(self.me) =>
-                {
-                    if Instant::now() >= deadline {
-                        return Err(self.no_quorum("adding the first learners was"));
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
-                    ChangeMembershipError::InProgress(_),
-                ))) => {
+                Err(e) if awaits_election(&e, self.me) || membership_change_in_progress(&e) => {
                     if Instant::now() >= deadline {
                         return Err(self.no_quorum("adding the first learners was"));
                     }
@@ -190,6 +190,17 @@ impl Shared {
             }
         }
     }
+}
+
+/// Whether `e` says no other leader is known than `me` (an election under way).
+fn awaits_election(e: &RaftError<TypeConfig, ClientWriteError<TypeConfig>>, me: NodeId) -> bool {
+    matches!(e, RaftError::APIError(ClientWriteError::ForwardToLeader(hint))
+        if hint.leader_id.is_none() || hint.leader_id == Some(me))
+}
+
+/// Whether `e` refuses a membership change because another is being committed.
+pub(crate) fn membership_change_in_progress(e: &RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> bool {
+    matches!(e, RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_))))
 }
 
 /// Every node's voter keeper: while this node leads (and has for `voter_down_after`, so that
