@@ -18,11 +18,15 @@
 //!   the z vector against its own correlation (learnt from the same gated windows, shrunk
 //!   towards the identity), as a normal-equivalent z (Wilson–Hilferty), so a broken relation
 //!   between channels that each look normal is seen too;
-//! - **seasonal**: every channel keeps a daily profile (one level per hour of day, learnt over
-//!   about a week, read linearly between the hours) once the motor reports at least every 30 minutes; when the profile explains
-//!   at least 30 % of the channel's variance (after a day with every hour seen 3 times), the
-//!   channel is judged on its residual from the profile instead of its raw value, and back
-//!   when that falls under 15 %: ambient temperature, shift loads and what follows them.
+//! - **seasonal**: once the motor reports at least every 30 minutes, every channel tries a
+//!   daily profile (one level per hour of day, learnt over about a week, read linearly
+//!   between the hours); when the profile explains at least 30 % of the channel's variance
+//!   (after a day with every hour seen 3 times), the channel is judged on its residual from
+//!   the profile instead of its raw value, and back when that falls under 15 %: ambient
+//!   temperature, shift loads and what follows them. A profile not in use two days after it
+//!   started, on a channel whose first two daily harmonics hold less than 10 % of its
+//!   variance, is dropped (160 bytes a channel); the harmonics go on being learnt (40 bytes),
+//!   and a new profile starts when they hold 20 %;
 //!
 //! - **transients** (off unless `transient_above` is set): each channel's range within the
 //!   window (largest minus smallest reading) against a gated baseline of its ranges,
@@ -42,11 +46,14 @@
 //! interval, `t2` and the channels at |z| ≥ 2 (`z.<channel>`): which channel, and how far; the
 //! newest score of every motor is on the `motor_health` board. The day scale's alert is
 //! `shift.day`, opened by one day at `open_above` and closed by one below `close_below`. The
-//! state goes with the motor's partition in its checkpoint; its size is a few hundred bytes per
-//! channel the motor sends.
+//! state goes with the motor's partition in its checkpoint; in memory it is about 200 bytes per
+//! channel the motor sends (the day scale's 28 days as half-precision offsets from their
+//! median among them), 160 more for a channel that keeps a profile, and the correlation's
+//! 4 bytes per pair of channels.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use datafusion::arrow::array::{Array, RecordBatch};
 use serde::{Deserialize, Serialize};
@@ -115,19 +122,19 @@ impl Default for ShiftConfig {
     }
 }
 
-/// One channel's baseline of window means.
+/// One channel's baseline of window means (24 bytes).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Baseline {
     /// Windows learnt.
     n: u32,
+    /// Event time kept out of the baseline in a row, ms (saturating: a `relearn` beyond 49
+    /// days never comes).
+    gated_ms: u32,
     /// Centre.
     mean: f64,
-    /// Sum of squared deviations while filling (Welford).
-    m2: f64,
-    /// Spread (a standard deviation's equivalent), once filled.
-    scale: f64,
-    /// Event time kept out of the baseline in a row, ms.
-    gated_ms: i64,
+    /// While filling, the sum of squared deviations (Welford); once filled, the spread (a
+    /// standard deviation's equivalent).
+    spread: f64,
 }
 
 impl Baseline {
@@ -135,8 +142,8 @@ impl Baseline {
     /// uncertainty of `x` beyond the baseline's own (a profile's, between its hours), added to
     /// the spread in quadrature; the spread is never below `floor`.
     fn z(&self, x: f64, slack: f64, floor: f64, min_windows: u32) -> Option<f64> {
-        (self.n >= min_windows && self.scale > 1e-9 * self.mean.abs().max(1.0))
-            .then(|| (x - self.mean) / self.scale.hypot(slack).max(floor))
+        (self.n >= min_windows && self.spread > 1e-9 * self.mean.abs().max(1.0))
+            .then(|| (x - self.mean) / self.spread.hypot(slack).max(floor))
     }
 
     /// Takes window mean `x` in; `alpha` is the smallest weight of a window (window / span).
@@ -146,38 +153,102 @@ impl Baseline {
             self.n += 1;
             let d = x - self.mean;
             self.mean += d / self.n as f64;
-            self.m2 += d * (x - self.mean);
+            self.spread += d * (x - self.mean);
             if self.n == min_windows {
-                self.scale = (self.m2 / (self.n - 1).max(1) as f64).sqrt();
+                self.spread = (self.spread / (self.n - 1).max(1) as f64).sqrt();
             }
             return;
         }
         let a = (1.0 / (self.n as f64 + 1.0)).max(alpha);
         let d = x - self.mean;
-        let clipped = if self.scale > 0.0 { d.clamp(-3.0 * self.scale, 3.0 * self.scale) } else { d };
+        let clipped = if self.spread > 0.0 { d.clamp(-3.0 * self.spread, 3.0 * self.spread) } else { d };
         self.mean += a * clipped;
         // E|X − μ| = σ·√(2/π) for a normal X: 1.2533 turns a mean absolute deviation into a σ.
-        self.scale += a * (1.2533 * clipped.abs() - self.scale);
+        self.spread += a * (1.2533 * clipped.abs() - self.spread);
         self.n = self.n.saturating_add(1);
     }
 }
 
-/// A daily profile: a level per hour of day (UTC), and the channel's overall mean and variance.
+/// A daily profile: a level per hour of day (UTC).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Profile {
     first_ms: i64,
     levels: [f32; 24],
     counts: [u16; 24],
-    n: u32,
-    mean: f64,
-    var: f64,
     /// Judged on the residual from the profile.
     active: bool,
 }
 
+/// What [`Profile::learn`] found.
+#[derive(Debug, PartialEq)]
+enum ProfileTurn {
+    /// Nothing changed.
+    Same,
+    /// The channel switches between raw and residual judging.
+    Switched,
+    /// The trial is over and the channel does not follow the day: the profile goes.
+    Dropped,
+}
+
+/// A profile's trial: a channel whose profile, this long after it started and not in use,
+/// finds less than [`DROP_SHARE`] of the channel's variance in its day, loses it.
+const TRIAL_MS: i64 = 2 * DAY;
+/// The share of a channel's variance in its daily harmonics ([`DayCycle`]) under which a
+/// profile on trial is dropped...
+const DROP_SHARE: f64 = 0.1;
+/// ...and from which a channel without one gets a new one.
+const GROW_SHARE: f64 = 0.2;
+
+/// Whether a channel follows the day, kept for every channel of a motor that reports at least
+/// every 30 minutes (40 bytes, where a profile takes 160): the readings' mean and variance,
+/// and their first two daily harmonics (a 24- and a 12-hour period), each a moving average
+/// over about a week. A day's shape, a shift's square load or an ambient wave, has most of its
+/// variance in them; noise has about 2 / readings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct DayCycle {
+    n: u32,
+    /// E[(x − mean)·b] for b = cos θ, sin θ, cos 2θ, sin 2θ, θ the reading's phase in its day.
+    harmonics: [f32; 4],
+    mean: f64,
+    var: f64,
+}
+
+impl DayCycle {
+    /// The harmonics' basis at `t`.
+    fn basis(t: i64) -> [f64; 4] {
+        let phase = std::f64::consts::TAU * t.rem_euclid(DAY) as f64 / DAY as f64;
+        [phase.cos(), phase.sin(), (2.0 * phase).cos(), (2.0 * phase).sin()]
+    }
+
+    /// Learns reading `v` (`interval_ms` apart) with the basis of its time.
+    fn learn(&mut self, v: f64, basis: &[f64; 4], interval_ms: f64) {
+        self.n = self.n.saturating_add(1);
+        if self.n == 1 {
+            self.mean = v; // no deviation yet
+            return;
+        }
+        let a = (1.0 / f64::from(self.n)).max(interval_ms / (7 * DAY) as f64).min(1.0);
+        let d = v - self.mean;
+        self.mean += a * d;
+        self.var = (1.0 - a) * (self.var + a * d * d);
+        for (h, b) in self.harmonics.iter_mut().zip(basis) {
+            *h += (a * (d * b - f64::from(*h))) as f32;
+        }
+    }
+
+    /// The share of the variance in the two daily harmonics (a sinusoid of amplitude A
+    /// holds A²/2, and its coefficients' squares sum to A²/4).
+    fn daily_share(&self) -> f64 {
+        if self.var <= 0.0 {
+            return 0.0;
+        }
+        2.0 * self.harmonics.iter().map(|h| f64::from(*h).powi(2)).sum::<f64>() / self.var
+    }
+}
+
 impl Profile {
     fn new(first_ms: i64) -> Self {
-        Self { first_ms, levels: [0.0; 24], counts: [0; 24], n: 0, mean: 0.0, var: 0.0, active: false }
+        Self { first_ms, levels: [0.0; 24], counts: [0; 24], active: false }
     }
 
     /// What is judged of reading `v` at `t`: `v`, or its residual from the profile when
@@ -213,34 +284,32 @@ impl Profile {
         (lower, (lower + 1) % 24, h.fract())
     }
 
-    /// Learns reading `v` at `t` (`interval_ms` apart); `true` when the channel switches
-    /// between raw and residual judging.
-    fn learn(&mut self, v: f64, t: i64, interval_ms: f64) -> bool {
+    /// Learns reading `v` at `t` (`interval_ms` apart); `cycle` has learnt it already.
+    fn learn(&mut self, cycle: &DayCycle, v: f64, t: i64, interval_ms: f64) -> ProfileTurn {
         let h = hour_of_day(t);
         self.counts[h] = self.counts[h].saturating_add(1);
         // About a week of each hour: 7 · (readings per hour) readings.
         let a = (1.0 / f64::from(self.counts[h])).max(interval_ms / (7 * HOUR) as f64).min(1.0);
         self.levels[h] += (a * (v - f64::from(self.levels[h]))) as f32;
-        self.n = self.n.saturating_add(1);
-        let a = (1.0 / f64::from(self.n)).max(interval_ms / (7 * DAY) as f64).min(1.0);
-        let d = v - self.mean;
-        self.mean += a * d;
-        self.var = (1.0 - a) * (self.var + a * d * d);
         // Judged every 64 readings (a day holds hundreds at the rates that keep a profile).
-        if !self.n.is_multiple_of(64)
+        if !cycle.n.is_multiple_of(64)
             || t - self.first_ms < DAY
             || self.counts.iter().any(|c| *c < 3)
-            || self.var <= 0.0
+            || cycle.var <= 0.0
         {
-            return false;
+            return ProfileTurn::Same;
         }
         let mean = self.levels.iter().map(|l| f64::from(*l)).sum::<f64>() / 24.0;
-        let explained = self.levels.iter().map(|l| (f64::from(*l) - mean).powi(2)).sum::<f64>() / 24.0 / self.var;
+        let explained = self.levels.iter().map(|l| (f64::from(*l) - mean).powi(2)).sum::<f64>() / 24.0 / cycle.var;
         let switch = if self.active { explained < 0.15 } else { explained >= 0.3 };
         if switch {
             self.active = !self.active;
+            return ProfileTurn::Switched;
         }
-        switch
+        if !self.active && t - self.first_ms >= TRIAL_MS && cycle.daily_share() < DROP_SHARE {
+            return ProfileTurn::Dropped;
+        }
+        ProfileTurn::Same
     }
 }
 
@@ -272,18 +341,27 @@ impl Range {
 struct DayLevel {
     sum: f64,
     count: u32,
-    /// The last whole days' means, oldest first (f32: a day's mean needs no more).
-    past: Vec<f32>,
+    /// What the past days are kept as offsets from: their median when the last day closed.
+    reference: f32,
+    /// The last whole days' means, oldest first, as half-precision offsets from `reference`
+    /// (2 bytes a day): the offsets are about the days' spread, which their 11 bits of
+    /// mantissa keep to 3–4 digits.
+    past: Vec<u16>,
 }
 
 impl DayLevel {
+    /// The past days' means, oldest first.
+    fn past_means(&self) -> impl Iterator<Item = f64> + '_ {
+        self.past.iter().map(|offset| f64::from(self.reference) + half::f16::from_bits(*offset).to_f64())
+    }
+
     /// The robust z of the open day's mean against the past days, once there are `min` of them.
     fn z(&self, min: usize) -> Option<f64> {
         if self.count == 0 || self.past.len() < min.max(2) {
             return None;
         }
         let x = self.sum / f64::from(self.count);
-        let mut sorted: Vec<f64> = self.past.iter().map(|v| f64::from(*v)).collect();
+        let mut sorted: Vec<f64> = self.past_means().collect();
         let centre = median(&mut sorted);
         let mut deviations: Vec<f64> = sorted.iter().map(|v| (v - centre).abs()).collect();
         // 1.4826 turns a normal's median absolute deviation into its σ; a floor of 10⁻⁴ of the
@@ -292,27 +370,116 @@ impl DayLevel {
         Some((x - centre) / scale)
     }
 
-    /// Closes the open day: its mean joins the past when it was a whole day's worth.
+    /// Closes the open day: its mean joins the past when it was a whole day's worth, and the
+    /// past is kept again as offsets from its new median.
     fn close(&mut self, whole: bool, keep: usize) {
         if whole && self.count > 0 {
-            if self.past.len() >= keep {
-                self.past.remove(0);
-            } else if self.past.capacity() == 0 {
-                self.past.reserve_exact(keep);
+            let mean = self.sum / f64::from(self.count);
+            if self.past.is_empty() {
+                self.reference = mean as f32;
             }
-            self.past.push((self.sum / f64::from(self.count)) as f32);
+            while self.past.len() >= keep.max(1) {
+                self.past.remove(0);
+            }
+            if self.past.capacity() < keep {
+                self.past.reserve_exact(keep - self.past.len());
+            }
+            self.past.push(half_offset(self.reference, mean));
+            // Kept again from the median when it moved far from the reference (each time
+            // costs a rounding of every day, so not every day).
+            let mut means: Vec<f64> = self.past_means().collect();
+            let centre = median(&mut means);
+            let mut deviations: Vec<f64> = means.iter().map(|m| (m - centre).abs()).collect();
+            let scale = 1.4826 * median(&mut deviations);
+            if (centre - f64::from(self.reference)).abs() > 8.0 * scale.max(1e-4 * centre.abs()) {
+                let means: Vec<f64> = self.past_means().collect();
+                self.reference = centre as f32;
+                for (kept, mean) in self.past.iter_mut().zip(means) {
+                    *kept = half_offset(self.reference, mean);
+                }
+            }
         }
         self.sum = 0.0;
         self.count = 0;
     }
 }
 
-/// A channel's name: borrowed for a standard channel, owned for an extra one.
-fn channel_name(name: &str) -> Cow<'static, str> {
-    Channel::ALL
-        .iter()
-        .find(|c| c.name() == name)
-        .map_or_else(|| Cow::Owned(name.to_string()), |c| Cow::Borrowed(c.name()))
+/// `value` as a day scale keeps it: its offset from `reference`, in half precision.
+fn half_offset(reference: f32, value: f64) -> u16 {
+    let max = f64::from(half::f16::MAX);
+    half::f16::from_f64((value - f64::from(reference)).clamp(-max, max)).to_bits()
+}
+
+/// A channel's name in two bytes: a standard channel's place in [`Channel::ALL`], else the
+/// place of an extra channel's name in this process's table of extra names, where each name
+/// is kept once (for every motor of every judge), at most [`MAX_EXTRA_NAMES`] of them.
+/// Checkpointed as the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ChannelName(u16);
+
+/// Extra channel names a process keeps; an extra channel past them is not judged.
+const MAX_EXTRA_NAMES: usize = 4096;
+
+/// The extra names, in order, and each one's number.
+type ExtraNames = (Vec<&'static str>, HashMap<&'static str, u16>);
+
+fn extra_names() -> &'static RwLock<ExtraNames> {
+    static NAMES: OnceLock<RwLock<ExtraNames>> = OnceLock::new();
+    NAMES.get_or_init(Default::default)
+}
+
+impl ChannelName {
+    /// The standard channel at `Channel::ALL[i]`.
+    fn standard(i: usize) -> Self {
+        Self(i as u16)
+    }
+
+    /// The name's number; `None` for a new extra name when the table is full.
+    fn of(name: &str) -> Option<Self> {
+        if let Some(i) = Channel::ALL.iter().position(|c| c.name() == name) {
+            return Some(Self::standard(i));
+        }
+        if let Some(i) = extra_names().read().ok()?.1.get(name) {
+            return Some(Self(*i));
+        }
+        let mut table = extra_names().write().ok()?;
+        if let Some(i) = table.1.get(name) {
+            return Some(Self(*i));
+        }
+        if table.0.len() >= MAX_EXTRA_NAMES {
+            return None;
+        }
+        // Kept for the process's life: the table is bounded, and every motor shares it.
+        let kept: &'static str = Box::leak(name.into());
+        let i = (Channel::ALL.len() + table.0.len()) as u16;
+        table.0.push(kept);
+        table.1.insert(kept, i);
+        Some(Self(i))
+    }
+
+    fn name(self) -> &'static str {
+        match Channel::ALL.get(usize::from(self.0)) {
+            Some(c) => c.name(),
+            None => extra_names()
+                .read()
+                .ok()
+                .and_then(|t| t.0.get(usize::from(self.0) - Channel::ALL.len()).copied())
+                .unwrap_or("unknown"),
+        }
+    }
+}
+
+impl Serialize for ChannelName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for ChannelName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = Cow::<'de, str>::deserialize(deserializer)?;
+        Self::of(&name).ok_or_else(|| serde::de::Error::custom(format!("more than {MAX_EXTRA_NAMES} extra channels")))
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -324,16 +491,18 @@ fn median(v: &mut [f64]) -> f64 {
 /// One channel of one motor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ChannelShift {
-    /// A standard channel's name is borrowed ([`channel_name`]): no copy per motor.
-    name: Cow<'static, str>,
+    name: ChannelName,
+    /// A profile was tried: the channel gets another only when its [`DayCycle`] says so.
+    profile_tried: bool,
     base: Baseline,
     profile: Option<Box<Profile>>,
+    /// Whether the channel follows the day (learnt while the motor reports often enough).
+    cycle: DayCycle,
     /// The open window's sum and count.
     sum: f64,
     count: u32,
     /// The open window's sum of the profile's slack ([`Profile::slack_at`]).
-    #[serde(default)]
-    slack: f64,
+    slack: f32,
     /// The open window's sum of squares, and the usual standard error of a window's mean from
     /// its readings' own spread (learnt like the baseline): a floor under the baseline's
     /// spread, which a short baseline of a few windows can underestimate.
@@ -342,7 +511,7 @@ struct ChannelShift {
     #[serde(default)]
     noise: Noise,
     /// The channel's |z| in the last window (the profile learns only while it is normal).
-    last_z: f64,
+    last_z: f32,
     /// The open window's smallest and largest judged reading, and the baseline of ranges
     /// (only when transients are judged).
     #[serde(default)]
@@ -358,7 +527,7 @@ struct Correlation {
     /// The channels (indices into the motor's channels) it is over.
     dims: Vec<u16>,
     /// Row-major, dims × dims.
-    r: Vec<f64>,
+    r: Vec<f32>,
     /// Windows learnt.
     n: u32,
 }
@@ -366,7 +535,8 @@ struct Correlation {
 /// A motor's state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MotorShift {
-    site: String,
+    /// Shared by every motor of the site ([`ShiftMonitor::site`]).
+    site: Arc<str>,
     /// Mean event-time gap, ms (0 until two readings).
     interval_ms: f64,
     last_ms: Option<i64>,
@@ -432,6 +602,8 @@ pub struct ShiftSnapshot {
 pub struct ShiftMonitor {
     config: ShiftConfig,
     motors: HashMap<String, MotorShift>,
+    /// Every site's name once, shared by its motors.
+    sites: HashSet<Arc<str>>,
     tracker: AlertTracker,
     day_tracker: AlertTracker,
 }
@@ -442,7 +614,13 @@ impl ShiftMonitor {
         let tracker = AlertTracker::new(SHIFT, config.alerts);
         // A day is a long window: one opens, one closes.
         let day_alerts = AlertOptions { open_windows: 1, close_windows: 1, ..config.alerts };
-        Self { config, motors: HashMap::new(), tracker, day_tracker: AlertTracker::new(SHIFT_DAY, day_alerts) }
+        Self {
+            config,
+            motors: HashMap::new(),
+            sites: HashSet::new(),
+            tracker,
+            day_tracker: AlertTracker::new(SHIFT_DAY, day_alerts),
+        }
     }
 
     /// Alerts open at `open_above`.
@@ -454,11 +632,14 @@ impl ShiftMonitor {
     /// windows it closed, scored, and the alert events they caused.
     pub fn observe(&mut self, batch: &RecordBatch, now_ms: i64) -> (Vec<ShiftWindow>, Vec<AlertEvent>) {
         let Some((motors, sites, ts)) = crate::schema::keys(batch) else { return Default::default() };
-        let columns: Vec<_> =
-            Channel::ALL.iter().map(|c| (c.name(), crate::schema::channel_values(batch, *c))).collect();
+        let columns: Vec<_> = Channel::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (ChannelName::standard(i), crate::schema::channel_values(batch, *c)))
+            .collect();
         let extras = crate::schema::extras(batch);
         let mut windows = Vec::new();
-        let mut values: Vec<(&str, f64)> = Vec::new();
+        let mut values: Vec<(ChannelName, f64)> = Vec::new();
         for row in 0..batch.num_rows() {
             let motor = motors.value(row);
             let t = ts.value(row);
@@ -468,20 +649,23 @@ impl ShiftMonitor {
                     && c.is_valid(row)
                     && c.value(row).is_finite()
                 {
-                    values.push((name, c.value(row)));
+                    values.push((*name, c.value(row)));
                 }
             }
             if let Some((map, keys, vals)) = extras {
                 let offsets = map.value_offsets();
                 for i in offsets[row] as usize..offsets[row + 1] as usize {
-                    if vals.is_valid(i) && vals.value(i).is_finite() {
-                        values.push((keys.value(i), vals.value(i)));
+                    if vals.is_valid(i)
+                        && vals.value(i).is_finite()
+                        && let Some(name) = ChannelName::of(keys.value(i))
+                    {
+                        values.push((name, vals.value(i)));
                     }
                 }
             }
             if !self.motors.contains_key(motor) {
                 let fresh = MotorShift {
-                    site: sites.value(row).to_string(),
+                    site: intern(&mut self.sites, sites.value(row)),
                     interval_ms: 0.0,
                     last_ms: None,
                     window: None,
@@ -521,7 +705,7 @@ impl ShiftMonitor {
     /// Takes over [`Self::snapshot`]'s motors.
     pub fn adopt(&mut self, snapshot: ShiftSnapshot) -> Result<(), crate::StreamError> {
         self.motors.extend(snapshot.motors.into_iter().map(|(motor, mut m)| {
-            m.channels.iter_mut().for_each(|c| c.name = channel_name(&c.name));
+            m.site = intern(&mut self.sites, &m.site);
             (motor, m)
         }));
         if let Some(day) = snapshot.day_tracker {
@@ -550,12 +734,22 @@ impl ShiftMonitor {
 
 /// Takes one reading of motor `m` in; the windows it closed (the motor's window, its day),
 /// scored, into `closed`.
+/// `name` as the one shared copy in `names`.
+pub(crate) fn intern(names: &mut HashSet<Arc<str>>, name: &str) -> Arc<str> {
+    if let Some(kept) = names.get(name) {
+        return kept.clone();
+    }
+    let kept: Arc<str> = name.into();
+    names.insert(kept.clone());
+    kept
+}
+
 fn take(
     config: &ShiftConfig,
     m: &mut MotorShift,
     motor: &str,
     t: i64,
-    values: &[(&str, f64)],
+    values: &[(ChannelName, f64)],
     closed: &mut Vec<ShiftWindow>,
 ) {
     if let Some(last) = m.last_ms {
@@ -587,7 +781,8 @@ fn take(
         Some(_) => {}
         None => m.window = Some((t, window_len(config, m.interval_ms))),
     }
-    let daily = m.interval_ms > 0.0 && m.interval_ms <= 30.0 * 60_000.0;
+    let daily = config.seasonal && m.interval_ms > 0.0 && m.interval_ms <= 30.0 * 60_000.0;
+    let basis = if daily { DayCycle::basis(t) } else { [0.0; 4] };
     for (k, (name, v)) in values.iter().enumerate() {
         // A motor sends the same channels in the same order: the k-th value is usually its
         // k-th channel.
@@ -602,9 +797,11 @@ fn take(
                 // leave room for as many again (about 180 bytes a channel).
                 m.channels.reserve_exact(1);
                 m.channels.push(ChannelShift {
-                    name: channel_name(name),
+                    name: *name,
+                    profile_tried: false,
                     base: Baseline::default(),
                     profile: None,
+                    cycle: DayCycle::default(),
                     sum: 0.0,
                     count: 0,
                     slack: 0.0,
@@ -623,28 +820,43 @@ fn take(
             c.day.sum += v;
             c.day.count += 1;
         }
+        if daily {
+            c.cycle.learn(*v, &basis, m.interval_ms);
+        }
         let judged = match &mut c.profile {
             Some(p) => {
                 let judged = p.judged(*v, t);
                 // Until the profile is in use, the raw z says nothing of whether a reading is
                 // normal for its hour (a shift's load change is beyond any gate): it learns
                 // from every reading; once in use, only from the normal ones.
-                if (!p.active || c.last_z < config.gate) && p.learn(*v, t, m.interval_ms) {
-                    // Raw and residual values are not comparable: the channel starts afresh.
-                    c.base = Baseline::default();
-                    c.sum = 0.0;
-                    c.count = 0;
-                    c.slack = 0.0;
-                    c.squares = 0.0;
-                    m.correlation = Correlation::default();
-                    continue;
+                let learns = !p.active || f64::from(c.last_z) < config.gate;
+                match if learns { p.learn(&c.cycle, *v, t, m.interval_ms) } else { ProfileTurn::Same } {
+                    ProfileTurn::Switched => {
+                        // Raw and residual values are not comparable: the channel starts afresh.
+                        c.base = Baseline::default();
+                        c.sum = 0.0;
+                        c.count = 0;
+                        c.slack = 0.0;
+                        c.squares = 0.0;
+                        m.correlation = Correlation::default();
+                        continue;
+                    }
+                    // Not in use: the channel was judged raw, and goes on so.
+                    ProfileTurn::Dropped => c.profile = None,
+                    ProfileTurn::Same => c.slack += p.slack_at(t) as f32,
                 }
-                c.slack += p.slack_at(t);
                 judged
             }
             None => {
-                if daily && config.seasonal {
+                // The first profile is a trial; another comes when the day shows in the
+                // channel's harmonics (looked at as often as a profile judges itself).
+                let grow = !c.profile_tried
+                    || (c.cycle.n.is_multiple_of(64)
+                        && f64::from(c.cycle.n) * m.interval_ms >= DAY as f64
+                        && c.cycle.daily_share() >= GROW_SHARE);
+                if daily && grow {
                     c.profile = Some(Box::new(Profile::new(t)));
+                    c.profile_tried = true;
                 }
                 *v
             }
@@ -682,7 +894,7 @@ fn close_day(config: &ShiftConfig, m: &mut MotorShift, motor: &str, day: i64) ->
         if whole && let Some(z) = c.day.z(keep / 2) {
             score = Some(score.map_or(z.abs(), |s| s.max(z.abs())));
             if z.abs() >= 2.0 {
-                features.push((format!("z.{}", c.name), z));
+                features.push((format!("z.{}", c.name.name()), z));
             }
             judged_days = judged_days.max(c.day.past.len());
         }
@@ -694,7 +906,7 @@ fn close_day(config: &ShiftConfig, m: &mut MotorShift, motor: &str, day: i64) ->
     ShiftWindow {
         kind: SHIFT_DAY,
         motor_id: motor.to_string(),
-        site_id: m.site.clone(),
+        site_id: m.site.to_string(),
         window_start_ms: day * DAY,
         window_end_ms: (day + 1) * DAY,
         score,
@@ -716,7 +928,7 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
         .channels
         .iter()
         .zip(&means)
-        .map(|(c, x)| x.and_then(|x| c.base.z(x, c.slack / f64::from(c.count), noise_floor(c, min), min)))
+        .map(|(c, x)| x.and_then(|x| c.base.z(x, f64::from(c.slack) / f64::from(c.count), noise_floor(c, min), min)))
         .collect();
     let max_z = zs.iter().flatten().map(|z| z.abs()).fold(None, |a: Option<f64>, z| Some(a.map_or(z, |a| a.max(z))));
     let dims = dims(&zs);
@@ -748,7 +960,7 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
     let span = (config.baseline_ms as f64).max(f64::from(min) * len as f64);
     let alpha = len as f64 / span;
     for ((c, x), z) in m.channels.iter_mut().zip(&means).zip(&zs) {
-        c.last_z = z.map_or(0.0, f64::abs);
+        c.last_z = z.map_or(0.0, f64::abs) as f32;
         let Some(x) = x else { continue };
         if let Some(r) = c.range.as_mut().filter(|_| config.transient_above.is_some() && c.count >= 2) {
             let range = r.hi - r.lo;
@@ -756,7 +968,7 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
                 r.base.learn(range, alpha, min);
             }
         }
-        if z.is_none() || (c.last_z < config.gate && !anomalous) {
+        if z.is_none() || (f64::from(c.last_z) < config.gate && !anomalous) {
             c.base.learn(*x, alpha, min);
             if c.count >= 2 {
                 let n = f64::from(c.count);
@@ -764,8 +976,8 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
                 c.noise.learn((variance / n).sqrt(), alpha);
             }
         } else {
-            c.base.gated_ms += len;
-            if c.base.gated_ms >= config.relearn_ms {
+            c.base.gated_ms = c.base.gated_ms.saturating_add(u32::try_from(len).unwrap_or(u32::MAX));
+            if i64::from(c.base.gated_ms) >= config.relearn_ms {
                 c.base = Baseline::default();
             }
         }
@@ -783,10 +995,10 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
     }
     for ((c, z), peak) in m.channels.iter().zip(&zs).zip(&peaks) {
         if let Some(z) = z.filter(|z| z.abs() >= 2.0) {
-            features.push((format!("z.{}", c.name), z));
+            features.push((format!("z.{}", c.name.name()), z));
         }
         if let Some(p) = peak.filter(|p| *p >= 2.0) {
-            features.push((format!("peak.{}", c.name), p));
+            features.push((format!("peak.{}", c.name.name()), p));
         }
     }
     features.sort_by(|a, b| a.0.cmp(&b.0));
@@ -799,7 +1011,7 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
     ShiftWindow {
         kind: SHIFT,
         motor_id: motor.to_string(),
-        site_id: m.site.clone(),
+        site_id: m.site.to_string(),
         window_start_ms: start,
         window_end_ms: start + len,
         score,
@@ -844,8 +1056,9 @@ fn hotelling(m: &MotorShift, zs: &[Option<f64>], dims: &[u16], min: u32) -> Opti
         return None;
     }
     let u: Vec<f64> = dims.iter().map(|&i| zs[i as usize].expect("a dimension has a z")).collect();
-    let a: Vec<Vec<f64>> =
-        (0..k).map(|i| (0..k).map(|j| 0.9 * c.r[i * k + j] + if i == j { 0.1 } else { 0.0 }).collect()).collect();
+    let a: Vec<Vec<f64>> = (0..k)
+        .map(|i| (0..k).map(|j| 0.9 * f64::from(c.r[i * k + j]) + if i == j { 0.1 } else { 0.0 }).collect())
+        .collect();
     let y = crate::anomaly::solve(a, u.clone())?;
     let q: f64 = u.iter().zip(&y).map(|(a, b)| a * b).sum::<f64>().max(0.0);
     let k = k as f64;
@@ -871,12 +1084,12 @@ fn learn_correlation(m: &mut MotorShift, zs: &[Option<f64>], dims: Vec<u16>, gat
     let a = (1.0 / f64::from(c.n)).max(alpha);
     for i in 0..k {
         for j in 0..k {
-            c.r[i * k + j] += a * (u[i] * u[j] - c.r[i * k + j]);
+            c.r[i * k + j] += (a * (u[i] * u[j] - f64::from(c.r[i * k + j]))) as f32;
         }
     }
 }
 
-fn identity(k: usize) -> Vec<f64> {
+fn identity(k: usize) -> Vec<f32> {
     (0..k * k).map(|i| if i / k == i % k { 1.0 } else { 0.0 }).collect()
 }
 
@@ -965,6 +1178,62 @@ mod tests {
             open.iter().all(|e| e.window_start_ms >= fault.0 - HOUR && e.window_start_ms < fault.1),
             "and nothing else: {open:?}"
         );
+    }
+
+    #[test]
+    fn a_channel_without_a_day_keeps_no_profile_and_gets_one_when_a_day_appears() {
+        // Every 10 minutes for 20 days: current steady throughout; temperature steady for 8
+        // days, then with a ±6 °C daily cycle (a building's heating switched to day mode).
+        let step = 600_000;
+        let mut judge = ShiftMonitor::new(ShiftConfig::default());
+        let profiles = |j: &ShiftMonitor| -> Vec<(&'static str, Option<bool>)> {
+            j.motors["m"].channels.iter().map(|c| (c.name.name(), c.profile.as_ref().map(|p| p.active))).collect()
+        };
+        let mut after_trial = Vec::new();
+        for i in 0..(20 * DAY / step) {
+            let t = i * step;
+            let cycle =
+                if t >= 8 * DAY { 6.0 * (std::f64::consts::TAU * (t % DAY) as f64 / DAY as f64).sin() } else { 0.0 };
+            let rows = [("m", t, 10.0 + 0.1 * noise(i, 17), 30.0 + cycle + 0.3 * noise(i, 18))];
+            judge.observe(&batch(&rows), t);
+            if t == DAY / 2 {
+                assert_eq!(profiles(&judge), [("current_a", Some(false)), ("temperature_c", Some(false))], "on trial");
+            }
+            if t == 7 * DAY {
+                after_trial = profiles(&judge);
+            }
+        }
+        assert_eq!(after_trial, [("current_a", None), ("temperature_c", None)], "no day: no profile kept");
+        assert_eq!(
+            profiles(&judge),
+            [("current_a", None), ("temperature_c", Some(true))],
+            "the day that appeared is learnt and judged on"
+        );
+        // The state goes through a checkpoint as it is.
+        let bytes = crate::checkpoint::to_versioned_bytes(&judge.snapshot(&|_| true)).unwrap();
+        let mut restored = ShiftMonitor::new(ShiftConfig::default());
+        restored.adopt(crate::checkpoint::from_versioned_bytes(&bytes).unwrap()).unwrap();
+        assert_eq!(profiles(&restored), profiles(&judge));
+    }
+
+    #[test]
+    fn day_means_kept_in_half_precision_stay_within_a_thousandth_of_their_spread() {
+        // Day means near 1480 (rpm) spread by about 2, and one far day, through 60 day closes.
+        let mut day = DayLevel::default();
+        let mut kept = std::collections::VecDeque::new();
+        for d in 0..60 {
+            let mean = 1480.0 + 2.0 * noise(d, 19) + if d == 45 { 300.0 } else { 0.0 };
+            (day.sum, day.count) = (mean * 48.0, 48);
+            day.close(true, 28);
+            kept.push_back(mean);
+            if kept.len() > 28 {
+                kept.pop_front();
+            }
+            for (exact, read) in kept.iter().zip(day.past_means()) {
+                let tolerance = if (exact - 1480.0_f64).abs() > 100.0 { 0.3 } else { 0.002 };
+                assert!((exact - read).abs() <= tolerance, "day {d}: {exact} kept as {read}");
+            }
+        }
     }
 
     #[test]
