@@ -128,7 +128,8 @@ struct MotorAlert {
     above: u32,
     below: u32,
     last_window_ms: Option<i64>,
-    open: Option<OpenAlert>,
+    /// Boxed: most motors have none open (32 bytes a motor, not 72).
+    open: Option<Box<OpenAlert>>,
 }
 
 /// One window's result for one motor, as the tracker sees it.
@@ -227,19 +228,19 @@ impl AlertTracker {
         let score = w.score?;
         let severity_of =
             |s: f64| if o.critical_above.is_some_and(|c| s >= c) { Severity::Critical } else { Severity::Warning };
-        let state = match &mut m.open {
+        let state = match m.open.as_deref_mut() {
             None => {
                 m.above = if score >= o.open_above { m.above + 1 } else { 0 };
                 if m.above < o.open_windows {
                     return None;
                 }
                 m.below = 0;
-                m.open = Some(OpenAlert {
+                m.open = Some(Box::new(OpenAlert {
                     id: alert_id(&self.query, w.motor_id, w.window_start_ms),
                     opened_window_start_ms: w.window_start_ms,
                     severity: severity_of(score),
                     peak: score,
-                });
+                }));
                 AlertState::Open
             }
             Some(open) => {
@@ -255,7 +256,7 @@ impl AlertTracker {
                 }
             }
         };
-        let open = m.open.clone().expect("an alert is open");
+        let open = m.open.as_deref().cloned().expect("an alert is open");
         if state == AlertState::Close {
             m.open = None;
             m.above = 0;

@@ -665,7 +665,7 @@ impl ShiftMonitor {
             }
             if !self.motors.contains_key(motor) {
                 let fresh = MotorShift {
-                    site: intern(&mut self.sites, sites.value(row)),
+                    site: crate::schema::intern(&mut self.sites, sites.value(row)),
                     interval_ms: 0.0,
                     last_ms: None,
                     window: None,
@@ -705,7 +705,7 @@ impl ShiftMonitor {
     /// Takes over [`Self::snapshot`]'s motors.
     pub fn adopt(&mut self, snapshot: ShiftSnapshot) -> Result<(), crate::StreamError> {
         self.motors.extend(snapshot.motors.into_iter().map(|(motor, mut m)| {
-            m.site = intern(&mut self.sites, &m.site);
+            m.site = crate::schema::intern(&mut self.sites, &m.site);
             (motor, m)
         }));
         if let Some(day) = snapshot.day_tracker {
@@ -734,16 +734,6 @@ impl ShiftMonitor {
 
 /// Takes one reading of motor `m` in; the windows it closed (the motor's window, its day),
 /// scored, into `closed`.
-/// `name` as the one shared copy in `names`.
-pub(crate) fn intern(names: &mut HashSet<Arc<str>>, name: &str) -> Arc<str> {
-    if let Some(kept) = names.get(name) {
-        return kept.clone();
-    }
-    let kept: Arc<str> = name.into();
-    names.insert(kept.clone());
-    kept
-}
-
 fn take(
     config: &ShiftConfig,
     m: &mut MotorShift,
