@@ -295,7 +295,12 @@ pub fn noisy_step(motors: std::ops::Range<usize>, r: i64, t_ms: i64) -> Result<a
     let mut fields = vec![Field::new("motor_id", DataType::Utf8, false), Field::new("ts", DataType::Int64, false)];
     fields.extend(Channel::ALL.iter().map(|c| Field::new(c.name(), DataType::Float64, true)));
     const LEVELS: [f64; 7] = [20.0, 400.0, 60.0, 1.0, 1.0, 1.0, 1480.0];
-    let noise = |m: usize, c: usize| ((m as i64 * 7919 + r * 104_729 + c as i64 * 31) % 1000) as f64 / 1000.0 - 0.5;
+    // A hash of (motor, step, channel), uniform in [-0.5, 0.5): a congruence in the step
+    // repeated itself every 48 steps, which at a reading every 30 minutes is a day.
+    let noise = |m: usize, c: usize| {
+        let key = ((m as u64) << 32) ^ ((r as u64) << 8) ^ c as u64;
+        (xxhash_rust::xxh3::xxh3_64(&key.to_le_bytes()) % 1000) as f64 / 1000.0 - 0.5
+    };
     let mut columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(motors.clone().map(|m| format!("M{m:06}")))),
         Arc::new(Int64Array::from_iter_values(motors.clone().map(|_| t_ms))),

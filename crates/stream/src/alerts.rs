@@ -161,7 +161,8 @@ pub(crate) struct TrackerState {
 pub struct AlertTracker {
     query: String,
     options: AlertOptions,
-    motors: HashMap<String, MotorAlert>,
+    /// By the motor's shared id ([`crate::ids`]).
+    motors: HashMap<Arc<str>, MotorAlert>,
 }
 
 impl AlertTracker {
@@ -172,14 +173,14 @@ impl AlertTracker {
 
     /// The open alerts: motor, alert, severity.
     pub fn open_alerts(&self) -> impl Iterator<Item = (&str, &str, Severity)> {
-        self.motors.iter().filter_map(|(m, a)| a.open.as_ref().map(|o| (m.as_str(), o.id.as_str(), o.severity)))
+        self.motors.iter().filter_map(|(m, a)| a.open.as_ref().map(|o| (&**m, o.id.as_str(), o.severity)))
     }
 
     /// The per-motor hysteresis state of the motors `include` accepts, for a checkpoint
     /// (sorted by motor).
     pub(crate) fn snapshot(&self, include: &dyn Fn(&str) -> bool) -> TrackerState {
         let mut motors: Vec<(String, MotorAlert)> =
-            self.motors.iter().filter(|(k, _)| include(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            self.motors.iter().filter(|(k, _)| include(k)).map(|(k, v)| (k.to_string(), v.clone())).collect();
         motors.sort_by(|a, b| a.0.cmp(&b.0));
         TrackerState { query: self.query.clone(), motors }
     }
@@ -196,7 +197,7 @@ impl AlertTracker {
         if !merge {
             self.motors.clear();
         }
-        self.motors.extend(state.motors);
+        self.motors.extend(state.motors.into_iter().map(|(motor, m)| (crate::ids::shared(&motor), m)));
         Ok(())
     }
 
@@ -220,7 +221,10 @@ impl AlertTracker {
     /// before the last one seen is a replay and is ignored). Returns the event it causes.
     pub fn observe(&mut self, w: WindowScore<'_>, now_ms: i64) -> Option<AlertEvent> {
         let o = self.options;
-        let m = self.motors.entry(w.motor_id.to_string()).or_default();
+        if !self.motors.contains_key(w.motor_id) {
+            self.motors.insert(crate::ids::shared(w.motor_id), MotorAlert::default());
+        }
+        let m = self.motors.get_mut(w.motor_id).expect("just made sure");
         if m.last_window_ms.is_some_and(|last| w.window_start_ms <= last) {
             return None;
         }

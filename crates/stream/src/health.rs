@@ -33,10 +33,12 @@ use crate::schema::ts_type;
 /// A motor's row.
 #[derive(Debug, Clone, Default)]
 struct MotorHealth {
-    site: String,
+    /// Shared ([`crate::ids`]); empty until known.
+    site: Option<Arc<str>>,
     last_reading_ms: i64,
-    /// The newest score of each query, and whether it is at least half its `open_above`.
-    scores: BTreeMap<String, (f64, bool)>,
+    /// The newest score of each query (sorted by query, each name shared), and whether it is
+    /// at least half its `open_above`: a few entries, where a map's node took 450 bytes.
+    scores: Vec<(Arc<str>, f64, bool)>,
     time_to_threshold_s: Option<f64>,
     /// Open alerts by kind (the query, or the data-quality or wear kind).
     open: BTreeMap<String, Severity>,
@@ -52,7 +54,7 @@ impl MotorHealth {
             "silent"
         } else if !self.open.is_empty() {
             "warning"
-        } else if self.scores.values().any(|(_, watch)| *watch) {
+        } else if self.scores.iter().any(|(_, _, watch)| *watch) {
             "watch"
         } else {
             "healthy"
@@ -66,13 +68,21 @@ impl MotorHealth {
 
     /// The highest newest score, and its query.
     fn worst_score(&self) -> Option<(&str, f64)> {
-        self.scores.iter().map(|(q, (s, _))| (q.as_str(), *s)).max_by(|a, b| a.1.total_cmp(&b.1))
+        self.scores.iter().map(|(q, s, _)| (&**q, *s)).max_by(|a, b| a.1.total_cmp(&b.1))
     }
 }
 
 /// Motor id → its health; foldhash, as [`HealthBoard::readings`] looks a motor up per run of
 /// readings.
-type Board = HashMap<String, MotorHealth, foldhash::fast::FixedState>;
+type Board = HashMap<Arc<str>, MotorHealth, foldhash::fast::FixedState>;
+
+/// The board's row of `motor`, made if new.
+fn entry<'a>(board: &'a mut Board, motor: &str) -> &'a mut MotorHealth {
+    if !board.contains_key(motor) {
+        board.insert(crate::ids::shared(motor), MotorHealth::default());
+    }
+    board.get_mut(motor).expect("just made sure")
+}
 
 /// The engine's board of motor health, shared with the `motor_health` table.
 #[derive(Debug, Clone, Default)]
@@ -102,9 +112,9 @@ impl HealthBoard {
             match board.get_mut(motor) {
                 Some(m) => m.last_reading_ms = m.last_reading_ms.max(newest),
                 None => {
-                    let site = sites.value(row).to_string();
-                    board
-                        .insert(motor.to_string(), MotorHealth { site, last_reading_ms: newest, ..Default::default() });
+                    let site = Some(crate::ids::shared(sites.value(row)));
+                    let m = MotorHealth { site, last_reading_ms: newest, ..Default::default() };
+                    board.insert(crate::ids::shared(motor), m);
                 }
             }
             row = end;
@@ -120,8 +130,9 @@ impl HealthBoard {
             match board.get_mut(motor) {
                 Some(m) => m.last_reading_ms = m.last_reading_ms.max(newest),
                 None => {
-                    let m = MotorHealth { site: site.to_string(), last_reading_ms: newest, ..Default::default() };
-                    board.insert(motor.to_string(), m);
+                    let site = Some(crate::ids::shared(site));
+                    let m = MotorHealth { site, last_reading_ms: newest, ..Default::default() };
+                    board.insert(crate::ids::shared(motor), m);
                 }
             }
         }
@@ -131,20 +142,23 @@ impl HealthBoard {
     pub fn window(&self, query: &str, w: &WindowScore<'_>, open_above: Option<f64>) {
         let mut board = self.write();
         if !board.contains_key(w.motor_id) {
-            board.insert(w.motor_id.to_string(), MotorHealth { site: w.site_id.to_string(), ..Default::default() });
+            let m = MotorHealth { site: Some(crate::ids::shared(w.site_id)), ..Default::default() };
+            board.insert(crate::ids::shared(w.motor_id), m);
         }
         let m = board.get_mut(w.motor_id).expect("just made sure");
         match w.score {
             Some(score) => {
                 let watch = open_above.is_some_and(|o| score >= o / 2.0);
-                // (A query already scored keeps its key: no allocation per window.)
-                match m.scores.get_mut(query) {
-                    Some(entry) => *entry = (score, watch),
-                    None => _ = m.scores.insert(query.to_string(), (score, watch)),
+                // (A query already scored keeps its entry: no allocation per window.)
+                match m.scores.binary_search_by(|(q, _, _)| (**q).cmp(query)) {
+                    Ok(i) => (m.scores[i].1, m.scores[i].2) = (score, watch),
+                    Err(i) => m.scores.insert(i, (crate::ids::shared(query), score, watch)),
                 }
             }
             None => {
-                m.scores.remove(query);
+                if let Ok(i) = m.scores.binary_search_by(|(q, _, _)| (**q).cmp(query)) {
+                    m.scores.remove(i);
+                }
             }
         }
         // A rule with `seconds_to_…` outputs sets the time to threshold (none, when it gives no
@@ -159,9 +173,9 @@ impl HealthBoard {
     /// Notes an alert event.
     pub fn alert(&self, e: &AlertEvent) {
         let mut board = self.write();
-        let m = board.entry(e.motor_id.clone()).or_default();
-        if m.site.is_empty() {
-            m.site = e.site_id.clone();
+        let m = entry(&mut board, &e.motor_id);
+        if m.site.is_none() {
+            m.site = Some(crate::ids::shared(&e.site_id));
         }
         match e.state {
             AlertState::Open | AlertState::Update => {
@@ -188,9 +202,9 @@ impl HealthBoard {
     /// with the alerts of `query` it has open, before any reading of it arrives here.
     pub fn adopted(&self, motor: &str, site: &str, open: &[(&str, Severity)]) {
         let mut board = self.write();
-        let m = board.entry(motor.to_string()).or_default();
-        if m.site.is_empty() {
-            m.site = site.to_string();
+        let m = entry(&mut board, motor);
+        if m.site.is_none() {
+            m.site = Some(crate::ids::shared(site));
         }
         for (query, severity) in open {
             m.open.insert(query.to_string(), *severity);
@@ -206,13 +220,13 @@ impl HealthBoard {
     pub fn snapshot(&self) -> RecordBatch {
         let board = self.motors.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let rank = |s: &str| ["critical", "silent", "warning", "watch", "healthy"].iter().position(|x| *x == s);
-        let mut rows: Vec<(&String, &MotorHealth, &'static str)> =
+        let mut rows: Vec<(&Arc<str>, &MotorHealth, &'static str)> =
             board.iter().map(|(k, m)| (k, m, m.status())).collect();
         rows.sort_by(|a, b| rank(a.2).cmp(&rank(b.2)).then(a.0.cmp(b.0)));
         let worst: Vec<Option<(&str, f64)>> = rows.iter().map(|(_, m, _)| m.worst_score()).collect();
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|(k, _, _)| k.as_str()))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, m, _)| m.site.as_str()))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(k, _, _)| &***k))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, m, _)| m.site.as_deref().unwrap_or("")))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|(_, _, s)| *s))),
             Arc::new(Float64Array::from_iter(worst.iter().map(|w| w.map(|(_, s)| s)))),
             Arc::new(StringArray::from_iter(worst.iter().map(|w| w.map(|(q, _)| q)))),

@@ -10,7 +10,7 @@
 //! alerts · query · quality · wear · shift   hysteresis, ids, tables · one planned query · data quality · wear · sudden shifts
 //! windowing · preagg                        the window operator · the running-aggregate rewrite
 //! schema · grammar · anomaly · tables · checkpoint · conform
-//! aggregate · error                         AggSpec, ColumnStats · StreamError
+//! aggregate · error · ids                   AggSpec, ColumnStats · StreamError · shared motor ids
 //! ```
 //!
 //! The crate does no I/O: the server wires it to Kafka.
@@ -24,6 +24,7 @@ pub mod engine;
 mod error;
 pub mod grammar;
 pub mod health;
+pub mod ids;
 pub mod preagg;
 pub mod quality;
 pub mod query;

@@ -24,7 +24,7 @@
 //! snapshot`]): the new owner keeps its open alerts, averages and runs, and starts its silence
 //! clock when it takes the motor over.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, RecordBatch};
@@ -106,15 +106,14 @@ pub struct MotorQuality {
 #[derive(Debug, Clone)]
 pub struct QualityMonitor {
     config: QualityConfig,
-    motors: HashMap<String, MotorQuality>,
-    /// Every site's name once.
-    sites: HashSet<Arc<str>>,
+    /// By the motor's shared id ([`crate::ids`]).
+    motors: HashMap<Arc<str>, MotorQuality>,
 }
 
 impl QualityMonitor {
     /// A judge with no motors yet.
     pub fn new(config: QualityConfig) -> Self {
-        Self { config, motors: HashMap::new(), sites: HashSet::new() }
+        Self { config, motors: HashMap::new() }
     }
 
     /// Takes in a batch of readings (the telemetry schema) that arrived at `now_ms`; the alert
@@ -127,18 +126,21 @@ impl QualityMonitor {
         for row in 0..batch.num_rows() {
             let motor = motors.value(row);
             let event_ms = ts.value(row);
-            let sites_kept = &mut self.sites;
-            let q = self.motors.entry(motor.to_string()).or_insert_with(|| MotorQuality {
-                site: crate::schema::intern(sites_kept, sites.value(row)),
-                last_seen_ms: now_ms,
-                last_event_ms: event_ms,
-                interval_ms: 0.0,
-                gaps: 0,
-                skew_ms: 0.0,
-                skew_samples: 0,
-                channels: Default::default(),
-                open: BTreeMap::new(),
-            });
+            if !self.motors.contains_key(motor) {
+                let fresh = MotorQuality {
+                    site: crate::ids::shared(sites.value(row)),
+                    last_seen_ms: now_ms,
+                    last_event_ms: event_ms,
+                    interval_ms: 0.0,
+                    gaps: 0,
+                    skew_ms: 0.0,
+                    skew_samples: 0,
+                    channels: Default::default(),
+                    open: BTreeMap::new(),
+                };
+                self.motors.insert(crate::ids::shared(motor), fresh);
+            }
+            let q = self.motors.get_mut(motor).expect("just made sure");
             let gap = (event_ms - q.last_event_ms) as f64;
             // A silence the processing time never saw (the node was down, a gateway buffered,
             // a replay of history): known at the reading that ends it, opened and closed there.
@@ -224,7 +226,7 @@ impl QualityMonitor {
     /// The state of the motors `include` accepts, for a checkpoint (sorted by motor).
     pub fn snapshot(&self, include: &dyn Fn(&str) -> bool) -> Vec<(String, MotorQuality)> {
         let mut motors: Vec<(String, MotorQuality)> =
-            self.motors.iter().filter(|(m, _)| include(m)).map(|(m, q)| (m.clone(), q.clone())).collect();
+            self.motors.iter().filter(|(m, _)| include(m)).map(|(m, q)| (m.to_string(), q.clone())).collect();
         motors.sort_by(|a, b| a.0.cmp(&b.0));
         motors
     }
@@ -235,8 +237,8 @@ impl QualityMonitor {
     pub fn adopt(&mut self, motors: Vec<(String, MotorQuality)>, now_ms: i64) {
         for (motor, mut q) in motors {
             q.last_seen_ms = now_ms;
-            q.site = crate::schema::intern(&mut self.sites, &q.site);
-            self.motors.insert(motor, q);
+            q.site = crate::ids::shared(&q.site);
+            self.motors.insert(crate::ids::shared(&motor), q);
         }
     }
 

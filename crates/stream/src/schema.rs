@@ -97,13 +97,3 @@ pub(crate) fn extras(
     let values = map.values().as_any().downcast_ref::<Float64Array>()?;
     Some((map, keys, values))
 }
-
-/// `name` as the one shared copy in `names`: a judge keeps each site's name once, not per motor.
-pub(crate) fn intern(names: &mut std::collections::HashSet<Arc<str>>, name: &str) -> Arc<str> {
-    if let Some(kept) = names.get(name) {
-        return kept.clone();
-    }
-    let kept: Arc<str> = name.into();
-    names.insert(kept.clone());
-    kept
-}

@@ -52,7 +52,7 @@
 //! 4 bytes per pair of channels.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use datafusion::arrow::array::{Array, RecordBatch};
@@ -535,7 +535,7 @@ struct Correlation {
 /// A motor's state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MotorShift {
-    /// Shared by every motor of the site ([`ShiftMonitor::site`]).
+    /// Shared by every motor of the site ([`crate::ids`]).
     site: Arc<str>,
     /// Mean event-time gap, ms (0 until two readings).
     interval_ms: f64,
@@ -601,9 +601,8 @@ pub struct ShiftSnapshot {
 #[derive(Debug)]
 pub struct ShiftMonitor {
     config: ShiftConfig,
-    motors: HashMap<String, MotorShift>,
-    /// Every site's name once, shared by its motors.
-    sites: HashSet<Arc<str>>,
+    /// By the motor's shared id ([`crate::ids`]).
+    motors: HashMap<Arc<str>, MotorShift>,
     tracker: AlertTracker,
     day_tracker: AlertTracker,
 }
@@ -614,13 +613,7 @@ impl ShiftMonitor {
         let tracker = AlertTracker::new(SHIFT, config.alerts);
         // A day is a long window: one opens, one closes.
         let day_alerts = AlertOptions { open_windows: 1, close_windows: 1, ..config.alerts };
-        Self {
-            config,
-            motors: HashMap::new(),
-            sites: HashSet::new(),
-            tracker,
-            day_tracker: AlertTracker::new(SHIFT_DAY, day_alerts),
-        }
+        Self { config, motors: HashMap::new(), tracker, day_tracker: AlertTracker::new(SHIFT_DAY, day_alerts) }
     }
 
     /// Alerts open at `open_above`.
@@ -665,7 +658,7 @@ impl ShiftMonitor {
             }
             if !self.motors.contains_key(motor) {
                 let fresh = MotorShift {
-                    site: crate::schema::intern(&mut self.sites, sites.value(row)),
+                    site: crate::ids::shared(sites.value(row)),
                     interval_ms: 0.0,
                     last_ms: None,
                     window: None,
@@ -675,7 +668,7 @@ impl ShiftMonitor {
                     usual_day: 0.0,
                     transient: (0.0, 0),
                 };
-                self.motors.insert(motor.to_string(), fresh);
+                self.motors.insert(crate::ids::shared(motor), fresh);
             }
             let m = self.motors.get_mut(motor).expect("just made sure");
             take(&self.config, m, motor, t, &values, &mut windows);
@@ -693,7 +686,7 @@ impl ShiftMonitor {
     /// The state of the motors `include` accepts, for a checkpoint (sorted by motor).
     pub fn snapshot(&self, include: &dyn Fn(&str) -> bool) -> ShiftSnapshot {
         let mut motors: Vec<(String, MotorShift)> =
-            self.motors.iter().filter(|(m, _)| include(m)).map(|(m, s)| (m.clone(), s.clone())).collect();
+            self.motors.iter().filter(|(m, _)| include(m)).map(|(m, s)| (m.to_string(), s.clone())).collect();
         motors.sort_by(|a, b| a.0.cmp(&b.0));
         ShiftSnapshot {
             motors,
@@ -705,8 +698,8 @@ impl ShiftMonitor {
     /// Takes over [`Self::snapshot`]'s motors.
     pub fn adopt(&mut self, snapshot: ShiftSnapshot) -> Result<(), crate::StreamError> {
         self.motors.extend(snapshot.motors.into_iter().map(|(motor, mut m)| {
-            m.site = crate::schema::intern(&mut self.sites, &m.site);
-            (motor, m)
+            m.site = crate::ids::shared(&m.site);
+            (crate::ids::shared(&motor), m)
         }));
         if let Some(day) = snapshot.day_tracker {
             self.day_tracker.restore(day, true)?;

@@ -29,7 +29,7 @@
 //! table shows. The state (about 1 KB per motor, most of it the trend samples) goes with the motor's partition in
 //! its checkpoint.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, RecordBatch};
@@ -273,15 +273,14 @@ struct Judged {
 pub struct WearMonitor {
     config: WearConfig,
     classes: MotorClasses,
-    motors: HashMap<String, MotorWear>,
-    /// Every site's name once.
-    sites: HashSet<Arc<str>>,
+    /// By the motor's shared id ([`crate::ids`]).
+    motors: HashMap<Arc<str>, MotorWear>,
 }
 
 impl WearMonitor {
     /// A judge with no motors yet; `classes` gives motors a class of their own.
     pub fn new(config: WearConfig, classes: MotorClasses) -> Self {
-        Self { config, classes, motors: HashMap::new(), sites: HashSet::new() }
+        Self { config, classes, motors: HashMap::new() }
     }
 
     /// The motors with a class of their own (shared: setting it changes this judge's zones).
@@ -306,8 +305,8 @@ impl WearMonitor {
             let t = ts.value(row);
             let zones = Scale::Zones(classes.as_ref().and_then(|c| c.get(motor).copied()).unwrap_or(default_zones));
             if !self.motors.contains_key(motor) {
-                let site = crate::schema::intern(&mut self.sites, sites.value(row));
-                self.motors.insert(motor.to_string(), MotorWear { site, ..Default::default() });
+                let site = crate::ids::shared(sites.value(row));
+                self.motors.insert(crate::ids::shared(motor), MotorWear { site, ..Default::default() });
             }
             let m = self.motors.get_mut(motor).expect("just made sure");
             for (c, values) in columns.iter().enumerate() {
@@ -356,7 +355,7 @@ impl WearMonitor {
     /// The state of the motors `include` accepts, for a checkpoint (sorted by motor).
     pub fn snapshot(&self, include: &dyn Fn(&str) -> bool) -> Vec<(String, MotorWear)> {
         let mut motors: Vec<(String, MotorWear)> =
-            self.motors.iter().filter(|(m, _)| include(m)).map(|(m, w)| (m.clone(), w.clone())).collect();
+            self.motors.iter().filter(|(m, _)| include(m)).map(|(m, w)| (m.to_string(), w.clone())).collect();
         motors.sort_by(|a, b| a.0.cmp(&b.0));
         motors
     }
@@ -364,8 +363,8 @@ impl WearMonitor {
     /// Takes over [`Self::snapshot`]'s motors.
     pub fn adopt(&mut self, motors: Vec<(String, MotorWear)>) {
         self.motors.extend(motors.into_iter().map(|(motor, mut m)| {
-            m.site = crate::schema::intern(&mut self.sites, &m.site);
-            (motor, m)
+            m.site = crate::ids::shared(&m.site);
+            (crate::ids::shared(&motor), m)
         }));
     }
 

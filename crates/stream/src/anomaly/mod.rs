@@ -212,7 +212,7 @@ pub(crate) fn call_state(call: &ScalarUDF, include: &dyn Fn(&str) -> bool) -> Re
     let udf = anomaly_impl(call)?;
     let states = udf.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut motors: Vec<(String, i64, Detector)> =
-        states.iter().filter(|(m, _)| include(m)).map(|(m, s)| (m.clone(), s.last_t, s.detector.clone())).collect();
+        states.iter().filter(|(m, _)| include(m)).map(|(m, s)| (m.to_string(), s.last_t, s.detector.clone())).collect();
     motors.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(CallState { function: udf.kind.name().to_string(), params: udf.params.clone(), dims: udf.dims as u64, motors })
 }
@@ -239,7 +239,9 @@ pub(crate) fn restore_call(call: &ScalarUDF, state: CallState, merge: bool) -> R
     if !merge {
         states.clear();
     }
-    states.extend(state.motors.into_iter().map(|(m, last_t, detector)| (m, MotorState { detector, last_t })));
+    states.extend(
+        state.motors.into_iter().map(|(m, last_t, detector)| (crate::ids::shared(&m), MotorState { detector, last_t })),
+    );
     Ok(())
 }
 
@@ -288,7 +290,8 @@ struct AnomalyUdf {
     params: Vec<f64>,
     /// Channels of the vector (`hotelling_t2`), else 1.
     dims: usize,
-    states: Mutex<HashMap<String, MotorState>>,
+    /// By the motor's shared id ([`crate::ids`]).
+    states: Mutex<HashMap<Arc<str>, MotorState>>,
 }
 
 impl PartialEq for AnomalyUdf {
@@ -441,7 +444,9 @@ impl AnomalyUdf {
                 Some(s) => s,
                 None => {
                     let detector = self.kind.detector(&self.params, self.dims).map_err(DataFusionError::Execution)?;
-                    states.entry(keys.value(row).to_string()).or_insert(MotorState { detector, last_t: i64::MIN })
+                    states
+                        .entry(crate::ids::shared(keys.value(row)))
+                        .or_insert(MotorState { detector, last_t: i64::MIN })
                 }
             };
             let t_s = t as f64 / 1000.0;

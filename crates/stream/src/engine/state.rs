@@ -244,6 +244,7 @@ impl StreamEngine {
                 }
             }
         }
+        crate::ids::forget_unused();
         Ok(dropped)
     }
 

@@ -374,10 +374,10 @@ impl WindowOperator {
         if let Some(&i) = found {
             return i;
         }
-        let id: Arc<str> = Arc::from(motor);
+        let id = crate::ids::shared(motor);
         self.motors.push(MotorWindows {
             id: id.clone(),
-            site: Arc::from(site),
+            site: crate::ids::shared(site),
             emitted_through_ms: i64::MIN,
             ..Default::default()
         });
