@@ -18,16 +18,15 @@
 //!   the z vector against its own correlation (learnt from the same gated windows, shrunk
 //!   towards the identity), as a normal-equivalent z (Wilson–Hilferty), so a broken relation
 //!   between channels that each look normal is seen too;
-//! - **seasonal**: once the motor reports at least every 30 minutes, every channel tries a
-//!   daily profile (one level per hour of day, learnt over about a week, read linearly
-//!   between the hours); when the profile explains at least 30 % of the channel's variance
-//!   (after a day with every hour seen 3 times), the channel is judged on its residual from
-//!   the profile instead of its raw value, and back when that falls under 15 %: ambient
-//!   temperature, shift loads and what follows them. A profile not in use two days after it
-//!   started, on a channel whose first two daily harmonics hold less than 10 % of its
-//!   variance, is dropped (160 bytes a channel); the harmonics go on being learnt (40 bytes),
-//!   and a new profile starts when they hold 20 %;
-//!
+//! - **seasonal**: once the motor reports at least every 30 minutes, every channel learns its
+//!   first two daily harmonics (a 24- and a 12-hour wave, 40 bytes); once a day of readings
+//!   puts 20 % of the channel's variance in them, the channel gets a daily profile (160
+//!   bytes: one level per hour of day, started from the harmonics, learnt over about a week,
+//!   read linearly between the hours). When the profile explains at least 30 % of the
+//!   channel's variance, the channel is judged on its residual from the profile instead of
+//!   its raw value, and back when that falls under 15 %: ambient temperature, shift loads
+//!   and what follows them. A profile not in use two days on, with less than 10 % of the
+//!   variance in the harmonics, is dropped: only the channels that follow the day keep one;
 //! - **transients** (off unless `transient_above` is set): each channel's range within the
 //!   window (largest minus smallest reading) against a gated baseline of its ranges,
 //!   one-sided: a reading far outside the window's usual spread (a current spike, a vibration
@@ -190,8 +189,8 @@ enum ProfileTurn {
     Dropped,
 }
 
-/// A profile's trial: a channel whose profile, this long after it started and not in use,
-/// finds less than [`DROP_SHARE`] of the channel's variance in its day, loses it.
+/// A profile not in use this long after it started, on a channel with less than
+/// [`DROP_SHARE`] of its variance in its day, is dropped.
 const TRIAL_MS: i64 = 2 * DAY;
 /// The share of a channel's variance in its daily harmonics ([`DayCycle`]) under which a
 /// profile on trial is dropped...
@@ -247,8 +246,16 @@ impl DayCycle {
 }
 
 impl Profile {
-    fn new(first_ms: i64) -> Self {
-        Self { first_ms, levels: [0.0; 24], counts: [0; 24], active: false }
+    /// A profile at `t` from a day's harmonics: each hour's level where they put the middle
+    /// of the hour, as if seen three times, so the next readings of the hour soon outweigh
+    /// it; judged from the next check on, as if a day old.
+    fn from_cycle(cycle: &DayCycle, t: i64) -> Self {
+        let levels = std::array::from_fn(|h| {
+            let basis = DayCycle::basis(h as i64 * HOUR + HOUR / 2);
+            let wave: f64 = cycle.harmonics.iter().zip(basis).map(|(c, b)| 2.0 * f64::from(*c) * b).sum();
+            (cycle.mean + wave) as f32
+        });
+        Self { first_ms: t - DAY, levels, counts: [3; 24], active: false }
     }
 
     /// What is judged of reading `v` at `t`: `v`, or its residual from the profile when
@@ -492,8 +499,6 @@ fn median(v: &mut [f64]) -> f64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ChannelShift {
     name: ChannelName,
-    /// A profile was tried: the channel gets another only when its [`DayCycle`] says so.
-    profile_tried: bool,
     base: Baseline,
     profile: Option<Box<Profile>>,
     /// Whether the channel follows the day (learnt while the motor reports often enough).
@@ -781,7 +786,6 @@ fn take(
                 m.channels.reserve_exact(1);
                 m.channels.push(ChannelShift {
                     name: *name,
-                    profile_tried: false,
                     base: Baseline::default(),
                     profile: None,
                     cycle: DayCycle::default(),
@@ -831,15 +835,10 @@ fn take(
                 judged
             }
             None => {
-                // The first profile is a trial; another comes when the day shows in the
-                // channel's harmonics (looked at as often as a profile judges itself).
-                let grow = !c.profile_tried
-                    || (c.cycle.n.is_multiple_of(64)
-                        && f64::from(c.cycle.n) * m.interval_ms >= DAY as f64
-                        && c.cycle.daily_share() >= GROW_SHARE);
-                if daily && grow {
-                    c.profile = Some(Box::new(Profile::new(t)));
-                    c.profile_tried = true;
+                // A profile comes when a day of readings shows the day in the channel's
+                // harmonics, and starts from them.
+                if daily && f64::from(c.cycle.n) * m.interval_ms >= DAY as f64 && c.cycle.daily_share() >= GROW_SHARE {
+                    c.profile = Some(Box::new(Profile::from_cycle(&c.cycle, t)));
                 }
                 *v
             }
@@ -1180,13 +1179,13 @@ mod tests {
             let rows = [("m", t, 10.0 + 0.1 * noise(i, 17), 30.0 + cycle + 0.3 * noise(i, 18))];
             judge.observe(&batch(&rows), t);
             if t == DAY / 2 {
-                assert_eq!(profiles(&judge), [("current_a", Some(false)), ("temperature_c", Some(false))], "on trial");
+                assert_eq!(profiles(&judge), [("current_a", None), ("temperature_c", None)], "no day seen yet");
             }
             if t == 7 * DAY {
                 after_trial = profiles(&judge);
             }
         }
-        assert_eq!(after_trial, [("current_a", None), ("temperature_c", None)], "no day: no profile kept");
+        assert_eq!(after_trial, [("current_a", None), ("temperature_c", None)], "no day: no profile");
         assert_eq!(
             profiles(&judge),
             [("current_a", None), ("temperature_c", Some(true))],
