@@ -20,7 +20,8 @@ target="${BENCH_TARGET:-$HOME/.cache/tessera/bench-target}"
 work="$(mktemp -d "${TMPDIR:-/tmp}/tessera-compare.XXXXXX")"
 old_tree="$work/old"
 git -C "$repo" worktree add -q --detach "$old_tree" "$old_rev"
-trap 'git -C "$repo" worktree remove --force "$old_tree"' EXIT
+# The copied executables take gigabytes: they go with the worktree.
+trap 'git -C "$repo" worktree remove --force "$old_tree"; rm -rf "$work"' EXIT
 
 build() { # build SIDE TREE: the bench executables of TREE into $work/bin-SIDE
   local side="$1" tree="$2"
