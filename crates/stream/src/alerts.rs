@@ -221,10 +221,7 @@ impl AlertTracker {
     /// before the last one seen is a replay and is ignored). Returns the event it causes.
     pub fn observe(&mut self, w: WindowScore<'_>, now_ms: i64) -> Option<AlertEvent> {
         let o = self.options;
-        if !self.motors.contains_key(w.motor_id) {
-            self.motors.insert(crate::ids::shared(w.motor_id), MotorAlert::default());
-        }
-        let m = self.motors.get_mut(w.motor_id).expect("just made sure");
+        let m = crate::ids::entry(&mut self.motors, w.motor_id, MotorAlert::default);
         if m.last_window_ms.is_some_and(|last| w.window_start_ms <= last) {
             return None;
         }

@@ -76,14 +76,6 @@ impl MotorHealth {
 /// readings.
 type Board = HashMap<Arc<str>, MotorHealth, foldhash::fast::FixedState>;
 
-/// The board's row of `motor`, made if new.
-fn entry<'a>(board: &'a mut Board, motor: &str) -> &'a mut MotorHealth {
-    if !board.contains_key(motor) {
-        board.insert(crate::ids::shared(motor), MotorHealth::default());
-    }
-    board.get_mut(motor).expect("just made sure")
-}
-
 /// The engine's board of motor health, shared with the `motor_health` table.
 #[derive(Debug, Clone, Default)]
 pub struct HealthBoard {
@@ -141,11 +133,10 @@ impl HealthBoard {
     /// Notes a scored window of `query`, whose alerts open at `open_above` (if it has alerts).
     pub fn window(&self, query: &str, w: &WindowScore<'_>, open_above: Option<f64>) {
         let mut board = self.write();
-        if !board.contains_key(w.motor_id) {
-            let m = MotorHealth { site: Some(crate::ids::shared(w.site_id)), ..Default::default() };
-            board.insert(crate::ids::shared(w.motor_id), m);
-        }
-        let m = board.get_mut(w.motor_id).expect("just made sure");
+        let m = crate::ids::entry(&mut board, w.motor_id, || MotorHealth {
+            site: Some(crate::ids::shared(w.site_id)),
+            ..Default::default()
+        });
         match w.score {
             Some(score) => {
                 let watch = open_above.is_some_and(|o| score >= o / 2.0);
@@ -173,7 +164,7 @@ impl HealthBoard {
     /// Notes an alert event.
     pub fn alert(&self, e: &AlertEvent) {
         let mut board = self.write();
-        let m = entry(&mut board, &e.motor_id);
+        let m = crate::ids::entry(&mut board, &e.motor_id, MotorHealth::default);
         if m.site.is_none() {
             m.site = Some(crate::ids::shared(&e.site_id));
         }
@@ -202,7 +193,7 @@ impl HealthBoard {
     /// with the alerts of `query` it has open, before any reading of it arrives here.
     pub fn adopted(&self, motor: &str, site: &str, open: &[(&str, Severity)]) {
         let mut board = self.write();
-        let m = entry(&mut board, motor);
+        let m = crate::ids::entry(&mut board, motor, MotorHealth::default);
         if m.site.is_none() {
             m.site = Some(crate::ids::shared(site));
         }

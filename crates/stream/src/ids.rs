@@ -3,7 +3,8 @@
 //! window operator's) keys its motors by the one shared copy: 16 bytes in a table, where a
 //! `String` of its own took 24 and a heap block of 32 (a dozen tables hold every motor).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 fn kept() -> MutexGuard<'static, HashSet<Arc<str>>> {
@@ -21,6 +22,19 @@ pub fn shared(name: &str) -> Arc<str> {
     let name: Arc<str> = name.into();
     kept.insert(name.clone());
     name
+}
+
+/// The row of `key` in a per-motor table, made by `make` under the shared copy of `key` when
+/// the table has none (a known key allocates nothing).
+pub fn entry<'a, V, S: BuildHasher>(
+    table: &'a mut HashMap<Arc<str>, V, S>,
+    key: &str,
+    make: impl FnOnce() -> V,
+) -> &'a mut V {
+    if !table.contains_key(key) {
+        table.insert(shared(key), make());
+    }
+    table.get_mut(key).expect("just made sure")
 }
 
 /// Forgets the names no table holds any more (motors handed over or dropped); how many.

@@ -126,21 +126,17 @@ impl QualityMonitor {
         for row in 0..batch.num_rows() {
             let motor = motors.value(row);
             let event_ms = ts.value(row);
-            if !self.motors.contains_key(motor) {
-                let fresh = MotorQuality {
-                    site: crate::ids::shared(sites.value(row)),
-                    last_seen_ms: now_ms,
-                    last_event_ms: event_ms,
-                    interval_ms: 0.0,
-                    gaps: 0,
-                    skew_ms: 0.0,
-                    skew_samples: 0,
-                    channels: Default::default(),
-                    open: BTreeMap::new(),
-                };
-                self.motors.insert(crate::ids::shared(motor), fresh);
-            }
-            let q = self.motors.get_mut(motor).expect("just made sure");
+            let q = crate::ids::entry(&mut self.motors, motor, || MotorQuality {
+                site: crate::ids::shared(sites.value(row)),
+                last_seen_ms: now_ms,
+                last_event_ms: event_ms,
+                interval_ms: 0.0,
+                gaps: 0,
+                skew_ms: 0.0,
+                skew_samples: 0,
+                channels: Default::default(),
+                open: BTreeMap::new(),
+            });
             let gap = (event_ms - q.last_event_ms) as f64;
             // A silence the processing time never saw (the node was down, a gateway buffered,
             // a replay of history): known at the reading that ends it, opened and closed there.

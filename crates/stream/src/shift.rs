@@ -45,10 +45,11 @@
 //! interval, `t2` and the channels at |z| ≥ 2 (`z.<channel>`): which channel, and how far; the
 //! newest score of every motor is on the `motor_health` board. The day scale's alert is
 //! `shift.day`, opened by one day at `open_above` and closed by one below `close_below`. The
-//! state goes with the motor's partition in its checkpoint; in memory it is about 200 bytes per
-//! channel the motor sends (the day scale's 28 days as half-precision offsets from their
-//! median among them), 160 more for a channel that keeps a profile, and the correlation's
-//! 4 bytes per pair of channels.
+//! state goes with the motor's partition in its checkpoint; in memory it is about 2.8 KB for a
+//! motor sending the seven telemetry channels (`motor_memory`, docs/PERFORMANCE.md): per
+//! channel its baseline, window sums, noise, harmonics and the day scale's 28 days as
+//! half-precision offsets from their median; the correlation; the alert trackers. A channel
+//! that keeps a profile takes 160 bytes more.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -661,21 +662,17 @@ impl ShiftMonitor {
                     }
                 }
             }
-            if !self.motors.contains_key(motor) {
-                let fresh = MotorShift {
-                    site: crate::ids::shared(sites.value(row)),
-                    interval_ms: 0.0,
-                    last_ms: None,
-                    window: None,
-                    channels: Vec::new(),
-                    correlation: Correlation::default(),
-                    day: None,
-                    usual_day: 0.0,
-                    transient: (0.0, 0),
-                };
-                self.motors.insert(crate::ids::shared(motor), fresh);
-            }
-            let m = self.motors.get_mut(motor).expect("just made sure");
+            let m = crate::ids::entry(&mut self.motors, motor, || MotorShift {
+                site: crate::ids::shared(sites.value(row)),
+                interval_ms: 0.0,
+                last_ms: None,
+                window: None,
+                channels: Vec::new(),
+                correlation: Correlation::default(),
+                day: None,
+                usual_day: 0.0,
+                transient: (0.0, 0),
+            });
             take(&self.config, m, motor, t, &values, &mut windows);
         }
         let mut events = Vec::new();
