@@ -18,7 +18,7 @@
 //!
 //! `state` is `open`, `update` (severity rose) or `close`; `severity` is `warning` or `critical`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::array::{
@@ -123,13 +123,20 @@ struct OpenAlert {
     peak: f64,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct MotorAlert {
     above: u32,
     below: u32,
-    last_window_ms: Option<i64>,
-    /// Boxed: most motors have none open (32 bytes a motor, not 72).
+    /// The newest window's start (`i64::MIN`: none yet).
+    last_window_ms: i64,
+    /// Boxed: most motors have none open (24 bytes a motor, not 72).
     open: Option<Box<OpenAlert>>,
+}
+
+impl Default for MotorAlert {
+    fn default() -> Self {
+        Self { above: 0, below: 0, last_window_ms: i64::MIN, open: None }
+    }
 }
 
 /// One window's result for one motor, as the tracker sees it.
@@ -162,13 +169,13 @@ pub struct AlertTracker {
     query: String,
     options: AlertOptions,
     /// By the motor's shared id ([`crate::ids`]).
-    motors: HashMap<Arc<str>, MotorAlert>,
+    motors: crate::ids::MotorTable<MotorAlert>,
 }
 
 impl AlertTracker {
     /// A tracker for query `query`.
     pub fn new(query: &str, options: AlertOptions) -> Self {
-        Self { query: query.to_string(), options, motors: HashMap::new() }
+        Self { query: query.to_string(), options, motors: crate::ids::MotorTable::new() }
     }
 
     /// The open alerts: motor, alert, severity.
@@ -221,11 +228,11 @@ impl AlertTracker {
     /// before the last one seen is a replay and is ignored). Returns the event it causes.
     pub fn observe(&mut self, w: WindowScore<'_>, now_ms: i64) -> Option<AlertEvent> {
         let o = self.options;
-        let m = crate::ids::entry(&mut self.motors, w.motor_id, MotorAlert::default);
-        if m.last_window_ms.is_some_and(|last| w.window_start_ms <= last) {
+        let m = self.motors.entry(w.motor_id, MotorAlert::default);
+        if m.last_window_ms != i64::MIN && w.window_start_ms <= m.last_window_ms {
             return None;
         }
-        m.last_window_ms = Some(w.window_start_ms);
+        m.last_window_ms = w.window_start_ms;
         let score = w.score?;
         let severity_of =
             |s: f64| if o.critical_above.is_some_and(|c| s >= c) { Severity::Critical } else { Severity::Warning };

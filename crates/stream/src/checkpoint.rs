@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use crate::StreamError;
 
 /// Version of the engine-state layout; bump on any change to the serialized structs.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Serializes a state struct.
 pub(crate) fn to_bytes<T: Serialize>(value: &T) -> Result<Vec<u8>, StreamError> {

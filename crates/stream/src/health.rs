@@ -13,7 +13,7 @@
 //! The engine updates the board as it scores windows and raises alerts; the table reads a
 //! snapshot of it at each scan, so queries never wait for the detection thread.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -40,19 +40,31 @@ struct MotorHealth {
     /// at least half its `open_above`: a few entries, where a map's node took 450 bytes.
     scores: Vec<(Arc<str>, f64, bool)>,
     time_to_threshold_s: Option<f64>,
-    /// Open alerts by kind (the query, or the data-quality or wear kind).
+    /// The motor's open alerts (boxed: most motors have none).
+    alerts: Option<Box<OpenAlerts>>,
+}
+
+/// A motor's open alerts.
+#[derive(Debug, Clone, Default)]
+struct OpenAlerts {
+    /// By kind (the query, or the data-quality or wear kind).
     open: BTreeMap<String, Severity>,
     /// The time to a limit that open alerts estimate (wear alerts' `seconds_to_limit`).
-    alert_time_to_limit: BTreeMap<String, f64>,
+    time_to_limit: BTreeMap<String, f64>,
 }
 
 impl MotorHealth {
+    /// The open alerts by kind.
+    fn open(&self) -> impl Iterator<Item = (&String, &Severity)> {
+        self.alerts.iter().flat_map(|a| &a.open)
+    }
+
     fn status(&self) -> &'static str {
-        if self.open.values().any(|s| *s == Severity::Critical) {
+        if self.open().any(|(_, s)| *s == Severity::Critical) {
             "critical"
-        } else if self.open.contains_key("silent") {
+        } else if self.open().any(|(kind, _)| kind == "silent") {
             "silent"
-        } else if !self.open.is_empty() {
+        } else if self.open().next().is_some() {
             "warning"
         } else if self.scores.iter().any(|(_, _, watch)| *watch) {
             "watch"
@@ -63,7 +75,8 @@ impl MotorHealth {
 
     /// The nearest time to a threshold, from the newest windows or the open alerts.
     fn time_to_threshold(&self) -> Option<f64> {
-        self.time_to_threshold_s.into_iter().chain(self.alert_time_to_limit.values().copied()).min_by(f64::total_cmp)
+        let limits = self.alerts.iter().flat_map(|a| a.time_to_limit.values().copied());
+        self.time_to_threshold_s.into_iter().chain(limits).min_by(f64::total_cmp)
     }
 
     /// The highest newest score, and its query.
@@ -72,9 +85,8 @@ impl MotorHealth {
     }
 }
 
-/// Motor id → its health; foldhash, as [`HealthBoard::readings`] looks a motor up per run of
-/// readings.
-type Board = HashMap<Arc<str>, MotorHealth, foldhash::fast::FixedState>;
+/// Motor id → its health.
+type Board = crate::ids::MotorTable<MotorHealth>;
 
 /// The engine's board of motor health, shared with the `motor_health` table.
 #[derive(Debug, Clone, Default)]
@@ -133,17 +145,19 @@ impl HealthBoard {
     /// Notes a scored window of `query`, whose alerts open at `open_above` (if it has alerts).
     pub fn window(&self, query: &str, w: &WindowScore<'_>, open_above: Option<f64>) {
         let mut board = self.write();
-        let m = crate::ids::entry(&mut board, w.motor_id, || MotorHealth {
-            site: Some(crate::ids::shared(w.site_id)),
-            ..Default::default()
-        });
+        let m =
+            board.entry(w.motor_id, || MotorHealth { site: Some(crate::ids::shared(w.site_id)), ..Default::default() });
         match w.score {
             Some(score) => {
                 let watch = open_above.is_some_and(|o| score >= o / 2.0);
                 // (A query already scored keeps its entry: no allocation per window.)
                 match m.scores.binary_search_by(|(q, _, _)| (**q).cmp(query)) {
                     Ok(i) => (m.scores[i].1, m.scores[i].2) = (score, watch),
-                    Err(i) => m.scores.insert(i, (crate::ids::shared(query), score, watch)),
+                    Err(i) => {
+                        // One more, not twice as many: a few queries score a motor.
+                        m.scores.reserve_exact(1);
+                        m.scores.insert(i, (crate::ids::shared(query), score, watch))
+                    }
                 }
             }
             None => {
@@ -164,13 +178,14 @@ impl HealthBoard {
     /// Notes an alert event.
     pub fn alert(&self, e: &AlertEvent) {
         let mut board = self.write();
-        let m = crate::ids::entry(&mut board, &e.motor_id, MotorHealth::default);
+        let m = board.entry(&e.motor_id, MotorHealth::default);
         if m.site.is_none() {
             m.site = Some(crate::ids::shared(&e.site_id));
         }
         match e.state {
             AlertState::Open | AlertState::Update => {
-                m.open.insert(e.query.clone(), e.severity);
+                let alerts = m.alerts.get_or_insert_default();
+                alerts.open.insert(e.query.clone(), e.severity);
                 match e
                     .features
                     .iter()
@@ -178,13 +193,18 @@ impl HealthBoard {
                     .map(|(_, v)| *v)
                     .min_by(f64::total_cmp)
                 {
-                    Some(s) => m.alert_time_to_limit.insert(e.query.clone(), s),
-                    None => m.alert_time_to_limit.remove(&e.query),
+                    Some(s) => alerts.time_to_limit.insert(e.query.clone(), s),
+                    None => alerts.time_to_limit.remove(&e.query),
                 };
             }
             AlertState::Close => {
-                m.open.remove(&e.query);
-                m.alert_time_to_limit.remove(&e.query);
+                if let Some(alerts) = &mut m.alerts {
+                    alerts.open.remove(&e.query);
+                    alerts.time_to_limit.remove(&e.query);
+                    if alerts.open.is_empty() && alerts.time_to_limit.is_empty() {
+                        m.alerts = None;
+                    }
+                }
             }
         }
     }
@@ -193,12 +213,12 @@ impl HealthBoard {
     /// with the alerts of `query` it has open, before any reading of it arrives here.
     pub fn adopted(&self, motor: &str, site: &str, open: &[(&str, Severity)]) {
         let mut board = self.write();
-        let m = crate::ids::entry(&mut board, motor, MotorHealth::default);
+        let m = board.entry(motor, MotorHealth::default);
         if m.site.is_none() {
             m.site = Some(crate::ids::shared(site));
         }
         for (query, severity) in open {
-            m.open.insert(query.to_string(), *severity);
+            m.alerts.get_or_insert_default().open.insert(query.to_string(), *severity);
         }
     }
 
@@ -222,9 +242,9 @@ impl HealthBoard {
             Arc::new(Float64Array::from_iter(worst.iter().map(|w| w.map(|(_, s)| s)))),
             Arc::new(StringArray::from_iter(worst.iter().map(|w| w.map(|(q, _)| q)))),
             Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|(_, m, _)| m.open.keys().cloned().collect::<Vec<_>>().join(",")),
+                rows.iter().map(|(_, m, _)| m.open().map(|(kind, _)| kind.as_str()).collect::<Vec<_>>().join(",")),
             )),
-            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|(_, m, _)| m.open.len() as u32))),
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|(_, m, _)| m.open().count() as u32))),
             Arc::new(Float64Array::from_iter(rows.iter().map(|(_, m, _)| m.time_to_threshold()))),
             Arc::new(
                 TimestampMillisecondArray::from_iter(

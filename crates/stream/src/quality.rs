@@ -68,14 +68,22 @@ const EWMA: f64 = 0.1;
 /// Readings of a motor (in batches that could be judged) before its skew is judged.
 const SKEW_MIN_READINGS: u32 = 10;
 
-/// One channel's run of equal or missing values.
+/// One channel's run of equal or missing values (16 bytes).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct ChannelRun {
-    /// The last value, once the channel `reported` one (24 bytes, not an `Option`'s 32).
-    last: f64,
+    /// The last value's bits folded to 32 ([`fold`]), once the channel `reported` one: two
+    /// different values fold alike once in 2³² comparisons, which a run of repeats (tens
+    /// of readings) does not notice.
+    last: u32,
     same: u32,
     missing: u32,
     reported: bool,
+}
+
+/// `v`'s 64 bits folded to 32 (high half XOR low half).
+fn fold(v: f64) -> u32 {
+    let bits = v.to_bits();
+    (bits >> 32) as u32 ^ bits as u32
 }
 
 /// An open data-quality alert.
@@ -86,8 +94,8 @@ struct Open {
     peak: f64,
 }
 
-/// What is kept per motor: about 7 × 24 bytes of channel runs, a few numbers, and its open
-/// alerts.
+/// What is kept per motor: 7 × 16 bytes of channel runs, a few numbers, and its open alerts
+/// (boxed: most motors have none).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MotorQuality {
     /// Shared by every motor of the site.
@@ -99,7 +107,18 @@ pub struct MotorQuality {
     skew_ms: f64,
     skew_samples: u32,
     channels: [ChannelRun; Channel::ALL.len()],
-    open: BTreeMap<String, Open>,
+    #[allow(clippy::box_collection, reason = "8 bytes for a motor with none open, where a map takes 24")]
+    open: Option<Box<BTreeMap<String, Open>>>,
+}
+
+impl MotorQuality {
+    fn is_open(&self, kind: &str) -> bool {
+        self.open.as_ref().is_some_and(|o| o.contains_key(kind))
+    }
+
+    fn open_count(&self) -> usize {
+        self.open.as_ref().map_or(0, |o| o.len())
+    }
 }
 
 /// The data-quality judge of one engine's motors.
@@ -107,13 +126,13 @@ pub struct MotorQuality {
 pub struct QualityMonitor {
     config: QualityConfig,
     /// By the motor's shared id ([`crate::ids`]).
-    motors: HashMap<Arc<str>, MotorQuality>,
+    motors: crate::ids::MotorTable<MotorQuality>,
 }
 
 impl QualityMonitor {
     /// A judge with no motors yet.
     pub fn new(config: QualityConfig) -> Self {
-        Self { config, motors: HashMap::new() }
+        Self { config, motors: crate::ids::MotorTable::new() }
     }
 
     /// Takes in a batch of readings (the telemetry schema) that arrived at `now_ms`; the alert
@@ -126,7 +145,7 @@ impl QualityMonitor {
         for row in 0..batch.num_rows() {
             let motor = motors.value(row);
             let event_ms = ts.value(row);
-            let q = crate::ids::entry(&mut self.motors, motor, || MotorQuality {
+            let q = self.motors.entry(motor, || MotorQuality {
                 site: crate::ids::shared(sites.value(row)),
                 last_seen_ms: now_ms,
                 last_event_ms: event_ms,
@@ -135,14 +154,14 @@ impl QualityMonitor {
                 skew_ms: 0.0,
                 skew_samples: 0,
                 channels: Default::default(),
-                open: BTreeMap::new(),
+                open: None,
             });
             let gap = (event_ms - q.last_event_ms) as f64;
             // A silence the processing time never saw (the node was down, a gateway buffered,
             // a replay of history): known at the reading that ends it, opened and closed there.
             let silent_after =
                 (q.interval_ms * f64::from(self.config.silent_intervals)).max(self.config.min_silence_ms as f64);
-            if q.gaps > 0 && gap > silent_after && !q.open.contains_key("silent") {
+            if q.gaps > 0 && gap > silent_after && !q.is_open("silent") {
                 open(q, motor, "silent".into(), gap / 1000.0, event_ms, now_ms, &mut events);
             }
             if gap > 0.0 {
@@ -166,6 +185,7 @@ impl QualityMonitor {
                         }
                     }
                     Some(v) => {
+                        let v = fold(v);
                         run.same = if run.reported && run.last == v { run.same + 1 } else { 0 };
                         run.last = v;
                         run.missing = 0;
@@ -206,11 +226,11 @@ impl QualityMonitor {
     /// Advances processing time to `now_ms`: the motors silent for too long.
     pub fn tick(&mut self, now_ms: i64) -> Vec<AlertEvent> {
         let mut events = Vec::new();
-        for (motor, q) in &mut self.motors {
+        for (motor, q) in self.motors.iter_mut() {
             let silent_for = now_ms - q.last_seen_ms;
             let by_interval =
                 if q.gaps == 0 { 0 } else { (q.interval_ms * f64::from(self.config.silent_intervals)) as i64 };
-            if silent_for > by_interval.max(self.config.min_silence_ms) && !q.open.contains_key("silent") {
+            if silent_for > by_interval.max(self.config.min_silence_ms) && !q.is_open("silent") {
                 let at = q.last_event_ms;
                 open(q, motor, "silent".into(), silent_for as f64 / 1000.0, at, now_ms, &mut events);
             }
@@ -247,7 +267,7 @@ impl QualityMonitor {
 
     /// Open data-quality alerts.
     pub fn open_count(&self) -> usize {
-        self.motors.values().map(|q| q.open.len()).sum()
+        self.motors.values().map(MotorQuality::open_count).sum()
     }
 }
 
@@ -295,31 +315,23 @@ fn open(
     now_ms: i64,
     events: &mut Vec<AlertEvent>,
 ) {
-    if let Some(open) = q.open.get_mut(&kind) {
+    if let Some(open) = q.open.as_mut().and_then(|o| o.get_mut(&kind)) {
         open.peak = open.peak.max(score);
         return;
     }
     let id = alert_id(&kind, motor, at_ms);
-    q.open.insert(kind.clone(), Open { id: id.clone(), opened_ms: at_ms, peak: score });
+    q.open.get_or_insert_default().insert(kind.clone(), Open { id: id.clone(), opened_ms: at_ms, peak: score });
     events.push(event(q, motor, kind, AlertState::Open, id, score, score, at_ms, at_ms, now_ms));
 }
 
 /// Closes alert `kind` for the motor, if open.
 fn close(q: &mut MotorQuality, motor: &str, kind: &str, at_ms: i64, now_ms: i64, events: &mut Vec<AlertEvent>) {
-    if let Some(open) = q.open.remove(kind) {
-        events.push(event(
-            q,
-            motor,
-            kind.to_string(),
-            AlertState::Close,
-            open.id,
-            open.peak,
-            open.peak,
-            at_ms,
-            open.opened_ms,
-            now_ms,
-        ));
+    let Some(open) = q.open.as_mut().and_then(|o| o.remove(kind)) else { return };
+    if q.open.as_ref().is_some_and(|o| o.is_empty()) {
+        q.open = None;
     }
+    let (id, peak, opened_ms) = (open.id, open.peak, open.opened_ms);
+    events.push(event(q, motor, kind.to_string(), AlertState::Close, id, peak, peak, at_ms, opened_ms, now_ms));
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -53,7 +53,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{OnceLock, RwLock};
 
 use datafusion::arrow::array::{Array, RecordBatch};
 use serde::{Deserialize, Serialize};
@@ -89,7 +89,7 @@ pub struct ShiftConfig {
     pub t2: bool,
     /// Daily profiles, for the channels that turn out to follow the day.
     pub seasonal: bool,
-    /// The day scale: days of history a day is judged against (0: off).
+    /// The day scale: days of history a day is judged against (0: off; at most 255 are kept).
     pub days: u32,
     /// Transients: a channel's range within a window at this z against its usual range opens
     /// an alert by itself (None: off).
@@ -122,19 +122,16 @@ impl Default for ShiftConfig {
     }
 }
 
-/// One channel's baseline of window means (24 bytes).
+/// One channel's baseline of window means (16 bytes).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Baseline {
     /// Windows learnt.
     n: u32,
-    /// Event time kept out of the baseline in a row, ms (saturating: a `relearn` beyond 49
-    /// days never comes).
-    gated_ms: u32,
-    /// Centre.
-    mean: f64,
     /// While filling, the sum of squared deviations (Welford); once filled, the spread (a
     /// standard deviation's equivalent).
-    spread: f64,
+    spread: f32,
+    /// Centre (`f64`: a steady channel's small steps would vanish in an `f32`'s rounding).
+    mean: f64,
 }
 
 impl Baseline {
@@ -142,30 +139,32 @@ impl Baseline {
     /// uncertainty of `x` beyond the baseline's own (a profile's, between its hours), added to
     /// the spread in quadrature; the spread is never below `floor`.
     fn z(&self, x: f64, slack: f64, floor: f64, min_windows: u32) -> Option<f64> {
-        (self.n >= min_windows && self.spread > 1e-9 * self.mean.abs().max(1.0))
-            .then(|| (x - self.mean) / self.spread.hypot(slack).max(floor))
+        let spread = f64::from(self.spread);
+        (self.n >= min_windows && spread > 1e-9 * self.mean.abs().max(1.0))
+            .then(|| (x - self.mean) / spread.hypot(slack).max(floor))
     }
 
     /// Takes window mean `x` in; `alpha` is the smallest weight of a window (window / span).
     fn learn(&mut self, x: f64, alpha: f64, min_windows: u32) {
-        self.gated_ms = 0;
+        let mut spread = f64::from(self.spread);
         if self.n < min_windows {
             self.n += 1;
             let d = x - self.mean;
             self.mean += d / self.n as f64;
-            self.spread += d * (x - self.mean);
+            spread += d * (x - self.mean);
             if self.n == min_windows {
-                self.spread = (self.spread / (self.n - 1).max(1) as f64).sqrt();
+                spread = (spread / (self.n - 1).max(1) as f64).sqrt();
             }
-            return;
+        } else {
+            let a = (1.0 / (self.n as f64 + 1.0)).max(alpha);
+            let d = x - self.mean;
+            let clipped = if spread > 0.0 { d.clamp(-3.0 * spread, 3.0 * spread) } else { d };
+            self.mean += a * clipped;
+            // E|X − μ| = σ·√(2/π) for a normal X: 1.2533 turns a mean absolute deviation into a σ.
+            spread += a * (1.2533 * clipped.abs() - spread);
+            self.n = self.n.saturating_add(1);
         }
-        let a = (1.0 / (self.n as f64 + 1.0)).max(alpha);
-        let d = x - self.mean;
-        let clipped = if self.spread > 0.0 { d.clamp(-3.0 * self.spread, 3.0 * self.spread) } else { d };
-        self.mean += a * clipped;
-        // E|X − μ| = σ·√(2/π) for a normal X: 1.2533 turns a mean absolute deviation into a σ.
-        self.spread += a * (1.2533 * clipped.abs() - self.spread);
-        self.n = self.n.saturating_add(1);
+        self.spread = spread as f32;
     }
 }
 
@@ -209,8 +208,9 @@ struct DayCycle {
     n: u32,
     /// E[(x − mean)·b] for b = cos θ, sin θ, cos 2θ, sin 2θ, θ the reading's phase in its day.
     harmonics: [f32; 4],
+    var: f32,
+    /// `f64`: a week's average moves by steps an `f32` would round away.
     mean: f64,
-    var: f64,
 }
 
 impl DayCycle {
@@ -230,7 +230,7 @@ impl DayCycle {
         let a = (1.0 / f64::from(self.n)).max(interval_ms / (7 * DAY) as f64).min(1.0);
         let d = v - self.mean;
         self.mean += a * d;
-        self.var = (1.0 - a) * (self.var + a * d * d);
+        self.var = ((1.0 - a) * (f64::from(self.var) + a * d * d)) as f32;
         for (h, b) in self.harmonics.iter_mut().zip(basis) {
             *h += (a * (d * b - f64::from(*h))) as f32;
         }
@@ -242,7 +242,7 @@ impl DayCycle {
         if self.var <= 0.0 {
             return 0.0;
         }
-        2.0 * self.harmonics.iter().map(|h| f64::from(*h).powi(2)).sum::<f64>() / self.var
+        2.0 * self.harmonics.iter().map(|h| f64::from(*h).powi(2)).sum::<f64>() / f64::from(self.var)
     }
 }
 
@@ -308,7 +308,8 @@ impl Profile {
             return ProfileTurn::Same;
         }
         let mean = self.levels.iter().map(|l| f64::from(*l)).sum::<f64>() / 24.0;
-        let explained = self.levels.iter().map(|l| (f64::from(*l) - mean).powi(2)).sum::<f64>() / 24.0 / cycle.var;
+        let explained =
+            self.levels.iter().map(|l| (f64::from(*l) - mean).powi(2)).sum::<f64>() / 24.0 / f64::from(cycle.var);
         let switch = if self.active { explained < 0.15 } else { explained >= 0.3 };
         if switch {
             self.active = !self.active;
@@ -344,32 +345,75 @@ impl Range {
     }
 }
 
-/// The day scale of one channel: the open day's sum, and the means of the days before it.
+/// The day scale of one channel: the open day's sum, and what the channel's past days (kept
+/// in the motor's [`DayPast`]) are offsets from.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct DayLevel {
     sum: f64,
     count: u32,
     /// What the past days are kept as offsets from: their median when the last day closed.
     reference: f32,
-    /// The last whole days' means, oldest first, as half-precision offsets from `reference`
-    /// (2 bytes a day): the offsets are about the days' spread, which their 11 bits of
-    /// mantissa keep to 3–4 digits.
-    past: Vec<u16>,
+}
+
+/// The day scale's past of every channel of a motor, in one block: each channel's last whole
+/// days' means, oldest first, as half-precision offsets from its [`DayLevel::reference`] (2
+/// bytes a day: the offsets are about the days' spread, which their 11 bits of mantissa keep
+/// to 3–4 digits). Channel `k`'s days are `means[k * keep..][..kept[k]]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct DayPast {
+    means: Box<[u16]>,
+    /// Days kept per channel at most (the block's row length).
+    keep: u16,
+}
+
+impl DayPast {
+    /// Laid out for `channels` channels of `keep` days, each channel keeping its newest days
+    /// (`kept` says how many each has, and is updated).
+    fn fit(&mut self, channels: usize, keep: usize, kept: &mut [u8]) {
+        let keep = keep.min(usize::from(u8::MAX));
+        if self.means.len() == channels * keep && usize::from(self.keep) == keep {
+            return;
+        }
+        let mut means = vec![0u16; channels * keep].into_boxed_slice();
+        let old = usize::from(self.keep);
+        for (k, n) in kept.iter_mut().enumerate() {
+            let have = usize::from(*n);
+            let take = have.min(keep);
+            if old > 0 && (k + 1) * old <= self.means.len() {
+                means[k * keep..][..take].copy_from_slice(&self.means[k * old + have - take..][..take]);
+            }
+            *n = take as u8;
+        }
+        (self.means, self.keep) = (means, keep as u16);
+    }
+
+    /// Channel `k`'s days, `kept` of them.
+    fn days(&self, k: usize, kept: u8) -> &[u16] {
+        &self.means[k * usize::from(self.keep)..][..usize::from(kept)]
+    }
+
+    /// Channel `k`'s row, to change.
+    fn row(&mut self, k: usize) -> &mut [u16] {
+        let keep = usize::from(self.keep);
+        &mut self.means[k * keep..][..keep]
+    }
 }
 
 impl DayLevel {
-    /// The past days' means, oldest first.
-    fn past_means(&self) -> impl Iterator<Item = f64> + '_ {
-        self.past.iter().map(|offset| f64::from(self.reference) + half::f16::from_bits(*offset).to_f64())
+    /// `past`'s days as means, oldest first.
+    fn past_means<'a>(&self, past: &'a [u16]) -> impl Iterator<Item = f64> + 'a {
+        let reference = f64::from(self.reference);
+        past.iter().map(move |offset| reference + half::f16::from_bits(*offset).to_f64())
     }
 
-    /// The robust z of the open day's mean against the past days, once there are `min` of them.
-    fn z(&self, min: usize) -> Option<f64> {
-        if self.count == 0 || self.past.len() < min.max(2) {
+    /// The robust z of the open day's mean against the `past` days, once there are `min` of
+    /// them.
+    fn z(&self, past: &[u16], min: usize) -> Option<f64> {
+        if self.count == 0 || past.len() < min.max(2) {
             return None;
         }
         let x = self.sum / f64::from(self.count);
-        let mut sorted: Vec<f64> = self.past_means().collect();
+        let mut sorted: Vec<f64> = self.past_means(past).collect();
         let centre = median(&mut sorted);
         let mut deviations: Vec<f64> = sorted.iter().map(|v| (v - centre).abs()).collect();
         // 1.4826 turns a normal's median absolute deviation into its σ; a floor of 10⁻⁴ of the
@@ -378,32 +422,33 @@ impl DayLevel {
         Some((x - centre) / scale)
     }
 
-    /// Closes the open day: its mean joins the past when it was a whole day's worth, and the
-    /// past is kept again as offsets from its new median.
-    fn close(&mut self, whole: bool, keep: usize) {
-        if whole && self.count > 0 {
+    /// Closes the open day: its mean joins the channel's `row` of past days (`kept` of them)
+    /// when it was a whole day's worth, and the past is kept again as offsets from its new
+    /// median.
+    fn close(&mut self, whole: bool, row: &mut [u16], kept: &mut u8) {
+        if whole && self.count > 0 && !row.is_empty() {
             let mean = self.sum / f64::from(self.count);
-            if self.past.is_empty() {
+            if *kept == 0 {
                 self.reference = mean as f32;
             }
-            while self.past.len() >= keep.max(1) {
-                self.past.remove(0);
+            if usize::from(*kept) == row.len() {
+                row.copy_within(1.., 0);
+                *kept -= 1;
             }
-            if self.past.capacity() < keep {
-                self.past.reserve_exact(keep - self.past.len());
-            }
-            self.past.push(half_offset(self.reference, mean));
+            row[usize::from(*kept)] = half_offset(self.reference, mean);
+            *kept += 1;
+            let past = &mut row[..usize::from(*kept)];
             // Kept again from the median when it moved far from the reference (each time
             // costs a rounding of every day, so not every day).
-            let mut means: Vec<f64> = self.past_means().collect();
+            let mut means: Vec<f64> = self.past_means(past).collect();
             let centre = median(&mut means);
             let mut deviations: Vec<f64> = means.iter().map(|m| (m - centre).abs()).collect();
             let scale = 1.4826 * median(&mut deviations);
             if (centre - f64::from(self.reference)).abs() > 8.0 * scale.max(1e-4 * centre.abs()) {
-                let means: Vec<f64> = self.past_means().collect();
+                let means: Vec<f64> = self.past_means(past).collect();
                 self.reference = centre as f32;
-                for (kept, mean) in self.past.iter_mut().zip(means) {
-                    *kept = half_offset(self.reference, mean);
+                for (day, mean) in past.iter_mut().zip(means) {
+                    *day = half_offset(self.reference, mean);
                 }
             }
         }
@@ -501,6 +546,9 @@ fn median(v: &mut [f64]) -> f64 {
 struct ChannelShift {
     name: ChannelName,
     base: Baseline,
+    /// Event time kept out of the baseline in a row, ms (saturating: a `relearn` beyond 49
+    /// days never comes).
+    gated_ms: u32,
     profile: Option<Box<Profile>>,
     /// Whether the channel follows the day (learnt while the motor reports often enough).
     cycle: DayCycle,
@@ -512,53 +560,58 @@ struct ChannelShift {
     /// The open window's sum of squares, and the usual standard error of a window's mean from
     /// its readings' own spread (learnt like the baseline): a floor under the baseline's
     /// spread, which a short baseline of a few windows can underestimate.
-    #[serde(default)]
     squares: f64,
-    #[serde(default)]
     noise: Noise,
     /// The channel's |z| in the last window (the profile learns only while it is normal).
     last_z: f32,
     /// The open window's smallest and largest judged reading, and the baseline of ranges
     /// (only when transients are judged).
-    #[serde(default)]
     range: Option<Box<Range>>,
-    /// The day scale.
-    #[serde(default)]
+    /// The day scale: the open day, and how many past days the motor's [`DayPast`] keeps of
+    /// the channel.
     day: DayLevel,
+    days_kept: u8,
 }
 
 /// Hotelling's T² state: the correlation of the channels' z vectors.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Correlation {
-    /// The channels (indices into the motor's channels) it is over.
-    dims: Vec<u16>,
-    /// Row-major, dims × dims.
-    r: Vec<f32>,
+    /// The channels it is over: bit `i` for the motor's channel `i` (its first 64 channels).
+    dims: u64,
+    /// The upper triangle, column by column ([`tri`]).
+    r: Box<[f32]>,
     /// Windows learnt.
     n: u32,
+}
+
+/// Where `(i, j)` of a symmetric matrix is in its upper triangle, column by column.
+fn tri(i: usize, j: usize) -> usize {
+    let (i, j) = if i <= j { (i, j) } else { (j, i) };
+    j * (j + 1) / 2 + i
 }
 
 /// A motor's state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MotorShift {
-    /// Shared by every motor of the site ([`crate::ids`]).
-    site: Arc<str>,
     /// Mean event-time gap, ms (0 until two readings).
     interval_ms: f64,
-    last_ms: Option<i64>,
-    /// The open window: start and length, ms.
-    window: Option<(i64, i64)>,
+    /// The newest reading's event time (`i64::MIN`: none yet).
+    last_ms: i64,
+    /// The open window: start and length, ms (length 0: none open).
+    window_start: i64,
+    window_len: u32,
     channels: Vec<ChannelShift>,
     correlation: Correlation,
-    /// The open day (days since the epoch, UTC), and its readings so far.
-    #[serde(default)]
-    day: Option<(i64, u32)>,
+    /// The open day (days since the epoch, UTC), and its readings so far (0: none open).
+    day: i32,
+    day_readings: u32,
     /// A whole day's readings: the most of recent days (decaying by a `days`th a day).
-    #[serde(default)]
-    usual_day: f64,
+    usual_day: f32,
     /// A transient's score, held for this many more windows.
-    #[serde(default)]
-    transient: (f64, u32),
+    transient_score: f32,
+    transient_hold: u32,
+    /// The day scale's past days.
+    past: DayPast,
 }
 
 /// A scored window, for the alert tracker and the health board.
@@ -608,7 +661,7 @@ pub struct ShiftSnapshot {
 pub struct ShiftMonitor {
     config: ShiftConfig,
     /// By the motor's shared id ([`crate::ids`]).
-    motors: HashMap<Arc<str>, MotorShift>,
+    motors: crate::ids::MotorTable<MotorShift>,
     tracker: AlertTracker,
     day_tracker: AlertTracker,
 }
@@ -619,7 +672,12 @@ impl ShiftMonitor {
         let tracker = AlertTracker::new(SHIFT, config.alerts);
         // A day is a long window: one opens, one closes.
         let day_alerts = AlertOptions { open_windows: 1, close_windows: 1, ..config.alerts };
-        Self { config, motors: HashMap::new(), tracker, day_tracker: AlertTracker::new(SHIFT_DAY, day_alerts) }
+        Self {
+            config,
+            motors: crate::ids::MotorTable::new(),
+            tracker,
+            day_tracker: AlertTracker::new(SHIFT_DAY, day_alerts),
+        }
     }
 
     /// Alerts open at `open_above`.
@@ -662,18 +720,21 @@ impl ShiftMonitor {
                     }
                 }
             }
-            let m = crate::ids::entry(&mut self.motors, motor, || MotorShift {
-                site: crate::ids::shared(sites.value(row)),
+            let m = self.motors.entry(motor, || MotorShift {
                 interval_ms: 0.0,
-                last_ms: None,
-                window: None,
+                last_ms: i64::MIN,
+                window_start: 0,
+                window_len: 0,
                 channels: Vec::new(),
                 correlation: Correlation::default(),
-                day: None,
+                day: 0,
+                day_readings: 0,
                 usual_day: 0.0,
-                transient: (0.0, 0),
+                transient_score: 0.0,
+                transient_hold: 0,
+                past: DayPast::default(),
             });
-            take(&self.config, m, motor, t, &values, &mut windows);
+            take(&self.config, m, (motor, sites.value(row)), t, &values, &mut windows);
         }
         let mut events = Vec::new();
         for w in &windows {
@@ -699,10 +760,7 @@ impl ShiftMonitor {
 
     /// Takes over [`Self::snapshot`]'s motors.
     pub fn adopt(&mut self, snapshot: ShiftSnapshot) -> Result<(), crate::StreamError> {
-        self.motors.extend(snapshot.motors.into_iter().map(|(motor, mut m)| {
-            m.site = crate::ids::shared(&m.site);
-            (crate::ids::shared(&motor), m)
-        }));
+        self.motors.extend(snapshot.motors.into_iter().map(|(motor, m)| (crate::ids::shared(&motor), m)));
         if let Some(day) = snapshot.day_tracker {
             self.day_tracker.restore(day, true)?;
         }
@@ -727,44 +785,43 @@ impl ShiftMonitor {
     }
 }
 
-/// Takes one reading of motor `m` in; the windows it closed (the motor's window, its day),
-/// scored, into `closed`.
+/// Takes one reading of motor `m` (id and site) in; the windows it closed (the motor's
+/// window, its day), scored, into `closed`.
 fn take(
     config: &ShiftConfig,
     m: &mut MotorShift,
-    motor: &str,
+    motor: (&str, &str),
     t: i64,
     values: &[(ChannelName, f64)],
     closed: &mut Vec<ShiftWindow>,
 ) {
-    if let Some(last) = m.last_ms {
-        if t < last {
+    if m.last_ms != i64::MIN {
+        if t < m.last_ms {
             return; // out of order: the judge moves forward only
         }
-        let gap = (t - last) as f64;
+        let gap = (t - m.last_ms) as f64;
         if gap > 0.0 {
             m.interval_ms = if m.interval_ms == 0.0 { gap } else { m.interval_ms + 0.1 * (gap - m.interval_ms) };
         }
     }
-    m.last_ms = Some(t);
-    let today = t.div_euclid(DAY);
+    m.last_ms = t;
+    let today = t.div_euclid(DAY) as i32;
     if config.days > 0 {
-        match m.day {
-            Some((day, _)) if today > day => {
-                closed.push(close_day(config, m, motor, day));
-                m.day = Some((today, 1));
-            }
-            Some((_, ref mut n)) => *n += 1,
-            None => m.day = Some((today, 1)),
+        if m.day_readings > 0 && today > m.day {
+            closed.push(close_day(config, m, motor, m.day));
+            (m.day, m.day_readings) = (today, 1);
+        } else if m.day_readings > 0 {
+            m.day_readings += 1;
+        } else {
+            (m.day, m.day_readings) = (today, 1);
         }
     }
-    match m.window {
-        Some((start, len)) if t >= start + len => {
-            closed.push(close(config, m, motor, start, len));
-            m.window = Some((t, window_len(config, m.interval_ms)));
-        }
-        Some(_) => {}
-        None => m.window = Some((t, window_len(config, m.interval_ms))),
+    let start = m.window_start;
+    if m.window_len == 0 {
+        (m.window_start, m.window_len) = (t, window_len(config, m.interval_ms));
+    } else if t >= start + i64::from(m.window_len) {
+        closed.push(close(config, m, motor, start, i64::from(m.window_len)));
+        (m.window_start, m.window_len) = (t, window_len(config, m.interval_ms));
     }
     let daily = config.seasonal && m.interval_ms > 0.0 && m.interval_ms <= 30.0 * 60_000.0;
     let basis = if daily { DayCycle::basis(t) } else { [0.0; 4] };
@@ -784,6 +841,7 @@ fn take(
                 m.channels.push(ChannelShift {
                     name: *name,
                     base: Baseline::default(),
+                    gated_ms: 0,
                     profile: None,
                     cycle: DayCycle::default(),
                     sum: 0.0,
@@ -794,6 +852,7 @@ fn take(
                     last_z: 0.0,
                     range: None,
                     day: DayLevel::default(),
+                    days_kept: 0,
                 });
                 m.correlation = Correlation::default();
                 m.channels.len() - 1
@@ -851,33 +910,36 @@ fn take(
 
 /// Closes the motor's day `day` (days since the epoch): scores it against the days before and
 /// keeps its means.
-fn close_day(config: &ShiftConfig, m: &mut MotorShift, motor: &str, day: i64) -> ShiftWindow {
-    let keep = config.days as usize;
+fn close_day(config: &ShiftConfig, m: &mut MotorShift, (motor, site): (&str, &str), day: i32) -> ShiftWindow {
+    let keep = (config.days as usize).min(usize::from(u8::MAX));
     // Half of a day's usual readings make it a whole day: the most of recent days, or before
     // any day closed, a day's worth at the motor's interval (a first day, begun part-way, is
     // then no whole day).
-    let readings = f64::from(m.day.map_or(0, |d| d.1));
+    let readings = f64::from(m.day_readings);
     let usual = if m.usual_day > 0.0 {
-        m.usual_day
+        f64::from(m.usual_day)
     } else if m.interval_ms > 0.0 {
         DAY as f64 / m.interval_ms
     } else {
         f64::INFINITY
     };
-    m.usual_day = (m.usual_day * (1.0 - 1.0 / f64::from(config.days.max(1)))).max(readings);
+    m.usual_day = (f64::from(m.usual_day) * (1.0 - 1.0 / f64::from(config.days.max(1)))).max(readings) as f32;
+    let mut kept: Vec<u8> = m.channels.iter().map(|c| c.days_kept).collect();
+    m.past.fit(m.channels.len(), keep, &mut kept);
     let mut score: Option<f64> = None;
     let mut features = Vec::new();
     let mut judged_days = 0;
-    for c in &mut m.channels {
+    for (k, (c, kept)) in m.channels.iter_mut().zip(kept).enumerate() {
+        c.days_kept = kept;
         let whole = f64::from(c.day.count) >= 0.5 * usual;
-        if whole && let Some(z) = c.day.z(keep / 2) {
+        if whole && let Some(z) = c.day.z(m.past.days(k, c.days_kept), keep / 2) {
             score = Some(score.map_or(z.abs(), |s| s.max(z.abs())));
             if z.abs() >= 2.0 {
                 features.push((format!("z.{}", c.name.name()), z));
             }
-            judged_days = judged_days.max(c.day.past.len());
+            judged_days = judged_days.max(usize::from(c.days_kept));
         }
-        c.day.close(whole, keep);
+        c.day.close(whole, m.past.row(k), &mut c.days_kept);
     }
     features.push(("days".to_string(), judged_days as f64));
     features.push(("interval_s".to_string(), m.interval_ms / 1000.0));
@@ -885,21 +947,25 @@ fn close_day(config: &ShiftConfig, m: &mut MotorShift, motor: &str, day: i64) ->
     ShiftWindow {
         kind: SHIFT_DAY,
         motor_id: motor.to_string(),
-        site_id: m.site.to_string(),
-        window_start_ms: day * DAY,
-        window_end_ms: (day + 1) * DAY,
+        site_id: site.to_string(),
+        window_start_ms: i64::from(day) * DAY,
+        window_end_ms: (i64::from(day) + 1) * DAY,
         score,
         features,
     }
 }
 
 /// A window's length for a motor reporting every `interval_ms`.
-fn window_len(config: &ShiftConfig, interval_ms: f64) -> i64 {
-    (interval_ms * f64::from(config.readings_per_window)).ceil().max(config.min_window_ms as f64) as i64
+fn window_len(config: &ShiftConfig, interval_ms: f64) -> u32 {
+    // At most 49 days (a motor reporting every five days or less).
+    (interval_ms * f64::from(config.readings_per_window))
+        .ceil()
+        .max(config.min_window_ms as f64)
+        .min(f64::from(u32::MAX)) as u32
 }
 
 /// Closes the motor's window `[start, start + len)`: scores it and learns from it.
-fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len: i64) -> ShiftWindow {
+fn close(config: &ShiftConfig, m: &mut MotorShift, (motor, site): (&str, &str), start: i64, len: i64) -> ShiftWindow {
     let min = config.min_baseline_windows;
     let means: Vec<Option<f64>> =
         m.channels.iter().map(|c| (c.count > 0).then(|| c.sum / f64::from(c.count))).collect();
@@ -911,7 +977,7 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
         .collect();
     let max_z = zs.iter().flatten().map(|z| z.abs()).fold(None, |a: Option<f64>, z| Some(a.map_or(z, |a| a.max(z))));
     let dims = dims(&zs);
-    let t2 = if config.t2 { hotelling(m, &zs, &dims, min) } else { None };
+    let t2 = if config.t2 { hotelling(m, &zs, dims, min) } else { None };
     // Transients: one-sided z of each channel's range (two readings at least).
     let peaks: Vec<Option<f64>> = m
         .channels
@@ -925,11 +991,11 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
     if let Some(above) = config.transient_above
         && peak >= above
     {
-        m.transient = (peak, config.alerts.open_windows);
+        (m.transient_score, m.transient_hold) = (peak as f32, config.alerts.open_windows);
     }
-    let held = if m.transient.1 > 0 {
-        m.transient.1 -= 1;
-        Some(m.transient.0)
+    let held = if m.transient_hold > 0 {
+        m.transient_hold -= 1;
+        Some(f64::from(m.transient_score))
     } else {
         None
     };
@@ -948,6 +1014,7 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
             }
         }
         if z.is_none() || (f64::from(c.last_z) < config.gate && !anomalous) {
+            c.gated_ms = 0;
             c.base.learn(*x, alpha, min);
             if c.count >= 2 {
                 let n = f64::from(c.count);
@@ -955,8 +1022,8 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
                 c.noise.learn((variance / n).sqrt(), alpha);
             }
         } else {
-            c.base.gated_ms = c.base.gated_ms.saturating_add(u32::try_from(len).unwrap_or(u32::MAX));
-            if i64::from(c.base.gated_ms) >= config.relearn_ms {
+            c.gated_ms = c.gated_ms.saturating_add(u32::try_from(len).unwrap_or(u32::MAX));
+            if i64::from(c.gated_ms) >= config.relearn_ms {
                 c.base = Baseline::default();
             }
         }
@@ -990,7 +1057,7 @@ fn close(config: &ShiftConfig, m: &mut MotorShift, motor: &str, start: i64, len:
     ShiftWindow {
         kind: SHIFT,
         motor_id: motor.to_string(),
-        site_id: m.site.to_string(),
+        site_id: site.to_string(),
         window_start_ms: start,
         window_end_ms: start + len,
         score,
@@ -1020,23 +1087,28 @@ impl Noise {
     }
 }
 
-/// The channels with a z this window, as correlation dimensions.
-fn dims(zs: &[Option<f64>]) -> Vec<u16> {
-    zs.iter().enumerate().filter(|(_, z)| z.is_some()).map(|(i, _)| i as u16).collect()
+/// The channels with a z this window (of the first 64), as correlation dimensions.
+fn dims(zs: &[Option<f64>]) -> u64 {
+    zs.iter().take(64).enumerate().filter(|(_, z)| z.is_some()).fold(0, |dims, (i, _)| dims | 1 << i)
+}
+
+/// The channels of `dims`, in order.
+fn dim_list(dims: u64) -> impl Iterator<Item = usize> {
+    (0..64).filter(move |i| dims & (1 << i) != 0)
 }
 
 /// Hotelling's T² of the window's z vector against the learnt correlation (shrunk 10 % towards
 /// the identity), as a normal-equivalent z by Wilson–Hilferty; `None` with fewer than two
 /// channels or before the correlation has `min` windows (and 3 per dimension).
-fn hotelling(m: &MotorShift, zs: &[Option<f64>], dims: &[u16], min: u32) -> Option<f64> {
-    let k = dims.len();
+fn hotelling(m: &MotorShift, zs: &[Option<f64>], dims: u64, min: u32) -> Option<f64> {
+    let k = dims.count_ones() as usize;
     let c = &m.correlation;
     if k < 2 || c.dims != dims || c.n < min.max(3 * k as u32) {
         return None;
     }
-    let u: Vec<f64> = dims.iter().map(|&i| zs[i as usize].expect("a dimension has a z")).collect();
+    let u: Vec<f64> = dim_list(dims).map(|i| zs[i].expect("a dimension has a z")).collect();
     let a: Vec<Vec<f64>> = (0..k)
-        .map(|i| (0..k).map(|j| 0.9 * f64::from(c.r[i * k + j]) + if i == j { 0.1 } else { 0.0 }).collect())
+        .map(|i| (0..k).map(|j| 0.9 * f64::from(c.r[tri(i, j)]) + if i == j { 0.1 } else { 0.0 }).collect())
         .collect();
     let y = crate::anomaly::solve(a, u.clone())?;
     let q: f64 = u.iter().zip(&y).map(|(a, b)| a * b).sum::<f64>().max(0.0);
@@ -1046,8 +1118,8 @@ fn hotelling(m: &MotorShift, zs: &[Option<f64>], dims: &[u16], min: u32) -> Opti
 }
 
 /// Learns the window's z vector into the correlation, when every channel is within the gate.
-fn learn_correlation(m: &mut MotorShift, zs: &[Option<f64>], dims: Vec<u16>, gate: f64, alpha: f64) {
-    let k = dims.len();
+fn learn_correlation(m: &mut MotorShift, zs: &[Option<f64>], dims: u64, gate: f64, alpha: f64) {
+    let k = dims.count_ones() as usize;
     if k < 2 {
         return;
     }
@@ -1055,21 +1127,27 @@ fn learn_correlation(m: &mut MotorShift, zs: &[Option<f64>], dims: Vec<u16>, gat
     if c.dims != dims {
         *c = Correlation { r: identity(k), dims, n: 0 };
     }
-    let u: Vec<f64> = c.dims.iter().map(|&i| zs[i as usize].expect("a dimension has a z")).collect();
+    let u: Vec<f64> = dim_list(dims).map(|i| zs[i].expect("a dimension has a z")).collect();
     if u.iter().any(|z| z.abs() >= gate) {
         return;
     }
     c.n = c.n.saturating_add(1);
     let a = (1.0 / f64::from(c.n)).max(alpha);
-    for i in 0..k {
-        for j in 0..k {
-            c.r[i * k + j] += (a * (u[i] * u[j] - f64::from(c.r[i * k + j]))) as f32;
+    for j in 0..k {
+        for i in 0..=j {
+            let r = &mut c.r[tri(i, j)];
+            *r += (a * (u[i] * u[j] - f64::from(*r))) as f32;
         }
     }
 }
 
-fn identity(k: usize) -> Vec<f32> {
-    (0..k * k).map(|i| if i / k == i % k { 1.0 } else { 0.0 }).collect()
+/// The identity's upper triangle ([`tri`]).
+fn identity(k: usize) -> Box<[f32]> {
+    let mut r = vec![0.0; k * (k + 1) / 2];
+    for i in 0..k {
+        r[tri(i, i)] = 1.0;
+    }
+    r.into_boxed_slice()
 }
 
 #[cfg(test)]
@@ -1145,7 +1223,8 @@ mod tests {
                 let rows = [("m", t, 10.0 + 0.1 * noise(i, 5), 30.0 + cycle + excursion + 0.6 * noise(i, 6))];
                 events.extend(judge.observe(&batch(&rows), t).1.into_iter().filter(|e| e.query == SHIFT));
             }
-            let active = judge.motors["m"].channels.iter().any(|c| c.profile.as_ref().is_some_and(|p| p.active));
+            let active =
+                judge.motors.get("m").unwrap().channels.iter().any(|c| c.profile.as_ref().is_some_and(|p| p.active));
             (active, events)
         };
         let (active, events) = run(true);
@@ -1166,7 +1245,13 @@ mod tests {
         let step = 600_000;
         let mut judge = ShiftMonitor::new(ShiftConfig::default());
         let profiles = |j: &ShiftMonitor| -> Vec<(&'static str, Option<bool>)> {
-            j.motors["m"].channels.iter().map(|c| (c.name.name(), c.profile.as_ref().map(|p| p.active))).collect()
+            j.motors
+                .get("m")
+                .unwrap()
+                .channels
+                .iter()
+                .map(|c| (c.name.name(), c.profile.as_ref().map(|p| p.active)))
+                .collect()
         };
         let mut after_trial = Vec::new();
         for i in 0..(20 * DAY / step) {
@@ -1199,20 +1284,46 @@ mod tests {
     fn day_means_kept_in_half_precision_stay_within_a_thousandth_of_their_spread() {
         // Day means near 1480 (rpm) spread by about 2, and one far day, through 60 day closes.
         let mut day = DayLevel::default();
+        let (mut row, mut days) = ([0u16; 28], 0u8);
         let mut kept = std::collections::VecDeque::new();
         for d in 0..60 {
             let mean = 1480.0 + 2.0 * noise(d, 19) + if d == 45 { 300.0 } else { 0.0 };
             (day.sum, day.count) = (mean * 48.0, 48);
-            day.close(true, 28);
+            day.close(true, &mut row, &mut days);
             kept.push_back(mean);
             if kept.len() > 28 {
                 kept.pop_front();
             }
-            for (exact, read) in kept.iter().zip(day.past_means()) {
+            for (exact, read) in kept.iter().zip(day.past_means(&row[..usize::from(days)])) {
                 let tolerance = if (exact - 1480.0_f64).abs() > 100.0 { 0.3 } else { 0.002 };
                 assert!((exact - read).abs() <= tolerance, "day {d}: {exact} kept as {read}");
             }
         }
+    }
+
+    #[test]
+    fn the_day_block_keeps_each_channels_newest_days_when_channels_or_days_change() {
+        let mut past = DayPast::default();
+        let (mut levels, mut kept) = (vec![DayLevel::default(), DayLevel::default()], vec![0u8; 2]);
+        past.fit(2, 4, &mut kept);
+        for day in 0..6u16 {
+            for (k, (level, n)) in levels.iter_mut().zip(&mut kept).enumerate() {
+                (level.sum, level.count) = (f64::from(100 * k as u16 + day), 1);
+                level.close(true, past.row(k), n);
+            }
+        }
+        let means = |past: &DayPast, kept: &[u8], levels: &[DayLevel], k: usize| -> Vec<f64> {
+            levels[k].past_means(past.days(k, kept[k])).collect()
+        };
+        assert_eq!(means(&past, &kept, &levels, 1), [102.0, 103.0, 104.0, 105.0], "the newest four, oldest first");
+        // A third channel, and fewer days: each channel keeps its newest three.
+        levels.push(DayLevel::default());
+        kept.push(0);
+        past.fit(3, 3, &mut kept);
+        assert_eq!(past.means.len(), 9);
+        assert_eq!(means(&past, &kept, &levels, 0), [3.0, 4.0, 5.0]);
+        assert_eq!(means(&past, &kept, &levels, 1), [103.0, 104.0, 105.0]);
+        assert!(means(&past, &kept, &levels, 2).is_empty());
     }
 
     #[test]
@@ -1267,8 +1378,9 @@ mod tests {
         assert!(open[0].features["z.temperature_c"] >= 6.0, "{:?}", open[0].features);
         let closed = days.iter().find(|e| e.state == AlertState::Close).expect("closed after the spell");
         assert_eq!(closed.window_start_ms, 43 * DAY);
-        let m = &judge.motors["m"];
-        assert_eq!(m.channels[1].day.past.len(), 28, "a bounded history");
+        let m = &judge.motors.get("m").unwrap();
+        assert_eq!(m.channels[1].days_kept, 28, "a bounded history");
+        assert_eq!(m.past.means.len(), 28 * m.channels.len(), "in one block");
     }
 
     #[test]

@@ -29,8 +29,7 @@
 //! table shows. The state (about 1.4 KB per motor in `motor_memory`, most of it the trend samples) goes with the motor's partition in
 //! its checkpoint.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 
 use datafusion::arrow::array::{Array, RecordBatch};
 use serde::{Deserialize, Serialize};
@@ -104,13 +103,15 @@ pub const RISE: &str = "wear.temperature_rise";
 /// The channels wear is judged on.
 const CHANNELS: [Channel; 3] = [Channel::VibrationXRms, Channel::VibrationYRms, Channel::VibrationZRms];
 
-/// One channel of one motor.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// One channel of one motor (72 bytes, and its trend's samples).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChannelWear {
-    first_ms: Option<i64>,
+    /// The first reading's event time (`i64::MIN`: none yet).
+    first_ms: i64,
     baseline_sum: f64,
-    baseline_n: u64,
-    level: Option<f64>,
+    baseline_n: u32,
+    /// The level (NaN: no reading yet).
+    level: f64,
     last_ms: i64,
     /// The trend's samples.
     samples: Trend,
@@ -118,69 +119,108 @@ pub struct ChannelWear {
     open: Option<Box<(String, i64, Severity)>>,
 }
 
-/// A channel's trend samples, oldest first: each its event time in whole minutes since
-/// `base_min` and its level in half precision (4 bytes a sample, allocated once at the trend's
-/// length; a motor holds four trends). Half precision keeps a level to 0.05 %, under the
-/// noise of an hour's average. Checkpointed as (ms, level) pairs, as before, so checkpoints of
-/// either form read back.
-#[derive(Debug, Clone, Default)]
+impl Default for ChannelWear {
+    fn default() -> Self {
+        Self {
+            first_ms: i64::MIN,
+            baseline_sum: 0.0,
+            baseline_n: 0,
+            level: f64::NAN,
+            last_ms: 0,
+            samples: Trend::default(),
+            open: None,
+        }
+    }
+}
+
+/// A channel's trend samples: each its event time in whole minutes since `base_min` and its
+/// level in half precision (4 bytes a sample), in a ring allocated once at the trend's length
+/// (a motor holds four trends). Half precision keeps a level to 0.05 %, under the noise of an
+/// hour's average.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Trend {
     /// Minutes since the epoch the samples' times count from.
     base_min: u32,
-    samples: VecDeque<(u16, u16)>,
+    /// Where the oldest sample is in `ring`, and how many there are.
+    head: u16,
+    len: u16,
+    ring: Box<[(u16, u16)]>,
 }
 
 impl Trend {
+    /// The `i`th sample, oldest first.
+    fn get(&self, i: usize) -> (u16, u16) {
+        self.ring[(usize::from(self.head) + i) % self.ring.len()]
+    }
+
+    fn pop_front(&mut self) {
+        self.head = ((usize::from(self.head) + 1) % self.ring.len()) as u16;
+        self.len -= 1;
+    }
+
+    /// The ring at `keep` samples, with the newest of those it holds.
+    fn fit(&mut self, keep: usize) {
+        let have = usize::from(self.len);
+        let kept: Vec<(u16, u16)> = (have.saturating_sub(keep)..have).map(|i| self.get(i)).collect();
+        let mut ring = vec![(0, 0); keep].into_boxed_slice();
+        ring[..kept.len()].copy_from_slice(&kept);
+        (self.ring, self.head, self.len) = (ring, 0, kept.len() as u16);
+    }
+
     /// The last sample's time, ms.
     fn last_ms(&self) -> Option<i64> {
-        self.samples.back().map(|(m, _)| (i64::from(self.base_min) + i64::from(*m)) * 60_000)
+        (self.len > 0).then(|| (i64::from(self.base_min) + i64::from(self.get(self.len() - 1).0)) * 60_000)
     }
 
     /// Adds a sample at `t_ms`, dropping the oldest beyond `keep` (and any older than 45
     /// days before it, which the minutes no longer reach).
     fn push(&mut self, t_ms: i64, level: f64, keep: usize) {
-        let keep = keep.max(1);
-        while self.samples.len() >= keep {
-            self.samples.pop_front();
+        let keep = keep.clamp(1, usize::from(u16::MAX));
+        if self.ring.len() != keep {
+            self.fit(keep);
         }
-        if self.samples.capacity() < keep {
-            self.samples.reserve_exact(keep - self.samples.len());
+        if self.len() == keep {
+            self.pop_front();
         }
         let minute = u32::try_from(t_ms.div_euclid(60_000).max(0)).unwrap_or(u32::MAX);
-        if self.samples.is_empty() {
+        if self.len == 0 {
             self.base_min = minute;
         }
         let since = |base: u32| u16::try_from(minute.saturating_sub(base)).ok();
         if since(self.base_min).is_none() {
-            while let Some(&(oldest, _)) = self.samples.front()
-                && since(self.base_min + u32::from(oldest)).is_none()
-            {
-                self.samples.pop_front();
+            while self.len > 0 && since(self.base_min + u32::from(self.get(0).0)).is_none() {
+                self.pop_front();
             }
-            let rebase = self.samples.front().map_or(minute, |(oldest, _)| self.base_min + u32::from(*oldest));
+            let rebase = if self.len > 0 { self.base_min + u32::from(self.get(0).0) } else { minute };
             let shift = (rebase - self.base_min) as u16;
-            self.samples.iter_mut().for_each(|(m, _)| *m -= shift);
+            for i in 0..self.len() {
+                let at = (usize::from(self.head) + i) % self.ring.len();
+                self.ring[at].0 -= shift;
+            }
             self.base_min = rebase;
         }
         let max = f64::from(half::f16::MAX);
         let level = half::f16::from_f64(level.clamp(-max, max)).to_bits();
-        self.samples.push_back((since(self.base_min).unwrap_or(u16::MAX), level));
+        let at = (usize::from(self.head) + self.len()) % self.ring.len();
+        self.ring[at] = (since(self.base_min).unwrap_or(u16::MAX), level);
+        self.len += 1;
     }
 
-    /// The samples as (ms, level).
+    /// The samples as (ms, level), oldest first.
     fn points(&self) -> impl Iterator<Item = (i64, f64)> + '_ {
-        self.samples.iter().map(|(m, level)| {
-            ((i64::from(self.base_min) + i64::from(*m)) * 60_000, half::f16::from_bits(*level).to_f64())
+        (0..self.len()).map(|i| {
+            let (m, level) = self.get(i);
+            ((i64::from(self.base_min) + i64::from(m)) * 60_000, half::f16::from_bits(level).to_f64())
         })
     }
 
     fn len(&self) -> usize {
-        self.samples.len()
+        usize::from(self.len)
     }
 
     /// Least-squares slope of the level, per ms.
     fn slope(&self) -> f64 {
-        let n = self.samples.len() as f64;
+        let n = self.len() as f64;
         let t0 = self.points().next().map_or(0, |p| p.0);
         let (mut st, mut sy, mut stt, mut sty) = (0.0, 0.0, 0.0, 0.0);
         for (t, y) in self.points() {
@@ -195,33 +235,22 @@ impl Trend {
     }
 }
 
-impl Serialize for Trend {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.points())
-    }
-}
-
-impl<'de> Deserialize<'de> for Trend {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let samples = Vec::<(i64, f64)>::deserialize(deserializer)?;
-        let mut trend = Trend::default();
-        let keep = samples.len();
-        for (t_ms, level) in samples {
-            trend.push(t_ms, level, keep);
-        }
-        Ok(trend)
-    }
-}
-
 /// The thermal fit of the early life: temperature against current², by least squares.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct LoadFit {
-    first_ms: Option<i64>,
+    /// The first reading's event time (`i64::MIN`: none yet).
+    first_ms: i64,
     n: f64,
     sx: f64,
     sy: f64,
     sxx: f64,
     sxy: f64,
+}
+
+impl Default for LoadFit {
+    fn default() -> Self {
+        Self { first_ms: i64::MIN, n: 0.0, sx: 0.0, sy: 0.0, sxx: 0.0, sxy: 0.0 }
+    }
 }
 
 impl LoadFit {
@@ -240,8 +269,6 @@ impl LoadFit {
 /// A motor's wear state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MotorWear {
-    /// Shared by every motor of the site.
-    site: Arc<str>,
     channels: [ChannelWear; 3],
     /// Temperature against load over the early life...
     fit: LoadFit,
@@ -274,13 +301,13 @@ pub struct WearMonitor {
     config: WearConfig,
     classes: MotorClasses,
     /// By the motor's shared id ([`crate::ids`]).
-    motors: HashMap<Arc<str>, MotorWear>,
+    motors: crate::ids::MotorTable<MotorWear>,
 }
 
 impl WearMonitor {
     /// A judge with no motors yet; `classes` gives motors a class of their own.
     pub fn new(config: WearConfig, classes: MotorClasses) -> Self {
-        Self { config, classes, motors: HashMap::new() }
+        Self { config, classes, motors: crate::ids::MotorTable::new() }
     }
 
     /// The motors with a class of their own (shared: setting it changes this judge's zones).
@@ -304,10 +331,8 @@ impl WearMonitor {
             let motor = motors.value(row);
             let t = ts.value(row);
             let zones = Scale::Zones(classes.as_ref().and_then(|c| c.get(motor).copied()).unwrap_or(default_zones));
-            let m = crate::ids::entry(&mut self.motors, motor, || MotorWear {
-                site: crate::ids::shared(sites.value(row)),
-                ..Default::default()
-            });
+            let site = sites.value(row);
+            let m = self.motors.entry(motor, MotorWear::default);
             for (c, values) in columns.iter().enumerate() {
                 let Some(v) = values.as_ref().and_then(|v| v.is_valid(row).then(|| v.value(row))) else { continue };
                 if !v.is_finite() {
@@ -315,7 +340,7 @@ impl WearMonitor {
                 }
                 let Some(judged) = take(&self.config, &mut m.channels[c], t, v, zones) else { continue };
                 let kind = format!("wear.{}", CHANNELS[c].name());
-                if let Some(e) = decide(&self.config, &mut m.channels[c], &m.site, motor, kind, judged, t, now_ms) {
+                if let Some(e) = decide(&self.config, &mut m.channels[c], site, motor, kind, judged, t, now_ms) {
                     events.push(e);
                 }
             }
@@ -324,7 +349,10 @@ impl WearMonitor {
             };
             if let (Some(temperature), Some(current)) = (value(&thermal.0), value(&thermal.1)) {
                 let x = current * current;
-                let first = *m.fit.first_ms.get_or_insert(t);
+                if m.fit.first_ms == i64::MIN {
+                    m.fit.first_ms = t;
+                }
+                let first = m.fit.first_ms;
                 // At least a day of early life, so the fit sees the day's loads; the rise is
                 // averaged over at least a day, so an ambient day is no rise.
                 let rise_config = WearConfig {
@@ -341,7 +369,7 @@ impl WearMonitor {
                     let limit = Scale::Limit(self.config.rise_limit_c);
                     if let Some(judged) = take(&rise_config, &mut m.rise, t, excess, limit)
                         && let Some(e) =
-                            decide(&rise_config, &mut m.rise, &m.site, motor, RISE.to_string(), judged, t, now_ms)
+                            decide(&rise_config, &mut m.rise, site, motor, RISE.to_string(), judged, t, now_ms)
                     {
                         events.push(e);
                     }
@@ -361,10 +389,7 @@ impl WearMonitor {
 
     /// Takes over [`Self::snapshot`]'s motors.
     pub fn adopt(&mut self, motors: Vec<(String, MotorWear)>) {
-        self.motors.extend(motors.into_iter().map(|(motor, mut m)| {
-            m.site = crate::ids::shared(&m.site);
-            (crate::ids::shared(&motor), m)
-        }));
+        self.motors.extend(motors.into_iter().map(|(motor, m)| (crate::ids::shared(&motor), m)));
     }
 
     /// Forgets every motor `drop` accepts.
@@ -380,7 +405,10 @@ impl WearMonitor {
 
 /// Takes reading `v` at `t` into the channel; a judgement when a trend sample was taken.
 fn take(config: &WearConfig, c: &mut ChannelWear, t: i64, v: f64, scale: Scale) -> Option<Judged> {
-    let first = *c.first_ms.get_or_insert(t);
+    if c.first_ms == i64::MIN {
+        c.first_ms = t;
+    }
+    let first = c.first_ms;
     if t < c.last_ms {
         return None; // out of order: the level moves forward only
     }
@@ -389,16 +417,13 @@ fn take(config: &WearConfig, c: &mut ChannelWear, t: i64, v: f64, scale: Scale) 
         c.baseline_n += 1;
     }
     let dt = (t - c.last_ms) as f64;
-    c.level = Some(match c.level {
-        None => v,
-        Some(level) => level + (1.0 - (-dt / config.level_ms as f64).exp()) * (v - level),
-    });
+    c.level = if c.level.is_nan() { v } else { c.level + (1.0 - (-dt / config.level_ms as f64).exp()) * (v - c.level) };
     c.last_ms = t;
     let due = c.samples.last_ms().is_none_or(|s| t - s >= config.sample_ms);
     if !due {
         return None;
     }
-    let level = c.level.expect("just set");
+    let level = c.level;
     c.samples.push(t, level, config.trend_samples);
     // Judged once the baseline is complete and the trend spans half its samples.
     if t - first < config.baseline_ms || c.samples.len() < config.trend_samples / 2 || c.baseline_n == 0 {
@@ -619,21 +644,24 @@ mod tests {
     }
 
     #[test]
-    fn trend_samples_of_the_earlier_checkpoint_form_read_back() {
-        let earlier: VecDeque<(i64, f64)> =
-            (0..36).map(|i| (1_700_000_000_000 + i * 2_400_000, 1.0 + 0.01 * i as f64)).collect();
-        let bytes = postcard::to_stdvec(&earlier).unwrap();
-        let trend: Trend = postcard::from_bytes(&bytes).unwrap();
-        assert_eq!(trend.len(), 36);
-        assert_eq!(trend.samples.capacity(), 36, "allocated at its length");
+    fn a_trend_keeps_its_newest_samples_in_a_ring_of_its_length() {
+        let mut trend = Trend::default();
+        let points: Vec<(i64, f64)> =
+            (0..50).map(|i| (1_700_000_000_000 + i * 2_400_000, 1.0 + 0.01 * i as f64)).collect();
+        for (t, level) in &points {
+            trend.push(*t, *level, 36);
+        }
+        assert_eq!((trend.len(), trend.ring.len()), (36, 36), "allocated at its length");
         let per_hour = trend.slope() * HOUR as f64;
-        assert!((per_hour - 0.015).abs() < 1e-4, "the same trend: {per_hour} per hour");
-        let written: VecDeque<(i64, f64)> = postcard::from_bytes(&postcard::to_stdvec(&trend).unwrap()).unwrap();
-        assert_eq!(written.len(), earlier.len(), "written back in the same form");
-        for ((t, level), (t0, level0)) in written.iter().zip(&earlier) {
-            assert!(t <= t0 && t0 - t < 60_000, "{t} against {t0}: kept to the minute");
+        assert!((per_hour - 0.015).abs() < 1e-4, "the trend: {per_hour} per hour");
+        for ((t, level), (t0, level0)) in trend.points().zip(&points[14..]) {
+            assert!(t <= *t0 && t0 - t < 60_000, "{t} against {t0}: kept to the minute, newest last");
             assert!((level - level0).abs() < 1e-3, "{level} against {level0}: half precision keeps a level");
         }
+        // A shorter trend (a changed config) keeps the newest.
+        trend.push(points[49].0 + 2_400_000, 1.5, 10);
+        assert_eq!(trend.len(), 10);
+        assert_eq!(trend.points().next().map(|p| p.0), Some(points[41].0 - points[41].0 % 60_000));
     }
 
     #[test]

@@ -24,7 +24,6 @@
 mod detectors;
 pub(crate) use detectors::solve;
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -291,7 +290,7 @@ struct AnomalyUdf {
     /// Channels of the vector (`hotelling_t2`), else 1.
     dims: usize,
     /// By the motor's shared id ([`crate::ids`]).
-    states: Mutex<HashMap<Arc<str>, MotorState>>,
+    states: Mutex<crate::ids::MotorTable<MotorState>>,
 }
 
 impl PartialEq for AnomalyUdf {
@@ -317,7 +316,7 @@ impl AnomalyUdf {
             instance: 0,
             params: Vec::new(),
             dims: 1,
-            states: Mutex::new(HashMap::new()),
+            states: Mutex::new(crate::ids::MotorTable::new()),
         }
     }
 
@@ -440,15 +439,11 @@ impl AnomalyUdf {
                 continue;
             }
             let t = times.value(row);
-            let state = match states.get_mut(keys.value(row)) {
-                Some(s) => s,
-                None => {
-                    let detector = self.kind.detector(&self.params, self.dims).map_err(DataFusionError::Execution)?;
-                    states
-                        .entry(crate::ids::shared(keys.value(row)))
-                        .or_insert(MotorState { detector, last_t: i64::MIN })
-                }
-            };
+            if states.get(keys.value(row)).is_none() {
+                let detector = self.kind.detector(&self.params, self.dims).map_err(DataFusionError::Execution)?;
+                states.insert(crate::ids::shared(keys.value(row)), MotorState { detector, last_t: i64::MIN });
+            }
+            let state = states.get_mut(keys.value(row)).expect("just made sure");
             let t_s = t as f64 / 1000.0;
             out[row] = if t > state.last_t {
                 state.last_t = t;

@@ -109,8 +109,17 @@ impl OpenWindows {
     pub(super) fn insert(&mut self, start_ms: i64, window: OpenWindow) {
         match self.0.binary_search_by_key(&start_ms, |(s, _)| *s) {
             Ok(i) => self.0[i].1 = window,
-            Err(i) => self.0.insert(i, (start_ms, window)),
+            Err(i) => self.insert_at(i, start_ms, window),
         }
+    }
+
+    /// A new window at `i`, the vector grown by one rather than doubled: most motors have one
+    /// window open at a time, and a doubled vector held four (320 bytes a motor).
+    fn insert_at(&mut self, i: usize, start_ms: i64, window: OpenWindow) {
+        if self.0.len() == self.0.capacity() {
+            self.0.reserve_exact(1);
+        }
+        self.0.insert(i, (start_ms, window));
     }
 
     /// The position of the window starting at `start_ms`, opened with `open` if missing.
@@ -121,7 +130,7 @@ impl OpenWindows {
             _ => match self.0.binary_search_by_key(&start_ms, |(s, _)| *s) {
                 Ok(i) => i,
                 Err(i) => {
-                    self.0.insert(i, (start_ms, open()));
+                    self.insert_at(i, start_ms, open());
                     i
                 }
             },
