@@ -1,9 +1,11 @@
 //! Memory per active motor (issue 25, point 4): the detection stage as shipped — the default
 //! rules and the judges (data quality, wear, shift) — holding the state of `--motors` motors
 //! after `--days` of readings every `--every-s` seconds, so that every per-motor history is at
-//! its full length (the shift judge's 28 past days, the z-score's 30 windows, the wear trend's
-//! samples). Half-hourly by default: the most sparse sampling that still keeps the shift
-//! judge's daily profiles (at most 30 minutes apart), so they are in the state too.
+//! its full length (the shift judge's 28 past days, the wear trend's samples). Half-hourly by
+//! default: the most sparse sampling that still keeps the shift judge's daily profiles (at
+//! most 30 minutes apart), so they are in the state too. The default rule's z-scores keep a
+//! history (50 window means per channel) only for motors whose 10 s windows hold at least 5
+//! readings: `--days 0.01 --every-s 1` (864 readings, every ring full) measures those.
 //!
 //! Each size runs in a child process of its own, so that one size's freed memory does not
 //! hide the next one's. A child builds the engine, reads its resident memory, pushes the
@@ -31,7 +33,8 @@ const START_MS: i64 = 1_700_000_000_000;
 
 struct Args {
     motors: Vec<usize>,
-    days: i64,
+    /// Days of readings (a fraction for fast motors: `--days 0.01 --every-s 1` is 864 readings).
+    days: f64,
     every_s: i64,
     configs: Vec<String>,
     /// Set in a child: the one size and config it measures.
@@ -41,7 +44,7 @@ struct Args {
 fn args() -> Result<Args> {
     let mut a = Args {
         motors: vec![1_000, 10_000, 100_000],
-        days: 30,
+        days: 30.0,
         every_s: 1_800,
         configs: vec!["default".into()],
         child: None,
@@ -64,7 +67,7 @@ fn args() -> Result<Args> {
             other => bail!("unknown flag {other}"),
         }
     }
-    if a.every_s <= 0 || a.days <= 0 || a.motors.is_empty() {
+    if a.every_s <= 0 || a.days <= 0.0 || a.motors.is_empty() {
         bail!("--days, --every-s and --motors must be positive");
     }
     Ok(a)
@@ -120,7 +123,7 @@ fn measure(a: &Args, motors: usize, config: &str) -> Result<Measured> {
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     let mut engine = build_engine(&detect_config(config)?)?;
     let before = tessera_suite::resident_bytes();
-    let steps = a.days * 86_400 / a.every_s;
+    let steps = (a.days * 86_400.0 / a.every_s as f64).round() as i64;
     let started = Instant::now();
     for r in 0..steps {
         let t_ms = START_MS + r * a.every_s * 1000;

@@ -127,6 +127,7 @@ fn stage(args: &Args) -> Result<()> {
         let config = StreamConfig {
             watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 1_000 },
             table_rows: 1_000_000,
+            table_bytes: 64 << 20,
             telemetry_rows: 0,
             quality: judges.then(Default::default),
             wear: judges.then(Default::default),

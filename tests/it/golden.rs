@@ -64,6 +64,7 @@ async fn run_script(script: &str) -> String {
     let mut config = StreamConfig {
         watermark: WatermarkPolicy { allowed_lateness_ms: 0, idle_timeout_ms: 60_000 },
         table_rows: 100_000,
+        table_bytes: usize::MAX,
         telemetry_rows: 0,
         quality: None,
         wear: None,

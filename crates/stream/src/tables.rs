@@ -130,6 +130,11 @@ impl BoundedTable {
         self.batches.read().unwrap_or_else(|e| e.into_inner()).1
     }
 
+    /// Bytes held now, as Arrow holds them in memory.
+    pub fn num_bytes(&self) -> usize {
+        self.batches.read().unwrap_or_else(|e| e.into_inner()).2
+    }
+
     fn snapshot(&self) -> Vec<RecordBatch> {
         self.batches.read().unwrap_or_else(|e| e.into_inner()).0.iter().cloned().collect()
     }

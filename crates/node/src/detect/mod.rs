@@ -85,8 +85,11 @@ pub struct DetectConfig {
     /// error, or a panic some input triggered), as Arrow IPC, with the query and the reason in
     /// headers. The node goes on.
     pub dead_letter_topic: String,
-    /// Rows kept in each queryable table.
+    /// Rows kept in each queryable table (`alerts`, `motor_windows`, `late_events`)...
     pub table_rows: usize,
+    /// ...and bytes, in memory (each of those and `telemetry`): at fast sampling
+    /// `motor_windows` reaches this first (about 300 bytes a row of the default rule).
+    pub table_bytes: usize,
     /// Raw readings kept for the `telemetry` table (the newest; 0: none).
     pub telemetry_rows: usize,
     /// `[detect.data_quality]`: alerts for data that is wrong rather than anomalous.
@@ -127,7 +130,7 @@ pub struct ShiftConfig {
     /// Daily profiles for temperature and load.
     pub seasonal: bool,
     /// The day scale: each whole day's channel means against the last `days` days' (judged
-    /// from `days / 2` on); 0 turns it off.
+    /// from `days / 2` on), at most 255; 0 turns it off.
     pub days: u32,
     /// Transients: a channel's range within a window at this z against its usual range opens
     /// an alert by itself (one spike is enough); 0 turns them off (the default).
@@ -196,7 +199,7 @@ impl ShiftConfig {
         ensure(self.min_baseline_windows >= 2, "min_baseline_windows", "must be at least 2")?;
         ensure(self.gate > 0.0, "gate", "must be positive")?;
         ensure(!self.relearn.is_zero(), "relearn", "must be longer than 0")?;
-        ensure(self.days == 0 || self.days >= 4, "days", "must be 0 (off) or at least 4")?;
+        ensure(self.days == 0 || (4..=255).contains(&self.days), "days", "must be 0 (off) or 4 to 255")?;
         ensure(self.transient_above >= 0.0, "transient_above", "must be 0 (off) or positive")?;
         ensure(self.close_below <= self.open_above, "close_below", "must not be above open_above")?;
         ensure(self.critical_above >= self.open_above, "critical_above", "must not be below open_above")?;
@@ -369,6 +372,7 @@ impl Default for DetectConfig {
             late_topic: "tessera-late".into(),
             dead_letter_topic: "tessera-detect-dead-letter".into(),
             table_rows: 1_000_000,
+            table_bytes: 64 << 20,
             telemetry_rows: 100_000,
             data_quality: DataQualityConfig::default(),
             wear: WearConfig::default(),
@@ -395,6 +399,7 @@ impl DetectConfig {
         ensure(!self.dead_letter_topic.is_empty(), "dead_letter_topic", "must not be empty")?;
         ensure(self.idle_timeout > Duration::ZERO, "idle_timeout", "must be positive")?;
         ensure(self.table_rows > 0, "table_rows", "must be positive")?;
+        ensure(self.table_bytes > 0, "table_bytes", "must be positive")?;
         self.data_quality.validate().map_err(|e| e.within("data_quality"))?;
         self.wear.validate().map_err(|e| e.within("wear"))?;
         self.shift.validate().map_err(|e| e.within("shift"))
@@ -418,6 +423,7 @@ impl DetectConfig {
                 idle_timeout_ms: self.idle_timeout.as_millis() as i64,
             },
             table_rows: self.table_rows,
+            table_bytes: self.table_bytes,
             telemetry_rows: self.telemetry_rows,
             quality: self.data_quality.quality(),
             wear: self.wear.wear(),

@@ -40,18 +40,18 @@ impl<T> Ring<T> {
 }
 
 /// Mean and sample standard deviation of a full ring, or `None` with fewer than 2 values.
-fn mean_std(ring: &Ring<f64>) -> Option<(f64, f64)> {
+fn mean_std(ring: &Ring<f32>) -> Option<(f64, f64)> {
     let n = ring.len();
     if n < 2 {
         return None;
     }
-    let mean = ring.iter().sum::<f64>() / n as f64;
-    let var = ring.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let mean = ring.iter().map(|v| f64::from(*v)).sum::<f64>() / n as f64;
+    let var = ring.iter().map(|v| (f64::from(*v) - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
     Some((mean, var.sqrt()))
 }
 
 /// `(x - mean) / std` of the ring once it is full; `None` before, or when std is 0.
-fn trailing_z(ring: &Ring<f64>, x: f64) -> Option<f64> {
+fn trailing_z(ring: &Ring<f32>, x: f64) -> Option<f64> {
     if !ring.is_full() {
         return None;
     }
@@ -67,14 +67,15 @@ fn gated(score: Option<f64>, gate: Option<f64>) -> bool {
 /// One motor's state of one anomaly function call.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Detector {
-    /// See [`super::AnomalyKind::ZScore`].
-    ZScore { ring: Ring<f64>, gate: Option<f64> },
+    /// See [`super::AnomalyKind::ZScore`]. The rings of single values keep them in `f32`
+    /// (7 digits, well under a window mean's noise): half the memory of a motor's history.
+    ZScore { ring: Ring<f32>, gate: Option<f64> },
     /// See [`super::AnomalyKind::EwmaDev`].
     Ewma { alpha: f64, count: u64, mean: f64, var: f64 },
     /// See [`super::AnomalyKind::Cusum`].
-    Cusum { ring: Ring<f64>, k: f64, high: f64, low: f64 },
+    Cusum { ring: Ring<f32>, k: f64, high: f64, low: f64 },
     /// See [`super::AnomalyKind::Spike`].
-    Spike { ring: Ring<f64> },
+    Spike { ring: Ring<f32> },
     /// See [`super::AnomalyKind::TrendSlope`] and [`super::AnomalyKind::TimeToThreshold`].
     Trend { ring: Ring<(f64, f64)>, threshold: Option<f64> },
     /// See [`super::AnomalyKind::HotellingT2`].
@@ -88,7 +89,7 @@ impl Detector {
             Detector::ZScore { ring, gate } => {
                 let z = trailing_z(ring, x[0]);
                 if !gated(z, *gate) {
-                    ring.push(x[0]);
+                    ring.push(x[0] as f32);
                 }
                 z
             }
@@ -110,7 +111,7 @@ impl Detector {
             }
             Detector::Cusum { ring, k, high, low } => {
                 let z = trailing_z(ring, x[0]);
-                ring.push(x[0]);
+                ring.push(x[0] as f32);
                 let z = z?;
                 *high = (*high + z - *k).max(0.0);
                 *low = (*low - z - *k).max(0.0);
@@ -118,7 +119,7 @@ impl Detector {
             }
             Detector::Spike { ring } => {
                 let out = if ring.is_full() {
-                    let mut v: Vec<f64> = ring.iter().copied().collect();
+                    let mut v: Vec<f64> = ring.iter().map(|v| f64::from(*v)).collect();
                     let med = median(&mut v);
                     let mut dev: Vec<f64> = v.iter().map(|y| (y - med).abs()).collect();
                     let mad = median(&mut dev) * 1.4826;
@@ -126,7 +127,7 @@ impl Detector {
                 } else {
                     None
                 };
-                ring.push(x[0]);
+                ring.push(x[0] as f32);
                 out
             }
             Detector::Trend { ring, threshold } => {

@@ -54,6 +54,7 @@ pub(super) fn engine() -> StreamEngine {
     StreamEngine::new(StreamConfig {
         watermark: WatermarkPolicy { allowed_lateness_ms: 1_000, idle_timeout_ms: 3_600_000 },
         table_rows: 100_000,
+        table_bytes: usize::MAX,
         telemetry_rows: 0,
         quality: None,
         wear: None,

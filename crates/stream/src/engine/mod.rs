@@ -41,8 +41,11 @@ pub use state::{
 pub struct StreamConfig {
     /// Allowed lateness and idle timeout.
     pub watermark: WatermarkPolicy,
-    /// Rows each queryable table keeps (newest first to stay).
+    /// Rows each queryable table keeps (newest first to stay)...
     pub table_rows: usize,
+    /// ...and bytes, as Arrow holds them in memory: at fast sampling `motor_windows` fills
+    /// first (a row of the default rule takes about 300 bytes, so a million rows took 300 MB).
+    pub table_bytes: usize,
     /// Raw readings the `telemetry` table keeps (the newest; 0: none).
     pub telemetry_rows: usize,
     /// Data-quality alerts (silent motors, dropped-out or stuck sensors, skewed clocks; see
@@ -61,6 +64,7 @@ impl Default for StreamConfig {
         Self {
             watermark: WatermarkPolicy { allowed_lateness_ms: 2_000, idle_timeout_ms: 30_000 },
             table_rows: 1_000_000,
+            table_bytes: 64 << 20,
             telemetry_rows: 100_000,
             quality: None,
             wear: None,
@@ -205,13 +209,14 @@ impl StreamEngine {
     /// An engine with no queries.
     pub fn new(config: StreamConfig) -> Self {
         let tables = SessionContext::new();
-        let alerts = BoundedTable::new(alerts_schema(), config.table_rows);
-        let motor_windows = BoundedTable::new(motor_windows_schema(), config.table_rows);
-        let late = BoundedTable::new(late_schema(), config.table_rows);
+        let bounded = |schema, rows| BoundedTable::with_max_bytes(schema, rows, config.table_bytes);
+        let alerts = bounded(alerts_schema(), config.table_rows);
+        let motor_windows = bounded(motor_windows_schema(), config.table_rows);
+        let late = bounded(late_schema(), config.table_rows);
         tables.register_table("alerts", alerts.clone()).expect("fresh context");
         tables.register_table("motor_windows", motor_windows.clone()).expect("fresh context");
         tables.register_table("late_events", late.clone()).expect("fresh context");
-        let telemetry = BoundedTable::new(telemetry_schema(), config.telemetry_rows);
+        let telemetry = bounded(telemetry_schema(), config.telemetry_rows);
         tables.register_table("telemetry", telemetry.clone()).expect("fresh context");
         let health = crate::health::HealthBoard::default();
         tables.register_table("motor_health", health.table()).expect("fresh context");
@@ -466,6 +471,29 @@ mod tests {
 
     use super::fixtures::{QUERY, engine, engine_with, readings};
     use super::*;
+
+    #[tokio::test]
+    async fn the_tables_keep_their_newest_rows_within_their_bytes() {
+        let limit = 16 << 10;
+        let mut engine = StreamEngine::new(StreamConfig { table_bytes: limit, ..Default::default() });
+        engine.register(QUERY).await.unwrap();
+        let all = readings();
+        let (mut appended, mut largest) = (0, 0);
+        for start in (0..all.num_rows()).step_by(30) {
+            let out = engine.push(&all.slice(start, 30.min(all.num_rows() - start)), 0).await.unwrap();
+            for rows in &out.window_rows {
+                appended += rows.num_rows();
+                largest = largest.max(rows.get_array_memory_size());
+            }
+        }
+        let table = &engine.motor_windows;
+        assert!(appended > 150, "{appended} windows closed");
+        assert!(table.num_rows() < appended, "the oldest windows went: {} of {appended} kept", table.num_rows());
+        assert!(table.num_bytes() <= limit + largest, "{} bytes kept against {limit}", table.num_bytes());
+        let newest = engine.sql("SELECT max(window_start) AS t FROM motor_windows").await.unwrap();
+        let text = pretty_format_batches(&newest).unwrap().to_string();
+        assert!(text.contains("2023-11-14T22:23:"), "the newest windows stay: {text}");
+    }
 
     #[tokio::test]
     async fn windows_carry_only_what_their_queries_read() {
