@@ -45,11 +45,12 @@
 //! interval, `t2` and the channels at |z| ≥ 2 (`z.<channel>`): which channel, and how far; the
 //! newest score of every motor is on the `motor_health` board. The day scale's alert is
 //! `shift.day`, opened by one day at `open_above` and closed by one below `close_below`. The
-//! state goes with the motor's partition in its checkpoint; in memory it is about 2.8 KB for a
-//! motor sending the seven telemetry channels (`motor_memory`, docs/PERFORMANCE.md): per
-//! channel its baseline, window sums, noise, harmonics and the day scale's 28 days as
-//! half-precision offsets from their median; the correlation; the alert trackers. A channel
-//! that keeps a profile takes 160 bytes more.
+//! state goes with the motor's partition in its checkpoint; in memory it is about 1.6 KB of
+//! heap for a motor sending the seven telemetry channels (heaptrack of `motor_memory`,
+//! docs/PERFORMANCE.md): 128 bytes per channel (baseline, window sums, noise, harmonics, the
+//! open day), the day scale's 28 days per channel as half-precision offsets from their median
+//! in one block, the correlation's upper triangle, the motor's row and two alert trackers'. A
+//! channel that keeps a profile takes 160 bytes more.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
