@@ -104,11 +104,18 @@ impl<V> MotorTable<V> {
     /// The motor's value, made by `make` under the motor's shared id when it has none (a known
     /// motor allocates nothing).
     pub fn entry(&mut self, motor: &str, make: impl FnOnce() -> V) -> &mut V {
+        match self.try_entry(motor, || Ok::<V, std::convert::Infallible>(make())) {
+            Ok(value) => value,
+        }
+    }
+
+    /// [`Self::entry`] with a `make` that may fail (then nothing is added).
+    pub fn try_entry<E>(&mut self, motor: &str, make: impl FnOnce() -> Result<V, E>) -> Result<&mut V, E> {
         let i = match self.find(motor) {
             Some(i) => i,
-            None => self.push(shared(motor), make()),
+            None => self.push(shared(motor), make()?),
         };
-        &mut self.row_mut(i).1
+        Ok(&mut self.row_mut(i).1)
     }
 
     /// Sets the motor's value (`motor` a shared id, [`shared`]).

@@ -439,11 +439,10 @@ impl AnomalyUdf {
                 continue;
             }
             let t = times.value(row);
-            if states.get(keys.value(row)).is_none() {
+            let state = states.try_entry(keys.value(row), || {
                 let detector = self.kind.detector(&self.params, self.dims).map_err(DataFusionError::Execution)?;
-                states.insert(crate::ids::shared(keys.value(row)), MotorState { detector, last_t: i64::MIN });
-            }
-            let state = states.get_mut(keys.value(row)).expect("just made sure");
+                Ok::<_, DataFusionError>(MotorState { detector, last_t: i64::MIN })
+            })?;
             let t_s = t as f64 / 1000.0;
             out[row] = if t > state.last_t {
                 state.last_t = t;
