@@ -3,7 +3,8 @@
 //! window operator's) keys its motors by the one shared copy: 16 bytes in a table, where a
 //! `String` of its own took 24 and a heap block of 32 (a dozen tables hold every motor).
 //!
-//! [`MotorTable`] is the per-motor table of the judges and the alert trackers: rows in pages
+//! [`MotorTable`] is the per-motor table of the judges, the alert trackers, the health board
+//! and the anomaly functions: rows in pages
 //! of at most [`PAGE_ROWS`] (so a table of 100,000 motors leaves at most one page unused,
 //! where a hash map's slots are a third empty after it doubles) and an index of 4-byte row
 //! numbers.
