@@ -1,10 +1,12 @@
 //! A second ingest node joins the consumer group mid-stream: partitions move (cooperative
 //! rebalance), nothing is lost, and the duplicates that at-least-once allows are counted.
+//! Members stopped in the middle of their group's rebalance (a rolling deploy) stop, and lose
+//! nothing either.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tessera_ingest::Ingest;
 use tessera_suite::fleet_stats::FleetStats;
@@ -84,6 +86,83 @@ fn a_consumer_joining_mid_stream_loses_nothing() {
     assert_eq!(stats.rows, a.readings_accepted + b.readings_accepted, "every batch was counted once");
     assert_eq!(stats.duplicates, stats.rows - sent.readings);
     for (partition, committed, end) in committed_and_end(&brokers, "rebalance", "telemetry", 6).unwrap() {
+        assert_eq!(committed, end, "partition {partition} committed to the end");
+    }
+}
+
+/// A rolling deploy's shape: a member joins, and is stopped at 0 to 7.5 s into its join
+/// (before, during and after the rebalance that gives it partitions), six times. Every stop returns (librdkafka's
+/// close can wait forever for a rebalance event in flight as it begins; the ingest bounds it),
+/// and the readings all arrive, from whichever member had them.
+#[test]
+fn members_stopped_in_the_middle_of_a_rebalance_stop_and_lose_nothing() {
+    let (_kafka, brokers) = embedded_kafka(3, 6);
+    let done = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (brokers, done) = (brokers.clone(), done.clone());
+        std::thread::spawn(move || {
+            let p = producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap();
+            let mut sim = test_fleet(60, 3000, 5);
+            let mut total = tessera_suite::Published { readings: 0, checksum: 0 };
+            while !done.load(Ordering::SeqCst) {
+                let part = publish(&mut sim, &p, Some(5)).unwrap();
+                total.readings += part.readings;
+                total.checksum = total.checksum.wrapping_add(part.checksum);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            total
+        })
+    };
+
+    crate::init_logging();
+    let (tx, batches) = sync_channel(32);
+    let config = ingest_config(&brokers, "rolling", "telemetry", "dead-letters");
+    let first = Ingest::start(config.clone(), tx.clone()).unwrap();
+    let mut stats = FleetStats::default();
+    tessera_suite::collect_until(&batches, &mut stats, 1_000, Duration::from_secs(60));
+
+    let (mut longest_stop, mut stopped_holding) = (Duration::ZERO, 0);
+    for round in 0..6u64 {
+        let joining = Ingest::start(config.clone(), tx.clone()).unwrap();
+        let until = Instant::now() + Duration::from_millis(round * 1500);
+        while Instant::now() < until {
+            tessera_suite::collect_until(&batches, &mut stats, u64::MAX, Duration::from_millis(50));
+        }
+        stopped_holding += usize::from(joining.metrics().snapshot().messages > 0);
+        // The stop waits for its readings to be acknowledged: batches are taken meanwhile.
+        let started = Instant::now();
+        let stopping = std::thread::spawn(move || joining.stop());
+        while !stopping.is_finished() {
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "round {round}: a member stopped {} ms into its join has not stopped after 120 s",
+                round * 1500
+            );
+            tessera_suite::collect_until(&batches, &mut stats, u64::MAX, Duration::from_millis(50));
+        }
+        stopping.join().unwrap().unwrap_or_else(|e| panic!("round {round}: the stop failed: {e}"));
+        longest_stop = longest_stop.max(started.elapsed());
+    }
+    done.store(true, Ordering::SeqCst);
+    let sent = publisher.join().unwrap();
+    tessera_suite::collect_until(&batches, &mut stats, sent.readings, Duration::from_secs(120));
+    let a = first.stop().unwrap();
+    for batch in batches.try_iter() {
+        stats.add_batch(batch.shard, &batch.batch);
+        batch.ack.ack();
+    }
+    println!(
+        "rolling run: 6 members stopped 0-7.5 s into their join ({stopped_holding} holding partitions), the longest stop {longest_stop:.1?}; {} readings, {} unique, {} duplicates; the staying member consumed {} ({} rebalance events)",
+        stats.rows,
+        stats.unique_rows(),
+        stats.duplicates,
+        a.messages,
+        a.rebalances
+    );
+    assert!(stopped_holding > 0, "some members were stopped holding partitions");
+    assert_eq!(stats.unique_rows(), sent.readings, "nothing lost");
+    assert_eq!(stats.unique_checksum, sent.checksum, "nothing altered");
+    for (partition, committed, end) in committed_and_end(&brokers, "rolling", "telemetry", 6).unwrap() {
         assert_eq!(committed, end, "partition {partition} committed to the end");
     }
 }

@@ -122,6 +122,8 @@ impl ChildProcess {
                 break Some(status);
             }
             if Instant::now() > until {
+                let stacks = thread_stacks(self.child.id());
+                self.output.lock().unwrap_or_else(|p| p.into_inner()).push_str(&stacks);
                 self.kill();
                 break None;
             }
@@ -139,6 +141,19 @@ impl ChildProcess {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+    }
+}
+
+/// Where each thread of process `pid` is (gdb's backtraces), to show what a process that
+/// hung waits for; a note if gdb is not installed.
+fn thread_stacks(pid: u32) -> String {
+    let gdb = Command::new("gdb")
+        .args(["-p", &pid.to_string(), "-batch", "-nx", "-ex", "thread apply all bt 25"])
+        .stdin(Stdio::null())
+        .output();
+    match gdb {
+        Ok(out) => format!("\n--- its threads (gdb) ---\n{}", String::from_utf8_lossy(&out.stdout)),
+        Err(e) => format!("\n(no thread stacks: gdb: {e})\n"),
     }
 }
 

@@ -21,6 +21,10 @@
 //! consumption, for the whole rebalance (measured: 41 s on the mock cluster, whose joins wait
 //! out the session timeout). Commits on revoke and stop stay on the consumer thread; one lock
 //! keeps any two commits from interleaving.
+//!
+//! A stop ends by closing the consumer (leaving the group) for at most the drain timeout and
+//! [`CLOSE_GRACE`]: librdkafka's close can wait forever when a rebalance event is in flight
+//! as it begins, and the rebalance callback then asks librdkafka nothing (see `rebalance`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
@@ -67,6 +71,20 @@ pub(super) fn client_config(config: &IngestConfig) -> ClientConfig {
     }
     client
 }
+
+/// Whether a consumer with these settings rebalances incrementally (cooperatively): its
+/// assignment strategy is librdkafka's cooperative one, or the group uses the KIP-848
+/// protocol. Read from the settings once: asking librdkafka in a rebalance callback waits
+/// forever if the group has terminated meanwhile (librdkafka issue #4041).
+pub(super) fn is_cooperative(client: &ClientConfig) -> bool {
+    let kip_848 = client.get("group.protocol").is_some_and(|p| p.trim().eq_ignore_ascii_case("consumer"));
+    let strategies = client.get("partition.assignment.strategy").unwrap_or("range,roundrobin");
+    kip_848 || strategies.split(',').all(|s| s.trim() == "cooperative-sticky")
+}
+
+/// How long closing the consumer (leaving the group, its last rebalance callbacks) may take
+/// beyond the drain timeout before the stop gives up waiting for it.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// How often the consumer thread does its chores between messages.
 const CHORES_EVERY: Duration = Duration::from_millis(1);
@@ -124,6 +142,8 @@ pub(super) struct ConsumerState {
     barriers: AtomicU64,
     /// Held from taking the committable offsets until the broker answered their commit.
     commit_lock: Mutex<()>,
+    /// Whether the group's rebalances are incremental (see [`is_cooperative`]).
+    pub(super) cooperative: bool,
 }
 
 /// Locks `m`, whether or not a thread panicked holding it.
@@ -140,6 +160,7 @@ impl ConsumerState {
         work_tx: SyncSender<Work>,
         states: Option<Arc<dyn PartitionStates>>,
     ) -> Self {
+        let cooperative = is_cooperative(&client_config(&config));
         Self {
             chunk_linger: (config.batch_max_age / 10).clamp(Duration::from_millis(1), Duration::from_millis(50)),
             topics: config.topics.iter().map(|t| t.name.clone()).collect(),
@@ -156,6 +177,7 @@ impl ConsumerState {
             partitions: Mutex::new(Partitions::default()),
             barriers: AtomicU64::new(0),
             commit_lock: Mutex::new(()),
+            cooperative,
         }
     }
 
@@ -462,9 +484,13 @@ enum LoopEnd {
 
 /// The consumer thread: polls, chunks and ships messages, pauses and resumes, sends barriers
 /// and commits until `stop` (then hands everything over and commits a last time) or an error.
-pub(super) fn run<C: ConsumerContext>(consumer: BaseConsumer<C>, s: &ConsumerState, stop: &AtomicBool) -> Result<()>
+pub(super) fn run<C: ConsumerContext + 'static>(
+    consumer: BaseConsumer<C>,
+    s: &ConsumerState,
+    stop: &AtomicBool,
+) -> Result<()>
 where
-    BaseConsumer<C>: Sync,
+    BaseConsumer<C>: Sync + Send,
 {
     // At most one periodic commit waits; the next interval's request is dropped meanwhile.
     let (commit_tx, commit_rx) = sync_channel::<()>(1);
@@ -488,8 +514,31 @@ where
     // Closing the consumer may call the revoke callback again: with the decoder's queue gone
     // it only commits what is already committable.
     lock(&s.work_tx).take();
-    drop(consumer);
+    close(consumer, s.config.drain_timeout + CLOSE_GRACE);
     ended.map(|_| ())
+}
+
+/// Closes the consumer (dropping it leaves the group, serving the last rebalance callbacks)
+/// and waits at most `within` for that. librdkafka's close can wait forever (a rebalance
+/// event left in flight when it began); the stop must not. Then the closing thread is left
+/// behind, with an error logged: the offsets are committed already, and the group gives the
+/// partitions to other members once this one's session times out.
+fn close<C: ConsumerContext + 'static>(consumer: BaseConsumer<C>, within: Duration) {
+    let (closed_tx, closed_rx) = sync_channel::<()>(1);
+    let closing = std::thread::Builder::new().name("tessera-close".into()).spawn(move || {
+        drop(consumer);
+        let _ = closed_tx.send(());
+    });
+    if let Err(e) = closing {
+        tracing::warn!(error = %e, "no thread to close the consumer on; it was not closed");
+        return;
+    }
+    if closed_rx.recv_timeout(within).is_err() {
+        tracing::error!(
+            within_ms = within.as_millis() as u64,
+            "the consumer did not close in time; left closing (the group reassigns its partitions after the session timeout)"
+        );
+    }
 }
 
 /// The consumer thread's loop: polls, chunks and ships messages, pauses and resumes, sends
@@ -569,6 +618,28 @@ fn final_commit<C: ConsumerContext>(consumer: &BaseConsumer<C>, s: &ConsumerStat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rebalance_protocol_is_read_from_the_settings() {
+        let with = |settings: &[(&str, &str)]| {
+            let mut client = ClientConfig::new();
+            settings.iter().for_each(|(k, v)| {
+                client.set(*k, *v);
+            });
+            is_cooperative(&client)
+        };
+        let ours = IngestConfig { brokers: "localhost:9092".into(), ..IngestConfig::default() };
+        assert!(is_cooperative(&client_config(&ours)), "Tessera's own setting");
+        assert!(!with(&[]), "librdkafka's default (range,roundrobin) is eager");
+        assert!(!with(&[("partition.assignment.strategy", "range")]));
+        assert!(with(&[("partition.assignment.strategy", " cooperative-sticky ")]));
+        assert!(with(&[("group.protocol", "consumer"), ("partition.assignment.strategy", "range")]), "KIP-848");
+        let overridden = IngestConfig {
+            kafka: [("partition.assignment.strategy".to_string(), "roundrobin".to_string())].into(),
+            ..ours
+        };
+        assert!(!is_cooperative(&client_config(&overridden)), "the config's kafka settings win");
+    }
 
     #[test]
     fn offsets_are_checked_per_partition_and_a_message_delivered_again_does_not_move_the_partition() {

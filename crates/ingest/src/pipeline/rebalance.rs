@@ -1,14 +1,17 @@
 //! The consumer's librdkafka context: the rebalance callback, with the ingest's steps around
 //! librdkafka's own (a revoke first hands everything over: barrier, checkpoint, commit; an
 //! assignment first sets each new partition's start to its checkpoint's offset and sends the
-//! checkpoints downstream), and the statistics callback (the consumer lag).
+//! checkpoints downstream), and the statistics callback (the consumer lag). An event served
+//! after the group has terminated (the consumer closing) only updates the ingest's own
+//! bookkeeping: librdkafka answers no request about a terminated group, and would wait for
+//! the answer forever.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset};
@@ -71,7 +74,18 @@ impl ConsumerContext for IngestContext {
         lock(&s.partitions).iter_mut().filter(|(tp, _)| indexed.contains(tp)).for_each(|(_, cursor)| {
             cursor.last_message = None;
         });
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        if consumer.closed() {
+            // The group has terminated (the consumer is closing, and this event was queued
+            // before): librdkafka answers no more requests about the group, and one (assign,
+            // commit, even the rebalance protocol) would wait forever (librdkafka issue #4041).
+            // Only the ingest's own bookkeeping is done.
+            if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+                forget_revoked(s, &indexed, &partitions_of(tpl));
+            }
+            tracing::info!(error = ?err, "a rebalance event after the consumer closed: nothing to apply");
+            return;
+        }
+        let cooperative = s.cooperative;
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let assigned = partitions_of(tpl);
@@ -129,18 +143,7 @@ impl ConsumerContext for IngestContext {
                     tracing::warn!(error = ?other, "rebalance error: giving up the assignment");
                 }
                 s.hand_over_and_commit(consumer, &revoked);
-                {
-                    let mut partitions = lock(&s.partitions);
-                    indexed.iter().for_each(|tp| {
-                        partitions.remove(tp);
-                    });
-                }
-                s.tracker.revoke(&revoked);
-                s.metrics.ownership.revoke(&revoked);
-                let mut shipped = lock(&s.shipped);
-                revoked.iter().for_each(|tp| {
-                    shipped.remove(tp);
-                });
+                forget_revoked(s, &indexed, &revoked);
                 if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() }
             }
         };
@@ -149,6 +152,23 @@ impl ConsumerContext for IngestContext {
         }
         s.metrics.longest_rebalance_us.fetch_max(started.elapsed().as_micros() as u64, Relaxed);
     }
+}
+
+/// Forgets the revoked partitions (`indexed` by topic index, and by name): their cursors,
+/// offsets, ownership and shipped offsets.
+fn forget_revoked(s: &ConsumerState, indexed: &[(usize, i32)], revoked: &[TopicPartition]) {
+    {
+        let mut partitions = lock(&s.partitions);
+        indexed.iter().for_each(|tp| {
+            partitions.remove(tp);
+        });
+    }
+    s.tracker.revoke(revoked);
+    s.metrics.ownership.revoke(revoked);
+    let mut shipped = lock(&s.shipped);
+    revoked.iter().for_each(|tp| {
+        shipped.remove(tp);
+    });
 }
 
 /// Newly assigned partitions: their checkpoints' offsets go into `tpl` (consumption starts
