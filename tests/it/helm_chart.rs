@@ -195,6 +195,14 @@ fn the_chart_lints_renders_and_validates_for_every_ci_values_file() {
                 !raft.initial_members.is_empty() && loaded.http.listen.is_some() && loaded.sql.listen.is_some(),
                 "{name}"
             );
+            // Silent motors' judge state spills to the data volume, not /tmp (a small emptyDir).
+            for s in &sets {
+                assert!(
+                    s.contains("name: TESSERA__DETECT__SPILL_DIR\n              value: /var/lib/tessera/spill")
+                        && s.contains("mountPath: /var/lib/tessera\n"),
+                    "{name}: the spill file is not on the data volume"
+                );
+            }
             // A site of several pods lists them all; each pod skips itself (sql.advertise,
             // which its StatefulSet sets from the pod's name, as the list names it).
             let pods = &loaded.sql.site_nodes;

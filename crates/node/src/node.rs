@@ -123,7 +123,13 @@ impl Node {
         // A member takes the cluster's queries from itself (the watcher reads them once the
         // cluster has a leader); otherwise from `[control] admin`, read once before starting.
         let admin = config.control.admin.clone().or_else(|| control.as_ref().map(|c| c.advertised().to_string()));
-        let mut engine = build_engine(&config.detect)?;
+        let mut detect = config.detect.clone();
+        if detect.spill_dir.is_none() {
+            // `@` is in no Kafka topic's name: the checkpoints' topic directories beside it
+            // are never confused with it.
+            detect.spill_dir = config.state.dir.as_ref().map(|dir| dir.join("@spill"));
+        }
+        let mut engine = build_engine(&detect)?;
         let local: BTreeSet<String> = engine.queries().map(|q| q.name.clone()).collect();
         let mut registered = Vec::new();
         if let (Some(admin), None) = (&config.control.admin, &control) {

@@ -198,6 +198,15 @@ impl NodeProbe {
         for (query, n) in &d.engine.alerts_open_by_query {
             out.sample("tessera_detect_alerts_open", &[("query", query)], *n as f64);
         }
+        out.family(
+            "tessera_detect_judge_motors",
+            "gauge",
+            "Motors the shift and wear judges hold, by judge and where their state is: memory (hot) or the spill file (cold).",
+        );
+        for (judge, (held, hot)) in &d.engine.judge_motors {
+            out.sample("tessera_detect_judge_motors", &[("judge", judge), ("state", "hot")], *hot as f64);
+            out.sample("tessera_detect_judge_motors", &[("judge", judge), ("state", "cold")], (held - hot) as f64);
+        }
         out.counter(
             "tessera_detect_late_readings_total",
             "Readings too late for their window, written to the late topic.",

@@ -79,6 +79,15 @@ pub enum StreamError {
     /// message says why.
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// The spill file of cold motors ([`crate::cold`]) failed.
+    #[error("cold motors' spill file: {action}: {source}")]
+    Spill {
+        /// What was being done: `writing a motor`, `reading a motor`, ...
+        action: &'static str,
+        /// The file system's error, or why a motor's bytes did not open.
+        #[source]
+        source: std::io::Error,
+    },
     /// Checkpoint state could not be encoded or decoded.
     #[error("checkpoint: {action}: {source}")]
     CheckpointCodec {

@@ -19,6 +19,7 @@ pub mod aggregate;
 pub mod alerts;
 pub mod anomaly;
 pub mod checkpoint;
+pub mod cold;
 pub mod conform;
 pub mod engine;
 mod error;

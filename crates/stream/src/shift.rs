@@ -50,7 +50,8 @@
 //! docs/PERFORMANCE.md): 128 bytes per channel (baseline, window sums, noise, harmonics, the
 //! open day), the day scale's 28 days per channel as half-precision offsets from their median
 //! in one block, the correlation's upper triangle, the motor's row and two alert trackers'. A
-//! channel that keeps a profile takes 160 bytes more.
+//! channel that keeps a profile takes 160 bytes more. A motor silent for `detect.cold_after`
+//! keeps it in the spill file instead, until its next reading ([`crate::cold`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -661,8 +662,8 @@ pub struct ShiftSnapshot {
 #[derive(Debug)]
 pub struct ShiftMonitor {
     config: ShiftConfig,
-    /// By the motor's shared id ([`crate::ids`]).
-    motors: crate::ids::MotorTable<MotorShift>,
+    /// By the motor's shared id ([`crate::ids`]); idle ones cold ([`crate::cold`]).
+    motors: crate::cold::Tiered<MotorShift>,
     tracker: AlertTracker,
     day_tracker: AlertTracker,
 }
@@ -675,7 +676,7 @@ impl ShiftMonitor {
         let day_alerts = AlertOptions { open_windows: 1, close_windows: 1, ..config.alerts };
         Self {
             config,
-            motors: crate::ids::MotorTable::new(),
+            motors: crate::cold::Tiered::new(),
             tracker,
             day_tracker: AlertTracker::new(SHIFT_DAY, day_alerts),
         }
@@ -686,10 +687,26 @@ impl ShiftMonitor {
         self.config.alerts.open_above
     }
 
+    /// From now on, motors idle `spill.after_ms` keep their state in a spill file (see
+    /// [`crate::cold`]); set before the first reading.
+    pub fn spill_to(&mut self, spill: &crate::cold::ColdSpill) -> Result<(), crate::StreamError> {
+        self.motors.spill_to(spill)
+    }
+
+    /// Motors held, and how many of them are in memory.
+    pub fn motors_held(&self) -> (usize, usize) {
+        (self.motors.len(), self.motors.hot_len())
+    }
+
     /// Takes in a batch of readings (telemetry schema) at processing time `now_ms`: the
-    /// windows it closed, scored, and the alert events they caused.
-    pub fn observe(&mut self, batch: &RecordBatch, now_ms: i64) -> (Vec<ShiftWindow>, Vec<AlertEvent>) {
-        let Some((motors, sites, ts)) = crate::schema::keys(batch) else { return Default::default() };
+    /// windows it closed, scored, and the alert events they caused. Fails only if the spill
+    /// file of cold motors does.
+    pub fn observe(
+        &mut self,
+        batch: &RecordBatch,
+        now_ms: i64,
+    ) -> Result<(Vec<ShiftWindow>, Vec<AlertEvent>), crate::StreamError> {
+        let Some((motors, sites, ts)) = crate::schema::keys(batch) else { return Ok(Default::default()) };
         let columns: Vec<_> = Channel::ALL
             .iter()
             .enumerate()
@@ -721,7 +738,7 @@ impl ShiftMonitor {
                     }
                 }
             }
-            let m = self.motors.entry(motor, || MotorShift {
+            let m = self.motors.entry(motor, now_ms, || MotorShift {
                 interval_ms: 0.0,
                 last_ms: i64::MIN,
                 window_start: 0,
@@ -734,7 +751,7 @@ impl ShiftMonitor {
                 transient_score: 0.0,
                 transient_hold: 0,
                 past: DayPast::default(),
-            });
+            })?;
             take(&self.config, m, (motor, sites.value(row)), t, &values, &mut windows);
         }
         let mut events = Vec::new();
@@ -744,24 +761,23 @@ impl ShiftMonitor {
                 events.push(e);
             }
         }
-        (windows, events)
+        // The alert trackers keep the open alerts: any idle motor may go cold.
+        self.motors.sweep(now_ms, |_| true)?;
+        Ok((windows, events))
     }
 
     /// The state of the motors `include` accepts, for a checkpoint (sorted by motor).
-    pub fn snapshot(&self, include: &dyn Fn(&str) -> bool) -> ShiftSnapshot {
-        let mut motors: Vec<(String, MotorShift)> =
-            self.motors.iter().filter(|(m, _)| include(m)).map(|(m, s)| (m.to_string(), s.clone())).collect();
-        motors.sort_by(|a, b| a.0.cmp(&b.0));
-        ShiftSnapshot {
-            motors,
+    pub fn snapshot(&self, include: &dyn Fn(&str) -> bool) -> Result<ShiftSnapshot, crate::StreamError> {
+        Ok(ShiftSnapshot {
+            motors: self.motors.collect(include)?,
             tracker: self.tracker.snapshot(include),
             day_tracker: Some(self.day_tracker.snapshot(include)),
-        }
+        })
     }
 
-    /// Takes over [`Self::snapshot`]'s motors.
-    pub fn adopt(&mut self, snapshot: ShiftSnapshot) -> Result<(), crate::StreamError> {
-        self.motors.extend(snapshot.motors.into_iter().map(|(motor, m)| (crate::ids::shared(&motor), m)));
+    /// Takes over [`Self::snapshot`]'s motors at processing time `now_ms`.
+    pub fn adopt(&mut self, snapshot: ShiftSnapshot, now_ms: i64) -> Result<(), crate::StreamError> {
+        self.motors.adopt(snapshot.motors, now_ms)?;
         if let Some(day) = snapshot.day_tracker {
             self.day_tracker.restore(day, true)?;
         }
@@ -770,7 +786,7 @@ impl ShiftMonitor {
 
     /// Forgets every motor `drop` accepts.
     pub fn drop_motors(&mut self, drop: &dyn Fn(&str) -> bool) {
-        self.motors.retain(|m, _| !drop(m));
+        self.motors.retain(|m| !drop(m));
         self.tracker.drop_motors(drop);
         self.day_tracker.drop_motors(drop);
     }
@@ -1179,7 +1195,7 @@ mod tests {
                 ("faulty", t, 10.0 + step + noise(i, 1), 40.0 + noise(i, 2)),
                 ("twin", t, 10.0 + noise(i, 3), 40.0 + noise(i, 4)),
             ];
-            let (w, e) = judge.observe(&batch(&rows), t);
+            let (w, e) = judge.observe(&batch(&rows), t).unwrap();
             windows.extend(w.into_iter().filter(|w| w.kind == SHIFT));
             events.extend(e.into_iter().filter(|e| e.query == SHIFT));
         }
@@ -1222,10 +1238,16 @@ mod tests {
                 let cycle = 8.0 * (2.0 * std::f64::consts::PI * (t % DAY) as f64 / DAY as f64).sin();
                 let excursion = if (fault.0..fault.1).contains(&t) { 4.0 } else { 0.0 };
                 let rows = [("m", t, 10.0 + 0.1 * noise(i, 5), 30.0 + cycle + excursion + 0.6 * noise(i, 6))];
-                events.extend(judge.observe(&batch(&rows), t).1.into_iter().filter(|e| e.query == SHIFT));
+                events.extend(judge.observe(&batch(&rows), t).unwrap().1.into_iter().filter(|e| e.query == SHIFT));
             }
-            let active =
-                judge.motors.get("m").unwrap().channels.iter().any(|c| c.profile.as_ref().is_some_and(|p| p.active));
+            let active = judge
+                .motors
+                .get("m")
+                .unwrap()
+                .unwrap()
+                .channels
+                .iter()
+                .any(|c| c.profile.as_ref().is_some_and(|p| p.active));
             (active, events)
         };
         let (active, events) = run(true);
@@ -1249,6 +1271,7 @@ mod tests {
             j.motors
                 .get("m")
                 .unwrap()
+                .unwrap()
                 .channels
                 .iter()
                 .map(|c| (c.name.name(), c.profile.as_ref().map(|p| p.active)))
@@ -1260,7 +1283,7 @@ mod tests {
             let cycle =
                 if t >= 8 * DAY { 6.0 * (std::f64::consts::TAU * (t % DAY) as f64 / DAY as f64).sin() } else { 0.0 };
             let rows = [("m", t, 10.0 + 0.1 * noise(i, 17), 30.0 + cycle + 0.3 * noise(i, 18))];
-            judge.observe(&batch(&rows), t);
+            judge.observe(&batch(&rows), t).unwrap();
             if t == DAY / 2 {
                 assert_eq!(profiles(&judge), [("current_a", None), ("temperature_c", None)], "no day seen yet");
             }
@@ -1275,9 +1298,9 @@ mod tests {
             "the day that appeared is learnt and judged on"
         );
         // The state goes through a checkpoint as it is.
-        let bytes = crate::checkpoint::to_versioned_bytes(&judge.snapshot(&|_| true)).unwrap();
+        let bytes = crate::checkpoint::to_versioned_bytes(&judge.snapshot(&|_| true).unwrap()).unwrap();
         let mut restored = ShiftMonitor::new(ShiftConfig::default());
-        restored.adopt(crate::checkpoint::from_versioned_bytes(&bytes).unwrap()).unwrap();
+        restored.adopt(crate::checkpoint::from_versioned_bytes(&bytes).unwrap(), 0).unwrap();
         assert_eq!(profiles(&restored), profiles(&judge));
     }
 
@@ -1343,7 +1366,7 @@ mod tests {
             let load = 0.35 + 0.5 * (((h - 6.0) / 2.0).clamp(0.0, 1.0) - ((h - 20.0) / 2.0).clamp(0.0, 1.0));
             let current = 40.0 * (0.25 + 0.75 * load) * if (fault.0..fault.1).contains(&t) { 1.1 } else { 1.0 };
             let rows = [("m", t, current * (1.0 + 0.006 * noise(i, 10)), 40.0 + 0.2 * noise(i, 11))];
-            events.extend(judge.observe(&batch(&rows), t).1);
+            events.extend(judge.observe(&batch(&rows), t).unwrap().1);
         }
         let open: Vec<_> = events.iter().filter(|e| e.state == AlertState::Open).collect();
         let after_day_one: Vec<_> = open.iter().filter(|e| e.window_start_ms >= DAY).collect();
@@ -1370,7 +1393,7 @@ mod tests {
             let cycle = 5.0 * (2.0 * std::f64::consts::PI * (t % DAY) as f64 / DAY as f64).sin();
             let level = 2.0 * noise(day, 12) + if (40..43).contains(&day) { 6.0 } else { 0.0 };
             let rows = [("m", t, 10.0 + 0.1 * noise(i, 13), 20.0 + cycle + level + 0.3 * noise(i, 14))];
-            events.extend(judge.observe(&batch(&rows), t).1);
+            events.extend(judge.observe(&batch(&rows), t).unwrap().1);
         }
         let days: Vec<_> = events.iter().filter(|e| e.query == SHIFT_DAY).collect();
         let open: Vec<_> = days.iter().filter(|e| e.state == AlertState::Open).collect();
@@ -1379,7 +1402,7 @@ mod tests {
         assert!(open[0].features["z.temperature_c"] >= 6.0, "{:?}", open[0].features);
         let closed = days.iter().find(|e| e.state == AlertState::Close).expect("closed after the spell");
         assert_eq!(closed.window_start_ms, 43 * DAY);
-        let m = &judge.motors.get("m").unwrap();
+        let m = judge.motors.get("m").unwrap().unwrap();
         assert_eq!(m.channels[1].days_kept, 28, "a bounded history");
         assert_eq!(m.past.means.len(), 28 * m.channels.len(), "in one block");
     }
@@ -1394,7 +1417,7 @@ mod tests {
             for i in 0..1200 {
                 let t = i * 1000;
                 let current = if i == 900 { 50.0 } else { 20.0 + noise(i, 15) };
-                events.extend(judge.observe(&batch(&[("m", t, current, 40.0 + 0.2 * noise(i, 16))]), t).1);
+                events.extend(judge.observe(&batch(&[("m", t, current, 40.0 + 0.2 * noise(i, 16))]), t).unwrap().1);
             }
             events.into_iter().filter(|e| e.state == AlertState::Open).collect::<Vec<_>>()
         };
@@ -1417,7 +1440,7 @@ mod tests {
                 let load = 3.0 * (2.0 * std::f64::consts::PI * t as f64 / (2 * HOUR) as f64).sin();
                 let apart = if (5 * HOUR..6 * HOUR).contains(&t) { 5.0 } else { 0.0 };
                 let rows = [("m", t, 10.0 + load + apart + 0.3 * noise(i, 7), 40.0 + load - apart + 0.3 * noise(i, 8))];
-                events.extend(judge.observe(&batch(&rows), t).1);
+                events.extend(judge.observe(&batch(&rows), t).unwrap().1);
             }
             events.into_iter().filter(|e| e.state == AlertState::Open).collect::<Vec<_>>()
         };
@@ -1431,14 +1454,14 @@ mod tests {
     fn the_state_survives_a_checkpoint() {
         let mut a = ShiftMonitor::new(ShiftConfig::default());
         for i in 0..2_000 {
-            a.observe(&batch(&[("m", i * 1000, 10.0 + noise(i, 9), 40.0)]), 0);
+            a.observe(&batch(&[("m", i * 1000, 10.0 + noise(i, 9), 40.0)]), 0).unwrap();
         }
-        let bytes = crate::checkpoint::to_versioned_bytes(&a.snapshot(&|_| true)).unwrap();
+        let bytes = crate::checkpoint::to_versioned_bytes(&a.snapshot(&|_| true).unwrap()).unwrap();
         let mut b = ShiftMonitor::new(ShiftConfig::default());
-        b.adopt(crate::checkpoint::from_versioned_bytes(&bytes).unwrap()).unwrap();
-        assert_eq!(crate::checkpoint::to_versioned_bytes(&b.snapshot(&|_| true)).unwrap(), bytes);
+        b.adopt(crate::checkpoint::from_versioned_bytes(&bytes).unwrap(), 0).unwrap();
+        assert_eq!(crate::checkpoint::to_versioned_bytes(&b.snapshot(&|_| true).unwrap()).unwrap(), bytes);
         // Both go on alike.
-        let step = |j: &mut ShiftMonitor| j.observe(&batch(&[("m", 2_000_000, 30.0, 40.0)]), 0).0;
+        let step = |j: &mut ShiftMonitor| j.observe(&batch(&[("m", 2_000_000, 30.0, 40.0)]), 0).unwrap().0;
         assert_eq!(format!("{:?}", step(&mut a)), format!("{:?}", step(&mut b)));
     }
 }

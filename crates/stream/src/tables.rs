@@ -49,6 +49,36 @@ pub(crate) fn memory_scan(
     Ok(exec as Arc<dyn ExecutionPlan>)
 }
 
+/// A batch of fewer rows than this is small...
+const SMALL_ROWS: usize = 1024;
+/// ...and this many small batches at the end of a table are merged into one. Sensors that
+/// report every few minutes make batches of a few rows, each of which costs a few kilobytes
+/// of array structures that [`RecordBatch::get_array_memory_size`] does not count: 100,000
+/// rows of `telemetry` took about 30 MB more than their bound in batches of 17.
+const MERGE_AFTER: usize = 32;
+
+/// Merges the small batches at the end of `batches` into one once there are
+/// [`MERGE_AFTER`] of them, keeping `bytes` (their memory size) right. A row is copied a few
+/// times at most: a merged batch stops being small after a few merges.
+fn merge_small_tail(schema: &SchemaRef, batches: &mut VecDeque<RecordBatch>, bytes: &mut usize) {
+    let small = batches.iter().rev().take_while(|b| b.num_rows() < SMALL_ROWS).count();
+    if small < MERGE_AFTER {
+        return;
+    }
+    let tail: Vec<RecordBatch> = batches.drain(batches.len() - small..).collect();
+    match datafusion::arrow::compute::concat_batches(schema, &tail) {
+        Ok(merged) => {
+            *bytes = *bytes - tail.iter().map(RecordBatch::get_array_memory_size).sum::<usize>()
+                + merged.get_array_memory_size();
+            batches.push_back(merged);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "merging a table's small batches; they stay as they are");
+            batches.extend(tail);
+        }
+    }
+}
+
 /// An append-only table that keeps its newest `max_rows` rows.
 #[derive(Debug)]
 pub struct BoundedTable {
@@ -83,6 +113,7 @@ impl BoundedTable {
         *rows += batch.num_rows();
         *bytes += batch.get_array_memory_size();
         batches.push_back(batch);
+        merge_small_tail(&self.schema, batches, bytes);
         while (*rows > self.max_rows || *bytes > self.max_bytes) && batches.len() > 1 {
             let old = batches.pop_front().expect("non-empty");
             *rows -= old.num_rows();
@@ -158,5 +189,42 @@ impl TableProvider for BoundedTable {
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         memory_scan(self.snapshot(), &self.schema, projection)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    #[test]
+    fn small_batches_are_merged_in_order_and_their_bytes_kept_right() {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("motor_id", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let table = BoundedTable::with_max_bytes(schema.clone(), 1_000_000, usize::MAX);
+        for i in 0..100i64 {
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(vec!["M1", "M2", "M3"])),
+                    Arc::new(Int64Array::from(vec![3 * i, 3 * i + 1, 3 * i + 2])),
+                ],
+            )
+            .unwrap();
+            table.append(batch);
+        }
+        let kept = table.snapshot();
+        assert!(kept.len() < MERGE_AFTER, "{} batches kept for 100 appended", kept.len());
+        assert_eq!(table.num_rows(), 300);
+        assert_eq!(table.num_bytes(), kept.iter().map(RecordBatch::get_array_memory_size).sum::<usize>());
+        let numbers: Vec<i64> = kept
+            .iter()
+            .flat_map(|b| b.column(1).as_primitive::<datafusion::arrow::datatypes::Int64Type>().values().to_vec())
+            .collect();
+        assert_eq!(numbers, (0..300).collect::<Vec<_>>(), "every row, in order");
     }
 }

@@ -28,7 +28,8 @@
 //! level, the baseline, the limit, the zone and `seconds_to_limit`, which the `motor_health`
 //! table shows. The state (about 0.9 KB of heap per motor in `motor_memory`: four trends of 36
 //! samples of 4 bytes, four 72-byte channels) goes with the motor's partition in its
-//! checkpoint.
+//! checkpoint. A motor silent for `detect.cold_after` with no wear alert open keeps it in the
+//! spill file instead, until its next reading ([`crate::cold`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -277,6 +278,13 @@ pub struct MotorWear {
     rise: ChannelWear,
 }
 
+impl MotorWear {
+    /// Its open alerts (a channel's or the temperature rise's).
+    fn open_alerts(&self) -> usize {
+        self.channels.iter().chain([&self.rise]).filter(|c| c.open.is_some()).count()
+    }
+}
+
 /// What a level is judged against.
 #[derive(Clone, Copy)]
 enum Scale {
@@ -297,18 +305,19 @@ struct Judged {
 }
 
 /// The wear judge of one engine's motors.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct WearMonitor {
     config: WearConfig,
     classes: MotorClasses,
-    /// By the motor's shared id ([`crate::ids`]).
-    motors: crate::ids::MotorTable<MotorWear>,
+    /// By the motor's shared id ([`crate::ids`]); idle ones without an open alert cold
+    /// ([`crate::cold`]).
+    motors: crate::cold::Tiered<MotorWear>,
 }
 
 impl WearMonitor {
     /// A judge with no motors yet; `classes` gives motors a class of their own.
     pub fn new(config: WearConfig, classes: MotorClasses) -> Self {
-        Self { config, classes, motors: crate::ids::MotorTable::new() }
+        Self { config, classes, motors: crate::cold::Tiered::new() }
     }
 
     /// The motors with a class of their own (shared: setting it changes this judge's zones).
@@ -316,10 +325,21 @@ impl WearMonitor {
         self.classes.clone()
     }
 
+    /// From now on, motors idle `spill.after_ms` with no open alert keep their state in a
+    /// spill file (see [`crate::cold`]); set before the first reading.
+    pub fn spill_to(&mut self, spill: &crate::cold::ColdSpill) -> Result<(), crate::StreamError> {
+        self.motors.spill_to(spill)
+    }
+
+    /// Motors held, and how many of them are in memory.
+    pub fn motors_held(&self) -> (usize, usize) {
+        (self.motors.len(), self.motors.hot_len())
+    }
+
     /// Takes in a batch of readings (telemetry schema) at processing time `now_ms`; the alert
-    /// events it opens, raises or closes.
-    pub fn observe(&mut self, batch: &RecordBatch, now_ms: i64) -> Vec<AlertEvent> {
-        let Some((motors, sites, ts)) = crate::schema::keys(batch) else { return Vec::new() };
+    /// events it opens, raises or closes. Fails only if the spill file of cold motors does.
+    pub fn observe(&mut self, batch: &RecordBatch, now_ms: i64) -> Result<Vec<AlertEvent>, crate::StreamError> {
+        let Some((motors, sites, ts)) = crate::schema::keys(batch) else { return Ok(Vec::new()) };
         let columns: Vec<_> = CHANNELS.iter().map(|c| crate::schema::channel_values(batch, *c)).collect();
         let thermal = (
             crate::schema::channel_values(batch, Channel::TemperatureC),
@@ -333,7 +353,7 @@ impl WearMonitor {
             let t = ts.value(row);
             let zones = Scale::Zones(classes.as_ref().and_then(|c| c.get(motor).copied()).unwrap_or(default_zones));
             let site = sites.value(row);
-            let m = self.motors.entry(motor, MotorWear::default);
+            let m = self.motors.entry(motor, now_ms, MotorWear::default)?;
             for (c, values) in columns.iter().enumerate() {
                 let Some(v) = values.as_ref().and_then(|v| v.is_valid(row).then(|| v.value(row))) else { continue };
                 if !v.is_finite() {
@@ -377,30 +397,34 @@ impl WearMonitor {
                 }
             }
         }
-        events
+        drop(classes); // before the sweep's writes
+        // A motor with an open alert stays in memory: the open count reads only those.
+        self.motors.sweep(now_ms, |m| m.open_alerts() == 0)?;
+        Ok(events)
     }
 
     /// The state of the motors `include` accepts, for a checkpoint (sorted by motor).
-    pub fn snapshot(&self, include: &dyn Fn(&str) -> bool) -> Vec<(String, MotorWear)> {
-        let mut motors: Vec<(String, MotorWear)> =
-            self.motors.iter().filter(|(m, _)| include(m)).map(|(m, w)| (m.to_string(), w.clone())).collect();
-        motors.sort_by(|a, b| a.0.cmp(&b.0));
-        motors
+    pub fn snapshot(&self, include: &dyn Fn(&str) -> bool) -> Result<Vec<(String, MotorWear)>, crate::StreamError> {
+        self.motors.collect(include)
     }
 
-    /// Takes over [`Self::snapshot`]'s motors.
-    pub fn adopt(&mut self, motors: Vec<(String, MotorWear)>) {
-        self.motors.extend(motors.into_iter().map(|(motor, m)| (crate::ids::shared(&motor), m)));
+    /// Takes over [`Self::snapshot`]'s motors at processing time `now_ms`. Those with an open
+    /// alert stay in memory.
+    pub fn adopt(&mut self, motors: Vec<(String, MotorWear)>, now_ms: i64) -> Result<(), crate::StreamError> {
+        let (open, quiet): (Vec<_>, Vec<_>) = motors.into_iter().partition(|(_, m)| m.open_alerts() > 0);
+        self.motors.adopt(quiet, now_ms)?;
+        self.motors.adopt_hot(open, now_ms);
+        Ok(())
     }
 
     /// Forgets every motor `drop` accepts.
     pub fn drop_motors(&mut self, drop: &dyn Fn(&str) -> bool) {
-        self.motors.retain(|m, _| !drop(m));
+        self.motors.retain(|m| !drop(m));
     }
 
     /// Open wear alerts.
     pub fn open_count(&self) -> usize {
-        self.motors.values().flat_map(|m| m.channels.iter().chain([&m.rise])).filter(|c| c.open.is_some()).count()
+        self.motors.hot_values().map(MotorWear::open_alerts).sum()
     }
 }
 
@@ -558,7 +582,7 @@ mod tests {
             if w >= 7.1 && crossed.is_none() {
                 crossed = Some(t);
             }
-            events.extend(wear.observe(&batch(t, &[("worn", w), ("twin", 1.5 + 0.3 * noise(i, 2))]), t));
+            events.extend(wear.observe(&batch(t, &[("worn", w), ("twin", 1.5 + 0.3 * noise(i, 2))]), t).unwrap());
         }
         assert!(events.iter().all(|e| e.motor_id == "worn"), "the twin is never alerted: {events:?}");
         let first = events.iter().find(|e| e.state == AlertState::Open).expect("the worn motor is alerted");
@@ -589,7 +613,7 @@ mod tests {
         for i in 0..(2 * DAY / 600_000) {
             let t = i * 600_000;
             let rows = [("medium", 3.0 + 0.05 * noise(i, 1)), ("large", 3.0 + 0.05 * noise(i, 2)), ("pump", 3.0)];
-            events.extend(wear.observe(&batch(t, &rows), t));
+            events.extend(wear.observe(&batch(t, &rows), t).unwrap());
         }
         let opened = |motor: &str| events.iter().find(|e| e.motor_id == motor && e.state == AlertState::Open);
         let medium = opened("medium").expect("zone C of class II is alerted");
@@ -633,7 +657,7 @@ mod tests {
                 ("fouled", current, 30.0 + 0.02 * current * current + fouled + noise(i, 4)),
                 ("clean", current, 30.0 + 0.02 * current * current + noise(i, 5)),
             ];
-            events.extend(wear.observe(&thermal(t, &rows), t));
+            events.extend(wear.observe(&thermal(t, &rows), t).unwrap());
         }
         assert!(events.iter().all(|e| e.motor_id == "fouled"), "the clean twin is never alerted: {events:?}");
         let first = events.iter().find(|e| e.state == AlertState::Open).expect("the fouled motor is alerted");
@@ -684,13 +708,13 @@ mod tests {
     fn the_state_survives_a_checkpoint() {
         let mut a = WearMonitor::new(WearConfig::default(), MotorClasses::default());
         for i in 0..(8 * HOUR / 60_000) {
-            a.observe(&batch(i * 60_000, &[("m", 1.5 + 0.3 * noise(i, 3))]), 0);
+            a.observe(&batch(i * 60_000, &[("m", 1.5 + 0.3 * noise(i, 3))]), 0).unwrap();
         }
-        let bytes = crate::checkpoint::to_versioned_bytes(&a.snapshot(&|_| true)).unwrap();
+        let bytes = crate::checkpoint::to_versioned_bytes(&a.snapshot(&|_| true).unwrap()).unwrap();
         let mut b = WearMonitor::new(WearConfig::default(), MotorClasses::default());
-        b.adopt(crate::checkpoint::from_versioned_bytes(&bytes).unwrap());
+        b.adopt(crate::checkpoint::from_versioned_bytes(&bytes).unwrap(), 0).unwrap();
         assert_eq!(
-            crate::checkpoint::to_versioned_bytes(&b.snapshot(&|_| true)).unwrap(),
+            crate::checkpoint::to_versioned_bytes(&b.snapshot(&|_| true).unwrap()).unwrap(),
             bytes,
             "baseline, level and trend samples came back whole"
         );

@@ -92,6 +92,16 @@ pub struct DetectConfig {
     pub table_bytes: usize,
     /// Raw readings kept for the `telemetry` table (the newest; 0: none).
     pub telemetry_rows: usize,
+    /// A motor that has sent nothing for this long (processing time) has its shift and wear
+    /// state moved out of memory into the spill file, sealed, until its next reading: a
+    /// sensor reporting every half hour spends most of its time there ("0s": every motor
+    /// stays in memory).
+    #[serde(with = "humantime_serde")]
+    pub cold_after: Duration,
+    /// The spill file's directory (the file is unlinked at once: a cache the checkpoints
+    /// make good). Default: `@spill` under `[state] dir`, else the system's temporary
+    /// directory.
+    pub spill_dir: Option<std::path::PathBuf>,
     /// `[detect.data_quality]`: alerts for data that is wrong rather than anomalous.
     pub data_quality: DataQualityConfig,
     /// `[detect.wear]`: alerts for vibration drifting towards its limit over days.
@@ -374,6 +384,8 @@ impl Default for DetectConfig {
             table_rows: 1_000_000,
             table_bytes: 64 << 20,
             telemetry_rows: 100_000,
+            cold_after: Duration::from_secs(300),
+            spill_dir: None,
             data_quality: DataQualityConfig::default(),
             wear: WearConfig::default(),
             shift: ShiftConfig::default(),
@@ -439,6 +451,16 @@ pub fn build_engine(config: &DetectConfig) -> Result<StreamEngine> {
         .build()
         .map_err(|source| NodeError::Io { what: "building a runtime to plan the queries", source })?;
     let mut engine = StreamEngine::new(config.stream_config());
+    if !config.cold_after.is_zero() {
+        let spill = tessera_stream::cold::ColdSpill {
+            dir: config.spill_dir.clone().unwrap_or_else(std::env::temp_dir),
+            after_ms: config.cold_after.as_millis() as i64,
+        };
+        engine.spill_cold_motors(&spill).map_err(|source| NodeError::Engine {
+            what: format!("detect.spill_dir {}: the spill file of cold motors", spill.dir.display()),
+            source,
+        })?;
+    }
     for sql in config.effective_queries() {
         rt.block_on(engine.register(&sql))
             .map_err(|source| NodeError::Query { name: "in detect.queries".into(), source })?;
@@ -747,5 +769,23 @@ impl DetectProbe {
     /// When the stage's loop last turned (it turns at least every 100 ms while it runs).
     pub fn last_turn_ms(&self) -> i64 {
         self.last_turn_ms.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spill_dir_that_cannot_be_made_is_refused_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let config = DetectConfig { spill_dir: Some(file.join("spill")), ..DetectConfig::default() };
+        let Err(err) = build_engine(&config) else { panic!("a spill directory under a file was taken") };
+        let text = tessera_core::error_chain(&err);
+        assert!(text.contains("detect.spill_dir") && text.contains("creating its directory"), "{text}");
+        let off = DetectConfig { cold_after: Duration::ZERO, ..config };
+        build_engine(&off).expect("no spill file when motors never go cold");
     }
 }

@@ -49,6 +49,39 @@ pub(super) fn readings() -> RecordBatch {
     conform::to_telemetry(&b, &[], 0).unwrap()
 }
 
+/// Four motors that report every 2 minutes, each at its own phase (30 s apart), for `steps`
+/// steps: one batch per reading, in time order. Motor m1's current steps up by 3 A from step
+/// 150 (the shift judge's alert), m2's temperature climbs from step 100 (the wear judge's
+/// rise).
+pub(super) fn slow_readings(steps: i64) -> Vec<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("motor_id", DataType::Utf8, false),
+        Field::new("ts", DataType::Int64, false),
+        Field::new("current_a", DataType::Float64, true),
+        Field::new("temperature_c", DataType::Float64, true),
+    ]));
+    let mut out = Vec::new();
+    for step in 0..steps {
+        for m in 0..4i64 {
+            let noise = (((step * 7919 + m * 104_729) % 1000) as f64 / 1000.0 - 0.5) * 0.4;
+            let current = 10.0 + noise + if m == 1 && step >= 150 { 3.0 } else { 0.0 };
+            let temperature = 50.0 + noise + if m == 2 && step >= 100 { 0.2 * (step - 100) as f64 } else { 0.0 };
+            let b = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(vec![format!("m{m}")])),
+                    Arc::new(Int64Array::from(vec![1_700_000_000_000 + step * 120_000 + m * 30_000])),
+                    Arc::new(Float64Array::from(vec![current])),
+                    Arc::new(Float64Array::from(vec![temperature])),
+                ],
+            )
+            .unwrap();
+            out.push(conform::to_telemetry(&b, &[], (step * 4 + m) as u64).unwrap());
+        }
+    }
+    out
+}
+
 /// An engine with 1 s of allowed lateness and an idle timeout the tests never reach.
 pub(super) fn engine() -> StreamEngine {
     StreamEngine::new(StreamConfig {

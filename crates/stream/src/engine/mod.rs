@@ -122,6 +122,9 @@ pub struct EngineStats {
     /// Alerts open now per query: a continuous query's name, `shift` and `shift.day`, and
     /// `data_quality` and `wear` for those judges' alerts.
     pub alerts_open_by_query: BTreeMap<String, u64>,
+    /// Per judge that keeps idle motors cold (`shift`, `wear`; see [`crate::cold`]): the
+    /// motors it holds, and how many of them are in memory.
+    pub judge_motors: BTreeMap<&'static str, (u64, u64)>,
 }
 
 struct RegisteredQuery {
@@ -327,11 +330,11 @@ impl StreamEngine {
             self.record_alerts(events, &mut out);
         }
         if let Some(wear) = &mut self.wear {
-            let events = wear.observe(batch, now_ms);
+            let events = wear.observe(batch, now_ms)?;
             self.record_alerts(events, &mut out);
         }
         if let Some(shift) = &mut self.shift {
-            let (windows, events) = shift.observe(batch, now_ms);
+            let (windows, events) = shift.observe(batch, now_ms)?;
             // Its newest score per motor goes to the health board (a window's history is not
             // kept: `motor_windows` holds the queries' windows).
             let open_above = Some(shift.open_above());
@@ -423,7 +426,28 @@ impl StreamEngine {
             alert_events: self.alert_events,
             alerts_open: by_query.values().sum(),
             alerts_open_by_query: by_query,
+            judge_motors: [
+                self.shift.as_ref().map(|s| (crate::shift::SHIFT, s.motors_held())),
+                self.wear.as_ref().map(|w| ("wear", w.motors_held())),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|(judge, (held, hot))| (judge, (held as u64, hot as u64)))
+            .collect(),
         }
+    }
+
+    /// From now on, the shift and wear judges keep motors idle `spill.after_ms` in a spill
+    /// file in `spill.dir` instead of memory (see [`crate::cold`]). Set before the first
+    /// reading; a judge that is off takes no file.
+    pub fn spill_cold_motors(&mut self, spill: &crate::cold::ColdSpill) -> Result<(), StreamError> {
+        if let Some(shift) = &mut self.shift {
+            shift.spill_to(spill)?;
+        }
+        if let Some(wear) = &mut self.wear {
+            wear.spill_to(spill)?;
+        }
+        Ok(())
     }
 
     /// Alerts open now per query (see [`EngineStats::alerts_open_by_query`]).

@@ -141,10 +141,10 @@ impl StreamEngine {
             sections.push((QUALITY_SECTION, checkpoint::to_versioned_bytes(&q.snapshot(include))?));
         }
         if let Some(w) = &self.wear {
-            sections.push((WEAR_SECTION, checkpoint::to_versioned_bytes(&w.snapshot(include))?));
+            sections.push((WEAR_SECTION, checkpoint::to_versioned_bytes(&w.snapshot(include)?)?));
         }
         if let Some(s) = &self.shift {
-            sections.push((SHIFT_SECTION, checkpoint::to_versioned_bytes(&s.snapshot(include))?));
+            sections.push((SHIFT_SECTION, checkpoint::to_versioned_bytes(&s.snapshot(include)?)?));
         }
         Ok(sections)
     }
@@ -154,8 +154,8 @@ impl StreamEngine {
     pub fn adopt_side(&mut self, section: &str, bytes: &[u8], now_ms: i64) -> Result<(), StreamError> {
         match (section, &mut self.quality, &mut self.wear, &mut self.shift) {
             (QUALITY_SECTION, Some(q), ..) => q.adopt(checkpoint::from_versioned_bytes(bytes)?, now_ms),
-            (WEAR_SECTION, _, Some(w), _) => w.adopt(checkpoint::from_versioned_bytes(bytes)?),
-            (SHIFT_SECTION, .., Some(s)) => s.adopt(checkpoint::from_versioned_bytes(bytes)?)?,
+            (WEAR_SECTION, _, Some(w), _) => w.adopt(checkpoint::from_versioned_bytes(bytes)?, now_ms)?,
+            (SHIFT_SECTION, .., Some(s)) => s.adopt(checkpoint::from_versioned_bytes(bytes)?, now_ms)?,
             _ => {}
         }
         Ok(())
@@ -536,6 +536,72 @@ mod tests {
             joined.adopt(&half.checkpoint_motors(&|id| id == m).unwrap()).unwrap();
         }
         assert_eq!(joined.state_digest().unwrap(), half.state_digest().unwrap());
+    }
+
+    /// The judges of an engine whose silent motors go cold (into the spill file) end in the
+    /// same state, and raise the same alerts, as those of an engine that keeps every motor in
+    /// memory; a checkpoint taken with motors cold restores (straight into the file) and goes
+    /// on the same.
+    #[tokio::test]
+    async fn judges_whose_silent_motors_go_cold_decide_as_if_they_had_stayed() {
+        let judged = || {
+            let mut engine = crate::engine::fixtures::engine();
+            engine.config.shift = Some(crate::shift::ShiftConfig {
+                min_baseline_windows: 5,
+                readings_per_window: 3,
+                ..Default::default()
+            });
+            engine.config.wear = Some(Default::default());
+            engine.shift = engine.config.shift.map(crate::shift::ShiftMonitor::new);
+            engine.wear = engine.config.wear.map(|w| crate::wear::WearMonitor::new(w, Default::default()));
+            engine
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let spill = crate::cold::ColdSpill { dir: dir.path().to_path_buf(), after_ms: 60_000 };
+        let (mut hot, mut spilled) = (judged(), judged());
+        spilled.spill_cold_motors(&spill).unwrap();
+        let batches = crate::engine::fixtures::slow_readings(1_000);
+        let (mut hot_alerts, mut spilled_alerts) = (Vec::new(), Vec::new());
+        let mut coldest = u64::MAX;
+        let (first, rest) = batches.split_at(4 * 800);
+        // Batch i is motor i % 4's reading of step i / 4 (see `slow_readings`).
+        let at = |i: usize| 1_700_000_000_000 + (i / 4) as i64 * 120_000 + (i % 4) as i64 * 30_000;
+        for (i, b) in first.iter().enumerate() {
+            let now = at(i);
+            hot_alerts.extend(hot.push(b, now).await.unwrap().alerts);
+            spilled_alerts.extend(spilled.push(b, now).await.unwrap().alerts);
+            coldest = coldest.min(spilled.stats().judge_motors.values().map(|(_, in_memory)| in_memory).sum());
+        }
+        let all = |_: &str| true;
+        let judges = spilled.stats().judge_motors;
+        assert_eq!(judges.keys().copied().collect::<Vec<_>>(), ["shift", "wear"]);
+        assert!(coldest <= 4, "a motor 2 minutes silent goes cold (at most 2 of 8 in memory at a time): {coldest}");
+        assert_eq!(hot.stats().judge_motors.values().map(|(_, h)| h).sum::<u64>(), 8, "without a spill all stay");
+        assert_eq!(spilled.side_checkpoints(&all).unwrap(), hot.side_checkpoints(&all).unwrap(), "the same state");
+        let kinds = |alerts: &[crate::alerts::AlertEvent]| {
+            alerts.iter().map(|a| (a.query.clone(), a.motor_id.clone(), a.window_start_ms)).collect::<Vec<_>>()
+        };
+        assert_eq!(kinds(&spilled_alerts), kinds(&hot_alerts), "the same alerts");
+        assert!(
+            hot_alerts.iter().any(|a| a.query == crate::shift::SHIFT && a.motor_id == "m1"),
+            "{:?}",
+            kinds(&hot_alerts)
+        );
+
+        // A restart: the checkpoint, taken with motors cold, restored into a fresh engine.
+        let mut restarted = judged();
+        restarted.spill_cold_motors(&spill).unwrap();
+        let now = at(first.len());
+        for (section, bytes) in spilled.side_checkpoints(&all).unwrap() {
+            restarted.adopt_side(section, &bytes, now).unwrap();
+        }
+        for (i, b) in rest.iter().enumerate() {
+            let now = at(first.len() + i);
+            hot.push(b, now).await.unwrap();
+            restarted.push(b, now).await.unwrap();
+        }
+        assert_eq!(restarted.side_checkpoints(&all).unwrap(), hot.side_checkpoints(&all).unwrap());
+        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "the spill files have no names");
     }
 
     /// A changed query starts fresh and is reported; bytes that do not decode are an error.
