@@ -5,15 +5,48 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::{Duration, Instant};
 
-use tessera_ingest::Ingest;
+use tessera_ingest::{Ingest, ShardBatch};
 use tessera_suite::fleet_stats::FleetStats;
-use tessera_suite::{committed_and_end, producer, publish, test_fleet};
+use tessera_suite::{Published, committed_and_end, producer, publish, test_fleet};
 use tessera_workload::producer::WireFormat;
 
 use crate::{embedded_kafka, ingest_config};
+
+/// Publishes `sim`'s readings, `steps` steps about every 100 ms, from a thread, while
+/// `go_on` says so (given what is out so far) and the simulation lasts; what it published.
+fn publish_while(
+    brokers: &str,
+    mut sim: tessera_workload::simulate::Simulator,
+    steps: u64,
+    go_on: impl Fn(&Published) -> bool + Send + 'static,
+) -> std::thread::JoinHandle<Published> {
+    let brokers = brokers.to_string();
+    std::thread::spawn(move || {
+        let p = producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap();
+        let mut total = Published { readings: 0, checksum: 0 };
+        while go_on(&total) {
+            let part = publish(&mut sim, &p, Some(steps)).unwrap();
+            if part.readings == 0 {
+                break;
+            }
+            total.readings += part.readings;
+            total.checksum = total.checksum.wrapping_add(part.checksum);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        total
+    })
+}
+
+/// Takes (and acknowledges) the batches still waiting.
+fn take_the_rest(batches: &Receiver<ShardBatch>, stats: &mut FleetStats) {
+    for batch in batches.try_iter() {
+        stats.add_batch(batch.shard, &batch.batch);
+        batch.ack.ack();
+    }
+}
 
 #[test]
 fn a_consumer_joining_mid_stream_loses_nothing() {
@@ -24,21 +57,9 @@ fn a_consumer_joining_mid_stream_loses_nothing() {
     // while it joins (a group join takes seconds).
     let second_consumed = Arc::new(AtomicBool::new(false));
     let publisher = {
-        let (brokers, second_consumed) = (brokers.clone(), second_consumed.clone());
-        std::thread::spawn(move || {
-            let p = producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap();
-            let mut sim = test_fleet(100, 3000, 4);
-            let mut total = tessera_suite::Published { readings: 0, checksum: 0 };
-            while total.readings < 60_000 || !second_consumed.load(Ordering::SeqCst) {
-                let part = publish(&mut sim, &p, Some(10)).unwrap();
-                if part.readings == 0 {
-                    break;
-                }
-                total.readings += part.readings;
-                total.checksum = total.checksum.wrapping_add(part.checksum);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            total
+        let second_consumed = second_consumed.clone();
+        publish_while(&brokers, test_fleet(100, 3000, 4), 10, move |out| {
+            out.readings < 60_000 || !second_consumed.load(Ordering::SeqCst)
         })
     };
 
@@ -63,10 +84,7 @@ fn a_consumer_joining_mid_stream_loses_nothing() {
     tessera_suite::collect_until(&batches, &mut stats, sent.readings, Duration::from_secs(120));
 
     let (a, b) = (first.stop().unwrap(), second.stop().unwrap());
-    for batch in batches.try_iter() {
-        stats.add_batch(batch.shard, &batch.batch);
-        batch.ack.ack();
-    }
+    take_the_rest(&batches, &mut stats);
 
     println!(
         "rebalance run: {} rows, {} unique, {} duplicates; node A consumed {} messages ({} rebalance events, {} failed commits), node B {} ({} failed commits)",
@@ -99,19 +117,8 @@ fn members_stopped_in_the_middle_of_a_rebalance_stop_and_lose_nothing() {
     let (_kafka, brokers) = embedded_kafka(3, 6);
     let done = Arc::new(AtomicBool::new(false));
     let publisher = {
-        let (brokers, done) = (brokers.clone(), done.clone());
-        std::thread::spawn(move || {
-            let p = producer(&brokers, "telemetry", WireFormat::Protobuf).unwrap();
-            let mut sim = test_fleet(60, 3000, 5);
-            let mut total = tessera_suite::Published { readings: 0, checksum: 0 };
-            while !done.load(Ordering::SeqCst) {
-                let part = publish(&mut sim, &p, Some(5)).unwrap();
-                total.readings += part.readings;
-                total.checksum = total.checksum.wrapping_add(part.checksum);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            total
-        })
+        let done = done.clone();
+        publish_while(&brokers, test_fleet(60, 6000, 5), 5, move |_| !done.load(Ordering::SeqCst))
     };
 
     crate::init_logging();
@@ -147,10 +154,7 @@ fn members_stopped_in_the_middle_of_a_rebalance_stop_and_lose_nothing() {
     let sent = publisher.join().unwrap();
     tessera_suite::collect_until(&batches, &mut stats, sent.readings, Duration::from_secs(120));
     let a = first.stop().unwrap();
-    for batch in batches.try_iter() {
-        stats.add_batch(batch.shard, &batch.batch);
-        batch.ack.ack();
-    }
+    take_the_rest(&batches, &mut stats);
     println!(
         "rolling run: 6 members stopped 0-7.5 s into their join ({stopped_holding} holding partitions), the longest stop {longest_stop:.1?}; {} readings, {} unique, {} duplicates; the staying member consumed {} ({} rebalance events)",
         stats.rows,
