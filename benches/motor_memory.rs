@@ -17,7 +17,8 @@
 //! `--config rules` runs the default rules with the judges off, and `quality`, `wear` or
 //! `shift` the rules with that one judge, for the split; `default-hot` is the default with
 //! every motor's judge state kept in memory (`detect.cold_after = "0s"`): the side-by-side
-//! figure for the spill of silent motors ([`tessera_stream::cold`]).
+//! figure for the spill of silent motors ([`tessera_stream::cold`]). `CONFIG@SECONDS` sets
+//! `detect.cold_after` (e.g. `default@120`).
 //!
 //! Motors report at their own phase within the interval (`--phases spread`, the default): 60
 //! groups, one every sixtieth of the interval, as sensors that were not started together do.
@@ -94,6 +95,11 @@ fn args() -> Result<Args> {
 /// The detection config named `name`: `default` as shipped, `rules` without the judges,
 /// `quality`, `wear` or `shift`: the rules and that one judge.
 fn detect_config(name: &str) -> Result<DetectConfig> {
+    if let Some((name, seconds)) = name.split_once('@') {
+        let mut detect = detect_config(name)?;
+        detect.cold_after = std::time::Duration::from_secs(seconds.parse().context("CONFIG@SECONDS")?);
+        return Ok(detect);
+    }
     let mut detect = DetectConfig::default();
     if name == "default" {
         return Ok(detect);

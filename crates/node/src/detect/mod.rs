@@ -94,8 +94,9 @@ pub struct DetectConfig {
     pub telemetry_rows: usize,
     /// A motor that has sent nothing for this long (processing time) has its shift and wear
     /// state moved out of memory into the spill file, sealed, until its next reading: a
-    /// sensor reporting every half hour spends most of its time there ("0s": every motor
-    /// stays in memory).
+    /// sensor reporting every half hour spends most of its time there, one reporting every
+    /// minute never goes ("0s": every motor stays in memory). Bringing a motor back costs
+    /// tens of microseconds, a sensor's interval minutes.
     #[serde(with = "humantime_serde")]
     pub cold_after: Duration,
     /// The spill file's directory (the file is unlinked at once: a cache the checkpoints
@@ -384,7 +385,7 @@ impl Default for DetectConfig {
             table_rows: 1_000_000,
             table_bytes: 64 << 20,
             telemetry_rows: 100_000,
-            cold_after: Duration::from_secs(300),
+            cold_after: Duration::from_secs(120),
             spill_dir: None,
             data_quality: DataQualityConfig::default(),
             wear: WearConfig::default(),
